@@ -1,0 +1,120 @@
+//! Every limit and interval meshd applies to peers, with the reason it has the value it has.
+//!
+//! Limits bound what a hostile peer can make us spend (memory, CPU, time); intervals
+//! trade liveness against chatter. Per-network message-size limits live with the network
+//! profiles in [`crate::network`]; this file holds the ones that are the same everywhere.
+
+use std::time::Duration;
+
+/// Size of a wire frame header: magic(4) command(12) length(4) checksum(4).
+pub const FRAME_HEADER_LEN: usize = 24;
+
+/// Bitcoin Core's `MAX_PROTOCOL_MESSAGE_LENGTH`: the largest BTC payload we accept.
+///
+/// # Security
+/// A claimed length above this is refused from the header alone, before a byte of payload is
+/// buffered, so a peer cannot make us reserve memory it never sends.
+pub const BTC_MAX_PAYLOAD: u32 = 4_000_000;
+
+/// The BSV node's `DEFAULT_MAX_PROTOCOL_RECV_PAYLOAD_LENGTH` (2 MiB): what we accept for
+/// ordinary BSV messages, and what we announce as `maxRecvPayloadLength` in our `protoconf`.
+pub const BSV_DEFAULT_RECV_PAYLOAD: u32 = 2 * 1024 * 1024;
+
+/// The BSV node's `LEGACY_MAX_PROTOCOL_PAYLOAD_LENGTH` (1 MiB): what a BSV peer is assumed to
+/// accept from us until its `protoconf` says more; also the largest `protoconf` payload.
+pub const BSV_LEGACY_PAYLOAD: u32 = 1024 * 1024;
+
+/// Default cap for BSV block and transaction content (`block`, `cmpctblock`, `tx`).
+///
+/// BSV lets those grow far past the ordinary limit. 256 MiB is our default ceiling because a
+/// receive buffer of that size, times the number of peers allowed to send blocks at once, is
+/// what a modest host can afford; operators raise it with `max-block-message-size`.
+pub const BSV_DEFAULT_MAX_BLOCK_MESSAGE: u32 = 256 * 1024 * 1024;
+
+/// Largest payload accepted before the handshake completes (until the peer's `verack`).
+///
+/// # Security
+/// A version message is about 130 bytes plus a user agent of at most 256; BSV adds an
+/// association id. 1 KiB (Zebra's choice as well) leaves room for those and for the small
+/// feature-negotiation messages (`sendaddrv2`, `wtxidrelay`), while an unauthenticated
+/// stranger cannot make us buffer megabytes before we know what it is.
+pub const MAX_PRE_HANDSHAKE_PAYLOAD: u32 = 1024;
+
+/// Longest user agent we accept (Bitcoin Core's `MAX_SUBVERSION_LENGTH`).
+pub const MAX_USER_AGENT_LEN: usize = 256;
+
+/// Most headers in one `headers` message (Core's `MAX_HEADERS_RESULTS`).
+pub const MAX_HEADERS_PER_MESSAGE: usize = 2000;
+
+/// Most addresses in one `addr`/`addrv2` message (Core's `MAX_ADDR_TO_SEND`).
+pub const MAX_ADDR_PER_MESSAGE: usize = 1000;
+
+/// Most entries in one `inv`/`getdata`/`notfound` message (Core's `MAX_INV_SZ`).
+pub const MAX_INV_PER_MESSAGE: usize = 50_000;
+
+/// Most hashes in a block locator (Core's `MAX_LOCATOR_SZ`).
+pub const MAX_LOCATOR_HASHES: usize = 101;
+
+/// Default time allowed for version and verack to cross, as Bitcoin Core.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default interval between our pings (Core's `PING_INTERVAL`).
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(120);
+
+/// Default time a ping may stay unanswered before we disconnect (Core's `TIMEOUT_INTERVAL`).
+pub const DEFAULT_PING_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// Default time allowed for an outbound TCP connect.
+///
+/// Core uses 5 s (`DEFAULT_CONNECT_TIMEOUT`); a dial that takes longer is to a peer too slow
+/// or too far away to be worth a slot.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Lowest protocol version we talk to by default.
+///
+/// 70001 (BIP37) is the first version whose `version` message always carries the relay flag,
+/// which our decoder requires; every maintained BTC and BSV node is far above it.
+pub const DEFAULT_MIN_PROTOCOL_VERSION: u32 = 70001;
+
+/// Protocol version we announce on BTC networks (Core 0.21+: wtxidrelay, BIP339).
+pub const BTC_PROTOCOL_VERSION: u32 = 70016;
+
+/// Protocol version we announce on BSV networks (the BSV node's current version).
+pub const BSV_PROTOCOL_VERSION: u32 = 70016;
+
+/// Messages queued for a peer's writer before the connection is dropped as too slow.
+///
+/// # Security
+/// A peer that stops reading would otherwise make its queue, and our memory, grow without
+/// bound. 1024 messages cover bursts (a full inv trickle, a headers reply) with room to spare.
+pub const SEND_QUEUE_CAPACITY: usize = 1024;
+
+/// Bytes of decoded but not yet handled frames the reader may hold ahead of the actor.
+///
+/// # Security
+/// The reader stops reading the socket while this credit is used up, so a peer that sends
+/// faster than we process applies TCP back-pressure to itself instead of filling our mailbox.
+pub const READER_CREDIT_BYTES: u32 = 8 * 1024 * 1024;
+
+/// Size of one socket read.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// Delay before a `--connect` peer that dropped is dialled again.
+///
+/// A fixed pause keeps a dead persistent peer from being hammered; the Manager's windowed
+/// restart policy replaces it once that lands.
+pub const PERSISTENT_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+
+/// How often each Connection actor checks its deadlines (handshake, ping) at most.
+pub const MAX_TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Restarts of one NodeSupervisor child tolerated inside [`SUPERVISOR_RESTART_WINDOW`].
+///
+/// Past this the fault is not transient: the node stops with an error rather than spin.
+pub const SUPERVISOR_MAX_RESTARTS: usize = 5;
+
+/// Sliding window for [`SUPERVISOR_MAX_RESTARTS`].
+pub const SUPERVISOR_RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// Time a graceful shutdown waits for each Connection to run its stop hooks.
+pub const SHUTDOWN_PEER_TIMEOUT: Duration = Duration::from_secs(3);

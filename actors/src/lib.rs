@@ -1,0 +1,4 @@
+//! meshd as a library (temporary header; rewritten below).
+pub mod constants;
+pub mod network;
+pub mod wire;

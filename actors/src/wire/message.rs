@@ -1,0 +1,403 @@
+//! Message payloads: decoded and encoded through rust-bitcoin, plus BSV's `protoconf`.
+//!
+//! [`Message::decode`] turns a checksum-verified [`Frame`] into a typed message. Every
+//! message of the protocol meshd speaks (version, verack, ping, pong, addr, addrv2,
+//! sendaddrv2, getaddr, inv, getdata, notfound, getheaders, getblocks, headers, block, tx,
+//! reject, sendheaders, feefilter, sendcmpct, wtxidrelay, mempool) is decoded by rust-bitcoin's
+//! consensus decoders; `protoconf` (BSV) is parsed here because rust-bitcoin does not know it;
+//! any other command comes out as [`Message::Unknown`], which callers count and ignore.
+//!
+//! Item counts are checked against Core's limits from the leading compact size, before the
+//! items are decoded, so a list is never decoded only to be thrown away.
+
+use bitcoin::consensus::encode::{self, Decodable, Encodable, VarInt};
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::Magic;
+
+use super::frame::{payload_checksum, Command, Frame};
+use crate::constants::{
+    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_ADDR_PER_MESSAGE, MAX_HEADERS_PER_MESSAGE,
+    MAX_INV_PER_MESSAGE, MAX_LOCATOR_HASHES, MAX_USER_AGENT_LEN,
+};
+
+/// BSV's protocol-configuration message (`protoconf`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protoconf {
+    /// Largest ordinary payload the sender is willing to receive.
+    pub max_recv_payload_length: u32,
+    /// Stream policies the sender supports (field 2, optional).
+    pub stream_policies: Option<String>,
+}
+
+impl Protoconf {
+    /// Parses a `protoconf` payload. Unknown trailing fields are allowed, as the spec demands.
+    pub fn decode(payload: &[u8]) -> Result<Protoconf, encode::Error> {
+        let mut r = payload;
+        let fields = VarInt::consensus_decode_from_finite_reader(&mut r)?.0;
+        if fields == 0 {
+            return Err(encode::Error::ParseFailed("protoconf with zero fields"));
+        }
+        let max_recv_payload_length = u32::consensus_decode_from_finite_reader(&mut r)?;
+        let stream_policies = if fields >= 2 {
+            Some(String::consensus_decode_from_finite_reader(&mut r)?)
+        } else {
+            None
+        };
+        Ok(Protoconf {
+            max_recv_payload_length,
+            stream_policies,
+        })
+    }
+
+    /// Encodes a `protoconf` payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let fields: u64 = if self.stream_policies.is_some() { 2 } else { 1 };
+        // Writing to a Vec cannot fail.
+        let _ = VarInt(fields).consensus_encode(&mut out);
+        let _ = self.max_recv_payload_length.consensus_encode(&mut out);
+        if let Some(p) = &self.stream_policies {
+            let _ = p.consensus_encode(&mut out);
+        }
+        out
+    }
+}
+
+/// A decoded message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A message rust-bitcoin knows.
+    Network(NetworkMessage),
+    /// BSV `protoconf`.
+    Protoconf(Protoconf),
+    /// A command we do not know; counted and ignored.
+    Unknown {
+        /// The command.
+        command: Command,
+        /// The raw payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// A payload that does not decode, or breaks a protocol limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload is not a valid encoding of its command.
+    #[error("malformed {command} payload: {reason}")]
+    Malformed {
+        /// The command.
+        command: Command,
+        /// What the decoder said.
+        reason: String,
+    },
+    /// A list holds more items than the protocol allows.
+    #[error("{command} carries {count} items, more than the limit of {max}")]
+    TooManyItems {
+        /// The command.
+        command: Command,
+        /// Items claimed.
+        count: u64,
+        /// Limit.
+        max: usize,
+    },
+    /// Bytes left over after the payload was decoded.
+    #[error("{command} payload has {extra} trailing bytes")]
+    TrailingBytes {
+        /// The command.
+        command: Command,
+        /// Bytes left over.
+        extra: usize,
+    },
+    /// The version message's user agent is longer than Core accepts.
+    #[error("user agent of {len} bytes exceeds {MAX_USER_AGENT_LEN}")]
+    UserAgentTooLong {
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl PayloadError {
+    /// A short stable name for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PayloadError::Malformed { .. } => "malformed_payload",
+            PayloadError::TooManyItems { .. } => "too_many_items",
+            PayloadError::TrailingBytes { .. } => "trailing_bytes",
+            PayloadError::UserAgentTooLong { .. } => "user_agent_too_long",
+        }
+    }
+}
+
+/// How strictly the decoded length must match the payload length.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tail {
+    /// The whole payload must be consumed.
+    Exact,
+    /// Extra bytes are allowed (fields added by later protocol versions).
+    Lenient,
+}
+
+fn decode_as<T: Decodable>(
+    command: Command,
+    payload: &[u8],
+    tail: Tail,
+) -> Result<T, PayloadError> {
+    let mut r = payload;
+    let value =
+        T::consensus_decode_from_finite_reader(&mut r).map_err(|e| PayloadError::Malformed {
+            command,
+            reason: e.to_string(),
+        })?;
+    if tail == Tail::Exact && !r.is_empty() {
+        return Err(PayloadError::TrailingBytes {
+            command,
+            extra: r.len(),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads the leading compact-size count of a list payload, at `offset`, without decoding it.
+fn check_count(
+    command: Command,
+    payload: &[u8],
+    offset: usize,
+    max: usize,
+) -> Result<(), PayloadError> {
+    let mut r = payload.get(offset..).unwrap_or(&[]);
+    let count = VarInt::consensus_decode_from_finite_reader(&mut r)
+        .map_err(|e| PayloadError::Malformed {
+            command,
+            reason: e.to_string(),
+        })?
+        .0;
+    if count > max as u64 {
+        return Err(PayloadError::TooManyItems {
+            command,
+            count,
+            max,
+        });
+    }
+    Ok(())
+}
+
+/// `headers` carries each header followed by a transaction count that must be zero.
+fn decode_headers(
+    command: Command,
+    payload: &[u8],
+) -> Result<Vec<bitcoin::block::Header>, PayloadError> {
+    check_count(command, payload, 0, MAX_HEADERS_PER_MESSAGE)?;
+    let malformed = |e: encode::Error| PayloadError::Malformed {
+        command,
+        reason: e.to_string(),
+    };
+    let mut r = payload;
+    let count = VarInt::consensus_decode_from_finite_reader(&mut r)
+        .map_err(malformed)?
+        .0;
+    let mut headers = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        headers.push(
+            bitcoin::block::Header::consensus_decode_from_finite_reader(&mut r)
+                .map_err(malformed)?,
+        );
+        let txs = VarInt::consensus_decode_from_finite_reader(&mut r)
+            .map_err(malformed)?
+            .0;
+        if txs != 0 {
+            return Err(PayloadError::Malformed {
+                command,
+                reason: "headers message carries transactions".into(),
+            });
+        }
+    }
+    if !r.is_empty() {
+        return Err(PayloadError::TrailingBytes {
+            command,
+            extra: r.len(),
+        });
+    }
+    Ok(headers)
+}
+
+fn expect_empty(
+    command: Command,
+    payload: &[u8],
+    msg: NetworkMessage,
+) -> Result<NetworkMessage, PayloadError> {
+    if payload.is_empty() {
+        Ok(msg)
+    } else {
+        Err(PayloadError::TrailingBytes {
+            command,
+            extra: payload.len(),
+        })
+    }
+}
+
+impl Message {
+    /// Decodes a verified frame.
+    pub fn decode(frame: Frame) -> Result<Message, PayloadError> {
+        use NetworkMessage as N;
+        let c = frame.command;
+        let p = frame.payload.as_slice();
+        let exact = Tail::Exact;
+        let msg = match c.as_str() {
+            "version" => {
+                // Later versions append fields (BSV: association id); allow them.
+                let v: bitcoin::p2p::message_network::VersionMessage =
+                    decode_as(c, p, Tail::Lenient)?;
+                if v.user_agent.len() > MAX_USER_AGENT_LEN {
+                    return Err(PayloadError::UserAgentTooLong {
+                        len: v.user_agent.len(),
+                    });
+                }
+                N::Version(v)
+            }
+            "verack" => expect_empty(c, p, N::Verack)?,
+            "sendheaders" => expect_empty(c, p, N::SendHeaders)?,
+            "getaddr" => expect_empty(c, p, N::GetAddr)?,
+            "mempool" => expect_empty(c, p, N::MemPool)?,
+            "wtxidrelay" => expect_empty(c, p, N::WtxidRelay)?,
+            "sendaddrv2" => expect_empty(c, p, N::SendAddrV2)?,
+            "ping" => N::Ping(decode_as(c, p, exact)?),
+            "pong" => N::Pong(decode_as(c, p, exact)?),
+            "addr" => {
+                check_count(c, p, 0, MAX_ADDR_PER_MESSAGE)?;
+                N::Addr(decode_as(c, p, exact)?)
+            }
+            "addrv2" => {
+                check_count(c, p, 0, MAX_ADDR_PER_MESSAGE)?;
+                N::AddrV2(decode_as(c, p, exact)?)
+            }
+            "inv" => {
+                check_count(c, p, 0, MAX_INV_PER_MESSAGE)?;
+                N::Inv(decode_as(c, p, exact)?)
+            }
+            "getdata" => {
+                check_count(c, p, 0, MAX_INV_PER_MESSAGE)?;
+                N::GetData(decode_as(c, p, exact)?)
+            }
+            "notfound" => {
+                check_count(c, p, 0, MAX_INV_PER_MESSAGE)?;
+                N::NotFound(decode_as(c, p, exact)?)
+            }
+            "getheaders" => {
+                check_count(c, p, 4, MAX_LOCATOR_HASHES)?;
+                N::GetHeaders(decode_as(c, p, exact)?)
+            }
+            "getblocks" => {
+                check_count(c, p, 4, MAX_LOCATOR_HASHES)?;
+                N::GetBlocks(decode_as(c, p, exact)?)
+            }
+            "headers" => N::Headers(decode_headers(c, p)?),
+            "block" => N::Block(decode_as(c, p, exact)?),
+            "tx" => N::Tx(decode_as(c, p, exact)?),
+            "reject" => N::Reject(decode_as(c, p, Tail::Lenient)?),
+            "feefilter" => {
+                let fee: i64 = decode_as(c, p, exact)?;
+                if !(0..=21_000_000 * 100_000_000).contains(&fee) {
+                    return Err(PayloadError::Malformed {
+                        command: c,
+                        reason: format!("feefilter {fee} outside the money range"),
+                    });
+                }
+                N::FeeFilter(fee)
+            }
+            "sendcmpct" => N::SendCmpct(decode_as(c, p, exact)?),
+            "protoconf" => {
+                if p.len() > BSV_LEGACY_PAYLOAD as usize {
+                    return Err(PayloadError::Malformed {
+                        command: c,
+                        reason: "protoconf larger than 1 MiB".into(),
+                    });
+                }
+                return Protoconf::decode(p).map(Message::Protoconf).map_err(|e| {
+                    PayloadError::Malformed {
+                        command: c,
+                        reason: e.to_string(),
+                    }
+                });
+            }
+            _ => {
+                return Ok(Message::Unknown {
+                    command: c,
+                    payload: frame.payload,
+                })
+            }
+        };
+        Ok(Message::Network(msg))
+    }
+
+    /// The command this message travels under.
+    pub fn command(&self) -> Command {
+        match self {
+            Message::Network(m) => Command::new(m.command().as_ref())
+                .unwrap_or_else(|| Command::new("unknown").expect("valid")),
+            Message::Protoconf(_) => Command::new("protoconf").expect("valid command"),
+            Message::Unknown { command, .. } => *command,
+        }
+    }
+
+    /// Encodes the whole frame (header and payload) for `magic`.
+    pub fn encode(&self, magic: Magic) -> Vec<u8> {
+        let mut out = Vec::with_capacity(FRAME_HEADER_LEN + 64);
+        out.resize(FRAME_HEADER_LEN, 0);
+        match self {
+            // Writing to a Vec cannot fail.
+            Message::Network(m) => {
+                let _ = m.consensus_encode(&mut out);
+            }
+            Message::Protoconf(p) => out.extend_from_slice(&p.encode()),
+            Message::Unknown { payload, .. } => out.extend_from_slice(payload),
+        }
+        let payload_len = (out.len() - FRAME_HEADER_LEN) as u32;
+        let checksum = payload_checksum(&out[FRAME_HEADER_LEN..]);
+        out[0..4].copy_from_slice(&magic.to_bytes());
+        out[4..16].copy_from_slice(&self.command().to_wire());
+        out[16..20].copy_from_slice(&payload_len.to_le_bytes());
+        out[20..24].copy_from_slice(&checksum);
+        out
+    }
+
+    /// Shorthand for a message rust-bitcoin knows.
+    pub fn net(m: NetworkMessage) -> Message {
+        Message::Network(m)
+    }
+}
+
+/// Commands meshd knows, used to keep metric labels bounded (anything else is `other`).
+pub const KNOWN_COMMANDS: &[&str] = &[
+    "version",
+    "verack",
+    "ping",
+    "pong",
+    "addr",
+    "addrv2",
+    "sendaddrv2",
+    "getaddr",
+    "inv",
+    "getdata",
+    "notfound",
+    "getheaders",
+    "getblocks",
+    "headers",
+    "block",
+    "tx",
+    "reject",
+    "sendheaders",
+    "feefilter",
+    "sendcmpct",
+    "wtxidrelay",
+    "mempool",
+    "protoconf",
+];
+
+/// The metric label for a command: itself if known, else `other`.
+pub fn command_label(command: &str) -> &'static str {
+    KNOWN_COMMANDS
+        .iter()
+        .find(|&&k| k == command)
+        .copied()
+        .unwrap_or("other")
+}
