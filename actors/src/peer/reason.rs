@@ -1,0 +1,65 @@
+//! Why a connection ended: one typed reason per exit path, logged with the peer and counted.
+
+use super::HandshakeError;
+use crate::wire::{FrameError, PayloadError};
+
+/// The reason a connection closed. Every disconnect carries exactly one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    /// The TCP connect failed.
+    #[error("connect failed: {0}")]
+    ConnectFailed(String),
+    /// The TCP connect did not finish in time.
+    #[error("connect timed out")]
+    ConnectTimeout,
+    /// The peer closed the connection.
+    #[error("peer closed the connection")]
+    PeerClosed,
+    /// A socket read or write failed.
+    #[error("socket error: {0}")]
+    Io(String),
+    /// The byte stream broke the framing rules (wrong magic, oversized, bad command).
+    #[error("framing violation: {0}")]
+    Frame(FrameError),
+    /// A message that must decode did not (during the handshake).
+    #[error("malformed message: {0}")]
+    Payload(PayloadError),
+    /// The handshake failed.
+    #[error("handshake failed: {0}")]
+    Handshake(HandshakeError),
+    /// A ping went unanswered past the ping timeout.
+    #[error("no pong within {0:?}")]
+    PingTimeout(std::time::Duration),
+    /// The peer read our messages too slowly and its send queue filled.
+    #[error("send queue full ({0} messages)")]
+    SendQueueFull(usize),
+    /// A local request (API, manager) closed it.
+    #[error("disconnect requested")]
+    Requested,
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    Shutdown,
+    /// The actor was stopped without a recorded reason (killed, or its task panicked).
+    #[error("connection actor stopped: {0}")]
+    Stopped(String),
+}
+
+impl DisconnectReason {
+    /// A short stable name, used as the `reason` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DisconnectReason::ConnectFailed(_) => "connect_failed",
+            DisconnectReason::ConnectTimeout => "connect_timeout",
+            DisconnectReason::PeerClosed => "peer_closed",
+            DisconnectReason::Io(_) => "io_error",
+            DisconnectReason::Frame(e) => e.kind(),
+            DisconnectReason::Payload(e) => e.kind(),
+            DisconnectReason::Handshake(e) => e.kind(),
+            DisconnectReason::PingTimeout(_) => "ping_timeout",
+            DisconnectReason::SendQueueFull(_) => "send_queue_full",
+            DisconnectReason::Requested => "requested",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::Stopped(_) => "stopped",
+        }
+    }
+}
