@@ -27,6 +27,9 @@ pub enum DisconnectReason {
     /// The handshake failed.
     #[error("handshake failed: {0}")]
     Handshake(HandshakeError),
+    /// The peer broke a protocol rule after the handshake (e.g. a second protoconf).
+    #[error("protocol violation: {0}")]
+    Protocol(String),
     /// A ping went unanswered past the ping timeout.
     #[error("no pong within {0:?}")]
     PingTimeout(std::time::Duration),
@@ -55,6 +58,7 @@ impl DisconnectReason {
             DisconnectReason::Frame(e) => e.kind(),
             DisconnectReason::Payload(e) => e.kind(),
             DisconnectReason::Handshake(e) => e.kind(),
+            DisconnectReason::Protocol(_) => "protocol_violation",
             DisconnectReason::PingTimeout(_) => "ping_timeout",
             DisconnectReason::SendQueueFull(_) => "send_queue_full",
             DisconnectReason::Requested => "requested",

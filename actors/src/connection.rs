@@ -1,0 +1,582 @@
+//! The Connection actor: one per peer, outbound or inbound.
+//!
+//! The actor never awaits socket I/O. A reader task owns the read half: it frames bytes with
+//! the [`FrameDecoder`], decodes payloads, and casts each message to the actor holding a share
+//! of a byte credit ([`READER_CREDIT_BYTES`]) that the actor returns when it has handled the
+//! message; when the credit is used up the reader stops reading and TCP pushes back on the
+//! peer. A writer task owns the write half and drains a bounded queue; a full queue
+//! disconnects the peer ([`DisconnectReason::SendQueueFull`]). The handshake and keepalive
+//! logic live in the sans-IO [`Handshake`] and [`PingTracker`]; the actor feeds them messages
+//! and ticks and carries out what they return. Every exit path records one
+//! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the Manager
+//! in the final state.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::constants::{
+    BSV_LEGACY_PAYLOAD, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK,
+};
+use crate::context::{unix_now, NodeContext};
+use crate::network::{is_bulk_command, Chain};
+use crate::peer::{
+    DisconnectReason, Direction, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
+};
+use crate::peers::{PeerId, PeerState};
+use crate::wire::{command_label, FrameDecoder, FrameError, Message, PayloadError, Protoconf};
+
+/// Time the writer may keep flushing queued messages after the actor stopped.
+///
+/// A peer that does not read must not keep the task (and socket) alive for ever.
+const WRITER_LINGER: Duration = Duration::from_secs(2);
+
+/// The Connection actor.
+pub struct Connection;
+
+/// How the actor gets its socket.
+pub enum Transport {
+    /// Dial this address (outbound).
+    Dial,
+    /// An accepted socket (inbound).
+    Accepted(TcpStream),
+}
+
+/// Arguments to spawn a Connection.
+pub struct ConnectionArgs {
+    pub(crate) id: PeerId,
+    pub(crate) addr: SocketAddr,
+    pub(crate) direction: Direction,
+    pub(crate) manual: bool,
+    pub(crate) transport: Transport,
+    pub(crate) ctx: Arc<NodeContext>,
+}
+
+/// A decoded frame from the reader, holding its share of the reader credit.
+pub struct Inbound {
+    command: &'static str,
+    wire_len: usize,
+    message: Result<Message, PayloadError>,
+    _credit: OwnedSemaphorePermit,
+}
+
+/// Messages a Connection handles.
+pub enum ConnectionMsg {
+    /// The outbound dial finished.
+    Dialed(Result<TcpStream, DisconnectReason>),
+    /// A message from the reader.
+    Inbound(Inbound),
+    /// A frame was dropped (bad checksum); the stream goes on.
+    DroppedFrame(FrameError),
+    /// The reader stopped: the peer closed, the socket failed, or the framing broke.
+    ReaderEnded(DisconnectReason),
+    /// The writer could not write.
+    WriterFailed(String),
+    /// Check deadlines (handshake, ping).
+    Tick,
+    /// Send a message to the peer.
+    Send(Message),
+    /// Close the connection with this reason.
+    Disconnect(DisconnectReason),
+}
+
+/// The Connection's state; handed to the Manager in the termination event.
+pub struct ConnectionState {
+    id: PeerId,
+    addr: SocketAddr,
+    direction: Direction,
+    manual: bool,
+    ctx: Arc<NodeContext>,
+    transport: Option<Transport>,
+    handshake: Handshake,
+    ping: Option<PingTracker>,
+    started: Instant,
+    outbox: Option<mpsc::Sender<Vec<u8>>>,
+    reader: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    timers: Vec<JoinHandle<()>>,
+    /// Largest ordinary payload the peer accepts (BSV protoconf raises it).
+    peer_max_payload: u32,
+    got_protoconf: bool,
+    bytes_sent: u64,
+    bytes_received: u64,
+    close_reason: Option<DisconnectReason>,
+}
+
+impl ConnectionState {
+    /// Why the connection closed, if it did.
+    pub fn close_reason(&self) -> Option<&DisconnectReason> {
+        self.close_reason.as_ref()
+    }
+
+    /// The peer's id.
+    pub fn id(&self) -> PeerId {
+        self.id
+    }
+}
+
+impl Actor for Connection {
+    type Msg = ConnectionMsg;
+    type State = ConnectionState;
+    type Arguments = ConnectionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ConnectionArgs,
+    ) -> Result<ConnectionState, ActorProcessingErr> {
+        // No I/O here: pre_start runs inside the Manager's spawn await.
+        let now = Instant::now();
+        let nonce = loop {
+            let n: u64 = rand::random();
+            if n != 0 {
+                break n;
+            }
+        };
+        let handshake = Handshake::new(
+            args.direction,
+            args.manual,
+            nonce,
+            args.addr,
+            None,
+            now,
+            args.ctx.config.handshake_timeout,
+        );
+        let peer_max_payload = args.ctx.profile.limits.send_default;
+        Ok(ConnectionState {
+            id: args.id,
+            addr: args.addr,
+            direction: args.direction,
+            manual: args.manual,
+            ctx: args.ctx,
+            transport: Some(args.transport),
+            handshake,
+            ping: None,
+            started: now,
+            outbox: None,
+            reader: None,
+            writer: None,
+            timers: Vec::new(),
+            peer_max_payload,
+            got_protoconf: false,
+            bytes_sent: 0,
+            bytes_received: 0,
+            close_reason: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        let config = &state.ctx.config;
+        let tick = [config.handshake_timeout, config.ping_interval, config.ping_timeout]
+            .into_iter()
+            .min()
+            .unwrap_or(MAX_TICK_INTERVAL)
+            .div_f32(4.0)
+            .clamp(Duration::from_millis(50), MAX_TICK_INTERVAL);
+        state.timers.push(myself.send_interval(tick, || ConnectionMsg::Tick));
+        match state.transport.take() {
+            Some(Transport::Accepted(stream)) => {
+                if let Err(reason) = start_io(&myself, state, stream) {
+                    close(&myself, state, reason);
+                }
+            }
+            Some(Transport::Dial) => {
+                let addr = state.addr;
+                let timeout = config.connect_timeout;
+                let me = myself.clone();
+                state.timers.push(tokio::spawn(async move {
+                    let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                        Ok(Ok(s)) => Ok(s),
+                        Ok(Err(e)) => Err(DisconnectReason::ConnectFailed(e.to_string())),
+                        Err(_) => Err(DisconnectReason::ConnectTimeout),
+                    };
+                    let _ = me.cast(ConnectionMsg::Dialed(result));
+                }));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: ConnectionMsg,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.close_reason.is_some() {
+            // Already closing; drop whatever is still queued.
+            return Ok(());
+        }
+        let result = match msg {
+            ConnectionMsg::Dialed(Ok(stream)) => start_io(&myself, state, stream),
+            ConnectionMsg::Dialed(Err(reason)) => Err(reason),
+            ConnectionMsg::Inbound(inbound) => on_inbound(state, inbound),
+            ConnectionMsg::DroppedFrame(err) => {
+                warn!(peer = %state.addr, id = %state.id, error = %err, "dropped a frame");
+                metrics::counter!("meshd_frame_errors_total", "kind" => err.kind()).increment(1);
+                Ok(())
+            }
+            ConnectionMsg::ReaderEnded(reason) => Err(reason),
+            ConnectionMsg::WriterFailed(e) => Err(DisconnectReason::Io(e)),
+            ConnectionMsg::Tick => on_tick(state),
+            ConnectionMsg::Send(m) => send(state, &m),
+            ConnectionMsg::Disconnect(reason) => Err(reason),
+        };
+        if let Err(reason) = result {
+            close(&myself, state, reason);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ConnectionState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in state.timers.drain(..) {
+            t.abort();
+        }
+        if let Some(r) = state.reader.take() {
+            r.abort();
+        }
+        // Dropping the sender lets the writer flush what is queued, then close; a peer that
+        // does not read gets WRITER_LINGER, then the writer (and the socket) is dropped.
+        state.outbox = None;
+        if let Some(w) = state.writer.take() {
+            let abort = w.abort_handle();
+            tokio::spawn(async move {
+                if tokio::time::timeout(WRITER_LINGER, w).await.is_err() {
+                    abort.abort();
+                }
+            });
+        }
+        let reason = state.close_reason.get_or_insert_with(|| {
+            if state.ctx.is_shutting_down() {
+                DisconnectReason::Shutdown
+            } else {
+                DisconnectReason::Stopped("stopped by its supervisor".into())
+            }
+        });
+        if state.direction == Direction::Outbound {
+            state.ctx.outbound_nonces.remove(&state.handshake.our_nonce());
+        }
+        metrics::counter!("meshd_disconnects_total", "reason" => reason.kind()).increment(1);
+        let established = state.handshake.is_complete();
+        info!(
+            peer = %state.addr,
+            id = %state.id,
+            direction = %state.direction,
+            reason = %reason,
+            reason_kind = reason.kind(),
+            established,
+            "peer disconnected"
+        );
+        Ok(())
+    }
+}
+
+fn close(myself: &ActorRef<ConnectionMsg>, state: &mut ConnectionState, reason: DisconnectReason) {
+    if state.close_reason.is_none() {
+        state.close_reason = Some(reason);
+        myself.stop(None);
+    }
+}
+
+fn start_io(
+    myself: &ActorRef<ConnectionMsg>,
+    state: &mut ConnectionState,
+    stream: TcpStream,
+) -> Result<(), DisconnectReason> {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let (read_half, write_half) = stream.into_split();
+    let (tx, rx) = mpsc::channel(state.ctx.config.send_queue_capacity.max(1));
+    state.writer = Some(tokio::spawn(writer(write_half, rx, myself.clone())));
+    state.outbox = Some(tx);
+    let credit = Arc::new(Semaphore::new(READER_CREDIT_BYTES as usize));
+    state.reader = Some(tokio::spawn(reader(
+        read_half,
+        myself.clone(),
+        FrameDecoder::new(state.ctx.profile.magic, state.ctx.profile.limits),
+        credit,
+    )));
+    // Re-create the handshake now that the local address is known (it goes in our version).
+    state.handshake = Handshake::new(
+        state.direction,
+        state.manual,
+        state.handshake.our_nonce(),
+        state.addr,
+        local,
+        state.started,
+        state.ctx.config.handshake_timeout,
+    );
+    if state.direction == Direction::Outbound {
+        state
+            .ctx
+            .outbound_nonces
+            .insert(state.handshake.our_nonce(), state.id);
+    }
+    state.ctx.peers.update(state.id, |p| {
+        p.local_addr = local;
+        p.state = PeerState::Handshaking;
+        p.connected_since = std::time::SystemTime::now();
+    });
+    debug!(peer = %state.addr, id = %state.id, direction = %state.direction, "socket open, handshaking");
+    let steps = state.handshake.start(&state.ctx.policy, unix_now());
+    apply_steps(state, steps)
+}
+
+fn apply_steps(state: &mut ConnectionState, steps: Vec<HandshakeStep>) -> Result<(), DisconnectReason> {
+    for step in steps {
+        match step {
+            HandshakeStep::Send(m) => send(state, &m)?,
+            HandshakeStep::Complete(pv) => on_established(state, pv)?,
+        }
+    }
+    Ok(())
+}
+
+fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), DisconnectReason> {
+    let now = Instant::now();
+    let took = now.saturating_duration_since(state.started);
+    metrics::histogram!("meshd_handshake_duration_seconds").record(took.as_secs_f64());
+    info!(
+        peer = %state.addr,
+        id = %state.id,
+        direction = %state.direction,
+        version = pv.version,
+        user_agent = %pv.user_agent,
+        services = %pv.services,
+        start_height = pv.start_height,
+        handshake_ms = took.as_millis() as u64,
+        "handshake complete"
+    );
+    state.ctx.peers.update(state.id, |p| {
+        p.state = PeerState::Connected;
+        p.version = pv.version;
+        p.services = pv.services.to_u64();
+        p.user_agent = pv.user_agent.clone();
+        p.start_height = pv.start_height;
+    });
+    let config = &state.ctx.config;
+    state.ping = Some(PingTracker::new(now, config.ping_interval, config.ping_timeout));
+    if state.ctx.profile.chain == Chain::Bsv {
+        // BSV: announce what we accept, right after the handshake (protoconf spec).
+        let conf = Protoconf {
+            max_recv_payload_length: state.ctx.profile.limits.general,
+            stream_policies: None,
+        };
+        send(state, &Message::Protoconf(conf))?;
+    }
+    on_tick(state)
+}
+
+fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), DisconnectReason> {
+    state.bytes_received += inbound.wire_len as u64;
+    metrics::counter!("meshd_bytes_received_total", "command" => inbound.command)
+        .increment(inbound.wire_len as u64);
+    let message = match inbound.message {
+        Ok(m) => m,
+        Err(e) if !state.handshake.is_complete() => return Err(DisconnectReason::Payload(e)),
+        Err(e) => {
+            warn!(peer = %state.addr, id = %state.id, error = %e, "ignored a malformed message");
+            metrics::counter!("meshd_payload_errors_total", "kind" => e.kind()).increment(1);
+            return Ok(());
+        }
+    };
+    if !state.handshake.is_complete() {
+        let ctx = state.ctx.clone();
+        let is_ours = |n: u64| ctx.outbound_nonces.contains_key(&n);
+        let steps = state
+            .handshake
+            .on_message(&message, &ctx.policy, unix_now(), &is_ours)
+            .map_err(DisconnectReason::Handshake)?;
+        return apply_steps(state, steps);
+    }
+    match message {
+        Message::Network(NetworkMessage::Ping(nonce)) => {
+            send(state, &Message::Network(NetworkMessage::Pong(nonce)))
+        }
+        Message::Network(NetworkMessage::Pong(nonce)) => {
+            on_pong(state, nonce);
+            Ok(())
+        }
+        Message::Protoconf(conf) => {
+            if state.got_protoconf {
+                return Err(DisconnectReason::Protocol("second protoconf".into()));
+            }
+            state.got_protoconf = true;
+            if conf.max_recv_payload_length < BSV_LEGACY_PAYLOAD {
+                return Err(DisconnectReason::Protocol(format!(
+                    "protoconf maxRecvPayloadLength {} below the 1 MiB minimum",
+                    conf.max_recv_payload_length
+                )));
+            }
+            state.peer_max_payload = conf.max_recv_payload_length;
+            debug!(peer = %state.addr, id = %state.id, max = conf.max_recv_payload_length, "peer protoconf");
+            Ok(())
+        }
+        Message::Unknown { command, payload } => {
+            debug!(peer = %state.addr, id = %state.id, %command, len = payload.len(), "ignored unknown command");
+            metrics::counter!("meshd_unknown_messages_total").increment(1);
+            Ok(())
+        }
+        Message::Network(NetworkMessage::Version(_)) => {
+            // Core ignores (and penalises) a repeated version after the handshake.
+            metrics::counter!("meshd_payload_errors_total", "kind" => "duplicate_version").increment(1);
+            Ok(())
+        }
+        Message::Network(_) => Ok(()),
+    }
+}
+
+fn on_pong(state: &mut ConnectionState, nonce: u64) {
+    let Some(ping) = state.ping.as_mut() else { return };
+    match ping.on_pong(nonce, Instant::now()) {
+        PongOutcome::Matched(rtt) => {
+            metrics::histogram!("meshd_ping_rtt_seconds").record(rtt.as_secs_f64());
+            let (last, min) = (ping.last_rtt(), ping.min_rtt());
+            state.ctx.peers.update(state.id, |p| {
+                p.ping_last = last;
+                p.ping_min = min;
+                p.pongs += 1;
+            });
+            debug!(peer = %state.addr, id = %state.id, rtt_us = rtt.as_micros() as u64, "pong");
+        }
+        PongOutcome::Unexpected => {
+            debug!(peer = %state.addr, id = %state.id, nonce, "unexpected pong ignored");
+        }
+    }
+}
+
+fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
+    let now = Instant::now();
+    let (sent, received) = (state.bytes_sent, state.bytes_received);
+    state.ctx.peers.update(state.id, |p| {
+        p.bytes_sent = sent;
+        p.bytes_received = received;
+    });
+    if !state.handshake.is_complete() {
+        if state.outbox.is_none() {
+            // Still dialling: the connect timeout bounds this phase.
+            return Ok(());
+        }
+        return state
+            .handshake
+            .check_timeout(now)
+            .map_err(DisconnectReason::Handshake);
+    }
+    let Some(ping) = state.ping.as_mut() else { return Ok(()) };
+    match ping.poll(now, rand::random()) {
+        Ok(Some(nonce)) => send(state, &Message::Network(NetworkMessage::Ping(nonce))),
+        Ok(None) => Ok(()),
+        Err(timeout) => Err(DisconnectReason::PingTimeout(timeout)),
+    }
+}
+
+fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReason> {
+    let Some(outbox) = state.outbox.as_ref() else {
+        return Ok(());
+    };
+    let bytes = msg.encode(state.ctx.profile.magic);
+    let command = msg.command();
+    let payload_len = bytes.len().saturating_sub(crate::constants::FRAME_HEADER_LEN);
+    if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
+        warn!(peer = %state.addr, id = %state.id, %command, payload_len, limit = state.peer_max_payload,
+              "not sending a message larger than the peer accepts");
+        return Ok(());
+    }
+    let len = bytes.len() as u64;
+    match outbox.try_send(bytes) {
+        Ok(()) => {
+            state.bytes_sent += len;
+            metrics::counter!("meshd_bytes_sent_total", "command" => command_label(command.as_str()))
+                .increment(len);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
+            state.ctx.config.send_queue_capacity,
+        )),
+        Err(mpsc::error::TrySendError::Closed(_)) => Err(DisconnectReason::Io("writer closed".into())),
+    }
+}
+
+async fn reader(
+    mut half: OwnedReadHalf,
+    actor: ActorRef<ConnectionMsg>,
+    mut decoder: FrameDecoder,
+    credit: Arc<Semaphore>,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        let n = match half.read(&mut buf).await {
+            Ok(0) => {
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(e.to_string())));
+                return;
+            }
+        };
+        let mut input = &buf[..n];
+        while let Some(result) = decoder.decode(&mut input) {
+            match result {
+                Ok(frame) => {
+                    let wire_len = frame.wire_len();
+                    let command = command_label(frame.command.as_str());
+                    let weight = wire_len.min(READER_CREDIT_BYTES as usize) as u32;
+                    let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
+                        return;
+                    };
+                    let message = Message::decode(frame);
+                    let inbound = Inbound {
+                        command,
+                        wire_len,
+                        message,
+                        _credit: permit,
+                    };
+                    if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.is_fatal() => {
+                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
+                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Frame(e)));
+                    return;
+                }
+                Err(e) => {
+                    if actor.cast(ConnectionMsg::DroppedFrame(e)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn writer(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, actor: ActorRef<ConnectionMsg>) {
+    while let Some(bytes) = rx.recv().await {
+        if let Err(e) = half.write_all(&bytes).await {
+            let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
+            return;
+        }
+    }
+    // The actor is gone and the queue is drained: close our side.
+    let _ = half.shutdown().await;
+}

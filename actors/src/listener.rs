@@ -1,0 +1,91 @@
+//! The Listener actor: accept loops on the configured addresses.
+//!
+//! Sockets are bound by [`crate::node::Node::start`] before the tree starts (so a port in
+//! use is a start-up error, not a crash), and handed in as `Arc`s so a restarted Listener
+//! accepts on the same sockets. One accept task per address casts each new socket to the
+//! Manager; the ban check (refuse before reading a byte) plugs in here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::manager::ManagerMsg;
+
+/// Pause after a failed accept (e.g. out of file descriptors) before trying again.
+///
+/// Without it a persistent EMFILE turns the accept loop into a busy spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The Listener actor.
+pub struct Listener;
+
+/// Arguments of the Listener.
+pub struct ListenerArgs {
+    /// Bound sockets.
+    pub listeners: Vec<Arc<TcpListener>>,
+    /// Where accepted sockets go.
+    pub manager: ActorRef<ManagerMsg>,
+}
+
+/// The Listener's state: its accept tasks, aborted when it stops.
+pub struct ListenerState {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Actor for Listener {
+    type Msg = ();
+    type State = ListenerState;
+    type Arguments = ListenerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: ListenerArgs,
+    ) -> Result<ListenerState, ActorProcessingErr> {
+        let mut tasks = Vec::new();
+        for listener in args.listeners {
+            let manager = args.manager.clone();
+            if let Ok(addr) = listener.local_addr() {
+                info!(%addr, "listening for peers");
+            }
+            tasks.push(tokio::spawn(accept_loop(listener, manager)));
+        }
+        Ok(ListenerState { tasks })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+async fn accept_loop(listener: Arc<TcpListener>, manager: ActorRef<ManagerMsg>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, addr)) => {
+                debug!(peer = %addr, "accepted");
+                metrics::counter!("meshd_accepted_total").increment(1);
+                if manager
+                    .cast(ManagerMsg::InboundAccepted { stream, addr })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}

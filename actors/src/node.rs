@@ -1,0 +1,389 @@
+//! The NodeSupervisor actor and [`Node`], the handle an embedding program (or the daemon)
+//! holds.
+//!
+//! The supervisor starts the Manager and then the Listener, both linked. If one fails it is
+//! restarted, rest-for-one (the Listener depends on the Manager, so a new Manager means a new
+//! Listener too), at most [`SUPERVISOR_MAX_RESTARTS`] times inside
+//! [`SUPERVISOR_RESTART_WINDOW`]; past that the node stops with an error instead of spinning.
+//! A graceful shutdown stops the Listener (no new peers), asks the Manager to close every
+//! connection (their stop hooks run), then stops the Manager and itself.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::config::NodeConfig;
+use crate::constants::{SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW};
+use crate::context::NodeContext;
+use crate::listener::{Listener, ListenerArgs};
+use crate::manager::{Manager, ManagerMsg};
+use crate::peers::{PeerId, PeerInfo, PeerTable};
+use crate::wire::Message;
+
+/// Messages of the NodeSupervisor.
+pub enum NodeMsg {
+    /// Graceful shutdown; replies when done.
+    Shutdown(RpcReplyPort<()>),
+    /// The Manager's handle (for the [`Node`] API).
+    GetManager(RpcReplyPort<Option<ActorRef<ManagerMsg>>>),
+}
+
+/// The root of the supervision tree.
+pub struct NodeSupervisor;
+
+/// Arguments of the NodeSupervisor.
+pub struct NodeArgs {
+    ctx: Arc<NodeContext>,
+    listeners: Vec<Arc<TcpListener>>,
+}
+
+/// State of the NodeSupervisor.
+pub struct NodeState {
+    ctx: Arc<NodeContext>,
+    listeners: Vec<Arc<TcpListener>>,
+    manager: Option<ActorRef<ManagerMsg>>,
+    listener: Option<ActorRef<()>>,
+    restarts: VecDeque<Instant>,
+    stopping: bool,
+}
+
+impl NodeState {
+    async fn start_manager(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let (manager, _) = Actor::spawn_linked(
+            None,
+            Manager,
+            self.ctx.clone(),
+            myself.get_cell(),
+        )
+        .await?;
+        self.manager = Some(manager);
+        Ok(())
+    }
+
+    async fn start_listener(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(manager) = self.manager.clone() else {
+            return Ok(());
+        };
+        let args = ListenerArgs {
+            listeners: self.listeners.clone(),
+            manager,
+        };
+        let (listener, _) = Actor::spawn_linked(None, Listener, args, myself.get_cell()).await?;
+        self.listener = Some(listener);
+        Ok(())
+    }
+
+    /// Records a restart; false when the restart budget is spent.
+    fn allow_restart(&mut self) -> bool {
+        let now = Instant::now();
+        while self
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > SUPERVISOR_RESTART_WINDOW)
+        {
+            self.restarts.pop_front();
+        }
+        self.restarts.push_back(now);
+        self.restarts.len() <= SUPERVISOR_MAX_RESTARTS
+    }
+
+    async fn on_child_exit(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+        cell: ActorCell,
+        why: String,
+    ) -> Result<(), ActorProcessingErr> {
+        if self.stopping {
+            return Ok(());
+        }
+        let is_manager = self.manager.as_ref().is_some_and(|m| m.get_id() == cell.get_id());
+        let is_listener = self.listener.as_ref().is_some_and(|l| l.get_id() == cell.get_id());
+        if !is_manager && !is_listener {
+            return Ok(());
+        }
+        let which = if is_manager { "manager" } else { "listener" };
+        if !self.allow_restart() {
+            error!(child = which, %why, "restart intensity exceeded; stopping the node");
+            myself.stop(Some(format!("{which} failed too often: {why}")));
+            return Ok(());
+        }
+        warn!(child = which, %why, "restarting");
+        if is_manager {
+            if let Some(l) = self.listener.take() {
+                l.stop(None);
+            }
+            self.start_manager(myself).await?;
+        }
+        self.start_listener(myself).await
+    }
+}
+
+impl Actor for NodeSupervisor {
+    type Msg = NodeMsg;
+    type State = NodeState;
+    type Arguments = NodeArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: NodeArgs,
+    ) -> Result<NodeState, ActorProcessingErr> {
+        Ok(NodeState {
+            ctx: args.ctx,
+            listeners: args.listeners,
+            manager: None,
+            listener: None,
+            restarts: VecDeque::new(),
+            stopping: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.start_manager(&myself).await?;
+        state.start_listener(&myself).await
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: NodeMsg,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            NodeMsg::GetManager(reply) => {
+                let _ = reply.send(state.manager.clone());
+            }
+            NodeMsg::Shutdown(reply) => {
+                state.stopping = true;
+                state.ctx.begin_shutdown();
+                if let Some(l) = state.listener.take() {
+                    let _ = l.stop_and_wait(Some("shutdown".into()), None).await;
+                }
+                if let Some(m) = state.manager.take() {
+                    let _ = m.call(ManagerMsg::Shutdown, None).await;
+                    let _ = m.stop_and_wait(Some("shutdown".into()), None).await;
+                }
+                info!("node stopped");
+                let _ = reply.send(());
+                myself.stop(Some("shutdown".into()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut NodeState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, why) => {
+                let why = why.unwrap_or_else(|| "stopped".into());
+                state.on_child_exit(&myself, cell, why).await?;
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                state.on_child_exit(&myself, cell, err.to_string()).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created or opened.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Another process holds the data directory.
+    #[error("data directory {0} is in use by another meshd process")]
+    DataDirLocked(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The supervision tree did not start.
+    #[error("supervision tree failed to start: {0}")]
+    Spawn(String),
+}
+
+/// How the node ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeExit {
+    /// A requested, graceful shutdown.
+    Graceful,
+    /// The node stopped by itself (restart intensity exceeded, or a bug).
+    Failed(String),
+}
+
+/// A running node.
+pub struct Node {
+    supervisor: ActorRef<NodeMsg>,
+    join: Option<JoinHandle<()>>,
+    ctx: Arc<NodeContext>,
+    listen_addrs: Vec<SocketAddr>,
+    _lock: File,
+}
+
+impl Node {
+    /// Creates the data directory, binds the listen addresses and starts the supervision
+    /// tree. Errors here are configuration or environment problems, reported before any
+    /// peer traffic.
+    pub async fn start(config: NodeConfig) -> Result<Node, StartError> {
+        let dir = config.datadir.clone();
+        let dir_err = |source| StartError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(dir_err)?;
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(".lock"))
+            .map_err(dir_err)?;
+        if lock.try_lock().is_err() {
+            return Err(StartError::DataDirLocked(dir.display().to_string()));
+        }
+        let mut listeners = Vec::new();
+        let mut listen_addrs = Vec::new();
+        for addr in &config.listen {
+            let socket = bind(*addr).map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+            listen_addrs.push(socket.local_addr().unwrap_or(*addr));
+            listeners.push(Arc::new(socket));
+        }
+        let ctx = Arc::new(NodeContext::new(config));
+        info!(
+            network = %ctx.config.network,
+            datadir = %ctx.config.datadir.display(),
+            user_agent = %ctx.config.user_agent,
+            "starting node"
+        );
+        let args = NodeArgs {
+            ctx: ctx.clone(),
+            listeners,
+        };
+        let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
+            .await
+            .map_err(|e| StartError::Spawn(e.to_string()))?;
+        Ok(Node {
+            supervisor,
+            join: Some(join),
+            ctx,
+            listen_addrs,
+            _lock: lock,
+        })
+    }
+
+    /// The addresses actually bound (port 0 resolved).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen_addrs
+    }
+
+    /// The live peer table.
+    pub fn peer_table(&self) -> &PeerTable {
+        &self.ctx.peers
+    }
+
+    /// A snapshot of every peer.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        self.ctx.peers.snapshot()
+    }
+
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &NodeConfig {
+        &self.ctx.config
+    }
+
+    async fn manager(&self) -> Option<ActorRef<ManagerMsg>> {
+        self.supervisor
+            .call(NodeMsg::GetManager, None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten()
+    }
+
+    /// Dials a peer; `persistent` keeps it connected.
+    pub async fn connect(&self, addr: SocketAddr, persistent: bool) -> bool {
+        match self.manager().await {
+            Some(m) => m.cast(ManagerMsg::Connect { addr, persistent }).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Closes a peer's connection; false if there is no such peer.
+    pub async fn disconnect(&self, id: PeerId) -> bool {
+        let Some(m) = self.manager().await else { return false };
+        matches!(
+            m.call(|r| ManagerMsg::Disconnect(id, r), None).await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// Sends a message to one peer; false if there is no such peer.
+    pub async fn send_to(&self, id: PeerId, message: Message) -> bool {
+        let Some(m) = self.manager().await else { return false };
+        matches!(
+            m.call(|r| ManagerMsg::SendTo(id, message, r), None).await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// Graceful shutdown: stop accepting, close every peer, stop the tree.
+    pub async fn shutdown(mut self) -> NodeExit {
+        let _ = self.supervisor.call(NodeMsg::Shutdown, None).await;
+        self.wait().await
+    }
+
+    /// Waits until the node stops by itself.
+    pub async fn wait(&mut self) -> NodeExit {
+        let graceful = self.ctx.is_shutting_down();
+        if let Some(join) = self.join.take() {
+            if let Err(e) = join.await {
+                return NodeExit::Failed(e.to_string());
+            }
+        }
+        if graceful || self.ctx.is_shutting_down() {
+            NodeExit::Graceful
+        } else {
+            NodeExit::Failed("supervision tree stopped".into())
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}

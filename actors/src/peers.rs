@@ -1,0 +1,153 @@
+//! The peer table: one row per live connection, shared by the Manager (which adds and removes
+//! rows) and each Connection actor (which keeps its own row current). Readers (the admin API,
+//! an embedding program) take snapshots without asking any actor.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use serde::Serialize;
+
+use crate::peer::Direction;
+
+/// A peer's id, unique for the life of the node process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PeerId(pub u64);
+
+impl std::fmt::Display for PeerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerState {
+    /// TCP connect in progress.
+    Connecting,
+    /// version/verack in progress.
+    Handshaking,
+    /// Handshake complete.
+    Connected,
+}
+
+impl PeerState {
+    /// Lowercase name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Connecting => "connecting",
+            PeerState::Handshaking => "handshaking",
+            PeerState::Connected => "connected",
+        }
+    }
+}
+
+/// A snapshot of one peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// Id.
+    pub id: PeerId,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Local address of the socket, once connected.
+    pub local_addr: Option<SocketAddr>,
+    /// Who dialled.
+    pub direction: Direction,
+    /// A `--connect` peer (manual, kept connected).
+    pub manual: bool,
+    /// Lifecycle state.
+    pub state: PeerState,
+    /// Services announced (raw bits).
+    pub services: u64,
+    /// Protocol version announced.
+    pub version: u32,
+    /// User agent announced.
+    pub user_agent: String,
+    /// Height announced in its version.
+    pub start_height: i32,
+    /// When the connection started (TCP established or accepted).
+    pub connected_since: SystemTime,
+    /// Bytes sent, frame headers included.
+    pub bytes_sent: u64,
+    /// Bytes received, frame headers included.
+    pub bytes_received: u64,
+    /// Last ping round-trip time.
+    pub ping_last: Option<Duration>,
+    /// Lowest ping round-trip time.
+    pub ping_min: Option<Duration>,
+    /// Pongs received that matched our ping.
+    pub pongs: u64,
+}
+
+impl PeerInfo {
+    /// A fresh row for a connection that is just starting.
+    pub fn new(id: PeerId, addr: SocketAddr, direction: Direction, manual: bool) -> PeerInfo {
+        PeerInfo {
+            id,
+            addr,
+            local_addr: None,
+            direction,
+            manual,
+            state: PeerState::Connecting,
+            services: 0,
+            version: 0,
+            user_agent: String::new(),
+            start_height: 0,
+            connected_since: SystemTime::now(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            ping_last: None,
+            ping_min: None,
+            pongs: 0,
+        }
+    }
+}
+
+/// The shared table of live peers.
+#[derive(Debug, Clone, Default)]
+pub struct PeerTable {
+    rows: Arc<DashMap<PeerId, PeerInfo>>,
+}
+
+impl PeerTable {
+    /// Inserts or replaces a row.
+    pub fn insert(&self, info: PeerInfo) {
+        self.rows.insert(info.id, info);
+    }
+
+    /// Removes a row.
+    pub fn remove(&self, id: PeerId) -> Option<PeerInfo> {
+        self.rows.remove(&id).map(|(_, v)| v)
+    }
+
+    /// Applies `f` to a row, if present.
+    pub fn update(&self, id: PeerId, f: impl FnOnce(&mut PeerInfo)) {
+        if let Some(mut row) = self.rows.get_mut(&id) {
+            f(&mut row);
+        }
+    }
+
+    /// One row.
+    pub fn get(&self, id: PeerId) -> Option<PeerInfo> {
+        self.rows.get(&id).map(|r| r.clone())
+    }
+
+    /// All rows, ordered by id.
+    pub fn snapshot(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self.rows.iter().map(|r| r.clone()).collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+}
