@@ -1,1 +1,94 @@
-fn main() {}
+//! The meshd daemon: parses flags and the config file, sets up logging, starts the node and
+//! stops it gracefully on SIGINT or SIGTERM.
+//!
+//! Exit codes: 0 after a graceful stop; 2 for bad flags, a bad config file or an environment
+//! problem found at start (port in use, data dir locked); 1 when the node stops by itself.
+
+mod cli;
+mod settings;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use meshd_actors::node::{Node, NodeExit};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat};
+
+fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("log-level: {e}"))?,
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("meshd: error: {msg}");
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(a)) => a,
+        None => cli.run,
+    };
+    let settings = match settings::resolve(&args) {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = init_logging(settings.log_format, settings.log_level.as_deref()) {
+        return fail(e);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(run(settings))
+}
+
+async fn run(settings: settings::Settings) -> ExitCode {
+    let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => return fail("cannot install signal handlers"),
+    };
+    let mut node = match Node::start(settings.node).await {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    for addr in node.listen_addrs() {
+        // One machine-readable line per bound address, for scripts and tests using port 0.
+        info!(%addr, "p2p listening");
+    }
+    let signal_name = tokio::select! {
+        _ = sigint.recv() => "SIGINT",
+        _ = sigterm.recv() => "SIGTERM",
+        exit = node.wait() => {
+            error!(?exit, "node stopped by itself");
+            return ExitCode::from(1);
+        }
+    };
+    info!(signal = signal_name, "shutting down");
+    match node.shutdown().await {
+        NodeExit::Graceful => {
+            info!("bye");
+            ExitCode::SUCCESS
+        }
+        NodeExit::Failed(why) => {
+            error!(%why, "shutdown failed");
+            ExitCode::from(1)
+        }
+    }
+}

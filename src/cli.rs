@@ -1,0 +1,112 @@
+//! Command-line interface: `meshd [run] [OPTIONS]`.
+//!
+//! Every option of `run` has a key of the same name in the TOML config file (`--config`);
+//! a flag given on the command line overrides the file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// meshd: a long-running peer-to-peer node for Bitcoin-family networks (BTC and BSV).
+#[derive(Debug, Parser)]
+#[command(name = "meshd", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// What to do; `run` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of `run`, accepted without the subcommand too.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node (the default).
+    Run(RunArgs),
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of `meshd run`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RunArgs {
+    /// TOML config file; its keys are the long option names (e.g. `ping-interval = "2m"`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Network: mainnet, testnet3, testnet4, signet, regtest, bsv-mainnet, bsv-testnet,
+    /// bsv-stn, bsv-regtest. [default: regtest]
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+
+    /// Data directory; state lives in DIR/<network>/. [default: ./.meshd]
+    #[arg(long, value_name = "DIR")]
+    pub datadir: Option<PathBuf>,
+
+    /// Accept peers on ADDR (repeatable): `127.0.0.1:18444`, `[::1]:18444`, or an IP alone
+    /// for the network's default port. [default: 127.0.0.1 on regtest, 0.0.0.0 elsewhere]
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<String>,
+
+    /// Do not accept inbound peers at all.
+    #[arg(long)]
+    pub no_listen: bool,
+
+    /// Dial ADDR and keep it connected (repeatable); manual peers skip the services check.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: Vec<String>,
+
+    /// Log format.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, in tracing's EnvFilter syntax (e.g. `info,meshd_actors=debug`); RUST_LOG
+    /// is used when neither this nor the config key is set. [default: info]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+
+    /// Time allowed for version and verack to cross (`60s`, `1m`, `500ms`). [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub handshake_timeout: Option<String>,
+
+    /// Interval between pings to each peer. [default: 2m]
+    #[arg(long, value_name = "DURATION")]
+    pub ping_interval: Option<String>,
+
+    /// Disconnect a peer whose pong is this late. [default: 20m]
+    #[arg(long, value_name = "DURATION")]
+    pub ping_timeout: Option<String>,
+
+    /// Time allowed for an outbound TCP connect. [default: 5s]
+    #[arg(long, value_name = "DURATION")]
+    pub connect_timeout: Option<String>,
+
+    /// Refuse peers announcing a lower protocol version. [default: 70001]
+    #[arg(long, value_name = "N")]
+    pub min_protocol_version: Option<u32>,
+
+    /// Service bits we announce, decimal or 0x-hex. [default: 0x9 on regtest, 0 elsewhere]
+    #[arg(long, value_name = "BITS")]
+    pub services: Option<String>,
+
+    /// Service bits automatic outbound peers must announce, decimal or 0x-hex. [default: 0x1]
+    #[arg(long, value_name = "BITS")]
+    pub required_services: Option<String>,
+
+    /// Refuse peers whose user agent contains PATTERN (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub ban_user_agent: Vec<String>,
+
+    /// BSV only: largest block or transaction message accepted, in bytes. [default: 268435456]
+    #[arg(long, value_name = "BYTES")]
+    pub max_block_message_size: Option<u32>,
+}

@@ -1,0 +1,283 @@
+//! Turns flags and the TOML file into a validated [`NodeConfig`] plus daemon settings.
+//!
+//! Rules: every flag has a file key of the same name; a flag given overrides the key; an
+//! unknown key, a bad address, an unknown network or a malformed duration is an error that
+//! names the offending value (the daemon prints it on one line and exits 2).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bitcoin::p2p::ServiceFlags;
+use meshd_actors::config::NodeConfig;
+use meshd_actors::network::NetworkId;
+use serde::Deserialize;
+
+use crate::cli::{LogFormat, RunArgs};
+
+/// A configuration error, shown to the user as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// A duration in the file: a number of seconds, or a string such as `"90s"` or `"2m"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileDuration {
+    /// Seconds.
+    Seconds(u64),
+    /// With a unit.
+    Text(String),
+}
+
+/// A service-bit value in the file: an integer or a `"0x..."` string.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileBits {
+    /// Integer.
+    Number(u64),
+    /// Text, decimal or 0x-hex.
+    Text(String),
+}
+
+/// The TOML file: the same keys as the long flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    network: Option<String>,
+    datadir: Option<PathBuf>,
+    listen: Option<Vec<String>>,
+    no_listen: Option<bool>,
+    connect: Option<Vec<String>>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    handshake_timeout: Option<FileDuration>,
+    ping_interval: Option<FileDuration>,
+    ping_timeout: Option<FileDuration>,
+    connect_timeout: Option<FileDuration>,
+    min_protocol_version: Option<u32>,
+    services: Option<FileBits>,
+    required_services: Option<FileBits>,
+    ban_user_agent: Option<Vec<String>>,
+    max_block_message_size: Option<u32>,
+}
+
+/// Everything the daemon needs to start.
+#[derive(Debug)]
+pub struct Settings {
+    /// The node's configuration.
+    pub node: NodeConfig,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter, if set by flag or file.
+    pub log_level: Option<String>,
+}
+
+/// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = match num.parse() {
+        Ok(v) if v >= 0.0 && f64::is_finite(v) => v,
+        _ => return err(format!("{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)")),
+    };
+    let secs = match unit.trim() {
+        "" | "s" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return err(format!("{key}: bad duration unit in {text:?} (use ms, s, m or h)")),
+    };
+    if secs <= 0.0 || secs > 30.0 * 86_400.0 {
+        return err(format!("{key}: duration {text:?} must be above zero and at most 30 days"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn file_duration(key: &str, d: &FileDuration) -> Result<Duration, ConfigError> {
+    match d {
+        FileDuration::Seconds(s) => parse_duration(key, &s.to_string()),
+        FileDuration::Text(t) => parse_duration(key, t),
+    }
+}
+
+/// Parses service bits, decimal or 0x-hex.
+pub fn parse_bits(key: &str, text: &str) -> Result<ServiceFlags, ConfigError> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse(),
+    };
+    match parsed {
+        Ok(v) => Ok(ServiceFlags::from(v)),
+        Err(_) => err(format!("{key}: bad service bits {text:?}")),
+    }
+}
+
+fn file_bits(key: &str, b: &FileBits) -> Result<ServiceFlags, ConfigError> {
+    match b {
+        FileBits::Number(n) => Ok(ServiceFlags::from(*n)),
+        FileBits::Text(t) => parse_bits(key, t),
+    }
+}
+
+/// Parses `IP:PORT`, `[IPv6]:PORT`, or an IP alone (then `default_port`).
+pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<SocketAddr, ConfigError> {
+    let t = text.trim();
+    if let Ok(sa) = t.parse::<SocketAddr>() {
+        return Ok(sa);
+    }
+    let bare = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+    if let Ok(ip) = bare.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    err(format!(
+        "{key}: bad address {text:?} (expected IP:PORT, [IPv6]:PORT or an IP)"
+    ))
+}
+
+/// Reads and parses a config file.
+pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| {
+        let msg = e.message().to_string();
+        ConfigError(format!("config file {}: {msg}", path.display()))
+    })
+}
+
+/// Merges flags over the file over the defaults.
+pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileConfig::default(),
+    };
+    let network_name = args
+        .network
+        .clone()
+        .or(file.network.clone())
+        .unwrap_or_else(|| "regtest".into());
+    let network: NetworkId = network_name
+        .parse()
+        .map_err(|e: meshd_actors::network::UnknownNetwork| ConfigError(format!("network: {e}")))?;
+    let profile = network.profile();
+    let base = args
+        .datadir
+        .clone()
+        .or(file.datadir.clone())
+        .unwrap_or_else(|| PathBuf::from(".meshd"));
+    let mut node = NodeConfig::new(network, base.join(network.name()));
+
+    let pick = |flag: &Vec<String>, key: &Option<Vec<String>>| -> Vec<String> {
+        if flag.is_empty() {
+            key.clone().unwrap_or_default()
+        } else {
+            flag.clone()
+        }
+    };
+    let no_listen = args.no_listen || file.no_listen.unwrap_or(false);
+    let listen = pick(&args.listen, &file.listen);
+    node.listen = if no_listen {
+        if !listen.is_empty() {
+            return err("no-listen and listen cannot both be given");
+        }
+        Vec::new()
+    } else if listen.is_empty() {
+        let ip: IpAddr = if profile.is_regtest() {
+            [127, 0, 0, 1].into()
+        } else {
+            [0, 0, 0, 0].into()
+        };
+        vec![SocketAddr::new(ip, profile.default_port)]
+    } else {
+        listen
+            .iter()
+            .map(|l| parse_endpoint("listen", l, profile.default_port))
+            .collect::<Result<_, _>>()?
+    };
+    node.connect = pick(&args.connect, &file.connect)
+        .iter()
+        .map(|c| parse_endpoint("connect", c, profile.default_port))
+        .collect::<Result<_, _>>()?;
+
+    let duration = |key: &str, flag: &Option<String>, file: &Option<FileDuration>, default: Duration| {
+        match (flag, file) {
+            (Some(f), _) => parse_duration(key, f),
+            (None, Some(d)) => file_duration(key, d),
+            (None, None) => Ok(default),
+        }
+    };
+    node.handshake_timeout = duration("handshake-timeout", &args.handshake_timeout, &file.handshake_timeout, node.handshake_timeout)?;
+    node.ping_interval = duration("ping-interval", &args.ping_interval, &file.ping_interval, node.ping_interval)?;
+    node.ping_timeout = duration("ping-timeout", &args.ping_timeout, &file.ping_timeout, node.ping_timeout)?;
+    node.connect_timeout = duration("connect-timeout", &args.connect_timeout, &file.connect_timeout, node.connect_timeout)?;
+    if let Some(v) = args.min_protocol_version.or(file.min_protocol_version) {
+        node.min_protocol_version = v;
+    }
+    let bits = |key: &str, flag: &Option<String>, file: &Option<FileBits>, default: ServiceFlags| match (flag, file) {
+        (Some(f), _) => parse_bits(key, f),
+        (None, Some(b)) => file_bits(key, b),
+        (None, None) => Ok(default),
+    };
+    node.services = bits("services", &args.services, &file.services, node.services)?;
+    node.required_services = bits("required-services", &args.required_services, &file.required_services, node.required_services)?;
+    node.banned_user_agents = pick(&args.ban_user_agent, &file.ban_user_agent);
+    if let Some(v) = args.max_block_message_size.or(file.max_block_message_size) {
+        node.max_block_message_size = v;
+    }
+    Ok(Settings {
+        node,
+        log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_level: args.log_level.clone().or(file.log_level),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("k", "90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("k", "2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("k", "0").is_err());
+        assert!(parse_duration("k", "soon").is_err());
+        assert!(parse_duration("k", "5 fortnights").is_err());
+    }
+
+    #[test]
+    fn endpoints_accept_ipv6_brackets_and_bare_ips() {
+        assert_eq!(parse_endpoint("k", "[::1]:1", 9).unwrap(), "[::1]:1".parse().unwrap());
+        assert_eq!(parse_endpoint("k", "[::1]", 9).unwrap(), "[::1]:9".parse().unwrap());
+        assert_eq!(parse_endpoint("k", "10.0.0.1", 9).unwrap(), "10.0.0.1:9".parse().unwrap());
+        assert!(parse_endpoint("k", "example.com:1", 9).is_err());
+        assert!(parse_endpoint("k", "1.2.3.4:99999", 9).is_err());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "network = \"testnet4\"\nping-interval = 30\nconnect = [\"127.0.0.1:1\"]\n").unwrap();
+        let args = RunArgs {
+            config: Some(path.clone()),
+            ping_interval: Some("10s".into()),
+            ..Default::default()
+        };
+        let s = resolve(&args).unwrap();
+        assert_eq!(s.node.network, NetworkId::Testnet4);
+        assert_eq!(s.node.ping_interval, Duration::from_secs(10));
+        assert_eq!(s.node.connect, vec!["127.0.0.1:1".parse().unwrap()]);
+        assert!(s.node.datadir.ends_with("testnet4"));
+
+        std::fs::write(&path, "pingg-interval = 30\n").unwrap();
+        let e = resolve(&args).unwrap_err().to_string();
+        assert!(e.contains("pingg-interval"), "{e}");
+    }
+}
