@@ -1,0 +1,175 @@
+//! Harness for end-to-end tests: starts the real `meshd` binary, collects its JSON log lines,
+//! and stops it with a signal. Every wait is bounded in time.
+
+#![allow(dead_code)]
+
+pub mod rawpeer;
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A running meshd process.
+pub struct Meshd {
+    child: Option<Child>,
+    logs: Arc<Mutex<Vec<Value>>>,
+    raw: Arc<Mutex<Vec<String>>>,
+    /// The first P2P listen address, if it listens.
+    pub addr: Option<SocketAddr>,
+    _dir: Option<tempfile::TempDir>,
+    pub datadir: PathBuf,
+}
+
+pub fn meshd_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_meshd")
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl Meshd {
+    /// Starts meshd on regtest in a fresh data dir with `--listen 127.0.0.1:0` and JSON logs,
+    /// plus `extra` arguments; waits until it listens.
+    pub fn start(extra: &[&str]) -> Meshd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let datadir = dir.path().to_path_buf();
+        let mut m = Meshd::start_in(&datadir, extra, true);
+        m._dir = Some(dir);
+        m
+    }
+
+    /// Starts meshd with `datadir`; `listen` adds `--listen 127.0.0.1:0`.
+    pub fn start_in(datadir: &Path, extra: &[&str], listen: bool) -> Meshd {
+        let mut cmd = Command::new(meshd_bin());
+        cmd.arg("--datadir").arg(datadir).args(["--log-format", "json"]);
+        if listen {
+            cmd.args(["--listen", "127.0.0.1:0"]);
+        }
+        if !extra.iter().any(|a| *a == "--log-level") {
+            cmd.args(["--log-level", "debug,ractor=warn"]);
+        }
+        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn meshd");
+        let stderr = child.stderr.take().expect("stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let (l2, r2) = (logs.clone(), raw.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("MESHD_TEST_ECHO").is_some() {
+                    eprintln!("[meshd] {line}");
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    l2.lock().unwrap().push(v);
+                }
+                r2.lock().unwrap().push(line);
+            }
+        });
+        let mut m = Meshd {
+            child: Some(child),
+            logs,
+            raw,
+            addr: None,
+            _dir: None,
+            datadir: datadir.to_path_buf(),
+        };
+        if listen {
+            let line = m.wait_log("p2p listening", Duration::from_secs(10), |v| msg(v) == "p2p listening");
+            m.addr = line["addr"].as_str().and_then(|a| a.parse().ok());
+        }
+        m
+    }
+
+    /// All JSON log lines so far.
+    pub fn logs(&self) -> Vec<Value> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// All raw stderr lines so far.
+    pub fn raw_lines(&self) -> Vec<String> {
+        self.raw.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line matching `pred`, or panics with what was seen.
+    pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = self.logs.lock().unwrap().iter().find(|v| pred(v)) {
+                return v.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; log:\n{}", self.raw_lines().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Counts log lines matching `pred`.
+    pub fn count_logs(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.logs.lock().unwrap().iter().filter(|v| pred(v)).count()
+    }
+
+    /// Sends `sig` (e.g. "TERM") and waits for exit.
+    pub fn stop_with(&mut self, sig: &str, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("meshd did not exit within {timeout:?} of SIG{sig}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Graceful stop; asserts exit code 0.
+    pub fn stop(&mut self) {
+        let status = self.stop_with("TERM", Duration::from_secs(10));
+        assert!(status.success(), "meshd exited with {status}");
+    }
+}
+
+impl Drop for Meshd {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The `message` of a JSON log line.
+pub fn msg(v: &Value) -> &str {
+    v["message"].as_str().unwrap_or("")
+}
+
+/// Whether the env says we run in CI (where skipping is not allowed).
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false)
+}
+
+/// Prints a loud skip notice (outside CI) or fails (in CI).
+pub fn skip_or_fail(why: &str) {
+    if in_ci() {
+        panic!("required test dependency missing in CI: {why}");
+    }
+    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+    eprintln!("!!! SKIPPED: {why}");
+    eprintln!("!!! run scripts/test.sh (it installs test dependencies) to run this test");
+    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+}

@@ -1,0 +1,112 @@
+//! End-to-end tests of the `meshd` binary: CLI contract, exit codes, two daemons handshaking
+//! and pinging over loopback, graceful shutdown.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{meshd_bin, msg, Meshd};
+
+fn run_to_end(args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .arg("--datadir")
+        .arg(dir.path())
+        .args(args)
+        .output()
+        .expect("run meshd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn help_documents_every_option() {
+    let out = Command::new(meshd_bin()).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--network", "--datadir", "--listen", "--connect", "--config", "--log-format",
+        "--handshake-timeout", "--ping-interval", "--ping-timeout", "--min-protocol-version",
+        "--ban-user-agent", "--required-services",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
+    }
+}
+
+#[test]
+fn bad_input_gives_one_error_line_and_exit_code_2() {
+    let cases: &[&[&str]] = &[
+        &["--network", "moonnet"],
+        &["--listen", "not-an-address"],
+        &["--connect", "1.2.3.4:99999"],
+        &["--ping-interval", "soon"],
+        &["--config", "/nonexistent/meshd.toml"],
+        &["--frobnicate"],
+    ];
+    for args in cases {
+        let (code, _, stderr) = run_to_end(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{args:?}: {stderr}");
+        assert!(stderr.lines().any(|l| l.contains("error")), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn unknown_config_key_is_refused_with_its_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meshd.toml");
+    std::fs::write(&path, "network = \"regtest\"\nping-intervall = \"1m\"\n").unwrap();
+    let (code, _, stderr) = run_to_end(&["--config", path.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("ping-intervall"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn port_in_use_is_a_clean_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, stderr) = run_to_end(&["--listen", &addr]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    assert!(!stderr.contains("panicked"));
+}
+
+#[test]
+fn example_config_in_deploy_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/meshd.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = Meshd::start_in(dir.path(), &["--config", path, "--listen", "127.0.0.1:0"], false);
+    m.wait_log("start", Duration::from_secs(10), |v| msg(v) == "p2p listening");
+    m.stop();
+}
+
+#[test]
+fn two_daemons_handshake_and_ping_then_stop_gracefully() {
+    let mut a = Meshd::start(&["--ping-interval", "300ms"]);
+    let a_addr = a.addr.unwrap().to_string();
+    let mut b = Meshd::start(&["--connect", &a_addr, "--ping-interval", "300ms"]);
+    let t = Duration::from_secs(10);
+    for node in [&a, &b] {
+        let hs = node.wait_log("handshake", t, |v| msg(v) == "handshake complete");
+        assert!(hs["user_agent"].as_str().unwrap().starts_with("/meshd:"), "{hs}");
+        node.wait_log("two pongs", t, |v| msg(v) == "pong");
+    }
+    let outbound = b.wait_log("b outbound", t, |v| msg(v) == "handshake complete");
+    assert_eq!(outbound["direction"], "outbound");
+    assert_eq!(outbound["peer"], a_addr.as_str());
+
+    let started = Instant::now();
+    b.stop();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let bye = a.wait_log("a sees b leave", t, |v| msg(v) == "peer disconnected");
+    assert_eq!(bye["reason_kind"], "peer_closed", "{bye}");
+    let started = Instant::now();
+    let status = a.stop_with("INT", Duration::from_secs(10));
+    assert!(status.success());
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,119 @@
+//! Hostile input over a real socket against the real binary. Each case gets its documented
+//! reaction (README, "How meshd treats bad input") and a log line naming the peer and the
+//! reason.
+
+mod common;
+
+use std::time::Duration;
+
+use bitcoin::p2p::message::NetworkMessage;
+use common::rawpeer::{header, RawPeer};
+use common::{msg, Meshd};
+use serde_json::Value;
+
+const REGTEST: [u8; 4] = [0xfa, 0xbf, 0xb5, 0xda];
+const MAINNET: [u8; 4] = [0xf9, 0xbe, 0xb4, 0xd9];
+
+fn disconnect_of(node: &Meshd, peer: &RawPeer) -> Value {
+    let who = peer.local_addr().to_string();
+    node.wait_log("disconnect line", Duration::from_secs(10), |v| {
+        msg(v) == "peer disconnected" && v["peer"] == who.as_str()
+    })
+}
+
+#[test]
+fn wrong_magic_disconnects_with_bad_magic() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    let mut bytes = header(MAINNET, "version", 0, [0; 4]);
+    bytes.truncate(8);
+    p.send_raw(&bytes);
+    assert!(p.closed_within(Duration::from_secs(5)));
+    let line = disconnect_of(&node, &p);
+    assert_eq!(line["reason_kind"], "bad_magic", "{line}");
+}
+
+#[test]
+fn garbage_before_version_disconnects() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.send_raw(b"GET / HTTP/1.1\r\nHost: meshd\r\n\r\n");
+    assert!(p.closed_within(Duration::from_secs(5)));
+    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "bad_magic");
+}
+
+#[test]
+fn oversized_length_disconnects_without_waiting_for_the_payload() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    p.send_raw(&header(REGTEST, "block", 4_000_001, [0; 4]));
+    assert!(p.closed_within(Duration::from_secs(5)));
+    let line = disconnect_of(&node, &p);
+    assert_eq!(line["reason_kind"], "oversized", "{line}");
+}
+
+#[test]
+fn large_message_before_the_handshake_is_refused() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.send_raw(&header(REGTEST, "version", 100_000, [0; 4]));
+    assert!(p.closed_within(Duration::from_secs(5)));
+    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "oversized");
+}
+
+#[test]
+fn bad_checksum_drops_the_message_and_keeps_the_peer() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    let mut bad = header(REGTEST, "ping", 8, [1, 2, 3, 4]);
+    bad.extend_from_slice(&7u64.to_le_bytes());
+    p.send_raw(&bad);
+    let who = p.local_addr().to_string();
+    let line = node.wait_log("dropped frame", Duration::from_secs(5), |v| {
+        msg(v) == "dropped a frame" && v["peer"] == who.as_str()
+    });
+    assert!(line["error"].as_str().unwrap().contains("bad checksum"), "{line}");
+    assert!(p.ping_ok(), "connection must survive a bad checksum");
+}
+
+#[test]
+fn silence_until_the_handshake_timeout_disconnects() {
+    let node = Meshd::start(&["--handshake-timeout", "1s"]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    assert!(p.closed_within(Duration::from_secs(5)));
+    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "handshake_timeout");
+}
+
+#[test]
+fn message_before_version_and_banned_agents_are_refused() {
+    let node = Meshd::start(&["--ban-user-agent", "/evil:"]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.send(NetworkMessage::Ping(1));
+    assert!(p.closed_within(Duration::from_secs(5)));
+    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "message_before_version");
+
+    let mut q = RawPeer::connect(node.addr.unwrap());
+    q.send(RawPeer::version("/evil:6.6.6/"));
+    assert!(q.closed_within(Duration::from_secs(5)));
+    assert_eq!(disconnect_of(&node, &q)["reason_kind"], "banned_user_agent");
+}
+
+#[test]
+fn unanswered_pings_time_out() {
+    let node = Meshd::start(&["--ping-interval", "200ms", "--ping-timeout", "1s"]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    // Read but never answer pings.
+    let start = std::time::Instant::now();
+    loop {
+        match p.recv(Duration::from_secs(5)) {
+            common::rawpeer::Seen::Closed => break,
+            common::rawpeer::Seen::Timeout => panic!("not disconnected"),
+            common::rawpeer::Seen::Msg(_) => {}
+        }
+    }
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "ping_timeout");
+}
