@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod bcoin;
 pub mod rawpeer;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond Rust, idempotently:
+#   - bcoin 1.0.2 (an independent Bitcoin implementation in JavaScript) from npm, into
+#     $MESHD_PEERS_DIR/bcoin (default: <repo>/.peers/bcoin);
+#   - Node.js and npm from Debian if they are missing.
+# Everything stays local; nothing is started here.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PEERS="${MESHD_PEERS_DIR:-$REPO/.peers}"
+BCOIN_HOME="$PEERS/bcoin"
+
+need_apt=()
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing ${need_apt[*]} from apt" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ -f "$BCOIN_HOME/node_modules/bcoin/package.json" ] && [ -d "$BCOIN_HOME/node_modules/leveldown" ]; then
+  echo "bcoin already installed in $BCOIN_HOME" >&2
+else
+  mkdir -p "$BCOIN_HOME"
+  cd "$BCOIN_HOME"
+  # leveldown 4.0.1 (pinned by bcoin's bdb) does not build against current Node's V8;
+  # 6.1.1 ships N-API prebuilds. bcoin runs with an in-memory db in our tests anyway.
+  cat > package.json <<'JSON'
+{"name":"meshd-test-peers","private":true,
+ "dependencies":{"bcoin":"1.0.2"},
+ "overrides":{"leveldown":"6.1.1"}}
+JSON
+  npm install --ignore-scripts --no-audit --no-fund --loglevel=error
+  # Native addons that build are faster; those that do not fall back to pure JS.
+  npm rebuild >/dev/null 2>&1 || true
+fi
+node -e "require('$BCOIN_HOME/node_modules/bcoin'); console.error('bcoin', require('$BCOIN_HOME/node_modules/bcoin/package.json').version, 'ready')"
