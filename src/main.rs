@@ -52,7 +52,10 @@ fn main() -> ExitCode {
     if let Err(e) = init_logging(settings.log_format, settings.log_level.as_deref()) {
         return fail(e);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
@@ -60,7 +63,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: settings::Settings) -> ExitCode {
-    let (mut sigint, mut sigterm) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+    let (mut sigint, mut sigterm) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fail("cannot install signal handlers"),
     };

@@ -80,21 +80,33 @@ pub struct Settings {
 /// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let value: f64 = match num.parse() {
         Ok(v) if v >= 0.0 && f64::is_finite(v) => v,
-        _ => return err(format!("{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)")),
+        _ => {
+            return err(format!(
+                "{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)"
+            ))
+        }
     };
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
-        _ => return err(format!("{key}: bad duration unit in {text:?} (use ms, s, m or h)")),
+        _ => {
+            return err(format!(
+                "{key}: bad duration unit in {text:?} (use ms, s, m or h)"
+            ))
+        }
     };
     if secs <= 0.0 || secs > 30.0 * 86_400.0 {
-        return err(format!("{key}: duration {text:?} must be above zero and at most 30 days"));
+        return err(format!(
+            "{key}: duration {text:?} must be above zero and at most 30 days"
+        ));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -103,6 +115,19 @@ fn file_duration(key: &str, d: &FileDuration) -> Result<Duration, ConfigError> {
     match d {
         FileDuration::Seconds(s) => parse_duration(key, &s.to_string()),
         FileDuration::Text(t) => parse_duration(key, t),
+    }
+}
+
+fn pick_duration(
+    key: &str,
+    flag: &Option<String>,
+    file: &Option<FileDuration>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match (flag, file) {
+        (Some(f), _) => parse_duration(key, f),
+        (None, Some(d)) => file_duration(key, d),
+        (None, None) => Ok(default),
     }
 }
 
@@ -132,7 +157,10 @@ pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<Socket
     if let Ok(sa) = t.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    let bare = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+    let bare = t
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(t);
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, default_port));
     }
@@ -205,34 +233,58 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .map(|c| parse_endpoint("connect", c, profile.default_port))
         .collect::<Result<_, _>>()?;
 
-    let duration = |key: &str, flag: &Option<String>, file: &Option<FileDuration>, default: Duration| {
-        match (flag, file) {
-            (Some(f), _) => parse_duration(key, f),
-            (None, Some(d)) => file_duration(key, d),
-            (None, None) => Ok(default),
-        }
-    };
-    node.handshake_timeout = duration("handshake-timeout", &args.handshake_timeout, &file.handshake_timeout, node.handshake_timeout)?;
-    node.ping_interval = duration("ping-interval", &args.ping_interval, &file.ping_interval, node.ping_interval)?;
-    node.ping_timeout = duration("ping-timeout", &args.ping_timeout, &file.ping_timeout, node.ping_timeout)?;
-    node.connect_timeout = duration("connect-timeout", &args.connect_timeout, &file.connect_timeout, node.connect_timeout)?;
+    node.handshake_timeout = pick_duration(
+        "handshake-timeout",
+        &args.handshake_timeout,
+        &file.handshake_timeout,
+        node.handshake_timeout,
+    )?;
+    node.ping_interval = pick_duration(
+        "ping-interval",
+        &args.ping_interval,
+        &file.ping_interval,
+        node.ping_interval,
+    )?;
+    node.ping_timeout = pick_duration(
+        "ping-timeout",
+        &args.ping_timeout,
+        &file.ping_timeout,
+        node.ping_timeout,
+    )?;
+    node.connect_timeout = pick_duration(
+        "connect-timeout",
+        &args.connect_timeout,
+        &file.connect_timeout,
+        node.connect_timeout,
+    )?;
     if let Some(v) = args.min_protocol_version.or(file.min_protocol_version) {
         node.min_protocol_version = v;
     }
-    let bits = |key: &str, flag: &Option<String>, file: &Option<FileBits>, default: ServiceFlags| match (flag, file) {
+    let bits = |key: &str,
+                flag: &Option<String>,
+                file: &Option<FileBits>,
+                default: ServiceFlags| match (flag, file) {
         (Some(f), _) => parse_bits(key, f),
         (None, Some(b)) => file_bits(key, b),
         (None, None) => Ok(default),
     };
     node.services = bits("services", &args.services, &file.services, node.services)?;
-    node.required_services = bits("required-services", &args.required_services, &file.required_services, node.required_services)?;
+    node.required_services = bits(
+        "required-services",
+        &args.required_services,
+        &file.required_services,
+        node.required_services,
+    )?;
     node.banned_user_agents = pick(&args.ban_user_agent, &file.ban_user_agent);
     if let Some(v) = args.max_block_message_size.or(file.max_block_message_size) {
         node.max_block_message_size = v;
     }
     Ok(Settings {
         node,
-        log_format: args.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
         log_level: args.log_level.clone().or(file.log_level),
     })
 }
@@ -244,7 +296,10 @@ mod tests {
     #[test]
     fn durations_take_units() {
         assert_eq!(parse_duration("k", "90").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("k", "500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(
+            parse_duration("k", "500ms").unwrap(),
+            Duration::from_millis(500)
+        );
         assert_eq!(parse_duration("k", "2m").unwrap(), Duration::from_secs(120));
         assert!(parse_duration("k", "0").is_err());
         assert!(parse_duration("k", "soon").is_err());
@@ -253,9 +308,18 @@ mod tests {
 
     #[test]
     fn endpoints_accept_ipv6_brackets_and_bare_ips() {
-        assert_eq!(parse_endpoint("k", "[::1]:1", 9).unwrap(), "[::1]:1".parse().unwrap());
-        assert_eq!(parse_endpoint("k", "[::1]", 9).unwrap(), "[::1]:9".parse().unwrap());
-        assert_eq!(parse_endpoint("k", "10.0.0.1", 9).unwrap(), "10.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            parse_endpoint("k", "[::1]:1", 9).unwrap(),
+            "[::1]:1".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("k", "[::1]", 9).unwrap(),
+            "[::1]:9".parse().unwrap()
+        );
+        assert_eq!(
+            parse_endpoint("k", "10.0.0.1", 9).unwrap(),
+            "10.0.0.1:9".parse().unwrap()
+        );
         assert!(parse_endpoint("k", "example.com:1", 9).is_err());
         assert!(parse_endpoint("k", "1.2.3.4:99999", 9).is_err());
     }
@@ -264,7 +328,11 @@ mod tests {
     fn flags_override_the_file_and_unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "network = \"testnet4\"\nping-interval = 30\nconnect = [\"127.0.0.1:1\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "network = \"testnet4\"\nping-interval = 30\nconnect = [\"127.0.0.1:1\"]\n",
+        )
+        .unwrap();
         let args = RunArgs {
             config: Some(path.clone()),
             ping_interval: Some("10s".into()),

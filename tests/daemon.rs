@@ -29,9 +29,18 @@ fn help_documents_every_option() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--network", "--datadir", "--listen", "--connect", "--config", "--log-format",
-        "--handshake-timeout", "--ping-interval", "--ping-timeout", "--min-protocol-version",
-        "--ban-user-agent", "--required-services",
+        "--network",
+        "--datadir",
+        "--listen",
+        "--connect",
+        "--config",
+        "--log-format",
+        "--handshake-timeout",
+        "--ping-interval",
+        "--ping-timeout",
+        "--min-protocol-version",
+        "--ban-user-agent",
+        "--required-services",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}:\n{help}");
     }
@@ -50,8 +59,14 @@ fn bad_input_gives_one_error_line_and_exit_code_2() {
     for args in cases {
         let (code, _, stderr) = run_to_end(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{args:?}: {stderr}");
-        assert!(stderr.lines().any(|l| l.contains("error")), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{args:?}: {stderr}"
+        );
+        assert!(
+            stderr.lines().any(|l| l.contains("error")),
+            "{args:?}: {stderr}"
+        );
     }
 }
 
@@ -80,8 +95,14 @@ fn port_in_use_is_a_clean_error() {
 fn example_config_in_deploy_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/meshd.toml");
     let dir = tempfile::tempdir().unwrap();
-    let mut m = Meshd::start_in(dir.path(), &["--config", path, "--listen", "127.0.0.1:0"], false);
-    m.wait_log("start", Duration::from_secs(10), |v| msg(v) == "p2p listening");
+    let mut m = Meshd::start_in(
+        dir.path(),
+        &["--config", path, "--listen", "127.0.0.1:0"],
+        false,
+    );
+    m.wait_log("start", Duration::from_secs(10), |v| {
+        msg(v) == "p2p listening"
+    });
     m.stop();
 }
 
@@ -93,7 +114,10 @@ fn two_daemons_handshake_and_ping_then_stop_gracefully() {
     let t = Duration::from_secs(10);
     for node in [&a, &b] {
         let hs = node.wait_log("handshake", t, |v| msg(v) == "handshake complete");
-        assert!(hs["user_agent"].as_str().unwrap().starts_with("/meshd:"), "{hs}");
+        assert!(
+            hs["user_agent"].as_str().unwrap().starts_with("/meshd:"),
+            "{hs}"
+        );
         node.wait_log("two pongs", t, |v| msg(v) == "pong");
     }
     let outbound = b.wait_log("b outbound", t, |v| msg(v) == "handshake complete");

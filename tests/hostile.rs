@@ -74,7 +74,10 @@ fn bad_checksum_drops_the_message_and_keeps_the_peer() {
     let line = node.wait_log("dropped frame", Duration::from_secs(5), |v| {
         msg(v) == "dropped a frame" && v["peer"] == who.as_str()
     });
-    assert!(line["error"].as_str().unwrap().contains("bad checksum"), "{line}");
+    assert!(
+        line["error"].as_str().unwrap().contains("bad checksum"),
+        "{line}"
+    );
     assert!(p.ping_ok(), "connection must survive a bad checksum");
 }
 
@@ -92,7 +95,10 @@ fn message_before_version_and_banned_agents_are_refused() {
     let mut p = RawPeer::connect(node.addr.unwrap());
     p.send(NetworkMessage::Ping(1));
     assert!(p.closed_within(Duration::from_secs(5)));
-    assert_eq!(disconnect_of(&node, &p)["reason_kind"], "message_before_version");
+    assert_eq!(
+        disconnect_of(&node, &p)["reason_kind"],
+        "message_before_version"
+    );
 
     let mut q = RawPeer::connect(node.addr.unwrap());
     q.send(RawPeer::version("/evil:6.6.6/"));

@@ -12,10 +12,14 @@ const T: Duration = Duration::from_secs(30);
 
 #[test]
 fn meshd_dials_bcoin_and_they_handshake_and_ping() {
-    let Some(bcoin) = Bcoin::start(&[]) else { return };
+    let Some(bcoin) = Bcoin::start(&[]) else {
+        return;
+    };
     let target = format!("127.0.0.1:{}", bcoin.p2p_port);
     let mut node = Meshd::start(&["--connect", &target, "--ping-interval", "500ms"]);
-    let hs = node.wait_log("handshake with bcoin", T, |v| msg(v) == "handshake complete");
+    let hs = node.wait_log("handshake with bcoin", T, |v| {
+        msg(v) == "handshake complete"
+    });
     assert_eq!(hs["direction"], "outbound");
     assert!(hs["user_agent"].as_str().unwrap().contains("bcoin"), "{hs}");
     node.wait_log("bcoin answers our pings", T, |v| {
@@ -33,11 +37,15 @@ fn bcoin_dials_meshd_and_they_handshake_and_ping() {
     let Some(bcoin) = Bcoin::start(&[format!("--only={addr}"), "--listen=false".into()]) else {
         return;
     };
-    let hs = node.wait_log("handshake from bcoin", T, |v| msg(v) == "handshake complete");
+    let hs = node.wait_log("handshake from bcoin", T, |v| {
+        msg(v) == "handshake complete"
+    });
     assert_eq!(hs["direction"], "inbound");
     assert!(hs["user_agent"].as_str().unwrap().contains("bcoin"), "{hs}");
     let peer = hs["peer"].as_str().unwrap().to_string();
-    node.wait_log("bcoin answers our pings", T, |v| msg(v) == "pong" && v["peer"] == peer.as_str());
+    node.wait_log("bcoin answers our pings", T, |v| {
+        msg(v) == "pong" && v["peer"] == peer.as_str()
+    });
     bcoin.wait_line("bcoin connected to meshd", T, |l| l.contains("/meshd:"));
     drop(bcoin);
     node.stop();

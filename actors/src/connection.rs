@@ -24,13 +24,11 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::constants::{
-    BSV_LEGACY_PAYLOAD, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK,
-};
+use crate::constants::{BSV_LEGACY_PAYLOAD, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK};
 use crate::context::{unix_now, NodeContext};
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
-    DisconnectReason, Direction, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
+    Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::peers::{PeerId, PeerState};
 use crate::wire::{command_label, FrameDecoder, FrameError, Message, PayloadError, Protoconf};
@@ -180,13 +178,19 @@ impl Actor for Connection {
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
         let config = &state.ctx.config;
-        let tick = [config.handshake_timeout, config.ping_interval, config.ping_timeout]
-            .into_iter()
-            .min()
-            .unwrap_or(MAX_TICK_INTERVAL)
-            .div_f32(4.0)
-            .clamp(Duration::from_millis(50), MAX_TICK_INTERVAL);
-        state.timers.push(myself.send_interval(tick, || ConnectionMsg::Tick));
+        let tick = [
+            config.handshake_timeout,
+            config.ping_interval,
+            config.ping_timeout,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(MAX_TICK_INTERVAL)
+        .div_f32(4.0)
+        .clamp(Duration::from_millis(50), MAX_TICK_INTERVAL);
+        state
+            .timers
+            .push(myself.send_interval(tick, || ConnectionMsg::Tick));
         match state.transport.take() {
             Some(Transport::Accepted(stream)) => {
                 if let Err(reason) = start_io(&myself, state, stream) {
@@ -198,7 +202,8 @@ impl Actor for Connection {
                 let timeout = config.connect_timeout;
                 let me = myself.clone();
                 state.timers.push(tokio::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                    let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await
+                    {
                         Ok(Ok(s)) => Ok(s),
                         Ok(Err(e)) => Err(DisconnectReason::ConnectFailed(e.to_string())),
                         Err(_) => Err(DisconnectReason::ConnectTimeout),
@@ -272,7 +277,10 @@ impl Actor for Connection {
             }
         });
         if state.direction == Direction::Outbound {
-            state.ctx.outbound_nonces.remove(&state.handshake.our_nonce());
+            state
+                .ctx
+                .outbound_nonces
+                .remove(&state.handshake.our_nonce());
         }
         metrics::counter!("meshd_disconnects_total", "reason" => reason.kind()).increment(1);
         let established = state.handshake.is_complete();
@@ -340,7 +348,10 @@ fn start_io(
     apply_steps(state, steps)
 }
 
-fn apply_steps(state: &mut ConnectionState, steps: Vec<HandshakeStep>) -> Result<(), DisconnectReason> {
+fn apply_steps(
+    state: &mut ConnectionState,
+    steps: Vec<HandshakeStep>,
+) -> Result<(), DisconnectReason> {
     for step in steps {
         match step {
             HandshakeStep::Send(m) => send(state, &m)?,
@@ -373,7 +384,11 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.start_height = pv.start_height;
     });
     let config = &state.ctx.config;
-    state.ping = Some(PingTracker::new(now, config.ping_interval, config.ping_timeout));
+    state.ping = Some(PingTracker::new(
+        now,
+        config.ping_interval,
+        config.ping_timeout,
+    ));
     if state.ctx.profile.chain == Chain::Bsv {
         // BSV: announce what we accept, right after the handshake (protoconf spec).
         let conf = Protoconf {
@@ -437,7 +452,8 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
         }
         Message::Network(NetworkMessage::Version(_)) => {
             // Core ignores (and penalises) a repeated version after the handshake.
-            metrics::counter!("meshd_payload_errors_total", "kind" => "duplicate_version").increment(1);
+            metrics::counter!("meshd_payload_errors_total", "kind" => "duplicate_version")
+                .increment(1);
             Ok(())
         }
         Message::Network(_) => Ok(()),
@@ -445,7 +461,9 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
 }
 
 fn on_pong(state: &mut ConnectionState, nonce: u64) {
-    let Some(ping) = state.ping.as_mut() else { return };
+    let Some(ping) = state.ping.as_mut() else {
+        return;
+    };
     match ping.on_pong(nonce, Instant::now()) {
         PongOutcome::Matched(rtt) => {
             metrics::histogram!("meshd_ping_rtt_seconds").record(rtt.as_secs_f64());
@@ -480,7 +498,9 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
             .check_timeout(now)
             .map_err(DisconnectReason::Handshake);
     }
-    let Some(ping) = state.ping.as_mut() else { return Ok(()) };
+    let Some(ping) = state.ping.as_mut() else {
+        return Ok(());
+    };
     match ping.poll(now, rand::random()) {
         Ok(Some(nonce)) => send(state, &Message::Network(NetworkMessage::Ping(nonce))),
         Ok(None) => Ok(()),
@@ -494,7 +514,9 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     };
     let bytes = msg.encode(state.ctx.profile.magic);
     let command = msg.command();
-    let payload_len = bytes.len().saturating_sub(crate::constants::FRAME_HEADER_LEN);
+    let payload_len = bytes
+        .len()
+        .saturating_sub(crate::constants::FRAME_HEADER_LEN);
     if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
         warn!(peer = %state.addr, id = %state.id, %command, payload_len, limit = state.peer_max_payload,
               "not sending a message larger than the peer accepts");
@@ -511,7 +533,9 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
             state.ctx.config.send_queue_capacity,
         )),
-        Err(mpsc::error::TrySendError::Closed(_)) => Err(DisconnectReason::Io("writer closed".into())),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(DisconnectReason::Io("writer closed".into()))
+        }
     }
 }
 
@@ -530,7 +554,9 @@ async fn reader(
             }
             Ok(n) => n,
             Err(e) => {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(e.to_string())));
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                    e.to_string(),
+                )));
                 return;
             }
         };
@@ -570,7 +596,11 @@ async fn reader(
     }
 }
 
-async fn writer(mut half: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>, actor: ActorRef<ConnectionMsg>) {
+async fn writer(
+    mut half: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    actor: ActorRef<ConnectionMsg>,
+) {
     while let Some(bytes) = rx.recv().await {
         if let Err(e) = half.write_all(&bytes).await {
             let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));

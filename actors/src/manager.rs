@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::connection::{Connection, ConnectionArgs, ConnectionMsg, ConnectionState, Transport};
 use crate::constants::{PERSISTENT_RECONNECT_DELAY, SHUTDOWN_PEER_TIMEOUT};
 use crate::context::NodeContext;
-use crate::peer::{DisconnectReason, Direction};
+use crate::peer::{Direction, DisconnectReason};
 use crate::peers::{PeerId, PeerInfo};
 use crate::wire::Message;
 
@@ -92,7 +92,9 @@ impl ManagerState {
             return;
         }
         let id = self.ctx.next_peer_id();
-        self.ctx.peers.insert(PeerInfo::new(id, addr, direction, manual));
+        self.ctx
+            .peers
+            .insert(PeerInfo::new(id, addr, direction, manual));
         let args = ConnectionArgs {
             id,
             addr,
@@ -128,7 +130,9 @@ impl ManagerState {
         actor: ActorId,
         reason: DisconnectReason,
     ) {
-        let Some(child) = self.children.remove(&actor) else { return };
+        let Some(child) = self.children.remove(&actor) else {
+            return;
+        };
         self.by_peer.remove(&child.id);
         self.ctx.peers.remove(child.id);
         debug!(peer = %child.addr, id = %child.id, reason = %reason, "connection ended");
@@ -185,7 +189,13 @@ impl Actor for Manager {
         match msg {
             ManagerMsg::InboundAccepted { stream, addr } => {
                 state
-                    .spawn(&myself, addr, Direction::Inbound, false, Transport::Accepted(stream))
+                    .spawn(
+                        &myself,
+                        addr,
+                        Direction::Inbound,
+                        false,
+                        Transport::Accepted(stream),
+                    )
                     .await;
             }
             ManagerMsg::Connect { addr, persistent } => {
@@ -193,7 +203,13 @@ impl Actor for Manager {
                     state.persistent.insert(addr);
                 }
                 state
-                    .spawn(&myself, addr, Direction::Outbound, persistent, Transport::Dial)
+                    .spawn(
+                        &myself,
+                        addr,
+                        Direction::Outbound,
+                        persistent,
+                        Transport::Dial,
+                    )
                     .await;
             }
             ManagerMsg::Redial(addr) => {
@@ -265,7 +281,8 @@ impl Actor for Manager {
             SupervisionEvent::ActorFailed(cell, err) => {
                 let addr = state.children.get(&cell.get_id()).map(|c| c.addr);
                 warn!(peer = ?addr, error = %err, "connection actor failed");
-                metrics::counter!("meshd_disconnects_total", "reason" => "actor_failed").increment(1);
+                metrics::counter!("meshd_disconnects_total", "reason" => "actor_failed")
+                    .increment(1);
                 state.on_connection_end(
                     &myself,
                     cell.get_id(),

@@ -55,19 +55,20 @@ pub struct NodeState {
 }
 
 impl NodeState {
-    async fn start_manager(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
-        let (manager, _) = Actor::spawn_linked(
-            None,
-            Manager,
-            self.ctx.clone(),
-            myself.get_cell(),
-        )
-        .await?;
+    async fn start_manager(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (manager, _) =
+            Actor::spawn_linked(None, Manager, self.ctx.clone(), myself.get_cell()).await?;
         self.manager = Some(manager);
         Ok(())
     }
 
-    async fn start_listener(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start_listener(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
         let Some(manager) = self.manager.clone() else {
             return Ok(());
         };
@@ -103,8 +104,14 @@ impl NodeState {
         if self.stopping {
             return Ok(());
         }
-        let is_manager = self.manager.as_ref().is_some_and(|m| m.get_id() == cell.get_id());
-        let is_listener = self.listener.as_ref().is_some_and(|l| l.get_id() == cell.get_id());
+        let is_manager = self
+            .manager
+            .as_ref()
+            .is_some_and(|m| m.get_id() == cell.get_id());
+        let is_listener = self
+            .listener
+            .as_ref()
+            .is_some_and(|l| l.get_id() == cell.get_id());
         if !is_manager && !is_listener {
             return Ok(());
         }
@@ -339,7 +346,9 @@ impl Node {
 
     /// Closes a peer's connection; false if there is no such peer.
     pub async fn disconnect(&self, id: PeerId) -> bool {
-        let Some(m) = self.manager().await else { return false };
+        let Some(m) = self.manager().await else {
+            return false;
+        };
         matches!(
             m.call(|r| ManagerMsg::Disconnect(id, r), None).await,
             Ok(ractor::rpc::CallResult::Success(true))
@@ -348,7 +357,9 @@ impl Node {
 
     /// Sends a message to one peer; false if there is no such peer.
     pub async fn send_to(&self, id: PeerId, message: Message) -> bool {
-        let Some(m) = self.manager().await else { return false };
+        let Some(m) = self.manager().await else {
+            return false;
+        };
         matches!(
             m.call(|r| ManagerMsg::SendTo(id, message, r), None).await,
             Ok(ractor::rpc::CallResult::Success(true))

@@ -24,7 +24,10 @@ async fn wait_for(node: &Node, what: &str, pred: impl Fn(&[PeerInfo]) -> bool) -
         if pred(&peers) {
             return peers;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {peers:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {peers:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -60,7 +63,10 @@ async fn persistent_peer_is_dialled_again_after_it_returns() {
     let a = Node::start(config(da.path(), vec![])).await.unwrap();
     let a_addr = a.listen_addrs()[0];
     let b = Node::start(config(db.path(), vec![a_addr])).await.unwrap();
-    wait_for(&b, "first connection", |p| p.len() == 1 && p[0].state == PeerState::Connected).await;
+    wait_for(&b, "first connection", |p| {
+        p.len() == 1 && p[0].state == PeerState::Connected
+    })
+    .await;
     let first_id = b.peers()[0].id;
     a.shutdown().await;
 
@@ -74,7 +80,10 @@ async fn persistent_peer_is_dialled_again_after_it_returns() {
         if p.len() == 1 && p[0].state == PeerState::Connected && p[0].id != first_id {
             break;
         }
-        assert!(Instant::now() < deadline, "persistent peer not re-dialled: {p:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "persistent peer not re-dialled: {p:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     b.shutdown().await;
@@ -97,7 +106,10 @@ async fn a_node_that_dials_itself_drops_the_connection() {
 async fn second_node_on_the_same_datadir_is_refused() {
     let da = tempfile::tempdir().unwrap();
     let a = Node::start(config(da.path(), vec![])).await.unwrap();
-    let err = Node::start(config(da.path(), vec![])).await.err().expect("must fail");
+    let err = Node::start(config(da.path(), vec![]))
+        .await
+        .err()
+        .expect("must fail");
     assert!(err.to_string().contains("in use"), "{err}");
     a.shutdown().await;
 }

@@ -67,8 +67,16 @@ impl Bcoin {
                 }
             });
         }
-        let b = Bcoin { child, p2p_port, http_port, lines, _dir: dir };
-        b.wait_line("bcoin ready", Duration::from_secs(60), |l| l.contains("[bcoin-launcher] ready"));
+        let b = Bcoin {
+            child,
+            p2p_port,
+            http_port,
+            lines,
+            _dir: dir,
+        };
+        b.wait_line("bcoin ready", Duration::from_secs(60), |l| {
+            l.contains("[bcoin-launcher] ready")
+        });
         Some(b)
     }
 
@@ -80,7 +88,10 @@ impl Bcoin {
                 return l.clone();
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; bcoin said:\n{}", self.lines.lock().unwrap().join("\n"));
+                panic!(
+                    "timed out waiting for {what}; bcoin said:\n{}",
+                    self.lines.lock().unwrap().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -94,7 +105,10 @@ impl Bcoin {
 
 impl Drop for Bcoin {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -52,14 +52,19 @@ impl Meshd {
     /// Starts meshd with `datadir`; `listen` adds `--listen 127.0.0.1:0`.
     pub fn start_in(datadir: &Path, extra: &[&str], listen: bool) -> Meshd {
         let mut cmd = Command::new(meshd_bin());
-        cmd.arg("--datadir").arg(datadir).args(["--log-format", "json"]);
+        cmd.arg("--datadir")
+            .arg(datadir)
+            .args(["--log-format", "json"]);
         if listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
-        if !extra.iter().any(|a| *a == "--log-level") {
+        if !extra.contains(&"--log-level") {
             cmd.args(["--log-level", "debug,ractor=warn"]);
         }
-        cmd.args(extra).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn meshd");
         let stderr = child.stderr.take().expect("stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
@@ -86,7 +91,9 @@ impl Meshd {
             datadir: datadir.to_path_buf(),
         };
         if listen {
-            let line = m.wait_log("p2p listening", Duration::from_secs(10), |v| msg(v) == "p2p listening");
+            let line = m.wait_log("p2p listening", Duration::from_secs(10), |v| {
+                msg(v) == "p2p listening"
+            });
             m.addr = line["addr"].as_str().and_then(|a| a.parse().ok());
         }
         m
@@ -110,7 +117,10 @@ impl Meshd {
                 return v.clone();
             }
             if Instant::now() > deadline {
-                panic!("timed out waiting for {what}; log:\n{}", self.raw_lines().join("\n"));
+                panic!(
+                    "timed out waiting for {what}; log:\n{}",
+                    self.raw_lines().join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -124,7 +134,10 @@ impl Meshd {
     /// Sends `sig` (e.g. "TERM") and waits for exit.
     pub fn stop_with(&mut self, sig: &str, timeout: Duration) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string())
+            .status();
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("try_wait") {
@@ -161,7 +174,9 @@ pub fn msg(v: &Value) -> &str {
 
 /// Whether the env says we run in CI (where skipping is not allowed).
 pub fn in_ci() -> bool {
-    std::env::var("CI").map(|v| !v.is_empty() && v != "false" && v != "0").unwrap_or(false)
+    std::env::var("CI")
+        .map(|v| !v.is_empty() && v != "false" && v != "0")
+        .unwrap_or(false)
 }
 
 /// Prints a loud skip notice (outside CI) or fails (in CI).

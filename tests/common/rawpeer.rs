@@ -1,8 +1,6 @@
 //! A scriptable raw peer for hostile-input tests: it can speak the protocol correctly (to get
 //! through the handshake) and then send whatever broken bytes a test wants.
 
-
-
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -57,7 +55,15 @@ impl RawPeer {
 
     pub fn version(agent: &str) -> NetworkMessage {
         let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
-        let mut v = VersionMessage::new(ServiceFlags::NETWORK, 0, a.clone(), a, rand_nonce(), agent.into(), 0);
+        let mut v = VersionMessage::new(
+            ServiceFlags::NETWORK,
+            0,
+            a.clone(),
+            a,
+            rand_nonce(),
+            agent.into(),
+            0,
+        );
         v.version = 70016;
         NetworkMessage::Version(v)
     }
@@ -71,7 +77,11 @@ impl RawPeer {
                 let used = self.pending.len() - input.len();
                 self.pending.drain(..used);
                 match r {
-                    Ok(frame) => return Seen::Msg(Message::decode(frame).expect("meshd sends valid payloads")),
+                    Ok(frame) => {
+                        return Seen::Msg(
+                            Message::decode(frame).expect("meshd sends valid payloads"),
+                        )
+                    }
                     Err(e) => panic!("meshd sent a bad frame: {e}"),
                 }
             }
@@ -85,7 +95,9 @@ impl RawPeer {
             match self.stream.read(&mut buf) {
                 Ok(0) => return Seen::Closed,
                 Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => return Seen::Timeout,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Seen::Timeout
+                }
                 Err(_) => return Seen::Closed,
             }
         }
@@ -118,7 +130,9 @@ impl RawPeer {
         while Instant::now() < deadline {
             match self.recv(Duration::from_secs(5)) {
                 Seen::Msg(Message::Network(NetworkMessage::Pong(n))) if n == nonce => return true,
-                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => self.send(NetworkMessage::Pong(n)),
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    self.send(NetworkMessage::Pong(n))
+                }
                 Seen::Msg(_) => {}
                 _ => return false,
             }
@@ -133,7 +147,9 @@ impl RawPeer {
             match self.recv(deadline.saturating_duration_since(Instant::now())) {
                 Seen::Closed => return true,
                 Seen::Timeout => return false,
-                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => self.send(NetworkMessage::Pong(n)),
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    self.send(NetworkMessage::Pong(n))
+                }
                 Seen::Msg(_) => {}
             }
         }

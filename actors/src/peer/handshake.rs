@@ -260,14 +260,22 @@ impl Handshake {
                 }
                 // Feature negotiation must precede our verack (BIP339, BIP155).
                 if v.version >= 70016 {
-                    steps.push(HandshakeStep::Send(Message::Network(NetworkMessage::WtxidRelay)));
+                    steps.push(HandshakeStep::Send(Message::Network(
+                        NetworkMessage::WtxidRelay,
+                    )));
                 }
-                steps.push(HandshakeStep::Send(Message::Network(NetworkMessage::SendAddrV2)));
-                steps.push(HandshakeStep::Send(Message::Network(NetworkMessage::Verack)));
+                steps.push(HandshakeStep::Send(Message::Network(
+                    NetworkMessage::SendAddrV2,
+                )));
+                steps.push(HandshakeStep::Send(Message::Network(
+                    NetworkMessage::Verack,
+                )));
                 self.sent_verack = true;
             }
             _ if self.peer_version.is_none() => {
-                return Err(HandshakeError::MessageBeforeVersion(msg.command().to_string()));
+                return Err(HandshakeError::MessageBeforeVersion(
+                    msg.command().to_string(),
+                ));
             }
             Message::Network(NetworkMessage::Verack) => self.got_verack = true,
             Message::Network(NetworkMessage::WtxidRelay) => {
@@ -356,7 +364,9 @@ mod tests {
         steps
             .iter()
             .find_map(|s| match s {
-                HandshakeStep::Send(Message::Network(NetworkMessage::Version(v))) => Some(v.clone()),
+                HandshakeStep::Send(Message::Network(NetworkMessage::Version(v))) => {
+                    Some(v.clone())
+                }
                 _ => None,
             })
             .expect("a version")
@@ -385,7 +395,9 @@ mod tests {
     }
 
     fn completed(steps: &[HandshakeStep]) -> bool {
-        steps.iter().any(|s| matches!(s, HandshakeStep::Complete(_)))
+        steps
+            .iter()
+            .any(|s| matches!(s, HandshakeStep::Complete(_)))
     }
 
     /// Runs two handshake machines against each other, delivering messages in the order
@@ -451,7 +463,12 @@ mod tests {
             Err(HandshakeError::MessageBeforeVersion(_))
         ));
         let steps = h
-            .on_message(&peer_version(9, "/x:1/", ServiceFlags::NETWORK, 70016), &p, 0, &never)
+            .on_message(
+                &peer_version(9, "/x:1/", ServiceFlags::NETWORK, 70016),
+                &p,
+                0,
+                &never,
+            )
             .unwrap();
         assert!(!completed(&steps));
         assert!(completed(&h.on_message(&verack(), &p, 0, &never).unwrap()));
@@ -464,7 +481,12 @@ mod tests {
         let mut h = Handshake::new(Direction::Inbound, false, 5, addr(2), None, now, p.timeout);
         assert!(h.start(&p, 0).is_empty());
         let steps = h
-            .on_message(&peer_version(9, "/x:1/", ServiceFlags::NONE, 70015), &p, 0, &never)
+            .on_message(
+                &peer_version(9, "/x:1/", ServiceFlags::NONE, 70015),
+                &p,
+                0,
+                &never,
+            )
             .unwrap();
         let cmds: Vec<String> = steps
             .iter()
@@ -483,7 +505,12 @@ mod tests {
         let mut h = Handshake::new(Direction::Inbound, false, 5, addr(2), None, now, p.timeout);
         let ours = |n: u64| n == 42;
         assert_eq!(
-            h.on_message(&peer_version(42, "/meshd/", ServiceFlags::NETWORK, 70016), &p, 0, &ours),
+            h.on_message(
+                &peer_version(42, "/meshd/", ServiceFlags::NETWORK, 70016),
+                &p,
+                0,
+                &ours
+            ),
             Err(HandshakeError::SelfConnection(42))
         );
     }
@@ -494,23 +521,48 @@ mod tests {
         let p = policy();
         let fresh = |dir, manual| Handshake::new(dir, manual, 5, addr(2), None, now, p.timeout);
         assert!(matches!(
-            fresh(Direction::Inbound, false).on_message(&peer_version(9, "/x/", ServiceFlags::NETWORK, 60000), &p, 0, &never),
+            fresh(Direction::Inbound, false).on_message(
+                &peer_version(9, "/x/", ServiceFlags::NETWORK, 60000),
+                &p,
+                0,
+                &never
+            ),
             Err(HandshakeError::ObsoleteVersion { version: 60000, .. })
         ));
         assert!(matches!(
-            fresh(Direction::Inbound, false).on_message(&peer_version(9, "/evil:1.0/", ServiceFlags::NETWORK, 70016), &p, 0, &never),
+            fresh(Direction::Inbound, false).on_message(
+                &peer_version(9, "/evil:1.0/", ServiceFlags::NETWORK, 70016),
+                &p,
+                0,
+                &never
+            ),
             Err(HandshakeError::BannedUserAgent { .. })
         ));
         assert!(matches!(
-            fresh(Direction::Outbound, false).on_message(&peer_version(9, "/x/", ServiceFlags::NONE, 70016), &p, 0, &never),
+            fresh(Direction::Outbound, false).on_message(
+                &peer_version(9, "/x/", ServiceFlags::NONE, 70016),
+                &p,
+                0,
+                &never
+            ),
             Err(HandshakeError::MissingServices { .. })
         ));
         // Manual outbound and inbound peers are exempt from the services requirement.
         assert!(fresh(Direction::Outbound, true)
-            .on_message(&peer_version(9, "/x/", ServiceFlags::NONE, 70016), &p, 0, &never)
+            .on_message(
+                &peer_version(9, "/x/", ServiceFlags::NONE, 70016),
+                &p,
+                0,
+                &never
+            )
             .is_ok());
         assert!(fresh(Direction::Inbound, false)
-            .on_message(&peer_version(9, "/x/", ServiceFlags::NONE, 70016), &p, 0, &never)
+            .on_message(
+                &peer_version(9, "/x/", ServiceFlags::NONE, 70016),
+                &p,
+                0,
+                &never
+            )
             .is_ok());
     }
 
@@ -526,7 +578,10 @@ mod tests {
         ));
         let v = peer_version(9, "/x/", ServiceFlags::NETWORK, 70016);
         h.on_message(&v, &p, 0, &never).unwrap();
-        assert_eq!(h.on_message(&v, &p, 0, &never), Err(HandshakeError::DuplicateVersion));
+        assert_eq!(
+            h.on_message(&v, &p, 0, &never),
+            Err(HandshakeError::DuplicateVersion)
+        );
     }
 
     #[test]
@@ -547,9 +602,17 @@ mod tests {
         let p = policy();
         let mut h = Handshake::new(Direction::Outbound, false, 1, addr(2), None, now, p.timeout);
         h.start(&p, 0);
-        h.on_message(&peer_version(9, "/x/", ServiceFlags::NETWORK, 70016), &p, 0, &never).unwrap();
-        h.on_message(&Message::Network(NetworkMessage::WtxidRelay), &p, 0, &never).unwrap();
-        h.on_message(&Message::Network(NetworkMessage::SendAddrV2), &p, 0, &never).unwrap();
+        h.on_message(
+            &peer_version(9, "/x/", ServiceFlags::NETWORK, 70016),
+            &p,
+            0,
+            &never,
+        )
+        .unwrap();
+        h.on_message(&Message::Network(NetworkMessage::WtxidRelay), &p, 0, &never)
+            .unwrap();
+        h.on_message(&Message::Network(NetworkMessage::SendAddrV2), &p, 0, &never)
+            .unwrap();
         let steps = h.on_message(&verack(), &p, 0, &never).unwrap();
         match &steps[..] {
             [HandshakeStep::Complete(pv)] => assert!(pv.wtxidrelay && pv.sendaddrv2),

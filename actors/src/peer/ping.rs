@@ -90,7 +90,8 @@ impl PingTracker {
 
     /// How long the ping in flight has waited, if any.
     pub fn waiting(&self, now: Instant) -> Option<Duration> {
-        self.in_flight.map(|(_, sent)| now.saturating_duration_since(sent))
+        self.in_flight
+            .map(|(_, sent)| now.saturating_duration_since(sent))
     }
 }
 
@@ -107,7 +108,10 @@ mod tests {
         let mut p = PingTracker::new(t0, 2 * MIN, 20 * MIN);
         assert_eq!(p.poll(t0, 7), Ok(Some(7)));
         assert_eq!(p.poll(t0 + MIN, 8), Ok(None), "one in flight at a time");
-        assert_eq!(p.on_pong(7, t0 + Duration::from_millis(30)), PongOutcome::Matched(Duration::from_millis(30)));
+        assert_eq!(
+            p.on_pong(7, t0 + Duration::from_millis(30)),
+            PongOutcome::Matched(Duration::from_millis(30))
+        );
         assert_eq!(p.poll(t0 + MIN, 9), Ok(None));
         assert_eq!(p.poll(t0 + 2 * MIN, 9), Ok(Some(9)));
     }

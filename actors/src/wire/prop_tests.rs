@@ -190,7 +190,7 @@ fn network_message() -> impl Strategy<Value = NetworkMessage> {
         transaction().prop_map(N::Tx),
         ("[a-z]{1,12}", "[ -~]{0,40}", hash32()).prop_map(|(m, reason, h)| {
             N::Reject(Reject {
-                message: m.try_into().expect("valid command"),
+                message: m.into(),
                 ccode: RejectReason::Invalid,
                 reason: reason.into(),
                 hash: bitcoin::hashes::sha256d::Hash::from_byte_array(h),

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs the whole meshd test suite on a fresh machine: installs the test dependencies
+# (bcoin from npm, cargo-nextest if missing), checks formatting and lints, then runs every
+# test (unit, property, integration over loopback, end-to-end with the real binary, interop
+# with bcoin). Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+bash scripts/install-test-deps.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+
+echo "== cargo clippy" >&2
+cargo clippy --workspace --all-targets -- -D warnings
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest" >&2
+  cargo install cargo-nextest --locked
+fi
+
+echo "== tests" >&2
+cargo nextest run --workspace --no-fail-fast --profile ci
