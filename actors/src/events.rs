@@ -1,0 +1,358 @@
+//! The event bus: typed node events on one broadcast channel.
+//!
+//! Subscribers get an [`EventStream`], optionally filtered by [`EventKind`]. The channel is
+//! bounded ([`EVENT_BUS_CAPACITY`]); a subscriber that falls behind loses the oldest events
+//! and its next `recv` says how many ([`EventError::Lagged`]) — it never stalls the node,
+//! because publishing never waits. Lifecycle events (connections, handshakes, restarts, bans,
+//! evictions) have one publisher, the Manager, so their order is consistent;
+//! `MessageReceived` comes from the Connections, and only while someone is subscribed.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use crate::peer::Direction;
+use crate::peers::PeerId;
+
+/// Events buffered per subscriber before the oldest are dropped for it.
+///
+/// A burst of a few thousand events (a restart storm, a flood of connections) fits; a
+/// subscriber slower than that learns how much it missed.
+pub const EVENT_BUS_CAPACITY: usize = 4096;
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type")]
+pub enum NodeEvent {
+    /// TCP connection open (outbound dialled or inbound accepted).
+    ConnectionEstablished {
+        /// Peer.
+        peer: PeerId,
+        /// Remote address.
+        addr: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+    },
+    /// An outbound dial failed before a connection existed.
+    ConnectionFailed {
+        /// Peer id the attempt had.
+        peer: PeerId,
+        /// Address dialled.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+        /// Stable reason name.
+        reason_kind: String,
+    },
+    /// A connection closed.
+    ConnectionLost {
+        /// Peer.
+        peer: PeerId,
+        /// Remote address.
+        addr: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+        /// Why.
+        reason: String,
+        /// Stable reason name.
+        reason_kind: String,
+    },
+    /// The version handshake completed.
+    HandshakeComplete {
+        /// Peer.
+        peer: PeerId,
+        /// Remote address.
+        addr: SocketAddr,
+        /// Who dialled.
+        direction: Direction,
+        /// Its user agent.
+        user_agent: String,
+        /// Its protocol version.
+        version: u32,
+        /// Its service bits.
+        services: u64,
+        /// Its announced height.
+        start_height: i32,
+    },
+    /// An outbound peer will be dialled again.
+    PeerRestarted {
+        /// Address.
+        addr: SocketAddr,
+        /// Restart number inside the window.
+        attempt: usize,
+        /// Delay before the dial, milliseconds.
+        delay_ms: u64,
+    },
+    /// Too many restarts inside the window: the address is given up until it clears.
+    PeerGaveUp {
+        /// Address.
+        addr: SocketAddr,
+        /// Seconds until it may be dialled again.
+        retry_in_secs: u64,
+    },
+    /// A subnet was banned.
+    PeerBanned {
+        /// Subnet.
+        subnet: String,
+        /// Expiry, unix seconds.
+        until: u64,
+        /// `manual` or `misbehavior`.
+        reason: String,
+        /// The violation, for automatic bans.
+        detail: Option<String>,
+    },
+    /// A ban was lifted.
+    PeerUnbanned {
+        /// Subnet.
+        subnet: String,
+    },
+    /// An inbound peer was evicted to make room.
+    PeerEvicted {
+        /// Peer.
+        peer: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+    },
+    /// A message arrived (published only while someone listens).
+    MessageReceived {
+        /// Peer.
+        peer: PeerId,
+        /// Command.
+        command: String,
+        /// Bytes on the wire, header included.
+        size: usize,
+    },
+}
+
+/// The type of an event, for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum EventKind {
+    /// [`NodeEvent::ConnectionEstablished`].
+    ConnectionEstablished,
+    /// [`NodeEvent::ConnectionFailed`].
+    ConnectionFailed,
+    /// [`NodeEvent::ConnectionLost`].
+    ConnectionLost,
+    /// [`NodeEvent::HandshakeComplete`].
+    HandshakeComplete,
+    /// [`NodeEvent::PeerRestarted`].
+    PeerRestarted,
+    /// [`NodeEvent::PeerGaveUp`].
+    PeerGaveUp,
+    /// [`NodeEvent::PeerBanned`].
+    PeerBanned,
+    /// [`NodeEvent::PeerUnbanned`].
+    PeerUnbanned,
+    /// [`NodeEvent::PeerEvicted`].
+    PeerEvicted,
+    /// [`NodeEvent::MessageReceived`].
+    MessageReceived,
+}
+
+impl EventKind {
+    /// Every kind.
+    pub const ALL: [EventKind; 10] = [
+        EventKind::ConnectionEstablished,
+        EventKind::ConnectionFailed,
+        EventKind::ConnectionLost,
+        EventKind::HandshakeComplete,
+        EventKind::PeerRestarted,
+        EventKind::PeerGaveUp,
+        EventKind::PeerBanned,
+        EventKind::PeerUnbanned,
+        EventKind::PeerEvicted,
+        EventKind::MessageReceived,
+    ];
+
+    /// The name used in JSON (`type`) and filters.
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::ConnectionEstablished => "ConnectionEstablished",
+            EventKind::ConnectionFailed => "ConnectionFailed",
+            EventKind::ConnectionLost => "ConnectionLost",
+            EventKind::HandshakeComplete => "HandshakeComplete",
+            EventKind::PeerRestarted => "PeerRestarted",
+            EventKind::PeerGaveUp => "PeerGaveUp",
+            EventKind::PeerBanned => "PeerBanned",
+            EventKind::PeerUnbanned => "PeerUnbanned",
+            EventKind::PeerEvicted => "PeerEvicted",
+            EventKind::MessageReceived => "MessageReceived",
+        }
+    }
+
+    /// Parses a name.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl NodeEvent {
+    /// This event's kind.
+    pub fn kind(&self) -> EventKind {
+        match self {
+            NodeEvent::ConnectionEstablished { .. } => EventKind::ConnectionEstablished,
+            NodeEvent::ConnectionFailed { .. } => EventKind::ConnectionFailed,
+            NodeEvent::ConnectionLost { .. } => EventKind::ConnectionLost,
+            NodeEvent::HandshakeComplete { .. } => EventKind::HandshakeComplete,
+            NodeEvent::PeerRestarted { .. } => EventKind::PeerRestarted,
+            NodeEvent::PeerGaveUp { .. } => EventKind::PeerGaveUp,
+            NodeEvent::PeerBanned { .. } => EventKind::PeerBanned,
+            NodeEvent::PeerUnbanned { .. } => EventKind::PeerUnbanned,
+            NodeEvent::PeerEvicted { .. } => EventKind::PeerEvicted,
+            NodeEvent::MessageReceived { .. } => EventKind::MessageReceived,
+        }
+    }
+}
+
+/// An event with its time.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Event {
+    /// Unix time in milliseconds.
+    pub timestamp_ms: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: NodeEvent,
+}
+
+/// Why `recv` returned no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    /// The subscriber fell behind; this many events were lost. The stream goes on.
+    #[error("lagged: {0} events lost")]
+    Lagged(u64),
+    /// The node stopped.
+    #[error("event bus closed")]
+    Closed,
+}
+
+/// The bus. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Arc<Event>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus::new(EVENT_BUS_CAPACITY)
+    }
+}
+
+impl EventBus {
+    /// A bus buffering `capacity` events per subscriber.
+    pub fn new(capacity: usize) -> EventBus {
+        let (tx, _) = broadcast::channel(capacity.max(1));
+        EventBus { tx }
+    }
+
+    /// Publishes; never waits. Events with no subscriber are dropped.
+    pub fn publish(&self, event: NodeEvent) {
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let _ = self.tx.send(Arc::new(Event { timestamp_ms, event }));
+    }
+
+    /// Whether anyone listens (to skip building events nobody reads).
+    pub fn has_subscribers(&self) -> bool {
+        self.tx.receiver_count() > 0
+    }
+
+    /// A stream of every event from now on.
+    pub fn subscribe(&self) -> EventStream {
+        EventStream {
+            rx: self.tx.subscribe(),
+            filter: None,
+        }
+    }
+
+    /// A stream of the given kinds only.
+    pub fn subscribe_to(&self, kinds: &[EventKind]) -> EventStream {
+        EventStream {
+            rx: self.tx.subscribe(),
+            filter: Some(kinds.iter().copied().collect()),
+        }
+    }
+}
+
+/// A subscriber's view of the bus.
+#[derive(Debug)]
+pub struct EventStream {
+    rx: broadcast::Receiver<Arc<Event>>,
+    filter: Option<HashSet<EventKind>>,
+}
+
+impl EventStream {
+    /// The next event that passes the filter.
+    pub async fn recv(&mut self) -> Result<Arc<Event>, EventError> {
+        loop {
+            match self.rx.recv().await {
+                Ok(e) => {
+                    if self.filter.as_ref().is_none_or(|f| f.contains(&e.event.kind())) {
+                        return Ok(e);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return Err(EventError::Lagged(n)),
+                Err(broadcast::error::RecvError::Closed) => return Err(EventError::Closed),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unbanned(i: usize) -> NodeEvent {
+        NodeEvent::PeerUnbanned {
+            subnet: format!("10.0.0.{i}/32"),
+        }
+    }
+
+    #[tokio::test]
+    async fn filters_by_kind() {
+        let bus = EventBus::new(16);
+        let mut only_bans = bus.subscribe_to(&[EventKind::PeerBanned]);
+        bus.publish(unbanned(1));
+        bus.publish(NodeEvent::PeerBanned {
+            subnet: "10.0.0.1/32".into(),
+            until: 1,
+            reason: "manual".into(),
+            detail: None,
+        });
+        assert_eq!(only_bans.recv().await.unwrap().event.kind(), EventKind::PeerBanned);
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_loses_the_oldest_and_is_told_how_many() {
+        let bus = EventBus::new(4);
+        let mut slow = bus.subscribe();
+        for i in 0..10 {
+            bus.publish(unbanned(i)); // never blocks
+        }
+        assert_eq!(slow.recv().await, Err(EventError::Lagged(6)));
+        // It then gets the newest four, in order.
+        for i in 6..10 {
+            assert_eq!(slow.recv().await.unwrap().event, unbanned(i));
+        }
+    }
+
+    #[test]
+    fn events_serialize_with_their_type_and_timestamp() {
+        let e = Event {
+            timestamp_ms: 5,
+            event: unbanned(3),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["type"], "PeerUnbanned");
+        assert_eq!(v["timestamp_ms"], 5);
+        assert_eq!(v["subnet"], "10.0.0.3/32");
+        for kind in EventKind::ALL {
+            assert_eq!(EventKind::from_name(kind.name()), Some(kind));
+        }
+    }
+}

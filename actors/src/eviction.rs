@@ -1,0 +1,194 @@
+//! Inbound eviction, as Bitcoin Core's `SelectNodeToEvict`: a pure function over snapshots of
+//! the inbound peers.
+//!
+//! When the inbound slots are full and a new peer arrives, one existing inbound peer may make
+//! room. Peers that are hard for an attacker to imitate are protected first, each rule taking
+//! its protected peers out of the candidate set:
+//!
+//! 1. 4 peers from distinct network groups, chosen by a keyed hash of the group (an attacker
+//!    cannot predict which groups are protected);
+//! 2. the 8 with the lowest minimum ping;
+//! 3. the 4 that most recently sent us a transaction;
+//! 4. the 4 that most recently sent us a block;
+//! 5. half of the rest: the longest connected.
+//!
+//! From what remains, the network group with the most connections is chosen (ties: the group
+//! whose newest member connected most recently) and its newest peer is evicted. Manual peers
+//! are never candidates. If nothing remains, nobody is evicted and the new peer is refused.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::bans::canonical;
+use crate::peers::PeerId;
+
+/// A snapshot of one inbound peer.
+#[derive(Debug, Clone)]
+pub struct EvictionCandidate {
+    /// The peer.
+    pub id: PeerId,
+    /// When it connected.
+    pub connected: Instant,
+    /// Lowest ping seen (`None`: never measured, sorts last).
+    pub min_ping: Option<Duration>,
+    /// When it last sent a block.
+    pub last_block: Option<Instant>,
+    /// When it last sent a transaction.
+    pub last_tx: Option<Instant>,
+    /// Its network group ([`netgroup`]).
+    pub netgroup: Vec<u8>,
+    /// The keyed hash of its network group.
+    pub keyed_netgroup: u64,
+    /// Never evicted (manual peers).
+    pub protected: bool,
+}
+
+/// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
+/// form one "local" group.
+pub fn netgroup(ip: IpAddr) -> Vec<u8> {
+    let ip = canonical(ip);
+    if ip.is_loopback() || ip.is_unspecified() {
+        return vec![0];
+    }
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            vec![4, o[0], o[1]]
+        }
+        IpAddr::V6(v6) => {
+            let o = v6.octets();
+            vec![6, o[0], o[1], o[2], o[3]]
+        }
+    }
+}
+
+fn protect_last<K: Ord>(c: &mut Vec<EvictionCandidate>, n: usize, key: impl Fn(&EvictionCandidate) -> K) {
+    c.sort_by_key(|x| key(x));
+    let keep = c.len().saturating_sub(n);
+    c.truncate(keep);
+}
+
+/// Picks the peer to evict, or `None` if every candidate is protected.
+pub fn select_for_eviction(candidates: &[EvictionCandidate]) -> Option<PeerId> {
+    let mut c: Vec<EvictionCandidate> = candidates.iter().filter(|x| !x.protected).cloned().collect();
+    // 1. distinct keyed network groups: the 4 highest keys.
+    protect_last(&mut c, 4, |x| x.keyed_netgroup);
+    // 2. lowest ping: sort descending by ping so the lowest are last.
+    protect_last(&mut c, 8, |x| std::cmp::Reverse(x.min_ping.unwrap_or(Duration::MAX)));
+    // 3./4. most recent tx, then block senders (None sorts first, i.e. not protected).
+    protect_last(&mut c, 4, |x| x.last_tx);
+    protect_last(&mut c, 4, |x| x.last_block);
+    // 5. half of the rest by longest uptime: the oldest connections sort last.
+    let half = c.len() / 2;
+    protect_last(&mut c, half, |x| std::cmp::Reverse(x.connected));
+    if c.is_empty() {
+        return None;
+    }
+    // The most crowded group; ties go to the group with the most recent connection.
+    let mut groups: Vec<(Vec<u8>, usize, Instant)> = Vec::new();
+    for x in &c {
+        match groups.iter_mut().find(|g| g.0 == x.netgroup) {
+            Some(g) => {
+                g.1 += 1;
+                g.2 = g.2.max(x.connected);
+            }
+            None => groups.push((x.netgroup.clone(), 1, x.connected)),
+        }
+    }
+    let (group, _, _) = groups.into_iter().max_by_key(|g| (g.1, g.2))?;
+    c.into_iter()
+        .filter(|x| x.netgroup == group)
+        .max_by_key(|x| x.connected)
+        .map(|x| x.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn cand(i: u64, t0: Instant, group: u8) -> EvictionCandidate {
+        EvictionCandidate {
+            id: PeerId(i),
+            connected: t0 + Duration::from_secs(i),
+            min_ping: Some(Duration::from_millis(100 + i)),
+            last_block: None,
+            last_tx: None,
+            netgroup: vec![4, group, 0],
+            keyed_netgroup: group as u64,
+            protected: false,
+        }
+    }
+
+    #[test]
+    fn too_few_candidates_means_nobody_is_evicted() {
+        let t0 = Instant::now();
+        let c: Vec<_> = (0..12).map(|i| cand(i, t0, i as u8)).collect();
+        assert_eq!(select_for_eviction(&c), None);
+    }
+
+    #[test]
+    fn evicts_the_newest_of_the_most_crowded_group() {
+        let t0 = Instant::now();
+        // 20 peers in distinct groups with good pings, plus 10 from one crowded /16 with bad
+        // pings: the attacker's group loses its newest member.
+        let mut c: Vec<_> = (0..20).map(|i| cand(i, t0, i as u8 + 100)).collect();
+        for i in 20..30 {
+            let mut x = cand(i, t0, 7);
+            x.min_ping = Some(Duration::from_secs(5));
+            c.push(x);
+        }
+        assert_eq!(select_for_eviction(&c), Some(PeerId(29)));
+    }
+
+    #[test]
+    fn manual_peers_and_recent_block_senders_are_protected() {
+        let t0 = Instant::now();
+        let mut c: Vec<_> = (0..30).map(|i| cand(i, t0, 7)).collect();
+        c[29].protected = true;
+        c[28].last_block = Some(t0);
+        let victim = select_for_eviction(&c).unwrap();
+        assert!(victim != PeerId(29) && victim != PeerId(28));
+    }
+
+    #[test]
+    fn netgroups_follow_core() {
+        assert_eq!(netgroup("203.0.113.5".parse().unwrap()), netgroup("203.0.7.1".parse().unwrap()));
+        assert_ne!(netgroup("203.0.113.5".parse().unwrap()), netgroup("203.1.113.5".parse().unwrap()));
+        assert_eq!(netgroup("127.0.0.1".parse().unwrap()), netgroup("::1".parse().unwrap()));
+        assert_eq!(netgroup("::ffff:203.0.113.5".parse().unwrap()), netgroup("203.0.1.1".parse().unwrap()));
+    }
+
+    proptest! {
+        /// The victim is always an unprotected candidate, and with ≤ 20 candidates (all
+        /// protected by the first four rules) there is none.
+        #[test]
+        fn victim_is_always_an_unprotected_candidate(
+            peers in proptest::collection::vec((any::<u8>(), any::<u16>(), any::<bool>(), any::<bool>()), 0..80)
+        ) {
+            let t0 = Instant::now();
+            let c: Vec<EvictionCandidate> = peers.iter().enumerate().map(|(i, (g, ping, manual, block))| {
+                EvictionCandidate {
+                    id: PeerId(i as u64),
+                    connected: t0 + Duration::from_millis(i as u64),
+                    min_ping: Some(Duration::from_micros(*ping as u64)),
+                    last_block: block.then_some(t0),
+                    last_tx: None,
+                    netgroup: vec![4, *g % 8, 0],
+                    keyed_netgroup: (*g as u64).wrapping_mul(0x9e37_79b9),
+                    protected: *manual,
+                }
+            }).collect();
+            match select_for_eviction(&c) {
+                Some(id) => {
+                    let x = c.iter().find(|x| x.id == id).unwrap();
+                    prop_assert!(!x.protected);
+                }
+                None => {}
+            }
+            if c.iter().filter(|x| !x.protected).count() <= 20 {
+                prop_assert_eq!(select_for_eviction(&c), None);
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! What each protocol violation costs a peer, and when the total becomes a ban.
+//!
+//! | violation | points | why |
+//! |---|---|---|
+//! | `oversized` frame length | 100 | no honest implementation announces more than the limit |
+//! | `malformed_command` | 100 | the stream is garbage or hostile |
+//! | `too_many_items` (headers, addr, inv, locator above Core's limits) | 50 | Core punishes these too |
+//! | `malformed_payload` / `trailing_bytes` | 20 | a buggy or hostile encoder |
+//! | `protocol_violation` (second protoconf, bad protoconf value) | 20 | BSV spec: disconnect |
+//! | `bad_checksum` | 10 | corruption happens; a stream of it does not |
+//! | `duplicate_version` | 1 | Core's cost |
+//! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
+//!
+//! At the threshold (default 100) the peer's address is banned for the ban duration
+//! (default 24 h) and every connection from it is closed. As in Bitcoin Core, local peers
+//! (loopback) are disconnected but not banned automatically, since a ban would hit every
+//! local process at once; the `ban-local-peers` config key turns that exemption off.
+
+/// Default score at which a peer is banned.
+pub const DEFAULT_BAN_THRESHOLD: u32 = 100;
+
+/// Default length of an automatic ban (Core's `DEFAULT_MISBEHAVING_BANTIME`).
+pub const DEFAULT_BAN_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The points a violation costs, by its stable name (the `kind` of the frame, payload or
+/// disconnect error). Unknown names cost nothing.
+pub fn cost(kind: &str) -> u32 {
+    match kind {
+        "oversized" | "malformed_command" => 100,
+        "too_many_items" => 50,
+        "malformed_payload" | "trailing_bytes" | "user_agent_too_long" | "protocol_violation" => 20,
+        "bad_checksum" => 10,
+        "duplicate_version" => 1,
+        _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_framing_bans_at_once_and_wrong_networks_are_not_punished() {
+        assert!(cost("oversized") >= DEFAULT_BAN_THRESHOLD);
+        assert_eq!(cost("bad_magic"), 0);
+        assert_eq!(cost("bad_checksum") * 10, DEFAULT_BAN_THRESHOLD);
+        assert_eq!(cost("no_such_thing"), 0);
+    }
+}
