@@ -88,15 +88,20 @@ impl RateLimits {
     /// Replaces the limits.
     pub fn set(&self, up_rate: u64, up_burst: u64, down_rate: u64, down_burst: u64) {
         self.up_rate.store(up_rate, Ordering::Relaxed);
-        self.up_burst.store(burst_or_default(up_rate, up_burst), Ordering::Relaxed);
+        self.up_burst
+            .store(burst_or_default(up_rate, up_burst), Ordering::Relaxed);
         self.down_rate.store(down_rate, Ordering::Relaxed);
-        self.down_burst.store(burst_or_default(down_rate, down_burst), Ordering::Relaxed);
+        self.down_burst
+            .store(burst_or_default(down_rate, down_burst), Ordering::Relaxed);
     }
 
     /// (rate, burst) for a direction.
     pub fn get(&self, flow: Flow) -> (u64, u64) {
         match flow {
-            Flow::Up => (self.up_rate.load(Ordering::Relaxed), self.up_burst.load(Ordering::Relaxed)),
+            Flow::Up => (
+                self.up_rate.load(Ordering::Relaxed),
+                self.up_burst.load(Ordering::Relaxed),
+            ),
             Flow::Down => (
                 self.down_rate.load(Ordering::Relaxed),
                 self.down_burst.load(Ordering::Relaxed),
@@ -196,7 +201,10 @@ mod tests {
         assert_eq!(b.take(1000, t0, 1000, 1000), Duration::ZERO);
         assert_eq!(b.take(500, t0, 1000, 1000), Duration::from_millis(500));
         // Half a second later the debt is paid; another 500 bytes cost another 0.5 s.
-        assert_eq!(b.take(500, t0 + Duration::from_millis(500), 1000, 1000), Duration::from_millis(500));
+        assert_eq!(
+            b.take(500, t0 + Duration::from_millis(500), 1000, 1000),
+            Duration::from_millis(500)
+        );
     }
 
     proptest! {

@@ -60,7 +60,10 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// Parses `1.2.3.4`, `1.2.3.0/24`, `::1`, `2001:db8::/32`, `[::1]`.
 pub fn parse_subnet(text: &str) -> Result<IpNet, String> {
     let t = text.trim();
-    let t = t.strip_prefix('[').and_then(|s| s.strip_suffix(']')).unwrap_or(t);
+    let t = t
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(t);
     if let Ok(net) = t.parse::<IpNet>() {
         return Ok(net.trunc());
     }
@@ -77,7 +80,13 @@ pub struct BanList {
 
 impl BanList {
     /// Adds or extends a ban. Returns the entry.
-    pub fn ban(&mut self, subnet: IpNet, now: u64, duration_secs: u64, reason: BanReason) -> BanEntry {
+    pub fn ban(
+        &mut self,
+        subnet: IpNet,
+        now: u64,
+        duration_secs: u64,
+        reason: BanReason,
+    ) -> BanEntry {
         let subnet = subnet.trunc();
         let until = now.saturating_add(duration_secs);
         let entry = self.entries.entry(subnet).or_insert(BanEntry {
@@ -101,7 +110,9 @@ impl BanList {
     /// The ban covering `ip` at `now`, if any.
     pub fn find(&self, ip: IpAddr, now: u64) -> Option<&BanEntry> {
         let ip = canonical(ip);
-        self.entries.values().find(|e| e.until > now && e.subnet.contains(&ip))
+        self.entries
+            .values()
+            .find(|e| e.until > now && e.subnet.contains(&ip))
     }
 
     /// Whether `ip` is banned at `now`.
@@ -117,12 +128,19 @@ impl BanList {
             .filter(|e| e.until <= now)
             .map(|e| e.subnet)
             .collect();
-        expired.iter().filter_map(|s| self.entries.remove(s)).collect()
+        expired
+            .iter()
+            .filter_map(|s| self.entries.remove(s))
+            .collect()
     }
 
     /// Live entries.
     pub fn entries(&self, now: u64) -> Vec<BanEntry> {
-        self.entries.values().filter(|e| e.until > now).cloned().collect()
+        self.entries
+            .values()
+            .filter(|e| e.until > now)
+            .cloned()
+            .collect()
     }
 
     /// Number of live entries.
@@ -143,14 +161,27 @@ mod tests {
     #[test]
     fn single_addresses_and_subnets_in_both_families() {
         let mut b = BanList::default();
-        b.ban(parse_subnet("203.0.113.0/24").unwrap(), 0, 100, BanReason::Manual);
-        b.ban(parse_subnet("2001:db8::/32").unwrap(), 0, 100, BanReason::Manual);
+        b.ban(
+            parse_subnet("203.0.113.0/24").unwrap(),
+            0,
+            100,
+            BanReason::Manual,
+        );
+        b.ban(
+            parse_subnet("2001:db8::/32").unwrap(),
+            0,
+            100,
+            BanReason::Manual,
+        );
         b.ban(parse_subnet("[::1]").unwrap(), 0, 100, BanReason::Manual);
         assert!(b.is_banned(ip("203.0.113.7"), 50));
         assert!(!b.is_banned(ip("203.0.114.7"), 50));
         assert!(b.is_banned(ip("2001:db8:1::5"), 50));
         assert!(b.is_banned(ip("::1"), 50));
-        assert!(b.is_banned(ip("::ffff:203.0.113.9"), 50), "mapped IPv4 matches the v4 ban");
+        assert!(
+            b.is_banned(ip("::ffff:203.0.113.9"), 50),
+            "mapped IPv4 matches the v4 ban"
+        );
         assert!(!b.is_banned(ip("203.0.113.7"), 100), "expired");
         assert!(b.unban(&parse_subnet("203.0.113.0/24").unwrap()));
         assert!(!b.is_banned(ip("203.0.113.7"), 50));
@@ -160,7 +191,10 @@ mod tests {
 
     #[test]
     fn host_bits_are_truncated_and_bad_input_is_refused() {
-        assert_eq!(parse_subnet("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_subnet("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert!(parse_subnet("10.1.2.3/33").is_err());
         assert!(parse_subnet("example.com").is_err());
     }

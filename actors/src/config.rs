@@ -14,8 +14,11 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
+use crate::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::network::{user_agent, NetworkId, Profile};
 use crate::peer::HandshakePolicy;
+use crate::restart::RestartPolicy;
+use crate::slots::SlotLimits;
 
 /// Everything the node needs to run.
 #[derive(Debug, Clone)]
@@ -52,6 +55,109 @@ pub struct NodeConfig {
     pub max_block_message_size: u32,
     /// Messages queued per peer before it is dropped as too slow.
     pub send_queue_capacity: usize,
+    /// Outbound candidates (`--addnode`): dialled while outbound slots are free.
+    pub addnode: Vec<SocketAddr>,
+    /// Connection slot limits.
+    pub slots: SlotLimits,
+    /// Global upload limit, bytes/s (0: unlimited).
+    pub max_upload_rate: u64,
+    /// Global download limit, bytes/s (0: unlimited).
+    pub max_download_rate: u64,
+    /// Burst of the global upload bucket, bytes (0: a tenth of a second, at least 16 KiB).
+    pub upload_burst: u64,
+    /// Burst of the global download bucket, bytes (0: as above).
+    pub download_burst: u64,
+    /// Per-connection upload limit, bytes/s (0: unlimited).
+    pub peer_max_upload_rate: u64,
+    /// Per-connection download limit, bytes/s (0: unlimited).
+    pub peer_max_download_rate: u64,
+    /// Burst of each connection's buckets, bytes (0: as above).
+    pub peer_burst: u64,
+    /// Misbehaviour score at which a peer is banned.
+    pub ban_threshold: u32,
+    /// Length of an automatic ban.
+    pub ban_duration: Duration,
+    /// Ban loopback peers automatically too (Bitcoin Core never does).
+    pub ban_local_peers: bool,
+    /// Restart policy for outbound connections.
+    pub restart: RestartPolicy,
+}
+
+/// Keys that can change while the node runs. `None` leaves a key as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigUpdate {
+    /// Outbound slot limit.
+    pub max_outbound: Option<u32>,
+    /// Inbound slot limit.
+    pub max_inbound: Option<u32>,
+    /// Total slot limit.
+    pub max_connections: Option<u32>,
+    /// Global upload limit, bytes/s.
+    pub max_upload_rate: Option<u64>,
+    /// Global download limit, bytes/s.
+    pub max_download_rate: Option<u64>,
+    /// Per-connection upload limit, bytes/s.
+    pub peer_max_upload_rate: Option<u64>,
+    /// Per-connection download limit, bytes/s.
+    pub peer_max_download_rate: Option<u64>,
+    /// Ping interval.
+    pub ping_interval: Option<Duration>,
+    /// Ping timeout.
+    pub ping_timeout: Option<Duration>,
+    /// Handshake timeout.
+    pub handshake_timeout: Option<Duration>,
+    /// Ban threshold.
+    pub ban_threshold: Option<u32>,
+    /// Automatic ban duration.
+    pub ban_duration: Option<Duration>,
+}
+
+impl ConfigUpdate {
+    /// Applies the update to `config`, refusing values that make no sense.
+    pub fn apply(&self, config: &mut NodeConfig) -> Result<(), String> {
+        let positive = |name: &str, d: Option<Duration>| match d {
+            Some(d) if d.is_zero() => Err(format!("{name} must be above zero")),
+            _ => Ok(()),
+        };
+        positive("ping-interval", self.ping_interval)?;
+        positive("ping-timeout", self.ping_timeout)?;
+        positive("handshake-timeout", self.handshake_timeout)?;
+        positive("ban-duration", self.ban_duration)?;
+        if self.ban_threshold == Some(0) {
+            return Err("ban-threshold must be above zero".into());
+        }
+        let set = |slot: &mut u32, v: Option<u32>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set(&mut config.slots.outbound, self.max_outbound);
+        set(&mut config.slots.inbound, self.max_inbound);
+        set(&mut config.slots.total, self.max_connections);
+        set(&mut config.ban_threshold, self.ban_threshold);
+        let set64 = |slot: &mut u64, v: Option<u64>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set64(&mut config.max_upload_rate, self.max_upload_rate);
+        set64(&mut config.max_download_rate, self.max_download_rate);
+        set64(&mut config.peer_max_upload_rate, self.peer_max_upload_rate);
+        set64(
+            &mut config.peer_max_download_rate,
+            self.peer_max_download_rate,
+        );
+        let setd = |slot: &mut Duration, v: Option<Duration>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        setd(&mut config.ping_interval, self.ping_interval);
+        setd(&mut config.ping_timeout, self.ping_timeout);
+        setd(&mut config.handshake_timeout, self.handshake_timeout);
+        setd(&mut config.ban_duration, self.ban_duration);
+        Ok(())
+    }
 }
 
 impl NodeConfig {
@@ -75,6 +181,19 @@ impl NodeConfig {
             relay: true,
             max_block_message_size: profile.limits.bulk,
             send_queue_capacity: SEND_QUEUE_CAPACITY,
+            addnode: Vec::new(),
+            slots: SlotLimits::default(),
+            max_upload_rate: 0,
+            max_download_rate: 0,
+            upload_burst: 0,
+            download_burst: 0,
+            peer_max_upload_rate: 0,
+            peer_max_download_rate: 0,
+            peer_burst: 0,
+            ban_threshold: DEFAULT_BAN_THRESHOLD,
+            ban_duration: DEFAULT_BAN_DURATION,
+            ban_local_peers: false,
+            restart: RestartPolicy::default(),
         }
     }
 

@@ -1,49 +1,74 @@
 //! The Connection actor: one per peer, outbound or inbound.
 //!
-//! The actor never awaits socket I/O. A reader task owns the read half: it frames bytes with
-//! the [`FrameDecoder`], decodes payloads, and casts each message to the actor holding a share
-//! of a byte credit ([`READER_CREDIT_BYTES`]) that the actor returns when it has handled the
-//! message; when the credit is used up the reader stops reading and TCP pushes back on the
-//! peer. A writer task owns the write half and drains a bounded queue; a full queue
-//! disconnects the peer ([`DisconnectReason::SendQueueFull`]). The handshake and keepalive
-//! logic live in the sans-IO [`Handshake`] and [`PingTracker`]; the actor feeds them messages
-//! and ticks and carries out what they return. Every exit path records one
-//! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the Manager
-//! in the final state.
+//! The actor never awaits socket I/O. A reader task owns the read half: it waits for the
+//! socket to be readable, reads into a per-thread scratch buffer (an idle peer holds no read
+//! buffer), frames bytes with the [`FrameDecoder`], decodes payloads, and casts each message
+//! to the actor holding a share of a byte credit ([`READER_CREDIT_BYTES`]) that the actor
+//! returns when it has handled the message; when the credit is used up the reader stops
+//! reading and TCP pushes back on the peer. A writer task owns the write half and drains a
+//! bounded queue; a full queue disconnects the peer ([`DisconnectReason::SendQueueFull`]).
+//! Both tasks pace themselves with token buckets ([`Throttle`]) when bandwidth limits are
+//! set: data is delayed, never dropped or reordered.
+//!
+//! The handshake and keepalive logic live in the sans-IO [`Handshake`] and [`PingTracker`];
+//! the actor feeds them messages and ticks and carries out what they return. Violations add
+//! to the peer's misbehaviour score ([`crate::misbehavior`]); at the threshold the Manager is
+//! told and bans the address. The slot permit lives in the state and is released in
+//! `post_stop` (or by RAII if the actor is killed). Every exit path records one
+//! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the
+//! Manager in the final state.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::message::NetworkMessage;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::constants::{BSV_LEGACY_PAYLOAD, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK};
+use crate::bandwidth::{Flow, Throttle};
+use crate::config::NodeConfig;
+use crate::constants::{
+    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK,
+};
 use crate::context::{unix_now, NodeContext};
+use crate::events::NodeEvent;
+use crate::manager::ManagerMsg;
+use crate::misbehavior;
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::peers::{PeerId, PeerState};
-use crate::wire::{command_label, FrameDecoder, FrameError, Message, PayloadError, Protoconf};
+use crate::slots::SlotPermit;
+use crate::wire::{
+    command_label, Frame, FrameDecoder, FrameError, Message, PayloadError, Protoconf,
+};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
 /// A peer that does not read must not keep the task (and socket) alive for ever.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
 
+thread_local! {
+    /// One read buffer per worker thread, shared by every reader on it: a read never spans
+    /// an await, so an idle connection holds no buffer at all.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
 /// The Connection actor.
 pub struct Connection;
 
 /// How the actor gets its socket.
 pub enum Transport {
-    /// Dial this address (outbound).
+    /// Dial the peer's address (outbound).
     Dial,
     /// An accepted socket (inbound).
     Accepted(TcpStream),
@@ -56,6 +81,8 @@ pub struct ConnectionArgs {
     pub(crate) direction: Direction,
     pub(crate) manual: bool,
     pub(crate) transport: Transport,
+    pub(crate) permit: SlotPermit,
+    pub(crate) manager: ActorRef<ManagerMsg>,
     pub(crate) ctx: Arc<NodeContext>,
 }
 
@@ -79,7 +106,7 @@ pub enum ConnectionMsg {
     ReaderEnded(DisconnectReason),
     /// The writer could not write.
     WriterFailed(String),
-    /// Check deadlines (handshake, ping).
+    /// Check deadlines (handshake, ping) and configuration changes.
     Tick,
     /// Send a message to the peer.
     Send(Message),
@@ -94,10 +121,14 @@ pub struct ConnectionState {
     direction: Direction,
     manual: bool,
     ctx: Arc<NodeContext>,
+    manager: ActorRef<ManagerMsg>,
+    config: watch::Receiver<Arc<NodeConfig>>,
+    permit: Option<SlotPermit>,
     transport: Option<Transport>,
     handshake: Handshake,
     ping: Option<PingTracker>,
     started: Instant,
+    connected_at: Option<Instant>,
     outbox: Option<mpsc::Sender<Vec<u8>>>,
     reader: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
@@ -105,6 +136,7 @@ pub struct ConnectionState {
     /// Largest ordinary payload the peer accepts (BSV protoconf raises it).
     peer_max_payload: u32,
     got_protoconf: bool,
+    misbehavior: u32,
     bytes_sent: u64,
     bytes_received: u64,
     close_reason: Option<DisconnectReason>,
@@ -120,6 +152,29 @@ impl ConnectionState {
     pub fn id(&self) -> PeerId {
         self.id
     }
+
+    /// How long the TCP connection was up (zero if it never opened).
+    pub fn uptime(&self) -> Duration {
+        self.connected_at.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Whether the TCP connection ever opened.
+    pub fn was_connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
+}
+
+fn tick_interval(config: &NodeConfig) -> Duration {
+    [
+        config.handshake_timeout,
+        config.ping_interval,
+        config.ping_timeout,
+    ]
+    .into_iter()
+    .min()
+    .unwrap_or(MAX_TICK_INTERVAL)
+    .div_f32(4.0)
+    .clamp(Duration::from_millis(50), MAX_TICK_INTERVAL)
 }
 
 impl Actor for Connection {
@@ -134,6 +189,8 @@ impl Actor for Connection {
     ) -> Result<ConnectionState, ActorProcessingErr> {
         // No I/O here: pre_start runs inside the Manager's spawn await.
         let now = Instant::now();
+        let config_rx = args.ctx.config_watch();
+        let config = args.ctx.config();
         let nonce = loop {
             let n: u64 = rand::random();
             if n != 0 {
@@ -147,7 +204,7 @@ impl Actor for Connection {
             args.addr,
             None,
             now,
-            args.ctx.config.handshake_timeout,
+            config.handshake_timeout,
         );
         let peer_max_payload = args.ctx.profile.limits.send_default;
         Ok(ConnectionState {
@@ -155,17 +212,22 @@ impl Actor for Connection {
             addr: args.addr,
             direction: args.direction,
             manual: args.manual,
+            manager: args.manager,
+            config: config_rx,
             ctx: args.ctx,
+            permit: Some(args.permit),
             transport: Some(args.transport),
             handshake,
             ping: None,
             started: now,
+            connected_at: None,
             outbox: None,
             reader: None,
             writer: None,
             timers: Vec::new(),
             peer_max_payload,
             got_protoconf: false,
+            misbehavior: 0,
             bytes_sent: 0,
             bytes_received: 0,
             close_reason: None,
@@ -177,20 +239,10 @@ impl Actor for Connection {
         myself: ActorRef<Self::Msg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        let config = &state.ctx.config;
-        let tick = [
-            config.handshake_timeout,
-            config.ping_interval,
-            config.ping_timeout,
-        ]
-        .into_iter()
-        .min()
-        .unwrap_or(MAX_TICK_INTERVAL)
-        .div_f32(4.0)
-        .clamp(Duration::from_millis(50), MAX_TICK_INTERVAL);
+        let config = state.ctx.config();
         state
             .timers
-            .push(myself.send_interval(tick, || ConnectionMsg::Tick));
+            .push(myself.send_interval(tick_interval(&config), || ConnectionMsg::Tick));
         match state.transport.take() {
             Some(Transport::Accepted(stream)) => {
                 if let Err(reason) = start_io(&myself, state, stream) {
@@ -233,9 +285,14 @@ impl Actor for Connection {
             ConnectionMsg::DroppedFrame(err) => {
                 warn!(peer = %state.addr, id = %state.id, error = %err, "dropped a frame");
                 metrics::counter!("meshd_frame_errors_total", "kind" => err.kind()).increment(1);
-                Ok(())
+                punish(state, err.kind())
             }
-            ConnectionMsg::ReaderEnded(reason) => Err(reason),
+            ConnectionMsg::ReaderEnded(reason) => {
+                if let DisconnectReason::Frame(e) = &reason {
+                    let _ = punish(state, e.kind());
+                }
+                Err(reason)
+            }
             ConnectionMsg::WriterFailed(e) => Err(DisconnectReason::Io(e)),
             ConnectionMsg::Tick => on_tick(state),
             ConnectionMsg::Send(m) => send(state, &m),
@@ -269,6 +326,9 @@ impl Actor for Connection {
                 }
             });
         }
+        // The final state travels to the Manager; the slot must be free before that, so a
+        // waiting inbound peer can take it as soon as this actor is gone.
+        state.permit = None;
         let reason = state.close_reason.get_or_insert_with(|| {
             if state.ctx.is_shutting_down() {
                 DisconnectReason::Shutdown
@@ -283,14 +343,13 @@ impl Actor for Connection {
                 .remove(&state.handshake.our_nonce());
         }
         metrics::counter!("meshd_disconnects_total", "reason" => reason.kind()).increment(1);
-        let established = state.handshake.is_complete();
         info!(
             peer = %state.addr,
             id = %state.id,
             direction = %state.direction,
             reason = %reason,
             reason_kind = reason.kind(),
-            established,
+            established = state.handshake.is_complete(),
             "peer disconnected"
         );
         Ok(())
@@ -304,6 +363,31 @@ fn close(myself: &ActorRef<ConnectionMsg>, state: &mut ConnectionState, reason: 
     }
 }
 
+/// Adds the cost of a violation; at the threshold tells the Manager (which bans) and closes.
+fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), DisconnectReason> {
+    let cost = misbehavior::cost(kind);
+    if cost == 0 {
+        return Ok(());
+    }
+    state.misbehavior = state.misbehavior.saturating_add(cost);
+    let score = state.misbehavior;
+    state.ctx.peers.update(state.id, |p| p.misbehavior = score);
+    let threshold = state.ctx.config().ban_threshold;
+    debug!(peer = %state.addr, id = %state.id, kind, cost, score, threshold, "misbehaviour");
+    if score >= threshold {
+        let _ = state.manager.cast(ManagerMsg::Misbehaving {
+            id: state.id,
+            addr: state.addr,
+            kind,
+            score,
+        });
+        return Err(DisconnectReason::Banned(format!(
+            "misbehaviour score {score} ({kind})"
+        )));
+    }
+    Ok(())
+}
+
 fn start_io(
     myself: &ActorRef<ConnectionMsg>,
     state: &mut ConnectionState,
@@ -312,8 +396,28 @@ fn start_io(
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let (read_half, write_half) = stream.into_split();
-    let (tx, rx) = mpsc::channel(state.ctx.config.send_queue_capacity.max(1));
-    state.writer = Some(tokio::spawn(writer(write_half, rx, myself.clone())));
+    let config = state.ctx.config();
+    let (tx, rx) = mpsc::channel(config.send_queue_capacity.max(1));
+    let ctx = &state.ctx;
+    let up = Throttle::new(
+        Flow::Up,
+        ctx.peer_limits.clone(),
+        ctx.global_up.clone(),
+        ctx.global_limits.clone(),
+    );
+    let down = Throttle::new(
+        Flow::Down,
+        ctx.peer_limits.clone(),
+        ctx.global_down.clone(),
+        ctx.global_limits.clone(),
+    );
+    state.writer = Some(tokio::spawn(writer(
+        write_half,
+        rx,
+        myself.clone(),
+        up,
+        state.ctx.clone(),
+    )));
     state.outbox = Some(tx);
     let credit = Arc::new(Semaphore::new(READER_CREDIT_BYTES as usize));
     state.reader = Some(tokio::spawn(reader(
@@ -321,7 +425,11 @@ fn start_io(
         myself.clone(),
         FrameDecoder::new(state.ctx.profile.magic, state.ctx.profile.limits),
         credit,
+        down,
+        state.ctx.clone(),
     )));
+    let now = Instant::now();
+    state.connected_at = Some(now);
     // Re-create the handshake now that the local address is known (it goes in our version).
     state.handshake = Handshake::new(
         state.direction,
@@ -330,7 +438,7 @@ fn start_io(
         state.addr,
         local,
         state.started,
-        state.ctx.config.handshake_timeout,
+        config.handshake_timeout,
     );
     if state.direction == Direction::Outbound {
         state
@@ -342,7 +450,9 @@ fn start_io(
         p.local_addr = local;
         p.state = PeerState::Handshaking;
         p.connected_since = std::time::SystemTime::now();
+        p.connected_at = now;
     });
+    let _ = state.manager.cast(ManagerMsg::PeerConnected(state.id));
     debug!(peer = %state.addr, id = %state.id, direction = %state.direction, "socket open, handshaking");
     let steps = state.handshake.start(&state.ctx.policy, unix_now());
     apply_steps(state, steps)
@@ -383,7 +493,8 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.user_agent = pv.user_agent.clone();
         p.start_height = pv.start_height;
     });
-    let config = &state.ctx.config;
+    let _ = state.manager.cast(ManagerMsg::PeerHandshaked(state.id));
+    let config = state.ctx.config();
     state.ping = Some(PingTracker::new(
         now,
         config.ping_interval,
@@ -404,13 +515,23 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
     state.bytes_received += inbound.wire_len as u64;
     metrics::counter!("meshd_bytes_received_total", "command" => inbound.command)
         .increment(inbound.wire_len as u64);
+    if state.ctx.events.has_subscribers() {
+        state.ctx.events.publish(NodeEvent::MessageReceived {
+            peer: state.id,
+            command: inbound.command.to_string(),
+            size: inbound.wire_len,
+        });
+    }
     let message = match inbound.message {
         Ok(m) => m,
-        Err(e) if !state.handshake.is_complete() => return Err(DisconnectReason::Payload(e)),
+        Err(e) if !state.handshake.is_complete() => {
+            let _ = punish(state, e.kind());
+            return Err(DisconnectReason::Payload(e));
+        }
         Err(e) => {
             warn!(peer = %state.addr, id = %state.id, error = %e, "ignored a malformed message");
             metrics::counter!("meshd_payload_errors_total", "kind" => e.kind()).increment(1);
-            return Ok(());
+            return punish(state, e.kind());
         }
     };
     if !state.handshake.is_complete() {
@@ -430,12 +551,28 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
             on_pong(state, nonce);
             Ok(())
         }
+        Message::Network(NetworkMessage::Block(_)) => {
+            state
+                .ctx
+                .peers
+                .update(state.id, |p| p.last_block_at = Some(Instant::now()));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::Tx(_)) => {
+            state
+                .ctx
+                .peers
+                .update(state.id, |p| p.last_tx_at = Some(Instant::now()));
+            Ok(())
+        }
         Message::Protoconf(conf) => {
             if state.got_protoconf {
+                punish(state, "protocol_violation")?;
                 return Err(DisconnectReason::Protocol("second protoconf".into()));
             }
             state.got_protoconf = true;
             if conf.max_recv_payload_length < BSV_LEGACY_PAYLOAD {
+                punish(state, "protocol_violation")?;
                 return Err(DisconnectReason::Protocol(format!(
                     "protoconf maxRecvPayloadLength {} below the 1 MiB minimum",
                     conf.max_recv_payload_length
@@ -454,7 +591,7 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
             // Core ignores (and penalises) a repeated version after the handshake.
             metrics::counter!("meshd_payload_errors_total", "kind" => "duplicate_version")
                 .increment(1);
-            Ok(())
+            punish(state, "duplicate_version")
         }
         Message::Network(_) => Ok(()),
     }
@@ -471,6 +608,7 @@ fn on_pong(state: &mut ConnectionState, nonce: u64) {
             state.ctx.peers.update(state.id, |p| {
                 p.ping_last = last;
                 p.ping_min = min;
+                p.ping_wait = None;
                 p.pongs += 1;
             });
             debug!(peer = %state.addr, id = %state.id, rtt_us = rtt.as_micros() as u64, "pong");
@@ -483,10 +621,19 @@ fn on_pong(state: &mut ConnectionState, nonce: u64) {
 
 fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     let now = Instant::now();
+    if state.config.has_changed().unwrap_or(false) {
+        let config = state.config.borrow_and_update().clone();
+        state.handshake.set_timeout(config.handshake_timeout);
+        if let Some(p) = state.ping.as_mut() {
+            p.reconfigure(now, config.ping_interval, config.ping_timeout);
+        }
+    }
     let (sent, received) = (state.bytes_sent, state.bytes_received);
+    let wait = state.ping.as_ref().and_then(|p| p.waiting(now));
     state.ctx.peers.update(state.id, |p| {
         p.bytes_sent = sent;
         p.bytes_received = received;
+        p.ping_wait = wait;
     });
     if !state.handshake.is_complete() {
         if state.outbox.is_none() {
@@ -514,9 +661,7 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     };
     let bytes = msg.encode(state.ctx.profile.magic);
     let command = msg.command();
-    let payload_len = bytes
-        .len()
-        .saturating_sub(crate::constants::FRAME_HEADER_LEN);
+    let payload_len = bytes.len().saturating_sub(FRAME_HEADER_LEN);
     if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
         warn!(peer = %state.addr, id = %state.id, %command, payload_len, limit = state.peer_max_payload,
               "not sending a message larger than the peer accepts");
@@ -526,12 +671,11 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     match outbox.try_send(bytes) {
         Ok(()) => {
             state.bytes_sent += len;
-            metrics::counter!("meshd_bytes_sent_total", "command" => command_label(command.as_str()))
-                .increment(len);
+            metrics::counter!("meshd_bytes_sent_total", "command" => command_label(command.as_str())).increment(len);
             Ok(())
         }
         Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
-            state.ctx.config.send_queue_capacity,
+            state.ctx.config().send_queue_capacity,
         )),
         Err(mpsc::error::TrySendError::Closed(_)) => {
             Err(DisconnectReason::Io("writer closed".into()))
@@ -539,20 +683,53 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     }
 }
 
+/// Reads what the socket has (at most `max` bytes) into the thread's scratch buffer and
+/// frames it. `Ok(0)` means the peer closed.
+fn read_available(
+    half: &OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+    max: usize,
+    frames: &mut Vec<Result<Frame, FrameError>>,
+) -> std::io::Result<usize> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let limit = max.min(buf.len());
+        let n = half.try_read(&mut buf[..limit])?;
+        let mut input = &buf[..n];
+        while let Some(r) = decoder.decode(&mut input) {
+            let fatal = matches!(&r, Err(e) if e.is_fatal());
+            frames.push(r);
+            if fatal {
+                break;
+            }
+        }
+        Ok(n)
+    })
+}
+
 async fn reader(
-    mut half: OwnedReadHalf,
+    half: OwnedReadHalf,
     actor: ActorRef<ConnectionMsg>,
     mut decoder: FrameDecoder,
     credit: Arc<Semaphore>,
+    mut throttle: Throttle,
+    ctx: Arc<NodeContext>,
 ) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut frames = Vec::new();
     loop {
-        let n = match half.read(&mut buf).await {
+        if let Err(e) = half.readable().await {
+            let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                e.to_string(),
+            )));
+            return;
+        }
+        let n = match read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames) {
             Ok(0) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
                 return;
             }
             Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
                     e.to_string(),
@@ -560,8 +737,7 @@ async fn reader(
                 return;
             }
         };
-        let mut input = &buf[..n];
-        while let Some(result) = decoder.decode(&mut input) {
+        for result in frames.drain(..) {
             match result {
                 Ok(frame) => {
                     let wire_len = frame.wire_len();
@@ -593,6 +769,12 @@ async fn reader(
                 }
             }
         }
+        let wait = throttle.take(n);
+        if !wait.is_zero() {
+            ctx.throttled_down_us
+                .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -600,11 +782,24 @@ async fn writer(
     mut half: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Vec<u8>>,
     actor: ActorRef<ConnectionMsg>,
+    mut throttle: Throttle,
+    ctx: Arc<NodeContext>,
 ) {
     while let Some(bytes) = rx.recv().await {
-        if let Err(e) = half.write_all(&bytes).await {
-            let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
-            return;
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let n = throttle.chunk(rest.len()).min(rest.len());
+            let wait = throttle.take(n);
+            if !wait.is_zero() {
+                ctx.throttled_up_us
+                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+            if let Err(e) = half.write_all(&rest[..n]).await {
+                let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
+                return;
+            }
+            rest = &rest[n..];
         }
     }
     // The actor is gone and the queue is drained: close our side.

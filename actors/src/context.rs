@@ -1,40 +1,115 @@
-//! State shared by every actor of one node: configuration, the peer table, our version nonces.
+//! State shared by every actor of one node: configuration (live), the peer table, slots,
+//! bans, bandwidth buckets, the event bus and our version nonces.
 
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
+use tokio::sync::watch;
 
+use crate::bandwidth::{RateLimits, TokenBucket};
+use crate::bans::BanList;
 use crate::config::NodeConfig;
+use crate::events::EventBus;
 use crate::network::Profile;
 use crate::peer::HandshakePolicy;
 use crate::peers::{PeerId, PeerTable};
+use crate::slots::SlotPool;
 
-/// Shared, read-mostly node state. Handed to actors in an `Arc`; opaque outside the crate.
+/// Shared node state. Handed to actors in an `Arc`; opaque outside the crate.
 #[derive(Debug)]
 pub struct NodeContext {
-    pub(crate) config: NodeConfig,
+    config: watch::Sender<Arc<NodeConfig>>,
     pub(crate) profile: Profile,
     pub(crate) policy: HandshakePolicy,
     pub(crate) peers: PeerTable,
     /// Nonces we sent in outbound version messages, to spot an inbound connection from
     /// ourselves.
     pub(crate) outbound_nonces: DashMap<u64, PeerId>,
+    pub(crate) slots: SlotPool,
+    pub(crate) events: EventBus,
+    pub(crate) bans: RwLock<BanList>,
+    pub(crate) global_limits: Arc<RateLimits>,
+    pub(crate) peer_limits: Arc<RateLimits>,
+    pub(crate) global_up: Arc<Mutex<TokenBucket>>,
+    pub(crate) global_down: Arc<Mutex<TokenBucket>>,
+    /// Microseconds readers and writers spent waiting on bandwidth limits.
+    pub(crate) throttled_up_us: AtomicU64,
+    pub(crate) throttled_down_us: AtomicU64,
+    /// Restarts per outbound address since start (for `meshd_connection_restarts_total`).
+    pub(crate) restart_counts: DashMap<SocketAddr, u64>,
+    netgroup_key: std::collections::hash_map::RandomState,
     next_peer_id: AtomicU64,
     shutting_down: AtomicBool,
 }
 
 impl NodeContext {
-    pub(crate) fn new(config: NodeConfig) -> NodeContext {
+    pub(crate) fn new(config: NodeConfig, bans: BanList) -> NodeContext {
+        let global_limits = Arc::new(RateLimits::new(
+            config.max_upload_rate,
+            config.upload_burst,
+            config.max_download_rate,
+            config.download_burst,
+        ));
+        let peer_limits = Arc::new(RateLimits::new(
+            config.peer_max_upload_rate,
+            config.peer_burst,
+            config.peer_max_download_rate,
+            config.peer_burst,
+        ));
+        let now = Instant::now();
         NodeContext {
             profile: config.profile(),
             policy: config.handshake_policy(),
-            config,
             peers: PeerTable::default(),
             outbound_nonces: DashMap::new(),
+            slots: SlotPool::new(config.slots),
+            events: EventBus::default(),
+            bans: RwLock::new(bans),
+            global_limits,
+            peer_limits,
+            global_up: Arc::new(Mutex::new(TokenBucket::new(now))),
+            global_down: Arc::new(Mutex::new(TokenBucket::new(now))),
+            throttled_up_us: AtomicU64::new(0),
+            throttled_down_us: AtomicU64::new(0),
+            restart_counts: DashMap::new(),
+            netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            config: watch::Sender::new(Arc::new(config)),
         }
+    }
+
+    /// The configuration now in force.
+    pub(crate) fn config(&self) -> Arc<NodeConfig> {
+        self.config.borrow().clone()
+    }
+
+    /// A receiver that sees every configuration change.
+    pub(crate) fn config_watch(&self) -> watch::Receiver<Arc<NodeConfig>> {
+        self.config.subscribe()
+    }
+
+    /// Installs a new configuration and applies the parts held in shared state.
+    pub(crate) fn set_config(&self, config: NodeConfig) {
+        self.slots.set_limits(config.slots);
+        self.global_limits.set(
+            config.max_upload_rate,
+            config.upload_burst,
+            config.max_download_rate,
+            config.download_burst,
+        );
+        self.peer_limits.set(
+            config.peer_max_upload_rate,
+            config.peer_burst,
+            config.peer_max_download_rate,
+            config.peer_burst,
+        );
+        self.config.send_replace(Arc::new(config));
     }
 
     pub(crate) fn next_peer_id(&self) -> PeerId {
@@ -48,9 +123,30 @@ impl NodeContext {
     pub(crate) fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+
+    /// Whether `ip` is banned now.
+    pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
+        let now = unix_now() as u64;
+        match self.bans.read() {
+            Ok(b) => b.is_banned(ip, now),
+            Err(p) => p.into_inner().is_banned(ip, now),
+        }
+    }
+
+    /// The keyed hash of a network group (eviction rule 1).
+    pub(crate) fn keyed_netgroup(&self, group: &[u8]) -> u64 {
+        let mut h = self.netgroup_key.build_hasher();
+        h.write(group);
+        h.finish()
+    }
+
+    /// Path of the ban list file.
+    pub(crate) fn bans_path(&self) -> PathBuf {
+        self.config().datadir.join("bans.dat")
+    }
 }
 
-/// Seconds since the Unix epoch, for version timestamps.
+/// Seconds since the Unix epoch, for version timestamps and ban expiry.
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -254,7 +254,10 @@ impl EventBus {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let _ = self.tx.send(Arc::new(Event { timestamp_ms, event }));
+        let _ = self.tx.send(Arc::new(Event {
+            timestamp_ms,
+            event,
+        }));
     }
 
     /// Whether anyone listens (to skip building events nobody reads).
@@ -292,7 +295,11 @@ impl EventStream {
         loop {
             match self.rx.recv().await {
                 Ok(e) => {
-                    if self.filter.as_ref().is_none_or(|f| f.contains(&e.event.kind())) {
+                    if self
+                        .filter
+                        .as_ref()
+                        .is_none_or(|f| f.contains(&e.event.kind()))
+                    {
                         return Ok(e);
                     }
                 }
@@ -324,7 +331,10 @@ mod tests {
             reason: "manual".into(),
             detail: None,
         });
-        assert_eq!(only_bans.recv().await.unwrap().event.kind(), EventKind::PeerBanned);
+        assert_eq!(
+            only_bans.recv().await.unwrap().event.kind(),
+            EventKind::PeerBanned
+        );
     }
 
     #[tokio::test]

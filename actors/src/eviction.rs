@@ -62,7 +62,11 @@ pub fn netgroup(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-fn protect_last<K: Ord>(c: &mut Vec<EvictionCandidate>, n: usize, key: impl Fn(&EvictionCandidate) -> K) {
+fn protect_last<K: Ord>(
+    c: &mut Vec<EvictionCandidate>,
+    n: usize,
+    key: impl Fn(&EvictionCandidate) -> K,
+) {
     c.sort_by_key(|x| key(x));
     let keep = c.len().saturating_sub(n);
     c.truncate(keep);
@@ -70,11 +74,17 @@ fn protect_last<K: Ord>(c: &mut Vec<EvictionCandidate>, n: usize, key: impl Fn(&
 
 /// Picks the peer to evict, or `None` if every candidate is protected.
 pub fn select_for_eviction(candidates: &[EvictionCandidate]) -> Option<PeerId> {
-    let mut c: Vec<EvictionCandidate> = candidates.iter().filter(|x| !x.protected).cloned().collect();
+    let mut c: Vec<EvictionCandidate> = candidates
+        .iter()
+        .filter(|x| !x.protected)
+        .cloned()
+        .collect();
     // 1. distinct keyed network groups: the 4 highest keys.
     protect_last(&mut c, 4, |x| x.keyed_netgroup);
     // 2. lowest ping: sort descending by ping so the lowest are last.
-    protect_last(&mut c, 8, |x| std::cmp::Reverse(x.min_ping.unwrap_or(Duration::MAX)));
+    protect_last(&mut c, 8, |x| {
+        std::cmp::Reverse(x.min_ping.unwrap_or(Duration::MAX))
+    });
     // 3./4. most recent tx, then block senders (None sorts first, i.e. not protected).
     protect_last(&mut c, 4, |x| x.last_tx);
     protect_last(&mut c, 4, |x| x.last_block);
@@ -153,10 +163,22 @@ mod tests {
 
     #[test]
     fn netgroups_follow_core() {
-        assert_eq!(netgroup("203.0.113.5".parse().unwrap()), netgroup("203.0.7.1".parse().unwrap()));
-        assert_ne!(netgroup("203.0.113.5".parse().unwrap()), netgroup("203.1.113.5".parse().unwrap()));
-        assert_eq!(netgroup("127.0.0.1".parse().unwrap()), netgroup("::1".parse().unwrap()));
-        assert_eq!(netgroup("::ffff:203.0.113.5".parse().unwrap()), netgroup("203.0.1.1".parse().unwrap()));
+        assert_eq!(
+            netgroup("203.0.113.5".parse().unwrap()),
+            netgroup("203.0.7.1".parse().unwrap())
+        );
+        assert_ne!(
+            netgroup("203.0.113.5".parse().unwrap()),
+            netgroup("203.1.113.5".parse().unwrap())
+        );
+        assert_eq!(
+            netgroup("127.0.0.1".parse().unwrap()),
+            netgroup("::1".parse().unwrap())
+        );
+        assert_eq!(
+            netgroup("::ffff:203.0.113.5".parse().unwrap()),
+            netgroup("203.0.1.1".parse().unwrap())
+        );
     }
 
     proptest! {

@@ -57,21 +57,22 @@
 
 #![warn(missing_docs)]
 
+pub mod bandwidth;
+pub mod bans;
 pub mod config;
 pub mod connection;
 pub mod constants;
 pub mod context;
+pub mod events;
+pub mod eviction;
 pub mod listener;
+mod live_metrics;
 pub mod manager;
+pub mod misbehavior;
 pub mod network;
 pub mod node;
 pub mod peer;
 pub mod peers;
-pub mod bandwidth;
-pub mod bans;
-pub mod eviction;
-pub mod events;
-pub mod misbehavior;
 pub mod persist;
 pub mod restart;
 pub mod slots;

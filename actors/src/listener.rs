@@ -2,8 +2,9 @@
 //!
 //! Sockets are bound by [`crate::node::Node::start`] before the tree starts (so a port in
 //! use is a start-up error, not a crash), and handed in as `Arc`s so a restarted Listener
-//! accepts on the same sockets. One accept task per address casts each new socket to the
-//! Manager; the ban check (refuse before reading a byte) plugs in here.
+//! accepts on the same sockets. One accept task per address checks the ban list and drops a
+//! banned peer's socket before reading a single byte; everything else goes to the Manager,
+//! which asks for a slot.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::context::NodeContext;
 use crate::manager::ManagerMsg;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
@@ -29,6 +31,8 @@ pub struct ListenerArgs {
     pub listeners: Vec<Arc<TcpListener>>,
     /// Where accepted sockets go.
     pub manager: ActorRef<ManagerMsg>,
+    /// Shared node state (for the ban list).
+    pub ctx: Arc<NodeContext>,
 }
 
 /// The Listener's state: its accept tasks, aborted when it stops.
@@ -48,11 +52,14 @@ impl Actor for Listener {
     ) -> Result<ListenerState, ActorProcessingErr> {
         let mut tasks = Vec::new();
         for listener in args.listeners {
-            let manager = args.manager.clone();
             if let Ok(addr) = listener.local_addr() {
                 info!(%addr, "listening for peers");
             }
-            tasks.push(tokio::spawn(accept_loop(listener, manager)));
+            tasks.push(tokio::spawn(accept_loop(
+                listener,
+                args.manager.clone(),
+                args.ctx.clone(),
+            )));
         }
         Ok(ListenerState { tasks })
     }
@@ -69,11 +76,22 @@ impl Actor for Listener {
     }
 }
 
-async fn accept_loop(listener: Arc<TcpListener>, manager: ActorRef<ManagerMsg>) {
+async fn accept_loop(
+    listener: Arc<TcpListener>,
+    manager: ActorRef<ManagerMsg>,
+    ctx: Arc<NodeContext>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                debug!(peer = %addr, "accepted");
+                if ctx.is_banned(addr.ip()) {
+                    // Dropped unread: a banned peer gets nothing from us, not even a version.
+                    debug!(peer = %addr, "refused a banned address");
+                    metrics::counter!("meshd_inbound_refused_total", "reason" => "banned")
+                        .increment(1);
+                    drop(stream);
+                    continue;
+                }
                 metrics::counter!("meshd_accepted_total").increment(1);
                 if manager
                     .cast(ManagerMsg::InboundAccepted { stream, addr })

@@ -1,35 +1,75 @@
-//! The Manager actor: supervisor of every Connection, owner of the peer set.
+//! The Manager actor: supervisor of every Connection, owner of the peer set, slots, bans and
+//! outbound restarts, and the one publisher of lifecycle events.
 //!
-//! It spawns a Connection for each accepted inbound socket and each outbound target, keeps
-//! the peer table's rows, and decides what happens when a Connection ends: the Connection
-//! hands back its final state with the typed [`DisconnectReason`]; a `--connect` (persistent)
-//! peer is dialled again after [`PERSISTENT_RECONNECT_DELAY`], an inbound peer never is.
+//! - **Slots.** A slot is reserved ([`SlotPool::try_reserve`]) before a Connection is
+//!   spawned; the permit lives in the Connection and is released exactly once. When the
+//!   inbound slots are full a new inbound peer may take the place of one chosen by
+//!   [`select_for_eviction`]; if nobody is evictable the newcomer is refused.
+//! - **Outbound upkeep.** Every [`UPKEEP_INTERVAL`] the Manager dials the persistent
+//!   (`--connect`) peers that are not connected, then `--addnode` candidates while outbound
+//!   slots are free, skipping banned and given-up addresses.
+//! - **Restarts.** When an outbound connection ends, the [`RestartTracker`] decides: dial
+//!   again after a jittered exponential delay, or give up until the window clears. Inbound
+//!   connections are never restarted. One-shot dials (API `onetry`) are not restarted either.
+//! - **Bans.** Manual bans (library API) and automatic ones (a Connection reports its
+//!   misbehaviour score crossed the threshold) go in the [`BanList`], which is persisted
+//!   atomically after each change; connected peers inside a new ban are disconnected.
+//! - **Live config.** A new configuration is applied to the shared state by the node, then
+//!   the Manager enforces it: excess inbound peers are disconnected in eviction order, excess
+//!   outbound peers newest first.
 //!
-//! Seams for later work: slot reservation goes in [`ManagerState::admit`] (before a
-//! Connection is spawned), the windowed restart policy in [`ManagerState::on_connection_end`],
-//! and address-book driven outbound upkeep in the `Redial` path.
-//!
-//! ractor's default supervision hook stops the parent when a child exits; the Manager
-//! overrides it, since a peer going away is business as usual.
+//! The Connection hands back its final state (with the typed [`DisconnectReason`]) in the
+//! termination event; ractor's default hook would stop the Manager when a child exits, so it
+//! is overridden. Supervision events can overtake a child's last message, so lifecycle
+//! notes from a Connection that is already gone are ignored rather than published late.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
+use crate::bans::{BanEntry, BanList, BanReason};
 use crate::connection::{Connection, ConnectionArgs, ConnectionMsg, ConnectionState, Transport};
-use crate::constants::{PERSISTENT_RECONNECT_DELAY, SHUTDOWN_PEER_TIMEOUT};
-use crate::context::NodeContext;
+use crate::constants::SHUTDOWN_PEER_TIMEOUT;
+use crate::context::{unix_now, NodeContext};
+use crate::events::NodeEvent;
+use crate::eviction::{netgroup, select_for_eviction, EvictionCandidate};
 use crate::peer::{Direction, DisconnectReason};
 use crate::peers::{PeerId, PeerInfo};
+use crate::persist;
+use crate::restart::{RestartDecision, RestartTracker};
+use crate::slots::SlotPermit;
 use crate::wire::Message;
+
+/// How often the Manager tops up outbound connections and sweeps expired bans.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Time allowed for an evicted peer to stop and free its slot before the newcomer is refused.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// File kind and format version of the ban list.
+const BANS_KIND: [u8; 4] = *b"BANS";
+const BANS_VERSION: u16 = 1;
 
 /// The Manager actor.
 pub struct Manager;
+
+/// How an outbound target is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundKind {
+    /// `--connect`: always kept connected, restarted under the window policy.
+    Persistent,
+    /// `--addnode`: a candidate, dialled while slots are free, restarted under the policy.
+    Candidate,
+    /// Dialled once; never restarted.
+    OneTry,
+}
 
 /// Messages the Manager handles.
 pub enum ManagerMsg {
@@ -40,15 +80,40 @@ pub enum ManagerMsg {
         /// Remote address.
         addr: SocketAddr,
     },
-    /// Dial a peer; `persistent` peers are dialled again whenever they drop.
+    /// Dial a peer.
     Connect {
         /// Address to dial.
         addr: SocketAddr,
-        /// Keep it connected.
-        persistent: bool,
+        /// How to keep it.
+        kind: OutboundKind,
     },
-    /// Timer: dial a persistent peer again.
+    /// Timer: dial an outbound target again.
     Redial(SocketAddr),
+    /// Timer: top up outbound connections, sweep bans.
+    Upkeep,
+    /// A Connection's socket opened.
+    PeerConnected(PeerId),
+    /// A Connection finished its handshake.
+    PeerHandshaked(PeerId),
+    /// A Connection's misbehaviour score crossed the threshold.
+    Misbehaving {
+        /// Peer.
+        id: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// The violation that crossed it.
+        kind: &'static str,
+        /// The score.
+        score: u32,
+    },
+    /// Ban a subnet for a duration; replies with the entry.
+    Ban(IpNet, Duration, RpcReplyPort<BanEntry>),
+    /// Lift a ban; replies whether one existed.
+    Unban(IpNet, RpcReplyPort<bool>),
+    /// The live ban list.
+    ListBans(RpcReplyPort<Vec<BanEntry>>),
+    /// The configuration changed; enforce it. Replies when done.
+    ConfigChanged(RpcReplyPort<()>),
     /// Close one peer's connection; replies whether it existed.
     Disconnect(PeerId, RpcReplyPort<bool>),
     /// Send a message to one peer; replies whether it existed.
@@ -61,7 +126,18 @@ struct Child {
     id: PeerId,
     addr: SocketAddr,
     direction: Direction,
+    kind: Option<OutboundKind>,
     actor: ActorRef<ConnectionMsg>,
+}
+
+impl Child {
+    /// Not yet stopped (a stopped child stays listed until its termination event arrives).
+    fn is_live(&self) -> bool {
+        !matches!(
+            self.actor.get_status(),
+            ractor::ActorStatus::Stopped | ractor::ActorStatus::Stopping
+        )
+    }
 }
 
 /// The Manager's state.
@@ -69,14 +145,21 @@ pub struct ManagerState {
     ctx: Arc<NodeContext>,
     children: HashMap<ActorId, Child>,
     by_peer: HashMap<PeerId, ActorId>,
-    persistent: HashSet<SocketAddr>,
+    targets: HashMap<SocketAddr, OutboundKind>,
+    scheduled: HashSet<SocketAddr>,
+    restarts: RestartTracker,
+    bans: BanList,
+}
+
+fn now_unix() -> u64 {
+    unix_now().max(0) as u64
 }
 
 impl ManagerState {
-    /// Decides whether a new connection may start. Always yes for now: slot limits come with
-    /// the slots work and plug in here.
-    fn admit(&self, _direction: Direction, _addr: SocketAddr) -> bool {
-        !self.ctx.is_shutting_down()
+    fn outbound_to(&self, addr: SocketAddr) -> bool {
+        self.children
+            .values()
+            .any(|c| c.addr == addr && c.direction == Direction::Outbound)
     }
 
     async fn spawn(
@@ -84,14 +167,15 @@ impl ManagerState {
         myself: &ActorRef<ManagerMsg>,
         addr: SocketAddr,
         direction: Direction,
-        manual: bool,
+        kind: Option<OutboundKind>,
         transport: Transport,
+        permit: SlotPermit,
     ) {
-        if !self.admit(direction, addr) {
-            debug!(peer = %addr, %direction, "not admitted");
-            return;
-        }
         let id = self.ctx.next_peer_id();
+        let manual = matches!(
+            kind,
+            Some(OutboundKind::Persistent) | Some(OutboundKind::OneTry)
+        );
         self.ctx
             .peers
             .insert(PeerInfo::new(id, addr, direction, manual));
@@ -101,6 +185,8 @@ impl ManagerState {
             direction,
             manual,
             transport,
+            permit,
+            manager: myself.clone(),
             ctx: self.ctx.clone(),
         };
         match Actor::spawn_linked(None, Connection, args, myself.get_cell()).await {
@@ -113,6 +199,7 @@ impl ManagerState {
                         id,
                         addr,
                         direction,
+                        kind,
                         actor,
                     },
                 );
@@ -124,26 +211,340 @@ impl ManagerState {
         }
     }
 
+    /// Dials `addr` if it is allowed and a slot is free. Returns false when out of slots.
+    async fn dial(
+        &mut self,
+        myself: &ActorRef<ManagerMsg>,
+        addr: SocketAddr,
+        kind: OutboundKind,
+    ) -> bool {
+        if self.ctx.is_shutting_down() || self.outbound_to(addr) {
+            return true;
+        }
+        if self.ctx.is_banned(addr.ip()) {
+            debug!(peer = %addr, "not dialling a banned address");
+            return true;
+        }
+        let Some(permit) = self.ctx.slots.try_reserve(Direction::Outbound) else {
+            return false;
+        };
+        self.spawn(
+            myself,
+            addr,
+            Direction::Outbound,
+            Some(kind),
+            Transport::Dial,
+            permit,
+        )
+        .await;
+        true
+    }
+
+    async fn upkeep(&mut self, myself: &ActorRef<ManagerMsg>) {
+        if self.ctx.is_shutting_down() {
+            return;
+        }
+        let now = Instant::now();
+        let swept = self.bans.sweep(now_unix());
+        if !swept.is_empty() {
+            self.sync_bans();
+        }
+        let mut wanted: Vec<(SocketAddr, OutboundKind)> = self
+            .targets
+            .iter()
+            .filter(|(a, _)| !self.scheduled.contains(a) && !self.restarts.is_given_up(a, now))
+            .map(|(a, k)| (*a, *k))
+            .collect();
+        // Persistent peers first, then candidates, each in a stable order.
+        wanted.sort_by_key(|(a, k)| (*k != OutboundKind::Persistent, *a));
+        for (addr, kind) in wanted {
+            if self.outbound_to(addr) {
+                continue;
+            }
+            if !self.dial(myself, addr, kind).await {
+                break;
+            }
+        }
+    }
+
+    async fn admit_inbound(
+        &mut self,
+        myself: &ActorRef<ManagerMsg>,
+        stream: TcpStream,
+        addr: SocketAddr,
+    ) {
+        if self.ctx.is_shutting_down() {
+            return;
+        }
+        if self.ctx.is_banned(addr.ip()) {
+            metrics::counter!("meshd_inbound_refused_total", "reason" => "banned").increment(1);
+            return;
+        }
+        let mut permit = self.ctx.slots.try_reserve(Direction::Inbound);
+        if permit.is_none() {
+            if let Some(victim) = self.eviction_victim() {
+                self.evict(victim).await;
+                permit = self.ctx.slots.try_reserve(Direction::Inbound);
+            }
+        }
+        match permit {
+            Some(p) => {
+                self.spawn(
+                    myself,
+                    addr,
+                    Direction::Inbound,
+                    None,
+                    Transport::Accepted(stream),
+                    p,
+                )
+                .await
+            }
+            None => {
+                info!(peer = %addr, "inbound slots full and no peer evictable; refused");
+                metrics::counter!("meshd_inbound_refused_total", "reason" => "full").increment(1);
+            }
+        }
+    }
+
+    fn eviction_candidates(&self) -> Vec<EvictionCandidate> {
+        self.children
+            .values()
+            .filter(|c| c.direction == Direction::Inbound && c.is_live())
+            .filter_map(|c| self.ctx.peers.get(c.id))
+            .map(|p| {
+                let group = netgroup(p.addr.ip());
+                EvictionCandidate {
+                    id: p.id,
+                    connected: p.connected_at,
+                    min_ping: p.ping_min,
+                    last_block: p.last_block_at,
+                    last_tx: p.last_tx_at,
+                    keyed_netgroup: self.ctx.keyed_netgroup(&group),
+                    netgroup: group,
+                    protected: p.manual,
+                }
+            })
+            .collect()
+    }
+
+    fn eviction_victim(&self) -> Option<PeerId> {
+        select_for_eviction(&self.eviction_candidates())
+    }
+
+    /// Disconnects a peer and waits (bounded) until it has stopped and freed its slot.
+    async fn close_and_wait(&self, id: PeerId, reason: DisconnectReason) {
+        let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) else {
+            return;
+        };
+        let actor = child.actor.clone();
+        let _ = actor.cast(ConnectionMsg::Disconnect(reason));
+        if tokio::time::timeout(EVICTION_WAIT, actor.wait(None))
+            .await
+            .is_err()
+        {
+            actor.stop(None);
+        }
+    }
+
+    async fn evict(&mut self, id: PeerId) {
+        let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) else {
+            return;
+        };
+        let addr = child.addr;
+        info!(peer = %addr, id = %id, "evicting an inbound peer to make room");
+        metrics::counter!("meshd_evictions_total").increment(1);
+        self.ctx
+            .events
+            .publish(NodeEvent::PeerEvicted { peer: id, addr });
+        self.close_and_wait(id, DisconnectReason::Evicted).await;
+    }
+
+    /// Enforces lowered slot limits: excess inbound peers go in eviction order (falling back
+    /// to the newest when all are protected), excess outbound peers newest first.
+    async fn enforce_limits(&mut self) {
+        loop {
+            if self.ctx.slots.excess(Direction::Inbound) == 0 {
+                break;
+            }
+            let victim = self
+                .eviction_victim()
+                .or_else(|| self.newest(Direction::Inbound));
+            let Some(id) = victim else { break };
+            self.close_and_wait(id, DisconnectReason::SlotLimitLowered)
+                .await;
+        }
+        while self.ctx.slots.excess(Direction::Outbound) > 0 {
+            let Some(id) = self.newest(Direction::Outbound) else {
+                break;
+            };
+            self.close_and_wait(id, DisconnectReason::SlotLimitLowered)
+                .await;
+        }
+    }
+
+    fn newest(&self, direction: Direction) -> Option<PeerId> {
+        self.children
+            .values()
+            .filter(|c| c.direction == direction && c.is_live())
+            .filter_map(|c| self.ctx.peers.get(c.id))
+            .max_by_key(|p| p.connected_at)
+            .map(|p| p.id)
+    }
+
+    fn sync_bans(&self) {
+        if let Ok(mut shared) = self.ctx.bans.write() {
+            *shared = self.bans.clone();
+        }
+        if let Err(e) = persist::save(&self.ctx.bans_path(), BANS_KIND, BANS_VERSION, &self.bans) {
+            error!(error = %e, path = %self.ctx.bans_path().display(), "could not save the ban list");
+        }
+    }
+
+    fn apply_ban(&mut self, subnet: IpNet, duration: Duration, reason: BanReason) -> BanEntry {
+        let entry = self.bans.ban(
+            subnet,
+            now_unix(),
+            duration.as_secs().max(1),
+            reason.clone(),
+        );
+        self.sync_bans();
+        metrics::counter!("meshd_bans_total", "reason" => reason.label()).increment(1);
+        info!(subnet = %entry.subnet, until = entry.until, reason = reason.label(), "banned");
+        self.ctx.events.publish(NodeEvent::PeerBanned {
+            subnet: entry.subnet.to_string(),
+            until: entry.until,
+            reason: reason.label().to_string(),
+            detail: match &reason {
+                BanReason::Misbehavior(d) => Some(d.clone()),
+                BanReason::Manual => None,
+            },
+        });
+        for child in self.children.values() {
+            if subnet.contains(&crate::bans::canonical(child.addr.ip())) {
+                let _ = child
+                    .actor
+                    .cast(ConnectionMsg::Disconnect(DisconnectReason::Banned(
+                        entry.subnet.to_string(),
+                    )));
+            }
+        }
+        entry
+    }
+
     fn on_connection_end(
         &mut self,
         myself: &ActorRef<ManagerMsg>,
         actor: ActorId,
         reason: DisconnectReason,
+        uptime: Duration,
+        was_connected: bool,
     ) {
         let Some(child) = self.children.remove(&actor) else {
             return;
         };
         self.by_peer.remove(&child.id);
         self.ctx.peers.remove(child.id);
-        debug!(peer = %child.addr, id = %child.id, reason = %reason, "connection ended");
-        let shutting_down = self.ctx.is_shutting_down();
-        if child.direction == Direction::Outbound
-            && self.persistent.contains(&child.addr)
-            && !shutting_down
+        let event = if was_connected {
+            NodeEvent::ConnectionLost {
+                peer: child.id,
+                addr: child.addr,
+                direction: child.direction,
+                reason: reason.to_string(),
+                reason_kind: reason.kind().to_string(),
+            }
+        } else {
+            NodeEvent::ConnectionFailed {
+                peer: child.id,
+                addr: child.addr,
+                reason: reason.to_string(),
+                reason_kind: reason.kind().to_string(),
+            }
+        };
+        self.ctx.events.publish(event);
+        let restartable = child.direction == Direction::Outbound
+            && matches!(
+                child.kind,
+                Some(OutboundKind::Persistent) | Some(OutboundKind::Candidate)
+            )
+            && self.targets.contains_key(&child.addr)
+            && !self.ctx.is_shutting_down()
+            && !matches!(
+                reason,
+                DisconnectReason::Banned(_) | DisconnectReason::SlotLimitLowered
+            );
+        if !restartable {
+            return;
+        }
+        let now = Instant::now();
+        let addr = child.addr;
+        match self
+            .restarts
+            .on_exit(addr, now, uptime, rand::random::<f64>())
         {
-            info!(peer = %child.addr, delay_s = PERSISTENT_RECONNECT_DELAY.as_secs(), "persistent peer dropped; will dial again");
-            let addr = child.addr;
-            myself.send_after(PERSISTENT_RECONNECT_DELAY, move || ManagerMsg::Redial(addr));
+            RestartDecision::Restart { delay, attempt } => {
+                *self.ctx.restart_counts.entry(addr).or_insert(0) += 1;
+                info!(peer = %addr, attempt, delay_ms = delay.as_millis() as u64, reason = %reason, "restarting outbound connection");
+                self.ctx.events.publish(NodeEvent::PeerRestarted {
+                    addr,
+                    attempt,
+                    delay_ms: delay.as_millis() as u64,
+                });
+                self.scheduled.insert(addr);
+                myself.send_after(delay, move || ManagerMsg::Redial(addr));
+            }
+            RestartDecision::GiveUp { until } => {
+                let wait = until.saturating_duration_since(now);
+                warn!(peer = %addr, retry_in_s = wait.as_secs(), "too many restarts; giving up until the window clears");
+                metrics::counter!("meshd_connection_giveups_total").increment(1);
+                self.ctx.events.publish(NodeEvent::PeerGaveUp {
+                    addr,
+                    retry_in_secs: wait.as_secs(),
+                });
+                self.scheduled.insert(addr);
+                myself.send_after(wait, move || ManagerMsg::Redial(addr));
+            }
+        }
+    }
+
+    fn publish_lifecycle(&self, id: PeerId, handshaked: bool) {
+        // A Connection that is already gone does not get its event published late.
+        let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) else {
+            return;
+        };
+        let Some(info) = self.ctx.peers.get(id) else {
+            return;
+        };
+        let event = if handshaked {
+            NodeEvent::HandshakeComplete {
+                peer: id,
+                addr: child.addr,
+                direction: child.direction,
+                user_agent: info.user_agent,
+                version: info.version,
+                services: info.services,
+                start_height: info.start_height,
+            }
+        } else {
+            NodeEvent::ConnectionEstablished {
+                peer: id,
+                addr: child.addr,
+                direction: child.direction,
+            }
+        };
+        self.ctx.events.publish(event);
+    }
+}
+
+/// Loads the ban list; a corrupt file is set aside and the node starts with an empty list.
+pub(crate) fn load_bans(datadir: &std::path::Path) -> BanList {
+    let path = datadir.join("bans.dat");
+    match persist::load::<BanList>(&path, BANS_KIND, BANS_VERSION) {
+        Ok(Some(b)) => b,
+        Ok(None) => BanList::default(),
+        Err(e) => {
+            let aside = persist::set_aside(&path).map(|p| p.display().to_string());
+            error!(error = %e, path = %path.display(), set_aside = ?aside, "ban list unreadable; starting with an empty one");
+            BanList::default()
         }
     }
 }
@@ -158,11 +559,26 @@ impl Actor for Manager {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeContext>,
     ) -> Result<ManagerState, ActorProcessingErr> {
+        let config = ctx.config();
+        let mut targets = HashMap::new();
+        for a in &config.addnode {
+            targets.insert(*a, OutboundKind::Candidate);
+        }
+        for a in &config.connect {
+            targets.insert(*a, OutboundKind::Persistent);
+        }
+        let bans = match ctx.bans.read() {
+            Ok(b) => b.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
         Ok(ManagerState {
-            persistent: ctx.config.connect.iter().copied().collect(),
+            restarts: RestartTracker::new(config.restart),
             ctx,
             children: HashMap::new(),
             by_peer: HashMap::new(),
+            targets,
+            scheduled: HashSet::new(),
+            bans,
         })
     }
 
@@ -171,12 +587,13 @@ impl Actor for Manager {
         myself: ActorRef<Self::Msg>,
         state: &mut ManagerState,
     ) -> Result<(), ActorProcessingErr> {
-        let targets: Vec<SocketAddr> = state.persistent.iter().copied().collect();
-        for addr in targets {
-            state
-                .spawn(&myself, addr, Direction::Outbound, true, Transport::Dial)
-                .await;
+        // Make the counters exist (at zero) from the start, so dashboards and alerts see them.
+        metrics::counter!("meshd_connection_giveups_total").increment(0);
+        for reason in ["manual", "misbehavior"] {
+            metrics::counter!("meshd_bans_total", "reason" => reason).increment(0);
         }
+        myself.send_interval(UPKEEP_INTERVAL, || ManagerMsg::Upkeep);
+        state.upkeep(&myself).await;
         Ok(())
     }
 
@@ -188,45 +605,76 @@ impl Actor for Manager {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ManagerMsg::InboundAccepted { stream, addr } => {
-                state
-                    .spawn(
-                        &myself,
-                        addr,
-                        Direction::Inbound,
-                        false,
-                        Transport::Accepted(stream),
-                    )
-                    .await;
+                state.admit_inbound(&myself, stream, addr).await
             }
-            ManagerMsg::Connect { addr, persistent } => {
-                if persistent {
-                    state.persistent.insert(addr);
+            ManagerMsg::Connect { addr, kind } => {
+                if kind != OutboundKind::OneTry {
+                    state.targets.insert(addr, kind);
                 }
-                state
-                    .spawn(
-                        &myself,
-                        addr,
-                        Direction::Outbound,
-                        persistent,
-                        Transport::Dial,
-                    )
-                    .await;
+                if !state.dial(&myself, addr, kind).await {
+                    info!(peer = %addr, "no outbound slot free; will dial when one is");
+                }
             }
             ManagerMsg::Redial(addr) => {
-                let connected = state
-                    .children
-                    .values()
-                    .any(|c| c.addr == addr && c.direction == Direction::Outbound);
-                if state.persistent.contains(&addr) && !connected {
-                    state
-                        .spawn(&myself, addr, Direction::Outbound, true, Transport::Dial)
-                        .await;
+                state.scheduled.remove(&addr);
+                if let Some(kind) = state.targets.get(&addr).copied() {
+                    state.dial(&myself, addr, kind).await;
                 }
+            }
+            ManagerMsg::Upkeep => state.upkeep(&myself).await,
+            ManagerMsg::PeerConnected(id) => state.publish_lifecycle(id, false),
+            ManagerMsg::PeerHandshaked(id) => state.publish_lifecycle(id, true),
+            ManagerMsg::Misbehaving {
+                id,
+                addr,
+                kind,
+                score,
+            } => {
+                let config = state.ctx.config();
+                let ip = crate::bans::canonical(addr.ip());
+                if ip.is_loopback() && !config.ban_local_peers {
+                    warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not banned");
+                } else if !state.bans.is_banned(ip, now_unix()) {
+                    state.apply_ban(
+                        IpNet::from(ip),
+                        config.ban_duration,
+                        BanReason::Misbehavior(format!("{kind} (score {score})")),
+                    );
+                }
+            }
+            ManagerMsg::Ban(subnet, duration, reply) => {
+                let entry = state.apply_ban(subnet, duration, BanReason::Manual);
+                let _ = reply.send(entry);
+            }
+            ManagerMsg::Unban(subnet, reply) => {
+                let existed = state.bans.unban(&subnet);
+                if existed {
+                    state.sync_bans();
+                    info!(subnet = %subnet, "unbanned");
+                    state.ctx.events.publish(NodeEvent::PeerUnbanned {
+                        subnet: subnet.trunc().to_string(),
+                    });
+                }
+                let _ = reply.send(existed);
+            }
+            ManagerMsg::ListBans(reply) => {
+                let _ = reply.send(state.bans.entries(now_unix()));
+            }
+            ManagerMsg::ConfigChanged(reply) => {
+                let config = state.ctx.config();
+                state.restarts.set_policy(config.restart);
+                state.enforce_limits().await;
+                info!(
+                    max_outbound = config.slots.outbound,
+                    max_inbound = config.slots.inbound,
+                    max_connections = config.slots.total,
+                    "configuration updated"
+                );
+                let _ = reply.send(());
             }
             ManagerMsg::Disconnect(id, reply) => {
                 let found = state.by_peer.get(&id).and_then(|a| state.children.get(a));
                 if let Some(child) = found {
-                    state.persistent.remove(&child.addr);
                     let _ = child
                         .actor
                         .cast(ConnectionMsg::Disconnect(DisconnectReason::Requested));
@@ -257,7 +705,8 @@ impl Actor for Manager {
                 }
                 let count = stopping.len();
                 while stopping.join_next().await.is_some() {}
-                info!(peers = count, "all connections closed");
+                state.sync_bans();
+                info!(peers = count, "all connections closed, state saved");
                 let _ = reply.send(());
             }
         }
@@ -272,11 +721,22 @@ impl Actor for Manager {
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, final_state, _) => {
-                let reason = final_state
-                    .and_then(|mut s| s.take::<ConnectionState>().ok())
-                    .and_then(|s| s.close_reason().cloned())
-                    .unwrap_or_else(|| DisconnectReason::Stopped("killed".into()));
-                state.on_connection_end(&myself, cell.get_id(), reason);
+                let final_state = final_state.and_then(|mut s| s.take::<ConnectionState>().ok());
+                let (reason, uptime, connected) = match &final_state {
+                    Some(s) => (
+                        s.close_reason().cloned().unwrap_or_else(|| {
+                            DisconnectReason::Stopped("no reason recorded".into())
+                        }),
+                        s.uptime(),
+                        s.was_connected(),
+                    ),
+                    None => (
+                        DisconnectReason::Stopped("killed".into()),
+                        Duration::ZERO,
+                        true,
+                    ),
+                };
+                state.on_connection_end(&myself, cell.get_id(), reason, uptime, connected);
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 let addr = state.children.get(&cell.get_id()).map(|c| c.addr);
@@ -287,6 +747,8 @@ impl Actor for Manager {
                     &myself,
                     cell.get_id(),
                     DisconnectReason::Stopped(format!("actor failed: {err}")),
+                    Duration::ZERO,
+                    true,
                 );
             }
             _ => {}

@@ -19,12 +19,20 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use crate::config::NodeConfig;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::bans::BanEntry;
+use crate::config::{ConfigUpdate, NodeConfig};
 use crate::constants::{SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW};
 use crate::context::NodeContext;
+use crate::events::{EventKind, EventStream};
 use crate::listener::{Listener, ListenerArgs};
+use crate::manager::OutboundKind;
 use crate::manager::{Manager, ManagerMsg};
 use crate::peers::{PeerId, PeerInfo, PeerTable};
+use crate::slots::{SlotLimits, SlotUsage};
 use crate::wire::Message;
 
 /// Messages of the NodeSupervisor.
@@ -75,6 +83,7 @@ impl NodeState {
         let args = ListenerArgs {
             listeners: self.listeners.clone(),
             manager,
+            ctx: self.ctx.clone(),
         };
         let (listener, _) = Actor::spawn_linked(None, Listener, args, myself.get_cell()).await?;
         self.listener = Some(listener);
@@ -284,11 +293,16 @@ impl Node {
             listen_addrs.push(socket.local_addr().unwrap_or(*addr));
             listeners.push(Arc::new(socket));
         }
-        let ctx = Arc::new(NodeContext::new(config));
+        let bans = crate::manager::load_bans(&dir);
+        let ctx = Arc::new(NodeContext::new(config, bans));
+        let config = ctx.config();
         info!(
-            network = %ctx.config.network,
-            datadir = %ctx.config.datadir.display(),
-            user_agent = %ctx.config.user_agent,
+            network = %config.network,
+            datadir = %config.datadir.display(),
+            user_agent = %config.user_agent,
+            max_outbound = config.slots.outbound,
+            max_inbound = config.slots.inbound,
+            max_connections = config.slots.total,
             "starting node"
         );
         let args = NodeArgs {
@@ -322,9 +336,75 @@ impl Node {
         self.ctx.peers.snapshot()
     }
 
-    /// The configuration the node runs with.
-    pub fn config(&self) -> &NodeConfig {
-        &self.ctx.config
+    /// The configuration now in force.
+    pub fn config(&self) -> Arc<NodeConfig> {
+        self.ctx.config()
+    }
+
+    /// Changes runtime settings: slots, bandwidth, ping interval, timeouts, ban threshold.
+    /// Every live Connection picks them up without a restart; lowering the inbound limit
+    /// disconnects the excess peers in eviction order.
+    pub async fn update_config(&self, update: ConfigUpdate) -> Result<Arc<NodeConfig>, String> {
+        let mut next = (*self.ctx.config()).clone();
+        update.apply(&mut next)?;
+        self.ctx.set_config(next);
+        if let Some(m) = self.manager().await {
+            let _ = m.call(ManagerMsg::ConfigChanged, None).await;
+        }
+        Ok(self.ctx.config())
+    }
+
+    /// Subscribes to every event from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.ctx.events.subscribe()
+    }
+
+    /// Subscribes to some kinds of event.
+    pub fn subscribe_to(&self, kinds: &[EventKind]) -> EventStream {
+        self.ctx.events.subscribe_to(kinds)
+    }
+
+    /// Slots in use and their limits.
+    pub fn slots(&self) -> (SlotUsage, SlotLimits) {
+        (self.ctx.slots.usage(), self.ctx.slots.limits())
+    }
+
+    /// Bans a subnet (or one address) for `duration`; connected peers inside it are
+    /// disconnected, and it is saved to the data dir.
+    pub async fn ban(&self, subnet: IpNet, duration: Duration) -> Option<BanEntry> {
+        let m = self.manager().await?;
+        match m.call(|r| ManagerMsg::Ban(subnet, duration, r), None).await {
+            Ok(ractor::rpc::CallResult::Success(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Lifts the ban on exactly this subnet; false if there was none.
+    pub async fn unban(&self, subnet: IpNet) -> bool {
+        let Some(m) = self.manager().await else {
+            return false;
+        };
+        matches!(
+            m.call(|r| ManagerMsg::Unban(subnet, r), None).await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// The live ban list.
+    pub async fn bans(&self) -> Vec<BanEntry> {
+        let Some(m) = self.manager().await else {
+            return Vec::new();
+        };
+        match m.call(ManagerMsg::ListBans, None).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Prometheus text for the metrics derived from live state (peers, slots, bans,
+    /// restarts, throttling); the daemon appends it to the recorder's output.
+    pub fn render_live_metrics(&self) -> String {
+        crate::live_metrics::render(&self.ctx)
     }
 
     async fn manager(&self) -> Option<ActorRef<ManagerMsg>> {
@@ -336,10 +416,16 @@ impl Node {
             .flatten()
     }
 
-    /// Dials a peer; `persistent` keeps it connected.
+    /// Dials a peer; `persistent` keeps it connected (restarted under the window policy),
+    /// otherwise it is tried once.
     pub async fn connect(&self, addr: SocketAddr, persistent: bool) -> bool {
+        let kind = if persistent {
+            OutboundKind::Persistent
+        } else {
+            OutboundKind::OneTry
+        };
         match self.manager().await {
-            Some(m) => m.cast(ManagerMsg::Connect { addr, persistent }).is_ok(),
+            Some(m) => m.cast(ManagerMsg::Connect { addr, kind }).is_ok(),
             None => false,
         }
     }

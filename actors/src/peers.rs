@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -79,6 +79,19 @@ pub struct PeerInfo {
     pub ping_min: Option<Duration>,
     /// Pongs received that matched our ping.
     pub pongs: u64,
+    /// Ping in flight for this long, if any.
+    pub ping_wait: Option<Duration>,
+    /// Misbehaviour score.
+    pub misbehavior: u32,
+    /// When the connection started (monotonic; for uptime and eviction).
+    #[serde(skip)]
+    pub connected_at: Instant,
+    /// When it last sent a block.
+    #[serde(skip)]
+    pub last_block_at: Option<Instant>,
+    /// When it last sent a transaction.
+    #[serde(skip)]
+    pub last_tx_at: Option<Instant>,
 }
 
 impl PeerInfo {
@@ -101,6 +114,11 @@ impl PeerInfo {
             ping_last: None,
             ping_min: None,
             pongs: 0,
+            ping_wait: None,
+            misbehavior: 0,
+            connected_at: Instant::now(),
+            last_block_at: None,
+            last_tx_at: None,
         }
     }
 }

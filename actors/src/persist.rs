@@ -73,7 +73,11 @@ fn bincode_config() -> bincode::config::Configuration {
 }
 
 /// Encodes `value` into the file format.
-pub fn encode<T: Serialize>(kind: [u8; 4], version: u16, value: &T) -> Result<Vec<u8>, PersistError> {
+pub fn encode<T: Serialize>(
+    kind: [u8; 4],
+    version: u16,
+    value: &T,
+) -> Result<Vec<u8>, PersistError> {
     let payload = bincode::serde::encode_to_vec(value, bincode_config())
         .map_err(|e| PersistError::Decode(e.to_string()))?;
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
@@ -87,7 +91,11 @@ pub fn encode<T: Serialize>(kind: [u8; 4], version: u16, value: &T) -> Result<Ve
 }
 
 /// Decodes the file format.
-pub fn decode<T: DeserializeOwned>(kind: [u8; 4], version: u16, bytes: &[u8]) -> Result<T, PersistError> {
+pub fn decode<T: DeserializeOwned>(
+    kind: [u8; 4],
+    version: u16,
+    bytes: &[u8],
+) -> Result<T, PersistError> {
     let bad = || PersistError::BadHeader {
         expected: String::from_utf8_lossy(&kind).into_owned(),
     };
@@ -121,7 +129,12 @@ pub fn decode<T: DeserializeOwned>(kind: [u8; 4], version: u16, bytes: &[u8]) ->
 }
 
 /// Writes `value` to `path` atomically.
-pub fn save<T: Serialize>(path: &Path, kind: [u8; 4], version: u16, value: &T) -> Result<(), PersistError> {
+pub fn save<T: Serialize>(
+    path: &Path,
+    kind: [u8; 4],
+    version: u16,
+    value: &T,
+) -> Result<(), PersistError> {
     let bytes = encode(kind, version, value)?;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     fs::create_dir_all(dir)?;
@@ -138,7 +151,11 @@ pub fn save<T: Serialize>(path: &Path, kind: [u8; 4], version: u16, value: &T) -
 }
 
 /// Loads `path`; `Ok(None)` if it does not exist.
-pub fn load<T: DeserializeOwned>(path: &Path, kind: [u8; 4], version: u16) -> Result<Option<T>, PersistError> {
+pub fn load<T: DeserializeOwned>(
+    path: &Path,
+    kind: [u8; 4],
+    version: u16,
+) -> Result<Option<T>, PersistError> {
     let meta = match fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -175,22 +192,37 @@ mod tests {
         let path = dir.path().join("x.dat");
         let value = vec![(1u32, "a".to_string()), (2, "bb".into())];
         save(&path, *b"TEST", 1, &value).unwrap();
-        assert_eq!(load::<Vec<(u32, String)>>(&path, *b"TEST", 1).unwrap(), Some(value));
-        assert!(matches!(load::<Vec<(u32, String)>>(&path, *b"OTHR", 1), Err(PersistError::BadHeader { .. })));
+        assert_eq!(
+            load::<Vec<(u32, String)>>(&path, *b"TEST", 1).unwrap(),
+            Some(value)
+        );
+        assert!(matches!(
+            load::<Vec<(u32, String)>>(&path, *b"OTHR", 1),
+            Err(PersistError::BadHeader { .. })
+        ));
         assert!(matches!(
             load::<Vec<(u32, String)>>(&path, *b"TEST", 2),
             Err(PersistError::UnsupportedVersion { found: 1, .. })
         ));
         let bytes = fs::read(&path).unwrap();
         fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
-        assert!(matches!(load::<Vec<(u32, String)>>(&path, *b"TEST", 1), Err(PersistError::Truncated { .. })));
+        assert!(matches!(
+            load::<Vec<(u32, String)>>(&path, *b"TEST", 1),
+            Err(PersistError::Truncated { .. })
+        ));
         let mut flipped = bytes.clone();
         *flipped.last_mut().unwrap() ^= 1;
         fs::write(&path, &flipped).unwrap();
-        assert!(matches!(load::<Vec<(u32, String)>>(&path, *b"TEST", 1), Err(PersistError::BadChecksum)));
+        assert!(matches!(
+            load::<Vec<(u32, String)>>(&path, *b"TEST", 1),
+            Err(PersistError::BadChecksum)
+        ));
         let aside = set_aside(&path).unwrap();
         assert!(aside.exists() && !path.exists());
-        assert_eq!(load::<Vec<(u32, String)>>(&path, *b"TEST", 1).unwrap(), None);
+        assert_eq!(
+            load::<Vec<(u32, String)>>(&path, *b"TEST", 1).unwrap(),
+            None
+        );
     }
 
     proptest! {

@@ -100,7 +100,13 @@ impl RestartTracker {
 
     /// Decides about `addr`, whose connection ended at `now` after `uptime` (zero if it never
     /// connected). `jitter` is a uniform draw in `[0, 1)`.
-    pub fn on_exit(&mut self, addr: SocketAddr, now: Instant, uptime: Duration, jitter: f64) -> RestartDecision {
+    pub fn on_exit(
+        &mut self,
+        addr: SocketAddr,
+        now: Instant,
+        uptime: Duration,
+        jitter: f64,
+    ) -> RestartDecision {
         let p = self.policy;
         let h = self.by_addr.entry(addr).or_default();
         if uptime >= p.stable_after {
@@ -165,10 +171,12 @@ mod tests {
         });
         let now = Instant::now();
         let ceilings: Vec<Duration> = (0..9)
-            .map(|i| match t.on_exit(addr(), now + Duration::from_millis(i), Duration::ZERO, 1.0) {
-                RestartDecision::Restart { delay, .. } => delay,
-                d => panic!("{d:?}"),
-            })
+            .map(
+                |i| match t.on_exit(addr(), now + Duration::from_millis(i), Duration::ZERO, 1.0) {
+                    RestartDecision::Restart { delay, .. } => delay,
+                    d => panic!("{d:?}"),
+                },
+            )
             .collect();
         let secs: Vec<u64> = ceilings.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
@@ -212,8 +220,16 @@ mod tests {
         for i in 0..5 {
             t.on_exit(addr(), t0 + Duration::from_secs(i), Duration::ZERO, 0.5);
         }
-        let d = t.on_exit(addr(), t0 + Duration::from_secs(300), Duration::from_secs(200), 0.5);
-        assert!(matches!(d, RestartDecision::Restart { attempt: 1, .. }), "{d:?}");
+        let d = t.on_exit(
+            addr(),
+            t0 + Duration::from_secs(300),
+            Duration::from_secs(200),
+            0.5,
+        );
+        assert!(
+            matches!(d, RestartDecision::Restart { attempt: 1, .. }),
+            "{d:?}"
+        );
     }
 
     proptest! {

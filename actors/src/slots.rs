@@ -97,7 +97,9 @@ impl SlotPermit {
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        self.pool.used.fetch_sub(unit(self.direction), Ordering::AcqRel);
+        self.pool
+            .used
+            .fetch_sub(unit(self.direction), Ordering::AcqRel);
     }
 }
 
@@ -125,8 +127,12 @@ impl SlotPool {
 
     /// Changes the limits (live config). Held permits stay valid.
     pub fn set_limits(&self, limits: SlotLimits) {
-        self.inner.max_outbound.store(limits.outbound, Ordering::Release);
-        self.inner.max_inbound.store(limits.inbound, Ordering::Release);
+        self.inner
+            .max_outbound
+            .store(limits.outbound, Ordering::Release);
+        self.inner
+            .max_inbound
+            .store(limits.inbound, Ordering::Release);
         self.inner.max_total.store(limits.total, Ordering::Release);
     }
 
@@ -200,7 +206,10 @@ mod tests {
         assert!(pool.try_reserve(Direction::Outbound).is_none());
         let _i1 = pool.try_reserve(Direction::Inbound).unwrap();
         let _i2 = pool.try_reserve(Direction::Inbound).unwrap();
-        assert!(pool.try_reserve(Direction::Inbound).is_none(), "total of 4 reached");
+        assert!(
+            pool.try_reserve(Direction::Inbound).is_none(),
+            "total of 4 reached"
+        );
         drop(o1);
         assert!(pool.try_reserve(Direction::Inbound).is_some());
     }
@@ -208,7 +217,9 @@ mod tests {
     #[test]
     fn shrinking_reports_excess_and_keeps_permits() {
         let pool = SlotPool::new(SlotLimits::default());
-        let held: Vec<_> = (0..10).filter_map(|_| pool.try_reserve(Direction::Inbound)).collect();
+        let held: Vec<_> = (0..10)
+            .filter_map(|_| pool.try_reserve(Direction::Inbound))
+            .collect();
         pool.set_limits(SlotLimits {
             inbound: 6,
             ..SlotLimits::default()

@@ -36,6 +36,15 @@ pub enum DisconnectReason {
     /// The peer read our messages too slowly and its send queue filled.
     #[error("send queue full ({0} messages)")]
     SendQueueFull(usize),
+    /// Evicted to make room for a new inbound peer.
+    #[error("evicted to make room for a new inbound peer")]
+    Evicted,
+    /// Its address was banned.
+    #[error("banned: {0}")]
+    Banned(String),
+    /// A live config change lowered the slot limit below the connections held.
+    #[error("slot limit lowered")]
+    SlotLimitLowered,
     /// A local request (API, manager) closed it.
     #[error("disconnect requested")]
     Requested,
@@ -61,6 +70,9 @@ impl DisconnectReason {
             DisconnectReason::Protocol(_) => "protocol_violation",
             DisconnectReason::PingTimeout(_) => "ping_timeout",
             DisconnectReason::SendQueueFull(_) => "send_queue_full",
+            DisconnectReason::Evicted => "evicted",
+            DisconnectReason::Banned(_) => "banned",
+            DisconnectReason::SlotLimitLowered => "slot_limit_lowered",
             DisconnectReason::Requested => "requested",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Stopped(_) => "stopped",
