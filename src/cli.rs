@@ -109,4 +109,88 @@ pub struct RunArgs {
     /// BSV only: largest block or transaction message accepted, in bytes. [default: 268435456]
     #[arg(long, value_name = "BYTES")]
     pub max_block_message_size: Option<u32>,
+
+    /// Add ADDR as an outbound candidate (repeatable), dialled while outbound slots are free.
+    #[arg(long, value_name = "ADDR")]
+    pub addnode: Vec<String>,
+
+    /// Outbound connection slots. [default: 8]
+    #[arg(long, value_name = "N")]
+    pub max_outbound: Option<u32>,
+
+    /// Inbound connection slots. [default: 117]
+    #[arg(long, value_name = "N")]
+    pub max_inbound: Option<u32>,
+
+    /// Connections in total. [default: 125]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<u32>,
+
+    /// Global upload limit in bytes/s (`500k`, `2M`, `1MiB`); 0 means unlimited. [default: 0]
+    #[arg(long, value_name = "RATE")]
+    pub max_upload_rate: Option<String>,
+
+    /// Global download limit in bytes/s; 0 means unlimited. [default: 0]
+    #[arg(long, value_name = "RATE")]
+    pub max_download_rate: Option<String>,
+
+    /// Burst of the global upload bucket in bytes. [default: rate/10, at least 16 KiB]
+    #[arg(long, value_name = "BYTES")]
+    pub upload_burst: Option<String>,
+
+    /// Burst of the global download bucket in bytes. [default: rate/10, at least 16 KiB]
+    #[arg(long, value_name = "BYTES")]
+    pub download_burst: Option<String>,
+
+    /// Per-connection upload limit in bytes/s; 0 means unlimited. [default: 0]
+    #[arg(long, value_name = "RATE")]
+    pub peer_max_upload_rate: Option<String>,
+
+    /// Per-connection download limit in bytes/s; 0 means unlimited. [default: 0]
+    #[arg(long, value_name = "RATE")]
+    pub peer_max_download_rate: Option<String>,
+
+    /// Burst of each connection's buckets in bytes. [default: rate/10, at least 16 KiB]
+    #[arg(long, value_name = "BYTES")]
+    pub peer_burst: Option<String>,
+
+    /// Misbehaviour score at which a peer is banned. [default: 100]
+    #[arg(long, value_name = "N")]
+    pub ban_threshold: Option<u32>,
+
+    /// Length of an automatic ban. [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub ban_duration: Option<String>,
+
+    /// Ban misbehaving loopback peers too (Bitcoin Core never bans local peers).
+    #[arg(long)]
+    pub ban_local_peers: bool,
+
+    /// First restart delay ceiling of an outbound peer (doubles per restart). [default: 1s]
+    #[arg(long, value_name = "DURATION")]
+    pub restart_base_delay: Option<String>,
+
+    /// Largest restart delay ceiling. [default: 60s]
+    #[arg(long, value_name = "DURATION")]
+    pub restart_max_delay: Option<String>,
+
+    /// Restarts allowed inside the window before giving up on an address. [default: 5]
+    #[arg(long, value_name = "N")]
+    pub restart_max: Option<usize>,
+
+    /// Sliding window for restart-max. [default: 10m]
+    #[arg(long, value_name = "DURATION")]
+    pub restart_window: Option<String>,
+
+    /// Uptime after which a connection's restart history is cleared. [default: 2m]
+    #[arg(long, value_name = "DURATION")]
+    pub restart_stable_after: Option<String>,
+
+    /// Serve Prometheus metrics on ADDR at /metrics. [default: 127.0.0.1:9184]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+
+    /// Do not serve metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
 }

@@ -5,6 +5,7 @@
 //! problem found at start (port in use, data dir locked); 1 when the node stops by itself.
 
 mod cli;
+mod metrics_http;
 mod settings;
 
 use std::io::IsTerminal;
@@ -70,10 +71,26 @@ async fn run(settings: settings::Settings) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fail("cannot install signal handlers"),
     };
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let handle = match metrics_http::install_recorder() {
+                Ok(h) => h,
+                Err(e) => return fail(e),
+            };
+            match metrics_http::bind(addr).await {
+                Ok(l) => Some((l, handle)),
+                Err(e) => return fail(e),
+            }
+        }
+        None => None,
+    };
     let mut node = match Node::start(settings.node).await {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
+    if let Some((listener, handle)) = metrics {
+        metrics_http::serve(listener, handle, node.metrics_source());
+    }
     for addr in node.listen_addrs() {
         // One machine-readable line per bound address, for scripts and tests using port 0.
         info!(%addr, "p2p listening");

@@ -64,6 +64,37 @@ pub struct FileConfig {
     required_services: Option<FileBits>,
     ban_user_agent: Option<Vec<String>>,
     max_block_message_size: Option<u32>,
+    addnode: Option<Vec<String>>,
+    max_outbound: Option<u32>,
+    max_inbound: Option<u32>,
+    max_connections: Option<u32>,
+    max_upload_rate: Option<FileBytes>,
+    max_download_rate: Option<FileBytes>,
+    upload_burst: Option<FileBytes>,
+    download_burst: Option<FileBytes>,
+    peer_max_upload_rate: Option<FileBytes>,
+    peer_max_download_rate: Option<FileBytes>,
+    peer_burst: Option<FileBytes>,
+    ban_threshold: Option<u32>,
+    ban_duration: Option<FileDuration>,
+    ban_local_peers: Option<bool>,
+    restart_base_delay: Option<FileDuration>,
+    restart_max_delay: Option<FileDuration>,
+    restart_max: Option<usize>,
+    restart_window: Option<FileDuration>,
+    restart_stable_after: Option<FileDuration>,
+    metrics: Option<String>,
+    no_metrics: Option<bool>,
+}
+
+/// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum FileBytes {
+    /// Bytes.
+    Number(u64),
+    /// With a unit.
+    Text(String),
 }
 
 /// Everything the daemon needs to start.
@@ -75,6 +106,56 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter, if set by flag or file.
     pub log_level: Option<String>,
+    /// Where to serve metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Parses a byte count or rate: `1000`, `500k`, `2M`, `1G` (powers of 1000), `64KiB`,
+/// `1MiB`, `1GiB` (powers of 1024); a trailing `/s` or `B` is allowed.
+pub fn parse_bytes(key: &str, text: &str) -> Result<u64, ConfigError> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = match num.parse() {
+        Ok(v) if v >= 0.0 && f64::is_finite(v) => v,
+        _ => {
+            return err(format!(
+                "{key}: bad byte count {text:?} (try 500000, 500k, 2M, 1MiB)"
+            ))
+        }
+    };
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "k" | "K" | "kB" | "KB" => 1e3,
+        "M" | "MB" => 1e6,
+        "G" | "GB" => 1e9,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return err(format!(
+                "{key}: bad unit in {text:?} (use k, M, G, KiB, MiB or GiB)"
+            ))
+        }
+    };
+    Ok((value * mult).round() as u64)
+}
+
+fn pick_bytes(
+    key: &str,
+    flag: &Option<String>,
+    file: &Option<FileBytes>,
+    default: u64,
+) -> Result<u64, ConfigError> {
+    match (flag, file) {
+        (Some(f), _) => parse_bytes(key, f),
+        (None, Some(FileBytes::Number(n))) => Ok(*n),
+        (None, Some(FileBytes::Text(t))) => parse_bytes(key, t),
+        (None, None) => Ok(default),
+    }
 }
 
 /// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
@@ -279,7 +360,101 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(v) = args.max_block_message_size.or(file.max_block_message_size) {
         node.max_block_message_size = v;
     }
+    node.addnode = pick(&args.addnode, &file.addnode)
+        .iter()
+        .map(|c| parse_endpoint("addnode", c, profile.default_port))
+        .collect::<Result<_, _>>()?;
+    if let Some(v) = args.max_outbound.or(file.max_outbound) {
+        node.slots.outbound = v;
+    }
+    if let Some(v) = args.max_inbound.or(file.max_inbound) {
+        node.slots.inbound = v;
+    }
+    if let Some(v) = args.max_connections.or(file.max_connections) {
+        node.slots.total = v;
+    }
+    node.max_upload_rate = pick_bytes(
+        "max-upload-rate",
+        &args.max_upload_rate,
+        &file.max_upload_rate,
+        0,
+    )?;
+    node.max_download_rate = pick_bytes(
+        "max-download-rate",
+        &args.max_download_rate,
+        &file.max_download_rate,
+        0,
+    )?;
+    node.upload_burst = pick_bytes("upload-burst", &args.upload_burst, &file.upload_burst, 0)?;
+    node.download_burst = pick_bytes(
+        "download-burst",
+        &args.download_burst,
+        &file.download_burst,
+        0,
+    )?;
+    node.peer_max_upload_rate = pick_bytes(
+        "peer-max-upload-rate",
+        &args.peer_max_upload_rate,
+        &file.peer_max_upload_rate,
+        0,
+    )?;
+    node.peer_max_download_rate = pick_bytes(
+        "peer-max-download-rate",
+        &args.peer_max_download_rate,
+        &file.peer_max_download_rate,
+        0,
+    )?;
+    node.peer_burst = pick_bytes("peer-burst", &args.peer_burst, &file.peer_burst, 0)?;
+    if let Some(v) = args.ban_threshold.or(file.ban_threshold) {
+        if v == 0 {
+            return err("ban-threshold must be above zero");
+        }
+        node.ban_threshold = v;
+    }
+    node.ban_duration = pick_duration(
+        "ban-duration",
+        &args.ban_duration,
+        &file.ban_duration,
+        node.ban_duration,
+    )?;
+    node.ban_local_peers = args.ban_local_peers || file.ban_local_peers.unwrap_or(false);
+    let r = &mut node.restart;
+    r.base_delay = pick_duration(
+        "restart-base-delay",
+        &args.restart_base_delay,
+        &file.restart_base_delay,
+        r.base_delay,
+    )?;
+    r.max_delay = pick_duration(
+        "restart-max-delay",
+        &args.restart_max_delay,
+        &file.restart_max_delay,
+        r.max_delay,
+    )?;
+    r.window = pick_duration(
+        "restart-window",
+        &args.restart_window,
+        &file.restart_window,
+        r.window,
+    )?;
+    r.stable_after = pick_duration(
+        "restart-stable-after",
+        &args.restart_stable_after,
+        &file.restart_stable_after,
+        r.stable_after,
+    )?;
+    if let Some(v) = args.restart_max.or(file.restart_max) {
+        r.max_restarts = v;
+    }
+    let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
+    let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {
+        (true, Some(_)) => return err("no-metrics and metrics cannot both be given"),
+        (true, None) => None,
+        (false, Some(m)) => Some(parse_endpoint("metrics", &m, 9184)?),
+        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], 9184))),
+    };
     Ok(Settings {
+        metrics,
         node,
         log_format: args
             .log_format
@@ -304,6 +479,16 @@ mod tests {
         assert!(parse_duration("k", "0").is_err());
         assert!(parse_duration("k", "soon").is_err());
         assert!(parse_duration("k", "5 fortnights").is_err());
+    }
+
+    #[test]
+    fn byte_counts_take_units() {
+        assert_eq!(parse_bytes("k", "1000").unwrap(), 1000);
+        assert_eq!(parse_bytes("k", "500k").unwrap(), 500_000);
+        assert_eq!(parse_bytes("k", "2M/s").unwrap(), 2_000_000);
+        assert_eq!(parse_bytes("k", "1MiB").unwrap(), 1_048_576);
+        assert!(parse_bytes("k", "lots").is_err());
+        assert!(parse_bytes("k", "5 parsecs").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ fn run_to_end(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(meshd_bin())
         .arg("--datadir")
         .arg(dir.path())
+        .arg("--no-metrics")
         .args(args)
         .output()
         .expect("run meshd");

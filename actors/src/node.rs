@@ -245,6 +245,17 @@ pub enum StartError {
     Spawn(String),
 }
 
+/// Renders the metrics derived from live node state; cheap to clone.
+#[derive(Clone)]
+pub struct MetricsSource(Arc<NodeContext>);
+
+impl MetricsSource {
+    /// Prometheus text of the live metrics.
+    pub fn render(&self) -> String {
+        crate::live_metrics::render(&self.0)
+    }
+}
+
 /// How the node ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NodeExit {
@@ -399,6 +410,11 @@ impl Node {
             Ok(ractor::rpc::CallResult::Success(v)) => v,
             _ => Vec::new(),
         }
+    }
+
+    /// A cloneable handle that renders the live metrics (for an HTTP handler).
+    pub fn metrics_source(&self) -> MetricsSource {
+        MetricsSource(self.ctx.clone())
     }
 
     /// Prometheus text for the metrics derived from live state (peers, slots, bans,

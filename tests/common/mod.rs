@@ -22,6 +22,8 @@ pub struct Meshd {
     raw: Arc<Mutex<Vec<String>>>,
     /// The first P2P listen address, if it listens.
     pub addr: Option<SocketAddr>,
+    /// The metrics address, if it serves metrics.
+    pub metrics: Option<SocketAddr>,
     _dir: Option<tempfile::TempDir>,
     pub datadir: PathBuf,
 }
@@ -58,6 +60,9 @@ impl Meshd {
         if listen {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--metrics") && !extra.contains(&"--no-metrics") {
+            cmd.args(["--metrics", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--log-level") {
             cmd.args(["--log-level", "debug,ractor=warn"]);
         }
@@ -87,6 +92,7 @@ impl Meshd {
             logs,
             raw,
             addr: None,
+            metrics: None,
             _dir: None,
             datadir: datadir.to_path_buf(),
         };
@@ -96,7 +102,34 @@ impl Meshd {
             });
             m.addr = line["addr"].as_str().and_then(|a| a.parse().ok());
         }
+        if let Some(v) = m.logs().iter().find(|v| msg(v) == "metrics listening") {
+            m.metrics = v["addr"].as_str().and_then(|a| a.parse().ok());
+        }
         m
+    }
+
+    /// Scrapes /metrics (plain HTTP/1.0 over a TcpStream: no client library needed).
+    pub fn scrape(&self) -> String {
+        use std::io::{Read, Write};
+        let addr = self.metrics.expect("metrics enabled");
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("connect metrics");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: meshd\r\n\r\n")
+            .unwrap();
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        body.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
+    }
+
+    /// The value of one series in a scrape (`name{labels}` exactly as rendered), if present.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        self.scrape().lines().find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
     }
 
     /// All JSON log lines so far.
