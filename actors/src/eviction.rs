@@ -201,12 +201,9 @@ mod tests {
                     protected: *manual,
                 }
             }).collect();
-            match select_for_eviction(&c) {
-                Some(id) => {
-                    let x = c.iter().find(|x| x.id == id).unwrap();
-                    prop_assert!(!x.protected);
-                }
-                None => {}
+            if let Some(id) = select_for_eviction(&c) {
+                let x = c.iter().find(|x| x.id == id).unwrap();
+                prop_assert!(!x.protected);
             }
             if c.iter().filter(|x| !x.protected).count() <= 20 {
                 prop_assert_eq!(select_for_eviction(&c), None);
