@@ -1,0 +1,177 @@
+//! Helpers for in-process tests: node configs on loopback, an async raw peer, waits.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::address::Address;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::ServiceFlags;
+use meshd_actors::config::NodeConfig;
+use meshd_actors::network::NetworkId;
+use meshd_actors::node::Node;
+use meshd_actors::peers::PeerInfo;
+use meshd_actors::wire::{FrameDecoder, Message};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+pub fn config(dir: &std::path::Path) -> NodeConfig {
+    let mut c = NodeConfig::new(NetworkId::Regtest, dir.to_path_buf());
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c
+}
+
+pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn wait_peers(
+    node: &Node,
+    what: &str,
+    pred: impl Fn(&[PeerInfo]) -> bool,
+) -> Vec<PeerInfo> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let peers = node.peers();
+        if pred(&peers) {
+            return peers;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {} peers",
+            peers.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a read saw.
+#[derive(Debug)]
+pub enum Seen {
+    Msg(Message),
+    Closed,
+    Timeout,
+}
+
+/// A raw protocol peer on a tokio socket.
+pub struct AsyncPeer {
+    pub stream: TcpStream,
+    decoder: FrameDecoder,
+    pending: Vec<u8>,
+    pub received: u64,
+}
+
+impl AsyncPeer {
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<AsyncPeer> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let p = NetworkId::Regtest.profile();
+        Ok(AsyncPeer {
+            stream,
+            decoder: FrameDecoder::new(p.magic, p.limits),
+            pending: Vec::new(),
+            received: 0,
+        })
+    }
+
+    pub async fn send(&mut self, msg: NetworkMessage) {
+        let bytes = Message::Network(msg).encode(NetworkId::Regtest.profile().magic);
+        let _ = self.stream.write_all(&bytes).await;
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    pub async fn recv(&mut self, timeout: Duration) -> Seen {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut input = self.pending.as_slice();
+            if let Some(r) = self.decoder.decode(&mut input) {
+                let used = self.pending.len() - input.len();
+                self.pending.drain(..used);
+                return Seen::Msg(Message::decode(r.expect("valid frame")).expect("valid payload"));
+            }
+            self.pending.clear();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut buf = vec![0u8; 65536];
+            match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
+                Err(_) => return Seen::Timeout,
+                Ok(Ok(0)) | Ok(Err(_)) => return Seen::Closed,
+                Ok(Ok(n)) => {
+                    self.received += n as u64;
+                    self.pending.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+    }
+
+    /// Handshakes as the dialling side; false if the node closed on us.
+    pub async fn handshake(&mut self) -> bool {
+        let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
+        let mut v = VersionMessage::new(
+            ServiceFlags::NETWORK,
+            0,
+            a.clone(),
+            a,
+            rand::random(),
+            "/asyncpeer/".into(),
+            0,
+        );
+        v.version = 70016;
+        self.send(NetworkMessage::Version(v)).await;
+        let (mut version, mut verack) = (false, false);
+        while !(version && verack) {
+            match self.recv(Duration::from_secs(10)).await {
+                Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                    version = true;
+                    self.send(NetworkMessage::Verack).await;
+                }
+                Seen::Msg(Message::Network(NetworkMessage::Verack)) => verack = true,
+                Seen::Msg(_) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Reads (answering pings) until closed or `timeout`; true if closed.
+    pub async fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Seen::Closed => return true,
+                Seen::Timeout => return false,
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    self.send(NetworkMessage::Pong(n)).await
+                }
+                Seen::Msg(_) => {}
+            }
+        }
+    }
+
+    /// Reads and discards everything (answering pings) for `period`; returns bytes read.
+    pub async fn drain_for(&mut self, period: Duration) -> u64 {
+        let start = self.received;
+        let deadline = Instant::now() + period;
+        let mut buf = vec![0u8; 65536];
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.stream.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => self.received += n as u64,
+                Err(_) => break,
+            }
+        }
+        self.received - start
+    }
+}

@@ -1,0 +1,479 @@
+//! The Manager over real loopback sockets, in process: events, bans (CIDR, IPv6, automatic,
+//! persisted), inbound slots and eviction, live config, bandwidth accuracy, restarts.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use common::{config, wait_peers, wait_until, AsyncPeer};
+use meshd_actors::bans::parse_subnet;
+use meshd_actors::config::ConfigUpdate;
+use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::node::Node;
+use meshd_actors::peer::Direction;
+use meshd_actors::peers::PeerState;
+use meshd_actors::wire::{Command, Message};
+
+async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind) -> NodeEvent {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.recv()).await {
+            Ok(Ok(e)) if e.event.kind() == kind => return e.event.clone(),
+            Ok(_) => {}
+            Err(_) => panic!("no {kind:?} event"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifecycle_events_arrive_in_order_from_one_publisher() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(config(da.path())).await.unwrap();
+    let mut events = a.subscribe_to(&[
+        EventKind::ConnectionEstablished,
+        EventKind::HandshakeComplete,
+        EventKind::ConnectionLost,
+    ]);
+    let mut cb = config(db.path());
+    cb.connect = vec![a.listen_addrs()[0]];
+    let b = Node::start(cb).await.unwrap();
+    let kinds: Vec<EventKind> = [
+        next_of(&mut events, EventKind::ConnectionEstablished).await,
+        next_of(&mut events, EventKind::HandshakeComplete).await,
+    ]
+    .iter()
+    .map(|e| e.kind())
+    .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::ConnectionEstablished,
+            EventKind::HandshakeComplete
+        ]
+    );
+    b.shutdown().await;
+    match next_of(&mut events, EventKind::ConnectionLost).await {
+        NodeEvent::ConnectionLost {
+            direction,
+            reason_kind,
+            ..
+        } => {
+            assert_eq!(direction, Direction::Inbound);
+            assert_eq!(reason_kind, "peer_closed");
+        }
+        e => panic!("{e:?}"),
+    }
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bans_by_cidr_and_ipv6_refuse_before_reading_disconnect_and_survive_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.listen = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    let node = Node::start(c.clone()).await.unwrap();
+    let (v4, v6) = (node.listen_addrs()[0], node.listen_addrs()[1]);
+    let mut bans = node.subscribe_to(&[EventKind::PeerBanned, EventKind::PeerUnbanned]);
+
+    // A connected peer inside a new CIDR ban is disconnected.
+    let mut p = AsyncPeer::connect(v4).await.unwrap();
+    assert!(p.handshake().await);
+    node.ban(
+        parse_subnet("127.0.0.0/8").unwrap(),
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    assert!(
+        matches!(next_of(&mut bans, EventKind::PeerBanned).await, NodeEvent::PeerBanned { ref subnet, .. } if subnet == "127.0.0.0/8")
+    );
+
+    // A new connection from the banned range gets no byte at all.
+    let mut q = AsyncPeer::connect(v4).await.unwrap();
+    assert!(q.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(q.received, 0, "banned peer must not get our version");
+
+    // IPv6: ::1 is a different family; ban it too, then lift it.
+    let mut r = AsyncPeer::connect(v6).await.unwrap();
+    assert!(r.handshake().await);
+    node.ban(parse_subnet("::1").unwrap(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert!(r.closed_within(Duration::from_secs(5)).await);
+    let mut s = AsyncPeer::connect(v6).await.unwrap();
+    assert!(s.closed_within(Duration::from_secs(5)).await);
+    assert!(node.unban(parse_subnet("::1/128").unwrap()).await);
+    let mut t = AsyncPeer::connect(v6).await.unwrap();
+    assert!(t.handshake().await, "unbanned address is accepted again");
+
+    // Never dialled: a persistent target in a banned range is not connected.
+    assert!(
+        node.connect(SocketAddr::from(([127, 0, 0, 9], 1)), true)
+            .await
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!node
+        .peers()
+        .iter()
+        .any(|p| p.direction == Direction::Outbound));
+
+    let listed: Vec<String> = node
+        .bans()
+        .await
+        .iter()
+        .map(|b| b.subnet.to_string())
+        .collect();
+    assert_eq!(listed, ["127.0.0.0/8"]);
+    node.shutdown().await;
+
+    // The ban list was saved and is reloaded.
+    let again = Node::start(c).await.unwrap();
+    let listed: Vec<String> = again
+        .bans()
+        .await
+        .iter()
+        .map(|b| b.subnet.to_string())
+        .collect();
+    assert_eq!(listed, ["127.0.0.0/8"]);
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaviour_past_the_threshold_bans_automatically() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.ban_local_peers = true;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut bans = node.subscribe_to(&[EventKind::PeerBanned]);
+    let mut p = AsyncPeer::connect(addr).await.unwrap();
+    assert!(p.handshake().await);
+    // Ten frames with bad checksums: 10 points each, 100 is the threshold.
+    for i in 0..10u64 {
+        let mut bytes =
+            Message::Network(NetworkMessage::Ping(i)).encode(node.config().profile().magic);
+        bytes[20] ^= 0xff;
+        p.send_raw(&bytes).await;
+    }
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    match next_of(&mut bans, EventKind::PeerBanned).await {
+        NodeEvent::PeerBanned {
+            subnet,
+            reason,
+            detail,
+            ..
+        } => {
+            assert_eq!(subnet, "127.0.0.1/32");
+            assert_eq!(reason, "misbehavior");
+            assert!(detail.unwrap().contains("bad_checksum"));
+        }
+        e => panic!("{e:?}"),
+    }
+    let mut q = AsyncPeer::connect(addr).await.unwrap();
+    assert!(q.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(q.received, 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_misbehaving_peers_are_disconnected_but_not_banned_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut p = AsyncPeer::connect(addr).await.unwrap();
+    assert!(p.handshake().await);
+    let mut header = node.config().profile().magic.to_bytes().to_vec();
+    header.extend_from_slice(&Command::new("block").unwrap().to_wire());
+    header.extend_from_slice(&4_000_001u32.to_le_bytes());
+    header.extend_from_slice(&[0; 4]);
+    p.send_raw(&header).await;
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    assert!(node.bans().await.is_empty());
+    let mut q = AsyncPeer::connect(addr).await.unwrap();
+    assert!(q.handshake().await);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn inbound_flood_beyond_the_slots_evicts_or_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.inbound = 24;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut evictions = node.subscribe_to(&[EventKind::PeerEvicted]);
+    let mut held = Vec::new();
+    for _ in 0..24 {
+        let mut p = AsyncPeer::connect(addr).await.unwrap();
+        assert!(p.handshake().await);
+        held.push(p);
+    }
+    assert_eq!(node.slots().0.inbound, 24);
+    // All 24 are in the local network group; 20 are protected, 2 more by uptime: the next
+    // newcomers evict the newest of the rest.
+    for _ in 0..6 {
+        let mut p = AsyncPeer::connect(addr).await.unwrap();
+        assert!(p.handshake().await, "newcomer admitted by eviction");
+        held.push(p);
+    }
+    assert!(matches!(
+        next_of(&mut evictions, EventKind::PeerEvicted).await,
+        NodeEvent::PeerEvicted { .. }
+    ));
+    let (used, limits) = node.slots();
+    assert_eq!(used.inbound, 24);
+    assert!(used.inbound <= limits.inbound);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_nobody_evictable_a_new_inbound_peer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.inbound = 5;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut p = AsyncPeer::connect(addr).await.unwrap();
+        assert!(p.handshake().await);
+        held.push(p);
+    }
+    let mut late = AsyncPeer::connect(addr).await.unwrap();
+    assert!(late.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(late.received, 0);
+    assert_eq!(node.slots().0.inbound, 5);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_config_shrinks_inbound_and_reaches_every_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut held = Vec::new();
+    for _ in 0..25 {
+        let mut p = AsyncPeer::connect(addr).await.unwrap();
+        assert!(p.handshake().await);
+        held.push(p);
+    }
+    wait_peers(&node, "25 connected", |p| {
+        p.len() == 25 && p.iter().all(|x| x.state == PeerState::Connected)
+    })
+    .await;
+    let mut lost = node.subscribe_to(&[EventKind::ConnectionLost]);
+    let update = ConfigUpdate {
+        max_inbound: Some(22),
+        ping_interval: Some(Duration::from_millis(200)),
+        ..Default::default()
+    };
+    node.update_config(update).await.unwrap();
+    for _ in 0..3 {
+        match next_of(&mut lost, EventKind::ConnectionLost).await {
+            NodeEvent::ConnectionLost { reason_kind, .. } => {
+                assert_eq!(reason_kind, "slot_limit_lowered")
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(node.slots().0.inbound, 22);
+    // The shorter ping interval reached the live connections: pings now come every 200 ms.
+    let mut pinged = 0;
+    for p in held.iter_mut() {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            match p.recv(Duration::from_millis(500)).await {
+                common::Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    p.send(NetworkMessage::Pong(n)).await;
+                    pinged += 1;
+                }
+                common::Seen::Closed => break,
+                _ => {}
+            }
+        }
+        if pinged >= 10 {
+            break;
+        }
+    }
+    assert!(pinged >= 10, "pings at the new interval: {pinged}");
+    assert!(node
+        .update_config(ConfigUpdate {
+            ping_interval: Some(Duration::ZERO),
+            ..Default::default()
+        })
+        .await
+        .is_err());
+    node.shutdown().await;
+}
+
+async fn upload_rate_over(rate: u64, global: bool) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    if global {
+        c.max_upload_rate = rate;
+    } else {
+        c.peer_max_upload_rate = rate;
+    }
+    let node = Node::start(c).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    let id = wait_peers(&node, "peer", |p| {
+        p.len() == 1 && p[0].state == PeerState::Connected
+    })
+    .await[0]
+        .id;
+    // Queue far more than 12 s worth: 40 KB unknown-command messages.
+    let filler = Message::Unknown {
+        command: Command::new("filler").unwrap(),
+        payload: vec![7u8; 40_000],
+    };
+    let total = rate * 16;
+    for _ in 0..(total / 40_000) {
+        assert!(node.send_to(id, filler.clone()).await);
+    }
+    // Let the socket buffers fill, then measure 10 s of steady state at the receiver.
+    p.drain_for(Duration::from_secs(2)).await;
+    let start = Instant::now();
+    let got = p.drain_for(Duration::from_secs(10)).await;
+    let measured = got as f64 / start.elapsed().as_secs_f64();
+    node.shutdown().await;
+    measured
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_upload_limit_is_accurate_within_5_percent_over_10_s() {
+    let rate = 200_000;
+    let measured = upload_rate_over(rate, true).await;
+    let err = (measured - rate as f64).abs() / rate as f64;
+    eprintln!(
+        "bandwidth: measured {measured:.0} B/s for a limit of {rate} B/s ({:.2}% off)",
+        err * 100.0
+    );
+    assert!(
+        err < 0.05,
+        "measured {measured:.0} B/s for a limit of {rate} B/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_connection_download_limit_is_accurate_within_5_percent_over_10_s() {
+    let rate = 300_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.peer_max_download_rate = rate;
+    let node = Node::start(c).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    let (mut rd, mut wr) = p.stream.into_split();
+    // Writer: as fast as TCP lets it, unknown-command frames the node reads and ignores.
+    let frame = Message::Unknown {
+        command: Command::new("filler").unwrap(),
+        payload: vec![9u8; 20_000],
+    }
+    .encode(node.config().profile().magic);
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let deadline = Instant::now() + Duration::from_secs(14);
+        while Instant::now() < deadline {
+            if wr.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Reader: answer nothing, just keep our receive side empty.
+    let reader = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = rd.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let bytes = |node: &Node| node.peers().first().map_or(0, |p| p.bytes_received);
+    let (b0, t0) = (bytes(&node), Instant::now());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (b1, t1) = (bytes(&node), Instant::now());
+    let measured = (b1 - b0) as f64 / (t1 - t0).as_secs_f64();
+    let err = (measured - rate as f64).abs() / rate as f64;
+    eprintln!(
+        "bandwidth: measured {measured:.0} B/s for a limit of {rate} B/s ({:.2}% off)",
+        err * 100.0
+    );
+    writer.abort();
+    reader.abort();
+    node.shutdown().await;
+    assert!(
+        err < 0.05,
+        "measured {measured:.0} B/s for a limit of {rate} B/s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_restarts_back_off_then_give_up_and_inbound_is_never_restarted() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let target = Node::start(config(da.path())).await.unwrap();
+    let taddr = target.listen_addrs()[0];
+    let mut cb = config(db.path());
+    cb.connect = vec![taddr];
+    cb.restart.base_delay = Duration::from_millis(100);
+    cb.restart.max_restarts = 3;
+    cb.restart.window = Duration::from_secs(4);
+    let node = Node::start(cb).await.unwrap();
+    let mut ev = node.subscribe_to(&[
+        EventKind::PeerRestarted,
+        EventKind::PeerGaveUp,
+        EventKind::HandshakeComplete,
+    ]);
+    next_of(&mut ev, EventKind::HandshakeComplete).await;
+    let mut tev = target.subscribe_to(&[EventKind::ConnectionLost]);
+    target.shutdown().await;
+    drop(tev.recv());
+    for attempt in 1..=3 {
+        match next_of(&mut ev, EventKind::PeerRestarted).await {
+            NodeEvent::PeerRestarted {
+                addr, attempt: a, ..
+            } => {
+                assert_eq!(addr, taddr);
+                assert_eq!(a, attempt);
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+    assert!(matches!(
+        next_of(&mut ev, EventKind::PeerGaveUp).await,
+        NodeEvent::PeerGaveUp { .. }
+    ));
+    let metrics = node.render_live_metrics();
+    assert!(
+        metrics.contains(&format!(
+            "meshd_connection_restarts_total{{peer=\"{taddr}\"}} 3"
+        )),
+        "{metrics}"
+    );
+
+    // Bring the target back on the same address: once the window clears, it is dialled again.
+    let mut ca = config(da.path());
+    ca.listen = vec![taddr];
+    let target = Node::start(ca).await.unwrap();
+    let mut tin = target.subscribe_to(&[EventKind::ConnectionLost]);
+    next_of(&mut ev, EventKind::HandshakeComplete).await;
+    // The target sees an inbound peer; when the dialler goes, the target does not dial back.
+    node.shutdown().await;
+    next_of(&mut tin, EventKind::ConnectionLost).await;
+    wait_until("target has no peers", Duration::from_secs(5), || {
+        target.peers().is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        target.peers().is_empty(),
+        "inbound connections are never restarted"
+    );
+    target.shutdown().await;
+}
