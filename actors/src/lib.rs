@@ -13,8 +13,7 @@
 //! └── Listener                   accept loops; hands sockets to the Manager
 //! ```
 //!
-//! DNS discovery, STUN, Sync, slots, bans and bandwidth limits join this tree in later work;
-//! the seams are marked where they plug in ([`manager::ManagerState`], [`listener`]).
+//! DNS discovery, STUN and Sync join this tree in later work, as siblings of the Manager.
 //!
 //! ## Who owns what
 //!
@@ -22,15 +21,21 @@
 //!   any actor starts, so a port in use or a second process on the same data dir is a clean
 //!   start-up error. It is the API an embedding program holds: peers, connect, disconnect,
 //!   send, graceful shutdown.
-//! - The **Manager** spawns Connections (linked, so it receives their exit), keeps the
-//!   [`peers::PeerTable`] rows, and decides restarts: a `--connect` peer is dialled again, an
-//!   inbound peer never is. ractor's default hook would stop the Manager when a child exits;
-//!   it overrides it.
+//! - The **Manager** reserves a slot ([`slots::SlotPool`]) before it spawns a Connection
+//!   (linked, so it receives its exit), keeps the [`peers::PeerTable`] rows, evicts inbound
+//!   peers by Core's rules ([`eviction`]), keeps outbound peers up and decides their restarts
+//!   ([`restart::RestartTracker`]; inbound peers are never restarted), owns the ban list
+//!   ([`bans`], persisted through [`persist`]) and is the one publisher of lifecycle events
+//!   on the [`events::EventBus`]. ractor's default hook would stop the Manager when a child
+//!   exits; it overrides it.
 //! - Each **Connection** owns one socket through two tasks: a reader that frames bytes and
 //!   casts messages to the actor under a byte credit (back-pressure instead of an unbounded
 //!   mailbox), and a writer that drains a bounded queue (overflow disconnects). The actor's
 //!   handlers never await socket I/O.
-//! - The **Listener** only accepts and forwards.
+//! - The **Listener** accepts, drops banned addresses before reading a byte, and forwards
+//!   the rest to the Manager.
+//! - Bandwidth limits ([`bandwidth`]) are token buckets shared through the node context; the
+//!   reader and writer tasks pace themselves, so nothing is dropped or reordered.
 //!
 //! ## How a frame travels
 //!
@@ -51,7 +56,9 @@
 //! ## Sans-IO cores
 //!
 //! Protocol logic lives in plain types that take bytes, messages and time and return actions:
-//! [`wire::FrameDecoder`], [`wire::Message`], [`peer::Handshake`], [`peer::PingTracker`].
+//! [`wire::FrameDecoder`], [`wire::Message`], [`peer::Handshake`], [`peer::PingTracker`],
+//! [`slots::SlotPool`], [`restart::RestartTracker`], [`bandwidth::TokenBucket`],
+//! [`bans::BanList`], [`eviction::select_for_eviction`], [`events::EventBus`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
 //! over real loopback sockets. Every limit is a named constant in [`constants`].
 

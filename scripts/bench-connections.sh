@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Connection-scale benchmark: a release meshd on loopback, then the load generator opens N
+# inbound connections (handshake + ping each) and holds them idle; prints handshakes/s and
+# the node's RSS per connected peer. Usage: scripts/bench-connections.sh [N ...]
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ulimit -n 20000
+cargo build --release --bin meshd --example loadgen -q
+dir="$(mktemp -d)"
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
+for n in "${@:-1000 10000}"; do
+  for count in $n; do
+    port=$((20000 + RANDOM % 20000))
+    ./target/release/meshd --datadir "$dir/$count" --listen "127.0.0.1:$port" --no-metrics \
+      --max-inbound 20000 --max-connections 20100 --log-level warn &
+    pid=$!
+    sleep 1
+    echo "== $count connections (meshd pid $pid)"
+    ./target/release/examples/loadgen "127.0.0.1:$port" "$count" --pid "$pid" --concurrency 512 --hold 3
+    kill -TERM "$pid"; wait "$pid" || true
+  done
+done

@@ -1,0 +1,105 @@
+//! The Manager through the real binary: an outbound peer killed with SIGKILL and brought back
+//! (restarts with backoff, give-up, both visible in logs and metrics), and a graceful shutdown
+//! with 100 peers connected.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::rawpeer::RawPeer;
+use common::{free_port, msg, Meshd};
+
+#[test]
+fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled() {
+    let port = free_port().to_string();
+    let target_addr = format!("127.0.0.1:{port}");
+    let tdir = tempfile::tempdir().unwrap();
+    let mut target = Meshd::start_in(tdir.path(), &["--listen", &target_addr], false);
+    target.wait_log("target up", Duration::from_secs(10), |v| {
+        msg(v) == "p2p listening"
+    });
+    let node = Meshd::start(&[
+        "--connect",
+        &target_addr,
+        "--restart-base-delay",
+        "100ms",
+        "--restart-max",
+        "3",
+        "--restart-window",
+        "4s",
+    ]);
+    node.wait_log("handshake", Duration::from_secs(10), |v| {
+        msg(v) == "handshake complete"
+    });
+
+    target.stop_with("KILL", Duration::from_secs(5));
+    node.wait_log("give-up", Duration::from_secs(15), |v| {
+        msg(v).starts_with("too many restarts")
+    });
+    let restarts = node.count_logs(|v| msg(v) == "restarting outbound connection");
+    assert_eq!(
+        restarts, 3,
+        "three restarts inside the window, then give up"
+    );
+    let series = format!("meshd_connection_restarts_total{{peer=\"{target_addr}\"}}");
+    assert_eq!(node.metric(&series), Some(3.0), "{}", node.scrape());
+    assert_eq!(node.metric("meshd_connection_giveups_total"), Some(1.0));
+
+    // Back on the same port: once the window clears the node dials it again.
+    let mut target = Meshd::start_in(tdir.path(), &["--listen", &target_addr], false);
+    target.wait_log("target up again", Duration::from_secs(10), |v| {
+        msg(v) == "p2p listening"
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.count_logs(|v| msg(v) == "handshake complete") < 2 {
+        assert!(Instant::now() < deadline, "not redialled after the window");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        node.metric("meshd_peers{direction=\"outbound\",state=\"connected\"}"),
+        Some(1.0)
+    );
+    target.stop();
+}
+
+#[test]
+fn graceful_shutdown_with_100_peers_exits_0_within_5_s() {
+    let mut node = Meshd::start(&["--log-level", "info"]);
+    let addr = node.addr.unwrap();
+    let peers: Vec<RawPeer> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(move || {
+                    (0..25)
+                        .map(|_| {
+                            let mut p = RawPeer::connect(addr);
+                            p.handshake();
+                            p
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    assert_eq!(peers.len(), 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metric("meshd_peers{direction=\"inbound\",state=\"connected\"}") != Some(100.0) {
+        assert!(Instant::now() < deadline, "{}", node.scrape());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let started = Instant::now();
+    let status = node.stop_with("TERM", Duration::from_secs(10));
+    let took = started.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
+    let closed =
+        node.count_logs(|v| msg(v) == "peer disconnected" && v["reason_kind"] == "shutdown");
+    assert_eq!(closed, 100, "every peer's stop hook ran");
+    for mut p in peers {
+        assert!(p.closed_within(Duration::from_secs(2)));
+    }
+}
