@@ -1,7 +1,7 @@
 //! The Manager actor: supervisor of every Connection, owner of the peer set, slots, bans and
 //! outbound restarts, and the one publisher of lifecycle events.
 //!
-//! - **Slots.** A slot is reserved ([`SlotPool::try_reserve`]) before a Connection is
+//! - **Slots.** A slot is reserved ([`crate::slots::SlotPool::try_reserve`]) before a Connection is
 //!   spawned; the permit lives in the Connection and is released exactly once. When the
 //!   inbound slots are full a new inbound peer may take the place of one chosen by
 //!   [`select_for_eviction`]; if nobody is evictable the newcomer is refused.
