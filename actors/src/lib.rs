@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+pub mod addrbook;
 pub mod bandwidth;
 pub mod bans;
 pub mod config;

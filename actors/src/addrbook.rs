@@ -1,0 +1,642 @@
+//! The address book, in the spirit of Bitcoin Core's addrman, as a sans-IO core.
+//!
+//! Addresses live in two tables. **New** holds addresses we heard of but never connected to;
+//! **tried** holds addresses we connected to at least once. Each table is a fixed grid of
+//! buckets of [`BUCKET_SIZE`] slots, and where an address may go is decided by keyed hashes
+//! (the key is secret and random per node, and persisted with the book):
+//!
+//! - in new, the bucket depends on the network group of the address *and of the peer that
+//!   told us*, and one source group can reach at most [`NEW_BUCKETS_PER_SOURCE_GROUP`]
+//!   buckets — so one attacker network, however many addresses it sends, fills at most
+//!   64 × 64 slots out of 65,536;
+//! - in tried, the bucket depends on the address's group, which reaches at most
+//!   [`TRIED_BUCKETS_PER_GROUP`] buckets.
+//!
+//! A new address whose slot is taken replaces the occupant only if the occupant is
+//! "terrible" (see [`AddrBook::is_terrible`]); otherwise the newcomer is dropped, so an honest
+//! address once stored is not flushed out by a flood. Network groups are IPv4 /16 and
+//! IPv6 /32. On regtest (and where `distinct-local-groups` says so) loopback and private
+//! addresses each count as their own group, so a mesh on 127.0.0.x behaves like one spread
+//! over the Internet.
+//!
+//! Per entry the book keeps services, last seen, last try, attempts, last success and
+//! source. Selection for outbound dials picks tried or new with equal odds, favours entries
+//! that failed less and were not tried in the last ten minutes, and skips network groups the
+//! caller already has an outbound peer in. Time (unix seconds) and randomness come in as
+//! arguments.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use bitcoin::hashes::{sha256, Hash, HashEngine};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::bans::canonical;
+use crate::eviction::netgroup;
+
+/// Buckets of the new table (Core: 1024).
+pub const NEW_BUCKET_COUNT: u32 = 1024;
+/// Buckets of the tried table (Core: 256).
+pub const TRIED_BUCKET_COUNT: u32 = 256;
+/// Slots per bucket (Core: 64).
+pub const BUCKET_SIZE: u32 = 64;
+/// New buckets one source group can reach.
+///
+/// # Security
+/// Bounds what one network (an attacker's /16) can fill: 64 buckets × 64 slots.
+pub const NEW_BUCKETS_PER_SOURCE_GROUP: u32 = 64;
+/// Tried buckets one address group can reach (Core: 8).
+pub const TRIED_BUCKETS_PER_GROUP: u32 = 8;
+/// An address last seen longer ago than this is dropped (Core: 30 days).
+pub const HORIZON_SECS: u64 = 30 * 86_400;
+/// Failed attempts, with no success ever, after which an address is hopeless (Core: 3).
+pub const MAX_RETRIES: u32 = 3;
+/// Failed attempts after which an address that once worked is hopeless (Core: 10)...
+pub const MAX_FAILURES: u32 = 10;
+/// ...if its last success is older than this (Core: 7 days).
+pub const MIN_FAIL_SECS: u64 = 7 * 86_400;
+/// Addresses in one getaddr answer at most (Core's `MAX_ADDR_TO_SEND`).
+pub const MAX_GETADDR_ANSWER: usize = 1000;
+/// Percentage of the book one getaddr answer may reveal at most (Core: 23%).
+pub const MAX_GETADDR_PCT: usize = 23;
+
+/// Which table an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Table {
+    /// Heard of, never connected.
+    New,
+    /// Connected to at least once.
+    Tried,
+}
+
+/// One known address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddrEntry {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Services it announced (or was announced with).
+    pub services: u64,
+    /// Last time it was seen, unix seconds (from gossip timestamps or our own contact).
+    pub last_seen: u64,
+    /// Last time we tried to connect.
+    pub last_try: Option<u64>,
+    /// Failed attempts since the last success.
+    pub attempts: u32,
+    /// Last successful connection.
+    pub last_success: Option<u64>,
+    /// Who told us (the IP of the peer, or of the DNS seed's answer).
+    pub source: IpAddr,
+    /// Table it is in.
+    pub table: Table,
+}
+
+/// The persisted form: the key and the entries; buckets are recomputed on load.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddrBookFile {
+    key: [u8; 32],
+    distinct_local_groups: bool,
+    entries: Vec<AddrEntry>,
+}
+
+/// The address book. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct AddrBook {
+    key: [u8; 32],
+    distinct_local_groups: bool,
+    entries: HashMap<SocketAddr, AddrEntry>,
+    slots: HashMap<(Table, u32, u32), SocketAddr>,
+    positions: HashMap<SocketAddr, (Table, u32, u32)>,
+}
+
+/// Whether an address is loopback, private or link-local (not reachable from the Internet).
+pub fn is_local_or_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            v6.is_loopback() || v6.is_unspecified() || (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+impl AddrBook {
+    /// An empty book with a secret `key`.
+    pub fn new(key: [u8; 32], distinct_local_groups: bool) -> AddrBook {
+        AddrBook {
+            key,
+            distinct_local_groups,
+            entries: HashMap::new(),
+            slots: HashMap::new(),
+            positions: HashMap::new(),
+        }
+    }
+
+    /// The network group of `ip` under this book's rules.
+    pub fn group(&self, ip: IpAddr) -> Vec<u8> {
+        let ip = canonical(ip);
+        if self.distinct_local_groups && is_local_or_private(ip) {
+            let mut g = vec![0xff];
+            match ip {
+                IpAddr::V4(v4) => g.extend_from_slice(&v4.octets()),
+                IpAddr::V6(v6) => g.extend_from_slice(&v6.octets()),
+            }
+            return g;
+        }
+        netgroup(ip)
+    }
+
+    fn hash(&self, parts: &[&[u8]]) -> u64 {
+        let mut engine = sha256::Hash::engine();
+        engine.input(&self.key);
+        for p in parts {
+            engine.input(&(p.len() as u32).to_le_bytes());
+            engine.input(p);
+        }
+        let h = sha256::Hash::from_engine(engine);
+        let b = h.as_byte_array();
+        u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+    }
+
+    fn addr_bytes(addr: &SocketAddr) -> Vec<u8> {
+        let mut v = match canonical(addr.ip()) {
+            IpAddr::V4(v4) => v4.octets().to_vec(),
+            IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        v.extend_from_slice(&addr.port().to_le_bytes());
+        v
+    }
+
+    fn new_bucket(&self, addr: &SocketAddr, source: IpAddr) -> u32 {
+        let (ag, sg) = (self.group(addr.ip()), self.group(source));
+        let inner = self.hash(&[b"N0", &ag, &sg]) % NEW_BUCKETS_PER_SOURCE_GROUP as u64;
+        (self.hash(&[b"N1", &sg, &inner.to_le_bytes()]) % NEW_BUCKET_COUNT as u64) as u32
+    }
+
+    fn tried_bucket(&self, addr: &SocketAddr) -> u32 {
+        let ag = self.group(addr.ip());
+        let inner = self.hash(&[b"T0", &Self::addr_bytes(addr)]) % TRIED_BUCKETS_PER_GROUP as u64;
+        (self.hash(&[b"T1", &ag, &inner.to_le_bytes()]) % TRIED_BUCKET_COUNT as u64) as u32
+    }
+
+    fn position(&self, table: Table, bucket: u32, addr: &SocketAddr) -> u32 {
+        let t = [table as u8];
+        (self.hash(&[b"P", &t, &bucket.to_le_bytes(), &Self::addr_bytes(addr)]) % BUCKET_SIZE as u64) as u32
+    }
+
+    fn place(&mut self, addr: SocketAddr, slot: (Table, u32, u32)) {
+        self.slots.insert(slot, addr);
+        self.positions.insert(addr, slot);
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.table = slot.0;
+        }
+    }
+
+    fn remove(&mut self, addr: &SocketAddr) -> Option<AddrEntry> {
+        if let Some(slot) = self.positions.remove(addr) {
+            self.slots.remove(&slot);
+        }
+        self.entries.remove(addr)
+    }
+
+    /// Whether an entry is not worth keeping (Core's `IsTerrible`).
+    pub fn is_terrible(e: &AddrEntry, now: u64) -> bool {
+        if e.last_try.is_some_and(|t| now.saturating_sub(t) < 60) {
+            return false; // tried in the last minute: give it a chance
+        }
+        if e.last_seen > now + 600 {
+            return true; // from the future
+        }
+        if now.saturating_sub(e.last_seen) > HORIZON_SECS {
+            return true;
+        }
+        if e.last_success.is_none() && e.attempts >= MAX_RETRIES {
+            return true;
+        }
+        if e.last_success.is_some_and(|s| now.saturating_sub(s) > MIN_FAIL_SECS) && e.attempts >= MAX_FAILURES {
+            return true;
+        }
+        false
+    }
+
+    /// Adds an address heard from `source`. Returns true if it is new to the book.
+    pub fn add(&mut self, addr: SocketAddr, services: u64, last_seen: u64, source: IpAddr, now: u64) -> bool {
+        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+            return false;
+        }
+        let last_seen = last_seen.min(now + 600);
+        if let Some(e) = self.entries.get_mut(&addr) {
+            e.services |= services;
+            e.last_seen = e.last_seen.max(last_seen);
+            return false;
+        }
+        let entry = AddrEntry {
+            addr,
+            services,
+            last_seen,
+            last_try: None,
+            attempts: 0,
+            last_success: None,
+            source,
+            table: Table::New,
+        };
+        if Self::is_terrible(&entry, now) {
+            return false;
+        }
+        let bucket = self.new_bucket(&addr, source);
+        let slot = (Table::New, bucket, self.position(Table::New, bucket, &addr));
+        if let Some(occupant) = self.slots.get(&slot).copied() {
+            let terrible = self.entries.get(&occupant).is_some_and(|e| Self::is_terrible(e, now));
+            if !terrible {
+                return false;
+            }
+            self.remove(&occupant);
+        }
+        self.entries.insert(addr, entry);
+        self.place(addr, slot);
+        true
+    }
+
+    /// Records a connection attempt.
+    pub fn attempt(&mut self, addr: &SocketAddr, now: u64) {
+        if let Some(e) = self.entries.get_mut(addr) {
+            e.last_try = Some(now);
+            e.attempts = e.attempts.saturating_add(1);
+        }
+    }
+
+    /// Records a successful connection (handshake complete): moves the address to tried.
+    pub fn good(&mut self, addr: &SocketAddr, services: u64, now: u64) {
+        let Some(e) = self.entries.get_mut(addr) else {
+            // An address we dialled without knowing it (manual): remember it as tried.
+            let source = addr.ip();
+            self.add(*addr, services, now, source, now);
+            if self.entries.contains_key(addr) {
+                self.good(addr, services, now);
+            }
+            return;
+        };
+        e.last_success = Some(now);
+        e.last_seen = now;
+        e.last_try = Some(now);
+        e.attempts = 0;
+        e.services |= services;
+        if e.table == Table::Tried {
+            return;
+        }
+        let bucket = self.tried_bucket(addr);
+        let slot = (Table::Tried, bucket, self.position(Table::Tried, bucket, addr));
+        if let Some(old) = self.positions.remove(addr) {
+            self.slots.remove(&old);
+        }
+        if let Some(displaced) = self.slots.get(&slot).copied() {
+            // The occupant goes back to new, to its own new slot if that is free.
+            self.positions.remove(&displaced);
+            self.slots.remove(&slot);
+            let source = self.entries.get(&displaced).map_or(displaced.ip(), |d| d.source);
+            let nb = self.new_bucket(&displaced, source);
+            let nslot = (Table::New, nb, self.position(Table::New, nb, &displaced));
+            if self.slots.contains_key(&nslot) {
+                self.entries.remove(&displaced);
+            } else {
+                self.place(displaced, nslot);
+            }
+        }
+        self.place(*addr, slot);
+    }
+
+    /// Drops hopeless entries; returns how many.
+    pub fn cleanup(&mut self, now: u64) -> usize {
+        let hopeless: Vec<SocketAddr> = self
+            .entries
+            .values()
+            .filter(|e| Self::is_terrible(e, now))
+            .map(|e| e.addr)
+            .collect();
+        for a in &hopeless {
+            self.remove(a);
+        }
+        hopeless.len()
+    }
+
+    /// Picks an address to dial: tried or new with equal odds, skipping `exclude` addresses
+    /// and the network groups in `busy_groups`. Entries that failed more, or were tried in
+    /// the last ten minutes, are less likely to be picked.
+    pub fn select(
+        &self,
+        now: u64,
+        rng: &mut impl Rng,
+        exclude: &HashSet<SocketAddr>,
+        busy_groups: &HashSet<Vec<u8>>,
+    ) -> Option<SocketAddr> {
+        let eligible = |e: &&AddrEntry| !exclude.contains(&e.addr) && !busy_groups.contains(&self.group(e.addr.ip()));
+        let tried: Vec<&AddrEntry> = self.entries.values().filter(|e| e.table == Table::Tried).filter(eligible).collect();
+        let new: Vec<&AddrEntry> = self.entries.values().filter(|e| e.table == Table::New).filter(eligible).collect();
+        let pool = match (tried.is_empty(), new.is_empty()) {
+            (true, true) => return None,
+            (false, true) => tried,
+            (true, false) => new,
+            (false, false) => {
+                if rng.gen_bool(0.5) {
+                    tried
+                } else {
+                    new
+                }
+            }
+        };
+        for _ in 0..64 {
+            let e = pool[rng.gen_range(0..pool.len())];
+            let mut chance = 0.66f64.powi(e.attempts.min(8) as i32);
+            if e.last_try.is_some_and(|t| now.saturating_sub(t) < 600) {
+                chance *= 0.01;
+            }
+            if rng.gen_bool(chance.clamp(0.0, 1.0)) {
+                return Some(e.addr);
+            }
+        }
+        // Nothing passed the odds in 64 draws: take the least-failed one.
+        pool.iter().min_by_key(|e| (e.attempts, e.last_try)).map(|e| e.addr)
+    }
+
+    /// A random sample for a getaddr answer: at most 1000 and at most 23% of the book,
+    /// hopeless entries left out.
+    pub fn sample(&self, now: u64, rng: &mut impl Rng) -> Vec<AddrEntry> {
+        let mut good: Vec<&AddrEntry> = self.entries.values().filter(|e| !Self::is_terrible(e, now)).collect();
+        let n = (self.entries.len() * MAX_GETADDR_PCT / 100).min(MAX_GETADDR_ANSWER).min(good.len());
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let j = rng.gen_range(i..good.len());
+            good.swap(i, j);
+            out.push(good[i].clone());
+        }
+        out
+    }
+
+    /// An entry.
+    pub fn get(&self, addr: &SocketAddr) -> Option<&AddrEntry> {
+        self.entries.get(addr)
+    }
+
+    /// All entries.
+    pub fn entries(&self) -> impl Iterator<Item = &AddrEntry> {
+        self.entries.values()
+    }
+
+    /// Entries in each table: (new, tried).
+    pub fn counts(&self) -> (usize, usize) {
+        let tried = self.entries.values().filter(|e| e.table == Table::Tried).count();
+        (self.entries.len() - tried, tried)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the book is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The persisted form.
+    pub fn to_file(&self) -> AddrBookFile {
+        let mut entries: Vec<AddrEntry> = self.entries.values().cloned().collect();
+        entries.sort_by_key(|e| (e.table != Table::Tried, e.addr));
+        AddrBookFile {
+            key: self.key,
+            distinct_local_groups: self.distinct_local_groups,
+            entries,
+        }
+    }
+
+    /// Rebuilds a book from its persisted form (tried entries first, then new).
+    pub fn from_file(file: AddrBookFile, distinct_local_groups: bool, now: u64) -> AddrBook {
+        let mut book = AddrBook::new(file.key, distinct_local_groups);
+        for e in file.entries {
+            let tried = e.table == Table::Tried;
+            let addr = e.addr;
+            if book.add(addr, e.services, e.last_seen, e.source, now) {
+                if let Some(slot) = book.entries.get_mut(&addr) {
+                    slot.last_try = e.last_try;
+                    slot.attempts = e.attempts;
+                    slot.last_success = e.last_success;
+                }
+                if tried {
+                    let (last_try, attempts) = (e.last_try, e.attempts);
+                    book.good(&addr, e.services, e.last_success.unwrap_or(now));
+                    if let Some(slot) = book.entries.get_mut(&addr) {
+                        slot.last_try = last_try;
+                        slot.attempts = attempts;
+                        slot.last_seen = e.last_seen;
+                    }
+                }
+            }
+        }
+        book
+    }
+}
+
+/// Per-peer token bucket for incoming addresses (Core: 0.1 per second, burst 1000; a peer
+/// starts with one token and gets 1000 more when we send it a getaddr).
+#[derive(Debug, Clone)]
+pub struct AddrRateLimiter {
+    tokens: f64,
+    last: std::time::Instant,
+}
+
+/// Addresses per second a peer may send us beyond what we asked for (Core: 0.1).
+pub const ADDR_RATE_PER_SEC: f64 = 0.1;
+/// Most address tokens a peer can hold (Core: 1000).
+pub const ADDR_BURST: f64 = 1000.0;
+
+impl AddrRateLimiter {
+    /// A limiter holding one token.
+    pub fn new(now: std::time::Instant) -> AddrRateLimiter {
+        AddrRateLimiter { tokens: 1.0, last: now }
+    }
+
+    /// Adds `n` tokens (after we send a getaddr), up to the burst.
+    pub fn grant(&mut self, n: f64) {
+        self.tokens = (self.tokens + n).min(ADDR_BURST);
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: std::time::Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * ADDR_RATE_PER_SEC).min(ADDR_BURST);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::SeedableRng;
+    use std::net::Ipv4Addr;
+    use std::time::{Duration, Instant};
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8, port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::new(a, b, c, d), port))
+    }
+
+    fn book() -> AddrBook {
+        AddrBook::new([7u8; 32], false)
+    }
+
+    #[test]
+    fn add_attempt_good_moves_to_tried_and_counts() {
+        let mut b = book();
+        let a = v4(203, 0, 113, 5, 8333);
+        assert!(b.add(a, 1, NOW - 100, "198.51.100.1".parse().unwrap(), NOW));
+        assert!(!b.add(a, 8, NOW, "198.51.100.1".parse().unwrap(), NOW), "already known");
+        assert_eq!(b.get(&a).unwrap().services, 9);
+        b.attempt(&a, NOW);
+        b.good(&a, 1, NOW);
+        let e = b.get(&a).unwrap();
+        assert_eq!((e.table, e.attempts, e.last_success), (Table::Tried, 0, Some(NOW)));
+        assert_eq!(b.counts(), (0, 1));
+    }
+
+    #[test]
+    fn hopeless_entries_are_dropped() {
+        let mut b = book();
+        let a = v4(203, 0, 113, 5, 8333);
+        b.add(a, 1, NOW, "198.51.100.1".parse().unwrap(), NOW);
+        for i in 0..3 {
+            b.attempt(&a, NOW + i);
+        }
+        assert_eq!(b.cleanup(NOW + 3600), 1);
+        assert!(b.is_empty());
+        assert!(!b.add(v4(203, 0, 113, 6, 1), 1, NOW - HORIZON_SECS - 1, "198.51.100.1".parse().unwrap(), NOW));
+    }
+
+    #[test]
+    fn selection_skips_busy_groups_and_excluded_addresses() {
+        let mut b = book();
+        let src: IpAddr = "198.51.100.1".parse().unwrap();
+        let a = v4(203, 0, 113, 5, 8333);
+        let c = v4(198, 51, 100, 9, 8333);
+        b.add(a, 1, NOW, src, NOW);
+        b.add(c, 1, NOW, src, NOW);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let busy: HashSet<Vec<u8>> = [b.group(a.ip())].into();
+        for _ in 0..20 {
+            assert_eq!(b.select(NOW, &mut rng, &HashSet::new(), &busy), Some(c));
+        }
+        let exclude: HashSet<SocketAddr> = [c].into();
+        assert_eq!(b.select(NOW, &mut rng, &exclude, &busy), None);
+    }
+
+    #[test]
+    fn local_addresses_are_their_own_group_when_asked() {
+        let plain = book();
+        let distinct = AddrBook::new([7u8; 32], true);
+        let (x, y): (IpAddr, IpAddr) = ("127.0.1.1".parse().unwrap(), "127.0.1.2".parse().unwrap());
+        assert_eq!(plain.group(x), plain.group(y));
+        assert_ne!(distinct.group(x), distinct.group(y));
+        let (p, q): (IpAddr, IpAddr) = ("10.1.2.3".parse().unwrap(), "10.1.2.4".parse().unwrap());
+        assert_ne!(distinct.group(p), distinct.group(q));
+        assert_eq!(plain.group(p), plain.group(q));
+    }
+
+    #[test]
+    fn getaddr_sample_is_bounded_by_23_percent_and_1000() {
+        let mut b = book();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+        for i in 0..100u32 {
+            let a = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + (i << 16) + 1), 8333));
+            b.add(a, 1, NOW, IpAddr::from(Ipv4Addr::from(0x0c00_0000 + (i << 16))), NOW);
+        }
+        let n = b.len();
+        assert!(n > 50);
+        assert_eq!(b.sample(NOW, &mut rng).len(), n * 23 / 100);
+    }
+
+    #[test]
+    fn flooding_from_one_source_group_cannot_take_more_than_its_bucket_share() {
+        let mut b = book();
+        // Honest addresses from many sources.
+        let mut honest = Vec::new();
+        for i in 0..2000u32 {
+            let a = SocketAddr::from((Ipv4Addr::from(0x2000_0000 + (i << 12) + 7), 8333));
+            let src = IpAddr::from(Ipv4Addr::from(0x3000_0000 + (i << 16)));
+            if b.add(a, 1, NOW, src, NOW) {
+                honest.push(a);
+            }
+        }
+        // The attacker: 200,000 addresses in every group, all announced by peers in 6.6.0.0/16.
+        for i in 0..200_000u32 {
+            let a = SocketAddr::from((Ipv4Addr::from(0x4000_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761))), 8333));
+            let src = IpAddr::from(Ipv4Addr::new(6, 6, (i >> 8) as u8, i as u8));
+            b.add(a, 1, NOW, src, NOW);
+        }
+        let attacker = b.entries().filter(|e| canonical(e.source).to_string().starts_with("6.6.")).count();
+        assert!(
+            attacker <= (NEW_BUCKETS_PER_SOURCE_GROUP * BUCKET_SIZE) as usize,
+            "attacker holds {attacker} entries"
+        );
+        let kept = honest.iter().filter(|a| b.get(a).is_some()).count();
+        assert_eq!(kept, honest.len(), "no honest entry was flushed out");
+    }
+
+    #[test]
+    fn persisted_form_round_trips() {
+        let mut b = book();
+        let src: IpAddr = "198.51.100.1".parse().unwrap();
+        for i in 0..50u8 {
+            let a = v4(203, i, 113, 5, 8333);
+            b.add(a, 1, NOW, src, NOW);
+            if i % 3 == 0 {
+                b.good(&a, 1, NOW);
+            }
+        }
+        let back = AddrBook::from_file(b.to_file(), false, NOW);
+        assert_eq!(back.counts(), b.counts());
+        for e in b.entries() {
+            assert_eq!(back.get(&e.addr).map(|x| x.table), Some(e.table));
+        }
+    }
+
+    #[test]
+    fn addr_rate_limit_follows_core() {
+        let t0 = Instant::now();
+        let mut r = AddrRateLimiter::new(t0);
+        assert!(r.take(t0));
+        assert!(!r.take(t0), "one token to start");
+        assert!(r.take(t0 + Duration::from_secs(10)), "0.1 per second");
+        r.grant(5000.0);
+        let taken = (0..2000).filter(|_| r.take(t0 + Duration::from_secs(10))).count();
+        assert_eq!(taken, 1000, "burst capped at 1000");
+    }
+
+    proptest! {
+        #[test]
+        fn slots_and_entries_stay_consistent(ops in proptest::collection::vec((any::<u32>(), any::<u16>(), 0u8..4), 1..400)) {
+            let mut b = book();
+            for (ip, src, op) in ops {
+                let a = SocketAddr::from((Ipv4Addr::from(ip | 0x0100_0000), 8333));
+                let s = IpAddr::from(Ipv4Addr::from(0x0500_0000 | (src as u32) << 8));
+                match op {
+                    0 | 1 => { b.add(a, 1, NOW, s, NOW); }
+                    2 => b.good(&a, 1, NOW),
+                    _ => b.attempt(&a, NOW),
+                }
+                prop_assert_eq!(b.slots.len(), b.entries.len());
+                prop_assert_eq!(b.positions.len(), b.entries.len());
+                for (slot, addr) in &b.slots {
+                    prop_assert_eq!(b.positions.get(addr), Some(slot));
+                    prop_assert_eq!(b.entries.get(addr).map(|e| e.table), Some(slot.0));
+                }
+            }
+        }
+    }
+}
