@@ -14,7 +14,11 @@ fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled()
     let port = free_port().to_string();
     let target_addr = format!("127.0.0.1:{port}");
     let tdir = tempfile::tempdir().unwrap();
-    let mut target = Meshd::start_in(tdir.path(), &["--listen", &target_addr], false);
+    let mut target = Meshd::start_in(
+        tdir.path(),
+        &["--listen", &target_addr, "--max-outbound", "0"],
+        false,
+    );
     target.wait_log("target up", Duration::from_secs(10), |v| {
         msg(v) == "p2p listening"
     });
@@ -46,12 +50,16 @@ fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled()
     assert_eq!(node.metric("meshd_connection_giveups_total"), Some(1.0));
 
     // Back on the same port: once the window clears the node dials it again.
-    let mut target = Meshd::start_in(tdir.path(), &["--listen", &target_addr], false);
+    let mut target = Meshd::start_in(
+        tdir.path(),
+        &["--listen", &target_addr, "--max-outbound", "0"],
+        false,
+    );
     target.wait_log("target up again", Duration::from_secs(10), |v| {
         msg(v) == "p2p listening"
     });
     let deadline = Instant::now() + Duration::from_secs(15);
-    while node.count_logs(|v| msg(v) == "handshake complete") < 2 {
+    while node.count_logs(|v| msg(v) == "handshake complete" && v["direction"] == "outbound") < 2 {
         assert!(Instant::now() < deadline, "not redialled after the window");
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -112,10 +112,15 @@ pub struct AddrBook {
 /// Whether an address is loopback, private or link-local (not reachable from the Internet).
 pub fn is_local_or_private(ip: IpAddr) -> bool {
     match canonical(ip) {
-        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified(),
+        IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
         IpAddr::V6(v6) => {
             let seg = v6.segments();
-            v6.is_loopback() || v6.is_unspecified() || (seg[0] & 0xfe00) == 0xfc00 || (seg[0] & 0xffc0) == 0xfe80
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
         }
     }
 }
@@ -181,7 +186,8 @@ impl AddrBook {
 
     fn position(&self, table: Table, bucket: u32, addr: &SocketAddr) -> u32 {
         let t = [table as u8];
-        (self.hash(&[b"P", &t, &bucket.to_le_bytes(), &Self::addr_bytes(addr)]) % BUCKET_SIZE as u64) as u32
+        (self.hash(&[b"P", &t, &bucket.to_le_bytes(), &Self::addr_bytes(addr)])
+            % BUCKET_SIZE as u64) as u32
     }
 
     fn place(&mut self, addr: SocketAddr, slot: (Table, u32, u32)) {
@@ -213,14 +219,24 @@ impl AddrBook {
         if e.last_success.is_none() && e.attempts >= MAX_RETRIES {
             return true;
         }
-        if e.last_success.is_some_and(|s| now.saturating_sub(s) > MIN_FAIL_SECS) && e.attempts >= MAX_FAILURES {
+        if e.last_success
+            .is_some_and(|s| now.saturating_sub(s) > MIN_FAIL_SECS)
+            && e.attempts >= MAX_FAILURES
+        {
             return true;
         }
         false
     }
 
     /// Adds an address heard from `source`. Returns true if it is new to the book.
-    pub fn add(&mut self, addr: SocketAddr, services: u64, last_seen: u64, source: IpAddr, now: u64) -> bool {
+    pub fn add(
+        &mut self,
+        addr: SocketAddr,
+        services: u64,
+        last_seen: u64,
+        source: IpAddr,
+        now: u64,
+    ) -> bool {
         if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
             return false;
         }
@@ -246,7 +262,10 @@ impl AddrBook {
         let bucket = self.new_bucket(&addr, source);
         let slot = (Table::New, bucket, self.position(Table::New, bucket, &addr));
         if let Some(occupant) = self.slots.get(&slot).copied() {
-            let terrible = self.entries.get(&occupant).is_some_and(|e| Self::is_terrible(e, now));
+            let terrible = self
+                .entries
+                .get(&occupant)
+                .is_some_and(|e| Self::is_terrible(e, now));
             if !terrible {
                 return false;
             }
@@ -285,7 +304,11 @@ impl AddrBook {
             return;
         }
         let bucket = self.tried_bucket(addr);
-        let slot = (Table::Tried, bucket, self.position(Table::Tried, bucket, addr));
+        let slot = (
+            Table::Tried,
+            bucket,
+            self.position(Table::Tried, bucket, addr),
+        );
         if let Some(old) = self.positions.remove(addr) {
             self.slots.remove(&old);
         }
@@ -293,7 +316,10 @@ impl AddrBook {
             // The occupant goes back to new, to its own new slot if that is free.
             self.positions.remove(&displaced);
             self.slots.remove(&slot);
-            let source = self.entries.get(&displaced).map_or(displaced.ip(), |d| d.source);
+            let source = self
+                .entries
+                .get(&displaced)
+                .map_or(displaced.ip(), |d| d.source);
             let nb = self.new_bucket(&displaced, source);
             let nslot = (Table::New, nb, self.position(Table::New, nb, &displaced));
             if self.slots.contains_key(&nslot) {
@@ -329,9 +355,21 @@ impl AddrBook {
         exclude: &HashSet<SocketAddr>,
         busy_groups: &HashSet<Vec<u8>>,
     ) -> Option<SocketAddr> {
-        let eligible = |e: &&AddrEntry| !exclude.contains(&e.addr) && !busy_groups.contains(&self.group(e.addr.ip()));
-        let tried: Vec<&AddrEntry> = self.entries.values().filter(|e| e.table == Table::Tried).filter(eligible).collect();
-        let new: Vec<&AddrEntry> = self.entries.values().filter(|e| e.table == Table::New).filter(eligible).collect();
+        let eligible = |e: &&AddrEntry| {
+            !exclude.contains(&e.addr) && !busy_groups.contains(&self.group(e.addr.ip()))
+        };
+        let tried: Vec<&AddrEntry> = self
+            .entries
+            .values()
+            .filter(|e| e.table == Table::Tried)
+            .filter(eligible)
+            .collect();
+        let new: Vec<&AddrEntry> = self
+            .entries
+            .values()
+            .filter(|e| e.table == Table::New)
+            .filter(eligible)
+            .collect();
         let pool = match (tried.is_empty(), new.is_empty()) {
             (true, true) => return None,
             (false, true) => tried,
@@ -355,14 +393,22 @@ impl AddrBook {
             }
         }
         // Nothing passed the odds in 64 draws: take the least-failed one.
-        pool.iter().min_by_key(|e| (e.attempts, e.last_try)).map(|e| e.addr)
+        pool.iter()
+            .min_by_key(|e| (e.attempts, e.last_try))
+            .map(|e| e.addr)
     }
 
     /// A random sample for a getaddr answer: at most 1000 and at most 23% of the book,
     /// hopeless entries left out.
     pub fn sample(&self, now: u64, rng: &mut impl Rng) -> Vec<AddrEntry> {
-        let mut good: Vec<&AddrEntry> = self.entries.values().filter(|e| !Self::is_terrible(e, now)).collect();
-        let n = (self.entries.len() * MAX_GETADDR_PCT / 100).min(MAX_GETADDR_ANSWER).min(good.len());
+        let mut good: Vec<&AddrEntry> = self
+            .entries
+            .values()
+            .filter(|e| !Self::is_terrible(e, now))
+            .collect();
+        let n = (self.entries.len() * MAX_GETADDR_PCT / 100)
+            .min(MAX_GETADDR_ANSWER)
+            .min(good.len());
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             let j = rng.gen_range(i..good.len());
@@ -384,7 +430,11 @@ impl AddrBook {
 
     /// Entries in each table: (new, tried).
     pub fn counts(&self) -> (usize, usize) {
-        let tried = self.entries.values().filter(|e| e.table == Table::Tried).count();
+        let tried = self
+            .entries
+            .values()
+            .filter(|e| e.table == Table::Tried)
+            .count();
         (self.entries.len() - tried, tried)
     }
 
@@ -436,6 +486,27 @@ impl AddrBook {
     }
 }
 
+/// An address as gossip carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GossipAddr {
+    /// The address.
+    pub addr: SocketAddr,
+    /// Services.
+    pub services: u64,
+    /// Last seen, unix seconds.
+    pub time: u32,
+}
+
+impl From<&AddrEntry> for GossipAddr {
+    fn from(e: &AddrEntry) -> GossipAddr {
+        GossipAddr {
+            addr: e.addr,
+            services: e.services,
+            time: e.last_seen.min(u32::MAX as u64) as u32,
+        }
+    }
+}
+
 /// Per-peer token bucket for incoming addresses (Core: 0.1 per second, burst 1000; a peer
 /// starts with one token and gets 1000 more when we send it a getaddr).
 #[derive(Debug, Clone)]
@@ -452,7 +523,10 @@ pub const ADDR_BURST: f64 = 1000.0;
 impl AddrRateLimiter {
     /// A limiter holding one token.
     pub fn new(now: std::time::Instant) -> AddrRateLimiter {
-        AddrRateLimiter { tokens: 1.0, last: now }
+        AddrRateLimiter {
+            tokens: 1.0,
+            last: now,
+        }
     }
 
     /// Adds `n` tokens (after we send a getaddr), up to the burst.
@@ -497,12 +571,18 @@ mod tests {
         let mut b = book();
         let a = v4(203, 0, 113, 5, 8333);
         assert!(b.add(a, 1, NOW - 100, "198.51.100.1".parse().unwrap(), NOW));
-        assert!(!b.add(a, 8, NOW, "198.51.100.1".parse().unwrap(), NOW), "already known");
+        assert!(
+            !b.add(a, 8, NOW, "198.51.100.1".parse().unwrap(), NOW),
+            "already known"
+        );
         assert_eq!(b.get(&a).unwrap().services, 9);
         b.attempt(&a, NOW);
         b.good(&a, 1, NOW);
         let e = b.get(&a).unwrap();
-        assert_eq!((e.table, e.attempts, e.last_success), (Table::Tried, 0, Some(NOW)));
+        assert_eq!(
+            (e.table, e.attempts, e.last_success),
+            (Table::Tried, 0, Some(NOW))
+        );
         assert_eq!(b.counts(), (0, 1));
     }
 
@@ -516,7 +596,13 @@ mod tests {
         }
         assert_eq!(b.cleanup(NOW + 3600), 1);
         assert!(b.is_empty());
-        assert!(!b.add(v4(203, 0, 113, 6, 1), 1, NOW - HORIZON_SECS - 1, "198.51.100.1".parse().unwrap(), NOW));
+        assert!(!b.add(
+            v4(203, 0, 113, 6, 1),
+            1,
+            NOW - HORIZON_SECS - 1,
+            "198.51.100.1".parse().unwrap(),
+            NOW
+        ));
     }
 
     #[test]
@@ -554,7 +640,13 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(2);
         for i in 0..100u32 {
             let a = SocketAddr::from((Ipv4Addr::from(0x0b00_0000 + (i << 16) + 1), 8333));
-            b.add(a, 1, NOW, IpAddr::from(Ipv4Addr::from(0x0c00_0000 + (i << 16))), NOW);
+            b.add(
+                a,
+                1,
+                NOW,
+                IpAddr::from(Ipv4Addr::from(0x0c00_0000 + (i << 16))),
+                NOW,
+            );
         }
         let n = b.len();
         assert!(n > 50);
@@ -575,11 +667,17 @@ mod tests {
         }
         // The attacker: 200,000 addresses in every group, all announced by peers in 6.6.0.0/16.
         for i in 0..200_000u32 {
-            let a = SocketAddr::from((Ipv4Addr::from(0x4000_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761))), 8333));
+            let a = SocketAddr::from((
+                Ipv4Addr::from(0x4000_0000u32.wrapping_add(i.wrapping_mul(2_654_435_761))),
+                8333,
+            ));
             let src = IpAddr::from(Ipv4Addr::new(6, 6, (i >> 8) as u8, i as u8));
             b.add(a, 1, NOW, src, NOW);
         }
-        let attacker = b.entries().filter(|e| canonical(e.source).to_string().starts_with("6.6.")).count();
+        let attacker = b
+            .entries()
+            .filter(|e| canonical(e.source).to_string().starts_with("6.6."))
+            .count();
         assert!(
             attacker <= (NEW_BUCKETS_PER_SOURCE_GROUP * BUCKET_SIZE) as usize,
             "attacker holds {attacker} entries"
@@ -614,7 +712,9 @@ mod tests {
         assert!(!r.take(t0), "one token to start");
         assert!(r.take(t0 + Duration::from_secs(10)), "0.1 per second");
         r.grant(5000.0);
-        let taken = (0..2000).filter(|_| r.take(t0 + Duration::from_secs(10))).count();
+        let taken = (0..2000)
+            .filter(|_| r.take(t0 + Duration::from_secs(10)))
+            .count();
         assert_eq!(taken, 1000, "burst capped at 1000");
     }
 

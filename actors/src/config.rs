@@ -20,6 +20,9 @@ use crate::peer::HandshakePolicy;
 use crate::restart::RestartPolicy;
 use crate::slots::SlotLimits;
 
+/// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).
+pub const DEFAULT_ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+
 /// Everything the node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -81,6 +84,17 @@ pub struct NodeConfig {
     pub ban_local_peers: bool,
     /// Restart policy for outbound connections.
     pub restart: RestartPolicy,
+    /// DNS servers for seed lookups (empty: the system resolver).
+    pub dns_servers: Vec<SocketAddr>,
+    /// DNS seed names (the network's by default; empty switches DNS discovery off).
+    pub dns_seeds: Vec<String>,
+    /// Addresses we advertise as ours (`--externalip`).
+    pub external_addrs: Vec<SocketAddr>,
+    /// Loopback and private addresses count each as their own network group (default on
+    /// regtest), so local meshes can fill their outbound slots.
+    pub distinct_local_groups: bool,
+    /// How often the address book is saved (also at shutdown).
+    pub addrbook_save_interval: Duration,
 }
 
 /// Keys that can change while the node runs. `None` leaves a key as it is.
@@ -194,6 +208,11 @@ impl NodeConfig {
             ban_duration: DEFAULT_BAN_DURATION,
             ban_local_peers: false,
             restart: RestartPolicy::default(),
+            dns_servers: Vec::new(),
+            dns_seeds: profile.dns_seeds.iter().map(|s| s.to_string()).collect(),
+            external_addrs: Vec::new(),
+            distinct_local_groups: profile.is_regtest(),
+            addrbook_save_interval: DEFAULT_ADDRBOOK_SAVE_INTERVAL,
         }
     }
 

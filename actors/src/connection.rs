@@ -19,12 +19,14 @@
 //! Manager in the final state.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bitcoin::p2p::address::{AddrV2, AddrV2Message, Address};
 use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::ServiceFlags;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -33,6 +35,7 @@ use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::addrbook::{AddrRateLimiter, GossipAddr};
 use crate::bandwidth::{Flow, Throttle};
 use crate::config::NodeConfig;
 use crate::constants::{
@@ -112,6 +115,8 @@ pub enum ConnectionMsg {
     Send(Message),
     /// Close the connection with this reason.
     Disconnect(DisconnectReason),
+    /// Send these addresses (as `addr` or `addrv2`, whichever the peer asked for).
+    SendAddrs(Vec<GossipAddr>),
 }
 
 /// The Connection's state; handed to the Manager in the termination event.
@@ -137,6 +142,10 @@ pub struct ConnectionState {
     peer_max_payload: u32,
     got_protoconf: bool,
     misbehavior: u32,
+    sendaddrv2: bool,
+    getaddr_answered: bool,
+    addr_limiter: AddrRateLimiter,
+    next_self_advert: Option<Instant>,
     bytes_sent: u64,
     bytes_received: u64,
     close_reason: Option<DisconnectReason>,
@@ -228,6 +237,10 @@ impl Actor for Connection {
             peer_max_payload,
             got_protoconf: false,
             misbehavior: 0,
+            sendaddrv2: false,
+            getaddr_answered: false,
+            addr_limiter: AddrRateLimiter::new(now),
+            next_self_advert: None,
             bytes_sent: 0,
             bytes_received: 0,
             close_reason: None,
@@ -297,6 +310,7 @@ impl Actor for Connection {
             ConnectionMsg::Tick => on_tick(state),
             ConnectionMsg::Send(m) => send(state, &m),
             ConnectionMsg::Disconnect(reason) => Err(reason),
+            ConnectionMsg::SendAddrs(addrs) => send_addrs(state, &addrs),
         };
         if let Err(reason) = result {
             close(&myself, state, reason);
@@ -500,6 +514,15 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         config.ping_interval,
         config.ping_timeout,
     ));
+    state.sendaddrv2 = pv.sendaddrv2;
+    if state.direction == Direction::Outbound {
+        // Ask outbound peers for addresses once, and accept a full answer (Core).
+        send(state, &Message::Network(NetworkMessage::GetAddr))?;
+        state.addr_limiter.grant(crate::addrbook::ADDR_BURST);
+    }
+    if !state.ctx.advertised.is_empty() {
+        advertise_self(state)?;
+    }
     if state.ctx.profile.chain == Chain::Bsv {
         // BSV: announce what we accept, right after the handshake (protoconf spec).
         let conf = Protoconf {
@@ -549,6 +572,44 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
         }
         Message::Network(NetworkMessage::Pong(nonce)) => {
             on_pong(state, nonce);
+            Ok(())
+        }
+        Message::Network(NetworkMessage::GetAddr) => {
+            // Answered once per connection, and only to inbound peers: answering outbound
+            // peers would let them fingerprint us (Core does the same).
+            if state.direction == Direction::Inbound && !state.getaddr_answered {
+                state.getaddr_answered = true;
+                let _ = state.manager.cast(ManagerMsg::GetAddr(state.id));
+            }
+            Ok(())
+        }
+        Message::Network(NetworkMessage::Addr(list)) => {
+            let addrs: Vec<GossipAddr> = list
+                .iter()
+                .filter_map(|(time, a)| {
+                    a.socket_addr().ok().map(|addr| GossipAddr {
+                        addr,
+                        services: a.services.to_u64(),
+                        time: *time,
+                    })
+                })
+                .collect();
+            on_addrs(state, addrs, list.len());
+            Ok(())
+        }
+        Message::Network(NetworkMessage::AddrV2(list)) => {
+            let addrs: Vec<GossipAddr> = list
+                .iter()
+                .filter_map(|m| {
+                    // Only IP networks can be dialled; Tor, I2P and CJDNS entries are skipped.
+                    m.socket_addr().ok().map(|addr| GossipAddr {
+                        addr,
+                        services: m.services.to_u64(),
+                        time: m.time,
+                    })
+                })
+                .collect();
+            on_addrs(state, addrs, list.len());
             Ok(())
         }
         Message::Network(NetworkMessage::Block(_)) => {
@@ -645,6 +706,9 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
             .check_timeout(now)
             .map_err(DisconnectReason::Handshake);
     }
+    if state.next_self_advert.is_some_and(|t| now >= t) {
+        advertise_self(state)?;
+    }
     let Some(ping) = state.ping.as_mut() else {
         return Ok(());
     };
@@ -681,6 +745,96 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
             Err(DisconnectReason::Io("writer closed".into()))
         }
     }
+}
+
+/// Average interval between advertisements of our own address to one peer (Core:
+/// `AVG_LOCAL_ADDRESS_BROADCAST_INTERVAL`, 24 h), drawn from an exponential distribution so
+/// peers cannot line our advertisements up.
+const SELF_ADVERT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+fn advertise_self(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
+    let now = unix_now().max(0) as u32;
+    let services = state.ctx.policy.services.to_u64();
+    let ours: Vec<GossipAddr> = state
+        .ctx
+        .advertised
+        .iter()
+        .map(|a| GossipAddr {
+            addr: *a,
+            services,
+            time: now,
+        })
+        .collect();
+    let u: f64 = rand::random::<f64>().max(1e-12);
+    state.next_self_advert = Some(
+        Instant::now()
+            + SELF_ADVERT_INTERVAL
+                .mul_f64(-u.ln())
+                .min(SELF_ADVERT_INTERVAL * 10),
+    );
+    send_addrs(state, &ours)
+}
+
+/// Takes what the peer's address bucket allows and hands it to the Manager.
+fn on_addrs(state: &mut ConnectionState, addrs: Vec<GossipAddr>, in_message: usize) {
+    let now = Instant::now();
+    let mut accepted = Vec::with_capacity(addrs.len());
+    let mut limited = 0u64;
+    for a in addrs {
+        if state.addr_limiter.take(now) {
+            accepted.push(a);
+        } else {
+            limited += 1;
+        }
+    }
+    metrics::counter!("meshd_addr_processed_total").increment(accepted.len() as u64);
+    if limited > 0 {
+        metrics::counter!("meshd_addr_rate_limited_total").increment(limited);
+        debug!(peer = %state.addr, id = %state.id, limited, "addresses over the rate limit ignored");
+    }
+    if !accepted.is_empty() {
+        let _ = state.manager.cast(ManagerMsg::AddrsReceived {
+            id: state.id,
+            from: state.addr,
+            addrs: accepted,
+            relayable: in_message <= 10,
+        });
+    }
+}
+
+fn send_addrs(state: &mut ConnectionState, addrs: &[GossipAddr]) -> Result<(), DisconnectReason> {
+    for chunk in addrs.chunks(crate::constants::MAX_ADDR_PER_MESSAGE) {
+        let msg = if state.sendaddrv2 {
+            NetworkMessage::AddrV2(
+                chunk
+                    .iter()
+                    .map(|a| AddrV2Message {
+                        time: a.time,
+                        services: ServiceFlags::from(a.services),
+                        addr: match a.addr.ip() {
+                            IpAddr::V4(v4) => AddrV2::Ipv4(v4),
+                            IpAddr::V6(v6) => AddrV2::Ipv6(v6),
+                        },
+                        port: a.addr.port(),
+                    })
+                    .collect(),
+            )
+        } else {
+            NetworkMessage::Addr(
+                chunk
+                    .iter()
+                    .map(|a| {
+                        (
+                            a.time,
+                            Address::new(&a.addr, ServiceFlags::from(a.services)),
+                        )
+                    })
+                    .collect(),
+            )
+        };
+        send(state, &Message::Network(msg))?;
+    }
+    Ok(())
 }
 
 /// Reads what the socket has (at most `max` bytes) into the thread's scratch buffer and

@@ -4,7 +4,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -42,13 +42,40 @@ pub struct NodeContext {
     pub(crate) throttled_down_us: AtomicU64,
     /// Restarts per outbound address since start (for `meshd_connection_restarts_total`).
     pub(crate) restart_counts: DashMap<SocketAddr, u64>,
+    /// Entries in the address book, by table (kept current by the Manager).
+    pub(crate) addrbook_len: AtomicUsize,
+    pub(crate) addrbook_new: AtomicUsize,
+    pub(crate) addrbook_tried: AtomicUsize,
+    /// Addresses we advertise as ours: `--externalip`, or on regtest the specific addresses
+    /// we listen on (so local meshes need no flag).
+    pub(crate) advertised: Vec<SocketAddr>,
+    /// Addresses that are us: never dialled.
+    pub(crate) own_addrs: Vec<SocketAddr>,
     netgroup_key: std::collections::hash_map::RandomState,
     next_peer_id: AtomicU64,
     shutting_down: AtomicBool,
 }
 
 impl NodeContext {
-    pub(crate) fn new(config: NodeConfig, bans: BanList) -> NodeContext {
+    pub(crate) fn new(
+        config: NodeConfig,
+        bans: BanList,
+        listen_addrs: &[SocketAddr],
+    ) -> NodeContext {
+        let specific: Vec<SocketAddr> = listen_addrs
+            .iter()
+            .filter(|a| !a.ip().is_unspecified())
+            .copied()
+            .collect();
+        let advertised = if !config.external_addrs.is_empty() {
+            config.external_addrs.clone()
+        } else if config.network.profile().is_regtest() {
+            specific.clone()
+        } else {
+            Vec::new()
+        };
+        let mut own_addrs = specific;
+        own_addrs.extend(config.external_addrs.iter().copied());
         let global_limits = Arc::new(RateLimits::new(
             config.max_upload_rate,
             config.upload_burst,
@@ -77,6 +104,11 @@ impl NodeContext {
             throttled_up_us: AtomicU64::new(0),
             throttled_down_us: AtomicU64::new(0),
             restart_counts: DashMap::new(),
+            addrbook_len: AtomicUsize::new(0),
+            addrbook_new: AtomicUsize::new(0),
+            addrbook_tried: AtomicUsize::new(0),
+            advertised,
+            own_addrs,
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),

@@ -7,13 +7,14 @@
 //! ## The supervision tree
 //!
 //! ```text
-//! NodeSupervisor                 restarts Manager/Listener rest-for-one, at most 5 in 60 s
+//! NodeSupervisor                 restarts its children rest-for-one, at most 5 in 60 s
 //! ├── Manager                    peer set and peer table; supervisor of every Connection
 //! │   └── Connection(peer) × N   handshake, framing, ping/RTT, send queue (one per peer)
-//! └── Listener                   accept loops; hands sockets to the Manager
+//! ├── Listener                   accept loops; drops banned addresses; hands sockets over
+//! └── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short
 //! ```
 //!
-//! DNS discovery, STUN and Sync join this tree in later work, as siblings of the Manager.
+//! STUN and Sync join this tree in later work, as siblings of the Manager.
 //!
 //! ## Who owns what
 //!
@@ -25,7 +26,8 @@
 //!   (linked, so it receives its exit), keeps the [`peers::PeerTable`] rows, evicts inbound
 //!   peers by Core's rules ([`eviction`]), keeps outbound peers up and decides their restarts
 //!   ([`restart::RestartTracker`]; inbound peers are never restarted), owns the ban list
-//!   ([`bans`], persisted through [`persist`]) and is the one publisher of lifecycle events
+//!   ([`bans`], persisted through [`persist`]), the address book ([`addrbook`], filled by DNS
+//!   seeds and addr/addrv2 gossip, persisted the same way) and is the one publisher of lifecycle events
 //!   on the [`events::EventBus`]. ractor's default hook would stop the Manager when a child
 //!   exits; it overrides it.
 //! - Each **Connection** owns one socket through two tasks: a reader that frames bytes and
@@ -71,6 +73,7 @@ pub mod config;
 pub mod connection;
 pub mod constants;
 pub mod context;
+pub mod dns;
 pub mod events;
 pub mod eviction;
 pub mod listener;

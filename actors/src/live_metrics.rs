@@ -160,6 +160,23 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         );
     }
 
+    header(
+        &mut out,
+        "meshd_addrbook_entries",
+        "gauge",
+        "Addresses in the address book, by table.",
+    );
+    let _ = writeln!(
+        out,
+        "meshd_addrbook_entries{{table=\"new\"}} {}",
+        ctx.addrbook_new.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "meshd_addrbook_entries{{table=\"tried\"}} {}",
+        ctx.addrbook_tried.load(Ordering::Relaxed)
+    );
+
     header(&mut out, "meshd_banned", "gauge", "Subnets banned now.");
     let banned = match ctx.bans.read() {
         Ok(b) => b.len(unix_now().max(0) as u64),

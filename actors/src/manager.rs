@@ -24,16 +24,20 @@
 //! notes from a Connection that is already gone are ignored rather than published late.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+
+use rand::seq::SliceRandom;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bitcoin::hashes::Hash;
 use ipnet::IpNet;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
+use crate::addrbook::{AddrBook, AddrBookFile, AddrEntry, GossipAddr};
 use crate::bans::{BanEntry, BanList, BanReason};
 use crate::connection::{Connection, ConnectionArgs, ConnectionMsg, ConnectionState, Transport};
 use crate::constants::SHUTDOWN_PEER_TIMEOUT;
@@ -53,6 +57,23 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Time allowed for an evicted peer to stop and free its slot before the newcomer is refused.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
+/// File kind and format version of the address book.
+const ADDRBOOK_KIND: [u8; 4] = *b"ADDR";
+const ADDRBOOK_VERSION: u16 = 1;
+
+/// How long a getaddr answer is reused (Core: 21–27 h, so repeated getaddrs cannot map
+/// our book).
+const GETADDR_CACHE: Duration = Duration::from_secs(24 * 3600);
+
+/// How often hopeless address-book entries are dropped.
+const ADDRBOOK_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Peers a fresh address is relayed to (Core: 2).
+const ADDR_RELAY_FANOUT: usize = 2;
+
+/// Gossiped addresses older than this are not relayed (Core: 10 minutes).
+const ADDR_RELAY_MAX_AGE: u64 = 600;
+
 /// File kind and format version of the ban list.
 const BANS_KIND: [u8; 4] = *b"BANS";
 const BANS_VERSION: u16 = 1;
@@ -69,6 +90,8 @@ pub enum OutboundKind {
     Candidate,
     /// Dialled once; never restarted.
     OneTry,
+    /// Chosen from the address book to fill outbound slots; when it ends another is chosen.
+    Automatic,
 }
 
 /// Messages the Manager handles.
@@ -120,6 +143,30 @@ pub enum ManagerMsg {
     SendTo(PeerId, Message, RpcReplyPort<bool>),
     /// Close every connection and refuse new ones; replies when all have stopped.
     Shutdown(RpcReplyPort<()>),
+    /// DnsDiscovery resolved a seed.
+    DnsResults {
+        /// The seed name.
+        seed: String,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// A peer sent addresses (already rate-limited by its Connection).
+    AddrsReceived {
+        /// The peer.
+        id: PeerId,
+        /// Its address (the source of the gossip).
+        from: SocketAddr,
+        /// The addresses.
+        addrs: Vec<GossipAddr>,
+        /// The message was small enough (≤ 10) to be relayed, as Core decides.
+        relayable: bool,
+    },
+    /// A peer asked for addresses (getaddr).
+    GetAddr(PeerId),
+    /// The address book's entries.
+    KnownAddresses(RpcReplyPort<Vec<AddrEntry>>),
+    /// Timer: save the address book.
+    SaveAddrBook,
 }
 
 struct Child {
@@ -149,6 +196,9 @@ pub struct ManagerState {
     scheduled: HashSet<SocketAddr>,
     restarts: RestartTracker,
     bans: BanList,
+    book: AddrBook,
+    getaddr_cache: Option<(Vec<GossipAddr>, Instant)>,
+    last_cleanup: Instant,
 }
 
 fn now_unix() -> u64 {
@@ -265,6 +315,138 @@ impl ManagerState {
                 break;
             }
         }
+        if self.last_cleanup.elapsed() >= ADDRBOOK_CLEANUP_INTERVAL {
+            self.last_cleanup = Instant::now();
+            let dropped = self.book.cleanup(now_unix());
+            if dropped > 0 {
+                debug!(dropped, "dropped hopeless addresses");
+                self.publish_book_counts();
+            }
+        }
+        self.fill_from_book(myself).await;
+    }
+
+    /// Dials address-book entries while outbound slots are free: never two automatic
+    /// outbound peers in one network group, never ourselves, never an address already
+    /// connected or configured.
+    async fn fill_from_book(&mut self, myself: &ActorRef<ManagerMsg>) {
+        let now = now_unix();
+        let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
+        exclude.extend(self.targets.keys().copied());
+        let mut busy: HashSet<Vec<u8>> = HashSet::new();
+        for c in self
+            .children
+            .values()
+            .filter(|c| c.direction == Direction::Outbound)
+        {
+            exclude.insert(c.addr);
+            if c.kind == Some(OutboundKind::Automatic) {
+                busy.insert(self.book.group(c.addr.ip()));
+            }
+        }
+        // StdRng, not thread_rng: the generator lives across awaits, so it must be Send.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        loop {
+            let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+            if used.outbound >= limits.outbound || used.outbound + used.inbound >= limits.total {
+                return;
+            }
+            let Some(addr) = self.book.select(now, &mut rng, &exclude, &busy) else {
+                return;
+            };
+            exclude.insert(addr);
+            if self.ctx.is_banned(addr.ip()) {
+                continue;
+            }
+            busy.insert(self.book.group(addr.ip()));
+            self.book.attempt(&addr, now);
+            if !self.dial(myself, addr, OutboundKind::Automatic).await {
+                return;
+            }
+        }
+    }
+
+    fn publish_book_counts(&self) {
+        let (new, tried) = self.book.counts();
+        self.ctx
+            .addrbook_new
+            .store(new, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .addrbook_tried
+            .store(tried, std::sync::atomic::Ordering::Relaxed);
+        self.ctx
+            .addrbook_len
+            .store(new + tried, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn save_book(&self) {
+        let path = self.ctx.config().datadir.join("peers.dat");
+        if let Err(e) = persist::save(&path, ADDRBOOK_KIND, ADDRBOOK_VERSION, &self.book.to_file())
+        {
+            error!(error = %e, path = %path.display(), "could not save the address book");
+        }
+    }
+
+    fn on_addrs(&mut self, id: PeerId, from: SocketAddr, addrs: Vec<GossipAddr>, relayable: bool) {
+        let now = now_unix();
+        let source = from.ip();
+        let mut fresh = Vec::new();
+        for a in &addrs {
+            if self.ctx.own_addrs.contains(&a.addr) {
+                continue;
+            }
+            let added = self
+                .book
+                .add(a.addr, a.services, a.time as u64, source, now);
+            if added && relayable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
+                fresh.push(*a);
+            }
+        }
+        self.publish_book_counts();
+        if fresh.is_empty() {
+            return;
+        }
+        // Relay addresses new to us to a couple of other peers, so they spread; an address
+        // is relayed only the first time we hear it, which bounds the flood.
+        let mut others: Vec<&Child> = self
+            .children
+            .values()
+            .filter(|c| c.id != id && c.is_live())
+            .filter(|c| {
+                self.ctx
+                    .peers
+                    .get(c.id)
+                    .is_some_and(|p| p.state == crate::peers::PeerState::Connected)
+            })
+            .collect();
+        others.shuffle(&mut rand::thread_rng());
+        for c in others.into_iter().take(ADDR_RELAY_FANOUT) {
+            let _ = c.actor.cast(ConnectionMsg::SendAddrs(fresh.clone()));
+        }
+    }
+
+    fn on_getaddr(&mut self, id: PeerId) {
+        let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) else {
+            return;
+        };
+        let now = Instant::now();
+        let sample = match &self.getaddr_cache {
+            Some((cached, expiry)) if now < *expiry => cached.clone(),
+            _ => {
+                let fresh: Vec<GossipAddr> = self
+                    .book
+                    .sample(now_unix(), &mut rand::thread_rng())
+                    .iter()
+                    .map(GossipAddr::from)
+                    .collect();
+                // An empty book is not worth caching for a day.
+                if !fresh.is_empty() {
+                    self.getaddr_cache = Some((fresh.clone(), now + GETADDR_CACHE));
+                }
+                fresh
+            }
+        };
+        let _ = child.actor.cast(ConnectionMsg::SendAddrs(sample));
     }
 
     async fn admit_inbound(
@@ -535,6 +717,32 @@ impl ManagerState {
     }
 }
 
+/// A pseudo source address for a DNS seed: each seed is its own source group, so one seed
+/// fills at most its share of the new table.
+fn seed_source(seed: &str) -> IpAddr {
+    let h = bitcoin::hashes::sha256::Hash::hash(seed.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.as_byte_array()[..16]);
+    b[0] = 0xfd; // unique local address range: never a real peer
+    IpAddr::from(b)
+}
+
+/// Loads the address book; a corrupt file is set aside and the node starts with an empty
+/// book and one error line.
+pub(crate) fn load_addrbook(datadir: &std::path::Path, distinct_local_groups: bool) -> AddrBook {
+    let path = datadir.join("peers.dat");
+    let fresh = || AddrBook::new(rand::random(), distinct_local_groups);
+    match persist::load::<AddrBookFile>(&path, ADDRBOOK_KIND, ADDRBOOK_VERSION) {
+        Ok(Some(f)) => AddrBook::from_file(f, distinct_local_groups, now_unix()),
+        Ok(None) => fresh(),
+        Err(e) => {
+            let aside = persist::set_aside(&path).map(|p| p.display().to_string());
+            error!(error = %e, path = %path.display(), set_aside = ?aside, "address book unreadable; starting with an empty one");
+            fresh()
+        }
+    }
+}
+
 /// Loads the ban list; a corrupt file is set aside and the node starts with an empty list.
 pub(crate) fn load_bans(datadir: &std::path::Path) -> BanList {
     let path = datadir.join("bans.dat");
@@ -579,6 +787,9 @@ impl Actor for Manager {
             targets,
             scheduled: HashSet::new(),
             bans,
+            book: AddrBook::new([0; 32], false),
+            getaddr_cache: None,
+            last_cleanup: Instant::now(),
         })
     }
 
@@ -592,7 +803,15 @@ impl Actor for Manager {
         for reason in ["manual", "misbehavior"] {
             metrics::counter!("meshd_bans_total", "reason" => reason).increment(0);
         }
+        metrics::counter!("meshd_addr_processed_total").increment(0);
+        metrics::counter!("meshd_addr_rate_limited_total").increment(0);
+        // The book is loaded here, not in pre_start, which runs inside the spawner's await.
+        let config = state.ctx.config();
+        state.book = load_addrbook(&config.datadir, config.distinct_local_groups);
+        state.publish_book_counts();
+        info!(addresses = state.book.len(), "address book loaded");
         myself.send_interval(UPKEEP_INTERVAL, || ManagerMsg::Upkeep);
+        myself.send_interval(config.addrbook_save_interval, || ManagerMsg::SaveAddrBook);
         state.upkeep(&myself).await;
         Ok(())
     }
@@ -623,7 +842,50 @@ impl Actor for Manager {
             }
             ManagerMsg::Upkeep => state.upkeep(&myself).await,
             ManagerMsg::PeerConnected(id) => state.publish_lifecycle(id, false),
-            ManagerMsg::PeerHandshaked(id) => state.publish_lifecycle(id, true),
+            ManagerMsg::PeerHandshaked(id) => {
+                state.publish_lifecycle(id, true);
+                let outbound = state
+                    .by_peer
+                    .get(&id)
+                    .and_then(|a| state.children.get(a))
+                    .filter(|c| c.direction == Direction::Outbound)
+                    .map(|c| c.addr);
+                if let (Some(addr), Some(info)) = (outbound, state.ctx.peers.get(id)) {
+                    state.book.good(&addr, info.services, now_unix());
+                    state.publish_book_counts();
+                }
+            }
+            ManagerMsg::DnsResults { seed, ips } => {
+                let port = state.ctx.profile.default_port;
+                let source = seed_source(&seed);
+                let now = now_unix();
+                let services = state.ctx.config().required_services.to_u64();
+                let added = ips
+                    .iter()
+                    .filter(|ip| {
+                        state
+                            .book
+                            .add(SocketAddr::new(**ip, port), services, now, source, now)
+                    })
+                    .count();
+                state.publish_book_counts();
+                debug!(seed = %seed, added, "DNS addresses added to the book");
+                state.fill_from_book(&myself).await;
+            }
+            ManagerMsg::AddrsReceived {
+                id,
+                from,
+                addrs,
+                relayable,
+            } => {
+                state.on_addrs(id, from, addrs, relayable);
+                state.fill_from_book(&myself).await;
+            }
+            ManagerMsg::GetAddr(id) => state.on_getaddr(id),
+            ManagerMsg::KnownAddresses(reply) => {
+                let _ = reply.send(state.book.entries().cloned().collect());
+            }
+            ManagerMsg::SaveAddrBook => state.save_book(),
             ManagerMsg::Misbehaving {
                 id,
                 addr,
@@ -706,6 +968,7 @@ impl Actor for Manager {
                 let count = stopping.len();
                 while stopping.join_next().await.is_some() {}
                 state.sync_bans();
+                state.save_book();
                 info!(peers = count, "all connections closed, state saved");
                 let _ = reply.send(());
             }

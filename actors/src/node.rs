@@ -23,10 +23,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::addrbook::AddrEntry;
 use crate::bans::BanEntry;
 use crate::config::{ConfigUpdate, NodeConfig};
 use crate::constants::{SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW};
 use crate::context::NodeContext;
+use crate::dns::{DnsArgs, DnsDiscovery, DnsMsg};
 use crate::events::{EventKind, EventStream};
 use crate::listener::{Listener, ListenerArgs};
 use crate::manager::OutboundKind;
@@ -58,6 +60,7 @@ pub struct NodeState {
     listeners: Vec<Arc<TcpListener>>,
     manager: Option<ActorRef<ManagerMsg>>,
     listener: Option<ActorRef<()>>,
+    dns: Option<ActorRef<DnsMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -87,6 +90,19 @@ impl NodeState {
         };
         let (listener, _) = Actor::spawn_linked(None, Listener, args, myself.get_cell()).await?;
         self.listener = Some(listener);
+        Ok(())
+    }
+
+    async fn start_dns(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(manager) = self.manager.clone() else {
+            return Ok(());
+        };
+        let args = DnsArgs {
+            ctx: self.ctx.clone(),
+            manager,
+        };
+        let (dns, _) = Actor::spawn_linked(None, DnsDiscovery, args, myself.get_cell()).await?;
+        self.dns = Some(dns);
         Ok(())
     }
 
@@ -121,21 +137,40 @@ impl NodeState {
             .listener
             .as_ref()
             .is_some_and(|l| l.get_id() == cell.get_id());
-        if !is_manager && !is_listener {
+        let is_dns = self
+            .dns
+            .as_ref()
+            .is_some_and(|d| d.get_id() == cell.get_id());
+        if !is_manager && !is_listener && !is_dns {
             return Ok(());
         }
-        let which = if is_manager { "manager" } else { "listener" };
+        let which = if is_manager {
+            "manager"
+        } else if is_listener {
+            "listener"
+        } else {
+            "dns"
+        };
         if !self.allow_restart() {
             error!(child = which, %why, "restart intensity exceeded; stopping the node");
             myself.stop(Some(format!("{which} failed too often: {why}")));
             return Ok(());
         }
         warn!(child = which, %why, "restarting");
+        if is_dns {
+            return self.start_dns(myself).await;
+        }
         if is_manager {
+            // Rest-for-one: the Listener and DnsDiscovery hold the old Manager's handle.
             if let Some(l) = self.listener.take() {
                 l.stop(None);
             }
+            if let Some(d) = self.dns.take() {
+                d.stop(None);
+            }
             self.start_manager(myself).await?;
+            self.start_listener(myself).await?;
+            return self.start_dns(myself).await;
         }
         self.start_listener(myself).await
     }
@@ -156,6 +191,7 @@ impl Actor for NodeSupervisor {
             listeners: args.listeners,
             manager: None,
             listener: None,
+            dns: None,
             restarts: VecDeque::new(),
             stopping: false,
         })
@@ -167,7 +203,8 @@ impl Actor for NodeSupervisor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         state.start_manager(&myself).await?;
-        state.start_listener(&myself).await
+        state.start_listener(&myself).await?;
+        state.start_dns(&myself).await
     }
 
     async fn handle(
@@ -185,6 +222,9 @@ impl Actor for NodeSupervisor {
                 state.ctx.begin_shutdown();
                 if let Some(l) = state.listener.take() {
                     let _ = l.stop_and_wait(Some("shutdown".into()), None).await;
+                }
+                if let Some(d) = state.dns.take() {
+                    let _ = d.stop_and_wait(Some("shutdown".into()), None).await;
                 }
                 if let Some(m) = state.manager.take() {
                     let _ = m.call(ManagerMsg::Shutdown, None).await;
@@ -305,7 +345,7 @@ impl Node {
             listeners.push(Arc::new(socket));
         }
         let bans = crate::manager::load_bans(&dir);
-        let ctx = Arc::new(NodeContext::new(config, bans));
+        let ctx = Arc::new(NodeContext::new(config, bans, &listen_addrs));
         let config = ctx.config();
         info!(
             network = %config.network,
@@ -399,6 +439,17 @@ impl Node {
             m.call(|r| ManagerMsg::Unban(subnet, r), None).await,
             Ok(ractor::rpc::CallResult::Success(true))
         )
+    }
+
+    /// Every address in the address book.
+    pub async fn known_addresses(&self) -> Vec<AddrEntry> {
+        let Some(m) = self.manager().await else {
+            return Vec::new();
+        };
+        match m.call(ManagerMsg::KnownAddresses, None).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => v,
+            _ => Vec::new(),
+        }
     }
 
     /// The live ban list.

@@ -12,6 +12,10 @@ use meshd_actors::peers::{PeerInfo, PeerState};
 fn config(dir: &std::path::Path, connect: Vec<SocketAddr>) -> NodeConfig {
     let mut c = NodeConfig::new(NetworkId::Regtest, dir.to_path_buf());
     c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    // A node without --connect only listens here: it must not dial what it learns by gossip.
+    if connect.is_empty() {
+        c.slots.outbound = 0;
+    }
     c.connect = connect;
     c.ping_interval = Duration::from_millis(200);
     c

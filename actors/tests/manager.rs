@@ -31,7 +31,7 @@ async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_arrive_in_order_from_one_publisher() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Node::start(config(da.path())).await.unwrap();
+    let a = Node::start(common::listen_only(da.path())).await.unwrap();
     let mut events = a.subscribe_to(&[
         EventKind::ConnectionEstablished,
         EventKind::HandshakeComplete,
@@ -417,7 +417,7 @@ async fn per_connection_download_limit_is_accurate_within_5_percent_over_10_s() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_restarts_back_off_then_give_up_and_inbound_is_never_restarted() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let target = Node::start(config(da.path())).await.unwrap();
+    let target = Node::start(common::listen_only(da.path())).await.unwrap();
     let taddr = target.listen_addrs()[0];
     let mut cb = config(db.path());
     cb.connect = vec![taddr];
@@ -458,7 +458,7 @@ async fn outbound_restarts_back_off_then_give_up_and_inbound_is_never_restarted(
     );
 
     // Bring the target back on the same address: once the window clears, it is dialled again.
-    let mut ca = config(da.path());
+    let mut ca = common::listen_only(da.path());
     ca.listen = vec![taddr];
     let target = Node::start(ca).await.unwrap();
     let mut tin = target.subscribe_to(&[EventKind::ConnectionLost]);

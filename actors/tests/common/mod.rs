@@ -23,6 +23,13 @@ pub fn config(dir: &std::path::Path) -> NodeConfig {
     c
 }
 
+/// A node that only listens: it dials nothing it learns by gossip.
+pub fn listen_only(dir: &std::path::Path) -> NodeConfig {
+    let mut c = config(dir);
+    c.slots.outbound = 0;
+    c
+}
+
 pub async fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
