@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond Rust, idempotently:
 #   - bcoin 1.0.2 (an independent Bitcoin implementation in JavaScript) from npm, into
 #     $MESHD_PEERS_DIR/bcoin (default: <repo>/.peers/bcoin);
-#   - Node.js and npm from Debian if they are missing.
+#   - Node.js and npm from Debian if they are missing;
+#   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -14,6 +15,8 @@ need_apt=()
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+# dnsmasq: a real DNS server for the DNS-seed discovery tests.
+[ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from apt" >&2
   apt-get update -qq

@@ -193,4 +193,30 @@ pub struct RunArgs {
     /// Do not serve metrics.
     #[arg(long)]
     pub no_metrics: bool,
+
+    /// DNS server for seed lookups, ADDR:PORT (repeatable). [default: the system resolver]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_server: Vec<String>,
+
+    /// DNS seed name to query instead of the network's list (repeatable).
+    #[arg(long, value_name = "NAME")]
+    pub dns_seed: Vec<String>,
+
+    /// Do not query DNS seeds.
+    #[arg(long)]
+    pub no_dns_seed: bool,
+
+    /// Our publicly reachable address, advertised to peers (repeatable); an IP alone means the
+    /// network's port. [default: none; on regtest the specific addresses we listen on]
+    #[arg(long, value_name = "ADDR")]
+    pub externalip: Vec<String>,
+
+    /// Count loopback and private addresses each as their own network group (true/false).
+    /// [default: true on regtest, false elsewhere]
+    #[arg(long, value_name = "BOOL")]
+    pub distinct_local_groups: Option<bool>,
+
+    /// How often the address book is saved (also at shutdown). [default: 15m]
+    #[arg(long, value_name = "DURATION")]
+    pub addrbook_save_interval: Option<String>,
 }

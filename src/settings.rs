@@ -85,6 +85,12 @@ pub struct FileConfig {
     restart_stable_after: Option<FileDuration>,
     metrics: Option<String>,
     no_metrics: Option<bool>,
+    dns_server: Option<Vec<String>>,
+    dns_seed: Option<Vec<String>>,
+    no_dns_seed: Option<bool>,
+    externalip: Option<Vec<String>>,
+    distinct_local_groups: Option<bool>,
+    addrbook_save_interval: Option<FileDuration>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -446,6 +452,30 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(v) = args.restart_max.or(file.restart_max) {
         r.max_restarts = v;
     }
+    node.dns_servers = pick(&args.dns_server, &file.dns_server)
+        .iter()
+        .map(|c| parse_endpoint("dns-server", c, 53))
+        .collect::<Result<_, _>>()?;
+    let seeds = pick(&args.dns_seed, &file.dns_seed);
+    if !seeds.is_empty() {
+        node.dns_seeds = seeds;
+    }
+    if args.no_dns_seed || file.no_dns_seed.unwrap_or(false) {
+        node.dns_seeds.clear();
+    }
+    node.external_addrs = pick(&args.externalip, &file.externalip)
+        .iter()
+        .map(|c| parse_endpoint("externalip", c, profile.default_port))
+        .collect::<Result<_, _>>()?;
+    if let Some(v) = args.distinct_local_groups.or(file.distinct_local_groups) {
+        node.distinct_local_groups = v;
+    }
+    node.addrbook_save_interval = pick_duration(
+        "addrbook-save-interval",
+        &args.addrbook_save_interval,
+        &file.addrbook_save_interval,
+        node.addrbook_save_interval,
+    )?;
     let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {
         (true, Some(_)) => return err("no-metrics and metrics cannot both be given"),

@@ -71,6 +71,9 @@ const ADDRBOOK_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Peers a fresh address is relayed to (Core: 2).
 const ADDR_RELAY_FANOUT: usize = 2;
 
+/// Addresses remembered per peer as known to it (Core's rolling filter holds 5000).
+const ADDR_KNOWN_CAP: usize = 5000;
+
 /// Gossiped addresses older than this are not relayed (Core: 10 minutes).
 const ADDR_RELAY_MAX_AGE: u64 = 600;
 
@@ -199,6 +202,9 @@ pub struct ManagerState {
     book: AddrBook,
     getaddr_cache: Option<(Vec<GossipAddr>, Instant)>,
     last_cleanup: Instant,
+    /// Addresses each peer is known to have (sent by it or to it), so a relay never sends
+    /// an address to a peer twice; bounded like Core's rolling filter.
+    addr_known: HashMap<PeerId, HashSet<SocketAddr>>,
 }
 
 fn now_unix() -> u64 {
@@ -387,18 +393,28 @@ impl ManagerState {
         }
     }
 
+    fn mark_known(&mut self, id: PeerId, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let known = self.addr_known.entry(id).or_default();
+        for a in addrs {
+            if known.len() >= ADDR_KNOWN_CAP {
+                known.clear();
+            }
+            known.insert(a);
+        }
+    }
+
     fn on_addrs(&mut self, id: PeerId, from: SocketAddr, addrs: Vec<GossipAddr>, relayable: bool) {
         let now = now_unix();
         let source = from.ip();
+        self.mark_known(id, addrs.iter().map(|a| a.addr));
         let mut fresh = Vec::new();
         for a in &addrs {
             if self.ctx.own_addrs.contains(&a.addr) {
                 continue;
             }
-            let added = self
-                .book
+            self.book
                 .add(a.addr, a.services, a.time as u64, source, now);
-            if added && relayable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
+            if relayable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
                 fresh.push(*a);
             }
         }
@@ -406,9 +422,9 @@ impl ManagerState {
         if fresh.is_empty() {
             return;
         }
-        // Relay addresses new to us to a couple of other peers, so they spread; an address
-        // is relayed only the first time we hear it, which bounds the flood.
-        let mut others: Vec<&Child> = self
+        // Relay each fresh address to a couple of connected peers not known to have it, so
+        // it spreads hop by hop; the known-address sets stop it once everyone has it.
+        let mut others: Vec<(PeerId, ActorRef<ConnectionMsg>)> = self
             .children
             .values()
             .filter(|c| c.id != id && c.is_live())
@@ -418,10 +434,35 @@ impl ManagerState {
                     .get(c.id)
                     .is_some_and(|p| p.state == crate::peers::PeerState::Connected)
             })
+            .map(|c| (c.id, c.actor.clone()))
             .collect();
-        others.shuffle(&mut rand::thread_rng());
-        for c in others.into_iter().take(ADDR_RELAY_FANOUT) {
-            let _ = c.actor.cast(ConnectionMsg::SendAddrs(fresh.clone()));
+        let mut rng = rand::thread_rng();
+        let mut batches: HashMap<PeerId, (ActorRef<ConnectionMsg>, Vec<GossipAddr>)> =
+            HashMap::new();
+        for a in fresh {
+            others.shuffle(&mut rng);
+            let targets: Vec<(PeerId, ActorRef<ConnectionMsg>)> = others
+                .iter()
+                .filter(|(pid, _)| {
+                    !self
+                        .addr_known
+                        .get(pid)
+                        .is_some_and(|k| k.contains(&a.addr))
+                })
+                .take(ADDR_RELAY_FANOUT)
+                .cloned()
+                .collect();
+            for (pid, actor) in targets {
+                self.mark_known(pid, [a.addr]);
+                batches
+                    .entry(pid)
+                    .or_insert_with(|| (actor, Vec::new()))
+                    .1
+                    .push(a);
+            }
+        }
+        for (_, (actor, batch)) in batches {
+            let _ = actor.cast(ConnectionMsg::SendAddrs(batch));
         }
     }
 
@@ -446,7 +487,9 @@ impl ManagerState {
                 fresh
             }
         };
-        let _ = child.actor.cast(ConnectionMsg::SendAddrs(sample));
+        let actor = child.actor.clone();
+        self.mark_known(id, sample.iter().map(|a| a.addr));
+        let _ = actor.cast(ConnectionMsg::SendAddrs(sample));
     }
 
     async fn admit_inbound(
@@ -790,6 +833,7 @@ impl Actor for Manager {
             book: AddrBook::new([0; 32], false),
             getaddr_cache: None,
             last_cleanup: Instant::now(),
+            addr_known: HashMap::new(),
         })
     }
 
