@@ -24,6 +24,90 @@ pub struct Cli {
 pub enum Command {
     /// Run the node (the default).
     Run(RunArgs),
+    /// List connected peers.
+    Peers(ClientArgs),
+    /// Show listen and public addresses, NAT type, slots and limits.
+    Network(ClientArgs),
+    /// Show header-sync status.
+    Sync(ClientArgs),
+    /// List bans.
+    Bans(ClientArgs),
+    /// Ban an IP address or CIDR subnet.
+    Ban {
+        /// IP or CIDR subnet, IPv4 or IPv6.
+        addr: String,
+        /// Length of the ban (`24h`, `90m`). [default: the node's ban-duration]
+        #[arg(long)]
+        duration: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a ban.
+    Unban {
+        /// IP or CIDR subnet, as banned.
+        addr: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Connect to a peer and keep it connected (or try once with --onetry).
+    Addnode {
+        /// IP:PORT (or an IP for the network's port).
+        addr: String,
+        /// Try once; do not keep the peer connected.
+        #[arg(long)]
+        onetry: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Disconnect a peer by id (see `meshd peers`).
+    Disconnect {
+        /// Peer id.
+        id: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Mine N blocks (regtest only).
+    Generate {
+        /// How many blocks.
+        n: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Stream the node's events.
+    Events {
+        /// Only these event types (repeatable or comma-separated), e.g. PeerBanned.
+        #[arg(long = "type", value_name = "TYPE")]
+        types: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show the configuration, or change runtime keys: `meshd config max-inbound=50`.
+    Config {
+        /// KEY=VALUE pairs to change (runtime keys only).
+        pairs: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// How a CLI subcommand reaches the node's admin API.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Admin API address. [default: 127.0.0.1 and the network's API port]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+    /// The node's data directory (the token is read from DIR/<network>/.cookie). [default: ./.meshd]
+    #[arg(long, value_name = "DIR")]
+    pub datadir: Option<PathBuf>,
+    /// The node's network (for the default API port and the cookie's directory). [default: regtest]
+    #[arg(long, value_name = "NAME")]
+    pub network: Option<String>,
+    /// API token, instead of reading the cookie file.
+    #[arg(long, value_name = "TOKEN", env = "MESHD_API_TOKEN")]
+    pub api_token: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Log output format.
@@ -193,6 +277,22 @@ pub struct RunArgs {
     /// Do not serve metrics.
     #[arg(long)]
     pub no_metrics: bool,
+
+    /// Serve the admin API on ADDR. [default: 127.0.0.1 and the network's API port, e.g. 18450 on regtest]
+    #[arg(long, value_name = "ADDR")]
+    pub api: Option<String>,
+
+    /// Do not serve the admin API.
+    #[arg(long)]
+    pub no_api: bool,
+
+    /// Fixed API token instead of a random one written to DATADIR/<network>/.cookie.
+    #[arg(long, value_name = "TOKEN")]
+    pub api_token: Option<String>,
+
+    /// Allow the admin API on a non-loopback address.
+    #[arg(long)]
+    pub api_allow_remote: bool,
 
     /// DNS server for seed lookups, ADDR:PORT (repeatable). [default: the system resolver]
     #[arg(long, value_name = "ADDR:PORT")]

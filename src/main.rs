@@ -4,12 +4,15 @@
 //! Exit codes: 0 after a graceful stop; 2 for bad flags, a bad config file or an environment
 //! problem found at start (port in use, data dir locked); 1 when the node stops by itself.
 
+mod api;
 mod cli;
+mod client;
 mod metrics_http;
 mod settings;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use meshd_actors::node::{Node, NodeExit};
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let args = match cli.command {
         Some(Command::Run(a)) => a,
         None => cli.run,
+        Some(other) => return client::run(other),
     };
     let settings = match settings::resolve(&args) {
         Ok(s) => s,
@@ -84,12 +88,33 @@ async fn run(settings: settings::Settings) -> ExitCode {
         }
         None => None,
     };
-    let mut node = match Node::start(settings.node).await {
-        Ok(n) => n,
+    let api_listener = match settings.api {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(format!("cannot serve the admin API on {addr}: {e}")),
+        },
+        None => None,
+    };
+    let node = match Node::start(settings.node).await {
+        Ok(n) => Arc::new(n),
         Err(e) => return fail(e),
     };
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(listener, handle, node.metrics_source());
+    }
+    let mut cookie = None;
+    if let Some(listener) = api_listener {
+        let token = match settings.api_token {
+            Some(t) => t,
+            None => match api::write_cookie(&node.config().datadir) {
+                Ok((t, path)) => {
+                    cookie = Some(path);
+                    t
+                }
+                Err(e) => return fail(format!("cannot write the API cookie: {e}")),
+            },
+        };
+        api::serve(listener, node.clone(), token);
     }
     for addr in node.listen_addrs() {
         // One machine-readable line per bound address, for scripts and tests using port 0.
@@ -104,7 +129,11 @@ async fn run(settings: settings::Settings) -> ExitCode {
         }
     };
     info!(signal = signal_name, "shutting down");
-    match node.shutdown().await {
+    let exit = node.shutdown().await;
+    if let Some(path) = cookie {
+        let _ = std::fs::remove_file(path);
+    }
+    match exit {
         NodeExit::Graceful => {
             info!("bye");
             ExitCode::SUCCESS

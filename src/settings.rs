@@ -85,6 +85,10 @@ pub struct FileConfig {
     restart_stable_after: Option<FileDuration>,
     metrics: Option<String>,
     no_metrics: Option<bool>,
+    api: Option<String>,
+    no_api: Option<bool>,
+    api_token: Option<String>,
+    api_allow_remote: Option<bool>,
     dns_server: Option<Vec<String>>,
     dns_seed: Option<Vec<String>>,
     no_dns_seed: Option<bool>,
@@ -114,6 +118,10 @@ pub struct Settings {
     pub log_level: Option<String>,
     /// Where to serve metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// Where to serve the admin API, if anywhere.
+    pub api: Option<SocketAddr>,
+    /// A fixed API token (else a random one goes to the cookie file).
+    pub api_token: Option<String>,
 }
 
 /// Parses a byte count or rate: `1000`, `500k`, `2M`, `1G` (powers of 1000), `64KiB`,
@@ -483,7 +491,28 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         (false, Some(m)) => Some(parse_endpoint("metrics", &m, 9184)?),
         (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], 9184))),
     };
+    let no_api = args.no_api || file.no_api.unwrap_or(false);
+    let api = match (no_api, args.api.clone().or(file.api.clone())) {
+        (true, Some(_)) => return err("no-api and api cannot both be given"),
+        (true, None) => None,
+        (false, Some(a)) => Some(parse_endpoint("api", &a, profile.api_port)?),
+        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], profile.api_port))),
+    };
+    let allow_remote = args.api_allow_remote || file.api_allow_remote.unwrap_or(false);
+    if let Some(a) = api {
+        if !a.ip().is_loopback() && !allow_remote {
+            return err(format!(
+                "api: {a} is not a loopback address; add --api-allow-remote to expose the admin API"
+            ));
+        }
+    }
+    let api_token = args.api_token.clone().or(file.api_token.clone());
+    if api_token.as_ref().is_some_and(|t| t.len() < 16) {
+        return err("api-token: use at least 16 characters");
+    }
     Ok(Settings {
+        api,
+        api_token,
         metrics,
         node,
         log_format: args

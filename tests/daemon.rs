@@ -14,6 +14,7 @@ fn run_to_end(args: &[&str]) -> (i32, String, String) {
         .arg("--datadir")
         .arg(dir.path())
         .arg("--no-metrics")
+        .arg("--no-api")
         .args(args)
         .output()
         .expect("run meshd");

@@ -148,6 +148,10 @@ pub struct ConnectionState {
     next_self_advert: Option<Instant>,
     bytes_sent: u64,
     bytes_received: u64,
+    sent_per_command: std::collections::BTreeMap<&'static str, u64>,
+    received_per_command: std::collections::BTreeMap<&'static str, u64>,
+    last_send: Option<std::time::SystemTime>,
+    last_receive: Option<std::time::SystemTime>,
     close_reason: Option<DisconnectReason>,
 }
 
@@ -243,6 +247,10 @@ impl Actor for Connection {
             next_self_advert: None,
             bytes_sent: 0,
             bytes_received: 0,
+            sent_per_command: Default::default(),
+            received_per_command: Default::default(),
+            last_send: None,
+            last_receive: None,
             close_reason: None,
         })
     }
@@ -536,6 +544,11 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
 
 fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), DisconnectReason> {
     state.bytes_received += inbound.wire_len as u64;
+    *state
+        .received_per_command
+        .entry(inbound.command)
+        .or_insert(0) += inbound.wire_len as u64;
+    state.last_receive = Some(std::time::SystemTime::now());
     metrics::counter!("meshd_bytes_received_total", "command" => inbound.command)
         .increment(inbound.wire_len as u64);
     if state.ctx.events.has_subscribers() {
@@ -691,9 +704,18 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     }
     let (sent, received) = (state.bytes_sent, state.bytes_received);
     let wait = state.ping.as_ref().and_then(|p| p.waiting(now));
+    let (sent_cmd, recv_cmd) = (
+        state.sent_per_command.clone(),
+        state.received_per_command.clone(),
+    );
+    let (last_send, last_receive) = (state.last_send, state.last_receive);
     state.ctx.peers.update(state.id, |p| {
         p.bytes_sent = sent;
         p.bytes_received = received;
+        p.bytes_sent_per_command = sent_cmd;
+        p.bytes_received_per_command = recv_cmd;
+        p.last_send = last_send;
+        p.last_receive = last_receive;
         p.ping_wait = wait;
     });
     if !state.handshake.is_complete() {
@@ -735,6 +757,11 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     match outbox.try_send(bytes) {
         Ok(()) => {
             state.bytes_sent += len;
+            *state
+                .sent_per_command
+                .entry(command_label(command.as_str()))
+                .or_insert(0) += len;
+            state.last_send = Some(std::time::SystemTime::now());
             metrics::counter!("meshd_bytes_sent_total", "command" => command_label(command.as_str())).increment(len);
             Ok(())
         }

@@ -232,9 +232,15 @@ impl ManagerState {
             kind,
             Some(OutboundKind::Persistent) | Some(OutboundKind::OneTry)
         );
-        self.ctx
-            .peers
-            .insert(PeerInfo::new(id, addr, direction, manual));
+        let mut info = PeerInfo::new(id, addr, direction, manual);
+        info.connection_type = match kind {
+            None => "inbound",
+            Some(OutboundKind::Persistent) => "manual",
+            Some(OutboundKind::Candidate) => "candidate",
+            Some(OutboundKind::OneTry) => "onetry",
+            Some(OutboundKind::Automatic) => "automatic",
+        };
+        self.ctx.peers.insert(info);
         let args = ConnectionArgs {
             id,
             addr,

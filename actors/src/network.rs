@@ -196,6 +196,8 @@ pub struct Profile {
     pub magic: Magic,
     /// Default P2P port.
     pub default_port: u16,
+    /// Default admin API port (on loopback).
+    pub api_port: u16,
     /// The genesis block header.
     pub genesis: Header,
     /// DNS seed host names (empty for regtest).
@@ -211,6 +213,22 @@ pub struct Profile {
     pub default_services: ServiceFlags,
     /// Services an automatic outbound peer must announce (manual peers are exempt, as Core).
     pub default_required_services: ServiceFlags,
+}
+
+/// meshd's admin API port per network: clear of Bitcoin Core's and the BSV node's P2P and RPC
+/// ports, so meshd can run beside them.
+fn api_port(id: NetworkId) -> u16 {
+    match id {
+        NetworkId::Mainnet => 8340,
+        NetworkId::Testnet3 => 18340,
+        NetworkId::Testnet4 => 48340,
+        NetworkId::Signet => 38340,
+        NetworkId::Regtest => 18450,
+        NetworkId::BsvMainnet => 8341,
+        NetworkId::BsvTestnet => 18341,
+        NetworkId::BsvStn => 9341,
+        NetworkId::BsvRegtest => 18451,
+    }
 }
 
 /// The user agent meshd announces, BIP14 style.
@@ -269,6 +287,7 @@ impl Profile {
             chain: Chain::Btc,
             magic: Magic::from(network),
             default_port: port,
+            api_port: api_port(id),
             genesis: bitcoin::constants::genesis_block(network).header,
             dns_seeds: seeds,
             protocol_version: BTC_PROTOCOL_VERSION,
@@ -284,6 +303,7 @@ impl Profile {
             chain: Chain::Bsv,
             magic: Magic::from_bytes(magic),
             default_port: port,
+            api_port: api_port(id),
             genesis: bitcoin::constants::genesis_block(genesis_of).header,
             dns_seeds: seeds,
             protocol_version: BSV_PROTOCOL_VERSION,

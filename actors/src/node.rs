@@ -16,7 +16,6 @@ use std::time::Instant;
 
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use std::time::Duration;
@@ -308,7 +307,7 @@ pub enum NodeExit {
 /// A running node.
 pub struct Node {
     supervisor: ActorRef<NodeMsg>,
-    join: Option<JoinHandle<()>>,
+    stopped: tokio::sync::watch::Receiver<Option<NodeExit>>,
     ctx: Arc<NodeContext>,
     listen_addrs: Vec<SocketAddr>,
     _lock: File,
@@ -363,9 +362,19 @@ impl Node {
         let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?;
+        let (tx, stopped) = tokio::sync::watch::channel(None);
+        let watched = ctx.clone();
+        tokio::spawn(async move {
+            let exit = match join.await {
+                Err(e) => NodeExit::Failed(e.to_string()),
+                Ok(()) if watched.is_shutting_down() => NodeExit::Graceful,
+                Ok(()) => NodeExit::Failed("supervision tree stopped".into()),
+            };
+            let _ = tx.send(Some(exit));
+        });
         Ok(Node {
             supervisor,
-            join: Some(join),
+            stopped,
             ctx,
             listen_addrs,
             _lock: lock,
@@ -375,6 +384,21 @@ impl Node {
     /// The addresses actually bound (port 0 resolved).
     pub fn listen_addrs(&self) -> &[SocketAddr] {
         &self.listen_addrs
+    }
+
+    /// Addresses we advertise as ours.
+    pub fn advertised_addrs(&self) -> &[SocketAddr] {
+        &self.ctx.advertised
+    }
+
+    /// Restarts of an outbound address since start.
+    pub fn restarts_of(&self, addr: &SocketAddr) -> u64 {
+        self.ctx.restart_counts.get(addr).map_or(0, |v| *v)
+    }
+
+    /// The network profile in force.
+    pub fn profile(&self) -> &crate::network::Profile {
+        &self.ctx.profile
     }
 
     /// The live peer table.
@@ -520,24 +544,19 @@ impl Node {
     }
 
     /// Graceful shutdown: stop accepting, close every peer, stop the tree.
-    pub async fn shutdown(mut self) -> NodeExit {
+    pub async fn shutdown(&self) -> NodeExit {
         let _ = self.supervisor.call(NodeMsg::Shutdown, None).await;
         self.wait().await
     }
 
-    /// Waits until the node stops by itself.
-    pub async fn wait(&mut self) -> NodeExit {
-        let graceful = self.ctx.is_shutting_down();
-        if let Some(join) = self.join.take() {
-            if let Err(e) = join.await {
-                return NodeExit::Failed(e.to_string());
-            }
-        }
-        if graceful || self.ctx.is_shutting_down() {
-            NodeExit::Graceful
-        } else {
-            NodeExit::Failed("supervision tree stopped".into())
-        }
+    /// Waits until the node has stopped (by a shutdown, or by itself).
+    pub async fn wait(&self) -> NodeExit {
+        let mut rx = self.stopped.clone();
+        let exit = match rx.wait_for(|v| v.is_some()).await {
+            Ok(v) => v.clone().unwrap_or(NodeExit::Graceful),
+            Err(_) => NodeExit::Failed("node state lost".into()),
+        };
+        exit
     }
 }
 

@@ -2,6 +2,7 @@
 //! rows) and each Connection actor (which keeps its own row current). Readers (the admin API,
 //! an embedding program) take snapshots without asking any actor.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -55,8 +56,11 @@ pub struct PeerInfo {
     pub local_addr: Option<SocketAddr>,
     /// Who dialled.
     pub direction: Direction,
-    /// A `--connect` peer (manual, kept connected).
+    /// A manual peer (`--connect` or a one-try dial): exempt from the services check.
     pub manual: bool,
+    /// How the connection came about: `inbound`, `manual` (persistent), `candidate`
+    /// (`--addnode`), `onetry` or `automatic` (from the address book).
+    pub connection_type: &'static str,
     /// Lifecycle state.
     pub state: PeerState,
     /// Services announced (raw bits).
@@ -73,6 +77,14 @@ pub struct PeerInfo {
     pub bytes_sent: u64,
     /// Bytes received, frame headers included.
     pub bytes_received: u64,
+    /// Bytes sent per command.
+    pub bytes_sent_per_command: BTreeMap<&'static str, u64>,
+    /// Bytes received per command.
+    pub bytes_received_per_command: BTreeMap<&'static str, u64>,
+    /// When we last sent it something.
+    pub last_send: Option<SystemTime>,
+    /// When it last sent us something.
+    pub last_receive: Option<SystemTime>,
     /// Last ping round-trip time.
     pub ping_last: Option<Duration>,
     /// Lowest ping round-trip time.
@@ -103,6 +115,11 @@ impl PeerInfo {
             local_addr: None,
             direction,
             manual,
+            connection_type: match (direction, manual) {
+                (Direction::Inbound, _) => "inbound",
+                (Direction::Outbound, true) => "manual",
+                (Direction::Outbound, false) => "automatic",
+            },
             state: PeerState::Connecting,
             services: 0,
             version: 0,
@@ -111,6 +128,10 @@ impl PeerInfo {
             connected_since: SystemTime::now(),
             bytes_sent: 0,
             bytes_received: 0,
+            bytes_sent_per_command: BTreeMap::new(),
+            bytes_received_per_command: BTreeMap::new(),
+            last_send: None,
+            last_receive: None,
             ping_last: None,
             ping_min: None,
             pongs: 0,

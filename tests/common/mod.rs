@@ -24,6 +24,8 @@ pub struct Meshd {
     pub addr: Option<SocketAddr>,
     /// The metrics address, if it serves metrics.
     pub metrics: Option<SocketAddr>,
+    /// The admin API address, if it serves one.
+    pub api: Option<SocketAddr>,
     _dir: Option<tempfile::TempDir>,
     pub datadir: PathBuf,
 }
@@ -63,6 +65,9 @@ impl Meshd {
         if !extra.contains(&"--metrics") && !extra.contains(&"--no-metrics") {
             cmd.args(["--metrics", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--api") && !extra.contains(&"--no-api") {
+            cmd.args(["--api", "127.0.0.1:0"]);
+        }
         if !extra.contains(&"--log-level") {
             cmd.args(["--log-level", "debug,ractor=warn"]);
         }
@@ -93,6 +98,7 @@ impl Meshd {
             raw,
             addr: None,
             metrics: None,
+            api: None,
             _dir: None,
             datadir: datadir.to_path_buf(),
         };
@@ -104,6 +110,9 @@ impl Meshd {
         }
         if let Some(v) = m.logs().iter().find(|v| msg(v) == "metrics listening") {
             m.metrics = v["addr"].as_str().and_then(|a| a.parse().ok());
+        }
+        if let Some(v) = m.logs().iter().find(|v| msg(v) == "api listening") {
+            m.api = v["addr"].as_str().and_then(|a| a.parse().ok());
         }
         m
     }
@@ -122,6 +131,14 @@ impl Meshd {
         body.split_once("\r\n\r\n")
             .map(|(_, b)| b.to_string())
             .unwrap_or_default()
+    }
+
+    /// The API token from the node's cookie file.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.datadir.join("regtest/.cookie"))
+            .expect("cookie")
+            .trim()
+            .to_string()
     }
 
     /// The value of one series in a scrape (`name{labels}` exactly as rendered), if present.

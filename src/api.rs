@@ -1,0 +1,527 @@
+//! The admin API: HTTP JSON under `/v1`, on `--api ADDR` (loopback by default).
+//!
+//! Every request needs `Authorization: Bearer TOKEN`; the token is random per start and
+//! written to `<datadir>/<network>/.cookie` (mode 0600), unless `--api-token` sets one.
+//! Errors are JSON `{"code": "...", "message": "..."}`; bad input is a 400 that says what is
+//! wrong. `GET /v1/events` is a server-sent-events stream of the node's events.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path as UrlPath, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use futures_util::stream::{self, Stream};
+use meshd_actors::bans::parse_subnet;
+use meshd_actors::config::{ConfigUpdate, NodeConfig};
+use meshd_actors::events::{EventError, EventKind};
+use meshd_actors::node::Node;
+use meshd_actors::peers::{PeerId, PeerInfo};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::settings::{parse_bytes, parse_duration};
+
+/// Shared by the handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    node: Arc<Node>,
+    token: Arc<String>,
+}
+
+/// An error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_request",
+            message: message.into(),
+        }
+    }
+    fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            code: "not_implemented",
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"code": self.code, "message": self.message})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Writes the cookie file (mode 0600, atomically) and returns the token.
+pub fn write_cookie(datadir: &Path) -> std::io::Result<(String, PathBuf)> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    let path = datadir.join(".cookie");
+    let tmp = datadir.join(".cookie.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok((token, path))
+}
+
+fn ts(t: Option<SystemTime>) -> Value {
+    t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(Value::Null, |d| json!(d.as_secs()))
+}
+
+fn secs(d: Option<Duration>) -> Value {
+    d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
+}
+
+fn peer_json(node: &Node, p: &PeerInfo) -> Value {
+    json!({
+        "id": p.id.0,
+        "address": p.addr.to_string(),
+        "local_address": p.local_addr.map(|a| a.to_string()),
+        "direction": p.direction.as_str(),
+        "connection_type": p.connection_type,
+        "state": p.state.as_str(),
+        "services": format!("0x{:x}", p.services),
+        "protocol_version": p.version,
+        "user_agent": p.user_agent,
+        "start_height": p.start_height,
+        // Filled by the Sync actor once header sync is built; unknown until then.
+        "synced_height": Value::Null,
+        "connected_since": ts(Some(p.connected_since)),
+        "last_send": ts(p.last_send),
+        "last_receive": ts(p.last_receive),
+        "bytes_sent": p.bytes_sent,
+        "bytes_received": p.bytes_received,
+        "bytes_sent_per_command": p.bytes_sent_per_command,
+        "bytes_received_per_command": p.bytes_received_per_command,
+        "ping_last": secs(p.ping_last),
+        "ping_min": secs(p.ping_min),
+        "ping_in_flight": secs(p.ping_wait),
+        "restarts": node.restarts_of(&p.addr),
+        "misbehavior_score": p.misbehavior,
+    })
+}
+
+fn dur(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The configuration as JSON, keys named as the flags.
+pub fn config_json(c: &NodeConfig) -> Value {
+    let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    json!({
+        "network": c.network.name(),
+        "datadir": c.datadir.display().to_string(),
+        "listen": list(&c.listen),
+        "connect": list(&c.connect),
+        "addnode": list(&c.addnode),
+        "max-outbound": c.slots.outbound,
+        "max-inbound": c.slots.inbound,
+        "max-connections": c.slots.total,
+        "max-upload-rate": c.max_upload_rate,
+        "max-download-rate": c.max_download_rate,
+        "peer-max-upload-rate": c.peer_max_upload_rate,
+        "peer-max-download-rate": c.peer_max_download_rate,
+        "handshake-timeout": dur(c.handshake_timeout),
+        "ping-interval": dur(c.ping_interval),
+        "ping-timeout": dur(c.ping_timeout),
+        "connect-timeout": dur(c.connect_timeout),
+        "min-protocol-version": c.min_protocol_version,
+        "services": format!("0x{:x}", c.services.to_u64()),
+        "required-services": format!("0x{:x}", c.required_services.to_u64()),
+        "ban-user-agent": c.banned_user_agents,
+        "ban-threshold": c.ban_threshold,
+        "ban-duration": dur(c.ban_duration),
+        "ban-local-peers": c.ban_local_peers,
+        "restart-base-delay": dur(c.restart.base_delay),
+        "restart-max-delay": dur(c.restart.max_delay),
+        "restart-max": c.restart.max_restarts,
+        "restart-window": dur(c.restart.window),
+        "restart-stable-after": dur(c.restart.stable_after),
+        "dns-server": list(&c.dns_servers),
+        "dns-seed": c.dns_seeds,
+        "externalip": list(&c.external_addrs),
+        "distinct-local-groups": c.distinct_local_groups,
+        "addrbook-save-interval": dur(c.addrbook_save_interval),
+        "max-block-message-size": c.max_block_message_size,
+    })
+}
+
+/// Keys `PATCH /v1/config` accepts (the runtime-changeable ones).
+pub const RUNTIME_KEYS: &[&str] = &[
+    "max-outbound",
+    "max-inbound",
+    "max-connections",
+    "max-upload-rate",
+    "max-download-rate",
+    "peer-max-upload-rate",
+    "peer-max-download-rate",
+    "ping-interval",
+    "ping-timeout",
+    "handshake-timeout",
+    "ban-threshold",
+    "ban-duration",
+];
+
+fn text_of(key: &str, v: &Value) -> Result<String, ApiError> {
+    match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err(ApiError::bad(format!(
+            "{key}: expected a number or a string"
+        ))),
+    }
+}
+
+fn u32_of(key: &str, v: &Value) -> Result<u32, ApiError> {
+    text_of(key, v)?
+        .parse()
+        .map_err(|_| ApiError::bad(format!("{key}: expected a whole number")))
+}
+
+/// Turns a PATCH body into a [`ConfigUpdate`]; keys that need a restart are refused by name.
+pub fn parse_update(body: &Map<String, Value>, known: &Value) -> Result<ConfigUpdate, ApiError> {
+    let mut u = ConfigUpdate::default();
+    for (key, v) in body {
+        let k = key.as_str();
+        let bytes =
+            |v: &Value| parse_bytes(k, &text_of(k, v)?).map_err(|e| ApiError::bad(e.to_string()));
+        let duration = |v: &Value| {
+            parse_duration(k, &text_of(k, v)?).map_err(|e| ApiError::bad(e.to_string()))
+        };
+        match k {
+            "max-outbound" => u.max_outbound = Some(u32_of(k, v)?),
+            "max-inbound" => u.max_inbound = Some(u32_of(k, v)?),
+            "max-connections" => u.max_connections = Some(u32_of(k, v)?),
+            "max-upload-rate" => u.max_upload_rate = Some(bytes(v)?),
+            "max-download-rate" => u.max_download_rate = Some(bytes(v)?),
+            "peer-max-upload-rate" => u.peer_max_upload_rate = Some(bytes(v)?),
+            "peer-max-download-rate" => u.peer_max_download_rate = Some(bytes(v)?),
+            "ping-interval" => u.ping_interval = Some(duration(v)?),
+            "ping-timeout" => u.ping_timeout = Some(duration(v)?),
+            "handshake-timeout" => u.handshake_timeout = Some(duration(v)?),
+            "ban-threshold" => u.ban_threshold = Some(u32_of(k, v)?),
+            "ban-duration" => u.ban_duration = Some(duration(v)?),
+            other if known.get(other).is_some() => return Err(ApiError::bad(format!(
+                "{other} cannot change while the node runs; set it in the config file and restart \
+                     (runtime keys: {})",
+                RUNTIME_KEYS.join(", ")
+            ))),
+            other => return Err(ApiError::bad(format!("unknown config key {other:?}"))),
+        }
+    }
+    Ok(u)
+}
+
+async fn get_peers(State(s): State<ApiState>) -> ApiResult {
+    let peers: Vec<Value> = s
+        .node
+        .peers()
+        .iter()
+        .map(|p| peer_json(&s.node, p))
+        .collect();
+    Ok(Json(json!(peers)))
+}
+
+#[derive(Deserialize)]
+struct AddPeer {
+    address: String,
+    #[serde(default)]
+    onetry: bool,
+}
+
+async fn add_peer(
+    State(s): State<ApiState>,
+    body: Result<Json<AddPeer>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad(format!(
+            "expected {{\"address\": \"IP:PORT\", \"onetry\": bool}}: {e}"
+        ))
+    })?;
+    let port = s.node.profile().default_port;
+    let addr = crate::settings::parse_endpoint("address", &req.address, port)
+        .map_err(|e| ApiError::bad(e.to_string()))?;
+    if !s.node.connect(addr, !req.onetry).await {
+        return Err(ApiError::unavailable("the node is stopping"));
+    }
+    Ok(Json(
+        json!({"address": addr.to_string(), "onetry": req.onetry}),
+    ))
+}
+
+async fn delete_peer(State(s): State<ApiState>, UrlPath(id): UrlPath<String>) -> ApiResult {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("peer id {id:?} is not a number")))?;
+    if s.node.disconnect(PeerId(id)).await {
+        Ok(Json(json!({"disconnected": id})))
+    } else {
+        Err(ApiError::not_found(format!("no peer with id {id}")))
+    }
+}
+
+async fn get_bans(State(s): State<ApiState>) -> ApiResult {
+    let bans: Vec<Value> = s
+        .node
+        .bans()
+        .await
+        .iter()
+        .map(|b| {
+            json!({
+                "subnet": b.subnet.to_string(),
+                "created": b.created,
+                "until": b.until,
+                "reason": b.reason.label(),
+                "detail": match &b.reason {
+                    meshd_actors::bans::BanReason::Misbehavior(d) => Some(d.clone()),
+                    meshd_actors::bans::BanReason::Manual => None,
+                },
+            })
+        })
+        .collect();
+    Ok(Json(json!(bans)))
+}
+
+#[derive(Deserialize)]
+struct AddBan {
+    subnet: String,
+    duration: Option<Value>,
+}
+
+async fn add_ban(
+    State(s): State<ApiState>,
+    body: Result<Json<AddBan>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body.map_err(|e| {
+        ApiError::bad(format!(
+            "expected {{\"subnet\": \"IP or CIDR\", \"duration\": \"24h\"}}: {e}"
+        ))
+    })?;
+    let subnet = parse_subnet(&req.subnet).map_err(ApiError::bad)?;
+    let duration = match &req.duration {
+        None => s.node.config().ban_duration,
+        Some(v) => parse_duration("duration", &text_of("duration", v)?)
+            .map_err(|e| ApiError::bad(e.to_string()))?,
+    };
+    let entry = s
+        .node
+        .ban(subnet, duration)
+        .await
+        .ok_or_else(|| ApiError::unavailable("the node is stopping"))?;
+    Ok(Json(
+        json!({"subnet": entry.subnet.to_string(), "until": entry.until}),
+    ))
+}
+
+async fn delete_ban(State(s): State<ApiState>, UrlPath(subnet): UrlPath<String>) -> ApiResult {
+    let net = parse_subnet(&subnet).map_err(ApiError::bad)?;
+    if s.node.unban(net).await {
+        Ok(Json(json!({"unbanned": net.to_string()})))
+    } else {
+        Err(ApiError::not_found(format!("no ban on {net}")))
+    }
+}
+
+async fn get_network(State(s): State<ApiState>) -> ApiResult {
+    let (used, max) = s.node.slots();
+    let c = s.node.config();
+    Ok(Json(json!({
+        "network": c.network.name(),
+        "listen": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "public_addresses": s.node.advertised_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        // STUN is not built yet: no NAT type or STUN results to report.
+        "nat_type": Value::Null,
+        "stun_servers": [],
+        "slots": {
+            "outbound": {"used": used.outbound, "max": max.outbound},
+            "inbound": {"used": used.inbound, "max": max.inbound},
+            "total": {"used": used.outbound + used.inbound, "max": max.total},
+        },
+        "limits": {
+            "max-upload-rate": c.max_upload_rate,
+            "max-download-rate": c.max_download_rate,
+            "peer-max-upload-rate": c.peer_max_upload_rate,
+            "peer-max-download-rate": c.peer_max_download_rate,
+        },
+    })))
+}
+
+async fn get_sync() -> ApiResult {
+    Err(ApiError::unavailable(
+        "header sync is not built yet: no chain state to report",
+    ))
+}
+
+async fn generate(State(s): State<ApiState>) -> ApiResult {
+    if !s.node.profile().is_regtest() {
+        return Err(ApiError::bad("generate works on regtest only"));
+    }
+    Err(ApiError::unavailable(
+        "block generation comes with header sync, which is not built yet",
+    ))
+}
+
+async fn get_config(State(s): State<ApiState>) -> ApiResult {
+    Ok(Json(config_json(&s.node.config())))
+}
+
+async fn patch_config(
+    State(s): State<ApiState>,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(v) =
+        body.map_err(|e| ApiError::bad(format!("expected a JSON object of config keys: {e}")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| ApiError::bad("expected a JSON object of config keys"))?;
+    let update = parse_update(obj, &config_json(&s.node.config()))?;
+    let next = s.node.update_config(update).await.map_err(ApiError::bad)?;
+    info!(keys = ?obj.keys().collect::<Vec<_>>(), "configuration changed through the API");
+    Ok(Json(config_json(&next)))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(rename = "type")]
+    kinds: Option<String>,
+}
+
+async fn events(
+    State(s): State<ApiState>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let stream = match q.kinds.as_deref().filter(|k| !k.is_empty()) {
+        None => s.node.subscribe(),
+        Some(list) => {
+            let mut kinds = Vec::new();
+            for name in list.split(',') {
+                let k = EventKind::from_name(name.trim()).ok_or_else(|| {
+                    let all: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+                    ApiError::bad(format!(
+                        "unknown event type {name:?} (known: {})",
+                        all.join(", ")
+                    ))
+                })?;
+                kinds.push(k);
+            }
+            s.node.subscribe_to(&kinds)
+        }
+    };
+    let body = stream::unfold(stream, |mut st| async move {
+        match st.recv().await {
+            Ok(e) => {
+                let data = serde_json::to_string(&*e).unwrap_or_default();
+                let ev = SseEvent::default().event(e.event.kind().name()).data(data);
+                Some((Ok(ev), st))
+            }
+            Err(EventError::Lagged(n)) => {
+                let data = json!({"type": "Lagged", "lost": n}).to_string();
+                Some((Ok(SseEvent::default().event("Lagged").data(data)), st))
+            }
+            Err(EventError::Closed) => None,
+        }
+    });
+    Ok(Sse::new(body).keep_alive(KeepAlive::default()))
+}
+
+fn same_token(a: &[u8], b: &[u8]) -> bool {
+    // Constant time in the token's length: a timing side channel must not leak it.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(s): State<ApiState>, req: Request, next: Next) -> Response {
+    let ok = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| same_token(t.trim().as_bytes(), s.token.as_bytes()));
+    if !ok {
+        return ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message:
+                "missing or wrong token: send Authorization: Bearer <token from the .cookie file>"
+                    .into(),
+        }
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route (routes live under /v1)")
+}
+
+/// Serves the API until the process ends.
+pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
+    let state = ApiState {
+        node,
+        token: Arc::new(token),
+    };
+    let app = Router::new()
+        .route("/v1/peers", get(get_peers).post(add_peer))
+        .route("/v1/peers/{id}", delete(delete_peer))
+        .route("/v1/bans", get(get_bans).post(add_ban))
+        .route("/v1/bans/{*subnet}", delete(delete_ban))
+        .route("/v1/network", get(get_network))
+        .route("/v1/sync", get(get_sync))
+        .route("/v1/config", get(get_config).patch(patch_config))
+        .route("/v1/generate", post(generate))
+        .route("/v1/events", get(events))
+        .fallback(fallback)
+        .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state);
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "api listening");
+    }
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "api server stopped");
+        }
+    });
+}

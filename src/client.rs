@@ -1,0 +1,394 @@
+//! The CLI subcommands that talk to a running node's admin API: `meshd peers`, `network`,
+//! `sync`, `bans`, `ban`, `unban`, `addnode`, `disconnect`, `generate`, `events`, `config`.
+//!
+//! Readable tables by default, `--json` for scripts. The token comes from the node's cookie
+//! file (`DATADIR/<network>/.cookie`) unless `--api-token` is given. Exit codes: 0 on
+//! success, 1 when the node answers with an error or does not answer at all.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use meshd_actors::network::NetworkId;
+use serde_json::{json, Value};
+
+use crate::cli::{ClientArgs, Command};
+
+/// Time allowed for one API call (not for the event stream).
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Client {
+    base: String,
+    addr: String,
+    token: String,
+    json: bool,
+}
+
+fn die(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("meshd: {msg}");
+    ExitCode::from(1)
+}
+
+impl Client {
+    fn new(args: &ClientArgs) -> Result<Client, String> {
+        let network: NetworkId = args
+            .network
+            .as_deref()
+            .unwrap_or("regtest")
+            .parse()
+            .map_err(|e: meshd_actors::network::UnknownNetwork| e.to_string())?;
+        let profile = network.profile();
+        let addr = match &args.api {
+            Some(a) => crate::settings::parse_endpoint("api", a, profile.api_port)
+                .map_err(|e| e.to_string())?,
+            None => std::net::SocketAddr::from(([127, 0, 0, 1], profile.api_port)),
+        };
+        let token = match &args.api_token {
+            Some(t) => t.clone(),
+            None => {
+                let dir = args
+                    .datadir
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(".meshd"));
+                let path = dir.join(network.name()).join(".cookie");
+                std::fs::read_to_string(&path)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| {
+                        format!(
+                            "cannot read the API cookie {}: {e} (is a {network} node running with --datadir {}? or pass --api-token)",
+                            path.display(),
+                            dir.display()
+                        )
+                    })?
+            }
+        };
+        Ok(Client {
+            base: format!("http://{addr}"),
+            addr: addr.to_string(),
+            token,
+            json: args.json,
+        })
+    }
+
+    fn agent(timeout: Option<Duration>) -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(timeout)
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into()
+    }
+
+    fn unreachable(&self, e: &ureq::Error) -> String {
+        format!(
+            "no meshd node answering at {} ({e}); is it running, and is --api/--network right?",
+            self.addr
+        )
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        let url = format!("{}{path}", self.base);
+        let agent = Client::agent(Some(CALL_TIMEOUT));
+        let auth = format!("Bearer {}", self.token);
+        let result = match (method, body) {
+            ("GET", _) => agent.get(&url).header("Authorization", &auth).call(),
+            ("DELETE", _) => agent.delete(&url).header("Authorization", &auth).call(),
+            (m, body) => {
+                let bytes = body.unwrap_or(Value::Null).to_string();
+                let req = match m {
+                    "PATCH" => agent.patch(&url),
+                    _ => agent.post(&url),
+                };
+                req.header("Authorization", &auth)
+                    .header("Content-Type", "application/json")
+                    .send(bytes.as_bytes())
+            }
+        };
+        let mut resp = result.map_err(|e| self.unreachable(&e))?;
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if status.is_success() {
+            Ok(value)
+        } else {
+            let msg = value["message"].as_str().unwrap_or("error").to_string();
+            Err(format!("{} ({})", msg, status.as_u16()))
+        }
+    }
+}
+
+fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(x) => x.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn ms(v: &Value) -> String {
+    v.as_f64()
+        .map_or("-".into(), |x| format!("{:.1}", x * 1000.0))
+}
+
+fn print_peers(v: &Value) {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        s(&p["id"]),
+                        s(&p["address"]),
+                        s(&p["direction"]),
+                        s(&p["connection_type"]),
+                        s(&p["state"]),
+                        s(&p["user_agent"]),
+                        s(&p["start_height"]),
+                        ms(&p["ping_last"]),
+                        s(&p["bytes_sent"]),
+                        s(&p["bytes_received"]),
+                        s(&p["restarts"]),
+                        s(&p["misbehavior_score"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "ID",
+            "ADDRESS",
+            "DIR",
+            "TYPE",
+            "STATE",
+            "USER AGENT",
+            "HEIGHT",
+            "PING MS",
+            "SENT",
+            "RECV",
+            "RESTARTS",
+            "SCORE",
+        ],
+        rows,
+    );
+}
+
+fn print_bans(v: &Value) {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    vec![
+                        s(&b["subnet"]),
+                        s(&b["until"]),
+                        s(&b["reason"]),
+                        s(&b["detail"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["SUBNET", "UNTIL (UNIX)", "REASON", "DETAIL"], rows);
+}
+
+fn print_object(v: &Value) {
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            println!(
+                "{k} = {}",
+                match val {
+                    Value::String(x) => x.clone(),
+                    other => other.to_string(),
+                }
+            );
+        }
+    } else {
+        println!("{v}");
+    }
+}
+
+fn emit(c: &Client, v: &Value, human: impl Fn(&Value)) {
+    if c.json {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    } else {
+        human(v);
+    }
+}
+
+fn events(c: &Client, types: &[String]) -> Result<(), String> {
+    let kinds: Vec<String> = types
+        .iter()
+        .flat_map(|t| t.split(',').map(|x| x.trim().to_string()))
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut url = format!("{}/v1/events", c.base);
+    if !kinds.is_empty() {
+        url.push_str(&format!("?type={}", kinds.join(",")));
+    }
+    let resp = Client::agent(None)
+        .get(&url)
+        .header("Authorization", &format!("Bearer {}", c.token))
+        .call()
+        .map_err(|e| c.unreachable(&e))?;
+    if !resp.status().is_success() {
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        return Err(format!(
+            "{} ({status})",
+            v["message"].as_str().unwrap_or("error")
+        ));
+    }
+    let reader = BufReader::new(resp.into_body().into_reader());
+    for line in reader.lines() {
+        let line = line.map_err(|e| format!("event stream ended: {e}"))?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+        if c.json {
+            println!("{}", v);
+        } else {
+            let mut fields: Vec<String> = v
+                .as_object()
+                .map(|o| {
+                    o.iter()
+                        .filter(|(k, _)| *k != "type" && *k != "timestamp_ms")
+                        .map(|(k, val)| format!("{k}={}", s(val)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            fields.sort();
+            println!(
+                "{} {} {}",
+                s(&v["timestamp_ms"]),
+                s(&v["type"]),
+                fields.join(" ")
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs one client subcommand.
+pub fn run(cmd: Command) -> ExitCode {
+    let client_args = match &cmd {
+        Command::Run(_) => return ExitCode::from(2),
+        Command::Peers(c) | Command::Network(c) | Command::Sync(c) | Command::Bans(c) => c,
+        Command::Ban { client, .. }
+        | Command::Unban { client, .. }
+        | Command::Addnode { client, .. }
+        | Command::Disconnect { client, .. }
+        | Command::Generate { client, .. }
+        | Command::Events { client, .. }
+        | Command::Config { client, .. } => client,
+    };
+    let c = match Client::new(client_args) {
+        Ok(c) => c,
+        Err(e) => return die(e),
+    };
+    let result = match &cmd {
+        Command::Run(_) => Ok(()),
+        Command::Peers(_) => c
+            .call("GET", "/v1/peers", None)
+            .map(|v| emit(&c, &v, print_peers)),
+        Command::Network(_) => c
+            .call("GET", "/v1/network", None)
+            .map(|v| emit(&c, &v, print_object)),
+        Command::Sync(_) => c
+            .call("GET", "/v1/sync", None)
+            .map(|v| emit(&c, &v, print_object)),
+        Command::Bans(_) => c
+            .call("GET", "/v1/bans", None)
+            .map(|v| emit(&c, &v, print_bans)),
+        Command::Ban { addr, duration, .. } => {
+            let mut body = json!({"subnet": addr});
+            if let Some(d) = duration {
+                body["duration"] = json!(d);
+            }
+            c.call("POST", "/v1/bans", Some(body)).map(|v| {
+                emit(&c, &v, |v| {
+                    println!("banned {} until {}", s(&v["subnet"]), s(&v["until"]))
+                })
+            })
+        }
+        Command::Unban { addr, .. } => c
+            .call("DELETE", &format!("/v1/bans/{addr}"), None)
+            .map(|v| emit(&c, &v, |v| println!("unbanned {}", s(&v["unbanned"])))),
+        Command::Addnode { addr, onetry, .. } => c
+            .call(
+                "POST",
+                "/v1/peers",
+                Some(json!({"address": addr, "onetry": onetry})),
+            )
+            .map(|v| {
+                emit(&c, &v, |v| {
+                    println!(
+                        "connecting to {} ({})",
+                        s(&v["address"]),
+                        if *onetry { "one try" } else { "kept connected" }
+                    )
+                })
+            }),
+        Command::Disconnect { id, .. } => c
+            .call("DELETE", &format!("/v1/peers/{id}"), None)
+            .map(|v| emit(&c, &v, |_| println!("disconnected peer {id}"))),
+        Command::Generate { n, .. } => c
+            .call("POST", "/v1/generate", Some(json!({"blocks": n})))
+            .map(|v| emit(&c, &v, print_object)),
+        Command::Events { types, .. } => events(&c, types),
+        Command::Config { pairs, .. } => {
+            if pairs.is_empty() {
+                c.call("GET", "/v1/config", None)
+                    .map(|v| emit(&c, &v, print_object))
+            } else {
+                let mut body = serde_json::Map::new();
+                let mut bad = None;
+                for p in pairs {
+                    match p.split_once('=') {
+                        Some((k, v)) => {
+                            body.insert(k.trim().to_string(), json!(v.trim()));
+                        }
+                        None => bad = Some(p.clone()),
+                    }
+                }
+                match bad {
+                    Some(p) => Err(format!("expected KEY=VALUE, got {p:?}")),
+                    None => c
+                        .call("PATCH", "/v1/config", Some(Value::Object(body)))
+                        .map(|v| emit(&c, &v, print_object)),
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => die(e),
+    }
+}

@@ -1,0 +1,428 @@
+//! The admin API and the CLI against the real binary: auth, every route, errors, the event
+//! stream, and the CLI subcommands' tables, JSON and messages.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{meshd_bin, msg, Meshd};
+use serde_json::{json, Value};
+
+struct Api {
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn of(node: &Meshd) -> Api {
+        Api {
+            base: format!("http://{}", node.api.expect("api on")),
+            token: node.token(),
+        }
+    }
+
+    fn agent() -> ureq::Agent {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into()
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", token.unwrap_or(&self.token));
+        let a = Api::agent();
+        let r = match method {
+            "GET" => a.get(&url).header("Authorization", &auth).call(),
+            "DELETE" => a.delete(&url).header("Authorization", &auth).call(),
+            m => {
+                let b = body.unwrap_or(Value::Null).to_string();
+                let req = if m == "PATCH" {
+                    a.patch(&url)
+                } else {
+                    a.post(&url)
+                };
+                req.header("Authorization", &auth)
+                    .header("Content-Type", "application/json")
+                    .send(b.as_bytes())
+            }
+        };
+        let mut r = r.expect("api reachable");
+        let status = r.status().as_u16();
+        let text = r.body_mut().read_to_string().unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    fn get(&self, path: &str) -> (u16, Value) {
+        self.call("GET", path, None, None)
+    }
+}
+
+fn cli(node: &Meshd, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(meshd_bin())
+        .args(args)
+        .arg("--api")
+        .arg(node.api.unwrap().to_string())
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn requests_without_the_token_get_401_and_the_cookie_is_private() {
+    let node = Meshd::start(&[]);
+    let api = Api::of(&node);
+    let (status, body) = api.call("GET", "/v1/peers", None, Some("wrong"));
+    assert_eq!(status, 401);
+    assert_eq!(body["code"], "unauthorized");
+    let (status, _) = Api::agent()
+        .get(&format!("{}/v1/peers", api.base))
+        .call()
+        .map(|r| (r.status().as_u16(), ()))
+        .unwrap();
+    assert_eq!(status, 401);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.datadir.join("regtest/.cookie"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let (status, body) = api.get("/v2/nothing");
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "not_found");
+}
+
+#[test]
+fn peers_routes_list_add_and_disconnect() {
+    let target = Meshd::start(&["--max-outbound", "0"]);
+    let node = Meshd::start(&[]);
+    let api = Api::of(&node);
+    let t = target.addr.unwrap().to_string();
+    let (status, body) = api.call(
+        "POST",
+        "/v1/peers",
+        Some(json!({"address": t, "onetry": true})),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let peer = loop {
+        let (_, peers) = api.get("/v1/peers");
+        if let Some(p) = peers
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["state"] == "connected")
+        {
+            break p.clone();
+        }
+        assert!(Instant::now() < deadline, "{peers}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for field in [
+        "id",
+        "address",
+        "local_address",
+        "direction",
+        "connection_type",
+        "state",
+        "services",
+        "protocol_version",
+        "user_agent",
+        "start_height",
+        "synced_height",
+        "connected_since",
+        "last_send",
+        "last_receive",
+        "bytes_sent",
+        "bytes_received",
+        "bytes_sent_per_command",
+        "bytes_received_per_command",
+        "ping_last",
+        "ping_min",
+        "ping_in_flight",
+        "restarts",
+        "misbehavior_score",
+    ] {
+        assert!(peer.get(field).is_some(), "missing {field}: {peer}");
+    }
+    assert_eq!(peer["address"], t.as_str());
+    assert_eq!(peer["connection_type"], "onetry");
+    assert!(peer["bytes_sent_per_command"]["version"].as_u64().unwrap() > 0);
+    let id = peer["id"].as_u64().unwrap();
+    let (status, _) = api.call("DELETE", &format!("/v1/peers/{id}"), None, None);
+    assert_eq!(status, 200);
+    let (status, body) = api.call("DELETE", "/v1/peers/999999", None, None);
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+    let (status, body) = api.call(
+        "POST",
+        "/v1/peers",
+        Some(json!({"address": "nonsense"})),
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().contains("bad address"),
+        "{body}"
+    );
+}
+
+#[test]
+fn bans_routes_take_cidr_and_ipv6_and_say_what_is_wrong() {
+    let node = Meshd::start(&[]);
+    let api = Api::of(&node);
+    let (s1, _) = api.call(
+        "POST",
+        "/v1/bans",
+        Some(json!({"subnet": "203.0.113.0/24", "duration": "1h"})),
+        None,
+    );
+    let (s2, _) = api.call(
+        "POST",
+        "/v1/bans",
+        Some(json!({"subnet": "2001:db8::/32", "duration": 600})),
+        None,
+    );
+    assert_eq!((s1, s2), (200, 200));
+    let (_, bans) = api.get("/v1/bans");
+    let subnets: Vec<&str> = bans
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["subnet"].as_str().unwrap())
+        .collect();
+    assert_eq!(subnets, ["203.0.113.0/24", "2001:db8::/32"]);
+    let (status, _) = api.call("DELETE", "/v1/bans/203.0.113.0/24", None, None);
+    assert_eq!(status, 200);
+    let (status, _) = api.call("DELETE", "/v1/bans/2001:db8::%2F32", None, None);
+    assert_eq!(status, 200);
+    let (status, body) = api.call(
+        "POST",
+        "/v1/bans",
+        Some(json!({"subnet": "not-an-ip"})),
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("not an IP address"),
+        "{body}"
+    );
+    let (status, _) = api.call("DELETE", "/v1/bans/198.51.100.0/24", None, None);
+    assert_eq!(status, 404);
+}
+
+#[test]
+fn config_patch_changes_runtime_keys_and_refuses_the_rest() {
+    let node = Meshd::start(&[]);
+    let api = Api::of(&node);
+    let (_, cfg) = api.get("/v1/config");
+    assert_eq!(cfg["max-inbound"], 117);
+    let (status, cfg) = api.call(
+        "PATCH",
+        "/v1/config",
+        Some(json!({"max-inbound": 40, "ping-interval": "30s", "max-upload-rate": "1M"})),
+        None,
+    );
+    assert_eq!(status, 200, "{cfg}");
+    assert_eq!(cfg["max-inbound"], 40);
+    assert_eq!(cfg["ping-interval"], "30s");
+    assert_eq!(cfg["max-upload-rate"], 1_000_000);
+    let (_, net) = api.get("/v1/network");
+    assert_eq!(net["slots"]["inbound"]["max"], 40);
+    let (status, body) = api.call(
+        "PATCH",
+        "/v1/config",
+        Some(json!({"network": "mainnet"})),
+        None,
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["message"].as_str().unwrap().contains("restart"),
+        "{body}"
+    );
+    let (status, body) = api.call("PATCH", "/v1/config", Some(json!({"max-inbonud": 3})), None);
+    assert_eq!(status, 400);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown config key"),
+        "{body}"
+    );
+    let (status, _) = api.call(
+        "PATCH",
+        "/v1/config",
+        Some(json!({"ping-interval": "soon"})),
+        None,
+    );
+    assert_eq!(status, 400);
+    let (status, body) = api.get("/v1/sync");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (501, Some("not_implemented"))
+    );
+}
+
+#[test]
+fn event_stream_delivers_filtered_events_as_json() {
+    let node = Meshd::start(&[]);
+    let api = Api::of(&node);
+    let resp = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .new_agent()
+        .get(&format!("{}/v1/events?type=PeerBanned", api.base))
+        .header("Authorization", &format!("Bearer {}", api.token))
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(resp.into_body().into_reader())
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(d) = line.strip_prefix("data:") {
+                let _ = tx.send(d.trim().to_string());
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    api.call(
+        "POST",
+        "/v1/bans",
+        Some(json!({"subnet": "198.51.100.7"})),
+        None,
+    );
+    let data = rx.recv_timeout(Duration::from_secs(10)).expect("an event");
+    let v: Value = serde_json::from_str(&data).unwrap();
+    assert_eq!(v["type"], "PeerBanned");
+    assert_eq!(v["subnet"], "198.51.100.7/32");
+    assert!(v["timestamp_ms"].as_u64().unwrap() > 0);
+    let (status, body) = api.get("/v1/events?type=NoSuchThing");
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn cli_subcommands_print_tables_json_and_clear_errors() {
+    let target = Meshd::start(&["--max-outbound", "0"]);
+    let node = Meshd::start(&[]);
+    let t = target.addr.unwrap().to_string();
+    let (code, out, err) = cli(&node, &["addnode", &t]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("kept connected"), "{out}");
+    node.wait_log("handshake", Duration::from_secs(10), |v| {
+        msg(v) == "handshake complete"
+    });
+    let (code, out, _) = cli(&node, &["peers"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().starts_with("ID"), "{out}");
+    assert!(out.contains(&t) && out.contains("/meshd:"), "{out}");
+    let (_, out, _) = cli(&node, &["peers", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["connection_type"], "manual");
+    let (code, out, _) = cli(&node, &["ban", "203.0.113.0/24", "--duration", "2h"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, out, _) = cli(&node, &["bans"]);
+    assert!(
+        out.contains("203.0.113.0/24") && out.contains("manual"),
+        "{out}"
+    );
+    let (code, _, _) = cli(&node, &["unban", "203.0.113.0/24"]);
+    assert_eq!(code, 0);
+    let (code, out, _) = cli(&node, &["config", "max-inbound=50"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("max-inbound = 50"), "{out}");
+    let (code, _, err) = cli(&node, &["config", "network=mainnet"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("restart"), "{err}");
+    let (_, out, _) = cli(&node, &["network"]);
+    assert!(out.contains("slots"), "{out}");
+    let (code, _, err) = cli(&node, &["generate", "1"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not built yet"), "{err}");
+    let id = v[0]["id"].as_u64().unwrap().to_string();
+    let (code, _, _) = cli(&node, &["disconnect", &id]);
+    assert_eq!(code, 0);
+
+    // `events` streams until killed.
+    let mut child = Command::new(meshd_bin())
+        .args(["events", "--type", "PeerBanned", "--json", "--api"])
+        .arg(node.api.unwrap().to_string())
+        .arg("--datadir")
+        .arg(&node.datadir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    cli(&node, &["ban", "198.51.100.9"]);
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["subnet"], "198.51.100.9/32");
+}
+
+#[test]
+fn cli_says_clearly_when_no_node_is_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .args([
+            "peers",
+            "--api",
+            "127.0.0.1:9",
+            "--api-token",
+            "0123456789abcdef0123",
+        ])
+        .arg("--datadir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no meshd node answering"), "{err}");
+    let out = Command::new(meshd_bin())
+        .args(["peers"])
+        .arg("--datadir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the API cookie"));
+}
+
+#[test]
+fn remote_api_needs_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .args(["--no-metrics", "--api", "0.0.0.0:0", "--datadir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-allow-remote"));
+}
