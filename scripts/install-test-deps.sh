@@ -3,7 +3,8 @@
 #   - bcoin 1.0.2 (an independent Bitcoin implementation in JavaScript) from npm, into
 #     $MESHD_PEERS_DIR/bcoin (default: <repo>/.peers/bcoin);
 #   - Node.js and npm from Debian if they are missing;
-#   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests.
+#   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests;
+#   - prometheus and promtool, and systemd-analyze, for the deploy/ checks.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -17,10 +18,14 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 # dnsmasq: a real DNS server for the DNS-seed discovery tests.
 [ -x /usr/sbin/dnsmasq ] || need_apt+=(dnsmasq-base)
+# prometheus (with promtool): checks deploy/ and runs the dashboard test against a live mesh.
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
+# systemd-analyze verifies deploy/meshd.service.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from apt" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
 
 if [ -f "$BCOIN_HOME/node_modules/bcoin/package.json" ] && [ -d "$BCOIN_HOME/node_modules/leveldown" ]; then

@@ -245,11 +245,13 @@ pub fn parse_update(body: &Map<String, Value>, known: &Value) -> Result<ConfigUp
             "handshake-timeout" => u.handshake_timeout = Some(duration(v)?),
             "ban-threshold" => u.ban_threshold = Some(u32_of(k, v)?),
             "ban-duration" => u.ban_duration = Some(duration(v)?),
-            other if known.get(other).is_some() => return Err(ApiError::bad(format!(
+            other if known.get(other).is_some() => {
+                return Err(ApiError::bad(format!(
                 "{other} cannot change while the node runs; set it in the config file and restart \
                      (runtime keys: {})",
                 RUNTIME_KEYS.join(", ")
-            ))),
+            )))
+            }
             other => return Err(ApiError::bad(format!("unknown config key {other:?}"))),
         }
     }

@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node (the default).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// List connected peers.
     Peers(ClientArgs),
     /// Show listen and public addresses, NAT type, slots and limits.

@@ -46,7 +46,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Run(a)) => a,
+        Some(Command::Run(a)) => *a,
         None => cli.run,
         Some(other) => return client::run(other),
     };

@@ -62,12 +62,17 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "metrics listening");
     }
+    let process = metrics_process::Collector::default();
+    process.describe();
     let app = Router::new().route(
         "/metrics",
         get(move || {
             let handle = handle.clone();
             let live = live.clone();
+            let process = process.clone();
             async move {
+                // Process CPU, memory and open files, read at scrape time.
+                process.collect();
                 let mut body = handle.render();
                 body.push_str(&live.render());
                 ([("content-type", "text/plain; version=0.0.4")], body)

@@ -178,6 +178,10 @@ impl Actor for DnsDiscovery {
         myself: ActorRef<DnsMsg>,
         state: &mut DnsState,
     ) -> Result<(), ActorProcessingErr> {
+        // The counters exist (at zero) from the start, so dashboards and alerts see them.
+        for result in ["ok", "nxdomain", "timeout", "error"] {
+            metrics::counter!("meshd_dns_queries_total", "result" => result).increment(0);
+        }
         let config = state.ctx.config();
         if config.dns_seeds.is_empty() {
             info!("DNS seeding off (no seeds for this network, or --no-dns-seed)");

@@ -310,7 +310,6 @@ pub struct Node {
     stopped: tokio::sync::watch::Receiver<Option<NodeExit>>,
     ctx: Arc<NodeContext>,
     listen_addrs: Vec<SocketAddr>,
-    _lock: File,
 }
 
 impl Node {
@@ -365,7 +364,11 @@ impl Node {
         let (tx, stopped) = tokio::sync::watch::channel(None);
         let watched = ctx.clone();
         tokio::spawn(async move {
-            let exit = match join.await {
+            let join_result = join.await;
+            // The data-dir lock goes with the tree: once `wait` returns, another node (or a
+            // restart of this one) may open the same directory.
+            drop(lock);
+            let exit = match join_result {
                 Err(e) => NodeExit::Failed(e.to_string()),
                 Ok(()) if watched.is_shutting_down() => NodeExit::Graceful,
                 Ok(()) => NodeExit::Failed("supervision tree stopped".into()),
@@ -377,7 +380,6 @@ impl Node {
             stopped,
             ctx,
             listen_addrs,
-            _lock: lock,
         })
     }
 

@@ -1,0 +1,224 @@
+//! deploy/ checked for real: promtool validates the Prometheus config and alert rules,
+//! systemd-analyze verifies the unit, and a real Prometheus scrapes a live three-node mesh
+//! while every Grafana panel's query is run against it.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, in_ci, msg, skip_or_fail, Meshd};
+use serde_json::Value;
+
+const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn promtool_accepts_the_config_and_alert_rules() {
+    if !have("promtool") {
+        return skip_or_fail("promtool (Debian package prometheus) is not installed");
+    }
+    for args in [
+        vec!["check", "rules", "alerts.yml"],
+        vec!["check", "config", "prometheus.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(DEPLOY)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    if !have("systemd-analyze") {
+        return skip_or_fail("systemd-analyze is not installed");
+    }
+    let unit = std::fs::read_to_string(format!("{DEPLOY}/meshd.service")).unwrap();
+    for needed in [
+        "DynamicUser=yes",
+        "ProtectSystem=strict",
+        "StateDirectory=meshd",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(needed), "unit lacks {needed}");
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meshd.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/meshd", common::meshd_bin()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Prometheus(Child);
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn query(base: &str, expr: &str) -> Value {
+    let mut r = ureq::get(&format!("{base}/api/v1/query"))
+        .query("query", expr)
+        .call()
+        .expect("prometheus answers");
+    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap()
+}
+
+/// Metrics that later work exports (the Sync and Stun actors); their panels are in the
+/// dashboard already and are expected to be empty until then.
+const NOT_YET_EXPORTED: &[&str] = &[
+    "meshd_header_height",
+    "meshd_best_peer_height",
+    "meshd_nat_type",
+    "meshd_public_address_info",
+];
+
+#[test]
+fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
+    if !have("prometheus") {
+        return skip_or_fail("prometheus (Debian package prometheus) is not installed");
+    }
+    // A live mesh: a listens; b dials a and bans someone; c dials b and a dead address (so it
+    // restarts and gives up). Fast pings fill the RTT histograms.
+    let fast = ["--ping-interval", "200ms"];
+    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"]].concat());
+    let a_addr = a.addr.unwrap().to_string();
+    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr]].concat());
+    let b_addr = b.addr.unwrap().to_string();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let c = Meshd::start(
+        &[
+            &fast[..],
+            &[
+                "--connect",
+                &b_addr,
+                "--connect",
+                &dead,
+                "--restart-base-delay",
+                "50ms",
+                "--restart-max",
+                "2",
+                "--restart-window",
+                "1m",
+            ],
+        ]
+        .concat(),
+    );
+    for n in [&b, &c] {
+        n.wait_log("handshake", Duration::from_secs(10), |v| {
+            msg(v) == "handshake complete"
+        });
+    }
+    let token = b.token();
+    ureq::post(&format!("http://{}/v1/bans", b.api.unwrap()))
+        .header("Authorization", &format!("Bearer {token}"))
+        .header("Content-Type", "application/json")
+        .send(br#"{"subnet": "203.0.113.0/24"}"#.as_slice())
+        .unwrap();
+    c.wait_log("give-up", Duration::from_secs(10), |v| {
+        msg(v).starts_with("too many restarts")
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let targets: Vec<String> = [&a, &b, &c]
+        .iter()
+        .map(|n| format!("\"{}\"", n.metrics.unwrap()))
+        .collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {DEPLOY}/alerts.yml\nscrape_configs:\n  - job_name: meshd\n    static_configs:\n      - targets: [{}]\n",
+        targets.join(", ")
+    );
+    std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+    let port = free_port();
+    let child = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.path().join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.path().join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    let _prom = Prometheus(child);
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ureq::get(&format!("{base}/-/ready")).call().is_err() {
+        assert!(Instant::now() < deadline, "prometheus did not become ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Enough scrapes for rate() over the panels' windows.
+    std::thread::sleep(Duration::from_secs(8));
+    let up = query(&base, "sum(up{job=\"meshd\"})");
+    assert_eq!(
+        up["data"]["result"][0]["value"][1], "3",
+        "all three nodes scraped: {up}"
+    );
+
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{DEPLOY}/grafana/meshd-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    let mut empty = Vec::new();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let v = query(&base, expr);
+            assert_eq!(
+                v["status"], "success",
+                "panel {:?}: {expr}: {v}",
+                panel["title"]
+            );
+            checked += 1;
+            if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                empty.push(expr.to_string());
+            }
+        }
+    }
+    let unexpected: Vec<&String> = empty
+        .iter()
+        .filter(|e| !NOT_YET_EXPORTED.iter().any(|m| e.contains(m)))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "panels without data: {unexpected:#?}"
+    );
+    assert!(checked >= 25, "only {checked} queries");
+    if !in_ci() {
+        eprintln!("dashboard: {checked} queries checked; awaiting later work: {empty:?}");
+    }
+}
