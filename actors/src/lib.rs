@@ -87,4 +87,5 @@ pub mod peers;
 pub mod persist;
 pub mod restart;
 pub mod slots;
+pub mod stun;
 pub mod wire;
