@@ -4,7 +4,8 @@
 #     $MESHD_PEERS_DIR/bcoin (default: <repo>/.peers/bcoin);
 #   - Node.js and npm from Debian if they are missing;
 #   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests;
-#   - prometheus and promtool, and systemd-analyze, for the deploy/ checks.
+#   - prometheus and promtool, and systemd-analyze, for the deploy/ checks;
+#   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh).
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -22,6 +23,10 @@ command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # systemd-analyze verifies deploy/meshd.service.
 command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
+# The STUN NAT lab: coturn (the STUN server), nftables (the NATs), iproute2 (namespaces).
+command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
+command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from apt" >&2
   apt-get update -qq

@@ -186,6 +186,9 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "externalip": list(&c.external_addrs),
         "distinct-local-groups": c.distinct_local_groups,
         "addrbook-save-interval": dur(c.addrbook_save_interval),
+        "stun-server": c.stun_servers,
+        "stun-timeout": dur(c.stun_timeout),
+        "stun-interval": dur(c.stun_interval),
         "max-block-message-size": c.max_block_message_size,
     })
 }
@@ -371,13 +374,20 @@ async fn delete_ban(State(s): State<ApiState>, UrlPath(subnet): UrlPath<String>)
 async fn get_network(State(s): State<ApiState>) -> ApiResult {
     let (used, max) = s.node.slots();
     let c = s.node.config();
+    let stun = s.node.stun_report();
     Ok(Json(json!({
         "network": c.network.name(),
         "listen": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "public_addresses": s.node.advertised_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-        // STUN is not built yet: no NAT type or STUN results to report.
-        "nat_type": Value::Null,
-        "stun_servers": [],
+        "nat_type": stun.as_ref().map(|r| r.nat_type.label()),
+        "stun_servers": c.stun_servers,
+        "stun_result": stun.as_ref().map(|r| json!({
+            "nat_type": r.nat_type.label(),
+            "public_address": r.public.map(|a| a.to_string()),
+            "mapping": r.mapping,
+            "filtering": r.filtering,
+            "answered_by": r.server.map(|a| a.to_string()),
+        })),
         "slots": {
             "outbound": {"used": used.outbound, "max": max.outbound},
             "inbound": {"used": used.inbound, "max": max.inbound},

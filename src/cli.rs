@@ -319,4 +319,21 @@ pub struct RunArgs {
     /// How often the address book is saved (also at shutdown). [default: 15m]
     #[arg(long, value_name = "DURATION")]
     pub addrbook_save_interval: Option<String>,
+
+    /// STUN server, HOST:PORT (repeatable; tried in order). [default: public servers on the
+    /// public networks, none on regtest]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub stun_server: Vec<String>,
+
+    /// Do not use STUN.
+    #[arg(long)]
+    pub no_stun: bool,
+
+    /// Limit on one STUN transaction, retransmissions included. [default: 3s]
+    #[arg(long, value_name = "DURATION")]
+    pub stun_timeout: Option<String>,
+
+    /// How long a STUN result is trusted before probing again. [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub stun_interval: Option<String>,
 }

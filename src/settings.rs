@@ -95,6 +95,10 @@ pub struct FileConfig {
     externalip: Option<Vec<String>>,
     distinct_local_groups: Option<bool>,
     addrbook_save_interval: Option<FileDuration>,
+    stun_server: Option<Vec<String>>,
+    no_stun: Option<bool>,
+    stun_timeout: Option<FileDuration>,
+    stun_interval: Option<FileDuration>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -483,6 +487,33 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         &args.addrbook_save_interval,
         &file.addrbook_save_interval,
         node.addrbook_save_interval,
+    )?;
+    let stun = pick(&args.stun_server, &file.stun_server);
+    for s in &stun {
+        let port_ok = s
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+        if !port_ok {
+            return err(format!("stun-server: {s:?} is not HOST:PORT"));
+        }
+    }
+    if !stun.is_empty() {
+        node.stun_servers = stun;
+    }
+    if args.no_stun || file.no_stun.unwrap_or(false) {
+        node.stun_servers.clear();
+    }
+    node.stun_timeout = pick_duration(
+        "stun-timeout",
+        &args.stun_timeout,
+        &file.stun_timeout,
+        node.stun_timeout,
+    )?;
+    node.stun_interval = pick_duration(
+        "stun-interval",
+        &args.stun_interval,
+        &file.stun_interval,
+        node.stun_interval,
     )?;
     let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {

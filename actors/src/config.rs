@@ -95,7 +95,18 @@ pub struct NodeConfig {
     pub distinct_local_groups: bool,
     /// How often the address book is saved (also at shutdown).
     pub addrbook_save_interval: Duration,
+    /// STUN servers, `HOST:PORT`, tried in order (empty: STUN off).
+    pub stun_servers: Vec<String>,
+    /// Limit on one STUN transaction, retransmissions included.
+    pub stun_timeout: Duration,
+    /// How long a STUN result is trusted before it is probed again.
+    pub stun_interval: Duration,
 }
+
+/// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
+pub const DEFAULT_STUN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Default life of a STUN result: addresses behind home routers change rarely, but do.
+pub const DEFAULT_STUN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
 /// Keys that can change while the node runs. `None` leaves a key as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -213,6 +224,9 @@ impl NodeConfig {
             external_addrs: Vec::new(),
             distinct_local_groups: profile.is_regtest(),
             addrbook_save_interval: DEFAULT_ADDRBOOK_SAVE_INTERVAL,
+            stun_servers: profile.stun_servers.iter().map(|s| s.to_string()).collect(),
+            stun_timeout: DEFAULT_STUN_TIMEOUT,
+            stun_interval: DEFAULT_STUN_INTERVAL,
         }
     }
 

@@ -452,13 +452,15 @@ fn start_io(
     )));
     let now = Instant::now();
     state.connected_at = Some(now);
-    // Re-create the handshake now that the local address is known (it goes in our version).
+    // Re-create the handshake now that our address is known: the one we advertise (from
+    // --externalip or STUN) if any, else the socket's local address, goes in our version.
+    let sender = state.ctx.advertised().first().copied().or(local);
     state.handshake = Handshake::new(
         state.direction,
         state.manual,
         state.handshake.our_nonce(),
         state.addr,
-        local,
+        sender,
         state.started,
         config.handshake_timeout,
     );
@@ -528,7 +530,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         send(state, &Message::Network(NetworkMessage::GetAddr))?;
         state.addr_limiter.grant(crate::addrbook::ADDR_BURST);
     }
-    if !state.ctx.advertised.is_empty() {
+    if !state.ctx.advertised().is_empty() {
         advertise_self(state)?;
     }
     if state.ctx.profile.chain == Chain::Bsv {
@@ -784,7 +786,7 @@ fn advertise_self(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     let services = state.ctx.policy.services.to_u64();
     let ours: Vec<GossipAddr> = state
         .ctx
-        .advertised
+        .advertised()
         .iter()
         .map(|a| GossipAddr {
             addr: *a,

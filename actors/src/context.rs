@@ -48,7 +48,13 @@ pub struct NodeContext {
     pub(crate) addrbook_tried: AtomicUsize,
     /// Addresses we advertise as ours: `--externalip`, or on regtest the specific addresses
     /// we listen on (so local meshes need no flag).
-    pub(crate) advertised: Vec<SocketAddr>,
+    advertised: RwLock<Vec<SocketAddr>>,
+    /// What we were told on the command line (`--externalip`); always advertised.
+    external: Vec<SocketAddr>,
+    /// Addresses we listen on.
+    pub(crate) listen_addrs: Vec<SocketAddr>,
+    /// The last STUN result.
+    pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
     /// Addresses that are us: never dialled.
     pub(crate) own_addrs: Vec<SocketAddr>,
     netgroup_key: std::collections::hash_map::RandomState,
@@ -107,7 +113,10 @@ impl NodeContext {
             addrbook_len: AtomicUsize::new(0),
             addrbook_new: AtomicUsize::new(0),
             addrbook_tried: AtomicUsize::new(0),
-            advertised,
+            advertised: RwLock::new(advertised),
+            external: config.external_addrs.clone(),
+            listen_addrs: listen_addrs.to_vec(),
+            stun: RwLock::new(None),
             own_addrs,
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
@@ -163,6 +172,47 @@ impl NodeContext {
             Ok(b) => b.is_banned(ip, now),
             Err(p) => p.into_inner().is_banned(ip, now),
         }
+    }
+
+    /// Addresses we advertise as ours now.
+    pub(crate) fn advertised(&self) -> Vec<SocketAddr> {
+        match self.advertised.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Adopts a STUN result: when we are reachable (open internet, full cone) and listen on
+    /// a port, our public IP with that port is advertised, next to any `--externalip`.
+    pub(crate) fn set_stun(&self, report: crate::stun::NatReport) {
+        let mut list = self.external.clone();
+        if report.nat_type.is_reachable() {
+            if let (Some(public), Some(listen)) = (report.public, self.listen_addrs.first()) {
+                let ours = SocketAddr::new(public.ip(), listen.port());
+                if !list.contains(&ours) {
+                    list.push(ours);
+                }
+            }
+        }
+        if list.is_empty() && self.config().network.profile().is_regtest() {
+            list = self
+                .listen_addrs
+                .iter()
+                .filter(|a| !a.ip().is_unspecified())
+                .copied()
+                .collect();
+        }
+        if let Ok(mut a) = self.advertised.write() {
+            *a = list;
+        }
+        if let Ok(mut s) = self.stun.write() {
+            *s = Some(report);
+        }
+    }
+
+    /// The last STUN result.
+    pub(crate) fn stun_report(&self) -> Option<crate::stun::NatReport> {
+        self.stun.read().ok().and_then(|s| s.clone())
     }
 
     /// The keyed hash of a network group (eviction rule 1).

@@ -63,7 +63,7 @@ pub struct DnsState {
     timer: Option<JoinHandle<()>>,
 }
 
-fn build_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, ResolveError> {
+pub(crate) fn build_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, ResolveError> {
     let mut opts = ResolverOpts::default();
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     opts.timeout = Duration::from_secs(3);

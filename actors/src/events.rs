@@ -117,6 +117,18 @@ pub enum NodeEvent {
         /// Its address.
         addr: SocketAddr,
     },
+    /// Our public address (from STUN) changed.
+    PublicAddressChanged {
+        /// The new address, if any.
+        address: Option<String>,
+    },
+    /// The NAT type was detected or changed.
+    NatTypeDetected {
+        /// The label (`open_internet`, `full_cone`, ...).
+        nat_type: String,
+        /// Our public address.
+        public: Option<String>,
+    },
     /// A message arrived (published only while someone listens).
     MessageReceived {
         /// Peer.
@@ -151,11 +163,17 @@ pub enum EventKind {
     PeerEvicted,
     /// [`NodeEvent::MessageReceived`].
     MessageReceived,
+    /// [`NodeEvent::PublicAddressChanged`].
+    PublicAddressChanged,
+    /// [`NodeEvent::NatTypeDetected`].
+    NatTypeDetected,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
+        EventKind::PublicAddressChanged,
+        EventKind::NatTypeDetected,
         EventKind::ConnectionEstablished,
         EventKind::ConnectionFailed,
         EventKind::ConnectionLost,
@@ -181,6 +199,8 @@ impl EventKind {
             EventKind::PeerUnbanned => "PeerUnbanned",
             EventKind::PeerEvicted => "PeerEvicted",
             EventKind::MessageReceived => "MessageReceived",
+            EventKind::PublicAddressChanged => "PublicAddressChanged",
+            EventKind::NatTypeDetected => "NatTypeDetected",
         }
     }
 
@@ -204,6 +224,8 @@ impl NodeEvent {
             NodeEvent::PeerUnbanned { .. } => EventKind::PeerUnbanned,
             NodeEvent::PeerEvicted { .. } => EventKind::PeerEvicted,
             NodeEvent::MessageReceived { .. } => EventKind::MessageReceived,
+            NodeEvent::PublicAddressChanged { .. } => EventKind::PublicAddressChanged,
+            NodeEvent::NatTypeDetected { .. } => EventKind::NatTypeDetected,
         }
     }
 }

@@ -11,10 +11,11 @@
 //! ├── Manager                    peer set and peer table; supervisor of every Connection
 //! │   └── Connection(peer) × N   handshake, framing, ping/RTT, send queue (one per peer)
 //! ├── Listener                   accept loops; drops banned addresses; hands sockets over
-//! └── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short
+//! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short
+//! └── Stun                       public address and NAT type (RFC 5389/5780), refreshed
 //! ```
 //!
-//! STUN and Sync join this tree in later work, as siblings of the Manager.
+//! Sync joins this tree in later work, as a sibling of the Manager.
 //!
 //! ## Who owns what
 //!
@@ -88,4 +89,5 @@ pub mod persist;
 pub mod restart;
 pub mod slots;
 pub mod stun;
+pub mod stun_actor;
 pub mod wire;

@@ -177,6 +177,32 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         ctx.addrbook_tried.load(Ordering::Relaxed)
     );
 
+    header(
+        &mut out,
+        "meshd_nat_type",
+        "gauge",
+        "1 for the NAT type STUN detected, 0 for the others.",
+    );
+    let stun = ctx.stun_report();
+    let current = stun.as_ref().map(|r| r.nat_type);
+    for t in crate::stun::NatType::ALL {
+        let v = u8::from(Some(t) == current);
+        let _ = writeln!(out, "meshd_nat_type{{type=\"{}\"}} {v}", t.label());
+    }
+    header(
+        &mut out,
+        "meshd_public_address_info",
+        "gauge",
+        "Our public address as STUN sees it (value 1).",
+    );
+    if let Some(public) = stun.as_ref().and_then(|r| r.public) {
+        let _ = writeln!(
+            out,
+            "meshd_public_address_info{{address=\"{}\"}} 1",
+            esc(&public.to_string())
+        );
+    }
+
     header(&mut out, "meshd_banned", "gauge", "Subnets banned now.");
     let banned = match ctx.bans.read() {
         Ok(b) => b.len(unix_now().max(0) as u64),

@@ -202,6 +202,8 @@ pub struct Profile {
     pub genesis: Header,
     /// DNS seed host names (empty for regtest).
     pub dns_seeds: &'static [&'static str],
+    /// Public STUN servers used by default (none for regtest).
+    pub stun_servers: &'static [&'static str],
     /// Protocol version we announce.
     pub protocol_version: u32,
     /// Payload limits.
@@ -235,6 +237,9 @@ fn api_port(id: NetworkId) -> u16 {
 pub fn user_agent() -> String {
     format!("/meshd:{}/", env!("CARGO_PKG_VERSION"))
 }
+
+/// Public STUN servers for the public networks (well-known, free, anycast).
+const PUBLIC_STUN_SERVERS: &[&str] = &["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
 
 const BTC_MAINNET_SEEDS: &[&str] = &[
     "seed.bitcoin.sipa.be",
@@ -290,6 +295,7 @@ impl Profile {
             api_port: api_port(id),
             genesis: bitcoin::constants::genesis_block(network).header,
             dns_seeds: seeds,
+            stun_servers: PUBLIC_STUN_SERVERS,
             protocol_version: BTC_PROTOCOL_VERSION,
             limits: btc_limits,
             difficulty,
@@ -306,6 +312,7 @@ impl Profile {
             api_port: api_port(id),
             genesis: bitcoin::constants::genesis_block(genesis_of).header,
             dns_seeds: seeds,
+            stun_servers: PUBLIC_STUN_SERVERS,
             protocol_version: BSV_PROTOCOL_VERSION,
             limits: bsv_limits,
             difficulty,
@@ -313,6 +320,8 @@ impl Profile {
             default_required_services: ServiceFlags::NETWORK,
         };
         let regtest_services = |mut p: Profile| {
+            // Regtest is local: no public STUN server to ask.
+            p.stun_servers = &[];
             // On regtest meshd announces NETWORK (and WITNESS on BTC): local test meshes, and
             // implementations such as bcoin that insist on them for outbound peers, then
             // accept meshd. On public networks we announce nothing we do not serve.

@@ -34,6 +34,7 @@ use crate::manager::OutboundKind;
 use crate::manager::{Manager, ManagerMsg};
 use crate::peers::{PeerId, PeerInfo, PeerTable};
 use crate::slots::{SlotLimits, SlotUsage};
+use crate::stun_actor::{Stun, StunMsg};
 use crate::wire::Message;
 
 /// Messages of the NodeSupervisor.
@@ -60,6 +61,7 @@ pub struct NodeState {
     manager: Option<ActorRef<ManagerMsg>>,
     listener: Option<ActorRef<()>>,
     dns: Option<ActorRef<DnsMsg>>,
+    stun: Option<ActorRef<StunMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -105,6 +107,13 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_stun(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let (stun, _) =
+            Actor::spawn_linked(None, Stun, self.ctx.clone(), myself.get_cell()).await?;
+        self.stun = Some(stun);
+        Ok(())
+    }
+
     /// Records a restart; false when the restart budget is spent.
     fn allow_restart(&mut self) -> bool {
         let now = Instant::now();
@@ -128,27 +137,18 @@ impl NodeState {
         if self.stopping {
             return Ok(());
         }
-        let is_manager = self
-            .manager
-            .as_ref()
-            .is_some_and(|m| m.get_id() == cell.get_id());
-        let is_listener = self
-            .listener
-            .as_ref()
-            .is_some_and(|l| l.get_id() == cell.get_id());
-        let is_dns = self
-            .dns
-            .as_ref()
-            .is_some_and(|d| d.get_id() == cell.get_id());
-        if !is_manager && !is_listener && !is_dns {
-            return Ok(());
-        }
-        let which = if is_manager {
+        let id = cell.get_id();
+        let is = |r: Option<ActorCell>| r.is_some_and(|c| c.get_id() == id);
+        let which = if is(self.manager.as_ref().map(|a| a.get_cell())) {
             "manager"
-        } else if is_listener {
+        } else if is(self.listener.as_ref().map(|a| a.get_cell())) {
             "listener"
-        } else {
+        } else if is(self.dns.as_ref().map(|a| a.get_cell())) {
             "dns"
+        } else if is(self.stun.as_ref().map(|a| a.get_cell())) {
+            "stun"
+        } else {
+            return Ok(());
         };
         if !self.allow_restart() {
             error!(child = which, %why, "restart intensity exceeded; stopping the node");
@@ -156,22 +156,24 @@ impl NodeState {
             return Ok(());
         }
         warn!(child = which, %why, "restarting");
-        if is_dns {
-            return self.start_dns(myself).await;
-        }
-        if is_manager {
-            // Rest-for-one: the Listener and DnsDiscovery hold the old Manager's handle.
-            if let Some(l) = self.listener.take() {
-                l.stop(None);
+        match which {
+            "manager" => {
+                // Rest-for-one: the Listener and DnsDiscovery hold the old Manager's handle.
+                if let Some(l) = self.listener.take() {
+                    l.stop(None);
+                }
+                if let Some(d) = self.dns.take() {
+                    d.stop(None);
+                }
+                self.start_manager(myself).await?;
+                self.start_listener(myself).await?;
+                self.start_dns(myself).await
             }
-            if let Some(d) = self.dns.take() {
-                d.stop(None);
-            }
-            self.start_manager(myself).await?;
-            self.start_listener(myself).await?;
-            return self.start_dns(myself).await;
+            "listener" => self.start_listener(myself).await,
+            "dns" => self.start_dns(myself).await,
+            // The Stun actor depends on nothing else: restart it alone.
+            _ => self.start_stun(myself).await,
         }
-        self.start_listener(myself).await
     }
 }
 
@@ -191,6 +193,7 @@ impl Actor for NodeSupervisor {
             manager: None,
             listener: None,
             dns: None,
+            stun: None,
             restarts: VecDeque::new(),
             stopping: false,
         })
@@ -203,7 +206,8 @@ impl Actor for NodeSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         state.start_manager(&myself).await?;
         state.start_listener(&myself).await?;
-        state.start_dns(&myself).await
+        state.start_dns(&myself).await?;
+        state.start_stun(&myself).await
     }
 
     async fn handle(
@@ -224,6 +228,9 @@ impl Actor for NodeSupervisor {
                 }
                 if let Some(d) = state.dns.take() {
                     let _ = d.stop_and_wait(Some("shutdown".into()), None).await;
+                }
+                if let Some(st) = state.stun.take() {
+                    let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
                 }
                 if let Some(m) = state.manager.take() {
                     let _ = m.call(ManagerMsg::Shutdown, None).await;
@@ -389,8 +396,13 @@ impl Node {
     }
 
     /// Addresses we advertise as ours.
-    pub fn advertised_addrs(&self) -> &[SocketAddr] {
-        &self.ctx.advertised
+    pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
+        self.ctx.advertised()
+    }
+
+    /// The last STUN result: public address and NAT type.
+    pub fn stun_report(&self) -> Option<crate::stun::NatReport> {
+        self.ctx.stun_report()
     }
 
     /// Restarts of an outbound address since start.

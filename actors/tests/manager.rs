@@ -395,10 +395,22 @@ async fn per_connection_download_limit_is_accurate_within_5_percent_over_10_s() 
         }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let bytes = |node: &Node| node.peers().first().map_or(0, |p| p.bytes_received);
-    let (b0, t0) = (bytes(&node), Instant::now());
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (b1, t1) = (bytes(&node), Instant::now());
+    // The peer table's byte counts move once per connection tick: sample right as they move,
+    // so both ends of the window sit on a tick and the count matches the time.
+    async fn next_update(node: &Node) -> (u64, Instant) {
+        let bytes = || node.peers().first().map_or(0, |p| p.bytes_received);
+        let start = bytes();
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let now = bytes();
+            if now != start {
+                return (now, Instant::now());
+            }
+        }
+    }
+    let (b0, t0) = next_update(&node).await;
+    tokio::time::sleep(Duration::from_millis(9_900)).await;
+    let (b1, t1) = next_update(&node).await;
     let measured = (b1 - b0) as f64 / (t1 - t0).as_secs_f64();
     let err = (measured - rate as f64).abs() / rate as f64;
     eprintln!(

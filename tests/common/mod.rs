@@ -55,7 +55,19 @@ impl Meshd {
 
     /// Starts meshd with `datadir`; `listen` adds `--listen 127.0.0.1:0`.
     pub fn start_in(datadir: &Path, extra: &[&str], listen: bool) -> Meshd {
-        let mut cmd = Command::new(meshd_bin());
+        Meshd::start_wrapped(&[], datadir, extra, listen)
+    }
+
+    /// Starts meshd under a wrapper command (e.g. `ip netns exec NS`).
+    pub fn start_wrapped(wrapper: &[&str], datadir: &Path, extra: &[&str], listen: bool) -> Meshd {
+        let mut cmd = match wrapper.split_first() {
+            Some((prog, args)) => {
+                let mut c = Command::new(prog);
+                c.args(args).arg(meshd_bin());
+                c
+            }
+            None => Command::new(meshd_bin()),
+        };
         cmd.arg("--datadir")
             .arg(datadir)
             .args(["--log-format", "json"]);

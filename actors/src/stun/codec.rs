@@ -6,10 +6,14 @@
 use std::net::SocketAddr;
 
 use bytecodec::{DecodeExt, EncodeExt};
-use stun_codec::rfc5389::attributes::{ErrorCode, Fingerprint, MappedAddress, Software, XorMappedAddress};
+use stun_codec::rfc5389::attributes::{
+    ErrorCode, Fingerprint, MappedAddress, Software, XorMappedAddress,
+};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5780::attributes::{ChangeRequest, OtherAddress, ResponseOrigin};
-use stun_codec::{define_attribute_enums, Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use stun_codec::{
+    define_attribute_enums, Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId,
+};
 
 define_attribute_enums!(
     StunAttribute,
@@ -72,12 +76,15 @@ pub enum StunError {
 
 /// Encodes a binding request; `change` asks the server to answer from another IP and/or port.
 pub fn binding_request(tid: [u8; 12], change: Option<(bool, bool)>) -> Vec<u8> {
-    let mut m = Message::<StunAttribute>::new(MessageClass::Request, BINDING, TransactionId::new(tid));
+    let mut m =
+        Message::<StunAttribute>::new(MessageClass::Request, BINDING, TransactionId::new(tid));
     if let Some((ip, port)) = change {
         m.add_attribute(ChangeRequest::new(ip, port));
     }
     // Encoding a message we built cannot fail; an empty datagram is simply ignored by servers.
-    MessageEncoder::new().encode_into_bytes(m).unwrap_or_default()
+    MessageEncoder::new()
+        .encode_into_bytes(m)
+        .unwrap_or_default()
 }
 
 /// Decodes a datagram as the response to transaction `tid`.
@@ -105,7 +112,9 @@ pub fn decode_response(bytes: &[u8], tid: [u8; 12]) -> Result<BindingResponse, S
         MessageClass::ErrorResponse => {
             let (code, reason) = m
                 .get_attribute::<ErrorCode>()
-                .map_or((0, String::new()), |e| (e.code(), e.reason_phrase().to_string()));
+                .map_or((0, String::new()), |e| {
+                    (e.code(), e.reason_phrase().to_string())
+                });
             return Err(StunError::ErrorResponse { code, reason });
         }
         _ => return Err(StunError::NotASuccess),
@@ -123,8 +132,17 @@ pub fn decode_response(bytes: &[u8], tid: [u8; 12]) -> Result<BindingResponse, S
 }
 
 /// Encodes a binding success response (for tests that play a STUN server).
-pub fn binding_response(tid: [u8; 12], mapped: SocketAddr, other: Option<SocketAddr>, fingerprint: bool) -> Vec<u8> {
-    let mut m = Message::<StunAttribute>::new(MessageClass::SuccessResponse, BINDING, TransactionId::new(tid));
+pub fn binding_response(
+    tid: [u8; 12],
+    mapped: SocketAddr,
+    other: Option<SocketAddr>,
+    fingerprint: bool,
+) -> Vec<u8> {
+    let mut m = Message::<StunAttribute>::new(
+        MessageClass::SuccessResponse,
+        BINDING,
+        TransactionId::new(tid),
+    );
     m.add_attribute(XorMappedAddress::new(mapped));
     if let Some(o) = other {
         m.add_attribute(OtherAddress::new(o));
@@ -134,7 +152,9 @@ pub fn binding_response(tid: [u8; 12], mapped: SocketAddr, other: Option<SocketA
             m.add_attribute(f);
         }
     }
-    MessageEncoder::new().encode_into_bytes(m).unwrap_or_default()
+    MessageEncoder::new()
+        .encode_into_bytes(m)
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -159,13 +179,24 @@ mod tests {
         let bytes = binding_response(tid, mapped, Some(other), true);
         let r = decode_response(&bytes, tid).unwrap();
         assert_eq!((r.mapped, r.other), (mapped, Some(other)));
-        assert_eq!(decode_response(&bytes, [2u8; 12]), Err(StunError::WrongTransaction));
+        assert_eq!(
+            decode_response(&bytes, [2u8; 12]),
+            Err(StunError::WrongTransaction)
+        );
         let mut bad = bytes.clone();
         let n = bad.len();
         bad[n - 1] ^= 0xff; // breaks the FINGERPRINT
-        assert!(matches!(decode_response(&bad, tid), Err(StunError::Malformed(_))));
+        assert!(matches!(
+            decode_response(&bad, tid),
+            Err(StunError::Malformed(_))
+        ));
         let v6: SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
-        assert_eq!(decode_response(&binding_response(tid, v6, None, false), tid).unwrap().mapped, v6);
+        assert_eq!(
+            decode_response(&binding_response(tid, v6, None, false), tid)
+                .unwrap()
+                .mapped,
+            v6
+        );
     }
 
     proptest! {

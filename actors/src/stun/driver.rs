@@ -65,7 +65,11 @@ pub async fn run_transaction(
 
 /// The source address our traffic to `server` leaves from (no packet is sent).
 async fn local_ip_towards(server: SocketAddr) -> Option<IpAddr> {
-    let bind: SocketAddr = if server.is_ipv4() { "0.0.0.0:0".parse().ok()? } else { "[::]:0".parse().ok()? };
+    let bind: SocketAddr = if server.is_ipv4() {
+        "0.0.0.0:0".parse().ok()?
+    } else {
+        "[::]:0".parse().ok()?
+    };
     let s = UdpSocket::bind(bind).await.ok()?;
     s.connect(server).await.ok()?;
     s.local_addr().ok().map(|a| a.ip())
@@ -75,9 +79,15 @@ async fn local_ip_towards(server: SocketAddr) -> Option<IpAddr> {
 /// server's address family are used). Each transaction is bounded by `timeout`.
 pub async fn probe(servers: &[SocketAddr], timeout: Duration) -> NatReport {
     let Some(first) = servers.first() else {
-        return NatProbe::new(Vec::new(), None, 0).report().unwrap_or_else(unknown);
+        return NatProbe::new(Vec::new(), None, 0)
+            .report()
+            .unwrap_or_else(unknown);
     };
-    let family: Vec<SocketAddr> = servers.iter().filter(|s| s.is_ipv4() == first.is_ipv4()).copied().collect();
+    let family: Vec<SocketAddr> = servers
+        .iter()
+        .filter(|s| s.is_ipv4() == first.is_ipv4())
+        .copied()
+        .collect();
     let bind: SocketAddr = if first.is_ipv4() {
         SocketAddr::from(([0, 0, 0, 0], 0))
     } else {
@@ -92,17 +102,33 @@ pub async fn probe(servers: &[SocketAddr], timeout: Duration) -> NatReport {
     };
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut p = NatProbe::new(family.clone(), local_ip_towards(*first).await, port);
+    let mut filtering_sock: Option<UdpSocket> = None;
     while let Some(q) = p.next() {
         match q {
-            Query::Binding { to, change, expect_from } => {
-                let r = run_transaction(&sock, to, change, expect_from, timeout).await;
+            Query::Binding {
+                to,
+                change,
+                expect_from,
+                filtering_socket,
+            } => {
+                let socket = if filtering_socket {
+                    if filtering_sock.is_none() {
+                        filtering_sock = UdpSocket::bind(bind).await.ok();
+                    }
+                    filtering_sock.as_ref().unwrap_or(&sock)
+                } else {
+                    &sock
+                };
+                let r = run_transaction(socket, to, change, expect_from, timeout).await;
                 debug!(server = %to, ?change, answered = r.is_some(), "STUN test");
                 p.on_result(r);
             }
             Query::TcpReachable => {
                 let mut reachable = false;
                 for s in &family {
-                    if let Ok(Ok(_)) = tokio::time::timeout(TCP_CHECK_TIMEOUT, TcpStream::connect(s)).await {
+                    if let Ok(Ok(_)) =
+                        tokio::time::timeout(TCP_CHECK_TIMEOUT, TcpStream::connect(s)).await
+                    {
                         reachable = true;
                         break;
                     }

@@ -1,8 +1,9 @@
 //! NAT behaviour discovery (RFC 5780) as a sans-IO state machine, mapped to the classic labels.
 //!
-//! The driver asks [`NatProbe::next`] for the next query, runs it from one local UDP socket
-//! (the same socket for every test, so mappings are comparable) and feeds back the answer or
-//! `None` for no answer in time:
+//! The driver asks [`NatProbe::next`] for the next query, runs it and feeds back the answer
+//! or `None` for no answer in time. The binding and mapping tests share one local UDP socket
+//! (so mappings are comparable); the filtering tests run from a second, fresh socket, so the
+//! addresses the mapping tests contacted do not open the filter for them (RFC 5780 §4.4):
 //!
 //! 1. **Binding test** to each configured server in turn until one answers (fallback). If
 //!    none answers over UDP the driver checks whether any server is reachable over TCP: if so,
@@ -122,6 +123,9 @@ pub enum Query {
         change: Option<(bool, bool)>,
         /// The address a changed response comes from.
         expect_from: Option<SocketAddr>,
+        /// Run it from the second socket: the filtering tests need a binding of their own, or
+        /// the addresses contacted by the mapping tests would open the filter (RFC 5780 §4.4).
+        filtering_socket: bool,
     },
     /// Whether any of the servers accepts a TCP connection (feed back with
     /// [`NatProbe::on_tcp`]).
@@ -160,7 +164,11 @@ impl NatProbe {
     /// A probe of `servers` (in order) from a socket bound to `local_port`, whose traffic
     /// leaves from `local_ip` (if known).
     pub fn new(servers: Vec<SocketAddr>, local_ip: Option<IpAddr>, local_port: u16) -> NatProbe {
-        let step = if servers.is_empty() { Step::Done } else { Step::Primary(0) };
+        let step = if servers.is_empty() {
+            Step::Done
+        } else {
+            Step::Primary(0)
+        };
         NatProbe {
             servers,
             local_ip,
@@ -173,24 +181,43 @@ impl NatProbe {
             no_nat: false,
             mapping: None,
             filtering: None,
-            verdict: if step == Step::Done { Some(NatType::Unknown) } else { None },
+            verdict: if step == Step::Done {
+                Some(NatType::Unknown)
+            } else {
+                None
+            },
         }
     }
 
     /// The next query, or `None` when the probe is done.
     pub fn next(&self) -> Option<Query> {
-        let binding = |to, change, expect_from| Some(Query::Binding { to, change, expect_from });
+        let binding = |to, change, expect_from, filtering_socket| {
+            Some(Query::Binding {
+                to,
+                change,
+                expect_from,
+                filtering_socket,
+            })
+        };
         match self.step {
-            Step::Primary(i) => binding(self.servers[i], None, None),
+            Step::Primary(i) => binding(self.servers[i], None, None, false),
             Step::Tcp => Some(Query::TcpReachable),
             Step::Done => None,
-            Step::MappingAltIp => binding(SocketAddr::new(self.other?.ip(), self.server?.port()), None, None),
-            Step::MappingAltIpPort => binding(self.other?, None, None),
-            Step::FilteringChangeBoth => binding(self.server?, Some((true, true)), self.other),
+            Step::MappingAltIp => binding(
+                SocketAddr::new(self.other?.ip(), self.server?.port()),
+                None,
+                None,
+                false,
+            ),
+            Step::MappingAltIpPort => binding(self.other?, None, None, false),
+            Step::FilteringChangeBoth => {
+                binding(self.server?, Some((true, true)), self.other, true)
+            }
             Step::FilteringChangePort => binding(
                 self.server?,
                 Some((false, true)),
                 Some(SocketAddr::new(self.server?.ip(), self.other?.port())),
+                true,
             ),
         }
     }
@@ -199,7 +226,11 @@ impl NatProbe {
     pub fn on_result(&mut self, r: Option<BindingResponse>) {
         match (self.step, r) {
             (Step::Primary(i), None) => {
-                self.step = if i + 1 < self.servers.len() { Step::Primary(i + 1) } else { Step::Tcp };
+                self.step = if i + 1 < self.servers.len() {
+                    Step::Primary(i + 1)
+                } else {
+                    Step::Tcp
+                };
             }
             (Step::Primary(i), Some(resp)) => {
                 self.server = Some(self.servers[i]);
@@ -210,7 +241,11 @@ impl NatProbe {
                 }
                 let own_port = resp.mapped.port() == self.local_port;
                 self.no_nat = own_port && self.local_ip.is_some_and(|ip| ip == resp.mapped.ip());
-                self.step = if self.no_nat { Step::FilteringChangeBoth } else { Step::MappingAltIp };
+                self.step = if self.no_nat {
+                    Step::FilteringChangeBoth
+                } else {
+                    Step::MappingAltIp
+                };
             }
             (Step::MappingAltIp, r) => match r {
                 None => self.finish(NatType::Unknown),
@@ -260,7 +295,11 @@ impl NatProbe {
     /// Feeds the answer to [`Query::TcpReachable`].
     pub fn on_tcp(&mut self, reachable: bool) {
         if self.step == Step::Tcp {
-            self.finish(if reachable { NatType::UdpBlocked } else { NatType::Unknown });
+            self.finish(if reachable {
+                NatType::UdpBlocked
+            } else {
+                NatType::Unknown
+            });
         }
     }
 
@@ -268,8 +307,12 @@ impl NatProbe {
         let t = match (self.no_nat, self.mapping, self.filtering) {
             (true, _, Some(Behavior::EndpointIndependent)) => NatType::OpenInternet,
             (true, _, _) => NatType::SymmetricUdpFirewall,
-            (false, Some(Behavior::EndpointIndependent), Some(Behavior::EndpointIndependent)) => NatType::FullCone,
-            (false, Some(Behavior::EndpointIndependent), Some(Behavior::AddressDependent)) => NatType::RestrictedCone,
+            (false, Some(Behavior::EndpointIndependent), Some(Behavior::EndpointIndependent)) => {
+                NatType::FullCone
+            }
+            (false, Some(Behavior::EndpointIndependent), Some(Behavior::AddressDependent)) => {
+                NatType::RestrictedCone
+            }
             (false, Some(Behavior::EndpointIndependent), Some(_)) => NatType::PortRestrictedCone,
             (false, Some(_), _) => NatType::Symmetric,
             _ => NatType::Unknown,
@@ -286,7 +329,11 @@ impl NatProbe {
     pub fn report(&self) -> Option<NatReport> {
         Some(NatReport {
             nat_type: self.verdict?,
-            mapping: if self.no_nat { Some(Behavior::EndpointIndependent) } else { self.mapping },
+            mapping: if self.no_nat {
+                Some(Behavior::EndpointIndependent)
+            } else {
+                self.mapping
+            },
             filtering: self.filtering,
             public: self.m1,
             server: self.server,
@@ -322,11 +369,9 @@ mod tests {
     ) -> NatReport {
         let l = sa(local);
         let mut p = NatProbe::new(vec![sa(S1)], Some(l.ip()), l.port());
-        let mut contacted: Vec<SocketAddr> = Vec::new();
         while let Some(q) = p.next() {
             match q {
                 Query::Binding { to, change, .. } => {
-                    contacted.push(to);
                     let from = match change {
                         None => to,
                         Some((true, true)) => sa(ALT),
@@ -334,7 +379,11 @@ mod tests {
                         Some((true, false)) => SocketAddr::new(sa(ALT).ip(), to.port()),
                         Some((false, false)) => to,
                     };
-                    let answer = if allows(from, to) { resp(&nat(to)) } else { None };
+                    let answer = if allows(from, to) {
+                        resp(&nat(to))
+                    } else {
+                        None
+                    };
                     p.on_result(answer);
                 }
                 Query::TcpReachable => p.on_tcp(true),
@@ -353,13 +402,30 @@ mod tests {
             };
             format!("203.0.113.254:{}", 40000 + to.port() + octet * 7)
         };
-        let open = run("198.51.100.10:5000", |_| "198.51.100.10:5000".into(), |_, _| true);
+        let open = run(
+            "198.51.100.10:5000",
+            |_| "198.51.100.10:5000".into(),
+            |_, _| true,
+        );
         assert_eq!(open.nat_type, NatType::OpenInternet);
-        let fw = run("198.51.100.10:5000", |_| "198.51.100.10:5000".into(), |from, to| from == to);
+        let fw = run(
+            "198.51.100.10:5000",
+            |_| "198.51.100.10:5000".into(),
+            |from, to| from == to,
+        );
         assert_eq!(fw.nat_type, NatType::SymmetricUdpFirewall);
-        assert_eq!(run("10.0.0.10:5000", eim, |_, _| true).nat_type, NatType::FullCone);
-        assert_eq!(run("10.0.0.10:5000", eim, |from, to| from.ip() == to.ip()).nat_type, NatType::RestrictedCone);
-        assert_eq!(run("10.0.0.10:5000", eim, |from, to| from == to).nat_type, NatType::PortRestrictedCone);
+        assert_eq!(
+            run("10.0.0.10:5000", eim, |_, _| true).nat_type,
+            NatType::FullCone
+        );
+        assert_eq!(
+            run("10.0.0.10:5000", eim, |from, to| from.ip() == to.ip()).nat_type,
+            NatType::RestrictedCone
+        );
+        assert_eq!(
+            run("10.0.0.10:5000", eim, |from, to| from == to).nat_type,
+            NatType::PortRestrictedCone
+        );
         let sym = run("10.0.0.10:5000", apdm, |from, to| from == to);
         assert_eq!(sym.nat_type, NatType::Symmetric);
         assert_eq!(sym.mapping, Some(Behavior::AddressAndPortDependent));
@@ -369,7 +435,9 @@ mod tests {
     #[test]
     fn falls_back_to_the_next_server_and_separates_blocked_from_unknown() {
         let mut p = NatProbe::new(vec![sa("203.0.113.3:3478"), sa(S1)], None, 5000);
-        assert!(matches!(p.next(), Some(Query::Binding { to, .. }) if to == sa("203.0.113.3:3478")));
+        assert!(
+            matches!(p.next(), Some(Query::Binding { to, .. }) if to == sa("203.0.113.3:3478"))
+        );
         p.on_result(None);
         assert!(matches!(p.next(), Some(Query::Binding { to, .. }) if to == sa(S1)));
         p.on_result(None);
@@ -390,7 +458,10 @@ mod tests {
             origin: None,
         }));
         let r = p.report().unwrap();
-        assert_eq!((r.nat_type, r.public), (NatType::Unknown, Some(sa("203.0.113.254:40000"))));
+        assert_eq!(
+            (r.nat_type, r.public),
+            (NatType::Unknown, Some(sa("203.0.113.254:40000")))
+        );
         assert_eq!(p.next(), None);
     }
 }

@@ -61,7 +61,10 @@ impl Transaction {
         Transaction {
             tid,
             server,
-            accept_from: expect_from.into_iter().chain(std::iter::once(server)).collect(),
+            accept_from: expect_from
+                .into_iter()
+                .chain(std::iter::once(server))
+                .collect(),
             request: binding_request(tid, change),
             sends: 0,
             rto: INITIAL_RTO,
@@ -98,7 +101,11 @@ impl Transaction {
 
     /// Feeds a datagram from `from`: `Some(Ok)` completes the transaction; datagrams from
     /// other sources or for other transactions give `None` (ignored).
-    pub fn on_datagram(&self, from: SocketAddr, bytes: &[u8]) -> Option<Result<BindingResponse, StunError>> {
+    pub fn on_datagram(
+        &self,
+        from: SocketAddr,
+        bytes: &[u8],
+    ) -> Option<Result<BindingResponse, StunError>> {
         if !self.accept_from.contains(&from) {
             return None;
         }
@@ -159,7 +166,10 @@ mod tests {
                 TxStep::TimedOut => break,
             }
         }
-        assert_eq!(sends, 3, "0, 0.5 and 1.5 s; the 3.5 s send is past the timeout");
+        assert_eq!(
+            sends, 3,
+            "0, 0.5 and 1.5 s; the 3.5 s send is past the timeout"
+        );
         assert_eq!(now.duration_since(t0), Duration::from_secs(3));
     }
 
@@ -171,8 +181,18 @@ mod tests {
         let mapped: SocketAddr = "198.51.100.10:5000".parse().unwrap();
         let good = binding_response(tid, mapped, None, true);
         let forged = binding_response([8; 12], mapped, None, true);
-        assert!(tx.on_datagram("203.0.113.9:3478".parse().unwrap(), &good).is_none(), "wrong source");
-        assert!(tx.on_datagram(server(), &forged).is_none(), "wrong transaction id");
-        assert_eq!(tx.on_datagram(server(), &good).unwrap().unwrap().mapped, mapped);
+        assert!(
+            tx.on_datagram("203.0.113.9:3478".parse().unwrap(), &good)
+                .is_none(),
+            "wrong source"
+        );
+        assert!(
+            tx.on_datagram(server(), &forged).is_none(),
+            "wrong transaction id"
+        );
+        assert_eq!(
+            tx.on_datagram(server(), &good).unwrap().unwrap().mapped,
+            mapped
+        );
     }
 }
