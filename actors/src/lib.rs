@@ -70,6 +70,7 @@
 pub mod addrbook;
 pub mod bandwidth;
 pub mod bans;
+pub mod chain;
 pub mod config;
 pub mod connection;
 pub mod constants;

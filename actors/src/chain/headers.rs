@@ -1,0 +1,893 @@
+//! The header chain as a sans-IO core: a tree of headers from the network's genesis, the
+//! best chain by cumulative work, and every check a header must pass before it is stored.
+//!
+//! Checks, in order: it links to a known header; its proof of work meets the target its
+//! nBits encodes, and that target is within the network's limit; its nBits is what the
+//! network's difficulty rule demands; its time is above the median of the previous eleven
+//! and at most two hours ahead of ours; it matches the checkpoint at its height, if any.
+//!
+//! Difficulty rules implemented: BTC mainnet and signet (2016-block retarget, clamped to a
+//! factor of four); testnet3 (the same, plus the 20-minute minimum-difficulty exception);
+//! testnet4 (BIP94: the exception, the retarget computed from the period's first block, and
+//! the time-warp limit on the first block of a period); regtest (no retargeting). **BSV**: the
+//! DAA of November 2017 (and the EDA and 2016 retargets before it) are **not** implemented;
+//! for BSV networks only the proof of work against nBits and the network's target limit are
+//! checked. Signet's block signatures are not checked (headers do not carry them).
+//!
+//! # Security
+//! A peer must not make us store low-work forks without bound: headers that do not extend
+//! the best chain are "stale", and at most [`MAX_STALE_HEADERS`] are kept; past that, a
+//! header that would add to them is refused (and costs its sender). Memory per header is
+//! kept near 120 bytes: the header without its previous-hash (implied by the parent index),
+//! the parent index, the height and the cumulative work as a 128-bit integer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bitcoin::block::{Header, Version};
+use bitcoin::hashes::Hash;
+use bitcoin::pow::{CompactTarget, Target};
+use bitcoin::{BlockHash, Network, TxMerkleNode};
+
+use crate::network::{DifficultyRule, NetworkId, Profile};
+
+/// Headers not on the best chain kept at most.
+///
+/// # Security
+/// Bounds the memory a peer can make us spend on forks that do not win: 20,000 headers
+/// (about 2.4 MB) is more than any honest reorganisation needs.
+pub const MAX_STALE_HEADERS: usize = 20_000;
+
+/// How far ahead of our clock a header's time may be (Core's `MAX_FUTURE_BLOCK_TIME`).
+pub const MAX_FUTURE_BLOCK_TIME: u32 = 2 * 60 * 60;
+
+/// Blocks in a difficulty period (BTC).
+const RETARGET_INTERVAL: u32 = 2016;
+
+/// Testnet: a block this much later than its parent may be at minimum difficulty.
+const MIN_DIFFICULTY_GAP: u32 = 20 * 60;
+
+/// BIP94: the first block of a period may be at most this much older than its parent.
+const MAX_TIMEWARP: u32 = 600;
+
+/// Mainnet checkpoints (Bitcoin Core's list).
+const MAINNET_CHECKPOINTS: &[(u32, &str)] = &[
+    (
+        11111,
+        "0000000069e244f73d78e8fd29ba2fd2ed618bd6fa2ee92559f542fdb26e7c1d",
+    ),
+    (
+        33333,
+        "000000002dd5588a74784eaa7ab0507a18ad16a236e7b1ce69f00d7ddfb5d0a6",
+    ),
+    (
+        74000,
+        "0000000000573993a3c9e41ce34471c079dcf5f52a0e824a81e7f953b8661a20",
+    ),
+    (
+        105000,
+        "00000000000291ce28027faea320c8d2b054b2e0fe44a773f3eefb151d6bdc97",
+    ),
+    (
+        134444,
+        "00000000000005b12ffd4cd315cd34ffd4a594f430ac814c91184a0d42d2b0fe",
+    ),
+    (
+        168000,
+        "000000000000099e61ea72015e79632f216fe6cb33d7899acb35b75c8303b763",
+    ),
+    (
+        193000,
+        "000000000000059f452a5f7340de6682a977387c17010ff6e6c3bd83ca8b1317",
+    ),
+    (
+        210000,
+        "000000000000048b95347e83192f69cf0366076336c639f9b7228e9ba171342e",
+    ),
+    (
+        216116,
+        "00000000000001b4f4b433e81ee46494af945cf96014816a4e2370f11b23df4e",
+    ),
+];
+
+/// One stored header: its 80 wire bytes and its height (84 bytes). Its hash, parent and
+/// work are computed from the bytes when needed; cumulative work is kept for the best tip and
+/// for stale headers only (see [`HeaderChain::work_of`]).
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    raw: [u8; 80],
+    height: u32,
+}
+
+impl Entry {
+    fn own_work(&self) -> u128 {
+        to_u128(Target::from_compact(CompactTarget::from_consensus(self.bits())).to_work())
+    }
+    fn header(&self) -> Header {
+        // The bytes were produced by encoding a Header: decoding them cannot fail.
+        bitcoin::consensus::deserialize(&self.raw).unwrap_or_else(|_| unreachable_header())
+    }
+    fn hash(&self) -> BlockHash {
+        BlockHash::from_raw_hash(bitcoin::hashes::sha256d::Hash::hash(&self.raw))
+    }
+    fn prev(&self) -> BlockHash {
+        let mut b = [0u8; 32];
+        b.copy_from_slice(&self.raw[4..36]);
+        BlockHash::from_byte_array(b)
+    }
+    fn time(&self) -> u32 {
+        u32::from_le_bytes([self.raw[68], self.raw[69], self.raw[70], self.raw[71]])
+    }
+    fn bits(&self) -> u32 {
+        u32::from_le_bytes([self.raw[72], self.raw[73], self.raw[74], self.raw[75]])
+    }
+}
+
+fn unreachable_header() -> Header {
+    Header {
+        version: Version::ONE,
+        prev_blockhash: BlockHash::all_zeros(),
+        merkle_root: TxMerkleNode::all_zeros(),
+        time: 0,
+        bits: CompactTarget::from_consensus(0),
+        nonce: 0,
+    }
+}
+
+/// The first four bytes of a hash, the key of the compact index.
+fn short(hash: &BlockHash) -> u32 {
+    let b = hash.as_byte_array();
+    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    /// Its parent is unknown.
+    #[error("does not connect: parent {0} unknown")]
+    NotConnecting(BlockHash),
+    /// The hash does not meet the target.
+    #[error("proof of work does not meet its target")]
+    BadProofOfWork,
+    /// The target is easier than the network allows.
+    #[error("target above the network's limit")]
+    TargetAboveLimit,
+    /// nBits is not what the difficulty rule demands.
+    #[error("nBits {got:#010x}, the difficulty rule demands {want:#010x}")]
+    BadDifficulty {
+        /// nBits in the header.
+        got: u32,
+        /// nBits required.
+        want: u32,
+    },
+    /// Time not above the median of the previous eleven.
+    #[error("time {time} not above median time past {mtp}")]
+    TimeTooOld {
+        /// Header time.
+        time: u32,
+        /// Median time past.
+        mtp: u32,
+    },
+    /// Time too far in the future.
+    #[error("time {time} more than two hours ahead of {now}")]
+    TimeTooNew {
+        /// Header time.
+        time: u32,
+        /// Our clock.
+        now: u32,
+    },
+    /// BIP94 time-warp rule.
+    #[error("first block of a period {time} earlier than parent {parent} minus 600 s")]
+    TimeWarp {
+        /// Header time.
+        time: u32,
+        /// Parent time.
+        parent: u32,
+    },
+    /// Conflicts with a checkpoint.
+    #[error("conflicts with the checkpoint at height {0}")]
+    Checkpoint(u32),
+    /// Would add to the stale headers past their cap.
+    #[error("too many headers off the best chain")]
+    TooManyStale,
+}
+
+impl AcceptError {
+    /// A stable name for metrics and misbehaviour costs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AcceptError::NotConnecting(_) => "header_not_connecting",
+            AcceptError::BadProofOfWork => "header_bad_pow",
+            AcceptError::TargetAboveLimit => "header_bad_pow",
+            AcceptError::BadDifficulty { .. } => "header_bad_difficulty",
+            AcceptError::TimeTooOld { .. } => "header_bad_time",
+            AcceptError::TimeTooNew { .. } => "header_time_too_new",
+            AcceptError::TimeWarp { .. } => "header_bad_time",
+            AcceptError::Checkpoint(_) => "header_checkpoint",
+            AcceptError::TooManyStale => "header_too_many_stale",
+        }
+    }
+}
+
+/// What accepting a header did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Already known.
+    Duplicate,
+    /// Stored; the best tip did not change.
+    Stored,
+    /// Stored, and it is the new best tip (extending the best chain).
+    NewTip,
+    /// Stored, and the best chain switched to its branch (a reorganisation); `depth` blocks
+    /// of the old best chain left it.
+    Reorg {
+        /// Blocks disconnected from the old best chain.
+        depth: u32,
+    },
+}
+
+/// The header tree. See the module documentation.
+#[derive(Debug)]
+pub struct HeaderChain {
+    rule: DifficultyRule,
+    params: bitcoin::consensus::Params,
+    pow_limit: Target,
+    checkpoints: Vec<(u32, BlockHash)>,
+    entries: Vec<Entry>,
+    /// Index by the first four bytes of the hash (verified against the entry on lookup);
+    /// the rare second header with the same four bytes goes to `overflow`.
+    index: HashMap<u32, u32>,
+    overflow: HashMap<BlockHash, u32>,
+    /// Best chain: `best[h]` is the index of the header at height `h`.
+    best: Vec<u32>,
+    /// Cumulative work of the best tip.
+    tip_work: u128,
+    /// Cumulative work of each header off the best chain (bounded by [`MAX_STALE_HEADERS`]).
+    stale_work: HashMap<u32, u128>,
+}
+
+fn to_u128(work: bitcoin::pow::Work) -> u128 {
+    let b = work.to_be_bytes();
+    if b[..16].iter().any(|&x| x != 0) {
+        return u128::MAX;
+    }
+    let mut lo = [0u8; 16];
+    lo.copy_from_slice(&b[16..]);
+    u128::from_be_bytes(lo)
+}
+
+impl HeaderChain {
+    /// A chain holding only the genesis header of `profile`.
+    pub fn new(profile: &Profile) -> HeaderChain {
+        let network = match profile.id {
+            NetworkId::Mainnet | NetworkId::BsvMainnet => Network::Bitcoin,
+            NetworkId::Testnet3 | NetworkId::BsvTestnet | NetworkId::BsvStn => Network::Testnet,
+            NetworkId::Testnet4 => Network::Testnet4,
+            NetworkId::Signet => Network::Signet,
+            NetworkId::Regtest | NetworkId::BsvRegtest => Network::Regtest,
+        };
+        let params = bitcoin::consensus::Params::new(network);
+        let checkpoints = if profile.id == NetworkId::Mainnet {
+            MAINNET_CHECKPOINTS
+                .iter()
+                .filter_map(|(h, s)| s.parse::<BlockHash>().ok().map(|hash| (*h, hash)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let g = profile.genesis;
+        let mut chain = HeaderChain {
+            rule: profile.difficulty,
+            pow_limit: params.max_attainable_target,
+            params,
+            checkpoints,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            overflow: HashMap::new(),
+            best: Vec::new(),
+            tip_work: to_u128(g.work()),
+            stale_work: HashMap::new(),
+        };
+        chain.push(&g, 0);
+        chain.best.push(0);
+        chain
+    }
+
+    fn push(&mut self, h: &Header, height: u32) -> u32 {
+        let idx = self.entries.len() as u32;
+        if self.entries.len() == self.entries.capacity() {
+            // Grow in steps of one headers message, not by doubling: memory follows the chain.
+            self.entries.reserve_exact(2000);
+        }
+        let mut raw = [0u8; 80];
+        raw.copy_from_slice(&bitcoin::consensus::serialize(h));
+        self.entries.push(Entry { raw, height });
+        let hash = h.block_hash();
+        match self.index.entry(short(&hash)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(idx);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.overflow.insert(hash, idx);
+            }
+        }
+        idx
+    }
+
+    fn lookup(&self, hash: &BlockHash) -> Option<u32> {
+        if let Some(&i) = self.index.get(&short(hash)) {
+            if self.entries[i as usize].hash() == *hash {
+                return Some(i);
+            }
+        }
+        self.overflow.get(hash).copied()
+    }
+
+    /// Cumulative work up to `idx`: the tip's minus the work above it on the best chain (O(1)
+    /// when extending the tip, short for forks), or the recorded work of a stale header.
+    fn work_of(&self, idx: u32) -> u128 {
+        if let Some(w) = self.stale_work.get(&idx) {
+            return *w;
+        }
+        let h = self.entries[idx as usize].height as usize;
+        let above: u128 = self.best[h + 1..]
+            .iter()
+            .map(|i| self.entries[*i as usize].own_work())
+            .sum();
+        self.tip_work.saturating_sub(above)
+    }
+
+    fn parent_of(&self, idx: u32) -> Option<u32> {
+        if idx == 0 {
+            return None;
+        }
+        self.lookup(&self.entries[idx as usize].prev())
+    }
+
+    fn header_at(&self, idx: u32) -> Header {
+        self.entries[idx as usize].header()
+    }
+
+    fn ancestor(&self, mut idx: u32, height: u32) -> u32 {
+        // On the best chain this is an index lookup; off it, walk back to the best chain.
+        loop {
+            let e = &self.entries[idx as usize];
+            if e.height == height {
+                return idx;
+            }
+            if self.best.get(e.height as usize) == Some(&idx) {
+                return self.best[height as usize];
+            }
+            match self.parent_of(idx) {
+                Some(p) => idx = p,
+                None => return 0,
+            }
+        }
+    }
+
+    fn median_time_past(&self, mut idx: u32) -> u32 {
+        let mut times = Vec::with_capacity(11);
+        for _ in 0..11 {
+            times.push(self.entries[idx as usize].time());
+            match self.parent_of(idx) {
+                Some(p) => idx = p,
+                None => break,
+            }
+        }
+        times.sort_unstable();
+        times[times.len() / 2]
+    }
+
+    fn pow_limit_bits(&self) -> u32 {
+        self.pow_limit.to_compact_lossy().to_consensus()
+    }
+
+    /// nBits the difficulty rule demands for a child of `parent` with time `time`; `None`
+    /// where the rule is not checked (BSV).
+    fn required_bits(&self, parent: u32, time: u32) -> Option<u32> {
+        let p = self.entries[parent as usize];
+        let (p_time, p_bits) = (p.time(), p.bits());
+        let height = p.height + 1;
+        let testnet_exception = matches!(
+            self.rule,
+            DifficultyRule::BtcTestnet3 | DifficultyRule::BtcTestnet4
+        );
+        match self.rule {
+            DifficultyRule::Regtest => Some(p_bits),
+            DifficultyRule::BsvDaa => None,
+            DifficultyRule::BtcMainnet
+            | DifficultyRule::BtcSignet
+            | DifficultyRule::BtcTestnet3
+            | DifficultyRule::BtcTestnet4 => {
+                if height % RETARGET_INTERVAL != 0 {
+                    if testnet_exception {
+                        if time > p_time.saturating_add(MIN_DIFFICULTY_GAP) {
+                            return Some(self.pow_limit_bits());
+                        }
+                        // Back to the last block not mined under the exception.
+                        let limit = self.pow_limit_bits();
+                        let mut idx = parent;
+                        loop {
+                            let e = &self.entries[idx as usize];
+                            let parent = self.parent_of(idx);
+                            if parent.is_none()
+                                || e.height % RETARGET_INTERVAL == 0
+                                || e.bits() != limit
+                            {
+                                return Some(e.bits());
+                            }
+                            idx = parent.unwrap_or(0);
+                        }
+                    }
+                    return Some(p_bits);
+                }
+                let first = self.ancestor(parent, height - RETARGET_INTERVAL);
+                let f = &self.entries[first as usize];
+                let timespan = p_time.saturating_sub(f.time()) as u64;
+                // BIP94: testnet4 retargets from the period's first block, not its last.
+                let base = if self.rule == DifficultyRule::BtcTestnet4 {
+                    f.bits()
+                } else {
+                    p_bits
+                };
+                Some(
+                    CompactTarget::from_next_work_required(
+                        CompactTarget::from_consensus(base),
+                        timespan,
+                        &self.params,
+                    )
+                    .to_consensus(),
+                )
+            }
+        }
+    }
+
+    /// Validates `h` and stores it. `now` is our clock, unix seconds.
+    pub fn accept(&mut self, h: &Header, now: u32) -> Result<Accepted, AcceptError> {
+        let hash = h.block_hash();
+        if self.lookup(&hash).is_some() {
+            return Ok(Accepted::Duplicate);
+        }
+        let parent = self
+            .lookup(&h.prev_blockhash)
+            .ok_or(AcceptError::NotConnecting(h.prev_blockhash))?;
+        let p = self.entries[parent as usize];
+        let height = p.height + 1;
+        let target = h.target();
+        if target > self.pow_limit {
+            return Err(AcceptError::TargetAboveLimit);
+        }
+        if !target.is_met_by(hash) {
+            return Err(AcceptError::BadProofOfWork);
+        }
+        if let Some(want) = self.required_bits(parent, h.time) {
+            if h.bits.to_consensus() != want {
+                return Err(AcceptError::BadDifficulty {
+                    got: h.bits.to_consensus(),
+                    want,
+                });
+            }
+        }
+        let mtp = self.median_time_past(parent);
+        if h.time <= mtp {
+            return Err(AcceptError::TimeTooOld { time: h.time, mtp });
+        }
+        if h.time > now.saturating_add(MAX_FUTURE_BLOCK_TIME) {
+            return Err(AcceptError::TimeTooNew { time: h.time, now });
+        }
+        if self.rule == DifficultyRule::BtcTestnet4
+            && height % RETARGET_INTERVAL == 0
+            && h.time < p.time().saturating_sub(MAX_TIMEWARP)
+        {
+            return Err(AcceptError::TimeWarp {
+                time: h.time,
+                parent: p.time(),
+            });
+        }
+        if let Some((_, cp)) = self.checkpoints.iter().find(|(ch, _)| *ch == height) {
+            if *cp != hash {
+                return Err(AcceptError::Checkpoint(height));
+            }
+        }
+        let extends_best = parent == *self.best.last().unwrap_or(&0);
+        if !extends_best && self.stale_count() >= MAX_STALE_HEADERS {
+            return Err(AcceptError::TooManyStale);
+        }
+        let work = self.work_of(parent).saturating_add(to_u128(h.work()));
+        let idx = self.push(h, height);
+        if extends_best {
+            self.best.push(idx);
+            self.tip_work = work;
+            return Ok(Accepted::NewTip);
+        }
+        self.stale_work.insert(idx, work);
+        if work > self.tip_work {
+            return Ok(Accepted::Reorg {
+                depth: self.switch_to(idx),
+            });
+        }
+        Ok(Accepted::Stored)
+    }
+
+    /// Makes `idx` the best tip; returns how many old best-chain blocks left the chain.
+    fn switch_to(&mut self, idx: u32) -> u32 {
+        let mut branch = Vec::new();
+        let mut cur = idx;
+        while self.best.get(self.entries[cur as usize].height as usize) != Some(&cur) {
+            branch.push(cur);
+            match self.parent_of(cur) {
+                Some(p) => cur = p,
+                None => break,
+            }
+        }
+        let fork_height = self.entries[cur as usize].height;
+        let depth = (self.best.len() as u32 - 1) - fork_height;
+        // The old best chain above the fork becomes stale: record its cumulative work.
+        let mut w = self.tip_work;
+        for h in (fork_height as usize + 1..self.best.len()).rev() {
+            let i = self.best[h];
+            self.stale_work.insert(i, w);
+            w = w.saturating_sub(self.entries[i as usize].own_work());
+        }
+        let new_tip_work = self.stale_work.get(&idx).copied().unwrap_or(self.tip_work);
+        for i in &branch {
+            self.stale_work.remove(i);
+        }
+        self.best.truncate(fork_height as usize + 1);
+        self.best.extend(branch.into_iter().rev());
+        self.tip_work = new_tip_work;
+        depth
+    }
+
+    fn stale_count(&self) -> usize {
+        self.stale_work.len()
+    }
+
+    /// Height of the best tip.
+    pub fn height(&self) -> u32 {
+        (self.best.len() - 1) as u32
+    }
+
+    /// Hash of the best tip.
+    pub fn tip(&self) -> BlockHash {
+        self.entries[*self.best.last().unwrap_or(&0) as usize].hash()
+    }
+
+    /// The best tip's header.
+    pub fn tip_header(&self) -> Header {
+        self.header_at(*self.best.last().unwrap_or(&0))
+    }
+
+    /// Cumulative work of the best chain.
+    pub fn tip_work(&self) -> u128 {
+        self.tip_work
+    }
+
+    /// Height of a known header.
+    pub fn height_of(&self, hash: &BlockHash) -> Option<u32> {
+        self.lookup(hash).map(|i| self.entries[i as usize].height)
+    }
+
+    /// Whether a header is known.
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.lookup(hash).is_some()
+    }
+
+    /// Whether a known header is on the best chain.
+    pub fn is_on_best_chain(&self, hash: &BlockHash) -> bool {
+        self.lookup(hash)
+            .is_some_and(|i| self.best.get(self.entries[i as usize].height as usize) == Some(&i))
+    }
+
+    /// The best-chain header at `height`.
+    pub fn header_at_height(&self, height: u32) -> Option<Header> {
+        self.best.get(height as usize).map(|i| self.header_at(*i))
+    }
+
+    /// The best-chain hash at `height`.
+    pub fn hash_at_height(&self, height: u32) -> Option<BlockHash> {
+        self.best
+            .get(height as usize)
+            .map(|i| self.entries[*i as usize].hash())
+    }
+
+    /// A block locator for the best chain: the last ten hashes, then exponentially sparser,
+    /// ending at genesis.
+    pub fn locator(&self) -> Vec<BlockHash> {
+        let mut out = Vec::new();
+        let mut h = self.height() as i64;
+        let mut step = 1i64;
+        while h > 0 {
+            out.push(self.entries[self.best[h as usize] as usize].hash());
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            h -= step;
+        }
+        out.push(self.entries[self.best[0] as usize].hash());
+        out
+    }
+
+    /// Serves a getheaders: best-chain headers after the first locator hash we know (genesis
+    /// if none), up to `max` and stopping at `stop` (inclusive) when it is set.
+    pub fn headers_after(&self, locator: &[BlockHash], stop: BlockHash, max: usize) -> Vec<Header> {
+        let start = locator
+            .iter()
+            .find(|h| self.is_on_best_chain(h))
+            .and_then(|h| self.height_of(h))
+            .map_or(1, |height| height + 1);
+        let mut out = Vec::new();
+        for height in start..=self.height() {
+            if out.len() >= max {
+                break;
+            }
+            let idx = self.best[height as usize];
+            let e = &self.entries[idx as usize];
+            out.push(e.header());
+            if e.hash() == stop {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Bytes used by the chain's storage (capacities included), for the memory target.
+    pub fn memory_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<Entry>() * self.entries.capacity();
+        // hashbrown: one (key, value) slot plus one control byte per bucket; buckets are the
+        // next power of two above capacity × 8/7.
+        let buckets = |cap: usize| {
+            if cap == 0 {
+                0
+            } else {
+                (cap * 8 / 7).next_power_of_two()
+            }
+        };
+        let index = buckets(self.index.capacity()) * (std::mem::size_of::<(u32, u32)>() + 1);
+        let overflow =
+            buckets(self.overflow.capacity()) * (std::mem::size_of::<(BlockHash, u32)>() + 1);
+        let best = std::mem::size_of::<u32>() * self.best.capacity();
+        let stale = buckets(self.stale_work.capacity()) * (std::mem::size_of::<(u32, u128)>() + 1);
+        entry + index + overflow + best + stale
+    }
+
+    /// Number of stored headers (all branches).
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether only genesis is stored.
+    pub fn is_empty(&self) -> bool {
+        self.entries.len() <= 1
+    }
+
+    /// Every stored header in storage order (parents before children), for persistence.
+    pub fn stored_headers(&self) -> impl Iterator<Item = Header> + '_ {
+        (1..self.entries.len() as u32).map(|i| self.header_at(i))
+    }
+
+    /// The time allowed ahead of our clock.
+    pub fn max_future() -> Duration {
+        Duration::from_secs(MAX_FUTURE_BLOCK_TIME as u64)
+    }
+}
+
+/// Mines a header on top of `parent` with the given bits (trivial on regtest): tries nonces
+/// until the hash meets the target. For tests and regtest generation.
+pub fn mine_header(
+    parent: &Header,
+    merkle_root: TxMerkleNode,
+    time: u32,
+    bits: CompactTarget,
+) -> Header {
+    let mut h = Header {
+        version: Version::from_consensus(0x2000_0000),
+        prev_blockhash: parent.block_hash(),
+        merkle_root,
+        time,
+        bits,
+        nonce: 0,
+    };
+    let target = h.target();
+    while !target.is_met_by(h.block_hash()) {
+        h.nonce = h.nonce.wrapping_add(1);
+        if h.nonce == 0 {
+            h.time += 1;
+        }
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regtest() -> HeaderChain {
+        HeaderChain::new(&NetworkId::Regtest.profile())
+    }
+
+    fn grow(chain: &mut HeaderChain, from: Header, n: u32, salt: u8) -> Vec<Header> {
+        let mut out = Vec::new();
+        let mut parent = from;
+        for i in 0..n {
+            let h = mine_header(
+                &parent,
+                TxMerkleNode::from_byte_array([salt; 32]),
+                parent.time + 600 + i % 3,
+                parent.bits,
+            );
+            chain.accept(&h, u32::MAX / 2).unwrap();
+            out.push(h);
+            parent = h;
+        }
+        out
+    }
+
+    #[test]
+    fn extends_and_serves_and_locates() {
+        let mut c = regtest();
+        let g = c.tip_header();
+        let hs = grow(&mut c, g, 50, 1);
+        assert_eq!(c.height(), 50);
+        assert_eq!(c.tip(), hs[49].block_hash());
+        let loc = c.locator();
+        assert_eq!(loc[0], c.tip());
+        assert_eq!(*loc.last().unwrap(), g.block_hash());
+        let served = c.headers_after(&[hs[9].block_hash()], BlockHash::all_zeros(), 2000);
+        assert_eq!(served.len(), 40);
+        assert_eq!(served[0], hs[10]);
+        assert_eq!(c.headers_after(&[], hs[4].block_hash(), 2000).len(), 5);
+    }
+
+    #[test]
+    fn most_work_wins_and_reorgs_are_reported() {
+        let mut c = regtest();
+        let g = c.tip_header();
+        let a = grow(&mut c, g, 5, 1);
+        let fork_base = a[1];
+        // A competing branch from height 2: 3 blocks do not win (4 vs 5 total ... equal work
+        // needs more), 4 do.
+        let mut parent = fork_base;
+        let mut outcome = Vec::new();
+        for i in 0..4 {
+            let h = mine_header(
+                &parent,
+                TxMerkleNode::from_byte_array([2; 32]),
+                parent.time + 700 + i,
+                parent.bits,
+            );
+            outcome.push(c.accept(&h, u32::MAX / 2).unwrap());
+            parent = h;
+        }
+        assert_eq!(
+            outcome[..3],
+            [Accepted::Stored, Accepted::Stored, Accepted::Stored]
+        );
+        assert_eq!(outcome[3], Accepted::Reorg { depth: 3 });
+        assert_eq!(c.height(), 6);
+        assert_eq!(c.tip(), parent.block_hash());
+        assert!(!c.is_on_best_chain(&a[4].block_hash()));
+    }
+
+    #[test]
+    fn invalid_headers_are_refused_with_typed_errors() {
+        let mut c = regtest();
+        let g = c.tip_header();
+        let good = mine_header(
+            &g,
+            TxMerkleNode::from_byte_array([1; 32]),
+            g.time + 600,
+            g.bits,
+        );
+        // Bad proof of work: a nonce that does not meet the target.
+        let mut bad = good;
+        while bad.target().is_met_by(bad.block_hash()) {
+            bad.nonce = bad.nonce.wrapping_add(1);
+        }
+        assert_eq!(
+            c.accept(&bad, u32::MAX / 2),
+            Err(AcceptError::BadProofOfWork)
+        );
+        // Wrong nBits (harder than regtest's fixed target, so the work is still met).
+        let harder = mine_header(
+            &g,
+            TxMerkleNode::from_byte_array([1; 32]),
+            g.time + 600,
+            CompactTarget::from_consensus(0x2000_ffff),
+        );
+        assert!(matches!(
+            c.accept(&harder, u32::MAX / 2),
+            Err(AcceptError::BadDifficulty { .. })
+        ));
+        // Too far in the future.
+        let now = g.time + 1000;
+        let future = mine_header(
+            &g,
+            TxMerkleNode::from_byte_array([1; 32]),
+            now + MAX_FUTURE_BLOCK_TIME + 1,
+            g.bits,
+        );
+        assert!(matches!(
+            c.accept(&future, now),
+            Err(AcceptError::TimeTooNew { .. })
+        ));
+        // Not above the median time past.
+        let old = mine_header(&g, TxMerkleNode::from_byte_array([1; 32]), g.time, g.bits);
+        assert!(matches!(
+            c.accept(&old, u32::MAX / 2),
+            Err(AcceptError::TimeTooOld { .. })
+        ));
+        // Not connecting.
+        let mut orphan = good;
+        orphan.prev_blockhash = BlockHash::from_byte_array([9; 32]);
+        assert!(matches!(
+            c.accept(&orphan, u32::MAX / 2),
+            Err(AcceptError::NotConnecting(_))
+        ));
+        assert_eq!(c.accept(&good, u32::MAX / 2), Ok(Accepted::NewTip));
+        assert_eq!(c.accept(&good, u32::MAX / 2), Ok(Accepted::Duplicate));
+    }
+
+    #[test]
+    fn mainnet_first_retarget_and_genesis_rules_hold() {
+        // Height 1 on mainnet must carry genesis's bits; anything else is refused before any
+        // proof of work is attempted on it.
+        let mut c = HeaderChain::new(&NetworkId::Mainnet.profile());
+        assert_eq!(
+            c.required_bits(0, c.tip_header().time + 600),
+            Some(0x1d00_ffff)
+        );
+        let g = c.tip_header();
+        let h = Header {
+            version: Version::from_consensus(1),
+            prev_blockhash: g.block_hash(),
+            merkle_root: TxMerkleNode::all_zeros(),
+            time: g.time + 600,
+            bits: CompactTarget::from_consensus(0x207f_ffff),
+            nonce: 0,
+        };
+        assert_eq!(
+            c.accept(&h, u32::MAX / 2),
+            Err(AcceptError::TargetAboveLimit)
+        );
+    }
+
+    #[test]
+    fn testnet_minimum_difficulty_exception_after_twenty_minutes() {
+        let c = HeaderChain::new(&NetworkId::Testnet3.profile());
+        let g = c.tip_header();
+        let limit = c.pow_limit_bits();
+        assert_eq!(c.required_bits(0, g.time + 20 * 60 + 1), Some(limit));
+        assert_eq!(c.required_bits(0, g.time + 60), Some(g.bits.to_consensus()));
+    }
+
+    #[test]
+    fn stale_headers_are_capped() {
+        let mut c = regtest();
+        let g = c.tip_header();
+        grow(&mut c, g, 3, 1);
+        // Forks from genesis, one header each: they never win, so they are stale.
+        let mut refused = 0;
+        for i in 0..(MAX_STALE_HEADERS as u32 + 5) {
+            let h = mine_header(
+                &g,
+                TxMerkleNode::from_byte_array([3; 32]),
+                g.time + 601 + i,
+                g.bits,
+            );
+            if c.accept(&h, u32::MAX / 2) == Err(AcceptError::TooManyStale) {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 5);
+    }
+
+    #[test]
+    fn memory_per_header_stays_under_128_bytes() {
+        let mut c = regtest();
+        let g = c.tip_header();
+        grow(&mut c, g, 20_000, 1);
+        let per = c.memory_bytes() as f64 / c.len() as f64;
+        assert!(per <= 128.0, "{per:.1} bytes per header");
+    }
+}

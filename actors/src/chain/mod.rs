@@ -1,0 +1,7 @@
+//! The header chain: validation and best-chain choice ([`headers`]), and crash-safe storage
+//! ([`store`]). Both sans-IO apart from the file the store appends to.
+
+pub mod headers;
+pub mod store;
+
+pub use headers::{AcceptError, Accepted, HeaderChain};
