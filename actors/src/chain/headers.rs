@@ -399,7 +399,7 @@ impl HeaderChain {
             | DifficultyRule::BtcSignet
             | DifficultyRule::BtcTestnet3
             | DifficultyRule::BtcTestnet4 => {
-                if height % RETARGET_INTERVAL != 0 {
+                if !height.is_multiple_of(RETARGET_INTERVAL) {
                     if testnet_exception {
                         if time > p_time.saturating_add(MIN_DIFFICULTY_GAP) {
                             return Some(self.pow_limit_bits());
@@ -411,7 +411,7 @@ impl HeaderChain {
                             let e = &self.entries[idx as usize];
                             let parent = self.parent_of(idx);
                             if parent.is_none()
-                                || e.height % RETARGET_INTERVAL == 0
+                                || e.height.is_multiple_of(RETARGET_INTERVAL)
                                 || e.bits() != limit
                             {
                                 return Some(e.bits());
@@ -476,7 +476,7 @@ impl HeaderChain {
             return Err(AcceptError::TimeTooNew { time: h.time, now });
         }
         if self.rule == DifficultyRule::BtcTestnet4
-            && height % RETARGET_INTERVAL == 0
+            && height.is_multiple_of(RETARGET_INTERVAL)
             && h.time < p.time().saturating_sub(MAX_TIMEWARP)
         {
             return Err(AcceptError::TimeWarp {
