@@ -124,8 +124,8 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "protocol_version": p.version,
         "user_agent": p.user_agent,
         "start_height": p.start_height,
-        // Filled by the Sync actor once header sync is built; unknown until then.
-        "synced_height": Value::Null,
+        // The best height the peer is known to have (its version's start height).
+        "synced_height": p.start_height.max(0),
         "connected_since": ts(Some(p.connected_since)),
         "last_send": ts(p.last_send),
         "last_receive": ts(p.last_receive),
@@ -402,18 +402,43 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
     })))
 }
 
-async fn get_sync() -> ApiResult {
-    Err(ApiError::unavailable(
-        "header sync is not built yet: no chain state to report",
-    ))
+async fn get_sync(State(s): State<ApiState>) -> ApiResult {
+    let st = s.node.sync_status();
+    let progress = if st.best_peer_height == 0 {
+        1.0
+    } else {
+        (st.header_height as f64 / st.best_peer_height as f64).min(1.0)
+    };
+    Ok(Json(json!({
+        "header_height": st.header_height,
+        "best_header_hash": st.best_header_hash,
+        "best_peer_height": st.best_peer_height,
+        "progress": progress,
+        "state": st.state.as_str(),
+        "tx_pool": st.tx_pool,
+        "blocks_kept": st.blocks_kept,
+    })))
 }
 
-async fn generate(State(s): State<ApiState>) -> ApiResult {
+#[derive(Deserialize)]
+struct Generate {
+    blocks: u32,
+}
+
+async fn generate(
+    State(s): State<ApiState>,
+    body: Result<Json<Generate>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
     if !s.node.profile().is_regtest() {
         return Err(ApiError::bad("generate works on regtest only"));
     }
-    Err(ApiError::unavailable(
-        "block generation comes with header sync, which is not built yet",
+    let Json(req) = body.map_err(|e| ApiError::bad(format!("expected {{\"blocks\": N}}: {e}")))?;
+    if req.blocks == 0 || req.blocks > 10_000 {
+        return Err(ApiError::bad("blocks must be between 1 and 10000"));
+    }
+    let hashes = s.node.generate(req.blocks).await.map_err(ApiError::bad)?;
+    Ok(Json(
+        json!({"blocks": hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>()}),
     ))
 }
 

@@ -336,4 +336,32 @@ pub struct RunArgs {
     /// How long a STUN result is trusted before probing again. [default: 5m]
     #[arg(long, value_name = "DURATION")]
     pub stun_interval: Option<String>,
+
+    /// Fetch blocks announced at the tip (`tip`) or none. [default: tip]
+    #[arg(long, value_name = "none|tip")]
+    pub blocks: Option<String>,
+
+    /// Blocks kept in memory to answer getdata. [default: 16]
+    #[arg(long, value_name = "N")]
+    pub keep_blocks: Option<usize>,
+
+    /// Transactions the relay pool holds at most. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub tx_pool_max_count: Option<usize>,
+
+    /// Bytes the relay pool holds at most. [default: 32MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub tx_pool_max_bytes: Option<String>,
+
+    /// Age after which a pooled transaction is dropped. [default: 1h]
+    #[arg(long, value_name = "DURATION")]
+    pub tx_pool_max_age: Option<String>,
+
+    /// Announce transactions at once instead of on Poisson timers (benchmarks).
+    #[arg(long)]
+    pub no_trickle: bool,
+
+    /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
+    #[arg(long, value_name = "DURATION")]
+    pub sync_stall_timeout: Option<String>,
 }

@@ -99,6 +99,13 @@ pub struct FileConfig {
     no_stun: Option<bool>,
     stun_timeout: Option<FileDuration>,
     stun_interval: Option<FileDuration>,
+    blocks: Option<String>,
+    keep_blocks: Option<usize>,
+    tx_pool_max_count: Option<usize>,
+    tx_pool_max_bytes: Option<FileBytes>,
+    tx_pool_max_age: Option<FileDuration>,
+    no_trickle: Option<bool>,
+    sync_stall_timeout: Option<FileDuration>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -514,6 +521,36 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         &args.stun_interval,
         &file.stun_interval,
         node.stun_interval,
+    )?;
+    match args.blocks.clone().or(file.blocks.clone()).as_deref() {
+        None | Some("tip") => node.fetch_blocks = true,
+        Some("none") => node.fetch_blocks = false,
+        Some(other) => return err(format!("blocks: {other:?} is not none or tip")),
+    }
+    if let Some(v) = args.keep_blocks.or(file.keep_blocks) {
+        node.keep_blocks = v.max(1);
+    }
+    if let Some(v) = args.tx_pool_max_count.or(file.tx_pool_max_count) {
+        node.tx_pool_max_count = v;
+    }
+    node.tx_pool_max_bytes = pick_bytes(
+        "tx-pool-max-bytes",
+        &args.tx_pool_max_bytes,
+        &file.tx_pool_max_bytes,
+        node.tx_pool_max_bytes as u64,
+    )? as usize;
+    node.tx_pool_max_age = pick_duration(
+        "tx-pool-max-age",
+        &args.tx_pool_max_age,
+        &file.tx_pool_max_age,
+        node.tx_pool_max_age,
+    )?;
+    node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
+    node.sync_stall_timeout = pick_duration(
+        "sync-stall-timeout",
+        &args.sync_stall_timeout,
+        &file.sync_stall_timeout,
+        node.sync_stall_timeout,
     )?;
     let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {

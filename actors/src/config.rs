@@ -101,6 +101,20 @@ pub struct NodeConfig {
     pub stun_timeout: Duration,
     /// How long a STUN result is trusted before it is probed again.
     pub stun_interval: Duration,
+    /// Fetch blocks announced at the tip (`tip`) or not at all (`none`).
+    pub fetch_blocks: bool,
+    /// Blocks kept in memory to answer getdata.
+    pub keep_blocks: usize,
+    /// Transactions the relay pool holds at most.
+    pub tx_pool_max_count: usize,
+    /// Bytes the relay pool holds at most.
+    pub tx_pool_max_bytes: usize,
+    /// Age after which a pooled transaction is dropped.
+    pub tx_pool_max_age: Duration,
+    /// Delay transaction announcements with Poisson timers, as Core does (off for benchmarks).
+    pub trickle: bool,
+    /// A sync peer that does not answer getheaders in this time is replaced.
+    pub sync_stall_timeout: Duration,
 }
 
 /// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
@@ -227,6 +241,13 @@ impl NodeConfig {
             stun_servers: profile.stun_servers.iter().map(|s| s.to_string()).collect(),
             stun_timeout: DEFAULT_STUN_TIMEOUT,
             stun_interval: DEFAULT_STUN_INTERVAL,
+            fetch_blocks: true,
+            keep_blocks: 16,
+            tx_pool_max_count: 10_000,
+            tx_pool_max_bytes: 32 * 1024 * 1024,
+            tx_pool_max_age: Duration::from_secs(3600),
+            trickle: true,
+            sync_stall_timeout: Duration::from_secs(20),
         }
     }
 

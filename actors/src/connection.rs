@@ -51,6 +51,7 @@ use crate::peer::{
 };
 use crate::peers::{PeerId, PeerState};
 use crate::slots::SlotPermit;
+use crate::sync::{SyncInput, SyncMsg};
 use crate::wire::{
     command_label, Frame, FrameDecoder, FrameError, Message, PayloadError, Protoconf,
 };
@@ -117,6 +118,8 @@ pub enum ConnectionMsg {
     Disconnect(DisconnectReason),
     /// Send these addresses (as `addr` or `addrv2`, whichever the peer asked for).
     SendAddrs(Vec<GossipAddr>),
+    /// Charge a violation found elsewhere (Sync: an invalid header or block).
+    Punish(&'static str),
 }
 
 /// The Connection's state; handed to the Manager in the termination event.
@@ -142,6 +145,9 @@ pub struct ConnectionState {
     peer_max_payload: u32,
     got_protoconf: bool,
     misbehavior: u32,
+    myself: Option<ActorRef<ConnectionMsg>>,
+    told_sync: bool,
+    policy: Option<crate::peer::HandshakePolicy>,
     sendaddrv2: bool,
     getaddr_answered: bool,
     addr_limiter: AddrRateLimiter,
@@ -241,6 +247,9 @@ impl Actor for Connection {
             peer_max_payload,
             got_protoconf: false,
             misbehavior: 0,
+            myself: None,
+            told_sync: false,
+            policy: None,
             sendaddrv2: false,
             getaddr_answered: false,
             addr_limiter: AddrRateLimiter::new(now),
@@ -260,6 +269,7 @@ impl Actor for Connection {
         myself: ActorRef<Self::Msg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
+        state.myself = Some(myself.clone());
         let config = state.ctx.config();
         state
             .timers
@@ -319,6 +329,17 @@ impl Actor for Connection {
             ConnectionMsg::Send(m) => send(state, &m),
             ConnectionMsg::Disconnect(reason) => Err(reason),
             ConnectionMsg::SendAddrs(addrs) => send_addrs(state, &addrs),
+            ConnectionMsg::Punish(kind) => punish(state, kind).and_then(|_| {
+                // A header or block that fails validation ends the connection even below the
+                // ban threshold: the peer is on another chain, or lying.
+                if crate::misbehavior::cost(kind) >= 50 {
+                    Err(DisconnectReason::Protocol(format!(
+                        "invalid chain data: {kind}"
+                    )))
+                } else {
+                    Ok(())
+                }
+            }),
         };
         if let Err(reason) = result {
             close(&myself, state, reason);
@@ -347,6 +368,12 @@ impl Actor for Connection {
                     abort.abort();
                 }
             });
+        }
+        state.myself = None;
+        if state.told_sync {
+            if let Some(sync) = state.ctx.sync_ref() {
+                let _ = sync.cast(SyncMsg::PeerDown(state.id));
+            }
         }
         // The final state travels to the Manager; the slot must be free before that, so a
         // waiting inbound peer can take it as soon as this actor is gone.
@@ -478,7 +505,15 @@ fn start_io(
     });
     let _ = state.manager.cast(ManagerMsg::PeerConnected(state.id));
     debug!(peer = %state.addr, id = %state.id, direction = %state.direction, "socket open, handshaking");
-    let steps = state.handshake.start(&state.ctx.policy, unix_now());
+    // Our version announces the height we have now, so peers know whether to sync from us.
+    let mut policy = state.ctx.policy.clone();
+    policy.start_height = state.ctx.sync_status().header_height.min(i32::MAX as u32) as i32;
+    state.policy = Some(policy);
+    let policy = state
+        .policy
+        .clone()
+        .unwrap_or_else(|| state.ctx.policy.clone());
+    let steps = state.handshake.start(&policy, unix_now());
     apply_steps(state, steps)
 }
 
@@ -518,6 +553,17 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.start_height = pv.start_height;
     });
     let _ = state.manager.cast(ManagerMsg::PeerHandshaked(state.id));
+    if let (Some(sync), Some(me)) = (state.ctx.sync_ref(), state.myself.clone()) {
+        state.told_sync = true;
+        let _ = sync.cast(SyncMsg::PeerUp {
+            id: state.id,
+            addr: state.addr,
+            actor: me,
+            start_height: pv.start_height,
+            relay: pv.relay,
+            inbound: state.direction == Direction::Inbound,
+        });
+    }
     let config = state.ctx.config();
     state.ping = Some(PingTracker::new(
         now,
@@ -577,7 +623,12 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
         let is_ours = |n: u64| ctx.outbound_nonces.contains_key(&n);
         let steps = state
             .handshake
-            .on_message(&message, &ctx.policy, unix_now(), &is_ours)
+            .on_message(
+                &message,
+                state.policy.as_ref().unwrap_or(&ctx.policy),
+                unix_now(),
+                &is_ours,
+            )
             .map_err(DisconnectReason::Handshake)?;
         return apply_steps(state, steps);
     }
@@ -627,18 +678,57 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
             on_addrs(state, addrs, list.len());
             Ok(())
         }
-        Message::Network(NetworkMessage::Block(_)) => {
+        Message::Network(NetworkMessage::Block(b)) => {
             state
                 .ctx
                 .peers
                 .update(state.id, |p| p.last_block_at = Some(Instant::now()));
+            to_sync(state, SyncInput::Block(Box::new(b)));
             Ok(())
         }
-        Message::Network(NetworkMessage::Tx(_)) => {
+        Message::Network(NetworkMessage::Tx(tx)) => {
             state
                 .ctx
                 .peers
                 .update(state.id, |p| p.last_tx_at = Some(Instant::now()));
+            to_sync(state, SyncInput::Tx(Box::new(tx)));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::Headers(h)) => {
+            to_sync(state, SyncInput::Headers(h));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::Inv(i)) => {
+            to_sync(state, SyncInput::Inv(i));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::GetHeaders(m)) => {
+            to_sync(state, SyncInput::GetHeaders(m));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::GetBlocks(m)) => {
+            let m = bitcoin::p2p::message_blockdata::GetHeadersMessage {
+                version: m.version,
+                locator_hashes: m.locator_hashes,
+                stop_hash: m.stop_hash,
+            };
+            to_sync(state, SyncInput::GetBlocks(m));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::GetData(i)) => {
+            to_sync(state, SyncInput::GetData(i));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::NotFound(i)) => {
+            to_sync(state, SyncInput::NotFound(i));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::SendHeaders) => {
+            to_sync(state, SyncInput::SendHeaders);
+            Ok(())
+        }
+        Message::Network(NetworkMessage::FeeFilter(f)) => {
+            to_sync(state, SyncInput::FeeFilter(f));
             Ok(())
         }
         Message::Protoconf(conf) => {
@@ -773,6 +863,13 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         Err(mpsc::error::TrySendError::Closed(_)) => {
             Err(DisconnectReason::Io("writer closed".into()))
         }
+    }
+}
+
+/// Hands a chain or relay message to the Sync actor.
+fn to_sync(state: &ConnectionState, input: SyncInput) {
+    if let Some(sync) = state.ctx.sync_ref() {
+        let _ = sync.cast(SyncMsg::FromPeer(state.id, input));
     }
 }
 

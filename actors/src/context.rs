@@ -55,6 +55,10 @@ pub struct NodeContext {
     pub(crate) listen_addrs: Vec<SocketAddr>,
     /// The last STUN result.
     pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
+    /// The Sync actor, where Connections send chain and relay messages.
+    pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::sync::SyncMsg>>>,
+    /// Sync status for metrics and the API.
+    pub(crate) sync_status: RwLock<crate::sync::SyncStatus>,
     /// Addresses that are us: never dialled.
     pub(crate) own_addrs: Vec<SocketAddr>,
     netgroup_key: std::collections::hash_map::RandomState,
@@ -117,6 +121,8 @@ impl NodeContext {
             external: config.external_addrs.clone(),
             listen_addrs: listen_addrs.to_vec(),
             stun: RwLock::new(None),
+            sync: RwLock::new(None),
+            sync_status: RwLock::new(crate::sync::SyncStatus::default()),
             own_addrs,
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
@@ -208,6 +214,19 @@ impl NodeContext {
         if let Ok(mut s) = self.stun.write() {
             *s = Some(report);
         }
+    }
+
+    /// The Sync actor, if running.
+    pub(crate) fn sync_ref(&self) -> Option<ractor::ActorRef<crate::sync::SyncMsg>> {
+        self.sync.read().ok().and_then(|s| s.clone())
+    }
+
+    /// The last sync status.
+    pub(crate) fn sync_status(&self) -> crate::sync::SyncStatus {
+        self.sync_status
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_default()
     }
 
     /// The last STUN result.

@@ -129,6 +129,33 @@ pub enum NodeEvent {
         /// Our public address.
         public: Option<String>,
     },
+    /// The header chain grew or reorganised; `synced` once caught up with the best peer.
+    HeadersSynced {
+        /// Best header height.
+        height: u32,
+        /// Best header hash.
+        tip: String,
+        /// Caught up with the best peer.
+        synced: bool,
+    },
+    /// A block arrived (or was generated) and matches its header's merkle root.
+    BlockReceived {
+        /// Block hash.
+        hash: String,
+        /// Height.
+        height: u32,
+        /// Transactions in it.
+        tx_count: usize,
+        /// Serialized size, bytes.
+        size: usize,
+    },
+    /// A transaction entered the relay pool.
+    TxReceived {
+        /// Transaction id.
+        txid: String,
+        /// Serialized size, bytes.
+        size: usize,
+    },
     /// A message arrived (published only while someone listens).
     MessageReceived {
         /// Peer.
@@ -163,6 +190,12 @@ pub enum EventKind {
     PeerEvicted,
     /// [`NodeEvent::MessageReceived`].
     MessageReceived,
+    /// [`NodeEvent::HeadersSynced`].
+    HeadersSynced,
+    /// [`NodeEvent::BlockReceived`].
+    BlockReceived,
+    /// [`NodeEvent::TxReceived`].
+    TxReceived,
     /// [`NodeEvent::PublicAddressChanged`].
     PublicAddressChanged,
     /// [`NodeEvent::NatTypeDetected`].
@@ -171,7 +204,10 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 15] = [
+        EventKind::HeadersSynced,
+        EventKind::BlockReceived,
+        EventKind::TxReceived,
         EventKind::PublicAddressChanged,
         EventKind::NatTypeDetected,
         EventKind::ConnectionEstablished,
@@ -199,6 +235,9 @@ impl EventKind {
             EventKind::PeerUnbanned => "PeerUnbanned",
             EventKind::PeerEvicted => "PeerEvicted",
             EventKind::MessageReceived => "MessageReceived",
+            EventKind::HeadersSynced => "HeadersSynced",
+            EventKind::BlockReceived => "BlockReceived",
+            EventKind::TxReceived => "TxReceived",
             EventKind::PublicAddressChanged => "PublicAddressChanged",
             EventKind::NatTypeDetected => "NatTypeDetected",
         }
@@ -224,6 +263,9 @@ impl NodeEvent {
             NodeEvent::PeerUnbanned { .. } => EventKind::PeerUnbanned,
             NodeEvent::PeerEvicted { .. } => EventKind::PeerEvicted,
             NodeEvent::MessageReceived { .. } => EventKind::MessageReceived,
+            NodeEvent::HeadersSynced { .. } => EventKind::HeadersSynced,
+            NodeEvent::BlockReceived { .. } => EventKind::BlockReceived,
+            NodeEvent::TxReceived { .. } => EventKind::TxReceived,
             NodeEvent::PublicAddressChanged { .. } => EventKind::PublicAddressChanged,
             NodeEvent::NatTypeDetected { .. } => EventKind::NatTypeDetected,
         }

@@ -203,6 +203,40 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         );
     }
 
+    let sync = ctx.sync_status();
+    header(
+        &mut out,
+        "meshd_header_height",
+        "gauge",
+        "Height of the best header chain.",
+    );
+    let _ = writeln!(out, "meshd_header_height {}", sync.header_height);
+    header(
+        &mut out,
+        "meshd_best_peer_height",
+        "gauge",
+        "Highest height a connected peer announced.",
+    );
+    let _ = writeln!(out, "meshd_best_peer_height {}", sync.best_peer_height);
+    header(
+        &mut out,
+        "meshd_sync_state",
+        "gauge",
+        "1 for the current header-sync state.",
+    );
+    for st in [
+        crate::sync::SyncState::Idle,
+        crate::sync::SyncState::Syncing,
+        crate::sync::SyncState::Synced,
+    ] {
+        let _ = writeln!(
+            out,
+            "meshd_sync_state{{state=\"{}\"}} {}",
+            st.as_str(),
+            u8::from(st == sync.state)
+        );
+    }
+
     header(&mut out, "meshd_banned", "gauge", "Subnets banned now.");
     let banned = match ctx.bans.read() {
         Ok(b) => b.len(unix_now().max(0) as u64),

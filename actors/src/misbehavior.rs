@@ -30,6 +30,12 @@ pub fn cost(kind: &str) -> u32 {
         "too_many_items" => 50,
         "malformed_payload" | "trailing_bytes" | "user_agent_too_long" | "protocol_violation" => 20,
         "bad_checksum" => 10,
+        // Headers: invalid proof of work, difficulty or a checkpoint conflict cannot be an
+        // accident; a bad timestamp rarely is; too many forks, or a block whose transactions
+        // do not match its merkle root, cost a little each.
+        "header_bad_pow" | "header_bad_difficulty" | "header_checkpoint" => 100,
+        "header_bad_time" => 50,
+        "header_too_many_stale" | "block_bad_merkle_root" => 20,
         "duplicate_version" => 1,
         _ => 0,
     }

@@ -35,6 +35,7 @@ use crate::manager::{Manager, ManagerMsg};
 use crate::peers::{PeerId, PeerInfo, PeerTable};
 use crate::slots::{SlotLimits, SlotUsage};
 use crate::stun_actor::{Stun, StunMsg};
+use crate::sync::{Sync, SyncMsg, SyncStatus};
 use crate::wire::Message;
 
 /// Messages of the NodeSupervisor.
@@ -62,6 +63,7 @@ pub struct NodeState {
     listener: Option<ActorRef<()>>,
     dns: Option<ActorRef<DnsMsg>>,
     stun: Option<ActorRef<StunMsg>>,
+    sync: Option<ActorRef<SyncMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -107,6 +109,16 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_sync(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let (sync, _) =
+            Actor::spawn_linked(None, Sync, self.ctx.clone(), myself.get_cell()).await?;
+        if let Ok(mut slot) = self.ctx.sync.write() {
+            *slot = Some(sync.clone());
+        }
+        self.sync = Some(sync);
+        Ok(())
+    }
+
     async fn start_stun(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
         let (stun, _) =
             Actor::spawn_linked(None, Stun, self.ctx.clone(), myself.get_cell()).await?;
@@ -147,6 +159,8 @@ impl NodeState {
             "dns"
         } else if is(self.stun.as_ref().map(|a| a.get_cell())) {
             "stun"
+        } else if is(self.sync.as_ref().map(|a| a.get_cell())) {
+            "sync"
         } else {
             return Ok(());
         };
@@ -171,6 +185,8 @@ impl NodeState {
             }
             "listener" => self.start_listener(myself).await,
             "dns" => self.start_dns(myself).await,
+            // Connections find Sync through the context, so a new one is picked up at once.
+            "sync" => self.start_sync(myself).await,
             // The Stun actor depends on nothing else: restart it alone.
             _ => self.start_stun(myself).await,
         }
@@ -194,6 +210,7 @@ impl Actor for NodeSupervisor {
             listener: None,
             dns: None,
             stun: None,
+            sync: None,
             restarts: VecDeque::new(),
             stopping: false,
         })
@@ -204,6 +221,8 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
+        // Sync first: Connections hand it chain messages from their first handshake on.
+        state.start_sync(&myself).await?;
         state.start_manager(&myself).await?;
         state.start_listener(&myself).await?;
         state.start_dns(&myself).await?;
@@ -231,6 +250,10 @@ impl Actor for NodeSupervisor {
                 }
                 if let Some(st) = state.stun.take() {
                     let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
+                }
+                if let Some(sy) = state.sync.take() {
+                    // After the Manager: headers still arriving are written before we stop.
+                    sy.stop_and_wait(Some("shutdown".into()), None).await.ok();
                 }
                 if let Some(m) = state.manager.take() {
                     let _ = m.call(ManagerMsg::Shutdown, None).await;
@@ -368,6 +391,9 @@ impl Node {
         let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
             .await
             .map_err(|e| StartError::Spawn(e.to_string()))?;
+        // Messages are handled only after post_start has started every child, so this call
+        // returns once the tree is up: the Node handed back is ready to use.
+        let _ = supervisor.call(NodeMsg::GetManager, None).await;
         let (tx, stopped) = tokio::sync::watch::channel(None);
         let watched = ctx.clone();
         tokio::spawn(async move {
@@ -398,6 +424,27 @@ impl Node {
     /// Addresses we advertise as ours.
     pub fn advertised_addrs(&self) -> Vec<SocketAddr> {
         self.ctx.advertised()
+    }
+
+    /// Mines `n` blocks on our tip (regtest only) and announces them; returns their hashes.
+    pub async fn generate(&self, n: u32) -> Result<Vec<bitcoin::BlockHash>, String> {
+        let sync = self.ctx.sync_ref().ok_or("sync is not running")?;
+        match sync.call(|r| SyncMsg::Generate(n, r), None).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => r,
+            _ => Err("sync did not answer".into()),
+        }
+    }
+
+    /// Relays a transaction through the pool, as if a peer had sent it.
+    pub fn submit_tx(&self, tx: bitcoin::Transaction) -> bool {
+        self.ctx
+            .sync_ref()
+            .is_some_and(|s| s.cast(SyncMsg::SubmitTx(Box::new(tx))).is_ok())
+    }
+
+    /// Header sync status.
+    pub fn sync_status(&self) -> SyncStatus {
+        self.ctx.sync_status()
     }
 
     /// The last STUN result: public address and NAT type.

@@ -1,0 +1,822 @@
+//! The Sync actor: the header chain, headers-first sync, block and transaction relay, and
+//! regtest block generation.
+//!
+//! - **Headers-first sync.** The peer announcing the most work (its version's start height)
+//!   is asked for headers with a block locator; full batches (2000) are followed by the next
+//!   request until a batch comes back short. A sync peer that does not answer within
+//!   `sync-stall-timeout` is replaced by the next best peer. Once caught up, every peer is
+//!   sent `sendheaders` (BIP130), so new blocks arrive as headers; an `inv` for an unknown
+//!   block leads to `getheaders`. meshd serves `getheaders` and `getblocks` from its chain.
+//! - **Headers** are validated by [`HeaderChain`] and appended to the crash-safe
+//!   [`HeaderStore`], synced after every batch. Invalid headers cost the sender (see
+//!   [`crate::misbehavior`]).
+//! - **Blocks** (`--blocks tip`): blocks announced at the tip are fetched, their merkle root
+//!   is checked against the header, `BlockReceived` is published, the last `keep-blocks`
+//!   are kept to answer `getdata`, and the block is announced onwards; `notfound` otherwise.
+//! - **Transactions**: `inv` → `getdata` → `tx` into a bounded, expiring relay pool →
+//!   announced to peers that asked for relay, at most once per peer (a known-inventory set
+//!   per peer), after a Poisson delay (Core's trickling; off with `--no-trickle`). `getdata`
+//!   is served from the pool. `feefilter` is recorded but cannot be applied: meshd has no
+//!   UTXO set, so it does not know a transaction's fee.
+//! - **Regtest generation**: [`SyncMsg::Generate`] mines blocks with a BIP34 coinbase and
+//!   trivial proof of work on our tip and announces them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::block::{Block, Header};
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
+use bitcoin::{BlockHash, Transaction, Txid};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tracing::{debug, error, info, warn};
+
+use crate::chain::store::HeaderStore;
+use crate::chain::{AcceptError, Accepted, HeaderChain};
+use crate::connection::ConnectionMsg;
+use crate::constants::MAX_HEADERS_PER_MESSAGE;
+use crate::context::{unix_now, NodeContext};
+use crate::events::NodeEvent;
+use crate::peers::PeerId;
+use crate::wire::Message;
+
+/// Block hashes in one `getblocks` answer (Core: 500).
+const MAX_BLOCKS_INV: usize = 500;
+/// Inventory remembered per peer as known to it.
+///
+/// # Security
+/// Bounds the memory of the per-peer filter; a peer that fills it is simply forgotten about
+/// and may get an announcement twice.
+const KNOWN_INV_CAP: usize = 50_000;
+/// Transactions announced to one peer per flush.
+const MAX_INV_PER_FLUSH: usize = 1000;
+/// Average trickle delay for inbound peers (Core: 5 s) and outbound peers (Core: 2 s).
+const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
+const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
+/// How often the Sync actor checks stalls, expiry and trickle timers.
+const SYNC_TICK: Duration = Duration::from_millis(100);
+
+/// Where sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// No peer to sync from.
+    #[default]
+    Idle,
+    /// Downloading headers.
+    Syncing,
+    /// Caught up with the best peer.
+    Synced,
+}
+
+impl SyncState {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Idle => "idle",
+            SyncState::Syncing => "syncing",
+            SyncState::Synced => "synced",
+        }
+    }
+}
+
+/// A snapshot of sync for the API and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// Best header height.
+    pub header_height: u32,
+    /// Best header hash.
+    pub best_header_hash: String,
+    /// Highest height a peer announced.
+    pub best_peer_height: u32,
+    /// State.
+    pub state: SyncState,
+    /// Headers in the relay pool... transactions in the pool.
+    pub tx_pool: usize,
+    /// Blocks kept in memory.
+    pub blocks_kept: usize,
+}
+
+/// What a Connection forwards to Sync.
+pub enum SyncInput {
+    /// `headers`.
+    Headers(Vec<Header>),
+    /// `inv`.
+    Inv(Vec<Inventory>),
+    /// `getheaders`.
+    GetHeaders(GetHeadersMessage),
+    /// `getblocks`.
+    GetBlocks(GetHeadersMessage),
+    /// `getdata`.
+    GetData(Vec<Inventory>),
+    /// `block`.
+    Block(Box<Block>),
+    /// `tx`.
+    Tx(Box<Transaction>),
+    /// `sendheaders`.
+    SendHeaders,
+    /// `feefilter`.
+    FeeFilter(i64),
+    /// `notfound`.
+    NotFound(Vec<Inventory>),
+}
+
+/// Messages of the Sync actor.
+pub enum SyncMsg {
+    /// A peer finished its handshake.
+    PeerUp {
+        /// Peer.
+        id: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// Its Connection.
+        actor: ActorRef<ConnectionMsg>,
+        /// Height in its version.
+        start_height: i32,
+        /// It wants transactions relayed.
+        relay: bool,
+        /// It dialled us.
+        inbound: bool,
+    },
+    /// A peer went away.
+    PeerDown(PeerId),
+    /// A message from a peer.
+    FromPeer(PeerId, SyncInput),
+    /// Timer.
+    Tick,
+    /// Mine N blocks on our tip (regtest); replies with their hashes.
+    Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
+    /// Relay a transaction as if a peer had sent it (library and tests).
+    SubmitTx(Box<Transaction>),
+}
+
+struct SyncPeer {
+    addr: SocketAddr,
+    actor: ActorRef<ConnectionMsg>,
+    best_height: u32,
+    wants_headers: bool,
+    relay: bool,
+    inbound: bool,
+    known: HashSet<[u8; 32]>,
+    pending_tx: Vec<Txid>,
+    next_flush: Instant,
+}
+
+impl SyncPeer {
+    fn knows(&self, h: &[u8; 32]) -> bool {
+        self.known.contains(h)
+    }
+    fn learn(&mut self, h: [u8; 32]) {
+        if self.known.len() >= KNOWN_INV_CAP {
+            self.known.clear();
+        }
+        self.known.insert(h);
+    }
+    fn send(&self, m: NetworkMessage) {
+        let _ = self.actor.cast(ConnectionMsg::Send(Message::Network(m)));
+    }
+}
+
+/// The Sync actor.
+pub struct Sync;
+
+/// State of the Sync actor.
+pub struct SyncActorState {
+    ctx: Arc<NodeContext>,
+    chain: HeaderChain,
+    store: Option<HeaderStore>,
+    peers: HashMap<PeerId, SyncPeer>,
+    sync_peer: Option<(PeerId, Instant)>,
+    state: SyncState,
+    blocks: VecDeque<(BlockHash, Arc<Block>)>,
+    requested_blocks: HashSet<BlockHash>,
+    pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
+    pool_bytes: usize,
+    requested_tx: HashSet<Txid>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn now_u32() -> u32 {
+    unix_now().clamp(0, u32::MAX as i64) as u32
+}
+
+fn poisson(avg: Duration) -> Duration {
+    let u: f64 = rand::random::<f64>().max(1e-12);
+    avg.mul_f64(-u.ln()).min(avg * 10)
+}
+
+impl SyncActorState {
+    fn publish_status(&self) {
+        let best_peer = self
+            .peers
+            .values()
+            .map(|p| p.best_height)
+            .max()
+            .unwrap_or(0);
+        let status = SyncStatus {
+            header_height: self.chain.height(),
+            best_header_hash: self.chain.tip().to_string(),
+            best_peer_height: best_peer,
+            state: self.state,
+            tx_pool: self.pool.len(),
+            blocks_kept: self.blocks.len(),
+        };
+        if let Ok(mut s) = self.ctx.sync_status.write() {
+            *s = status;
+        }
+    }
+
+    fn getheaders(&mut self, id: PeerId, stop: BlockHash) {
+        let locator = self.chain.locator();
+        if let Some(p) = self.peers.get(&id) {
+            p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
+                version: self.ctx.profile.protocol_version,
+                locator_hashes: locator,
+                stop_hash: stop,
+            }));
+        }
+    }
+
+    /// Picks the best peer to sync from and asks it for headers, if we are behind.
+    fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
+        if self.sync_peer.is_some() {
+            return;
+        }
+        let ours = self.chain.height();
+        let best = self
+            .peers
+            .iter()
+            .filter(|(id, _)| Some(**id) != exclude)
+            .max_by_key(|(id, p)| (p.best_height, std::cmp::Reverse(id.0)))
+            .map(|(id, p)| (*id, p.best_height));
+        match best {
+            Some((id, h)) if h > ours || self.state != SyncState::Synced => {
+                self.sync_peer = Some((id, Instant::now()));
+                self.state = SyncState::Syncing;
+                debug!(peer = %id, ours, theirs = h, "headers sync from peer");
+                self.getheaders(id, BlockHash::all_zeros());
+            }
+            _ => {}
+        }
+        self.publish_status();
+    }
+
+    fn mark_synced(&mut self) {
+        if self.state != SyncState::Synced {
+            self.state = SyncState::Synced;
+            info!(height = self.chain.height(), tip = %self.chain.tip(), "headers synced");
+            for p in self.peers.values() {
+                p.send(NetworkMessage::SendHeaders);
+            }
+            self.ctx.events.publish(NodeEvent::HeadersSynced {
+                height: self.chain.height(),
+                tip: self.chain.tip().to_string(),
+                synced: true,
+            });
+        }
+        self.publish_status();
+    }
+
+    fn punish(&self, id: PeerId, kind: &'static str) {
+        if let Some(p) = self.peers.get(&id) {
+            warn!(peer = %p.addr, id = %id, kind, "peer sent an invalid header or block");
+            let _ = p.actor.cast(ConnectionMsg::Punish(kind));
+        }
+    }
+
+    fn on_headers(&mut self, id: PeerId, headers: Vec<Header>) {
+        let from_sync_peer = self.sync_peer.map(|(p, _)| p) == Some(id);
+        if from_sync_peer {
+            self.sync_peer = Some((id, Instant::now()));
+        }
+        let old_tip = self.chain.tip();
+        let old_height = self.chain.height();
+        let mut stored = Vec::new();
+        let now = now_u32();
+        for (i, h) in headers.iter().enumerate() {
+            match self.chain.accept(h, now) {
+                Ok(Accepted::Duplicate) => {}
+                Ok(outcome) => {
+                    if let Accepted::Reorg { depth } = outcome {
+                        info!(depth, new_tip = %h.block_hash(), "chain reorganised");
+                    }
+                    stored.push(*h);
+                }
+                Err(AcceptError::NotConnecting(_)) if i == 0 => {
+                    // An announcement we cannot connect: ask for the gap (Core does the same).
+                    self.getheaders(id, BlockHash::all_zeros());
+                    return;
+                }
+                Err(e) => {
+                    metrics::counter!("meshd_headers_rejected_total", "reason" => e.kind())
+                        .increment(1);
+                    self.punish(id, e.kind());
+                    break;
+                }
+            }
+        }
+        if !stored.is_empty() {
+            metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
+            if let Some(store) = self.store.as_mut() {
+                if let Err(e) = store.append(&stored).and_then(|_| store.sync()) {
+                    error!(error = %e, "cannot write headers");
+                }
+            }
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.best_height = p.best_height.max(
+                    self.chain
+                        .height_of(&stored[stored.len() - 1].block_hash())
+                        .unwrap_or(0),
+                );
+                for h in &stored {
+                    p.learn(h.block_hash().to_byte_array());
+                }
+            }
+        }
+        if from_sync_peer && headers.len() >= MAX_HEADERS_PER_MESSAGE {
+            self.getheaders(id, BlockHash::all_zeros());
+        } else if from_sync_peer {
+            self.sync_peer = None;
+            self.mark_synced();
+        } else if self.chain.tip() != old_tip {
+            self.ctx.events.publish(NodeEvent::HeadersSynced {
+                height: self.chain.height(),
+                tip: self.chain.tip().to_string(),
+                synced: self.state == SyncState::Synced,
+            });
+        }
+        if self.chain.tip() != old_tip && self.state == SyncState::Synced {
+            self.on_new_tip(id, old_height);
+        }
+        self.publish_status();
+    }
+
+    /// The tip moved while synced: fetch the new blocks (or, without blocks, announce the
+    /// headers onwards).
+    fn on_new_tip(&mut self, from: PeerId, old_height: u32) {
+        let tip_height = self.chain.height();
+        let first = old_height
+            .saturating_add(1)
+            .max(tip_height.saturating_sub(self.ctx.config().keep_blocks as u32 - 1));
+        let new: Vec<BlockHash> = (first..=tip_height)
+            .filter_map(|h| self.chain.hash_at_height(h))
+            .collect();
+        if self.ctx.config().fetch_blocks {
+            let want: Vec<Inventory> = new
+                .iter()
+                .filter(|h| self.requested_blocks.insert(**h))
+                .map(|h| Inventory::WitnessBlock(*h))
+                .collect();
+            if let (false, Some(p)) = (want.is_empty(), self.peers.get(&from)) {
+                p.send(NetworkMessage::GetData(want));
+            }
+        } else {
+            for h in new {
+                self.announce_block(h, Some(from));
+            }
+        }
+    }
+
+    fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
+        let header = self
+            .chain
+            .height_of(&hash)
+            .and_then(|h| self.chain.header_at_height(h));
+        let key = hash.to_byte_array();
+        for (id, p) in self.peers.iter_mut() {
+            if Some(*id) == except || p.knows(&key) {
+                continue;
+            }
+            p.learn(key);
+            match (p.wants_headers, header) {
+                (true, Some(h)) => p.send(NetworkMessage::Headers(vec![h])),
+                _ => p.send(NetworkMessage::Inv(vec![Inventory::Block(hash)])),
+            }
+        }
+    }
+
+    fn on_block(&mut self, id: PeerId, block: Block) {
+        let hash = block.block_hash();
+        self.requested_blocks.remove(&hash);
+        if !self.chain.contains(&hash) {
+            self.on_headers(id, vec![block.header]);
+            if !self.chain.contains(&hash) {
+                return;
+            }
+        }
+        if !block.check_merkle_root() {
+            metrics::counter!("meshd_blocks_rejected_total", "reason" => "bad_merkle_root")
+                .increment(1);
+            self.punish(id, "block_bad_merkle_root");
+            return;
+        }
+        self.keep_and_publish(block, Some(id));
+    }
+
+    fn keep_and_publish(&mut self, block: Block, from: Option<PeerId>) {
+        let hash = block.block_hash();
+        if self.blocks.iter().any(|(h, _)| *h == hash) {
+            return;
+        }
+        let height = self.chain.height_of(&hash).unwrap_or(0);
+        let size = bitcoin::consensus::serialize(&block).len();
+        let tx_count = block.txdata.len();
+        metrics::counter!("meshd_blocks_received_total").increment(1);
+        info!(%hash, height, tx_count, size, "block received");
+        self.ctx.events.publish(NodeEvent::BlockReceived {
+            hash: hash.to_string(),
+            height,
+            tx_count,
+            size,
+        });
+        // Transactions now in a block leave the relay pool.
+        for tx in &block.txdata {
+            if let Some((_, _, sz)) = self.pool.remove(&tx.compute_txid()) {
+                self.pool_bytes -= sz;
+            }
+        }
+        self.blocks.push_back((hash, Arc::new(block)));
+        while self.blocks.len() > self.ctx.config().keep_blocks {
+            self.blocks.pop_front();
+        }
+        self.announce_block(hash, from);
+        self.publish_status();
+    }
+
+    fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
+        let mut want_tx = Vec::new();
+        let mut unknown_block = None;
+        for item in inv {
+            match item {
+                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.learn(h.to_byte_array());
+                    }
+                    if !self.chain.contains(&h) {
+                        unknown_block = Some(h);
+                    }
+                }
+                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.learn(t.to_byte_array());
+                    }
+                    let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
+                    if room && !self.pool.contains_key(&t) && self.requested_tx.insert(t) {
+                        want_tx.push(Inventory::WitnessTransaction(t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if unknown_block.is_some() {
+            self.getheaders(id, BlockHash::all_zeros());
+        }
+        if let (false, Some(p)) = (want_tx.is_empty(), self.peers.get(&id)) {
+            p.send(NetworkMessage::GetData(want_tx));
+        }
+    }
+
+    fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
+        let Some(p) = self.peers.get(&id) else { return };
+        let mut missing = Vec::new();
+        for item in items {
+            match item {
+                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                    match self.blocks.iter().find(|(b, _)| *b == h) {
+                        Some((_, block)) => p.send(NetworkMessage::Block((**block).clone())),
+                        None => missing.push(item),
+                    }
+                }
+                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                    match self.pool.get(&t) {
+                        Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
+                        None => missing.push(item),
+                    }
+                }
+                other => missing.push(other),
+            }
+        }
+        if !missing.is_empty() {
+            p.send(NetworkMessage::NotFound(missing));
+        }
+    }
+
+    fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
+        let txid = tx.compute_txid();
+        self.requested_tx.remove(&txid);
+        if self.pool.contains_key(&txid) {
+            return;
+        }
+        let config = self.ctx.config();
+        let size = bitcoin::consensus::serialize(&tx).len();
+        if self.pool.len() >= config.tx_pool_max_count
+            || self.pool_bytes + size > config.tx_pool_max_bytes
+        {
+            metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
+            return;
+        }
+        self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
+        self.pool_bytes += size;
+        metrics::counter!("meshd_txs_received_total").increment(1);
+        debug!(%txid, size, "transaction pooled");
+        self.ctx.events.publish(NodeEvent::TxReceived {
+            txid: txid.to_string(),
+            size,
+        });
+        let key = txid.to_byte_array();
+        let trickle = config.trickle;
+        for (id, p) in self.peers.iter_mut() {
+            if Some(*id) == from || !p.relay || p.knows(&key) {
+                continue;
+            }
+            p.learn(key);
+            p.pending_tx.push(txid);
+            if !trickle {
+                p.next_flush = Instant::now();
+            }
+        }
+        if !trickle {
+            self.flush_trickle();
+        }
+        self.publish_status();
+    }
+
+    fn flush_trickle(&mut self) {
+        let now = Instant::now();
+        let trickle = self.ctx.config().trickle;
+        for p in self.peers.values_mut() {
+            if p.pending_tx.is_empty() || now < p.next_flush {
+                continue;
+            }
+            let batch: Vec<Inventory> = p
+                .pending_tx
+                .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
+                .map(Inventory::Transaction)
+                .collect();
+            metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
+            p.send(NetworkMessage::Inv(batch));
+            if trickle {
+                p.next_flush = now
+                    + poisson(if p.inbound {
+                        TRICKLE_INBOUND
+                    } else {
+                        TRICKLE_OUTBOUND
+                    });
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let config = self.ctx.config();
+        if let Some((id, since)) = self.sync_peer {
+            if since.elapsed() >= config.sync_stall_timeout {
+                warn!(peer = %id, "headers sync stalled; switching peers");
+                metrics::counter!("meshd_sync_stalls_total").increment(1);
+                self.sync_peer = None;
+                self.maybe_start_sync(Some(id));
+            }
+        }
+        let max_age = config.tx_pool_max_age;
+        let before = self.pool.len();
+        let mut freed = 0;
+        self.pool.retain(|_, (_, at, size)| {
+            let keep = at.elapsed() < max_age;
+            if !keep {
+                freed += *size;
+            }
+            keep
+        });
+        self.pool_bytes -= freed;
+        if self.pool.len() != before {
+            self.publish_status();
+        }
+        self.flush_trickle();
+    }
+
+    fn generate(&mut self, n: u32) -> Result<Vec<BlockHash>, String> {
+        if !self.ctx.profile.is_regtest() {
+            return Err("generate works on regtest only".into());
+        }
+        let mut hashes = Vec::new();
+        for _ in 0..n {
+            let tip = self.chain.tip_header();
+            let height = self.chain.height() + 1;
+            let block = crate::mine::regtest_block(&tip, height, now_u32().max(tip.time + 1));
+            let hash = block.block_hash();
+            self.chain
+                .accept(&block.header, now_u32().saturating_add(60))
+                .map_err(|e| format!("generated block refused: {e}"))?;
+            if let Some(store) = self.store.as_mut() {
+                let _ = store.append(&[block.header]).and_then(|_| store.sync());
+            }
+            self.keep_and_publish(block, None);
+            hashes.push(hash);
+        }
+        self.ctx.events.publish(NodeEvent::HeadersSynced {
+            height: self.chain.height(),
+            tip: self.chain.tip().to_string(),
+            synced: self.state == SyncState::Synced,
+        });
+        self.publish_status();
+        Ok(hashes)
+    }
+}
+
+impl Actor for Sync {
+    type Msg = SyncMsg;
+    type State = SyncActorState;
+    type Arguments = Arc<NodeContext>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SyncMsg>,
+        ctx: Arc<NodeContext>,
+    ) -> Result<SyncActorState, ActorProcessingErr> {
+        Ok(SyncActorState {
+            chain: HeaderChain::new(&ctx.profile),
+            ctx,
+            store: None,
+            peers: HashMap::new(),
+            sync_peer: None,
+            state: SyncState::Idle,
+            blocks: VecDeque::new(),
+            requested_blocks: HashSet::new(),
+            pool: HashMap::new(),
+            pool_bytes: 0,
+            requested_tx: HashSet::new(),
+            timer: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SyncMsg>,
+        state: &mut SyncActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // The header file is read here, not in pre_start (which runs inside the spawner).
+        let path = state.ctx.config().datadir.join("headers.dat");
+        let magic = state.ctx.profile.magic.to_bytes();
+        let opened = match HeaderStore::open(&path, magic, &mut state.chain) {
+            Ok(x) => Ok(x),
+            Err(e) => {
+                let aside = crate::persist::set_aside(&path).map(|p| p.display().to_string());
+                error!(error = %e, path = %path.display(), set_aside = ?aside, "header file unreadable; starting from genesis");
+                state.chain = HeaderChain::new(&state.ctx.profile);
+                HeaderStore::open(&path, magic, &mut state.chain)
+            }
+        };
+        match opened {
+            Ok((store, report)) => {
+                if report.truncated_bytes > 0 {
+                    warn!(
+                        bytes = report.truncated_bytes,
+                        "cut a torn tail off the header file"
+                    );
+                }
+                info!(height = state.chain.height(), tip = %state.chain.tip(), loaded = report.loaded, "header chain loaded");
+                state.store = Some(store);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot open the header file; headers kept in memory only")
+            }
+        }
+        for name in [
+            "meshd_headers_received_total",
+            "meshd_blocks_received_total",
+            "meshd_txs_received_total",
+            "meshd_txs_relayed_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
+        state.publish_status();
+        state.timer = Some(myself.send_interval(SYNC_TICK, || SyncMsg::Tick));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<SyncMsg>,
+        msg: SyncMsg,
+        state: &mut SyncActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SyncMsg::PeerUp {
+                id,
+                addr,
+                actor,
+                start_height,
+                relay,
+                inbound,
+            } => {
+                let synced = state.state == SyncState::Synced;
+                let peer = SyncPeer {
+                    addr,
+                    actor,
+                    best_height: start_height.max(0) as u32,
+                    wants_headers: false,
+                    relay,
+                    inbound,
+                    known: HashSet::new(),
+                    pending_tx: Vec::new(),
+                    next_flush: Instant::now()
+                        + poisson(if inbound {
+                            TRICKLE_INBOUND
+                        } else {
+                            TRICKLE_OUTBOUND
+                        }),
+                };
+                if synced {
+                    peer.send(NetworkMessage::SendHeaders);
+                }
+                let behind = peer.best_height > state.chain.height();
+                state.peers.insert(id, peer);
+                if behind || state.state != SyncState::Synced {
+                    state.maybe_start_sync(None);
+                }
+                state.publish_status();
+            }
+            SyncMsg::PeerDown(id) => {
+                state.peers.remove(&id);
+                if state.sync_peer.map(|(p, _)| p) == Some(id) {
+                    state.sync_peer = None;
+                    state.maybe_start_sync(None);
+                }
+                if state.peers.is_empty() && state.state == SyncState::Syncing {
+                    state.state = SyncState::Idle;
+                }
+                state.publish_status();
+            }
+            SyncMsg::FromPeer(id, input) => match input {
+                SyncInput::Headers(h) => state.on_headers(id, h),
+                SyncInput::Inv(inv) => state.on_inv(id, inv),
+                SyncInput::GetHeaders(m) => {
+                    let headers = state.chain.headers_after(
+                        &m.locator_hashes,
+                        m.stop_hash,
+                        MAX_HEADERS_PER_MESSAGE,
+                    );
+                    if let Some(p) = state.peers.get(&id) {
+                        p.send(NetworkMessage::Headers(headers));
+                    }
+                }
+                SyncInput::GetBlocks(m) => {
+                    let hashes: Vec<Inventory> = state
+                        .chain
+                        .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV)
+                        .iter()
+                        .map(|h| Inventory::Block(h.block_hash()))
+                        .collect();
+                    if let (false, Some(p)) = (hashes.is_empty(), state.peers.get(&id)) {
+                        p.send(NetworkMessage::Inv(hashes));
+                    }
+                }
+                SyncInput::GetData(items) => state.on_getdata(id, items),
+                SyncInput::Block(b) => state.on_block(id, *b),
+                SyncInput::Tx(tx) => state.on_tx(Some(id), *tx),
+                SyncInput::SendHeaders => {
+                    if let Some(p) = state.peers.get_mut(&id) {
+                        p.wants_headers = true;
+                    }
+                }
+                SyncInput::FeeFilter(_) => {}
+                SyncInput::NotFound(items) => {
+                    for i in items {
+                        match i {
+                            Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                                state.requested_blocks.remove(&h);
+                            }
+                            Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                                state.requested_tx.remove(&t);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            },
+            SyncMsg::Tick => state.on_tick(),
+            SyncMsg::Generate(n, reply) => {
+                let _ = reply.send(state.generate(n));
+            }
+            SyncMsg::SubmitTx(tx) => state.on_tx(None, *tx),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SyncMsg>,
+        state: &mut SyncActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(t) = state.timer.take() {
+            t.abort();
+        }
+        if let Some(store) = state.store.as_mut() {
+            let _ = store.sync();
+        }
+        Ok(())
+    }
+}

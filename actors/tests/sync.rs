@@ -1,0 +1,191 @@
+//! Sync over real loopback sockets, in process: a 5-node mesh reaches the same tip, a
+//! reorganisation, transaction relay across the mesh, invalid headers punished, the chain
+//! reloaded after a restart.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bitcoin::block::Header;
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use common::{config, AsyncPeer};
+use meshd_actors::config::NodeConfig;
+use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::node::Node;
+
+fn cfg(dir: &std::path::Path) -> NodeConfig {
+    let mut c = config(dir);
+    c.trickle = false;
+    c
+}
+
+async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = cfg(d.path());
+        if i > 0 {
+            c.connect = vec![nodes[i - 1].listen_addrs()[0]];
+        }
+        nodes.push(Node::start(c).await.unwrap());
+    }
+    until("a line of handshakes", 10, || {
+        nodes.iter().all(|n| !n.peers().is_empty())
+    })
+    .await;
+    let mut blocks = nodes[4].subscribe_to(&[EventKind::BlockReceived]);
+    let hashes = nodes[0].generate(12).await.unwrap();
+    let tip = *hashes.last().unwrap();
+    until("every node at the new tip", 20, || {
+        nodes.iter().all(|n| {
+            n.sync_status().header_height == 12
+                && n.sync_status().best_header_hash == tip.to_string()
+        })
+    })
+    .await;
+    // The far end fetched the tip block and checked it against its header.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, blocks.recv()).await {
+            Ok(Ok(e)) => {
+                if let NodeEvent::BlockReceived {
+                    hash,
+                    height,
+                    tx_count,
+                    ..
+                } = &e.event
+                {
+                    if *hash == tip.to_string() {
+                        assert_eq!((*height, *tx_count), (12, 1));
+                        break;
+                    }
+                }
+            }
+            _ => panic!("the tip block never reached the far end"),
+        }
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_with_less_work_reorganises_to_the_longer_chain() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = cfg(da.path());
+    ca.slots.outbound = 1;
+    let a = Node::start(ca).await.unwrap();
+    let mut cb = cfg(db.path());
+    cb.slots.outbound = 0;
+    let b = Node::start(cb).await.unwrap();
+    a.generate(3).await.unwrap();
+    let longer = b.generate(5).await.unwrap();
+    assert_eq!(a.sync_status().header_height, 3);
+    // Connect them: a learns b's chain, which has more work, and switches to it.
+    assert!(a.connect(b.listen_addrs()[0], false).await);
+    until("a follows b's chain", 15, || {
+        a.sync_status().best_header_hash == longer.last().unwrap().to_string()
+    })
+    .await;
+    assert_eq!(a.sync_status().header_height, 5);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_crosses_the_mesh() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = cfg(d.path());
+        c.slots.outbound = if i == 0 { 0 } else { 1 };
+        if i > 0 {
+            c.connect = vec![nodes[i - 1].listen_addrs()[0]];
+        }
+        nodes.push(Node::start(c).await.unwrap());
+    }
+    until("handshakes", 10, || {
+        nodes[1].peers().len() == 2 && nodes[2].peers().len() == 1
+    })
+    .await;
+    let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
+    let block = meshd_actors::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000);
+    let tx = block.txdata[0].clone();
+    let txid = tx.compute_txid();
+    assert!(nodes[0].submit_tx(tx));
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Ok(e)) => assert!(
+            matches!(&e.event, NodeEvent::TxReceived { txid: t, .. } if *t == txid.to_string())
+        ),
+        other => panic!("transaction did not reach the far end: {other:?}"),
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_headers_are_refused_and_the_peer_is_punished() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let genesis = node.profile().genesis;
+    let cases: Vec<(&str, Header)> = {
+        let good = meshd_actors::chain::headers::mine_header(
+            &genesis,
+            bitcoin::TxMerkleNode::all_zeros(),
+            genesis.time + 600,
+            genesis.bits,
+        );
+        let mut bad_pow = good;
+        while bad_pow.target().is_met_by(bad_pow.block_hash()) {
+            bad_pow.nonce = bad_pow.nonce.wrapping_add(1);
+        }
+        let bad_bits = meshd_actors::chain::headers::mine_header(
+            &genesis,
+            bitcoin::TxMerkleNode::all_zeros(),
+            genesis.time + 600,
+            bitcoin::CompactTarget::from_consensus(0x2000_ffff),
+        );
+        vec![("bad proof of work", bad_pow), ("wrong nBits", bad_bits)]
+    };
+    for (what, header) in cases {
+        let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+        assert!(p.handshake().await);
+        p.send(NetworkMessage::Headers(vec![header])).await;
+        assert!(
+            p.closed_within(Duration::from_secs(5)).await,
+            "{what}: peer not disconnected"
+        );
+        assert_eq!(node.sync_status().header_height, 0, "{what}: header stored");
+    }
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chain_is_reloaded_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let hashes = node.generate(150).await.unwrap();
+    node.shutdown().await;
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    until("chain loaded", 10, || {
+        node.sync_status().header_height == 150
+    })
+    .await;
+    assert_eq!(
+        node.sync_status().best_header_hash,
+        hashes.last().unwrap().to_string()
+    );
+    node.shutdown().await;
+}
