@@ -12,10 +12,10 @@
 //! │   └── Connection(peer) × N   handshake, framing, ping/RTT, send queue (one per peer)
 //! ├── Listener                   accept loops; drops banned addresses; hands sockets over
 //! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short
-//! └── Stun                       public address and NAT type (RFC 5389/5780), refreshed
+//! ├── Stun                       public address and NAT type (RFC 5389/5780), refreshed
+//! └── Sync                       header chain, headers-first sync, block and tx relay
 //! ```
 //!
-//! Sync joins this tree in later work, as a sibling of the Manager.
 //!
 //! ## Who owns what
 //!
@@ -46,7 +46,8 @@
 //! header before any payload is buffered; checksum verified) → [`wire::Message::decode`]
 //! (rust-bitcoin payload decoders; item counts checked first) → `ConnectionMsg::Inbound` →
 //! before the handshake completes: [`peer::Handshake`]; after: ping/pong via
-//! [`peer::PingTracker`], BSV `protoconf`, and (later) Sync and discovery. Outbound messages
+//! [`peer::PingTracker`], BSV `protoconf`, addresses to the Manager, and chain and relay
+//! messages to the [`sync`] actor. Outbound messages
 //! are encoded once ([`wire::Message::encode`]) and queued for the writer.
 //!
 //! ## Where restarts are decided

@@ -25,7 +25,8 @@ pub fn regtest_block(parent: &Header, height: u32, time: u32) -> Block {
             witness: Witness::new(),
         }],
         output: vec![TxOut {
-            value: Amount::from_sat(50 * 100_000_000 >> (height / 150).min(63)),
+            // Regtest halves the subsidy every 150 blocks.
+            value: Amount::from_sat((50 * 100_000_000u64) >> (height / 150).min(63)),
             script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
         }],
     };

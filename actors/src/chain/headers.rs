@@ -888,6 +888,10 @@ mod tests {
         let g = c.tip_header();
         grow(&mut c, g, 20_000, 1);
         let per = c.memory_bytes() as f64 / c.len() as f64;
+        eprintln!(
+            "header chain memory: {per:.1} bytes per header at {} headers",
+            c.len()
+        );
         assert!(per <= 128.0, "{per:.1} bytes per header");
     }
 }
