@@ -300,6 +300,28 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .parse()
         .map_err(|e: meshd_actors::network::UnknownNetwork| ConfigError(format!("network: {e}")))?;
     let profile = network.profile();
+    // Every flag and its file key share a name: the field `max_upload_rate` is the flag
+    // `--max-upload-rate` and the key `max-upload-rate`.
+    macro_rules! duration {
+        ($key:ident, $default:expr) => {
+            pick_duration(
+                &stringify!($key).replace('_', "-"),
+                &args.$key,
+                &file.$key,
+                $default,
+            )?
+        };
+    }
+    macro_rules! bytes {
+        ($key:ident, $default:expr) => {
+            pick_bytes(
+                &stringify!($key).replace('_', "-"),
+                &args.$key,
+                &file.$key,
+                $default,
+            )?
+        };
+    }
     let base = args
         .datadir
         .clone()
@@ -339,30 +361,10 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         .map(|c| parse_endpoint("connect", c, profile.default_port))
         .collect::<Result<_, _>>()?;
 
-    node.handshake_timeout = pick_duration(
-        "handshake-timeout",
-        &args.handshake_timeout,
-        &file.handshake_timeout,
-        node.handshake_timeout,
-    )?;
-    node.ping_interval = pick_duration(
-        "ping-interval",
-        &args.ping_interval,
-        &file.ping_interval,
-        node.ping_interval,
-    )?;
-    node.ping_timeout = pick_duration(
-        "ping-timeout",
-        &args.ping_timeout,
-        &file.ping_timeout,
-        node.ping_timeout,
-    )?;
-    node.connect_timeout = pick_duration(
-        "connect-timeout",
-        &args.connect_timeout,
-        &file.connect_timeout,
-        node.connect_timeout,
-    )?;
+    node.handshake_timeout = duration!(handshake_timeout, node.handshake_timeout);
+    node.ping_interval = duration!(ping_interval, node.ping_interval);
+    node.ping_timeout = duration!(ping_timeout, node.ping_timeout);
+    node.connect_timeout = duration!(connect_timeout, node.connect_timeout);
     if let Some(v) = args.min_protocol_version.or(file.min_protocol_version) {
         node.min_protocol_version = v;
     }
@@ -398,76 +400,26 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(v) = args.max_connections.or(file.max_connections) {
         node.slots.total = v;
     }
-    node.max_upload_rate = pick_bytes(
-        "max-upload-rate",
-        &args.max_upload_rate,
-        &file.max_upload_rate,
-        0,
-    )?;
-    node.max_download_rate = pick_bytes(
-        "max-download-rate",
-        &args.max_download_rate,
-        &file.max_download_rate,
-        0,
-    )?;
-    node.upload_burst = pick_bytes("upload-burst", &args.upload_burst, &file.upload_burst, 0)?;
-    node.download_burst = pick_bytes(
-        "download-burst",
-        &args.download_burst,
-        &file.download_burst,
-        0,
-    )?;
-    node.peer_max_upload_rate = pick_bytes(
-        "peer-max-upload-rate",
-        &args.peer_max_upload_rate,
-        &file.peer_max_upload_rate,
-        0,
-    )?;
-    node.peer_max_download_rate = pick_bytes(
-        "peer-max-download-rate",
-        &args.peer_max_download_rate,
-        &file.peer_max_download_rate,
-        0,
-    )?;
-    node.peer_burst = pick_bytes("peer-burst", &args.peer_burst, &file.peer_burst, 0)?;
+    node.max_upload_rate = bytes!(max_upload_rate, 0);
+    node.max_download_rate = bytes!(max_download_rate, 0);
+    node.upload_burst = bytes!(upload_burst, 0);
+    node.download_burst = bytes!(download_burst, 0);
+    node.peer_max_upload_rate = bytes!(peer_max_upload_rate, 0);
+    node.peer_max_download_rate = bytes!(peer_max_download_rate, 0);
+    node.peer_burst = bytes!(peer_burst, 0);
     if let Some(v) = args.ban_threshold.or(file.ban_threshold) {
         if v == 0 {
             return err("ban-threshold must be above zero");
         }
         node.ban_threshold = v;
     }
-    node.ban_duration = pick_duration(
-        "ban-duration",
-        &args.ban_duration,
-        &file.ban_duration,
-        node.ban_duration,
-    )?;
+    node.ban_duration = duration!(ban_duration, node.ban_duration);
     node.ban_local_peers = args.ban_local_peers || file.ban_local_peers.unwrap_or(false);
     let r = &mut node.restart;
-    r.base_delay = pick_duration(
-        "restart-base-delay",
-        &args.restart_base_delay,
-        &file.restart_base_delay,
-        r.base_delay,
-    )?;
-    r.max_delay = pick_duration(
-        "restart-max-delay",
-        &args.restart_max_delay,
-        &file.restart_max_delay,
-        r.max_delay,
-    )?;
-    r.window = pick_duration(
-        "restart-window",
-        &args.restart_window,
-        &file.restart_window,
-        r.window,
-    )?;
-    r.stable_after = pick_duration(
-        "restart-stable-after",
-        &args.restart_stable_after,
-        &file.restart_stable_after,
-        r.stable_after,
-    )?;
+    r.base_delay = duration!(restart_base_delay, r.base_delay);
+    r.max_delay = duration!(restart_max_delay, r.max_delay);
+    r.window = duration!(restart_window, r.window);
+    r.stable_after = duration!(restart_stable_after, r.stable_after);
     if let Some(v) = args.restart_max.or(file.restart_max) {
         r.max_restarts = v;
     }
@@ -489,12 +441,7 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(v) = args.distinct_local_groups.or(file.distinct_local_groups) {
         node.distinct_local_groups = v;
     }
-    node.addrbook_save_interval = pick_duration(
-        "addrbook-save-interval",
-        &args.addrbook_save_interval,
-        &file.addrbook_save_interval,
-        node.addrbook_save_interval,
-    )?;
+    node.addrbook_save_interval = duration!(addrbook_save_interval, node.addrbook_save_interval);
     let stun = pick(&args.stun_server, &file.stun_server);
     for s in &stun {
         let port_ok = s
@@ -510,18 +457,8 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if args.no_stun || file.no_stun.unwrap_or(false) {
         node.stun_servers.clear();
     }
-    node.stun_timeout = pick_duration(
-        "stun-timeout",
-        &args.stun_timeout,
-        &file.stun_timeout,
-        node.stun_timeout,
-    )?;
-    node.stun_interval = pick_duration(
-        "stun-interval",
-        &args.stun_interval,
-        &file.stun_interval,
-        node.stun_interval,
-    )?;
+    node.stun_timeout = duration!(stun_timeout, node.stun_timeout);
+    node.stun_interval = duration!(stun_interval, node.stun_interval);
     match args.blocks.clone().or(file.blocks.clone()).as_deref() {
         None | Some("tip") => node.fetch_blocks = true,
         Some("none") => node.fetch_blocks = false,
@@ -533,25 +470,10 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     if let Some(v) = args.tx_pool_max_count.or(file.tx_pool_max_count) {
         node.tx_pool_max_count = v;
     }
-    node.tx_pool_max_bytes = pick_bytes(
-        "tx-pool-max-bytes",
-        &args.tx_pool_max_bytes,
-        &file.tx_pool_max_bytes,
-        node.tx_pool_max_bytes as u64,
-    )? as usize;
-    node.tx_pool_max_age = pick_duration(
-        "tx-pool-max-age",
-        &args.tx_pool_max_age,
-        &file.tx_pool_max_age,
-        node.tx_pool_max_age,
-    )?;
+    node.tx_pool_max_bytes = bytes!(tx_pool_max_bytes, node.tx_pool_max_bytes as u64) as usize;
+    node.tx_pool_max_age = duration!(tx_pool_max_age, node.tx_pool_max_age);
     node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
-    node.sync_stall_timeout = pick_duration(
-        "sync-stall-timeout",
-        &args.sync_stall_timeout,
-        &file.sync_stall_timeout,
-        node.sync_stall_timeout,
-    )?;
+    node.sync_stall_timeout = duration!(sync_stall_timeout, node.sync_stall_timeout);
     let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {
         (true, Some(_)) => return err("no-metrics and metrics cannot both be given"),

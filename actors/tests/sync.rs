@@ -189,3 +189,28 @@ async fn the_chain_is_reloaded_after_a_restart() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalling_sync_peer_is_replaced() {
+    let (dn, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cb = cfg(db.path());
+    cb.slots.outbound = 0;
+    let b = Node::start(cb).await.unwrap();
+    let tip = *b.generate(5).await.unwrap().last().unwrap();
+    let mut cn = cfg(dn.path());
+    cn.sync_stall_timeout = Duration::from_millis(500);
+    let n = Node::start(cn).await.unwrap();
+    // A peer that claims 1000 blocks and never answers getheaders becomes the sync peer...
+    let mut staller = AsyncPeer::connect(n.listen_addrs()[0]).await.unwrap();
+    assert!(staller.handshake_at(1000).await);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...then an honest peer arrives; after the stall timeout sync moves to it.
+    assert!(n.connect(b.listen_addrs()[0], false).await);
+    until("synced from the honest peer", 10, || {
+        n.sync_status().best_header_hash == tip.to_string()
+    })
+    .await;
+    drop(staller);
+    n.shutdown().await;
+    b.shutdown().await;
+}

@@ -123,6 +123,11 @@ impl AsyncPeer {
 
     /// Handshakes as the dialling side; false if the node closed on us.
     pub async fn handshake(&mut self) -> bool {
+        self.handshake_at(0).await
+    }
+
+    /// Handshakes announcing `start_height`.
+    pub async fn handshake_at(&mut self, start_height: i32) -> bool {
         let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
         let mut v = VersionMessage::new(
             ServiceFlags::NETWORK,
@@ -131,7 +136,7 @@ impl AsyncPeer {
             a,
             rand::random(),
             "/asyncpeer/".into(),
-            0,
+            start_height,
         );
         v.version = 70016;
         self.send(NetworkMessage::Version(v)).await;
