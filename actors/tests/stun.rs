@@ -80,3 +80,25 @@ async fn no_server_answering_means_unknown_within_the_timeout() {
     // Two transactions of 0.5 s, then a TCP check that is refused at once.
     assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
 }
+
+#[tokio::test]
+async fn ipv6_servers_work_too() {
+    let sock = UdpSocket::bind("[::1]:0").await.unwrap();
+    let server = sock.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; MAX_STUN_DATAGRAM];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            if n >= 20 {
+                let mut tid = [0u8; 12];
+                tid.copy_from_slice(&buf[8..20]);
+                let _ = sock
+                    .send_to(&binding_response(tid, from, None, true), from)
+                    .await;
+            }
+        }
+    });
+    let report = probe(&[server], Duration::from_secs(2)).await;
+    let public = report.public.expect("an IPv6 mapped address");
+    assert!(public.is_ipv6(), "{public}");
+    assert_eq!(report.server, Some(server));
+}
