@@ -124,8 +124,8 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "protocol_version": p.version,
         "user_agent": p.user_agent,
         "start_height": p.start_height,
-        // The best height the peer is known to have (its version's start height).
-        "synced_height": p.start_height.max(0),
+        // The best height the peer is known to have: its version, then the headers it sent.
+        "synced_height": p.synced_height.max(p.start_height.max(0) as u32),
         "connected_since": ts(Some(p.connected_since)),
         "last_send": ts(p.last_send),
         "last_receive": ts(p.last_receive),

@@ -71,6 +71,8 @@ pub struct PeerInfo {
     pub user_agent: String,
     /// Height announced in its version.
     pub start_height: i32,
+    /// Highest header height we know the peer has (its version, then its headers).
+    pub synced_height: u32,
     /// When the connection started (TCP established or accepted).
     pub connected_since: SystemTime,
     /// Bytes sent, frame headers included.
@@ -125,6 +127,7 @@ impl PeerInfo {
             version: 0,
             user_agent: String::new(),
             start_height: 0,
+            synced_height: 0,
             connected_since: SystemTime::now(),
             bytes_sent: 0,
             bytes_received: 0,

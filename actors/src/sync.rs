@@ -326,12 +326,15 @@ impl SyncActorState {
                     error!(error = %e, "cannot write headers");
                 }
             }
+            let last_height = self
+                .chain
+                .height_of(&stored[stored.len() - 1].block_hash())
+                .unwrap_or(0);
+            self.ctx
+                .peers
+                .update(id, |p| p.synced_height = p.synced_height.max(last_height));
             if let Some(p) = self.peers.get_mut(&id) {
-                p.best_height = p.best_height.max(
-                    self.chain
-                        .height_of(&stored[stored.len() - 1].block_hash())
-                        .unwrap_or(0),
-                );
+                p.best_height = p.best_height.max(last_height);
                 for h in &stored {
                     p.learn(h.block_hash().to_byte_array());
                 }
