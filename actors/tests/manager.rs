@@ -17,7 +17,9 @@ use meshd_actors::peers::PeerState;
 use meshd_actors::wire::{Command, Message};
 
 async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind) -> NodeEvent {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Generous: under a loaded machine restarts and handshakes take longer; waits end early
+    // when the event arrives.
+    let deadline = Instant::now() + Duration::from_secs(40);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, stream.recv()).await {
