@@ -99,12 +99,6 @@ pub const READER_CREDIT_BYTES: u32 = 8 * 1024 * 1024;
 /// Size of one socket read.
 pub const READ_CHUNK: usize = 64 * 1024;
 
-/// Delay before a `--connect` peer that dropped is dialled again.
-///
-/// A fixed pause keeps a dead persistent peer from being hammered; the Manager's windowed
-/// restart policy replaces it once that lands.
-pub const PERSISTENT_RECONNECT_DELAY: Duration = Duration::from_secs(5);
-
 /// How often each Connection actor checks its deadlines (handshake, ping) at most.
 pub const MAX_TICK_INTERVAL: Duration = Duration::from_secs(1);
 
