@@ -16,8 +16,9 @@
 //! - **Transactions**: `inv` → `getdata` → `tx` into a bounded, expiring relay pool →
 //!   announced to peers that asked for relay, at most once per peer (a known-inventory set
 //!   per peer), after a Poisson delay (Core's trickling; off with `--no-trickle`). `getdata`
-//!   is served from the pool. `feefilter` is recorded but cannot be applied: meshd has no
-//!   UTXO set, so it does not know a transaction's fee.
+//!   is served from the pool. A peer's `feefilter` is applied whenever the fee is known —
+//!   every input spends an output of a pooled transaction or one in a kept block; meshd has
+//!   no UTXO set, so for other transactions the fee is unknown and they are announced.
 //! - **Regtest generation**: [`SyncMsg::Generate`] mines blocks with a BIP34 coinbase and
 //!   trivial proof of work on our tip and announces them.
 
@@ -163,6 +164,8 @@ struct SyncPeer {
     inbound: bool,
     known: HashSet<[u8; 32]>,
     pending_tx: Vec<Txid>,
+    /// The peer's feefilter, sat per 1000 virtual bytes.
+    feefilter: u64,
     next_flush: Instant,
 }
 
@@ -522,6 +525,7 @@ impl SyncActorState {
             metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
             return;
         }
+        let fee_rate = self.fee_rate(&tx);
         self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
         self.pool_bytes += size;
         metrics::counter!("meshd_txs_received_total").increment(1);
@@ -536,6 +540,10 @@ impl SyncActorState {
             if Some(*id) == from || !p.relay || p.knows(&key) {
                 continue;
             }
+            if fee_rate.is_some_and(|r| r < p.feefilter) {
+                metrics::counter!("meshd_txs_filtered_total").increment(1);
+                continue;
+            }
             p.learn(key);
             p.pending_tx.push(txid);
             if !trickle {
@@ -546,6 +554,33 @@ impl SyncActorState {
             self.flush_trickle();
         }
         self.publish_status();
+    }
+
+    /// Fee rate (sat per 1000 virtual bytes) when every input spends an output we hold (a
+    /// pooled transaction or one in a kept block); `None` otherwise. meshd keeps no UTXO set,
+    /// so for most transactions the fee is unknown and `feefilter` cannot be applied to them.
+    fn fee_rate(&self, tx: &Transaction) -> Option<u64> {
+        let mut inputs = 0u64;
+        for input in &tx.input {
+            let prev = input.previous_output;
+            let parent = self
+                .pool
+                .get(&prev.txid)
+                .map(|(t, _, _)| t.clone())
+                .or_else(|| {
+                    self.blocks.iter().find_map(|(_, b)| {
+                        b.txdata
+                            .iter()
+                            .find(|t| t.compute_txid() == prev.txid)
+                            .cloned()
+                            .map(Arc::new)
+                    })
+                })?;
+            inputs = inputs.checked_add(parent.output.get(prev.vout as usize)?.value.to_sat())?;
+        }
+        let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let fee = inputs.checked_sub(outputs)?;
+        Some(fee.saturating_mul(1000) / (tx.vsize() as u64).max(1))
     }
 
     fn flush_trickle(&mut self) {
@@ -725,6 +760,7 @@ impl Actor for Sync {
                     inbound,
                     known: HashSet::new(),
                     pending_tx: Vec::new(),
+                    feefilter: 0,
                     next_flush: Instant::now()
                         + poisson(if inbound {
                             TRICKLE_INBOUND
@@ -785,7 +821,11 @@ impl Actor for Sync {
                         p.wants_headers = true;
                     }
                 }
-                SyncInput::FeeFilter(_) => {}
+                SyncInput::FeeFilter(rate) => {
+                    if let Some(p) = state.peers.get_mut(&id) {
+                        p.feefilter = rate.max(0) as u64;
+                    }
+                }
                 SyncInput::NotFound(items) => {
                     for i in items {
                         match i {

@@ -214,3 +214,66 @@ async fn a_stalling_sync_peer_is_replaced() {
     n.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feefilter_is_applied_when_the_fee_is_known() {
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    p.send(NetworkMessage::FeeFilter(1000)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A parent in the pool, then children that spend it with a low and a high fee.
+    let parent = Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(bitcoin::Txid::from_byte_array([7; 32]), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    };
+    let child = |fee: u64, salt: u8| Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(parent.compute_txid(), 0),
+            script_sig: ScriptBuf::from_bytes(vec![salt]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(100_000 - fee),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    };
+    let (cheap, rich) = (child(10, 1), child(20_000, 2));
+    assert!(node.submit_tx(parent.clone()));
+    assert!(node.submit_tx(cheap.clone()));
+    assert!(node.submit_tx(rich.clone()));
+    // The parent's fee is unknown (its input is not ours): announced. The cheap child is
+    // below the filter: not announced. The rich child is above it: announced.
+    let mut announced = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        if let common::Seen::Msg(meshd_actors::wire::Message::Network(NetworkMessage::Inv(inv))) =
+            p.recv(Duration::from_millis(300)).await
+        {
+            for i in inv {
+                if let bitcoin::p2p::message_blockdata::Inventory::Transaction(t) = i {
+                    announced.push(t);
+                }
+            }
+        }
+    }
+    assert!(announced.contains(&parent.compute_txid()), "{announced:?}");
+    assert!(announced.contains(&rich.compute_txid()), "{announced:?}");
+    assert!(!announced.contains(&cheap.compute_txid()), "{announced:?}");
+    node.shutdown().await;
+}

@@ -139,6 +139,7 @@ impl AsyncPeer {
             start_height,
         );
         v.version = 70016;
+        v.relay = true;
         self.send(NetworkMessage::Version(v)).await;
         let (mut version, mut verack) = (false, false);
         while !(version && verack) {
