@@ -727,6 +727,18 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
             to_sync(state, SyncInput::SendHeaders);
             Ok(())
         }
+        Message::Network(NetworkMessage::FilterLoad(f)) => {
+            to_sync(state, SyncInput::FilterLoad(f));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::FilterAdd(f)) => {
+            to_sync(state, SyncInput::FilterAdd(f.data));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::FilterClear) => {
+            to_sync(state, SyncInput::FilterClear);
+            Ok(())
+        }
         Message::Network(NetworkMessage::FeeFilter(f)) => {
             to_sync(state, SyncInput::FeeFilter(f));
             Ok(())

@@ -71,6 +71,7 @@
 pub mod addrbook;
 pub mod bandwidth;
 pub mod bans;
+pub mod bloom;
 pub mod chain;
 pub mod config;
 pub mod connection;

@@ -36,6 +36,8 @@ pub fn cost(kind: &str) -> u32 {
         "header_bad_pow" | "header_bad_difficulty" | "header_checkpoint" => 100,
         "header_bad_time" => 50,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
+        // BIP37: a filter over the limits is a protocol violation (Core bans for it).
+        "bloom_too_large" => 100,
         "duplicate_version" => 1,
         _ => 0,
     }

@@ -36,6 +36,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tracing::{debug, error, info, warn};
 
+use crate::bloom::BloomFilter;
 use crate::chain::store::HeaderStore;
 use crate::chain::{AcceptError, Accepted, HeaderChain};
 use crate::connection::ConnectionMsg;
@@ -44,6 +45,11 @@ use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::peers::PeerId;
 use crate::wire::Message;
+
+/// Inventory type of a BIP37 filtered block.
+const FILTERED_BLOCK: u32 = 3;
+/// The witness flag of inventory types (BIP144).
+const WITNESS_FLAG: u32 = 1 << 30;
 
 /// Block hashes in one `getblocks` answer (Core: 500).
 const MAX_BLOCKS_INV: usize = 500;
@@ -124,6 +130,12 @@ pub enum SyncInput {
     FeeFilter(i64),
     /// `notfound`.
     NotFound(Vec<Inventory>),
+    /// `filterload` (BIP37).
+    FilterLoad(bitcoin::p2p::message_bloom::FilterLoad),
+    /// `filteradd` (BIP37).
+    FilterAdd(Vec<u8>),
+    /// `filterclear` (BIP37).
+    FilterClear,
 }
 
 /// Messages of the Sync actor.
@@ -166,6 +178,8 @@ struct SyncPeer {
     pending_tx: Vec<Txid>,
     /// The peer's feefilter, sat per 1000 virtual bytes.
     feefilter: u64,
+    /// The peer's BIP37 filter, for `merkleblock` answers.
+    bloom: Option<BloomFilter>,
     next_flush: Instant,
 }
 
@@ -487,10 +501,43 @@ impl SyncActorState {
     }
 
     fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
-        let Some(p) = self.peers.get(&id) else { return };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
         let mut missing = Vec::new();
         for item in items {
             match item {
+                // BIP37 filtered block (also with the witness flag): a merkleblock with the
+                // transactions the peer's filter matches, then those transactions.
+                Inventory::Unknown { inv_type, hash }
+                    if inv_type & !WITNESS_FLAG == FILTERED_BLOCK =>
+                {
+                    let h = BlockHash::from_byte_array(hash);
+                    let block = self
+                        .blocks
+                        .iter()
+                        .find(|(b, _)| *b == h)
+                        .map(|(_, b)| b.clone());
+                    match (block, p.bloom.as_mut()) {
+                        (Some(block), Some(filter)) => {
+                            let matched: Vec<&Transaction> = block
+                                .txdata
+                                .iter()
+                                .filter(|tx| filter.matches_and_update(tx))
+                                .collect();
+                            let ids: HashSet<Txid> =
+                                matched.iter().map(|t| t.compute_txid()).collect();
+                            let mb = bitcoin::MerkleBlock::from_block_with_predicate(&block, |t| {
+                                ids.contains(t)
+                            });
+                            p.send(NetworkMessage::MerkleBlock(mb));
+                            for tx in matched {
+                                p.send(NetworkMessage::Tx(tx.clone()));
+                            }
+                        }
+                        _ => missing.push(item),
+                    }
+                }
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
                     match self.blocks.iter().find(|(b, _)| *b == h) {
                         Some((_, block)) => p.send(NetworkMessage::Block((**block).clone())),
@@ -761,6 +808,7 @@ impl Actor for Sync {
                     known: HashSet::new(),
                     pending_tx: Vec::new(),
                     feefilter: 0,
+                    bloom: None,
                     next_flush: Instant::now()
                         + poisson(if inbound {
                             TRICKLE_INBOUND
@@ -819,6 +867,29 @@ impl Actor for Sync {
                 SyncInput::SendHeaders => {
                     if let Some(p) = state.peers.get_mut(&id) {
                         p.wants_headers = true;
+                    }
+                }
+                SyncInput::FilterLoad(f) => match BloomFilter::load(&f) {
+                    Ok(filter) => {
+                        if let Some(p) = state.peers.get_mut(&id) {
+                            p.bloom = Some(filter);
+                        }
+                    }
+                    Err(_) => state.punish(id, "bloom_too_large"),
+                },
+                SyncInput::FilterAdd(data) => {
+                    let too_large = state
+                        .peers
+                        .get_mut(&id)
+                        .and_then(|p| p.bloom.as_mut())
+                        .is_some_and(|b| b.insert(&data).is_err());
+                    if too_large {
+                        state.punish(id, "bloom_too_large");
+                    }
+                }
+                SyncInput::FilterClear => {
+                    if let Some(p) = state.peers.get_mut(&id) {
+                        p.bloom = None;
                     }
                 }
                 SyncInput::FeeFilter(rate) => {

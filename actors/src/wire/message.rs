@@ -304,6 +304,10 @@ impl Message {
                 }
                 N::FeeFilter(fee)
             }
+            "filterload" => N::FilterLoad(decode_as(c, p, exact)?),
+            "filteradd" => N::FilterAdd(decode_as(c, p, exact)?),
+            "filterclear" => expect_empty(c, p, N::FilterClear)?,
+            "merkleblock" => N::MerkleBlock(decode_as(c, p, exact)?),
             "sendcmpct" => N::SendCmpct(decode_as(c, p, exact)?),
             "protoconf" => {
                 if p.len() > BSV_LEGACY_PAYLOAD as usize {
@@ -391,6 +395,10 @@ pub const KNOWN_COMMANDS: &[&str] = &[
     "wtxidrelay",
     "mempool",
     "protoconf",
+    "filterload",
+    "filteradd",
+    "filterclear",
+    "merkleblock",
 ];
 
 /// The metric label for a command: itself if known, else `other`.
