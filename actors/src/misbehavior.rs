@@ -8,6 +8,11 @@
 //! | `malformed_payload` / `trailing_bytes` | 20 | a buggy or hostile encoder |
 //! | `protocol_violation` (second protoconf, bad protoconf value) | 20 | BSV spec: disconnect |
 //! | `bad_checksum` | 10 | corruption happens; a stream of it does not |
+//! | header with bad proof of work, wrong nBits, checkpoint conflict | 100 | cannot be an accident |
+//! | header time not above median time past | 50 | |
+//! | header time over 2 h ahead; 10 unconnecting header messages | 20 | may be a clock, or crossed announcements |
+//! | too many stale headers; block not matching its merkle root | 20 | |
+//! | BIP37 filter over the size limits | 100 | BIP37: a protocol violation |
 //! | `duplicate_version` | 1 | Core's cost |
 //! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
 //!
@@ -35,6 +40,9 @@ pub fn cost(kind: &str) -> u32 {
         // do not match its merkle root, cost a little each.
         "header_bad_pow" | "header_bad_difficulty" | "header_checkpoint" => 100,
         "header_bad_time" => 50,
+        // Unconnecting headers (charged every tenth message) and a time too far ahead (which
+        // may be the peer's clock, or ours) cost little.
+        "header_not_connecting" | "header_time_too_new" => 20,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
         // BIP37: a filter over the limits is a protocol violation (Core bans for it).
         "bloom_too_large" => 100,

@@ -46,6 +46,10 @@ use crate::events::NodeEvent;
 use crate::peers::PeerId;
 use crate::wire::Message;
 
+/// Header messages that do not connect a peer may send before each charge (Core:
+/// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`); a few are normal when announcements cross.
+const MAX_UNCONNECTING_HEADERS: u32 = 10;
+
 /// Inventory type of a BIP37 filtered block.
 const FILTERED_BLOCK: u32 = 3;
 /// The witness flag of inventory types (BIP144).
@@ -180,6 +184,8 @@ struct SyncPeer {
     feefilter: u64,
     /// The peer's BIP37 filter, for `merkleblock` answers.
     bloom: Option<BloomFilter>,
+    /// Header messages from it that did not connect.
+    unconnecting: u32,
     next_flush: Instant,
 }
 
@@ -324,7 +330,15 @@ impl SyncActorState {
                     stored.push(*h);
                 }
                 Err(AcceptError::NotConnecting(_)) if i == 0 => {
-                    // An announcement we cannot connect: ask for the gap (Core does the same).
+                    // An announcement we cannot connect: ask for the gap (Core does the same),
+                    // and charge a peer that keeps sending them (Core: 20 every 10 messages).
+                    let count = self.peers.get_mut(&id).map_or(0, |p| {
+                        p.unconnecting += 1;
+                        p.unconnecting
+                    });
+                    if count > 0 && count.is_multiple_of(MAX_UNCONNECTING_HEADERS) {
+                        self.punish(id, "header_not_connecting");
+                    }
                     self.getheaders(id, BlockHash::all_zeros());
                     return;
                 }
@@ -809,6 +823,7 @@ impl Actor for Sync {
                     pending_tx: Vec::new(),
                     feefilter: 0,
                     bloom: None,
+                    unconnecting: 0,
                     next_flush: Instant::now()
                         + poisson(if inbound {
                             TRICKLE_INBOUND

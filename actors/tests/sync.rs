@@ -277,3 +277,40 @@ async fn feefilter_is_applied_when_the_fee_is_known() {
     assert!(!announced.contains(&cheap.compute_txid()), "{announced:?}");
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn future_and_unconnecting_headers_are_refused_and_cost_the_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let genesis = node.profile().genesis;
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let future = meshd_actors::chain::headers::mine_header(
+        &genesis,
+        bitcoin::TxMerkleNode::all_zeros(),
+        now + 3 * 3600,
+        genesis.bits,
+    );
+    p.send(NetworkMessage::Headers(vec![future])).await;
+    let score = || node.peers().first().map_or(0, |x| x.misbehavior);
+    until("the future header is charged", 5, || score() == 20).await;
+    assert_eq!(node.sync_status().header_height, 0);
+    // Ten header messages that connect to nothing: another 20.
+    let mut orphan = meshd_actors::chain::headers::mine_header(
+        &genesis,
+        bitcoin::TxMerkleNode::all_zeros(),
+        genesis.time + 600,
+        genesis.bits,
+    );
+    orphan.prev_blockhash = bitcoin::BlockHash::from_byte_array([9; 32]);
+    for _ in 0..10 {
+        p.send(NetworkMessage::Headers(vec![orphan])).await;
+    }
+    until("unconnecting headers are charged", 5, || score() == 40).await;
+    assert_eq!(node.sync_status().header_height, 0);
+    node.shutdown().await;
+}
