@@ -530,8 +530,30 @@ fn apply_steps(
     Ok(())
 }
 
+/// Copies the connection's traffic counters into its peer-table row.
+fn push_counters(state: &ConnectionState, now: Instant) {
+    let (sent, received) = (state.bytes_sent, state.bytes_received);
+    let wait = state.ping.as_ref().and_then(|p| p.waiting(now));
+    let (sent_cmd, recv_cmd) = (
+        state.sent_per_command.clone(),
+        state.received_per_command.clone(),
+    );
+    let (last_send, last_receive) = (state.last_send, state.last_receive);
+    state.ctx.peers.update(state.id, |p| {
+        p.bytes_sent = sent;
+        p.bytes_received = received;
+        p.bytes_sent_per_command = sent_cmd;
+        p.bytes_received_per_command = recv_cmd;
+        p.last_send = last_send;
+        p.last_receive = last_receive;
+        p.ping_wait = wait;
+    });
+}
+
 fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), DisconnectReason> {
     let now = Instant::now();
+    // Counters first: a reader that sees the row "connected" also sees the handshake's bytes.
+    push_counters(state, now);
     let took = now.saturating_duration_since(state.started);
     metrics::histogram!("meshd_handshake_duration_seconds").record(took.as_secs_f64());
     info!(
@@ -806,22 +828,7 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
             p.reconfigure(now, config.ping_interval, config.ping_timeout);
         }
     }
-    let (sent, received) = (state.bytes_sent, state.bytes_received);
-    let wait = state.ping.as_ref().and_then(|p| p.waiting(now));
-    let (sent_cmd, recv_cmd) = (
-        state.sent_per_command.clone(),
-        state.received_per_command.clone(),
-    );
-    let (last_send, last_receive) = (state.last_send, state.last_receive);
-    state.ctx.peers.update(state.id, |p| {
-        p.bytes_sent = sent;
-        p.bytes_received = received;
-        p.bytes_sent_per_command = sent_cmd;
-        p.bytes_received_per_command = recv_cmd;
-        p.last_send = last_send;
-        p.last_receive = last_receive;
-        p.ping_wait = wait;
-    });
+    push_counters(state, now);
     if !state.handshake.is_complete() {
         if state.outbox.is_none() {
             // Still dialling: the connect timeout bounds this phase.
