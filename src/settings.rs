@@ -140,18 +140,11 @@ pub struct Settings {
 pub fn parse_bytes(key: &str, text: &str) -> Result<u64, ConfigError> {
     let t = text.trim();
     let t = t.strip_suffix("/s").unwrap_or(t).trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = match num.parse() {
-        Ok(v) if v >= 0.0 && f64::is_finite(v) => v,
-        _ => {
-            return err(format!(
-                "{key}: bad byte count {text:?} (try 500000, 500k, 2M, 1MiB)"
-            ))
-        }
-    };
+    let (value, unit) = number_and_unit(t).ok_or_else(|| {
+        ConfigError(format!(
+            "{key}: bad byte count {text:?} (try 500000, 500k, 2M, 1MiB)"
+        ))
+    })?;
     let mult: f64 = match unit.trim() {
         "" | "B" => 1.0,
         "k" | "K" | "kB" | "KB" => 1e3,
@@ -183,21 +176,25 @@ fn pick_bytes(
     }
 }
 
-/// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
-pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
-    let t = text.trim();
+/// Splits `"2.5MiB"` into `(2.5, "MiB")`; `None` unless the number is finite and not negative.
+fn number_and_unit(t: &str) -> Option<(f64, &str)> {
     let split = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = match num.parse() {
-        Ok(v) if v >= 0.0 && f64::is_finite(v) => v,
-        _ => {
-            return err(format!(
-                "{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)"
-            ))
-        }
-    };
+    num.parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0 && v.is_finite())
+        .map(|v| (v, unit))
+}
+
+/// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
+pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
+    let (value, unit) = number_and_unit(text.trim()).ok_or_else(|| {
+        ConfigError(format!(
+            "{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)"
+        ))
+    })?;
     let secs = match unit.trim() {
         "" | "s" => value,
         "ms" => value / 1000.0,

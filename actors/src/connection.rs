@@ -148,6 +148,8 @@ pub struct ConnectionState {
     myself: Option<ActorRef<ConnectionMsg>>,
     told_sync: bool,
     policy: Option<crate::peer::HandshakePolicy>,
+    /// Byte counts last copied into the peer table.
+    pushed: (u64, u64),
     sendaddrv2: bool,
     getaddr_answered: bool,
     addr_limiter: AddrRateLimiter,
@@ -250,6 +252,7 @@ impl Actor for Connection {
             myself: None,
             told_sync: false,
             policy: None,
+            pushed: (0, 0),
             sendaddrv2: false,
             getaddr_answered: false,
             addr_limiter: AddrRateLimiter::new(now),
@@ -423,6 +426,7 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     state.ctx.peers.update(state.id, |p| p.misbehavior = score);
     let threshold = state.ctx.config().ban_threshold;
     debug!(peer = %state.addr, id = %state.id, kind, cost, score, threshold, "misbehaviour");
+    metrics::counter!("meshd_misbehavior_total", "kind" => kind).increment(1);
     if score >= threshold {
         let _ = state.manager.cast(ManagerMsg::Misbehaving {
             id: state.id,
@@ -531,9 +535,14 @@ fn apply_steps(
 }
 
 /// Copies the connection's traffic counters into its peer-table row.
-fn push_counters(state: &ConnectionState, now: Instant) {
+fn push_counters(state: &mut ConnectionState, now: Instant) {
     let (sent, received) = (state.bytes_sent, state.bytes_received);
     let wait = state.ping.as_ref().and_then(|p| p.waiting(now));
+    // Idle peers (most of them, at scale) cost nothing per tick.
+    if (sent, received) == state.pushed && wait.is_none() && state.pushed != (0, 0) {
+        return;
+    }
+    state.pushed = (sent, received);
     let (sent_cmd, recv_cmd) = (
         state.sent_per_command.clone(),
         state.received_per_command.clone(),

@@ -106,7 +106,7 @@ pub struct SyncStatus {
     pub best_peer_height: u32,
     /// State.
     pub state: SyncState,
-    /// Headers in the relay pool... transactions in the pool.
+    /// Transactions in the relay pool.
     pub tx_pool: usize,
     /// Blocks kept in memory.
     pub blocks_kept: usize,

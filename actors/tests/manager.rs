@@ -208,12 +208,7 @@ async fn inbound_flood_beyond_the_slots_evicts_or_refuses() {
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs()[0];
     let mut evictions = node.subscribe_to(&[EventKind::PeerEvicted]);
-    let mut held = Vec::new();
-    for _ in 0..24 {
-        let mut p = AsyncPeer::connect(addr).await.unwrap();
-        assert!(p.handshake().await);
-        held.push(p);
-    }
+    let mut held = common::handshaked_peers(addr, 24).await;
     assert_eq!(node.slots().0.inbound, 24);
     // All 24 are in the local network group; 20 are protected, 2 more by uptime: the next
     // newcomers evict the newest of the rest.
@@ -239,12 +234,8 @@ async fn with_nobody_evictable_a_new_inbound_peer_is_refused() {
     c.slots.inbound = 5;
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs()[0];
-    let mut held = Vec::new();
-    for _ in 0..5 {
-        let mut p = AsyncPeer::connect(addr).await.unwrap();
-        assert!(p.handshake().await);
-        held.push(p);
-    }
+    // Held open for the rest of the test: they fill every inbound slot.
+    let _held = common::handshaked_peers(addr, 5).await;
     let mut late = AsyncPeer::connect(addr).await.unwrap();
     assert!(late.closed_within(Duration::from_secs(5)).await);
     assert_eq!(late.received, 0);
@@ -257,12 +248,7 @@ async fn live_config_shrinks_inbound_and_reaches_every_connection() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(config(dir.path())).await.unwrap();
     let addr = node.listen_addrs()[0];
-    let mut held = Vec::new();
-    for _ in 0..25 {
-        let mut p = AsyncPeer::connect(addr).await.unwrap();
-        assert!(p.handshake().await);
-        held.push(p);
-    }
+    let mut held = common::handshaked_peers(addr, 25).await;
     wait_peers(&node, "25 connected", |p| {
         p.len() == 25 && p.iter().all(|x| x.state == PeerState::Connected)
     })

@@ -60,6 +60,17 @@ pub async fn wait_peers(
     }
 }
 
+/// `n` raw peers, each through its handshake with the node at `addr`.
+pub async fn handshaked_peers(addr: SocketAddr, n: usize) -> Vec<AsyncPeer> {
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut p = AsyncPeer::connect(addr).await.expect("connect");
+        assert!(p.handshake().await, "handshake");
+        peers.push(p);
+    }
+    peers
+}
+
 /// What a read saw.
 #[derive(Debug)]
 pub enum Seen {
