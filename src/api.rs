@@ -19,11 +19,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
-use meshd_actors::bans::parse_subnet;
 use meshd_actors::config::{ConfigUpdate, NodeConfig};
 use meshd_actors::events::{EventError, EventKind};
+use meshd_actors::manager::bans::parse_subnet;
+use meshd_actors::manager::peers::{PeerId, PeerInfo};
 use meshd_actors::node::Node;
-use meshd_actors::peers::{PeerId, PeerInfo};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
@@ -322,8 +322,8 @@ async fn get_bans(State(s): State<ApiState>) -> ApiResult {
                 "until": b.until,
                 "reason": b.reason.label(),
                 "detail": match &b.reason {
-                    meshd_actors::bans::BanReason::Misbehavior(d) => Some(d.clone()),
-                    meshd_actors::bans::BanReason::Manual => None,
+                    meshd_actors::manager::bans::BanReason::Misbehavior(d) => Some(d.clone()),
+                    meshd_actors::manager::bans::BanReason::Manual => None,
                 },
             })
         })

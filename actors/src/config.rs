@@ -14,11 +14,11 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
-use crate::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
+use crate::manager::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
+use crate::manager::restart::RestartPolicy;
+use crate::manager::slots::SlotLimits;
 use crate::network::{user_agent, NetworkId, Profile};
 use crate::peer::HandshakePolicy;
-use crate::restart::RestartPolicy;
-use crate::slots::SlotLimits;
 
 /// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).
 pub const DEFAULT_ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);

@@ -11,14 +11,14 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use dashmap::DashMap;
 use tokio::sync::watch;
 
-use crate::bandwidth::{RateLimits, TokenBucket};
-use crate::bans::BanList;
 use crate::config::NodeConfig;
+use crate::connection::bandwidth::{RateLimits, TokenBucket};
 use crate::events::EventBus;
+use crate::manager::bans::BanList;
+use crate::manager::peers::{PeerId, PeerTable};
+use crate::manager::slots::SlotPool;
 use crate::network::Profile;
 use crate::peer::HandshakePolicy;
-use crate::peers::{PeerId, PeerTable};
-use crate::slots::SlotPool;
 
 /// Shared node state. Handed to actors in an `Arc`; opaque outside the crate.
 #[derive(Debug)]
@@ -56,9 +56,9 @@ pub struct NodeContext {
     /// The last STUN result.
     pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
     /// The Sync actor, where Connections send chain and relay messages.
-    pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::sync::SyncMsg>>>,
+    pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::msg::SyncMsg>>>,
     /// Sync status for metrics and the API.
-    pub(crate) sync_status: RwLock<crate::sync::SyncStatus>,
+    pub(crate) sync_status: RwLock<crate::msg::SyncStatus>,
     /// Addresses that are us: never dialled.
     pub(crate) own_addrs: Vec<SocketAddr>,
     netgroup_key: std::collections::hash_map::RandomState,
@@ -122,7 +122,7 @@ impl NodeContext {
             listen_addrs: listen_addrs.to_vec(),
             stun: RwLock::new(None),
             sync: RwLock::new(None),
-            sync_status: RwLock::new(crate::sync::SyncStatus::default()),
+            sync_status: RwLock::new(crate::msg::SyncStatus::default()),
             own_addrs,
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
@@ -217,12 +217,12 @@ impl NodeContext {
     }
 
     /// The Sync actor, if running.
-    pub(crate) fn sync_ref(&self) -> Option<ractor::ActorRef<crate::sync::SyncMsg>> {
+    pub(crate) fn sync_ref(&self) -> Option<ractor::ActorRef<crate::msg::SyncMsg>> {
         self.sync.read().ok().and_then(|s| s.clone())
     }
 
     /// The last sync status.
-    pub(crate) fn sync_status(&self) -> crate::sync::SyncStatus {
+    pub(crate) fn sync_status(&self) -> crate::msg::SyncStatus {
         self.sync_status
             .read()
             .map(|s| s.clone())

@@ -15,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
+use crate::manager::peers::PeerId;
 use crate::peer::Direction;
-use crate::peers::PeerId;
 
 /// Events buffered per subscriber before the oldest are dropped for it.
 ///

@@ -68,31 +68,19 @@
 
 #![warn(missing_docs)]
 
-pub mod addrbook;
-pub mod bandwidth;
-pub mod bans;
-pub mod bloom;
-pub mod chain;
 pub mod config;
 pub mod connection;
 pub mod constants;
 pub mod context;
-pub mod dns;
+pub mod discovery;
 pub mod events;
-pub mod eviction;
-pub mod listener;
-mod live_metrics;
 pub mod manager;
-pub mod mine;
-pub mod misbehavior;
+mod metrics;
+pub mod msg;
 pub mod network;
 pub mod node;
 pub mod peer;
-pub mod peers;
 pub mod persist;
-pub mod restart;
-pub mod slots;
 pub mod stun;
-pub mod stun_actor;
 pub mod sync;
 pub mod wire;

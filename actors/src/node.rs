@@ -22,20 +22,20 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use crate::addrbook::AddrEntry;
-use crate::bans::BanEntry;
 use crate::config::{ConfigUpdate, NodeConfig};
+use crate::connection::listener::{Listener, ListenerArgs};
 use crate::constants::{SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW};
 use crate::context::NodeContext;
-use crate::dns::{DnsArgs, DnsDiscovery, DnsMsg};
+use crate::discovery::addrbook::AddrEntry;
+use crate::discovery::{DnsArgs, DnsDiscovery, DnsMsg};
 use crate::events::{EventKind, EventStream};
-use crate::listener::{Listener, ListenerArgs};
-use crate::manager::OutboundKind;
-use crate::manager::{Manager, ManagerMsg};
-use crate::peers::{PeerId, PeerInfo, PeerTable};
-use crate::slots::{SlotLimits, SlotUsage};
-use crate::stun_actor::{Stun, StunMsg};
-use crate::sync::{Sync, SyncMsg, SyncStatus};
+use crate::manager::bans::BanEntry;
+use crate::manager::peers::{PeerId, PeerInfo, PeerTable};
+use crate::manager::slots::{SlotLimits, SlotUsage};
+use crate::manager::Manager;
+use crate::msg::{ManagerMsg, OutboundKind, SyncMsg, SyncStatus};
+use crate::stun::{Stun, StunMsg};
+use crate::sync::Sync;
 use crate::wire::Message;
 
 /// Messages of the NodeSupervisor.
@@ -321,7 +321,7 @@ pub struct MetricsSource(Arc<NodeContext>);
 impl MetricsSource {
     /// Prometheus text of the live metrics.
     pub fn render(&self) -> String {
-        crate::live_metrics::render(&self.0)
+        crate::metrics::render(&self.0)
     }
 }
 
@@ -556,7 +556,7 @@ impl Node {
     /// Prometheus text for the metrics derived from live state (peers, slots, bans,
     /// restarts, throttling); the daemon appends it to the recorder's output.
     pub fn render_live_metrics(&self) -> String {
-        crate::live_metrics::render(&self.ctx)
+        crate::metrics::render(&self.ctx)
     }
 
     async fn manager(&self) -> Option<ActorRef<ManagerMsg>> {

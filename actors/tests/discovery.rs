@@ -11,9 +11,9 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use common::dnsmasq::Dnsmasq;
 use common::{config, AsyncPeer};
+use meshd_actors::manager::peers::PeerState;
 use meshd_actors::node::Node;
 use meshd_actors::peer::Direction;
-use meshd_actors::peers::PeerState;
 
 fn skip(why: &str) {
     let ci = std::env::var("CI")

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use bitcoin::p2p::message::NetworkMessage;
 use common::{config, wait_peers, wait_until, AsyncPeer};
-use meshd_actors::bans::parse_subnet;
 use meshd_actors::config::ConfigUpdate;
 use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::manager::bans::parse_subnet;
+use meshd_actors::manager::peers::PeerState;
 use meshd_actors::node::Node;
 use meshd_actors::peer::Direction;
-use meshd_actors::peers::PeerState;
 use meshd_actors::wire::{Command, Message};
 
 async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind) -> NodeEvent {

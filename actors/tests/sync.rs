@@ -120,7 +120,8 @@ async fn a_transaction_crosses_the_mesh() {
     })
     .await;
     let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
-    let block = meshd_actors::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000);
+    let block =
+        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000);
     let tx = block.txdata[0].clone();
     let txid = tx.compute_txid();
     assert!(nodes[0].submit_tx(tx));
@@ -141,7 +142,7 @@ async fn invalid_headers_are_refused_and_the_peer_is_punished() {
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let genesis = node.profile().genesis;
     let cases: Vec<(&str, Header)> = {
-        let good = meshd_actors::chain::headers::mine_header(
+        let good = meshd_actors::sync::chain::headers::mine_header(
             &genesis,
             bitcoin::TxMerkleNode::all_zeros(),
             genesis.time + 600,
@@ -151,7 +152,7 @@ async fn invalid_headers_are_refused_and_the_peer_is_punished() {
         while bad_pow.target().is_met_by(bad_pow.block_hash()) {
             bad_pow.nonce = bad_pow.nonce.wrapping_add(1);
         }
-        let bad_bits = meshd_actors::chain::headers::mine_header(
+        let bad_bits = meshd_actors::sync::chain::headers::mine_header(
             &genesis,
             bitcoin::TxMerkleNode::all_zeros(),
             genesis.time + 600,
@@ -289,7 +290,7 @@ async fn future_and_unconnecting_headers_are_refused_and_cost_the_peer() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as u32;
-    let future = meshd_actors::chain::headers::mine_header(
+    let future = meshd_actors::sync::chain::headers::mine_header(
         &genesis,
         bitcoin::TxMerkleNode::all_zeros(),
         now + 3 * 3600,
@@ -300,7 +301,7 @@ async fn future_and_unconnecting_headers_are_refused_and_cost_the_peer() {
     until("the future header is charged", 5, || score() == 20).await;
     assert_eq!(node.sync_status().header_height, 0);
     // Ten header messages that connect to nothing: another 20.
-    let mut orphan = meshd_actors::chain::headers::mine_header(
+    let mut orphan = meshd_actors::sync::chain::headers::mine_header(
         &genesis,
         bitcoin::TxMerkleNode::all_zeros(),
         genesis.time + 600,

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::context::NodeContext;
-use crate::manager::ManagerMsg;
+use crate::msg::ManagerMsg;
 
 /// Pause after a failed accept (e.g. out of file descriptors) before trying again.
 ///

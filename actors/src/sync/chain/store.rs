@@ -165,8 +165,8 @@ impl HeaderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chain::headers::mine_header;
     use crate::network::NetworkId;
+    use crate::sync::chain::headers::mine_header;
     use bitcoin::TxMerkleNode;
 
     fn build(n: u32) -> (HeaderChain, Vec<Header>) {

@@ -10,8 +10,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::context::{unix_now, NodeContext};
+use crate::manager::peers::PeerState;
 use crate::peer::Direction;
-use crate::peers::PeerState;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -225,9 +225,9 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         "1 for the current header-sync state.",
     );
     for st in [
-        crate::sync::SyncState::Idle,
-        crate::sync::SyncState::Syncing,
-        crate::sync::SyncState::Synced,
+        crate::msg::SyncState::Idle,
+        crate::msg::SyncState::Syncing,
+        crate::msg::SyncState::Synced,
     ] {
         let _ = writeln!(
             out,

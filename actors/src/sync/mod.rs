@@ -9,7 +9,7 @@
 //!   block leads to `getheaders`. meshd serves `getheaders` and `getblocks` from its chain.
 //! - **Headers** are validated by [`HeaderChain`] and appended to the crash-safe
 //!   [`HeaderStore`], synced after every batch. Invalid headers cost the sender (see
-//!   [`crate::misbehavior`]).
+//!   [`crate::manager::misbehavior`]).
 //! - **Blocks** (`--blocks tip`): blocks announced at the tip are fetched, their merkle root
 //!   is checked against the header, `BlockReceived` is published, the last `keep-blocks`
 //!   are kept to answer `getdata`, and the block is announced onwards; `notfound` otherwise.
@@ -22,6 +22,11 @@
 //! - **Regtest generation**: [`SyncMsg::Generate`] mines blocks with a BIP34 coinbase and
 //!   trivial proof of work on our tip and announces them.
 
+pub mod bloom;
+pub mod chain;
+pub mod mine;
+mod relay;
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,18 +37,17 @@ use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
 use bitcoin::{BlockHash, Transaction, Txid};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use serde::Serialize;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tracing::{debug, error, info, warn};
 
-use crate::bloom::BloomFilter;
-use crate::chain::store::HeaderStore;
-use crate::chain::{AcceptError, Accepted, HeaderChain};
-use crate::connection::ConnectionMsg;
 use crate::constants::MAX_HEADERS_PER_MESSAGE;
 use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
-use crate::peers::PeerId;
+use crate::manager::peers::PeerId;
+use crate::msg::{ConnectionMsg, SyncInput, SyncMsg, SyncState, SyncStatus};
+use crate::sync::bloom::BloomFilter;
+use crate::sync::chain::store::HeaderStore;
+use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 
 /// Header messages that do not connect a peer may send before each charge (Core:
@@ -70,106 +74,6 @@ const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
 const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
-
-/// Where sync stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SyncState {
-    /// No peer to sync from.
-    #[default]
-    Idle,
-    /// Downloading headers.
-    Syncing,
-    /// Caught up with the best peer.
-    Synced,
-}
-
-impl SyncState {
-    /// The label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncState::Idle => "idle",
-            SyncState::Syncing => "syncing",
-            SyncState::Synced => "synced",
-        }
-    }
-}
-
-/// A snapshot of sync for the API and metrics.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SyncStatus {
-    /// Best header height.
-    pub header_height: u32,
-    /// Best header hash.
-    pub best_header_hash: String,
-    /// Highest height a peer announced.
-    pub best_peer_height: u32,
-    /// State.
-    pub state: SyncState,
-    /// Transactions in the relay pool.
-    pub tx_pool: usize,
-    /// Blocks kept in memory.
-    pub blocks_kept: usize,
-}
-
-/// What a Connection forwards to Sync.
-pub enum SyncInput {
-    /// `headers`.
-    Headers(Vec<Header>),
-    /// `inv`.
-    Inv(Vec<Inventory>),
-    /// `getheaders`.
-    GetHeaders(GetHeadersMessage),
-    /// `getblocks`.
-    GetBlocks(GetHeadersMessage),
-    /// `getdata`.
-    GetData(Vec<Inventory>),
-    /// `block`.
-    Block(Box<Block>),
-    /// `tx`.
-    Tx(Box<Transaction>),
-    /// `sendheaders`.
-    SendHeaders,
-    /// `feefilter`.
-    FeeFilter(i64),
-    /// `notfound`.
-    NotFound(Vec<Inventory>),
-    /// `filterload` (BIP37).
-    FilterLoad(bitcoin::p2p::message_bloom::FilterLoad),
-    /// `filteradd` (BIP37).
-    FilterAdd(Vec<u8>),
-    /// `filterclear` (BIP37).
-    FilterClear,
-}
-
-/// Messages of the Sync actor.
-pub enum SyncMsg {
-    /// A peer finished its handshake.
-    PeerUp {
-        /// Peer.
-        id: PeerId,
-        /// Its address.
-        addr: SocketAddr,
-        /// Its Connection.
-        actor: ActorRef<ConnectionMsg>,
-        /// Height in its version.
-        start_height: i32,
-        /// It wants transactions relayed.
-        relay: bool,
-        /// It dialled us.
-        inbound: bool,
-    },
-    /// A peer went away.
-    PeerDown(PeerId),
-    /// A message from a peer.
-    FromPeer(PeerId, SyncInput),
-    /// Timer.
-    Tick,
-    /// Mine N blocks on our tip (regtest); replies with their hashes.
-    Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
-    /// Relay a transaction as if a peer had sent it (library and tests).
-    SubmitTx(Box<Transaction>),
-}
 
 struct SyncPeer {
     addr: SocketAddr,
@@ -481,194 +385,6 @@ impl SyncActorState {
         self.publish_status();
     }
 
-    fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
-        let mut want_tx = Vec::new();
-        let mut unknown_block = None;
-        for item in inv {
-            match item {
-                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.learn(h.to_byte_array());
-                    }
-                    if !self.chain.contains(&h) {
-                        unknown_block = Some(h);
-                    }
-                }
-                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.learn(t.to_byte_array());
-                    }
-                    let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
-                    if room && !self.pool.contains_key(&t) && self.requested_tx.insert(t) {
-                        want_tx.push(Inventory::WitnessTransaction(t));
-                    }
-                }
-                _ => {}
-            }
-        }
-        if unknown_block.is_some() {
-            self.getheaders(id, BlockHash::all_zeros());
-        }
-        if let (false, Some(p)) = (want_tx.is_empty(), self.peers.get(&id)) {
-            p.send(NetworkMessage::GetData(want_tx));
-        }
-    }
-
-    fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
-        let Some(p) = self.peers.get_mut(&id) else {
-            return;
-        };
-        let mut missing = Vec::new();
-        for item in items {
-            match item {
-                // BIP37 filtered block (also with the witness flag): a merkleblock with the
-                // transactions the peer's filter matches, then those transactions.
-                Inventory::Unknown { inv_type, hash }
-                    if inv_type & !WITNESS_FLAG == FILTERED_BLOCK =>
-                {
-                    let h = BlockHash::from_byte_array(hash);
-                    let block = self
-                        .blocks
-                        .iter()
-                        .find(|(b, _)| *b == h)
-                        .map(|(_, b)| b.clone());
-                    match (block, p.bloom.as_mut()) {
-                        (Some(block), Some(filter)) => {
-                            let matched: Vec<&Transaction> = block
-                                .txdata
-                                .iter()
-                                .filter(|tx| filter.matches_and_update(tx))
-                                .collect();
-                            let ids: HashSet<Txid> =
-                                matched.iter().map(|t| t.compute_txid()).collect();
-                            let mb = bitcoin::MerkleBlock::from_block_with_predicate(&block, |t| {
-                                ids.contains(t)
-                            });
-                            p.send(NetworkMessage::MerkleBlock(mb));
-                            for tx in matched {
-                                p.send(NetworkMessage::Tx(tx.clone()));
-                            }
-                        }
-                        _ => missing.push(item),
-                    }
-                }
-                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                    match self.blocks.iter().find(|(b, _)| *b == h) {
-                        Some((_, block)) => p.send(NetworkMessage::Block((**block).clone())),
-                        None => missing.push(item),
-                    }
-                }
-                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                    match self.pool.get(&t) {
-                        Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
-                        None => missing.push(item),
-                    }
-                }
-                other => missing.push(other),
-            }
-        }
-        if !missing.is_empty() {
-            p.send(NetworkMessage::NotFound(missing));
-        }
-    }
-
-    fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
-        let txid = tx.compute_txid();
-        self.requested_tx.remove(&txid);
-        if self.pool.contains_key(&txid) {
-            return;
-        }
-        let config = self.ctx.config();
-        let size = bitcoin::consensus::serialize(&tx).len();
-        if self.pool.len() >= config.tx_pool_max_count
-            || self.pool_bytes + size > config.tx_pool_max_bytes
-        {
-            metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
-            return;
-        }
-        let fee_rate = self.fee_rate(&tx);
-        self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
-        self.pool_bytes += size;
-        metrics::counter!("meshd_txs_received_total").increment(1);
-        debug!(%txid, size, "transaction pooled");
-        self.ctx.events.publish(NodeEvent::TxReceived {
-            txid: txid.to_string(),
-            size,
-        });
-        let key = txid.to_byte_array();
-        let trickle = config.trickle;
-        for (id, p) in self.peers.iter_mut() {
-            if Some(*id) == from || !p.relay || p.knows(&key) {
-                continue;
-            }
-            if fee_rate.is_some_and(|r| r < p.feefilter) {
-                metrics::counter!("meshd_txs_filtered_total").increment(1);
-                continue;
-            }
-            p.learn(key);
-            p.pending_tx.push(txid);
-            if !trickle {
-                p.next_flush = Instant::now();
-            }
-        }
-        if !trickle {
-            self.flush_trickle();
-        }
-        self.publish_status();
-    }
-
-    /// Fee rate (sat per 1000 virtual bytes) when every input spends an output we hold (a
-    /// pooled transaction or one in a kept block); `None` otherwise. meshd keeps no UTXO set,
-    /// so for most transactions the fee is unknown and `feefilter` cannot be applied to them.
-    fn fee_rate(&self, tx: &Transaction) -> Option<u64> {
-        let mut inputs = 0u64;
-        for input in &tx.input {
-            let prev = input.previous_output;
-            let parent = self
-                .pool
-                .get(&prev.txid)
-                .map(|(t, _, _)| t.clone())
-                .or_else(|| {
-                    self.blocks.iter().find_map(|(_, b)| {
-                        b.txdata
-                            .iter()
-                            .find(|t| t.compute_txid() == prev.txid)
-                            .cloned()
-                            .map(Arc::new)
-                    })
-                })?;
-            inputs = inputs.checked_add(parent.output.get(prev.vout as usize)?.value.to_sat())?;
-        }
-        let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
-        let fee = inputs.checked_sub(outputs)?;
-        Some(fee.saturating_mul(1000) / (tx.vsize() as u64).max(1))
-    }
-
-    fn flush_trickle(&mut self) {
-        let now = Instant::now();
-        let trickle = self.ctx.config().trickle;
-        for p in self.peers.values_mut() {
-            if p.pending_tx.is_empty() || now < p.next_flush {
-                continue;
-            }
-            let batch: Vec<Inventory> = p
-                .pending_tx
-                .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
-                .map(Inventory::Transaction)
-                .collect();
-            metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
-            p.send(NetworkMessage::Inv(batch));
-            if trickle {
-                p.next_flush = now
-                    + poisson(if p.inbound {
-                        TRICKLE_INBOUND
-                    } else {
-                        TRICKLE_OUTBOUND
-                    });
-            }
-        }
-    }
-
     fn on_tick(&mut self) {
         let config = self.ctx.config();
         if let Some((id, since)) = self.sync_peer {
@@ -704,7 +420,7 @@ impl SyncActorState {
         for _ in 0..n {
             let tip = self.chain.tip_header();
             let height = self.chain.height() + 1;
-            let block = crate::mine::regtest_block(&tip, height, now_u32().max(tip.time + 1));
+            let block = crate::sync::mine::regtest_block(&tip, height, now_u32().max(tip.time + 1));
             let hash = block.block_hash();
             self.chain
                 .accept(&block.header, now_u32().saturating_add(60))

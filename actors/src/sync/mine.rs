@@ -7,7 +7,7 @@ use bitcoin::script::Builder;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, Block, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 
-use crate::chain::headers::mine_header;
+use crate::sync::chain::headers::mine_header;
 
 /// Builds and mines a block at `height` on `parent` with time `time`.
 pub fn regtest_block(parent: &Header, height: u32, time: u32) -> Block {

@@ -1,7 +1,7 @@
 //! The Manager actor: supervisor of every Connection, owner of the peer set, slots, bans and
 //! outbound restarts, and the one publisher of lifecycle events.
 //!
-//! - **Slots.** A slot is reserved ([`crate::slots::SlotPool::try_reserve`]) before a Connection is
+//! - **Slots.** A slot is reserved ([`crate::manager::slots::SlotPool::try_reserve`]) before a Connection is
 //!   spawned; the permit lives in the Connection and is released exactly once. When the
 //!   inbound slots are full a new inbound peer may take the place of one chosen by
 //!   [`select_for_eviction`]; if nobody is evictable the newcomer is refused.
@@ -23,6 +23,13 @@
 //! is overridden. Supervision events can overtake a child's last message, so lifecycle
 //! notes from a Connection that is already gone are ignored rather than published late.
 
+pub mod bans;
+pub mod eviction;
+pub mod misbehavior;
+pub mod peers;
+pub mod restart;
+pub mod slots;
+
 use std::collections::{HashMap, HashSet};
 
 use rand::seq::SliceRandom;
@@ -32,24 +39,24 @@ use std::time::{Duration, Instant};
 
 use bitcoin::hashes::Hash;
 use ipnet::IpNet;
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
-use crate::addrbook::{AddrBook, AddrBookFile, AddrEntry, GossipAddr};
-use crate::bans::{BanEntry, BanList, BanReason};
-use crate::connection::{Connection, ConnectionArgs, ConnectionMsg, ConnectionState, Transport};
+use crate::connection::{Connection, ConnectionArgs, ConnectionState, Transport};
 use crate::constants::SHUTDOWN_PEER_TIMEOUT;
 use crate::context::{unix_now, NodeContext};
+use crate::discovery::addrbook::{AddrBook, AddrBookFile, GossipAddr};
 use crate::events::NodeEvent;
-use crate::eviction::{netgroup, select_for_eviction, EvictionCandidate};
+use crate::manager::bans::{BanEntry, BanList, BanReason};
+use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate};
+use crate::manager::peers::{PeerId, PeerInfo};
+use crate::manager::restart::{RestartDecision, RestartTracker};
+use crate::manager::slots::SlotPermit;
+use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind};
 use crate::peer::{Direction, DisconnectReason};
-use crate::peers::{PeerId, PeerInfo};
 use crate::persist;
-use crate::restart::{RestartDecision, RestartTracker};
-use crate::slots::SlotPermit;
-use crate::wire::Message;
 
 /// How often the Manager tops up outbound connections and sweeps expired bans.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -83,94 +90,6 @@ const BANS_VERSION: u16 = 1;
 
 /// The Manager actor.
 pub struct Manager;
-
-/// How an outbound target is kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutboundKind {
-    /// `--connect`: always kept connected, restarted under the window policy.
-    Persistent,
-    /// `--addnode`: a candidate, dialled while slots are free, restarted under the policy.
-    Candidate,
-    /// Dialled once; never restarted.
-    OneTry,
-    /// Chosen from the address book to fill outbound slots; when it ends another is chosen.
-    Automatic,
-}
-
-/// Messages the Manager handles.
-pub enum ManagerMsg {
-    /// The Listener accepted a socket.
-    InboundAccepted {
-        /// The socket.
-        stream: TcpStream,
-        /// Remote address.
-        addr: SocketAddr,
-    },
-    /// Dial a peer.
-    Connect {
-        /// Address to dial.
-        addr: SocketAddr,
-        /// How to keep it.
-        kind: OutboundKind,
-    },
-    /// Timer: dial an outbound target again.
-    Redial(SocketAddr),
-    /// Timer: top up outbound connections, sweep bans.
-    Upkeep,
-    /// A Connection's socket opened.
-    PeerConnected(PeerId),
-    /// A Connection finished its handshake.
-    PeerHandshaked(PeerId),
-    /// A Connection's misbehaviour score crossed the threshold.
-    Misbehaving {
-        /// Peer.
-        id: PeerId,
-        /// Its address.
-        addr: SocketAddr,
-        /// The violation that crossed it.
-        kind: &'static str,
-        /// The score.
-        score: u32,
-    },
-    /// Ban a subnet for a duration; replies with the entry.
-    Ban(IpNet, Duration, RpcReplyPort<BanEntry>),
-    /// Lift a ban; replies whether one existed.
-    Unban(IpNet, RpcReplyPort<bool>),
-    /// The live ban list.
-    ListBans(RpcReplyPort<Vec<BanEntry>>),
-    /// The configuration changed; enforce it. Replies when done.
-    ConfigChanged(RpcReplyPort<()>),
-    /// Close one peer's connection; replies whether it existed.
-    Disconnect(PeerId, RpcReplyPort<bool>),
-    /// Send a message to one peer; replies whether it existed.
-    SendTo(PeerId, Message, RpcReplyPort<bool>),
-    /// Close every connection and refuse new ones; replies when all have stopped.
-    Shutdown(RpcReplyPort<()>),
-    /// DnsDiscovery resolved a seed.
-    DnsResults {
-        /// The seed name.
-        seed: String,
-        /// Its addresses.
-        ips: Vec<IpAddr>,
-    },
-    /// A peer sent addresses (already rate-limited by its Connection).
-    AddrsReceived {
-        /// The peer.
-        id: PeerId,
-        /// Its address (the source of the gossip).
-        from: SocketAddr,
-        /// The addresses.
-        addrs: Vec<GossipAddr>,
-        /// The message was small enough (≤ 10) to be relayed, as Core decides.
-        relayable: bool,
-    },
-    /// A peer asked for addresses (getaddr).
-    GetAddr(PeerId),
-    /// The address book's entries.
-    KnownAddresses(RpcReplyPort<Vec<AddrEntry>>),
-    /// Timer: save the address book.
-    SaveAddrBook,
-}
 
 struct Child {
     id: PeerId,
@@ -438,7 +357,7 @@ impl ManagerState {
                 self.ctx
                     .peers
                     .get(c.id)
-                    .is_some_and(|p| p.state == crate::peers::PeerState::Connected)
+                    .is_some_and(|p| p.state == crate::manager::peers::PeerState::Connected)
             })
             .map(|c| (c.id, c.actor.clone()))
             .collect();
@@ -651,7 +570,7 @@ impl ManagerState {
             },
         });
         for child in self.children.values() {
-            if subnet.contains(&crate::bans::canonical(child.addr.ip())) {
+            if subnet.contains(&crate::manager::bans::canonical(child.addr.ip())) {
                 let _ = child
                     .actor
                     .cast(ConnectionMsg::Disconnect(DisconnectReason::Banned(
@@ -943,7 +862,7 @@ impl Actor for Manager {
                 score,
             } => {
                 let config = state.ctx.config();
-                let ip = crate::bans::canonical(addr.ip());
+                let ip = crate::manager::bans::canonical(addr.ip());
                 if ip.is_loopback() && !config.ban_local_peers {
                     warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not banned");
                 } else if !state.bans.is_banned(ip, now_unix()) {

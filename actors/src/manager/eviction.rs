@@ -19,8 +19,8 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::bans::canonical;
-use crate::peers::PeerId;
+use crate::manager::bans::canonical;
+use crate::manager::peers::PeerId;
 
 /// A snapshot of one inbound peer.
 #[derive(Debug, Clone)]

@@ -32,8 +32,8 @@ use bitcoin::hashes::{sha256, Hash, HashEngine};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::bans::canonical;
-use crate::eviction::netgroup;
+use crate::manager::bans::canonical;
+use crate::manager::eviction::netgroup;
 
 /// Buckets of the new table (Core: 1024).
 pub const NEW_BUCKET_COUNT: u32 = 1024;

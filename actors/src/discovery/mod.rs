@@ -9,6 +9,8 @@
 //! (`meshd_dns_queries_total{result}`), never fatal. Lookups run in a task, so the actor
 //! never awaits the network in a handler.
 
+pub mod addrbook;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::context::NodeContext;
-use crate::manager::ManagerMsg;
+use crate::msg::ManagerMsg;
 
 /// Below this many known addresses the seeds are asked (Core asks when addrman is small).
 pub const DNS_WANTED_ADDRESSES: usize = 1000;

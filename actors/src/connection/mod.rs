@@ -12,15 +12,17 @@
 //!
 //! The handshake and keepalive logic live in the sans-IO [`Handshake`] and [`PingTracker`];
 //! the actor feeds them messages and ticks and carries out what they return. Violations add
-//! to the peer's misbehaviour score ([`crate::misbehavior`]); at the threshold the Manager is
+//! to the peer's misbehaviour score ([`crate::manager::misbehavior`]); at the threshold the Manager is
 //! told and bans the address. The slot permit lives in the state and is released in
 //! `post_stop` (or by RAII if the actor is killed). Every exit path records one
 //! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the
 //! Manager in the final state.
 
-use std::cell::RefCell;
+pub mod bandwidth;
+mod io;
+pub mod listener;
+
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,44 +30,34 @@ use bitcoin::p2p::address::{AddrV2, AddrV2Message, Address};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::addrbook::{AddrRateLimiter, GossipAddr};
-use crate::bandwidth::{Flow, Throttle};
 use crate::config::NodeConfig;
+use crate::connection::bandwidth::{Flow, Throttle};
 use crate::constants::{
-    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_TICK_INTERVAL, READER_CREDIT_BYTES, READ_CHUNK,
+    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_TICK_INTERVAL, READER_CREDIT_BYTES,
 };
 use crate::context::{unix_now, NodeContext};
+use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
 use crate::events::NodeEvent;
-use crate::manager::ManagerMsg;
-use crate::misbehavior;
+use crate::manager::misbehavior;
+use crate::manager::peers::{PeerId, PeerState};
+use crate::manager::slots::SlotPermit;
+use crate::msg::{ConnectionMsg, Inbound, ManagerMsg, SyncInput, SyncMsg};
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
-use crate::peers::{PeerId, PeerState};
-use crate::slots::SlotPermit;
-use crate::sync::{SyncInput, SyncMsg};
-use crate::wire::{
-    command_label, Frame, FrameDecoder, FrameError, Message, PayloadError, Protoconf,
-};
+use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
+use io::{reader, writer};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
 /// A peer that does not read must not keep the task (and socket) alive for ever.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
-
-thread_local! {
-    /// One read buffer per worker thread, shared by every reader on it: a read never spans
-    /// an await, so an idle connection holds no buffer at all.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; READ_CHUNK]);
-}
 
 /// The Connection actor.
 pub struct Connection;
@@ -88,38 +80,6 @@ pub struct ConnectionArgs {
     pub(crate) permit: SlotPermit,
     pub(crate) manager: ActorRef<ManagerMsg>,
     pub(crate) ctx: Arc<NodeContext>,
-}
-
-/// A decoded frame from the reader, holding its share of the reader credit.
-pub struct Inbound {
-    command: &'static str,
-    wire_len: usize,
-    message: Result<Message, PayloadError>,
-    _credit: OwnedSemaphorePermit,
-}
-
-/// Messages a Connection handles.
-pub enum ConnectionMsg {
-    /// The outbound dial finished.
-    Dialed(Result<TcpStream, DisconnectReason>),
-    /// A message from the reader.
-    Inbound(Inbound),
-    /// A frame was dropped (bad checksum); the stream goes on.
-    DroppedFrame(FrameError),
-    /// The reader stopped: the peer closed, the socket failed, or the framing broke.
-    ReaderEnded(DisconnectReason),
-    /// The writer could not write.
-    WriterFailed(String),
-    /// Check deadlines (handshake, ping) and configuration changes.
-    Tick,
-    /// Send a message to the peer.
-    Send(Message),
-    /// Close the connection with this reason.
-    Disconnect(DisconnectReason),
-    /// Send these addresses (as `addr` or `addrv2`, whichever the peer asked for).
-    SendAddrs(Vec<GossipAddr>),
-    /// Charge a violation found elsewhere (Sync: an invalid header or block).
-    Punish(&'static str),
 }
 
 /// The Connection's state; handed to the Manager in the termination event.
@@ -335,7 +295,7 @@ impl Actor for Connection {
             ConnectionMsg::Punish(kind) => punish(state, kind).and_then(|_| {
                 // A header or block that fails validation ends the connection even below the
                 // ban threshold: the peer is on another chain, or lying.
-                if crate::misbehavior::cost(kind) >= 50 {
+                if crate::manager::misbehavior::cost(kind) >= 50 {
                     Err(DisconnectReason::Protocol(format!(
                         "invalid chain data: {kind}"
                     )))
@@ -605,7 +565,9 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
     if state.direction == Direction::Outbound {
         // Ask outbound peers for addresses once, and accept a full answer (Core).
         send(state, &Message::Network(NetworkMessage::GetAddr))?;
-        state.addr_limiter.grant(crate::addrbook::ADDR_BURST);
+        state
+            .addr_limiter
+            .grant(crate::discovery::addrbook::ADDR_BURST);
     }
     if !state.ctx.advertised().is_empty() {
         advertise_self(state)?;
@@ -989,127 +951,4 @@ fn send_addrs(state: &mut ConnectionState, addrs: &[GossipAddr]) -> Result<(), D
         send(state, &Message::Network(msg))?;
     }
     Ok(())
-}
-
-/// Reads what the socket has (at most `max` bytes) into the thread's scratch buffer and
-/// frames it. `Ok(0)` means the peer closed.
-fn read_available(
-    half: &OwnedReadHalf,
-    decoder: &mut FrameDecoder,
-    max: usize,
-    frames: &mut Vec<Result<Frame, FrameError>>,
-) -> std::io::Result<usize> {
-    SCRATCH.with(|scratch| {
-        let mut buf = scratch.borrow_mut();
-        let limit = max.min(buf.len());
-        let n = half.try_read(&mut buf[..limit])?;
-        let mut input = &buf[..n];
-        while let Some(r) = decoder.decode(&mut input) {
-            let fatal = matches!(&r, Err(e) if e.is_fatal());
-            frames.push(r);
-            if fatal {
-                break;
-            }
-        }
-        Ok(n)
-    })
-}
-
-async fn reader(
-    half: OwnedReadHalf,
-    actor: ActorRef<ConnectionMsg>,
-    mut decoder: FrameDecoder,
-    credit: Arc<Semaphore>,
-    mut throttle: Throttle,
-    ctx: Arc<NodeContext>,
-) {
-    let mut frames = Vec::new();
-    loop {
-        if let Err(e) = half.readable().await {
-            let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
-                e.to_string(),
-            )));
-            return;
-        }
-        let n = match read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames) {
-            Ok(0) => {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
-                    e.to_string(),
-                )));
-                return;
-            }
-        };
-        for result in frames.drain(..) {
-            match result {
-                Ok(frame) => {
-                    let wire_len = frame.wire_len();
-                    let command = command_label(frame.command.as_str());
-                    let weight = wire_len.min(READER_CREDIT_BYTES as usize) as u32;
-                    let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
-                        return;
-                    };
-                    let message = Message::decode(frame);
-                    let inbound = Inbound {
-                        command,
-                        wire_len,
-                        message,
-                        _credit: permit,
-                    };
-                    if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
-                        return;
-                    }
-                }
-                Err(e) if e.is_fatal() => {
-                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
-                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Frame(e)));
-                    return;
-                }
-                Err(e) => {
-                    if actor.cast(ConnectionMsg::DroppedFrame(e)).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-        let wait = throttle.take(n);
-        if !wait.is_zero() {
-            ctx.throttled_down_us
-                .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
-        }
-    }
-}
-
-async fn writer(
-    mut half: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    actor: ActorRef<ConnectionMsg>,
-    mut throttle: Throttle,
-    ctx: Arc<NodeContext>,
-) {
-    while let Some(bytes) = rx.recv().await {
-        let mut rest = bytes.as_slice();
-        while !rest.is_empty() {
-            let n = throttle.chunk(rest.len()).min(rest.len());
-            let wait = throttle.take(n);
-            if !wait.is_zero() {
-                ctx.throttled_up_us
-                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
-            }
-            if let Err(e) = half.write_all(&rest[..n]).await {
-                let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
-                return;
-            }
-            rest = &rest[n..];
-        }
-    }
-    // The actor is gone and the queue is drained: close our side.
-    let _ = half.shutdown().await;
 }

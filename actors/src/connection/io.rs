@@ -1,0 +1,148 @@
+//! The Connection's socket tasks: a reader that frames bytes and hands messages to the actor
+//! under a byte credit, and a writer that drains the bounded send queue. Both pace themselves
+//! with the bandwidth [`Throttle`]s.
+
+use std::cell::RefCell;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use ractor::ActorRef;
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::bandwidth::Throttle;
+use crate::constants::{READER_CREDIT_BYTES, READ_CHUNK};
+use crate::context::NodeContext;
+use crate::msg::{ConnectionMsg, Inbound};
+use crate::peer::DisconnectReason;
+use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
+
+thread_local! {
+    /// One read buffer per worker thread, shared by every reader on it: a read never spans
+    /// an await, so an idle connection holds no buffer at all.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0u8; READ_CHUNK]);
+}
+
+/// Reads what the socket has (at most `max` bytes) into the thread's scratch buffer and
+/// frames it. `Ok(0)` means the peer closed.
+fn read_available(
+    half: &OwnedReadHalf,
+    decoder: &mut FrameDecoder,
+    max: usize,
+    frames: &mut Vec<Result<Frame, FrameError>>,
+) -> std::io::Result<usize> {
+    SCRATCH.with(|scratch| {
+        let mut buf = scratch.borrow_mut();
+        let limit = max.min(buf.len());
+        let n = half.try_read(&mut buf[..limit])?;
+        let mut input = &buf[..n];
+        while let Some(r) = decoder.decode(&mut input) {
+            let fatal = matches!(&r, Err(e) if e.is_fatal());
+            frames.push(r);
+            if fatal {
+                break;
+            }
+        }
+        Ok(n)
+    })
+}
+
+pub(super) async fn reader(
+    half: OwnedReadHalf,
+    actor: ActorRef<ConnectionMsg>,
+    mut decoder: FrameDecoder,
+    credit: Arc<Semaphore>,
+    mut throttle: Throttle,
+    ctx: Arc<NodeContext>,
+) {
+    let mut frames = Vec::new();
+    loop {
+        if let Err(e) = half.readable().await {
+            let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                e.to_string(),
+            )));
+            return;
+        }
+        let n = match read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames) {
+            Ok(0) => {
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
+                return;
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                    e.to_string(),
+                )));
+                return;
+            }
+        };
+        for result in frames.drain(..) {
+            match result {
+                Ok(frame) => {
+                    let wire_len = frame.wire_len();
+                    let command = command_label(frame.command.as_str());
+                    let weight = wire_len.min(READER_CREDIT_BYTES as usize) as u32;
+                    let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
+                        return;
+                    };
+                    let message = Message::decode(frame);
+                    let inbound = Inbound {
+                        command,
+                        wire_len,
+                        message,
+                        _credit: permit,
+                    };
+                    if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.is_fatal() => {
+                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
+                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Frame(e)));
+                    return;
+                }
+                Err(e) => {
+                    if actor.cast(ConnectionMsg::DroppedFrame(e)).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        let wait = throttle.take(n);
+        if !wait.is_zero() {
+            ctx.throttled_down_us
+                .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+pub(super) async fn writer(
+    mut half: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    actor: ActorRef<ConnectionMsg>,
+    mut throttle: Throttle,
+    ctx: Arc<NodeContext>,
+) {
+    while let Some(bytes) = rx.recv().await {
+        let mut rest = bytes.as_slice();
+        while !rest.is_empty() {
+            let n = throttle.chunk(rest.len()).min(rest.len());
+            let wait = throttle.take(n);
+            if !wait.is_zero() {
+                ctx.throttled_up_us
+                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+            if let Err(e) = half.write_all(&rest[..n]).await {
+                let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
+                return;
+            }
+            rest = &rest[n..];
+        }
+    }
+    // The actor is gone and the queue is drained: close our side.
+    let _ = half.shutdown().await;
+}

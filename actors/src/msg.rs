@@ -1,0 +1,250 @@
+//! The messages of the Connection, Manager and Sync actors, in one leaf module.
+//!
+//! An actor that sends to another needs only this file, not the other actor's module: the
+//! Connection talks to the Manager and Sync, the Manager to its Connections and Sync, Sync to
+//! Connections, and none of them imports another's implementation (the Manager still
+//! imports `connection` to spawn its children: a supervisor knows its child).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bitcoin::block::{Block, Header};
+use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
+use bitcoin::{BlockHash, Transaction};
+use ipnet::IpNet;
+use ractor::{ActorRef, RpcReplyPort};
+use serde::Serialize;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::discovery::addrbook::{AddrEntry, GossipAddr};
+use crate::manager::bans::BanEntry;
+use crate::manager::peers::PeerId;
+use crate::peer::DisconnectReason;
+use crate::wire::{FrameError, Message, PayloadError};
+
+// ---- Connection ----
+
+/// A decoded frame from the reader, holding its share of the reader credit.
+pub struct Inbound {
+    pub(crate) command: &'static str,
+    pub(crate) wire_len: usize,
+    pub(crate) message: Result<Message, PayloadError>,
+    pub(crate) _credit: OwnedSemaphorePermit,
+}
+
+/// Messages a Connection handles.
+pub enum ConnectionMsg {
+    /// The outbound dial finished.
+    Dialed(Result<TcpStream, DisconnectReason>),
+    /// A message from the reader.
+    Inbound(Inbound),
+    /// A frame was dropped (bad checksum); the stream goes on.
+    DroppedFrame(FrameError),
+    /// The reader stopped: the peer closed, the socket failed, or the framing broke.
+    ReaderEnded(DisconnectReason),
+    /// The writer could not write.
+    WriterFailed(String),
+    /// Check deadlines (handshake, ping) and configuration changes.
+    Tick,
+    /// Send a message to the peer.
+    Send(Message),
+    /// Close the connection with this reason.
+    Disconnect(DisconnectReason),
+    /// Send these addresses (as `addr` or `addrv2`, whichever the peer asked for).
+    SendAddrs(Vec<GossipAddr>),
+    /// Charge a violation found elsewhere (Sync: an invalid header or block).
+    Punish(&'static str),
+}
+
+// ---- Manager ----
+
+/// How an outbound target is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundKind {
+    /// `--connect`: always kept connected, restarted under the window policy.
+    Persistent,
+    /// `--addnode`: a candidate, dialled while slots are free, restarted under the policy.
+    Candidate,
+    /// Dialled once; never restarted.
+    OneTry,
+    /// Chosen from the address book to fill outbound slots; when it ends another is chosen.
+    Automatic,
+}
+
+/// Messages the Manager handles.
+pub enum ManagerMsg {
+    /// The Listener accepted a socket.
+    InboundAccepted {
+        /// The socket.
+        stream: TcpStream,
+        /// Remote address.
+        addr: SocketAddr,
+    },
+    /// Dial a peer.
+    Connect {
+        /// Address to dial.
+        addr: SocketAddr,
+        /// How to keep it.
+        kind: OutboundKind,
+    },
+    /// Timer: dial an outbound target again.
+    Redial(SocketAddr),
+    /// Timer: top up outbound connections, sweep bans.
+    Upkeep,
+    /// A Connection's socket opened.
+    PeerConnected(PeerId),
+    /// A Connection finished its handshake.
+    PeerHandshaked(PeerId),
+    /// A Connection's misbehaviour score crossed the threshold.
+    Misbehaving {
+        /// Peer.
+        id: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// The violation that crossed it.
+        kind: &'static str,
+        /// The score.
+        score: u32,
+    },
+    /// Ban a subnet for a duration; replies with the entry.
+    Ban(IpNet, Duration, RpcReplyPort<BanEntry>),
+    /// Lift a ban; replies whether one existed.
+    Unban(IpNet, RpcReplyPort<bool>),
+    /// The live ban list.
+    ListBans(RpcReplyPort<Vec<BanEntry>>),
+    /// The configuration changed; enforce it. Replies when done.
+    ConfigChanged(RpcReplyPort<()>),
+    /// Close one peer's connection; replies whether it existed.
+    Disconnect(PeerId, RpcReplyPort<bool>),
+    /// Send a message to one peer; replies whether it existed.
+    SendTo(PeerId, Message, RpcReplyPort<bool>),
+    /// Close every connection and refuse new ones; replies when all have stopped.
+    Shutdown(RpcReplyPort<()>),
+    /// DnsDiscovery resolved a seed.
+    DnsResults {
+        /// The seed name.
+        seed: String,
+        /// Its addresses.
+        ips: Vec<IpAddr>,
+    },
+    /// A peer sent addresses (already rate-limited by its Connection).
+    AddrsReceived {
+        /// The peer.
+        id: PeerId,
+        /// Its address (the source of the gossip).
+        from: SocketAddr,
+        /// The addresses.
+        addrs: Vec<GossipAddr>,
+        /// The message was small enough (≤ 10) to be relayed, as Core decides.
+        relayable: bool,
+    },
+    /// A peer asked for addresses (getaddr).
+    GetAddr(PeerId),
+    /// The address book's entries.
+    KnownAddresses(RpcReplyPort<Vec<AddrEntry>>),
+    /// Timer: save the address book.
+    SaveAddrBook,
+}
+
+// ---- Sync ----
+
+/// Where sync stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncState {
+    /// No peer to sync from.
+    #[default]
+    Idle,
+    /// Downloading headers.
+    Syncing,
+    /// Caught up with the best peer.
+    Synced,
+}
+
+impl SyncState {
+    /// The label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncState::Idle => "idle",
+            SyncState::Syncing => "syncing",
+            SyncState::Synced => "synced",
+        }
+    }
+}
+
+/// A snapshot of sync for the API and metrics.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SyncStatus {
+    /// Best header height.
+    pub header_height: u32,
+    /// Best header hash.
+    pub best_header_hash: String,
+    /// Highest height a peer announced.
+    pub best_peer_height: u32,
+    /// State.
+    pub state: SyncState,
+    /// Transactions in the relay pool.
+    pub tx_pool: usize,
+    /// Blocks kept in memory.
+    pub blocks_kept: usize,
+}
+
+/// What a Connection forwards to Sync.
+pub enum SyncInput {
+    /// `headers`.
+    Headers(Vec<Header>),
+    /// `inv`.
+    Inv(Vec<Inventory>),
+    /// `getheaders`.
+    GetHeaders(GetHeadersMessage),
+    /// `getblocks`.
+    GetBlocks(GetHeadersMessage),
+    /// `getdata`.
+    GetData(Vec<Inventory>),
+    /// `block`.
+    Block(Box<Block>),
+    /// `tx`.
+    Tx(Box<Transaction>),
+    /// `sendheaders`.
+    SendHeaders,
+    /// `feefilter`.
+    FeeFilter(i64),
+    /// `notfound`.
+    NotFound(Vec<Inventory>),
+    /// `filterload` (BIP37).
+    FilterLoad(bitcoin::p2p::message_bloom::FilterLoad),
+    /// `filteradd` (BIP37).
+    FilterAdd(Vec<u8>),
+    /// `filterclear` (BIP37).
+    FilterClear,
+}
+
+/// Messages of the Sync actor.
+pub enum SyncMsg {
+    /// A peer finished its handshake.
+    PeerUp {
+        /// Peer.
+        id: PeerId,
+        /// Its address.
+        addr: SocketAddr,
+        /// Its Connection.
+        actor: ActorRef<ConnectionMsg>,
+        /// Height in its version.
+        start_height: i32,
+        /// It wants transactions relayed.
+        relay: bool,
+        /// It dialled us.
+        inbound: bool,
+    },
+    /// A peer went away.
+    PeerDown(PeerId),
+    /// A message from a peer.
+    FromPeer(PeerId, SyncInput),
+    /// Timer.
+    Tick,
+    /// Mine N blocks on our tip (regtest); replies with their hashes.
+    Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
+    /// Relay a transaction as if a peer had sent it (library and tests).
+    SubmitTx(Box<Transaction>),
+}

@@ -1,0 +1,210 @@
+//! Transaction and inventory relay of the Sync actor: `inv` handling (what to request),
+//! `getdata` serving (blocks, BIP37 filtered blocks, pooled transactions), the relay pool's
+//! intake (`tx`), fee rates for `feefilter`, and the trickled announcements.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::{BlockHash, Transaction, Txid};
+use tracing::debug;
+
+use super::{
+    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND, TRICKLE_OUTBOUND,
+    WITNESS_FLAG,
+};
+use crate::events::NodeEvent;
+use crate::manager::peers::PeerId;
+
+impl SyncActorState {
+    pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
+        let mut want_tx = Vec::new();
+        let mut unknown_block = None;
+        for item in inv {
+            match item {
+                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.learn(h.to_byte_array());
+                    }
+                    if !self.chain.contains(&h) {
+                        unknown_block = Some(h);
+                    }
+                }
+                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.learn(t.to_byte_array());
+                    }
+                    let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
+                    if room && !self.pool.contains_key(&t) && self.requested_tx.insert(t) {
+                        want_tx.push(Inventory::WitnessTransaction(t));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if unknown_block.is_some() {
+            self.getheaders(id, BlockHash::all_zeros());
+        }
+        if let (false, Some(p)) = (want_tx.is_empty(), self.peers.get(&id)) {
+            p.send(NetworkMessage::GetData(want_tx));
+        }
+    }
+
+    pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let mut missing = Vec::new();
+        for item in items {
+            match item {
+                // BIP37 filtered block (also with the witness flag): a merkleblock with the
+                // transactions the peer's filter matches, then those transactions.
+                Inventory::Unknown { inv_type, hash }
+                    if inv_type & !WITNESS_FLAG == FILTERED_BLOCK =>
+                {
+                    let h = BlockHash::from_byte_array(hash);
+                    let block = self
+                        .blocks
+                        .iter()
+                        .find(|(b, _)| *b == h)
+                        .map(|(_, b)| b.clone());
+                    match (block, p.bloom.as_mut()) {
+                        (Some(block), Some(filter)) => {
+                            let matched: Vec<&Transaction> = block
+                                .txdata
+                                .iter()
+                                .filter(|tx| filter.matches_and_update(tx))
+                                .collect();
+                            let ids: HashSet<Txid> =
+                                matched.iter().map(|t| t.compute_txid()).collect();
+                            let mb = bitcoin::MerkleBlock::from_block_with_predicate(&block, |t| {
+                                ids.contains(t)
+                            });
+                            p.send(NetworkMessage::MerkleBlock(mb));
+                            for tx in matched {
+                                p.send(NetworkMessage::Tx(tx.clone()));
+                            }
+                        }
+                        _ => missing.push(item),
+                    }
+                }
+                Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                    match self.blocks.iter().find(|(b, _)| *b == h) {
+                        Some((_, block)) => p.send(NetworkMessage::Block((**block).clone())),
+                        None => missing.push(item),
+                    }
+                }
+                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                    match self.pool.get(&t) {
+                        Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
+                        None => missing.push(item),
+                    }
+                }
+                other => missing.push(other),
+            }
+        }
+        if !missing.is_empty() {
+            p.send(NetworkMessage::NotFound(missing));
+        }
+    }
+
+    pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
+        let txid = tx.compute_txid();
+        self.requested_tx.remove(&txid);
+        if self.pool.contains_key(&txid) {
+            return;
+        }
+        let config = self.ctx.config();
+        let size = bitcoin::consensus::serialize(&tx).len();
+        if self.pool.len() >= config.tx_pool_max_count
+            || self.pool_bytes + size > config.tx_pool_max_bytes
+        {
+            metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
+            return;
+        }
+        let fee_rate = self.fee_rate(&tx);
+        self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
+        self.pool_bytes += size;
+        metrics::counter!("meshd_txs_received_total").increment(1);
+        debug!(%txid, size, "transaction pooled");
+        self.ctx.events.publish(NodeEvent::TxReceived {
+            txid: txid.to_string(),
+            size,
+        });
+        let key = txid.to_byte_array();
+        let trickle = config.trickle;
+        for (id, p) in self.peers.iter_mut() {
+            if Some(*id) == from || !p.relay || p.knows(&key) {
+                continue;
+            }
+            if fee_rate.is_some_and(|r| r < p.feefilter) {
+                metrics::counter!("meshd_txs_filtered_total").increment(1);
+                continue;
+            }
+            p.learn(key);
+            p.pending_tx.push(txid);
+            if !trickle {
+                p.next_flush = Instant::now();
+            }
+        }
+        if !trickle {
+            self.flush_trickle();
+        }
+        self.publish_status();
+    }
+
+    /// Fee rate (sat per 1000 virtual bytes) when every input spends an output we hold (a
+    /// pooled transaction or one in a kept block); `None` otherwise. meshd keeps no UTXO set,
+    /// so for most transactions the fee is unknown and `feefilter` cannot be applied to them.
+    fn fee_rate(&self, tx: &Transaction) -> Option<u64> {
+        let mut inputs = 0u64;
+        for input in &tx.input {
+            let prev = input.previous_output;
+            let parent = self
+                .pool
+                .get(&prev.txid)
+                .map(|(t, _, _)| t.clone())
+                .or_else(|| {
+                    self.blocks.iter().find_map(|(_, b)| {
+                        b.txdata
+                            .iter()
+                            .find(|t| t.compute_txid() == prev.txid)
+                            .cloned()
+                            .map(Arc::new)
+                    })
+                })?;
+            inputs = inputs.checked_add(parent.output.get(prev.vout as usize)?.value.to_sat())?;
+        }
+        let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let fee = inputs.checked_sub(outputs)?;
+        Some(fee.saturating_mul(1000) / (tx.vsize() as u64).max(1))
+    }
+
+    pub(super) fn flush_trickle(&mut self) {
+        let now = Instant::now();
+        let trickle = self.ctx.config().trickle;
+        for p in self.peers.values_mut() {
+            if p.pending_tx.is_empty() || now < p.next_flush {
+                continue;
+            }
+            let batch: Vec<Inventory> = p
+                .pending_tx
+                .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
+                .map(Inventory::Transaction)
+                .collect();
+            metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
+            p.send(NetworkMessage::Inv(batch));
+            if trickle {
+                p.next_flush = now
+                    + poisson(if p.inbound {
+                        TRICKLE_INBOUND
+                    } else {
+                        TRICKLE_OUTBOUND
+                    });
+            }
+        }
+    }
+}
