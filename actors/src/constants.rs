@@ -111,4 +111,8 @@ pub const SUPERVISOR_MAX_RESTARTS: usize = 5;
 pub const SUPERVISOR_RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Time a graceful shutdown waits for each Connection to run its stop hooks.
+/// Time the Manager gets to close its peers and save its state when the node stops; a
+/// Manager stuck past it is stopped without its save (its state was saved periodically).
+pub const SHUTDOWN_MANAGER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a peer gets to stop cleanly at shutdown.
 pub const SHUTDOWN_PEER_TIMEOUT: Duration = Duration::from_secs(3);

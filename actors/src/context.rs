@@ -64,6 +64,8 @@ pub struct NodeContext {
     netgroup_key: std::collections::hash_map::RandomState,
     next_peer_id: AtomicU64,
     shutting_down: AtomicBool,
+    /// The supervisor gave up (restart intensity exceeded): the stop is a failure.
+    gave_up: AtomicBool,
 }
 
 impl NodeContext {
@@ -127,6 +129,7 @@ impl NodeContext {
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            gave_up: AtomicBool::new(false),
             config: watch::Sender::new(Arc::new(config)),
         }
     }
@@ -165,6 +168,15 @@ impl NodeContext {
 
     pub(crate) fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Records that the supervisor gave up, so the node's exit reads as a failure.
+    pub(crate) fn mark_gave_up(&self) {
+        self.gave_up.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn gave_up(&self) -> bool {
+        self.gave_up.load(Ordering::SeqCst)
     }
 
     pub(crate) fn is_shutting_down(&self) -> bool {

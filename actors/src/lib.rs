@@ -17,54 +17,77 @@
 //! ```
 //!
 //!
+//! ## Where things live
+//!
+//! One folder per actor, holding the actor (`mod.rs`) and its sans-IO cores; the actors'
+//! messages in the leaf [`msg`], so an actor that sends to another imports only that:
+//!
+//! - [`connection`]: the Connection actor, its reader and writer tasks, the bandwidth token
+//!   buckets ([`connection::bandwidth`]) and the [`connection::listener`] actor;
+//! - [`manager`]: the Manager and its cores [`manager::slots`], [`manager::eviction`],
+//!   [`manager::restart`], [`manager::bans`], [`manager::peers`] (the table),
+//!   [`manager::misbehavior`];
+//! - [`discovery`]: the DnsDiscovery actor and the [`discovery::addrbook`];
+//! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
+//!   UDP driver;
+//! - [`sync`]: the Sync actor (relay in `sync/relay.rs`), the header chain
+//!   ([`sync::chain`]), [`sync::bloom`] and [`sync::mine`];
+//! - shared protocol code: [`wire`], [`peer`], [`network`], [`constants`], [`config`],
+//!   [`events`], [`persist`]; [`node`] holds the NodeSupervisor and the [`node::Node`] handle,
+//!   [`context`] the state every actor shares.
+//!
 //! ## Who owns what
 //!
 //! - [`node::Node`] binds the listen sockets and takes an exclusive lock on the data dir before
 //!   any actor starts, so a port in use or a second process on the same data dir is a clean
 //!   start-up error. It is the API an embedding program holds: peers, connect, disconnect,
 //!   send, graceful shutdown.
-//! - The **Manager** reserves a slot ([`slots::SlotPool`]) before it spawns a Connection
-//!   (linked, so it receives its exit), keeps the [`peers::PeerTable`] rows, evicts inbound
-//!   peers by Core's rules ([`eviction`]), keeps outbound peers up and decides their restarts
-//!   ([`restart::RestartTracker`]; inbound peers are never restarted), owns the ban list
-//!   ([`bans`], persisted through [`persist`]), the address book ([`addrbook`], filled by DNS
-//!   seeds and addr/addrv2 gossip, persisted the same way) and is the one publisher of lifecycle events
-//!   on the [`events::EventBus`]. ractor's default hook would stop the Manager when a child
-//!   exits; it overrides it.
+//! - The **Manager** is the one owner of the peer set. It reserves a slot
+//!   ([`manager::slots::SlotPool`]) before it spawns a Connection (linked, so it receives its
+//!   exit), keeps the [`manager::peers::PeerTable`] rows, tells Sync when a peer's handshake
+//!   completes and when it ends (once each, in order), evicts inbound peers by Core's rules,
+//!   decides outbound restarts ([`manager::restart::RestartTracker`]; inbound peers are never
+//!   restarted), owns the ban list and the address book (both persisted through [`persist`],
+//!   also when it stops) and is the one publisher of lifecycle events on the
+//!   [`events::EventBus`]. A new Manager (after a failure) first clears what the killed
+//!   Connections of the old one left: rows, nonces, Sync's entries.
 //! - Each **Connection** owns one socket through two tasks: a reader that frames bytes and
 //!   casts messages to the actor under a byte credit (back-pressure instead of an unbounded
-//!   mailbox), and a writer that drains a bounded queue (overflow disconnects). The actor's
-//!   handlers never await socket I/O.
+//!   mailbox), and a writer that drains a bounded queue (overflow disconnects). Both are
+//!   aborted with the Connection's state, so a killed Connection closes its socket.
 //! - The **Listener** accepts, drops banned addresses before reading a byte, and forwards
 //!   the rest to the Manager.
-//! - Bandwidth limits ([`bandwidth`]) are token buckets shared through the node context; the
-//!   reader and writer tasks pace themselves, so nothing is dropped or reordered.
+//! - **Sync** learns peers from the Manager only; a peer's chain and relay messages come
+//!   straight from its Connection and are held briefly if they overtake the `PeerUp`.
 //!
 //! ## How a frame travels
 //!
 //! socket → reader task → [`wire::FrameDecoder`] (magic, command, length checked from the
 //! header before any payload is buffered; checksum verified) → [`wire::Message::decode`]
-//! (rust-bitcoin payload decoders; item counts checked first) → `ConnectionMsg::Inbound` →
+//! (rust-bitcoin payload decoders; item counts checked first) → [`msg::ConnectionMsg::Inbound`] →
 //! before the handshake completes: [`peer::Handshake`]; after: ping/pong via
 //! [`peer::PingTracker`], BSV `protoconf`, addresses to the Manager, and chain and relay
-//! messages to the [`sync`] actor. Outbound messages
-//! are encoded once ([`wire::Message::encode`]) and queued for the writer.
+//! messages to the [`sync`] actor. Outbound messages are encoded once
+//! ([`wire::Message::encode`]) and queued for the writer.
 //!
 //! ## Where restarts are decided
 //!
 //! Connection failures: in the Manager's `handle_supervisor_evt`, from the
 //! [`peer::DisconnectReason`] the Connection leaves in its final state. Failures of the
-//! Manager or Listener: in the NodeSupervisor, with a bounded restart intensity; past it the
-//! node stops and the daemon exits 1.
+//! Manager, Listener, DnsDiscovery, Stun or Sync: in the NodeSupervisor, with a bounded
+//! restart intensity; past it the other children stop in order (so the Manager saves its
+//! state), the node stops and the daemon exits 1.
 //!
 //! ## Sans-IO cores
 //!
 //! Protocol logic lives in plain types that take bytes, messages and time and return actions:
 //! [`wire::FrameDecoder`], [`wire::Message`], [`peer::Handshake`], [`peer::PingTracker`],
-//! [`slots::SlotPool`], [`restart::RestartTracker`], [`bandwidth::TokenBucket`],
-//! [`bans::BanList`], [`eviction::select_for_eviction`], [`events::EventBus`].
+//! [`manager::slots::SlotPool`], [`manager::restart::RestartTracker`],
+//! [`connection::bandwidth::TokenBucket`], [`manager::bans::BanList`],
+//! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
-//! over real loopback sockets. Every limit is a named constant in [`constants`].
+//! over real loopback sockets. Every limit is a named constant in [`constants`] or next to
+//! the code it bounds. None of them imports tokio or ractor (`actors/tests/layout.rs`).
 
 #![warn(missing_docs)]
 

@@ -94,8 +94,18 @@ pub enum ManagerMsg {
     Upkeep,
     /// A Connection's socket opened.
     PeerConnected(PeerId),
-    /// A Connection finished its handshake.
-    PeerHandshaked(PeerId),
+    /// A Connection finished its handshake. The Manager tells Sync (the one owner of the
+    /// peer set), so Sync hears of a peer from the Manager only.
+    PeerHandshaked {
+        /// Peer.
+        id: PeerId,
+        /// Height in its version.
+        start_height: i32,
+        /// It wants transactions relayed (version's relay flag).
+        relay: bool,
+    },
+    /// A new Sync actor started (after a restart): announce every live peer to it.
+    AnnouncePeersToSync,
     /// A Connection's misbehaviour score crossed the threshold.
     Misbehaving {
         /// Peer.
@@ -239,6 +249,8 @@ pub enum SyncMsg {
     },
     /// A peer went away.
     PeerDown(PeerId),
+    /// The peers Sync knows (tests and the API check them against the peer table).
+    Peers(RpcReplyPort<Vec<PeerId>>),
     /// A message from a peer.
     FromPeer(PeerId, SyncInput),
     /// Timer.

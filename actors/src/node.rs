@@ -24,7 +24,9 @@ use ipnet::IpNet;
 
 use crate::config::{ConfigUpdate, NodeConfig};
 use crate::connection::listener::{Listener, ListenerArgs};
-use crate::constants::{SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW};
+use crate::constants::{
+    SHUTDOWN_MANAGER_TIMEOUT, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW,
+};
 use crate::context::NodeContext;
 use crate::discovery::addrbook::AddrEntry;
 use crate::discovery::{DnsArgs, DnsDiscovery, DnsMsg};
@@ -44,6 +46,23 @@ pub enum NodeMsg {
     Shutdown(RpcReplyPort<()>),
     /// The Manager's handle (for the [`Node`] API).
     GetManager(RpcReplyPort<Option<ActorRef<ManagerMsg>>>),
+    /// A child's cell (fault drills: kill it and watch the supervisor restart it).
+    GetChild(NodeChild, RpcReplyPort<Option<ActorCell>>),
+}
+
+/// The NodeSupervisor's children, by role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeChild {
+    /// The Manager (and through it every Connection).
+    Manager,
+    /// The Listener.
+    Listener,
+    /// DNS discovery.
+    Dns,
+    /// STUN.
+    Stun,
+    /// Sync.
+    Sync,
 }
 
 /// The root of the supervision tree.
@@ -126,6 +145,33 @@ impl NodeState {
         Ok(())
     }
 
+    /// Stops every child in order, the Manager last so that it closes its peers and saves
+    /// the address book and ban list.
+    async fn stop_children(&mut self) {
+        self.stopping = true;
+        self.ctx.begin_shutdown();
+        if let Some(l) = self.listener.take() {
+            let _ = l.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(d) = self.dns.take() {
+            let _ = d.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(st) = self.stun.take() {
+            let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(sy) = self.sync.take() {
+            sy.stop_and_wait(Some("shutdown".into()), None).await.ok();
+        }
+        if let Some(m) = self.manager.take() {
+            if m.get_status() == ractor::ActorStatus::Running {
+                let _ = m
+                    .call(ManagerMsg::Shutdown, Some(SHUTDOWN_MANAGER_TIMEOUT))
+                    .await;
+            }
+            let _ = m.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+    }
+
     /// Records a restart; false when the restart budget is spent.
     fn allow_restart(&mut self) -> bool {
         let now = Instant::now();
@@ -166,6 +212,9 @@ impl NodeState {
         };
         if !self.allow_restart() {
             error!(child = which, %why, "restart intensity exceeded; stopping the node");
+            // The other children stop in order, so the Manager saves peers.dat and bans.dat.
+            self.ctx.mark_gave_up();
+            self.stop_children().await;
             myself.stop(Some(format!("{which} failed too often: {why}")));
             return Ok(());
         }
@@ -185,8 +234,15 @@ impl NodeState {
             }
             "listener" => self.start_listener(myself).await,
             "dns" => self.start_dns(myself).await,
-            // Connections find Sync through the context, so a new one is picked up at once.
-            "sync" => self.start_sync(myself).await,
+            // Connections find Sync through the context, so a new one is picked up at once;
+            // the Manager, the one owner of the peer set, tells it of every live peer.
+            "sync" => {
+                self.start_sync(myself).await?;
+                if let Some(m) = &self.manager {
+                    let _ = m.cast(ManagerMsg::AnnouncePeersToSync);
+                }
+                Ok(())
+            }
             // The Stun actor depends on nothing else: restart it alone.
             _ => self.start_stun(myself).await,
         }
@@ -239,26 +295,18 @@ impl Actor for NodeSupervisor {
             NodeMsg::GetManager(reply) => {
                 let _ = reply.send(state.manager.clone());
             }
+            NodeMsg::GetChild(which, reply) => {
+                let cell = match which {
+                    NodeChild::Manager => state.manager.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Listener => state.listener.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Dns => state.dns.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Stun => state.stun.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Sync => state.sync.as_ref().map(|a| a.get_cell()),
+                };
+                let _ = reply.send(cell);
+            }
             NodeMsg::Shutdown(reply) => {
-                state.stopping = true;
-                state.ctx.begin_shutdown();
-                if let Some(l) = state.listener.take() {
-                    let _ = l.stop_and_wait(Some("shutdown".into()), None).await;
-                }
-                if let Some(d) = state.dns.take() {
-                    let _ = d.stop_and_wait(Some("shutdown".into()), None).await;
-                }
-                if let Some(st) = state.stun.take() {
-                    let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
-                }
-                if let Some(sy) = state.sync.take() {
-                    // After the Manager: headers still arriving are written before we stop.
-                    sy.stop_and_wait(Some("shutdown".into()), None).await.ok();
-                }
-                if let Some(m) = state.manager.take() {
-                    let _ = m.call(ManagerMsg::Shutdown, None).await;
-                    let _ = m.stop_and_wait(Some("shutdown".into()), None).await;
-                }
+                state.stop_children().await;
                 info!("node stopped");
                 let _ = reply.send(());
                 myself.stop(Some("shutdown".into()));
@@ -403,7 +451,7 @@ impl Node {
             drop(lock);
             let exit = match join_result {
                 Err(e) => NodeExit::Failed(e.to_string()),
-                Ok(()) if watched.is_shutting_down() => NodeExit::Graceful,
+                Ok(()) if watched.is_shutting_down() && !watched.gave_up() => NodeExit::Graceful,
                 Ok(()) => NodeExit::Failed("supervision tree stopped".into()),
             };
             let _ = tx.send(Some(exit));
@@ -566,6 +614,29 @@ impl Node {
             .ok()
             .and_then(|r| r.success_or(()).ok())
             .flatten()
+    }
+
+    /// A child of the supervision tree, for fault drills and tests: killing it
+    /// (`ActorCell::kill`) shows what the supervisor does when that part fails.
+    pub async fn child(&self, which: NodeChild) -> Option<ActorCell> {
+        self.supervisor
+            .call(|r| NodeMsg::GetChild(which, r), None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .flatten()
+    }
+
+    /// The peers the Sync actor knows, by id (they match the peer table's connected peers).
+    pub async fn sync_peers(&self) -> Vec<PeerId> {
+        let Some(sync) = self.ctx.sync_ref() else {
+            return Vec::new();
+        };
+        sync.call(SyncMsg::Peers, None)
+            .await
+            .ok()
+            .and_then(|r| r.success_or(()).ok())
+            .unwrap_or_default()
     }
 
     /// Dials a peer; `persistent` keeps it connected (restarted under the window policy),

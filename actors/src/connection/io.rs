@@ -10,6 +10,7 @@ use ractor::ActorRef;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
 
 use super::bandwidth::Throttle;
 use crate::constants::{READER_CREDIT_BYTES, READ_CHUNK};
@@ -17,6 +18,32 @@ use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::DisconnectReason;
 use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
+
+/// A reader or writer task, aborted when dropped.
+///
+/// A Connection killed without its stop hook (its supervisor failed) drops its state; the
+/// socket must close with it rather than stay open in a task nobody owns.
+pub(super) struct SocketTask(Option<JoinHandle<()>>);
+
+impl SocketTask {
+    /// Spawns `task` on the runtime.
+    pub(super) fn spawn(task: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        SocketTask(Some(tokio::spawn(task)))
+    }
+
+    /// Gives up ownership: the task is no longer aborted on drop.
+    pub(super) fn detach(mut self) -> Option<JoinHandle<()>> {
+        self.0.take()
+    }
+}
+
+impl Drop for SocketTask {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
 
 thread_local! {
     /// One read buffer per worker thread, shared by every reader on it: a read never spans

@@ -52,7 +52,7 @@ use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
-use io::{reader, writer};
+use io::{reader, writer, SocketTask};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
@@ -98,15 +98,14 @@ pub struct ConnectionState {
     started: Instant,
     connected_at: Option<Instant>,
     outbox: Option<mpsc::Sender<Vec<u8>>>,
-    reader: Option<JoinHandle<()>>,
-    writer: Option<JoinHandle<()>>,
+    reader: Option<SocketTask>,
+    writer: Option<SocketTask>,
     timers: Vec<JoinHandle<()>>,
     /// Largest ordinary payload the peer accepts (BSV protoconf raises it).
     peer_max_payload: u32,
     got_protoconf: bool,
     misbehavior: u32,
     myself: Option<ActorRef<ConnectionMsg>>,
-    told_sync: bool,
     policy: Option<crate::peer::HandshakePolicy>,
     /// Byte counts last copied into the peer table.
     pushed: (u64, u64),
@@ -210,7 +209,6 @@ impl Actor for Connection {
             got_protoconf: false,
             misbehavior: 0,
             myself: None,
-            told_sync: false,
             policy: None,
             pushed: (0, 0),
             sendaddrv2: false,
@@ -318,13 +316,11 @@ impl Actor for Connection {
         for t in state.timers.drain(..) {
             t.abort();
         }
-        if let Some(r) = state.reader.take() {
-            r.abort();
-        }
+        state.reader = None;
         // Dropping the sender lets the writer flush what is queued, then close; a peer that
         // does not read gets WRITER_LINGER, then the writer (and the socket) is dropped.
         state.outbox = None;
-        if let Some(w) = state.writer.take() {
+        if let Some(w) = state.writer.take().and_then(SocketTask::detach) {
             let abort = w.abort_handle();
             tokio::spawn(async move {
                 if tokio::time::timeout(WRITER_LINGER, w).await.is_err() {
@@ -333,11 +329,6 @@ impl Actor for Connection {
             });
         }
         state.myself = None;
-        if state.told_sync {
-            if let Some(sync) = state.ctx.sync_ref() {
-                let _ = sync.cast(SyncMsg::PeerDown(state.id));
-            }
-        }
         // The final state travels to the Manager; the slot must be free before that, so a
         // waiting inbound peer can take it as soon as this actor is gone.
         state.permit = None;
@@ -424,7 +415,7 @@ fn start_io(
         ctx.global_down.clone(),
         ctx.global_limits.clone(),
     );
-    state.writer = Some(tokio::spawn(writer(
+    state.writer = Some(SocketTask::spawn(writer(
         write_half,
         rx,
         myself.clone(),
@@ -433,7 +424,7 @@ fn start_io(
     )));
     state.outbox = Some(tx);
     let credit = Arc::new(Semaphore::new(READER_CREDIT_BYTES as usize));
-    state.reader = Some(tokio::spawn(reader(
+    state.reader = Some(SocketTask::spawn(reader(
         read_half,
         myself.clone(),
         FrameDecoder::new(state.ctx.profile.magic, state.ctx.profile.limits),
@@ -543,18 +534,11 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.user_agent = pv.user_agent.clone();
         p.start_height = pv.start_height;
     });
-    let _ = state.manager.cast(ManagerMsg::PeerHandshaked(state.id));
-    if let (Some(sync), Some(me)) = (state.ctx.sync_ref(), state.myself.clone()) {
-        state.told_sync = true;
-        let _ = sync.cast(SyncMsg::PeerUp {
-            id: state.id,
-            addr: state.addr,
-            actor: me,
-            start_height: pv.start_height,
-            relay: pv.relay,
-            inbound: state.direction == Direction::Inbound,
-        });
-    }
+    let _ = state.manager.cast(ManagerMsg::PeerHandshaked {
+        id: state.id,
+        start_height: pv.start_height,
+        relay: pv.relay,
+    });
     let config = state.ctx.config();
     state.ping = Some(PingTracker::new(
         now,

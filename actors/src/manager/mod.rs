@@ -54,7 +54,7 @@ use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate}
 use crate::manager::peers::{PeerId, PeerInfo};
 use crate::manager::restart::{RestartDecision, RestartTracker};
 use crate::manager::slots::SlotPermit;
-use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind};
+use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::{Direction, DisconnectReason};
 use crate::persist;
 
@@ -97,6 +97,9 @@ struct Child {
     direction: Direction,
     kind: Option<OutboundKind>,
     actor: ActorRef<ConnectionMsg>,
+    /// Start height and relay flag from its version, once the handshake completed (and Sync
+    /// was told of the peer).
+    handshake: Option<(i32, bool)>,
 }
 
 impl Child {
@@ -182,6 +185,7 @@ impl ManagerState {
                         direction,
                         kind,
                         actor,
+                        handshake: None,
                     },
                 );
             }
@@ -594,6 +598,11 @@ impl ManagerState {
         };
         self.by_peer.remove(&child.id);
         self.ctx.peers.remove(child.id);
+        if child.handshake.is_some() {
+            if let Some(sync) = self.ctx.sync_ref() {
+                let _ = sync.cast(SyncMsg::PeerDown(child.id));
+            }
+        }
         let event = if was_connected {
             NodeEvent::ConnectionLost {
                 peer: child.id,
@@ -685,6 +694,44 @@ impl ManagerState {
     }
 }
 
+/// Tells Sync of a peer whose handshake completed (nothing for one still handshaking).
+fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
+    let (Some((start_height, relay)), Some(sync)) = (child.handshake, ctx.sync_ref()) else {
+        return;
+    };
+    let _ = sync.cast(SyncMsg::PeerUp {
+        id: child.id,
+        addr: child.addr,
+        actor: child.actor.clone(),
+        start_height,
+        relay,
+        inbound: child.direction == Direction::Inbound,
+    });
+}
+
+/// Clears what Connections of a previous Manager left behind. A Manager that failed had its
+/// Connections killed without their stop hooks: their rows, outbound nonces and Sync's
+/// entries for them would otherwise stay for ever (ghost peers). Their slot permits were
+/// dropped with their state.
+fn forget_orphans(ctx: &NodeContext) {
+    let orphans: Vec<PeerId> = ctx.peers.snapshot().iter().map(|p| p.id).collect();
+    if orphans.is_empty() {
+        return;
+    }
+    warn!(
+        peers = orphans.len(),
+        "forgetting the peers of a Manager that did not stop cleanly"
+    );
+    ctx.outbound_nonces.clear();
+    let sync = ctx.sync_ref();
+    for id in orphans {
+        ctx.peers.remove(id);
+        if let Some(sync) = &sync {
+            let _ = sync.cast(SyncMsg::PeerDown(id));
+        }
+    }
+}
+
 /// A pseudo source address for a DNS seed: each seed is its own source group, so one seed
 /// fills at most its share of the new table.
 fn seed_source(seed: &str) -> IpAddr {
@@ -735,6 +782,7 @@ impl Actor for Manager {
         _myself: ActorRef<Self::Msg>,
         ctx: Arc<NodeContext>,
     ) -> Result<ManagerState, ActorProcessingErr> {
+        forget_orphans(&ctx);
         let config = ctx.config();
         let mut targets = HashMap::new();
         for a in &config.addnode {
@@ -810,8 +858,25 @@ impl Actor for Manager {
                 }
             }
             ManagerMsg::Upkeep => state.upkeep(&myself).await,
+            ManagerMsg::AnnouncePeersToSync => {
+                for child in state.children.values() {
+                    peer_up_to_sync(&state.ctx, child);
+                }
+            }
             ManagerMsg::PeerConnected(id) => state.publish_lifecycle(id, false),
-            ManagerMsg::PeerHandshaked(id) => {
+            ManagerMsg::PeerHandshaked {
+                id,
+                start_height,
+                relay,
+            } => {
+                if let Some(child) = state
+                    .by_peer
+                    .get(&id)
+                    .and_then(|a| state.children.get_mut(a))
+                {
+                    child.handshake = Some((start_height, relay));
+                    peer_up_to_sync(&state.ctx, child);
+                }
                 state.publish_lifecycle(id, true);
                 let outbound = state
                     .by_peer
@@ -942,6 +1007,19 @@ impl Actor for Manager {
                 let _ = reply.send(());
             }
         }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut ManagerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // However the Manager stops (shutdown, or its supervisor giving up), what it owns is
+        // saved. A Manager that fails skips this hook; bans are saved on every change and the
+        // book every `addrbook-save-interval`, so at most that interval of gossip is lost.
+        state.sync_bans();
+        state.save_book();
         Ok(())
     }
 

@@ -72,6 +72,14 @@ const MAX_INV_PER_FLUSH: usize = 1000;
 /// Average trickle delay for inbound peers (Core: 5 s) and outbound peers (Core: 2 s).
 const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
 const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
+/// Messages Sync holds from peers the Manager has not announced yet.
+///
+/// # Security
+/// Only the first few messages after a handshake can overtake the Manager's PeerUp; the cap
+/// keeps a burst from a peer that is never announced from growing without bound.
+const MAX_EARLY_INPUTS: usize = 256;
+/// How long such a message waits for its PeerUp before it is dropped.
+const EARLY_INPUT_TTL: Duration = Duration::from_secs(5);
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
@@ -124,6 +132,8 @@ pub struct SyncActorState {
     pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
     pool_bytes: usize,
     requested_tx: HashSet<Txid>,
+    /// Messages from peers not yet announced by the Manager, oldest first.
+    early: VecDeque<(PeerId, Instant, SyncInput)>,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -385,7 +395,118 @@ impl SyncActorState {
         self.publish_status();
     }
 
+    /// Handles one message from a peer Sync knows.
+    fn on_input(&mut self, id: PeerId, input: SyncInput) {
+        match input {
+            SyncInput::Headers(h) => self.on_headers(id, h),
+            SyncInput::Inv(inv) => self.on_inv(id, inv),
+            SyncInput::GetHeaders(m) => {
+                let headers = self.chain.headers_after(
+                    &m.locator_hashes,
+                    m.stop_hash,
+                    MAX_HEADERS_PER_MESSAGE,
+                );
+                if let Some(p) = self.peers.get(&id) {
+                    p.send(NetworkMessage::Headers(headers));
+                }
+            }
+            SyncInput::GetBlocks(m) => {
+                let hashes: Vec<Inventory> = self
+                    .chain
+                    .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV)
+                    .iter()
+                    .map(|h| Inventory::Block(h.block_hash()))
+                    .collect();
+                if let (false, Some(p)) = (hashes.is_empty(), self.peers.get(&id)) {
+                    p.send(NetworkMessage::Inv(hashes));
+                }
+            }
+            SyncInput::GetData(items) => self.on_getdata(id, items),
+            SyncInput::Block(b) => self.on_block(id, *b),
+            SyncInput::Tx(tx) => self.on_tx(Some(id), *tx),
+            SyncInput::SendHeaders => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.wants_headers = true;
+                }
+            }
+            SyncInput::FilterLoad(f) => match BloomFilter::load(&f) {
+                Ok(filter) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.bloom = Some(filter);
+                    }
+                }
+                Err(_) => self.punish(id, "bloom_too_large"),
+            },
+            SyncInput::FilterAdd(data) => {
+                let too_large = self
+                    .peers
+                    .get_mut(&id)
+                    .and_then(|p| p.bloom.as_mut())
+                    .is_some_and(|b| b.insert(&data).is_err());
+                if too_large {
+                    self.punish(id, "bloom_too_large");
+                }
+            }
+            SyncInput::FilterClear => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.bloom = None;
+                }
+            }
+            SyncInput::FeeFilter(rate) => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.feefilter = rate.max(0) as u64;
+                }
+            }
+            SyncInput::NotFound(items) => {
+                for i in items {
+                    match i {
+                        Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                            self.requested_blocks.remove(&h);
+                        }
+                        Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                            self.requested_tx.remove(&t);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// A message from a peer Sync has not heard of yet: its Connection sends straight here,
+    /// while the peer's arrival comes through the Manager, so the first messages can overtake
+    /// it. They wait (bounded in number and time) for the PeerUp.
+    fn on_early_input(&mut self, id: PeerId, input: SyncInput) {
+        if self.early.len() >= MAX_EARLY_INPUTS {
+            metrics::counter!("meshd_sync_early_inputs_dropped_total").increment(1);
+            debug!(peer = %id, "message from an unannounced peer dropped");
+            return;
+        }
+        self.early.push_back((id, Instant::now(), input));
+    }
+
+    /// Handles what a peer sent before Sync heard of it.
+    fn replay_early(&mut self, id: PeerId) {
+        if !self.early.iter().any(|(p, _, _)| *p == id) {
+            return;
+        }
+        let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early)
+            .into_iter()
+            .partition(|(p, _, _)| *p == id);
+        self.early = rest;
+        for (_, _, input) in mine {
+            self.on_input(id, input);
+        }
+    }
+
     fn on_tick(&mut self) {
+        while self
+            .early
+            .front()
+            .is_some_and(|(_, at, _)| at.elapsed() >= EARLY_INPUT_TTL)
+        {
+            self.early.pop_front();
+        }
         let config = self.ctx.config();
         if let Some((id, since)) = self.sync_peer {
             if since.elapsed() >= config.sync_stall_timeout {
@@ -463,6 +584,7 @@ impl Actor for Sync {
             pool: HashMap::new(),
             pool_bytes: 0,
             requested_tx: HashSet::new(),
+            early: VecDeque::new(),
             timer: None,
         })
     }
@@ -527,6 +649,11 @@ impl Actor for Sync {
                 relay,
                 inbound,
             } => {
+                if state.peers.contains_key(&id) {
+                    // Announced twice (a restarted Sync is told of every live peer, and a
+                    // handshake may complete meanwhile): the first one holds.
+                    return Ok(());
+                }
                 let synced = state.state == SyncState::Synced;
                 let peer = SyncPeer {
                     addr,
@@ -555,10 +682,17 @@ impl Actor for Sync {
                 if behind || state.state != SyncState::Synced {
                     state.maybe_start_sync(None);
                 }
+                state.replay_early(id);
                 state.publish_status();
+            }
+            SyncMsg::Peers(reply) => {
+                let mut ids: Vec<PeerId> = state.peers.keys().copied().collect();
+                ids.sort();
+                let _ = reply.send(ids);
             }
             SyncMsg::PeerDown(id) => {
                 state.peers.remove(&id);
+                state.early.retain(|(p, _, _)| *p != id);
                 if state.sync_peer.map(|(p, _)| p) == Some(id) {
                     state.sync_peer = None;
                     state.maybe_start_sync(None);
@@ -568,80 +702,13 @@ impl Actor for Sync {
                 }
                 state.publish_status();
             }
-            SyncMsg::FromPeer(id, input) => match input {
-                SyncInput::Headers(h) => state.on_headers(id, h),
-                SyncInput::Inv(inv) => state.on_inv(id, inv),
-                SyncInput::GetHeaders(m) => {
-                    let headers = state.chain.headers_after(
-                        &m.locator_hashes,
-                        m.stop_hash,
-                        MAX_HEADERS_PER_MESSAGE,
-                    );
-                    if let Some(p) = state.peers.get(&id) {
-                        p.send(NetworkMessage::Headers(headers));
-                    }
+            SyncMsg::FromPeer(id, input) => {
+                if state.peers.contains_key(&id) {
+                    state.on_input(id, input);
+                } else {
+                    state.on_early_input(id, input);
                 }
-                SyncInput::GetBlocks(m) => {
-                    let hashes: Vec<Inventory> = state
-                        .chain
-                        .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV)
-                        .iter()
-                        .map(|h| Inventory::Block(h.block_hash()))
-                        .collect();
-                    if let (false, Some(p)) = (hashes.is_empty(), state.peers.get(&id)) {
-                        p.send(NetworkMessage::Inv(hashes));
-                    }
-                }
-                SyncInput::GetData(items) => state.on_getdata(id, items),
-                SyncInput::Block(b) => state.on_block(id, *b),
-                SyncInput::Tx(tx) => state.on_tx(Some(id), *tx),
-                SyncInput::SendHeaders => {
-                    if let Some(p) = state.peers.get_mut(&id) {
-                        p.wants_headers = true;
-                    }
-                }
-                SyncInput::FilterLoad(f) => match BloomFilter::load(&f) {
-                    Ok(filter) => {
-                        if let Some(p) = state.peers.get_mut(&id) {
-                            p.bloom = Some(filter);
-                        }
-                    }
-                    Err(_) => state.punish(id, "bloom_too_large"),
-                },
-                SyncInput::FilterAdd(data) => {
-                    let too_large = state
-                        .peers
-                        .get_mut(&id)
-                        .and_then(|p| p.bloom.as_mut())
-                        .is_some_and(|b| b.insert(&data).is_err());
-                    if too_large {
-                        state.punish(id, "bloom_too_large");
-                    }
-                }
-                SyncInput::FilterClear => {
-                    if let Some(p) = state.peers.get_mut(&id) {
-                        p.bloom = None;
-                    }
-                }
-                SyncInput::FeeFilter(rate) => {
-                    if let Some(p) = state.peers.get_mut(&id) {
-                        p.feefilter = rate.max(0) as u64;
-                    }
-                }
-                SyncInput::NotFound(items) => {
-                    for i in items {
-                        match i {
-                            Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                                state.requested_blocks.remove(&h);
-                            }
-                            Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                                state.requested_tx.remove(&t);
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-            },
+            }
             SyncMsg::Tick => state.on_tick(),
             SyncMsg::Generate(n, reply) => {
                 let _ = reply.send(state.generate(n));

@@ -1,0 +1,163 @@
+//! The source tree keeps its shape: sans-IO cores import neither tokio nor ractor, every file
+//! opens with a `//!` line, and no actor's module imports another actor's implementation (they
+//! talk through `msg.rs`; only a supervisor knows its child's module).
+
+use std::path::{Path, PathBuf};
+
+fn src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            rust_files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The file's code, without comments (a doc line may name tokio).
+fn code(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sans-IO cores: plain Rust that takes bytes, events and time and returns actions.
+const CORES: &[&str] = &[
+    "config.rs",
+    "constants.rs",
+    "network.rs",
+    "persist.rs",
+    "connection/bandwidth.rs",
+    "discovery/addrbook.rs",
+    "manager/bans.rs",
+    "manager/eviction.rs",
+    "manager/misbehavior.rs",
+    "manager/peers.rs",
+    "manager/restart.rs",
+    "manager/slots.rs",
+    "peer/handshake.rs",
+    "peer/mod.rs",
+    "peer/ping.rs",
+    "peer/reason.rs",
+    "stun/codec.rs",
+    "stun/nat.rs",
+    "stun/transaction.rs",
+    "sync/bloom.rs",
+    "sync/chain/headers.rs",
+    "sync/chain/mod.rs",
+    "sync/chain/store.rs",
+    "sync/mine.rs",
+    "wire/frame.rs",
+    "wire/message.rs",
+    "wire/mod.rs",
+];
+
+#[test]
+fn cores_import_neither_tokio_nor_ractor() {
+    for core in CORES {
+        let path = src().join(core);
+        assert!(
+            path.exists(),
+            "{core} is listed as a core but does not exist"
+        );
+        let text = code(&path);
+        for runtime in ["tokio", "ractor"] {
+            assert!(
+                !text.contains(runtime),
+                "core module {core} mentions {runtime}: cores must stay sans-IO"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_file_opens_with_a_module_doc() {
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        assert!(
+            text.starts_with("//!"),
+            "{} does not open with a //! line",
+            f.display()
+        );
+    }
+}
+
+/// Each actor's folder, and the implementation items other actors must not import.
+const ACTORS: &[(&str, &[&str])] = &[
+    (
+        "connection",
+        &[
+            "Connection",
+            "ConnectionArgs",
+            "ConnectionState",
+            "Transport",
+        ],
+    ),
+    ("manager", &["Manager", "ManagerState"]),
+    ("sync", &["Sync", "SyncActorState"]),
+    ("discovery", &["DnsDiscovery", "DnsArgs"]),
+    ("stun", &["Stun", "StunState"]),
+];
+
+#[test]
+fn no_actor_imports_another_actors_implementation() {
+    for (owner, _) in ACTORS {
+        let mut files = Vec::new();
+        rust_files(&src().join(owner), &mut files);
+        files.push(src().join("msg.rs"));
+        files.push(src().join("context.rs"));
+        for f in files {
+            let text = code(&f);
+            let in_msg_or_context = !f.starts_with(src().join(owner));
+            for (other, items) in ACTORS {
+                if other == owner && !in_msg_or_context {
+                    continue;
+                }
+                // A supervisor knows its child: the Manager spawns Connections.
+                if *owner == "manager" && *other == "connection" && !in_msg_or_context {
+                    continue;
+                }
+                for item in *items {
+                    for pattern in [
+                        format!("crate::{other}::{item};"),
+                        format!("crate::{other}::{item},"),
+                        format!("crate::{other}::{{{item}"),
+                        format!("crate::{other}::{item}}}"),
+                        format!("crate::{other}::{item} "),
+                    ] {
+                        assert!(
+                            !text.contains(&pattern),
+                            "{} imports {other}'s {item}",
+                            f.display()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn messages_live_in_the_leaf() {
+    let text = code(&src().join("msg.rs"));
+    for message in [
+        "pub enum ConnectionMsg",
+        "pub enum ManagerMsg",
+        "pub enum SyncMsg",
+        "pub enum SyncInput",
+        "pub enum OutboundKind",
+        "pub struct Inbound",
+    ] {
+        assert!(text.contains(message), "msg.rs lacks `{message}`");
+    }
+}
