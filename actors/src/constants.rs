@@ -89,6 +89,41 @@ pub const BSV_PROTOCOL_VERSION: u32 = 70016;
 /// bound. 1024 messages cover bursts (a full inv trickle, a headers reply) with room to spare.
 pub const SEND_QUEUE_CAPACITY: usize = 1024;
 
+/// Bytes a peer may leave unsent in its own (not shared) messages before it is disconnected.
+///
+/// # Security
+/// The queue is bounded in bytes, not only in messages: 1024 large messages would otherwise
+/// hold gigabytes for a peer that does not read. Served blocks are shared frames and do not
+/// count here; `getdata` serving pauses long before (see [`GETDATA_SEND_BUDGET`]).
+pub const MAX_SEND_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Unsent bytes (shared frames included) above which serving a peer's `getdata` pauses until
+/// its queue drains.
+///
+/// # Security
+/// Bitcoin Core stops processing `getdata` while a peer's send buffer is full; without the
+/// pause a peer that asks for the same block 50,000 times and never reads grows our memory
+/// by gigabytes.
+pub const GETDATA_SEND_BUDGET: usize = 1024 * 1024;
+
+/// Inventory items handed to Sync at a time when serving `getdata`; the next batch goes when
+/// this one is served and the queue is under [`GETDATA_SEND_BUDGET`].
+pub const GETDATA_BATCH: usize = 16;
+
+/// Items a `getdata` may name (Core's `MAX_INV_SZ`); more is a protocol violation.
+pub const MAX_GETDATA_ITEMS: usize = 50_000;
+
+/// Items waiting to be served per peer.
+///
+/// # Security
+/// While a peer's getdata queue is non-empty its further messages wait (as in Core), holding
+/// the reader's byte credit, so the queue cannot grow past one message's worth of items.
+pub const MAX_GETDATA_QUEUE: usize = MAX_GETDATA_ITEMS;
+
+/// How long a getdata batch may stay with Sync unanswered before the Connection gives up on
+/// it (Sync restarted, or the batch was dropped) and moves on.
+pub const GETDATA_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Bytes of decoded but not yet handled frames the reader may hold ahead of the actor.
 ///
 /// # Security

@@ -49,6 +49,17 @@ pub enum ConnectionMsg {
     Tick,
     /// Send a message to the peer.
     Send(Message),
+    /// Send a frame encoded once and shared between peers (a served block).
+    SendShared {
+        /// Its command, for byte counters.
+        command: &'static str,
+        /// The whole frame, header included.
+        frame: std::sync::Arc<[u8]>,
+    },
+    /// Sync served the last getdata batch; the next may go.
+    GetDataServed,
+    /// The send queue drained below the getdata budget.
+    SendDrained,
     /// Close the connection with this reason.
     Disconnect(DisconnectReason),
     /// Send these addresses (as `addr` or `addrv2`, whichever the peer asked for).

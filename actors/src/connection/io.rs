@@ -3,7 +3,7 @@
 //! with the bandwidth [`Throttle`]s.
 
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ractor::ActorRef;
@@ -13,11 +13,41 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::bandwidth::Throttle;
-use crate::constants::{READER_CREDIT_BYTES, READ_CHUNK};
+use crate::constants::{GETDATA_SEND_BUDGET, READER_CREDIT_BYTES, READ_CHUNK};
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::DisconnectReason;
 use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
+
+/// One frame on its way to the socket: our own bytes, or a frame shared by every peer that
+/// asked for it (a served block is serialized once).
+pub(crate) enum OutFrame {
+    /// Encoded for this peer.
+    Owned(Vec<u8>),
+    /// Shared with other peers' queues.
+    Shared(Arc<[u8]>),
+}
+
+impl OutFrame {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            OutFrame::Owned(v) => v,
+            OutFrame::Shared(s) => s,
+        }
+    }
+}
+
+/// What one Connection has queued but not yet written, shared by the actor (which adds) and
+/// its writer task (which subtracts once a frame is on the wire).
+#[derive(Default)]
+pub(crate) struct SendGauge {
+    /// Unsent bytes, shared frames included.
+    pub(crate) total: AtomicUsize,
+    /// Unsent bytes of frames encoded for this peer alone.
+    pub(crate) owned: AtomicUsize,
+    /// The actor waits for the queue to drain (getdata serving paused).
+    pub(crate) drain_wanted: AtomicBool,
+}
 
 /// A reader or writer task, aborted when dropped.
 ///
@@ -122,6 +152,7 @@ pub(super) async fn reader(
                         _credit: permit,
                     };
                     if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
+                        discard_until_closed(&half).await;
                         return;
                     }
                 }
@@ -132,6 +163,7 @@ pub(super) async fn reader(
                 }
                 Err(e) => {
                     if actor.cast(ConnectionMsg::DroppedFrame(e)).is_err() {
+                        discard_until_closed(&half).await;
                         return;
                     }
                 }
@@ -146,15 +178,38 @@ pub(super) async fn reader(
     }
 }
 
+/// After the actor stopped: reads and drops what the peer still sends until it closes (or the
+/// closing task aborts us), so that closing the socket sends FIN rather than a reset for
+/// unread data.
+async fn discard_until_closed(half: &OwnedReadHalf) {
+    loop {
+        if half.readable().await.is_err() {
+            return;
+        }
+        let done = SCRATCH.with(|scratch| {
+            let mut buf = scratch.borrow_mut();
+            match half.try_read(&mut buf[..]) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        });
+        if done {
+            return;
+        }
+    }
+}
+
 pub(super) async fn writer(
     mut half: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<OutFrame>,
     actor: ActorRef<ConnectionMsg>,
     mut throttle: Throttle,
     ctx: Arc<NodeContext>,
+    gauge: Arc<SendGauge>,
 ) {
-    while let Some(bytes) = rx.recv().await {
-        let mut rest = bytes.as_slice();
+    while let Some(frame) = rx.recv().await {
+        let mut rest = frame.bytes();
         while !rest.is_empty() {
             let n = throttle.chunk(rest.len()).min(rest.len());
             let wait = throttle.take(n);
@@ -168,6 +223,17 @@ pub(super) async fn writer(
                 return;
             }
             rest = &rest[n..];
+        }
+        let len = frame.bytes().len();
+        gauge.total.fetch_sub(len, Ordering::Relaxed);
+        if let OutFrame::Owned(_) = frame {
+            gauge.owned.fetch_sub(len, Ordering::Relaxed);
+        }
+        drop(frame);
+        let drained = gauge.total.load(Ordering::Relaxed) < GETDATA_SEND_BUDGET / 2
+            && rx.len() < rx.max_capacity() / 2;
+        if drained && gauge.drain_wanted.swap(false, Ordering::AcqRel) {
+            let _ = actor.cast(ConnectionMsg::SendDrained);
         }
     }
     // The actor is gone and the queue is drained: close our side.

@@ -22,12 +22,15 @@ pub mod bandwidth;
 mod io;
 pub mod listener;
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::address::{AddrV2, AddrV2Message, Address};
 use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::ServiceFlags;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
@@ -38,7 +41,9 @@ use tracing::{debug, info, warn};
 use crate::config::NodeConfig;
 use crate::connection::bandwidth::{Flow, Throttle};
 use crate::constants::{
-    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_TICK_INTERVAL, READER_CREDIT_BYTES,
+    BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, GETDATA_BATCH, GETDATA_BATCH_TIMEOUT,
+    GETDATA_SEND_BUDGET, MAX_GETDATA_QUEUE, MAX_SEND_QUEUE_BYTES, MAX_TICK_INTERVAL,
+    READER_CREDIT_BYTES,
 };
 use crate::context::{unix_now, NodeContext};
 use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
@@ -52,7 +57,7 @@ use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
-use io::{reader, writer, SocketTask};
+use io::{reader, writer, OutFrame, SendGauge, SocketTask};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
@@ -97,7 +102,16 @@ pub struct ConnectionState {
     ping: Option<PingTracker>,
     started: Instant,
     connected_at: Option<Instant>,
-    outbox: Option<mpsc::Sender<Vec<u8>>>,
+    outbox: Option<mpsc::Sender<OutFrame>>,
+    /// Bytes queued for the writer and not yet written.
+    gauge: Arc<SendGauge>,
+    /// Items of the peer's `getdata` not yet handed to Sync.
+    getdata_queue: VecDeque<Inventory>,
+    /// When the batch now with Sync was handed over.
+    getdata_at_sync: Option<Instant>,
+    /// Messages that arrived while a getdata was being served: handled after it, in order
+    /// (Core does the same), each still holding its share of the reader's credit.
+    deferred: VecDeque<Inbound>,
     reader: Option<SocketTask>,
     writer: Option<SocketTask>,
     timers: Vec<JoinHandle<()>>,
@@ -202,6 +216,10 @@ impl Actor for Connection {
             started: now,
             connected_at: None,
             outbox: None,
+            gauge: Arc::new(SendGauge::default()),
+            getdata_queue: VecDeque::new(),
+            getdata_at_sync: None,
+            deferred: VecDeque::new(),
             reader: None,
             writer: None,
             timers: Vec::new(),
@@ -273,7 +291,17 @@ impl Actor for Connection {
         let result = match msg {
             ConnectionMsg::Dialed(Ok(stream)) => start_io(&myself, state, stream),
             ConnectionMsg::Dialed(Err(reason)) => Err(reason),
+            ConnectionMsg::Inbound(inbound) if serving_getdata(state) => {
+                state.deferred.push_back(inbound);
+                Ok(())
+            }
             ConnectionMsg::Inbound(inbound) => on_inbound(state, inbound),
+            ConnectionMsg::SendShared { command, frame } => send_shared(state, command, frame),
+            ConnectionMsg::GetDataServed => {
+                state.getdata_at_sync = None;
+                pump_getdata(state)
+            }
+            ConnectionMsg::SendDrained => pump_getdata(state),
             ConnectionMsg::DroppedFrame(err) => {
                 warn!(peer = %state.addr, id = %state.id, error = %err, "dropped a frame");
                 metrics::counter!("meshd_frame_errors_total", "kind" => err.kind()).increment(1);
@@ -316,18 +344,23 @@ impl Actor for Connection {
         for t in state.timers.drain(..) {
             t.abort();
         }
-        state.reader = None;
-        // Dropping the sender lets the writer flush what is queued, then close; a peer that
-        // does not read gets WRITER_LINGER, then the writer (and the socket) is dropped.
+        // Dropping the sender lets the writer flush what is queued and close our side; a
+        // peer that does not read gets WRITER_LINGER. The reader drains until then, so the
+        // close is a FIN, not a reset for unread bytes.
         state.outbox = None;
-        if let Some(w) = state.writer.take().and_then(SocketTask::detach) {
-            let abort = w.abort_handle();
-            tokio::spawn(async move {
+        let writer = state.writer.take().and_then(SocketTask::detach);
+        let reader = state.reader.take().and_then(SocketTask::detach);
+        tokio::spawn(async move {
+            if let Some(w) = writer {
+                let abort = w.abort_handle();
                 if tokio::time::timeout(WRITER_LINGER, w).await.is_err() {
                     abort.abort();
                 }
-            });
-        }
+            }
+            if let Some(r) = reader {
+                r.abort();
+            }
+        });
         state.myself = None;
         // The final state travels to the Manager; the slot must be free before that, so a
         // waiting inbound peer can take it as soon as this actor is gone.
@@ -421,6 +454,7 @@ fn start_io(
         myself.clone(),
         up,
         state.ctx.clone(),
+        state.gauge.clone(),
     )));
     state.outbox = Some(tx);
     let credit = Arc::new(Semaphore::new(READER_CREDIT_BYTES as usize));
@@ -693,8 +727,11 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
             Ok(())
         }
         Message::Network(NetworkMessage::GetData(i)) => {
-            to_sync(state, SyncInput::GetData(i));
-            Ok(())
+            // Decoding refused more than MAX_GETDATA_ITEMS; the queue is empty here (a
+            // getdata arriving while one is served waits in `deferred`).
+            let room = MAX_GETDATA_QUEUE.saturating_sub(state.getdata_queue.len());
+            state.getdata_queue.extend(i.into_iter().take(room));
+            pump_getdata(state)
         }
         Message::Network(NetworkMessage::NotFound(i)) => {
             to_sync(state, SyncInput::NotFound(i));
@@ -784,6 +821,15 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         }
     }
     push_counters(state, now);
+    if state
+        .getdata_at_sync
+        .is_some_and(|t| now.duration_since(t) >= GETDATA_BATCH_TIMEOUT)
+    {
+        // Sync never answered (it restarted, or dropped the batch): move on.
+        debug!(peer = %state.addr, id = %state.id, "getdata batch unanswered; moving on");
+        state.getdata_at_sync = None;
+        pump_getdata(state)?;
+    }
     if !state.handshake.is_complete() {
         if state.outbox.is_none() {
             // Still dialling: the connect timeout bounds this phase.
@@ -820,8 +866,14 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         return Ok(());
     }
     let len = bytes.len() as u64;
-    match outbox.try_send(bytes) {
+    let owned = state.gauge.owned.load(Ordering::Relaxed);
+    if owned + bytes.len() > MAX_SEND_QUEUE_BYTES {
+        return Err(DisconnectReason::SendQueueFull(owned + bytes.len()));
+    }
+    match outbox.try_send(OutFrame::Owned(bytes)) {
         Ok(()) => {
+            state.gauge.owned.fetch_add(len as usize, Ordering::Relaxed);
+            state.gauge.total.fetch_add(len as usize, Ordering::Relaxed);
             state.bytes_sent += len;
             *state
                 .sent_per_command
@@ -837,6 +889,79 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         Err(mpsc::error::TrySendError::Closed(_)) => {
             Err(DisconnectReason::Io("writer closed".into()))
         }
+    }
+}
+
+/// Queues a frame shared with other peers (a served block): only a pointer is queued.
+fn send_shared(
+    state: &mut ConnectionState,
+    command: &'static str,
+    frame: Arc<[u8]>,
+) -> Result<(), DisconnectReason> {
+    let Some(outbox) = state.outbox.as_ref() else {
+        return Ok(());
+    };
+    let len = frame.len();
+    match outbox.try_send(OutFrame::Shared(frame)) {
+        Ok(()) => {
+            state.gauge.total.fetch_add(len, Ordering::Relaxed);
+            state.bytes_sent += len as u64;
+            *state.sent_per_command.entry(command).or_insert(0) += len as u64;
+            state.last_send = Some(std::time::SystemTime::now());
+            metrics::counter!("meshd_bytes_sent_total", "command" => command).increment(len as u64);
+            Ok(())
+        }
+        Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
+            state.ctx.config().send_queue_capacity,
+        )),
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(DisconnectReason::Io("writer closed".into()))
+        }
+    }
+}
+
+/// Whether a getdata is being served: other messages wait until it is.
+fn serving_getdata(state: &ConnectionState) -> bool {
+    !state.getdata_queue.is_empty() || state.getdata_at_sync.is_some()
+}
+
+/// Hands Sync the next getdata batch when the last one is served and the peer has read
+/// enough of what we sent; once the queue is empty, handles the messages that waited.
+fn pump_getdata(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
+    loop {
+        if state.getdata_at_sync.is_some() {
+            return Ok(());
+        }
+        if state.getdata_queue.is_empty() {
+            let Some(next) = state.deferred.pop_front() else {
+                return Ok(());
+            };
+            on_inbound(state, next)?;
+            continue;
+        }
+        let room = state
+            .outbox
+            .as_ref()
+            .is_some_and(|o| o.capacity() >= o.max_capacity() / 2);
+        if state.gauge.total.load(Ordering::Relaxed) >= GETDATA_SEND_BUDGET || !room {
+            state.gauge.drain_wanted.store(true, Ordering::Release);
+            // The writer may have drained between the check and the flag: look again.
+            let still_full = state.gauge.total.load(Ordering::Relaxed) >= GETDATA_SEND_BUDGET / 2
+                || state
+                    .outbox
+                    .as_ref()
+                    .is_some_and(|o| o.capacity() < o.max_capacity() / 2);
+            if still_full {
+                metrics::counter!("meshd_getdata_paused_total").increment(1);
+                return Ok(());
+            }
+            state.gauge.drain_wanted.store(false, Ordering::Release);
+        }
+        let take = state.getdata_queue.len().min(GETDATA_BATCH);
+        let batch: Vec<Inventory> = state.getdata_queue.drain(..take).collect();
+        state.getdata_at_sync = Some(Instant::now());
+        to_sync(state, SyncInput::GetData(batch));
+        return Ok(());
     }
 }
 

@@ -34,7 +34,7 @@ pub enum DisconnectReason {
     #[error("no pong within {0:?}")]
     PingTimeout(std::time::Duration),
     /// The peer read our messages too slowly and its send queue filled.
-    #[error("send queue full ({0} messages)")]
+    #[error("send queue full ({0} bytes or messages unsent)")]
     SendQueueFull(usize),
     /// Evicted to make room for a new inbound peer.
     #[error("evicted to make room for a new inbound peer")]

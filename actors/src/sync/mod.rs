@@ -119,6 +119,14 @@ impl SyncPeer {
 /// The Sync actor.
 pub struct Sync;
 
+/// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
+/// once as a whole `block` frame, shared by every peer it is sent to.
+struct KeptBlock {
+    hash: BlockHash,
+    block: Arc<Block>,
+    frame: Arc<[u8]>,
+}
+
 /// State of the Sync actor.
 pub struct SyncActorState {
     ctx: Arc<NodeContext>,
@@ -127,7 +135,7 @@ pub struct SyncActorState {
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<(PeerId, Instant)>,
     state: SyncState,
-    blocks: VecDeque<(BlockHash, Arc<Block>)>,
+    blocks: VecDeque<KeptBlock>,
     requested_blocks: HashSet<BlockHash>,
     pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
     pool_bytes: usize,
@@ -367,7 +375,7 @@ impl SyncActorState {
 
     fn keep_and_publish(&mut self, block: Block, from: Option<PeerId>) {
         let hash = block.block_hash();
-        if self.blocks.iter().any(|(h, _)| *h == hash) {
+        if self.blocks.iter().any(|k| k.hash == hash) {
             return;
         }
         let height = self.chain.height_of(&hash).unwrap_or(0);
@@ -387,7 +395,11 @@ impl SyncActorState {
                 self.pool_bytes -= sz;
             }
         }
-        self.blocks.push_back((hash, Arc::new(block)));
+        let block = Arc::new(block);
+        let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
+            .encode(self.ctx.profile.magic)
+            .into();
+        self.blocks.push_back(KeptBlock { hash, block, frame });
         while self.blocks.len() > self.ctx.config().keep_blocks {
             self.blocks.pop_front();
         }

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
+use crate::msg::ConnectionMsg;
 
 impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
@@ -69,8 +70,8 @@ impl SyncActorState {
                     let block = self
                         .blocks
                         .iter()
-                        .find(|(b, _)| *b == h)
-                        .map(|(_, b)| b.clone());
+                        .find(|k| k.hash == h)
+                        .map(|k| k.block.clone());
                     match (block, p.bloom.as_mut()) {
                         (Some(block), Some(filter)) => {
                             let matched: Vec<&Transaction> = block
@@ -92,8 +93,16 @@ impl SyncActorState {
                     }
                 }
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                    match self.blocks.iter().find(|(b, _)| *b == h) {
-                        Some((_, block)) => p.send(NetworkMessage::Block((**block).clone())),
+                    // One serialized copy, shared: a peer asking for it many times costs a
+                    // pointer per request, and its Connection pauses serving while it does
+                    // not read.
+                    match self.blocks.iter().find(|k| k.hash == h) {
+                        Some(k) => {
+                            let _ = p.actor.cast(ConnectionMsg::SendShared {
+                                command: "block",
+                                frame: k.frame.clone(),
+                            });
+                        }
                         None => missing.push(item),
                     }
                 }
@@ -109,6 +118,8 @@ impl SyncActorState {
         if !missing.is_empty() {
             p.send(NetworkMessage::NotFound(missing));
         }
+        // The Connection hands over the next batch once this one is queued.
+        let _ = p.actor.cast(ConnectionMsg::GetDataServed);
     }
 
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
@@ -168,8 +179,9 @@ impl SyncActorState {
                 .get(&prev.txid)
                 .map(|(t, _, _)| t.clone())
                 .or_else(|| {
-                    self.blocks.iter().find_map(|(_, b)| {
-                        b.txdata
+                    self.blocks.iter().find_map(|k| {
+                        k.block
+                            .txdata
                             .iter()
                             .find(|t| t.compute_txid() == prev.txid)
                             .cloned()

@@ -1,0 +1,109 @@
+//! Hostile peers over real loopback sockets, in the spirit of Bitcoin Core's functional tests
+//! (p2p_getdata, p2p_ibd_stalling): each sends exactly the bytes named, and an honest peer in
+//! the same test keeps being served.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use common::{config, AsyncPeer, Seen};
+use meshd_actors::node::Node;
+use meshd_actors::wire::Message;
+
+/// Resident memory of this process, bytes (the node runs in it).
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// Round trip of one ping, answering the node's own pings meanwhile.
+async fn ping_rtt(p: &mut AsyncPeer) -> Option<Duration> {
+    let nonce: u64 = rand::random();
+    let start = Instant::now();
+    p.send(NetworkMessage::Ping(nonce)).await;
+    loop {
+        match p.recv(Duration::from_secs(5)).await {
+            Seen::Msg(Message::Network(NetworkMessage::Pong(n))) if n == nonce => {
+                return Some(start.elapsed())
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                p.send(NetworkMessage::Pong(n)).await
+            }
+            Seen::Msg(_) => {}
+            _ => return None,
+        }
+    }
+}
+
+/// Growth of RSS the getdata flood may cause (the old code grew by 130 MB).
+const FLOOD_RSS_BOUND: u64 = 32 * 1024 * 1024;
+/// An honest peer's ping round trip during the flood.
+const HONEST_RTT_BOUND: Duration = Duration::from_millis(500);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_asks_for_a_block_50000_times_and_never_reads_costs_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let block = node.generate(1).await.unwrap()[0];
+    let mut honest = AsyncPeer::connect(addr).await.unwrap();
+    assert!(honest.handshake().await);
+    let mut hostile = AsyncPeer::connect(addr).await.unwrap();
+    assert!(hostile.handshake().await);
+    ping_rtt(&mut honest).await.expect("honest ping before");
+    let before = rss();
+
+    // 12 getdata messages of 50,000 requests for the same block (21 MB), and never a read.
+    let flood = tokio::spawn(async move {
+        for _ in 0..12 {
+            hostile
+                .send(NetworkMessage::GetData(vec![Inventory::Block(block); 50_000]))
+                .await;
+        }
+        hostile
+    });
+    let mut worst = Duration::ZERO;
+    let mut peak = before;
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak = peak.max(rss());
+        let rtt = ping_rtt(&mut honest).await.expect("honest peer still answered");
+        worst = worst.max(rtt);
+    }
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "getdata flood: RSS {} KiB before, +{} KiB at peak; worst honest RTT {worst:?}",
+        before >> 10,
+        grew >> 10
+    );
+    assert!(
+        grew < FLOOD_RSS_BOUND,
+        "RSS grew by {} MiB during the getdata flood",
+        grew >> 20
+    );
+    assert!(
+        worst < HONEST_RTT_BOUND,
+        "honest ping RTT reached {worst:?} during the flood"
+    );
+    // The honest peer is still served the block.
+    honest
+        .send(NetworkMessage::GetData(vec![Inventory::Block(block)]))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match honest.recv(Duration::from_secs(5)).await {
+            Seen::Msg(Message::Network(NetworkMessage::Block(b))) => {
+                assert_eq!(b.block_hash(), block);
+                break;
+            }
+            Seen::Msg(_) => assert!(Instant::now() < deadline, "no block for the honest peer"),
+            other => panic!("honest peer: {other:?}"),
+        }
+    }
+    flood.abort();
+    node.shutdown().await;
+}
