@@ -129,7 +129,7 @@ pub const GETDATA_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// # Security
 /// The reader stops reading the socket while this credit is used up, so a peer that sends
 /// faster than we process applies TCP back-pressure to itself instead of filling our mailbox.
-pub const READER_CREDIT_BYTES: u32 = 8 * 1024 * 1024;
+pub const READER_CREDIT_BYTES: u32 = 1024 * 1024;
 
 /// Size of one socket read.
 pub const READ_CHUNK: usize = 64 * 1024;

@@ -30,7 +30,7 @@ pub struct Inbound {
     pub(crate) command: &'static str,
     pub(crate) wire_len: usize,
     pub(crate) message: Result<Message, PayloadError>,
-    pub(crate) _credit: OwnedSemaphorePermit,
+    pub(crate) credit: Option<OwnedSemaphorePermit>,
 }
 
 /// Messages a Connection handles.
@@ -159,6 +159,8 @@ pub enum ManagerMsg {
         addrs: Vec<GossipAddr>,
         /// The message was small enough (≤ 10) to be relayed, as Core decides.
         relayable: bool,
+        /// Its share of the peer's reader credit, released once handled.
+        credit: Option<OwnedSemaphorePermit>,
     },
     /// A peer asked for addresses (getaddr).
     GetAddr(PeerId),
@@ -262,8 +264,9 @@ pub enum SyncMsg {
     PeerDown(PeerId),
     /// The peers Sync knows (tests and the API check them against the peer table).
     Peers(RpcReplyPort<Vec<PeerId>>),
-    /// A message from a peer.
-    FromPeer(PeerId, SyncInput),
+    /// A message from a peer, with its share of the peer's reader credit (released when
+    /// Sync has handled it, so a peer's messages queued here are bounded in bytes).
+    FromPeer(PeerId, SyncInput, Option<OwnedSemaphorePermit>),
     /// Timer.
     Tick,
     /// Mine N blocks on our tip (regtest); replies with their hashes.

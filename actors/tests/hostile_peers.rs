@@ -61,7 +61,10 @@ async fn a_peer_that_asks_for_a_block_50000_times_and_never_reads_costs_bounded_
     let flood = tokio::spawn(async move {
         for _ in 0..12 {
             hostile
-                .send(NetworkMessage::GetData(vec![Inventory::Block(block); 50_000]))
+                .send(NetworkMessage::GetData(vec![
+                    Inventory::Block(block);
+                    50_000
+                ]))
                 .await;
         }
         hostile
@@ -71,7 +74,9 @@ async fn a_peer_that_asks_for_a_block_50000_times_and_never_reads_costs_bounded_
     for _ in 0..20 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         peak = peak.max(rss());
-        let rtt = ping_rtt(&mut honest).await.expect("honest peer still answered");
+        let rtt = ping_rtt(&mut honest)
+            .await
+            .expect("honest peer still answered");
         worst = worst.max(rtt);
     }
     let grew = peak.saturating_sub(before);
@@ -105,5 +110,38 @@ async fn a_peer_that_asks_for_a_block_50000_times_and_never_reads_costs_bounded_
         }
     }
     flood.abort();
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bip37_filters_disconnect_unless_we_announce_node_bloom() {
+    let load = || {
+        NetworkMessage::FilterLoad(bitcoin::p2p::message_bloom::FilterLoad {
+            filter: vec![0xff; 16],
+            hash_funcs: 3,
+            tweak: 7,
+            flags: bitcoin::p2p::message_bloom::BloomFlags::None,
+        })
+    };
+    // Regtest's default services (NETWORK | WITNESS) do not include NODE_BLOOM.
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    p.send(load()).await;
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    node.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.services = bitcoin::p2p::ServiceFlags::from(0xd);
+    let node = Node::start(c).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    p.send(load()).await;
+    assert!(
+        ping_rtt(&mut p).await.is_some(),
+        "a NODE_BLOOM node keeps the peer"
+    );
     node.shutdown().await;
 }

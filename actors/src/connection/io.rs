@@ -149,7 +149,7 @@ pub(super) async fn reader(
                         command,
                         wire_len,
                         message,
-                        _credit: permit,
+                        credit: Some(permit),
                     };
                     if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
                         discard_until_closed(&half).await;

@@ -34,7 +34,7 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::ServiceFlags;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -112,6 +112,8 @@ pub struct ConnectionState {
     /// Messages that arrived while a getdata was being served: handled after it, in order
     /// (Core does the same), each still holding its share of the reader's credit.
     deferred: VecDeque<Inbound>,
+    /// The reader credit of the message being handled.
+    credit: Option<OwnedSemaphorePermit>,
     reader: Option<SocketTask>,
     writer: Option<SocketTask>,
     timers: Vec<JoinHandle<()>>,
@@ -220,6 +222,7 @@ impl Actor for Connection {
             getdata_queue: VecDeque::new(),
             getdata_at_sync: None,
             deferred: VecDeque::new(),
+            credit: None,
             reader: None,
             writer: None,
             timers: Vec::new(),
@@ -601,7 +604,19 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
     on_tick(state)
 }
 
-fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), DisconnectReason> {
+/// Handles one message; its share of the reader's credit travels on with what it becomes
+/// (to Sync or the Manager), so their mailboxes are bounded by the same credit.
+fn on_inbound(state: &mut ConnectionState, mut inbound: Inbound) -> Result<(), DisconnectReason> {
+    state.credit = inbound.credit.take();
+    let result = on_inbound_message(state, inbound);
+    state.credit = None;
+    result
+}
+
+fn on_inbound_message(
+    state: &mut ConnectionState,
+    inbound: Inbound,
+) -> Result<(), DisconnectReason> {
     state.bytes_received += inbound.wire_len as u64;
     *state
         .received_per_command
@@ -729,8 +744,13 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
         Message::Network(NetworkMessage::GetData(i)) => {
             // Decoding refused more than MAX_GETDATA_ITEMS; the queue is empty here (a
             // getdata arriving while one is served waits in `deferred`).
-            let room = MAX_GETDATA_QUEUE.saturating_sub(state.getdata_queue.len());
-            state.getdata_queue.extend(i.into_iter().take(room));
+            if state.getdata_queue.is_empty() && i.len() <= MAX_GETDATA_QUEUE {
+                // The decoded message becomes the queue: no copy.
+                state.getdata_queue = VecDeque::from(i);
+            } else {
+                let room = MAX_GETDATA_QUEUE.saturating_sub(state.getdata_queue.len());
+                state.getdata_queue.extend(i.into_iter().take(room));
+            }
             pump_getdata(state)
         }
         Message::Network(NetworkMessage::NotFound(i)) => {
@@ -740,6 +760,18 @@ fn on_inbound(state: &mut ConnectionState, inbound: Inbound) -> Result<(), Disco
         Message::Network(NetworkMessage::SendHeaders) => {
             to_sync(state, SyncInput::SendHeaders);
             Ok(())
+        }
+        Message::Network(
+            NetworkMessage::FilterLoad(_)
+            | NetworkMessage::FilterAdd(_)
+            | NetworkMessage::FilterClear,
+        ) if !state.ctx.policy.services.has(ServiceFlags::BLOOM) => {
+            // Core disconnects a peer that uses BIP37 when we did not announce NODE_BLOOM.
+            metrics::counter!("meshd_payload_errors_total", "kind" => "bloom_not_offered")
+                .increment(1);
+            Err(DisconnectReason::Protocol(
+                "BIP37 filter message, but we do not announce NODE_BLOOM".into(),
+            ))
         }
         Message::Network(NetworkMessage::FilterLoad(f)) => {
             to_sync(state, SyncInput::FilterLoad(f));
@@ -966,9 +998,10 @@ fn pump_getdata(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
 }
 
 /// Hands a chain or relay message to the Sync actor.
-fn to_sync(state: &ConnectionState, input: SyncInput) {
+fn to_sync(state: &mut ConnectionState, input: SyncInput) {
+    let credit = state.credit.take();
     if let Some(sync) = state.ctx.sync_ref() {
-        let _ = sync.cast(SyncMsg::FromPeer(state.id, input));
+        let _ = sync.cast(SyncMsg::FromPeer(state.id, input, credit));
     }
 }
 
@@ -1019,6 +1052,7 @@ fn on_addrs(state: &mut ConnectionState, addrs: Vec<GossipAddr>, in_message: usi
     }
     if !accepted.is_empty() {
         let _ = state.manager.cast(ManagerMsg::AddrsReceived {
+            credit: state.credit.take(),
             id: state.id,
             from: state.addr,
             addrs: accepted,

@@ -42,7 +42,9 @@ pub fn cost(kind: &str) -> u32 {
         "header_bad_time" => 50,
         // Unconnecting headers (charged every tenth message) and a time too far ahead (which
         // may be the peer's clock, or ours) cost little.
-        "header_not_connecting" | "header_time_too_new" => 20,
+        "header_not_connecting" => 20,
+        // Core does not punish a header from the future: our clock may be the wrong one.
+        "header_time_too_new" => 0,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
         // BIP37: a filter over the limits is a protocol violation (Core bans for it).
         "bloom_too_large" => 100,

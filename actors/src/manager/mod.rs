@@ -911,8 +911,10 @@ impl Actor for Manager {
                 from,
                 addrs,
                 relayable,
+                credit,
             } => {
                 state.on_addrs(id, from, addrs, relayable);
+                drop(credit);
                 state.fill_from_book(&myself).await;
             }
             ManagerMsg::GetAddr(id) => state.on_getaddr(id),

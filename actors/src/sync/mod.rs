@@ -38,6 +38,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
 use bitcoin::{BlockHash, Transaction, Txid};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
 use crate::constants::MAX_HEADERS_PER_MESSAGE;
@@ -119,6 +120,14 @@ impl SyncPeer {
 /// The Sync actor.
 pub struct Sync;
 
+/// A message that overtook its peer's PeerUp, with its share of the peer's reader credit.
+struct EarlyInput {
+    id: PeerId,
+    at: Instant,
+    input: SyncInput,
+    _credit: Option<OwnedSemaphorePermit>,
+}
+
 /// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
 /// once as a whole `block` frame, shared by every peer it is sent to.
 struct KeptBlock {
@@ -141,7 +150,7 @@ pub struct SyncActorState {
     pool_bytes: usize,
     requested_tx: HashSet<Txid>,
     /// Messages from peers not yet announced by the Manager, oldest first.
-    early: VecDeque<(PeerId, Instant, SyncInput)>,
+    early: VecDeque<EarlyInput>,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -488,26 +497,36 @@ impl SyncActorState {
     /// A message from a peer Sync has not heard of yet: its Connection sends straight here,
     /// while the peer's arrival comes through the Manager, so the first messages can overtake
     /// it. They wait (bounded in number and time) for the PeerUp.
-    fn on_early_input(&mut self, id: PeerId, input: SyncInput) {
+    fn on_early_input(
+        &mut self,
+        id: PeerId,
+        input: SyncInput,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
         if self.early.len() >= MAX_EARLY_INPUTS {
             metrics::counter!("meshd_sync_early_inputs_dropped_total").increment(1);
             debug!(peer = %id, "message from an unannounced peer dropped");
             return;
         }
-        self.early.push_back((id, Instant::now(), input));
+        self.early.push_back(EarlyInput {
+            id,
+            at: Instant::now(),
+            input,
+            _credit: credit,
+        });
     }
 
     /// Handles what a peer sent before Sync heard of it.
     fn replay_early(&mut self, id: PeerId) {
-        if !self.early.iter().any(|(p, _, _)| *p == id) {
+        if !self.early.iter().any(|e| e.id == id) {
             return;
         }
         let (mine, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.early)
             .into_iter()
-            .partition(|(p, _, _)| *p == id);
+            .partition(|e| e.id == id);
         self.early = rest;
-        for (_, _, input) in mine {
-            self.on_input(id, input);
+        for early in mine {
+            self.on_input(id, early.input);
         }
     }
 
@@ -515,7 +534,7 @@ impl SyncActorState {
         while self
             .early
             .front()
-            .is_some_and(|(_, at, _)| at.elapsed() >= EARLY_INPUT_TTL)
+            .is_some_and(|e| e.at.elapsed() >= EARLY_INPUT_TTL)
         {
             self.early.pop_front();
         }
@@ -704,7 +723,7 @@ impl Actor for Sync {
             }
             SyncMsg::PeerDown(id) => {
                 state.peers.remove(&id);
-                state.early.retain(|(p, _, _)| *p != id);
+                state.early.retain(|e| e.id != id);
                 if state.sync_peer.map(|(p, _)| p) == Some(id) {
                     state.sync_peer = None;
                     state.maybe_start_sync(None);
@@ -714,11 +733,11 @@ impl Actor for Sync {
                 }
                 state.publish_status();
             }
-            SyncMsg::FromPeer(id, input) => {
+            SyncMsg::FromPeer(id, input, credit) => {
                 if state.peers.contains_key(&id) {
                     state.on_input(id, input);
                 } else {
-                    state.on_early_input(id, input);
+                    state.on_early_input(id, input, credit);
                 }
             }
             SyncMsg::Tick => state.on_tick(),
