@@ -145,3 +145,73 @@ async fn bip37_filters_disconnect_unless_we_announce_node_bloom() {
     );
     node.shutdown().await;
 }
+
+/// Waits for a `getdata` from the node and returns its items (answering pings meanwhile).
+async fn next_getdata(p: &mut AsyncPeer, within: Duration) -> Option<Vec<Inventory>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.recv(left).await {
+            Seen::Msg(Message::Network(NetworkMessage::GetData(items))) => return Some(items),
+            Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                p.send(NetworkMessage::Pong(n)).await
+            }
+            Seen::Msg(_) => {}
+            _ => return None,
+        }
+    }
+}
+
+fn txid(n: u32) -> bitcoin::Txid {
+    use bitcoin::hashes::Hash;
+    let mut b = [0u8; 32];
+    b[..4].copy_from_slice(&n.to_le_bytes());
+    b[31] = 0x5a;
+    bitcoin::Txid::from_byte_array(b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_request_is_released_when_the_peer_leaves_and_asked_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut a = AsyncPeer::connect(addr).await.unwrap();
+    assert!(a.handshake().await);
+    let mut b = AsyncPeer::connect(addr).await.unwrap();
+    assert!(b.handshake().await);
+    let t = txid(1);
+    a.send(NetworkMessage::Inv(vec![Inventory::Transaction(t)]))
+        .await;
+    let asked = next_getdata(&mut a, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(asked, vec![Inventory::WitnessTransaction(t)]);
+    // a never delivers and leaves; b announces the same transaction and is asked for it.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send(NetworkMessage::Inv(vec![Inventory::Transaction(t)]))
+        .await;
+    let asked = next_getdata(&mut b, Duration::from_secs(5))
+        .await
+        .expect("the transaction is asked of the second announcer");
+    assert_eq!(asked, vec![Inventory::WitnessTransaction(t)]);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transaction_requests_to_one_peer_are_capped_at_5000() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.tx_pool_max_count = 100_000;
+    let node = Node::start(c).await.unwrap();
+    let mut a = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(a.handshake().await);
+    let inv: Vec<Inventory> = (0..6_000)
+        .map(|n| Inventory::Transaction(txid(n)))
+        .collect();
+    a.send(NetworkMessage::Inv(inv)).await;
+    let mut asked = 0;
+    while let Some(items) = next_getdata(&mut a, Duration::from_secs(2)).await {
+        asked += items.len();
+    }
+    assert_eq!(asked, 5_000);
+    node.shutdown().await;
+}

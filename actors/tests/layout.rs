@@ -47,6 +47,7 @@ const CORES: &[&str] = &[
     "peer/mod.rs",
     "peer/ping.rs",
     "peer/reason.rs",
+    "peer/rolling_filter.rs",
     "stun/codec.rs",
     "stun/nat.rs",
     "stun/transaction.rs",

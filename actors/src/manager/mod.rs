@@ -55,6 +55,7 @@ use crate::manager::peers::{PeerId, PeerInfo};
 use crate::manager::restart::{RestartDecision, RestartTracker};
 use crate::manager::slots::SlotPermit;
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
+use crate::peer::RollingFilter;
 use crate::peer::{Direction, DisconnectReason};
 use crate::persist;
 
@@ -79,7 +80,13 @@ const ADDRBOOK_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 const ADDR_RELAY_FANOUT: usize = 2;
 
 /// Addresses remembered per peer as known to it (Core's rolling filter holds 5000).
+///
+/// # Security
+/// A rolling filter of fixed size (about 15 KB), dropped with the peer.
 const ADDR_KNOWN_CAP: usize = 5000;
+/// False-positive rate of that filter (Core: 0.001): a false positive means one address not
+/// relayed to that peer.
+const ADDR_KNOWN_FP_RATE: f64 = 0.001;
 
 /// Gossiped addresses older than this are not relayed (Core: 10 minutes).
 const ADDR_RELAY_MAX_AGE: u64 = 600;
@@ -126,7 +133,7 @@ pub struct ManagerState {
     last_cleanup: Instant,
     /// Addresses each peer is known to have (sent by it or to it), so a relay never sends
     /// an address to a peer twice; bounded like Core's rolling filter.
-    addr_known: HashMap<PeerId, HashSet<SocketAddr>>,
+    addr_known: HashMap<PeerId, RollingFilter>,
 }
 
 fn now_unix() -> u64 {
@@ -323,12 +330,12 @@ impl ManagerState {
     }
 
     fn mark_known(&mut self, id: PeerId, addrs: impl IntoIterator<Item = SocketAddr>) {
-        let known = self.addr_known.entry(id).or_default();
+        let known = self
+            .addr_known
+            .entry(id)
+            .or_insert_with(|| RollingFilter::new(ADDR_KNOWN_CAP, ADDR_KNOWN_FP_RATE));
         for a in addrs {
-            if known.len() >= ADDR_KNOWN_CAP {
-                known.clear();
-            }
-            known.insert(a);
+            known.insert(&a);
         }
     }
 
@@ -598,6 +605,7 @@ impl ManagerState {
         };
         self.by_peer.remove(&child.id);
         self.ctx.peers.remove(child.id);
+        self.addr_known.remove(&child.id);
         if child.handshake.is_some() {
             if let Some(sync) = self.ctx.sync_ref() {
                 let _ = sync.cast(SyncMsg::PeerDown(child.id));

@@ -4,10 +4,12 @@
 pub mod handshake;
 pub mod ping;
 pub mod reason;
+pub mod rolling_filter;
 
 pub use handshake::{Handshake, HandshakeError, HandshakePolicy, HandshakeStep, PeerVersion};
 pub use ping::{PingTracker, PongOutcome};
 pub use reason::DisconnectReason;
+pub use rolling_filter::RollingFilter;
 
 use serde::{Deserialize, Serialize};
 

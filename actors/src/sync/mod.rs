@@ -26,8 +26,9 @@ pub mod bloom;
 pub mod chain;
 pub mod mine;
 mod relay;
+pub mod requests;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,10 +47,12 @@ use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
 use crate::msg::{ConnectionMsg, SyncInput, SyncMsg, SyncState, SyncStatus};
+use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
 use crate::sync::chain::store::HeaderStore;
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
+use requests::InFlight;
 
 /// Header messages that do not connect a peer may send before each charge (Core:
 /// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`); a few are normal when announcements cross.
@@ -62,12 +65,15 @@ const WITNESS_FLAG: u32 = 1 << 30;
 
 /// Block hashes in one `getblocks` answer (Core: 500).
 const MAX_BLOCKS_INV: usize = 500;
-/// Inventory remembered per peer as known to it.
+/// Inventory remembered per peer as known to it (Core's `m_tx_inventory_known_filter`).
 ///
 /// # Security
-/// Bounds the memory of the per-peer filter; a peer that fills it is simply forgotten about
-/// and may get an announcement twice.
+/// A rolling filter: its memory is fixed (about 300 KB, allocated on first use) whatever the
+/// peer sends; the oldest entries are forgotten, so an announcement may rarely repeat.
 const KNOWN_INV_CAP: usize = 50_000;
+/// False-positive rate of that filter (Core: one in a million): a false positive means one
+/// announcement the peer does not get.
+const KNOWN_INV_FP_RATE: f64 = 1e-6;
 /// Transactions announced to one peer per flush.
 const MAX_INV_PER_FLUSH: usize = 1000;
 /// Average trickle delay for inbound peers (Core: 5 s) and outbound peers (Core: 2 s).
@@ -81,6 +87,19 @@ const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 const MAX_EARLY_INPUTS: usize = 256;
 /// How long such a message waits for its PeerUp before it is dropped.
 const EARLY_INPUT_TTL: Duration = Duration::from_secs(5);
+/// Transactions one peer may have been asked for and not yet delivered (Core tracks at
+/// most 5,000 announcements per peer, `MAX_PEER_TX_ANNOUNCEMENTS`).
+///
+/// # Security
+/// A peer that announces without delivering holds at most this many of our requests.
+pub(crate) const MAX_PEER_TX_IN_FLIGHT: usize = 5_000;
+/// A transaction request unanswered this long is released (Core: `GETDATA_TX_INTERVAL`).
+const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Blocks one peer may be downloading for us (Core: `MAX_BLOCKS_IN_TRANSIT_PER_PEER`).
+const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
+/// A block request unanswered this long is asked of another peer (Core's block download
+/// timeout: one block interval).
+const BLOCK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
@@ -91,7 +110,7 @@ struct SyncPeer {
     wants_headers: bool,
     relay: bool,
     inbound: bool,
-    known: HashSet<[u8; 32]>,
+    known: RollingFilter,
     pending_tx: Vec<Txid>,
     /// The peer's feefilter, sat per 1000 virtual bytes.
     feefilter: u64,
@@ -107,10 +126,7 @@ impl SyncPeer {
         self.known.contains(h)
     }
     fn learn(&mut self, h: [u8; 32]) {
-        if self.known.len() >= KNOWN_INV_CAP {
-            self.known.clear();
-        }
-        self.known.insert(h);
+        self.known.insert(&h);
     }
     fn send(&self, m: NetworkMessage) {
         let _ = self.actor.cast(ConnectionMsg::Send(Message::Network(m)));
@@ -145,10 +161,10 @@ pub struct SyncActorState {
     sync_peer: Option<(PeerId, Instant)>,
     state: SyncState,
     blocks: VecDeque<KeptBlock>,
-    requested_blocks: HashSet<BlockHash>,
+    requested_blocks: InFlight<BlockHash>,
     pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
     pool_bytes: usize,
-    requested_tx: HashSet<Txid>,
+    requested_tx: InFlight<Txid>,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     timer: Option<tokio::task::JoinHandle<()>>,
@@ -333,7 +349,14 @@ impl SyncActorState {
         if self.ctx.config().fetch_blocks {
             let want: Vec<Inventory> = new
                 .iter()
-                .filter(|h| self.requested_blocks.insert(**h))
+                .filter(|h| {
+                    self.requested_blocks.try_request(
+                        **h,
+                        from,
+                        Instant::now(),
+                        MAX_BLOCKS_IN_FLIGHT_PER_PEER,
+                    )
+                })
                 .map(|h| Inventory::WitnessBlock(*h))
                 .collect();
             if let (false, Some(p)) = (want.is_empty(), self.peers.get(&from)) {
@@ -366,7 +389,7 @@ impl SyncActorState {
 
     fn on_block(&mut self, id: PeerId, block: Block) {
         let hash = block.block_hash();
-        self.requested_blocks.remove(&hash);
+        self.requested_blocks.received(&hash);
         if !self.chain.contains(&hash) {
             self.on_headers(id, vec![block.header]);
             if !self.chain.contains(&hash) {
@@ -482,10 +505,12 @@ impl SyncActorState {
                 for i in items {
                     match i {
                         Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                            self.requested_blocks.remove(&h);
+                            if self.requested_blocks.not_found(&h, id) {
+                                self.request_block_elsewhere(h, id);
+                            }
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                            self.requested_tx.remove(&t);
+                            self.requested_tx.not_found(&t, id);
                         }
                         _ => {}
                     }
@@ -530,7 +555,44 @@ impl SyncActorState {
         }
     }
 
+    /// Asks another peer that announced `block` for it (after `failed` did not deliver).
+    fn request_block_elsewhere(&mut self, block: BlockHash, failed: PeerId) {
+        let key = block.to_byte_array();
+        let other = self
+            .peers
+            .iter()
+            .filter(|(id, p)| **id != failed && p.knows(&key))
+            .map(|(id, _)| *id)
+            .find(|id| self.requested_blocks.of_peer(*id) < MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+        if let Some(id) = other {
+            if self.requested_blocks.try_request(
+                block,
+                id,
+                Instant::now(),
+                MAX_BLOCKS_IN_FLIGHT_PER_PEER,
+            ) {
+                debug!(%block, peer = %id, "asking another peer for a block");
+                if let Some(p) = self.peers.get(&id) {
+                    p.send(NetworkMessage::GetData(vec![Inventory::WitnessBlock(
+                        block,
+                    )]));
+                }
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
+        let now = Instant::now();
+        let expired_tx = self.requested_tx.expire(now, TX_REQUEST_TIMEOUT);
+        if !expired_tx.is_empty() {
+            metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
+                .increment(expired_tx.len() as u64);
+        }
+        for (block, peer) in self.requested_blocks.expire(now, BLOCK_DOWNLOAD_TIMEOUT) {
+            metrics::counter!("meshd_requests_expired_total", "kind" => "block").increment(1);
+            warn!(%block, %peer, "block request expired");
+            self.request_block_elsewhere(block, peer);
+        }
         while self
             .early
             .front()
@@ -611,10 +673,10 @@ impl Actor for Sync {
             sync_peer: None,
             state: SyncState::Idle,
             blocks: VecDeque::new(),
-            requested_blocks: HashSet::new(),
+            requested_blocks: InFlight::default(),
             pool: HashMap::new(),
             pool_bytes: 0,
-            requested_tx: HashSet::new(),
+            requested_tx: InFlight::default(),
             early: VecDeque::new(),
             timer: None,
         })
@@ -693,7 +755,7 @@ impl Actor for Sync {
                     wants_headers: false,
                     relay,
                     inbound,
-                    known: HashSet::new(),
+                    known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
                     pending_tx: Vec::new(),
                     feefilter: 0,
                     bloom: None,
@@ -724,6 +786,11 @@ impl Actor for Sync {
             SyncMsg::PeerDown(id) => {
                 state.peers.remove(&id);
                 state.early.retain(|e| e.id != id);
+                // What it was asked for is free to be asked of others.
+                state.requested_tx.release_peer(id);
+                for block in state.requested_blocks.release_peer(id) {
+                    state.request_block_elsewhere(block, id);
+                }
                 if state.sync_peer.map(|(p, _)| p) == Some(id) {
                     state.sync_peer = None;
                     state.maybe_start_sync(None);

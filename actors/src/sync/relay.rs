@@ -13,8 +13,8 @@ use bitcoin::{BlockHash, Transaction, Txid};
 use tracing::debug;
 
 use super::{
-    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND, TRICKLE_OUTBOUND,
-    WITNESS_FLAG,
+    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, MAX_PEER_TX_IN_FLIGHT,
+    TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
 };
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
@@ -39,7 +39,15 @@ impl SyncActorState {
                         p.learn(t.to_byte_array());
                     }
                     let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
-                    if room && !self.pool.contains_key(&t) && self.requested_tx.insert(t) {
+                    if room
+                        && !self.pool.contains_key(&t)
+                        && self.requested_tx.try_request(
+                            t,
+                            id,
+                            Instant::now(),
+                            MAX_PEER_TX_IN_FLIGHT,
+                        )
+                    {
                         want_tx.push(Inventory::WitnessTransaction(t));
                     }
                 }
@@ -124,7 +132,7 @@ impl SyncActorState {
 
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
-        self.requested_tx.remove(&txid);
+        self.requested_tx.received(&txid);
         if self.pool.contains_key(&txid) {
             return;
         }

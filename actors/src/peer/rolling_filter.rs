@@ -1,0 +1,159 @@
+//! A rolling bloom filter: remembers at least the last `capacity` items inserted, in memory
+//! fixed at construction, with a chosen false-positive rate. Bitcoin Core keeps per-peer
+//! known-inventory and known-address sets this way (`CRollingBloomFilter`); a set that is
+//! cleared when full, or grows with the peer's traffic, is either forgetful or unbounded.
+//!
+//! Three generations of plain bloom filters, each sized for half the capacity: inserts go to
+//! the newest; when it holds half the capacity the oldest is cleared and becomes the newest.
+//! The two full generations always cover the last `capacity` items. A lookup checks all
+//! three, so each is sized for a third of the target false-positive rate. Items are hashed
+//! with a per-filter random key, so a peer cannot aim for false positives.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+
+/// Generations kept.
+const GENERATIONS: usize = 3;
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct RollingFilter {
+    /// Bits of each generation, as 64-bit words; empty until the generation is first used,
+    /// so a peer that never relays costs no filter memory.
+    generations: [Vec<u64>; GENERATIONS],
+    /// Words per generation.
+    words: usize,
+    /// Index of the generation inserts go to.
+    current: usize,
+    /// Items inserted into the current generation.
+    in_current: usize,
+    /// Items per generation before it rotates.
+    per_generation: usize,
+    /// Bits per generation.
+    bits: u64,
+    /// Hash functions per item.
+    hashes: u32,
+    key: std::collections::hash_map::RandomState,
+}
+
+impl RollingFilter {
+    /// A filter that remembers at least the last `capacity` items with false-positive rate
+    /// about `fp_rate` (clamped to a sane range).
+    pub fn new(capacity: usize, fp_rate: f64) -> RollingFilter {
+        let per_generation = capacity.div_ceil(2).max(1);
+        let p = (fp_rate / GENERATIONS as f64).clamp(1e-12, 0.5);
+        let ln2 = std::f64::consts::LN_2;
+        let bits = ((per_generation as f64) * -p.ln() / (ln2 * ln2))
+            .ceil()
+            .max(64.0) as u64;
+        let hashes = ((bits as f64 / per_generation as f64) * ln2)
+            .round()
+            .clamp(1.0, 50.0) as u32;
+        let words = bits.div_ceil(64) as usize;
+        RollingFilter {
+            generations: std::array::from_fn(|_| Vec::new()),
+            words,
+            current: 0,
+            in_current: 0,
+            per_generation,
+            bits: words as u64 * 64,
+            hashes,
+            key: Default::default(),
+        }
+    }
+
+    /// Bit positions of `item` (double hashing from two keyed 64-bit hashes).
+    fn positions<T: Hash + ?Sized>(&self, item: &T) -> impl Iterator<Item = u64> {
+        let mut h = self.key.build_hasher();
+        item.hash(&mut h);
+        let a = h.finish();
+        let mut h2 = self.key.build_hasher();
+        0xa5a5_u16.hash(&mut h2);
+        a.hash(&mut h2);
+        let b = h2.finish() | 1;
+        let bits = self.bits;
+        (0..self.hashes as u64).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
+    }
+
+    /// Remembers `item`.
+    pub fn insert<T: Hash + ?Sized>(&mut self, item: &T) {
+        if self.in_current >= self.per_generation {
+            self.current = (self.current + 1) % GENERATIONS;
+            self.generations[self.current].fill(0);
+            self.in_current = 0;
+        }
+        if self.generations[self.current].is_empty() {
+            self.generations[self.current] = vec![0u64; self.words];
+        }
+        let current = self.current;
+        let positions = self.positions(item);
+        let generation = &mut self.generations[current];
+        for pos in positions {
+            generation[(pos / 64) as usize] |= 1 << (pos % 64);
+        }
+        self.in_current += 1;
+    }
+
+    /// Whether `item` was inserted (recently), or a false positive.
+    pub fn contains<T: Hash + ?Sized>(&self, item: &T) -> bool {
+        self.generations.iter().filter(|g| !g.is_empty()).any(|g| {
+            self.positions(item)
+                .all(|pos| g[(pos / 64) as usize] & (1 << (pos % 64)) != 0)
+        })
+    }
+
+    /// Bytes of filter memory now (at most three generations, fixed at construction).
+    pub fn memory(&self) -> usize {
+        self.generations.iter().map(|g| g.len() * 8).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_last_capacity_items_are_always_remembered() {
+        let mut f = RollingFilter::new(1000, 1e-6);
+        for i in 0..10_000u32 {
+            f.insert(&i);
+            let oldest = i.saturating_sub(999);
+            for j in [oldest, (oldest + i) / 2, i] {
+                assert!(f.contains(&j), "{j} forgotten after inserting {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn false_positives_stay_near_the_target_and_memory_is_fixed() {
+        let mut f = RollingFilter::new(50_000, 1e-6);
+        assert_eq!(f.memory(), 0, "nothing allocated before the first insert");
+        for i in 0..100_000u64 {
+            f.insert(&i);
+        }
+        let before = f.memory();
+        for i in 100_000..200_000u64 {
+            f.insert(&i);
+        }
+        assert_eq!(f.memory(), before);
+        // Core's known-inventory filter: 50,000 at one in a million, well under a megabyte.
+        assert!(before < 512 * 1024, "{before} bytes");
+        let fps = (1_000_000u64..1_100_000).filter(|i| f.contains(i)).count();
+        assert!(fps <= 5, "{fps} false positives in 100,000 lookups");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn no_false_negatives_within_capacity(items in proptest::collection::vec(any::<[u8; 32]>(), 1..400)) {
+            let mut f = RollingFilter::new(200, 0.001);
+            for (i, item) in items.iter().enumerate() {
+                f.insert(item);
+                let start = (i + 1).saturating_sub(200);
+                for recent in &items[start..=i] {
+                    prop_assert!(f.contains(recent));
+                }
+            }
+        }
+    }
+}
