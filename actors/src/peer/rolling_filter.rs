@@ -9,7 +9,7 @@
 //! three, so each is sized for a third of the target false-positive rate. Items are hashed
 //! with a per-filter random key, so a peer cannot aim for false positives.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 
 /// Generations kept.
 const GENERATIONS: usize = 3;
@@ -63,13 +63,8 @@ impl RollingFilter {
 
     /// Bit positions of `item` (double hashing from two keyed 64-bit hashes).
     fn positions<T: Hash + ?Sized>(&self, item: &T) -> impl Iterator<Item = u64> {
-        let mut h = self.key.build_hasher();
-        item.hash(&mut h);
-        let a = h.finish();
-        let mut h2 = self.key.build_hasher();
-        0xa5a5_u16.hash(&mut h2);
-        a.hash(&mut h2);
-        let b = h2.finish() | 1;
+        let a = self.key.hash_one(item);
+        let b = self.key.hash_one((0xa5a5_u16, a)) | 1;
         let bits = self.bits;
         (0..self.hashes as u64).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
     }

@@ -504,10 +504,10 @@ impl SyncActorState {
             SyncInput::NotFound(items) => {
                 for i in items {
                     match i {
-                        Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                            if self.requested_blocks.not_found(&h, id) {
-                                self.request_block_elsewhere(h, id);
-                            }
+                        Inventory::Block(h) | Inventory::WitnessBlock(h)
+                            if self.requested_blocks.not_found(&h, id) =>
+                        {
+                            self.request_block_elsewhere(h, id);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                             self.requested_tx.not_found(&t, id);
