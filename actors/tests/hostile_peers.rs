@@ -215,3 +215,55 @@ async fn transaction_requests_to_one_peer_are_capped_at_5000() {
     assert_eq!(asked, 5_000);
     node.shutdown().await;
 }
+
+/// A peer that claims `height` and answers every `getheaders` with nothing.
+async fn empty_headers_liar(mut p: AsyncPeer, stop: tokio::sync::oneshot::Receiver<()>) {
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            seen = p.recv(Duration::from_millis(100)) => match seen {
+                Seen::Msg(Message::Network(NetworkMessage::GetHeaders(_))) => {
+                    p.send(NetworkMessage::Headers(vec![])).await
+                }
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    p.send(NetworkMessage::Pong(n)).await
+                }
+                Seen::Closed => return,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_peer_claiming_height_and_sending_nothing_does_not_stop_sync() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = config(da.path());
+    ca.slots.outbound = 0;
+    let honest = Node::start(ca).await.unwrap();
+    let tip = *honest.generate(20).await.unwrap().last().unwrap();
+    let mut cb = config(db.path());
+    cb.slots.outbound = 1;
+    let node = Node::start(cb).await.unwrap();
+    // The liar comes first: it claims 1,000 blocks and answers getheaders with nothing.
+    let mut liar = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(liar.handshake_at(1_000).await);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let liar_task = tokio::spawn(empty_headers_liar(liar, stop_rx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.connect(honest.listen_addrs()[0], false).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.sync_status().best_header_hash != tip.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "stuck behind the liar: {:?}",
+            node.sync_status()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = stop_tx.send(());
+    let _ = liar_task.await;
+    node.shutdown().await;
+    honest.shutdown().await;
+}

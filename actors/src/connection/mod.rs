@@ -360,8 +360,13 @@ impl Actor for Connection {
                     abort.abort();
                 }
             }
+            // After our FIN the peer closes too; the reader sees its EOF and ends, and the
+            // socket closes without a reset. A peer that keeps it open gets the linger.
             if let Some(r) = reader {
-                r.abort();
+                let abort = r.abort_handle();
+                if tokio::time::timeout(WRITER_LINGER, r).await.is_err() {
+                    abort.abort();
+                }
             }
         });
         state.myself = None;

@@ -100,6 +100,11 @@ const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
 /// A block request unanswered this long is asked of another peer (Core's block download
 /// timeout: one block interval).
 const BLOCK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// Base of the time a sync peer gets to deliver the headers it claimed (Core:
+/// `HEADERS_DOWNLOAD_TIMEOUT_BASE`).
+const HEADERS_SYNC_TIMEOUT_BASE: Duration = Duration::from_secs(15 * 60);
+/// Added per header it claimed beyond our height (Core: `HEADERS_DOWNLOAD_TIMEOUT_PER_HEADER`).
+const HEADERS_SYNC_TIMEOUT_PER_HEADER: Duration = Duration::from_millis(1);
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
@@ -107,6 +112,10 @@ struct SyncPeer {
     addr: SocketAddr,
     actor: ActorRef<ConnectionMsg>,
     best_height: u32,
+    /// The start height its version claimed.
+    claimed_height: u32,
+    /// It was our sync peer and did not deliver what it claimed: not chosen again.
+    sync_failed: bool,
     wants_headers: bool,
     relay: bool,
     inbound: bool,
@@ -144,6 +153,29 @@ struct EarlyInput {
     _credit: Option<OwnedSemaphorePermit>,
 }
 
+/// Headers sync from one peer.
+#[derive(Debug, Clone, Copy)]
+struct SyncSession {
+    peer: PeerId,
+    /// When it was chosen.
+    started: Instant,
+    /// When it last sent headers (or was chosen).
+    last_progress: Instant,
+    /// Our height when it was chosen.
+    from_height: u32,
+    /// The height it claimed.
+    target: u32,
+}
+
+impl SyncSession {
+    /// Time it gets to deliver headers up to the height it claimed (Core: 15 minutes plus a
+    /// millisecond per expected header).
+    fn deadline(&self) -> Duration {
+        HEADERS_SYNC_TIMEOUT_BASE
+            + HEADERS_SYNC_TIMEOUT_PER_HEADER * self.target.saturating_sub(self.from_height)
+    }
+}
+
 /// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
 /// once as a whole `block` frame, shared by every peer it is sent to.
 struct KeptBlock {
@@ -158,7 +190,7 @@ pub struct SyncActorState {
     chain: HeaderChain,
     store: Option<HeaderStore>,
     peers: HashMap<PeerId, SyncPeer>,
-    sync_peer: Option<(PeerId, Instant)>,
+    sync_peer: Option<SyncSession>,
     state: SyncState,
     blocks: VecDeque<KeptBlock>,
     requested_blocks: InFlight<BlockHash>,
@@ -217,15 +249,24 @@ impl SyncActorState {
             return;
         }
         let ours = self.chain.height();
+        // An outbound peer where one exists (we chose it; an inbound one chose us), then the
+        // most claimed height; never one that already failed to deliver what it claimed.
         let best = self
             .peers
             .iter()
-            .filter(|(id, _)| Some(**id) != exclude)
-            .max_by_key(|(id, p)| (p.best_height, std::cmp::Reverse(id.0)))
+            .filter(|(id, p)| Some(**id) != exclude && !p.sync_failed)
+            .max_by_key(|(id, p)| (!p.inbound, p.best_height, std::cmp::Reverse(id.0)))
             .map(|(id, p)| (*id, p.best_height));
         match best {
             Some((id, h)) if h > ours || self.state != SyncState::Synced => {
-                self.sync_peer = Some((id, Instant::now()));
+                let now = Instant::now();
+                self.sync_peer = Some(SyncSession {
+                    peer: id,
+                    started: now,
+                    last_progress: now,
+                    from_height: ours,
+                    target: h,
+                });
                 self.state = SyncState::Syncing;
                 debug!(peer = %id, ours, theirs = h, "headers sync from peer");
                 self.getheaders(id, BlockHash::all_zeros());
@@ -259,9 +300,9 @@ impl SyncActorState {
     }
 
     fn on_headers(&mut self, id: PeerId, headers: Vec<Header>) {
-        let from_sync_peer = self.sync_peer.map(|(p, _)| p) == Some(id);
-        if from_sync_peer {
-            self.sync_peer = Some((id, Instant::now()));
+        let from_sync_peer = self.sync_peer.is_some_and(|s| s.peer == id);
+        if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
+            s.last_progress = Instant::now();
         }
         let old_tip = self.chain.tip();
         let old_height = self.chain.height();
@@ -321,8 +362,28 @@ impl SyncActorState {
         if from_sync_peer && headers.len() >= MAX_HEADERS_PER_MESSAGE {
             self.getheaders(id, BlockHash::all_zeros());
         } else if from_sync_peer {
+            // A short batch: this peer has nothing more. If it claimed more than it gave, it
+            // is not asked again; the node is synced only when no other peer claims more.
             self.sync_peer = None;
-            self.mark_synced();
+            let ours = self.chain.height();
+            if let Some(p) = self.peers.get_mut(&id) {
+                if p.claimed_height > ours {
+                    p.sync_failed = true;
+                    metrics::counter!("meshd_sync_peer_failures_total", "reason" => "short")
+                        .increment(1);
+                    warn!(peer = %p.addr, id = %id, claimed = p.claimed_height, ours,
+                          "sync peer stopped short of the height it claimed; trying another");
+                }
+            }
+            let more = self
+                .peers
+                .values()
+                .any(|p| !p.sync_failed && p.best_height > ours);
+            if more {
+                self.maybe_start_sync(None);
+            } else {
+                self.mark_synced();
+            }
         } else if self.chain.tip() != old_tip {
             self.ctx.events.publish(NodeEvent::HeadersSynced {
                 height: self.chain.height(),
@@ -601,10 +662,21 @@ impl SyncActorState {
             self.early.pop_front();
         }
         let config = self.ctx.config();
-        if let Some((id, since)) = self.sync_peer {
-            if since.elapsed() >= config.sync_stall_timeout {
+        if let Some(s) = self.sync_peer {
+            let id = s.peer;
+            if s.last_progress.elapsed() >= config.sync_stall_timeout {
                 warn!(peer = %id, "headers sync stalled; switching peers");
                 metrics::counter!("meshd_sync_stalls_total").increment(1);
+                self.sync_peer = None;
+                self.maybe_start_sync(Some(id));
+            } else if s.started.elapsed() >= s.deadline() && self.chain.height() < s.target {
+                warn!(peer = %id, target = s.target, ours = self.chain.height(),
+                      "sync peer did not reach the height it claimed in time; replacing it");
+                metrics::counter!("meshd_sync_peer_failures_total", "reason" => "timeout")
+                    .increment(1);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.sync_failed = true;
+                }
                 self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
             }
@@ -752,6 +824,8 @@ impl Actor for Sync {
                     addr,
                     actor,
                     best_height: start_height.max(0) as u32,
+                    claimed_height: start_height.max(0) as u32,
+                    sync_failed: false,
                     wants_headers: false,
                     relay,
                     inbound,
@@ -771,6 +845,16 @@ impl Actor for Sync {
                     peer.send(NetworkMessage::SendHeaders);
                 }
                 let behind = peer.best_height > state.chain.height();
+                // An outbound peer that claims more replaces an inbound sync peer.
+                let replaces_inbound = !inbound
+                    && behind
+                    && state
+                        .sync_peer
+                        .and_then(|s| state.peers.get(&s.peer))
+                        .is_some_and(|p| p.inbound);
+                if replaces_inbound {
+                    state.sync_peer = None;
+                }
                 state.peers.insert(id, peer);
                 if behind || state.state != SyncState::Synced {
                     state.maybe_start_sync(None);
@@ -791,7 +875,7 @@ impl Actor for Sync {
                 for block in state.requested_blocks.release_peer(id) {
                     state.request_block_elsewhere(block, id);
                 }
-                if state.sync_peer.map(|(p, _)| p) == Some(id) {
+                if state.sync_peer.is_some_and(|s| s.peer == id) {
                     state.sync_peer = None;
                     state.maybe_start_sync(None);
                 }
