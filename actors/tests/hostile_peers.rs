@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use common::{config, AsyncPeer, Seen};
@@ -264,6 +265,57 @@ async fn an_inbound_peer_claiming_height_and_sending_nothing_does_not_stop_sync(
     }
     let _ = stop_tx.send(());
     let _ = liar_task.await;
+    node.shutdown().await;
+    honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_20001_cheap_forks_the_node_still_reorganises_to_a_heavier_chain() {
+    let (dm, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cm = config(dm.path());
+    cm.slots.outbound = 1;
+    let node = Node::start(cm).await.unwrap();
+    node.generate(10).await.unwrap();
+    let mut ca = config(da.path());
+    ca.slots.outbound = 0;
+    let honest = Node::start(ca).await.unwrap();
+    let honest_tip = *honest.generate(15).await.unwrap().last().unwrap();
+
+    // 20,001 one-header forks off genesis, one headers message each.
+    let genesis = node.profile().genesis;
+    let mut spammer = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(spammer.handshake().await);
+    let mut batch = Vec::new();
+    for i in 0..20_001u32 {
+        let h = meshd_actors::sync::chain::headers::mine_header(
+            &genesis,
+            bitcoin::TxMerkleNode::from_byte_array([0x77; 32]),
+            genesis.time + 1 + i,
+            genesis.bits,
+        );
+        batch.extend(
+            Message::Network(NetworkMessage::Headers(vec![h])).encode(node.profile().magic),
+        );
+    }
+    spammer.send_raw(&batch).await;
+    // Every fork was handled once a ping round trip completes behind them.
+    assert!(
+        ping_rtt(&mut spammer).await.is_some(),
+        "the spammer was dropped"
+    );
+    assert_eq!(node.sync_status().header_height, 10);
+
+    assert!(node.connect(honest.listen_addrs()[0], false).await);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.sync_status().best_header_hash != honest_tip.to_string() {
+        assert!(
+            Instant::now() < deadline,
+            "the heavier chain was refused: {:?}",
+            node.sync_status()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(node.sync_status().header_height, 15);
     node.shutdown().await;
     honest.shutdown().await;
 }

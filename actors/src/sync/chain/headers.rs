@@ -15,9 +15,12 @@
 //! checked. Signet's block signatures are not checked (headers do not carry them).
 //!
 //! # Security
-//! A peer must not make us store low-work forks without bound: headers that do not extend
-//! the best chain are "stale", and at most [`MAX_STALE_HEADERS`] are kept; past that, a
-//! header that would add to them is refused (and costs its sender). Memory per header is
+//! A peer must not make us store low-work forks without bound, nor switch off reorgs with
+//! them: headers that do not extend the best chain are "stale", and at most
+//! [`MAX_STALE_HEADERS`] are kept. When a new fork header finds them full, the stale headers
+//! with the least work are evicted (the highest-work half is kept, with the ancestors it
+//! needs), so cheap one-header forks can never crowd out a branch that gathers more work.
+//! Forks below the last checkpoint we hold are refused (Core: `bad-fork-prior-to-checkpoint`). Memory per header is
 //! kept near 120 bytes: the header without its previous-hash (implied by the parent index),
 //! the parent index, the height and the cumulative work as a 128-bit integer.
 
@@ -190,6 +193,9 @@ pub enum AcceptError {
     /// Would add to the stale headers past their cap.
     #[error("too many headers off the best chain")]
     TooManyStale,
+    /// A fork below the last checkpoint we hold.
+    #[error("fork at height {0}, below the last checkpoint")]
+    ForkBeforeCheckpoint(u32),
 }
 
 impl AcceptError {
@@ -205,6 +211,7 @@ impl AcceptError {
             AcceptError::TimeWarp { .. } => "header_bad_time",
             AcceptError::Checkpoint(_) => "header_checkpoint",
             AcceptError::TooManyStale => "header_too_many_stale",
+            AcceptError::ForkBeforeCheckpoint(_) => "header_checkpoint",
         }
     }
 }
@@ -490,10 +497,18 @@ impl HeaderChain {
             }
         }
         let extends_best = parent == *self.best.last().unwrap_or(&0);
-        if !extends_best && self.stale_count() >= MAX_STALE_HEADERS {
-            return Err(AcceptError::TooManyStale);
+        if !extends_best && height <= self.last_checkpoint_held() {
+            return Err(AcceptError::ForkBeforeCheckpoint(height));
         }
         let work = self.work_of(parent).saturating_add(to_u128(h.work()));
+        if !extends_best && self.stale_count() >= MAX_STALE_HEADERS {
+            self.evict_stale(MAX_STALE_HEADERS / 2);
+            if self.lookup(&h.prev_blockhash).is_none() {
+                // Its parent was a least-work stale header and went: it has less work than
+                // everything kept, so it is refused like the rest of that branch.
+                return Err(AcceptError::TooManyStale);
+            }
+        }
         let idx = self.push(h, height);
         if extends_best {
             self.best.push(idx);
@@ -541,6 +556,80 @@ impl HeaderChain {
 
     fn stale_count(&self) -> usize {
         self.stale_work.len()
+    }
+
+    /// Height of the highest checkpoint on our best chain (0 when none).
+    fn last_checkpoint_held(&self) -> u32 {
+        self.checkpoints
+            .iter()
+            .filter(|(h, hash)| {
+                self.best
+                    .get(*h as usize)
+                    .is_some_and(|i| self.entries[*i as usize].hash() == *hash)
+            })
+            .map(|(h, _)| *h)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Keeps the `keep` stale headers with the most work (newest first among equals) and the
+    /// stale ancestors they need; drops the rest and compacts the table. O(headers), and runs
+    /// once per `MAX_STALE_HEADERS / 2` new stale headers at most.
+    fn evict_stale(&mut self, keep: usize) {
+        let before = self.stale_work.len();
+        let mut ranked: Vec<(u128, u32)> = self.stale_work.iter().map(|(i, w)| (*w, *i)).collect();
+        ranked.sort_unstable_by(|a, b| b.cmp(a));
+        let mut kept = vec![false; self.entries.len()];
+        for i in &self.best {
+            kept[*i as usize] = true;
+        }
+        for (_, idx) in ranked.into_iter().take(keep) {
+            // The branch down to the best chain stays too, or the header could not be found.
+            let mut cur = idx;
+            while !kept[cur as usize] {
+                kept[cur as usize] = true;
+                match self.parent_of(cur) {
+                    Some(p) => cur = p,
+                    None => break,
+                }
+            }
+        }
+        let mut new_index = vec![u32::MAX; self.entries.len()];
+        let mut entries = Vec::with_capacity(kept.iter().filter(|k| **k).count() + 2000);
+        for (old, entry) in self.entries.iter().enumerate() {
+            if kept[old] {
+                new_index[old] = entries.len() as u32;
+                entries.push(*entry);
+            }
+        }
+        self.entries = entries;
+        let remap = |i: u32| new_index[i as usize];
+        self.index = self
+            .index
+            .iter()
+            .filter(|(_, i)| remap(**i) != u32::MAX)
+            .map(|(k, i)| (*k, remap(*i)))
+            .collect();
+        self.overflow = self
+            .overflow
+            .iter()
+            .filter(|(_, i)| remap(**i) != u32::MAX)
+            .map(|(k, i)| (*k, remap(*i)))
+            .collect();
+        for i in self.best.iter_mut() {
+            *i = remap(*i);
+        }
+        self.stale_work = self
+            .stale_work
+            .iter()
+            .filter(|(i, _)| remap(**i) != u32::MAX)
+            .map(|(i, w)| (remap(*i), *w))
+            .collect();
+        tracing::debug!(
+            before,
+            after = self.stale_work.len(),
+            "evicted the least-work stale headers"
+        );
     }
 
     /// Height of the best tip.
@@ -862,24 +951,29 @@ mod tests {
     }
 
     #[test]
-    fn stale_headers_are_capped() {
+    fn stale_headers_are_capped_and_a_heavier_fork_still_wins() {
         let mut c = regtest();
         let g = c.tip_header();
-        grow(&mut c, g, 3, 1);
-        // Forks from genesis, one header each: they never win, so they are stale.
-        let mut refused = 0;
-        for i in 0..(MAX_STALE_HEADERS as u32 + 5) {
+        let tip = *grow(&mut c, g, 10, 1).last().unwrap();
+        // 20,001 one-header forks from genesis: they never win, so they are stale.
+        for i in 0..(MAX_STALE_HEADERS as u32 + 1) {
             let h = mine_header(
                 &g,
                 TxMerkleNode::from_byte_array([3; 32]),
                 g.time + 601 + i,
                 g.bits,
             );
-            if c.accept(&h, u32::MAX / 2) == Err(AcceptError::TooManyStale) {
-                refused += 1;
-            }
+            assert!(c.accept(&h, u32::MAX / 2).is_ok());
+            assert!(c.stale_count() <= MAX_STALE_HEADERS);
         }
-        assert_eq!(refused, 5);
+        assert_eq!(c.tip(), tip.block_hash());
+        // An honest 15-header branch from genesis still takes over.
+        let honest = *grow(&mut c, g, 15, 7).last().unwrap();
+        assert_eq!(c.height(), 15);
+        assert_eq!(c.tip(), honest.block_hash());
+        // Lookups still work after compaction.
+        assert_eq!(c.height_of(&honest.block_hash()), Some(15));
+        assert!(c.hash_at_height(10).is_some());
     }
 
     #[test]
