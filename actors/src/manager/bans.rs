@@ -6,11 +6,16 @@
 //! IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) are matched as the IPv4 address they carry,
 //! so a dual-stack listener cannot be used to slip past an IPv4 ban.
 //!
+//! The list holds at most [`MAX_BANS`] entries (Zebra's bound); when full, a new ban
+//! replaces the automatic ban that expires soonest (manual bans go only when nothing else
+//! can). A lookup does not scan the list: it tries each prefix length in use for the
+//! address's family, one map lookup each.
+//!
 //! Bitcoin Core distinguishes bans (operator decisions, persisted) from discouragement
 //! (automatic, in memory). meshd keeps one list with a reason on each entry: automatic bans
 //! are persisted too, so a restart does not hand a hostile peer a fresh start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -72,13 +77,89 @@ pub fn parse_subnet(text: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{text:?} is not an IP address or CIDR subnet"))
 }
 
-/// The list.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BanList {
+/// Entries the ban list holds at most.
+///
+/// # Security
+/// Automatic bans are created by peers' behaviour; without a bound an attacker with many
+/// addresses (an IPv6 /32 holds billions) grows the list, its file and its lookups for ever.
+/// Zebra keeps at most 20,000.
+pub const MAX_BANS: usize = 20_000;
+
+/// The list as persisted (the lookup index is derived from it).
+#[derive(Serialize, Deserialize)]
+struct BanListFile {
     entries: BTreeMap<IpNet, BanEntry>,
 }
 
+/// The list.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "BanListFile", into = "BanListFile")]
+pub struct BanList {
+    entries: BTreeMap<IpNet, BanEntry>,
+    /// Prefix lengths in use, per family, with how many entries use each.
+    v4_prefixes: BTreeMap<u8, usize>,
+    v6_prefixes: BTreeMap<u8, usize>,
+}
+
+impl From<BanListFile> for BanList {
+    fn from(f: BanListFile) -> BanList {
+        let mut list = BanList::default();
+        for (_, e) in f.entries.into_iter().take(MAX_BANS) {
+            list.insert(e);
+        }
+        list
+    }
+}
+
+impl From<BanList> for BanListFile {
+    fn from(l: BanList) -> BanListFile {
+        BanListFile { entries: l.entries }
+    }
+}
+
 impl BanList {
+    fn prefixes_of(&mut self, net: &IpNet) -> &mut BTreeMap<u8, usize> {
+        match net {
+            IpNet::V4(_) => &mut self.v4_prefixes,
+            IpNet::V6(_) => &mut self.v6_prefixes,
+        }
+    }
+
+    fn insert(&mut self, e: BanEntry) {
+        let net = e.subnet;
+        if self.entries.insert(net, e).is_none() {
+            *self.prefixes_of(&net).entry(net.prefix_len()).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, net: &IpNet) -> Option<BanEntry> {
+        let e = self.entries.remove(net)?;
+        let prefixes = self.prefixes_of(net);
+        if let Some(c) = prefixes.get_mut(&net.prefix_len()) {
+            *c -= 1;
+            if *c == 0 {
+                prefixes.remove(&net.prefix_len());
+            }
+        }
+        Some(e)
+    }
+
+    /// Makes room for one entry when full: the automatic ban expiring soonest goes (a manual
+    /// one only when there is no automatic one).
+    fn make_room(&mut self) {
+        if self.entries.len() < MAX_BANS {
+            return;
+        }
+        let victim = self
+            .entries
+            .values()
+            .min_by_key(|e| (e.reason == BanReason::Manual, e.until))
+            .map(|e| e.subnet);
+        if let Some(v) = victim {
+            self.remove(&v);
+        }
+    }
+
     /// Adds or extends a ban. Returns the entry.
     pub fn ban(
         &mut self,
@@ -89,12 +170,18 @@ impl BanList {
     ) -> BanEntry {
         let subnet = subnet.trunc();
         let until = now.saturating_add(duration_secs);
-        let entry = self.entries.entry(subnet).or_insert(BanEntry {
-            subnet,
-            created: now,
-            until,
-            reason: reason.clone(),
-        });
+        if !self.entries.contains_key(&subnet) {
+            self.make_room();
+            self.insert(BanEntry {
+                subnet,
+                created: now,
+                until,
+                reason: reason.clone(),
+            });
+        }
+        let Some(entry) = self.entries.get_mut(&subnet) else {
+            unreachable!("inserted above")
+        };
         if until > entry.until {
             entry.until = until;
             entry.reason = reason;
@@ -104,15 +191,21 @@ impl BanList {
 
     /// Removes the ban on exactly this subnet. True if there was one.
     pub fn unban(&mut self, subnet: &IpNet) -> bool {
-        self.entries.remove(&subnet.trunc()).is_some()
+        self.remove(&subnet.trunc()).is_some()
     }
 
     /// The ban covering `ip` at `now`, if any.
     pub fn find(&self, ip: IpAddr, now: u64) -> Option<&BanEntry> {
         let ip = canonical(ip);
-        self.entries
-            .values()
-            .find(|e| e.until > now && e.subnet.contains(&ip))
+        let prefixes = match ip {
+            IpAddr::V4(_) => &self.v4_prefixes,
+            IpAddr::V6(_) => &self.v6_prefixes,
+        };
+        // Most specific first, one map lookup per prefix length in use.
+        prefixes.keys().rev().find_map(|len| {
+            let net = IpNet::new(ip, *len).ok()?.trunc();
+            self.entries.get(&net).filter(|e| e.until > now)
+        })
     }
 
     /// Whether `ip` is banned at `now`.
@@ -128,10 +221,7 @@ impl BanList {
             .filter(|e| e.until <= now)
             .map(|e| e.subnet)
             .collect();
-        expired
-            .iter()
-            .filter_map(|s| self.entries.remove(s))
-            .collect()
+        expired.iter().filter_map(|s| self.remove(s)).collect()
     }
 
     /// Live entries.
@@ -199,7 +289,50 @@ mod tests {
         assert!(parse_subnet("example.com").is_err());
     }
 
+    #[test]
+    fn the_list_is_bounded_and_full_evicts_the_automatic_ban_expiring_soonest() {
+        let mut b = BanList::default();
+        b.ban(
+            parse_subnet("198.51.100.1").unwrap(),
+            0,
+            10,
+            BanReason::Manual,
+        );
+        for i in 0..(MAX_BANS as u32 + 100) {
+            let ip = std::net::Ipv6Addr::from(0x2001_0db8_u128 << 96 | i as u128);
+            b.ban(
+                IpNet::from(IpAddr::V6(ip)),
+                0,
+                1000 + i as u64,
+                BanReason::Misbehavior("x".into()),
+            );
+        }
+        assert_eq!(b.entries.len(), MAX_BANS);
+        // The manual ban stayed although it expires first; the oldest automatic ones went.
+        assert!(b.is_banned(ip("198.51.100.1"), 5));
+        assert!(!b.is_banned(ip("2001:db8::"), 5));
+        assert!(b.is_banned(ip("2001:db8::4e83"), 5));
+        // The persisted form round-trips with its index.
+        let bytes = bincode::serde::encode_to_vec(&b, bincode::config::standard()).unwrap();
+        let (back, _): (BanList, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        assert_eq!(back, b);
+        assert!(back.is_banned(ip("198.51.100.1"), 5));
+    }
+
     proptest! {
+        #[test]
+        fn lookups_agree_with_a_scan(nets in proptest::collection::vec((any::<u32>(), 0u8..=32, 1u64..50), 0..40), probe in any::<u32>(), now in 0u64..60) {
+            let mut b = BanList::default();
+            for (a, len, d) in &nets {
+                let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(*a), *len).unwrap().trunc();
+                b.ban(IpNet::V4(net), 0, *d, BanReason::Manual);
+            }
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(probe));
+            let scan = b.entries.values().any(|e| e.until > now && e.subnet.contains(&ip));
+            prop_assert_eq!(b.is_banned(ip, now), scan);
+        }
+
         #[test]
         fn an_address_inside_a_banned_subnet_is_banned(a in any::<u32>(), prefix in 0u8..=32) {
             let net = ipnet::Ipv4Net::new(std::net::Ipv4Addr::from(a), prefix).unwrap().trunc();
