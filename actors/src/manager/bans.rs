@@ -15,7 +15,7 @@
 //! (automatic, in memory). meshd keeps one list with a reason on each entry: automatic bans
 //! are persisted too, so a restart does not hand a hostile peer a fresh start.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
