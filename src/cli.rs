@@ -364,4 +364,9 @@ pub struct RunArgs {
     /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
     #[arg(long, value_name = "DURATION")]
     pub sync_stall_timeout: Option<String>,
+
+    /// Minimum cumulative work (hex) a chain must show before its headers are stored;
+    /// lower-work chains are presynced first. [default: Bitcoin Core's value per network]
+    #[arg(long, value_name = "HEX")]
+    pub minimum_chain_work: Option<String>,
 }

@@ -106,6 +106,7 @@ pub struct FileConfig {
     tx_pool_max_age: Option<FileDuration>,
     no_trickle: Option<bool>,
     sync_stall_timeout: Option<FileDuration>,
+    minimum_chain_work: Option<String>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -471,6 +472,25 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     node.tx_pool_max_age = duration!(tx_pool_max_age, node.tx_pool_max_age);
     node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
     node.sync_stall_timeout = duration!(sync_stall_timeout, node.sync_stall_timeout);
+    if let Some(hex) = args
+        .minimum_chain_work
+        .clone()
+        .or(file.minimum_chain_work.clone())
+    {
+        let digits = hex.trim().trim_start_matches("0x").trim_start_matches('0');
+        node.minimum_chain_work = Some(if digits.is_empty() {
+            0
+        } else {
+            match u128::from_str_radix(digits, 16) {
+                Ok(v) => v,
+                Err(_) => {
+                    return err(format!(
+                        "minimum-chain-work: {hex:?} is not a hex number below 2^128"
+                    ))
+                }
+            }
+        });
+    }
     let no_metrics = args.no_metrics || file.no_metrics.unwrap_or(false);
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {
         (true, Some(_)) => return err("no-metrics and metrics cannot both be given"),

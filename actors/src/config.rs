@@ -115,6 +115,9 @@ pub struct NodeConfig {
     pub trickle: bool,
     /// A sync peer that does not answer getheaders in this time is replaced.
     pub sync_stall_timeout: Duration,
+    /// Overrides the network's minimum chain work (`--minimum-chain-work`, as Core's
+    /// `-minimumchainwork`); headers of a chain with less work go through presync.
+    pub minimum_chain_work: Option<u128>,
 }
 
 /// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
@@ -248,6 +251,7 @@ impl NodeConfig {
             tx_pool_max_age: Duration::from_secs(3600),
             trickle: true,
             sync_stall_timeout: Duration::from_secs(20),
+            minimum_chain_work: None,
         }
     }
 

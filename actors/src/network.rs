@@ -275,6 +275,23 @@ const BSV_TESTNET_SEEDS: &[&str] = &["testnet-seed.bitcoinsv.io", "testnet-seed.
 const BSV_STN_SEEDS: &[&str] = &["stn-seed.bitcoinsv.io"];
 
 impl Profile {
+    /// The minimum cumulative work a header chain must show before its headers are stored
+    /// (Bitcoin Core 30's `nMinimumChainWork`; zero on regtest and on BSV networks, whose
+    /// node meshd has no verified figure from). Below it, headers go through presync.
+    pub fn min_chain_work(&self) -> u128 {
+        match self.id {
+            NetworkId::Mainnet => 0x1128750f82f4c366153a3a030,
+            NetworkId::Testnet3 => 0xf209695166be8b61fa9,
+            NetworkId::Testnet4 => 0x34a4690fe592dc49c7c,
+            NetworkId::Signet => 0x67d328e681a,
+            NetworkId::Regtest
+            | NetworkId::BsvMainnet
+            | NetworkId::BsvTestnet
+            | NetworkId::BsvStn
+            | NetworkId::BsvRegtest => 0,
+        }
+    }
+
     /// The profile of `id`.
     pub fn of(id: NetworkId) -> Profile {
         let btc_limits = PayloadLimits {

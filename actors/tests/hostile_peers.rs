@@ -319,3 +319,103 @@ async fn after_20001_cheap_forks_the_node_still_reorganises_to_a_heavier_chain()
     node.shutdown().await;
     honest.shutdown().await;
 }
+
+/// Serves `chain` (after genesis) to `getheaders` the way a node does: the 2,000 headers after
+/// the first locator hash it knows.
+async fn serve_headers(
+    mut p: AsyncPeer,
+    genesis: bitcoin::block::Header,
+    chain: Vec<bitcoin::block::Header>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> usize {
+    let mut served = 0;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return served,
+            seen = p.recv(Duration::from_millis(100)) => match seen {
+                Seen::Msg(Message::Network(NetworkMessage::GetHeaders(m))) => {
+                    let start = m
+                        .locator_hashes
+                        .iter()
+                        .find_map(|h| {
+                            if *h == genesis.block_hash() {
+                                Some(0)
+                            } else {
+                                chain.iter().position(|c| c.block_hash() == *h).map(|i| i + 1)
+                            }
+                        })
+                        .unwrap_or(0);
+                    let batch: Vec<_> = chain.iter().skip(start).take(2000).copied().collect();
+                    served += batch.len();
+                    p.send(NetworkMessage::Headers(batch)).await
+                }
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    p.send(NetworkMessage::Pong(n)).await
+                }
+                Seen::Closed => return served,
+                _ => {}
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chain_below_the_minimum_work_is_never_stored_and_an_honest_one_is() {
+    // Regtest headers are worth 2 each: the minimum is a chain of 2,500 blocks.
+    const MIN_BLOCKS: u128 = 2_500;
+    let (dn, da) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut cn = config(dn.path());
+    cn.slots.outbound = 1;
+    cn.minimum_chain_work = Some(2 * (MIN_BLOCKS + 1));
+    let node = Node::start(cn).await.unwrap();
+    let genesis = node.profile().genesis;
+
+    // A peer with 2,200 cheap headers: a full chain, but below the minimum work.
+    let mut low = Vec::new();
+    let mut prev = genesis;
+    for i in 0..2_200u32 {
+        let h = meshd_actors::sync::chain::headers::mine_header(
+            &prev,
+            bitcoin::TxMerkleNode::from_byte_array([0x33; 32]),
+            genesis.time + 1 + i,
+            genesis.bits,
+        );
+        low.push(h);
+        prev = h;
+    }
+    let mut liar = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(liar.handshake_at(2_200).await);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let server = tokio::spawn(serve_headers(liar, genesis, low, stop_rx));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.sync_status().state != meshd_actors::msg::SyncState::Synced {
+        assert!(Instant::now() < deadline, "{:?}", node.sync_status());
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let _ = stop_tx.send(());
+    let served = server.await.unwrap();
+    assert!(
+        served >= 2_200,
+        "the low-work chain was offered ({served} headers)"
+    );
+    assert_eq!(
+        node.sync_status().header_height,
+        0,
+        "low-work headers were stored"
+    );
+
+    // An honest node with 2,600 blocks: presynced, redownloaded, stored.
+    let mut ca = config(da.path());
+    ca.slots.outbound = 0;
+    let honest = Node::start(ca).await.unwrap();
+    let tip = *honest.generate(2_600).await.unwrap().last().unwrap();
+    assert!(node.connect(honest.listen_addrs()[0], false).await);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.sync_status().best_header_hash != tip.to_string() {
+        assert!(Instant::now() < deadline, "{:?}", node.sync_status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.shutdown().await;
+    honest.shutdown().await;
+}

@@ -54,6 +54,7 @@ const CORES: &[&str] = &[
     "sync/bloom.rs",
     "sync/chain/headers.rs",
     "sync/chain/mod.rs",
+    "sync/chain/presync.rs",
     "sync/chain/store.rs",
     "sync/mine.rs",
     "wire/frame.rs",

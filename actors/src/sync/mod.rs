@@ -52,6 +52,7 @@ use crate::sync::bloom::BloomFilter;
 use crate::sync::chain::store::HeaderStore;
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
+use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
 use requests::InFlight;
 
 /// Header messages that do not connect a peer may send before each charge (Core:
@@ -116,6 +117,8 @@ struct SyncPeer {
     claimed_height: u32,
     /// It was our sync peer and did not deliver what it claimed: not chosen again.
     sync_failed: bool,
+    /// Its chain is being presynced (it has not shown enough work yet).
+    presync: Option<HeadersPresync>,
     wants_headers: bool,
     relay: bool,
     inbound: bool,
@@ -232,6 +235,17 @@ impl SyncActorState {
         }
     }
 
+    /// Asks `id` for headers after `locator`.
+    fn getheaders_from(&mut self, id: PeerId, locator: Vec<BlockHash>) {
+        if let Some(p) = self.peers.get(&id) {
+            p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
+                version: self.ctx.profile.protocol_version,
+                locator_hashes: locator,
+                stop_hash: BlockHash::all_zeros(),
+            }));
+        }
+    }
+
     fn getheaders(&mut self, id: PeerId, stop: BlockHash) {
         let locator = self.chain.locator();
         if let Some(p) = self.peers.get(&id) {
@@ -299,11 +313,143 @@ impl SyncActorState {
         }
     }
 
+    /// Headers from a peer: through its presync when one runs or when the chain they extend
+    /// has too little work to be stored; straight to the chain otherwise.
     fn on_headers(&mut self, id: PeerId, headers: Vec<Header>) {
-        let from_sync_peer = self.sync_peer.is_some_and(|s| s.peer == id);
         if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
             s.last_progress = Instant::now();
         }
+        match self.presync_headers(id, &headers) {
+            Some(step) => self.apply_presync(id, step),
+            None => self.accept_headers(id, headers, true),
+        }
+    }
+
+    /// The minimum chain work in force.
+    fn min_work(&self) -> u128 {
+        self.ctx
+            .config()
+            .minimum_chain_work
+            .unwrap_or_else(|| self.ctx.profile.min_chain_work())
+    }
+
+    /// Work a chain must show before its headers are stored (Core's anti-DoS threshold):
+    /// the minimum chain work, or our tip's work less 144 blocks of it, whichever is more.
+    fn anti_dos_work(&self) -> u128 {
+        let recent = HeaderChain::header_work(&self.chain.tip_header()).saturating_mul(144);
+        self.min_work()
+            .max(self.chain.tip_work().saturating_sub(recent))
+    }
+
+    /// Feeds the peer's presync, or starts one when these headers extend a chain with too
+    /// little work. `None`: the headers go to the chain as they are.
+    fn presync_headers(&mut self, id: PeerId, headers: &[Header]) -> Option<PresyncStep> {
+        if let Some(ps) = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut()) {
+            return Some(ps.on_headers(headers));
+        }
+        let (first, last) = (headers.first()?, headers.last()?);
+        let (parent, height, parent_work) = self.chain.header_and_work(&first.prev_blockhash)?;
+        if self.chain.contains(&last.block_hash()) {
+            return None;
+        }
+        let batch_work = headers
+            .iter()
+            .map(HeaderChain::header_work)
+            .fold(0u128, u128::saturating_add);
+        let threshold = self.anti_dos_work();
+        if parent_work.saturating_add(batch_work) >= threshold {
+            return None;
+        }
+        if headers.len() < MAX_HEADERS_PER_MESSAGE {
+            // A short chain that ends below the threshold: not worth storing (Core ignores
+            // it too, without punishing).
+            return Some(PresyncStep::Abort(PresyncError::LowWork));
+        }
+        let (rule, limit) = self.chain.rule_and_limit();
+        let mut ps = HeadersPresync::new(
+            rule,
+            limit,
+            threshold,
+            parent,
+            height,
+            parent_work,
+            now_u32(),
+        );
+        let step = ps.on_headers(headers);
+        info!(peer = %id, from_height = height, "headers presync: the chain must show its work before it is stored");
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.presync = Some(ps);
+        }
+        Some(step)
+    }
+
+    fn apply_presync(&mut self, id: PeerId, step: PresyncStep) {
+        match step {
+            PresyncStep::Request(locator) => self.getheaders_from(id, locator),
+            PresyncStep::Release { headers, next } => {
+                metrics::counter!("meshd_presync_released_total").increment(headers.len() as u64);
+                self.accept_headers(id, headers, false);
+                match next {
+                    Some(locator) => self.getheaders_from(id, locator),
+                    None => {
+                        info!(peer = %id, height = self.chain.height(), "headers presync done; the chain showed enough work");
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.presync = None;
+                        }
+                        self.getheaders(id, BlockHash::all_zeros());
+                    }
+                }
+            }
+            PresyncStep::Abort(e) => {
+                metrics::counter!("meshd_presync_aborted_total", "reason" => e.kind()).increment(1);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    debug!(peer = %p.addr, id = %id, reason = %e, "headers not stored: {e}");
+                    p.presync = None;
+                }
+                if matches!(
+                    e,
+                    PresyncError::BadProofOfWork | PresyncError::BadDifficulty
+                ) {
+                    self.punish(id, e.kind());
+                }
+                if self.sync_peer.is_some_and(|s| s.peer == id) {
+                    self.sync_batch_ended(id);
+                }
+                self.publish_status();
+            }
+        }
+    }
+
+    /// The sync peer sent a short batch: it has nothing more. If it claimed more than it
+    /// gave it is not asked again; the node is synced only when no other peer claims more.
+    fn sync_batch_ended(&mut self, id: PeerId) {
+        self.sync_peer = None;
+        let ours = self.chain.height();
+        if let Some(p) = self.peers.get_mut(&id) {
+            if p.claimed_height > ours {
+                p.sync_failed = true;
+                metrics::counter!("meshd_sync_peer_failures_total", "reason" => "short")
+                    .increment(1);
+                warn!(peer = %p.addr, id = %id, claimed = p.claimed_height, ours,
+                      "sync peer stopped short of the height it claimed; trying another");
+            }
+        }
+        let more = self
+            .peers
+            .values()
+            .any(|p| !p.sync_failed && p.best_height > ours);
+        if more {
+            self.maybe_start_sync(None);
+        } else {
+            self.mark_synced();
+        }
+    }
+
+    /// Stores headers in the chain; `continue_sync`: this was the sync peer's answer to our
+    /// `getheaders`, so ask for more or end the sync round (presync releases decide that
+    /// themselves).
+    fn accept_headers(&mut self, id: PeerId, headers: Vec<Header>, continue_sync: bool) {
+        let from_sync_peer = continue_sync && self.sync_peer.is_some_and(|s| s.peer == id);
         let old_tip = self.chain.tip();
         let old_height = self.chain.height();
         let mut stored = Vec::new();
@@ -362,28 +508,7 @@ impl SyncActorState {
         if from_sync_peer && headers.len() >= MAX_HEADERS_PER_MESSAGE {
             self.getheaders(id, BlockHash::all_zeros());
         } else if from_sync_peer {
-            // A short batch: this peer has nothing more. If it claimed more than it gave, it
-            // is not asked again; the node is synced only when no other peer claims more.
-            self.sync_peer = None;
-            let ours = self.chain.height();
-            if let Some(p) = self.peers.get_mut(&id) {
-                if p.claimed_height > ours {
-                    p.sync_failed = true;
-                    metrics::counter!("meshd_sync_peer_failures_total", "reason" => "short")
-                        .increment(1);
-                    warn!(peer = %p.addr, id = %id, claimed = p.claimed_height, ours,
-                          "sync peer stopped short of the height it claimed; trying another");
-                }
-            }
-            let more = self
-                .peers
-                .values()
-                .any(|p| !p.sync_failed && p.best_height > ours);
-            if more {
-                self.maybe_start_sync(None);
-            } else {
-                self.mark_synced();
-            }
+            self.sync_batch_ended(id);
         } else if self.chain.tip() != old_tip {
             self.ctx.events.publish(NodeEvent::HeadersSynced {
                 height: self.chain.height(),
@@ -826,6 +951,7 @@ impl Actor for Sync {
                     best_height: start_height.max(0) as u32,
                     claimed_height: start_height.max(0) as u32,
                     sync_failed: false,
+                    presync: None,
                     wants_headers: false,
                     relay,
                     inbound,

@@ -652,6 +652,23 @@ impl HeaderChain {
         self.tip_work
     }
 
+    /// A known header, its height and the cumulative work up to it.
+    pub fn header_and_work(&self, hash: &BlockHash) -> Option<(Header, u32, u128)> {
+        let idx = self.lookup(hash)?;
+        let e = &self.entries[idx as usize];
+        Some((e.header(), e.height, self.work_of(idx)))
+    }
+
+    /// Work of one header.
+    pub fn header_work(h: &Header) -> u128 {
+        to_u128(h.work())
+    }
+
+    /// The network's difficulty rule and target limit (for presync).
+    pub fn rule_and_limit(&self) -> (DifficultyRule, Target) {
+        (self.rule, self.pow_limit)
+    }
+
     /// Height of a known header.
     pub fn height_of(&self, hash: &BlockHash) -> Option<u32> {
         self.lookup(hash).map(|i| self.entries[i as usize].height)

@@ -2,6 +2,7 @@
 //! ([`store`]). Both sans-IO apart from the file the store appends to.
 
 pub mod headers;
+pub mod presync;
 pub mod store;
 
 pub use headers::{AcceptError, Accepted, HeaderChain};
