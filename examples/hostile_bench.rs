@@ -1,0 +1,218 @@
+//! Hostile-peer memory benchmark: the node's RSS before, during and after each hostile peer,
+//! against the same node with one idle peer.
+//!
+//! The node runs in a child process (this example started with `node`), so the hostile
+//! clients' own buffers never count; the parent reads the child's `VmRSS` from `/proc`.
+//! Each case: connect, handshake, send exactly the bytes named, sample RSS every 50 ms for
+//! 3 s (the peak is "during"), close, wait 3 s, sample "after".
+//!
+//! Usage: `cargo run --release --example hostile_bench`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::address::Address;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::ServiceFlags;
+use meshd_actors::config::NodeConfig;
+use meshd_actors::network::NetworkId;
+use meshd_actors::node::Node;
+use meshd_actors::sync::chain::headers::mine_header;
+use meshd_actors::wire::Message;
+
+fn encode(m: NetworkMessage) -> Vec<u8> {
+    Message::Network(m).encode(NetworkId::Regtest.profile().magic)
+}
+
+/// The node side: start, mine one block, print the address and the block, run until killed.
+async fn node_main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = NodeConfig::new(NetworkId::Regtest, dir.path().to_path_buf());
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.slots.outbound = 0;
+    c.slots.inbound = 1000;
+    c.slots.total = 1000;
+    let node = Node::start(c).await.expect("node starts");
+    node.generate(10).await.expect("generate");
+    let block = node.generate(1).await.expect("generate")[0];
+    println!("{} {}", node.listen_addrs()[0], block);
+    node.wait().await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn handshake(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
+    let mut v = VersionMessage::new(
+        ServiceFlags::NETWORK,
+        0,
+        a.clone(),
+        a,
+        rand::random(),
+        "/hostile-bench/".into(),
+        0,
+    );
+    v.version = 70016;
+    s.write_all(&encode(NetworkMessage::Version(v))).unwrap();
+    s.write_all(&encode(NetworkMessage::Verack)).unwrap();
+    // Read the node's version and verack (and whatever follows) for a moment.
+    s.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 65536];
+    let _ = s.read(&mut buf);
+    s
+}
+
+/// One hostile case: what it sends once handshaked. The stream is never read again.
+type Case = (
+    &'static str,
+    Box<dyn Fn(&mut TcpStream, bitcoin::BlockHash)>,
+);
+
+fn cases() -> Vec<Case> {
+    let genesis = NetworkId::Regtest.profile().genesis;
+    vec![
+        (
+            "getdata: 12 x 50,000 requests for one block, never reading",
+            Box::new(|s: &mut TcpStream, block| {
+                s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+                let m = encode(NetworkMessage::GetData(vec![
+                    Inventory::Block(block);
+                    50_000
+                ]));
+                for _ in 0..12 {
+                    if s.write_all(&m).is_err() {
+                        break;
+                    }
+                }
+            }),
+        ),
+        (
+            "headers: 20,001 one-header forks off genesis",
+            Box::new(move |s: &mut TcpStream, _| {
+                let mut all = Vec::new();
+                for i in 0..20_001u32 {
+                    let h = mine_header(
+                        &genesis,
+                        bitcoin::TxMerkleNode::from_byte_array([0x77; 32]),
+                        genesis.time + 1 + i,
+                        genesis.bits,
+                    );
+                    all.extend(encode(NetworkMessage::Headers(vec![h])));
+                }
+                s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                let _ = s.write_all(&all);
+            }),
+        ),
+        (
+            "inv: 20 x 50,000 unknown transactions",
+            Box::new(|s: &mut TcpStream, _| {
+                s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+                for round in 0..20u32 {
+                    let inv: Vec<Inventory> = (0..50_000u32)
+                        .map(|n| {
+                            let mut b = [0u8; 32];
+                            b[..4].copy_from_slice(&n.to_le_bytes());
+                            b[4..8].copy_from_slice(&round.to_le_bytes());
+                            Inventory::Transaction(bitcoin::Txid::from_byte_array(b))
+                        })
+                        .collect();
+                    if s.write_all(&encode(NetworkMessage::Inv(inv))).is_err() {
+                        break;
+                    }
+                }
+            }),
+        ),
+        (
+            "addr: 200 x 1,000 addresses",
+            Box::new(|s: &mut TcpStream, _| {
+                s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+                for round in 0..200u32 {
+                    let list = (0..1000u32)
+                        .map(|n| {
+                            let ip = std::net::Ipv4Addr::from(0xcb00_7100 ^ (round << 10 | n));
+                            (
+                                1_700_000_000,
+                                Address::new(&SocketAddr::from((ip, 8333)), ServiceFlags::NETWORK),
+                            )
+                        })
+                        .collect();
+                    if s.write_all(&encode(NetworkMessage::Addr(list))).is_err() {
+                        break;
+                    }
+                }
+            }),
+        ),
+    ]
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("node") {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(node_main());
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let mut child: Child = Command::new(me)
+        .arg("node")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("node process");
+    let pid = child.id();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let mut parts = line.split_whitespace();
+    let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
+    let block: bitcoin::BlockHash = parts.next().unwrap().parse().unwrap();
+
+    std::thread::sleep(Duration::from_secs(1));
+    let base = rss_kib(pid);
+    let idle = handshake(addr);
+    std::thread::sleep(Duration::from_secs(1));
+    let with_idle = rss_kib(pid);
+    println!("node RSS: {base} KiB; with one idle peer: {with_idle} KiB");
+    println!("| hostile peer | before | peak during | beyond the idle peer | after it left |");
+    println!("|---|---|---|---|---|");
+    for (name, send) in cases() {
+        let before = rss_kib(pid);
+        let mut s = handshake(addr);
+        let start = Instant::now();
+        let mut peak = before;
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(|| send(&mut s, block));
+            while start.elapsed() < Duration::from_secs(3) || !sender.is_finished() {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        drop(s);
+        std::thread::sleep(Duration::from_secs(3));
+        let after = rss_kib(pid);
+        println!(
+            "| {name} | {before} KiB | {peak} KiB | +{} KiB | {after} KiB ({:+.1}%) |",
+            peak.saturating_sub(with_idle),
+            (after as f64 - before as f64) * 100.0 / before as f64
+        );
+    }
+    drop(idle);
+    let _ = child.kill();
+    let _ = child.wait();
+}
