@@ -80,7 +80,7 @@ fn handshake(addr: SocketAddr) -> TcpStream {
 /// One hostile case: what it sends once handshaked. The stream is never read again.
 type Case = (
     &'static str,
-    Box<dyn Fn(&mut TcpStream, bitcoin::BlockHash)>,
+    Box<dyn Fn(&mut TcpStream, bitcoin::BlockHash) + Sync>,
 );
 
 fn cases() -> Vec<Case> {
