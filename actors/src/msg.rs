@@ -114,6 +114,8 @@ pub enum ManagerMsg {
         start_height: i32,
         /// It wants transactions relayed (version's relay flag).
         relay: bool,
+        /// Its protocol version.
+        version: u32,
     },
     /// A new Sync actor started (after a restart): announce every live peer to it.
     AnnouncePeersToSync,
@@ -259,6 +261,8 @@ pub enum SyncMsg {
         relay: bool,
         /// It dialled us.
         inbound: bool,
+        /// Its protocol version (which feature messages it understands).
+        version: u32,
     },
     /// A peer went away.
     PeerDown(PeerId),

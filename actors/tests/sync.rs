@@ -121,7 +121,7 @@ async fn a_transaction_crosses_the_mesh() {
     .await;
     let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
     let block =
-        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000);
+        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000, 0);
     let tx = block.txdata[0].clone();
     let txid = tx.compute_txid();
     assert!(nodes[0].submit_tx(tx));
@@ -327,5 +327,17 @@ async fn future_headers_are_refused_free_and_unconnecting_ones_cost_the_peer() {
     }
     until("unconnecting headers are charged", 5, || score() == 20).await;
     assert_eq!(node.sync_status().header_height, 0);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_blocks_can_be_generated_on_a_fresh_node() {
+    // Block times follow Core's rule (the later of now and median-time-past + 1), so a long
+    // run of blocks does not walk past the two-hour future limit (it did at 7,262).
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let hashes = node.generate(10_000).await.unwrap();
+    assert_eq!(hashes.len(), 10_000);
+    assert_eq!(node.sync_status().header_height, 10_000);
     node.shutdown().await;
 }

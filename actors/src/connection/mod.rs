@@ -580,6 +580,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         id: state.id,
         start_height: pv.start_height,
         relay: pv.relay,
+        version: pv.version,
     });
     let config = state.ctx.config();
     state.ping = Some(PingTracker::new(
@@ -815,6 +816,16 @@ fn on_inbound_message(
             debug!(peer = %state.addr, id = %state.id, %command, len = payload.len(), "ignored unknown command");
             metrics::counter!("meshd_unknown_messages_total").increment(1);
             Ok(())
+        }
+        Message::Network(NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2) => {
+            // Feature negotiation belongs between version and verack; Core disconnects a
+            // peer that sends it later.
+            metrics::counter!("meshd_payload_errors_total", "kind" => "late_feature_negotiation")
+                .increment(1);
+            Err(DisconnectReason::Protocol(format!(
+                "{} after verack",
+                message.command()
+            )))
         }
         Message::Network(NetworkMessage::Version(_)) => {
             // Core ignores (and penalises) a repeated version after the handshake.

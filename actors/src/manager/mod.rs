@@ -104,9 +104,9 @@ struct Child {
     direction: Direction,
     kind: Option<OutboundKind>,
     actor: ActorRef<ConnectionMsg>,
-    /// Start height and relay flag from its version, once the handshake completed (and Sync
-    /// was told of the peer).
-    handshake: Option<(i32, bool)>,
+    /// Start height, relay flag and protocol version from its version, once the handshake
+    /// completed (and Sync was told of the peer).
+    handshake: Option<(i32, bool, u32)>,
 }
 
 impl Child {
@@ -704,7 +704,8 @@ impl ManagerState {
 
 /// Tells Sync of a peer whose handshake completed (nothing for one still handshaking).
 fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
-    let (Some((start_height, relay)), Some(sync)) = (child.handshake, ctx.sync_ref()) else {
+    let (Some((start_height, relay, version)), Some(sync)) = (child.handshake, ctx.sync_ref())
+    else {
         return;
     };
     let _ = sync.cast(SyncMsg::PeerUp {
@@ -714,6 +715,7 @@ fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
         start_height,
         relay,
         inbound: child.direction == Direction::Inbound,
+        version,
     });
 }
 
@@ -876,13 +878,14 @@ impl Actor for Manager {
                 id,
                 start_height,
                 relay,
+                version,
             } => {
                 if let Some(child) = state
                     .by_peer
                     .get(&id)
                     .and_then(|a| state.children.get_mut(a))
                 {
-                    child.handshake = Some((start_height, relay));
+                    child.handshake = Some((start_height, relay, version));
                     peer_up_to_sync(&state.ctx, child);
                 }
                 state.publish_lifecycle(id, true);

@@ -20,6 +20,12 @@ use bitcoin::p2p::ServiceFlags;
 use super::Direction;
 use crate::wire::Message;
 
+/// Protocol version from which `wtxidrelay` (BIP339) and `sendaddrv2` (BIP155) are sent and
+/// honoured.
+pub const FEATURE_NEGOTIATION_VERSION: u32 = 70016;
+/// Protocol version from which a peer understands `sendheaders` (BIP130).
+pub const SENDHEADERS_VERSION: u32 = 70012;
+
 /// What we announce and what we demand of peers. Shared by every connection.
 #[derive(Debug, Clone)]
 pub struct HandshakePolicy {
@@ -258,15 +264,17 @@ impl Handshake {
                 if !self.sent_version {
                     steps.push(self.our_version(policy, unix_time));
                 }
-                // Feature negotiation must precede our verack (BIP339, BIP155).
-                if v.version >= 70016 {
+                // Feature negotiation must precede our verack (BIP339, BIP155), and only to
+                // peers from 70016: older software may disconnect on messages it does not know
+                // (Core sends neither to them either).
+                if v.version >= FEATURE_NEGOTIATION_VERSION {
                     steps.push(HandshakeStep::Send(Message::Network(
                         NetworkMessage::WtxidRelay,
                     )));
+                    steps.push(HandshakeStep::Send(Message::Network(
+                        NetworkMessage::SendAddrV2,
+                    )));
                 }
-                steps.push(HandshakeStep::Send(Message::Network(
-                    NetworkMessage::SendAddrV2,
-                )));
                 steps.push(HandshakeStep::Send(Message::Network(
                     NetworkMessage::Verack,
                 )));
@@ -279,7 +287,12 @@ impl Handshake {
             }
             Message::Network(NetworkMessage::Verack) => self.got_verack = true,
             Message::Network(NetworkMessage::WtxidRelay) => {
-                if let Some(pv) = &mut self.peer_version {
+                // Core ignores it from a peer that announced a version before 70016.
+                if let Some(pv) = self
+                    .peer_version
+                    .as_mut()
+                    .filter(|pv| pv.version >= FEATURE_NEGOTIATION_VERSION)
+                {
                     pv.wtxidrelay = true;
                 }
             }

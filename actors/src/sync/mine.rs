@@ -9,11 +9,13 @@ use bitcoin::{Amount, Block, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, T
 
 use crate::sync::chain::headers::mine_header;
 
-/// Builds and mines a block at `height` on `parent` with time `time`.
-pub fn regtest_block(parent: &Header, height: u32, time: u32) -> Block {
+/// Builds and mines a block at `height` on `parent` with time `time`. `extra_nonce` goes in
+/// the coinbase after the height, so two nodes mining in the same second build different
+/// blocks (Core's differ by the key each wallet pays to).
+pub fn regtest_block(parent: &Header, height: u32, time: u32, extra_nonce: u32) -> Block {
     let script_sig = Builder::new()
         .push_int(height as i64)
-        .push_int(0)
+        .push_int(extra_nonce as i64)
         .into_script();
     let coinbase = Transaction {
         version: Version::ONE,

@@ -47,6 +47,7 @@ use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
 use crate::msg::{ConnectionMsg, SyncInput, SyncMsg, SyncState, SyncStatus};
+use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
 use crate::sync::chain::store::HeaderStore;
@@ -117,6 +118,8 @@ struct SyncPeer {
     claimed_height: u32,
     /// It was our sync peer and did not deliver what it claimed: not chosen again.
     sync_failed: bool,
+    /// Its protocol version.
+    version: u32,
     /// Its chain is being presynced (it has not shown enough work yet).
     presync: Option<HeadersPresync>,
     wants_headers: bool,
@@ -140,6 +143,13 @@ impl SyncPeer {
     fn learn(&mut self, h: [u8; 32]) {
         self.known.insert(&h);
     }
+    /// BIP130's `sendheaders`, to peers whose version understands it (Core: from 70012).
+    fn send_sendheaders(&self) {
+        if self.version >= SENDHEADERS_VERSION {
+            self.send(NetworkMessage::SendHeaders);
+        }
+    }
+
     fn send(&self, m: NetworkMessage) {
         let _ = self.actor.cast(ConnectionMsg::Send(Message::Network(m)));
     }
@@ -202,6 +212,8 @@ pub struct SyncActorState {
     requested_tx: InFlight<Txid>,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
+    /// This node's coinbase tag for regtest blocks it generates (random per start).
+    extra_nonce: u32,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -295,7 +307,7 @@ impl SyncActorState {
             self.state = SyncState::Synced;
             info!(height = self.chain.height(), tip = %self.chain.tip(), "headers synced");
             for p in self.peers.values() {
-                p.send(NetworkMessage::SendHeaders);
+                p.send_sendheaders();
             }
             self.ctx.events.publish(NodeEvent::HeadersSynced {
                 height: self.chain.height(),
@@ -831,7 +843,10 @@ impl SyncActorState {
         for _ in 0..n {
             let tip = self.chain.tip_header();
             let height = self.chain.height() + 1;
-            let block = crate::sync::mine::regtest_block(&tip, height, now_u32().max(tip.time + 1));
+            // Core's rule (and so any number of blocks stays within the future limit): the
+            // later of our clock and one second past the median time of the last eleven.
+            let time = now_u32().max(self.chain.tip_median_time_past().saturating_add(1));
+            let block = crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce);
             let hash = block.block_hash();
             self.chain
                 .accept(&block.header, now_u32().saturating_add(60))
@@ -875,6 +890,7 @@ impl Actor for Sync {
             pool_bytes: 0,
             requested_tx: InFlight::default(),
             early: VecDeque::new(),
+            extra_nonce: rand::random(),
             timer: None,
         })
     }
@@ -938,6 +954,7 @@ impl Actor for Sync {
                 start_height,
                 relay,
                 inbound,
+                version,
             } => {
                 if state.peers.contains_key(&id) {
                     // Announced twice (a restarted Sync is told of every live peer, and a
@@ -951,6 +968,7 @@ impl Actor for Sync {
                     best_height: start_height.max(0) as u32,
                     claimed_height: start_height.max(0) as u32,
                     sync_failed: false,
+                    version,
                     presync: None,
                     wants_headers: false,
                     relay,
@@ -968,7 +986,7 @@ impl Actor for Sync {
                         }),
                 };
                 if synced {
-                    peer.send(NetworkMessage::SendHeaders);
+                    peer.send_sendheaders();
                 }
                 let behind = peer.best_height > state.chain.height();
                 // An outbound peer that claims more replaces an inbound sync peer.

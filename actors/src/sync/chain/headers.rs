@@ -652,6 +652,11 @@ impl HeaderChain {
         self.tip_work
     }
 
+    /// Median time of the best tip and the ten headers before it.
+    pub fn tip_median_time_past(&self) -> u32 {
+        self.median_time_past(*self.best.last().unwrap_or(&0))
+    }
+
     /// A known header, its height and the cumulative work up to it.
     pub fn header_and_work(&self, hash: &BlockHash) -> Option<(Header, u32, u128)> {
         let idx = self.lookup(hash)?;
