@@ -116,6 +116,8 @@ pub enum ManagerMsg {
         relay: bool,
         /// Its protocol version.
         version: u32,
+        /// It sent `wtxidrelay` before verack (BIP339).
+        wtxid_relay: bool,
     },
     /// A new Sync actor started (after a restart): announce every live peer to it.
     AnnouncePeersToSync,
@@ -263,6 +265,8 @@ pub enum SyncMsg {
         inbound: bool,
         /// Its protocol version (which feature messages it understands).
         version: u32,
+        /// It negotiated BIP339 wtxid relay.
+        wtxid_relay: bool,
     },
     /// A peer went away.
     PeerDown(PeerId),

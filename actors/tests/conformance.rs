@@ -106,3 +106,110 @@ async fn a_70016_peer_gets_negotiation_before_verack_and_is_dropped_for_it_after
     assert!(p.closed_within(Duration::from_secs(5)).await);
     node.shutdown().await;
 }
+
+/// Handshakes as a BIP339 peer: `version` 70016, then `wtxidrelay` before our `verack`.
+async fn wtxid_peer(addr: std::net::SocketAddr) -> AsyncPeer {
+    let mut p = AsyncPeer::connect(addr).await.unwrap();
+    p.send(version(70016)).await;
+    p.send(NetworkMessage::WtxidRelay).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (mut version_seen, mut verack_seen) = (false, false);
+    while !(version_seen && verack_seen) {
+        assert!(Instant::now() < deadline, "handshake");
+        match p.recv(Duration::from_secs(5)).await {
+            Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                version_seen = true;
+                p.send(NetworkMessage::Verack).await;
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Verack)) => verack_seen = true,
+            Seen::Msg(_) => {}
+            other => panic!("handshake: {other:?}"),
+        }
+    }
+    p
+}
+
+/// The next message matching `pick`, answering pings and getheaders meanwhile.
+async fn next_matching<T>(
+    p: &mut AsyncPeer,
+    mut pick: impl FnMut(&NetworkMessage) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match p.recv(left).await {
+            Seen::Msg(Message::Network(m)) => {
+                if let Some(t) = pick(&m) {
+                    return t;
+                }
+                match m {
+                    NetworkMessage::Ping(n) => p.send(NetworkMessage::Pong(n)).await,
+                    NetworkMessage::GetHeaders(_) => p.send(NetworkMessage::Headers(vec![])).await,
+                    _ => {}
+                }
+            }
+            Seen::Msg(_) => {}
+            other => panic!("waiting: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_cross_wtxid_relay_peers_in_both_directions() {
+    use bitcoin::hashes::Hash;
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.trickle = false;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut sender = wtxid_peer(addr).await;
+    let mut receiver = wtxid_peer(addr).await;
+    // A segwit transaction, so that its wtxid is not its txid.
+    let tx = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([7; 32]), 0),
+            script_sig: bitcoin::ScriptBuf::new(),
+            sequence: bitcoin::Sequence::MAX,
+            witness: bitcoin::Witness::from_slice(&[vec![1u8, 2, 3]]),
+        }],
+        output: vec![bitcoin::TxOut {
+            value: bitcoin::Amount::from_sat(1_000),
+            script_pubkey: bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    };
+    let wtxid = tx.compute_wtxid();
+    assert_ne!(wtxid.to_byte_array(), tx.compute_txid().to_byte_array());
+
+    // In: announced by wtxid, requested by MSG_WTX.
+    sender
+        .send(NetworkMessage::Inv(vec![Inventory::WTx(wtxid)]))
+        .await;
+    let asked = next_matching(&mut sender, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WTx(wtxid)]);
+    sender.send(NetworkMessage::Tx(tx.clone())).await;
+
+    // Out: announced by wtxid, served to a MSG_WTX request.
+    let announced = next_matching(&mut receiver, |m| match m {
+        NetworkMessage::Inv(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(announced, vec![Inventory::WTx(wtxid)]);
+    receiver
+        .send(NetworkMessage::GetData(vec![Inventory::WTx(wtxid)]))
+        .await;
+    let got = next_matching(&mut receiver, |m| match m {
+        NetworkMessage::Tx(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got.compute_wtxid(), wtxid);
+    node.shutdown().await;
+}

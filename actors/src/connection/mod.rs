@@ -581,6 +581,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         start_height: pv.start_height,
         relay: pv.relay,
         version: pv.version,
+        wtxid_relay: pv.wtxidrelay,
     });
     let config = state.ctx.config();
     state.ping = Some(PingTracker::new(

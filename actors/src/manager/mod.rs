@@ -106,7 +106,7 @@ struct Child {
     actor: ActorRef<ConnectionMsg>,
     /// Start height, relay flag and protocol version from its version, once the handshake
     /// completed (and Sync was told of the peer).
-    handshake: Option<(i32, bool, u32)>,
+    handshake: Option<(i32, bool, u32, bool)>,
 }
 
 impl Child {
@@ -704,7 +704,8 @@ impl ManagerState {
 
 /// Tells Sync of a peer whose handshake completed (nothing for one still handshaking).
 fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
-    let (Some((start_height, relay, version)), Some(sync)) = (child.handshake, ctx.sync_ref())
+    let (Some((start_height, relay, version, wtxid_relay)), Some(sync)) =
+        (child.handshake, ctx.sync_ref())
     else {
         return;
     };
@@ -716,6 +717,7 @@ fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
         relay,
         inbound: child.direction == Direction::Inbound,
         version,
+        wtxid_relay,
     });
 }
 
@@ -879,13 +881,14 @@ impl Actor for Manager {
                 start_height,
                 relay,
                 version,
+                wtxid_relay,
             } => {
                 if let Some(child) = state
                     .by_peer
                     .get(&id)
                     .and_then(|a| state.children.get_mut(a))
                 {
-                    child.handshake = Some((start_height, relay, version));
+                    child.handshake = Some((start_height, relay, version, wtxid_relay));
                     peer_up_to_sync(&state.ctx, child);
                 }
                 state.publish_lifecycle(id, true);

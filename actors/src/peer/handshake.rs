@@ -508,7 +508,25 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(cmds, ["version", "sendaddrv2", "verack"]);
+        // Before 70016 no feature negotiation (Core: older software may not know it).
+        assert_eq!(cmds, ["version", "verack"]);
+        let mut h = Handshake::new(Direction::Inbound, false, 5, addr(2), None, now, p.timeout);
+        let steps = h
+            .on_message(
+                &peer_version(9, "/x:1/", ServiceFlags::NONE, 70016),
+                &p,
+                0,
+                &never,
+            )
+            .unwrap();
+        let cmds: Vec<String> = steps
+            .iter()
+            .filter_map(|s| match s {
+                HandshakeStep::Send(m) => Some(m.command().to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cmds, ["version", "wtxidrelay", "sendaddrv2", "verack"]);
     }
 
     #[test]

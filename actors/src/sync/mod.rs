@@ -120,6 +120,8 @@ struct SyncPeer {
     sync_failed: bool,
     /// Its protocol version.
     version: u32,
+    /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
+    wtxid_relay: bool,
     /// Its chain is being presynced (it has not shown enough work yet).
     presync: Option<HeadersPresync>,
     wants_headers: bool,
@@ -209,7 +211,11 @@ pub struct SyncActorState {
     requested_blocks: InFlight<BlockHash>,
     pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
     pool_bytes: usize,
-    requested_tx: InFlight<Txid>,
+    /// Transactions asked for, by the hash they were announced with (txid, or wtxid for
+    /// BIP339 peers).
+    requested_tx: InFlight<[u8; 32]>,
+    /// The pool's transactions by wtxid (BIP339 announcements and requests).
+    pool_wtxid: HashMap<bitcoin::Wtxid, Txid>,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -623,6 +629,7 @@ impl SyncActorState {
         for tx in &block.txdata {
             if let Some((_, _, sz)) = self.pool.remove(&tx.compute_txid()) {
                 self.pool_bytes -= sz;
+                self.pool_wtxid.remove(&tx.compute_wtxid());
             }
         }
         let block = Arc::new(block);
@@ -708,7 +715,10 @@ impl SyncActorState {
                             self.request_block_elsewhere(h, id);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                            self.requested_tx.not_found(&t, id);
+                            self.requested_tx.not_found(&t.to_byte_array(), id);
+                        }
+                        Inventory::WTx(w) => {
+                            self.requested_tx.not_found(&w.to_byte_array(), id);
                         }
                         _ => {}
                     }
@@ -821,13 +831,18 @@ impl SyncActorState {
         let max_age = config.tx_pool_max_age;
         let before = self.pool.len();
         let mut freed = 0;
-        self.pool.retain(|_, (_, at, size)| {
+        let mut gone = Vec::new();
+        self.pool.retain(|_, (tx, at, size)| {
             let keep = at.elapsed() < max_age;
             if !keep {
                 freed += *size;
+                gone.push(tx.compute_wtxid());
             }
             keep
         });
+        for w in gone {
+            self.pool_wtxid.remove(&w);
+        }
         self.pool_bytes -= freed;
         if self.pool.len() != before {
             self.publish_status();
@@ -889,6 +904,7 @@ impl Actor for Sync {
             pool: HashMap::new(),
             pool_bytes: 0,
             requested_tx: InFlight::default(),
+            pool_wtxid: HashMap::new(),
             early: VecDeque::new(),
             extra_nonce: rand::random(),
             timer: None,
@@ -955,6 +971,7 @@ impl Actor for Sync {
                 relay,
                 inbound,
                 version,
+                wtxid_relay,
             } => {
                 if state.peers.contains_key(&id) {
                     // Announced twice (a restarted Sync is told of every live peer, and a
@@ -969,6 +986,7 @@ impl Actor for Sync {
                     claimed_height: start_height.max(0) as u32,
                     sync_failed: false,
                     version,
+                    wtxid_relay,
                     presync: None,
                     wants_headers: false,
                     relay,

@@ -24,6 +24,8 @@ impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
         let mut want_tx = Vec::new();
         let mut unknown_block = None;
+        let wtxid_peer = self.peers.get(&id).is_some_and(|p| p.wtxid_relay);
+        let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
         for item in inv {
             match item {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
@@ -34,21 +36,38 @@ impl SyncActorState {
                         unknown_block = Some(h);
                     }
                 }
-                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                // BIP339: a wtxid-relay peer announces by wtxid, others by txid; Core ignores
+                // the other kind from each, and so do we.
+                Inventory::Transaction(t) | Inventory::WitnessTransaction(t) if !wtxid_peer => {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.learn(t.to_byte_array());
                     }
-                    let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
                     if room
                         && !self.pool.contains_key(&t)
                         && self.requested_tx.try_request(
-                            t,
+                            t.to_byte_array(),
                             id,
                             Instant::now(),
                             MAX_PEER_TX_IN_FLIGHT,
                         )
                     {
                         want_tx.push(Inventory::WitnessTransaction(t));
+                    }
+                }
+                Inventory::WTx(w) if wtxid_peer => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.learn(w.to_byte_array());
+                    }
+                    if room
+                        && !self.pool_wtxid.contains_key(&w)
+                        && self.requested_tx.try_request(
+                            w.to_byte_array(),
+                            id,
+                            Instant::now(),
+                            MAX_PEER_TX_IN_FLIGHT,
+                        )
+                    {
+                        want_tx.push(Inventory::WTx(w));
                     }
                 }
                 _ => {}
@@ -120,6 +139,10 @@ impl SyncActorState {
                         None => missing.push(item),
                     }
                 }
+                Inventory::WTx(w) => match self.pool_wtxid.get(&w).and_then(|t| self.pool.get(t)) {
+                    Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
+                    None => missing.push(item),
+                },
                 other => missing.push(other),
             }
         }
@@ -132,7 +155,9 @@ impl SyncActorState {
 
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
-        self.requested_tx.received(&txid);
+        let wtxid = tx.compute_wtxid();
+        self.requested_tx.received(&txid.to_byte_array());
+        self.requested_tx.received(&wtxid.to_byte_array());
         if self.pool.contains_key(&txid) {
             return;
         }
@@ -146,6 +171,7 @@ impl SyncActorState {
         }
         let fee_rate = self.fee_rate(&tx);
         self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
+        self.pool_wtxid.insert(wtxid, txid);
         self.pool_bytes += size;
         metrics::counter!("meshd_txs_received_total").increment(1);
         debug!(%txid, size, "transaction pooled");
@@ -153,9 +179,14 @@ impl SyncActorState {
             txid: txid.to_string(),
             size,
         });
-        let key = txid.to_byte_array();
         let trickle = config.trickle;
         for (id, p) in self.peers.iter_mut() {
+            // Each peer knows the transaction by the hash it uses for relay.
+            let key = if p.wtxid_relay {
+                wtxid.to_byte_array()
+            } else {
+                txid.to_byte_array()
+            };
             if Some(*id) == from || !p.relay || p.knows(&key) {
                 continue;
             }
@@ -206,15 +237,26 @@ impl SyncActorState {
     pub(super) fn flush_trickle(&mut self) {
         let now = Instant::now();
         let trickle = self.ctx.config().trickle;
+        let pool = &self.pool;
         for p in self.peers.values_mut() {
             if p.pending_tx.is_empty() || now < p.next_flush {
                 continue;
             }
+            let wtxid_relay = p.wtxid_relay;
+            // BIP339: MSG_WTX to wtxid-relay peers, MSG_TX to the rest; a transaction that
+            // left the pool meanwhile is not announced.
             let batch: Vec<Inventory> = p
                 .pending_tx
                 .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
-                .map(Inventory::Transaction)
+                .filter_map(|t| match (wtxid_relay, pool.get(&t)) {
+                    (_, None) => None,
+                    (true, Some((tx, _, _))) => Some(Inventory::WTx(tx.compute_wtxid())),
+                    (false, Some(_)) => Some(Inventory::Transaction(t)),
+                })
                 .collect();
+            if batch.is_empty() {
+                continue;
+            }
             metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
             p.send(NetworkMessage::Inv(batch));
             if trickle {
