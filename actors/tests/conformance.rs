@@ -213,3 +213,59 @@ async fn transactions_cross_wtxid_relay_peers_in_both_directions() {
     assert_eq!(got.compute_wtxid(), wtxid);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
+    use bitcoin::hashes::Hash;
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let genesis = node.profile().genesis;
+    // A valid block of three transactions on genesis...
+    let mut block = meshd_actors::sync::mine::regtest_block(&genesis, 1, genesis.time + 60, 9);
+    for i in 1..3u8 {
+        let mut tx = block.txdata[0].clone();
+        tx.input[0].previous_output =
+            bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([i; 32]), 0);
+        block.txdata.push(tx);
+    }
+    let root = block.compute_merkle_root().unwrap();
+    block.header = meshd_actors::sync::chain::headers::mine_header(
+        &genesis,
+        root,
+        genesis.time + 60,
+        genesis.bits,
+    );
+    // ...and its CVE-2012-2459 twin: the last transaction twice, the same merkle root.
+    let mut mutated = block.clone();
+    mutated.txdata.push(block.txdata[2].clone());
+    assert!(mutated.check_merkle_root());
+
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    p.send(version(70016)).await;
+    let _ = commands_for(&mut p, Duration::from_millis(500)).await; // handshake, synced
+    p.send(NetworkMessage::Headers(vec![block.header])).await;
+    let hash = block.block_hash();
+    let asked = next_matching(&mut p, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    p.send(NetworkMessage::Block(mutated)).await;
+    assert!(p.closed_within(Duration::from_secs(5)).await, "sender kept");
+
+    // Not kept: another peer asking for it is told notfound.
+    let mut q = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(q.handshake().await);
+    q.send(NetworkMessage::GetData(vec![Inventory::Block(hash)]))
+        .await;
+    let answer = next_matching(&mut q, |m| match m {
+        NetworkMessage::NotFound(_) => Some(true),
+        NetworkMessage::Block(_) => Some(false),
+        _ => None,
+    })
+    .await;
+    assert!(answer, "the mutated block was served");
+    node.shutdown().await;
+}

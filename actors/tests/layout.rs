@@ -51,6 +51,7 @@ const CORES: &[&str] = &[
     "stun/codec.rs",
     "stun/nat.rs",
     "stun/transaction.rs",
+    "sync/block_check.rs",
     "sync/bloom.rs",
     "sync/chain/headers.rs",
     "sync/chain/mod.rs",

@@ -712,18 +712,10 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::Block(b)) => {
-            state
-                .ctx
-                .peers
-                .update(state.id, |p| p.last_block_at = Some(Instant::now()));
             to_sync(state, SyncInput::Block(Box::new(b)));
             Ok(())
         }
         Message::Network(NetworkMessage::Tx(tx)) => {
-            state
-                .ctx
-                .peers
-                .update(state.id, |p| p.last_tx_at = Some(Instant::now()));
             to_sync(state, SyncInput::Tx(Box::new(tx)));
             Ok(())
         }

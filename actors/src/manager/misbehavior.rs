@@ -46,6 +46,8 @@ pub fn cost(kind: &str) -> u32 {
         // Core does not punish a header from the future: our clock may be the wrong one.
         "header_time_too_new" => 0,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
+        // Core punishes a mutated block and a bad witness commitment (BLOCK_MUTATED).
+        "block_mutated" | "block_bad_witness_commitment" => 100,
         // BIP37: a filter over the limits is a protocol violation (Core bans for it).
         "bloom_too_large" => 100,
         "duplicate_version" => 1,

@@ -22,6 +22,7 @@
 //! - **Regtest generation**: [`SyncMsg::Generate`] mines blocks with a BIP34 coinbase and
 //!   trivial proof of work on our tip and announces them.
 
+pub mod block_check;
 pub mod bloom;
 pub mod chain;
 pub mod mine;
@@ -600,11 +601,18 @@ impl SyncActorState {
                 return;
             }
         }
-        if !block.check_merkle_root() {
-            metrics::counter!("meshd_blocks_rejected_total", "reason" => "bad_merkle_root")
-                .increment(1);
-            self.punish(id, "block_bad_merkle_root");
+        if let Err(e) = block_check::check_block(&block) {
+            metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
+            warn!(%hash, peer = %id, error = %e, "block refused");
+            self.punish(id, e.kind());
             return;
+        }
+        // Credited to the sender only now, and only if it is new (Core's eviction rule
+        // protects peers that recently sent a novel, valid block).
+        if !self.blocks.iter().any(|k| k.hash == hash) {
+            self.ctx
+                .peers
+                .update(id, |p| p.last_block_at = Some(Instant::now()));
         }
         self.keep_and_publish(block, Some(id));
     }

@@ -170,6 +170,12 @@ impl SyncActorState {
             return;
         }
         let fee_rate = self.fee_rate(&tx);
+        if let Some(id) = from {
+            // A novel transaction that entered the pool: credited for eviction (Core).
+            self.ctx
+                .peers
+                .update(id, |p| p.last_tx_at = Some(Instant::now()));
+        }
         self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
         self.pool_wtxid.insert(wtxid, txid);
         self.pool_bytes += size;
