@@ -81,6 +81,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
                 Ok(h) => h,
                 Err(e) => return fail(e),
             };
+            meshd_actors::describe_metrics();
             match metrics_http::bind(addr).await {
                 Ok(l) => Some((l, handle)),
                 Err(e) => return fail(e),

@@ -43,6 +43,59 @@ fn promtool_accepts_the_config_and_alert_rules() {
 }
 
 #[test]
+fn every_metric_has_help_text_and_the_exposition_passes_promtool() {
+    // Two nodes talking, so that most series exist.
+    let fast = ["--ping-interval", "200ms"];
+    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"]].concat());
+    let a_addr = a.addr.unwrap().to_string();
+    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr]].concat());
+    b.wait_log("handshake", Duration::from_secs(10), |v| {
+        msg(v) == "handshake complete"
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    for node in [&a, &b] {
+        let text = node.scrape();
+        let helped: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        let typed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        assert!(typed.len() > 20, "only {} metrics", typed.len());
+        let missing: Vec<&&str> = typed.iter().filter(|t| !helped.contains(**t)).collect();
+        assert!(missing.is_empty(), "no HELP for {missing:?}");
+        if !have("promtool") {
+            return skip_or_fail("promtool (Debian package prometheus) is not installed");
+        }
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
 fn systemd_unit_passes_systemd_analyze_verify() {
     if !have("systemd-analyze") {
         return skip_or_fail("systemd-analyze is not installed");

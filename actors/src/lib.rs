@@ -99,6 +99,7 @@ pub mod discovery;
 pub mod events;
 pub mod manager;
 mod metrics;
+pub use metrics::describe_metrics;
 pub mod msg;
 pub mod network;
 pub mod node;

@@ -18,6 +18,187 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// HELP text of every counter and histogram meshd records through the `metrics` facade.
+/// A test keeps this list complete (`actors/tests/layout.rs` reads the sources).
+const DESCRIPTIONS: &[(&str, &str, &str)] = &[
+    (
+        "counter",
+        "meshd_accepted_total",
+        "Inbound TCP connections accepted by the listener.",
+    ),
+    (
+        "counter",
+        "meshd_addr_processed_total",
+        "Gossiped addresses taken in after the per-peer rate limit.",
+    ),
+    (
+        "counter",
+        "meshd_addr_rate_limited_total",
+        "Gossiped addresses dropped by the per-peer rate limit.",
+    ),
+    (
+        "counter",
+        "meshd_bans_total",
+        "Bans created, by reason (manual or misbehavior).",
+    ),
+    (
+        "counter",
+        "meshd_blocks_received_total",
+        "Blocks received, checked and kept.",
+    ),
+    (
+        "counter",
+        "meshd_blocks_rejected_total",
+        "Blocks refused, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_bytes_received_total",
+        "Bytes received from peers, by command.",
+    ),
+    (
+        "counter",
+        "meshd_bytes_sent_total",
+        "Bytes queued to peers, by command.",
+    ),
+    (
+        "counter",
+        "meshd_connection_giveups_total",
+        "Outbound addresses given up on until their restart window clears.",
+    ),
+    (
+        "counter",
+        "meshd_disconnects_total",
+        "Connections closed, by typed reason.",
+    ),
+    (
+        "counter",
+        "meshd_dns_queries_total",
+        "DNS seed lookups, by outcome.",
+    ),
+    (
+        "counter",
+        "meshd_evictions_total",
+        "Inbound peers evicted to make room for a new one.",
+    ),
+    (
+        "counter",
+        "meshd_frame_errors_total",
+        "Framing errors on the wire, by kind.",
+    ),
+    (
+        "counter",
+        "meshd_getdata_paused_total",
+        "Times serving a peer's getdata paused because it was not reading.",
+    ),
+    (
+        "histogram",
+        "meshd_handshake_duration_seconds",
+        "Time from socket open to completed version handshake.",
+    ),
+    (
+        "counter",
+        "meshd_headers_received_total",
+        "Headers accepted into the header chain.",
+    ),
+    (
+        "counter",
+        "meshd_headers_rejected_total",
+        "Headers refused, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_inbound_refused_total",
+        "Inbound connections refused, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_misbehavior_total",
+        "Protocol violations charged to peers, by kind.",
+    ),
+    (
+        "counter",
+        "meshd_payload_errors_total",
+        "Messages with malformed or refused payloads, by kind.",
+    ),
+    (
+        "histogram",
+        "meshd_ping_rtt_seconds",
+        "Ping round-trip times.",
+    ),
+    (
+        "counter",
+        "meshd_presync_aborted_total",
+        "Header presyncs given up (nothing stored), by reason.",
+    ),
+    (
+        "counter",
+        "meshd_presync_released_total",
+        "Headers stored after presync showed enough work.",
+    ),
+    (
+        "counter",
+        "meshd_requests_expired_total",
+        "Transaction and block requests that expired unanswered, by kind.",
+    ),
+    (
+        "counter",
+        "meshd_stun_ignored_total",
+        "STUN datagrams ignored, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_sync_early_inputs_dropped_total",
+        "Peer messages Sync dropped because the peer was never announced in time.",
+    ),
+    (
+        "counter",
+        "meshd_sync_peer_failures_total",
+        "Sync peers replaced for not delivering what they claimed, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_sync_stalls_total",
+        "Sync peers replaced for not answering getheaders in time.",
+    ),
+    (
+        "counter",
+        "meshd_txs_dropped_total",
+        "Transactions not pooled, by reason.",
+    ),
+    (
+        "counter",
+        "meshd_txs_filtered_total",
+        "Transaction announcements withheld by a peer's feefilter.",
+    ),
+    (
+        "counter",
+        "meshd_txs_received_total",
+        "Transactions received and pooled.",
+    ),
+    (
+        "counter",
+        "meshd_txs_relayed_total",
+        "Transaction announcements sent to peers.",
+    ),
+    (
+        "counter",
+        "meshd_unknown_messages_total",
+        "Messages with commands meshd does not know, ignored.",
+    ),
+];
+
+/// Registers the HELP text of every facade metric with the installed recorder, so the
+/// exposition passes `promtool check metrics`. Call after installing the recorder.
+pub fn describe_metrics() {
+    for (kind, name, help) in DESCRIPTIONS {
+        match *kind {
+            "histogram" => metrics::describe_histogram!(*name, *help),
+            _ => metrics::describe_counter!(*name, *help),
+        }
+    }
+}
+
 /// Escapes a label value.
 fn esc(v: &str) -> String {
     v.replace('\\', "\\\\")

@@ -164,3 +164,28 @@ fn messages_live_in_the_leaf() {
         assert!(text.contains(message), "msg.rs lacks `{message}`");
     }
 }
+
+#[test]
+fn every_facade_metric_has_help_text() {
+    let described = std::fs::read_to_string(src().join("metrics.rs")).unwrap();
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for macro_name in ["counter!(", "histogram!(", "gauge!("] {
+            for (i, _) in text.match_indices(macro_name) {
+                let rest = text[i + macro_name.len()..].trim_start();
+                let Some(name) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) else {
+                    continue;
+                };
+                if name.starts_with("meshd_") {
+                    assert!(
+                        described.contains(&format!("\"{name}\",")),
+                        "{name} (in {}) has no HELP text in metrics.rs",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
+}
