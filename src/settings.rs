@@ -419,6 +419,11 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     r.window = duration!(restart_window, r.window);
     r.stable_after = duration!(restart_stable_after, r.stable_after);
     if let Some(v) = args.restart_max.or(file.restart_max) {
+        if v == 0 {
+            // Zero would give up on every outbound peer at its first drop: not a policy
+            // anyone means (Core has no such setting either).
+            return err("restart-max: must be at least 1");
+        }
         r.max_restarts = v;
     }
     node.dns_servers = pick(&args.dns_server, &file.dns_server)
@@ -463,7 +468,11 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         Some(other) => return err(format!("blocks: {other:?} is not none or tip")),
     }
     if let Some(v) = args.keep_blocks.or(file.keep_blocks) {
-        node.keep_blocks = v.max(1);
+        if v == 0 {
+            // The tip block must be kept to check and relay it; use --blocks none to fetch none.
+            return err("keep-blocks: must be at least 1 (use --blocks none to fetch no blocks)");
+        }
+        node.keep_blocks = v;
     }
     if let Some(v) = args.tx_pool_max_count.or(file.tx_pool_max_count) {
         node.tx_pool_max_count = v;

@@ -57,6 +57,9 @@ fn bad_input_gives_one_error_line_and_exit_code_2() {
         &["--ping-interval", "soon"],
         &["--config", "/nonexistent/meshd.toml"],
         &["--frobnicate"],
+        &["--restart-max", "0"],
+        &["--keep-blocks", "0"],
+        &["--minimum-chain-work", "not-hex"],
     ];
     for args in cases {
         let (code, _, stderr) = run_to_end(args);
