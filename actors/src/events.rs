@@ -294,9 +294,19 @@ pub enum EventError {
 }
 
 /// The bus. Cheap to clone.
+///
+/// Per-message traffic (`MessageReceived`, one event per message from any peer) has its own
+/// channel: a subscriber that asked only for lifecycle events never lags behind, or loses
+/// what it asked for, because of traffic it did not ask for.
 #[derive(Debug, Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
+    traffic: broadcast::Sender<Arc<Event>>,
+}
+
+/// Whether events of `kind` travel on the traffic channel.
+fn is_traffic(kind: EventKind) -> bool {
+    kind == EventKind::MessageReceived
 }
 
 impl Default for EventBus {
@@ -309,7 +319,8 @@ impl EventBus {
     /// A bus buffering `capacity` events per subscriber.
     pub fn new(capacity: usize) -> EventBus {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx }
+        let (traffic, _) = broadcast::channel(capacity.max(1));
+        EventBus { tx, traffic }
     }
 
     /// Publishes; never waits. Events with no subscriber are dropped.
@@ -318,29 +329,37 @@ impl EventBus {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let _ = self.tx.send(Arc::new(Event {
+        let channel = if is_traffic(event.kind()) {
+            &self.traffic
+        } else {
+            &self.tx
+        };
+        let _ = channel.send(Arc::new(Event {
             timestamp_ms,
             event,
         }));
     }
 
-    /// Whether anyone listens (to skip building events nobody reads).
+    /// Whether anyone listens to per-message traffic (to skip building events nobody reads).
     pub fn has_subscribers(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.traffic.receiver_count() > 0
     }
 
     /// A stream of every event from now on.
     pub fn subscribe(&self) -> EventStream {
         EventStream {
             rx: self.tx.subscribe(),
+            traffic: Some(self.traffic.subscribe()),
             filter: None,
         }
     }
 
-    /// A stream of the given kinds only.
+    /// A stream of the given kinds only (traffic only when asked for).
     pub fn subscribe_to(&self, kinds: &[EventKind]) -> EventStream {
+        let wants_traffic = kinds.iter().any(|k| is_traffic(*k));
         EventStream {
             rx: self.tx.subscribe(),
+            traffic: wants_traffic.then(|| self.traffic.subscribe()),
             filter: Some(kinds.iter().copied().collect()),
         }
     }
@@ -350,6 +369,7 @@ impl EventBus {
 #[derive(Debug)]
 pub struct EventStream {
     rx: broadcast::Receiver<Arc<Event>>,
+    traffic: Option<broadcast::Receiver<Arc<Event>>>,
     filter: Option<HashSet<EventKind>>,
 }
 
@@ -357,7 +377,16 @@ impl EventStream {
     /// The next event that passes the filter.
     pub async fn recv(&mut self) -> Result<Arc<Event>, EventError> {
         loop {
-            match self.rx.recv().await {
+            // Lifecycle events first: they are rare and must not wait behind traffic.
+            let got = match self.traffic.as_mut() {
+                None => self.rx.recv().await,
+                Some(traffic) => tokio::select! {
+                    biased;
+                    e = self.rx.recv() => e,
+                    e = traffic.recv() => e,
+                },
+            };
+            match got {
                 Ok(e) => {
                     if self
                         .filter
@@ -413,6 +442,24 @@ mod tests {
         for i in 6..10 {
             assert_eq!(slow.recv().await.unwrap().event, unbanned(i));
         }
+    }
+
+    #[tokio::test]
+    async fn traffic_does_not_crowd_out_the_kinds_a_subscriber_asked_for() {
+        let bus = EventBus::new(4);
+        let mut bans = bus.subscribe_to(&[EventKind::PeerUnbanned]);
+        assert!(!bus.has_subscribers(), "nobody asked for traffic");
+        bus.publish(unbanned(1));
+        for _ in 0..100 {
+            bus.publish(NodeEvent::MessageReceived {
+                peer: crate::manager::peers::PeerId(1),
+                command: "inv".into(),
+                size: 61,
+            });
+        }
+        bus.publish(unbanned(2));
+        assert_eq!(bans.recv().await.unwrap().event, unbanned(1));
+        assert_eq!(bans.recv().await.unwrap().event, unbanned(2));
     }
 
     #[test]
