@@ -269,3 +269,101 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
     assert!(answer, "the mutated block was served");
     node.shutdown().await;
 }
+
+fn spend(prev: [u8; 32], outputs: &[u64], dup_input: bool) -> bitcoin::Transaction {
+    use bitcoin::hashes::Hash;
+    let input = bitcoin::TxIn {
+        previous_output: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array(prev), 0),
+        script_sig: bitcoin::ScriptBuf::new(),
+        sequence: bitcoin::Sequence::MAX,
+        witness: bitcoin::Witness::new(),
+    };
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: if dup_input {
+            vec![input.clone(), input]
+        } else {
+            vec![input]
+        },
+        output: outputs
+            .iter()
+            .map(|v| bitcoin::TxOut {
+                value: bitcoin::Amount::from_sat(*v),
+                script_pubkey: bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_transaction_is_refused_not_relayed_and_costs_its_sender() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.trickle = false;
+    let node = Node::start(c).await.unwrap();
+    let mut watcher = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(watcher.handshake().await);
+    let mut sender = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(sender.handshake().await);
+    // CVE-2018-17144's shape: one outpoint spent twice.
+    let bad = spend([3; 32], &[1_000], true);
+    sender
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(
+            bad.compute_txid(),
+        )]))
+        .await;
+    let _ = next_matching(&mut sender, |m| {
+        matches!(m, NetworkMessage::GetData(_)).then_some(())
+    })
+    .await;
+    sender.send(NetworkMessage::Tx(bad.clone())).await;
+    assert!(
+        sender.closed_within(Duration::from_secs(5)).await,
+        "sender kept"
+    );
+    assert_eq!(node.sync_status().tx_pool, 0);
+    let seen = commands_for(&mut watcher, Duration::from_millis(500)).await;
+    assert!(!seen.iter().any(|c| c == "inv"), "relayed: {seen:?}");
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_pool_evicts_its_lowest_feerate_then_oldest_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.tx_pool_max_count = 3;
+    let node = Node::start(c).await.unwrap();
+    let txs: Vec<_> = (1..=4u8).map(|i| spend([i; 32], &[1_000], false)).collect();
+    for tx in &txs {
+        assert!(node.submit_tx(tx.clone()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.sync_status().tx_pool != 3 {
+        assert!(Instant::now() < deadline, "{:?}", node.sync_status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The newest is in, the oldest (all fees unknown, so equal) went.
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    use bitcoin::p2p::message_blockdata::Inventory;
+    p.send(NetworkMessage::GetData(vec![
+        Inventory::Transaction(txs[0].compute_txid()),
+        Inventory::Transaction(txs[3].compute_txid()),
+    ]))
+    .await;
+    let got = next_matching(&mut p, |m| match m {
+        NetworkMessage::Tx(t) => Some(t.compute_txid()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(got, txs[3].compute_txid());
+    let missing = next_matching(&mut p, |m| match m {
+        NetworkMessage::NotFound(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(missing, vec![Inventory::Transaction(txs[0].compute_txid())]);
+    node.shutdown().await;
+}

@@ -58,6 +58,8 @@ const CORES: &[&str] = &[
     "sync/chain/presync.rs",
     "sync/chain/store.rs",
     "sync/mine.rs",
+    "sync/requests.rs",
+    "sync/tx_check.rs",
     "wire/frame.rs",
     "wire/message.rs",
     "wire/mod.rs",

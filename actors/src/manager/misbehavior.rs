@@ -48,6 +48,14 @@ pub fn cost(kind: &str) -> u32 {
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
         // Core punishes a mutated block and a bad witness commitment (BLOCK_MUTATED).
         "block_mutated" | "block_bad_witness_commitment" => 100,
+        // Consensus-invalid transactions (Core: TX_CONSENSUS is punished).
+        "tx_no_inputs"
+        | "tx_no_outputs"
+        | "tx_oversize"
+        | "tx_value_out_of_range"
+        | "tx_duplicate_inputs"
+        | "tx_null_prevout"
+        | "tx_coinbase" => 100,
         // BIP37: a filter over the limits is a protocol violation (Core bans for it).
         "bloom_too_large" => 100,
         "duplicate_version" => 1,

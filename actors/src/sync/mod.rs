@@ -28,6 +28,7 @@ pub mod chain;
 pub mod mine;
 mod relay;
 pub mod requests;
+pub mod tx_check;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -192,6 +193,17 @@ impl SyncSession {
     }
 }
 
+/// A transaction in the relay pool.
+struct PoolEntry {
+    tx: Arc<Transaction>,
+    /// When it entered.
+    at: Instant,
+    /// Serialized bytes.
+    size: usize,
+    /// Sat per 1000 virtual bytes, when every input's value is known.
+    fee_rate: Option<u64>,
+}
+
 /// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
 /// once as a whole `block` frame, shared by every peer it is sent to.
 struct KeptBlock {
@@ -210,7 +222,9 @@ pub struct SyncActorState {
     state: SyncState,
     blocks: VecDeque<KeptBlock>,
     requested_blocks: InFlight<BlockHash>,
-    pool: HashMap<Txid, (Arc<Transaction>, Instant, usize)>,
+    pool: HashMap<Txid, PoolEntry>,
+    /// Output values of the kept blocks' transactions, for fee rates without scanning blocks.
+    block_outputs: HashMap<Txid, Vec<u64>>,
     pool_bytes: usize,
     /// Transactions asked for, by the hash they were announced with (txid, or wtxid for
     /// BIP339 peers).
@@ -635,8 +649,8 @@ impl SyncActorState {
         });
         // Transactions now in a block leave the relay pool.
         for tx in &block.txdata {
-            if let Some((_, _, sz)) = self.pool.remove(&tx.compute_txid()) {
-                self.pool_bytes -= sz;
+            if let Some(e) = self.pool.remove(&tx.compute_txid()) {
+                self.pool_bytes -= e.size;
                 self.pool_wtxid.remove(&tx.compute_wtxid());
             }
         }
@@ -644,9 +658,17 @@ impl SyncActorState {
         let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
             .encode(self.ctx.profile.magic)
             .into();
+        for tx in &block.txdata {
+            let values = tx.output.iter().map(|o| o.value.to_sat()).collect();
+            self.block_outputs.insert(tx.compute_txid(), values);
+        }
         self.blocks.push_back(KeptBlock { hash, block, frame });
         while self.blocks.len() > self.ctx.config().keep_blocks {
-            self.blocks.pop_front();
+            if let Some(old) = self.blocks.pop_front() {
+                for tx in &old.block.txdata {
+                    self.block_outputs.remove(&tx.compute_txid());
+                }
+            }
         }
         self.announce_block(hash, from);
         self.publish_status();
@@ -840,11 +862,11 @@ impl SyncActorState {
         let before = self.pool.len();
         let mut freed = 0;
         let mut gone = Vec::new();
-        self.pool.retain(|_, (tx, at, size)| {
-            let keep = at.elapsed() < max_age;
+        self.pool.retain(|_, e| {
+            let keep = e.at.elapsed() < max_age;
             if !keep {
-                freed += *size;
-                gone.push(tx.compute_wtxid());
+                freed += e.size;
+                gone.push(e.tx.compute_wtxid());
             }
             keep
         });
@@ -910,6 +932,7 @@ impl Actor for Sync {
             blocks: VecDeque::new(),
             requested_blocks: InFlight::default(),
             pool: HashMap::new(),
+            block_outputs: HashMap::new(),
             pool_bytes: 0,
             requested_tx: InFlight::default(),
             pool_wtxid: HashMap::new(),

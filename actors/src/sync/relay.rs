@@ -12,6 +12,8 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{BlockHash, Transaction, Txid};
 use tracing::debug;
 
+use super::tx_check::check_transaction;
+use super::PoolEntry;
 use super::{
     poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, MAX_PEER_TX_IN_FLIGHT,
     TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
@@ -135,12 +137,12 @@ impl SyncActorState {
                 }
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                     match self.pool.get(&t) {
-                        Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
+                        Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),
                         None => missing.push(item),
                     }
                 }
                 Inventory::WTx(w) => match self.pool_wtxid.get(&w).and_then(|t| self.pool.get(t)) {
-                    Some((tx, _, _)) => p.send(NetworkMessage::Tx((**tx).clone())),
+                    Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),
                     None => missing.push(item),
                 },
                 other => missing.push(other),
@@ -161,22 +163,42 @@ impl SyncActorState {
         if self.pool.contains_key(&txid) {
             return;
         }
+        if let Err(e) = check_transaction(&tx) {
+            metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
+            debug!(%txid, error = %e, "transaction refused");
+            if let Some(id) = from {
+                // Core punishes consensus-invalid transactions (TX_CONSENSUS).
+                self.punish(id, e.kind());
+            }
+            return;
+        }
         let config = self.ctx.config();
         let size = bitcoin::consensus::serialize(&tx).len();
-        if self.pool.len() >= config.tx_pool_max_count
-            || self.pool_bytes + size > config.tx_pool_max_bytes
-        {
+        let fee_rate = self.fee_rate(&tx);
+        if !self.make_room(
+            size,
+            fee_rate,
+            config.tx_pool_max_count,
+            config.tx_pool_max_bytes,
+        ) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
             return;
         }
-        let fee_rate = self.fee_rate(&tx);
         if let Some(id) = from {
             // A novel transaction that entered the pool: credited for eviction (Core).
             self.ctx
                 .peers
                 .update(id, |p| p.last_tx_at = Some(Instant::now()));
         }
-        self.pool.insert(txid, (Arc::new(tx), Instant::now(), size));
+        self.pool.insert(
+            txid,
+            PoolEntry {
+                tx: Arc::new(tx),
+                at: Instant::now(),
+                size,
+                fee_rate,
+            },
+        );
         self.pool_wtxid.insert(wtxid, txid);
         self.pool_bytes += size;
         metrics::counter!("meshd_txs_received_total").increment(1);
@@ -219,25 +241,54 @@ impl SyncActorState {
         let mut inputs = 0u64;
         for input in &tx.input {
             let prev = input.previous_output;
-            let parent = self
-                .pool
-                .get(&prev.txid)
-                .map(|(t, _, _)| t.clone())
-                .or_else(|| {
-                    self.blocks.iter().find_map(|k| {
-                        k.block
-                            .txdata
-                            .iter()
-                            .find(|t| t.compute_txid() == prev.txid)
-                            .cloned()
-                            .map(Arc::new)
-                    })
-                })?;
-            inputs = inputs.checked_add(parent.output.get(prev.vout as usize)?.value.to_sat())?;
+            // Pooled parents, then the index of kept blocks' outputs: no block is scanned.
+            let value = match self.pool.get(&prev.txid) {
+                Some(e) => e.tx.output.get(prev.vout as usize)?.value.to_sat(),
+                None => *self
+                    .block_outputs
+                    .get(&prev.txid)?
+                    .get(prev.vout as usize)?,
+            };
+            inputs = inputs.checked_add(value)?;
         }
         let outputs: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
         let fee = inputs.checked_sub(outputs)?;
         Some(fee.saturating_mul(1000) / (tx.vsize() as u64).max(1))
+    }
+
+    /// Makes room for a transaction of `size` bytes paying `fee_rate`: while the pool is
+    /// full, the entry with the lowest fee rate (unknown counts as zero), then the oldest, is
+    /// evicted, if it pays no more than the newcomer. False when the newcomer does not fit.
+    fn make_room(
+        &mut self,
+        size: usize,
+        fee_rate: Option<u64>,
+        max_count: usize,
+        max_bytes: usize,
+    ) -> bool {
+        if size > max_bytes {
+            return false;
+        }
+        let rate = fee_rate.unwrap_or(0);
+        while self.pool.len() >= max_count || self.pool_bytes + size > max_bytes {
+            let victim = self
+                .pool
+                .iter()
+                .min_by_key(|(_, e)| (e.fee_rate.unwrap_or(0), e.at))
+                .map(|(t, e)| (*t, e.fee_rate.unwrap_or(0)));
+            match victim {
+                Some((txid, victim_rate)) if victim_rate <= rate => {
+                    if let Some(e) = self.pool.remove(&txid) {
+                        self.pool_bytes -= e.size;
+                        self.pool_wtxid.remove(&e.tx.compute_wtxid());
+                        metrics::counter!("meshd_txs_dropped_total", "reason" => "evicted")
+                            .increment(1);
+                    }
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 
     pub(super) fn flush_trickle(&mut self) {
@@ -256,7 +307,7 @@ impl SyncActorState {
                 .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
                 .filter_map(|t| match (wtxid_relay, pool.get(&t)) {
                     (_, None) => None,
-                    (true, Some((tx, _, _))) => Some(Inventory::WTx(tx.compute_wtxid())),
+                    (true, Some(e)) => Some(Inventory::WTx(e.tx.compute_wtxid())),
                     (false, Some(_)) => Some(Inventory::Transaction(t)),
                 })
                 .collect();
