@@ -190,6 +190,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATTERN")]
     pub ban_user_agent: Vec<String>,
 
+    /// Give peers from CIDR these permissions (repeatable; Bitcoin Core's names: noban, relay,
+    /// download, addr, bloomfilter; none given: noban,relay,download).
+    #[arg(long, value_name = "[PERMISSIONS@]CIDR")]
+    pub whitelist: Vec<String>,
+
     /// BSV only: largest block or transaction message accepted, in bytes. [default: 268435456]
     #[arg(long, value_name = "BYTES")]
     pub max_block_message_size: Option<u32>,

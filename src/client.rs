@@ -174,6 +174,12 @@ fn print_peers(v: &Value) {
                         s(&p["bytes_received"]),
                         s(&p["restarts"]),
                         s(&p["misbehavior_score"]),
+                        p["permissions"]
+                            .as_array()
+                            .filter(|a| !a.is_empty())
+                            .map_or("-".into(), |a| {
+                                a.iter().map(s).collect::<Vec<_>>().join(",")
+                            }),
                     ]
                 })
                 .collect()
@@ -193,6 +199,7 @@ fn print_peers(v: &Value) {
             "RECV",
             "RESTARTS",
             "SCORE",
+            "PERMISSIONS",
         ],
         rows,
     );

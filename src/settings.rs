@@ -63,6 +63,7 @@ pub struct FileConfig {
     services: Option<FileBits>,
     required_services: Option<FileBits>,
     ban_user_agent: Option<Vec<String>>,
+    whitelist: Option<Vec<String>>,
     max_block_message_size: Option<u32>,
     addnode: Option<Vec<String>>,
     max_outbound: Option<u32>,
@@ -382,6 +383,13 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         node.required_services,
     )?;
     node.banned_user_agents = pick(&args.ban_user_agent, &file.ban_user_agent);
+    node.whitelist = Vec::new();
+    for entry in pick(&args.whitelist, &file.whitelist) {
+        match meshd_actors::manager::whitelist::WhitelistEntry::parse(&entry) {
+            Ok(e) => node.whitelist.push(e),
+            Err(e) => return err(e),
+        }
+    }
     if let Some(v) = args.max_block_message_size.or(file.max_block_message_size) {
         node.max_block_message_size = v;
     }

@@ -60,6 +60,7 @@ fn bad_input_gives_one_error_line_and_exit_code_2() {
         &["--restart-max", "0"],
         &["--keep-blocks", "0"],
         &["--minimum-chain-work", "not-hex"],
+        &["--whitelist", "mint@127.0.0.1"],
     ];
     for args in cases {
         let (code, _, stderr) = run_to_end(args);

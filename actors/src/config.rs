@@ -118,6 +118,8 @@ pub struct NodeConfig {
     /// Overrides the network's minimum chain work (`--minimum-chain-work`, as Core's
     /// `-minimumchainwork`); headers of a chain with less work go through presync.
     pub minimum_chain_work: Option<u128>,
+    /// Operators' whitelist (`--whitelist [PERMISSIONS@]CIDR`).
+    pub whitelist: Vec<crate::manager::whitelist::WhitelistEntry>,
 }
 
 /// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
@@ -252,6 +254,7 @@ impl NodeConfig {
             trickle: true,
             sync_stall_timeout: Duration::from_secs(20),
             minimum_chain_work: None,
+            whitelist: Vec::new(),
         }
     }
 

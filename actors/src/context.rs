@@ -183,6 +183,11 @@ impl NodeContext {
         self.shutting_down.load(Ordering::SeqCst)
     }
 
+    /// The whitelist permissions of `ip`.
+    pub(crate) fn permissions_of(&self, ip: IpAddr) -> crate::manager::whitelist::Permissions {
+        crate::manager::whitelist::permissions_of(&self.config().whitelist, ip)
+    }
+
     /// Whether `ip` is banned now.
     pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
         let now = unix_now() as u64;

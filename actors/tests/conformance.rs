@@ -367,3 +367,46 @@ async fn a_full_pool_evicts_its_lowest_feerate_then_oldest_entry() {
     assert_eq!(missing, vec![Inventory::Transaction(txs[0].compute_txid())]);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whitelisted_peer_is_never_charged_or_dropped_and_shows_its_permissions() {
+    use meshd_actors::manager::whitelist::WhitelistEntry;
+    let genesis = meshd_actors::network::NetworkId::Regtest.profile().genesis;
+    // A header whose proof of work fails: 100 points, disconnect, for anyone else.
+    let mut bad = meshd_actors::sync::chain::headers::mine_header(
+        &genesis,
+        bitcoin::TxMerkleNode::from_byte_array([5; 32]),
+        genesis.time + 60,
+        genesis.bits,
+    );
+    while bad.target().is_met_by(bad.block_hash()) {
+        bad.nonce = bad.nonce.wrapping_add(1);
+    }
+    let run = |whitelist: Vec<WhitelistEntry>| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.whitelist = whitelist;
+        let node = Node::start(c).await.unwrap();
+        let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+        assert!(p.handshake().await);
+        let permissions = node.peers()[0].permissions.clone();
+        p.send(NetworkMessage::Headers(vec![bad])).await;
+        // A BIP37 filter without NODE_BLOOM (regtest does not announce it).
+        p.send(NetworkMessage::FilterClear).await;
+        let closed = p.closed_within(Duration::from_secs(2)).await;
+        let score = node.peers().first().map_or(0, |x| x.misbehavior);
+        node.shutdown().await;
+        (permissions, closed, score)
+    };
+    use bitcoin::hashes::Hash;
+    let (perms, closed, _) = run(Vec::new()).await;
+    assert!(perms.is_empty());
+    assert!(closed, "an ordinary peer is dropped");
+    let (perms, closed, score) = run(vec![
+        WhitelistEntry::parse("noban,bloomfilter@127.0.0.0/8").unwrap()
+    ])
+    .await;
+    assert_eq!(perms, ["noban", "bloomfilter"]);
+    assert!(!closed, "a whitelisted peer is kept");
+    assert_eq!(score, 0, "and never charged");
+}

@@ -43,6 +43,7 @@ const CORES: &[&str] = &[
     "manager/peers.rs",
     "manager/restart.rs",
     "manager/slots.rs",
+    "manager/whitelist.rs",
     "peer/handshake.rs",
     "peer/mod.rs",
     "peer/ping.rs",

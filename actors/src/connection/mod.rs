@@ -51,6 +51,7 @@ use crate::events::NodeEvent;
 use crate::manager::misbehavior;
 use crate::manager::peers::{PeerId, PeerState};
 use crate::manager::slots::SlotPermit;
+use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, Inbound, ManagerMsg, SyncInput, SyncMsg};
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
@@ -114,6 +115,8 @@ pub struct ConnectionState {
     deferred: VecDeque<Inbound>,
     /// The reader credit of the message being handled.
     credit: Option<OwnedSemaphorePermit>,
+    /// Whitelist permissions of the peer's address.
+    permissions: Permissions,
     reader: Option<SocketTask>,
     writer: Option<SocketTask>,
     timers: Vec<JoinHandle<()>>,
@@ -203,6 +206,7 @@ impl Actor for Connection {
             config.handshake_timeout,
         );
         let peer_max_payload = args.ctx.profile.limits.send_default;
+        let permissions = args.ctx.permissions_of(args.addr.ip());
         Ok(ConnectionState {
             id: args.id,
             addr: args.addr,
@@ -223,6 +227,7 @@ impl Actor for Connection {
             getdata_at_sync: None,
             deferred: VecDeque::new(),
             credit: None,
+            permissions,
             reader: None,
             writer: None,
             timers: Vec::new(),
@@ -323,8 +328,10 @@ impl Actor for Connection {
             ConnectionMsg::SendAddrs(addrs) => send_addrs(state, &addrs),
             ConnectionMsg::Punish(kind) => punish(state, kind).and_then(|_| {
                 // A header or block that fails validation ends the connection even below the
-                // ban threshold: the peer is on another chain, or lying.
-                if crate::manager::misbehavior::cost(kind) >= 50 {
+                // ban threshold: the peer is on another chain, or lying. Not for noban peers.
+                if crate::manager::misbehavior::cost(kind) >= 50
+                    && !state.permissions.has(Permissions::NOBAN)
+                {
                     Err(DisconnectReason::Protocol(format!(
                         "invalid chain data: {kind}"
                     )))
@@ -413,6 +420,12 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     if cost == 0 {
         return Ok(());
     }
+    if state.permissions.has(Permissions::NOBAN) {
+        // Whitelisted: logged and counted, never charged.
+        debug!(peer = %state.addr, id = %state.id, kind, "misbehaviour by a noban peer, not charged");
+        metrics::counter!("meshd_misbehavior_total", "kind" => kind).increment(1);
+        return Ok(());
+    }
     state.misbehavior = state.misbehavior.saturating_add(cost);
     let score = state.misbehavior;
     state.ctx.peers.update(state.id, |p| p.misbehavior = score);
@@ -444,12 +457,23 @@ fn start_io(
     let config = state.ctx.config();
     let (tx, rx) = mpsc::channel(config.send_queue_capacity.max(1));
     let ctx = &state.ctx;
-    let up = Throttle::new(
-        Flow::Up,
-        ctx.peer_limits.clone(),
-        ctx.global_up.clone(),
-        ctx.global_limits.clone(),
-    );
+    let up = if state.permissions.has(Permissions::DOWNLOAD) {
+        // Whitelisted `download`: what it downloads from us is not paced.
+        let unlimited = Arc::new(crate::connection::bandwidth::RateLimits::new(0, 0, 0, 0));
+        Throttle::new(
+            Flow::Up,
+            unlimited.clone(),
+            ctx.global_up.clone(),
+            unlimited,
+        )
+    } else {
+        Throttle::new(
+            Flow::Up,
+            ctx.peer_limits.clone(),
+            ctx.global_up.clone(),
+            ctx.global_limits.clone(),
+        )
+    };
     let down = Throttle::new(
         Flow::Down,
         ctx.peer_limits.clone(),
@@ -764,7 +788,9 @@ fn on_inbound_message(
             NetworkMessage::FilterLoad(_)
             | NetworkMessage::FilterAdd(_)
             | NetworkMessage::FilterClear,
-        ) if !state.ctx.policy.services.has(ServiceFlags::BLOOM) => {
+        ) if !state.ctx.policy.services.has(ServiceFlags::BLOOM)
+            && !state.permissions.has(Permissions::BLOOMFILTER) =>
+        {
             // Core disconnects a peer that uses BIP37 when we did not announce NODE_BLOOM.
             metrics::counter!("meshd_payload_errors_total", "kind" => "bloom_not_offered")
                 .increment(1);
@@ -1047,8 +1073,9 @@ fn on_addrs(state: &mut ConnectionState, addrs: Vec<GossipAddr>, in_message: usi
     let now = Instant::now();
     let mut accepted = Vec::with_capacity(addrs.len());
     let mut limited = 0u64;
+    let unlimited = state.permissions.has(Permissions::ADDR);
     for a in addrs {
-        if state.addr_limiter.take(now) {
+        if unlimited || state.addr_limiter.take(now) {
             accepted.push(a);
         } else {
             limited += 1;

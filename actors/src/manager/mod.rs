@@ -29,6 +29,7 @@ pub mod misbehavior;
 pub mod peers;
 pub mod restart;
 pub mod slots;
+pub mod whitelist;
 
 use std::collections::{HashMap, HashSet};
 
@@ -54,8 +55,11 @@ use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate}
 use crate::manager::peers::{PeerId, PeerInfo};
 use crate::manager::restart::{RestartDecision, RestartTracker};
 use crate::manager::slots::SlotPermit;
+use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::RollingFilter;
+
+const NOBAN: Permissions = Permissions::NOBAN;
 use crate::peer::{Direction, DisconnectReason};
 use crate::persist;
 
@@ -169,6 +173,7 @@ impl ManagerState {
             Some(OutboundKind::OneTry) => "onetry",
             Some(OutboundKind::Automatic) => "automatic",
         };
+        info.permissions = self.ctx.permissions_of(addr.ip()).names();
         self.ctx.peers.insert(info);
         let args = ConnectionArgs {
             id,
@@ -437,7 +442,7 @@ impl ManagerState {
         if self.ctx.is_shutting_down() {
             return;
         }
-        if self.ctx.is_banned(addr.ip()) {
+        if self.ctx.is_banned(addr.ip()) && !self.ctx.permissions_of(addr.ip()).has(NOBAN) {
             metrics::counter!("meshd_inbound_refused_total", "reason" => "banned").increment(1);
             return;
         }
@@ -482,7 +487,8 @@ impl ManagerState {
                     last_tx: p.last_tx_at,
                     keyed_netgroup: self.ctx.keyed_netgroup(&group),
                     netgroup: group,
-                    protected: p.manual,
+                    // Manual and whitelisted (noban) peers are never evicted.
+                    protected: p.manual || p.permissions.contains(&"noban"),
                 }
             })
             .collect()
@@ -944,7 +950,9 @@ impl Actor for Manager {
             } => {
                 let config = state.ctx.config();
                 let ip = crate::manager::bans::canonical(addr.ip());
-                if ip.is_loopback() && !config.ban_local_peers {
+                if state.ctx.permissions_of(ip).has(NOBAN) {
+                    warn!(peer = %addr, id = %id, kind, score, "whitelisted (noban) peer misbehaved; not banned");
+                } else if ip.is_loopback() && !config.ban_local_peers {
                     warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not banned");
                 } else if !state.bans.is_banned(ip, now_unix()) {
                     state.apply_ban(

@@ -61,6 +61,8 @@ pub struct PeerInfo {
     /// How the connection came about: `inbound`, `manual` (persistent), `candidate`
     /// (`--addnode`), `onetry` or `automatic` (from the address book).
     pub connection_type: &'static str,
+    /// Whitelist permissions (`noban`, `relay`, `download`, `addr`, `bloomfilter`).
+    pub permissions: Vec<&'static str>,
     /// Lifecycle state.
     pub state: PeerState,
     /// Services announced (raw bits).
@@ -122,6 +124,7 @@ impl PeerInfo {
                 (Direction::Outbound, true) => "manual",
                 (Direction::Outbound, false) => "automatic",
             },
+            permissions: Vec::new(),
             state: PeerState::Connecting,
             services: 0,
             version: 0,

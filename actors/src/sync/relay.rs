@@ -20,6 +20,7 @@ use super::{
 };
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
+use crate::manager::whitelist::Permissions;
 use crate::msg::ConnectionMsg;
 
 impl SyncActorState {
@@ -175,12 +176,12 @@ impl SyncActorState {
         let config = self.ctx.config();
         let size = bitcoin::consensus::serialize(&tx).len();
         let fee_rate = self.fee_rate(&tx);
-        if !self.make_room(
-            size,
-            fee_rate,
-            config.tx_pool_max_count,
-            config.tx_pool_max_bytes,
-        ) {
+        // Whitelisted `relay` peers' transactions are pooled even when the pool is full.
+        let forced = from
+            .and_then(|id| self.peers.get(&id))
+            .is_some_and(|p| self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY));
+        let (max_count, max_bytes) = (config.tx_pool_max_count, config.tx_pool_max_bytes);
+        if !self.make_room(size, fee_rate, max_count, max_bytes, forced) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
             return;
         }
@@ -265,6 +266,7 @@ impl SyncActorState {
         fee_rate: Option<u64>,
         max_count: usize,
         max_bytes: usize,
+        forced: bool,
     ) -> bool {
         if size > max_bytes {
             return false;
@@ -277,7 +279,7 @@ impl SyncActorState {
                 .min_by_key(|(_, e)| (e.fee_rate.unwrap_or(0), e.at))
                 .map(|(t, e)| (*t, e.fee_rate.unwrap_or(0)));
             match victim {
-                Some((txid, victim_rate)) if victim_rate <= rate => {
+                Some((txid, victim_rate)) if forced || victim_rate <= rate => {
                     if let Some(e) = self.pool.remove(&txid) {
                         self.pool_bytes -= e.size;
                         self.pool_wtxid.remove(&e.tx.compute_wtxid());
