@@ -487,6 +487,17 @@ mod tests {
         assert!(completed(&h.on_message(&verack(), &p, 0, &never).unwrap()));
     }
 
+    /// The commands of the messages `steps` send, in order.
+    fn sent_commands(steps: &[HandshakeStep]) -> Vec<String> {
+        steps
+            .iter()
+            .filter_map(|s| match s {
+                HandshakeStep::Send(m) => Some(m.command().to_string()),
+                _ => None,
+            })
+            .collect()
+    }
+
     #[test]
     fn inbound_answers_version_with_version_then_verack() {
         let now = Instant::now();
@@ -501,13 +512,7 @@ mod tests {
                 &never,
             )
             .unwrap();
-        let cmds: Vec<String> = steps
-            .iter()
-            .filter_map(|s| match s {
-                HandshakeStep::Send(m) => Some(m.command().to_string()),
-                _ => None,
-            })
-            .collect();
+        let cmds = sent_commands(&steps);
         // Before 70016 no feature negotiation (Core: older software may not know it).
         assert_eq!(cmds, ["version", "verack"]);
         let mut h = Handshake::new(Direction::Inbound, false, 5, addr(2), None, now, p.timeout);
@@ -519,14 +524,10 @@ mod tests {
                 &never,
             )
             .unwrap();
-        let cmds: Vec<String> = steps
-            .iter()
-            .filter_map(|s| match s {
-                HandshakeStep::Send(m) => Some(m.command().to_string()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(cmds, ["version", "wtxidrelay", "sendaddrv2", "verack"]);
+        assert_eq!(
+            sent_commands(&steps),
+            ["version", "wtxidrelay", "sendaddrv2", "verack"]
+        );
     }
 
     #[test]

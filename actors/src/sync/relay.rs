@@ -28,7 +28,6 @@ impl SyncActorState {
         let mut want_tx = Vec::new();
         let mut unknown_block = None;
         let wtxid_peer = self.peers.get(&id).is_some_and(|p| p.wtxid_relay);
-        let room = self.pool.len() < self.ctx.config().tx_pool_max_count;
         for item in inv {
             match item {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
@@ -42,36 +41,22 @@ impl SyncActorState {
                 // BIP339: a wtxid-relay peer announces by wtxid, others by txid; Core ignores
                 // the other kind from each, and so do we.
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) if !wtxid_peer => {
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.learn(t.to_byte_array());
-                    }
-                    if room
-                        && !self.pool.contains_key(&t)
-                        && self.requested_tx.try_request(
-                            t.to_byte_array(),
-                            id,
-                            Instant::now(),
-                            MAX_PEER_TX_IN_FLIGHT,
-                        )
-                    {
-                        want_tx.push(Inventory::WitnessTransaction(t));
-                    }
+                    let pooled = self.pool.contains_key(&t);
+                    want_tx.extend(self.consider_tx(
+                        id,
+                        t.to_byte_array(),
+                        pooled,
+                        Inventory::WitnessTransaction(t),
+                    ));
                 }
                 Inventory::WTx(w) if wtxid_peer => {
-                    if let Some(p) = self.peers.get_mut(&id) {
-                        p.learn(w.to_byte_array());
-                    }
-                    if room
-                        && !self.pool_wtxid.contains_key(&w)
-                        && self.requested_tx.try_request(
-                            w.to_byte_array(),
-                            id,
-                            Instant::now(),
-                            MAX_PEER_TX_IN_FLIGHT,
-                        )
-                    {
-                        want_tx.push(Inventory::WTx(w));
-                    }
+                    let pooled = self.pool_wtxid.contains_key(&w);
+                    want_tx.extend(self.consider_tx(
+                        id,
+                        w.to_byte_array(),
+                        pooled,
+                        Inventory::WTx(w),
+                    ));
                 }
                 _ => {}
             }
@@ -82,6 +67,26 @@ impl SyncActorState {
         if let (false, Some(p)) = (want_tx.is_empty(), self.peers.get(&id)) {
             p.send(NetworkMessage::GetData(want_tx));
         }
+    }
+
+    /// A transaction announced by `id` under `key`: remembered as known to it, and asked for
+    /// (`ask`) unless pooled or already asked of someone, within the peer's request cap. A
+    /// full pool still asks: the newcomer may pay more than what it would evict.
+    fn consider_tx(
+        &mut self,
+        id: PeerId,
+        key: [u8; 32],
+        pooled: bool,
+        ask: Inventory,
+    ) -> Option<Inventory> {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.learn(key);
+        }
+        let wanted = !pooled
+            && self
+                .requested_tx
+                .try_request(key, id, Instant::now(), MAX_PEER_TX_IN_FLIGHT);
+        wanted.then_some(ask)
     }
 
     pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {

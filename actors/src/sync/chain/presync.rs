@@ -225,19 +225,27 @@ impl HeadersPresync {
         Ok(())
     }
 
+    /// Checks `h` against the last header and takes it as the new last; true when its
+    /// height carries a commitment bit.
+    fn advance(&mut self, h: &Header) -> Result<bool, PresyncError> {
+        self.check_next(h)?;
+        self.last = *h;
+        self.last_height += 1;
+        self.work = self.work.saturating_add(work_of(h));
+        Ok(self.last_height % COMMITMENT_PERIOD == self.offset)
+    }
+
     /// Feeds one `headers` message from the peer.
     pub fn on_headers(&mut self, headers: &[Header]) -> PresyncStep {
         let full = headers.len() >= FULL_BATCH;
         match self.phase {
             Phase::Presync => {
                 for h in headers {
-                    if let Err(e) = self.check_next(h) {
-                        return PresyncStep::Abort(e);
-                    }
-                    self.last = *h;
-                    self.last_height += 1;
-                    self.work = self.work.saturating_add(work_of(h));
-                    if self.last_height % COMMITMENT_PERIOD == self.offset {
+                    let at_commitment = match self.advance(h) {
+                        Ok(at) => at,
+                        Err(e) => return PresyncStep::Abort(e),
+                    };
+                    if at_commitment {
                         if self.commitments.len() as u64 >= self.max_commitments {
                             return PresyncStep::Abort(PresyncError::TooLong);
                         }
@@ -260,13 +268,11 @@ impl HeadersPresync {
             }
             Phase::Redownload => {
                 for h in headers {
-                    if let Err(e) = self.check_next(h) {
-                        return PresyncStep::Abort(e);
-                    }
-                    self.last = *h;
-                    self.last_height += 1;
-                    self.work = self.work.saturating_add(work_of(h));
-                    if !self.reached && self.last_height % COMMITMENT_PERIOD == self.offset {
+                    let at_commitment = match self.advance(h) {
+                        Ok(at) => at,
+                        Err(e) => return PresyncStep::Abort(e),
+                    };
+                    if !self.reached && at_commitment {
                         match self.commitments.pop_front() {
                             Some(bit) if bit == self.bit(&h.block_hash()) => {}
                             _ => return PresyncStep::Abort(PresyncError::CommitmentMismatch),
