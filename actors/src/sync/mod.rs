@@ -1,24 +1,32 @@
 //! The Sync actor: the header chain, headers-first sync, block and transaction relay, and
-//! regtest block generation.
+//! regtest block generation. It learns which peers exist from the Manager alone.
 //!
-//! - **Headers-first sync.** The peer announcing the most work (its version's start height)
-//!   is asked for headers with a block locator; full batches (2000) are followed by the next
-//!   request until a batch comes back short. A sync peer that does not answer within
-//!   `sync-stall-timeout` is replaced by the next best peer. Once caught up, every peer is
-//!   sent `sendheaders` (BIP130), so new blocks arrive as headers; an `inv` for an unknown
-//!   block leads to `getheaders`. meshd serves `getheaders` and `getblocks` from its chain.
+//! - **Headers-first sync.** An outbound peer where one exists (then the most claimed start
+//!   height) is asked for headers with a block locator; full batches (2000) are followed by
+//!   the next request until a batch comes back short. A sync peer that does not answer within
+//!   `sync-stall-timeout`, stops short of the height it claimed, or misses its deadline
+//!   (15 min + 1 ms per header) is replaced and not chosen again; the node reads as synced
+//!   only when no other peer claims more. Once caught up, peers from 70012 are sent
+//!   `sendheaders` (BIP130); an `inv` for an unknown block leads to `getheaders`. meshd
+//!   serves `getheaders` and `getblocks` from its chain.
 //! - **Headers** are validated by [`HeaderChain`] and appended to the crash-safe
-//!   [`HeaderStore`], synced after every batch. Invalid headers cost the sender (see
+//!   [`HeaderStore`]. A chain below the anti-DoS work (the network's minimum chain work, or
+//!   our tip less 144 blocks) goes through presync first ([`chain::presync`]): nothing of it
+//!   is stored until it has shown the work. Invalid headers cost the sender (see
 //!   [`crate::manager::misbehavior`]).
-//! - **Blocks** (`--blocks tip`): blocks announced at the tip are fetched, their merkle root
-//!   is checked against the header, `BlockReceived` is published, the last `keep-blocks`
-//!   are kept to answer `getdata`, and the block is announced onwards; `notfound` otherwise.
-//! - **Transactions**: `inv` → `getdata` → `tx` into a bounded, expiring relay pool →
-//!   announced to peers that asked for relay, at most once per peer (a known-inventory set
-//!   per peer), after a Poisson delay (Core's trickling; off with `--no-trickle`). `getdata`
-//!   is served from the pool. A peer's `feefilter` is applied whenever the fee is known —
-//!   every input spends an output of a pooled transaction or one in a kept block; meshd has
-//!   no UTXO set, so for other transactions the fee is unknown and they are announced.
+//! - **Blocks** (`--blocks tip`): blocks announced at the tip are fetched (at most 16 in
+//!   flight per peer, asked of another announcer when one expires or its peer leaves), checked
+//!   against their header ([`block_check`]: merkle root, CVE-2012-2459 mutation, witness
+//!   commitment), `BlockReceived` is published, the last `keep-blocks` are kept, serialized
+//!   once, to answer `getdata`, and the block is announced onwards; `notfound` otherwise.
+//! - **Transactions** (`relay.rs`): `inv` → `getdata` → `tx` (by wtxid with BIP339 peers)
+//!   through Core's context-free checks ([`tx_check`]) into a bounded, expiring relay pool
+//!   that evicts its lowest-feerate, then oldest, entry when full → announced to peers that
+//!   asked for relay, at most once per peer (a rolling known-inventory filter), after a
+//!   Poisson delay (Core's trickling; off with `--no-trickle`). Requests in flight are
+//!   tracked per peer ([`requests`]). A peer's `feefilter` is applied whenever the fee is
+//!   known (every input spends a pooled transaction's output or one of a kept block, found in
+//!   an index); meshd has no UTXO set, so for other transactions the fee is unknown.
 //! - **Regtest generation**: [`SyncMsg::Generate`] mines blocks with a BIP34 coinbase and
 //!   trivial proof of work on our tip and announces them.
 
