@@ -162,6 +162,9 @@ fn cases() -> Vec<Case> {
 
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("node") {
+        if std::env::var_os("HOSTILE_BENCH_DEFAULT_ALLOCATOR").is_none() {
+            meshd_actors::tune_allocator();
+        }
         tokio::runtime::Runtime::new()
             .unwrap()
             .block_on(node_main());

@@ -44,6 +44,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: keep the allocator from hoarding what hostile peers made us
+    // allocate (BENCHMARKS.md, "Hostile peers").
+    meshd_actors::tune_allocator();
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Run(a)) => *a,

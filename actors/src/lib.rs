@@ -100,6 +100,24 @@ pub mod events;
 pub mod manager;
 mod metrics;
 pub use metrics::describe_metrics;
+
+/// Keeps glibc's allocator from holding on to memory a hostile peer made us allocate. Call
+/// once, first thing, in a long-running process (the daemon does); a no-op elsewhere.
+///
+/// glibc raises its mmap threshold each time a large block is freed, so the next large
+/// buffers (a 2 MB `getdata`, a 4 MB block) come from the heap and stay there after they
+/// are freed; a fixed threshold keeps large buffers in their own mappings, returned to the
+/// system when freed, and two arenas stop every runtime thread from keeping its own.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before the runtime
+    // starts threads and takes plain integers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
 pub mod msg;
 pub mod network;
 pub mod node;
