@@ -54,6 +54,7 @@ const CORES: &[&str] = &[
     "stun/transaction.rs",
     "sync/block_check.rs",
     "sync/bloom.rs",
+    "sync/chain/bsv_pow.rs",
     "sync/chain/headers.rs",
     "sync/chain/mod.rs",
     "sync/chain/presync.rs",

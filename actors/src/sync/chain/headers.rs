@@ -9,10 +9,11 @@
 //! Difficulty rules implemented: BTC mainnet and signet (2016-block retarget, clamped to a
 //! factor of four); testnet3 (the same, plus the 20-minute minimum-difficulty exception);
 //! testnet4 (BIP94: the exception, the retarget computed from the period's first block, and
-//! the time-warp limit on the first block of a period); regtest (no retargeting). **BSV**: the
-//! DAA of November 2017 (and the EDA and 2016 retargets before it) are **not** implemented;
-//! for BSV networks only the proof of work against nBits and the network's target limit are
-//! checked. Signet's block signatures are not checked (headers do not carry them).
+//! the time-warp limit on the first block of a period); regtest (no retargeting). **BSV**
+//! ([`super::bsv_pow`]): the 144-block DAA from the BSV node's activation heights (mainnet
+//! 504,031, testnet 1,188,697, STN 2,200), before it the 2016-block retarget with the EDA,
+//! and testnet's 20-minute minimum-difficulty rule; BSV regtest does not retarget. Signet's
+//! block signatures are not checked (headers do not carry them).
 //!
 //! # Security
 //! A peer must not make us store low-work forks without bound, nor switch off reorgs with
@@ -32,6 +33,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::pow::{CompactTarget, Target};
 use bitcoin::{BlockHash, Network, TxMerkleNode};
 
+use super::bsv_pow;
 use crate::network::{DifficultyRule, NetworkId, Profile};
 
 /// Headers not on the best chain kept at most.
@@ -251,6 +253,10 @@ pub struct HeaderChain {
     tip_work: u128,
     /// Cumulative work of each header off the best chain (bounded by [`MAX_STALE_HEADERS`]).
     stale_work: HashMap<u32, u128>,
+    /// BSV: the height from which the DAA applies (the BSV node's `daaHeight`).
+    bsv_daa_height: u32,
+    /// BSV testnet: a block 20 minutes after its parent may be at the limit.
+    min_difficulty_blocks: bool,
 }
 
 fn to_u128(work: bitcoin::pow::Work) -> u128 {
@@ -294,6 +300,14 @@ impl HeaderChain {
             best: Vec::new(),
             tip_work: to_u128(g.work()),
             stale_work: HashMap::new(),
+            // The BSV node's chain parameters.
+            bsv_daa_height: match profile.id {
+                NetworkId::BsvMainnet => 504_031,
+                NetworkId::BsvTestnet => 1_188_697,
+                NetworkId::BsvStn => 2_200,
+                _ => 0,
+            },
+            min_difficulty_blocks: profile.id == NetworkId::BsvTestnet,
         };
         chain.push(&g, 0);
         chain.best.push(0);
@@ -385,6 +399,69 @@ impl HeaderChain {
         times[times.len() / 2]
     }
 
+    /// The BSV node's rule for the block after `parent` with time `time`: the DAA from its
+    /// activation height, the legacy retarget with the EDA before it (see [`bsv_pow`]).
+    fn bsv_required_bits(&self, parent: u32, time: u32) -> u32 {
+        let p = self.entries[parent as usize];
+        let (p_time, p_bits) = (p.time(), p.bits());
+        let height = p.height + 1;
+        let limit_bits = self.pow_limit_bits();
+        let info = |idx: u32| bsv_pow::BlockInfo {
+            time: self.entries[idx as usize].time(),
+            chain_work: self.work_of(idx),
+        };
+        let suitable = |idx: u32| {
+            let prev = self.parent_of(idx).unwrap_or(idx);
+            let prev2 = self.parent_of(prev).unwrap_or(prev);
+            bsv_pow::suitable([info(prev2), info(prev), info(idx)])
+        };
+        if p.height >= self.bsv_daa_height && p.height >= RETARGET_INTERVAL {
+            if self.min_difficulty_blocks && time > p_time.saturating_add(MIN_DIFFICULTY_GAP) {
+                return limit_bits;
+            }
+            let first = self.ancestor(parent, p.height - 144);
+            return bsv_pow::cash_next_bits(suitable(first), suitable(parent), self.pow_limit);
+        }
+        if height.is_multiple_of(RETARGET_INTERVAL) {
+            let first = self.ancestor(parent, height - RETARGET_INTERVAL);
+            let timespan = p_time.saturating_sub(self.entries[first as usize].time()) as u64;
+            return CompactTarget::from_next_work_required(
+                CompactTarget::from_consensus(p_bits),
+                timespan,
+                &self.params,
+            )
+            .to_consensus();
+        }
+        if self.min_difficulty_blocks {
+            if time > p_time.saturating_add(MIN_DIFFICULTY_GAP) {
+                return limit_bits;
+            }
+            let mut idx = parent;
+            loop {
+                let e = &self.entries[idx as usize];
+                match self.parent_of(idx) {
+                    Some(up)
+                        if !e.height.is_multiple_of(RETARGET_INTERVAL)
+                            && e.bits() == limit_bits =>
+                    {
+                        idx = up
+                    }
+                    _ => return e.bits(),
+                }
+            }
+        }
+        if height < 7 {
+            return p_bits;
+        }
+        let six_back = self.ancestor(parent, height - 7);
+        bsv_pow::eda_next_bits(
+            p_bits,
+            self.median_time_past(parent),
+            self.median_time_past(six_back),
+            self.pow_limit,
+        )
+    }
+
     fn pow_limit_bits(&self) -> u32 {
         self.pow_limit.to_compact_lossy().to_consensus()
     }
@@ -401,7 +478,7 @@ impl HeaderChain {
         );
         match self.rule {
             DifficultyRule::Regtest => Some(p_bits),
-            DifficultyRule::BsvDaa => None,
+            DifficultyRule::BsvDaa => Some(self.bsv_required_bits(parent, time)),
             DifficultyRule::BtcMainnet
             | DifficultyRule::BtcSignet
             | DifficultyRule::BtcTestnet3
@@ -996,6 +1073,59 @@ mod tests {
         // Lookups still work after compaction.
         assert_eq!(c.height_of(&honest.block_hash()), Some(15));
         assert!(c.hash_at_height(10).is_some());
+    }
+
+    /// Appends headers without proof of work (BSV's limit cannot be mined in a test), so
+    /// the difficulty rule can be read at any height.
+    fn grow_unchecked(c: &mut HeaderChain, n: u32, spacing: u32, bits: u32) {
+        for _ in 0..n {
+            let parent = *c.best.last().unwrap();
+            let p = c.header_at(parent);
+            let h = Header {
+                prev_blockhash: p.block_hash(),
+                time: p.time + spacing,
+                bits: CompactTarget::from_consensus(bits),
+                ..p
+            };
+            let idx = c.push(&h, c.entries[parent as usize].height + 1);
+            c.best.push(idx);
+            c.tip_work += to_u128(h.work());
+        }
+    }
+
+    #[test]
+    fn bsv_rules_are_applied_per_network() {
+        let harder = 0x1c0f_ffff;
+        let tip = |c: &HeaderChain| *c.best.last().unwrap();
+        // STN: the DAA from 2,200. Blocks every 5 minutes: the next target is lower.
+        let mut stn = HeaderChain::new(&NetworkId::BsvStn.profile());
+        grow_unchecked(&mut stn, 2_300, 300, harder);
+        let t = stn.tip_header().time;
+        let next = stn.required_bits(tip(&stn), t + 300).unwrap();
+        assert!(
+            Target::from_compact(CompactTarget::from_consensus(next))
+                < Target::from_compact(CompactTarget::from_consensus(harder)),
+            "{next:x}"
+        );
+        // Mainnet before the DAA: the EDA eases a target after six blocks over 12 hours.
+        let mut main = HeaderChain::new(&NetworkId::BsvMainnet.profile());
+        grow_unchecked(&mut main, 100, 600, harder);
+        assert_eq!(main.required_bits(tip(&main), 0), Some(harder));
+        grow_unchecked(&mut main, 12, 3 * 3600, harder);
+        let eased = main.required_bits(tip(&main), 0).unwrap();
+        assert!(
+            Target::from_compact(CompactTarget::from_consensus(eased))
+                > Target::from_compact(CompactTarget::from_consensus(harder))
+        );
+        // Testnet: 20 minutes after its parent a block may be at the limit; otherwise not.
+        let mut test = HeaderChain::new(&NetworkId::BsvTestnet.profile());
+        grow_unchecked(&mut test, 50, 600, harder);
+        let t = test.tip_header().time;
+        assert_eq!(
+            test.required_bits(tip(&test), t + 1_201),
+            Some(test.pow_limit_bits())
+        );
+        assert_eq!(test.required_bits(tip(&test), t + 600), Some(harder));
     }
 
     #[test]
