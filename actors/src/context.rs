@@ -188,6 +188,14 @@ impl NodeContext {
         crate::manager::whitelist::permissions_of(&self.config().whitelist, ip)
     }
 
+    /// Whether a connection from `ip` is refused: banned, and not whitelisted `noban`.
+    pub(crate) fn refuses(&self, ip: IpAddr) -> bool {
+        self.is_banned(ip)
+            && !self
+                .permissions_of(ip)
+                .has(crate::manager::whitelist::Permissions::NOBAN)
+    }
+
     /// Whether `ip` is banned now.
     pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
         let now = unix_now() as u64;

@@ -60,6 +60,7 @@ const CORES: &[&str] = &[
     "sync/chain/presync.rs",
     "sync/chain/store.rs",
     "sync/mine.rs",
+    "sync/pool.rs",
     "sync/requests.rs",
     "sync/tx_check.rs",
     "wire/frame.rs",

@@ -84,10 +84,7 @@ async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, addr)) => {
-                let noban = ctx
-                    .permissions_of(addr.ip())
-                    .has(crate::manager::whitelist::Permissions::NOBAN);
-                if ctx.is_banned(addr.ip()) && !noban {
+                if ctx.refuses(addr.ip()) {
                     // Dropped unread: a banned peer gets nothing from us, not even a version.
                     debug!(peer = %addr, "refused a banned address");
                     metrics::counter!("meshd_inbound_refused_total", "reason" => "banned")

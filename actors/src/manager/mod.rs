@@ -442,7 +442,7 @@ impl ManagerState {
         if self.ctx.is_shutting_down() {
             return;
         }
-        if self.ctx.is_banned(addr.ip()) && !self.ctx.permissions_of(addr.ip()).has(NOBAN) {
+        if self.ctx.refuses(addr.ip()) {
             metrics::counter!("meshd_inbound_refused_total", "reason" => "banned").increment(1);
             return;
         }

@@ -34,6 +34,7 @@ pub mod block_check;
 pub mod bloom;
 pub mod chain;
 pub mod mine;
+pub mod pool;
 mod relay;
 pub mod requests;
 pub mod tx_check;
@@ -47,7 +48,7 @@ use bitcoin::block::{Block, Header};
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
-use bitcoin::{BlockHash, Transaction, Txid};
+use bitcoin::{BlockHash, Txid};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
@@ -64,6 +65,7 @@ use crate::sync::chain::store::HeaderStore;
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
+use pool::RelayPool;
 use requests::InFlight;
 
 /// Header messages that do not connect a peer may send before each charge (Core:
@@ -117,6 +119,9 @@ const BLOCK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
 const HEADERS_SYNC_TIMEOUT_BASE: Duration = Duration::from_secs(15 * 60);
 /// Added per header it claimed beyond our height (Core: `HEADERS_DOWNLOAD_TIMEOUT_PER_HEADER`).
 const HEADERS_SYNC_TIMEOUT_PER_HEADER: Duration = Duration::from_millis(1);
+/// Blocks of work below our tip a chain may lack and still be stored without presync (Core's
+/// anti-DoS threshold: a short fork near the tip is normal, a long low-work one is not).
+const ANTI_DOS_RECENT_BLOCKS: u32 = 144;
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
@@ -201,17 +206,6 @@ impl SyncSession {
     }
 }
 
-/// A transaction in the relay pool.
-struct PoolEntry {
-    tx: Arc<Transaction>,
-    /// When it entered.
-    at: Instant,
-    /// Serialized bytes.
-    size: usize,
-    /// Sat per 1000 virtual bytes, when every input's value is known.
-    fee_rate: Option<u64>,
-}
-
 /// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
 /// once as a whole `block` frame, shared by every peer it is sent to.
 struct KeptBlock {
@@ -230,15 +224,12 @@ pub struct SyncActorState {
     state: SyncState,
     blocks: VecDeque<KeptBlock>,
     requested_blocks: InFlight<BlockHash>,
-    pool: HashMap<Txid, PoolEntry>,
+    pool: RelayPool,
     /// Output values of the kept blocks' transactions, for fee rates without scanning blocks.
     block_outputs: HashMap<Txid, Vec<u64>>,
-    pool_bytes: usize,
     /// Transactions asked for, by the hash they were announced with (txid, or wtxid for
     /// BIP339 peers).
     requested_tx: InFlight<[u8; 32]>,
-    /// The pool's transactions by wtxid (BIP339 announcements and requests).
-    pool_wtxid: HashMap<bitcoin::Wtxid, Txid>,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -377,7 +368,8 @@ impl SyncActorState {
     /// Work a chain must show before its headers are stored (Core's anti-DoS threshold):
     /// the minimum chain work, or our tip's work less 144 blocks of it, whichever is more.
     fn anti_dos_work(&self) -> u128 {
-        let recent = HeaderChain::header_work(&self.chain.tip_header()).saturating_mul(144);
+        let recent = HeaderChain::header_work(&self.chain.tip_header())
+            .saturating_mul(u128::from(ANTI_DOS_RECENT_BLOCKS));
         self.min_work()
             .max(self.chain.tip_work().saturating_sub(recent))
     }
@@ -625,7 +617,8 @@ impl SyncActorState {
         }
         if let Err(e) = block_check::check_block(&block) {
             metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
-            warn!(%hash, peer = %id, error = %e, "block refused");
+            let addr = self.peers.get(&id).map(|p| p.addr);
+            warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
             self.punish(id, e.kind());
             return;
         }
@@ -657,10 +650,7 @@ impl SyncActorState {
         });
         // Transactions now in a block leave the relay pool.
         for tx in &block.txdata {
-            if let Some(e) = self.pool.remove(&tx.compute_txid()) {
-                self.pool_bytes -= e.size;
-                self.pool_wtxid.remove(&tx.compute_wtxid());
-            }
+            self.pool.remove(&tx.compute_txid());
         }
         let block = Arc::new(block);
         let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
@@ -866,23 +856,7 @@ impl SyncActorState {
                 self.maybe_start_sync(Some(id));
             }
         }
-        let max_age = config.tx_pool_max_age;
-        let before = self.pool.len();
-        let mut freed = 0;
-        let mut gone = Vec::new();
-        self.pool.retain(|_, e| {
-            let keep = e.at.elapsed() < max_age;
-            if !keep {
-                freed += e.size;
-                gone.push(e.tx.compute_wtxid());
-            }
-            keep
-        });
-        for w in gone {
-            self.pool_wtxid.remove(&w);
-        }
-        self.pool_bytes -= freed;
-        if self.pool.len() != before {
+        if self.pool.expire(now, config.tx_pool_max_age) > 0 {
             self.publish_status();
         }
         self.flush_trickle();
@@ -939,11 +913,9 @@ impl Actor for Sync {
             state: SyncState::Idle,
             blocks: VecDeque::new(),
             requested_blocks: InFlight::default(),
-            pool: HashMap::new(),
+            pool: RelayPool::default(),
             block_outputs: HashMap::new(),
-            pool_bytes: 0,
             requested_tx: InFlight::default(),
-            pool_wtxid: HashMap::new(),
             early: VecDeque::new(),
             extra_nonce: rand::random(),
             timer: None,

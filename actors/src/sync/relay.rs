@@ -3,7 +3,6 @@
 //! intake (`tx`), fee rates for `feefilter`, and the trickled announcements.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Instant;
 
 use bitcoin::hashes::Hash;
@@ -13,7 +12,6 @@ use bitcoin::{BlockHash, Transaction, Txid};
 use tracing::debug;
 
 use super::tx_check::check_transaction;
-use super::PoolEntry;
 use super::{
     poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, MAX_PEER_TX_IN_FLIGHT,
     TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
@@ -41,7 +39,7 @@ impl SyncActorState {
                 // BIP339: a wtxid-relay peer announces by wtxid, others by txid; Core ignores
                 // the other kind from each, and so do we.
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) if !wtxid_peer => {
-                    let pooled = self.pool.contains_key(&t);
+                    let pooled = self.pool.contains(&t);
                     want_tx.extend(self.consider_tx(
                         id,
                         t.to_byte_array(),
@@ -50,7 +48,7 @@ impl SyncActorState {
                     ));
                 }
                 Inventory::WTx(w) if wtxid_peer => {
-                    let pooled = self.pool_wtxid.contains_key(&w);
+                    let pooled = self.pool.contains_wtxid(&w);
                     want_tx.extend(self.consider_tx(
                         id,
                         w.to_byte_array(),
@@ -147,7 +145,7 @@ impl SyncActorState {
                         None => missing.push(item),
                     }
                 }
-                Inventory::WTx(w) => match self.pool_wtxid.get(&w).and_then(|t| self.pool.get(t)) {
+                Inventory::WTx(w) => match self.pool.get_by_wtxid(&w) {
                     Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),
                     None => missing.push(item),
                 },
@@ -166,12 +164,13 @@ impl SyncActorState {
         let wtxid = tx.compute_wtxid();
         self.requested_tx.received(&txid.to_byte_array());
         self.requested_tx.received(&wtxid.to_byte_array());
-        if self.pool.contains_key(&txid) {
+        if self.pool.contains(&txid) {
             return;
         }
+        let sender = from.and_then(|id| self.peers.get(&id)).map(|p| p.addr);
         if let Err(e) = check_transaction(&tx) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
-            debug!(%txid, error = %e, "transaction refused");
+            debug!(%txid, peer = ?sender, error = %e, "transaction refused");
             if let Some(id) = from {
                 // Core punishes consensus-invalid transactions (TX_CONSENSUS).
                 self.punish(id, e.kind());
@@ -185,10 +184,20 @@ impl SyncActorState {
         let forced = from
             .and_then(|id| self.peers.get(&id))
             .is_some_and(|p| self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY));
-        let (max_count, max_bytes) = (config.tx_pool_max_count, config.tx_pool_max_bytes);
-        if !self.make_room(size, fee_rate, max_count, max_bytes, forced) {
-            metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
-            return;
+        let limits = (config.tx_pool_max_count, config.tx_pool_max_bytes);
+        match self
+            .pool
+            .insert(tx, size, fee_rate, Instant::now(), limits, forced)
+        {
+            None => {
+                metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
+                debug!(%txid, peer = ?sender, "transaction not pooled: the pool is full of better payers");
+                return;
+            }
+            Some(evicted) => {
+                metrics::counter!("meshd_txs_dropped_total", "reason" => "evicted")
+                    .increment(evicted as u64);
+            }
         }
         if let Some(id) = from {
             // A novel transaction that entered the pool: credited for eviction (Core).
@@ -196,17 +205,6 @@ impl SyncActorState {
                 .peers
                 .update(id, |p| p.last_tx_at = Some(Instant::now()));
         }
-        self.pool.insert(
-            txid,
-            PoolEntry {
-                tx: Arc::new(tx),
-                at: Instant::now(),
-                size,
-                fee_rate,
-            },
-        );
-        self.pool_wtxid.insert(wtxid, txid);
-        self.pool_bytes += size;
         metrics::counter!("meshd_txs_received_total").increment(1);
         debug!(%txid, size, "transaction pooled");
         self.ctx.events.publish(NodeEvent::TxReceived {
@@ -226,6 +224,11 @@ impl SyncActorState {
             }
             if fee_rate.is_some_and(|r| r < p.feefilter) {
                 metrics::counter!("meshd_txs_filtered_total").increment(1);
+                continue;
+            }
+            // Never more queued announcements than the pool can hold: the rest would only
+            // name transactions already evicted.
+            if p.pending_tx.len() >= config.tx_pool_max_count {
                 continue;
             }
             p.learn(key);
@@ -262,42 +265,6 @@ impl SyncActorState {
         Some(fee.saturating_mul(1000) / (tx.vsize() as u64).max(1))
     }
 
-    /// Makes room for a transaction of `size` bytes paying `fee_rate`: while the pool is
-    /// full, the entry with the lowest fee rate (unknown counts as zero), then the oldest, is
-    /// evicted, if it pays no more than the newcomer. False when the newcomer does not fit.
-    fn make_room(
-        &mut self,
-        size: usize,
-        fee_rate: Option<u64>,
-        max_count: usize,
-        max_bytes: usize,
-        forced: bool,
-    ) -> bool {
-        if size > max_bytes {
-            return false;
-        }
-        let rate = fee_rate.unwrap_or(0);
-        while self.pool.len() >= max_count || self.pool_bytes + size > max_bytes {
-            let victim = self
-                .pool
-                .iter()
-                .min_by_key(|(_, e)| (e.fee_rate.unwrap_or(0), e.at))
-                .map(|(t, e)| (*t, e.fee_rate.unwrap_or(0)));
-            match victim {
-                Some((txid, victim_rate)) if forced || victim_rate <= rate => {
-                    if let Some(e) = self.pool.remove(&txid) {
-                        self.pool_bytes -= e.size;
-                        self.pool_wtxid.remove(&e.tx.compute_wtxid());
-                        metrics::counter!("meshd_txs_dropped_total", "reason" => "evicted")
-                            .increment(1);
-                    }
-                }
-                _ => return false,
-            }
-        }
-        true
-    }
-
     pub(super) fn flush_trickle(&mut self) {
         let now = Instant::now();
         let trickle = self.ctx.config().trickle;
@@ -314,7 +281,7 @@ impl SyncActorState {
                 .drain(..p.pending_tx.len().min(MAX_INV_PER_FLUSH))
                 .filter_map(|t| match (wtxid_relay, pool.get(&t)) {
                     (_, None) => None,
-                    (true, Some(e)) => Some(Inventory::WTx(e.tx.compute_wtxid())),
+                    (true, Some(e)) => Some(Inventory::WTx(e.wtxid)),
                     (false, Some(_)) => Some(Inventory::Transaction(t)),
                 })
                 .collect();

@@ -10,6 +10,14 @@ use bitcoin::pow::Target;
 
 /// Seconds between blocks the rules aim at.
 const TARGET_SPACING: u64 = 600;
+/// Blocks in the DAA's window (the BSV node: `nHeight - 144`).
+pub const DAA_WINDOW: u32 = 144;
+/// The DAA's time span is clamped to [72, 288] block intervals: at most a factor of two
+/// either way per block, so no single timestamp makes a difficulty cliff.
+const DAA_MIN_SPAN_BLOCKS: u64 = 72;
+const DAA_MAX_SPAN_BLOCKS: u64 = 288;
+/// The EDA eases the target when six blocks took longer than this by median time.
+const EDA_SLOW_SPAN: i64 = 12 * 3600;
 
 /// What the rules need to know of one block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +78,10 @@ pub fn cash_next_bits(first: BlockInfo, last: BlockInfo, pow_limit: Target) -> u
     let work = last.chain_work.saturating_sub(first.chain_work);
     let span = u64::from(last.time)
         .saturating_sub(u64::from(first.time))
-        .clamp(72 * TARGET_SPACING, 288 * TARGET_SPACING);
+        .clamp(
+            DAA_MIN_SPAN_BLOCKS * TARGET_SPACING,
+            DAA_MAX_SPAN_BLOCKS * TARGET_SPACING,
+        );
     let w = work.saturating_mul(u128::from(TARGET_SPACING)) / u128::from(span);
     let target = Target::from_be_bytes(complement_div(w));
     if target > pow_limit {
@@ -86,7 +97,7 @@ pub fn eda_next_bits(prev_bits: u32, mtp_prev: u32, mtp_six_back: u32, pow_limit
     if prev_bits == limit_bits {
         return limit_bits;
     }
-    if i64::from(mtp_prev) - i64::from(mtp_six_back) < 12 * 3600 {
+    if i64::from(mtp_prev) - i64::from(mtp_six_back) < EDA_SLOW_SPAN {
         return prev_bits;
     }
     let t = Target::from_compact(bitcoin::CompactTarget::from_consensus(prev_bits));
@@ -143,7 +154,7 @@ mod tests {
             let tip = self.0.len() - 1;
             let three = |h: usize| [self.info(h - 2), self.info(h - 1), self.info(h)];
             cash_next_bits(
-                suitable(three(tip - 144)),
+                suitable(three(tip - DAA_WINDOW as usize)),
                 suitable(three(tip)),
                 pow_limit(),
             )

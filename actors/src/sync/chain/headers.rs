@@ -419,7 +419,7 @@ impl HeaderChain {
             if self.min_difficulty_blocks && time > p_time.saturating_add(MIN_DIFFICULTY_GAP) {
                 return limit_bits;
             }
-            let first = self.ancestor(parent, p.height - 144);
+            let first = self.ancestor(parent, p.height - bsv_pow::DAA_WINDOW);
             return bsv_pow::cash_next_bits(suitable(first), suitable(parent), self.pow_limit);
         }
         if height.is_multiple_of(RETARGET_INTERVAL) {

@@ -34,7 +34,7 @@ pub const COMMITMENT_PERIOD: u32 = 624;
 pub const REDOWNLOAD_BUFFER: usize = 14_308;
 
 /// Headers per `headers` message; a shorter one ends the peer's chain.
-const FULL_BATCH: usize = 2000;
+const FULL_BATCH: usize = crate::constants::MAX_HEADERS_PER_MESSAGE;
 
 /// Blocks the median-time-past rule lets a chain add per second of clock (Core's bound for
 /// the commitments a chain may need).
