@@ -171,20 +171,36 @@ fn main() {
         return;
     }
     let me = std::env::current_exe().unwrap();
-    let mut child: Child = Command::new(me)
+    // HOSTILE_BENCH_WRAPPER runs the node under a profiler (e.g. `heaptrack`).
+    let mut command = match std::env::var("HOSTILE_BENCH_WRAPPER") {
+        Ok(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(me);
+            c
+        }
+        Err(_) => Command::new(me),
+    };
+    let mut child: Child = command
         .arg("node")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("node process");
     let pid = child.id();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let mut parts = line.split_whitespace();
-    let addr: SocketAddr = parts.next().unwrap().parse().unwrap();
-    let block: bitcoin::BlockHash = parts.next().unwrap().parse().unwrap();
+    // The node's first line of its own is "<address> <block>"; a wrapper may print before it.
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let (addr, block) = loop {
+        let mut line = String::new();
+        assert!(out.read_line(&mut line).unwrap() > 0, "node exited");
+        let mut parts = line.split_whitespace();
+        let addr = parts.next().and_then(|a| a.parse::<SocketAddr>().ok());
+        let block = parts
+            .next()
+            .and_then(|b| b.parse::<bitcoin::BlockHash>().ok());
+        if let (Some(addr), Some(block)) = (addr, block) {
+            break (addr, block);
+        }
+    };
 
     std::thread::sleep(Duration::from_secs(1));
     let base = rss_kib(pid);
@@ -194,7 +210,9 @@ fn main() {
     println!("node RSS: {base} KiB; with one idle peer: {with_idle} KiB");
     println!("| hostile peer | before | peak during | beyond the idle peer | after it left |");
     println!("|---|---|---|---|---|");
-    for (name, send) in cases() {
+    // HOSTILE_BENCH_CASE picks the rows whose name contains it.
+    let only = std::env::var("HOSTILE_BENCH_CASE").unwrap_or_default();
+    for (name, send) in cases().into_iter().filter(|(n, _)| n.contains(&only)) {
         let before = rss_kib(pid);
         let mut s = handshake(addr);
         let start = Instant::now();

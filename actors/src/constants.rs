@@ -124,6 +124,15 @@ pub const MAX_GETDATA_QUEUE: usize = MAX_GETDATA_ITEMS;
 /// it (Sync restarted, or the batch was dropped) and moves on.
 pub const GETDATA_BATCH_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most `block` messages a Connection lets in ahead of being asked (the count of blocks asked
+/// for and not yet received saturates here).
+///
+/// # Security
+/// A `block` nobody asked for is skipped unread, so a peer cannot make us buffer megabytes
+/// (on BSV, gigabytes) unasked. Sync asks one peer for at most 16 blocks at a time; the count
+/// may overstate what is outstanding (a peer that never answers), never understate it.
+pub const MAX_BLOCKS_EXPECTED: u32 = 64;
+
 /// Bytes of decoded but not yet handled frames the reader may hold ahead of the actor.
 ///
 /// # Security

@@ -424,3 +424,79 @@ async fn a_chain_below_the_minimum_work_is_never_stored_and_an_honest_one_is() {
     node.shutdown().await;
     honest.shutdown().await;
 }
+
+/// Growth of RSS allowed while a peer sends 4 MB messages nothing reads (each would cost at
+/// least its 4 MB if it were buffered).
+const UNREAD_RSS_BOUND: u64 = 3 * 1024 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_nothing_reads_are_skipped_without_buffering() {
+    use meshd_actors::wire::{encode_frame, Command};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut honest = AsyncPeer::connect(addr).await.unwrap();
+    assert!(honest.handshake().await);
+    let mut hostile = AsyncPeer::connect(addr).await.unwrap();
+    assert!(hostile.handshake().await);
+    let magic = meshd_actors::network::NetworkId::Regtest.profile().magic;
+    let big = vec![0x5a; 3_900_000];
+    // A command meshd does not read, a block nobody asked for, then a ping 3.9 MB long.
+    let unknown = encode_frame(magic, Command::new("blocktxn").unwrap(), &big);
+    let block = encode_frame(magic, Command::new("block").unwrap(), &big);
+    let ping = encode_frame(magic, Command::new("ping").unwrap(), &big);
+    ping_rtt(&mut honest).await.expect("honest ping before");
+    let before = rss();
+
+    let flood = tokio::spawn(async move {
+        for _ in 0..5 {
+            hostile.send_raw(&unknown).await;
+            hostile.send_raw(&block).await;
+        }
+        // Neither costs points: the peer is still there.
+        let alive = ping_rtt(&mut hostile).await.is_some();
+        hostile.send_raw(&ping).await;
+        (hostile, alive)
+    });
+    // A buffer would live only as long as the message is handled: sample densely.
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let sampling = sampling.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss());
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            peak
+        })
+    };
+    let mut worst = Duration::ZERO;
+    while !flood.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let rtt = ping_rtt(&mut honest).await.expect("honest peer answered");
+        worst = worst.max(rtt);
+    }
+    let (mut hostile, alive) = flood.await.unwrap();
+    assert!(
+        alive,
+        "unknown commands and unrequested blocks are not punished"
+    );
+    // The overlong ping costs 50 points; the peer stays under the ban threshold.
+    assert!(
+        ping_rtt(&mut hostile).await.is_some(),
+        "stream in sync after it"
+    );
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap().max(before);
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "unread flood (39 MB): RSS {} KiB before, +{} KiB at peak; worst honest RTT {worst:?}",
+        before >> 10,
+        grew >> 10
+    );
+    assert!(grew < UNREAD_RSS_BOUND, "RSS grew by {} KiB", grew >> 10);
+    assert!(worst < HONEST_RTT_BOUND, "honest RTT {worst:?}");
+    assert_eq!(node.generate(1).await.unwrap().len(), 1, "node still works");
+    node.shutdown().await;
+}

@@ -9,5 +9,5 @@ fuzz_target!(|data: &[u8]| {
     let Some((pick, payload)) = data.split_first() else { return };
     let name = KNOWN_COMMANDS[usize::from(*pick) % KNOWN_COMMANDS.len()];
     let Some(command) = Command::new(name) else { return };
-    let _ = Message::decode(Frame { command, payload: payload.to_vec() });
+    let _ = Message::decode(Frame::whole(command, payload.to_vec()));
 });

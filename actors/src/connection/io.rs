@@ -3,7 +3,7 @@
 //! with the bandwidth [`Throttle`]s.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ractor::ActorRef;
@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
 use super::bandwidth::Throttle;
-use crate::constants::{GETDATA_SEND_BUDGET, READER_CREDIT_BYTES, READ_CHUNK};
+use crate::constants::{
+    FRAME_HEADER_LEN, GETDATA_SEND_BUDGET, MAX_BLOCKS_EXPECTED, READER_CREDIT_BYTES, READ_CHUNK,
+};
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::DisconnectReason;
@@ -105,6 +107,35 @@ fn read_available(
     })
 }
 
+/// Blocks asked of one peer and not yet received: the actor adds when it sends a `getdata`
+/// for blocks (and subtracts on `notfound`), the reader subtracts as `block` frames arrive.
+#[derive(Default)]
+pub(crate) struct BlocksExpected(AtomicU32);
+
+impl BlocksExpected {
+    /// `n` more blocks asked for, saturating at [`MAX_BLOCKS_EXPECTED`].
+    pub(crate) fn asked(&self, n: u32) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_add(n).min(MAX_BLOCKS_EXPECTED))
+            });
+    }
+
+    /// `n` fewer outstanding (received, or refused by `notfound`).
+    pub(crate) fn settled(&self, n: u32) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            });
+    }
+
+    fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 pub(super) async fn reader(
     half: OwnedReadHalf,
     actor: ActorRef<ConnectionMsg>,
@@ -112,6 +143,7 @@ pub(super) async fn reader(
     credit: Arc<Semaphore>,
     mut throttle: Throttle,
     ctx: Arc<NodeContext>,
+    blocks: Arc<BlocksExpected>,
 ) {
     let mut frames = Vec::new();
     loop {
@@ -121,7 +153,11 @@ pub(super) async fn reader(
             )));
             return;
         }
-        let n = match read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames) {
+        let expected = blocks.get();
+        decoder.set_blocks_expected(expected);
+        let read = read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames);
+        blocks.settled(expected - decoder.blocks_expected().unwrap_or(expected));
+        let n = match read {
             Ok(0) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
                 return;
@@ -140,7 +176,10 @@ pub(super) async fn reader(
                 Ok(frame) => {
                     let wire_len = frame.wire_len();
                     let command = command_label(frame.command.as_str());
-                    let weight = wire_len.min(READER_CREDIT_BYTES as usize) as u32;
+                    // Weighed by what it holds: a skipped payload holds nothing, a list part
+                    // only its own items.
+                    let held = FRAME_HEADER_LEN + frame.payload.len();
+                    let weight = held.min(READER_CREDIT_BYTES as usize) as u32;
                     let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
                         return;
                     };

@@ -58,7 +58,7 @@ use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
-use io::{reader, writer, OutFrame, SendGauge, SocketTask};
+use io::{reader, writer, BlocksExpected, OutFrame, SendGauge, SocketTask};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
@@ -106,6 +106,8 @@ pub struct ConnectionState {
     outbox: Option<mpsc::Sender<OutFrame>>,
     /// Bytes queued for the writer and not yet written.
     gauge: Arc<SendGauge>,
+    /// Blocks asked of this peer and not yet received; the reader skips any other `block`.
+    blocks_expected: Arc<BlocksExpected>,
     /// Items of the peer's `getdata` not yet handed to Sync.
     getdata_queue: VecDeque<Inventory>,
     /// When the batch now with Sync was handed over.
@@ -223,6 +225,7 @@ impl Actor for Connection {
             connected_at: None,
             outbox: None,
             gauge: Arc::new(SendGauge::default()),
+            blocks_expected: Arc::new(BlocksExpected::default()),
             getdata_queue: VecDeque::new(),
             getdata_at_sync: None,
             deferred: VecDeque::new(),
@@ -497,6 +500,7 @@ fn start_io(
         credit,
         down,
         state.ctx.clone(),
+        state.blocks_expected.clone(),
     )));
     let now = Instant::now();
     state.connected_at = Some(now);
@@ -777,6 +781,7 @@ fn on_inbound_message(
             pump_getdata(state)
         }
         Message::Network(NetworkMessage::NotFound(i)) => {
+            state.blocks_expected.settled(count_blocks(&i));
             to_sync(state, SyncInput::NotFound(i));
             Ok(())
         }
@@ -831,8 +836,9 @@ fn on_inbound_message(
             debug!(peer = %state.addr, id = %state.id, max = conf.max_recv_payload_length, "peer protoconf");
             Ok(())
         }
-        Message::Unknown { command, payload } => {
-            debug!(peer = %state.addr, id = %state.id, %command, len = payload.len(), "ignored unknown command");
+        Message::Unknown { command, .. } => {
+            // Its payload was skipped unread by the frame decoder.
+            debug!(peer = %state.addr, id = %state.id, %command, "ignored a command meshd does not read");
             metrics::counter!("meshd_unknown_messages_total").increment(1);
             Ok(())
         }
@@ -920,10 +926,22 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     }
 }
 
+/// How many entries of a `getdata` or `notfound` ask for a full `block` in reply.
+fn count_blocks(items: &[Inventory]) -> u32 {
+    items
+        .iter()
+        .filter(|i| matches!(i, Inventory::Block(_) | Inventory::WitnessBlock(_)))
+        .count() as u32
+}
+
 fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReason> {
     let Some(outbox) = state.outbox.as_ref() else {
         return Ok(());
     };
+    if let Message::Network(NetworkMessage::GetData(items)) = msg {
+        // Counted before the request leaves, so the reply always finds it.
+        state.blocks_expected.asked(count_blocks(items));
+    }
     let bytes = msg.encode(state.ctx.profile.magic);
     let command = msg.command();
     let payload_len = bytes.len().saturating_sub(FRAME_HEADER_LEN);

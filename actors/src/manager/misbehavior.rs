@@ -32,7 +32,8 @@ pub const DEFAULT_BAN_DURATION: std::time::Duration = std::time::Duration::from_
 pub fn cost(kind: &str) -> u32 {
     match kind {
         "oversized" | "malformed_command" => 100,
-        "too_many_items" => 50,
+        // A list with more items than allowed, or any payload longer than a valid one.
+        "too_many_items" | "overlong_payload" => 50,
         "malformed_payload" | "trailing_bytes" | "user_agent_too_long" | "protocol_violation" => 20,
         "bad_checksum" => 10,
         // Headers: invalid proof of work, difficulty or a checkpoint conflict cannot be an

@@ -3,18 +3,30 @@
 //! A frame is `magic(4) command(12) length(4, LE) checksum(4) payload(length)`. The
 //! [`FrameDecoder`] is fed byte chunks of any size (one byte at a time works) and yields
 //! [`Frame`]s or typed [`FrameError`]s. The header is validated as soon as its 24 bytes are in:
-//! a wrong magic, a malformed command or a length above the limit is reported before a single
-//! payload byte is buffered, and the payload buffer grows only as bytes arrive, never to the
-//! claimed length up front. A checksum mismatch drops that one message and keeps the stream in
-//! sync; the other header errors are fatal, since nothing after them can be trusted.
+//! a wrong magic, a malformed command or a length above the network's limit is reported before
+//! a single payload byte is buffered, and the payload buffer grows only as bytes arrive, never
+//! to the claimed length up front. Those errors are fatal, since nothing after them can be
+//! trusted; the others leave the decoder at a frame boundary.
+//!
+//! What is kept of a payload depends on its command's [`PayloadShape`], so that no peer makes
+//! us hold more than a valid message of that command needs:
+//! - a command meshd does not read is skipped unread ([`Extent::Skipped`]);
+//! - a payload longer than any valid one of its command is skipped unread and reported
+//!   ([`FrameError::Overlong`]): a 4 MB `ping` costs no buffer;
+//! - `inv`, `getdata` and `notfound` are read in parts of [`ITEMS_PER_PART`] items, each handed
+//!   out as a list of its own ([`Extent::Part`]), so a 50,000-entry list is never held whole;
+//! - everything else is buffered whole and its checksum checked: a mismatch drops that one
+//!   message and keeps the stream in sync.
 //!
 //! Until the peer's `verack` has been framed a much smaller payload limit applies
 //! ([`MAX_PRE_HANDSHAKE_PAYLOAD`]): the decoder lifts it itself when it frames a `verack`, so
 //! the switch happens at exactly the right byte with no race against the handshake logic.
 
-use bitcoin::hashes::{sha256d, Hash};
+use bitcoin::consensus::encode::{Decodable, Encodable, VarInt};
+use bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
 use bitcoin::p2p::Magic;
 
+use super::message::{payload_shape, PayloadShape};
 use crate::constants::{FRAME_HEADER_LEN, MAX_PRE_HANDSHAKE_PAYLOAD};
 use crate::network::PayloadLimits;
 
@@ -74,19 +86,53 @@ impl std::fmt::Display for Command {
     }
 }
 
-/// One complete, checksum-verified frame.
+/// How much of a message a [`Frame`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Extent {
+    /// The whole payload, its checksum verified.
+    Whole,
+    /// One part of a long item list (`inv`, `getdata`, `notfound`): at most
+    /// [`ITEMS_PER_PART`] items, re-encoded as a list of their own. The checksum covers the
+    /// whole message, so it is checked when the last part is read: a bad one drops that part
+    /// (the items of earlier parts, each as harmless as the same item sent in a message of its
+    /// own, have been handed on).
+    Part {
+        /// Whether this is the message's last part.
+        last: bool,
+    },
+    /// Read and dropped unread: a command nothing in meshd reads (see
+    /// [`PayloadShape::Ignored`]); the payload is empty.
+    Skipped,
+}
+
+/// One complete frame, or one part of a long list (see [`Extent`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
     /// The frame's command.
     pub command: Command,
-    /// The payload; its checksum has been verified.
+    /// The payload (whole and verified, one re-encoded part, or empty when skipped).
     pub payload: Vec<u8>,
+    /// Which of those it is.
+    pub extent: Extent,
+    /// Bytes it took on the wire (header included for whole frames and a list's first part).
+    wire_len: usize,
 }
 
 impl Frame {
-    /// Size of the frame on the wire, header included.
+    /// A whole frame holding `payload`.
+    pub fn whole(command: Command, payload: Vec<u8>) -> Frame {
+        let wire_len = FRAME_HEADER_LEN + payload.len();
+        Frame {
+            command,
+            payload,
+            extent: Extent::Whole,
+            wire_len,
+        }
+    }
+
+    /// Size of the frame on the wire; the parts of a list add up to the message's size.
     pub fn wire_len(&self) -> usize {
-        FRAME_HEADER_LEN + self.payload.len()
+        self.wire_len
     }
 }
 
@@ -129,12 +175,47 @@ pub enum FrameError {
         /// Checksum of the payload received.
         actual: [u8; 4],
     },
+    /// The payload is longer than any valid message of its command (within the network's
+    /// limit, so the stream stays in sync): it is skipped unread.
+    #[error("{command} payload of {length} bytes is longer than any valid one ({max}); skipped")]
+    Overlong {
+        /// The command.
+        command: Command,
+        /// Claimed length.
+        length: u32,
+        /// Longest valid payload.
+        max: u32,
+    },
+    /// A `block` this peer was not asked for: skipped unread (Core never sends one unasked;
+    /// it announces blocks by `headers`, `inv` or `cmpctblock`).
+    #[error("unrequested {command} of {length} bytes; skipped")]
+    Unrequested {
+        /// The command.
+        command: Command,
+        /// Its length.
+        length: u32,
+    },
+    /// An item list whose count does not match its length, or is not a canonical compact
+    /// size; the rest of it is skipped unread.
+    #[error("malformed {command} list: {reason}")]
+    MalformedList {
+        /// The command.
+        command: Command,
+        /// What is wrong.
+        reason: &'static str,
+    },
 }
 
 impl FrameError {
-    /// Whether the stream can no longer be trusted (everything but a bad checksum).
+    /// Whether the stream can no longer be trusted (a bad magic, command or length); after the
+    /// others the decoder is still at a frame boundary.
     pub fn is_fatal(&self) -> bool {
-        !matches!(self, FrameError::BadChecksum { .. })
+        matches!(
+            self,
+            FrameError::BadMagic { .. }
+                | FrameError::MalformedCommand { .. }
+                | FrameError::Oversized { .. }
+        )
     }
 
     /// A short stable name, used as a metric label and in logs.
@@ -144,16 +225,78 @@ impl FrameError {
             FrameError::MalformedCommand { .. } => "malformed_command",
             FrameError::Oversized { .. } => "oversized",
             FrameError::BadChecksum { .. } => "bad_checksum",
+            FrameError::Overlong { .. } => "overlong_payload",
+            FrameError::MalformedList { .. } => "malformed_payload",
+            FrameError::Unrequested { .. } => "unrequested_block",
         }
     }
 }
 
+/// Items per part of a long list.
+///
+/// # Security
+/// A 50,000-entry `inv` is 1.8 MB; read whole it would be buffered, then decoded into as much
+/// again. In parts of 1,000 (36 KB) only the parts the actors have not yet handled are held,
+/// and those under the reader's byte credit.
+pub const ITEMS_PER_PART: usize = 1000;
+
+/// A whole payload being buffered.
 #[derive(Debug)]
 struct PendingPayload {
     command: Command,
     length: usize,
     checksum: [u8; 4],
     payload: Vec<u8>,
+}
+
+/// A list of fixed-size items being read in parts.
+struct ListReader {
+    command: Command,
+    item_len: usize,
+    max_items: usize,
+    checksum: [u8; 4],
+    /// Payload bytes not read yet.
+    remaining: usize,
+    /// The whole payload's double SHA-256, so far.
+    engine: sha256::HashEngine,
+    /// The leading compact size, as it arrives.
+    count_bytes: [u8; 9],
+    count_filled: usize,
+    /// Set once the count is read.
+    count: Option<u64>,
+    /// Item bytes of the current part.
+    part: Vec<u8>,
+    /// Wire bytes read since the last part was handed out.
+    part_wire_len: usize,
+}
+
+impl std::fmt::Debug for ListReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListReader")
+            .field("command", &self.command)
+            .field("remaining", &self.remaining)
+            .field("count", &self.count)
+            .field("part_len", &self.part.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A payload being read past.
+#[derive(Debug)]
+struct Skipping {
+    command: Command,
+    remaining: usize,
+    wire_len: usize,
+    /// Hand out a [`Extent::Skipped`] frame at the end (an ignored command), or nothing (the
+    /// error was already reported).
+    report: bool,
+}
+
+#[derive(Debug)]
+enum Pending {
+    Whole(PendingPayload),
+    List(ListReader),
+    Skip(Skipping),
 }
 
 /// Streaming frame decoder. See the module documentation.
@@ -164,8 +307,10 @@ pub struct FrameDecoder {
     pre_handshake: bool,
     header: [u8; FRAME_HEADER_LEN],
     header_filled: usize,
-    pending: Option<PendingPayload>,
+    pending: Option<Pending>,
     failed: Option<FrameError>,
+    /// Blocks we asked this peer for and have not received (`None`: not gated).
+    blocks_expected: Option<u32>,
 }
 
 impl FrameDecoder {
@@ -179,7 +324,19 @@ impl FrameDecoder {
             header_filled: 0,
             pending: None,
             failed: None,
+            blocks_expected: None,
         }
+    }
+
+    /// Gates `block` frames: beyond `n` more, they are skipped unread
+    /// ([`FrameError::Unrequested`]). Each one read lowers the count.
+    pub fn set_blocks_expected(&mut self, n: u32) {
+        self.blocks_expected = Some(n);
+    }
+
+    /// What is left of the count given to [`set_blocks_expected`](Self::set_blocks_expected).
+    pub fn blocks_expected(&self) -> Option<u32> {
+        self.blocks_expected
     }
 
     /// A decoder that applies the network limits from the start (for tests and benchmarks
@@ -209,40 +366,23 @@ impl FrameDecoder {
         }
     }
 
-    /// Consumes bytes from the front of `input` until one frame or error is produced, or the
-    /// input is used up (then `None`: feed more). After a fatal error every later call returns
-    /// that error again without consuming input.
+    /// Consumes bytes from the front of `input` until one frame (or list part) or error is
+    /// produced, or the input is used up (then `None`: feed more). After a fatal error every
+    /// later call returns that error again without consuming input.
     pub fn decode(&mut self, input: &mut &[u8]) -> Option<Result<Frame, FrameError>> {
         if let Some(err) = &self.failed {
             return Some(Err(err.clone()));
         }
         loop {
-            if let Some(pending) = &mut self.pending {
-                let wanted = pending.length - pending.payload.len();
-                let take = wanted.min(input.len());
-                pending.payload.extend_from_slice(&input[..take]);
-                *input = &input[take..];
-                if pending.payload.len() < pending.length {
-                    return None;
-                }
-                let PendingPayload {
-                    command,
-                    checksum,
-                    payload,
-                    ..
-                } = self.pending.take()?;
-                let actual = payload_checksum(&payload);
-                if actual != checksum {
-                    return Some(Err(FrameError::BadChecksum {
-                        command,
-                        expected: checksum,
-                        actual,
-                    }));
-                }
-                if command.as_str() == "verack" {
-                    self.pre_handshake = false;
-                }
-                return Some(Ok(Frame { command, payload }));
+            match self.pending.take() {
+                Some(Pending::Whole(pending)) => return self.read_whole(pending, input),
+                Some(Pending::List(list)) => return self.read_list(list, input),
+                Some(Pending::Skip(skip)) => match self.skip(skip, input) {
+                    Some(out) => return Some(out),
+                    None if self.pending.is_some() => return None,
+                    None => continue,
+                },
+                None => {}
             }
 
             let take = (FRAME_HEADER_LEN - self.header_filled).min(input.len());
@@ -265,10 +405,142 @@ impl FrameDecoder {
             self.header_filled = 0;
             let header = self.header;
             match self.parse_header(&header) {
-                Ok(pending) => self.pending = Some(pending),
+                Ok((pending, None)) => self.pending = Some(pending),
+                Ok((pending, Some(err))) => {
+                    self.pending = Some(pending);
+                    return Some(Err(err));
+                }
                 Err(e) => return Some(Err(self.fail(e))),
             }
         }
+    }
+
+    fn read_whole(
+        &mut self,
+        mut pending: PendingPayload,
+        input: &mut &[u8],
+    ) -> Option<Result<Frame, FrameError>> {
+        let wanted = pending.length - pending.payload.len();
+        let take = wanted.min(input.len());
+        pending.payload.extend_from_slice(&input[..take]);
+        *input = &input[take..];
+        if pending.payload.len() < pending.length {
+            self.pending = Some(Pending::Whole(pending));
+            return None;
+        }
+        let PendingPayload {
+            command,
+            checksum,
+            payload,
+            ..
+        } = pending;
+        let actual = payload_checksum(&payload);
+        if actual != checksum {
+            return Some(Err(FrameError::BadChecksum {
+                command,
+                expected: checksum,
+                actual,
+            }));
+        }
+        if command.as_str() == "verack" {
+            self.pre_handshake = false;
+        }
+        Some(Ok(Frame::whole(command, payload)))
+    }
+
+    /// Reads a list until a part is complete, the message ends, or the input does.
+    fn read_list(
+        &mut self,
+        mut list: ListReader,
+        input: &mut &[u8],
+    ) -> Option<Result<Frame, FrameError>> {
+        let part_bytes = ITEMS_PER_PART * list.item_len;
+        loop {
+            if list.count.is_none() && list.remaining > 0 && !input.is_empty() {
+                // The compact size, one byte at a time: its first byte says how long it is.
+                let byte = input[0];
+                *input = &input[1..];
+                list.engine.input(&[byte]);
+                list.remaining -= 1;
+                list.part_wire_len += 1;
+                list.count_bytes[list.count_filled] = byte;
+                list.count_filled += 1;
+                if list.count_filled == compact_size_len(list.count_bytes[0]) {
+                    match list_count(&list) {
+                        Ok(count) => list.count = Some(count),
+                        Err(reason) => return Some(Err(self.skip_rest(list, reason))),
+                    }
+                }
+                continue;
+            }
+            if list.count.is_some() && list.remaining > 0 && !input.is_empty() {
+                let room = part_bytes - list.part.len();
+                let take = room.min(list.remaining).min(input.len());
+                list.part.extend_from_slice(&input[..take]);
+                list.engine.input(&input[..take]);
+                *input = &input[take..];
+                list.remaining -= take;
+                list.part_wire_len += take;
+                if list.part.len() == part_bytes && list.remaining > 0 {
+                    let part = take_part(&mut list, false);
+                    self.pending = Some(Pending::List(list));
+                    return Some(Ok(part));
+                }
+                continue;
+            }
+            if list.remaining > 0 {
+                self.pending = Some(Pending::List(list));
+                return None;
+            }
+            // The whole payload is in.
+            if list.count.is_none() {
+                return Some(Err(self.skip_rest(list, "no item count")));
+            }
+            let hash = sha256d::Hash::from_engine(list.engine.clone());
+            let mut actual = [0u8; 4];
+            actual.copy_from_slice(&hash.as_byte_array()[..4]);
+            if actual != list.checksum {
+                return Some(Err(FrameError::BadChecksum {
+                    command: list.command,
+                    expected: list.checksum,
+                    actual,
+                }));
+            }
+            return Some(Ok(take_part(&mut list, true)));
+        }
+    }
+
+    /// Reports a malformed list and reads past what is left of it.
+    fn skip_rest(&mut self, list: ListReader, reason: &'static str) -> FrameError {
+        self.pending = Some(Pending::Skip(Skipping {
+            command: list.command,
+            remaining: list.remaining,
+            wire_len: 0,
+            report: false,
+        }));
+        FrameError::MalformedList {
+            command: list.command,
+            reason,
+        }
+    }
+
+    fn skip(&mut self, mut skip: Skipping, input: &mut &[u8]) -> Option<Result<Frame, FrameError>> {
+        let take = skip.remaining.min(input.len());
+        *input = &input[take..];
+        skip.remaining -= take;
+        skip.wire_len += take;
+        if skip.remaining > 0 {
+            self.pending = Some(Pending::Skip(skip));
+            return None;
+        }
+        skip.report.then(|| {
+            Ok(Frame {
+                command: skip.command,
+                payload: Vec::new(),
+                extent: Extent::Skipped,
+                wire_len: skip.wire_len,
+            })
+        })
     }
 
     fn fail(&mut self, err: FrameError) -> FrameError {
@@ -276,7 +548,12 @@ impl FrameDecoder {
         err
     }
 
-    fn parse_header(&self, header: &[u8; FRAME_HEADER_LEN]) -> Result<PendingPayload, FrameError> {
+    /// What to do with the payload that follows `header`, and a (non-fatal) error to report
+    /// at once if it is to be skipped as invalid.
+    fn parse_header(
+        &mut self,
+        header: &[u8; FRAME_HEADER_LEN],
+    ) -> Result<(Pending, Option<FrameError>), FrameError> {
         let mut raw = [0u8; 12];
         raw.copy_from_slice(&header[4..16]);
         let command = Command::from_wire(raw).ok_or(FrameError::MalformedCommand { raw })?;
@@ -291,13 +568,113 @@ impl FrameDecoder {
         }
         let mut checksum = [0u8; 4];
         checksum.copy_from_slice(&header[20..24]);
-        Ok(PendingPayload {
+        let skip = |report| Skipping {
             command,
-            length: length as usize,
-            checksum,
-            // Deliberately empty: capacity grows with the bytes that actually arrive.
-            payload: Vec::new(),
+            remaining: length as usize,
+            wire_len: FRAME_HEADER_LEN,
+            report,
+        };
+        let overlong = |max| {
+            (
+                Pending::Skip(skip(false)),
+                Some(FrameError::Overlong {
+                    command,
+                    length,
+                    max,
+                }),
+            )
+        };
+        if command.as_str() == "block" {
+            match self.blocks_expected {
+                Some(0) => {
+                    let err = FrameError::Unrequested { command, length };
+                    return Ok((Pending::Skip(skip(false)), Some(err)));
+                }
+                Some(n) => self.blocks_expected = Some(n - 1),
+                None => {}
+            }
+        }
+        Ok(match payload_shape(command.as_str()) {
+            PayloadShape::Ignored => (Pending::Skip(skip(true)), None),
+            PayloadShape::Bounded(max) if length > max => overlong(max),
+            PayloadShape::Items {
+                item_len,
+                max_items,
+            } => {
+                let max = 3 + (max_items * item_len) as u32;
+                if length > max {
+                    overlong(max)
+                } else {
+                    let list = ListReader {
+                        command,
+                        item_len,
+                        max_items,
+                        checksum,
+                        remaining: length as usize,
+                        engine: sha256d::Hash::engine(),
+                        count_bytes: [0; 9],
+                        count_filled: 0,
+                        count: None,
+                        part: Vec::new(),
+                        part_wire_len: FRAME_HEADER_LEN,
+                    };
+                    (Pending::List(list), None)
+                }
+            }
+            PayloadShape::Bounded(_) | PayloadShape::Content => (
+                Pending::Whole(PendingPayload {
+                    command,
+                    length: length as usize,
+                    checksum,
+                    // Deliberately empty: capacity grows with the bytes that actually arrive.
+                    payload: Vec::new(),
+                }),
+                None,
+            ),
         })
+    }
+}
+
+/// Length of a compact size from its first byte.
+fn compact_size_len(first: u8) -> usize {
+    match first {
+        0xfd => 3,
+        0xfe => 5,
+        0xff => 9,
+        _ => 1,
+    }
+}
+
+/// The list's item count, checked: canonical, within the limit, and matching the length.
+fn list_count(list: &ListReader) -> Result<u64, &'static str> {
+    let bytes = &list.count_bytes[..list.count_filled];
+    let mut r = bytes;
+    let count = VarInt::consensus_decode(&mut r)
+        .map_err(|_| "non-canonical item count")?
+        .0;
+    if count > list.max_items as u64 {
+        return Err("more items than the protocol allows");
+    }
+    if count.checked_mul(list.item_len as u64) != Some(list.remaining as u64) {
+        return Err("item count does not match the payload length");
+    }
+    Ok(count)
+}
+
+/// Hands out the current part as a frame of its own and starts the next one.
+fn take_part(list: &mut ListReader, last: bool) -> Frame {
+    let items = list.part.len() / list.item_len;
+    let mut payload = Vec::with_capacity(3 + list.part.len());
+    // Writing to a Vec cannot fail.
+    let _ = VarInt(items as u64).consensus_encode(&mut payload);
+    payload.extend_from_slice(&list.part);
+    list.part.clear();
+    let wire_len = std::mem::take(&mut list.part_wire_len);
+    Frame {
+        command: list.command,
+        payload,
+        extent: Extent::Part { last },
+        wire_len,
     }
 }
 
@@ -324,6 +701,7 @@ pub fn encode_frame(magic: Magic, command: Command, payload: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::network::NetworkId;
+    use crate::wire::Message;
     use proptest::prelude::*;
 
     fn regtest() -> (Magic, PayloadLimits) {
@@ -455,6 +833,208 @@ mod tests {
         ));
     }
 
+    /// An `inv` payload of `n` entries, entry `i` hashing to `i`.
+    fn inv_payload(n: usize) -> Vec<u8> {
+        let mut p = Vec::new();
+        let _ = VarInt(n as u64).consensus_encode(&mut p);
+        for i in 0..n as u32 {
+            p.extend_from_slice(&1u32.to_le_bytes());
+            let mut hash = [0u8; 32];
+            hash[..4].copy_from_slice(&i.to_le_bytes());
+            p.extend_from_slice(&hash);
+        }
+        p
+    }
+
+    /// The items of every part, in order, and whether only the final part is marked last.
+    fn items_of(frames: &[Result<Frame, FrameError>]) -> (Vec<u8>, bool) {
+        let mut items = Vec::new();
+        let mut last_marks = Vec::new();
+        for f in frames {
+            let f = f.as_ref().expect("a part");
+            let Extent::Part { last } = f.extent else {
+                panic!("not a part: {f:?}")
+            };
+            last_marks.push(last);
+            let mut r = f.payload.as_slice();
+            let n = VarInt::consensus_decode(&mut r).unwrap().0 as usize;
+            assert!(n <= ITEMS_PER_PART);
+            assert_eq!(r.len(), n * 36);
+            items.extend_from_slice(r);
+        }
+        let only_final =
+            last_marks.iter().rev().skip(1).all(|l| !l) && last_marks.last() == Some(&true);
+        (items, only_final)
+    }
+
+    #[test]
+    fn a_long_inv_arrives_in_parts_that_add_up_to_it() {
+        let (magic, limits) = regtest();
+        let payload = inv_payload(2500);
+        let wire = encode_frame(magic, cmd("inv"), &payload);
+        let frames = decode_all(&mut FrameDecoder::new_established(magic, limits), &wire);
+        assert_eq!(frames.len(), 3, "1,000 + 1,000 + 500");
+        let (items, only_final) = items_of(&frames);
+        assert_eq!(items, payload[3..], "every item, in order");
+        assert!(only_final);
+        let total: usize = frames.iter().map(|f| f.as_ref().unwrap().wire_len()).sum();
+        assert_eq!(
+            total,
+            wire.len(),
+            "the parts' sizes add up to the message's"
+        );
+        // Each part decodes as a list of its own.
+        let first = Message::decode(frames[0].clone().unwrap()).unwrap();
+        assert!(
+            matches!(first, Message::Network(bitcoin::p2p::message::NetworkMessage::Inv(v)) if v.len() == ITEMS_PER_PART)
+        );
+    }
+
+    #[test]
+    fn a_bad_checksum_on_a_long_list_drops_its_last_part_and_stays_in_sync() {
+        let (magic, limits) = regtest();
+        let mut wire = encode_frame(magic, cmd("getdata"), &inv_payload(1500));
+        wire[20] ^= 1;
+        wire.extend(encode_frame(magic, cmd("ping"), &[7; 8]));
+        let frames = decode_all(&mut FrameDecoder::new_established(magic, limits), &wire);
+        assert_eq!(frames.len(), 3);
+        assert!(matches!(
+            frames[0],
+            Ok(Frame {
+                extent: Extent::Part { last: false },
+                ..
+            })
+        ));
+        assert!(matches!(frames[1], Err(FrameError::BadChecksum { .. })));
+        assert_eq!(frames[2].as_ref().unwrap().command, cmd("ping"));
+        assert!(!frames[1].as_ref().unwrap_err().is_fatal());
+    }
+
+    #[test]
+    fn a_list_whose_count_lies_is_skipped_and_the_stream_stays_in_sync() {
+        let (magic, limits) = regtest();
+        for (payload, reason) in [
+            // Claims 10 entries, carries 5.
+            (
+                {
+                    let mut p = inv_payload(5);
+                    p[0] = 10;
+                    p
+                },
+                "item count does not match the payload length",
+            ),
+            // 3 as a three-byte compact size.
+            (
+                {
+                    let mut p = vec![0xfd, 3, 0];
+                    p.extend_from_slice(&inv_payload(3)[1..]);
+                    p
+                },
+                "non-canonical item count",
+            ),
+            (Vec::new(), "no item count"),
+        ] {
+            let mut wire = encode_frame(magic, cmd("inv"), &payload);
+            wire.extend(encode_frame(magic, cmd("ping"), &[7; 8]));
+            let frames = decode_all(&mut FrameDecoder::new_established(magic, limits), &wire);
+            assert_eq!(
+                frames[0],
+                Err(FrameError::MalformedList {
+                    command: cmd("inv"),
+                    reason
+                }),
+            );
+            assert_eq!(frames.len(), 2, "{frames:?}");
+            assert_eq!(frames[1].as_ref().unwrap().command, cmd("ping"));
+        }
+    }
+
+    #[test]
+    fn payloads_longer_than_any_valid_one_are_skipped_unread() {
+        let (magic, limits) = regtest();
+        // A 3 MB ping and a 50,001-entry inv: within the network's 4 MB, above what the
+        // command allows. Only the header is read before the verdict.
+        for (command, length, max) in [
+            ("ping", 3_000_000u32, 8u32),
+            ("inv", 3 + 50_001 * 36, 1_800_003),
+        ] {
+            let mut dec = FrameDecoder::new_established(magic, limits);
+            let h = header(magic.to_bytes(), &cmd(command).to_wire(), length, [0; 4]);
+            let r = decode_all(&mut dec, &h);
+            assert_eq!(
+                r,
+                vec![Err(FrameError::Overlong {
+                    command: cmd(command),
+                    length,
+                    max
+                })]
+            );
+            assert!(!r[0].as_ref().unwrap_err().is_fatal());
+            assert!(
+                matches!(dec.pending, Some(Pending::Skip(_))),
+                "nothing buffered"
+            );
+            let mut rest = vec![0u8; length as usize];
+            rest.extend(encode_frame(magic, cmd("pong"), &[1; 8]));
+            let r = decode_all(&mut dec, &rest);
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].as_ref().unwrap().command, cmd("pong"));
+        }
+    }
+
+    #[test]
+    fn blocks_beyond_those_asked_for_are_skipped_unread() {
+        let (magic, limits) = regtest();
+        let block = encode_frame(magic, cmd("block"), &[0xab; 100_000]);
+        let ping = encode_frame(magic, cmd("ping"), &[1; 8]);
+        let mut stream = block.clone();
+        stream.extend(&block);
+        stream.extend(&ping);
+        // Ungated (tests, tools): both are read.
+        let r = decode_all(&mut FrameDecoder::new_established(magic, limits), &stream);
+        assert!(r.iter().all(|f| f.is_ok()));
+        // One asked for: the second is skipped, and the stream stays in sync.
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        dec.set_blocks_expected(1);
+        let r = decode_all(&mut dec, &stream);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].as_ref().unwrap().payload.len(), 100_000);
+        assert_eq!(
+            r[1],
+            Err(FrameError::Unrequested {
+                command: cmd("block"),
+                length: 100_000
+            })
+        );
+        assert!(!r[1].as_ref().unwrap_err().is_fatal());
+        assert_eq!(r[2].as_ref().unwrap().command, cmd("ping"));
+        assert_eq!(dec.blocks_expected(), Some(0));
+    }
+
+    #[test]
+    fn commands_meshd_does_not_read_are_skipped_without_buffering() {
+        let (magic, limits) = regtest();
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        let payload = vec![0x55; 3_000_000];
+        let wire = encode_frame(magic, cmd("blocktxn"), &payload);
+        let mut input = &wire[..FRAME_HEADER_LEN + 1_000_000];
+        assert_eq!(dec.decode(&mut input), None);
+        assert!(
+            matches!(dec.pending, Some(Pending::Skip(_))),
+            "nothing buffered"
+        );
+        let r = decode_all(&mut dec, &wire[FRAME_HEADER_LEN + 1_000_000..]);
+        let f = r[0].as_ref().unwrap();
+        assert_eq!(
+            (f.extent, f.payload.len(), f.wire_len()),
+            (Extent::Skipped, 0, wire.len())
+        );
+        assert!(matches!(
+            Message::decode(f.clone()),
+            Ok(Message::Unknown { .. })
+        ));
+    }
+
     fn arb_frame() -> impl Strategy<Value = (String, Vec<u8>)> {
         (
             "[a-z]{1,12}",
@@ -493,6 +1073,32 @@ mod tests {
         }
 
         #[test]
+        fn lists_in_parts_do_not_depend_on_chunking(n in 0usize..2600, cuts in proptest::collection::vec(1usize..5000, 1..16)) {
+            let (magic, limits) = regtest();
+            let payload = inv_payload(n);
+            let wire = encode_frame(magic, cmd("notfound"), &payload);
+            let whole = decode_all(&mut FrameDecoder::new_established(magic, limits), &wire);
+            let mut dec = FrameDecoder::new_established(magic, limits);
+            let mut chunked = Vec::new();
+            let mut rest: &[u8] = &wire;
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                i += 1;
+                let mut chunk = &rest[..n];
+                while let Some(r) = dec.decode(&mut chunk) {
+                    chunked.push(r);
+                }
+                rest = &rest[n..];
+            }
+            prop_assert_eq!(&whole, &chunked);
+            prop_assert_eq!(whole.len(), n.div_ceil(ITEMS_PER_PART).max(1));
+            let (items, only_final) = items_of(&whole);
+            prop_assert_eq!(&items[..], &payload[payload.len() - n * 36..]);
+            prop_assert!(only_final);
+        }
+
+        #[test]
         fn one_byte_at_a_time_works(payload in proptest::collection::vec(any::<u8>(), 0..300usize)) {
             let (magic, limits) = regtest();
             let bytes = encode_frame(magic, cmd("tx"), &payload);
@@ -502,7 +1108,7 @@ mod tests {
                 let mut one: &[u8] = std::slice::from_ref(b);
                 if let Some(r) = dec.decode(&mut one) { got.push(r.unwrap()); }
             }
-            prop_assert_eq!(got, vec![Frame { command: cmd("tx"), payload }]);
+            prop_assert_eq!(got, vec![Frame::whole(cmd("tx"), payload)]);
         }
 
         #[test]

@@ -14,7 +14,7 @@ use bitcoin::consensus::encode::{self, Decodable, Encodable, VarInt};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
 
-use super::frame::{payload_checksum, Command, Frame};
+use super::frame::{payload_checksum, Command, Extent, Frame};
 use crate::constants::{
     BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_ADDR_PER_MESSAGE, MAX_HEADERS_PER_MESSAGE,
     MAX_INV_PER_MESSAGE, MAX_LOCATOR_HASHES, MAX_USER_AGENT_LEN,
@@ -70,11 +70,11 @@ pub enum Message {
     Network(NetworkMessage),
     /// BSV `protoconf`.
     Protoconf(Protoconf),
-    /// A command we do not know; counted and ignored.
+    /// A command we do not know or do not read; counted and ignored.
     Unknown {
         /// The command.
         command: Command,
-        /// The raw payload.
+        /// The raw payload (empty when the frame decoder skipped it unread).
         payload: Vec<u8>,
     },
 }
@@ -239,6 +239,12 @@ impl Message {
     /// Decodes a verified frame.
     pub fn decode(frame: Frame) -> Result<Message, PayloadError> {
         use NetworkMessage as N;
+        if frame.extent == Extent::Skipped {
+            return Ok(Message::Unknown {
+                command: frame.command,
+                payload: Vec::new(),
+            });
+        }
         let c = frame.command;
         let p = frame.payload.as_slice();
         let exact = Tail::Exact;
@@ -400,6 +406,77 @@ pub const KNOWN_COMMANDS: &[&str] = &[
     "filterclear",
     "merkleblock",
 ];
+
+/// What the frame decoder does with a command's payload, from what its format allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadShape {
+    /// Read whole; no valid payload is longer than this many bytes.
+    Bounded(u32),
+    /// Block or transaction content: only the network's limit bounds it.
+    Content,
+    /// A compact-size count then fixed-size items (`inv`, `getdata`, `notfound`), read in
+    /// parts rather than whole.
+    Items {
+        /// Bytes per item.
+        item_len: usize,
+        /// Most items a valid message holds.
+        max_items: usize,
+    },
+    /// Nothing meshd does reads it (an unknown command, or `merkleblock`, the answer to a
+    /// `filterload` meshd never sends, as Core ignores it): skipped unread.
+    Ignored,
+}
+
+/// Bytes of one `inv`/`getdata`/`notfound` entry: type (4) and hash (32).
+const INV_ITEM_LEN: usize = 36;
+/// Longest compact size: a marker byte and a `u64`.
+const MAX_COMPACT_SIZE_LEN: u32 = 9;
+/// The compact size of any count up to 65,535: a marker byte and a `u16`.
+const COUNT_PREFIX_LEN: u32 = 3;
+/// Bytes of one `addr` entry: time (4) and a network address (26).
+const ADDR_ENTRY_LEN: u32 = 30;
+/// Longest address in an `addrv2` entry (Core's `MAX_ADDRV2_SIZE`).
+const MAX_ADDRV2_ADDR_LEN: u32 = 512;
+/// Longest `addrv2` entry: time (4), services (compact size), network id (1), address length
+/// (compact size, 3 bytes for 512), address, port (2).
+const MAX_ADDRV2_ENTRY_LEN: u32 = 4 + MAX_COMPACT_SIZE_LEN + 1 + 3 + MAX_ADDRV2_ADDR_LEN + 2;
+/// A header in `headers`: 80 bytes and a zero transaction count.
+const HEADERS_ENTRY_LEN: u32 = 81;
+/// Largest BIP37 filter (`MAX_BLOOM_FILTER_SIZE`) and the largest element `filteradd` may
+/// carry (`MAX_SCRIPT_ELEMENT_SIZE`).
+const MAX_BLOOM_FILTER_LEN: u32 = 36_000;
+const MAX_FILTERADD_LEN: u32 = 520;
+/// `reject` is deprecated; its message (12), reason (Core cuts at 111) and hash (32) fit here
+/// with room for the BSV node's longer reasons.
+const MAX_REJECT_LEN: u32 = 1024;
+
+/// The shape of `command`'s payload (see [`PayloadShape`]).
+pub fn payload_shape(command: &str) -> PayloadShape {
+    use PayloadShape::Bounded;
+    let count = |n: usize| COUNT_PREFIX_LEN + n as u32;
+    match command {
+        "verack" | "sendheaders" | "getaddr" | "mempool" | "wtxidrelay" | "sendaddrv2"
+        | "filterclear" => Bounded(0),
+        "ping" | "pong" | "feefilter" => Bounded(8),
+        "sendcmpct" => Bounded(9),
+        // Sent before verack, where the pre-handshake limit applies anyway.
+        "version" => Bounded(crate::constants::MAX_PRE_HANDSHAKE_PAYLOAD),
+        "addr" => Bounded(count(0) + MAX_ADDR_PER_MESSAGE as u32 * ADDR_ENTRY_LEN),
+        "addrv2" => Bounded(count(0) + MAX_ADDR_PER_MESSAGE as u32 * MAX_ADDRV2_ENTRY_LEN),
+        "getheaders" | "getblocks" => Bounded(4 + count(0) + (MAX_LOCATOR_HASHES as u32 + 1) * 32),
+        "headers" => Bounded(count(0) + MAX_HEADERS_PER_MESSAGE as u32 * HEADERS_ENTRY_LEN),
+        "reject" => Bounded(MAX_REJECT_LEN),
+        "filterload" => Bounded(count(0) + MAX_BLOOM_FILTER_LEN + 4 + 4 + 1),
+        "filteradd" => Bounded(count(0) + MAX_FILTERADD_LEN),
+        "protoconf" => Bounded(BSV_LEGACY_PAYLOAD),
+        "inv" | "getdata" | "notfound" => PayloadShape::Items {
+            item_len: INV_ITEM_LEN,
+            max_items: MAX_INV_PER_MESSAGE,
+        },
+        "block" | "tx" => PayloadShape::Content,
+        _ => PayloadShape::Ignored,
+    }
+}
 
 /// The metric label for a command: itself if known, else `other`.
 pub fn command_label(command: &str) -> &'static str {

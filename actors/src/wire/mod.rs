@@ -7,5 +7,5 @@ pub mod message;
 #[cfg(test)]
 mod prop_tests;
 
-pub use frame::{encode_frame, Command, Frame, FrameDecoder, FrameError};
-pub use message::{command_label, Message, PayloadError, Protoconf};
+pub use frame::{encode_frame, Command, Extent, Frame, FrameDecoder, FrameError};
+pub use message::{command_label, payload_shape, Message, PayloadError, PayloadShape, Protoconf};

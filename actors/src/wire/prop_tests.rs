@@ -227,13 +227,18 @@ proptest! {
         prop_assert!(input.is_empty());
         prop_assert_eq!(frame.command, msg.command());
         let back = Message::decode(frame).expect("decodes");
-        prop_assert_eq!(back, msg);
+        let expected = match msg {
+            // Commands meshd does not read are skipped unread.
+            Message::Unknown { command, .. } => Message::Unknown { command, payload: Vec::new() },
+            other => other,
+        };
+        prop_assert_eq!(back, expected);
     }
 
     #[test]
     fn arbitrary_payloads_never_panic(cmd_idx in 0usize..message::KNOWN_COMMANDS.len(), payload in proptest::collection::vec(any::<u8>(), 0..400)) {
         let command = Command::new(message::KNOWN_COMMANDS[cmd_idx]).expect("valid");
-        let _ = Message::decode(Frame { command, payload });
+        let _ = Message::decode(Frame::whole(command, payload));
     }
 }
 
@@ -246,11 +251,7 @@ fn oversized_lists_are_refused_before_decoding() {
         &mut payload,
     )
     .unwrap();
-    let err = Message::decode(Frame {
-        command: Command::new("inv").unwrap(),
-        payload,
-    })
-    .unwrap_err();
+    let err = Message::decode(Frame::whole(Command::new("inv").unwrap(), payload)).unwrap_err();
     assert!(matches!(
         err,
         PayloadError::TooManyItems { count: 50_001, .. }
@@ -265,11 +266,7 @@ fn protoconf_parses_as_the_bsv_node_sends_it() {
     let policies = b"BlockPriority,Default";
     payload.push(policies.len() as u8);
     payload.extend_from_slice(policies);
-    let m = Message::decode(Frame {
-        command: Command::new("protoconf").unwrap(),
-        payload,
-    })
-    .unwrap();
+    let m = Message::decode(Frame::whole(Command::new("protoconf").unwrap(), payload)).unwrap();
     assert_eq!(
         m,
         Message::Protoconf(Protoconf {
@@ -277,20 +274,13 @@ fn protoconf_parses_as_the_bsv_node_sends_it() {
             stream_policies: Some("BlockPriority,Default".into())
         })
     );
-    let zero = Message::decode(Frame {
-        command: Command::new("protoconf").unwrap(),
-        payload: vec![0],
-    });
+    let zero = Message::decode(Frame::whole(Command::new("protoconf").unwrap(), vec![0]));
     assert!(zero.is_err(), "zero fields is a protocol violation");
 }
 
 #[test]
 fn unknown_commands_come_out_as_unknown() {
-    let m = Message::decode(Frame {
-        command: Command::new("xversion").unwrap(),
-        payload: vec![1, 2],
-    })
-    .unwrap();
+    let m = Message::decode(Frame::whole(Command::new("xversion").unwrap(), vec![1, 2])).unwrap();
     assert!(matches!(m, Message::Unknown { ref payload, .. } if payload == &[1, 2]));
     assert_eq!(command_label("xversion"), "other");
     assert_eq!(command_label("headers"), "headers");

@@ -25,7 +25,7 @@
 //! kept near 120 bytes: the header without its previous-hash (implied by the parent index),
 //! the parent index, the height and the cumulative work as a 128-bit integer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bitcoin::block::{Header, Version};
@@ -39,9 +39,12 @@ use crate::network::{DifficultyRule, NetworkId, Profile};
 /// Headers not on the best chain kept at most.
 ///
 /// # Security
-/// Bounds the memory a peer can make us spend on forks that do not win: 20,000 headers
-/// (about 2.4 MB) is more than any honest reorganisation needs.
-pub const MAX_STALE_HEADERS: usize = 20_000;
+/// Bounds the memory a peer can make us spend on forks that do not win, where forks are cheap
+/// (regtest, the testnets' minimum-difficulty rule; elsewhere the minimum chain work and
+/// checkpoints already price them): 5,000 headers with their index entries come to about
+/// 1 MB, and are more than any honest reorganisation needs. When full, the half with the
+/// least work goes.
+pub const MAX_STALE_HEADERS: usize = 5_000;
 
 /// How far ahead of our clock a header's time may be (Core's `MAX_FUTURE_BLOCK_TIME`).
 pub const MAX_FUTURE_BLOCK_TIME: u32 = 2 * 60 * 60;
@@ -101,8 +104,12 @@ const MAINNET_CHECKPOINTS: &[(u32, &str)] = &[
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     raw: [u8; 80],
+    /// [`VACANT`] for the slot of an evicted header.
     height: u32,
 }
+
+/// The height of a slot whose stale header was evicted (no header is this high).
+const VACANT: u32 = u32::MAX;
 
 impl Entry {
     fn own_work(&self) -> u128 {
@@ -253,6 +260,8 @@ pub struct HeaderChain {
     tip_work: u128,
     /// Cumulative work of each header off the best chain (bounded by [`MAX_STALE_HEADERS`]).
     stale_work: HashMap<u32, u128>,
+    /// Slots of evicted stale headers, reused before `entries` grows.
+    vacant: Vec<u32>,
     /// BSV: the height from which the DAA applies (the BSV node's `daaHeight`).
     bsv_daa_height: u32,
     /// BSV testnet: a block 20 minutes after its parent may be at the limit.
@@ -300,6 +309,7 @@ impl HeaderChain {
             best: Vec::new(),
             tip_work: to_u128(g.work()),
             stale_work: HashMap::new(),
+            vacant: Vec::new(),
             // The BSV node's chain parameters.
             bsv_daa_height: match profile.id {
                 NetworkId::BsvMainnet => 504_031,
@@ -315,14 +325,20 @@ impl HeaderChain {
     }
 
     fn push(&mut self, h: &Header, height: u32) -> u32 {
-        let idx = self.entries.len() as u32;
-        if self.entries.len() == self.entries.capacity() {
-            // Grow in steps of one headers message, not by doubling: memory follows the chain.
-            self.entries.reserve_exact(2000);
-        }
         let mut raw = [0u8; 80];
         raw.copy_from_slice(&bitcoin::consensus::serialize(h));
-        self.entries.push(Entry { raw, height });
+        let idx = if let Some(idx) = self.vacant.pop() {
+            self.entries[idx as usize] = Entry { raw, height };
+            idx
+        } else {
+            if self.entries.len() == self.entries.capacity() {
+                // Grow in steps of one headers message, not by doubling: memory follows the
+                // chain.
+                self.entries.reserve_exact(2000);
+            }
+            self.entries.push(Entry { raw, height });
+            (self.entries.len() - 1) as u32
+        };
         let hash = h.block_hash();
         match self.index.entry(short(&hash)) {
             std::collections::hash_map::Entry::Vacant(v) => {
@@ -650,58 +666,38 @@ impl HeaderChain {
     }
 
     /// Keeps the `keep` stale headers with the most work (newest first among equals) and the
-    /// stale ancestors they need; drops the rest and compacts the table. O(headers), and runs
-    /// once per `MAX_STALE_HEADERS / 2` new stale headers at most.
+    /// stale ancestors they need; the others leave the index and their slots are reused by
+    /// later headers. O(stale headers): the best chain is not touched, however long.
     fn evict_stale(&mut self, keep: usize) {
         let before = self.stale_work.len();
         let mut ranked: Vec<(u128, u32)> = self.stale_work.iter().map(|(i, w)| (*w, *i)).collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
-        let mut kept = vec![false; self.entries.len()];
-        for i in &self.best {
-            kept[*i as usize] = true;
-        }
-        for (_, idx) in ranked.into_iter().take(keep) {
+        let mut kept: HashSet<u32> = HashSet::with_capacity(keep);
+        for &(_, idx) in ranked.iter().take(keep) {
             // The branch down to the best chain stays too, or the header could not be found.
+            // A descendant has more work than its ancestors, so what goes has no child kept.
             let mut cur = idx;
-            while !kept[cur as usize] {
-                kept[cur as usize] = true;
+            while self.stale_work.contains_key(&cur) && kept.insert(cur) {
                 match self.parent_of(cur) {
                     Some(p) => cur = p,
                     None => break,
                 }
             }
         }
-        let mut new_index = vec![u32::MAX; self.entries.len()];
-        let mut entries = Vec::with_capacity(kept.iter().filter(|k| **k).count() + 2000);
-        for (old, entry) in self.entries.iter().enumerate() {
-            if kept[old] {
-                new_index[old] = entries.len() as u32;
-                entries.push(*entry);
+        for (_, idx) in ranked {
+            if kept.contains(&idx) {
+                continue;
             }
+            let hash = self.entries[idx as usize].hash();
+            if self.index.get(&short(&hash)) == Some(&idx) {
+                self.index.remove(&short(&hash));
+            } else {
+                self.overflow.remove(&hash);
+            }
+            self.stale_work.remove(&idx);
+            self.entries[idx as usize].height = VACANT;
+            self.vacant.push(idx);
         }
-        self.entries = entries;
-        let remap = |i: u32| new_index[i as usize];
-        self.index = self
-            .index
-            .iter()
-            .filter(|(_, i)| remap(**i) != u32::MAX)
-            .map(|(k, i)| (*k, remap(*i)))
-            .collect();
-        self.overflow = self
-            .overflow
-            .iter()
-            .filter(|(_, i)| remap(**i) != u32::MAX)
-            .map(|(k, i)| (*k, remap(*i)))
-            .collect();
-        for i in self.best.iter_mut() {
-            *i = remap(*i);
-        }
-        self.stale_work = self
-            .stale_work
-            .iter()
-            .filter(|(i, _)| remap(**i) != u32::MAX)
-            .map(|(i, w)| (remap(*i), *w))
-            .collect();
         tracing::debug!(
             before,
             after = self.stale_work.len(),
@@ -841,17 +837,12 @@ impl HeaderChain {
 
     /// Number of stored headers (all branches).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() - self.vacant.len()
     }
 
     /// Whether only genesis is stored.
     pub fn is_empty(&self) -> bool {
-        self.entries.len() <= 1
-    }
-
-    /// Every stored header in storage order (parents before children), for persistence.
-    pub fn stored_headers(&self) -> impl Iterator<Item = Header> + '_ {
-        (1..self.entries.len() as u32).map(|i| self.header_at(i))
+        self.len() <= 1
     }
 
     /// The time allowed ahead of our clock.
@@ -1054,18 +1045,44 @@ mod tests {
         let mut c = regtest();
         let g = c.tip_header();
         let tip = *grow(&mut c, g, 10, 1).last().unwrap();
-        // 20,001 one-header forks from genesis: they never win, so they are stale.
-        for i in 0..(MAX_STALE_HEADERS as u32 + 1) {
-            let h = mine_header(
-                &g,
-                TxMerkleNode::from_byte_array([3; 32]),
-                g.time + 601 + i,
-                g.bits,
-            );
-            assert!(c.accept(&h, u32::MAX / 2).is_ok());
-            assert!(c.stale_count() <= MAX_STALE_HEADERS);
+        // A two-header stale branch, with more work than the one-header forks to come: it and
+        // its parent outlive every eviction.
+        let b1 = mine_header(
+            &g,
+            TxMerkleNode::from_byte_array([9; 32]),
+            g.time + 1,
+            g.bits,
+        );
+        let b2 = mine_header(
+            &b1,
+            TxMerkleNode::from_byte_array([9; 32]),
+            g.time + 2,
+            g.bits,
+        );
+        c.accept(&b1, u32::MAX / 2).unwrap();
+        c.accept(&b2, u32::MAX / 2).unwrap();
+        // Four floods of one-header forks from genesis: they never win, so they are stale.
+        let mut slots = 0;
+        for round in 0..4u32 {
+            for i in 0..(MAX_STALE_HEADERS as u32 + 1) {
+                let h = mine_header(
+                    &g,
+                    TxMerkleNode::from_byte_array([3; 32]),
+                    g.time + 601 + round * 100_000 + i,
+                    g.bits,
+                );
+                assert!(c.accept(&h, u32::MAX / 2).is_ok());
+                assert!(c.stale_count() <= MAX_STALE_HEADERS);
+            }
+            if round == 0 {
+                slots = c.entries.len();
+            }
+            // Evicted slots are reused: the table does not grow with each flood.
+            assert_eq!(c.entries.len(), slots, "round {round}");
+            assert!(c.len() <= 11 + MAX_STALE_HEADERS);
         }
         assert_eq!(c.tip(), tip.block_hash());
+        assert!(c.contains(&b1.block_hash()) && c.contains(&b2.block_hash()));
         // An honest 15-header branch from genesis still takes over.
         let honest = *grow(&mut c, g, 15, 7).last().unwrap();
         assert_eq!(c.height(), 15);
