@@ -6,7 +6,10 @@
 //! Each case: connect, handshake, send exactly the bytes named, sample RSS every 50 ms for
 //! 3 s (the peak is "during"), close, wait 3 s, sample "after".
 //!
-//! Usage: `cargo run --release --example hostile_bench`
+//! Each row runs on a fresh node.
+//!
+//! Usage: `cargo run --release --example hostile_bench` (`HOSTILE_BENCH_CASE=inv` picks rows,
+//! `HOSTILE_BENCH_WRAPPER=heaptrack` runs the node under a profiler).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -23,7 +26,7 @@ use meshd_actors::config::NodeConfig;
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::Node;
 use meshd_actors::sync::chain::headers::mine_header;
-use meshd_actors::wire::Message;
+use meshd_actors::wire::{encode_frame, Command as WireCommand, Message};
 
 fn encode(m: NetworkMessage) -> Vec<u8> {
     Message::Network(m).encode(NetworkId::Regtest.profile().magic)
@@ -75,6 +78,18 @@ fn handshake(addr: SocketAddr) -> TcpStream {
     let mut buf = [0u8; 65536];
     let _ = s.read(&mut buf);
     s
+}
+
+/// Sends `count` frames of `command` with a `len`-byte payload of 0x5a bytes.
+fn raw_flood(s: &mut TcpStream, command: &str, len: usize, count: usize) {
+    let magic = NetworkId::Regtest.profile().magic;
+    let frame = encode_frame(magic, WireCommand::new(command).unwrap(), &vec![0x5a; len]);
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    for _ in 0..count {
+        if s.write_all(&frame).is_err() {
+            break;
+        }
+    }
 }
 
 /// One hostile case: what it sends once handshaked. The stream is never read again.
@@ -138,6 +153,26 @@ fn cases() -> Vec<Case> {
             }),
         ),
         (
+            "a command meshd does not read: 10 x 3.9 MB",
+            Box::new(|s: &mut TcpStream, _| raw_flood(s, "blocktxn", 3_900_000, 10)),
+        ),
+        (
+            "`block` nobody asked for: 10 x 3.9 MB",
+            Box::new(|s: &mut TcpStream, _| raw_flood(s, "block", 3_900_000, 10)),
+        ),
+        (
+            "`tx` larger than any relayed: 10 x 3.9 MB",
+            Box::new(|s: &mut TcpStream, _| raw_flood(s, "tx", 3_900_000, 10)),
+        ),
+        (
+            "`ping` 3.9 MB long (longer than any valid one), twice",
+            Box::new(|s: &mut TcpStream, _| raw_flood(s, "ping", 3_900_000, 2)),
+        ),
+        (
+            "`tx`: 10 x 399 KB (the largest relayed), never reading",
+            Box::new(|s: &mut TcpStream, _| raw_flood(s, "tx", 399_000, 10)),
+        ),
+        (
             "addr: 200 x 1,000 addresses",
             Box::new(|s: &mut TcpStream, _| {
                 s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -160,6 +195,68 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// A node in a child process, with one idle peer connected.
+struct ChildNode {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    block: bitcoin::BlockHash,
+    _idle: TcpStream,
+}
+
+impl ChildNode {
+    fn start() -> ChildNode {
+        let me = std::env::current_exe().unwrap();
+        // HOSTILE_BENCH_WRAPPER runs the node under a profiler (e.g. `heaptrack`).
+        let mut command = match std::env::var("HOSTILE_BENCH_WRAPPER") {
+            Ok(wrapper) => {
+                let mut c = Command::new(wrapper);
+                c.arg(me);
+                c
+            }
+            Err(_) => Command::new(me),
+        };
+        let mut child: Child = command
+            .arg("node")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node process");
+        let pid = child.id();
+        // The node's first line of its own is "<address> <block>"; a wrapper may print first.
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let (addr, block) = loop {
+            let mut line = String::new();
+            assert!(out.read_line(&mut line).unwrap() > 0, "node exited");
+            let mut parts = line.split_whitespace();
+            let addr = parts.next().and_then(|a| a.parse::<SocketAddr>().ok());
+            let block = parts
+                .next()
+                .and_then(|b| b.parse::<bitcoin::BlockHash>().ok());
+            if let (Some(addr), Some(block)) = (addr, block) {
+                break (addr, block);
+            }
+        };
+        std::thread::sleep(Duration::from_secs(1));
+        let idle = handshake(addr);
+        std::thread::sleep(Duration::from_secs(1));
+        ChildNode {
+            child,
+            pid,
+            addr,
+            block,
+            _idle: idle,
+        }
+    }
+}
+
+impl Drop for ChildNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn main() {
     if std::env::args().nth(1).as_deref() == Some("node") {
         if std::env::var_os("HOSTILE_BENCH_DEFAULT_ALLOCATOR").is_none() {
@@ -170,70 +267,31 @@ fn main() {
             .block_on(node_main());
         return;
     }
-    let me = std::env::current_exe().unwrap();
-    // HOSTILE_BENCH_WRAPPER runs the node under a profiler (e.g. `heaptrack`).
-    let mut command = match std::env::var("HOSTILE_BENCH_WRAPPER") {
-        Ok(wrapper) => {
-            let mut c = Command::new(wrapper);
-            c.arg(me);
-            c
-        }
-        Err(_) => Command::new(me),
-    };
-    let mut child: Child = command
-        .arg("node")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("node process");
-    let pid = child.id();
-    // The node's first line of its own is "<address> <block>"; a wrapper may print before it.
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let (addr, block) = loop {
-        let mut line = String::new();
-        assert!(out.read_line(&mut line).unwrap() > 0, "node exited");
-        let mut parts = line.split_whitespace();
-        let addr = parts.next().and_then(|a| a.parse::<SocketAddr>().ok());
-        let block = parts
-            .next()
-            .and_then(|b| b.parse::<bitcoin::BlockHash>().ok());
-        if let (Some(addr), Some(block)) = (addr, block) {
-            break (addr, block);
-        }
-    };
-
-    std::thread::sleep(Duration::from_secs(1));
-    let base = rss_kib(pid);
-    let idle = handshake(addr);
-    std::thread::sleep(Duration::from_secs(1));
-    let with_idle = rss_kib(pid);
-    println!("node RSS: {base} KiB; with one idle peer: {with_idle} KiB");
-    println!("| hostile peer | before | peak during | beyond the idle peer | after it left |");
+    println!("| hostile peer | node with one idle peer | peak during | beyond the idle peer | after it left |");
     println!("|---|---|---|---|---|");
     // HOSTILE_BENCH_CASE picks the rows whose name contains it.
     let only = std::env::var("HOSTILE_BENCH_CASE").unwrap_or_default();
     for (name, send) in cases().into_iter().filter(|(n, _)| n.contains(&only)) {
-        let before = rss_kib(pid);
-        let mut s = handshake(addr);
+        // A fresh node per row, so no row pays for another's leftovers.
+        let node = ChildNode::start();
+        let before = rss_kib(node.pid);
+        let mut s = handshake(node.addr);
         let start = Instant::now();
         let mut peak = before;
         std::thread::scope(|scope| {
-            let sender = scope.spawn(|| send(&mut s, block));
+            let sender = scope.spawn(|| send(&mut s, node.block));
             while start.elapsed() < Duration::from_secs(3) || !sender.is_finished() {
-                peak = peak.max(rss_kib(pid));
-                std::thread::sleep(Duration::from_millis(50));
+                peak = peak.max(rss_kib(node.pid));
+                std::thread::sleep(Duration::from_millis(10));
             }
         });
         drop(s);
         std::thread::sleep(Duration::from_secs(3));
-        let after = rss_kib(pid);
+        let after = rss_kib(node.pid);
         println!(
             "| {name} | {before} KiB | {peak} KiB | +{} KiB | {after} KiB ({:+.1}%) |",
-            peak.saturating_sub(with_idle),
+            peak.saturating_sub(before),
             (after as f64 - before as f64) * 100.0 / before as f64
         );
     }
-    drop(idle);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -31,6 +31,18 @@ pub const BSV_LEGACY_PAYLOAD: u32 = 1024 * 1024;
 /// what a modest host can afford; operators raise it with `max-block-message-size`.
 pub const BSV_DEFAULT_MAX_BLOCK_MESSAGE: u32 = 256 * 1024 * 1024;
 
+/// Largest transaction meshd reads and relays on BTC networks: Core's `MAX_STANDARD_TX_WEIGHT`
+/// (a transaction's size never exceeds its weight).
+///
+/// # Security
+/// Larger ones are valid in a block but Core relays none of them on mainnet; read whole, one
+/// would cost up to 4 MB per peer. They are skipped unread, free of points (not misbehaviour).
+pub const BTC_MAX_RELAYED_TX: u32 = 400_000;
+
+/// Largest transaction meshd reads and relays on BSV networks: the BSV node's default
+/// `maxtxsizepolicy` after Genesis.
+pub const BSV_MAX_RELAYED_TX: u32 = 10_000_000;
+
 /// Largest payload accepted before the handshake completes (until the peer's `verack`).
 ///
 /// # Security
@@ -138,7 +150,19 @@ pub const MAX_BLOCKS_EXPECTED: u32 = 64;
 /// # Security
 /// The reader stops reading the socket while this credit is used up, so a peer that sends
 /// faster than we process applies TCP back-pressure to itself instead of filling our mailbox.
-pub const READER_CREDIT_BYTES: u32 = 1024 * 1024;
+/// Decoded messages take more memory than their bytes (a 36-byte `inv` entry is 40, plus the
+/// envelope); 256 KiB keeps what one peer has waiting under about 1 MB, and still holds a
+/// full `headers` message (162 KB) or seven `inv` parts. A message larger than the credit
+/// (a block) takes all of it, so one waits at a time.
+pub const READER_CREDIT_BYTES: u32 = 256 * 1024;
+
+/// The least a message weighs against [`READER_CREDIT_BYTES`], whatever its size.
+///
+/// # Security
+/// A small message costs more in memory than its bytes (its decoded form, its envelope in a
+/// mailbox, its share of the credit): 20,000 one-header `headers` messages would otherwise fit
+/// in the credit and cost 3 MB queued. At 512 bytes each, at most 512 wait per peer.
+pub const MIN_MESSAGE_WEIGHT: usize = 512;
 
 /// Size of one socket read.
 pub const READ_CHUNK: usize = 64 * 1024;

@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::constants::{
     BSV_DEFAULT_MAX_BLOCK_MESSAGE, BSV_DEFAULT_RECV_PAYLOAD, BSV_LEGACY_PAYLOAD,
-    BSV_PROTOCOL_VERSION, BTC_MAX_PAYLOAD, BTC_PROTOCOL_VERSION,
+    BSV_MAX_RELAYED_TX, BSV_PROTOCOL_VERSION, BTC_MAX_PAYLOAD, BTC_MAX_RELAYED_TX,
+    BTC_PROTOCOL_VERSION,
 };
 
 /// The chain family: decides message-size rules and `protoconf`.
@@ -167,6 +168,8 @@ pub struct PayloadLimits {
     pub bulk: u32,
     /// Largest ordinary payload we send before the peer announces a larger limit.
     pub send_default: u32,
+    /// Largest `tx` we read; a longer one is skipped unread, without points.
+    pub relayed_tx: u32,
 }
 
 impl PayloadLimits {
@@ -298,11 +301,13 @@ impl Profile {
             general: BTC_MAX_PAYLOAD,
             bulk: BTC_MAX_PAYLOAD,
             send_default: BTC_MAX_PAYLOAD,
+            relayed_tx: BTC_MAX_RELAYED_TX,
         };
         let bsv_limits = PayloadLimits {
             general: BSV_DEFAULT_RECV_PAYLOAD,
             bulk: BSV_DEFAULT_MAX_BLOCK_MESSAGE,
             send_default: BSV_LEGACY_PAYLOAD,
+            relayed_tx: BSV_MAX_RELAYED_TX,
         };
         let btc = |network: Network, seeds, port, difficulty| Profile {
             id,

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 
 use super::bandwidth::Throttle;
 use crate::constants::{
-    FRAME_HEADER_LEN, GETDATA_SEND_BUDGET, MAX_BLOCKS_EXPECTED, READER_CREDIT_BYTES, READ_CHUNK,
+    FRAME_HEADER_LEN, GETDATA_SEND_BUDGET, MAX_BLOCKS_EXPECTED, MIN_MESSAGE_WEIGHT,
+    READER_CREDIT_BYTES, READ_CHUNK,
 };
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
@@ -178,7 +179,7 @@ pub(super) async fn reader(
                     let command = command_label(frame.command.as_str());
                     // Weighed by what it holds: a skipped payload holds nothing, a list part
                     // only its own items.
-                    let held = FRAME_HEADER_LEN + frame.payload.len();
+                    let held = (FRAME_HEADER_LEN + frame.payload.len()).max(MIN_MESSAGE_WEIGHT);
                     let weight = held.min(READER_CREDIT_BYTES as usize) as u32;
                     let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
                         return;

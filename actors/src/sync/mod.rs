@@ -125,6 +125,11 @@ const ANTI_DOS_RECENT_BLOCKS: u32 = 144;
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
+/// How long after a peer leaves freed memory is handed back to the system: long enough for
+/// its last messages to be dropped, and at most one release per this long however many peers
+/// come and go.
+const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
+
 struct SyncPeer {
     addr: SocketAddr,
     actor: ActorRef<ConnectionMsg>,
@@ -217,6 +222,8 @@ struct KeptBlock {
 /// State of the Sync actor.
 pub struct SyncActorState {
     ctx: Arc<NodeContext>,
+    /// When to hand freed memory back to the system (set when a peer leaves).
+    release_memory_at: Option<Instant>,
     chain: HeaderChain,
     store: Option<HeaderStore>,
     peers: HashMap<PeerId, SyncPeer>,
@@ -819,6 +826,10 @@ impl SyncActorState {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if self.release_memory_at.is_some_and(|at| at <= now) {
+            self.release_memory_at = None;
+            crate::release_free_memory();
+        }
         let expired_tx = self.requested_tx.expire(now, TX_REQUEST_TIMEOUT);
         if !expired_tx.is_empty() {
             metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
@@ -905,6 +916,7 @@ impl Actor for Sync {
         ctx: Arc<NodeContext>,
     ) -> Result<SyncActorState, ActorProcessingErr> {
         Ok(SyncActorState {
+            release_memory_at: None,
             chain: HeaderChain::new(&ctx.profile),
             ctx,
             store: None,
@@ -1042,6 +1054,10 @@ impl Actor for Sync {
             }
             SyncMsg::PeerDown(id) => {
                 state.peers.remove(&id);
+                // Once its messages in flight are gone too, give the freed memory back.
+                state
+                    .release_memory_at
+                    .get_or_insert(Instant::now() + RELEASE_MEMORY_DELAY);
                 state.early.retain(|e| e.id != id);
                 // What it was asked for is free to be asked of others.
                 state.requested_tx.release_peer(id);

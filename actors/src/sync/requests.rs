@@ -80,6 +80,10 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         for k in &items {
             self.forget(k);
         }
+        // A peer that filled the table (5,000 transactions) leaves no capacity behind.
+        if self.by_item.capacity() > 4 * self.by_item.len().max(64) {
+            self.by_item.shrink_to(2 * self.by_item.len());
+        }
         items
     }
 

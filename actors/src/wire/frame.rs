@@ -195,6 +195,16 @@ pub enum FrameError {
         /// Its length.
         length: u32,
     },
+    /// A `tx` larger than any meshd relays (see
+    /// [`BTC_MAX_RELAYED_TX`](crate::constants::BTC_MAX_RELAYED_TX)): skipped unread. Not
+    /// misbehaviour; Core too refuses to relay it.
+    #[error("tx of {length} bytes is larger than any relayed ({max}); skipped")]
+    TxTooLarge {
+        /// Its length.
+        length: u32,
+        /// The network's relay limit.
+        max: u32,
+    },
     /// An item list whose count does not match its length, or is not a canonical compact
     /// size; the rest of it is skipped unread.
     #[error("malformed {command} list: {reason}")]
@@ -228,6 +238,7 @@ impl FrameError {
             FrameError::Overlong { .. } => "overlong_payload",
             FrameError::MalformedList { .. } => "malformed_payload",
             FrameError::Unrequested { .. } => "unrequested_block",
+            FrameError::TxTooLarge { .. } => "tx_too_large",
         }
     }
 }
@@ -593,6 +604,13 @@ impl FrameDecoder {
                 Some(n) => self.blocks_expected = Some(n - 1),
                 None => {}
             }
+        }
+        if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
+            let err = FrameError::TxTooLarge {
+                length,
+                max: self.limits.relayed_tx,
+            };
+            return Ok((Pending::Skip(skip(false)), Some(err)));
         }
         Ok(match payload_shape(command.as_str()) {
             PayloadShape::Ignored => (Pending::Skip(skip(true)), None),
@@ -1009,6 +1027,26 @@ mod tests {
         assert!(!r[1].as_ref().unwrap_err().is_fatal());
         assert_eq!(r[2].as_ref().unwrap().command, cmd("ping"));
         assert_eq!(dec.blocks_expected(), Some(0));
+    }
+
+    #[test]
+    fn transactions_larger_than_any_relayed_are_skipped_unread() {
+        let (magic, limits) = regtest();
+        let mut stream = encode_frame(magic, cmd("tx"), &vec![1; 400_001]);
+        stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
+        let r = decode_all(&mut FrameDecoder::new_established(magic, limits), &stream);
+        assert_eq!(
+            r[0],
+            Err(FrameError::TxTooLarge {
+                length: 400_001,
+                max: 400_000
+            })
+        );
+        assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
+        assert_eq!(
+            crate::manager::misbehavior::cost(r[0].as_ref().unwrap_err().kind()),
+            0
+        );
     }
 
     #[test]
