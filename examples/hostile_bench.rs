@@ -195,6 +195,9 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// How long after the hostile peer leaves "after" is sampled.
+const AFTER_SECS: u64 = 3;
+
 /// A node in a child process, with one idle peer connected.
 struct ChildNode {
     child: Child,
@@ -286,7 +289,7 @@ fn main() {
             }
         });
         drop(s);
-        std::thread::sleep(Duration::from_secs(3));
+        std::thread::sleep(Duration::from_secs(AFTER_SECS));
         let after = rss_kib(node.pid);
         println!(
             "| {name} | {before} KiB | {peak} KiB | +{} KiB | {after} KiB ({:+.1}%) |",
