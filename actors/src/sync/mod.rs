@@ -490,18 +490,29 @@ impl SyncActorState {
     /// themselves).
     fn accept_headers(&mut self, id: PeerId, headers: Vec<Header>, continue_sync: bool) {
         let from_sync_peer = continue_sync && self.sync_peer.is_some_and(|s| s.peer == id);
+        let full_batch = headers.len() >= MAX_HEADERS_PER_MESSAGE;
+        if from_sync_peer && full_batch {
+            // Pipelined: the next batch is asked for before this one is validated, so the
+            // peer works while we do. If this one turns out bad, the answer does not connect
+            // and is handled as any unconnecting batch (the peer is punished for this one).
+            let mut locator = vec![headers[headers.len() - 1].block_hash()];
+            locator.extend(self.chain.locator());
+            self.getheaders_from(id, locator);
+        }
         let old_tip = self.chain.tip();
         let old_height = self.chain.height();
-        let mut stored = Vec::new();
+        let mut stored: Vec<(Header, BlockHash)> = Vec::new();
         let now = now_u32();
         for (i, h) in headers.iter().enumerate() {
-            match self.chain.accept(h, now) {
+            // Hashed once here; the chain and the store take the hash along.
+            let hash = h.block_hash();
+            match self.chain.accept_hashed(h, hash, now) {
                 Ok(Accepted::Duplicate) => {}
                 Ok(outcome) => {
                     if let Accepted::Reorg { depth } = outcome {
-                        info!(depth, new_tip = %h.block_hash(), "chain reorganised");
+                        info!(depth, new_tip = %hash, "chain reorganised");
                     }
-                    stored.push(*h);
+                    stored.push((*h, hash));
                 }
                 Err(AcceptError::NotConnecting(_)) if i == 0 => {
                     // An announcement we cannot connect: ask for the gap (Core does the same),
@@ -527,28 +538,30 @@ impl SyncActorState {
         if !stored.is_empty() {
             metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
             if let Some(store) = self.store.as_mut() {
-                if let Err(e) = store.append(&stored).and_then(|_| store.sync()) {
+                if let Err(e) = store
+                    .append(&stored)
+                    .and_then(|_| store.sync_if_due(Instant::now()))
+                {
                     error!(error = %e, "cannot write headers");
                 }
             }
-            let last_height = self
-                .chain
-                .height_of(&stored[stored.len() - 1].block_hash())
-                .unwrap_or(0);
+            let last = stored[stored.len() - 1].1;
+            let last_height = self.chain.height_of(&last).unwrap_or(0);
             self.ctx
                 .peers
                 .update(id, |p| p.synced_height = p.synced_height.max(last_height));
             if let Some(p) = self.peers.get_mut(&id) {
                 p.best_height = p.best_height.max(last_height);
-                for h in &stored {
-                    p.learn(h.block_hash().to_byte_array());
-                }
+                // It has every ancestor of what it sent: knowing the last is enough not to
+                // announce any of them back.
+                p.learn(last.to_byte_array());
             }
         }
-        if from_sync_peer && headers.len() >= MAX_HEADERS_PER_MESSAGE {
-            self.getheaders(id, BlockHash::all_zeros());
-        } else if from_sync_peer {
-            self.sync_batch_ended(id);
+        if from_sync_peer {
+            // A full batch asked for the next one already; a short one is the end.
+            if !full_batch {
+                self.sync_batch_ended(id);
+            }
         } else if self.chain.tip() != old_tip {
             self.ctx.events.publish(NodeEvent::HeadersSynced {
                 height: self.chain.height(),
@@ -826,6 +839,11 @@ impl SyncActorState {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.sync_if_due(now) {
+                error!(error = %e, "cannot sync headers.dat");
+            }
+        }
         if self.release_memory_at.is_some_and(|at| at <= now) {
             self.release_memory_at = None;
             crate::release_free_memory();
@@ -890,7 +908,7 @@ impl SyncActorState {
                 .accept(&block.header, now_u32().saturating_add(60))
                 .map_err(|e| format!("generated block refused: {e}"))?;
             if let Some(store) = self.store.as_mut() {
-                let _ = store.append(&[block.header]).and_then(|_| store.sync());
+                let _ = store.append(&[(block.header, hash)]);
             }
             self.keep_and_publish(block, None);
             hashes.push(hash);

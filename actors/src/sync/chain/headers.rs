@@ -108,6 +108,13 @@ struct Entry {
     height: u32,
 }
 
+/// What is kept of a header off the best chain.
+#[derive(Debug, Clone, Copy)]
+struct Stale {
+    work: u128,
+    hash: BlockHash,
+}
+
 /// The height of a slot whose stale header was evicted (no header is this high).
 const VACANT: u32 = u32::MAX;
 
@@ -258,8 +265,12 @@ pub struct HeaderChain {
     best: Vec<u32>,
     /// Cumulative work of the best tip.
     tip_work: u128,
-    /// Cumulative work of each header off the best chain (bounded by [`MAX_STALE_HEADERS`]).
-    stale_work: HashMap<u32, u128>,
+    /// Cumulative work and hash of each header off the best chain (bounded by
+    /// [`MAX_STALE_HEADERS`]).
+    stale: HashMap<u32, Stale>,
+    /// Hash of the best tip. Every other best-chain hash is its child's `prev_blockhash`, and
+    /// stale ones are in `stale`: no lookup hashes a header again.
+    tip_hash: BlockHash,
     /// Slots of evicted stale headers, reused before `entries` grows.
     vacant: Vec<u32>,
     /// BSV: the height from which the DAA applies (the BSV node's `daaHeight`).
@@ -308,7 +319,8 @@ impl HeaderChain {
             overflow: HashMap::new(),
             best: Vec::new(),
             tip_work: to_u128(g.work()),
-            stale_work: HashMap::new(),
+            stale: HashMap::new(),
+            tip_hash: g.block_hash(),
             vacant: Vec::new(),
             // The BSV node's chain parameters.
             bsv_daa_height: match profile.id {
@@ -319,12 +331,12 @@ impl HeaderChain {
             },
             min_difficulty_blocks: profile.id == NetworkId::BsvTestnet,
         };
-        chain.push(&g, 0);
+        chain.push(&g, g.block_hash(), 0);
         chain.best.push(0);
         chain
     }
 
-    fn push(&mut self, h: &Header, height: u32) -> u32 {
+    fn push(&mut self, h: &Header, hash: BlockHash, height: u32) -> u32 {
         let mut raw = [0u8; 80];
         raw.copy_from_slice(&bitcoin::consensus::serialize(h));
         let idx = if let Some(idx) = self.vacant.pop() {
@@ -339,7 +351,6 @@ impl HeaderChain {
             self.entries.push(Entry { raw, height });
             (self.entries.len() - 1) as u32
         };
-        let hash = h.block_hash();
         match self.index.entry(short(&hash)) {
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(idx);
@@ -353,7 +364,7 @@ impl HeaderChain {
 
     fn lookup(&self, hash: &BlockHash) -> Option<u32> {
         if let Some(&i) = self.index.get(&short(hash)) {
-            if self.entries[i as usize].hash() == *hash {
+            if self.hash_of(i) == *hash {
                 return Some(i);
             }
         }
@@ -363,8 +374,8 @@ impl HeaderChain {
     /// Cumulative work up to `idx`: the tip's minus the work above it on the best chain (O(1)
     /// when extending the tip, short for forks), or the recorded work of a stale header.
     fn work_of(&self, idx: u32) -> u128 {
-        if let Some(w) = self.stale_work.get(&idx) {
-            return *w;
+        if let Some(st) = self.stale.get(&idx) {
+            return st.work;
         }
         let h = self.entries[idx as usize].height as usize;
         let above: u128 = self.best[h + 1..]
@@ -378,7 +389,27 @@ impl HeaderChain {
         if idx == 0 {
             return None;
         }
+        let height = self.entries[idx as usize].height as usize;
+        if height > 0 && self.best.get(height) == Some(&idx) {
+            return Some(self.best[height - 1]);
+        }
         self.lookup(&self.entries[idx as usize].prev())
+    }
+
+    /// The hash of a stored header, without hashing it: the best tip's is kept, every other
+    /// best-chain header's is its child's `prev_blockhash`, and stale headers keep theirs.
+    fn hash_of(&self, idx: u32) -> BlockHash {
+        let height = self.entries[idx as usize].height as usize;
+        if self.best.get(height) == Some(&idx) {
+            return match self.best.get(height + 1) {
+                Some(child) => self.entries[*child as usize].prev(),
+                None => self.tip_hash,
+            };
+        }
+        match self.stale.get(&idx) {
+            Some(st) => st.hash,
+            None => self.entries[idx as usize].hash(),
+        }
     }
 
     fn header_at(&self, idx: u32) -> Header {
@@ -544,7 +575,17 @@ impl HeaderChain {
 
     /// Validates `h` and stores it. `now` is our clock, unix seconds.
     pub fn accept(&mut self, h: &Header, now: u32) -> Result<Accepted, AcceptError> {
-        let hash = h.block_hash();
+        self.accept_hashed(h, h.block_hash(), now)
+    }
+
+    /// [`accept`](Self::accept) for a header whose hash the caller has computed already (a
+    /// header is hashed once on its way in).
+    pub fn accept_hashed(
+        &mut self,
+        h: &Header,
+        hash: BlockHash,
+        now: u32,
+    ) -> Result<Accepted, AcceptError> {
         if self.lookup(&hash).is_some() {
             return Ok(Accepted::Duplicate);
         }
@@ -602,13 +643,14 @@ impl HeaderChain {
                 return Err(AcceptError::TooManyStale);
             }
         }
-        let idx = self.push(h, height);
+        let idx = self.push(h, hash, height);
         if extends_best {
             self.best.push(idx);
             self.tip_work = work;
+            self.tip_hash = hash;
             return Ok(Accepted::NewTip);
         }
-        self.stale_work.insert(idx, work);
+        self.stale.insert(idx, Stale { work, hash });
         if work > self.tip_work {
             return Ok(Accepted::Reorg {
                 depth: self.switch_to(idx),
@@ -630,25 +672,30 @@ impl HeaderChain {
         }
         let fork_height = self.entries[cur as usize].height;
         let depth = (self.best.len() as u32 - 1) - fork_height;
-        // The old best chain above the fork becomes stale: record its cumulative work.
+        // The old best chain above the fork becomes stale: record its cumulative work and
+        // hash (read while it is still the best chain).
         let mut w = self.tip_work;
         for h in (fork_height as usize + 1..self.best.len()).rev() {
             let i = self.best[h];
-            self.stale_work.insert(i, w);
+            let hash = self.hash_of(i);
+            self.stale.insert(i, Stale { work: w, hash });
             w = w.saturating_sub(self.entries[i as usize].own_work());
         }
-        let new_tip_work = self.stale_work.get(&idx).copied().unwrap_or(self.tip_work);
+        let new_tip = self.stale.get(&idx).copied();
         for i in &branch {
-            self.stale_work.remove(i);
+            self.stale.remove(i);
         }
         self.best.truncate(fork_height as usize + 1);
         self.best.extend(branch.into_iter().rev());
-        self.tip_work = new_tip_work;
+        if let Some(tip) = new_tip {
+            self.tip_work = tip.work;
+            self.tip_hash = tip.hash;
+        }
         depth
     }
 
     fn stale_count(&self) -> usize {
-        self.stale_work.len()
+        self.stale.len()
     }
 
     /// Height of the highest checkpoint on our best chain (0 when none).
@@ -658,7 +705,7 @@ impl HeaderChain {
             .filter(|(h, hash)| {
                 self.best
                     .get(*h as usize)
-                    .is_some_and(|i| self.entries[*i as usize].hash() == *hash)
+                    .is_some_and(|i| self.hash_of(*i) == *hash)
             })
             .map(|(h, _)| *h)
             .max()
@@ -669,15 +716,15 @@ impl HeaderChain {
     /// stale ancestors they need; the others leave the index and their slots are reused by
     /// later headers. O(stale headers): the best chain is not touched, however long.
     fn evict_stale(&mut self, keep: usize) {
-        let before = self.stale_work.len();
-        let mut ranked: Vec<(u128, u32)> = self.stale_work.iter().map(|(i, w)| (*w, *i)).collect();
+        let before = self.stale.len();
+        let mut ranked: Vec<(u128, u32)> = self.stale.iter().map(|(i, st)| (st.work, *i)).collect();
         ranked.sort_unstable_by(|a, b| b.cmp(a));
         let mut kept: HashSet<u32> = HashSet::with_capacity(keep);
         for &(_, idx) in ranked.iter().take(keep) {
             // The branch down to the best chain stays too, or the header could not be found.
             // A descendant has more work than its ancestors, so what goes has no child kept.
             let mut cur = idx;
-            while self.stale_work.contains_key(&cur) && kept.insert(cur) {
+            while self.stale.contains_key(&cur) && kept.insert(cur) {
                 match self.parent_of(cur) {
                     Some(p) => cur = p,
                     None => break,
@@ -688,19 +735,19 @@ impl HeaderChain {
             if kept.contains(&idx) {
                 continue;
             }
-            let hash = self.entries[idx as usize].hash();
+            let hash = self.hash_of(idx);
             if self.index.get(&short(&hash)) == Some(&idx) {
                 self.index.remove(&short(&hash));
             } else {
                 self.overflow.remove(&hash);
             }
-            self.stale_work.remove(&idx);
+            self.stale.remove(&idx);
             self.entries[idx as usize].height = VACANT;
             self.vacant.push(idx);
         }
         tracing::debug!(
             before,
-            after = self.stale_work.len(),
+            after = self.stale.len(),
             "evicted the least-work stale headers"
         );
     }
@@ -712,7 +759,7 @@ impl HeaderChain {
 
     /// Hash of the best tip.
     pub fn tip(&self) -> BlockHash {
-        self.entries[*self.best.last().unwrap_or(&0) as usize].hash()
+        self.tip_hash
     }
 
     /// The best tip's header.
@@ -770,9 +817,7 @@ impl HeaderChain {
 
     /// The best-chain hash at `height`.
     pub fn hash_at_height(&self, height: u32) -> Option<BlockHash> {
-        self.best
-            .get(height as usize)
-            .map(|i| self.entries[*i as usize].hash())
+        self.best.get(height as usize).map(|i| self.hash_of(*i))
     }
 
     /// A block locator for the best chain: the last ten hashes, then exponentially sparser,
@@ -782,13 +827,13 @@ impl HeaderChain {
         let mut h = self.height() as i64;
         let mut step = 1i64;
         while h > 0 {
-            out.push(self.entries[self.best[h as usize] as usize].hash());
+            out.push(self.hash_of(self.best[h as usize]));
             if out.len() >= 10 {
                 step *= 2;
             }
             h -= step;
         }
-        out.push(self.entries[self.best[0] as usize].hash());
+        out.push(self.hash_of(self.best[0]));
         out
     }
 
@@ -806,9 +851,8 @@ impl HeaderChain {
                 break;
             }
             let idx = self.best[height as usize];
-            let e = &self.entries[idx as usize];
-            out.push(e.header());
-            if e.hash() == stop {
+            out.push(self.entries[idx as usize].header());
+            if self.hash_of(idx) == stop {
                 break;
             }
         }
@@ -831,7 +875,7 @@ impl HeaderChain {
         let overflow =
             buckets(self.overflow.capacity()) * (std::mem::size_of::<(BlockHash, u32)>() + 1);
         let best = std::mem::size_of::<u32>() * self.best.capacity();
-        let stale = buckets(self.stale_work.capacity()) * (std::mem::size_of::<(u32, u128)>() + 1);
+        let stale = buckets(self.stale.capacity()) * (std::mem::size_of::<(u32, Stale)>() + 1);
         entry + index + overflow + best + stale
     }
 
@@ -883,6 +927,54 @@ mod tests {
 
     fn regtest() -> HeaderChain {
         HeaderChain::new(&NetworkId::Regtest.profile())
+    }
+
+    /// Every stored header's hash, as the chain reads it without hashing, is its real hash,
+    /// and a lookup by it finds it.
+    fn check_hashes(c: &HeaderChain) {
+        for (idx, e) in c.entries.iter().enumerate() {
+            if e.height == VACANT {
+                continue;
+            }
+            let real = e.hash();
+            assert_eq!(
+                c.hash_of(idx as u32),
+                real,
+                "slot {idx} at height {}",
+                e.height
+            );
+            assert_eq!(c.lookup(&real), Some(idx as u32));
+        }
+        assert_eq!(c.tip(), c.entries[*c.best.last().unwrap() as usize].hash());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+        #[test]
+        fn hashes_read_without_hashing_stay_right_through_forks_and_reorgs(
+            steps in proptest::collection::vec((0usize..1000, 1u32..4), 1..40)
+        ) {
+            let mut c = regtest();
+            let mut known = vec![c.tip_header()];
+            for (i, (pick, len)) in steps.into_iter().enumerate() {
+                // Extend any known header by a short branch: a new tip, a stale fork, or a
+                // heavier fork that reorganises.
+                let from = known[pick % known.len()];
+                let mut parent = from;
+                for j in 0..len {
+                    let h = mine_header(
+                        &parent,
+                        TxMerkleNode::from_byte_array([(i % 250) as u8 + 1; 32]),
+                        parent.time + 1 + j,
+                        parent.bits,
+                    );
+                    c.accept(&h, u32::MAX / 2).unwrap();
+                    known.push(h);
+                    parent = h;
+                }
+                check_hashes(&c);
+            }
+        }
     }
 
     fn grow(chain: &mut HeaderChain, from: Header, n: u32, salt: u8) -> Vec<Header> {
@@ -1083,6 +1175,7 @@ mod tests {
         }
         assert_eq!(c.tip(), tip.block_hash());
         assert!(c.contains(&b1.block_hash()) && c.contains(&b2.block_hash()));
+        check_hashes(&c);
         // An honest 15-header branch from genesis still takes over.
         let honest = *grow(&mut c, g, 15, 7).last().unwrap();
         assert_eq!(c.height(), 15);
@@ -1104,9 +1197,10 @@ mod tests {
                 bits: CompactTarget::from_consensus(bits),
                 ..p
             };
-            let idx = c.push(&h, c.entries[parent as usize].height + 1);
+            let idx = c.push(&h, h.block_hash(), c.entries[parent as usize].height + 1);
             c.best.push(idx);
             c.tip_work += to_u128(h.work());
+            c.tip_hash = h.block_hash();
         }
     }
 

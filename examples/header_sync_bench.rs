@@ -1,0 +1,109 @@
+//! Header sync from one independent peer on loopback: headers per second from handshake to
+//! synced.
+//!
+//! The serving peer is `tests/peers/header_server.py` (Python standard library, not meshd),
+//! which mines the chain once (kept in a cache file under the target directory) and answers
+//! `getheaders` with 2,000 headers at a time. meshd runs in this process on a fresh data
+//! directory per run, dials the server as a manual peer, and the clock runs from its
+//! `HandshakeComplete` to the `HeadersSynced` event at the server's tip.
+//!
+//! Usage: `cargo run --release --example header_sync_bench [HEADERS] [RUNS]`
+//! (defaults 200,000 and 5). Set `HEADER_SYNC_BENCH_PAUSE=1` to wait for Enter before the
+//! runs (attach `perf record -p PID` meanwhile).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshd_actors::config::NodeConfig;
+use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::network::NetworkId;
+use meshd_actors::node::Node;
+
+/// The Python peer, killed when dropped.
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server(headers: u32) -> (Server, SocketAddr, String) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = root.join(format!("target/header-server-{headers}.bin"));
+    let mut child = Command::new("python3")
+        .arg(root.join("tests/peers/header_server.py"))
+        .args(["--headers", &headers.to_string(), "--cache"])
+        .arg(&cache)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the header server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("server line");
+    // "listening on 127.0.0.1:PORT tip HASH"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let addr = words[2].parse().expect("server address");
+    (Server(child), addr, words[4].to_string())
+}
+
+async fn one_run(server: SocketAddr, headers: u32, tip: &str) -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = NodeConfig::new(NetworkId::Regtest, dir.path().to_path_buf());
+    c.listen = Vec::new();
+    c.connect = vec![server];
+    c.fetch_blocks = false;
+    let mut start = None;
+    let node = Node::start(c).await.expect("node starts");
+    // Subscribed before the dial completes: a handshake takes a round trip at least.
+    let mut events = node.subscribe_to(&[EventKind::HandshakeComplete, EventKind::HeadersSynced]);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let elapsed = loop {
+        let event = tokio::time::timeout_at(deadline.into(), events.recv())
+            .await
+            .expect("synced within 10 minutes")
+            .expect("event stream open");
+        match &event.event {
+            NodeEvent::HandshakeComplete { .. } => start = Some(Instant::now()),
+            NodeEvent::HeadersSynced { height, tip: t, .. } if *height == headers && t == tip => {
+                break start.expect("handshake first").elapsed();
+            }
+            _ => {}
+        }
+    };
+    node.shutdown().await;
+    elapsed
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let headers: u32 = args.next().map_or(200_000, |a| a.parse().expect("HEADERS"));
+    let runs: u32 = args.next().map_or(5, |a| a.parse().expect("RUNS"));
+    let (_server, addr, tip) = start_server(headers);
+    if std::env::var_os("HEADER_SYNC_BENCH_PAUSE").is_some() {
+        eprintln!("pid {}: press Enter to start", std::process::id());
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut rates = Vec::new();
+    for run in 1..=runs {
+        let t = rt.block_on(one_run(addr, headers, &tip));
+        let rate = f64::from(headers) / t.as_secs_f64();
+        println!(
+            "run {run}: {headers} headers in {:.3} s = {:.0} headers/s",
+            t.as_secs_f64(),
+            rate
+        );
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "median {:.0} headers/s over {runs} runs",
+        rates[rates.len() / 2]
+    );
+}
