@@ -217,10 +217,28 @@ pub struct SyncStatus {
     pub blocks_kept: usize,
 }
 
+/// Headers with their hashes, computed where they are decoded (the Connection), so Sync's
+/// one thread validates and never hashes a header.
+#[derive(Debug, Clone)]
+pub struct HashedHeaders {
+    /// The headers, in message order.
+    pub headers: Vec<Header>,
+    /// `hashes[i]` is `headers[i].block_hash()`.
+    pub hashes: Vec<bitcoin::BlockHash>,
+}
+
+impl HashedHeaders {
+    /// Hashes each header once.
+    pub fn new(headers: Vec<Header>) -> HashedHeaders {
+        let hashes = headers.iter().map(Header::block_hash).collect();
+        HashedHeaders { headers, hashes }
+    }
+}
+
 /// What a Connection forwards to Sync.
 pub enum SyncInput {
     /// `headers`.
-    Headers(Vec<Header>),
+    Headers(HashedHeaders),
     /// `inv`.
     Inv(Vec<Inventory>),
     /// `getheaders`.

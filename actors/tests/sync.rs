@@ -361,3 +361,57 @@ async fn ten_thousand_blocks_can_be_generated_on_a_fresh_node() {
     assert_eq!(node.sync_status().header_height, 10_000);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_batch_is_asked_for_before_the_current_one_is_validated() {
+    use bitcoin::p2p::message::NetworkMessage as N;
+    use common::Seen;
+    use meshd_actors::wire::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let genesis = node.profile().genesis;
+    // 2,000 headers whose last one has a bad proof of work.
+    let mut batch = Vec::new();
+    let mut parent = genesis;
+    for i in 0..2000u32 {
+        let h = meshd_actors::sync::chain::headers::mine_header(
+            &parent,
+            bitcoin::TxMerkleNode::all_zeros(),
+            genesis.time + 600 * (i + 1),
+            genesis.bits,
+        );
+        batch.push(h);
+        parent = h;
+    }
+    let last = batch.last_mut().unwrap();
+    while last.target().is_met_by(last.block_hash()) {
+        last.nonce = last.nonce.wrapping_add(1);
+    }
+    let bad = last.block_hash();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake_at(4000).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = false;
+    let next = loop {
+        assert!(Instant::now() < deadline, "no second getheaders");
+        match p.recv(Duration::from_secs(5)).await {
+            Seen::Msg(Message::Network(N::GetHeaders(_))) if !served => {
+                served = true;
+                p.send(N::Headers(batch.clone())).await;
+            }
+            Seen::Msg(Message::Network(N::GetHeaders(m))) => break m,
+            Seen::Msg(Message::Network(N::Ping(n))) => p.send(N::Pong(n)).await,
+            Seen::Msg(_) => {}
+            other => panic!("before the second getheaders: {other:?}"),
+        }
+    };
+    // Asked from the batch's last hash, which could only be known unvalidated.
+    assert_eq!(next.locator_hashes[0], bad);
+    // The batch is then validated: the good 1,999 are stored, the bad one costs the peer.
+    until("the good headers stored", 5, || {
+        node.sync_status().header_height == 1999
+    })
+    .await;
+    assert!(p.closed_within(Duration::from_secs(5)).await, "punished");
+    node.shutdown().await;
+}

@@ -52,7 +52,7 @@ use crate::manager::misbehavior;
 use crate::manager::peers::{PeerId, PeerState};
 use crate::manager::slots::SlotPermit;
 use crate::manager::whitelist::Permissions;
-use crate::msg::{ConnectionMsg, Inbound, ManagerMsg, SyncInput, SyncMsg};
+use crate::msg::{ConnectionMsg, HashedHeaders, Inbound, ManagerMsg, SyncInput, SyncMsg};
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
@@ -748,7 +748,7 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::Headers(h)) => {
-            to_sync(state, SyncInput::Headers(h));
+            to_sync(state, SyncInput::Headers(HashedHeaders::new(h)));
             Ok(())
         }
         Message::Network(NetworkMessage::Inv(i)) => {

@@ -57,7 +57,7 @@ use crate::constants::MAX_HEADERS_PER_MESSAGE;
 use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
-use crate::msg::{ConnectionMsg, SyncInput, SyncMsg, SyncState, SyncStatus};
+use crate::msg::{ConnectionMsg, HashedHeaders, SyncInput, SyncMsg, SyncState, SyncStatus};
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
@@ -354,7 +354,7 @@ impl SyncActorState {
 
     /// Headers from a peer: through its presync when one runs or when the chain they extend
     /// has too little work to be stored; straight to the chain otherwise.
-    fn on_headers(&mut self, id: PeerId, headers: Vec<Header>) {
+    fn on_headers(&mut self, id: PeerId, headers: HashedHeaders) {
         if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
             s.last_progress = Instant::now();
         }
@@ -383,13 +383,14 @@ impl SyncActorState {
 
     /// Feeds the peer's presync, or starts one when these headers extend a chain with too
     /// little work. `None`: the headers go to the chain as they are.
-    fn presync_headers(&mut self, id: PeerId, headers: &[Header]) -> Option<PresyncStep> {
+    fn presync_headers(&mut self, id: PeerId, hashed: &HashedHeaders) -> Option<PresyncStep> {
+        let headers = &hashed.headers[..];
         if let Some(ps) = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut()) {
             return Some(ps.on_headers(headers));
         }
-        let (first, last) = (headers.first()?, headers.last()?);
+        let (first, last) = (headers.first()?, hashed.hashes.last()?);
         let (parent, height, parent_work) = self.chain.header_and_work(&first.prev_blockhash)?;
-        if self.chain.contains(&last.block_hash()) {
+        if self.chain.contains(last) {
             return None;
         }
         let batch_work = headers
@@ -428,7 +429,7 @@ impl SyncActorState {
             PresyncStep::Request(locator) => self.getheaders_from(id, locator),
             PresyncStep::Release { headers, next } => {
                 metrics::counter!("meshd_presync_released_total").increment(headers.len() as u64);
-                self.accept_headers(id, headers, false);
+                self.accept_headers(id, HashedHeaders::new(headers), false);
                 match next {
                     Some(locator) => self.getheaders_from(id, locator),
                     None => {
@@ -488,14 +489,15 @@ impl SyncActorState {
     /// Stores headers in the chain; `continue_sync`: this was the sync peer's answer to our
     /// `getheaders`, so ask for more or end the sync round (presync releases decide that
     /// themselves).
-    fn accept_headers(&mut self, id: PeerId, headers: Vec<Header>, continue_sync: bool) {
+    fn accept_headers(&mut self, id: PeerId, hashed: HashedHeaders, continue_sync: bool) {
         let from_sync_peer = continue_sync && self.sync_peer.is_some_and(|s| s.peer == id);
+        let HashedHeaders { headers, hashes } = hashed;
         let full_batch = headers.len() >= MAX_HEADERS_PER_MESSAGE;
-        if from_sync_peer && full_batch {
+        if let (true, true, Some(last)) = (from_sync_peer, full_batch, hashes.last()) {
             // Pipelined: the next batch is asked for before this one is validated, so the
             // peer works while we do. If this one turns out bad, the answer does not connect
             // and is handled as any unconnecting batch (the peer is punished for this one).
-            let mut locator = vec![headers[headers.len() - 1].block_hash()];
+            let mut locator = vec![*last];
             locator.extend(self.chain.locator());
             self.getheaders_from(id, locator);
         }
@@ -503,9 +505,8 @@ impl SyncActorState {
         let old_height = self.chain.height();
         let mut stored: Vec<(Header, BlockHash)> = Vec::new();
         let now = now_u32();
-        for (i, h) in headers.iter().enumerate() {
-            // Hashed once here; the chain and the store take the hash along.
-            let hash = h.block_hash();
+        for (i, (h, &hash)) in headers.iter().zip(&hashes).enumerate() {
+            // Hashed once, by the Connection; the chain and the store take the hash along.
             match self.chain.accept_hashed(h, hash, now) {
                 Ok(Accepted::Duplicate) => {}
                 Ok(outcome) => {
@@ -630,7 +631,7 @@ impl SyncActorState {
         let hash = block.block_hash();
         self.requested_blocks.received(&hash);
         if !self.chain.contains(&hash) {
-            self.on_headers(id, vec![block.header]);
+            self.on_headers(id, HashedHeaders::new(vec![block.header]));
             if !self.chain.contains(&hash) {
                 return;
             }

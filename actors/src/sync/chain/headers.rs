@@ -108,6 +108,19 @@ struct Entry {
     height: u32,
 }
 
+/// The 80 bytes of a header, encoded without allocating.
+pub fn header_bytes(h: &Header) -> [u8; 80] {
+    let mut raw = [0u8; 80];
+    let mut w: &mut [u8] = &mut raw;
+    // Exactly 80 bytes into an 80-byte buffer: cannot fail.
+    let _ = bitcoin::consensus::Encodable::consensus_encode(h, &mut w);
+    raw
+}
+
+/// The chain's maps are looked up for every header: foldhash (randomly seeded per map, so
+/// still no fixed collisions to aim at) instead of SipHash, which cost more than the lookups.
+type FastHash = foldhash::fast::RandomState;
+
 /// What is kept of a header off the best chain.
 #[derive(Debug, Clone, Copy)]
 struct Stale {
@@ -120,7 +133,7 @@ const VACANT: u32 = u32::MAX;
 
 impl Entry {
     fn own_work(&self) -> u128 {
-        to_u128(Target::from_compact(CompactTarget::from_consensus(self.bits())).to_work())
+        work_of_bits(self.bits())
     }
     fn header(&self) -> Header {
         // The bytes were produced by encoding a Header: decoding them cannot fail.
@@ -259,15 +272,15 @@ pub struct HeaderChain {
     entries: Vec<Entry>,
     /// Index by the first four bytes of the hash (verified against the entry on lookup);
     /// the rare second header with the same four bytes goes to `overflow`.
-    index: HashMap<u32, u32>,
-    overflow: HashMap<BlockHash, u32>,
+    index: HashMap<u32, u32, FastHash>,
+    overflow: HashMap<BlockHash, u32, FastHash>,
     /// Best chain: `best[h]` is the index of the header at height `h`.
     best: Vec<u32>,
     /// Cumulative work of the best tip.
     tip_work: u128,
     /// Cumulative work and hash of each header off the best chain (bounded by
     /// [`MAX_STALE_HEADERS`]).
-    stale: HashMap<u32, Stale>,
+    stale: HashMap<u32, Stale, FastHash>,
     /// Hash of the best tip. Every other best-chain hash is its child's `prev_blockhash`, and
     /// stale ones are in `stale`: no lookup hashes a header again.
     tip_hash: BlockHash,
@@ -277,6 +290,25 @@ pub struct HeaderChain {
     bsv_daa_height: u32,
     /// BSV testnet: a block 20 minutes after its parent may be at the limit.
     min_difficulty_blocks: bool,
+}
+
+thread_local! {
+    /// The last nBits whose work was computed, and that work: consecutive headers nearly
+    /// always share their nBits, and the work is a 256-bit division.
+    static LAST_WORK: std::cell::Cell<(u32, u128)> = const { std::cell::Cell::new((0, 0)) };
+}
+
+/// The work a header with these nBits proves (as `Header::work`, saturating at `u128::MAX`).
+fn work_of_bits(bits: u32) -> u128 {
+    LAST_WORK.with(|last| {
+        let (cached_bits, work) = last.get();
+        if cached_bits == bits && bits != 0 {
+            return work;
+        }
+        let work = to_u128(Target::from_compact(CompactTarget::from_consensus(bits)).to_work());
+        last.set((bits, work));
+        work
+    })
 }
 
 fn to_u128(work: bitcoin::pow::Work) -> u128 {
@@ -315,11 +347,11 @@ impl HeaderChain {
             params,
             checkpoints,
             entries: Vec::new(),
-            index: HashMap::new(),
-            overflow: HashMap::new(),
+            index: HashMap::default(),
+            overflow: HashMap::default(),
             best: Vec::new(),
             tip_work: to_u128(g.work()),
-            stale: HashMap::new(),
+            stale: HashMap::default(),
             tip_hash: g.block_hash(),
             vacant: Vec::new(),
             // The BSV node's chain parameters.
@@ -337,8 +369,7 @@ impl HeaderChain {
     }
 
     fn push(&mut self, h: &Header, hash: BlockHash, height: u32) -> u32 {
-        let mut raw = [0u8; 80];
-        raw.copy_from_slice(&bitcoin::consensus::serialize(h));
+        let raw = header_bytes(h);
         let idx = if let Some(idx) = self.vacant.pop() {
             self.entries[idx as usize] = Entry { raw, height };
             idx
@@ -434,16 +465,19 @@ impl HeaderChain {
     }
 
     fn median_time_past(&self, mut idx: u32) -> u32 {
-        let mut times = Vec::with_capacity(11);
-        for _ in 0..11 {
-            times.push(self.entries[idx as usize].time());
+        let mut times = [0u32; 11];
+        let mut n = 0;
+        while n < 11 {
+            times[n] = self.entries[idx as usize].time();
+            n += 1;
             match self.parent_of(idx) {
                 Some(p) => idx = p,
                 None => break,
             }
         }
+        let times = &mut times[..n];
         times.sort_unstable();
-        times[times.len() / 2]
+        times[n / 2]
     }
 
     /// The BSV node's rule for the block after `parent` with time `time`: the DAA from its
@@ -634,7 +668,9 @@ impl HeaderChain {
         if !extends_best && height <= self.last_checkpoint_held() {
             return Err(AcceptError::ForkBeforeCheckpoint(height));
         }
-        let work = self.work_of(parent).saturating_add(to_u128(h.work()));
+        let work = self
+            .work_of(parent)
+            .saturating_add(work_of_bits(h.bits.to_consensus()));
         if !extends_best && self.stale_count() >= MAX_STALE_HEADERS {
             self.evict_stale(MAX_STALE_HEADERS / 2);
             if self.lookup(&h.prev_blockhash).is_none() {
@@ -786,7 +822,7 @@ impl HeaderChain {
 
     /// Work of one header.
     pub fn header_work(h: &Header) -> u128 {
-        to_u128(h.work())
+        work_of_bits(h.bits.to_consensus())
     }
 
     /// The network's difficulty rule and target limit (for presync).

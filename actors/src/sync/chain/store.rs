@@ -15,11 +15,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bitcoin::block::Header;
-use bitcoin::consensus::{deserialize, serialize};
+use bitcoin::consensus::deserialize;
 use bitcoin::hashes::Hash;
 use bitcoin::BlockHash;
 
-use super::headers::HeaderChain;
+use super::headers::{header_bytes, HeaderChain};
 
 const FILE_MAGIC: &[u8; 8] = b"MSHDHDRS";
 const FORMAT_VERSION: u16 = 1;
@@ -161,7 +161,7 @@ impl HeaderStore {
     pub fn append(&mut self, headers: &[(Header, BlockHash)]) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(headers.len() * RECORD_LEN);
         for (h, hash) in headers {
-            buf.extend_from_slice(&serialize(h));
+            buf.extend_from_slice(&header_bytes(h));
             buf.extend_from_slice(&hash.as_byte_array()[..4]);
         }
         self.file.write_all(&buf)?;
