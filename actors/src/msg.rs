@@ -49,6 +49,10 @@ pub enum ConnectionMsg {
     Tick,
     /// Send a message to the peer.
     Send(Message),
+    /// Sync's header pipelining for this peer, on or off: while on, a full `headers` batch
+    /// makes the Connection ask for the next one at once, before the batch is hashed and
+    /// handed to Sync (see [`HashedHeaders::next_requested`]).
+    PipelineHeaders(bool),
     /// Send a frame encoded once and shared between peers (a served block).
     SendShared {
         /// Its command, for byte counters.
@@ -225,13 +229,19 @@ pub struct HashedHeaders {
     pub headers: Vec<Header>,
     /// `hashes[i]` is `headers[i].block_hash()`.
     pub hashes: Vec<bitcoin::BlockHash>,
+    /// The Connection already asked the peer for the batch after this one.
+    pub next_requested: bool,
 }
 
 impl HashedHeaders {
     /// Hashes each header once.
     pub fn new(headers: Vec<Header>) -> HashedHeaders {
         let hashes = headers.iter().map(Header::block_hash).collect();
-        HashedHeaders { headers, hashes }
+        HashedHeaders {
+            headers,
+            hashes,
+            next_requested: false,
+        }
     }
 }
 

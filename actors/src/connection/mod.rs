@@ -42,8 +42,8 @@ use crate::config::NodeConfig;
 use crate::connection::bandwidth::{Flow, Throttle};
 use crate::constants::{
     BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, GETDATA_BATCH, GETDATA_BATCH_TIMEOUT,
-    GETDATA_SEND_BUDGET, MAX_GETDATA_QUEUE, MAX_SEND_QUEUE_BYTES, MAX_TICK_INTERVAL,
-    READER_CREDIT_BYTES,
+    GETDATA_SEND_BUDGET, MAX_GETDATA_QUEUE, MAX_HEADERS_PER_MESSAGE, MAX_SEND_QUEUE_BYTES,
+    MAX_TICK_INTERVAL, READER_CREDIT_BYTES,
 };
 use crate::context::{unix_now, NodeContext};
 use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
@@ -108,6 +108,8 @@ pub struct ConnectionState {
     gauge: Arc<SendGauge>,
     /// Blocks asked of this peer and not yet received; the reader skips any other `block`.
     blocks_expected: Arc<BlocksExpected>,
+    /// Sync asked us to request each next `headers` batch ourselves (it syncs from us).
+    pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
     getdata_queue: VecDeque<Inventory>,
     /// When the batch now with Sync was handed over.
@@ -226,6 +228,7 @@ impl Actor for Connection {
             outbox: None,
             gauge: Arc::new(SendGauge::default()),
             blocks_expected: Arc::new(BlocksExpected::default()),
+            pipeline_headers: false,
             getdata_queue: VecDeque::new(),
             getdata_at_sync: None,
             deferred: VecDeque::new(),
@@ -327,6 +330,10 @@ impl Actor for Connection {
             ConnectionMsg::WriterFailed(e) => Err(DisconnectReason::Io(e)),
             ConnectionMsg::Tick => on_tick(state),
             ConnectionMsg::Send(m) => send(state, &m),
+            ConnectionMsg::PipelineHeaders(on) => {
+                state.pipeline_headers = on;
+                Ok(())
+            }
             ConnectionMsg::Disconnect(reason) => Err(reason),
             ConnectionMsg::SendAddrs(addrs) => send_addrs(state, &addrs),
             ConnectionMsg::Punish(kind) => punish(state, kind).and_then(|_| {
@@ -748,7 +755,27 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::Headers(h)) => {
-            to_sync(state, SyncInput::Headers(HashedHeaders::new(h)));
+            let next_requested = state.pipeline_headers && h.len() >= MAX_HEADERS_PER_MESSAGE;
+            if next_requested {
+                // The next batch is asked for before this one is even hashed: the peer and
+                // our reader work on it while Sync validates this one.
+                let last = h[h.len() - 1].block_hash();
+                send(
+                    state,
+                    &Message::Network(NetworkMessage::GetHeaders(
+                        bitcoin::p2p::message_blockdata::GetHeadersMessage {
+                            version: state.ctx.profile.protocol_version,
+                            locator_hashes: vec![last],
+                            stop_hash: bitcoin::hashes::Hash::all_zeros(),
+                        },
+                    )),
+                )?;
+            } else {
+                state.pipeline_headers = false;
+            }
+            let mut hashed = HashedHeaders::new(h);
+            hashed.next_requested = next_requested;
+            to_sync(state, SyncInput::Headers(hashed));
             Ok(())
         }
         Message::Network(NetworkMessage::Inv(i)) => {

@@ -322,6 +322,7 @@ impl SyncActorState {
                 });
                 self.state = SyncState::Syncing;
                 debug!(peer = %id, ours, theirs = h, "headers sync from peer");
+                self.set_pipelining(id, true);
                 self.getheaders(id, BlockHash::all_zeros());
             }
             _ => {}
@@ -359,8 +360,32 @@ impl SyncActorState {
             s.last_progress = Instant::now();
         }
         match self.presync_headers(id, &headers) {
-            Some(step) => self.apply_presync(id, step),
+            Some(step) => {
+                if headers.next_requested {
+                    // Presync asks for its own batches; the one the Connection asked for is
+                    // presync's next when it asks from this batch's end.
+                    self.set_pipelining(id, false);
+                    if let (PresyncStep::Request(locator), Some(last)) =
+                        (&step, headers.hashes.last())
+                    {
+                        if locator.first() == Some(last) {
+                            return;
+                        }
+                    }
+                }
+                self.apply_presync(id, step)
+            }
             None => self.accept_headers(id, headers, true),
+        }
+    }
+
+    /// Turns the Connection's header pipelining for `id` on or off. On only where presync
+    /// cannot start (our chain has the minimum work, and the peer is not presyncing), since
+    /// presync asks for its own batches.
+    fn set_pipelining(&self, id: PeerId, on: bool) {
+        if let Some(p) = self.peers.get(&id) {
+            let on = on && p.presync.is_none() && self.chain.tip_work() >= self.min_work();
+            let _ = p.actor.cast(ConnectionMsg::PipelineHeaders(on));
         }
     }
 
@@ -437,6 +462,9 @@ impl SyncActorState {
                         if let Some(p) = self.peers.get_mut(&id) {
                             p.presync = None;
                         }
+                        if self.sync_peer.is_some_and(|s| s.peer == id) {
+                            self.set_pipelining(id, true);
+                        }
                         self.getheaders(id, BlockHash::all_zeros());
                     }
                 }
@@ -464,6 +492,7 @@ impl SyncActorState {
     /// The sync peer sent a short batch: it has nothing more. If it claimed more than it
     /// gave it is not asked again; the node is synced only when no other peer claims more.
     fn sync_batch_ended(&mut self, id: PeerId) {
+        self.set_pipelining(id, false);
         self.sync_peer = None;
         let ours = self.chain.height();
         if let Some(p) = self.peers.get_mut(&id) {
@@ -491,9 +520,15 @@ impl SyncActorState {
     /// themselves).
     fn accept_headers(&mut self, id: PeerId, hashed: HashedHeaders, continue_sync: bool) {
         let from_sync_peer = continue_sync && self.sync_peer.is_some_and(|s| s.peer == id);
-        let HashedHeaders { headers, hashes } = hashed;
+        let HashedHeaders {
+            headers,
+            hashes,
+            next_requested,
+        } = hashed;
         let full_batch = headers.len() >= MAX_HEADERS_PER_MESSAGE;
-        if let (true, true, Some(last)) = (from_sync_peer, full_batch, hashes.last()) {
+        if let (true, true, false, Some(last)) =
+            (from_sync_peer, full_batch, next_requested, hashes.last())
+        {
             // Pipelined: the next batch is asked for before this one is validated, so the
             // peer works while we do. If this one turns out bad, the answer does not connect
             // and is handled as any unconnecting batch (the peer is punished for this one).
@@ -531,6 +566,8 @@ impl SyncActorState {
                 Err(e) => {
                     metrics::counter!("meshd_headers_rejected_total", "reason" => e.kind())
                         .increment(1);
+                    // Nothing more is fetched ahead from a peer that sent a bad header.
+                    self.set_pipelining(id, false);
                     self.punish(id, e.kind());
                     break;
                 }
@@ -872,6 +909,7 @@ impl SyncActorState {
             if s.last_progress.elapsed() >= config.sync_stall_timeout {
                 warn!(peer = %id, "headers sync stalled; switching peers");
                 metrics::counter!("meshd_sync_stalls_total").increment(1);
+                self.set_pipelining(id, false);
                 self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
             } else if s.started.elapsed() >= s.deadline() && self.chain.height() < s.target {
@@ -882,6 +920,7 @@ impl SyncActorState {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.sync_failed = true;
                 }
+                self.set_pipelining(id, false);
                 self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
             }
