@@ -80,6 +80,8 @@ async fn one_run(server: SocketAddr, headers: u32, tip: &str) -> Duration {
 }
 
 fn main() {
+    // As the daemon does, first thing.
+    meshd_actors::tune_allocator();
     let mut args = std::env::args().skip(1);
     let headers: u32 = args.next().map_or(200_000, |a| a.parse().expect("HEADERS"));
     let runs: u32 = args.next().map_or(5, |a| a.parse().expect("RUNS"));

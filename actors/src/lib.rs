@@ -105,15 +105,17 @@ pub use metrics::describe_metrics;
 /// once, first thing, in a long-running process (the daemon does); a no-op elsewhere.
 ///
 /// glibc raises its mmap threshold each time a large block is freed, so the next large
-/// buffers (a 2 MB `getdata`, a 4 MB block) come from the heap and stay there after they
-/// are freed; a fixed threshold keeps large buffers in their own mappings, returned to the
-/// system when freed, and two arenas stop every runtime thread from keeping its own.
+/// buffers (a 4 MB block, a 162 KB `headers`) come from the heap and stay there after they
+/// are freed; a fixed threshold of 32 KiB keeps every buffer of a list part (1,000 `inv`
+/// entries) or larger in its own mapping, returned to the system when freed (at 128 KiB a
+/// 50,000-entry `inv` flood left 11-14% more RSS behind; at 32 KiB, 2%), and two arenas stop
+/// every runtime thread from keeping its own.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before the runtime
     // starts threads and takes plain integers.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1024 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

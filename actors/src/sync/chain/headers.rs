@@ -121,11 +121,12 @@ pub fn header_bytes(h: &Header) -> [u8; 80] {
 /// still no fixed collisions to aim at) instead of SipHash, which cost more than the lookups.
 type FastHash = foldhash::fast::RandomState;
 
-/// What is kept of a header off the best chain.
+/// What is kept of a header off the best chain: its cumulative work. (Its hash is computed
+/// when needed: stale headers are rarely looked up, and 5,000 hashes kept would cost as much
+/// as the headers.)
 #[derive(Debug, Clone, Copy)]
 struct Stale {
     work: u128,
-    hash: BlockHash,
 }
 
 /// The height of a slot whose stale header was evicted (no header is this high).
@@ -281,8 +282,8 @@ pub struct HeaderChain {
     /// Cumulative work and hash of each header off the best chain (bounded by
     /// [`MAX_STALE_HEADERS`]).
     stale: HashMap<u32, Stale, FastHash>,
-    /// Hash of the best tip. Every other best-chain hash is its child's `prev_blockhash`, and
-    /// stale ones are in `stale`: no lookup hashes a header again.
+    /// Hash of the best tip. Every other best-chain hash is its child's `prev_blockhash`, so
+    /// no lookup on the best chain hashes a header again.
     tip_hash: BlockHash,
     /// Slots of evicted stale headers, reused before `entries` grows.
     vacant: Vec<u32>,
@@ -427,8 +428,8 @@ impl HeaderChain {
         self.lookup(&self.entries[idx as usize].prev())
     }
 
-    /// The hash of a stored header, without hashing it: the best tip's is kept, every other
-    /// best-chain header's is its child's `prev_blockhash`, and stale headers keep theirs.
+    /// The hash of a stored header: on the best chain without hashing (the tip's is kept,
+    /// every other one's is its child's `prev_blockhash`); off it, rare, hashed here.
     fn hash_of(&self, idx: u32) -> BlockHash {
         let height = self.entries[idx as usize].height as usize;
         if self.best.get(height) == Some(&idx) {
@@ -437,10 +438,7 @@ impl HeaderChain {
                 None => self.tip_hash,
             };
         }
-        match self.stale.get(&idx) {
-            Some(st) => st.hash,
-            None => self.entries[idx as usize].hash(),
-        }
+        self.entries[idx as usize].hash()
     }
 
     fn header_at(&self, idx: u32) -> Header {
@@ -686,17 +684,17 @@ impl HeaderChain {
             self.tip_hash = hash;
             return Ok(Accepted::NewTip);
         }
-        self.stale.insert(idx, Stale { work, hash });
+        self.stale.insert(idx, Stale { work });
         if work > self.tip_work {
             return Ok(Accepted::Reorg {
-                depth: self.switch_to(idx),
+                depth: self.switch_to(idx, hash),
             });
         }
         Ok(Accepted::Stored)
     }
 
     /// Makes `idx` the best tip; returns how many old best-chain blocks left the chain.
-    fn switch_to(&mut self, idx: u32) -> u32 {
+    fn switch_to(&mut self, idx: u32, hash: BlockHash) -> u32 {
         let mut branch = Vec::new();
         let mut cur = idx;
         while self.best.get(self.entries[cur as usize].height as usize) != Some(&cur) {
@@ -708,13 +706,11 @@ impl HeaderChain {
         }
         let fork_height = self.entries[cur as usize].height;
         let depth = (self.best.len() as u32 - 1) - fork_height;
-        // The old best chain above the fork becomes stale: record its cumulative work and
-        // hash (read while it is still the best chain).
+        // The old best chain above the fork becomes stale: record its cumulative work.
         let mut w = self.tip_work;
         for h in (fork_height as usize + 1..self.best.len()).rev() {
             let i = self.best[h];
-            let hash = self.hash_of(i);
-            self.stale.insert(i, Stale { work: w, hash });
+            self.stale.insert(i, Stale { work: w });
             w = w.saturating_sub(self.entries[i as usize].own_work());
         }
         let new_tip = self.stale.get(&idx).copied();
@@ -725,7 +721,7 @@ impl HeaderChain {
         self.best.extend(branch.into_iter().rev());
         if let Some(tip) = new_tip {
             self.tip_work = tip.work;
-            self.tip_hash = tip.hash;
+            self.tip_hash = hash;
         }
         depth
     }
