@@ -125,12 +125,13 @@ impl HeaderStore {
             let Ok(h) = deserialize::<Header>(&record[..80]) else {
                 break;
             };
-            if h.block_hash().as_byte_array()[..4] != record[80..] {
+            let hash = h.block_hash();
+            if hash.as_byte_array()[..4] != record[80..] {
                 break;
             }
             // Times were checked when the header first came in; do not refuse it now because
             // the clock moved (a header "from the future" then is from the past now).
-            if chain.accept(&h, u32::MAX).is_err() {
+            if chain.accept_hashed(&h, hash, u32::MAX).is_err() {
                 break;
             }
             good += RECORD_LEN;
