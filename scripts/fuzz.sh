@@ -1,12 +1,43 @@
 #!/usr/bin/env bash
-# Runs every fuzz target for a while (default 60 s each). Needs cargo-fuzz; on a stable
-# toolchain RUSTC_BOOTSTRAP=1 lets it use the nightly flags it needs.
-#   scripts/fuzz.sh [SECONDS]
+# Runs every fuzz target for a while (default 60 s each) on its stored corpus
+# (fuzz/corpus/<target>, kept in the repository), with libFuzzer through cargo-fuzz. Needs
+# cargo-fuzz (installed here if missing); on a stable toolchain RUSTC_BOOTSTRAP=1 lets it use
+# the nightly flags it needs. A crash fails the run and leaves its input in
+# fuzz/artifacts/<target>/ (keep it as a regression test).
+#   scripts/fuzz.sh [SECONDS]          fuzz each target for SECONDS
+#   scripts/fuzz.sh --minimize         shrink the stored corpora (cargo fuzz cmin)
+# A normal run leaves the stored corpus untouched (it fuzzes a scratch copy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
-secs="${1:-60}"
+targets=(frame_decoder message_decode stun_response state_file)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-for t in frame_decoder message_decode stun_response state_file; do
+export RUSTC_BOOTSTRAP=1
+if [ "${1:-}" = "--minimize" ]; then
+  for t in "${targets[@]}"; do
+    cargo fuzz cmin "$t" "corpus/$t"
+  done
+  exit 0
+fi
+secs="${1:-60}"
+summary=()
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
   echo "== fuzz $t for ${secs}s" >&2
-  RUSTC_BOOTSTRAP=1 cargo fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048
+  log="$(mktemp)"
+  # libFuzzer adds what it finds to its first corpus directory: a scratch copy keeps the
+  # stored corpus as committed (grow it on purpose with --minimize after a long run).
+  work="$(mktemp -d)"
+  cp -r "corpus/$t/." "$work/"
+  if ! cargo fuzz run "$t" "$work" "corpus/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 \
+      -print_final_stats=1 2>"$log"; then
+    tail -40 "$log" >&2
+    echo "fuzz target $t FAILED (input in fuzz/artifacts/$t/)" >&2
+    exit 1
+  fi
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+  cov=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*' || echo "?")
+  summary+=("$t: $runs runs, $cov edges, no crash")
+  rm -rf "$log" "$work"
 done
+echo "== fuzz summary (${secs}s per target)" >&2
+printf '  %s\n' "${summary[@]}" >&2

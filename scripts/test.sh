@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole meshd test suite on a fresh machine: installs the test dependencies
-# (bcoin from npm, cargo-nextest if missing), checks formatting and lints, then runs every
-# test (unit, property, integration over loopback, end-to-end with the real binary, interop
-# with bcoin). Exits non-zero on the first failure.
+# (bcoin from npm, cargo-nextest and cargo-fuzz if missing), checks formatting and lints,
+# then runs every test (unit, property, integration over loopback, end-to-end with the real
+# binary, interop with bcoin) and every fuzz target for 20 s on its stored corpus. Exits
+# non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,3 +22,8 @@ fi
 
 echo "== tests" >&2
 cargo nextest run --workspace --no-fail-fast --profile ci
+
+# Every fuzz target for a short, bounded time on its stored corpus, so a regression in a
+# decoder of peer input is caught here (longer runs: scripts/fuzz.sh 600).
+echo "== fuzz targets (20 s each)" >&2
+bash scripts/fuzz.sh 20
