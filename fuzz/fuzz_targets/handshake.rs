@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
         relay: true,
         start_height: 0,
     };
-    let direction = if mode & 1 == 0 { Direction::Inbound } else { Direction::Outbound };
+    let direction = if mode & 1 == 0 {
+        Direction::Inbound
+    } else {
+        Direction::Outbound
+    };
     let mut hs = Handshake::new(
         direction,
         mode & 2 == 2,
@@ -45,7 +49,9 @@ fuzz_target!(|data: &[u8]| {
         let (payload, next) = tail.split_at(n);
         rest = next;
         let name = KNOWN_COMMANDS[usize::from(*pick) % KNOWN_COMMANDS.len()];
-        let Some(command) = Command::new(name) else { return };
+        let Some(command) = Command::new(name) else {
+            return;
+        };
         let Ok(msg) = Message::decode(Frame::whole(command, payload.to_vec())) else {
             continue;
         };
@@ -57,7 +63,10 @@ fuzz_target!(|data: &[u8]| {
         match hs.on_message(&msg, &policy, 1_700_000_000, &|n| n == 7) {
             Err(_) => return,
             Ok(_) if hs.is_complete() => {
-                assert!(got_version && got_verack, "complete without version and verack");
+                assert!(
+                    got_version && got_verack,
+                    "complete without version and verack"
+                );
                 return;
             }
             Ok(_) => {}

@@ -24,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
         let bits = match rec[3] % 4 {
             0 | 1 => profile.genesis.bits,
             2 => CompactTarget::from_consensus(0x2000_ffff),
-            _ => CompactTarget::from_consensus(u32::from_le_bytes([rec[3], rec[4], rec[5], rec[6]])),
+            _ => {
+                CompactTarget::from_consensus(u32::from_le_bytes([rec[3], rec[4], rec[5], rec[6]]))
+            }
         };
         let header = Header {
             version: Version::from_consensus(0x2000_0000),
@@ -34,7 +36,10 @@ fuzz_target!(|data: &[u8]| {
             bits,
             nonce: u32::from_le_bytes([rec[4], rec[5], rec[6], rec[7]]) ^ i as u32,
         };
-        if chain.accept(&header, parent.time.saturating_add(7200)).is_ok() {
+        if chain
+            .accept(&header, parent.time.saturating_add(7200))
+            .is_ok()
+        {
             seen.push(header);
         }
         let tip = chain.tip();

@@ -6,8 +6,12 @@ use meshd_actors::wire::message::KNOWN_COMMANDS;
 use meshd_actors::wire::{Command, Frame, Message};
 
 fuzz_target!(|data: &[u8]| {
-    let Some((pick, payload)) = data.split_first() else { return };
+    let Some((pick, payload)) = data.split_first() else {
+        return;
+    };
     let name = KNOWN_COMMANDS[usize::from(*pick) % KNOWN_COMMANDS.len()];
-    let Some(command) = Command::new(name) else { return };
+    let Some(command) = Command::new(name) else {
+        return;
+    };
     let _ = Message::decode(Frame::whole(command, payload.to_vec()));
 });
