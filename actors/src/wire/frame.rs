@@ -615,11 +615,11 @@ impl FrameDecoder {
         Ok(match payload_shape(command.as_str()) {
             PayloadShape::Ignored => (Pending::Skip(skip(true)), None),
             PayloadShape::Bounded(max) if length > max => overlong(max),
-            PayloadShape::Items {
+            shape @ PayloadShape::Items {
                 item_len,
                 max_items,
             } => {
-                let max = 3 + (max_items * item_len) as u32;
+                let max = shape.max_len();
                 if length > max {
                     overlong(max)
                 } else {
@@ -736,6 +736,30 @@ mod tests {
             if fatal {
                 break;
             }
+        }
+        out
+    }
+
+    /// Feeds `stream` to `dec` in pieces of the sizes in `cuts` (cycled); every piece must be
+    /// consumed whole.
+    fn decode_in_pieces(
+        dec: &mut FrameDecoder,
+        stream: &[u8],
+        cuts: &[usize],
+    ) -> Vec<Result<Frame, FrameError>> {
+        let mut out = Vec::new();
+        let mut rest = stream;
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let n = (*cut).min(rest.len());
+            let mut piece = &rest[..n];
+            while let Some(r) = dec.decode(&mut piece) {
+                out.push(r);
+            }
+            assert!(piece.is_empty(), "a piece left unconsumed");
+            rest = &rest[n..];
         }
         out
     }
@@ -1092,20 +1116,7 @@ mod tests {
                 stream.extend(encode_frame(magic, cmd(c), p));
             }
             let whole = decode_all(&mut FrameDecoder::new(magic, limits), &stream);
-            let mut dec = FrameDecoder::new(magic, limits);
-            let mut chunked = Vec::new();
-            let mut rest: &[u8] = &stream;
-            let mut i = 0;
-            while !rest.is_empty() {
-                let n = cuts[i % cuts.len()].min(rest.len());
-                i += 1;
-                let mut chunk = &rest[..n];
-                while let Some(r) = dec.decode(&mut chunk) {
-                    chunked.push(r);
-                }
-                prop_assert!(chunk.is_empty());
-                rest = &rest[n..];
-            }
+            let chunked = decode_in_pieces(&mut FrameDecoder::new(magic, limits), &stream, &cuts);
             prop_assert_eq!(&whole, &chunked);
             prop_assert_eq!(whole.len(), frames.len() + 1);
         }
@@ -1116,19 +1127,8 @@ mod tests {
             let payload = inv_payload(n);
             let wire = encode_frame(magic, cmd("notfound"), &payload);
             let whole = decode_all(&mut FrameDecoder::new_established(magic, limits), &wire);
-            let mut dec = FrameDecoder::new_established(magic, limits);
-            let mut chunked = Vec::new();
-            let mut rest: &[u8] = &wire;
-            let mut i = 0;
-            while !rest.is_empty() {
-                let n = cuts[i % cuts.len()].min(rest.len());
-                i += 1;
-                let mut chunk = &rest[..n];
-                while let Some(r) = dec.decode(&mut chunk) {
-                    chunked.push(r);
-                }
-                rest = &rest[n..];
-            }
+            let chunked =
+                decode_in_pieces(&mut FrameDecoder::new_established(magic, limits), &wire, &cuts);
             prop_assert_eq!(&whole, &chunked);
             prop_assert_eq!(whole.len(), n.div_ceil(ITEMS_PER_PART).max(1));
             let (items, only_final) = items_of(&whole);

@@ -442,13 +442,28 @@ const MAX_ADDRV2_ADDR_LEN: u32 = 512;
 const MAX_ADDRV2_ENTRY_LEN: u32 = 4 + MAX_COMPACT_SIZE_LEN + 1 + 3 + MAX_ADDRV2_ADDR_LEN + 2;
 /// A header in `headers`: 80 bytes and a zero transaction count.
 const HEADERS_ENTRY_LEN: u32 = 81;
-/// Largest BIP37 filter (`MAX_BLOOM_FILTER_SIZE`) and the largest element `filteradd` may
-/// carry (`MAX_SCRIPT_ELEMENT_SIZE`).
+/// Largest BIP37 filter (`MAX_BLOOM_FILTER_SIZE`).
 const MAX_BLOOM_FILTER_LEN: u32 = 36_000;
+/// Largest element `filteradd` may carry (`MAX_SCRIPT_ELEMENT_SIZE`).
 const MAX_FILTERADD_LEN: u32 = 520;
 /// `reject` is deprecated; its message (12), reason (Core cuts at 111) and hash (32) fit here
 /// with room for the BSV node's longer reasons.
 const MAX_REJECT_LEN: u32 = 1024;
+
+impl PayloadShape {
+    /// The longest valid payload of this shape (`u32::MAX` for content: the network's limit
+    /// applies).
+    pub fn max_len(self) -> u32 {
+        match self {
+            PayloadShape::Bounded(max) => max,
+            PayloadShape::Items {
+                item_len,
+                max_items,
+            } => COUNT_PREFIX_LEN.saturating_add((item_len * max_items) as u32),
+            PayloadShape::Content | PayloadShape::Ignored => u32::MAX,
+        }
+    }
+}
 
 /// The shape of `command`'s payload (see [`PayloadShape`]).
 pub fn payload_shape(command: &str) -> PayloadShape {
