@@ -14,6 +14,8 @@
 //! | too many stale headers; block not matching its merkle root | 20 | |
 //! | BIP37 filter over the size limits | 100 | BIP37: a protocol violation |
 //! | `duplicate_version` | 1 | Core's cost |
+//! | `v2_oversized_length` (a v2 packet above the limit) | 100 | as `oversized` |
+//! | v2 handshake failures, `v2_bad_aead`, `v2_unknown_message_type` | 0 | disconnect (bad tag) or ignore, as Core |
 //! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
 //!
 //! At the threshold (default 100) the peer's address is banned for the ban duration
@@ -31,7 +33,7 @@ pub const DEFAULT_BAN_DURATION: std::time::Duration = std::time::Duration::from_
 /// disconnect error). Unknown names cost nothing.
 pub fn cost(kind: &str) -> u32 {
     match kind {
-        "oversized" | "malformed_command" => 100,
+        "oversized" | "malformed_command" | "v2_oversized_length" => 100,
         // A list with more items than allowed, or any payload longer than a valid one.
         "too_many_items" | "overlong_payload" => 50,
         "malformed_payload" | "trailing_bytes" | "user_agent_too_long" | "protocol_violation" => 20,

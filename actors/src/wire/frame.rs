@@ -214,6 +214,24 @@ pub enum FrameError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// v2: a packet failed authentication (tampering, or a broken stream).
+    #[error("v2 packet failed authentication")]
+    V2BadAead,
+    /// v2: a packet's length is above the largest message the limits admit.
+    #[error("v2 packet of {length} bytes exceeds the limit of {limit}")]
+    V2Oversized {
+        /// Contents length the packet claims.
+        length: u32,
+        /// Limit in force.
+        limit: u32,
+    },
+    /// v2: a message type with no meaning (an unassigned one-byte id, a malformed long
+    /// form, or none at all): ignored, as Core does.
+    #[error("v2 message type {id:?} unknown; ignored")]
+    V2UnknownMessageType {
+        /// The one-byte id (0: a malformed long form; `None`: no type byte at all).
+        id: Option<u8>,
+    },
 }
 
 impl FrameError {
@@ -225,6 +243,8 @@ impl FrameError {
             FrameError::BadMagic { .. }
                 | FrameError::MalformedCommand { .. }
                 | FrameError::Oversized { .. }
+                | FrameError::V2BadAead
+                | FrameError::V2Oversized { .. }
         )
     }
 
@@ -239,6 +259,9 @@ impl FrameError {
             FrameError::MalformedList { .. } => "malformed_payload",
             FrameError::Unrequested { .. } => "unrequested_block",
             FrameError::TxTooLarge { .. } => "tx_too_large",
+            FrameError::V2BadAead => "v2_bad_aead",
+            FrameError::V2Oversized { .. } => "v2_oversized_length",
+            FrameError::V2UnknownMessageType { .. } => "v2_unknown_message_type",
         }
     }
 }
@@ -367,6 +390,82 @@ impl FrameDecoder {
     /// accept, but an operator's live config change may).
     pub fn set_limits(&mut self, limits: PayloadLimits) {
         self.limits = limits;
+    }
+
+    /// The largest payload any command may have now (the pre-handshake limit, or the larger
+    /// of the network's ordinary and bulk limits): what a v2 packet may claim before its
+    /// message type can be read.
+    pub fn largest_payload(&self) -> u32 {
+        if self.pre_handshake {
+            MAX_PRE_HANDSHAKE_PAYLOAD
+        } else {
+            self.limits.general.max(self.limits.bulk)
+        }
+    }
+
+    /// Admits one authenticated message (a v2 packet: no checksum, already in memory) by
+    /// the rules a v1 header is checked by: the command's limit, the block gate, the relay
+    /// limit for transactions and the payload shapes. `wire_len` is its size on the wire.
+    pub fn admit(
+        &mut self,
+        command: Command,
+        payload: Vec<u8>,
+        wire_len: usize,
+    ) -> Result<Frame, FrameError> {
+        let length = payload.len() as u32;
+        let limit = self.limit_for(&command);
+        if length > limit {
+            return Err(FrameError::Oversized {
+                command,
+                length,
+                limit,
+            });
+        }
+        if command.as_str() == "block" {
+            match self.blocks_expected {
+                Some(0) => return Err(FrameError::Unrequested { command, length }),
+                Some(n) => self.blocks_expected = Some(n - 1),
+                None => {}
+            }
+        }
+        if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
+            return Err(FrameError::TxTooLarge {
+                length,
+                max: self.limits.relayed_tx,
+            });
+        }
+        let shape = payload_shape(command.as_str());
+        let extent = match shape {
+            PayloadShape::Ignored => Extent::Skipped,
+            PayloadShape::Bounded(max) if length > max => {
+                return Err(FrameError::Overlong {
+                    command,
+                    length,
+                    max,
+                })
+            }
+            PayloadShape::Items { .. } if length > shape.max_len() => {
+                return Err(FrameError::Overlong {
+                    command,
+                    length,
+                    max: shape.max_len(),
+                })
+            }
+            _ => Extent::Whole,
+        };
+        if command.as_str() == "verack" {
+            self.pre_handshake = false;
+        }
+        Ok(Frame {
+            command,
+            payload: if extent == Extent::Skipped {
+                Vec::new()
+            } else {
+                payload
+            },
+            extent,
+            wire_len,
+        })
     }
 
     fn limit_for(&self, command: &Command) -> u32 {
