@@ -240,7 +240,7 @@ enum Stage {
     /// Waiting for the peer's 64-byte key.
     Key,
     /// Waiting for the peer's garbage terminator.
-    Terminator(Handshake<SentVersion>),
+    Terminator(Box<Handshake<SentVersion>>),
     /// Terminator found: waiting until `buf` holds `need` bytes to read the next handshake
     /// packet (the exchange is replayed from the stored secret to get there).
     Packets { need: usize },
@@ -371,11 +371,11 @@ impl V2Handshake {
                     self.buf.drain(..KEY_LEN);
                     let (hs, out) = self.replay()?;
                     step.send.extend_from_slice(&out);
-                    self.stage = Stage::Terminator(hs);
+                    self.stage = Stage::Terminator(Box::new(hs));
                 }
                 Stage::Terminator(hs) => match hs.receive_garbage(&self.buf)? {
                     GarbageResult::NeedMoreData(hs) => {
-                        self.stage = Stage::Terminator(hs);
+                        self.stage = Stage::Terminator(Box::new(hs));
                         return Ok(());
                     }
                     GarbageResult::FoundGarbage {
