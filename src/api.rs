@@ -123,6 +123,9 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "services": format!("0x{:x}", p.services),
         "protocol_version": p.version,
         "user_agent": p.user_agent,
+        // Core's getpeerinfo: transport_protocol_type and session_id.
+        "transport": p.transport,
+        "session_id": p.session_id,
         "start_height": p.start_height,
         // The best height the peer is known to have: its version, then the headers it sent.
         "synced_height": p.synced_height.max(p.start_height.max(0) as u32),
@@ -176,6 +179,7 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "ban-threshold": c.ban_threshold,
         "ban-duration": dur(c.ban_duration),
         "ban-local-peers": c.ban_local_peers,
+        "v2transport": c.v2_enabled(),
         "restart-base-delay": dur(c.restart.base_delay),
         "restart-max-delay": dur(c.restart.max_delay),
         "restart-max": c.restart.max_restarts,

@@ -366,6 +366,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_trickle: bool,
 
+    /// BIP324 v2 encrypted transport (Core's -v2transport): announce NODE_P2P_V2, accept v2
+    /// inbound, try v2 outbound with a v1 fallback. BTC networks only; BSV stays v1.
+    /// [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub v2transport: Option<bool>,
+
     /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
     #[arg(long, value_name = "DURATION")]
     pub sync_stall_timeout: Option<String>,

@@ -79,6 +79,7 @@ pub struct FileConfig {
     ban_threshold: Option<u32>,
     ban_duration: Option<FileDuration>,
     ban_local_peers: Option<bool>,
+    v2transport: Option<bool>,
     restart_base_delay: Option<FileDuration>,
     restart_max_delay: Option<FileDuration>,
     restart_max: Option<usize>,
@@ -488,6 +489,7 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     node.tx_pool_max_bytes = bytes!(tx_pool_max_bytes, node.tx_pool_max_bytes as u64) as usize;
     node.tx_pool_max_age = duration!(tx_pool_max_age, node.tx_pool_max_age);
     node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
+    node.v2transport = args.v2transport.or(file.v2transport).unwrap_or(true);
     node.sync_stall_timeout = duration!(sync_stall_timeout, node.sync_stall_timeout);
     if let Some(hex) = args
         .minimum_chain_work

@@ -23,7 +23,8 @@ fn disconnect_of(node: &Meshd, peer: &RawPeer) -> Value {
 
 #[test]
 fn wrong_magic_disconnects_with_bad_magic() {
-    let node = Meshd::start(&[]);
+    let node = // v1 framing rules: with v2 on, unknown first bytes are read as a v2 key (see v2 tests).
+    Meshd::start(&["--v2transport", "false"]);
     let mut p = RawPeer::connect(node.addr.unwrap());
     let mut bytes = header(MAINNET, "version", 0, [0; 4]);
     bytes.truncate(8);
@@ -35,7 +36,8 @@ fn wrong_magic_disconnects_with_bad_magic() {
 
 #[test]
 fn garbage_before_version_disconnects() {
-    let node = Meshd::start(&[]);
+    let node = // v1 framing rules: with v2 on, unknown first bytes are read as a v2 key (see v2 tests).
+    Meshd::start(&["--v2transport", "false"]);
     let mut p = RawPeer::connect(node.addr.unwrap());
     p.send_raw(b"GET / HTTP/1.1\r\nHost: meshd\r\n\r\n");
     assert!(p.closed_within(Duration::from_secs(5)));
@@ -91,7 +93,8 @@ fn silence_until_the_handshake_timeout_disconnects() {
 
 #[test]
 fn message_before_version_and_banned_agents_are_refused() {
-    let node = Meshd::start(&["--ban-user-agent", "/evil:"]);
+    // v1 rules: with v2 on, a first message other than version is read as a v2 key.
+    let node = Meshd::start(&["--ban-user-agent", "/evil:", "--v2transport", "false"]);
     let mut p = RawPeer::connect(node.addr.unwrap());
     p.send(NetworkMessage::Ping(1));
     assert!(p.closed_within(Duration::from_secs(5)));

@@ -120,6 +120,10 @@ pub struct NodeConfig {
     pub minimum_chain_work: Option<u128>,
     /// Operators' whitelist (`--whitelist [PERMISSIONS@]CIDR`).
     pub whitelist: Vec<crate::manager::whitelist::WhitelistEntry>,
+    /// BIP324 v2 encrypted transport (`--v2transport`, Core's `-v2transport`): announced as
+    /// NODE_P2P_V2, accepted inbound, tried outbound. BTC networks only: BSV has no BIP324
+    /// and stays v1 whatever this says (see [`NodeConfig::v2_enabled`]).
+    pub v2transport: bool,
 }
 
 /// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
@@ -255,7 +259,13 @@ impl NodeConfig {
             sync_stall_timeout: Duration::from_secs(20),
             minimum_chain_work: None,
             whitelist: Vec::new(),
+            v2transport: true,
         }
+    }
+
+    /// Whether this node speaks BIP324 v2: asked for, and on a BTC network.
+    pub fn v2_enabled(&self) -> bool {
+        self.v2transport && self.network.profile().chain == crate::network::Chain::Btc
     }
 
     /// The network profile with the configured limits applied.
@@ -273,7 +283,11 @@ impl NodeConfig {
             protocol_version: self.network.profile().protocol_version,
             min_protocol_version: self.min_protocol_version,
             user_agent: self.user_agent.clone(),
-            services: self.services,
+            services: if self.v2_enabled() {
+                self.services | ServiceFlags::P2P_V2
+            } else {
+                self.services
+            },
             required_services: self.required_services,
             banned_user_agents: self.banned_user_agents.clone(),
             timeout: self.handshake_timeout,

@@ -36,6 +36,8 @@ pub enum NodeEvent {
         addr: SocketAddr,
         /// Who dialled.
         direction: Direction,
+        /// `v1` or `v2` (BIP324).
+        transport: &'static str,
     },
     /// An outbound dial failed before a connection existed.
     ConnectionFailed {
@@ -77,6 +79,8 @@ pub enum NodeEvent {
         services: u64,
         /// Its announced height.
         start_height: i32,
+        /// `v1` or `v2` (BIP324).
+        transport: &'static str,
     },
     /// An outbound peer will be dialled again.
     PeerRestarted {

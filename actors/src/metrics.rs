@@ -183,6 +183,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_v2_fallbacks_total",
+        "Outbound v2 attempts that failed before their handshake and were retried in v1.",
+    ),
+    (
+        "counter",
         "meshd_unknown_messages_total",
         "Messages with commands meshd does not know, ignored.",
     ),
@@ -215,7 +220,7 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         &mut out,
         "meshd_peers",
         "gauge",
-        "Connections by direction and state.",
+        "Connections by direction, state and transport (v1, or BIP324 v2 once negotiated).",
     );
     for d in [Direction::Outbound, Direction::Inbound] {
         for s in [
@@ -223,16 +228,18 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
             PeerState::Handshaking,
             PeerState::Connected,
         ] {
-            let n = peers
-                .iter()
-                .filter(|p| p.direction == d && p.state == s)
-                .count();
-            let _ = writeln!(
-                out,
-                "meshd_peers{{direction=\"{}\",state=\"{}\"}} {n}",
-                d.as_str(),
-                s.as_str()
-            );
+            for t in ["v1", "v2"] {
+                let n = peers
+                    .iter()
+                    .filter(|p| p.direction == d && p.state == s && p.transport == t)
+                    .count();
+                let _ = writeln!(
+                    out,
+                    "meshd_peers{{direction=\"{}\",state=\"{}\",transport=\"{t}\"}} {n}",
+                    d.as_str(),
+                    s.as_str()
+                );
+            }
         }
     }
 

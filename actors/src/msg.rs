@@ -37,6 +37,8 @@ pub struct Inbound {
 pub enum ConnectionMsg {
     /// The outbound dial finished.
     Dialed(Result<TcpStream, DisconnectReason>),
+    /// The transport (v1 or BIP324 v2) is settled on the connected socket.
+    Negotiated(Result<(TcpStream, crate::wire::v2::Negotiated), DisconnectReason>),
     /// A message from the reader.
     Inbound(Inbound),
     /// A frame was dropped (bad checksum); the stream goes on.
@@ -105,6 +107,14 @@ pub enum ManagerMsg {
     },
     /// Timer: dial an outbound target again.
     Redial(SocketAddr),
+    /// An outbound v2 attempt failed before its handshake (the peer may speak only v1):
+    /// dial it once more, in v1.
+    RedialV1 {
+        /// The peer.
+        addr: SocketAddr,
+        /// How it was kept.
+        kind: OutboundKind,
+    },
     /// Timer: top up outbound connections, sweep bans.
     Upkeep,
     /// A Connection's socket opened.

@@ -161,6 +161,23 @@ impl Meshd {
         })
     }
 
+    /// The sum of every series of `name` whose labels include all of `labels` (each
+    /// `key="value"`), e.g. `meshd_peers` across transports.
+    pub fn metric_sum(&self, name: &str, labels: &[&str]) -> f64 {
+        self.scrape()
+            .lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+                let (set, value) = rest.split_once('}')?;
+                let have: Vec<&str> = set.split(',').collect();
+                labels
+                    .iter()
+                    .all(|want| have.contains(want))
+                    .then(|| value.trim().parse::<f64>().ok())?
+            })
+            .sum()
+    }
+
     /// All JSON log lines so far.
     pub fn logs(&self) -> Vec<Value> {
         self.logs.lock().unwrap().clone()

@@ -1,14 +1,18 @@
-//! The Connection's socket tasks: a reader that frames bytes and hands messages to the actor
-//! under a byte credit, and a writer that drains the bounded send queue. Both pace themselves
-//! with the bandwidth [`Throttle`]s.
+//! The Connection's socket tasks: the transport negotiation (v1, or the BIP324 v2 key
+//! exchange, driving the sans-IO [`V2Handshake`]), a reader that frames bytes (decrypting
+//! them first on v2) and hands messages to the actor under a byte credit, and a writer that
+//! drains the bounded send queue (encrypting on v2). Both pace themselves with the bandwidth
+//! [`Throttle`]s.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use ractor::ActorRef;
-use tokio::io::AsyncWriteExt;
+use bip324::Role;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -20,7 +24,118 @@ use crate::constants::{
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::DisconnectReason;
+use crate::wire::v2::{detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake};
 use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
+
+/// Bytes read at once during the v2 key exchange (the peer's garbage is at most 4 KiB).
+const NEGOTIATION_READ: usize = 4096;
+
+/// How the connection's transport is to be settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Plan {
+    /// v1 without looking (v2 off, BSV, or a fallback dial).
+    V1,
+    /// Outbound: start the v2 key exchange.
+    V2Initiator,
+    /// Inbound: tell v1 from v2 by the first bytes, then answer in kind.
+    Detect,
+}
+
+/// Settles the transport on a connected socket. Bounded in bytes by the v2 handshake's own
+/// limits and in time by the Connection's handshake timeout (which aborts this task).
+pub(super) async fn negotiate(
+    stream: &mut TcpStream,
+    magic: [u8; 4],
+    plan: Plan,
+) -> Result<Negotiated, DisconnectReason> {
+    let mut buf = [0u8; NEGOTIATION_READ];
+    let (mut hs, first) = match plan {
+        Plan::V1 => return Ok(Negotiated::V1 { prefix: Vec::new() }),
+        Plan::V2Initiator => {
+            let (hs, key) = V2Handshake::new(magic, Role::Initiator);
+            write(stream, &key).await?;
+            (hs, Vec::new())
+        }
+        Plan::Detect => {
+            let mut seen = Vec::new();
+            loop {
+                let n = read(stream, &mut buf[..crate::wire::v2::V1_PREFIX_LEN - seen.len()])
+                    .await?;
+                if n == 0 {
+                    return Err(DisconnectReason::PeerClosed);
+                }
+                seen.extend_from_slice(&buf[..n]);
+                match detect(magic, &seen) {
+                    Detected::V1 => return Ok(Negotiated::V1 { prefix: seen }),
+                    Detected::NeedMore => continue,
+                    Detected::V2 => break,
+                }
+            }
+            let (hs, key) = V2Handshake::new(magic, Role::Responder);
+            write(stream, &key).await?;
+            (hs, seen)
+        }
+    };
+    let mut input = first;
+    loop {
+        let step = hs.feed(&input).map_err(DisconnectReason::V2)?;
+        if !step.send.is_empty() {
+            write(stream, &step.send).await?;
+        }
+        if let Some(ready) = step.ready {
+            return Ok(Negotiated::V2(ready));
+        }
+        let n = match stream.read(&mut buf).await {
+            Ok(n) => n,
+            // A v1-only peer resets or closes on our key: the caller may retry in v1.
+            Err(_) if hs.role() == Role::Initiator => 0,
+            Err(e) => return Err(DisconnectReason::Io(e.to_string())),
+        };
+        if n == 0 {
+            return Err(DisconnectReason::V2(V2Error::ClosedDuringHandshake));
+        }
+        input = buf[..n].to_vec();
+    }
+}
+
+async fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Result<usize, DisconnectReason> {
+    stream
+        .read(buf)
+        .await
+        .map_err(|e| DisconnectReason::Io(e.to_string()))
+}
+
+async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), DisconnectReason> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|e| DisconnectReason::Io(e.to_string()))
+}
+
+/// Turns received bytes into frames: v1 framing, or v2 packets decrypted then admitted by
+/// the same rules.
+pub(super) enum Deframer {
+    /// Plaintext v1.
+    V1(FrameDecoder),
+    /// BIP324 v2.
+    V2(Box<V2Decoder>),
+}
+
+impl Deframer {
+    fn decode(&mut self, input: &mut &[u8]) -> Option<Result<Frame, FrameError>> {
+        match self {
+            Deframer::V1(d) => d.decode(input),
+            Deframer::V2(d) => d.decode(input),
+        }
+    }
+
+    fn rules(&mut self) -> &mut FrameDecoder {
+        match self {
+            Deframer::V1(d) => d,
+            Deframer::V2(d) => d.rules_mut(),
+        }
+    }
+}
 
 /// One frame on its way to the socket: our own bytes, or a frame shared by every peer that
 /// asked for it (a served block is serialized once).
@@ -88,7 +203,7 @@ thread_local! {
 /// frames it. `Ok(0)` means the peer closed.
 fn read_available(
     half: &OwnedReadHalf,
-    decoder: &mut FrameDecoder,
+    decoder: &mut Deframer,
     max: usize,
     frames: &mut Vec<Result<Frame, FrameError>>,
 ) -> std::io::Result<usize> {
@@ -96,16 +211,21 @@ fn read_available(
         let mut buf = scratch.borrow_mut();
         let limit = max.min(buf.len());
         let n = half.try_read(&mut buf[..limit])?;
-        let mut input = &buf[..n];
-        while let Some(r) = decoder.decode(&mut input) {
-            let fatal = matches!(&r, Err(e) if e.is_fatal());
-            frames.push(r);
-            if fatal {
-                break;
-            }
-        }
+        deframe(decoder, &buf[..n], frames);
         Ok(n)
     })
+}
+
+/// Frames `bytes`, stopping after a fatal error.
+fn deframe(decoder: &mut Deframer, bytes: &[u8], frames: &mut Vec<Result<Frame, FrameError>>) {
+    let mut input = bytes;
+    while let Some(r) = decoder.decode(&mut input) {
+        let fatal = matches!(&r, Err(e) if e.is_fatal());
+        frames.push(r);
+        if fatal {
+            break;
+        }
+    }
 }
 
 /// Blocks asked of one peer and not yet received: the actor adds when it sends a `getdata`
@@ -137,28 +257,55 @@ impl BlocksExpected {
     }
 }
 
-pub(super) async fn reader(
-    half: OwnedReadHalf,
-    actor: ActorRef<ConnectionMsg>,
-    mut decoder: FrameDecoder,
-    credit: Arc<Semaphore>,
-    mut throttle: Throttle,
-    ctx: Arc<NodeContext>,
-    blocks: Arc<BlocksExpected>,
-) {
+/// Arguments of the [`reader`] task.
+pub(super) struct ReaderArgs {
+    pub(super) half: OwnedReadHalf,
+    pub(super) actor: ActorRef<ConnectionMsg>,
+    pub(super) decoder: Deframer,
+    /// Bytes already read from the socket (v1 detection or after the v2 version packet).
+    pub(super) initial: Vec<u8>,
+    pub(super) credit: Arc<Semaphore>,
+    pub(super) throttle: Throttle,
+    pub(super) ctx: Arc<NodeContext>,
+    pub(super) blocks: Arc<BlocksExpected>,
+}
+
+pub(super) async fn reader(args: ReaderArgs) {
+    let ReaderArgs {
+        half,
+        actor,
+        mut decoder,
+        initial,
+        credit,
+        mut throttle,
+        ctx,
+        blocks,
+    } = args;
     let mut frames = Vec::new();
+    let mut initial = Some(initial).filter(|b| !b.is_empty());
     loop {
-        if let Err(e) = half.readable().await {
-            let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
-                e.to_string(),
-            )));
-            return;
+        let first = initial.take();
+        if first.is_none() {
+            if let Err(e) = half.readable().await {
+                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                    e.to_string(),
+                )));
+                return;
+            }
         }
+        // Read after the wait: a getdata sent meanwhile has raised it.
         let expected = blocks.get();
-        decoder.set_blocks_expected(expected);
-        let read = read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames);
-        blocks.settled(expected - decoder.blocks_expected().unwrap_or(expected));
+        decoder.rules().set_blocks_expected(expected);
+        let read = if let Some(bytes) = first {
+            // Already read: frame it before reading the socket.
+            deframe(&mut decoder, &bytes, &mut frames);
+            Err(std::io::ErrorKind::Interrupted.into())
+        } else {
+            read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames)
+        };
+        blocks.settled(expected - decoder.rules().blocks_expected().unwrap_or(expected));
         let n = match read {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
             Ok(0) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
                 return;
@@ -240,16 +387,37 @@ async fn discard_until_closed(half: &OwnedReadHalf) {
     }
 }
 
-pub(super) async fn writer(
-    mut half: OwnedWriteHalf,
-    mut rx: mpsc::Receiver<OutFrame>,
-    actor: ActorRef<ConnectionMsg>,
-    mut throttle: Throttle,
-    ctx: Arc<NodeContext>,
-    gauge: Arc<SendGauge>,
-) {
+/// Arguments of the [`writer`] task.
+pub(super) struct WriterArgs {
+    pub(super) half: OwnedWriteHalf,
+    pub(super) rx: mpsc::Receiver<OutFrame>,
+    pub(super) actor: ActorRef<ConnectionMsg>,
+    pub(super) throttle: Throttle,
+    pub(super) ctx: Arc<NodeContext>,
+    pub(super) gauge: Arc<SendGauge>,
+    /// v2: encrypts each frame as it is written.
+    pub(super) encoder: Option<V2Encoder>,
+}
+
+pub(super) async fn writer(args: WriterArgs) {
+    let WriterArgs {
+        mut half,
+        mut rx,
+        actor,
+        mut throttle,
+        ctx,
+        gauge,
+        mut encoder,
+    } = args;
     while let Some(frame) = rx.recv().await {
-        let mut rest = frame.bytes();
+        let packet;
+        let mut rest = match encoder.as_mut() {
+            Some(enc) => {
+                packet = enc.encrypt_v1_frame(frame.bytes());
+                &packet[..]
+            }
+            None => frame.bytes(),
+        };
         while !rest.is_empty() {
             let n = throttle.chunk(rest.len()).min(rest.len());
             let wait = throttle.take(n);

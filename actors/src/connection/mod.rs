@@ -57,8 +57,12 @@ use crate::network::{is_bulk_command, Chain};
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
+use crate::wire::v2::{hex, Negotiated, TransportKind, V2Decoder, V2Encoder};
 use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
-use io::{reader, writer, BlocksExpected, OutFrame, SendGauge, SocketTask};
+use io::{
+    negotiate, reader, writer, BlocksExpected, Deframer, OutFrame, Plan, ReaderArgs, SendGauge,
+    SocketTask, WriterArgs,
+};
 
 /// Time the writer may keep flushing queued messages after the actor stopped.
 ///
@@ -86,6 +90,8 @@ pub struct ConnectionArgs {
     pub(crate) permit: SlotPermit,
     pub(crate) manager: ActorRef<ManagerMsg>,
     pub(crate) ctx: Arc<NodeContext>,
+    /// Outbound: open with the BIP324 v2 key exchange. Inbound: accept v2 as well as v1.
+    pub(crate) v2: bool,
 }
 
 /// The Connection's state; handed to the Manager in the termination event.
@@ -99,6 +105,10 @@ pub struct ConnectionState {
     config: watch::Receiver<Arc<NodeConfig>>,
     permit: Option<SlotPermit>,
     transport: Option<Transport>,
+    /// Whether v2 is tried (outbound) or accepted (inbound).
+    v2: bool,
+    /// The transport settled on, once it is.
+    transport_kind: Option<TransportKind>,
     handshake: Handshake,
     ping: Option<PingTracker>,
     started: Instant,
@@ -165,6 +175,22 @@ impl ConnectionState {
     pub fn was_connected(&self) -> bool {
         self.connected_at.is_some()
     }
+
+    /// Whether this was an outbound v2 attempt that failed before the v2 handshake completed
+    /// in a way a v1-only peer fails it (closing on our key, answering in v1, or saying
+    /// nothing until the handshake timeout): Core then reconnects once in v1.
+    pub fn v1_fallback_suggested(&self) -> bool {
+        self.direction == Direction::Outbound
+            && self.v2
+            && self.connected_at.is_some()
+            && self.transport_kind.is_none()
+            && match &self.close_reason {
+                Some(DisconnectReason::V2(e)) => e.suggests_v1(),
+                Some(DisconnectReason::PeerClosed | DisconnectReason::Io(_)) => true,
+                Some(DisconnectReason::Handshake(e)) => e.kind() == "handshake_timeout",
+                _ => false,
+            }
+    }
 }
 
 fn tick_interval(config: &NodeConfig) -> Duration {
@@ -221,6 +247,8 @@ impl Actor for Connection {
             ctx: args.ctx,
             permit: Some(args.permit),
             transport: Some(args.transport),
+            v2: args.v2,
+            transport_kind: None,
             handshake,
             ping: None,
             started: now,
@@ -269,7 +297,7 @@ impl Actor for Connection {
             .push(myself.send_interval(tick_interval(&config), || ConnectionMsg::Tick));
         match state.transport.take() {
             Some(Transport::Accepted(stream)) => {
-                if let Err(reason) = start_io(&myself, state, stream) {
+                if let Err(reason) = begin_negotiation(&myself, state, stream) {
                     close(&myself, state, reason);
                 }
             }
@@ -303,7 +331,11 @@ impl Actor for Connection {
             return Ok(());
         }
         let result = match msg {
-            ConnectionMsg::Dialed(Ok(stream)) => start_io(&myself, state, stream),
+            ConnectionMsg::Dialed(Ok(stream)) => begin_negotiation(&myself, state, stream),
+            ConnectionMsg::Negotiated(Ok((stream, negotiated))) => {
+                start_io(&myself, state, stream, negotiated)
+            }
+            ConnectionMsg::Negotiated(Err(reason)) => Err(reason),
             ConnectionMsg::Dialed(Err(reason)) => Err(reason),
             ConnectionMsg::Inbound(inbound) if serving_getdata(state) => {
                 state.deferred.push_back(inbound);
@@ -456,10 +488,38 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     Ok(())
 }
 
+/// Settles the transport: v1 at once, or the v2 key exchange (and inbound detection) in a
+/// task that hands the socket back with [`ConnectionMsg::Negotiated`].
+fn begin_negotiation(
+    myself: &ActorRef<ConnectionMsg>,
+    state: &mut ConnectionState,
+    mut stream: TcpStream,
+) -> Result<(), DisconnectReason> {
+    let plan = match (state.v2, state.direction) {
+        (false, _) => Plan::V1,
+        (true, Direction::Outbound) => Plan::V2Initiator,
+        (true, Direction::Inbound) => Plan::Detect,
+    };
+    if plan == Plan::V1 {
+        return start_io(myself, state, stream, Negotiated::V1 { prefix: Vec::new() });
+    }
+    let _ = stream.set_nodelay(true);
+    // The handshake timeout runs from now on (see on_tick).
+    state.connected_at = Some(Instant::now());
+    let magic = state.ctx.profile.magic.to_bytes();
+    let me = myself.clone();
+    state.timers.push(tokio::spawn(async move {
+        let result = negotiate(&mut stream, magic, plan).await;
+        let _ = me.cast(ConnectionMsg::Negotiated(result.map(|n| (stream, n))));
+    }));
+    Ok(())
+}
+
 fn start_io(
     myself: &ActorRef<ConnectionMsg>,
     state: &mut ConnectionState,
     stream: TcpStream,
+    negotiated: Negotiated,
 ) -> Result<(), DisconnectReason> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
@@ -490,25 +550,48 @@ fn start_io(
         ctx.global_down.clone(),
         ctx.global_limits.clone(),
     );
-    state.writer = Some(SocketTask::spawn(writer(
-        write_half,
+    let rules = FrameDecoder::new(state.ctx.profile.magic, state.ctx.profile.limits);
+    let (decoder, encoder, initial) = match negotiated {
+        Negotiated::V1 { prefix } => {
+            state.transport_kind = Some(TransportKind::V1);
+            (Deframer::V1(rules), None, prefix)
+        }
+        Negotiated::V2(ready) => {
+            state.transport_kind = Some(TransportKind::V2);
+            let session_id = hex(&ready.session_id);
+            debug!(peer = %state.addr, id = %state.id, session_id, "v2 transport established");
+            state.ctx.peers.update(state.id, |p| {
+                p.transport = "v2";
+                p.session_id = session_id.clone();
+            });
+            (
+                Deframer::V2(Box::new(V2Decoder::new(ready.inbound, rules))),
+                Some(V2Encoder::new(ready.outbound)),
+                ready.leftover,
+            )
+        }
+    };
+    state.writer = Some(SocketTask::spawn(writer(WriterArgs {
+        half: write_half,
         rx,
-        myself.clone(),
-        up,
-        state.ctx.clone(),
-        state.gauge.clone(),
-    )));
+        actor: myself.clone(),
+        throttle: up,
+        ctx: state.ctx.clone(),
+        gauge: state.gauge.clone(),
+        encoder,
+    })));
     state.outbox = Some(tx);
     let credit = Arc::new(Semaphore::new(READER_CREDIT_BYTES as usize));
-    state.reader = Some(SocketTask::spawn(reader(
-        read_half,
-        myself.clone(),
-        FrameDecoder::new(state.ctx.profile.magic, state.ctx.profile.limits),
+    state.reader = Some(SocketTask::spawn(reader(ReaderArgs {
+        half: read_half,
+        actor: myself.clone(),
+        decoder,
+        initial,
         credit,
-        down,
-        state.ctx.clone(),
-        state.blocks_expected.clone(),
-    )));
+        throttle: down,
+        ctx: state.ctx.clone(),
+        blocks: state.blocks_expected.clone(),
+    })));
     let now = Instant::now();
     state.connected_at = Some(now);
     // Re-create the handshake now that our address is known: the one we advertise (from
@@ -602,6 +685,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         services = %pv.services,
         start_height = pv.start_height,
         handshake_ms = took.as_millis() as u64,
+        transport = state.transport_kind.unwrap_or_default().as_str(),
         "handshake complete"
     );
     state.ctx.peers.update(state.id, |p| {
@@ -665,8 +749,12 @@ fn on_inbound_message(
         .entry(inbound.command)
         .or_insert(0) += inbound.wire_len as u64;
     state.last_receive = Some(std::time::SystemTime::now());
-    metrics::counter!("meshd_bytes_received_total", "command" => inbound.command)
-        .increment(inbound.wire_len as u64);
+    metrics::counter!(
+        "meshd_bytes_received_total",
+        "command" => inbound.command,
+        "transport" => state.transport_kind.unwrap_or_default().as_str()
+    )
+    .increment(inbound.wire_len as u64);
     if state.ctx.events.has_subscribers() {
         state.ctx.events.publish(NodeEvent::MessageReceived {
             peer: state.id,
@@ -931,7 +1019,7 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         pump_getdata(state)?;
     }
     if !state.handshake.is_complete() {
-        if state.outbox.is_none() {
+        if state.connected_at.is_none() {
             // Still dialling: the connect timeout bounds this phase.
             return Ok(());
         }
@@ -986,13 +1074,7 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         Ok(()) => {
             state.gauge.owned.fetch_add(len as usize, Ordering::Relaxed);
             state.gauge.total.fetch_add(len as usize, Ordering::Relaxed);
-            state.bytes_sent += len;
-            *state
-                .sent_per_command
-                .entry(command_label(command.as_str()))
-                .or_insert(0) += len;
-            state.last_send = Some(std::time::SystemTime::now());
-            metrics::counter!("meshd_bytes_sent_total", "command" => command_label(command.as_str())).increment(len);
+            count_sent(state, command_label(command.as_str()), len as usize);
             Ok(())
         }
         Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
@@ -1017,10 +1099,7 @@ fn send_shared(
     match outbox.try_send(OutFrame::Shared(frame)) {
         Ok(()) => {
             state.gauge.total.fetch_add(len, Ordering::Relaxed);
-            state.bytes_sent += len as u64;
-            *state.sent_per_command.entry(command).or_insert(0) += len as u64;
-            state.last_send = Some(std::time::SystemTime::now());
-            metrics::counter!("meshd_bytes_sent_total", "command" => command).increment(len as u64);
+            count_sent(state, command, len);
             Ok(())
         }
         Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
@@ -1030,6 +1109,20 @@ fn send_shared(
             Err(DisconnectReason::Io("writer closed".into()))
         }
     }
+}
+
+/// Counts a queued v1 frame of `frame_len` bytes by what it takes on the wire.
+fn count_sent(state: &mut ConnectionState, command: &'static str, frame_len: usize) {
+    let transport = state.transport_kind.unwrap_or_default();
+    let wire = match transport {
+        TransportKind::V1 => frame_len,
+        TransportKind::V2 => V2Encoder::wire_len(command, frame_len),
+    } as u64;
+    state.bytes_sent += wire;
+    *state.sent_per_command.entry(command).or_insert(0) += wire;
+    state.last_send = Some(std::time::SystemTime::now());
+    metrics::counter!("meshd_bytes_sent_total", "command" => command, "transport" => transport.as_str())
+        .increment(wire);
 }
 
 /// Whether a getdata is being served: other messages wait until it is.

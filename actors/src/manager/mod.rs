@@ -138,7 +138,16 @@ pub struct ManagerState {
     /// Addresses each peer is known to have (sent by it or to it), so a relay never sends
     /// an address to a peer twice; bounded like Core's rolling filter.
     addr_known: HashMap<PeerId, RollingFilter>,
+    /// Addresses whose v2 attempt failed as a v1-only peer's does: dialled in v1 from then on.
+    v1_only: HashSet<SocketAddr>,
 }
+
+/// Addresses remembered as v1-only.
+///
+/// # Security
+/// Filled by peers that close on our key; when full it is cleared, so the worst a flood of
+/// such peers does is cost each remembered address one more v2 attempt.
+const MAX_V1_ONLY_ADDRS: usize = 10_000;
 
 fn now_unix() -> u64 {
     unix_now().max(0) as u64
@@ -175,6 +184,19 @@ impl ManagerState {
         };
         info.permissions = self.ctx.permissions_of(addr.ip()).names();
         self.ctx.peers.insert(info);
+        // Core: v2 outbound to peers known to announce NODE_P2P_V2 and to manual peers
+        // (--connect, --addnode, onetry), never to one that failed v2 like a v1-only peer.
+        let v2 = self.ctx.config().v2_enabled()
+            && match direction {
+                Direction::Inbound => true,
+                Direction::Outbound => {
+                    !self.v1_only.contains(&addr)
+                        && (kind != Some(OutboundKind::Automatic)
+                            || self.book.get(&addr).is_some_and(|e| {
+                                e.services & bitcoin::p2p::ServiceFlags::P2P_V2.to_u64() != 0
+                            }))
+                }
+            };
         let args = ConnectionArgs {
             id,
             addr,
@@ -184,6 +206,7 @@ impl ManagerState {
             permit,
             manager: myself.clone(),
             ctx: self.ctx.clone(),
+            v2,
         };
         match Actor::spawn_linked(None, Connection, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -605,6 +628,7 @@ impl ManagerState {
         reason: DisconnectReason,
         uptime: Duration,
         was_connected: bool,
+        v1_fallback: bool,
     ) {
         let Some(child) = self.children.remove(&actor) else {
             return;
@@ -634,6 +658,21 @@ impl ManagerState {
             }
         };
         self.ctx.events.publish(event);
+        if v1_fallback && !self.ctx.is_shutting_down() {
+            if let Some(kind) = child.kind {
+                info!(peer = %child.addr, reason = %reason, "v2 attempt failed before its handshake; reconnecting in v1");
+                metrics::counter!("meshd_v2_fallbacks_total").increment(1);
+                if self.v1_only.len() >= MAX_V1_ONLY_ADDRS {
+                    self.v1_only.clear();
+                }
+                self.v1_only.insert(child.addr);
+                let _ = myself.cast(ManagerMsg::RedialV1 {
+                    addr: child.addr,
+                    kind,
+                });
+                return;
+            }
+        }
         let restartable = child.direction == Direction::Outbound
             && matches!(
                 child.kind,
@@ -696,12 +735,14 @@ impl ManagerState {
                 version: info.version,
                 services: info.services,
                 start_height: info.start_height,
+                transport: info.transport,
             }
         } else {
             NodeEvent::ConnectionEstablished {
                 peer: id,
                 addr: child.addr,
                 direction: child.direction,
+                transport: info.transport,
             }
         };
         self.ctx.events.publish(event);
@@ -825,6 +866,7 @@ impl Actor for Manager {
             getaddr_cache: None,
             last_cleanup: Instant::now(),
             addr_known: HashMap::new(),
+            v1_only: HashSet::new(),
         })
     }
 
@@ -868,6 +910,9 @@ impl Actor for Manager {
                 if !state.dial(&myself, addr, kind).await {
                     info!(peer = %addr, "no outbound slot free; will dial when one is");
                 }
+            }
+            ManagerMsg::RedialV1 { addr, kind } => {
+                state.dial(&myself, addr, kind).await;
             }
             ManagerMsg::Redial(addr) => {
                 state.scheduled.remove(&addr);
@@ -1056,21 +1101,30 @@ impl Actor for Manager {
         match event {
             SupervisionEvent::ActorTerminated(cell, final_state, _) => {
                 let final_state = final_state.and_then(|mut s| s.take::<ConnectionState>().ok());
-                let (reason, uptime, connected) = match &final_state {
+                let (reason, uptime, connected, fallback) = match &final_state {
                     Some(s) => (
                         s.close_reason().cloned().unwrap_or_else(|| {
                             DisconnectReason::Stopped("no reason recorded".into())
                         }),
                         s.uptime(),
                         s.was_connected(),
+                        s.v1_fallback_suggested(),
                     ),
                     None => (
                         DisconnectReason::Stopped("killed".into()),
                         Duration::ZERO,
                         true,
+                        false,
                     ),
                 };
-                state.on_connection_end(&myself, cell.get_id(), reason, uptime, connected);
+                state.on_connection_end(
+                    &myself,
+                    cell.get_id(),
+                    reason,
+                    uptime,
+                    connected,
+                    fallback,
+                );
             }
             SupervisionEvent::ActorFailed(cell, err) => {
                 let addr = state.children.get(&cell.get_id()).map(|c| c.addr);
@@ -1083,6 +1137,7 @@ impl Actor for Manager {
                     DisconnectReason::Stopped(format!("actor failed: {err}")),
                     Duration::ZERO,
                     true,
+                    false,
                 );
             }
             _ => {}

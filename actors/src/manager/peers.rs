@@ -99,6 +99,10 @@ pub struct PeerInfo {
     pub ping_wait: Option<Duration>,
     /// Misbehaviour score.
     pub misbehavior: u32,
+    /// `v1` or `v2` (BIP324).
+    pub transport: &'static str,
+    /// BIP324 session id in hex (empty for v1), as Core's getpeerinfo shows it.
+    pub session_id: String,
     /// When the connection started (monotonic; for uptime and eviction).
     #[serde(skip)]
     pub connected_at: Instant,
@@ -143,6 +147,8 @@ impl PeerInfo {
             pongs: 0,
             ping_wait: None,
             misbehavior: 0,
+            transport: "v1",
+            session_id: String::new(),
             connected_at: Instant::now(),
             last_block_at: None,
             last_tx_at: None,

@@ -1,6 +1,7 @@
 //! Why a connection ended: one typed reason per exit path, logged with the peer and counted.
 
 use super::HandshakeError;
+use crate::wire::v2::V2Error;
 use crate::wire::{FrameError, PayloadError};
 
 /// The reason a connection closed. Every disconnect carries exactly one.
@@ -21,6 +22,9 @@ pub enum DisconnectReason {
     /// The byte stream broke the framing rules (wrong magic, oversized, bad command).
     #[error("framing violation: {0}")]
     Frame(FrameError),
+    /// The BIP324 v2 handshake failed.
+    #[error("v2 transport: {0}")]
+    V2(V2Error),
     /// A message that must decode did not (during the handshake).
     #[error("malformed message: {0}")]
     Payload(PayloadError),
@@ -65,6 +69,7 @@ impl DisconnectReason {
             DisconnectReason::PeerClosed => "peer_closed",
             DisconnectReason::Io(_) => "io_error",
             DisconnectReason::Frame(e) => e.kind(),
+            DisconnectReason::V2(e) => e.kind(),
             DisconnectReason::Payload(e) => e.kind(),
             DisconnectReason::Handshake(e) => e.kind(),
             DisconnectReason::Protocol(_) => "protocol_violation",

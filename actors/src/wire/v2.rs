@@ -222,6 +222,39 @@ impl std::fmt::Debug for V2Ready {
     }
 }
 
+/// Which transport a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransportKind {
+    /// Plaintext v1 framing.
+    #[default]
+    V1,
+    /// BIP324 v2.
+    V2,
+}
+
+impl TransportKind {
+    /// `v1` or `v2`: the metric label and API value (Core's getpeerinfo `transport_protocol_type`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransportKind::V1 => "v1",
+            TransportKind::V2 => "v2",
+        }
+    }
+}
+
+/// How a connection's transport was settled.
+#[derive(Debug)]
+pub enum Negotiated {
+    /// v1; `prefix` holds bytes already read from the peer (inbound detection), to frame first.
+    V1 {
+        /// Bytes read while telling v1 from v2.
+        prefix: Vec<u8>,
+    },
+    /// v2, with the session.
+    V2(V2Ready),
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
