@@ -64,7 +64,10 @@ fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled()
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(
-        Some(node.metric_sum("meshd_peers", &["direction=\"outbound\"", "state=\"connected\""])),
+        Some(node.metric_sum(
+            "meshd_peers",
+            &["direction=\"outbound\"", "state=\"connected\""]
+        )),
         Some(1.0)
     );
     target.stop();
@@ -95,7 +98,11 @@ fn graceful_shutdown_with_100_peers_exits_0_within_5_s() {
     });
     assert_eq!(peers.len(), 100);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while Some(node.metric_sum("meshd_peers", &["direction=\"inbound\"", "state=\"connected\""])) != Some(100.0) {
+    while Some(node.metric_sum(
+        "meshd_peers",
+        &["direction=\"inbound\"", "state=\"connected\""],
+    )) != Some(100.0)
+    {
         assert!(Instant::now() < deadline, "{}", node.scrape());
         std::thread::sleep(Duration::from_millis(50));
     }

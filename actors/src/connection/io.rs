@@ -8,8 +8,8 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use ractor::ActorRef;
 use bip324::Role;
+use ractor::ActorRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -59,8 +59,11 @@ pub(super) async fn negotiate(
         Plan::Detect => {
             let mut seen = Vec::new();
             loop {
-                let n = read(stream, &mut buf[..crate::wire::v2::V1_PREFIX_LEN - seen.len()])
-                    .await?;
+                let n = read(
+                    stream,
+                    &mut buf[..crate::wire::v2::V1_PREFIX_LEN - seen.len()],
+                )
+                .await?;
                 if n == 0 {
                     return Err(DisconnectReason::PeerClosed);
                 }
@@ -118,7 +121,7 @@ pub(super) enum Deframer {
     /// Plaintext v1.
     V1(FrameDecoder),
     /// BIP324 v2.
-    V2(Box<V2Decoder>),
+    V2(V2Decoder),
 }
 
 impl Deframer {

@@ -565,7 +565,7 @@ fn start_io(
                 p.session_id = session_id.clone();
             });
             (
-                Deframer::V2(Box::new(V2Decoder::new(ready.inbound, rules))),
+                Deframer::V2(V2Decoder::new(ready.inbound, rules)),
                 Some(V2Encoder::new(ready.outbound)),
                 ready.leftover,
             )

@@ -71,6 +71,23 @@ pub async fn handshaked_peers(addr: SocketAddr, n: usize) -> Vec<AsyncPeer> {
     peers
 }
 
+/// A protocol 70016 `version` from a raw test peer announcing `start_height`.
+pub fn version_message(start_height: i32) -> NetworkMessage {
+    let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
+    let mut v = VersionMessage::new(
+        ServiceFlags::NETWORK,
+        0,
+        a.clone(),
+        a,
+        rand::random(),
+        "/asyncpeer/".into(),
+        start_height,
+    );
+    v.version = 70016;
+    v.relay = true;
+    NetworkMessage::Version(v)
+}
+
 /// What a read saw.
 #[derive(Debug)]
 pub enum Seen {
@@ -139,19 +156,7 @@ impl AsyncPeer {
 
     /// Handshakes announcing `start_height`.
     pub async fn handshake_at(&mut self, start_height: i32) -> bool {
-        let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
-        let mut v = VersionMessage::new(
-            ServiceFlags::NETWORK,
-            0,
-            a.clone(),
-            a,
-            rand::random(),
-            "/asyncpeer/".into(),
-            start_height,
-        );
-        v.version = 70016;
-        v.relay = true;
-        self.send(NetworkMessage::Version(v)).await;
+        self.send(version_message(start_height)).await;
         let (mut version, mut verack) = (false, false);
         while !(version && verack) {
             match self.recv(Duration::from_secs(10)).await {
