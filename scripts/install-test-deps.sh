@@ -5,7 +5,9 @@
 #   - Node.js and npm from Debian if they are missing;
 #   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests;
 #   - prometheus and promtool, and systemd-analyze, for the deploy/ checks;
-#   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh).
+#   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh);
+#   - btclib_secp256k1 and cryptography from PyPI for the independent BIP324 peer
+#     (tests/peers/v2peer.py).
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -32,6 +34,19 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+
+# The independent BIP324 peer: ElligatorSwift from btclib_secp256k1, ChaCha20-Poly1305 and
+# HKDF from cryptography.
+if ! python3 -c "import btclib_secp256k1, cryptography" >/dev/null 2>&1; then
+  echo "installing btclib_secp256k1 and cryptography from PyPI" >&2
+  python3 -m pip --version >/dev/null 2>&1 || {
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip
+  }
+  python3 -m pip install --quiet btclib_secp256k1 cryptography 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages btclib_secp256k1 cryptography
+fi
+python3 -c "import btclib_secp256k1, cryptography; print('python BIP324 peer deps ready')" >&2
 
 if [ -f "$BCOIN_HOME/node_modules/bcoin/package.json" ] && [ -d "$BCOIN_HOME/node_modules/leveldown" ]; then
   echo "bcoin already installed in $BCOIN_HOME" >&2
