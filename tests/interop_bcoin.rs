@@ -1,5 +1,7 @@
-//! Interoperability with bcoin, an independent Bitcoin implementation: meshd dials bcoin,
-//! and bcoin dials meshd; in both directions the handshake completes and pings are answered.
+//! Interoperability with bcoin, an independent Bitcoin implementation that speaks only v1:
+//! meshd dials bcoin (a BIP324 v2 attempt first, as to any manual peer, then the v1 fallback),
+//! and bcoin dials meshd (told apart from v2 by its first bytes); in both directions the
+//! handshake completes in v1 and pings are answered.
 
 mod common;
 
@@ -21,7 +23,13 @@ fn meshd_dials_bcoin_and_they_handshake_and_ping() {
         msg(v) == "handshake complete"
     });
     assert_eq!(hs["direction"], "outbound");
+    assert_eq!(hs["transport"], "v1", "{hs}");
     assert!(hs["user_agent"].as_str().unwrap().contains("bcoin"), "{hs}");
+    // The v2 attempt came first and failed as a v1-only peer's does, once.
+    assert_eq!(
+        node.count_logs(|v| msg(v).starts_with("v2 attempt failed before its handshake")),
+        1
+    );
     node.wait_log("bcoin answers our pings", T, |v| {
         msg(v) == "pong" && v["peer"] == target.as_str()
     });
@@ -41,6 +49,7 @@ fn bcoin_dials_meshd_and_they_handshake_and_ping() {
         msg(v) == "handshake complete"
     });
     assert_eq!(hs["direction"], "inbound");
+    assert_eq!(hs["transport"], "v1", "{hs}");
     assert!(hs["user_agent"].as_str().unwrap().contains("bcoin"), "{hs}");
     let peer = hs["peer"].as_str().unwrap().to_string();
     node.wait_log("bcoin answers our pings", T, |v| {

@@ -44,6 +44,17 @@ pub const PACKET_OVERHEAD: usize = NUM_LENGTH_BYTES + 1 + 16;
 /// Longest message type: a zero byte then a 12-byte command (the long form).
 const LONG_TYPE_LEN: usize = 13;
 
+/// Garbage sent with our key, before the peer's key shows that it speaks v2; the rest of
+/// our garbage follows with the terminator (it is authenticated whole, so how it is split
+/// does not matter to a v2 peer).
+///
+/// # Security
+/// A v1-only peer reads our first bytes as v1 message headers: bcoin charges 10 points per
+/// 24-byte header with a bad magic and bans the address at 100, so a first flight of 240
+/// bytes or more would get us banned before the v1 fallback could connect. Key and this
+/// much garbage stay below it.
+pub const FIRST_FLIGHT_GARBAGE: usize = 240 - 1 - KEY_LEN;
+
 /// Decoy packets accepted before the peer's version packet.
 ///
 /// # Security
@@ -304,8 +315,9 @@ enum PacketsOutcome {
 }
 
 impl V2Handshake {
-    /// Starts a handshake; returns it and the bytes to send first (our key and garbage). An
-    /// initiator sends them at once; a responder once [`detect`] said v2.
+    /// Starts a handshake; returns it and the bytes to send first (our key and the first
+    /// [`FIRST_FLIGHT_GARBAGE`] bytes of garbage). An initiator sends them at once; a
+    /// responder once [`detect`] said v2.
     pub fn new(magic: [u8; 4], role: Role) -> (V2Handshake, Vec<u8>) {
         let mut rng = rand::thread_rng();
         let secret = loop {
@@ -347,6 +359,7 @@ impl V2Handshake {
         if let Ok(init) = Handshake::new_with_rng(magic, role, &mut StoredSecret(secret), curve()) {
             let _ = init.send_key(hs.garbage_ref(), &mut out);
         }
+        out.truncate(KEY_LEN + hs.garbage.len().min(FIRST_FLIGHT_GARBAGE));
         (hs, out)
     }
 
@@ -403,6 +416,9 @@ impl V2Handshake {
                     self.their_key.copy_from_slice(&self.buf[..KEY_LEN]);
                     self.buf.drain(..KEY_LEN);
                     let (hs, out) = self.replay()?;
+                    // The garbage not sent with our key, then terminator and version.
+                    let sent_early = self.garbage.len().min(FIRST_FLIGHT_GARBAGE);
+                    step.send.extend_from_slice(&self.garbage[sent_early..]);
                     step.send.extend_from_slice(&out);
                     self.stage = Stage::Terminator(Box::new(hs));
                 }
