@@ -37,7 +37,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 /// One connection's framing: plaintext v1, or BIP324 v2 through meshd's own sans-IO core.
 enum Wire {
     V1 { dec: FrameDecoder },
-    V2 { enc: V2Encoder, dec: V2Decoder },
+    V2 { enc: V2Encoder, dec: Box<V2Decoder> },
 }
 
 impl Wire {
@@ -96,10 +96,10 @@ async fn v2_handshake(stream: &mut TcpStream) -> std::io::Result<(Wire, Vec<u8>)
         if let Some(ready) = step.ready {
             let wire = Wire::V2 {
                 enc: V2Encoder::new(ready.outbound),
-                dec: V2Decoder::new(
+                dec: Box::new(V2Decoder::new(
                     ready.inbound,
                     FrameDecoder::new(profile.magic, profile.limits),
-                ),
+                )),
             };
             return Ok((wire, ready.leftover));
         }
