@@ -12,7 +12,8 @@ dir="$(mktemp -d)"
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$dir"' EXIT
 for n in "${@:-1000 10000}"; do
   for count in $n; do
-    port=$((20000 + RANDOM % 20000))
+    # Below the ephemeral range (32768+), which the load generator's sockets use.
+    port=$((20000 + RANDOM % 10000))
     ./target/release/meshd --datadir "$dir/$count" --listen "127.0.0.1:$port" --no-metrics \
       --max-inbound 20000 --max-connections 20100 --log-level warn &
     pid=$!

@@ -24,7 +24,9 @@ use crate::constants::{
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::DisconnectReason;
-use crate::wire::v2::{detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake};
+use crate::wire::v2::{
+    detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake, V1_PREFIX_LEN,
+};
 use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
 
 /// Bytes read at once during the v2 key exchange (the peer's garbage is at most 4 KiB).
@@ -48,7 +50,6 @@ pub(super) async fn negotiate(
     magic: [u8; 4],
     plan: Plan,
 ) -> Result<Negotiated, DisconnectReason> {
-    let mut buf = [0u8; NEGOTIATION_READ];
     let (mut hs, first) = match plan {
         Plan::V1 => return Ok(Negotiated::V1 { prefix: Vec::new() }),
         Plan::V2Initiator => {
@@ -57,17 +58,15 @@ pub(super) async fn negotiate(
             (hs, Vec::new())
         }
         Plan::Detect => {
+            // Small on purpose: every inbound peer goes through this, most of them in v1.
+            let mut prefix = [0u8; V1_PREFIX_LEN];
             let mut seen = Vec::new();
             loop {
-                let n = read(
-                    stream,
-                    &mut buf[..crate::wire::v2::V1_PREFIX_LEN - seen.len()],
-                )
-                .await?;
+                let n = read(stream, &mut prefix[..V1_PREFIX_LEN - seen.len()]).await?;
                 if n == 0 {
                     return Err(DisconnectReason::PeerClosed);
                 }
-                seen.extend_from_slice(&buf[..n]);
+                seen.extend_from_slice(&prefix[..n]);
                 match detect(magic, &seen) {
                     Detected::V1 => return Ok(Negotiated::V1 { prefix: seen }),
                     Detected::NeedMore => continue,
@@ -80,6 +79,7 @@ pub(super) async fn negotiate(
         }
     };
     let mut input = first;
+    let mut buf = vec![0u8; NEGOTIATION_READ];
     loop {
         let step = hs.feed(&input).map_err(DisconnectReason::V2)?;
         if !step.send.is_empty() {
