@@ -8,6 +8,7 @@
 
 use std::hint::black_box;
 
+use bip324::Role;
 use bitcoin::block::{Header, Version};
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
@@ -17,7 +18,6 @@ use bitcoin::{
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use meshd_actors::network::NetworkId;
-use bip324::Role;
 use meshd_actors::wire::v2::{V2Decoder, V2Encoder, V2Handshake, V2Ready};
 use meshd_actors::wire::{encode_frame, Command, FrameDecoder, Message};
 
@@ -165,7 +165,11 @@ fn v2_benches(c: &mut Criterion) {
             },
             |mut dec| {
                 let mut input = &packet[..];
-                dec.decode(&mut input).expect("frame").expect("valid").payload.len()
+                dec.decode(&mut input)
+                    .expect("frame")
+                    .expect("valid")
+                    .payload
+                    .len()
             },
             criterion::BatchSize::SmallInput,
         )
