@@ -181,6 +181,11 @@ fn print_peers(v: &Value) {
                             .map_or("-".into(), |a| {
                                 a.iter().map(s).collect::<Vec<_>>().join(",")
                             }),
+                        p["session_id"]
+                            .as_str()
+                            .filter(|id| !id.is_empty())
+                            .unwrap_or("-")
+                            .to_string(),
                     ]
                 })
                 .collect()
@@ -202,6 +207,7 @@ fn print_peers(v: &Value) {
             "RESTARTS",
             "SCORE",
             "PERMISSIONS",
+            "V2 SESSION ID",
         ],
         rows,
     );

@@ -161,11 +161,16 @@ fn peers_routes_list_add_and_disconnect() {
         "ping_in_flight",
         "restarts",
         "misbehavior_score",
+        "transport",
+        "session_id",
     ] {
         assert!(peer.get(field).is_some(), "missing {field}: {peer}");
     }
     assert_eq!(peer["address"], t.as_str());
     assert_eq!(peer["connection_type"], "onetry");
+    // meshd to meshd: BIP324 v2, with Core's 64-hex-digit session id.
+    assert_eq!(peer["transport"], "v2", "{peer}");
+    assert_eq!(peer["session_id"].as_str().unwrap().len(), 64, "{peer}");
     assert!(peer["bytes_sent_per_command"]["version"].as_u64().unwrap() > 0);
     let id = peer["id"].as_u64().unwrap();
     let (status, _) = api.call("DELETE", &format!("/v1/peers/{id}"), None, None);
@@ -341,6 +346,13 @@ fn cli_subcommands_print_tables_json_and_clear_errors() {
     let (_, out, _) = cli(&node, &["peers", "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v[0]["connection_type"], "manual");
+    assert_eq!(v[0]["transport"], "v2");
+    let session = v[0]["session_id"].as_str().unwrap().to_string();
+    let (_, table, _) = cli(&node, &["peers"]);
+    assert!(
+        table.contains("TRANSPORT") && table.contains(&session),
+        "{table}"
+    );
     let (code, out, _) = cli(&node, &["ban", "203.0.113.0/24", "--duration", "2h"]);
     assert_eq!(code, 0, "{out}");
     let (_, out, _) = cli(&node, &["bans"]);
