@@ -296,3 +296,22 @@ impl NodeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v2_is_on_by_default_on_btc_announced_as_p2p_v2_and_never_on_bsv() {
+        let dir = PathBuf::from("/nonexistent");
+        let mut btc = NodeConfig::new(NetworkId::Regtest, dir.clone());
+        assert!(btc.v2_enabled());
+        assert!(btc.handshake_policy().services.has(ServiceFlags::P2P_V2));
+        btc.v2transport = false;
+        assert!(!btc.v2_enabled());
+        assert!(!btc.handshake_policy().services.has(ServiceFlags::P2P_V2));
+        let bsv = NodeConfig::new(NetworkId::BsvRegtest, dir);
+        assert!(bsv.v2transport && !bsv.v2_enabled());
+        assert!(!bsv.handshake_policy().services.has(ServiceFlags::P2P_V2));
+    }
+}
