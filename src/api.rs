@@ -421,6 +421,8 @@ async fn get_sync(State(s): State<ApiState>) -> ApiResult {
         "state": st.state.as_str(),
         "tx_pool": st.tx_pool,
         "blocks_kept": st.blocks_kept,
+        // Why headers.dat is behind the chain (e.g. the disk is full), or null.
+        "store_error": st.store_error,
     })))
 }
 

@@ -183,6 +183,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_store_errors_total",
+        "Failed writes of a state file (headers.dat), each followed by a rewrite when writing works again.",
+    ),
+    (
+        "counter",
         "meshd_v2_fallbacks_total",
         "Outbound v2 attempts that failed before their handshake and were retried in v1.",
     ),
@@ -399,6 +404,17 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         "Height of the best header chain.",
     );
     let _ = writeln!(out, "meshd_header_height {}", sync.header_height);
+    header(
+        &mut out,
+        "meshd_header_store_failing",
+        "gauge",
+        "1 while headers.dat cannot be written (e.g. a full disk) and the chain is kept in memory only.",
+    );
+    let _ = writeln!(
+        out,
+        "meshd_header_store_failing {}",
+        u8::from(sync.store_error.is_some())
+    );
     header(
         &mut out,
         "meshd_best_peer_height",

@@ -229,6 +229,8 @@ pub struct SyncStatus {
     pub tx_pool: usize,
     /// Blocks kept in memory.
     pub blocks_kept: usize,
+    /// Why headers.dat is behind the chain (a failed write, e.g. a full disk), if it is.
+    pub store_error: Option<String>,
 }
 
 /// Headers with their hashes, computed where they are decoded (the Connection), so Sync's

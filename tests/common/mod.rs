@@ -145,6 +145,16 @@ impl Meshd {
             .unwrap_or_default()
     }
 
+    /// GETs an admin API route (with the cookie's token) and parses the JSON answer.
+    pub fn api_get(&self, route: &str) -> Value {
+        let url = format!("http://{}{route}", self.api.expect("api enabled"));
+        let mut r = ureq::get(&url)
+            .header("Authorization", &format!("Bearer {}", self.token()))
+            .call()
+            .expect("api answers");
+        serde_json::from_str(&r.body_mut().read_to_string().expect("body")).expect("json")
+    }
+
     /// The API token from the node's cookie file.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.datadir.join("regtest/.cookie"))

@@ -72,6 +72,10 @@ use requests::InFlight;
 /// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`); a few are normal when announcements cross.
 const MAX_UNCONNECTING_HEADERS: u32 = 10;
 
+/// How often a header file that could not be written (a full disk) is rewritten from the
+/// chain: each try writes the whole best chain, so not more often than this.
+const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Inventory type of a BIP37 filtered block.
 const FILTERED_BLOCK: u32 = 3;
 /// The witness flag of inventory types (BIP144).
@@ -224,6 +228,8 @@ pub struct SyncActorState {
     ctx: Arc<NodeContext>,
     /// When to hand freed memory back to the system (set when a peer leaves).
     release_memory_at: Option<Instant>,
+    /// When a failed header file is next rewritten from the chain.
+    store_retry_at: Option<Instant>,
     chain: HeaderChain,
     store: Option<HeaderStore>,
     peers: HashMap<PeerId, SyncPeer>,
@@ -268,6 +274,11 @@ impl SyncActorState {
             state: self.state,
             tx_pool: self.pool.len(),
             blocks_kept: self.blocks.len(),
+            store_error: self
+                .store
+                .as_ref()
+                .and_then(|s| s.failure())
+                .map(str::to_string),
         };
         if let Ok(mut s) = self.ctx.sync_status.write() {
             *s = status;
@@ -575,14 +586,7 @@ impl SyncActorState {
         }
         if !stored.is_empty() {
             metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
-            if let Some(store) = self.store.as_mut() {
-                if let Err(e) = store
-                    .append(&stored)
-                    .and_then(|_| store.sync_if_due(Instant::now()))
-                {
-                    error!(error = %e, "cannot write headers");
-                }
-            }
+            self.store_headers(&stored);
             let last = stored[stored.len() - 1].1;
             let last_height = self.chain.height_of(&last).unwrap_or(0);
             self.ctx
@@ -875,13 +879,64 @@ impl SyncActorState {
         }
     }
 
+    /// Appends accepted headers to headers.dat (group commit). A failed write (a full disk)
+    /// is reported once; the chain goes on in memory and the file is rewritten from it later.
+    fn store_headers(&mut self, stored: &[(Header, BlockHash)]) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        let result = store
+            .append(stored)
+            .and_then(|_| store.sync_if_due(Instant::now()));
+        if let Err(e) = result {
+            self.on_store_failure(e);
+        }
+    }
+
+    fn on_store_failure(&mut self, e: std::io::Error) {
+        error!(
+            error = %e,
+            height = self.chain.height(),
+            retry_s = STORE_RETRY_INTERVAL.as_secs(),
+            "cannot write headers.dat; headers are kept in memory and the file is rewritten once writing works again"
+        );
+        metrics::counter!("meshd_store_errors_total", "file" => "headers.dat").increment(1);
+        self.store_retry_at = Some(Instant::now() + STORE_RETRY_INTERVAL);
+        self.publish_status();
+    }
+
+    /// Rewrites a failed header file from the chain when its retry is due.
+    fn retry_store(&mut self, now: Instant) {
+        if self.store_retry_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.rewrite(&self.chain) {
+            Ok(()) => {
+                self.store_retry_at = None;
+                info!(
+                    height = self.chain.height(),
+                    "headers.dat rewritten from the chain after a failed write"
+                );
+                self.publish_status();
+            }
+            Err(e) => {
+                debug!(error = %e, "headers.dat still cannot be written");
+                self.store_retry_at = Some(now + STORE_RETRY_INTERVAL);
+            }
+        }
+    }
+
     fn on_tick(&mut self) {
         let now = Instant::now();
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync_if_due(now) {
-                error!(error = %e, "cannot sync headers.dat");
+                self.on_store_failure(e);
             }
         }
+        self.retry_store(now);
         if self.release_memory_at.is_some_and(|at| at <= now) {
             self.release_memory_at = None;
             crate::release_free_memory();
@@ -947,9 +1002,7 @@ impl SyncActorState {
             self.chain
                 .accept(&block.header, now_u32().saturating_add(60))
                 .map_err(|e| format!("generated block refused: {e}"))?;
-            if let Some(store) = self.store.as_mut() {
-                let _ = store.append(&[(block.header, hash)]);
-            }
+            self.store_headers(&[(block.header, hash)]);
             self.keep_and_publish(block, None);
             hashes.push(hash);
         }
@@ -975,6 +1028,7 @@ impl Actor for Sync {
     ) -> Result<SyncActorState, ActorProcessingErr> {
         Ok(SyncActorState {
             release_memory_at: None,
+            store_retry_at: None,
             chain: HeaderChain::new(&ctx.profile),
             ctx,
             store: None,

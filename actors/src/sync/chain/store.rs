@@ -8,6 +8,11 @@
 //! kill -9 in the middle of a write loses at most the record being written, a power loss at
 //! most the unsynced tail, and neither leaves a chain that will not reload. A file with a wrong
 //! header (another network, another format) is refused as a whole: the caller sets it aside.
+//!
+//! A write that fails (a full disk) is cut back to the last whole record, so the file stays
+//! aligned and loadable; the store then stops appending (the chain in memory goes on) and
+//! [`HeaderStore::rewrite`] later writes the whole best chain to a new file (temp, fsync,
+//! rename), which also drops stale forks from the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -61,6 +66,11 @@ pub struct HeaderStore {
     /// Headers written since the last fsync.
     pending: usize,
     last_sync: Instant,
+    /// Bytes of whole records in the file (what a failed write is cut back to).
+    len: u64,
+    /// Why the file is behind the chain (a failed write or sync), if it is.
+    failed: Option<String>,
+    network_magic: [u8; 4],
 }
 
 impl Drop for HeaderStore {
@@ -104,6 +114,9 @@ impl HeaderStore {
                 path: path.to_path_buf(),
                 pending: 0,
                 last_sync: Instant::now(),
+                len: FILE_HEADER_LEN as u64,
+                failed: None,
+                network_magic,
             };
             return Ok((
                 store,
@@ -149,6 +162,9 @@ impl HeaderStore {
                 path: path.to_path_buf(),
                 pending: 0,
                 last_sync: Instant::now(),
+                len: good as u64,
+                failed: None,
+                network_magic,
             },
             LoadReport {
                 loaded,
@@ -158,26 +174,99 @@ impl HeaderStore {
     }
 
     /// Appends accepted headers with their hashes (written, not yet synced: see
-    /// [`sync`](Self::sync)).
+    /// [`sync`](Self::sync)). After a failure nothing is appended until a
+    /// [`rewrite`](Self::rewrite) succeeds (an append after a gap would not load).
     pub fn append(&mut self, headers: &[(Header, BlockHash)]) -> std::io::Result<()> {
+        if self.failed.is_some() {
+            return Ok(());
+        }
         let mut buf = Vec::with_capacity(headers.len() * RECORD_LEN);
         for (h, hash) in headers {
             buf.extend_from_slice(&header_bytes(h));
             buf.extend_from_slice(&hash.as_byte_array()[..4]);
         }
-        self.file.write_all(&buf)?;
+        if let Err(e) = self.file.write_all(&buf) {
+            self.fail(&e);
+            return Err(e);
+        }
+        self.len += buf.len() as u64;
         self.pending += headers.len();
         Ok(())
+    }
+
+    /// Cuts a partly written batch off (so the file stays whole records) and stops appending.
+    fn fail(&mut self, e: &std::io::Error) {
+        let _ = self.file.set_len(self.len);
+        let _ = self.file.seek(SeekFrom::Start(self.len));
+        self.failed = Some(e.to_string());
+        self.pending = 0;
+    }
+
+    /// Why the file is behind the chain in memory, if it is.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.as_deref()
     }
 
     /// Makes appended headers durable.
     pub fn sync(&mut self) -> std::io::Result<()> {
         if self.pending > 0 {
-            self.file.sync_data()?;
+            if let Err(e) = self.file.sync_data() {
+                self.fail(&e);
+                return Err(e);
+            }
             self.pending = 0;
         }
         self.last_sync = Instant::now();
         Ok(())
+    }
+
+    /// Writes `chain`'s best chain to a new file beside this one (fsynced), renames it over
+    /// this one and syncs the directory; on success appending resumes. Stale forks are not
+    /// carried over. On failure the old file stays as it was and the temporary one is removed.
+    pub fn rewrite(&mut self, chain: &HeaderChain) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("dat.tmp");
+        let written = (|| {
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, &mut file);
+            w.write_all(&file_header(self.network_magic))?;
+            for height in 1..=chain.height() {
+                let (Some(h), Some(hash)) =
+                    (chain.header_at_height(height), chain.hash_at_height(height))
+                else {
+                    return Err(std::io::Error::other("best chain has a gap"));
+                };
+                w.write_all(&header_bytes(&h))?;
+                w.write_all(&hash.as_byte_array()[..4])?;
+            }
+            w.flush()?;
+            drop(w);
+            file.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            if let Some(dir) = self.path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+            Ok(file)
+        })();
+        match written {
+            Ok(mut file) => {
+                let len = file.seek(SeekFrom::End(0))?;
+                self.file = file;
+                self.len = len;
+                self.pending = 0;
+                self.failed = None;
+                self.last_sync = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(e)
+            }
+        }
     }
 
     /// Group commit: syncs once [`GROUP_COMMIT_HEADERS`] are pending or the oldest pending
@@ -223,6 +312,37 @@ mod tests {
             parent = h;
         }
         (c, out)
+    }
+
+    #[test]
+    fn a_rewrite_holds_the_best_chain_and_appending_goes_on_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers.dat");
+        let magic = NetworkId::Regtest.profile().magic.to_bytes();
+        let (chain, hs) = build(40);
+        let hashed: Vec<_> = hs.iter().map(|h| (*h, h.block_hash())).collect();
+        {
+            let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+            let (mut store, _) = HeaderStore::open(&path, magic, &mut c).unwrap();
+            // Only the first half made it to disk (as if the disk filled up).
+            store.append(&hashed[..20]).unwrap();
+            store.rewrite(&chain).unwrap();
+            assert!(store.failure().is_none());
+            assert!(!path.with_extension("dat.tmp").exists());
+        }
+        let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+        let (mut store, report) = HeaderStore::open(&path, magic, &mut c).unwrap();
+        assert_eq!((report.loaded, report.truncated_bytes), (40, 0));
+        assert_eq!(c.tip(), chain.tip());
+        // Appends after a rewrite land after its last record.
+        let (_, more) = build(41);
+        let last = more[40];
+        c.accept(&last, u32::MAX / 2).unwrap();
+        store.append(&[(last, last.block_hash())]).unwrap();
+        drop(store);
+        let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+        let (_, report) = HeaderStore::open(&path, magic, &mut c).unwrap();
+        assert_eq!(report.loaded, 41);
     }
 
     #[test]

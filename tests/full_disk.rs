@@ -1,0 +1,138 @@
+//! A full disk: meshd's data directory on a 1 MiB tmpfs that fills up during header sync.
+//! The failed write is reported once, clearly (log, `/v1/sync`'s `store_error`, the
+//! `meshd_header_store_failing` gauge); the node goes on syncing in memory; nothing is
+//! corrupted; and when space returns the file is rewritten from the chain, so a kill -9 and
+//! restart afterwards loads every header. Needs root for the mount (CI is root); elsewhere it
+//! skips with a notice.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{msg, skip_or_fail, Meshd};
+
+const HEADERS: u32 = 60_000;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A tmpfs mounted for the test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {size}");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn header_server() -> (Server, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cache = root.join(format!("target/header-server-{HEADERS}-60s.bin"));
+    let mut child = Command::new("python3")
+        .arg(root.join("tests/peers/header_server.py"))
+        .args(["--headers", &HEADERS.to_string(), "--cache"])
+        .arg(&cache)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs the header server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("server line");
+    let addr = line.split_whitespace().nth(2).expect("address").to_string();
+    (Server(child), addr)
+}
+
+fn wait_metric(node: &Meshd, name: &str, want: f64, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while node.metric(name) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "{name} is {:?}, waited for {want}",
+            node.metric(name)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_full_disk_is_reported_survived_and_recovered_from() {
+    // The effective uid, from the process's own status.
+    let root = std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false);
+    if !root {
+        return skip_or_fail("root, to mount a tmpfs for the data directory");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(dir.path(), "1m") else {
+        return skip_or_fail("mount -t tmpfs");
+    };
+    let (_server, addr) = header_server();
+    let args = ["--connect", addr.as_str(), "--blocks", "none"];
+    let mut node = Meshd::start_in(dir.path(), &args, true);
+    let failed = node.wait_log("write failure", Duration::from_secs(60), |v| {
+        msg(v).starts_with("cannot write headers.dat")
+    });
+    assert_eq!(failed["level"], "ERROR", "{failed}");
+    // Reported once, and visible to operators.
+    wait_metric(&node, "meshd_header_store_failing", 1.0, 10);
+    let sync = node.api_get("/v1/sync");
+    assert!(sync["store_error"].as_str().is_some(), "{sync}");
+    // The chain goes on in memory.
+    wait_metric(&node, "meshd_header_height", f64::from(HEADERS), 60);
+    assert_eq!(
+        node.count_logs(|v| msg(v).starts_with("cannot write headers.dat")),
+        1
+    );
+
+    // Space returns: the file is rewritten from the chain.
+    fs.resize("64m");
+    node.wait_log("rewrite", Duration::from_secs(30), |v| {
+        msg(v).starts_with("headers.dat rewritten")
+    });
+    wait_metric(&node, "meshd_header_store_failing", 0.0, 10);
+    assert!(node.api_get("/v1/sync")["store_error"].is_null());
+
+    // Nothing lost: killed and restarted, it loads every header.
+    node.stop_with("KILL", Duration::from_secs(5));
+    let node = Meshd::start_in(dir.path(), &args, true);
+    let loaded = node.wait_log("chain loaded", Duration::from_secs(30), |v| {
+        msg(v) == "header chain loaded"
+    });
+    assert_eq!(loaded["height"], HEADERS, "{loaded}");
+    drop(node);
+    drop(fs);
+}
