@@ -87,6 +87,52 @@ fn file_header(magic: [u8; 4]) -> Vec<u8> {
     v
 }
 
+/// Reads a header file's bytes into `chain`: checks the file header, then takes records
+/// until the first that is short, fails its hash check or is refused by the chain. Returns
+/// the length of the good prefix (file header and whole accepted records) and the number of
+/// headers loaded. Pure, for the loader and its fuzz target.
+pub fn load_records(
+    bytes: &[u8],
+    network_magic: [u8; 4],
+    chain: &mut HeaderChain,
+) -> Result<(usize, usize), StoreError> {
+    let expected = file_header(network_magic);
+    if bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN] != expected[..] {
+        return Err(StoreError::BadFileHeader);
+    }
+    let mut good = FILE_HEADER_LEN;
+    let mut loaded = 0;
+    for record in bytes[FILE_HEADER_LEN..].chunks(RECORD_LEN) {
+        if record.len() < RECORD_LEN {
+            break;
+        }
+        let Ok(h) = deserialize::<Header>(&record[..80]) else {
+            break;
+        };
+        let hash = h.block_hash();
+        if hash.as_byte_array()[..4] != record[80..] {
+            break;
+        }
+        // Times were checked when the header first came in; do not refuse it now because the
+        // clock moved (a header "from the future" then is from the past now).
+        if chain.accept_hashed(&h, hash, u32::MAX).is_err() {
+            break;
+        }
+        good += RECORD_LEN;
+        loaded += 1;
+    }
+    Ok((good, loaded))
+}
+
+/// The file header (magic, format version, network) a header file of `network_magic` starts
+/// with.
+pub fn file_header_bytes(network_magic: [u8; 4]) -> Vec<u8> {
+    file_header(network_magic)
+}
+
+/// Bytes per record: the header, then the first four bytes of its hash.
+pub const RECORD_BYTES: usize = RECORD_LEN;
+
 impl HeaderStore {
     /// Opens (or creates) the file and loads it into `chain`.
     pub fn open(
@@ -126,30 +172,7 @@ impl HeaderStore {
                 },
             ));
         }
-        if bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN] != expected[..] {
-            return Err(StoreError::BadFileHeader);
-        }
-        let mut good = FILE_HEADER_LEN;
-        let mut loaded = 0;
-        for record in bytes[FILE_HEADER_LEN..].chunks(RECORD_LEN) {
-            if record.len() < RECORD_LEN {
-                break;
-            }
-            let Ok(h) = deserialize::<Header>(&record[..80]) else {
-                break;
-            };
-            let hash = h.block_hash();
-            if hash.as_byte_array()[..4] != record[80..] {
-                break;
-            }
-            // Times were checked when the header first came in; do not refuse it now because
-            // the clock moved (a header "from the future" then is from the past now).
-            if chain.accept_hashed(&h, hash, u32::MAX).is_err() {
-                break;
-            }
-            good += RECORD_LEN;
-            loaded += 1;
-        }
+        let (good, loaded) = load_records(&bytes, network_magic, chain)?;
         let truncated = (bytes.len() - good) as u64;
         if truncated > 0 {
             file.set_len(good as u64)?;
