@@ -464,3 +464,32 @@ async fn connect_and_close_churn_at_a_thousand_a_second_for_ten_seconds() {
     println!("hostile_suite churn_1000_per_s_10_s: reasons {reasons:?}");
     case.node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_killed_in_the_middle_of_a_message_leave_nothing_behind() {
+    let mut case = start_case(|_| {}).await;
+    let reasons = run("killed_mid_message_x100", &mut case, |addr| async move {
+        let headers: Vec<Header> = (0..2_000)
+            .map(|i| header(BlockHash::all_zeros(), i))
+            .collect();
+        let full = Message::Network(NetworkMessage::Headers(headers))
+            .encode(meshd_actors::network::NetworkId::Regtest.profile().magic);
+        for i in 0..100usize {
+            let mut p = handshaked(addr).await;
+            // Header and part of the payload, then the process "dies": the socket closes
+            // (half of them with a reset, as a killed process's would with unread data).
+            let cut = 24 + (i * 1601) % (full.len() - 24);
+            p.send_raw(&full[..cut]).await;
+            if i % 2 == 0 {
+                let _ = p.stream.set_linger(Some(Duration::ZERO));
+            }
+            drop(p);
+        }
+    })
+    .await;
+    let closed = reasons.get("peer_closed").copied().unwrap_or(0)
+        + reasons.get("io_error").copied().unwrap_or(0);
+    // The honest peer's own close is counted too.
+    assert!(closed >= 100, "{reasons:?}");
+    case.node.shutdown().await;
+}
