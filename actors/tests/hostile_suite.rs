@@ -481,7 +481,7 @@ async fn peers_killed_in_the_middle_of_a_message_leave_nothing_behind() {
             let cut = 24 + (i * 1601) % (full.len() - 24);
             p.send_raw(&full[..cut]).await;
             if i % 2 == 0 {
-                let _ = p.stream.set_linger(Some(Duration::ZERO));
+                let _ = socket2::SockRef::from(&p.stream).set_linger(Some(Duration::ZERO));
             }
             drop(p);
         }
