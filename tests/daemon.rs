@@ -88,6 +88,25 @@ fn unknown_config_key_is_refused_with_its_name() {
 }
 
 #[test]
+fn a_data_dir_in_use_is_one_clear_error_and_exit_2() {
+    let first = Meshd::start(&[]);
+    let out = Command::new(meshd_bin())
+        .arg("--datadir")
+        .arg(first.datadir.as_path())
+        .args(["--no-metrics", "--no-api", "--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run meshd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with("meshd: error: data directory") && lines[0].contains("in use"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn port_in_use_is_a_clean_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
