@@ -40,6 +40,18 @@ impl RawPeer {
         }
     }
 
+    /// A peer over a socket we accepted (the node dialled us).
+    pub fn from_stream(stream: TcpStream) -> RawPeer {
+        stream.set_nodelay(true).unwrap();
+        let p = NetworkId::Regtest.profile();
+        RawPeer {
+            stream,
+            magic: p.magic,
+            decoder: FrameDecoder::new(p.magic, p.limits),
+            pending: Vec::new(),
+        }
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().unwrap()
     }
