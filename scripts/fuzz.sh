@@ -6,12 +6,23 @@
 # fuzz/artifacts/<target>/ (keep it as a regression test).
 #   scripts/fuzz.sh [SECONDS]          fuzz each target for SECONDS
 #   scripts/fuzz.sh --minimize         shrink the stored corpora (cargo fuzz cmin)
+#   scripts/fuzz.sh --grow SECONDS     fuzz each target's stored corpus in place for SECONDS,
+#                                      then minimise it (the long runs in RELIABILITY.md)
 # A normal run leaves the stored corpus untouched (it fuzzes a scratch copy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
 targets=(frame_decoder message_decode handshake header_chain stun_response state_file v2_transport header_store)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
+if [ "${1:-}" = "--grow" ]; then
+  for t in "${targets[@]}"; do
+    echo "== fuzz $t for ${2:-600}s, growing corpus/$t" >&2
+    cargo fuzz run "$t" "corpus/$t" -- -max_total_time="${2:-600}" -rss_limit_mb=2048 \
+      -print_final_stats=1
+    cargo fuzz cmin "$t" "corpus/$t"
+  done
+  exit 0
+fi
 if [ "${1:-}" = "--minimize" ]; then
   for t in "${targets[@]}"; do
     cargo fuzz cmin "$t" "corpus/$t"
