@@ -279,10 +279,7 @@ pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<Socket
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| {
-        let msg = e.message().to_string();
-        ConfigError(format!("config file {}: {msg}", path.display()))
-    })
+    parse_file(&text).map_err(|e| ConfigError(format!("config file {}: {}", path.display(), e.0)))
 }
 
 /// Merges flags over the file over the defaults.
@@ -291,6 +288,16 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
         Some(path) => read_file(path)?,
         None => FileConfig::default(),
     };
+    resolve_with(args, file)
+}
+
+/// Parses a config file's text (what `--config` reads).
+pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError(e.message().to_string()))
+}
+
+/// Merges flags over an already parsed file over the defaults.
+pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, ConfigError> {
     let network_name = args
         .network
         .clone()
