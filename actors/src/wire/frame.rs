@@ -315,6 +315,19 @@ impl std::fmt::Debug for ListReader {
     }
 }
 
+/// What the rules say of a message from its command and length (see
+/// `FrameDecoder::admission`).
+enum Admission {
+    /// Read it whole.
+    Whole,
+    /// Read it as a list of fixed-size items.
+    List { item_len: usize, max_items: usize },
+    /// A command nothing reads: skip it, reporting it as skipped.
+    Ignored,
+    /// Invalid in a way that keeps the stream in sync: skip it and report this error.
+    Refused(FrameError),
+}
+
 /// A payload being read past.
 #[derive(Debug)]
 struct Skipping {
@@ -412,57 +425,17 @@ impl FrameDecoder {
         payload: Vec<u8>,
         wire_len: usize,
     ) -> Result<Frame, FrameError> {
-        let length = payload.len() as u32;
-        let limit = self.limit_for(&command);
-        if length > limit {
-            return Err(FrameError::Oversized {
-                command,
-                length,
-                limit,
-            });
-        }
-        if command.as_str() == "block" {
-            match self.blocks_expected {
-                Some(0) => return Err(FrameError::Unrequested { command, length }),
-                Some(n) => self.blocks_expected = Some(n - 1),
-                None => {}
-            }
-        }
-        if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
-            return Err(FrameError::TxTooLarge {
-                length,
-                max: self.limits.relayed_tx,
-            });
-        }
-        let shape = payload_shape(command.as_str());
-        let extent = match shape {
-            PayloadShape::Ignored => Extent::Skipped,
-            PayloadShape::Bounded(max) if length > max => {
-                return Err(FrameError::Overlong {
-                    command,
-                    length,
-                    max,
-                })
-            }
-            PayloadShape::Items { .. } if length > shape.max_len() => {
-                return Err(FrameError::Overlong {
-                    command,
-                    length,
-                    max: shape.max_len(),
-                })
-            }
-            _ => Extent::Whole,
+        let (extent, payload) = match self.admission(command, payload.len() as u32)? {
+            Admission::Refused(err) => return Err(err),
+            Admission::Ignored => (Extent::Skipped, Vec::new()),
+            Admission::List { .. } | Admission::Whole => (Extent::Whole, payload),
         };
         if command.as_str() == "verack" {
             self.pre_handshake = false;
         }
         Ok(Frame {
             command,
-            payload: if extent == Extent::Skipped {
-                Vec::new()
-            } else {
-                payload
-            },
+            payload,
             extent,
             wire_len,
         })
@@ -658,6 +631,57 @@ impl FrameDecoder {
         err
     }
 
+    /// What the rules say of a message from its command and length alone (shared by v1
+    /// headers and v2 packets). `Err` is fatal: a length above the command's limit.
+    fn admission(&mut self, command: Command, length: u32) -> Result<Admission, FrameError> {
+        let limit = self.limit_for(&command);
+        if length > limit {
+            return Err(FrameError::Oversized {
+                command,
+                length,
+                limit,
+            });
+        }
+        if command.as_str() == "block" {
+            match self.blocks_expected {
+                Some(0) => {
+                    return Ok(Admission::Refused(FrameError::Unrequested {
+                        command,
+                        length,
+                    }))
+                }
+                Some(n) => self.blocks_expected = Some(n - 1),
+                None => {}
+            }
+        }
+        if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
+            return Ok(Admission::Refused(FrameError::TxTooLarge {
+                length,
+                max: self.limits.relayed_tx,
+            }));
+        }
+        let shape = payload_shape(command.as_str());
+        let max = shape.max_len();
+        Ok(match shape {
+            PayloadShape::Ignored => Admission::Ignored,
+            PayloadShape::Bounded(_) | PayloadShape::Items { .. } if length > max => {
+                Admission::Refused(FrameError::Overlong {
+                    command,
+                    length,
+                    max,
+                })
+            }
+            PayloadShape::Items {
+                item_len,
+                max_items,
+            } => Admission::List {
+                item_len,
+                max_items,
+            },
+            PayloadShape::Bounded(_) | PayloadShape::Content => Admission::Whole,
+        })
+    }
+
     /// What to do with the payload that follows `header`, and a (non-fatal) error to report
     /// at once if it is to be skipped as invalid.
     fn parse_header(
@@ -668,14 +692,7 @@ impl FrameDecoder {
         raw.copy_from_slice(&header[4..16]);
         let command = Command::from_wire(raw).ok_or(FrameError::MalformedCommand { raw })?;
         let length = u32::from_le_bytes([header[16], header[17], header[18], header[19]]);
-        let limit = self.limit_for(&command);
-        if length > limit {
-            return Err(FrameError::Oversized {
-                command,
-                length,
-                limit,
-            });
-        }
+        let admission = self.admission(command, length)?;
         let mut checksum = [0u8; 4];
         checksum.copy_from_slice(&header[20..24]);
         let skip = |report| Skipping {
@@ -684,61 +701,29 @@ impl FrameDecoder {
             wire_len: FRAME_HEADER_LEN,
             report,
         };
-        let overlong = |max| {
-            (
-                Pending::Skip(skip(false)),
-                Some(FrameError::Overlong {
-                    command,
-                    length,
-                    max,
-                }),
-            )
-        };
-        if command.as_str() == "block" {
-            match self.blocks_expected {
-                Some(0) => {
-                    let err = FrameError::Unrequested { command, length };
-                    return Ok((Pending::Skip(skip(false)), Some(err)));
-                }
-                Some(n) => self.blocks_expected = Some(n - 1),
-                None => {}
-            }
-        }
-        if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
-            let err = FrameError::TxTooLarge {
-                length,
-                max: self.limits.relayed_tx,
-            };
-            return Ok((Pending::Skip(skip(false)), Some(err)));
-        }
-        Ok(match payload_shape(command.as_str()) {
-            PayloadShape::Ignored => (Pending::Skip(skip(true)), None),
-            PayloadShape::Bounded(max) if length > max => overlong(max),
-            shape @ PayloadShape::Items {
+        Ok(match admission {
+            Admission::Refused(err) => (Pending::Skip(skip(false)), Some(err)),
+            Admission::Ignored => (Pending::Skip(skip(true)), None),
+            Admission::List {
                 item_len,
                 max_items,
             } => {
-                let max = shape.max_len();
-                if length > max {
-                    overlong(max)
-                } else {
-                    let list = ListReader {
-                        command,
-                        item_len,
-                        max_items,
-                        checksum,
-                        remaining: length as usize,
-                        engine: sha256d::Hash::engine(),
-                        count_bytes: [0; 9],
-                        count_filled: 0,
-                        count: None,
-                        part: Vec::new(),
-                        part_wire_len: FRAME_HEADER_LEN,
-                    };
-                    (Pending::List(list), None)
-                }
+                let list = ListReader {
+                    command,
+                    item_len,
+                    max_items,
+                    checksum,
+                    remaining: length as usize,
+                    engine: sha256d::Hash::engine(),
+                    count_bytes: [0; 9],
+                    count_filled: 0,
+                    count: None,
+                    part: Vec::new(),
+                    part_wire_len: FRAME_HEADER_LEN,
+                };
+                (Pending::List(list), None)
             }
-            PayloadShape::Bounded(_) | PayloadShape::Content => (
+            Admission::Whole => (
                 Pending::Whole(PendingPayload {
                     command,
                     length: length as usize,
