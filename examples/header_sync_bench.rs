@@ -11,9 +11,7 @@
 //! (defaults 200,000 and 5). Set `HEADER_SYNC_BENCH_PAUSE=1` to wait for Enter before the
 //! runs (attach `perf record -p PID` meanwhile).
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshd_actors::config::NodeConfig;
@@ -21,35 +19,9 @@ use meshd_actors::events::{EventKind, NodeEvent};
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::Node;
 
-/// The Python peer, killed when dropped.
-struct Server(std::process::Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server(headers: u32) -> (Server, SocketAddr, String) {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cache = root.join(format!("target/header-server-{headers}-60s.bin"));
-    let mut child = Command::new("python3")
-        .arg(root.join("tests/peers/header_server.py"))
-        .args(["--headers", &headers.to_string(), "--cache"])
-        .arg(&cache)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the header server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("server line");
-    // "listening on 127.0.0.1:PORT tip HASH"
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let addr = words[2].parse().expect("server address");
-    (Server(child), addr, words[4].to_string())
-}
+#[allow(dead_code)]
+#[path = "../tests/common/header_server.rs"]
+mod header_server;
 
 async fn one_run(server: SocketAddr, headers: u32, tip: &str, dir: &std::path::Path) -> Duration {
     let mut c = NodeConfig::new(NetworkId::Regtest, dir.to_path_buf());
@@ -96,7 +68,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let headers: u32 = args.next().map_or(200_000, |a| a.parse().expect("HEADERS"));
     let runs: u32 = args.next().map_or(5, |a| a.parse().expect("RUNS"));
-    let (_server, addr, tip) = start_server(headers);
+    let server = header_server::start(headers).expect("python3 runs the header server");
+    let (addr, tip) = (server.addr, server.tip.clone());
     if std::env::var_os("HEADER_SYNC_BENCH_PAUSE").is_some() {
         eprintln!("pid {}: press Enter to start", std::process::id());
         let mut line = String::new();

@@ -9,8 +9,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::address::Address;
@@ -26,39 +24,6 @@ const KILLS: usize = 20;
 /// 300 KiB/s the 500 ms bound comes first (about 1,900 headers), plus the batch in hand.
 const UNFLUSHED_TAIL: f64 = 5_000.0;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn header_server() -> Option<(Server, String)> {
-    let python = Command::new("python3").arg("--version").output();
-    if python.is_err() {
-        skip_or_fail("python3 (the header-serving peer)");
-        return None;
-    }
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cache = root.join(format!("target/header-server-{HEADERS}-60s.bin"));
-    let mut child = Command::new("python3")
-        .arg(root.join("tests/peers/header_server.py"))
-        .args(["--headers", &HEADERS.to_string(), "--cache"])
-        .arg(&cache)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the header server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("server line");
-    // "listening on 127.0.0.1:PORT tip HASH"
-    let addr = line.split_whitespace().nth(2).expect("address").to_string();
-    Some((Server(child), addr))
-}
-
 /// A small deterministic generator for the kill moments (no dependency needed).
 fn next_delay(state: &mut u64) -> Duration {
     *state ^= *state << 13;
@@ -69,9 +34,10 @@ fn next_delay(state: &mut u64) -> Duration {
 
 #[test]
 fn twenty_kill_9s_during_header_sync_each_restart_clean() {
-    let Some((_server, addr)) = header_server() else {
-        return;
+    let Some(server) = common::header_server::start(HEADERS) else {
+        return skip_or_fail("python3 (the header-serving peer)");
     };
+    let addr = server.addr.to_string();
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "--connect",

@@ -7,23 +7,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{msg, skip_or_fail, Meshd};
 
 const HEADERS: u32 = 60_000;
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A tmpfs mounted for the test, unmounted when dropped.
 struct Tmpfs(PathBuf);
@@ -54,24 +44,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn header_server() -> (Server, String) {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let cache = root.join(format!("target/header-server-{HEADERS}-60s.bin"));
-    let mut child = Command::new("python3")
-        .arg(root.join("tests/peers/header_server.py"))
-        .args(["--headers", &HEADERS.to_string(), "--cache"])
-        .arg(&cache)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs the header server");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("server line");
-    let addr = line.split_whitespace().nth(2).expect("address").to_string();
-    (Server(child), addr)
-}
-
 fn wait_metric(node: &Meshd, name: &str, want: f64, secs: u64) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while node.metric(name) != Some(want) {
@@ -100,7 +72,10 @@ fn a_full_disk_is_reported_survived_and_recovered_from() {
     let Some(fs) = Tmpfs::mount(dir.path(), "1m") else {
         return skip_or_fail("mount -t tmpfs");
     };
-    let (_server, addr) = header_server();
+    let Some(server) = common::header_server::start(HEADERS) else {
+        return skip_or_fail("python3 (the header-serving peer)");
+    };
+    let addr = server.addr.to_string();
     let args = ["--connect", addr.as_str(), "--blocks", "none"];
     let mut node = Meshd::start_in(dir.path(), &args, true);
     let failed = node.wait_log("write failure", Duration::from_secs(60), |v| {

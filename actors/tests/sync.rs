@@ -119,38 +119,7 @@ async fn a_transaction_crosses_the_mesh() {
         nodes[1].peers().len() == 2 && nodes[2].peers().len() == 1
     })
     .await;
-    // Relay starts once each Sync knows its peers (the Manager announces them).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while [
-        nodes[0].sync_peers().await.len(),
-        nodes[1].sync_peers().await.len(),
-        nodes[2].sync_peers().await.len(),
-    ] != [1, 2, 1]
-    {
-        assert!(Instant::now() < deadline, "Sync never learned its peers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
-    let block =
-        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000, 0);
-    // A transaction spending that block's coinbase (a coinbase itself is never relayed).
-    let mut tx = block.txdata[0].clone();
-    tx.input[0].previous_output = bitcoin::OutPoint::new(block.txdata[0].compute_txid(), 0);
-    tx.input[0].script_sig = bitcoin::ScriptBuf::new();
-    let txid = tx.compute_txid();
-    assert!(nodes[0].submit_tx(tx));
-    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-        Ok(Ok(e)) => assert!(
-            matches!(&e.event, NodeEvent::TxReceived { txid: t, .. } if *t == txid.to_string())
-        ),
-        other => panic!(
-            "transaction did not reach the far end: {other:?}; pools {:?}",
-            nodes
-                .iter()
-                .map(|n| n.sync_status().tx_pool)
-                .collect::<Vec<_>>()
-        ),
-    }
+    common::tx_crosses_a_line(&nodes).await;
     for n in nodes {
         n.shutdown().await;
     }

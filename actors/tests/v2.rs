@@ -150,30 +150,7 @@ async fn nodes_speak_v2_both_ways_and_relay_headers_and_a_transaction() {
     .await;
 
     // A transaction crosses them too.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while [
-        nodes[0].sync_peers().await.len(),
-        nodes[1].sync_peers().await.len(),
-        nodes[2].sync_peers().await.len(),
-    ] != [1, 2, 1]
-    {
-        assert!(Instant::now() < deadline, "Sync never learned its peers");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
-    let block =
-        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000, 0);
-    let mut tx = block.txdata[0].clone();
-    tx.input[0].previous_output = bitcoin::OutPoint::new(block.txdata[0].compute_txid(), 0);
-    tx.input[0].script_sig = bitcoin::ScriptBuf::new();
-    let txid = tx.compute_txid();
-    assert!(nodes[0].submit_tx(tx));
-    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
-        Ok(Ok(e)) => assert!(
-            matches!(&e.event, NodeEvent::TxReceived { txid: t, .. } if *t == txid.to_string())
-        ),
-        other => panic!("transaction did not cross: {other:?}"),
-    }
+    common::tx_crosses_a_line(&nodes).await;
     for n in nodes {
         n.shutdown().await;
     }

@@ -29,7 +29,8 @@ use crate::wire::v2::{
 };
 use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
 
-/// Bytes read at once during the v2 key exchange (the peer's garbage is at most 4 KiB).
+/// Bytes read at once during the v2 key exchange: the peer's garbage is at most 4 KiB, so
+/// one read takes it; the buffer lives only while the exchange does.
 const NEGOTIATION_READ: usize = 4096;
 
 /// How the connection's transport is to be settled.
@@ -300,15 +301,14 @@ pub(super) async fn reader(args: ReaderArgs) {
         let expected = blocks.get();
         decoder.rules().set_blocks_expected(expected);
         let read = if let Some(bytes) = first {
-            // Already read: frame it before reading the socket.
+            // Read during the negotiation: framed (and paced) first, as if just read.
             deframe(&mut decoder, &bytes, &mut frames);
-            Err(std::io::ErrorKind::Interrupted.into())
+            Ok(bytes.len())
         } else {
             read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames)
         };
         blocks.settled(expected - decoder.rules().blocks_expected().unwrap_or(expected));
         let n = match read {
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
             Ok(0) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
                 return;

@@ -207,30 +207,45 @@ impl AsyncPeer {
     }
 }
 
-/// Whether the env says we run in CI (where skipping is not allowed).
-pub fn in_ci() -> bool {
-    std::env::var("CI")
-        .map(|v| !v.is_empty() && v != "false" && v != "0")
-        .unwrap_or(false)
-}
+#[path = "../../../tests/common/skip.rs"]
+mod skip;
+#[allow(unused_imports)]
+pub use skip::{in_ci, skip_or_fail};
 
-/// Prints a loud skip notice (outside CI) or fails (in CI). The notice is also appended to
-/// the file named by `MESHD_SKIP_LOG`, which `scripts/test.sh` prints as a summary at the end.
-pub fn skip_or_fail(why: &str) {
-    if in_ci() {
-        panic!("required test dependency missing in CI: {why}");
+/// Sends a transaction across a line of three nodes: waits until each node's Sync knows its
+/// peers (relay starts then: the Manager announces them), submits at the first a transaction
+/// spending a regtest block's coinbase (a coinbase itself is never relayed), and waits for
+/// the last to receive it.
+pub async fn tx_crosses_a_line(nodes: &[Node]) {
+    use meshd_actors::events::{EventKind, NodeEvent};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [
+        nodes[0].sync_peers().await.len(),
+        nodes[1].sync_peers().await.len(),
+        nodes[2].sync_peers().await.len(),
+    ] != [1, 2, 1]
+    {
+        assert!(Instant::now() < deadline, "Sync never learned its peers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("\n!!! SKIPPED: {why}");
-    eprintln!("!!! run scripts/test.sh (it installs test dependencies) to run this test\n");
-    if let Ok(path) = std::env::var("MESHD_SKIP_LOG") {
-        use std::io::Write;
-        let test = std::thread::current().name().unwrap_or("?").to_string();
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "{test}: {why}");
-        }
+    let mut rx = nodes[2].subscribe_to(&[EventKind::TxReceived]);
+    let block =
+        meshd_actors::sync::mine::regtest_block(&nodes[0].profile().genesis, 1, 1_700_000_000, 0);
+    let mut tx = block.txdata[0].clone();
+    tx.input[0].previous_output = bitcoin::OutPoint::new(block.txdata[0].compute_txid(), 0);
+    tx.input[0].script_sig = bitcoin::ScriptBuf::new();
+    let txid = tx.compute_txid();
+    assert!(nodes[0].submit_tx(tx));
+    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+        Ok(Ok(e)) => assert!(
+            matches!(&e.event, NodeEvent::TxReceived { txid: t, .. } if *t == txid.to_string())
+        ),
+        other => panic!(
+            "transaction did not reach the far end: {other:?}; pools {:?}",
+            nodes
+                .iter()
+                .map(|n| n.sync_status().tx_pool)
+                .collect::<Vec<_>>()
+        ),
     }
 }
