@@ -23,7 +23,7 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
 use bitcoin::p2p::ServiceFlags;
 use bitcoin::{BlockHash, CompactTarget, TxMerkleNode};
-use common::{config, version_message, AsyncPeer, Seen};
+use common::{config, handshaked, version_message, AsyncPeer, Seen};
 use meshd_actors::events::{EventKind, EventStream, NodeEvent};
 use meshd_actors::node::Node;
 use meshd_actors::wire::Message;
@@ -195,12 +195,6 @@ fn header(prev: BlockHash, nonce: u32) -> Header {
         bits: CompactTarget::from_consensus(0x207f_ffff),
         nonce,
     }
-}
-
-async fn handshaked(addr: SocketAddr) -> AsyncPeer {
-    let mut p = AsyncPeer::connect(addr).await.unwrap();
-    assert!(p.handshake().await);
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -676,6 +676,10 @@ impl V2Decoder {
     }
 }
 
+/// Largest scratch buffer an encoder keeps between frames: one served block must not leave a
+/// block's worth of memory behind in every idle peer.
+const MAX_KEPT_SCRATCH: usize = 64 * 1024;
+
 /// Encrypts an established session's outgoing frames.
 pub struct V2Encoder {
     cipher: OutboundCipher,
@@ -715,8 +719,7 @@ impl V2Encoder {
         let _ = self
             .cipher
             .encrypt(&self.scratch, &mut out, PacketType::Genuine, None);
-        if self.scratch.capacity() > 64 * 1024 {
-            // Do not keep a block's worth of scratch per idle peer.
+        if self.scratch.capacity() > MAX_KEPT_SCRATCH {
             self.scratch = Vec::new();
         }
         out

@@ -60,13 +60,18 @@ pub async fn wait_peers(
     }
 }
 
+/// A raw peer through its handshake with the node at `addr`.
+pub async fn handshaked(addr: SocketAddr) -> AsyncPeer {
+    let mut p = AsyncPeer::connect(addr).await.expect("connect");
+    assert!(p.handshake().await, "handshake");
+    p
+}
+
 /// `n` raw peers, each through its handshake with the node at `addr`.
 pub async fn handshaked_peers(addr: SocketAddr, n: usize) -> Vec<AsyncPeer> {
     let mut peers = Vec::with_capacity(n);
     for _ in 0..n {
-        let mut p = AsyncPeer::connect(addr).await.expect("connect");
-        assert!(p.handshake().await, "handshake");
-        peers.push(p);
+        peers.push(handshaked(addr).await);
     }
     peers
 }
