@@ -58,14 +58,7 @@ fn wait_metric(node: &Meshd, name: &str, want: f64, secs: u64) {
 
 #[test]
 fn a_full_disk_is_reported_survived_and_recovered_from() {
-    // The effective uid, from the process's own status.
-    let root = std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false);
-    if !root {
+    if !common::is_root() {
         return skip_or_fail("root, to mount a tmpfs for the data directory");
     }
     let dir = tempfile::tempdir().unwrap();

@@ -76,18 +76,9 @@ impl Drop for Lab {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
-
 #[test]
 fn outbound_peers_restart_through_a_partition_and_recover_their_slot() {
-    if !is_root() {
+    if !common::is_root() {
         return skip_or_fail("root, for network namespaces");
     }
     let Some(lab) = Lab::new() else {
