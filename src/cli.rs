@@ -146,6 +146,7 @@ pub struct RunArgs {
     pub no_listen: bool,
 
     /// Dial ADDR and keep it connected (repeatable); manual peers skip the services check.
+    /// An onion name (`NAME.onion:PORT`) is dialled through --onion or --proxy.
     #[arg(long, value_name = "ADDR")]
     pub connect: Vec<String>,
 
@@ -371,6 +372,40 @@ pub struct RunArgs {
     /// [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub v2transport: Option<bool>,
+
+    /// SOCKS5 proxy for every outbound connection, `[USER:PASSWORD@]HOST:PORT` (Core's
+    /// -proxy). DNS seeds are then not looked up locally.
+    #[arg(long, value_name = "ADDR")]
+    pub proxy: Option<String>,
+
+    /// SOCKS5 proxy for onion peers only, `[USER:PASSWORD@]HOST:PORT` (Core's -onion).
+    /// [default: the --proxy]
+    #[arg(long, value_name = "ADDR")]
+    pub onion: Option<String>,
+
+    /// Random proxy credentials per connection, so Tor gives each peer its own circuit
+    /// (Core's -proxyrandomize). [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub proxy_randomize: Option<bool>,
+
+    /// Make outbound connections only to this network (repeatable): ipv4, ipv6, onion,
+    /// i2p, cjdns (Core's -onlynet). [default: every network with a route]
+    #[arg(long, value_name = "NET")]
+    pub onlynet: Vec<String>,
+
+    /// Tor's control port, for an onion service taking inbound peers (Core's -torcontrol).
+    /// [default: 127.0.0.1:9051, used when it answers]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub torcontrol: Option<String>,
+
+    /// Password for Tor's control port (otherwise cookie authentication).
+    #[arg(long, value_name = "PASSWORD")]
+    pub torpassword: Option<String>,
+
+    /// Create an onion service for inbound peers through Tor's control port (Core's
+    /// -listenonion). [default: true]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub listenonion: Option<bool>,
 
     /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
     #[arg(long, value_name = "DURATION")]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::p2p::ServiceFlags;
-use meshd_actors::config::NodeConfig;
+use meshd_actors::config::{NodeConfig, ProxyConfig};
+use meshd_actors::discovery::overlay::{Network, OverlayAddr, OverlayParseError};
 use meshd_actors::network::NetworkId;
 use serde::Deserialize;
 
@@ -109,6 +110,13 @@ pub struct FileConfig {
     no_trickle: Option<bool>,
     sync_stall_timeout: Option<FileDuration>,
     minimum_chain_work: Option<String>,
+    proxy: Option<String>,
+    onion: Option<String>,
+    proxy_randomize: Option<bool>,
+    onlynet: Option<Vec<String>>,
+    torcontrol: Option<String>,
+    torpassword: Option<String>,
+    listenonion: Option<bool>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -275,6 +283,57 @@ pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<Socket
     ))
 }
 
+/// Tor's default control port.
+const DEFAULT_TOR_CONTROL_PORT: u16 = 9051;
+
+/// Parses a peer: an IP endpoint, or an onion or I2P name with a port (its internal address
+/// is returned and the name added to `overlays`).
+pub fn parse_peer(
+    key: &str,
+    text: &str,
+    default_port: u16,
+    overlays: &mut Vec<OverlayAddr>,
+) -> Result<SocketAddr, ConfigError> {
+    let t = text.trim();
+    let (host, port) = match t.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => match p.parse::<u16>() {
+            Ok(port) => (h, port),
+            Err(_) => return err(format!("{key}: bad port in {text:?}")),
+        },
+        _ => (t, default_port),
+    };
+    match OverlayAddr::parse_host(host) {
+        Ok(o) => {
+            if !overlays.contains(&o) {
+                overlays.push(o);
+            }
+            Ok(o.internal(port))
+        }
+        Err(OverlayParseError::NotOverlay) => parse_endpoint(key, text, default_port),
+        Err(e) => err(format!("{key}: {text:?}: {e}")),
+    }
+}
+
+/// Parses a SOCKS5 proxy, `[USER:PASSWORD@]HOST:PORT`.
+pub fn parse_proxy(key: &str, text: &str) -> Result<ProxyConfig, ConfigError> {
+    let t = text.trim();
+    let (credentials, endpoint) = match t.rsplit_once('@') {
+        Some((cred, endpoint)) => match cred.split_once(':') {
+            Some((u, p)) if !u.is_empty() && u.len() <= 255 && p.len() <= 255 => {
+                (Some((u.to_string(), p.to_string())), endpoint)
+            }
+            _ => {
+                return err(format!(
+                    "{key}: credentials must be USER:PASSWORD, each 1 to 255 bytes"
+                ))
+            }
+        },
+        None => (None, t),
+    };
+    let addr = parse_endpoint(key, endpoint, 9050)?;
+    Ok(ProxyConfig { addr, credentials })
+}
+
 /// Reads and parses a config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -363,9 +422,10 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
             .map(|l| parse_endpoint("listen", l, profile.default_port))
             .collect::<Result<_, _>>()?
     };
+    node.overlay_peers = Vec::new();
     node.connect = pick(&args.connect, &file.connect)
         .iter()
-        .map(|c| parse_endpoint("connect", c, profile.default_port))
+        .map(|c| parse_peer("connect", c, profile.default_port, &mut node.overlay_peers))
         .collect::<Result<_, _>>()?;
 
     node.handshake_timeout = duration!(handshake_timeout, node.handshake_timeout);
@@ -403,7 +463,7 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     }
     node.addnode = pick(&args.addnode, &file.addnode)
         .iter()
-        .map(|c| parse_endpoint("addnode", c, profile.default_port))
+        .map(|c| parse_peer("addnode", c, profile.default_port, &mut node.overlay_peers))
         .collect::<Result<_, _>>()?;
     if let Some(v) = args.max_outbound.or(file.max_outbound) {
         node.slots.outbound = v;
@@ -498,6 +558,39 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
     node.v2transport = args.v2transport.or(file.v2transport).unwrap_or(true);
     node.sync_stall_timeout = duration!(sync_stall_timeout, node.sync_stall_timeout);
+    let proxy = |key: &str, v: Option<String>| v.map(|t| parse_proxy(key, &t)).transpose();
+    node.proxy = proxy("proxy", args.proxy.clone().or(file.proxy.clone()))?;
+    node.onion_proxy = proxy("onion", args.onion.clone().or(file.onion.clone()))?;
+    node.proxy_randomize = args
+        .proxy_randomize
+        .or(file.proxy_randomize)
+        .unwrap_or(true);
+    node.onlynet = Vec::new();
+    for net in pick(&args.onlynet, &file.onlynet) {
+        match Network::parse(&net) {
+            Some(n) if !node.onlynet.contains(&n) => node.onlynet.push(n),
+            Some(_) => {}
+            None => {
+                return err(format!(
+                    "onlynet: unknown network {net:?} (ipv4, ipv6, onion, i2p, cjdns)"
+                ))
+            }
+        }
+    }
+    if node.onlynet.contains(&Network::Onion) && node.onion_route().is_none() {
+        return err("onlynet: onion needs --onion or --proxy (a SOCKS5 proxy such as Tor)");
+    }
+    if node.onlynet.contains(&Network::I2p) {
+        return err("onlynet: i2p is not supported (meshd opens no I2P SAM session)");
+    }
+    node.tor_control = args
+        .torcontrol
+        .clone()
+        .or(file.torcontrol.clone())
+        .map(|t| parse_endpoint("torcontrol", &t, DEFAULT_TOR_CONTROL_PORT))
+        .transpose()?;
+    node.tor_password = args.torpassword.clone().or(file.torpassword.clone());
+    node.listen_onion = args.listenonion.or(file.listenonion).unwrap_or(true);
     if let Some(hex) = args
         .minimum_chain_work
         .clone()

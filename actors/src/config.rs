@@ -14,6 +14,7 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
+use crate::discovery::overlay::{Network, OverlayAddr};
 use crate::manager::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::manager::restart::RestartPolicy;
 use crate::manager::slots::SlotLimits;
@@ -124,6 +125,35 @@ pub struct NodeConfig {
     /// NODE_P2P_V2, accepted inbound, tried outbound. BTC networks only: BSV has no BIP324
     /// and stays v1 whatever this says (see [`NodeConfig::v2_enabled`]).
     pub v2transport: bool,
+    /// SOCKS5 proxy for every outbound connection (`--proxy`, Core's `-proxy`).
+    pub proxy: Option<ProxyConfig>,
+    /// SOCKS5 proxy for onion peers (`--onion`; `None`: the proxy).
+    pub onion_proxy: Option<ProxyConfig>,
+    /// Fresh random proxy credentials per connection, so Tor isolates each peer on its own
+    /// circuit (`--proxy-randomize`, default on).
+    pub proxy_randomize: bool,
+    /// Networks automatic and manual outbound connections may use (`--onlynet`; empty:
+    /// every network with a route).
+    pub onlynet: Vec<Network>,
+    /// Names of the onion and I2P peers among `connect` and `addnode` (their entries there
+    /// are the internal addresses, see [`crate::discovery::overlay`]).
+    pub overlay_peers: Vec<OverlayAddr>,
+    /// Tor's control port, for the inbound onion service (`--torcontrol`).
+    pub tor_control: Option<SocketAddr>,
+    /// Password for Tor's control port (`--torpassword`; otherwise cookie authentication).
+    pub tor_password: Option<String>,
+    /// Create an onion service for inbound peers through the control port
+    /// (`--listenonion`, default on).
+    pub listen_onion: bool,
+}
+
+/// A SOCKS5 proxy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Fixed credentials (`USER:PASSWORD@HOST:PORT`); they take the place of random ones.
+    pub credentials: Option<(String, String)>,
 }
 
 /// Default limit on one STUN transaction (RFC 5389 retransmissions fit 3 sends in it).
@@ -260,7 +290,50 @@ impl NodeConfig {
             minimum_chain_work: None,
             whitelist: Vec::new(),
             v2transport: true,
+            proxy: None,
+            onion_proxy: None,
+            proxy_randomize: true,
+            onlynet: Vec::new(),
+            overlay_peers: Vec::new(),
+            tor_control: None,
+            tor_password: None,
+            listen_onion: true,
         }
+    }
+
+    /// The proxy onion peers are reached through: `--onion`, else `--proxy`.
+    pub fn onion_route(&self) -> Option<&ProxyConfig> {
+        self.onion_proxy.as_ref().or(self.proxy.as_ref())
+    }
+
+    /// Whether outbound connections may go to `network`: it is allowed by `--onlynet` and
+    /// has a route (onion: a proxy; I2P: never, meshd opens no SAM session; CJDNS: only when
+    /// `--onlynet cjdns` says the host routes it, as Core's `-cjdnsreachable`).
+    pub fn reachable(&self, network: Network) -> bool {
+        let allowed = self.onlynet.is_empty() || self.onlynet.contains(&network);
+        allowed
+            && match network {
+                Network::Ipv4 | Network::Ipv6 => true,
+                Network::Onion => self.onion_route().is_some(),
+                Network::I2p => false,
+                Network::Cjdns => self.onlynet.contains(&Network::Cjdns),
+            }
+    }
+
+    /// Every network [`NodeConfig::reachable`] says yes to.
+    pub fn reachable_networks(&self) -> Vec<Network> {
+        Network::ALL
+            .into_iter()
+            .filter(|n| self.reachable(*n))
+            .collect()
+    }
+
+    /// The name of a configured onion or I2P peer, by its internal address.
+    pub fn overlay_peer(&self, addr: SocketAddr) -> Option<OverlayAddr> {
+        self.overlay_peers
+            .iter()
+            .copied()
+            .find(|o| o.internal_ip() == addr.ip())
     }
 
     /// Whether this node speaks BIP324 v2: asked for, and on a BTC network.

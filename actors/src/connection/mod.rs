@@ -21,6 +21,7 @@
 pub mod bandwidth;
 mod io;
 pub mod listener;
+pub mod proxy;
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
@@ -47,6 +48,7 @@ use crate::constants::{
 };
 use crate::context::{unix_now, NodeContext};
 use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
+use crate::discovery::overlay::OverlayAddr;
 use crate::events::NodeEvent;
 use crate::manager::misbehavior;
 use crate::manager::peers::{PeerId, PeerState};
@@ -92,6 +94,8 @@ pub struct ConnectionArgs {
     pub(crate) ctx: Arc<NodeContext>,
     /// Outbound: open with the BIP324 v2 key exchange. Inbound: accept v2 as well as v1.
     pub(crate) v2: bool,
+    /// The onion, I2P or CJDNS address `addr` stands for.
+    pub(crate) overlay: Option<OverlayAddr>,
 }
 
 /// The Connection's state; handed to the Manager in the termination event.
@@ -107,6 +111,8 @@ pub struct ConnectionState {
     transport: Option<Transport>,
     /// Whether v2 is tried (outbound) or accepted (inbound).
     v2: bool,
+    /// The onion, I2P or CJDNS address `addr` stands for.
+    overlay: Option<OverlayAddr>,
     /// The transport settled on, once it is.
     transport_kind: Option<TransportKind>,
     handshake: Handshake,
@@ -230,7 +236,13 @@ impl Actor for Connection {
             args.direction,
             args.manual,
             nonce,
-            args.addr,
+            // Onion and I2P peers are told nothing of their internal address (Core sends
+            // zeros for addresses `version` cannot carry).
+            if args.overlay.is_some() {
+                SocketAddr::from(([0, 0, 0, 0], 0))
+            } else {
+                args.addr
+            },
             None,
             now,
             config.handshake_timeout,
@@ -248,6 +260,7 @@ impl Actor for Connection {
             permit: Some(args.permit),
             transport: Some(args.transport),
             v2: args.v2,
+            overlay: args.overlay,
             transport_kind: None,
             handshake,
             ping: None,
@@ -302,15 +315,31 @@ impl Actor for Connection {
                 }
             }
             Some(Transport::Dial) => {
-                let addr = state.addr;
                 let timeout = config.connect_timeout;
-                let me = myself.clone();
+                let route = proxy::route(&config, state.addr, state.overlay.as_ref());
+                let (me, peer, id) = (myself.clone(), state.peer_name(), state.id);
                 state.timers.push(tokio::spawn(async move {
-                    let result = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await
-                    {
-                        Ok(Ok(s)) => Ok(s),
-                        Ok(Err(e)) => Err(DisconnectReason::ConnectFailed(e.to_string())),
-                        Err(_) => Err(DisconnectReason::ConnectTimeout),
+                    let result = match route {
+                        Err(no_route) => Err(DisconnectReason::NoRoute(no_route)),
+                        Ok(proxy::Route::Direct(addr)) => {
+                            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                                Ok(Ok(s)) => Ok(s),
+                                Ok(Err(e)) => Err(DisconnectReason::ConnectFailed(e.to_string())),
+                                Err(_) => Err(DisconnectReason::ConnectTimeout),
+                            }
+                        }
+                        Ok(proxy::Route::Socks5 {
+                            proxy,
+                            target,
+                            randomize,
+                        }) => proxy::connect(&proxy, &target, randomize, timeout)
+                            .await
+                            .map_err(|e| {
+                                warn!(peer = %peer, id = %id, proxy = %proxy.addr, error = %e, "connection through the proxy failed");
+                                metrics::counter!("meshd_proxy_errors_total", "kind" => e.kind())
+                                    .increment(1);
+                                DisconnectReason::Proxy(e)
+                            }),
                     };
                     let _ = me.cast(ConnectionMsg::Dialed(result));
                 }));
@@ -811,6 +840,7 @@ fn on_inbound_message(
                 .filter_map(|(time, a)| {
                     a.socket_addr().ok().map(|addr| GossipAddr {
                         addr,
+                        overlay: None,
                         services: a.services.to_u64(),
                         time: *time,
                     })
@@ -823,9 +853,15 @@ fn on_inbound_message(
             let addrs: Vec<GossipAddr> = list
                 .iter()
                 .filter_map(|m| {
-                    // Only IP networks can be dialled; Tor, I2P and CJDNS entries are skipped.
-                    m.socket_addr().ok().map(|addr| GossipAddr {
+                    // Tor v3, I2P and CJDNS are kept under their internal addresses; Tor v2
+                    // and unknown networks are dropped, as Core drops them.
+                    let (addr, overlay) = match OverlayAddr::from_addrv2(&m.addr) {
+                        Some(o) => (o.internal(m.port), Some(o)),
+                        None => (m.socket_addr().ok()?, None),
+                    };
+                    Some(GossipAddr {
                         addr,
+                        overlay,
                         services: m.services.to_u64(),
                         time: m.time,
                     })
@@ -1178,6 +1214,13 @@ fn to_sync(state: &mut ConnectionState, input: SyncInput) {
     }
 }
 
+impl ConnectionState {
+    /// The peer as operators know it: its onion or I2P name, else its address.
+    fn peer_name(&self) -> String {
+        crate::discovery::overlay::display_addr(self.addr, self.overlay.as_ref())
+    }
+}
+
 /// Average interval between advertisements of our own address to one peer (Core:
 /// `AVG_LOCAL_ADDRESS_BROADCAST_INTERVAL`, 24 h), drawn from an exponential distribution so
 /// peers cannot line our advertisements up.
@@ -1192,6 +1235,7 @@ fn advertise_self(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         .iter()
         .map(|a| GossipAddr {
             addr: *a,
+            overlay: None,
             services,
             time: now,
         })
@@ -1244,18 +1288,21 @@ fn send_addrs(state: &mut ConnectionState, addrs: &[GossipAddr]) -> Result<(), D
                     .map(|a| AddrV2Message {
                         time: a.time,
                         services: ServiceFlags::from(a.services),
-                        addr: match a.addr.ip() {
-                            IpAddr::V4(v4) => AddrV2::Ipv4(v4),
-                            IpAddr::V6(v6) => AddrV2::Ipv6(v6),
+                        addr: match (a.overlay, a.addr.ip()) {
+                            (Some(o), _) => o.to_addrv2(),
+                            (None, IpAddr::V4(v4)) => AddrV2::Ipv4(v4),
+                            (None, IpAddr::V6(v6)) => AddrV2::Ipv6(v6),
                         },
                         port: a.addr.port(),
                     })
                     .collect(),
             )
         } else {
+            // `addr` cannot carry onion, I2P or CJDNS addresses (BIP155).
             NetworkMessage::Addr(
                 chunk
                     .iter()
+                    .filter(|a| a.overlay.is_none())
                     .map(|a| {
                         (
                             a.time,
@@ -1265,6 +1312,9 @@ fn send_addrs(state: &mut ConnectionState, addrs: &[GossipAddr]) -> Result<(), D
                     .collect(),
             )
         };
+        if matches!(&msg, NetworkMessage::Addr(list) if list.is_empty()) {
+            continue;
+        }
         send(state, &Message::Network(msg))?;
     }
     Ok(())

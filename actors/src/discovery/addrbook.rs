@@ -32,6 +32,7 @@ use bitcoin::hashes::{sha256, Hash, HashEngine};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use super::overlay::{Network, OverlayAddr};
 use crate::manager::bans::canonical;
 use crate::manager::eviction::netgroup;
 
@@ -89,6 +90,53 @@ pub struct AddrEntry {
     pub source: IpAddr,
     /// Table it is in.
     pub table: Table,
+    /// The onion, I2P or CJDNS address `addr` stands for (see [`super::overlay`]).
+    pub overlay: Option<OverlayAddr>,
+}
+
+/// An entry as format version 1 of `peers.dat` kept it (before overlay addresses).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddrEntryV1 {
+    addr: SocketAddr,
+    services: u64,
+    last_seen: u64,
+    last_try: Option<u64>,
+    attempts: u32,
+    last_success: Option<u64>,
+    source: IpAddr,
+    table: Table,
+}
+
+/// Format version 1 of `peers.dat`, read once and rewritten as the current version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddrBookFileV1 {
+    key: [u8; 32],
+    distinct_local_groups: bool,
+    entries: Vec<AddrEntryV1>,
+}
+
+impl From<AddrBookFileV1> for AddrBookFile {
+    fn from(f: AddrBookFileV1) -> AddrBookFile {
+        AddrBookFile {
+            key: f.key,
+            distinct_local_groups: f.distinct_local_groups,
+            entries: f
+                .entries
+                .into_iter()
+                .map(|e| AddrEntry {
+                    addr: e.addr,
+                    services: e.services,
+                    last_seen: e.last_seen,
+                    last_try: e.last_try,
+                    attempts: e.attempts,
+                    last_success: e.last_success,
+                    source: e.source,
+                    table: e.table,
+                    overlay: None,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// The persisted form: the key and the entries; buckets are recomputed on load.
@@ -107,6 +155,8 @@ pub struct AddrBook {
     entries: HashMap<SocketAddr, AddrEntry>,
     slots: HashMap<(Table, u32, u32), SocketAddr>,
     positions: HashMap<SocketAddr, (Table, u32, u32)>,
+    /// Networks `select` may pick from (those with a route: see `--onlynet`, `--onion`).
+    reachable: Vec<Network>,
 }
 
 /// Whether an address is loopback, private or link-local (not reachable from the Internet).
@@ -134,12 +184,28 @@ impl AddrBook {
             entries: HashMap::new(),
             slots: HashMap::new(),
             positions: HashMap::new(),
+            reachable: vec![Network::Ipv4, Network::Ipv6],
         }
+    }
+
+    /// Sets the networks `select` may pick addresses from; the others stay in the book
+    /// (and are gossiped) but are not dialled.
+    pub fn set_reachable(&mut self, networks: Vec<Network>) {
+        self.reachable = networks;
+    }
+
+    /// The network of an entry's address.
+    fn network_of(e: &AddrEntry) -> Network {
+        e.overlay
+            .map_or_else(|| Network::of_ip(e.addr.ip()), |o| o.network())
     }
 
     /// The network group of `ip` under this book's rules.
     pub fn group(&self, ip: IpAddr) -> Vec<u8> {
         let ip = canonical(ip);
+        if Network::of_ip(ip).is_overlay() {
+            return netgroup(ip);
+        }
         if self.distinct_local_groups && is_local_or_private(ip) {
             let mut g = vec![0xff];
             match ip {
@@ -228,10 +294,27 @@ impl AddrBook {
         false
     }
 
-    /// Adds an address heard from `source`. Returns true if it is new to the book.
+    /// Adds an IP address heard from `source`. Returns true if it is new to the book.
+    /// Addresses in the internal onion and I2P ranges are refused: they stand for a name
+    /// and come in through [`AddrBook::add_overlay`].
     pub fn add(
         &mut self,
         addr: SocketAddr,
+        services: u64,
+        last_seen: u64,
+        source: IpAddr,
+        now: u64,
+    ) -> bool {
+        if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) {
+            return false;
+        }
+        self.insert(addr, None, services, last_seen, source, now)
+    }
+
+    fn insert(
+        &mut self,
+        addr: SocketAddr,
+        overlay: Option<OverlayAddr>,
         services: u64,
         last_seen: u64,
         source: IpAddr,
@@ -255,6 +338,7 @@ impl AddrBook {
             last_success: None,
             source,
             table: Table::New,
+            overlay,
         };
         if Self::is_terrible(&entry, now) {
             return false;
@@ -274,6 +358,29 @@ impl AddrBook {
         self.entries.insert(addr, entry);
         self.place(addr, slot);
         true
+    }
+
+    /// Adds an onion, I2P or CJDNS address heard from `source`, under its internal address.
+    /// Returns true if it is new to the book.
+    pub fn add_overlay(
+        &mut self,
+        overlay: OverlayAddr,
+        port: u16,
+        services: u64,
+        last_seen: u64,
+        source: IpAddr,
+        now: u64,
+    ) -> bool {
+        let addr = overlay.internal(port);
+        self.insert(addr, Some(overlay), services, last_seen, source, now)
+    }
+
+    /// Adds an address as gossip carries it.
+    pub fn add_gossip(&mut self, a: &GossipAddr, source: IpAddr, now: u64) -> bool {
+        match a.overlay {
+            Some(o) => self.add_overlay(o, a.addr.port(), a.services, a.time as u64, source, now),
+            None => self.add(a.addr, a.services, a.time as u64, source, now),
+        }
     }
 
     /// Records a connection attempt.
@@ -356,7 +463,9 @@ impl AddrBook {
         busy_groups: &HashSet<Vec<u8>>,
     ) -> Option<SocketAddr> {
         let eligible = |e: &&AddrEntry| {
-            !exclude.contains(&e.addr) && !busy_groups.contains(&self.group(e.addr.ip()))
+            !exclude.contains(&e.addr)
+                && !busy_groups.contains(&self.group(e.addr.ip()))
+                && self.reachable.contains(&Self::network_of(e))
         };
         let tried: Vec<&AddrEntry> = self
             .entries
@@ -465,7 +574,18 @@ impl AddrBook {
         for e in file.entries {
             let tried = e.table == Table::Tried;
             let addr = e.addr;
-            if book.add(addr, e.services, e.last_seen, e.source, now) {
+            let added = match e.overlay {
+                // The internal address is recomputed from the name, so a file cannot pair
+                // a name with another's address.
+                Some(o) => book.add_overlay(o, addr.port(), e.services, e.last_seen, e.source, now),
+                // An internal onion or I2P address without its name cannot be dialled.
+                None if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) => {
+                    false
+                }
+                None => book.add(addr, e.services, e.last_seen, e.source, now),
+            };
+            let addr = e.overlay.map_or(addr, |o| o.internal(addr.port()));
+            if added {
                 if let Some(slot) = book.entries.get_mut(&addr) {
                     slot.last_try = e.last_try;
                     slot.attempts = e.attempts;
@@ -489,8 +609,10 @@ impl AddrBook {
 /// An address as gossip carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GossipAddr {
-    /// The address.
+    /// The address (internal, for an overlay address).
     pub addr: SocketAddr,
+    /// The onion, I2P or CJDNS address `addr` stands for.
+    pub overlay: Option<OverlayAddr>,
     /// Services.
     pub services: u64,
     /// Last seen, unix seconds.
@@ -501,6 +623,7 @@ impl From<&AddrEntry> for GossipAddr {
     fn from(e: &AddrEntry) -> GossipAddr {
         GossipAddr {
             addr: e.addr,
+            overlay: e.overlay,
             services: e.services,
             time: e.last_seen.min(u32::MAX as u64) as u32,
         }

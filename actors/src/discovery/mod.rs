@@ -10,6 +10,7 @@
 //! never awaits the network in a handler.
 
 pub mod addrbook;
+pub mod overlay;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -187,6 +188,11 @@ impl Actor for DnsDiscovery {
         let config = state.ctx.config();
         if config.dns_seeds.is_empty() {
             info!("DNS seeding off (no seeds for this network, or --no-dns-seed)");
+            return Ok(());
+        }
+        if config.proxy.is_some() {
+            // A lookup outside the proxy would tell the resolver who runs this node.
+            info!("DNS seeding off: --proxy is set and seeds are not looked up outside it");
             return Ok(());
         }
         match build_resolver(&config.dns_servers) {

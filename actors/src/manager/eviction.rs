@@ -19,6 +19,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::discovery::overlay::Network;
 use crate::manager::bans::canonical;
 use crate::manager::peers::PeerId;
 
@@ -44,11 +45,23 @@ pub struct EvictionCandidate {
 }
 
 /// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
-/// form one "local" group.
+/// form one "local" group; onion, I2P and CJDNS addresses form sixteen groups per network
+/// (by four bits of the address, as Core groups them).
 pub fn netgroup(ip: IpAddr) -> Vec<u8> {
     let ip = canonical(ip);
     if ip.is_loopback() || ip.is_unspecified() {
         return vec![0];
+    }
+    if let IpAddr::V6(v6) = ip {
+        let o = v6.octets();
+        // BIP155 network ids; the internal address's bits after the prefix (a hash of the
+        // key for onion and I2P, the address itself for CJDNS).
+        match Network::of_ip(ip) {
+            Network::Onion => return vec![4, o[6] >> 4],
+            Network::I2p => return vec![5, o[6] >> 4],
+            Network::Cjdns => return vec![6, o[1] >> 4],
+            Network::Ipv4 | Network::Ipv6 => {}
+        }
     }
     match ip {
         IpAddr::V4(v4) => {

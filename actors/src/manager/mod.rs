@@ -48,7 +48,8 @@ use tracing::{debug, error, info, warn};
 use crate::connection::{Connection, ConnectionArgs, ConnectionState, Transport};
 use crate::constants::SHUTDOWN_PEER_TIMEOUT;
 use crate::context::{unix_now, NodeContext};
-use crate::discovery::addrbook::{AddrBook, AddrBookFile, GossipAddr};
+use crate::discovery::overlay::OverlayAddr;
+use crate::discovery::addrbook::{AddrBook, AddrBookFile, AddrBookFileV1, GossipAddr};
 use crate::events::NodeEvent;
 use crate::manager::bans::{BanEntry, BanList, BanReason};
 use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate};
@@ -71,7 +72,9 @@ const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// File kind and format version of the address book.
 const ADDRBOOK_KIND: [u8; 4] = *b"ADDR";
-const ADDRBOOK_VERSION: u16 = 1;
+/// Version 2 added overlay addresses (onion, I2P, CJDNS) to entries; version 1 files are
+/// read and rewritten as version 2.
+const ADDRBOOK_VERSION: u16 = 2;
 
 /// How long a getaddr answer is reused (Core: 21–27 h, so repeated getaddrs cannot map
 /// our book).
@@ -160,6 +163,15 @@ impl ManagerState {
             .any(|c| c.addr == addr && c.direction == Direction::Outbound)
     }
 
+    /// The onion, I2P or CJDNS name behind an internal address: from the address book, or
+    /// from the configured manual peers.
+    fn overlay_of(&self, addr: SocketAddr) -> Option<OverlayAddr> {
+        self.book
+            .get(&addr)
+            .and_then(|e| e.overlay)
+            .or_else(|| self.ctx.config().overlay_peer(addr))
+    }
+
     async fn spawn(
         &mut self,
         myself: &ActorRef<ManagerMsg>,
@@ -174,7 +186,12 @@ impl ManagerState {
             kind,
             Some(OutboundKind::Persistent) | Some(OutboundKind::OneTry)
         );
+        let overlay = match direction {
+            Direction::Outbound => self.overlay_of(addr),
+            Direction::Inbound => None,
+        };
         let mut info = PeerInfo::new(id, addr, direction, manual);
+        info.overlay = overlay;
         info.connection_type = match kind {
             None => "inbound",
             Some(OutboundKind::Persistent) => "manual",
@@ -207,6 +224,7 @@ impl ManagerState {
             manager: myself.clone(),
             ctx: self.ctx.clone(),
             v2,
+            overlay,
         };
         match Actor::spawn_linked(None, Connection, args, myself.get_cell()).await {
             Ok((actor, _join)) => {
@@ -376,8 +394,7 @@ impl ManagerState {
             if self.ctx.own_addrs.contains(&a.addr) {
                 continue;
             }
-            self.book
-                .add(a.addr, a.services, a.time as u64, source, now);
+            self.book.add_gossip(a, source, now);
             if relayable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
                 fresh.push(*a);
             }
@@ -806,7 +823,13 @@ fn seed_source(seed: &str) -> IpAddr {
 pub(crate) fn load_addrbook(datadir: &std::path::Path, distinct_local_groups: bool) -> AddrBook {
     let path = datadir.join("peers.dat");
     let fresh = || AddrBook::new(rand::random(), distinct_local_groups);
-    match persist::load::<AddrBookFile>(&path, ADDRBOOK_KIND, ADDRBOOK_VERSION) {
+    let loaded = match persist::load::<AddrBookFile>(&path, ADDRBOOK_KIND, ADDRBOOK_VERSION) {
+        Err(persist::PersistError::UnsupportedVersion { found: 1, .. }) => {
+            persist::load::<AddrBookFileV1>(&path, ADDRBOOK_KIND, 1).map(|f| f.map(Into::into))
+        }
+        other => other,
+    };
+    match loaded {
         Ok(Some(f)) => AddrBook::from_file(f, distinct_local_groups, now_unix()),
         Ok(None) => fresh(),
         Err(e) => {
@@ -885,6 +908,7 @@ impl Actor for Manager {
         // The book is loaded here, not in pre_start, which runs inside the spawner's await.
         let config = state.ctx.config();
         state.book = load_addrbook(&config.datadir, config.distinct_local_groups);
+        state.book.set_reachable(config.reachable_networks());
         state.publish_book_counts();
         info!(addresses = state.book.len(), "address book loaded");
         myself.send_interval(UPKEEP_INTERVAL, || ManagerMsg::Upkeep);
@@ -950,7 +974,14 @@ impl Actor for Manager {
                     .filter(|c| c.direction == Direction::Outbound)
                     .map(|c| c.addr);
                 if let (Some(addr), Some(info)) = (outbound, state.ctx.peers.get(id)) {
-                    state.book.good(&addr, info.services, now_unix());
+                    let now = now_unix();
+                    if let (None, Some(o)) = (state.book.get(&addr), info.overlay) {
+                        // A manual onion peer: remembered under its name, like any other.
+                        state
+                            .book
+                            .add_overlay(o, addr.port(), info.services, now, addr.ip(), now);
+                    }
+                    state.book.good(&addr, info.services, now);
                     state.publish_book_counts();
                 }
             }

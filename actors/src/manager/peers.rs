@@ -2,6 +2,7 @@
 //! rows) and each Connection actor (which keeps its own row current). Readers (the admin API,
 //! an embedding program) take snapshots without asking any actor.
 
+use crate::discovery::overlay::{Network, OverlayAddr};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -103,6 +104,9 @@ pub struct PeerInfo {
     pub transport: &'static str,
     /// BIP324 session id in hex (empty for v1), as Core's getpeerinfo shows it.
     pub session_id: String,
+    /// The onion, I2P or CJDNS address `addr` stands for (see
+    /// [`crate::discovery::overlay`]).
+    pub overlay: Option<OverlayAddr>,
     /// When the connection started (monotonic; for uptime and eviction).
     #[serde(skip)]
     pub connected_at: Instant,
@@ -115,6 +119,17 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// The address as operators know it: the full onion or I2P name, else `addr`.
+    pub fn address(&self) -> String {
+        crate::discovery::overlay::display_addr(self.addr, self.overlay.as_ref())
+    }
+
+    /// The network the peer is on.
+    pub fn network(&self) -> Network {
+        self.overlay
+            .map_or_else(|| Network::of_ip(self.addr.ip()), |o| o.network())
+    }
+
     /// A fresh row for a connection that is just starting.
     pub fn new(id: PeerId, addr: SocketAddr, direction: Direction, manual: bool) -> PeerInfo {
         PeerInfo {
@@ -148,6 +163,7 @@ impl PeerInfo {
             ping_wait: None,
             misbehavior: 0,
             transport: "v1",
+            overlay: None,
             session_id: String::new(),
             connected_at: Instant::now(),
             last_block_at: None,

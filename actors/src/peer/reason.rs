@@ -1,6 +1,7 @@
 //! Why a connection ended: one typed reason per exit path, logged with the peer and counted.
 
 use super::HandshakeError;
+use crate::connection::proxy::{NoRoute, ProxyError};
 use crate::wire::v2::V2Error;
 use crate::wire::{FrameError, PayloadError};
 
@@ -13,6 +14,12 @@ pub enum DisconnectReason {
     /// The TCP connect did not finish in time.
     #[error("connect timed out")]
     ConnectTimeout,
+    /// The SOCKS5 proxy could not give us the peer.
+    #[error("{0}")]
+    Proxy(ProxyError),
+    /// No route to the peer's network (`--onlynet`, no proxy for onion).
+    #[error("{0}")]
+    NoRoute(NoRoute),
     /// The peer closed the connection.
     #[error("peer closed the connection")]
     PeerClosed,
@@ -66,6 +73,8 @@ impl DisconnectReason {
         match self {
             DisconnectReason::ConnectFailed(_) => "connect_failed",
             DisconnectReason::ConnectTimeout => "connect_timeout",
+            DisconnectReason::Proxy(e) => e.kind(),
+            DisconnectReason::NoRoute(_) => "no_route",
             DisconnectReason::PeerClosed => "peer_closed",
             DisconnectReason::Io(_) => "io_error",
             DisconnectReason::Frame(e) => e.kind(),

@@ -110,6 +110,12 @@ impl Actor for Stun {
             info!("STUN off (no servers for this network, or --no-stun)");
             return Ok(());
         }
+        if config.proxy.is_some() {
+            // STUN is UDP, which a SOCKS5 CONNECT proxy cannot carry: it would reveal our
+            // address to the STUN server.
+            info!("STUN off: --proxy is set");
+            return Ok(());
+        }
         state.timer = Some(myself.send_interval(config.stun_interval, || StunMsg::Probe));
         let _ = myself.cast(StunMsg::Probe);
         Ok(())
