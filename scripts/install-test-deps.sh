@@ -7,7 +7,8 @@
 #   - prometheus and promtool, and systemd-analyze, for the deploy/ checks;
 #   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh);
 #   - btclib_secp256k1 and cryptography from PyPI for the independent BIP324 peer
-#     (tests/peers/v2peer.py).
+#     (tests/peers/v2peer.py);
+#   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests).
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -29,6 +30,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# Proxies: microsocks for SOCKS5, tor (offline) for the control port and onion services.
+command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
+command -v tor >/dev/null 2>&1 || need_apt+=(tor)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from apt" >&2
   apt-get update -qq

@@ -115,7 +115,9 @@ fn secs(d: Option<Duration>) -> Value {
 fn peer_json(node: &Node, p: &PeerInfo) -> Value {
     json!({
         "id": p.id.0,
-        "address": p.addr.to_string(),
+        // Onion and I2P peers in full (their internal address is never shown).
+        "address": p.address(),
+        "network": p.network().name(),
         "local_address": p.local_addr.map(|a| a.to_string()),
         "direction": p.direction.as_str(),
         "connection_type": p.connection_type,
@@ -154,7 +156,15 @@ fn dur(d: Duration) -> String {
 
 /// The configuration as JSON, keys named as the flags.
 pub fn config_json(c: &NodeConfig) -> Value {
-    let list = |v: &[SocketAddr]| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let list = |v: &[SocketAddr]| {
+        v.iter()
+            .map(|a| {
+                meshd_actors::discovery::overlay::display_addr(*a, c.overlay_peer(*a).as_ref())
+            })
+            .collect::<Vec<_>>()
+    };
+    // Credentials are never shown.
+    let proxy = |p: Option<&meshd_actors::config::ProxyConfig>| p.map(|p| p.addr.to_string());
     json!({
         "network": c.network.name(),
         "datadir": c.datadir.display().to_string(),
@@ -180,6 +190,13 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "ban-duration": dur(c.ban_duration),
         "ban-local-peers": c.ban_local_peers,
         "v2transport": c.v2_enabled(),
+        "proxy": proxy(c.proxy.as_ref()),
+        "onion": proxy(c.onion_route()),
+        "proxy-randomize": c.proxy_randomize,
+        "onlynet": c.onlynet.iter().map(|n| n.name()).collect::<Vec<_>>(),
+        "reachable": c.reachable_networks().iter().map(|n| n.name()).collect::<Vec<_>>(),
+        "torcontrol": c.tor_control.map(|a| a.to_string()),
+        "listenonion": c.listen_onion,
         "restart-base-delay": dur(c.restart.base_delay),
         "restart-max-delay": dur(c.restart.max_delay),
         "restart-max": c.restart.max_restarts,

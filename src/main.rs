@@ -4,6 +4,9 @@
 //! Exit codes: 0 after a graceful stop; 2 for bad flags, a bad config file or an environment
 //! problem found at start (port in use, data dir locked); 1 when the node stops by itself.
 
+// The config's JSON (api::config_json) is one large json! literal.
+#![recursion_limit = "256"]
+
 mod api;
 mod cli;
 mod client;

@@ -579,9 +579,7 @@ impl AddrBook {
                 // a name with another's address.
                 Some(o) => book.add_overlay(o, addr.port(), e.services, e.last_seen, e.source, now),
                 // An internal onion or I2P address without its name cannot be dialled.
-                None if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) => {
-                    false
-                }
+                None if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) => false,
                 None => book.add(addr, e.services, e.last_seen, e.source, now),
             };
             let addr = e.overlay.map_or(addr, |o| o.internal(addr.port()));

@@ -178,7 +178,11 @@ impl OverlayAddr {
     /// The host name a proxy is asked for (`<56 chars>.onion`, `<52 chars>.b32.i2p`), or the
     /// CJDNS IPv6 address.
     pub fn host(&self) -> String {
-        let b32 = |bytes: &[u8]| data_encoding::BASE32_NOPAD.encode(bytes).to_ascii_lowercase();
+        let b32 = |bytes: &[u8]| {
+            data_encoding::BASE32_NOPAD
+                .encode(bytes)
+                .to_ascii_lowercase()
+        };
         match self {
             OverlayAddr::Onion(key) => {
                 let mut raw = Vec::with_capacity(35);
@@ -328,9 +332,18 @@ mod tests {
 
     #[test]
     fn networks_of_internal_and_plain_addresses() {
-        assert_eq!(Network::of_ip("203.0.113.1".parse().unwrap()), Network::Ipv4);
-        assert_eq!(Network::of_ip("::ffff:1.2.3.4".parse().unwrap()), Network::Ipv4);
-        assert_eq!(Network::of_ip("2001:db8::1".parse().unwrap()), Network::Ipv6);
+        assert_eq!(
+            Network::of_ip("203.0.113.1".parse().unwrap()),
+            Network::Ipv4
+        );
+        assert_eq!(
+            Network::of_ip("::ffff:1.2.3.4".parse().unwrap()),
+            Network::Ipv4
+        );
+        assert_eq!(
+            Network::of_ip("2001:db8::1".parse().unwrap()),
+            Network::Ipv6
+        );
         assert_eq!(Network::of_ip("fc00::1".parse().unwrap()), Network::Cjdns);
         let i2p = OverlayAddr::I2p([7; 32]);
         assert_eq!(Network::of_ip(i2p.internal_ip()), Network::I2p);

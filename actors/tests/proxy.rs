@@ -1,0 +1,424 @@
+//! Outbound connections through SOCKS5 proxies over real loopback sockets.
+//!
+//! - microsocks (Debian's): meshd nodes reach each other through it, without and with
+//!   username/password authentication; wrong credentials and a proxy that is down give
+//!   `proxy_auth_failed` and `proxy_unreachable`.
+//! - `tests/peers/socks5_proxy.py` (our own, standard library): it logs the credentials of
+//!   each request, so stream isolation (fresh random credentials per connection) is checked
+//!   from its log; it resolves names only it knows, standing in for Tor and onion names, so
+//!   an onion address gossiped to meshd over addrv2 is kept, relayed to addrv2 peers only,
+//!   dialled *by name* through the proxy, shown in full, and survives a restart; its hostile
+//!   modes (wrong version, closed mid-handshake, truncated address) give typed errors.
+//!
+//! microsocks and python3 are installed by `scripts/install-test-deps.sh`; outside CI a
+//! missing one skips with a notice, in CI it fails.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::address::{AddrV2, AddrV2Message};
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::ServiceFlags;
+use common::{config, AsyncPeer, Seen};
+use meshd_actors::config::ProxyConfig;
+use meshd_actors::discovery::overlay::{Network, OverlayAddr};
+use meshd_actors::events::{EventKind, EventStream, NodeEvent};
+use meshd_actors::manager::peers::{PeerInfo, PeerState};
+use meshd_actors::node::Node;
+use meshd_actors::wire::Message;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn connectable(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "proxy on {port} never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// microsocks on a free loopback port, with `user:password` if given.
+async fn microsocks(auth: Option<(&str, &str)>) -> Option<(Child, u16)> {
+    let Some(path) = ["/usr/bin/microsocks", "/usr/local/bin/microsocks"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+    else {
+        common::skip_or_fail("microsocks (Debian package microsocks), the SOCKS5 proxy");
+        return None;
+    };
+    let port = free_port();
+    let mut cmd = Command::new(path);
+    cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some((u, p)) = auth {
+        cmd.args(["-u", u, "-P", p]);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("microsocks");
+    connectable(port).await;
+    Some((child, port))
+}
+
+/// Our logging proxy (`tests/peers/socks5_proxy.py`) with `args`; its log goes to `log`.
+async fn logging_proxy(log: &Path, args: &[String]) -> Option<(Child, u16)> {
+    if !std::process::Command::new("python3")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        common::skip_or_fail("python3 (the logging SOCKS5 proxy)");
+        return None;
+    }
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/socks5_proxy.py");
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg("--log")
+        .arg(log)
+        .args(args)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("proxy started")
+        .expect("read")
+        .expect("a port line")
+        .trim()
+        .parse()
+        .expect("a port");
+    Some((child, port))
+}
+
+fn proxy_at(port: u16, credentials: Option<(&str, &str)>) -> ProxyConfig {
+    ProxyConfig {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        credentials: credentials.map(|(u, p)| (u.to_string(), p.to_string())),
+    }
+}
+
+fn connected(peers: &[PeerInfo]) -> Vec<&PeerInfo> {
+    peers
+        .iter()
+        .filter(|p| p.state == PeerState::Connected)
+        .collect()
+}
+
+/// The reason kind of the next failed or lost connection.
+async fn next_failure(events: &mut EventStream, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(e)) => match &e.event {
+                NodeEvent::ConnectionLost { reason_kind, .. }
+                | NodeEvent::ConnectionFailed { reason_kind, .. } => return reason_kind.clone(),
+                _ => {}
+            },
+            other => panic!("no failure within {secs} s: {other:?}"),
+        }
+    }
+}
+
+async fn listener_node(dir: &Path) -> Node {
+    let mut c = config(dir);
+    c.slots.outbound = 0;
+    Node::start(c).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_each_other_through_microsocks_with_and_without_auth() {
+    let Some((_plain, plain_port)) = microsocks(None).await else {
+        return;
+    };
+    let Some((_auth, auth_port)) = microsocks(Some(("meshd", "s3cret"))).await else {
+        return;
+    };
+    let db = tempfile::tempdir().unwrap();
+    let b = listener_node(db.path()).await;
+    let target = b.listen_addrs()[0];
+
+    for (port, credentials) in [(plain_port, None), (auth_port, Some(("meshd", "s3cret")))] {
+        let da = tempfile::tempdir().unwrap();
+        let mut ca = config(da.path());
+        ca.connect = vec![target];
+        ca.proxy = Some(proxy_at(port, credentials));
+        let a = Node::start(ca).await.unwrap();
+        let peers =
+            common::wait_peers(&a, "a peer through the proxy", |p| connected(p).len() == 1).await;
+        assert_eq!(peers[0].address(), target.to_string());
+        assert_eq!(peers[0].network(), Network::Ipv4);
+        // The connection B sees comes from the proxy's socket, not from A's listener.
+        assert!(connected(&b.peers())
+            .iter()
+            .all(|p| a.listen_addrs()[0] != p.addr));
+        a.shutdown().await;
+    }
+
+    // Wrong credentials: a typed failure, and restarts as for any failed connect.
+    let da = tempfile::tempdir().unwrap();
+    let mut ca = config(da.path());
+    ca.connect = vec![target];
+    ca.proxy = Some(proxy_at(auth_port, Some(("meshd", "wrong"))));
+    let a = Node::start(ca).await.unwrap();
+    let mut events = a.subscribe_to(&[EventKind::ConnectionFailed, EventKind::ConnectionLost]);
+    assert_eq!(next_failure(&mut events, 15).await, "proxy_auth_failed");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_is_down_is_a_typed_connect_failure() {
+    let da = tempfile::tempdir().unwrap();
+    let mut ca = config(da.path());
+    ca.connect = vec!["127.0.0.1:9".parse().unwrap()];
+    ca.proxy = Some(proxy_at(free_port(), None));
+    let a = Node::start(ca).await.unwrap();
+    let mut events = a.subscribe_to(&[EventKind::ConnectionFailed, EventKind::ConnectionLost]);
+    assert_eq!(next_failure(&mut events, 15).await, "proxy_unreachable");
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_gets_its_own_random_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("proxy.log");
+    let Some((_proxy, port)) = logging_proxy(&log, &[]).await else {
+        return;
+    };
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (b, c) = (
+        listener_node(db.path()).await,
+        listener_node(dc.path()).await,
+    );
+    let da = tempfile::tempdir().unwrap();
+    let mut ca = config(da.path());
+    ca.connect = vec![b.listen_addrs()[0], c.listen_addrs()[0]];
+    ca.proxy = Some(proxy_at(port, None));
+    let a = Node::start(ca).await.unwrap();
+    common::wait_peers(&a, "two peers through the proxy", |p| {
+        connected(p).len() == 2
+    })
+    .await;
+    // One more connection to B, after a disconnect: isolated again.
+    let first = connected(&a.peers())[0].id;
+    assert!(a.disconnect(first).await);
+    common::wait_peers(&a, "the redial", |p| {
+        connected(p).len() == 2 && p.iter().all(|x| x.id != first)
+    })
+    .await;
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() >= 3, "{records:?}");
+    let creds: std::collections::HashSet<(String, String)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["user"].as_str().expect("a username").to_string(),
+                r["password"].as_str().expect("a password").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        creds.len(),
+        records.len(),
+        "credentials reused: {records:?}"
+    );
+
+    // With --proxy-randomize false no credentials are offered.
+    let dd = tempfile::tempdir().unwrap();
+    let mut cd = config(dd.path());
+    cd.connect = vec![b.listen_addrs()[0]];
+    cd.proxy = Some(proxy_at(port, None));
+    cd.proxy_randomize = false;
+    let d = Node::start(cd).await.unwrap();
+    common::wait_peers(&d, "a peer", |p| connected(p).len() == 1).await;
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let anonymous = logged
+        .lines()
+        .filter(|l| l.contains("\"user\": null"))
+        .count();
+    assert_eq!(anonymous, 1, "{logged}");
+    for n in [a, b, c, d] {
+        n.shutdown().await;
+    }
+}
+
+/// A raw peer that asks for addrv2 (BIP155) in its handshake.
+async fn addrv2_peer(addr: SocketAddr) -> AsyncPeer {
+    let mut p = AsyncPeer::connect(addr).await.expect("connect");
+    p.send(common::version_message(0)).await;
+    p.send(NetworkMessage::SendAddrV2).await;
+    let (mut version, mut verack) = (false, false);
+    while !(version && verack) {
+        match p.recv(Duration::from_secs(10)).await {
+            Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                version = true;
+                p.send(NetworkMessage::Verack).await;
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Verack)) => verack = true,
+            Seen::Msg(_) => {}
+            other => panic!("handshake: {other:?}"),
+        }
+    }
+    p
+}
+
+/// Reads until an `addrv2` with `want` arrives (answering pings); false at the timeout.
+async fn receives_addrv2(p: &mut AsyncPeer, want: &AddrV2, secs: u64) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        match p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Seen::Msg(Message::Network(NetworkMessage::AddrV2(list))) => {
+                if list.iter().any(|m| &m.addr == want) {
+                    return true;
+                }
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Addr(list))) => {
+                assert!(list.len() < 1000, "v1 addr with {} entries", list.len());
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                p.send(NetworkMessage::Pong(n)).await
+            }
+            Seen::Msg(_) => {}
+            Seen::Closed | Seen::Timeout => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossiped_onion_address_is_kept_relayed_and_dialled_by_name_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = tempfile::tempdir().unwrap();
+    let b = listener_node(db.path()).await;
+    // An onion name for B that only the proxy can resolve.
+    let onion = OverlayAddr::Onion(rand::random());
+    let port = b.listen_addrs()[0].port();
+    let log = dir.path().join("proxy.log");
+    let map = format!("{}=127.0.0.1:{port}", onion.host());
+    let Some((_proxy, proxy_port)) = logging_proxy(&log, &["--map".into(), map]).await else {
+        return;
+    };
+
+    let da = tempfile::tempdir().unwrap();
+    let mut ca = config(da.path());
+    ca.onion_proxy = Some(proxy_at(proxy_port, None));
+    // IPv4 stays direct (only --onion is set) and there is nothing else to dial.
+    ca.slots.outbound = 1;
+    let a = Node::start(ca.clone()).await.unwrap();
+    let a_addr = a.listen_addrs()[0];
+
+    // Two listeners: one asked for addrv2, one did not.
+    let mut v2_listener = addrv2_peer(a_addr).await;
+    let mut v1_listener = common::handshaked(a_addr).await;
+    let mut gossiper = addrv2_peer(a_addr).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    gossiper
+        .send(NetworkMessage::AddrV2(vec![AddrV2Message {
+            time: now,
+            services: ServiceFlags::NETWORK | ServiceFlags::WITNESS,
+            addr: onion.to_addrv2(),
+            port,
+        }]))
+        .await;
+
+    // Kept in the book under its name...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !a
+        .known_addresses()
+        .await
+        .iter()
+        .any(|e| e.overlay == Some(onion))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the onion address never reached the book"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...relayed to the addrv2 peer, never to the other...
+    assert!(receives_addrv2(&mut v2_listener, &onion.to_addrv2(), 15).await);
+    assert!(!receives_addrv2(&mut v1_listener, &onion.to_addrv2(), 1).await);
+    // ...and dialled by name through the onion proxy.
+    let peers = common::wait_peers(&a, "the onion peer", |p| {
+        p.iter()
+            .any(|x| x.network() == Network::Onion && x.state == PeerState::Connected)
+    })
+    .await;
+    let peer = peers
+        .iter()
+        .find(|x| x.network() == Network::Onion)
+        .unwrap();
+    assert_eq!(peer.address(), format!("{}:{port}", onion.host()));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains(&format!("\"target\": \"{}:{port}\"", onion.host())),
+        "{logged}"
+    );
+    // B saw one inbound peer; nothing was looked up or dialled outside the proxy.
+    assert_eq!(connected(&b.peers()).len(), 1);
+    a.shutdown().await;
+
+    // The name survives a restart.
+    let a = Node::start(ca).await.unwrap();
+    let kept = a
+        .known_addresses()
+        .await
+        .into_iter()
+        .any(|e| e.overlay == Some(onion) && e.addr == onion.internal(port));
+    assert!(kept, "onion entry lost across a restart");
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_proxies_give_typed_errors() {
+    for (mode, kind) in [
+        ("bad-version", "proxy_bad_reply"),
+        ("close-mid-handshake", "proxy_closed"),
+        ("truncated-address", "proxy_closed"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("proxy.log");
+        let Some((_proxy, port)) = logging_proxy(&log, &["--mode".into(), mode.to_string()]).await
+        else {
+            return;
+        };
+        let mut c = config(dir.path());
+        c.connect = vec!["127.0.0.1:9".parse().unwrap()];
+        c.proxy = Some(proxy_at(port, None));
+        let a = Node::start(c).await.unwrap();
+        let mut events = a.subscribe_to(&[EventKind::ConnectionFailed, EventKind::ConnectionLost]);
+        assert_eq!(next_failure(&mut events, 15).await, kind, "{mode}");
+        a.shutdown().await;
+    }
+}
