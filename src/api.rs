@@ -400,6 +400,14 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         "network": c.network.name(),
         "listen": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "public_addresses": s.node.advertised_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        // Our onion service while Tor holds it (--torcontrol, --listenonion), in full.
+        "onion_service": s.node.onion_service().map(|o| json!({
+            "address": o.addr.display_with_port(o.port),
+            "target": o.target.to_string(),
+        })),
+        "reachable_networks": c.reachable_networks().iter().map(|n| n.name()).collect::<Vec<_>>(),
+        "proxy": c.proxy.as_ref().map(|p| p.addr.to_string()),
+        "onion_proxy": c.onion_route().map(|p| p.addr.to_string()),
         "nat_type": stun.as_ref().map(|r| r.nat_type.label()),
         "stun_servers": c.stun_servers,
         "stun_result": stun.as_ref().map(|r| json!({

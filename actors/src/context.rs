@@ -1,6 +1,7 @@
 //! State shared by every actor of one node: configuration (live), the peer table, slots,
 //! bans, bandwidth buckets, the event bus and our version nonces.
 
+use crate::discovery::addrbook::GossipAddr;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -53,6 +54,8 @@ pub struct NodeContext {
     external: Vec<SocketAddr>,
     /// Addresses we listen on.
     pub(crate) listen_addrs: Vec<SocketAddr>,
+    /// Our onion service, while it is up (see [`crate::tor`]).
+    onion_service: RwLock<Option<crate::tor::OnionService>>,
     /// The last STUN result.
     pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
     /// The Sync actor, where Connections send chain and relay messages.
@@ -122,6 +125,7 @@ impl NodeContext {
             advertised: RwLock::new(advertised),
             external: config.external_addrs.clone(),
             listen_addrs: listen_addrs.to_vec(),
+            onion_service: RwLock::new(None),
             stun: RwLock::new(None),
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
@@ -203,6 +207,45 @@ impl NodeContext {
             Ok(b) => b.is_banned(ip, now),
             Err(p) => p.into_inner().is_banned(ip, now),
         }
+    }
+
+    /// Our onion service, while it is up.
+    pub(crate) fn onion_service(&self) -> Option<crate::tor::OnionService> {
+        match self.onion_service.read() {
+            Ok(o) => *o,
+            Err(p) => *p.into_inner(),
+        }
+    }
+
+    pub(crate) fn set_onion_service(&self, service: Option<crate::tor::OnionService>) {
+        match self.onion_service.write() {
+            Ok(mut o) => *o = service,
+            Err(p) => *p.into_inner() = service,
+        }
+    }
+
+    /// Addresses we advertise as ours now, as gossip carries them: the IP ones, and our
+    /// onion service while it is up.
+    pub(crate) fn advertised_gossip(&self, services: u64, time: u32) -> Vec<GossipAddr> {
+        let mut out: Vec<GossipAddr> = self
+            .advertised()
+            .into_iter()
+            .map(|addr| GossipAddr {
+                addr,
+                overlay: None,
+                services,
+                time,
+            })
+            .collect();
+        if let Some(o) = self.onion_service() {
+            out.push(GossipAddr {
+                addr: o.addr.internal(o.port),
+                overlay: Some(o.addr),
+                services,
+                time,
+            });
+        }
+        out
     }
 
     /// Addresses we advertise as ours now.

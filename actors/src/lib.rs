@@ -139,4 +139,5 @@ pub mod peer;
 pub mod persist;
 pub mod stun;
 pub mod sync;
+pub mod tor;
 pub mod wire;

@@ -38,6 +38,7 @@ use crate::manager::Manager;
 use crate::msg::{ManagerMsg, OutboundKind, SyncMsg, SyncStatus};
 use crate::stun::{Stun, StunMsg};
 use crate::sync::Sync;
+use crate::tor::{TorControl, TorMsg};
 use crate::wire::Message;
 
 /// Messages of the NodeSupervisor.
@@ -63,6 +64,8 @@ pub enum NodeChild {
     Stun,
     /// Sync.
     Sync,
+    /// The Tor control-port client (when an onion service is wanted).
+    Tor,
 }
 
 /// The root of the supervision tree.
@@ -83,6 +86,7 @@ pub struct NodeState {
     dns: Option<ActorRef<DnsMsg>>,
     stun: Option<ActorRef<StunMsg>>,
     sync: Option<ActorRef<SyncMsg>>,
+    tor: Option<ActorRef<TorMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -138,6 +142,21 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_tor(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(control) = crate::tor::control_port(&self.ctx) else {
+            return Ok(());
+        };
+        let (tor, _) = Actor::spawn_linked(
+            None,
+            TorControl,
+            (self.ctx.clone(), control),
+            myself.get_cell(),
+        )
+        .await?;
+        self.tor = Some(tor);
+        Ok(())
+    }
+
     async fn start_stun(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
         let (stun, _) =
             Actor::spawn_linked(None, Stun, self.ctx.clone(), myself.get_cell()).await?;
@@ -158,6 +177,10 @@ impl NodeState {
         }
         if let Some(st) = self.stun.take() {
             let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        // Before the Manager: the onion service is removed while peers are still closing.
+        if let Some(t) = self.tor.take() {
+            let _ = t.stop_and_wait(Some("shutdown".into()), None).await;
         }
         if let Some(sy) = self.sync.take() {
             sy.stop_and_wait(Some("shutdown".into()), None).await.ok();
@@ -207,6 +230,8 @@ impl NodeState {
             "stun"
         } else if is(self.sync.as_ref().map(|a| a.get_cell())) {
             "sync"
+        } else if is(self.tor.as_ref().map(|a| a.get_cell())) {
+            "tor"
         } else {
             return Ok(());
         };
@@ -234,6 +259,7 @@ impl NodeState {
             }
             "listener" => self.start_listener(myself).await,
             "dns" => self.start_dns(myself).await,
+            "tor" => self.start_tor(myself).await,
             // Connections find Sync through the context, so a new one is picked up at once;
             // the Manager, the one owner of the peer set, tells it of every live peer.
             "sync" => {
@@ -267,6 +293,7 @@ impl Actor for NodeSupervisor {
             dns: None,
             stun: None,
             sync: None,
+            tor: None,
             restarts: VecDeque::new(),
             stopping: false,
         })
@@ -282,6 +309,7 @@ impl Actor for NodeSupervisor {
         state.start_manager(&myself).await?;
         state.start_listener(&myself).await?;
         state.start_dns(&myself).await?;
+        state.start_tor(&myself).await?;
         state.start_stun(&myself).await
     }
 
@@ -302,6 +330,7 @@ impl Actor for NodeSupervisor {
                     NodeChild::Dns => state.dns.as_ref().map(|a| a.get_cell()),
                     NodeChild::Stun => state.stun.as_ref().map(|a| a.get_cell()),
                     NodeChild::Sync => state.sync.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Tor => state.tor.as_ref().map(|a| a.get_cell()),
                 };
                 let _ = reply.send(cell);
             }
@@ -493,6 +522,11 @@ impl Node {
     /// Header sync status.
     pub fn sync_status(&self) -> SyncStatus {
         self.ctx.sync_status()
+    }
+
+    /// Our onion service, while it is up (`--torcontrol`, `--listenonion`).
+    pub fn onion_service(&self) -> Option<crate::tor::OnionService> {
+        self.ctx.onion_service()
     }
 
     /// The last STUN result: public address and NAT type.

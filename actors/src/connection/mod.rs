@@ -745,7 +745,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
             .addr_limiter
             .grant(crate::discovery::addrbook::ADDR_BURST);
     }
-    if !state.ctx.advertised().is_empty() {
+    if !state.ctx.advertised().is_empty() || state.ctx.onion_service().is_some() {
         advertise_self(state)?;
     }
     if state.ctx.profile.chain == Chain::Bsv {
@@ -1229,17 +1229,7 @@ const SELF_ADVERT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 fn advertise_self(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     let now = unix_now().max(0) as u32;
     let services = state.ctx.policy.services.to_u64();
-    let ours: Vec<GossipAddr> = state
-        .ctx
-        .advertised()
-        .iter()
-        .map(|a| GossipAddr {
-            addr: *a,
-            overlay: None,
-            services,
-            time: now,
-        })
-        .collect();
+    let ours = state.ctx.advertised_gossip(services, now);
     let u: f64 = rand::random::<f64>().max(1e-12);
     state.next_self_advert = Some(
         Instant::now()

@@ -1,0 +1,422 @@
+//! The TorControl actor: an onion service for inbound peers, made through Tor's control
+//! port (`--torcontrol`, `--listenonion`), as Bitcoin Core's torcontrol makes it.
+//!
+//! It connects to the control port, authenticates (see [`control`]), and asks for an onion
+//! service whose virtual port (the network's default port) leads to our first listening
+//! address. The service's private key is kept in `DATADIR/onion_v3_private_key` (Core's
+//! file name and format, mode 0600, written atomically), so the onion address survives
+//! restarts. While the service is up, its address is advertised to peers that asked for
+//! addrv2 and shown in `/v1/network` and `meshd network`; the control connection is held
+//! open (an `ADD_ONION` service lives as long as it) and the service is removed with
+//! `DEL_ONION` at shutdown. A lost control connection is retried with backoff.
+
+pub mod control;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::context::NodeContext;
+use crate::discovery::overlay::OverlayAddr;
+use control::{AuthPlan, ControlError, Reply, ReplyReader};
+
+/// File holding the onion service's private key (Bitcoin Core's name and format).
+pub const ONION_KEY_FILE: &str = "onion_v3_private_key";
+/// Tor's default control port, tried when `--torcontrol` is not given (not on regtest).
+pub const DEFAULT_TOR_CONTROL: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9051);
+/// Time allowed to connect to the control port and for each reply.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before reconnecting to the control port...
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// ...doubling up to this (Core: 600 s): Tor may be restarted or started after us.
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// Time the shutdown waits for `DEL_ONION`'s answer.
+const DEL_ONION_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest cookie file read (the cookie is 32 bytes; anything much larger is not one).
+const MAX_COOKIE_FILE: u64 = 1024;
+
+/// An onion service that is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OnionService {
+    /// Its address.
+    pub addr: OverlayAddr,
+    /// The port peers connect to.
+    pub port: u16,
+    /// Where Tor delivers its connections.
+    pub target: SocketAddr,
+}
+
+/// The control port to use: `--torcontrol`, else Tor's default except on regtest.
+pub fn control_port(ctx: &NodeContext) -> Option<SocketAddr> {
+    let config = ctx.config();
+    if !config.listen_onion || ctx.listen_addrs.is_empty() {
+        return None;
+    }
+    match config.tor_control {
+        Some(addr) => Some(addr),
+        None if config.network.profile().is_regtest() => None,
+        None => Some(DEFAULT_TOR_CONTROL),
+    }
+}
+
+/// Where Tor should deliver the service's connections: our first listening address, with
+/// an unspecified address replaced by loopback.
+fn service_target(listen: SocketAddr) -> SocketAddr {
+    match listen.ip() {
+        IpAddr::V4(v4) if v4.is_unspecified() => {
+            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
+        }
+        IpAddr::V6(v6) if v6.is_unspecified() => {
+            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), listen.port())
+        }
+        _ => listen,
+    }
+}
+
+/// Messages of the TorControl actor.
+pub enum TorMsg {
+    /// (Re)connect to the control port.
+    Connect,
+    /// The session ended (`Ok` after a requested stop); `was_up`: the service was made.
+    SessionEnded {
+        /// How it ended.
+        result: Result<(), ControlError>,
+        /// Whether the onion service was up during it.
+        was_up: bool,
+    },
+}
+
+/// The TorControl actor.
+pub struct TorControl;
+
+/// Its state.
+pub struct TorState {
+    ctx: Arc<NodeContext>,
+    control: SocketAddr,
+    /// Asks the running session to remove the service and end; it answers when done.
+    stop: Option<oneshot::Sender<oneshot::Sender<()>>>,
+    retry: Duration,
+    /// The control port worked once: later failures are warnings, not debug lines.
+    ever_up: bool,
+}
+
+impl Actor for TorControl {
+    type Msg = TorMsg;
+    type State = TorState;
+    type Arguments = (Arc<NodeContext>, SocketAddr);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<TorMsg>,
+        (ctx, control): (Arc<NodeContext>, SocketAddr),
+    ) -> Result<TorState, ActorProcessingErr> {
+        metrics::gauge!("meshd_onion_service_up").set(0.0);
+        Ok(TorState {
+            ctx,
+            control,
+            stop: None,
+            retry: RETRY_MIN,
+            ever_up: false,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<TorMsg>,
+        _state: &mut TorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let _ = myself.cast(TorMsg::Connect);
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TorMsg>,
+        msg: TorMsg,
+        state: &mut TorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TorMsg::Connect => {
+                if state.stop.is_some() || state.ctx.is_shutting_down() {
+                    return Ok(());
+                }
+                let (tx, rx) = oneshot::channel();
+                state.stop = Some(tx);
+                let (ctx, control, me) = (state.ctx.clone(), state.control, myself.clone());
+                tokio::spawn(async move {
+                    let result = session(&ctx, control, rx).await;
+                    let was_up = ctx.onion_service().is_some();
+                    ctx.set_onion_service(None);
+                    metrics::gauge!("meshd_onion_service_up").set(0.0);
+                    let _ = me.cast(TorMsg::SessionEnded { result, was_up });
+                });
+            }
+            TorMsg::SessionEnded { result, was_up } => {
+                state.stop = None;
+                if was_up {
+                    state.ever_up = true;
+                    state.retry = RETRY_MIN;
+                }
+                if let Err(e) = result {
+                    metrics::counter!("meshd_tor_control_errors_total", "kind" => e.kind())
+                        .increment(1);
+                    let explicit = state.ctx.config().tor_control.is_some();
+                    if explicit || state.ever_up {
+                        warn!(control = %state.control, error = %e, retry_in = ?state.retry, "Tor control port: no onion service");
+                    } else {
+                        debug!(control = %state.control, error = %e, "no Tor control port answering");
+                    }
+                }
+                if !state.ctx.is_shutting_down() {
+                    myself.send_after(state.retry, || TorMsg::Connect);
+                    state.retry = (state.retry * 2).min(RETRY_MAX);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TorMsg>,
+        state: &mut TorState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(stop) = state.stop.take() {
+            let (done_tx, done_rx) = oneshot::channel();
+            if stop.send(done_tx).is_ok() {
+                let _ = tokio::time::timeout(DEL_ONION_TIMEOUT * 2, done_rx).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The control connection: a socket and the reply reader.
+struct ControlConn {
+    stream: TcpStream,
+    replies: ReplyReader,
+}
+
+impl ControlConn {
+    async fn command(&mut self, line: &str, name: &'static str) -> Result<Reply, ControlError> {
+        self.stream
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| ControlError::Io(e.to_string()))?;
+        tokio::time::timeout(CONTROL_TIMEOUT, self.reply())
+            .await
+            .map_err(|_| ControlError::Io(format!("no answer to {name}")))?
+            .and_then(|r| r.ok_or_refused(name))
+    }
+
+    /// The next reply that is not an asynchronous event.
+    async fn reply(&mut self) -> Result<Reply, ControlError> {
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(r) = self.replies.next_reply()? {
+                if r.status == 650 {
+                    continue;
+                }
+                return Ok(r);
+            }
+            let n = self
+                .stream
+                .read(&mut buf)
+                .await
+                .map_err(|e| ControlError::Io(e.to_string()))?;
+            if n == 0 {
+                return Err(ControlError::Io("closed by Tor".into()));
+            }
+            self.replies.feed(&buf[..n]);
+        }
+    }
+}
+
+fn read_cookie(path: &str) -> Result<[u8; control::COOKIE_LEN], ControlError> {
+    let err = |why: String| ControlError::Cookie {
+        path: path.to_string(),
+        why,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    if meta.len() > MAX_COOKIE_FILE {
+        return Err(err(format!("{} bytes", meta.len())));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    control::check_cookie(path, &bytes)
+}
+
+async fn authenticate(conn: &mut ControlConn, password: Option<&str>) -> Result<(), ControlError> {
+    let info = conn.command("PROTOCOLINFO 1\r\n", "PROTOCOLINFO").await?;
+    match control::choose_auth(&info, password)? {
+        AuthPlan::Null => conn.command("AUTHENTICATE\r\n", "AUTHENTICATE").await?,
+        AuthPlan::Password(p) => {
+            let line = format!("AUTHENTICATE {}\r\n", control::quote(&p));
+            conn.command(&line, "AUTHENTICATE").await?
+        }
+        AuthPlan::Cookie(path) => {
+            let cookie = read_cookie(&path)?;
+            let line = format!("AUTHENTICATE {}\r\n", control::hex_encode(&cookie));
+            conn.command(&line, "AUTHENTICATE").await?
+        }
+        AuthPlan::SafeCookie(path) => {
+            let cookie = read_cookie(&path)?;
+            let nonce: [u8; 32] = rand::random();
+            let line = format!(
+                "AUTHCHALLENGE SAFECOOKIE {}\r\n",
+                control::hex_encode(&nonce)
+            );
+            let challenge = conn.command(&line, "AUTHCHALLENGE").await?;
+            let proof = control::safecookie_response(&cookie, &nonce, &challenge)?;
+            conn.command(&format!("AUTHENTICATE {proof}\r\n"), "AUTHENTICATE")
+                .await?
+        }
+    };
+    Ok(())
+}
+
+/// Reads the saved key, if there is a valid one.
+fn load_key(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let key = text.trim();
+    if control::valid_key(key) {
+        Some(key.to_string())
+    } else {
+        warn!(path = %path.display(), "onion key file is not an ED25519-V3 key; a new key is made");
+        None
+    }
+}
+
+/// Writes the key atomically (temp, fsync, rename), readable by us only.
+fn save_key(path: &Path, key: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp: PathBuf = path.with_extension(format!("tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(key.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// One control session: authenticate, add the service, hold it until told to stop (then
+/// remove it) or until the connection is lost.
+async fn session(
+    ctx: &NodeContext,
+    control: SocketAddr,
+    stop: oneshot::Receiver<oneshot::Sender<()>>,
+) -> Result<(), ControlError> {
+    let config = ctx.config();
+    let stream = tokio::time::timeout(CONTROL_TIMEOUT, TcpStream::connect(control))
+        .await
+        .map_err(|_| ControlError::Io("connect timed out".into()))?
+        .map_err(|e| ControlError::Io(e.to_string()))?;
+    let mut conn = ControlConn {
+        stream,
+        replies: ReplyReader::new(),
+    };
+    authenticate(&mut conn, config.tor_password.as_deref()).await?;
+
+    let Some(listen) = ctx.listen_addrs.first().copied() else {
+        return Ok(());
+    };
+    let target = service_target(listen);
+    let port = ctx.profile.default_port;
+    let key_path = config.datadir.join(ONION_KEY_FILE);
+    let saved = load_key(&key_path);
+    let line = control::add_onion_command(saved.as_deref(), port, &target.to_string());
+    let reply = conn.command(&line, "ADD_ONION").await?;
+    let (service_id, new_key) = control::parse_add_onion(&reply)?;
+    if let Some(key) = new_key.filter(|k| control::valid_key(k)) {
+        if let Err(e) = save_key(&key_path, &key) {
+            // The service works; only its address will change at the next start.
+            warn!(path = %key_path.display(), error = %e, "could not save the onion key");
+        }
+    }
+    let addr = OverlayAddr::parse_host(&format!("{service_id}.onion"))
+        .map_err(|e| ControlError::Malformed(format!("ServiceID {service_id}: {e}")))?;
+    ctx.set_onion_service(Some(OnionService { addr, port, target }));
+    metrics::gauge!("meshd_onion_service_up").set(1.0);
+    info!(onion = %addr.display_with_port(port), %target, reused_key = saved.is_some(), "onion service up");
+
+    // Hold the service: read (and ignore) events until stopped or cut off.
+    let mut stop = stop;
+    let mut buf = [0u8; 4096];
+    loop {
+        tokio::select! {
+            done = &mut stop => {
+                let line = format!("DEL_ONION {service_id}\r\n");
+                let removed = tokio::time::timeout(DEL_ONION_TIMEOUT, conn.command(&line, "DEL_ONION")).await;
+                match removed {
+                    Ok(Ok(_)) => info!(onion = %addr, "onion service removed"),
+                    Ok(Err(e)) => warn!(onion = %addr, error = %e, "DEL_ONION failed"),
+                    Err(_) => warn!(onion = %addr, "DEL_ONION unanswered"),
+                }
+                if let Ok(done) = done {
+                    let _ = done.send(());
+                }
+                return Ok(());
+            }
+            read = conn.stream.read(&mut buf) => {
+                match read {
+                    Ok(0) => return Err(ControlError::Io("closed by Tor".into())),
+                    Ok(n) => {
+                        conn.replies.feed(&buf[..n]);
+                        while conn.replies.next_reply()?.is_some() {}
+                    }
+                    Err(e) => return Err(ControlError::Io(e.to_string())),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_targets_a_specific_listening_address() {
+        assert_eq!(
+            service_target("0.0.0.0:8333".parse().unwrap()),
+            "127.0.0.1:8333".parse().unwrap()
+        );
+        assert_eq!(
+            service_target("[::]:8333".parse().unwrap()),
+            "[::1]:8333".parse().unwrap()
+        );
+        assert_eq!(
+            service_target("10.0.0.2:8333".parse().unwrap()),
+            "10.0.0.2:8333".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_key_file_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(ONION_KEY_FILE);
+        save_key(&path, "ED25519-V3:abc=").unwrap();
+        save_key(&path, "ED25519-V3:def=").unwrap();
+        assert_eq!(load_key(&path).as_deref(), Some("ED25519-V3:def="));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "garbage").unwrap();
+        assert_eq!(load_key(&path), None);
+    }
+}

@@ -1,0 +1,251 @@
+//! The onion service through a real `tor` daemon, started offline (`DisableNetwork 1`: no
+//! circuit is built and nothing leaves the machine, but the control port still creates
+//! onion services). Checked: SAFECOOKIE and password authentication, the service is made
+//! and its key saved (mode 0600), the address is advertised over addrv2, a restart reuses
+//! the key (same onion address), the service is removed at shutdown, and a wrong password
+//! leaves the node running without one.
+//!
+//! `tor` is installed by `scripts/install-test-deps.sh`; outside CI a missing one skips
+//! with a notice, in CI it fails.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bitcoin::p2p::address::AddrV2;
+use bitcoin::p2p::message::NetworkMessage;
+use common::{config, AsyncPeer, Seen};
+use meshd_actors::discovery::overlay::OverlayAddr;
+use meshd_actors::node::Node;
+use meshd_actors::wire::Message;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{Child, Command};
+
+const PASSWORD: &str = "meshd-test-password";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn tor_path() -> Option<PathBuf> {
+    let found = ["/usr/bin/tor", "/usr/sbin/tor", "/usr/local/bin/tor"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        common::skip_or_fail("tor (Debian package tor), started offline for the control port");
+    }
+    found
+}
+
+/// An offline tor with a control port taking the cookie and [`PASSWORD`].
+struct Tor {
+    _child: Child,
+    control: SocketAddr,
+}
+
+async fn start_tor(tor: &Path, dir: &Path) -> Tor {
+    let hashed = std::process::Command::new(tor)
+        .args(["--quiet", "--hash-password", PASSWORD])
+        .output()
+        .expect("tor --hash-password");
+    let hashed = String::from_utf8_lossy(&hashed.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(hashed.starts_with("16:"), "hashed password: {hashed:?}");
+    let data = dir.join("tor-data");
+    std::fs::create_dir_all(&data).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = free_port();
+    let torrc = dir.join("torrc");
+    std::fs::write(
+        &torrc,
+        format!(
+            "DataDirectory {data}\nControlPort 127.0.0.1:{port}\nCookieAuthentication 1\n\
+             HashedControlPassword {hashed}\nDisableNetwork 1\nSocksPort 0\n\
+             Log notice file {log}\nAvoidDiskWrites 1\n",
+            data = data.display(),
+            log = dir.join("tor.log").display(),
+        ),
+    )
+    .unwrap();
+    let child = Command::new(tor)
+        .arg("-f")
+        .arg(&torrc)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tor");
+    let control = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(control).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "tor's control port never opened: {}",
+            std::fs::read_to_string(dir.join("tor.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Tor {
+        _child: child,
+        control,
+    }
+}
+
+async fn wait_onion(node: &Node, secs: u64) -> OverlayAddr {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(o) = node.onion_service() {
+            return o.addr;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no onion service within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The onion services tor holds for control connections (asked over a connection of our
+/// own, authenticated with the password): `GETINFO onions/detached` lists none, so we ask
+/// tor's log instead for adds and removals.
+fn tor_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("tor.log")).unwrap_or_default()
+}
+
+/// A raw peer asking for addrv2; returns the first addrv2 entries it gets.
+async fn advertised_to_addrv2_peer(node: SocketAddr) -> Vec<AddrV2> {
+    let mut p = AsyncPeer::connect(node).await.expect("connect");
+    p.send(common::version_message(0)).await;
+    p.send(NetworkMessage::SendAddrV2).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                p.send(NetworkMessage::Verack).await
+            }
+            Seen::Msg(Message::Network(NetworkMessage::AddrV2(list))) => {
+                return list.into_iter().map(|m| m.addr).collect()
+            }
+            Seen::Msg(_) => {}
+            other => panic!("no addrv2 advertisement: {other:?}"),
+        }
+    }
+}
+
+/// Asks tor, over our own control connection, whether a service id is known to it: after
+/// DEL_ONION, adding the same key again succeeds (a live duplicate would be refused).
+async fn tor_accepts_key_again(control: SocketAddr, key: &str) -> bool {
+    let mut s = TcpStream::connect(control).await.unwrap();
+    let cmd = format!(
+        "AUTHENTICATE \"{PASSWORD}\"\r\nADD_ONION {key} Flags=DiscardPK Port=1,127.0.0.1:9\r\n"
+    );
+    s.write_all(cmd.as_bytes()).await.unwrap();
+    let mut lines = BufReader::new(s).lines();
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("tor answers")
+            .unwrap()
+            .unwrap_or_default();
+        if line.starts_with("250 ") || line.starts_with('5') {
+            answers.push(line);
+        }
+    }
+    answers[1].starts_with("250")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() {
+    let Some(tor) = tor_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let t = start_tor(&tor, dir.path()).await;
+    let nd = tempfile::tempdir().unwrap();
+    let mut c = config(nd.path());
+    c.tor_control = Some(t.control);
+    let node = Node::start(c.clone()).await.unwrap();
+    let onion = wait_onion(&node, 30).await;
+    let service = node.onion_service().unwrap();
+    assert_eq!(service.port, node.profile().default_port);
+    assert_eq!(service.target, node.listen_addrs()[0]);
+
+    // The key is saved, private, in Core's format.
+    let key_path = nd.path().join(meshd_actors::tor::ONION_KEY_FILE);
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    assert!(key.starts_with("ED25519-V3:"), "{key}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Advertised to a peer that asked for addrv2.
+    let advertised = advertised_to_addrv2_peer(node.listen_addrs()[0]).await;
+    assert!(
+        advertised.contains(&onion.to_addrv2()),
+        "{advertised:?} lacks {onion}"
+    );
+
+    // While the node holds it, tor refuses the same key to anyone else.
+    assert!(!tor_accepts_key_again(t.control, &key).await);
+    node.shutdown().await;
+    // Removed at shutdown: the key is free again.
+    assert!(
+        tor_accepts_key_again(t.control, &key).await,
+        "service still held after shutdown: {}",
+        tor_log(dir.path())
+    );
+
+    // A restart reuses the key: the same address.
+    let node = Node::start(c).await.unwrap();
+    assert_eq!(wait_onion(&node, 30).await, onion);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_authentication_and_a_wrong_password() {
+    let Some(tor) = tor_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let t = start_tor(&tor, dir.path()).await;
+
+    let good = tempfile::tempdir().unwrap();
+    let mut c = config(good.path());
+    c.tor_control = Some(t.control);
+    c.tor_password = Some(PASSWORD.into());
+    let node = Node::start(c).await.unwrap();
+    wait_onion(&node, 30).await;
+    node.shutdown().await;
+
+    // A wrong password: no service, and the node runs on (still accepting peers).
+    let bad = tempfile::tempdir().unwrap();
+    let mut c = config(bad.path());
+    c.tor_control = Some(t.control);
+    c.tor_password = Some("wrong".into());
+    let node = Node::start(c).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(node.onion_service().is_none());
+    assert!(!bad.path().join(meshd_actors::tor::ONION_KEY_FILE).exists());
+    let mut peer = common::handshaked(node.listen_addrs()[0]).await;
+    peer.send(NetworkMessage::Ping(7)).await;
+    node.shutdown().await;
+}
