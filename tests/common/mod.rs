@@ -263,16 +263,6 @@ pub fn msg(v: &Value) -> &str {
 
 pub mod header_server;
 
-/// Whether this process runs as root (the uid in its own status): namespace, mount and NAT
-/// lab tests need it.
-pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .map(|s| {
-            s.lines()
-                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
-        })
-        .unwrap_or(false)
-}
 mod skip;
 #[allow(unused_imports)]
-pub use skip::{in_ci, skip_or_fail};
+pub use skip::{in_ci, is_root, skip_or_fail};

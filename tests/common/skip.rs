@@ -28,3 +28,14 @@ pub fn skip_or_fail(why: &str) {
         }
     }
 }
+
+/// Whether this process runs as root (the uid in its own status): namespace, mount and NAT
+/// lab tests need it.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .map(|s| {
+            s.lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}

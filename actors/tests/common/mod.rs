@@ -215,7 +215,7 @@ impl AsyncPeer {
 #[path = "../../../tests/common/skip.rs"]
 mod skip;
 #[allow(unused_imports)]
-pub use skip::{in_ci, skip_or_fail};
+pub use skip::{in_ci, is_root, skip_or_fail};
 
 /// Sends a transaction across a line of three nodes: waits until each node's Sync knows its
 /// peers (relay starts then: the Manager announces them), submits at the first a transaction
