@@ -695,6 +695,83 @@ mod tests {
     }
 
     #[test]
+    fn proxies_take_optional_credentials() {
+        let p = parse_proxy("proxy", "127.0.0.1:9050").unwrap();
+        assert_eq!(p.addr, "127.0.0.1:9050".parse().unwrap());
+        assert_eq!(p.credentials, None);
+        let p = parse_proxy("proxy", "alice:s3:cret@[::1]:1080").unwrap();
+        assert_eq!(p.addr, "[::1]:1080".parse().unwrap());
+        assert_eq!(
+            p.credentials,
+            Some(("alice".to_string(), "s3:cret".to_string()))
+        );
+        assert_eq!(parse_proxy("proxy", "127.0.0.1").unwrap().addr.port(), 9050);
+        assert!(parse_proxy("proxy", "nopassword@127.0.0.1:1").is_err());
+        assert!(parse_proxy("proxy", "tor.example:9050").is_err());
+    }
+
+    #[test]
+    fn peers_may_be_onion_names() {
+        let name = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+        let mut overlays = Vec::new();
+        let a = parse_peer("connect", &format!("{name}:8333"), 18444, &mut overlays).unwrap();
+        let b = parse_peer("connect", name, 18444, &mut overlays).unwrap();
+        assert_eq!(overlays.len(), 1, "one name, kept once");
+        assert_eq!(a, overlays[0].internal(8333));
+        assert_eq!(b.port(), 18444);
+        assert_eq!(
+            parse_peer("connect", "127.0.0.1:5", 1, &mut overlays).unwrap(),
+            "127.0.0.1:5".parse().unwrap()
+        );
+        let v2 = parse_peer("connect", "expyuzz4wqqyqhjn.onion:8333", 1, &mut overlays);
+        assert!(v2.unwrap_err().0.contains("v2"));
+        assert!(parse_peer("connect", &format!("{name}:x"), 1, &mut overlays).is_err());
+    }
+
+    #[test]
+    fn onlynet_needs_a_route_and_knows_its_networks() {
+        let run = |args: RunArgs| resolve_with(&args, FileConfig::default());
+        let s = run(RunArgs {
+            onlynet: vec!["onion".into(), "ipv4".into()],
+            onion: Some("127.0.0.1:9050".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.node.onlynet, vec![Network::Onion, Network::Ipv4]);
+        assert_eq!(
+            s.node.reachable_networks(),
+            vec![Network::Ipv4, Network::Onion]
+        );
+        assert!(run(RunArgs {
+            onlynet: vec!["onion".into()],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .0
+        .contains("needs --onion or --proxy"));
+        assert!(run(RunArgs {
+            onlynet: vec!["carrier-pigeon".into()],
+            ..Default::default()
+        })
+        .is_err());
+        assert!(run(RunArgs {
+            onlynet: vec!["i2p".into()],
+            ..Default::default()
+        })
+        .is_err());
+        // The file takes the same keys.
+        let file = parse_file(
+            "proxy = \"127.0.0.1:9050\"\nproxy-randomize = false\nonlynet = [\"onion\"]\n\
+             torcontrol = \"127.0.0.1:9051\"\nlistenonion = false\n",
+        )
+        .unwrap();
+        let s = resolve_with(&RunArgs::default(), file).unwrap();
+        assert!(!s.node.proxy_randomize && !s.node.listen_onion);
+        assert_eq!(s.node.tor_control, Some("127.0.0.1:9051".parse().unwrap()));
+        assert_eq!(s.node.onion_route().unwrap().addr.port(), 9050);
+    }
+
+    #[test]
     fn flags_override_the_file_and_unknown_keys_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");

@@ -34,6 +34,10 @@ pub enum NodeEvent {
         peer: PeerId,
         /// Remote address.
         addr: SocketAddr,
+        /// The onion or I2P name with its port, for such a peer (`addr` is then the
+        /// internal address that stands for it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Who dialled.
         direction: Direction,
         /// `v1` or `v2` (BIP324).
@@ -45,6 +49,10 @@ pub enum NodeEvent {
         peer: PeerId,
         /// Address dialled.
         addr: SocketAddr,
+        /// The onion or I2P name with its port, for such a peer (`addr` is then the
+        /// internal address that stands for it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Why.
         reason: String,
         /// Stable reason name.
@@ -56,6 +64,10 @@ pub enum NodeEvent {
         peer: PeerId,
         /// Remote address.
         addr: SocketAddr,
+        /// The onion or I2P name with its port, for such a peer (`addr` is then the
+        /// internal address that stands for it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Who dialled.
         direction: Direction,
         /// Why.
@@ -69,6 +81,10 @@ pub enum NodeEvent {
         peer: PeerId,
         /// Remote address.
         addr: SocketAddr,
+        /// The onion or I2P name with its port, for such a peer (`addr` is then the
+        /// internal address that stands for it).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
         /// Who dialled.
         direction: Direction,
         /// Its user agent.

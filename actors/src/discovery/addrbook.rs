@@ -808,6 +808,75 @@ mod tests {
     }
 
     #[test]
+    fn overlay_addresses_are_kept_grouped_selected_only_when_reachable_and_persisted() {
+        let mut b = book();
+        let src: IpAddr = "198.51.100.1".parse().unwrap();
+        let onion = OverlayAddr::Onion([3; 32]);
+        let i2p = OverlayAddr::I2p([4; 32]);
+        assert!(b.add_overlay(onion, 8333, 1, NOW, src, NOW));
+        assert!(b.add_overlay(i2p, 0, 1, NOW, src, NOW));
+        // The internal address alone, without its name, is refused.
+        assert!(!b.add(OverlayAddr::Onion([5; 32]).internal(8333), 1, NOW, src, NOW));
+        let e = b.get(&onion.internal(8333)).unwrap();
+        assert_eq!(e.overlay, Some(onion));
+        assert_eq!(GossipAddr::from(e).overlay, Some(onion));
+        // Onion groups are their own (not the IPv6 /32 of the internal range).
+        assert_eq!(b.group(onion.internal_ip())[0], 4);
+        assert_eq!(b.group(i2p.internal_ip())[0], 5);
+        // Not reachable by default: never selected.
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let none = HashSet::new();
+        assert_eq!(b.select(NOW, &mut rng, &none, &HashSet::new()), None);
+        b.set_reachable(vec![Network::Onion]);
+        assert_eq!(
+            b.select(NOW, &mut rng, &none, &HashSet::new()),
+            Some(onion.internal(8333))
+        );
+        // Persisted with the name; the internal address is recomputed from it.
+        let mut file = b.to_file();
+        for e in &mut file.entries {
+            e.addr = SocketAddr::new("fd87:d87e:eb43::1".parse().unwrap(), e.addr.port());
+        }
+        let back = AddrBook::from_file(file, false, NOW);
+        assert_eq!(
+            back.get(&onion.internal(8333)).unwrap().overlay,
+            Some(onion)
+        );
+        assert_eq!(back.len(), 2);
+    }
+
+    #[test]
+    fn version_1_files_are_read_as_version_2() {
+        let mut b = book();
+        let src: IpAddr = "198.51.100.1".parse().unwrap();
+        b.add(v4(203, 0, 113, 5, 8333), 1, NOW, src, NOW);
+        let current = b.to_file();
+        let v1 = AddrBookFileV1 {
+            key: current.key,
+            distinct_local_groups: current.distinct_local_groups,
+            entries: current
+                .entries
+                .iter()
+                .map(|e| AddrEntryV1 {
+                    addr: e.addr,
+                    services: e.services,
+                    last_seen: e.last_seen,
+                    last_try: e.last_try,
+                    attempts: e.attempts,
+                    last_success: e.last_success,
+                    source: e.source,
+                    table: e.table,
+                })
+                .collect(),
+        };
+        let bytes = crate::persist::encode(*b"ADDR", 1, &v1).unwrap();
+        let read: AddrBookFileV1 = crate::persist::decode(*b"ADDR", 1, &bytes).unwrap();
+        let back = AddrBook::from_file(read.into(), false, NOW);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back.get(&v4(203, 0, 113, 5, 8333)).unwrap().overlay, None);
+    }
+
+    #[test]
     fn persisted_form_round_trips() {
         let mut b = book();
         let src: IpAddr = "198.51.100.1".parse().unwrap();

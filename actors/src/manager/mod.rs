@@ -110,6 +110,8 @@ struct Child {
     addr: SocketAddr,
     direction: Direction,
     kind: Option<OutboundKind>,
+    /// The onion, I2P or CJDNS name `addr` stands for.
+    overlay: Option<OverlayAddr>,
     actor: ActorRef<ConnectionMsg>,
     /// Start height, relay flag and protocol version from its version, once the handshake
     /// completed (and Sync was told of the peer).
@@ -237,6 +239,7 @@ impl ManagerState {
                         addr,
                         direction,
                         kind,
+                        overlay,
                         actor,
                         handshake: None,
                     },
@@ -662,6 +665,9 @@ impl ManagerState {
             NodeEvent::ConnectionLost {
                 peer: child.id,
                 addr: child.addr,
+                name: child
+                    .overlay
+                    .map(|o| o.display_with_port(child.addr.port())),
                 direction: child.direction,
                 reason: reason.to_string(),
                 reason_kind: reason.kind().to_string(),
@@ -670,6 +676,9 @@ impl ManagerState {
             NodeEvent::ConnectionFailed {
                 peer: child.id,
                 addr: child.addr,
+                name: child
+                    .overlay
+                    .map(|o| o.display_with_port(child.addr.port())),
                 reason: reason.to_string(),
                 reason_kind: reason.kind().to_string(),
             }
@@ -747,6 +756,7 @@ impl ManagerState {
             NodeEvent::HandshakeComplete {
                 peer: id,
                 addr: child.addr,
+                name: info.overlay.map(|o| o.display_with_port(child.addr.port())),
                 direction: child.direction,
                 user_agent: info.user_agent,
                 version: info.version,
@@ -758,6 +768,7 @@ impl ManagerState {
             NodeEvent::ConnectionEstablished {
                 peer: id,
                 addr: child.addr,
+                name: info.overlay.map(|o| o.display_with_port(child.addr.port())),
                 direction: child.direction,
                 transport: info.transport,
             }
