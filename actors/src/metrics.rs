@@ -193,6 +193,21 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_proxy_errors_total",
+        "Outbound connections the SOCKS5 proxy could not give us, by typed reason.",
+    ),
+    (
+        "gauge",
+        "meshd_onion_service_up",
+        "1 while our onion service is held through Tor's control port.",
+    ),
+    (
+        "counter",
+        "meshd_tor_control_errors_total",
+        "Failed Tor control-port sessions, by reason.",
+    ),
+    (
+        "counter",
         "meshd_unknown_messages_total",
         "Messages with commands meshd does not know, ignored.",
     ),

@@ -320,7 +320,9 @@ impl AddrBook {
         source: IpAddr,
         now: u64,
     ) -> bool {
-        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        // I2P addresses carry port 0 (SAM 3.1 has no ports), as in Core.
+        let port_ok = addr.port() != 0 || matches!(overlay, Some(OverlayAddr::I2p(_)));
+        if !port_ok || addr.ip().is_unspecified() || addr.ip().is_multicast() {
             return false;
         }
         let last_seen = last_seen.min(now + 600);
