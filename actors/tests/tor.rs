@@ -10,99 +10,18 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bitcoin::p2p::address::AddrV2;
 use bitcoin::p2p::message::NetworkMessage;
+use common::tor::PASSWORD;
 use common::{config, AsyncPeer, Seen};
 use meshd_actors::discovery::overlay::OverlayAddr;
 use meshd_actors::node::Node;
 use meshd_actors::wire::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-
-const PASSWORD: &str = "meshd-test-password";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-fn tor_path() -> Option<PathBuf> {
-    let found = ["/usr/bin/tor", "/usr/sbin/tor", "/usr/local/bin/tor"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists());
-    if found.is_none() {
-        common::skip_or_fail("tor (Debian package tor), started offline for the control port");
-    }
-    found
-}
-
-/// An offline tor with a control port taking the cookie and [`PASSWORD`].
-struct Tor {
-    _child: Child,
-    control: SocketAddr,
-}
-
-async fn start_tor(tor: &Path, dir: &Path) -> Tor {
-    let hashed = std::process::Command::new(tor)
-        .args(["--quiet", "--hash-password", PASSWORD])
-        .output()
-        .expect("tor --hash-password");
-    let hashed = String::from_utf8_lossy(&hashed.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(hashed.starts_with("16:"), "hashed password: {hashed:?}");
-    let data = dir.join("tor-data");
-    std::fs::create_dir_all(&data).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let port = free_port();
-    let torrc = dir.join("torrc");
-    std::fs::write(
-        &torrc,
-        format!(
-            "DataDirectory {data}\nControlPort 127.0.0.1:{port}\nCookieAuthentication 1\n\
-             HashedControlPassword {hashed}\nDisableNetwork 1\nSocksPort 0\n\
-             Log notice file {log}\nAvoidDiskWrites 1\n",
-            data = data.display(),
-            log = dir.join("tor.log").display(),
-        ),
-    )
-    .unwrap();
-    let child = Command::new(tor)
-        .arg("-f")
-        .arg(&torrc)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("tor");
-    let control = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while TcpStream::connect(control).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tor's control port never opened: {}",
-            std::fs::read_to_string(dir.join("tor.log")).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Tor {
-        _child: child,
-        control,
-    }
-}
 
 async fn wait_onion(node: &Node, secs: u64) -> OverlayAddr {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -116,13 +35,6 @@ async fn wait_onion(node: &Node, secs: u64) -> OverlayAddr {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// The onion services tor holds for control connections (asked over a connection of our
-/// own, authenticated with the password): `GETINFO onions/detached` lists none, so we ask
-/// tor's log instead for adds and removals.
-fn tor_log(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("tor.log")).unwrap_or_default()
 }
 
 /// A raw peer asking for addrv2; returns the first addrv2 entries it gets.
@@ -173,11 +85,11 @@ async fn tor_accepts_key_again(control: SocketAddr, key: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() {
-    let Some(tor) = tor_path() else {
+    let Some(tor) = common::tor::tor_path() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let t = start_tor(&tor, dir.path()).await;
+    let t = common::tor::Tor::start(&tor, dir.path());
     let nd = tempfile::tempdir().unwrap();
     let mut c = config(nd.path());
     c.tor_control = Some(t.control);
@@ -211,7 +123,7 @@ async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() 
     assert!(
         tor_accepts_key_again(t.control, &key).await,
         "service still held after shutdown: {}",
-        tor_log(dir.path())
+        t.log()
     );
 
     // A restart reuses the key: the same address.
@@ -222,11 +134,11 @@ async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_authentication_and_a_wrong_password() {
-    let Some(tor) = tor_path() else {
+    let Some(tor) = common::tor::tor_path() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let t = start_tor(&tor, dir.path()).await;
+    let t = common::tor::Tor::start(&tor, dir.path());
 
     let good = tempfile::tempdir().unwrap();
     let mut c = config(good.path());

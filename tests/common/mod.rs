@@ -264,5 +264,6 @@ pub fn msg(v: &Value) -> &str {
 pub mod header_server;
 
 mod skip;
+pub mod tor;
 #[allow(unused_imports)]
 pub use skip::{in_ci, is_root, skip_or_fail};

@@ -157,7 +157,9 @@ impl ProxyError {
         use tokio_socks::Error as E;
         match e {
             E::Io(io) => ProxyError::Closed(io.to_string()),
-            E::InvalidTargetAddress(m) => ProxyError::BadTarget(m.to_string()),
+            // Our own target is checked before the exchange, so this is about the proxy's
+            // bound address (a domain that is not UTF-8).
+            E::InvalidTargetAddress(m) => ProxyError::BadReply(m.to_string()),
             E::ProxyServerUnreachable => ProxyError::Closed("proxy unreachable".into()),
             E::NoAcceptableAuthMethods | E::UnknownAuthMethod => {
                 ProxyError::AuthFailed(e.to_string())
@@ -371,6 +373,19 @@ mod tests {
         assert!(matches!(
             against(&[5, 0], long).await,
             Err(ProxyError::BadTarget(_))
+        ));
+        // A bound address that is a 255-byte name, not UTF-8.
+        let mut bad_name = vec![5, 0, 5, 0, 0, 3, 255];
+        bad_name.extend_from_slice(&[0xff; 255]);
+        bad_name.extend_from_slice(&[0x20, 0x8d]);
+        assert!(matches!(
+            against(&bad_name, ip.clone()).await,
+            Err(ProxyError::BadReply(_))
+        ));
+        // A name whose length byte promises more than the proxy sends.
+        assert!(matches!(
+            against(&[5, 0, 5, 0, 0, 3, 200, b'a', b'b'], ip.clone()).await,
+            Err(ProxyError::Closed(_))
         ));
         // Success, with a domain as the bound address.
         let mut ok = vec![5, 0, 5, 0, 0, 3, 4];

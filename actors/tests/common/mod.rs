@@ -214,6 +214,8 @@ impl AsyncPeer {
 
 #[path = "../../../tests/common/skip.rs"]
 mod skip;
+#[path = "../../../tests/common/tor.rs"]
+pub mod tor;
 #[allow(unused_imports)]
 pub use skip::{in_ci, is_root, skip_or_fail};
 
