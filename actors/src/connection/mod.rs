@@ -378,7 +378,7 @@ impl Actor for Connection {
             }
             ConnectionMsg::SendDrained => pump_getdata(state),
             ConnectionMsg::DroppedFrame(err) => {
-                warn!(peer = %state.addr, id = %state.id, error = %err, "dropped a frame");
+                warn!(peer = %state.peer_name(), id = %state.id, error = %err, "dropped a frame");
                 metrics::counter!("meshd_frame_errors_total", "kind" => err.kind()).increment(1);
                 punish(state, err.kind())
             }
@@ -451,6 +451,7 @@ impl Actor for Connection {
         // The final state travels to the Manager; the slot must be free before that, so a
         // waiting inbound peer can take it as soon as this actor is gone.
         state.permit = None;
+        let peer = state.peer_name();
         let reason = state.close_reason.get_or_insert_with(|| {
             if state.ctx.is_shutting_down() {
                 DisconnectReason::Shutdown
@@ -466,7 +467,7 @@ impl Actor for Connection {
         }
         metrics::counter!("meshd_disconnects_total", "reason" => reason.kind()).increment(1);
         info!(
-            peer = %state.addr,
+            peer = %peer,
             id = %state.id,
             direction = %state.direction,
             reason = %reason,
@@ -493,7 +494,7 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     }
     if state.permissions.has(Permissions::NOBAN) {
         // Whitelisted: logged and counted, never charged.
-        debug!(peer = %state.addr, id = %state.id, kind, "misbehaviour by a noban peer, not charged");
+        debug!(peer = %state.peer_name(), id = %state.id, kind, "misbehaviour by a noban peer, not charged");
         metrics::counter!("meshd_misbehavior_total", "kind" => kind).increment(1);
         return Ok(());
     }
@@ -501,7 +502,7 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     let score = state.misbehavior;
     state.ctx.peers.update(state.id, |p| p.misbehavior = score);
     let threshold = state.ctx.config().ban_threshold;
-    debug!(peer = %state.addr, id = %state.id, kind, cost, score, threshold, "misbehaviour");
+    debug!(peer = %state.peer_name(), id = %state.id, kind, cost, score, threshold, "misbehaviour");
     metrics::counter!("meshd_misbehavior_total", "kind" => kind).increment(1);
     if score >= threshold {
         let _ = state.manager.cast(ManagerMsg::Misbehaving {
@@ -588,7 +589,7 @@ fn start_io(
         Negotiated::V2(ready) => {
             state.transport_kind = Some(TransportKind::V2);
             let session_id = hex(&ready.session_id);
-            debug!(peer = %state.addr, id = %state.id, session_id, "v2 transport established");
+            debug!(peer = %state.peer_name(), id = %state.id, session_id, "v2 transport established");
             state.ctx.peers.update(state.id, |p| {
                 p.transport = "v2";
                 p.session_id = session_id.clone();
@@ -648,7 +649,7 @@ fn start_io(
         p.connected_at = now;
     });
     let _ = state.manager.cast(ManagerMsg::PeerConnected(state.id));
-    debug!(peer = %state.addr, id = %state.id, direction = %state.direction, "socket open, handshaking");
+    debug!(peer = %state.peer_name(), id = %state.id, direction = %state.direction, "socket open, handshaking");
     // Our version announces the height we have now, so peers know whether to sync from us.
     let mut policy = state.ctx.policy.clone();
     policy.start_height = state.ctx.sync_status().header_height.min(i32::MAX as u32) as i32;
@@ -706,7 +707,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
     let took = now.saturating_duration_since(state.started);
     metrics::histogram!("meshd_handshake_duration_seconds").record(took.as_secs_f64());
     info!(
-        peer = %state.addr,
+        peer = %state.peer_name(),
         id = %state.id,
         direction = %state.direction,
         version = pv.version,
@@ -723,6 +724,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.services = pv.services.to_u64();
         p.user_agent = pv.user_agent.clone();
         p.start_height = pv.start_height;
+        p.wants_addrv2 = pv.sendaddrv2;
     });
     let _ = state.manager.cast(ManagerMsg::PeerHandshaked {
         id: state.id,
@@ -798,7 +800,7 @@ fn on_inbound_message(
             return Err(DisconnectReason::Payload(e));
         }
         Err(e) => {
-            warn!(peer = %state.addr, id = %state.id, error = %e, "ignored a malformed message");
+            warn!(peer = %state.peer_name(), id = %state.id, error = %e, "ignored a malformed message");
             metrics::counter!("meshd_payload_errors_total", "kind" => e.kind()).increment(1);
             return punish(state, e.kind());
         }
@@ -984,12 +986,12 @@ fn on_inbound_message(
                 )));
             }
             state.peer_max_payload = conf.max_recv_payload_length;
-            debug!(peer = %state.addr, id = %state.id, max = conf.max_recv_payload_length, "peer protoconf");
+            debug!(peer = %state.peer_name(), id = %state.id, max = conf.max_recv_payload_length, "peer protoconf");
             Ok(())
         }
         Message::Unknown { command, .. } => {
             // Its payload was skipped unread by the frame decoder.
-            debug!(peer = %state.addr, id = %state.id, %command, "ignored a command meshd does not read");
+            debug!(peer = %state.peer_name(), id = %state.id, %command, "ignored a command meshd does not read");
             metrics::counter!("meshd_unknown_messages_total").increment(1);
             Ok(())
         }
@@ -1027,10 +1029,10 @@ fn on_pong(state: &mut ConnectionState, nonce: u64) {
                 p.ping_wait = None;
                 p.pongs += 1;
             });
-            debug!(peer = %state.addr, id = %state.id, rtt_us = rtt.as_micros() as u64, "pong");
+            debug!(peer = %state.peer_name(), id = %state.id, rtt_us = rtt.as_micros() as u64, "pong");
         }
         PongOutcome::Unexpected => {
-            debug!(peer = %state.addr, id = %state.id, nonce, "unexpected pong ignored");
+            debug!(peer = %state.peer_name(), id = %state.id, nonce, "unexpected pong ignored");
         }
     }
 }
@@ -1050,7 +1052,7 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         .is_some_and(|t| now.duration_since(t) >= GETDATA_BATCH_TIMEOUT)
     {
         // Sync never answered (it restarted, or dropped the batch): move on.
-        debug!(peer = %state.addr, id = %state.id, "getdata batch unanswered; moving on");
+        debug!(peer = %state.peer_name(), id = %state.id, "getdata batch unanswered; moving on");
         state.getdata_at_sync = None;
         pump_getdata(state)?;
     }
@@ -1097,7 +1099,7 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     let command = msg.command();
     let payload_len = bytes.len().saturating_sub(FRAME_HEADER_LEN);
     if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
-        warn!(peer = %state.addr, id = %state.id, %command, payload_len, limit = state.peer_max_payload,
+        warn!(peer = %state.peer_name(), id = %state.id, %command, payload_len, limit = state.peer_max_payload,
               "not sending a message larger than the peer accepts");
         return Ok(());
     }
@@ -1256,7 +1258,7 @@ fn on_addrs(state: &mut ConnectionState, addrs: Vec<GossipAddr>, in_message: usi
     metrics::counter!("meshd_addr_processed_total").increment(accepted.len() as u64);
     if limited > 0 {
         metrics::counter!("meshd_addr_rate_limited_total").increment(limited);
-        debug!(peer = %state.addr, id = %state.id, limited, "addresses over the rate limit ignored");
+        debug!(peer = %state.peer_name(), id = %state.id, limited, "addresses over the rate limit ignored");
     }
     if !accepted.is_empty() {
         let _ = state.manager.cast(ManagerMsg::AddrsReceived {

@@ -408,17 +408,16 @@ impl ManagerState {
         }
         // Relay each fresh address to a couple of connected peers not known to have it, so
         // it spreads hop by hop; the known-address sets stop it once everyone has it.
-        let mut others: Vec<(PeerId, ActorRef<ConnectionMsg>)> = self
+        // Each with whether it takes addrv2: onion, I2P and CJDNS addresses go only to those.
+        let mut others: Vec<(PeerId, ActorRef<ConnectionMsg>, bool)> = self
             .children
             .values()
             .filter(|c| c.id != id && c.is_live())
-            .filter(|c| {
-                self.ctx
-                    .peers
-                    .get(c.id)
-                    .is_some_and(|p| p.state == crate::manager::peers::PeerState::Connected)
+            .filter_map(|c| {
+                let p = self.ctx.peers.get(c.id)?;
+                (p.state == crate::manager::peers::PeerState::Connected)
+                    .then(|| (c.id, c.actor.clone(), p.wants_addrv2))
             })
-            .map(|c| (c.id, c.actor.clone()))
             .collect();
         let mut rng = rand::thread_rng();
         let mut batches: HashMap<PeerId, (ActorRef<ConnectionMsg>, Vec<GossipAddr>)> =
@@ -427,14 +426,15 @@ impl ManagerState {
             others.shuffle(&mut rng);
             let targets: Vec<(PeerId, ActorRef<ConnectionMsg>)> = others
                 .iter()
-                .filter(|(pid, _)| {
+                .filter(|(_, _, addrv2)| *addrv2 || a.overlay.is_none())
+                .filter(|(pid, _, _)| {
                     !self
                         .addr_known
                         .get(pid)
                         .is_some_and(|k| k.contains(&a.addr))
                 })
                 .take(ADDR_RELAY_FANOUT)
-                .cloned()
+                .map(|(pid, actor, _)| (*pid, actor.clone()))
                 .collect();
             for (pid, actor) in targets {
                 self.mark_known(pid, [a.addr]);

@@ -104,6 +104,8 @@ pub struct PeerInfo {
     pub transport: &'static str,
     /// BIP324 session id in hex (empty for v1), as Core's getpeerinfo shows it.
     pub session_id: String,
+    /// It sent `sendaddrv2` (BIP155): onion, I2P and CJDNS addresses can be relayed to it.
+    pub wants_addrv2: bool,
     /// The onion, I2P or CJDNS address `addr` stands for (see
     /// [`crate::discovery::overlay`]).
     pub overlay: Option<OverlayAddr>,
@@ -163,6 +165,7 @@ impl PeerInfo {
             ping_wait: None,
             misbehavior: 0,
             transport: "v1",
+            wants_addrv2: false,
             overlay: None,
             session_id: String::new(),
             connected_at: Instant::now(),
