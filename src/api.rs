@@ -342,10 +342,9 @@ async fn get_bans(State(s): State<ApiState>) -> ApiResult {
                 "created": b.created,
                 "until": b.until,
                 "reason": b.reason.label(),
-                "detail": match &b.reason {
-                    meshd_actors::manager::bans::BanReason::Misbehavior(d) => Some(d.clone()),
-                    meshd_actors::manager::bans::BanReason::Manual => None,
-                },
+                "detail": b.reason.detail(),
+                // The fleet node whose advisory this ban applies (--fleet-apply-bans).
+                "origin": b.reason.origin(),
             })
         })
         .collect();

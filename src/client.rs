@@ -223,13 +223,17 @@ fn print_bans(v: &Value) {
                         s(&b["subnet"]),
                         s(&b["until"]),
                         s(&b["reason"]),
+                        s(&b["origin"]),
                         s(&b["detail"]),
                     ]
                 })
                 .collect()
         })
         .unwrap_or_default();
-    table(&["SUBNET", "UNTIL (UNIX)", "REASON", "DETAIL"], rows);
+    table(
+        &["SUBNET", "UNTIL (UNIX)", "REASON", "ORIGIN", "DETAIL"],
+        rows,
+    );
 }
 
 fn print_object(v: &Value) {

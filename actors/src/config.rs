@@ -145,6 +145,61 @@ pub struct NodeConfig {
     /// Create an onion service for inbound peers through the control port
     /// (`--listenonion`, default on).
     pub listen_onion: bool,
+    /// Publish to a fleet on NATS JetStream (`--nats`); `None`: an island.
+    pub fleet: Option<FleetConfig>,
+}
+
+/// A fleet of meshd nodes on NATS JetStream (see [`crate::fleet`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    /// NATS server URL(s), comma-separated (`nats://127.0.0.1:4222`).
+    pub url: String,
+    /// NATS credentials file (`--nats-credentials`).
+    pub credentials_file: Option<PathBuf>,
+    /// NATS user and password (`--nats-user`, `--nats-password`).
+    pub user_password: Option<(String, String)>,
+    /// The fleet's name (`--fleet`).
+    pub fleet: String,
+    /// This node's name in the fleet (`--node-name`).
+    pub node_name: String,
+    /// Events kept in the stream at most this long (`--fleet-max-age`).
+    pub max_age: Duration,
+    /// Bytes kept in the stream at most (`--fleet-max-bytes`).
+    pub max_bytes: u64,
+    /// Events waiting to be published at most; beyond, they are dropped and counted.
+    pub buffer: usize,
+    /// Apply other nodes' ban advisories (`--fleet-apply-bans`).
+    pub apply_bans: bool,
+    /// Interval of the heartbeat in the fleet's key-value bucket.
+    pub heartbeat_interval: Duration,
+}
+
+/// Default age limit of a fleet's stream.
+pub const DEFAULT_FLEET_MAX_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// Default size limit of a fleet's stream.
+pub const DEFAULT_FLEET_MAX_BYTES: u64 = 1 << 30;
+/// Default bound of the events waiting to be published: about 20 minutes of a busy
+/// mainnet node's events (see the README's fleet section), a few MiB.
+pub const DEFAULT_FLEET_BUFFER: usize = 10_000;
+/// Default heartbeat interval.
+pub const DEFAULT_FLEET_HEARTBEAT: Duration = Duration::from_secs(10);
+
+impl FleetConfig {
+    /// A fleet on `url` with every other setting at its default.
+    pub fn new(url: &str, fleet: &str, node_name: &str) -> FleetConfig {
+        FleetConfig {
+            url: url.to_string(),
+            credentials_file: None,
+            user_password: None,
+            fleet: fleet.to_string(),
+            node_name: node_name.to_string(),
+            max_age: DEFAULT_FLEET_MAX_AGE,
+            max_bytes: DEFAULT_FLEET_MAX_BYTES,
+            buffer: DEFAULT_FLEET_BUFFER,
+            apply_bans: false,
+            heartbeat_interval: DEFAULT_FLEET_HEARTBEAT,
+        }
+    }
 }
 
 /// A SOCKS5 proxy.
@@ -298,6 +353,7 @@ impl NodeConfig {
             tor_control: None,
             tor_password: None,
             listen_onion: true,
+            fleet: None,
         }
     }
 

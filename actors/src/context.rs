@@ -54,6 +54,11 @@ pub struct NodeContext {
     external: Vec<SocketAddr>,
     /// Addresses we listen on.
     pub(crate) listen_addrs: Vec<SocketAddr>,
+    /// The fleet link's counters and client (see [`crate::fleet`]).
+    fleet: Arc<crate::fleet::FleetShared>,
+    /// When the node started (wall clock, unix seconds; and monotonic).
+    started_unix: u64,
+    started: Instant,
     /// Our onion service, while it is up (see [`crate::tor`]).
     onion_service: RwLock<Option<crate::tor::OnionService>>,
     /// The last STUN result.
@@ -126,6 +131,9 @@ impl NodeContext {
             external: config.external_addrs.clone(),
             listen_addrs: listen_addrs.to_vec(),
             onion_service: RwLock::new(None),
+            fleet: Arc::new(crate::fleet::FleetShared::default()),
+            started_unix: unix_now().max(0) as u64,
+            started: now,
             stun: RwLock::new(None),
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
@@ -207,6 +215,21 @@ impl NodeContext {
             Ok(b) => b.is_banned(ip, now),
             Err(p) => p.into_inner().is_banned(ip, now),
         }
+    }
+
+    /// The fleet link's shared state.
+    pub(crate) fn fleet_shared(&self) -> Arc<crate::fleet::FleetShared> {
+        self.fleet.clone()
+    }
+
+    /// When the node started, unix seconds.
+    pub(crate) fn started_unix(&self) -> u64 {
+        self.started_unix
+    }
+
+    /// Time since the node started.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
     }
 
     /// Our onion service, while it is up.

@@ -168,6 +168,8 @@ pub enum NodeEvent {
         tx_count: usize,
         /// Serialized size, bytes.
         size: usize,
+        /// The peer it came from (none: generated or submitted here).
+        from: Option<String>,
     },
     /// A transaction entered the relay pool.
     TxReceived {
@@ -175,6 +177,8 @@ pub enum NodeEvent {
         txid: String,
         /// Serialized size, bytes.
         size: usize,
+        /// The peer it came from (none: submitted here).
+        from: Option<String>,
     },
     /// A message arrived (published only while someone listens).
     MessageReceived {

@@ -97,6 +97,7 @@ pub mod constants;
 pub mod context;
 pub mod discovery;
 pub mod events;
+pub mod fleet;
 pub mod manager;
 mod metrics;
 pub use metrics::describe_metrics;

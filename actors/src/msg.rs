@@ -148,6 +148,17 @@ pub enum ManagerMsg {
     },
     /// Ban a subnet for a duration; replies with the entry.
     Ban(IpNet, Duration, RpcReplyPort<BanEntry>),
+    /// Applies another fleet node's ban advisory (already checked by the Fleet actor).
+    FleetBan {
+        /// The subnet.
+        subnet: IpNet,
+        /// Expiry, unix seconds.
+        until: u64,
+        /// The node that banned.
+        origin: String,
+        /// Its reason.
+        reason: String,
+    },
     /// Lift a ban; replies whether one existed.
     Unban(IpNet, RpcReplyPort<bool>),
     /// The live ban list.

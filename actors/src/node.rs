@@ -31,6 +31,7 @@ use crate::context::NodeContext;
 use crate::discovery::addrbook::AddrEntry;
 use crate::discovery::{DnsArgs, DnsDiscovery, DnsMsg};
 use crate::events::{EventKind, EventStream};
+use crate::fleet::Fleet;
 use crate::manager::bans::BanEntry;
 use crate::manager::peers::{PeerId, PeerInfo, PeerTable};
 use crate::manager::slots::{SlotLimits, SlotUsage};
@@ -66,6 +67,8 @@ pub enum NodeChild {
     Sync,
     /// The Tor control-port client (when an onion service is wanted).
     Tor,
+    /// The fleet link (with `--nats`).
+    Fleet,
 }
 
 /// The root of the supervision tree.
@@ -87,6 +90,7 @@ pub struct NodeState {
     stun: Option<ActorRef<StunMsg>>,
     sync: Option<ActorRef<SyncMsg>>,
     tor: Option<ActorRef<TorMsg>>,
+    fleet: Option<ActorRef<()>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -142,6 +146,20 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_fleet(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(manager) = self.manager.clone() else {
+            return Ok(());
+        };
+        if self.ctx.config().fleet.is_none() {
+            return Ok(());
+        }
+        let (fleet, _) =
+            Actor::spawn_linked(None, Fleet, (self.ctx.clone(), manager), myself.get_cell())
+                .await?;
+        self.fleet = Some(fleet);
+        Ok(())
+    }
+
     async fn start_tor(&mut self, myself: &ActorRef<NodeMsg>) -> Result<(), ActorProcessingErr> {
         let Some(control) = crate::tor::control_port(&self.ctx) else {
             return Ok(());
@@ -177,6 +195,9 @@ impl NodeState {
         }
         if let Some(st) = self.stun.take() {
             let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(f) = self.fleet.take() {
+            let _ = f.stop_and_wait(Some("shutdown".into()), None).await;
         }
         // Before the Manager: the onion service is removed while peers are still closing.
         if let Some(t) = self.tor.take() {
@@ -232,6 +253,8 @@ impl NodeState {
             "sync"
         } else if is(self.tor.as_ref().map(|a| a.get_cell())) {
             "tor"
+        } else if is(self.fleet.as_ref().map(|a| a.get_cell())) {
+            "fleet"
         } else {
             return Ok(());
         };
@@ -253,13 +276,18 @@ impl NodeState {
                 if let Some(d) = self.dns.take() {
                     d.stop(None);
                 }
+                if let Some(f) = self.fleet.take() {
+                    f.stop(None);
+                }
                 self.start_manager(myself).await?;
                 self.start_listener(myself).await?;
-                self.start_dns(myself).await
+                self.start_dns(myself).await?;
+                self.start_fleet(myself).await
             }
             "listener" => self.start_listener(myself).await,
             "dns" => self.start_dns(myself).await,
             "tor" => self.start_tor(myself).await,
+            "fleet" => self.start_fleet(myself).await,
             // Connections find Sync through the context, so a new one is picked up at once;
             // the Manager, the one owner of the peer set, tells it of every live peer.
             "sync" => {
@@ -294,6 +322,7 @@ impl Actor for NodeSupervisor {
             stun: None,
             sync: None,
             tor: None,
+            fleet: None,
             restarts: VecDeque::new(),
             stopping: false,
         })
@@ -310,6 +339,7 @@ impl Actor for NodeSupervisor {
         state.start_listener(&myself).await?;
         state.start_dns(&myself).await?;
         state.start_tor(&myself).await?;
+        state.start_fleet(&myself).await?;
         state.start_stun(&myself).await
     }
 
@@ -331,6 +361,7 @@ impl Actor for NodeSupervisor {
                     NodeChild::Stun => state.stun.as_ref().map(|a| a.get_cell()),
                     NodeChild::Sync => state.sync.as_ref().map(|a| a.get_cell()),
                     NodeChild::Tor => state.tor.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Fleet => state.fleet.as_ref().map(|a| a.get_cell()),
                 };
                 let _ = reply.send(cell);
             }
@@ -522,6 +553,25 @@ impl Node {
     /// Header sync status.
     pub fn sync_status(&self) -> SyncStatus {
         self.ctx.sync_status()
+    }
+
+    /// The fleet link's state (`--nats`), if the node is in a fleet.
+    pub fn fleet_status(&self) -> Option<crate::fleet::FleetStatus> {
+        let config = self.ctx.config().fleet.clone()?;
+        Some(self.ctx.fleet_shared().status(&config))
+    }
+
+    /// The fleet's nodes from their heartbeats, each with whether it is stale.
+    pub async fn fleet_nodes(&self) -> Result<Vec<(crate::fleet::core::Heartbeat, bool)>, String> {
+        crate::fleet::nodes(&self.ctx).await
+    }
+
+    /// Block propagation across the fleet, the `last` newest blocks.
+    pub async fn fleet_propagation(
+        &self,
+        last: usize,
+    ) -> Result<Vec<crate::fleet::core::Propagation>, String> {
+        crate::fleet::propagation(&self.ctx, last).await
     }
 
     /// Our onion service, while it is up (`--torcontrol`, `--listenonion`).

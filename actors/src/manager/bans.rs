@@ -29,6 +29,14 @@ pub enum BanReason {
     Manual,
     /// Banned automatically for misbehaviour; the violation that crossed the threshold.
     Misbehavior(String),
+    /// Applied from another fleet node's advisory (`--fleet-apply-bans`). Last, so files
+    /// written before it still read.
+    Fleet {
+        /// The node that banned.
+        origin: String,
+        /// Its reason.
+        reason: String,
+    },
 }
 
 impl BanReason {
@@ -37,6 +45,24 @@ impl BanReason {
         match self {
             BanReason::Manual => "manual",
             BanReason::Misbehavior(_) => "misbehavior",
+            BanReason::Fleet { .. } => "fleet",
+        }
+    }
+
+    /// The detail shown with the ban: the violation, or the origin and its reason.
+    pub fn detail(&self) -> Option<String> {
+        match self {
+            BanReason::Manual => None,
+            BanReason::Misbehavior(d) => Some(d.clone()),
+            BanReason::Fleet { origin, reason } => Some(format!("from {origin}: {reason}")),
+        }
+    }
+
+    /// The fleet node that banned, for bans applied from an advisory.
+    pub fn origin(&self) -> Option<&str> {
+        match self {
+            BanReason::Fleet { origin, .. } => Some(origin),
+            _ => None,
         }
     }
 }

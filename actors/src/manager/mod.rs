@@ -624,10 +624,7 @@ impl ManagerState {
             subnet: entry.subnet.to_string(),
             until: entry.until,
             reason: reason.label().to_string(),
-            detail: match &reason {
-                BanReason::Misbehavior(d) => Some(d.clone()),
-                BanReason::Manual => None,
-            },
+            detail: reason.detail(),
         });
         for child in self.children.values() {
             if subnet.contains(&crate::manager::bans::canonical(child.addr.ip())) {
@@ -1046,6 +1043,22 @@ impl Actor for Manager {
                         IpNet::from(ip),
                         config.ban_duration,
                         BanReason::Misbehavior(format!("{kind} (score {score})")),
+                    );
+                }
+            }
+            ManagerMsg::FleetBan {
+                subnet,
+                until,
+                origin,
+                reason,
+            } => {
+                let now = now_unix();
+                if until > now && !state.ctx.is_shutting_down() {
+                    info!(%subnet, %origin, %reason, "ban advisory applied");
+                    state.apply_ban(
+                        subnet,
+                        Duration::from_secs(until - now),
+                        BanReason::Fleet { origin, reason },
                     );
                 }
             }

@@ -709,6 +709,9 @@ impl SyncActorState {
             height,
             tx_count,
             size,
+            from: from
+                .and_then(|id| self.ctx.peers.get(id))
+                .map(|p| p.address()),
         });
         // Transactions now in a block leave the relay pool.
         for tx in &block.txdata {

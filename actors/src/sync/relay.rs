@@ -210,6 +210,9 @@ impl SyncActorState {
         self.ctx.events.publish(NodeEvent::TxReceived {
             txid: txid.to_string(),
             size,
+            from: from
+                .and_then(|id| self.ctx.peers.get(id))
+                .map(|p| p.address()),
         });
         let trickle = config.trickle;
         for (id, p) in self.peers.iter_mut() {

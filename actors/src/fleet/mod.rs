@@ -1,0 +1,648 @@
+//! The Fleet actor: this node as a member of a fleet on NATS JetStream (`--nats`).
+//!
+//! - **Events.** Every event the SSE stream carries (all but per-message traffic) is
+//!   published as the same JSON on `meshd.<fleet>.<node>.<network>.<kind>` into the fleet's
+//!   stream, which the node creates if missing (bounded by age and bytes). Publishing never
+//!   blocks the node: events wait in a bounded buffer (drops counted in
+//!   `meshd_fleet_dropped_total`), one publisher sends them in order and retries each until
+//!   JetStream acknowledges it, with a message id (`Nats-Msg-Id`) so a retry after a lost
+//!   acknowledgement is not stored twice. The client reconnects with backoff by itself.
+//! - **Propagation.** Each node's `BlockReceived` events (hash, time, the peer it came from)
+//!   are its first sightings; [`propagation`] reads them back from the stream, and each node
+//!   exports its own lag behind the fleet's first sighting (`meshd_fleet_block_lag_seconds`).
+//! - **Ban advisories.** An automatic ban is published as a [`core::BanAdvisory`]; with
+//!   `--fleet-apply-bans` advisories from other nodes are checked ([`core::check_advisory`]:
+//!   never loopback, private or whitelisted ranges, at most a week) and applied with their
+//!   origin; anything malformed is ignored and counted.
+//! - **Heartbeats.** A [`core::Heartbeat`] in the fleet's key-value bucket every interval;
+//!   [`nodes`] lists them, stale ones marked.
+
+pub mod core;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream;
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::FleetConfig;
+use crate::context::NodeContext;
+use crate::events::{EventError, EventKind, NodeEvent};
+use crate::msg::ManagerMsg;
+use core::{BanAdvisory, Heartbeat, LagTracker, Propagation, Sighting};
+
+/// First wait before retrying a publish JetStream did not acknowledge...
+const RETRY_MIN: Duration = Duration::from_millis(100);
+/// ...doubling up to this.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Time allowed for one acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most stream messages read for one propagation report: the reader stays bounded in time
+/// and memory however large the stream grew.
+pub const MAX_PROPAGATION_SCAN: usize = 200_000;
+/// Time allowed to read the stream for one report.
+const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// What the fleet link is doing, for the API and metrics.
+#[derive(Debug, Default)]
+pub struct FleetShared {
+    connected: AtomicBool,
+    published: AtomicU64,
+    dropped: AtomicU64,
+    rejected: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    client: Mutex<Option<async_nats::Client>>,
+    lag: Mutex<LagTracker>,
+}
+
+/// A snapshot of [`FleetShared`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FleetStatus {
+    /// The fleet.
+    pub fleet: String,
+    /// This node's name in it.
+    pub node: String,
+    /// The NATS URL.
+    pub url: String,
+    /// Connected to NATS now.
+    pub connected: bool,
+    /// Events acknowledged by JetStream.
+    pub published: u64,
+    /// Events dropped because the buffer was full.
+    pub dropped: u64,
+    /// Malformed advisories, heartbeats or sightings ignored.
+    pub rejected: u64,
+    /// The last error, if any.
+    pub last_error: Option<String>,
+    /// This node's lag behind the fleet's first sighting of the newest block, seconds.
+    pub block_lag_secs: Option<f64>,
+}
+
+impl FleetShared {
+    fn set_error(&self, e: impl ToString) {
+        if let Ok(mut g) = self.last_error.lock() {
+            *g = Some(e.to_string());
+        }
+    }
+
+    fn client(&self) -> Option<async_nats::Client> {
+        self.client.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn reject(&self, kind: &'static str, why: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("meshd_fleet_rejected_total", "kind" => kind).increment(1);
+        debug!(kind, why, "fleet message ignored");
+    }
+
+    /// The snapshot.
+    pub fn status(&self, config: &FleetConfig) -> FleetStatus {
+        FleetStatus {
+            fleet: config.fleet.clone(),
+            node: config.node_name.clone(),
+            url: config.url.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            published: self.published.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
+            block_lag_secs: self.lag.lock().ok().and_then(|l| l.lag_secs()),
+        }
+    }
+}
+
+/// One message waiting for the publisher.
+struct Outgoing {
+    subject: String,
+    payload: Vec<u8>,
+    seq: u64,
+}
+
+/// The Fleet actor.
+pub struct Fleet;
+
+/// Its state: the tasks it runs, aborted when it stops.
+pub struct FleetState {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Actor for Fleet {
+    type Msg = ();
+    type State = FleetState;
+    type Arguments = (Arc<NodeContext>, ActorRef<ManagerMsg>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<()>,
+        (ctx, manager): (Arc<NodeContext>, ActorRef<ManagerMsg>),
+    ) -> Result<FleetState, ActorProcessingErr> {
+        let Some(config) = ctx.config().fleet.clone() else {
+            return Ok(FleetState { tasks: Vec::new() });
+        };
+        for m in ["meshd_fleet_dropped_total", "meshd_fleet_published_total"] {
+            metrics::counter!(m).increment(0);
+        }
+        metrics::gauge!("meshd_fleet_connected").set(0.0);
+        let shared = ctx.fleet_shared();
+        let (tx, rx) = mpsc::channel::<Outgoing>(config.buffer.max(1));
+        let tasks = vec![
+            tokio::spawn(pump(ctx.clone(), config.clone(), tx)),
+            tokio::spawn(run(ctx.clone(), config, shared, rx, manager)),
+        ];
+        Ok(FleetState { tasks })
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<()>,
+        state: &mut FleetState,
+    ) -> Result<(), ActorProcessingErr> {
+        for t in state.tasks.drain(..) {
+            t.abort();
+        }
+        Ok(())
+    }
+}
+
+/// The event kinds published: everything but per-message traffic.
+fn published_kinds() -> Vec<EventKind> {
+    EventKind::ALL
+        .into_iter()
+        .filter(|k| *k != EventKind::MessageReceived)
+        .collect()
+}
+
+/// Turns node events into messages for the publisher; never waits on it.
+async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgoing>) {
+    let shared = ctx.fleet_shared();
+    let network = ctx.config().network.name().to_string();
+    let mut events = ctx.events.subscribe_to(&published_kinds());
+    let mut seq = 0u64;
+    let drop = |n: u64| {
+        shared.dropped.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("meshd_fleet_dropped_total").increment(n);
+    };
+    loop {
+        let event = match events.recv().await {
+            Ok(e) => e,
+            Err(EventError::Lagged(n)) => {
+                drop(n);
+                continue;
+            }
+            Err(EventError::Closed) => return,
+        };
+        let mut out = Vec::with_capacity(2);
+        if let Ok(payload) = serde_json::to_vec(&*event) {
+            out.push((event.event.kind().name().to_string(), payload));
+        }
+        if let NodeEvent::PeerBanned {
+            subnet,
+            until,
+            reason,
+            detail,
+        } = &event.event
+        {
+            // Only automatic bans: manual ones are the operator's, fleet ones came from
+            // another node's advisory (republishing them would echo round the fleet).
+            if reason == "misbehavior" {
+                let adv = BanAdvisory {
+                    subnet: subnet.clone(),
+                    reason: detail.clone().unwrap_or_default(),
+                    score: ctx.config().ban_threshold,
+                    until: *until,
+                    origin: config.node_name.clone(),
+                };
+                if let Ok(payload) = serde_json::to_vec(&adv) {
+                    out.push((core::ADVISORY_KIND.to_string(), payload));
+                }
+            }
+        }
+        for (kind, payload) in out {
+            seq += 1;
+            let msg = Outgoing {
+                subject: core::subject(&config.fleet, &config.node_name, &network, &kind),
+                payload,
+                seq,
+            };
+            if tx.try_send(msg).is_err() {
+                drop(1);
+            }
+        }
+    }
+}
+
+async fn connect(config: &FleetConfig) -> Result<async_nats::Client, String> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(format!("meshd {}", config.node_name))
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5))
+        .reconnect_delay_callback(|attempt| {
+            // 100 ms doubling to 5 s, as the publisher's own retries.
+            RETRY_MIN
+                .saturating_mul(1u32 << attempt.min(6) as u32)
+                .min(RETRY_MAX)
+        });
+    if let Some(path) = &config.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("credentials file {}: {e}", path.display()))?;
+    }
+    if let Some((user, pass)) = &config.user_password {
+        opts = opts.user_and_password(user.clone(), pass.clone());
+    }
+    opts.connect(config.url.as_str())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the stream and the bucket if missing.
+async fn ensure(
+    js: &jetstream::Context,
+    config: &FleetConfig,
+) -> Result<jetstream::kv::Store, String> {
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: core::stream_name(&config.fleet),
+        subjects: vec![core::fleet_subjects(&config.fleet)],
+        max_age: config.max_age,
+        max_bytes: config.max_bytes.min(i64::MAX as u64) as i64,
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("stream: {e}"))?;
+    let bucket = core::bucket_name(&config.fleet);
+    match js.get_key_value(&bucket).await {
+        Ok(kv) => Ok(kv),
+        Err(_) => js
+            .create_key_value(jetstream::kv::Config {
+                bucket,
+                history: 1,
+                max_age: Duration::from_secs(86_400),
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("bucket: {e}")),
+    }
+}
+
+/// Connects, sets up, then publishes, beats and listens until the node stops.
+async fn run(
+    ctx: Arc<NodeContext>,
+    config: FleetConfig,
+    shared: Arc<FleetShared>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    manager: ActorRef<ManagerMsg>,
+) {
+    let client = loop {
+        match connect(&config).await {
+            Ok(c) => break c,
+            Err(e) => {
+                shared.set_error(&e);
+                warn!(url = %config.url, error = %e, "cannot reach NATS; retrying");
+                tokio::time::sleep(RETRY_MAX).await;
+            }
+        }
+    };
+    if let Ok(mut c) = shared.client.lock() {
+        *c = Some(client.clone());
+    }
+    let js = jetstream::new(client.clone());
+    let mut delay = RETRY_MIN;
+    let kv = loop {
+        match ensure(&js, &config).await {
+            Ok(kv) => break kv,
+            Err(e) => {
+                shared.set_error(&e);
+                warn!(error = %e, "fleet stream not ready; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(RETRY_MAX);
+            }
+        }
+    };
+    info!(fleet = %config.fleet, node = %config.node_name, url = %config.url, "fleet connected");
+    let watch = tokio::spawn(watch_connection(client.clone(), shared.clone()));
+    let beat = tokio::spawn(heartbeats(ctx.clone(), config.clone(), kv));
+    let sightings = tokio::spawn(follow_sightings(
+        ctx.clone(),
+        config.clone(),
+        client.clone(),
+        shared.clone(),
+    ));
+    let advisories = config.apply_bans.then(|| {
+        tokio::spawn(apply_advisories(
+            ctx.clone(),
+            config.clone(),
+            client.clone(),
+            shared.clone(),
+            manager,
+        ))
+    });
+    let _guard = AbortOnDrop(vec![Some(watch), Some(beat), Some(sightings), advisories]);
+
+    while let Some(msg) = rx.recv().await {
+        let mut delay = RETRY_MIN;
+        loop {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "Nats-Msg-Id",
+                format!("{}-{}-{}", config.node_name, ctx.started_unix(), msg.seq).as_str(),
+            );
+            headers.insert("Meshd-Seq", msg.seq.to_string().as_str());
+            let sent = js
+                .publish_with_headers(msg.subject.clone(), headers, msg.payload.clone().into())
+                .await;
+            let acked = match sent {
+                Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
+                    .await
+                    .map_err(|_| "no acknowledgement".to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Err(e.to_string()),
+            };
+            match acked {
+                Ok(_) => {
+                    shared.published.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("meshd_fleet_published_total").increment(1);
+                    break;
+                }
+                Err(e) => {
+                    shared.set_error(&e);
+                    debug!(error = %e, seq = msg.seq, retry_in = ?delay, "publish not acknowledged; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(Vec<Option<JoinHandle<()>>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in self.0.iter().flatten() {
+            t.abort();
+        }
+    }
+}
+
+/// Keeps `connected` and its gauge current.
+async fn watch_connection(client: async_nats::Client, shared: Arc<FleetShared>) {
+    let mut was = None;
+    loop {
+        let up = client.connection_state() == async_nats::connection::State::Connected;
+        if was != Some(up) {
+            shared.connected.store(up, Ordering::Relaxed);
+            metrics::gauge!("meshd_fleet_connected").set(if up { 1.0 } else { 0.0 });
+            if was.is_some() {
+                if up {
+                    info!("fleet: NATS connection back");
+                } else {
+                    warn!("fleet: NATS connection lost; events wait in the buffer");
+                }
+            }
+            was = Some(up);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes this node's heartbeat every interval.
+async fn heartbeats(ctx: Arc<NodeContext>, config: FleetConfig, kv: jetstream::kv::Store) {
+    let key = core::token(&config.node_name);
+    let mut tick = tokio::time::interval(config.heartbeat_interval);
+    loop {
+        tick.tick().await;
+        let hb = heartbeat(&ctx, &config);
+        if let Ok(bytes) = serde_json::to_vec(&hb) {
+            if let Err(e) = kv.put(&key, bytes.into()).await {
+                debug!(error = %e, "heartbeat not written");
+            }
+        }
+    }
+}
+
+fn heartbeat(ctx: &NodeContext, config: &FleetConfig) -> Heartbeat {
+    let peers = ctx.peers.snapshot();
+    let connected: Vec<_> = peers
+        .iter()
+        .filter(|p| p.state == crate::manager::peers::PeerState::Connected)
+        .collect();
+    let status = ctx.sync_status();
+    Heartbeat {
+        node: config.node_name.clone(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        network: ctx.config().network.name().to_string(),
+        tip_height: status.header_height,
+        tip_hash: status.best_header_hash.clone(),
+        inbound: connected
+            .iter()
+            .filter(|p| p.direction == crate::peer::Direction::Inbound)
+            .count(),
+        outbound: connected
+            .iter()
+            .filter(|p| p.direction == crate::peer::Direction::Outbound)
+            .count(),
+        v2: connected.iter().filter(|p| p.transport == "v2").count(),
+        uptime_secs: ctx.uptime().as_secs(),
+        time: unix_ms() / 1000,
+        interval_secs: config.heartbeat_interval.as_secs().max(1),
+    }
+}
+
+/// The node token of a subject `meshd.<fleet>.<node>.<network>.<kind>`.
+fn subject_node(subject: &str) -> Option<&str> {
+    subject.split('.').nth(2)
+}
+
+/// A `BlockReceived` event's hash, height, time and sender, from its JSON.
+fn parse_sighting(node: &str, payload: &[u8]) -> Option<Sighting> {
+    if payload.len() > core::MAX_FLEET_MESSAGE {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    Some(Sighting {
+        node: node.to_string(),
+        hash: v["hash"].as_str()?.to_string(),
+        height: v["height"].as_u64()? as u32,
+        time_ms: v["timestamp_ms"].as_u64()?,
+        from: v["from"].as_str().map(str::to_string),
+    })
+}
+
+/// Follows every node's block sightings to keep this node's lag current.
+async fn follow_sightings(
+    ctx: Arc<NodeContext>,
+    config: FleetConfig,
+    client: async_nats::Client,
+    shared: Arc<FleetShared>,
+) {
+    let network = ctx.config().network.name().to_string();
+    let own = core::token(&config.node_name);
+    let subject = core::kind_subjects(&config.fleet, &network, EventKind::BlockReceived.name());
+    let Ok(mut sub) = client.subscribe(subject).await else {
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(node) = subject_node(&msg.subject) else {
+            continue;
+        };
+        let Some(s) = parse_sighting(node, &msg.payload) else {
+            shared.reject("sighting", "not a BlockReceived event");
+            continue;
+        };
+        if let Ok(mut lag) = shared.lag.lock() {
+            lag.see(&s.hash, s.time_ms, node == own);
+            if let Some(secs) = lag.lag_secs() {
+                metrics::gauge!("meshd_fleet_block_lag_seconds").set(secs);
+            }
+        }
+    }
+}
+
+/// Applies other nodes' ban advisories (`--fleet-apply-bans`).
+async fn apply_advisories(
+    ctx: Arc<NodeContext>,
+    config: FleetConfig,
+    client: async_nats::Client,
+    shared: Arc<FleetShared>,
+    manager: ActorRef<ManagerMsg>,
+) {
+    let network = ctx.config().network.name().to_string();
+    let subject = core::kind_subjects(&config.fleet, &network, core::ADVISORY_KIND);
+    let Ok(mut sub) = client.subscribe(subject).await else {
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let now = unix_ms() / 1000;
+        let whitelisted = |ip| {
+            ctx.config()
+                .whitelist
+                .iter()
+                .any(|w| w.subnet.contains(&ip))
+        };
+        match core::check_advisory(&msg.payload, &config.node_name, whitelisted, now) {
+            Ok((subnet, until, adv)) => {
+                metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);
+                let _ = manager.cast(ManagerMsg::FleetBan {
+                    subnet,
+                    until,
+                    origin: adv.origin,
+                    reason: adv.reason,
+                });
+            }
+            Err(core::AdvisoryError::Own) => {}
+            Err(e) => {
+                warn!(subject = %msg.subject, error = %e, "ban advisory ignored");
+                shared.reject(e.kind(), &e.to_string());
+            }
+        }
+    }
+}
+
+/// The fleet's heartbeats, each with whether it is stale; malformed ones are skipped and
+/// counted.
+pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> {
+    let config = ctx
+        .config()
+        .fleet
+        .clone()
+        .ok_or("not in a fleet (--nats)")?;
+    let shared = ctx.fleet_shared();
+    let client = shared.client().ok_or("not connected to NATS yet")?;
+    let js = jetstream::new(client);
+    let kv = js
+        .get_key_value(core::bucket_name(&config.fleet))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    let now = unix_ms() / 1000;
+    let mut out = Vec::new();
+    while let Some(key) = keys.next().await {
+        let Ok(key) = key else { continue };
+        match kv.get(&key).await {
+            Ok(Some(bytes)) => match Heartbeat::parse(&bytes) {
+                Ok(hb) => {
+                    let stale = hb.is_stale(now);
+                    out.push((hb, stale));
+                }
+                Err(e) => shared.reject("heartbeat", &e),
+            },
+            Ok(None) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        if out.len() >= core::MAX_TOKEN_LEN * 1024 {
+            break;
+        }
+    }
+    out.sort_by(|a, b| a.0.node.cmp(&b.0.node));
+    Ok(out)
+}
+
+/// Per block, when the first and the last node saw it and the delay quantiles, for the
+/// `last` newest blocks in the stream (read with an ordered consumer, bounded by
+/// [`MAX_PROPAGATION_SCAN`] messages and [`SCAN_TIMEOUT`]).
+pub async fn propagation(ctx: &NodeContext, last: usize) -> Result<Vec<Propagation>, String> {
+    let config = ctx
+        .config()
+        .fleet
+        .clone()
+        .ok_or("not in a fleet (--nats)")?;
+    let shared = ctx.fleet_shared();
+    let client = shared.client().ok_or("not connected to NATS yet")?;
+    let js = jetstream::new(client);
+    let network = ctx.config().network.name().to_string();
+    let stream = js
+        .get_stream(core::stream_name(&config.fleet))
+        .await
+        .map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: core::kind_subjects(
+                &config.fleet,
+                &network,
+                EventKind::BlockReceived.name(),
+            ),
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut sightings = Vec::new();
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    if consumer.cached_info().num_pending > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        while sightings.len() < MAX_PROPAGATION_SCAN {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(msg))) = tokio::time::timeout(left, messages.next()).await else {
+                break;
+            };
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            if let Some(node) = subject_node(&msg.subject) {
+                match parse_sighting(node, &msg.payload) {
+                    Some(s) => sightings.push(s),
+                    None => shared.reject("sighting", "not a BlockReceived event"),
+                }
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+    }
+    Ok(core::propagation(&sightings, last))
+}
