@@ -407,6 +407,8 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         "reachable_networks": c.reachable_networks().iter().map(|n| n.name()).collect::<Vec<_>>(),
         "proxy": c.proxy.as_ref().map(|p| p.addr.to_string()),
         "onion_proxy": c.onion_route().map(|p| p.addr.to_string()),
+        // The fleet link (--nats): connected or not, published, dropped.
+        "fleet": s.node.fleet_status(),
         "nat_type": stun.as_ref().map(|r| r.nat_type.label()),
         "stun_servers": c.stun_servers,
         "stun_result": stun.as_ref().map(|r| json!({
@@ -489,6 +491,51 @@ async fn patch_config(
     let next = s.node.update_config(update).await.map_err(ApiError::bad)?;
     info!(keys = ?obj.keys().collect::<Vec<_>>(), "configuration changed through the API");
     Ok(Json(config_json(&next)))
+}
+
+/// One line per fleet node from its heartbeat (`meshd fleet status`).
+async fn get_fleet(State(s): State<ApiState>) -> ApiResult {
+    let Some(status) = s.node.fleet_status() else {
+        return Err(ApiError::not_found(
+            "not in a fleet (start the node with --nats URL)",
+        ));
+    };
+    let nodes = s.node.fleet_nodes().await.map_err(ApiError::unavailable)?;
+    Ok(Json(json!({
+        "fleet": status,
+        "nodes": nodes.iter().map(|(hb, stale)| {
+            let mut v = json!(hb);
+            v["stale"] = json!(stale);
+            v
+        }).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+struct PropagationQuery {
+    last: Option<usize>,
+}
+
+/// Most blocks one propagation answer shows.
+const MAX_PROPAGATION_BLOCKS: usize = 1000;
+
+/// Per block, the first and last sighting across the fleet and the delay quantiles.
+async fn get_propagation(
+    State(s): State<ApiState>,
+    Query(q): Query<PropagationQuery>,
+) -> ApiResult {
+    if s.node.fleet_status().is_none() {
+        return Err(ApiError::not_found(
+            "not in a fleet (start the node with --nats URL)",
+        ));
+    }
+    let last = q.last.unwrap_or(10).clamp(1, MAX_PROPAGATION_BLOCKS);
+    let blocks = s
+        .node
+        .fleet_propagation(last)
+        .await
+        .map_err(ApiError::unavailable)?;
+    Ok(Json(json!(blocks)))
 }
 
 #[derive(Deserialize)]
@@ -580,6 +627,8 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
         .route("/v1/config", get(get_config).patch(patch_config))
         .route("/v1/generate", post(generate))
         .route("/v1/events", get(events))
+        .route("/v1/fleet", get(get_fleet))
+        .route("/v1/fleet/propagation", get(get_propagation))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state);

@@ -19,6 +19,21 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+/// `meshd fleet ...`.
+#[derive(Debug, Subcommand)]
+pub enum FleetCommand {
+    /// One line per node of the fleet, from their heartbeats; stale nodes marked.
+    Status(ClientArgs),
+    /// Per block: when the first and the last node saw it, p50/p90 delay across nodes.
+    Propagation {
+        /// The newest N blocks.
+        #[arg(long, default_value_t = 10)]
+        last: usize,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -65,6 +80,11 @@ pub enum Command {
         id: u64,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// The fleet on NATS (`--nats`): `status` or `propagation`.
+    Fleet {
+        #[command(subcommand)]
+        what: FleetCommand,
     },
     /// Mine N blocks (regtest only).
     Generate {
@@ -406,6 +426,52 @@ pub struct RunArgs {
     /// -listenonion). [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub listenonion: Option<bool>,
+
+    /// Join a fleet: publish events, sightings, ban advisories and heartbeats to NATS
+    /// JetStream at URL (comma-separated for a cluster), e.g. nats://127.0.0.1:4222.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+
+    /// NATS credentials file (JWT and NKey seed).
+    #[arg(long, value_name = "FILE")]
+    pub nats_credentials: Option<PathBuf>,
+
+    /// NATS user (with --nats-password).
+    #[arg(long, value_name = "USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password.
+    #[arg(long, value_name = "PASSWORD")]
+    pub nats_password: Option<String>,
+
+    /// The fleet's name (a NATS subject token). [default: default]
+    #[arg(long, value_name = "NAME")]
+    pub fleet: Option<String>,
+
+    /// This node's name in the fleet. [default: HOSTNAME-NETWORK]
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Events kept in the fleet's stream at most this long. [default: 7d]
+    #[arg(long, value_name = "DURATION")]
+    pub fleet_max_age: Option<String>,
+
+    /// Bytes kept in the fleet's stream at most. [default: 1GiB]
+    #[arg(long, value_name = "BYTES")]
+    pub fleet_max_bytes: Option<String>,
+
+    /// Events waiting for NATS at most; beyond, dropped and counted. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub fleet_buffer: Option<usize>,
+
+    /// Interval of this node's heartbeat in the fleet's bucket. [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub fleet_heartbeat_interval: Option<String>,
+
+    /// Apply other fleet nodes' ban advisories (never to loopback, private or whitelisted
+    /// ranges).
+    #[arg(long)]
+    pub fleet_apply_bans: bool,
 
     /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
     #[arg(long, value_name = "DURATION")]

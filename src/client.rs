@@ -13,7 +13,7 @@ use std::time::Duration;
 use meshd_actors::network::NetworkId;
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, Command};
+use crate::cli::{ClientArgs, Command, FleetCommand};
 
 /// Time allowed for one API call (not for the event stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -236,6 +236,87 @@ fn print_bans(v: &Value) {
     );
 }
 
+fn print_fleet(v: &Value) {
+    let f = &v["fleet"];
+    println!(
+        "fleet {} (this node: {}, NATS {}: {})",
+        s(&f["fleet"]),
+        s(&f["node"]),
+        s(&f["url"]),
+        if f["connected"] == true {
+            "connected"
+        } else {
+            "disconnected"
+        }
+    );
+    let rows = v["nodes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    vec![
+                        s(&n["node"]),
+                        if n["stale"] == true {
+                            "STALE".into()
+                        } else {
+                            "ok".into()
+                        },
+                        s(&n["network"]),
+                        s(&n["tip_height"]),
+                        s(&n["tip_hash"]).chars().take(16).collect(),
+                        s(&n["outbound"]),
+                        s(&n["inbound"]),
+                        s(&n["v2"]),
+                        s(&n["uptime_secs"]),
+                        s(&n["version"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "NODE", "STATE", "NETWORK", "HEIGHT", "TIP", "OUT", "IN", "V2", "UPTIME_S", "VERSION",
+        ],
+        rows,
+    );
+}
+
+fn print_propagation(v: &Value) {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|b| {
+                    vec![
+                        s(&b["height"]),
+                        s(&b["hash"]).chars().take(16).collect(),
+                        s(&b["nodes"]),
+                        s(&b["first_node"]),
+                        s(&b["first_ms"]),
+                        s(&b["last_ms"]),
+                        s(&b["p50_ms"]),
+                        s(&b["p90_ms"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "HEIGHT",
+            "BLOCK",
+            "NODES",
+            "FIRST NODE",
+            "FIRST (UNIX MS)",
+            "LAST (UNIX MS)",
+            "P50 MS",
+            "P90 MS",
+        ],
+        rows,
+    );
+}
+
 fn print_object(v: &Value) {
     if let Some(obj) = v.as_object() {
         for (k, val) in obj {
@@ -327,6 +408,12 @@ pub fn run(cmd: Command) -> ExitCode {
         | Command::Generate { client, .. }
         | Command::Events { client, .. }
         | Command::Config { client, .. } => client,
+        Command::Fleet {
+            what: FleetCommand::Status(client),
+        }
+        | Command::Fleet {
+            what: FleetCommand::Propagation { client, .. },
+        } => client,
     };
     let c = match Client::new(client_args) {
         Ok(c) => c,
@@ -346,6 +433,16 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Bans(_) => c
             .call("GET", "/v1/bans", None)
             .map(|v| emit(&c, &v, print_bans)),
+        Command::Fleet {
+            what: FleetCommand::Status(_),
+        } => c
+            .call("GET", "/v1/fleet", None)
+            .map(|v| emit(&c, &v, print_fleet)),
+        Command::Fleet {
+            what: FleetCommand::Propagation { last, .. },
+        } => c
+            .call("GET", &format!("/v1/fleet/propagation?last={last}"), None)
+            .map(|v| emit(&c, &v, print_propagation)),
         Command::Ban { addr, duration, .. } => {
             let mut body = json!({"subnet": addr});
             if let Some(d) = duration {

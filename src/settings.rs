@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::p2p::ServiceFlags;
-use meshd_actors::config::{NodeConfig, ProxyConfig};
+use meshd_actors::config::{FleetConfig, NodeConfig, ProxyConfig};
 use meshd_actors::discovery::overlay::{Network, OverlayAddr, OverlayParseError};
 use meshd_actors::network::NetworkId;
 use serde::Deserialize;
@@ -117,6 +117,17 @@ pub struct FileConfig {
     torcontrol: Option<String>,
     torpassword: Option<String>,
     listenonion: Option<bool>,
+    nats: Option<String>,
+    nats_credentials: Option<PathBuf>,
+    nats_user: Option<String>,
+    nats_password: Option<String>,
+    fleet: Option<String>,
+    node_name: Option<String>,
+    fleet_max_age: Option<FileDuration>,
+    fleet_max_bytes: Option<FileBytes>,
+    fleet_buffer: Option<usize>,
+    fleet_heartbeat_interval: Option<FileDuration>,
+    fleet_apply_bans: Option<bool>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -281,6 +292,15 @@ pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<Socket
     err(format!(
         "{key}: bad address {text:?} (expected IP:PORT, [IPv6]:PORT or an IP)"
     ))
+}
+
+/// This machine's host name (the default node name starts with it).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "meshd".into())
 }
 
 /// Tor's default control port.
@@ -591,6 +611,51 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .transpose()?;
     node.tor_password = args.torpassword.clone().or(file.torpassword.clone());
     node.listen_onion = args.listenonion.or(file.listenonion).unwrap_or(true);
+    node.fleet = None;
+    if let Some(url) = args.nats.clone().or(file.nats.clone()) {
+        let network = node.network.name();
+        let mut fleet = FleetConfig::new(
+            &url,
+            &args
+                .fleet
+                .clone()
+                .or(file.fleet.clone())
+                .unwrap_or_else(|| "default".into()),
+            &args
+                .node_name
+                .clone()
+                .or(file.node_name.clone())
+                .unwrap_or_else(|| format!("{}-{network}", host_name())),
+        );
+        if fleet.fleet.trim().is_empty() || fleet.node_name.trim().is_empty() {
+            return err("fleet and node-name must not be empty");
+        }
+        fleet.credentials_file = args
+            .nats_credentials
+            .clone()
+            .or(file.nats_credentials.clone());
+        match (
+            args.nats_user.clone().or(file.nats_user.clone()),
+            args.nats_password.clone().or(file.nats_password.clone()),
+        ) {
+            (Some(u), Some(p)) => fleet.user_password = Some((u, p)),
+            (None, None) => {}
+            _ => return err("nats-user and nats-password go together"),
+        }
+        fleet.max_age = duration!(fleet_max_age, fleet.max_age);
+        fleet.max_bytes = bytes!(fleet_max_bytes, fleet.max_bytes);
+        if let Some(n) = args.fleet_buffer.or(file.fleet_buffer) {
+            if n == 0 {
+                return err("fleet-buffer must be at least 1");
+            }
+            fleet.buffer = n;
+        }
+        fleet.heartbeat_interval = duration!(fleet_heartbeat_interval, fleet.heartbeat_interval);
+        fleet.apply_bans = args.fleet_apply_bans || file.fleet_apply_bans.unwrap_or(false);
+        node.fleet = Some(fleet);
+    } else if args.fleet_apply_bans || args.fleet.is_some() || args.node_name.is_some() {
+        return err("--fleet, --node-name and --fleet-apply-bans need --nats URL");
+    }
     if let Some(hex) = args
         .minimum_chain_work
         .clone()

@@ -208,6 +208,36 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_fleet_published_total",
+        "Events JetStream acknowledged (--nats).",
+    ),
+    (
+        "counter",
+        "meshd_fleet_dropped_total",
+        "Events dropped because the fleet buffer was full (NATS away too long).",
+    ),
+    (
+        "gauge",
+        "meshd_fleet_connected",
+        "1 while connected to NATS.",
+    ),
+    (
+        "counter",
+        "meshd_fleet_rejected_total",
+        "Malformed or refused advisories, heartbeats and sightings ignored, by kind.",
+    ),
+    (
+        "counter",
+        "meshd_fleet_advisories_applied_total",
+        "Other fleet nodes' ban advisories applied (--fleet-apply-bans).",
+    ),
+    (
+        "gauge",
+        "meshd_fleet_block_lag_seconds",
+        "This node's lag behind the fleet's first sighting of the newest block it saw.",
+    ),
+    (
+        "counter",
         "meshd_unknown_messages_total",
         "Messages with commands meshd does not know, ignored.",
     ),
