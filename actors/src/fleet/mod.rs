@@ -46,6 +46,10 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most stream messages read for one propagation report: the reader stays bounded in time
 /// and memory however large the stream grew.
 pub const MAX_PROPAGATION_SCAN: usize = 200_000;
+/// Most nodes one fleet listing shows.
+pub const MAX_FLEET_NODES: usize = 10_000;
+/// Heartbeats older than this leave the bucket (a node gone for a day is forgotten).
+const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(86_400);
 /// Time allowed to read the stream for one report.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -53,6 +57,7 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
 #[derive(Debug, Default)]
 pub struct FleetShared {
     connected: AtomicBool,
+    sequence: AtomicU64,
     published: AtomicU64,
     dropped: AtomicU64,
     rejected: AtomicU64,
@@ -72,6 +77,8 @@ pub struct FleetStatus {
     pub url: String,
     /// Connected to NATS now.
     pub connected: bool,
+    /// Events numbered so far (each published or dropped, or waiting).
+    pub sequence: u64,
     /// Events acknowledged by JetStream.
     pub published: u64,
     /// Events dropped because the buffer was full.
@@ -108,6 +115,7 @@ impl FleetShared {
             node: config.node_name.clone(),
             url: config.url.clone(),
             connected: self.connected.load(Ordering::Relaxed),
+            sequence: self.sequence.load(Ordering::Relaxed),
             published: self.published.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             rejected: self.rejected.load(Ordering::Relaxed),
@@ -199,6 +207,9 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
         let event = match events.recv().await {
             Ok(e) => e,
             Err(EventError::Lagged(n)) => {
+                // Lost before they were numbered: they count as numbered and dropped.
+                seq += n;
+                shared.sequence.store(seq, Ordering::Relaxed);
                 drop(n);
                 continue;
             }
@@ -232,6 +243,7 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
         }
         for (kind, payload) in out {
             seq += 1;
+            shared.sequence.store(seq, Ordering::Relaxed);
             let msg = Outgoing {
                 subject: core::subject(&config.fleet, &config.node_name, &network, &kind),
                 payload,
@@ -269,11 +281,12 @@ async fn connect(config: &FleetConfig) -> Result<async_nats::Client, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Creates the stream and the bucket if missing.
-async fn ensure(
-    js: &jetstream::Context,
-    config: &FleetConfig,
-) -> Result<jetstream::kv::Store, String> {
+/// Creates the fleet's stream and its heartbeat bucket if missing. The bucket is made by
+/// JetStream's key-value conventions (stream `KV_<bucket>`, subjects `$KV.<bucket>.<key>`,
+/// one message per subject, rollups allowed, deletes denied), so `nats kv` tools read it;
+/// it is created and written through plain JetStream calls because async-nats' key-value
+/// API does not parse the answers of Debian's nats-server 2.9.
+async fn ensure(js: &jetstream::Context, config: &FleetConfig) -> Result<(), String> {
     js.get_or_create_stream(jetstream::stream::Config {
         name: core::stream_name(&config.fleet),
         subjects: vec![core::fleet_subjects(&config.fleet)],
@@ -286,19 +299,20 @@ async fn ensure(
     .await
     .map_err(|e| format!("stream: {e}"))?;
     let bucket = core::bucket_name(&config.fleet);
-    match js.get_key_value(&bucket).await {
-        Ok(kv) => Ok(kv),
-        Err(_) => js
-            .create_key_value(jetstream::kv::Config {
-                bucket,
-                history: 1,
-                max_age: Duration::from_secs(86_400),
-                storage: jetstream::stream::StorageType::File,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("bucket: {e}")),
-    }
+    js.get_or_create_stream(jetstream::stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age: HEARTBEAT_MAX_AGE,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("bucket: {e}"))?;
+    Ok(())
 }
 
 /// Connects, sets up, then publishes, beats and listens until the node stops.
@@ -324,9 +338,9 @@ async fn run(
     }
     let js = jetstream::new(client.clone());
     let mut delay = RETRY_MIN;
-    let kv = loop {
+    loop {
         match ensure(&js, &config).await {
-            Ok(kv) => break kv,
+            Ok(()) => break,
             Err(e) => {
                 shared.set_error(&e);
                 warn!(error = %e, "fleet stream not ready; retrying");
@@ -334,10 +348,10 @@ async fn run(
                 delay = (delay * 2).min(RETRY_MAX);
             }
         }
-    };
+    }
     info!(fleet = %config.fleet, node = %config.node_name, url = %config.url, "fleet connected");
     let watch = tokio::spawn(watch_connection(client.clone(), shared.clone()));
-    let beat = tokio::spawn(heartbeats(ctx.clone(), config.clone(), kv));
+    let beat = tokio::spawn(heartbeats(ctx.clone(), config.clone(), js.clone()));
     let sightings = tokio::spawn(follow_sightings(
         ctx.clone(),
         config.clone(),
@@ -422,16 +436,27 @@ async fn watch_connection(client: async_nats::Client, shared: Arc<FleetShared>) 
     }
 }
 
-/// Writes this node's heartbeat every interval.
-async fn heartbeats(ctx: Arc<NodeContext>, config: FleetConfig, kv: jetstream::kv::Store) {
-    let key = core::token(&config.node_name);
+/// Writes this node's heartbeat every interval (a key-value put: a publish to
+/// `$KV.<bucket>.<node>`).
+async fn heartbeats(ctx: Arc<NodeContext>, config: FleetConfig, js: jetstream::Context) {
+    let subject = format!(
+        "$KV.{}.{}",
+        core::bucket_name(&config.fleet),
+        core::token(&config.node_name)
+    );
     let mut tick = tokio::time::interval(config.heartbeat_interval);
     loop {
         tick.tick().await;
         let hb = heartbeat(&ctx, &config);
         if let Ok(bytes) = serde_json::to_vec(&hb) {
-            if let Err(e) = kv.put(&key, bytes.into()).await {
-                debug!(error = %e, "heartbeat not written");
+            let acked = match js.publish(subject.clone(), bytes.into()).await {
+                Ok(ack) => tokio::time::timeout(ACK_TIMEOUT, ack)
+                    .await
+                    .is_ok_and(|r| r.is_ok()),
+                Err(_) => false,
+            };
+            if !acked {
+                debug!("heartbeat not written");
             }
         }
     }
@@ -556,7 +581,7 @@ async fn apply_advisories(
 }
 
 /// The fleet's heartbeats, each with whether it is stale; malformed ones are skipped and
-/// counted.
+/// counted. Read as the last message per key of the bucket.
 pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> {
     let config = ctx
         .config()
@@ -566,28 +591,40 @@ pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> 
     let shared = ctx.fleet_shared();
     let client = shared.client().ok_or("not connected to NATS yet")?;
     let js = jetstream::new(client);
-    let kv = js
-        .get_key_value(core::bucket_name(&config.fleet))
+    let bucket = core::bucket_name(&config.fleet);
+    let stream = js
+        .get_stream(format!("KV_{bucket}"))
         .await
         .map_err(|e| e.to_string())?;
-    let mut keys = kv.keys().await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("$KV.{bucket}.>"),
+            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let now = unix_ms() / 1000;
     let mut out = Vec::new();
-    while let Some(key) = keys.next().await {
-        let Ok(key) = key else { continue };
-        match kv.get(&key).await {
-            Ok(Some(bytes)) => match Heartbeat::parse(&bytes) {
+    if consumer.cached_info().num_pending > 0 {
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + SCAN_TIMEOUT;
+        while out.len() < MAX_FLEET_NODES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(Some(Ok(msg))) = tokio::time::timeout(left, messages.next()).await else {
+                break;
+            };
+            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
+            match Heartbeat::parse(&msg.payload) {
                 Ok(hb) => {
                     let stale = hb.is_stale(now);
                     out.push((hb, stale));
                 }
                 Err(e) => shared.reject("heartbeat", &e),
-            },
-            Ok(None) => {}
-            Err(e) => return Err(e.to_string()),
-        }
-        if out.len() >= core::MAX_TOKEN_LEN * 1024 {
-            break;
+            }
+            if pending == 0 {
+                break;
+            }
         }
     }
     out.sort_by(|a, b| a.0.node.cmp(&b.0.node));

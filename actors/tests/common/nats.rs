@@ -1,0 +1,94 @@
+//! A real `nats-server` with JetStream on loopback for the fleet tests: file storage in a
+//! directory of the test's, so a restart on the same port keeps the streams.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nats-server binary, or a skip (a failure in CI).
+pub fn nats_path() -> Option<PathBuf> {
+    let found = [
+        "/usr/sbin/nats-server",
+        "/usr/bin/nats-server",
+        "/usr/local/bin/nats-server",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists());
+    if found.is_none() {
+        super::skip_or_fail("nats-server (Debian package nats-server), with JetStream");
+    }
+    found
+}
+
+/// A running nats-server; killed when dropped.
+pub struct Nats {
+    child: Option<Child>,
+    bin: PathBuf,
+    store: PathBuf,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Nats {
+    /// Starts one with JetStream, its store in `dir`.
+    pub fn start(bin: &Path, dir: &Path) -> Nats {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut n = Nats {
+            child: None,
+            bin: bin.to_path_buf(),
+            store: dir.join("jetstream"),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        n.restart();
+        n
+    }
+
+    /// The URL clients take.
+    pub fn url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+
+    /// Stops the server (SIGKILL), keeping its store.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store; waits until it answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(&self.bin)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.addr.port().to_string(),
+            ])
+            .arg("-sd")
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(self.addr).is_err() {
+            assert!(Instant::now() < deadline, "nats-server never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

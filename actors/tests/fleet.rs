@@ -1,0 +1,429 @@
+//! A fleet of meshd nodes on a real `nats-server -js` on loopback.
+//!
+//! - Three nodes in a line publish; a consumer of the stream sees every event kind that
+//!   happened, from every node, in order per node (their `Meshd-Seq` headers); generated
+//!   blocks' propagation across the line is computed; heartbeats list the three nodes.
+//! - NATS killed for 10 s and restarted: the node keeps working, reconnects, and every event
+//!   not counted as dropped arrives, once (with a buffer small enough to drop some).
+//! - Ban advisories: an automatic ban is published as one (and a loopback one is refused by
+//!   the others); an advisory from another node is applied with its origin and expires with
+//!   it; malformed advisories and heartbeats are ignored and counted, never applied.
+//!
+//! nats-server is installed by `scripts/install-test-deps.sh`; outside CI a missing one
+//! skips with a notice, in CI it fails.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::config;
+use common::nats::{nats_path, Nats};
+use futures_util::StreamExt;
+use meshd_actors::config::FleetConfig;
+use meshd_actors::fleet::core::{bucket_name, stream_name, BanAdvisory};
+use meshd_actors::node::Node;
+
+/// One message of the stream: subject, the node's sequence number, its JSON.
+struct Record {
+    subject: String,
+    seq: u64,
+    json: serde_json::Value,
+}
+
+/// Every message in the fleet's stream.
+async fn read_stream(url: &str, fleet: &str) -> Vec<Record> {
+    let client = async_nats::connect(url).await.expect("connect");
+    let js = jetstream::new(client);
+    let stream = js.get_stream(stream_name(fleet)).await.expect("stream");
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .expect("consumer");
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return out;
+    }
+    let mut messages = consumer.messages().await.expect("messages");
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), messages.next()).await
+    {
+        let pending = m.info().map(|i| i.pending).unwrap_or(0);
+        let seq = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Meshd-Seq"))
+            .and_then(|v| v.as_str().parse().ok())
+            .unwrap_or(0);
+        out.push(Record {
+            subject: m.subject.to_string(),
+            seq,
+            json: serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null),
+        });
+        if pending == 0 {
+            break;
+        }
+    }
+    out
+}
+
+fn fleet_config(url: &str, fleet: &str, node: &str) -> FleetConfig {
+    let mut f = FleetConfig::new(url, fleet, node);
+    f.heartbeat_interval = Duration::from_secs(1);
+    f
+}
+
+async fn until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn connected(node: &Node, secs: u64) {
+    until("fleet connected", secs, || {
+        node.fleet_status().is_some_and(|s| s.connected)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_publish_every_kind_in_order_with_propagation_and_heartbeats() {
+    let Some(bin) = nats_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&bin, dir.path());
+    let url = nats.url();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let mut c = config(d.path());
+        // A line: each dials the one before it and nothing else.
+        c.slots.outbound = if i == 0 { 0 } else { 1 };
+        if let Some(prev) = nodes.last() {
+            c.connect = vec![prev.listen_addrs()[0]];
+        }
+        c.fleet = Some(fleet_config(&url, "line", &format!("n{i}")));
+        nodes.push(Node::start(c).await.unwrap());
+    }
+    for n in &nodes {
+        connected(n, 15).await;
+    }
+    common::wait_peers(&nodes[1], "two peers", |p| p.len() >= 2).await;
+    // Blocks and a transaction cross the line; a manual ban on the last node.
+    nodes[0].generate(3).await.unwrap();
+    common::tx_crosses_a_line(&nodes).await;
+    nodes[2]
+        .ban("203.0.113.0/24".parse().unwrap(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let blocks = records
+            .iter()
+            .filter(|r: &&Record| r.subject.ends_with(".BlockReceived"))
+            .count();
+        if blocks >= 9 && records.iter().any(|r| r.subject.ends_with(".PeerBanned")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stream incomplete: {} messages",
+            records.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        records = read_stream(&url, "line").await;
+    }
+    // In order per node: sequence numbers strictly rising, the JSON's kind in the subject.
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    let mut kinds: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in &records {
+        let parts: Vec<&str> = r.subject.split('.').collect();
+        assert_eq!(parts.len(), 5, "{}", r.subject);
+        assert_eq!((parts[0], parts[1], parts[3]), ("meshd", "line", "regtest"));
+        let node = parts[2].to_string();
+        let prev = last.insert(node.clone(), r.seq).unwrap_or(0);
+        assert!(r.seq > prev, "{node}: seq {} after {prev}", r.seq);
+        assert_eq!(r.json["type"], parts[4], "{}", r.json);
+        kinds.entry(node).or_default().insert(parts[4].to_string());
+    }
+    for (node, expected) in [
+        (
+            "n0",
+            &[
+                "ConnectionEstablished",
+                "HandshakeComplete",
+                "HeadersSynced",
+                "BlockReceived",
+                "TxReceived",
+            ][..],
+        ),
+        (
+            "n1",
+            &[
+                "ConnectionEstablished",
+                "HandshakeComplete",
+                "HeadersSynced",
+                "BlockReceived",
+                "TxReceived",
+            ][..],
+        ),
+        (
+            "n2",
+            &[
+                "ConnectionEstablished",
+                "HandshakeComplete",
+                "HeadersSynced",
+                "BlockReceived",
+                "TxReceived",
+                "PeerBanned",
+            ][..],
+        ),
+    ] {
+        for k in expected {
+            assert!(
+                kinds[node].contains(*k),
+                "{node} lacks {k}: {:?}",
+                kinds[node]
+            );
+        }
+    }
+    // Generated on n0, received by n1 from n0 and by n2 from n1.
+    let from_of = |node: &str| {
+        records
+            .iter()
+            .find(|r| {
+                r.subject.contains(&format!(".{node}.")) && r.subject.ends_with(".BlockReceived")
+            })
+            .map(|r| r.json["from"].clone())
+            .unwrap()
+    };
+    assert!(from_of("n0").is_null());
+    assert_eq!(from_of("n1"), nodes[0].listen_addrs()[0].to_string());
+
+    let p = nodes[2].fleet_propagation(10).await.unwrap();
+    assert_eq!(p.len(), 3, "{p:?}");
+    for b in &p {
+        assert_eq!((b.nodes, b.first_node.as_str()), (3, "n0"), "{b:?}");
+        assert!(b.first_ms <= b.first_ms + b.p50_ms && b.p50_ms <= b.p90_ms);
+        assert_eq!(b.last_ms - b.first_ms, b.p90_ms);
+    }
+    // Heartbeats: all three, current.
+    until("three heartbeats at height 3", 15, || {
+        let nodes_seen = futures_lite(nodes[0].fleet_nodes());
+        nodes_seen
+            .is_ok_and(|v| v.len() == 3 && v.iter().all(|(hb, stale)| !stale && hb.tip_height == 3))
+    })
+    .await;
+    let status = nodes[1].fleet_status().unwrap();
+    assert_eq!(status.dropped, 0);
+    assert!(status.published > 0);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+/// Runs an async query from a sync predicate.
+fn futures_lite<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_for_ten_seconds_loses_nothing_but_what_is_counted() {
+    let Some(bin) = nats_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&bin, dir.path());
+    let url = nats.url();
+    let nd = tempfile::tempdir().unwrap();
+    let mut c = config(nd.path());
+    let mut f = fleet_config(&url, "outage", "solo");
+    f.buffer = 40;
+    c.fleet = Some(f);
+    let node = Node::start(c).await.unwrap();
+    connected(&node, 15).await;
+    node.generate(5).await.unwrap();
+    until("first events acknowledged", 10, || {
+        node.fleet_status().is_some_and(|s| s.published >= 5)
+    })
+    .await;
+
+    nats.stop();
+    until("disconnect seen", 10, || {
+        node.fleet_status().is_some_and(|s| !s.connected)
+    })
+    .await;
+    // The node keeps working without NATS: 60 blocks (120 events) into a 40-event buffer.
+    let down = Instant::now();
+    for _ in 0..6 {
+        node.generate(10).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(node.sync_status().header_height, 65);
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await;
+    nats.restart();
+    connected(&node, 30).await;
+    let status = loop {
+        let s = node.fleet_status().unwrap();
+        let records = read_stream(&url, "outage").await;
+        if records.len() as u64 == s.published && s.published + s.dropped == s.sequence {
+            break (s, records);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            down.elapsed() < Duration::from_secs(60),
+            "never caught up: {s:?}"
+        );
+    };
+    let (s, records) = status;
+    assert!(
+        s.dropped > 0,
+        "the buffer of 40 should have overflowed: {s:?}"
+    );
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq).collect();
+    let unique: BTreeSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(unique.len(), seqs.len(), "an event arrived twice");
+    // Every event numbered either arrived or was counted as dropped.
+    assert!(unique.iter().all(|q| (1..=s.sequence).contains(q)));
+    assert_eq!(unique.len() as u64 + s.dropped, s.sequence, "{s:?}");
+    // In order.
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
+    let Some(bin) = nats_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&bin, dir.path());
+    let url = nats.url();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut ca = config(da.path());
+    ca.ban_local_peers = true;
+    ca.fleet = Some(fleet_config(&url, "bans", "a"));
+    let a = Node::start(ca).await.unwrap();
+    let mut cb = config(db.path());
+    cb.whitelist =
+        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("198.51.100.0/24").unwrap()];
+    let mut fb = fleet_config(&url, "bans", "b");
+    fb.apply_bans = true;
+    cb.fleet = Some(fb);
+    let b = Node::start(cb).await.unwrap();
+    connected(&a, 15).await;
+    connected(&b, 15).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // b's subscription in place
+
+    // A bans a misbehaving loopback peer automatically: an oversized header is 100 points.
+    let mut peer = common::handshaked(a.listen_addrs()[0]).await;
+    let mut frame = NetworkIdMagic::regtest().to_vec();
+    frame.extend_from_slice(b"ping\0\0\0\0\0\0\0\0");
+    frame.extend_from_slice(&u32::MAX.to_le_bytes());
+    frame.extend_from_slice(&[0; 4]);
+    peer.send_raw(&frame).await;
+    until("a's automatic ban", 10, || {
+        futures_lite(a.bans())
+            .iter()
+            .any(|e| e.reason.label() == "misbehavior")
+    })
+    .await;
+    // Published as an advisory; b refuses it (loopback) and counts it.
+    until("b refused a's loopback advisory", 10, || {
+        b.fleet_status().is_some_and(|s| s.rejected >= 1)
+    })
+    .await;
+    assert!(futures_lite(b.bans()).is_empty());
+    let records = read_stream(&url, "bans").await;
+    let adv = records
+        .iter()
+        .find(|r| r.subject == "meshd.bans.a.regtest.BanAdvisory")
+        .expect("a's advisory in the stream");
+    assert_eq!(adv.json["origin"], "a");
+    assert_eq!(adv.json["subnet"], "127.0.0.1/32");
+
+    // Another node's advisory for a public subnet: applied with its origin, then expires.
+    let client = async_nats::connect(&url).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let publish = |node: &str, payload: Vec<u8>| {
+        let client = client.clone();
+        let subject = format!("meshd.bans.{node}.regtest.BanAdvisory");
+        async move {
+            client.publish(subject, payload.into()).await.unwrap();
+            client.flush().await.unwrap();
+        }
+    };
+    let advisory = |subnet: &str, until: u64| {
+        serde_json::to_vec(&BanAdvisory {
+            subnet: subnet.into(),
+            reason: "header_bad_pow (score 100)".into(),
+            score: 100,
+            until,
+            origin: "x".into(),
+        })
+        .unwrap()
+    };
+    let rejected_before = b.fleet_status().unwrap().rejected;
+    // Bad ones first: malformed, whitelisted on b, private.
+    publish("x", b"{\"subnet\": 7}".to_vec()).await;
+    publish("x", advisory("198.51.100.7/32", now + 60)).await;
+    publish("x", advisory("10.0.0.0/8", now + 60)).await;
+    publish("x", advisory("203.0.113.0/24", now + 3)).await;
+    until("the advisory applied", 10, || {
+        futures_lite(b.bans())
+            .iter()
+            .any(|e| e.subnet.to_string() == "203.0.113.0/24")
+    })
+    .await;
+    let bans = b.bans().await;
+    assert_eq!(bans.len(), 1, "{bans:?}");
+    assert_eq!(bans[0].reason.origin(), Some("x"));
+    assert_eq!(bans[0].reason.label(), "fleet");
+    assert_eq!(b.fleet_status().unwrap().rejected, rejected_before + 3);
+    // A malformed heartbeat in the bucket is skipped and counted.
+    let js = jetstream::new(client.clone());
+    js.publish(
+        format!("$KV.{}.garbage", bucket_name("bans")),
+        b"not a heartbeat".to_vec().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    until("both real heartbeats", 10, || {
+        futures_lite(b.fleet_nodes()).is_ok_and(|v| v.len() == 2)
+    })
+    .await;
+    assert!(b.fleet_status().unwrap().rejected > rejected_before + 3);
+    // The ban expires with the advisory.
+    until("the ban expired", 10, || futures_lite(b.bans()).is_empty()).await;
+    // A fleet ban is not advertised again (no echo from b).
+    let records = read_stream(&url, "bans").await;
+    assert!(!records
+        .iter()
+        .any(|r| r.subject == "meshd.bans.b.regtest.BanAdvisory"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// The regtest magic, for a raw frame.
+struct NetworkIdMagic;
+
+impl NetworkIdMagic {
+    fn regtest() -> [u8; 4] {
+        meshd_actors::network::NetworkId::Regtest
+            .profile()
+            .magic
+            .to_bytes()
+    }
+}
