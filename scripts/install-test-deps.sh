@@ -8,7 +8,8 @@
 #   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh);
 #   - btclib_secp256k1 and cryptography from PyPI for the independent BIP324 peer
 #     (tests/peers/v2peer.py);
-#   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests).
+#   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests);
+#   - nats-server (JetStream) for the fleet tests.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -33,6 +34,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # Proxies: microsocks for SOCKS5, tor (offline) for the control port and onion services.
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v tor >/dev/null 2>&1 || need_apt+=(tor)
+# The fleet: a real NATS server with JetStream.
+[ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from apt" >&2
   apt-get update -qq

@@ -44,11 +44,27 @@ fn promtool_accepts_the_config_and_alert_rules() {
 
 #[test]
 fn every_metric_has_help_text_and_the_exposition_passes_promtool() {
-    // Two nodes talking, so that most series exist.
+    // Two nodes talking, in a fleet, so that most series exist.
+    let Some(nats_bin) = common::nats::nats_path() else {
+        return;
+    };
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = common::nats::Nats::start(&nats_bin, nats_dir.path());
+    let url = nats.url();
+    let fleet = |name: &'static str| {
+        [
+            "--nats",
+            url.as_str(),
+            "--fleet",
+            "deploy",
+            "--node-name",
+            name,
+        ]
+    };
     let fast = ["--ping-interval", "200ms"];
-    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"]].concat());
+    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
     let a_addr = a.addr.unwrap().to_string();
-    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr]].concat());
+    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr], &fleet("b")[..]].concat());
     b.wait_log("handshake", Duration::from_secs(10), |v| {
         msg(v) == "handshake complete"
     });
@@ -174,10 +190,27 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
     }
     // A live mesh: a listens; b dials a and bans someone; c dials b and a dead address (so it
     // restarts and gives up). Fast pings fill the RTT histograms.
+    let Some(nats_bin) = common::nats::nats_path() else {
+        return;
+    };
+    // The fleet panel needs a fleet: the three nodes publish to a real nats-server.
+    let nats_dir = tempfile::tempdir().unwrap();
+    let nats = common::nats::Nats::start(&nats_bin, nats_dir.path());
+    let url = nats.url();
+    let fleet = |name: &'static str| {
+        [
+            "--nats",
+            url.as_str(),
+            "--fleet",
+            "deploy",
+            "--node-name",
+            name,
+        ]
+    };
     let fast = ["--ping-interval", "200ms"];
-    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"]].concat());
+    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
     let a_addr = a.addr.unwrap().to_string();
-    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr]].concat());
+    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr], &fleet("b")[..]].concat());
     let b_addr = b.addr.unwrap().to_string();
     let dead = format!("127.0.0.1:{}", free_port());
     let stun = stun_server().to_string();
@@ -198,6 +231,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
                 "--restart-window",
                 "1m",
             ],
+            &fleet("c")[..],
         ]
         .concat(),
     );
@@ -215,6 +249,17 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
     c.wait_log("give-up", Duration::from_secs(10), |v| {
         msg(v).starts_with("too many restarts")
     });
+    // A block from a reaches b: b's lag behind the fleet's first sighting exists.
+    ureq::post(&format!("http://{}/v1/generate", a.api.unwrap()))
+        .header("Authorization", &format!("Bearer {}", a.token()))
+        .header("Content-Type", "application/json")
+        .send(br#"{"blocks": 1}"#.as_slice())
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.metric("meshd_fleet_block_lag_seconds").is_none() {
+        assert!(Instant::now() < deadline, "b never measured its fleet lag");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let targets: Vec<String> = [&a, &b, &c]

@@ -263,6 +263,7 @@ pub fn msg(v: &Value) -> &str {
 
 pub mod header_server;
 
+pub mod nats;
 mod skip;
 pub mod tor;
 #[allow(unused_imports)]

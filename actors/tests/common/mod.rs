@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dnsmasq;
+#[path = "../../../tests/common/nats.rs"]
 pub mod nats;
 
 use std::net::SocketAddr;

@@ -1,5 +1,8 @@
 //! A real `nats-server` with JetStream on loopback for the fleet tests: file storage in a
-//! directory of the test's, so a restart on the same port keeps the streams.
+//! directory of the test's, so a restart on the same port keeps the streams. Shared by both
+//! test crates.
+
+#![allow(dead_code)]
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
