@@ -452,7 +452,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
 
-    /// Events kept in the fleet's stream at most this long. [default: 7d]
+    /// Events kept in the fleet's stream at most this long. [default: 168h]
     #[arg(long, value_name = "DURATION")]
     pub fleet_max_age: Option<String>,
 
@@ -467,6 +467,11 @@ pub struct RunArgs {
     /// Interval of this node's heartbeat in the fleet's bucket. [default: 10s]
     #[arg(long, value_name = "DURATION")]
     pub fleet_heartbeat_interval: Option<String>,
+
+    /// Copies JetStream keeps of the fleet's stream and bucket when this node creates them
+    /// (3 on a three-server NATS cluster). [default: 1]
+    #[arg(long, value_name = "N")]
+    pub fleet_replicas: Option<usize>,
 
     /// Apply other fleet nodes' ban advisories (never to loopback, private or whitelisted
     /// ranges).

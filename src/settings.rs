@@ -128,6 +128,7 @@ pub struct FileConfig {
     fleet_buffer: Option<usize>,
     fleet_heartbeat_interval: Option<FileDuration>,
     fleet_apply_bans: Option<bool>,
+    fleet_replicas: Option<usize>,
 }
 
 /// A byte count or rate in the file: an integer, or a string with a unit (`"500k"`, `"1MiB"`).
@@ -652,6 +653,12 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         }
         fleet.heartbeat_interval = duration!(fleet_heartbeat_interval, fleet.heartbeat_interval);
         fleet.apply_bans = args.fleet_apply_bans || file.fleet_apply_bans.unwrap_or(false);
+        if let Some(r) = args.fleet_replicas.or(file.fleet_replicas) {
+            if !(1..=5).contains(&r) {
+                return err("fleet-replicas must be 1 to 5 (JetStream's limit)");
+            }
+            fleet.replicas = r;
+        }
         node.fleet = Some(fleet);
     } else if args.fleet_apply_bans || args.fleet.is_some() || args.node_name.is_some() {
         return err("--fleet, --node-name and --fleet-apply-bans need --nats URL");
@@ -834,6 +841,63 @@ mod tests {
         assert!(!s.node.proxy_randomize && !s.node.listen_onion);
         assert_eq!(s.node.tor_control, Some("127.0.0.1:9051".parse().unwrap()));
         assert_eq!(s.node.onion_route().unwrap().addr.port(), 9050);
+    }
+
+    #[test]
+    fn fleet_flags_and_their_rules() {
+        let run = |args: RunArgs| resolve_with(&args, FileConfig::default());
+        let s = run(RunArgs::default()).unwrap();
+        assert!(s.node.fleet.is_none());
+        let s = run(RunArgs {
+            nats: Some("nats://127.0.0.1:4222,nats://127.0.0.2:4222".into()),
+            fleet_apply_bans: true,
+            fleet_max_age: Some("48h".into()),
+            fleet_max_bytes: Some("10MiB".into()),
+            fleet_replicas: Some(3),
+            ..Default::default()
+        })
+        .unwrap();
+        let f = s.node.fleet.unwrap();
+        assert_eq!(f.fleet, "default");
+        assert!(f.node_name.ends_with("-regtest"), "{}", f.node_name);
+        assert!(f.apply_bans);
+        assert_eq!(f.max_age, Duration::from_secs(2 * 86_400));
+        assert_eq!(f.max_bytes, 10 * 1024 * 1024);
+        assert_eq!(f.replicas, 3);
+        for bad in [
+            RunArgs {
+                fleet_apply_bans: true,
+                ..Default::default()
+            },
+            RunArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                nats_user: Some("u".into()),
+                ..Default::default()
+            },
+            RunArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                fleet_buffer: Some(0),
+                ..Default::default()
+            },
+            RunArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                fleet_replicas: Some(7),
+                ..Default::default()
+            },
+        ] {
+            assert!(run(bad).is_err());
+        }
+        let file = parse_file(
+            "nats = \"nats://127.0.0.1:4222\"\nfleet = \"prod\"\nnode-name = \"eu-1\"\nfleet-apply-bans = true\n",
+        )
+        .unwrap();
+        let f = resolve_with(&RunArgs::default(), file)
+            .unwrap()
+            .node
+            .fleet
+            .unwrap();
+        assert_eq!((f.fleet.as_str(), f.node_name.as_str()), ("prod", "eu-1"));
+        assert!(f.apply_bans);
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub struct FleetConfig {
     pub apply_bans: bool,
     /// Interval of the heartbeat in the fleet's key-value bucket.
     pub heartbeat_interval: Duration,
+    /// Copies JetStream keeps of the stream and bucket when it creates them
+    /// (`--fleet-replicas`; 3 on a three-server cluster).
+    pub replicas: usize,
 }
 
 /// Default age limit of a fleet's stream.
@@ -198,6 +201,7 @@ impl FleetConfig {
             buffer: DEFAULT_FLEET_BUFFER,
             apply_bans: false,
             heartbeat_interval: DEFAULT_FLEET_HEARTBEAT,
+            replicas: 1,
         }
     }
 }

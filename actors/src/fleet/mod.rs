@@ -276,9 +276,15 @@ async fn connect(config: &FleetConfig) -> Result<async_nats::Client, String> {
     if let Some((user, pass)) = &config.user_password {
         opts = opts.user_and_password(user.clone(), pass.clone());
     }
-    opts.connect(config.url.as_str())
-        .await
-        .map_err(|e| e.to_string())
+    // A cluster is given as comma-separated URLs; the client tries them and follows the
+    // cluster's own list of servers from then on.
+    let servers: Vec<String> = config
+        .url
+        .split(',')
+        .map(|u| u.trim().to_string())
+        .filter(|u| !u.is_empty())
+        .collect();
+    opts.connect(servers).await.map_err(|e| e.to_string())
 }
 
 /// Creates the fleet's stream and its heartbeat bucket if missing. The bucket is made by
@@ -294,6 +300,7 @@ async fn ensure(js: &jetstream::Context, config: &FleetConfig) -> Result<(), Str
         max_bytes: config.max_bytes.min(i64::MAX as u64) as i64,
         storage: jetstream::stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: config.replicas.max(1),
         ..Default::default()
     })
     .await
@@ -307,6 +314,7 @@ async fn ensure(js: &jetstream::Context, config: &FleetConfig) -> Result<(), Str
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         deny_delete: true,
+        num_replicas: config.replicas.max(1),
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     })
