@@ -61,6 +61,9 @@ pub struct NodeContext {
     started: Instant,
     /// Our onion service, while it is up (see [`crate::tor`]).
     onion_service: RwLock<Option<crate::tor::OnionService>>,
+    /// The loopback address where Tor delivers the onion service's peers (its own
+    /// listener, so they are known as onion peers); set once at start.
+    pub(crate) onion_bind: std::sync::OnceLock<SocketAddr>,
     /// The last STUN result.
     pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
     /// The Sync actor, where Connections send chain and relay messages.
@@ -131,6 +134,7 @@ impl NodeContext {
             external: config.external_addrs.clone(),
             listen_addrs: listen_addrs.to_vec(),
             onion_service: RwLock::new(None),
+            onion_bind: std::sync::OnceLock::new(),
             fleet: Arc::new(crate::fleet::FleetShared::default()),
             started_unix: unix_now().max(0) as u64,
             started: now,

@@ -97,6 +97,8 @@ pub enum ManagerMsg {
         stream: TcpStream,
         /// Remote address.
         addr: SocketAddr,
+        /// Accepted on the onion service's own listener: a peer that came through Tor.
+        onion: bool,
     },
     /// Dial a peer.
     Connect {

@@ -78,12 +78,14 @@ pub struct NodeSupervisor;
 pub struct NodeArgs {
     ctx: Arc<NodeContext>,
     listeners: Vec<Arc<TcpListener>>,
+    onion_listener: Option<Arc<TcpListener>>,
 }
 
 /// State of the NodeSupervisor.
 pub struct NodeState {
     ctx: Arc<NodeContext>,
     listeners: Vec<Arc<TcpListener>>,
+    onion_listener: Option<Arc<TcpListener>>,
     manager: Option<ActorRef<ManagerMsg>>,
     listener: Option<ActorRef<()>>,
     dns: Option<ActorRef<DnsMsg>>,
@@ -115,6 +117,7 @@ impl NodeState {
         };
         let args = ListenerArgs {
             listeners: self.listeners.clone(),
+            onion: self.onion_listener.clone(),
             manager,
             ctx: self.ctx.clone(),
         };
@@ -316,6 +319,7 @@ impl Actor for NodeSupervisor {
         Ok(NodeState {
             ctx: args.ctx,
             listeners: args.listeners,
+            onion_listener: args.onion_listener,
             manager: None,
             listener: None,
             dns: None,
@@ -480,8 +484,22 @@ impl Node {
             listen_addrs.push(socket.local_addr().unwrap_or(*addr));
             listeners.push(Arc::new(socket));
         }
+        // Tor's peers get a loopback listener of their own, so they are known as onion
+        // peers (as Core's `-bind=...=onion`); only when an onion service may be made.
+        let onion_listener = match crate::tor::wants_onion_service(&config, &listen_addrs) {
+            true => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+                Some(Arc::new(
+                    bind(addr).map_err(|source| StartError::Bind { addr, source })?,
+                ))
+            }
+            false => None,
+        };
         let bans = crate::manager::load_bans(&dir);
         let ctx = Arc::new(NodeContext::new(config, bans, &listen_addrs));
+        if let Some(addr) = onion_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            let _ = ctx.onion_bind.set(addr);
+        }
         let config = ctx.config();
         info!(
             network = %config.network,
@@ -495,6 +513,7 @@ impl Node {
         let args = NodeArgs {
             ctx: ctx.clone(),
             listeners,
+            onion_listener,
         };
         let (supervisor, join) = Actor::spawn(None, NodeSupervisor, args)
             .await

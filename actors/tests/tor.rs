@@ -1,7 +1,8 @@
 //! The onion service through a real `tor` daemon, started offline (`DisableNetwork 1`: no
 //! circuit is built and nothing leaves the machine, but the control port still creates
 //! onion services). Checked: SAFECOOKIE and password authentication, the service is made
-//! and its key saved (mode 0600), the address is advertised over addrv2, a restart reuses
+//! (delivering to a listener of its own, whose peers are onion peers) and its key saved
+//! (mode 0600), the address is advertised over addrv2, a restart reuses
 //! the key (same onion address), the service is removed at shutdown, and a wrong password
 //! leaves the node running without one.
 //!
@@ -97,7 +98,24 @@ async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() 
     let onion = wait_onion(&node, 30).await;
     let service = node.onion_service().unwrap();
     assert_eq!(service.port, node.profile().default_port);
-    assert_eq!(service.target, node.listen_addrs()[0]);
+    // Tor delivers to a loopback listener of its own: its peers are known as onion peers.
+    assert!(service.target.ip().is_loopback());
+    assert_ne!(service.target, node.listen_addrs()[0]);
+    let _through_tor = common::handshaked(service.target).await;
+    let _local = common::handshaked(node.listen_addrs()[0]).await;
+    let peers = common::wait_peers(&node, "two inbound peers", |p| p.len() == 2).await;
+    let networks: Vec<_> = {
+        let mut n: Vec<_> = peers.iter().map(|p| p.network()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        networks,
+        [
+            meshd_actors::discovery::overlay::Network::Ipv4,
+            meshd_actors::discovery::overlay::Network::Onion
+        ]
+    );
 
     // The key is saved, private, in Core's format.
     let key_path = nd.path().join(meshd_actors::tor::ONION_KEY_FILE);

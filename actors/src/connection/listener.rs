@@ -29,6 +29,8 @@ pub struct Listener;
 pub struct ListenerArgs {
     /// Bound sockets.
     pub listeners: Vec<Arc<TcpListener>>,
+    /// The onion service's own loopback socket (Tor delivers its peers there), if any.
+    pub onion: Option<Arc<TcpListener>>,
     /// Where accepted sockets go.
     pub manager: ActorRef<ManagerMsg>,
     /// Shared node state (for the ban list).
@@ -51,14 +53,20 @@ impl Actor for Listener {
         args: ListenerArgs,
     ) -> Result<ListenerState, ActorProcessingErr> {
         let mut tasks = Vec::new();
-        for listener in args.listeners {
+        let all = args
+            .listeners
+            .into_iter()
+            .map(|l| (l, false))
+            .chain(args.onion.map(|l| (l, true)));
+        for (listener, onion) in all {
             if let Ok(addr) = listener.local_addr() {
-                info!(%addr, "listening for peers");
+                info!(%addr, onion, "listening for peers");
             }
             tasks.push(tokio::spawn(accept_loop(
                 listener,
                 args.manager.clone(),
                 args.ctx.clone(),
+                onion,
             )));
         }
         Ok(ListenerState { tasks })
@@ -80,6 +88,7 @@ async fn accept_loop(
     listener: Arc<TcpListener>,
     manager: ActorRef<ManagerMsg>,
     ctx: Arc<NodeContext>,
+    onion: bool,
 ) {
     loop {
         match listener.accept().await {
@@ -94,7 +103,11 @@ async fn accept_loop(
                 }
                 metrics::counter!("meshd_accepted_total").increment(1);
                 if manager
-                    .cast(ManagerMsg::InboundAccepted { stream, addr })
+                    .cast(ManagerMsg::InboundAccepted {
+                        stream,
+                        addr,
+                        onion,
+                    })
                     .is_err()
                 {
                     return;

@@ -199,7 +199,7 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
     let network = ctx.config().network.name().to_string();
     let mut events = ctx.events.subscribe_to(&published_kinds());
     let mut seq = 0u64;
-    let drop = |n: u64| {
+    let count_dropped = |n: u64| {
         shared.dropped.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("meshd_fleet_dropped_total").increment(n);
     };
@@ -210,7 +210,7 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
                 // Lost before they were numbered: they count as numbered and dropped.
                 seq += n;
                 shared.sequence.store(seq, Ordering::Relaxed);
-                drop(n);
+                count_dropped(n);
                 continue;
             }
             Err(EventError::Closed) => return,
@@ -250,7 +250,7 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
                 seq,
             };
             if tx.try_send(msg).is_err() {
-                drop(1);
+                count_dropped(1);
             }
         }
     }

@@ -481,6 +481,7 @@ impl ManagerState {
         myself: &ActorRef<ManagerMsg>,
         stream: TcpStream,
         addr: SocketAddr,
+        onion: bool,
     ) {
         if self.ctx.is_shutting_down() {
             return;
@@ -506,7 +507,20 @@ impl ManagerState {
                     Transport::Accepted(stream),
                     p,
                 )
-                .await
+                .await;
+                if onion {
+                    // Tor's peers all arrive from loopback: marked so operators (and the
+                    // API's `network`) can tell them from local ones.
+                    if let Some(id) = self
+                        .children
+                        .values()
+                        .filter(|c| c.direction == Direction::Inbound && c.addr == addr)
+                        .map(|c| c.id)
+                        .max()
+                    {
+                        self.ctx.peers.update(id, |p| p.inbound_onion = true);
+                    }
+                }
             }
             None => {
                 info!(peer = %addr, "inbound slots full and no peer evictable; refused");
@@ -932,9 +946,11 @@ impl Actor for Manager {
         state: &mut ManagerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ManagerMsg::InboundAccepted { stream, addr } => {
-                state.admit_inbound(&myself, stream, addr).await
-            }
+            ManagerMsg::InboundAccepted {
+                stream,
+                addr,
+                onion,
+            } => state.admit_inbound(&myself, stream, addr, onion).await,
             ManagerMsg::Connect { addr, kind } => {
                 if kind != OutboundKind::OneTry {
                     state.targets.insert(addr, kind);

@@ -106,6 +106,8 @@ pub struct PeerInfo {
     pub session_id: String,
     /// It sent `sendaddrv2` (BIP155): onion, I2P and CJDNS addresses can be relayed to it.
     pub wants_addrv2: bool,
+    /// An inbound peer that came through our onion service.
+    pub inbound_onion: bool,
     /// The onion, I2P or CJDNS address `addr` stands for (see
     /// [`crate::discovery::overlay`]).
     pub overlay: Option<OverlayAddr>,
@@ -128,6 +130,9 @@ impl PeerInfo {
 
     /// The network the peer is on.
     pub fn network(&self) -> Network {
+        if self.inbound_onion {
+            return Network::Onion;
+        }
         self.overlay
             .map_or_else(|| Network::of_ip(self.addr.ip()), |o| o.network())
     }
@@ -166,6 +171,7 @@ impl PeerInfo {
             misbehavior: 0,
             transport: "v1",
             wants_addrv2: false,
+            inbound_onion: false,
             overlay: None,
             session_id: String::new(),
             connected_at: Instant::now(),

@@ -2,8 +2,9 @@
 //! port (`--torcontrol`, `--listenonion`), as Bitcoin Core's torcontrol makes it.
 //!
 //! It connects to the control port, authenticates (see [`control`]), and asks for an onion
-//! service whose virtual port (the network's default port) leads to our first listening
-//! address. The service's private key is kept in `DATADIR/onion_v3_private_key` (Core's
+//! service whose virtual port (the network's default port) leads to a loopback listener of
+//! its own (bound at start, as Core's `-bind=...=onion`), so peers arriving through Tor are
+//! known as onion peers rather than local ones. The service's private key is kept in `DATADIR/onion_v3_private_key` (Core's
 //! file name and format, mode 0600, written atomically), so the onion address survives
 //! restarts. While the service is up, its address is advertised to peers that asked for
 //! addrv2 and shown in `/v1/network` and `meshd network`; the control connection is held
@@ -56,14 +57,18 @@ pub struct OnionService {
 /// The control port to use: `--torcontrol`, else Tor's default except on regtest.
 pub fn control_port(ctx: &NodeContext) -> Option<SocketAddr> {
     let config = ctx.config();
-    if !config.listen_onion || ctx.listen_addrs.is_empty() {
+    if !wants_onion_service(&config, &ctx.listen_addrs) {
         return None;
     }
-    match config.tor_control {
-        Some(addr) => Some(addr),
-        None if config.network.profile().is_regtest() => None,
-        None => Some(DEFAULT_TOR_CONTROL),
-    }
+    Some(config.tor_control.unwrap_or(DEFAULT_TOR_CONTROL))
+}
+
+/// Whether an onion service may be made: `--listenonion`, a listening node, and a control
+/// port given (or Tor's default, except on regtest).
+pub fn wants_onion_service(config: &crate::config::NodeConfig, listen: &[SocketAddr]) -> bool {
+    config.listen_onion
+        && !listen.is_empty()
+        && (config.tor_control.is_some() || !config.network.profile().is_regtest())
 }
 
 /// Where Tor should deliver the service's connections: our first listening address, with
@@ -335,7 +340,12 @@ async fn session(
     let Some(listen) = ctx.listen_addrs.first().copied() else {
         return Ok(());
     };
-    let target = service_target(listen);
+    // The onion listener when there is one (its peers are then known as onion peers).
+    let target = ctx
+        .onion_bind
+        .get()
+        .copied()
+        .unwrap_or_else(|| service_target(listen));
     let port = ctx.profile.default_port;
     let key_path = config.datadir.join(ONION_KEY_FILE);
     let saved = load_key(&key_path);
