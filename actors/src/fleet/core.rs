@@ -289,7 +289,8 @@ pub fn propagation(sightings: &[Sighting], last: usize) -> Vec<Propagation> {
             })
         })
         .collect();
-    out.sort_by(|a, b| (a.first_ms, &a.hash).cmp(&(b.first_ms, &b.hash)));
+    // Blocks seen in the same millisecond (generated together) keep their chain order.
+    out.sort_by(|a, b| (a.first_ms, a.height, &a.hash).cmp(&(b.first_ms, b.height, &b.hash)));
     let skip = out.len().saturating_sub(last);
     out.split_off(skip)
 }
@@ -466,6 +467,12 @@ mod tests {
         assert_eq!(p[1].first_node, "b");
         assert_eq!(propagation(&s, 1).len(), 1);
         assert_eq!(propagation(&s, 1)[0].hash, "h2");
+        // Same millisecond: by height, whatever the hashes.
+        let mut a = seen("a", "zz", 5000);
+        a.height = 1;
+        let mut b = seen("a", "aa", 5000);
+        b.height = 2;
+        assert_eq!(propagation(&[a, b], 1)[0].hash, "aa");
     }
 
     #[test]
