@@ -322,7 +322,20 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     let b = Node::start(cb).await.unwrap();
     connected(&a, 15).await;
     connected(&b, 15).await;
-    tokio::time::sleep(Duration::from_millis(500)).await; // b's subscription in place
+    // b's advisory subscription is in place once it counts a malformed probe.
+    let probe = async_nats::connect(&url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while b.fleet_status().unwrap().rejected == 0 {
+        assert!(Instant::now() < deadline, "b never listened to advisories");
+        probe
+            .publish("meshd.bans.probe.regtest.BanAdvisory", "{}".into())
+            .await
+            .unwrap();
+        probe.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // probes in flight arrive
+    let probes = b.fleet_status().unwrap().rejected;
 
     // A bans a misbehaving loopback peer automatically: an oversized header is 100 points.
     let mut peer = common::handshaked(a.listen_addrs()[0]).await;
@@ -339,7 +352,7 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     .await;
     // Published as an advisory; b refuses it (loopback) and counts it.
     until("b refused a's loopback advisory", 10, || {
-        b.fleet_status().is_some_and(|s| s.rejected >= 1)
+        b.fleet_status().is_some_and(|s| s.rejected > probes)
     })
     .await;
     assert!(futures_lite(b.bans()).is_empty());
