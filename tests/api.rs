@@ -71,19 +71,7 @@ impl Api {
 }
 
 fn cli(node: &Meshd, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(meshd_bin())
-        .args(args)
-        .arg("--api")
-        .arg(node.api.unwrap().to_string())
-        .arg("--datadir")
-        .arg(&node.datadir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
+    node.cli(args)
 }
 
 #[test]

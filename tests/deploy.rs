@@ -45,22 +45,11 @@ fn promtool_accepts_the_config_and_alert_rules() {
 #[test]
 fn every_metric_has_help_text_and_the_exposition_passes_promtool() {
     // Two nodes talking, in a fleet, so that most series exist.
-    let Some(nats_bin) = common::nats::nats_path() else {
+    let Some((nats, _nats_dir)) = common::nats::Nats::start_temp() else {
         return;
     };
-    let nats_dir = tempfile::tempdir().unwrap();
-    let nats = common::nats::Nats::start(&nats_bin, nats_dir.path());
     let url = nats.url();
-    let fleet = |name: &'static str| {
-        [
-            "--nats",
-            url.as_str(),
-            "--fleet",
-            "deploy",
-            "--node-name",
-            name,
-        ]
-    };
+    let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
     let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
     let a_addr = a.addr.unwrap().to_string();
@@ -190,23 +179,12 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
     }
     // A live mesh: a listens; b dials a and bans someone; c dials b and a dead address (so it
     // restarts and gives up). Fast pings fill the RTT histograms.
-    let Some(nats_bin) = common::nats::nats_path() else {
+    // The fleet panel needs a fleet: the three nodes publish to a real nats-server.
+    let Some((nats, _nats_dir)) = common::nats::Nats::start_temp() else {
         return;
     };
-    // The fleet panel needs a fleet: the three nodes publish to a real nats-server.
-    let nats_dir = tempfile::tempdir().unwrap();
-    let nats = common::nats::Nats::start(&nats_bin, nats_dir.path());
     let url = nats.url();
-    let fleet = |name: &'static str| {
-        [
-            "--nats",
-            url.as_str(),
-            "--fleet",
-            "deploy",
-            "--node-name",
-            name,
-        ]
-    };
+    let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
     let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
     let a_addr = a.addr.unwrap().to_string();

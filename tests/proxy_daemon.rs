@@ -7,33 +7,10 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{meshd_bin, msg, Meshd};
+use common::{msg, wait, Meshd};
 use meshd_actors::discovery::overlay::OverlayAddr;
-
-fn cli(node: &Meshd, args: &[&str]) -> (i32, String) {
-    let out = Command::new(meshd_bin())
-        .args(args)
-        .arg("--api")
-        .arg(node.api.unwrap().to_string())
-        .arg("--datadir")
-        .arg(&node.datadir)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-    )
-}
-
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn a_dead_proxy_is_logged_with_the_peer_counted_and_retried() {
@@ -94,7 +71,7 @@ fn meshd_peers_shows_an_onion_peer_in_full() {
             .as_array()
             .is_some_and(|p| p.iter().any(|x| x["state"] == "connected"))
     });
-    let (code, out) = cli(&a, &["peers"]);
+    let (code, out, _) = a.cli(&["peers"]);
     assert_eq!(code, 0);
     assert!(out.contains(&peer), "{out}");
     let peers = a.api_get("/v1/peers");
@@ -120,7 +97,7 @@ fn meshd_network_shows_the_onion_service_made_through_tor() {
     });
     let onion = up["onion"].as_str().unwrap().to_string();
     assert!(onion.ends_with(".onion:18444"), "{onion}");
-    let (code, out) = cli(&node, &["network"]);
+    let (code, out, _) = node.cli(&["network"]);
     assert_eq!(code, 0);
     assert!(out.contains(&onion), "{out}");
     assert_eq!(node.metric("meshd_onion_service_up"), Some(1.0));

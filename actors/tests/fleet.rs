@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::config;
-use common::nats::{nats_path, Nats};
+use common::nats::Nats;
 use futures_util::StreamExt;
 use meshd_actors::config::FleetConfig;
 use meshd_actors::fleet::core::{bucket_name, stream_name, BanAdvisory};
@@ -93,11 +93,9 @@ async fn connected(node: &Node, secs: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_publish_every_kind_in_order_with_propagation_and_heartbeats() {
-    let Some(bin) = nats_path() else {
+    let Some((nats, _dir)) = Nats::start_temp() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(&bin, dir.path());
     let url = nats.url();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut nodes: Vec<Node> = Vec::new();
@@ -238,11 +236,9 @@ fn futures_lite<F: std::future::Future>(f: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_for_ten_seconds_loses_nothing_but_what_is_counted() {
-    let Some(bin) = nats_path() else {
+    let Some((mut nats, _dir)) = Nats::start_temp() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let mut nats = Nats::start(&bin, dir.path());
     let url = nats.url();
     let nd = tempfile::tempdir().unwrap();
     let mut c = config(nd.path());
@@ -302,11 +298,9 @@ async fn nats_down_for_ten_seconds_loses_nothing_but_what_is_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
-    let Some(bin) = nats_path() else {
+    let Some((nats, _dir)) = Nats::start_temp() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(&bin, dir.path());
     let url = nats.url();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let mut ca = config(da.path());

@@ -55,16 +55,21 @@ async fn connectable(port: u16) {
     }
 }
 
-/// microsocks on a free loopback port, with `user:password` if given.
-async fn microsocks(auth: Option<(&str, &str)>) -> Option<(Child, u16)> {
-    let Some(path) = ["/usr/bin/microsocks", "/usr/local/bin/microsocks"]
+/// The microsocks binary, or a skip (a failure in CI).
+fn microsocks_path() -> Option<PathBuf> {
+    let found = ["/usr/bin/microsocks", "/usr/local/bin/microsocks"]
         .into_iter()
         .map(PathBuf::from)
-        .find(|p| p.exists())
-    else {
+        .find(|p| p.exists());
+    if found.is_none() {
         common::skip_or_fail("microsocks (Debian package microsocks), the SOCKS5 proxy");
-        return None;
-    };
+    }
+    found
+}
+
+/// microsocks on a free loopback port, with `user:password` if given.
+async fn microsocks(auth: Option<(&str, &str)>) -> Option<(Child, u16)> {
+    let path = microsocks_path()?;
     let port = free_port();
     let mut cmd = Command::new(path);
     cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
@@ -433,11 +438,7 @@ async fn an_onion_name_only_the_proxy_resolves_is_reached_through_microsocks() {
         common::skip_or_fail("root, for microsocks in a mount namespace with its own /etc/hosts");
         return;
     }
-    let Some(microsocks) = ["/usr/bin/microsocks", "/usr/local/bin/microsocks"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-    else {
-        common::skip_or_fail("microsocks (Debian package microsocks), the SOCKS5 proxy");
+    let Some(microsocks) = microsocks_path() else {
         return;
     };
     let db = tempfile::tempdir().unwrap();
@@ -454,8 +455,9 @@ async fn an_onion_name_only_the_proxy_resolves_is_reached_through_microsocks() {
     .unwrap();
     let proxy_port = free_port();
     let script = format!(
-        "mount --bind {} /etc/hosts && exec {microsocks} -i 127.0.0.1 -p {proxy_port}",
-        hosts.display()
+        "mount --bind {} /etc/hosts && exec {} -i 127.0.0.1 -p {proxy_port}",
+        hosts.display(),
+        microsocks.display()
     );
     let _proxy = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])

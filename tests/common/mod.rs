@@ -34,6 +34,15 @@ pub fn meshd_bin() -> &'static str {
     env!("CARGO_BIN_EXE_meshd")
 }
 
+/// Polls `f` every 100 ms until it holds; fails after `secs`.
+pub fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -127,6 +136,23 @@ impl Meshd {
             m.api = v["addr"].as_str().and_then(|a| a.parse().ok());
         }
         m
+    }
+
+    /// Runs a CLI subcommand against this node's API: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(meshd_bin())
+            .args(args)
+            .arg("--api")
+            .arg(self.api.expect("api enabled").to_string())
+            .arg("--datadir")
+            .arg(&self.datadir)
+            .output()
+            .expect("run meshd");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     /// Scrapes /metrics (plain HTTP/1.0 over a TcpStream: no client library needed).

@@ -51,6 +51,14 @@ impl Nats {
         n
     }
 
+    /// Starts one in a fresh temporary directory (kept as long as the returned guard), or
+    /// `None` after a skip notice when nats-server is missing (a failure in CI).
+    pub fn start_temp() -> Option<(Nats, tempfile::TempDir)> {
+        let bin = nats_path()?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        Some((Nats::start(&bin, dir.path()), dir))
+    }
+
     /// The URL clients take.
     pub fn url(&self) -> String {
         format!("nats://{}", self.addr)
@@ -94,4 +102,9 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The daemon flags that put a node named `node` into `fleet` on the server at `url`.
+pub fn fleet_flags<'a>(url: &'a str, fleet: &'a str, node: &'a str) -> [&'a str; 6] {
+    ["--nats", url, "--fleet", fleet, "--node-name", node]
 }

@@ -79,7 +79,12 @@ pub enum Transport {
     /// Dial the peer's address (outbound).
     Dial,
     /// An accepted socket (inbound).
-    Accepted(TcpStream),
+    Accepted {
+        /// The socket.
+        stream: TcpStream,
+        /// Accepted on the onion service's listener: the peer came through Tor.
+        onion: bool,
+    },
 }
 
 /// Arguments to spawn a Connection.
@@ -309,7 +314,7 @@ impl Actor for Connection {
             .timers
             .push(myself.send_interval(tick_interval(&config), || ConnectionMsg::Tick));
         match state.transport.take() {
-            Some(Transport::Accepted(stream)) => {
+            Some(Transport::Accepted { stream, .. }) => {
                 if let Err(reason) = begin_negotiation(&myself, state, stream) {
                     close(&myself, state, reason);
                 }

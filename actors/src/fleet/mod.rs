@@ -264,7 +264,7 @@ async fn connect(config: &FleetConfig) -> Result<async_nats::Client, String> {
         .reconnect_delay_callback(|attempt| {
             // 100 ms doubling to 5 s, as the publisher's own retries.
             RETRY_MIN
-                .saturating_mul(1u32 << attempt.min(6) as u32)
+                .saturating_mul(2u32.saturating_pow(attempt as u32))
                 .min(RETRY_MAX)
         });
     if let Some(path) = &config.credentials_file {
@@ -588,106 +588,106 @@ async fn apply_advisories(
     }
 }
 
-/// The fleet's heartbeats, each with whether it is stale; malformed ones are skipped and
-/// counted. Read as the last message per key of the bucket.
-pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> {
+/// Reads a stream through an ordered consumer on `filter` from `deliver` until nothing is
+/// pending, at most `max` messages and [`SCAN_TIMEOUT`]; each message goes to `each`.
+async fn scan(
+    js: &jetstream::Context,
+    stream: String,
+    filter: String,
+    deliver: jetstream::consumer::DeliverPolicy,
+    max: usize,
+    mut each: impl FnMut(&jetstream::Message),
+) -> Result<(), String> {
+    let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            filter_subject: filter,
+            deliver_policy: deliver,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(());
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + SCAN_TIMEOUT;
+    for _ in 0..max {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(Ok(msg))) = tokio::time::timeout(left, messages.next()).await else {
+            break;
+        };
+        each(&msg);
+        if msg.info().map_or(true, |i| i.pending == 0) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The fleet's config and a JetStream context on its connection.
+fn fleet_link(ctx: &NodeContext) -> Result<(FleetConfig, jetstream::Context), String> {
     let config = ctx
         .config()
         .fleet
         .clone()
         .ok_or("not in a fleet (--nats)")?;
+    let client = ctx
+        .fleet_shared()
+        .client()
+        .ok_or("not connected to NATS yet")?;
+    Ok((config, jetstream::new(client)))
+}
+
+/// The fleet's heartbeats, each with whether it is stale; malformed ones are skipped and
+/// counted. Read as the last message per key of the bucket.
+pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> {
+    let (config, js) = fleet_link(ctx)?;
     let shared = ctx.fleet_shared();
-    let client = shared.client().ok_or("not connected to NATS yet")?;
-    let js = jetstream::new(client);
     let bucket = core::bucket_name(&config.fleet);
-    let stream = js
-        .get_stream(format!("KV_{bucket}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: format!("$KV.{bucket}.>"),
-            deliver_policy: jetstream::consumer::DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
     let now = unix_ms() / 1000;
     let mut out = Vec::new();
-    if consumer.cached_info().num_pending > 0 {
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + SCAN_TIMEOUT;
-        while out.len() < MAX_FLEET_NODES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some(Ok(msg))) = tokio::time::timeout(left, messages.next()).await else {
-                break;
-            };
-            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            match Heartbeat::parse(&msg.payload) {
-                Ok(hb) => {
-                    let stale = hb.is_stale(now);
-                    out.push((hb, stale));
-                }
-                Err(e) => shared.reject("heartbeat", &e),
+    scan(
+        &js,
+        format!("KV_{bucket}"),
+        format!("$KV.{bucket}.>"),
+        jetstream::consumer::DeliverPolicy::LastPerSubject,
+        MAX_FLEET_NODES,
+        |msg| match Heartbeat::parse(&msg.payload) {
+            Ok(hb) => {
+                let stale = hb.is_stale(now);
+                out.push((hb, stale));
             }
-            if pending == 0 {
-                break;
-            }
-        }
-    }
+            Err(e) => shared.reject("heartbeat", &e),
+        },
+    )
+    .await?;
     out.sort_by(|a, b| a.0.node.cmp(&b.0.node));
     Ok(out)
 }
 
 /// Per block, when the first and the last node saw it and the delay quantiles, for the
-/// `last` newest blocks in the stream (read with an ordered consumer, bounded by
-/// [`MAX_PROPAGATION_SCAN`] messages and [`SCAN_TIMEOUT`]).
+/// `last` newest blocks in the stream (bounded by [`MAX_PROPAGATION_SCAN`] messages and
+/// [`SCAN_TIMEOUT`]).
 pub async fn propagation(ctx: &NodeContext, last: usize) -> Result<Vec<Propagation>, String> {
-    let config = ctx
-        .config()
-        .fleet
-        .clone()
-        .ok_or("not in a fleet (--nats)")?;
+    let (config, js) = fleet_link(ctx)?;
     let shared = ctx.fleet_shared();
-    let client = shared.client().ok_or("not connected to NATS yet")?;
-    let js = jetstream::new(client);
     let network = ctx.config().network.name().to_string();
-    let stream = js
-        .get_stream(core::stream_name(&config.fleet))
-        .await
-        .map_err(|e| e.to_string())?;
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::OrderedConfig {
-            filter_subject: core::kind_subjects(
-                &config.fleet,
-                &network,
-                EventKind::BlockReceived.name(),
-            ),
-            deliver_policy: jetstream::consumer::DeliverPolicy::All,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
     let mut sightings = Vec::new();
-    let deadline = Instant::now() + SCAN_TIMEOUT;
-    if consumer.cached_info().num_pending > 0 {
-        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-        while sightings.len() < MAX_PROPAGATION_SCAN {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Ok(Some(Ok(msg))) = tokio::time::timeout(left, messages.next()).await else {
-                break;
-            };
-            let pending = msg.info().map(|i| i.pending).unwrap_or(0);
-            if let Some(node) = subject_node(&msg.subject) {
-                match parse_sighting(node, &msg.payload) {
-                    Some(s) => sightings.push(s),
-                    None => shared.reject("sighting", "not a BlockReceived event"),
-                }
+    scan(
+        &js,
+        core::stream_name(&config.fleet),
+        core::kind_subjects(&config.fleet, &network, EventKind::BlockReceived.name()),
+        jetstream::consumer::DeliverPolicy::All,
+        MAX_PROPAGATION_SCAN,
+        |msg| {
+            let parsed = subject_node(&msg.subject).and_then(|n| parse_sighting(n, &msg.payload));
+            match parsed {
+                Some(s) => sightings.push(s),
+                None => shared.reject("sighting", "not a BlockReceived event"),
             }
-            if pending == 0 {
-                break;
-            }
-        }
-    }
+        },
+    )
+    .await?;
     Ok(core::propagation(&sightings, last))
 }

@@ -194,6 +194,9 @@ impl ManagerState {
         };
         let mut info = PeerInfo::new(id, addr, direction, manual);
         info.overlay = overlay;
+        // Tor's peers all arrive from loopback: marked so operators (and the API's
+        // `network`) tell them from local ones.
+        info.inbound_onion = matches!(transport, Transport::Accepted { onion: true, .. });
         info.connection_type = match kind {
             None => "inbound",
             Some(OutboundKind::Persistent) => "manual",
@@ -504,23 +507,10 @@ impl ManagerState {
                     addr,
                     Direction::Inbound,
                     None,
-                    Transport::Accepted(stream),
+                    Transport::Accepted { stream, onion },
                     p,
                 )
-                .await;
-                if onion {
-                    // Tor's peers all arrive from loopback: marked so operators (and the
-                    // API's `network`) can tell them from local ones.
-                    if let Some(id) = self
-                        .children
-                        .values()
-                        .filter(|c| c.direction == Direction::Inbound && c.addr == addr)
-                        .map(|c| c.id)
-                        .max()
-                    {
-                        self.ctx.peers.update(id, |p| p.inbound_onion = true);
-                    }
-                }
+                .await
             }
             None => {
                 info!(peer = %addr, "inbound slots full and no peer evictable; refused");
