@@ -34,6 +34,7 @@ use bitcoin::pow::{CompactTarget, Target};
 use bitcoin::{BlockHash, Network, TxMerkleNode};
 
 use super::bsv_pow;
+use super::index::{HashIndex, MAX_ENTRIES};
 use crate::network::{DifficultyRule, NetworkId, Profile};
 
 /// Headers not on the best chain kept at most.
@@ -167,10 +168,17 @@ fn unreachable_header() -> Header {
     }
 }
 
-/// The first four bytes of a hash, the key of the compact index.
-fn short(hash: &BlockHash) -> u32 {
-    let b = hash.as_byte_array();
-    u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+/// The hash of stored header `idx`: on the best chain without hashing (the tip's is kept,
+/// every other one's is its child's `prev_blockhash`); off it, rare, hashed here.
+fn entry_hash(entries: &[Entry], best: &[u32], tip_hash: BlockHash, idx: u32) -> BlockHash {
+    let height = entries[idx as usize].height as usize;
+    if best.get(height) == Some(&idx) {
+        return match best.get(height + 1) {
+            Some(child) => entries[*child as usize].prev(),
+            None => tip_hash,
+        };
+    }
+    entries[idx as usize].hash()
 }
 
 /// Why a header was refused.
@@ -223,6 +231,9 @@ pub enum AcceptError {
     /// Would add to the stale headers past their cap.
     #[error("too many headers off the best chain")]
     TooManyStale,
+    /// The chain holds [`MAX_ENTRIES`] headers already.
+    #[error("the header chain is full")]
+    ChainFull,
     /// A fork below the last checkpoint we hold.
     #[error("fork at height {0}, below the last checkpoint")]
     ForkBeforeCheckpoint(u32),
@@ -241,6 +252,7 @@ impl AcceptError {
             AcceptError::TimeWarp { .. } => "header_bad_time",
             AcceptError::Checkpoint(_) => "header_checkpoint",
             AcceptError::TooManyStale => "header_too_many_stale",
+            AcceptError::ChainFull => "header_chain_full",
             AcceptError::ForkBeforeCheckpoint(_) => "header_checkpoint",
         }
     }
@@ -271,10 +283,8 @@ pub struct HeaderChain {
     pow_limit: Target,
     checkpoints: Vec<(u32, BlockHash)>,
     entries: Vec<Entry>,
-    /// Index by the first four bytes of the hash (verified against the entry on lookup);
-    /// the rare second header with the same four bytes goes to `overflow`.
-    index: HashMap<u32, u32, FastHash>,
-    overflow: HashMap<BlockHash, u32, FastHash>,
+    /// Hash → entry, without keys (see [`HashIndex`]).
+    index: HashIndex,
     /// Best chain: `best[h]` is the index of the header at height `h`.
     best: Vec<u32>,
     /// Cumulative work of the best tip.
@@ -348,8 +358,7 @@ impl HeaderChain {
             params,
             checkpoints,
             entries: Vec::new(),
-            index: HashMap::default(),
-            overflow: HashMap::default(),
+            index: HashIndex::default(),
             best: Vec::new(),
             tip_work: to_u128(g.work()),
             stale: HashMap::default(),
@@ -370,6 +379,9 @@ impl HeaderChain {
     }
 
     fn push(&mut self, h: &Header, hash: BlockHash, height: u32) -> u32 {
+        if self.index.needs_growth() {
+            self.grow_index();
+        }
         let raw = header_bytes(h);
         let idx = if let Some(idx) = self.vacant.pop() {
             self.entries[idx as usize] = Entry { raw, height };
@@ -383,24 +395,23 @@ impl HeaderChain {
             self.entries.push(Entry { raw, height });
             (self.entries.len() - 1) as u32
         };
-        match self.index.entry(short(&hash)) {
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(idx);
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {
-                self.overflow.insert(hash, idx);
-            }
-        }
+        self.index.insert(&hash, idx);
         idx
     }
 
+    /// Doubles the index, reading every stored header's hash in entry order (on the best
+    /// chain from its child, so mostly sequential reads and no hashing).
+    fn grow_index(&mut self) {
+        let (entries, best, tip_hash) = (&self.entries, &self.best, self.tip_hash);
+        self.index.rebuild(
+            (0..entries.len() as u32)
+                .filter(|i| entries[*i as usize].height != VACANT)
+                .map(|i| (i, entry_hash(entries, best, tip_hash, i))),
+        );
+    }
+
     fn lookup(&self, hash: &BlockHash) -> Option<u32> {
-        if let Some(&i) = self.index.get(&short(hash)) {
-            if self.hash_of(i) == *hash {
-                return Some(i);
-            }
-        }
-        self.overflow.get(hash).copied()
+        self.index.find(hash, |i| self.hash_of(i))
     }
 
     /// Cumulative work up to `idx`: the tip's minus the work above it on the best chain (O(1)
@@ -428,17 +439,9 @@ impl HeaderChain {
         self.lookup(&self.entries[idx as usize].prev())
     }
 
-    /// The hash of a stored header: on the best chain without hashing (the tip's is kept,
-    /// every other one's is its child's `prev_blockhash`); off it, rare, hashed here.
+    /// The hash of a stored header (see [`entry_hash`]).
     fn hash_of(&self, idx: u32) -> BlockHash {
-        let height = self.entries[idx as usize].height as usize;
-        if self.best.get(height) == Some(&idx) {
-            return match self.best.get(height + 1) {
-                Some(child) => self.entries[*child as usize].prev(),
-                None => self.tip_hash,
-            };
-        }
-        self.entries[idx as usize].hash()
+        entry_hash(&self.entries, &self.best, self.tip_hash, idx)
     }
 
     fn header_at(&self, idx: u32) -> Header {
@@ -677,6 +680,9 @@ impl HeaderChain {
                 return Err(AcceptError::TooManyStale);
             }
         }
+        if self.vacant.is_empty() && self.entries.len() >= MAX_ENTRIES as usize {
+            return Err(AcceptError::ChainFull);
+        }
         let idx = self.push(h, hash, height);
         if extends_best {
             self.best.push(idx);
@@ -768,11 +774,9 @@ impl HeaderChain {
                 continue;
             }
             let hash = self.hash_of(idx);
-            if self.index.get(&short(&hash)) == Some(&idx) {
-                self.index.remove(&short(&hash));
-            } else {
-                self.overflow.remove(&hash);
-            }
+            let (entries, best, tip_hash) = (&self.entries, &self.best, self.tip_hash);
+            self.index
+                .remove(&hash, idx, |i| entry_hash(entries, best, tip_hash, i));
             self.stale.remove(&idx);
             self.entries[idx as usize].height = VACANT;
             self.vacant.push(idx);
@@ -903,12 +907,10 @@ impl HeaderChain {
                 (cap * 8 / 7).next_power_of_two()
             }
         };
-        let index = buckets(self.index.capacity()) * (std::mem::size_of::<(u32, u32)>() + 1);
-        let overflow =
-            buckets(self.overflow.capacity()) * (std::mem::size_of::<(BlockHash, u32)>() + 1);
+        let index = self.index.memory_bytes();
         let best = std::mem::size_of::<u32>() * self.best.capacity();
         let stale = buckets(self.stale.capacity()) * (std::mem::size_of::<(u32, Stale)>() + 1);
-        entry + index + overflow + best + stale
+        entry + index + best + stale
     }
 
     /// Number of stored headers (all branches).

@@ -3,6 +3,7 @@
 
 pub mod bsv_pow;
 pub mod headers;
+pub mod index;
 pub mod presync;
 pub mod store;
 
