@@ -475,6 +475,7 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
     );
     for st in [
         crate::msg::SyncState::Idle,
+        crate::msg::SyncState::Loading,
         crate::msg::SyncState::Syncing,
         crate::msg::SyncState::Synced,
     ] {

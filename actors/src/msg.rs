@@ -210,6 +210,8 @@ pub enum SyncState {
     /// No peer to sync from.
     #[default]
     Idle,
+    /// Loading headers.dat (peers are answered meanwhile; sync starts once it is in).
+    Loading,
     /// Downloading headers.
     Syncing,
     /// Caught up with the best peer.
@@ -221,6 +223,7 @@ impl SyncState {
     pub fn as_str(self) -> &'static str {
         match self {
             SyncState::Idle => "idle",
+            SyncState::Loading => "loading",
             SyncState::Syncing => "syncing",
             SyncState::Synced => "synced",
         }
@@ -334,4 +337,7 @@ pub enum SyncMsg {
     Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
     /// Relay a transaction as if a peer had sent it (library and tests).
     SubmitTx(Box<Transaction>),
+    /// Load the next part of headers.dat (sent by Sync to itself, so that the messages that
+    /// came in meanwhile are handled between parts).
+    LoadStep,
 }

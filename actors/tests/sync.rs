@@ -422,3 +422,93 @@ async fn the_next_batch_is_asked_for_before_the_current_one_is_validated() {
     assert!(p.closed_within(Duration::from_secs(5)).await, "punished");
     node.shutdown().await;
 }
+
+/// Writes a headers.dat of `n` mined regtest headers after genesis (the file format of
+/// `meshd_actors::sync::chain::store`); returns the headers.
+fn write_header_file(path: &std::path::Path, genesis: Header, n: u32) -> Vec<Header> {
+    use meshd_actors::sync::chain::store::{file_header_bytes, RECORD_BYTES};
+    let magic = meshd_actors::network::NetworkId::Regtest
+        .profile()
+        .magic
+        .to_bytes();
+    let mut bytes = file_header_bytes(magic);
+    bytes.reserve(n as usize * RECORD_BYTES);
+    let mut headers = Vec::with_capacity(n as usize);
+    let mut parent = genesis;
+    for i in 0..n {
+        let h = meshd_actors::sync::chain::headers::mine_header(
+            &parent,
+            bitcoin::TxMerkleNode::all_zeros(),
+            genesis.time + 600 * (i + 1),
+            genesis.bits,
+        );
+        bytes.extend_from_slice(&bitcoin::consensus::serialize(&h));
+        bytes.extend_from_slice(&h.block_hash().as_byte_array()[..4]);
+        headers.push(h);
+        parent = h;
+    }
+    std::fs::write(path, bytes).unwrap();
+    headers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_are_answered_while_a_long_header_file_loads() {
+    const N: u32 = 150_000;
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = meshd_actors::network::NetworkId::Regtest.profile().genesis;
+    let headers = write_header_file(&dir.path().join("headers.dat"), genesis, N);
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    // Asked from genesis: the first 2,000 headers are loaded within the first step.
+    p.send(NetworkMessage::GetHeaders(
+        bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![genesis.block_hash()],
+            stop_hash: bitcoin::BlockHash::all_zeros(),
+        },
+    ))
+    .await;
+    // Asked from the tip of the file: only the whole chain can answer it (with nothing).
+    p.send(NetworkMessage::GetHeaders(
+        bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![headers[N as usize - 1].block_hash()],
+            stop_hash: bitcoin::BlockHash::all_zeros(),
+        },
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        assert!(Instant::now() < deadline, "no headers answer");
+        if let common::Seen::Msg(meshd_actors::wire::Message::Network(NetworkMessage::Headers(h))) =
+            p.recv(Duration::from_secs(5)).await
+        {
+            break h;
+        }
+    };
+    let status = node.sync_status();
+    assert_eq!(first.len(), 2000);
+    assert_eq!(first[0], headers[0]);
+    assert_eq!(first[1999], headers[1999]);
+    assert_eq!(
+        status.state,
+        meshd_actors::msg::SyncState::Loading,
+        "answered while loading (height {} of {N})",
+        status.header_height
+    );
+    assert!(status.header_height < N);
+    let second = loop {
+        assert!(Instant::now() < deadline, "no second headers answer");
+        if let common::Seen::Msg(meshd_actors::wire::Message::Network(NetworkMessage::Headers(h))) =
+            p.recv(Duration::from_secs(5)).await
+        {
+            break h;
+        }
+    };
+    assert!(second.is_empty(), "the tip's successors: none");
+    let status = node.sync_status();
+    assert_eq!(status.header_height, N, "the whole file is loaded by then");
+    assert_ne!(status.state, meshd_actors::msg::SyncState::Loading);
+    node.shutdown().await;
+}

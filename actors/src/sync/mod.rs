@@ -61,7 +61,7 @@ use crate::msg::{ConnectionMsg, HashedHeaders, SyncInput, SyncMsg, SyncState, Sy
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
-use crate::sync::chain::store::HeaderStore;
+use crate::sync::chain::store::{HeaderLoad, HeaderStore};
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
@@ -126,6 +126,15 @@ const HEADERS_SYNC_TIMEOUT_PER_HEADER: Duration = Duration::from_millis(1);
 /// Blocks of work below our tip a chain may lack and still be stored without presync (Core's
 /// anti-DoS threshold: a short fork near the tip is normal, a long low-work one is not).
 const ANTI_DOS_RECENT_BLOCKS: u32 = 144;
+/// Header records loaded from headers.dat between two looks at the mailbox (about 12 ms of
+/// validation): peers' messages wait at most that long while a long chain loads.
+const LOAD_STEP_RECORDS: usize = 20_000;
+/// Messages held while headers.dat loads (handled once it is in).
+///
+/// # Security
+/// Each peer's share is bounded by its reader credit already; this caps the sum however many
+/// peers connect during the load (which takes about a second for mainnet's chain).
+const MAX_HELD_WHILE_LOADING: usize = 10_000;
 /// How often the Sync actor checks stalls, expiry and trickle timers.
 const SYNC_TICK: Duration = Duration::from_millis(100);
 
@@ -189,7 +198,7 @@ struct EarlyInput {
     id: PeerId,
     at: Instant,
     input: SyncInput,
-    _credit: Option<OwnedSemaphorePermit>,
+    credit: Option<OwnedSemaphorePermit>,
 }
 
 /// Headers sync from one peer.
@@ -215,6 +224,14 @@ impl SyncSession {
     }
 }
 
+/// headers.dat being loaded, and what waits for it.
+struct Loading {
+    load: HeaderLoad,
+    started: Instant,
+    /// Messages that need the whole chain, in arrival order.
+    held: VecDeque<SyncMsg>,
+}
+
 /// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
 /// once as a whole `block` frame, shared by every peer it is sent to.
 struct KeptBlock {
@@ -232,6 +249,8 @@ pub struct SyncActorState {
     store_retry_at: Option<Instant>,
     chain: HeaderChain,
     store: Option<HeaderStore>,
+    /// Set while headers.dat loads (see [`SyncMsg::LoadStep`]).
+    loading: Option<Loading>,
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<SyncSession>,
     state: SyncState,
@@ -309,7 +328,7 @@ impl SyncActorState {
 
     /// Picks the best peer to sync from and asks it for headers, if we are behind.
     fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
-        if self.sync_peer.is_some() {
+        if self.sync_peer.is_some() || self.loading.is_some() {
             return;
         }
         let ours = self.chain.height();
@@ -838,7 +857,7 @@ impl SyncActorState {
             id,
             at: Instant::now(),
             input,
-            _credit: credit,
+            credit,
         });
     }
 
@@ -852,7 +871,7 @@ impl SyncActorState {
             .partition(|e| e.id == id);
         self.early = rest;
         for early in mine {
-            self.on_input(id, early.input);
+            self.on_peer_message(id, early.input, early.credit);
         }
     }
 
@@ -989,6 +1008,275 @@ impl SyncActorState {
         self.flush_trickle();
     }
 
+    /// Handles one message (the actor's `handle`, and held messages once loading ends).
+    fn on_msg(&mut self, myself: &ActorRef<SyncMsg>, msg: SyncMsg) {
+        match msg {
+            SyncMsg::PeerUp {
+                id,
+                addr,
+                actor,
+                start_height,
+                relay,
+                inbound,
+                version,
+                wtxid_relay,
+            } => {
+                if self.peers.contains_key(&id) {
+                    // Announced twice (a restarted Sync is told of every live peer, and a
+                    // handshake may complete meanwhile): the first one holds.
+                    return;
+                }
+                let synced = self.state == SyncState::Synced;
+                let peer = SyncPeer {
+                    addr,
+                    actor,
+                    best_height: start_height.max(0) as u32,
+                    claimed_height: start_height.max(0) as u32,
+                    sync_failed: false,
+                    version,
+                    wtxid_relay,
+                    presync: None,
+                    wants_headers: false,
+                    relay,
+                    inbound,
+                    known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
+                    pending_tx: Vec::new(),
+                    feefilter: 0,
+                    bloom: None,
+                    unconnecting: 0,
+                    next_flush: Instant::now()
+                        + poisson(if inbound {
+                            TRICKLE_INBOUND
+                        } else {
+                            TRICKLE_OUTBOUND
+                        }),
+                };
+                if synced {
+                    peer.send_sendheaders();
+                }
+                let behind = peer.best_height > self.chain.height();
+                // An outbound peer that claims more replaces an inbound sync peer.
+                let replaces_inbound = !inbound
+                    && behind
+                    && self
+                        .sync_peer
+                        .and_then(|s| self.peers.get(&s.peer))
+                        .is_some_and(|p| p.inbound);
+                if replaces_inbound {
+                    self.sync_peer = None;
+                }
+                self.peers.insert(id, peer);
+                if behind || self.state != SyncState::Synced {
+                    self.maybe_start_sync(None);
+                }
+                self.replay_early(id);
+                self.publish_status();
+            }
+            SyncMsg::Peers(reply) => {
+                let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
+                ids.sort();
+                let _ = reply.send(ids);
+            }
+            SyncMsg::PeerDown(id) => {
+                self.peers.remove(&id);
+                // Once its messages in flight are gone too, give the freed memory back.
+                self.release_memory_at
+                    .get_or_insert(Instant::now() + RELEASE_MEMORY_DELAY);
+                self.early.retain(|e| e.id != id);
+                if let Some(loading) = self.loading.as_mut() {
+                    loading
+                        .held
+                        .retain(|m| !matches!(m, SyncMsg::FromPeer(p, ..) if *p == id));
+                }
+                // What it was asked for is free to be asked of others.
+                self.requested_tx.release_peer(id);
+                for block in self.requested_blocks.release_peer(id) {
+                    self.request_block_elsewhere(block, id);
+                }
+                if self.sync_peer.is_some_and(|s| s.peer == id) {
+                    self.sync_peer = None;
+                    self.maybe_start_sync(None);
+                }
+                if self.peers.is_empty() && self.state == SyncState::Syncing {
+                    self.state = SyncState::Idle;
+                }
+                self.publish_status();
+            }
+            msg @ (SyncMsg::Generate(..) | SyncMsg::SubmitTx(_)) if self.loading.is_some() => {
+                self.hold(msg);
+            }
+            SyncMsg::LoadStep => self.load_step(myself),
+            SyncMsg::FromPeer(id, input, credit) => self.on_peer_message(id, input, credit),
+            SyncMsg::Tick => self.on_tick(),
+            SyncMsg::Generate(n, reply) => {
+                let _ = reply.send(self.generate(n));
+            }
+            SyncMsg::SubmitTx(tx) => self.on_tx(None, *tx),
+        }
+    }
+
+    /// A message from a peer: handled, or kept until its PeerUp (see [`Self::on_early_input`])
+    /// or until the chain is loaded (only a `getheaders` the part loaded can answer in full
+    /// is answered during the load).
+    fn on_peer_message(
+        &mut self,
+        id: PeerId,
+        input: SyncInput,
+        credit: Option<OwnedSemaphorePermit>,
+    ) {
+        if !self.peers.contains_key(&id) {
+            self.on_early_input(id, input, credit);
+        } else if self.loading.is_none() {
+            self.on_input(id, input);
+        } else {
+            let answered =
+                matches!(&input, SyncInput::GetHeaders(m) if self.answer_while_loading(id, m));
+            if !answered {
+                self.hold(SyncMsg::FromPeer(id, input, credit));
+            }
+        }
+    }
+
+    /// Opens headers.dat and starts loading it in steps; a file that is not a header file of
+    /// this network is set aside and a new one started.
+    fn begin_load(&mut self, myself: &ActorRef<SyncMsg>) {
+        let path = self.ctx.config().datadir.join("headers.dat");
+        let magic = self.ctx.profile.magic.to_bytes();
+        let begun = HeaderLoad::begin(&path, magic).or_else(|e| {
+            let aside = crate::persist::set_aside(&path).map(|p| p.display().to_string());
+            error!(error = %e, path = %path.display(), set_aside = ?aside, "header file unreadable; starting from genesis");
+            HeaderLoad::begin(&path, magic)
+        });
+        match begun {
+            Ok(load) => {
+                self.loading = Some(Loading {
+                    load,
+                    started: Instant::now(),
+                    held: VecDeque::new(),
+                });
+                self.state = SyncState::Loading;
+                self.load_step(myself);
+            }
+            Err(e) => {
+                error!(error = %e, "cannot open the header file; headers kept in memory only")
+            }
+        }
+    }
+
+    /// Loads the next part of headers.dat, then lets the mailbox in before the next one.
+    fn load_step(&mut self, myself: &ActorRef<SyncMsg>) {
+        let Some(loading) = self.loading.as_mut() else {
+            return;
+        };
+        match loading.load.step(&mut self.chain, LOAD_STEP_RECORDS) {
+            Ok(false) => {
+                self.publish_status();
+                let _ = myself.cast(SyncMsg::LoadStep);
+            }
+            Ok(true) => self.finish_load(myself),
+            Err(e) => {
+                // A read error is not a bad file: keep it as it is (no truncation) and go on
+                // with what was loaded, in memory only.
+                error!(error = %e, loaded = loading.load.loaded(), "cannot read the header file; headers kept in memory only");
+                metrics::counter!("meshd_store_errors_total", "file" => "headers.dat").increment(1);
+                let held = std::mem::take(&mut loading.held);
+                self.end_load(myself, None, held);
+            }
+        }
+    }
+
+    fn finish_load(&mut self, myself: &ActorRef<SyncMsg>) {
+        let Some(loading) = self.loading.take() else {
+            return;
+        };
+        let started = loading.started;
+        let held = loading.held;
+        let store = match loading.load.finish() {
+            Ok((store, report)) => {
+                if report.truncated_bytes > 0 {
+                    warn!(
+                        bytes = report.truncated_bytes,
+                        "cut a torn tail off the header file"
+                    );
+                }
+                info!(height = self.chain.height(), tip = %self.chain.tip(), loaded = report.loaded,
+                      ms = started.elapsed().as_millis() as u64, "header chain loaded");
+                Some(store)
+            }
+            Err(e) => {
+                error!(error = %e, "cannot open the header file; headers kept in memory only");
+                None
+            }
+        };
+        self.end_load(myself, store, held);
+    }
+
+    /// Loading is over: what waited for the chain is handled in order, and sync may start.
+    fn end_load(
+        &mut self,
+        myself: &ActorRef<SyncMsg>,
+        store: Option<HeaderStore>,
+        held: VecDeque<SyncMsg>,
+    ) {
+        self.loading = None;
+        self.store = store;
+        self.state = SyncState::Idle;
+        for msg in held {
+            self.on_msg(myself, msg);
+        }
+        self.maybe_start_sync(None);
+        self.publish_status();
+    }
+
+    /// Keeps a message until the chain is loaded (bounded; a message past the bound is
+    /// dropped and counted, a generate request refused).
+    fn hold(&mut self, msg: SyncMsg) {
+        let Some(loading) = self.loading.as_mut() else {
+            return;
+        };
+        if loading.held.len() < MAX_HELD_WHILE_LOADING {
+            loading.held.push_back(msg);
+            return;
+        }
+        metrics::counter!("meshd_sync_held_dropped_total").increment(1);
+        match msg {
+            SyncMsg::Generate(_, reply) => {
+                let _ = reply.send(Err("the header chain is still loading".into()));
+            }
+            SyncMsg::FromPeer(id, ..) => {
+                debug!(peer = %id, "message dropped while the header chain loads")
+            }
+            _ => {}
+        }
+    }
+
+    /// A `getheaders` while headers.dat loads is answered at once when the part loaded can
+    /// answer it in full: the peer's tip is known and a whole batch (or the batch up to its
+    /// stop hash) follows it. Otherwise it waits for the whole chain.
+    fn answer_while_loading(&self, id: PeerId, m: &GetHeadersMessage) -> bool {
+        let Some(p) = self.peers.get(&id) else {
+            return false;
+        };
+        if !m
+            .locator_hashes
+            .first()
+            .is_some_and(|h| self.chain.is_on_best_chain(h))
+        {
+            return false;
+        }
+        let headers =
+            self.chain
+                .headers_after(&m.locator_hashes, m.stop_hash, MAX_HEADERS_PER_MESSAGE);
+        let complete = headers.len() == MAX_HEADERS_PER_MESSAGE
+            || headers.last().is_some_and(|h| {
+                m.stop_hash != BlockHash::all_zeros() && h.block_hash() == m.stop_hash
+            });
+        if complete {
+            p.send(NetworkMessage::Headers(headers));
+        }
+        complete
+    }
+
     fn generate(&mut self, n: u32) -> Result<Vec<BlockHash>, String> {
         if !self.ctx.profile.is_regtest() {
             return Err("generate works on regtest only".into());
@@ -1035,6 +1323,7 @@ impl Actor for Sync {
             chain: HeaderChain::new(&ctx.profile),
             ctx,
             store: None,
+            loading: None,
             peers: HashMap::new(),
             sync_peer: None,
             state: SyncState::Idle,
@@ -1054,33 +1343,9 @@ impl Actor for Sync {
         myself: ActorRef<SyncMsg>,
         state: &mut SyncActorState,
     ) -> Result<(), ActorProcessingErr> {
-        // The header file is read here, not in pre_start (which runs inside the spawner).
-        let path = state.ctx.config().datadir.join("headers.dat");
-        let magic = state.ctx.profile.magic.to_bytes();
-        let opened = match HeaderStore::open(&path, magic, &mut state.chain) {
-            Ok(x) => Ok(x),
-            Err(e) => {
-                let aside = crate::persist::set_aside(&path).map(|p| p.display().to_string());
-                error!(error = %e, path = %path.display(), set_aside = ?aside, "header file unreadable; starting from genesis");
-                state.chain = HeaderChain::new(&state.ctx.profile);
-                HeaderStore::open(&path, magic, &mut state.chain)
-            }
-        };
-        match opened {
-            Ok((store, report)) => {
-                if report.truncated_bytes > 0 {
-                    warn!(
-                        bytes = report.truncated_bytes,
-                        "cut a torn tail off the header file"
-                    );
-                }
-                info!(height = state.chain.height(), tip = %state.chain.tip(), loaded = report.loaded, "header chain loaded");
-                state.store = Some(store);
-            }
-            Err(e) => {
-                error!(error = %e, "cannot open the header file; headers kept in memory only")
-            }
-        }
+        // The header file is read here, not in pre_start (which runs inside the spawner), and
+        // in steps between which peers are answered (`SyncMsg::LoadStep`).
+        state.begin_load(&myself);
         for name in [
             "meshd_headers_received_total",
             "meshd_blocks_received_total",
@@ -1096,110 +1361,16 @@ impl Actor for Sync {
 
     async fn handle(
         &self,
-        _myself: ActorRef<SyncMsg>,
+        myself: ActorRef<SyncMsg>,
         msg: SyncMsg,
         state: &mut SyncActorState,
     ) -> Result<(), ActorProcessingErr> {
-        match msg {
-            SyncMsg::PeerUp {
-                id,
-                addr,
-                actor,
-                start_height,
-                relay,
-                inbound,
-                version,
-                wtxid_relay,
-            } => {
-                if state.peers.contains_key(&id) {
-                    // Announced twice (a restarted Sync is told of every live peer, and a
-                    // handshake may complete meanwhile): the first one holds.
-                    return Ok(());
-                }
-                let synced = state.state == SyncState::Synced;
-                let peer = SyncPeer {
-                    addr,
-                    actor,
-                    best_height: start_height.max(0) as u32,
-                    claimed_height: start_height.max(0) as u32,
-                    sync_failed: false,
-                    version,
-                    wtxid_relay,
-                    presync: None,
-                    wants_headers: false,
-                    relay,
-                    inbound,
-                    known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
-                    pending_tx: Vec::new(),
-                    feefilter: 0,
-                    bloom: None,
-                    unconnecting: 0,
-                    next_flush: Instant::now()
-                        + poisson(if inbound {
-                            TRICKLE_INBOUND
-                        } else {
-                            TRICKLE_OUTBOUND
-                        }),
-                };
-                if synced {
-                    peer.send_sendheaders();
-                }
-                let behind = peer.best_height > state.chain.height();
-                // An outbound peer that claims more replaces an inbound sync peer.
-                let replaces_inbound = !inbound
-                    && behind
-                    && state
-                        .sync_peer
-                        .and_then(|s| state.peers.get(&s.peer))
-                        .is_some_and(|p| p.inbound);
-                if replaces_inbound {
-                    state.sync_peer = None;
-                }
-                state.peers.insert(id, peer);
-                if behind || state.state != SyncState::Synced {
-                    state.maybe_start_sync(None);
-                }
-                state.replay_early(id);
-                state.publish_status();
-            }
-            SyncMsg::Peers(reply) => {
-                let mut ids: Vec<PeerId> = state.peers.keys().copied().collect();
-                ids.sort();
-                let _ = reply.send(ids);
-            }
-            SyncMsg::PeerDown(id) => {
-                state.peers.remove(&id);
-                // Once its messages in flight are gone too, give the freed memory back.
-                state
-                    .release_memory_at
-                    .get_or_insert(Instant::now() + RELEASE_MEMORY_DELAY);
-                state.early.retain(|e| e.id != id);
-                // What it was asked for is free to be asked of others.
-                state.requested_tx.release_peer(id);
-                for block in state.requested_blocks.release_peer(id) {
-                    state.request_block_elsewhere(block, id);
-                }
-                if state.sync_peer.is_some_and(|s| s.peer == id) {
-                    state.sync_peer = None;
-                    state.maybe_start_sync(None);
-                }
-                if state.peers.is_empty() && state.state == SyncState::Syncing {
-                    state.state = SyncState::Idle;
-                }
-                state.publish_status();
-            }
-            SyncMsg::FromPeer(id, input, credit) => {
-                if state.peers.contains_key(&id) {
-                    state.on_input(id, input);
-                } else {
-                    state.on_early_input(id, input, credit);
-                }
-            }
-            SyncMsg::Tick => state.on_tick(),
-            SyncMsg::Generate(n, reply) => {
-                let _ = reply.send(state.generate(n));
-            }
-            SyncMsg::SubmitTx(tx) => state.on_tx(None, *tx),
+        state.on_msg(&myself, msg);
+        if state.loading.is_some() {
+            // Let the tasks this message woke run before the next load step (a Connection
+            // sending our answer sits in this worker's next-task slot, which other workers
+            // cannot take, until this task yields).
+            tokio::task::yield_now().await;
         }
         Ok(())
     }

@@ -35,6 +35,9 @@ const RECORD_LEN: usize = 80 + 4;
 /// an fsync per message cost more than validating it.
 pub const GROUP_COMMIT_HEADERS: usize = 20_000;
 
+/// Records read per step of a load done at once (a 1.7 MB buffer).
+const LOAD_STEP_RECORDS: usize = 20_000;
+
 /// Longest an appended header waits for its fsync.
 pub const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -87,10 +90,28 @@ fn file_header(magic: [u8; 4]) -> Vec<u8> {
     v
 }
 
+/// Takes one record into `chain`: false when it is not a whole record, fails its hash check
+/// or is refused by the chain (where loading stops).
+fn load_record(record: &[u8], chain: &mut HeaderChain) -> bool {
+    if record.len() < RECORD_LEN {
+        return false;
+    }
+    let Ok(h) = deserialize::<Header>(&record[..80]) else {
+        return false;
+    };
+    let hash = h.block_hash();
+    if hash.as_byte_array()[..4] != record[80..RECORD_LEN] {
+        return false;
+    }
+    // Times were checked when the header first came in; do not refuse it now because the
+    // clock moved (a header "from the future" then is from the past now).
+    chain.accept_hashed(&h, hash, u32::MAX).is_ok()
+}
+
 /// Reads a header file's bytes into `chain`: checks the file header, then takes records
 /// until the first that is short, fails its hash check or is refused by the chain. Returns
 /// the length of the good prefix (file header and whole accepted records) and the number of
-/// headers loaded. Pure, for the loader and its fuzz target.
+/// headers loaded. Pure, for its fuzz target ([`HeaderLoad`] reads a file the same way).
 pub fn load_records(
     bytes: &[u8],
     network_magic: [u8; 4],
@@ -103,25 +124,137 @@ pub fn load_records(
     let mut good = FILE_HEADER_LEN;
     let mut loaded = 0;
     for record in bytes[FILE_HEADER_LEN..].chunks(RECORD_LEN) {
-        if record.len() < RECORD_LEN {
-            break;
-        }
-        let Ok(h) = deserialize::<Header>(&record[..80]) else {
-            break;
-        };
-        let hash = h.block_hash();
-        if hash.as_byte_array()[..4] != record[80..] {
-            break;
-        }
-        // Times were checked when the header first came in; do not refuse it now because the
-        // clock moved (a header "from the future" then is from the past now).
-        if chain.accept_hashed(&h, hash, u32::MAX).is_err() {
+        if !load_record(record, chain) {
             break;
         }
         good += RECORD_LEN;
         loaded += 1;
     }
     Ok((good, loaded))
+}
+
+/// A header file being loaded into a chain in steps, so that its owner can do other work
+/// between them (the Sync actor answers peers while a long chain loads). Records are read
+/// a step at a time (the file is never held in memory whole) and checked as
+/// [`load_records`] does; [`finish`](Self::finish) cuts a torn or bad tail off and gives
+/// the store to append to.
+#[derive(Debug)]
+pub struct HeaderLoad {
+    file: File,
+    path: PathBuf,
+    network_magic: [u8; 4],
+    /// Bytes of the file header and the records accepted so far.
+    good: u64,
+    loaded: usize,
+    /// Bytes of the file when it was opened.
+    file_len: u64,
+    done: bool,
+    buf: Vec<u8>,
+}
+
+impl HeaderLoad {
+    /// Opens (or creates) the file and checks its file header.
+    pub fn begin(path: &Path, network_magic: [u8; 4]) -> Result<HeaderLoad, StoreError> {
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let file_len = file.metadata()?.len();
+        let expected = file_header(network_magic);
+        if file_len == 0 {
+            file.write_all(&expected)?;
+            file.sync_all()?;
+            if let Some(dir) = path.parent() {
+                File::open(dir)?.sync_all()?;
+            }
+        } else {
+            let mut head = [0u8; FILE_HEADER_LEN];
+            if file.read_exact(&mut head).is_err() || head[..] != expected[..] {
+                return Err(StoreError::BadFileHeader);
+            }
+        }
+        Ok(HeaderLoad {
+            file,
+            path: path.to_path_buf(),
+            network_magic,
+            good: FILE_HEADER_LEN as u64,
+            loaded: 0,
+            file_len: file_len.max(FILE_HEADER_LEN as u64),
+            done: file_len <= FILE_HEADER_LEN as u64,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Loads up to `max_records` more records into `chain`; true once the whole file (or its
+    /// good prefix) is in.
+    pub fn step(
+        &mut self,
+        chain: &mut HeaderChain,
+        max_records: usize,
+    ) -> Result<bool, StoreError> {
+        if self.done {
+            return Ok(true);
+        }
+        let want = max_records.max(1).saturating_mul(RECORD_LEN);
+        self.buf.resize(want, 0);
+        let mut got = 0;
+        while got < want {
+            match self.file.read(&mut self.buf[got..]) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for record in self.buf[..got].chunks(RECORD_LEN) {
+            if !load_record(record, chain) {
+                self.done = true;
+                break;
+            }
+            self.good += RECORD_LEN as u64;
+            self.loaded += 1;
+        }
+        if got < want {
+            self.done = true;
+        }
+        if self.done {
+            self.buf = Vec::new();
+        }
+        Ok(self.done)
+    }
+
+    /// Headers loaded so far.
+    pub fn loaded(&self) -> usize {
+        self.loaded
+    }
+
+    /// Ends the load (whatever is not loaded yet is cut off, so call it once
+    /// [`step`](Self::step) returned true): the store to append to, and what was found.
+    pub fn finish(mut self) -> Result<(HeaderStore, LoadReport), StoreError> {
+        let truncated = self.file_len.saturating_sub(self.good);
+        if truncated > 0 {
+            self.file.set_len(self.good)?;
+            self.file.sync_all()?;
+        }
+        self.file.seek(SeekFrom::Start(self.good))?;
+        Ok((
+            HeaderStore {
+                file: self.file,
+                path: self.path,
+                pending: 0,
+                last_sync: Instant::now(),
+                len: self.good,
+                failed: None,
+                network_magic: self.network_magic,
+            },
+            LoadReport {
+                loaded: self.loaded,
+                truncated_bytes: truncated,
+            },
+        ))
+    }
 }
 
 /// The file header (magic, format version, network) a header file of `network_magic` starts
@@ -134,66 +267,16 @@ pub fn file_header_bytes(network_magic: [u8; 4]) -> Vec<u8> {
 pub const RECORD_BYTES: usize = RECORD_LEN;
 
 impl HeaderStore {
-    /// Opens (or creates) the file and loads it into `chain`.
+    /// Opens (or creates) the file and loads it into `chain` at once (see [`HeaderLoad`] to
+    /// load in steps).
     pub fn open(
         path: &Path,
         network_magic: [u8; 4],
         chain: &mut HeaderChain,
     ) -> Result<(HeaderStore, LoadReport), StoreError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)?;
-        let expected = file_header(network_magic);
-        if bytes.is_empty() {
-            file.write_all(&expected)?;
-            file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(dir)?.sync_all()?;
-            }
-            let store = HeaderStore {
-                file,
-                path: path.to_path_buf(),
-                pending: 0,
-                last_sync: Instant::now(),
-                len: FILE_HEADER_LEN as u64,
-                failed: None,
-                network_magic,
-            };
-            return Ok((
-                store,
-                LoadReport {
-                    loaded: 0,
-                    truncated_bytes: 0,
-                },
-            ));
-        }
-        let (good, loaded) = load_records(&bytes, network_magic, chain)?;
-        let truncated = (bytes.len() - good) as u64;
-        if truncated > 0 {
-            file.set_len(good as u64)?;
-            file.sync_all()?;
-        }
-        file.seek(SeekFrom::End(0))?;
-        Ok((
-            HeaderStore {
-                file,
-                path: path.to_path_buf(),
-                pending: 0,
-                last_sync: Instant::now(),
-                len: good as u64,
-                failed: None,
-                network_magic,
-            },
-            LoadReport {
-                loaded,
-                truncated_bytes: truncated,
-            },
-        ))
+        let mut load = HeaderLoad::begin(path, network_magic)?;
+        while !load.step(chain, LOAD_STEP_RECORDS)? {}
+        load.finish()
     }
 
     /// Appends accepted headers with their hashes (written, not yet synced: see
