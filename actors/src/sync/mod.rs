@@ -33,6 +33,7 @@
 pub mod block_check;
 pub mod bloom;
 pub mod chain;
+pub mod hints;
 pub mod mine;
 pub mod pool;
 mod relay;
