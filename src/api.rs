@@ -197,6 +197,9 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "reachable": c.reachable_networks().iter().map(|n| n.name()).collect::<Vec<_>>(),
         "torcontrol": c.tor_control.map(|a| a.to_string()),
         "listenonion": c.listen_onion,
+        // How many hints were loaded from --header-hints, and the last one's height.
+        "header-hints": c.header_hints.len(),
+        "header-hints-last-height": c.header_hints.last().map_or(0, |h| h.0),
         "restart-base-delay": dur(c.restart.base_delay),
         "restart-max-delay": dur(c.restart.max_delay),
         "restart-max": c.restart.max_restarts,
@@ -474,6 +477,20 @@ async fn generate(
     ))
 }
 
+/// Header hints from the node's best chain (a hash every 2,000 heights), for
+/// `meshd hints export`.
+async fn get_hints(State(s): State<ApiState>) -> ApiResult {
+    let hints = s.node.header_hints().await.map_err(ApiError::bad)?;
+    Ok(Json(json!({
+        "network": s.node.profile().id.name(),
+        "interval": meshd_actors::sync::hints::HINT_INTERVAL,
+        "hints": hints
+            .iter()
+            .map(|(height, hash)| json!({"height": height, "hash": hash.to_string()}))
+            .collect::<Vec<_>>(),
+    })))
+}
+
 async fn get_config(State(s): State<ApiState>) -> ApiResult {
     Ok(Json(config_json(&s.node.config())))
 }
@@ -626,6 +643,7 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
         .route("/v1/sync", get(get_sync))
         .route("/v1/config", get(get_config).patch(patch_config))
         .route("/v1/generate", post(generate))
+        .route("/v1/hints", get(get_hints))
         .route("/v1/events", get(events))
         .route("/v1/fleet", get(get_fleet))
         .route("/v1/fleet/propagation", get(get_propagation))

@@ -34,6 +34,19 @@ pub enum FleetCommand {
     },
 }
 
+/// `meshd hints ...`.
+#[derive(Debug, Subcommand)]
+pub enum HintsCommand {
+    /// Write header hints (a best-chain hash every 2,000 heights) from the running node's
+    /// chain to FILE, for `--header-hints FILE`.
+    Export {
+        /// The file to write (replaced atomically).
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -85,6 +98,11 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         what: FleetCommand,
+    },
+    /// Header hints: `export FILE` writes them from the node's chain.
+    Hints {
+        #[command(subcommand)]
+        what: HintsCommand,
     },
     /// Mine N blocks (regtest only).
     Generate {
@@ -370,6 +388,12 @@ pub struct RunArgs {
     /// Blocks kept in memory to answer getdata. [default: 16]
     #[arg(long, value_name = "N")]
     pub keep_blocks: Option<usize>,
+
+    /// Header hints file (written by `meshd hints export`): block hashes at regular heights
+    /// that let headers be fetched from many peers at once. Every header is still validated;
+    /// a wrong hint costs re-requests, never a wrong chain.
+    #[arg(long, value_name = "FILE")]
+    pub header_hints: Option<PathBuf>,
 
     /// Transactions the relay pool holds at most. [default: 10000]
     #[arg(long, value_name = "N")]

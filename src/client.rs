@@ -13,7 +13,7 @@ use std::time::Duration;
 use meshd_actors::network::NetworkId;
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, Command, FleetCommand};
+use crate::cli::{ClientArgs, Command, FleetCommand, HintsCommand};
 
 /// Time allowed for one API call (not for the event stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -333,6 +333,31 @@ fn print_object(v: &Value) {
     }
 }
 
+/// Writes the node's hints (`/v1/hints`) to `file` in the hints file format; returns what
+/// was written.
+fn export_hints(v: &Value, file: &std::path::Path) -> Result<Value, String> {
+    let network = v["network"].as_str().ok_or("no network in the answer")?;
+    let hints: Vec<(u32, bitcoin::BlockHash)> = v["hints"]
+        .as_array()
+        .ok_or("no hints in the answer")?
+        .iter()
+        .map(|h| {
+            let height = h["height"].as_u64().and_then(|x| u32::try_from(x).ok());
+            let hash = h["hash"].as_str().and_then(|x| x.parse().ok());
+            height.zip(hash).ok_or("a malformed hint in the answer")
+        })
+        .collect::<Result<_, _>>()?;
+    let text = meshd_actors::sync::hints::format(network, &hints);
+    meshd_actors::persist::write_atomic(file, text.as_bytes())
+        .map_err(|e| format!("cannot write {}: {e}", file.display()))?;
+    Ok(json!({
+        "file": file.display().to_string(),
+        "network": network,
+        "hints": hints.len(),
+        "last_height": hints.last().map_or(0, |h| h.0),
+    }))
+}
+
 fn emit(c: &Client, v: &Value, human: impl Fn(&Value)) {
     if c.json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -414,6 +439,9 @@ pub fn run(cmd: Command) -> ExitCode {
         | Command::Fleet {
             what: FleetCommand::Propagation { client, .. },
         } => client,
+        Command::Hints {
+            what: HintsCommand::Export { client, .. },
+        } => client,
     };
     let c = match Client::new(client_args) {
         Ok(c) => c,
@@ -475,6 +503,12 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Disconnect { id, .. } => c
             .call("DELETE", &format!("/v1/peers/{id}"), None)
             .map(|v| emit(&c, &v, |_| println!("disconnected peer {id}"))),
+        Command::Hints {
+            what: HintsCommand::Export { file, .. },
+        } => c
+            .call("GET", "/v1/hints", None)
+            .and_then(|v| export_hints(&v, file))
+            .map(|v| emit(&c, &v, print_object)),
         Command::Generate { n, .. } => c
             .call("POST", "/v1/generate", Some(json!({"blocks": n})))
             .map(|v| emit(&c, &v, print_object)),

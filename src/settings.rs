@@ -104,6 +104,7 @@ pub struct FileConfig {
     stun_interval: Option<FileDuration>,
     blocks: Option<String>,
     keep_blocks: Option<usize>,
+    header_hints: Option<PathBuf>,
     tx_pool_max_count: Option<usize>,
     tx_pool_max_bytes: Option<FileBytes>,
     tx_pool_max_age: Option<FileDuration>,
@@ -570,6 +571,13 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
             return err("keep-blocks: must be at least 1 (use --blocks none to fetch no blocks)");
         }
         node.keep_blocks = v;
+    }
+    if let Some(path) = args.header_hints.clone().or(file.header_hints.clone()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError(format!("header-hints: cannot read {}: {e}", path.display()))
+        })?;
+        node.header_hints = meshd_actors::sync::hints::parse(&text, node.network.name())
+            .map_err(|e| ConfigError(format!("header-hints: {}: {e}", path.display())))?;
     }
     if let Some(v) = args.tx_pool_max_count.or(file.tx_pool_max_count) {
         node.tx_pool_max_count = v;

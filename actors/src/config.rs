@@ -106,6 +106,9 @@ pub struct NodeConfig {
     pub fetch_blocks: bool,
     /// Blocks kept in memory to answer getdata.
     pub keep_blocks: usize,
+    /// Header hints (`--header-hints FILE`, see [`crate::sync::hints`]): best-chain hashes
+    /// at regular heights, ascending, at most 2,000 apart. Empty: sync from one peer.
+    pub header_hints: Vec<(u32, bitcoin::BlockHash)>,
     /// Transactions the relay pool holds at most.
     pub tx_pool_max_count: usize,
     /// Bytes the relay pool holds at most.
@@ -341,6 +344,7 @@ impl NodeConfig {
             stun_interval: DEFAULT_STUN_INTERVAL,
             fetch_blocks: true,
             keep_blocks: 16,
+            header_hints: Vec::new(),
             tx_pool_max_count: 10_000,
             tx_pool_max_bytes: 32 * 1024 * 1024,
             tx_pool_max_age: Duration::from_secs(3600),

@@ -337,6 +337,9 @@ pub enum SyncMsg {
     Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
     /// Relay a transaction as if a peer had sent it (library and tests).
     SubmitTx(Box<Transaction>),
+    /// Hints from our best chain (a hash every `hints::HINT_INTERVAL` heights), for
+    /// `meshd hints export`.
+    Hints(RpcReplyPort<Vec<(u32, BlockHash)>>),
     /// Load the next part of headers.dat (sent by Sync to itself, so that the messages that
     /// came in meanwhile are handled between parts).
     LoadStep,

@@ -562,6 +562,16 @@ impl Node {
         }
     }
 
+    /// Header hints from the best chain: its hash every [`crate::sync::hints::HINT_INTERVAL`]
+    /// heights (what `meshd hints export` writes).
+    pub async fn header_hints(&self) -> Result<Vec<(u32, bitcoin::BlockHash)>, String> {
+        let sync = self.ctx.sync_ref().ok_or("sync is not running")?;
+        match sync.call(SyncMsg::Hints, None).await {
+            Ok(ractor::rpc::CallResult::Success(r)) => Ok(r),
+            _ => Err("sync did not answer".into()),
+        }
+    }
+
     /// Relays a transaction through the pool, as if a peer had sent it.
     pub fn submit_tx(&self, tx: bitcoin::Transaction) -> bool {
         self.ctx

@@ -136,12 +136,22 @@ pub fn save<T: Serialize>(
     value: &T,
 ) -> Result<(), PersistError> {
     let bytes = encode(kind, version, value)?;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, renamed over
+/// it, and the directory synced; a crash leaves the old file or the new one, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
         let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;

@@ -49,6 +49,9 @@ pub fn cost(kind: &str) -> u32 {
         // Core does not punish a header from the future: our clock may be the wrong one.
         "header_time_too_new" => 0,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,
+        // Headers that do not lead to a header hint: the peer is on another chain, or the
+        // hint is wrong (then every peer pays once, and hints are given up after three).
+        "header_segment_mismatch" => 10,
         // Core punishes a mutated block and a bad witness commitment (BLOCK_MUTATED).
         "block_mutated" | "block_bad_witness_commitment" => 100,
         // Consensus-invalid transactions (Core: TX_CONSENSUS is punished).

@@ -171,10 +171,18 @@ struct Segment {
 #[derive(Debug)]
 enum SegmentState {
     Waiting,
-    Asked { peer: PeerId, at: Instant },
-    Received { peer: PeerId, headers: HashedHeaders },
+    Asked {
+        peer: PeerId,
+        at: Instant,
+    },
+    Received {
+        peer: PeerId,
+        headers: HashedHeaders,
+    },
     /// Given to the caller by `next_ready`, awaiting `validated`.
-    Validating { peer: PeerId },
+    Validating {
+        peer: PeerId,
+    },
 }
 
 /// A `getheaders` to send: locator `[from]`, stop hash `stop`.
@@ -280,7 +288,10 @@ impl SegmentSync {
                 continue;
             };
             *n += 1;
-            seg.state = SegmentState::Asked { peer: *peer, at: now };
+            seg.state = SegmentState::Asked {
+                peer: *peer,
+                at: now,
+            };
             out.push(SegmentRequest {
                 peer: *peer,
                 from: seg.start.1,
@@ -288,6 +299,14 @@ impl SegmentSync {
             });
         }
         out
+    }
+
+    /// Requests sent and not yet answered.
+    pub fn asked(&self) -> usize {
+        self.segments
+            .iter()
+            .filter(|s| matches!(s.state, SegmentState::Asked { .. }))
+            .count()
     }
 
     fn asked_of(&self, peer: PeerId) -> usize {
@@ -490,18 +509,24 @@ mod tests {
             parse(&text, "mainnet"),
             Err(HintsError::WrongNetwork { .. })
         ));
-        assert_eq!(
-            parse("2000 00", "regtest"),
-            Err(HintsError::NoNetwork)
-        );
+        assert_eq!(parse("2000 00", "regtest"), Err(HintsError::NoNetwork));
         let h = c[2].block_hash();
         assert_eq!(
             parse(&std::format!("network regtest\n2001 {h}\n"), "regtest"),
-            Err(HintsError::BadSpacing { line: 2, height: 2001 })
+            Err(HintsError::BadSpacing {
+                line: 2,
+                height: 2001
+            })
         );
         assert_eq!(
-            parse(&std::format!("network regtest\n10 {h}\n10 {h}\n"), "regtest"),
-            Err(HintsError::BadSpacing { line: 3, height: 10 })
+            parse(
+                &std::format!("network regtest\n10 {h}\n10 {h}\n"),
+                "regtest"
+            ),
+            Err(HintsError::BadSpacing {
+                line: 3,
+                height: 10
+            })
         );
         assert_eq!(
             parse("network regtest\n10 nothex\n", "regtest"),
@@ -526,7 +551,10 @@ mod tests {
         assert_eq!(to, vec![1, 2, 3, 1, 2]);
         // Answers arrive last first: nothing is ready until the first one is in.
         for r in reqs.iter().rev() {
-            assert_eq!(s.on_headers(r.peer, serve(&c, r)).unwrap(), SegmentAnswer::Taken);
+            assert_eq!(
+                s.on_headers(r.peer, serve(&c, r)).unwrap(),
+                SegmentAnswer::Taken
+            );
             if r.from != c[0].block_hash() {
                 assert!(s.next_ready().is_none());
             }
@@ -610,7 +638,10 @@ mod tests {
         let reqs = s.assign(&[(PeerId(1), 20), (PeerId(2), 20)], t0 + SEGMENT_TIMEOUT);
         assert!(reqs.iter().all(|r| r.peer == PeerId(2)));
         for r in &reqs {
-            assert_eq!(s.on_headers(r.peer, serve(&c, r)).unwrap(), SegmentAnswer::Taken);
+            assert_eq!(
+                s.on_headers(r.peer, serve(&c, r)).unwrap(),
+                SegmentAnswer::Taken
+            );
         }
         while s.next_ready().is_some() {
             s.validated(true);
@@ -625,7 +656,13 @@ mod tests {
         let at = |h: u32| c.get(h as usize).map(|x| x.block_hash());
         assert!(SegmentSync::new(&hints, 15, c[15].block_hash(), at).is_some());
         assert!(SegmentSync::new(&hints, 30, c[30].block_hash(), at).is_none());
-        let wrong = |h: u32| if h == 10 { Some(BlockHash::all_zeros()) } else { at(h) };
+        let wrong = |h: u32| {
+            if h == 10 {
+                Some(BlockHash::all_zeros())
+            } else {
+                at(h)
+            }
+        };
         assert!(SegmentSync::new(&hints, 15, c[15].block_hash(), wrong).is_none());
         let far = vec![(2000u32, c[1].block_hash()), (4000, c[2].block_hash())];
         assert!(SegmentSync::new(&far[1..], 0, c[0].block_hash(), at).is_none());

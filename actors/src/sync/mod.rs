@@ -66,6 +66,7 @@ use crate::sync::chain::store::{HeaderLoad, HeaderStore};
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
+use hints::{SegmentAnswer, SegmentSync, HINT_INTERVAL};
 use pool::RelayPool;
 use requests::InFlight;
 
@@ -252,6 +253,10 @@ pub struct SyncActorState {
     store: Option<HeaderStore>,
     /// Set while headers.dat loads (see [`SyncMsg::LoadStep`]).
     loading: Option<Loading>,
+    /// Headers sync from many peers at once along the header hints, while it runs.
+    segments: Option<SegmentSync>,
+    /// The hints turned out wrong (or no peer could serve them): not used again.
+    hints_off: bool,
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<SyncSession>,
     state: SyncState,
@@ -332,6 +337,14 @@ impl SyncActorState {
         if self.sync_peer.is_some() || self.loading.is_some() {
             return;
         }
+        if self.segments.is_none() {
+            self.start_segments();
+        }
+        if self.segments.is_some() {
+            self.schedule_segments();
+            self.publish_status();
+            return;
+        }
         let ours = self.chain.height();
         // An outbound peer where one exists (we chose it; an inbound one chose us), then the
         // most claimed height; never one that already failed to deliver what it claimed.
@@ -377,6 +390,120 @@ impl SyncActorState {
         self.publish_status();
     }
 
+    /// Starts sync along the header hints when some lie above our tip, agree with our chain
+    /// and some peer claims more than we have.
+    fn start_segments(&mut self) {
+        let config = self.ctx.config();
+        if self.hints_off || config.header_hints.is_empty() {
+            return;
+        }
+        let ours = self.chain.height();
+        if !self.peers.values().any(|p| p.best_height > ours) {
+            return;
+        }
+        let chain = &self.chain;
+        let Some(segments) = SegmentSync::new(&config.header_hints, ours, chain.tip(), |h| {
+            chain.hash_at_height(h)
+        }) else {
+            return;
+        };
+        info!(
+            from = ours,
+            to = segments.target(),
+            peers = self.peers.len(),
+            "headers sync along header hints, from many peers at once"
+        );
+        self.segments = Some(segments);
+        self.state = SyncState::Syncing;
+    }
+
+    /// The peers segments may be asked of, with the heights they claim.
+    fn segment_peers(&self) -> Vec<(PeerId, u32)> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.sync_failed && p.presync.is_none())
+            .map(|(id, p)| (*id, p.best_height))
+            .collect()
+    }
+
+    /// Sends segment requests to peers with room; ends the hinted sync when every segment is
+    /// in, and gives hints up when a segment is left that no peer can serve.
+    fn schedule_segments(&mut self) {
+        let peers = self.segment_peers();
+        let Some(segments) = self.segments.as_mut() else {
+            return;
+        };
+        if segments.done() {
+            self.segments = None;
+            info!(
+                height = self.chain.height(),
+                "headers along the hints are in; the rest from one peer"
+            );
+            self.maybe_start_sync(None);
+            return;
+        }
+        let requests = segments.assign(&peers, Instant::now());
+        if requests.is_empty() && segments.asked() == 0 && segments.stuck(&peers) {
+            self.give_up_hints("no connected peer can serve the next segment");
+            return;
+        }
+        for r in requests {
+            if let Some(p) = self.peers.get(&r.peer) {
+                p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
+                    version: self.ctx.profile.protocol_version,
+                    locator_hashes: vec![r.from],
+                    stop_hash: r.stop,
+                }));
+            }
+        }
+    }
+
+    /// Hints are not used any more; sync goes on from one peer.
+    fn give_up_hints(&mut self, why: &str) {
+        warn!(
+            height = self.chain.height(),
+            why, "header hints given up; syncing from one peer"
+        );
+        metrics::counter!("meshd_header_hints_abandoned_total").increment(1);
+        self.segments = None;
+        self.hints_off = true;
+        self.maybe_start_sync(None);
+    }
+
+    /// A peer answered a segment request: validate what is ready in chain order, charge a
+    /// sender whose answer did not lead to its hint, and keep the peers busy.
+    fn on_segment_answer(&mut self, id: PeerId, answer: SegmentAnswer) {
+        match answer {
+            SegmentAnswer::Taken => {
+                metrics::counter!("meshd_header_segments_total", "outcome" => "taken").increment(1);
+            }
+            SegmentAnswer::Mismatch | SegmentAnswer::HintsWrong => {
+                metrics::counter!("meshd_header_segments_total", "outcome" => "mismatch")
+                    .increment(1);
+                warn!(peer = %id, "headers that do not lead to the header hint; asking another peer");
+                self.punish(id, "header_segment_mismatch");
+            }
+        }
+        if answer == SegmentAnswer::HintsWrong {
+            self.give_up_hints("peers disagree with a hint");
+            return;
+        }
+        while let Some((peer, batch)) = self.segments.as_mut().and_then(|s| s.next_ready()) {
+            let last = batch.hashes.last().copied();
+            self.accept_headers(peer, batch, false);
+            let ok = last.is_some_and(|h| self.chain.is_on_best_chain(&h));
+            if !ok {
+                metrics::counter!("meshd_header_segments_total", "outcome" => "invalid")
+                    .increment(1);
+            }
+            if let Some(s) = self.segments.as_mut() {
+                s.validated(ok);
+            }
+        }
+        self.schedule_segments();
+        self.publish_status();
+    }
+
     fn punish(&self, id: PeerId, kind: &'static str) {
         if let Some(p) = self.peers.get(&id) {
             warn!(peer = %p.addr, id = %id, kind, "peer sent an invalid header or block");
@@ -387,6 +514,14 @@ impl SyncActorState {
     /// Headers from a peer: through its presync when one runs or when the chain they extend
     /// has too little work to be stored; straight to the chain otherwise.
     fn on_headers(&mut self, id: PeerId, headers: HashedHeaders) {
+        // An answer to a segment request goes to the segments; anything else as usual.
+        let headers = match self.segments.as_mut() {
+            Some(seg) => match seg.on_headers(id, headers) {
+                Ok(answer) => return self.on_segment_answer(id, answer),
+                Err(headers) => headers,
+            },
+            None => headers,
+        };
         if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
             s.last_progress = Instant::now();
         }
@@ -981,6 +1116,14 @@ impl SyncActorState {
         {
             self.early.pop_front();
         }
+        if let Some(segments) = self.segments.as_mut() {
+            for peer in segments.expire(now) {
+                metrics::counter!("meshd_header_segments_total", "outcome" => "expired")
+                    .increment(1);
+                debug!(%peer, "segment request unanswered; asking another peer");
+            }
+            self.schedule_segments();
+        }
         let config = self.ctx.config();
         if let Some(s) = self.sync_peer {
             let id = s.peer;
@@ -1098,12 +1241,18 @@ impl SyncActorState {
                     self.sync_peer = None;
                     self.maybe_start_sync(None);
                 }
+                if let Some(segments) = self.segments.as_mut() {
+                    segments.peer_gone(id);
+                    self.schedule_segments();
+                }
                 if self.peers.is_empty() && self.state == SyncState::Syncing {
                     self.state = SyncState::Idle;
                 }
                 self.publish_status();
             }
-            msg @ (SyncMsg::Generate(..) | SyncMsg::SubmitTx(_)) if self.loading.is_some() => {
+            msg @ (SyncMsg::Generate(..) | SyncMsg::SubmitTx(_) | SyncMsg::Hints(_))
+                if self.loading.is_some() =>
+            {
                 self.hold(msg);
             }
             SyncMsg::LoadStep => self.load_step(myself),
@@ -1113,6 +1262,15 @@ impl SyncActorState {
                 let _ = reply.send(self.generate(n));
             }
             SyncMsg::SubmitTx(tx) => self.on_tx(None, *tx),
+            SyncMsg::Hints(reply) => {
+                let hints = (1..=self.chain.height() / HINT_INTERVAL)
+                    .filter_map(|k| {
+                        let height = k * HINT_INTERVAL;
+                        self.chain.hash_at_height(height).map(|h| (height, h))
+                    })
+                    .collect();
+                let _ = reply.send(hints);
+            }
         }
     }
 
@@ -1325,6 +1483,8 @@ impl Actor for Sync {
             ctx,
             store: None,
             loading: None,
+            segments: None,
+            hints_off: false,
             peers: HashMap::new(),
             sync_peer: None,
             state: SyncState::Idle,
