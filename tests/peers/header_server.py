@@ -4,11 +4,11 @@
 Independent of meshd: the standard library only (hashlib, socket, struct, threading). It mines
 N regtest headers off the regtest genesis (nBits 0x207fffff, so about two tries per header),
 then listens on loopback and, per connection, handshakes (version/verack), answers pings, and
-answers `getheaders` with up to 2,000 headers after the first locator hash it knows, as Bitcoin
-Core does. Every reply is a frame built once and kept, so the server costs almost nothing per
+answers `getheaders` with up to 2,000 headers after the first locator hash it knows, ending at
+the stop hash when one is given, as Bitcoin Core does. Every reply is a frame built once and kept, so the server costs almost nothing per
 request.
 
-    python3 header_server.py --headers 200000 [--port 0] [--cache FILE]
+    python3 header_server.py --headers 200000 [--port 0] [--cache FILE] [--services 0xd]
 
 Prints "listening on 127.0.0.1:PORT tip HASH" once ready, then serves until killed.
 """
@@ -97,14 +97,19 @@ class Chain:
         self.replies = {}
         self.lock = threading.Lock()
 
-    def headers_after(self, height):
+    def headers_after(self, height, stop=None):
+        """Up to 2,000 headers after `height`, ending at height `stop` when it is above it
+        (a getheaders' stop hash, as Core serves it)."""
+        count = MAX_HEADERS
+        if stop is not None and stop > height:
+            count = min(count, stop - height)
         with self.lock:
-            reply = self.replies.get(height)
+            reply = self.replies.get((height, count))
             if reply is None:
-                batch = self.headers[height : height + MAX_HEADERS]
+                batch = self.headers[height : height + count]
                 payload = compact_size(len(batch)) + b"".join(raw + b"\0" for raw in batch)
                 reply = frame("headers", payload)
-                self.replies[height] = reply
+                self.replies[(height, count)] = reply
             return reply
 
 
@@ -118,10 +123,10 @@ def read_exact(sock, n):
     return bytes(buf)
 
 
-def serve(sock, chain):
+def serve(sock, chain, services):
     tip = len(chain.headers)
     version = (
-        struct.pack("<iQq", 70016, 1, int(time.time()))
+        struct.pack("<iQq", 70016, services, int(time.time()))
         + net_addr()
         + net_addr()
         + os.urandom(8)
@@ -153,7 +158,8 @@ def serve(sock, chain):
                     if h in chain.height_of:
                         start = chain.height_of[h]
                         break
-                sock.sendall(chain.headers_after(start))
+                stop = chain.height_of.get(payload[off + 32 * count : off + 32 * (count + 1)])
+                sock.sendall(chain.headers_after(start, stop))
     except (ConnectionError, OSError):
         pass
     finally:
@@ -165,6 +171,12 @@ def main():
     ap.add_argument("--headers", type=int, default=200000)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cache", help="file to keep the mined headers in between runs")
+    ap.add_argument(
+        "--services",
+        type=lambda x: int(x, 0),
+        default=1,
+        help="service bits in our version (0xd for SPV clients that want bloom)",
+    )
     args = ap.parse_args()
     headers = None
     if args.cache and os.path.exists(args.cache):
@@ -189,7 +201,7 @@ def main():
     while True:
         sock, _ = listener.accept()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=serve, args=(sock, chain), daemon=True).start()
+        threading.Thread(target=serve, args=(sock, chain, args.services), daemon=True).start()
 
 
 if __name__ == "__main__":
