@@ -10,10 +10,13 @@
 //! 1. meshd without hints from one peer (the first link);
 //! 2. meshd with hints (exported from run 1's chain, as `meshd hints export` writes them)
 //!    from all 8 peers;
-//! 3. bcoin in SPV mode given the same 8 peers (`--only`), if bcoin is installed
-//!    (`scripts/install-test-deps.sh`), from its start to its height reaching the tip.
 //!
-//! Usage: `cargo run --release --example header_lab -- [HEADERS] [PEERS] [--no-bcoin]`
+//! Not measured (yet): bcoin in SPV mode from the same peers. On regtest bcoin has no
+//! checkpoints, so its SPV mode does not sync headers-first (`getheaders`) but with
+//! `getblocks` and filtered blocks, which the header server does not serve; bcoin drops it as
+//! its loader peer.
+//!
+//! Usage: `cargo run --release --example header_lab -- [HEADERS] [PEERS]`
 //! (defaults 400,000 and 8).
 
 use std::net::SocketAddr;
@@ -28,23 +31,6 @@ use meshd_actors::node::Node;
 #[allow(dead_code)]
 #[path = "../tests/common/header_server.rs"]
 mod header_server;
-
-#[allow(dead_code)]
-#[path = "../tests/common/bcoin.rs"]
-mod bcoin;
-
-/// For the bcoin helper.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// For the bcoin helper: the lab is not a test, a missing bcoin is reported and skipped.
-fn skip_or_fail(why: &str) {
-    println!("bcoin skipped: {why}");
-}
 
 /// One-way delay of each link (a 50 ms round trip).
 const ONE_WAY_DELAY_MS: &str = "25";
@@ -125,32 +111,15 @@ async fn sync(
     (elapsed, hints)
 }
 
-fn bcoin_height(b: &bcoin::Bcoin) -> u64 {
-    let url = format!("http://127.0.0.1:{}/", b.http_port);
-    let body = r#"{"method":"getblockcount","params":[]}"#;
-    ureq::post(&url)
-        .send(body.as_bytes())
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-        .and_then(|v| v["result"].as_u64())
-        .unwrap_or(0)
-}
-
 fn main() {
     meshd_actors::tune_allocator();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let numbers: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let headers = numbers.first().copied().unwrap_or(400_000);
     let n_peers = numbers.get(1).copied().unwrap_or(8) as usize;
-    let with_bcoin = !args.iter().any(|a| a == "--no-bcoin");
 
-    // NETWORK | BLOOM | WITNESS, so bcoin's SPV mode takes them as peers too.
     let servers: Vec<_> = (0..n_peers)
-        .map(|_| {
-            header_server::start_with(headers, &["--services", "0xd"])
-                .expect("python3 runs the header server")
-        })
+        .map(|_| header_server::start(headers).expect("python3 runs the header server"))
         .collect();
     let tip = servers[0].tip.clone();
     let relays: Vec<Relay> = servers.iter().map(|s| relay(s.addr)).collect();
@@ -175,27 +144,4 @@ fn main() {
         f64::from(headers) / many.as_secs_f64(),
         one.as_secs_f64() / many.as_secs_f64()
     );
-
-    if with_bcoin {
-        let only = links
-            .iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let started = Instant::now();
-        if let Some(b) = bcoin::Bcoin::start(&["--spv".into(), format!("--only={only}")]) {
-            let deadline = started + Duration::from_secs(3600);
-            let mut height = 0;
-            while height < u64::from(headers) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
-                height = bcoin_height(&b);
-            }
-            let t = started.elapsed();
-            println!(
-                "bcoin SPV, {n_peers} peers:       {:7.2} s  {:9.0} headers/s  (height {height}; from bcoin's start)",
-                t.as_secs_f64(),
-                height as f64 / t.as_secs_f64()
-            );
-        }
-    }
 }

@@ -57,18 +57,27 @@ enum Behaviour {
 /// What the serving peers saw: per peer, the segment requests (stop hash set) it got.
 type Log = Arc<Mutex<HashMap<usize, usize>>>;
 
-/// A serving peer: handshakes claiming the chain's height, then answers until the node
-/// closes on it or `until` passes. Waits for `gate` before its first answer.
-async fn serve(
-    node: std::net::SocketAddr,
-    me: usize,
+/// What the serving peers share.
+struct Shared {
     chain: Arc<Vec<Header>>,
-    index: Arc<HashMap<BlockHash, usize>>,
-    behaviour: Behaviour,
-    gate: Arc<tokio::sync::Barrier>,
+    index: HashMap<BlockHash, usize>,
+    /// Every peer waits here before its first answer.
+    gate: tokio::sync::Barrier,
     log: Log,
     until: Instant,
-) {
+}
+
+/// A serving peer: handshakes claiming the chain's height, then answers until the node
+/// closes on it or `until` passes.
+async fn serve(node: std::net::SocketAddr, me: usize, behaviour: Behaviour, shared: Arc<Shared>) {
+    let Shared {
+        chain,
+        index,
+        gate,
+        log,
+        until,
+    } = &*shared;
+    let until = *until;
     let mut p = AsyncPeer::connect(node).await.unwrap();
     assert!(p.handshake_at(chain.len() as i32 - 1).await);
     gate.wait().await;
@@ -120,13 +129,11 @@ struct Lab {
 }
 
 async fn lab(chain: Arc<Vec<Header>>, hints: Vec<(u32, BlockHash)>, peers: &[Behaviour]) -> Lab {
-    let index: Arc<HashMap<BlockHash, usize>> = Arc::new(
-        chain
-            .iter()
-            .enumerate()
-            .map(|(i, h)| (h.block_hash(), i))
-            .collect(),
-    );
+    let index: HashMap<BlockHash, usize> = chain
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.block_hash(), i))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut c: NodeConfig = common::listen_only(dir.path());
     c.header_hints = hints;
@@ -134,20 +141,16 @@ async fn lab(chain: Arc<Vec<Header>>, hints: Vec<(u32, BlockHash)>, peers: &[Beh
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs()[0];
     let log: Log = Arc::default();
-    // Every peer is connected before any answers, so each can be given work.
-    let gate = Arc::new(tokio::sync::Barrier::new(peers.len()));
-    let until = Instant::now() + Duration::from_secs(60);
+    let shared = Arc::new(Shared {
+        chain: chain.clone(),
+        index,
+        // Every peer is connected before any answers, so each can be given work.
+        gate: tokio::sync::Barrier::new(peers.len()),
+        log: log.clone(),
+        until: Instant::now() + Duration::from_secs(60),
+    });
     for (i, b) in peers.iter().enumerate() {
-        tokio::spawn(serve(
-            addr,
-            i,
-            chain.clone(),
-            index.clone(),
-            *b,
-            gate.clone(),
-            log.clone(),
-            until,
-        ));
+        tokio::spawn(serve(addr, i, *b, shared.clone()));
     }
     Lab {
         node,

@@ -664,7 +664,7 @@ mod tests {
             }
         };
         assert!(SegmentSync::new(&hints, 15, c[15].block_hash(), wrong).is_none());
-        let far = vec![(2000u32, c[1].block_hash()), (4000, c[2].block_hash())];
+        let far = [(2000u32, c[1].block_hash()), (4000, c[2].block_hash())];
         assert!(SegmentSync::new(&far[1..], 0, c[0].block_hash(), at).is_none());
     }
 
