@@ -153,6 +153,21 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_sync_held_dropped_total",
+        "Messages dropped (or generate requests refused) while headers.dat loaded, past the bound.",
+    ),
+    (
+        "counter",
+        "meshd_header_hints_abandoned_total",
+        "Times header hints were given up (peers disagreed with a hint, or none could serve it).",
+    ),
+    (
+        "counter",
+        "meshd_header_segments_total",
+        "Header segments asked along the hints, by outcome (taken, mismatch, expired, invalid).",
+    ),
+    (
+        "counter",
         "meshd_sync_peer_failures_total",
         "Sync peers replaced for not delivering what they claimed, by reason.",
     ),
