@@ -20,22 +20,14 @@ use common::{AsyncPeer, Seen};
 use meshd_actors::config::NodeConfig;
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::Node;
-use meshd_actors::sync::chain::headers::mine_header;
+use meshd_actors::sync::chain::headers::{mine_chain, mine_header};
 use meshd_actors::wire::Message;
 
 /// A regtest chain of `n` headers after genesis (index = height).
 fn chain(n: u32) -> Vec<Header> {
     let genesis = NetworkId::Regtest.profile().genesis;
     let mut out = vec![genesis];
-    for i in 0..n {
-        let parent = out[out.len() - 1];
-        out.push(mine_header(
-            &parent,
-            bitcoin::TxMerkleNode::all_zeros(),
-            genesis.time + 600 * (i + 1),
-            genesis.bits,
-        ));
-    }
+    out.extend(mine_chain(&genesis, n, 600));
     out
 }
 

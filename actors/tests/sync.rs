@@ -378,18 +378,7 @@ async fn the_next_batch_is_asked_for_before_the_current_one_is_validated() {
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let genesis = node.profile().genesis;
     // 2,000 headers whose last one has a bad proof of work.
-    let mut batch = Vec::new();
-    let mut parent = genesis;
-    for i in 0..2000u32 {
-        let h = meshd_actors::sync::chain::headers::mine_header(
-            &parent,
-            bitcoin::TxMerkleNode::all_zeros(),
-            genesis.time + 600 * (i + 1),
-            genesis.bits,
-        );
-        batch.push(h);
-        parent = h;
-    }
+    let mut batch = meshd_actors::sync::chain::headers::mine_chain(&genesis, 2000, 600);
     let last = batch.last_mut().unwrap();
     while last.target().is_met_by(last.block_hash()) {
         last.nonce = last.nonce.wrapping_add(1);
@@ -433,19 +422,10 @@ fn write_header_file(path: &std::path::Path, genesis: Header, n: u32) -> Vec<Hea
         .to_bytes();
     let mut bytes = file_header_bytes(magic);
     bytes.reserve(n as usize * RECORD_BYTES);
-    let mut headers = Vec::with_capacity(n as usize);
-    let mut parent = genesis;
-    for i in 0..n {
-        let h = meshd_actors::sync::chain::headers::mine_header(
-            &parent,
-            bitcoin::TxMerkleNode::all_zeros(),
-            genesis.time + 600 * (i + 1),
-            genesis.bits,
-        );
-        bytes.extend_from_slice(&bitcoin::consensus::serialize(&h));
+    let headers = meshd_actors::sync::chain::headers::mine_chain(&genesis, n, 600);
+    for h in &headers {
+        bytes.extend_from_slice(&bitcoin::consensus::serialize(h));
         bytes.extend_from_slice(&h.block_hash().as_byte_array()[..4]);
-        headers.push(h);
-        parent = h;
     }
     std::fs::write(path, bytes).unwrap();
     headers

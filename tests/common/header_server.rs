@@ -25,12 +25,18 @@ impl Drop for HeaderServer {
 
 /// Starts the server with `headers` headers; `None` if python3 cannot run.
 pub fn start(headers: u32) -> Option<HeaderServer> {
+    start_with(headers, &[])
+}
+
+/// [`start`] with more arguments for the server (e.g. `--services 0xd`).
+pub fn start_with(headers: u32, extra: &[&str]) -> Option<HeaderServer> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let cache = root.join(format!("target/header-server-{headers}-60s.bin"));
     let mut child = Command::new("python3")
         .arg(root.join("tests/peers/header_server.py"))
         .args(["--headers", &headers.to_string(), "--cache"])
         .arg(&cache)
+        .args(extra)
         .stdout(Stdio::piped())
         .spawn()
         .ok()?;

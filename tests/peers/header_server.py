@@ -5,7 +5,11 @@ Independent of meshd: the standard library only (hashlib, socket, struct, thread
 N regtest headers off the regtest genesis (nBits 0x207fffff, so about two tries per header),
 then listens on loopback and, per connection, handshakes (version/verack), answers pings, and
 answers `getheaders` with up to 2,000 headers after the first locator hash it knows, ending at
-the stop hash when one is given, as Bitcoin Core does. Every reply is a frame built once and kept, so the server costs almost nothing per
+the stop hash when one is given, as Bitcoin Core does. For SPV clients that sync with
+`getblocks` (bcoin on regtest, which has no checkpoints for headers-first) it also answers
+`getblocks` with an inv of up to 500 blocks (and Core's hashContinue: the tip announced once
+the last of them is asked for) and `getdata` for filtered blocks with a `merkleblock` whose one
+transaction is the header's merkle root (no block bodies: anything else is `notfound`). Every reply is a frame built once and kept, so the server costs almost nothing per
 request.
 
     python3 header_server.py --headers 200000 [--port 0] [--cache FILE] [--services 0xd]
@@ -112,6 +116,61 @@ class Chain:
                 self.replies[(height, count)] = reply
             return reply
 
+    def inv_after(self, height, stop=None):
+        """A `getblocks` answer: an inv of up to 500 block hashes after `height` (to `stop`),
+        as Core gives it, for SPV clients (bcoin) that sync with getblocks; and its last
+        hash."""
+        end = min(len(self.headers), height + MAX_BLOCKS_INV)
+        if stop is not None and height < stop < end:
+            end = stop
+        hashes = [sha256d(raw) for raw in self.headers[height:end]]
+        payload = compact_size(len(hashes)) + b"".join(
+            struct.pack("<I", MSG_BLOCK) + h for h in hashes
+        )
+        return frame("inv", payload), (hashes[-1] if hashes else None)
+
+    def filtered_blocks(self, payload):
+        """A `getdata` answer: a `merkleblock` per filtered block asked for (the block's one
+        transaction is its merkle root, matching no filter), `notfound` for the rest (no
+        block bodies here)."""
+        out = []
+        missing = []
+        for kind, h in parse_inv(payload):
+            height = self.height_of.get(h)
+            if (kind & 0xFF) == MSG_FILTERED_BLOCK and height:
+                raw = self.headers[height - 1]
+                # Header, one transaction, one hash (the root), one flag byte: no match.
+                body = raw + struct.pack("<I", 1) + b"\x01" + raw[36:68] + b"\x01\x00"
+                out.append(frame("merkleblock", body))
+            else:
+                missing.append(struct.pack("<I", kind) + h)
+        if missing:
+            out.append(frame("notfound", compact_size(len(missing)) + b"".join(missing)))
+        return b"".join(out)
+
+
+def parse_inv(payload):
+    """(type, hash) pairs of an inv/getdata payload."""
+    count, off = payload[0], 1
+    if count == 0xFD:
+        (count,) = struct.unpack("<H", payload[1:3])
+        off = 3
+    elif count == 0xFE:
+        (count,) = struct.unpack("<I", payload[1:5])
+        off = 5
+    items = []
+    for i in range(count):
+        item = payload[off + 36 * i : off + 36 * (i + 1)]
+        if len(item) < 36:
+            break
+        items.append((struct.unpack("<I", item[:4])[0], item[4:]))
+    return items
+
+
+MSG_BLOCK = 2
+MSG_FILTERED_BLOCK = 3
+MAX_BLOCKS_INV = 500
+
 
 def read_exact(sock, n):
     buf = bytearray()
@@ -135,6 +194,7 @@ def serve(sock, chain, services):
         + struct.pack("<i?", tip, False)
     )
     sock.sendall(frame("version", version))
+    hash_continue = None
     try:
         while True:
             header = read_exact(sock, 24)
@@ -147,7 +207,7 @@ def serve(sock, chain, services):
                 sock.sendall(frame("verack", b""))
             elif command == "ping":
                 sock.sendall(frame("pong", payload))
-            elif command == "getheaders":
+            elif command in ("getheaders", "getblocks"):
                 count, off = payload[4], 5
                 if count >= 0xFD:
                     (count,) = struct.unpack("<H", payload[5:7])
@@ -159,7 +219,20 @@ def serve(sock, chain, services):
                         start = chain.height_of[h]
                         break
                 stop = chain.height_of.get(payload[off + 32 * count : off + 32 * (count + 1)])
-                sock.sendall(chain.headers_after(start, stop))
+                if command == "getheaders":
+                    sock.sendall(chain.headers_after(start, stop))
+                else:
+                    reply, last = chain.inv_after(start, stop)
+                    # Core's hashContinue: a full inv whose last block is asked for is
+                    # followed by an inv of the tip, which makes the client ask for more.
+                    hash_continue = last if start + MAX_BLOCKS_INV < tip else None
+                    sock.sendall(reply)
+            elif command == "getdata":
+                reply = chain.filtered_blocks(payload)
+                if hash_continue is not None and hash_continue in payload:
+                    reply += frame("inv", b"\x01" + struct.pack("<I", MSG_BLOCK) + sha256d(chain.headers[-1]))
+                    hash_continue = None
+                sock.sendall(reply)
     except (ConnectionError, OSError):
         pass
     finally:

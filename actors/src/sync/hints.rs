@@ -11,9 +11,9 @@
 //! start hint, links header to header and ends at its end hint; it then waits (bounded, see
 //! [`MAX_SEGMENTS_AHEAD`]) until every segment before it is in the chain, and its headers go
 //! through the chain's full validation like any others. A segment that does not lead to its
-//! hint costs its sender a little and is asked of another peer; when
-//! [`MAX_SEGMENT_FAILURES`] peers failed the same segment the hint is taken to be wrong and
-//! hints are given up (sync goes on from one peer, as without hints). A wrong hint costs
+//! hint costs its sender a little and is asked of another peer; after
+//! [`MAX_SEGMENT_FAILURES`] such answers for the same segment the hint is taken to be wrong
+//! and hints are given up (sync goes on from one peer, as without hints). A wrong hint costs
 //! re-requests, never a wrong chain.
 //!
 //! The hints file (`--header-hints FILE`, written by `meshd hints export FILE`) is text:
@@ -66,7 +66,8 @@ pub const MAX_SEGMENTS_PER_PEER: usize = 2;
 /// A segment request unanswered this long is asked of another peer.
 pub const SEGMENT_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// Peers that failed one segment before its hint is taken to be wrong and hints are given up.
+/// Answers off one segment's end hint before that hint is taken to be wrong and hints are
+/// given up (three peers on another chain than the hint's are not a coincidence).
 pub const MAX_SEGMENT_FAILURES: usize = 3;
 
 /// Why a hints file was refused.
@@ -164,8 +165,12 @@ struct Segment {
     start: (u32, BlockHash),
     end: (u32, BlockHash),
     state: SegmentState,
-    /// Peers that failed it (timed out, or sent headers not leading to its end).
+    /// Connected peers that failed it (timed out, or sent headers not leading to its end):
+    /// not asked for it again. A peer leaves this list when it disconnects, so the list is
+    /// bounded by the peers connected.
     failed: Vec<PeerId>,
+    /// Answers that did not lead to its end hint, from any peer, ever.
+    mismatches: usize,
 }
 
 #[derive(Debug)]
@@ -259,6 +264,7 @@ impl SegmentSync {
                 end,
                 state: SegmentState::Waiting,
                 failed: Vec::new(),
+                mismatches: 0,
             });
             self.pending_start = end;
         }
@@ -349,7 +355,8 @@ impl SegmentSync {
         }
         seg.state = SegmentState::Waiting;
         seg.failed.push(peer);
-        Ok(if seg.failed.len() >= MAX_SEGMENT_FAILURES {
+        seg.mismatches += 1;
+        Ok(if seg.mismatches >= MAX_SEGMENT_FAILURES {
             SegmentAnswer::HintsWrong
         } else {
             SegmentAnswer::Mismatch
@@ -406,12 +413,13 @@ impl SegmentSync {
         slow
     }
 
-    /// `peer` left: what it was asked for waits for another.
+    /// `peer` left: what it was asked for waits for another, and it is forgotten.
     pub fn peer_gone(&mut self, peer: PeerId) {
         for seg in self.segments.iter_mut() {
             if matches!(seg.state, SegmentState::Asked { peer: p, .. } if p == peer) {
                 seg.state = SegmentState::Waiting;
             }
+            seg.failed.retain(|p| *p != peer);
         }
     }
 
@@ -455,24 +463,25 @@ impl SegmentSync {
 mod tests {
     use super::*;
     use crate::network::NetworkId;
-    use crate::sync::chain::headers::mine_header;
+    use crate::sync::chain::headers::{mine_chain, mine_header};
     use bitcoin::block::Header;
     use bitcoin::hashes::Hash;
     use proptest::prelude::*;
 
+    /// Genesis and `n` headers after it (index = height).
     fn chain(n: u32) -> Vec<Header> {
         let genesis = NetworkId::Regtest.profile().genesis;
         let mut out = vec![genesis];
-        for i in 0..n {
-            let parent = out[out.len() - 1];
-            out.push(mine_header(
-                &parent,
-                bitcoin::TxMerkleNode::all_zeros(),
-                genesis.time + 600 * (i + 1),
-                genesis.bits,
-            ));
-        }
+        out.extend(mine_chain(&genesis, n, 600));
         out
+    }
+
+    /// Segments over `c` from its genesis.
+    fn segments(c: &[Header], hints: &[(u32, BlockHash)]) -> SegmentSync {
+        SegmentSync::new(hints, 0, c[0].block_hash(), |h| {
+            c.get(h as usize).map(|x| x.block_hash())
+        })
+        .unwrap()
     }
 
     fn hints_of(chain: &[Header], every: u32) -> Vec<(u32, BlockHash)> {
@@ -538,10 +547,7 @@ mod tests {
     fn segments_go_to_several_peers_and_are_released_in_order() {
         let c = chain(100);
         let hints = hints_of(&c, 10);
-        let mut s = SegmentSync::new(&hints, 0, c[0].block_hash(), |h| {
-            c.get(h as usize).map(|x| x.block_hash())
-        })
-        .unwrap();
+        let mut s = segments(&c, &hints);
         let peers = [(PeerId(1), 100), (PeerId(2), 100), (PeerId(3), 50)];
         let now = Instant::now();
         let reqs = s.assign(&peers, now);
@@ -588,10 +594,7 @@ mod tests {
             o
         };
         let hints = hints_of(&c, 10);
-        let mut s = SegmentSync::new(&hints, 0, c[0].block_hash(), |h| {
-            c.get(h as usize).map(|x| x.block_hash())
-        })
-        .unwrap();
+        let mut s = segments(&c, &hints);
         let peers: Vec<(PeerId, u32)> = (1..=4).map(|p| (PeerId(p), 40)).collect();
         let now = Instant::now();
         let mut failures = 0;
@@ -625,10 +628,7 @@ mod tests {
     fn a_silent_peer_times_out_and_its_segment_goes_elsewhere() {
         let c = chain(20);
         let hints = hints_of(&c, 10);
-        let mut s = SegmentSync::new(&hints, 0, c[0].block_hash(), |h| {
-            c.get(h as usize).map(|x| x.block_hash())
-        })
-        .unwrap();
+        let mut s = segments(&c, &hints);
         let t0 = Instant::now();
         let reqs = s.assign(&[(PeerId(1), 20)], t0);
         assert_eq!(reqs.len(), 2);
@@ -679,9 +679,7 @@ mod tests {
         ) {
             let c = chain(120);
             let hints = hints_of(&c, 10);
-            let mut s = SegmentSync::new(&hints, 0, c[0].block_hash(), |h| {
-                c.get(h as usize).map(|x| x.block_hash())
-            }).unwrap();
+            let mut s = segments(&c, &hints);
             let peers: Vec<(PeerId, u32)> = (0..n_peers as u64).map(|p| (PeerId(p), 120)).collect();
             let now = Instant::now();
             let mut outstanding: Vec<SegmentRequest> = Vec::new();

@@ -62,7 +62,7 @@ use crate::msg::{ConnectionMsg, HashedHeaders, SyncInput, SyncMsg, SyncState, Sy
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
-use crate::sync::chain::store::{HeaderLoad, HeaderStore};
+use crate::sync::chain::store::{HeaderLoad, HeaderStore, LOAD_STEP_RECORDS};
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
@@ -128,9 +128,6 @@ const HEADERS_SYNC_TIMEOUT_PER_HEADER: Duration = Duration::from_millis(1);
 /// Blocks of work below our tip a chain may lack and still be stored without presync (Core's
 /// anti-DoS threshold: a short fork near the tip is normal, a long low-work one is not).
 const ANTI_DOS_RECENT_BLOCKS: u32 = 144;
-/// Header records loaded from headers.dat between two looks at the mailbox (about 12 ms of
-/// validation): peers' messages wait at most that long while a long chain loads.
-const LOAD_STEP_RECORDS: usize = 20_000;
 /// Messages held while headers.dat loads (handled once it is in).
 ///
 /// # Security

@@ -955,6 +955,23 @@ pub fn mine_header(
     h
 }
 
+/// `n` headers mined on top of `parent`, `spacing` seconds apart, each with `parent`'s nBits
+/// (trivial work on regtest). For tests and benchmarks.
+pub fn mine_chain(parent: &Header, n: u32, spacing: u32) -> Vec<Header> {
+    let mut out: Vec<Header> = Vec::with_capacity(n as usize);
+    let mut last = *parent;
+    for i in 0..n {
+        last = mine_header(
+            &last,
+            TxMerkleNode::all_zeros(),
+            parent.time + spacing * (i + 1),
+            parent.bits,
+        );
+        out.push(last);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
