@@ -395,6 +395,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub header_hints: Option<PathBuf>,
 
+    /// Which pooled transactions are announced to peers: `vouched` (those an outbound
+    /// full-relay peer sent or announced, or a `relay`-whitelisted peer sent: meshd checks no
+    /// scripts or inputs, so it passes on only what a validating node vouched for), `all`
+    /// (every transaction that passes the context-free checks), or `none`. [default: vouched]
+    #[arg(long, value_name = "vouched|all|none")]
+    pub tx_relay: Option<String>,
+
     /// Transactions the relay pool holds at most. [default: 10000]
     #[arg(long, value_name = "N")]
     pub tx_pool_max_count: Option<usize>,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bitcoin::p2p::ServiceFlags;
-use meshd_actors::config::{FleetConfig, NodeConfig, ProxyConfig};
+use meshd_actors::config::{FleetConfig, NodeConfig, ProxyConfig, TxRelay};
 use meshd_actors::discovery::overlay::{Network, OverlayAddr, OverlayParseError};
 use meshd_actors::network::NetworkId;
 use serde::Deserialize;
@@ -105,6 +105,7 @@ pub struct FileConfig {
     blocks: Option<String>,
     keep_blocks: Option<usize>,
     header_hints: Option<PathBuf>,
+    tx_relay: Option<String>,
     tx_pool_max_count: Option<usize>,
     tx_pool_max_bytes: Option<FileBytes>,
     tx_pool_max_age: Option<FileDuration>,
@@ -565,6 +566,12 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         Some("none") => node.fetch_blocks = false,
         Some(other) => return err(format!("blocks: {other:?} is not none or tip")),
     }
+    node.tx_relay = match args.tx_relay.clone().or(file.tx_relay.clone()).as_deref() {
+        None | Some("vouched") => TxRelay::Vouched,
+        Some("all") => TxRelay::All,
+        Some("none") => TxRelay::None,
+        Some(other) => return err(format!("tx-relay: {other:?} is not vouched, all or none")),
+    };
     if let Some(v) = args.keep_blocks.or(file.keep_blocks) {
         if v == 0 {
             // The tip block must be kept to check and relay it; use --blocks none to fetch none.

@@ -117,6 +117,8 @@ pub struct NodeConfig {
     pub tx_pool_max_age: Duration,
     /// Delay transaction announcements with Poisson timers, as Core does (off for benchmarks).
     pub trickle: bool,
+    /// Which pooled transactions are announced (`--tx-relay`).
+    pub tx_relay: TxRelay,
     /// A sync peer that does not answer getheaders in this time is replaced.
     pub sync_stall_timeout: Duration,
     /// Overrides the network's minimum chain work (`--minimum-chain-work`, as Core's
@@ -349,6 +351,7 @@ impl NodeConfig {
             tx_pool_max_bytes: 32 * 1024 * 1024,
             tx_pool_max_age: Duration::from_secs(3600),
             trickle: true,
+            tx_relay: TxRelay::Vouched,
             sync_stall_timeout: Duration::from_secs(20),
             minimum_chain_work: None,
             whitelist: Vec::new(),
@@ -430,6 +433,38 @@ impl NodeConfig {
             timeout: self.handshake_timeout,
             relay: self.relay,
             start_height: 0,
+        }
+    }
+}
+
+/// Which pooled transactions meshd announces to its peers (`--tx-relay`).
+///
+/// meshd checks no scripts and holds no UTXO set, so a transaction that passes its
+/// context-free checks may still be invalid (an output above its inputs, a bad signature);
+/// a validating peer that gets one announced and fetches it counts that against us (Core
+/// discourages the sender of an invalid transaction). Relaying only what a validating node
+/// vouched for keeps meshd from ever being that sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TxRelay {
+    /// Only transactions an outbound full-relay peer sent or announced (it chose to relay
+    /// them: its mempool accepted them), those a `relay`-whitelisted peer sent, and those
+    /// submitted to this node.
+    #[default]
+    Vouched,
+    /// Every transaction that passes the context-free checks.
+    All,
+    /// None: transactions are pooled, published and served on request, never announced.
+    None,
+}
+
+impl TxRelay {
+    /// The option's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TxRelay::Vouched => "vouched",
+            TxRelay::All => "all",
+            TxRelay::None => "none",
         }
     }
 }

@@ -42,6 +42,8 @@ pub fn cost(kind: &str) -> u32 {
         // accident; a bad timestamp rarely is; too many forks, or a block whose transactions
         // do not match its merkle root, cost a little each.
         "header_bad_pow" | "header_bad_difficulty" | "header_checkpoint" => 100,
+        // A batch whose headers do not chain (Core: `non-continuous headers sequence`).
+        "header_not_continuous" => 100,
         "header_bad_time" => 50,
         // Unconnecting headers (charged every tenth message) and a time too far ahead (which
         // may be the peer's clock, or ours) cost little.

@@ -39,6 +39,7 @@ pub mod pool;
 mod relay;
 pub mod requests;
 pub mod tx_check;
+pub mod txrequest;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -69,6 +70,7 @@ use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
 use hints::{SegmentAnswer, SegmentSync, HINT_INTERVAL};
 use pool::RelayPool;
 use requests::InFlight;
+use txrequest::TxRequestTracker;
 
 /// Header messages that do not connect a peer may send before each charge (Core:
 /// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`); a few are normal when announcements cross.
@@ -107,14 +109,6 @@ const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 const MAX_EARLY_INPUTS: usize = 256;
 /// How long such a message waits for its PeerUp before it is dropped.
 const EARLY_INPUT_TTL: Duration = Duration::from_secs(5);
-/// Transactions one peer may have been asked for and not yet delivered (Core tracks at
-/// most 5,000 announcements per peer, `MAX_PEER_TX_ANNOUNCEMENTS`).
-///
-/// # Security
-/// A peer that announces without delivering holds at most this many of our requests.
-pub(crate) const MAX_PEER_TX_IN_FLIGHT: usize = 5_000;
-/// A transaction request unanswered this long is released (Core: `GETDATA_TX_INTERVAL`).
-const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Blocks one peer may be downloading for us (Core: `MAX_BLOCKS_IN_TRANSIT_PER_PEER`).
 const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
 /// A block request unanswered this long is asked of another peer (Core's block download
@@ -262,9 +256,9 @@ pub struct SyncActorState {
     pool: RelayPool,
     /// Output values of the kept blocks' transactions, for fee rates without scanning blocks.
     block_outputs: HashMap<Txid, Vec<u64>>,
-    /// Transactions asked for, by the hash they were announced with (txid, or wtxid for
-    /// BIP339 peers).
-    requested_tx: InFlight<[u8; 32]>,
+    /// Every transaction announcement and request, by the hash it was announced with (txid,
+    /// or wtxid for BIP339 peers): Core's TxRequestTracker.
+    tx_requests: TxRequestTracker,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -519,11 +513,20 @@ impl SyncActorState {
             },
             None => headers,
         };
+        // Core's CheckHeadersPoW: the whole batch chains and meets its own targets before
+        // anything of it is looked up or its work counted.
+        if let Err(e) = self.chain.check_batch(&headers.headers, &headers.hashes) {
+            metrics::counter!("meshd_headers_rejected_total", "reason" => e.kind()).increment(1);
+            self.set_pipelining(id, false);
+            self.punish(id, e.kind());
+            return;
+        }
         if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
             s.last_progress = Instant::now();
         }
         match self.presync_headers(id, &headers) {
-            Some(step) => {
+            Some(None) => {}
+            Some(Some(step)) => {
                 if headers.next_requested {
                     // Presync asks for its own batches; the one the Connection asked for is
                     // presync's next when it asks from this batch's end.
@@ -571,14 +574,40 @@ impl SyncActorState {
 
     /// Feeds the peer's presync, or starts one when these headers extend a chain with too
     /// little work. `None`: the headers go to the chain as they are.
-    fn presync_headers(&mut self, id: PeerId, hashed: &HashedHeaders) -> Option<PresyncStep> {
+    /// `Some(None)`: dropped without a word (too little work to store, while the peer
+    /// presyncs another chain).
+    fn presync_headers(
+        &mut self,
+        id: PeerId,
+        hashed: &HashedHeaders,
+    ) -> Option<Option<PresyncStep>> {
         let headers = &hashed.headers[..];
-        if let Some(ps) = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut()) {
-            return Some(ps.on_headers(headers));
-        }
         let (first, last) = (headers.first()?, hashed.hashes.last()?);
-        let (parent, height, parent_work) = self.chain.header_and_work(&first.prev_blockhash)?;
+        if let Some(ps) = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut()) {
+            // Headers that do not continue the presync (an announcement, an answer to an
+            // older request) take the normal path and leave the presync as it is.
+            if ps.continues(first) {
+                return Some(Some(ps.on_headers(headers)));
+            }
+        }
+        // Known headers (duplicates, a re-sent batch) cost one lookup: found before any work
+        // is summed.
         if self.chain.contains(last) {
+            return None;
+        }
+        let (parent, height, parent_work) = self.chain.header_and_work(&first.prev_blockhash)?;
+        if self.peers.get(&id).is_some_and(|p| p.presync.is_some()) {
+            // The peer is presyncing another chain: this one goes to the chain if it has the
+            // work, and is dropped otherwise (one presync per peer, as Core).
+            let work = headers
+                .iter()
+                .map(HeaderChain::header_work)
+                .fold(parent_work, u128::saturating_add);
+            if work < self.anti_dos_work() {
+                metrics::counter!("meshd_presync_aborted_total", "reason" => "presync_low_work")
+                    .increment(1);
+                return Some(None);
+            }
             return None;
         }
         let batch_work = headers
@@ -592,7 +621,7 @@ impl SyncActorState {
         if headers.len() < MAX_HEADERS_PER_MESSAGE {
             // A short chain that ends below the threshold: not worth storing (Core ignores
             // it too, without punishing).
-            return Some(PresyncStep::Abort(PresyncError::LowWork));
+            return Some(Some(PresyncStep::Abort(PresyncError::LowWork)));
         }
         let (rule, limit) = self.chain.rule_and_limit();
         let mut ps = HeadersPresync::new(
@@ -609,7 +638,7 @@ impl SyncActorState {
         if let Some(p) = self.peers.get_mut(&id) {
             p.presync = Some(ps);
         }
-        Some(step)
+        Some(Some(step))
     }
 
     fn apply_presync(&mut self, id: PeerId, step: PresyncStep) {
@@ -960,14 +989,15 @@ impl SyncActorState {
                             self.request_block_elsewhere(h, id);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
-                            self.requested_tx.not_found(&t.to_byte_array(), id);
+                            self.tx_requests.not_found(id, &t.to_byte_array());
                         }
                         Inventory::WTx(w) => {
-                            self.requested_tx.not_found(&w.to_byte_array(), id);
+                            self.tx_requests.not_found(id, &w.to_byte_array());
                         }
                         _ => {}
                     }
                 }
+                self.poll_tx_requests();
             }
         }
     }
@@ -1096,11 +1126,7 @@ impl SyncActorState {
             self.release_memory_at = None;
             crate::release_free_memory();
         }
-        let expired_tx = self.requested_tx.expire(now, TX_REQUEST_TIMEOUT);
-        if !expired_tx.is_empty() {
-            metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
-                .increment(expired_tx.len() as u64);
-        }
+        self.poll_tx_requests();
         for (block, peer) in self.requested_blocks.expire(now, BLOCK_DOWNLOAD_TIMEOUT) {
             metrics::counter!("meshd_requests_expired_total", "kind" => "block").increment(1);
             warn!(%block, %peer, "block request expired");
@@ -1230,7 +1256,8 @@ impl SyncActorState {
                         .retain(|m| !matches!(m, SyncMsg::FromPeer(p, ..) if *p == id));
                 }
                 // What it was asked for is free to be asked of others.
-                self.requested_tx.release_peer(id);
+                self.tx_requests.peer_gone(id);
+                self.poll_tx_requests();
                 for block in self.requested_blocks.release_peer(id) {
                     self.request_block_elsewhere(block, id);
                 }
@@ -1489,7 +1516,7 @@ impl Actor for Sync {
             requested_blocks: InFlight::default(),
             pool: RelayPool::default(),
             block_outputs: HashMap::new(),
-            requested_tx: InFlight::default(),
+            tx_requests: TxRequestTracker::default(),
             early: VecDeque::new(),
             extra_nonce: rand::random(),
             timer: None,

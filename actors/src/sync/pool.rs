@@ -21,6 +21,8 @@ pub struct PoolEntry {
     pub size: usize,
     /// Sat per 1000 virtual bytes, when every input's value is known.
     pub fee_rate: Option<u64>,
+    /// A validating node vouched for it (see `--tx-relay`): it may be announced.
+    pub vouched: bool,
 }
 
 /// Eviction order: fee rate, then age, then txid (to make keys unique).
@@ -73,6 +75,17 @@ impl RelayPool {
     /// Whether `wtxid` is held.
     pub fn contains_wtxid(&self, wtxid: &Wtxid) -> bool {
         self.by_wtxid.contains_key(wtxid)
+    }
+
+    /// Marks `txid` vouched for; true when it was held and not vouched for before.
+    pub fn vouch(&mut self, txid: &Txid) -> bool {
+        match self.by_txid.get_mut(txid) {
+            Some(e) if !e.vouched => {
+                e.vouched = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Removes `txid`.
@@ -129,6 +142,7 @@ impl RelayPool {
             at: now,
             size,
             fee_rate,
+            vouched: false,
         };
         self.eviction.insert(key(txid, &e));
         self.by_wtxid.insert(e.wtxid, txid);

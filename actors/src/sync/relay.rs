@@ -2,20 +2,22 @@
 //! `getdata` serving (blocks, BIP37 filtered blocks, pooled transactions), the relay pool's
 //! intake (`tx`), fee rates for `feefilter`, and the trickled announcements.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::{BlockHash, Transaction, Txid};
+use bitcoin::{BlockHash, Transaction, Txid, Wtxid};
 use tracing::debug;
 
 use super::tx_check::check_transaction;
+use super::txrequest::Announced;
 use super::{
-    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, MAX_PEER_TX_IN_FLIGHT,
-    TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
+    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND, TRICKLE_OUTBOUND,
+    WITNESS_FLAG,
 };
+use crate::config::TxRelay;
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
 use crate::manager::whitelist::Permissions;
@@ -23,11 +25,20 @@ use crate::msg::ConnectionMsg;
 
 impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
-        let mut want_tx = Vec::new();
         let mut unknown_block = None;
-        let wtxid_peer = self.peers.get(&id).is_some_and(|p| p.wtxid_relay);
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        let wtxid_peer = p.wtxid_relay;
+        let permissions = self.ctx.permissions_of(p.addr.ip());
+        // Core's preferred download peers: outbound, or whitelisted `noban`.
+        let preferred = !p.inbound || permissions.has(Permissions::NOBAN);
+        let exempt = permissions.has(Permissions::RELAY);
+        // A txid announcement waits while wtxid-relay peers may announce the same by wtxid.
+        let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
+        let now = Instant::now();
         for item in inv {
-            match item {
+            let (key, pooled) = match item {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.learn(h.to_byte_array());
@@ -35,56 +46,85 @@ impl SyncActorState {
                     if !self.chain.contains(&h) {
                         unknown_block = Some(h);
                     }
+                    continue;
                 }
                 // BIP339: a wtxid-relay peer announces by wtxid, others by txid; Core ignores
                 // the other kind from each, and so do we.
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) if !wtxid_peer => {
-                    let pooled = self.pool.contains(&t);
-                    want_tx.extend(self.consider_tx(
-                        id,
-                        t.to_byte_array(),
-                        pooled,
-                        Inventory::WitnessTransaction(t),
-                    ));
+                    (t.to_byte_array(), self.pool.contains(&t).then_some(t))
                 }
-                Inventory::WTx(w) if wtxid_peer => {
-                    let pooled = self.pool.contains_wtxid(&w);
-                    want_tx.extend(self.consider_tx(
-                        id,
-                        w.to_byte_array(),
-                        pooled,
-                        Inventory::WTx(w),
-                    ));
+                Inventory::WTx(w) if wtxid_peer => (
+                    w.to_byte_array(),
+                    self.pool.get_by_wtxid(&w).map(|e| e.tx.compute_txid()),
+                ),
+                _ => continue,
+            };
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.learn(key);
+            }
+            match pooled {
+                // Pooled already: an outbound peer announcing it vouches for it.
+                Some(txid) => {
+                    if self.vouches(id, false) {
+                        self.vouch_and_relay(txid, Some(id));
+                    }
                 }
-                _ => {}
+                None => {
+                    let outcome = self
+                        .tx_requests
+                        .announce(id, key, wtxid_peer, preferred, txid_delay, exempt, now);
+                    if outcome == Announced::PeerFull {
+                        metrics::counter!("meshd_tx_announcements_dropped_total").increment(1);
+                    }
+                }
             }
         }
         if unknown_block.is_some() {
             self.getheaders(id, BlockHash::all_zeros());
         }
-        if let (false, Some(p)) = (want_tx.is_empty(), self.peers.get(&id)) {
-            p.send(NetworkMessage::GetData(want_tx));
+        self.poll_tx_requests();
+    }
+
+    /// Sends the transaction requests whose time came (Core's GetRequestable), one `getdata`
+    /// per peer, and counts the requests that expired.
+    pub(super) fn poll_tx_requests(&mut self) {
+        let polled = self.tx_requests.poll(Instant::now());
+        if !polled.expired.is_empty() {
+            metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
+                .increment(polled.expired.len() as u64);
+        }
+        let mut by_peer: HashMap<PeerId, Vec<Inventory>> = HashMap::new();
+        for r in polled.requests {
+            let item = if r.by_wtxid {
+                Inventory::WTx(Wtxid::from_byte_array(r.key))
+            } else {
+                Inventory::WitnessTransaction(Txid::from_byte_array(r.key))
+            };
+            by_peer.entry(r.peer).or_default().push(item);
+        }
+        for (id, items) in by_peer {
+            if let Some(p) = self.peers.get(&id) {
+                p.send(NetworkMessage::GetData(items));
+            }
         }
     }
 
-    /// A transaction announced by `id` under `key`: remembered as known to it, and asked for
-    /// (`ask`) unless pooled or already asked of someone, within the peer's request cap. A
-    /// full pool still asks: the newcomer may pay more than what it would evict.
-    fn consider_tx(
-        &mut self,
-        id: PeerId,
-        key: [u8; 32],
-        pooled: bool,
-        ask: Inventory,
-    ) -> Option<Inventory> {
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.learn(key);
+    /// Whether a transaction `id` sent (`sent`) or announced vouches for it: a validating
+    /// node accepted it. Outbound peers are full-relay peers we chose, and relay only what
+    /// their mempool took; a `relay`-whitelisted peer is trusted with what it sends.
+    fn vouches(&self, id: PeerId, sent: bool) -> bool {
+        self.peers.get(&id).is_some_and(|p| {
+            !p.inbound || (sent && self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY))
+        })
+    }
+
+    /// Marks a pooled transaction vouched for and, the first time, announces it as the relay
+    /// mode allows.
+    fn vouch_and_relay(&mut self, txid: Txid, from: Option<PeerId>) {
+        if self.ctx.config().tx_relay != TxRelay::Vouched || !self.pool.vouch(&txid) {
+            return;
         }
-        let wanted = !pooled
-            && self
-                .requested_tx
-                .try_request(key, id, Instant::now(), MAX_PEER_TX_IN_FLIGHT);
-        wanted.then_some(ask)
+        self.announce_tx(txid, from);
     }
 
     pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
@@ -162,13 +202,24 @@ impl SyncActorState {
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
         let wtxid = tx.compute_wtxid();
-        self.requested_tx.received(&txid.to_byte_array());
-        self.requested_tx.received(&wtxid.to_byte_array());
+        // Announced by an outbound peer before it arrived from anyone: vouched for.
+        let announced_by_outbound = [txid.to_byte_array(), wtxid.to_byte_array()]
+            .iter()
+            .any(|k| {
+                self.tx_requests
+                    .announcers(k)
+                    .any(|id| self.vouches(id, false))
+            });
+        self.tx_requests.forget(&txid.to_byte_array());
+        self.tx_requests.forget(&wtxid.to_byte_array());
         if self.pool.contains(&txid) {
+            if from.is_some_and(|id| self.vouches(id, true)) {
+                self.vouch_and_relay(txid, from);
+            }
             return;
         }
         let sender = from.and_then(|id| self.peers.get(&id)).map(|p| p.addr);
-        if let Err(e) = check_transaction(&tx) {
+        if let Err(e) = check_transaction(&tx, self.ctx.profile.chain) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
             debug!(%txid, peer = ?sender, error = %e, "transaction refused");
             if let Some(id) = from {
@@ -214,6 +265,35 @@ impl SyncActorState {
                 .and_then(|id| self.ctx.peers.get(id))
                 .map(|p| p.address()),
         });
+        // Submitted here (the operator's own), sent by a peer that vouches, or announced by
+        // one before it came: relayed in `vouched` mode; every one in `all`; none in `none`.
+        let vouched = match from {
+            None => true,
+            Some(id) => self.vouches(id, true) || announced_by_outbound,
+        };
+        match config.tx_relay {
+            TxRelay::All => self.announce_tx(txid, from),
+            TxRelay::Vouched if vouched => {
+                self.pool.vouch(&txid);
+                self.announce_tx(txid, from);
+            }
+            TxRelay::Vouched => {
+                metrics::counter!("meshd_txs_not_relayed_total", "reason" => "not_vouched")
+                    .increment(1);
+            }
+            TxRelay::None => {}
+        }
+        self.publish_status();
+    }
+
+    /// Queues announcements of pooled `txid` to every relay peer that does not know it yet
+    /// (and is not `from`), within their fee filters.
+    fn announce_tx(&mut self, txid: Txid, from: Option<PeerId>) {
+        let Some(entry) = self.pool.get(&txid) else {
+            return;
+        };
+        let (wtxid, fee_rate) = (entry.wtxid, entry.fee_rate);
+        let config = self.ctx.config();
         let trickle = config.trickle;
         for (id, p) in self.peers.iter_mut() {
             // Each peer knows the transaction by the hash it uses for relay.
@@ -243,7 +323,6 @@ impl SyncActorState {
         if !trickle {
             self.flush_trickle();
         }
-        self.publish_status();
     }
 
     /// Fee rate (sat per 1000 virtual bytes) when every input spends an output we hold (a

@@ -1,15 +1,24 @@
 //! Core's context-free transaction checks (`CheckTransaction`) and its relay rule against
 //! coinbases, as a sans-IO core: what every transaction passes before it enters the relay
-//! pool or is announced to anyone.
+//! pool or is announced to anyone. The size rule is the chain's: BTC's block weight bound on
+//! the base size; on BSV, the SV node's post-Genesis consensus limit (1 GB), so a 1.5 MB
+//! transaction, legal there, is never taken for misbehaviour. Larger-than-policy transactions
+//! never reach this check: the frame decoder skips them unread, free of points
+//! (`PayloadLimits::relayed_tx`, 10 MB on BSV as the SV node's `maxtxsizepolicy`).
 
 use std::collections::HashSet;
 
 use bitcoin::{Amount, Transaction};
 
+use crate::network::Chain;
+
 /// Largest block weight (BIP141); a transaction's size without witness, times four, must fit.
 const MAX_BLOCK_WEIGHT: usize = 4_000_000;
 /// Witness scale factor (BIP141).
 const WITNESS_SCALE_FACTOR: usize = 4;
+/// BSV's consensus limit on a transaction's size after Genesis (the SV node's
+/// `MAX_TX_SIZE_CONSENSUS_AFTER_GENESIS`, one gigabyte).
+const BSV_MAX_TX_SIZE_CONSENSUS: usize = 1_000_000_000;
 
 /// Why a transaction was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -55,15 +64,19 @@ impl TxError {
     }
 }
 
-/// Checks `tx` as Core does before it may enter the pool.
-pub fn check_transaction(tx: &Transaction) -> Result<(), TxError> {
+/// Checks `tx` as Core (BTC) or the SV node (BSV) does before it may enter the pool.
+pub fn check_transaction(tx: &Transaction, chain: Chain) -> Result<(), TxError> {
     if tx.input.is_empty() {
         return Err(TxError::NoInputs);
     }
     if tx.output.is_empty() {
         return Err(TxError::NoOutputs);
     }
-    if tx.base_size() * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT {
+    let oversize = match chain {
+        Chain::Btc => tx.base_size() * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT,
+        Chain::Bsv => tx.base_size() > BSV_MAX_TX_SIZE_CONSENSUS,
+    };
+    if oversize {
         return Err(TxError::Oversize);
     }
     let mut total = Amount::ZERO;
@@ -120,36 +133,32 @@ mod tests {
         }
     }
 
+    fn btc(tx: &Transaction) -> Result<(), TxError> {
+        check_transaction(tx, Chain::Btc)
+    }
+
     #[test]
     fn cores_context_free_rules() {
         let a = OutPoint::new(Txid::from_byte_array([1; 32]), 0);
         let b = OutPoint::new(Txid::from_byte_array([2; 32]), 1);
-        assert_eq!(check_transaction(&tx(&[a, b], &[1000])), Ok(()));
-        assert_eq!(check_transaction(&tx(&[], &[1000])), Err(TxError::NoInputs));
-        assert_eq!(check_transaction(&tx(&[a], &[])), Err(TxError::NoOutputs));
-        assert_eq!(
-            check_transaction(&tx(&[a, a], &[1])),
-            Err(TxError::DuplicateInputs)
-        );
+        assert_eq!(btc(&tx(&[a, b], &[1000])), Ok(()));
+        assert_eq!(btc(&tx(&[], &[1000])), Err(TxError::NoInputs));
+        assert_eq!(btc(&tx(&[a], &[])), Err(TxError::NoOutputs));
+        assert_eq!(btc(&tx(&[a, a], &[1])), Err(TxError::DuplicateInputs));
         let max = Amount::MAX_MONEY.to_sat();
+        assert_eq!(btc(&tx(&[a], &[max + 1])), Err(TxError::OutputTooLarge));
+        assert_eq!(btc(&tx(&[a], &[max, 1])), Err(TxError::TotalTooLarge));
+        assert_eq!(btc(&tx(&[OutPoint::null()], &[1])), Err(TxError::Coinbase));
         assert_eq!(
-            check_transaction(&tx(&[a], &[max + 1])),
-            Err(TxError::OutputTooLarge)
-        );
-        assert_eq!(
-            check_transaction(&tx(&[a], &[max, 1])),
-            Err(TxError::TotalTooLarge)
-        );
-        assert_eq!(
-            check_transaction(&tx(&[OutPoint::null()], &[1])),
-            Err(TxError::Coinbase)
-        );
-        assert_eq!(
-            check_transaction(&tx(&[a, OutPoint::null()], &[1])),
+            btc(&tx(&[a, OutPoint::null()], &[1])),
             Err(TxError::NullPrevout)
         );
         let mut big = tx(&[a], &[1]);
         big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_000_001]);
-        assert_eq!(check_transaction(&big), Err(TxError::Oversize));
+        assert_eq!(check_transaction(&big, Chain::Btc), Err(TxError::Oversize));
+        // Legal on BSV, whose consensus limit after Genesis is a gigabyte.
+        big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_500_000]);
+        assert_eq!(check_transaction(&big, Chain::Bsv), Ok(()));
+        assert_eq!(check_transaction(&big, Chain::Btc), Err(TxError::Oversize));
     }
 }

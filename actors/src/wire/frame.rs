@@ -205,6 +205,17 @@ pub enum FrameError {
         /// The network's relay limit.
         max: u32,
     },
+    /// A `block` we asked this peer for, larger than our limit (a BSV block above
+    /// `max-block-message-size`): skipped unread, free of points, since we asked for it.
+    #[error("requested {command} of {length} bytes is above our limit of {limit}; skipped")]
+    RequestedTooLarge {
+        /// The command.
+        command: Command,
+        /// Its length.
+        length: u32,
+        /// Limit in force.
+        limit: u32,
+    },
     /// An item list whose count does not match its length, or is not a canonical compact
     /// size; the rest of it is skipped unread.
     #[error("malformed {command} list: {reason}")]
@@ -259,6 +270,7 @@ impl FrameError {
             FrameError::MalformedList { .. } => "malformed_payload",
             FrameError::Unrequested { .. } => "unrequested_block",
             FrameError::TxTooLarge { .. } => "tx_too_large",
+            FrameError::RequestedTooLarge { .. } => "requested_too_large",
             FrameError::V2BadAead => "v2_bad_aead",
             FrameError::V2Oversized { .. } => "v2_oversized_length",
             FrameError::V2UnknownMessageType { .. } => "v2_unknown_message_type",
@@ -635,6 +647,15 @@ impl FrameDecoder {
     /// headers and v2 packets). `Err` is fatal: a length above the command's limit.
     fn admission(&mut self, command: Command, length: u32) -> Result<Admission, FrameError> {
         let limit = self.limit_for(&command);
+        if length > limit && command.as_str() == "block" && self.blocks_expected > Some(0) {
+            // Asked for: the stream stays in sync (its length is known), so skip it.
+            self.blocks_expected = self.blocks_expected.map(|n| n - 1);
+            return Ok(Admission::Refused(FrameError::RequestedTooLarge {
+                command,
+                length,
+                limit,
+            }));
+        }
         if length > limit {
             return Err(FrameError::Oversized {
                 command,
@@ -1135,6 +1156,33 @@ mod tests {
         assert!(!r[1].as_ref().unwrap_err().is_fatal());
         assert_eq!(r[2].as_ref().unwrap().command, cmd("ping"));
         assert_eq!(dec.blocks_expected(), Some(0));
+    }
+
+    #[test]
+    fn a_requested_block_above_the_limit_is_skipped_free_and_an_unrequested_one_is_fatal() {
+        let (magic, mut limits) = regtest();
+        limits.bulk = 50_000;
+        limits.general = 50_000;
+        let mut stream = encode_frame(magic, cmd("block"), &[0xab; 60_000]);
+        stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        dec.set_blocks_expected(1);
+        let r = decode_all(&mut dec, &stream);
+        assert_eq!(
+            r[0],
+            Err(FrameError::RequestedTooLarge {
+                command: cmd("block"),
+                length: 60_000,
+                limit: 50_000
+            })
+        );
+        let kind = r[0].as_ref().unwrap_err().kind();
+        assert_eq!(crate::manager::misbehavior::cost(kind), 0);
+        assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
+        assert_eq!(dec.blocks_expected(), Some(0));
+        // Not asked for: the limit holds as before.
+        let r = decode_all(&mut dec, &stream);
+        assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
     }
 
     #[test]

@@ -124,6 +124,37 @@ impl AsyncPeer {
         })
     }
 
+    /// The node dialled `listener`: accepts it and handshakes as the answering side (the
+    /// raw peer is then the node's outbound peer).
+    pub async fn accept(listener: &tokio::net::TcpListener) -> AsyncPeer {
+        let (stream, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
+            .await
+            .expect("the node dials within 15 s")
+            .expect("accept");
+        stream.set_nodelay(true).expect("nodelay");
+        let p = NetworkId::Regtest.profile();
+        let mut peer = AsyncPeer {
+            stream,
+            decoder: FrameDecoder::new(p.magic, p.limits),
+            pending: Vec::new(),
+            received: 0,
+        };
+        let (mut version, mut verack) = (false, false);
+        while !(version && verack) {
+            match peer.recv(Duration::from_secs(10)).await {
+                Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                    version = true;
+                    peer.send(version_message(0)).await;
+                    peer.send(NetworkMessage::Verack).await;
+                }
+                Seen::Msg(Message::Network(NetworkMessage::Verack)) => verack = true,
+                Seen::Msg(_) => {}
+                other => panic!("handshake with the dialling node: {other:?}"),
+            }
+        }
+        peer
+    }
+
     pub async fn send(&mut self, msg: NetworkMessage) {
         let bytes = Message::Network(msg).encode(NetworkId::Regtest.profile().magic);
         let _ = self.stream.write_all(&bytes).await;
@@ -193,6 +224,32 @@ impl AsyncPeer {
                     self.send(NetworkMessage::Pong(n)).await
                 }
                 Seen::Msg(_) => {}
+            }
+        }
+    }
+
+    /// Reads (answering pings) until a message `want` picks, or `timeout`.
+    pub async fn wait_for<T>(
+        &mut self,
+        timeout: Duration,
+        mut want: impl FnMut(&NetworkMessage) -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self
+                .recv(deadline.saturating_duration_since(Instant::now()))
+                .await
+            {
+                Seen::Msg(Message::Network(NetworkMessage::Ping(n))) => {
+                    self.send(NetworkMessage::Pong(n)).await
+                }
+                Seen::Msg(Message::Network(m)) => {
+                    if let Some(t) = want(&m) {
+                        return Some(t);
+                    }
+                }
+                Seen::Msg(_) => {}
+                Seen::Closed | Seen::Timeout => return None,
             }
         }
     }

@@ -47,6 +47,14 @@ use crate::network::{DifficultyRule, NetworkId, Profile};
 /// least work goes.
 pub const MAX_STALE_HEADERS: usize = 5_000;
 
+/// Best-chain heights between two recorded cumulative works (see `HeaderChain::work_marks`).
+///
+/// # Security
+/// Bounds the cost of the work up to any known header, which a peer can ask for with every
+/// headers message (a fork from deep in the chain, a duplicate of an old header): at most 63
+/// headers' own work, each one cached nBits lookup, against 16 bytes per 64 headers of memory.
+const WORK_MARK_INTERVAL: u32 = 64;
+
 /// How far ahead of our clock a header's time may be (Core's `MAX_FUTURE_BLOCK_TIME`).
 pub const MAX_FUTURE_BLOCK_TIME: u32 = 2 * 60 * 60;
 
@@ -237,6 +245,10 @@ pub enum AcceptError {
     /// A fork below the last checkpoint we hold.
     #[error("fork at height {0}, below the last checkpoint")]
     ForkBeforeCheckpoint(u32),
+    /// A header of a batch does not follow the one before it (Core: `non-continuous headers
+    /// sequence`).
+    #[error("header {0} of the batch does not follow the one before it")]
+    NotContinuous(usize),
 }
 
 impl AcceptError {
@@ -254,6 +266,7 @@ impl AcceptError {
             AcceptError::TooManyStale => "header_too_many_stale",
             AcceptError::ChainFull => "header_chain_full",
             AcceptError::ForkBeforeCheckpoint(_) => "header_checkpoint",
+            AcceptError::NotContinuous(_) => "header_not_continuous",
         }
     }
 }
@@ -289,6 +302,10 @@ pub struct HeaderChain {
     best: Vec<u32>,
     /// Cumulative work of the best tip.
     tip_work: u128,
+    /// `work_marks[k]`: cumulative work of the best chain at height `k *`
+    /// [`WORK_MARK_INTERVAL`], so the work up to any best-chain header is a mark plus fewer
+    /// than that many headers' own work (O(1) whatever the chain's length).
+    work_marks: Vec<u128>,
     /// Cumulative work and hash of each header off the best chain (bounded by
     /// [`MAX_STALE_HEADERS`]).
     stale: HashMap<u32, Stale, FastHash>,
@@ -361,6 +378,7 @@ impl HeaderChain {
             index: HashIndex::default(),
             best: Vec::new(),
             tip_work: to_u128(g.work()),
+            work_marks: vec![to_u128(g.work())],
             stale: HashMap::default(),
             tip_hash: g.block_hash(),
             vacant: Vec::new(),
@@ -414,18 +432,43 @@ impl HeaderChain {
         self.index.find(hash, |i| self.hash_of(i))
     }
 
-    /// Cumulative work up to `idx`: the tip's minus the work above it on the best chain (O(1)
-    /// when extending the tip, short for forks), or the recorded work of a stale header.
+    /// Cumulative work up to `idx`: the nearest work mark at or below it on the best chain
+    /// plus the headers between (O(1) at any height), or the recorded work of a stale header.
     fn work_of(&self, idx: u32) -> u128 {
         if let Some(st) = self.stale.get(&idx) {
             return st.work;
         }
-        let h = self.entries[idx as usize].height as usize;
-        let above: u128 = self.best[h + 1..]
+        self.best_work_at(self.entries[idx as usize].height)
+    }
+
+    /// Cumulative work of the best chain at `height` (at most the tip's height).
+    fn best_work_at(&self, height: u32) -> u128 {
+        let k = (height / WORK_MARK_INTERVAL) as usize;
+        let Some(&mark) = self.work_marks.get(k) else {
+            return self.tip_work;
+        };
+        let from = k * WORK_MARK_INTERVAL as usize + 1;
+        self.best[from..=height as usize]
             .iter()
             .map(|i| self.entries[*i as usize].own_work())
-            .sum();
-        self.tip_work.saturating_sub(above)
+            .fold(mark, u128::saturating_add)
+    }
+
+    /// Records the work marks the best chain has reached (after it grew or was rebuilt above
+    /// the last mark kept).
+    fn extend_work_marks(&mut self) {
+        while let Some(&last) = self.work_marks.last() {
+            let next = self.work_marks.len() as u32 * WORK_MARK_INTERVAL;
+            if next > self.height() {
+                break;
+            }
+            let from = (next - WORK_MARK_INTERVAL + 1) as usize;
+            let work = self.best[from..=next as usize]
+                .iter()
+                .map(|i| self.entries[*i as usize].own_work())
+                .fold(last, u128::saturating_add);
+            self.work_marks.push(work);
+        }
     }
 
     fn parent_of(&self, idx: u32) -> Option<u32> {
@@ -608,6 +651,26 @@ impl HeaderChain {
         }
     }
 
+    /// Core's `CheckHeadersPoW`, for a whole batch before any of it is looked up or its work
+    /// counted: every header follows the one before it and meets the target its nBits
+    /// encodes, within the network's limit. Cheap (the hashes are computed already), so a
+    /// batch that claims work it has not done costs its sender, not us.
+    pub fn check_batch(&self, headers: &[Header], hashes: &[BlockHash]) -> Result<(), AcceptError> {
+        for (i, (h, hash)) in headers.iter().zip(hashes).enumerate() {
+            if i > 0 && h.prev_blockhash != hashes[i - 1] {
+                return Err(AcceptError::NotContinuous(i));
+            }
+            let target = h.target();
+            if target > self.pow_limit {
+                return Err(AcceptError::TargetAboveLimit);
+            }
+            if !target.is_met_by(*hash) {
+                return Err(AcceptError::BadProofOfWork);
+            }
+        }
+        Ok(())
+    }
+
     /// Validates `h` and stores it. `now` is our clock, unix seconds.
     pub fn accept(&mut self, h: &Header, now: u32) -> Result<Accepted, AcceptError> {
         self.accept_hashed(h, h.block_hash(), now)
@@ -688,6 +751,9 @@ impl HeaderChain {
             self.best.push(idx);
             self.tip_work = work;
             self.tip_hash = hash;
+            if height.is_multiple_of(WORK_MARK_INTERVAL) {
+                self.work_marks.push(work);
+            }
             return Ok(Accepted::NewTip);
         }
         self.stale.insert(idx, Stale { work });
@@ -725,6 +791,9 @@ impl HeaderChain {
         }
         self.best.truncate(fork_height as usize + 1);
         self.best.extend(branch.into_iter().rev());
+        self.work_marks
+            .truncate((fork_height / WORK_MARK_INTERVAL) as usize + 1);
+        self.extend_work_marks();
         if let Some(tip) = new_tip {
             self.tip_work = tip.work;
             self.tip_hash = hash;
@@ -908,7 +977,8 @@ impl HeaderChain {
             }
         };
         let index = self.index.memory_bytes();
-        let best = std::mem::size_of::<u32>() * self.best.capacity();
+        let best = std::mem::size_of::<u32>() * self.best.capacity()
+            + std::mem::size_of::<u128>() * self.work_marks.capacity();
         let stale = buckets(self.stale.capacity()) * (std::mem::size_of::<(u32, Stale)>() + 1);
         entry + index + best + stale
     }
@@ -997,13 +1067,24 @@ mod tests {
             assert_eq!(c.lookup(&real), Some(idx as u32));
         }
         assert_eq!(c.tip(), c.entries[*c.best.last().unwrap() as usize].hash());
+        // The work up to every best-chain header, from the marks, is the plain sum.
+        let mut sum = 0u128;
+        for (h, i) in c.best.iter().enumerate() {
+            sum += c.entries[*i as usize].own_work();
+            assert_eq!(c.best_work_at(h as u32), sum, "work at height {h}");
+        }
+        assert_eq!(c.tip_work(), sum);
+        assert_eq!(
+            c.work_marks.len() as u32,
+            c.height() / WORK_MARK_INTERVAL + 1
+        );
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
         #[test]
         fn hashes_read_without_hashing_stay_right_through_forks_and_reorgs(
-            steps in proptest::collection::vec((0usize..1000, 1u32..4), 1..40)
+            steps in proptest::collection::vec((0usize..1000, 1u32..8), 1..60)
         ) {
             let mut c = regtest();
             let mut known = vec![c.tip_header()];
@@ -1252,6 +1333,7 @@ mod tests {
             c.best.push(idx);
             c.tip_work += to_u128(h.work());
             c.tip_hash = h.block_hash();
+            c.extend_work_marks();
         }
     }
 

@@ -166,6 +166,11 @@ impl HeadersPresync {
         }
     }
 
+    /// Whether `first` follows the last header this presync took (the batch is its next).
+    pub fn continues(&self, first: &Header) -> bool {
+        first.prev_blockhash == self.last.block_hash()
+    }
+
     /// Whether the first download is over (the chain showed its work).
     pub fn is_redownloading(&self) -> bool {
         self.phase == Phase::Redownload

@@ -1,0 +1,254 @@
+//! Transaction download and relay over real loopback sockets, in the spirit of Core's
+//! p2p_tx_download.py: every announcer is remembered and the next is asked after a
+//! `notfound`, outbound peers are asked before inbound ones, and (`--tx-relay vouched`) only
+//! transactions a validating peer vouched for are announced onwards.
+
+mod common;
+
+use std::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use common::{config, handshaked, AsyncPeer};
+use meshd_actors::config::{NodeConfig, TxRelay};
+use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::node::Node;
+
+/// A transaction that passes the context-free checks (its input is made up: meshd checks no
+/// inputs, which is why it must not relay what no validating peer vouched for).
+fn tx(n: u8) -> Transaction {
+    Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(Txid::from_byte_array([n; 32]), 0),
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(50_000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    }
+}
+
+fn cfg(dir: &std::path::Path) -> NodeConfig {
+    let mut c = config(dir);
+    c.trickle = false;
+    c.slots.outbound = 0;
+    // The raw test peers speak v1.
+    c.v2transport = false;
+    c
+}
+
+/// The txids `m` asks for, if it is a `getdata`.
+fn asked(m: &NetworkMessage) -> Option<Vec<Txid>> {
+    match m {
+        NetworkMessage::GetData(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => Some(*t),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+/// Whether `m` announces `txid`.
+fn announces(m: &NetworkMessage, txid: Txid) -> Option<()> {
+    match m {
+        NetworkMessage::Inv(items) => items
+            .iter()
+            .any(|i| matches!(i, Inventory::Transaction(t) if *t == txid))
+            .then_some(()),
+        _ => None,
+    }
+}
+
+async fn wait_sync_peers(node: &Node, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while node.sync_peers().await.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Sync never learned its peers"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_notfound_the_next_announcer_is_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut a = handshaked(addr).await;
+    let mut b = handshaked(addr).await;
+    wait_sync_peers(&node, 2).await;
+    let t = tx(1);
+    let txid = t.compute_txid();
+    a.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    b.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    // One of the two (both inbound, so after Core's 2 s delay) is asked; not both.
+    let first = tokio::select! {
+        r = a.wait_for(Duration::from_secs(5), |m| asked(m).filter(|v| v.contains(&txid))) => r.map(|_| 'a'),
+        r = b.wait_for(Duration::from_secs(5), |m| asked(m).filter(|v| v.contains(&txid))) => r.map(|_| 'b'),
+    }
+    .expect("one announcer asked");
+    let (asked_peer, other) = if first == 'a' {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    asked_peer
+        .send(NetworkMessage::NotFound(vec![Inventory::Transaction(txid)]))
+        .await;
+    // The other announcer is asked now (before: a notfound dropped the transaction).
+    assert!(
+        other
+            .wait_for(Duration::from_secs(5), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the second announcer was never asked"
+    );
+    let mut events = node.subscribe_to(&[EventKind::TxReceived]);
+    other.send(NetworkMessage::Tx(t)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("pooled")
+        .expect("event");
+    assert!(
+        matches!(got.event, NodeEvent::TxReceived { txid: ref s, .. } if *s == txid.to_string())
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_announcer_is_asked_before_an_earlier_inbound_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(dir.path());
+    c.slots.outbound = 1;
+    c.connect = vec![listener.local_addr().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut outbound = AsyncPeer::accept(&listener).await;
+    let mut inbound = handshaked(node.listen_addrs()[0]).await;
+    wait_sync_peers(&node, 2).await;
+    let txid = tx(2).compute_txid();
+    inbound
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    outbound
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        outbound
+            .wait_for(Duration::from_secs(3), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the outbound announcer was not asked"
+    );
+    // The inbound one is not asked while the outbound request is in flight.
+    assert!(
+        inbound
+            .wait_for(Duration::from_secs(3), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_none(),
+        "the inbound announcer was asked too"
+    );
+    node.shutdown().await;
+}
+
+/// An inbound peer's transaction is pooled and published but not announced; once an
+/// outbound (full-relay) peer announces it too, it is vouched for and announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_vouched_transactions_are_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(dir.path());
+    c.slots.outbound = 1;
+    c.connect = vec![listener.local_addr().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut outbound = AsyncPeer::accept(&listener).await;
+    let addr = node.listen_addrs()[0];
+    let mut sender = handshaked(addr).await;
+    let mut watcher = handshaked(addr).await;
+    wait_sync_peers(&node, 3).await;
+    let mut events = node.subscribe_to(&[EventKind::TxReceived]);
+    // Outputs above its (made-up) input: a validating node would reject it; meshd cannot tell.
+    let t = tx(3);
+    let txid = t.compute_txid();
+    sender.send(NetworkMessage::Tx(t)).await;
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("pooled and published")
+        .expect("event");
+    assert!(
+        watcher
+            .wait_for(Duration::from_millis(1500), |m| announces(m, txid))
+            .await
+            .is_none(),
+        "an inbound peer's transaction was announced (before: every checked one was)"
+    );
+    assert_eq!(node.sync_status().tx_pool, 1);
+    outbound
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |m| announces(m, txid))
+            .await
+            .is_some(),
+        "announced by an outbound peer, it is vouched for and relayed"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_relay_all_announces_and_none_never_does() {
+    for (mode, expect) in [(TxRelay::All, true), (TxRelay::None, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = cfg(dir.path());
+        c.tx_relay = mode;
+        let node = Node::start(c).await.unwrap();
+        let addr = node.listen_addrs()[0];
+        let mut sender = handshaked(addr).await;
+        let mut watcher = handshaked(addr).await;
+        wait_sync_peers(&node, 2).await;
+        let t = tx(4);
+        let txid = t.compute_txid();
+        sender.send(NetworkMessage::Tx(t)).await;
+        let seen = watcher
+            .wait_for(Duration::from_secs(2), |m| announces(m, txid))
+            .await
+            .is_some();
+        assert_eq!(seen, expect, "--tx-relay {}", mode.as_str());
+        // Served on request either way.
+        watcher
+            .send(NetworkMessage::GetData(vec![Inventory::Transaction(txid)]))
+            .await;
+        let served = watcher
+            .wait_for(Duration::from_secs(3), |m| match m {
+                NetworkMessage::Tx(t) if t.compute_txid() == txid => Some(()),
+                _ => None,
+            })
+            .await;
+        assert!(
+            served.is_some(),
+            "pooled transaction served ({})",
+            mode.as_str()
+        );
+        node.shutdown().await;
+    }
+}
