@@ -87,8 +87,7 @@ async fn main() {
     let chain: Vec<Header> = mine_chain(&profile.genesis, n, 60);
     let tip = chain.last().expect("a chain").block_hash();
     let dir = tempfile::tempdir().expect("tempdir");
-    let datadir = dir.path().join("regtest");
-    std::fs::create_dir_all(&datadir).unwrap();
+    let datadir = dir.path().to_path_buf();
     {
         let mut empty = HeaderChain::new(&profile);
         let (mut store, _) = HeaderStore::open(

@@ -437,16 +437,11 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
 
 async fn get_sync(State(s): State<ApiState>) -> ApiResult {
     let st = s.node.sync_status();
-    let progress = if st.best_peer_height == 0 {
-        1.0
-    } else {
-        (st.header_height as f64 / st.best_peer_height as f64).min(1.0)
-    };
     Ok(Json(json!({
         "header_height": st.header_height,
         "best_header_hash": st.best_header_hash,
         "best_peer_height": st.best_peer_height,
-        "progress": progress,
+        "progress": st.progress,
         "state": st.state.as_str(),
         "tx_pool": st.tx_pool,
         "blocks_kept": st.blocks_kept,

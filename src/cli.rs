@@ -513,6 +513,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub sync_stall_timeout: Option<String>,
 
+    /// The node counts as synced only once its tip is at most this old (and has the minimum
+    /// chain work), as Core's -maxtipage; peers' claims never decide it. [default: 24h]
+    #[arg(long, value_name = "DURATION")]
+    pub max_tip_age: Option<String>,
+
     /// Minimum cumulative work (hex) a chain must show before its headers are stored;
     /// lower-work chains are presynced first. [default: Bitcoin Core's value per network]
     #[arg(long, value_name = "HEX")]

@@ -111,6 +111,7 @@ pub struct FileConfig {
     tx_pool_max_age: Option<FileDuration>,
     no_trickle: Option<bool>,
     sync_stall_timeout: Option<FileDuration>,
+    max_tip_age: Option<FileDuration>,
     minimum_chain_work: Option<String>,
     proxy: Option<String>,
     onion: Option<String>,
@@ -594,6 +595,7 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.trickle = !(args.no_trickle || file.no_trickle.unwrap_or(false));
     node.v2transport = args.v2transport.or(file.v2transport).unwrap_or(true);
     node.sync_stall_timeout = duration!(sync_stall_timeout, node.sync_stall_timeout);
+    node.max_tip_age = duration!(max_tip_age, node.max_tip_age);
     let proxy = |key: &str, v: Option<String>| v.map(|t| parse_proxy(key, &t)).transpose();
     node.proxy = proxy("proxy", args.proxy.clone().or(file.proxy.clone()))?;
     node.onion_proxy = proxy("onion", args.onion.clone().or(file.onion.clone()))?;

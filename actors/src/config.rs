@@ -24,6 +24,10 @@ use crate::peer::HandshakePolicy;
 /// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).
 pub const DEFAULT_ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
 
+/// A tip older than this keeps the node in initial sync (Core's `DEFAULT_MAX_TIP_AGE`): a day
+/// of blocks missing means the node has not caught up, whatever its peers claim.
+pub const DEFAULT_MAX_TIP_AGE: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// Everything the node needs to run.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -121,6 +125,9 @@ pub struct NodeConfig {
     pub tx_relay: TxRelay,
     /// A sync peer that does not answer getheaders in this time is replaced.
     pub sync_stall_timeout: Duration,
+    /// The node is in initial sync while its tip is older than this or has less than the
+    /// minimum chain work (`--max-tip-age`, Core's `-maxtipage`, default 24 h).
+    pub max_tip_age: Duration,
     /// Overrides the network's minimum chain work (`--minimum-chain-work`, as Core's
     /// `-minimumchainwork`); headers of a chain with less work go through presync.
     pub minimum_chain_work: Option<u128>,
@@ -353,6 +360,7 @@ impl NodeConfig {
             trickle: true,
             tx_relay: TxRelay::Vouched,
             sync_stall_timeout: Duration::from_secs(20),
+            max_tip_age: DEFAULT_MAX_TIP_AGE,
             minimum_chain_work: None,
             whitelist: Vec::new(),
             v2transport: true,

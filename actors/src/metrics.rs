@@ -138,6 +138,26 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_tx_announcements_dropped_total",
+        "Transaction announcements dropped because their peer had 5,000 tracked already.",
+    ),
+    (
+        "counter",
+        "meshd_txs_not_relayed_total",
+        "Pooled transactions not announced onwards, by reason (not_vouched: no validating peer vouched for them, --tx-relay vouched).",
+    ),
+    (
+        "counter",
+        "meshd_getheaders_suppressed_total",
+        "getheaders not sent because the peer was asked less than 2 minutes ago and has not answered.",
+    ),
+    (
+        "counter",
+        "meshd_headers_unconnecting_total",
+        "Headers messages whose first header did not connect (answered with one getheaders, not charged).",
+    ),
+    (
+        "counter",
         "meshd_requests_expired_total",
         "Transaction and block requests that expired unanswered, by kind.",
     ),
@@ -479,9 +499,16 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         &mut out,
         "meshd_best_peer_height",
         "gauge",
-        "Highest height a connected peer announced.",
+        "Highest header height a connected peer has shown us (never its claimed start height).",
     );
     let _ = writeln!(out, "meshd_best_peer_height {}", sync.best_peer_height);
+    header(
+        &mut out,
+        "meshd_sync_progress",
+        "gauge",
+        "Header sync progress from our own chain: height / (height + block intervals since the tip's time).",
+    );
+    let _ = writeln!(out, "meshd_sync_progress {}", sync.progress);
     header(
         &mut out,
         "meshd_sync_state",

@@ -207,14 +207,15 @@ pub enum ManagerMsg {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncState {
-    /// No peer to sync from.
+    /// In initial sync with nobody to sync from (no peer, or every peer tried).
     #[default]
     Idle,
     /// Loading headers.dat (peers are answered meanwhile; sync starts once it is in).
     Loading,
-    /// Downloading headers.
+    /// Downloading headers from a sync peer (or along header hints).
     Syncing,
-    /// Caught up with the best peer.
+    /// Out of initial sync (our tip is recent and has the minimum chain work, as Core's
+    /// IsInitialBlockDownload decides it) and no sync session running.
     Synced,
 }
 
@@ -237,8 +238,12 @@ pub struct SyncStatus {
     pub header_height: u32,
     /// Best header hash.
     pub best_header_hash: String,
-    /// Highest height a peer announced.
+    /// Highest header height a peer has shown us (headers it sent or we know it has; never
+    /// the start height its version claims).
     pub best_peer_height: u32,
+    /// Header sync progress from our own chain: height against height plus one block per
+    /// interval since the tip's time (1.0 at a recent tip).
+    pub progress: f64,
     /// State.
     pub state: SyncState,
     /// Transactions in the relay pool.

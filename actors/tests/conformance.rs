@@ -69,6 +69,8 @@ async fn commands_for(p: &mut AsyncPeer, period: Duration) -> Vec<String> {
 async fn a_70001_peer_receives_no_feature_message_it_cannot_know() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(config(dir.path())).await.unwrap();
+    // A recent tip: out of initial sync, so the node would send sendheaders.
+    node.generate(1).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     p.send(version(70001)).await;
     let seen = commands_for(&mut p, Duration::from_millis(1500)).await;
@@ -91,6 +93,8 @@ async fn a_70001_peer_receives_no_feature_message_it_cannot_know() {
 async fn a_70016_peer_gets_negotiation_before_verack_and_is_dropped_for_it_after() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(config(dir.path())).await.unwrap();
+    // A recent tip: out of initial sync, so sendheaders is sent.
+    node.generate(1).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     p.send(version(70016)).await;
     let seen = commands_for(&mut p, Duration::from_millis(1500)).await;
@@ -161,6 +165,9 @@ async fn transactions_cross_wtxid_relay_peers_in_both_directions() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.trickle = false;
+    // Both peers are inbound: nobody vouches for the transaction, so relay all of them (this
+    // test is about the wtxid encoding; vouching is tests/tx_download.rs's).
+    c.tx_relay = meshd_actors::config::TxRelay::All;
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs()[0];
     let mut sender = wtxid_peer(addr).await;
@@ -221,8 +228,13 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(config(dir.path())).await.unwrap();
     let genesis = node.profile().genesis;
+    // A tip block (recent, so its header is fetched at once, as Core's CanDirectFetch).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
     // A valid block of three transactions on genesis...
-    let mut block = meshd_actors::sync::mine::regtest_block(&genesis, 1, genesis.time + 60, 9);
+    let mut block = meshd_actors::sync::mine::regtest_block(&genesis, 1, now, 9);
     for i in 1..3u8 {
         let mut tx = block.txdata[0].clone();
         tx.input[0].previous_output =
@@ -230,12 +242,8 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
         block.txdata.push(tx);
     }
     let root = block.compute_merkle_root().unwrap();
-    block.header = meshd_actors::sync::chain::headers::mine_header(
-        &genesis,
-        root,
-        genesis.time + 60,
-        genesis.bits,
-    );
+    block.header =
+        meshd_actors::sync::chain::headers::mine_header(&genesis, root, now, genesis.bits);
     // ...and its CVE-2012-2459 twin: the last transaction twice, the same merkle root.
     let mut mutated = block.clone();
     mutated.txdata.push(block.txdata[2].clone());

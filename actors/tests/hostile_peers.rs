@@ -198,7 +198,7 @@ async fn a_transaction_request_is_released_when_the_peer_leaves_and_asked_of_ano
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn transaction_requests_to_one_peer_are_capped_at_5000() {
+async fn transaction_requests_to_one_peer_are_capped_at_100_in_flight_of_5000_tracked() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.tx_pool_max_count = 100_000;
@@ -209,11 +209,28 @@ async fn transaction_requests_to_one_peer_are_capped_at_5000() {
         .map(|n| Inventory::Transaction(txid(n)))
         .collect();
     a.send(NetworkMessage::Inv(inv)).await;
-    let mut asked = 0;
-    while let Some(items) = next_getdata(&mut a, Duration::from_secs(2)).await {
-        asked += items.len();
+    // Core's TxRequestTracker: 100 requests in flight per peer (an inbound one is asked
+    // after 2 s); each `notfound` frees a slot for the next; 5,000 announcements tracked.
+    let mut asked = Vec::new();
+    while asked.len() < 6_000 {
+        let Some(items) = next_getdata(&mut a, Duration::from_secs(4)).await else {
+            break;
+        };
+        assert!(items.len() <= 100, "{} requests at once", items.len());
+        asked.extend(items.iter().copied());
+        a.send(NetworkMessage::NotFound(items)).await;
     }
-    assert_eq!(asked, 5_000);
+    let distinct: std::collections::HashSet<_> = asked.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        asked.len(),
+        "an item asked twice of one peer"
+    );
+    assert_eq!(
+        asked.len(),
+        5_000,
+        "the announcements past 5,000 were dropped"
+    );
     node.shutdown().await;
 }
 
@@ -393,8 +410,14 @@ async fn a_chain_below_the_minimum_work_is_never_stored_and_an_honest_one_is() {
     assert!(liar.handshake_at(2_200).await);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
     let server = tokio::spawn(serve_headers(liar, genesis, low, stop_rx));
+    // Its sync runs, then ends with nothing stored: the node stays in initial sync (idle, its
+    // tip below the minimum work), whatever the liar claimed.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while node.sync_status().state != meshd_actors::msg::SyncState::Synced {
+    while node.sync_peers().await.is_empty() {
+        assert!(Instant::now() < deadline, "Sync never learned the liar");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    while node.sync_status().state != meshd_actors::msg::SyncState::Idle {
         assert!(Instant::now() < deadline, "{:?}", node.sync_status());
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

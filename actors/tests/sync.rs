@@ -43,10 +43,9 @@ async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
         nodes.iter().all(|n| !n.peers().is_empty())
     })
     .await;
-    // Every node's Sync knows its peers and is synced before the blocks: a tip that moves
-    // while a peer is still handshaking is not announced to it, and headers that arrive
-    // during the first getheaders exchange are taken as sync, not as a new tip whose block
-    // is fetched (both noted in the README's known gaps).
+    // Every node's Sync knows its peers. Nothing waits for "synced": a fresh regtest chain
+    // is in initial sync (its tip is from 2011), and the blocks are fetched whatever the
+    // state; a peer still handshaking when the tip moves is told of it on arrival.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut all = true;
@@ -56,9 +55,7 @@ async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
                 .iter()
                 .filter(|p| p.state == meshd_actors::manager::peers::PeerState::Connected)
                 .count();
-            all &= live > 0
-                && n.sync_peers().await.len() == live
-                && n.sync_status().state == meshd_actors::msg::SyncState::Synced;
+            all &= live > 0 && n.sync_peers().await.len() == live;
         }
         if all {
             break;
@@ -307,7 +304,7 @@ async fn feefilter_is_applied_when_the_fee_is_known() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn future_headers_are_refused_free_and_unconnecting_ones_cost_the_peer() {
+async fn future_headers_are_refused_free_and_unconnecting_ones_get_one_getheaders_free() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let genesis = node.profile().genesis;
@@ -327,12 +324,18 @@ async fn future_headers_are_refused_free_and_unconnecting_ones_cost_the_peer() {
     let score = || node.peers().first().map_or(0, |x| x.misbehavior);
     // Refused, but free (Core does not punish BLOCK_TIME_FUTURE: our clock may be wrong).
     // A ping round trip proves the header was handled before the score is read.
+    // The node's first getheaders (it syncs from its only peer) is seen first too, so that
+    // the count below is of the answers to what follows.
     p.send(NetworkMessage::Ping(7)).await;
-    loop {
+    let (mut pong, mut asked) = (false, false);
+    while !(pong && asked) {
         match p.recv(Duration::from_secs(5)).await {
             common::Seen::Msg(meshd_actors::wire::Message::Network(NetworkMessage::Pong(7))) => {
-                break
+                pong = true
             }
+            common::Seen::Msg(meshd_actors::wire::Message::Network(
+                NetworkMessage::GetHeaders(_),
+            )) => asked = true,
             common::Seen::Msg(_) => {}
             other => panic!("{other:?}"),
         }
@@ -341,18 +344,43 @@ async fn future_headers_are_refused_free_and_unconnecting_ones_cost_the_peer() {
     assert_eq!(score(), 0);
     assert_eq!(node.sync_status().header_height, 0);
 
-    // Ten header messages that connect to nothing: another 20.
-    let mut orphan = meshd_actors::sync::chain::headers::mine_header(
-        &genesis,
+    // Ten header messages that connect to nothing (announcements that crossed): Core master
+    // charges nothing and asks for the gap once, with one getheaders in flight at most
+    // (before: 20 points every ten, and a getheaders for each).
+    let unknown_parent = Header {
+        prev_blockhash: bitcoin::BlockHash::from_byte_array([9; 32]),
+        ..genesis
+    };
+    // Its own proof of work is valid (a batch that fails it costs the sender first).
+    let orphan = meshd_actors::sync::chain::headers::mine_header(
+        &unknown_parent,
         bitcoin::TxMerkleNode::all_zeros(),
         genesis.time + 600,
         genesis.bits,
     );
-    orphan.prev_blockhash = bitcoin::BlockHash::from_byte_array([9; 32]);
     for _ in 0..10 {
         p.send(NetworkMessage::Headers(vec![orphan])).await;
     }
-    until("unconnecting headers are charged", 5, || score() == 20).await;
+    p.send(NetworkMessage::Ping(8)).await;
+    let mut getheaders = 0;
+    loop {
+        match p.recv(Duration::from_secs(5)).await {
+            common::Seen::Msg(meshd_actors::wire::Message::Network(NetworkMessage::Pong(8))) => {
+                break
+            }
+            common::Seen::Msg(meshd_actors::wire::Message::Network(
+                NetworkMessage::GetHeaders(_),
+            )) => getheaders += 1,
+            common::Seen::Msg(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        getheaders, 1,
+        "one getheaders for ten unconnecting messages"
+    );
+    assert_eq!(score(), 0, "unconnecting headers are not charged");
     assert_eq!(node.sync_status().header_height, 0);
     node.shutdown().await;
 }
@@ -403,12 +431,10 @@ async fn the_next_batch_is_asked_for_before_the_current_one_is_validated() {
     };
     // Asked from the batch's last hash, which could only be known unvalidated.
     assert_eq!(next.locator_hashes[0], bad);
-    // The batch is then validated: the good 1,999 are stored, the bad one costs the peer.
-    until("the good headers stored", 5, || {
-        node.sync_status().header_height == 1999
-    })
-    .await;
+    // The batch is then checked whole (Core's CheckHeadersPoW): nothing of it is stored, and
+    // the bad proof of work costs the peer.
     assert!(p.closed_within(Duration::from_secs(5)).await, "punished");
+    assert_eq!(node.sync_status().header_height, 0);
     node.shutdown().await;
 }
 

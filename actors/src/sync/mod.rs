@@ -72,9 +72,19 @@ use pool::RelayPool;
 use requests::InFlight;
 use txrequest::TxRequestTracker;
 
-/// Header messages that do not connect a peer may send before each charge (Core:
-/// `MAX_NUM_UNCONNECTING_HEADERS_MSGS`); a few are normal when announcements cross.
-const MAX_UNCONNECTING_HEADERS: u32 = 10;
+/// How long a peer asked for headers has to answer before it may be asked again (Core:
+/// `HEADERS_RESPONSE_TIME`, in `MaybeSendGetHeaders`): one `getheaders` in flight per peer,
+/// however many announcements cross it.
+const HEADERS_RESPONSE_TIME: Duration = Duration::from_secs(120);
+/// Block interval of every network meshd speaks (Core's `nPowTargetSpacing`), for the
+/// expected header count and how old a tip is in blocks.
+const POW_TARGET_SPACING: u32 = 600;
+/// Core's `CanDirectFetch`: blocks of new headers are fetched at once only while our tip is
+/// at most this many block intervals old (further behind, they are history, not the tip).
+const DIRECT_FETCH_SPACINGS: u32 = 20;
+/// While our best header is at most this old, every new peer is asked for headers, not only
+/// the sync peer (Core: 24 h, in `SendMessages`).
+const RECENT_HEADER_AGE: u32 = 24 * 60 * 60;
 
 /// How often a header file that could not be written (a full disk) is rewritten from the
 /// chain: each try writes the whole best chain, so not more often than this.
@@ -136,14 +146,23 @@ const SYNC_TICK: Duration = Duration::from_millis(100);
 /// come and go.
 const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
 
+/// What Sync knows of one peer (Core's per-peer `Peer` and `CNodeState`): what it announced
+/// and sent, what we asked of it and when.
 struct SyncPeer {
     addr: SocketAddr,
     actor: ActorRef<ConnectionMsg>,
+    /// Height of the best header it sent us or that we know it has (never its claim).
     best_height: u32,
-    /// The start height its version claimed.
+    /// The start height its version claimed: shown (and used to pick whom to ask a header
+    /// hint segment), never trusted.
     claimed_height: u32,
-    /// It was our sync peer and did not deliver what it claimed: not chosen again.
+    /// It was our sync peer and stalled or missed its deadline: not chosen again.
     sync_failed: bool,
+    /// It was chosen as sync peer once (Core's `fSyncStarted`).
+    sync_started: bool,
+    /// When it was last asked for headers and has not answered (Core's
+    /// `m_last_getheaders_timestamp`).
+    getheaders_at: Option<Instant>,
     /// Its protocol version.
     version: u32,
     /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
@@ -159,12 +178,15 @@ struct SyncPeer {
     feefilter: u64,
     /// The peer's BIP37 filter, for `merkleblock` answers.
     bloom: Option<BloomFilter>,
-    /// Header messages from it that did not connect.
-    unconnecting: u32,
     next_flush: Instant,
 }
 
 impl SyncPeer {
+    /// The height it may serve headers up to: what it showed, or more if it claimed more. A
+    /// false claim costs it a failed segment, never our chain.
+    fn offered_height(&self) -> u32 {
+        self.best_height.max(self.claimed_height)
+    }
     fn knows(&self, h: &[u8; 32]) -> bool {
         self.known.contains(h)
     }
@@ -202,18 +224,16 @@ struct SyncSession {
     started: Instant,
     /// When it last sent headers (or was chosen).
     last_progress: Instant,
-    /// Our height when it was chosen.
-    from_height: u32,
-    /// The height it claimed.
-    target: u32,
+    /// Headers expected from it: one per block interval since our best header's time (Core's
+    /// estimate; what the peer claims does not count).
+    expected: u32,
 }
 
 impl SyncSession {
-    /// Time it gets to deliver headers up to the height it claimed (Core: 15 minutes plus a
-    /// millisecond per expected header).
+    /// Time it gets to bring our best header up to date (Core: 15 minutes plus a millisecond
+    /// per expected header).
     fn deadline(&self) -> Duration {
-        HEADERS_SYNC_TIMEOUT_BASE
-            + HEADERS_SYNC_TIMEOUT_PER_HEADER * self.target.saturating_sub(self.from_height)
+        HEADERS_SYNC_TIMEOUT_BASE + HEADERS_SYNC_TIMEOUT_PER_HEADER * self.expected
     }
 }
 
@@ -251,6 +271,9 @@ pub struct SyncActorState {
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<SyncSession>,
     state: SyncState,
+    /// Initial sync is over (Core latches `IsInitialBlockDownload` false once the tip is
+    /// recent and has the minimum work; a restart starts over).
+    ibd_over: bool,
     blocks: VecDeque<KeptBlock>,
     requested_blocks: InFlight<BlockHash>,
     pool: RelayPool,
@@ -287,6 +310,7 @@ impl SyncActorState {
             header_height: self.chain.height(),
             best_header_hash: self.chain.tip().to_string(),
             best_peer_height: best_peer,
+            progress: self.progress(),
             state: self.state,
             tx_pool: self.pool.len(),
             blocks_kept: self.blocks.len(),
@@ -301,73 +325,84 @@ impl SyncActorState {
         }
     }
 
-    /// Asks `id` for headers after `locator`.
+    /// Asks `id` for headers after `locator`, whatever was asked before (a presync's next
+    /// batch, the sync peer's next batch: they follow an answer).
     fn getheaders_from(&mut self, id: PeerId, locator: Vec<BlockHash>) {
-        if let Some(p) = self.peers.get(&id) {
+        let version = self.ctx.profile.protocol_version;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.getheaders_at = Some(Instant::now());
             p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
-                version: self.ctx.profile.protocol_version,
+                version,
                 locator_hashes: locator,
                 stop_hash: BlockHash::all_zeros(),
             }));
         }
     }
 
-    fn getheaders(&mut self, id: PeerId, stop: BlockHash) {
-        let locator = self.chain.locator();
-        if let Some(p) = self.peers.get(&id) {
-            p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
-                version: self.ctx.profile.protocol_version,
-                locator_hashes: locator,
-                stop_hash: stop,
-            }));
-        }
-    }
-
-    /// Picks the best peer to sync from and asks it for headers, if we are behind.
-    fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
-        if self.sync_peer.is_some() || self.loading.is_some() {
-            return;
-        }
-        if self.segments.is_none() {
-            self.start_segments();
-        }
-        if self.segments.is_some() {
-            self.schedule_segments();
-            self.publish_status();
-            return;
-        }
-        let ours = self.chain.height();
-        // An outbound peer where one exists (we chose it; an inbound one chose us), then the
-        // most claimed height; never one that already failed to deliver what it claimed.
-        let best = self
+    /// Core's `MaybeSendGetHeaders`: asks `id` for headers after `locator` unless it was
+    /// asked less than [`HEADERS_RESPONSE_TIME`] ago and has not answered. True when sent.
+    fn maybe_getheaders(&mut self, id: PeerId, locator: Vec<BlockHash>) -> bool {
+        let asked = self
             .peers
-            .iter()
-            .filter(|(id, p)| Some(**id) != exclude && !p.sync_failed)
-            .max_by_key(|(id, p)| (!p.inbound, p.best_height, std::cmp::Reverse(id.0)))
-            .map(|(id, p)| (*id, p.best_height));
-        match best {
-            Some((id, h)) if h > ours || self.state != SyncState::Synced => {
-                let now = Instant::now();
-                self.sync_peer = Some(SyncSession {
-                    peer: id,
-                    started: now,
-                    last_progress: now,
-                    from_height: ours,
-                    target: h,
-                });
-                self.state = SyncState::Syncing;
-                debug!(peer = %id, ours, theirs = h, "headers sync from peer");
-                self.set_pipelining(id, true);
-                self.getheaders(id, BlockHash::all_zeros());
-            }
-            _ => {}
+            .get(&id)
+            .and_then(|p| p.getheaders_at)
+            .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME);
+        if asked {
+            metrics::counter!("meshd_getheaders_suppressed_total").increment(1);
+            return false;
         }
-        self.publish_status();
+        self.getheaders_from(id, locator);
+        true
     }
 
-    fn mark_synced(&mut self) {
-        if self.state != SyncState::Synced {
-            self.state = SyncState::Synced;
+    /// Whether our best header is at most `secs` old.
+    fn tip_younger_than(&self, secs: u32) -> bool {
+        self.chain.tip_header().time >= now_u32().saturating_sub(secs)
+    }
+
+    /// Core's `IsInitialBlockDownload`, from our own chain alone: until the tip has the
+    /// minimum chain work and is at most `max-tip-age` old; once over, over until a restart.
+    fn in_ibd(&mut self) -> bool {
+        if self.ibd_over {
+            return false;
+        }
+        let max_age = self.ctx.config().max_tip_age.as_secs().min(u32::MAX as u64) as u32;
+        if self.chain.tip_work() >= self.min_work() && self.tip_younger_than(max_age) {
+            self.ibd_over = true;
+            info!(height = self.chain.height(), tip = %self.chain.tip(), "initial sync over: the tip is recent and has the minimum work");
+            return false;
+        }
+        true
+    }
+
+    /// Header sync progress from our own chain (Core's header-sync estimate): our height
+    /// against it plus one block per interval since the tip's time.
+    fn progress(&self) -> f64 {
+        let height = f64::from(self.chain.height());
+        let behind =
+            f64::from(now_u32().saturating_sub(self.chain.tip_header().time) / POW_TARGET_SPACING);
+        if height + behind == 0.0 {
+            return 1.0;
+        }
+        (height / (height + behind)).min(1.0)
+    }
+
+    /// Synced: out of initial sync with no sync session running; syncing while one runs;
+    /// idle otherwise (in initial sync, nobody to sync from). Entering synced is logged,
+    /// published and tells every peer to announce by headers (BIP130).
+    fn update_state(&mut self) {
+        if self.loading.is_some() {
+            self.state = SyncState::Loading;
+            return;
+        }
+        let ibd = self.in_ibd();
+        let active = self.sync_peer.is_some() || self.segments.is_some();
+        let state = match (ibd, active) {
+            (_, true) => SyncState::Syncing,
+            (false, false) => SyncState::Synced,
+            (true, false) => SyncState::Idle,
+        };
+        if state == SyncState::Synced && self.state != SyncState::Synced {
             info!(height = self.chain.height(), tip = %self.chain.tip(), "headers synced");
             for p in self.peers.values() {
                 p.send_sendheaders();
@@ -378,6 +413,50 @@ impl SyncActorState {
                 synced: true,
             });
         }
+        self.state = state;
+    }
+
+    /// In initial sync and with no sync peer: picks one (an outbound peer where one exists,
+    /// then the best chain it showed us, never one tried already) and asks it for headers.
+    fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
+        if self.sync_peer.is_some() || self.loading.is_some() {
+            return;
+        }
+        if self.in_ibd() {
+            if self.segments.is_none() {
+                self.start_segments();
+            }
+            if self.segments.is_some() {
+                self.schedule_segments();
+                self.update_state();
+                self.publish_status();
+                return;
+            }
+            let best = self
+                .peers
+                .iter()
+                .filter(|(id, p)| Some(**id) != exclude && !p.sync_failed && !p.sync_started)
+                .max_by_key(|(id, p)| (!p.inbound, p.best_height, std::cmp::Reverse(id.0)))
+                .map(|(id, _)| *id);
+            if let Some(id) = best {
+                let now = Instant::now();
+                let behind = now_u32().saturating_sub(self.chain.tip_header().time);
+                self.sync_peer = Some(SyncSession {
+                    peer: id,
+                    started: now,
+                    last_progress: now,
+                    expected: behind / POW_TARGET_SPACING,
+                });
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.sync_started = true;
+                }
+                debug!(peer = %id, ours = self.chain.height(), "headers sync from peer");
+                self.set_pipelining(id, true);
+                let locator = self.chain.locator();
+                self.getheaders_from(id, locator);
+            }
+        }
+        self.update_state();
         self.publish_status();
     }
 
@@ -389,7 +468,7 @@ impl SyncActorState {
             return;
         }
         let ours = self.chain.height();
-        if !self.peers.values().any(|p| p.best_height > ours) {
+        if !self.peers.values().any(|p| p.offered_height() > ours) {
             return;
         }
         let chain = &self.chain;
@@ -405,7 +484,6 @@ impl SyncActorState {
             "headers sync along header hints, from many peers at once"
         );
         self.segments = Some(segments);
-        self.state = SyncState::Syncing;
     }
 
     /// The peers segments may be asked of, with the heights they claim.
@@ -413,7 +491,7 @@ impl SyncActorState {
         self.peers
             .iter()
             .filter(|(_, p)| !p.sync_failed && p.presync.is_none())
-            .map(|(id, p)| (*id, p.best_height))
+            .map(|(id, p)| (*id, p.offered_height()))
             .collect()
     }
 
@@ -521,12 +599,29 @@ impl SyncActorState {
             self.punish(id, e.kind());
             return;
         }
-        if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
-            s.last_progress = Instant::now();
+        // An answer: the peer may be asked again (Core clears the getheaders timestamp when
+        // headers connect, continue its presync, or are none at all).
+        let first = headers.headers.first();
+        let answer = first.is_none_or(|h| self.chain.contains(&h.prev_blockhash))
+            || self
+                .peers
+                .get(&id)
+                .and_then(|p| p.presync.as_ref())
+                .is_some_and(|ps| first.is_some_and(|h| ps.continues(h)));
+        if let Some(p) = self.peers.get_mut(&id).filter(|_| answer) {
+            p.getheaders_at = None;
+        }
+        if headers.headers.is_empty() {
+            if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
+                s.last_progress = Instant::now();
+            }
         }
         match self.presync_headers(id, &headers) {
             Some(None) => {}
             Some(Some(step)) => {
+                if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
+                    s.last_progress = Instant::now();
+                }
                 if headers.next_requested {
                     // Presync asks for its own batches; the one the Connection asked for is
                     // presync's next when it asks from this batch's end.
@@ -657,7 +752,8 @@ impl SyncActorState {
                         if self.sync_peer.is_some_and(|s| s.peer == id) {
                             self.set_pipelining(id, true);
                         }
-                        self.getheaders(id, BlockHash::all_zeros());
+                        let locator = self.chain.locator();
+                        self.getheaders_from(id, locator);
                     }
                 }
             }
@@ -681,30 +777,12 @@ impl SyncActorState {
         }
     }
 
-    /// The sync peer sent a short batch: it has nothing more. If it claimed more than it
-    /// gave it is not asked again; the node is synced only when no other peer claims more.
+    /// The sync peer sent a short batch: it has nothing more. Still in initial sync (its
+    /// chain too is old, or it was behind), another peer not tried yet is asked.
     fn sync_batch_ended(&mut self, id: PeerId) {
         self.set_pipelining(id, false);
         self.sync_peer = None;
-        let ours = self.chain.height();
-        if let Some(p) = self.peers.get_mut(&id) {
-            if p.claimed_height > ours {
-                p.sync_failed = true;
-                metrics::counter!("meshd_sync_peer_failures_total", "reason" => "short")
-                    .increment(1);
-                warn!(peer = %p.addr, id = %id, claimed = p.claimed_height, ours,
-                      "sync peer stopped short of the height it claimed; trying another");
-            }
-        }
-        let more = self
-            .peers
-            .values()
-            .any(|p| !p.sync_failed && p.best_height > ours);
-        if more {
-            self.maybe_start_sync(None);
-        } else {
-            self.mark_synced();
-        }
+        self.maybe_start_sync(Some(id));
     }
 
     /// Stores headers in the chain; `continue_sync`: this was the sync peer's answer to our
@@ -743,16 +821,17 @@ impl SyncActorState {
                     stored.push((*h, hash));
                 }
                 Err(AcceptError::NotConnecting(_)) if i == 0 => {
-                    // An announcement we cannot connect: ask for the gap (Core does the same),
-                    // and charge a peer that keeps sending them (Core: 20 every 10 messages).
-                    let count = self.peers.get_mut(&id).map_or(0, |p| {
-                        p.unconnecting += 1;
-                        p.unconnecting
-                    });
-                    if count > 0 && count.is_multiple_of(MAX_UNCONNECTING_HEADERS) {
-                        self.punish(id, "header_not_connecting");
+                    // An announcement we cannot connect: ask for the gap, at most one request
+                    // in flight, and no charge (Core master's HandleUnconnectingHeaders:
+                    // announcements cross, and honest peers send them).
+                    metrics::counter!("meshd_headers_unconnecting_total").increment(1);
+                    let locator = self.chain.locator();
+                    if from_sync_peer {
+                        // It is answering us (a pipelined batch after a refused one).
+                        self.getheaders_from(id, locator);
+                    } else {
+                        self.maybe_getheaders(id, locator);
                     }
-                    self.getheaders(id, BlockHash::all_zeros());
                     return;
                 }
                 Err(e) => {
@@ -768,66 +847,116 @@ impl SyncActorState {
         if !stored.is_empty() {
             metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
             self.store_headers(&stored);
-            let last = stored[stored.len() - 1].1;
-            let last_height = self.chain.height_of(&last).unwrap_or(0);
-            self.ctx
-                .peers
-                .update(id, |p| p.synced_height = p.synced_height.max(last_height));
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.best_height = p.best_height.max(last_height);
-                // It has every ancestor of what it sent: knowing the last is enough not to
-                // announce any of them back.
-                p.learn(last.to_byte_array());
+            if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
+                // Progress is new headers only: re-sent ones do not keep a stalled peer on.
+                s.last_progress = Instant::now();
             }
+        }
+        // What the peer has: the last header it sent, new or known.
+        if let Some(&last) = hashes.last() {
+            if let Some(last_height) = self.chain.height_of(&last) {
+                self.ctx
+                    .peers
+                    .update(id, |p| p.synced_height = p.synced_height.max(last_height));
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.best_height = p.best_height.max(last_height);
+                    // It has every ancestor of what it sent: knowing the last is enough not to
+                    // announce any of them back.
+                    p.learn(last.to_byte_array());
+                }
+            }
+        }
+        if headers.len() <= MAX_BLOCKS_IN_FLIGHT_PER_PEER {
+            // An announcement (or a short answer): the peer has these blocks, or will.
+            self.fetch_blocks_from(&hashes, id);
         }
         if from_sync_peer {
             // A full batch asked for the next one already; a short one is the end.
             if !full_batch {
                 self.sync_batch_ended(id);
             }
-        } else if self.chain.tip() != old_tip {
+        } else if full_batch && continue_sync {
+            // Core: a full message from any peer means it may have more; ask it on.
+            if let Some(&last) = hashes.last().filter(|h| self.chain.contains(h)) {
+                let mut locator = vec![last];
+                locator.extend(self.chain.locator());
+                self.maybe_getheaders(id, locator);
+            }
+        }
+        if self.chain.tip() != old_tip {
+            self.update_state();
             self.ctx.events.publish(NodeEvent::HeadersSynced {
                 height: self.chain.height(),
                 tip: self.chain.tip().to_string(),
                 synced: self.state == SyncState::Synced,
             });
-        }
-        if self.chain.tip() != old_tip && self.state == SyncState::Synced {
-            self.on_new_tip(id, old_height);
+            self.on_new_tip(id, old_tip, old_height);
         }
         self.publish_status();
     }
 
-    /// The tip moved while synced: fetch the new blocks (or, without blocks, announce the
-    /// headers onwards).
-    fn on_new_tip(&mut self, from: PeerId, old_height: u32) {
+    /// The tip moved (in any state): the blocks of the new branch from the fork point are
+    /// fetched (Core's direct fetch: at most [`MAX_BLOCKS_IN_FLIGHT_PER_PEER`], only while the
+    /// tip is recent, `CanDirectFetch`), or, without blocks, the headers announced onwards.
+    fn on_new_tip(&mut self, from: PeerId, old_tip: BlockHash, old_height: u32) {
         let tip_height = self.chain.height();
-        let first = old_height
+        // A reorganisation: the new branch's blocks at or below the old height count too.
+        let fork = self.chain.fork_height(&old_tip).unwrap_or(old_height);
+        let first = fork
             .saturating_add(1)
-            .max(tip_height.saturating_sub(self.ctx.config().keep_blocks as u32 - 1));
+            .max(tip_height.saturating_sub(self.fetch_window() - 1));
         let new: Vec<BlockHash> = (first..=tip_height)
             .filter_map(|h| self.chain.hash_at_height(h))
             .collect();
         if self.ctx.config().fetch_blocks {
-            let want: Vec<Inventory> = new
-                .iter()
-                .filter(|h| {
-                    self.requested_blocks.try_request(
-                        **h,
-                        from,
-                        Instant::now(),
-                        MAX_BLOCKS_IN_FLIGHT_PER_PEER,
-                    )
-                })
-                .map(|h| Inventory::WitnessBlock(*h))
-                .collect();
-            if let (false, Some(p)) = (want.is_empty(), self.peers.get(&from)) {
-                p.send(NetworkMessage::GetData(want));
-            }
-        } else {
+            self.fetch_blocks_from(&new, from);
+        } else if !self.in_ibd() {
             for h in new {
                 self.announce_block(h, Some(from));
             }
+        }
+    }
+
+    /// Blocks below the tip that are still fetched: the ones kept, at most a peer's share of
+    /// requests.
+    fn fetch_window(&self) -> u32 {
+        let keep = self.ctx.config().keep_blocks.max(1) as u32;
+        keep.min(MAX_BLOCKS_IN_FLIGHT_PER_PEER as u32)
+    }
+
+    /// Asks `from`, which announced them or sent their headers, for the blocks of `hashes`
+    /// that are wanted: on the best chain within [`Self::fetch_window`] of a recent tip
+    /// (Core's `CanDirectFetch`), neither kept nor asked of anyone yet; in one `getdata`.
+    /// A block asked and not delivered (a peer that has the header only) is asked again of
+    /// the next peer that announces it.
+    fn fetch_blocks_from(&mut self, hashes: &[BlockHash], from: PeerId) {
+        if !self.ctx.config().fetch_blocks
+            || !self.tip_younger_than(DIRECT_FETCH_SPACINGS * POW_TARGET_SPACING)
+        {
+            return;
+        }
+        let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+        let now = Instant::now();
+        let mut want = Vec::new();
+        for hash in hashes {
+            let wanted = self.chain.is_on_best_chain(hash)
+                && self
+                    .chain
+                    .height_of(hash)
+                    .is_some_and(|h| h >= lowest && h > 0)
+                && !self.blocks.iter().any(|k| k.hash == *hash)
+                && self.requested_blocks.try_request(
+                    *hash,
+                    from,
+                    now,
+                    MAX_BLOCKS_IN_FLIGHT_PER_PEER,
+                );
+            if wanted {
+                want.push(Inventory::WitnessBlock(*hash));
+            }
+        }
+        if let (false, Some(p)) = (want.is_empty(), self.peers.get(&from)) {
+            p.send(NetworkMessage::GetData(want));
         }
     }
 
@@ -1156,9 +1285,11 @@ impl SyncActorState {
                 self.set_pipelining(id, false);
                 self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
-            } else if s.started.elapsed() >= s.deadline() && self.chain.height() < s.target {
-                warn!(peer = %id, target = s.target, ours = self.chain.height(),
-                      "sync peer did not reach the height it claimed in time; replacing it");
+            } else if s.started.elapsed() >= s.deadline()
+                && !self.tip_younger_than(RECENT_HEADER_AGE)
+            {
+                warn!(peer = %id, expected = s.expected, ours = self.chain.height(),
+                      "sync peer did not bring our tip up to date in time; replacing it");
                 metrics::counter!("meshd_sync_peer_failures_total", "reason" => "timeout")
                     .increment(1);
                 if let Some(p) = self.peers.get_mut(&id) {
@@ -1194,12 +1325,15 @@ impl SyncActorState {
                     return;
                 }
                 let synced = self.state == SyncState::Synced;
+                let claimed = start_height.max(0) as u32;
                 let peer = SyncPeer {
                     addr,
                     actor,
-                    best_height: start_height.max(0) as u32,
-                    claimed_height: start_height.max(0) as u32,
+                    best_height: 0,
+                    claimed_height: claimed,
                     sync_failed: false,
+                    sync_started: false,
+                    getheaders_at: None,
                     version,
                     wtxid_relay,
                     presync: None,
@@ -1210,7 +1344,6 @@ impl SyncActorState {
                     pending_tx: Vec::new(),
                     feefilter: 0,
                     bloom: None,
-                    unconnecting: 0,
                     next_flush: Instant::now()
                         + poisson(if inbound {
                             TRICKLE_INBOUND
@@ -1221,21 +1354,21 @@ impl SyncActorState {
                 if synced {
                     peer.send_sendheaders();
                 }
-                let behind = peer.best_height > self.chain.height();
-                // An outbound peer that claims more replaces an inbound sync peer.
-                let replaces_inbound = !inbound
-                    && behind
-                    && self
-                        .sync_peer
-                        .and_then(|s| self.peers.get(&s.peer))
-                        .is_some_and(|p| p.inbound);
-                if replaces_inbound {
-                    self.sync_peer = None;
+                let height = self.chain.height();
+                if claimed < height {
+                    // It says it is behind: tell it of our tip (an announcement made while it
+                    // was handshaking never reached it). Its claim costs us one message.
+                    let tip = self.chain.tip();
+                    peer.send(NetworkMessage::Inv(vec![Inventory::Block(tip)]));
                 }
                 self.peers.insert(id, peer);
-                if behind || self.state != SyncState::Synced {
-                    self.maybe_start_sync(None);
+                if self.tip_younger_than(RECENT_HEADER_AGE) {
+                    // Core: while our best header is recent, every new peer is asked for
+                    // headers, from our tip's parent so that the answer shows where it is.
+                    let locator = self.chain.locator_from(height.saturating_sub(1));
+                    self.maybe_getheaders(id, locator);
                 }
+                self.maybe_start_sync(None);
                 self.replay_early(id);
                 self.publish_status();
             }
@@ -1269,9 +1402,7 @@ impl SyncActorState {
                     segments.peer_gone(id);
                     self.schedule_segments();
                 }
-                if self.peers.is_empty() && self.state == SyncState::Syncing {
-                    self.state = SyncState::Idle;
-                }
+                self.update_state();
                 self.publish_status();
             }
             msg @ (SyncMsg::Generate(..) | SyncMsg::SubmitTx(_) | SyncMsg::Hints(_))
@@ -1403,7 +1534,7 @@ impl SyncActorState {
     ) {
         self.loading = None;
         self.store = store;
-        self.state = SyncState::Idle;
+        self.update_state();
         for msg in held {
             self.on_msg(myself, msg);
         }
@@ -1512,6 +1643,7 @@ impl Actor for Sync {
             peers: HashMap::new(),
             sync_peer: None,
             state: SyncState::Idle,
+            ibd_over: false,
             blocks: VecDeque::new(),
             requested_blocks: InFlight::default(),
             pool: RelayPool::default(),

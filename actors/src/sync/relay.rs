@@ -12,7 +12,7 @@ use bitcoin::{BlockHash, Transaction, Txid, Wtxid};
 use tracing::debug;
 
 use super::tx_check::check_transaction;
-use super::txrequest::Announced;
+use super::txrequest::{Announced, Announcer};
 use super::{
     poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND, TRICKLE_OUTBOUND,
     WITNESS_FLAG,
@@ -37,13 +37,16 @@ impl SyncActorState {
         // A txid announcement waits while wtxid-relay peers may announce the same by wtxid.
         let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
         let now = Instant::now();
+        let mut known_blocks = Vec::new();
         for item in inv {
             let (key, pooled) = match item {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.learn(h.to_byte_array());
                     }
-                    if !self.chain.contains(&h) {
+                    if self.chain.contains(&h) {
+                        known_blocks.push(h);
+                    } else {
                         unknown_block = Some(h);
                     }
                     continue;
@@ -70,17 +73,28 @@ impl SyncActorState {
                     }
                 }
                 None => {
+                    let from = Announcer {
+                        peer: id,
+                        preferred,
+                        exempt,
+                    };
                     let outcome = self
                         .tx_requests
-                        .announce(id, key, wtxid_peer, preferred, txid_delay, exempt, now);
+                        .announce(from, key, wtxid_peer, txid_delay, now);
                     if outcome == Announced::PeerFull {
                         metrics::counter!("meshd_tx_announcements_dropped_total").increment(1);
                     }
                 }
             }
         }
+        // Core fetches a block by hash from a peer that announced it: one whose header we
+        // have (a peer that served the header before it had the block) is asked now.
+        self.fetch_blocks_from(&known_blocks, id);
         if unknown_block.is_some() {
-            self.getheaders(id, BlockHash::all_zeros());
+            // Core: through MaybeSendGetHeaders, so a peer already asked (syncing, or asked
+            // for an earlier announcement) is asked nothing more.
+            let locator = self.chain.locator();
+            self.maybe_getheaders(id, locator);
         }
         self.poll_tx_requests();
     }

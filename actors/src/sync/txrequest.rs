@@ -104,8 +104,20 @@ pub struct Polled {
     pub expired: Vec<TxRequest>,
 }
 
+/// Who announced: the peer, whether it is preferred (outbound, as Core's preferred download)
+/// and whether it is exempt from the caps (a `relay`-whitelisted peer, as Core).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announcer {
+    /// The peer.
+    pub peer: PeerId,
+    /// Asked first, without the non-preferred delay.
+    pub preferred: bool,
+    /// No announcement cap and no overload delay.
+    pub exempt: bool,
+}
+
 /// See the module documentation.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct TxRequestTracker {
     salt: foldhash::quality::RandomState,
     by_key: HashMap<TxKey, Vec<Announcement>>,
@@ -116,32 +128,22 @@ pub struct TxRequestTracker {
     dirty: HashSet<TxKey>,
 }
 
-impl Default for TxRequestTracker {
-    fn default() -> Self {
-        TxRequestTracker {
-            salt: foldhash::quality::RandomState::default(),
-            by_key: HashMap::new(),
-            peers: HashMap::new(),
-            wake: BTreeSet::new(),
-            dirty: HashSet::new(),
-        }
-    }
-}
-
 impl TxRequestTracker {
-    /// `peer` announced `key` at `now`. `preferred`: an outbound peer (Core's preferred
-    /// download); `txid_delay`: a txid announcement while wtxid-relay peers exist; `exempt`:
-    /// a `relay`-whitelisted peer (no announcement cap, no overload delay, as Core).
+    /// `from` announced `key` at `now`; `txid_delay`: a txid announcement while wtxid-relay
+    /// peers exist.
     pub fn announce(
         &mut self,
-        peer: PeerId,
+        from: Announcer,
         key: TxKey,
         by_wtxid: bool,
-        preferred: bool,
         txid_delay: bool,
-        exempt: bool,
         now: Instant,
     ) -> Announced {
+        let Announcer {
+            peer,
+            preferred,
+            exempt,
+        } = from;
         let counts = self.peers.entry(peer).or_default();
         if counts.keys.contains(&key) {
             return Announced::Known;
@@ -399,9 +401,39 @@ mod tests {
         let t0 = Instant::now();
         let mut t = TxRequestTracker::default();
         let (inbound, outbound, other) = (PeerId(1), PeerId(2), PeerId(3));
-        t.announce(inbound, key(1), true, false, false, false, t0);
-        t.announce(outbound, key(1), true, true, false, false, t0);
-        t.announce(other, key(1), true, false, false, false, t0);
+        t.announce(
+            Announcer {
+                peer: inbound,
+                preferred: false,
+                exempt: false,
+            },
+            key(1),
+            true,
+            false,
+            t0,
+        );
+        t.announce(
+            Announcer {
+                peer: outbound,
+                preferred: true,
+                exempt: false,
+            },
+            key(1),
+            true,
+            false,
+            t0,
+        );
+        t.announce(
+            Announcer {
+                peer: other,
+                preferred: false,
+                exempt: false,
+            },
+            key(1),
+            true,
+            false,
+            t0,
+        );
         let first = t.poll(t0).requests;
         assert_eq!(first.len(), 1);
         assert_eq!(
@@ -440,8 +472,28 @@ mod tests {
     fn a_departed_peer_hands_its_request_on_and_arrival_forgets() {
         let t0 = Instant::now();
         let mut t = TxRequestTracker::default();
-        t.announce(PeerId(1), key(7), false, true, false, false, t0);
-        t.announce(PeerId(2), key(7), false, true, false, false, t0);
+        t.announce(
+            Announcer {
+                peer: PeerId(1),
+                preferred: true,
+                exempt: false,
+            },
+            key(7),
+            false,
+            false,
+            t0,
+        );
+        t.announce(
+            Announcer {
+                peer: PeerId(2),
+                preferred: true,
+                exempt: false,
+            },
+            key(7),
+            false,
+            false,
+            t0,
+        );
         let asked = t.poll(t0).requests[0].peer;
         let other = if asked == PeerId(1) {
             PeerId(2)
@@ -464,25 +516,85 @@ mod tests {
             let mut k = [0u8; 32];
             k[..4].copy_from_slice(&i.to_le_bytes());
             assert_eq!(
-                t.announce(PeerId(1), k, true, true, false, false, t0),
+                t.announce(
+                    Announcer {
+                        peer: PeerId(1),
+                        preferred: true,
+                        exempt: false
+                    },
+                    k,
+                    true,
+                    false,
+                    t0
+                ),
                 Announced::Tracked
             );
         }
         assert_eq!(
-            t.announce(PeerId(1), [0xff; 32], true, true, false, false, t0),
+            t.announce(
+                Announcer {
+                    peer: PeerId(1),
+                    preferred: true,
+                    exempt: false
+                },
+                [0xff; 32],
+                true,
+                false,
+                t0
+            ),
             Announced::PeerFull
         );
         assert_eq!(
-            t.announce(PeerId(9), [0xff; 32], true, true, false, true, t0),
+            t.announce(
+                Announcer {
+                    peer: PeerId(9),
+                    preferred: true,
+                    exempt: true
+                },
+                [0xff; 32],
+                true,
+                false,
+                t0
+            ),
             Announced::Tracked
         );
         let asked = t.poll(t0).requests;
         let of_one = asked.iter().filter(|r| r.peer == PeerId(1)).count();
         assert_eq!(of_one, MAX_PEER_TX_REQUEST_IN_FLIGHT);
         // Overloaded: a new announcement from it waits the overload delay too.
-        t.announce(PeerId(1), [0xfe; 32], true, true, false, true, t0);
-        t.announce(PeerId(2), [0xfd; 32], true, true, false, false, t0);
-        t.announce(PeerId(2), [0xfd; 32], true, true, false, false, t0);
+        t.announce(
+            Announcer {
+                peer: PeerId(1),
+                preferred: true,
+                exempt: true,
+            },
+            [0xfe; 32],
+            true,
+            false,
+            t0,
+        );
+        t.announce(
+            Announcer {
+                peer: PeerId(2),
+                preferred: true,
+                exempt: false,
+            },
+            [0xfd; 32],
+            true,
+            false,
+            t0,
+        );
+        t.announce(
+            Announcer {
+                peer: PeerId(2),
+                preferred: true,
+                exempt: false,
+            },
+            [0xfd; 32],
+            true,
+            false,
+            t0,
+        );
         assert_eq!(t.announced_by(PeerId(2)), 1);
     }
 
@@ -502,7 +614,7 @@ mod tests {
                 let now = t0 + Duration::from_secs(secs);
                 let (peer, k) = (PeerId(p), key(k));
                 match op {
-                    0 | 1 => { t.announce(peer, k, true, p % 2 == 0, false, false, now); }
+                    0 | 1 => { t.announce(Announcer { peer, preferred: p % 2 == 0, exempt: false }, k, true, false, now); }
                     2 => t.not_found(peer, &k),
                     3 => { t.forget(&k); asked.retain(|(x, _)| *x != k); }
                     4 => { t.peer_gone(peer); asked.retain(|(_, x)| *x != peer); }

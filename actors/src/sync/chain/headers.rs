@@ -909,6 +909,19 @@ impl HeaderChain {
         self.lookup(hash).is_some()
     }
 
+    /// Height of the last header that `hash`'s branch shares with the best chain (its own
+    /// height when it is on it); `None` for an unknown header.
+    pub fn fork_height(&self, hash: &BlockHash) -> Option<u32> {
+        let mut idx = self.lookup(hash)?;
+        loop {
+            let height = self.entries[idx as usize].height;
+            if self.best.get(height as usize) == Some(&idx) {
+                return Some(height);
+            }
+            idx = self.parent_of(idx)?;
+        }
+    }
+
     /// Whether a known header is on the best chain.
     pub fn is_on_best_chain(&self, hash: &BlockHash) -> bool {
         self.lookup(hash)
@@ -928,8 +941,13 @@ impl HeaderChain {
     /// A block locator for the best chain: the last ten hashes, then exponentially sparser,
     /// ending at genesis.
     pub fn locator(&self) -> Vec<BlockHash> {
+        self.locator_from(self.height())
+    }
+
+    /// A block locator starting at the best-chain header at `height` (at most the tip's).
+    pub fn locator_from(&self, height: u32) -> Vec<BlockHash> {
         let mut out = Vec::new();
-        let mut h = self.height() as i64;
+        let mut h = height.min(self.height()) as i64;
         let mut step = 1i64;
         while h > 0 {
             out.push(self.hash_of(self.best[h as usize]));
