@@ -48,6 +48,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_blocks_dropped_total",
+        "Blocks dropped unread by Sync, by reason (unrequested: not asked of the peer that sent it).",
+    ),
+    (
+        "counter",
         "meshd_blocks_rejected_total",
         "Blocks refused, by reason.",
     ),

@@ -278,6 +278,98 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
     node.shutdown().await;
 }
 
+/// A tip block on genesis with one segwit spend and its witness commitment (BIP141).
+fn segwit_block(genesis: &bitcoin::block::Header) -> bitcoin::Block {
+    use bitcoin::hashes::Hash;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut block = meshd_actors::sync::mine::regtest_block(genesis, 1, now, 5);
+    let mut tx = spend([4; 32], &[1_000], false);
+    tx.input[0].witness = bitcoin::Witness::from_slice(&[vec![0x30; 71], vec![0x02; 33]]);
+    block.txdata.push(tx);
+    block.txdata[0].input[0].witness = bitcoin::Witness::from_slice(&[[0u8; 32]]);
+    let root = block.witness_root().unwrap();
+    let commitment = bitcoin::Block::compute_witness_commitment(&root, &[0u8; 32]);
+    let mut script = vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
+    script.extend_from_slice(commitment.as_byte_array());
+    block.txdata[0].output.push(bitcoin::TxOut {
+        value: bitcoin::Amount::ZERO,
+        script_pubkey: bitcoin::ScriptBuf::from_bytes(script),
+    });
+    let merkle = block.compute_merkle_root().unwrap();
+    block.header =
+        meshd_actors::sync::chain::headers::mine_header(genesis, merkle, now, genesis.bits);
+    block
+}
+
+/// Core's p2p_segwit: a block with its witnesses stripped has the honest block's hash and
+/// merkle root; it is refused, its sender charged, and the block asked of another peer that
+/// announced it, whose honest copy is kept and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_witness_stripped_block_is_refused_and_the_honest_copy_fetched_elsewhere() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    use meshd_actors::events::{EventKind, NodeEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let honest = segwit_block(&node.profile().genesis);
+    let hash = honest.block_hash();
+    let mut stripped = honest.clone();
+    for tx in &mut stripped.txdata {
+        for input in &mut tx.input {
+            input.witness = bitcoin::Witness::new();
+        }
+    }
+    assert_eq!(stripped.block_hash(), hash);
+    let mut events = node.subscribe_to(&[EventKind::BlockReceived]);
+    let mut b = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    b.send(version(70016)).await;
+    let _ = commands_for(&mut b, Duration::from_millis(300)).await;
+    b.send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let mut a = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    a.send(version(70016)).await;
+    let _ = commands_for(&mut a, Duration::from_millis(300)).await;
+    a.send(NetworkMessage::Headers(vec![honest.header])).await;
+    let asked = next_matching(&mut a, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    a.send(NetworkMessage::Block(stripped)).await;
+    assert!(
+        a.closed_within(Duration::from_secs(5)).await,
+        "the stripper was kept"
+    );
+    // The other announcer is asked, and its copy is the one kept.
+    let asked = next_matching(&mut b, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    b.send(NetworkMessage::Block(honest.clone())).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("block received")
+        .expect("event");
+    assert!(
+        matches!(got.event, NodeEvent::BlockReceived { hash: ref h, tx_count: 2, .. } if *h == hash.to_string())
+    );
+    // It serves the honest copy, witnesses and all.
+    b.send(NetworkMessage::GetData(vec![Inventory::WitnessBlock(hash)]))
+        .await;
+    let served = next_matching(&mut b, |m| match m {
+        NetworkMessage::Block(blk) => Some(blk.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(served, honest);
+    node.shutdown().await;
+}
+
 fn spend(prev: [u8; 32], outputs: &[u64], dup_input: bool) -> bitcoin::Transaction {
     use bitcoin::hashes::Hash;
     let input = bitcoin::TxIn {

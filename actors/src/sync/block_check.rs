@@ -1,10 +1,27 @@
-//! Checks of a block's body against its header, as a sans-IO core: the merkle root, the
-//! mutation Core detects while computing it (CVE-2012-2459: a transaction list with a
-//! duplicated tail hashes to the same root as the honest one), and the segwit witness
-//! commitment. A block that fails is not kept, not served and not credited to its sender.
+//! Checks of a block's body against its header, as a sans-IO core, after Core's
+//! `IsBlockMutated` (validation.cpp) and the coinbase rules of `CheckBlock`: the merkle root,
+//! the mutation Core detects while computing it (CVE-2012-2459: a transaction list with a
+//! duplicated tail hashes to the same root as the honest one), a coinbase first and only
+//! first (without one, any 64-byte transaction makes the block mutated: it can pose as an
+//! inner merkle node), and on BTC Core's `CheckWitnessMalleation`: a block whose coinbase
+//! commits to witnesses must carry a 32-byte witness nonce and the witnesses it commits to
+//! (a witness-stripped copy fails here; rust-bitcoin's own check passes it, since it asks for
+//! nothing when no input carries a witness), and a block without a commitment may carry no
+//! witness at all. BSV has no segwit: an output that looks like a commitment is only data.
+//! A block that fails is not kept, not served and not credited to its sender.
 
 use bitcoin::hashes::{sha256d, Hash};
-use bitcoin::Block;
+use bitcoin::{Block, WitnessCommitment};
+
+use crate::network::Chain;
+
+/// The start of a witness commitment output (BIP141: OP_RETURN, push 36, 0xaa21a9ed).
+const WITNESS_COMMITMENT_MAGIC: [u8; 6] = [0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
+/// Bytes of a witness commitment output script at least (the magic and the 32-byte hash).
+const MIN_WITNESS_COMMITMENT_LEN: usize = 38;
+/// A transaction of this size without witness can pose as an inner merkle node (64 bytes:
+/// two hashes), Core's `IsBlockMutated` rule for blocks without a coinbase.
+const MERKLE_NODE_SIZE: usize = 64;
 
 /// Why a block body was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -18,9 +35,18 @@ pub enum BlockError {
     /// The merkle tree has two identical siblings: a mutated copy of a valid block.
     #[error("mutated transaction list (duplicate merkle siblings)")]
     Mutated,
-    /// The witness commitment in the coinbase does not match the witnesses.
+    /// The witness commitment in the coinbase does not match the witnesses (a stripped
+    /// copy), or the coinbase's witness nonce is not one 32-byte item (Core:
+    /// `bad-witness-merkle-match`, `bad-witness-nonce-size`).
     #[error("witness commitment does not match")]
     BadWitnessCommitment,
+    /// Witnesses in a block that commits to none (Core: `unexpected-witness`).
+    #[error("witness data without a witness commitment")]
+    UnexpectedWitness,
+    /// The first transaction is not a coinbase, or another one is (Core: `bad-cb-missing`,
+    /// `bad-cb-multiple`).
+    #[error("the coinbase is missing, or not only first")]
+    BadCoinbase,
 }
 
 impl BlockError {
@@ -29,7 +55,10 @@ impl BlockError {
         match self {
             BlockError::Empty | BlockError::Mutated => "block_mutated",
             BlockError::BadMerkleRoot => "block_bad_merkle_root",
-            BlockError::BadWitnessCommitment => "block_bad_witness_commitment",
+            BlockError::BadWitnessCommitment | BlockError::UnexpectedWitness => {
+                "block_bad_witness_commitment"
+            }
+            BlockError::BadCoinbase => "block_mutated",
         }
     }
 }
@@ -61,8 +90,8 @@ pub fn merkle_mutated(mut hashes: Vec<[u8; 32]>) -> bool {
     mutated
 }
 
-/// Checks `block`'s transactions against its header.
-pub fn check_block(block: &Block) -> Result<(), BlockError> {
+/// Checks `block`'s transactions against its header, with `chain`'s rules.
+pub fn check_block(block: &Block, chain: Chain) -> Result<(), BlockError> {
     if block.txdata.is_empty() {
         return Err(BlockError::Empty);
     }
@@ -77,7 +106,61 @@ pub fn check_block(block: &Block) -> Result<(), BlockError> {
     if merkle_mutated(txids) {
         return Err(BlockError::Mutated);
     }
-    if !block.check_witness_commitment() {
+    if !block.txdata[0].is_coinbase() {
+        // Core's IsBlockMutated: a 64-byte transaction may be an inner node posing as a leaf.
+        let posing = block
+            .txdata
+            .iter()
+            .any(|t| t.base_size() == MERKLE_NODE_SIZE);
+        return Err(if posing {
+            BlockError::Mutated
+        } else {
+            BlockError::BadCoinbase
+        });
+    }
+    if block.txdata[1..].iter().any(|t| t.is_coinbase()) {
+        return Err(BlockError::BadCoinbase);
+    }
+    if chain == Chain::Btc {
+        check_witness_malleation(block)?;
+    }
+    Ok(())
+}
+
+/// Core's `CheckWitnessMalleation` (segwit active): the commitment, when the coinbase has
+/// one, must match the witnesses with a 32-byte nonce; without one, no witness at all.
+fn check_witness_malleation(block: &Block) -> Result<(), BlockError> {
+    let coinbase = &block.txdata[0];
+    let commitment = coinbase.output.iter().rev().find_map(|o| {
+        let script = o.script_pubkey.as_bytes();
+        (script.len() >= MIN_WITNESS_COMMITMENT_LEN
+            && script[..WITNESS_COMMITMENT_MAGIC.len()] == WITNESS_COMMITMENT_MAGIC)
+            .then(|| WitnessCommitment::from_slice(&script[6..38]).ok())
+            .flatten()
+    });
+    let Some(commitment) = commitment else {
+        let witness = block
+            .txdata
+            .iter()
+            .any(|t| t.input.iter().any(|i| !i.witness.is_empty()));
+        return if witness {
+            Err(BlockError::UnexpectedWitness)
+        } else {
+            Ok(())
+        };
+    };
+    let nonce: Vec<&[u8]> = coinbase
+        .input
+        .first()
+        .map(|i| i.witness.iter().collect())
+        .unwrap_or_default();
+    if nonce.len() != 1 || nonce[0].len() != 32 {
+        return Err(BlockError::BadWitnessCommitment);
+    }
+    let root = block
+        .witness_root()
+        .ok_or(BlockError::BadWitnessCommitment)?;
+    if Block::compute_witness_commitment(&root, nonce[0]) != commitment {
         return Err(BlockError::BadWitnessCommitment);
     }
     Ok(())
@@ -105,20 +188,20 @@ mod tests {
     fn a_duplicated_tail_keeps_the_root_but_is_caught() {
         // Three transactions: the last one duplicated gives the same merkle root.
         let honest = block_with(3);
-        assert_eq!(check_block(&honest), Ok(()));
+        assert_eq!(check_block(&honest, Chain::Btc), Ok(()));
         let mut mutated = honest.clone();
         mutated.txdata.push(honest.txdata[2].clone());
         assert!(mutated.check_merkle_root(), "same root: that is the attack");
-        assert_eq!(check_block(&mutated), Err(BlockError::Mutated));
+        assert_eq!(check_block(&mutated, Chain::Btc), Err(BlockError::Mutated));
     }
 
     #[test]
     fn a_wrong_root_and_an_empty_block_are_refused() {
         let mut b = block_with(2);
         b.txdata.swap(0, 1);
-        assert_eq!(check_block(&b), Err(BlockError::BadMerkleRoot));
+        assert_eq!(check_block(&b, Chain::Btc), Err(BlockError::BadMerkleRoot));
         b.txdata.clear();
-        assert_eq!(check_block(&b), Err(BlockError::Empty));
+        assert_eq!(check_block(&b, Chain::Btc), Err(BlockError::Empty));
     }
 
     #[test]
@@ -127,6 +210,79 @@ mod tests {
         b.txdata[1].input[0].witness = bitcoin::Witness::from_slice(&[vec![9u8; 3]]);
         // Witnesses do not change txids, so the root still matches.
         assert!(b.check_merkle_root());
-        assert_eq!(check_block(&b), Err(BlockError::BadWitnessCommitment));
+        assert_eq!(
+            check_block(&b, Chain::Btc),
+            Err(BlockError::UnexpectedWitness)
+        );
+    }
+
+    /// A segwit block with its commitment, and the same block with its witnesses stripped.
+    fn segwit_block() -> Block {
+        let mut b = block_with(2);
+        b.txdata[1].input[0].witness =
+            bitcoin::Witness::from_slice(&[vec![7u8; 72], vec![2u8; 33]]);
+        b.txdata[0].input[0].witness = bitcoin::Witness::from_slice(&[[0u8; 32]]);
+        let root = b.witness_root().unwrap();
+        let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
+        let mut script = WITNESS_COMMITMENT_MAGIC.to_vec();
+        script.extend_from_slice(commitment.as_byte_array());
+        b.txdata[0].output.push(bitcoin::TxOut {
+            value: bitcoin::Amount::ZERO,
+            script_pubkey: bitcoin::ScriptBuf::from_bytes(script),
+        });
+        b.header.merkle_root = b.compute_merkle_root().unwrap();
+        b
+    }
+
+    #[test]
+    fn a_witness_stripped_copy_is_refused_and_the_honest_one_kept() {
+        let honest = segwit_block();
+        assert_eq!(check_block(&honest, Chain::Btc), Ok(()));
+        let mut stripped = honest.clone();
+        for tx in &mut stripped.txdata {
+            for input in &mut tx.input {
+                input.witness = bitcoin::Witness::new();
+            }
+        }
+        // Same header, same merkle root: only the witness commitment tells them apart.
+        assert_eq!(stripped.block_hash(), honest.block_hash());
+        assert!(stripped.check_merkle_root());
+        assert!(
+            stripped.check_witness_commitment(),
+            "rust-bitcoin's check passes it"
+        );
+        assert_eq!(
+            check_block(&stripped, Chain::Btc),
+            Err(BlockError::BadWitnessCommitment)
+        );
+        // Only the coinbase's nonce stripped, or a witness altered: refused too.
+        let mut no_nonce = honest.clone();
+        no_nonce.txdata[0].input[0].witness = bitcoin::Witness::new();
+        assert_eq!(
+            check_block(&no_nonce, Chain::Btc),
+            Err(BlockError::BadWitnessCommitment)
+        );
+        let mut altered = honest.clone();
+        altered.txdata[1].input[0].witness = bitcoin::Witness::from_slice(&[vec![8u8; 72]]);
+        assert_eq!(
+            check_block(&altered, Chain::Btc),
+            Err(BlockError::BadWitnessCommitment)
+        );
+        // BSV has no segwit: such outputs are data.
+        assert_eq!(check_block(&stripped, Chain::Bsv), Ok(()));
+    }
+
+    #[test]
+    fn the_coinbase_comes_first_and_only_first() {
+        let mut b = block_with(3);
+        b.txdata.swap(0, 1);
+        b.header.merkle_root = b.compute_merkle_root().unwrap();
+        assert_eq!(check_block(&b, Chain::Btc), Err(BlockError::BadCoinbase));
+        let mut two = block_with(2);
+        let mut cb = two.txdata[0].clone();
+        cb.lock_time = bitcoin::absolute::LockTime::from_consensus(1);
+        two.txdata.push(cb);
+        two.header.merkle_root = two.compute_merkle_root().unwrap();
+        assert_eq!(check_block(&two, Chain::Btc), Err(BlockError::BadCoinbase));
     }
 }

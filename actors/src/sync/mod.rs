@@ -978,8 +978,16 @@ impl SyncActorState {
         }
     }
 
+    /// A block from `id`: taken only when it was asked of `id` (Core processes only requested
+    /// blocks; ours come from direct fetch), checked as Core's IsBlockMutated, and on
+    /// refusal asked of another announcer (the honest copy of a mutated one may exist).
     fn on_block(&mut self, id: PeerId, block: Block) {
         let hash = block.block_hash();
+        if self.requested_blocks.peer_of(&hash) != Some(id) {
+            metrics::counter!("meshd_blocks_dropped_total", "reason" => "unrequested").increment(1);
+            debug!(%hash, peer = %id, "block not asked of this peer; dropped");
+            return;
+        }
         self.requested_blocks.received(&hash);
         if !self.chain.contains(&hash) {
             self.on_headers(id, HashedHeaders::new(vec![block.header]));
@@ -987,11 +995,12 @@ impl SyncActorState {
                 return;
             }
         }
-        if let Err(e) = block_check::check_block(&block) {
+        if let Err(e) = block_check::check_block(&block, self.ctx.profile.chain) {
             metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
             let addr = self.peers.get(&id).map(|p| p.addr);
             warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
             self.punish(id, e.kind());
+            self.request_block_elsewhere(hash, id);
             return;
         }
         // Credited to the sender only now, and only if it is new (Core's eviction rule

@@ -101,6 +101,11 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         old
     }
 
+    /// The peer `item` was asked of, while in flight.
+    pub fn peer_of(&self, item: &K) -> Option<PeerId> {
+        self.by_item.get(item).map(|(p, _)| *p)
+    }
+
     /// Whether `item` is in flight.
     pub fn contains(&self, item: &K) -> bool {
         self.by_item.contains_key(item)
