@@ -63,7 +63,7 @@ use crate::msg::{ConnectionMsg, HashedHeaders, SyncInput, SyncMsg, SyncState, Sy
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
-use crate::sync::chain::store::{HeaderLoad, HeaderStore, LOAD_STEP_RECORDS};
+use crate::sync::chain::store::{HeaderLoad, HeaderStore, COMPACT_STALE_SHARE, LOAD_STEP_RECORDS};
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
@@ -1523,7 +1523,23 @@ impl SyncActorState {
                     );
                 }
                 info!(height = self.chain.height(), tip = %self.chain.tip(), loaded = report.loaded,
+                      skipped = report.skipped,
                       ms = started.elapsed().as_millis() as u64, "header chain loaded");
+                let mut store = store;
+                let stale = report.stale_share(&self.chain);
+                if stale > COMPACT_STALE_SHARE {
+                    // Mostly junk (skipped records, forks): the best chain alone, atomically.
+                    match store.rewrite(&self.chain) {
+                        Ok(()) => info!(
+                            stale_share = stale,
+                            height = self.chain.height(),
+                            "header file compacted to the best chain"
+                        ),
+                        Err(e) => {
+                            warn!(error = %e, "cannot compact the header file; it is kept as it is")
+                        }
+                    }
+                }
                 Some(store)
             }
             Err(e) => {

@@ -4,10 +4,15 @@
 //! Headers are appended in the order they were accepted (parents before children, forks
 //! included), written at once and synced by group commit (every 20,000 headers or 500 ms, and
 //! on a clean stop). On load every record is checked (length, hash check, and full validation
-//! again through [`HeaderChain::accept`]); the file is cut back to the last good record, so a
-//! kill -9 in the middle of a write loses at most the record being written, a power loss at
-//! most the unsynced tail, and neither leaves a chain that will not reload. A file with a wrong
-//! header (another network, another format) is refused as a whole: the caller sets it aside.
+//! again through [`HeaderChain::accept`]). A record the chain refuses in context (a fork whose
+//! parent was evicted, a stale branch past the cap) or whose hash check fails in the middle
+//! of the file is skipped, and loading goes on; only the tail after the last record that
+//! passed its hash check (a torn write) is cut off. So a kill -9 in the middle of a write
+//! loses at most the record being written, a power loss at most the unsynced tail, and one
+//! bad record never costs the records after it. Records not on the loaded best chain
+//! (skipped, duplicates, forks) are stale: past [`COMPACT_STALE_SHARE`] of the file it is
+//! rewritten with the best chain alone. A file with a wrong header (another network, another
+//! format) is refused as a whole: the caller sets it aside.
 //!
 //! A write that fails (a full disk) is cut back to the last whole record, so the file stays
 //! aligned and loadable; the store then stops appending (the chain in memory goes on) and
@@ -39,6 +44,12 @@ pub const GROUP_COMMIT_HEADERS: usize = 20_000;
 /// validation, so the Sync actor serves its mailbox at least that often while loading.
 pub const LOAD_STEP_RECORDS: usize = 20_000;
 
+/// Share of a header file's records that may be stale (off the best chain: skipped,
+/// duplicate or forks) before a load rewrites it with the best chain alone (atomically:
+/// temp, fsync, rename). Forks are rare, so a quarter means a file that kept junk (an old
+/// fork storm, bad records), not one that grew with the chain.
+pub const COMPACT_STALE_SHARE: f64 = 0.25;
+
 /// Longest an appended header waits for its fsync.
 pub const GROUP_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -58,8 +69,22 @@ pub enum StoreError {
 pub struct LoadReport {
     /// Headers loaded into the chain.
     pub loaded: usize,
+    /// Whole records skipped: refused by the chain, or failing their hash check, before the
+    /// last good record.
+    pub skipped: usize,
     /// Bytes cut from the end (a torn or corrupt tail).
     pub truncated_bytes: u64,
+}
+
+impl LoadReport {
+    /// Records kept in the file that are not on `chain`'s best chain, as a share of them.
+    pub fn stale_share(&self, chain: &HeaderChain) -> f64 {
+        let records = self.loaded + self.skipped;
+        if records == 0 {
+            return 0.0;
+        }
+        records.saturating_sub(chain.height() as usize) as f64 / records as f64
+    }
 }
 
 /// The open header file.
@@ -91,47 +116,90 @@ fn file_header(magic: [u8; 4]) -> Vec<u8> {
     v
 }
 
-/// Takes one record into `chain`: false when it is not a whole record, fails its hash check
-/// or is refused by the chain (where loading stops).
-fn load_record(record: &[u8], chain: &mut HeaderChain) -> bool {
+/// What became of one record on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// In the chain (new, or a duplicate of a known header).
+    Loaded,
+    /// Whole and with a good hash check, but refused by the chain in context: skipped.
+    Refused,
+    /// Short, undecodable or failing its hash check.
+    Bad,
+}
+
+/// Takes one record into `chain`.
+fn load_record(record: &[u8], chain: &mut HeaderChain) -> Record {
     if record.len() < RECORD_LEN {
-        return false;
+        return Record::Bad;
     }
     let Ok(h) = deserialize::<Header>(&record[..80]) else {
-        return false;
+        return Record::Bad;
     };
     let hash = h.block_hash();
     if hash.as_byte_array()[..4] != record[80..RECORD_LEN] {
-        return false;
+        return Record::Bad;
     }
     // Times were checked when the header first came in; do not refuse it now because the
     // clock moved (a header "from the future" then is from the past now).
-    chain.accept_hashed(&h, hash, u32::MAX).is_ok()
+    match chain.accept_hashed(&h, hash, u32::MAX) {
+        Ok(_) => Record::Loaded,
+        Err(_) => Record::Refused,
+    }
 }
 
-/// Reads a header file's bytes into `chain`: checks the file header, then takes records
-/// until the first that is short, fails its hash check or is refused by the chain. Returns
-/// the length of the good prefix (file header and whole accepted records) and the number of
-/// headers loaded. Pure, for its fuzz target ([`HeaderLoad`] reads a file the same way).
+/// Where a load stands: the good prefix (up to the last record that passed its hash check)
+/// and what was loaded and skipped within it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Tally {
+    /// Records since the good prefix's end that failed (cut off unless a good one follows).
+    pending_bad: usize,
+    good_records: usize,
+    loaded: usize,
+    skipped: usize,
+}
+
+impl Tally {
+    fn take(&mut self, outcome: Record) {
+        match outcome {
+            Record::Bad => self.pending_bad += 1,
+            good => {
+                // Bad records followed by a good one were corruption, not a torn tail.
+                self.skipped += self.pending_bad;
+                self.good_records += self.pending_bad + 1;
+                self.pending_bad = 0;
+                if good == Record::Loaded {
+                    self.loaded += 1;
+                } else {
+                    self.skipped += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Reads a header file's bytes into `chain`: checks the file header, then takes every
+/// record, skipping those the chain refuses or that fail their hash check, up to the last
+/// record that passes it. Returns the length of that good prefix (file header included), the
+/// headers loaded and the records skipped. Pure, for its fuzz target ([`HeaderLoad`] reads a
+/// file the same way).
 pub fn load_records(
     bytes: &[u8],
     network_magic: [u8; 4],
     chain: &mut HeaderChain,
-) -> Result<(usize, usize), StoreError> {
+) -> Result<(usize, usize, usize), StoreError> {
     let expected = file_header(network_magic);
     if bytes.len() < FILE_HEADER_LEN || bytes[..FILE_HEADER_LEN] != expected[..] {
         return Err(StoreError::BadFileHeader);
     }
-    let mut good = FILE_HEADER_LEN;
-    let mut loaded = 0;
+    let mut tally = Tally::default();
     for record in bytes[FILE_HEADER_LEN..].chunks(RECORD_LEN) {
-        if !load_record(record, chain) {
-            break;
-        }
-        good += RECORD_LEN;
-        loaded += 1;
+        tally.take(load_record(record, chain));
     }
-    Ok((good, loaded))
+    Ok((
+        FILE_HEADER_LEN + tally.good_records * RECORD_LEN,
+        tally.loaded,
+        tally.skipped,
+    ))
 }
 
 /// A header file being loaded into a chain in steps, so that its owner can do other work
@@ -144,9 +212,7 @@ pub struct HeaderLoad {
     file: File,
     path: PathBuf,
     network_magic: [u8; 4],
-    /// Bytes of the file header and the records accepted so far.
-    good: u64,
-    loaded: usize,
+    tally: Tally,
     /// Bytes of the file when it was opened.
     file_len: u64,
     done: bool,
@@ -180,8 +246,7 @@ impl HeaderLoad {
             file,
             path: path.to_path_buf(),
             network_magic,
-            good: FILE_HEADER_LEN as u64,
-            loaded: 0,
+            tally: Tally::default(),
             file_len: file_len.max(FILE_HEADER_LEN as u64),
             done: file_len <= FILE_HEADER_LEN as u64,
             buf: Vec::new(),
@@ -210,12 +275,7 @@ impl HeaderLoad {
             }
         }
         for record in self.buf[..got].chunks(RECORD_LEN) {
-            if !load_record(record, chain) {
-                self.done = true;
-                break;
-            }
-            self.good += RECORD_LEN as u64;
-            self.loaded += 1;
+            self.tally.take(load_record(record, chain));
         }
         if got < want {
             self.done = true;
@@ -228,30 +288,32 @@ impl HeaderLoad {
 
     /// Headers loaded so far.
     pub fn loaded(&self) -> usize {
-        self.loaded
+        self.tally.loaded
     }
 
     /// Ends the load (whatever is not loaded yet is cut off, so call it once
     /// [`step`](Self::step) returned true): the store to append to, and what was found.
     pub fn finish(mut self) -> Result<(HeaderStore, LoadReport), StoreError> {
-        let truncated = self.file_len.saturating_sub(self.good);
+        let good = (FILE_HEADER_LEN + self.tally.good_records * RECORD_LEN) as u64;
+        let truncated = self.file_len.saturating_sub(good);
         if truncated > 0 {
-            self.file.set_len(self.good)?;
+            self.file.set_len(good)?;
             self.file.sync_all()?;
         }
-        self.file.seek(SeekFrom::Start(self.good))?;
+        self.file.seek(SeekFrom::Start(good))?;
         Ok((
             HeaderStore {
                 file: self.file,
                 path: self.path,
                 pending: 0,
                 last_sync: Instant::now(),
-                len: self.good,
+                len: good,
                 failed: None,
                 network_magic: self.network_magic,
             },
             LoadReport {
-                loaded: self.loaded,
+                loaded: self.tally.loaded,
+                skipped: self.tally.skipped,
                 truncated_bytes: truncated,
             },
         ))
@@ -485,13 +547,64 @@ mod tests {
                 FILE_HEADER_LEN + whole * RECORD_LEN
             );
         }
-        // A corrupt record in the middle: everything before it survives.
+        // A corrupt record in the middle: everything before it survives, it and the records
+        // that needed it are skipped, and the file is not cut (before: cut after record 5).
         let mut bad = full.clone();
         bad[FILE_HEADER_LEN + 5 * RECORD_LEN + 3] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
         let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
         let (_, report) = HeaderStore::open(&path, magic, &mut c).unwrap();
-        assert_eq!(report.loaded, 5);
+        assert_eq!(
+            (report.loaded, report.skipped, report.truncated_bytes),
+            (5, 25, 0)
+        );
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, full.len());
+        assert!(report.stale_share(&c) > COMPACT_STALE_SHARE);
+    }
+
+    #[test]
+    fn a_record_the_chain_refuses_is_skipped_and_the_rest_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers.dat");
+        let magic = NetworkId::Regtest.profile().magic.to_bytes();
+        let (_, hs) = build(30);
+        // A well-formed record whose parent is unknown, between good ones, and a torn tail.
+        let genesis = NetworkId::Regtest.profile().genesis;
+        let stray_parent = Header {
+            prev_blockhash: BlockHash::from_byte_array([3; 32]),
+            ..genesis
+        };
+        let stray = mine_header(
+            &stray_parent,
+            TxMerkleNode::from_byte_array([2; 32]),
+            genesis.time + 1,
+            genesis.bits,
+        );
+        let mut records: Vec<(Header, BlockHash)> =
+            hs[..10].iter().map(|h| (*h, h.block_hash())).collect();
+        records.push((stray, stray.block_hash()));
+        records.extend(hs[10..].iter().map(|h| (*h, h.block_hash())));
+        {
+            let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+            let (mut store, _) = HeaderStore::open(&path, magic, &mut c).unwrap();
+            store.append(&records).unwrap();
+            store.sync().unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0x42; 50]);
+        std::fs::write(&path, &bytes).unwrap();
+        let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+        let (_, report) = HeaderStore::open(&path, magic, &mut c).unwrap();
+        assert_eq!(
+            (report.loaded, report.skipped, report.truncated_bytes),
+            (30, 1, 50)
+        );
+        assert_eq!(
+            c.height(),
+            30,
+            "the records after the refused one loaded (before: 10)"
+        );
+        assert!(report.stale_share(&c) < COMPACT_STALE_SHARE);
     }
 
     #[test]
