@@ -278,6 +278,97 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
     node.shutdown().await;
 }
 
+/// Core's getheaders and headers rules: a null locator asks for the stop header alone (and
+/// an unknown stop gets no answer); a non-zero transaction count in `headers` is read and
+/// ignored, not charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_locator_getheaders_and_headers_with_a_transaction_count_as_core() {
+    use bitcoin::hashes::Hash;
+    use bitcoin::p2p::message_blockdata::GetHeadersMessage;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let hashes = node.generate(5).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    p.send(version(70016)).await;
+    let _ = commands_for(&mut p, Duration::from_millis(300)).await;
+    let ask = |stop| {
+        NetworkMessage::GetHeaders(GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![],
+            stop_hash: stop,
+        })
+    };
+    p.send(ask(hashes[2])).await;
+    let got = next_matching(&mut p, |m| match m {
+        NetworkMessage::Headers(h) => Some(h.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "the stop header alone (before: a whole batch from genesis)"
+    );
+    assert_eq!(got[0].block_hash(), hashes[2]);
+    // An unknown stop: no answer at all (the pong comes first, and nothing after it).
+    p.send(ask(bitcoin::BlockHash::from_byte_array([7; 32])))
+        .await;
+    p.send(NetworkMessage::Ping(3)).await;
+    let first = next_matching(&mut p, |m| match m {
+        NetworkMessage::Headers(_) => Some(false),
+        NetworkMessage::Pong(3) => Some(true),
+        _ => None,
+    })
+    .await;
+    assert!(first, "an unknown stop header was answered");
+    // A new header whose transaction count is 1: taken, the sender not charged.
+    let tip = node
+        .sync_status()
+        .best_header_hash
+        .parse::<bitcoin::BlockHash>()
+        .unwrap();
+    assert_eq!(tip, hashes[4]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let last = bitcoin::block::Header {
+        version: bitcoin::block::Version::TWO,
+        prev_blockhash: hashes[4],
+        merkle_root: bitcoin::TxMerkleNode::all_zeros(),
+        // Past the generated blocks' median time (they may run a few seconds ahead).
+        time: now + 100,
+        bits: node.profile().genesis.bits,
+        nonce: 0,
+    };
+    let h = mine_on(last);
+    let mut payload = vec![1u8];
+    payload.extend_from_slice(&bitcoin::consensus::serialize(&h));
+    payload.push(1);
+    let magic = node.profile().magic;
+    p.send_raw(&meshd_actors::wire::encode_frame(
+        magic,
+        meshd_actors::wire::Command::new("headers").unwrap(),
+        &payload,
+    ))
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.sync_status().header_height != 6 {
+        assert!(Instant::now() < deadline, "the header was not taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(node.peers()[0].misbehavior, 0);
+    node.shutdown().await;
+}
+
+/// Grinds `h`'s nonce until it meets its regtest target.
+fn mine_on(mut h: bitcoin::block::Header) -> bitcoin::block::Header {
+    while !h.target().is_met_by(h.block_hash()) {
+        h.nonce += 1;
+    }
+    h
+}
+
 /// A tip block on genesis with one segwit spend and its witness commitment (BIP141).
 fn segwit_block(genesis: &bitcoin::block::Header) -> bitcoin::Block {
     use bitcoin::hashes::Hash;

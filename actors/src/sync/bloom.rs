@@ -91,7 +91,8 @@ impl BloomFilter {
     /// Whether the filter (probably) contains `item`.
     pub fn contains(&self, item: &[u8]) -> bool {
         if self.data.is_empty() {
-            return false;
+            // Core (CVE-2013-5700's fix): an empty filter matches everything.
+            return true;
         }
         (0..self.hash_funcs).all(|n| {
             let b = self.bit(n, item);

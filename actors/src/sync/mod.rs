@@ -1062,11 +1062,22 @@ impl SyncActorState {
             SyncInput::Headers(h) => self.on_headers(id, h),
             SyncInput::Inv(inv) => self.on_inv(id, inv),
             SyncInput::GetHeaders(m) => {
-                let headers = self.chain.headers_after(
-                    &m.locator_hashes,
-                    m.stop_hash,
-                    MAX_HEADERS_PER_MESSAGE,
-                );
+                let headers = if m.locator_hashes.is_empty() {
+                    // Core: a null locator asks for the stop header alone, if it is on our
+                    // best chain; otherwise nothing is sent.
+                    match self.chain.height_of(&m.stop_hash) {
+                        Some(h) if self.chain.is_on_best_chain(&m.stop_hash) => {
+                            self.chain.header_at_height(h).into_iter().collect()
+                        }
+                        _ => return,
+                    }
+                } else {
+                    self.chain.headers_after(
+                        &m.locator_hashes,
+                        m.stop_hash,
+                        MAX_HEADERS_PER_MESSAGE,
+                    )
+                };
                 if let Some(p) = self.peers.get(&id) {
                     p.send(NetworkMessage::Headers(headers));
                 }
@@ -1099,12 +1110,12 @@ impl SyncActorState {
                 Err(_) => self.punish(id, "bloom_too_large"),
             },
             SyncInput::FilterAdd(data) => {
-                let too_large = self
+                // Core: too large, or no filter loaded, is a "bad filteradd message".
+                let bad = self
                     .peers
                     .get_mut(&id)
-                    .and_then(|p| p.bloom.as_mut())
-                    .is_some_and(|b| b.insert(&data).is_err());
-                if too_large {
+                    .is_some_and(|p| p.bloom.as_mut().is_none_or(|b| b.insert(&data).is_err()));
+                if bad {
                     self.punish(id, "bloom_too_large");
                 }
             }
@@ -1114,8 +1125,10 @@ impl SyncActorState {
                 }
             }
             SyncInput::FeeFilter(rate) => {
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.feefilter = rate.max(0) as u64;
+                // Core keeps a fee filter only within MoneyRange; another is ignored.
+                let in_range = (0..=bitcoin::Amount::MAX_MONEY.to_sat() as i64).contains(&rate);
+                if let (true, Some(p)) = (in_range, self.peers.get_mut(&id)) {
+                    p.feefilter = rate as u64;
                 }
             }
             SyncInput::NotFound(items) => {

@@ -181,7 +181,8 @@ fn check_count(
     Ok(())
 }
 
-/// `headers` carries each header followed by a transaction count that must be zero.
+/// `headers` carries each header followed by a transaction count, read and ignored as Core
+/// does.
 fn decode_headers(
     command: Command,
     payload: &[u8],
@@ -201,15 +202,9 @@ fn decode_headers(
             bitcoin::block::Header::consensus_decode_from_finite_reader(&mut r)
                 .map_err(malformed)?,
         );
-        let txs = VarInt::consensus_decode_from_finite_reader(&mut r)
-            .map_err(malformed)?
-            .0;
-        if txs != 0 {
-            return Err(PayloadError::Malformed {
-                command,
-                reason: "headers message carries transactions".into(),
-            });
-        }
+        // Core reads the transaction count and ignores it ("assume it is 0"): a non-zero one
+        // is not misbehaviour.
+        VarInt::consensus_decode_from_finite_reader(&mut r).map_err(malformed)?;
     }
     if !r.is_empty() {
         return Err(PayloadError::TrailingBytes {
