@@ -211,7 +211,13 @@ async fn transaction_requests_to_one_peer_are_capped_at_100_in_flight_of_5000_tr
     a.send(NetworkMessage::Inv(inv)).await;
     // Core's TxRequestTracker: 100 requests in flight per peer (an inbound one is asked
     // after 2 s); each `notfound` frees a slot for the next; 5,000 announcements tracked.
+    // Unanswered, no more than 100 are asked.
     let mut asked = Vec::new();
+    while let Some(items) = next_getdata(&mut a, Duration::from_secs(4)).await {
+        asked.extend(items.iter().copied());
+    }
+    assert_eq!(asked.len(), 100, "requests in flight to one peer");
+    a.send(NetworkMessage::NotFound(asked.clone())).await;
     while asked.len() < 6_000 {
         let Some(items) = next_getdata(&mut a, Duration::from_secs(4)).await else {
             break;

@@ -88,6 +88,13 @@ async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Out of initial sync everywhere: the tip is recent, decided from each node's own chain.
+    until("every node synced", 10, || {
+        nodes
+            .iter()
+            .all(|n| n.sync_status().state == meshd_actors::msg::SyncState::Synced)
+    })
+    .await;
     // The far end fetched the tip block and checked it against its header.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -375,7 +382,15 @@ async fn future_headers_are_refused_free_and_unconnecting_ones_get_one_getheader
             other => panic!("{other:?}"),
         }
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The pong comes from the Connection and may overtake Sync's answer: read on a while.
+    while let common::Seen::Msg(m) = p.recv(Duration::from_millis(700)).await {
+        if matches!(
+            m,
+            meshd_actors::wire::Message::Network(NetworkMessage::GetHeaders(_))
+        ) {
+            getheaders += 1;
+        }
+    }
     assert_eq!(
         getheaders, 1,
         "one getheaders for ten unconnecting messages"

@@ -205,6 +205,17 @@ async fn only_vouched_transactions_are_announced() {
     outbound
         .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
         .await;
+    // A txid names no witness, so the node asks the outbound peer for its copy; the copy
+    // matches ours, which is then vouched for and relayed.
+    assert!(
+        outbound
+            .wait_for(Duration::from_secs(5), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the outbound announcer was not asked for its copy"
+    );
+    outbound.send(NetworkMessage::Tx(tx(3))).await;
     assert!(
         watcher
             .wait_for(Duration::from_secs(5), |m| announces(m, txid))
@@ -251,4 +262,57 @@ async fn tx_relay_all_announces_and_none_never_does() {
         );
         node.shutdown().await;
     }
+}
+
+/// A copy malleated in its witness (same txid, another wtxid) that reached the pool first is
+/// not vouched for by the honest copy's outbound sender: the honest copy replaces it, and it
+/// alone is announced and served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malleated_copy_is_replaced_by_the_vouched_one_and_never_relayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(dir.path());
+    c.slots.outbound = 1;
+    c.connect = vec![listener.local_addr().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut outbound = AsyncPeer::accept(&listener).await;
+    let addr = node.listen_addrs()[0];
+    let mut attacker = handshaked(addr).await;
+    let mut watcher = handshaked(addr).await;
+    wait_sync_peers(&node, 3).await;
+    let mut events = node.subscribe_to(&[EventKind::TxReceived]);
+    let mut honest = tx(6);
+    honest.input[0].witness = Witness::from_slice(&[vec![0x30; 71], vec![0x02; 33]]);
+    let mut malleated = honest.clone();
+    malleated.input[0].witness = Witness::from_slice(&[vec![0x99; 71], vec![0x02; 33]]);
+    let txid = honest.compute_txid();
+    assert_eq!(malleated.compute_txid(), txid);
+    assert_ne!(malleated.compute_wtxid(), honest.compute_wtxid());
+    attacker.send(NetworkMessage::Tx(malleated)).await;
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("the malleated copy pooled")
+        .expect("event");
+    outbound.send(NetworkMessage::Tx(honest.clone())).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |m| announces(m, txid))
+            .await
+            .is_some(),
+        "the vouched copy was not relayed"
+    );
+    watcher
+        .send(NetworkMessage::GetData(vec![
+            Inventory::WitnessTransaction(txid),
+        ]))
+        .await;
+    let served = watcher
+        .wait_for(Duration::from_secs(3), |m| match m {
+            NetworkMessage::Tx(t) if t.compute_txid() == txid => Some(t.clone()),
+            _ => None,
+        })
+        .await
+        .expect("served");
+    assert_eq!(served, honest, "the malleated copy was served");
+    node.shutdown().await;
 }

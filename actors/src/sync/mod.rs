@@ -416,13 +416,16 @@ impl SyncActorState {
         self.state = state;
     }
 
-    /// In initial sync and with no sync peer: picks one (an outbound peer where one exists,
-    /// then the best chain it showed us, never one tried already) and asks it for headers.
+    /// In initial sync (or with a day-old best header) and no sync peer: picks one (an
+    /// outbound peer where one exists, then the best chain it showed us, never one tried
+    /// already) and asks it for headers.
     fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
         if self.sync_peer.is_some() || self.loading.is_some() {
             return;
         }
-        if self.in_ibd() {
+        // In initial sync, or whenever our best header is a day old (a node that was cut off
+        // for a while catches up from one peer, as Core's nSyncStarted == 0 rule).
+        if self.in_ibd() || !self.tip_younger_than(RECENT_HEADER_AGE) {
             if self.segments.is_none() {
                 self.start_segments();
             }
@@ -609,7 +612,9 @@ impl SyncActorState {
                 .and_then(|p| p.presync.as_ref())
                 .is_some_and(|ps| first.is_some_and(|h| ps.continues(h)));
         if let Some(p) = self.peers.get_mut(&id).filter(|_| answer) {
-            p.getheaders_at = None;
+            // Unless its Connection asked for the next batch already (pipelining): that
+            // request is in flight, and an announcement must not add a second one.
+            p.getheaders_at = headers.next_requested.then(Instant::now);
         }
         if headers.headers.is_empty() {
             if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
@@ -1192,10 +1197,19 @@ impl SyncActorState {
     /// Asks another peer that announced `block` for it (after `failed` did not deliver).
     fn request_block_elsewhere(&mut self, block: BlockHash, failed: PeerId) {
         let key = block.to_byte_array();
+        // A peer that announced it, or that showed us a best header at least as high on our
+        // chain (Core: the block is an ancestor of the peer's best known block).
+        let height = self
+            .chain
+            .is_on_best_chain(&block)
+            .then(|| self.chain.height_of(&block))
+            .flatten();
         let other = self
             .peers
             .iter()
-            .filter(|(id, p)| **id != failed && p.knows(&key))
+            .filter(|(id, p)| {
+                **id != failed && (p.knows(&key) || height.is_some_and(|h| p.best_height >= h))
+            })
             .map(|(id, _)| *id)
             .find(|id| self.requested_blocks.of_peer(*id) < MAX_BLOCKS_IN_FLIGHT_PER_PEER);
         if let Some(id) = other {

@@ -67,6 +67,11 @@ impl RelayPool {
         self.by_wtxid.get(wtxid).and_then(|t| self.by_txid.get(t))
     }
 
+    /// The txid of the pooled transaction with `wtxid`.
+    pub fn txid_of(&self, wtxid: &Wtxid) -> Option<Txid> {
+        self.by_wtxid.get(wtxid).copied()
+    }
+
     /// Whether `txid` is held.
     pub fn contains(&self, txid: &Txid) -> bool {
         self.by_txid.contains_key(txid)

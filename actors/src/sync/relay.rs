@@ -22,6 +22,7 @@ use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
 use crate::manager::whitelist::Permissions;
 use crate::msg::ConnectionMsg;
+use crate::network::Chain;
 
 impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
@@ -56,20 +57,33 @@ impl SyncActorState {
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) if !wtxid_peer => {
                     (t.to_byte_array(), self.pool.contains(&t).then_some(t))
                 }
-                Inventory::WTx(w) if wtxid_peer => (
-                    w.to_byte_array(),
-                    self.pool.get_by_wtxid(&w).map(|e| e.tx.compute_txid()),
-                ),
+                // The pool's own index: no transaction is hashed again per announcement.
+                Inventory::WTx(w) if wtxid_peer => (w.to_byte_array(), self.pool.txid_of(&w)),
                 _ => continue,
             };
             if let Some(p) = self.peers.get_mut(&id) {
                 p.learn(key);
             }
             match pooled {
-                // Pooled already: an outbound peer announcing it vouches for it.
+                // Pooled already: an outbound peer announcing exactly it vouches for it. By
+                // wtxid, it names the pooled copy; by txid only where no witness can differ
+                // (BSV): on BTC a pooled copy with a junk or stripped witness has the same
+                // txid as the one the peer vouches for.
                 Some(txid) => {
-                    if self.vouches(id, false) {
+                    let exact = wtxid_peer || self.ctx.profile.chain == Chain::Bsv;
+                    let unvouched = self.pool.get(&txid).is_some_and(|e| !e.vouched);
+                    if exact && self.vouches(id, false) {
                         self.vouch_and_relay(txid, Some(id));
+                    } else if unvouched && self.vouches(id, false) {
+                        // A txid names no witness: ask this peer for its copy, which vouches
+                        // when it matches ours and replaces ours when it does not.
+                        let from = Announcer {
+                            peer: id,
+                            preferred,
+                            exempt,
+                        };
+                        self.tx_requests
+                            .announce(from, key, wtxid_peer, txid_delay, now);
                     }
                 }
                 None => {
@@ -128,7 +142,8 @@ impl SyncActorState {
     /// their mempool took; a `relay`-whitelisted peer is trusted with what it sends.
     fn vouches(&self, id: PeerId, sent: bool) -> bool {
         self.peers.get(&id).is_some_and(|p| {
-            !p.inbound || (sent && self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY))
+            (!p.inbound && p.relay)
+                || (sent && self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY))
         })
     }
 
@@ -216,21 +231,36 @@ impl SyncActorState {
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
         let wtxid = tx.compute_wtxid();
-        // Announced by an outbound peer before it arrived from anyone: vouched for.
-        let announced_by_outbound = [txid.to_byte_array(), wtxid.to_byte_array()]
-            .iter()
-            .any(|k| {
-                self.tx_requests
-                    .announcers(k)
-                    .any(|id| self.vouches(id, false))
-            });
+        // Announced by an outbound peer before it arrived from anyone: vouched for, when the
+        // announcement names exactly this transaction (its wtxid; its txid only on BSV, where
+        // no witness can differ).
+        let mut exact_keys = vec![wtxid.to_byte_array()];
+        if self.ctx.profile.chain == Chain::Bsv {
+            exact_keys.push(txid.to_byte_array());
+        }
+        let announced_by_outbound = exact_keys.iter().any(|k| {
+            self.tx_requests
+                .announcers(k)
+                .any(|id| self.vouches(id, false))
+        });
         self.tx_requests.forget(&txid.to_byte_array());
         self.tx_requests.forget(&wtxid.to_byte_array());
-        if self.pool.contains(&txid) {
-            if from.is_some_and(|id| self.vouches(id, true)) {
-                self.vouch_and_relay(txid, from);
+        if let Some(pooled) = self.pool.get(&txid) {
+            let sender_vouches = from.is_some_and(|id| self.vouches(id, true));
+            if pooled.wtxid == wtxid {
+                if sender_vouches {
+                    self.vouch_and_relay(txid, from);
+                }
+                return;
             }
-            return;
+            if !sender_vouches || pooled.vouched {
+                return;
+            }
+            // The pooled copy differs in its witness from the one a validating peer sent (a
+            // malleated copy got here first): the vouched copy replaces it.
+            metrics::counter!("meshd_txs_dropped_total", "reason" => "replaced_by_vouched")
+                .increment(1);
+            self.pool.remove(&txid);
         }
         let sender = from.and_then(|id| self.peers.get(&id)).map(|p| p.addr);
         if let Err(e) = check_transaction(&tx, self.ctx.profile.chain) {

@@ -228,10 +228,17 @@ impl TxRequestTracker {
         }
     }
 
-    /// A request slot of `peer` was freed: what waited for it is looked at again.
+    /// A request slot of `peer` was freed: as many of the transactions that waited for one
+    /// as it has free slots are looked at again (not all of them: a peer holding 5,000
+    /// announcements must not make each `notfound` cost 5,000 looks).
     fn free_slot(&mut self, peer: PeerId) {
         if let Some(c) = self.peers.get_mut(&peer) {
-            self.dirty.extend(c.blocked.drain());
+            let free = MAX_PEER_TX_REQUEST_IN_FLIGHT.saturating_sub(c.in_flight);
+            let woken: Vec<TxKey> = c.blocked.iter().take(free).copied().collect();
+            for k in &woken {
+                c.blocked.remove(k);
+            }
+            self.dirty.extend(woken);
         }
     }
 
