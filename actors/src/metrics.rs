@@ -48,6 +48,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_block_stalls_total",
+        "Block requests asked of another peer after the stalling timeout (2 s, doubling to 64 s).",
+    ),
+    (
+        "counter",
         "meshd_blocks_dropped_total",
         "Blocks dropped unread by Sync, by reason (unrequested: not asked of the peer that sent it).",
     ),

@@ -369,6 +369,60 @@ fn mine_on(mut h: bitcoin::block::Header) -> bitcoin::block::Header {
     h
 }
 
+/// Core's p2p_ibd_stalling, for a tip block: the peer asked for it never delivers; another
+/// peer that announced it is asked within seconds (Core's 2 s stalling timeout), not after
+/// the 10-minute download timeout, and its copy is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tip_block_is_asked_of_another_announcer_within_seconds() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    use meshd_actors::events::{EventKind, NodeEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let block = segwit_block(&node.profile().genesis);
+    let hash = block.block_hash();
+    let mut events = node.subscribe_to(&[EventKind::BlockReceived]);
+    let mut staller = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    staller.send(version(70016)).await;
+    let _ = commands_for(&mut staller, Duration::from_millis(300)).await;
+    let mut other = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    other.send(version(70016)).await;
+    let _ = commands_for(&mut other, Duration::from_millis(300)).await;
+    staller
+        .send(NetworkMessage::Headers(vec![block.header]))
+        .await;
+    let asked = next_matching(&mut staller, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    let asked_at = Instant::now();
+    // The other peer announces it too; it is not asked while the first request is young.
+    other
+        .send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let asked = next_matching(&mut other, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    let waited = asked_at.elapsed();
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5),
+        "asked of the other announcer after {waited:?} (before: after 10 minutes)"
+    );
+    other.send(NetworkMessage::Block(block)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("block received")
+        .expect("event");
+    assert!(
+        matches!(got.event, NodeEvent::BlockReceived { hash: ref h, .. } if *h == hash.to_string())
+    );
+    node.shutdown().await;
+}
+
 /// A tip block on genesis with one segwit spend and its witness commitment (BIP141).
 fn segwit_block(genesis: &bitcoin::block::Header) -> bitcoin::Block {
     use bitcoin::hashes::Hash;

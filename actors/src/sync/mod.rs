@@ -124,6 +124,16 @@ const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
 /// A block request unanswered this long is asked of another peer (Core's block download
 /// timeout: one block interval).
 const BLOCK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// A block asked this long ago, that another peer has, is asked of that peer (Core:
+/// `BLOCK_STALLING_TIMEOUT_DEFAULT`): a tip block waits seconds for a slow peer, not the
+/// download timeout.
+const BLOCK_STALLING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Ceiling of the stalling timeout, which doubles on each stall (Core:
+/// `BLOCK_STALLING_TIMEOUT_MAX`): on a slow link no block is re-asked for ever.
+const BLOCK_STALLING_TIMEOUT_MAX: Duration = Duration::from_secs(64);
+/// Share of the stalling timeout kept after a block arrives (Core: 0.85, down to the
+/// default).
+const BLOCK_STALLING_DECAY: f64 = 0.85;
 /// Base of the time a sync peer gets to deliver the headers it claimed (Core:
 /// `HEADERS_DOWNLOAD_TIMEOUT_BASE`).
 const HEADERS_SYNC_TIMEOUT_BASE: Duration = Duration::from_secs(15 * 60);
@@ -271,6 +281,8 @@ pub struct SyncActorState {
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<SyncSession>,
     state: SyncState,
+    /// The block stalling timeout in force (adaptive, see [`Self::reassign_stalled_blocks`]).
+    block_stalling_timeout: Duration,
     /// Initial sync is over (Core latches `IsInitialBlockDownload` false once the tip is
     /// recent and has the minimum work; a restart starts over).
     ibd_over: bool,
@@ -994,6 +1006,10 @@ impl SyncActorState {
             return;
         }
         self.requested_blocks.received(&hash);
+        self.block_stalling_timeout = self
+            .block_stalling_timeout
+            .mul_f64(BLOCK_STALLING_DECAY)
+            .max(BLOCK_STALLING_TIMEOUT_DEFAULT);
         if !self.chain.contains(&hash) {
             self.on_headers(id, HashedHeaders::new(vec![block.header]));
             if !self.chain.contains(&hash) {
@@ -1196,36 +1212,70 @@ impl SyncActorState {
 
     /// Asks another peer that announced `block` for it (after `failed` did not deliver).
     fn request_block_elsewhere(&mut self, block: BlockHash, failed: PeerId) {
+        if let Some(id) = self.block_source(block, failed) {
+            self.ask_block(block, id);
+        }
+    }
+
+    /// Another peer than `failed` that has `block` and room for a request: one that announced
+    /// it, or that showed us a best header at least as high on our chain (Core: the block is
+    /// an ancestor of the peer's best known block).
+    fn block_source(&self, block: BlockHash, failed: PeerId) -> Option<PeerId> {
         let key = block.to_byte_array();
-        // A peer that announced it, or that showed us a best header at least as high on our
-        // chain (Core: the block is an ancestor of the peer's best known block).
         let height = self
             .chain
             .is_on_best_chain(&block)
             .then(|| self.chain.height_of(&block))
             .flatten();
-        let other = self
-            .peers
+        self.peers
             .iter()
             .filter(|(id, p)| {
                 **id != failed && (p.knows(&key) || height.is_some_and(|h| p.best_height >= h))
             })
             .map(|(id, _)| *id)
-            .find(|id| self.requested_blocks.of_peer(*id) < MAX_BLOCKS_IN_FLIGHT_PER_PEER);
-        if let Some(id) = other {
-            if self.requested_blocks.try_request(
-                block,
-                id,
-                Instant::now(),
-                MAX_BLOCKS_IN_FLIGHT_PER_PEER,
-            ) {
-                debug!(%block, peer = %id, "asking another peer for a block");
-                if let Some(p) = self.peers.get(&id) {
-                    p.send(NetworkMessage::GetData(vec![Inventory::WitnessBlock(
-                        block,
-                    )]));
-                }
+            .find(|id| self.requested_blocks.of_peer(*id) < MAX_BLOCKS_IN_FLIGHT_PER_PEER)
+    }
+
+    /// Asks `id` for `block` (when it is not in flight already).
+    fn ask_block(&mut self, block: BlockHash, id: PeerId) {
+        if self.requested_blocks.try_request(
+            block,
+            id,
+            Instant::now(),
+            MAX_BLOCKS_IN_FLIGHT_PER_PEER,
+        ) {
+            debug!(%block, peer = %id, "asking another peer for a block");
+            if let Some(p) = self.peers.get(&id) {
+                p.send(NetworkMessage::GetData(vec![Inventory::WitnessBlock(
+                    block,
+                )]));
             }
+        }
+    }
+
+    /// Core's block stalling: a block asked more than the stalling timeout ago is asked of
+    /// another peer that has it, if there is one (the first peer's late copy is then
+    /// dropped), and the timeout doubles, up to [`BLOCK_STALLING_TIMEOUT_MAX`]; each block
+    /// delivered in time shrinks it back towards [`BLOCK_STALLING_TIMEOUT_DEFAULT`].
+    fn reassign_stalled_blocks(&mut self, now: Instant) {
+        let stalled = self
+            .requested_blocks
+            .older_than(now, self.block_stalling_timeout);
+        let mut moved = false;
+        for (block, peer) in stalled {
+            let Some(other) = self.block_source(block, peer) else {
+                continue;
+            };
+            self.requested_blocks.received(&block);
+            metrics::counter!("meshd_block_stalls_total").increment(1);
+            warn!(%block, %peer, other = %other, timeout_ms = self.block_stalling_timeout.as_millis() as u64,
+                  "block download stalled; asking another peer");
+            self.ask_block(block, other);
+            moved = true;
+        }
+        if moved {
+            self.block_stalling_timeout =
+                (self.block_stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
         }
     }
 
@@ -1292,6 +1342,7 @@ impl SyncActorState {
             crate::release_free_memory();
         }
         self.poll_tx_requests();
+        self.reassign_stalled_blocks(now);
         for (block, peer) in self.requested_blocks.expire(now, BLOCK_DOWNLOAD_TIMEOUT) {
             metrics::counter!("meshd_requests_expired_total", "kind" => "block").increment(1);
             warn!(%block, %peer, "block request expired");
@@ -1696,6 +1747,7 @@ impl Actor for Sync {
             sync_peer: None,
             state: SyncState::Idle,
             ibd_over: false,
+            block_stalling_timeout: BLOCK_STALLING_TIMEOUT_DEFAULT,
             blocks: VecDeque::new(),
             requested_blocks: InFlight::default(),
             pool: RelayPool::default(),

@@ -87,6 +87,15 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         items
     }
 
+    /// The requests older than `age`, with the peer that was asked (left in flight).
+    pub fn older_than(&self, now: Instant, age: Duration) -> Vec<(K, PeerId)> {
+        self.by_item
+            .iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= age)
+            .map(|(k, (p, _))| (*k, *p))
+            .collect()
+    }
+
     /// Releases and returns the requests older than `timeout`, with the peer that was asked.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<(K, PeerId)> {
         let old: Vec<(K, PeerId)> = self
