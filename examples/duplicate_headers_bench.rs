@@ -14,11 +14,8 @@ use std::time::{Duration, Instant};
 
 use bitcoin::block::Header;
 use bitcoin::hashes::Hash;
-use bitcoin::p2p::address::Address;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::GetHeadersMessage;
-use bitcoin::p2p::message_network::VersionMessage;
-use bitcoin::p2p::ServiceFlags;
 use bitcoin::BlockHash;
 use meshd_actors::config::NodeConfig;
 use meshd_actors::network::NetworkId;
@@ -26,31 +23,17 @@ use meshd_actors::node::Node;
 use meshd_actors::sync::chain::headers::mine_chain;
 use meshd_actors::sync::chain::store::HeaderStore;
 use meshd_actors::sync::chain::HeaderChain;
-use meshd_actors::wire::{FrameDecoder, Message};
+use meshd_actors::wire::FrameDecoder;
+
+#[path = "common/blocking_peer.rs"]
+mod blocking_peer;
+use blocking_peer::{dial_and_handshake, encode};
 
 /// Duplicate messages per run (the probe).
 const DUPLICATES: usize = 2_000;
 
-fn encode(m: NetworkMessage) -> Vec<u8> {
-    Message::Network(m).encode(NetworkId::Regtest.profile().magic)
-}
-
 fn handshake(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
-    let mut v = VersionMessage::new(
-        ServiceFlags::NETWORK,
-        0,
-        a.clone(),
-        a,
-        rand::random(),
-        "/dup-bench/".into(),
-        0,
-    );
-    v.version = 70016;
-    s.write_all(&encode(NetworkMessage::Version(v))).unwrap();
-    s.write_all(&encode(NetworkMessage::Verack)).unwrap();
-    s
+    dial_and_handshake(addr, "/dup-bench/")
 }
 
 /// Reads frames until a `headers` message; returns when it arrived.

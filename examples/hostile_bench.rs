@@ -20,17 +20,16 @@ use bitcoin::hashes::Hash;
 use bitcoin::p2p::address::Address;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::ServiceFlags;
 use meshd_actors::config::NodeConfig;
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::Node;
 use meshd_actors::sync::chain::headers::mine_header;
-use meshd_actors::wire::{encode_frame, Command as WireCommand, Message};
+use meshd_actors::wire::{encode_frame, Command as WireCommand};
 
-fn encode(m: NetworkMessage) -> Vec<u8> {
-    Message::Network(m).encode(NetworkId::Regtest.profile().magic)
-}
+#[path = "common/blocking_peer.rs"]
+mod blocking_peer;
+use blocking_peer::{dial_and_handshake, encode};
 
 /// The node side: start, mine one block, print the address and the block, run until killed.
 async fn node_main() {
@@ -58,20 +57,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn handshake(addr: SocketAddr) -> TcpStream {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
-    let mut v = VersionMessage::new(
-        ServiceFlags::NETWORK,
-        0,
-        a.clone(),
-        a,
-        rand::random(),
-        "/hostile-bench/".into(),
-        0,
-    );
-    v.version = 70016;
-    s.write_all(&encode(NetworkMessage::Version(v))).unwrap();
-    s.write_all(&encode(NetworkMessage::Verack)).unwrap();
+    let mut s = dial_and_handshake(addr, "/hostile-bench/");
     // Read the node's version and verack (and whatever follows) for a moment.
     s.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();

@@ -31,7 +31,9 @@
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
 //! - [`sync`]: the Sync actor (relay in `sync/relay.rs`), the header chain
-//!   ([`sync::chain`]), [`sync::bloom`] and [`sync::mine`];
+//!   ([`sync::chain`]), transaction requests ([`sync::txrequest`], Core's
+//!   TxRequestTracker), block checks ([`sync::block_check`]), [`sync::bloom`] and
+//!   [`sync::mine`];
 //! - shared protocol code: [`wire`], [`peer`], [`network`], [`constants`], [`config`],
 //!   [`events`], [`persist`]; [`node`] holds the NodeSupervisor and the [`node::Node`] handle,
 //!   [`context`] the state every actor shares.
@@ -84,7 +86,8 @@
 //! [`wire::FrameDecoder`], [`wire::Message`], [`peer::Handshake`], [`peer::PingTracker`],
 //! [`manager::slots::SlotPool`], [`manager::restart::RestartTracker`],
 //! [`connection::bandwidth::TokenBucket`], [`manager::bans::BanList`],
-//! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`].
+//! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`],
+//! [`sync::txrequest::TxRequestTracker`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
 //! over real loopback sockets. Every limit is a named constant in [`constants`] or next to
 //! the code it bounds. None of them imports tokio or ractor (`actors/tests/layout.rs`).

@@ -71,6 +71,17 @@ fn announces(m: &NetworkMessage, txid: Txid) -> Option<()> {
     }
 }
 
+/// A node that dialled a raw test peer (its outbound, full-relay peer), and that peer.
+async fn with_outbound_peer(dir: &std::path::Path) -> (Node, AsyncPeer) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(dir);
+    c.slots.outbound = 1;
+    c.connect = vec![listener.local_addr().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let outbound = AsyncPeer::accept(&listener).await;
+    (node, outbound)
+}
+
 async fn wait_sync_peers(node: &Node, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while node.sync_peers().await.len() < n {
@@ -134,12 +145,7 @@ async fn after_a_notfound_the_next_announcer_is_asked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outbound_announcer_is_asked_before_an_earlier_inbound_one() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut c = cfg(dir.path());
-    c.slots.outbound = 1;
-    c.connect = vec![listener.local_addr().unwrap()];
-    let node = Node::start(c).await.unwrap();
-    let mut outbound = AsyncPeer::accept(&listener).await;
+    let (node, mut outbound) = with_outbound_peer(dir.path()).await;
     let mut inbound = handshaked(node.listen_addrs()[0]).await;
     wait_sync_peers(&node, 2).await;
     let txid = tx(2).compute_txid();
@@ -175,12 +181,7 @@ async fn an_outbound_announcer_is_asked_before_an_earlier_inbound_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_vouched_transactions_are_announced() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut c = cfg(dir.path());
-    c.slots.outbound = 1;
-    c.connect = vec![listener.local_addr().unwrap()];
-    let node = Node::start(c).await.unwrap();
-    let mut outbound = AsyncPeer::accept(&listener).await;
+    let (node, mut outbound) = with_outbound_peer(dir.path()).await;
     let addr = node.listen_addrs()[0];
     let mut sender = handshaked(addr).await;
     let mut watcher = handshaked(addr).await;
@@ -270,12 +271,7 @@ async fn tx_relay_all_announces_and_none_never_does() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malleated_copy_is_replaced_by_the_vouched_one_and_never_relayed() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mut c = cfg(dir.path());
-    c.slots.outbound = 1;
-    c.connect = vec![listener.local_addr().unwrap()];
-    let node = Node::start(c).await.unwrap();
-    let mut outbound = AsyncPeer::accept(&listener).await;
+    let (node, mut outbound) = with_outbound_peer(dir.path()).await;
     let addr = node.listen_addrs()[0];
     let mut attacker = handshaked(addr).await;
     let mut watcher = handshaked(addr).await;

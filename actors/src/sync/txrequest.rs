@@ -122,10 +122,23 @@ pub struct TxRequestTracker {
     salt: foldhash::quality::RandomState,
     by_key: HashMap<TxKey, Vec<Announcement>>,
     peers: HashMap<PeerId, PeerCounts>,
-    /// When each transaction is next looked at (a request time or an expiry).
+    /// When each transaction is next looked at (a request time or an expiry). Entries leave
+    /// with their transaction or announcer, so this holds at most one per live announcement
+    /// and request (bounded by [`MAX_PEER_TX_ANNOUNCEMENTS`] per peer).
     wake: BTreeSet<(Instant, TxKey)>,
     /// Transactions to look at whatever the time (an answer, a departure, a freed slot).
     dirty: HashSet<TxKey>,
+}
+
+impl AnnState {
+    /// When the tracker looks at this announcement next, if ever.
+    fn wake_at(&self) -> Option<Instant> {
+        match *self {
+            AnnState::Candidate { ready_at } => Some(ready_at),
+            AnnState::Requested { expires } => Some(expires),
+            AnnState::Completed => None,
+        }
+    }
 }
 
 impl TxRequestTracker {
@@ -182,6 +195,10 @@ impl TxRequestTracker {
             return;
         };
         let was_requested = matches!(a.state, AnnState::Requested { .. });
+        if let Some(at) = a.state.wake_at() {
+            // Looked at again now (dirty), which schedules what other announcers need.
+            self.wake.remove(&(at, *key));
+        }
         a.state = AnnState::Completed;
         self.dirty.insert(*key);
         if was_requested {
@@ -199,6 +216,9 @@ impl TxRequestTracker {
             return;
         };
         for a in anns {
+            if let Some(at) = a.state.wake_at() {
+                self.wake.remove(&(at, *key));
+            }
             if let Some(c) = self.peers.get_mut(&a.peer) {
                 c.keys.remove(key);
                 c.blocked.remove(key);
@@ -218,6 +238,13 @@ impl TxRequestTracker {
         };
         for key in counts.keys {
             if let Some(anns) = self.by_key.get_mut(&key) {
+                for a in anns.iter().filter(|a| a.peer == peer) {
+                    if let Some(at) = a.state.wake_at() {
+                        // The key is looked at again below (dirty), which schedules what the
+                        // other announcers still need.
+                        self.wake.remove(&(at, key));
+                    }
+                }
                 anns.retain(|a| a.peer != peer);
                 self.dirty.insert(key);
             }
@@ -329,6 +356,9 @@ impl TxRequestTracker {
                 return;
             };
             let a = &mut anns[i];
+            if let Some(at) = a.state.wake_at() {
+                self.wake.remove(&(at, key));
+            }
             a.state = AnnState::Requested { expires };
             out.requests.push(TxRequest {
                 peer: a.peer,
@@ -403,44 +433,22 @@ mod tests {
         [n; 32]
     }
 
+    fn ann(peer: PeerId, preferred: bool, exempt: bool) -> Announcer {
+        Announcer {
+            peer,
+            preferred,
+            exempt,
+        }
+    }
+
     #[test]
     fn preferred_first_then_the_next_announcer_on_notfound_and_timeout() {
         let t0 = Instant::now();
         let mut t = TxRequestTracker::default();
         let (inbound, outbound, other) = (PeerId(1), PeerId(2), PeerId(3));
-        t.announce(
-            Announcer {
-                peer: inbound,
-                preferred: false,
-                exempt: false,
-            },
-            key(1),
-            true,
-            false,
-            t0,
-        );
-        t.announce(
-            Announcer {
-                peer: outbound,
-                preferred: true,
-                exempt: false,
-            },
-            key(1),
-            true,
-            false,
-            t0,
-        );
-        t.announce(
-            Announcer {
-                peer: other,
-                preferred: false,
-                exempt: false,
-            },
-            key(1),
-            true,
-            false,
-            t0,
-        );
+        t.announce(ann(inbound, false, false), key(1), true, false, t0);
+        t.announce(ann(outbound, true, false), key(1), true, false, t0);
+        t.announce(ann(other, false, false), key(1), true, false, t0);
         let first = t.poll(t0).requests;
         assert_eq!(first.len(), 1);
         assert_eq!(
@@ -479,28 +487,8 @@ mod tests {
     fn a_departed_peer_hands_its_request_on_and_arrival_forgets() {
         let t0 = Instant::now();
         let mut t = TxRequestTracker::default();
-        t.announce(
-            Announcer {
-                peer: PeerId(1),
-                preferred: true,
-                exempt: false,
-            },
-            key(7),
-            false,
-            false,
-            t0,
-        );
-        t.announce(
-            Announcer {
-                peer: PeerId(2),
-                preferred: true,
-                exempt: false,
-            },
-            key(7),
-            false,
-            false,
-            t0,
-        );
+        t.announce(ann(PeerId(1), true, false), key(7), false, false, t0);
+        t.announce(ann(PeerId(2), true, false), key(7), false, false, t0);
         let asked = t.poll(t0).requests[0].peer;
         let other = if asked == PeerId(1) {
             PeerId(2)
@@ -568,41 +556,29 @@ mod tests {
         let asked = t.poll(t0).requests;
         let of_one = asked.iter().filter(|r| r.peer == PeerId(1)).count();
         assert_eq!(of_one, MAX_PEER_TX_REQUEST_IN_FLIGHT);
-        // Overloaded: a new announcement from it waits the overload delay too.
-        t.announce(
-            Announcer {
-                peer: PeerId(1),
-                preferred: true,
-                exempt: true,
-            },
-            [0xfe; 32],
-            true,
-            false,
-            t0,
-        );
-        t.announce(
-            Announcer {
-                peer: PeerId(2),
-                preferred: true,
-                exempt: false,
-            },
-            [0xfd; 32],
-            true,
-            false,
-            t0,
-        );
-        t.announce(
-            Announcer {
-                peer: PeerId(2),
-                preferred: true,
-                exempt: false,
-            },
-            [0xfd; 32],
-            true,
-            false,
-            t0,
+        t.announce(ann(PeerId(2), true, false), [0xfd; 32], true, false, t0);
+        assert_eq!(
+            t.announce(ann(PeerId(2), true, false), [0xfd; 32], true, false, t0),
+            Announced::Known
         );
         assert_eq!(t.announced_by(PeerId(2)), 1);
+    }
+
+    #[test]
+    fn an_overloaded_peers_new_announcement_waits_the_overload_delay() {
+        let t0 = Instant::now();
+        let mut t = TxRequestTracker::default();
+        for i in 0..MAX_PEER_TX_REQUEST_IN_FLIGHT as u8 {
+            t.announce(ann(PeerId(1), true, false), key(i), true, false, t0);
+        }
+        assert_eq!(t.poll(t0).requests.len(), MAX_PEER_TX_REQUEST_IN_FLIGHT);
+        // At its limit: the next announcement is delayed, even once a slot frees.
+        t.announce(ann(PeerId(1), true, false), key(200), true, false, t0);
+        t.not_found(PeerId(1), &key(0));
+        assert!(t.poll(t0).requests.is_empty());
+        let later = t.poll(t0 + OVERLOADED_PEER_TX_DELAY).requests;
+        assert_eq!(later.len(), 1);
+        assert_eq!(later[0].key, key(200));
     }
 
     proptest! {
@@ -645,6 +621,8 @@ mod tests {
                     let tracked = t.by_key.values().flatten().filter(|a| a.peer == peer).count();
                     prop_assert_eq!(t.announced_by(peer), tracked);
                 }
+                let live: usize = t.by_key.values().map(|a| a.len()).sum();
+                prop_assert!(t.wake.len() <= 2 * live, "wake entries outlive their announcements");
                 // A forgotten transaction may be asked of anyone again once re-announced.
                 asked.retain(|(x, _)| t.by_key.contains_key(x));
             }
