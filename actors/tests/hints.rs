@@ -53,8 +53,9 @@ type Log = Arc<Mutex<HashMap<usize, usize>>>;
 struct Shared {
     chain: Arc<Vec<Header>>,
     index: HashMap<BlockHash, usize>,
-    /// Every peer waits here before its first answer.
-    gate: tokio::sync::Barrier,
+    /// Every peer waits for this before its first answer: set once the node's Sync knows
+    /// every peer, so that no segment is given up for want of a peer still handshaking.
+    gate: tokio::sync::watch::Sender<bool>,
     log: Log,
     until: Instant,
 }
@@ -72,7 +73,7 @@ async fn serve(node: std::net::SocketAddr, me: usize, behaviour: Behaviour, shar
     let until = *until;
     let mut p = AsyncPeer::connect(node).await.unwrap();
     assert!(p.handshake_at(chain.len() as i32 - 1).await);
-    gate.wait().await;
+    let _ = gate.subscribe().wait_for(|go| *go).await;
     while Instant::now() < until {
         match p.recv(Duration::from_millis(200)).await {
             Seen::Closed => return,
@@ -136,14 +137,20 @@ async fn lab(chain: Arc<Vec<Header>>, hints: Vec<(u32, BlockHash)>, peers: &[Beh
     let shared = Arc::new(Shared {
         chain: chain.clone(),
         index,
-        // Every peer is connected before any answers, so each can be given work.
-        gate: tokio::sync::Barrier::new(peers.len()),
+        // Every peer is known to Sync before any answers, so each can be given work.
+        gate: tokio::sync::watch::channel(false).0,
         log: log.clone(),
         until: Instant::now() + Duration::from_secs(60),
     });
     for (i, b) in peers.iter().enumerate() {
         tokio::spawn(serve(addr, i, *b, shared.clone()));
     }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.sync_peers().await.len() < peers.len() {
+        assert!(Instant::now() < deadline, "Sync never learned every peer");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shared.gate.send_replace(true);
     Lab {
         node,
         log,
