@@ -10,10 +10,10 @@
 mod api;
 mod cli;
 mod client;
+mod logging;
 mod metrics_http;
 mod settings;
 
-use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -21,28 +21,11 @@ use clap::Parser;
 use meshd_actors::node::{Node, NodeExit};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
-use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat};
-
-fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("log-level: {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-    Ok(())
-}
+use crate::cli::{Cli, Command};
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
-    eprintln!("meshd: error: {msg}");
+    logging::say(format_args!("meshd: error: {msg}"));
     ExitCode::from(2)
 }
 
@@ -60,9 +43,11 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    if let Err(e) = init_logging(settings.log_format, settings.log_level.as_deref()) {
-        return fail(e);
-    }
+    // Held to the end: dropping it flushes the lines still queued.
+    let _log_guard = match logging::init(settings.log_format, settings.log_level.as_deref()) {
+        Ok(g) => g,
+        Err(e) => return fail(e),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -109,16 +94,21 @@ async fn run(settings: settings::Settings) -> ExitCode {
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(listener, handle, node.metrics_source());
     }
-    let mut cookie = None;
     if let Some(listener) = api_listener {
         let token = match settings.api_token {
             Some(t) => t,
             None => match api::write_cookie(&node.config().datadir) {
                 Ok((t, path)) => {
-                    cookie = Some(path);
+                    // Removed by the node however it ends, before it unlocks the data dir,
+                    // so a restart's new cookie is never the one deleted.
+                    node.remove_on_exit(path);
                     t
                 }
-                Err(e) => return fail(format!("cannot write the API cookie: {e}")),
+                Err(e) => {
+                    // The node is up: it stops as on a signal, saving what it holds.
+                    let _ = node.shutdown().await;
+                    return fail(format!("cannot write the API cookie: {e}"));
+                }
             },
         };
         api::serve(listener, node.clone(), token);
@@ -137,9 +127,6 @@ async fn run(settings: settings::Settings) -> ExitCode {
     };
     info!(signal = signal_name, "shutting down");
     let exit = node.shutdown().await;
-    if let Some(path) = cookie {
-        let _ = std::fs::remove_file(path);
-    }
     match exit {
         NodeExit::Graceful => {
             info!("bye");

@@ -64,6 +64,11 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
     }
     let process = metrics_process::Collector::default();
     process.describe();
+    metrics::describe_counter!(
+        "meshd_log_dropped_total",
+        "Log lines lost: the log queue was full or the write failed (closed pipe, full disk)"
+    );
+    metrics::counter!("meshd_log_dropped_total").absolute(crate::logging::dropped());
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -73,6 +78,7 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
             async move {
                 // Process CPU, memory and open files, read at scrape time.
                 process.collect();
+                metrics::counter!("meshd_log_dropped_total").absolute(crate::logging::dropped());
                 let mut body = handle.render();
                 body.push_str(&live.render());
                 ([("content-type", "text/plain; version=0.0.4")], body)

@@ -41,8 +41,9 @@ pub enum ConnectionMsg {
     Negotiated(Result<(TcpStream, crate::wire::v2::Negotiated), DisconnectReason>),
     /// A message from the reader.
     Inbound(Inbound),
-    /// A frame was dropped (bad checksum); the stream goes on.
-    DroppedFrame(FrameError),
+    /// A frame the reader dropped that costs misbehaviour points (a bad checksum, an
+    /// overlong payload); the stream goes on. It holds reader credit like any message.
+    DroppedFrame(FrameError, tokio::sync::OwnedSemaphorePermit),
     /// The reader stopped: the peer closed, the socket failed, or the framing broke.
     ReaderEnded(DisconnectReason),
     /// The writer could not write.

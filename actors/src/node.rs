@@ -452,6 +452,8 @@ pub struct Node {
     stopped: tokio::sync::watch::Receiver<Option<NodeExit>>,
     ctx: Arc<NodeContext>,
     listen_addrs: Vec<SocketAddr>,
+    /// Files removed when the tree has stopped, before the data-dir lock is released.
+    exit_files: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>>,
 }
 
 impl Node {
@@ -523,8 +525,19 @@ impl Node {
         let _ = supervisor.call(NodeMsg::GetManager, None).await;
         let (tx, stopped) = tokio::sync::watch::channel(None);
         let watched = ctx.clone();
+        let exit_files: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>> = Arc::default();
+        let to_remove = exit_files.clone();
         tokio::spawn(async move {
             let join_result = join.await;
+            // Files that mean "this node is running" go while it still holds the directory:
+            // removed after the unlock, they could be a restarted node's new ones.
+            let files = match to_remove.lock() {
+                Ok(mut f) => std::mem::take(&mut *f),
+                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            };
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
             // The data-dir lock goes with the tree: once `wait` returns, another node (or a
             // restart of this one) may open the same directory.
             drop(lock);
@@ -540,7 +553,17 @@ impl Node {
             stopped,
             ctx,
             listen_addrs,
+            exit_files,
         })
+    }
+
+    /// Removes `path` when the node stops, however it stops, before the data directory is
+    /// unlocked (the API cookie: a restart writes its own as soon as it holds the lock).
+    pub fn remove_on_exit(&self, path: std::path::PathBuf) {
+        match self.exit_files.lock() {
+            Ok(mut f) => f.push(path),
+            Err(poisoned) => poisoned.into_inner().push(path),
+        }
     }
 
     /// The addresses actually bound (port 0 resolved).

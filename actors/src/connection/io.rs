@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
+use tracing::warn;
 
 use super::bandwidth::Throttle;
 use crate::constants::{
@@ -22,8 +23,9 @@ use crate::constants::{
     READER_CREDIT_BYTES, READ_CHUNK,
 };
 use crate::context::NodeContext;
+use crate::manager::misbehavior;
 use crate::msg::{ConnectionMsg, Inbound};
-use crate::peer::DisconnectReason;
+use crate::peer::{DisconnectReason, DropVerdict, UselessFrames};
 use crate::wire::v2::{
     detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake, V1_PREFIX_LEN,
 };
@@ -272,6 +274,9 @@ pub(super) struct ReaderArgs {
     pub(super) throttle: Throttle,
     pub(super) ctx: Arc<NodeContext>,
     pub(super) blocks: Arc<BlocksExpected>,
+    /// The peer as logs name it, and its id.
+    pub(super) peer: String,
+    pub(super) id: crate::manager::peers::PeerId,
 }
 
 pub(super) async fn reader(args: ReaderArgs) {
@@ -284,8 +289,11 @@ pub(super) async fn reader(args: ReaderArgs) {
         mut throttle,
         ctx,
         blocks,
+        peer,
+        id,
     } = args;
     let mut frames = Vec::new();
+    let mut useless = UselessFrames::new(std::time::Instant::now());
     let mut initial = Some(initial).filter(|b| !b.is_empty());
     loop {
         let first = initial.take();
@@ -352,7 +360,37 @@ pub(super) async fn reader(args: ReaderArgs) {
                     return;
                 }
                 Err(e) => {
-                    if actor.cast(ConnectionMsg::DroppedFrame(e)).is_err() {
+                    // Dropped unread, but never free: counted against the peer's budget of
+                    // useless frames, and logged at most once a minute with the count.
+                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
+                    match useless.on_drop(std::time::Instant::now()) {
+                        DropVerdict::Log { dropped } => {
+                            // At most once a minute per peer, with the count since the last line.
+                            warn!(%peer, %id, dropped, last = %e, "dropped frames");
+                        }
+                        DropVerdict::Quiet => {}
+                        DropVerdict::Disconnect { total } => {
+                            metrics::counter!("meshd_useless_frame_disconnects_total").increment(1);
+                            warn!(%peer, %id, total, last = %e, "too many useless frames; disconnecting");
+                            let _ = actor.cast(ConnectionMsg::ReaderEnded(
+                                DisconnectReason::UselessFrames(total),
+                            ));
+                            return;
+                        }
+                    }
+                    if misbehavior::cost(e.kind()) == 0 {
+                        continue;
+                    }
+                    // Chargeable: the actor owns the score, and the message weighs what any
+                    // message does against the reader's credit.
+                    let Ok(permit) = credit
+                        .clone()
+                        .acquire_many_owned(MIN_MESSAGE_WEIGHT as u32)
+                        .await
+                    else {
+                        return;
+                    };
+                    if actor.cast(ConnectionMsg::DroppedFrame(e, permit)).is_err() {
                         discard_until_closed(&half).await;
                         return;
                     }

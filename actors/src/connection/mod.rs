@@ -382,9 +382,8 @@ impl Actor for Connection {
                 pump_getdata(state)
             }
             ConnectionMsg::SendDrained => pump_getdata(state),
-            ConnectionMsg::DroppedFrame(err) => {
-                warn!(peer = %state.peer_name(), id = %state.id, error = %err, "dropped a frame");
-                metrics::counter!("meshd_frame_errors_total", "kind" => err.kind()).increment(1);
+            ConnectionMsg::DroppedFrame(err, _credit) => {
+                // Counted and logged (at most once a minute) by the reader; charged here.
                 punish(state, err.kind())
             }
             ConnectionMsg::ReaderEnded(reason) => {
@@ -626,6 +625,8 @@ fn start_io(
         throttle: down,
         ctx: state.ctx.clone(),
         blocks: state.blocks_expected.clone(),
+        peer: state.peer_name(),
+        id: state.id,
     })));
     let now = Instant::now();
     state.connected_at = Some(now);

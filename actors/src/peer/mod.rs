@@ -5,11 +5,13 @@ pub mod handshake;
 pub mod ping;
 pub mod reason;
 pub mod rolling_filter;
+pub mod useless;
 
 pub use handshake::{Handshake, HandshakeError, HandshakePolicy, HandshakeStep, PeerVersion};
 pub use ping::{PingTracker, PongOutcome};
 pub use reason::DisconnectReason;
 pub use rolling_filter::RollingFilter;
+pub use useless::{DropVerdict, UselessFrames};
 
 use serde::{Deserialize, Serialize};
 

@@ -41,6 +41,10 @@ pub enum DisconnectReason {
     /// The peer broke a protocol rule after the handshake (e.g. a second protoconf).
     #[error("protocol violation: {0}")]
     Protocol(String),
+    /// The peer sent more frames we drop unread than its budget allows
+    /// ([`USELESS_FRAME_BURST`](crate::peer::useless::USELESS_FRAME_BURST)).
+    #[error("{0} useless frames (dropped unread)")]
+    UselessFrames(u64),
     /// A ping went unanswered past the ping timeout.
     #[error("no pong within {0:?}")]
     PingTimeout(std::time::Duration),
@@ -82,6 +86,7 @@ impl DisconnectReason {
             DisconnectReason::Payload(e) => e.kind(),
             DisconnectReason::Handshake(e) => e.kind(),
             DisconnectReason::Protocol(_) => "protocol_violation",
+            DisconnectReason::UselessFrames(_) => "useless_frames",
             DisconnectReason::PingTimeout(_) => "ping_timeout",
             DisconnectReason::SendQueueFull(_) => "send_queue_full",
             DisconnectReason::Evicted => "evicted",

@@ -173,6 +173,9 @@ struct SyncPeer {
     /// When it was last asked for headers and has not answered (Core's
     /// `m_last_getheaders_timestamp`).
     getheaders_at: Option<Instant>,
+    /// Its last answer was a full batch and it was asked on: it is streaming us headers, so
+    /// the node is syncing from it even outside a sync session.
+    catching_up: bool,
     /// Its protocol version.
     version: u32,
     /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
@@ -367,6 +370,16 @@ impl SyncActorState {
         true
     }
 
+    /// Whether some peer is streaming us full header batches and has not let our request
+    /// for the next one go unanswered for [`HEADERS_RESPONSE_TIME`].
+    fn catching_up(&self) -> bool {
+        self.peers.values().any(|p| {
+            p.catching_up
+                && p.getheaders_at
+                    .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME)
+        })
+    }
+
     /// Whether our best header is at most `secs` old.
     fn tip_younger_than(&self, secs: u32) -> bool {
         self.chain.tip_header().time >= now_u32().saturating_sub(secs)
@@ -408,7 +421,7 @@ impl SyncActorState {
             return;
         }
         let ibd = self.in_ibd();
-        let active = self.sync_peer.is_some() || self.segments.is_some();
+        let active = self.sync_peer.is_some() || self.segments.is_some() || self.catching_up();
         let state = match (ibd, active) {
             (_, true) => SyncState::Syncing,
             (false, false) => SyncState::Synced,
@@ -892,12 +905,23 @@ impl SyncActorState {
             if !full_batch {
                 self.sync_batch_ended(id);
             }
-        } else if full_batch && continue_sync {
-            // Core: a full message from any peer means it may have more; ask it on.
-            if let Some(&last) = hashes.last().filter(|h| self.chain.contains(h)) {
-                let mut locator = vec![last];
-                locator.extend(self.chain.locator());
-                self.maybe_getheaders(id, locator);
+        } else if continue_sync {
+            let mut asked_on = false;
+            if full_batch {
+                // Core: a full message from any peer means it may have more; ask it on.
+                if let Some(&last) = hashes.last().filter(|h| self.chain.contains(h)) {
+                    let mut locator = vec![last];
+                    locator.extend(self.chain.locator());
+                    self.maybe_getheaders(id, locator);
+                    asked_on = true;
+                }
+            }
+            let was = self.peers.get(&id).is_some_and(|p| p.catching_up);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.catching_up = asked_on;
+            }
+            if was != asked_on {
+                self.update_state();
             }
         }
         if self.chain.tip() != old_tip {
@@ -1387,6 +1411,13 @@ impl SyncActorState {
                 self.maybe_start_sync(Some(id));
             }
         }
+        if self.state == SyncState::Syncing && !self.catching_up() {
+            // A peer that streamed us headers went quiet: its stream is over.
+            self.update_state();
+            if self.state != SyncState::Syncing {
+                self.publish_status();
+            }
+        }
         if self.pool.expire(now, config.tx_pool_max_age) > 0 {
             self.publish_status();
         }
@@ -1421,6 +1452,7 @@ impl SyncActorState {
                     sync_failed: false,
                     sync_started: false,
                     getheaders_at: None,
+                    catching_up: false,
                     version,
                     wtxid_relay,
                     presync: None,
