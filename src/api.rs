@@ -202,7 +202,9 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "header-hints-last-height": c.header_hints.last().map_or(0, |h| h.0),
         "restart-base-delay": dur(c.restart.base_delay),
         "restart-max-delay": dur(c.restart.max_delay),
-        "restart-max": c.restart.max_restarts,
+        // null: no limit, manual peers are never given up.
+        "restart-max": (c.restart.max_restarts != meshd_actors::manager::restart::NO_RESTART_LIMIT)
+            .then_some(c.restart.max_restarts),
         "restart-window": dur(c.restart.window),
         "restart-stable-after": dur(c.restart.stable_after),
         "dns-server": list(&c.dns_servers),

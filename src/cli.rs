@@ -302,7 +302,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub restart_max_delay: Option<String>,
 
-    /// Restarts allowed inside the window before giving up on an address. [default: 5]
+    /// Restarts of a manual peer allowed inside the window before giving up on it for the
+    /// rest of the window. [default: none: never given up, as Core's added nodes]
     #[arg(long, value_name = "N")]
     pub restart_max: Option<usize>,
 

@@ -145,9 +145,20 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(x) => x.clone(),
+        Value::String(x) => sanitize(x),
         other => other.to_string(),
     }
+}
+
+/// A string a peer or another fleet node chose, made safe for a terminal (as Core's
+/// `SanitizeString` of a subver): control characters (escape sequences start with one) and
+/// bidirectional overrides (which reorder what the line shows) are dropped.
+fn sanitize(x: &str) -> String {
+    x.chars()
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
 }
 
 fn ms(v: &Value) -> String {
@@ -321,9 +332,10 @@ fn print_object(v: &Value) {
     if let Some(obj) = v.as_object() {
         for (k, val) in obj {
             println!(
-                "{k} = {}",
+                "{} = {}",
+                sanitize(k),
                 match val {
-                    Value::String(x) => x.clone(),
+                    Value::String(x) => sanitize(x),
                     other => other.to_string(),
                 }
             );
@@ -405,7 +417,7 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
                 .map(|o| {
                     o.iter()
                         .filter(|(k, _)| *k != "type" && *k != "timestamp_ms")
-                        .map(|(k, val)| format!("{k}={}", s(val)))
+                        .map(|(k, val)| format!("{}={}", sanitize(k), s(val)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -540,5 +552,23 @@ pub fn run(cmd: Command) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => die(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_strings_lose_escape_sequences_and_bidi_overrides() {
+        assert_eq!(
+            sanitize("/Satoshi:\u{1b}[2J\u{1b}]0;owned\u{7}27.0/\u{202e}"),
+            "/Satoshi:[2J]0;owned27.0/"
+        );
+        assert_eq!(
+            sanitize("plain /meshd:0.1.0/ [::1]:8333"),
+            "plain /meshd:0.1.0/ [::1]:8333"
+        );
+        assert_eq!(s(&Value::String("a\nb\rc\u{9b}d".into())), "abcd");
     }
 }

@@ -428,3 +428,42 @@ fn remote_api_needs_an_explicit_flag() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-allow-remote"));
 }
+
+/// A peer's user agent reaches the terminal without its escape sequences or bidirectional
+/// overrides (Core sanitises a subver before it shows it); `--json` keeps it whole, escaped.
+#[test]
+fn peer_user_agents_are_sanitised_in_the_cli_tables() {
+    use bitcoin::p2p::message::NetworkMessage;
+    use common::rawpeer::{RawPeer, Seen};
+    use meshd_actors::wire::Message;
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    let agent = "/evil:1.0/\u{1b}[2J\u{1b}]0;owned\u{7}\u{202e}txet";
+    p.send(RawPeer::version(agent));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut verack = false;
+    while !verack {
+        assert!(std::time::Instant::now() < deadline, "no handshake");
+        match p.recv(Duration::from_secs(10)) {
+            Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
+                p.send(NetworkMessage::Verack)
+            }
+            Seen::Msg(Message::Network(NetworkMessage::Verack)) => verack = true,
+            Seen::Msg(_) => {}
+            other => panic!("handshake failed: {other:?}"),
+        }
+    }
+    node.wait_log("handshake", Duration::from_secs(10), |v| {
+        msg(v) == "handshake complete"
+    });
+    let (code, out, _) = cli(&node, &["peers"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("/evil:1.0/[2J]0;ownedtxet"), "{out:?}");
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains('\u{202e}'),
+        "{out:?}"
+    );
+    let (_, json, _) = cli(&node, &["peers", "--json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[0]["user_agent"], agent);
+}

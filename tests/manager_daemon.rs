@@ -1,6 +1,7 @@
 //! The Manager through the real binary: an outbound peer killed with SIGKILL and brought back
-//! (restarts with backoff, give-up, both visible in logs and metrics), and a graceful shutdown
-//! with 100 peers connected.
+//! (restarts with backoff, give-up, both visible in logs and metrics), a manual peer kept
+//! through an operator's ban, unban and disconnects, and a graceful shutdown with 100 peers
+//! connected.
 
 mod common;
 
@@ -71,6 +72,83 @@ fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled()
         Some(1.0)
     );
     target.stop();
+}
+
+/// The outbound handshakes the node completed so far.
+fn outbound_handshakes(node: &Meshd) -> usize {
+    node.count_logs(|v| msg(v) == "handshake complete" && v["direction"] == "outbound")
+}
+
+fn wait_outbound_handshakes(node: &Meshd, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while outbound_handshakes(node) < n {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Issue #25's probe: an operator bans the `--connect` peer, lifts the ban, then disconnects
+/// it again and again. Core retries `-connect` peers for ever; so does meshd, and under
+/// the default policy it never gives one up (before, the sixth drop in ten minutes did).
+#[test]
+fn a_manual_peer_survives_ban_unban_and_repeated_disconnects() {
+    let port = free_port().to_string();
+    let target_addr = format!("127.0.0.1:{port}");
+    let tdir = tempfile::tempdir().unwrap();
+    let target = Meshd::start_in(
+        tdir.path(),
+        &["--listen", &target_addr, "--max-outbound", "0"],
+        false,
+    );
+    target.wait_log("target up", Duration::from_secs(10), |v| {
+        msg(v) == "p2p listening"
+    });
+    let node = Meshd::start(&[
+        "--connect",
+        &target_addr,
+        "--restart-base-delay",
+        "100ms",
+        "--restart-max-delay",
+        "1s",
+    ]);
+    wait_outbound_handshakes(&node, 1, "no first handshake");
+
+    let (code, _, err) = node.cli(&["ban", "127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    // Not dialled while the ban lasts.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(outbound_handshakes(&node), 1, "dialled a banned address");
+    let (code, _, err) = node.cli(&["unban", "127.0.0.1"]);
+    assert_eq!(code, 0, "{err}");
+    wait_outbound_handshakes(&node, 2, "the manual peer was not dialled after the unban");
+
+    for round in 0..7 {
+        let peers = node.api_get("/v1/peers");
+        let id = peers
+            .as_array()
+            .and_then(|ps| {
+                ps.iter()
+                    .find(|p| p["address"] == target_addr.as_str() && p["state"] == "connected")
+            })
+            .and_then(|p| p["id"].as_u64())
+            .unwrap_or_else(|| panic!("round {round}: the manual peer is not listed: {peers}"));
+        let (code, _, err) = node.cli(&["disconnect", &id.to_string()]);
+        assert_eq!(code, 0, "{err}");
+        wait_outbound_handshakes(
+            &node,
+            3 + round,
+            &format!("round {round}: the manual peer did not come back"),
+        );
+    }
+    assert_eq!(
+        node.count_logs(|v| msg(v).starts_with("too many restarts")),
+        0,
+        "a manual peer was given up"
+    );
+    assert_eq!(
+        node.metric("meshd_connection_giveups_total").unwrap_or(0.0),
+        0.0
+    );
 }
 
 #[test]

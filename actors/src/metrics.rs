@@ -98,6 +98,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_useless_frame_disconnects_total",
+        "Peers disconnected for sending more frames we drop unread than their budget allows.",
+    ),
+    (
+        "counter",
         "meshd_getdata_paused_total",
         "Times serving a peer's getdata paused because it was not reading.",
     ),

@@ -387,18 +387,20 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     publish("x", b"{\"subnet\": 7}".to_vec()).await;
     publish("x", advisory("198.51.100.7/32", now + 60)).await;
     publish("x", advisory("10.0.0.0/8", now + 60)).await;
-    publish("x", advisory("203.0.113.0/24", now + 3)).await;
+    // A range, however public: one advisory must never ban half of IPv4.
+    publish("x", advisory("128.0.0.0/1", now + 60)).await;
+    publish("x", advisory("203.0.113.9/32", now + 3)).await;
     until("the advisory applied", 10, || {
         futures_lite(b.bans())
             .iter()
-            .any(|e| e.subnet.to_string() == "203.0.113.0/24")
+            .any(|e| e.subnet.to_string() == "203.0.113.9/32")
     })
     .await;
     let bans = b.bans().await;
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0].reason.origin(), Some("x"));
     assert_eq!(bans[0].reason.label(), "fleet");
-    assert_eq!(b.fleet_status().unwrap().rejected, rejected_before + 3);
+    assert_eq!(b.fleet_status().unwrap().rejected, rejected_before + 4);
     // A malformed heartbeat in the bucket is skipped and counted.
     let js = jetstream::new(client.clone());
     js.publish(
@@ -413,7 +415,7 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
         futures_lite(b.fleet_nodes()).is_ok_and(|v| v.len() == 2)
     })
     .await;
-    assert!(b.fleet_status().unwrap().rejected > rejected_before + 3);
+    assert!(b.fleet_status().unwrap().rejected > rejected_before + 4);
     // The ban expires with the advisory.
     until("the ban expired", 10, || futures_lite(b.bans()).is_empty()).await;
     // A fleet ban is not advertised again (no echo from b).

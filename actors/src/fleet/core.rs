@@ -105,9 +105,15 @@ pub enum AdvisoryError {
     /// Loopback, private, link-local or unspecified: never banned on another node's word.
     #[error("{0} is local or private")]
     Local(String),
+    /// A range, not one address: a single advisory could otherwise ban `128.0.0.0/1`.
+    #[error("{0} is a range; advisories name one address")]
+    NotSingle(String),
     /// Inside a `--whitelist` range.
     #[error("{0} is whitelisted here")]
     Whitelisted(String),
+    /// One of our manual (`--connect`, `--addnode`) peers: the operator's choice holds.
+    #[error("{0} is a manual peer here")]
+    Manual(String),
     /// Already expired.
     #[error("expired")]
     Expired,
@@ -123,7 +129,9 @@ impl AdvisoryError {
             AdvisoryError::Malformed(_) => "malformed",
             AdvisoryError::BadSubnet(_) => "bad_subnet",
             AdvisoryError::Local(_) => "local",
+            AdvisoryError::NotSingle(_) => "not_single_address",
             AdvisoryError::Whitelisted(_) => "whitelisted",
+            AdvisoryError::Manual(_) => "manual",
             AdvisoryError::Expired => "expired",
             AdvisoryError::Own => "own",
         }
@@ -136,12 +144,14 @@ fn is_protected(ip: IpAddr) -> bool {
     crate::discovery::addrbook::is_local_or_private(ip)
 }
 
-/// Checks an advisory's bytes; returns the subnet to ban and until when (capped at
-/// [`MAX_ADVISORY_BAN_SECS`] from `now`).
+/// Checks an advisory's bytes; returns the address to ban (as a /32 or /128) and until
+/// when (capped at [`MAX_ADVISORY_BAN_SECS`] from `now`). One address only, never a local
+/// or private one, one that `whitelisted` or `manual` names.
 pub fn check_advisory(
     bytes: &[u8],
     own_node: &str,
     whitelisted: impl Fn(IpAddr) -> bool,
+    manual: impl Fn(IpAddr) -> bool,
     now: u64,
 ) -> Result<(IpNet, u64, BanAdvisory), AdvisoryError> {
     if bytes.len() > MAX_FLEET_MESSAGE {
@@ -152,18 +162,29 @@ pub fn check_advisory(
     if adv.origin == own_node {
         return Err(AdvisoryError::Own);
     }
-    let net: IpNet = adv
-        .subnet
-        .parse()
-        .map_err(|_| AdvisoryError::BadSubnet(adv.subnet.clone()))?;
-    let net = net.trunc();
-    // A subnet that holds a protected address (or is held by a protected range) is refused
-    // whole: its first and last addresses stand for it.
-    if is_protected(net.network()) || is_protected(net.broadcast()) || net.prefix_len() == 0 {
+    let net: IpNet = match adv.subnet.parse::<IpNet>() {
+        Ok(net) => net,
+        // A bare address is its own /32 or /128.
+        Err(_) => adv
+            .subnet
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| AdvisoryError::BadSubnet(adv.subnet.clone()))?,
+    };
+    // One address: whether a range holds a protected address cannot be told from its ends
+    // (8.0.0.0/5 holds 10.0.0.0/8), and no one node's verdict should cover more than one.
+    if net.prefix_len() != net.max_prefix_len() {
+        return Err(AdvisoryError::NotSingle(net.to_string()));
+    }
+    let ip = net.addr();
+    if is_protected(ip) {
         return Err(AdvisoryError::Local(net.to_string()));
     }
-    if whitelisted(net.network()) || whitelisted(net.broadcast()) {
+    if whitelisted(ip) {
         return Err(AdvisoryError::Whitelisted(net.to_string()));
+    }
+    if manual(ip) {
+        return Err(AdvisoryError::Manual(net.to_string()));
     }
     if adv.until <= now {
         return Err(AdvisoryError::Expired);
@@ -369,18 +390,70 @@ mod tests {
     #[test]
     fn advisories_are_checked_before_they_are_applied() {
         let none = |_: IpAddr| false;
-        let (net, until, adv) =
-            check_advisory(&advisory("203.0.113.7/32", NOW + 60, "b"), "a", none, NOW).unwrap();
+        let (net, until, adv) = check_advisory(
+            &advisory("203.0.113.7/32", NOW + 60, "b"),
+            "a",
+            none,
+            none,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(net.to_string(), "203.0.113.7/32");
+        let (net, _, _) = check_advisory(
+            &advisory("2001:db8::7", NOW + 60, "b"),
+            "a",
+            none,
+            none,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(net.to_string(), "2001:db8::7/128");
         assert_eq!(until, NOW + 60);
         assert_eq!(adv.origin, "b");
         // Capped at a week.
-        let (_, until, _) =
-            check_advisory(&advisory("203.0.113.0/24", u64::MAX, "b"), "a", none, NOW).unwrap();
+        let (_, until, _) = check_advisory(
+            &advisory("203.0.113.9/32", u64::MAX, "b"),
+            "a",
+            none,
+            none,
+            NOW,
+        )
+        .unwrap();
         assert_eq!(until, NOW + MAX_ADVISORY_BAN_SECS);
         let kind = |bytes: &[u8], wl: &dyn Fn(IpAddr) -> bool| {
-            check_advisory(bytes, "a", wl, NOW).unwrap_err().kind()
+            check_advisory(bytes, "a", wl, none, NOW)
+                .unwrap_err()
+                .kind()
         };
+        // Ranges, whatever they hold: issue #26's half of IPv4 among them.
+        for range in [
+            "128.0.0.0/1",
+            "64.0.0.0/2",
+            "2000::/3",
+            "8.0.0.0/5",
+            "203.0.113.0/24",
+            "203.0.113.7/31",
+            "2001:db8::/127",
+        ] {
+            assert_eq!(
+                kind(&advisory(range, NOW + 60, "b"), &none),
+                "not_single_address",
+                "{range}"
+            );
+        }
+        let manual = |ip: IpAddr| ip.to_string() == "203.0.113.5";
+        assert_eq!(
+            check_advisory(
+                &advisory("203.0.113.5/32", NOW + 60, "b"),
+                "a",
+                none,
+                manual,
+                NOW
+            )
+            .unwrap_err()
+            .kind(),
+            "manual"
+        );
         assert_eq!(kind(b"{not json", &none), "malformed");
         assert_eq!(kind(&vec![b' '; MAX_FLEET_MESSAGE + 1], &none), "malformed");
         assert_eq!(
@@ -390,10 +463,10 @@ mod tests {
         for local in [
             "127.0.0.1/32",
             "10.1.2.3/32",
-            "192.168.0.0/16",
+            "192.168.7.7",
             "::1/128",
-            "0.0.0.0/0",
-            "fe80::/64",
+            "0.0.0.0/32",
+            "fe80::1/128",
         ] {
             assert_eq!(
                 kind(&advisory(local, NOW + 60, "b"), &none),
@@ -507,7 +580,7 @@ mod tests {
 
         #[test]
         fn arbitrary_advisories_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = check_advisory(&bytes, "a", |_| false, NOW);
+            let _ = check_advisory(&bytes, "a", |_| false, |_| false, NOW);
             let _ = Heartbeat::parse(&bytes);
         }
     }

@@ -12,13 +12,15 @@
 //!   exports its own lag behind the fleet's first sighting (`meshd_fleet_block_lag_seconds`).
 //! - **Ban advisories.** An automatic ban is published as a [`core::BanAdvisory`]; with
 //!   `--fleet-apply-bans` advisories from other nodes are checked ([`core::check_advisory`]:
-//!   never loopback, private or whitelisted ranges, at most a week) and applied with their
-//!   origin; anything malformed is ignored and counted.
+//!   one address only, never loopback, private, whitelisted or a manual peer, at most a week)
+//!   and applied with their origin; anything malformed is ignored and counted. Advisories
+//!   are not signed yet: any client allowed to publish on the fleet's subjects is trusted.
 //! - **Heartbeats.** A [`core::Heartbeat`] in the fleet's key-value bucket every interval;
 //!   [`nodes`] lists them, stale ones marked.
 
 pub mod core;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -228,7 +230,11 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
         {
             // Only automatic bans: manual ones are the operator's, fleet ones came from
             // another node's advisory (republishing them would echo round the fleet).
-            if reason == "misbehavior" {
+            // One address only: receivers refuse ranges (an escalated IPv6 /64 stays ours).
+            let single = subnet
+                .parse::<ipnet::IpNet>()
+                .is_ok_and(|n| n.prefix_len() == n.max_prefix_len());
+            if reason == "misbehavior" && single {
                 let adv = BanAdvisory {
                     subnet: subnet.clone(),
                     reason: detail.clone().unwrap_or_default(),
@@ -569,7 +575,11 @@ async fn apply_advisories(
                 .iter()
                 .any(|w| w.subnet.contains(&ip))
         };
-        match core::check_advisory(&msg.payload, &config.node_name, whitelisted, now) {
+        let manual = |ip: IpAddr| {
+            let c = ctx.config();
+            c.connect.iter().chain(&c.addnode).any(|a| a.ip() == ip)
+        };
+        match core::check_advisory(&msg.payload, &config.node_name, whitelisted, manual, now) {
             Ok((subnet, until, adv)) => {
                 metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);
                 let _ = manager.cast(ManagerMsg::FleetBan {

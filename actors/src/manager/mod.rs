@@ -700,6 +700,8 @@ impl ManagerState {
                 return;
             }
         }
+        // Manual peers (`--connect`, `--addnode`) are kept for ever, as Core's added nodes:
+        // after a ban too (the dial waits while the ban lasts, then goes through).
         let restartable = child.direction == Direction::Outbound
             && matches!(
                 child.kind,
@@ -707,10 +709,7 @@ impl ManagerState {
             )
             && self.targets.contains_key(&child.addr)
             && !self.ctx.is_shutting_down()
-            && !matches!(
-                reason,
-                DisconnectReason::Banned(_) | DisconnectReason::SlotLimitLowered
-            );
+            && !matches!(reason, DisconnectReason::SlotLimitLowered);
         if !restartable {
             return;
         }

@@ -1,10 +1,13 @@
-//! Windowed restart policy for outbound connections, as a sans-IO core.
+//! Restart policy for manual outbound connections (`--connect`, `--addnode`), as a sans-IO
+//! core.
 //!
-//! When an outbound connection to an address fails or closes, [`RestartTracker::on_exit`]
-//! decides: restart after an exponential delay with full jitter (a uniform draw in
-//! `[0, min(cap, base × 2^n)]`, as in "Exponential Backoff And Jitter", so a fleet of nodes
-//! that lost the same peer do not reconnect in lock-step), or give up because `max_restarts`
-//! restarts already happened inside the sliding `window`. A given-up address is dialled again
+//! By default an address is never given up (Core's added nodes): the wait doubles from the
+//! base delay to the largest, with equal jitter. With a limit set (`--restart-max`),
+//! [`RestartTracker::on_exit`] decides as a windowed policy: restart after an exponential
+//! delay with full jitter (a uniform draw in `[0, min(cap, base × 2^n)]`, as in "Exponential
+//! Backoff And Jitter", so a fleet of nodes that lost the same peer do not reconnect in
+//! lock-step), or give up because `max_restarts` restarts already happened inside the
+//! sliding `window`. A given-up address is dialled again
 //! only once the window has cleared of its restarts. A connection that stayed up for
 //! `stable_after` resets the address's history: it was a healthy peer that dropped once.
 //! Inbound connections never come here: they are never restarted.
@@ -22,7 +25,7 @@ pub struct RestartPolicy {
     pub base_delay: Duration,
     /// Largest delay ceiling.
     pub max_delay: Duration,
-    /// Restarts allowed inside `window` before giving up.
+    /// Restarts allowed inside `window` before giving up; [`NO_RESTART_LIMIT`]: never.
     pub max_restarts: usize,
     /// Sliding window the restarts are counted in.
     pub window: Duration,
@@ -31,17 +34,18 @@ pub struct RestartPolicy {
 }
 
 impl Default for RestartPolicy {
-    /// 1 s base, 60 s cap, 5 restarts per 10 minutes, stable after 2 minutes.
+    /// 1 s base, 60 s cap, never given up, stable after 2 minutes.
     ///
-    /// Five quick retries ride out a peer's restart or a network blip (delay ceilings 1, 2, 4,
-    /// 8, 16 s); a peer that keeps failing after that is given up on for the rest of the ten
-    /// minutes, so we neither hammer it nor hold a slot on it. Two minutes up (one ping
-    /// interval) is enough to call a connection healthy.
+    /// Only manual peers (`--connect`, `--addnode`) are restarted, and Core never gives one
+    /// up: its added-node loop tries each one not connected every 2 s. Doubling from 1 s to a
+    /// minute rides out a peer's restart or a network blip at once, and costs a dead peer one
+    /// dial a minute. An operator may set a limit per window (`--restart-max`). Two minutes up
+    /// (one ping interval) is enough to call a connection healthy.
     fn default() -> Self {
         RestartPolicy {
             base_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
-            max_restarts: 5,
+            max_restarts: NO_RESTART_LIMIT,
             window: Duration::from_secs(600),
             stable_after: Duration::from_secs(120),
         }
@@ -65,11 +69,16 @@ pub enum RestartDecision {
     },
 }
 
+/// `max_restarts` when no limit is set: the address is never given up.
+pub const NO_RESTART_LIMIT: usize = usize::MAX;
+
 #[derive(Debug, Default, Clone)]
 struct History {
     restarts: VecDeque<Instant>,
     given_up_until: Option<Instant>,
     total_restarts: u64,
+    /// Manual peers: dials in a row that did not stay up `stable_after`.
+    manual_failures: u32,
 }
 
 /// Restart histories per address.
@@ -108,6 +117,9 @@ impl RestartTracker {
         jitter: f64,
     ) -> RestartDecision {
         let p = self.policy;
+        if p.max_restarts == NO_RESTART_LIMIT {
+            return self.unlimited(addr, uptime, jitter);
+        }
         let h = self.by_addr.entry(addr).or_default();
         if uptime >= p.stable_after {
             h.restarts.clear();
@@ -133,6 +145,32 @@ impl RestartTracker {
         let ceiling = p.base_delay.saturating_mul(exp).min(p.max_delay);
         let delay = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
         RestartDecision::Restart { delay, attempt }
+    }
+
+    /// Without a limit: never given up, as Core's added nodes; the wait doubles from the
+    /// base delay up to the largest, with equal jitter (at least half the ceiling, so a peer
+    /// that accepts and closes at once cannot make us spin), and starts over after a
+    /// connection that stayed up.
+    fn unlimited(&mut self, addr: SocketAddr, uptime: Duration, jitter: f64) -> RestartDecision {
+        let p = self.policy;
+        let h = self.by_addr.entry(addr).or_default();
+        h.given_up_until = None;
+        h.restarts.clear();
+        if uptime >= p.stable_after {
+            h.manual_failures = 0;
+        }
+        h.manual_failures = h.manual_failures.saturating_add(1);
+        h.total_restarts += 1;
+        let exp = 1u32.checked_shl(h.manual_failures - 1).unwrap_or(u32::MAX);
+        let ceiling = p
+            .base_delay
+            .saturating_mul(exp)
+            .min(p.max_delay.max(p.base_delay));
+        let delay = ceiling.mul_f64(0.5 + jitter.clamp(0.0, 1.0) / 2.0);
+        RestartDecision::Restart {
+            delay,
+            attempt: h.manual_failures as usize,
+        }
     }
 
     /// Whether `addr` is given up on at `now`.
@@ -187,8 +225,38 @@ mod tests {
     }
 
     #[test]
+    fn manual_peers_are_never_given_up_and_wait_at_most_a_minute() {
+        let mut t = RestartTracker::new(RestartPolicy::default());
+        let mut ceilings = Vec::new();
+        for _ in 0..1_000 {
+            match t.on_exit(addr(), Instant::now(), Duration::ZERO, 1.0) {
+                RestartDecision::Restart { delay, .. } => ceilings.push(delay.as_secs()),
+                d => panic!("a manual peer given up: {d:?}"),
+            }
+        }
+        assert_eq!(ceilings[..8], [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert!(ceilings.iter().all(|&c| c <= 60));
+        // Half the ceiling at least, whatever the draw.
+        match t.on_exit(addr(), Instant::now(), Duration::ZERO, 0.0) {
+            RestartDecision::Restart { delay, .. } => assert_eq!(delay.as_secs(), 30),
+            d => panic!("{d:?}"),
+        }
+        assert!(!t.is_given_up(&addr(), Instant::now()));
+        // A connection that stayed up starts the backoff over.
+        match t.on_exit(addr(), Instant::now(), Duration::from_secs(600), 1.0) {
+            RestartDecision::Restart { delay, attempt } => {
+                assert_eq!((delay.as_secs(), attempt), (1, 1));
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn gives_up_after_max_restarts_in_the_window_until_it_clears() {
-        let p = RestartPolicy::default();
+        let p = RestartPolicy {
+            max_restarts: 5,
+            ..RestartPolicy::default()
+        };
         let mut t = RestartTracker::new(p);
         let t0 = Instant::now();
         for i in 0..5 {
@@ -215,7 +283,10 @@ mod tests {
 
     #[test]
     fn a_connection_that_stayed_up_resets_its_window() {
-        let mut t = RestartTracker::new(RestartPolicy::default());
+        let mut t = RestartTracker::new(RestartPolicy {
+            max_restarts: 5,
+            ..RestartPolicy::default()
+        });
         let t0 = Instant::now();
         for i in 0..5 {
             t.on_exit(addr(), t0 + Duration::from_secs(i), Duration::ZERO, 0.5);
@@ -239,7 +310,7 @@ mod tests {
             gaps in proptest::collection::vec(0u64..400_000, 1..200),
             jitter in 0.0f64..1.0,
         ) {
-            let p = RestartPolicy::default();
+            let p = RestartPolicy { max_restarts: 5, ..RestartPolicy::default() };
             let mut t = RestartTracker::new(p);
             let t0 = Instant::now();
             let mut now = t0;
