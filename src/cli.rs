@@ -339,6 +339,10 @@ pub struct RunArgs {
     #[arg(long)]
     pub api_allow_remote: bool,
 
+    /// Allow metrics on a non-loopback address (unauthenticated: they list every peer's IP).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
+
     /// DNS server for seed lookups, ADDR:PORT (repeatable). [default: the system resolver]
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_server: Vec<String>,

@@ -92,6 +92,7 @@ pub struct FileConfig {
     no_api: Option<bool>,
     api_token: Option<String>,
     api_allow_remote: Option<bool>,
+    metrics_allow_remote: Option<bool>,
     dns_server: Option<Vec<String>>,
     dns_seed: Option<Vec<String>>,
     no_dns_seed: Option<bool>,
@@ -706,6 +707,15 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         (false, Some(m)) => Some(parse_endpoint("metrics", &m, 9184)?),
         (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], 9184))),
     };
+    let metrics_remote = args.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false);
+    if let Some(m) = metrics {
+        if !m.ip().is_loopback() && !metrics_remote {
+            // Unauthenticated, and every peer's IP is in it (Core's RPC binds loopback too).
+            return err(format!(
+                "metrics: {m} is not a loopback address; add --metrics-allow-remote to expose the metrics (they list every peer's IP, without authentication)"
+            ));
+        }
+    }
     let no_api = args.no_api || file.no_api.unwrap_or(false);
     let api = match (no_api, args.api.clone().or(file.api.clone())) {
         (true, Some(_)) => return err("no-api and api cannot both be given"),

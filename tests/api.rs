@@ -429,6 +429,51 @@ fn remote_api_needs_an_explicit_flag() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-allow-remote"));
 }
 
+/// The metrics are unauthenticated and list every peer's IP: off loopback only on request.
+#[test]
+fn remote_metrics_need_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .args(["--no-api", "--metrics", "0.0.0.0:0", "--datadir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-allow-remote"));
+    let node = Meshd::start(&["--metrics", "0.0.0.0:0", "--metrics-allow-remote"]);
+    assert!(node.metrics.is_some_and(|m| m.ip().is_unspecified()));
+}
+
+/// Inbound peers' series carry their IP, not their ephemeral port (one new series per
+/// reconnection would grow Prometheus without bound); two from one IP are one series.
+#[test]
+fn per_peer_series_of_inbound_peers_carry_no_ephemeral_port() {
+    use common::rawpeer::RawPeer;
+    let node = Meshd::start(&[]);
+    let mut a = RawPeer::connect(node.addr.unwrap());
+    let mut b = RawPeer::connect(node.addr.unwrap());
+    a.handshake();
+    b.handshake();
+    let ports = [a.local_addr().port(), b.local_addr().port()];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let page = loop {
+        let page = node.scrape();
+        if page.contains("meshd_peer_bytes_received_total{peer=\"127.0.0.1\"}") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "no inbound series: {page}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for port in ports {
+        assert!(!page.contains(&format!("127.0.0.1:{port}")), "{page}");
+    }
+    let series = page
+        .lines()
+        .filter(|l| l.starts_with("meshd_peer_bytes_received_total{"))
+        .count();
+    assert_eq!(series, 1, "{page}");
+}
+
 /// A peer's user agent reaches the terminal without its escape sequences or bidirectional
 /// overrides (Core sanitises a subver before it shows it); `--json` keeps it whole, escaped.
 #[test]

@@ -163,3 +163,35 @@ fn two_daemons_handshake_and_ping_then_stop_gracefully() {
     assert!(status.success());
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+/// State files are the node's alone, as Core's under umask 077: the data directory 0700,
+/// every file in it 0600 (peers' addresses, bans, the header chain, the lock, the cookie),
+/// and a file an older meshd left world-readable is made private when opened.
+#[test]
+fn the_data_dir_and_every_state_file_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    let mut node = Meshd::start_in(&fresh, &[], true);
+    let (code, _, err) = node.cli(&["ban", "203.0.113.9"]);
+    assert_eq!(code, 0, "{err}");
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let net = fresh.join("regtest");
+    assert_eq!(mode(&fresh), 0o700, "data dir");
+    assert_eq!(mode(&net), 0o700, "network dir");
+    assert_eq!(mode(&net.join(".cookie")), 0o600, ".cookie");
+    node.stop();
+    for f in [".lock", "headers.dat", "peers.dat", "bans.dat"] {
+        assert_eq!(mode(&net.join(f)), 0o600, "{f}");
+    }
+    // A world-readable headers.dat (an older meshd under umask 022) is made private at the
+    // next start.
+    std::fs::set_permissions(
+        net.join("headers.dat"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let mut node = Meshd::start_in(&fresh, &[], true);
+    assert_eq!(mode(&net.join("headers.dat")), 0o600, "old headers.dat");
+    node.stop();
+}

@@ -90,6 +90,7 @@ fn verdict(
         "--no-api",
         "--metrics",
         metrics.as_str(),
+        "--metrics-allow-remote",
         "--stun-timeout",
         "1s",
         "--log-level",

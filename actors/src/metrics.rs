@@ -383,47 +383,66 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
     );
     let _ = writeln!(out, "meshd_slots_max{{direction=\"total\"}} {}", max.total);
 
+    // Per-peer series are labelled by a key that does not churn: an outbound peer by its
+    // address, an inbound one by its IP alone (its port is ephemeral: one new series per
+    // reconnection would grow Prometheus without bound). Inbound peers sharing an IP are
+    // summed (a counter that drops when one of them leaves reads as a reset).
+    let mut by_key: std::collections::BTreeMap<String, (u64, u64, Option<f64>)> =
+        std::collections::BTreeMap::new();
+    for p in &peers {
+        let key = match p.direction {
+            Direction::Outbound => p.address(),
+            Direction::Inbound => match p.overlay {
+                Some(_) => p.address(),
+                None => p.addr.ip().to_string(),
+            },
+        };
+        let e = by_key.entry(key).or_insert((0, 0, None));
+        e.0 = e.0.saturating_add(p.bytes_sent);
+        e.1 = e.1.saturating_add(p.bytes_received);
+        if let Some(rtt) = p.ping_last {
+            // The slowest of them: the figure an alert on RTT is after.
+            e.2 = Some(e.2.map_or(rtt.as_secs_f64(), |r: f64| r.max(rtt.as_secs_f64())));
+        }
+    }
     header(
         &mut out,
         "meshd_peer_bytes_sent_total",
         "counter",
-        "Bytes sent to each live peer.",
+        "Bytes sent to each live peer (outbound by address, inbound by IP).",
     );
-    for p in &peers {
+    for (peer, (sent, _, _)) in &by_key {
         let _ = writeln!(
             out,
-            "meshd_peer_bytes_sent_total{{peer=\"{}\"}} {}",
-            esc(&p.addr.to_string()),
-            p.bytes_sent
+            "meshd_peer_bytes_sent_total{{peer=\"{}\"}} {sent}",
+            esc(peer)
         );
     }
     header(
         &mut out,
         "meshd_peer_bytes_received_total",
         "counter",
-        "Bytes received from each live peer.",
+        "Bytes received from each live peer (outbound by address, inbound by IP).",
     );
-    for p in &peers {
+    for (peer, (_, received, _)) in &by_key {
         let _ = writeln!(
             out,
-            "meshd_peer_bytes_received_total{{peer=\"{}\"}} {}",
-            esc(&p.addr.to_string()),
-            p.bytes_received
+            "meshd_peer_bytes_received_total{{peer=\"{}\"}} {received}",
+            esc(peer)
         );
     }
     header(
         &mut out,
         "meshd_peer_rtt_seconds",
         "gauge",
-        "Last ping round-trip time of each live peer.",
+        "Last ping round-trip time of each live peer (inbound by IP: the slowest).",
     );
-    for p in &peers {
-        if let Some(rtt) = p.ping_last {
+    for (peer, (_, _, rtt)) in &by_key {
+        if let Some(rtt) = rtt {
             let _ = writeln!(
                 out,
-                "meshd_peer_rtt_seconds{{peer=\"{}\"}} {}",
-                esc(&p.addr.to_string()),
-                rtt.as_secs_f64()
+                "meshd_peer_rtt_seconds{{peer=\"{}\"}} {rtt}",
+                esc(peer)
             );
         }
     }

@@ -9,7 +9,7 @@
 //! connection (their stop hooks run), then stops the Manager and itself.
 
 use std::collections::VecDeque;
-use std::fs::File;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -466,8 +466,8 @@ impl Node {
             path: dir.display().to_string(),
             source,
         };
-        std::fs::create_dir_all(&dir).map_err(dir_err)?;
-        let lock = File::options()
+        crate::persist::create_private_dir(&dir).map_err(dir_err)?;
+        let lock = crate::persist::private_options()
             .create(true)
             .truncate(false)
             .write(true)

@@ -140,17 +140,58 @@ pub fn save<T: Serialize>(
     Ok(())
 }
 
+/// Mode of every state file: the node's only (peers' addresses, bans, keys; Core creates
+/// its files under umask 077).
+pub const STATE_FILE_MODE: u32 = 0o600;
+
+/// Mode of the data directory and its network subdirectories.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` and any missing parents as private directories (mode [`STATE_DIR_MODE`]);
+/// an existing directory keeps its mode (the operator may have chosen one).
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(dir)
+}
+
+/// Open options that create a file private to the node (mode [`STATE_FILE_MODE`]).
+pub fn private_options() -> fs::OpenOptions {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    o.mode(STATE_FILE_MODE);
+    o
+}
+
+/// Makes an existing file private (one created by an older meshd under a looser umask).
+pub fn make_private(file: &File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.permissions().mode() & 0o777;
+    if mode != STATE_FILE_MODE {
+        file.set_permissions(fs::Permissions::from_mode(STATE_FILE_MODE))?;
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, renamed over
 /// it, and the directory synced; a crash leaves the old file or the new one, never a mix.
+/// The file is private ([`STATE_FILE_MODE`]).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir)?;
+    create_private_dir(dir)?;
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     {
-        let mut f = File::create(&tmp)?;
+        let mut f = private_options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        make_private(&f)?;
         f.write_all(bytes)?;
         f.sync_all()?;
     }

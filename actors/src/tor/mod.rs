@@ -303,7 +303,7 @@ fn save_key(path: &Path, key: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    std::fs::create_dir_all(dir)?;
+    crate::persist::create_private_dir(dir)?;
     let tmp: PathBuf = path.with_extension(format!("tmp-{}", std::process::id()));
     {
         let mut f = std::fs::OpenOptions::new()

@@ -19,7 +19,7 @@
 //! [`HeaderStore::rewrite`] later writes the whole best chain to a new file (temp, fsync,
 //! rename), which also drops stale forks from the file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -222,12 +222,13 @@ pub struct HeaderLoad {
 impl HeaderLoad {
     /// Opens (or creates) the file and checks its file header.
     pub fn begin(path: &Path, network_magic: [u8; 4]) -> Result<HeaderLoad, StoreError> {
-        let mut file = OpenOptions::new()
+        let mut file = crate::persist::private_options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
+        crate::persist::make_private(&file)?;
         let file_len = file.metadata()?.len();
         let expected = file_header(network_magic);
         if file_len == 0 {
@@ -395,7 +396,7 @@ impl HeaderStore {
     pub fn rewrite(&mut self, chain: &HeaderChain) -> std::io::Result<()> {
         let tmp = self.path.with_extension("dat.tmp");
         let written = (|| {
-            let mut file = OpenOptions::new()
+            let mut file = crate::persist::private_options()
                 .read(true)
                 .write(true)
                 .create(true)
