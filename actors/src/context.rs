@@ -34,6 +34,8 @@ pub struct NodeContext {
     pub(crate) slots: SlotPool,
     pub(crate) events: EventBus,
     pub(crate) bans: RwLock<BanList>,
+    /// Addresses discouraged by automatic verdicts (in memory only, as Core's).
+    pub(crate) discouraged: RwLock<crate::manager::discourage::Discouraged>,
     pub(crate) global_limits: Arc<RateLimits>,
     pub(crate) peer_limits: Arc<RateLimits>,
     pub(crate) global_up: Arc<Mutex<TokenBucket>>,
@@ -120,6 +122,7 @@ impl NodeContext {
             slots: SlotPool::new(config.slots),
             events: EventBus::default(),
             bans: RwLock::new(bans),
+            discouraged: RwLock::new(Default::default()),
             global_limits,
             peer_limits,
             global_up: Arc::new(Mutex::new(TokenBucket::new(now))),
@@ -210,6 +213,25 @@ impl NodeContext {
             && !self
                 .permissions_of(ip)
                 .has(crate::manager::whitelist::Permissions::NOBAN)
+    }
+
+    /// Whether `ip` is discouraged (an automatic verdict), and not whitelisted `noban`.
+    pub(crate) fn is_discouraged(&self, ip: IpAddr) -> bool {
+        let hit = match self.discouraged.read() {
+            Ok(d) => d.contains(ip),
+            Err(p) => p.into_inner().contains(ip),
+        };
+        hit && !self
+            .permissions_of(ip)
+            .has(crate::manager::whitelist::Permissions::NOBAN)
+    }
+
+    /// Discourages `ip`; returns what is discouraged now (the address, or its IPv6 /64).
+    pub(crate) fn discourage(&self, ip: IpAddr) -> ipnet::IpNet {
+        match self.discouraged.write() {
+            Ok(mut d) => d.discourage(ip),
+            Err(p) => p.into_inner().discourage(ip),
+        }
     }
 
     /// Whether `ip` is banned now.

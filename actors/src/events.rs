@@ -125,6 +125,14 @@ pub enum NodeEvent {
         /// The violation, for automatic bans.
         detail: Option<String>,
     },
+    /// An automatic verdict: the address (or its IPv6 /64) is discouraged, in memory only:
+    /// never dialled, accepted only while a slot is free, evicted first (Core's banman).
+    PeerDiscouraged {
+        /// The address as a /32 or /128, or the IPv6 /64.
+        subnet: String,
+        /// The violation and score.
+        detail: String,
+    },
     /// A ban was lifted.
     PeerUnbanned {
         /// Subnet.
@@ -208,6 +216,8 @@ pub enum EventKind {
     PeerGaveUp,
     /// [`NodeEvent::PeerBanned`].
     PeerBanned,
+    /// [`NodeEvent::PeerDiscouraged`].
+    PeerDiscouraged,
     /// [`NodeEvent::PeerUnbanned`].
     PeerUnbanned,
     /// [`NodeEvent::PeerEvicted`].
@@ -228,7 +238,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         EventKind::HeadersSynced,
         EventKind::BlockReceived,
         EventKind::TxReceived,
@@ -241,6 +251,7 @@ impl EventKind {
         EventKind::PeerRestarted,
         EventKind::PeerGaveUp,
         EventKind::PeerBanned,
+        EventKind::PeerDiscouraged,
         EventKind::PeerUnbanned,
         EventKind::PeerEvicted,
         EventKind::MessageReceived,
@@ -256,6 +267,7 @@ impl EventKind {
             EventKind::PeerRestarted => "PeerRestarted",
             EventKind::PeerGaveUp => "PeerGaveUp",
             EventKind::PeerBanned => "PeerBanned",
+            EventKind::PeerDiscouraged => "PeerDiscouraged",
             EventKind::PeerUnbanned => "PeerUnbanned",
             EventKind::PeerEvicted => "PeerEvicted",
             EventKind::MessageReceived => "MessageReceived",
@@ -284,6 +296,7 @@ impl NodeEvent {
             NodeEvent::PeerRestarted { .. } => EventKind::PeerRestarted,
             NodeEvent::PeerGaveUp { .. } => EventKind::PeerGaveUp,
             NodeEvent::PeerBanned { .. } => EventKind::PeerBanned,
+            NodeEvent::PeerDiscouraged { .. } => EventKind::PeerDiscouraged,
             NodeEvent::PeerUnbanned { .. } => EventKind::PeerUnbanned,
             NodeEvent::PeerEvicted { .. } => EventKind::PeerEvicted,
             NodeEvent::MessageReceived { .. } => EventKind::MessageReceived,

@@ -98,6 +98,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_discouraged_total",
+        "Addresses discouraged by an automatic verdict (in memory, as Core's banman).",
+    ),
+    (
+        "counter",
         "meshd_useless_frame_disconnects_total",
         "Peers disconnected for sending more frames we drop unread than their budget allows.",
     ),

@@ -144,15 +144,25 @@ async fn bans_by_cidr_and_ipv6_refuse_before_reading_disconnect_and_survive_rest
     again.shutdown().await;
 }
 
+/// Core's banman since 0.20 (p2p_disconnect_ban, p2p_eviction): a score past the threshold
+/// discourages the address, in memory, instead of banning it. Nothing is written to
+/// bans.dat; the address may come back while a slot is free, and takes no one's slot when
+/// they are full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaviour_past_the_threshold_bans_automatically() {
+async fn misbehaviour_past_the_threshold_discourages_and_never_bans() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(dir.path());
     c.ban_local_peers = true;
+    c.slots.inbound = 2;
     let node = Node::start(c).await.unwrap();
     let addr = node.listen_addrs()[0];
-    let mut bans = node.subscribe_to(&[EventKind::PeerBanned]);
-    let mut p = AsyncPeer::connect(addr).await.unwrap();
+    let (bad, other, third) = (
+        "127.0.0.2".parse().unwrap(),
+        "127.0.0.3".parse().unwrap(),
+        "127.0.0.4".parse().unwrap(),
+    );
+    let mut events = node.subscribe_to(&[EventKind::PeerDiscouraged, EventKind::PeerBanned]);
+    let mut p = AsyncPeer::connect_from(bad, addr).await.unwrap();
     assert!(p.handshake().await);
     // Ten frames with bad checksums: 10 points each, 100 is the threshold.
     for i in 0..10u64 {
@@ -162,22 +172,40 @@ async fn misbehaviour_past_the_threshold_bans_automatically() {
         p.send_raw(&bytes).await;
     }
     assert!(p.closed_within(Duration::from_secs(5)).await);
-    match next_of(&mut bans, EventKind::PeerBanned).await {
-        NodeEvent::PeerBanned {
-            subnet,
-            reason,
-            detail,
-            ..
-        } => {
-            assert_eq!(subnet, "127.0.0.1/32");
-            assert_eq!(reason, "misbehavior");
-            assert!(detail.unwrap().contains("bad_checksum"));
+    match next_of(&mut events, EventKind::PeerDiscouraged).await {
+        NodeEvent::PeerDiscouraged { subnet, detail } => {
+            assert_eq!(subnet, "127.0.0.2/32");
+            assert!(detail.contains("bad_checksum"), "{detail}");
         }
         e => panic!("{e:?}"),
     }
-    let mut q = AsyncPeer::connect(addr).await.unwrap();
-    assert!(q.closed_within(Duration::from_secs(5)).await);
-    assert_eq!(q.received, 0);
+    assert!(
+        node.bans().await.is_empty(),
+        "a discouragement is not a ban"
+    );
+    // A free slot: the discouraged address may take it (Core's AcceptConnection).
+    let mut q = AsyncPeer::connect_from(bad, addr).await.unwrap();
+    assert!(
+        q.handshake().await,
+        "a discouraged address is refused a free slot"
+    );
+    let mut r = AsyncPeer::connect_from(other, addr).await.unwrap();
+    assert!(r.handshake().await);
+    // Full: the discouraged address is refused at once.
+    let mut s = AsyncPeer::connect_from(bad, addr).await.unwrap();
+    assert!(s.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(s.received, 0);
+    let mut t = AsyncPeer::connect_from(third, addr).await.unwrap();
+    assert!(t.closed_within(Duration::from_secs(5)).await);
+    // The two admitted stay.
+    assert!(!q.closed_within(Duration::from_millis(300)).await);
+    assert!(!r.closed_within(Duration::from_millis(300)).await);
+    // No ban event came with it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), events.recv())
+            .await
+            .is_err()
+    );
     node.shutdown().await;
 }
 

@@ -91,12 +91,18 @@ async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
     // Out of initial sync everywhere: the tip is recent, decided from each node's own chain.
     // (A node whose first getheaders went unanswered under load, its peer's Sync not yet
     // knowing it, shows synced once that session's 20 s stall timeout ends it.)
-    until("every node synced", 30, || {
-        nodes
-            .iter()
-            .all(|n| n.sync_status().state == meshd_actors::msg::SyncState::Synced)
-    })
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .iter()
+        .all(|n| n.sync_status().state == meshd_actors::msg::SyncState::Synced)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every node synced: {:?}",
+            nodes.iter().map(|n| n.sync_status()).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The far end fetched the tip block and checked it against its header.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

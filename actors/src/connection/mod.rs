@@ -406,6 +406,7 @@ impl Actor for Connection {
                 // ban threshold: the peer is on another chain, or lying. Not for noban peers.
                 if crate::manager::misbehavior::cost(kind) >= 50
                     && !state.permissions.has(Permissions::NOBAN)
+                    && !state.manual
                 {
                     Err(DisconnectReason::Protocol(format!(
                         "invalid chain data: {kind}"
@@ -509,13 +510,21 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
     debug!(peer = %state.peer_name(), id = %state.id, kind, cost, score, threshold, "misbehaviour");
     metrics::counter!("meshd_misbehavior_total", "kind" => kind).increment(1);
     if score >= threshold {
+        if state.manual {
+            // Core: "not punishing manually connected peer"; the operator chose it. Logged
+            // once, when the score crosses the threshold.
+            if score - cost < threshold {
+                warn!(peer = %state.peer_name(), id = %state.id, kind, score, "manual peer misbehaved; not punished (the operator chose it)");
+            }
+            return Ok(());
+        }
         let _ = state.manager.cast(ManagerMsg::Misbehaving {
             id: state.id,
             addr: state.addr,
             kind,
             score,
         });
-        return Err(DisconnectReason::Banned(format!(
+        return Err(DisconnectReason::Discouraged(format!(
             "misbehaviour score {score} ({kind})"
         )));
     }

@@ -10,7 +10,8 @@
 //! - **Propagation.** Each node's `BlockReceived` events (hash, time, the peer it came from)
 //!   are its first sightings; [`propagation`] reads them back from the stream, and each node
 //!   exports its own lag behind the fleet's first sighting (`meshd_fleet_block_lag_seconds`).
-//! - **Ban advisories.** An automatic ban is published as a [`core::BanAdvisory`]; with
+//! - **Ban advisories.** An operator's ban of one address is published as a
+//!   [`core::BanAdvisory`] (automatic verdicts are discouragements, never advised); with
 //!   `--fleet-apply-bans` advisories from other nodes are checked ([`core::check_advisory`]:
 //!   one address only, never loopback, private, whitelisted or a manual peer, at most a week)
 //!   and applied with their origin; anything malformed is ignored and counted. Advisories
@@ -228,16 +229,19 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
             detail,
         } = &event.event
         {
-            // Only automatic bans: manual ones are the operator's, fleet ones came from
-            // another node's advisory (republishing them would echo round the fleet).
-            // One address only: receivers refuse ranges (an escalated IPv6 /64 stays ours).
+            // An operator's ban of one address: automatic verdicts are discouragements, kept
+            // to this node (Core's), and fleet bans came from another node's advisory
+            // (republishing them would echo round the fleet). One address only: receivers
+            // refuse ranges.
             let single = subnet
                 .parse::<ipnet::IpNet>()
                 .is_ok_and(|n| n.prefix_len() == n.max_prefix_len());
-            if reason == "misbehavior" && single {
+            if reason == "manual" && single {
                 let adv = BanAdvisory {
                     subnet: subnet.clone(),
-                    reason: detail.clone().unwrap_or_default(),
+                    reason: detail
+                        .clone()
+                        .unwrap_or_else(|| "banned by the operator".into()),
                     score: ctx.config().ban_threshold,
                     until: *until,
                     origin: config.node_name.clone(),

@@ -42,6 +42,9 @@ pub struct EvictionCandidate {
     pub keyed_netgroup: u64,
     /// Never evicted (manual peers).
     pub protected: bool,
+    /// Discouraged: among the peers left unprotected, these go first (Core's
+    /// `m_prefer_evict`).
+    pub prefer_evict: bool,
 }
 
 /// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
@@ -107,6 +110,11 @@ pub fn select_for_eviction(candidates: &[EvictionCandidate]) -> Option<PeerId> {
     if c.is_empty() {
         return None;
     }
+    // Core: only now, so a peer that is the best by the measures above keeps its protection
+    // even when discouraged.
+    if c.iter().any(|x| x.prefer_evict) {
+        c.retain(|x| x.prefer_evict);
+    }
     // The most crowded group; ties go to the group with the most recent connection.
     let mut groups: Vec<(Vec<u8>, usize, Instant)> = Vec::new();
     for x in &c {
@@ -140,7 +148,40 @@ mod tests {
             netgroup: vec![4, group, 0],
             keyed_netgroup: group as u64,
             protected: false,
+            prefer_evict: false,
         }
+    }
+
+    #[test]
+    fn a_discouraged_peer_left_unprotected_goes_first() {
+        let t0 = Instant::now();
+        let base: Vec<_> = (0..30)
+            .map(|i| {
+                let mut x = cand(i, t0, 1);
+                x.keyed_netgroup = i;
+                x
+            })
+            .collect();
+        let before = select_for_eviction(&base).unwrap();
+        let mut went_first = 0;
+        for i in 0..30usize {
+            let mut c = base.clone();
+            c[i].prefer_evict = true;
+            let victim = select_for_eviction(&c).unwrap();
+            // Either it goes, or the protections kept it and the usual victim goes.
+            assert!(
+                victim == PeerId(i as u64) || victim == before,
+                "{i}: {victim:?}"
+            );
+            if victim == PeerId(i as u64) && victim != before {
+                went_first += 1;
+            }
+            if i < 8 {
+                // The lowest pings are protected, discouraged or not (Core).
+                assert_ne!(victim, PeerId(i as u64));
+            }
+        }
+        assert!(went_first > 0);
     }
 
     #[test]
@@ -212,6 +253,7 @@ mod tests {
                     netgroup: vec![4, *g % 8, 0],
                     keyed_netgroup: (*g as u64).wrapping_mul(0x9e37_79b9),
                     protected: *manual,
+                    prefer_evict: *g % 3 == 0,
                 }
             }).collect();
             if let Some(id) = select_for_eviction(&c) {

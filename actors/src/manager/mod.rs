@@ -24,6 +24,7 @@
 //! notes from a Connection that is already gone are ignored rather than published late.
 
 pub mod bans;
+pub mod discourage;
 pub mod eviction;
 pub mod misbehavior;
 pub mod peers;
@@ -131,6 +132,13 @@ impl Child {
 /// The Manager's state.
 pub struct ManagerState {
     ctx: Arc<NodeContext>,
+    /// The ban list changed since bans.dat was last written.
+    bans_dirty: bool,
+    /// The bans.dat write in flight, if any.
+    bans_writing: Option<tokio::task::JoinHandle<()>>,
+    /// Answers to send once the next bans.dat write is done (bounded by the API's callers:
+    /// each waits for its answer).
+    bans_acks: Vec<Box<dyn FnOnce() + Send + Sync>>,
     children: HashMap<ActorId, Child>,
     by_peer: HashMap<PeerId, ActorId>,
     targets: HashMap<SocketAddr, OutboundKind>,
@@ -293,6 +301,7 @@ impl ManagerState {
         if !swept.is_empty() {
             self.sync_bans();
         }
+        self.write_bans_if_dirty();
         let mut wanted: Vec<(SocketAddr, OutboundKind)> = self
             .targets
             .iter()
@@ -349,7 +358,8 @@ impl ManagerState {
                 return;
             };
             exclude.insert(addr);
-            if self.ctx.is_banned(addr.ip()) {
+            // Never dialled: banned, or discouraged (Core's OpenNetworkConnection).
+            if self.ctx.is_banned(addr.ip()) || self.ctx.is_discouraged(addr.ip()) {
                 continue;
             }
             busy.insert(self.book.group(addr.ip()));
@@ -494,6 +504,15 @@ impl ManagerState {
             return;
         }
         let mut permit = self.ctx.slots.try_reserve(Direction::Inbound);
+        let discouraged = self.ctx.is_discouraged(addr.ip());
+        if permit.is_none() && discouraged {
+            // Core's AcceptConnection: a discouraged address takes a free slot only, never
+            // another peer's.
+            debug!(peer = %addr, "inbound slots full; a discouraged address is refused");
+            metrics::counter!("meshd_inbound_refused_total", "reason" => "discouraged")
+                .increment(1);
+            return;
+        }
         if permit.is_none() {
             if let Some(victim) = self.eviction_victim() {
                 self.evict(victim).await;
@@ -536,6 +555,7 @@ impl ManagerState {
                     netgroup: group,
                     // Manual and whitelisted (noban) peers are never evicted.
                     protected: p.manual || p.permissions.contains(&"noban"),
+                    prefer_evict: self.ctx.is_discouraged(p.addr.ip()),
                 }
             })
             .collect()
@@ -605,12 +625,45 @@ impl ManagerState {
             .map(|p| p.id)
     }
 
-    fn sync_bans(&self) {
+    /// Publishes the ban list to the Listener and marks it for the next write (at most one
+    /// a second, [`UPKEEP_INTERVAL`], off the actor's thread).
+    fn sync_bans(&mut self) {
         if let Ok(mut shared) = self.ctx.bans.write() {
             *shared = self.bans.clone();
         }
+        self.bans_dirty = true;
+    }
+
+    /// Writes bans.dat if it changed since the last write: in a blocking task, so a slow
+    /// disk never stalls the Manager; one write in flight at a time.
+    fn write_bans_if_dirty(&mut self) {
+        if !self.bans_dirty || self.bans_writing.as_ref().is_some_and(|t| !t.is_finished()) {
+            return;
+        }
+        self.bans_dirty = false;
+        let (path, list) = (self.ctx.bans_path(), self.bans.clone());
+        let acks = std::mem::take(&mut self.bans_acks);
+        self.bans_writing = Some(tokio::task::spawn_blocking(move || {
+            if let Err(e) = persist::save(&path, BANS_KIND, BANS_VERSION, &list) {
+                error!(error = %e, path = %path.display(), "could not save the ban list");
+            }
+            for ack in acks {
+                ack();
+            }
+        }));
+    }
+
+    /// Writes bans.dat now (shutdown), after any write in flight (both use one temp file).
+    async fn save_bans_now(&mut self) {
+        if let Some(t) = self.bans_writing.take() {
+            let _ = t.await;
+        }
+        self.bans_dirty = false;
         if let Err(e) = persist::save(&self.ctx.bans_path(), BANS_KIND, BANS_VERSION, &self.bans) {
             error!(error = %e, path = %self.ctx.bans_path().display(), "could not save the ban list");
+        }
+        for ack in std::mem::take(&mut self.bans_acks) {
+            ack();
         }
     }
 
@@ -889,6 +942,9 @@ impl Actor for Manager {
             Err(p) => p.into_inner().clone(),
         };
         Ok(ManagerState {
+            bans_dirty: false,
+            bans_writing: None,
+            bans_acks: Vec::new(),
             restarts: RestartTracker::new(config.restart),
             ctx,
             children: HashMap::new(),
@@ -1043,12 +1099,37 @@ impl Actor for Manager {
                     warn!(peer = %addr, id = %id, kind, score, "whitelisted (noban) peer misbehaved; not banned");
                 } else if ip.is_loopback() && !config.ban_local_peers {
                     warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not banned");
-                } else if !state.bans.is_banned(ip, now_unix()) {
-                    state.apply_ban(
-                        IpNet::from(ip),
-                        config.ban_duration,
-                        BanReason::Misbehavior(format!("{kind} (score {score})")),
-                    );
+                } else {
+                    // Core's Discourage and DisconnectNode(addr): in memory only, and every
+                    // connection from it closed (but manual and noban ones).
+                    let net = state.ctx.discourage(ip);
+                    let detail = format!("{kind} (score {score})");
+                    metrics::counter!("meshd_discouraged_total").increment(1);
+                    info!(peer = %addr, id = %id, subnet = %net, %detail, "discouraged");
+                    state.ctx.events.publish(NodeEvent::PeerDiscouraged {
+                        subnet: net.to_string(),
+                        detail: detail.clone(),
+                    });
+                    for child in state.children.values() {
+                        let manual = matches!(
+                            child.kind,
+                            Some(
+                                OutboundKind::Persistent
+                                    | OutboundKind::Candidate
+                                    | OutboundKind::OneTry
+                            )
+                        );
+                        let child_ip = crate::manager::bans::canonical(child.addr.ip());
+                        if child.id != id
+                            && !manual
+                            && net.contains(&child_ip)
+                            && !state.ctx.permissions_of(child_ip).has(NOBAN)
+                        {
+                            let _ = child.actor.cast(ConnectionMsg::Disconnect(
+                                DisconnectReason::Discouraged(detail.clone()),
+                            ));
+                        }
+                    }
                 }
             }
             ManagerMsg::FleetBan {
@@ -1069,7 +1150,11 @@ impl Actor for Manager {
             }
             ManagerMsg::Ban(subnet, duration, reply) => {
                 let entry = state.apply_ban(subnet, duration, BanReason::Manual);
-                let _ = reply.send(entry);
+                // Answered once the ban is on disk: an operator's ban, once acknowledged,
+                // survives a kill -9 (the write is coalesced, at most one a second).
+                state
+                    .bans_acks
+                    .push(Box::new(move || drop(reply.send(entry))));
             }
             ManagerMsg::Unban(subnet, reply) => {
                 let existed = state.bans.unban(&subnet);
@@ -1079,8 +1164,12 @@ impl Actor for Manager {
                     state.ctx.events.publish(NodeEvent::PeerUnbanned {
                         subnet: subnet.trunc().to_string(),
                     });
+                    state
+                        .bans_acks
+                        .push(Box::new(move || drop(reply.send(existed))));
+                } else {
+                    let _ = reply.send(existed);
                 }
-                let _ = reply.send(existed);
             }
             ManagerMsg::ListBans(reply) => {
                 let _ = reply.send(state.bans.entries(now_unix()));
@@ -1130,7 +1219,7 @@ impl Actor for Manager {
                 }
                 let count = stopping.len();
                 while stopping.join_next().await.is_some() {}
-                state.sync_bans();
+                state.save_bans_now().await;
                 state.save_book();
                 info!(peers = count, "all connections closed, state saved");
                 let _ = reply.send(());
@@ -1145,9 +1234,10 @@ impl Actor for Manager {
         state: &mut ManagerState,
     ) -> Result<(), ActorProcessingErr> {
         // However the Manager stops (shutdown, or its supervisor giving up), what it owns is
-        // saved. A Manager that fails skips this hook; bans are saved on every change and the
-        // book every `addrbook-save-interval`, so at most that interval of gossip is lost.
-        state.sync_bans();
+        // saved. A Manager that fails skips this hook; bans are written within a second of a
+        // change and the book every `addrbook-save-interval`, so at most that interval of
+        // gossip is lost.
+        state.save_bans_now().await;
         state.save_book();
         Ok(())
     }

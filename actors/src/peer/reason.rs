@@ -57,6 +57,10 @@ pub enum DisconnectReason {
     /// Its address was banned.
     #[error("banned: {0}")]
     Banned(String),
+    /// Its misbehaviour score reached the threshold: disconnected, and its address
+    /// discouraged unless it is local or whitelisted.
+    #[error("discouraged: {0}")]
+    Discouraged(String),
     /// A live config change lowered the slot limit below the connections held.
     #[error("slot limit lowered")]
     SlotLimitLowered,
@@ -91,6 +95,7 @@ impl DisconnectReason {
             DisconnectReason::SendQueueFull(_) => "send_queue_full",
             DisconnectReason::Evicted => "evicted",
             DisconnectReason::Banned(_) => "banned",
+            DisconnectReason::Discouraged(_) => "discouraged",
             DisconnectReason::SlotLimitLowered => "slot_limit_lowered",
             DisconnectReason::Requested => "requested",
             DisconnectReason::Shutdown => "shutdown",

@@ -1411,12 +1411,12 @@ impl SyncActorState {
                 self.maybe_start_sync(Some(id));
             }
         }
-        if self.state == SyncState::Syncing && !self.catching_up() {
-            // A peer that streamed us headers went quiet: its stream is over.
-            self.update_state();
-            if self.state != SyncState::Syncing {
-                self.publish_status();
-            }
+        // A peer that streamed us headers went quiet (its stream is over), or the chain
+        // changed without a peer (mined here): the state follows within a tick.
+        let before = self.state;
+        self.update_state();
+        if self.state != before {
+            self.publish_status();
         }
         if self.pool.expire(now, config.tx_pool_max_age) > 0 {
             self.publish_status();
@@ -1746,6 +1746,8 @@ impl SyncActorState {
             self.keep_and_publish(block, None);
             hashes.push(hash);
         }
+        // A mined tip is recent: the node may be out of initial sync now.
+        self.update_state();
         self.ctx.events.publish(NodeEvent::HeadersSynced {
             height: self.chain.height(),
             tip: self.chain.tip().to_string(),

@@ -124,6 +124,25 @@ impl AsyncPeer {
         })
     }
 
+    /// Connects from `local`, a loopback address of our choice (127.0.0.0/8), so that peers
+    /// of one test have addresses of their own.
+    pub async fn connect_from(
+        local: std::net::IpAddr,
+        addr: SocketAddr,
+    ) -> std::io::Result<AsyncPeer> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let p = NetworkId::Regtest.profile();
+        Ok(AsyncPeer {
+            stream,
+            decoder: FrameDecoder::new(p.magic, p.limits),
+            pending: Vec::new(),
+            received: 0,
+        })
+    }
+
     /// The node dialled `listener`: accepts it and handshakes as the answering side (the
     /// raw peer is then the node's outbound peer).
     pub async fn accept(listener: &tokio::net::TcpListener) -> AsyncPeer {
