@@ -84,10 +84,9 @@ impl Discouraged {
         }
         self.v6_verdicts.remove(&prefix);
         self.filter.insert(&Key::V6Prefix(prefix));
-        let net = Ipv6Net::new(Ipv6Addr::from(u128::from(prefix) << 64), 64)
+        Ipv6Net::new(Ipv6Addr::from(u128::from(prefix) << 64), 64)
             .map(IpNet::V6)
-            .unwrap_or_else(|_| IpNet::from(ip));
-        net
+            .unwrap_or_else(|_| IpNet::from(ip))
     }
 
     /// Whether `ip` (or its IPv6 /64) is discouraged.
