@@ -655,3 +655,35 @@ async fn a_whitelisted_peer_is_never_charged_or_dropped_and_shows_its_permission
     assert!(!closed, "a whitelisted peer is kept");
     assert_eq!(score, 0, "and never charged");
 }
+
+/// Core's PushNodeVersion: `addr_from` is zeros (our address in `version` would link an
+/// onion identity to a clearnet one), even with `--externalip` set; `addr_recv` is zeros
+/// for a peer whose address is not a public one (loopback here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_version_carries_no_address_of_ours() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.external_addrs = vec!["203.0.113.5:18444".parse().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    p.send(version(70016)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let v = loop {
+        match p
+            .recv(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            Seen::Msg(Message::Network(NetworkMessage::Version(v))) => break v,
+            Seen::Msg(_) => {}
+            other => panic!("no version: {other:?}"),
+        }
+    };
+    let zero = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    assert_eq!(v.sender.socket_addr().unwrap(), zero, "addr_from");
+    assert_eq!(
+        v.receiver.socket_addr().unwrap(),
+        zero,
+        "addr_recv of a loopback peer"
+    );
+    node.shutdown().await;
+}

@@ -48,7 +48,7 @@ use crate::constants::{
 };
 use crate::context::{unix_now, NodeContext};
 use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
-use crate::discovery::overlay::OverlayAddr;
+use crate::discovery::overlay::{Network, OverlayAddr};
 use crate::events::NodeEvent;
 use crate::manager::misbehavior;
 use crate::manager::peers::{PeerId, PeerState};
@@ -118,6 +118,8 @@ pub struct ConnectionState {
     v2: bool,
     /// The onion, I2P or CJDNS address `addr` stands for.
     overlay: Option<OverlayAddr>,
+    /// Inbound through our onion service: an onion peer, whatever `addr` says.
+    inbound_onion: bool,
     /// The transport settled on, once it is.
     transport_kind: Option<TransportKind>,
     handshake: Handshake,
@@ -266,6 +268,7 @@ impl Actor for Connection {
             transport: Some(args.transport),
             v2: args.v2,
             overlay: args.overlay,
+            inbound_onion: false,
             transport_kind: None,
             handshake,
             ping: None,
@@ -314,7 +317,8 @@ impl Actor for Connection {
             .timers
             .push(myself.send_interval(tick_interval(&config), || ConnectionMsg::Tick));
         match state.transport.take() {
-            Some(Transport::Accepted { stream, .. }) => {
+            Some(Transport::Accepted { stream, onion }) => {
+                state.inbound_onion = onion;
                 if let Err(reason) = begin_negotiation(&myself, state, stream) {
                     close(&myself, state, reason);
                 }
@@ -639,15 +643,29 @@ fn start_io(
     })));
     let now = Instant::now();
     state.connected_at = Some(now);
-    // Re-create the handshake now that our address is known: the one we advertise (from
-    // --externalip or STUN) if any, else the socket's local address, goes in our version.
-    let sender = state.ctx.advertised().first().copied().or(local);
+    // Core's PushNodeVersion: our own address is never in `version` (zeros: it would link
+    // an onion identity to a clearnet one; addresses are advertised by `addr`, per network),
+    // and the peer's only when it is a public one reached directly. (Documentation ranges
+    // count as public here: the namespace labs use them as public addresses.)
+    let proxied = state.direction == Direction::Outbound
+        && matches!(
+            proxy::route(&config, state.addr, state.overlay.as_ref()),
+            Ok(proxy::Route::Socks5 { .. })
+        );
+    let hidden = state.overlay.is_some()
+        || state.inbound_onion
+        || proxied
+        || crate::discovery::addrbook::is_local_or_private(state.addr.ip());
+    let you = match hidden {
+        true => SocketAddr::from(([0, 0, 0, 0], 0)),
+        false => state.addr,
+    };
     state.handshake = Handshake::new(
         state.direction,
         state.manual,
         state.handshake.our_nonce(),
-        state.addr,
-        sender,
+        you,
+        None,
         state.started,
         config.handshake_timeout,
     );
@@ -1232,6 +1250,15 @@ fn to_sync(state: &mut ConnectionState, input: SyncInput) {
 }
 
 impl ConnectionState {
+    /// The network the peer is on: onion for a peer through our onion service.
+    fn network(&self) -> Network {
+        if self.inbound_onion {
+            return Network::Onion;
+        }
+        self.overlay
+            .map_or_else(|| Network::of_ip(self.addr.ip()), |o| o.network())
+    }
+
     /// The peer as operators know it: its onion or I2P name, else its address.
     fn peer_name(&self) -> String {
         crate::discovery::overlay::display_addr(self.addr, self.overlay.as_ref())
@@ -1246,7 +1273,23 @@ const SELF_ADVERT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 fn advertise_self(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
     let now = unix_now().max(0) as u32;
     let services = state.ctx.policy.services.to_u64();
-    let ours = state.ctx.advertised_gossip(services, now);
+    // The address of the peer's own network only (Core's GetLocalAddrForPeer): an onion
+    // peer learns our onion and nothing else, a clearnet peer never learns our onion.
+    let network = state.network();
+    let ours: Vec<GossipAddr> = state
+        .ctx
+        .advertised_gossip(services, now)
+        .into_iter()
+        .filter(|a| {
+            a.overlay
+                .map_or_else(|| Network::of_ip(a.addr.ip()), |o| o.network())
+                == network
+        })
+        .take(1)
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
     let u: f64 = rand::random::<f64>().max(1e-12);
     state.next_self_advert = Some(
         Instant::now()

@@ -81,6 +81,10 @@ const ADDRBOOK_VERSION: u16 = 2;
 /// our book).
 const GETADDR_CACHE: Duration = Duration::from_secs(24 * 3600);
 
+/// getaddr caches kept at most: one per network and listener (a handful), bounded in case
+/// of many listen addresses.
+const MAX_GETADDR_CACHES: usize = 64;
+
 /// How often hopeless address-book entries are dropped.
 const ADDRBOOK_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -146,7 +150,13 @@ pub struct ManagerState {
     restarts: RestartTracker,
     bans: BanList,
     book: AddrBook,
-    getaddr_cache: Option<(Vec<GossipAddr>, Instant)>,
+    /// getaddr answers, one per network and listener (Core's `m_addr_response_caches`): an
+    /// onion peer and a clearnet peer never get the same sample, so the two identities
+    /// cannot be matched by it.
+    getaddr_cache: HashMap<
+        (crate::discovery::overlay::Network, Option<SocketAddr>),
+        (Vec<GossipAddr>, Instant),
+    >,
     last_cleanup: Instant,
     /// Addresses each peer is known to have (sent by it or to it), so a relay never sends
     /// an address to a peer twice; bounded like Core's rolling filter.
@@ -468,7 +478,18 @@ impl ManagerState {
             return;
         };
         let now = Instant::now();
-        let sample = match &self.getaddr_cache {
+        let info = self.ctx.peers.get(id);
+        let network = info.as_ref().map_or_else(
+            || crate::discovery::overlay::Network::of_ip(child.addr.ip()),
+            |p| p.network(),
+        );
+        // The listener an inbound peer came in on (Core's addrBind); outbound ones share.
+        let bind = match child.direction {
+            Direction::Inbound => info.and_then(|p| p.local_addr),
+            Direction::Outbound => None,
+        };
+        let key = (network, bind);
+        let sample = match self.getaddr_cache.get(&key) {
             Some((cached, expiry)) if now < *expiry => cached.clone(),
             _ => {
                 let fresh: Vec<GossipAddr> = self
@@ -479,7 +500,13 @@ impl ManagerState {
                     .collect();
                 // An empty book is not worth caching for a day.
                 if !fresh.is_empty() {
-                    self.getaddr_cache = Some((fresh.clone(), now + GETADDR_CACHE));
+                    if self.getaddr_cache.len() >= MAX_GETADDR_CACHES {
+                        self.getaddr_cache.retain(|_, (_, expiry)| now < *expiry);
+                    }
+                    if self.getaddr_cache.len() < MAX_GETADDR_CACHES {
+                        self.getaddr_cache
+                            .insert(key, (fresh.clone(), now + GETADDR_CACHE));
+                    }
                 }
                 fresh
             }
@@ -953,7 +980,7 @@ impl Actor for Manager {
             scheduled: HashSet::new(),
             bans,
             book: AddrBook::new([0; 32], false),
-            getaddr_cache: None,
+            getaddr_cache: HashMap::new(),
             last_cleanup: Instant::now(),
             addr_known: HashMap::new(),
             v1_only: HashSet::new(),
