@@ -107,3 +107,48 @@ fn meshd_network_shows_the_onion_service_made_through_tor() {
         .iter()
         .any(|v| msg(v) == "onion service removed"));
 }
+
+/// An onion-only node (`--onion ... --onlynet onion`, README's recipe) sends nothing outside
+/// its proxy: no STUN probe, no DNS lookup of a seed, even with both configured. Both are
+/// real UDP sockets on loopback that count what reaches them; before, STUN probed at once
+/// and the seed was looked up at once.
+#[test]
+fn an_onion_only_node_sends_no_stun_or_dns_packet() {
+    let stun = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&stun, &dns] {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    // Nobody listens there: onion peers would fail, which is not what is tested.
+    let proxy = format!("127.0.0.1:{}", common::free_port());
+    let node = Meshd::start(&[
+        "--onion",
+        &proxy,
+        "--onlynet",
+        "onion",
+        "--stun-server",
+        &stun.local_addr().unwrap().to_string(),
+        "--dns-server",
+        &dns.local_addr().unwrap().to_string(),
+        "--dns-seed",
+        "seed.example.invalid",
+    ]);
+    let mut buf = [0u8; 2048];
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    let mut packets = 0;
+    while std::time::Instant::now() < deadline {
+        for s in [&stun, &dns] {
+            if s.recv_from(&mut buf).is_ok() {
+                packets += 1;
+            }
+        }
+    }
+    assert_eq!(packets, 0, "a packet left outside the proxy");
+    assert!(
+        node.count_logs(|v| msg(v).starts_with("STUN off")) == 1
+            && node.count_logs(|v| msg(v).starts_with("DNS seeding off")) == 1,
+        "{:?}",
+        node.raw_lines()
+    );
+}

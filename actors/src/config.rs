@@ -395,6 +395,16 @@ impl NodeConfig {
             }
     }
 
+    /// Whether the node may send packets of its own to the Internet outside a proxy (DNS
+    /// lookups, STUN): not behind `--proxy`, and only when `--onlynet` allows IPv4 or IPv6.
+    /// An onion-only node talks to nothing but its proxy.
+    pub fn direct_ip(&self) -> bool {
+        self.proxy.is_none()
+            && (self.onlynet.is_empty()
+                || self.onlynet.contains(&Network::Ipv4)
+                || self.onlynet.contains(&Network::Ipv6))
+    }
+
     /// Every network [`NodeConfig::reachable`] says yes to.
     pub fn reachable_networks(&self) -> Vec<Network> {
         Network::ALL

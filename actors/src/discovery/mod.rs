@@ -190,9 +190,9 @@ impl Actor for DnsDiscovery {
             info!("DNS seeding off (no seeds for this network, or --no-dns-seed)");
             return Ok(());
         }
-        if config.proxy.is_some() {
+        if !config.direct_ip() {
             // A lookup outside the proxy would tell the resolver who runs this node.
-            info!("DNS seeding off: --proxy is set and seeds are not looked up outside it");
+            info!("DNS seeding off: --proxy is set or --onlynet excludes IPv4 and IPv6, and seeds are not looked up outside the proxy");
             return Ok(());
         }
         match build_resolver(&config.dns_servers) {

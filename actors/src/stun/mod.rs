@@ -110,10 +110,11 @@ impl Actor for Stun {
             info!("STUN off (no servers for this network, or --no-stun)");
             return Ok(());
         }
-        if config.proxy.is_some() {
+        if !config.direct_ip() {
             // STUN is UDP, which a SOCKS5 CONNECT proxy cannot carry: it would reveal our
-            // address to the STUN server.
-            info!("STUN off: --proxy is set");
+            // address to the STUN server; an onion-only node has no clearnet address to
+            // learn, and a reachable verdict would advertise its IP.
+            info!("STUN off: --proxy is set or --onlynet excludes IPv4 and IPv6");
             return Ok(());
         }
         state.timer = Some(myself.send_interval(config.stun_interval, || StunMsg::Probe));
