@@ -157,3 +157,80 @@ async fn dns_failures_are_counted_and_never_fatal() {
     assert!(p.handshake().await, "node still serves peers");
     node.shutdown().await;
 }
+
+/// Core's p2p_getaddr_caching: a `getaddr` answer is cached per network and listener, so
+/// two peers on one listener get the same sample and a peer on another listener (the onion
+/// service's, in use) gets its own; a node's identities cannot be matched by their samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getaddr_answers_are_cached_per_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 0;
+    c.listen = vec![
+        "127.0.0.1:0".parse().unwrap(),
+        "127.0.0.2:0".parse().unwrap(),
+    ];
+    c.whitelist =
+        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("addr@127.0.0.3").unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let (first, second) = (node.listen_addrs()[0], node.listen_addrs()[1]);
+    // Fill the book: 2,000 public addresses from a peer allowed to send them all.
+    let mut feeder = AsyncPeer::connect_from("127.0.0.3".parse().unwrap(), first)
+        .await
+        .unwrap();
+    assert!(feeder.handshake().await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    for round in 0..2u32 {
+        let list: Vec<(u32, Address)> = (0..1000u32)
+            .map(|i| {
+                let ip = Ipv4Addr::from(0x0b00_0000u32 + (round << 20) + (i << 8) + 1);
+                (
+                    now,
+                    Address::new(&SocketAddr::from((ip, 8333)), ServiceFlags::NETWORK),
+                )
+            })
+            .collect();
+        feeder.send(NetworkMessage::Addr(list)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // One source group fills a limited share of the new table (addrman).
+    while node.known_addresses().await.len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "the book was not filled: {}",
+            node.known_addresses().await.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    async fn sample(from: &str, to: SocketAddr) -> Vec<SocketAddr> {
+        let mut p = AsyncPeer::connect_from(from.parse().unwrap(), to)
+            .await
+            .unwrap();
+        assert!(p.handshake().await);
+        p.send(NetworkMessage::GetAddr).await;
+        let mut got = p
+            .wait_for(Duration::from_secs(10), |m| match m {
+                // Not the node's advertisement of itself (one address).
+                NetworkMessage::Addr(list) if list.len() > 10 => Some(
+                    list.iter()
+                        .filter_map(|(_, a)| a.socket_addr().ok())
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            })
+            .await
+            .expect("an addr answer");
+        got.sort();
+        got
+    }
+    let a = sample("127.0.0.4", first).await;
+    let b = sample("127.0.0.5", first).await;
+    let other = sample("127.0.0.6", second).await;
+    assert!(a.len() > 50, "{} addresses", a.len());
+    assert_eq!(a, b, "one listener, one cached answer");
+    assert_ne!(a, other, "another listener shares the answer");
+    node.shutdown().await;
+}
