@@ -170,6 +170,11 @@ async fn a_node_whose_supervisor_gives_up_saves_its_book_and_bans() {
         let _ = std::fs::remove_file(datadir.join(f));
     }
 
+    // A file that means "running" (the daemon's cookie): removed however the node ends.
+    let cookie = datadir.join(".cookie");
+    std::fs::write(&cookie, b"token").unwrap();
+    node.remove_on_exit(cookie.clone());
+
     // Kill the Stun actor until the restart budget is spent.
     let mut killed = 0;
     while killed < 20 {
@@ -191,6 +196,10 @@ async fn a_node_whose_supervisor_gives_up_saves_its_book_and_bans() {
         .await
         .expect("the node stops by itself");
     assert!(matches!(exit, NodeExit::Failed(_)), "{exit:?}");
+    assert!(
+        !cookie.exists(),
+        "the cookie outlived a node that stopped by itself"
+    );
     drop(raw);
     for f in ["peers.dat", "bans.dat"] {
         assert!(datadir.join(f).exists(), "{f} not saved on give-up");
