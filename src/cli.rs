@@ -282,15 +282,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub peer_burst: Option<String>,
 
-    /// Misbehaviour score at which a peer is banned. [default: 100]
+    /// Misbehaviour score at which a peer is disconnected and discouraged. [default: 100]
     #[arg(long, value_name = "N")]
     pub ban_threshold: Option<u32>,
 
-    /// Length of an automatic ban. [default: 24h]
+    /// Length of a ban given without one (`meshd ban`). [default: 24h]
     #[arg(long, value_name = "DURATION")]
     pub ban_duration: Option<String>,
 
-    /// Ban misbehaving loopback peers too (Bitcoin Core never bans local peers).
+    /// Discourage misbehaving loopback peers too (Bitcoin Core never does).
     #[arg(long)]
     pub ban_local_peers: bool,
 

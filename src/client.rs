@@ -146,18 +146,18 @@ fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(x) => sanitize(x),
-        other => other.to_string(),
+        // Arrays and objects as JSON, whose escaping leaves bidi and C1 characters alone.
+        other => sanitize(&other.to_string()),
     }
 }
 
 /// A string a peer or another fleet node chose, made safe for a terminal (as Core's
-/// `SanitizeString` of a subver): control characters (escape sequences start with one) and
-/// bidirectional overrides (which reorder what the line shows) are dropped.
+/// `SanitizeString` of a subver): printable ASCII and spaces only, so no control character
+/// (escape sequences start with one), C1 control, bidirectional override, zero-width or
+/// line-separator character reaches the screen.
 fn sanitize(x: &str) -> String {
     x.chars()
-        .filter(|c| {
-            !c.is_control() && !matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-        })
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .collect()
 }
 
@@ -336,7 +336,7 @@ fn print_object(v: &Value) {
                 sanitize(k),
                 match val {
                     Value::String(x) => sanitize(x),
-                    other => other.to_string(),
+                    other => sanitize(&other.to_string()),
                 }
             );
         }
@@ -570,5 +570,7 @@ mod tests {
             "plain /meshd:0.1.0/ [::1]:8333"
         );
         assert_eq!(s(&Value::String("a\nb\rc\u{9b}d".into())), "abcd");
+        assert_eq!(sanitize("a\u{200b}b\u{2028}c\u{61c}d"), "abcd");
+        assert_eq!(s(&serde_json::json!(["x\u{202e}y"])), "[\"xy\"]");
     }
 }

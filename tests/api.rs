@@ -155,7 +155,7 @@ fn peers_routes_list_add_and_disconnect() {
         assert!(peer.get(field).is_some(), "missing {field}: {peer}");
     }
     assert_eq!(peer["address"], t.as_str());
-    assert_eq!(peer["connection_type"], "onetry");
+    assert_eq!(peer["connection_type"], "manual");
     // meshd to meshd: BIP324 v2, with Core's 64-hex-digit session id.
     assert_eq!(peer["transport"], "v2", "{peer}");
     assert_eq!(peer["session_id"].as_str().unwrap().len(), 64, "{peer}");

@@ -81,11 +81,11 @@ pub struct NodeConfig {
     pub peer_max_download_rate: u64,
     /// Burst of each connection's buckets, bytes (0: as above).
     pub peer_burst: u64,
-    /// Misbehaviour score at which a peer is banned.
+    /// Misbehaviour score at which a peer is disconnected and discouraged.
     pub ban_threshold: u32,
-    /// Length of an automatic ban.
+    /// Length of a ban given without one (an operator's).
     pub ban_duration: Duration,
-    /// Ban loopback peers automatically too (Bitcoin Core never does).
+    /// Discourage loopback peers automatically too (Bitcoin Core never does).
     pub ban_local_peers: bool,
     /// Restart policy for outbound connections.
     pub restart: RestartPolicy,

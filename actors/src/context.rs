@@ -34,6 +34,9 @@ pub struct NodeContext {
     pub(crate) slots: SlotPool,
     pub(crate) events: EventBus,
     pub(crate) bans: RwLock<BanList>,
+    /// IPs of the manual peers (`--connect`, `--addnode`, added at run time too), kept by
+    /// the Manager: a fleet advisory never bans one.
+    pub(crate) manual_ips: RwLock<std::collections::HashSet<IpAddr>>,
     /// Addresses discouraged by automatic verdicts (in memory only, as Core's).
     pub(crate) discouraged: RwLock<crate::manager::discourage::Discouraged>,
     pub(crate) global_limits: Arc<RateLimits>,
@@ -123,6 +126,7 @@ impl NodeContext {
             events: EventBus::default(),
             bans: RwLock::new(bans),
             discouraged: RwLock::new(Default::default()),
+            manual_ips: RwLock::new(Default::default()),
             global_limits,
             peer_limits,
             global_up: Arc::new(Mutex::new(TokenBucket::new(now))),
@@ -231,6 +235,24 @@ impl NodeContext {
         match self.discouraged.write() {
             Ok(mut d) => d.discourage(ip),
             Err(p) => p.into_inner().discourage(ip),
+        }
+    }
+
+    /// Records `ip` as a manual peer's.
+    pub(crate) fn add_manual_ip(&self, ip: IpAddr) {
+        let ip = crate::manager::bans::canonical(ip);
+        match self.manual_ips.write() {
+            Ok(mut s) => s.insert(ip),
+            Err(p) => p.into_inner().insert(ip),
+        };
+    }
+
+    /// Whether `ip` is one of our manual peers'.
+    pub(crate) fn is_manual_ip(&self, ip: IpAddr) -> bool {
+        let ip = crate::manager::bans::canonical(ip);
+        match self.manual_ips.read() {
+            Ok(s) => s.contains(&ip),
+            Err(p) => p.into_inner().contains(&ip),
         }
     }
 

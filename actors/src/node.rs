@@ -473,6 +473,7 @@ impl Node {
             .write(true)
             .open(dir.join(".lock"))
             .map_err(dir_err)?;
+        crate::persist::make_private(&lock).map_err(dir_err)?;
         if lock.try_lock().is_err() {
             return Err(StartError::DataDirLocked(dir.display().to_string()));
         }

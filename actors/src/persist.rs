@@ -184,7 +184,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     create_private_dir(dir)?;
-    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    // A temp name of its own per write: two writers of one file (a Manager restarted while
+    // its predecessor's write is still in flight) never write into one temp file; the last
+    // rename wins whole.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
     {
         let mut f = private_options()
             .write(true)

@@ -342,7 +342,7 @@ async fn oversized_counts_are_refused_before_decoding_and_charged() {
     })
     .await;
     // Loopback peers are not discouraged (Core), but they are disconnected at the threshold.
-    assert_eq!(reasons.get("discouraged"), Some(&5), "{reasons:?}");
+    assert_eq!(reasons.get("misbehaving"), Some(&5), "{reasons:?}");
     case.node.shutdown().await;
 }
 
@@ -359,7 +359,7 @@ async fn ten_thousand_unconnecting_headers_cost_the_peer_its_connection() {
         assert!(p.closed_within(Duration::from_secs(10)).await);
     })
     .await;
-    assert_eq!(reasons.get("discouraged"), Some(&1), "{reasons:?}");
+    assert_eq!(reasons.get("misbehaving"), Some(&1), "{reasons:?}");
     case.node.shutdown().await;
 }
 

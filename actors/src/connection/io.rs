@@ -277,6 +277,9 @@ pub(super) struct ReaderArgs {
     /// The peer as logs name it, and its id.
     pub(super) peer: String,
     pub(super) id: crate::manager::peers::PeerId,
+    /// A `noban` or manual peer: its drops are counted and logged, never a disconnect (Core
+    /// disconnects neither for unsolicited data).
+    pub(super) trusted: bool,
 }
 
 pub(super) async fn reader(args: ReaderArgs) {
@@ -291,6 +294,7 @@ pub(super) async fn reader(args: ReaderArgs) {
         blocks,
         peer,
         id,
+        trusted,
     } = args;
     let mut frames = Vec::new();
     let mut useless = UselessFrames::new(std::time::Instant::now());
@@ -369,6 +373,7 @@ pub(super) async fn reader(args: ReaderArgs) {
                             warn!(%peer, %id, dropped, last = %e, "dropped frames");
                         }
                         DropVerdict::Quiet => {}
+                        DropVerdict::Disconnect { .. } if trusted => {}
                         DropVerdict::Disconnect { total } => {
                             metrics::counter!("meshd_useless_frame_disconnects_total").increment(1);
                             warn!(%peer, %id, total, last = %e, "too many useless frames; disconnecting");

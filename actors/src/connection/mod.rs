@@ -528,7 +528,7 @@ fn punish(state: &mut ConnectionState, kind: &'static str) -> Result<(), Disconn
             kind,
             score,
         });
-        return Err(DisconnectReason::Discouraged(format!(
+        return Err(DisconnectReason::Misbehaving(format!(
             "misbehaviour score {score} ({kind})"
         )));
     }
@@ -640,6 +640,7 @@ fn start_io(
         blocks: state.blocks_expected.clone(),
         peer: state.peer_name(),
         id: state.id,
+        trusted: state.manual || state.permissions.has(Permissions::NOBAN),
     })));
     let now = Instant::now();
     state.connected_at = Some(now);

@@ -579,10 +579,8 @@ async fn apply_advisories(
                 .iter()
                 .any(|w| w.subnet.contains(&ip))
         };
-        let manual = |ip: IpAddr| {
-            let c = ctx.config();
-            c.connect.iter().chain(&c.addnode).any(|a| a.ip() == ip)
-        };
+        // Configured or added at run time (`meshd addnode`), compared canonically.
+        let manual = |ip: IpAddr| ctx.is_manual_ip(ip);
         match core::check_advisory(&msg.payload, &config.node_name, whitelisted, manual, now) {
             Ok((subnet, until, adv)) => {
                 metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);

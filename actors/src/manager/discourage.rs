@@ -67,11 +67,21 @@ impl Discouraged {
     /// many of its addresses were.
     pub fn discourage(&mut self, ip: IpAddr) -> IpNet {
         let ip = canonical(ip);
+        // Counted towards its /64 once: one address back three times is not three hosts.
+        let seen = self.filter.contains(&Key::Addr(ip));
         self.filter.insert(&Key::Addr(ip));
         let IpAddr::V6(v6) = ip else {
             return IpNet::from(ip);
         };
         let prefix = prefix64(&v6);
+        if seen {
+            return match self.filter.contains(&Key::V6Prefix(prefix)) {
+                true => Ipv6Net::new(Ipv6Addr::from(u128::from(prefix) << 64), 64)
+                    .map(IpNet::V6)
+                    .unwrap_or_else(|_| IpNet::from(ip)),
+                false => IpNet::from(ip),
+            };
+        }
         if self.v6_verdicts.len() >= IPV6_PREFIXES_TRACKED
             && !self.v6_verdicts.contains_key(&prefix)
         {
@@ -101,11 +111,6 @@ impl Discouraged {
         }
     }
 
-    /// Forgets everything (an operator's `clearbanned`).
-    pub fn clear(&mut self) {
-        *self = Discouraged::new();
-    }
-
     /// Heap bytes held.
     pub fn memory(&self) -> usize {
         self.filter.memory() + self.v6_verdicts.capacity() * 16
@@ -133,6 +138,10 @@ mod tests {
         let mut d = Discouraged::new();
         let a = |i: u16| -> IpAddr { format!("2001:db8:1:2::{i:x}").parse().unwrap() };
         assert_eq!(d.discourage(a(1)).to_string(), "2001:db8:1:2::1/128");
+        // The same address again is not another host.
+        assert_eq!(d.discourage(a(1)).to_string(), "2001:db8:1:2::1/128");
+        assert_eq!(d.discourage(a(1)).to_string(), "2001:db8:1:2::1/128");
+        assert!(!d.contains(a(9)));
         assert_eq!(d.discourage(a(2)).to_string(), "2001:db8:1:2::2/128");
         assert!(!d.contains(a(9)));
         assert_eq!(d.discourage(a(3)).to_string(), "2001:db8:1:2::/64");

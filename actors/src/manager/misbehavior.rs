@@ -1,4 +1,4 @@
-//! What each protocol violation costs a peer, and when the total becomes a ban.
+//! What each protocol violation costs a peer, and when the total ends its connection.
 //!
 //! | violation | points | why |
 //! |---|---|---|
@@ -18,15 +18,18 @@
 //! | v2 handshake failures, `v2_bad_aead`, `v2_unknown_message_type` | 0 | disconnect (bad tag) or ignore, as Core |
 //! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
 //!
-//! At the threshold (default 100) the peer's address is banned for the ban duration
-//! (default 24 h) and every connection from it is closed. As in Bitcoin Core, local peers
-//! (loopback) are disconnected but not banned automatically, since a ban would hit every
-//! local process at once; the `ban-local-peers` config key turns that exemption off.
+//! At the threshold (default 100) the peer is disconnected and its address discouraged
+//! (Core's banman since 0.20: in memory, see [`super::discourage`]); every connection from
+//! it is closed. As in Bitcoin Core, local peers (loopback) and onion peers are disconnected
+//! but not discouraged, since that would hit every local process (or every Tor peer) at
+//! once; the `ban-local-peers` config key turns the loopback exemption off. Manual and
+//! `noban` peers are never punished.
 
-/// Default score at which a peer is banned.
+/// Default score at which a peer is disconnected and discouraged.
 pub const DEFAULT_BAN_THRESHOLD: u32 = 100;
 
-/// Default length of an automatic ban (Core's `DEFAULT_MISBEHAVING_BANTIME`).
+/// Default length of a ban given without one (an operator's; Core's
+/// `DEFAULT_MISBEHAVING_BANTIME`).
 pub const DEFAULT_BAN_DURATION: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 /// The points a violation costs, by its stable name (the `kind` of the frame, payload or

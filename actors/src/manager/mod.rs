@@ -81,6 +81,9 @@ const ADDRBOOK_VERSION: u16 = 2;
 /// our book).
 const GETADDR_CACHE: Duration = Duration::from_secs(24 * 3600);
 
+/// An answer to an operator's ban or unban, sent once bans.dat holds it.
+type BanAck = Box<dyn FnOnce() + Send + Sync>;
+
 /// getaddr caches kept at most: one per network and listener (a handful), bounded in case
 /// of many listen addresses.
 const MAX_GETADDR_CACHES: usize = 64;
@@ -138,11 +141,11 @@ pub struct ManagerState {
     ctx: Arc<NodeContext>,
     /// The ban list changed since bans.dat was last written.
     bans_dirty: bool,
-    /// The bans.dat write in flight, if any.
-    bans_writing: Option<tokio::task::JoinHandle<()>>,
+    /// The bans.dat write in flight, if any; a failed one hands its answers back.
+    bans_writing: Option<tokio::task::JoinHandle<Result<(), Vec<BanAck>>>>,
     /// Answers to send once the next bans.dat write is done (bounded by the API's callers:
     /// each waits for its answer).
-    bans_acks: Vec<Box<dyn FnOnce() + Send + Sync>>,
+    bans_acks: Vec<BanAck>,
     children: HashMap<ActorId, Child>,
     by_peer: HashMap<PeerId, ActorId>,
     targets: HashMap<SocketAddr, OutboundKind>,
@@ -202,9 +205,10 @@ impl ManagerState {
         permit: SlotPermit,
     ) {
         let id = self.ctx.next_peer_id();
+        // Core's ConnectionType::MANUAL: `--connect`, `--addnode` and one-try peers alike.
         let manual = matches!(
             kind,
-            Some(OutboundKind::Persistent) | Some(OutboundKind::OneTry)
+            Some(OutboundKind::Persistent | OutboundKind::Candidate | OutboundKind::OneTry)
         );
         let overlay = match direction {
             Direction::Outbound => self.overlay_of(addr),
@@ -215,12 +219,13 @@ impl ManagerState {
         // Tor's peers all arrive from loopback: marked so operators (and the API's
         // `network`) tell them from local ones.
         info.inbound_onion = matches!(transport, Transport::Accepted { onion: true, .. });
+        // Spelled as Core's getpeerinfo `connection_type`.
         info.connection_type = match kind {
             None => "inbound",
-            Some(OutboundKind::Persistent) => "manual",
-            Some(OutboundKind::Candidate) => "candidate",
-            Some(OutboundKind::OneTry) => "onetry",
-            Some(OutboundKind::Automatic) => "automatic",
+            Some(OutboundKind::Persistent | OutboundKind::Candidate | OutboundKind::OneTry) => {
+                "manual"
+            }
+            Some(OutboundKind::Automatic) => "outbound-full-relay",
         };
         info.permissions = self.ctx.permissions_of(addr.ip()).names();
         self.ctx.peers.insert(info);
@@ -662,20 +667,40 @@ impl ManagerState {
     }
 
     /// Writes bans.dat if it changed since the last write: in a blocking task, so a slow
-    /// disk never stalls the Manager; one write in flight at a time.
+    /// disk never stalls the Manager; one write in flight at a time. The answers waiting on
+    /// a write go out once it succeeded; a failed write is retried at the next upkeep with
+    /// them.
     fn write_bans_if_dirty(&mut self) {
-        if !self.bans_dirty || self.bans_writing.as_ref().is_some_and(|t| !t.is_finished()) {
+        use futures_util::FutureExt;
+        if let Some(t) = self.bans_writing.take() {
+            if !t.is_finished() {
+                self.bans_writing = Some(t);
+                return;
+            }
+            if let Some(Ok(Err(acks))) = t.now_or_never() {
+                // Failed: the acks wait for the retry, which writes the list as it is now.
+                self.bans_acks.extend(acks);
+                self.bans_dirty = true;
+            }
+        }
+        if !self.bans_dirty {
             return;
         }
         self.bans_dirty = false;
         let (path, list) = (self.ctx.bans_path(), self.bans.clone());
         let acks = std::mem::take(&mut self.bans_acks);
         self.bans_writing = Some(tokio::task::spawn_blocking(move || {
-            if let Err(e) = persist::save(&path, BANS_KIND, BANS_VERSION, &list) {
-                error!(error = %e, path = %path.display(), "could not save the ban list");
-            }
-            for ack in acks {
-                ack();
+            match persist::save(&path, BANS_KIND, BANS_VERSION, &list) {
+                Ok(()) => {
+                    for ack in acks {
+                        ack();
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(error = %e, path = %path.display(), "could not save the ban list; retrying");
+                    Err(acks)
+                }
             }
         }));
     }
@@ -683,7 +708,9 @@ impl ManagerState {
     /// Writes bans.dat now (shutdown), after any write in flight (both use one temp file).
     async fn save_bans_now(&mut self) {
         if let Some(t) = self.bans_writing.take() {
-            let _ = t.await;
+            if let Ok(Err(acks)) = t.await {
+                self.bans_acks.extend(acks);
+            }
         }
         self.bans_dirty = false;
         if let Err(e) = persist::save(&self.ctx.bans_path(), BANS_KIND, BANS_VERSION, &self.bans) {
@@ -964,12 +991,17 @@ impl Actor for Manager {
         for a in &config.connect {
             targets.insert(*a, OutboundKind::Persistent);
         }
+        for a in targets.keys() {
+            ctx.add_manual_ip(a.ip());
+        }
         let bans = match ctx.bans.read() {
             Ok(b) => b.clone(),
             Err(p) => p.into_inner().clone(),
         };
         Ok(ManagerState {
-            bans_dirty: false,
+            // A Manager restarted after a failure may hold bans its predecessor had not
+            // written yet: written at the first upkeep.
+            bans_dirty: true,
             bans_writing: None,
             bans_acks: Vec::new(),
             restarts: RestartTracker::new(config.restart),
@@ -1026,6 +1058,7 @@ impl Actor for Manager {
             ManagerMsg::Connect { addr, kind } => {
                 if kind != OutboundKind::OneTry {
                     state.targets.insert(addr, kind);
+                    state.ctx.add_manual_ip(addr.ip());
                 }
                 if !state.dial(&myself, addr, kind).await {
                     info!(peer = %addr, "no outbound slot free; will dial when one is");
@@ -1122,10 +1155,20 @@ impl Actor for Manager {
             } => {
                 let config = state.ctx.config();
                 let ip = crate::manager::bans::canonical(addr.ip());
-                if state.ctx.permissions_of(ip).has(NOBAN) {
-                    warn!(peer = %addr, id = %id, kind, score, "whitelisted (noban) peer misbehaved; not banned");
+                let info = state.ctx.peers.get(id);
+                if info.as_ref().is_some_and(|p| p.manual) {
+                    // The Connection does not report manual peers; should one come, the
+                    // operator's choice still holds (Core: "not punishing manually
+                    // connected peer").
+                    warn!(peer = %addr, id = %id, kind, score, "manual peer misbehaved; not discouraged");
+                } else if info.as_ref().is_some_and(|p| p.inbound_onion) {
+                    // Core: "disconnecting but not discouraging inbound onion peer": they
+                    // all come from the Tor daemon's address.
+                    warn!(peer = %addr, id = %id, kind, score, "onion peer misbehaved; disconnected, not discouraged");
+                } else if state.ctx.permissions_of(ip).has(NOBAN) {
+                    warn!(peer = %addr, id = %id, kind, score, "whitelisted (noban) peer misbehaved; not discouraged");
                 } else if ip.is_loopback() && !config.ban_local_peers {
-                    warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not banned");
+                    warn!(peer = %addr, id = %id, kind, score, "local peer misbehaved; disconnected, not discouraged");
                 } else {
                     // Core's Discourage and DisconnectNode(addr): in memory only, and every
                     // connection from it closed (but manual and noban ones).
@@ -1147,13 +1190,19 @@ impl Actor for Manager {
                             )
                         );
                         let child_ip = crate::manager::bans::canonical(child.addr.ip());
+                        let onion = state
+                            .ctx
+                            .peers
+                            .get(child.id)
+                            .is_some_and(|p| p.inbound_onion);
                         if child.id != id
                             && !manual
+                            && !onion
                             && net.contains(&child_ip)
                             && !state.ctx.permissions_of(child_ip).has(NOBAN)
                         {
                             let _ = child.actor.cast(ConnectionMsg::Disconnect(
-                                DisconnectReason::Discouraged(detail.clone()),
+                                DisconnectReason::Misbehaving(detail.clone()),
                             ));
                         }
                     }

@@ -57,10 +57,11 @@ pub enum DisconnectReason {
     /// Its address was banned.
     #[error("banned: {0}")]
     Banned(String),
-    /// Its misbehaviour score reached the threshold: disconnected, and its address
-    /// discouraged unless it is local or whitelisted.
-    #[error("discouraged: {0}")]
-    Discouraged(String),
+    /// Its misbehaviour score reached the threshold: disconnected (and its address
+    /// discouraged, unless it is local, an onion peer or whitelisted), or another
+    /// connection from a discouraged address.
+    #[error("misbehaving: {0}")]
+    Misbehaving(String),
     /// A live config change lowered the slot limit below the connections held.
     #[error("slot limit lowered")]
     SlotLimitLowered,
@@ -95,7 +96,7 @@ impl DisconnectReason {
             DisconnectReason::SendQueueFull(_) => "send_queue_full",
             DisconnectReason::Evicted => "evicted",
             DisconnectReason::Banned(_) => "banned",
-            DisconnectReason::Discouraged(_) => "discouraged",
+            DisconnectReason::Misbehaving(_) => "misbehaving",
             DisconnectReason::SlotLimitLowered => "slot_limit_lowered",
             DisconnectReason::Requested => "requested",
             DisconnectReason::Shutdown => "shutdown",

@@ -173,8 +173,8 @@ struct SyncPeer {
     /// When it was last asked for headers and has not answered (Core's
     /// `m_last_getheaders_timestamp`).
     getheaders_at: Option<Instant>,
-    /// Its last answer was a full batch and it was asked on: it is streaming us headers, so
-    /// the node is syncing from it even outside a sync session.
+    /// Its last answer was a full batch that moved our tip, and it was asked on: it is
+    /// streaming us headers, so the node is syncing from it even outside a sync session.
     catching_up: bool,
     /// Its protocol version.
     version: u32,
@@ -916,11 +916,14 @@ impl SyncActorState {
                     asked_on = true;
                 }
             }
+            // Streaming only while its batches move our tip: re-sent known headers (cheap for
+            // a peer to send) cannot keep the node out of Synced.
+            let streaming = asked_on && self.chain.tip() != old_tip;
             let was = self.peers.get(&id).is_some_and(|p| p.catching_up);
             if let Some(p) = self.peers.get_mut(&id) {
-                p.catching_up = asked_on;
+                p.catching_up = streaming;
             }
-            if was != asked_on {
+            if was != streaming {
                 self.update_state();
             }
         }
