@@ -234,3 +234,58 @@ async fn getaddr_answers_are_cached_per_listener() {
     assert_ne!(a, other, "another listener shares the answer");
     node.shutdown().await;
 }
+
+/// Core's addrman (p2p_addr_relay): gossip stores routable addresses only, so no outbound
+/// slot is ever spent on the operator's LAN or on a localhost service; the public one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_of_private_and_local_addresses_is_never_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 0;
+    // As on a public network: no local mesh.
+    c.distinct_local_groups = false;
+    c.whitelist =
+        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("addr@127.0.0.1").unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    assert!(p.handshake().await);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let list: Vec<(u32, Address)> = [
+        "10.0.0.5:8333",
+        "192.168.1.2:8333",
+        "127.0.0.1:22",
+        "169.254.7.7:8333",
+        "100.64.1.1:8333",
+        "[fd00::1]:8333",
+        "203.0.113.9:8333",
+    ]
+    .iter()
+    .map(|a| {
+        (
+            now,
+            Address::new(&a.parse().unwrap(), ServiceFlags::NETWORK),
+        )
+    })
+    .collect();
+    p.send(NetworkMessage::Addr(list)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.known_addresses().await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the public address was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let known: Vec<String> = node
+        .known_addresses()
+        .await
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect();
+    assert_eq!(known, ["203.0.113.9:8333"]);
+    node.shutdown().await;
+}

@@ -175,6 +175,36 @@ pub fn is_local_or_private(ip: IpAddr) -> bool {
     }
 }
 
+/// Whether gossip may carry an address (Core's `CNetAddr::IsRoutable`): not loopback,
+/// private, link-local, unspecified, CGNAT (100.64/10), benchmarking (198.18/15), "this
+/// network" (0/8), reserved (240/4), broadcast or multicast. Documentation ranges
+/// (192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32) pass, unlike Core: the namespace
+/// labs use them as public addresses, and no real peer is ever found there.
+pub fn is_routable(ip: IpAddr) -> bool {
+    if is_local_or_private(ip) || ip.is_multicast() {
+        return false;
+    }
+    match canonical(ip) {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(a == 0
+                || a >= 240
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            let seg = v6.segments();
+            // RFC 4843 (ORCHID) and RFC 7343 (ORCHIDv2): 2001:10::/28, 2001:20::/28.
+            !(seg[0] == 0x2001 && (seg[1] & 0xfff0 == 0x0010 || seg[1] & 0xfff0 == 0x0020))
+        }
+    }
+}
+
+/// Core's penalty on a gossiped address's time (`addrman`'s `time_penalty` of 2 h for
+/// addresses relayed by another peer): a relayed address is older than its sender says.
+pub const GOSSIP_TIME_PENALTY_SECS: u64 = 2 * 3600;
+
 impl AddrBook {
     /// An empty book with a secret `key`.
     pub fn new(key: [u8; 32], distinct_local_groups: bool) -> AddrBook {
@@ -186,6 +216,11 @@ impl AddrBook {
             positions: HashMap::new(),
             reachable: vec![Network::Ipv4, Network::Ipv6],
         }
+    }
+
+    /// Whether local and private addresses are kept (a local mesh: regtest's default).
+    pub fn accepts_local(&self) -> bool {
+        self.distinct_local_groups
     }
 
     /// Sets the networks `select` may pick addresses from; the others stay in the book
@@ -308,6 +343,11 @@ impl AddrBook {
         if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) {
             return false;
         }
+        // Only routable addresses (Core); local and private ones too in a local mesh
+        // (regtest's default), where every peer is one.
+        if !self.distinct_local_groups && !is_routable(addr.ip()) {
+            return false;
+        }
         self.insert(addr, None, services, last_seen, source, now)
     }
 
@@ -327,7 +367,9 @@ impl AddrBook {
         }
         let last_seen = last_seen.min(now + 600);
         if let Some(e) = self.entries.get_mut(&addr) {
-            e.services |= services;
+            // Services are what the address itself said in its `version` (see `good`), never
+            // what gossip claims for it: a relayed claim could make it look like a better
+            // peer than it is.
             e.last_seen = e.last_seen.max(last_seen);
             return false;
         }
@@ -377,11 +419,17 @@ impl AddrBook {
         self.insert(addr, Some(overlay), services, last_seen, source, now)
     }
 
-    /// Adds an address as gossip carries it.
+    /// Adds an address as gossip carries it: its time less Core's 2-hour penalty, unless it
+    /// is the sender's own address.
     pub fn add_gossip(&mut self, a: &GossipAddr, source: IpAddr, now: u64) -> bool {
+        let penalty = match canonical(a.addr.ip()) == canonical(source) {
+            true => 0,
+            false => GOSSIP_TIME_PENALTY_SECS,
+        };
+        let time = (a.time as u64).saturating_sub(penalty);
         match a.overlay {
-            Some(o) => self.add_overlay(o, a.addr.port(), a.services, a.time as u64, source, now),
-            None => self.add(a.addr, a.services, a.time as u64, source, now),
+            Some(o) => self.add_overlay(o, a.addr.port(), a.services, time, source, now),
+            None => self.add(a.addr, a.services, time, source, now),
         }
     }
 
@@ -396,9 +444,13 @@ impl AddrBook {
     /// Records a successful connection (handshake complete): moves the address to tried.
     pub fn good(&mut self, addr: &SocketAddr, services: u64, now: u64) {
         let Some(e) = self.entries.get_mut(addr) else {
-            // An address we dialled without knowing it (manual): remember it as tried.
+            // An address we dialled without knowing it (manual): remember it as tried, local
+            // or not (the operator chose it).
             let source = addr.ip();
-            self.add(*addr, services, now, source, now);
+            if matches!(Network::of_ip(addr.ip()), Network::Onion | Network::I2p) {
+                return;
+            }
+            self.insert(*addr, None, services, now, source, now);
             if self.entries.contains_key(addr) {
                 self.good(addr, services, now);
             }
@@ -408,7 +460,8 @@ impl AddrBook {
         e.last_seen = now;
         e.last_try = Some(now);
         e.attempts = 0;
-        e.services |= services;
+        // What it said of itself in `version` (Core's SetServices).
+        e.services = services;
         if e.table == Table::Tried {
             return;
         }
@@ -698,7 +751,8 @@ mod tests {
             !b.add(a, 8, NOW, "198.51.100.1".parse().unwrap(), NOW),
             "already known"
         );
-        assert_eq!(b.get(&a).unwrap().services, 9);
+        // Gossip does not add service bits.
+        assert_eq!(b.get(&a).unwrap().services, 1);
         b.attempt(&a, NOW);
         b.good(&a, 1, NOW);
         let e = b.get(&a).unwrap();
@@ -876,6 +930,71 @@ mod tests {
         let back = AddrBook::from_file(read.into(), false, NOW);
         assert_eq!(back.len(), 1);
         assert_eq!(back.get(&v4(203, 0, 113, 5, 8333)).unwrap().overlay, None);
+    }
+
+    #[test]
+    fn gossip_keeps_routable_addresses_only_with_a_time_penalty_and_its_own_services() {
+        let mut b = book();
+        let now = 1_800_000_000u64;
+        let src: IpAddr = "198.51.100.1".parse().unwrap();
+        let gossip = |ip: &str, services: u64, time: u64| GossipAddr {
+            addr: SocketAddr::new(ip.parse().unwrap(), 8333),
+            overlay: None,
+            services,
+            time: time as u32,
+        };
+        for local in [
+            "10.0.0.5",
+            "192.168.1.2",
+            "172.16.0.9",
+            "127.0.0.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "198.18.0.1",
+            "0.1.2.3",
+            "240.0.0.1",
+            "fe80::1",
+            "fd00::1",
+            "::1",
+            "2001:10::1",
+            "ff02::1",
+        ] {
+            assert!(!b.add_gossip(&gossip(local, 1, now), src, now), "{local}");
+        }
+        assert!(b.is_empty());
+        // A public address: kept, two hours older than the sender says.
+        assert!(b.add_gossip(&gossip("203.0.113.9", 1, now), src, now));
+        let e = b.get(&"203.0.113.9:8333".parse().unwrap()).unwrap();
+        assert_eq!(e.last_seen, now - GOSSIP_TIME_PENALTY_SECS);
+        // The sender's own address carries no penalty.
+        assert!(b.add_gossip(&gossip("198.51.100.1", 1, now), src, now));
+        let e = b.get(&"198.51.100.1:8333".parse().unwrap()).unwrap();
+        assert_eq!(e.last_seen, now);
+        // Gossip never adds service bits; the address's own version sets them.
+        b.add_gossip(&gossip("203.0.113.9", 0x809, now), src, now);
+        assert_eq!(
+            b.get(&"203.0.113.9:8333".parse().unwrap())
+                .unwrap()
+                .services,
+            1
+        );
+        b.good(&"203.0.113.9:8333".parse().unwrap(), 0x8, now);
+        assert_eq!(
+            b.get(&"203.0.113.9:8333".parse().unwrap())
+                .unwrap()
+                .services,
+            0x8
+        );
+        // A manual peer on the LAN is remembered once it handshakes.
+        b.good(&"192.168.1.2:8333".parse().unwrap(), 1, now);
+        assert!(b.get(&"192.168.1.2:8333".parse().unwrap()).is_some());
+        // A local mesh (regtest) keeps local addresses.
+        let mut mesh = AddrBook::new([7u8; 32], true);
+        assert!(mesh.add_gossip(
+            &gossip("127.0.0.1", 1, now),
+            "127.0.0.2".parse().unwrap(),
+            now
+        ));
     }
 
     #[test]

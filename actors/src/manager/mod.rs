@@ -426,7 +426,12 @@ impl ManagerState {
                 continue;
             }
             self.book.add_gossip(a, source, now);
-            if relayable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
+            // Never relayed: addresses that are not routable (Core relays only what
+            // IsRoutable says), but in a local mesh, where every peer is local.
+            let routable = a.overlay.is_some()
+                || self.book.accepts_local()
+                || crate::discovery::addrbook::is_routable(a.addr.ip());
+            if relayable && routable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
                 fresh.push(*a);
             }
         }
