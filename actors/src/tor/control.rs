@@ -258,10 +258,10 @@ impl ReplyReader {
 pub enum AuthPlan {
     /// No authentication configured in Tor.
     Null,
-    /// HMAC challenge over the cookie in `path`.
+    /// HMAC challenge over the cookie in `path`. Plain COOKIE is never used (nor by Core):
+    /// it hands the cookie file's bytes to whatever listens on the port, which need not be
+    /// Tor and need not know them; SAFECOOKIE checks the server's proof first.
     SafeCookie(String),
-    /// The cookie itself, in hex.
-    Cookie(String),
     /// The configured password.
     Password(String),
 }
@@ -281,7 +281,6 @@ pub fn choose_auth(protocolinfo: &Reply, password: Option<&str>) -> Result<AuthP
     let cookie = protocolinfo.value("COOKIEFILE");
     match cookie {
         Some(path) if has("SAFECOOKIE") => Ok(AuthPlan::SafeCookie(path)),
-        Some(path) if has("COOKIE") => Ok(AuthPlan::Cookie(path)),
         _ => Err(ControlError::NoAuthMethod(methods)),
     }
 }
@@ -416,6 +415,12 @@ mod tests {
         );
         assert!(matches!(
             choose_auth(&hashed[0], None),
+            Err(ControlError::NoAuthMethod(_))
+        ));
+        // Plain COOKIE alone is refused: our cookie's bytes would go to whoever asks.
+        let plain = read_all(b"250-AUTH METHODS=COOKIE COOKIEFILE=\"/etc/shadow\"\r\n250 OK\r\n");
+        assert!(matches!(
+            choose_auth(&plain[0], None),
             Err(ControlError::NoAuthMethod(_))
         ));
     }

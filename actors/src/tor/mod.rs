@@ -265,11 +265,6 @@ async fn authenticate(conn: &mut ControlConn, password: Option<&str>) -> Result<
             let line = format!("AUTHENTICATE {}\r\n", control::quote(&p));
             conn.command(&line, "AUTHENTICATE").await?
         }
-        AuthPlan::Cookie(path) => {
-            let cookie = read_cookie(&path)?;
-            let line = format!("AUTHENTICATE {}\r\n", control::hex_encode(&cookie));
-            conn.command(&line, "AUTHENTICATE").await?
-        }
         AuthPlan::SafeCookie(path) => {
             let cookie = read_cookie(&path)?;
             let nonce: [u8; 32] = rand::random();
