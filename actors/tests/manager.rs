@@ -255,6 +255,42 @@ async fn inbound_flood_beyond_the_slots_evicts_or_refuses() {
     node.shutdown().await;
 }
 
+/// Core's AcceptConnection: when the inbound slots are full, a newcomer may evict a peer,
+/// but a discouraged address may not: it is refused where another address evicts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discouraged_address_never_takes_a_slot_by_eviction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.ban_local_peers = true;
+    c.slots.inbound = 24;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let bad: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut events = node.subscribe_to(&[EventKind::PeerDiscouraged]);
+    let mut p = AsyncPeer::connect_from(bad, addr).await.unwrap();
+    assert!(p.handshake().await);
+    for i in 0..10u64 {
+        let mut bytes =
+            Message::Network(NetworkMessage::Ping(i)).encode(node.config().profile().magic);
+        bytes[20] ^= 0xff;
+        p.send_raw(&bytes).await;
+    }
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    next_of(&mut events, EventKind::PeerDiscouraged).await;
+    // Fill every slot from one other address: 20 protected, 2 more by uptime, 2 evictable.
+    let _held = common::handshaked_peers(addr, 24).await;
+    assert_eq!(node.slots().0.inbound, 24);
+    let mut refused = AsyncPeer::connect_from(bad, addr).await.unwrap();
+    assert!(refused.closed_within(Duration::from_secs(5)).await);
+    assert_eq!(refused.received, 0, "a discouraged address evicted a peer");
+    let mut newcomer = AsyncPeer::connect(addr).await.unwrap();
+    assert!(
+        newcomer.handshake().await,
+        "a newcomer from elsewhere evicts as usual"
+    );
+    node.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_nobody_evictable_a_new_inbound_peer_is_refused() {
     let dir = tempfile::tempdir().unwrap();
