@@ -10,19 +10,20 @@ use std::time::{Duration, Instant};
 use common::rawpeer::RawPeer;
 use common::{free_port, msg, Meshd};
 
-#[test]
-fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled() {
-    let port = free_port().to_string();
-    let target_addr = format!("127.0.0.1:{port}");
-    let tdir = tempfile::tempdir().unwrap();
-    let mut target = Meshd::start_in(
-        tdir.path(),
-        &["--listen", &target_addr, "--max-outbound", "0"],
-        false,
-    );
+/// A meshd that only listens, on a fixed loopback port: a peer to dial and to kill.
+fn start_target(dir: &std::path::Path) -> (Meshd, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let target = Meshd::start_in(dir, &["--listen", &addr, "--max-outbound", "0"], false);
     target.wait_log("target up", Duration::from_secs(10), |v| {
         msg(v) == "p2p listening"
     });
+    (target, addr)
+}
+
+#[test]
+fn killed_outbound_peer_is_restarted_with_backoff_then_given_up_then_redialled() {
+    let tdir = tempfile::tempdir().unwrap();
+    let (mut target, target_addr) = start_target(tdir.path());
     let node = Meshd::start(&[
         "--connect",
         &target_addr,
@@ -92,17 +93,8 @@ fn wait_outbound_handshakes(node: &Meshd, n: usize, what: &str) {
 /// the default policy it never gives one up (before, the sixth drop in ten minutes did).
 #[test]
 fn a_manual_peer_survives_ban_unban_and_repeated_disconnects() {
-    let port = free_port().to_string();
-    let target_addr = format!("127.0.0.1:{port}");
     let tdir = tempfile::tempdir().unwrap();
-    let target = Meshd::start_in(
-        tdir.path(),
-        &["--listen", &target_addr, "--max-outbound", "0"],
-        false,
-    );
-    target.wait_log("target up", Duration::from_secs(10), |v| {
-        msg(v) == "p2p listening"
-    });
+    let (_target, target_addr) = start_target(tdir.path());
     let node = Meshd::start(&[
         "--connect",
         &target_addr,

@@ -15,10 +15,10 @@ use crate::constants::{
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
 use crate::discovery::overlay::{Network, OverlayAddr};
-use crate::manager::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::manager::restart::RestartPolicy;
 use crate::manager::slots::SlotLimits;
 use crate::network::{user_agent, NetworkId, Profile};
+use crate::peer::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::peer::HandshakePolicy;
 
 /// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).

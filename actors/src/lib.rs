@@ -26,7 +26,7 @@
 //!   buckets ([`connection::bandwidth`]) and the [`connection::listener`] actor;
 //! - [`manager`]: the Manager and its cores [`manager::slots`], [`manager::eviction`],
 //!   [`manager::restart`], [`manager::bans`], [`manager::peers`] (the table),
-//!   [`manager::misbehavior`];
+//!   [`peer::misbehavior`] (the cost table, shared with the Connection);
 //! - [`discovery`]: the DnsDiscovery actor and the [`discovery::addrbook`];
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
@@ -49,13 +49,16 @@
 //!   exit), keeps the [`manager::peers::PeerTable`] rows, tells Sync when a peer's handshake
 //!   completes and when it ends (once each, in order), evicts inbound peers by Core's rules,
 //!   decides outbound restarts ([`manager::restart::RestartTracker`]; inbound peers are never
-//!   restarted), owns the ban list and the address book (both persisted through [`persist`],
-//!   also when it stops) and is the one publisher of lifecycle events on the
+//!   restarted; manual peers are never given up), owns the ban list (an operator's bans,
+//!   written at most once a second), the discouraged addresses (automatic verdicts, in
+//!   memory: [`manager::discourage::Discouraged`]) and the address book (persisted through
+//!   [`persist`], also when it stops) and is the one publisher of lifecycle events on the
 //!   [`events::EventBus`]. A new Manager (after a failure) first clears what the killed
 //!   Connections of the old one left: rows, nonces, Sync's entries.
 //! - Each **Connection** owns one socket through two tasks: a reader that frames bytes and
 //!   casts messages to the actor under a byte credit (back-pressure instead of an unbounded
-//!   mailbox), and a writer that drains a bounded queue (overflow disconnects). Both are
+//!   mailbox; frames it drops cost the peer a budget, [`peer::UselessFrames`]), and a writer
+//!   that drains a bounded queue (overflow disconnects). Both are
 //!   aborted with the Connection's state, so a killed Connection closes its socket.
 //! - The **Listener** accepts, drops banned addresses before reading a byte, and forwards
 //!   the rest to the Manager.
@@ -65,7 +68,9 @@
 //! ## How a frame travels
 //!
 //! socket → reader task → [`wire::FrameDecoder`] (magic, command, length checked from the
-//! header before any payload is buffered; checksum verified) → [`wire::Message::decode`]
+//! header before any payload is buffered; checksum verified; a frame skipped unread is
+//! counted against [`peer::UselessFrames`] there, and reaches the actor only if it costs
+//! misbehaviour points) → [`wire::Message::decode`]
 //! (rust-bitcoin payload decoders; item counts checked first) → [`msg::ConnectionMsg::Inbound`] →
 //! before the handshake completes: [`peer::Handshake`]; after: ping/pong via
 //! [`peer::PingTracker`], BSV `protoconf`, addresses to the Manager, and chain and relay
@@ -87,7 +92,8 @@
 //! [`manager::slots::SlotPool`], [`manager::restart::RestartTracker`],
 //! [`connection::bandwidth::TokenBucket`], [`manager::bans::BanList`],
 //! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`],
-//! [`sync::txrequest::TxRequestTracker`].
+//! [`sync::txrequest::TxRequestTracker`], [`peer::UselessFrames`],
+//! [`manager::discourage::Discouraged`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
 //! over real loopback sockets. Every limit is a named constant in [`constants`] or next to
 //! the code it bounds. None of them imports tokio or ractor (`actors/tests/layout.rs`).

@@ -229,10 +229,7 @@ async fn a_mutated_block_is_refused_not_served_and_its_sender_dropped() {
     let node = Node::start(config(dir.path())).await.unwrap();
     let genesis = node.profile().genesis;
     // A tip block (recent, so its header is fetched at once, as Core's CanDirectFetch).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     // A valid block of three transactions on genesis...
     let mut block = meshd_actors::sync::mine::regtest_block(&genesis, 1, now, 9);
     for i in 1..3u8 {
@@ -328,10 +325,7 @@ async fn null_locator_getheaders_and_headers_with_a_transaction_count_as_core() 
         .parse::<bitcoin::BlockHash>()
         .unwrap();
     assert_eq!(tip, hashes[4]);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     let last = bitcoin::block::Header {
         version: bitcoin::block::Version::TWO,
         prev_blockhash: hashes[4],
@@ -426,10 +420,7 @@ async fn a_stalled_tip_block_is_asked_of_another_announcer_within_seconds() {
 /// A tip block on genesis with one segwit spend and its witness commitment (BIP141).
 fn segwit_block(genesis: &bitcoin::block::Header) -> bitcoin::Block {
     use bitcoin::hashes::Hash;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     let mut block = meshd_actors::sync::mine::regtest_block(genesis, 1, now, 5);
     let mut tx = spend([4; 32], &[1_000], false);
     tx.input[0].witness = bitcoin::Witness::from_slice(&[vec![0x30; 71], vec![0x02; 33]]);

@@ -27,6 +27,17 @@ fn mesh_addr(net: u8, i: u8) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::new(127, 0, net, i), 18444))
 }
 
+/// An `addr` message of `addrs`, seen now, with NODE_NETWORK.
+fn addr_message(addrs: impl IntoIterator<Item = SocketAddr>) -> NetworkMessage {
+    let now = common::unix_now();
+    NetworkMessage::Addr(
+        addrs
+            .into_iter()
+            .map(|a| (now, Address::new(&a, ServiceFlags::NETWORK)))
+            .collect(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_node_mesh_from_one_seed_name_fills_outbound_slots_and_learns_everyone() {
     let seeds: Vec<IpAddr> = (1..=3).map(|i| mesh_addr(1, i).ip()).collect();
@@ -89,10 +100,7 @@ async fn an_addr_flood_is_held_to_the_per_peer_rate() {
     let node = Node::start(c).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(p.handshake().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     for round in 0..5u32 {
         let list: Vec<(u32, Address)> = (0..1000u32)
             .map(|i| {
@@ -179,21 +187,12 @@ async fn getaddr_answers_are_cached_per_listener() {
         .await
         .unwrap();
     assert!(feeder.handshake().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
     for round in 0..2u32 {
-        let list: Vec<(u32, Address)> = (0..1000u32)
-            .map(|i| {
-                let ip = Ipv4Addr::from(0x0b00_0000u32 + (round << 20) + (i << 8) + 1);
-                (
-                    now,
-                    Address::new(&SocketAddr::from((ip, 8333)), ServiceFlags::NETWORK),
-                )
-            })
-            .collect();
-        feeder.send(NetworkMessage::Addr(list)).await;
+        let addrs = (0..1000u32).map(|i| {
+            let ip = Ipv4Addr::from(0x0b00_0000u32 + (round << 20) + (i << 8) + 1);
+            SocketAddr::from((ip, 8333))
+        });
+        feeder.send(addr_message(addrs)).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     // One source group fills a limited share of the new table (addrman).
@@ -249,11 +248,7 @@ async fn gossip_of_private_and_local_addresses_is_never_stored() {
     let node = Node::start(c).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(p.handshake().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
-    let list: Vec<(u32, Address)> = [
+    let gossip = [
         "10.0.0.5:8333",
         "192.168.1.2:8333",
         "127.0.0.1:22",
@@ -261,16 +256,9 @@ async fn gossip_of_private_and_local_addresses_is_never_stored() {
         "100.64.1.1:8333",
         "[fd00::1]:8333",
         "203.0.113.9:8333",
-    ]
-    .iter()
-    .map(|a| {
-        (
-            now,
-            Address::new(&a.parse().unwrap(), ServiceFlags::NETWORK),
-        )
-    })
-    .collect();
-    p.send(NetworkMessage::Addr(list)).await;
+    ];
+    p.send(addr_message(gossip.iter().map(|a| a.parse().unwrap())))
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while node.known_addresses().await.is_empty() {
         assert!(

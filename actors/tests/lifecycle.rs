@@ -146,10 +146,7 @@ async fn a_node_whose_supervisor_gives_up_saves_its_book_and_bans() {
     let gossiped: SocketAddr = "203.0.113.7:18444".parse().unwrap();
     let mut raw = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(raw.handshake().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     raw.send(NetworkMessage::Addr(vec![(
         now,
         Address::new(&gossiped, ServiceFlags::NETWORK),

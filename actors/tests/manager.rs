@@ -30,6 +30,16 @@ async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind
     }
 }
 
+/// Ten frames with bad checksums: 10 points each, 100 is the threshold.
+async fn send_bad_checksums(node: &Node, p: &mut AsyncPeer) {
+    for i in 0..10u64 {
+        let mut bytes =
+            Message::Network(NetworkMessage::Ping(i)).encode(node.config().profile().magic);
+        bytes[20] ^= 0xff;
+        p.send_raw(&bytes).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lifecycle_events_arrive_in_order_from_one_publisher() {
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -164,13 +174,7 @@ async fn misbehaviour_past_the_threshold_discourages_and_never_bans() {
     let mut events = node.subscribe_to(&[EventKind::PeerDiscouraged, EventKind::PeerBanned]);
     let mut p = AsyncPeer::connect_from(bad, addr).await.unwrap();
     assert!(p.handshake().await);
-    // Ten frames with bad checksums: 10 points each, 100 is the threshold.
-    for i in 0..10u64 {
-        let mut bytes =
-            Message::Network(NetworkMessage::Ping(i)).encode(node.config().profile().magic);
-        bytes[20] ^= 0xff;
-        p.send_raw(&bytes).await;
-    }
+    send_bad_checksums(&node, &mut p).await;
     assert!(p.closed_within(Duration::from_secs(5)).await);
     match next_of(&mut events, EventKind::PeerDiscouraged).await {
         NodeEvent::PeerDiscouraged { subnet, detail } => {
@@ -269,12 +273,7 @@ async fn a_discouraged_address_never_takes_a_slot_by_eviction() {
     let mut events = node.subscribe_to(&[EventKind::PeerDiscouraged]);
     let mut p = AsyncPeer::connect_from(bad, addr).await.unwrap();
     assert!(p.handshake().await);
-    for i in 0..10u64 {
-        let mut bytes =
-            Message::Network(NetworkMessage::Ping(i)).encode(node.config().profile().magic);
-        bytes[20] ^= 0xff;
-        p.send_raw(&bytes).await;
-    }
+    send_bad_checksums(&node, &mut p).await;
     assert!(p.closed_within(Duration::from_secs(5)).await);
     next_of(&mut events, EventKind::PeerDiscouraged).await;
     // Fill every slot from one other address: 20 protected, 2 more by uptime, 2 evictable.

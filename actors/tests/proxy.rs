@@ -347,10 +347,7 @@ async fn a_gossiped_onion_address_is_kept_relayed_and_dialled_by_name_through_th
     let mut v2_listener = addrv2_peer(a_addr).await;
     let mut v1_listener = common::handshaked(a_addr).await;
     let mut gossiper = addrv2_peer(a_addr).await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     gossiper
         .send(NetworkMessage::AddrV2(vec![AddrV2Message {
             time: now,

@@ -325,10 +325,7 @@ async fn future_headers_are_refused_free_and_unconnecting_ones_get_one_getheader
     let genesis = node.profile().genesis;
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(p.handshake().await);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as u32;
+    let now = common::unix_now();
     let future = meshd_actors::sync::chain::headers::mine_header(
         &genesis,
         bitcoin::TxMerkleNode::all_zeros(),

@@ -23,8 +23,8 @@ use crate::constants::{
     READER_CREDIT_BYTES, READ_CHUNK,
 };
 use crate::context::NodeContext;
-use crate::manager::misbehavior;
 use crate::msg::{ConnectionMsg, Inbound};
+use crate::peer::misbehavior;
 use crate::peer::{DisconnectReason, DropVerdict, UselessFrames};
 use crate::wire::v2::{
     detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake, V1_PREFIX_LEN,

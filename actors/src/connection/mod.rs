@@ -12,7 +12,7 @@
 //!
 //! The handshake and keepalive logic live in the sans-IO [`Handshake`] and [`PingTracker`];
 //! the actor feeds them messages and ticks and carries out what they return. Violations add
-//! to the peer's misbehaviour score ([`crate::manager::misbehavior`]); at the threshold the Manager is
+//! to the peer's misbehaviour score ([`crate::peer::misbehavior`]); at the threshold the Manager is
 //! told and bans the address. The slot permit lives in the state and is released in
 //! `post_stop` (or by RAII if the actor is killed). Every exit path records one
 //! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the
@@ -50,12 +50,12 @@ use crate::context::{unix_now, NodeContext};
 use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
 use crate::discovery::overlay::{Network, OverlayAddr};
 use crate::events::NodeEvent;
-use crate::manager::misbehavior;
 use crate::manager::peers::{PeerId, PeerState};
 use crate::manager::slots::SlotPermit;
 use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, HashedHeaders, Inbound, ManagerMsg, SyncInput, SyncMsg};
 use crate::network::{is_bulk_command, Chain};
+use crate::peer::misbehavior;
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
@@ -408,7 +408,7 @@ impl Actor for Connection {
             ConnectionMsg::Punish(kind) => punish(state, kind).and_then(|_| {
                 // A header or block that fails validation ends the connection even below the
                 // ban threshold: the peer is on another chain, or lying. Not for noban peers.
-                if crate::manager::misbehavior::cost(kind) >= 50
+                if crate::peer::misbehavior::cost(kind) >= 50
                     && !state.permissions.has(Permissions::NOBAN)
                     && !state.manual
                 {

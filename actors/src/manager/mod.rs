@@ -26,7 +26,8 @@
 pub mod bans;
 pub mod discourage;
 pub mod eviction;
-pub mod misbehavior;
+/// The cost table lives in the `peer` leaf (the Connection charges by it); kept here too.
+pub use crate::peer::misbehavior;
 pub mod peers;
 pub mod restart;
 pub mod slots;

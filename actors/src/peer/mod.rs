@@ -2,6 +2,7 @@
 //! reasons a connection ends. All sans-IO: they take messages and time, return actions.
 
 pub mod handshake;
+pub mod misbehavior;
 pub mod ping;
 pub mod reason;
 pub mod rolling_filter;

@@ -13,7 +13,7 @@
 //!   [`HeaderStore`]. A chain below the anti-DoS work (the network's minimum chain work, or
 //!   our tip less 144 blocks) goes through presync first ([`chain::presync`]): nothing of it
 //!   is stored until it has shown the work. Invalid headers cost the sender (see
-//!   [`crate::manager::misbehavior`]).
+//!   [`crate::peer::misbehavior`]).
 //! - **Blocks** (`--blocks tip`): blocks announced at the tip are fetched (at most 16 in
 //!   flight per peer, asked of another announcer when one expires or its peer leaves), checked
 //!   against their header ([`block_check`]: merkle root, CVE-2012-2459 mutation, witness

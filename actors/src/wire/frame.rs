@@ -1177,7 +1177,7 @@ mod tests {
             })
         );
         let kind = r[0].as_ref().unwrap_err().kind();
-        assert_eq!(crate::manager::misbehavior::cost(kind), 0);
+        assert_eq!(crate::peer::misbehavior::cost(kind), 0);
         assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
         assert_eq!(dec.blocks_expected(), Some(0));
         // Not asked for: the limit holds as before.
@@ -1200,7 +1200,7 @@ mod tests {
         );
         assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
         assert_eq!(
-            crate::manager::misbehavior::cost(r[0].as_ref().unwrap_err().kind()),
+            crate::peer::misbehavior::cost(r[0].as_ref().unwrap_err().kind()),
             0
         );
     }

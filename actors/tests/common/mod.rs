@@ -103,6 +103,13 @@ pub enum Seen {
     Timeout,
 }
 
+/// Now, unix seconds, as `addr` messages carry it.
+pub fn unix_now() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as u32)
+}
+
 /// A raw protocol peer on a tokio socket.
 pub struct AsyncPeer {
     pub stream: TcpStream,
@@ -113,7 +120,11 @@ pub struct AsyncPeer {
 
 impl AsyncPeer {
     pub async fn connect(addr: SocketAddr) -> std::io::Result<AsyncPeer> {
-        let stream = TcpStream::connect(addr).await?;
+        AsyncPeer::over(TcpStream::connect(addr).await?)
+    }
+
+    /// A peer over a socket it dialled.
+    fn over(stream: TcpStream) -> std::io::Result<AsyncPeer> {
         stream.set_nodelay(true)?;
         let p = NetworkId::Regtest.profile();
         Ok(AsyncPeer {
@@ -132,15 +143,7 @@ impl AsyncPeer {
     ) -> std::io::Result<AsyncPeer> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(local, 0))?;
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let p = NetworkId::Regtest.profile();
-        Ok(AsyncPeer {
-            stream,
-            decoder: FrameDecoder::new(p.magic, p.limits),
-            pending: Vec::new(),
-            received: 0,
-        })
+        AsyncPeer::over(socket.connect(addr).await?)
     }
 
     /// The node dialled `listener`: accepts it and handshakes as the answering side (the
