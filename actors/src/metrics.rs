@@ -163,6 +163,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_tx_announcements_ignored_total",
+        "Transaction announcements not followed up, by reason (recently_rejected: refused or not pooled since the tip last changed, Core's recent rejects).",
+    ),
+    (
+        "counter",
         "meshd_txs_not_relayed_total",
         "Pooled transactions not announced onwards, by reason (not_vouched: no validating peer vouched for them, --tx-relay vouched).",
     ),

@@ -312,3 +312,54 @@ async fn a_malleated_copy_is_replaced_by_the_vouched_one_and_never_relayed() {
     assert_eq!(served, honest, "the malleated copy was served");
     node.shutdown().await;
 }
+
+/// Core's recent rejects (AlreadyHaveTx): a transaction refused from one announcer is not
+/// fetched from the next until the tip changes. Before, every announcer was asked in turn,
+/// so each copy of an invalid transaction cost a download and a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transaction_is_not_fetched_again_until_the_tip_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut a = handshaked(addr).await;
+    let mut b = handshaked(addr).await;
+    wait_sync_peers(&node, 2).await;
+    // No outputs: refused by the context-free checks (Core's bad-txns-vout-empty).
+    let mut bad = tx(9);
+    bad.output.clear();
+    let txid = bad.compute_txid();
+    a.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        a.wait_for(Duration::from_secs(5), |m| asked(m)
+            .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the first announcer was never asked"
+    );
+    a.send(NetworkMessage::Tx(bad)).await;
+    // Let the refusal land before the second announcement.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    // An inbound announcer is asked after 2 s (Core's NONPREF_PEER_TX_DELAY): wait past it.
+    assert!(
+        b.wait_for(Duration::from_secs(4), |m| asked(m)
+            .filter(|v| v.contains(&txid)))
+            .await
+            .is_none(),
+        "a transaction refused a moment ago was fetched again from the next announcer"
+    );
+    // A new tip resets the filter (a refusal may not hold on it): announced again, asked.
+    node.generate(1).await.unwrap();
+    b.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        b.wait_for(Duration::from_secs(5), |m| asked(m)
+            .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "after a new tip the transaction was never asked for again"
+    );
+    node.shutdown().await;
+}

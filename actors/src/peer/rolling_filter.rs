@@ -96,6 +96,14 @@ impl RollingFilter {
         })
     }
 
+    /// Forgets everything and hands the generations' memory back (Core resets its recent
+    /// rejects this way when the tip changes).
+    pub fn reset(&mut self) {
+        self.generations = std::array::from_fn(|_| Vec::new());
+        self.current = 0;
+        self.in_current = 0;
+    }
+
     /// Bytes of filter memory now (at most three generations, fixed at construction).
     pub fn memory(&self) -> usize {
         self.generations.iter().map(|g| g.len() * 8).sum()
@@ -135,6 +143,19 @@ mod tests {
         assert!(before < 512 * 1024, "{before} bytes");
         let fps = (1_000_000u64..1_100_000).filter(|i| f.contains(i)).count();
         assert!(fps <= 5, "{fps} false positives in 100,000 lookups");
+    }
+
+    #[test]
+    fn reset_forgets_everything_and_frees_the_memory() {
+        let mut f = RollingFilter::new(1000, 1e-6);
+        for i in 0..1500u32 {
+            f.insert(&i);
+        }
+        f.reset();
+        assert_eq!(f.memory(), 0);
+        assert!((0..1500u32).all(|i| !f.contains(&i)));
+        f.insert(&7u32);
+        assert!(f.contains(&7u32));
     }
 
     proptest! {

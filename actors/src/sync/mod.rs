@@ -106,6 +106,17 @@ const KNOWN_INV_CAP: usize = 50_000;
 /// False-positive rate of that filter (Core: one in a million): a false positive means one
 /// announcement the peer does not get.
 const KNOWN_INV_FP_RATE: f64 = 1e-6;
+/// Transactions refused (or not pooled) remembered so that no other announcer is asked for
+/// them again (Core's `m_lazy_recent_rejects`: 120,000 entries).
+///
+/// # Security
+/// A rolling filter, fixed in memory (about 2 MB, allocated on the first refusal) however
+/// many refusals peers provoke; it is reset when the tip changes, as Core's, since a new tip
+/// can make a refused transaction acceptable (a fee rate that now fits, a spent parent).
+const RECENT_REJECTS_CAP: usize = 120_000;
+/// False-positive rate of that filter (Core: one in a million): a false positive is one
+/// transaction not fetched until the next tip.
+const RECENT_REJECTS_FP_RATE: f64 = 1e-6;
 /// Transactions announced to one peer per flush.
 const MAX_INV_PER_FLUSH: usize = 1000;
 /// Average trickle delay for inbound peers (Core: 5 s) and outbound peers (Core: 2 s).
@@ -297,6 +308,11 @@ pub struct SyncActorState {
     /// Every transaction announcement and request, by the hash it was announced with (txid,
     /// or wtxid for BIP339 peers): Core's TxRequestTracker.
     tx_requests: TxRequestTracker,
+    /// Transactions refused or not pooled since `recent_rejects_tip` became the tip, by
+    /// wtxid (and txid where no witness can differ): not fetched again from anyone.
+    recent_rejects: RollingFilter,
+    /// The tip `recent_rejects` belongs to (Core resets the filter lazily when it changes).
+    recent_rejects_tip: BlockHash,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -1790,6 +1806,8 @@ impl Actor for Sync {
             pool: RelayPool::default(),
             block_outputs: HashMap::new(),
             tx_requests: TxRequestTracker::default(),
+            recent_rejects: RollingFilter::new(RECENT_REJECTS_CAP, RECENT_REJECTS_FP_RATE),
+            recent_rejects_tip: BlockHash::all_zeros(),
             early: VecDeque::new(),
             extra_nonce: rand::random(),
             timer: None,

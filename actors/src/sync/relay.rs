@@ -39,6 +39,7 @@ impl SyncActorState {
         let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
         let now = Instant::now();
         let mut known_blocks = Vec::new();
+        self.reset_rejects_on_new_tip();
         for item in inv {
             let (key, pooled) = match item {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
@@ -63,6 +64,12 @@ impl SyncActorState {
             };
             if let Some(p) = self.peers.get_mut(&id) {
                 p.learn(key);
+            }
+            if pooled.is_none() && self.recent_rejects.contains(&key) {
+                // Core's AlreadyHaveTx: refused since the tip last changed, asked of nobody.
+                metrics::counter!("meshd_tx_announcements_ignored_total", "reason" => "recently_rejected")
+                    .increment(1);
+                continue;
             }
             match pooled {
                 // Pooled already: an outbound peer announcing exactly it vouches for it. By
@@ -228,6 +235,27 @@ impl SyncActorState {
         let _ = p.actor.cast(ConnectionMsg::GetDataServed);
     }
 
+    /// Core resets its recent rejects when the tip changes: a refusal for a fee rate or a
+    /// missing parent may not hold on the new tip.
+    fn reset_rejects_on_new_tip(&mut self) {
+        let tip = self.chain.tip();
+        if self.recent_rejects_tip != tip {
+            self.recent_rejects.reset();
+            self.recent_rejects_tip = tip;
+        }
+    }
+
+    /// Remembers a refused transaction so no announcer is asked for it again until the tip
+    /// changes: by wtxid, and by txid where the witness cannot be what was wrong (no witness,
+    /// or BSV), as Core does, so a copy with a junk witness cannot block the honest one.
+    fn remember_rejected(&mut self, witness_free: bool, txid: Txid, wtxid: Wtxid) {
+        self.reset_rejects_on_new_tip();
+        self.recent_rejects.insert(&wtxid.to_byte_array());
+        if witness_free || self.ctx.profile.chain == Chain::Bsv {
+            self.recent_rejects.insert(&txid.to_byte_array());
+        }
+    }
+
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
         let wtxid = tx.compute_wtxid();
@@ -266,6 +294,8 @@ impl SyncActorState {
         if let Err(e) = check_transaction(&tx, self.ctx.profile.chain) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
             debug!(%txid, peer = ?sender, error = %e, "transaction refused");
+            let witness_free = tx.input.iter().all(|i| i.witness.is_empty());
+            self.remember_rejected(witness_free, txid, wtxid);
             if let Some(id) = from {
                 // Core punishes consensus-invalid transactions (TX_CONSENSUS).
                 self.punish(id, e.kind());
@@ -280,11 +310,15 @@ impl SyncActorState {
             .and_then(|id| self.peers.get(&id))
             .is_some_and(|p| self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY));
         let limits = (config.tx_pool_max_count, config.tx_pool_max_bytes);
+        let witness_free = tx.input.iter().all(|i| i.witness.is_empty());
         match self
             .pool
             .insert(tx, size, fee_rate, Instant::now(), limits, forced)
         {
             None => {
+                // Not pooled for its fee rate: refused until the tip changes, as Core's
+                // mempool-minimum-fee rejects (the pool's floor moves with blocks).
+                self.remember_rejected(witness_free, txid, wtxid);
                 metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
                 debug!(%txid, peer = ?sender, "transaction not pooled: the pool is full of better payers");
                 return;
