@@ -36,7 +36,7 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 /// One connection's framing: plaintext v1, or BIP324 v2 through meshd's own sans-IO core.
 enum Wire {
-    V1 { dec: FrameDecoder },
+    V1 { dec: Box<FrameDecoder> },
     V2 { enc: V2Encoder, dec: Box<V2Decoder> },
 }
 
@@ -119,7 +119,7 @@ async fn one(addr: SocketAddr, v2: bool) -> std::io::Result<TcpStream> {
     let (mut wire, mut pending) = if v2 {
         v2_handshake(&mut stream).await?
     } else {
-        let dec = FrameDecoder::new(profile.magic, profile.limits);
+        let dec = Box::new(FrameDecoder::new(profile.magic, profile.limits));
         (Wire::V1 { dec }, Vec::new())
     };
     let a = Address::new(&addr, ServiceFlags::NONE);

@@ -307,6 +307,9 @@ pub enum SyncInput {
     FilterAdd(Vec<u8>),
     /// `filterclear` (BIP37).
     FilterClear,
+    /// A `block` we asked for that was above our size limit, skipped unread: its hash, from
+    /// its header.
+    BlockTooLarge(BlockHash),
 }
 
 /// Messages of the Sync actor.

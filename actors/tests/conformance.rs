@@ -417,6 +417,76 @@ async fn a_stalled_tip_block_is_asked_of_another_announcer_within_seconds() {
     node.shutdown().await;
 }
 
+/// A requested block above our limit is skipped unread but for its header, whose hash tells
+/// Sync which request failed: the request is released at once, so the next announcer is
+/// asked on its announcement (before: only after the stalling timeout), and the peer that
+/// sent it, free of points, is not asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_block_above_our_limit_is_asked_of_the_next_announcer_at_once() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let block = segwit_block(&node.profile().genesis);
+    let hash = block.block_hash();
+    let mut big = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    big.send(version(70016)).await;
+    let _ = commands_for(&mut big, Duration::from_millis(300)).await;
+    let mut other = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    other.send(version(70016)).await;
+    let _ = commands_for(&mut other, Duration::from_millis(300)).await;
+    big.send(NetworkMessage::Headers(vec![block.header])).await;
+    let asked = next_matching(&mut big, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    // The block's header, then padding past BTC's 4,000,000-byte message limit.
+    let mut payload = bitcoin::consensus::serialize(&block.header);
+    payload.resize(4_100_000, 0);
+    big.send_raw(&meshd_actors::wire::encode_frame(
+        node.profile().magic,
+        meshd_actors::wire::Command::new("block").unwrap(),
+        &payload,
+    ))
+    .await;
+    // Read past, then released: the next announcer is asked as it announces.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let announced_at = Instant::now();
+    other
+        .send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let asked = next_matching(&mut other, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    let waited = announced_at.elapsed();
+    assert!(
+        waited < Duration::from_millis(1200),
+        "asked of the next announcer after {waited:?}: the failed request was held until the stalling timeout"
+    );
+    // Free of points, still connected, and not asked for that block again.
+    let peers = node.peers();
+    assert!(peers.iter().all(|p| p.misbehavior == 0), "{peers:?}");
+    big.send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let again = big
+        .wait_for(Duration::from_secs(3), |m| match m {
+            NetworkMessage::GetData(items) if items.contains(&Inventory::WitnessBlock(hash)) => {
+                Some(())
+            }
+            _ => None,
+        })
+        .await;
+    assert!(
+        again.is_none(),
+        "the peer whose copy was too large was asked again"
+    );
+    node.shutdown().await;
+}
+
 /// A tip block on genesis with one segwit spend and its witness commitment (BIP141).
 fn segwit_block(genesis: &bitcoin::block::Header) -> bitcoin::Block {
     use bitcoin::hashes::Hash;

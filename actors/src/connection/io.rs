@@ -364,10 +364,20 @@ pub(super) async fn reader(args: ReaderArgs) {
                     return;
                 }
                 Err(e) => {
+                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
+                    // A block we asked for that is above our limit: not the peer's fault, and
+                    // Sync needs to hear of it (it asks another peer). At most as many as we
+                    // asked for, so it takes no budget.
+                    let asked_for =
+                        matches!(e, FrameError::RequestedTooLarge { block: Some(_), .. });
                     // Dropped unread, but never free: counted against the peer's budget of
                     // useless frames, and logged at most once a minute with the count.
-                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
-                    match useless.on_drop(std::time::Instant::now()) {
+                    let verdict = if asked_for {
+                        DropVerdict::Quiet
+                    } else {
+                        useless.on_drop(std::time::Instant::now())
+                    };
+                    match verdict {
                         DropVerdict::Log { dropped } => {
                             // At most once a minute per peer, with the count since the last line.
                             warn!(%peer, %id, dropped, last = %e, "dropped frames");
@@ -383,7 +393,7 @@ pub(super) async fn reader(args: ReaderArgs) {
                             return;
                         }
                     }
-                    if misbehavior::cost(e.kind()) == 0 {
+                    if misbehavior::cost(e.kind()) == 0 && !asked_for {
                         continue;
                     }
                     // Chargeable: the actor owns the score, and the message weighs what any

@@ -60,7 +60,7 @@ use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
 use crate::wire::v2::{hex, Negotiated, TransportKind, V2Decoder, V2Encoder};
-use crate::wire::{command_label, FrameDecoder, Message, Protoconf};
+use crate::wire::{command_label, FrameDecoder, FrameError, Message, Protoconf};
 use io::{
     negotiate, reader, writer, BlocksExpected, Deframer, OutFrame, Plan, ReaderArgs, SendGauge,
     SocketTask, WriterArgs,
@@ -386,7 +386,16 @@ impl Actor for Connection {
                 pump_getdata(state)
             }
             ConnectionMsg::SendDrained => pump_getdata(state),
-            ConnectionMsg::DroppedFrame(err, _credit) => {
+            ConnectionMsg::DroppedFrame(err, credit) => {
+                if let FrameError::RequestedTooLarge {
+                    block: Some(block), ..
+                } = err
+                {
+                    // Asked for, so free: Sync asks another peer for it.
+                    state.credit = Some(credit);
+                    to_sync(state, SyncInput::BlockTooLarge(block));
+                    return Ok(());
+                }
                 // Counted and logged (at most once a minute) by the reader; charged here.
                 punish(state, err.kind())
             }

@@ -31,6 +31,7 @@
 //!   trivial proof of work on our tip and announces them.
 
 pub mod block_check;
+pub mod blocks;
 pub mod bloom;
 pub mod chain;
 pub mod hints;
@@ -66,10 +67,10 @@ use crate::sync::bloom::BloomFilter;
 use crate::sync::chain::store::{HeaderLoad, HeaderStore, COMPACT_STALE_SHARE, LOAD_STEP_RECORDS};
 use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
+use blocks::{BlockDownload, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
 use hints::{SegmentAnswer, SegmentSync, HINT_INTERVAL};
 use pool::RelayPool;
-use requests::InFlight;
 use txrequest::TxRequestTracker;
 
 /// How long a peer asked for headers has to answer before it may be asked again (Core:
@@ -130,21 +131,6 @@ const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 const MAX_EARLY_INPUTS: usize = 256;
 /// How long such a message waits for its PeerUp before it is dropped.
 const EARLY_INPUT_TTL: Duration = Duration::from_secs(5);
-/// Blocks one peer may be downloading for us (Core: `MAX_BLOCKS_IN_TRANSIT_PER_PEER`).
-const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;
-/// A block request unanswered this long is asked of another peer (Core's block download
-/// timeout: one block interval).
-const BLOCK_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
-/// A block asked this long ago, that another peer has, is asked of that peer (Core:
-/// `BLOCK_STALLING_TIMEOUT_DEFAULT`): a tip block waits seconds for a slow peer, not the
-/// download timeout.
-const BLOCK_STALLING_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
-/// Ceiling of the stalling timeout, which doubles on each stall (Core:
-/// `BLOCK_STALLING_TIMEOUT_MAX`): on a slow link no block is re-asked for ever.
-const BLOCK_STALLING_TIMEOUT_MAX: Duration = Duration::from_secs(64);
-/// Share of the stalling timeout kept after a block arrives (Core: 0.85, down to the
-/// default).
-const BLOCK_STALLING_DECAY: f64 = 0.85;
 /// Base of the time a sync peer gets to deliver the headers it claimed (Core:
 /// `HEADERS_DOWNLOAD_TIMEOUT_BASE`).
 const HEADERS_SYNC_TIMEOUT_BASE: Duration = Duration::from_secs(15 * 60);
@@ -295,13 +281,12 @@ pub struct SyncActorState {
     peers: HashMap<PeerId, SyncPeer>,
     sync_peer: Option<SyncSession>,
     state: SyncState,
-    /// The block stalling timeout in force (adaptive, see [`Self::reassign_stalled_blocks`]).
-    block_stalling_timeout: Duration,
     /// Initial sync is over (Core latches `IsInitialBlockDownload` false once the tip is
     /// recent and has the minimum work; a restart starts over).
     ibd_over: bool,
     blocks: VecDeque<KeptBlock>,
-    requested_blocks: InFlight<BlockHash>,
+    /// Blocks asked of peers, and who failed which (Core's blocks in flight and stalling).
+    downloads: BlockDownload,
     pool: RelayPool,
     /// Output values of the kept blocks' transactions, for fee rates without scanning blocks.
     block_outputs: HashMap<Txid, Vec<u64>>,
@@ -318,6 +303,28 @@ pub struct SyncActorState {
     /// This node's coinbase tag for regtest blocks it generates (random per start).
     extra_nonce: u32,
     timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Peers that have `block`, outbound first: those that announced it, or that showed us a
+/// best header at least as high on our chain (Core: the block is an ancestor of the peer's
+/// best known block).
+fn block_sources(
+    chain: &HeaderChain,
+    peers: &HashMap<PeerId, SyncPeer>,
+    block: &BlockHash,
+) -> Vec<PeerId> {
+    let key = block.to_byte_array();
+    let height = chain
+        .is_on_best_chain(block)
+        .then(|| chain.height_of(block))
+        .flatten();
+    let mut sources: Vec<(bool, PeerId)> = peers
+        .iter()
+        .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.best_height >= h))
+        .map(|(id, p)| (p.inbound, *id))
+        .collect();
+    sources.sort();
+    sources.into_iter().map(|(_, id)| id).collect()
 }
 
 fn now_u32() -> u32 {
@@ -996,27 +1003,23 @@ impl SyncActorState {
             return;
         }
         let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
-        let now = Instant::now();
-        let mut want = Vec::new();
-        for hash in hashes {
-            let wanted = self.chain.is_on_best_chain(hash)
-                && self
-                    .chain
-                    .height_of(hash)
-                    .is_some_and(|h| h >= lowest && h > 0)
-                && !self.blocks.iter().any(|k| k.hash == *hash)
-                && self.requested_blocks.try_request(
-                    *hash,
-                    from,
-                    now,
-                    MAX_BLOCKS_IN_FLIGHT_PER_PEER,
-                );
-            if wanted {
-                want.push(Inventory::WitnessBlock(*hash));
-            }
-        }
-        if let (false, Some(p)) = (want.is_empty(), self.peers.get(&from)) {
-            p.send(NetworkMessage::GetData(want));
+        let wanted: Vec<BlockHash> = hashes
+            .iter()
+            .copied()
+            .filter(|hash| {
+                self.chain.is_on_best_chain(hash)
+                    && self
+                        .chain
+                        .height_of(hash)
+                        .is_some_and(|h| h >= lowest && h > 0)
+                    && !self.blocks.iter().any(|k| k.hash == *hash)
+            })
+            .collect();
+        let asked = self.downloads.fetch(&wanted, from, Instant::now());
+        if let (false, Some(p)) = (asked.is_empty(), self.peers.get(&from)) {
+            p.send(NetworkMessage::GetData(
+                asked.into_iter().map(Inventory::WitnessBlock).collect(),
+            ));
         }
     }
 
@@ -1043,16 +1046,11 @@ impl SyncActorState {
     /// refusal asked of another announcer (the honest copy of a mutated one may exist).
     fn on_block(&mut self, id: PeerId, block: Block) {
         let hash = block.block_hash();
-        if self.requested_blocks.peer_of(&hash) != Some(id) {
+        if !self.downloads.on_block(&hash, id) {
             metrics::counter!("meshd_blocks_dropped_total", "reason" => "unrequested").increment(1);
             debug!(%hash, peer = %id, "block not asked of this peer; dropped");
             return;
         }
-        self.requested_blocks.received(&hash);
-        self.block_stalling_timeout = self
-            .block_stalling_timeout
-            .mul_f64(BLOCK_STALLING_DECAY)
-            .max(BLOCK_STALLING_TIMEOUT_DEFAULT);
         if !self.chain.contains(&hash) {
             self.on_headers(id, HashedHeaders::new(vec![block.header]));
             if !self.chain.contains(&hash) {
@@ -1064,9 +1062,10 @@ impl SyncActorState {
             let addr = self.peers.get(&id).map(|p| p.addr);
             warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
             self.punish(id, e.kind());
-            self.request_block_elsewhere(hash, id);
+            self.block_failed(hash, id, Failure::Refused);
             return;
         }
+        self.downloads.accepted(&hash);
         // Credited to the sender only now, and only if it is new (Core's eviction rule
         // protects peers that recently sent a novel, valid block).
         if !self.blocks.iter().any(|k| k.hash == hash) {
@@ -1195,13 +1194,12 @@ impl SyncActorState {
                     p.feefilter = rate as u64;
                 }
             }
+            SyncInput::BlockTooLarge(block) => self.block_failed(block, id, Failure::TooLarge),
             SyncInput::NotFound(items) => {
                 for i in items {
                     match i {
-                        Inventory::Block(h) | Inventory::WitnessBlock(h)
-                            if self.requested_blocks.not_found(&h, id) =>
-                        {
-                            self.request_block_elsewhere(h, id);
+                        Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                            self.block_failed(h, id, Failure::NotFound);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                             self.tx_requests.not_found(id, &t.to_byte_array());
@@ -1253,72 +1251,59 @@ impl SyncActorState {
         }
     }
 
-    /// Asks another peer that announced `block` for it (after `failed` did not deliver).
-    fn request_block_elsewhere(&mut self, block: BlockHash, failed: PeerId) {
-        if let Some(id) = self.block_source(block, failed) {
-            self.ask_block(block, id);
-        }
+    /// `peer` did not deliver `block` in a form we take: the next source is asked.
+    fn block_failed(&mut self, block: BlockHash, peer: PeerId, why: Failure) {
+        let sources = self.block_sources(&block);
+        let out = self
+            .downloads
+            .on_failure(block, peer, why, &sources, Instant::now());
+        self.apply_downloads(out);
     }
 
-    /// Another peer than `failed` that has `block` and room for a request: one that announced
-    /// it, or that showed us a best header at least as high on our chain (Core: the block is
-    /// an ancestor of the peer's best known block).
-    fn block_source(&self, block: BlockHash, failed: PeerId) -> Option<PeerId> {
-        let key = block.to_byte_array();
-        let height = self
-            .chain
-            .is_on_best_chain(&block)
-            .then(|| self.chain.height_of(&block))
-            .flatten();
-        self.peers
-            .iter()
-            .filter(|(id, p)| {
-                **id != failed && (p.knows(&key) || height.is_some_and(|h| p.best_height >= h))
-            })
-            .map(|(id, _)| *id)
-            .find(|id| self.requested_blocks.of_peer(*id) < MAX_BLOCKS_IN_FLIGHT_PER_PEER)
+    fn block_sources(&self, block: &BlockHash) -> Vec<PeerId> {
+        block_sources(&self.chain, &self.peers, block)
     }
 
-    /// Asks `id` for `block` (when it is not in flight already).
-    fn ask_block(&mut self, block: BlockHash, id: PeerId) {
-        if self.requested_blocks.try_request(
-            block,
-            id,
-            Instant::now(),
-            MAX_BLOCKS_IN_FLIGHT_PER_PEER,
-        ) {
-            debug!(%block, peer = %id, "asking another peer for a block");
-            if let Some(p) = self.peers.get(&id) {
-                p.send(NetworkMessage::GetData(vec![Inventory::WitnessBlock(
-                    block,
-                )]));
+    /// Sends what the block download core asks for, and reports its failures.
+    fn apply_downloads(&mut self, out: Outcome) {
+        for (block, peer, why) in out.failures {
+            match why {
+                Failure::Stalled => {
+                    metrics::counter!("meshd_block_stalls_total").increment(1);
+                    warn!(%block, %peer, timeout_ms = self.downloads.stalling_timeout().as_millis() as u64,
+                          "block download stalled; asking another peer");
+                }
+                Failure::Expired => {
+                    metrics::counter!("meshd_requests_expired_total", "kind" => "block")
+                        .increment(1);
+                    warn!(%block, %peer, "block request expired");
+                }
+                Failure::TooLarge => {
+                    metrics::counter!("meshd_blocks_dropped_total", "reason" => "too_large")
+                        .increment(1);
+                    warn!(%block, %peer, "requested block is above our limit (max-block-message-size); asking another peer");
+                }
+                Failure::NotFound | Failure::Refused => {
+                    debug!(%block, %peer, why = why.kind(), "block not delivered; asking another peer");
+                }
             }
         }
-    }
-
-    /// Core's block stalling: a block asked more than the stalling timeout ago is asked of
-    /// another peer that has it, if there is one (the first peer's late copy is then
-    /// dropped), and the timeout doubles, up to [`BLOCK_STALLING_TIMEOUT_MAX`]; each block
-    /// delivered in time shrinks it back towards [`BLOCK_STALLING_TIMEOUT_DEFAULT`].
-    fn reassign_stalled_blocks(&mut self, now: Instant) {
-        let stalled = self
-            .requested_blocks
-            .older_than(now, self.block_stalling_timeout);
-        let mut moved = false;
-        for (block, peer) in stalled {
-            let Some(other) = self.block_source(block, peer) else {
-                continue;
-            };
-            self.requested_blocks.received(&block);
-            metrics::counter!("meshd_block_stalls_total").increment(1);
-            warn!(%block, %peer, other = %other, timeout_ms = self.block_stalling_timeout.as_millis() as u64,
-                  "block download stalled; asking another peer");
-            self.ask_block(block, other);
-            moved = true;
+        for block in out.given_up {
+            metrics::counter!("meshd_blocks_given_up_total").increment(1);
+            warn!(%block, tries = blocks::MAX_BLOCK_TRIES, "block given up: no peer delivered it in a form we take");
         }
-        if moved {
-            self.block_stalling_timeout =
-                (self.block_stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
+        let mut by_peer: HashMap<PeerId, Vec<Inventory>> = HashMap::new();
+        for r in out.requests {
+            by_peer
+                .entry(r.peer)
+                .or_default()
+                .push(Inventory::WitnessBlock(r.block));
+        }
+        for (id, items) in by_peer {
+            if let Some(p) = self.peers.get(&id) {
+                debug!(peer = %id, blocks = items.len(), "asking another peer for blocks");
+                p.send(NetworkMessage::GetData(items));
+            }
         }
     }
 
@@ -1385,11 +1370,12 @@ impl SyncActorState {
             crate::release_free_memory();
         }
         self.poll_tx_requests();
-        self.reassign_stalled_blocks(now);
-        for (block, peer) in self.requested_blocks.expire(now, BLOCK_DOWNLOAD_TIMEOUT) {
-            metrics::counter!("meshd_requests_expired_total", "kind" => "block").increment(1);
-            warn!(%block, %peer, "block request expired");
-            self.request_block_elsewhere(block, peer);
+        if self.downloads.in_flight() > 0 {
+            let (chain, peers) = (&self.chain, &self.peers);
+            let out = self
+                .downloads
+                .on_tick(now, |b| block_sources(chain, peers, b));
+            self.apply_downloads(out);
         }
         while self
             .early
@@ -1529,9 +1515,13 @@ impl SyncActorState {
                 // What it was asked for is free to be asked of others.
                 self.tx_requests.peer_gone(id);
                 self.poll_tx_requests();
-                for block in self.requested_blocks.release_peer(id) {
-                    self.request_block_elsewhere(block, id);
-                }
+                let (chain, peers) = (&self.chain, &self.peers);
+                let out = self.downloads.on_peer_gone(
+                    id,
+                    |b| block_sources(chain, peers, b),
+                    Instant::now(),
+                );
+                self.apply_downloads(out);
                 if self.sync_peer.is_some_and(|s| s.peer == id) {
                     self.sync_peer = None;
                     self.maybe_start_sync(None);
@@ -1800,9 +1790,8 @@ impl Actor for Sync {
             sync_peer: None,
             state: SyncState::Idle,
             ibd_over: false,
-            block_stalling_timeout: BLOCK_STALLING_TIMEOUT_DEFAULT,
             blocks: VecDeque::new(),
-            requested_blocks: InFlight::default(),
+            downloads: BlockDownload::default(),
             pool: RelayPool::default(),
             block_outputs: HashMap::new(),
             tx_requests: TxRequestTracker::default(),

@@ -25,6 +25,7 @@
 use bitcoin::consensus::encode::{Decodable, Encodable, VarInt};
 use bitcoin::hashes::{sha256, sha256d, Hash, HashEngine};
 use bitcoin::p2p::Magic;
+use bitcoin::BlockHash;
 
 use super::message::{payload_shape, PayloadShape};
 use crate::constants::{FRAME_HEADER_LEN, MAX_PRE_HANDSHAKE_PAYLOAD};
@@ -206,7 +207,9 @@ pub enum FrameError {
         max: u32,
     },
     /// A `block` we asked this peer for, larger than our limit (a BSV block above
-    /// `max-block-message-size`): skipped unread, free of points, since we asked for it.
+    /// `max-block-message-size`): skipped unread but for its 80-byte header, free of points,
+    /// since we asked for it. Reported once the header is read, so that the block's hash
+    /// tells Sync which request failed.
     #[error("requested {command} of {length} bytes is above our limit of {limit}; skipped")]
     RequestedTooLarge {
         /// The command.
@@ -215,6 +218,9 @@ pub enum FrameError {
         length: u32,
         /// Limit in force.
         limit: u32,
+        /// The hash of the block's header (its first 80 bytes); `None` when the payload is
+        /// shorter than a header.
+        block: Option<BlockHash>,
     },
     /// An item list whose count does not match its length, or is not a canonical compact
     /// size; the rest of it is skipped unread.
@@ -349,7 +355,22 @@ struct Skipping {
     /// Hand out a [`Extent::Skipped`] frame at the end (an ignored command), or nothing (the
     /// error was already reported).
     report: bool,
+    /// A requested block too large to read: its header is kept as it passes, and the error
+    /// reported with the header's hash once it is in.
+    header: Option<Box<HeaderCapture>>,
 }
+
+/// The first [`BLOCK_HEADER_LEN`] bytes of a skipped block, and the error to report with
+/// their hash.
+#[derive(Debug)]
+struct HeaderCapture {
+    bytes: [u8; BLOCK_HEADER_LEN],
+    filled: usize,
+    error: FrameError,
+}
+
+/// Bytes of a serialized block header.
+const BLOCK_HEADER_LEN: usize = 80;
 
 #[derive(Debug)]
 enum Pending {
@@ -438,6 +459,23 @@ impl FrameDecoder {
         wire_len: usize,
     ) -> Result<Frame, FrameError> {
         let (extent, payload) = match self.admission(command, payload.len() as u32)? {
+            Admission::Refused(FrameError::RequestedTooLarge {
+                command,
+                length,
+                limit,
+                ..
+            }) => {
+                // The packet is in memory already: its header names the block.
+                let block = payload
+                    .get(..BLOCK_HEADER_LEN)
+                    .map(|h| BlockHash::from_raw_hash(sha256d::Hash::hash(h)));
+                return Err(FrameError::RequestedTooLarge {
+                    command,
+                    length,
+                    limit,
+                    block,
+                });
+            }
             Admission::Refused(err) => return Err(err),
             Admission::Ignored => (Extent::Skipped, Vec::new()),
             Admission::List { .. } | Admission::Whole => (Extent::Whole, payload),
@@ -612,6 +650,7 @@ impl FrameDecoder {
             remaining: list.remaining,
             wire_len: 0,
             report: false,
+            header: None,
         }));
         FrameError::MalformedList {
             command: list.command,
@@ -621,9 +660,34 @@ impl FrameDecoder {
 
     fn skip(&mut self, mut skip: Skipping, input: &mut &[u8]) -> Option<Result<Frame, FrameError>> {
         let take = skip.remaining.min(input.len());
+        let mut captured = None;
+        if let Some(capture) = skip.header.as_mut() {
+            let n = (BLOCK_HEADER_LEN - capture.filled).min(take);
+            capture.bytes[capture.filled..capture.filled + n].copy_from_slice(&input[..n]);
+            capture.filled += n;
+            let short = skip.remaining == take;
+            if capture.filled == BLOCK_HEADER_LEN || short {
+                captured = skip.header.take();
+            }
+        }
         *input = &input[take..];
         skip.remaining -= take;
         skip.wire_len += take;
+        if let Some(capture) = captured {
+            let HeaderCapture {
+                bytes,
+                filled,
+                mut error,
+            } = *capture;
+            if let FrameError::RequestedTooLarge { block, .. } = &mut error {
+                *block = (filled == BLOCK_HEADER_LEN)
+                    .then(|| BlockHash::from_raw_hash(sha256d::Hash::hash(&bytes)));
+            }
+            if skip.remaining > 0 {
+                self.pending = Some(Pending::Skip(skip));
+            }
+            return Some(Err(error));
+        }
         if skip.remaining > 0 {
             self.pending = Some(Pending::Skip(skip));
             return None;
@@ -654,6 +718,7 @@ impl FrameDecoder {
                 command,
                 length,
                 limit,
+                block: None,
             }));
         }
         if length > limit {
@@ -721,8 +786,18 @@ impl FrameDecoder {
             remaining: length as usize,
             wire_len: FRAME_HEADER_LEN,
             report,
+            header: None,
         };
         Ok(match admission {
+            Admission::Refused(error @ FrameError::RequestedTooLarge { .. }) => {
+                let mut skipping = skip(false);
+                skipping.header = Some(Box::new(HeaderCapture {
+                    bytes: [0; BLOCK_HEADER_LEN],
+                    filled: 0,
+                    error,
+                }));
+                (Pending::Skip(skipping), None)
+            }
             Admission::Refused(err) => (Pending::Skip(skip(false)), Some(err)),
             Admission::Ignored => (Pending::Skip(skip(true)), None),
             Admission::List {
@@ -1168,12 +1243,15 @@ mod tests {
         let mut dec = FrameDecoder::new_established(magic, limits);
         dec.set_blocks_expected(1);
         let r = decode_all(&mut dec, &stream);
+        // Reported with the hash of its header (the first 80 bytes), so Sync knows which.
+        let hash = BlockHash::from_raw_hash(sha256d::Hash::hash(&[0xab; 80]));
         assert_eq!(
             r[0],
             Err(FrameError::RequestedTooLarge {
                 command: cmd("block"),
                 length: 60_000,
-                limit: 50_000
+                limit: 50_000,
+                block: Some(hash),
             })
         );
         let kind = r[0].as_ref().unwrap_err().kind();
