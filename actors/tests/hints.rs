@@ -175,7 +175,7 @@ async fn segments_are_fetched_from_every_peer_along_the_hints() {
     let lab = lab(c, hints, &[Behaviour::Honest; 4]).await;
     synced_to(&lab.node, &lab.chain).await;
     let log = lab.log.lock().unwrap().clone();
-    // Ten segments of 2,000, at most two at a time per peer: every peer served some.
+    // Ten segments of 2,000, one at a time per peer: every peer served some.
     assert_eq!(log.len(), 4, "segment requests per peer: {log:?}");
     assert!(log.values().sum::<usize>() >= 10, "{log:?}");
     lab.node.shutdown().await;
@@ -205,14 +205,20 @@ async fn a_wrong_hint_costs_re_requests_never_the_chain() {
     // The hint at 4,000 names a block no peer has.
     hints[1].1 = BlockHash::from_byte_array([7; 32]);
     let lab = lab(c, hints, &[Behaviour::Honest; 3]).await;
-    // Three peers fail that segment: hints are given up and the rest comes from one peer.
+    // Peers fail that segment, one at a time (one getheaders in flight per peer), until
+    // hints are given up or the chain comes in by the normal path (the peer asked for the
+    // segment after the wrong hint answers from genesis, as Core does for an unknown
+    // locator); the right chain either way.
     synced_to(&lab.node, &lab.chain).await;
-    let charged = lab
-        .node
-        .peers()
-        .iter()
-        .filter(|p| p.misbehavior >= 10)
-        .count();
-    assert_eq!(charged, 3, "each peer paid once for the wrong hint");
+    let scores: Vec<u32> = lab.node.peers().iter().map(|p| p.misbehavior).collect();
+    let charged = scores.iter().filter(|m| **m >= 10).count();
+    assert!(
+        (2..=3).contains(&charged),
+        "the wrong hint was not paid for by the peers asked for it: {scores:?}"
+    );
+    assert!(
+        scores.iter().all(|m| *m <= 10),
+        "a peer paid more than once: {scores:?}"
+    );
     lab.node.shutdown().await;
 }

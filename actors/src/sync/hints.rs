@@ -56,12 +56,13 @@ pub const MAX_HINTS: usize = 2_000_000;
 /// # Security
 /// Bounds the memory peers' answers can hold before they are validated: a segment is at
 /// most 2,000 headers with their hashes (224 KB), so 32 of them come to about 7 MB. Enough to
-/// keep 8 peers with 2 requests each busy twice over.
+/// keep 8 peers busy four times over while answers wait for their turn to be validated.
 pub const MAX_SEGMENTS_AHEAD: usize = 32;
 
-/// Segments one peer is asked for at a time: the second keeps its link busy while the first
-/// one's answer travels.
-pub const MAX_SEGMENTS_PER_PEER: usize = 2;
+/// Segments one peer is asked for at a time: one, as every `getheaders` (Core's
+/// `MaybeSendGetHeaders` keeps one in flight per peer; a second would be answered only after
+/// the first anyway, and a peer asked twice cannot be told from one answering late).
+pub const MAX_SEGMENTS_PER_PEER: usize = 1;
 
 /// A segment request unanswered this long is asked of another peer.
 pub const SEGMENT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -551,10 +552,9 @@ mod tests {
         let peers = [(PeerId(1), 100), (PeerId(2), 100), (PeerId(3), 50)];
         let now = Instant::now();
         let reqs = s.assign(&peers, now);
-        // In chain order to the least busy peer: 1, 2, 3, 1, 2; the sixth segment (to
-        // height 60) is beyond the third peer's height and the others are full.
+        // In chain order, one per peer (each a getheaders in flight).
         let to: Vec<u64> = reqs.iter().map(|r| r.peer.0).collect();
-        assert_eq!(to, vec![1, 2, 3, 1, 2]);
+        assert_eq!(to, vec![1, 2, 3]);
         // Answers arrive last first: nothing is ready until the first one is in.
         for r in reqs.iter().rev() {
             assert_eq!(
@@ -571,7 +571,7 @@ mod tests {
             height += h.headers.len();
             s.validated(true);
         }
-        assert_eq!(height, 50);
+        assert_eq!(height, 30);
         assert!(!s.done());
         assert_eq!(s.target(), 100);
     }
@@ -631,20 +631,31 @@ mod tests {
         let mut s = segments(&c, &hints);
         let t0 = Instant::now();
         let reqs = s.assign(&[(PeerId(1), 20)], t0);
-        assert_eq!(reqs.len(), 2);
+        assert_eq!(reqs.len(), 1, "one segment per peer at a time");
+        let silent = reqs[0];
         assert!(s.expire(t0 + SEGMENT_TIMEOUT / 2).is_empty());
-        assert_eq!(s.expire(t0 + SEGMENT_TIMEOUT), vec![PeerId(1), PeerId(1)]);
+        assert_eq!(s.expire(t0 + SEGMENT_TIMEOUT), vec![PeerId(1)]);
         assert!(s.stuck(&[(PeerId(1), 20)]));
-        let reqs = s.assign(&[(PeerId(1), 20), (PeerId(2), 20)], t0 + SEGMENT_TIMEOUT);
-        assert!(reqs.iter().all(|r| r.peer == PeerId(2)));
-        for r in &reqs {
-            assert_eq!(
-                s.on_headers(r.peer, serve(&c, r)).unwrap(),
-                SegmentAnswer::Taken
-            );
-        }
-        while s.next_ready().is_some() {
-            s.validated(true);
+        let peers = [(PeerId(1), 20), (PeerId(2), 20)];
+        let mut now = t0 + SEGMENT_TIMEOUT;
+        let mut reqs = s.assign(&peers, now);
+        // The silent peer's segment goes to the other one, never back to it.
+        assert!(reqs
+            .iter()
+            .any(|r| r.from == silent.from && r.peer == PeerId(2)));
+        while !reqs.is_empty() {
+            for r in &reqs {
+                assert!(r.from != silent.from || r.peer == PeerId(2));
+                assert_eq!(
+                    s.on_headers(r.peer, serve(&c, r)).unwrap(),
+                    SegmentAnswer::Taken
+                );
+            }
+            while s.next_ready().is_some() {
+                s.validated(true);
+            }
+            now += Duration::from_millis(1);
+            reqs = s.assign(&peers, now);
         }
         assert!(s.done());
     }

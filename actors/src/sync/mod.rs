@@ -197,6 +197,12 @@ impl SyncPeer {
     fn offered_height(&self) -> u32 {
         self.best_height.max(self.claimed_height)
     }
+    /// Whether it was asked for headers less than [`HEADERS_RESPONSE_TIME`] ago and has not
+    /// answered (Core's `m_last_getheaders_timestamp`).
+    fn awaiting_headers(&self) -> bool {
+        self.getheaders_at
+            .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME)
+    }
     fn knows(&self, h: &[u8; 32]) -> bool {
         self.known.contains(h)
     }
@@ -562,13 +568,21 @@ impl SyncActorState {
             self.maybe_start_sync(None);
             return;
         }
-        let requests = segments.assign(&peers, Instant::now());
+        // One getheaders in flight per peer (Core's MaybeSendGetHeaders): a peer asked a
+        // segment, or anything else, is asked no segment until it answers.
+        let idle: Vec<(PeerId, u32)> = peers
+            .iter()
+            .copied()
+            .filter(|(id, _)| self.peers.get(id).is_some_and(|p| !p.awaiting_headers()))
+            .collect();
+        let requests = segments.assign(&idle, Instant::now());
         if requests.is_empty() && segments.asked() == 0 && segments.stuck(&peers) {
             self.give_up_hints("no connected peer can serve the next segment");
             return;
         }
         for r in requests {
-            if let Some(p) = self.peers.get(&r.peer) {
+            if let Some(p) = self.peers.get_mut(&r.peer) {
+                p.getheaders_at = Some(Instant::now());
                 p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
                     version: self.ctx.profile.protocol_version,
                     locator_hashes: vec![r.from],
@@ -637,7 +651,12 @@ impl SyncActorState {
         // An answer to a segment request goes to the segments; anything else as usual.
         let headers = match self.segments.as_mut() {
             Some(seg) => match seg.on_headers(id, headers) {
-                Ok(answer) => return self.on_segment_answer(id, answer),
+                Ok(answer) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.getheaders_at = None;
+                    }
+                    return self.on_segment_answer(id, answer);
+                }
                 Err(headers) => headers,
             },
             None => headers,
