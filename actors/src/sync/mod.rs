@@ -34,6 +34,7 @@ pub mod block_check;
 pub mod blocks;
 pub mod bloom;
 pub mod chain;
+pub mod header_sync;
 pub mod hints;
 pub mod mine;
 pub mod pool;
@@ -69,17 +70,11 @@ use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
 use crate::wire::Message;
 use blocks::{BlockDownload, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
+use header_sync::{HeaderSync, InitialSync, PeerHeaders, SessionEnd, POW_TARGET_SPACING};
 use hints::{SegmentAnswer, SegmentSync, HINT_INTERVAL};
 use pool::RelayPool;
 use txrequest::TxRequestTracker;
 
-/// How long a peer asked for headers has to answer before it may be asked again (Core:
-/// `HEADERS_RESPONSE_TIME`, in `MaybeSendGetHeaders`): one `getheaders` in flight per peer,
-/// however many announcements cross it.
-const HEADERS_RESPONSE_TIME: Duration = Duration::from_secs(120);
-/// Block interval of every network meshd speaks (Core's `nPowTargetSpacing`), for the
-/// expected header count and how old a tip is in blocks.
-const POW_TARGET_SPACING: u32 = 600;
 /// Core's `CanDirectFetch`: blocks of new headers are fetched at once only while our tip is
 /// at most this many block intervals old (further behind, they are history, not the tip).
 const DIRECT_FETCH_SPACINGS: u32 = 20;
@@ -131,11 +126,6 @@ const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 const MAX_EARLY_INPUTS: usize = 256;
 /// How long such a message waits for its PeerUp before it is dropped.
 const EARLY_INPUT_TTL: Duration = Duration::from_secs(5);
-/// Base of the time a sync peer gets to deliver the headers it claimed (Core:
-/// `HEADERS_DOWNLOAD_TIMEOUT_BASE`).
-const HEADERS_SYNC_TIMEOUT_BASE: Duration = Duration::from_secs(15 * 60);
-/// Added per header it claimed beyond our height (Core: `HEADERS_DOWNLOAD_TIMEOUT_PER_HEADER`).
-const HEADERS_SYNC_TIMEOUT_PER_HEADER: Duration = Duration::from_millis(1);
 /// Blocks of work below our tip a chain may lack and still be stored without presync (Core's
 /// anti-DoS threshold: a short fork near the tip is normal, a long low-work one is not).
 const ANTI_DOS_RECENT_BLOCKS: u32 = 144;
@@ -158,21 +148,8 @@ const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
 struct SyncPeer {
     addr: SocketAddr,
     actor: ActorRef<ConnectionMsg>,
-    /// Height of the best header it sent us or that we know it has (never its claim).
-    best_height: u32,
-    /// The start height its version claimed: shown (and used to pick whom to ask a header
-    /// hint segment), never trusted.
-    claimed_height: u32,
-    /// It was our sync peer and stalled or missed its deadline: not chosen again.
-    sync_failed: bool,
-    /// It was chosen as sync peer once (Core's `fSyncStarted`).
-    sync_started: bool,
-    /// When it was last asked for headers and has not answered (Core's
-    /// `m_last_getheaders_timestamp`).
-    getheaders_at: Option<Instant>,
-    /// Its last answer was a full batch that moved our tip, and it was asked on: it is
-    /// streaming us headers, so the node is syncing from it even outside a sync session.
-    catching_up: bool,
+    /// What it showed of its chain, what it was asked for and when, its sync-peer record.
+    hs: PeerHeaders,
     /// Its protocol version.
     version: u32,
     /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
@@ -192,17 +169,6 @@ struct SyncPeer {
 }
 
 impl SyncPeer {
-    /// The height it may serve headers up to: what it showed, or more if it claimed more. A
-    /// false claim costs it a failed segment, never our chain.
-    fn offered_height(&self) -> u32 {
-        self.best_height.max(self.claimed_height)
-    }
-    /// Whether it was asked for headers less than [`HEADERS_RESPONSE_TIME`] ago and has not
-    /// answered (Core's `m_last_getheaders_timestamp`).
-    fn awaiting_headers(&self) -> bool {
-        self.getheaders_at
-            .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME)
-    }
     fn knows(&self, h: &[u8; 32]) -> bool {
         self.known.contains(h)
     }
@@ -230,27 +196,6 @@ struct EarlyInput {
     at: Instant,
     input: SyncInput,
     credit: Option<OwnedSemaphorePermit>,
-}
-
-/// Headers sync from one peer.
-#[derive(Debug, Clone, Copy)]
-struct SyncSession {
-    peer: PeerId,
-    /// When it was chosen.
-    started: Instant,
-    /// When it last sent headers (or was chosen).
-    last_progress: Instant,
-    /// Headers expected from it: one per block interval since our best header's time (Core's
-    /// estimate; what the peer claims does not count).
-    expected: u32,
-}
-
-impl SyncSession {
-    /// Time it gets to bring our best header up to date (Core: 15 minutes plus a millisecond
-    /// per expected header).
-    fn deadline(&self) -> Duration {
-        HEADERS_SYNC_TIMEOUT_BASE + HEADERS_SYNC_TIMEOUT_PER_HEADER * self.expected
-    }
 }
 
 /// headers.dat being loaded, and what waits for it.
@@ -285,11 +230,12 @@ pub struct SyncActorState {
     /// The hints turned out wrong (or no peer could serve them): not used again.
     hints_off: bool,
     peers: HashMap<PeerId, SyncPeer>,
-    sync_peer: Option<SyncSession>,
+    /// The headers sync session (Core's sync peer), if one runs.
+    header_sync: HeaderSync,
     state: SyncState,
-    /// Initial sync is over (Core latches `IsInitialBlockDownload` false once the tip is
-    /// recent and has the minimum work; a restart starts over).
-    ibd_over: bool,
+    /// Initial sync (Core's `IsInitialBlockDownload`, latched off once over; a restart
+    /// starts over).
+    initial_sync: InitialSync,
     blocks: VecDeque<KeptBlock>,
     /// Blocks asked of peers, and who failed which (Core's blocks in flight and stalling).
     downloads: BlockDownload,
@@ -326,7 +272,7 @@ fn block_sources(
         .flatten();
     let mut sources: Vec<(bool, PeerId)> = peers
         .iter()
-        .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.best_height >= h))
+        .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.hs.best_height >= h))
         .map(|(id, p)| (p.inbound, *id))
         .collect();
     sources.sort();
@@ -347,7 +293,7 @@ impl SyncActorState {
         let best_peer = self
             .peers
             .values()
-            .map(|p| p.best_height)
+            .map(|p| p.hs.best_height)
             .max()
             .unwrap_or(0);
         let status = SyncStatus {
@@ -374,7 +320,7 @@ impl SyncActorState {
     fn getheaders_from(&mut self, id: PeerId, locator: Vec<BlockHash>) {
         let version = self.ctx.profile.protocol_version;
         if let Some(p) = self.peers.get_mut(&id) {
-            p.getheaders_at = Some(Instant::now());
+            p.hs.asked(Instant::now());
             p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
                 version,
                 locator_hashes: locator,
@@ -384,29 +330,28 @@ impl SyncActorState {
     }
 
     /// Core's `MaybeSendGetHeaders`: asks `id` for headers after `locator` unless it was
-    /// asked less than [`HEADERS_RESPONSE_TIME`] ago and has not answered. True when sent.
+    /// asked less than [`header_sync::HEADERS_RESPONSE_TIME`] ago and has not answered. True when sent.
     fn maybe_getheaders(&mut self, id: PeerId, locator: Vec<BlockHash>) -> bool {
-        let asked = self
-            .peers
-            .get(&id)
-            .and_then(|p| p.getheaders_at)
-            .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME);
-        if asked {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        if !p.hs.try_ask(Instant::now()) {
             metrics::counter!("meshd_getheaders_suppressed_total").increment(1);
             return false;
         }
-        self.getheaders_from(id, locator);
+        p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
+            version: self.ctx.profile.protocol_version,
+            locator_hashes: locator,
+            stop_hash: BlockHash::all_zeros(),
+        }));
         true
     }
 
     /// Whether some peer is streaming us full header batches and has not let our request
-    /// for the next one go unanswered for [`HEADERS_RESPONSE_TIME`].
+    /// for the next one go unanswered for [`header_sync::HEADERS_RESPONSE_TIME`].
     fn catching_up(&self) -> bool {
-        self.peers.values().any(|p| {
-            p.catching_up
-                && p.getheaders_at
-                    .is_some_and(|at| at.elapsed() < HEADERS_RESPONSE_TIME)
-        })
+        let now = Instant::now();
+        self.peers.values().any(|p| p.hs.streaming(now))
     }
 
     /// Whether our best header is at most `secs` old.
@@ -417,28 +362,24 @@ impl SyncActorState {
     /// Core's `IsInitialBlockDownload`, from our own chain alone: until the tip has the
     /// minimum chain work and is at most `max-tip-age` old; once over, over until a restart.
     fn in_ibd(&mut self) -> bool {
-        if self.ibd_over {
+        if self.initial_sync.is_over() {
             return false;
         }
         let max_age = self.ctx.config().max_tip_age.as_secs().min(u32::MAX as u64) as u32;
-        if self.chain.tip_work() >= self.min_work() && self.tip_younger_than(max_age) {
-            self.ibd_over = true;
+        let age = now_u32().saturating_sub(self.chain.tip_header().time);
+        let ibd = self
+            .initial_sync
+            .check(self.chain.tip_work(), self.min_work(), age, max_age);
+        if !ibd {
             info!(height = self.chain.height(), tip = %self.chain.tip(), "initial sync over: the tip is recent and has the minimum work");
-            return false;
         }
-        true
+        ibd
     }
 
-    /// Header sync progress from our own chain (Core's header-sync estimate): our height
-    /// against it plus one block per interval since the tip's time.
+    /// Header sync progress from our own chain (see [`header_sync::progress`]).
     fn progress(&self) -> f64 {
-        let height = f64::from(self.chain.height());
-        let behind =
-            f64::from(now_u32().saturating_sub(self.chain.tip_header().time) / POW_TARGET_SPACING);
-        if height + behind == 0.0 {
-            return 1.0;
-        }
-        (height / (height + behind)).min(1.0)
+        let age = now_u32().saturating_sub(self.chain.tip_header().time);
+        header_sync::progress(self.chain.height(), age)
     }
 
     /// Synced: out of initial sync with no sync session running; syncing while one runs;
@@ -450,12 +391,9 @@ impl SyncActorState {
             return;
         }
         let ibd = self.in_ibd();
-        let active = self.sync_peer.is_some() || self.segments.is_some() || self.catching_up();
-        let state = match (ibd, active) {
-            (_, true) => SyncState::Syncing,
-            (false, false) => SyncState::Synced,
-            (true, false) => SyncState::Idle,
-        };
+        let active =
+            self.header_sync.sync_peer().is_some() || self.segments.is_some() || self.catching_up();
+        let state = header_sync::sync_state(false, ibd, active);
         if state == SyncState::Synced && self.state != SyncState::Synced {
             info!(height = self.chain.height(), tip = %self.chain.tip(), "headers synced");
             for p in self.peers.values() {
@@ -474,7 +412,7 @@ impl SyncActorState {
     /// outbound peer where one exists, then the best chain it showed us, never one tried
     /// already) and asks it for headers.
     fn maybe_start_sync(&mut self, exclude: Option<PeerId>) {
-        if self.sync_peer.is_some() || self.loading.is_some() {
+        if self.header_sync.sync_peer().is_some() || self.loading.is_some() {
             return;
         }
         // In initial sync, or whenever our best header is a day old (a node that was cut off
@@ -489,24 +427,12 @@ impl SyncActorState {
                 self.publish_status();
                 return;
             }
-            let best = self
-                .peers
-                .iter()
-                .filter(|(id, p)| Some(**id) != exclude && !p.sync_failed && !p.sync_started)
-                .max_by_key(|(id, p)| (!p.inbound, p.best_height, std::cmp::Reverse(id.0)))
-                .map(|(id, _)| *id);
-            if let Some(id) = best {
-                let now = Instant::now();
-                let behind = now_u32().saturating_sub(self.chain.tip_header().time);
-                self.sync_peer = Some(SyncSession {
-                    peer: id,
-                    started: now,
-                    last_progress: now,
-                    expected: behind / POW_TARGET_SPACING,
-                });
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.sync_started = true;
-                }
+            let behind = now_u32().saturating_sub(self.chain.tip_header().time);
+            let peers = self.peers.iter_mut().map(|(id, p)| (*id, &mut p.hs));
+            let chosen = self
+                .header_sync
+                .choose(peers, exclude, behind, Instant::now());
+            if let Some(id) = chosen {
                 debug!(peer = %id, ours = self.chain.height(), "headers sync from peer");
                 self.set_pipelining(id, true);
                 let locator = self.chain.locator();
@@ -525,7 +451,7 @@ impl SyncActorState {
             return;
         }
         let ours = self.chain.height();
-        if !self.peers.values().any(|p| p.offered_height() > ours) {
+        if !self.peers.values().any(|p| p.hs.offered_height() > ours) {
             return;
         }
         let chain = &self.chain;
@@ -547,8 +473,8 @@ impl SyncActorState {
     fn segment_peers(&self) -> Vec<(PeerId, u32)> {
         self.peers
             .iter()
-            .filter(|(_, p)| !p.sync_failed && p.presync.is_none())
-            .map(|(id, p)| (*id, p.offered_height()))
+            .filter(|(_, p)| !p.hs.failed() && p.presync.is_none())
+            .map(|(id, p)| (*id, p.hs.offered_height()))
             .collect()
     }
 
@@ -573,7 +499,11 @@ impl SyncActorState {
         let idle: Vec<(PeerId, u32)> = peers
             .iter()
             .copied()
-            .filter(|(id, _)| self.peers.get(id).is_some_and(|p| !p.awaiting_headers()))
+            .filter(|(id, _)| {
+                self.peers
+                    .get(id)
+                    .is_some_and(|p| !p.hs.awaiting(Instant::now()))
+            })
             .collect();
         let requests = segments.assign(&idle, Instant::now());
         if requests.is_empty() && segments.asked() == 0 && segments.stuck(&peers) {
@@ -582,7 +512,7 @@ impl SyncActorState {
         }
         for r in requests {
             if let Some(p) = self.peers.get_mut(&r.peer) {
-                p.getheaders_at = Some(Instant::now());
+                p.hs.asked(Instant::now());
                 p.send(NetworkMessage::GetHeaders(GetHeadersMessage {
                     version: self.ctx.profile.protocol_version,
                     locator_hashes: vec![r.from],
@@ -653,7 +583,7 @@ impl SyncActorState {
             Some(seg) => match seg.on_headers(id, headers) {
                 Ok(answer) => {
                     if let Some(p) = self.peers.get_mut(&id) {
-                        p.getheaders_at = None;
+                        p.hs.answered(false, Instant::now());
                     }
                     return self.on_segment_answer(id, answer);
                 }
@@ -681,19 +611,15 @@ impl SyncActorState {
         if let Some(p) = self.peers.get_mut(&id).filter(|_| answer) {
             // Unless its Connection asked for the next batch already (pipelining): that
             // request is in flight, and an announcement must not add a second one.
-            p.getheaders_at = headers.next_requested.then(Instant::now);
+            p.hs.answered(headers.next_requested, Instant::now());
         }
         if headers.headers.is_empty() {
-            if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
-                s.last_progress = Instant::now();
-            }
+            self.header_sync.progress(id, Instant::now());
         }
         match self.presync_headers(id, &headers) {
             Some(None) => {}
             Some(Some(step)) => {
-                if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
-                    s.last_progress = Instant::now();
-                }
+                self.header_sync.progress(id, Instant::now());
                 if headers.next_requested {
                     // Presync asks for its own batches; the one the Connection asked for is
                     // presync's next when it asks from this batch's end.
@@ -821,7 +747,7 @@ impl SyncActorState {
                         if let Some(p) = self.peers.get_mut(&id) {
                             p.presync = None;
                         }
-                        if self.sync_peer.is_some_and(|s| s.peer == id) {
+                        if self.header_sync.is_sync_peer(id) {
                             self.set_pipelining(id, true);
                         }
                         let locator = self.chain.locator();
@@ -841,7 +767,7 @@ impl SyncActorState {
                 ) {
                     self.punish(id, e.kind());
                 }
-                if self.sync_peer.is_some_and(|s| s.peer == id) {
+                if self.header_sync.is_sync_peer(id) {
                     self.sync_batch_ended(id);
                 }
                 self.publish_status();
@@ -853,7 +779,7 @@ impl SyncActorState {
     /// chain too is old, or it was behind), another peer not tried yet is asked.
     fn sync_batch_ended(&mut self, id: PeerId) {
         self.set_pipelining(id, false);
-        self.sync_peer = None;
+        self.header_sync.end(id);
         self.maybe_start_sync(Some(id));
     }
 
@@ -861,7 +787,7 @@ impl SyncActorState {
     /// `getheaders`, so ask for more or end the sync round (presync releases decide that
     /// themselves).
     fn accept_headers(&mut self, id: PeerId, hashed: HashedHeaders, continue_sync: bool) {
-        let from_sync_peer = continue_sync && self.sync_peer.is_some_and(|s| s.peer == id);
+        let from_sync_peer = continue_sync && self.header_sync.is_sync_peer(id);
         let HashedHeaders {
             headers,
             hashes,
@@ -919,10 +845,8 @@ impl SyncActorState {
         if !stored.is_empty() {
             metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
             self.store_headers(&stored);
-            if let Some(s) = self.sync_peer.as_mut().filter(|s| s.peer == id) {
-                // Progress is new headers only: re-sent ones do not keep a stalled peer on.
-                s.last_progress = Instant::now();
-            }
+            // Progress is new headers only: re-sent ones do not keep a stalled peer on.
+            self.header_sync.progress(id, Instant::now());
         }
         // What the peer has: the last header it sent, new or known.
         if let Some(&last) = hashes.last() {
@@ -931,7 +855,7 @@ impl SyncActorState {
                     .peers
                     .update(id, |p| p.synced_height = p.synced_height.max(last_height));
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.best_height = p.best_height.max(last_height);
+                    p.hs.saw(last_height);
                     // It has every ancestor of what it sent: knowing the last is enough not to
                     // announce any of them back.
                     p.learn(last.to_byte_array());
@@ -961,11 +885,11 @@ impl SyncActorState {
             // Streaming only while its batches move our tip: re-sent known headers (cheap for
             // a peer to send) cannot keep the node out of Synced.
             let streaming = asked_on && self.chain.tip() != old_tip;
-            let was = self.peers.get(&id).is_some_and(|p| p.catching_up);
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.catching_up = streaming;
-            }
-            if was != streaming {
+            let changed = self
+                .peers
+                .get_mut(&id)
+                .is_some_and(|p| p.hs.set_streaming(streaming));
+            if changed {
                 self.update_state();
             }
         }
@@ -1412,28 +1336,31 @@ impl SyncActorState {
             self.schedule_segments();
         }
         let config = self.ctx.config();
-        if let Some(s) = self.sync_peer {
-            let id = s.peer;
-            if s.last_progress.elapsed() >= config.sync_stall_timeout {
+        let tip_recent = self.tip_younger_than(RECENT_HEADER_AGE);
+        let peer_state = self
+            .header_sync
+            .sync_peer()
+            .and_then(|id| self.peers.get_mut(&id))
+            .map(|p| &mut p.hs);
+        match self
+            .header_sync
+            .check(now, config.sync_stall_timeout, tip_recent, peer_state)
+        {
+            Some(SessionEnd::Stalled(id)) => {
                 warn!(peer = %id, "headers sync stalled; switching peers");
                 metrics::counter!("meshd_sync_stalls_total").increment(1);
                 self.set_pipelining(id, false);
-                self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
-            } else if s.started.elapsed() >= s.deadline()
-                && !self.tip_younger_than(RECENT_HEADER_AGE)
-            {
-                warn!(peer = %id, expected = s.expected, ours = self.chain.height(),
+            }
+            Some(SessionEnd::MissedDeadline(id, expected)) => {
+                warn!(peer = %id, expected, ours = self.chain.height(),
                       "sync peer did not bring our tip up to date in time; replacing it");
                 metrics::counter!("meshd_sync_peer_failures_total", "reason" => "timeout")
                     .increment(1);
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.sync_failed = true;
-                }
                 self.set_pipelining(id, false);
-                self.sync_peer = None;
                 self.maybe_start_sync(Some(id));
             }
+            None => {}
         }
         // A peer that streamed us headers went quiet (its stream is over), or the chain
         // changed without a peer (mined here): the state follows within a tick.
@@ -1471,12 +1398,7 @@ impl SyncActorState {
                 let peer = SyncPeer {
                     addr,
                     actor,
-                    best_height: 0,
-                    claimed_height: claimed,
-                    sync_failed: false,
-                    sync_started: false,
-                    getheaders_at: None,
-                    catching_up: false,
+                    hs: PeerHeaders::new(inbound, claimed),
                     version,
                     wtxid_relay,
                     presync: None,
@@ -1541,8 +1463,7 @@ impl SyncActorState {
                     Instant::now(),
                 );
                 self.apply_downloads(out);
-                if self.sync_peer.is_some_and(|s| s.peer == id) {
-                    self.sync_peer = None;
+                if self.header_sync.end(id) {
                     self.maybe_start_sync(None);
                 }
                 if let Some(segments) = self.segments.as_mut() {
@@ -1806,9 +1727,9 @@ impl Actor for Sync {
             segments: None,
             hints_off: false,
             peers: HashMap::new(),
-            sync_peer: None,
+            header_sync: HeaderSync::default(),
             state: SyncState::Idle,
-            ibd_over: false,
+            initial_sync: InitialSync::default(),
             blocks: VecDeque::new(),
             downloads: BlockDownload::default(),
             pool: RelayPool::default(),
