@@ -54,7 +54,12 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         "counter",
         "meshd_blocks_dropped_total",
-        "Blocks dropped unread by Sync, by reason (unrequested: not asked of the peer that sent it).",
+        "Blocks dropped unread, by reason (unrequested: not asked of the peer that sent it; too_large: asked for, above our limit, asked of the next announcer).",
+    ),
+    (
+        "counter",
+        "meshd_blocks_given_up_total",
+        "Blocks no longer fetched because 8 peers failed to deliver them in a form we take (too large, refused, notfound, stalled or expired).",
     ),
     (
         "counter",
