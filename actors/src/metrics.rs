@@ -169,7 +169,7 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         "counter",
         "meshd_tx_announcements_ignored_total",
-        "Transaction announcements not followed up, by reason (recently_rejected: refused or not pooled since the tip last changed, Core's recent rejects).",
+        "Transaction announcements not followed up, by reason (recently_rejected: refused or not pooled since the tip last changed, Core's recent rejects; recently_confirmed: in a block received lately).",
     ),
     (
         "counter",

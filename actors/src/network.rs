@@ -170,6 +170,10 @@ pub struct PayloadLimits {
     pub send_default: u32,
     /// Largest `tx` we read; a longer one is skipped unread, without points.
     pub relayed_tx: u32,
+    /// `bulk` is our own policy (BSV's `max-block-message-size`), below what the chain
+    /// allows: a block we asked for above it is honest and skipped free. Where it is the
+    /// chain's own bound (BTC), a larger block is invalid and the message oversized.
+    pub bulk_is_policy: bool,
 }
 
 impl PayloadLimits {
@@ -302,12 +306,14 @@ impl Profile {
             bulk: BTC_MAX_PAYLOAD,
             send_default: BTC_MAX_PAYLOAD,
             relayed_tx: BTC_MAX_RELAYED_TX,
+            bulk_is_policy: false,
         };
         let bsv_limits = PayloadLimits {
             general: BSV_DEFAULT_RECV_PAYLOAD,
             bulk: BSV_DEFAULT_MAX_BLOCK_MESSAGE,
             send_default: BSV_LEGACY_PAYLOAD,
             relayed_tx: BSV_MAX_RELAYED_TX,
+            bulk_is_policy: true,
         };
         let btc = |network: Network, seeds, port, difficulty| Profile {
             id,

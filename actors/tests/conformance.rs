@@ -418,41 +418,60 @@ async fn a_stalled_tip_block_is_asked_of_another_announcer_within_seconds() {
 }
 
 /// A requested block above our limit is skipped unread but for its header, whose hash tells
-/// Sync which request failed: the request is released at once, so the next announcer is
-/// asked on its announcement (before: only after the stalling timeout), and the peer that
-/// sent it, free of points, is not asked again.
+/// Sync which request failed: the request is released at once and the next announcer asked
+/// (before: only after the 2 s stalling timeout), and the peer that sent it, free of points
+/// (the limit is our BSV policy, `--max-block-message-size`), is not asked again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requested_block_above_our_limit_is_asked_of_the_next_announcer_at_once() {
+    use bitcoin::hashes::Hash;
     use bitcoin::p2p::message_blockdata::Inventory;
+    use meshd_actors::network::NetworkId;
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(config(dir.path())).await.unwrap();
-    let block = segwit_block(&node.profile().genesis);
-    let hash = block.block_hash();
-    let mut big = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    let mut c = meshd_actors::config::NodeConfig::new(NetworkId::BsvRegtest, dir.path().into());
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    // Blocks above the ordinary limit (2 MiB on BSV) are above our policy.
+    c.max_block_message_size = 1;
+    let node = Node::start(c).await.unwrap();
+    let genesis = node.profile().genesis;
+    let now = common::unix_now();
+    let header = meshd_actors::sync::chain::headers::mine_header(
+        &genesis,
+        bitcoin::TxMerkleNode::from_byte_array([3; 32]),
+        now,
+        genesis.bits,
+    );
+    let hash = header.block_hash();
+    let addr = node.listen_addrs()[0];
+    let mut big = AsyncPeer::connect_on(addr, NetworkId::BsvRegtest)
+        .await
+        .unwrap();
     big.send(version(70016)).await;
     let _ = commands_for(&mut big, Duration::from_millis(300)).await;
-    let mut other = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    let mut other = AsyncPeer::connect_on(addr, NetworkId::BsvRegtest)
+        .await
+        .unwrap();
     other.send(version(70016)).await;
     let _ = commands_for(&mut other, Duration::from_millis(300)).await;
-    big.send(NetworkMessage::Headers(vec![block.header])).await;
+    big.send(NetworkMessage::Headers(vec![header])).await;
     let asked = next_matching(&mut big, |m| match m {
         NetworkMessage::GetData(items) => Some(items.clone()),
         _ => None,
     })
     .await;
-    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
-    // The block's header, then padding past BTC's 4,000,000-byte message limit.
-    let mut payload = bitcoin::consensus::serialize(&block.header);
-    payload.resize(4_100_000, 0);
+    // MSG_BLOCK: the SV node serves no other block type.
+    assert_eq!(asked, vec![Inventory::Block(hash)]);
+    let asked_at = Instant::now();
+    // The block's header, then padding past our limit.
+    let limit = node.profile().limits.bulk as usize;
+    assert!(limit <= 4 << 20, "a block limit of {limit}");
+    let mut payload = bitcoin::consensus::serialize(&header);
+    payload.resize(limit + 1000, 0);
     big.send_raw(&meshd_actors::wire::encode_frame(
         node.profile().magic,
         meshd_actors::wire::Command::new("block").unwrap(),
         &payload,
     ))
     .await;
-    // Read past, then released: the next announcer is asked as it announces.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let announced_at = Instant::now();
     other
         .send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
         .await;
@@ -461,28 +480,116 @@ async fn a_requested_block_above_our_limit_is_asked_of_the_next_announcer_at_onc
         _ => None,
     })
     .await;
-    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
-    let waited = announced_at.elapsed();
+    assert_eq!(asked, vec![Inventory::Block(hash)]);
+    // Without the report, the request to `big` stands until the 2 s stalling timeout.
+    let waited = asked_at.elapsed();
     assert!(
-        waited < Duration::from_millis(1200),
-        "asked of the next announcer after {waited:?}: the failed request was held until the stalling timeout"
+        waited < Duration::from_millis(1500),
+        "asked of the next announcer {waited:?} after the first request"
     );
     // Free of points, still connected, and not asked for that block again.
     let peers = node.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(peers.iter().all(|p| p.misbehavior == 0), "{peers:?}");
     big.send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
         .await;
     let again = big
         .wait_for(Duration::from_secs(3), |m| match m {
-            NetworkMessage::GetData(items) if items.contains(&Inventory::WitnessBlock(hash)) => {
-                Some(())
-            }
+            NetworkMessage::GetData(items) if items.contains(&Inventory::Block(hash)) => Some(()),
             _ => None,
         })
         .await;
     assert!(
         again.is_none(),
         "the peer whose copy was too large was asked again"
+    );
+    node.shutdown().await;
+}
+
+/// On BTC the block limit is the chain's own: a block above it is invalid even when asked
+/// for, and the message is oversized (fatal, charged), not skipped free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_btc_a_requested_block_above_the_limit_is_oversized() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let block = segwit_block(&node.profile().genesis);
+    let hash = block.block_hash();
+    let mut big = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    big.send(version(70016)).await;
+    let _ = commands_for(&mut big, Duration::from_millis(300)).await;
+    big.send(NetworkMessage::Headers(vec![block.header])).await;
+    let asked = next_matching(&mut big, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    let mut payload = bitcoin::consensus::serialize(&block.header);
+    payload.resize(4_100_000, 0);
+    big.send_raw(&meshd_actors::wire::encode_frame(
+        node.profile().magic,
+        meshd_actors::wire::Command::new("block").unwrap(),
+        &payload,
+    ))
+    .await;
+    assert!(
+        big.closed_within(Duration::from_secs(5)).await,
+        "an oversized block on BTC was taken as our policy's"
+    );
+    node.shutdown().await;
+}
+
+/// A peer that announces a block, answers `notfound` and reconnects, again and again, cannot
+/// make the node give the block up: `notfound` never counts towards giving up, and a peer's
+/// record leaves with it. An honest announcer afterwards is asked and its block kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_notfound_peer_cannot_make_a_block_be_given_up() {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    use meshd_actors::events::{EventKind, NodeEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let block = segwit_block(&node.profile().genesis);
+    let hash = block.block_hash();
+    let mut events = node.subscribe_to(&[EventKind::BlockReceived]);
+    for round in 0..12 {
+        let mut liar = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+        liar.send(version(70016)).await;
+        let _ = commands_for(&mut liar, Duration::from_millis(200)).await;
+        if round == 0 {
+            liar.send(NetworkMessage::Headers(vec![block.header])).await;
+        } else {
+            liar.send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+                .await;
+        }
+        let asked = next_matching(&mut liar, |m| match m {
+            NetworkMessage::GetData(items) => Some(items.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(asked, vec![Inventory::WitnessBlock(hash)], "round {round}");
+        liar.send(NetworkMessage::NotFound(asked)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut honest = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    honest.send(version(70016)).await;
+    let _ = commands_for(&mut honest, Duration::from_millis(200)).await;
+    honest
+        .send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let asked = next_matching(&mut honest, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::WitnessBlock(hash)]);
+    honest.send(NetworkMessage::Block(block)).await;
+    let got = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("block received")
+        .expect("event");
+    assert!(
+        matches!(got.event, NodeEvent::BlockReceived { hash: ref h, .. } if *h == hash.to_string())
     );
     node.shutdown().await;
 }

@@ -338,8 +338,11 @@ async fn a_refused_transaction_is_not_fetched_again_until_the_tip_changes() {
         "the first announcer was never asked"
     );
     a.send(NetworkMessage::Tx(bad)).await;
-    // Let the refusal land before the second announcement.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The refusal has landed once its sender is dropped (100 points: consensus-invalid).
+    assert!(
+        a.closed_within(Duration::from_secs(5)).await,
+        "the sender was kept"
+    );
     b.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
         .await;
     // An inbound announcer is asked after 2 s (Core's NONPREF_PEER_TX_DELAY): wait past it.
@@ -360,6 +363,62 @@ async fn a_refused_transaction_is_not_fetched_again_until_the_tip_changes() {
             .await
             .is_some(),
         "after a new tip the transaction was never asked for again"
+    );
+    node.shutdown().await;
+}
+
+/// Core's ReceivedResponse: a transaction from a peer answers that peer's announcement
+/// only. An inbound peer announces a transaction and, asked first, answers with a copy
+/// whose witness is junk (same txid); an outbound peer announced it meanwhile and waits its
+/// turn. Its announcement must survive the junk copy: its honest copy is then fetched,
+/// vouched for, replaces the junk one and is relayed. Before, any copy received forgot every
+/// announcer of its txid, so the junk copy stayed, unvouched, and the honest one was never
+/// fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_witness_answer_does_not_erase_the_other_announcers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, mut outbound) = with_outbound_peer(dir.path()).await;
+    let addr = node.listen_addrs()[0];
+    let mut junk_sender = handshaked(addr).await;
+    let mut watcher = handshaked(addr).await;
+    wait_sync_peers(&node, 3).await;
+    let honest = tx(12);
+    let txid = honest.compute_txid();
+    let mut junk = honest.clone();
+    junk.input[0].witness = Witness::from_slice(&[vec![0xee; 80]]);
+    assert_eq!(junk.compute_txid(), txid);
+    junk_sender
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        junk_sender
+            .wait_for(Duration::from_secs(5), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the first announcer was never asked"
+    );
+    // Announced by the outbound peer while the first request is in flight: it waits.
+    outbound
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    junk_sender.send(NetworkMessage::Tx(junk)).await;
+    assert!(
+        outbound
+            .wait_for(Duration::from_secs(5), |m| asked(m)
+                .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the outbound announcer was never asked for its copy"
+    );
+    outbound.send(NetworkMessage::Tx(honest)).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |m| announces(m, txid))
+            .await
+            .is_some(),
+        "the honest, vouched copy was not relayed"
     );
     node.shutdown().await;
 }

@@ -66,7 +66,8 @@ pub fn cost(kind: &str) -> u32 {
         | "tx_value_out_of_range"
         | "tx_duplicate_inputs"
         | "tx_null_prevout"
-        | "tx_coinbase" => 100,
+        | "tx_coinbase"
+        | "tx_witness_on_bsv" => 100,
         // BIP37: a filter over the limits is a protocol violation (Core bans for it).
         "bloom_too_large" => 100,
         "duplicate_version" => 1,

@@ -6,14 +6,21 @@
 //!
 //! - A block is asked of one peer at a time, at most [`MAX_BLOCKS_IN_FLIGHT_PER_PEER`] per
 //!   peer, and taken only from the peer it was asked of (Core processes requested blocks
-//!   only; ours come from direct fetch).
-//! - A peer that fails a block (a refused copy, a copy above our limit, `notfound`, a stall,
-//!   an expired request) is not asked for it again; the next source is, until
-//!   [`MAX_BLOCK_TRIES`] peers failed it, when the block is given up (until it falls out of
-//!   the bounded failure memory).
-//! - A request older than the stalling timeout is moved to another source when there is one
-//!   (Core's `BLOCK_STALLING_TIMEOUT`, doubling per stall up to 64 s and shrinking by 0.85
-//!   per block delivered); one older than [`BLOCK_DOWNLOAD_TIMEOUT`] is released.
+//!   only; ours come from direct fetch), or from the peer it was moved away from after a
+//!   stall (its copy may still arrive first).
+//! - A peer that sent a copy we refuse (mutated, or larger than our limit) is not asked for
+//!   that block again while it is connected; after [`MAX_BLOCK_TRIES`] connected peers did
+//!   so, the block is given up. `notfound`, a stall or an expired request only keep that peer
+//!   from being asked again for [`SOFT_FAILURE_MEMORY`], or until it announces the block
+//!   again (a peer that had the header first may get the block later); they never count
+//!   towards giving up, so neither a peer that reconnects nor many peers that only have
+//!   the header can make us give up a block.
+//! - The head request of each peer (its oldest) older than the stalling timeout moves to
+//!   another source when one has room (Core's `BLOCK_STALLING_TIMEOUT`, doubling per stall up
+//!   to 64 s and shrinking by 0.85 per block delivered); any request older than
+//!   [`BLOCK_DOWNLOAD_TIMEOUT`] is released.
+//! - A block that failed and had nobody else to ask is retried on each tick, as sources
+//!   gain room or appear.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -38,17 +45,28 @@ pub const BLOCK_STALLING_TIMEOUT_MAX: Duration = Duration::from_secs(64);
 /// Share of the stalling timeout kept after a block arrives (Core: 0.85, down to the
 /// default).
 pub const BLOCK_STALLING_DECAY: f64 = 0.85;
-/// Peers that may fail one block before it is given up: a block that this many peers could
-/// not deliver in a form we take (too large for our limit, or refused) is not a download
-/// problem, and each try may cost a whole block's bandwidth.
+/// Connected peers that may send a copy of one block we refuse before it is given up: a
+/// block that this many peers could not deliver in a form we take (too large for our
+/// limit, or mutated) is not a download problem, and each try may cost a whole block.
 pub const MAX_BLOCK_TRIES: usize = 8;
-/// Blocks whose failed peers are remembered.
+/// How long a `notfound`, a stall or an expired request keeps that peer from being asked
+/// for that block again (unless it announces it again): long enough that two peers that
+/// only have the header cannot bounce requests between them, and as long as a request may
+/// wait anyway.
+pub const SOFT_FAILURE_MEMORY: Duration = BLOCK_DOWNLOAD_TIMEOUT;
+/// Blocks whose failures are remembered.
 ///
 /// # Security
 /// Bounded, oldest forgotten first: entries come only from blocks we asked for (at most a
 /// peer's share of the fetch window at a time), so the cap is never reached in normal use;
 /// a forgotten block may be tried again from the start.
 pub const MAX_FAILED_BLOCKS: usize = 256;
+/// Failure records kept per block (one per peer, the oldest dropped).
+///
+/// # Security
+/// A block's records are bounded however many peers fail it; the refusals that count
+/// towards giving up need [`MAX_BLOCK_TRIES`] of them at most.
+pub const MAX_FAILURES_PER_BLOCK: usize = 32;
 
 /// Why a peer did not deliver a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +94,12 @@ impl Failure {
             Failure::Expired => "expired",
         }
     }
+
+    /// A copy was sent and could not be taken: counts towards giving the block up, and the
+    /// peer is not asked again while connected.
+    fn is_hard(self) -> bool {
+        matches!(self, Failure::Refused | Failure::TooLarge)
+    }
 }
 
 /// A `getdata` for `block` to send to `peer`.
@@ -94,17 +118,28 @@ pub struct Outcome {
     pub requests: Vec<Request>,
     /// Blocks whose peer failed, with that peer and why.
     pub failures: Vec<(BlockHash, PeerId, Failure)>,
-    /// Blocks given up: [`MAX_BLOCK_TRIES`] peers failed each.
+    /// Blocks given up: [`MAX_BLOCK_TRIES`] connected peers sent copies we refused.
     pub given_up: Vec<BlockHash>,
+}
+
+/// One peer's failure of one block.
+#[derive(Debug, Clone, Copy)]
+struct FailureRecord {
+    peer: PeerId,
+    why: Failure,
+    at: Instant,
 }
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct BlockDownload {
     in_flight: InFlight<BlockHash>,
+    /// The peer a block was moved away from after a stall, and when: its copy is still
+    /// taken (for [`BLOCK_DOWNLOAD_TIMEOUT`]).
+    late: HashMap<BlockHash, (PeerId, Instant)>,
     stalling_timeout: Duration,
-    /// Peers that failed each block, by block; `order` keeps the blocks oldest first.
-    failed: HashMap<BlockHash, Vec<PeerId>>,
+    /// Failures of each block, by block; `order` keeps the blocks oldest first.
+    failed: HashMap<BlockHash, Vec<FailureRecord>>,
     order: VecDeque<BlockHash>,
 }
 
@@ -112,6 +147,7 @@ impl Default for BlockDownload {
     fn default() -> Self {
         BlockDownload {
             in_flight: InFlight::default(),
+            late: HashMap::new(),
             stalling_timeout: BLOCK_STALLING_TIMEOUT_DEFAULT,
             failed: HashMap::new(),
             order: VecDeque::new(),
@@ -121,14 +157,20 @@ impl Default for BlockDownload {
 
 impl BlockDownload {
     /// The blocks of `blocks` to ask of `peer` now (it announced them, or sent their
-    /// headers): those not in flight, not failed by it, not given up, within its cap.
-    /// The caller has kept only the blocks it wants.
+    /// headers): those not in flight, not refused from it, not given up, within its cap.
+    /// An announcement clears the peer's `notfound` or stall of those blocks: it may have
+    /// them now. The caller has kept only the blocks it wants.
     pub fn fetch(&mut self, blocks: &[BlockHash], peer: PeerId, now: Instant) -> Vec<BlockHash> {
-        blocks
-            .iter()
-            .copied()
-            .filter(|b| self.may_ask(b, peer) && self.try_request(*b, peer, now))
-            .collect()
+        let mut asked = Vec::new();
+        for b in blocks {
+            if let Some(records) = self.failed.get_mut(b) {
+                records.retain(|r| r.peer != peer || r.why.is_hard());
+            }
+            if self.may_ask(b, peer, now) && self.try_request(*b, peer, now) {
+                asked.push(*b);
+            }
+        }
+        asked
     }
 
     fn try_request(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
@@ -136,22 +178,38 @@ impl BlockDownload {
             .try_request(block, peer, now, MAX_BLOCKS_IN_FLIGHT_PER_PEER)
     }
 
-    /// Whether `peer` may be asked for `block`: it has not failed it, and the block is not
-    /// given up.
-    fn may_ask(&self, block: &BlockHash, peer: PeerId) -> bool {
+    fn refusals(&self, block: &BlockHash) -> usize {
         self.failed
             .get(block)
-            .is_none_or(|f| f.len() < MAX_BLOCK_TRIES && !f.contains(&peer))
+            .map_or(0, |f| f.iter().filter(|r| r.why.is_hard()).count())
     }
 
-    /// A block arrived from `peer`: true when it was asked of `peer` (then it is no longer
-    /// in flight, and the stalling timeout shrinks); false for an unrequested copy, which
-    /// the caller drops.
+    /// Whether `peer` may be asked for `block`: the block is not given up, the peer did not
+    /// send a copy we refused, and no `notfound`, stall or expiry of it is recent.
+    fn may_ask(&self, block: &BlockHash, peer: PeerId, now: Instant) -> bool {
+        let Some(records) = self.failed.get(block) else {
+            return true;
+        };
+        self.refusals(block) < MAX_BLOCK_TRIES
+            && !records.iter().any(|r| {
+                r.peer == peer
+                    && (r.why.is_hard()
+                        || now.saturating_duration_since(r.at) < SOFT_FAILURE_MEMORY)
+            })
+    }
+
+    /// A block arrived from `peer`: true when it was asked of `peer`, or moved away from it
+    /// after a stall (then it is no longer in flight, and the stalling timeout shrinks);
+    /// false for an unrequested copy, which the caller drops.
     pub fn on_block(&mut self, block: &BlockHash, peer: PeerId) -> bool {
-        if self.in_flight.peer_of(block) != Some(peer) {
+        let asked = self.in_flight.peer_of(block) == Some(peer);
+        let late = self.late.get(block).is_some_and(|(p, _)| *p == peer);
+        if !asked && !late {
             return false;
         }
+        // From either: the block is here; the other copy, if it comes, is unrequested.
         self.in_flight.received(block);
+        self.late.remove(block);
         self.stalling_timeout = self
             .stalling_timeout
             .mul_f64(BLOCK_STALLING_DECAY)
@@ -161,15 +219,29 @@ impl BlockDownload {
 
     /// The block was taken: its failures are forgotten.
     pub fn accepted(&mut self, block: &BlockHash) {
+        self.late.remove(block);
         if self.failed.remove(block).is_some() {
             self.order.retain(|b| b != block);
         }
     }
 
-    /// `peer` failed `block` (see [`Failure`]; for `NotFound` and `TooLarge` only if it was
-    /// the peer asked): the next of `sources` (peers that have the block, in preference
-    /// order) that has not failed it and has room is asked.
-    pub fn on_failure(
+    /// The copy `peer` delivered (taken by [`Self::on_block`]) was refused: the next of
+    /// `sources` (peers that have the block, in preference order) is asked.
+    pub fn on_block_refused(
+        &mut self,
+        block: BlockHash,
+        peer: PeerId,
+        sources: &[PeerId],
+        now: Instant,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        self.fail(block, peer, Failure::Refused, sources, now, &mut out);
+        out
+    }
+
+    /// `peer` answered the request for `block` with `notfound` (`NotFound`), or with a copy
+    /// above our limit (`TooLarge`): if it was the peer asked, the next source is asked.
+    pub fn on_not_delivered(
         &mut self,
         block: BlockHash,
         peer: PeerId,
@@ -178,15 +250,16 @@ impl BlockDownload {
         now: Instant,
     ) -> Outcome {
         let mut out = Outcome::default();
-        match why {
-            // A copy that was processed left flight already (see `on_block`).
-            Failure::Refused => {}
-            _ if self.in_flight.peer_of(&block) == Some(peer) => {
-                self.in_flight.received(&block);
-            }
-            // Not the peer asked: nothing of ours failed.
-            _ => return out,
+        if self.late.get(&block).is_some_and(|(p, _)| *p == peer) {
+            // The staller has given up on it too; the moved request stands.
+            self.late.remove(&block);
+            return out;
         }
+        if self.in_flight.peer_of(&block) != Some(peer) {
+            // Not the peer asked: nothing of ours failed.
+            return out;
+        }
+        self.in_flight.received(&block);
         self.fail(block, peer, why, sources, now, &mut out);
         out
     }
@@ -201,20 +274,31 @@ impl BlockDownload {
         out: &mut Outcome,
     ) {
         out.failures.push((block, peer, why));
-        let tries = self.record_failure(block, peer);
-        if tries >= MAX_BLOCK_TRIES {
-            out.given_up.push(block);
+        let before = self.refusals(&block);
+        self.record_failure(block, peer, why, now);
+        if self.refusals(&block) >= MAX_BLOCK_TRIES {
+            if before < MAX_BLOCK_TRIES {
+                out.given_up.push(block);
+            }
             return;
         }
-        if let Some(next) = self.next_source(&block, sources) {
+        self.ask_next(block, sources, now, out);
+    }
+
+    fn ask_next(&mut self, block: BlockHash, sources: &[PeerId], now: Instant, out: &mut Outcome) {
+        if self.in_flight.contains(&block) {
+            return;
+        }
+        if let Some(next) = self.next_source(&block, sources, now) {
             if self.try_request(block, next, now) {
                 out.requests.push(Request { peer: next, block });
             }
         }
     }
 
-    /// Remembers that `peer` failed `block`; returns how many peers have.
-    fn record_failure(&mut self, block: BlockHash, peer: PeerId) -> usize {
+    /// Remembers that `peer` failed `block` (one record per peer: the latest, a refusal
+    /// kept over anything softer).
+    fn record_failure(&mut self, block: BlockHash, peer: PeerId, why: Failure, now: Instant) {
         if !self.failed.contains_key(&block) {
             while self.order.len() >= MAX_FAILED_BLOCKS {
                 if let Some(old) = self.order.pop_front() {
@@ -223,22 +307,32 @@ impl BlockDownload {
             }
             self.order.push_back(block);
         }
-        let peers = self.failed.entry(block).or_default();
-        if !peers.contains(&peer) {
-            peers.push(peer);
+        let records = self.failed.entry(block).or_default();
+        match records.iter_mut().find(|r| r.peer == peer) {
+            Some(r) if r.why.is_hard() && !why.is_hard() => r.at = now,
+            Some(r) => *r = FailureRecord { peer, why, at: now },
+            None => {
+                if records.len() >= MAX_FAILURES_PER_BLOCK {
+                    // The oldest soft record goes first; refusals are what giving up counts.
+                    let victim = records.iter().position(|r| !r.why.is_hard()).unwrap_or(0);
+                    records.remove(victim);
+                }
+                records.push(FailureRecord { peer, why, at: now });
+            }
         }
-        peers.len()
     }
 
     /// The first of `sources` that may be asked for `block` and has room.
-    fn next_source(&self, block: &BlockHash, sources: &[PeerId]) -> Option<PeerId> {
+    fn next_source(&self, block: &BlockHash, sources: &[PeerId], now: Instant) -> Option<PeerId> {
         sources.iter().copied().find(|p| {
-            self.may_ask(block, *p) && self.in_flight.of_peer(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
+            self.may_ask(block, *p, now)
+                && self.in_flight.of_peer(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
         })
     }
 
     /// `peer` left: what it was asked for is asked of the next source of each (from
-    /// `sources_of`), without counting as its failure.
+    /// `sources_of`), and its failures are forgotten (counted refusals are of connected
+    /// peers only, so reconnecting never adds up to giving a block up).
     pub fn on_peer_gone(
         &mut self,
         peer: PeerId,
@@ -246,52 +340,77 @@ impl BlockDownload {
         now: Instant,
     ) -> Outcome {
         let mut out = Outcome::default();
+        self.late.retain(|_, (p, _)| *p != peer);
+        for records in self.failed.values_mut() {
+            records.retain(|r| r.peer != peer);
+        }
         for block in self.in_flight.release_peer(peer) {
             let sources: Vec<PeerId> = sources_of(&block)
                 .into_iter()
                 .filter(|p| *p != peer)
                 .collect();
-            if let Some(next) = self.next_source(&block, &sources) {
-                if self.try_request(block, next, now) {
-                    out.requests.push(Request { peer: next, block });
-                }
-            }
+            self.ask_next(block, &sources, now, &mut out);
         }
         out
     }
 
-    /// Stalls and expiry: a request older than the stalling timeout moves to another source
-    /// when one has room (the timeout then doubles, up to [`BLOCK_STALLING_TIMEOUT_MAX`]),
-    /// and one older than [`BLOCK_DOWNLOAD_TIMEOUT`] is released whether or not another can
-    /// be asked.
+    /// Stalls, expiry and retries. Each peer's head request (its oldest) older than the
+    /// stalling timeout moves to another source when one has room (the timeout then
+    /// doubles, up to [`BLOCK_STALLING_TIMEOUT_MAX`]; the staller's copy is still taken); a
+    /// request older than [`BLOCK_DOWNLOAD_TIMEOUT`] is released whether or not another
+    /// can be asked; a failed block that nobody is asked for is asked of a source that has
+    /// room now. `sources_of` gives no source for a block no longer wanted.
     pub fn on_tick(
         &mut self,
         now: Instant,
         sources_of: impl Fn(&BlockHash) -> Vec<PeerId>,
     ) -> Outcome {
         let mut out = Outcome::default();
+        self.late
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < BLOCK_DOWNLOAD_TIMEOUT);
         for (block, peer) in self.in_flight.expire(now, BLOCK_DOWNLOAD_TIMEOUT) {
             let sources = sources_of(&block);
             self.fail(block, peer, Failure::Expired, &sources, now, &mut out);
         }
         let mut stalled_any = false;
-        for (block, peer) in self.in_flight.older_than(now, self.stalling_timeout) {
+        for (block, peer) in self
+            .in_flight
+            .oldest_per_peer_older_than(now, self.stalling_timeout)
+        {
             let sources = sources_of(&block);
-            let has_other = sources.iter().any(|p| {
+            let other = sources.iter().copied().find(|p| {
                 *p != peer
-                    && self.may_ask(&block, *p)
+                    && self.may_ask(&block, *p, now)
                     && self.in_flight.of_peer(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
             });
-            if !has_other {
+            let Some(other) = other else {
                 // Nobody else to ask: the slow peer keeps it (until the download timeout).
                 continue;
-            }
+            };
             self.in_flight.received(&block);
-            self.fail(block, peer, Failure::Stalled, &sources, now, &mut out);
+            if self.late.len() < MAX_FAILED_BLOCKS {
+                self.late.insert(block, (peer, now));
+            }
+            out.failures.push((block, peer, Failure::Stalled));
+            self.record_failure(block, peer, Failure::Stalled, now);
+            if self.try_request(block, other, now) {
+                out.requests.push(Request { peer: other, block });
+            }
             stalled_any = true;
         }
         if stalled_any {
             self.stalling_timeout = (self.stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
+        }
+        let orphans: Vec<BlockHash> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|b| !self.in_flight.contains(b))
+            .filter(|b| self.refusals(b) < MAX_BLOCK_TRIES)
+            .collect();
+        for block in orphans {
+            let sources = sources_of(&block);
+            self.ask_next(block, &sources, now, &mut out);
         }
         out
     }
@@ -314,6 +433,11 @@ impl BlockDownload {
     /// Requests outstanding in all.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// Whether anything needs the tick: requests in flight, or failed blocks to retry.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.order.is_empty()
     }
 
     /// Blocks whose failures are remembered.
@@ -357,11 +481,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_copy_goes_to_the_next_source_and_never_back() {
+    fn a_refused_copy_goes_to_the_next_source_and_never_back() {
         let t0 = Instant::now();
         let mut d = BlockDownload::default();
         d.fetch(&[block(1)], A, t0);
-        let out = d.on_failure(block(1), A, Failure::TooLarge, &[A, B], t0);
+        let out = d.on_not_delivered(block(1), A, Failure::TooLarge, &[A, B], t0);
         assert_eq!(
             out.requests,
             vec![Request {
@@ -369,11 +493,15 @@ mod tests {
                 block: block(1)
             }]
         );
-        // B fails it too: A has failed it already, so nobody is asked (before: A, B, A, ...
-        // each time a whole block's download).
-        let out = d.on_failure(block(1), B, Failure::TooLarge, &[A, B], t0);
+        assert!(d.on_block(&block(1), B));
+        // B's copy is refused too: A's was, so nobody is asked (before: A, B, A, ... each
+        // time a whole block's download).
+        let out = d.on_block_refused(block(1), B, &[A, B], t0);
         assert!(out.requests.is_empty());
-        assert!(d.fetch(&[block(1)], A, t0).is_empty());
+        assert!(
+            d.fetch(&[block(1)], A, t0).is_empty(),
+            "not even on a new announcement"
+        );
         // A third peer may still be asked.
         assert_eq!(d.fetch(&[block(1)], C, t0), vec![block(1)]);
     }
@@ -383,20 +511,67 @@ mod tests {
         let t0 = Instant::now();
         let mut d = BlockDownload::default();
         d.fetch(&[block(1)], A, t0);
-        let out = d.on_failure(block(1), B, Failure::NotFound, &[B, C], t0);
+        let out = d.on_not_delivered(block(1), B, Failure::NotFound, &[B, C], t0);
         assert_eq!(out, Outcome::default());
         assert_eq!(d.asked_of(&block(1)), Some(A));
     }
 
     #[test]
-    fn a_block_is_given_up_after_max_tries() {
+    fn notfounds_never_give_a_block_up_and_a_new_announcement_is_heard() {
+        let t0 = Instant::now();
+        let mut d = BlockDownload::default();
+        // Many peers that have only the header, and one that reconnects each time.
+        for i in 0..(3 * MAX_BLOCK_TRIES as u64) {
+            let p = PeerId(100 + i);
+            assert_eq!(d.fetch(&[block(1)], p, t0), vec![block(1)], "try {i}");
+            let out = d.on_not_delivered(block(1), p, Failure::NotFound, &[p], t0);
+            assert!(out.given_up.is_empty());
+            if i % 2 == 0 {
+                d.on_peer_gone(p, |_| vec![], t0);
+            }
+        }
+        // A peer that said notfound is not asked again on its own, so two such peers do not
+        // bounce requests; its new announcement is heard (it may have the block now).
+        d.fetch(&[block(2)], A, t0);
+        let out = d.on_not_delivered(block(2), A, Failure::NotFound, &[A, B], t0);
+        assert_eq!(
+            out.requests,
+            vec![Request {
+                peer: B,
+                block: block(2)
+            }]
+        );
+        let out = d.on_not_delivered(block(2), B, Failure::NotFound, &[A, B], t0);
+        assert!(out.requests.is_empty(), "not back to A at once");
+        let only_2 = |b: &BlockHash| {
+            if *b == block(2) {
+                vec![A, B]
+            } else {
+                Vec::new()
+            }
+        };
+        assert!(d
+            .on_tick(t0 + Duration::from_secs(1), only_2)
+            .requests
+            .is_empty());
+        assert_eq!(d.fetch(&[block(2)], A, t0), vec![block(2)]);
+        // And after a while a retry goes out by itself.
+        d.on_not_delivered(block(2), A, Failure::NotFound, &[A, B], t0);
+        let later = t0 + SOFT_FAILURE_MEMORY;
+        let out = d.on_tick(later, only_2);
+        assert_eq!(out.requests.len(), 1);
+    }
+
+    #[test]
+    fn refusals_of_connected_peers_give_a_block_up_and_leaving_takes_yours_back() {
         let t0 = Instant::now();
         let mut d = BlockDownload::default();
         let peers: Vec<PeerId> = (0..20).map(PeerId).collect();
         d.fetch(&[block(1)], peers[0], t0);
         let mut asked = peers[0];
         for i in 0..MAX_BLOCK_TRIES {
-            let out = d.on_failure(block(1), asked, Failure::NotFound, &peers, t0);
+            assert!(d.on_block(&block(1), asked));
+            let out = d.on_block_refused(block(1), asked, &peers, t0);
             if i + 1 == MAX_BLOCK_TRIES {
                 assert_eq!(out.given_up, vec![block(1)]);
                 assert!(out.requests.is_empty());
@@ -405,18 +580,22 @@ mod tests {
             }
         }
         assert!(d.fetch(&[block(1)], peers[19], t0).is_empty(), "given up");
+        // One refuser leaves: below the count again, and the block is tried once more.
+        d.on_peer_gone(peers[0], |_| vec![], t0);
+        assert_eq!(d.fetch(&[block(1)], peers[19], t0), vec![block(1)]);
     }
 
     #[test]
-    fn stalling_moves_a_block_and_the_timeout_adapts() {
+    fn only_a_peers_head_request_stalls_and_the_stallers_copy_is_still_taken() {
         let t0 = Instant::now();
         let mut d = BlockDownload::default();
         d.fetch(&[block(1)], A, t0);
-        // Nobody else has it: A keeps it however slow.
+        d.fetch(&[block(2)], A, t0 + Duration::from_millis(500));
+        // Nobody else has them: A keeps them however slow.
         let out = d.on_tick(t0 + Duration::from_secs(5), |_| vec![A]);
         assert!(out.requests.is_empty());
         assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT);
-        // B has it: moved, and the timeout doubles.
+        // B has them: the head one moves, not both, and the timeout doubles.
         let out = d.on_tick(t0 + Duration::from_secs(5), |_| vec![A, B]);
         assert_eq!(
             out.requests,
@@ -427,11 +606,10 @@ mod tests {
         );
         assert_eq!(out.failures, vec![(block(1), A, Failure::Stalled)]);
         assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
-        assert!(
-            !d.on_block(&block(1), A),
-            "the staller's late copy is dropped"
-        );
-        assert!(d.on_block(&block(1), B));
+        assert_eq!(d.asked_of(&block(2)), Some(A));
+        // The staller's copy arrives first: taken; B's later one is unrequested.
+        assert!(d.on_block(&block(1), A));
+        assert!(!d.on_block(&block(1), B));
         assert!(d.stalling_timeout() < BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
     }
 
@@ -443,6 +621,23 @@ mod tests {
         let out = d.on_tick(t0 + BLOCK_DOWNLOAD_TIMEOUT, |_| vec![A]);
         assert_eq!(out.failures, vec![(block(1), A, Failure::Expired)]);
         assert_eq!(d.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_failed_block_with_nobody_to_ask_is_retried_when_a_source_appears() {
+        let t0 = Instant::now();
+        let mut d = BlockDownload::default();
+        d.fetch(&[block(1)], A, t0);
+        let out = d.on_not_delivered(block(1), A, Failure::NotFound, &[A], t0);
+        assert!(out.requests.is_empty());
+        let out = d.on_tick(t0 + Duration::from_millis(100), |_| vec![A, B]);
+        assert_eq!(
+            out.requests,
+            vec![Request {
+                peer: B,
+                block: block(1)
+            }]
+        );
     }
 
     #[test]
@@ -460,8 +655,8 @@ mod tests {
     #[derive(Debug, Clone)]
     enum Op {
         Fetch(Vec<u8>, u64),
-        Block(u8, u64),
-        Fail(u8, u64, u8),
+        Block(u8, u64, bool),
+        NotDelivered(u8, u64, bool),
         Gone(u64),
         Tick(u64),
         Accepted(u8),
@@ -470,8 +665,8 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (proptest::collection::vec(0u8..24, 1..20), 0u64..6).prop_map(|(b, p)| Op::Fetch(b, p)),
-            (0u8..24, 0u64..6).prop_map(|(b, p)| Op::Block(b, p)),
-            (0u8..24, 0u64..6, 0u8..4).prop_map(|(b, p, w)| Op::Fail(b, p, w)),
+            (0u8..24, 0u64..6, any::<bool>()).prop_map(|(b, p, ok)| Op::Block(b, p, ok)),
+            (0u8..24, 0u64..6, any::<bool>()).prop_map(|(b, p, big)| Op::NotDelivered(b, p, big)),
             (0u64..6).prop_map(Op::Gone),
             (0u64..700).prop_map(Op::Tick),
             (0u8..24).prop_map(Op::Accepted),
@@ -480,8 +675,9 @@ mod tests {
 
     proptest! {
         /// Under any sequence of events in virtual time: no peer above its cap, a block in
-        /// flight to one peer only and never to a peer that failed it, the stalling timeout
-        /// within its bounds, and the failure memory within its bounds.
+        /// flight to one peer only and never to a peer that sent a refused copy of it, the
+        /// stalling timeout within its bounds, the failure memory within its bounds, and a
+        /// block given up only on refusals of connected peers.
         #[test]
         fn invariants_hold_under_any_events(ops in proptest::collection::vec(op(), 0..300)) {
             let t0 = Instant::now();
@@ -501,15 +697,21 @@ mod tests {
                         }
                         Outcome::default()
                     }
-                    Op::Block(b, p) => {
+                    Op::Block(b, p, ok) => {
                         let asked = d.asked_of(&block(b));
                         let took = d.on_block(&block(b), PeerId(p));
-                        prop_assert_eq!(took, asked == Some(PeerId(p)));
-                        Outcome::default()
+                        if asked == Some(PeerId(p)) {
+                            prop_assert!(took);
+                        }
+                        if took && !ok {
+                            d.on_block_refused(block(b), PeerId(p), &live, now)
+                        } else {
+                            Outcome::default()
+                        }
                     }
-                    Op::Fail(b, p, w) => {
-                        let why = [Failure::Refused, Failure::TooLarge, Failure::NotFound, Failure::Refused][w as usize];
-                        d.on_failure(block(b), PeerId(p), why, &live, now)
+                    Op::NotDelivered(b, p, big) => {
+                        let why = if big { Failure::TooLarge } else { Failure::NotFound };
+                        d.on_not_delivered(block(b), PeerId(p), why, &live, now)
                     }
                     Op::Gone(p) => {
                         gone.push(PeerId(p));
@@ -527,8 +729,13 @@ mod tests {
                 for r in &out.requests {
                     prop_assert_eq!(d.asked_of(&r.block), Some(r.peer));
                     prop_assert!(!gone.contains(&r.peer), "a request to a peer that left");
-                    prop_assert!(d.failed.get(&r.block).is_none_or(|f| !f.contains(&r.peer)),
-                        "asked again of a peer that failed it");
+                    prop_assert!(d.failed.get(&r.block).is_none_or(|f| !f.iter().any(|x| x.peer == r.peer && x.why.is_hard())),
+                        "asked again of a peer whose copy was refused");
+                }
+                for b in &out.given_up {
+                    let refusers: Vec<PeerId> = d.failed[b].iter().filter(|r| r.why.is_hard()).map(|r| r.peer).collect();
+                    prop_assert!(refusers.iter().all(|p| !gone.contains(p)));
+                    prop_assert!(refusers.len() >= MAX_BLOCK_TRIES);
                 }
                 for p in &all {
                     prop_assert!(d.in_flight_to(*p) <= MAX_BLOCKS_IN_FLIGHT_PER_PEER);
@@ -537,7 +744,8 @@ mod tests {
                 prop_assert!((BLOCK_STALLING_TIMEOUT_DEFAULT..=BLOCK_STALLING_TIMEOUT_MAX).contains(&st));
                 prop_assert!(d.failed.len() <= MAX_FAILED_BLOCKS);
                 prop_assert_eq!(d.failed.len(), d.order.len());
-                prop_assert!(d.failed.values().all(|f| f.len() <= MAX_BLOCK_TRIES));
+                prop_assert!(d.failed.values().all(|f| f.len() <= MAX_FAILURES_PER_BLOCK));
+                prop_assert!(d.late.len() <= MAX_FAILED_BLOCKS);
             }
         }
     }

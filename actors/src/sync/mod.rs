@@ -62,6 +62,7 @@ use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::manager::peers::PeerId;
 use crate::msg::{ConnectionMsg, HashedHeaders, SyncInput, SyncMsg, SyncState, SyncStatus};
+use crate::network::Chain;
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
@@ -106,17 +107,33 @@ const KNOWN_INV_FP_RATE: f64 = 1e-6;
 /// them again (Core's `m_lazy_recent_rejects`: 120,000 entries).
 ///
 /// # Security
-/// A rolling filter, fixed in memory (about 2 MB, allocated on the first refusal) however
+/// A rolling filter, fixed in memory (about 0.7 MB, allocated on the first refusal) however
 /// many refusals peers provoke; it is reset when the tip changes, as Core's, since a new tip
 /// can make a refused transaction acceptable (a fee rate that now fits, a spent parent).
+/// meshd's tip is its best header, not a validated block: on a network where headers are
+/// cheap (regtest, testnet4's minimum difficulty) anyone can reset it, which costs us the
+/// re-fetch of what was refused, never a wrong acceptance.
 const RECENT_REJECTS_CAP: usize = 120_000;
 /// False-positive rate of that filter (Core: one in a million): a false positive is one
 /// transaction not fetched until the next tip.
 const RECENT_REJECTS_FP_RATE: f64 = 1e-6;
+/// Transactions in recent blocks remembered, so that a lagging peer's announcement of one is
+/// not fetched, pooled and relayed again (Core's `m_recent_confirmed_transactions`: 48,000,
+/// by txid and wtxid).
+///
+/// # Security
+/// A rolling filter of fixed memory (about 0.3 MB); reset on a reorganisation, as Core's on
+/// a disconnected block, since those transactions may be unconfirmed again.
+const RECENT_CONFIRMED_CAP: usize = 48_000;
+/// False-positive rate of that filter (Core: one in a million).
+const RECENT_CONFIRMED_FP_RATE: f64 = 1e-6;
 /// Transactions announced to one peer per flush.
 const MAX_INV_PER_FLUSH: usize = 1000;
-/// Average trickle delay for inbound peers (Core: 5 s) and outbound peers (Core: 2 s).
+/// Average trickle delay for inbound peers (Core: 5 s): announcements to peers that chose
+/// us are batched and delayed so that the origin of a transaction is harder to tell.
 const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
+/// Average trickle delay for outbound peers (Core: 2 s): peers we chose are trusted a
+/// little more, and relay through them is quicker.
 const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 /// Messages Sync holds from peers the Manager has not announced yet.
 ///
@@ -158,7 +175,6 @@ struct SyncPeer {
     presync: Option<HeadersPresync>,
     wants_headers: bool,
     relay: bool,
-    inbound: bool,
     known: RollingFilter,
     pending_tx: Vec<Txid>,
     /// The peer's feefilter, sat per 1000 virtual bytes.
@@ -250,6 +266,8 @@ pub struct SyncActorState {
     recent_rejects: RollingFilter,
     /// The tip `recent_rejects` belongs to (Core resets the filter lazily when it changes).
     recent_rejects_tip: BlockHash,
+    /// Txids and wtxids of the transactions of blocks received since the last reorganisation.
+    recent_confirmed: RollingFilter,
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -273,7 +291,7 @@ fn block_sources(
     let mut sources: Vec<(bool, PeerId)> = peers
         .iter()
         .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.hs.best_height >= h))
-        .map(|(id, p)| (p.inbound, *id))
+        .map(|(id, p)| (p.hs.inbound, *id))
         .collect();
     sources.sort();
     sources.into_iter().map(|(_, id)| id).collect()
@@ -815,6 +833,8 @@ impl SyncActorState {
                 Ok(outcome) => {
                     if let Accepted::Reorg { depth } = outcome {
                         info!(depth, new_tip = %hash, "chain reorganised");
+                        // Transactions of the old branch's blocks may be unconfirmed again.
+                        self.recent_confirmed.reset();
                     }
                     stored.push((*h, hash));
                 }
@@ -937,8 +957,8 @@ impl SyncActorState {
     /// Asks `from`, which announced them or sent their headers, for the blocks of `hashes`
     /// that are wanted: on the best chain within [`Self::fetch_window`] of a recent tip
     /// (Core's `CanDirectFetch`), neither kept nor asked of anyone yet; in one `getdata`.
-    /// A block asked and not delivered (a peer that has the header only) is asked again of
-    /// the next peer that announces it.
+    /// Whom else to ask when a request fails, and when a peer may be asked again, is the
+    /// download core's ([`blocks`]).
     fn fetch_blocks_from(&mut self, hashes: &[BlockHash], from: PeerId) {
         if !self.ctx.config().fetch_blocks
             || !self.tip_younger_than(DIRECT_FETCH_SPACINGS * POW_TARGET_SPACING)
@@ -961,8 +981,18 @@ impl SyncActorState {
         let asked = self.downloads.fetch(&wanted, from, Instant::now());
         if let (false, Some(p)) = (asked.is_empty(), self.peers.get(&from)) {
             p.send(NetworkMessage::GetData(
-                asked.into_iter().map(Inventory::WitnessBlock).collect(),
+                asked.into_iter().map(|h| self.block_item(h)).collect(),
             ));
+        }
+    }
+
+    /// How a block is asked for: with its witnesses on BTC (BIP144's MSG_WITNESS_BLOCK);
+    /// on BSV as MSG_BLOCK, the only block type the SV node serves (it compares types
+    /// exactly, so a witness flag would go unanswered).
+    fn block_item(&self, hash: BlockHash) -> Inventory {
+        match self.ctx.profile.chain {
+            Chain::Btc => Inventory::WitnessBlock(hash),
+            Chain::Bsv => Inventory::Block(hash),
         }
     }
 
@@ -1005,7 +1035,11 @@ impl SyncActorState {
             let addr = self.peers.get(&id).map(|p| p.addr);
             warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
             self.punish(id, e.kind());
-            self.block_failed(hash, id, Failure::Refused);
+            let sources = self.block_sources(&hash);
+            let out = self
+                .downloads
+                .on_block_refused(hash, id, &sources, Instant::now());
+            self.apply_downloads(out);
             return;
         }
         self.downloads.accepted(&hash);
@@ -1038,9 +1072,15 @@ impl SyncActorState {
                 .and_then(|id| self.ctx.peers.get(id))
                 .map(|p| p.address()),
         });
-        // Transactions now in a block leave the relay pool.
+        // Transactions now in a block leave the relay pool, and are not fetched again.
         for tx in &block.txdata {
-            self.pool.remove(&tx.compute_txid());
+            let txid = tx.compute_txid();
+            self.pool.remove(&txid);
+            self.recent_confirmed.insert(&txid.to_byte_array());
+            if tx.input.iter().any(|i| !i.witness.is_empty()) {
+                self.recent_confirmed
+                    .insert(&tx.compute_wtxid().to_byte_array());
+            }
         }
         let block = Arc::new(block);
         let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
@@ -1137,12 +1177,14 @@ impl SyncActorState {
                     p.feefilter = rate as u64;
                 }
             }
-            SyncInput::BlockTooLarge(block) => self.block_failed(block, id, Failure::TooLarge),
+            SyncInput::BlockTooLarge(block) => {
+                self.block_not_delivered(block, id, Failure::TooLarge)
+            }
             SyncInput::NotFound(items) => {
                 for i in items {
                     match i {
                         Inventory::Block(h) | Inventory::WitnessBlock(h) => {
-                            self.block_failed(h, id, Failure::NotFound);
+                            self.block_not_delivered(h, id, Failure::NotFound);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                             self.tx_requests.not_found(id, &t.to_byte_array());
@@ -1194,12 +1236,13 @@ impl SyncActorState {
         }
     }
 
-    /// `peer` did not deliver `block` in a form we take: the next source is asked.
-    fn block_failed(&mut self, block: BlockHash, peer: PeerId, why: Failure) {
+    /// `peer` answered our request for `block` with `notfound` or a copy above our limit:
+    /// the next source is asked.
+    fn block_not_delivered(&mut self, block: BlockHash, peer: PeerId, why: Failure) {
         let sources = self.block_sources(&block);
         let out = self
             .downloads
-            .on_failure(block, peer, why, &sources, Instant::now());
+            .on_not_delivered(block, peer, why, &sources, Instant::now());
         self.apply_downloads(out);
     }
 
@@ -1240,7 +1283,7 @@ impl SyncActorState {
             by_peer
                 .entry(r.peer)
                 .or_default()
-                .push(Inventory::WitnessBlock(r.block));
+                .push(self.block_item(r.block));
         }
         for (id, items) in by_peer {
             if let Some(p) = self.peers.get(&id) {
@@ -1313,11 +1356,22 @@ impl SyncActorState {
             crate::release_free_memory();
         }
         self.poll_tx_requests();
-        if self.downloads.in_flight() > 0 {
-            let (chain, peers) = (&self.chain, &self.peers);
-            let out = self
-                .downloads
-                .on_tick(now, |b| block_sources(chain, peers, b));
+        if !self.downloads.is_idle() {
+            let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+            let (chain, peers, kept) = (&self.chain, &self.peers, &self.blocks);
+            // A block no longer wanted (reorganised away, kept meanwhile) has no source.
+            let wanted = |b: &BlockHash| {
+                chain.is_on_best_chain(b)
+                    && chain.height_of(b).is_some_and(|h| h >= lowest && h > 0)
+                    && !kept.iter().any(|k| k.hash == *b)
+            };
+            let out = self.downloads.on_tick(now, |b| {
+                if wanted(b) {
+                    block_sources(chain, peers, b)
+                } else {
+                    Vec::new()
+                }
+            });
             self.apply_downloads(out);
         }
         while self
@@ -1404,7 +1458,6 @@ impl SyncActorState {
                     presync: None,
                     wants_headers: false,
                     relay,
-                    inbound,
                     known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
                     pending_tx: Vec::new(),
                     feefilter: 0,
@@ -1737,6 +1790,7 @@ impl Actor for Sync {
             tx_requests: TxRequestTracker::default(),
             recent_rejects: RollingFilter::new(RECENT_REJECTS_CAP, RECENT_REJECTS_FP_RATE),
             recent_rejects_tip: BlockHash::all_zeros(),
+            recent_confirmed: RollingFilter::new(RECENT_CONFIRMED_CAP, RECENT_CONFIRMED_FP_RATE),
             early: VecDeque::new(),
             extra_nonce: rand::random(),
             timer: None,

@@ -33,7 +33,7 @@ impl SyncActorState {
         let wtxid_peer = p.wtxid_relay;
         let permissions = self.ctx.permissions_of(p.addr.ip());
         // Core's preferred download peers: outbound, or whitelisted `noban`.
-        let preferred = !p.inbound || permissions.has(Permissions::NOBAN);
+        let preferred = !p.hs.inbound || permissions.has(Permissions::NOBAN);
         let exempt = permissions.has(Permissions::RELAY);
         // A txid announcement waits while wtxid-relay peers may announce the same by wtxid.
         let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
@@ -68,6 +68,12 @@ impl SyncActorState {
             if pooled.is_none() && self.recent_rejects.contains(&key) {
                 // Core's AlreadyHaveTx: refused since the tip last changed, asked of nobody.
                 metrics::counter!("meshd_tx_announcements_ignored_total", "reason" => "recently_rejected")
+                    .increment(1);
+                continue;
+            }
+            if pooled.is_none() && self.recent_confirmed.contains(&key) {
+                // In a recent block: a lagging peer's announcement, not news.
+                metrics::counter!("meshd_tx_announcements_ignored_total", "reason" => "recently_confirmed")
                     .increment(1);
                 continue;
             }
@@ -128,12 +134,17 @@ impl SyncActorState {
             metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
                 .increment(polled.expired.len() as u64);
         }
+        let chain = self.ctx.profile.chain;
         let mut by_peer: HashMap<PeerId, Vec<Inventory>> = HashMap::new();
         for r in polled.requests {
             let item = if r.by_wtxid {
                 Inventory::WTx(Wtxid::from_byte_array(r.key))
             } else {
-                Inventory::WitnessTransaction(Txid::from_byte_array(r.key))
+                match chain {
+                    // BIP144's MSG_WITNESS_TX; the SV node knows MSG_TX only.
+                    Chain::Btc => Inventory::WitnessTransaction(Txid::from_byte_array(r.key)),
+                    Chain::Bsv => Inventory::Transaction(Txid::from_byte_array(r.key)),
+                }
             };
             by_peer.entry(r.peer).or_default().push(item);
         }
@@ -149,7 +160,7 @@ impl SyncActorState {
     /// their mempool took; a `relay`-whitelisted peer is trusted with what it sends.
     fn vouches(&self, id: PeerId, sent: bool) -> bool {
         self.peers.get(&id).is_some_and(|p| {
-            (!p.inbound && p.relay)
+            (!p.hs.inbound && p.relay)
                 || (sent && self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY))
         })
     }
@@ -246,33 +257,73 @@ impl SyncActorState {
     }
 
     /// Remembers a refused transaction so no announcer is asked for it again until the tip
-    /// changes: by wtxid, and by txid where the witness cannot be what was wrong (no witness,
-    /// or BSV), as Core does, so a copy with a junk witness cannot block the honest one.
-    fn remember_rejected(&mut self, witness_free: bool, txid: Txid, wtxid: Wtxid) {
+    /// changes: by wtxid only, as Core does, so a copy with a junk witness (same txid) cannot
+    /// keep the honest one from being fetched. Without a witness the two are one hash, so a
+    /// txid announcement of it is covered too.
+    fn remember_rejected(&mut self, wtxid: Wtxid) {
         self.reset_rejects_on_new_tip();
         self.recent_rejects.insert(&wtxid.to_byte_array());
-        if witness_free || self.ctx.profile.chain == Chain::Bsv {
-            self.recent_rejects.insert(&txid.to_byte_array());
-        }
     }
 
+    /// A transaction from a peer (or submitted here): the sender's announcements of it are
+    /// answered (Core's `ReceivedResponse`; other announcers stay, and are asked next if it
+    /// is not taken); once handled, requests by its wtxid end, and by its txid as below (a
+    /// txid names no witness: another peer's copy may be the honest one of a malleated
+    /// transaction).
     pub(super) fn on_tx(&mut self, from: Option<PeerId>, tx: Transaction) {
         let txid = tx.compute_txid();
         let wtxid = tx.compute_wtxid();
-        // Announced by an outbound peer before it arrived from anyone: vouched for, when the
-        // announcement names exactly this transaction (its wtxid; its txid only on BSV, where
-        // no witness can differ).
+        let (txid_key, wtxid_key) = (txid.to_byte_array(), wtxid.to_byte_array());
+        // Who announced exactly it, before the sender's announcement is marked answered.
+        let exact = self.announced_by_vouching_peer(txid, wtxid);
+        if let Some(id) = from {
+            self.tx_requests.not_found(id, &txid_key);
+            self.tx_requests.not_found(id, &wtxid_key);
+        }
+        self.take_tx(from, tx, txid, wtxid, exact);
+        self.tx_requests.forget(&wtxid_key);
+        // By txid: once pooled, asked no more, unless the pooled copy is unvouched and a
+        // vouching peer announced the txid (its copy vouches, or replaces a malleated one).
+        // Refused (or not pooled), the txid's other announcers stay: their copies may differ
+        // in the witness (without one, txid and wtxid are one key, forgotten above).
+        let keep_txid = match self.pool.get(&txid) {
+            Some(e) => {
+                !e.vouched
+                    && self
+                        .tx_requests
+                        .announcers(&txid_key)
+                        .any(|id| self.vouches(id, false))
+            }
+            None => true,
+        };
+        if !keep_txid {
+            self.tx_requests.forget(&txid_key);
+        }
+        self.poll_tx_requests();
+    }
+
+    /// Whether a peer that vouches (see [`Self::vouches`]) announced exactly this
+    /// transaction: its wtxid, or its txid where no witness can differ (BSV).
+    fn announced_by_vouching_peer(&self, txid: Txid, wtxid: Wtxid) -> bool {
         let mut exact_keys = vec![wtxid.to_byte_array()];
         if self.ctx.profile.chain == Chain::Bsv {
             exact_keys.push(txid.to_byte_array());
         }
-        let announced_by_outbound = exact_keys.iter().any(|k| {
+        exact_keys.iter().any(|k| {
             self.tx_requests
                 .announcers(k)
                 .any(|id| self.vouches(id, false))
-        });
-        self.tx_requests.forget(&txid.to_byte_array());
-        self.tx_requests.forget(&wtxid.to_byte_array());
+        })
+    }
+
+    fn take_tx(
+        &mut self,
+        from: Option<PeerId>,
+        tx: Transaction,
+        txid: Txid,
+        wtxid: Wtxid,
+        announced_by_outbound: bool,
+    ) {
         if let Some(pooled) = self.pool.get(&txid) {
             let sender_vouches = from.is_some_and(|id| self.vouches(id, true));
             if pooled.wtxid == wtxid {
@@ -294,8 +345,7 @@ impl SyncActorState {
         if let Err(e) = check_transaction(&tx, self.ctx.profile.chain) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
             debug!(%txid, peer = ?sender, error = %e, "transaction refused");
-            let witness_free = tx.input.iter().all(|i| i.witness.is_empty());
-            self.remember_rejected(witness_free, txid, wtxid);
+            self.remember_rejected(wtxid);
             if let Some(id) = from {
                 // Core punishes consensus-invalid transactions (TX_CONSENSUS).
                 self.punish(id, e.kind());
@@ -310,7 +360,6 @@ impl SyncActorState {
             .and_then(|id| self.peers.get(&id))
             .is_some_and(|p| self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY));
         let limits = (config.tx_pool_max_count, config.tx_pool_max_bytes);
-        let witness_free = tx.input.iter().all(|i| i.witness.is_empty());
         match self
             .pool
             .insert(tx, size, fee_rate, Instant::now(), limits, forced)
@@ -318,7 +367,7 @@ impl SyncActorState {
             None => {
                 // Not pooled for its fee rate: refused until the tip changes, as Core's
                 // mempool-minimum-fee rejects (the pool's floor moves with blocks).
-                self.remember_rejected(witness_free, txid, wtxid);
+                self.remember_rejected(wtxid);
                 metrics::counter!("meshd_txs_dropped_total", "reason" => "pool_full").increment(1);
                 debug!(%txid, peer = ?sender, "transaction not pooled: the pool is full of better payers");
                 return;
@@ -452,7 +501,7 @@ impl SyncActorState {
             p.send(NetworkMessage::Inv(batch));
             if trickle {
                 p.next_flush = now
-                    + poisson(if p.inbound {
+                    + poisson(if p.hs.inbound {
                         TRICKLE_INBOUND
                     } else {
                         TRICKLE_OUTBOUND

@@ -96,6 +96,23 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
             .collect()
     }
 
+    /// For each peer, its oldest request if older than `age` (the head of its queue: the one
+    /// that holds the others up), with that peer.
+    pub fn oldest_per_peer_older_than(&self, now: Instant, age: Duration) -> Vec<(K, PeerId)> {
+        let mut oldest: HashMap<PeerId, (K, Instant)> = HashMap::new();
+        for (k, (p, at)) in &self.by_item {
+            let e = oldest.entry(*p).or_insert((*k, *at));
+            if *at < e.1 {
+                *e = (*k, *at);
+            }
+        }
+        oldest
+            .into_iter()
+            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= age)
+            .map(|(p, (k, _))| (k, p))
+            .collect()
+    }
+
     /// Releases and returns the requests older than `timeout`, with the peer that was asked.
     pub fn expire(&mut self, now: Instant, timeout: Duration) -> Vec<(K, PeerId)> {
         let old: Vec<(K, PeerId)> = self

@@ -47,6 +47,10 @@ pub enum TxError {
     /// A coinbase: only valid in a block, never relayed (Core: `coinbase`).
     #[error("coinbase transaction")]
     Coinbase,
+    /// A witness on BSV, which has none (the SV node cannot even read the serialisation):
+    /// a copy of a transaction with junk appended that keeps its txid.
+    #[error("witness data on a chain without segregated witness")]
+    WitnessOnBsv,
 }
 
 impl TxError {
@@ -60,6 +64,7 @@ impl TxError {
             TxError::DuplicateInputs => "tx_duplicate_inputs",
             TxError::NullPrevout => "tx_null_prevout",
             TxError::Coinbase => "tx_coinbase",
+            TxError::WitnessOnBsv => "tx_witness_on_bsv",
         }
     }
 }
@@ -71,6 +76,9 @@ pub fn check_transaction(tx: &Transaction, chain: Chain) -> Result<(), TxError> 
     }
     if tx.output.is_empty() {
         return Err(TxError::NoOutputs);
+    }
+    if chain == Chain::Bsv && tx.input.iter().any(|i| !i.witness.is_empty()) {
+        return Err(TxError::WitnessOnBsv);
     }
     let oversize = match chain {
         Chain::Btc => tx.base_size() * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT,
@@ -160,5 +168,13 @@ mod tests {
         big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_500_000]);
         assert_eq!(check_transaction(&big, Chain::Bsv), Ok(()));
         assert_eq!(check_transaction(&big, Chain::Btc), Err(TxError::Oversize));
+        // A witness keeps the txid: on BSV, where none exists, it is refused.
+        let mut witnessed = tx(&[a], &[1]);
+        witnessed.input[0].witness = Witness::from_slice(&[vec![0u8; 100]]);
+        assert_eq!(check_transaction(&witnessed, Chain::Btc), Ok(()));
+        assert_eq!(
+            check_transaction(&witnessed, Chain::Bsv),
+            Err(TxError::WitnessOnBsv)
+        );
     }
 }

@@ -711,8 +711,13 @@ impl FrameDecoder {
     /// headers and v2 packets). `Err` is fatal: a length above the command's limit.
     fn admission(&mut self, command: Command, length: u32) -> Result<Admission, FrameError> {
         let limit = self.limit_for(&command);
-        if length > limit && command.as_str() == "block" && self.blocks_expected > Some(0) {
-            // Asked for: the stream stays in sync (its length is known), so skip it.
+        if length > limit
+            && command.as_str() == "block"
+            && self.blocks_expected > Some(0)
+            && self.limits.bulk_is_policy
+        {
+            // Asked for, and above our policy only: the stream stays in sync (its length is
+            // known), so skip it.
             self.blocks_expected = self.blocks_expected.map(|n| n - 1);
             return Ok(Admission::Refused(FrameError::RequestedTooLarge {
                 command,
@@ -1238,6 +1243,16 @@ mod tests {
         let (magic, mut limits) = regtest();
         limits.bulk = 50_000;
         limits.general = 50_000;
+        // Where the block limit is the chain's own (BTC), a larger block is invalid even
+        // when asked for: oversized, fatal.
+        let big = encode_frame(magic, cmd("block"), &[0xab; 60_000]);
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        dec.set_blocks_expected(1);
+        assert!(matches!(
+            decode_all(&mut dec, &big)[0],
+            Err(FrameError::Oversized { .. })
+        ));
+        limits.bulk_is_policy = true;
         let mut stream = encode_frame(magic, cmd("block"), &[0xab; 60_000]);
         stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
         let mut dec = FrameDecoder::new_established(magic, limits);

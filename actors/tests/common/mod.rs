@@ -113,6 +113,8 @@ pub fn unix_now() -> u32 {
 /// A raw protocol peer on a tokio socket.
 pub struct AsyncPeer {
     pub stream: TcpStream,
+    /// The network's magic its frames carry (regtest unless [`AsyncPeer::connect_on`]).
+    magic: bitcoin::p2p::Magic,
     decoder: FrameDecoder,
     pending: Vec<u8>,
     pub received: u64,
@@ -123,12 +125,22 @@ impl AsyncPeer {
         AsyncPeer::over(TcpStream::connect(addr).await?)
     }
 
+    /// A peer of `network` (its magic and limits) that dials `addr`.
+    pub async fn connect_on(addr: SocketAddr, network: NetworkId) -> std::io::Result<AsyncPeer> {
+        let mut peer = AsyncPeer::over(TcpStream::connect(addr).await?)?;
+        let p = network.profile();
+        peer.magic = p.magic;
+        peer.decoder = FrameDecoder::new(p.magic, p.limits);
+        Ok(peer)
+    }
+
     /// A peer over a socket it dialled.
     fn over(stream: TcpStream) -> std::io::Result<AsyncPeer> {
         stream.set_nodelay(true)?;
         let p = NetworkId::Regtest.profile();
         Ok(AsyncPeer {
             stream,
+            magic: p.magic,
             decoder: FrameDecoder::new(p.magic, p.limits),
             pending: Vec::new(),
             received: 0,
@@ -157,6 +169,7 @@ impl AsyncPeer {
         let p = NetworkId::Regtest.profile();
         let mut peer = AsyncPeer {
             stream,
+            magic: p.magic,
             decoder: FrameDecoder::new(p.magic, p.limits),
             pending: Vec::new(),
             received: 0,
@@ -178,7 +191,7 @@ impl AsyncPeer {
     }
 
     pub async fn send(&mut self, msg: NetworkMessage) {
-        let bytes = Message::Network(msg).encode(NetworkId::Regtest.profile().magic);
+        let bytes = Message::Network(msg).encode(self.magic);
         let _ = self.stream.write_all(&bytes).await;
     }
 
