@@ -22,6 +22,19 @@ pub struct Cli {
 /// `meshd fleet ...`.
 #[derive(Debug, Subcommand)]
 pub enum FleetCommand {
+    /// Print this node's fleet signing key (made on first use, kept 0600 in the data dir)
+    /// as a line for the other nodes' --fleet-trusted-keys file.
+    Key {
+        /// The node's data directory. [default: ./.meshd]
+        #[arg(long, value_name = "DIR")]
+        datadir: Option<PathBuf>,
+        /// The node's network. [default: regtest]
+        #[arg(long, value_name = "NETWORK")]
+        network: Option<String>,
+        /// The node's --node-name, for the line printed. [default: HOSTNAME-NETWORK]
+        #[arg(long, value_name = "NAME")]
+        node_name: Option<String>,
+    },
     /// One line per node of the fleet, from their heartbeats; stale nodes marked.
     Status(ClientArgs),
     /// Per block: when the first and the last node saw it, p50/p90 delay across nodes.
@@ -509,10 +522,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub fleet_replicas: Option<usize>,
 
-    /// Apply other fleet nodes' ban advisories (never to loopback, private or whitelisted
-    /// ranges).
+    /// Apply other fleet nodes' ban advisories: signed by a key in --fleet-trusted-keys,
+    /// one public address each, never a whitelisted or manual peer's.
     #[arg(long)]
     pub fleet_apply_bans: bool,
+
+    /// The fleet nodes whose ban advisories are applied: one `PUBKEY NODE_NAME` per line
+    /// (the key as `meshd fleet key` prints it on that node).
+    #[arg(long, value_name = "FILE")]
+    pub fleet_trusted_keys: Option<PathBuf>,
 
     /// Replace a sync peer that does not answer getheaders in this time. [default: 20s]
     #[arg(long, value_name = "DURATION")]

@@ -433,8 +433,45 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `meshd fleet key`: this node's fleet signing key (made if missing), as a line for the
+/// other nodes' `--fleet-trusted-keys` file. Reads the data dir; needs no running node.
+fn fleet_key(
+    datadir: Option<PathBuf>,
+    network: Option<String>,
+    node_name: Option<String>,
+) -> ExitCode {
+    let network: NetworkId = match network.as_deref().unwrap_or("regtest").parse() {
+        Ok(n) => n,
+        Err(e) => return die(format!("{e}")),
+    };
+    let dir = datadir
+        .unwrap_or_else(|| PathBuf::from(".meshd"))
+        .join(network.name());
+    match meshd_actors::fleet::key::load_or_create(&dir) {
+        Ok(key) => {
+            let name =
+                node_name.unwrap_or_else(|| format!("{}-{network}", crate::settings::host_name()));
+            let public = meshd_actors::fleet::core::public_key_hex(&key.verifying_key());
+            println!("{public} {}", sanitize(&name));
+            ExitCode::SUCCESS
+        }
+        Err(e) => die(e.to_string()),
+    }
+}
+
 /// Runs one client subcommand.
 pub fn run(cmd: Command) -> ExitCode {
+    if let Command::Fleet {
+        what:
+            FleetCommand::Key {
+                datadir,
+                network,
+                node_name,
+            },
+    } = cmd
+    {
+        return fleet_key(datadir, network, node_name);
+    }
     let client_args = match &cmd {
         Command::Run(_) => return ExitCode::from(2),
         Command::Peers(c) | Command::Network(c) | Command::Sync(c) | Command::Bans(c) => c,
@@ -451,6 +488,9 @@ pub fn run(cmd: Command) -> ExitCode {
         | Command::Fleet {
             what: FleetCommand::Propagation { client, .. },
         } => client,
+        Command::Fleet {
+            what: FleetCommand::Key { .. },
+        } => return ExitCode::from(2),
         Command::Hints {
             what: HintsCommand::Export { client, .. },
         } => client,
@@ -460,7 +500,10 @@ pub fn run(cmd: Command) -> ExitCode {
         Err(e) => return die(e),
     };
     let result = match &cmd {
-        Command::Run(_) => Ok(()),
+        Command::Run(_)
+        | Command::Fleet {
+            what: FleetCommand::Key { .. },
+        } => Ok(()),
         Command::Peers(_) => c
             .call("GET", "/v1/peers", None)
             .map(|v| emit(&c, &v, print_peers)),

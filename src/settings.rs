@@ -132,6 +132,7 @@ pub struct FileConfig {
     fleet_buffer: Option<usize>,
     fleet_heartbeat_interval: Option<FileDuration>,
     fleet_apply_bans: Option<bool>,
+    fleet_trusted_keys: Option<PathBuf>,
     fleet_replicas: Option<usize>,
 }
 
@@ -300,7 +301,7 @@ pub fn parse_endpoint(key: &str, text: &str, default_port: u16) -> Result<Socket
 }
 
 /// This machine's host name (the default node name starts with it).
-fn host_name() -> String {
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -671,6 +672,28 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         }
         fleet.heartbeat_interval = duration!(fleet_heartbeat_interval, fleet.heartbeat_interval);
         fleet.apply_bans = args.fleet_apply_bans || file.fleet_apply_bans.unwrap_or(false);
+        let trusted = args
+            .fleet_trusted_keys
+            .clone()
+            .or(file.fleet_trusted_keys.clone());
+        match trusted {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError(format!(
+                        "fleet-trusted-keys: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                fleet.trusted_keys =
+                    meshd_actors::fleet::core::TrustedKeys::parse(&text).map_err(|e| {
+                        ConfigError(format!("fleet-trusted-keys: {}: {e}", path.display()))
+                    })?;
+            }
+            None if fleet.apply_bans => {
+                return err("fleet-apply-bans needs --fleet-trusted-keys FILE: advisories are applied only from the nodes it lists");
+            }
+            None => {}
+        }
         if let Some(r) = args.fleet_replicas.or(file.fleet_replicas) {
             if !(1..=5).contains(&r) {
                 return err("fleet-replicas must be 1 to 5 (JetStream's limit)");
@@ -678,8 +701,14 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
             fleet.replicas = r;
         }
         node.fleet = Some(fleet);
-    } else if args.fleet_apply_bans || args.fleet.is_some() || args.node_name.is_some() {
-        return err("--fleet, --node-name and --fleet-apply-bans need --nats URL");
+    } else if args.fleet_apply_bans
+        || args.fleet.is_some()
+        || args.node_name.is_some()
+        || args.fleet_trusted_keys.is_some()
+    {
+        return err(
+            "--fleet, --node-name, --fleet-apply-bans and --fleet-trusted-keys need --nats URL",
+        );
     }
     if let Some(hex) = args
         .minimum_chain_work
@@ -875,9 +904,17 @@ mod tests {
         let run = |args: RunArgs| resolve_with(&args, FileConfig::default());
         let s = run(RunArgs::default()).unwrap();
         assert!(s.node.fleet.is_none());
+        let dir = tempfile::tempdir().unwrap();
+        let key = meshd_actors::fleet::key::load_or_create(dir.path()).unwrap();
+        let public = meshd_actors::fleet::core::public_key_hex(&key.verifying_key());
+        let keys = dir.path().join("trusted");
+        std::fs::write(&keys, format!("# the fleet\n{public} eu-2\n")).unwrap();
+        let garbage = dir.path().join("garbage");
+        std::fs::write(&garbage, "not a key\n").unwrap();
         let s = run(RunArgs {
             nats: Some("nats://127.0.0.1:4222,nats://127.0.0.2:4222".into()),
             fleet_apply_bans: true,
+            fleet_trusted_keys: Some(keys.clone()),
             fleet_max_age: Some("48h".into()),
             fleet_max_bytes: Some("10MiB".into()),
             fleet_replicas: Some(3),
@@ -888,12 +925,32 @@ mod tests {
         assert_eq!(f.fleet, "default");
         assert!(f.node_name.ends_with("-regtest"), "{}", f.node_name);
         assert!(f.apply_bans);
+        assert_eq!(
+            f.trusted_keys.name_of(&key.verifying_key().to_bytes()),
+            Some("eu-2")
+        );
         assert_eq!(f.max_age, Duration::from_secs(2 * 86_400));
         assert_eq!(f.max_bytes, 10 * 1024 * 1024);
         assert_eq!(f.replicas, 3);
         for bad in [
             RunArgs {
                 fleet_apply_bans: true,
+                ..Default::default()
+            },
+            // Applying advisories without saying whose: refused (no implicit trust).
+            RunArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                fleet_apply_bans: true,
+                ..Default::default()
+            },
+            RunArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                fleet_apply_bans: true,
+                fleet_trusted_keys: Some(garbage.clone()),
+                ..Default::default()
+            },
+            RunArgs {
+                fleet_trusted_keys: Some(keys.clone()),
                 ..Default::default()
             },
             RunArgs {
@@ -914,9 +971,10 @@ mod tests {
         ] {
             assert!(run(bad).is_err());
         }
-        let file = parse_file(
-            "nats = \"nats://127.0.0.1:4222\"\nfleet = \"prod\"\nnode-name = \"eu-1\"\nfleet-apply-bans = true\n",
-        )
+        let file = parse_file(&format!(
+            "nats = \"nats://127.0.0.1:4222\"\nfleet = \"prod\"\nnode-name = \"eu-1\"\nfleet-apply-bans = true\nfleet-trusted-keys = \"{}\"\n",
+            keys.display()
+        ))
         .unwrap();
         let f = resolve_with(&RunArgs::default(), file)
             .unwrap()

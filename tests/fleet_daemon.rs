@@ -56,3 +56,73 @@ fn fleet_status_propagation_and_network_through_the_cli() {
             .any(|l| l.starts_with("beta") && l.contains("STALE"))
     });
 }
+
+/// `meshd fleet key` prints (making it on first use) the key the node then signs its ban
+/// advisories with, as a line for another node's `--fleet-trusted-keys` file; that node
+/// applies the operator's ban with its origin. `--fleet-apply-bans` without a trusted-keys
+/// file is refused at start.
+#[test]
+fn fleet_key_is_the_signing_key_and_trusted_nodes_apply_its_bans() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((nats, _dir)) = common::nats::Nats::start_temp() else {
+        return;
+    };
+    let url = nats.url();
+    let dir = tempfile::tempdir().unwrap();
+    let key_cmd = || {
+        let out = std::process::Command::new(common::meshd_bin())
+            .args(["fleet", "key", "--node-name", "alpha", "--datadir"])
+            .arg(dir.path())
+            .output()
+            .expect("run meshd");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let line = key_cmd();
+    assert_eq!(line, key_cmd(), "the same key each time");
+    let (public, name) = line.trim().split_once(' ').expect("PUBKEY NAME");
+    assert_eq!((public.len(), name), (64, "alpha"));
+    let mode = std::fs::metadata(dir.path().join("regtest/fleet_key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let trusted = dir.path().join("trusted-keys");
+    std::fs::write(&trusted, &line).unwrap();
+    let trusted = trusted.to_str().unwrap();
+
+    // Applying advisories needs to know whose.
+    let out = std::process::Command::new(common::meshd_bin())
+        .args(["--nats", &url, "--fleet-apply-bans", "--datadir"])
+        .arg(dir.path().join("refused"))
+        .output()
+        .expect("run meshd");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("fleet-trusted-keys"));
+
+    let fleet = |name| common::nats::fleet_flags(&url, "keys", name);
+    let a = Meshd::start_in(dir.path(), &fleet("alpha"), true);
+    let b = Meshd::start(
+        &[
+            &fleet("beta")[..],
+            &["--fleet-apply-bans", "--fleet-trusted-keys", trusted],
+        ]
+        .concat(),
+    );
+    wait("both connected to NATS", 20, || {
+        a.api_get("/v1/network")["fleet"]["connected"] == true
+            && b.api_get("/v1/network")["fleet"]["connected"] == true
+    });
+    assert_eq!(a.api_get("/v1/network")["fleet"]["key"], public);
+    // Until beta's subscription is live, each try bans another address.
+    let mut n = 0;
+    wait("beta applied alpha's ban", 20, || {
+        n += 1;
+        let (code, out, _) = a.cli(&["ban", &format!("203.0.113.{n}")]);
+        assert_eq!(code, 0, "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let (_, out, _) = b.cli(&["bans"]);
+        out.lines()
+            .any(|l| l.contains("203.0.113.") && l.contains("fleet") && l.contains("alpha"))
+    });
+}

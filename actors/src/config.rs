@@ -182,6 +182,9 @@ pub struct FleetConfig {
     pub buffer: usize,
     /// Apply other nodes' ban advisories (`--fleet-apply-bans`).
     pub apply_bans: bool,
+    /// The keys whose advisories are applied, each bound to its node's name
+    /// (`--fleet-trusted-keys FILE`, see [`crate::fleet::core::TrustedKeys`]).
+    pub trusted_keys: crate::fleet::core::TrustedKeys,
     /// Interval of the heartbeat in the fleet's key-value bucket.
     pub heartbeat_interval: Duration,
     /// Copies JetStream keeps of the stream and bucket when it creates them
@@ -212,6 +215,7 @@ impl FleetConfig {
             max_bytes: DEFAULT_FLEET_MAX_BYTES,
             buffer: DEFAULT_FLEET_BUFFER,
             apply_bans: false,
+            trusted_keys: Default::default(),
             heartbeat_interval: DEFAULT_FLEET_HEARTBEAT,
             replicas: 1,
         }

@@ -5,9 +5,13 @@
 //!   blocks' propagation across the line is computed; heartbeats list the three nodes.
 //! - NATS killed for 10 s and restarted: the node keeps working, reconnects, and every event
 //!   not counted as dropped arrives, once (with a buffer small enough to drop some).
-//! - Ban advisories: an automatic ban is published as one (and a loopback one is refused by
-//!   the others); an advisory from another node is applied with its origin and expires with
-//!   it; malformed advisories and heartbeats are ignored and counted, never applied.
+//! - Ban advisories: an operator's ban is published signed with the node's key; another
+//!   node that trusts that key applies it with its origin (a loopback one is refused); an
+//!   advisory that is unsigned, signed by an untrusted key, replayed on another node's
+//!   subject, stale, over its origin's budget or asking too much is ignored and counted;
+//!   malformed heartbeats too.
+//! - NATS permissions (README's recipe): each node may publish on its own subjects only,
+//!   and the fleet works under them.
 //!
 //! nats-server is installed by `scripts/install-test-deps.sh`; outside CI a missing one
 //! skips with a notice, in CI it fails.
@@ -22,7 +26,10 @@ use common::config;
 use common::nats::Nats;
 use futures_util::StreamExt;
 use meshd_actors::config::FleetConfig;
-use meshd_actors::fleet::core::{bucket_name, stream_name, BanAdvisory};
+use meshd_actors::fleet::core::{
+    bucket_name, public_key_hex, sign_advisory, stream_name, BanAdvisory, TrustedKeys,
+    ADVISORY_BURST,
+};
 use meshd_actors::node::Node;
 
 /// One message of the stream: subject, the node's sequence number, its JSON.
@@ -296,6 +303,30 @@ async fn nats_down_for_ten_seconds_loses_nothing_but_what_is_counted() {
     node.shutdown().await;
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// An advisory body from `origin`.
+fn advisory(origin: &str, subnet: &str, until: u64) -> BanAdvisory {
+    BanAdvisory {
+        subnet: subnet.into(),
+        reason: "banned by the operator".into(),
+        score: 100,
+        until,
+        origin: origin.into(),
+        issued: unix_now(),
+    }
+}
+
+/// The body of a signed advisory record in the stream.
+fn body_of(r: &Record) -> serde_json::Value {
+    serde_json::from_str(r.json["body"].as_str().expect("a signed envelope")).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     let Some((nats, _dir)) = Nats::start_temp() else {
@@ -303,6 +334,11 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     };
     let url = nats.url();
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // a's key, as `meshd fleet key` makes it before the node starts; x is a node of the
+    // fleet played by the test.
+    let key_a = meshd_actors::fleet::key::load_or_create(da.path()).unwrap();
+    let key_x = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
+    let key_rogue = ed25519_dalek::SigningKey::from_bytes(&[66; 32]);
     let mut ca = config(da.path());
     ca.ban_local_peers = true;
     ca.fleet = Some(fleet_config(&url, "bans", "a"));
@@ -312,10 +348,21 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
         vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("198.51.100.0/24").unwrap()];
     let mut fb = fleet_config(&url, "bans", "b");
     fb.apply_bans = true;
+    fb.trusted_keys = TrustedKeys::parse(&format!(
+        "{} a\n{} x\n",
+        public_key_hex(&key_a.verifying_key()),
+        public_key_hex(&key_x.verifying_key())
+    ))
+    .unwrap();
     cb.fleet = Some(fb);
     let b = Node::start(cb).await.unwrap();
     connected(&a, 15).await;
     connected(&b, 15).await;
+    assert_eq!(
+        a.fleet_status().unwrap().key,
+        Some(public_key_hex(&key_a.verifying_key())),
+        "a signs with the key in its data dir"
+    );
     // b's advisory subscription is in place once it counts a malformed probe.
     let probe = async_nats::connect(&url).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -344,32 +391,45 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
         futures_lite(a.bans()).is_empty(),
         "a discouragement is not a ban"
     );
-    // A's operator bans a loopback address: published as an advisory.
+    // A's operator bans a loopback address: published, signed; b verifies it and refuses
+    // it (loopback), counting it.
     a.ban("127.0.0.1/32".parse().unwrap(), Duration::from_secs(600))
         .await
         .expect("banned");
-    // Published as an advisory; b refuses it (loopback) and counts it.
     until("b refused a's loopback advisory", 10, || {
         b.fleet_status().is_some_and(|s| s.rejected > probes)
     })
     .await;
     assert!(futures_lite(b.bans()).is_empty());
+    // A's operator bans a public address: b applies it, with a as its origin.
+    a.ban("203.0.113.77/32".parse().unwrap(), Duration::from_secs(600))
+        .await
+        .expect("banned");
+    until("b applied a's signed advisory", 10, || {
+        futures_lite(b.bans())
+            .iter()
+            .any(|e| e.subnet.to_string() == "203.0.113.77/32")
+    })
+    .await;
+    let bans = b.bans().await;
+    assert_eq!(bans[0].reason.origin(), Some("a"));
+    b.unban("203.0.113.77/32".parse().unwrap()).await;
     let records = read_stream(&url, "bans").await;
     let from_a: Vec<_> = records
         .iter()
         .filter(|r| r.subject == "meshd.bans.a.regtest.BanAdvisory")
         .collect();
-    assert_eq!(from_a.len(), 1, "the operator's ban only");
-    let adv = from_a[0];
-    assert_eq!(adv.json["origin"], "a");
-    assert_eq!(adv.json["subnet"], "127.0.0.1/32");
+    assert_eq!(from_a.len(), 2, "the operator's bans only");
+    assert_eq!(body_of(from_a[0])["origin"], "a");
+    assert_eq!(body_of(from_a[0])["subnet"], "127.0.0.1/32");
+    assert_eq!(
+        from_a[0].json["key"],
+        public_key_hex(&key_a.verifying_key())
+    );
 
-    // Another node's advisory for a public subnet: applied with its origin, then expires.
+    // Node x's advisories, as published by the test.
     let client = async_nats::connect(&url).await.unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = unix_now();
     let publish = |node: &str, payload: Vec<u8>| {
         let client = client.clone();
         let subject = format!("meshd.bans.{node}.regtest.BanAdvisory");
@@ -378,24 +438,55 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
             client.flush().await.unwrap();
         }
     };
-    let advisory = |subnet: &str, until: u64| {
-        serde_json::to_vec(&BanAdvisory {
-            subnet: subnet.into(),
-            reason: "header_bad_pow (score 100)".into(),
-            score: 100,
-            until,
-            origin: "x".into(),
-        })
-        .unwrap()
+    let subject_of = |node: &str| format!("meshd.bans.{node}.regtest.BanAdvisory");
+    let signed = |adv: &BanAdvisory, on: &str, key: &ed25519_dalek::SigningKey| {
+        sign_advisory(adv, &subject_of(on), key)
     };
     let rejected_before = b.fleet_status().unwrap().rejected;
-    // Bad ones first: malformed, whitelisted on b, private.
-    publish("x", b"{\"subnet\": 7}".to_vec()).await;
-    publish("x", advisory("198.51.100.7/32", now + 60)).await;
-    publish("x", advisory("10.0.0.0/8", now + 60)).await;
-    // A range, however public: one advisory must never ban half of IPv4.
-    publish("x", advisory("128.0.0.0/1", now + 60)).await;
-    publish("x", advisory("203.0.113.9/32", now + 3)).await;
+    let mut bad = 0;
+    // Unsigned (meshd's format before signing): what any client could publish.
+    publish(
+        "x",
+        serde_json::to_vec(&advisory("x", "203.0.113.10/32", now + 60)).unwrap(),
+    )
+    .await;
+    bad += 1;
+    // Signed by a key b does not trust.
+    publish(
+        "x",
+        signed(&advisory("x", "203.0.113.11/32", now + 60), "x", &key_rogue),
+    )
+    .await;
+    bad += 1;
+    // x's own advisory, replayed on a's subject (the signature covers the subject).
+    publish(
+        "a",
+        signed(&advisory("x", "203.0.113.12/32", now + 60), "x", &key_x),
+    )
+    .await;
+    bad += 1;
+    // x's key speaking as a.
+    publish(
+        "a",
+        signed(&advisory("a", "203.0.113.13/32", now + 60), "a", &key_x),
+    )
+    .await;
+    bad += 1;
+    // Stale: issued 11 minutes ago, however long its ban.
+    let mut old = advisory("x", "203.0.113.14/32", now + 3600);
+    old.issued = now - 660;
+    publish("x", signed(&old, "x", &key_x)).await;
+    bad += 1;
+    // Signed and trusted but asking too much: whitelisted on b, private, a range.
+    for subnet in ["198.51.100.7/32", "10.0.0.0/8", "128.0.0.0/1"] {
+        publish("x", signed(&advisory("x", subnet, now + 60), "x", &key_x)).await;
+        bad += 1;
+    }
+    publish(
+        "x",
+        signed(&advisory("x", "203.0.113.9/32", now + 3), "x", &key_x),
+    )
+    .await;
     until("the advisory applied", 10, || {
         futures_lite(b.bans())
             .iter()
@@ -406,8 +497,26 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     assert_eq!(bans.len(), 1, "{bans:?}");
     assert_eq!(bans[0].reason.origin(), Some("x"));
     assert_eq!(bans[0].reason.label(), "fleet");
-    assert_eq!(b.fleet_status().unwrap().rejected, rejected_before + 4);
+    assert_eq!(b.fleet_status().unwrap().rejected, rejected_before + bad);
+    // The ban expires with the advisory.
+    until("the ban expired", 10, || futures_lite(b.bans()).is_empty()).await;
+    // x's budget: a burst is applied, the rest refused (a compromised node cannot ban
+    // thousands).
+    let rejected_before = b.fleet_status().unwrap().rejected;
+    let extra = 5u32;
+    // x spent four of its burst above: three advisories asking too much, and one applied.
+    let spent = 4u32;
+    for i in 0..ADVISORY_BURST - spent + extra {
+        let subnet = format!("203.0.113.{}/32", 100 + i);
+        publish("x", signed(&advisory("x", &subnet, now + 60), "x", &key_x)).await;
+    }
+    until("the burst applied and the rest refused", 10, || {
+        b.fleet_status().unwrap().rejected == rejected_before + u64::from(extra)
+    })
+    .await;
+    assert_eq!(b.bans().await.len(), (ADVISORY_BURST - spent) as usize);
     // A malformed heartbeat in the bucket is skipped and counted.
+    let rejected_before = b.fleet_status().unwrap().rejected;
     let js = jetstream::new(client.clone());
     js.publish(
         format!("$KV.{}.garbage", bucket_name("bans")),
@@ -421,14 +530,115 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
         futures_lite(b.fleet_nodes()).is_ok_and(|v| v.len() == 2)
     })
     .await;
-    assert!(b.fleet_status().unwrap().rejected > rejected_before + 4);
-    // The ban expires with the advisory.
-    until("the ban expired", 10, || futures_lite(b.bans()).is_empty()).await;
+    assert!(b.fleet_status().unwrap().rejected > rejected_before);
     // A fleet ban is not advertised again (no echo from b).
     let records = read_stream(&url, "bans").await;
     assert!(!records
         .iter()
         .any(|r| r.subject == "meshd.bans.b.regtest.BanAdvisory"));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// README's NATS recipe: each node's user may publish on its own subjects (and JetStream's
+/// API) only. The fleet works under it (events, heartbeats, a signed advisory applied), and a
+/// node's user cannot publish on another node's subject: the server drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_permissions_keep_each_node_to_its_own_subjects() {
+    let Some(bin) = common::nats::nats_path() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let user = |name: &str| {
+        format!(
+            r#"{{ user: "{name}", password: "pw-{name}", permissions: {{
+                publish: ["meshd.perm.{name}.>", "$KV.meshd_perm_nodes.{name}", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "_INBOX.>"],
+                subscribe: ["meshd.perm.>", "$KV.meshd_perm_nodes.>", "_INBOX.>"]
+            }} }}"#
+        )
+    };
+    let conf = format!(
+        "authorization {{ users = [ {}, {}, {{ user: \"admin\", password: \"pw-admin\" }} ] }}\n",
+        user("a"),
+        user("b")
+    );
+    let nats = Nats::start_with(&bin, dir.path(), Some(&conf));
+    let url = nats.url();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let key_a = meshd_actors::fleet::key::load_or_create(da.path()).unwrap();
+    let fleet_of = |node: &str| {
+        let mut f = fleet_config(&url, "perm", node);
+        f.user_password = Some((node.to_string(), format!("pw-{node}")));
+        f
+    };
+    let mut ca = config(da.path());
+    ca.fleet = Some(fleet_of("a"));
+    let a = Node::start(ca).await.unwrap();
+    let mut cb = config(db.path());
+    let mut fb = fleet_of("b");
+    fb.apply_bans = true;
+    fb.trusted_keys =
+        TrustedKeys::parse(&format!("{} a\n", public_key_hex(&key_a.verifying_key()))).unwrap();
+    cb.fleet = Some(fb);
+    let b = Node::start(cb).await.unwrap();
+    connected(&a, 15).await;
+    connected(&b, 15).await;
+    until("both heartbeats, under the permissions", 15, || {
+        futures_lite(b.fleet_nodes()).is_ok_and(|v| v.len() == 2)
+    })
+    .await;
+    // A's signed advisory reaches b through the permitted subjects and is applied.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut n = 0u8;
+    while !futures_lite(b.bans())
+        .iter()
+        .any(|e| e.reason.origin() == Some("a"))
+    {
+        assert!(Instant::now() < deadline, "a's advisory never applied on b");
+        // Until b's subscription is live: each try is a new address.
+        n += 1;
+        a.ban(
+            format!("203.0.113.{n}/32").parse().unwrap(),
+            Duration::from_secs(600),
+        )
+        .await
+        .expect("banned");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // b's user publishing on a's subject: dropped by the server. On its own: delivered.
+    let admin =
+        async_nats::ConnectOptions::with_user_and_password("admin".into(), "pw-admin".into())
+            .connect(&url)
+            .await
+            .unwrap();
+    let mut watch = admin.subscribe("meshd.perm.>").await.unwrap();
+    admin.flush().await.unwrap();
+    let as_b = async_nats::ConnectOptions::with_user_and_password("b".into(), "pw-b".into())
+        .connect(&url)
+        .await
+        .unwrap();
+    as_b.publish("meshd.perm.a.regtest.BanAdvisory", "forged".into())
+        .await
+        .unwrap();
+    as_b.publish("meshd.perm.b.regtest.Probe", "own".into())
+        .await
+        .unwrap();
+    as_b.flush().await.unwrap();
+    let mut seen = Vec::new();
+    let end = Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(m)) = tokio::time::timeout_at(end.into(), watch.next()).await {
+        if m.payload.as_ref() == b"forged" || m.payload.as_ref() == b"own" {
+            seen.push(m.subject.to_string());
+        }
+        if seen.iter().any(|s| s.ends_with("Probe")) {
+            break;
+        }
+    }
+    assert_eq!(
+        seen,
+        vec!["meshd.perm.b.regtest.Probe".to_string()],
+        "b's user published on a's subject"
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

@@ -1,18 +1,44 @@
-//! Fuzzes what other fleet nodes send through NATS: ban advisories (checked before any is
-//! applied) and heartbeats. No payload may panic, and an accepted advisory is always one
-//! public address with an expiry at most a week ahead.
+//! Fuzzes what other fleet nodes send through NATS: ban advisories (verified and checked
+//! before any is applied) and heartbeats. The raw bytes go to the envelope check; the same
+//! bytes, signed as a body by a trusted key, reach the body parser and the address rules. No
+//! payload may panic, and an accepted advisory is always one public address with an expiry
+//! at most a week ahead.
 #![no_main]
 
+use ed25519_dalek::{Signer, SigningKey};
 use libfuzzer_sys::fuzz_target;
-use meshd_actors::fleet::core::{check_advisory, Heartbeat, MAX_ADVISORY_BAN_SECS};
+use meshd_actors::fleet::core::{
+    check_advisory, public_key_hex, signed_bytes, subject, verify_advisory, Heartbeat,
+    SignedAdvisory, TrustedKeys, ADVISORY_FORMAT, ADVISORY_KIND, MAX_ADVISORY_BAN_SECS,
+};
 
 const NOW: u64 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok((net, until, _)) = check_advisory(data, "self", |_| false, |_| false, NOW) {
-        assert_eq!(net.prefix_len(), net.max_prefix_len());
-        assert!(until > NOW && until <= NOW + MAX_ADVISORY_BAN_SECS);
-        assert!(!meshd_actors::discovery::addrbook::is_local_or_private(net.addr()));
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let trusted =
+        TrustedKeys::parse(&format!("{} peer", public_key_hex(&key.verifying_key()))).unwrap();
+    let subj = subject("f", "peer", "regtest", ADVISORY_KIND);
+    let _ = verify_advisory(data, &subj, &trusted, NOW);
+    let body = String::from_utf8_lossy(data).into_owned();
+    let env = SignedAdvisory {
+        v: ADVISORY_FORMAT,
+        key: public_key_hex(&key.verifying_key()),
+        sig: key
+            .sign(&signed_bytes(&subj, &body))
+            .to_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        body,
+    };
+    let signed = serde_json::to_vec(&env).unwrap();
+    if let Ok(adv) = verify_advisory(&signed, &subj, &trusted, NOW) {
+        if let Ok((net, until)) = check_advisory(&adv, "self", |_| false, |_| false, NOW) {
+            assert_eq!(net.prefix_len(), net.max_prefix_len());
+            assert!(until > NOW && until <= NOW + MAX_ADVISORY_BAN_SECS);
+            assert!(!meshd_actors::discovery::addrbook::is_local_or_private(net.addr()));
+        }
     }
     let _ = Heartbeat::parse(data);
 });

@@ -30,6 +30,8 @@ pub struct Nats {
     child: Option<Child>,
     bin: PathBuf,
     store: PathBuf,
+    /// A server config file (`-c`), for accounts and permissions.
+    config: Option<PathBuf>,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -37,14 +39,26 @@ pub struct Nats {
 impl Nats {
     /// Starts one with JetStream, its store in `dir`.
     pub fn start(bin: &Path, dir: &Path) -> Nats {
+        Nats::start_with(bin, dir, None)
+    }
+
+    /// Starts one with JetStream and the server config `conf` (users, permissions), its
+    /// store in `dir`.
+    pub fn start_with(bin: &Path, dir: &Path, conf: Option<&str>) -> Nats {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
+        let config = conf.map(|text| {
+            let path = dir.join("nats.conf");
+            std::fs::write(&path, text).expect("nats config");
+            path
+        });
         let mut n = Nats {
             child: None,
             bin: bin.to_path_buf(),
             store: dir.join("jetstream"),
+            config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
         n.restart();
@@ -75,7 +89,11 @@ impl Nats {
     /// Starts it again on the same port and store; waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let child = Command::new(&self.bin)
+        let mut cmd = Command::new(&self.bin);
+        if let Some(conf) = &self.config {
+            cmd.arg("-c").arg(conf);
+        }
+        let child = cmd
             .args([
                 "-js",
                 "-a",

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -78,27 +79,181 @@ pub fn bucket_name(fleet: &str) -> String {
 /// The subject kind of ban advisories.
 pub const ADVISORY_KIND: &str = "BanAdvisory";
 
-/// An automatic ban, as one node tells the others.
+/// Version of the signed advisory envelope ([`SignedAdvisory::v`]).
+pub const ADVISORY_FORMAT: u32 = 1;
+/// What a signature covers before the subject and body, so that a signature made for
+/// anything else (another format, another protocol using the same key) never verifies here.
+pub const ADVISORY_DOMAIN: &[u8] = b"meshd fleet ban advisory v1\0";
+/// How old an advisory may be when it arrives (by its `issued` time): a signed advisory
+/// replayed later cannot renew a ban, and a node that was offline misses old ones.
+pub const MAX_ADVISORY_AGE_SECS: u64 = 600;
+/// How far in the future an advisory's `issued` time may be: clocks of a fleet differ by
+/// seconds, not minutes.
+pub const MAX_ADVISORY_CLOCK_SKEW_SECS: u64 = 60;
+/// Trusted keys one `--fleet-trusted-keys` file may list (a fleet, not a public network).
+pub const MAX_TRUSTED_KEYS: usize = 4096;
+/// Advisories one origin may have applied in a burst: an operator banning a handful of
+/// addresses at once is served, a compromised node cannot ban thousands.
+pub const ADVISORY_BURST: u32 = 20;
+/// After the burst, one more advisory per this long from that origin.
+pub const ADVISORY_REFILL_SECS: u64 = 30;
+
+/// An operator's ban of one address, as one node tells the others (the signed body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanAdvisory {
-    /// The banned subnet (CIDR).
+    /// The banned address (a /32 or /128, or a bare address).
     pub subnet: String,
-    /// The violation that crossed the threshold.
+    /// Why, as the operator said.
     pub reason: String,
     /// The score at which the origin bans.
     pub score: u32,
     /// Expiry, unix seconds.
     pub until: u64,
-    /// The node that banned.
+    /// The node that banned (its `--node-name`).
     pub origin: String,
+    /// When it was issued, unix seconds (see [`MAX_ADVISORY_AGE_SECS`]).
+    pub issued: u64,
+}
+
+/// An advisory as published: the body exactly as signed, the publisher's ed25519 public key
+/// and its signature over [`ADVISORY_DOMAIN`], the subject it is published on and the body
+/// (see [`signed_bytes`]), all hex.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAdvisory {
+    /// [`ADVISORY_FORMAT`].
+    pub v: u32,
+    /// The [`BanAdvisory`] as JSON, exactly the bytes signed.
+    pub body: String,
+    /// The publisher's public key, 32 bytes in hex.
+    pub key: String,
+    /// The signature, 64 bytes in hex.
+    pub sig: String,
+}
+
+/// The bytes an advisory's signature covers: the domain, the subject (so a copy published
+/// on another node's subject does not verify) and the body.
+pub fn signed_bytes(subject: &str, body: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(ADVISORY_DOMAIN.len() + subject.len() + 1 + body.len());
+    out.extend_from_slice(ADVISORY_DOMAIN);
+    out.extend_from_slice(subject.as_bytes());
+    out.push(0);
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+/// Signs `adv` for publication on `subject` with `key`: the message's payload.
+pub fn sign_advisory(adv: &BanAdvisory, subject: &str, key: &SigningKey) -> Vec<u8> {
+    // Serializing a plain struct of strings and integers cannot fail.
+    let body = serde_json::to_string(adv).unwrap_or_default();
+    let sig = key.sign(&signed_bytes(subject, &body));
+    let env = SignedAdvisory {
+        v: ADVISORY_FORMAT,
+        body,
+        key: hex(&key.verifying_key().to_bytes()),
+        sig: hex(&sig.to_bytes()),
+    };
+    serde_json::to_vec(&env).unwrap_or_default()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// A public key in hex, as `meshd fleet key` prints it.
+pub fn public_key_hex(key: &VerifyingKey) -> String {
+    hex(&key.to_bytes())
+}
+
+/// The keys whose advisories a node applies (`--fleet-trusted-keys FILE`), each bound to
+/// the one node name it signs for.
+///
+/// The file: one `PUBKEY NODE_NAME` per line (the key in hex, as `meshd fleet key` prints
+/// it; the name is that node's `--node-name`), `#` comments and blank lines ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TrustedKeys {
+    by_key: HashMap<[u8; 32], String>,
+}
+
+impl TrustedKeys {
+    /// Parses a trusted-keys file; errors name the line.
+    pub fn parse(text: &str) -> Result<TrustedKeys, String> {
+        let mut by_key = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(name), None) = (words.next(), words.next(), words.next()) else {
+                return Err(format!("line {}: expected PUBKEY NODE_NAME", n + 1));
+            };
+            let bytes = unhex::<32>(key)
+                .filter(|b| VerifyingKey::from_bytes(b).is_ok())
+                .ok_or_else(|| format!("line {}: not an ed25519 public key in hex", n + 1))?;
+            if by_key.len() >= MAX_TRUSTED_KEYS {
+                return Err(format!("more than {MAX_TRUSTED_KEYS} keys"));
+            }
+            by_key.insert(bytes, name.to_string());
+        }
+        Ok(TrustedKeys { by_key })
+    }
+
+    /// The node name `key` signs for, when trusted.
+    pub fn name_of(&self, key: &[u8; 32]) -> Option<&str> {
+        self.by_key.get(key).map(String::as_str)
+    }
+
+    /// Keys listed.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether none is listed.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 /// Why an advisory is not applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AdvisoryError {
-    /// Not JSON of the advisory's shape, or too large.
+    /// Not JSON of the envelope's or body's shape, or too large.
     #[error("malformed advisory: {0}")]
     Malformed(String),
+    /// Signed by a key not in `--fleet-trusted-keys`.
+    #[error("signed by an untrusted key")]
+    UntrustedKey,
+    /// The signature does not verify (over this subject and body).
+    #[error("bad signature")]
+    BadSignature,
+    /// The body's origin is not the node the key signs for.
+    #[error("origin {origin:?} is not {expected:?}, whose key signed it")]
+    WrongOrigin {
+        /// The body's origin.
+        origin: String,
+        /// The name the key is trusted for.
+        expected: String,
+    },
+    /// Not published on its origin's own subject.
+    #[error("published on {0}, not on its origin's own subject")]
+    NotOwnSubject(String),
+    /// Issued too long ago, or in the future.
+    #[error("issued {0} s from now; advisories are applied within 10 minutes")]
+    Stale(i64),
+    /// Its origin sent more than [`ADVISORY_BURST`] lately.
+    #[error("too many advisories from {0}")]
+    RateLimited(String),
     /// Not a CIDR subnet.
     #[error("bad subnet {0:?}")]
     BadSubnet(String),
@@ -127,6 +282,12 @@ impl AdvisoryError {
     pub fn kind(&self) -> &'static str {
         match self {
             AdvisoryError::Malformed(_) => "malformed",
+            AdvisoryError::UntrustedKey => "untrusted_key",
+            AdvisoryError::BadSignature => "bad_signature",
+            AdvisoryError::WrongOrigin { .. } => "wrong_origin",
+            AdvisoryError::NotOwnSubject(_) => "not_own_subject",
+            AdvisoryError::Stale(_) => "stale",
+            AdvisoryError::RateLimited(_) => "rate_limited",
             AdvisoryError::BadSubnet(_) => "bad_subnet",
             AdvisoryError::Local(_) => "local",
             AdvisoryError::NotSingle(_) => "not_single_address",
@@ -138,27 +299,112 @@ impl AdvisoryError {
     }
 }
 
+/// The node token of a fleet subject (`meshd.<fleet>.<node>.<network>.<kind>`).
+fn subject_node(subject: &str) -> Option<&str> {
+    let mut parts = subject.split('.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("meshd"), Some(_), Some(node)) => Some(node),
+        _ => None,
+    }
+}
+
+/// Checks who published an advisory: a well-formed envelope, a key in `trusted`, a valid
+/// signature over `subject` and the body, an origin that is the key's node, published on
+/// that node's own subject, issued within [`MAX_ADVISORY_AGE_SECS`]. Returns the body;
+/// what it asks is checked by [`check_advisory`].
+pub fn verify_advisory(
+    bytes: &[u8],
+    subject: &str,
+    trusted: &TrustedKeys,
+    now: u64,
+) -> Result<BanAdvisory, AdvisoryError> {
+    if bytes.len() > MAX_FLEET_MESSAGE {
+        return Err(AdvisoryError::Malformed(format!("{} bytes", bytes.len())));
+    }
+    let env: SignedAdvisory =
+        serde_json::from_slice(bytes).map_err(|e| AdvisoryError::Malformed(e.to_string()))?;
+    if env.v != ADVISORY_FORMAT {
+        return Err(AdvisoryError::Malformed(format!("format {}", env.v)));
+    }
+    let key_bytes = unhex::<32>(&env.key)
+        .ok_or_else(|| AdvisoryError::Malformed("key is not 32 bytes of hex".into()))?;
+    let name = trusted
+        .name_of(&key_bytes)
+        .ok_or(AdvisoryError::UntrustedKey)?;
+    let sig = unhex::<64>(&env.sig)
+        .ok_or_else(|| AdvisoryError::Malformed("sig is not 64 bytes of hex".into()))?;
+    let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| AdvisoryError::UntrustedKey)?;
+    key.verify_strict(
+        &signed_bytes(subject, &env.body),
+        &Signature::from_bytes(&sig),
+    )
+    .map_err(|_| AdvisoryError::BadSignature)?;
+    let adv: BanAdvisory =
+        serde_json::from_str(&env.body).map_err(|e| AdvisoryError::Malformed(e.to_string()))?;
+    if adv.origin != name {
+        return Err(AdvisoryError::WrongOrigin {
+            origin: adv.origin,
+            expected: name.to_string(),
+        });
+    }
+    if subject_node(subject) != Some(token(&adv.origin).as_str()) {
+        return Err(AdvisoryError::NotOwnSubject(subject.to_string()));
+    }
+    let age = now as i64 - adv.issued as i64;
+    if age > MAX_ADVISORY_AGE_SECS as i64 || -age > MAX_ADVISORY_CLOCK_SKEW_SECS as i64 {
+        return Err(AdvisoryError::Stale(-age));
+    }
+    Ok(adv)
+}
+
+/// Per-origin budget of applied advisories ([`ADVISORY_BURST`], refilled one per
+/// [`ADVISORY_REFILL_SECS`]).
+///
+/// # Security
+/// Entries exist only for origins whose signature verified, so the table is bounded by
+/// the trusted keys ([`MAX_TRUSTED_KEYS`]).
+#[derive(Debug, Default)]
+pub struct AdvisoryLimiter {
+    /// Per origin: tokens left and when they were last counted.
+    buckets: HashMap<String, (u32, u64)>,
+}
+
+impl AdvisoryLimiter {
+    /// Takes one advisory of `origin` at `now`; false when its budget is spent.
+    pub fn allow(&mut self, origin: &str, now: u64) -> bool {
+        let (tokens, at) = self
+            .buckets
+            .entry(origin.to_string())
+            .or_insert((ADVISORY_BURST, now));
+        let refilled = now.saturating_sub(*at) / ADVISORY_REFILL_SECS;
+        if refilled > 0 {
+            *tokens = (*tokens as u64 + refilled).min(ADVISORY_BURST as u64) as u32;
+            *at += refilled * ADVISORY_REFILL_SECS;
+        }
+        if *tokens == 0 {
+            return false;
+        }
+        *tokens -= 1;
+        true
+    }
+}
+
 /// Whether an address is one no advisory may ban: loopback, private, link-local,
 /// unspecified, unique-local.
 fn is_protected(ip: IpAddr) -> bool {
     crate::discovery::addrbook::is_local_or_private(ip)
 }
 
-/// Checks an advisory's bytes; returns the address to ban (as a /32 or /128) and until
-/// when (capped at [`MAX_ADVISORY_BAN_SECS`] from `now`). One address only, never a local
-/// or private one, one that `whitelisted` or `manual` names.
+/// Checks what a verified advisory asks; returns the address to ban (as a /32 or /128) and
+/// until when (capped at [`MAX_ADVISORY_BAN_SECS`] from its issue and from `now`). One
+/// address only, never a local or private one, one that `whitelisted` or `manual` names.
 pub fn check_advisory(
-    bytes: &[u8],
+    adv: &BanAdvisory,
     own_node: &str,
     whitelisted: impl Fn(IpAddr) -> bool,
     manual: impl Fn(IpAddr) -> bool,
     now: u64,
-) -> Result<(IpNet, u64, BanAdvisory), AdvisoryError> {
-    if bytes.len() > MAX_FLEET_MESSAGE {
-        return Err(AdvisoryError::Malformed(format!("{} bytes", bytes.len())));
-    }
-    let adv: BanAdvisory =
-        serde_json::from_slice(bytes).map_err(|e| AdvisoryError::Malformed(e.to_string()))?;
+) -> Result<(IpNet, u64), AdvisoryError> {
     if adv.origin == own_node {
         return Err(AdvisoryError::Own);
     }
@@ -189,8 +435,11 @@ pub fn check_advisory(
     if adv.until <= now {
         return Err(AdvisoryError::Expired);
     }
-    let until = adv.until.min(now + MAX_ADVISORY_BAN_SECS);
-    Ok((net, until, adv))
+    let until = adv
+        .until
+        .min(now + MAX_ADVISORY_BAN_SECS)
+        .min(adv.issued.saturating_add(MAX_ADVISORY_BAN_SECS));
+    Ok((net, until))
 }
 
 /// One node's state, kept in the fleet's key-value bucket under its name.
@@ -362,14 +611,32 @@ mod tests {
 
     const NOW: u64 = 1_800_000_000;
 
-    fn advisory(subnet: &str, until: u64, origin: &str) -> Vec<u8> {
-        serde_json::to_vec(&BanAdvisory {
+    fn advisory(subnet: &str, until: u64, origin: &str) -> BanAdvisory {
+        BanAdvisory {
             subnet: subnet.into(),
             reason: "bad_headers".into(),
             score: 100,
             until,
             origin: origin.into(),
-        })
+            issued: NOW,
+        }
+    }
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn on_subject_of(node: &str) -> String {
+        subject("f", node, "regtest", ADVISORY_KIND)
+    }
+
+    /// Node "b" signs with key 2; "c" with key 3.
+    fn trusted() -> TrustedKeys {
+        TrustedKeys::parse(&format!(
+            "# the fleet\n{} b\n\n{} c # eu\n",
+            public_key_hex(&key(2).verifying_key()),
+            public_key_hex(&key(3).verifying_key())
+        ))
         .unwrap()
     }
 
@@ -388,43 +655,108 @@ mod tests {
     }
 
     #[test]
+    fn only_trusted_keys_on_their_own_subject_within_ten_minutes_verify() {
+        let t = trusted();
+        let adv = advisory("203.0.113.7/32", NOW + 60, "b");
+        let subj = on_subject_of("b");
+        let ok = sign_advisory(&adv, &subj, &key(2));
+        assert_eq!(verify_advisory(&ok, &subj, &t, NOW).unwrap(), adv);
+        let kind = |bytes: &[u8], subj: &str, now: u64| {
+            verify_advisory(bytes, subj, &t, now).unwrap_err().kind()
+        };
+        // Signed by a key nobody listed.
+        assert_eq!(
+            kind(&sign_advisory(&adv, &subj, &key(9)), &subj, NOW),
+            "untrusted_key"
+        );
+        // The signature covers the subject: b's advisory replayed on c's subject fails.
+        assert_eq!(kind(&ok, &on_subject_of("c"), NOW), "bad_signature");
+        // A body changed after signing.
+        let mut env: SignedAdvisory = serde_json::from_slice(&ok).unwrap();
+        env.body = env.body.replace("203.0.113.7", "203.0.113.8");
+        assert_eq!(
+            kind(&serde_json::to_vec(&env).unwrap(), &subj, NOW),
+            "bad_signature"
+        );
+        // c's key cannot speak for b, nor b's key on c's subject.
+        let as_b = sign_advisory(&adv, &on_subject_of("b"), &key(3));
+        assert_eq!(kind(&as_b, &on_subject_of("b"), NOW), "wrong_origin");
+        let elsewhere = sign_advisory(&adv, &on_subject_of("c"), &key(2));
+        assert_eq!(
+            kind(&elsewhere, &on_subject_of("c"), NOW),
+            "not_own_subject"
+        );
+        // Replayed later than ten minutes, or issued in the future.
+        assert_eq!(kind(&ok, &subj, NOW + MAX_ADVISORY_AGE_SECS + 1), "stale");
+        assert_eq!(
+            kind(&ok, &subj, NOW - MAX_ADVISORY_CLOCK_SKEW_SECS - 1),
+            "stale"
+        );
+        // Unsigned (the old format), garbage, another format version, too large.
+        assert_eq!(
+            kind(&serde_json::to_vec(&adv).unwrap(), &subj, NOW),
+            "malformed"
+        );
+        assert_eq!(kind(b"{not json", &subj, NOW), "malformed");
+        env.v = 2;
+        assert_eq!(
+            kind(&serde_json::to_vec(&env).unwrap(), &subj, NOW),
+            "malformed"
+        );
+        assert_eq!(
+            kind(&vec![b' '; MAX_FLEET_MESSAGE + 1], &subj, NOW),
+            "malformed"
+        );
+    }
+
+    #[test]
+    fn trusted_key_files_are_parsed_strictly() {
+        let k = public_key_hex(&key(2).verifying_key());
+        assert_eq!(trusted().len(), 2);
+        assert_eq!(
+            trusted().name_of(&key(3).verifying_key().to_bytes()),
+            Some("c")
+        );
+        assert!(TrustedKeys::parse("").unwrap().is_empty());
+        for bad in [
+            k.clone(),
+            format!("{k} b extra"),
+            format!("{} b", &k[..62]),
+            format!("zz{} b", &k[2..]),
+        ] {
+            assert!(TrustedKeys::parse(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn each_origin_has_a_budget() {
+        let mut l = AdvisoryLimiter::default();
+        for _ in 0..ADVISORY_BURST {
+            assert!(l.allow("b", NOW));
+        }
+        assert!(!l.allow("b", NOW));
+        assert!(l.allow("c", NOW), "another origin has its own");
+        assert!(!l.allow("b", NOW + ADVISORY_REFILL_SECS - 1));
+        assert!(l.allow("b", NOW + ADVISORY_REFILL_SECS));
+        assert!(!l.allow("b", NOW + ADVISORY_REFILL_SECS));
+    }
+
+    #[test]
     fn advisories_are_checked_before_they_are_applied() {
         let none = |_: IpAddr| false;
-        let (net, until, adv) = check_advisory(
-            &advisory("203.0.113.7/32", NOW + 60, "b"),
-            "a",
-            none,
-            none,
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(net.to_string(), "203.0.113.7/32");
-        let (net, _, _) = check_advisory(
-            &advisory("2001:db8::7", NOW + 60, "b"),
-            "a",
-            none,
-            none,
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(net.to_string(), "2001:db8::7/128");
-        assert_eq!(until, NOW + 60);
-        assert_eq!(adv.origin, "b");
-        // Capped at a week.
-        let (_, until, _) = check_advisory(
-            &advisory("203.0.113.9/32", u64::MAX, "b"),
-            "a",
-            none,
-            none,
-            NOW,
-        )
-        .unwrap();
-        assert_eq!(until, NOW + MAX_ADVISORY_BAN_SECS);
-        let kind = |bytes: &[u8], wl: &dyn Fn(IpAddr) -> bool| {
-            check_advisory(bytes, "a", wl, none, NOW)
-                .unwrap_err()
-                .kind()
+        let check = |adv: &BanAdvisory, wl: &dyn Fn(IpAddr) -> bool| {
+            check_advisory(adv, "a", wl, none, NOW)
         };
+        let (net, until) = check(&advisory("203.0.113.7/32", NOW + 60, "b"), &none).unwrap();
+        assert_eq!(net.to_string(), "203.0.113.7/32");
+        assert_eq!(until, NOW + 60);
+        let (net, _) = check(&advisory("2001:db8::7", NOW + 60, "b"), &none).unwrap();
+        assert_eq!(net.to_string(), "2001:db8::7/128");
+        // Capped at a week.
+        let (_, until) = check(&advisory("203.0.113.9/32", u64::MAX, "b"), &none).unwrap();
+        assert_eq!(until, NOW + MAX_ADVISORY_BAN_SECS);
+        let kind =
+            |adv: &BanAdvisory, wl: &dyn Fn(IpAddr) -> bool| check(adv, wl).unwrap_err().kind();
         // Ranges, whatever they hold: issue #26's half of IPv4 among them.
         for range in [
             "128.0.0.0/1",
@@ -454,8 +786,6 @@ mod tests {
             .kind(),
             "manual"
         );
-        assert_eq!(kind(b"{not json", &none), "malformed");
-        assert_eq!(kind(&vec![b' '; MAX_FLEET_MESSAGE + 1], &none), "malformed");
         assert_eq!(
             kind(&advisory("nonsense", NOW + 60, "b"), &none),
             "bad_subnet"
@@ -580,7 +910,7 @@ mod tests {
 
         #[test]
         fn arbitrary_advisories_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = check_advisory(&bytes, "a", |_| false, |_| false, NOW);
+            let _ = verify_advisory(&bytes, &on_subject_of("b"), &trusted(), NOW);
             let _ = Heartbeat::parse(&bytes);
         }
     }

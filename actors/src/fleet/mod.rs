@@ -11,15 +11,20 @@
 //!   are its first sightings; [`propagation`] reads them back from the stream, and each node
 //!   exports its own lag behind the fleet's first sighting (`meshd_fleet_block_lag_seconds`).
 //! - **Ban advisories.** An operator's ban of one address is published as a
-//!   [`core::BanAdvisory`] (automatic verdicts are discouragements, never advised); with
-//!   `--fleet-apply-bans` advisories from other nodes are checked ([`core::check_advisory`]:
-//!   one address only, never loopback, private, whitelisted or a manual peer, at most a week)
-//!   and applied with their origin; anything malformed is ignored and counted. Advisories
-//!   are not signed yet: any client allowed to publish on the fleet's subjects is trusted.
+//!   [`core::BanAdvisory`] signed with this node's ed25519 key ([`key`], over the subject
+//!   and the body; automatic verdicts are discouragements, never advised). With
+//!   `--fleet-apply-bans`, an advisory is applied only when its key is listed in
+//!   `--fleet-trusted-keys` for the node it names as origin, it is published on that node's
+//!   own subject and issued within 10 minutes ([`core::verify_advisory`]), its origin has not
+//!   spent its budget ([`core::AdvisoryLimiter`]), and what it asks passes
+//!   [`core::check_advisory`] (one address only, never loopback, private, whitelisted or a
+//!   manual peer, at most a week); anything else is ignored, counted and logged at most once
+//!   a minute.
 //! - **Heartbeats.** A [`core::Heartbeat`] in the fleet's key-value bucket every interval;
 //!   [`nodes`] lists them, stale ones marked.
 
 pub mod core;
+pub mod key;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,6 +60,9 @@ pub const MAX_FLEET_NODES: usize = 10_000;
 const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(86_400);
 /// Time allowed to read the stream for one report.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
+/// Ignored advisories are logged at most once per this long, with the count since the last
+/// line: whoever may publish on the fleet's subjects cannot fill the disk with our log.
+const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the fleet link is doing, for the API and metrics.
 #[derive(Debug, Default)]
@@ -67,6 +75,7 @@ pub struct FleetShared {
     last_error: Mutex<Option<String>>,
     client: Mutex<Option<async_nats::Client>>,
     lag: Mutex<LagTracker>,
+    public_key: Mutex<Option<String>>,
 }
 
 /// A snapshot of [`FleetShared`].
@@ -92,6 +101,8 @@ pub struct FleetStatus {
     pub last_error: Option<String>,
     /// This node's lag behind the fleet's first sighting of the newest block, seconds.
     pub block_lag_secs: Option<f64>,
+    /// This node's advisory signing key (hex), for the other nodes' trusted-keys files.
+    pub key: Option<String>,
 }
 
 impl FleetShared {
@@ -124,6 +135,7 @@ impl FleetShared {
             rejected: self.rejected.load(Ordering::Relaxed),
             last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
             block_lag_secs: self.lag.lock().ok().and_then(|l| l.lag_secs()),
+            key: self.public_key.lock().ok().and_then(|k| k.clone()),
         }
     }
 }
@@ -168,9 +180,25 @@ impl Actor for Fleet {
         }
         metrics::gauge!("meshd_fleet_connected").set(0.0);
         let shared = ctx.fleet_shared();
+        // The key signs our advisories; without it (an unreadable file) none is published.
+        let signer = match key::load_or_create(&ctx.config().datadir) {
+            Ok(k) => {
+                let public = core::public_key_hex(&k.verifying_key());
+                info!(key = %public, "fleet signing key");
+                if let Ok(mut g) = shared.public_key.lock() {
+                    *g = Some(public);
+                }
+                Some(k)
+            }
+            Err(e) => {
+                warn!(error = %e, "no fleet signing key: this node publishes no ban advisories");
+                shared.set_error(&e);
+                None
+            }
+        };
         let (tx, rx) = mpsc::channel::<Outgoing>(config.buffer.max(1));
         let tasks = vec![
-            tokio::spawn(pump(ctx.clone(), config.clone(), tx)),
+            tokio::spawn(pump(ctx.clone(), config.clone(), tx, signer)),
             tokio::spawn(run(ctx.clone(), config, shared, rx, manager)),
         ];
         Ok(FleetState { tasks })
@@ -197,7 +225,12 @@ fn published_kinds() -> Vec<EventKind> {
 }
 
 /// Turns node events into messages for the publisher; never waits on it.
-async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgoing>) {
+async fn pump(
+    ctx: Arc<NodeContext>,
+    config: FleetConfig,
+    tx: mpsc::Sender<Outgoing>,
+    signer: Option<ed25519_dalek::SigningKey>,
+) {
     let shared = ctx.fleet_shared();
     let network = ctx.config().network.name().to_string();
     let mut events = ctx.events.subscribe_to(&published_kinds());
@@ -236,7 +269,7 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
             let single = subnet
                 .parse::<ipnet::IpNet>()
                 .is_ok_and(|n| n.prefix_len() == n.max_prefix_len());
-            if reason == "manual" && single {
+            if let (true, true, Some(key)) = (reason == "manual", single, signer.as_ref()) {
                 let adv = BanAdvisory {
                     subnet: subnet.clone(),
                     reason: detail
@@ -245,10 +278,16 @@ async fn pump(ctx: Arc<NodeContext>, config: FleetConfig, tx: mpsc::Sender<Outgo
                     score: ctx.config().ban_threshold,
                     until: *until,
                     origin: config.node_name.clone(),
+                    issued: unix_ms() / 1000,
                 };
-                if let Ok(payload) = serde_json::to_vec(&adv) {
-                    out.push((core::ADVISORY_KIND.to_string(), payload));
-                }
+                let subject = core::subject(
+                    &config.fleet,
+                    &config.node_name,
+                    &network,
+                    core::ADVISORY_KIND,
+                );
+                let payload = core::sign_advisory(&adv, &subject, key);
+                out.push((core::ADVISORY_KIND.to_string(), payload));
             }
         }
         for (kind, payload) in out {
@@ -571,6 +610,8 @@ async fn apply_advisories(
     let Ok(mut sub) = client.subscribe(subject).await else {
         return;
     };
+    let mut limiter = core::AdvisoryLimiter::default();
+    let mut log = RejectLog::default();
     while let Some(msg) = sub.next().await {
         let now = unix_ms() / 1000;
         let whitelisted = |ip| {
@@ -581,9 +622,18 @@ async fn apply_advisories(
         };
         // Configured or added at run time (`meshd addnode`), compared canonically.
         let manual = |ip: IpAddr| ctx.is_manual_ip(ip);
-        match core::check_advisory(&msg.payload, &config.node_name, whitelisted, manual, now) {
+        let checked = core::verify_advisory(&msg.payload, &msg.subject, &config.trusted_keys, now)
+            .and_then(|adv| {
+                if !limiter.allow(&adv.origin, now) {
+                    return Err(core::AdvisoryError::RateLimited(adv.origin));
+                }
+                core::check_advisory(&adv, &config.node_name, whitelisted, manual, now)
+                    .map(|(subnet, until)| (subnet, until, adv))
+            });
+        match checked {
             Ok((subnet, until, adv)) => {
                 metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);
+                info!(%subnet, origin = %adv.origin, until, "fleet ban advisory applied");
                 let _ = manager.cast(ManagerMsg::FleetBan {
                     subnet,
                     until,
@@ -593,10 +643,34 @@ async fn apply_advisories(
             }
             Err(core::AdvisoryError::Own) => {}
             Err(e) => {
-                warn!(subject = %msg.subject, error = %e, "ban advisory ignored");
                 shared.reject(e.kind(), &e.to_string());
+                log.rejected(&msg.subject, &e, Instant::now());
             }
         }
+    }
+}
+
+/// Ignored advisories, logged at most once per [`REJECT_LOG_INTERVAL`] with a count.
+#[derive(Default)]
+struct RejectLog {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RejectLog {
+    fn rejected(&mut self, subject: &str, e: &core::AdvisoryError, now: Instant) {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|at| now.duration_since(at) < REJECT_LOG_INTERVAL)
+        {
+            return;
+        }
+        // Debug formatting escapes whatever a publisher put in the subject or the body.
+        warn!(subject = ?subject, error = ?e.to_string(), ignored = self.since,
+              "ban advisories ignored (this one, and the count since the last line)");
+        self.last = Some(now);
+        self.since = 0;
     }
 }
 
