@@ -50,7 +50,7 @@ fn fleet_status_propagation_and_network_through_the_cli() {
     assert!(network.contains("\"connected\":true"), "{network}");
     // A node that stops goes stale after three heartbeats.
     b.stop();
-    wait("beta stale", 20, || {
+    wait("beta stale", 45, || {
         let (_, out, _) = a.cli(&["fleet", "status"]);
         out.lines()
             .any(|l| l.starts_with("beta") && l.contains("STALE"))

@@ -510,6 +510,21 @@ impl SyncActorState {
                 "headers along the hints are in; the rest from one peer"
             );
             self.maybe_start_sync(None);
+            if self.header_sync.sync_peer().is_none() {
+                // Our tip is recent now, so no sync session starts: the headers past the
+                // last hint are asked of every peer that offers more (one getheaders each).
+                let ours = self.chain.height();
+                let more: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.hs.offered_height() > ours)
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in more {
+                    let locator = self.chain.locator();
+                    self.maybe_getheaders(id, locator);
+                }
+            }
             return;
         }
         // One getheaders in flight per peer (Core's MaybeSendGetHeaders): a peer asked a
