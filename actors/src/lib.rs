@@ -31,7 +31,9 @@
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
 //! - [`sync`]: the Sync actor (relay in `sync/relay.rs`), the header chain
-//!   ([`sync::chain`]), transaction requests ([`sync::txrequest`], Core's
+//!   ([`sync::chain`]), headers-first sync ([`sync::header_sync`]: per-peer header state,
+//!   the sync session, initial sync), block download ([`sync::blocks`]: blocks in flight,
+//!   stalling, who failed what), transaction requests ([`sync::txrequest`], Core's
 //!   TxRequestTracker), block checks ([`sync::block_check`]), [`sync::bloom`] and
 //!   [`sync::mine`];
 //! - shared protocol code: [`wire`], [`peer`], [`network`], [`constants`], [`config`],

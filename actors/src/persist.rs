@@ -175,31 +175,41 @@ pub fn make_private(file: &File) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, renamed over
-/// it, and the directory synced; a crash leaves the old file or the new one, never a mix.
-/// The file is private ([`STATE_FILE_MODE`]).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The directory `path` lives in, created private if missing.
+fn state_dir(path: &Path) -> std::io::Result<&Path> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     create_private_dir(dir)?;
-    // A temp name of its own per write: two writers of one file (a Manager restarted while
-    // its predecessor's write is still in flight) never write into one temp file; the last
-    // rename wins whole.
+    Ok(dir)
+}
+
+/// Writes `bytes` into a private temp file beside `path`, fsynced, and returns its name. A
+/// name of its own per call: two writers of one file (a Manager restarted while its
+/// predecessor's write is still in flight) never write into one temp file.
+fn write_temp(path: &Path, bytes: &[u8]) -> std::io::Result<PathBuf> {
     static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = path.with_extension(format!("tmp-{}-{n}", std::process::id()));
-    {
-        let mut f = private_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        make_private(&f)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
+    let mut f = private_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)?;
+    make_private(&f)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    Ok(tmp)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsynced, renamed over
+/// it, and the directory synced; a crash leaves the old file or the new one, never a mix.
+/// The file is private ([`STATE_FILE_MODE`]).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = state_dir(path)?;
+    let tmp = write_temp(path, bytes)?;
+    // The last rename wins whole.
     fs::rename(&tmp, path)?;
     // The rename is durable only once the directory entry is.
     File::open(dir)?.sync_all()?;
@@ -210,24 +220,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// then hard-linked to `path` (which fails if another writer got there first) and the
 /// directory synced. True when this call created it; false when it was there already.
 pub fn create_new_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    create_private_dir(dir)?;
-    static CREATES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = CREATES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = path.with_extension(format!("new-{}-{n}", std::process::id()));
-    {
-        let mut f = private_options()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        make_private(&f)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
+    let dir = state_dir(path)?;
+    let tmp = write_temp(path, bytes)?;
     let linked = fs::hard_link(&tmp, path);
     let _ = fs::remove_file(&tmp);
     match linked {

@@ -378,11 +378,8 @@ impl BlockDownload {
             .oldest_per_peer_older_than(now, self.stalling_timeout)
         {
             let sources = sources_of(&block);
-            let other = sources.iter().copied().find(|p| {
-                *p != peer
-                    && self.may_ask(&block, *p, now)
-                    && self.in_flight.of_peer(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
-            });
+            let others: Vec<PeerId> = sources.iter().copied().filter(|p| *p != peer).collect();
+            let other = self.next_source(&block, &others, now);
             let Some(other) = other else {
                 // Nobody else to ask: the slow peer keeps it (until the download timeout).
                 continue;
