@@ -196,6 +196,7 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "onlynet": c.onlynet.iter().map(|n| n.name()).collect::<Vec<_>>(),
         "reachable": c.reachable_networks().iter().map(|n| n.name()).collect::<Vec<_>>(),
         "torcontrol": c.tor_control.map(|a| a.to_string()),
+        "torcontrol-null-auth": c.tor_null_auth,
         "listenonion": c.listen_onion,
         // How many hints were loaded from --header-hints, and the last one's height.
         "header-hints": c.header_hints.len(),

@@ -471,6 +471,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "PASSWORD")]
     pub torpassword: Option<String>,
 
+    /// Use a Tor control port that asks for no authentication. Off by default: such a port
+    /// may be anything listening there, and it would be handed our onion service's key.
+    #[arg(long)]
+    pub torcontrol_null_auth: bool,
+
     /// Create an onion service for inbound peers through Tor's control port (Core's
     /// -listenonion). [default: true]
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]

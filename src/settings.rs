@@ -120,6 +120,7 @@ pub struct FileConfig {
     onlynet: Option<Vec<String>>,
     torcontrol: Option<String>,
     torpassword: Option<String>,
+    torcontrol_null_auth: Option<bool>,
     listenonion: Option<bool>,
     nats: Option<String>,
     nats_credentials: Option<PathBuf>,
@@ -630,6 +631,7 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .map(|t| parse_endpoint("torcontrol", &t, DEFAULT_TOR_CONTROL_PORT))
         .transpose()?;
     node.tor_password = args.torpassword.clone().or(file.torpassword.clone());
+    node.tor_null_auth = args.torcontrol_null_auth || file.torcontrol_null_auth.unwrap_or(false);
     node.listen_onion = args.listenonion.or(file.listenonion).unwrap_or(true);
     node.fleet = None;
     if let Some(url) = args.nats.clone().or(file.nats.clone()) {

@@ -154,6 +154,9 @@ pub struct NodeConfig {
     pub tor_control: Option<SocketAddr>,
     /// Password for Tor's control port (`--torpassword`; otherwise cookie authentication).
     pub tor_password: Option<String>,
+    /// Authenticate to a control port that offers no authentication (`--torcontrol-null-auth`).
+    /// Off by default: whatever listens on the port would then get our onion key, unasked.
+    pub tor_null_auth: bool,
     /// Create an onion service for inbound peers through the control port
     /// (`--listenonion`, default on).
     pub listen_onion: bool,
@@ -375,6 +378,7 @@ impl NodeConfig {
             overlay_peers: Vec::new(),
             tor_control: None,
             tor_password: None,
+            tor_null_auth: false,
             listen_onion: true,
             fleet: None,
         }

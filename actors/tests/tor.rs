@@ -4,7 +4,9 @@
 //! (delivering to a listener of its own, whose peers are onion peers) and its key saved
 //! (mode 0600), the address is advertised over addrv2, a restart reuses
 //! the key (same onion address), the service is removed at shutdown, and a wrong password
-//! leaves the node running without one.
+//! leaves the node running without one. Against a fake control port on loopback (no tor
+//! needed): a port asking no authentication is used only with `--torcontrol-null-auth`, and
+//! a service or key the server chose is never taken or stored.
 //!
 //! `tor` is installed by `scripts/install-test-deps.sh`; outside CI a missing one skips
 //! with a notice, in CI it fails.
@@ -125,6 +127,11 @@ async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() 
     let key_path = nd.path().join(meshd_actors::tor::ONION_KEY_FILE);
     let key = std::fs::read_to_string(&key_path).unwrap();
     assert!(key.starts_with("ED25519-V3:"), "{key}");
+    // Our check of Tor's answers derives a key's service as Tor does.
+    assert_eq!(
+        meshd_actors::tor::control::key_service(&key).map(OverlayAddr::Onion),
+        Some(onion)
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         std::fs::metadata(&key_path).unwrap().permissions().mode() & 0o777,
@@ -185,5 +192,150 @@ async fn password_authentication_and_a_wrong_password() {
     assert!(!bad.path().join(meshd_actors::tor::ONION_KEY_FILE).exists());
     let mut peer = common::handshaked(node.listen_addrs()[0]).await;
     peer.send(NetworkMessage::Ping(7)).await;
+    node.shutdown().await;
+}
+
+/// A key in Tor's `ED25519-V3:` format (base64 of the expanded secret key) and its service
+/// id (the onion name without `.onion`).
+fn tor_key(seed: u8) -> (String, String) {
+    use bitcoin::hashes::{sha512, Hash};
+    let secret = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+    // Tor keeps SHA-512 of the seed with the scalar half clamped (RFC 8032 keygen).
+    let mut bytes = sha512::Hash::hash(&[seed; 32]).to_byte_array();
+    bytes[0] &= 248;
+    bytes[31] &= 127;
+    bytes[31] |= 64;
+    let host = OverlayAddr::Onion(secret.verifying_key().to_bytes()).to_string();
+    (
+        format!("ED25519-V3:{}", data_encoding::BASE64.encode(&bytes)),
+        host.trim_end_matches(".onion").to_string(),
+    )
+}
+
+/// A control port that is not Tor: it offers no authentication and answers `ADD_ONION`
+/// with the service and key it chooses (`None`: it answers the key it was sent, as Tor
+/// does). Every command line it was sent is recorded.
+struct FakeControl {
+    addr: SocketAddr,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeControl {
+    async fn start(answer: Option<(String, String)>) -> FakeControl {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let commands = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = commands.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    seen.lock().unwrap().push(line.clone());
+                    let reply = if line.starts_with("PROTOCOLINFO") {
+                        "250-PROTOCOLINFO 1\r\n250-AUTH METHODS=NULL\r\n250 OK\r\n".to_string()
+                    } else if line.starts_with("ADD_ONION") {
+                        let sent = line.split(' ').nth(1).unwrap_or_default();
+                        let (key, id) = match &answer {
+                            Some(a) => a.clone(),
+                            None if sent.starts_with("ED25519-V3:") => {
+                                let id = (0..=255u8)
+                                    .map(tor_key)
+                                    .find(|(k, _)| k == sent)
+                                    .map(|(_, id)| id)
+                                    .unwrap_or_default();
+                                (String::new(), id)
+                            }
+                            None => tor_key(9),
+                        };
+                        let key_line = if key.is_empty() {
+                            String::new()
+                        } else {
+                            format!("250-PrivateKey={key}\r\n")
+                        };
+                        format!("250-ServiceID={id}\r\n{key_line}250 OK\r\n")
+                    } else {
+                        "250 OK\r\n".to_string()
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        FakeControl { addr, commands }
+    }
+
+    fn sent(&self, prefix: &str) -> usize {
+        let commands = self.commands.lock().unwrap();
+        commands.iter().filter(|c| c.starts_with(prefix)).count()
+    }
+}
+
+/// Core's torcontrol would authenticate to a port offering NULL; meshd does only when the
+/// operator says so, since whatever answers there is then handed the onion key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_port_asking_no_authentication_is_used_only_when_allowed() {
+    let fake = FakeControl::start(None).await;
+    let nd = tempfile::tempdir().unwrap();
+    let mut c = config(nd.path());
+    c.tor_control = Some(fake.addr);
+    let node = Node::start(c.clone()).await.unwrap();
+    common::wait_until("PROTOCOLINFO asked", Duration::from_secs(10), || {
+        fake.sent("PROTOCOLINFO") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fake.sent("AUTHENTICATE"), 0, "authenticated without leave");
+    assert_eq!(fake.sent("ADD_ONION"), 0, "a key was offered without leave");
+    assert!(node.onion_service().is_none());
+    node.shutdown().await;
+
+    // Allowed: a new key is asked for, and kept since it is the answered service's.
+    c.tor_null_auth = true;
+    let node = Node::start(c).await.unwrap();
+    let onion = wait_onion(&node, 10).await;
+    assert_eq!(onion.to_string(), format!("{}.onion", tor_key(9).1));
+    let saved = std::fs::read_to_string(nd.path().join(meshd_actors::tor::ONION_KEY_FILE)).unwrap();
+    assert_eq!(saved, tor_key(9).0);
+    node.shutdown().await;
+}
+
+/// A control port that answers our saved key with a service and key of its own: the node
+/// refuses the service and never replaces its key; a key offered alongside our own service
+/// is not stored either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_the_server_chose_is_never_stored() {
+    let (ours, our_id) = tor_key(1);
+    let theirs = tor_key(2);
+    let nd = tempfile::tempdir().unwrap();
+    let key_path = nd.path().join(meshd_actors::tor::ONION_KEY_FILE);
+    std::fs::write(&key_path, &ours).unwrap();
+
+    let fake = FakeControl::start(Some(theirs.clone())).await;
+    let mut c = config(nd.path());
+    c.tor_control = Some(fake.addr);
+    c.tor_null_auth = true;
+    let node = Node::start(c.clone()).await.unwrap();
+    common::wait_until("ADD_ONION sent", Duration::from_secs(10), || {
+        fake.sent("ADD_ONION") >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        node.onion_service().is_none(),
+        "took a service that is not our key's"
+    );
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), ours);
+    node.shutdown().await;
+
+    // Our own service answered, with a key we did not ask for: the service is used, the
+    // offered key dropped.
+    let fake = FakeControl::start(Some((theirs.0.clone(), our_id.clone()))).await;
+    c.tor_control = Some(fake.addr);
+    let node = Node::start(c).await.unwrap();
+    let onion = wait_onion(&node, 10).await;
+    assert_eq!(onion.to_string(), format!("{our_id}.onion"));
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), ours);
     node.shutdown().await;
 }

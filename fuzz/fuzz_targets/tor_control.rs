@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshd_actors::tor::control::{
-    choose_auth, parse_add_onion, safecookie_response, ReplyReader, MAX_LINE_LEN,
+    check_add_onion, choose_auth, parse_add_onion, safecookie_response, ReplyReader, MAX_LINE_LEN,
     MAX_REPLY_LINES,
 };
 
@@ -18,9 +18,11 @@ fuzz_target!(|data: &[u8]| {
         while let Ok(Some(reply)) = reader.next_reply() {
             assert!(reply.lines.len() <= MAX_REPLY_LINES);
             assert!(reply.lines.iter().all(|l| l.len() <= 2 * MAX_LINE_LEN));
-            let _ = choose_auth(&reply, Some("pw"));
-            let _ = choose_auth(&reply, None);
-            let _ = parse_add_onion(&reply);
+            let _ = choose_auth(&reply, Some("pw"), false);
+            let _ = choose_auth(&reply, None, true);
+            if let Ok((_, key)) = parse_add_onion(&reply) {
+                let _ = check_add_onion(None, &[7; 32], key.as_deref());
+            }
             let _ = safecookie_response(&[0; 32], &[1; 32], &reply);
         }
     }

@@ -320,7 +320,7 @@ mod tests {
     #[test]
     fn an_outbound_peer_is_chosen_first_and_never_twice() {
         let t0 = Instant::now();
-        let mut peers = vec![
+        let mut peers = [
             (PeerId(1), PeerHeaders::new(true, 1_000_000)),
             (PeerId(2), PeerHeaders::new(false, 0)),
         ];

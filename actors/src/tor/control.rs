@@ -3,11 +3,14 @@
 //! SAFECOOKIE exchange is computed here. The [`super::TorControl`] actor owns the socket.
 //!
 //! A session is: `PROTOCOLINFO 1` (which authentication methods, where the cookie is);
-//! `AUTHENTICATE` with SAFECOOKIE (HMAC proof in both directions, so a fake control port
-//! learns nothing of the cookie), COOKIE, a password or nothing, in that order of
-//! preference; `ADD_ONION` with the saved key or `NEW:ED25519-V3`; and `DEL_ONION` at
-//! shutdown. The control port is local and trusted more than a peer, but it is still a
-//! socket: lines and replies are bounded.
+//! `AUTHENTICATE` with a password (when one is set and Tor takes it), else SAFECOOKIE (HMAC
+//! proof in both directions, so a fake control port learns nothing of the cookie), and no
+//! authentication only when the operator allows it (`--torcontrol-null-auth`); plain COOKIE
+//! never. Then `ADD_ONION` with the saved key or `NEW:ED25519-V3`, and `DEL_ONION` at
+//! shutdown. What the server answers is checked against the key: a service id that is not
+//! our key's is refused, and a key is stored only when we asked for a new one and it is the
+//! returned service's. The control port is local and trusted more than a peer, but it is
+//! still a socket: lines and replies are bounded.
 
 use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
 
@@ -52,6 +55,15 @@ pub enum ControlError {
     /// The server's SAFECOOKIE proof was wrong: this is not the Tor that wrote the cookie.
     #[error("the control port's SAFECOOKIE proof is wrong")]
     BadServerHash,
+    /// The port offers only no authentication and the operator did not allow it.
+    #[error(
+        "the control port asks for no authentication; pass --torcontrol-null-auth to use it anyway"
+    )]
+    NullAuthNotAllowed,
+    /// `ADD_ONION` answered with a service that is not our key's, or a key that is not the
+    /// service's, or a key we did not ask for.
+    #[error("ADD_ONION answer does not match the key: {0}")]
+    WrongService(String),
     /// A reply lacked a field we need.
     #[error("{0} missing from the reply")]
     Missing(&'static str),
@@ -69,6 +81,8 @@ impl ControlError {
             ControlError::NoAuthMethod(_) => "no_auth_method",
             ControlError::Cookie { .. } => "cookie",
             ControlError::BadServerHash => "bad_server_hash",
+            ControlError::NullAuthNotAllowed => "null_auth_not_allowed",
+            ControlError::WrongService(_) => "wrong_service",
             ControlError::Missing(_) => "missing_field",
             ControlError::Io(_) => "io",
         }
@@ -256,7 +270,7 @@ impl ReplyReader {
 /// How we authenticate, chosen from what PROTOCOLINFO offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthPlan {
-    /// No authentication configured in Tor.
+    /// No authentication configured in Tor, and the operator allows using it.
     Null,
     /// HMAC challenge over the cookie in `path`. Plain COOKIE is never used (nor by Core):
     /// it hands the cookie file's bytes to whatever listens on the port, which need not be
@@ -266,8 +280,14 @@ pub enum AuthPlan {
     Password(String),
 }
 
-/// Picks the authentication from a PROTOCOLINFO reply and our password, if any.
-pub fn choose_auth(protocolinfo: &Reply, password: Option<&str>) -> Result<AuthPlan, ControlError> {
+/// Picks the authentication from a PROTOCOLINFO reply, our password if any, and whether the
+/// operator allows none (`allow_null`). A method that proves the server is Tor (the
+/// password's, SAFECOOKIE's) is preferred to NULL even when NULL is allowed.
+pub fn choose_auth(
+    protocolinfo: &Reply,
+    password: Option<&str>,
+    allow_null: bool,
+) -> Result<AuthPlan, ControlError> {
     let methods = protocolinfo
         .value("METHODS")
         .ok_or(ControlError::Missing("METHODS"))?;
@@ -275,14 +295,17 @@ pub fn choose_auth(protocolinfo: &Reply, password: Option<&str>) -> Result<AuthP
     if let (Some(p), true) = (password, has("HASHEDPASSWORD")) {
         return Ok(AuthPlan::Password(p.to_string()));
     }
+    if let (Some(path), true) = (protocolinfo.value("COOKIEFILE"), has("SAFECOOKIE")) {
+        return Ok(AuthPlan::SafeCookie(path));
+    }
     if has("NULL") {
-        return Ok(AuthPlan::Null);
+        return if allow_null {
+            Ok(AuthPlan::Null)
+        } else {
+            Err(ControlError::NullAuthNotAllowed)
+        };
     }
-    let cookie = protocolinfo.value("COOKIEFILE");
-    match cookie {
-        Some(path) if has("SAFECOOKIE") => Ok(AuthPlan::SafeCookie(path)),
-        _ => Err(ControlError::NoAuthMethod(methods)),
-    }
+    Err(ControlError::NoAuthMethod(methods))
 }
 
 /// Checks a cookie file's contents.
@@ -361,15 +384,53 @@ pub fn parse_add_onion(reply: &Reply) -> Result<(String, Option<String>), Contro
     Ok((id, reply.value("PrivateKey")))
 }
 
-/// Whether a saved key line is one `ADD_ONION` takes (`ED25519-V3:` and base64).
+/// Whether a saved key line is one `ADD_ONION` takes: `ED25519-V3:` and the base64 of a
+/// 64-byte expanded secret key (Tor's and Core's format).
 pub fn valid_key(key: &str) -> bool {
-    key.strip_prefix("ED25519-V3:").is_some_and(|b64| {
-        !b64.is_empty()
-            && b64.len() <= 128
-            && b64
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
-    })
+    key_service(key).is_some()
+}
+
+/// The onion service public key (what the service id encodes) of an `ED25519-V3:` key:
+/// the expanded secret key's scalar times the base point.
+pub fn key_service(key: &str) -> Option<[u8; 32]> {
+    let b64 = key.strip_prefix("ED25519-V3:")?;
+    if b64.len() > 128 {
+        return None;
+    }
+    let bytes = data_encoding::BASE64.decode(b64.as_bytes()).ok()?;
+    let expanded: [u8; 64] = bytes.try_into().ok()?;
+    let secret = ed25519_dalek::hazmat::ExpandedSecretKey::from_bytes(&expanded);
+    Some(ed25519_dalek::VerifyingKey::from(&secret).to_bytes())
+}
+
+/// The key to keep after `ADD_ONION`: checks that the service answered is the one `sent`
+/// (our saved key) makes, or, when we asked for a new key, that the returned key makes the
+/// returned service. `service` is the public key the reply's ServiceID encodes. A key the
+/// server supplies unasked is never kept (`None` when we sent ours).
+pub fn check_add_onion(
+    sent: Option<&str>,
+    service: &[u8; 32],
+    returned_key: Option<&str>,
+) -> Result<Option<String>, ControlError> {
+    match sent {
+        Some(ours) => {
+            if key_service(ours).as_ref() != Some(service) {
+                return Err(ControlError::WrongService(
+                    "the service id is not our saved key's".into(),
+                ));
+            }
+            Ok(None)
+        }
+        None => {
+            let key = returned_key.ok_or(ControlError::Missing("PrivateKey"))?;
+            if key_service(key).as_ref() != Some(service) {
+                return Err(ControlError::WrongService(
+                    "the new key is not the service's".into(),
+                ));
+            }
+            Ok(Some(key.to_string()))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -396,33 +457,104 @@ mod tests {
         let r = &replies[0];
         assert!(r.is_ok());
         assert_eq!(
-            choose_auth(r, None),
+            choose_auth(r, None, false),
             Ok(AuthPlan::SafeCookie(
                 "/var/lib/tor/control auth\"cookie".into()
             ))
         );
         // A password is used only where Tor takes one.
         assert_eq!(
-            choose_auth(r, Some("pw")),
+            choose_auth(r, Some("pw"), false),
             Ok(AuthPlan::SafeCookie(
                 "/var/lib/tor/control auth\"cookie".into()
             ))
         );
         let hashed = read_all(b"250-AUTH METHODS=HASHEDPASSWORD\r\n250 OK\r\n");
         assert_eq!(
-            choose_auth(&hashed[0], Some("pw")),
+            choose_auth(&hashed[0], Some("pw"), false),
             Ok(AuthPlan::Password("pw".into()))
         );
         assert!(matches!(
-            choose_auth(&hashed[0], None),
+            choose_auth(&hashed[0], None, true),
             Err(ControlError::NoAuthMethod(_))
         ));
         // Plain COOKIE alone is refused: our cookie's bytes would go to whoever asks.
         let plain = read_all(b"250-AUTH METHODS=COOKIE COOKIEFILE=\"/etc/shadow\"\r\n250 OK\r\n");
         assert!(matches!(
-            choose_auth(&plain[0], None),
+            choose_auth(&plain[0], None, true),
             Err(ControlError::NoAuthMethod(_))
         ));
+    }
+
+    #[test]
+    fn no_authentication_only_when_the_operator_allows_it() {
+        let null = read_all(b"250-AUTH METHODS=NULL\r\n250 OK\r\n");
+        assert_eq!(
+            choose_auth(&null[0], None, false),
+            Err(ControlError::NullAuthNotAllowed)
+        );
+        assert_eq!(
+            choose_auth(&null[0], Some("pw"), false),
+            Err(ControlError::NullAuthNotAllowed)
+        );
+        assert_eq!(choose_auth(&null[0], None, true), Ok(AuthPlan::Null));
+        // Even when allowed, a method that proves the server is Tor comes first.
+        let both = read_all(
+            b"250-AUTH METHODS=NULL,SAFECOOKIE,HASHEDPASSWORD COOKIEFILE=\"/c\"\r\n250 OK\r\n",
+        );
+        assert_eq!(
+            choose_auth(&both[0], None, true),
+            Ok(AuthPlan::SafeCookie("/c".into()))
+        );
+        assert_eq!(
+            choose_auth(&both[0], Some("pw"), true),
+            Ok(AuthPlan::Password("pw".into()))
+        );
+    }
+
+    /// A key in Tor's `ED25519-V3:` format (base64 of the expanded secret key) and the
+    /// public key its service id encodes.
+    fn tor_key(seed: u8) -> (String, [u8; 32]) {
+        use bitcoin::hashes::sha512;
+        let secret = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
+        // Tor keeps SHA-512 of the seed with the scalar half clamped (RFC 8032 keygen).
+        let mut bytes = sha512::Hash::hash(&[seed; 32]).to_byte_array();
+        bytes[0] &= 248;
+        bytes[31] &= 127;
+        bytes[31] |= 64;
+        (
+            format!("ED25519-V3:{}", data_encoding::BASE64.encode(&bytes)),
+            secret.verifying_key().to_bytes(),
+        )
+    }
+
+    #[test]
+    fn a_key_is_kept_only_when_asked_for_and_the_service_must_be_the_keys() {
+        let (ours, our_service) = tor_key(1);
+        let (theirs, their_service) = tor_key(2);
+        assert_eq!(key_service(&ours), Some(our_service));
+        // Our saved key sent: the answer must be its service, and any key offered is dropped.
+        assert_eq!(
+            check_add_onion(Some(&ours), &our_service, Some(&theirs)),
+            Ok(None)
+        );
+        assert!(matches!(
+            check_add_onion(Some(&ours), &their_service, Some(&theirs)),
+            Err(ControlError::WrongService(_))
+        ));
+        // A new key asked for: kept only if it is the returned service's.
+        assert_eq!(
+            check_add_onion(None, &their_service, Some(&theirs)),
+            Ok(Some(theirs.clone()))
+        );
+        assert!(matches!(
+            check_add_onion(None, &our_service, Some(&theirs)),
+            Err(ControlError::WrongService(_))
+        ));
+        assert_eq!(
+            check_add_onion(None, &our_service, None),
+            Err(ControlError::Missing("PrivateKey"))
+        );
     }
 
     #[test]
@@ -500,7 +632,8 @@ mod tests {
             add_onion_command(None, 8333, "127.0.0.1:18444"),
             "ADD_ONION NEW:ED25519-V3 Port=8333,127.0.0.1:18444\r\n"
         );
-        assert!(valid_key("ED25519-V3:abc+/="));
+        assert!(valid_key(&tor_key(3).0));
+        assert!(!valid_key("ED25519-V3:abc+/="), "not 64 bytes");
         assert!(!valid_key("RSA1024:abc"));
         assert!(!valid_key("ED25519-V3:a b"));
         assert_eq!(quote("a\"b\\c"), "\"a\\\"b\\\\c\"");
@@ -515,7 +648,7 @@ mod tests {
                 r.feed(&c);
                 while let Ok(Some(reply)) = r.next_reply() {
                     let _ = reply.value("ServiceID");
-                    let _ = choose_auth(&reply, None);
+                    let _ = choose_auth(&reply, None, true);
                     let _ = parse_add_onion(&reply);
                 }
             }

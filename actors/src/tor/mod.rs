@@ -14,7 +14,7 @@
 pub mod control;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -257,9 +257,13 @@ fn read_cookie(path: &str) -> Result<[u8; control::COOKIE_LEN], ControlError> {
     control::check_cookie(path, &bytes)
 }
 
-async fn authenticate(conn: &mut ControlConn, password: Option<&str>) -> Result<(), ControlError> {
+async fn authenticate(
+    conn: &mut ControlConn,
+    password: Option<&str>,
+    allow_null: bool,
+) -> Result<(), ControlError> {
     let info = conn.command("PROTOCOLINFO 1\r\n", "PROTOCOLINFO").await?;
-    match control::choose_auth(&info, password)? {
+    match control::choose_auth(&info, password, allow_null)? {
         AuthPlan::Null => conn.command("AUTHENTICATE\r\n", "AUTHENTICATE").await?,
         AuthPlan::Password(p) => {
             let line = format!("AUTHENTICATE {}\r\n", control::quote(&p));
@@ -295,23 +299,7 @@ fn load_key(path: &Path) -> Option<String> {
 
 /// Writes the key atomically (temp, fsync, rename), readable by us only.
 fn save_key(path: &Path, key: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    crate::persist::create_private_dir(dir)?;
-    let tmp: PathBuf = path.with_extension(format!("tmp-{}", std::process::id()));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(key.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    crate::persist::write_atomic(path, key.as_bytes())
 }
 
 /// One control session: authenticate, add the service, hold it until told to stop (then
@@ -330,7 +318,12 @@ async fn session(
         stream,
         replies: ReplyReader::new(),
     };
-    authenticate(&mut conn, config.tor_password.as_deref()).await?;
+    authenticate(
+        &mut conn,
+        config.tor_password.as_deref(),
+        config.tor_null_auth,
+    )
+    .await?;
 
     let Some(listen) = ctx.listen_addrs.first().copied() else {
         return Ok(());
@@ -346,15 +339,21 @@ async fn session(
     let saved = load_key(&key_path);
     let line = control::add_onion_command(saved.as_deref(), port, &target.to_string());
     let reply = conn.command(&line, "ADD_ONION").await?;
-    let (service_id, new_key) = control::parse_add_onion(&reply)?;
-    if let Some(key) = new_key.filter(|k| control::valid_key(k)) {
+    let (service_id, returned_key) = control::parse_add_onion(&reply)?;
+    let addr = OverlayAddr::parse_host(&format!("{service_id}.onion"))
+        .map_err(|e| ControlError::Malformed(format!("ServiceID {service_id}: {e}")))?;
+    let OverlayAddr::Onion(service) = addr else {
+        return Err(ControlError::Malformed(format!("ServiceID {service_id}")));
+    };
+    // Ending the session on a mismatch closes the control connection, and Tor removes a
+    // service made on it: nothing of a server-chosen identity stays.
+    let new_key = control::check_add_onion(saved.as_deref(), &service, returned_key.as_deref())?;
+    if let Some(key) = new_key {
         if let Err(e) = save_key(&key_path, &key) {
             // The service works; only its address will change at the next start.
             warn!(path = %key_path.display(), error = %e, "could not save the onion key");
         }
     }
-    let addr = OverlayAddr::parse_host(&format!("{service_id}.onion"))
-        .map_err(|e| ControlError::Malformed(format!("ServiceID {service_id}: {e}")))?;
     ctx.set_onion_service(Some(OnionService { addr, port, target }));
     metrics::gauge!("meshd_onion_service_up").set(1.0);
     info!(onion = %addr.display_with_port(port), %target, reused_key = saved.is_some(), "onion service up");
@@ -416,9 +415,14 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ONION_KEY_FILE);
-        save_key(&path, "ED25519-V3:abc=").unwrap();
-        save_key(&path, "ED25519-V3:def=").unwrap();
-        assert_eq!(load_key(&path).as_deref(), Some("ED25519-V3:def="));
+        let key = |seed: u8| {
+            let mut expanded = [seed; 64];
+            expanded[0] &= 248;
+            format!("ED25519-V3:{}", data_encoding::BASE64.encode(&expanded))
+        };
+        save_key(&path, &key(1)).unwrap();
+        save_key(&path, &key(2)).unwrap();
+        assert_eq!(load_key(&path), Some(key(2)));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::write(&path, "garbage").unwrap();
