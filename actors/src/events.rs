@@ -137,6 +137,11 @@ pub enum NodeEvent {
     PeerUnbanned {
         /// Subnet.
         subnet: String,
+        /// The lifted ban's reason: `manual` (our operator's ban), `misbehavior` or
+        /// `fleet`. Only the lifting of an operator's ban is advised to a fleet.
+        reason: String,
+        /// Who lifted it: `operator`, or `fleet:<origin>` on that origin's advisory.
+        by: String,
     },
     /// An inbound peer was evicted to make room.
     PeerEvicted {
@@ -447,6 +452,8 @@ mod tests {
     fn unbanned(i: usize) -> NodeEvent {
         NodeEvent::PeerUnbanned {
             subnet: format!("10.0.0.{i}/32"),
+            reason: "manual".into(),
+            by: "operator".into(),
         }
     }
 

@@ -162,6 +162,14 @@ pub enum ManagerMsg {
         /// Its reason.
         reason: String,
     },
+    /// Lifts a ban applied from `origin`'s advisory, on that origin's advisory (already
+    /// checked by the Fleet actor); a ban of any other reason or origin stays.
+    FleetUnban {
+        /// The subnet.
+        subnet: IpNet,
+        /// The node whose operator lifted it.
+        origin: String,
+    },
     /// Lift a ban; replies whether one existed.
     Unban(IpNet, RpcReplyPort<bool>),
     /// The live ban list.

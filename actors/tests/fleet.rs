@@ -37,6 +37,7 @@ struct Record {
     subject: String,
     seq: u64,
     json: serde_json::Value,
+    payload: Vec<u8>,
 }
 
 /// Every message in the fleet's stream.
@@ -69,6 +70,7 @@ async fn read_stream(url: &str, fleet: &str) -> Vec<Record> {
             subject: m.subject.to_string(),
             seq,
             json: serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null),
+            payload: m.payload.to_vec(),
         });
         if pending == 0 {
             break;
@@ -313,6 +315,7 @@ fn unix_now() -> u64 {
 /// An advisory body from `origin`.
 fn advisory(origin: &str, subnet: &str, until: u64) -> BanAdvisory {
     BanAdvisory {
+        action: meshd_actors::fleet::core::AdvisoryAction::Ban,
         subnet: subnet.into(),
         reason: "banned by the operator".into(),
         score: 100,
@@ -413,19 +416,108 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     .await;
     let bans = b.bans().await;
     assert_eq!(bans[0].reason.origin(), Some("a"));
-    b.unban("203.0.113.77/32".parse().unwrap()).await;
+    // b's operator bans an address that a's operator bans too: b's ban is its own.
+    let ten_minutes = Duration::from_secs(600);
+    b.ban("203.0.113.78/32".parse().unwrap(), ten_minutes)
+        .await
+        .expect("banned");
+    a.ban("203.0.113.78/32".parse().unwrap(), ten_minutes)
+        .await
+        .expect("banned");
+    // a's operator lifts its ban of .77: b lifts the ban it applied from a's advisory.
+    assert!(a.unban("203.0.113.77/32".parse().unwrap()).await);
+    until("b lifted a's ban on a's unban advisory", 10, || {
+        !futures_lite(b.bans())
+            .iter()
+            .any(|e| e.subnet.to_string() == "203.0.113.77/32")
+    })
+    .await;
+    // a lifts .78 too, then bans .79 (a marker: advisories on one subject arrive in
+    // order): b's own ban of .78 outlives a's unban.
+    assert!(a.unban("203.0.113.78/32".parse().unwrap()).await);
+    a.ban("203.0.113.79/32".parse().unwrap(), ten_minutes)
+        .await
+        .expect("banned");
+    until("b applied a's marker ban", 10, || {
+        futures_lite(b.bans())
+            .iter()
+            .any(|e| e.subnet.to_string() == "203.0.113.79/32")
+    })
+    .await;
+    let kept = b.bans().await;
+    let own = kept
+        .iter()
+        .find(|e| e.subnet.to_string() == "203.0.113.78/32")
+        .expect("b's own ban is not lifted by a's advisory");
+    assert_eq!(own.reason.label(), "manual");
+    // A replayed copy of a's unban of .77, after a re-ban, is refused as superseded (its
+    // issue time is older than the re-ban's).
     let records = read_stream(&url, "bans").await;
     let from_a: Vec<_> = records
         .iter()
         .filter(|r| r.subject == "meshd.bans.a.regtest.BanAdvisory")
         .collect();
-    assert_eq!(from_a.len(), 2, "the operator's bans only");
+    let asked: Vec<(String, String)> = from_a
+        .iter()
+        .map(|r| {
+            let body = body_of(r);
+            (
+                body["action"].as_str().unwrap_or_default().to_string(),
+                body["subnet"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    let pair = |a: &str, s: &str| (a.to_string(), s.to_string());
+    assert_eq!(
+        asked,
+        [
+            pair("ban", "127.0.0.1/32"),
+            pair("ban", "203.0.113.77/32"),
+            pair("ban", "203.0.113.78/32"),
+            pair("unban", "203.0.113.77/32"),
+            pair("unban", "203.0.113.78/32"),
+            pair("ban", "203.0.113.79/32"),
+        ],
+        "the operator's bans and unbans only"
+    );
     assert_eq!(body_of(from_a[0])["origin"], "a");
-    assert_eq!(body_of(from_a[0])["subnet"], "127.0.0.1/32");
     assert_eq!(
         from_a[0].json["key"],
         public_key_hex(&key_a.verifying_key())
     );
+    let rejected_before = b.fleet_status().unwrap().rejected;
+    // Issue times are in seconds: the re-ban is a second newer than the unban.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    a.ban("203.0.113.77/32".parse().unwrap(), ten_minutes)
+        .await
+        .expect("banned");
+    until("b applied a's re-ban", 10, || {
+        futures_lite(b.bans())
+            .iter()
+            .any(|e| e.subnet.to_string() == "203.0.113.77/32")
+    })
+    .await;
+    let replay = async_nats::connect(&url).await.unwrap();
+    replay
+        .publish(
+            "meshd.bans.a.regtest.BanAdvisory",
+            from_a[3].payload.clone().into(),
+        )
+        .await
+        .unwrap();
+    replay.flush().await.unwrap();
+    until("the replayed unban refused", 10, || {
+        b.fleet_status().unwrap().rejected > rejected_before
+    })
+    .await;
+    assert!(futures_lite(b.bans())
+        .iter()
+        .any(|e| e.subnet.to_string() == "203.0.113.77/32"));
+    // b's operator clears its list (its own unban of .78 is advised; the lifting of fleet
+    // bans is not).
+    for subnet in ["203.0.113.77/32", "203.0.113.78/32", "203.0.113.79/32"] {
+        assert!(b.unban(subnet.parse().unwrap()).await);
+    }
 
     // Node x's advisories, as published by the test.
     let client = async_nats::connect(&url).await.unwrap();
@@ -531,11 +623,30 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     })
     .await;
     assert!(b.fleet_status().unwrap().rejected > rejected_before);
-    // A fleet ban is not advertised again (no echo from b).
+    // A fleet ban, or its lifting, is not advertised again (no echo from b): b advised its
+    // operator's own ban and unban only.
     let records = read_stream(&url, "bans").await;
-    assert!(!records
+    let from_b: Vec<_> = records
         .iter()
-        .any(|r| r.subject == "meshd.bans.b.regtest.BanAdvisory"));
+        .filter(|r| r.subject == "meshd.bans.b.regtest.BanAdvisory")
+        .map(|r| {
+            let body = body_of(r);
+            (body["action"].clone(), body["subnet"].clone())
+        })
+        .collect();
+    assert_eq!(
+        from_b,
+        [
+            (
+                serde_json::json!("ban"),
+                serde_json::json!("203.0.113.78/32")
+            ),
+            (
+                serde_json::json!("unban"),
+                serde_json::json!("203.0.113.78/32")
+            ),
+        ]
+    );
     a.shutdown().await;
     b.shutdown().await;
 }

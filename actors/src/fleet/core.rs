@@ -79,8 +79,17 @@ pub fn bucket_name(fleet: &str) -> String {
 /// The subject kind of ban advisories.
 pub const ADVISORY_KIND: &str = "BanAdvisory";
 
-/// Version of the signed advisory envelope ([`SignedAdvisory::v`]).
-pub const ADVISORY_FORMAT: u32 = 1;
+/// Version of the signed advisory envelope ([`SignedAdvisory::v`]). 2 added
+/// [`BanAdvisory::action`]; a format-1 body (no action) is a ban. Nodes that know only
+/// format 1 refuse format 2 whole, so an unban is never read there as a ban.
+pub const ADVISORY_FORMAT: u32 = 2;
+/// The oldest envelope format still read.
+pub const ADVISORY_FORMAT_MIN: u32 = 1;
+/// Most (origin, address) pairs whose latest advisory is remembered, to refuse one that an
+/// older advisory would undo out of order. Entries older than the advisory age limit are
+/// dropped first (anything that old is refused as stale anyway); the rate limit keeps the
+/// rest far below this.
+pub const MAX_ADVISORY_ORDER_ENTRIES: usize = 65_536;
 /// What a signature covers before the subject and body, so that a signature made for
 /// anything else (another format, another protocol using the same key) never verifies here.
 pub const ADVISORY_DOMAIN: &[u8] = b"meshd fleet ban advisory v1\0";
@@ -98,9 +107,25 @@ pub const ADVISORY_BURST: u32 = 20;
 /// After the burst, one more advisory per this long from that origin.
 pub const ADVISORY_REFILL_SECS: u64 = 30;
 
-/// An operator's ban of one address, as one node tells the others (the signed body).
+/// What an advisory asks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdvisoryAction {
+    /// Ban the address until `until`.
+    #[default]
+    Ban,
+    /// The origin's operator lifted its ban: lift the ban applied from that origin's
+    /// advisory (never a ban of our own operator's or another origin's).
+    Unban,
+}
+
+/// An operator's ban of one address, or its lifting, as one node tells the others (the
+/// signed body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanAdvisory {
+    /// Ban or unban ([`ADVISORY_FORMAT`] 2; absent in format 1: a ban).
+    #[serde(default)]
+    pub action: AdvisoryAction,
     /// The banned address (a /32 or /128, or a bare address).
     pub subnet: String,
     /// Why, as the operator said.
@@ -275,6 +300,10 @@ pub enum AdvisoryError {
     /// Our own advisory coming back.
     #[error("our own")]
     Own,
+    /// Issued before the latest advisory applied for this origin and address: arriving out
+    /// of order, or replayed, it would undo a newer ban or unban.
+    #[error("superseded by a newer advisory from {0} for this address")]
+    Superseded(String),
 }
 
 impl AdvisoryError {
@@ -295,6 +324,7 @@ impl AdvisoryError {
             AdvisoryError::Manual(_) => "manual",
             AdvisoryError::Expired => "expired",
             AdvisoryError::Own => "own",
+            AdvisoryError::Superseded(_) => "superseded",
         }
     }
 }
@@ -323,7 +353,7 @@ pub fn verify_advisory(
     }
     let env: SignedAdvisory =
         serde_json::from_slice(bytes).map_err(|e| AdvisoryError::Malformed(e.to_string()))?;
-    if env.v != ADVISORY_FORMAT {
+    if !(ADVISORY_FORMAT_MIN..=ADVISORY_FORMAT).contains(&env.v) {
         return Err(AdvisoryError::Malformed(format!("format {}", env.v)));
     }
     let key_bytes = unhex::<32>(&env.key)
@@ -389,6 +419,82 @@ impl AdvisoryLimiter {
     }
 }
 
+/// The latest applied advisory's issue time per (origin, address): an advisory issued
+/// before it is refused ([`AdvisoryError::Superseded`]), so a ban and its unban take effect
+/// in the order the origin's operator made them, however they arrive.
+///
+/// # Security
+/// Only verified advisories within the age limit and the origin's budget reach it; entries
+/// past the age limit are dropped, and it never holds more than
+/// [`MAX_ADVISORY_ORDER_ENTRIES`].
+#[derive(Debug, Default)]
+pub struct AdvisoryOrder {
+    latest: HashMap<(String, IpNet), u64>,
+}
+
+impl AdvisoryOrder {
+    /// Records `adv` for `net` unless a newer one from its origin was recorded.
+    pub fn admit(&mut self, adv: &BanAdvisory, net: IpNet, now: u64) -> Result<(), AdvisoryError> {
+        let key = (adv.origin.clone(), net);
+        if self.latest.get(&key).is_some_and(|&t| adv.issued < t) {
+            return Err(AdvisoryError::Superseded(adv.origin.clone()));
+        }
+        if self.latest.len() >= MAX_ADVISORY_ORDER_ENTRIES && !self.latest.contains_key(&key) {
+            let horizon = now.saturating_sub(MAX_ADVISORY_AGE_SECS + MAX_ADVISORY_CLOCK_SKEW_SECS);
+            self.latest.retain(|_, t| *t >= horizon);
+            if self.latest.len() >= MAX_ADVISORY_ORDER_ENTRIES {
+                // Still full of fresh entries: forget the oldest one.
+                if let Some(oldest) = self
+                    .latest
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|(k, _)| k.clone())
+                {
+                    self.latest.remove(&oldest);
+                }
+            }
+        }
+        self.latest.insert(key, adv.issued);
+        Ok(())
+    }
+
+    /// How many pairs are remembered.
+    pub fn len(&self) -> usize {
+        self.latest.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.latest.is_empty()
+    }
+}
+
+/// The address a verified unban advisory lifts: one address, never our own advisory.
+pub fn check_unban(adv: &BanAdvisory, own_node: &str) -> Result<IpNet, AdvisoryError> {
+    if adv.origin == own_node {
+        return Err(AdvisoryError::Own);
+    }
+    single_address(&adv.subnet)
+}
+
+/// One address (a bare address, a /32 or a /128) as a subnet.
+fn single_address(subnet: &str) -> Result<IpNet, AdvisoryError> {
+    let net: IpNet = match subnet.parse::<IpNet>() {
+        Ok(net) => net,
+        // A bare address is its own /32 or /128.
+        Err(_) => subnet
+            .parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| AdvisoryError::BadSubnet(subnet.to_string()))?,
+    };
+    // One address: whether a range holds a protected address cannot be told from its ends
+    // (8.0.0.0/5 holds 10.0.0.0/8), and no one node's verdict should cover more than one.
+    if net.prefix_len() != net.max_prefix_len() {
+        return Err(AdvisoryError::NotSingle(net.to_string()));
+    }
+    Ok(net)
+}
+
 /// Whether an address is one no advisory may ban: loopback, private, link-local,
 /// unspecified, unique-local.
 fn is_protected(ip: IpAddr) -> bool {
@@ -408,20 +514,7 @@ pub fn check_advisory(
     if adv.origin == own_node {
         return Err(AdvisoryError::Own);
     }
-    let net: IpNet = match adv.subnet.parse::<IpNet>() {
-        Ok(net) => net,
-        // A bare address is its own /32 or /128.
-        Err(_) => adv
-            .subnet
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| AdvisoryError::BadSubnet(adv.subnet.clone()))?,
-    };
-    // One address: whether a range holds a protected address cannot be told from its ends
-    // (8.0.0.0/5 holds 10.0.0.0/8), and no one node's verdict should cover more than one.
-    if net.prefix_len() != net.max_prefix_len() {
-        return Err(AdvisoryError::NotSingle(net.to_string()));
-    }
+    let net = single_address(&adv.subnet)?;
     let ip = net.addr();
     if is_protected(ip) {
         return Err(AdvisoryError::Local(net.to_string()));
@@ -613,6 +706,7 @@ mod tests {
 
     fn advisory(subnet: &str, until: u64, origin: &str) -> BanAdvisory {
         BanAdvisory {
+            action: AdvisoryAction::Ban,
             subnet: subnet.into(),
             reason: "bad_headers".into(),
             score: 100,
@@ -698,7 +792,7 @@ mod tests {
             "malformed"
         );
         assert_eq!(kind(b"{not json", &subj, NOW), "malformed");
-        env.v = 2;
+        env.v = ADVISORY_FORMAT + 1;
         assert_eq!(
             kind(&serde_json::to_vec(&env).unwrap(), &subj, NOW),
             "malformed"
@@ -707,6 +801,63 @@ mod tests {
             kind(&vec![b' '; MAX_FLEET_MESSAGE + 1], &subj, NOW),
             "malformed"
         );
+    }
+
+    #[test]
+    fn a_format_one_body_is_a_ban_and_unbans_name_one_address() {
+        let subj = on_subject_of("b");
+        // A format-1 envelope, as nodes before unbans signed it: no action in the body.
+        let body = r#"{"subnet":"203.0.113.7/32","reason":"r","score":100,"until":1800000060,"origin":"b","issued":1800000000}"#;
+        let env = SignedAdvisory {
+            v: 1,
+            body: body.into(),
+            key: public_key_hex(&key(2).verifying_key()),
+            sig: hex(&key(2).sign(&signed_bytes(&subj, body)).to_bytes()),
+        };
+        let adv = verify_advisory(&serde_json::to_vec(&env).unwrap(), &subj, &trusted(), NOW);
+        assert_eq!(adv.unwrap().action, AdvisoryAction::Ban);
+        let mut unban = advisory("203.0.113.7", 0, "b");
+        unban.action = AdvisoryAction::Unban;
+        assert_eq!(
+            check_unban(&unban, "a").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
+        assert_eq!(check_unban(&unban, "b").unwrap_err().kind(), "own");
+        unban.subnet = "203.0.113.0/24".into();
+        assert_eq!(
+            check_unban(&unban, "a").unwrap_err().kind(),
+            "not_single_address"
+        );
+    }
+
+    #[test]
+    fn an_advisory_older_than_the_latest_for_its_address_is_superseded() {
+        let net: IpNet = "203.0.113.7/32".parse().unwrap();
+        let mut order = AdvisoryOrder::default();
+        let ban = advisory("203.0.113.7/32", NOW + 60, "b");
+        let mut unban = ban.clone();
+        unban.action = AdvisoryAction::Unban;
+        unban.issued = NOW + 5;
+        let mut reban = ban.clone();
+        reban.issued = NOW + 9;
+        assert!(order.admit(&ban, net, NOW).is_ok());
+        assert!(order.admit(&unban, net, NOW + 5).is_ok());
+        assert!(order.admit(&reban, net, NOW + 9).is_ok());
+        // The unban replayed after the new ban would lift it: refused.
+        assert_eq!(
+            order.admit(&unban, net, NOW + 10).unwrap_err().kind(),
+            "superseded"
+        );
+        // Another origin's advisories for the address are ordered apart.
+        let mut from_c = unban.clone();
+        from_c.origin = "c".into();
+        assert!(order.admit(&from_c, net, NOW + 10).is_ok());
+        // Bounded: filling it past its size keeps it at its size.
+        for i in 0..MAX_ADVISORY_ORDER_ENTRIES as u32 + 10 {
+            let net = IpNet::from(IpAddr::from(std::net::Ipv4Addr::from(0x0100_0000 + i)));
+            let _ = order.admit(&ban, net, NOW);
+        }
+        assert_eq!(order.len(), MAX_ADVISORY_ORDER_ENTRIES);
     }
 
     #[test]

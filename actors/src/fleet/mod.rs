@@ -255,28 +255,47 @@ async fn pump(
         if let Ok(payload) = serde_json::to_vec(&*event) {
             out.push((event.event.kind().name().to_string(), payload));
         }
-        if let NodeEvent::PeerBanned {
-            subnet,
-            until,
-            reason,
-            detail,
-        } = &event.event
-        {
-            // An operator's ban of one address: automatic verdicts are discouragements, kept
-            // to this node (Core's), and fleet bans came from another node's advisory
-            // (republishing them would echo round the fleet). One address only: receivers
-            // refuse ranges.
+        // An operator's ban of one address, or the operator lifting it: automatic verdicts
+        // are discouragements, kept to this node (Core's), and fleet bans came from another
+        // node's advisory (republishing them, or their lifting, would echo round the fleet).
+        // One address only: receivers refuse ranges.
+        let advised = match &event.event {
+            NodeEvent::PeerBanned {
+                subnet,
+                until,
+                reason,
+                detail,
+            } if reason == "manual" => Some((
+                core::AdvisoryAction::Ban,
+                subnet,
+                *until,
+                detail
+                    .clone()
+                    .unwrap_or_else(|| "banned by the operator".into()),
+            )),
+            NodeEvent::PeerUnbanned { subnet, reason, by }
+                if reason == "manual" && by == "operator" =>
+            {
+                Some((
+                    core::AdvisoryAction::Unban,
+                    subnet,
+                    0,
+                    "unbanned by the operator".into(),
+                ))
+            }
+            _ => None,
+        };
+        if let Some((action, subnet, until, why)) = advised {
             let single = subnet
                 .parse::<ipnet::IpNet>()
                 .is_ok_and(|n| n.prefix_len() == n.max_prefix_len());
-            if let (true, true, Some(key)) = (reason == "manual", single, signer.as_ref()) {
+            if let (true, Some(key)) = (single, signer.as_ref()) {
                 let adv = BanAdvisory {
+                    action,
                     subnet: subnet.clone(),
-                    reason: detail
-                        .clone()
-                        .unwrap_or_else(|| "banned by the operator".into()),
+                    reason: why,
                     score: ctx.config().ban_threshold,
-                    until: *until,
+                    until,
                     origin: config.node_name.clone(),
                     issued: unix_ms() / 1000,
                 };
@@ -611,6 +630,7 @@ async fn apply_advisories(
         return;
     };
     let mut limiter = core::AdvisoryLimiter::default();
+    let mut order = core::AdvisoryOrder::default();
     let mut log = RejectLog::default();
     while let Some(msg) = sub.next().await {
         let now = unix_ms() / 1000;
@@ -627,11 +647,20 @@ async fn apply_advisories(
                 if !limiter.allow(&adv.origin, now) {
                     return Err(core::AdvisoryError::RateLimited(adv.origin));
                 }
-                core::check_advisory(&adv, &config.node_name, whitelisted, manual, now)
-                    .map(|(subnet, until)| (subnet, until, adv))
+                let asked = match adv.action {
+                    core::AdvisoryAction::Ban => {
+                        core::check_advisory(&adv, &config.node_name, whitelisted, manual, now)
+                            .map(|(subnet, until)| (subnet, Some(until)))
+                    }
+                    core::AdvisoryAction::Unban => {
+                        core::check_unban(&adv, &config.node_name).map(|subnet| (subnet, None))
+                    }
+                }?;
+                order.admit(&adv, asked.0, now)?;
+                Ok((asked, adv))
             });
         match checked {
-            Ok((subnet, until, adv)) => {
+            Ok(((subnet, Some(until)), adv)) => {
                 metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);
                 info!(%subnet, origin = %adv.origin, until, "fleet ban advisory applied");
                 let _ = manager.cast(ManagerMsg::FleetBan {
@@ -639,6 +668,14 @@ async fn apply_advisories(
                     until,
                     origin: adv.origin,
                     reason: adv.reason,
+                });
+            }
+            Ok(((subnet, None), adv)) => {
+                metrics::counter!("meshd_fleet_advisories_applied_total").increment(1);
+                info!(%subnet, origin = %adv.origin, "fleet unban advisory applied");
+                let _ = manager.cast(ManagerMsg::FleetUnban {
+                    subnet,
+                    origin: adv.origin,
                 });
             }
             Err(core::AdvisoryError::Own) => {}

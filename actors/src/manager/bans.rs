@@ -210,14 +210,23 @@ impl BanList {
         };
         if until > entry.until {
             entry.until = until;
-            entry.reason = reason;
+            // The operator's ban stays the operator's: lengthened by another verdict, it is
+            // not turned into one that a fleet advisory could lift.
+            if entry.reason != BanReason::Manual || reason == BanReason::Manual {
+                entry.reason = reason;
+            }
         }
         entry.clone()
     }
 
-    /// Removes the ban on exactly this subnet. True if there was one.
-    pub fn unban(&mut self, subnet: &IpNet) -> bool {
-        self.remove(&subnet.trunc()).is_some()
+    /// Removes the ban on exactly this subnet; the entry if there was one.
+    pub fn unban(&mut self, subnet: &IpNet) -> Option<BanEntry> {
+        self.remove(&subnet.trunc())
+    }
+
+    /// The ban on exactly this subnet, live or not.
+    pub fn get(&self, subnet: &IpNet) -> Option<&BanEntry> {
+        self.entries.get(&subnet.trunc())
     }
 
     /// The ban covering `ip` at `now`, if any.
@@ -299,7 +308,7 @@ mod tests {
             "mapped IPv4 matches the v4 ban"
         );
         assert!(!b.is_banned(ip("203.0.113.7"), 100), "expired");
-        assert!(b.unban(&parse_subnet("203.0.113.0/24").unwrap()));
+        assert!(b.unban(&parse_subnet("203.0.113.0/24").unwrap()).is_some());
         assert!(!b.is_banned(ip("203.0.113.7"), 50));
         assert_eq!(b.sweep(100).len(), 2);
         assert_eq!(b.len(0), 0);

@@ -1238,19 +1238,37 @@ impl Actor for Manager {
                     .bans_acks
                     .push(Box::new(move || drop(reply.send(entry))));
             }
+            ManagerMsg::FleetUnban { subnet, origin } => {
+                let from_origin = state
+                    .bans
+                    .get(&subnet)
+                    .is_some_and(|e| e.reason.origin() == Some(origin.as_str()));
+                if from_origin && !state.ctx.is_shutting_down() {
+                    if let Some(entry) = state.bans.unban(&subnet) {
+                        state.sync_bans();
+                        info!(%subnet, %origin, "ban lifted on its origin's advisory");
+                        state.ctx.events.publish(NodeEvent::PeerUnbanned {
+                            subnet: entry.subnet.to_string(),
+                            reason: entry.reason.label().to_string(),
+                            by: format!("fleet:{origin}"),
+                        });
+                    }
+                }
+            }
             ManagerMsg::Unban(subnet, reply) => {
-                let existed = state.bans.unban(&subnet);
-                if existed {
+                if let Some(entry) = state.bans.unban(&subnet) {
                     state.sync_bans();
                     info!(subnet = %subnet, "unbanned");
                     state.ctx.events.publish(NodeEvent::PeerUnbanned {
-                        subnet: subnet.trunc().to_string(),
+                        subnet: entry.subnet.to_string(),
+                        reason: entry.reason.label().to_string(),
+                        by: "operator".into(),
                     });
                     state
                         .bans_acks
-                        .push(Box::new(move || drop(reply.send(existed))));
+                        .push(Box::new(move || drop(reply.send(true))));
                 } else {
-                    let _ = reply.send(existed);
+                    let _ = reply.send(false);
                 }
             }
             ManagerMsg::ListBans(reply) => {
