@@ -1,6 +1,9 @@
 //! The daemon's log output: lines go through a bounded queue to a writer thread, so a log
 //! that cannot keep up or cannot be written (a closed pipe, a full disk, a stalled journald)
 //! costs lines, never the node. Every line lost is counted in `meshd_log_dropped_total`.
+//! Panics are reported through the same queue ([`install_panic_hook`]): the standard hook's
+//! synchronous write to standard error would block the panicking thread on a pipe nobody
+//! reads.
 
 use std::io::{self, IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +23,35 @@ static WRITE_FAILURES: AtomicU64 = AtomicU64::new(0);
 
 /// The queue's count of lines dropped because it was full.
 static QUEUE_DROPS: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Panics reported so far (in any thread: an actor's handler, a task, the runtime).
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Panics reported so far, for `meshd_panics_total`.
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// Replaces the standard panic hook with one that logs through the subscriber (queued, lossy:
+/// never a blocking write) at ERROR with the thread, the place and, under `RUST_BACKTRACE`,
+/// the backtrace, and counts the panic. An actor's panic is then still handled by its
+/// supervisor as before; this changes only how it is reported.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::current();
+        let location = info.location().map(|l| l.to_string()).unwrap_or_default();
+        let what = info
+            .payload_as_str()
+            .unwrap_or("(a panic payload that is not a string)");
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, %backtrace, "panic: {what}");
+        } else {
+            tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, "panic: {what}");
+        }
+    }));
+}
 
 /// Lines logged and lost so far: refused by a full queue or failed to write.
 pub fn dropped() -> u64 {
@@ -75,4 +107,51 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<WorkerGuard, Strin
 /// standard error is closed).
 pub fn say(msg: impl std::fmt::Display) {
     let _ = writeln!(io::stderr(), "{msg}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A panic in another thread is reported through the subscriber, with its thread and
+    /// place, and counted; the thread still unwinds as before.
+    #[test]
+    fn a_panic_is_logged_through_the_subscriber_and_counted() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        install_panic_hook();
+        let before = panics();
+        let joined = std::thread::Builder::new()
+            .name("doomed".into())
+            .spawn(|| panic!("boom {}", 7))
+            .unwrap()
+            .join();
+        assert!(joined.is_err(), "the thread unwinds");
+        assert_eq!(panics(), before + 1);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(text.contains("panic: boom 7"), "{text}");
+        assert!(text.contains("thread=\"doomed\""), "{text}");
+        assert!(text.contains("logging.rs"), "{text}");
+        let _ = std::panic::take_hook();
+    }
 }

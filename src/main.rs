@@ -48,6 +48,7 @@ fn main() -> ExitCode {
         Ok(g) => g,
         Err(e) => return fail(e),
     };
+    logging::install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

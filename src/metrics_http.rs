@@ -69,6 +69,11 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
         "Log lines lost: the log queue was full or the write failed (closed pipe, full disk)"
     );
     metrics::counter!("meshd_log_dropped_total").absolute(crate::logging::dropped());
+    metrics::describe_counter!(
+        "meshd_panics_total",
+        "Panics in any thread (logged at ERROR; an actor's is handled by its supervisor)"
+    );
+    metrics::counter!("meshd_panics_total").absolute(crate::logging::panics());
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -79,6 +84,7 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
                 // Process CPU, memory and open files, read at scrape time.
                 process.collect();
                 metrics::counter!("meshd_log_dropped_total").absolute(crate::logging::dropped());
+                metrics::counter!("meshd_panics_total").absolute(crate::logging::panics());
                 let mut body = handle.render();
                 body.push_str(&live.render());
                 ([("content-type", "text/plain; version=0.0.4")], body)

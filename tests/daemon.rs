@@ -184,14 +184,16 @@ fn the_data_dir_and_every_state_file_are_private() {
     for f in [".lock", "headers.dat", "peers.dat", "bans.dat"] {
         assert_eq!(mode(&net.join(f)), 0o600, "{f}");
     }
-    // A world-readable headers.dat (an older meshd under umask 022) is made private at the
-    // next start.
+    // A world-readable headers.dat and network directory (an older meshd, or a directory
+    // made by hand, under umask 022) are made private at the next start.
     std::fs::set_permissions(
         net.join("headers.dat"),
         std::fs::Permissions::from_mode(0o644),
     )
     .unwrap();
+    std::fs::set_permissions(&net, std::fs::Permissions::from_mode(0o755)).unwrap();
     let mut node = Meshd::start_in(&fresh, &[], true);
     assert_eq!(mode(&net.join("headers.dat")), 0o600, "old headers.dat");
+    assert_eq!(mode(&net), 0o700, "old network dir");
     node.stop();
 }

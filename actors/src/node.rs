@@ -467,6 +467,11 @@ impl Node {
             source,
         };
         crate::persist::create_private_dir(&dir).map_err(dir_err)?;
+        // The directory holds the cookie, the fleet and onion keys and what peers told us:
+        // an existing one open to others is closed (created ones already are).
+        if crate::persist::make_dir_private(&dir).map_err(dir_err)? {
+            info!(datadir = %dir.display(), "data directory was open to other users; made private (0700)");
+        }
         let lock = crate::persist::private_options()
             .create(true)
             .truncate(false)

@@ -157,6 +157,18 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
         .create(dir)
 }
 
+/// Makes an existing directory private ([`STATE_DIR_MODE`]) when others may enter or read it
+/// (one made by an older meshd, or by hand under umask 022). True when its mode changed.
+pub fn make_dir_private(dir: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 == 0 {
+        return Ok(false);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(STATE_DIR_MODE))?;
+    Ok(true)
+}
+
 /// Open options that create a file private to the node (mode [`STATE_FILE_MODE`]).
 pub fn private_options() -> fs::OpenOptions {
     use std::os::unix::fs::OpenOptionsExt;
