@@ -41,8 +41,11 @@ pub fn install_panic_hook() {
         PANICS.fetch_add(1, Ordering::Relaxed);
         let thread = std::thread::current();
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
-        let what = info
-            .payload_as_str()
+        let payload = info.payload();
+        let what = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
             .unwrap_or("(a panic payload that is not a string)");
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
