@@ -11,7 +11,8 @@
 //! ├── Manager                    peer set and peer table; supervisor of every Connection
 //! │   └── Connection(peer) × N   handshake, framing, ping/RTT, send queue (one per peer)
 //! ├── Listener                   accept loops; drops banned addresses; hands sockets over
-//! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short
+//! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short;
+//! │                              behind --proxy, has the Manager addr-fetch them by name
 //! ├── Stun                       public address and NAT type (RFC 5389/5780), refreshed
 //! └── Sync                       header chain, headers-first sync, block and tx relay
 //! ```

@@ -93,6 +93,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_addr_fetches_total",
+        "Addr-fetches from DNS seeds by name through the proxy (behind --proxy), by outcome.",
+    ),
+    (
+        "counter",
         "meshd_evictions_total",
         "Inbound peers evicted to make room for a new one.",
     ),

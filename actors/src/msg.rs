@@ -189,6 +189,19 @@ pub enum ManagerMsg {
         /// Its addresses.
         ips: Vec<IpAddr>,
     },
+    /// DnsDiscovery, behind `--proxy`: fetch addresses from this seed by name through the
+    /// proxy ([`crate::manager::addr_fetch`]), instead of resolving it.
+    AddrFetch {
+        /// The seed name.
+        seed: String,
+    },
+    /// An addr-fetch ended.
+    AddrFetched {
+        /// The seed name.
+        seed: String,
+        /// The addresses, or why there are none.
+        result: Result<Vec<GossipAddr>, crate::manager::addr_fetch::AddrFetchError>,
+    },
     /// A peer sent addresses (already rate-limited by its Connection).
     AddrsReceived {
         /// The peer.

@@ -37,6 +37,7 @@ const CORES: &[&str] = &[
     "persist.rs",
     "connection/bandwidth.rs",
     "discovery/addrbook.rs",
+    "manager/addr_fetch.rs",
     "manager/bans.rs",
     "manager/eviction.rs",
     "manager/discourage.rs",

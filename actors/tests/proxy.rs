@@ -489,3 +489,86 @@ async fn an_onion_name_only_the_proxy_resolves_is_reached_through_microsocks() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// Behind `--proxy` the DNS seeds are asked by name through the proxy, as Core's addr-fetch
+/// connections (net.cpp's ThreadDNSAddressSeed with a name proxy): the version handshake,
+/// `getaddr`, the answer taken into the book and the connection closed. No DNS query
+/// leaves: the configured resolver is a UDP socket that counts what reaches it. Before,
+/// seeds were not used at all behind a proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_seeds_are_asked_by_name_through_the_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let seed_port = seed_listener.local_addr().unwrap().port();
+    let log = dir.path().join("proxy.log");
+    let map = format!("seed.meshd.invalid=127.0.0.1:{seed_port}");
+    let Some((_proxy, proxy_port)) = logging_proxy(&log, &["--map".into(), map]).await else {
+        return;
+    };
+    let dns = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    dns.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+
+    let nd = tempfile::tempdir().unwrap();
+    let mut c = config(nd.path());
+    c.proxy = Some(proxy_at(proxy_port, None));
+    c.dns_seeds = vec!["seed.meshd.invalid".into()];
+    c.dns_servers = vec![dns.local_addr().unwrap()];
+    // An outbound slot free and an empty book: the seeds are wanted.
+    c.slots.outbound = 1;
+    let node = Node::start(c).await.unwrap();
+
+    let mut seed = AsyncPeer::accept(&seed_listener).await;
+    let asked = seed
+        .wait_for(Duration::from_secs(10), |m| {
+            matches!(m, NetworkMessage::GetAddr).then_some(())
+        })
+        .await;
+    assert!(asked.is_some(), "no getaddr after the handshake");
+    // Onion addresses: dialled through the proxy by name, which refuses names it does not
+    // know, so nothing is dialled outside this test.
+    let onions: Vec<OverlayAddr> = (0..3).map(|_| OverlayAddr::Onion(rand::random())).collect();
+    let now = common::unix_now();
+    seed.send(NetworkMessage::AddrV2(
+        onions
+            .iter()
+            .map(|o| AddrV2Message {
+                time: now,
+                services: ServiceFlags::NETWORK | ServiceFlags::WITNESS,
+                addr: o.to_addrv2(),
+                port: 18444,
+            })
+            .collect(),
+    ))
+    .await;
+    assert!(
+        seed.closed_within(Duration::from_secs(10)).await,
+        "the addr-fetch connection stays open after the answer"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let known = node.known_addresses().await;
+        if onions
+            .iter()
+            .all(|o| known.iter().any(|e| e.overlay == Some(*o)))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the seed's answer never reached the book"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("\"target\": \"seed.meshd.invalid:18444\""),
+        "the seed was not asked by name through the proxy: {logged}"
+    );
+    let mut buf = [0u8; 512];
+    assert!(
+        dns.recv_from(&mut buf).is_err(),
+        "a DNS query left outside the proxy"
+    );
+    node.shutdown().await;
+}

@@ -880,39 +880,11 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::Addr(list)) => {
-            let addrs: Vec<GossipAddr> = list
-                .iter()
-                .filter_map(|(time, a)| {
-                    a.socket_addr().ok().map(|addr| GossipAddr {
-                        addr,
-                        overlay: None,
-                        services: a.services.to_u64(),
-                        time: *time,
-                    })
-                })
-                .collect();
-            on_addrs(state, addrs, list.len());
+            on_addrs(state, GossipAddr::from_addr_list(&list), list.len());
             Ok(())
         }
         Message::Network(NetworkMessage::AddrV2(list)) => {
-            let addrs: Vec<GossipAddr> = list
-                .iter()
-                .filter_map(|m| {
-                    // Tor v3, I2P and CJDNS are kept under their internal addresses; Tor v2
-                    // and unknown networks are dropped, as Core drops them.
-                    let (addr, overlay) = match OverlayAddr::from_addrv2(&m.addr) {
-                        Some(o) => (o.internal(m.port), Some(o)),
-                        None => (m.socket_addr().ok()?, None),
-                    };
-                    Some(GossipAddr {
-                        addr,
-                        overlay,
-                        services: m.services.to_u64(),
-                        time: m.time,
-                    })
-                })
-                .collect();
-            on_addrs(state, addrs, list.len());
+            on_addrs(state, GossipAddr::from_addrv2_list(&list), list.len());
             Ok(())
         }
         Message::Network(NetworkMessage::Block(b)) => {

@@ -672,6 +672,41 @@ pub struct GossipAddr {
     pub time: u32,
 }
 
+impl GossipAddr {
+    /// The addresses of an `addr` message (IPv4 and IPv6; anything else dropped).
+    pub fn from_addr_list(list: &[(u32, bitcoin::p2p::address::Address)]) -> Vec<GossipAddr> {
+        list.iter()
+            .filter_map(|(time, a)| {
+                a.socket_addr().ok().map(|addr| GossipAddr {
+                    addr,
+                    overlay: None,
+                    services: a.services.to_u64(),
+                    time: *time,
+                })
+            })
+            .collect()
+    }
+
+    /// The addresses of an `addrv2` message: Tor v3, I2P and CJDNS kept under their
+    /// internal addresses; Tor v2 and unknown networks dropped, as Core drops them.
+    pub fn from_addrv2_list(list: &[bitcoin::p2p::address::AddrV2Message]) -> Vec<GossipAddr> {
+        list.iter()
+            .filter_map(|m| {
+                let (addr, overlay) = match OverlayAddr::from_addrv2(&m.addr) {
+                    Some(o) => (o.internal(m.port), Some(o)),
+                    None => (m.socket_addr().ok()?, None),
+                };
+                Some(GossipAddr {
+                    addr,
+                    overlay,
+                    services: m.services.to_u64(),
+                    time: m.time,
+                })
+            })
+            .collect()
+    }
+}
+
 impl From<&AddrEntry> for GossipAddr {
     fn from(e: &AddrEntry) -> GossipAddr {
         GossipAddr {

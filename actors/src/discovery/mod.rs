@@ -8,6 +8,11 @@
 //! [`DNS_QUERY_TIMEOUT`]; failures and timeouts are logged and counted
 //! (`meshd_dns_queries_total{result}`), never fatal. Lookups run in a task, so the actor
 //! never awaits the network in a handler.
+//!
+//! Behind `--proxy` nothing is resolved locally (a lookup would leave the proxy and tell the
+//! resolver who we are): each round asks the Manager to addr-fetch each seed by name through
+//! the proxy instead, as Core does ([`crate::manager::addr_fetch`]). With `--onlynet`
+//! leaving out IPv4 and IPv6 and no `--proxy` (only `--onion`), seeds are not used at all.
 
 pub mod addrbook;
 pub mod overlay;
@@ -62,6 +67,8 @@ pub struct DnsState {
     ctx: Arc<NodeContext>,
     manager: ActorRef<ManagerMsg>,
     resolver: Option<Arc<TokioResolver>>,
+    /// Seeds are addr-fetched through the proxy instead of resolved.
+    through_proxy: bool,
     round: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
 }
@@ -135,6 +142,14 @@ impl DnsState {
     }
 
     fn start_round(&mut self) {
+        if self.through_proxy {
+            for seed in self.ctx.config().dns_seeds.iter() {
+                let _ = self
+                    .manager
+                    .cast(ManagerMsg::AddrFetch { seed: seed.clone() });
+            }
+            return;
+        }
         if self.round.as_ref().is_some_and(|r| !r.is_finished()) {
             return;
         }
@@ -171,6 +186,7 @@ impl Actor for DnsDiscovery {
             ctx: args.ctx,
             manager: args.manager,
             resolver: None,
+            through_proxy: false,
             round: None,
             timer: None,
         })
@@ -190,17 +206,21 @@ impl Actor for DnsDiscovery {
             info!("DNS seeding off (no seeds for this network, or --no-dns-seed)");
             return Ok(());
         }
-        if !config.direct_ip() {
+        if let Some(proxy) = &config.proxy {
             // A lookup outside the proxy would tell the resolver who runs this node.
-            info!("DNS seeding off: --proxy is set or --onlynet excludes IPv4 and IPv6, and seeds are not looked up outside the proxy");
+            info!(proxy = %proxy.addr, "DNS seeds are asked by name through the proxy (addr-fetch), never resolved here");
+            state.through_proxy = true;
+        } else if !config.direct_ip() {
+            info!("DNS seeding off: --onlynet excludes IPv4 and IPv6 and there is no --proxy to reach the seeds through");
             return Ok(());
-        }
-        match build_resolver(&config.dns_servers) {
-            Ok(r) => state.resolver = Some(Arc::new(r)),
-            Err(e) => {
-                warn!(error = %e, "no DNS resolver; DNS seeding off");
-                metrics::counter!("meshd_dns_queries_total", "result" => "error").increment(1);
-                return Ok(());
+        } else {
+            match build_resolver(&config.dns_servers) {
+                Ok(r) => state.resolver = Some(Arc::new(r)),
+                Err(e) => {
+                    warn!(error = %e, "no DNS resolver; DNS seeding off");
+                    metrics::counter!("meshd_dns_queries_total", "result" => "error").increment(1);
+                    return Ok(());
+                }
             }
         }
         state.timer = Some(myself.send_interval(DNS_RETRY_INTERVAL, || DnsMsg::Tick));

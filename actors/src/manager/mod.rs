@@ -23,6 +23,7 @@
 //! is overridden. Supervision events can overtake a child's last message, so lifecycle
 //! notes from a Connection that is already gone are ignored rather than published late.
 
+pub mod addr_fetch;
 pub mod bans;
 pub mod discourage;
 pub mod eviction;
@@ -167,6 +168,9 @@ pub struct ManagerState {
     addr_known: HashMap<PeerId, RollingFilter>,
     /// Addresses whose v2 attempt failed as a v1-only peer's does: dialled in v1 from then on.
     v1_only: HashSet<SocketAddr>,
+    /// The addr-fetch in flight (one at a time), and the seeds waiting for their turn.
+    addr_fetch: Option<tokio::task::JoinHandle<()>>,
+    addr_fetch_queue: std::collections::VecDeque<String>,
 }
 
 /// Addresses remembered as v1-only.
@@ -857,6 +861,25 @@ impl ManagerState {
         }
     }
 
+    /// Starts the next queued addr-fetch unless one is in flight.
+    fn next_addr_fetch(&mut self, myself: &ActorRef<ManagerMsg>) {
+        if self.addr_fetch.as_ref().is_some_and(|t| !t.is_finished()) || self.ctx.is_shutting_down()
+        {
+            return;
+        }
+        let Some(seed) = self.addr_fetch_queue.pop_front() else {
+            return;
+        };
+        let (ctx, me) = (self.ctx.clone(), myself.clone());
+        self.addr_fetch = Some(tokio::spawn(async move {
+            let config = ctx.config();
+            let nonce: u64 = rand::random();
+            let ours = |n: u64| ctx.outbound_nonces.contains_key(&n);
+            let result = run_addr_fetch(&config, &seed, nonce, &ours).await;
+            let _ = me.cast(ManagerMsg::AddrFetched { seed, result });
+        }));
+    }
+
     fn publish_lifecycle(&self, id: PeerId, handshaked: bool) {
         // A Connection that is already gone does not get its event published late.
         let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) else {
@@ -888,6 +911,98 @@ impl ManagerState {
         };
         self.ctx.events.publish(event);
     }
+}
+
+/// Fetches addresses from `seed` through `config`'s proxy, on the network's port
+/// ([`addr_fetch`]'s core over a proxied socket).
+async fn run_addr_fetch(
+    config: &crate::config::NodeConfig,
+    seed: &str,
+    nonce: u64,
+    is_our_nonce: &(dyn Fn(u64) -> bool + Sync),
+) -> Result<Vec<GossipAddr>, addr_fetch::AddrFetchError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = config
+        .proxy
+        .clone()
+        .ok_or(addr_fetch::AddrFetchError::NoProxy)?;
+    let profile = config.profile();
+    let target =
+        crate::connection::proxy::ProxyTarget::Name(seed.to_string(), profile.default_port);
+    let work = async {
+        let mut stream = crate::connection::proxy::connect(
+            &proxy,
+            &target,
+            config.proxy_randomize,
+            config.connect_timeout,
+        )
+        .await
+        .map_err(addr_fetch::AddrFetchError::Proxy)?;
+        let unix_time = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        let (mut fetch, first) = addr_fetch::AddrFetch::start(
+            config.handshake_policy(),
+            nonce,
+            Instant::now(),
+            unix_time(),
+        );
+        let io = |e: std::io::Error| addr_fetch::AddrFetchError::Io(e.to_string());
+        for step in first {
+            if let addr_fetch::FetchStep::Send(m) = step {
+                stream
+                    .write_all(&m.encode(profile.magic))
+                    .await
+                    .map_err(io)?;
+            }
+        }
+        let mut decoder = crate::wire::FrameDecoder::new(profile.magic, profile.limits);
+        // Blocks were never asked for: any is skipped unread.
+        decoder.set_blocks_expected(0);
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut total = 0usize;
+        loop {
+            let n = stream.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                return Err(addr_fetch::AddrFetchError::Closed);
+            }
+            total += n;
+            if total > addr_fetch::ADDR_FETCH_MAX_BYTES {
+                return Err(addr_fetch::AddrFetchError::TooMuch(
+                    addr_fetch::ADDR_FETCH_MAX_BYTES,
+                ));
+            }
+            let mut input = &buf[..n];
+            while let Some(frame) = decoder.decode(&mut input) {
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) if e.is_fatal() => {
+                        return Err(addr_fetch::AddrFetchError::Malformed(e.to_string()))
+                    }
+                    Err(_) => continue,
+                };
+                if frame.extent == crate::wire::Extent::Skipped {
+                    continue;
+                }
+                let msg = crate::wire::Message::decode(frame)
+                    .map_err(|e| addr_fetch::AddrFetchError::Malformed(e.to_string()))?;
+                for step in fetch.on_message(&msg, unix_time(), is_our_nonce)? {
+                    match step {
+                        addr_fetch::FetchStep::Send(m) => stream
+                            .write_all(&m.encode(profile.magic))
+                            .await
+                            .map_err(io)?,
+                        addr_fetch::FetchStep::Done(addrs) => return Ok(addrs),
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout(addr_fetch::ADDR_FETCH_TIMEOUT, work)
+        .await
+        .map_err(|_| addr_fetch::AddrFetchError::Timeout(addr_fetch::ADDR_FETCH_TIMEOUT))?
 }
 
 /// Tells Sync of a peer whose handshake completed (nothing for one still handshaking).
@@ -1022,6 +1137,8 @@ impl Actor for Manager {
             last_cleanup: Instant::now(),
             addr_known: HashMap::new(),
             v1_only: HashSet::new(),
+            addr_fetch: None,
+            addr_fetch_queue: std::collections::VecDeque::new(),
         })
     }
 
@@ -1136,6 +1253,40 @@ impl Actor for Manager {
                 state.publish_book_counts();
                 debug!(seed = %seed, added, "DNS addresses added to the book");
                 state.fill_from_book(&myself).await;
+            }
+            ManagerMsg::AddrFetch { seed } => {
+                if !state.addr_fetch_queue.contains(&seed)
+                    && state.addr_fetch_queue.len() < addr_fetch::MAX_ADDR_FETCH_QUEUE
+                {
+                    state.addr_fetch_queue.push_back(seed);
+                }
+                state.next_addr_fetch(&myself);
+            }
+            ManagerMsg::AddrFetched { seed, result } => {
+                state.addr_fetch = None;
+                match result {
+                    Ok(addrs) => {
+                        metrics::counter!("meshd_addr_fetches_total", "result" => "ok")
+                            .increment(1);
+                        let source = seed_source(&seed);
+                        let now = now_unix();
+                        let added = addrs
+                            .iter()
+                            .filter(|a| !state.ctx.own_addrs.contains(&a.addr))
+                            .filter(|a| state.book.add_gossip(a, source, now))
+                            .count();
+                        info!(seed = %seed, addresses = addrs.len(), added, "addresses fetched from a DNS seed through the proxy");
+                        state.publish_book_counts();
+                        state.fill_from_book(&myself).await;
+                    }
+                    Err(e) => {
+                        metrics::counter!("meshd_addr_fetches_total", "result" => e.kind())
+                            .increment(1);
+                        // One line per seed per round (DnsDiscovery asks at most once a minute).
+                        warn!(seed = %seed, error = %e, "addr-fetch from a DNS seed through the proxy failed");
+                    }
+                }
+                state.next_addr_fetch(&myself);
             }
             ManagerMsg::AddrsReceived {
                 id,
@@ -1337,6 +1488,9 @@ impl Actor for Manager {
         // saved. A Manager that fails skips this hook; bans are written within a second of a
         // change and the book every `addrbook-save-interval`, so at most that interval of
         // gossip is lost.
+        if let Some(fetch) = state.addr_fetch.take() {
+            fetch.abort();
+        }
         state.save_bans_now().await;
         state.save_book();
         Ok(())
