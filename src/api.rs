@@ -172,6 +172,7 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "connect": list(&c.connect),
         "addnode": list(&c.addnode),
         "max-outbound": c.slots.outbound,
+        "max-block-relay-only": c.slots.block_relay,
         "max-inbound": c.slots.inbound,
         "max-connections": c.slots.total,
         "max-upload-rate": c.max_upload_rate,
@@ -223,6 +224,7 @@ pub fn config_json(c: &NodeConfig) -> Value {
 /// Keys `PATCH /v1/config` accepts (the runtime-changeable ones).
 pub const RUNTIME_KEYS: &[&str] = &[
     "max-outbound",
+    "max-block-relay-only",
     "max-inbound",
     "max-connections",
     "max-upload-rate",
@@ -264,6 +266,7 @@ pub fn parse_update(body: &Map<String, Value>, known: &Value) -> Result<ConfigUp
         };
         match k {
             "max-outbound" => u.max_outbound = Some(u32_of(k, v)?),
+            "max-block-relay-only" => u.max_block_relay_only = Some(u32_of(k, v)?),
             "max-inbound" => u.max_inbound = Some(u32_of(k, v)?),
             "max-connections" => u.max_connections = Some(u32_of(k, v)?),
             "max-upload-rate" => u.max_upload_rate = Some(bytes(v)?),

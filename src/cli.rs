@@ -259,7 +259,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_outbound: Option<u32>,
 
-    /// Inbound connection slots. [default: 117]
+    /// Block-relay-only outbound slots (Core's 2): peers that carry blocks only, apart from
+    /// the full-relay outbound slots. [default: 2]
+    #[arg(long, value_name = "N")]
+    pub max_block_relay_only: Option<u32>,
+
+    /// Inbound connection slots. [default: 115]
     #[arg(long, value_name = "N")]
     pub max_inbound: Option<u32>,
 

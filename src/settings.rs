@@ -68,6 +68,7 @@ pub struct FileConfig {
     max_block_message_size: Option<u32>,
     addnode: Option<Vec<String>>,
     max_outbound: Option<u32>,
+    max_block_relay_only: Option<u32>,
     max_inbound: Option<u32>,
     max_connections: Option<u32>,
     max_upload_rate: Option<FileBytes>,
@@ -494,6 +495,9 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .collect::<Result<_, _>>()?;
     if let Some(v) = args.max_outbound.or(file.max_outbound) {
         node.slots.outbound = v;
+    }
+    if let Some(v) = args.max_block_relay_only.or(file.max_block_relay_only) {
+        node.slots.block_relay = v;
     }
     if let Some(v) = args.max_inbound.or(file.max_inbound) {
         node.slots.inbound = v;

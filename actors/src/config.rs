@@ -244,6 +244,8 @@ pub const DEFAULT_STUN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 pub struct ConfigUpdate {
     /// Outbound slot limit.
     pub max_outbound: Option<u32>,
+    /// Block-relay-only slot limit.
+    pub max_block_relay_only: Option<u32>,
     /// Inbound slot limit.
     pub max_inbound: Option<u32>,
     /// Total slot limit.
@@ -288,6 +290,7 @@ impl ConfigUpdate {
             }
         };
         set(&mut config.slots.outbound, self.max_outbound);
+        set(&mut config.slots.block_relay, self.max_block_relay_only);
         set(&mut config.slots.inbound, self.max_inbound);
         set(&mut config.slots.total, self.max_connections);
         set(&mut config.ban_threshold, self.ban_threshold);

@@ -93,6 +93,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_block_relay_violations_total",
+        "Block-relay-only connections ended for relaying a transaction to us.",
+    ),
+    (
+        "counter",
         "meshd_addr_fetches_total",
         "Addr-fetches from DNS seeds by name through the proxy (behind --proxy), by outcome.",
     ),
@@ -377,13 +382,18 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
     );
     let _ = writeln!(
         out,
+        "meshd_slots_used{{direction=\"block-relay-only\"}} {}",
+        used.block_relay
+    );
+    let _ = writeln!(
+        out,
         "meshd_slots_used{{direction=\"inbound\"}} {}",
         used.inbound
     );
     let _ = writeln!(
         out,
         "meshd_slots_used{{direction=\"total\"}} {}",
-        used.outbound + used.inbound
+        used.total()
     );
     header(
         &mut out,
@@ -395,6 +405,11 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         out,
         "meshd_slots_max{{direction=\"outbound\"}} {}",
         max.outbound
+    );
+    let _ = writeln!(
+        out,
+        "meshd_slots_max{{direction=\"block-relay-only\"}} {}",
+        max.block_relay
     );
     let _ = writeln!(
         out,

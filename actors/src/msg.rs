@@ -88,6 +88,10 @@ pub enum OutboundKind {
     OneTry,
     /// Chosen from the address book to fill outbound slots; when it ends another is chosen.
     Automatic,
+    /// Core's block-relay-only: chosen from the anchors, then the address book, into slots of
+    /// its own; our version says `relay=false`, no address is asked of it, sent to it or taken
+    /// from it, no transaction is announced either way (one announced to us ends it).
+    BlockRelay,
 }
 
 /// Messages the Manager handles.
@@ -353,6 +357,8 @@ pub enum SyncMsg {
         version: u32,
         /// It negotiated BIP339 wtxid relay.
         wtxid_relay: bool,
+        /// A block-relay-only connection of ours: no transaction relay either way.
+        block_relay_only: bool,
     },
     /// A peer went away.
     PeerDown(PeerId),

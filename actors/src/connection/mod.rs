@@ -120,6 +120,9 @@ pub struct ConnectionState {
     overlay: Option<OverlayAddr>,
     /// Inbound through our onion service: an onion peer, whatever `addr` says.
     inbound_onion: bool,
+    /// One of our block-relay-only connections (its slot says so): `relay=false` in our
+    /// version, no `getaddr`, no address taken or advertised.
+    block_relay_only: bool,
     /// The transport settled on, once it is.
     transport_kind: Option<TransportKind>,
     handshake: Handshake,
@@ -256,7 +259,9 @@ impl Actor for Connection {
         );
         let peer_max_payload = args.ctx.profile.limits.send_default;
         let permissions = args.ctx.permissions_of(args.addr.ip());
+        let block_relay_only = args.permit.kind() == crate::manager::slots::SlotKind::BlockRelay;
         Ok(ConnectionState {
+            block_relay_only,
             id: args.id,
             addr: args.addr,
             direction: args.direction,
@@ -695,6 +700,10 @@ fn start_io(
     debug!(peer = %state.peer_name(), id = %state.id, direction = %state.direction, "socket open, handshaking");
     // Our version announces the height we have now, so peers know whether to sync from us.
     let mut policy = state.ctx.policy.clone();
+    if state.block_relay_only {
+        // Core's block-relay-only: the peer is told to announce no transactions.
+        policy.relay = false;
+    }
     policy.start_height = state.ctx.sync_status().header_height.min(i32::MAX as u32) as i32;
     state.policy = Some(policy);
     let policy = state
@@ -783,14 +792,17 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         config.ping_timeout,
     ));
     state.sendaddrv2 = pv.sendaddrv2;
-    if state.direction == Direction::Outbound {
-        // Ask outbound peers for addresses once, and accept a full answer (Core).
+    if state.direction == Direction::Outbound && !state.block_relay_only {
+        // Ask outbound peers for addresses once, and accept a full answer (Core; never a
+        // block-relay-only peer, which takes no part in address relay).
         send(state, &Message::Network(NetworkMessage::GetAddr))?;
         state
             .addr_limiter
             .grant(crate::discovery::addrbook::ADDR_BURST);
     }
-    if !state.ctx.advertised().is_empty() || state.ctx.onion_service().is_some() {
+    if !state.block_relay_only
+        && (!state.ctx.advertised().is_empty() || state.ctx.onion_service().is_some())
+    {
         advertise_self(state)?;
     }
     if state.ctx.profile.chain == Chain::Bsv {
@@ -877,6 +889,13 @@ fn on_inbound_message(
                 state.getaddr_answered = true;
                 let _ = state.manager.cast(ManagerMsg::GetAddr(state.id));
             }
+            Ok(())
+        }
+        // Core ignores addresses from a block-relay-only peer (ProcessAddrs without address
+        // relay set up): nothing it says of others is kept or relayed.
+        Message::Network(NetworkMessage::Addr(_) | NetworkMessage::AddrV2(_))
+            if state.block_relay_only =>
+        {
             Ok(())
         }
         Message::Network(NetworkMessage::Addr(list)) => {

@@ -58,7 +58,7 @@ use crate::manager::bans::{BanEntry, BanList, BanReason};
 use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate};
 use crate::manager::peers::{PeerId, PeerInfo};
 use crate::manager::restart::{RestartDecision, RestartTracker};
-use crate::manager::slots::SlotPermit;
+use crate::manager::slots::{SlotKind, SlotPermit};
 use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::RollingFilter;
@@ -78,6 +78,13 @@ const ADDRBOOK_KIND: [u8; 4] = *b"ADDR";
 /// Version 2 added overlay addresses (onion, I2P, CJDNS) to entries; version 1 files are
 /// read and rewritten as version 2.
 const ADDRBOOK_VERSION: u16 = 2;
+/// anchors.dat: the block-relay-only peers of the last run, dialled first at the next start
+/// (Core's anchors, against an attacker who restarts us into a fresh set of peers).
+pub const ANCHORS_FILE: &str = "anchors.dat";
+const ANCHORS_KIND: [u8; 4] = *b"ANCH";
+const ANCHORS_VERSION: u16 = 1;
+/// Anchors kept (Core's `MAX_BLOCK_RELAY_ONLY_ANCHORS`).
+pub const MAX_BLOCK_RELAY_ONLY_ANCHORS: usize = 2;
 
 /// How long a getaddr answer is reused (Core: 21–27 h, so repeated getaddrs cannot map
 /// our book).
@@ -171,6 +178,11 @@ pub struct ManagerState {
     /// The addr-fetch in flight (one at a time), and the seeds waiting for their turn.
     addr_fetch: Option<tokio::task::JoinHandle<()>>,
     addr_fetch_queue: std::collections::VecDeque<String>,
+    /// Last run's block-relay-only peers, not dialled yet (read from anchors.dat at start).
+    anchors: Vec<SocketAddr>,
+    /// The block-relay-only peers to write to anchors.dat, taken when the shutdown begins
+    /// (its connections are closed before the Manager stops).
+    anchors_out: Option<Vec<SocketAddr>>,
 }
 
 /// Addresses remembered as v1-only.
@@ -231,6 +243,7 @@ impl ManagerState {
                 "manual"
             }
             Some(OutboundKind::Automatic) => "outbound-full-relay",
+            Some(OutboundKind::BlockRelay) => "block-relay-only",
         };
         info.permissions = self.ctx.permissions_of(addr.ip()).names();
         self.ctx.peers.insert(info);
@@ -241,10 +254,12 @@ impl ManagerState {
                 Direction::Inbound => true,
                 Direction::Outbound => {
                     !self.v1_only.contains(&addr)
-                        && (kind != Some(OutboundKind::Automatic)
-                            || self.book.get(&addr).is_some_and(|e| {
-                                e.services & bitcoin::p2p::ServiceFlags::P2P_V2.to_u64() != 0
-                            }))
+                        && (!matches!(
+                            kind,
+                            Some(OutboundKind::Automatic | OutboundKind::BlockRelay)
+                        ) || self.book.get(&addr).is_some_and(|e| {
+                            e.services & bitcoin::p2p::ServiceFlags::P2P_V2.to_u64() != 0
+                        }))
                 }
             };
         let args = ConnectionArgs {
@@ -297,7 +312,11 @@ impl ManagerState {
             debug!(peer = %addr, "not dialling a banned address");
             return true;
         }
-        let Some(permit) = self.ctx.slots.try_reserve(Direction::Outbound) else {
+        let slot = match kind {
+            OutboundKind::BlockRelay => SlotKind::BlockRelay,
+            _ => SlotKind::Outbound,
+        };
+        let Some(permit) = self.ctx.slots.try_reserve_kind(slot) else {
             return false;
         };
         self.spawn(
@@ -352,10 +371,20 @@ impl ManagerState {
     /// Dials address-book entries while outbound slots are free: never two automatic
     /// outbound peers in one network group, never ourselves, never an address already
     /// connected or configured.
+    /// Fills the free full-relay slots, then the block-relay-only ones (anchors first).
     async fn fill_from_book(&mut self, myself: &ActorRef<ManagerMsg>) {
+        self.fill_kind(myself, OutboundKind::Automatic).await;
+        self.fill_kind(myself, OutboundKind::BlockRelay).await;
+    }
+
+    async fn fill_kind(&mut self, myself: &ActorRef<ManagerMsg>, kind: OutboundKind) {
         let now = now_unix();
         let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
         exclude.extend(self.targets.keys().copied());
+        if kind != OutboundKind::BlockRelay {
+            // Anchors are dialled as block-relay-only, never taken for full relay first.
+            exclude.extend(self.anchors.iter().copied());
+        }
         let mut busy: HashSet<Vec<u8>> = HashSet::new();
         for c in self
             .children
@@ -363,7 +392,11 @@ impl ManagerState {
             .filter(|c| c.direction == Direction::Outbound)
         {
             exclude.insert(c.addr);
-            if c.kind == Some(OutboundKind::Automatic) {
+            // One automatic peer per network group, full-relay and block-relay-only alike.
+            if matches!(
+                c.kind,
+                Some(OutboundKind::Automatic | OutboundKind::BlockRelay)
+            ) {
                 busy.insert(self.book.group(c.addr.ip()));
             }
         }
@@ -371,10 +404,28 @@ impl ManagerState {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         loop {
             let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
-            if used.outbound >= limits.outbound || used.outbound + used.inbound >= limits.total {
+            // `--max-outbound 0` makes no automatic outbound connection of either kind.
+            let full = match kind {
+                OutboundKind::BlockRelay => {
+                    used.block_relay >= limits.block_relay || limits.outbound == 0
+                }
+                _ => used.outbound >= limits.outbound,
+            };
+            if full || used.total() >= limits.total {
                 return;
             }
-            let Some(addr) = self.book.select(now, &mut rng, &exclude, &busy) else {
+            // Block-relay-only: last run's anchors first (Core's m_anchors).
+            let anchor = match kind {
+                OutboundKind::BlockRelay => loop {
+                    match self.anchors.pop() {
+                        Some(a) if exclude.contains(&a) => continue,
+                        other => break other,
+                    }
+                },
+                _ => None,
+            };
+            let Some(addr) = anchor.or_else(|| self.book.select(now, &mut rng, &exclude, &busy))
+            else {
                 return;
             };
             exclude.insert(addr);
@@ -384,7 +435,7 @@ impl ManagerState {
             }
             busy.insert(self.book.group(addr.ip()));
             self.book.attempt(&addr, now);
-            if !self.dial(myself, addr, OutboundKind::Automatic).await {
+            if !self.dial(myself, addr, kind).await {
                 return;
             }
         }
@@ -401,6 +452,33 @@ impl ManagerState {
         self.ctx
             .addrbook_len
             .store(new + tried, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The connected block-relay-only peers, as anchors (Core's GetCurrentBlockRelayOnlyConns).
+    fn current_anchors(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self
+            .children
+            .values()
+            .filter(|c| c.kind == Some(OutboundKind::BlockRelay) && c.handshake.is_some())
+            .map(|c| c.addr)
+            .collect();
+        out.sort();
+        out.truncate(MAX_BLOCK_RELAY_ONLY_ANCHORS);
+        out
+    }
+
+    /// Writes anchors.dat: the peers taken when the shutdown began, or those connected now
+    /// (a Manager stopped by its supervisor giving up). Core writes it at shutdown only.
+    fn save_anchors(&self) {
+        let anchors = self
+            .anchors_out
+            .clone()
+            .unwrap_or_else(|| self.current_anchors());
+        let path = self.ctx.config().datadir.join(ANCHORS_FILE);
+        match persist::save(&path, ANCHORS_KIND, ANCHORS_VERSION, &anchors) {
+            Ok(()) => debug!(anchors = anchors.len(), "anchors saved"),
+            Err(e) => error!(error = %e, path = %path.display(), "could not save the anchors"),
+        }
     }
 
     fn save_book(&self) {
@@ -451,6 +529,9 @@ impl ManagerState {
             .children
             .values()
             .filter(|c| c.id != id && c.is_live())
+            // Block-relay-only peers take no part in address relay (Core's
+            // RelayAddrsWithPeer): gossip would reveal them.
+            .filter(|c| c.kind != Some(OutboundKind::BlockRelay))
             .filter_map(|c| {
                 let p = self.ctx.peers.get(c.id)?;
                 (p.state == crate::manager::peers::PeerState::Connected)
@@ -650,7 +731,15 @@ impl ManagerState {
                 .await;
         }
         while self.ctx.slots.excess(Direction::Outbound) > 0 {
-            let Some(id) = self.newest(Direction::Outbound) else {
+            // The kind over its own limit goes first; over the total only, full-relay peers
+            // are kept over block-relay-only ones.
+            let (u, l) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+            let block_relay =
+                u.block_relay > l.block_relay || (u.outbound <= l.outbound && u.block_relay > 0);
+            let Some(id) = self
+                .newest_outbound(block_relay)
+                .or_else(|| self.newest_outbound(!block_relay))
+            else {
                 break;
             };
             self.close_and_wait(id, DisconnectReason::SlotLimitLowered)
@@ -659,9 +748,21 @@ impl ManagerState {
     }
 
     fn newest(&self, direction: Direction) -> Option<PeerId> {
+        self.newest_where(|c| c.direction == direction)
+    }
+
+    /// The newest outbound peer that is (or is not) block-relay-only.
+    fn newest_outbound(&self, block_relay: bool) -> Option<PeerId> {
+        self.newest_where(|c| {
+            c.direction == Direction::Outbound
+                && (c.kind == Some(OutboundKind::BlockRelay)) == block_relay
+        })
+    }
+
+    fn newest_where(&self, pick: impl Fn(&Child) -> bool) -> Option<PeerId> {
         self.children
             .values()
-            .filter(|c| c.direction == direction && c.is_live())
+            .filter(|c| pick(c) && c.is_live())
             .filter_map(|c| self.ctx.peers.get(c.id))
             .max_by_key(|p| p.connected_at)
             .map(|p| p.id)
@@ -1012,15 +1113,18 @@ fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
     else {
         return;
     };
+    let block_relay_only = child.kind == Some(OutboundKind::BlockRelay);
     let _ = sync.cast(SyncMsg::PeerUp {
         id: child.id,
         addr: child.addr,
         actor: child.actor.clone(),
         start_height,
-        relay,
+        // We said relay=false to it: nothing is announced to it either.
+        relay: relay && !block_relay_only,
         inbound: child.direction == Direction::Inbound,
         version,
         wtxid_relay,
+        block_relay_only,
     });
 }
 
@@ -1055,6 +1159,37 @@ fn seed_source(seed: &str) -> IpAddr {
     b.copy_from_slice(&h.as_byte_array()[..16]);
     b[0] = 0xfd; // unique local address range: never a real peer
     IpAddr::from(b)
+}
+
+/// Reads anchors.dat and deletes it, as Core does: after a crash the next start does not
+/// dial stale anchors again. Only addresses of networks we reach, never banned ones.
+fn take_anchors(config: &crate::config::NodeConfig) -> Vec<SocketAddr> {
+    let path = config.datadir.join(ANCHORS_FILE);
+    let loaded: Vec<SocketAddr> = match persist::load(&path, ANCHORS_KIND, ANCHORS_VERSION) {
+        Ok(Some(a)) => a,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            warn!(error = %e, path = %path.display(), "anchors.dat unreadable; starting without anchors");
+            Vec::new()
+        }
+    };
+    if let Err(e) = std::fs::remove_file(&path) {
+        warn!(error = %e, path = %path.display(), "could not remove anchors.dat");
+    }
+    let mut anchors: Vec<SocketAddr> = loaded
+        .into_iter()
+        .filter(|a| config.reachable(crate::discovery::overlay::Network::of_ip(a.ip())))
+        .take(MAX_BLOCK_RELAY_ONLY_ANCHORS)
+        .collect();
+    if !anchors.is_empty() {
+        info!(
+            anchors = anchors.len(),
+            "block-relay-only anchors from the last run"
+        );
+    }
+    // Popped from the end: the first anchor is tried first.
+    anchors.reverse();
+    anchors
 }
 
 /// Loads the address book; a corrupt file is set aside and the node starts with an empty
@@ -1139,6 +1274,8 @@ impl Actor for Manager {
             v1_only: HashSet::new(),
             addr_fetch: None,
             addr_fetch_queue: std::collections::VecDeque::new(),
+            anchors: Vec::new(),
+            anchors_out: None,
         })
     }
 
@@ -1157,6 +1294,7 @@ impl Actor for Manager {
         // The book is loaded here, not in pre_start, which runs inside the spawner's await.
         let config = state.ctx.config();
         state.book = load_addrbook(&config.datadir, config.distinct_local_groups);
+        state.anchors = take_anchors(&config);
         state.book.set_reachable(config.reachable_networks());
         state.publish_book_counts();
         info!(addresses = state.book.len(), "address book loaded");
@@ -1454,6 +1592,7 @@ impl Actor for Manager {
                 let _ = reply.send(found.is_some());
             }
             ManagerMsg::Shutdown(reply) => {
+                state.anchors_out = Some(state.current_anchors());
                 state.ctx.begin_shutdown();
                 let mut stopping = JoinSet::new();
                 for child in state.children.values() {
@@ -1472,6 +1611,7 @@ impl Actor for Manager {
                 while stopping.join_next().await.is_some() {}
                 state.save_bans_now().await;
                 state.save_book();
+                state.save_anchors();
                 info!(peers = count, "all connections closed, state saved");
                 let _ = reply.send(());
             }
@@ -1493,6 +1633,7 @@ impl Actor for Manager {
         }
         state.save_bans_now().await;
         state.save_book();
+        state.save_anchors();
         Ok(())
     }
 

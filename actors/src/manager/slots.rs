@@ -1,13 +1,16 @@
-//! Connection slots: an outbound limit, an inbound limit and a total, reserved atomically
-//! before a Connection is spawned and released exactly once, by RAII.
+//! Connection slots: an outbound limit (full-relay peers), a block-relay-only limit, an
+//! inbound limit and a total, reserved atomically before a Connection is spawned and
+//! released exactly once, by RAII.
 //!
-//! Both counts live in one `AtomicU64` (outbound in the high half, inbound in the low half),
-//! so a reservation checks all three limits and takes its slot in a single compare-and-swap:
-//! two racing reservations can never both take the last slot. A [`SlotPermit`] gives its slot
-//! back when dropped, so every exit path of a Connection (handshake failure, error, panic,
-//! kill, graceful stop) releases it exactly once; the permit lives in the Connection's state.
-//! Limits can change at run time; lowering one never revokes permits already held (the
-//! Manager disconnects the excess in eviction order instead).
+//! The three counts live in one `AtomicU64` (21 bits each: outbound, block-relay-only,
+//! inbound), so a reservation checks every limit and takes its slot in a single
+//! compare-and-swap: two racing reservations can never both take the last slot. A
+//! [`SlotPermit`] gives its slot back when dropped, so every exit path of a Connection
+//! (handshake failure, error, panic, kill, graceful stop) releases it exactly once; the
+//! permit lives in the Connection's state. Limits can change at run time; lowering one never
+//! revokes permits already held (the Manager disconnects the excess in eviction order
+//! instead). Block-relay-only connections are outbound too, but have slots of their own,
+//! as Core's (`MAX_BLOCK_RELAY_ONLY_CONNECTIONS` beside `MAX_OUTBOUND_FULL_RELAY_CONNECTIONS`).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,16 +21,25 @@ use crate::peer::Direction;
 
 /// Default outbound limit (Bitcoin Core: 8 full-relay outbound peers).
 pub const DEFAULT_MAX_OUTBOUND: u32 = 8;
-/// Default inbound limit (Core's 125 total minus its outbound).
-pub const DEFAULT_MAX_INBOUND: u32 = 117;
+/// Default block-relay-only limit (Core's `MAX_BLOCK_RELAY_ONLY_CONNECTIONS`): two outbound
+/// peers that carry blocks only, whose existence gossip and transaction relay never reveal,
+/// so that an attacker mapping our full-relay peers still misses them.
+pub const DEFAULT_MAX_BLOCK_RELAY_ONLY: u32 = 2;
+/// Default inbound limit (Core's 125 total minus its outbound of both kinds).
+pub const DEFAULT_MAX_INBOUND: u32 = 115;
 /// Default total (Core's `DEFAULT_MAX_PEER_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 125;
+/// Bits per count in the packed word (2 million connections of one kind at most).
+const COUNT_BITS: u32 = 21;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
-/// The three limits.
+/// The limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SlotLimits {
-    /// Outbound connections at most.
+    /// Full-relay outbound connections at most.
     pub outbound: u32,
+    /// Block-relay-only outbound connections at most.
+    pub block_relay: u32,
     /// Inbound connections at most.
     pub inbound: u32,
     /// Connections in total at most.
@@ -38,39 +50,79 @@ impl Default for SlotLimits {
     fn default() -> Self {
         SlotLimits {
             outbound: DEFAULT_MAX_OUTBOUND,
+            block_relay: DEFAULT_MAX_BLOCK_RELAY_ONLY,
             inbound: DEFAULT_MAX_INBOUND,
             total: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
 
-/// Slots in use per direction.
+/// Slots in use per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct SlotUsage {
-    /// Outbound slots held.
+    /// Full-relay outbound slots held (manual peers included).
     pub outbound: u32,
+    /// Block-relay-only slots held.
+    pub block_relay: u32,
     /// Inbound slots held.
     pub inbound: u32,
 }
 
-fn unpack(v: u64) -> SlotUsage {
-    SlotUsage {
-        outbound: (v >> 32) as u32,
-        inbound: v as u32,
+impl SlotUsage {
+    /// Every slot held.
+    pub fn total(&self) -> u32 {
+        self.outbound + self.block_relay + self.inbound
     }
 }
 
-fn unit(direction: Direction) -> u64 {
-    match direction {
-        Direction::Outbound => 1 << 32,
-        Direction::Inbound => 1,
+/// What a slot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    /// An outbound full-relay (or manual) connection.
+    Outbound,
+    /// An outbound block-relay-only connection.
+    BlockRelay,
+    /// An inbound connection.
+    Inbound,
+}
+
+impl SlotKind {
+    fn shift(self) -> u32 {
+        match self {
+            SlotKind::Outbound => 2 * COUNT_BITS,
+            SlotKind::BlockRelay => COUNT_BITS,
+            SlotKind::Inbound => 0,
+        }
     }
+}
+
+impl From<Direction> for SlotKind {
+    fn from(d: Direction) -> SlotKind {
+        match d {
+            Direction::Outbound => SlotKind::Outbound,
+            Direction::Inbound => SlotKind::Inbound,
+        }
+    }
+}
+
+fn unpack(v: u64) -> SlotUsage {
+    let count = |k: SlotKind| ((v >> k.shift()) & COUNT_MASK) as u32;
+    SlotUsage {
+        outbound: count(SlotKind::Outbound),
+        block_relay: count(SlotKind::BlockRelay),
+        inbound: count(SlotKind::Inbound),
+    }
+}
+
+fn unit(kind: SlotKind) -> u64 {
+    1 << kind.shift()
 }
 
 #[derive(Debug)]
 struct Inner {
     used: AtomicU64,
     max_outbound: AtomicU32,
+    max_block_relay: AtomicU32,
     max_inbound: AtomicU32,
     max_total: AtomicU32,
 }
@@ -85,21 +137,27 @@ pub struct SlotPool {
 #[derive(Debug)]
 pub struct SlotPermit {
     pool: Arc<Inner>,
-    direction: Direction,
+    kind: SlotKind,
 }
 
 impl SlotPermit {
     /// The direction this slot counts against.
     pub fn direction(&self) -> Direction {
-        self.direction
+        match self.kind {
+            SlotKind::Inbound => Direction::Inbound,
+            SlotKind::Outbound | SlotKind::BlockRelay => Direction::Outbound,
+        }
+    }
+
+    /// What the slot is for.
+    pub fn kind(&self) -> SlotKind {
+        self.kind
     }
 }
 
 impl Drop for SlotPermit {
     fn drop(&mut self) {
-        self.pool
-            .used
-            .fetch_sub(unit(self.direction), Ordering::AcqRel);
+        self.pool.used.fetch_sub(unit(self.kind), Ordering::AcqRel);
     }
 }
 
@@ -110,6 +168,7 @@ impl SlotPool {
             inner: Arc::new(Inner {
                 used: AtomicU64::new(0),
                 max_outbound: AtomicU32::new(limits.outbound),
+                max_block_relay: AtomicU32::new(limits.block_relay),
                 max_inbound: AtomicU32::new(limits.inbound),
                 max_total: AtomicU32::new(limits.total),
             }),
@@ -120,6 +179,7 @@ impl SlotPool {
     pub fn limits(&self) -> SlotLimits {
         SlotLimits {
             outbound: self.inner.max_outbound.load(Ordering::Acquire),
+            block_relay: self.inner.max_block_relay.load(Ordering::Acquire),
             inbound: self.inner.max_inbound.load(Ordering::Acquire),
             total: self.inner.max_total.load(Ordering::Acquire),
         }
@@ -131,6 +191,9 @@ impl SlotPool {
             .max_outbound
             .store(limits.outbound, Ordering::Release);
         self.inner
+            .max_block_relay
+            .store(limits.block_relay, Ordering::Release);
+        self.inner
             .max_inbound
             .store(limits.inbound, Ordering::Release);
         self.inner.max_total.store(limits.total, Ordering::Release);
@@ -141,30 +204,35 @@ impl SlotPool {
         unpack(self.inner.used.load(Ordering::Acquire))
     }
 
-    /// Takes a slot for `direction` if every limit allows it.
+    /// Takes a slot for `direction` if every limit allows it (outbound: full-relay).
     pub fn try_reserve(&self, direction: Direction) -> Option<SlotPermit> {
+        self.try_reserve_kind(direction.into())
+    }
+
+    /// Takes a slot of `kind` if every limit allows it.
+    pub fn try_reserve_kind(&self, kind: SlotKind) -> Option<SlotPermit> {
         let limits = self.limits();
         let mut current = self.inner.used.load(Ordering::Acquire);
         loop {
             let u = unpack(current);
-            let total = u.outbound + u.inbound;
-            let fits = match direction {
-                Direction::Outbound => u.outbound < limits.outbound,
-                Direction::Inbound => u.inbound < limits.inbound,
-            } && total < limits.total;
+            let fits = match kind {
+                SlotKind::Outbound => u.outbound < limits.outbound,
+                SlotKind::BlockRelay => u.block_relay < limits.block_relay,
+                SlotKind::Inbound => u.inbound < limits.inbound,
+            } && u.total() < limits.total;
             if !fits {
                 return None;
             }
             match self.inner.used.compare_exchange_weak(
                 current,
-                current + unit(direction),
+                current + unit(kind),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
                 Ok(_) => {
                     return Some(SlotPermit {
                         pool: self.inner.clone(),
-                        direction,
+                        kind,
                     })
                 }
                 Err(now) => current = now,
@@ -172,19 +240,23 @@ impl SlotPool {
         }
     }
 
-    /// How many held slots of `direction` are above the limits (after a live shrink).
+    /// How many held slots of `direction` are above the limits (after a live shrink);
+    /// outbound counts full-relay and block-relay-only slots together.
     pub fn excess(&self, direction: Direction) -> u32 {
         let u = self.usage();
         let l = self.limits();
+        let outbound = u.outbound + u.block_relay;
         let own = match direction {
-            Direction::Outbound => u.outbound.saturating_sub(l.outbound),
+            Direction::Outbound => {
+                u.outbound.saturating_sub(l.outbound) + u.block_relay.saturating_sub(l.block_relay)
+            }
             Direction::Inbound => u.inbound.saturating_sub(l.inbound),
         };
-        let over_total = (u.outbound + u.inbound).saturating_sub(l.total);
+        let over_total = u.total().saturating_sub(l.total);
         // Over the total, inbound peers go first (they are the ones we can replace).
         match direction {
             Direction::Inbound => own.max(over_total.min(u.inbound)),
-            Direction::Outbound => own.max(over_total.saturating_sub(u.inbound)),
+            Direction::Outbound => own.max(over_total.saturating_sub(u.inbound)).min(outbound),
         }
     }
 }
@@ -198,6 +270,7 @@ mod tests {
     fn limits_per_direction_and_total_hold() {
         let pool = SlotPool::new(SlotLimits {
             outbound: 2,
+            block_relay: 0,
             inbound: 3,
             total: 4,
         });
@@ -212,6 +285,34 @@ mod tests {
         );
         drop(o1);
         assert!(pool.try_reserve(Direction::Inbound).is_some());
+    }
+
+    #[test]
+    fn block_relay_only_slots_are_their_own_and_count_in_the_total() {
+        let pool = SlotPool::new(SlotLimits {
+            outbound: 1,
+            block_relay: 2,
+            inbound: 5,
+            total: 4,
+        });
+        let _o = pool.try_reserve(Direction::Outbound).unwrap();
+        assert!(pool.try_reserve(Direction::Outbound).is_none());
+        let b1 = pool.try_reserve_kind(SlotKind::BlockRelay).unwrap();
+        assert_eq!(b1.direction(), Direction::Outbound);
+        let _b2 = pool.try_reserve_kind(SlotKind::BlockRelay).unwrap();
+        assert!(pool.try_reserve_kind(SlotKind::BlockRelay).is_none());
+        assert_eq!(
+            pool.usage(),
+            SlotUsage {
+                outbound: 1,
+                block_relay: 2,
+                inbound: 0
+            }
+        );
+        let _i = pool.try_reserve(Direction::Inbound).unwrap();
+        assert!(pool.try_reserve(Direction::Inbound).is_none(), "total of 4");
+        drop(b1);
+        assert_eq!(pool.usage().block_relay, 1);
     }
 
     #[test]
@@ -236,9 +337,10 @@ mod tests {
         /// to zero.
         #[test]
         fn concurrent_reserve_and_release_never_exceed_limits(
-            outbound in 1u32..6, inbound in 1u32..10, total in 1u32..12, threads in 2usize..12,
+            outbound in 1u32..6, block_relay in 0u32..3, inbound in 1u32..10, total in 1u32..12,
+            threads in 2usize..12,
         ) {
-            let pool = SlotPool::new(SlotLimits { outbound, inbound, total });
+            let pool = SlotPool::new(SlotLimits { outbound, block_relay, inbound, total });
             let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             std::thread::scope(|s| {
                 for t in 0..threads {
@@ -247,10 +349,15 @@ mod tests {
                     s.spawn(move || {
                         let mut held = Vec::new();
                         for i in 0..2000usize {
-                            let dir = if (i + t) % 3 == 0 { Direction::Outbound } else { Direction::Inbound };
-                            if let Some(p) = pool.try_reserve(dir) { held.push(p); }
+                            let kind = match (i + t) % 5 {
+                                0 | 1 => SlotKind::Outbound,
+                                2 => SlotKind::BlockRelay,
+                                _ => SlotKind::Inbound,
+                            };
+                            if let Some(p) = pool.try_reserve_kind(kind) { held.push(p); }
                             let u = pool.usage();
-                            if u.outbound > outbound || u.inbound > inbound || u.outbound + u.inbound > total {
+                            if u.outbound > outbound || u.block_relay > block_relay
+                                || u.inbound > inbound || u.total() > total {
                                 over.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
                             if i % 2 == 1 { held.pop(); }

@@ -57,6 +57,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, error, info, warn};
 
+use crate::peer::DisconnectReason;
+
 use crate::constants::MAX_HEADERS_PER_MESSAGE;
 use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
@@ -175,6 +177,9 @@ struct SyncPeer {
     presync: Option<HeadersPresync>,
     wants_headers: bool,
     relay: bool,
+    /// Our block-relay-only connection: a transaction announced or sent by it breaks the
+    /// `relay=false` we sent, and ends it (Core: "sent in violation of protocol").
+    block_relay_only: bool,
     known: RollingFilter,
     pending_tx: Vec<Txid>,
     /// The peer's feefilter, sat per 1000 virtual bytes.
@@ -599,6 +604,22 @@ impl SyncActorState {
         }
         self.schedule_segments();
         self.publish_status();
+    }
+
+    /// Ends a block-relay-only connection that relayed a transaction to us, as Core does
+    /// (no score: the peer broke what it agreed to, it did not lie). True when it was one.
+    fn refuse_tx_on_block_relay(&self, id: PeerId, what: &'static str) -> bool {
+        let Some(p) = self.peers.get(&id).filter(|p| p.block_relay_only) else {
+            return false;
+        };
+        metrics::counter!("meshd_block_relay_violations_total").increment(1);
+        debug!(peer = %p.addr, id = %id, what, "transaction relay on a block-relay-only connection; disconnecting");
+        let _ = p
+            .actor
+            .cast(ConnectionMsg::Disconnect(DisconnectReason::Protocol(
+                format!("{what} on a block-relay-only connection"),
+            )));
+        true
     }
 
     fn punish(&self, id: PeerId, kind: &'static str) {
@@ -1156,7 +1177,11 @@ impl SyncActorState {
             }
             SyncInput::GetData(items) => self.on_getdata(id, items),
             SyncInput::Block(b) => self.on_block(id, *b),
-            SyncInput::Tx(tx) => self.on_tx(Some(id), *tx),
+            SyncInput::Tx(tx) => {
+                if !self.refuse_tx_on_block_relay(id, "tx") {
+                    self.on_tx(Some(id), *tx)
+                }
+            }
             SyncInput::SendHeaders => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.wants_headers = true;
@@ -1456,6 +1481,7 @@ impl SyncActorState {
                 inbound,
                 version,
                 wtxid_relay,
+                block_relay_only,
             } => {
                 if self.peers.contains_key(&id) {
                     // Announced twice (a restarted Sync is told of every live peer, and a
@@ -1473,6 +1499,7 @@ impl SyncActorState {
                     presync: None,
                     wants_headers: false,
                     relay,
+                    block_relay_only,
                     known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
                     pending_tx: Vec::new(),
                     feefilter: 0,

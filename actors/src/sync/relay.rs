@@ -27,6 +27,15 @@ use crate::network::Chain;
 impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
         let mut unknown_block = None;
+        let announces_tx = inv.iter().any(|i| {
+            matches!(
+                i,
+                Inventory::Transaction(_) | Inventory::WitnessTransaction(_) | Inventory::WTx(_)
+            )
+        });
+        if announces_tx && self.refuse_tx_on_block_relay(id, "transaction inv") {
+            return;
+        }
         let Some(p) = self.peers.get(&id) else {
             return;
         };
@@ -62,6 +71,7 @@ impl SyncActorState {
                 Inventory::WTx(w) if wtxid_peer => (w.to_byte_array(), self.pool.txid_of(&w)),
                 _ => continue,
             };
+
             if let Some(p) = self.peers.get_mut(&id) {
                 p.learn(key);
             }

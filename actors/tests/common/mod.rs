@@ -31,6 +31,7 @@ pub fn config(dir: &std::path::Path) -> NodeConfig {
 pub fn listen_only(dir: &std::path::Path) -> NodeConfig {
     let mut c = config(dir);
     c.slots.outbound = 0;
+    c.slots.block_relay = 0;
     c
 }
 
@@ -161,6 +162,13 @@ impl AsyncPeer {
     /// The node dialled `listener`: accepts it and handshakes as the answering side (the
     /// raw peer is then the node's outbound peer).
     pub async fn accept(listener: &tokio::net::TcpListener) -> AsyncPeer {
+        AsyncPeer::accept_version(listener).await.0
+    }
+
+    /// As [`AsyncPeer::accept`], with the `version` the node sent.
+    pub async fn accept_version(
+        listener: &tokio::net::TcpListener,
+    ) -> (AsyncPeer, bitcoin::p2p::message_network::VersionMessage) {
         let (stream, _) = tokio::time::timeout(Duration::from_secs(15), listener.accept())
             .await
             .expect("the node dials within 15 s")
@@ -174,11 +182,11 @@ impl AsyncPeer {
             pending: Vec::new(),
             received: 0,
         };
-        let (mut version, mut verack) = (false, false);
-        while !(version && verack) {
+        let (mut version, mut verack) = (None, false);
+        while !(version.is_some() && verack) {
             match peer.recv(Duration::from_secs(10)).await {
-                Seen::Msg(Message::Network(NetworkMessage::Version(_))) => {
-                    version = true;
+                Seen::Msg(Message::Network(NetworkMessage::Version(v))) => {
+                    version = Some(v);
                     peer.send(version_message(0)).await;
                     peer.send(NetworkMessage::Verack).await;
                 }
@@ -187,7 +195,7 @@ impl AsyncPeer {
                 other => panic!("handshake with the dialling node: {other:?}"),
             }
         }
-        peer
+        (peer, version.expect("a version"))
     }
 
     pub async fn send(&mut self, msg: NetworkMessage) {

@@ -1,0 +1,170 @@
+//! Block-relay-only connections and anchors (Bitcoin Core's `ConnectionType::BLOCK_RELAY`,
+//! `anchors.dat`) over loopback sockets, in the spirit of Core's `p2p_blocksonly.py` and
+//! `feature_anchors.py`: a node with one full-relay and one block-relay-only slot dials two
+//! raw peers it heard of; the block-relay-only one is sent `relay=false`, never asked for
+//! addresses, its addresses are ignored, and it is shown as `block-relay-only`; at shutdown
+//! it is written to anchors.dat, which the next start reads, deletes and dials first as
+//! block-relay-only again; a transaction announced on it ends it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::address::Address;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::p2p::message_network::VersionMessage;
+use bitcoin::p2p::ServiceFlags;
+use common::{config, AsyncPeer};
+use meshd_actors::manager::ANCHORS_FILE;
+use meshd_actors::node::Node;
+use tokio::net::TcpListener;
+
+fn addr_message(addrs: &[SocketAddr]) -> NetworkMessage {
+    let now = common::unix_now();
+    NetworkMessage::Addr(
+        addrs
+            .iter()
+            .map(|a| {
+                (
+                    now,
+                    Address::new(a, ServiceFlags::NETWORK | ServiceFlags::WITNESS),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Tells `node` of `addr` through an inbound peer of its own (each inbound peer may give
+/// one address at once), and waits until the book holds it.
+async fn gossip(node: &Node, addr: SocketAddr) -> AsyncPeer {
+    let mut g = common::handshaked(node.listen_addrs()[0]).await;
+    g.send(addr_message(&[addr])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node.known_addresses().await.iter().any(|e| e.addr == addr) {
+        assert!(Instant::now() < deadline, "{addr} never reached the book");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    g
+}
+
+async fn listener(ip: &str) -> TcpListener {
+    TcpListener::bind(format!("{ip}:0")).await.unwrap()
+}
+
+/// Both listeners' first connections from the node, each with the version it was sent.
+async fn both_dialled(
+    a: &TcpListener,
+    b: &TcpListener,
+) -> ((AsyncPeer, VersionMessage), (AsyncPeer, VersionMessage)) {
+    tokio::join!(AsyncPeer::accept_version(a), AsyncPeer::accept_version(b))
+}
+
+async fn connection_type(node: &Node, addr: SocketAddr) -> String {
+    let peers = common::wait_peers(node, "the peer in the table", |p| {
+        p.iter().any(|x| x.addr == addr)
+    })
+    .await;
+    peers
+        .iter()
+        .find(|x| x.addr == addr)
+        .map(|x| x.connection_type.to_string())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn block_relay_only_peers_carry_no_addresses_or_transactions_and_come_back_as_anchors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 1;
+    c.slots.block_relay = 1;
+    let l2 = listener("127.0.0.2").await;
+    let l3 = listener("127.0.0.3").await;
+    let (a2, a3) = (l2.local_addr().unwrap(), l3.local_addr().unwrap());
+
+    let node = Node::start(c.clone()).await.unwrap();
+    let _g2 = gossip(&node, a2).await;
+    let _g3 = gossip(&node, a3).await;
+    let ((p2, v2), (p3, v3)) = both_dialled(&l2, &l3).await;
+    assert_ne!(v2.relay, v3.relay, "one full-relay, one block-relay-only");
+    let (mut full, mut blocks, blocks_addr) = if v2.relay { (p2, p3, a3) } else { (p3, p2, a2) };
+    let full_addr = if blocks_addr == a2 { a3 } else { a2 };
+    assert_eq!(
+        connection_type(&node, blocks_addr).await,
+        "block-relay-only"
+    );
+    assert_eq!(
+        connection_type(&node, full_addr).await,
+        "outbound-full-relay"
+    );
+    // The full-relay peer is asked for addresses; the block-relay-only one never is.
+    let asked = |m: &NetworkMessage| matches!(m, NetworkMessage::GetAddr).then_some(());
+    assert!(full.wait_for(Duration::from_secs(5), asked).await.is_some());
+    assert!(
+        blocks
+            .wait_for(Duration::from_secs(2), asked)
+            .await
+            .is_none(),
+        "getaddr sent on a block-relay-only connection"
+    );
+    // Its addresses are ignored; the full-relay peer's are kept.
+    let from_blocks: SocketAddr = "127.0.0.10:1".parse().unwrap();
+    let from_full: SocketAddr = "127.0.0.9:1".parse().unwrap();
+    blocks.send(addr_message(&[from_blocks])).await;
+    full.send(addr_message(&[from_full])).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node
+        .known_addresses()
+        .await
+        .iter()
+        .any(|e| e.addr == from_full)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the full-relay peer's address was not kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !node
+            .known_addresses()
+            .await
+            .iter()
+            .any(|e| e.addr == from_blocks),
+        "an address from a block-relay-only peer was kept"
+    );
+    let (used, _) = node.slots();
+    assert_eq!((used.outbound, used.block_relay), (1, 1));
+
+    // Shut down: the block-relay-only peer is the anchor.
+    node.shutdown().await;
+    assert!(dir.path().join(ANCHORS_FILE).exists(), "no anchors.dat");
+
+    // The next start reads anchors.dat, deletes it, and dials the anchor first, again as
+    // block-relay-only.
+    let node = Node::start(c).await.unwrap();
+    let blocks_listener = if blocks_addr == a2 { &l2 } else { &l3 };
+    let (mut again, version) = AsyncPeer::accept_version(blocks_listener).await;
+    assert!(!version.relay, "the anchor came back as a full-relay peer");
+    assert_eq!(
+        connection_type(&node, blocks_addr).await,
+        "block-relay-only"
+    );
+    assert!(
+        !dir.path().join(ANCHORS_FILE).exists(),
+        "anchors.dat is kept after it was read"
+    );
+    // A transaction announced on it breaks `relay=false`: the connection ends.
+    again
+        .send(NetworkMessage::Inv(vec![Inventory::Transaction(
+            bitcoin::Txid::from_byte_array([7; 32]),
+        )]))
+        .await;
+    assert!(
+        again.closed_within(Duration::from_secs(10)).await,
+        "a transaction inv on a block-relay-only connection was taken"
+    );
+    node.shutdown().await;
+}
