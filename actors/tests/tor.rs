@@ -22,6 +22,7 @@ use common::tor::PASSWORD;
 use common::{config, AsyncPeer, Seen};
 use meshd_actors::discovery::overlay::OverlayAddr;
 use meshd_actors::node::Node;
+use meshd_actors::tor::control;
 use meshd_actors::wire::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -171,7 +172,9 @@ async fn password_authentication_and_a_wrong_password() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let t = common::tor::Tor::start(&tor, dir.path());
+    // A control port that takes the password only (with a readable cookie, SAFECOOKIE is
+    // used first: it is the one method where Tor proves who it is).
+    let t = common::tor::Tor::start_with(&tor, dir.path(), false);
 
     let good = tempfile::tempdir().unwrap();
     let mut c = config(good.path());
@@ -195,26 +198,22 @@ async fn password_authentication_and_a_wrong_password() {
     node.shutdown().await;
 }
 
-/// A key in Tor's `ED25519-V3:` format (base64 of the expanded secret key) and its service
-/// id (the onion name without `.onion`).
+/// A key in Tor's `ED25519-V3:` format and its service id (the onion name without
+/// `.onion`).
 fn tor_key(seed: u8) -> (String, String) {
-    use bitcoin::hashes::{sha512, Hash};
-    let secret = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-    // Tor keeps SHA-512 of the seed with the scalar half clamped (RFC 8032 keygen).
-    let mut bytes = sha512::Hash::hash(&[seed; 32]).to_byte_array();
-    bytes[0] &= 248;
-    bytes[31] &= 127;
-    bytes[31] |= 64;
-    let host = OverlayAddr::Onion(secret.verifying_key().to_bytes()).to_string();
-    (
-        format!("ED25519-V3:{}", data_encoding::BASE64.encode(&bytes)),
-        host.trim_end_matches(".onion").to_string(),
-    )
+    let key = control::new_key([seed; 32]);
+    (key.clone(), service_id(&key))
+}
+
+/// The service id a key makes.
+fn service_id(key: &str) -> String {
+    let host = OverlayAddr::Onion(control::key_service(key).unwrap_or_default()).to_string();
+    host.trim_end_matches(".onion").to_string()
 }
 
 /// A control port that is not Tor: it offers no authentication and answers `ADD_ONION`
-/// with the service and key it chooses (`None`: it answers the key it was sent, as Tor
-/// does). Every command line it was sent is recorded.
+/// with the service it chooses (`None`: the one the sent key makes, as Tor would). Every
+/// command line it was sent is recorded.
 struct FakeControl {
     addr: SocketAddr,
     commands: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -238,15 +237,7 @@ impl FakeControl {
                         let sent = line.split(' ').nth(1).unwrap_or_default();
                         let (key, id) = match &answer {
                             Some(a) => a.clone(),
-                            None if sent.starts_with("ED25519-V3:") => {
-                                let id = (0..=255u8)
-                                    .map(tor_key)
-                                    .find(|(k, _)| k == sent)
-                                    .map(|(_, id)| id)
-                                    .unwrap_or_default();
-                                (String::new(), id)
-                            }
-                            None => tor_key(9),
+                            None => (String::new(), service_id(sent)),
                         };
                         let key_line = if key.is_empty() {
                             String::new()
@@ -270,10 +261,21 @@ impl FakeControl {
         let commands = self.commands.lock().unwrap();
         commands.iter().filter(|c| c.starts_with(prefix)).count()
     }
+
+    /// The key named by the first `ADD_ONION`.
+    fn key_sent(&self) -> Option<String> {
+        let commands = self.commands.lock().unwrap();
+        commands
+            .iter()
+            .find(|c| c.starts_with("ADD_ONION"))
+            .and_then(|c| c.split(' ').nth(1))
+            .map(str::to_string)
+    }
 }
 
 /// Core's torcontrol would authenticate to a port offering NULL; meshd does only when the
-/// operator says so, since whatever answers there is then handed the onion key.
+/// operator says so, since whatever answers there is then handed the onion key. Allowed, the
+/// key is made here (never Tor's `NEW:`), sent, and kept once the answer is its service.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_control_port_asking_no_authentication_is_used_only_when_allowed() {
     let fake = FakeControl::start(None).await;
@@ -291,19 +293,23 @@ async fn a_control_port_asking_no_authentication_is_used_only_when_allowed() {
     assert!(node.onion_service().is_none());
     node.shutdown().await;
 
-    // Allowed: a new key is asked for, and kept since it is the answered service's.
     c.tor_null_auth = true;
     let node = Node::start(c).await.unwrap();
     let onion = wait_onion(&node, 10).await;
-    assert_eq!(onion.to_string(), format!("{}.onion", tor_key(9).1));
+    let sent = fake.key_sent().expect("ADD_ONION with a key");
+    assert!(
+        sent.starts_with("ED25519-V3:"),
+        "asked the server for a key: {sent}"
+    );
+    assert_eq!(onion.to_string(), format!("{}.onion", service_id(&sent)));
     let saved = std::fs::read_to_string(nd.path().join(meshd_actors::tor::ONION_KEY_FILE)).unwrap();
-    assert_eq!(saved, tor_key(9).0);
+    assert_eq!(saved, sent, "the key kept is the one made here");
     node.shutdown().await;
 }
 
-/// A control port that answers our saved key with a service and key of its own: the node
-/// refuses the service and never replaces its key; a key offered alongside our own service
-/// is not stored either.
+/// A control port that answers our key with a service of its own is refused, and our key is
+/// never replaced; a key offered alongside our own service is not stored either; a key file
+/// we cannot read is set aside, not overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_the_server_chose_is_never_stored() {
     let (ours, our_id) = tor_key(1);
@@ -333,9 +339,32 @@ async fn a_key_the_server_chose_is_never_stored() {
     // offered key dropped.
     let fake = FakeControl::start(Some((theirs.0.clone(), our_id.clone()))).await;
     c.tor_control = Some(fake.addr);
-    let node = Node::start(c).await.unwrap();
+    let node = Node::start(c.clone()).await.unwrap();
     let onion = wait_onion(&node, 10).await;
     assert_eq!(onion.to_string(), format!("{our_id}.onion"));
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), ours);
+    node.shutdown().await;
+
+    // A key file we cannot use (an RSA key of old) is set aside whole, and a new key made.
+    std::fs::write(&key_path, "RSA1024:AAAA").unwrap();
+    let fake = FakeControl::start(None).await;
+    c.tor_control = Some(fake.addr);
+    let node = Node::start(c).await.unwrap();
+    wait_onion(&node, 10).await;
+    let aside: Vec<_> = std::fs::read_dir(nd.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("onion_v3_private_key.corrupt-")
+        })
+        .collect();
+    assert_eq!(aside.len(), 1, "the unreadable key file was not set aside");
+    assert_eq!(
+        std::fs::read_to_string(aside[0].path()).unwrap(),
+        "RSA1024:AAAA"
+    );
+    assert_ne!(std::fs::read_to_string(&key_path).unwrap(), ours);
     node.shutdown().await;
 }

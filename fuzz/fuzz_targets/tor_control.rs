@@ -20,8 +20,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(reply.lines.iter().all(|l| l.len() <= 2 * MAX_LINE_LEN));
             let _ = choose_auth(&reply, Some("pw"), false);
             let _ = choose_auth(&reply, None, true);
-            if let Ok((_, key)) = parse_add_onion(&reply) {
-                let _ = check_add_onion(None, &[7; 32], key.as_deref());
+            if let Ok(id) = parse_add_onion(&reply) {
+                let _ = check_add_onion(&id, &[7; 32]);
+            }
+            if let Some(key) = reply.value("PrivateKey") {
+                let _ = meshd_actors::tor::control::key_service(&key);
             }
             let _ = safecookie_response(&[0; 32], &[1; 32], &reply);
         }

@@ -33,6 +33,11 @@ pub struct Tor {
 impl Tor {
     /// Starts tor with its state in `dir`; waits until the control port answers.
     pub fn start(tor: &Path, dir: &Path) -> Tor {
+        Tor::start_with(tor, dir, true)
+    }
+
+    /// As [`Tor::start`]; without `cookie` the control port takes [`PASSWORD`] only.
+    pub fn start_with(tor: &Path, dir: &Path, cookie: bool) -> Tor {
         let hashed = Command::new(tor)
             .args(["--quiet", "--hash-password", PASSWORD])
             .output()
@@ -57,11 +62,12 @@ impl Tor {
         std::fs::write(
             &torrc,
             format!(
-                "DataDirectory {data}\nControlPort 127.0.0.1:{port}\nCookieAuthentication 1\n\
+                "DataDirectory {data}\nControlPort 127.0.0.1:{port}\nCookieAuthentication {cookie}\n\
                  HashedControlPassword {hashed}\nDisableNetwork 1\nSocksPort 0\n\
                  Log notice file {log}\nAvoidDiskWrites 1\n",
                 data = data.display(),
                 log = log.display(),
+                cookie = u8::from(cookie),
             ),
         )
         .unwrap();

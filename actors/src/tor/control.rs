@@ -3,14 +3,15 @@
 //! SAFECOOKIE exchange is computed here. The [`super::TorControl`] actor owns the socket.
 //!
 //! A session is: `PROTOCOLINFO 1` (which authentication methods, where the cookie is);
-//! `AUTHENTICATE` with a password (when one is set and Tor takes it), else SAFECOOKIE (HMAC
-//! proof in both directions, so a fake control port learns nothing of the cookie), and no
-//! authentication only when the operator allows it (`--torcontrol-null-auth`); plain COOKIE
-//! never. Then `ADD_ONION` with the saved key or `NEW:ED25519-V3`, and `DEL_ONION` at
-//! shutdown. What the server answers is checked against the key: a service id that is not
-//! our key's is refused, and a key is stored only when we asked for a new one and it is the
-//! returned service's. The control port is local and trusted more than a peer, but it is
-//! still a socket: lines and replies are bounded.
+//! `AUTHENTICATE` with SAFECOOKIE when offered (HMAC proof in both directions: the server
+//! shows it knows the cookie before ours is sent, and a fake port learns nothing of it), else
+//! a password (when one is set and Tor takes one; the password itself proves nothing of the
+//! server), and no authentication only when the operator allows it
+//! (`--torcontrol-null-auth`); plain COOKIE never. Then `ADD_ONION` with our key, always:
+//! a key made here ([`new_key`]) when none is saved, never Tor's `NEW:`, so the server never
+//! chooses our onion identity; the service id it answers must be our key's. `DEL_ONION` at
+//! shutdown. The control port is local and trusted more than a peer, but it is still a
+//! socket: lines and replies are bounded.
 
 use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
 
@@ -60,8 +61,7 @@ pub enum ControlError {
         "the control port asks for no authentication; pass --torcontrol-null-auth to use it anyway"
     )]
     NullAuthNotAllowed,
-    /// `ADD_ONION` answered with a service that is not our key's, or a key that is not the
-    /// service's, or a key we did not ask for.
+    /// `ADD_ONION` answered with a service that is not our key's.
     #[error("ADD_ONION answer does not match the key: {0}")]
     WrongService(String),
     /// A reply lacked a field we need.
@@ -272,17 +272,18 @@ impl ReplyReader {
 pub enum AuthPlan {
     /// No authentication configured in Tor, and the operator allows using it.
     Null,
-    /// HMAC challenge over the cookie in `path`. Plain COOKIE is never used (nor by Core):
+    /// HMAC challenge over the cookie in `path`; the password, if one is configured and Tor
+    /// takes one, when the cookie cannot be read. Plain COOKIE is never used (nor by Core):
     /// it hands the cookie file's bytes to whatever listens on the port, which need not be
     /// Tor and need not know them; SAFECOOKIE checks the server's proof first.
-    SafeCookie(String),
+    SafeCookie(String, Option<String>),
     /// The configured password.
     Password(String),
 }
 
 /// Picks the authentication from a PROTOCOLINFO reply, our password if any, and whether the
-/// operator allows none (`allow_null`). A method that proves the server is Tor (the
-/// password's, SAFECOOKIE's) is preferred to NULL even when NULL is allowed.
+/// operator allows none (`allow_null`): SAFECOOKIE first (the only method where the server
+/// proves anything), then the password, then NULL if allowed.
 pub fn choose_auth(
     protocolinfo: &Reply,
     password: Option<&str>,
@@ -292,11 +293,12 @@ pub fn choose_auth(
         .value("METHODS")
         .ok_or(ControlError::Missing("METHODS"))?;
     let has = |m: &str| methods.split(',').any(|x| x == m);
-    if let (Some(p), true) = (password, has("HASHEDPASSWORD")) {
-        return Ok(AuthPlan::Password(p.to_string()));
-    }
+    let password = password.filter(|_| has("HASHEDPASSWORD"));
     if let (Some(path), true) = (protocolinfo.value("COOKIEFILE"), has("SAFECOOKIE")) {
-        return Ok(AuthPlan::SafeCookie(path));
+        return Ok(AuthPlan::SafeCookie(path, password.map(str::to_string)));
+    }
+    if let Some(p) = password {
+        return Ok(AuthPlan::Password(p.to_string()));
     }
     if has("NULL") {
         return if allow_null {
@@ -364,24 +366,33 @@ pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// `ADD_ONION` for `key` (`ED25519-V3:<base64>`) or a new key, mapping the onion's
-/// `virtual_port` to `target`.
-pub fn add_onion_command(key: Option<&str>, virtual_port: u16, target: &str) -> String {
-    format!(
-        "ADD_ONION {} Port={virtual_port},{target}\r\n",
-        key.unwrap_or("NEW:ED25519-V3")
-    )
+/// `ADD_ONION` for `key` (`ED25519-V3:<base64>`), mapping the onion's `virtual_port` to
+/// `target`. `DiscardPK`: Tor sends no key back (it has ours).
+pub fn add_onion_command(key: &str, virtual_port: u16, target: &str) -> String {
+    format!("ADD_ONION {key} Flags=DiscardPK Port={virtual_port},{target}\r\n")
 }
 
-/// The service id (the onion name without `.onion`) and, for a new key, the key.
-pub fn parse_add_onion(reply: &Reply) -> Result<(String, Option<String>), ControlError> {
+/// The service id (the onion name without `.onion`). Any key in the reply is ignored: the
+/// key is always ours.
+pub fn parse_add_onion(reply: &Reply) -> Result<String, ControlError> {
     let id = reply
         .value("ServiceID")
         .ok_or(ControlError::Missing("ServiceID"))?;
     if id.len() != 56 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ControlError::Malformed(format!("ServiceID {id:?}")));
     }
-    Ok((id, reply.value("PrivateKey")))
+    Ok(id)
+}
+
+/// A new onion key, made here as Tor makes one (RFC 8032 key generation: SHA-512 of a random
+/// seed, the scalar half clamped), in Tor's `ED25519-V3:` form.
+pub fn new_key(seed: [u8; 32]) -> String {
+    use bitcoin::hashes::sha512;
+    let mut expanded = sha512::Hash::hash(&seed).to_byte_array();
+    expanded[0] &= 248;
+    expanded[31] &= 127;
+    expanded[31] |= 64;
+    format!("ED25519-V3:{}", data_encoding::BASE64.encode(&expanded))
 }
 
 /// Whether a saved key line is one `ADD_ONION` takes: `ED25519-V3:` and the base64 of a
@@ -391,46 +402,36 @@ pub fn valid_key(key: &str) -> bool {
 }
 
 /// The onion service public key (what the service id encodes) of an `ED25519-V3:` key:
-/// the expanded secret key's scalar times the base point.
+/// the expanded secret key's scalar times the base point. Only keys whose scalar half is
+/// clamped, as every key Tor makes is: for them ed25519-dalek's (clamping) derivation and
+/// Tor's (`ed25519_donna_pubkey`, which does not clamp) agree.
 pub fn key_service(key: &str) -> Option<[u8; 32]> {
     let b64 = key.strip_prefix("ED25519-V3:")?;
     if b64.len() > 128 {
         return None;
     }
-    let bytes = data_encoding::BASE64.decode(b64.as_bytes()).ok()?;
+    let bytes = data_encoding::BASE64
+        .decode(b64.as_bytes())
+        .or_else(|_| data_encoding::BASE64_NOPAD.decode(b64.as_bytes()))
+        .ok()?;
     let expanded: [u8; 64] = bytes.try_into().ok()?;
+    let clamped = expanded[0] & 7 == 0 && expanded[31] & 0x80 == 0 && expanded[31] & 0x40 != 0;
+    if !clamped {
+        return None;
+    }
     let secret = ed25519_dalek::hazmat::ExpandedSecretKey::from_bytes(&expanded);
     Some(ed25519_dalek::VerifyingKey::from(&secret).to_bytes())
 }
 
-/// The key to keep after `ADD_ONION`: checks that the service answered is the one `sent`
-/// (our saved key) makes, or, when we asked for a new key, that the returned key makes the
-/// returned service. `service` is the public key the reply's ServiceID encodes. A key the
-/// server supplies unasked is never kept (`None` when we sent ours).
-pub fn check_add_onion(
-    sent: Option<&str>,
-    service: &[u8; 32],
-    returned_key: Option<&str>,
-) -> Result<Option<String>, ControlError> {
-    match sent {
-        Some(ours) => {
-            if key_service(ours).as_ref() != Some(service) {
-                return Err(ControlError::WrongService(
-                    "the service id is not our saved key's".into(),
-                ));
-            }
-            Ok(None)
-        }
-        None => {
-            let key = returned_key.ok_or(ControlError::Missing("PrivateKey"))?;
-            if key_service(key).as_ref() != Some(service) {
-                return Err(ControlError::WrongService(
-                    "the new key is not the service's".into(),
-                ));
-            }
-            Ok(Some(key.to_string()))
-        }
+/// Checks that the service `ADD_ONION` answered (`service`, the public key its ServiceID
+/// encodes) is the one our key `sent` makes: a server that made another is not our Tor.
+pub fn check_add_onion(sent: &str, service: &[u8; 32]) -> Result<(), ControlError> {
+    if key_service(sent).as_ref() != Some(service) {
+        return Err(ControlError::WrongService(
+            "the service id is not our key's".into(),
+        ));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -459,14 +460,16 @@ mod tests {
         assert_eq!(
             choose_auth(r, None, false),
             Ok(AuthPlan::SafeCookie(
-                "/var/lib/tor/control auth\"cookie".into()
+                "/var/lib/tor/control auth\"cookie".into(),
+                None
             ))
         );
         // A password is used only where Tor takes one.
         assert_eq!(
             choose_auth(r, Some("pw"), false),
             Ok(AuthPlan::SafeCookie(
-                "/var/lib/tor/control auth\"cookie".into()
+                "/var/lib/tor/control auth\"cookie".into(),
+                None
             ))
         );
         let hashed = read_all(b"250-AUTH METHODS=HASHEDPASSWORD\r\n250 OK\r\n");
@@ -498,62 +501,58 @@ mod tests {
             Err(ControlError::NullAuthNotAllowed)
         );
         assert_eq!(choose_auth(&null[0], None, true), Ok(AuthPlan::Null));
-        // Even when allowed, a method that proves the server is Tor comes first.
+        // Even when allowed, SAFECOOKIE (the server proves it is Tor) comes first, with the
+        // password kept for a cookie that cannot be read.
         let both = read_all(
             b"250-AUTH METHODS=NULL,SAFECOOKIE,HASHEDPASSWORD COOKIEFILE=\"/c\"\r\n250 OK\r\n",
         );
         assert_eq!(
             choose_auth(&both[0], None, true),
-            Ok(AuthPlan::SafeCookie("/c".into()))
+            Ok(AuthPlan::SafeCookie("/c".into(), None))
         );
         assert_eq!(
             choose_auth(&both[0], Some("pw"), true),
+            Ok(AuthPlan::SafeCookie("/c".into(), Some("pw".into())))
+        );
+        let password_or_null = read_all(b"250-AUTH METHODS=NULL,HASHEDPASSWORD\r\n250 OK\r\n");
+        assert_eq!(
+            choose_auth(&password_or_null[0], Some("pw"), true),
             Ok(AuthPlan::Password("pw".into()))
         );
     }
 
-    /// A key in Tor's `ED25519-V3:` format (base64 of the expanded secret key) and the
-    /// public key its service id encodes.
-    fn tor_key(seed: u8) -> (String, [u8; 32]) {
-        use bitcoin::hashes::sha512;
-        let secret = ed25519_dalek::SigningKey::from_bytes(&[seed; 32]);
-        // Tor keeps SHA-512 of the seed with the scalar half clamped (RFC 8032 keygen).
-        let mut bytes = sha512::Hash::hash(&[seed; 32]).to_byte_array();
-        bytes[0] &= 248;
-        bytes[31] &= 127;
-        bytes[31] |= 64;
-        (
-            format!("ED25519-V3:{}", data_encoding::BASE64.encode(&bytes)),
-            secret.verifying_key().to_bytes(),
-        )
+    /// The public key of a seed's key, as ed25519 signing keys derive it (RFC 8032).
+    fn public_of(seed: [u8; 32]) -> [u8; 32] {
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+            .verifying_key()
+            .to_bytes()
     }
 
     #[test]
-    fn a_key_is_kept_only_when_asked_for_and_the_service_must_be_the_keys() {
-        let (ours, our_service) = tor_key(1);
-        let (theirs, their_service) = tor_key(2);
-        assert_eq!(key_service(&ours), Some(our_service));
-        // Our saved key sent: the answer must be its service, and any key offered is dropped.
-        assert_eq!(
-            check_add_onion(Some(&ours), &our_service, Some(&theirs)),
-            Ok(None)
-        );
+    fn keys_are_made_here_and_the_service_must_be_the_keys() {
+        // Our key's service is the RFC 8032 public key of its seed: what Tor derives too.
+        let ours = new_key([1; 32]);
+        assert_eq!(key_service(&ours), Some(public_of([1; 32])));
+        assert!(check_add_onion(&ours, &public_of([1; 32])).is_ok());
         assert!(matches!(
-            check_add_onion(Some(&ours), &their_service, Some(&theirs)),
+            check_add_onion(&ours, &public_of([2; 32])),
             Err(ControlError::WrongService(_))
         ));
-        // A new key asked for: kept only if it is the returned service's.
+        // A scalar that is not clamped: dalek (clamping) and Tor (not) would disagree on its
+        // service, so it is no key of ours.
+        let mut raw = data_encoding::BASE64
+            .decode(ours.strip_prefix("ED25519-V3:").unwrap().as_bytes())
+            .unwrap();
+        raw[0] |= 1;
+        let unclamped = format!("ED25519-V3:{}", data_encoding::BASE64.encode(&raw));
+        assert_eq!(key_service(&unclamped), None);
+        // Unpadded base64 (as some tools write it) reads as the same key.
+        let unpadded = ours.trim_end_matches('=').to_string();
+        assert_eq!(key_service(&unpadded), key_service(&ours));
+        // ADD_ONION always names our key, and asks for none back.
         assert_eq!(
-            check_add_onion(None, &their_service, Some(&theirs)),
-            Ok(Some(theirs.clone()))
-        );
-        assert!(matches!(
-            check_add_onion(None, &our_service, Some(&theirs)),
-            Err(ControlError::WrongService(_))
-        ));
-        assert_eq!(
-            check_add_onion(None, &our_service, None),
-            Err(ControlError::Missing("PrivateKey"))
+            add_onion_command(&ours, 8333, "127.0.0.1:18444"),
+            format!("ADD_ONION {ours} Flags=DiscardPK Port=8333,127.0.0.1:18444\r\n")
         );
     }
 
@@ -628,11 +627,7 @@ mod tests {
 
     #[test]
     fn commands_and_keys() {
-        assert_eq!(
-            add_onion_command(None, 8333, "127.0.0.1:18444"),
-            "ADD_ONION NEW:ED25519-V3 Port=8333,127.0.0.1:18444\r\n"
-        );
-        assert!(valid_key(&tor_key(3).0));
+        assert!(valid_key(&new_key([3; 32])));
         assert!(!valid_key("ED25519-V3:abc+/="), "not 64 bytes");
         assert!(!valid_key("RSA1024:abc"));
         assert!(!valid_key("ED25519-V3:a b"));

@@ -40,8 +40,6 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 /// Time the shutdown waits for `DEL_ONION`'s answer.
 const DEL_ONION_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest cookie file read (the cookie is 32 bytes; anything much larger is not one).
-const MAX_COOKIE_FILE: u64 = 1024;
 
 /// An onion service that is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,16 +242,32 @@ impl ControlConn {
     }
 }
 
+/// Reads the cookie file the server names: a regular file of exactly the cookie's size,
+/// opened without blocking (the path comes from the server: a FIFO or `/dev/zero` must not
+/// hang or fill us), and read no further than one byte past it.
 fn read_cookie(path: &str) -> Result<[u8; control::COOKIE_LEN], ControlError> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let err = |why: String| ControlError::Cookie {
         path: path.to_string(),
         why,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    if meta.len() > MAX_COOKIE_FILE {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| err(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| err(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(err("not a regular file".into()));
+    }
+    if meta.len() != control::COOKIE_LEN as u64 {
         return Err(err(format!("{} bytes", meta.len())));
     }
-    let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let mut bytes = Vec::with_capacity(control::COOKIE_LEN + 1);
+    file.take(control::COOKIE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| err(e.to_string()))?;
     control::check_cookie(path, &bytes)
 }
 
@@ -269,8 +283,18 @@ async fn authenticate(
             let line = format!("AUTHENTICATE {}\r\n", control::quote(&p));
             conn.command(&line, "AUTHENTICATE").await?
         }
-        AuthPlan::SafeCookie(path) => {
-            let cookie = read_cookie(&path)?;
+        AuthPlan::SafeCookie(path, password) => {
+            let cookie = match (read_cookie(&path), password) {
+                (Ok(c), _) => c,
+                // An unreadable cookie with a password configured: the password, as asked.
+                (Err(e), Some(p)) => {
+                    debug!(error = %e, "Tor cookie unreadable; authenticating with the password");
+                    let line = format!("AUTHENTICATE {}\r\n", control::quote(&p));
+                    conn.command(&line, "AUTHENTICATE").await?;
+                    return Ok(());
+                }
+                (Err(e), None) => return Err(e),
+            };
             let nonce: [u8; 32] = rand::random();
             let line = format!(
                 "AUTHCHALLENGE SAFECOOKIE {}\r\n",
@@ -285,16 +309,28 @@ async fn authenticate(
     Ok(())
 }
 
-/// Reads the saved key, if there is a valid one.
-fn load_key(path: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let key = text.trim();
-    if control::valid_key(key) {
-        Some(key.to_string())
-    } else {
-        warn!(path = %path.display(), "onion key file is not an ED25519-V3 key; a new key is made");
-        None
+/// The key to use: the saved one, or a new one made here when there is none. A file that
+/// holds no key we can use is set aside (`.corrupt-<time>`), never overwritten: it may be
+/// the operator's onion identity in a form we do not read.
+fn load_key(path: &Path) -> Result<(String, bool), ControlError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if control::valid_key(text.trim()) => return Ok((text.trim().to_string(), false)),
+        Ok(_) => {
+            let aside = crate::persist::set_aside(path).map_err(|e| ControlError::Cookie {
+                path: path.display().to_string(),
+                why: format!("not a key we can use, and it cannot be set aside: {e}"),
+            })?;
+            warn!(path = %path.display(), aside = %aside.display(), "onion key file is not an ED25519-V3 key we can use; set aside, a new key is made");
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(ControlError::Cookie {
+                path: path.display().to_string(),
+                why: format!("onion key unreadable: {e}"),
+            })
+        }
     }
+    Ok((control::new_key(rand::random()), true))
 }
 
 /// Writes the key atomically (temp, fsync, rename), readable by us only.
@@ -336,10 +372,10 @@ async fn session(
         .unwrap_or_else(|| service_target(listen));
     let port = ctx.profile.default_port;
     let key_path = config.datadir.join(ONION_KEY_FILE);
-    let saved = load_key(&key_path);
-    let line = control::add_onion_command(saved.as_deref(), port, &target.to_string());
+    let (key, made_here) = load_key(&key_path)?;
+    let line = control::add_onion_command(&key, port, &target.to_string());
     let reply = conn.command(&line, "ADD_ONION").await?;
-    let (service_id, returned_key) = control::parse_add_onion(&reply)?;
+    let service_id = control::parse_add_onion(&reply)?;
     let addr = OverlayAddr::parse_host(&format!("{service_id}.onion"))
         .map_err(|e| ControlError::Malformed(format!("ServiceID {service_id}: {e}")))?;
     let OverlayAddr::Onion(service) = addr else {
@@ -347,8 +383,9 @@ async fn session(
     };
     // Ending the session on a mismatch closes the control connection, and Tor removes a
     // service made on it: nothing of a server-chosen identity stays.
-    let new_key = control::check_add_onion(saved.as_deref(), &service, returned_key.as_deref())?;
-    if let Some(key) = new_key {
+    control::check_add_onion(&key, &service)?;
+    let saved = !made_here;
+    if made_here {
         if let Err(e) = save_key(&key_path, &key) {
             // The service works; only its address will change at the next start.
             warn!(path = %key_path.display(), error = %e, "could not save the onion key");
@@ -356,7 +393,7 @@ async fn session(
     }
     ctx.set_onion_service(Some(OnionService { addr, port, target }));
     metrics::gauge!("meshd_onion_service_up").set(1.0);
-    info!(onion = %addr.display_with_port(port), %target, reused_key = saved.is_some(), "onion service up");
+    info!(onion = %addr.display_with_port(port), %target, reused_key = saved, "onion service up");
 
     // Hold the service: read (and ignore) events until stopped or cut off.
     let mut stop = stop;
@@ -415,17 +452,23 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(ONION_KEY_FILE);
-        let key = |seed: u8| {
-            let mut expanded = [seed; 64];
-            expanded[0] &= 248;
-            format!("ED25519-V3:{}", data_encoding::BASE64.encode(&expanded))
-        };
+        let key = |seed: u8| control::new_key([seed; 32]);
         save_key(&path, &key(1)).unwrap();
         save_key(&path, &key(2)).unwrap();
-        assert_eq!(load_key(&path), Some(key(2)));
+        assert_eq!(load_key(&path), Ok((key(2), false)));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        // A file we cannot use is set aside, never overwritten; a new key is made.
         std::fs::write(&path, "garbage").unwrap();
-        assert_eq!(load_key(&path), None);
+        let (fresh, made) = load_key(&path).unwrap();
+        assert!(made && control::valid_key(&fresh));
+        assert!(!path.exists());
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1);
+        assert_eq!(std::fs::read_to_string(aside[0].path()).unwrap(), "garbage");
     }
 }
