@@ -173,6 +173,8 @@ pub enum ManagerMsg {
         subnet: IpNet,
         /// The node whose operator lifted it.
         origin: String,
+        /// When the unban was issued, unix seconds (the origin's clock).
+        issued: u64,
     },
     /// Lift a ban; replies whether one existed.
     Unban(IpNet, RpcReplyPort<bool>),

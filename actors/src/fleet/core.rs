@@ -79,20 +79,33 @@ pub fn bucket_name(fleet: &str) -> String {
 /// The subject kind of ban advisories.
 pub const ADVISORY_KIND: &str = "BanAdvisory";
 
-/// Version of the signed advisory envelope ([`SignedAdvisory::v`]). 2 added
-/// [`BanAdvisory::action`]; a format-1 body (no action) is a ban. Nodes that know only
-/// format 1 refuse format 2 whole, so an unban is never read there as a ban.
+/// Version of the signed advisory envelope ([`SignedAdvisory::v`]) for unbans. Format 2
+/// added [`BanAdvisory::action`]; bans are still published as format 1 (no action in the
+/// body), which every node reads, and unbans as format 2, which nodes that know only format
+/// 1 refuse whole. Each format signs under a domain of its own ([`advisory_domain`]), so an
+/// envelope relabelled to the other format does not verify.
 pub const ADVISORY_FORMAT: u32 = 2;
-/// The oldest envelope format still read.
+/// The oldest envelope format, the one bans are published in.
 pub const ADVISORY_FORMAT_MIN: u32 = 1;
 /// Most (origin, address) pairs whose latest advisory is remembered, to refuse one that an
 /// older advisory would undo out of order. Entries older than the advisory age limit are
 /// dropped first (anything that old is refused as stale anyway); the rate limit keeps the
 /// rest far below this.
 pub const MAX_ADVISORY_ORDER_ENTRIES: usize = 65_536;
-/// What a signature covers before the subject and body, so that a signature made for
-/// anything else (another format, another protocol using the same key) never verifies here.
+/// What a format-1 signature covers before the subject and body, so that a signature made
+/// for anything else (another format, another protocol using the same key) never verifies.
 pub const ADVISORY_DOMAIN: &[u8] = b"meshd fleet ban advisory v1\0";
+/// The same for format 2.
+pub const ADVISORY_DOMAIN_V2: &[u8] = b"meshd fleet ban advisory v2\0";
+
+/// The signature domain of envelope format `v`.
+pub fn advisory_domain(v: u32) -> &'static [u8] {
+    if v >= 2 {
+        ADVISORY_DOMAIN_V2
+    } else {
+        ADVISORY_DOMAIN
+    }
+}
 /// How old an advisory may be when it arrives (by its `issued` time): a signed advisory
 /// replayed later cannot renew a ban, and a node that was offline misses old ones.
 pub const MAX_ADVISORY_AGE_SECS: u64 = 600;
@@ -119,12 +132,27 @@ pub enum AdvisoryAction {
     Unban,
 }
 
+impl AdvisoryAction {
+    /// Whether it is a ban (then left out of the body: format 1's shape).
+    pub fn is_ban(&self) -> bool {
+        *self == AdvisoryAction::Ban
+    }
+
+    /// The envelope format it is published in.
+    pub fn format(&self) -> u32 {
+        match self {
+            AdvisoryAction::Ban => ADVISORY_FORMAT_MIN,
+            AdvisoryAction::Unban => ADVISORY_FORMAT,
+        }
+    }
+}
+
 /// An operator's ban of one address, or its lifting, as one node tells the others (the
 /// signed body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BanAdvisory {
     /// Ban or unban ([`ADVISORY_FORMAT`] 2; absent in format 1: a ban).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "AdvisoryAction::is_ban")]
     pub action: AdvisoryAction,
     /// The banned address (a /32 or /128, or a bare address).
     pub subnet: String,
@@ -155,11 +183,12 @@ pub struct SignedAdvisory {
     pub sig: String,
 }
 
-/// The bytes an advisory's signature covers: the domain, the subject (so a copy published
-/// on another node's subject does not verify) and the body.
-pub fn signed_bytes(subject: &str, body: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(ADVISORY_DOMAIN.len() + subject.len() + 1 + body.len());
-    out.extend_from_slice(ADVISORY_DOMAIN);
+/// The bytes a format-`v` advisory's signature covers: the format's domain, the subject (so a
+/// copy published on another node's subject does not verify) and the body.
+pub fn signed_bytes(v: u32, subject: &str, body: &str) -> Vec<u8> {
+    let domain = advisory_domain(v);
+    let mut out = Vec::with_capacity(domain.len() + subject.len() + 1 + body.len());
+    out.extend_from_slice(domain);
     out.extend_from_slice(subject.as_bytes());
     out.push(0);
     out.extend_from_slice(body.as_bytes());
@@ -170,9 +199,10 @@ pub fn signed_bytes(subject: &str, body: &str) -> Vec<u8> {
 pub fn sign_advisory(adv: &BanAdvisory, subject: &str, key: &SigningKey) -> Vec<u8> {
     // Serializing a plain struct of strings and integers cannot fail.
     let body = serde_json::to_string(adv).unwrap_or_default();
-    let sig = key.sign(&signed_bytes(subject, &body));
+    let v = adv.action.format();
+    let sig = key.sign(&signed_bytes(v, subject, &body));
     let env = SignedAdvisory {
-        v: ADVISORY_FORMAT,
+        v,
         body,
         key: hex(&key.verifying_key().to_bytes()),
         sig: hex(&sig.to_bytes()),
@@ -365,12 +395,16 @@ pub fn verify_advisory(
         .ok_or_else(|| AdvisoryError::Malformed("sig is not 64 bytes of hex".into()))?;
     let key = VerifyingKey::from_bytes(&key_bytes).map_err(|_| AdvisoryError::UntrustedKey)?;
     key.verify_strict(
-        &signed_bytes(subject, &env.body),
+        &signed_bytes(env.v, subject, &env.body),
         &Signature::from_bytes(&sig),
     )
     .map_err(|_| AdvisoryError::BadSignature)?;
     let adv: BanAdvisory =
         serde_json::from_str(&env.body).map_err(|e| AdvisoryError::Malformed(e.to_string()))?;
+    if env.v < ADVISORY_FORMAT && !adv.action.is_ban() {
+        // Format 1 knows bans only: an unban there is nothing any node published.
+        return Err(AdvisoryError::Malformed("an unban in format 1".into()));
+    }
     if adv.origin != name {
         return Err(AdvisoryError::WrongOrigin {
             origin: adv.origin,
@@ -479,6 +513,12 @@ pub fn check_unban(adv: &BanAdvisory, own_node: &str) -> Result<IpNet, AdvisoryE
 
 /// One address (a bare address, a /32 or a /128) as a subnet.
 fn single_address(subnet: &str) -> Result<IpNet, AdvisoryError> {
+    let net = single_address_as_written(subnet)?;
+    // `::ffff:a.b.c.d/128` is a.b.c.d: one address, one entry (as bans.dat keys it).
+    Ok(IpNet::from(crate::manager::bans::canonical(net.addr())))
+}
+
+fn single_address_as_written(subnet: &str) -> Result<IpNet, AdvisoryError> {
     let net: IpNet = match subnet.parse::<IpNet>() {
         Ok(net) => net,
         // A bare address is its own /32 or /128.
@@ -812,10 +852,55 @@ mod tests {
             v: 1,
             body: body.into(),
             key: public_key_hex(&key(2).verifying_key()),
-            sig: hex(&key(2).sign(&signed_bytes(&subj, body)).to_bytes()),
+            sig: hex(&key(2).sign(&signed_bytes(1, &subj, body)).to_bytes()),
         };
         let adv = verify_advisory(&serde_json::to_vec(&env).unwrap(), &subj, &trusted(), NOW);
         assert_eq!(adv.unwrap().action, AdvisoryAction::Ban);
+        // Bans are still published that way: an older node reads them.
+        let ban = advisory("203.0.113.7/32", NOW + 60, "b");
+        let published: SignedAdvisory =
+            serde_json::from_slice(&sign_advisory(&ban, &subj, &key(2))).unwrap();
+        assert_eq!(published.v, 1);
+        assert!(!published.body.contains("action"), "{}", published.body);
+        // An unban is format 2, under its own domain: relabelled as format 1 (which an older
+        // node would read as a ban) it does not verify.
+        let mut unban = advisory("203.0.113.7", 0, "b");
+        unban.action = AdvisoryAction::Unban;
+        let signed = sign_advisory(&unban, &subj, &key(2));
+        let mut env: SignedAdvisory = serde_json::from_slice(&signed).unwrap();
+        assert_eq!(env.v, 2);
+        assert_eq!(
+            verify_advisory(&signed, &subj, &trusted(), NOW).unwrap(),
+            unban
+        );
+        env.v = 1;
+        let relabelled = serde_json::to_vec(&env).unwrap();
+        assert_eq!(
+            verify_advisory(&relabelled, &subj, &trusted(), NOW)
+                .unwrap_err()
+                .kind(),
+            "bad_signature"
+        );
+        // Signed as format 1 on purpose: still refused.
+        let body = serde_json::to_string(&unban).unwrap();
+        let env = SignedAdvisory {
+            v: 1,
+            sig: hex(&key(2).sign(&signed_bytes(1, &subj, &body)).to_bytes()),
+            body,
+            key: public_key_hex(&key(2).verifying_key()),
+        };
+        assert_eq!(
+            verify_advisory(&serde_json::to_vec(&env).unwrap(), &subj, &trusted(), NOW)
+                .unwrap_err()
+                .kind(),
+            "malformed"
+        );
+        // An IPv4-mapped address is the IPv4 address.
+        unban.subnet = "::ffff:203.0.113.7/128".into();
+        assert_eq!(
+            check_unban(&unban, "a").unwrap().to_string(),
+            "203.0.113.7/32"
+        );
         let mut unban = advisory("203.0.113.7", 0, "b");
         unban.action = AdvisoryAction::Unban;
         assert_eq!(

@@ -676,6 +676,7 @@ async fn apply_advisories(
                 let _ = manager.cast(ManagerMsg::FleetUnban {
                     subnet,
                     origin: adv.origin,
+                    issued: adv.issued,
                 });
             }
             Err(core::AdvisoryError::Own) => {}

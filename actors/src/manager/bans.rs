@@ -208,12 +208,21 @@ impl BanList {
         let Some(entry) = self.entries.get_mut(&subnet) else {
             unreachable!("inserted above")
         };
-        if until > entry.until {
-            entry.until = until;
-            // The operator's ban stays the operator's: lengthened by another verdict, it is
-            // not turned into one that a fleet advisory could lift.
-            if entry.reason != BanReason::Manual || reason == BanReason::Manual {
-                entry.reason = reason;
+        let local = |r: &BanReason| !matches!(r, BanReason::Fleet { .. });
+        match (&reason, &entry.reason) {
+            // The operator's ban is the operator's, however long the one it meets: no fleet
+            // advisory can lift it, and lifting it is advised.
+            (BanReason::Manual, _) => {
+                entry.reason = BanReason::Manual;
+                entry.until = entry.until.max(until);
+            }
+            // Another node's word never changes a ban of ours (its length or its reason).
+            (BanReason::Fleet { .. }, r) if local(r) => {}
+            _ => {
+                if until > entry.until {
+                    entry.until = until;
+                    entry.reason = reason;
+                }
             }
         }
         entry.clone()
@@ -312,6 +321,35 @@ mod tests {
         assert!(!b.is_banned(ip("203.0.113.7"), 50));
         assert_eq!(b.sweep(100).len(), 2);
         assert_eq!(b.len(0), 0);
+    }
+
+    #[test]
+    fn the_operators_ban_stays_the_operators_and_fleet_bans_never_touch_local_ones() {
+        let net = parse_subnet("203.0.113.7").unwrap();
+        let fleet = |o: &str| BanReason::Fleet {
+            origin: o.into(),
+            reason: "r".into(),
+        };
+        // A long fleet ban, then a shorter one of our operator's: the operator's, lasting the
+        // longer of the two.
+        let mut b = BanList::default();
+        b.ban(net, 0, 86_400, fleet("a"));
+        let e = b.ban(net, 0, 3_600, BanReason::Manual);
+        assert_eq!((e.reason, e.until), (BanReason::Manual, 86_400));
+        // A longer fleet ban meets our operator's (or a verdict of ours): nothing changes.
+        let mut b = BanList::default();
+        b.ban(net, 0, 600, BanReason::Manual);
+        let e = b.ban(net, 0, 86_400, fleet("a"));
+        assert_eq!((e.reason, e.until), (BanReason::Manual, 600));
+        let mut b = BanList::default();
+        b.ban(net, 0, 600, BanReason::Misbehavior("x".into()));
+        let e = b.ban(net, 0, 86_400, fleet("a"));
+        assert_eq!(e.reason, BanReason::Misbehavior("x".into()));
+        // Fleet over fleet: the longer one holds, with its origin.
+        let mut b = BanList::default();
+        b.ban(net, 0, 600, fleet("a"));
+        assert_eq!(b.ban(net, 0, 6_000, fleet("c")).reason, fleet("c"));
+        assert_eq!(b.ban(net, 0, 60, fleet("a")).reason, fleet("c"));
     }
 
     #[test]

@@ -1527,11 +1527,19 @@ impl Actor for Manager {
                     .bans_acks
                     .push(Box::new(move || drop(reply.send(entry))));
             }
-            ManagerMsg::FleetUnban { subnet, origin } => {
-                let from_origin = state
-                    .bans
-                    .get(&subnet)
-                    .is_some_and(|e| e.reason.origin() == Some(origin.as_str()));
+            ManagerMsg::FleetUnban {
+                subnet,
+                origin,
+                issued,
+            } => {
+                // Only the ban applied from that origin, and only one applied before the unban
+                // was issued (allowing the fleet's clock skew): an unban replayed after a
+                // restart (the order memory is gone) cannot lift a ban made since.
+                let skew = crate::fleet::core::MAX_ADVISORY_CLOCK_SKEW_SECS;
+                let from_origin = state.bans.get(&subnet).is_some_and(|e| {
+                    e.reason.origin() == Some(origin.as_str())
+                        && issued.saturating_add(skew) >= e.created
+                });
                 if from_origin && !state.ctx.is_shutting_down() {
                     if let Some(entry) = state.bans.unban(&subnet) {
                         state.sync_bans();

@@ -24,6 +24,9 @@ use tokio::net::TcpStream;
 pub fn config(dir: &std::path::Path) -> NodeConfig {
     let mut c = NodeConfig::new(NetworkId::Regtest, dir.to_path_buf());
     c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    // These tests build exact topologies (lines, meshes, counted peers); block-relay-only
+    // connections to gossiped nodes would add edges. Tested on their own in block_relay.rs.
+    c.slots.block_relay = 0;
     c
 }
 
@@ -31,7 +34,6 @@ pub fn config(dir: &std::path::Path) -> NodeConfig {
 pub fn listen_only(dir: &std::path::Path) -> NodeConfig {
     let mut c = config(dir);
     c.slots.outbound = 0;
-    c.slots.block_relay = 0;
     c
 }
 
