@@ -37,8 +37,15 @@ pub fn panics() -> u64 {
 /// the backtrace, and counts the panic. An actor's panic is then still handled by its
 /// supervisor as before; this changes only how it is reported.
 pub fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
+    let standard = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
         PANICS.fetch_add(1, Ordering::Relaxed);
+        // A log filter that leaves the report out (`--log-level meshd_actors=debug`): the
+        // standard hook's message rather than none.
+        if !tracing::enabled!(target: "meshd::panic", tracing::Level::ERROR) {
+            standard(info);
+            return;
+        }
         let thread = std::thread::current();
         let location = info.location().map(|l| l.to_string()).unwrap_or_default();
         let payload = info.payload();
@@ -49,9 +56,9 @@ pub fn install_panic_hook() {
             .unwrap_or("(a panic payload that is not a string)");
         let backtrace = std::backtrace::Backtrace::capture();
         if backtrace.status() == std::backtrace::BacktraceStatus::Captured {
-            tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, %backtrace, "panic: {what}");
+            tracing::error!(target: "meshd::panic", thread = thread.name().unwrap_or("unnamed"), %location, %backtrace, "panic: {what}");
         } else {
-            tracing::error!(thread = thread.name().unwrap_or("unnamed"), %location, "panic: {what}");
+            tracing::error!(target: "meshd::panic", thread = thread.name().unwrap_or("unnamed"), %location, "panic: {what}");
         }
     }));
 }

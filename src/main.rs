@@ -2,7 +2,8 @@
 //! stops it gracefully on SIGINT or SIGTERM.
 //!
 //! Exit codes: 0 after a graceful stop; 2 for bad flags, a bad config file or an environment
-//! problem found at start (port in use, data dir locked); 1 when the node stops by itself.
+//! problem found at start (port in use, data dir locked); 1 when the node stops by itself;
+//! 101 after a panic on the main thread (the node is stopped first, its state saved).
 
 // The config's JSON (api::config_json) is one large json! literal.
 #![recursion_limit = "256"]
@@ -56,8 +57,25 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    runtime.block_on(run(settings))
+    // A panic on this thread (a bug outside the actors, whose panics their supervisors
+    // handle) still stops the node as a signal does: peers.dat, bans.dat and anchors.dat
+    // saved, the cookie removed before the lock is released.
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(run(settings))
+    }));
+    match ran {
+        Ok(code) => code,
+        Err(_) => {
+            if let Some(node) = RUNNING.get() {
+                let _ = runtime.block_on(node.shutdown());
+            }
+            ExitCode::from(101)
+        }
+    }
 }
+
+/// The running node, for the panic path in `main`.
+static RUNNING: std::sync::OnceLock<Arc<Node>> = std::sync::OnceLock::new();
 
 async fn run(settings: settings::Settings) -> ExitCode {
     let (mut sigint, mut sigterm) = match (
@@ -92,6 +110,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
         Ok(n) => Arc::new(n),
         Err(e) => return fail(e),
     };
+    let _ = RUNNING.set(node.clone());
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(listener, handle, node.metrics_source());
     }

@@ -469,8 +469,16 @@ impl Node {
         crate::persist::create_private_dir(&dir).map_err(dir_err)?;
         // The directory holds the cookie, the fleet and onion keys and what peers told us:
         // an existing one open to others is closed (created ones already are).
-        if crate::persist::make_dir_private(&dir).map_err(dir_err)? {
-            info!(datadir = %dir.display(), "data directory was open to other users; made private (0700)");
+        match crate::persist::make_dir_private(&dir) {
+            Ok(true) => {
+                info!(datadir = %dir.display(), "data directory was open to other users; made private (0700)")
+            }
+            Ok(false) => {}
+            // A directory we may write but not chmod (not ours): the node still runs; its
+            // files are private all the same.
+            Err(e) => {
+                warn!(datadir = %dir.display(), error = %e, "data directory is open to other users and could not be made private")
+            }
         }
         let lock = crate::persist::private_options()
             .create(true)

@@ -148,7 +148,8 @@ pub const STATE_FILE_MODE: u32 = 0o600;
 pub const STATE_DIR_MODE: u32 = 0o700;
 
 /// Creates `dir` and any missing parents as private directories (mode [`STATE_DIR_MODE`]);
-/// an existing directory keeps its mode (the operator may have chosen one).
+/// an existing directory keeps its mode here (the node's own data directory is then closed
+/// by [`make_dir_private`]; parents the operator chose are left as they are).
 pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     fs::DirBuilder::new()

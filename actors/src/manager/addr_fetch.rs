@@ -32,6 +32,13 @@ pub const ADDR_FETCH_MAX_BYTES: usize = 1 << 20;
 pub const ADDR_FETCH_MAX_SINGLES: usize = 8;
 /// Seeds waiting for their turn at most (the network's seeds are a handful).
 pub const MAX_ADDR_FETCH_QUEUE: usize = 64;
+/// After a seed answered, it is not asked again for this long (Core asks the seeds once at
+/// start; the book fills from the peers they lead to).
+pub const ADDR_FETCH_AFTER_ANSWER: Duration = Duration::from_secs(3600);
+/// After a seed failed, the first wait before it is asked again, doubling per failure...
+pub const ADDR_FETCH_RETRY_MIN: Duration = Duration::from_secs(60);
+/// ...up to this: a seed that is down costs a circuit and a log line an hour at most.
+pub const ADDR_FETCH_RETRY_MAX: Duration = Duration::from_secs(3600);
 
 /// Why a fetch gave nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,13 +108,13 @@ impl AddrFetch {
     /// A fetch about to start, and its first step (our `version`). The seed is reached by
     /// name through a proxy, so the version names no address of it or of us.
     pub fn start(
-        mut policy: HandshakePolicy,
+        policy: HandshakePolicy,
         nonce: u64,
         now: Instant,
         unix_time: i64,
     ) -> (AddrFetch, Vec<FetchStep>) {
-        // Nothing but addresses is wanted of this connection: no transactions announced.
-        policy.relay = false;
+        // `relay` as on any connection of ours (Core's addr-fetch version is an ordinary
+        // one): a different flag would mark these connections out to the seed.
         let unspecified = std::net::SocketAddr::from(([0u8; 16], 0));
         let mut handshake = Handshake::new(
             Direction::Outbound,

@@ -178,6 +178,8 @@ pub struct ManagerState {
     /// The addr-fetch in flight (one at a time), and the seeds waiting for their turn.
     addr_fetch: Option<tokio::task::JoinHandle<()>>,
     addr_fetch_queue: std::collections::VecDeque<String>,
+    /// Per seed: not asked again before this, and the wait after its next failure.
+    addr_fetch_wait: HashMap<String, (Instant, Duration)>,
     /// Last run's block-relay-only peers, not dialled yet (read from anchors.dat at start).
     anchors: Vec<SocketAddr>,
     /// The block-relay-only peers to write to anchors.dat, taken when the shutdown begins
@@ -975,8 +977,12 @@ impl ManagerState {
         self.addr_fetch = Some(tokio::spawn(async move {
             let config = ctx.config();
             let nonce: u64 = rand::random();
-            let ours = |n: u64| ctx.outbound_nonces.contains_key(&n);
+            // Registered as any outbound connection's: a seed name that leads back to us is
+            // seen as a connection to ourselves on our inbound side.
+            ctx.outbound_nonces.insert(nonce, ctx.next_peer_id());
+            let ours = |n: u64| n != nonce && ctx.outbound_nonces.contains_key(&n);
             let result = run_addr_fetch(&config, &seed, nonce, &ours).await;
+            ctx.outbound_nonces.remove(&nonce);
             let _ = me.cast(ManagerMsg::AddrFetched { seed, result });
         }));
     }
@@ -1274,6 +1280,7 @@ impl Actor for Manager {
             v1_only: HashSet::new(),
             addr_fetch: None,
             addr_fetch_queue: std::collections::VecDeque::new(),
+            addr_fetch_wait: HashMap::new(),
             anchors: Vec::new(),
             anchors_out: None,
         })
@@ -1393,7 +1400,12 @@ impl Actor for Manager {
                 state.fill_from_book(&myself).await;
             }
             ManagerMsg::AddrFetch { seed } => {
-                if !state.addr_fetch_queue.contains(&seed)
+                let waiting = state
+                    .addr_fetch_wait
+                    .get(&seed)
+                    .is_some_and(|(next, _)| Instant::now() < *next);
+                if !waiting
+                    && !state.addr_fetch_queue.contains(&seed)
                     && state.addr_fetch_queue.len() < addr_fetch::MAX_ADDR_FETCH_QUEUE
                 {
                     state.addr_fetch_queue.push_back(seed);
@@ -1402,6 +1414,25 @@ impl Actor for Manager {
             }
             ManagerMsg::AddrFetched { seed, result } => {
                 state.addr_fetch = None;
+                if state.addr_fetch_wait.len() >= addr_fetch::MAX_ADDR_FETCH_QUEUE {
+                    state.addr_fetch_wait.clear();
+                }
+                let retry = state
+                    .addr_fetch_wait
+                    .get(&seed)
+                    .map_or(addr_fetch::ADDR_FETCH_RETRY_MIN, |(_, r)| *r);
+                let now = Instant::now();
+                let wait = match &result {
+                    Ok(_) => (
+                        now + addr_fetch::ADDR_FETCH_AFTER_ANSWER,
+                        addr_fetch::ADDR_FETCH_RETRY_MIN,
+                    ),
+                    Err(_) => (
+                        now + retry,
+                        (retry * 2).min(addr_fetch::ADDR_FETCH_RETRY_MAX),
+                    ),
+                };
+                state.addr_fetch_wait.insert(seed.clone(), wait);
                 match result {
                     Ok(addrs) => {
                         metrics::counter!("meshd_addr_fetches_total", "result" => "ok")
