@@ -429,8 +429,9 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         })),
         "slots": {
             "outbound": {"used": used.outbound, "max": max.outbound},
+            "block-relay-only": {"used": used.block_relay, "max": max.block_relay},
             "inbound": {"used": used.inbound, "max": max.inbound},
-            "total": {"used": used.outbound + used.inbound, "max": max.total},
+            "total": {"used": used.total(), "max": max.total},
         },
         "limits": {
             "max-upload-rate": c.max_upload_rate,

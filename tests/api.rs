@@ -230,11 +230,12 @@ fn config_patch_changes_runtime_keys_and_refuses_the_rest() {
     let node = Meshd::start(&[]);
     let api = Api::of(&node);
     let (_, cfg) = api.get("/v1/config");
-    assert_eq!(cfg["max-inbound"], 117);
+    assert_eq!(cfg["max-inbound"], 115);
+    assert_eq!(cfg["max-block-relay-only"], 2);
     let (status, cfg) = api.call(
         "PATCH",
         "/v1/config",
-        Some(json!({"max-inbound": 40, "ping-interval": "30s", "max-upload-rate": "1M"})),
+        Some(json!({"max-inbound": 40, "max-block-relay-only": 1, "ping-interval": "30s", "max-upload-rate": "1M"})),
         None,
     );
     assert_eq!(status, 200, "{cfg}");

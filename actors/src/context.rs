@@ -77,6 +77,9 @@ pub struct NodeContext {
     pub(crate) sync_status: RwLock<crate::msg::SyncStatus>,
     /// Addresses that are us: never dialled.
     pub(crate) own_addrs: Vec<SocketAddr>,
+    /// The connected block-relay-only peers, kept by the Manager: a Manager restarted after a
+    /// failure (whose stop hook, which writes anchors.dat, never ran) dials them again.
+    pub(crate) anchors: std::sync::Mutex<Vec<SocketAddr>>,
     netgroup_key: std::collections::hash_map::RandomState,
     next_peer_id: AtomicU64,
     shutting_down: AtomicBool,
@@ -149,6 +152,7 @@ impl NodeContext {
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
             own_addrs,
+            anchors: std::sync::Mutex::new(Vec::new()),
             netgroup_key: Default::default(),
             next_peer_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),

@@ -493,6 +493,17 @@ impl AddrBook {
         self.place(*addr, slot);
     }
 
+    /// As [`AddrBook::good`], without refreshing when the address was last seen: a
+    /// block-relay-only peer's fresh timestamp in our getaddr answers would point it out
+    /// (Core's `Good` never sets the time, and `Connected` skips block-relay-only peers).
+    pub fn good_unseen(&mut self, addr: &SocketAddr, services: u64, now: u64) {
+        let seen = self.entries.get(addr).map(|e| e.last_seen);
+        self.good(addr, services, now);
+        if let (Some(seen), Some(e)) = (seen, self.entries.get_mut(addr)) {
+            e.last_seen = seen;
+        }
+    }
+
     /// Drops hopeless entries; returns how many.
     pub fn cleanup(&mut self, now: u64) -> usize {
         let hopeless: Vec<SocketAddr> = self

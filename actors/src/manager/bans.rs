@@ -186,29 +186,32 @@ impl BanList {
         }
     }
 
-    /// Adds or extends a ban. Returns the entry.
+    /// Adds or extends a ban. Returns the entry and whether anything changed.
     pub fn ban(
         &mut self,
         subnet: IpNet,
         now: u64,
         duration_secs: u64,
         reason: BanReason,
-    ) -> BanEntry {
+    ) -> (BanEntry, bool) {
         let subnet = subnet.trunc();
         let until = now.saturating_add(duration_secs);
         if !self.entries.contains_key(&subnet) {
             self.make_room();
-            self.insert(BanEntry {
+            let entry = BanEntry {
                 subnet,
                 created: now,
                 until,
-                reason: reason.clone(),
-            });
+                reason,
+            };
+            self.insert(entry.clone());
+            return (entry, true);
         }
         let Some(entry) = self.entries.get_mut(&subnet) else {
             unreachable!("inserted above")
         };
         let local = |r: &BanReason| !matches!(r, BanReason::Fleet { .. });
+        let before = entry.clone();
         match (&reason, &entry.reason) {
             // The operator's ban is the operator's, however long the one it meets: no fleet
             // advisory can lift it, and lifting it is advised.
@@ -220,12 +223,18 @@ impl BanList {
             (BanReason::Fleet { .. }, r) if local(r) => {}
             _ => {
                 if until > entry.until {
+                    if entry.reason != reason {
+                        // Another verdict takes the entry over: it dates from now (an unban
+                        // is checked against when the ban it lifts was applied).
+                        entry.created = now;
+                    }
                     entry.until = until;
                     entry.reason = reason;
                 }
             }
         }
-        entry.clone()
+        let changed = *entry != before;
+        (entry.clone(), changed)
     }
 
     /// Removes the ban on exactly this subnet; the entry if there was one.
@@ -334,22 +343,30 @@ mod tests {
         // longer of the two.
         let mut b = BanList::default();
         b.ban(net, 0, 86_400, fleet("a"));
-        let e = b.ban(net, 0, 3_600, BanReason::Manual);
+        let (e, _) = b.ban(net, 0, 3_600, BanReason::Manual);
         assert_eq!((e.reason, e.until), (BanReason::Manual, 86_400));
         // A longer fleet ban meets our operator's (or a verdict of ours): nothing changes.
         let mut b = BanList::default();
         b.ban(net, 0, 600, BanReason::Manual);
-        let e = b.ban(net, 0, 86_400, fleet("a"));
-        assert_eq!((e.reason, e.until), (BanReason::Manual, 600));
+        let (e, changed) = b.ban(net, 0, 86_400, fleet("a"));
+        assert_eq!(
+            (e.reason, e.until, changed),
+            (BanReason::Manual, 600, false)
+        );
         let mut b = BanList::default();
         b.ban(net, 0, 600, BanReason::Misbehavior("x".into()));
-        let e = b.ban(net, 0, 86_400, fleet("a"));
+        let (e, _) = b.ban(net, 0, 86_400, fleet("a"));
         assert_eq!(e.reason, BanReason::Misbehavior("x".into()));
         // Fleet over fleet: the longer one holds, with its origin.
         let mut b = BanList::default();
         b.ban(net, 0, 600, fleet("a"));
-        assert_eq!(b.ban(net, 0, 6_000, fleet("c")).reason, fleet("c"));
-        assert_eq!(b.ban(net, 0, 60, fleet("a")).reason, fleet("c"));
+        let (e, _) = b.ban(net, 10, 6_000, fleet("c"));
+        assert_eq!(
+            (e.reason, e.created),
+            (fleet("c"), 10),
+            "taken over: dated anew"
+        );
+        assert_eq!(b.ban(net, 20, 60, fleet("a")).0.reason, fleet("c"));
     }
 
     #[test]

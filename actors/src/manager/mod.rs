@@ -180,6 +180,8 @@ pub struct ManagerState {
     addr_fetch_queue: std::collections::VecDeque<String>,
     /// Per seed: not asked again before this, and the wait after its next failure.
     addr_fetch_wait: HashMap<String, (Instant, Duration)>,
+    /// The seed being fetched from.
+    addr_fetch_current: Option<String>,
     /// Last run's block-relay-only peers, not dialled yet (read from anchors.dat at start).
     anchors: Vec<SocketAddr>,
     /// The block-relay-only peers to write to anchors.dat, taken when the shutdown begins
@@ -417,10 +419,15 @@ impl ManagerState {
                 return;
             }
             // Block-relay-only: last run's anchors first (Core's m_anchors).
+            // One peer per network group, anchors too (Core's ThreadOpenConnections).
             let anchor = match kind {
                 OutboundKind::BlockRelay => loop {
                     match self.anchors.pop() {
-                        Some(a) if exclude.contains(&a) => continue,
+                        Some(a)
+                            if exclude.contains(&a) || busy.contains(&self.book.group(a.ip())) =>
+                        {
+                            continue
+                        }
                         other => break other,
                     }
                 },
@@ -467,6 +474,18 @@ impl ManagerState {
         out.sort();
         out.truncate(MAX_BLOCK_RELAY_ONLY_ANCHORS);
         out
+    }
+
+    /// Records the connected block-relay-only peers in the shared context (see
+    /// `NodeContext::anchors`); not while shutting down, when they are being closed.
+    fn remember_anchors(&self) {
+        if self.ctx.is_shutting_down() {
+            return;
+        }
+        let anchors = self.current_anchors();
+        if let Ok(mut shared) = self.ctx.anchors.lock() {
+            *shared = anchors;
+        }
     }
 
     /// Writes anchors.dat: the peers taken when the shutdown began, or those connected now
@@ -736,8 +755,9 @@ impl ManagerState {
             // The kind over its own limit goes first; over the total only, full-relay peers
             // are kept over block-relay-only ones.
             let (u, l) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+            let block_limit = if l.outbound == 0 { 0 } else { l.block_relay };
             let block_relay =
-                u.block_relay > l.block_relay || (u.outbound <= l.outbound && u.block_relay > 0);
+                u.block_relay > block_limit || (u.outbound <= l.outbound && u.block_relay > 0);
             let Some(id) = self
                 .newest_outbound(block_relay)
                 .or_else(|| self.newest_outbound(!block_relay))
@@ -834,19 +854,33 @@ impl ManagerState {
         }
     }
 
-    fn apply_ban(&mut self, subnet: IpNet, duration: Duration, reason: BanReason) -> BanEntry {
-        let entry = self.bans.ban(
-            subnet,
-            now_unix(),
-            duration.as_secs().max(1),
-            reason.clone(),
-        );
+    /// Applies a ban; the entry, and whether it changed (then bans.dat will be written).
+    fn apply_ban(
+        &mut self,
+        subnet: IpNet,
+        duration: Duration,
+        reason: BanReason,
+    ) -> (BanEntry, bool) {
+        let now = now_unix();
+        let secs = duration.as_secs().max(1);
+        let (entry, changed) = self.bans.ban(subnet, now, secs, reason.clone());
+        if !changed {
+            // Another node's advisory for a ban of ours, or nothing new: nothing happened.
+            debug!(subnet = %entry.subnet, reason = reason.label(), kept = entry.reason.label(), "ban already in force; unchanged");
+            return (entry, false);
+        }
         self.sync_bans();
         metrics::counter!("meshd_bans_total", "reason" => reason.label()).increment(1);
         info!(subnet = %entry.subnet, until = entry.until, reason = reason.label(), "banned");
+        // The operator's ban is published (and advised) with the expiry the operator asked
+        // for, never one another node's advisory gave the entry.
+        let until = match reason {
+            BanReason::Manual => now.saturating_add(secs),
+            _ => entry.until,
+        };
         self.ctx.events.publish(NodeEvent::PeerBanned {
             subnet: entry.subnet.to_string(),
-            until: entry.until,
+            until,
             reason: reason.label().to_string(),
             detail: reason.detail(),
         });
@@ -859,7 +893,7 @@ impl ManagerState {
                     )));
             }
         }
-        entry
+        (entry, true)
     }
 
     fn on_connection_end(
@@ -874,6 +908,9 @@ impl ManagerState {
         let Some(child) = self.children.remove(&actor) else {
             return;
         };
+        if child.kind == Some(OutboundKind::BlockRelay) {
+            self.remember_anchors();
+        }
         self.by_peer.remove(&child.id);
         self.ctx.peers.remove(child.id);
         self.addr_known.remove(&child.id);
@@ -970,9 +1007,21 @@ impl ManagerState {
         {
             return;
         }
-        let Some(seed) = self.addr_fetch_queue.pop_front() else {
-            return;
+        let now = Instant::now();
+        let seed = loop {
+            let Some(seed) = self.addr_fetch_queue.pop_front() else {
+                return;
+            };
+            // Queued before its wait began (while it was being fetched): skipped.
+            if self
+                .addr_fetch_wait
+                .get(&seed)
+                .is_none_or(|(next, _)| now >= *next)
+            {
+                break seed;
+            }
         };
+        self.addr_fetch_current = Some(seed.clone());
         let (ctx, me) = (self.ctx.clone(), myself.clone());
         self.addr_fetch = Some(tokio::spawn(async move {
             let config = ctx.config();
@@ -980,9 +1029,16 @@ impl ManagerState {
             // Registered as any outbound connection's: a seed name that leads back to us is
             // seen as a connection to ourselves on our inbound side.
             ctx.outbound_nonces.insert(nonce, ctx.next_peer_id());
+            // Removed however the task ends (aborted with the Manager, too).
+            struct Forget<'a>(&'a NodeContext, u64);
+            impl Drop for Forget<'_> {
+                fn drop(&mut self) {
+                    self.0.outbound_nonces.remove(&self.1);
+                }
+            }
+            let _forget = Forget(&ctx, nonce);
             let ours = |n: u64| n != nonce && ctx.outbound_nonces.contains_key(&n);
             let result = run_addr_fetch(&config, &seed, nonce, &ours).await;
-            ctx.outbound_nonces.remove(&nonce);
             let _ = me.cast(ManagerMsg::AddrFetched { seed, result });
         }));
     }
@@ -1281,6 +1337,7 @@ impl Actor for Manager {
             addr_fetch: None,
             addr_fetch_queue: std::collections::VecDeque::new(),
             addr_fetch_wait: HashMap::new(),
+            addr_fetch_current: None,
             anchors: Vec::new(),
             anchors_out: None,
         })
@@ -1302,6 +1359,14 @@ impl Actor for Manager {
         let config = state.ctx.config();
         state.book = load_addrbook(&config.datadir, config.distinct_local_groups);
         state.anchors = take_anchors(&config);
+        if state.anchors.is_empty() {
+            // A Manager restarted after a failure: its predecessor's block-relay-only peers.
+            let kept = match state.ctx.anchors.lock() {
+                Ok(a) => a.clone(),
+                Err(p) => p.into_inner().clone(),
+            };
+            state.anchors = kept.into_iter().rev().collect();
+        }
         state.book.set_reachable(config.reachable_networks());
         state.publish_book_counts();
         info!(addresses = state.book.len(), "address book loaded");
@@ -1369,8 +1434,12 @@ impl Actor for Manager {
                     .get(&id)
                     .and_then(|a| state.children.get(a))
                     .filter(|c| c.direction == Direction::Outbound)
-                    .map(|c| c.addr);
-                if let (Some(addr), Some(info)) = (outbound, state.ctx.peers.get(id)) {
+                    .map(|c| (c.addr, c.kind == Some(OutboundKind::BlockRelay)));
+                if let Some((_, true)) = outbound {
+                    state.remember_anchors();
+                }
+                if let (Some((addr, block_relay)), Some(info)) = (outbound, state.ctx.peers.get(id))
+                {
                     let now = now_unix();
                     if let (None, Some(o)) = (state.book.get(&addr), info.overlay) {
                         // A manual onion peer: remembered under its name, like any other.
@@ -1378,7 +1447,11 @@ impl Actor for Manager {
                             .book
                             .add_overlay(o, addr.port(), info.services, now, addr.ip(), now);
                     }
-                    state.book.good(&addr, info.services, now);
+                    if block_relay {
+                        state.book.good_unseen(&addr, info.services, now);
+                    } else {
+                        state.book.good(&addr, info.services, now);
+                    }
                     state.publish_book_counts();
                 }
             }
@@ -1404,7 +1477,9 @@ impl Actor for Manager {
                     .addr_fetch_wait
                     .get(&seed)
                     .is_some_and(|(next, _)| Instant::now() < *next);
+                let running = state.addr_fetch_current.as_ref() == Some(&seed);
                 if !waiting
+                    && !running
                     && !state.addr_fetch_queue.contains(&seed)
                     && state.addr_fetch_queue.len() < addr_fetch::MAX_ADDR_FETCH_QUEUE
                 {
@@ -1414,6 +1489,7 @@ impl Actor for Manager {
             }
             ManagerMsg::AddrFetched { seed, result } => {
                 state.addr_fetch = None;
+                state.addr_fetch_current = None;
                 if state.addr_fetch_wait.len() >= addr_fetch::MAX_ADDR_FETCH_QUEUE {
                     state.addr_fetch_wait.clear();
                 }
@@ -1551,12 +1627,17 @@ impl Actor for Manager {
                 }
             }
             ManagerMsg::Ban(subnet, duration, reply) => {
-                let entry = state.apply_ban(subnet, duration, BanReason::Manual);
+                let (entry, changed) = state.apply_ban(subnet, duration, BanReason::Manual);
                 // Answered once the ban is on disk: an operator's ban, once acknowledged,
-                // survives a kill -9 (the write is coalesced, at most one a second).
-                state
-                    .bans_acks
-                    .push(Box::new(move || drop(reply.send(entry))));
+                // survives a kill -9 (the write is coalesced, at most one a second). One
+                // already in force is on disk already.
+                if changed {
+                    state
+                        .bans_acks
+                        .push(Box::new(move || drop(reply.send(entry))));
+                } else {
+                    let _ = reply.send(entry);
+                }
             }
             ManagerMsg::FleetUnban {
                 subnet,

@@ -164,6 +164,7 @@ impl Drop for SlotPermit {
 impl SlotPool {
     /// A pool with these limits.
     pub fn new(limits: SlotLimits) -> SlotPool {
+        let limits = Self::clamp(limits);
         SlotPool {
             inner: Arc::new(Inner {
                 used: AtomicU64::new(0),
@@ -172,6 +173,18 @@ impl SlotPool {
                 max_inbound: AtomicU32::new(limits.inbound),
                 max_total: AtomicU32::new(limits.total),
             }),
+        }
+    }
+
+    /// Limits above what a packed count holds are held at it: more than 2 million of one
+    /// kind would spill into the next count.
+    fn clamp(limits: SlotLimits) -> SlotLimits {
+        let max = COUNT_MASK as u32;
+        SlotLimits {
+            outbound: limits.outbound.min(max),
+            block_relay: limits.block_relay.min(max),
+            inbound: limits.inbound.min(max),
+            total: limits.total,
         }
     }
 
@@ -187,6 +200,7 @@ impl SlotPool {
 
     /// Changes the limits (live config). Held permits stay valid.
     pub fn set_limits(&self, limits: SlotLimits) {
+        let limits = Self::clamp(limits);
         self.inner
             .max_outbound
             .store(limits.outbound, Ordering::Release);
@@ -244,7 +258,11 @@ impl SlotPool {
     /// outbound counts full-relay and block-relay-only slots together.
     pub fn excess(&self, direction: Direction) -> u32 {
         let u = self.usage();
-        let l = self.limits();
+        let mut l = self.limits();
+        if l.outbound == 0 {
+            // `max-outbound 0`: no automatic outbound peer of either kind.
+            l.block_relay = 0;
+        }
         let outbound = u.outbound + u.block_relay;
         let own = match direction {
             Direction::Outbound => {

@@ -236,6 +236,15 @@ impl SyncActorState {
                         None => missing.push(item),
                     }
                 }
+                // A block-relay-only peer has no transaction relay (Core: no `tx_relay`): our
+                // pool is never shown to it, so it cannot tell this connection is us.
+                Inventory::Transaction(_)
+                | Inventory::WitnessTransaction(_)
+                | Inventory::WTx(_)
+                    if p.block_relay_only =>
+                {
+                    missing.push(item)
+                }
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                     match self.pool.get(&t) {
                         Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),

@@ -242,27 +242,44 @@ impl ControlConn {
     }
 }
 
-/// Reads the cookie file the server names: a regular file of exactly the cookie's size,
-/// opened without blocking (the path comes from the server: a FIFO or `/dev/zero` must not
-/// hang or fill us), and read no further than one byte past it.
+/// Reads the cookie file the server names. The path comes from the server, so: a regular
+/// file (no symlink, FIFO or device: checked before it is opened, and again on the open
+/// file), of exactly the cookie's size, read no further than one byte past it, and private
+/// to its owner and group as Tor writes it (0600, or 0640 with CookieAuthFileGroupReadable):
+/// a file anyone may read proves nothing of the server, which could have written it.
 fn read_cookie(path: &str) -> Result<[u8; control::COOKIE_LEN], ControlError> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let err = |why: String| ControlError::Cookie {
         path: path.to_string(),
         why,
     };
+    let regular = |m: &std::fs::Metadata| -> Result<(), ControlError> {
+        if !m.file_type().is_file() {
+            return Err(err("not a regular file".into()));
+        }
+        if m.len() != control::COOKIE_LEN as u64 {
+            return Err(err(format!("{} bytes", m.len())));
+        }
+        if m.mode() & 0o007 != 0 {
+            return Err(err(format!(
+                "readable or writable by anyone (mode {:o})",
+                m.mode() & 0o777
+            )));
+        }
+        Ok(())
+    };
+    let before = std::fs::symlink_metadata(path).map_err(|e| err(e.to_string()))?;
+    regular(&before)?;
     let file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| err(e.to_string()))?;
     let meta = file.metadata().map_err(|e| err(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(err("not a regular file".into()));
-    }
-    if meta.len() != control::COOKIE_LEN as u64 {
-        return Err(err(format!("{} bytes", meta.len())));
+    regular(&meta)?;
+    if (meta.dev(), meta.ino()) != (before.dev(), before.ino()) {
+        return Err(err("replaced while it was opened".into()));
     }
     let mut bytes = Vec::with_capacity(control::COOKIE_LEN + 1);
     file.take(control::COOKIE_LEN as u64 + 1)
@@ -284,7 +301,23 @@ async fn authenticate(
             conn.command(&line, "AUTHENTICATE").await?
         }
         AuthPlan::SafeCookie(path, password) => {
-            let cookie = match (read_cookie(&path), password) {
+            // Off the runtime's threads, bounded: the path may lead to a slow filesystem.
+            let read = {
+                let path = path.clone();
+                tokio::time::timeout(
+                    CONTROL_TIMEOUT,
+                    tokio::task::spawn_blocking(move || read_cookie(&path)),
+                )
+                .await
+            };
+            let read = match read {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) | Err(_) => Err(ControlError::Cookie {
+                    path: path.clone(),
+                    why: "not read in time".into(),
+                }),
+            };
+            let cookie = match (read, password) {
                 (Ok(c), _) => c,
                 // An unreadable cookie with a password configured: the password, as asked.
                 (Err(e), Some(p)) => {
@@ -372,7 +405,12 @@ async fn session(
         .unwrap_or_else(|| service_target(listen));
     let port = ctx.profile.default_port;
     let key_path = config.datadir.join(ONION_KEY_FILE);
-    let (key, made_here) = load_key(&key_path)?;
+    let (key, made_here) = {
+        let path = key_path.clone();
+        tokio::task::spawn_blocking(move || load_key(&path))
+            .await
+            .map_err(|e| ControlError::Io(e.to_string()))??
+    };
     let line = control::add_onion_command(&key, port, &target.to_string());
     let reply = conn.command(&line, "ADD_ONION").await?;
     let service_id = control::parse_add_onion(&reply)?;
@@ -386,7 +424,11 @@ async fn session(
     control::check_add_onion(&key, &service)?;
     let saved = !made_here;
     if made_here {
-        if let Err(e) = save_key(&key_path, &key) {
+        let (path, k) = (key_path.clone(), key.clone());
+        let saved = tokio::task::spawn_blocking(move || save_key(&path, &k))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        if let Err(e) = saved {
             // The service works; only its address will change at the next start.
             warn!(path = %key_path.display(), error = %e, "could not save the onion key");
         }
@@ -445,6 +487,44 @@ mod tests {
             service_target("10.0.0.2:8333".parse().unwrap()),
             "10.0.0.2:8333".parse().unwrap()
         );
+    }
+
+    /// The cookie path comes from the server: only a private regular file of 32 bytes is
+    /// read; a file anyone can read (which the server may have written), a symlink, a FIFO
+    /// or a device is refused before it is read.
+    #[test]
+    fn only_a_private_regular_cookie_file_is_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = dir.path().join("control_auth_cookie");
+        std::fs::write(&cookie, [7u8; 32]).unwrap();
+        let set = |p: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        let path = cookie.to_str().unwrap();
+        set(&cookie, 0o600);
+        assert_eq!(read_cookie(path), Ok([7u8; 32]));
+        set(&cookie, 0o640);
+        assert!(
+            read_cookie(path).is_ok(),
+            "group-readable, as Tor may write it"
+        );
+        set(&cookie, 0o644);
+        assert!(matches!(
+            read_cookie(path),
+            Err(ControlError::Cookie { .. })
+        ));
+        set(&cookie, 0o600);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&cookie, &link).unwrap();
+        assert!(read_cookie(link.to_str().unwrap()).is_err(), "a symlink");
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert!(read_cookie(fifo.to_str().unwrap()).is_err(), "a FIFO");
+        assert!(read_cookie("/dev/zero").is_err(), "a device");
+        std::fs::write(&cookie, [7u8; 33]).unwrap();
+        assert!(read_cookie(path).is_err(), "33 bytes");
     }
 
     #[test]
