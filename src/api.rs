@@ -339,6 +339,11 @@ async fn delete_peer(State(s): State<ApiState>, UrlPath(id): UrlPath<String>) ->
     }
 }
 
+/// The manual peers and their state (Core's getaddednodeinfo).
+async fn get_added_nodes(State(s): State<ApiState>) -> ApiResult {
+    Ok(Json(json!(s.node.added_nodes().await)))
+}
+
 async fn get_bans(State(s): State<ApiState>) -> ApiResult {
     let bans: Vec<Value> = s
         .node
@@ -430,6 +435,7 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         "slots": {
             "outbound": {"used": used.outbound, "max": max.outbound},
             "block-relay-only": {"used": used.block_relay, "max": max.block_relay},
+            "manual": {"used": used.manual, "max": max.manual},
             "inbound": {"used": used.inbound, "max": max.inbound},
             "total": {"used": used.total(), "max": max.total},
         },
@@ -639,6 +645,7 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
     let app = Router::new()
         .route("/v1/peers", get(get_peers).post(add_peer))
         .route("/v1/peers/{id}", delete(delete_peer))
+        .route("/v1/addednodes", get(get_added_nodes))
         .route("/v1/bans", get(get_bans).post(add_ban))
         .route("/v1/bans/{*subnet}", delete(delete_ban))
         .route("/v1/network", get(get_network))

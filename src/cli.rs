@@ -73,6 +73,9 @@ pub enum Command {
     Sync(ClientArgs),
     /// List bans.
     Bans(ClientArgs),
+    /// List the manual peers (`--connect`, `--addnode`, `meshd addnode`) and their state, as
+    /// Core's getaddednodeinfo.
+    Addednodes(ClientArgs),
     /// Ban an IP address or CIDR subnet.
     Ban {
         /// IP or CIDR subnet, IPv4 or IPv6.

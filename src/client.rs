@@ -224,6 +224,34 @@ fn print_peers(v: &Value) {
     );
 }
 
+fn print_added_nodes(v: &Value) {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|n| {
+                    vec![
+                        s(&n["address"]),
+                        s(&n["kind"]),
+                        if n["connected"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                        s(&n["peer"]),
+                        if n["retrying"].as_bool() == Some(true) {
+                            "yes".into()
+                        } else {
+                            "no".into()
+                        },
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["ADDRESS", "KIND", "CONNECTED", "PEER", "RETRYING"], rows);
+}
+
 fn print_bans(v: &Value) {
     let rows = v
         .as_array()
@@ -474,7 +502,11 @@ pub fn run(cmd: Command) -> ExitCode {
     }
     let client_args = match &cmd {
         Command::Run(_) => return ExitCode::from(2),
-        Command::Peers(c) | Command::Network(c) | Command::Sync(c) | Command::Bans(c) => c,
+        Command::Peers(c)
+        | Command::Network(c)
+        | Command::Sync(c)
+        | Command::Bans(c)
+        | Command::Addednodes(c) => c,
         Command::Ban { client, .. }
         | Command::Unban { client, .. }
         | Command::Addnode { client, .. }
@@ -516,6 +548,9 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Bans(_) => c
             .call("GET", "/v1/bans", None)
             .map(|v| emit(&c, &v, print_bans)),
+        Command::Addednodes(_) => c
+            .call("GET", "/v1/addednodes", None)
+            .map(|v| emit(&c, &v, print_added_nodes)),
         Command::Fleet {
             what: FleetCommand::Status(_),
         } => c

@@ -141,6 +141,21 @@ fn a_manual_peer_survives_ban_unban_and_repeated_disconnects() {
         node.metric("meshd_connection_giveups_total").unwrap_or(0.0),
         0.0
     );
+    // Listed as Core's getaddednodeinfo lists it, in the table and in JSON.
+    common::wait("the manual peer listed as connected", 10, || {
+        node.api_get("/v1/addednodes")
+            .as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["connected"] == true)
+    });
+    let added = node.api_get("/v1/addednodes");
+    assert_eq!(added[0]["address"], target_addr.as_str(), "{added}");
+    assert_eq!(added[0]["kind"], "connect", "{added}");
+    let (code, out, err) = node.cli(&["addednodes"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&target_addr) && out.contains("connect"),
+        "{out}"
+    );
 }
 
 #[test]

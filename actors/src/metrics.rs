@@ -387,6 +387,11 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
     );
     let _ = writeln!(
         out,
+        "meshd_slots_used{{direction=\"manual\"}} {}",
+        used.manual
+    );
+    let _ = writeln!(
+        out,
         "meshd_slots_used{{direction=\"inbound\"}} {}",
         used.inbound
     );
@@ -410,6 +415,11 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
         out,
         "meshd_slots_max{{direction=\"block-relay-only\"}} {}",
         max.block_relay
+    );
+    let _ = writeln!(
+        out,
+        "meshd_slots_max{{direction=\"manual\"}} {}",
+        max.manual
     );
     let _ = writeln!(
         out,

@@ -94,6 +94,22 @@ pub enum OutboundKind {
     BlockRelay,
 }
 
+/// A manual peer (`--connect`, `--addnode`, `meshd addnode`) and its state, as Core's
+/// getaddednodeinfo shows one.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AddedNode {
+    /// The address as the operator gave it (an onion name in full).
+    pub address: String,
+    /// `connect` (kept connected, Core's -connect) or `addnode`.
+    pub kind: &'static str,
+    /// Handshaked now.
+    pub connected: bool,
+    /// The connection's peer id while there is one (dialling or connected).
+    pub peer: Option<PeerId>,
+    /// A redial is scheduled (after a failure, a ban or a disconnect).
+    pub retrying: bool,
+}
+
 /// Messages the Manager handles.
 pub enum ManagerMsg {
     /// The Listener accepted a socket.
@@ -180,6 +196,8 @@ pub enum ManagerMsg {
     Unban(IpNet, RpcReplyPort<bool>),
     /// The live ban list.
     ListBans(RpcReplyPort<Vec<BanEntry>>),
+    /// The manual peers and their state (Core's getaddednodeinfo).
+    AddedNodes(RpcReplyPort<Vec<AddedNode>>),
     /// The configuration changed; enforce it. Replies when done.
     ConfigChanged(RpcReplyPort<()>),
     /// Close one peer's connection; replies whether it existed.

@@ -746,6 +746,17 @@ impl Node {
         }
     }
 
+    /// The manual peers and their state (Core's getaddednodeinfo).
+    pub async fn added_nodes(&self) -> Vec<crate::msg::AddedNode> {
+        let Some(m) = self.manager().await else {
+            return Vec::new();
+        };
+        match m.call(ManagerMsg::AddedNodes, None).await {
+            Ok(ractor::rpc::CallResult::Success(v)) => v,
+            _ => Vec::new(),
+        }
+    }
+
     /// A cloneable handle that renders the live metrics (for an HTTP handler).
     pub fn metrics_source(&self) -> MetricsSource {
         MetricsSource(self.ctx.clone())

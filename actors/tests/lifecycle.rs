@@ -73,7 +73,8 @@ async fn a_killed_manager_leaves_no_ghost_peers() {
                 && table_len == 5
                 && now.is_disjoint(&before)
                 && sync == now
-                && usage.outbound == 5
+                && usage.manual == 5
+                && usage.outbound == 0
                 && usage.inbound == 0
                 && remote_sockets.iter().all(|n| *n == 1)
         }

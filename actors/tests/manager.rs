@@ -540,3 +540,52 @@ async fn outbound_restarts_back_off_then_give_up_and_inbound_is_never_restarted(
     );
     target.shutdown().await;
 }
+
+/// Core's manual connections have slots of their own (`MAX_ADDNODE_CONNECTIONS`, 8) outside
+/// the automatic limits: with no outbound slot and a total of one, both `--connect` peers
+/// are dialled and an inbound peer still takes the one slot of the total; the peers are
+/// listed with their state as Core's getaddednodeinfo lists them. Before, manual peers
+/// took outbound slots, and none were dialled with `max-outbound 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_peers_have_their_own_slots_outside_the_automatic_limits() {
+    let l1 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l2 = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (a1, a2) = (l1.local_addr().unwrap(), l2.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 0;
+    c.slots.total = 1;
+    c.connect = vec![a1, a2];
+    // The raw peers speak v1 (manual peers are otherwise tried in v2 first).
+    c.v2transport = false;
+    let node = Node::start(c).await.unwrap();
+    let (_p1, _p2) = tokio::join!(AsyncPeer::accept(&l1), AsyncPeer::accept(&l2));
+    let _inbound = common::handshaked(node.listen_addrs()[0]).await;
+    wait_until(
+        "both manual peers and the inbound one",
+        Duration::from_secs(10),
+        || {
+            let (used, _) = node.slots();
+            used.manual == 2 && used.inbound == 1 && used.outbound == 0
+        },
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let added = loop {
+        let added = node.added_nodes().await;
+        if added.iter().filter(|n| n.connected).count() == 2 {
+            break added;
+        }
+        assert!(Instant::now() < deadline, "{added:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut listed: Vec<String> = added.iter().map(|n| n.address.clone()).collect();
+    let mut want = vec![a1.to_string(), a2.to_string()];
+    listed.sort();
+    want.sort();
+    assert_eq!(listed, want);
+    assert!(added
+        .iter()
+        .all(|n| n.kind == "connect" && n.peer.is_some() && !n.retrying));
+    node.shutdown().await;
+}

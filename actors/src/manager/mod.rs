@@ -318,7 +318,10 @@ impl ManagerState {
         }
         let slot = match kind {
             OutboundKind::BlockRelay => SlotKind::BlockRelay,
-            _ => SlotKind::Outbound,
+            OutboundKind::Automatic => SlotKind::Outbound,
+            OutboundKind::Persistent | OutboundKind::Candidate | OutboundKind::OneTry => {
+                SlotKind::Manual
+            }
         };
         let Some(permit) = self.ctx.slots.try_reserve_kind(slot) else {
             return false;
@@ -773,12 +776,15 @@ impl ManagerState {
         self.newest_where(|c| c.direction == direction)
     }
 
-    /// The newest outbound peer that is (or is not) block-relay-only.
+    /// The newest automatic outbound peer: block-relay-only, or full-relay. Manual peers
+    /// have slots of their own, which no limit change takes.
     fn newest_outbound(&self, block_relay: bool) -> Option<PeerId> {
-        self.newest_where(|c| {
-            c.direction == Direction::Outbound
-                && (c.kind == Some(OutboundKind::BlockRelay)) == block_relay
-        })
+        let kind = if block_relay {
+            OutboundKind::BlockRelay
+        } else {
+            OutboundKind::Automatic
+        };
+        self.newest_where(|c| c.direction == Direction::Outbound && c.kind == Some(kind))
     }
 
     fn newest_where(&self, pick: impl Fn(&Child) -> bool) -> Option<PeerId> {
@@ -999,6 +1005,35 @@ impl ManagerState {
                 myself.send_after(wait, move || ManagerMsg::Redial(addr));
             }
         }
+    }
+
+    /// The manual targets and their state, in a stable order.
+    fn added_nodes(&self) -> Vec<crate::msg::AddedNode> {
+        let mut out: Vec<crate::msg::AddedNode> = self
+            .targets
+            .iter()
+            .map(|(addr, kind)| {
+                let child = self
+                    .children
+                    .values()
+                    .find(|c| c.addr == *addr && c.direction == Direction::Outbound);
+                crate::msg::AddedNode {
+                    address: crate::discovery::overlay::display_addr(
+                        *addr,
+                        self.overlay_of(*addr).as_ref(),
+                    ),
+                    kind: match kind {
+                        OutboundKind::Persistent => "connect",
+                        _ => "addnode",
+                    },
+                    connected: child.is_some_and(|c| c.handshake.is_some()),
+                    peer: child.map(|c| c.id),
+                    retrying: self.scheduled.contains(addr),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.address.cmp(&b.address));
+        out
     }
 
     /// Starts the next queued addr-fetch unless one is in flight.
@@ -1679,6 +1714,9 @@ impl Actor for Manager {
                 } else {
                     let _ = reply.send(false);
                 }
+            }
+            ManagerMsg::AddedNodes(reply) => {
+                let _ = reply.send(state.added_nodes());
             }
             ManagerMsg::ListBans(reply) => {
                 let _ = reply.send(state.bans.entries(now_unix()));

@@ -2,15 +2,19 @@
 //! inbound limit and a total, reserved atomically before a Connection is spawned and
 //! released exactly once, by RAII.
 //!
-//! The three counts live in one `AtomicU64` (21 bits each: outbound, block-relay-only,
-//! inbound), so a reservation checks every limit and takes its slot in a single
+//! The four counts live in one `AtomicU64` (16 bits each: outbound, block-relay-only,
+//! manual, inbound), so a reservation checks every limit and takes its slot in a single
 //! compare-and-swap: two racing reservations can never both take the last slot. A
 //! [`SlotPermit`] gives its slot back when dropped, so every exit path of a Connection
 //! (handshake failure, error, panic, kill, graceful stop) releases it exactly once; the
 //! permit lives in the Connection's state. Limits can change at run time; lowering one never
 //! revokes permits already held (the Manager disconnects the excess in eviction order
 //! instead). Block-relay-only connections are outbound too, but have slots of their own,
-//! as Core's (`MAX_BLOCK_RELAY_ONLY_CONNECTIONS` beside `MAX_OUTBOUND_FULL_RELAY_CONNECTIONS`).
+//! as Core's (`MAX_BLOCK_RELAY_ONLY_CONNECTIONS` beside `MAX_OUTBOUND_FULL_RELAY_CONNECTIONS`);
+//! so do manual peers (`--connect`, `--addnode`, one-try: Core's `MAX_ADDNODE_CONNECTIONS`),
+//! which never count against the total either, as Core's manual connections do not count
+//! against its automatic ones: an operator's peers never crowd out, or are crowded out by,
+//! the automatic ones.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,12 +29,15 @@ pub const DEFAULT_MAX_OUTBOUND: u32 = 8;
 /// peers that carry blocks only, whose existence gossip and transaction relay never reveal,
 /// so that an attacker mapping our full-relay peers still misses them.
 pub const DEFAULT_MAX_BLOCK_RELAY_ONLY: u32 = 2;
+/// Manual peers at most (Core's `MAX_ADDNODE_CONNECTIONS`): `--connect`, `--addnode` and
+/// one-try connections, apart from every other kind.
+pub const DEFAULT_MAX_MANUAL: u32 = 8;
 /// Default inbound limit (Core's 125 total minus its outbound of both kinds).
 pub const DEFAULT_MAX_INBOUND: u32 = 115;
 /// Default total (Core's `DEFAULT_MAX_PEER_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 125;
-/// Bits per count in the packed word (2 million connections of one kind at most).
-const COUNT_BITS: u32 = 21;
+/// Bits per count in the packed word (65,535 connections of one kind at most).
+const COUNT_BITS: u32 = 16;
 const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
 
 /// The limits.
@@ -40,9 +47,11 @@ pub struct SlotLimits {
     pub outbound: u32,
     /// Block-relay-only outbound connections at most.
     pub block_relay: u32,
+    /// Manual connections at most (not counted in `total`).
+    pub manual: u32,
     /// Inbound connections at most.
     pub inbound: u32,
-    /// Connections in total at most.
+    /// Automatic and inbound connections in total at most.
     pub total: u32,
 }
 
@@ -51,6 +60,7 @@ impl Default for SlotLimits {
         SlotLimits {
             outbound: DEFAULT_MAX_OUTBOUND,
             block_relay: DEFAULT_MAX_BLOCK_RELAY_ONLY,
+            manual: DEFAULT_MAX_MANUAL,
             inbound: DEFAULT_MAX_INBOUND,
             total: DEFAULT_MAX_CONNECTIONS,
         }
@@ -60,16 +70,18 @@ impl Default for SlotLimits {
 /// Slots in use per kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 pub struct SlotUsage {
-    /// Full-relay outbound slots held (manual peers included).
+    /// Full-relay outbound slots held.
     pub outbound: u32,
     /// Block-relay-only slots held.
     pub block_relay: u32,
+    /// Manual slots held.
+    pub manual: u32,
     /// Inbound slots held.
     pub inbound: u32,
 }
 
 impl SlotUsage {
-    /// Every slot held.
+    /// The slots `total` limits: every one but the manual ones.
     pub fn total(&self) -> u32 {
         self.outbound + self.block_relay + self.inbound
     }
@@ -82,6 +94,8 @@ pub enum SlotKind {
     Outbound,
     /// An outbound block-relay-only connection.
     BlockRelay,
+    /// A manual connection (`--connect`, `--addnode`, one-try).
+    Manual,
     /// An inbound connection.
     Inbound,
 }
@@ -89,8 +103,9 @@ pub enum SlotKind {
 impl SlotKind {
     fn shift(self) -> u32 {
         match self {
-            SlotKind::Outbound => 2 * COUNT_BITS,
-            SlotKind::BlockRelay => COUNT_BITS,
+            SlotKind::Outbound => 3 * COUNT_BITS,
+            SlotKind::BlockRelay => 2 * COUNT_BITS,
+            SlotKind::Manual => COUNT_BITS,
             SlotKind::Inbound => 0,
         }
     }
@@ -110,6 +125,7 @@ fn unpack(v: u64) -> SlotUsage {
     SlotUsage {
         outbound: count(SlotKind::Outbound),
         block_relay: count(SlotKind::BlockRelay),
+        manual: count(SlotKind::Manual),
         inbound: count(SlotKind::Inbound),
     }
 }
@@ -123,6 +139,7 @@ struct Inner {
     used: AtomicU64,
     max_outbound: AtomicU32,
     max_block_relay: AtomicU32,
+    max_manual: AtomicU32,
     max_inbound: AtomicU32,
     max_total: AtomicU32,
 }
@@ -145,7 +162,7 @@ impl SlotPermit {
     pub fn direction(&self) -> Direction {
         match self.kind {
             SlotKind::Inbound => Direction::Inbound,
-            SlotKind::Outbound | SlotKind::BlockRelay => Direction::Outbound,
+            SlotKind::Outbound | SlotKind::BlockRelay | SlotKind::Manual => Direction::Outbound,
         }
     }
 
@@ -170,6 +187,7 @@ impl SlotPool {
                 used: AtomicU64::new(0),
                 max_outbound: AtomicU32::new(limits.outbound),
                 max_block_relay: AtomicU32::new(limits.block_relay),
+                max_manual: AtomicU32::new(limits.manual),
                 max_inbound: AtomicU32::new(limits.inbound),
                 max_total: AtomicU32::new(limits.total),
             }),
@@ -183,6 +201,7 @@ impl SlotPool {
         SlotLimits {
             outbound: limits.outbound.min(max),
             block_relay: limits.block_relay.min(max),
+            manual: limits.manual.min(max),
             inbound: limits.inbound.min(max),
             total: limits.total,
         }
@@ -193,6 +212,7 @@ impl SlotPool {
         SlotLimits {
             outbound: self.inner.max_outbound.load(Ordering::Acquire),
             block_relay: self.inner.max_block_relay.load(Ordering::Acquire),
+            manual: self.inner.max_manual.load(Ordering::Acquire),
             inbound: self.inner.max_inbound.load(Ordering::Acquire),
             total: self.inner.max_total.load(Ordering::Acquire),
         }
@@ -207,6 +227,9 @@ impl SlotPool {
         self.inner
             .max_block_relay
             .store(limits.block_relay, Ordering::Release);
+        self.inner
+            .max_manual
+            .store(limits.manual, Ordering::Release);
         self.inner
             .max_inbound
             .store(limits.inbound, Ordering::Release);
@@ -230,10 +253,14 @@ impl SlotPool {
         loop {
             let u = unpack(current);
             let fits = match kind {
-                SlotKind::Outbound => u.outbound < limits.outbound,
-                SlotKind::BlockRelay => u.block_relay < limits.block_relay,
-                SlotKind::Inbound => u.inbound < limits.inbound,
-            } && u.total() < limits.total;
+                SlotKind::Outbound => u.outbound < limits.outbound && u.total() < limits.total,
+                SlotKind::BlockRelay => {
+                    u.block_relay < limits.block_relay && u.total() < limits.total
+                }
+                // The operator's peers: their own limit only.
+                SlotKind::Manual => u.manual < limits.manual,
+                SlotKind::Inbound => u.inbound < limits.inbound && u.total() < limits.total,
+            };
             if !fits {
                 return None;
             }
@@ -289,6 +316,7 @@ mod tests {
         let pool = SlotPool::new(SlotLimits {
             outbound: 2,
             block_relay: 0,
+            manual: 0,
             inbound: 3,
             total: 4,
         });
@@ -310,6 +338,7 @@ mod tests {
         let pool = SlotPool::new(SlotLimits {
             outbound: 1,
             block_relay: 2,
+            manual: 2,
             inbound: 5,
             total: 4,
         });
@@ -324,11 +353,18 @@ mod tests {
             SlotUsage {
                 outbound: 1,
                 block_relay: 2,
+                manual: 0,
                 inbound: 0
             }
         );
         let _i = pool.try_reserve(Direction::Inbound).unwrap();
         assert!(pool.try_reserve(Direction::Inbound).is_none(), "total of 4");
+        // Manual peers have their own slots, outside the total.
+        let m1 = pool.try_reserve_kind(SlotKind::Manual).unwrap();
+        let _m2 = pool.try_reserve_kind(SlotKind::Manual).unwrap();
+        assert!(pool.try_reserve_kind(SlotKind::Manual).is_none());
+        assert_eq!(m1.direction(), Direction::Outbound);
+        assert_eq!(pool.usage().total(), 4);
         drop(b1);
         assert_eq!(pool.usage().block_relay, 1);
     }
@@ -355,10 +391,10 @@ mod tests {
         /// to zero.
         #[test]
         fn concurrent_reserve_and_release_never_exceed_limits(
-            outbound in 1u32..6, block_relay in 0u32..3, inbound in 1u32..10, total in 1u32..12,
-            threads in 2usize..12,
+            outbound in 1u32..6, block_relay in 0u32..3, manual in 0u32..4, inbound in 1u32..10,
+            total in 1u32..12, threads in 2usize..12,
         ) {
-            let pool = SlotPool::new(SlotLimits { outbound, block_relay, inbound, total });
+            let pool = SlotPool::new(SlotLimits { outbound, block_relay, manual, inbound, total });
             let over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             std::thread::scope(|s| {
                 for t in 0..threads {
@@ -367,15 +403,16 @@ mod tests {
                     s.spawn(move || {
                         let mut held = Vec::new();
                         for i in 0..2000usize {
-                            let kind = match (i + t) % 5 {
+                            let kind = match (i + t) % 6 {
                                 0 | 1 => SlotKind::Outbound,
                                 2 => SlotKind::BlockRelay,
+                                3 => SlotKind::Manual,
                                 _ => SlotKind::Inbound,
                             };
                             if let Some(p) = pool.try_reserve_kind(kind) { held.push(p); }
                             let u = pool.usage();
                             if u.outbound > outbound || u.block_relay > block_relay
-                                || u.inbound > inbound || u.total() > total {
+                                || u.manual > manual || u.inbound > inbound || u.total() > total {
                                 over.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
                             if i % 2 == 1 { held.pop(); }
