@@ -67,6 +67,11 @@ pub struct NodeConfig {
     pub addnode: Vec<SocketAddr>,
     /// Connection slot limits.
     pub slots: SlotLimits,
+    /// Mean time between feelers (Core's `FEELER_INTERVAL`, 2 min, on an exponential timer):
+    /// while the outbound slots are full, a short connection tests an address of the new
+    /// table, or the occupant of a tried-table collision. `None`: no feelers (an embedder's
+    /// or a test's fixed topology).
+    pub feeler_interval: Option<Duration>,
     /// Global upload limit, bytes/s (0: unlimited).
     pub max_upload_rate: u64,
     /// Global download limit, bytes/s (0: unlimited).
@@ -239,6 +244,9 @@ pub const DEFAULT_STUN_TIMEOUT: Duration = Duration::from_secs(3);
 /// Default life of a STUN result: addresses behind home routers change rarely, but do.
 pub const DEFAULT_STUN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 
+/// Core's `FEELER_INTERVAL`.
+pub const DEFAULT_FEELER_INTERVAL: Duration = Duration::from_secs(120);
+
 /// Keys that can change while the node runs. `None` leaves a key as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigUpdate {
@@ -342,6 +350,7 @@ impl NodeConfig {
             send_queue_capacity: SEND_QUEUE_CAPACITY,
             addnode: Vec::new(),
             slots: SlotLimits::default(),
+            feeler_interval: Some(DEFAULT_FEELER_INTERVAL),
             max_upload_rate: 0,
             max_download_rate: 0,
             upload_burst: 0,

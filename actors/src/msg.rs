@@ -92,6 +92,9 @@ pub enum OutboundKind {
     /// its own; our version says `relay=false`, no address is asked of it, sent to it or taken
     /// from it, no transaction is announced either way (one announced to us ends it).
     BlockRelay,
+    /// Core's feeler: an address of the new table (or a tried-table occupant under test),
+    /// connected to see whether it answers, and closed once it handshakes.
+    Feeler,
 }
 
 /// A manual peer (`--connect`, `--addnode`, `meshd addnode`) and its state, as Core's

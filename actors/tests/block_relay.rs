@@ -4,7 +4,10 @@
 //! raw peers it heard of; the block-relay-only one is sent `relay=false`, never asked for
 //! addresses, its addresses are ignored, and it is shown as `block-relay-only`; at shutdown
 //! it is written to anchors.dat, which the next start reads, deletes and dials first as
-//! block-relay-only again; a transaction announced on it ends it.
+//! block-relay-only again; a transaction announced on it ends it. And Core's feelers
+//! (`p2p_add_connections.py`'s feeler part): with the outbound slots full, an address of the
+//! new table is connected to, handshaked, closed at once, never asked for addresses, and
+//! moved to the tried table.
 
 mod common;
 
@@ -165,6 +168,64 @@ async fn block_relay_only_peers_carry_no_addresses_or_transactions_and_come_back
     assert!(
         again.closed_within(Duration::from_secs(10)).await,
         "a transaction inv on a block-relay-only connection was taken"
+    );
+    node.shutdown().await;
+}
+
+async fn table_of(
+    node: &Node,
+    addr: SocketAddr,
+) -> Option<meshd_actors::discovery::addrbook::Table> {
+    node.known_addresses()
+        .await
+        .into_iter()
+        .find(|e| e.addr == addr)
+        .map(|e| e.table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_outbound_slots_full_a_feeler_tests_a_new_address_and_moves_it_to_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 1;
+    c.slots.block_relay = 0;
+    c.feeler_interval = Some(Duration::from_millis(200));
+    let full = listener("127.0.0.4").await;
+    let new = listener("127.0.0.5").await;
+    let (full_addr, new_addr) = (full.local_addr().unwrap(), new.local_addr().unwrap());
+    let node = Node::start(c).await.unwrap();
+    let _g1 = gossip(&node, full_addr).await;
+    let (_full_peer, _) = AsyncPeer::accept_version(&full).await;
+    let _g2 = gossip(&node, new_addr).await;
+    assert_eq!(
+        table_of(&node, new_addr).await,
+        Some(meshd_actors::discovery::addrbook::Table::New)
+    );
+    // The outbound slot is full: the new address gets a feeler.
+    let (mut feeler, _) = AsyncPeer::accept_version(&new).await;
+    assert!(
+        feeler
+            .wait_for(Duration::from_secs(5), |m| {
+                matches!(m, NetworkMessage::GetAddr).then_some(())
+            })
+            .await
+            .is_none(),
+        "a feeler asked for addresses, or stayed open"
+    );
+    assert!(feeler.closed_within(Duration::from_secs(1)).await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while table_of(&node, new_addr).await != Some(meshd_actors::discovery::addrbook::Table::Tried) {
+        assert!(
+            Instant::now() < deadline,
+            "the feeler's address was not moved to tried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (used, _) = node.slots();
+    assert_eq!(
+        (used.outbound, used.feeler),
+        (1, 0),
+        "the feeler's slot is released"
     );
     node.shutdown().await;
 }

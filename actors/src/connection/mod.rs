@@ -123,6 +123,8 @@ pub struct ConnectionState {
     /// One of our block-relay-only connections (its slot says so): `relay=false` in our
     /// version, no `getaddr`, no address taken or advertised.
     block_relay_only: bool,
+    /// A feeler (its slot says so): closed once it handshakes.
+    feeler: bool,
     /// The transport settled on, once it is.
     transport_kind: Option<TransportKind>,
     handshake: Handshake,
@@ -260,8 +262,10 @@ impl Actor for Connection {
         let peer_max_payload = args.ctx.profile.limits.send_default;
         let permissions = args.ctx.permissions_of(args.addr.ip());
         let block_relay_only = args.permit.kind() == crate::manager::slots::SlotKind::BlockRelay;
+        let feeler = args.permit.kind() == crate::manager::slots::SlotKind::Feeler;
         Ok(ConnectionState {
             block_relay_only,
+            feeler,
             id: args.id,
             addr: args.addr,
             direction: args.direction,
@@ -785,6 +789,11 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         version: pv.version,
         wtxid_relay: pv.wtxidrelay,
     });
+    if state.feeler {
+        // The address answered: the Manager records it and closes us (after it has read
+        // this). Nothing else is sent on a feeler.
+        return Ok(());
+    }
     let config = state.ctx.config();
     state.ping = Some(PingTracker::new(
         now,

@@ -19,6 +19,14 @@
 //! addresses each count as their own group, so a mesh on 127.0.0.x behaves like one spread
 //! over the Internet.
 //!
+//! An address that connected goes to tried; if its tried slot is held by another, the
+//! occupant is not evicted at once (Core's test-before-evict): the newcomer waits as a
+//! *collision* (at most [`MAX_TRIED_COLLISIONS`]), a feeler tests the occupant
+//! ([`AddrBook::select_tried_collision`]), and [`AddrBook::resolve_collisions`] keeps an
+//! occupant that connected in the last 4 hours, replaces one that failed its test, and
+//! replaces one not tested within 40 minutes. An attacker who connects to us from many
+//! addresses cannot flush our working tried peers.
+//!
 //! Per entry the book keeps services, last seen, last try, attempts, last success and
 //! source. Selection for outbound dials picks tried or new with equal odds, favours entries
 //! that failed less and were not tried in the last ten minutes, and skips network groups the
@@ -57,6 +65,16 @@ pub const MAX_RETRIES: u32 = 3;
 pub const MAX_FAILURES: u32 = 10;
 /// ...if its last success is older than this (Core: 7 days).
 pub const MIN_FAIL_SECS: u64 = 7 * 86_400;
+/// Tried-table collisions waiting for a feeler at most (Core's
+/// `ADDRMAN_SET_TRIED_COLLISION_SIZE`): more are dropped, the occupants kept.
+pub const MAX_TRIED_COLLISIONS: usize = 10;
+/// An occupant that connected within this is kept (Core's `ADDRMAN_REPLACEMENT`, 4 h).
+pub const TRIED_REPLACEMENT_SECS: u64 = 4 * 3600;
+/// A collision its test has not settled within this replaces the occupant (Core's
+/// `ADDRMAN_TEST_WINDOW`, 40 min): it could not be reached.
+pub const TRIED_TEST_WINDOW_SECS: u64 = 40 * 60;
+/// Time a feeler has to connect to the occupant before a failure is read into its last try.
+pub const TRIED_TEST_GRACE_SECS: u64 = 60;
 /// Addresses in one getaddr answer at most (Core's `MAX_ADDR_TO_SEND`).
 pub const MAX_GETADDR_ANSWER: usize = 1000;
 /// Percentage of the book one getaddr answer may reveal at most (Core: 23%).
@@ -157,6 +175,9 @@ pub struct AddrBook {
     positions: HashMap<SocketAddr, (Table, u32, u32)>,
     /// Networks `select` may pick from (those with a route: see `--onlynet`, `--onion`).
     reachable: Vec<Network>,
+    /// New addresses that connected but whose tried slot is held: waiting for the occupant
+    /// to be tested (not persisted, as Core's `m_tried_collisions`).
+    collisions: Vec<SocketAddr>,
 }
 
 /// Whether an address is loopback, private or link-local (not reachable from the Internet).
@@ -215,6 +236,7 @@ impl AddrBook {
             slots: HashMap::new(),
             positions: HashMap::new(),
             reachable: vec![Network::Ipv4, Network::Ipv6],
+            collisions: Vec::new(),
         }
     }
 
@@ -465,12 +487,34 @@ impl AddrBook {
         if e.table == Table::Tried {
             return;
         }
+        let slot = self.tried_slot(addr);
+        if self
+            .slots
+            .get(&slot)
+            .is_some_and(|occupant| occupant != addr)
+        {
+            // Test before evict: the occupant is tested first.
+            if self.collisions.len() < MAX_TRIED_COLLISIONS && !self.collisions.contains(addr) {
+                self.collisions.push(*addr);
+            }
+            return;
+        }
+        self.make_tried(addr);
+    }
+
+    /// The tried slot `addr` goes to.
+    fn tried_slot(&self, addr: &SocketAddr) -> (Table, u32, u32) {
         let bucket = self.tried_bucket(addr);
-        let slot = (
+        (
             Table::Tried,
             bucket,
             self.position(Table::Tried, bucket, addr),
-        );
+        )
+    }
+
+    /// Moves `addr` to its tried slot, sending any occupant back to new.
+    fn make_tried(&mut self, addr: &SocketAddr) {
+        let slot = self.tried_slot(addr);
         if let Some(old) = self.positions.remove(addr) {
             self.slots.remove(&old);
         }
@@ -491,6 +535,66 @@ impl AddrBook {
             }
         }
         self.place(*addr, slot);
+    }
+
+    /// Settles the tried collisions (Core's ResolveCollisions): an occupant that connected
+    /// in the last [`TRIED_REPLACEMENT_SECS`] stays; one tried since and not connected (given
+    /// [`TRIED_TEST_GRACE_SECS`]) is replaced; one not tested within
+    /// [`TRIED_TEST_WINDOW_SECS`] of the newcomer's connection is replaced; the rest wait.
+    pub fn resolve_collisions(&mut self, now: u64) {
+        let mut waiting = Vec::new();
+        for addr in std::mem::take(&mut self.collisions) {
+            let Some(new) = self.entries.get(&addr) else {
+                continue;
+            };
+            if new.table == Table::Tried {
+                continue;
+            }
+            let new_success = new.last_success.unwrap_or(0);
+            let slot = self.tried_slot(&addr);
+            let Some(old) = self.slots.get(&slot).and_then(|o| self.entries.get(o)) else {
+                self.make_tried(&addr);
+                continue;
+            };
+            let within =
+                |t: Option<u64>, secs: u64| t.is_some_and(|t| now.saturating_sub(t) < secs);
+            if within(old.last_success, TRIED_REPLACEMENT_SECS) {
+                // The occupant works: it stays, the newcomer stays in new.
+                continue;
+            }
+            if within(old.last_try, TRIED_REPLACEMENT_SECS) {
+                let tried_at = old.last_try.unwrap_or(now);
+                if now.saturating_sub(tried_at) > TRIED_TEST_GRACE_SECS {
+                    // Tested, and it did not connect.
+                    self.make_tried(&addr);
+                } else {
+                    waiting.push(addr);
+                }
+                continue;
+            }
+            if now.saturating_sub(new_success) > TRIED_TEST_WINDOW_SECS {
+                // Never tested in time: it cannot be reached.
+                self.make_tried(&addr);
+                continue;
+            }
+            waiting.push(addr);
+        }
+        self.collisions = waiting;
+    }
+
+    /// The occupant of a collision's tried slot, for a feeler to test (Core's
+    /// SelectTriedCollision); `None` when there is no collision.
+    pub fn select_tried_collision(&self, rng: &mut impl Rng) -> Option<SocketAddr> {
+        if self.collisions.is_empty() {
+            return None;
+        }
+        let addr = self.collisions[rng.gen_range(0..self.collisions.len())];
+        self.slots.get(&self.tried_slot(&addr)).copied()
+    }
+
+    /// Collisions waiting.
+    pub fn collisions(&self) -> usize {
+        self.collisions.len()
     }
 
     /// As [`AddrBook::good`], without refreshing when the address was last seen: a
@@ -528,6 +632,29 @@ impl AddrBook {
         exclude: &HashSet<SocketAddr>,
         busy_groups: &HashSet<Vec<u8>>,
     ) -> Option<SocketAddr> {
+        self.select_in(now, rng, exclude, busy_groups, false)
+    }
+
+    /// As [`AddrBook::select`], from the new table only: a feeler's pick (Core's
+    /// `Select(new_only=true)`), an address to move to tried if it answers.
+    pub fn select_new(
+        &self,
+        now: u64,
+        rng: &mut impl Rng,
+        exclude: &HashSet<SocketAddr>,
+        busy_groups: &HashSet<Vec<u8>>,
+    ) -> Option<SocketAddr> {
+        self.select_in(now, rng, exclude, busy_groups, true)
+    }
+
+    fn select_in(
+        &self,
+        now: u64,
+        rng: &mut impl Rng,
+        exclude: &HashSet<SocketAddr>,
+        busy_groups: &HashSet<Vec<u8>>,
+        new_only: bool,
+    ) -> Option<SocketAddr> {
         let eligible = |e: &&AddrEntry| {
             !exclude.contains(&e.addr)
                 && !busy_groups.contains(&self.group(e.addr.ip()))
@@ -536,7 +663,7 @@ impl AddrBook {
         let tried: Vec<&AddrEntry> = self
             .entries
             .values()
-            .filter(|e| e.table == Table::Tried)
+            .filter(|e| e.table == Table::Tried && !new_only)
             .filter(eligible)
             .collect();
         let new: Vec<&AddrEntry> = self
@@ -786,6 +913,123 @@ mod tests {
 
     fn book() -> AddrBook {
         AddrBook::new([7u8; 32], false)
+    }
+
+    /// Two addresses of one group that share a tried slot, both in new.
+    fn colliding_pair(b: &mut AddrBook) -> (SocketAddr, SocketAddr) {
+        let mut seen: HashMap<(Table, u32, u32), SocketAddr> = HashMap::new();
+        for x in 0..=255u8 {
+            for y in 1..=254u8 {
+                let a = v4(203, 0, x, y, 8333);
+                if let Some(first) = seen.insert(b.tried_slot(&a), a) {
+                    for addr in [first, a] {
+                        assert!(b.add(addr, 1, NOW, v4(198, 51, 100, 1, 0).ip(), NOW));
+                    }
+                    return (first, a);
+                }
+            }
+        }
+        unreachable!("64 slots in 8 buckets: a pair is found long before")
+    }
+
+    fn table(b: &AddrBook, a: &SocketAddr) -> Table {
+        b.get(a).unwrap().table
+    }
+
+    /// Core's test-before-evict (addrman_tests' addrman_noevict, addrman_evictionworks): a
+    /// newcomer whose tried slot is held waits, the occupant is offered to a feeler, and the
+    /// collision is settled by the test, or by its absence.
+    #[test]
+    fn a_tried_collision_waits_for_a_test_of_the_occupant() {
+        let hours = |h: u64| h * 3600;
+        // The occupant connected recently: kept, the newcomer stays in new.
+        let mut b = book();
+        let (old, new) = colliding_pair(&mut b);
+        b.good(&old, 1, NOW);
+        b.good(&new, 1, NOW + 10);
+        assert_eq!(
+            (table(&b, &old), table(&b, &new)),
+            (Table::Tried, Table::New)
+        );
+        assert_eq!(b.collisions(), 1);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        assert_eq!(
+            b.select_tried_collision(&mut rng),
+            Some(old),
+            "the occupant is tested"
+        );
+        b.resolve_collisions(NOW + 20);
+        assert_eq!(
+            (table(&b, &old), table(&b, &new)),
+            (Table::Tried, Table::New)
+        );
+        assert_eq!(b.collisions(), 0);
+
+        // The occupant is old; the feeler tries it and it does not answer: replaced, after
+        // the grace period.
+        let mut b = book();
+        let (old, new) = colliding_pair(&mut b);
+        b.good(&old, 1, NOW - hours(5));
+        b.good(&new, 1, NOW);
+        b.resolve_collisions(NOW + 1);
+        assert_eq!(b.collisions(), 1, "untested: it waits");
+        b.attempt(&old, NOW + 10);
+        b.resolve_collisions(NOW + 30);
+        assert_eq!(table(&b, &new), Table::New, "the test still has time");
+        b.resolve_collisions(NOW + 10 + TRIED_TEST_GRACE_SECS + 1);
+        assert_eq!((table(&b, &new), b.collisions()), (Table::Tried, 0));
+        assert_ne!(b.get(&old).map(|e| e.table), Some(Table::Tried));
+
+        // The old one answers its feeler: it stays.
+        let mut b = book();
+        let (old, new) = colliding_pair(&mut b);
+        b.good(&old, 1, NOW - hours(5));
+        b.good(&new, 1, NOW);
+        b.attempt(&old, NOW + 10);
+        b.good(&old, 1, NOW + 11);
+        b.resolve_collisions(NOW + 200);
+        assert_eq!(
+            (table(&b, &old), table(&b, &new)),
+            (Table::Tried, Table::New)
+        );
+
+        // Never tested within the window: replaced.
+        let mut b = book();
+        let (old, new) = colliding_pair(&mut b);
+        b.good(&old, 1, NOW - hours(5));
+        b.good(&new, 1, NOW);
+        b.resolve_collisions(NOW + TRIED_TEST_WINDOW_SECS - 1);
+        assert_eq!(table(&b, &new), Table::New);
+        b.resolve_collisions(NOW + TRIED_TEST_WINDOW_SECS + 1);
+        assert_eq!(table(&b, &new), Table::Tried);
+    }
+
+    #[test]
+    fn collisions_are_bounded() {
+        let mut b = book();
+        let mut pairs = Vec::new();
+        let mut seen: HashMap<(Table, u32, u32), SocketAddr> = HashMap::new();
+        'outer: for x in 0..=255u8 {
+            for y in 1..=254u8 {
+                let a = v4(203, 0, x, y, 8333);
+                if let Some(first) = seen.remove(&b.tried_slot(&a)) {
+                    pairs.push((first, a));
+                    if pairs.len() > MAX_TRIED_COLLISIONS + 5 {
+                        break 'outer;
+                    }
+                } else {
+                    seen.insert(b.tried_slot(&a), a);
+                }
+            }
+        }
+        let source = v4(198, 51, 100, 1, 0).ip();
+        for (old, new) in &pairs {
+            b.add(*old, 1, NOW, source, NOW);
+            b.add(*new, 1, NOW, source, NOW);
+            b.good(old, 1, NOW);
+            b.good(new, 1, NOW);
+        }
+        assert_eq!(b.collisions(), MAX_TRIED_COLLISIONS);
     }
 
     #[test]

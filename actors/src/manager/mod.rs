@@ -182,6 +182,8 @@ pub struct ManagerState {
     addr_fetch_wait: HashMap<String, (Instant, Duration)>,
     /// The seed being fetched from.
     addr_fetch_current: Option<String>,
+    /// When the next feeler is due.
+    next_feeler: Option<Instant>,
     /// Last run's block-relay-only peers, not dialled yet (read from anchors.dat at start).
     anchors: Vec<SocketAddr>,
     /// The block-relay-only peers to write to anchors.dat, taken when the shutdown begins
@@ -248,6 +250,7 @@ impl ManagerState {
             }
             Some(OutboundKind::Automatic) => "outbound-full-relay",
             Some(OutboundKind::BlockRelay) => "block-relay-only",
+            Some(OutboundKind::Feeler) => "feeler",
         };
         info.permissions = self.ctx.permissions_of(addr.ip()).names();
         self.ctx.peers.insert(info);
@@ -260,7 +263,11 @@ impl ManagerState {
                     !self.v1_only.contains(&addr)
                         && (!matches!(
                             kind,
-                            Some(OutboundKind::Automatic | OutboundKind::BlockRelay)
+                            Some(
+                                OutboundKind::Automatic
+                                    | OutboundKind::BlockRelay
+                                    | OutboundKind::Feeler
+                            )
                         ) || self.book.get(&addr).is_some_and(|e| {
                             e.services & bitcoin::p2p::ServiceFlags::P2P_V2.to_u64() != 0
                         }))
@@ -318,6 +325,7 @@ impl ManagerState {
         }
         let slot = match kind {
             OutboundKind::BlockRelay => SlotKind::BlockRelay,
+            OutboundKind::Feeler => SlotKind::Feeler,
             OutboundKind::Automatic => SlotKind::Outbound,
             OutboundKind::Persistent | OutboundKind::Candidate | OutboundKind::OneTry => {
                 SlotKind::Manual
@@ -373,6 +381,60 @@ impl ManagerState {
             }
         }
         self.fill_from_book(myself).await;
+        self.maybe_feeler(myself).await;
+    }
+
+    /// Core's feeler (ThreadOpenConnections): on an exponential timer, once the full-relay
+    /// and block-relay-only slots are full, settle the tried collisions and connect briefly
+    /// to the occupant of one still waiting, or else to an address of the new table, so
+    /// that working addresses reach tried and a collision's occupant is tested.
+    async fn maybe_feeler(&mut self, myself: &ActorRef<ManagerMsg>) {
+        let Some(interval) = self.ctx.config().feeler_interval else {
+            return;
+        };
+        let now = Instant::now();
+        let next = *self
+            .next_feeler
+            .get_or_insert_with(|| now + poisson_delay(interval));
+        if now < next {
+            return;
+        }
+        self.next_feeler = Some(now + poisson_delay(interval));
+        let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+        if limits.outbound == 0
+            || used.outbound < limits.outbound
+            || used.block_relay < limits.block_relay
+        {
+            return;
+        }
+        let unix = now_unix();
+        self.book.resolve_collisions(unix);
+        let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
+        exclude.extend(self.targets.keys().copied());
+        let mut busy: HashSet<Vec<u8>> = HashSet::new();
+        for c in self
+            .children
+            .values()
+            .filter(|c| c.direction == Direction::Outbound)
+        {
+            exclude.insert(c.addr);
+            busy.insert(self.book.group(c.addr.ip()));
+        }
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let pick = self
+            .book
+            .select_tried_collision(&mut rng)
+            .filter(|a| !exclude.contains(a))
+            .or_else(|| self.book.select_new(unix, &mut rng, &exclude, &busy));
+        let Some(addr) = pick else {
+            return;
+        };
+        if self.ctx.is_banned(addr.ip()) || self.ctx.is_discouraged(addr.ip()) {
+            return;
+        }
+        self.book.attempt(&addr, unix);
+        debug!(peer = %addr, "feeler");
+        self.dial(myself, addr, OutboundKind::Feeler).await;
     }
 
     /// Dials address-book entries while outbound slots are free: never two automatic
@@ -1205,6 +1267,10 @@ async fn run_addr_fetch(
 
 /// Tells Sync of a peer whose handshake completed (nothing for one still handshaking).
 fn peer_up_to_sync(ctx: &NodeContext, child: &Child) {
+    if child.kind == Some(OutboundKind::Feeler) {
+        // Closed as soon as it handshakes: nothing for Sync.
+        return;
+    }
     let (Some((start_height, relay, version, wtxid_relay)), Some(sync)) =
         (child.handshake, ctx.sync_ref())
     else {
@@ -1256,6 +1322,13 @@ fn seed_source(seed: &str) -> IpAddr {
     b.copy_from_slice(&h.as_byte_array()[..16]);
     b[0] = 0xfd; // unique local address range: never a real peer
     IpAddr::from(b)
+}
+
+/// A delay drawn from an exponential distribution of mean `mean` (Core's
+/// `rand_exp_duration`): a timer an observer cannot predict; capped at ten means.
+fn poisson_delay(mean: Duration) -> Duration {
+    let u: f64 = rand::random::<f64>().max(1e-12);
+    mean.mul_f64(-u.ln()).min(mean * 10)
 }
 
 /// Reads anchors.dat and deletes it, as Core does: after a crash the next start does not
@@ -1373,6 +1446,7 @@ impl Actor for Manager {
             addr_fetch_queue: std::collections::VecDeque::new(),
             addr_fetch_wait: HashMap::new(),
             addr_fetch_current: None,
+            next_feeler: None,
             anchors: Vec::new(),
             anchors_out: None,
         })
@@ -1488,6 +1562,17 @@ impl Actor for Manager {
                         state.book.good(&addr, info.services, now);
                     }
                     state.publish_book_counts();
+                    let feeler = state
+                        .by_peer
+                        .get(&id)
+                        .and_then(|a| state.children.get(a))
+                        .filter(|c| c.kind == Some(OutboundKind::Feeler));
+                    if let Some(child) = feeler {
+                        // Core closes a feeler once it handshakes: its work is done.
+                        let _ = child
+                            .actor
+                            .cast(ConnectionMsg::Disconnect(DisconnectReason::FeelerDone));
+                    }
                 }
             }
             ManagerMsg::DnsResults { seed, ips } => {

@@ -2,8 +2,9 @@
 //! inbound limit and a total, reserved atomically before a Connection is spawned and
 //! released exactly once, by RAII.
 //!
-//! The four counts live in one `AtomicU64` (16 bits each: outbound, block-relay-only,
-//! manual, inbound), so a reservation checks every limit and takes its slot in a single
+//! The five counts live in one `AtomicU64` (outbound, block-relay-only, feeler, manual and
+//! inbound, each in a field of its own), so a reservation checks every limit and takes its
+//! slot in a single
 //! compare-and-swap: two racing reservations can never both take the last slot. A
 //! [`SlotPermit`] gives its slot back when dropped, so every exit path of a Connection
 //! (handshake failure, error, panic, kill, graceful stop) releases it exactly once; the
@@ -36,9 +37,19 @@ pub const DEFAULT_MAX_MANUAL: u32 = 8;
 pub const DEFAULT_MAX_INBOUND: u32 = 115;
 /// Default total (Core's `DEFAULT_MAX_PEER_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 125;
-/// Bits per count in the packed word (65,535 connections of one kind at most).
-const COUNT_BITS: u32 = 16;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+/// Feeler connections at once (Core's `MAX_FEELER_CONNECTIONS`): a short connection that
+/// tests an address of the new table (or a tried-table occupant) and is closed once it
+/// handshakes.
+pub const MAX_FEELER_CONNECTIONS: u32 = 1;
+/// Bits of each count in the packed word: outbound, block-relay-only and manual 12 (4,095),
+/// feelers 4, inbound 24 (16 million). Limits above a field's range are held at it.
+const FIELDS: [(SlotKind, u32, u32); 5] = [
+    (SlotKind::Outbound, 52, 12),
+    (SlotKind::BlockRelay, 40, 12),
+    (SlotKind::Feeler, 36, 4),
+    (SlotKind::Manual, 24, 12),
+    (SlotKind::Inbound, 0, 24),
+];
 
 /// The limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -74,6 +85,8 @@ pub struct SlotUsage {
     pub outbound: u32,
     /// Block-relay-only slots held.
     pub block_relay: u32,
+    /// Feeler slots held.
+    pub feeler: u32,
     /// Manual slots held.
     pub manual: u32,
     /// Inbound slots held.
@@ -83,7 +96,7 @@ pub struct SlotUsage {
 impl SlotUsage {
     /// The slots `total` limits: every one but the manual ones.
     pub fn total(&self) -> u32 {
-        self.outbound + self.block_relay + self.inbound
+        self.outbound + self.block_relay + self.feeler + self.inbound
     }
 }
 
@@ -94,6 +107,8 @@ pub enum SlotKind {
     Outbound,
     /// An outbound block-relay-only connection.
     BlockRelay,
+    /// A feeler: an outbound connection closed once it handshakes.
+    Feeler,
     /// A manual connection (`--connect`, `--addnode`, one-try).
     Manual,
     /// An inbound connection.
@@ -101,13 +116,20 @@ pub enum SlotKind {
 }
 
 impl SlotKind {
+    fn field(self) -> (u32, u32) {
+        FIELDS
+            .iter()
+            .find(|(k, _, _)| *k == self)
+            .map_or((0, 0), |(_, shift, bits)| (*shift, *bits))
+    }
+
     fn shift(self) -> u32 {
-        match self {
-            SlotKind::Outbound => 3 * COUNT_BITS,
-            SlotKind::BlockRelay => 2 * COUNT_BITS,
-            SlotKind::Manual => COUNT_BITS,
-            SlotKind::Inbound => 0,
-        }
+        self.field().0
+    }
+
+    /// The largest count the field holds.
+    fn max(self) -> u32 {
+        ((1u64 << self.field().1) - 1) as u32
     }
 }
 
@@ -121,8 +143,9 @@ impl From<Direction> for SlotKind {
 }
 
 fn unpack(v: u64) -> SlotUsage {
-    let count = |k: SlotKind| ((v >> k.shift()) & COUNT_MASK) as u32;
+    let count = |k: SlotKind| ((v >> k.shift()) & u64::from(k.max())) as u32;
     SlotUsage {
+        feeler: count(SlotKind::Feeler),
         outbound: count(SlotKind::Outbound),
         block_relay: count(SlotKind::BlockRelay),
         manual: count(SlotKind::Manual),
@@ -162,7 +185,9 @@ impl SlotPermit {
     pub fn direction(&self) -> Direction {
         match self.kind {
             SlotKind::Inbound => Direction::Inbound,
-            SlotKind::Outbound | SlotKind::BlockRelay | SlotKind::Manual => Direction::Outbound,
+            SlotKind::Outbound | SlotKind::BlockRelay | SlotKind::Feeler | SlotKind::Manual => {
+                Direction::Outbound
+            }
         }
     }
 
@@ -194,15 +219,14 @@ impl SlotPool {
         }
     }
 
-    /// Limits above what a packed count holds are held at it: more than 2 million of one
-    /// kind would spill into the next count.
+    /// Limits above what a packed count holds are held at it: more would spill into the
+    /// next count.
     fn clamp(limits: SlotLimits) -> SlotLimits {
-        let max = COUNT_MASK as u32;
         SlotLimits {
-            outbound: limits.outbound.min(max),
-            block_relay: limits.block_relay.min(max),
-            manual: limits.manual.min(max),
-            inbound: limits.inbound.min(max),
+            outbound: limits.outbound.min(SlotKind::Outbound.max()),
+            block_relay: limits.block_relay.min(SlotKind::BlockRelay.max()),
+            manual: limits.manual.min(SlotKind::Manual.max()),
+            inbound: limits.inbound.min(SlotKind::Inbound.max()),
             total: limits.total,
         }
     }
@@ -257,6 +281,7 @@ impl SlotPool {
                 SlotKind::BlockRelay => {
                     u.block_relay < limits.block_relay && u.total() < limits.total
                 }
+                SlotKind::Feeler => u.feeler < MAX_FEELER_CONNECTIONS && u.total() < limits.total,
                 // The operator's peers: their own limit only.
                 SlotKind::Manual => u.manual < limits.manual,
                 SlotKind::Inbound => u.inbound < limits.inbound && u.total() < limits.total,
@@ -353,12 +378,17 @@ mod tests {
             SlotUsage {
                 outbound: 1,
                 block_relay: 2,
+                feeler: 0,
                 manual: 0,
                 inbound: 0
             }
         );
         let _i = pool.try_reserve(Direction::Inbound).unwrap();
         assert!(pool.try_reserve(Direction::Inbound).is_none(), "total of 4");
+        assert!(
+            pool.try_reserve_kind(SlotKind::Feeler).is_none(),
+            "total of 4"
+        );
         // Manual peers have their own slots, outside the total.
         let m1 = pool.try_reserve_kind(SlotKind::Manual).unwrap();
         let _m2 = pool.try_reserve_kind(SlotKind::Manual).unwrap();
@@ -403,16 +433,18 @@ mod tests {
                     s.spawn(move || {
                         let mut held = Vec::new();
                         for i in 0..2000usize {
-                            let kind = match (i + t) % 6 {
+                            let kind = match (i + t) % 7 {
                                 0 | 1 => SlotKind::Outbound,
                                 2 => SlotKind::BlockRelay,
                                 3 => SlotKind::Manual,
+                                4 => SlotKind::Feeler,
                                 _ => SlotKind::Inbound,
                             };
                             if let Some(p) = pool.try_reserve_kind(kind) { held.push(p); }
                             let u = pool.usage();
                             if u.outbound > outbound || u.block_relay > block_relay
-                                || u.manual > manual || u.inbound > inbound || u.total() > total {
+                                || u.manual > manual || u.feeler > MAX_FEELER_CONNECTIONS
+                                || u.inbound > inbound || u.total() > total {
                                 over.store(true, std::sync::atomic::Ordering::SeqCst);
                             }
                             if i % 2 == 1 { held.pop(); }

@@ -68,6 +68,10 @@ pub enum DisconnectReason {
     /// A local request (API, manager) closed it.
     #[error("disconnect requested")]
     Requested,
+    /// A feeler's work is done: the address answered (Core closes a feeler once it
+    /// handshakes).
+    #[error("feeler done")]
+    FeelerDone,
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
@@ -99,6 +103,7 @@ impl DisconnectReason {
             DisconnectReason::Misbehaving(_) => "misbehaving",
             DisconnectReason::SlotLimitLowered => "slot_limit_lowered",
             DisconnectReason::Requested => "requested",
+            DisconnectReason::FeelerDone => "feeler_done",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Stopped(_) => "stopped",
         }

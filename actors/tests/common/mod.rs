@@ -27,6 +27,8 @@ pub fn config(dir: &std::path::Path) -> NodeConfig {
     // These tests build exact topologies (lines, meshes, counted peers); block-relay-only
     // connections to gossiped nodes would add edges. Tested on their own in block_relay.rs.
     c.slots.block_relay = 0;
+    // Nor feelers (short connections to addresses of the book).
+    c.feeler_interval = None;
     c
 }
 
