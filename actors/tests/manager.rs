@@ -589,3 +589,85 @@ async fn manual_peers_have_their_own_slots_outside_the_automatic_limits() {
         .all(|n| n.kind == "connect" && n.peer.is_some() && !n.retrying));
     node.shutdown().await;
 }
+
+/// Issue #25 item 7: a `download`-whitelisted peer is not paced, and never touches the
+/// shared global bucket, so the global upload cap still holds for every other peer while it
+/// transfers. Before, each of its writes refilled the shared bucket and the cap stopped
+/// holding for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_peer_transferring_leaves_the_global_upload_cap_holding_for_the_others() {
+    use tokio::io::AsyncReadExt;
+    let rate = 200_000u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.max_upload_rate = rate;
+    c.whitelist =
+        vec![
+            meshd_actors::manager::whitelist::WhitelistEntry::parse("download@127.0.0.2/32")
+                .unwrap(),
+        ];
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut exempt = AsyncPeer::connect_from("127.0.0.2".parse().unwrap(), addr)
+        .await
+        .unwrap();
+    assert!(exempt.handshake().await);
+    let mut paced = AsyncPeer::connect_from("127.0.0.3".parse().unwrap(), addr)
+        .await
+        .unwrap();
+    assert!(paced.handshake().await);
+    let peers = wait_peers(&node, "both peers", |p| {
+        p.len() == 2 && p.iter().all(|x| x.state == PeerState::Connected)
+    })
+    .await;
+    let id_of = |ip: &str| {
+        peers
+            .iter()
+            .find(|p| p.addr.ip().to_string() == ip)
+            .map(|p| p.id)
+            .unwrap()
+    };
+    let filler = Message::Unknown {
+        command: Command::new("filler").unwrap(),
+        payload: vec![7u8; 40_000],
+    };
+    // 12 MB for the exempt peer, read slowly so that it transfers all along; 16 s worth of
+    // the cap for the paced one.
+    for _ in 0..300 {
+        assert!(node.send_to(id_of("127.0.0.2"), filler.clone()).await);
+    }
+    for _ in 0..(rate * 16 / 40_000) {
+        assert!(node.send_to(id_of("127.0.0.3"), filler.clone()).await);
+    }
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut got = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(8);
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_millis(200), exempt.stream.read(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got += n as u64,
+                Err(_) => {}
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        got
+    });
+    paced.drain_for(Duration::from_secs(1)).await;
+    let start = Instant::now();
+    let got = paced.drain_for(Duration::from_secs(6)).await;
+    let measured = got as f64 / start.elapsed().as_secs_f64();
+    let exempt_bytes = reader.await.unwrap();
+    eprintln!("paced peer: {measured:.0} B/s under a cap of {rate} B/s; exempt peer: {exempt_bytes} bytes in 8 s");
+    assert!(
+        measured < rate as f64 * 1.05,
+        "the global cap did not hold: {measured:.0} B/s for a cap of {rate} B/s"
+    );
+    assert!(
+        exempt_bytes > rate * 8 * 2,
+        "the download peer was paced: {exempt_bytes} bytes in 8 s"
+    );
+    node.shutdown().await;
+}

@@ -122,13 +122,14 @@ pub fn burst_or_default(rate: u64, burst: u64) -> u64 {
     }
 }
 
-/// One connection's pacing in one direction: its own bucket plus the global one.
+/// One connection's pacing in one direction: its own bucket plus the global one (none for
+/// an exempt connection).
 #[derive(Debug)]
 pub struct Throttle {
     flow: Flow,
     own: TokenBucket,
     own_limits: Arc<RateLimits>,
-    global: Arc<Mutex<TokenBucket>>,
+    global: Option<Arc<Mutex<TokenBucket>>>,
     global_limits: Arc<RateLimits>,
 }
 
@@ -144,8 +145,22 @@ impl Throttle {
             flow,
             own: TokenBucket::new(Instant::now()),
             own_limits,
-            global,
+            global: Some(global),
             global_limits,
+        }
+    }
+
+    /// A throttle that paces nothing and never touches the shared global bucket (a
+    /// `download`-whitelisted peer's uploads): an unlimited take would refill the shared
+    /// bucket, and the global cap would stop holding for every other peer.
+    pub fn exempt(flow: Flow) -> Throttle {
+        let unlimited = Arc::new(RateLimits::new(0, 0, 0, 0));
+        Throttle {
+            flow,
+            own: TokenBucket::new(Instant::now()),
+            own_limits: unlimited.clone(),
+            global: None,
+            global_limits: unlimited,
         }
     }
 
@@ -168,8 +183,11 @@ impl Throttle {
         let now = Instant::now();
         let (rate, burst) = self.own_limits.get(self.flow);
         let own = self.own.take(bytes as u64, now, rate, burst);
+        let Some(shared) = &self.global else {
+            return own;
+        };
         let (grate, gburst) = self.global_limits.get(self.flow);
-        let global = match self.global.lock() {
+        let global = match shared.lock() {
             Ok(mut g) => g.take(bytes as u64, now, grate, gburst),
             Err(poisoned) => poisoned.into_inner().take(bytes as u64, now, grate, gburst),
         };
@@ -186,6 +204,22 @@ impl Throttle {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// An exempt throttle leaves the shared bucket alone: the other connections' debt stays.
+    #[test]
+    fn an_exempt_throttle_never_refills_the_shared_bucket() {
+        let limits = Arc::new(RateLimits::new(1000, 1000, 0, 0));
+        let shared = Arc::new(Mutex::new(TokenBucket::new(Instant::now())));
+        let unlimited = Arc::new(RateLimits::new(0, 0, 0, 0));
+        let mut paced = Throttle::new(Flow::Up, unlimited, shared.clone(), limits);
+        let mut exempt = Throttle::exempt(Flow::Up);
+        assert!(paced.take(5000) > Duration::from_secs(3), "in debt");
+        assert_eq!(exempt.take(1_000_000), Duration::ZERO);
+        assert!(
+            paced.take(1) > Duration::from_secs(3),
+            "the debt is still there"
+        );
+    }
 
     #[test]
     fn unlimited_never_waits() {

@@ -593,14 +593,9 @@ fn start_io(
     let (tx, rx) = mpsc::channel(config.send_queue_capacity.max(1));
     let ctx = &state.ctx;
     let up = if state.permissions.has(Permissions::DOWNLOAD) {
-        // Whitelisted `download`: what it downloads from us is not paced.
-        let unlimited = Arc::new(crate::connection::bandwidth::RateLimits::new(0, 0, 0, 0));
-        Throttle::new(
-            Flow::Up,
-            unlimited.clone(),
-            ctx.global_up.clone(),
-            unlimited,
-        )
+        // Whitelisted `download`: what it downloads from us is not paced, and never touches
+        // the shared bucket the others are paced by.
+        Throttle::exempt(Flow::Up)
     } else {
         Throttle::new(
             Flow::Up,
