@@ -157,3 +157,23 @@ fn a_flood_of_empty_unrequested_blocks_ends_the_connection_not_in_the_log() {
     let drops = node.count_logs(|v| msg(v) == "dropped frames");
     assert_eq!(drops, 1, "one line for the drops");
 }
+
+/// The same with a command nothing reads: 100,000 empty `zzz` frames. Core ignores an unknown
+/// message, but a flood of them is work: each is counted against the same useless-frame
+/// budget, and past it the peer is disconnected, with a line a minute for the drops. Before,
+/// unknown commands took the ordinary path and were never counted.
+#[test]
+fn a_flood_of_unknown_commands_ends_the_connection_not_in_the_log() {
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    let before = node.raw_lines().len();
+    let frame = header(REGTEST, "zzz", 0, [0x5d, 0xf6, 0xe0, 0xe2]);
+    p.send_raw(&frame.repeat(100_000));
+    assert!(p.closed_within(Duration::from_secs(10)), "still connected");
+    let line = disconnect_of(&node, &p);
+    assert_eq!(line["reason_kind"], "useless_frames", "{line}");
+    std::thread::sleep(Duration::from_millis(500));
+    let during = node.raw_lines().len() - before;
+    assert!(during <= 100, "{during} lines");
+}

@@ -29,7 +29,7 @@ use crate::peer::{DisconnectReason, DropVerdict, UselessFrames};
 use crate::wire::v2::{
     detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake, V1_PREFIX_LEN,
 };
-use crate::wire::{command_label, Frame, FrameDecoder, FrameError, Message};
+use crate::wire::{command_label, Extent, Frame, FrameDecoder, FrameError, Message};
 
 /// Bytes read at once during the v2 key exchange: the peer's garbage is at most 4 KiB, so
 /// one read takes it; the buffer lives only while the exchange does.
@@ -337,6 +337,27 @@ pub(super) async fn reader(args: ReaderArgs) {
         for result in frames.drain(..) {
             match result {
                 Ok(frame) => {
+                    if frame.extent == Extent::Skipped {
+                        // A command nothing reads, its payload skipped unread: a useless frame
+                        // like any other dropped one (Core ignores unknown messages; a flood
+                        // of them is still work), counted against the same budget.
+                        match useless.on_drop(std::time::Instant::now()) {
+                            DropVerdict::Log { dropped } => {
+                                warn!(%peer, %id, dropped, last = %frame.command.as_str(), "dropped frames");
+                            }
+                            DropVerdict::Quiet => {}
+                            DropVerdict::Disconnect { .. } if trusted => {}
+                            DropVerdict::Disconnect { total } => {
+                                metrics::counter!("meshd_useless_frame_disconnects_total")
+                                    .increment(1);
+                                warn!(%peer, %id, total, last = %frame.command.as_str(), "too many useless frames; disconnecting");
+                                let _ = actor.cast(ConnectionMsg::ReaderEnded(
+                                    DisconnectReason::UselessFrames(total),
+                                ));
+                                return;
+                            }
+                        }
+                    }
                     let wire_len = frame.wire_len();
                     let command = command_label(frame.command.as_str());
                     // Weighed by what it holds: a skipped payload holds nothing, a list part

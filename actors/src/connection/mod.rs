@@ -1028,8 +1028,10 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Unknown { command, .. } => {
-            // Its payload was skipped unread by the frame decoder.
-            debug!(peer = %state.peer_name(), id = %state.id, %command, "ignored a command meshd does not read");
+            // Its payload was skipped unread by the frame decoder, and the reader counted it
+            // against the peer's useless-frame budget (logged there once a minute): a line
+            // per message only at trace level.
+            tracing::trace!(peer = %state.peer_name(), id = %state.id, %command, "ignored a command meshd does not read");
             metrics::counter!("meshd_unknown_messages_total").increment(1);
             Ok(())
         }
