@@ -775,6 +775,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.services = pv.services.to_u64();
         p.user_agent = pv.user_agent.clone();
         p.start_height = pv.start_height;
+        p.relay = pv.relay;
         p.wants_addrv2 = pv.sendaddrv2;
     });
     let _ = state.manager.cast(ManagerMsg::PeerHandshaked {

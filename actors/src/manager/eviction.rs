@@ -9,8 +9,13 @@
 //!    cannot predict which groups are protected);
 //! 2. the 8 with the lowest minimum ping;
 //! 3. the 4 that most recently sent us a transaction;
-//! 4. the 4 that most recently sent us a block;
-//! 5. half of the rest: the longest connected.
+//! 4. up to 8 that relay no transactions (block-relay-only peers of theirs) but have the
+//!    services we want and most recently sent us a block;
+//! 5. the 4 that most recently sent us a block;
+//! 6. half of the rest (Core's ProtectEvictionCandidatesByRatio): first up to a quarter of
+//!    them from the disadvantaged networks (CJDNS, I2P, localhost, onion: peers reaching us
+//!    over them are slower and fewer, and would lose every uptime race), shared between the
+//!    networks present, fewest first, oldest connection first; then the longest connected.
 //!
 //! From what remains, the network group with the most connections is chosen (ties: the group
 //! whose newest member connected most recently) and its newest peer is evicted. Manual peers
@@ -45,6 +50,21 @@ pub struct EvictionCandidate {
     /// Discouraged: among the peers left unprotected, these go first (Core's
     /// `m_prefer_evict`).
     pub prefer_evict: bool,
+    /// The network it reached us over (an inbound onion peer: onion, whatever its address).
+    pub network: Network,
+    /// Connected from a loopback address (and not through our onion service).
+    pub is_local: bool,
+    /// It asked for transactions in its `version` (Core's `m_relay_txs`).
+    pub relay_txs: bool,
+    /// It announced the services we require of outbound peers (Core's
+    /// `fRelevantServices`).
+    pub relevant_services: bool,
+}
+
+/// Network groups of inbound onion peers: one of their own, never the loopback group of the
+/// local peers they share an address with (they all arrive from Tor on 127.0.0.1).
+pub fn onion_inbound_netgroup() -> Vec<u8> {
+    vec![4]
 }
 
 /// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
@@ -83,9 +103,86 @@ fn protect_last<K: Ord>(
     n: usize,
     key: impl Fn(&EvictionCandidate) -> K,
 ) {
+    protect_last_where(c, n, key, |_| true);
+}
+
+/// Core's EraseLastKElements with a predicate: sorts by `key`, and of the last `n` takes out
+/// (protects) those `pick` accepts.
+fn protect_last_where<K: Ord>(
+    c: &mut Vec<EvictionCandidate>,
+    n: usize,
+    key: impl Fn(&EvictionCandidate) -> K,
+    pick: impl Fn(&EvictionCandidate) -> bool,
+) {
     c.sort_by_key(|x| key(x));
-    let keep = c.len().saturating_sub(n);
-    c.truncate(keep);
+    let start = c.len().saturating_sub(n);
+    let tail: Vec<EvictionCandidate> = c.drain(start..).filter(|x| !pick(x)).collect();
+    c.extend(tail);
+}
+
+/// Core's ProtectEvictionCandidatesByRatio: half of the candidates, up to half of those
+/// from the disadvantaged networks, the rest by uptime.
+fn protect_by_ratio(c: &mut Vec<EvictionCandidate>) {
+    let total_protect = c.len() / 2;
+    // In Core's order: on equal counts, earlier ones recover unused slots first.
+    let on = |local: bool, net: Network| {
+        move |x: &EvictionCandidate| {
+            if local {
+                x.is_local
+            } else {
+                !x.is_local && x.network == net
+            }
+        }
+    };
+    let mut networks: Vec<(bool, Network, usize)> = [
+        (false, Network::Cjdns),
+        (false, Network::I2p),
+        (true, Network::Ipv4),
+        (false, Network::Onion),
+    ]
+    .into_iter()
+    .map(|(local, net)| (local, net, c.iter().filter(|x| on(local, net)(x)).count()))
+    .collect();
+    networks.sort_by_key(|n| n.2);
+    let max_by_network = total_protect / 2;
+    let mut protected = 0usize;
+    while protected < max_by_network {
+        let present = networks.iter().filter(|n| n.2 > 0).count();
+        if present == 0 {
+            break;
+        }
+        let per_network = ((max_by_network - protected) / present).max(1);
+        let mut any = false;
+        for n in networks.iter_mut() {
+            if n.2 == 0 {
+                continue;
+            }
+            let before = c.len();
+            let (local, net) = (n.0, n.1);
+            // Matching peers last, the oldest connection last of all.
+            protect_last_where(
+                c,
+                per_network,
+                |x| (on(local, net)(x), std::cmp::Reverse(x.connected)),
+                on(local, net),
+            );
+            let taken = before - c.len();
+            if taken > 0 {
+                any = true;
+                protected += taken;
+                if protected >= max_by_network {
+                    break;
+                }
+                n.2 -= taken;
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    protect_last(c, total_protect.saturating_sub(protected), |x| {
+        std::cmp::Reverse(x.connected)
+    });
 }
 
 /// Picks the peer to evict, or `None` if every candidate is protected.
@@ -101,12 +198,20 @@ pub fn select_for_eviction(candidates: &[EvictionCandidate]) -> Option<PeerId> {
     protect_last(&mut c, 8, |x| {
         std::cmp::Reverse(x.min_ping.unwrap_or(Duration::MAX))
     });
-    // 3./4. most recent tx, then block senders (None sorts first, i.e. not protected).
+    // 3. most recent tx (None sorts first, i.e. not protected).
     protect_last(&mut c, 4, |x| x.last_tx);
+    // 4. block senders that relay no transactions but have the services we want (Core's
+    // CompareNodeBlockRelayOnlyTime).
+    protect_last_where(
+        &mut c,
+        8,
+        |x| (!x.relay_txs, x.last_block, x.relevant_services),
+        |x| !x.relay_txs && x.relevant_services,
+    );
+    // 5. most recent block senders.
     protect_last(&mut c, 4, |x| x.last_block);
-    // 5. half of the rest by longest uptime: the oldest connections sort last.
-    let half = c.len() / 2;
-    protect_last(&mut c, half, |x| std::cmp::Reverse(x.connected));
+    // 6. half of the rest: disadvantaged networks first, then uptime.
+    protect_by_ratio(&mut c);
     if c.is_empty() {
         return None;
     }
@@ -149,6 +254,10 @@ mod tests {
             keyed_netgroup: group as u64,
             protected: false,
             prefer_evict: false,
+            network: Network::Ipv4,
+            is_local: false,
+            relay_txs: true,
+            relevant_services: true,
         }
     }
 
@@ -215,6 +324,69 @@ mod tests {
         assert!(victim != PeerId(29) && victim != PeerId(28));
     }
 
+    /// Core's p2p_eviction / eviction_tests: with 20 clearnet peers and 4 onion ones, all
+    /// alike but for their network and uptime, the onion peers are protected by the ratio
+    /// (up to a quarter of the candidates), although the clearnet ones connected earlier.
+    #[test]
+    fn onion_and_local_peers_keep_a_protected_share() {
+        let t0 = Instant::now();
+        let mut c: Vec<EvictionCandidate> = (0..40)
+            .map(|i| {
+                let mut x = cand(i, t0, 7);
+                // One group; the newer a peer, the worse its ping and keyed group, so the
+                // first rules protect old peers and only the network tells the new ones apart.
+                x.keyed_netgroup = 100 - i;
+                x
+            })
+            .collect();
+        // The four newest connections reached us over Tor (in the same group as the rest, so
+        // that the network is all that tells them apart).
+        for x in c.iter_mut().skip(36) {
+            x.network = Network::Onion;
+        }
+        // The first evictions (the share shrinks with the pool, as Core's does).
+        let mut victims = Vec::new();
+        for _ in 0..3 {
+            let Some(v) = select_for_eviction(&c) else {
+                break;
+            };
+            victims.push(v);
+            c.retain(|x| x.id != v);
+        }
+        assert!(!victims.is_empty());
+        for v in &victims {
+            assert!(v.0 < 36, "an onion peer was evicted: {victims:?}");
+        }
+        // Localhost peers likewise.
+        let mut c: Vec<EvictionCandidate> = (0..40).map(|i| cand(i, t0, 7)).collect();
+        for (i, x) in c.iter_mut().enumerate() {
+            x.keyed_netgroup = 100 - i as u64;
+        }
+        c[39].is_local = true;
+        assert_ne!(select_for_eviction(&c), Some(PeerId(39)));
+    }
+
+    /// Core protects up to 8 peers that relay no transactions (their block-relay-only
+    /// connections to us) and sent us a block most recently.
+    #[test]
+    fn block_relay_peers_that_sent_blocks_are_protected() {
+        let t0 = Instant::now();
+        let mut c: Vec<EvictionCandidate> = (0..40)
+            .map(|i| {
+                let mut x = cand(i, t0, 7);
+                x.keyed_netgroup = 100 - i;
+                x
+            })
+            .collect();
+        // The newest, which the crowded-group rule would evict first.
+        c[39].relay_txs = false;
+        c[39].last_block = Some(t0);
+        for x in c.iter_mut().skip(20).take(10) {
+            x.last_block = Some(t0 + Duration::from_secs(100));
+        }
+        assert_ne!(select_for_eviction(&c), Some(PeerId(39)));
+    }
+
     #[test]
     fn netgroups_follow_core() {
         assert_eq!(
@@ -254,6 +426,10 @@ mod tests {
                     keyed_netgroup: (*g as u64).wrapping_mul(0x9e37_79b9),
                     protected: *manual,
                     prefer_evict: *g % 3 == 0,
+                    network: [Network::Ipv4, Network::Onion, Network::Ipv6][*g as usize % 3],
+                    is_local: *g % 5 == 0,
+                    relay_txs: *g % 7 != 0,
+                    relevant_services: true,
                 }
             }).collect();
             if let Some(id) = select_for_eviction(&c) {

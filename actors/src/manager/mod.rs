@@ -753,8 +753,18 @@ impl ManagerState {
             .filter(|c| c.direction == Direction::Inbound && c.is_live())
             .filter_map(|c| self.ctx.peers.get(c.id))
             .map(|p| {
-                let group = netgroup(p.addr.ip());
+                // Tor's peers all come from loopback: a group and a network of their own.
+                let group = if p.inbound_onion {
+                    crate::manager::eviction::onion_inbound_netgroup()
+                } else {
+                    netgroup(p.addr.ip())
+                };
+                let required = self.ctx.config().required_services.to_u64();
                 EvictionCandidate {
+                    network: p.network(),
+                    is_local: !p.inbound_onion && p.addr.ip().is_loopback(),
+                    relay_txs: p.relay,
+                    relevant_services: p.services & required == required,
                     id: p.id,
                     connected: p.connected_at,
                     min_ping: p.ping_min,

@@ -59,8 +59,8 @@ pub struct PeerInfo {
     pub direction: Direction,
     /// A manual peer (`--connect` or a one-try dial): exempt from the services check.
     pub manual: bool,
-    /// How the connection came about: `inbound`, `manual` (persistent), `candidate`
-    /// (`--addnode`), `onetry` or `automatic` (from the address book).
+    /// How the connection came about, spelled as Core's getpeerinfo: `inbound`, `manual`,
+    /// `outbound-full-relay`, `block-relay-only` or `feeler`.
     pub connection_type: &'static str,
     /// Whitelist permissions (`noban`, `relay`, `download`, `addr`, `bloomfilter`).
     pub permissions: Vec<&'static str>,
@@ -74,6 +74,8 @@ pub struct PeerInfo {
     pub user_agent: String,
     /// Height announced in its version.
     pub start_height: i32,
+    /// It asked for transactions in its `version` (`relay`, BIP37's fRelay).
+    pub relay: bool,
     /// Highest header height we know the peer has (its version, then its headers).
     pub synced_height: u32,
     /// When the connection started (TCP established or accepted).
@@ -156,6 +158,7 @@ impl PeerInfo {
             version: 0,
             user_agent: String::new(),
             start_height: 0,
+            relay: true,
             synced_height: 0,
             connected_since: SystemTime::now(),
             bytes_sent: 0,
