@@ -159,7 +159,8 @@ async fn a_transaction_crosses_the_mesh() {
     let mut nodes: Vec<Node> = Vec::new();
     for (i, d) in dirs.iter().enumerate() {
         let mut c = cfg(d.path());
-        c.slots.outbound = if i == 0 { 0 } else { 1 };
+        // A line: manual peers have slots of their own, and no automatic peer adds an edge.
+        c.slots.outbound = 0;
         if i > 0 {
             c.connect = vec![nodes[i - 1].listen_addrs()[0]];
         }
