@@ -27,6 +27,7 @@
 //!   buckets ([`connection::bandwidth`]) and the [`connection::listener`] actor;
 //! - [`manager`]: the Manager and its cores [`manager::slots`], [`manager::eviction`],
 //!   [`manager::restart`], [`manager::bans`], [`manager::peers`] (the table),
+//!   [`manager::addr_fetch`] (DNS seeds asked by name through a proxy),
 //!   [`peer::misbehavior`] (the cost table, shared with the Connection);
 //! - [`discovery`]: the DnsDiscovery actor and the [`discovery::addrbook`];
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
@@ -48,8 +49,10 @@
 //!   start-up error. It is the API an embedding program holds: peers, connect, disconnect,
 //!   send, graceful shutdown.
 //! - The **Manager** is the one owner of the peer set. It reserves a slot
-//!   ([`manager::slots::SlotPool`]) before it spawns a Connection (linked, so it receives its
-//!   exit), keeps the [`manager::peers::PeerTable`] rows, tells Sync when a peer's handshake
+//!   ([`manager::slots::SlotPool`]: full-relay, block-relay-only, feeler, manual or inbound)
+//!   before it spawns a Connection (linked, so it receives its exit), dials anchors.dat's
+//!   block-relay-only peers first and writes them back when it stops, runs the feelers that
+//!   settle the address book's tried collisions, keeps the [`manager::peers::PeerTable`] rows, tells Sync when a peer's handshake
 //!   completes and when it ends (once each, in order), evicts inbound peers by Core's rules,
 //!   decides outbound restarts ([`manager::restart::RestartTracker`]; inbound peers are never
 //!   restarted; manual peers are never given up), owns the ban list (an operator's bans,

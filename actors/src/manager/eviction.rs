@@ -324,21 +324,25 @@ mod tests {
         assert!(victim != PeerId(29) && victim != PeerId(28));
     }
 
+    /// 40 peers of one group; the newer a peer, the worse its ping and keyed group, so the
+    /// first rules protect old peers and only what a test sets tells the new ones apart.
+    fn crowd(t0: Instant) -> Vec<EvictionCandidate> {
+        (0..40)
+            .map(|i| {
+                let mut x = cand(i, t0, 7);
+                x.keyed_netgroup = 100 - i;
+                x
+            })
+            .collect()
+    }
+
     /// Core's p2p_eviction / eviction_tests: with 20 clearnet peers and 4 onion ones, all
     /// alike but for their network and uptime, the onion peers are protected by the ratio
     /// (up to a quarter of the candidates), although the clearnet ones connected earlier.
     #[test]
     fn onion_and_local_peers_keep_a_protected_share() {
         let t0 = Instant::now();
-        let mut c: Vec<EvictionCandidate> = (0..40)
-            .map(|i| {
-                let mut x = cand(i, t0, 7);
-                // One group; the newer a peer, the worse its ping and keyed group, so the
-                // first rules protect old peers and only the network tells the new ones apart.
-                x.keyed_netgroup = 100 - i;
-                x
-            })
-            .collect();
+        let mut c = crowd(t0);
         // The four newest connections reached us over Tor (in the same group as the rest, so
         // that the network is all that tells them apart).
         for x in c.iter_mut().skip(36) {
@@ -358,10 +362,7 @@ mod tests {
             assert!(v.0 < 36, "an onion peer was evicted: {victims:?}");
         }
         // Localhost peers likewise.
-        let mut c: Vec<EvictionCandidate> = (0..40).map(|i| cand(i, t0, 7)).collect();
-        for (i, x) in c.iter_mut().enumerate() {
-            x.keyed_netgroup = 100 - i as u64;
-        }
+        let mut c = crowd(t0);
         c[39].is_local = true;
         assert_ne!(select_for_eviction(&c), Some(PeerId(39)));
     }
@@ -371,13 +372,7 @@ mod tests {
     #[test]
     fn block_relay_peers_that_sent_blocks_are_protected() {
         let t0 = Instant::now();
-        let mut c: Vec<EvictionCandidate> = (0..40)
-            .map(|i| {
-                let mut x = cand(i, t0, 7);
-                x.keyed_netgroup = 100 - i;
-                x
-            })
-            .collect();
+        let mut c = crowd(t0);
         // The newest, which the crowded-group rule would evict first.
         c[39].relay_txs = false;
         c[39].last_block = Some(t0);

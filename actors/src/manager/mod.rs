@@ -409,17 +409,7 @@ impl ManagerState {
         }
         let unix = now_unix();
         self.book.resolve_collisions(unix);
-        let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
-        exclude.extend(self.targets.keys().copied());
-        let mut busy: HashSet<Vec<u8>> = HashSet::new();
-        for c in self
-            .children
-            .values()
-            .filter(|c| c.direction == Direction::Outbound)
-        {
-            exclude.insert(c.addr);
-            busy.insert(self.book.group(c.addr.ip()));
-        }
+        let (exclude, busy) = self.dial_exclusions();
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
         let pick = self
             .book
@@ -437,10 +427,32 @@ impl ManagerState {
         self.dial(myself, addr, OutboundKind::Feeler).await;
     }
 
-    /// Dials address-book entries while outbound slots are free: never two automatic
-    /// outbound peers in one network group, never ourselves, never an address already
-    /// connected or configured.
-    /// Fills the free full-relay slots, then the block-relay-only ones (anchors first).
+    /// What no automatic dial (full-relay, block-relay-only, feeler) may pick: ourselves, the
+    /// manual targets and every address we are connected out to; and the network groups of
+    /// our automatic outbound peers (one per group, as Core's ThreadOpenConnections).
+    fn dial_exclusions(&self) -> (HashSet<SocketAddr>, HashSet<Vec<u8>>) {
+        let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
+        exclude.extend(self.targets.keys().copied());
+        let mut busy = HashSet::new();
+        for c in self
+            .children
+            .values()
+            .filter(|c| c.direction == Direction::Outbound)
+        {
+            exclude.insert(c.addr);
+            if matches!(
+                c.kind,
+                Some(OutboundKind::Automatic | OutboundKind::BlockRelay | OutboundKind::Feeler)
+            ) {
+                busy.insert(self.book.group(c.addr.ip()));
+            }
+        }
+        (exclude, busy)
+    }
+
+    /// Dials address-book entries while slots are free, the full-relay ones first, then the
+    /// block-relay-only ones (anchors first): never two automatic outbound peers in one
+    /// network group, never ourselves, never an address already connected or configured.
     async fn fill_from_book(&mut self, myself: &ActorRef<ManagerMsg>) {
         self.fill_kind(myself, OutboundKind::Automatic).await;
         self.fill_kind(myself, OutboundKind::BlockRelay).await;
@@ -448,26 +460,10 @@ impl ManagerState {
 
     async fn fill_kind(&mut self, myself: &ActorRef<ManagerMsg>, kind: OutboundKind) {
         let now = now_unix();
-        let mut exclude: HashSet<SocketAddr> = self.ctx.own_addrs.iter().copied().collect();
-        exclude.extend(self.targets.keys().copied());
+        let (mut exclude, mut busy) = self.dial_exclusions();
         if kind != OutboundKind::BlockRelay {
             // Anchors are dialled as block-relay-only, never taken for full relay first.
             exclude.extend(self.anchors.iter().copied());
-        }
-        let mut busy: HashSet<Vec<u8>> = HashSet::new();
-        for c in self
-            .children
-            .values()
-            .filter(|c| c.direction == Direction::Outbound)
-        {
-            exclude.insert(c.addr);
-            // One automatic peer per network group, full-relay and block-relay-only alike.
-            if matches!(
-                c.kind,
-                Some(OutboundKind::Automatic | OutboundKind::BlockRelay)
-            ) {
-                busy.insert(self.book.group(c.addr.ip()));
-            }
         }
         // StdRng, not thread_rng: the generator lives across awaits, so it must be Send.
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
