@@ -15,6 +15,7 @@
 //! | BIP37 filter over the size limits | 100 | BIP37: a protocol violation |
 //! | `duplicate_version` | 1 | Core's cost |
 //! | `v2_oversized_length` (a v2 packet above the limit) | 100 | as `oversized` |
+//! | `v2_requested_too_large` (such a packet while a block above our policy limit is asked of the peer, BSV) | 0 | we asked for it; the connection ends since the packet cannot be read past |
 //! | v2 handshake failures, `v2_bad_aead`, `v2_unknown_message_type` | 0 | disconnect (bad tag) or ignore, as Core |
 //! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
 //!

@@ -36,6 +36,7 @@ pub mod bloom;
 pub mod chain;
 pub mod header_sync;
 pub mod hints;
+pub mod intake;
 pub mod mine;
 pub mod pool;
 mod relay;
@@ -69,12 +70,13 @@ use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::RollingFilter;
 use crate::sync::bloom::BloomFilter;
 use crate::sync::chain::store::{HeaderLoad, HeaderStore, COMPACT_STALE_SHARE, LOAD_STEP_RECORDS};
-use crate::sync::chain::{AcceptError, Accepted, HeaderChain};
+use crate::sync::chain::HeaderChain;
 use crate::wire::Message;
 use blocks::{BlockDownload, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use chain::presync::{HeadersPresync, PresyncError, PresyncStep};
 use header_sync::{HeaderSync, InitialSync, PeerHeaders, SessionEnd, POW_TARGET_SPACING};
 use hints::{SegmentAnswer, SegmentSync, HINT_INTERVAL};
+use intake::Route;
 use pool::RelayPool;
 use txrequest::TxRequestTracker;
 
@@ -645,23 +647,24 @@ impl SyncActorState {
             },
             None => headers,
         };
-        // Core's CheckHeadersPoW: the whole batch chains and meets its own targets before
-        // anything of it is looked up or its work counted.
-        if let Err(e) = self.chain.check_batch(&headers.headers, &headers.hashes) {
-            metrics::counter!("meshd_headers_rejected_total", "reason" => e.kind()).increment(1);
+        let anti_dos_work = self.anti_dos_work();
+        let presync = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut());
+        // Before the presync is fed: whether this answers our request to the peer.
+        let answer = intake::is_answer(&self.chain, presync.as_deref(), &headers.headers);
+        let route = intake::route(
+            &self.chain,
+            presync,
+            &headers.headers,
+            &headers.hashes,
+            anti_dos_work,
+            now_u32(),
+        );
+        if let Route::Invalid(kind) = route {
+            metrics::counter!("meshd_headers_rejected_total", "reason" => kind).increment(1);
             self.set_pipelining(id, false);
-            self.punish(id, e.kind());
+            self.punish(id, kind);
             return;
         }
-        // An answer: the peer may be asked again (Core clears the getheaders timestamp when
-        // headers connect, continue its presync, or are none at all).
-        let first = headers.headers.first();
-        let answer = first.is_none_or(|h| self.chain.contains(&h.prev_blockhash))
-            || self
-                .peers
-                .get(&id)
-                .and_then(|p| p.presync.as_ref())
-                .is_some_and(|ps| first.is_some_and(|h| ps.continues(h)));
         if let Some(p) = self.peers.get_mut(&id).filter(|_| answer) {
             // Unless its Connection asked for the next batch already (pipelining): that
             // request is in flight, and an announcement must not add a second one.
@@ -670,26 +673,35 @@ impl SyncActorState {
         if headers.headers.is_empty() {
             self.header_sync.progress(id, Instant::now());
         }
-        match self.presync_headers(id, &headers) {
-            Some(None) => {}
-            Some(Some(step)) => {
-                self.header_sync.progress(id, Instant::now());
-                if headers.next_requested {
-                    // Presync asks for its own batches; the one the Connection asked for is
-                    // presync's next when it asks from this batch's end.
-                    self.set_pipelining(id, false);
-                    if let (PresyncStep::Request(locator), Some(last)) =
-                        (&step, headers.hashes.last())
-                    {
-                        if locator.first() == Some(last) {
-                            return;
-                        }
-                    }
-                }
-                self.apply_presync(id, step)
+        let step = match route {
+            Route::Invalid(_) | Route::Chain => return self.accept_headers(id, headers, true),
+            Route::Dropped => {
+                metrics::counter!("meshd_presync_aborted_total", "reason" => "presync_low_work")
+                    .increment(1);
+                return;
             }
-            None => self.accept_headers(id, headers, true),
+            Route::LowWork => PresyncStep::Abort(PresyncError::LowWork),
+            Route::Presync(step) => step,
+            Route::NewPresync(ps, step) => {
+                info!(peer = %id, reached = ps.height(), "headers presync: the chain must show its work before it is stored");
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.presync = Some(*ps);
+                }
+                step
+            }
+        };
+        self.header_sync.progress(id, Instant::now());
+        if headers.next_requested {
+            // Presync asks for its own batches; the one the Connection asked for is
+            // presync's next when it asks from this batch's end.
+            self.set_pipelining(id, false);
+            if let (PresyncStep::Request(locator), Some(last)) = (&step, headers.hashes.last()) {
+                if locator.first() == Some(last) {
+                    return;
+                }
+            }
         }
+        self.apply_presync(id, step)
     }
 
     /// Turns the Connection's header pipelining for `id` on or off. On only where presync
@@ -719,75 +731,6 @@ impl SyncActorState {
             .max(self.chain.tip_work().saturating_sub(recent))
     }
 
-    /// Feeds the peer's presync, or starts one when these headers extend a chain with too
-    /// little work. `None`: the headers go to the chain as they are.
-    /// `Some(None)`: dropped without a word (too little work to store, while the peer
-    /// presyncs another chain).
-    fn presync_headers(
-        &mut self,
-        id: PeerId,
-        hashed: &HashedHeaders,
-    ) -> Option<Option<PresyncStep>> {
-        let headers = &hashed.headers[..];
-        let (first, last) = (headers.first()?, hashed.hashes.last()?);
-        if let Some(ps) = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut()) {
-            // Headers that do not continue the presync (an announcement, an answer to an
-            // older request) take the normal path and leave the presync as it is.
-            if ps.continues(first) {
-                return Some(Some(ps.on_headers(headers)));
-            }
-        }
-        // Known headers (duplicates, a re-sent batch) cost one lookup: found before any work
-        // is summed.
-        if self.chain.contains(last) {
-            return None;
-        }
-        let (parent, height, parent_work) = self.chain.header_and_work(&first.prev_blockhash)?;
-        if self.peers.get(&id).is_some_and(|p| p.presync.is_some()) {
-            // The peer is presyncing another chain: this one goes to the chain if it has the
-            // work, and is dropped otherwise (one presync per peer, as Core).
-            let work = headers
-                .iter()
-                .map(HeaderChain::header_work)
-                .fold(parent_work, u128::saturating_add);
-            if work < self.anti_dos_work() {
-                metrics::counter!("meshd_presync_aborted_total", "reason" => "presync_low_work")
-                    .increment(1);
-                return Some(None);
-            }
-            return None;
-        }
-        let batch_work = headers
-            .iter()
-            .map(HeaderChain::header_work)
-            .fold(0u128, u128::saturating_add);
-        let threshold = self.anti_dos_work();
-        if parent_work.saturating_add(batch_work) >= threshold {
-            return None;
-        }
-        if headers.len() < MAX_HEADERS_PER_MESSAGE {
-            // A short chain that ends below the threshold: not worth storing (Core ignores
-            // it too, without punishing).
-            return Some(Some(PresyncStep::Abort(PresyncError::LowWork)));
-        }
-        let (rule, limit) = self.chain.rule_and_limit();
-        let mut ps = HeadersPresync::new(
-            rule,
-            limit,
-            threshold,
-            parent,
-            height,
-            parent_work,
-            now_u32(),
-        );
-        let step = ps.on_headers(headers);
-        info!(peer = %id, from_height = height, "headers presync: the chain must show its work before it is stored");
-        if let Some(p) = self.peers.get_mut(&id) {
-            p.presync = Some(ps);
-        }
-        Some(Some(step))
-    }
-
     fn apply_presync(&mut self, id: PeerId, step: PresyncStep) {
         match step {
             PresyncStep::Request(locator) => self.getheaders_from(id, locator),
@@ -815,10 +758,7 @@ impl SyncActorState {
                     debug!(peer = %p.addr, id = %id, reason = %e, "headers not stored: {e}");
                     p.presync = None;
                 }
-                if matches!(
-                    e,
-                    PresyncError::BadProofOfWork | PresyncError::BadDifficulty
-                ) {
+                if intake::presync_abort_is_charged(&e) {
                     self.punish(id, e.kind());
                 }
                 if self.header_sync.is_sync_peer(id) {
@@ -860,42 +800,35 @@ impl SyncActorState {
         }
         let old_tip = self.chain.tip();
         let old_height = self.chain.height();
-        let mut stored: Vec<(Header, BlockHash)> = Vec::new();
-        let now = now_u32();
-        for (i, (h, &hash)) in headers.iter().zip(&hashes).enumerate() {
-            // Hashed once, by the Connection; the chain and the store take the hash along.
-            match self.chain.accept_hashed(h, hash, now) {
-                Ok(Accepted::Duplicate) => {}
-                Ok(outcome) => {
-                    if let Accepted::Reorg { depth } = outcome {
-                        info!(depth, new_tip = %hash, "chain reorganised");
-                        // Transactions of the old branch's blocks may be unconfirmed again.
-                        self.recent_confirmed.reset();
-                    }
-                    stored.push((*h, hash));
+        // Hashed once, by the Connection; the chain and the store take the hash along.
+        let outcome = intake::store(&mut self.chain, &headers, &hashes, now_u32());
+        if let Some(depth) = outcome.reorg_depth {
+            info!(depth, new_tip = %self.chain.tip(), "chain reorganised");
+            // Transactions of the old branch's blocks may be unconfirmed again.
+            self.recent_confirmed.reset();
+        }
+        let stored = outcome.new;
+        match outcome.end {
+            intake::End::Whole => {}
+            intake::End::Unconnecting => {
+                // An announcement we cannot connect: ask for the gap, at most one request in
+                // flight, and no charge (Core master's HandleUnconnectingHeaders:
+                // announcements cross, and honest peers send them).
+                metrics::counter!("meshd_headers_unconnecting_total").increment(1);
+                let locator = self.chain.locator();
+                if from_sync_peer {
+                    // It is answering us (a pipelined batch after a refused one).
+                    self.getheaders_from(id, locator);
+                } else {
+                    self.maybe_getheaders(id, locator);
                 }
-                Err(AcceptError::NotConnecting(_)) if i == 0 => {
-                    // An announcement we cannot connect: ask for the gap, at most one request
-                    // in flight, and no charge (Core master's HandleUnconnectingHeaders:
-                    // announcements cross, and honest peers send them).
-                    metrics::counter!("meshd_headers_unconnecting_total").increment(1);
-                    let locator = self.chain.locator();
-                    if from_sync_peer {
-                        // It is answering us (a pipelined batch after a refused one).
-                        self.getheaders_from(id, locator);
-                    } else {
-                        self.maybe_getheaders(id, locator);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("meshd_headers_rejected_total", "reason" => e.kind())
-                        .increment(1);
-                    // Nothing more is fetched ahead from a peer that sent a bad header.
-                    self.set_pipelining(id, false);
-                    self.punish(id, e.kind());
-                    break;
-                }
+                return;
+            }
+            intake::End::Refused(kind) => {
+                metrics::counter!("meshd_headers_rejected_total", "reason" => kind).increment(1);
+                // Nothing more is fetched ahead from a peer that sent a bad header.
+                self.set_pipelining(id, false);
+                self.punish(id, kind);
             }
         }
         if !stored.is_empty() {

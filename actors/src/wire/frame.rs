@@ -242,6 +242,18 @@ pub enum FrameError {
         /// Limit in force.
         limit: u32,
     },
+    /// v2: a packet above every limit but that of a `block` we asked this peer for, where
+    /// that limit is our policy (a BSV block above `max-block-message-size`). Unlike v1 it
+    /// cannot be read past: a packet is authenticated as a whole, so skipping it would mean
+    /// buffering it. The connection ends, free of points since we asked for it, and the
+    /// blocks in flight from the peer are asked of other announcers.
+    #[error("v2 packet of {length} bytes, likely a requested block, exceeds our limit of {limit}")]
+    V2RequestedTooLarge {
+        /// Contents length the packet claims.
+        length: u32,
+        /// Limit in force.
+        limit: u32,
+    },
     /// v2: a message type with no meaning (an unassigned one-byte id, a malformed long
     /// form, or none at all): ignored, as Core does.
     #[error("v2 message type {id:?} unknown; ignored")]
@@ -262,6 +274,7 @@ impl FrameError {
                 | FrameError::Oversized { .. }
                 | FrameError::V2BadAead
                 | FrameError::V2Oversized { .. }
+                | FrameError::V2RequestedTooLarge { .. }
         )
     }
 
@@ -279,6 +292,7 @@ impl FrameError {
             FrameError::RequestedTooLarge { .. } => "requested_too_large",
             FrameError::V2BadAead => "v2_bad_aead",
             FrameError::V2Oversized { .. } => "v2_oversized_length",
+            FrameError::V2RequestedTooLarge { .. } => "v2_requested_too_large",
             FrameError::V2UnknownMessageType { .. } => "v2_unknown_message_type",
         }
     }
@@ -447,6 +461,12 @@ impl FrameDecoder {
         } else {
             self.limits.general.max(self.limits.bulk)
         }
+    }
+
+    /// Whether a packet too large for any command may still be a `block` we asked for that
+    /// is above our policy limit only (see [`FrameError::V2RequestedTooLarge`]).
+    pub fn may_be_requested_block_above_policy(&self) -> bool {
+        !self.pre_handshake && self.blocks_expected > Some(0) && self.limits.bulk_is_policy
     }
 
     /// Admits one authenticated message (a v2 packet: no checksum, already in memory) by

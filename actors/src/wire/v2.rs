@@ -606,9 +606,11 @@ impl V2Decoder {
                     // A message type and the largest payload the rules admit now.
                     let limit = self.rules.largest_payload() as usize + LONG_TYPE_LEN;
                     if contents > limit {
-                        let e = FrameError::V2Oversized {
-                            length: contents as u32,
-                            limit: limit as u32,
+                        let (length, limit) = (contents as u32, limit as u32);
+                        let e = if self.rules.may_be_requested_block_above_policy() {
+                            FrameError::V2RequestedTooLarge { length, limit }
+                        } else {
+                            FrameError::V2Oversized { length, limit }
                         };
                         self.failed = Some(e.clone());
                         return Some(Err(e));
@@ -885,6 +887,37 @@ mod tests {
         let mut input = &wire[..3];
         let e = dec.decode(&mut input).unwrap().unwrap_err();
         assert_eq!(e.kind(), "v2_oversized_length");
+    }
+
+    #[test]
+    fn a_packet_too_large_for_anything_but_a_requested_block_ends_the_session_free() {
+        let p = NetworkId::Regtest.profile();
+        let mut limits = p.limits;
+        limits.general = 50_000;
+        limits.bulk = 50_000;
+        let big = encode_frame(p.magic, Command::new("block").unwrap(), &vec![0xab; 60_000]);
+        for (policy, asked, kind) in [
+            // Where the block limit is our policy (BSV) and a block is asked of the peer.
+            (true, 1, "v2_requested_too_large"),
+            // Nothing asked: no honest peer sends it.
+            (true, 0, "v2_oversized_length"),
+            // Where the limit is the chain's own (BTC), a larger block is invalid anyway.
+            (false, 1, "v2_oversized_length"),
+        ] {
+            limits.bulk_is_policy = policy;
+            let (a, b) = connect(usize::MAX);
+            let mut enc = V2Encoder::new(a.outbound);
+            let mut dec = V2Decoder::new(b.inbound, FrameDecoder::new_established(p.magic, limits));
+            dec.rules_mut().set_blocks_expected(asked);
+            let wire = enc.encrypt_v1_frame(&big);
+            let e = dec.decode(&mut &wire[..3]).unwrap().unwrap_err();
+            assert_eq!(e.kind(), kind);
+            // Fatal either way (the packet cannot be read past), but charged only when
+            // nothing of its size was asked for.
+            assert!(e.is_fatal());
+            let charged = crate::peer::misbehavior::cost(kind) > 0;
+            assert_eq!(charged, kind == "v2_oversized_length");
+        }
     }
 
     #[test]
