@@ -65,6 +65,7 @@ const CORES: &[&str] = &[
     "sync/chain/store.rs",
     "sync/header_sync.rs",
     "sync/hints.rs",
+    "sync/intake.rs",
     "sync/mine.rs",
     "sync/pool.rs",
     "sync/requests.rs",
