@@ -14,10 +14,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use meshd_actors::config::NodeConfig;
-use meshd_actors::manager::peers::PeerState;
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::Node;
 use meshd_actors::peer::Direction;
+use meshd_actors::shared::peers::PeerState;
 
 async fn run(n: u8) -> Duration {
     let addrs: Vec<SocketAddr> = (1..=n)

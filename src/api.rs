@@ -21,9 +21,9 @@ use axum::{Json, Router};
 use futures_util::stream::{self, Stream};
 use meshd_actors::config::{ConfigUpdate, NodeConfig};
 use meshd_actors::events::{EventError, EventKind};
-use meshd_actors::manager::bans::parse_subnet;
-use meshd_actors::manager::peers::{PeerId, PeerInfo};
 use meshd_actors::node::Node;
+use meshd_actors::shared::bans::parse_subnet;
+use meshd_actors::shared::peers::{PeerId, PeerInfo};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use tokio::net::TcpListener;
@@ -158,9 +158,7 @@ fn dur(d: Duration) -> String {
 pub fn config_json(c: &NodeConfig) -> Value {
     let list = |v: &[SocketAddr]| {
         v.iter()
-            .map(|a| {
-                meshd_actors::discovery::overlay::display_addr(*a, c.overlay_peer(*a).as_ref())
-            })
+            .map(|a| meshd_actors::shared::overlay::display_addr(*a, c.overlay_peer(*a).as_ref()))
             .collect::<Vec<_>>()
     };
     // Credentials are never shown.

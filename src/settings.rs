@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bitcoin::p2p::ServiceFlags;
 use meshd_actors::config::{FleetConfig, NodeConfig, ProxyConfig, TxRelay};
-use meshd_actors::discovery::overlay::{Network, OverlayAddr, OverlayParseError};
 use meshd_actors::network::NetworkId;
+use meshd_actors::shared::overlay::{Network, OverlayAddr, OverlayParseError};
 use serde::Deserialize;
 
 use crate::cli::{LogFormat, RunArgs};
@@ -481,7 +481,7 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.banned_user_agents = pick(&args.ban_user_agent, &file.ban_user_agent);
     node.whitelist = Vec::new();
     for entry in pick(&args.whitelist, &file.whitelist) {
-        match meshd_actors::manager::whitelist::WhitelistEntry::parse(&entry) {
+        match meshd_actors::shared::whitelist::WhitelistEntry::parse(&entry) {
             Ok(e) => node.whitelist.push(e),
             Err(e) => return err(e),
         }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{msg, wait, Meshd};
-use meshd_actors::discovery::overlay::OverlayAddr;
+use meshd_actors::shared::overlay::OverlayAddr;
 
 #[test]
 fn a_dead_proxy_is_logged_with_the_peer_counted_and_retried() {

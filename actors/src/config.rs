@@ -14,12 +14,12 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
-use crate::discovery::overlay::{Network, OverlayAddr};
 use crate::manager::restart::RestartPolicy;
-use crate::manager::slots::SlotLimits;
 use crate::network::{user_agent, NetworkId, Profile};
 use crate::peer::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::peer::HandshakePolicy;
+use crate::shared::overlay::{Network, OverlayAddr};
+use crate::shared::slots::SlotLimits;
 
 /// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).
 pub const DEFAULT_ADDRBOOK_SAVE_INTERVAL: Duration = Duration::from_secs(15 * 60);
@@ -137,7 +137,7 @@ pub struct NodeConfig {
     /// `-minimumchainwork`); headers of a chain with less work go through presync.
     pub minimum_chain_work: Option<u128>,
     /// Operators' whitelist (`--whitelist [PERMISSIONS@]CIDR`).
-    pub whitelist: Vec<crate::manager::whitelist::WhitelistEntry>,
+    pub whitelist: Vec<crate::shared::whitelist::WhitelistEntry>,
     /// BIP324 v2 encrypted transport (`--v2transport`, Core's `-v2transport`): announced as
     /// NODE_P2P_V2, accepted inbound, tried outbound. BTC networks only: BSV has no BIP324
     /// and stays v1 whatever this says (see [`NodeConfig::v2_enabled`]).
@@ -153,7 +153,7 @@ pub struct NodeConfig {
     /// every network with a route).
     pub onlynet: Vec<Network>,
     /// Names of the onion and I2P peers among `connect` and `addnode` (their entries there
-    /// are the internal addresses, see [`crate::discovery::overlay`]).
+    /// are the internal addresses, see [`crate::shared::overlay`]).
     pub overlay_peers: Vec<OverlayAddr>,
     /// Tor's control port, for the inbound onion service (`--torcontrol`).
     pub tor_control: Option<SocketAddr>,

@@ -1,7 +1,7 @@
 //! State shared by every actor of one node: configuration (live), the peer table, slots,
 //! bans, bandwidth buckets, the event bus and our version nonces.
 
-use crate::discovery::addrbook::GossipAddr;
+use crate::shared::addr::GossipAddr;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -13,13 +13,13 @@ use dashmap::DashMap;
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
-use crate::connection::bandwidth::{RateLimits, TokenBucket};
 use crate::events::EventBus;
-use crate::manager::bans::BanList;
-use crate::manager::peers::{PeerId, PeerTable};
-use crate::manager::slots::SlotPool;
 use crate::network::Profile;
 use crate::peer::HandshakePolicy;
+use crate::shared::bandwidth::{RateLimits, TokenBucket};
+use crate::shared::bans::BanList;
+use crate::shared::peers::{PeerId, PeerTable};
+use crate::shared::slots::SlotPool;
 
 /// Shared node state. Handed to actors in an `Arc`; opaque outside the crate.
 #[derive(Debug)]
@@ -38,7 +38,7 @@ pub struct NodeContext {
     /// the Manager: a fleet advisory never bans one.
     pub(crate) manual_ips: RwLock<std::collections::HashSet<IpAddr>>,
     /// Addresses discouraged by automatic verdicts (in memory only, as Core's).
-    pub(crate) discouraged: RwLock<crate::manager::discourage::Discouraged>,
+    pub(crate) discouraged: RwLock<crate::shared::discourage::Discouraged>,
     pub(crate) global_limits: Arc<RateLimits>,
     pub(crate) peer_limits: Arc<RateLimits>,
     pub(crate) global_up: Arc<Mutex<TokenBucket>>,
@@ -60,17 +60,17 @@ pub struct NodeContext {
     /// Addresses we listen on.
     pub(crate) listen_addrs: Vec<SocketAddr>,
     /// The fleet link's counters and client (see [`crate::fleet`]).
-    fleet: Arc<crate::fleet::FleetShared>,
+    fleet: Arc<crate::shared::fleet::FleetShared>,
     /// When the node started (wall clock, unix seconds; and monotonic).
     started_unix: u64,
     started: Instant,
     /// Our onion service, while it is up (see [`crate::tor`]).
-    onion_service: RwLock<Option<crate::tor::OnionService>>,
+    onion_service: RwLock<Option<crate::shared::status::OnionService>>,
     /// The loopback address where Tor delivers the onion service's peers (its own
     /// listener, so they are known as onion peers); set once at start.
     pub(crate) onion_bind: std::sync::OnceLock<SocketAddr>,
     /// The last STUN result.
-    pub(crate) stun: RwLock<Option<crate::stun::NatReport>>,
+    pub(crate) stun: RwLock<Option<crate::shared::status::NatReport>>,
     /// The Sync actor, where Connections send chain and relay messages.
     pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::msg::SyncMsg>>>,
     /// Sync status for metrics and the API.
@@ -145,7 +145,7 @@ impl NodeContext {
             listen_addrs: listen_addrs.to_vec(),
             onion_service: RwLock::new(None),
             onion_bind: std::sync::OnceLock::new(),
-            fleet: Arc::new(crate::fleet::FleetShared::default()),
+            fleet: Arc::new(crate::shared::fleet::FleetShared::default()),
             started_unix: unix_now().max(0) as u64,
             started: now,
             stun: RwLock::new(None),
@@ -211,8 +211,8 @@ impl NodeContext {
     }
 
     /// The whitelist permissions of `ip`.
-    pub(crate) fn permissions_of(&self, ip: IpAddr) -> crate::manager::whitelist::Permissions {
-        crate::manager::whitelist::permissions_of(&self.config().whitelist, ip)
+    pub(crate) fn permissions_of(&self, ip: IpAddr) -> crate::shared::whitelist::Permissions {
+        crate::shared::whitelist::permissions_of(&self.config().whitelist, ip)
     }
 
     /// Whether a connection from `ip` is refused: banned, and not whitelisted `noban`.
@@ -220,7 +220,7 @@ impl NodeContext {
         self.is_banned(ip)
             && !self
                 .permissions_of(ip)
-                .has(crate::manager::whitelist::Permissions::NOBAN)
+                .has(crate::shared::whitelist::Permissions::NOBAN)
     }
 
     /// Whether `ip` is discouraged (an automatic verdict), and not whitelisted `noban`.
@@ -231,7 +231,7 @@ impl NodeContext {
         };
         hit && !self
             .permissions_of(ip)
-            .has(crate::manager::whitelist::Permissions::NOBAN)
+            .has(crate::shared::whitelist::Permissions::NOBAN)
     }
 
     /// Discourages `ip`; returns what is discouraged now (the address, or its IPv6 /64).
@@ -244,7 +244,7 @@ impl NodeContext {
 
     /// Records `ip` as a manual peer's.
     pub(crate) fn add_manual_ip(&self, ip: IpAddr) {
-        let ip = crate::manager::bans::canonical(ip);
+        let ip = crate::shared::bans::canonical(ip);
         match self.manual_ips.write() {
             Ok(mut s) => s.insert(ip),
             Err(p) => p.into_inner().insert(ip),
@@ -253,7 +253,7 @@ impl NodeContext {
 
     /// Whether `ip` is one of our manual peers'.
     pub(crate) fn is_manual_ip(&self, ip: IpAddr) -> bool {
-        let ip = crate::manager::bans::canonical(ip);
+        let ip = crate::shared::bans::canonical(ip);
         match self.manual_ips.read() {
             Ok(s) => s.contains(&ip),
             Err(p) => p.into_inner().contains(&ip),
@@ -270,7 +270,7 @@ impl NodeContext {
     }
 
     /// The fleet link's shared state.
-    pub(crate) fn fleet_shared(&self) -> Arc<crate::fleet::FleetShared> {
+    pub(crate) fn fleet_shared(&self) -> Arc<crate::shared::fleet::FleetShared> {
         self.fleet.clone()
     }
 
@@ -285,14 +285,14 @@ impl NodeContext {
     }
 
     /// Our onion service, while it is up.
-    pub(crate) fn onion_service(&self) -> Option<crate::tor::OnionService> {
+    pub(crate) fn onion_service(&self) -> Option<crate::shared::status::OnionService> {
         match self.onion_service.read() {
             Ok(o) => *o,
             Err(p) => *p.into_inner(),
         }
     }
 
-    pub(crate) fn set_onion_service(&self, service: Option<crate::tor::OnionService>) {
+    pub(crate) fn set_onion_service(&self, service: Option<crate::shared::status::OnionService>) {
         match self.onion_service.write() {
             Ok(mut o) => *o = service,
             Err(p) => *p.into_inner() = service,
@@ -333,7 +333,7 @@ impl NodeContext {
 
     /// Adopts a STUN result: when we are reachable (open internet, full cone) and listen on
     /// a port, our public IP with that port is advertised, next to any `--externalip`.
-    pub(crate) fn set_stun(&self, report: crate::stun::NatReport) {
+    pub(crate) fn set_stun(&self, report: crate::shared::status::NatReport) {
         let mut list = self.external.clone();
         if report.nat_type.is_reachable() {
             if let (Some(public), Some(listen)) = (report.public, self.listen_addrs.first()) {
@@ -373,7 +373,7 @@ impl NodeContext {
     }
 
     /// The last STUN result.
-    pub(crate) fn stun_report(&self) -> Option<crate::stun::NatReport> {
+    pub(crate) fn stun_report(&self) -> Option<crate::shared::status::NatReport> {
         self.stun.read().ok().and_then(|s| s.clone())
     }
 

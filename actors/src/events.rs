@@ -15,8 +15,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::manager::peers::PeerId;
 use crate::peer::Direction;
+use crate::shared::peers::PeerId;
 
 /// Events buffered per subscriber before the oldest are dropped for it.
 ///
@@ -496,7 +496,7 @@ mod tests {
         bus.publish(unbanned(1));
         for _ in 0..100 {
             bus.publish(NodeEvent::MessageReceived {
-                peer: crate::manager::peers::PeerId(1),
+                peer: crate::shared::peers::PeerId(1),
                 command: "inv".into(),
                 size: 61,
             });

@@ -21,26 +21,36 @@
 //! ## Where things live
 //!
 //! One folder per actor, holding the actor (`mod.rs`) and its sans-IO cores; the actors'
-//! messages in the leaf [`msg`], so an actor that sends to another imports only that:
+//! messages in the leaf [`msg`], so an actor that sends to another imports only that. No
+//! actor folder imports another (but the Manager its Connections, which it spawns); what
+//! they share lives in leaves (`actors/tests/layout.rs` checks both):
 //!
-//! - [`connection`]: the Connection actor, its reader and writer tasks, the bandwidth token
-//!   buckets ([`connection::bandwidth`]) and the [`connection::listener`] actor;
-//! - [`manager`]: the Manager and its cores [`manager::slots`], [`manager::eviction`],
-//!   [`manager::restart`], [`manager::bans`], [`manager::peers`] (the table),
-//!   [`manager::addr_fetch`] (DNS seeds asked by name through a proxy),
-//!   [`peer::misbehavior`] (the cost table, shared with the Connection);
-//! - [`discovery`]: the DnsDiscovery actor and the [`discovery::addrbook`];
+//! - [`connection`]: the Connection actor, its reader and writer tasks, its proxy route and
+//!   the [`connection::listener`] actor;
+//! - [`manager`]: the Manager and its cores [`manager::addrbook`] (Core's addrman),
+//!   [`manager::eviction`], [`manager::restart`] and [`manager::addr_fetch`] (DNS seeds
+//!   asked by name through a proxy);
+//! - [`discovery`]: the DnsDiscovery actor;
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
 //! - [`sync`]: the Sync actor (relay in `sync/relay.rs`), the header chain
-//!   ([`sync::chain`]), headers-first sync ([`sync::header_sync`]: per-peer header state,
-//!   the sync session, initial sync), block download ([`sync::blocks`]: blocks in flight,
-//!   stalling, who failed what), transaction requests ([`sync::txrequest`], Core's
-//!   TxRequestTracker), block checks ([`sync::block_check`]), [`sync::bloom`] and
-//!   [`sync::mine`];
-//! - shared protocol code: [`wire`], [`peer`], [`network`], [`constants`], [`config`],
-//!   [`events`], [`persist`]; [`node`] holds the NodeSupervisor and the [`node::Node`] handle,
-//!   [`context`] the state every actor shares.
+//!   ([`sync::chain`]), header intake ([`sync::intake`]: a batch's route through the proof
+//!   of work check, presync and the anti-DoS threshold), headers-first sync
+//!   ([`sync::header_sync`]: per-peer header state, the sync session, initial sync), block
+//!   download ([`sync::blocks`]: blocks in flight, stalling, who failed what), transaction
+//!   requests ([`sync::txrequest`], Core's TxRequestTracker), block checks
+//!   ([`sync::block_check`]), [`sync::bloom`] and [`sync::mine`];
+//! - [`fleet`] and [`tor`]: the Fleet (NATS) and TorControl actors;
+//! - the vocabulary the actors share, [`shared`]: peer ids and the peer table
+//!   ([`shared::peers`]), slots and permits ([`shared::slots`]), permissions
+//!   ([`shared::whitelist`]), bans and discouragement ([`shared::bans`],
+//!   [`shared::discourage`]), addresses, network groups and gossip ([`shared::addr`],
+//!   [`shared::overlay`]), bandwidth buckets ([`shared::bandwidth`]), the resolver, and the
+//!   status types the context holds ([`shared::status`], [`shared::fleet`]);
+//! - shared protocol code: [`wire`], [`peer`] (handshake, ping, misbehaviour costs,
+//!   disconnect reasons), [`network`], [`constants`], [`config`], [`events`], [`persist`];
+//!   [`node`] holds the NodeSupervisor and the [`node::Node`] handle, [`context`] the state
+//!   every actor shares.
 //!
 //! ## Who owns what
 //!
@@ -49,15 +59,15 @@
 //!   start-up error. It is the API an embedding program holds: peers, connect, disconnect,
 //!   send, graceful shutdown.
 //! - The **Manager** is the one owner of the peer set. It reserves a slot
-//!   ([`manager::slots::SlotPool`]: full-relay, block-relay-only, feeler, manual or inbound)
+//!   ([`shared::slots::SlotPool`]: full-relay, block-relay-only, feeler, manual or inbound)
 //!   before it spawns a Connection (linked, so it receives its exit), dials anchors.dat's
 //!   block-relay-only peers first and writes them back when it stops, runs the feelers that
-//!   settle the address book's tried collisions, keeps the [`manager::peers::PeerTable`] rows, tells Sync when a peer's handshake
+//!   settle the address book's tried collisions, keeps the [`shared::peers::PeerTable`] rows, tells Sync when a peer's handshake
 //!   completes and when it ends (once each, in order), evicts inbound peers by Core's rules,
 //!   decides outbound restarts ([`manager::restart::RestartTracker`]; inbound peers are never
 //!   restarted; manual peers are never given up), owns the ban list (an operator's bans,
 //!   written at most once a second), the discouraged addresses (automatic verdicts, in
-//!   memory: [`manager::discourage::Discouraged`]) and the address book (persisted through
+//!   memory: [`shared::discourage::Discouraged`]) and the address book (persisted through
 //!   [`persist`], also when it stops) and is the one publisher of lifecycle events on the
 //!   [`events::EventBus`]. A new Manager (after a failure) first clears what the killed
 //!   Connections of the old one left: rows, nonces, Sync's entries.
@@ -95,11 +105,11 @@
 //!
 //! Protocol logic lives in plain types that take bytes, messages and time and return actions:
 //! [`wire::FrameDecoder`], [`wire::Message`], [`peer::Handshake`], [`peer::PingTracker`],
-//! [`manager::slots::SlotPool`], [`manager::restart::RestartTracker`],
-//! [`connection::bandwidth::TokenBucket`], [`manager::bans::BanList`],
+//! [`shared::slots::SlotPool`], [`manager::restart::RestartTracker`],
+//! [`shared::bandwidth::TokenBucket`], [`shared::bans::BanList`],
 //! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`],
 //! [`sync::txrequest::TxRequestTracker`], [`peer::UselessFrames`],
-//! [`manager::discourage::Discouraged`].
+//! [`shared::discourage::Discouraged`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
 //! over real loopback sockets. Every limit is a named constant in [`constants`] or next to
 //! the code it bounds. None of them imports tokio or ractor (`actors/tests/layout.rs`).
@@ -153,6 +163,7 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod persist;
+pub mod shared;
 pub mod stun;
 pub mod sync;
 pub mod tor;

@@ -10,8 +10,8 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::context::{unix_now, NodeContext};
-use crate::manager::peers::PeerState;
 use crate::peer::Direction;
+use crate::shared::peers::PeerState;
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}");
@@ -537,7 +537,7 @@ pub(crate) fn render(ctx: &NodeContext) -> String {
     );
     let stun = ctx.stun_report();
     let current = stun.as_ref().map(|r| r.nat_type);
-    for t in crate::stun::NatType::ALL {
+    for t in crate::shared::status::NatType::ALL {
         let v = u8::from(Some(t) == current);
         let _ = writeln!(out, "meshd_nat_type{{type=\"{}\"}} {v}", t.label());
     }

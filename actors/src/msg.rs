@@ -17,10 +17,10 @@ use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::discovery::addrbook::{AddrEntry, GossipAddr};
-use crate::manager::bans::BanEntry;
-use crate::manager::peers::PeerId;
 use crate::peer::DisconnectReason;
+use crate::shared::addr::{AddrEntry, GossipAddr};
+use crate::shared::bans::BanEntry;
+use crate::shared::peers::PeerId;
 use crate::wire::{FrameError, Message, PayloadError};
 
 // ---- Connection ----
@@ -227,7 +227,7 @@ pub enum ManagerMsg {
         /// The seed name.
         seed: String,
         /// The addresses, or why there are none.
-        result: Result<Vec<GossipAddr>, crate::manager::addr_fetch::AddrFetchError>,
+        result: Result<Vec<GossipAddr>, crate::shared::addr::AddrFetchError>,
     },
     /// A peer sent addresses (already rate-limited by its Connection).
     AddrsReceived {

@@ -28,15 +28,15 @@ use crate::constants::{
     SHUTDOWN_MANAGER_TIMEOUT, SUPERVISOR_MAX_RESTARTS, SUPERVISOR_RESTART_WINDOW,
 };
 use crate::context::NodeContext;
-use crate::discovery::addrbook::AddrEntry;
 use crate::discovery::{DnsArgs, DnsDiscovery, DnsMsg};
 use crate::events::{EventKind, EventStream};
 use crate::fleet::Fleet;
-use crate::manager::bans::BanEntry;
-use crate::manager::peers::{PeerId, PeerInfo, PeerTable};
-use crate::manager::slots::{SlotLimits, SlotUsage};
 use crate::manager::Manager;
 use crate::msg::{ManagerMsg, OutboundKind, SyncMsg, SyncStatus};
+use crate::shared::addr::AddrEntry;
+use crate::shared::bans::BanEntry;
+use crate::shared::peers::{PeerId, PeerInfo, PeerTable};
+use crate::shared::slots::{SlotLimits, SlotUsage};
 use crate::stun::{Stun, StunMsg};
 use crate::sync::Sync;
 use crate::tor::{TorControl, TorMsg};
@@ -641,12 +641,12 @@ impl Node {
     }
 
     /// Our onion service, while it is up (`--torcontrol`, `--listenonion`).
-    pub fn onion_service(&self) -> Option<crate::tor::OnionService> {
+    pub fn onion_service(&self) -> Option<crate::shared::status::OnionService> {
         self.ctx.onion_service()
     }
 
     /// The last STUN result: public address and NAT type.
-    pub fn stun_report(&self) -> Option<crate::stun::NatReport> {
+    pub fn stun_report(&self) -> Option<crate::shared::status::NatReport> {
         self.ctx.stun_report()
     }
 

@@ -172,10 +172,7 @@ async fn block_relay_only_peers_carry_no_addresses_or_transactions_and_come_back
     node.shutdown().await;
 }
 
-async fn table_of(
-    node: &Node,
-    addr: SocketAddr,
-) -> Option<meshd_actors::discovery::addrbook::Table> {
+async fn table_of(node: &Node, addr: SocketAddr) -> Option<meshd_actors::shared::addr::Table> {
     node.known_addresses()
         .await
         .into_iter()
@@ -199,7 +196,7 @@ async fn with_the_outbound_slots_full_a_feeler_tests_a_new_address_and_moves_it_
     let _g2 = gossip(&node, new_addr).await;
     assert_eq!(
         table_of(&node, new_addr).await,
-        Some(meshd_actors::discovery::addrbook::Table::New)
+        Some(meshd_actors::shared::addr::Table::New)
     );
     // The outbound slot is full: the new address gets a feeler.
     let (mut feeler, _) = AsyncPeer::accept_version(&new).await;
@@ -214,7 +211,7 @@ async fn with_the_outbound_slots_full_a_feeler_tests_a_new_address_and_moves_it_
     );
     assert!(feeler.closed_within(Duration::from_secs(1)).await);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while table_of(&node, new_addr).await != Some(meshd_actors::discovery::addrbook::Table::Tried) {
+    while table_of(&node, new_addr).await != Some(meshd_actors::shared::addr::Table::Tried) {
         assert!(
             Instant::now() < deadline,
             "the feeler's address was not moved to tried"

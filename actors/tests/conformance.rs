@@ -783,7 +783,7 @@ async fn a_full_pool_evicts_its_lowest_feerate_then_oldest_entry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_whitelisted_peer_is_never_charged_or_dropped_and_shows_its_permissions() {
-    use meshd_actors::manager::whitelist::WhitelistEntry;
+    use meshd_actors::shared::whitelist::WhitelistEntry;
     let genesis = meshd_actors::network::NetworkId::Regtest.profile().genesis;
     // A header whose proof of work fails: 100 points, disconnect, for anyone else.
     let mut bad = meshd_actors::sync::chain::headers::mine_header(

@@ -11,9 +11,9 @@ use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use common::dnsmasq::Dnsmasq;
 use common::{config, AsyncPeer};
-use meshd_actors::manager::peers::PeerState;
 use meshd_actors::node::Node;
 use meshd_actors::peer::Direction;
+use meshd_actors::shared::peers::PeerState;
 
 fn skip(why: &str) {
     let ci = std::env::var("CI")
@@ -179,7 +179,7 @@ async fn getaddr_answers_are_cached_per_listener() {
         "127.0.0.2:0".parse().unwrap(),
     ];
     c.whitelist =
-        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("addr@127.0.0.3").unwrap()];
+        vec![meshd_actors::shared::whitelist::WhitelistEntry::parse("addr@127.0.0.3").unwrap()];
     let node = Node::start(c).await.unwrap();
     let (first, second) = (node.listen_addrs()[0], node.listen_addrs()[1]);
     // Fill the book: 2,000 public addresses from a peer allowed to send them all.
@@ -244,7 +244,7 @@ async fn gossip_of_private_and_local_addresses_is_never_stored() {
     // As on a public network: no local mesh.
     c.distinct_local_groups = false;
     c.whitelist =
-        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("addr@127.0.0.1").unwrap()];
+        vec![meshd_actors::shared::whitelist::WhitelistEntry::parse("addr@127.0.0.1").unwrap()];
     let node = Node::start(c).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(p.handshake().await);

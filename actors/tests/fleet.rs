@@ -349,7 +349,7 @@ async fn ban_advisories_cross_expire_and_bad_ones_are_counted() {
     let a = Node::start(ca).await.unwrap();
     let mut cb = config(db.path());
     cb.whitelist =
-        vec![meshd_actors::manager::whitelist::WhitelistEntry::parse("198.51.100.0/24").unwrap()];
+        vec![meshd_actors::shared::whitelist::WhitelistEntry::parse("198.51.100.0/24").unwrap()];
     let mut fb = fleet_config(&url, "bans", "b");
     fb.apply_bans = true;
     fb.trusted_keys = TrustedKeys::parse(&format!(

@@ -1,6 +1,7 @@
 //! The source tree keeps its shape: sans-IO cores import neither tokio nor ractor, every file
-//! opens with a `//!` line, and no actor's module imports another actor's implementation (they
-//! talk through `msg.rs`; only a supervisor knows its child's module).
+//! opens with a `//!` line, no actor folder imports another actor folder (they share the
+//! `shared`, `peer` and `wire` leaves and talk through `msg.rs`; only a supervisor knows its
+//! child's module), and the leaves, `context.rs` first, import no actor.
 
 use std::path::{Path, PathBuf};
 
@@ -35,16 +36,10 @@ const CORES: &[&str] = &[
     "constants.rs",
     "network.rs",
     "persist.rs",
-    "connection/bandwidth.rs",
-    "discovery/addrbook.rs",
     "manager/addr_fetch.rs",
-    "manager/bans.rs",
+    "manager/addrbook.rs",
     "manager/eviction.rs",
-    "manager/discourage.rs",
-    "manager/peers.rs",
     "manager/restart.rs",
-    "manager/slots.rs",
-    "manager/whitelist.rs",
     "peer/handshake.rs",
     "peer/misbehavior.rs",
     "peer/mod.rs",
@@ -52,6 +47,15 @@ const CORES: &[&str] = &[
     "peer/reason.rs",
     "peer/rolling_filter.rs",
     "peer/useless.rs",
+    "shared/addr.rs",
+    "shared/bandwidth.rs",
+    "shared/bans.rs",
+    "shared/discourage.rs",
+    "shared/overlay.rs",
+    "shared/peers.rs",
+    "shared/slots.rs",
+    "shared/status.rs",
+    "shared/whitelist.rs",
     "stun/codec.rs",
     "stun/nat.rs",
     "stun/transaction.rs",
@@ -159,6 +163,77 @@ fn no_actor_imports_another_actors_implementation() {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The actor folders: each owns one actor (or, for `connection`, the Connection and the
+/// Listener) and the cores only it drives.
+const ACTOR_FOLDERS: &[&str] = &[
+    "connection",
+    "manager",
+    "sync",
+    "discovery",
+    "stun",
+    "fleet",
+    "tor",
+];
+
+/// Where `code` names another module of the crate: `crate::name` followed by `::`, `;`, `,`,
+/// `}` or a space.
+fn names_module(code: &str, module: &str) -> bool {
+    let prefix = format!("crate::{module}");
+    code.match_indices(&prefix).any(|(i, _)| {
+        let next = code[i + prefix.len()..].chars().next();
+        matches!(next, Some(':' | ';' | ',' | '}' | ' ' | ')'))
+    })
+}
+
+#[test]
+fn no_actor_folder_imports_another() {
+    for owner in ACTOR_FOLDERS {
+        let mut files = Vec::new();
+        rust_files(&src().join(owner), &mut files);
+        for f in files {
+            let text = code(&f);
+            for other in ACTOR_FOLDERS {
+                // A supervisor knows its child: the Manager spawns Connections (and dials an
+                // addr-fetch through the Connection's proxy route).
+                if other == owner || (*owner == "manager" && *other == "connection") {
+                    continue;
+                }
+                assert!(
+                    !names_module(&text, other),
+                    "{} (in {owner}/) uses crate::{other}: move what they share to shared/",
+                    f.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn the_leaves_import_no_actor() {
+    let mut files = vec![
+        src().join("context.rs"),
+        src().join("msg.rs"),
+        src().join("events.rs"),
+        src().join("metrics.rs"),
+        src().join("constants.rs"),
+        src().join("network.rs"),
+        src().join("persist.rs"),
+    ];
+    for leaf in ["shared", "peer", "wire"] {
+        rust_files(&src().join(leaf), &mut files);
+    }
+    for f in files {
+        let text = code(&f);
+        for actor in ACTOR_FOLDERS {
+            assert!(
+                !names_module(&text, actor),
+                "{} is a leaf but uses crate::{actor}",
+                f.display()
+            );
         }
     }
 }

@@ -12,8 +12,8 @@ use bitcoin::p2p::address::Address;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::ServiceFlags;
 use common::{config, listen_only, AsyncPeer};
-use meshd_actors::manager::peers::{PeerId, PeerState};
 use meshd_actors::node::{Node, NodeChild, NodeExit};
+use meshd_actors::shared::peers::{PeerId, PeerState};
 
 /// The connected peers in the table, by id.
 fn connected_ids(node: &Node) -> BTreeSet<PeerId> {

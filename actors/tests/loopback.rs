@@ -4,10 +4,10 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use meshd_actors::config::NodeConfig;
-use meshd_actors::manager::peers::{PeerInfo, PeerState};
 use meshd_actors::network::NetworkId;
 use meshd_actors::node::{Node, NodeExit};
 use meshd_actors::peer::Direction;
+use meshd_actors::shared::peers::{PeerInfo, PeerState};
 
 fn config(dir: &std::path::Path, connect: Vec<SocketAddr>) -> NodeConfig {
     let mut c = NodeConfig::new(NetworkId::Regtest, dir.to_path_buf());

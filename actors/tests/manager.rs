@@ -10,10 +10,10 @@ use bitcoin::p2p::message::NetworkMessage;
 use common::{config, wait_peers, wait_until, AsyncPeer};
 use meshd_actors::config::ConfigUpdate;
 use meshd_actors::events::{EventKind, NodeEvent};
-use meshd_actors::manager::bans::parse_subnet;
-use meshd_actors::manager::peers::PeerState;
 use meshd_actors::node::Node;
 use meshd_actors::peer::Direction;
+use meshd_actors::shared::bans::parse_subnet;
+use meshd_actors::shared::peers::PeerState;
 use meshd_actors::wire::{Command, Message};
 
 async fn next_of(stream: &mut meshd_actors::events::EventStream, kind: EventKind) -> NodeEvent {
@@ -603,7 +603,7 @@ async fn a_download_peer_transferring_leaves_the_global_upload_cap_holding_for_t
     c.max_upload_rate = rate;
     c.whitelist =
         vec![
-            meshd_actors::manager::whitelist::WhitelistEntry::parse("download@127.0.0.2/32")
+            meshd_actors::shared::whitelist::WhitelistEntry::parse("download@127.0.0.2/32")
                 .unwrap(),
         ];
     let node = Node::start(c).await.unwrap();

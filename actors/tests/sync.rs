@@ -53,7 +53,7 @@ async fn blocks_generated_at_one_node_reach_the_same_tip_on_a_five_node_mesh() {
             let live = n
                 .peers()
                 .iter()
-                .filter(|p| p.state == meshd_actors::manager::peers::PeerState::Connected)
+                .filter(|p| p.state == meshd_actors::shared::peers::PeerState::Connected)
                 .count();
             all &= live > 0 && n.sync_peers().await.len() == live;
         }

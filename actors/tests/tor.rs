@@ -20,8 +20,8 @@ use bitcoin::p2p::address::AddrV2;
 use bitcoin::p2p::message::NetworkMessage;
 use common::tor::PASSWORD;
 use common::{config, AsyncPeer, Seen};
-use meshd_actors::discovery::overlay::OverlayAddr;
 use meshd_actors::node::Node;
+use meshd_actors::shared::overlay::OverlayAddr;
 use meshd_actors::tor::control;
 use meshd_actors::wire::Message;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -119,8 +119,8 @@ async fn an_onion_service_is_made_advertised_kept_across_restarts_and_removed() 
     assert_eq!(
         networks,
         [
-            meshd_actors::discovery::overlay::Network::Ipv4,
-            meshd_actors::discovery::overlay::Network::Onion
+            meshd_actors::shared::overlay::Network::Ipv4,
+            meshd_actors::shared::overlay::Network::Onion
         ]
     );
 

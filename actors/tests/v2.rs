@@ -127,7 +127,7 @@ async fn nodes_speak_v2_both_ways_and_relay_headers_and_a_transaction() {
             && nodes
                 .iter()
                 .flat_map(|n| n.peers())
-                .all(|p| p.state == meshd_actors::manager::peers::PeerState::Connected)
+                .all(|p| p.state == meshd_actors::shared::peers::PeerState::Connected)
     })
     .await;
     for n in &nodes {
@@ -169,7 +169,7 @@ async fn a_v2_dial_to_a_v1_only_node_falls_back_once_and_remembers() {
     let mut events = a.subscribe_to(&[EventKind::ConnectionLost, EventKind::ConnectionFailed]);
     until("v1 connection", 15, || {
         a.peers().iter().any(|p| {
-            p.state == meshd_actors::manager::peers::PeerState::Connected && p.transport == "v1"
+            p.state == meshd_actors::shared::peers::PeerState::Connected && p.transport == "v1"
         })
     })
     .await;
@@ -199,7 +199,7 @@ async fn a_v2_dial_to_a_v1_only_node_falls_back_once_and_remembers() {
     until("redialled", 15, || {
         a.peers().iter().any(|p| {
             p.id != id
-                && p.state == meshd_actors::manager::peers::PeerState::Connected
+                && p.state == meshd_actors::shared::peers::PeerState::Connected
                 && p.transport == "v1"
         })
     })

@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             AdvisoryAction::Ban => check_advisory(&adv, "self", |_| false, |_| false, NOW).map(
                 |(net, until)| {
                     assert!(until > NOW && until <= NOW + MAX_ADVISORY_BAN_SECS);
-                    assert!(!meshd_actors::discovery::addrbook::is_local_or_private(net.addr()));
+                    assert!(!meshd_actors::shared::addr::is_local_or_private(net.addr()));
                     net
                 },
             ),

@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshd_actors::discovery::addrbook::AddrBookFile;
-use meshd_actors::manager::bans::BanList;
+use meshd_actors::manager::addrbook::AddrBookFile;
+use meshd_actors::shared::bans::BanList;
 use meshd_actors::persist::decode;
 
 fuzz_target!(|data: &[u8]| {

@@ -17,7 +17,6 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::bandwidth::Throttle;
 use crate::constants::{
     FRAME_HEADER_LEN, GETDATA_SEND_BUDGET, MAX_BLOCKS_EXPECTED, MIN_MESSAGE_WEIGHT,
     READER_CREDIT_BYTES, READ_CHUNK,
@@ -26,6 +25,7 @@ use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, Inbound};
 use crate::peer::misbehavior;
 use crate::peer::{DisconnectReason, DropVerdict, UselessFrames};
+use crate::shared::bandwidth::Throttle;
 use crate::wire::v2::{
     detect, Detected, Negotiated, V2Decoder, V2Encoder, V2Error, V2Handshake, V1_PREFIX_LEN,
 };
@@ -276,7 +276,7 @@ pub(super) struct ReaderArgs {
     pub(super) blocks: Arc<BlocksExpected>,
     /// The peer as logs name it, and its id.
     pub(super) peer: String,
-    pub(super) id: crate::manager::peers::PeerId,
+    pub(super) id: crate::shared::peers::PeerId,
     /// A `noban` or manual peer: its drops are counted and logged, never a disconnect (Core
     /// disconnects neither for unsolicited data).
     pub(super) trusted: bool,

@@ -18,7 +18,6 @@
 //! [`DisconnectReason`], logged with the peer address in `post_stop` and handed to the
 //! Manager in the final state.
 
-pub mod bandwidth;
 mod io;
 pub mod listener;
 pub mod proxy;
@@ -40,25 +39,25 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::config::NodeConfig;
-use crate::connection::bandwidth::{Flow, Throttle};
 use crate::constants::{
     BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, GETDATA_BATCH, GETDATA_BATCH_TIMEOUT,
     GETDATA_SEND_BUDGET, MAX_GETDATA_QUEUE, MAX_HEADERS_PER_MESSAGE, MAX_SEND_QUEUE_BYTES,
     MAX_TICK_INTERVAL, READER_CREDIT_BYTES,
 };
 use crate::context::{unix_now, NodeContext};
-use crate::discovery::addrbook::{AddrRateLimiter, GossipAddr};
-use crate::discovery::overlay::{Network, OverlayAddr};
 use crate::events::NodeEvent;
-use crate::manager::peers::{PeerId, PeerState};
-use crate::manager::slots::SlotPermit;
-use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, HashedHeaders, Inbound, ManagerMsg, SyncInput, SyncMsg};
 use crate::network::{is_bulk_command, Chain};
 use crate::peer::misbehavior;
 use crate::peer::{
     Direction, DisconnectReason, Handshake, HandshakeStep, PeerVersion, PingTracker, PongOutcome,
 };
+use crate::shared::addr::{AddrRateLimiter, GossipAddr};
+use crate::shared::bandwidth::{Flow, Throttle};
+use crate::shared::overlay::{Network, OverlayAddr};
+use crate::shared::peers::{PeerId, PeerState};
+use crate::shared::slots::SlotPermit;
+use crate::shared::whitelist::Permissions;
 use crate::wire::v2::{hex, Negotiated, TransportKind, V2Decoder, V2Encoder};
 use crate::wire::{command_label, FrameDecoder, FrameError, Message, Protoconf};
 use io::{
@@ -261,8 +260,8 @@ impl Actor for Connection {
         );
         let peer_max_payload = args.ctx.profile.limits.send_default;
         let permissions = args.ctx.permissions_of(args.addr.ip());
-        let block_relay_only = args.permit.kind() == crate::manager::slots::SlotKind::BlockRelay;
-        let feeler = args.permit.kind() == crate::manager::slots::SlotKind::Feeler;
+        let block_relay_only = args.permit.kind() == crate::shared::slots::SlotKind::BlockRelay;
+        let feeler = args.permit.kind() == crate::shared::slots::SlotKind::Feeler;
         Ok(ConnectionState {
             block_relay_only,
             feeler,
@@ -669,7 +668,7 @@ fn start_io(
     let hidden = state.overlay.is_some()
         || state.inbound_onion
         || proxied
-        || crate::discovery::addrbook::is_local_or_private(state.addr.ip());
+        || crate::shared::addr::is_local_or_private(state.addr.ip());
     let you = match hidden {
         true => SocketAddr::from(([0, 0, 0, 0], 0)),
         false => state.addr,
@@ -801,9 +800,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         // Ask outbound peers for addresses once, and accept a full answer (Core; never a
         // block-relay-only peer, which takes no part in address relay).
         send(state, &Message::Network(NetworkMessage::GetAddr))?;
-        state
-            .addr_limiter
-            .grant(crate::discovery::addrbook::ADDR_BURST);
+        state.addr_limiter.grant(crate::shared::addr::ADDR_BURST);
     }
     if !state.block_relay_only
         && (!state.ctx.advertised().is_empty() || state.ctx.onion_service().is_some())
@@ -1269,7 +1266,7 @@ impl ConnectionState {
 
     /// The peer as operators know it: its onion or I2P name, else its address.
     fn peer_name(&self) -> String {
-        crate::discovery::overlay::display_addr(self.addr, self.overlay.as_ref())
+        crate::shared::overlay::display_addr(self.addr, self.overlay.as_ref())
     }
 }
 

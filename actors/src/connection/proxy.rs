@@ -19,7 +19,8 @@ use tokio_socks::tcp::Socks5Stream;
 use tokio_socks::TargetAddr;
 
 use crate::config::{NodeConfig, ProxyConfig};
-use crate::discovery::overlay::{Network, OverlayAddr};
+pub use crate::peer::reason::{NoRoute, ProxyError};
+use crate::shared::overlay::{Network, OverlayAddr};
 
 /// Length of each random credential with `--proxy-randomize`: Core uses a counter; random
 /// hex of this length cannot repeat in practice and says nothing about the node.
@@ -52,11 +53,6 @@ pub enum ProxyTarget {
     /// A host name (onion, I2P), resolved by the proxy.
     Name(String, u16),
 }
-
-/// Why no route exists to a peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no route to the {0} network (see --onlynet, --proxy, --onion)")]
-pub struct NoRoute(pub Network);
 
 /// The route to `addr` (an internal address for overlay peers, with its `overlay` name).
 pub fn route(
@@ -93,90 +89,28 @@ pub fn route(
     }
 }
 
-/// A failed connection through a proxy.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProxyError {
-    /// The proxy itself could not be reached.
-    #[error("proxy {0} unreachable: {1}")]
-    ProxyUnreachable(SocketAddr, String),
-    /// The proxy closed the connection or failed mid-exchange.
-    #[error("proxy closed the connection during the SOCKS5 exchange: {0}")]
-    Closed(String),
-    /// The exchange took longer than the connect timeout.
-    #[error("SOCKS5 exchange timed out")]
-    Timeout,
-    /// The proxy refused our credentials, or none of our authentication methods.
-    #[error("proxy authentication failed: {0}")]
-    AuthFailed(String),
-    /// The proxy's answer broke the protocol (version, reserved byte, address type).
-    #[error("malformed SOCKS5 reply: {0}")]
-    BadReply(String),
-    /// The proxy could not resolve or reach the host (reply 4; Tor's for unknown onions).
-    #[error("proxy: host unreachable or unknown")]
-    HostUnreachable,
-    /// Reply 3.
-    #[error("proxy: network unreachable")]
-    NetworkUnreachable,
-    /// Reply 5: the peer refused the proxy's connection.
-    #[error("proxy: connection refused by the peer")]
-    Refused,
-    /// Reply 6 (Tor: the circuit timed out).
-    #[error("proxy: TTL expired")]
-    TtlExpired,
-    /// Reply 2: the proxy's rules forbid the connection.
-    #[error("proxy: connection not allowed by its rules")]
-    NotAllowed,
-    /// Reply 1, 7, 8 or one not in RFC 1928.
-    #[error("proxy failure: {0}")]
-    Failure(String),
-    /// The target name is not one SOCKS5 can carry (over 255 bytes).
-    #[error("target name not valid for SOCKS5: {0}")]
-    BadTarget(String),
-}
-
-impl ProxyError {
-    /// A short stable name, used as the `kind` metric label.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ProxyError::ProxyUnreachable(..) => "proxy_unreachable",
-            ProxyError::Closed(_) => "proxy_closed",
-            ProxyError::Timeout => "proxy_timeout",
-            ProxyError::AuthFailed(_) => "proxy_auth_failed",
-            ProxyError::BadReply(_) => "proxy_bad_reply",
-            ProxyError::HostUnreachable => "proxy_host_unreachable",
-            ProxyError::NetworkUnreachable => "proxy_network_unreachable",
-            ProxyError::Refused => "proxy_connection_refused",
-            ProxyError::TtlExpired => "proxy_ttl_expired",
-            ProxyError::NotAllowed => "proxy_not_allowed",
-            ProxyError::Failure(_) => "proxy_failure",
-            ProxyError::BadTarget(_) => "proxy_bad_target",
-        }
-    }
-
-    fn from_socks(e: tokio_socks::Error) -> ProxyError {
-        use tokio_socks::Error as E;
-        match e {
-            E::Io(io) => ProxyError::Closed(io.to_string()),
-            // Our own target is checked before the exchange, so this is about the proxy's
-            // bound address (a domain that is not UTF-8).
-            E::InvalidTargetAddress(m) => ProxyError::BadReply(m.to_string()),
-            E::ProxyServerUnreachable => ProxyError::Closed("proxy unreachable".into()),
-            E::NoAcceptableAuthMethods | E::UnknownAuthMethod => {
-                ProxyError::AuthFailed(e.to_string())
-            }
-            E::PasswordAuthFailure(code) => ProxyError::AuthFailed(format!("status {code}")),
-            E::InvalidAuthValues(m) => ProxyError::AuthFailed(m.to_string()),
-            E::InvalidResponseVersion
-            | E::InvalidReservedByte
-            | E::UnknownAddressType
-            | E::ParseError(_) => ProxyError::BadReply(e.to_string()),
-            E::HostUnreachable => ProxyError::HostUnreachable,
-            E::NetworkUnreachable => ProxyError::NetworkUnreachable,
-            E::ConnectionRefused => ProxyError::Refused,
-            E::TtlExpired => ProxyError::TtlExpired,
-            E::ConnectionNotAllowedByRuleset => ProxyError::NotAllowed,
-            other => ProxyError::Failure(other.to_string()),
-        }
+/// A `tokio-socks` failure as our typed error.
+fn proxy_error_from_socks(e: tokio_socks::Error) -> ProxyError {
+    use tokio_socks::Error as E;
+    match e {
+        E::Io(io) => ProxyError::Closed(io.to_string()),
+        // Our own target is checked before the exchange, so this is about the proxy's
+        // bound address (a domain that is not UTF-8).
+        E::InvalidTargetAddress(m) => ProxyError::BadReply(m.to_string()),
+        E::ProxyServerUnreachable => ProxyError::Closed("proxy unreachable".into()),
+        E::NoAcceptableAuthMethods | E::UnknownAuthMethod => ProxyError::AuthFailed(e.to_string()),
+        E::PasswordAuthFailure(code) => ProxyError::AuthFailed(format!("status {code}")),
+        E::InvalidAuthValues(m) => ProxyError::AuthFailed(m.to_string()),
+        E::InvalidResponseVersion
+        | E::InvalidReservedByte
+        | E::UnknownAddressType
+        | E::ParseError(_) => ProxyError::BadReply(e.to_string()),
+        E::HostUnreachable => ProxyError::HostUnreachable,
+        E::NetworkUnreachable => ProxyError::NetworkUnreachable,
+        E::ConnectionRefused => ProxyError::Refused,
+        E::TtlExpired => ProxyError::TtlExpired,
+        E::ConnectionNotAllowedByRuleset => ProxyError::NotAllowed,
+        other => ProxyError::Failure(other.to_string()),
     }
 }
 
@@ -215,7 +149,7 @@ where
         }
         None => Socks5Stream::connect_with_socket(socket, target).await,
     }
-    .map_err(ProxyError::from_socks)?;
+    .map_err(proxy_error_from_socks)?;
     Ok(stream.into_inner())
 }
 

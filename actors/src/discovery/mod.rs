@@ -14,20 +14,12 @@
 //! the proxy instead, as Core does ([`crate::manager::addr_fetch`]). With `--onlynet`
 //! leaving out IPv4 and IPv6 and no `--proxy` (only `--onion`), seeds are not used at all.
 
-pub mod addrbook;
-pub mod overlay;
-
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_proto::ProtoErrorKind;
-use hickory_resolver::config::{
-    LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
-use hickory_resolver::name_server::TokioConnectionProvider;
-use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, ResolveErrorKind, TokioResolver};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::task::JoinHandle;
@@ -35,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::context::NodeContext;
 use crate::msg::ManagerMsg;
+use crate::shared::resolver::build_resolver;
 
 /// Below this many known addresses the seeds are asked (Core asks when addrman is small).
 pub const DNS_WANTED_ADDRESSES: usize = 1000;
@@ -71,26 +64,6 @@ pub struct DnsState {
     through_proxy: bool,
     round: Option<JoinHandle<()>>,
     timer: Option<JoinHandle<()>>,
-}
-
-pub(crate) fn build_resolver(servers: &[SocketAddr]) -> Result<TokioResolver, ResolveError> {
-    let mut opts = ResolverOpts::default();
-    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    opts.timeout = Duration::from_secs(3);
-    opts.attempts = 2;
-    opts.cache_size = 0;
-    opts.use_hosts_file = ResolveHosts::Never;
-    let builder = if servers.is_empty() {
-        TokioResolver::builder_tokio()?
-    } else {
-        let mut config = ResolverConfig::from_parts(None, vec![], Vec::<NameServerConfig>::new());
-        for s in servers {
-            config.add_name_server(NameServerConfig::new(*s, Protocol::Udp));
-            config.add_name_server(NameServerConfig::new(*s, Protocol::Tcp));
-        }
-        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
-    };
-    Ok(builder.with_options(opts).build())
 }
 
 fn classify(e: &ResolveError) -> &'static str {

@@ -109,9 +109,7 @@ pub fn advisory_domain(v: u32) -> &'static [u8] {
 /// How old an advisory may be when it arrives (by its `issued` time): a signed advisory
 /// replayed later cannot renew a ban, and a node that was offline misses old ones.
 pub const MAX_ADVISORY_AGE_SECS: u64 = 600;
-/// How far in the future an advisory's `issued` time may be: clocks of a fleet differ by
-/// seconds, not minutes.
-pub const MAX_ADVISORY_CLOCK_SKEW_SECS: u64 = 60;
+pub use crate::shared::bans::MAX_ADVISORY_CLOCK_SKEW_SECS;
 /// Trusted keys one `--fleet-trusted-keys` file may list (a fleet, not a public network).
 pub const MAX_TRUSTED_KEYS: usize = 4096;
 /// Advisories one origin may have applied in a burst: an operator banning a handful of
@@ -515,7 +513,7 @@ pub fn check_unban(adv: &BanAdvisory, own_node: &str) -> Result<IpNet, AdvisoryE
 fn single_address(subnet: &str) -> Result<IpNet, AdvisoryError> {
     let net = single_address_as_written(subnet)?;
     // `::ffff:a.b.c.d/128` is a.b.c.d: one address, one entry (as bans.dat keys it).
-    Ok(IpNet::from(crate::manager::bans::canonical(net.addr())))
+    Ok(IpNet::from(crate::shared::bans::canonical(net.addr())))
 }
 
 fn single_address_as_written(subnet: &str) -> Result<IpNet, AdvisoryError> {
@@ -538,7 +536,7 @@ fn single_address_as_written(subnet: &str) -> Result<IpNet, AdvisoryError> {
 /// Whether an address is one no advisory may ban: loopback, private, link-local,
 /// unspecified, unique-local.
 fn is_protected(ip: IpAddr) -> bool {
-    crate::discovery::addrbook::is_local_or_private(ip)
+    crate::shared::addr::is_local_or_private(ip)
 }
 
 /// Checks what a verified advisory asks; returns the address to ban (as a /32 or /128) and
@@ -698,48 +696,10 @@ pub fn propagation(sightings: &[Sighting], last: usize) -> Vec<Propagation> {
     out.split_off(skip)
 }
 
-/// Blocks a node remembers for its lag: enough to match a sighting that arrives late.
-pub const LAG_WINDOW: usize = 64;
-
-/// A node's lag behind the fleet's first sighting of each block: fed the fleet's sightings
-/// (its own included) as they arrive, it reports the lag of the newest block it has seen.
-#[derive(Debug, Default)]
-pub struct LagTracker {
-    /// Hash → (fleet's first time, our time), newest last.
-    blocks: Vec<(String, Option<u64>, Option<u64>)>,
-}
-
-impl LagTracker {
-    /// Records a sighting by `ours` (this node) or another node.
-    pub fn see(&mut self, hash: &str, time_ms: u64, ours: bool) {
-        let i = match self.blocks.iter().position(|(h, _, _)| h == hash) {
-            Some(i) => i,
-            None => {
-                if self.blocks.len() >= LAG_WINDOW {
-                    self.blocks.remove(0);
-                }
-                self.blocks.push((hash.to_string(), None, None));
-                self.blocks.len() - 1
-            }
-        };
-        let (_, first, own) = &mut self.blocks[i];
-        *first = Some(first.map_or(time_ms, |f: u64| f.min(time_ms)));
-        if ours {
-            *own = Some(own.map_or(time_ms, |o: u64| o.min(time_ms)));
-        }
-    }
-
-    /// Our lag behind the fleet's first sighting, seconds, for the newest block we saw.
-    pub fn lag_secs(&self) -> Option<f64> {
-        self.blocks.iter().rev().find_map(|(_, first, own)| {
-            Some(own.as_ref()?.saturating_sub((*first)?) as f64 / 1000.0)
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shared::fleet::{LagTracker, LAG_WINDOW};
     use proptest::prelude::*;
 
     const NOW: u64 = 1_800_000_000;

@@ -27,8 +27,8 @@ pub mod core;
 pub mod key;
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_nats::jetstream;
@@ -43,7 +43,8 @@ use crate::config::FleetConfig;
 use crate::context::NodeContext;
 use crate::events::{EventError, EventKind, NodeEvent};
 use crate::msg::ManagerMsg;
-use core::{BanAdvisory, Heartbeat, LagTracker, Propagation, Sighting};
+pub use crate::shared::fleet::{FleetShared, FleetStatus};
+use core::{BanAdvisory, Heartbeat, Propagation, Sighting};
 
 /// First wait before retrying a publish JetStream did not acknowledge...
 const RETRY_MIN: Duration = Duration::from_millis(100);
@@ -63,82 +64,6 @@ const SCAN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Ignored advisories are logged at most once per this long, with the count since the last
 /// line: whoever may publish on the fleet's subjects cannot fill the disk with our log.
 const REJECT_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// What the fleet link is doing, for the API and metrics.
-#[derive(Debug, Default)]
-pub struct FleetShared {
-    connected: AtomicBool,
-    sequence: AtomicU64,
-    published: AtomicU64,
-    dropped: AtomicU64,
-    rejected: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    client: Mutex<Option<async_nats::Client>>,
-    lag: Mutex<LagTracker>,
-    public_key: Mutex<Option<String>>,
-}
-
-/// A snapshot of [`FleetShared`].
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct FleetStatus {
-    /// The fleet.
-    pub fleet: String,
-    /// This node's name in it.
-    pub node: String,
-    /// The NATS URL.
-    pub url: String,
-    /// Connected to NATS now.
-    pub connected: bool,
-    /// Events numbered so far (each published or dropped, or waiting).
-    pub sequence: u64,
-    /// Events acknowledged by JetStream.
-    pub published: u64,
-    /// Events dropped because the buffer was full.
-    pub dropped: u64,
-    /// Malformed advisories, heartbeats or sightings ignored.
-    pub rejected: u64,
-    /// The last error, if any.
-    pub last_error: Option<String>,
-    /// This node's lag behind the fleet's first sighting of the newest block, seconds.
-    pub block_lag_secs: Option<f64>,
-    /// This node's advisory signing key (hex), for the other nodes' trusted-keys files.
-    pub key: Option<String>,
-}
-
-impl FleetShared {
-    fn set_error(&self, e: impl ToString) {
-        if let Ok(mut g) = self.last_error.lock() {
-            *g = Some(e.to_string());
-        }
-    }
-
-    fn client(&self) -> Option<async_nats::Client> {
-        self.client.lock().ok().and_then(|c| c.clone())
-    }
-
-    fn reject(&self, kind: &'static str, why: &str) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("meshd_fleet_rejected_total", "kind" => kind).increment(1);
-        debug!(kind, why, "fleet message ignored");
-    }
-
-    /// The snapshot.
-    pub fn status(&self, config: &FleetConfig) -> FleetStatus {
-        FleetStatus {
-            fleet: config.fleet.clone(),
-            node: config.node_name.clone(),
-            url: config.url.clone(),
-            connected: self.connected.load(Ordering::Relaxed),
-            sequence: self.sequence.load(Ordering::Relaxed),
-            published: self.published.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            rejected: self.rejected.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().ok().and_then(|e| e.clone()),
-            block_lag_secs: self.lag.lock().ok().and_then(|l| l.lag_secs()),
-            key: self.public_key.lock().ok().and_then(|k| k.clone()),
-        }
-    }
-}
 
 /// One message waiting for the publisher.
 struct Outgoing {
@@ -542,7 +467,7 @@ fn heartbeat(ctx: &NodeContext, config: &FleetConfig) -> Heartbeat {
     let peers = ctx.peers.snapshot();
     let connected: Vec<_> = peers
         .iter()
-        .filter(|p| p.state == crate::manager::peers::PeerState::Connected)
+        .filter(|p| p.state == crate::shared::peers::PeerState::Connected)
         .collect();
     let status = ctx.sync_status();
     Heartbeat {

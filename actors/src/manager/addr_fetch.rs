@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use bitcoin::p2p::message::NetworkMessage;
 
-use crate::connection::proxy::ProxyError;
-use crate::discovery::addrbook::GossipAddr;
-use crate::peer::handshake::{Handshake, HandshakeError, HandshakePolicy, HandshakeStep};
+use crate::peer::handshake::{Handshake, HandshakePolicy, HandshakeStep};
 use crate::peer::Direction;
+pub use crate::shared::addr::AddrFetchError;
+use crate::shared::addr::GossipAddr;
 use crate::wire::Message;
 
 /// Time one fetch may take, proxy connection and handshake included: a seed that has not
@@ -39,51 +39,6 @@ pub const ADDR_FETCH_AFTER_ANSWER: Duration = Duration::from_secs(3600);
 pub const ADDR_FETCH_RETRY_MIN: Duration = Duration::from_secs(60);
 /// ...up to this: a seed that is down costs a circuit and a log line an hour at most.
 pub const ADDR_FETCH_RETRY_MAX: Duration = Duration::from_secs(3600);
-
-/// Why a fetch gave nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AddrFetchError {
-    /// No `--proxy` to reach a name through.
-    #[error("no proxy to fetch addresses through")]
-    NoProxy,
-    /// The proxy could not reach the seed.
-    #[error("{0}")]
-    Proxy(ProxyError),
-    /// The seed failed the version handshake.
-    #[error("handshake: {0}")]
-    Handshake(HandshakeError),
-    /// A frame or payload we cannot read.
-    #[error("bad message: {0}")]
-    Malformed(String),
-    /// The seed closed the connection before answering.
-    #[error("closed before an answer")]
-    Closed,
-    /// No answer within [`ADDR_FETCH_TIMEOUT`].
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// More than [`ADDR_FETCH_MAX_BYTES`] without an answer.
-    #[error("over {0} bytes without an answer")]
-    TooMuch(usize),
-    /// The socket failed.
-    #[error("i/o: {0}")]
-    Io(String),
-}
-
-impl AddrFetchError {
-    /// A short stable name, the `result` label of `meshd_addr_fetches_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            AddrFetchError::NoProxy => "no_proxy",
-            AddrFetchError::Proxy(_) => "proxy",
-            AddrFetchError::Handshake(_) => "handshake",
-            AddrFetchError::Malformed(_) => "malformed",
-            AddrFetchError::Closed => "closed",
-            AddrFetchError::Timeout(_) => "timeout",
-            AddrFetchError::TooMuch(_) => "too_much",
-            AddrFetchError::Io(_) => "io",
-        }
-    }
-}
 
 /// What the driver must do.
 #[derive(Debug, Clone, PartialEq)]

@@ -21,12 +21,10 @@
 //! whose newest member connected most recently) and its newest peer is evicted. Manual peers
 //! are never candidates. If nothing remains, nobody is evicted and the new peer is refused.
 
-use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::discovery::overlay::Network;
-use crate::manager::bans::canonical;
-use crate::manager::peers::PeerId;
+use crate::shared::overlay::Network;
+use crate::shared::peers::PeerId;
 
 /// A snapshot of one inbound peer.
 #[derive(Debug, Clone)]
@@ -41,7 +39,7 @@ pub struct EvictionCandidate {
     pub last_block: Option<Instant>,
     /// When it last sent a transaction.
     pub last_tx: Option<Instant>,
-    /// Its network group ([`netgroup`]).
+    /// Its network group ([`crate::shared::addr::netgroup`]).
     pub netgroup: Vec<u8>,
     /// The keyed hash of its network group.
     pub keyed_netgroup: u64,
@@ -59,43 +57,6 @@ pub struct EvictionCandidate {
     /// It announced the services we require of outbound peers (Core's
     /// `fRelevantServices`).
     pub relevant_services: bool,
-}
-
-/// Network groups of inbound onion peers: one of their own, never the loopback group of the
-/// local peers they share an address with (they all arrive from Tor on 127.0.0.1).
-pub fn onion_inbound_netgroup() -> Vec<u8> {
-    vec![4]
-}
-
-/// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
-/// form one "local" group; onion, I2P and CJDNS addresses form sixteen groups per network
-/// (by four bits of the address, as Core groups them).
-pub fn netgroup(ip: IpAddr) -> Vec<u8> {
-    let ip = canonical(ip);
-    if ip.is_loopback() || ip.is_unspecified() {
-        return vec![0];
-    }
-    if let IpAddr::V6(v6) = ip {
-        let o = v6.octets();
-        // BIP155 network ids; the internal address's bits after the prefix (a hash of the
-        // key for onion and I2P, the address itself for CJDNS).
-        match Network::of_ip(ip) {
-            Network::Onion => return vec![4, o[6] >> 4],
-            Network::I2p => return vec![5, o[6] >> 4],
-            Network::Cjdns => return vec![6, o[1] >> 4],
-            Network::Ipv4 | Network::Ipv6 => {}
-        }
-    }
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            vec![4, o[0], o[1]]
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            vec![6, o[0], o[1], o[2], o[3]]
-        }
-    }
 }
 
 fn protect_last<K: Ord>(
@@ -380,26 +341,6 @@ mod tests {
             x.last_block = Some(t0 + Duration::from_secs(100));
         }
         assert_ne!(select_for_eviction(&c), Some(PeerId(39)));
-    }
-
-    #[test]
-    fn netgroups_follow_core() {
-        assert_eq!(
-            netgroup("203.0.113.5".parse().unwrap()),
-            netgroup("203.0.7.1".parse().unwrap())
-        );
-        assert_ne!(
-            netgroup("203.0.113.5".parse().unwrap()),
-            netgroup("203.1.113.5".parse().unwrap())
-        );
-        assert_eq!(
-            netgroup("127.0.0.1".parse().unwrap()),
-            netgroup("::1".parse().unwrap())
-        );
-        assert_eq!(
-            netgroup("::ffff:203.0.113.5".parse().unwrap()),
-            netgroup("203.0.1.1".parse().unwrap())
-        );
     }
 
     proptest! {

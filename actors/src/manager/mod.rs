@@ -1,7 +1,7 @@
 //! The Manager actor: supervisor of every Connection, owner of the peer set, slots, bans and
 //! outbound restarts, and the one publisher of lifecycle events.
 //!
-//! - **Slots.** A slot is reserved ([`crate::manager::slots::SlotPool::try_reserve`]) before a Connection is
+//! - **Slots.** A slot is reserved ([`crate::shared::slots::SlotPool::try_reserve`]) before a Connection is
 //!   spawned; the permit lives in the Connection and is released exactly once. When the
 //!   inbound slots are full a new inbound peer may take the place of one chosen by
 //!   [`select_for_eviction`]; if nobody is evictable the newcomer is refused.
@@ -24,15 +24,11 @@
 //! notes from a Connection that is already gone are ignored rather than published late.
 
 pub mod addr_fetch;
-pub mod bans;
-pub mod discourage;
+pub mod addrbook;
 pub mod eviction;
 /// The cost table lives in the `peer` leaf (the Connection charges by it); kept here too.
 pub use crate::peer::misbehavior;
-pub mod peers;
 pub mod restart;
-pub mod slots;
-pub mod whitelist;
 
 use std::collections::{HashMap, HashSet};
 
@@ -51,17 +47,18 @@ use tracing::{debug, error, info, warn};
 use crate::connection::{Connection, ConnectionArgs, ConnectionState, Transport};
 use crate::constants::SHUTDOWN_PEER_TIMEOUT;
 use crate::context::{unix_now, NodeContext};
-use crate::discovery::addrbook::{AddrBook, AddrBookFile, AddrBookFileV1, GossipAddr};
-use crate::discovery::overlay::OverlayAddr;
 use crate::events::NodeEvent;
-use crate::manager::bans::{BanEntry, BanList, BanReason};
-use crate::manager::eviction::{netgroup, select_for_eviction, EvictionCandidate};
-use crate::manager::peers::{PeerId, PeerInfo};
+use crate::manager::addrbook::{AddrBook, AddrBookFile, AddrBookFileV1};
+use crate::manager::eviction::{select_for_eviction, EvictionCandidate};
 use crate::manager::restart::{RestartDecision, RestartTracker};
-use crate::manager::slots::{SlotKind, SlotPermit};
-use crate::manager::whitelist::Permissions;
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::RollingFilter;
+use crate::shared::addr::{netgroup, GossipAddr};
+use crate::shared::bans::{BanEntry, BanList, BanReason};
+use crate::shared::overlay::OverlayAddr;
+use crate::shared::peers::{PeerId, PeerInfo};
+use crate::shared::slots::{SlotKind, SlotPermit};
+use crate::shared::whitelist::Permissions;
 
 const NOBAN: Permissions = Permissions::NOBAN;
 use crate::peer::{Direction, DisconnectReason};
@@ -165,10 +162,8 @@ pub struct ManagerState {
     /// getaddr answers, one per network and listener (Core's `m_addr_response_caches`): an
     /// onion peer and a clearnet peer never get the same sample, so the two identities
     /// cannot be matched by it.
-    getaddr_cache: HashMap<
-        (crate::discovery::overlay::Network, Option<SocketAddr>),
-        (Vec<GossipAddr>, Instant),
-    >,
+    getaddr_cache:
+        HashMap<(crate::shared::overlay::Network, Option<SocketAddr>), (Vec<GossipAddr>, Instant)>,
     last_cleanup: Instant,
     /// Addresses each peer is known to have (sent by it or to it), so a relay never sends
     /// an address to a peer twice; bounded like Core's rolling filter.
@@ -595,7 +590,7 @@ impl ManagerState {
             // IsRoutable says), but in a local mesh, where every peer is local.
             let routable = a.overlay.is_some()
                 || self.book.accepts_local()
-                || crate::discovery::addrbook::is_routable(a.addr.ip());
+                || crate::shared::addr::is_routable(a.addr.ip());
             if relayable && routable && now.saturating_sub(a.time as u64) <= ADDR_RELAY_MAX_AGE {
                 fresh.push(*a);
             }
@@ -616,7 +611,7 @@ impl ManagerState {
             .filter(|c| c.kind != Some(OutboundKind::BlockRelay))
             .filter_map(|c| {
                 let p = self.ctx.peers.get(c.id)?;
-                (p.state == crate::manager::peers::PeerState::Connected)
+                (p.state == crate::shared::peers::PeerState::Connected)
                     .then(|| (c.id, c.actor.clone(), p.wants_addrv2))
             })
             .collect();
@@ -658,7 +653,7 @@ impl ManagerState {
         let now = Instant::now();
         let info = self.ctx.peers.get(id);
         let network = info.as_ref().map_or_else(
-            || crate::discovery::overlay::Network::of_ip(child.addr.ip()),
+            || crate::shared::overlay::Network::of_ip(child.addr.ip()),
             |p| p.network(),
         );
         // The listener an inbound peer came in on (Core's addrBind); outbound ones share.
@@ -751,7 +746,7 @@ impl ManagerState {
             .map(|p| {
                 // Tor's peers all come from loopback: a group and a network of their own.
                 let group = if p.inbound_onion {
-                    crate::manager::eviction::onion_inbound_netgroup()
+                    crate::shared::addr::onion_inbound_netgroup()
                 } else {
                     netgroup(p.addr.ip())
                 };
@@ -959,7 +954,7 @@ impl ManagerState {
             detail: reason.detail(),
         });
         for child in self.children.values() {
-            if subnet.contains(&crate::manager::bans::canonical(child.addr.ip())) {
+            if subnet.contains(&crate::shared::bans::canonical(child.addr.ip())) {
                 let _ = child
                     .actor
                     .cast(ConnectionMsg::Disconnect(DisconnectReason::Banned(
@@ -1086,7 +1081,7 @@ impl ManagerState {
                     .values()
                     .find(|c| c.addr == *addr && c.direction == Direction::Outbound);
                 crate::msg::AddedNode {
-                    address: crate::discovery::overlay::display_addr(
+                    address: crate::shared::overlay::display_addr(
                         *addr,
                         self.overlay_of(*addr).as_ref(),
                     ),
@@ -1354,7 +1349,7 @@ fn take_anchors(config: &crate::config::NodeConfig) -> Vec<SocketAddr> {
     }
     let mut anchors: Vec<SocketAddr> = loaded
         .into_iter()
-        .filter(|a| config.reachable(crate::discovery::overlay::Network::of_ip(a.ip())))
+        .filter(|a| config.reachable(crate::shared::overlay::Network::of_ip(a.ip())))
         .take(MAX_BLOCK_RELAY_ONLY_ANCHORS)
         .collect();
     if !anchors.is_empty() {
@@ -1682,7 +1677,7 @@ impl Actor for Manager {
                 score,
             } => {
                 let config = state.ctx.config();
-                let ip = crate::manager::bans::canonical(addr.ip());
+                let ip = crate::shared::bans::canonical(addr.ip());
                 let info = state.ctx.peers.get(id);
                 if info.as_ref().is_some_and(|p| p.manual) {
                     // The Connection does not report manual peers; should one come, the
@@ -1717,7 +1712,7 @@ impl Actor for Manager {
                                     | OutboundKind::OneTry
                             )
                         );
-                        let child_ip = crate::manager::bans::canonical(child.addr.ip());
+                        let child_ip = crate::shared::bans::canonical(child.addr.ip());
                         let onion = state
                             .ctx
                             .peers
@@ -1773,7 +1768,7 @@ impl Actor for Manager {
                 // Only the ban applied from that origin, and only one applied before the unban
                 // was issued (allowing the fleet's clock skew): an unban replayed after a
                 // restart (the order memory is gone) cannot lift a ban made since.
-                let skew = crate::fleet::core::MAX_ADVISORY_CLOCK_SKEW_SECS;
+                let skew = crate::shared::bans::MAX_ADVISORY_CLOCK_SKEW_SECS;
                 let from_origin = state.bans.get(&subnet).is_some_and(|e| {
                     e.reason.origin() == Some(origin.as_str())
                         && issued.saturating_add(skew) >= e.created

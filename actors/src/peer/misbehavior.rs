@@ -20,7 +20,7 @@
 //! | `bad_magic` | 0 | usually a node of another network: disconnect, do not ban |
 //!
 //! At the threshold (default 100) the peer is disconnected and its address discouraged
-//! (Core's banman since 0.20: in memory, see `manager::discourage`); every connection from
+//! (Core's banman since 0.20: in memory, see `shared::discourage`); every connection from
 //! it is closed. As in Bitcoin Core, local peers (loopback) and onion peers are disconnected
 //! but not discouraged, since that would hit every local process (or every Tor peer) at
 //! once; the `ban-local-peers` config key turns the loopback exemption off. Manual and

@@ -1,9 +1,10 @@
 //! Why a connection ended: one typed reason per exit path, logged with the peer and counted.
 
 use super::HandshakeError;
-use crate::connection::proxy::{NoRoute, ProxyError};
+use crate::shared::overlay::Network;
 use crate::wire::v2::V2Error;
 use crate::wire::{FrameError, PayloadError};
+use std::net::SocketAddr;
 
 /// The reason a connection closed. Every disconnect carries exactly one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,6 +107,72 @@ impl DisconnectReason {
             DisconnectReason::FeelerDone => "feeler_done",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Stopped(_) => "stopped",
+        }
+    }
+}
+
+/// Why no route exists to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no route to the {0} network (see --onlynet, --proxy, --onion)")]
+pub struct NoRoute(pub Network);
+
+/// A failed connection through a proxy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProxyError {
+    /// The proxy itself could not be reached.
+    #[error("proxy {0} unreachable: {1}")]
+    ProxyUnreachable(SocketAddr, String),
+    /// The proxy closed the connection or failed mid-exchange.
+    #[error("proxy closed the connection during the SOCKS5 exchange: {0}")]
+    Closed(String),
+    /// The exchange took longer than the connect timeout.
+    #[error("SOCKS5 exchange timed out")]
+    Timeout,
+    /// The proxy refused our credentials, or none of our authentication methods.
+    #[error("proxy authentication failed: {0}")]
+    AuthFailed(String),
+    /// The proxy's answer broke the protocol (version, reserved byte, address type).
+    #[error("malformed SOCKS5 reply: {0}")]
+    BadReply(String),
+    /// The proxy could not resolve or reach the host (reply 4; Tor's for unknown onions).
+    #[error("proxy: host unreachable or unknown")]
+    HostUnreachable,
+    /// Reply 3.
+    #[error("proxy: network unreachable")]
+    NetworkUnreachable,
+    /// Reply 5: the peer refused the proxy's connection.
+    #[error("proxy: connection refused by the peer")]
+    Refused,
+    /// Reply 6 (Tor: the circuit timed out).
+    #[error("proxy: TTL expired")]
+    TtlExpired,
+    /// Reply 2: the proxy's rules forbid the connection.
+    #[error("proxy: connection not allowed by its rules")]
+    NotAllowed,
+    /// Reply 1, 7, 8 or one not in RFC 1928.
+    #[error("proxy failure: {0}")]
+    Failure(String),
+    /// The target name is not one SOCKS5 can carry (over 255 bytes).
+    #[error("target name not valid for SOCKS5: {0}")]
+    BadTarget(String),
+}
+
+impl ProxyError {
+    /// A short stable name, used as the `kind` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProxyError::ProxyUnreachable(..) => "proxy_unreachable",
+            ProxyError::Closed(_) => "proxy_closed",
+            ProxyError::Timeout => "proxy_timeout",
+            ProxyError::AuthFailed(_) => "proxy_auth_failed",
+            ProxyError::BadReply(_) => "proxy_bad_reply",
+            ProxyError::HostUnreachable => "proxy_host_unreachable",
+            ProxyError::NetworkUnreachable => "proxy_network_unreachable",
+            ProxyError::Refused => "proxy_connection_refused",
+            ProxyError::TtlExpired => "proxy_ttl_expired",
+            ProxyError::NotAllowed => "proxy_not_allowed",
+            ProxyError::Failure(_) => "proxy_failure",
+            ProxyError::BadTarget(_) => "proxy_bad_target",
         }
     }
 }

@@ -70,7 +70,7 @@ async fn resolve_servers(ctx: &NodeContext) -> Vec<SocketAddr> {
             continue;
         };
         if resolver.is_none() {
-            resolver = crate::discovery::build_resolver(&config.dns_servers).ok();
+            resolver = crate::shared::resolver::build_resolver(&config.dns_servers).ok();
         }
         let Some(r) = resolver.as_ref() else { continue };
         match tokio::time::timeout(config.stun_timeout, r.lookup_ip(host)).await {

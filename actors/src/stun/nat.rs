@@ -25,91 +25,9 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use serde::Serialize;
-
 use super::codec::BindingResponse;
 
-/// The classic NAT labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NatType {
-    /// No NAT, no filtering.
-    OpenInternet,
-    /// Endpoint-independent mapping and filtering.
-    FullCone,
-    /// Endpoint-independent mapping, address-dependent filtering.
-    RestrictedCone,
-    /// Endpoint-independent mapping, address-and-port-dependent filtering.
-    PortRestrictedCone,
-    /// Mapping depends on the destination.
-    Symmetric,
-    /// No NAT, but a stateful firewall filters unsolicited traffic.
-    SymmetricUdpFirewall,
-    /// The STUN servers are reachable, but not over UDP.
-    UdpBlocked,
-    /// Cannot tell (no server reachable, or no RFC 5780 support).
-    Unknown,
-}
-
-impl NatType {
-    /// Every label, for metrics.
-    pub const ALL: [NatType; 8] = [
-        NatType::OpenInternet,
-        NatType::FullCone,
-        NatType::RestrictedCone,
-        NatType::PortRestrictedCone,
-        NatType::Symmetric,
-        NatType::SymmetricUdpFirewall,
-        NatType::UdpBlocked,
-        NatType::Unknown,
-    ];
-
-    /// The stable name (metric label, API, logs).
-    pub fn label(self) -> &'static str {
-        match self {
-            NatType::OpenInternet => "open_internet",
-            NatType::FullCone => "full_cone",
-            NatType::RestrictedCone => "restricted_cone",
-            NatType::PortRestrictedCone => "port_restricted_cone",
-            NatType::Symmetric => "symmetric",
-            NatType::SymmetricUdpFirewall => "symmetric_udp_firewall",
-            NatType::UdpBlocked => "udp_blocked",
-            NatType::Unknown => "unknown",
-        }
-    }
-
-    /// Whether peers can reach us unsolicited (so advertising our address makes sense).
-    pub fn is_reachable(self) -> bool {
-        matches!(self, NatType::OpenInternet | NatType::FullCone)
-    }
-}
-
-/// Mapping or filtering behaviour (RFC 4787 terms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Behavior {
-    /// Independent of the remote endpoint.
-    EndpointIndependent,
-    /// Depends on the remote address.
-    AddressDependent,
-    /// Depends on the remote address and port.
-    AddressAndPortDependent,
-}
-
-/// The outcome of a probe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct NatReport {
-    /// The label.
-    pub nat_type: NatType,
-    /// Mapping behaviour, if measured.
-    pub mapping: Option<Behavior>,
-    /// Filtering behaviour, if measured.
-    pub filtering: Option<Behavior>,
-    /// Our public address as seen by the server.
-    pub public: Option<SocketAddr>,
-    /// The server that answered.
-    pub server: Option<SocketAddr>,
-}
+pub use crate::shared::status::{Behavior, NatReport, NatType};
 
 /// A query for the driver to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

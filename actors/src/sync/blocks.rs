@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bitcoin::BlockHash;
 
 use super::requests::InFlight;
-use crate::manager::peers::PeerId;
+use crate::shared::peers::PeerId;
 
 /// Blocks one peer may be downloading for us (Core: `MAX_BLOCKS_IN_TRANSIT_PER_PEER`).
 pub const MAX_BLOCKS_IN_FLIGHT_PER_PEER: usize = 16;

@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::manager::peers::PeerId;
 use crate::msg::SyncState;
+use crate::shared::peers::PeerId;
 
 /// How long a peer asked for headers has to answer before it may be asked again (Core:
 /// `HEADERS_RESPONSE_TIME`, in `MaybeSendGetHeaders`).

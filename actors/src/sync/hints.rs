@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use bitcoin::BlockHash;
 
 use crate::constants::MAX_HEADERS_PER_MESSAGE;
-use crate::manager::peers::PeerId;
 use crate::msg::HashedHeaders;
+use crate::shared::peers::PeerId;
 
 /// Height between hints that `meshd hints export` writes.
 pub const HINT_INTERVAL: u32 = 2_000;

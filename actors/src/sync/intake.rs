@@ -43,7 +43,11 @@ pub enum Route {
 /// Whether `headers` answers an outstanding `getheaders` of the peer's, so it may be asked
 /// again: Core clears the request's timestamp when headers connect to what we know,
 /// continue the peer's presync, or are none at all.
-pub fn is_answer(chain: &HeaderChain, presync: Option<&HeadersPresync>, headers: &[Header]) -> bool {
+pub fn is_answer(
+    chain: &HeaderChain,
+    presync: Option<&HeadersPresync>,
+    headers: &[Header],
+) -> bool {
     match headers.first() {
         None => true,
         Some(first) => {
@@ -103,15 +107,7 @@ pub fn route(
         return Route::LowWork;
     }
     let (rule, limit) = chain.rule_and_limit();
-    let mut ps = HeadersPresync::new(
-        rule,
-        limit,
-        anti_dos_work,
-        parent,
-        height,
-        parent_work,
-        now,
-    );
+    let mut ps = HeadersPresync::new(rule, limit, anti_dos_work, parent, height, parent_work, now);
     let step = ps.on_headers(headers);
     Route::NewPresync(Box::new(ps), step)
 }
@@ -142,7 +138,12 @@ pub struct Stored {
 
 /// Stores `headers` (hashed once, by the Connection) in `chain`, in order, until one is
 /// refused. `now` is our clock in unix seconds.
-pub fn store(chain: &mut HeaderChain, headers: &[Header], hashes: &[BlockHash], now: u32) -> Stored {
+pub fn store(
+    chain: &mut HeaderChain,
+    headers: &[Header],
+    hashes: &[BlockHash],
+    now: u32,
+) -> Stored {
     let mut new = Vec::new();
     let mut reorg_depth: Option<u32> = None;
     for (i, (h, &hash)) in headers.iter().zip(hashes).enumerate() {
@@ -180,7 +181,10 @@ pub fn store(chain: &mut HeaderChain, headers: &[Header], hashes: &[BlockHash], 
 /// Why presync aborts are charged: only a chain that broke the proof-of-work or difficulty
 /// rules lied; one that merely lacks work did not.
 pub fn presync_abort_is_charged(e: &PresyncError) -> bool {
-    matches!(e, PresyncError::BadProofOfWork | PresyncError::BadDifficulty)
+    matches!(
+        e,
+        PresyncError::BadProofOfWork | PresyncError::BadDifficulty
+    )
 }
 
 #[cfg(test)]
@@ -234,7 +238,14 @@ mod tests {
     #[test]
     fn a_short_chain_below_the_threshold_is_ignored_and_a_full_one_presynced() {
         let (chain, headers, hashes) = lab(MAX_HEADERS_PER_MESSAGE as u32);
-        let short = route(&chain, None, &headers[..10], &hashes[..10], u128::MAX, now());
+        let short = route(
+            &chain,
+            None,
+            &headers[..10],
+            &hashes[..10],
+            u128::MAX,
+            now(),
+        );
         assert!(matches!(short, Route::LowWork), "{short:?}");
         let full = route(&chain, None, &headers, &hashes, u128::MAX, now());
         let Route::NewPresync(mut ps, step) = full else {

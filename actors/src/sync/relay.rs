@@ -19,10 +19,10 @@ use super::{
 };
 use crate::config::TxRelay;
 use crate::events::NodeEvent;
-use crate::manager::peers::PeerId;
-use crate::manager::whitelist::Permissions;
 use crate::msg::ConnectionMsg;
 use crate::network::Chain;
+use crate::shared::peers::PeerId;
+use crate::shared::whitelist::Permissions;
 
 impl SyncActorState {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
-use crate::manager::peers::PeerId;
+use crate::shared::peers::PeerId;
 
 /// Requests in flight for items of type `K`.
 #[derive(Debug)]

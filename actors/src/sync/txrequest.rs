@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::time::{Duration, Instant};
 
-use crate::manager::peers::PeerId;
+use crate::shared::peers::PeerId;
 
 /// Requests one peer may have in flight at once (Core: `MAX_PEER_TX_REQUEST_IN_FLIGHT`).
 ///

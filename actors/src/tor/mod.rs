@@ -13,6 +13,7 @@
 
 pub mod control;
 
+pub use crate::shared::status::OnionService;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
 
 use crate::context::NodeContext;
-use crate::discovery::overlay::OverlayAddr;
+use crate::shared::overlay::OverlayAddr;
 use control::{AuthPlan, ControlError, Reply, ReplyReader};
 
 /// File holding the onion service's private key (Bitcoin Core's name and format).
@@ -40,17 +41,6 @@ const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(600);
 /// Time the shutdown waits for `DEL_ONION`'s answer.
 const DEL_ONION_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// An onion service that is up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OnionService {
-    /// Its address.
-    pub addr: OverlayAddr,
-    /// The port peers connect to.
-    pub port: u16,
-    /// Where Tor delivers its connections.
-    pub target: SocketAddr,
-}
 
 /// The control port to use: `--torcontrol`, else Tor's default except on regtest.
 pub fn control_port(ctx: &NodeContext) -> Option<SocketAddr> {

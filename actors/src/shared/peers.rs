@@ -2,7 +2,7 @@
 //! rows) and each Connection actor (which keeps its own row current). Readers (the admin API,
 //! an embedding program) take snapshots without asking any actor.
 
-use crate::discovery::overlay::{Network, OverlayAddr};
+use crate::shared::overlay::{Network, OverlayAddr};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -111,7 +111,7 @@ pub struct PeerInfo {
     /// An inbound peer that came through our onion service.
     pub inbound_onion: bool,
     /// The onion, I2P or CJDNS address `addr` stands for (see
-    /// [`crate::discovery::overlay`]).
+    /// [`crate::shared::overlay`]).
     pub overlay: Option<OverlayAddr>,
     /// When the connection started (monotonic; for uptime and eviction).
     #[serde(skip)]
@@ -127,7 +127,7 @@ pub struct PeerInfo {
 impl PeerInfo {
     /// The address as operators know it: the full onion or I2P name, else `addr`.
     pub fn address(&self) -> String {
-        crate::discovery::overlay::display_addr(self.addr, self.overlay.as_ref())
+        crate::shared::overlay::display_addr(self.addr, self.overlay.as_ref())
     }
 
     /// The network the peer is on.

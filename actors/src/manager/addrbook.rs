@@ -40,9 +40,11 @@ use bitcoin::hashes::{sha256, Hash, HashEngine};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use super::overlay::{Network, OverlayAddr};
-use crate::manager::bans::canonical;
-use crate::manager::eviction::netgroup;
+use crate::shared::addr::{
+    is_local_or_private, is_routable, netgroup, AddrEntry, GossipAddr, Table,
+};
+use crate::shared::bans::canonical;
+use crate::shared::overlay::{Network, OverlayAddr};
 
 /// Buckets of the new table (Core: 1024).
 pub const NEW_BUCKET_COUNT: u32 = 1024;
@@ -79,38 +81,6 @@ pub const TRIED_TEST_GRACE_SECS: u64 = 60;
 pub const MAX_GETADDR_ANSWER: usize = 1000;
 /// Percentage of the book one getaddr answer may reveal at most (Core: 23%).
 pub const MAX_GETADDR_PCT: usize = 23;
-
-/// Which table an entry is in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Table {
-    /// Heard of, never connected.
-    New,
-    /// Connected to at least once.
-    Tried,
-}
-
-/// One known address.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddrEntry {
-    /// The address.
-    pub addr: SocketAddr,
-    /// Services it announced (or was announced with).
-    pub services: u64,
-    /// Last time it was seen, unix seconds (from gossip timestamps or our own contact).
-    pub last_seen: u64,
-    /// Last time we tried to connect.
-    pub last_try: Option<u64>,
-    /// Failed attempts since the last success.
-    pub attempts: u32,
-    /// Last successful connection.
-    pub last_success: Option<u64>,
-    /// Who told us (the IP of the peer, or of the DNS seed's answer).
-    pub source: IpAddr,
-    /// Table it is in.
-    pub table: Table,
-    /// The onion, I2P or CJDNS address `addr` stands for (see [`super::overlay`]).
-    pub overlay: Option<OverlayAddr>,
-}
 
 /// An entry as format version 1 of `peers.dat` kept it (before overlay addresses).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -178,48 +148,6 @@ pub struct AddrBook {
     /// New addresses that connected but whose tried slot is held: waiting for the occupant
     /// to be tested (not persisted, as Core's `m_tried_collisions`).
     collisions: Vec<SocketAddr>,
-}
-
-/// Whether an address is loopback, private or link-local (not reachable from the Internet).
-pub fn is_local_or_private(ip: IpAddr) -> bool {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
-        }
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-        }
-    }
-}
-
-/// Whether gossip may carry an address (Core's `CNetAddr::IsRoutable`): not loopback,
-/// private, link-local, unspecified, CGNAT (100.64/10), benchmarking (198.18/15), "this
-/// network" (0/8), reserved (240/4), broadcast or multicast. Documentation ranges
-/// (192.0.2/24, 198.51.100/24, 203.0.113/24, 2001:db8::/32) pass, unlike Core: the namespace
-/// labs use them as public addresses, and no real peer is ever found there.
-pub fn is_routable(ip: IpAddr) -> bool {
-    if is_local_or_private(ip) || ip.is_multicast() {
-        return false;
-    }
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(a == 0
-                || a >= 240
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 198 && (b == 18 || b == 19))
-                || v4.is_broadcast())
-        }
-        IpAddr::V6(v6) => {
-            let seg = v6.segments();
-            // RFC 4843 (ORCHID) and RFC 7343 (ORCHIDv2): 2001:10::/28, 2001:20::/28.
-            !(seg[0] == 0x2001 && (seg[1] & 0xfff0 == 0x0010 || seg[1] & 0xfff0 == 0x0020))
-        }
-    }
 }
 
 /// Core's penalty on a gossiped address's time (`addrman`'s `time_penalty` of 2 h for
@@ -797,113 +725,12 @@ impl AddrBook {
     }
 }
 
-/// An address as gossip carries it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GossipAddr {
-    /// The address (internal, for an overlay address).
-    pub addr: SocketAddr,
-    /// The onion, I2P or CJDNS address `addr` stands for.
-    pub overlay: Option<OverlayAddr>,
-    /// Services.
-    pub services: u64,
-    /// Last seen, unix seconds.
-    pub time: u32,
-}
-
-impl GossipAddr {
-    /// The addresses of an `addr` message (IPv4 and IPv6; anything else dropped).
-    pub fn from_addr_list(list: &[(u32, bitcoin::p2p::address::Address)]) -> Vec<GossipAddr> {
-        list.iter()
-            .filter_map(|(time, a)| {
-                a.socket_addr().ok().map(|addr| GossipAddr {
-                    addr,
-                    overlay: None,
-                    services: a.services.to_u64(),
-                    time: *time,
-                })
-            })
-            .collect()
-    }
-
-    /// The addresses of an `addrv2` message: Tor v3, I2P and CJDNS kept under their
-    /// internal addresses; Tor v2 and unknown networks dropped, as Core drops them.
-    pub fn from_addrv2_list(list: &[bitcoin::p2p::address::AddrV2Message]) -> Vec<GossipAddr> {
-        list.iter()
-            .filter_map(|m| {
-                let (addr, overlay) = match OverlayAddr::from_addrv2(&m.addr) {
-                    Some(o) => (o.internal(m.port), Some(o)),
-                    None => (m.socket_addr().ok()?, None),
-                };
-                Some(GossipAddr {
-                    addr,
-                    overlay,
-                    services: m.services.to_u64(),
-                    time: m.time,
-                })
-            })
-            .collect()
-    }
-}
-
-impl From<&AddrEntry> for GossipAddr {
-    fn from(e: &AddrEntry) -> GossipAddr {
-        GossipAddr {
-            addr: e.addr,
-            overlay: e.overlay,
-            services: e.services,
-            time: e.last_seen.min(u32::MAX as u64) as u32,
-        }
-    }
-}
-
-/// Per-peer token bucket for incoming addresses (Core: 0.1 per second, burst 1000; a peer
-/// starts with one token and gets 1000 more when we send it a getaddr).
-#[derive(Debug, Clone)]
-pub struct AddrRateLimiter {
-    tokens: f64,
-    last: std::time::Instant,
-}
-
-/// Addresses per second a peer may send us beyond what we asked for (Core: 0.1).
-pub const ADDR_RATE_PER_SEC: f64 = 0.1;
-/// Most address tokens a peer can hold (Core: 1000).
-pub const ADDR_BURST: f64 = 1000.0;
-
-impl AddrRateLimiter {
-    /// A limiter holding one token.
-    pub fn new(now: std::time::Instant) -> AddrRateLimiter {
-        AddrRateLimiter {
-            tokens: 1.0,
-            last: now,
-        }
-    }
-
-    /// Adds `n` tokens (after we send a getaddr), up to the burst.
-    pub fn grant(&mut self, n: f64) {
-        self.tokens = (self.tokens + n).min(ADDR_BURST);
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: std::time::Instant) -> bool {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * ADDR_RATE_PER_SEC).min(ADDR_BURST);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use rand::SeedableRng;
     use std::net::Ipv4Addr;
-    use std::time::{Duration, Instant};
 
     const NOW: u64 = 1_800_000_000;
 
@@ -1303,20 +1130,6 @@ mod tests {
         for e in b.entries() {
             assert_eq!(back.get(&e.addr).map(|x| x.table), Some(e.table));
         }
-    }
-
-    #[test]
-    fn addr_rate_limit_follows_core() {
-        let t0 = Instant::now();
-        let mut r = AddrRateLimiter::new(t0);
-        assert!(r.take(t0));
-        assert!(!r.take(t0), "one token to start");
-        assert!(r.take(t0 + Duration::from_secs(10)), "0.1 per second");
-        r.grant(5000.0);
-        let taken = (0..2000)
-            .filter(|_| r.take(t0 + Duration::from_secs(10)))
-            .count();
-        assert_eq!(taken, 1000, "burst capped at 1000");
     }
 
     proptest! {

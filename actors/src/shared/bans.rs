@@ -21,6 +21,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+/// How far in the future a fleet advisory's `issued` time may be: clocks of a fleet differ by
+/// seconds, not minutes.
+pub const MAX_ADVISORY_CLOCK_SKEW_SECS: u64 = 60;
+
 /// Why an entry exists.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
