@@ -143,11 +143,96 @@ pub struct AddrBook {
     entries: HashMap<SocketAddr, AddrEntry>,
     slots: HashMap<(Table, u32, u32), SocketAddr>,
     positions: HashMap<SocketAddr, (Table, u32, u32)>,
+    /// Which buckets hold an entry, and how many each table holds.
+    index: BucketIndex,
     /// Networks `select` may pick from (those with a route: see `--onlynet`, `--onion`).
     reachable: Vec<Network>,
     /// New addresses that connected but whose tried slot is held: waiting for the occupant
     /// to be tested (not persisted, as Core's `m_tried_collisions`).
     collisions: Vec<SocketAddr>,
+}
+
+/// Draws one selection may make before it gives up (Core's ThreadOpenConnections gives up
+/// after 100 tries and tries again on its next round; ours is the next upkeep tick).
+pub const MAX_SELECT_TRIES: usize = 100;
+
+/// Growth of the acceptance odds after each drawn entry that was not taken (Core's
+/// `chance_factor *= 1.2`), so that a book of recently failed addresses still yields one.
+const SELECT_CHANCE_GROWTH: f64 = 1.2;
+
+/// Which buckets of each table hold an entry, and how many entries each table holds: a
+/// random non-empty bucket and the tables' sizes without a scan. Drawing uniformly among the
+/// non-empty buckets is what Core's `Select_` does by drawing buckets until one is not empty.
+#[derive(Debug, Clone)]
+struct BucketIndex {
+    /// Entries per bucket, by table (new, tried).
+    fill: [Vec<u8>; 2],
+    /// The non-empty buckets, by table, in no order.
+    nonempty: [Vec<u32>; 2],
+    /// Where each bucket is in `nonempty` (`u32::MAX`: empty).
+    at: [Vec<u32>; 2],
+    /// Entries per table.
+    counts: [usize; 2],
+}
+
+impl BucketIndex {
+    fn new() -> BucketIndex {
+        let sized = |n: u32, v: u32| vec![v; n as usize];
+        BucketIndex {
+            fill: [
+                vec![0; NEW_BUCKET_COUNT as usize],
+                vec![0; TRIED_BUCKET_COUNT as usize],
+            ],
+            nonempty: [Vec::new(), Vec::new()],
+            at: [
+                sized(NEW_BUCKET_COUNT, u32::MAX),
+                sized(TRIED_BUCKET_COUNT, u32::MAX),
+            ],
+            counts: [0, 0],
+        }
+    }
+
+    fn t(table: Table) -> usize {
+        match table {
+            Table::New => 0,
+            Table::Tried => 1,
+        }
+    }
+
+    fn occupy(&mut self, table: Table, bucket: u32) {
+        let (t, b) = (Self::t(table), bucket as usize);
+        self.fill[t][b] = self.fill[t][b].saturating_add(1);
+        self.counts[t] += 1;
+        if self.at[t][b] == u32::MAX {
+            self.at[t][b] = self.nonempty[t].len() as u32;
+            self.nonempty[t].push(bucket);
+        }
+    }
+
+    fn vacate(&mut self, table: Table, bucket: u32) {
+        let (t, b) = (Self::t(table), bucket as usize);
+        self.fill[t][b] = self.fill[t][b].saturating_sub(1);
+        self.counts[t] = self.counts[t].saturating_sub(1);
+        if self.fill[t][b] == 0 && self.at[t][b] != u32::MAX {
+            let i = self.at[t][b] as usize;
+            self.nonempty[t].swap_remove(i);
+            if let Some(&moved) = self.nonempty[t].get(i) {
+                self.at[t][moved as usize] = i as u32;
+            }
+            self.at[t][b] = u32::MAX;
+        }
+    }
+
+    /// A non-empty bucket of `table`, uniformly.
+    fn random_bucket(&self, table: Table, rng: &mut impl Rng) -> Option<u32> {
+        let list = &self.nonempty[Self::t(table)];
+        (!list.is_empty()).then(|| list[rng.gen_range(0..list.len())])
+    }
+
+    /// Entries in `table`.
+    fn count(&self, table: Table) -> usize {
+        self.counts[Self::t(table)]
+    }
 }
 
 /// Core's penalty on a gossiped address's time (`addrman`'s `time_penalty` of 2 h for
@@ -163,6 +248,7 @@ impl AddrBook {
             entries: HashMap::new(),
             slots: HashMap::new(),
             positions: HashMap::new(),
+            index: BucketIndex::new(),
             reachable: vec![Network::Ipv4, Network::Ipv6],
             collisions: Vec::new(),
         }
@@ -242,16 +328,25 @@ impl AddrBook {
     }
 
     fn place(&mut self, addr: SocketAddr, slot: (Table, u32, u32)) {
-        self.slots.insert(slot, addr);
+        if self.slots.insert(slot, addr).is_none() {
+            self.index.occupy(slot.0, slot.1);
+        }
         self.positions.insert(addr, slot);
         if let Some(e) = self.entries.get_mut(&addr) {
             e.table = slot.0;
         }
     }
 
+    /// Empties a slot (its entry's position is the caller's to drop).
+    fn vacate(&mut self, slot: &(Table, u32, u32)) {
+        if self.slots.remove(slot).is_some() {
+            self.index.vacate(slot.0, slot.1);
+        }
+    }
+
     fn remove(&mut self, addr: &SocketAddr) -> Option<AddrEntry> {
         if let Some(slot) = self.positions.remove(addr) {
-            self.slots.remove(&slot);
+            self.vacate(&slot);
         }
         self.entries.remove(addr)
     }
@@ -444,12 +539,12 @@ impl AddrBook {
     fn make_tried(&mut self, addr: &SocketAddr) {
         let slot = self.tried_slot(addr);
         if let Some(old) = self.positions.remove(addr) {
-            self.slots.remove(&old);
+            self.vacate(&old);
         }
         if let Some(displaced) = self.slots.get(&slot).copied() {
             // The occupant goes back to new, to its own new slot if that is free.
             self.positions.remove(&displaced);
-            self.slots.remove(&slot);
+            self.vacate(&slot);
             let source = self
                 .entries
                 .get(&displaced)
@@ -575,6 +670,11 @@ impl AddrBook {
         self.select_in(now, rng, exclude, busy_groups, true)
     }
 
+    /// Core's `Select_`, bounded: up to [`MAX_SELECT_TRIES`] draws, each of a table (tried
+    /// or new, even odds while both hold entries), a non-empty bucket of it and the first
+    /// entry from a random position in it; an entry we may dial is taken with its chance
+    /// ([`AddrBook::chance`]) times a factor that grows with every entry drawn and not taken.
+    /// O(tries), whatever the book's size: nothing is scanned.
     fn select_in(
         &self,
         now: u64,
@@ -583,49 +683,49 @@ impl AddrBook {
         busy_groups: &HashSet<Vec<u8>>,
         new_only: bool,
     ) -> Option<SocketAddr> {
-        let eligible = |e: &&AddrEntry| {
-            !exclude.contains(&e.addr)
+        let (new, tried) = self.counts();
+        let tried = if new_only { 0 } else { tried };
+        if new == 0 && tried == 0 {
+            return None;
+        }
+        let mut chance_factor = 1.0f64;
+        for _ in 0..MAX_SELECT_TRIES {
+            let table = match (tried > 0, new > 0) {
+                (true, true) if rng.gen_bool(0.5) => Table::Tried,
+                (true, false) => Table::Tried,
+                _ => Table::New,
+            };
+            let Some(bucket) = self.index.random_bucket(table, rng) else {
+                continue;
+            };
+            let start = rng.gen_range(0..BUCKET_SIZE);
+            let found = (0..BUCKET_SIZE)
+                .find_map(|i| self.slots.get(&(table, bucket, (start + i) % BUCKET_SIZE)));
+            let Some(e) = found.and_then(|a| self.entries.get(a)) else {
+                continue;
+            };
+            let eligible = !exclude.contains(&e.addr)
                 && !busy_groups.contains(&self.group(e.addr.ip()))
-                && self.reachable.contains(&Self::network_of(e))
-        };
-        let tried: Vec<&AddrEntry> = self
-            .entries
-            .values()
-            .filter(|e| e.table == Table::Tried && !new_only)
-            .filter(eligible)
-            .collect();
-        let new: Vec<&AddrEntry> = self
-            .entries
-            .values()
-            .filter(|e| e.table == Table::New)
-            .filter(eligible)
-            .collect();
-        let pool = match (tried.is_empty(), new.is_empty()) {
-            (true, true) => return None,
-            (false, true) => tried,
-            (true, false) => new,
-            (false, false) => {
-                if rng.gen_bool(0.5) {
-                    tried
-                } else {
-                    new
-                }
+                && self.reachable.contains(&Self::network_of(e));
+            if !eligible {
+                continue;
             }
-        };
-        for _ in 0..64 {
-            let e = pool[rng.gen_range(0..pool.len())];
-            let mut chance = 0.66f64.powi(e.attempts.min(8) as i32);
-            if e.last_try.is_some_and(|t| now.saturating_sub(t) < 600) {
-                chance *= 0.01;
-            }
-            if rng.gen_bool(chance.clamp(0.0, 1.0)) {
+            if rng.gen::<f64>() < (Self::chance(e, now) * chance_factor).min(1.0) {
                 return Some(e.addr);
             }
+            chance_factor *= SELECT_CHANCE_GROWTH;
         }
-        // Nothing passed the odds in 64 draws: take the least-failed one.
-        pool.iter()
-            .min_by_key(|e| (e.attempts, e.last_try))
-            .map(|e| e.addr)
+        None
+    }
+
+    /// Core's `GetChance`: the odds of taking an entry drawn, lower for one tried in the
+    /// last 10 minutes (x0.01) and for every failed attempt (x0.66, at most 8 times).
+    pub fn chance(e: &AddrEntry, now: u64) -> f64 {
+        let mut chance = 0.66f64.powi(e.attempts.min(8) as i32);
+        if e.last_try.is_some_and(|t| now.saturating_sub(t) < 600) {
+            chance *= 0.01;
+        }
+        chance
     }
 
     /// A random sample for a getaddr answer: at most 1000 and at most 23% of the book,
@@ -660,12 +760,7 @@ impl AddrBook {
 
     /// Entries in each table: (new, tried).
     pub fn counts(&self) -> (usize, usize) {
-        let tried = self
-            .entries
-            .values()
-            .filter(|e| e.table == Table::Tried)
-            .count();
-        (self.entries.len() - tried, tried)
+        (self.index.count(Table::New), self.index.count(Table::Tried))
     }
 
     /// Number of entries.
@@ -897,6 +992,51 @@ mod tests {
             "198.51.100.1".parse().unwrap(),
             NOW
         ));
+    }
+
+    #[test]
+    fn a_recently_failed_address_is_still_selected_as_core_raises_the_odds() {
+        let mut b = book();
+        let a = v4(203, 0, 113, 5, 8333);
+        b.add(a, 1, NOW, "198.51.100.1".parse().unwrap(), NOW);
+        for i in 0..3 {
+            b.attempt(&a, NOW - 60 + i);
+        }
+        // Odds of 0.01 x 0.66^3 per draw, raised x1.2 per draw not taken: one call takes it.
+        assert!(AddrBook::chance(b.get(&a).unwrap(), NOW) < 0.003);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..50 {
+            assert_eq!(
+                b.select(NOW, &mut rng, &HashSet::new(), &HashSet::new()),
+                Some(a)
+            );
+        }
+    }
+
+    proptest! {
+        /// Whatever the book and the exclusions, a selection is an address we may dial.
+        #[test]
+        fn a_selection_is_never_excluded_or_in_a_busy_group(
+            addrs in proptest::collection::vec((1u8..224, any::<u8>(), any::<u8>()), 1..200),
+            excluded in proptest::collection::vec(any::<usize>(), 0..50),
+            busy in proptest::collection::vec(any::<usize>(), 0..20),
+            seed in any::<u64>(),
+        ) {
+            let mut b = book();
+            let src: IpAddr = "198.51.100.1".parse().unwrap();
+            let list: Vec<SocketAddr> = addrs.iter().map(|(a, c, d)| v4(*a, *c, *d, 1, 8333)).collect();
+            for a in &list {
+                b.add(*a, 1, NOW, src, NOW);
+            }
+            let exclude: HashSet<SocketAddr> = excluded.iter().map(|i| list[i % list.len()]).collect();
+            let busy: HashSet<Vec<u8>> = busy.iter().map(|i| b.group(list[i % list.len()].ip())).collect();
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            if let Some(pick) = b.select(NOW, &mut rng, &exclude, &busy) {
+                prop_assert!(!exclude.contains(&pick));
+                prop_assert!(!busy.contains(&b.group(pick.ip())));
+                prop_assert!(b.get(&pick).is_some());
+            }
+        }
     }
 
     #[test]
@@ -1145,6 +1285,23 @@ mod tests {
                     _ => b.attempt(&a, NOW),
                 }
                 prop_assert_eq!(b.slots.len(), b.entries.len());
+                // The bucket index agrees with the slots.
+                for table in [Table::New, Table::Tried] {
+                    let t = BucketIndex::t(table);
+                    let mut per_bucket: HashMap<u32, usize> = HashMap::new();
+                    for k in b.slots.keys().filter(|k| k.0 == table) {
+                        *per_bucket.entry(k.1).or_default() += 1;
+                    }
+                    prop_assert_eq!(b.index.count(table), per_bucket.values().sum::<usize>());
+                    let mut buckets: Vec<u32> = per_bucket.keys().copied().collect();
+                    buckets.sort_unstable();
+                    let mut listed = b.index.nonempty[t].clone();
+                    listed.sort_unstable();
+                    prop_assert_eq!(&listed, &buckets);
+                    for (&k, &n) in &per_bucket {
+                        prop_assert_eq!(b.index.fill[t][k as usize] as usize, n);
+                    }
+                }
                 prop_assert_eq!(b.positions.len(), b.entries.len());
                 for (slot, addr) in &b.slots {
                     prop_assert_eq!(b.positions.get(addr), Some(slot));

@@ -6,8 +6,11 @@
 //!   inbound slots are full a new inbound peer may take the place of one chosen by
 //!   [`select_for_eviction`]; if nobody is evictable the newcomer is refused.
 //! - **Outbound upkeep.** Every [`UPKEEP_INTERVAL`] the Manager dials the persistent
-//!   (`--connect`) peers that are not connected, then `--addnode` candidates while outbound
-//!   slots are free, skipping banned and given-up addresses.
+//!   (`--connect`) peers that are not connected, then `--addnode` candidates, then address
+//!   book entries while outbound slots are free (Core's ThreadOpenConnections), skipping
+//!   banned and given-up addresses. Slots are filled on this tick only: an `addr` message or
+//!   a DNS answer adds to the book and nothing more, and a selection draws buckets
+//!   ([`addrbook::MAX_SELECT_TRIES`]) rather than scanning the book.
 //! - **Restarts.** When an outbound connection ends, the [`RestartTracker`] decides: dial
 //!   again after a jittered exponential delay, or give up until the window clears. Inbound
 //!   connections are never restarted. One-shot dials (API `onetry`) are not restarted either.
@@ -1590,8 +1593,8 @@ impl Actor for Manager {
                     })
                     .count();
                 state.publish_book_counts();
+                // Dialled on the next upkeep tick: slots are filled there only, not per answer.
                 debug!(seed = %seed, added, "DNS addresses added to the book");
-                state.fill_from_book(&myself).await;
             }
             ManagerMsg::AddrFetch { seed } => {
                 let waiting = state
@@ -1643,7 +1646,6 @@ impl Actor for Manager {
                             .count();
                         info!(seed = %seed, addresses = addrs.len(), added, "addresses fetched from a DNS seed through the proxy");
                         state.publish_book_counts();
-                        state.fill_from_book(&myself).await;
                     }
                     Err(e) => {
                         metrics::counter!("meshd_addr_fetches_total", "result" => e.kind())
@@ -1661,9 +1663,10 @@ impl Actor for Manager {
                 relayable,
                 credit,
             } => {
+                // No dial here: slots are filled on the upkeep tick only, so an addr flood
+                // costs what storing and relaying it costs, never a selection per message.
                 state.on_addrs(id, from, addrs, relayable);
                 drop(credit);
-                state.fill_from_book(&myself).await;
             }
             ManagerMsg::GetAddr(id) => state.on_getaddr(id),
             ManagerMsg::KnownAddresses(reply) => {
