@@ -143,6 +143,8 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "ping_in_flight": secs(p.ping_wait),
         "restarts": node.restarts_of(&p.addr),
         "misbehavior_score": p.misbehavior,
+        // Core's getpeerinfo `mapped_as`: the AS under --asmap, absent without one.
+        "mapped_as": p.mapped_as,
     })
 }
 
@@ -199,6 +201,7 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "listenonion": c.listen_onion,
         // How many hints were loaded from --header-hints, and the last one's height.
         "header-hints": c.header_hints.len(),
+        "asmap": c.asmap.as_ref().map(|m| m.version().to_string()),
         "header-hints-last-height": c.header_hints.last().map_or(0, |h| h.0),
         "restart-base-delay": dur(c.restart.base_delay),
         "restart-max-delay": dur(c.restart.max_delay),

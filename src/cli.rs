@@ -421,6 +421,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub header_hints: Option<PathBuf>,
 
+    /// Bitcoin Core's asmap file (IP prefix to AS, Core's encoded format, as published with
+    /// Core or built by its contrib/asmap tool): peers are grouped by the AS that announces
+    /// them instead of by /16, for address-book buckets, outbound diversity and eviction. A
+    /// relative path is in the network's data directory (DATADIR/<network>/), as in Core.
+    #[arg(long, value_name = "FILE")]
+    pub asmap: Option<PathBuf>,
+
     /// Which pooled transactions are announced to peers: `vouched` (those an outbound
     /// full-relay peer sent or announced, or a `relay`-whitelisted peer sent: meshd checks no
     /// scripts or inputs, so it passes on only what a validating node vouched for), `all`

@@ -107,6 +107,7 @@ pub struct FileConfig {
     blocks: Option<String>,
     keep_blocks: Option<usize>,
     header_hints: Option<PathBuf>,
+    asmap: Option<PathBuf>,
     tx_relay: Option<String>,
     tx_pool_max_count: Option<usize>,
     tx_pool_max_bytes: Option<FileBytes>,
@@ -593,6 +594,17 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         })?;
         node.header_hints = meshd_actors::sync::hints::parse(&text, node.network.name())
             .map_err(|e| ConfigError(format!("header-hints: {}: {e}", path.display())))?;
+    }
+    if let Some(path) = args.asmap.clone().or(file.asmap.clone()) {
+        // A relative path is in the network's data directory, as Core resolves -asmap.
+        let path = if path.is_absolute() {
+            path
+        } else {
+            node.datadir.join(path)
+        };
+        let map = meshd_actors::shared::asmap::Asmap::load(&path)
+            .map_err(|e| ConfigError(format!("asmap: {e}")))?;
+        node.asmap = Some(std::sync::Arc::new(map));
     }
     if let Some(v) = args.tx_pool_max_count.or(file.tx_pool_max_count) {
         node.tx_pool_max_count = v;

@@ -118,6 +118,10 @@ pub struct NodeConfig {
     /// Header hints (`--header-hints FILE`, see [`crate::sync::hints`]): best-chain hashes
     /// at regular heights, ascending, at most 2,000 apart. Empty: sync from one peer.
     pub header_hints: Vec<(u32, bitcoin::BlockHash)>,
+    /// Core's asmap (`--asmap FILE`, see [`crate::shared::asmap`]): network groups by the AS
+    /// that announces an address, for the address book's buckets, outbound diversity and
+    /// eviction. None: groups by /16 (IPv4) and /32 (IPv6).
+    pub asmap: Option<std::sync::Arc<crate::shared::asmap::Asmap>>,
     /// Transactions the relay pool holds at most.
     pub tx_pool_max_count: usize,
     /// Bytes the relay pool holds at most.
@@ -373,6 +377,7 @@ impl NodeConfig {
             fetch_blocks: true,
             keep_blocks: 16,
             header_hints: Vec::new(),
+            asmap: None,
             tx_pool_max_count: 10_000,
             tx_pool_max_bytes: 32 * 1024 * 1024,
             tx_pool_max_age: Duration::from_secs(3600),

@@ -41,7 +41,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::shared::addr::{
-    is_local_or_private, is_routable, netgroup, AddrEntry, GossipAddr, Table,
+    is_local_or_private, is_routable, netgroup, netgroup_as, AddrEntry, GossipAddr, Table,
 };
 use crate::shared::bans::canonical;
 use crate::shared::overlay::{Network, OverlayAddr};
@@ -145,6 +145,8 @@ pub struct AddrBook {
     positions: HashMap<SocketAddr, (Table, u32, u32)>,
     /// Which buckets hold an entry, and how many each table holds.
     index: BucketIndex,
+    /// Groups by AS (`--asmap`), for buckets and selection.
+    asmap: Option<std::sync::Arc<crate::shared::asmap::Asmap>>,
     /// Networks `select` may pick from (those with a route: see `--onlynet`, `--onion`).
     reachable: Vec<Network>,
     /// New addresses that connected but whose tried slot is held: waiting for the occupant
@@ -249,6 +251,7 @@ impl AddrBook {
             slots: HashMap::new(),
             positions: HashMap::new(),
             index: BucketIndex::new(),
+            asmap: None,
             reachable: vec![Network::Ipv4, Network::Ipv6],
             collisions: Vec::new(),
         }
@@ -285,7 +288,7 @@ impl AddrBook {
             }
             return g;
         }
-        netgroup(ip)
+        netgroup_as(ip, self.asmap.as_deref())
     }
 
     fn hash(&self, parts: &[&[u8]]) -> u64 {
@@ -786,7 +789,30 @@ impl AddrBook {
 
     /// Rebuilds a book from its persisted form (tried entries first, then new).
     pub fn from_file(file: AddrBookFile, distinct_local_groups: bool, now: u64) -> AddrBook {
-        let mut book = AddrBook::new(file.key, distinct_local_groups);
+        Self::from_file_mapped(file, distinct_local_groups, None, now)
+    }
+
+    /// An empty book that groups by AS under `asmap`.
+    pub fn new_mapped(
+        key: [u8; 32],
+        distinct_local_groups: bool,
+        asmap: Option<std::sync::Arc<crate::shared::asmap::Asmap>>,
+    ) -> AddrBook {
+        let mut book = AddrBook::new(key, distinct_local_groups);
+        book.asmap = asmap;
+        book
+    }
+
+    /// [`AddrBook::from_file`] grouping by AS under `asmap`. Buckets are recomputed from the
+    /// entries on every load, so a new or changed asmap re-buckets the book (Core compares
+    /// the asmap version stored in peers.dat to do the same).
+    pub fn from_file_mapped(
+        file: AddrBookFile,
+        distinct_local_groups: bool,
+        asmap: Option<std::sync::Arc<crate::shared::asmap::Asmap>>,
+        now: u64,
+    ) -> AddrBook {
+        let mut book = AddrBook::new_mapped(file.key, distinct_local_groups, asmap);
         for e in file.entries {
             let tried = e.table == Table::Tried;
             let addr = e.addr;
@@ -1037,6 +1063,37 @@ mod tests {
                 prop_assert!(b.get(&pick).is_some());
             }
         }
+    }
+
+    #[test]
+    fn under_an_asmap_one_as_is_one_group_for_buckets_and_selection() {
+        use crate::shared::asmap::{encode, Asmap};
+        let map = Asmap::from_bytes(encode::prefixes(&[
+            ("203.0.113.0".parse().unwrap(), 24, 64500),
+            ("198.51.100.0".parse().unwrap(), 24, 64500),
+        ]))
+        .unwrap();
+        let mut b = AddrBook::new_mapped([7u8; 32], false, Some(std::sync::Arc::new(map)));
+        let src: IpAddr = "192.0.2.1".parse().unwrap();
+        let (a, c, d) = (
+            v4(203, 0, 113, 5, 8333),
+            v4(198, 51, 100, 9, 8333),
+            v4(8, 8, 4, 4, 8333),
+        );
+        for x in [a, c, d] {
+            assert!(b.add(x, 1, NOW, src, NOW));
+        }
+        // Two /16s, one AS: one group, so a peer in that AS makes the other address busy.
+        assert_eq!(b.group(a.ip()), b.group(c.ip()));
+        assert_ne!(book().group(a.ip()), book().group(c.ip()));
+        let busy: HashSet<Vec<u8>> = [b.group(a.ip())].into();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        for _ in 0..20 {
+            assert_eq!(b.select(NOW, &mut rng, &HashSet::new(), &busy), Some(d));
+        }
+        // The book loads under the map it is given: buckets by AS again after a restart.
+        let back = AddrBook::from_file_mapped(b.to_file(), false, b.asmap.clone(), NOW);
+        assert_eq!(back.group(a.ip()), back.group(c.ip()));
     }
 
     #[test]

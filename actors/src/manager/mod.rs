@@ -56,7 +56,7 @@ use crate::manager::eviction::{select_for_eviction, EvictionCandidate};
 use crate::manager::restart::{RestartDecision, RestartTracker};
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::RollingFilter;
-use crate::shared::addr::{netgroup, GossipAddr};
+use crate::shared::addr::{netgroup_as, GossipAddr};
 use crate::shared::bans::{BanEntry, BanList, BanReason};
 use crate::shared::overlay::OverlayAddr;
 use crate::shared::peers::{PeerId, PeerInfo};
@@ -240,6 +240,14 @@ impl ManagerState {
         // Tor's peers all arrive from loopback: marked so operators (and the API's
         // `network`) tell them from local ones.
         info.inbound_onion = matches!(transport, Transport::Accepted { onion: true, .. });
+        if !info.inbound_onion && overlay.is_none() {
+            info.mapped_as = self
+                .ctx
+                .config()
+                .asmap
+                .as_ref()
+                .and_then(|m| crate::shared::addr::mapped_as(m, addr.ip()));
+        }
         // Spelled as Core's getpeerinfo `connection_type`.
         info.connection_type = match kind {
             None => "inbound",
@@ -751,7 +759,8 @@ impl ManagerState {
                 let group = if p.inbound_onion {
                     crate::shared::addr::onion_inbound_netgroup()
                 } else {
-                    netgroup(p.addr.ip())
+                    // By AS under an asmap (Core's eviction uses the same groups).
+                    netgroup_as(p.addr.ip(), self.ctx.config().asmap.as_deref())
                 };
                 let required = self.ctx.config().required_services.to_u64();
                 EvictionCandidate {
@@ -1368,9 +1377,13 @@ fn take_anchors(config: &crate::config::NodeConfig) -> Vec<SocketAddr> {
 
 /// Loads the address book; a corrupt file is set aside and the node starts with an empty
 /// book and one error line.
-pub(crate) fn load_addrbook(datadir: &std::path::Path, distinct_local_groups: bool) -> AddrBook {
+pub(crate) fn load_addrbook(
+    datadir: &std::path::Path,
+    distinct_local_groups: bool,
+    asmap: Option<Arc<crate::shared::asmap::Asmap>>,
+) -> AddrBook {
     let path = datadir.join("peers.dat");
-    let fresh = || AddrBook::new(rand::random(), distinct_local_groups);
+    let fresh = || AddrBook::new_mapped(rand::random(), distinct_local_groups, asmap.clone());
     let loaded = match persist::load::<AddrBookFile>(&path, ADDRBOOK_KIND, ADDRBOOK_VERSION) {
         Err(persist::PersistError::UnsupportedVersion { found: 1, .. }) => {
             persist::load::<AddrBookFileV1>(&path, ADDRBOOK_KIND, 1).map(|f| f.map(Into::into))
@@ -1378,7 +1391,9 @@ pub(crate) fn load_addrbook(datadir: &std::path::Path, distinct_local_groups: bo
         other => other,
     };
     match loaded {
-        Ok(Some(f)) => AddrBook::from_file(f, distinct_local_groups, now_unix()),
+        Ok(Some(f)) => {
+            AddrBook::from_file_mapped(f, distinct_local_groups, asmap.clone(), now_unix())
+        }
         Ok(None) => fresh(),
         Err(e) => {
             let aside = persist::set_aside(&path).map(|p| p.display().to_string());
@@ -1470,7 +1485,17 @@ impl Actor for Manager {
         metrics::counter!("meshd_addr_rate_limited_total").increment(0);
         // The book is loaded here, not in pre_start, which runs inside the spawner's await.
         let config = state.ctx.config();
-        state.book = load_addrbook(&config.datadir, config.distinct_local_groups);
+        if let Some(map) = &config.asmap {
+            info!(
+                version = map.version(),
+                "using asmap for IP bucketing, outbound diversity and eviction"
+            );
+        }
+        state.book = load_addrbook(
+            &config.datadir,
+            config.distinct_local_groups,
+            config.asmap.clone(),
+        );
         state.anchors = take_anchors(&config);
         if state.anchors.is_empty() {
             // A Manager restarted after a failure: its predecessor's block-relay-only peers.

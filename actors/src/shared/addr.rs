@@ -92,6 +92,35 @@ pub fn onion_inbound_netgroup() -> Vec<u8> {
     vec![4]
 }
 
+/// The network group of an address under `asmap` (Core's `NetGroupManager::GetGroup`): the
+/// AS that announces it where the map names one (Core's group: its IPv6 class, then the AS
+/// number, little-endian, so IPv4 and IPv6 of one AS share it), else [`netgroup`]. Overlay
+/// addresses and addresses that are not routable (Core's `NET_UNROUTABLE` class) are never
+/// mapped.
+pub fn netgroup_as(ip: IpAddr, asmap: Option<&crate::shared::asmap::Asmap>) -> Vec<u8> {
+    let ip = canonical(ip);
+    if let Some(asn) = asmap.and_then(|m| mapped_as(m, ip)) {
+        let mut g = vec![AS_GROUP_CLASS];
+        g.extend_from_slice(&asn.to_le_bytes());
+        return g;
+    }
+    netgroup(ip)
+}
+
+/// The AS `asmap` names for `ip` (Core's `GetMappedAS`): IPv4 and IPv6 addresses that are
+/// routable only, never an overlay's internal address.
+pub fn mapped_as(asmap: &crate::shared::asmap::Asmap, ip: IpAddr) -> Option<u32> {
+    let ip = canonical(ip);
+    if Network::of_ip(ip).is_overlay() || !is_routable(ip) {
+        return None;
+    }
+    asmap.lookup(ip)
+}
+
+/// The first byte of an AS group (Core's `NET_IPV6`); no other group is five bytes long
+/// starting with it.
+const AS_GROUP_CLASS: u8 = 2;
+
 /// The network group of an address: IPv4 /16, IPv6 /32; loopback and unspecified addresses
 /// form one "local" group; onion, I2P and CJDNS addresses form sixteen groups per network
 /// (by four bits of the address, as Core groups them).
@@ -272,6 +301,30 @@ impl AddrFetchError {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn under_an_asmap_groups_are_by_as_and_unmapped_addresses_keep_their_prefix() {
+        use crate::shared::asmap::{encode, Asmap};
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let map = Asmap::from_bytes(encode::prefixes(&[
+            (ip("203.0.113.0"), 24, 64500),
+            (ip("198.51.100.0"), 24, 64500),
+            (ip("2001:db8::"), 32, 64500),
+            (ip("192.0.2.0"), 24, 64501),
+        ]))
+        .unwrap();
+        let g = |s: &str| netgroup_as(ip(s), Some(&map));
+        // One AS across /16s and across IPv4 and IPv6: one group (Core's GetGroup).
+        assert_eq!(g("203.0.113.7"), g("198.51.100.9"));
+        assert_eq!(g("203.0.113.7"), g("2001:db8::5"));
+        assert_eq!(g("203.0.113.7"), vec![2, 0xf4, 0xfb, 0, 0]);
+        assert_ne!(g("203.0.113.7"), g("192.0.2.1"));
+        // Unmapped and local addresses: groups by prefix, as without a map.
+        assert_eq!(g("8.8.4.4"), netgroup(ip("8.8.4.4")));
+        assert_eq!(g("127.0.0.1"), netgroup(ip("127.0.0.1")));
+        assert_eq!(mapped_as(&map, ip("10.0.0.1")), None);
+        assert_eq!(mapped_as(&map, ip("::ffff:203.0.113.7")), Some(64500));
+    }
 
     #[test]
     fn netgroups_follow_core() {

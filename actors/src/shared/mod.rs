@@ -7,6 +7,7 @@
 //! checks it.
 
 pub mod addr;
+pub mod asmap;
 pub mod bandwidth;
 pub mod bans;
 pub mod discourage;

@@ -110,6 +110,8 @@ pub struct PeerInfo {
     pub wants_addrv2: bool,
     /// An inbound peer that came through our onion service.
     pub inbound_onion: bool,
+    /// The AS that announces its address, under `--asmap` (Core's getpeerinfo `mapped_as`).
+    pub mapped_as: Option<u32>,
     /// The onion, I2P or CJDNS address `addr` stands for (see
     /// [`crate::shared::overlay`]).
     pub overlay: Option<OverlayAddr>,
@@ -172,6 +174,7 @@ impl PeerInfo {
             pongs: 0,
             ping_wait: None,
             misbehavior: 0,
+            mapped_as: None,
             transport: "v1",
             wants_addrv2: false,
             inbound_onion: false,
