@@ -203,6 +203,20 @@ async fn only_vouched_transactions_are_announced() {
         "an inbound peer's transaction was announced (before: every checked one was)"
     );
     assert_eq!(node.sync_status().tx_pool, 1);
+    // Not yet vouched for: no eviction credit (Core credits only what its mempool took;
+    // before, every pooled transaction protected its sender).
+    let sender_addr = sender.stream.local_addr().unwrap();
+    let credit = |node: &Node| {
+        node.peers()
+            .into_iter()
+            .find(|p| p.addr == sender_addr)
+            .expect("the sender's row")
+            .last_tx_at
+    };
+    assert!(
+        credit(&node).is_none(),
+        "an unvouched transaction protected its sender"
+    );
     outbound
         .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
         .await;
@@ -223,6 +237,11 @@ async fn only_vouched_transactions_are_announced() {
             .await
             .is_some(),
         "announced by an outbound peer, it is vouched for and relayed"
+    );
+    // Vouched for now: its first sender is credited.
+    assert!(
+        credit(&node).is_some(),
+        "the vouched transaction's sender was not credited"
     );
     node.shutdown().await;
 }

@@ -8,7 +8,8 @@
 //! 1. 4 peers from distinct network groups, chosen by a keyed hash of the group (an attacker
 //!    cannot predict which groups are protected);
 //! 2. the 8 with the lowest minimum ping;
-//! 3. the 4 that most recently sent us a transaction;
+//! 3. the 4 that most recently sent us a novel transaction a validating peer vouched for (Core:
+//!    one its mempool accepted; meshd checks no scripts or inputs, see `--tx-relay`);
 //! 4. up to 8 that relay no transactions (block-relay-only peers of theirs) but have the
 //!    services we want and most recently sent us a block;
 //! 5. the 4 that most recently sent us a block;
@@ -36,7 +37,7 @@ pub struct EvictionCandidate {
     /// Lowest ping seen (`None`: never measured, sorts last).
     pub min_ping: Option<Duration>,
     /// When it last sent a block.
-    pub last_block: Option<Instant>,
+    /// When it last sent a novel transaction that was then vouched for.
     /// When it last sent a transaction.
     pub last_tx: Option<Instant>,
     /// Its network group ([`crate::shared::addr::netgroup`]).

@@ -23,6 +23,8 @@ pub struct PoolEntry {
     pub fee_rate: Option<u64>,
     /// A validating node vouched for it (see `--tx-relay`): it may be announced.
     pub vouched: bool,
+    /// The peer that sent it first, credited for eviction once it is vouched for.
+    pub sender: Option<crate::shared::peers::PeerId>,
 }
 
 /// Eviction order: fee rate, then age, then txid (to make keys unique).
@@ -80,6 +82,13 @@ impl RelayPool {
     /// Whether `wtxid` is held.
     pub fn contains_wtxid(&self, wtxid: &Wtxid) -> bool {
         self.by_wtxid.contains_key(wtxid)
+    }
+
+    /// Records the peer that sent `txid`.
+    pub fn set_sender(&mut self, txid: &Txid, sender: Option<crate::shared::peers::PeerId>) {
+        if let Some(e) = self.by_txid.get_mut(txid) {
+            e.sender = sender;
+        }
     }
 
     /// Marks `txid` vouched for; true when it was held and not vouched for before.
@@ -148,6 +157,7 @@ impl RelayPool {
             size,
             fee_rate,
             vouched: false,
+            sender: None,
         };
         self.eviction.insert(key(txid, &e));
         self.by_wtxid.insert(e.wtxid, txid);

@@ -177,11 +177,28 @@ impl SyncActorState {
 
     /// Marks a pooled transaction vouched for and, the first time, announces it as the relay
     /// mode allows.
+    /// The vouching is kept in every relay mode: it decides eviction credit as well.
     fn vouch_and_relay(&mut self, txid: Txid, from: Option<PeerId>) {
-        if self.ctx.config().tx_relay != TxRelay::Vouched || !self.pool.vouch(&txid) {
+        if !self.pool.vouch(&txid) {
             return;
         }
-        self.announce_tx(txid, from);
+        self.credit_sender(txid);
+        if self.ctx.config().tx_relay == TxRelay::Vouched {
+            self.announce_tx(txid, from);
+        }
+    }
+
+    /// Core protects from eviction the peers that recently sent a novel transaction its
+    /// mempool accepted. meshd validates no scripts or inputs, so a transaction counts only
+    /// once a validating node vouched for it: its first sender is credited then, with the
+    /// time it sent it.
+    fn credit_sender(&mut self, txid: Txid) {
+        let Some((id, at)) = self.pool.get(&txid).and_then(|e| Some((e.sender?, e.at))) else {
+            return;
+        };
+        self.ctx.peers.update(id, |p| {
+            p.last_tx_at = Some(p.last_tx_at.map_or(at, |t| t.max(at)));
+        });
     }
 
     pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
@@ -396,12 +413,7 @@ impl SyncActorState {
                     .increment(evicted as u64);
             }
         }
-        if let Some(id) = from {
-            // A novel transaction that entered the pool: credited for eviction (Core).
-            self.ctx
-                .peers
-                .update(id, |p| p.last_tx_at = Some(Instant::now()));
-        }
+        self.pool.set_sender(&txid, from);
         metrics::counter!("meshd_txs_received_total").increment(1);
         debug!(%txid, size, "transaction pooled");
         self.ctx.events.publish(NodeEvent::TxReceived {
@@ -417,12 +429,14 @@ impl SyncActorState {
             None => true,
             Some(id) => self.vouches(id, true) || announced_by_outbound,
         };
+        if vouched {
+            // Vouched in every relay mode: the sender is credited for eviction.
+            self.pool.vouch(&txid);
+            self.credit_sender(txid);
+        }
         match config.tx_relay {
             TxRelay::All => self.announce_tx(txid, from),
-            TxRelay::Vouched if vouched => {
-                self.pool.vouch(&txid);
-                self.announce_tx(txid, from);
-            }
+            TxRelay::Vouched if vouched => self.announce_tx(txid, from),
             TxRelay::Vouched => {
                 metrics::counter!("meshd_txs_not_relayed_total", "reason" => "not_vouched")
                     .increment(1);
