@@ -37,8 +37,8 @@ pub struct EvictionCandidate {
     /// Lowest ping seen (`None`: never measured, sorts last).
     pub min_ping: Option<Duration>,
     /// When it last sent a block.
+    pub last_block: Option<Instant>,
     /// When it last sent a novel transaction that was then vouched for.
-    /// When it last sent a transaction.
     pub last_tx: Option<Instant>,
     /// Its network group ([`crate::shared::addr::netgroup`]).
     pub netgroup: Vec<u8>,
