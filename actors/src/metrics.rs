@@ -28,6 +28,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_listener_pauses_total",
+        "Times an accept loop waited because the manager had the most inbound sockets pending.",
+    ),
+    (
+        "counter",
         "meshd_addr_processed_total",
         "Gossiped addresses taken in after the per-peer rate limit.",
     ),

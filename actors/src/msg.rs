@@ -123,6 +123,10 @@ pub enum ManagerMsg {
         addr: SocketAddr,
         /// Accepted on the onion service's own listener: a peer that came through Tor.
         onion: bool,
+        /// One of the Listener's [`MAX_PENDING_INBOUND_SOCKETS`](crate::connection::listener::MAX_PENDING_INBOUND_SOCKETS)
+        /// permits, given back when the Manager has handled the socket (or the message is
+        /// dropped with a failed Manager's mailbox).
+        pending: tokio::sync::OwnedSemaphorePermit,
     },
     /// Dial a peer.
     Connect {

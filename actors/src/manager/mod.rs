@@ -1525,7 +1525,12 @@ impl Actor for Manager {
                 stream,
                 addr,
                 onion,
-            } => state.admit_inbound(&myself, stream, addr, onion).await,
+                pending,
+            } => {
+                state.admit_inbound(&myself, stream, addr, onion).await;
+                // Handled: the Listener may accept one more.
+                drop(pending);
+            }
             ManagerMsg::Connect { addr, kind } => {
                 if kind != OutboundKind::OneTry {
                     state.targets.insert(addr, kind);
