@@ -72,6 +72,12 @@ pub struct NodeConfig {
     /// table, or the occupant of a tried-table collision. `None`: no feelers (an embedder's
     /// or a test's fixed topology).
     pub feeler_interval: Option<Duration>,
+    /// Mean time between extra block-relay-only connections (Core's
+    /// `EXTRA_BLOCK_RELAY_ONLY_PEER_INTERVAL`, 5 min, exponential): once out of initial sync
+    /// with every outbound slot full, one more block-relay-only peer for a while, to hear of a
+    /// better tip our peers may hide; the youngest is then let go unless it gave us a block
+    /// more recently than the one before it. `None`: never (a fixed topology).
+    pub extra_block_relay_interval: Option<Duration>,
     /// Global upload limit, bytes/s (0: unlimited).
     pub max_upload_rate: u64,
     /// Global download limit, bytes/s (0: unlimited).
@@ -251,6 +257,10 @@ pub const DEFAULT_STUN_INTERVAL: Duration = Duration::from_secs(5 * 60);
 /// Core's `FEELER_INTERVAL`.
 pub const DEFAULT_FEELER_INTERVAL: Duration = Duration::from_secs(120);
 
+/// Core's `EXTRA_BLOCK_RELAY_ONLY_PEER_INTERVAL`: the mean wait between extra
+/// block-relay-only connections.
+pub const DEFAULT_EXTRA_BLOCK_RELAY_INTERVAL: Duration = Duration::from_secs(300);
+
 /// Keys that can change while the node runs. `None` leaves a key as it is.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConfigUpdate {
@@ -355,6 +365,7 @@ impl NodeConfig {
             addnode: Vec::new(),
             slots: SlotLimits::default(),
             feeler_interval: Some(DEFAULT_FEELER_INTERVAL),
+            extra_block_relay_interval: Some(DEFAULT_EXTRA_BLOCK_RELAY_INTERVAL),
             max_upload_rate: 0,
             max_download_rate: 0,
             upload_burst: 0,

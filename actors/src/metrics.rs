@@ -28,6 +28,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_extra_block_relay_total",
+        "Extra block-relay-only connections opened to find a better tip (Core's, every 5 min on average once synced).",
+    ),
+    (
+        "counter",
         "meshd_listener_pauses_total",
         "Times an accept loop waited because the manager had the most inbound sockets pending.",
     ),

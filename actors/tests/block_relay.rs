@@ -7,7 +7,7 @@
 //! block-relay-only again; a transaction announced on it ends it. And Core's feelers
 //! (`p2p_add_connections.py`'s feeler part): with the outbound slots full, an address of the
 //! new table is connected to, handshaked, closed at once, never asked for addresses, and
-//! moved to the tried table.
+//! moved to the tried table. And the extra block-relay-only peer Core opens now and then.
 
 mod common;
 
@@ -224,5 +224,65 @@ async fn with_the_outbound_slots_full_a_feeler_tests_a_new_address_and_moves_it_
         (1, 0),
         "the feeler's slot is released"
     );
+    node.shutdown().await;
+}
+
+/// Core's extra block-relay-only peer (`p2p_blocksonly`/`p2p_outbound_eviction` spirit): out
+/// of initial sync with every outbound slot full, the node opens one more block-relay-only
+/// connection from its book now and then (relay=false, never asked for addresses), above the
+/// block-relay-only limit by one and no more. (Which one it lets go again is Core's rule,
+/// unit-tested in `manager/eviction.rs`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_synced_with_its_slots_full_an_extra_block_relay_only_peer_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config(dir.path());
+    c.slots.outbound = 1;
+    c.slots.block_relay = 1;
+    c.extra_block_relay_interval = Some(Duration::from_millis(200));
+    let full = listener("127.0.0.4").await;
+    let br = listener("127.0.0.6").await;
+    let extra = listener("127.0.0.7").await;
+    let spare = listener("127.0.0.8").await;
+    let node = Node::start(c).await.unwrap();
+    // A recent tip: out of initial sync.
+    node.generate(1).await.unwrap();
+    let _g1 = gossip(&node, full.local_addr().unwrap()).await;
+    let (_full_peer, v) = AsyncPeer::accept_version(&full).await;
+    assert!(v.relay, "the full-relay peer first");
+    let _g2 = gossip(&node, br.local_addr().unwrap()).await;
+    let (_br_peer, v) = AsyncPeer::accept_version(&br).await;
+    assert!(!v.relay);
+    let _g3 = gossip(&node, extra.local_addr().unwrap()).await;
+    let (mut extra_peer, v) = AsyncPeer::accept_version(&extra).await;
+    assert!(!v.relay, "the extra peer is block-relay-only");
+    assert_eq!(
+        connection_type(&node, extra.local_addr().unwrap()).await,
+        "block-relay-only"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node.slots().0.block_relay < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the extra peer's slot is not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // One extra at most: another address in the book is not dialled meanwhile.
+    let _g4 = gossip(&node, spare.local_addr().unwrap()).await;
+    let second = tokio::time::timeout(Duration::from_secs(2), spare.accept()).await;
+    assert!(
+        second.is_err(),
+        "a second extra block-relay-only peer was dialled"
+    );
+    assert!(
+        extra_peer
+            .wait_for(Duration::from_millis(500), |m| {
+                matches!(m, NetworkMessage::GetAddr).then_some(())
+            })
+            .await
+            .is_none(),
+        "the extra block-relay-only peer was asked for addresses"
+    );
+    assert_eq!(node.slots().0.block_relay, 2);
     node.shutdown().await;
 }

@@ -200,9 +200,82 @@ pub fn select_for_eviction(candidates: &[EvictionCandidate]) -> Option<PeerId> {
         .map(|x| x.id)
 }
 
+/// A block-relay-only peer as Core's `EvictExtraOutboundPeers` sees it.
+#[derive(Debug, Clone)]
+pub struct BlockRelayPeer {
+    /// The peer (ids grow with every connection: the highest is the youngest, as Core's
+    /// node ids).
+    pub id: PeerId,
+    /// When it last sent us a new block.
+    pub last_block: Option<Instant>,
+    /// When it connected.
+    pub connected: Instant,
+    /// Blocks asked of it and not yet delivered.
+    pub blocks_in_flight: usize,
+}
+
+/// Which block-relay-only peer to let go when there is one above the limit (Core's
+/// `EvictExtraOutboundPeers`): the youngest, unless it gave us a block more recently than the
+/// second youngest, then that one; and only once it has been connected `min_connect` with no
+/// block in flight from it (else none this time).
+pub fn extra_block_relay_to_evict(
+    peers: &[BlockRelayPeer],
+    now: Instant,
+    min_connect: Duration,
+) -> Option<PeerId> {
+    let mut by_age: Vec<&BlockRelayPeer> = peers.iter().collect();
+    by_age.sort_by_key(|p| std::cmp::Reverse(p.id));
+    let youngest = *by_age.first()?;
+    let pick = match by_age.get(1) {
+        Some(next) if youngest.last_block > next.last_block => *next,
+        _ => youngest,
+    };
+    let settled = now.saturating_duration_since(pick.connected) >= min_connect;
+    (settled && pick.blocks_in_flight == 0).then_some(pick.id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_extra_block_relay_peer_that_goes_is_cores_choice() {
+        let t0 = Instant::now();
+        let min = Duration::from_secs(30);
+        let peer = |id: u64, block: Option<u64>, in_flight: usize| BlockRelayPeer {
+            id: PeerId(id),
+            last_block: block.map(|s| t0 + Duration::from_secs(s)),
+            connected: t0,
+            blocks_in_flight: in_flight,
+        };
+        let later = t0 + Duration::from_secs(60);
+        // The youngest goes...
+        let p = [peer(1, Some(5), 0), peer(2, Some(7), 0), peer(3, None, 0)];
+        assert_eq!(extra_block_relay_to_evict(&p, later, min), Some(PeerId(3)));
+        // ...unless it gave us a block more recently than the second youngest.
+        let p = [
+            peer(1, Some(5), 0),
+            peer(2, Some(7), 0),
+            peer(3, Some(9), 0),
+        ];
+        assert_eq!(extra_block_relay_to_evict(&p, later, min), Some(PeerId(2)));
+        // Not before it had its minimum time, nor while a block is on its way.
+        assert_eq!(
+            extra_block_relay_to_evict(&p, t0 + Duration::from_secs(10), min),
+            None
+        );
+        let p = [peer(1, Some(5), 0), peer(2, None, 1), peer(3, None, 0)];
+        assert_eq!(extra_block_relay_to_evict(&p, later, min), Some(PeerId(3)));
+        let p = [
+            peer(1, Some(5), 0),
+            peer(2, Some(1), 0),
+            peer(3, Some(9), 2),
+        ];
+        assert_eq!(extra_block_relay_to_evict(&p, later, min), Some(PeerId(2)));
+        let p = [peer(1, Some(5), 0), peer(2, None, 2), peer(3, None, 3)];
+        assert_eq!(extra_block_relay_to_evict(&p, later, min), None);
+        assert_eq!(extra_block_relay_to_evict(&[], later, min), None);
+    }
     use proptest::prelude::*;
 
     fn cand(i: u64, t0: Instant, group: u8) -> EvictionCandidate {

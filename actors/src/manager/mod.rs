@@ -52,7 +52,9 @@ use crate::constants::SHUTDOWN_PEER_TIMEOUT;
 use crate::context::{unix_now, NodeContext};
 use crate::events::NodeEvent;
 use crate::manager::addrbook::{AddrBook, AddrBookFile, AddrBookFileV1};
-use crate::manager::eviction::{select_for_eviction, EvictionCandidate};
+use crate::manager::eviction::{
+    extra_block_relay_to_evict, select_for_eviction, BlockRelayPeer, EvictionCandidate,
+};
 use crate::manager::restart::{RestartDecision, RestartTracker};
 use crate::msg::{ConnectionMsg, ManagerMsg, OutboundKind, SyncMsg};
 use crate::peer::RollingFilter;
@@ -69,6 +71,14 @@ use crate::persist;
 
 /// How often the Manager tops up outbound connections and sweeps expired bans.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the extra block-relay-only peers are looked at (Core's
+/// `EXTRA_PEER_CHECK_INTERVAL`).
+pub const EXTRA_PEER_CHECK_INTERVAL: Duration = Duration::from_secs(45);
+
+/// Least time an extra peer is kept, so that it can send us its headers (Core's
+/// `MINIMUM_CONNECT_TIME`).
+pub const MINIMUM_CONNECT_TIME: Duration = Duration::from_secs(30);
 
 /// Time allowed for an evicted peer to stop and free its slot before the newcomer is refused.
 const EVICTION_WAIT: Duration = Duration::from_secs(1);
@@ -182,6 +192,10 @@ pub struct ManagerState {
     addr_fetch_current: Option<String>,
     /// When the next feeler is due.
     next_feeler: Option<Instant>,
+    /// When the next extra block-relay-only peer is due (see `maybe_extra_block_relay`).
+    next_extra_block_relay: Option<Instant>,
+    /// When the extra block-relay-only peers were last looked at.
+    last_extra_peer_check: Instant,
     /// Last run's block-relay-only peers, not dialled yet (read from anchors.dat at start).
     anchors: Vec<SocketAddr>,
     /// The block-relay-only peers to write to anchors.dat, taken when the shutdown begins
@@ -387,7 +401,100 @@ impl ManagerState {
             }
         }
         self.fill_from_book(myself).await;
+        self.maybe_extra_block_relay(myself).await;
         self.maybe_feeler(myself).await;
+        if self.last_extra_peer_check.elapsed() >= EXTRA_PEER_CHECK_INTERVAL {
+            self.last_extra_peer_check = Instant::now();
+            self.evict_extra_block_relay();
+        }
+    }
+
+    /// Core's extra block-relay-only peer (ThreadOpenConnections): out of initial sync, with
+    /// every full-relay and block-relay-only slot taken, on an exponential timer
+    /// (`extra_block_relay_interval`), one more block-relay-only connection from the address
+    /// book, long enough to sync headers from someone new: a tip our peers hide from us is
+    /// found. [`Self::evict_extra_block_relay`] lets one go again.
+    async fn maybe_extra_block_relay(&mut self, myself: &ActorRef<ManagerMsg>) {
+        let Some(interval) = self.ctx.config().extra_block_relay_interval else {
+            return;
+        };
+        let synced = self
+            .ctx
+            .sync_status
+            .read()
+            .is_ok_and(|s| s.state == crate::msg::SyncState::Synced);
+        if !synced {
+            return;
+        }
+        let now = Instant::now();
+        let next = *self
+            .next_extra_block_relay
+            .get_or_insert_with(|| now + poisson_delay(interval));
+        if now < next {
+            return;
+        }
+        self.next_extra_block_relay = Some(now + poisson_delay(interval));
+        let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+        if limits.outbound == 0 || used.outbound < limits.outbound {
+            return;
+        }
+        let (exclude, busy) = self.dial_exclusions();
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
+        let Some(addr) = self.book.select(now_unix(), &mut rng, &exclude, &busy) else {
+            return;
+        };
+        if self.ctx.is_banned(addr.ip()) || self.ctx.is_discouraged(addr.ip()) {
+            return;
+        }
+        let Some(permit) = self.ctx.slots.try_reserve_extra_block_relay() else {
+            return;
+        };
+        self.book.attempt(&addr, now_unix());
+        debug!(peer = %addr, "extra block-relay-only peer");
+        metrics::counter!("meshd_extra_block_relay_total").increment(1);
+        self.spawn(
+            myself,
+            addr,
+            Direction::Outbound,
+            Some(OutboundKind::BlockRelay),
+            Transport::Dial,
+            permit,
+        )
+        .await;
+    }
+
+    /// Core's EvictExtraOutboundPeers for block-relay-only peers: above the limit, the
+    /// youngest goes unless it gave us a block more recently than the second youngest (then
+    /// that one goes), and only once it has been connected [`MINIMUM_CONNECT_TIME`] with no
+    /// block in flight from it.
+    fn evict_extra_block_relay(&self) {
+        let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
+        if used.block_relay <= limits.block_relay {
+            return;
+        }
+        let block_relay: Vec<BlockRelayPeer> = self
+            .children
+            .values()
+            .filter(|c| c.kind == Some(OutboundKind::BlockRelay) && c.is_live())
+            .filter_map(|c| self.ctx.peers.get(c.id))
+            .map(|p| BlockRelayPeer {
+                id: p.id,
+                last_block: p.last_block_at,
+                connected: p.connected_at,
+                blocks_in_flight: p.blocks_in_flight,
+            })
+            .collect();
+        let Some(id) =
+            extra_block_relay_to_evict(&block_relay, Instant::now(), MINIMUM_CONNECT_TIME)
+        else {
+            return;
+        };
+        if let Some(child) = self.by_peer.get(&id).and_then(|a| self.children.get(a)) {
+            debug!(peer = %child.addr, id = %id, "letting an extra block-relay-only peer go");
+            let _ = child
+                .actor
+                .cast(ConnectionMsg::Disconnect(DisconnectReason::ExtraBlockRelay));
+        }
     }
 
     /// Core's feeler (ThreadOpenConnections): on an exponential timer, once the full-relay
@@ -1466,6 +1573,8 @@ impl Actor for Manager {
             addr_fetch_wait: HashMap::new(),
             addr_fetch_current: None,
             next_feeler: None,
+            next_extra_block_relay: None,
+            last_extra_peer_check: Instant::now(),
             anchors: Vec::new(),
             anchors_out: None,
         })

@@ -73,6 +73,9 @@ pub enum DisconnectReason {
     /// handshakes).
     #[error("feeler done")]
     FeelerDone,
+    /// An extra block-relay-only peer's time is up (Core's EvictExtraOutboundPeers).
+    #[error("extra block-relay-only peer let go")]
+    ExtraBlockRelay,
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
@@ -105,6 +108,7 @@ impl DisconnectReason {
             DisconnectReason::SlotLimitLowered => "slot_limit_lowered",
             DisconnectReason::Requested => "requested",
             DisconnectReason::FeelerDone => "feeler_done",
+            DisconnectReason::ExtraBlockRelay => "extra_block_relay",
             DisconnectReason::Shutdown => "shutdown",
             DisconnectReason::Stopped(_) => "stopped",
         }

@@ -121,6 +121,9 @@ pub struct PeerInfo {
     /// When it last sent a block.
     #[serde(skip)]
     pub last_block_at: Option<Instant>,
+    /// Blocks asked of it and not yet delivered (kept by Sync; Core's `vBlocksInFlight`).
+    #[serde(skip)]
+    pub blocks_in_flight: usize,
     /// When it last sent a transaction.
     #[serde(skip)]
     pub last_tx_at: Option<Instant>,
@@ -182,6 +185,7 @@ impl PeerInfo {
             session_id: String::new(),
             connected_at: Instant::now(),
             last_block_at: None,
+            blocks_in_flight: 0,
             last_tx_at: None,
         }
     }

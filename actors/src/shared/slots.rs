@@ -41,6 +41,10 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 125;
 /// tests an address of the new table (or a tried-table occupant) and is closed once it
 /// handshakes.
 pub const MAX_FEELER_CONNECTIONS: u32 = 1;
+
+/// Block-relay-only connections above the limit at once: Core's one extra, opened now and
+/// then to sync our tip from someone new (`GetExtraBlockRelayCount`).
+pub const MAX_EXTRA_BLOCK_RELAY: u32 = 1;
 /// Bits of each count in the packed word: outbound, block-relay-only and manual 12 (4,095),
 /// feelers 4, inbound 24 (16 million). Limits above a field's range are held at it.
 const FIELDS: [(SlotKind, u32, u32); 5] = [
@@ -272,6 +276,21 @@ impl SlotPool {
 
     /// Takes a slot of `kind` if every limit allows it.
     pub fn try_reserve_kind(&self, kind: SlotKind) -> Option<SlotPermit> {
+        self.reserve(kind, 0)
+    }
+
+    /// Takes a block-relay-only slot above the limit (Core's extra block-relay-only peer):
+    /// only while the regular ones are all taken, at most [`MAX_EXTRA_BLOCK_RELAY`] above
+    /// it, and within the total.
+    pub fn try_reserve_extra_block_relay(&self) -> Option<SlotPermit> {
+        let (u, l) = (self.usage(), self.limits());
+        if l.block_relay == 0 || u.block_relay < l.block_relay {
+            return None;
+        }
+        self.reserve(SlotKind::BlockRelay, MAX_EXTRA_BLOCK_RELAY)
+    }
+
+    fn reserve(&self, kind: SlotKind, extra_block_relay: u32) -> Option<SlotPermit> {
         let limits = self.limits();
         let mut current = self.inner.used.load(Ordering::Acquire);
         loop {
@@ -279,7 +298,8 @@ impl SlotPool {
             let fits = match kind {
                 SlotKind::Outbound => u.outbound < limits.outbound && u.total() < limits.total,
                 SlotKind::BlockRelay => {
-                    u.block_relay < limits.block_relay && u.total() < limits.total
+                    u.block_relay < limits.block_relay + extra_block_relay
+                        && u.total() < limits.total
                 }
                 SlotKind::Feeler => u.feeler < MAX_FEELER_CONNECTIONS && u.total() < limits.total,
                 // The operator's peers: their own limit only.

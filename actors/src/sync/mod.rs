@@ -1324,6 +1324,16 @@ impl SyncActorState {
             }
         }
         self.retry_store(now);
+        // Each peer's blocks in flight, for the Manager (which extra block-relay-only peer
+        // it may let go: Core keeps one that is delivering a block).
+        for id in self.peers.keys() {
+            let n = self.downloads.in_flight_to(*id);
+            self.ctx.peers.update(*id, |p| {
+                if p.blocks_in_flight != n {
+                    p.blocks_in_flight = n;
+                }
+            });
+        }
         if self.release_memory_at.is_some_and(|at| at <= now) {
             self.release_memory_at = None;
             crate::release_free_memory();
