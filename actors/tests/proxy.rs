@@ -525,6 +525,14 @@ async fn dns_seeds_are_asked_by_name_through_the_proxy() {
         })
         .await;
     assert!(asked.is_some(), "no getaddr after the handshake");
+    // Listed while it runs, as Core's getpeerinfo lists it, in the short-lived slot.
+    let peers = node.peers();
+    let row = peers
+        .iter()
+        .find(|p| p.connection_type == "addr-fetch")
+        .unwrap_or_else(|| panic!("no addr-fetch row: {peers:?}"));
+    assert_eq!(row.address(), "seed.meshd.invalid:18444");
+    assert_eq!(node.slots().0.feeler, 1);
     // Onion addresses: dialled through the proxy by name, which refuses names it does not
     // know, so nothing is dialled outside this test.
     let onions: Vec<OverlayAddr> = (0..3).map(|_| OverlayAddr::Onion(rand::random())).collect();
@@ -545,6 +553,19 @@ async fn dns_seeds_are_asked_by_name_through_the_proxy() {
         seed.closed_within(Duration::from_secs(10)).await,
         "the addr-fetch connection stays open after the answer"
     );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while node
+        .peers()
+        .iter()
+        .any(|p| p.connection_type == "addr-fetch")
+        || node.slots().0.feeler != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the addr-fetch row or slot outlived it"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let known = node.known_addresses().await;

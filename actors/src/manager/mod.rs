@@ -371,6 +371,10 @@ impl ManagerState {
             return;
         }
         let now = Instant::now();
+        if !self.addr_fetch_queue.is_empty() {
+            // A seed that waited for the short-lived slot.
+            self.next_addr_fetch(myself);
+        }
         let swept = self.bans.sweep(now_unix());
         if !swept.is_empty() {
             self.sync_bans();
@@ -1238,24 +1242,49 @@ impl ManagerState {
                 break seed;
             }
         };
+        // Core's addr-fetch takes an outbound grant: ours takes the short-lived slot a
+        // feeler would, and waits for the next upkeep when that is busy.
+        let Some(permit) = self.ctx.slots.try_reserve_kind(SlotKind::Feeler) else {
+            self.addr_fetch_queue.push_front(seed);
+            return;
+        };
         self.addr_fetch_current = Some(seed.clone());
         let (ctx, me) = (self.ctx.clone(), myself.clone());
         self.addr_fetch = Some(tokio::spawn(async move {
+            let _permit = permit;
             let config = ctx.config();
             let nonce: u64 = rand::random();
+            let id = ctx.next_peer_id();
             // Registered as any outbound connection's: a seed name that leads back to us is
             // seen as a connection to ourselves on our inbound side.
-            ctx.outbound_nonces.insert(nonce, ctx.next_peer_id());
+            ctx.outbound_nonces.insert(nonce, id);
+            // Listed while it runs, as Core's getpeerinfo lists `addr-fetch` connections.
+            let port = ctx.profile.default_port;
+            let mut row = PeerInfo::new(
+                id,
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                Direction::Outbound,
+                false,
+            );
+            row.connection_type = "addr-fetch";
+            row.name = Some(format!("{seed}:{port}"));
+            ctx.peers.insert(row);
             // Removed however the task ends (aborted with the Manager, too).
-            struct Forget<'a>(&'a NodeContext, u64);
+            struct Forget<'a>(&'a NodeContext, u64, PeerId);
             impl Drop for Forget<'_> {
                 fn drop(&mut self) {
                     self.0.outbound_nonces.remove(&self.1);
+                    self.0.peers.remove(self.2);
                 }
             }
-            let _forget = Forget(&ctx, nonce);
+            let _forget = Forget(&ctx, nonce, id);
             let ours = |n: u64| n != nonce && ctx.outbound_nonces.contains_key(&n);
-            let result = run_addr_fetch(&config, &seed, nonce, &ours).await;
+            let connected = || {
+                ctx.peers.update(id, |p| {
+                    p.state = crate::shared::peers::PeerState::Handshaking
+                })
+            };
+            let result = run_addr_fetch(&config, &seed, nonce, &ours, &connected).await;
             let _ = me.cast(ManagerMsg::AddrFetched { seed, result });
         }));
     }
@@ -1300,6 +1329,7 @@ async fn run_addr_fetch(
     seed: &str,
     nonce: u64,
     is_our_nonce: &(dyn Fn(u64) -> bool + Sync),
+    on_connected: &(dyn Fn() + Sync),
 ) -> Result<Vec<GossipAddr>, addr_fetch::AddrFetchError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let proxy = config
@@ -1318,6 +1348,7 @@ async fn run_addr_fetch(
         )
         .await
         .map_err(addr_fetch::AddrFetchError::Proxy)?;
+        on_connected();
         let unix_time = || {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -112,6 +112,9 @@ pub struct PeerInfo {
     pub inbound_onion: bool,
     /// The AS that announces its address, under `--asmap` (Core's getpeerinfo `mapped_as`).
     pub mapped_as: Option<u32>,
+    /// The name it was reached by, where it has no address of ours (an addr-fetch seed asked
+    /// through the proxy, `NAME:PORT`).
+    pub name: Option<String>,
     /// The onion, I2P or CJDNS address `addr` stands for (see
     /// [`crate::shared::overlay`]).
     pub overlay: Option<OverlayAddr>,
@@ -130,8 +133,12 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// The address as operators know it: the full onion or I2P name, else `addr`.
+    /// The address as operators know it: the name it was reached by, the full onion or I2P
+    /// name, else `addr`.
     pub fn address(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
         crate::shared::overlay::display_addr(self.addr, self.overlay.as_ref())
     }
 
@@ -178,6 +185,7 @@ impl PeerInfo {
             ping_wait: None,
             misbehavior: 0,
             mapped_as: None,
+            name: None,
             transport: "v1",
             wants_addrv2: false,
             inbound_onion: false,
