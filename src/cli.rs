@@ -267,7 +267,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_block_relay_only: Option<u32>,
 
-    /// Inbound connection slots. [default: 115]
+    /// Inbound connection slots. [default: 114]
     #[arg(long, value_name = "N")]
     pub max_inbound: Option<u32>,
 

@@ -230,7 +230,7 @@ fn config_patch_changes_runtime_keys_and_refuses_the_rest() {
     let node = Meshd::start(&[]);
     let api = Api::of(&node);
     let (_, cfg) = api.get("/v1/config");
-    assert_eq!(cfg["max-inbound"], 115);
+    assert_eq!(cfg["max-inbound"], 114);
     assert_eq!(cfg["max-block-relay-only"], 2);
     let (status, cfg) = api.call(
         "PATCH",

@@ -702,14 +702,19 @@ impl AddrBook {
                 continue;
             };
             let start = rng.gen_range(0..BUCKET_SIZE);
-            let found = (0..BUCKET_SIZE)
-                .find_map(|i| self.slots.get(&(table, bucket, (start + i) % BUCKET_SIZE)));
-            let Some(e) = found.and_then(|a| self.entries.get(a)) else {
+            // The first entry on a network we can reach (Core's `Select_(networks)` skips
+            // the others while it scans the bucket).
+            let found = (0..BUCKET_SIZE).find_map(|i| {
+                self.slots
+                    .get(&(table, bucket, (start + i) % BUCKET_SIZE))
+                    .and_then(|a| self.entries.get(a))
+                    .filter(|e| self.reachable.contains(&Self::network_of(e)))
+            });
+            let Some(e) = found else {
                 continue;
             };
-            let eligible = !exclude.contains(&e.addr)
-                && !busy_groups.contains(&self.group(e.addr.ip()))
-                && self.reachable.contains(&Self::network_of(e));
+            let eligible =
+                !exclude.contains(&e.addr) && !busy_groups.contains(&self.group(e.addr.ip()));
             if !eligible {
                 continue;
             }

@@ -584,7 +584,9 @@ impl ManagerState {
         }
         // StdRng, not thread_rng: the generator lives across awaits, so it must be Send.
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-        loop {
+        // Bounded: each banned or discouraged pick costs a selection, at most this many a
+        // tick (Core's ThreadOpenConnections gives up after 100 tries too).
+        for _ in 0..crate::manager::addrbook::MAX_SELECT_TRIES {
             let (used, limits) = (self.ctx.slots.usage(), self.ctx.slots.limits());
             // `--max-outbound 0` makes no automatic outbound connection of either kind.
             let full = match kind {

@@ -60,7 +60,7 @@ pub struct PeerInfo {
     /// A manual peer (`--connect` or a one-try dial): exempt from the services check.
     pub manual: bool,
     /// How the connection came about, spelled as Core's getpeerinfo: `inbound`, `manual`,
-    /// `outbound-full-relay`, `block-relay-only` or `feeler`.
+    /// `outbound-full-relay`, `block-relay-only`, `feeler` or `addr-fetch`.
     pub connection_type: &'static str,
     /// Whitelist permissions (`noban`, `relay`, `download`, `addr`, `bloomfilter`).
     pub permissions: Vec<&'static str>,

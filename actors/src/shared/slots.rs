@@ -33,8 +33,10 @@ pub const DEFAULT_MAX_BLOCK_RELAY_ONLY: u32 = 2;
 /// Manual peers at most (Core's `MAX_ADDNODE_CONNECTIONS`): `--connect`, `--addnode` and
 /// one-try connections, apart from every other kind.
 pub const DEFAULT_MAX_MANUAL: u32 = 8;
-/// Default inbound limit (Core's 125 total minus its outbound of both kinds).
-pub const DEFAULT_MAX_INBOUND: u32 = 115;
+/// Default inbound limit (Core's 125 total minus its 11 automatic outbound: 8 full-relay, 2
+/// block-relay-only and the one short-lived connection a feeler, an addr-fetch or the extra
+/// block-relay-only peer takes), so that full inbound slots never shut those out.
+pub const DEFAULT_MAX_INBOUND: u32 = 114;
 /// Default total (Core's `DEFAULT_MAX_PEER_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 125;
 /// Feeler connections at once (Core's `MAX_FEELER_CONNECTIONS`): a short connection that
@@ -338,7 +340,14 @@ impl SlotPool {
         let outbound = u.outbound + u.block_relay;
         let own = match direction {
             Direction::Outbound => {
-                u.outbound.saturating_sub(l.outbound) + u.block_relay.saturating_sub(l.block_relay)
+                // The extra block-relay-only peer is allowed above its limit, not excess.
+                let extra = if l.block_relay > 0 {
+                    MAX_EXTRA_BLOCK_RELAY
+                } else {
+                    0
+                };
+                u.outbound.saturating_sub(l.outbound)
+                    + u.block_relay.saturating_sub(l.block_relay + extra)
             }
             Direction::Inbound => u.inbound.saturating_sub(l.inbound),
         };
@@ -376,6 +385,34 @@ mod tests {
         );
         drop(o1);
         assert!(pool.try_reserve(Direction::Inbound).is_some());
+    }
+
+    #[test]
+    fn with_the_defaults_full_inbound_never_shuts_out_the_short_lived_slot() {
+        let pool = SlotPool::new(SlotLimits::default());
+        let mut held = Vec::new();
+        for _ in 0..DEFAULT_MAX_INBOUND {
+            held.push(pool.try_reserve(Direction::Inbound).unwrap());
+        }
+        for _ in 0..DEFAULT_MAX_OUTBOUND {
+            held.push(pool.try_reserve_kind(SlotKind::Outbound).unwrap());
+        }
+        for _ in 0..DEFAULT_MAX_BLOCK_RELAY_ONLY {
+            held.push(pool.try_reserve_kind(SlotKind::BlockRelay).unwrap());
+        }
+        // Core's 11th automatic outbound grant: a feeler (or an addr-fetch), or else the
+        // extra block-relay-only peer; one of them, within the total of 125.
+        let extra = pool.try_reserve_extra_block_relay().unwrap();
+        assert!(pool.try_reserve_kind(SlotKind::Feeler).is_none());
+        assert_eq!(
+            pool.excess(Direction::Outbound),
+            0,
+            "the extra peer is not excess"
+        );
+        drop(extra);
+        let _feeler = pool.try_reserve_kind(SlotKind::Feeler).unwrap();
+        assert!(pool.try_reserve_extra_block_relay().is_none());
+        assert!(pool.try_reserve(Direction::Inbound).is_none());
     }
 
     #[test]
