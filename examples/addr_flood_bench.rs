@@ -1,13 +1,16 @@
 //! Issue #25's addr-flood target as a benchmark: 100 handshaked loopback peers each send
 //! `addr` messages of 1,000 addresses as fast as the node reads them, for a fixed time; the
-//! figure is the CPU the meshd process spends meanwhile, as a share of one core (from
-//! /proc/PID/stat), next to the share with the same peers connected and silent.
+//! figures are the CPU the meshd process spends meanwhile, as a share of one core (from
+//! /proc/PID/stat), and the Manager's own share (the time in its handler, from the
+//! `meshd_manager_handle_seconds` sum on /metrics), each next to the share with the same peers
+//! connected and silent.
 //!
 //! meshd makes no outbound connection here (`--max-outbound 0`), so no gossiped address is
 //! ever dialled; the addresses are in 203.0.113.0/24 (documentation) anyway.
 //!
-//! Usage: `cargo run --release --example addr_flood_bench -- [MESHD] [SECS] [PEERS]`
-//! (defaults `target/release/meshd`, 20, 100).
+//! Usage: `cargo run --release --example addr_flood_bench -- [MESHD] [SECS] [PEERS] [FLAGS...]`
+//! (defaults `target/release/meshd`, 20, 100); FLAGS go to meshd, e.g. `--whitelist
+//! addr@127.0.0.1` so that Core's addr rate limit lets the whole flood reach the Manager.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
@@ -67,11 +70,30 @@ fn addr_message(n: usize) -> Vec<u8> {
     encode(NetworkMessage::Addr(list))
 }
 
-/// The node's CPU share over `secs` while `flooding` is set or not.
-fn measure(pid: u32, secs: u64) -> f64 {
-    let (c0, t0) = (cpu_secs(pid), Instant::now());
+/// Seconds the Manager has spent in its handler (the histogram's sum on /metrics).
+fn manager_busy(port: u16) -> f64 {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0.0;
+    };
+    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.lines()
+        .find(|l| l.starts_with("meshd_manager_handle_seconds_sum"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The node's CPU share and the Manager's over `secs`.
+fn measure(pid: u32, port: u16, secs: u64) -> (f64, f64) {
+    let (c0, m0, t0) = (cpu_secs(pid), manager_busy(port), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64()
+    let wall = t0.elapsed().as_secs_f64();
+    (
+        (cpu_secs(pid) - c0) / wall,
+        (manager_busy(port) - m0) / wall,
+    )
 }
 
 fn main() {
@@ -83,10 +105,15 @@ fn main() {
     let secs: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
     let peers: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(100);
     let dir = tempfile::tempdir().expect("tempdir");
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let mut child = Command::new(&meshd)
         .arg("--datadir")
         .arg(dir.path())
-        .args(["--listen", "127.0.0.1:0", "--no-api", "--no-metrics"])
+        .args(["--listen", "127.0.0.1:0", "--no-api"])
+        .args(["--metrics", &format!("127.0.0.1:{metrics_port}")])
         .args([
             "--max-outbound",
             "0",
@@ -95,6 +122,7 @@ fn main() {
             "--no-dns-seed",
         ])
         .args(["--log-format", "json", "--log-level", "info"])
+        .args(args.iter().skip(4))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -154,10 +182,10 @@ fn main() {
     }
     // Handshakes done and settled.
     std::thread::sleep(Duration::from_secs(3));
-    let idle = measure(pid, secs);
+    let (idle, manager_idle) = measure(pid, metrics_port, secs);
     flooding.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
-    let busy = measure(pid, secs);
+    let (busy, manager) = measure(pid, metrics_port, secs);
     let messages = sent.load(Ordering::Relaxed);
     let took = t0.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
@@ -165,10 +193,13 @@ fn main() {
         let _ = t.join();
     }
     println!(
-        "{peers} peers, {secs} s: meshd used {:.1}% of a core idle and {:.1}% under the flood; \
+        "{peers} peers, {secs} s: meshd used {:.1}% of a core idle and {:.1}% under the flood, \
+         its Manager {:.1}% idle and {:.1}% under the flood; \
          {messages} addr messages ({:.0}/s, {:.0} addresses/s, {:.1} MB/s) sent; {} connections closed by the node",
         idle * 100.0,
         busy * 100.0,
+        manager_idle * 100.0,
+        manager * 100.0,
         messages as f64 / took,
         messages as f64 * ADDRS_PER_MESSAGE as f64 / took,
         messages as f64 * (ADDRS_PER_MESSAGE * 30 + 27) as f64 / took / 1e6,

@@ -32,6 +32,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "Extra block-relay-only connections opened to find a better tip (Core's, every 5 min on average once synced).",
     ),
     (
+        "histogram",
+        "meshd_manager_handle_seconds",
+        "Time the Manager spends on each message it handles (its sum over time is its share of a core).",
+    ),
+    (
         "counter",
         "meshd_listener_pauses_total",
         "Times an accept loop waited because the manager had the most inbound sockets pending.",
