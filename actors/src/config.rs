@@ -14,7 +14,7 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
-use crate::manager::restart::RestartPolicy;
+use crate::shared::restart_policy::RestartPolicy;
 use crate::network::{user_agent, NetworkId, Profile};
 use crate::peer::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::peer::HandshakePolicy;
@@ -202,7 +202,7 @@ pub struct FleetConfig {
     pub apply_bans: bool,
     /// The keys whose advisories are applied, each bound to its node's name
     /// (`--fleet-trusted-keys FILE`, see [`crate::fleet::core::TrustedKeys`]).
-    pub trusted_keys: crate::fleet::core::TrustedKeys,
+    pub trusted_keys: crate::shared::fleet_keys::TrustedKeys,
     /// Interval of the heartbeat in the fleet's key-value bucket.
     pub heartbeat_interval: Duration,
     /// Copies JetStream keeps of the stream and bucket when it creates them
