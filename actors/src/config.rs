@@ -14,11 +14,11 @@ use crate::constants::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MIN_PROTOCOL_VERSION,
     DEFAULT_PING_INTERVAL, DEFAULT_PING_TIMEOUT, SEND_QUEUE_CAPACITY,
 };
-use crate::shared::restart_policy::RestartPolicy;
 use crate::network::{user_agent, NetworkId, Profile};
 use crate::peer::misbehavior::{DEFAULT_BAN_DURATION, DEFAULT_BAN_THRESHOLD};
 use crate::peer::HandshakePolicy;
 use crate::shared::overlay::{Network, OverlayAddr};
+use crate::shared::restart_policy::RestartPolicy;
 use crate::shared::slots::SlotLimits;
 
 /// Default interval between address-book saves (Bitcoin Core's `DUMP_PEERS_INTERVAL`).

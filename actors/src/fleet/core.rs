@@ -7,8 +7,8 @@ use std::net::IpAddr;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 
-pub use crate::shared::fleet_keys::{TrustedKeys, MAX_TRUSTED_KEYS};
 use crate::shared::fleet_keys::{hex, unhex};
+pub use crate::shared::fleet_keys::{TrustedKeys, MAX_TRUSTED_KEYS};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -113,8 +113,6 @@ pub fn advisory_domain(v: u32) -> &'static [u8] {
 /// replayed later cannot renew a ban, and a node that was offline misses old ones.
 pub const MAX_ADVISORY_AGE_SECS: u64 = 600;
 pub use crate::shared::bans::MAX_ADVISORY_CLOCK_SKEW_SECS;
-
-pub const MAX_TRUSTED_KEYS: usize = 4096;
 /// Advisories one origin may have applied in a burst: an operator banning a handful of
 /// addresses at once is served, a compromised node cannot ban thousands.
 pub const ADVISORY_BURST: u32 = 20;

@@ -1769,7 +1769,23 @@ async fn handle_manager_msg(
             }
         }
         ManagerMsg::RedialV1 { addr, kind } => {
-            state.dial(&myself, addr, kind).await;
+            let dialled = state.dial(&myself, addr, kind).await;
+            // The extra block-relay-only peer held a slot above the limit: its v1 retry takes
+            // one there again.
+            if !dialled && kind == OutboundKind::BlockRelay {
+                if let Some(permit) = state.ctx.slots.try_reserve_extra_block_relay() {
+                    state
+                        .spawn(
+                            &myself,
+                            addr,
+                            Direction::Outbound,
+                            Some(kind),
+                            Transport::Dial,
+                            permit,
+                        )
+                        .await;
+                }
+            }
         }
         ManagerMsg::Redial(addr) => {
             state.scheduled.remove(&addr);

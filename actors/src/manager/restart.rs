@@ -37,7 +37,6 @@ pub enum RestartDecision {
     },
 }
 
-
 #[derive(Debug, Default, Clone)]
 struct History {
     restarts: VecDeque<Instant>,

@@ -137,11 +137,30 @@ fn match_len(v: u32) -> u32 {
     (32 - v.leading_zeros()).saturating_sub(1)
 }
 
-/// The 128 input bits of `ip`: IPv4 (and IPv4-mapped IPv6) as `::ffff:a.b.c.d`.
+/// The 128 input bits of `ip`, as Core's `GetMappedAS` forms them: an address that carries
+/// an IPv4 one (IPv4 itself, IPv4-mapped, RFC 6145 `::ffff:0:a.b.c.d`, RFC 6052 NAT64
+/// `64:ff9b::/96`, RFC 3964 6to4 `2002::/16`, RFC 4380 Teredo `2001::/32` with its address
+/// inverted) is looked up as that IPv4 address, `::ffff:a.b.c.d`; any other IPv6 as itself.
 fn ip_bits(ip: IpAddr) -> u128 {
+    let v4 = |v: std::net::Ipv4Addr| u128::from(v.to_ipv6_mapped());
     match canonical(ip) {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
+        IpAddr::V4(a) => v4(a),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            let o = v6.octets();
+            let tail = std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]);
+            let rfc6145 = s[..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0;
+            let nat64 = s[..6] == [0x64, 0xff9b, 0, 0, 0, 0];
+            if rfc6145 || nat64 {
+                v4(tail)
+            } else if s[0] == 0x2002 {
+                v4(std::net::Ipv4Addr::new(o[2], o[3], o[4], o[5]))
+            } else if s[0] == 0x2001 && s[1] == 0 {
+                v4(std::net::Ipv4Addr::new(!o[12], !o[13], !o[14], !o[15]))
+            } else {
+                u128::from(v6)
+            }
+        }
     }
 }
 
@@ -478,6 +497,44 @@ mod tests {
             Err(AsmapError::Invalid)
         );
         assert_eq!(Asmap::from_bytes(vec![]), Err(AsmapError::Size(0)));
+    }
+
+    #[test]
+    fn a_program_written_out_by_hand_from_cores_format_decodes() {
+        // MATCH one bit, 0 ("110", value 2: flag 0 then mantissa 0), RETURN ("0") AS 5 (flag
+        // 0, then 4 in 15 bits): 22 bits, least significant first in each byte, 2 zero bits
+        // of padding. Every IPv4 address (::ffff:..., first bit 0) is in AS 5; an IPv6
+        // address whose first bit is 1 fails the MATCH and has none.
+        let bytes = vec![0x03, 0x00, 0x08];
+        let map = Asmap::from_bytes(bytes.clone()).unwrap();
+        assert_eq!(map.lookup(ip("203.0.113.9")), Some(5));
+        assert_eq!(map.lookup(ip("2001:db8::1")), Some(5));
+        assert_eq!(map.lookup(ip("8000::1")), None);
+        // The encoder writes the same program for ::/1.
+        assert_eq!(encode::prefixes(&[(ip("::"), 1, 5)]), bytes);
+        // Read most significant bit first, the same bytes are another program entirely.
+        let reversed: Vec<u8> = bytes.iter().map(|b| b.reverse_bits()).collect();
+        assert_ne!(
+            Asmap::from_bytes(reversed)
+                .ok()
+                .and_then(|m| m.lookup(ip("203.0.113.9"))),
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn addresses_that_carry_an_ipv4_one_map_as_it_does() {
+        let map = Asmap::from_bytes(encode::prefixes(&[(ip("203.0.113.0"), 24, 64500)])).unwrap();
+        for carrier in [
+            "::ffff:203.0.113.9",
+            "64:ff9b::cb00:7109",
+            "2002:cb00:7109::1",
+            // Teredo: the client's address inverted in the last 32 bits.
+            "2001:0:4136:e378:8000:63bf:34ff:8ef6",
+        ] {
+            assert_eq!(map.lookup(ip(carrier)), Some(64500), "{carrier}");
+        }
+        assert_eq!(map.lookup(ip("2003:cb00:7109::1")), None);
     }
 
     #[test]

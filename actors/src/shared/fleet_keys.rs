@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use ed25519_dalek::VerifyingKey;
 
 /// Trusted keys one `--fleet-trusted-keys` file may list (a fleet, not a public network).
+pub const MAX_TRUSTED_KEYS: usize = 4096;
+
 /// Bytes as lowercase hex.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
