@@ -1,9 +1,8 @@
-//! Transaction and inventory relay of the Sync actor: `inv` handling (what to request),
+//! Transaction and inventory relay in the sync core: `inv` handling (what to request),
 //! `getdata` serving (blocks, BIP37 filtered blocks, pooled transactions), the relay pool's
 //! intake (`tx`), fee rates for `feefilter`, and the trickled announcements.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
 
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
@@ -11,20 +10,19 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::{BlockHash, Transaction, Txid, Wtxid};
 use tracing::debug;
 
-use super::tx_check::check_transaction;
-use super::txrequest::{Announced, Announcer};
 use super::{
-    poisson, SyncActorState, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND, TRICKLE_OUTBOUND,
-    WITNESS_FLAG,
+    poisson, Action, SyncCore, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND,
+    TRICKLE_OUTBOUND, WITNESS_FLAG,
 };
 use crate::config::TxRelay;
 use crate::events::NodeEvent;
-use crate::msg::ConnectionMsg;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
 use crate::shared::whitelist::Permissions;
+use crate::sync::tx_check::check_transaction;
+use crate::sync::txrequest::{Announced, Announcer};
 
-impl SyncActorState {
+impl SyncCore {
     pub(super) fn on_inv(&mut self, id: PeerId, inv: Vec<Inventory>) {
         let mut unknown_block = None;
         let announces_tx = inv.iter().any(|i| {
@@ -40,13 +38,13 @@ impl SyncActorState {
             return;
         };
         let wtxid_peer = p.wtxid_relay;
-        let permissions = self.ctx.permissions_of(p.addr.ip());
+        let permissions = self.permissions_of(p.addr.ip());
         // Core's preferred download peers: outbound, or whitelisted `noban`.
         let preferred = !p.hs.inbound || permissions.has(Permissions::NOBAN);
         let exempt = permissions.has(Permissions::RELAY);
         // A txid announcement waits while wtxid-relay peers may announce the same by wtxid.
         let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
-        let now = Instant::now();
+        let now = self.clock.now;
         let mut known_blocks = Vec::new();
         self.reset_rejects_on_new_tip();
         for item in inv {
@@ -93,7 +91,7 @@ impl SyncActorState {
                 // (BSV): on BTC a pooled copy with a junk or stripped witness has the same
                 // txid as the one the peer vouches for.
                 Some(txid) => {
-                    let exact = wtxid_peer || self.ctx.profile.chain == Chain::Bsv;
+                    let exact = wtxid_peer || self.profile.chain == Chain::Bsv;
                     let unvouched = self.pool.get(&txid).is_some_and(|e| !e.vouched);
                     if exact && self.vouches(id, false) {
                         self.vouch_and_relay(txid, Some(id));
@@ -139,12 +137,12 @@ impl SyncActorState {
     /// Sends the transaction requests whose time came (Core's GetRequestable), one `getdata`
     /// per peer, and counts the requests that expired.
     pub(super) fn poll_tx_requests(&mut self) {
-        let polled = self.tx_requests.poll(Instant::now());
+        let polled = self.tx_requests.poll(self.clock.now);
         if !polled.expired.is_empty() {
             metrics::counter!("meshd_requests_expired_total", "kind" => "tx")
                 .increment(polled.expired.len() as u64);
         }
-        let chain = self.ctx.profile.chain;
+        let chain = self.profile.chain;
         let mut by_peer: HashMap<PeerId, Vec<Inventory>> = HashMap::new();
         for r in polled.requests {
             let item = if r.by_wtxid {
@@ -160,7 +158,7 @@ impl SyncActorState {
         }
         for (id, items) in by_peer {
             if let Some(p) = self.peers.get(&id) {
-                p.send(NetworkMessage::GetData(items));
+                self.out.send(p.id, NetworkMessage::GetData(items));
             }
         }
     }
@@ -171,7 +169,7 @@ impl SyncActorState {
     fn vouches(&self, id: PeerId, sent: bool) -> bool {
         self.peers.get(&id).is_some_and(|p| {
             (!p.hs.inbound && p.relay)
-                || (sent && self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY))
+                || (sent && self.permissions_of(p.addr.ip()).has(Permissions::RELAY))
         })
     }
 
@@ -183,7 +181,7 @@ impl SyncActorState {
             return;
         }
         self.credit_sender(txid);
-        if self.ctx.config().tx_relay == TxRelay::Vouched {
+        if self.config.tx_relay == TxRelay::Vouched {
             self.announce_tx(txid, from);
         }
     }
@@ -196,9 +194,7 @@ impl SyncActorState {
         let Some((id, at)) = self.pool.get(&txid).and_then(|e| Some((e.sender?, e.at))) else {
             return;
         };
-        self.ctx.peers.update(id, |p| {
-            p.last_tx_at = Some(p.last_tx_at.map_or(at, |t| t.max(at)));
-        });
+        self.out.push(Action::LastTxAt(id, at));
     }
 
     pub(super) fn on_getdata(&mut self, id: PeerId, items: Vec<Inventory>) {
@@ -231,9 +227,9 @@ impl SyncActorState {
                             let mb = bitcoin::MerkleBlock::from_block_with_predicate(&block, |t| {
                                 ids.contains(t)
                             });
-                            p.send(NetworkMessage::MerkleBlock(mb));
+                            self.out.send(p.id, NetworkMessage::MerkleBlock(mb));
                             for tx in matched {
-                                p.send(NetworkMessage::Tx(tx.clone()));
+                                self.out.send(p.id, NetworkMessage::Tx(tx.clone()));
                             }
                         }
                         _ => missing.push(item),
@@ -245,10 +241,8 @@ impl SyncActorState {
                     // not read.
                     match self.blocks.iter().find(|k| k.hash == h) {
                         Some(k) => {
-                            let _ = p.actor.cast(ConnectionMsg::SendShared {
-                                command: "block",
-                                frame: k.frame.clone(),
-                            });
+                            self.out
+                                .push(Action::SendShared(id, "block", k.frame.clone()));
                         }
                         None => missing.push(item),
                     }
@@ -264,22 +258,22 @@ impl SyncActorState {
                 }
                 Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
                     match self.pool.get(&t) {
-                        Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),
+                        Some(e) => self.out.send(p.id, NetworkMessage::Tx((*e.tx).clone())),
                         None => missing.push(item),
                     }
                 }
                 Inventory::WTx(w) => match self.pool.get_by_wtxid(&w) {
-                    Some(e) => p.send(NetworkMessage::Tx((*e.tx).clone())),
+                    Some(e) => self.out.send(p.id, NetworkMessage::Tx((*e.tx).clone())),
                     None => missing.push(item),
                 },
                 other => missing.push(other),
             }
         }
         if !missing.is_empty() {
-            p.send(NetworkMessage::NotFound(missing));
+            self.out.send(p.id, NetworkMessage::NotFound(missing));
         }
         // The Connection hands over the next batch once this one is queued.
-        let _ = p.actor.cast(ConnectionMsg::GetDataServed);
+        self.out.push(Action::GetDataServed(id));
     }
 
     /// Core resets its recent rejects when the tip changes: a refusal for a fee rate or a
@@ -342,7 +336,7 @@ impl SyncActorState {
     /// transaction: its wtxid, or its txid where no witness can differ (BSV).
     fn announced_by_vouching_peer(&self, txid: Txid, wtxid: Wtxid) -> bool {
         let mut exact_keys = vec![wtxid.to_byte_array()];
-        if self.ctx.profile.chain == Chain::Bsv {
+        if self.profile.chain == Chain::Bsv {
             exact_keys.push(txid.to_byte_array());
         }
         exact_keys.iter().any(|k| {
@@ -378,7 +372,7 @@ impl SyncActorState {
             self.pool.remove(&txid);
         }
         let sender = from.and_then(|id| self.peers.get(&id)).map(|p| p.addr);
-        if let Err(e) = check_transaction(&tx, self.ctx.profile.chain) {
+        if let Err(e) = check_transaction(&tx, self.profile.chain) {
             metrics::counter!("meshd_txs_dropped_total", "reason" => e.kind()).increment(1);
             debug!(%txid, peer = ?sender, error = %e, "transaction refused");
             self.remember_rejected(wtxid);
@@ -388,17 +382,17 @@ impl SyncActorState {
             }
             return;
         }
-        let config = self.ctx.config();
+        let config = self.config.clone();
         let size = bitcoin::consensus::serialize(&tx).len();
         let fee_rate = self.fee_rate(&tx);
         // Whitelisted `relay` peers' transactions are pooled even when the pool is full.
         let forced = from
             .and_then(|id| self.peers.get(&id))
-            .is_some_and(|p| self.ctx.permissions_of(p.addr.ip()).has(Permissions::RELAY));
+            .is_some_and(|p| self.permissions_of(p.addr.ip()).has(Permissions::RELAY));
         let limits = (config.tx_pool_max_count, config.tx_pool_max_bytes);
         match self
             .pool
-            .insert(tx, size, fee_rate, Instant::now(), limits, forced)
+            .insert(tx, size, fee_rate, self.clock.now, limits, forced)
         {
             None => {
                 // Not pooled for its fee rate: refused until the tip changes, as Core's
@@ -416,12 +410,12 @@ impl SyncActorState {
         self.pool.set_sender(&txid, from);
         metrics::counter!("meshd_txs_received_total").increment(1);
         debug!(%txid, size, "transaction pooled");
-        self.ctx.events.publish(NodeEvent::TxReceived {
+        self.out.event(NodeEvent::TxReceived {
             txid: txid.to_string(),
             size,
             from: from
-                .and_then(|id| self.ctx.peers.get(id))
-                .map(|p| p.address()),
+                .and_then(|id| self.peers.get(&id))
+                .map(|p| p.label.clone()),
         });
         // Submitted here (the operator's own), sent by a peer that vouches, or announced by
         // one before it came: relayed in `vouched` mode; every one in `all`; none in `none`.
@@ -443,7 +437,6 @@ impl SyncActorState {
             }
             TxRelay::None => {}
         }
-        self.publish_status();
     }
 
     /// Queues announcements of pooled `txid` to every relay peer that does not know it yet
@@ -453,7 +446,7 @@ impl SyncActorState {
             return;
         };
         let (wtxid, fee_rate) = (entry.wtxid, entry.fee_rate);
-        let config = self.ctx.config();
+        let config = self.config.clone();
         let trickle = config.trickle;
         for (id, p) in self.peers.iter_mut() {
             // Each peer knows the transaction by the hash it uses for relay.
@@ -477,7 +470,7 @@ impl SyncActorState {
             p.learn(key);
             p.pending_tx.push(txid);
             if !trickle {
-                p.next_flush = Instant::now();
+                p.next_flush = self.clock.now;
             }
         }
         if !trickle {
@@ -508,8 +501,8 @@ impl SyncActorState {
     }
 
     pub(super) fn flush_trickle(&mut self) {
-        let now = Instant::now();
-        let trickle = self.ctx.config().trickle;
+        let now = self.clock.now;
+        let trickle = self.config.trickle;
         let pool = &self.pool;
         for p in self.peers.values_mut() {
             if p.pending_tx.is_empty() || now < p.next_flush {
@@ -531,14 +524,17 @@ impl SyncActorState {
                 continue;
             }
             metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
-            p.send(NetworkMessage::Inv(batch));
+            self.out.send(p.id, NetworkMessage::Inv(batch));
             if trickle {
                 p.next_flush = now
-                    + poisson(if p.hs.inbound {
-                        TRICKLE_INBOUND
-                    } else {
-                        TRICKLE_OUTBOUND
-                    });
+                    + poisson(
+                        &mut self.rng,
+                        if p.hs.inbound {
+                            TRICKLE_INBOUND
+                        } else {
+                            TRICKLE_OUTBOUND
+                        },
+                    );
             }
         }
     }

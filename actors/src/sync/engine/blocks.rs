@@ -1,0 +1,282 @@
+//! Blocks in the sync core: direct fetch on every tip change (by hash, from the peers that
+//! announced them), accepting only what was asked of the sender, Core's IsBlockMutated
+//! checks, keeping the last blocks to serve, and announcing them onwards.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bitcoin::block::Block;
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::BlockHash;
+use tracing::{debug, info, warn};
+
+use super::{Action, KeptBlock, SyncCore, SyncPeer, DIRECT_FETCH_SPACINGS};
+use crate::events::NodeEvent;
+use crate::msg::HashedHeaders;
+use crate::network::Chain;
+use crate::shared::peers::PeerId;
+use crate::sync::block_check;
+use crate::sync::blocks::{self, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
+use crate::sync::chain::HeaderChain;
+use crate::sync::header_sync::POW_TARGET_SPACING;
+use crate::wire::Message;
+
+/// Peers that have `block`, outbound first: those that announced it, or that showed us a
+/// best header at least as high on our chain (Core: the block is an ancestor of the peer's
+/// best known block).
+pub(super) fn block_sources(
+    chain: &HeaderChain,
+    peers: &HashMap<PeerId, SyncPeer>,
+    block: &BlockHash,
+) -> Vec<PeerId> {
+    let key = block.to_byte_array();
+    let height = chain
+        .is_on_best_chain(block)
+        .then(|| chain.height_of(block))
+        .flatten();
+    let mut sources: Vec<(bool, PeerId)> = peers
+        .iter()
+        .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.hs.best_height >= h))
+        .map(|(id, p)| (p.hs.inbound, *id))
+        .collect();
+    sources.sort();
+    sources.into_iter().map(|(_, id)| id).collect()
+}
+
+impl SyncCore {
+    /// The tip moved (in any state): the blocks of the new branch from the fork point are
+    /// fetched (Core's direct fetch: at most [`MAX_BLOCKS_IN_FLIGHT_PER_PEER`], only while the
+    /// tip is recent, `CanDirectFetch`), or, without blocks, the headers announced onwards.
+    pub(super) fn on_new_tip(&mut self, from: PeerId, old_tip: BlockHash, old_height: u32) {
+        let tip_height = self.chain.height();
+        // A reorganisation: the new branch's blocks at or below the old height count too.
+        let fork = self.chain.fork_height(&old_tip).unwrap_or(old_height);
+        let first = fork
+            .saturating_add(1)
+            .max(tip_height.saturating_sub(self.fetch_window() - 1));
+        let new: Vec<BlockHash> = (first..=tip_height)
+            .filter_map(|h| self.chain.hash_at_height(h))
+            .collect();
+        if self.config.fetch_blocks {
+            self.fetch_blocks_from(&new, from);
+        } else if !self.in_ibd() {
+            for h in new {
+                self.announce_block(h, Some(from));
+            }
+        }
+    }
+
+    /// Blocks below the tip that are still fetched: the ones kept, at most a peer's share of
+    /// requests.
+    pub(super) fn fetch_window(&self) -> u32 {
+        let keep = self.config.keep_blocks.max(1) as u32;
+        keep.min(MAX_BLOCKS_IN_FLIGHT_PER_PEER as u32)
+    }
+
+    /// Asks `from`, which announced them or sent their headers, for the blocks of `hashes`
+    /// that are wanted: on the best chain within [`Self::fetch_window`] of a recent tip
+    /// (Core's `CanDirectFetch`), neither kept nor asked of anyone yet; in one `getdata`.
+    /// Whom else to ask when a request fails, and when a peer may be asked again, is the
+    /// download core's ([`blocks`]).
+    pub(super) fn fetch_blocks_from(&mut self, hashes: &[BlockHash], from: PeerId) {
+        if !self.config.fetch_blocks
+            || !self.tip_younger_than(DIRECT_FETCH_SPACINGS * POW_TARGET_SPACING)
+        {
+            return;
+        }
+        let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+        let wanted: Vec<BlockHash> = hashes
+            .iter()
+            .copied()
+            .filter(|hash| {
+                self.chain.is_on_best_chain(hash)
+                    && self
+                        .chain
+                        .height_of(hash)
+                        .is_some_and(|h| h >= lowest && h > 0)
+                    && !self.blocks.iter().any(|k| k.hash == *hash)
+            })
+            .collect();
+        let asked = self.downloads.fetch(&wanted, from, self.clock.now);
+        if let (false, Some(p)) = (asked.is_empty(), self.peers.get(&from)) {
+            self.out.send(
+                p.id,
+                NetworkMessage::GetData(asked.into_iter().map(|h| self.block_item(h)).collect()),
+            );
+        }
+    }
+
+    /// How a block is asked for: with its witnesses on BTC (BIP144's MSG_WITNESS_BLOCK);
+    /// on BSV as MSG_BLOCK, the only block type the SV node serves (it compares types
+    /// exactly, so a witness flag would go unanswered).
+    pub(super) fn block_item(&self, hash: BlockHash) -> Inventory {
+        match self.profile.chain {
+            Chain::Btc => Inventory::WitnessBlock(hash),
+            Chain::Bsv => Inventory::Block(hash),
+        }
+    }
+
+    pub(super) fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
+        let header = self
+            .chain
+            .height_of(&hash)
+            .and_then(|h| self.chain.header_at_height(h));
+        let key = hash.to_byte_array();
+        for (id, p) in self.peers.iter_mut() {
+            if Some(*id) == except || p.knows(&key) {
+                continue;
+            }
+            p.learn(key);
+            match (p.wants_headers, header) {
+                (true, Some(h)) => self.out.send(p.id, NetworkMessage::Headers(vec![h])),
+                _ => self
+                    .out
+                    .send(p.id, NetworkMessage::Inv(vec![Inventory::Block(hash)])),
+            }
+        }
+    }
+
+    /// A block from `id`: taken only when it was asked of `id` (Core processes only requested
+    /// blocks; ours come from direct fetch), checked as Core's IsBlockMutated, and on
+    /// refusal asked of another announcer (the honest copy of a mutated one may exist).
+    pub(super) fn on_block(&mut self, id: PeerId, block: Block) {
+        let hash = block.block_hash();
+        if !self.downloads.on_block(&hash, id) {
+            metrics::counter!("meshd_blocks_dropped_total", "reason" => "unrequested").increment(1);
+            debug!(%hash, peer = %id, "block not asked of this peer; dropped");
+            return;
+        }
+        if !self.chain.contains(&hash) {
+            self.on_headers(id, HashedHeaders::new(vec![block.header]));
+            if !self.chain.contains(&hash) {
+                return;
+            }
+        }
+        if let Err(e) = block_check::check_block(&block, self.profile.chain) {
+            metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
+            let addr = self.peers.get(&id).map(|p| p.addr);
+            warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
+            self.punish(id, e.kind());
+            let sources = self.block_sources(&hash);
+            let out = self
+                .downloads
+                .on_block_refused(hash, id, &sources, self.clock.now);
+            self.apply_downloads(out);
+            return;
+        }
+        self.downloads.accepted(&hash);
+        // Credited to the sender only now, and only if it is new (Core's eviction rule
+        // protects peers that recently sent a novel, valid block).
+        if !self.blocks.iter().any(|k| k.hash == hash) {
+            self.out.push(Action::LastBlockAt(id, self.clock.now));
+        }
+        self.keep_and_publish(block, Some(id));
+    }
+
+    pub(super) fn keep_and_publish(&mut self, block: Block, from: Option<PeerId>) {
+        let hash = block.block_hash();
+        if self.blocks.iter().any(|k| k.hash == hash) {
+            return;
+        }
+        let height = self.chain.height_of(&hash).unwrap_or(0);
+        let size = bitcoin::consensus::serialize(&block).len();
+        let tx_count = block.txdata.len();
+        metrics::counter!("meshd_blocks_received_total").increment(1);
+        info!(%hash, height, tx_count, size, "block received");
+        self.out.event(NodeEvent::BlockReceived {
+            hash: hash.to_string(),
+            height,
+            tx_count,
+            size,
+            from: from
+                .and_then(|id| self.peers.get(&id))
+                .map(|p| p.label.clone()),
+        });
+        // Transactions now in a block leave the relay pool, and are not fetched again.
+        for tx in &block.txdata {
+            let txid = tx.compute_txid();
+            self.pool.remove(&txid);
+            self.recent_confirmed.insert(&txid.to_byte_array());
+            if tx.input.iter().any(|i| !i.witness.is_empty()) {
+                self.recent_confirmed
+                    .insert(&tx.compute_wtxid().to_byte_array());
+            }
+        }
+        let block = Arc::new(block);
+        let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
+            .encode(self.profile.magic)
+            .into();
+        for tx in &block.txdata {
+            let values = tx.output.iter().map(|o| o.value.to_sat()).collect();
+            self.block_outputs.insert(tx.compute_txid(), values);
+        }
+        self.blocks.push_back(KeptBlock { hash, block, frame });
+        while self.blocks.len() > self.config.keep_blocks {
+            if let Some(old) = self.blocks.pop_front() {
+                for tx in &old.block.txdata {
+                    self.block_outputs.remove(&tx.compute_txid());
+                }
+            }
+        }
+        self.announce_block(hash, from);
+    }
+
+    /// `peer` answered our request for `block` with `notfound` or a copy above our limit:
+    /// the next source is asked.
+    pub(super) fn block_not_delivered(&mut self, block: BlockHash, peer: PeerId, why: Failure) {
+        let sources = self.block_sources(&block);
+        let out = self
+            .downloads
+            .on_not_delivered(block, peer, why, &sources, self.clock.now);
+        self.apply_downloads(out);
+    }
+
+    pub(super) fn block_sources(&self, block: &BlockHash) -> Vec<PeerId> {
+        block_sources(&self.chain, &self.peers, block)
+    }
+
+    /// Sends what the block download core asks for, and reports its failures.
+    pub(super) fn apply_downloads(&mut self, out: Outcome) {
+        for (block, peer, why) in out.failures {
+            match why {
+                Failure::Stalled => {
+                    metrics::counter!("meshd_block_stalls_total").increment(1);
+                    warn!(%block, %peer, timeout_ms = self.downloads.stalling_timeout().as_millis() as u64,
+                          "block download stalled; asking another peer");
+                }
+                Failure::Expired => {
+                    metrics::counter!("meshd_requests_expired_total", "kind" => "block")
+                        .increment(1);
+                    warn!(%block, %peer, "block request expired");
+                }
+                Failure::TooLarge => {
+                    metrics::counter!("meshd_blocks_dropped_total", "reason" => "too_large")
+                        .increment(1);
+                    warn!(%block, %peer, "requested block is above our limit (max-block-message-size); asking another peer");
+                }
+                Failure::NotFound | Failure::Refused => {
+                    debug!(%block, %peer, why = why.kind(), "block not delivered; asking another peer");
+                }
+            }
+        }
+        for block in out.given_up {
+            metrics::counter!("meshd_blocks_given_up_total").increment(1);
+            warn!(%block, tries = blocks::MAX_BLOCK_TRIES, "block given up: no peer delivered it in a form we take");
+        }
+        let mut by_peer: HashMap<PeerId, Vec<Inventory>> = HashMap::new();
+        for r in out.requests {
+            by_peer
+                .entry(r.peer)
+                .or_default()
+                .push(self.block_item(r.block));
+        }
+        for (id, items) in by_peer {
+            if let Some(p) = self.peers.get(&id) {
+                debug!(peer = %id, blocks = items.len(), "asking another peer for blocks");
+                self.out.send(p.id, NetworkMessage::GetData(items));
+            }
+        }
+    }
+}

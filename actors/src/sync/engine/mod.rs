@@ -1,0 +1,847 @@
+//! The sync core: everything the Sync actor decides, as plain Rust over virtual time. It
+//! takes what peers sent, the Manager's peer arrivals and departures, timer ticks and the
+//! operator's requests, each with a [`Clock`], and returns [`Action`]s: messages to send,
+//! charges, peer-table notes, events and headers to store. It owns no socket, timer, file
+//! or mailbox; the actor (`sync/mod.rs`) owns those and carries the actions out.
+//!
+//! Per-peer state is in one place, [`SyncPeer`] (Core's `Peer` and `CNodeState`): what the
+//! peer announced and sent, what we asked of it and when. Under it are the smaller cores:
+//! [`crate::sync::header_sync`] (sync peer, one `getheaders` in flight),
+//! [`crate::sync::intake`] (a headers batch's path), [`crate::sync::hints`] (sync from many
+//! peers), [`crate::sync::blocks`] (blocks in flight and stalling) and
+//! [`crate::sync::txrequest`] (Core's TxRequestTracker). The files here apply them:
+//! `headers.rs` (header sync), `blocks.rs` (direct fetch, checks, keeping, announcing) and
+//! `relay.rs` (transactions).
+
+mod blocks;
+mod headers;
+mod relay;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::block::{Block, Header};
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::{GetHeadersMessage, Inventory};
+use bitcoin::{BlockHash, Transaction, Txid};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tracing::{debug, info, warn};
+
+use crate::config::NodeConfig;
+use crate::constants::MAX_HEADERS_PER_MESSAGE;
+use crate::events::NodeEvent;
+use crate::msg::{SyncInput, SyncState, SyncStatus};
+use crate::network::Profile;
+use crate::peer::handshake::SENDHEADERS_VERSION;
+use crate::peer::{DisconnectReason, RollingFilter};
+use crate::shared::peers::PeerId;
+use crate::shared::whitelist::{permissions_of, Permissions};
+use crate::sync::blocks::{BlockDownload, Failure};
+use crate::sync::bloom::BloomFilter;
+use crate::sync::chain::presync::HeadersPresync;
+use crate::sync::chain::HeaderChain;
+use crate::sync::header_sync::{self, HeaderSync, InitialSync, PeerHeaders, SessionEnd};
+use crate::sync::hints::{SegmentSync, HINT_INTERVAL};
+use crate::sync::pool::RelayPool;
+use crate::sync::txrequest::TxRequestTracker;
+
+/// Core's `CanDirectFetch`: blocks of new headers are fetched at once only while our tip is
+/// at most this many block intervals old (further behind, they are history, not the tip).
+const DIRECT_FETCH_SPACINGS: u32 = 20;
+/// While our best header is at most this old, every new peer is asked for headers, not only
+/// the sync peer (Core: 24 h, in `SendMessages`).
+const RECENT_HEADER_AGE: u32 = 24 * 60 * 60;
+/// Inventory type of a BIP37 filtered block.
+const FILTERED_BLOCK: u32 = 3;
+/// The witness flag of inventory types (BIP144).
+const WITNESS_FLAG: u32 = 1 << 30;
+/// Block hashes in one `getblocks` answer (Core: 500).
+const MAX_BLOCKS_INV: usize = 500;
+/// Inventory remembered per peer as known to it (Core's `m_tx_inventory_known_filter`).
+///
+/// # Security
+/// A rolling filter: its memory is fixed (about 300 KB, allocated on first use) whatever the
+/// peer sends; the oldest entries are forgotten, so an announcement may rarely repeat.
+const KNOWN_INV_CAP: usize = 50_000;
+/// False-positive rate of that filter (Core: one in a million): a false positive means one
+/// announcement the peer does not get.
+const KNOWN_INV_FP_RATE: f64 = 1e-6;
+/// Transactions refused (or not pooled) remembered so that no other announcer is asked for
+/// them again (Core's `m_lazy_recent_rejects`: 120,000 entries).
+///
+/// # Security
+/// A rolling filter, fixed in memory (about 0.7 MB, allocated on the first refusal) however
+/// many refusals peers provoke; it is reset when the tip changes, as Core's, since a new tip
+/// can make a refused transaction acceptable (a fee rate that now fits, a spent parent).
+/// meshd's tip is its best header, not a validated block: on a network where headers are
+/// cheap (regtest, testnet4's minimum difficulty) anyone can reset it, which costs us the
+/// re-fetch of what was refused, never a wrong acceptance.
+const RECENT_REJECTS_CAP: usize = 120_000;
+/// False-positive rate of that filter (Core: one in a million): a false positive is one
+/// transaction not fetched until the next tip.
+const RECENT_REJECTS_FP_RATE: f64 = 1e-6;
+/// Transactions in recent blocks remembered, so that a lagging peer's announcement of one is
+/// not fetched, pooled and relayed again (Core's `m_recent_confirmed_transactions`: 48,000,
+/// by txid and wtxid).
+///
+/// # Security
+/// A rolling filter of fixed memory (about 0.3 MB); reset on a reorganisation, as Core's on
+/// a disconnected block, since those transactions may be unconfirmed again.
+const RECENT_CONFIRMED_CAP: usize = 48_000;
+/// False-positive rate of that filter (Core: one in a million).
+const RECENT_CONFIRMED_FP_RATE: f64 = 1e-6;
+/// Transactions announced to one peer per flush.
+const MAX_INV_PER_FLUSH: usize = 1000;
+/// Average trickle delay for inbound peers (Core: 5 s): announcements to peers that chose
+/// us are batched and delayed so that the origin of a transaction is harder to tell.
+const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
+/// Average trickle delay for outbound peers (Core: 2 s): peers we chose are trusted a
+/// little more, and relay through them is quicker.
+const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
+
+/// The time of one step: monotonic for timeouts, unix seconds for header times. The actor
+/// passes the system's; tests pass their own.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    /// Monotonic time.
+    pub now: Instant,
+    /// Wall-clock time, unix seconds.
+    pub unix: u32,
+}
+
+impl Clock {
+    /// The system's time now.
+    pub fn system() -> Clock {
+        Clock {
+            now: Instant::now(),
+            unix: crate::context::unix_now().clamp(0, u32::MAX as i64) as u32,
+        }
+    }
+
+    /// This clock `d` later.
+    pub fn after(self, d: Duration) -> Clock {
+        Clock {
+            now: self.now + d,
+            unix: self
+                .unix
+                .saturating_add(d.as_secs().min(u32::MAX as u64) as u32),
+        }
+    }
+}
+
+/// What the core asks of its actor, in order.
+#[derive(Debug)]
+pub enum Action {
+    /// Send a message to a peer.
+    Send(PeerId, NetworkMessage),
+    /// Send a frame serialized once (a kept block) to a peer; the command names it in logs.
+    SendShared(PeerId, &'static str, Arc<[u8]>),
+    /// A `getdata` is served: the peer's Connection may hand over its next one.
+    GetDataServed(PeerId),
+    /// Charge a peer for misbehaviour (see [`crate::peer::misbehavior`]).
+    Punish(PeerId, &'static str),
+    /// End a peer's connection.
+    Disconnect(PeerId, DisconnectReason),
+    /// Turn a Connection's header pipelining on or off.
+    PipelineHeaders(PeerId, bool),
+    /// Publish an event.
+    Event(NodeEvent),
+    /// Peer table: the highest header of ours the peer showed it has.
+    SyncedHeight(PeerId, u32),
+    /// Peer table: the peer sent a novel valid block now (eviction protection).
+    LastBlockAt(PeerId, Instant),
+    /// Peer table: a transaction the peer sent at this time was vouched for.
+    LastTxAt(PeerId, Instant),
+    /// Peer table: blocks asked of the peer and not delivered yet.
+    BlocksInFlight(PeerId, usize),
+    /// Headers the chain took, in order, for headers.dat.
+    Store(Vec<(Header, BlockHash)>),
+}
+
+/// The actions of one step.
+#[derive(Debug, Default)]
+pub struct Outbox(Vec<Action>);
+
+impl Outbox {
+    fn push(&mut self, a: Action) {
+        self.0.push(a);
+    }
+    fn send(&mut self, id: PeerId, m: NetworkMessage) {
+        self.0.push(Action::Send(id, m));
+    }
+    fn event(&mut self, e: NodeEvent) {
+        self.0.push(Action::Event(e));
+    }
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.0)
+    }
+}
+
+/// A peer that finished its handshake, as the Manager reports it.
+#[derive(Debug, Clone)]
+pub struct NewPeer {
+    /// Peer.
+    pub id: PeerId,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// How events name it (its address, or an overlay's or a seed's name).
+    pub label: String,
+    /// Height in its version: shown, never trusted.
+    pub start_height: i32,
+    /// It wants transactions relayed.
+    pub relay: bool,
+    /// It dialled us.
+    pub inbound: bool,
+    /// Its protocol version.
+    pub version: u32,
+    /// It negotiated BIP339 wtxid relay.
+    pub wtxid_relay: bool,
+    /// Our block-relay-only connection.
+    pub block_relay_only: bool,
+}
+
+/// What the core knows of one peer (Core's per-peer `Peer` and `CNodeState`): what it
+/// announced and sent, what we asked of it and when.
+struct SyncPeer {
+    id: PeerId,
+    addr: SocketAddr,
+    label: String,
+    /// What it showed of its chain, what it was asked for and when, its sync-peer record.
+    hs: PeerHeaders,
+    /// Its protocol version.
+    version: u32,
+    /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
+    wtxid_relay: bool,
+    /// Its chain is being presynced (it has not shown enough work yet).
+    presync: Option<HeadersPresync>,
+    wants_headers: bool,
+    relay: bool,
+    /// Our block-relay-only connection: a transaction announced or sent by it breaks the
+    /// `relay=false` we sent, and ends it (Core: "sent in violation of protocol").
+    block_relay_only: bool,
+    known: RollingFilter,
+    pending_tx: Vec<Txid>,
+    /// The peer's feefilter, sat per 1000 virtual bytes.
+    feefilter: u64,
+    /// The peer's BIP37 filter, for `merkleblock` answers.
+    bloom: Option<BloomFilter>,
+    next_flush: Instant,
+    /// Blocks in flight last reported to the peer table.
+    reported_in_flight: usize,
+}
+
+impl SyncPeer {
+    fn knows(&self, h: &[u8; 32]) -> bool {
+        self.known.contains(h)
+    }
+    fn learn(&mut self, h: [u8; 32]) {
+        self.known.insert(&h);
+    }
+}
+
+/// A block kept to answer `getdata`: decoded (for filtered blocks and fees) and serialized
+/// once as a whole `block` frame, shared by every peer it is sent to.
+struct KeptBlock {
+    hash: BlockHash,
+    block: Arc<Block>,
+    frame: Arc<[u8]>,
+}
+
+/// The sync core's state.
+pub struct SyncCore {
+    profile: Profile,
+    /// The configuration in force (the actor hands over a reloaded one).
+    config: Arc<NodeConfig>,
+    /// The time of the step being taken.
+    clock: Clock,
+    /// What the step asks of the actor.
+    out: Outbox,
+    /// Trickle delays.
+    rng: StdRng,
+    chain: HeaderChain,
+    /// headers.dat is loading: sync waits for the whole chain.
+    loading: bool,
+    /// Headers sync from many peers at once along the header hints, while it runs.
+    segments: Option<SegmentSync>,
+    /// The hints turned out wrong (or no peer could serve them): not used again.
+    hints_off: bool,
+    peers: HashMap<PeerId, SyncPeer>,
+    /// The headers sync session (Core's sync peer), if one runs.
+    header_sync: HeaderSync,
+    state: SyncState,
+    /// Initial sync (Core's `IsInitialBlockDownload`, latched off once over; a restart
+    /// starts over).
+    initial_sync: InitialSync,
+    blocks: VecDeque<KeptBlock>,
+    /// Blocks asked of peers, and who failed which (Core's blocks in flight and stalling).
+    downloads: BlockDownload,
+    pool: RelayPool,
+    /// Output values of the kept blocks' transactions, for fee rates without scanning blocks.
+    block_outputs: HashMap<Txid, Vec<u64>>,
+    /// Every transaction announcement and request, by the hash it was announced with (txid,
+    /// or wtxid for BIP339 peers): Core's TxRequestTracker.
+    tx_requests: TxRequestTracker,
+    /// Transactions refused or not pooled since `recent_rejects_tip` became the tip, by
+    /// wtxid (and txid where no witness can differ): not fetched again from anyone.
+    recent_rejects: RollingFilter,
+    /// The tip `recent_rejects` belongs to (Core resets the filter lazily when it changes).
+    recent_rejects_tip: BlockHash,
+    /// Txids and wtxids of the transactions of blocks received since the last reorganisation.
+    recent_confirmed: RollingFilter,
+    /// This node's coinbase tag for regtest blocks it generates (random per start).
+    extra_nonce: u32,
+}
+
+/// A delay drawn from an exponential distribution of mean `avg` (Core's trickle), capped at
+/// ten times the mean.
+fn poisson(rng: &mut StdRng, avg: Duration) -> Duration {
+    let u: f64 = rng.gen::<f64>().max(1e-12);
+    avg.mul_f64(-u.ln()).min(avg * 10)
+}
+
+/// BIP130's `sendheaders`, to peers whose version understands it (Core: from 70012).
+fn send_sendheaders(out: &mut Outbox, p: &SyncPeer) {
+    if p.version >= SENDHEADERS_VERSION {
+        out.send(p.id, NetworkMessage::SendHeaders);
+    }
+}
+
+impl SyncCore {
+    /// A core at genesis; `seed` draws the trickle delays and the regtest coinbase tag.
+    pub fn new(profile: Profile, config: Arc<NodeConfig>, clock: Clock, seed: u64) -> SyncCore {
+        let mut rng = StdRng::seed_from_u64(seed);
+        SyncCore {
+            chain: HeaderChain::new(&profile),
+            profile,
+            config,
+            clock,
+            out: Outbox::default(),
+            extra_nonce: rng.gen(),
+            rng,
+            loading: false,
+            segments: None,
+            hints_off: false,
+            peers: HashMap::new(),
+            header_sync: HeaderSync::default(),
+            state: SyncState::Idle,
+            initial_sync: InitialSync::default(),
+            blocks: VecDeque::new(),
+            downloads: BlockDownload::default(),
+            pool: RelayPool::default(),
+            block_outputs: HashMap::new(),
+            tx_requests: TxRequestTracker::default(),
+            recent_rejects: RollingFilter::new(RECENT_REJECTS_CAP, RECENT_REJECTS_FP_RATE),
+            recent_rejects_tip: BlockHash::all_zeros(),
+            recent_confirmed: RollingFilter::new(RECENT_CONFIRMED_CAP, RECENT_CONFIRMED_FP_RATE),
+        }
+    }
+
+    /// Hands over the configuration in force (after a reload).
+    pub fn set_config(&mut self, config: Arc<NodeConfig>) {
+        if !Arc::ptr_eq(&self.config, &config) {
+            self.config = config;
+        }
+    }
+
+    /// The header chain.
+    pub fn chain(&self) -> &HeaderChain {
+        &self.chain
+    }
+
+    /// The header chain, for loading headers.dat into it.
+    pub fn chain_mut(&mut self) -> &mut HeaderChain {
+        &mut self.chain
+    }
+
+    /// Whether the Manager announced `id`.
+    pub fn has_peer(&self, id: PeerId) -> bool {
+        self.peers.contains_key(&id)
+    }
+
+    /// The peers the core knows, in order.
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
+    /// The sync state.
+    pub fn state(&self) -> SyncState {
+        self.state
+    }
+
+    /// Hints from our best chain: a hash every [`HINT_INTERVAL`] heights.
+    pub fn hints(&self) -> Vec<(u32, BlockHash)> {
+        (1..=self.chain.height() / HINT_INTERVAL)
+            .filter_map(|k| {
+                let height = k * HINT_INTERVAL;
+                self.chain.hash_at_height(height).map(|h| (height, h))
+            })
+            .collect()
+    }
+
+    /// The status for metrics and the API (the actor adds the header file's error).
+    pub fn status(&self, clock: Clock) -> SyncStatus {
+        let best_peer = self
+            .peers
+            .values()
+            .map(|p| p.hs.best_height)
+            .max()
+            .unwrap_or(0);
+        let age = clock.unix.saturating_sub(self.chain.tip_header().time);
+        SyncStatus {
+            header_height: self.chain.height(),
+            best_header_hash: self.chain.tip().to_string(),
+            best_peer_height: best_peer,
+            progress: header_sync::progress(self.chain.height(), age),
+            state: self.state,
+            tx_pool: self.pool.len(),
+            blocks_kept: self.blocks.len(),
+            store_error: None,
+        }
+    }
+
+    /// headers.dat starts or stops loading. While it loads, sync waits; once loaded, the
+    /// state follows the chain (call [`Self::start_sync`] after what waited is handled).
+    pub fn set_loading(&mut self, clock: Clock, loading: bool) -> Vec<Action> {
+        self.clock = clock;
+        self.loading = loading;
+        self.update_state();
+        self.finish()
+    }
+
+    /// Starts a sync session when one is due (after loading).
+    pub fn start_sync(&mut self, clock: Clock) -> Vec<Action> {
+        self.clock = clock;
+        self.maybe_start_sync(None);
+        self.finish()
+    }
+
+    /// A peer finished its handshake. A peer announced twice (a restarted Sync is told of
+    /// every live peer, and a handshake may complete meanwhile) keeps its first record.
+    pub fn peer_up(&mut self, clock: Clock, new: NewPeer) -> Vec<Action> {
+        self.clock = clock;
+        if self.peers.contains_key(&new.id) {
+            return Vec::new();
+        }
+        let id = new.id;
+        let claimed = new.start_height.max(0) as u32;
+        let flush_in = poisson(
+            &mut self.rng,
+            if new.inbound {
+                TRICKLE_INBOUND
+            } else {
+                TRICKLE_OUTBOUND
+            },
+        );
+        let peer = SyncPeer {
+            id,
+            addr: new.addr,
+            label: new.label,
+            hs: PeerHeaders::new(new.inbound, claimed),
+            version: new.version,
+            wtxid_relay: new.wtxid_relay,
+            presync: None,
+            wants_headers: false,
+            relay: new.relay,
+            block_relay_only: new.block_relay_only,
+            known: RollingFilter::new(KNOWN_INV_CAP, KNOWN_INV_FP_RATE),
+            pending_tx: Vec::new(),
+            feefilter: 0,
+            bloom: None,
+            next_flush: clock.now + flush_in,
+            reported_in_flight: 0,
+        };
+        if self.state == SyncState::Synced {
+            send_sendheaders(&mut self.out, &peer);
+        }
+        let height = self.chain.height();
+        if claimed < height {
+            // It says it is behind: tell it of our tip (an announcement made while it was
+            // handshaking never reached it). Its claim costs us one message.
+            let tip = self.chain.tip();
+            self.out
+                .send(id, NetworkMessage::Inv(vec![Inventory::Block(tip)]));
+        }
+        self.peers.insert(id, peer);
+        if self.tip_younger_than(RECENT_HEADER_AGE) {
+            // Core: while our best header is recent, every new peer is asked for headers,
+            // from our tip's parent so that the answer shows where it is.
+            let locator = self.chain.locator_from(height.saturating_sub(1));
+            self.maybe_getheaders(id, locator);
+        }
+        self.maybe_start_sync(None);
+        self.finish()
+    }
+
+    /// A peer went away: what it was asked for is asked of others.
+    pub fn peer_down(&mut self, clock: Clock, id: PeerId) -> Vec<Action> {
+        self.clock = clock;
+        if self.peers.remove(&id).is_none() {
+            return Vec::new();
+        }
+        self.tx_requests.peer_gone(id);
+        self.poll_tx_requests();
+        let (chain, peers) = (&self.chain, &self.peers);
+        let out =
+            self.downloads
+                .on_peer_gone(id, |b| blocks::block_sources(chain, peers, b), clock.now);
+        self.apply_downloads(out);
+        if self.header_sync.end(id) {
+            self.maybe_start_sync(None);
+        }
+        if let Some(segments) = self.segments.as_mut() {
+            segments.peer_gone(id);
+            self.schedule_segments();
+        }
+        self.update_state();
+        self.finish()
+    }
+
+    /// A message from a peer the core knows (others are ignored: the actor holds them until
+    /// the peer's arrival).
+    pub fn input(&mut self, clock: Clock, id: PeerId, input: SyncInput) -> Vec<Action> {
+        self.clock = clock;
+        if self.peers.contains_key(&id) {
+            self.on_input(id, input);
+        }
+        self.finish()
+    }
+
+    /// A transaction submitted here (the operator's own).
+    pub fn submit_tx(&mut self, clock: Clock, tx: Transaction) -> Vec<Action> {
+        self.clock = clock;
+        self.on_tx(None, tx);
+        self.finish()
+    }
+
+    /// The timer: stalls, expiry and trickle.
+    pub fn tick(&mut self, clock: Clock) -> Vec<Action> {
+        self.clock = clock;
+        self.on_tick();
+        self.finish()
+    }
+
+    /// Mines `n` regtest blocks on our tip.
+    pub fn generate(
+        &mut self,
+        clock: Clock,
+        n: u32,
+    ) -> (Result<Vec<BlockHash>, String>, Vec<Action>) {
+        self.clock = clock;
+        let result = self.generate_blocks(n);
+        (result, self.finish())
+    }
+
+    /// A `getheaders` while headers.dat loads, answered at once when the part loaded can
+    /// answer it in full: the peer's tip is known and a whole batch (or the batch up to its
+    /// stop hash) follows it. `None`: it waits for the whole chain.
+    pub fn answer_while_loading(&self, id: PeerId, m: &GetHeadersMessage) -> Option<Action> {
+        if !self.peers.contains_key(&id)
+            || !m
+                .locator_hashes
+                .first()
+                .is_some_and(|h| self.chain.is_on_best_chain(h))
+        {
+            return None;
+        }
+        let headers =
+            self.chain
+                .headers_after(&m.locator_hashes, m.stop_hash, MAX_HEADERS_PER_MESSAGE);
+        let complete = headers.len() == MAX_HEADERS_PER_MESSAGE
+            || headers.last().is_some_and(|h| {
+                m.stop_hash != BlockHash::all_zeros() && h.block_hash() == m.stop_hash
+            });
+        complete.then_some(Action::Send(id, NetworkMessage::Headers(headers)))
+    }
+
+    fn permissions_of(&self, ip: std::net::IpAddr) -> Permissions {
+        permissions_of(&self.config.whitelist, ip)
+    }
+
+    /// Whether our best header is at most `secs` old.
+    fn tip_younger_than(&self, secs: u32) -> bool {
+        self.chain.tip_header().time >= self.clock.unix.saturating_sub(secs)
+    }
+
+    /// Core's `IsInitialBlockDownload`, from our own chain alone: until the tip has the
+    /// minimum chain work and is at most `max-tip-age` old; once over, over until a restart.
+    fn in_ibd(&mut self) -> bool {
+        if self.initial_sync.is_over() {
+            return false;
+        }
+        let max_age = self.config.max_tip_age.as_secs().min(u32::MAX as u64) as u32;
+        let age = self.clock.unix.saturating_sub(self.chain.tip_header().time);
+        let ibd = self
+            .initial_sync
+            .check(self.chain.tip_work(), self.min_work(), age, max_age);
+        if !ibd {
+            info!(height = self.chain.height(), tip = %self.chain.tip(), "initial sync over: the tip is recent and has the minimum work");
+        }
+        ibd
+    }
+
+    /// Synced: out of initial sync with no sync session running; syncing while one runs;
+    /// idle otherwise (in initial sync, nobody to sync from). Entering synced is logged,
+    /// published and tells every peer to announce by headers (BIP130).
+    fn update_state(&mut self) {
+        if self.loading {
+            self.state = SyncState::Loading;
+            return;
+        }
+        let ibd = self.in_ibd();
+        let active =
+            self.header_sync.sync_peer().is_some() || self.segments.is_some() || self.catching_up();
+        let state = header_sync::sync_state(false, ibd, active);
+        if state == SyncState::Synced && self.state != SyncState::Synced {
+            info!(height = self.chain.height(), tip = %self.chain.tip(), "headers synced");
+            for p in self.peers.values() {
+                send_sendheaders(&mut self.out, p);
+            }
+            self.out.event(NodeEvent::HeadersSynced {
+                height: self.chain.height(),
+                tip: self.chain.tip().to_string(),
+                synced: true,
+            });
+        }
+        self.state = state;
+    }
+
+    /// Ends a block-relay-only connection that relayed a transaction to us, as Core does
+    /// (no score: the peer broke what it agreed to, it did not lie). True when it was one.
+    fn refuse_tx_on_block_relay(&mut self, id: PeerId, what: &'static str) -> bool {
+        let Some(p) = self.peers.get(&id).filter(|p| p.block_relay_only) else {
+            return false;
+        };
+        metrics::counter!("meshd_block_relay_violations_total").increment(1);
+        debug!(peer = %p.addr, id = %id, what, "transaction relay on a block-relay-only connection; disconnecting");
+        self.out.push(Action::Disconnect(
+            id,
+            DisconnectReason::Protocol(format!("{what} on a block-relay-only connection")),
+        ));
+        true
+    }
+
+    /// Charges `id` for what it sent (the Connection keeps the score).
+    fn punish(&mut self, id: PeerId, kind: &'static str) {
+        if let Some(p) = self.peers.get(&id) {
+            warn!(peer = %p.addr, id = %id, kind, "peer sent an invalid header or block");
+            self.out.push(Action::Punish(id, kind));
+        }
+    }
+
+    /// The step's actions, with each peer's blocks in flight where that changed (the
+    /// Manager keeps an extra block-relay-only peer that is delivering a block, as Core).
+    fn finish(&mut self) -> Vec<Action> {
+        for (id, p) in self.peers.iter_mut() {
+            let n = self.downloads.in_flight_to(*id);
+            if p.reported_in_flight != n {
+                p.reported_in_flight = n;
+                self.out.push(Action::BlocksInFlight(*id, n));
+            }
+        }
+        self.out.take()
+    }
+
+    /// Handles one message from a peer Sync knows.
+    fn on_input(&mut self, id: PeerId, input: SyncInput) {
+        match input {
+            SyncInput::Headers(h) => self.on_headers(id, h),
+            SyncInput::Inv(inv) => self.on_inv(id, inv),
+            SyncInput::GetHeaders(m) => {
+                let headers = if m.locator_hashes.is_empty() {
+                    // Core: a null locator asks for the stop header alone, if it is on our
+                    // best chain; otherwise nothing is sent.
+                    match self.chain.height_of(&m.stop_hash) {
+                        Some(h) if self.chain.is_on_best_chain(&m.stop_hash) => {
+                            self.chain.header_at_height(h).into_iter().collect()
+                        }
+                        _ => return,
+                    }
+                } else {
+                    self.chain.headers_after(
+                        &m.locator_hashes,
+                        m.stop_hash,
+                        MAX_HEADERS_PER_MESSAGE,
+                    )
+                };
+                if let Some(p) = self.peers.get(&id) {
+                    self.out.send(p.id, NetworkMessage::Headers(headers));
+                }
+            }
+            SyncInput::GetBlocks(m) => {
+                let hashes: Vec<Inventory> = self
+                    .chain
+                    .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV)
+                    .iter()
+                    .map(|h| Inventory::Block(h.block_hash()))
+                    .collect();
+                if let (false, Some(p)) = (hashes.is_empty(), self.peers.get(&id)) {
+                    self.out.send(p.id, NetworkMessage::Inv(hashes));
+                }
+            }
+            SyncInput::GetData(items) => self.on_getdata(id, items),
+            SyncInput::Block(b) => self.on_block(id, *b),
+            SyncInput::Tx(tx) => {
+                if !self.refuse_tx_on_block_relay(id, "tx") {
+                    self.on_tx(Some(id), *tx)
+                }
+            }
+            SyncInput::SendHeaders => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.wants_headers = true;
+                }
+            }
+            SyncInput::FilterLoad(f) => match BloomFilter::load(&f) {
+                Ok(filter) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.bloom = Some(filter);
+                    }
+                }
+                Err(_) => self.punish(id, "bloom_too_large"),
+            },
+            SyncInput::FilterAdd(data) => {
+                // Core: too large, or no filter loaded, is a "bad filteradd message".
+                let bad = self
+                    .peers
+                    .get_mut(&id)
+                    .is_some_and(|p| p.bloom.as_mut().is_none_or(|b| b.insert(&data).is_err()));
+                if bad {
+                    self.punish(id, "bloom_too_large");
+                }
+            }
+            SyncInput::FilterClear => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.bloom = None;
+                }
+            }
+            SyncInput::FeeFilter(rate) => {
+                // Core keeps a fee filter only within MoneyRange; another is ignored.
+                let in_range = (0..=bitcoin::Amount::MAX_MONEY.to_sat() as i64).contains(&rate);
+                if let (true, Some(p)) = (in_range, self.peers.get_mut(&id)) {
+                    p.feefilter = rate as u64;
+                }
+            }
+            SyncInput::BlockTooLarge(block) => {
+                self.block_not_delivered(block, id, Failure::TooLarge)
+            }
+            SyncInput::NotFound(items) => {
+                for i in items {
+                    match i {
+                        Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                            self.block_not_delivered(h, id, Failure::NotFound);
+                        }
+                        Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {
+                            self.tx_requests.not_found(id, &t.to_byte_array());
+                        }
+                        Inventory::WTx(w) => {
+                            self.tx_requests.not_found(id, &w.to_byte_array());
+                        }
+                        _ => {}
+                    }
+                }
+                self.poll_tx_requests();
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let now = self.clock.now;
+        self.poll_tx_requests();
+        if !self.downloads.is_idle() {
+            let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+            let (chain, peers, kept) = (&self.chain, &self.peers, &self.blocks);
+            // A block no longer wanted (reorganised away, kept meanwhile) has no source.
+            let wanted = |b: &BlockHash| {
+                chain.is_on_best_chain(b)
+                    && chain.height_of(b).is_some_and(|h| h >= lowest && h > 0)
+                    && !kept.iter().any(|k| k.hash == *b)
+            };
+            let out = self.downloads.on_tick(now, |b| {
+                if wanted(b) {
+                    blocks::block_sources(chain, peers, b)
+                } else {
+                    Vec::new()
+                }
+            });
+            self.apply_downloads(out);
+        }
+        if let Some(segments) = self.segments.as_mut() {
+            for peer in segments.expire(now) {
+                metrics::counter!("meshd_header_segments_total", "outcome" => "expired")
+                    .increment(1);
+                debug!(%peer, "segment request unanswered; asking another peer");
+            }
+            self.schedule_segments();
+        }
+        let config = self.config.clone();
+        let tip_recent = self.tip_younger_than(RECENT_HEADER_AGE);
+        let peer_state = self
+            .header_sync
+            .sync_peer()
+            .and_then(|id| self.peers.get_mut(&id))
+            .map(|p| &mut p.hs);
+        match self
+            .header_sync
+            .check(now, config.sync_stall_timeout, tip_recent, peer_state)
+        {
+            Some(SessionEnd::Stalled(id)) => {
+                warn!(peer = %id, "headers sync stalled; switching peers");
+                metrics::counter!("meshd_sync_stalls_total").increment(1);
+                self.set_pipelining(id, false);
+                self.maybe_start_sync(Some(id));
+            }
+            Some(SessionEnd::MissedDeadline(id, expected)) => {
+                warn!(peer = %id, expected, ours = self.chain.height(),
+                      "sync peer did not bring our tip up to date in time; replacing it");
+                metrics::counter!("meshd_sync_peer_failures_total", "reason" => "timeout")
+                    .increment(1);
+                self.set_pipelining(id, false);
+                self.maybe_start_sync(Some(id));
+            }
+            None => {}
+        }
+        // A peer that streamed us headers went quiet (its stream is over), or the chain
+        // changed without a peer (mined here): the state follows within a tick.
+        self.update_state();
+        self.pool.expire(now, config.tx_pool_max_age);
+        self.flush_trickle();
+    }
+
+    fn generate_blocks(&mut self, n: u32) -> Result<Vec<BlockHash>, String> {
+        if !self.profile.is_regtest() {
+            return Err("generate works on regtest only".into());
+        }
+        let mut hashes = Vec::new();
+        for _ in 0..n {
+            let tip = self.chain.tip_header();
+            let height = self.chain.height() + 1;
+            // Core's rule (and so any number of blocks stays within the future limit): the
+            // later of our clock and one second past the median time of the last eleven.
+            let time = self
+                .clock
+                .unix
+                .max(self.chain.tip_median_time_past().saturating_add(1));
+            let block = crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce);
+            let hash = block.block_hash();
+            self.chain
+                .accept(&block.header, self.clock.unix.saturating_add(60))
+                .map_err(|e| format!("generated block refused: {e}"))?;
+            self.out.push(Action::Store(vec![(block.header, hash)]));
+            self.keep_and_publish(block, None);
+            hashes.push(hash);
+        }
+        // A mined tip is recent: the node may be out of initial sync now.
+        self.update_state();
+        self.out.event(NodeEvent::HeadersSynced {
+            height: self.chain.height(),
+            tip: self.chain.tip().to_string(),
+            synced: self.state == SyncState::Synced,
+        });
+        Ok(hashes)
+    }
+}
