@@ -362,6 +362,10 @@ pub enum SyncInput {
     /// A `block` we asked for that was above our size limit, skipped unread: its hash, from
     /// its header.
     BlockTooLarge(BlockHash),
+    /// A v2 packet too large for anything but a `block` we asked for, above our policy limit:
+    /// the session ends (a v2 packet cannot be skipped unread), and the block is the first
+    /// one asked of the peer and not delivered, since peers answer `getdata` in order.
+    FirstRequestedTooLarge,
 }
 
 /// Messages of the Sync actor.

@@ -1,6 +1,7 @@
 //! Header sync along header hints over real loopback sockets: a node with hints fetches a
 //! chain's segments from several peers at once; a peer whose segment does not lead to its
-//! hint pays and another serves it; wrong hints cost re-requests, never the chain.
+//! hint pays once another serves it; wrong hints cost re-requests, never the chain and never
+//! an honest peer's score.
 //!
 //! The serving peers are raw protocol peers of this test (not meshd), answering `getheaders`
 //! as Core does: the headers after the first locator hash they know, up to the stop hash or
@@ -210,15 +211,12 @@ async fn a_wrong_hint_costs_re_requests_never_the_chain() {
     // segment after the wrong hint answers from genesis, as Core does for an unknown
     // locator); the right chain either way.
     synced_to(&lab.node, &lab.chain).await;
+    // The hint is the operator's mistake: no peer answer proved it right, so nobody pays.
     let scores: Vec<u32> = lab.node.peers().iter().map(|p| p.misbehavior).collect();
-    let charged = scores.iter().filter(|m| **m >= 10).count();
+    assert_eq!(scores.len(), 3, "every honest peer stays connected");
     assert!(
-        (2..=3).contains(&charged),
-        "the wrong hint was not paid for by the peers asked for it: {scores:?}"
-    );
-    assert!(
-        scores.iter().all(|m| *m <= 10),
-        "a peer paid more than once: {scores:?}"
+        scores.iter().all(|m| *m == 0),
+        "honest peers paid for a wrong hint: {scores:?}"
     );
     lab.node.shutdown().await;
 }

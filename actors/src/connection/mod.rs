@@ -409,6 +409,10 @@ impl Actor for Connection {
             }
             ConnectionMsg::ReaderEnded(reason) => {
                 if let DisconnectReason::Frame(e) = &reason {
+                    if matches!(e, FrameError::V2RequestedTooLarge { .. }) {
+                        // Free of points; Sync asks another peer for the block.
+                        to_sync(state, SyncInput::FirstRequestedTooLarge);
+                    }
                     let _ = punish(state, e.kind());
                 }
                 Err(reason)

@@ -422,6 +422,12 @@ impl BlockDownload {
         self.in_flight.peer_of(block)
     }
 
+    /// The block `peer` was asked for first and has not delivered: the one its next
+    /// `block` answers (peers serve `getdata` in order).
+    pub fn first_asked_of(&self, peer: PeerId) -> Option<BlockHash> {
+        self.in_flight.oldest_of(peer)
+    }
+
     /// Requests outstanding to `peer`.
     pub fn in_flight_to(&self, peer: PeerId) -> usize {
         self.in_flight.of_peer(peer)

@@ -11,10 +11,12 @@
 //! start hint, links header to header and ends at its end hint; it then waits (bounded, see
 //! [`MAX_SEGMENTS_AHEAD`]) until every segment before it is in the chain, and its headers go
 //! through the chain's full validation like any others. A segment that does not lead to its
-//! hint costs its sender a little and is asked of another peer; after
-//! [`MAX_SEGMENT_FAILURES`] such answers for the same segment the hint is taken to be wrong
-//! and hints are given up (sync goes on from one peer, as without hints). A wrong hint costs
-//! re-requests, never a wrong chain.
+//! hint is asked of another peer; its sender pays only once the segment is in the chain
+//! from another peer's answer, which proves the hint right (until then the hint, the
+//! operator's file, may be what is wrong). After [`MAX_SEGMENT_FAILURES`] such answers for
+//! the same segment the hint is taken to be wrong, hints are given up (sync goes on from one
+//! peer, as without hints) and nobody pays. A wrong hint costs re-requests, never a wrong
+//! chain and never an honest peer's score.
 //!
 //! The hints file (`--header-hints FILE`, written by `meshd hints export FILE`) is text:
 //!
@@ -172,6 +174,9 @@ struct Segment {
     failed: Vec<PeerId>,
     /// Answers that did not lead to its end hint, from any peer, ever.
     mismatches: usize,
+    /// Connected peers whose answer did not lead to its end hint: they pay once the segment
+    /// is validated from another answer. Bounded as `failed`.
+    mismatched_by: Vec<PeerId>,
 }
 
 #[derive(Debug)]
@@ -207,10 +212,11 @@ pub struct SegmentRequest {
 pub enum SegmentAnswer {
     /// Taken (it leads from the start hint to the end hint).
     Taken,
-    /// It starts at a segment's start but does not lead to its end hint: it costs the
-    /// sender, and the segment is asked of another peer.
+    /// It starts at a segment's start but does not lead to its end hint: the segment is
+    /// asked of another peer, and the sender pays if that one's answer proves the hint.
     Mismatch,
-    /// As `Mismatch`, and that was the segment's last chance: hints are given up.
+    /// As `Mismatch`, and that was the segment's last chance: hints are given up, and the
+    /// peers that disagreed with the hint do not pay.
     HintsWrong,
 }
 
@@ -266,6 +272,7 @@ impl SegmentSync {
                 state: SegmentState::Waiting,
                 failed: Vec::new(),
                 mismatches: 0,
+                mismatched_by: Vec::new(),
             });
             self.pending_start = end;
         }
@@ -356,6 +363,7 @@ impl SegmentSync {
         }
         seg.state = SegmentState::Waiting;
         seg.failed.push(peer);
+        seg.mismatched_by.push(peer);
         seg.mismatches += 1;
         Ok(if seg.mismatches >= MAX_SEGMENT_FAILURES {
             SegmentAnswer::HintsWrong
@@ -381,20 +389,27 @@ impl SegmentSync {
     }
 
     /// The segment [`next_ready`](Self::next_ready) gave was validated (`ok`: every header
-    /// went into the chain) or refused (its sender is not asked for it again).
-    pub fn validated(&mut self, ok: bool) {
+    /// went into the chain) or refused (its sender is not asked for it again). Validated, it
+    /// returns the peers whose answers did not lead to its hint, now shown wrong: they pay.
+    pub fn validated(&mut self, ok: bool) -> Vec<PeerId> {
         let Some(seg) = self.segments.front_mut() else {
-            return;
+            return Vec::new();
         };
         let SegmentState::Validating { peer } = seg.state else {
-            return;
+            return Vec::new();
         };
         if ok {
-            self.segments.pop_front();
+            let liars = self
+                .segments
+                .pop_front()
+                .map(|s| s.mismatched_by)
+                .unwrap_or_default();
             self.refill();
+            liars
         } else {
             seg.state = SegmentState::Waiting;
             seg.failed.push(peer);
+            Vec::new()
         }
     }
 
@@ -421,6 +436,7 @@ impl SegmentSync {
                 seg.state = SegmentState::Waiting;
             }
             seg.failed.retain(|p| *p != peer);
+            seg.mismatched_by.retain(|p| *p != peer);
         }
     }
 
@@ -542,6 +558,36 @@ mod tests {
             parse("network regtest\n10 nothex\n", "regtest"),
             Err(HintsError::BadLine(2))
         );
+    }
+
+    #[test]
+    fn a_peer_off_the_hint_pays_only_once_another_proves_the_hint() {
+        let c = chain(20);
+        let hints = hints_of(&c, 10);
+        let mut s = segments(&c, &hints);
+        let now = Instant::now();
+        let first = s.assign(&[(PeerId(1), 20)], now)[0];
+        // Peer 1's answer stops one header short of the hint.
+        let mut short = serve(&c, &first);
+        short.headers.pop();
+        short.hashes.pop();
+        assert_eq!(
+            s.on_headers(PeerId(1), short).unwrap(),
+            SegmentAnswer::Mismatch
+        );
+        let again = s.assign(&[(PeerId(1), 20), (PeerId(2), 20)], now);
+        let honest = again
+            .iter()
+            .find(|r| r.from == first.from)
+            .copied()
+            .unwrap();
+        assert_eq!(honest.peer, PeerId(2));
+        assert_eq!(
+            s.on_headers(PeerId(2), serve(&c, &honest)).unwrap(),
+            SegmentAnswer::Taken
+        );
+        assert!(s.next_ready().is_some());
+        assert_eq!(s.validated(true), vec![PeerId(1)], "proven wrong: it pays");
     }
 
     #[test]

@@ -58,7 +58,8 @@ pub fn is_answer(
 
 /// The path `headers` (hashed: `hashes[i]` is `headers[i]`'s) takes. `presync` is the
 /// peer's running presync, fed here when the batch continues it; `anti_dos_work` the work a
-/// chain must show before it is stored (Core's `GetAntiDoSWorkThreshold`); `now` our clock
+/// chain must show before it is stored (Core's `GetAntiDoSWorkThreshold`; 0 for a `noban`
+/// peer, whose headers Core counts as validated work); `now` our clock
 /// in unix seconds, for a new presync's time checks.
 pub fn route(
     chain: &HeaderChain,

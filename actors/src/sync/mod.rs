@@ -318,6 +318,8 @@ impl SyncActorState {
             SyncMsg::Generate(n, reply) => {
                 let (result, actions) = self.core.generate(Clock::system(), n);
                 self.apply(actions);
+                // The caller reads the status next: it shows the new blocks.
+                self.publish_status();
                 let _ = reply.send(result);
             }
             SyncMsg::SubmitTx(tx) => {

@@ -12,8 +12,11 @@ use crate::shared::peers::PeerId;
 /// Requests in flight for items of type `K`.
 #[derive(Debug)]
 pub struct InFlight<K> {
-    by_item: HashMap<K, (PeerId, Instant)>,
+    /// Each item's peer, when it was asked, and the request's place in the order of all
+    /// requests (requests sent at one instant, in one `getdata`, are answered in order).
+    by_item: HashMap<K, (PeerId, Instant, u64)>,
     per_peer: HashMap<PeerId, usize>,
+    next_seq: u64,
 }
 
 impl<K> Default for InFlight<K> {
@@ -21,6 +24,7 @@ impl<K> Default for InFlight<K> {
         InFlight {
             by_item: HashMap::new(),
             per_peer: HashMap::new(),
+            next_seq: 0,
         }
     }
 }
@@ -37,12 +41,13 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
             return false;
         }
         *count += 1;
-        self.by_item.insert(item, (peer, now));
+        self.next_seq += 1;
+        self.by_item.insert(item, (peer, now, self.next_seq));
         true
     }
 
     fn forget(&mut self, item: &K) -> Option<PeerId> {
-        let (peer, _) = self.by_item.remove(item)?;
+        let (peer, _, _) = self.by_item.remove(item)?;
         if let Some(c) = self.per_peer.get_mut(&peer) {
             *c = c.saturating_sub(1);
             if *c == 0 {
@@ -59,7 +64,7 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
 
     /// `peer` said it does not have `item`: released if it was the one asked.
     pub fn not_found(&mut self, item: &K, peer: PeerId) -> bool {
-        if self.by_item.get(item).is_some_and(|(p, _)| *p == peer) {
+        if self.by_item.get(item).is_some_and(|(p, _, _)| *p == peer) {
             self.forget(item);
             return true;
         }
@@ -74,7 +79,7 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         let items: Vec<K> = self
             .by_item
             .iter()
-            .filter(|(_, (p, _))| *p == peer)
+            .filter(|(_, (p, _, _))| *p == peer)
             .map(|(k, _)| *k)
             .collect();
         for k in &items {
@@ -91,26 +96,36 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
     pub fn older_than(&self, now: Instant, age: Duration) -> Vec<(K, PeerId)> {
         self.by_item
             .iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= age)
-            .map(|(k, (p, _))| (*k, *p))
+            .filter(|(_, (_, at, _))| now.saturating_duration_since(*at) >= age)
+            .map(|(k, (p, _, _))| (*k, *p))
             .collect()
     }
 
     /// For each peer, its oldest request if older than `age` (the head of its queue: the one
     /// that holds the others up), with that peer.
     pub fn oldest_per_peer_older_than(&self, now: Instant, age: Duration) -> Vec<(K, PeerId)> {
-        let mut oldest: HashMap<PeerId, (K, Instant)> = HashMap::new();
-        for (k, (p, at)) in &self.by_item {
-            let e = oldest.entry(*p).or_insert((*k, *at));
-            if *at < e.1 {
-                *e = (*k, *at);
+        let mut oldest: HashMap<PeerId, (K, (Instant, u64))> = HashMap::new();
+        for (k, (p, at, seq)) in &self.by_item {
+            let e = oldest.entry(*p).or_insert((*k, (*at, *seq)));
+            if (*at, *seq) < e.1 {
+                *e = (*k, (*at, *seq));
             }
         }
         oldest
             .into_iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= age)
+            .filter(|(_, (_, (at, _)))| now.saturating_duration_since(*at) >= age)
             .map(|(p, (k, _))| (k, p))
             .collect()
+    }
+
+    /// The first request to `peer` still in flight: the one its next answer belongs to,
+    /// since peers answer `getdata` in order.
+    pub fn oldest_of(&self, peer: PeerId) -> Option<K> {
+        self.by_item
+            .iter()
+            .filter(|(_, (p, _, _))| *p == peer)
+            .min_by_key(|(_, (_, at, seq))| (*at, *seq))
+            .map(|(k, _)| *k)
     }
 
     /// Releases and returns the requests older than `timeout`, with the peer that was asked.
@@ -118,8 +133,8 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         let old: Vec<(K, PeerId)> = self
             .by_item
             .iter()
-            .filter(|(_, (_, at))| now.saturating_duration_since(*at) >= timeout)
-            .map(|(k, (p, _))| (*k, *p))
+            .filter(|(_, (_, at, _))| now.saturating_duration_since(*at) >= timeout)
+            .map(|(k, (p, _, _))| (*k, *p))
             .collect();
         for (k, _) in &old {
             self.forget(k);
@@ -129,7 +144,7 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
 
     /// The peer `item` was asked of, while in flight.
     pub fn peer_of(&self, item: &K) -> Option<PeerId> {
-        self.by_item.get(item).map(|(p, _)| *p)
+        self.by_item.get(item).map(|(p, _, _)| *p)
     }
 
     /// Whether `item` is in flight.

@@ -13,6 +13,7 @@ use crate::constants::MAX_HEADERS_PER_MESSAGE;
 use crate::events::NodeEvent;
 use crate::msg::{HashedHeaders, SyncState};
 use crate::shared::peers::PeerId;
+use crate::shared::whitelist::Permissions;
 use crate::sync::blocks::MAX_BLOCKS_IN_FLIGHT_PER_PEER;
 use crate::sync::chain::presync::{PresyncError, PresyncStep};
 use crate::sync::chain::HeaderChain;
@@ -95,8 +96,11 @@ impl SyncCore {
             if let Some(id) = chosen {
                 debug!(peer = %id, ours = self.chain.height(), "headers sync from peer");
                 self.set_pipelining(id, true);
+                // Through MaybeSendGetHeaders, as Core starts sync: a peer asked already (an
+                // announcement, a new peer on a recent tip) is not asked twice; its answer
+                // is the session's first batch.
                 let locator = self.chain.locator();
-                self.getheaders_from(id, locator);
+                self.maybe_getheaders(id, locator);
             }
         }
         self.update_state();
@@ -221,8 +225,9 @@ impl SyncCore {
             SegmentAnswer::Mismatch | SegmentAnswer::HintsWrong => {
                 metrics::counter!("meshd_header_segments_total", "outcome" => "mismatch")
                     .increment(1);
-                warn!(peer = %id, "headers that do not lead to the header hint; asking another peer");
-                self.punish(id, "header_segment_mismatch");
+                // Not charged yet: the hint may be what is wrong. It pays once another
+                // peer's answer proves the hint (see `SegmentSync::validated`).
+                debug!(peer = %id, "headers that do not lead to the header hint; asking another peer");
             }
         }
         if answer == SegmentAnswer::HintsWrong {
@@ -237,8 +242,14 @@ impl SyncCore {
                 metrics::counter!("meshd_header_segments_total", "outcome" => "invalid")
                     .increment(1);
             }
-            if let Some(s) = self.segments.as_mut() {
-                s.validated(ok);
+            let liars = self
+                .segments
+                .as_mut()
+                .map(|s| s.validated(ok))
+                .unwrap_or_default();
+            for liar in liars {
+                warn!(peer = %liar, "its headers did not lead to a header hint another peer proved right");
+                self.punish(liar, "header_segment_mismatch");
             }
         }
         self.schedule_segments();
@@ -260,7 +271,13 @@ impl SyncCore {
             },
             None => headers,
         };
-        let anti_dos_work = self.anti_dos_work();
+        // Core's ProcessHeadersMessage: a `noban` peer's headers count as validated work, so
+        // no presync and no anti-DoS threshold (a continuation of its presync still goes on).
+        let noban = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| self.permissions_of(p.addr.ip()).has(Permissions::NOBAN));
+        let anti_dos_work = if noban { 0 } else { self.anti_dos_work() };
         let presync = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut());
         // Before the presync is fed: whether this answers our request to the peer.
         let answer = intake::is_answer(&self.chain, presync.as_deref(), &headers.headers);

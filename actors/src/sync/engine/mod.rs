@@ -16,6 +16,8 @@
 mod blocks;
 mod headers;
 mod relay;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -728,6 +730,11 @@ impl SyncCore {
             }
             SyncInput::BlockTooLarge(block) => {
                 self.block_not_delivered(block, id, Failure::TooLarge)
+            }
+            SyncInput::FirstRequestedTooLarge => {
+                if let Some(block) = self.downloads.first_asked_of(id) {
+                    self.block_not_delivered(block, id, Failure::TooLarge);
+                }
             }
             SyncInput::NotFound(items) => {
                 for i in items {

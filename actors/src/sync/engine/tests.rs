@@ -1,0 +1,428 @@
+//! Tests of the sync core over virtual time: Core's functional tests' scenarios
+//! (p2p_sendheaders, p2p_ibd_stalling, p2p_unrequested_blocks, p2p_initial_headers_sync) at
+//! the level of the decisions, and a property test of the per-peer request bounds under any
+//! sequence of peer events.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitcoin::block::{Block, Header};
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::BlockHash;
+use proptest::prelude::*;
+
+use super::{Action, Clock, NewPeer, SyncCore};
+use crate::config::NodeConfig;
+use crate::events::NodeEvent;
+use crate::msg::{HashedHeaders, SyncInput, SyncState};
+use crate::network::NetworkId;
+use crate::shared::peers::PeerId;
+use crate::sync::blocks::{BLOCK_STALLING_TIMEOUT_DEFAULT, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
+use crate::sync::header_sync::HEADERS_RESPONSE_TIME;
+use crate::sync::mine::regtest_block;
+
+/// A fixed start for virtual time (2026-12-01).
+const START_UNIX: u32 = 1_796_083_200;
+
+fn clock0() -> Clock {
+    Clock {
+        now: Instant::now(),
+        unix: START_UNIX,
+    }
+}
+
+fn core_at(clock: Clock) -> SyncCore {
+    let config = NodeConfig::new(NetworkId::Regtest, std::env::temp_dir());
+    SyncCore::new(config.profile(), Arc::new(config), clock, 7)
+}
+
+/// `n` regtest blocks on genesis, a minute apart, ending just before `clock`.
+fn chain_of(core: &SyncCore, n: u32, clock: Clock) -> Vec<Block> {
+    let mut parent = core.chain().tip_header();
+    let mut blocks = Vec::new();
+    for h in 1..=n {
+        let time = clock.unix - (n - h) * 60 - 60;
+        let b = regtest_block(&parent, h, time, 99);
+        parent = b.header;
+        blocks.push(b);
+    }
+    blocks
+}
+
+fn peer(id: u64, inbound: bool, start_height: i32) -> NewPeer {
+    NewPeer {
+        id: PeerId(id),
+        addr: format!("127.0.0.1:{}", 20_000 + id).parse().unwrap(),
+        label: format!("peer{id}"),
+        start_height,
+        relay: true,
+        inbound,
+        version: 70016,
+        wtxid_relay: false,
+        block_relay_only: false,
+    }
+}
+
+fn headers(blocks: &[Block]) -> SyncInput {
+    SyncInput::Headers(HashedHeaders::new(
+        blocks.iter().map(|b| b.header).collect::<Vec<Header>>(),
+    ))
+}
+
+fn getheaders_to(actions: &[Action], id: PeerId) -> usize {
+    actions
+        .iter()
+        .filter(|a| matches!(a, Action::Send(p, NetworkMessage::GetHeaders(_)) if *p == id))
+        .count()
+}
+
+fn blocks_asked(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(p, NetworkMessage::GetData(items)) if *p == id => Some(items),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|i| match i {
+            Inventory::Block(h) | Inventory::WitnessBlock(h) => Some(*h),
+            _ => None,
+        })
+        .collect()
+}
+
+fn received(actions: &[Action]) -> Vec<String> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(NodeEvent::BlockReceived { hash, .. }) => Some(hash.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A node synced to `n` blocks (mined here), so that its tip is recent.
+fn synced_core(n: u32) -> (SyncCore, Clock) {
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let _ = core.generate(clock, n);
+    let _ = core.tick(clock);
+    assert_eq!(core.state(), SyncState::Synced);
+    (core, clock)
+}
+
+#[test]
+fn a_claimed_height_keeps_nobody_out_of_synced() {
+    // A peer claiming 2^31-1 in its version: shown, never trusted.
+    let (mut core, clock) = synced_core(3);
+    let _ = core.peer_up(clock, peer(1, false, i32::MAX));
+    let _ = core.tick(clock.after(Duration::from_secs(1)));
+    assert_eq!(core.state(), SyncState::Synced);
+    let status = core.status(clock);
+    assert_eq!(status.best_peer_height, 0, "a claim is not a shown header");
+    assert!(status.progress > 0.99, "progress {}", status.progress);
+}
+
+#[test]
+fn an_unknown_block_inv_asks_nothing_more_of_a_peer_already_asked() {
+    // Core's MaybeSendGetHeaders: one getheaders in flight per peer, for 2 minutes.
+    let (mut core, clock) = synced_core(2);
+    let id = PeerId(1);
+    let up = core.peer_up(clock, peer(1, false, 2));
+    assert_eq!(getheaders_to(&up, id), 1, "a new peer is asked for headers");
+    let inv = || SyncInput::Inv(vec![Inventory::Block(BlockHash::from_byte_array([9; 32]))]);
+    let again = core.input(clock.after(Duration::from_secs(1)), id, inv());
+    assert_eq!(getheaders_to(&again, id), 0);
+    let later = core.input(
+        clock.after(HEADERS_RESPONSE_TIME + Duration::from_secs(1)),
+        id,
+        inv(),
+    );
+    assert_eq!(
+        getheaders_to(&later, id),
+        1,
+        "asked again once the wait is over"
+    );
+}
+
+#[test]
+fn a_tip_block_is_asked_of_another_announcer_when_the_first_stalls() {
+    // p2p_ibd_stalling's spirit: a peer that announced and does not deliver holds the tip
+    // for the stalling timeout, not the 10-minute download timeout.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 3, clock);
+    let (a, b) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, false, 3));
+    let first = core.input(clock, a, headers(&blocks));
+    let asked_a = blocks_asked(&first, a);
+    assert_eq!(
+        asked_a.len(),
+        3,
+        "direct fetch of the new blocks from the sender"
+    );
+    let second = core.input(clock, b, headers(&blocks));
+    assert!(
+        blocks_asked(&second, b).is_empty(),
+        "one request per block at first"
+    );
+    let mut t = clock;
+    let mut asked_b = Vec::new();
+    for _ in 0..40 {
+        t = t.after(Duration::from_millis(100));
+        asked_b.extend(blocks_asked(&core.tick(t), b));
+    }
+    assert!(
+        !asked_b.is_empty(),
+        "within {BLOCK_STALLING_TIMEOUT_DEFAULT:?} and a bit, another announcer is asked"
+    );
+    // b delivers: accepted, since it was asked of b.
+    let hash = asked_b[0];
+    let block = blocks
+        .iter()
+        .find(|x| x.block_hash() == hash)
+        .unwrap()
+        .clone();
+    let got = core.input(t, b, SyncInput::Block(Box::new(block)));
+    assert_eq!(received(&got), vec![hash.to_string()]);
+}
+
+#[test]
+fn a_block_nobody_asked_of_the_sender_is_dropped() {
+    // p2p_unrequested_blocks: a block pushed by a peer we did not ask is not processed.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 1, clock);
+    let (a, b) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 1));
+    let _ = core.peer_up(clock, peer(2, true, 1));
+    let asked = core.input(clock, a, headers(&blocks));
+    assert_eq!(blocks_asked(&asked, a), vec![blocks[0].block_hash()]);
+    let pushed = core.input(clock, b, SyncInput::Block(Box::new(blocks[0].clone())));
+    assert!(received(&pushed).is_empty(), "unrequested from b");
+    let delivered = core.input(clock, a, SyncInput::Block(Box::new(blocks[0].clone())));
+    assert_eq!(received(&delivered).len(), 1);
+}
+
+#[test]
+fn a_v2_packet_too_large_is_charged_to_the_first_block_asked() {
+    // The Connection cannot read a v2 packet it will not take, so it names no block; peers
+    // answer getdata in order, so it is the first one asked of it and not delivered.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 2, clock);
+    let (a, b) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 2));
+    let _ = core.peer_up(clock, peer(2, false, 2));
+    let asked = core.input(clock, a, headers(&blocks));
+    assert_eq!(blocks_asked(&asked, a).len(), 2);
+    let _ = core.input(clock, b, headers(&blocks));
+    let next = core.input(clock, a, SyncInput::FirstRequestedTooLarge);
+    assert_eq!(
+        blocks_asked(&next, b),
+        vec![blocks[0].block_hash()],
+        "the first block, and only it, is asked of the other announcer"
+    );
+}
+
+#[test]
+fn a_new_peer_behind_our_tip_is_told_of_it() {
+    let (mut core, clock) = synced_core(4);
+    let tip = core.chain().tip();
+    let up = core.peer_up(clock, peer(1, true, 1));
+    let told = up.iter().any(|a| {
+        matches!(a, Action::Send(PeerId(1), NetworkMessage::Inv(items))
+            if items == &vec![Inventory::Block(tip)])
+    });
+    assert!(told, "{up:?}");
+}
+
+/// A core that needs far more work than regtest headers carry, with `whitelist`.
+fn core_needing_work(clock: Clock, whitelist: &str) -> SyncCore {
+    let mut config = NodeConfig::new(NetworkId::Regtest, std::env::temp_dir());
+    config.minimum_chain_work = Some(u128::MAX / 2);
+    config.whitelist = vec![crate::shared::whitelist::WhitelistEntry::parse(whitelist).unwrap()];
+    SyncCore::new(config.profile(), Arc::new(config), clock, 7)
+}
+
+#[test]
+fn a_noban_peers_low_work_headers_skip_presync() {
+    // Core's ProcessHeadersMessage: `noban` sets already_validated_work. A peer without it
+    // goes through presync, and nothing of its chain is stored yet.
+    let clock = clock0();
+    let mut plain = core_needing_work(clock, "noban@10.9.9.9/32");
+    let batch = chain_of(
+        &plain,
+        crate::constants::MAX_HEADERS_PER_MESSAGE as u32,
+        clock,
+    );
+    let _ = plain.peer_up(clock, peer(1, false, 2000));
+    let _ = plain.input(clock, PeerId(1), headers(&batch));
+    assert_eq!(plain.chain().height(), 0, "presynced, not stored");
+    let mut trusted = core_needing_work(clock, "noban@127.0.0.1/32");
+    let _ = trusted.peer_up(clock, peer(1, false, 2000));
+    let _ = trusted.input(clock, PeerId(1), headers(&batch));
+    assert_eq!(trusted.chain().height(), 2000, "stored at once");
+}
+
+/// One step of a peer's life, for the property test.
+#[derive(Debug, Clone)]
+enum Step {
+    Up {
+        peer: u64,
+        inbound: bool,
+    },
+    Down {
+        peer: u64,
+    },
+    /// Headers `from..from+len` of the pre-mined chain.
+    Headers {
+        peer: u64,
+        from: usize,
+        len: usize,
+    },
+    InvBlock {
+        peer: u64,
+        block: usize,
+    },
+    InvUnknown {
+        peer: u64,
+        seed: u8,
+    },
+    Deliver {
+        peer: u64,
+        block: usize,
+    },
+    NotFound {
+        peer: u64,
+        block: usize,
+    },
+    Wait {
+        millis: u64,
+    },
+}
+
+const PEERS: u64 = 4;
+const CHAIN: usize = 40;
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        (0..PEERS, any::<bool>()).prop_map(|(peer, inbound)| Step::Up { peer, inbound }),
+        (0..PEERS).prop_map(|peer| Step::Down { peer }),
+        (0..PEERS, 0..CHAIN, 1..25usize).prop_map(|(peer, from, len)| Step::Headers {
+            peer,
+            from,
+            len
+        }),
+        (0..PEERS, 0..CHAIN).prop_map(|(peer, block)| Step::InvBlock { peer, block }),
+        (0..PEERS, any::<u8>()).prop_map(|(peer, seed)| Step::InvUnknown { peer, seed }),
+        (0..PEERS, 0..CHAIN).prop_map(|(peer, block)| Step::Deliver { peer, block }),
+        (0..PEERS, 0..CHAIN).prop_map(|(peer, block)| Step::NotFound { peer, block }),
+        prop_oneof![1..3_000u64, 100_000..200_000u64].prop_map(|millis| Step::Wait { millis }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Whatever peers do: at most one `getheaders` unanswered per peer within Core's
+    /// response time, at most 16 blocks in flight per peer, and a block is taken only from a
+    /// peer it was asked of.
+    #[test]
+    fn requests_stay_within_core_bounds(steps in proptest::collection::vec(step(), 1..80)) {
+        let clock0 = clock0();
+        let mut core = core_at(clock0);
+        let chain = chain_of(&core, CHAIN as u32, clock0);
+        let mut clock = clock0;
+        // Per peer: when its unanswered getheaders was sent.
+        let mut asked_at: HashMap<PeerId, Instant> = HashMap::new();
+        // Blocks asked of each peer (since it came).
+        let mut asked: HashMap<PeerId, HashSet<BlockHash>> = HashMap::new();
+        let mut up: HashSet<PeerId> = HashSet::new();
+        for s in steps {
+            let (actions, from) = match s {
+                Step::Up { peer: p, inbound } => {
+                    let id = PeerId(p);
+                    if up.contains(&id) {
+                        continue;
+                    }
+                    up.insert(id);
+                    (core.peer_up(clock, peer(p, inbound, CHAIN as i32)), None)
+                }
+                Step::Down { peer: p } => {
+                    let id = PeerId(p);
+                    up.remove(&id);
+                    asked_at.remove(&id);
+                    asked.remove(&id);
+                    (core.peer_down(clock, id), None)
+                }
+                Step::Headers { peer: p, from, len } => {
+                    let id = PeerId(p);
+                    let end = (from + len).min(CHAIN);
+                    if up.contains(&id) {
+                        asked_at.remove(&id);
+                    }
+                    (core.input(clock, id, headers(&chain[from..end])), Some(id))
+                }
+                Step::InvBlock { peer: p, block } => {
+                    let inv = SyncInput::Inv(vec![Inventory::Block(chain[block].block_hash())]);
+                    (core.input(clock, PeerId(p), inv), Some(PeerId(p)))
+                }
+                Step::InvUnknown { peer: p, seed } => {
+                    let h = BlockHash::from_byte_array([seed; 32]);
+                    (core.input(clock, PeerId(p), SyncInput::Inv(vec![Inventory::Block(h)])), Some(PeerId(p)))
+                }
+                Step::Deliver { peer: p, block } => {
+                    let b = chain[block].clone();
+                    let id = PeerId(p);
+                    let was_asked = asked.get(&id).is_some_and(|s| s.contains(&b.block_hash()));
+                    let actions = core.input(clock, id, SyncInput::Block(Box::new(b)));
+                    if !was_asked {
+                        prop_assert!(received(&actions).is_empty(), "unrequested block taken");
+                    }
+                    (actions, Some(id))
+                }
+                Step::NotFound { peer: p, block } => {
+                    let inv = vec![Inventory::Block(chain[block].block_hash())];
+                    (core.input(clock, PeerId(p), SyncInput::NotFound(inv)), Some(PeerId(p)))
+                }
+                Step::Wait { millis } => {
+                    clock = clock.after(Duration::from_millis(millis));
+                    (core.tick(clock), None)
+                }
+            };
+            let _ = from;
+            for a in &actions {
+                if let Action::Send(id, m) = a {
+                    prop_assert!(up.contains(id), "sent to a peer that is not up: {m:?}");
+                    match m {
+                        NetworkMessage::GetHeaders(_) => {
+                            if let Some(at) = asked_at.get(id) {
+                                prop_assert!(
+                                    clock.now.duration_since(*at) >= HEADERS_RESPONSE_TIME,
+                                    "a second getheaders to {id} before it answered"
+                                );
+                            }
+                            asked_at.insert(*id, clock.now);
+                        }
+                        NetworkMessage::GetData(items) => {
+                            for i in items {
+                                if let Inventory::Block(h) | Inventory::WitnessBlock(h) = i {
+                                    asked.entry(*id).or_default().insert(*h);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            for id in &up {
+                prop_assert!(core.downloads.in_flight_to(*id) <= MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+            }
+        }
+    }
+}
