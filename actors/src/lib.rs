@@ -33,7 +33,8 @@
 //! - [`discovery`]: the DnsDiscovery actor;
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
-//! - [`sync`]: the Sync actor (relay in `sync/relay.rs`), the header chain
+//! - [`sync`]: the Sync actor over its sans-IO core [`sync::engine`] (each peer's state,
+//!   header sync, blocks and relay, over a clock, returning actions), the header chain
 //!   ([`sync::chain`]), header intake ([`sync::intake`]: a batch's route through the proof
 //!   of work check, presync and the anti-DoS threshold), headers-first sync
 //!   ([`sync::header_sync`]: per-peer header state, the sync session, initial sync), block

@@ -69,6 +69,10 @@ const CORES: &[&str] = &[
     "sync/chain/mod.rs",
     "sync/chain/presync.rs",
     "sync/chain/store.rs",
+    "sync/engine/blocks.rs",
+    "sync/engine/headers.rs",
+    "sync/engine/mod.rs",
+    "sync/engine/relay.rs",
     "sync/header_sync.rs",
     "sync/hints.rs",
     "sync/intake.rs",
@@ -81,6 +85,36 @@ const CORES: &[&str] = &[
     "wire/message.rs",
     "wire/mod.rs",
 ];
+
+/// The sync core's files: it decides, the Sync actor does.
+const SYNC_CORE: &[&str] = &[
+    "sync/engine/blocks.rs",
+    "sync/engine/headers.rs",
+    "sync/engine/mod.rs",
+    "sync/engine/relay.rs",
+];
+
+#[test]
+fn the_sync_core_reads_no_clock_files_or_shared_state() {
+    for file in SYNC_CORE {
+        let text = code(&src().join(file));
+        for io in [
+            "Instant::now",
+            "SystemTime",
+            "unix_now",
+            "NodeContext",
+            "ActorRef",
+            "std::fs",
+            "rand::random",
+            "sync_status",
+        ] {
+            assert!(
+                !text.contains(io),
+                "{file} uses {io}: the sync core takes time and state as inputs"
+            );
+        }
+    }
+}
 
 #[test]
 fn cores_import_neither_tokio_nor_ractor() {

@@ -91,6 +91,14 @@ const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
 /// The Sync actor.
 pub struct Sync;
 
+/// The system's time now, for the core.
+fn system_clock() -> Clock {
+    Clock {
+        now: Instant::now(),
+        unix: crate::context::unix_now().clamp(0, u32::MAX as i64) as u32,
+    }
+}
+
 /// A message that overtook its peer's PeerUp, with its share of the peer's reader credit.
 struct EarlyInput {
     id: PeerId,
@@ -167,7 +175,7 @@ impl SyncActorState {
     }
 
     fn publish_status(&self) {
-        let mut status = self.core.status(Clock::system());
+        let mut status = self.core.status(system_clock());
         status.store_error = self
             .store
             .as_ref()
@@ -227,7 +235,7 @@ impl SyncActorState {
     }
 
     fn on_tick(&mut self) {
-        let clock = Clock::system();
+        let clock = system_clock();
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.sync_if_due(clock.now) {
                 self.on_store_failure(e);
@@ -286,7 +294,7 @@ impl SyncActorState {
                     wtxid_relay,
                     block_relay_only,
                 };
-                let actions = self.core.peer_up(Clock::system(), new);
+                let actions = self.core.peer_up(system_clock(), new);
                 self.apply(actions);
                 self.replay_early(id);
             }
@@ -294,7 +302,7 @@ impl SyncActorState {
                 let _ = reply.send(self.core.peer_ids());
             }
             SyncMsg::PeerDown(id) => {
-                let actions = self.core.peer_down(Clock::system(), id);
+                let actions = self.core.peer_down(system_clock(), id);
                 self.apply(actions);
                 self.connections.remove(&id);
                 // Once its messages in flight are gone too, give the freed memory back.
@@ -316,14 +324,14 @@ impl SyncActorState {
             SyncMsg::FromPeer(id, input, credit) => self.on_peer_message(id, input, credit),
             SyncMsg::Tick => self.on_tick(),
             SyncMsg::Generate(n, reply) => {
-                let (result, actions) = self.core.generate(Clock::system(), n);
+                let (result, actions) = self.core.generate(system_clock(), n);
                 self.apply(actions);
                 // The caller reads the status next: it shows the new blocks.
                 self.publish_status();
                 let _ = reply.send(result);
             }
             SyncMsg::SubmitTx(tx) => {
-                let actions = self.core.submit_tx(Clock::system(), *tx);
+                let actions = self.core.submit_tx(system_clock(), *tx);
                 self.apply(actions);
             }
             SyncMsg::Hints(reply) => {
@@ -344,7 +352,7 @@ impl SyncActorState {
         if !self.core.has_peer(id) {
             self.on_early_input(id, input, credit);
         } else if self.loading.is_none() {
-            let actions = self.core.input(Clock::system(), id, input);
+            let actions = self.core.input(system_clock(), id, input);
             self.apply(actions);
         } else {
             let answer = match &input {
@@ -411,7 +419,7 @@ impl SyncActorState {
                     started: Instant::now(),
                     held: VecDeque::new(),
                 });
-                let actions = self.core.set_loading(Clock::system(), true);
+                let actions = self.core.set_loading(system_clock(), true);
                 self.apply(actions);
                 self.load_step(myself);
             }
@@ -494,12 +502,12 @@ impl SyncActorState {
     ) {
         self.loading = None;
         self.store = store;
-        let actions = self.core.set_loading(Clock::system(), false);
+        let actions = self.core.set_loading(system_clock(), false);
         self.apply(actions);
         for msg in held {
             self.on_msg(myself, msg);
         }
-        let actions = self.core.start_sync(Clock::system());
+        let actions = self.core.start_sync(system_clock());
         self.apply(actions);
     }
 
@@ -539,7 +547,7 @@ impl Actor for Sync {
         let core = SyncCore::new(
             ctx.profile.clone(),
             ctx.config(),
-            Clock::system(),
+            system_clock(),
             rand::random(),
         );
         Ok(SyncActorState {

@@ -106,7 +106,7 @@ const TRICKLE_INBOUND: Duration = Duration::from_secs(5);
 const TRICKLE_OUTBOUND: Duration = Duration::from_secs(2);
 
 /// The time of one step: monotonic for timeouts, unix seconds for header times. The actor
-/// passes the system's; tests pass their own.
+/// passes the system's (the core never reads a clock); tests pass their own.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     /// Monotonic time.
@@ -116,14 +116,6 @@ pub struct Clock {
 }
 
 impl Clock {
-    /// The system's time now.
-    pub fn system() -> Clock {
-        Clock {
-            now: Instant::now(),
-            unix: crate::context::unix_now().clamp(0, u32::MAX as i64) as u32,
-        }
-    }
-
     /// This clock `d` later.
     pub fn after(self, d: Duration) -> Clock {
         Clock {
