@@ -69,6 +69,7 @@ const CORES: &[&str] = &[
     "sync/chain/mod.rs",
     "sync/chain/presync.rs",
     "sync/chain/store.rs",
+    "sync/compact.rs",
     "sync/engine/blocks.rs",
     "sync/engine/headers.rs",
     "sync/engine/mod.rs",

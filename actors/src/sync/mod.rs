@@ -39,6 +39,7 @@ pub mod block_check;
 pub mod blocks;
 pub mod bloom;
 pub mod chain;
+pub mod compact;
 pub mod engine;
 pub mod header_sync;
 pub mod hints;
