@@ -411,6 +411,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "none|tip")]
     pub blocks: Option<String>,
 
+    /// BIP152 compact blocks: `on` (offered to every peer that knows them, high-bandwidth
+    /// with the three that last gave us a block) or `off` (blocks travel whole). [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub compact_blocks: Option<String>,
+
     /// Blocks kept in memory to answer getdata. [default: 16]
     #[arg(long, value_name = "N")]
     pub keep_blocks: Option<usize>,

@@ -105,6 +105,7 @@ pub struct FileConfig {
     stun_timeout: Option<FileDuration>,
     stun_interval: Option<FileDuration>,
     blocks: Option<String>,
+    compact_blocks: Option<String>,
     keep_blocks: Option<usize>,
     header_hints: Option<PathBuf>,
     asmap: Option<PathBuf>,
@@ -581,6 +582,16 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         Some("none") => TxRelay::None,
         Some(other) => return err(format!("tx-relay: {other:?} is not vouched, all or none")),
     };
+    match args
+        .compact_blocks
+        .clone()
+        .or(file.compact_blocks.clone())
+        .as_deref()
+    {
+        None | Some("on") => node.compact_blocks = true,
+        Some("off") => node.compact_blocks = false,
+        Some(other) => return err(format!("compact-blocks: {other:?} is not on or off")),
+    }
     if let Some(v) = args.keep_blocks.or(file.keep_blocks) {
         if v == 0 {
             // The tip block must be kept to check and relay it; use --blocks none to fetch none.

@@ -47,6 +47,7 @@ fn duplicates(c: &mut Criterion) {
             version: 70016,
             wtxid_relay: true,
             block_relay_only: false,
+            services: bitcoin::p2p::ServiceFlags::NETWORK | bitcoin::p2p::ServiceFlags::WITNESS,
         },
     );
     let block1 = chain[0];

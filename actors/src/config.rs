@@ -119,6 +119,8 @@ pub struct NodeConfig {
     pub stun_interval: Duration,
     /// Fetch blocks announced at the tip (`tip`) or not at all (`none`).
     pub fetch_blocks: bool,
+    /// BIP152 compact blocks, both ways (`compact-blocks on|off`).
+    pub compact_blocks: bool,
     /// Blocks kept in memory to answer getdata.
     pub keep_blocks: usize,
     /// Header hints (`--header-hints FILE`, see [`crate::sync::hints`]): best-chain hashes
@@ -386,6 +388,7 @@ impl NodeConfig {
             stun_timeout: DEFAULT_STUN_TIMEOUT,
             stun_interval: DEFAULT_STUN_INTERVAL,
             fetch_blocks: true,
+            compact_blocks: true,
             keep_blocks: 16,
             header_hints: Vec::new(),
             asmap: None,

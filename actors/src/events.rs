@@ -24,6 +24,37 @@ use crate::shared::peers::PeerId;
 /// subscriber slower than that learns how much it missed.
 pub const EVENT_BUS_CAPACITY: usize = 4096;
 
+/// How a block reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockVia {
+    /// A whole `block`, asked for.
+    #[default]
+    Block,
+    /// A `cmpctblock` a high-bandwidth peer announced it with (BIP152), reconstructed.
+    CompactHighBandwidth,
+    /// A `cmpctblock` we asked for (low-bandwidth), reconstructed.
+    CompactLowBandwidth,
+    /// A compact block that could not be used (a collision, a failed check), then the whole
+    /// block.
+    Fallback,
+    /// Mined here (regtest).
+    Local,
+}
+
+impl BlockVia {
+    /// Its name in events and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            BlockVia::Block => "block",
+            BlockVia::CompactHighBandwidth => "compact_high_bandwidth",
+            BlockVia::CompactLowBandwidth => "compact_low_bandwidth",
+            BlockVia::Fallback => "fallback",
+            BlockVia::Local => "local",
+        }
+    }
+}
+
 /// What happened.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type")]
@@ -183,6 +214,13 @@ pub enum NodeEvent {
         size: usize,
         /// The peer it came from (none: generated or submitted here).
         from: Option<String>,
+        /// The message that carried it (BIP152).
+        via: BlockVia,
+        /// Transactions asked for with `getblocktxn` to reconstruct it.
+        txs_requested: usize,
+        /// Bytes of the messages that carried it (payloads; for a reconstruction, the
+        /// `cmpctblock`, `getblocktxn` and `blocktxn`).
+        wire_bytes: usize,
     },
     /// A transaction entered the relay pool.
     TxReceived {

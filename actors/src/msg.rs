@@ -359,6 +359,20 @@ pub enum SyncInput {
     FilterAdd(Vec<u8>),
     /// `filterclear` (BIP37).
     FilterClear,
+    /// `sendcmpct` (BIP152): the version the peer offers, and whether it asks us to announce
+    /// blocks to it with `cmpctblock` at once (high-bandwidth mode).
+    SendCmpct {
+        /// It asks for high-bandwidth announcements.
+        announce: bool,
+        /// Its compact-block version.
+        version: u64,
+    },
+    /// `cmpctblock` (BIP152).
+    CmpctBlock(Box<bitcoin::bip152::HeaderAndShortIds>),
+    /// `getblocktxn` (BIP152).
+    GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest),
+    /// `blocktxn` (BIP152).
+    BlockTxn(Box<bitcoin::bip152::BlockTransactions>),
     /// A `block` we asked for that was above our size limit, skipped unread: its hash, from
     /// its header.
     BlockTooLarge(BlockHash),

@@ -69,6 +69,9 @@ use io::{
 ///
 /// A peer that does not read must not keep the task (and socket) alive for ever.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
+/// Compact blocks counted as asked of one peer: Sync asks at most one per block in flight,
+/// so this is never reached by an honest exchange; it bounds the counter.
+const MAX_COMPACT_BLOCKS_ASKED: u32 = 64;
 
 /// The Connection actor.
 pub struct Connection;
@@ -135,6 +138,9 @@ pub struct ConnectionState {
     gauge: Arc<SendGauge>,
     /// Blocks asked of this peer and not yet received; the reader skips any other `block`.
     blocks_expected: Arc<BlocksExpected>,
+    /// Compact blocks asked of this peer (`getdata(MSG_CMPCT_BLOCK)`) and not yet answered by
+    /// a `cmpctblock`.
+    compact_blocks_asked: u32,
     /// Sync asked us to request each next `headers` batch ourselves (it syncs from us).
     pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
@@ -285,6 +291,7 @@ impl Actor for Connection {
             outbox: None,
             gauge: Arc::new(SendGauge::default()),
             blocks_expected: Arc::new(BlocksExpected::default()),
+            compact_blocks_asked: 0,
             pipeline_headers: false,
             getdata_queue: VecDeque::new(),
             getdata_at_sync: None,
@@ -982,6 +989,34 @@ fn on_inbound_message(
             to_sync(state, SyncInput::SendHeaders);
             Ok(())
         }
+        Message::Network(NetworkMessage::SendCmpct(m)) => {
+            to_sync(
+                state,
+                SyncInput::SendCmpct {
+                    announce: m.send_compact,
+                    version: m.version,
+                },
+            );
+            Ok(())
+        }
+        Message::Network(NetworkMessage::CmpctBlock(m)) => {
+            if state.compact_blocks_asked > 0 {
+                // The answer to a getdata(MSG_CMPCT_BLOCK): that request was counted as a
+                // block expected, and no `block` will come for it now.
+                state.compact_blocks_asked -= 1;
+                state.blocks_expected.settled(1);
+            }
+            to_sync(state, SyncInput::CmpctBlock(Box::new(m.compact_block)));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::GetBlockTxn(m)) => {
+            to_sync(state, SyncInput::GetBlockTxn(m.txs_request));
+            Ok(())
+        }
+        Message::Network(NetworkMessage::BlockTxn(m)) => {
+            to_sync(state, SyncInput::BlockTxn(Box::new(m.transactions)));
+            Ok(())
+        }
         Message::Network(
             NetworkMessage::FilterLoad(_)
             | NetworkMessage::FilterAdd(_)
@@ -1125,7 +1160,19 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
 fn count_blocks(items: &[Inventory]) -> u32 {
     items
         .iter()
-        .filter(|i| matches!(i, Inventory::Block(_) | Inventory::WitnessBlock(_)))
+        .filter(|i| {
+            matches!(
+                i,
+                Inventory::Block(_) | Inventory::WitnessBlock(_) | Inventory::CompactBlock(_)
+            )
+        })
+        .count() as u32
+}
+
+fn count_compact(items: &[Inventory]) -> u32 {
+    items
+        .iter()
+        .filter(|i| matches!(i, Inventory::CompactBlock(_)))
         .count() as u32
 }
 
@@ -1136,6 +1183,11 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     if let Message::Network(NetworkMessage::GetData(items)) = msg {
         // Counted before the request leaves, so the reply always finds it.
         state.blocks_expected.asked(count_blocks(items));
+        // A compact block asked for may come as `cmpctblock` (deep ones as a `block`).
+        state.compact_blocks_asked = state
+            .compact_blocks_asked
+            .saturating_add(count_compact(items))
+            .min(MAX_COMPACT_BLOCKS_ASKED);
     }
     let bytes = msg.encode(state.ctx.profile.magic);
     let command = msg.command();

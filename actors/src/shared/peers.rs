@@ -124,6 +124,11 @@ pub struct PeerInfo {
     /// When it last sent a block.
     #[serde(skip)]
     pub last_block_at: Option<Instant>,
+    /// We asked it to announce blocks with `cmpctblock` (BIP152 high-bandwidth; Core's
+    /// getpeerinfo `bip152_hb_to`).
+    pub bip152_hb_to: bool,
+    /// It asked us to (Core's `bip152_hb_from`).
+    pub bip152_hb_from: bool,
     /// Blocks asked of it and not yet delivered (kept by Sync; Core's `vBlocksInFlight`).
     #[serde(skip)]
     pub blocks_in_flight: usize,
@@ -193,6 +198,8 @@ impl PeerInfo {
             session_id: String::new(),
             connected_at: Instant::now(),
             last_block_at: None,
+            bip152_hb_to: false,
+            bip152_hb_from: false,
             blocks_in_flight: 0,
             last_tx_at: None,
         }

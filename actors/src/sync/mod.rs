@@ -164,6 +164,10 @@ impl SyncActorState {
                 Action::BlocksInFlight(id, n) => {
                     self.ctx.peers.update(id, |p| p.blocks_in_flight = n)
                 }
+                Action::CompactMode(id, to, from) => self.ctx.peers.update(id, |p| {
+                    p.bip152_hb_to = to;
+                    p.bip152_hb_from = from;
+                }),
                 Action::Store(headers) => self.store_headers(&headers),
             }
         }
@@ -277,12 +281,13 @@ impl SyncActorState {
                     // Announced twice: the first one holds.
                     return;
                 }
-                let label = self
-                    .ctx
-                    .peers
-                    .get(id)
+                let row = self.ctx.peers.get(id);
+                let label = row
+                    .as_ref()
                     .map(|p| p.address())
                     .unwrap_or_else(|| addr.to_string());
+                let services =
+                    bitcoin::p2p::ServiceFlags::from(row.as_ref().map_or(0, |p| p.services));
                 self.connections.insert(id, actor);
                 let new = NewPeer {
                     id,
@@ -294,6 +299,7 @@ impl SyncActorState {
                     version,
                     wtxid_relay,
                     block_relay_only,
+                    services,
                 };
                 let actions = self.core.peer_up(system_clock(), new);
                 self.apply(actions);

@@ -41,9 +41,16 @@ pub struct RelayPool {
     by_wtxid: HashMap<Wtxid, Txid>,
     eviction: BTreeSet<EvictionKey>,
     bytes: usize,
+    /// Evicted by the last insertion, until taken.
+    evicted: Vec<Arc<Transaction>>,
 }
 
 impl RelayPool {
+    /// Every pooled transaction with its txid.
+    pub fn entries(&self) -> impl Iterator<Item = (&Txid, &PoolEntry)> {
+        self.by_txid.iter()
+    }
+
     /// Transactions held.
     pub fn len(&self) -> usize {
         self.by_txid.len()
@@ -116,7 +123,7 @@ impl RelayPool {
     /// does not fit (nothing was evicted then).
     pub fn insert(
         &mut self,
-        tx: Transaction,
+        tx: impl Into<Arc<Transaction>>,
         size: usize,
         fee_rate: Option<u64>,
         now: Instant,
@@ -126,6 +133,7 @@ impl RelayPool {
         if size > max_bytes || max_count == 0 {
             return None;
         }
+        let tx: Arc<Transaction> = tx.into();
         let txid = tx.compute_txid();
         if self.by_txid.contains_key(&txid) {
             return Some(0);
@@ -148,11 +156,13 @@ impl RelayPool {
             return None;
         }
         for v in &victims {
-            self.remove(v);
+            if let Some(e) = self.remove(v) {
+                self.evicted.push(e.tx);
+            }
         }
         let e = PoolEntry {
             wtxid: tx.compute_wtxid(),
-            tx: Arc::new(tx),
+            tx,
             at: now,
             size,
             fee_rate,
@@ -164,6 +174,12 @@ impl RelayPool {
         self.bytes += size;
         self.by_txid.insert(txid, e);
         Some(victims.len())
+    }
+
+    /// The transactions the last insertions evicted, for the compact-block extra pool (the
+    /// caller takes them after each insertion, so this holds at most one insertion's victims).
+    pub fn take_evicted(&mut self) -> Vec<Arc<Transaction>> {
+        std::mem::take(&mut self.evicted)
     }
 
     /// Removes what entered `max_age` or more before `now`; returns how many.

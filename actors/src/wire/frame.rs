@@ -1323,7 +1323,7 @@ mod tests {
         let (magic, limits) = regtest();
         let mut dec = FrameDecoder::new_established(magic, limits);
         let payload = vec![0x55; 3_000_000];
-        let wire = encode_frame(magic, cmd("blocktxn"), &payload);
+        let wire = encode_frame(magic, cmd("merkleblock"), &payload);
         let mut input = &wire[..FRAME_HEADER_LEN + 1_000_000];
         assert_eq!(dec.decode(&mut input), None);
         assert!(

@@ -3,7 +3,8 @@
 //! [`Message::decode`] turns a checksum-verified [`Frame`] into a typed message. Every
 //! message of the protocol meshd speaks (version, verack, ping, pong, addr, addrv2,
 //! sendaddrv2, getaddr, inv, getdata, notfound, getheaders, getblocks, headers, block, tx,
-//! reject, sendheaders, feefilter, sendcmpct, wtxidrelay, mempool) is decoded by rust-bitcoin's
+//! reject, sendheaders, feefilter, sendcmpct, cmpctblock, getblocktxn, blocktxn, wtxidrelay,
+//! mempool) is decoded by rust-bitcoin's
 //! consensus decoders; `protoconf` (BSV) is parsed here because rust-bitcoin does not know it;
 //! any other command comes out as [`Message::Unknown`], which callers count and ignore.
 //!
@@ -310,6 +311,14 @@ impl Message {
             "filterclear" => expect_empty(c, p, N::FilterClear)?,
             "merkleblock" => N::MerkleBlock(decode_as(c, p, exact)?),
             "sendcmpct" => N::SendCmpct(decode_as(c, p, exact)?),
+            "cmpctblock" => N::CmpctBlock(decode_as(c, p, exact)?),
+            "getblocktxn" => {
+                // After the block hash: the indexes asked for, at most one per transaction
+                // a block can hold (rust-bitcoin's bound, checked here before decoding).
+                check_count(c, p, 32, MAX_BLOCKTXN_INDEXES)?;
+                N::GetBlockTxn(decode_as(c, p, exact)?)
+            }
+            "blocktxn" => N::BlockTxn(decode_as(c, p, exact)?),
             "protoconf" => {
                 if p.len() > BSV_LEGACY_PAYLOAD as usize {
                     return Err(PayloadError::Malformed {
@@ -393,6 +402,9 @@ pub const KNOWN_COMMANDS: &[&str] = &[
     "sendheaders",
     "feefilter",
     "sendcmpct",
+    "cmpctblock",
+    "getblocktxn",
+    "blocktxn",
     "wtxidrelay",
     "mempool",
     "protoconf",
@@ -437,6 +449,10 @@ const MAX_ADDRV2_ADDR_LEN: u32 = 512;
 const MAX_ADDRV2_ENTRY_LEN: u32 = 4 + MAX_COMPACT_SIZE_LEN + 1 + 3 + MAX_ADDRV2_ADDR_LEN + 2;
 /// A header in `headers`: 80 bytes and a zero transaction count.
 const HEADERS_ENTRY_LEN: u32 = 81;
+/// Indexes one `getblocktxn` may ask for: a transaction index is at most 16 bits in BIP152's
+/// prefilled encoding (Core keeps them as `uint16_t`), so a block usable as a compact block
+/// has at most this many transactions. Each differential index takes at most 3 bytes.
+pub const MAX_BLOCKTXN_INDEXES: usize = 1 << 16;
 /// Largest BIP37 filter (`MAX_BLOOM_FILTER_SIZE`).
 const MAX_BLOOM_FILTER_LEN: u32 = 36_000;
 /// Largest element `filteradd` may carry (`MAX_SCRIPT_ELEMENT_SIZE`).
@@ -483,7 +499,8 @@ pub fn payload_shape(command: &str) -> PayloadShape {
             item_len: INV_ITEM_LEN,
             max_items: MAX_INV_PER_MESSAGE,
         },
-        "block" | "tx" => PayloadShape::Content,
+        "block" | "tx" | "cmpctblock" | "blocktxn" => PayloadShape::Content,
+        "getblocktxn" => Bounded(32 + MAX_COMPACT_SIZE_LEN + MAX_BLOCKTXN_INDEXES as u32 * 3),
         _ => PayloadShape::Ignored,
     }
 }

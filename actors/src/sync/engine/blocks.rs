@@ -12,8 +12,9 @@ use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::BlockHash;
 use tracing::{debug, info, warn};
 
+use super::compact::Arrival;
 use super::{Action, KeptBlock, SyncCore, SyncPeer, DIRECT_FETCH_SPACINGS};
-use crate::events::NodeEvent;
+use crate::events::{BlockVia, NodeEvent};
 use crate::msg::HashedHeaders;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
@@ -99,12 +100,21 @@ impl SyncCore {
                     && !self.blocks.iter().any(|k| k.hash == *hash)
             })
             .collect();
-        let asked = self.downloads.fetch(&wanted, from, self.clock.now);
+        let mut asked = self.downloads.fetch(&wanted, from, self.clock.now);
+        if let Some((in_hand, peer)) = self.compact_in_hand {
+            // A `cmpctblock` of it is being handled: it is the answer, recorded as asked.
+            if peer == from {
+                asked.retain(|h| *h != in_hand);
+            }
+        }
+        // Core's direct fetch asks for a compact block when it is the one block we wait for.
+        let alone = asked.len() == 1 && self.downloads.in_flight() == 1;
         if let (false, Some(p)) = (asked.is_empty(), self.peers.get(&from)) {
-            self.out.send(
-                p.id,
-                NetworkMessage::GetData(asked.into_iter().map(|h| self.block_item(h)).collect()),
-            );
+            let items = asked
+                .into_iter()
+                .map(|h| self.block_request_item(h, p.id, alone))
+                .collect();
+            self.out.send(p.id, NetworkMessage::GetData(items));
         }
     }
 
@@ -119,6 +129,8 @@ impl SyncCore {
     }
 
     pub(super) fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
+        // High-bandwidth compact-block peers first, and only once.
+        self.announce_compact(hash);
         let header = self
             .chain
             .height_of(&hash)
@@ -154,6 +166,11 @@ impl SyncCore {
                 return;
             }
         }
+        let via = if self.fell_back(&hash) {
+            BlockVia::Fallback
+        } else {
+            BlockVia::Block
+        };
         if let Err(e) = block_check::check_block(&block, self.profile.chain) {
             metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
             let addr = self.peers.get(&id).map(|p| p.addr);
@@ -166,16 +183,36 @@ impl SyncCore {
             self.apply_downloads(out);
             return;
         }
+        let wire_bytes = bitcoin::consensus::serialize(&block).len();
+        let arrival = Arrival {
+            via,
+            txs_requested: 0,
+            wire_bytes,
+            missing: Vec::new(),
+        };
+        self.take_block(id, block, arrival);
+    }
+
+    /// A block from `id` that was asked of it and checks: kept, published and announced;
+    /// the sender may become a high-bandwidth compact-block peer.
+    pub(super) fn take_block(&mut self, id: PeerId, block: Block, arrival: Arrival) {
+        let hash = block.block_hash();
         self.downloads.accepted(&hash);
         // Credited to the sender only now, and only if it is new (Core's eviction rule
         // protects peers that recently sent a novel, valid block).
-        if !self.blocks.iter().any(|k| k.hash == hash) {
+        if !self.is_kept(&hash) {
             self.out.push(Action::LastBlockAt(id, self.clock.now));
+            self.keep_and_publish(block, Some(id), arrival);
+            self.maybe_high_bandwidth(id);
         }
-        self.keep_and_publish(block, Some(id));
     }
 
-    pub(super) fn keep_and_publish(&mut self, block: Block, from: Option<PeerId>) {
+    pub(super) fn keep_and_publish(
+        &mut self,
+        block: Block,
+        from: Option<PeerId>,
+        arrival: Arrival,
+    ) {
         let hash = block.block_hash();
         if self.blocks.iter().any(|k| k.hash == hash) {
             return;
@@ -183,8 +220,9 @@ impl SyncCore {
         let height = self.chain.height_of(&hash).unwrap_or(0);
         let size = bitcoin::consensus::serialize(&block).len();
         let tx_count = block.txdata.len();
-        metrics::counter!("meshd_blocks_received_total").increment(1);
-        info!(%hash, height, tx_count, size, "block received");
+        metrics::counter!("meshd_blocks_received_total", "via" => arrival.via.name()).increment(1);
+        SyncCore::count_saving(size, &arrival);
+        info!(%hash, height, tx_count, size, via = arrival.via.name(), txs_requested = arrival.txs_requested, wire_bytes = arrival.wire_bytes, "block received");
         self.out.event(NodeEvent::BlockReceived {
             hash: hash.to_string(),
             height,
@@ -193,6 +231,9 @@ impl SyncCore {
             from: from
                 .and_then(|id| self.peers.get(&id))
                 .map(|p| p.label.clone()),
+            via: arrival.via,
+            txs_requested: arrival.txs_requested,
+            wire_bytes: arrival.wire_bytes,
         });
         // Transactions now in a block leave the relay pool, and are not fetched again.
         for tx in &block.txdata {
@@ -212,7 +253,12 @@ impl SyncCore {
             let values = tx.output.iter().map(|o| o.value.to_sat()).collect();
             self.block_outputs.insert(tx.compute_txid(), values);
         }
-        self.blocks.push_back(KeptBlock { hash, block, frame });
+        self.blocks.push_back(KeptBlock {
+            hash,
+            block,
+            frame,
+            missing: arrival.missing,
+        });
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {
                 for tx in &old.block.txdata {

@@ -14,6 +14,7 @@
 //! `relay.rs` (transactions).
 
 mod blocks;
+mod compact;
 mod headers;
 mod relay;
 #[cfg(test)]
@@ -152,6 +153,9 @@ pub enum Action {
     LastTxAt(PeerId, Instant),
     /// Peer table: blocks asked of the peer and not delivered yet.
     BlocksInFlight(PeerId, usize),
+    /// Peer table: BIP152 high-bandwidth modes, as Core's getpeerinfo `bip152_hb_to` (we
+    /// asked the peer to announce with `cmpctblock`) and `bip152_hb_from` (it asked us).
+    CompactMode(PeerId, bool, bool),
     /// Headers the chain took, in order, for headers.dat.
     Store(Vec<(Header, BlockHash)>),
 }
@@ -196,6 +200,8 @@ pub struct NewPeer {
     pub wtxid_relay: bool,
     /// Our block-relay-only connection.
     pub block_relay_only: bool,
+    /// The services in its version.
+    pub services: bitcoin::p2p::ServiceFlags,
 }
 
 /// What the core knows of one peer (Core's per-peer `Peer` and `CNodeState`): what it
@@ -226,6 +232,8 @@ struct SyncPeer {
     next_flush: Instant,
     /// Blocks in flight last reported to the peer table.
     reported_in_flight: usize,
+    /// Its compact-block state (BIP152).
+    cmpct: compact::PeerCompact,
 }
 
 impl SyncPeer {
@@ -243,6 +251,8 @@ struct KeptBlock {
     hash: BlockHash,
     block: Arc<Block>,
     frame: Arc<[u8]>,
+    /// Positions we lacked when we reconstructed it: prefilled in our compact blocks of it.
+    missing: Vec<usize>,
 }
 
 /// The sync core's state.
@@ -288,6 +298,18 @@ pub struct SyncCore {
     recent_confirmed: RollingFilter,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
     extra_nonce: u32,
+    /// The peers we asked to announce blocks with `cmpctblock` (BIP152 high-bandwidth).
+    high_bandwidth: crate::sync::compact::HighBandwidth,
+    /// Transactions seen that are not in the pool, for reconstruction (Core's
+    /// `vExtraTxnForCompact`).
+    extra_txn: crate::sync::compact::ExtraPool,
+    /// Blocks being reconstructed, waiting for `blocktxn`.
+    partials: HashMap<BlockHash, compact::Partial>,
+    /// Blocks whose compact block failed and were asked for whole.
+    fallbacks: VecDeque<BlockHash>,
+    /// The block a `cmpctblock` being handled carries, and its sender: direct fetch records
+    /// it as asked of that sender but sends no `getdata` (the message is the answer).
+    compact_in_hand: Option<(BlockHash, PeerId)>,
 }
 
 /// A delay drawn from an exponential distribution of mean `avg` (Core's trickle), capped at
@@ -331,6 +353,11 @@ impl SyncCore {
             recent_rejects: RollingFilter::new(RECENT_REJECTS_CAP, RECENT_REJECTS_FP_RATE),
             recent_rejects_tip: BlockHash::all_zeros(),
             recent_confirmed: RollingFilter::new(RECENT_CONFIRMED_CAP, RECENT_CONFIRMED_FP_RATE),
+            high_bandwidth: Default::default(),
+            extra_txn: Default::default(),
+            partials: HashMap::new(),
+            fallbacks: VecDeque::new(),
+            compact_in_hand: None,
         }
     }
 
@@ -449,6 +476,7 @@ impl SyncCore {
             bloom: None,
             next_flush: clock.now + flush_in,
             reported_in_flight: 0,
+            cmpct: Default::default(),
         };
         if self.state == SyncState::Synced {
             send_sendheaders(&mut self.out, &peer);
@@ -462,6 +490,7 @@ impl SyncCore {
                 .send(id, NetworkMessage::Inv(vec![Inventory::Block(tip)]));
         }
         self.peers.insert(id, peer);
+        self.offer_compact_blocks(id, new.version, new.services);
         if self.tip_younger_than(RECENT_HEADER_AGE) {
             // Core: while our best header is recent, every new peer is asked for headers,
             // from our tip's parent so that the answer shows where it is.
@@ -479,6 +508,7 @@ impl SyncCore {
             return Vec::new();
         }
         self.tx_requests.peer_gone(id);
+        self.compact_peer_gone(id);
         self.poll_tx_requests();
         let (chain, peers) = (&self.chain, &self.peers);
         let out =
@@ -685,6 +715,10 @@ impl SyncCore {
                     self.on_tx(Some(id), *tx)
                 }
             }
+            SyncInput::SendCmpct { announce, version } => self.on_sendcmpct(id, announce, version),
+            SyncInput::CmpctBlock(c) => self.on_cmpctblock(id, *c),
+            SyncInput::BlockTxn(t) => self.on_blocktxn(id, *t),
+            SyncInput::GetBlockTxn(r) => self.on_getblocktxn(id, r),
             SyncInput::SendHeaders => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.wants_headers = true;
@@ -769,6 +803,7 @@ impl SyncCore {
             });
             self.apply_downloads(out);
         }
+        self.prune_partials();
         if let Some(segments) = self.segments.as_mut() {
             for peer in segments.expire(now) {
                 metrics::counter!("meshd_header_segments_total", "outcome" => "expired")
@@ -831,7 +866,11 @@ impl SyncCore {
                 .accept(&block.header, self.clock.unix.saturating_add(60))
                 .map_err(|e| format!("generated block refused: {e}"))?;
             self.out.push(Action::Store(vec![(block.header, hash)]));
-            self.keep_and_publish(block, None);
+            let arrival = compact::Arrival {
+                via: crate::events::BlockVia::Local,
+                ..Default::default()
+            };
+            self.keep_and_publish(block, None, arrival);
             hashes.push(hash);
         }
         // A mined tip is recent: the node may be out of initial sync now.

@@ -3,6 +3,7 @@
 //! intake (`tx`), fee rates for `feefilter`, and the trickled announcements.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
@@ -202,6 +203,7 @@ impl SyncCore {
             return;
         };
         let mut missing = Vec::new();
+        let mut compact = Vec::new();
         for item in items {
             match item {
                 // BIP37 filtered block (also with the witness flag): a merkleblock with the
@@ -235,6 +237,7 @@ impl SyncCore {
                         _ => missing.push(item),
                     }
                 }
+                Inventory::CompactBlock(_) => compact.push(item),
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
                     // One serialized copy, shared: a peer asking for it many times costs a
                     // pointer per request, and its Connection pauses serving while it does
@@ -269,8 +272,16 @@ impl SyncCore {
                 other => missing.push(other),
             }
         }
+        // Compact blocks asked for (BIP152), after the rest of the message.
+        for item in compact {
+            if let Inventory::CompactBlock(h) = item {
+                if !self.serve_compact(id, h) {
+                    missing.push(item);
+                }
+            }
+        }
         if !missing.is_empty() {
-            self.out.send(p.id, NetworkMessage::NotFound(missing));
+            self.out.send(id, NetworkMessage::NotFound(missing));
         }
         // The Connection hands over the next batch once this one is queued.
         self.out.push(Action::GetDataServed(id));
@@ -369,7 +380,9 @@ impl SyncCore {
             // malleated copy got here first): the vouched copy replaces it.
             metrics::counter!("meshd_txs_dropped_total", "reason" => "replaced_by_vouched")
                 .increment(1);
-            self.pool.remove(&txid);
+            if let Some(old) = self.pool.remove(&txid) {
+                self.keep_extra(old.tx);
+            }
         }
         let sender = from.and_then(|id| self.peers.get(&id)).map(|p| p.addr);
         if let Err(e) = check_transaction(&tx, self.profile.chain) {
@@ -390,11 +403,17 @@ impl SyncCore {
             .and_then(|id| self.peers.get(&id))
             .is_some_and(|p| self.permissions_of(p.addr.ip()).has(Permissions::RELAY));
         let limits = (config.tx_pool_max_count, config.tx_pool_max_bytes);
-        match self
+        let tx = Arc::new(tx);
+        let inserted = self
             .pool
-            .insert(tx, size, fee_rate, self.clock.now, limits, forced)
-        {
+            .insert(tx.clone(), size, fee_rate, self.clock.now, limits, forced);
+        for old in self.pool.take_evicted() {
+            self.keep_extra(old);
+        }
+        match inserted {
             None => {
+                // Not kept, but it may be in the next block: kept for reconstruction.
+                self.keep_extra(tx);
                 // Not pooled for its fee rate: refused until the tip changes, as Core's
                 // mempool-minimum-fee rejects (the pool's floor moves with blocks).
                 self.remember_rejected(wtxid);

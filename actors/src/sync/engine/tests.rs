@@ -63,6 +63,7 @@ fn peer(id: u64, inbound: bool, start_height: i32) -> NewPeer {
         version: 70016,
         wtxid_relay: false,
         block_relay_only: false,
+        services: bitcoin::p2p::ServiceFlags::NETWORK | bitcoin::p2p::ServiceFlags::WITNESS,
     }
 }
 
@@ -425,4 +426,223 @@ proptest! {
             }
         }
     }
+}
+
+/// A block on `parent` with `txs` after its coinbase, mined.
+fn block_with(parent: &Header, height: u32, time: u32, txs: Vec<bitcoin::Transaction>) -> Block {
+    let mut b = regtest_block(parent, height, time, 5);
+    b.txdata.extend(txs);
+    let merkle = b.compute_merkle_root().expect("transactions");
+    b.header = crate::sync::chain::headers::mine_header(parent, merkle, time, parent.bits);
+    b
+}
+
+/// A spend of a made-up output: passes the context-free checks, so it is pooled.
+fn spend(n: u8) -> bitcoin::Transaction {
+    use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::new(bitcoin::Txid::from_byte_array([n; 32]), 0),
+            script_sig: ScriptBuf::from_bytes(vec![0x51]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(1_000),
+            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    }
+}
+
+fn sent_to(actions: &[Action], id: PeerId) -> Vec<&NetworkMessage> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(p, m) if *p == id => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+fn arrivals(actions: &[Action]) -> Vec<(crate::events::BlockVia, usize)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(NodeEvent::BlockReceived {
+                via, txs_requested, ..
+            }) => Some((*via, *txs_requested)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn sendcmpct(announce: bool) -> SyncInput {
+    SyncInput::SendCmpct {
+        announce,
+        version: crate::sync::compact::CMPCTBLOCKS_VERSION,
+    }
+}
+
+#[test]
+fn compact_blocks_as_core_and_p2p_compactblocks() {
+    use crate::events::BlockVia;
+    use crate::sync::compact::compact_block;
+    use bitcoin::p2p::message_compact_blocks::SendCmpct;
+
+    let (mut core, clock) = synced_core(3);
+    let (p, q, r) = (PeerId(1), PeerId(2), PeerId(3));
+    // Offered right after the handshake, low-bandwidth, version 2 (witness peers).
+    let up = core.peer_up(clock, peer(1, false, 3));
+    assert!(sent_to(&up, p).iter().any(|m| matches!(
+        m,
+        NetworkMessage::SendCmpct(SendCmpct {
+            send_compact: false,
+            version: 2
+        })
+    )));
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let _ = core.peer_up(clock, peer(3, true, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    // Q wants our new blocks as cmpctblock at once.
+    let _ = core.input(clock, q, sendcmpct(true));
+    let _ = core.input(clock, r, sendcmpct(false));
+
+    // Block 4, with a transaction we have: P announces it by headers; we ask for the compact
+    // block (the one block we wait for), reconstruct it from the pool, and ask P to announce
+    // the next ones with cmpctblock (high-bandwidth).
+    let tx1 = spend(1);
+    let _ = core.submit_tx(clock, tx1.clone());
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![tx1]);
+    let a = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let asked: Vec<&Inventory> = sent_to(&a, p)
+        .into_iter()
+        .filter_map(|m| match m {
+            NetworkMessage::GetData(items) => Some(items),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(asked, vec![&Inventory::CompactBlock(b4.block_hash())]);
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, true, &[]))),
+    );
+    assert_eq!(arrivals(&a), vec![(BlockVia::CompactLowBandwidth, 0)]);
+    assert!(
+        sent_to(&a, p).iter().any(|m| matches!(
+            m,
+            NetworkMessage::SendCmpct(SendCmpct {
+                send_compact: true,
+                ..
+            })
+        )),
+        "P becomes high-bandwidth"
+    );
+    // Q asked for high-bandwidth announcements: it gets the cmpctblock, not headers.
+    assert!(sent_to(&a, q)
+        .iter()
+        .any(|m| matches!(m, NetworkMessage::CmpctBlock(_))));
+    assert!(!sent_to(&a, q)
+        .iter()
+        .any(|m| matches!(m, NetworkMessage::Headers(_) | NetworkMessage::Inv(_))));
+
+    // Block 5 from P unsolicited (high-bandwidth) with a transaction we lack: getblocktxn
+    // for it alone, then blocktxn completes it.
+    let tx2 = spend(2);
+    let b5 = block_with(&b4.header, 5, tip.time + 2, vec![tx2.clone()]);
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b5, 12, true, &[]))),
+    );
+    let req = sent_to(&a, p)
+        .into_iter()
+        .find_map(|m| match m {
+            NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.clone()),
+            _ => None,
+        })
+        .expect("getblocktxn");
+    assert_eq!(req.indexes, vec![1]);
+    assert!(blocks_asked(&a, p).is_empty(), "no full block asked");
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::BlockTxn(Box::new(bitcoin::bip152::BlockTransactions {
+            block_hash: b5.block_hash(),
+            transactions: vec![tx2],
+        })),
+    );
+    assert_eq!(arrivals(&a), vec![(BlockVia::CompactHighBandwidth, 1)]);
+
+    // Our compact block of block 5 prefills what we lacked (the transaction at 1).
+    let a = core.input(
+        clock,
+        r,
+        SyncInput::GetData(vec![Inventory::CompactBlock(b5.block_hash())]),
+    );
+    let served = sent_to(&a, r)
+        .into_iter()
+        .find_map(|m| match m {
+            NetworkMessage::CmpctBlock(c) => Some(c.compact_block.clone()),
+            _ => None,
+        })
+        .expect("cmpctblock served");
+    assert_eq!(
+        served.prefilled_txs.len(),
+        2,
+        "coinbase and the missing transaction"
+    );
+    // getblocktxn is answered; an index past the end costs the asker.
+    let a = core.input(
+        clock,
+        r,
+        SyncInput::GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest {
+            block_hash: b5.block_hash(),
+            indexes: vec![1],
+        }),
+    );
+    assert!(sent_to(&a, r)
+        .iter()
+        .any(|m| matches!(m, NetworkMessage::BlockTxn(_))));
+    let a = core.input(
+        clock,
+        r,
+        SyncInput::GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest {
+            block_hash: b5.block_hash(),
+            indexes: vec![7],
+        }),
+    );
+    assert!(a
+        .iter()
+        .any(|x| matches!(x, Action::Punish(id, "getblocktxn_out_of_range") if *id == r)));
+
+    // An unsolicited cmpctblock from a peer that is neither asked nor high-bandwidth: its
+    // content is not read (no block from it), its header is an announcement.
+    let b6 = block_with(&b5.header, 6, tip.time + 3, vec![]);
+    let a = core.input(
+        clock,
+        r,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b6, 13, true, &[]))),
+    );
+    assert!(
+        arrivals(&a).is_empty(),
+        "not taken from a cmpctblock nobody asked for"
+    );
+    assert!(a.iter().all(|x| !matches!(x, Action::Punish(..))));
+
+    // A blocktxn nobody asked for is ignored; a reconstruction that does not check (a bad
+    // transaction list) falls back to the whole block, free.
+    let a = core.input(
+        clock,
+        q,
+        SyncInput::BlockTxn(Box::new(bitcoin::bip152::BlockTransactions {
+            block_hash: b6.block_hash(),
+            transactions: vec![],
+        })),
+    );
+    assert!(a.iter().all(|x| !matches!(x, Action::Punish(..))) && arrivals(&a).is_empty());
 }

@@ -1,0 +1,630 @@
+//! Compact blocks (BIP152) in the sync core, as Core's net_processing does them:
+//! negotiation (`sendcmpct` after the handshake, low-bandwidth; high-bandwidth asked of the
+//! peers that last gave us a new block), receiving `cmpctblock` (reconstruction from the
+//! relay pool and the extra pool, `getblocktxn` for the rest, the full block when that
+//! fails), and sending `cmpctblock` (to high-bandwidth peers as soon as we have a block, and
+//! on request) and `blocktxn`. The message-level work is [`crate::sync::compact`]; this file
+//! applies it to the core's peers, block downloads and kept blocks.
+
+use std::sync::Arc;
+
+use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, HeaderAndShortIds};
+use bitcoin::hashes::Hash;
+use bitcoin::p2p::message::NetworkMessage;
+use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::p2p::message_compact_blocks::{BlockTxn, CmpctBlock, GetBlockTxn, SendCmpct};
+use bitcoin::p2p::ServiceFlags;
+use bitcoin::{BlockHash, Transaction};
+use rand::Rng;
+use tracing::{debug, info};
+
+use super::{Action, SyncCore};
+use crate::events::BlockVia;
+use crate::msg::HashedHeaders;
+use crate::network::Chain;
+use crate::shared::peers::PeerId;
+use crate::sync::block_check;
+use crate::sync::compact::{
+    self, answer_getblocktxn, short_id_hash, PartialBlock, ReadError, TxnAnswer,
+    CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, MAX_CMPCTBLOCK_DEPTH, SHORT_IDS_BLOCKS_VERSION,
+};
+
+/// Blocks being reconstructed at once (each waits for its `blocktxn`).
+///
+/// # Security
+/// A partial block holds a slot per transaction of the block (up to 100,000 on BTC): only
+/// blocks we want (on our best chain, near the tip) and asked of the sender get one, which
+/// is never more than a peer's blocks in flight; this caps the sum whatever peers do.
+pub const MAX_PARTIAL_BLOCKS: usize = 16;
+/// Blocks remembered as having fallen back from a compact block to the full block, so the
+/// full block's arrival is reported as such.
+const MAX_FALLBACKS_REMEMBERED: usize = 16;
+/// Most transactions a BTC block holds (Core: `MAX_BLOCK_WEIGHT` over
+/// `MIN_SERIALIZABLE_TRANSACTION_WEIGHT`, 4,000,000 / 40): a compact block claiming more is
+/// invalid.
+const MAX_BTC_BLOCK_TXS: usize = 100_000;
+
+/// One peer's compact-block state (Core's `m_provides_cmpctblocks` and
+/// `m_requested_hb_cmpctblocks`).
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct PeerCompact {
+    /// It sent `sendcmpct` with our version: it can be asked for, and sent, compact blocks.
+    pub(super) provides: bool,
+    /// It asked us to announce new blocks to it with `cmpctblock` at once (getpeerinfo's
+    /// `bip152_hb_from`).
+    pub(super) hb_from: bool,
+}
+
+/// A block being reconstructed: whose compact block it is, and what it cost so far.
+pub(super) struct Partial {
+    peer: PeerId,
+    block: PartialBlock,
+    via: BlockVia,
+    wire_bytes: usize,
+    requested: usize,
+}
+
+/// How a block we keep reached us, for events, metrics and the prefill of our own compact
+/// blocks.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Arrival {
+    pub(super) via: BlockVia,
+    /// Transactions asked for with `getblocktxn`.
+    pub(super) txs_requested: usize,
+    /// Bytes of the messages that carried it (frame headers excluded).
+    pub(super) wire_bytes: usize,
+    /// Positions we lacked when we reconstructed it: prefilled when we pass it on.
+    pub(super) missing: Vec<usize>,
+}
+
+/// Bytes of a message's payload.
+fn payload_len<T: bitcoin::consensus::Encodable>(m: &T) -> usize {
+    let mut counter = ByteCounter(0);
+    let _ = m.consensus_encode(&mut counter);
+    counter.0
+}
+
+/// A writer that counts bytes only.
+struct ByteCounter(usize);
+
+impl bitcoin::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> bitcoin::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> bitcoin::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn count_outcome(outcome: &'static str, via: BlockVia) {
+    let mode = match via {
+        BlockVia::CompactHighBandwidth => "high_bandwidth",
+        _ => "low_bandwidth",
+    };
+    metrics::counter!("meshd_compact_blocks_total", "outcome" => outcome, "mode" => mode)
+        .increment(1);
+}
+
+impl SyncCore {
+    /// The compact-block version meshd speaks on this network: wtxid short ids (version 2)
+    /// on BTC; BSV has no segwit, so txid short ids (version 1), as the SV node's.
+    pub(super) fn compact_version(&self) -> Option<u64> {
+        if !self.config.compact_blocks {
+            return None;
+        }
+        match self.profile.chain {
+            Chain::Btc => Some(CMPCTBLOCKS_VERSION),
+            Chain::Bsv => Some(CMPCTBLOCKS_VERSION_TXID),
+        }
+    }
+
+    /// Whether short ids are of wtxids (version 2) here.
+    fn by_wtxid(&self) -> bool {
+        self.compact_version() == Some(CMPCTBLOCKS_VERSION)
+    }
+
+    /// The most transactions a block of this network can hold.
+    fn max_block_txs(&self) -> usize {
+        match self.profile.chain {
+            Chain::Btc => MAX_BTC_BLOCK_TXS,
+            Chain::Bsv => {
+                self.config.max_block_message_size as usize / compact::MIN_TRANSACTION_BYTES
+            }
+        }
+    }
+
+    /// Right after the handshake (Core: on `verack`): we offer compact blocks, low-bandwidth
+    /// (we do not ask for announcements yet), to peers whose version knows them and, on BTC,
+    /// that serve witnesses (version 2 short ids are of wtxids).
+    pub(super) fn offer_compact_blocks(
+        &mut self,
+        id: PeerId,
+        version: u32,
+        services: ServiceFlags,
+    ) {
+        let Some(ours) = self.compact_version() else {
+            return;
+        };
+        let witness = self.profile.chain == Chain::Bsv || services.has(ServiceFlags::WITNESS);
+        if version >= SHORT_IDS_BLOCKS_VERSION && witness {
+            self.out.send(
+                id,
+                NetworkMessage::SendCmpct(SendCmpct {
+                    send_compact: false,
+                    version: ours,
+                }),
+            );
+        }
+    }
+
+    /// `sendcmpct` from a peer: only our version counts (Core ignores any other); its
+    /// `announce` flag says whether it wants new blocks as `cmpctblock` at once.
+    pub(super) fn on_sendcmpct(&mut self, id: PeerId, announce: bool, version: u64) {
+        if Some(version) != self.compact_version() {
+            debug!(peer = %id, version, "sendcmpct of a version we do not speak; ignored");
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.cmpct.provides = true;
+            p.cmpct.hb_from = announce;
+        }
+        self.report_compact_mode(id);
+    }
+
+    /// Tells the peer table of `id`'s BIP152 modes, and the gauge of high-bandwidth peers.
+    pub(super) fn report_compact_mode(&mut self, id: PeerId) {
+        let hb_to = self.high_bandwidth.contains(id);
+        if let Some(p) = self.peers.get(&id) {
+            self.out
+                .push(Action::CompactMode(id, hb_to, p.cmpct.hb_from));
+        }
+        let from = self.peers.values().filter(|p| p.cmpct.hb_from).count();
+        metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "to")
+            .set(self.high_bandwidth.len() as f64);
+        metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "from")
+            .set(from as f64);
+    }
+
+    /// `id` gave us a new valid block while it was the only one we waited for (Core's
+    /// BlockChecked, MaybeSetPeerAsAnnouncingHeaderAndIDs): it becomes one of our three
+    /// high-bandwidth peers, the longest-serving one going back to low-bandwidth.
+    pub(super) fn maybe_high_bandwidth(&mut self, id: PeerId) {
+        let Some(ours) = self.compact_version() else {
+            return;
+        };
+        if self.in_ibd()
+            || self.downloads.in_flight() != 0
+            || !self.peers.get(&id).is_some_and(|p| p.cmpct.provides)
+        {
+            return;
+        }
+        let peers = &self.peers;
+        let changes = self
+            .high_bandwidth
+            .block_from(id, |p| peers.get(&p).is_some_and(|p| p.hs.inbound));
+        for change in changes {
+            info!(peer = %change.peer, high = change.high, "compact blocks: high-bandwidth mode {}", if change.high { "asked" } else { "ended" });
+            self.out.send(
+                change.peer,
+                NetworkMessage::SendCmpct(SendCmpct {
+                    send_compact: change.high,
+                    version: ours,
+                }),
+            );
+            self.report_compact_mode(change.peer);
+        }
+    }
+
+    /// A peer left: its high-bandwidth place and its reconstructions go.
+    pub(super) fn compact_peer_gone(&mut self, id: PeerId) {
+        if self.high_bandwidth.contains(id) {
+            self.high_bandwidth.peer_gone(id);
+        }
+        self.partials.retain(|_, p| p.peer != id);
+        let from = self.peers.values().filter(|p| p.cmpct.hb_from).count();
+        metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "to")
+            .set(self.high_bandwidth.len() as f64);
+        metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "from")
+            .set(from as f64);
+    }
+
+    /// Keeps a transaction that is not (or no longer) in the relay pool for reconstruction.
+    pub(super) fn keep_extra(&mut self, tx: Arc<Transaction>) {
+        if self.compact_version().is_some() {
+            let hash = short_id_hash(&tx, self.by_wtxid());
+            self.extra_txn.push(hash, tx);
+        }
+    }
+
+    /// Whether `hash` is a block we want now: on our best chain within the fetch window of
+    /// a recent tip (Core's `CanDirectFetch`), and not kept.
+    pub(super) fn block_wanted(&self, hash: &BlockHash) -> bool {
+        let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+        self.tip_younger_than(
+            super::DIRECT_FETCH_SPACINGS * crate::sync::header_sync::POW_TARGET_SPACING,
+        ) && self.chain.is_on_best_chain(hash)
+            && self
+                .chain
+                .height_of(hash)
+                .is_some_and(|h| h >= lowest && h > 0)
+            && !self.is_kept(hash)
+    }
+
+    pub(super) fn is_kept(&self, hash: &BlockHash) -> bool {
+        self.blocks.iter().any(|k| k.hash == *hash)
+    }
+
+    /// How a single block is asked of `peer`: as a compact block when it is the only block
+    /// we wait for and the peer speaks compact blocks (Core's direct fetch), else whole.
+    pub(super) fn block_request_item(
+        &self,
+        hash: BlockHash,
+        peer: PeerId,
+        alone: bool,
+    ) -> Inventory {
+        let compact = alone
+            && self.compact_version().is_some()
+            && self.peers.get(&peer).is_some_and(|p| p.cmpct.provides);
+        if compact {
+            Inventory::CompactBlock(hash)
+        } else {
+            self.block_item(hash)
+        }
+    }
+
+    /// Asks `peer` for the whole block after its compact block did not do.
+    fn fall_back_to_block(&mut self, peer: PeerId, hash: BlockHash, via: BlockVia) {
+        count_outcome("fallback", via);
+        self.fallbacks.push_back(hash);
+        while self.fallbacks.len() > MAX_FALLBACKS_REMEMBERED {
+            self.fallbacks.pop_front();
+        }
+        let item = self.block_item(hash);
+        self.out.send(peer, NetworkMessage::GetData(vec![item]));
+    }
+
+    /// `cmpctblock` from a peer (Core's CMPCTBLOCK handler). Its header is taken as a
+    /// `headers` announcement would be (an invalid header costs the sender, whoever it is;
+    /// one that does not connect leads to `getheaders`). Its content is read only when we
+    /// asked the peer for it, or asked it to announce so (high-bandwidth); unsolicited
+    /// compact blocks from other peers are ignored, as Core now does.
+    pub(super) fn on_cmpctblock(&mut self, id: PeerId, cmpct: HeaderAndShortIds) {
+        if self.compact_version().is_none() {
+            return;
+        }
+        let hash = cmpct.header.block_hash();
+        let requested = self.downloads.asked_of(&hash) == Some(id);
+        let high = self.high_bandwidth.contains(id);
+        if !requested && !high {
+            metrics::counter!("meshd_compact_blocks_total", "outcome" => "unsolicited", "mode" => "low_bandwidth").increment(1);
+            debug!(%hash, peer = %id, "cmpctblock neither asked for nor announced by a high-bandwidth peer; its content is ignored");
+            if !self.chain.contains(&hash) {
+                // Its header still announces the block, as a `headers` message would.
+                self.on_headers(id, HashedHeaders::new(vec![cmpct.header]));
+            }
+            return;
+        }
+        let via = if requested {
+            BlockVia::CompactLowBandwidth
+        } else {
+            BlockVia::CompactHighBandwidth
+        };
+        let wire_bytes = payload_len(&cmpct);
+        if !self.chain.contains(&hash) {
+            // Taken as an announcement, but the block is not fetched whole: this message is
+            // the answer (the request is recorded as made of the sender).
+            self.compact_in_hand = Some((hash, id));
+            self.on_headers(id, HashedHeaders::new(vec![cmpct.header]));
+            self.compact_in_hand = None;
+            if !self.chain.contains(&hash) {
+                return;
+            }
+        }
+        if self.is_kept(&hash) {
+            return;
+        }
+        if !self.block_wanted(&hash) {
+            if self.downloads.asked_of(&hash) == Some(id) {
+                // Asked for, but not near our tip now: our pool will not help.
+                let item = self.block_item(hash);
+                self.out.send(id, NetworkMessage::GetData(vec![item]));
+            }
+            return;
+        }
+        let in_flight_from = self.downloads.asked_of(&hash);
+        let ours_to_fill = match in_flight_from {
+            Some(p) if p == id => true,
+            Some(_) => false,
+            None => !self.downloads.fetch(&[hash], id, self.clock.now).is_empty(),
+        };
+        if !ours_to_fill {
+            // In flight from another peer (or this one has too many blocks asked): try
+            // without a round trip, and give up quietly if that does not do (Core).
+            if let Ok(partial) = self.init_partial(&cmpct) {
+                if partial.missing().is_empty() {
+                    if let Ok(block) = partial.fill(Vec::new()) {
+                        if block_check::check_block(&block, self.profile.chain).is_ok() {
+                            if let Some(other) = in_flight_from {
+                                self.downloads.on_block(&hash, other);
+                            }
+                            count_outcome("reconstructed", via);
+                            let arrival = Arrival {
+                                via,
+                                txs_requested: 0,
+                                wire_bytes,
+                                missing: Vec::new(),
+                            };
+                            self.take_block(id, block, arrival);
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+            debug!(%hash, peer = %id, "a second cmpctblock for a block being reconstructed; ignored");
+            return;
+        }
+        match self.init_partial(&cmpct) {
+            Err(ReadError::Invalid(kind)) => {
+                count_outcome("invalid", via);
+                self.punish(id, kind);
+                let sources = self.block_sources(&hash);
+                let out = self
+                    .downloads
+                    .on_block_refused(hash, id, &sources, self.clock.now);
+                self.apply_downloads(out);
+            }
+            Err(ReadError::Failed(why)) => {
+                debug!(%hash, peer = %id, why, "compact block not usable; asking for the block");
+                self.fall_back_to_block(id, hash, via);
+            }
+            Ok(partial) => {
+                let missing = partial.missing();
+                if missing.is_empty() {
+                    let arrival = Arrival {
+                        via,
+                        txs_requested: 0,
+                        wire_bytes,
+                        missing: Vec::new(),
+                    };
+                    self.reconstructed(id, partial, Vec::new(), arrival);
+                    return;
+                }
+                let req = BlockTransactionsRequest {
+                    block_hash: hash,
+                    indexes: missing.clone(),
+                };
+                let asked = missing.len();
+                let req_bytes = payload_len(&req);
+                self.out.send(
+                    id,
+                    NetworkMessage::GetBlockTxn(GetBlockTxn { txs_request: req }),
+                );
+                if self.partials.len() >= MAX_PARTIAL_BLOCKS {
+                    // The oldest is dropped: its block stays in flight, and a stall moves it.
+                    let oldest = self.partials.keys().next().copied();
+                    if let Some(k) = oldest {
+                        self.partials.remove(&k);
+                    }
+                }
+                self.partials.insert(
+                    hash,
+                    Partial {
+                        peer: id,
+                        block: partial,
+                        via,
+                        wire_bytes: wire_bytes + req_bytes,
+                        requested: asked,
+                    },
+                );
+            }
+        }
+    }
+
+    fn init_partial(&self, cmpct: &HeaderAndShortIds) -> Result<PartialBlock, ReadError> {
+        let by_wtxid = self.by_wtxid();
+        let pool = self.pool.entries().map(|(txid, e)| {
+            let hash = if by_wtxid {
+                e.wtxid.to_byte_array()
+            } else {
+                txid.to_byte_array()
+            };
+            (hash, &e.tx)
+        });
+        PartialBlock::init(cmpct, self.max_block_txs(), pool, self.extra_txn.iter())
+    }
+
+    /// `blocktxn`: the transactions our `getblocktxn` asked of the peer. Anything else is
+    /// ignored (Core: "block transactions for a block we were not expecting").
+    pub(super) fn on_blocktxn(&mut self, id: PeerId, txn: BlockTransactions) {
+        let hash = txn.block_hash;
+        let ours = self.partials.get(&hash).is_some_and(|p| p.peer == id)
+            && self.downloads.asked_of(&hash) == Some(id);
+        if !ours {
+            debug!(%hash, peer = %id, "blocktxn for no block we are reconstructing from it; ignored");
+            return;
+        }
+        let Some(partial) = self.partials.remove(&hash) else {
+            return;
+        };
+        let wire_bytes = partial.wire_bytes + payload_len(&txn);
+        let arrival = Arrival {
+            via: partial.via,
+            txs_requested: partial.requested,
+            wire_bytes,
+            missing: partial
+                .block
+                .missing()
+                .into_iter()
+                .map(|i| i as usize)
+                .collect(),
+        };
+        self.reconstructed(id, partial.block, txn.transactions, arrival);
+    }
+
+    /// Fills and checks a reconstruction. A malformed answer costs the peer; a block that
+    /// does not check may be a short-id collision, so the whole block is asked for, free.
+    fn reconstructed(
+        &mut self,
+        id: PeerId,
+        partial: PartialBlock,
+        missing: Vec<Transaction>,
+        arrival: Arrival,
+    ) {
+        let hash = partial.hash();
+        match partial.fill(missing) {
+            Err(ReadError::Invalid(kind)) => {
+                count_outcome("invalid", arrival.via);
+                self.punish(id, kind);
+                let sources = self.block_sources(&hash);
+                let out = self
+                    .downloads
+                    .on_block_refused(hash, id, &sources, self.clock.now);
+                self.apply_downloads(out);
+            }
+            Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
+            Ok(block) => {
+                if let Err(e) = block_check::check_block(&block, self.profile.chain) {
+                    debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
+                    self.fall_back_to_block(id, hash, arrival.via);
+                    return;
+                }
+                if !self.downloads.on_block(&hash, id) {
+                    return;
+                }
+                let outcome = if arrival.txs_requested == 0 {
+                    "reconstructed"
+                } else {
+                    "txn_requested"
+                };
+                count_outcome(outcome, arrival.via);
+                self.take_block(id, block, arrival);
+            }
+        }
+    }
+
+    /// `getdata(MSG_CMPCT_BLOCK)`: a compact block for one of the last
+    /// [`MAX_CMPCTBLOCK_DEPTH`] blocks, the whole block for an older one (Core). False when
+    /// we do not keep it.
+    pub(super) fn serve_compact(&mut self, id: PeerId, hash: BlockHash) -> bool {
+        let Some(at) = self.blocks.iter().position(|k| k.hash == hash) else {
+            return false;
+        };
+        let depth = self
+            .chain
+            .height_of(&hash)
+            .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
+        if depth <= MAX_CMPCTBLOCK_DEPTH && self.compact_version().is_some() {
+            let cmpct = self.compact_of(at);
+            self.out.send(
+                id,
+                NetworkMessage::CmpctBlock(CmpctBlock {
+                    compact_block: cmpct,
+                }),
+            );
+        } else {
+            let frame = self.blocks[at].frame.clone();
+            self.out.push(Action::SendShared(id, "block", frame));
+        }
+        true
+    }
+
+    /// The compact block of kept block `at`: the coinbase and what we lacked prefilled.
+    fn compact_of(&mut self, at: usize) -> HeaderAndShortIds {
+        let nonce: u64 = self.rng.gen();
+        let by_wtxid = self.by_wtxid();
+        let k = &self.blocks[at];
+        compact::compact_block(&k.block, nonce, by_wtxid, &k.missing)
+    }
+
+    /// `getblocktxn` (Core's handler): answered from a kept block within
+    /// [`compact::MAX_BLOCKTXN_DEPTH`], with the whole block below; an index past the
+    /// block's end costs the peer; a block we do not keep is not answered.
+    pub(super) fn on_getblocktxn(&mut self, id: PeerId, req: BlockTransactionsRequest) {
+        let Some(k) = self.blocks.iter().find(|k| k.hash == req.block_hash) else {
+            debug!(hash = %req.block_hash, peer = %id, "getblocktxn for a block we do not keep");
+            return;
+        };
+        let depth = self
+            .chain
+            .height_of(&k.hash)
+            .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
+        match answer_getblocktxn(&req, &k.block, depth) {
+            TxnAnswer::Txn(transactions) => self
+                .out
+                .send(id, NetworkMessage::BlockTxn(BlockTxn { transactions })),
+            TxnAnswer::FullBlock => {
+                let frame = k.frame.clone();
+                self.out.push(Action::SendShared(id, "block", frame));
+            }
+            TxnAnswer::OutOfRange => self.punish(id, "getblocktxn_out_of_range"),
+        }
+    }
+
+    /// To the peers that asked for high-bandwidth announcements and do not know it yet: the
+    /// new tip block as `cmpctblock`, before any other announcement (BIP152 allows relay
+    /// once the header's proof of work is checked; ours is checked, and the block too).
+    /// Returns the peers sent to, which other announcements skip.
+    pub(super) fn announce_compact(&mut self, hash: BlockHash) -> Vec<PeerId> {
+        if self.compact_version().is_none() || self.chain.tip() != hash {
+            return Vec::new();
+        }
+        let Some(at) = self.blocks.iter().position(|k| k.hash == hash) else {
+            return Vec::new();
+        };
+        let key = hash.to_byte_array();
+        let to: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| p.cmpct.provides && p.cmpct.hb_from && !p.knows(&key))
+            .map(|p| p.id)
+            .collect();
+        if to.is_empty() {
+            return to;
+        }
+        // One nonce for all: the short ids are computed once.
+        let cmpct = self.compact_of(at);
+        for id in &to {
+            if let Some(p) = self.peers.get_mut(id) {
+                p.learn(key);
+            }
+            self.out.send(
+                *id,
+                NetworkMessage::CmpctBlock(CmpctBlock {
+                    compact_block: cmpct.clone(),
+                }),
+            );
+        }
+        metrics::counter!("meshd_compact_blocks_sent_total").increment(to.len() as u64);
+        to
+    }
+
+    /// Whether the block's whole copy was asked for after its compact block failed.
+    pub(super) fn fell_back(&mut self, hash: &BlockHash) -> bool {
+        match self.fallbacks.iter().position(|h| h == hash) {
+            Some(at) => {
+                self.fallbacks.remove(at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets reconstructions whose block is no longer asked of their peer (it stalled and
+    /// moved, or came another way).
+    pub(super) fn prune_partials(&mut self) {
+        let downloads = &self.downloads;
+        self.partials
+            .retain(|hash, p| downloads.asked_of(hash) == Some(p.peer));
+    }
+
+    /// Bytes a block's arrival saved against the whole block.
+    pub(super) fn count_saving(size: usize, arrival: &Arrival) {
+        if arrival.via != BlockVia::Block && arrival.via != BlockVia::Fallback {
+            metrics::counter!("meshd_compact_block_bytes_saved_total")
+                .increment(size.saturating_sub(arrival.wire_bytes) as u64);
+        }
+    }
+}
