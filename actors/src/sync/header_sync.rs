@@ -216,8 +216,8 @@ impl HeaderSync {
     }
 
     /// Stall and deadline: the session ends when it made no progress for `stall_timeout`,
-    /// or when it ran past its deadline while our tip is still old (`tip_recent` false;
-    /// the peer, whose state is `peer_state`, is then marked failed). The caller picks the
+    /// or when it ran past its deadline while our tip is still old (`tip_recent` false);
+    /// either way the peer, whose state is `peer_state`, is marked failed. The caller picks the
     /// next peer.
     pub fn check(
         &mut self,
@@ -229,6 +229,10 @@ impl HeaderSync {
         let s = self.session?;
         if now.saturating_duration_since(s.last_progress) >= stall_timeout {
             self.session = None;
+            // A stalled sync peer is not asked again, for a session or a segment.
+            if let Some(p) = peer_state {
+                p.failed = true;
+            }
             return Some(SessionEnd::Stalled(s.peer));
         }
         if now.saturating_duration_since(s.started) >= s.deadline() && !tip_recent {
@@ -359,7 +363,10 @@ mod tests {
             hs.check(t0 + stall, stall, false, Some(&mut p)),
             Some(SessionEnd::Stalled(PeerId(1)))
         );
-        assert!(!p.failed(), "a stall is not a failure");
+        assert!(
+            p.failed(),
+            "a stalled sync peer is marked failed (the issue: failed and replaced)"
+        );
         let mut q = PeerHeaders::new(false, 0);
         hs.choose(std::iter::once((PeerId(2), &mut q)), None, 6000, t0);
         let mut now = t0;

@@ -234,6 +234,9 @@ struct SyncPeer {
     reported_in_flight: usize,
     /// Its compact-block state (BIP152).
     cmpct: compact::PeerCompact,
+    /// An `inv` of it made us ask it for headers before we synced from it (Core's
+    /// `m_inv_triggered_getheaders_before_sync`): not again.
+    inv_triggered_getheaders: bool,
 }
 
 impl SyncPeer {
@@ -310,6 +313,9 @@ pub struct SyncCore {
     /// The block a `cmpctblock` being handled carries, and its sender: direct fetch records
     /// it as asked of that sender but sends no `getdata` (the message is the answer).
     compact_in_hand: Option<(BlockHash, PeerId)>,
+    /// The block whose `inv` last made us ask a peer we do not sync from for headers
+    /// (Core's `m_last_block_inv_triggering_headers_sync`): one such peer per new block.
+    last_inv_trigger: Option<BlockHash>,
 }
 
 /// A delay drawn from an exponential distribution of mean `avg` (Core's trickle), capped at
@@ -358,6 +364,7 @@ impl SyncCore {
             partials: HashMap::new(),
             fallbacks: VecDeque::new(),
             compact_in_hand: None,
+            last_inv_trigger: None,
         }
     }
 
@@ -477,6 +484,7 @@ impl SyncCore {
             next_flush: clock.now + flush_in,
             reported_in_flight: 0,
             cmpct: Default::default(),
+            inv_triggered_getheaders: false,
         };
         if self.state == SyncState::Synced {
             send_sendheaders(&mut self.out, &peer);

@@ -12,8 +12,8 @@ use bitcoin::{BlockHash, Transaction, Txid, Wtxid};
 use tracing::debug;
 
 use super::{
-    poisson, Action, SyncCore, FILTERED_BLOCK, MAX_INV_PER_FLUSH, TRICKLE_INBOUND,
-    TRICKLE_OUTBOUND, WITNESS_FLAG,
+    poisson, Action, SyncCore, FILTERED_BLOCK, MAX_INV_PER_FLUSH, RECENT_HEADER_AGE,
+    TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
 };
 use crate::config::TxRelay;
 use crate::events::NodeEvent;
@@ -126,11 +126,27 @@ impl SyncCore {
         // Core fetches a block by hash from a peer that announced it: one whose header we
         // have (a peer that served the header before it had the block) is asked now.
         self.fetch_blocks_from(&known_blocks, id);
-        if unknown_block.is_some() {
+        if let Some(best) = unknown_block {
             // Core: through MaybeSendGetHeaders, so a peer already asked (syncing, or asked
-            // for an earlier announcement) is asked nothing more.
-            let locator = self.chain.locator();
-            self.maybe_getheaders(id, locator);
+            // for an earlier announcement) is asked nothing more. A peer we do not sync
+            // from (in initial sync, or with a day-old best header, only the sync peer is)
+            // is asked once, and at most one such peer per new block: otherwise every
+            // announcer of each block during initial sync would download the whole chain.
+            let sync_started =
+                self.header_sync.is_sync_peer(id) || self.tip_younger_than(RECENT_HEADER_AGE);
+            let triggered_before = self
+                .peers
+                .get(&id)
+                .is_some_and(|p| p.inv_triggered_getheaders);
+            if sync_started || (!triggered_before && self.last_inv_trigger != Some(best)) {
+                let locator = self.chain.locator();
+                if self.maybe_getheaders(id, locator) && !sync_started {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.inv_triggered_getheaders = true;
+                    }
+                    self.last_inv_trigger = Some(best);
+                }
+            }
         }
         self.poll_tx_requests();
     }

@@ -646,3 +646,38 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     );
     assert!(a.iter().all(|x| !matches!(x, Action::Punish(..))) && arrivals(&a).is_empty());
 }
+
+#[test]
+fn in_initial_sync_one_announcer_per_new_block_is_asked_for_headers() {
+    // p2p_initial_headers_sync: during initial sync only the sync peer downloads headers;
+    // an announcement adds at most one more peer per new block (Core's
+    // m_inv_triggered_getheaders_before_sync), never every announcer.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let first = core.peer_up(clock, peer(1, false, 100));
+    assert_eq!(
+        getheaders_to(&first, PeerId(1)),
+        1,
+        "the sync peer is asked"
+    );
+    let _ = core.peer_up(clock, peer(2, false, 100));
+    let _ = core.peer_up(clock, peer(3, false, 100));
+    let inv = |n: u8| SyncInput::Inv(vec![Inventory::Block(BlockHash::from_byte_array([n; 32]))]);
+    let a = core.input(clock, PeerId(2), inv(1));
+    assert_eq!(getheaders_to(&a, PeerId(2)), 1, "one peer for block 1");
+    let a = core.input(clock, PeerId(3), inv(1));
+    assert_eq!(
+        getheaders_to(&a, PeerId(3)),
+        0,
+        "block 1 triggered a peer already"
+    );
+    let later = clock.after(HEADERS_RESPONSE_TIME * 2);
+    let a = core.input(later, PeerId(2), inv(2));
+    assert_eq!(
+        getheaders_to(&a, PeerId(2)),
+        0,
+        "peer 2 was triggered once already"
+    );
+    let a = core.input(later, PeerId(3), inv(2));
+    assert_eq!(getheaders_to(&a, PeerId(3)), 1, "block 2 adds peer 3");
+}
