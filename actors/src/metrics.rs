@@ -59,7 +59,27 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         "counter",
         "meshd_blocks_received_total",
-        "Blocks received, checked and kept.",
+        "Blocks received, checked and kept, by the message that carried them (via).",
+    ),
+    (
+        "counter",
+        "meshd_compact_blocks_total",
+        "Compact blocks (BIP152) received, by outcome (reconstructed, txn_requested, fallback, invalid, unsolicited) and mode (high_bandwidth, low_bandwidth).",
+    ),
+    (
+        "counter",
+        "meshd_compact_block_bytes_saved_total",
+        "Bytes compact blocks saved against the whole blocks they stood for.",
+    ),
+    (
+        "counter",
+        "meshd_compact_blocks_sent_total",
+        "Compact blocks pushed to peers that asked for high-bandwidth announcements.",
+    ),
+    (
+        "gauge",
+        "meshd_compact_high_bandwidth_peers",
+        "BIP152 high-bandwidth peers: we asked them (direction to), they asked us (direction from).",
     ),
     (
         "counter",

@@ -471,7 +471,7 @@ async fn messages_nothing_reads_are_skipped_without_buffering() {
     let magic = meshd_actors::network::NetworkId::Regtest.profile().magic;
     let big = vec![0x5a; 3_900_000];
     // A command meshd does not read, a block nobody asked for, then a ping 3.9 MB long.
-    let unknown = encode_frame(magic, Command::new("blocktxn").unwrap(), &big);
+    let unknown = encode_frame(magic, Command::new("xunknown").unwrap(), &big);
     let block = encode_frame(magic, Command::new("block").unwrap(), &big);
     let ping = encode_frame(magic, Command::new("ping").unwrap(), &big);
     ping_rtt(&mut honest).await.expect("honest ping before");

@@ -10,7 +10,8 @@
 //! | `bad_checksum` | 10 | corruption happens; a stream of it does not |
 //! | header with bad proof of work, wrong nBits, checkpoint conflict | 100 | cannot be an accident |
 //! | header time not above median time past | 50 | |
-//! | header time over 2 h ahead; 10 unconnecting header messages | 20 | may be a clock, or crossed announcements |
+//! | header time over 2 h ahead | 0 | our clock may be the wrong one (Core) |
+//! | unconnecting headers | 0 | announcements cross (Core master); answered by one `getheaders` |
 //! | too many stale headers; block not matching its merkle root | 20 | |
 //! | BIP37 filter over the size limits | 100 | BIP37: a protocol violation |
 //! | `duplicate_version` | 1 | Core's cost |
@@ -49,9 +50,10 @@ pub fn cost(kind: &str) -> u32 {
         // A batch whose headers do not chain (Core: `non-continuous headers sequence`).
         "header_not_continuous" => 100,
         "header_bad_time" => 50,
-        // Unconnecting headers (charged every tenth message) and a time too far ahead (which
-        // may be the peer's clock, or ours) cost little.
-        "header_not_connecting" => 20,
+        // Unconnecting headers are never charged (Core master's HandleUnconnectingHeaders:
+        // announcements cross); the kind is kept for a batch that breaks off mid-way, which
+        // the chain reports so and intake refuses as not continuous.
+        "header_not_connecting" => 0,
         // Core does not punish a header from the future: our clock may be the wrong one.
         "header_time_too_new" => 0,
         "header_too_many_stale" | "block_bad_merkle_root" => 20,

@@ -26,7 +26,8 @@ use crate::shared::peers::PeerId;
 use crate::sync::block_check;
 use crate::sync::compact::{
     self, answer_getblocktxn, short_id_hash, PartialBlock, ReadError, TxnAnswer,
-    CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, MAX_CMPCTBLOCK_DEPTH, SHORT_IDS_BLOCKS_VERSION,
+    CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH,
+    SHORT_IDS_BLOCKS_VERSION,
 };
 
 /// Blocks being reconstructed at once (each waits for its `blocktxn`).
@@ -578,7 +579,14 @@ impl SyncCore {
         let to: Vec<PeerId> = self
             .peers
             .values()
-            .filter(|p| p.cmpct.provides && p.cmpct.hb_from && !p.knows(&key))
+            // Core's NewPoWValidBlock: only to peers from INVALID_CB_NO_BAN_VERSION, which
+            // do not punish a compact block that turns out invalid.
+            .filter(|p| {
+                p.cmpct.provides
+                    && p.cmpct.hb_from
+                    && p.version >= INVALID_CB_NO_BAN_VERSION
+                    && !p.knows(&key)
+            })
             .map(|p| p.id)
             .collect();
         if to.is_empty() {
