@@ -173,6 +173,12 @@ impl BlockDownload {
         asked
     }
 
+    /// Asks `peer` for `block` again, not on an announcement: its failures of the block
+    /// stand (a recent `notfound` or stall keeps it from being asked). True when asked.
+    pub fn retry(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
+        self.may_ask(&block, peer, now) && self.try_request(block, peer, now)
+    }
+
     fn try_request(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
         self.in_flight
             .try_request(block, peer, now, MAX_BLOCKS_IN_FLIGHT_PER_PEER)

@@ -118,6 +118,36 @@ impl SyncCore {
         }
     }
 
+    /// Core's FindNextBlocksToDownload, for the blocks near a recent tip: a wanted block
+    /// that is neither kept nor asked of anyone (its only source left, every source had 16
+    /// in flight, or a notfound's memory expired) is asked of a peer that has it. Run on
+    /// every tick; at most [`Self::fetch_window`] heights are looked at.
+    pub(super) fn fetch_missing_blocks(&mut self) {
+        if !self.config.fetch_blocks
+            || self.loading
+            || !self.tip_younger_than(DIRECT_FETCH_SPACINGS * POW_TARGET_SPACING)
+        {
+            return;
+        }
+        let tip = self.chain.height();
+        let lowest = tip.saturating_sub(self.fetch_window() - 1).max(1);
+        for height in lowest..=tip {
+            let Some(hash) = self.chain.hash_at_height(height) else {
+                continue;
+            };
+            if self.is_kept(&hash) || self.downloads.asked_of(&hash).is_some() {
+                continue;
+            }
+            for source in self.block_sources(&hash) {
+                if self.downloads.retry(hash, source, self.clock.now) {
+                    let item = self.block_item(hash);
+                    self.out.send(source, NetworkMessage::GetData(vec![item]));
+                    break;
+                }
+            }
+        }
+    }
+
     /// How a block is asked for: with its witnesses on BTC (BIP144's MSG_WITNESS_BLOCK);
     /// on BSV as MSG_BLOCK, the only block type the SV node serves (it compares types
     /// exactly, so a witness flag would go unanswered).

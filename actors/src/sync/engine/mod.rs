@@ -811,6 +811,7 @@ impl SyncCore {
             });
             self.apply_downloads(out);
         }
+        self.fetch_missing_blocks();
         self.prune_partials();
         if let Some(segments) = self.segments.as_mut() {
             for peer in segments.expire(now) {

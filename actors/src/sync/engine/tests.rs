@@ -681,3 +681,37 @@ fn in_initial_sync_one_announcer_per_new_block_is_asked_for_headers() {
     let a = core.input(later, PeerId(3), inv(2));
     assert_eq!(getheaders_to(&a, PeerId(3)), 1, "block 2 adds peer 3");
 }
+
+#[test]
+fn a_tip_block_nobody_is_asked_for_is_asked_again_on_a_tick() {
+    // Core's FindNextBlocksToDownload runs on every SendMessages: a block near the tip that
+    // is neither held nor in flight is never forgotten.
+    let (mut core, clock) = synced_core(3);
+    let a = PeerId(1);
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let asked = core.input(clock, a, headers(std::slice::from_ref(&b4)));
+    assert_eq!(blocks_asked(&asked, a), vec![b4.block_hash()]);
+    // Its only source does not have it yet: nobody else to ask.
+    let nf = core.input(
+        clock,
+        a,
+        SyncInput::NotFound(vec![Inventory::WitnessBlock(b4.block_hash())]),
+    );
+    assert!(blocks_asked(&nf, a).is_empty());
+    let soon = core.tick(clock.after(Duration::from_secs(1)));
+    assert!(
+        blocks_asked(&soon, a).is_empty(),
+        "a notfound is remembered for a while"
+    );
+    // Once its notfound is forgotten, the block is asked again without a new announcement.
+    let later = clock.after(crate::sync::blocks::SOFT_FAILURE_MEMORY + Duration::from_secs(1));
+    let again = core.tick(later);
+    assert_eq!(blocks_asked(&again, a), vec![b4.block_hash()]);
+    let twice = core.tick(later.after(Duration::from_millis(100)));
+    assert!(
+        blocks_asked(&twice, a).is_empty(),
+        "asked once: it is in flight now"
+    );
+}
