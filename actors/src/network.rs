@@ -189,7 +189,10 @@ impl PayloadLimits {
 
 /// Commands whose payload is block or transaction content, exempt from BSV's ordinary limit.
 pub fn is_bulk_command(command: &str) -> bool {
-    matches!(command, "block" | "cmpctblock" | "tx")
+    // Not `cmpctblock`: meshd speaks compact blocks on BTC only, where every limit is one;
+    // on BSV a compact block is bounded by the ordinary limit, so no peer can make us
+    // buffer a bulk-sized message we do not use.
+    matches!(command, "block" | "tx")
 }
 
 /// Everything meshd needs to know about one network.

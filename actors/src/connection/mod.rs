@@ -982,6 +982,8 @@ fn on_inbound_message(
         }
         Message::Network(NetworkMessage::NotFound(i)) => {
             state.blocks_expected.settled(count_blocks(&i));
+            state.compact_blocks_asked =
+                state.compact_blocks_asked.saturating_sub(count_compact(&i));
             to_sync(state, SyncInput::NotFound(i));
             Ok(())
         }

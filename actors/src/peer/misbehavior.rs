@@ -8,6 +8,7 @@
 //! | `malformed_payload` / `trailing_bytes` | 20 | a buggy or hostile encoder |
 //! | `protocol_violation` (second protoconf, bad protoconf value) | 20 | BSV spec: disconnect |
 //! | `bad_checksum` | 10 | corruption happens; a stream of it does not |
+//! | malformed `cmpctblock` or `blocktxn`, `getblocktxn` past the block's end (BIP152) | 100 | Core discourages these |
 //! | header with bad proof of work, wrong nBits, checkpoint conflict | 100 | cannot be an accident |
 //! | header time not above median time past | 50 | |
 //! | header time over 2 h ahead | 0 | our clock may be the wrong one (Core) |
@@ -43,6 +44,16 @@ pub fn cost(kind: &str) -> u32 {
         "too_many_items" | "overlong_payload" => 50,
         "malformed_payload" | "trailing_bytes" | "user_agent_too_long" | "protocol_violation" => 20,
         "bad_checksum" => 10,
+        // BIP152: a malformed compact block or `blocktxn`, or a `getblocktxn` past the
+        // block's end (Core: Misbehaving, "invalid compact block", "non-matching block
+        // transactions", "out-of-bounds tx indices"). A short-id collision or a
+        // reconstruction that fails its checks costs nothing: the whole block is asked.
+        "cmpctblock_empty"
+        | "cmpctblock_too_many_txs"
+        | "cmpctblock_null_tx"
+        | "cmpctblock_bad_index"
+        | "blocktxn_wrong_count"
+        | "getblocktxn_out_of_range" => 100,
         // Headers: invalid proof of work, difficulty or a checkpoint conflict cannot be an
         // accident; a bad timestamp rarely is; too many forks, or a block whose transactions
         // do not match its merkle root, cost a little each.

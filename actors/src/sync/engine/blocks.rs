@@ -230,6 +230,10 @@ impl SyncCore {
         self.downloads.accepted(&hash);
         // Credited to the sender only now, and only if it is new (Core's eviction rule
         // protects peers that recently sent a novel, valid block).
+        if let Some(p) = self.peers.get_mut(&id) {
+            // It has it: not announced back to it, as cmpctblock or otherwise.
+            p.learn(hash.to_byte_array());
+        }
         if !self.is_kept(&hash) {
             self.out.push(Action::LastBlockAt(id, self.clock.now));
             self.keep_and_publish(block, Some(id), arrival);

@@ -26,8 +26,7 @@ use crate::shared::peers::PeerId;
 use crate::sync::block_check;
 use crate::sync::compact::{
     self, answer_getblocktxn, short_id_hash, PartialBlock, ReadError, TxnAnswer,
-    CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH,
-    SHORT_IDS_BLOCKS_VERSION,
+    CMPCTBLOCKS_VERSION, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH, SHORT_IDS_BLOCKS_VERSION,
 };
 
 /// Blocks being reconstructed at once (each waits for its `blocktxn`).
@@ -109,14 +108,16 @@ fn count_outcome(outcome: &'static str, via: BlockVia) {
 
 impl SyncCore {
     /// The compact-block version meshd speaks on this network: wtxid short ids (version 2)
-    /// on BTC; BSV has no segwit, so txid short ids (version 1), as the SV node's.
+    /// on BTC; none on BSV yet (see below).
     pub(super) fn compact_version(&self) -> Option<u64> {
         if !self.config.compact_blocks {
             return None;
         }
         match self.profile.chain {
             Chain::Btc => Some(CMPCTBLOCKS_VERSION),
-            Chain::Bsv => Some(CMPCTBLOCKS_VERSION_TXID),
+            // The SV node speaks version 1 with 32-bit indexes, which rust-bitcoin's BIP152
+            // types (16-bit prefilled indexes) cannot carry for large blocks: not yet.
+            Chain::Bsv => None,
         }
     }
 
@@ -322,6 +323,10 @@ impl SyncCore {
                 return;
             }
         }
+        // The sender has it: nothing of it is announced back (Core's UpdateBlockAvailability).
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.learn(hash.to_byte_array());
+        }
         if self.is_kept(&hash) {
             return;
         }
@@ -371,6 +376,8 @@ impl SyncCore {
             Err(ReadError::Invalid(kind)) => {
                 count_outcome("invalid", via);
                 self.punish(id, kind);
+                // Released first (Core's RemoveBlockRequest), so the next source is asked now.
+                self.downloads.on_block(&hash, id);
                 let sources = self.block_sources(&hash);
                 let out = self
                     .downloads
@@ -479,6 +486,7 @@ impl SyncCore {
             Err(ReadError::Invalid(kind)) => {
                 count_outcome("invalid", arrival.via);
                 self.punish(id, kind);
+                self.downloads.on_block(&hash, id);
                 let sources = self.block_sources(&hash);
                 let out = self
                     .downloads

@@ -773,7 +773,9 @@ impl SyncCore {
             SyncInput::NotFound(items) => {
                 for i in items {
                     match i {
-                        Inventory::Block(h) | Inventory::WitnessBlock(h) => {
+                        Inventory::Block(h)
+                        | Inventory::WitnessBlock(h)
+                        | Inventory::CompactBlock(h) => {
                             self.block_not_delivered(h, id, Failure::NotFound);
                         }
                         Inventory::Transaction(t) | Inventory::WitnessTransaction(t) => {

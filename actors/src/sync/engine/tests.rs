@@ -715,3 +715,38 @@ fn a_tip_block_nobody_is_asked_for_is_asked_again_on_a_tick() {
         "asked once: it is in flight now"
     );
 }
+
+#[test]
+fn an_invalid_compact_block_costs_its_sender_and_the_block_is_asked_of_another_at_once() {
+    use crate::sync::compact::compact_block;
+    let (mut core, clock) = synced_core(3);
+    let (p, s) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, false, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let _ = core.input(clock, s, headers(std::slice::from_ref(&b4)));
+    // P was asked (the compact block); its answer places a transaction past the block's end.
+    let mut bad = compact_block(&b4, 1, true, &[]);
+    bad.prefilled_txs[0].idx = 5;
+    let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(bad)));
+    let kind = a
+        .iter()
+        .find_map(|x| match x {
+            Action::Punish(id, kind) if *id == p => Some(*kind),
+            _ => None,
+        })
+        .expect("the sender is charged");
+    assert_eq!(
+        crate::peer::misbehavior::cost(kind),
+        100,
+        "{kind} costs as in Core"
+    );
+    assert_eq!(
+        blocks_asked(&a, s),
+        vec![b4.block_hash()],
+        "asked of S at once, not after a stall"
+    );
+}
