@@ -214,13 +214,7 @@ impl SyncCore {
             return;
         }
         let wire_bytes = bitcoin::consensus::serialize(&block).len();
-        let arrival = Arrival {
-            via,
-            txs_requested: 0,
-            wire_bytes,
-            missing: Vec::new(),
-        };
-        self.take_block(id, block, arrival);
+        self.take_block(id, block, Arrival::whole(via, wire_bytes));
     }
 
     /// A block from `id` that was asked of it and checks: kept, published and announced;

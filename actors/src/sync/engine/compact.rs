@@ -77,6 +77,18 @@ pub(super) struct Arrival {
     pub(super) missing: Vec<usize>,
 }
 
+impl Arrival {
+    /// An arrival in one message of `wire_bytes`, nothing asked for or missing.
+    pub(super) fn whole(via: BlockVia, wire_bytes: usize) -> Arrival {
+        Arrival {
+            via,
+            txs_requested: 0,
+            wire_bytes,
+            missing: Vec::new(),
+        }
+    }
+}
+
 /// Bytes of a message's payload.
 fn payload_len<T: bitcoin::consensus::Encodable>(m: &T) -> usize {
     let mut counter = ByteCounter(0);
@@ -355,13 +367,7 @@ impl SyncCore {
                                 self.downloads.on_block(&hash, other);
                             }
                             count_outcome("reconstructed", via);
-                            let arrival = Arrival {
-                                via,
-                                txs_requested: 0,
-                                wire_bytes,
-                                missing: Vec::new(),
-                            };
-                            self.take_block(id, block, arrival);
+                            self.take_block(id, block, Arrival::whole(via, wire_bytes));
                         }
                     }
                 }
@@ -373,17 +379,7 @@ impl SyncCore {
             return;
         }
         match self.init_partial(&cmpct) {
-            Err(ReadError::Invalid(kind)) => {
-                count_outcome("invalid", via);
-                self.punish(id, kind);
-                // Released first (Core's RemoveBlockRequest), so the next source is asked now.
-                self.downloads.on_block(&hash, id);
-                let sources = self.block_sources(&hash);
-                let out = self
-                    .downloads
-                    .on_block_refused(hash, id, &sources, self.clock.now);
-                self.apply_downloads(out);
-            }
+            Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, via),
             Err(ReadError::Failed(why)) => {
                 debug!(%hash, peer = %id, why, "compact block not usable; asking for the block");
                 self.fall_back_to_block(id, hash, via);
@@ -391,12 +387,7 @@ impl SyncCore {
             Ok(partial) => {
                 let missing = partial.missing();
                 if missing.is_empty() {
-                    let arrival = Arrival {
-                        via,
-                        txs_requested: 0,
-                        wire_bytes,
-                        missing: Vec::new(),
-                    };
+                    let arrival = Arrival::whole(via, wire_bytes);
                     self.reconstructed(id, partial, Vec::new(), arrival);
                     return;
                 }
@@ -429,6 +420,19 @@ impl SyncCore {
                 );
             }
         }
+    }
+
+    /// A malformed compact block or `blocktxn` from `id`: charged (Core: Misbehaving), its
+    /// request released first (Core's RemoveBlockRequest), so the next source is asked now.
+    fn refuse_compact(&mut self, id: PeerId, hash: BlockHash, kind: &'static str, via: BlockVia) {
+        count_outcome("invalid", via);
+        self.punish(id, kind);
+        self.downloads.on_block(&hash, id);
+        let sources = self.block_sources(&hash);
+        let out = self
+            .downloads
+            .on_block_refused(hash, id, &sources, self.clock.now);
+        self.apply_downloads(out);
     }
 
     fn init_partial(&self, cmpct: &HeaderAndShortIds) -> Result<PartialBlock, ReadError> {
@@ -483,16 +487,7 @@ impl SyncCore {
     ) {
         let hash = partial.hash();
         match partial.fill(missing) {
-            Err(ReadError::Invalid(kind)) => {
-                count_outcome("invalid", arrival.via);
-                self.punish(id, kind);
-                self.downloads.on_block(&hash, id);
-                let sources = self.block_sources(&hash);
-                let out = self
-                    .downloads
-                    .on_block_refused(hash, id, &sources, self.clock.now);
-                self.apply_downloads(out);
-            }
+            Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, arrival.via),
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
             Ok(block) => {
                 if let Err(e) = block_check::check_block(&block, self.profile.chain) {
