@@ -14,7 +14,7 @@
 //! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short;
 //! │                              behind --proxy, has the Manager addr-fetch them by name
 //! ├── Stun                       public address and NAT type (RFC 5389/5780), refreshed
-//! └── Sync                       header chain, headers-first sync, block and tx relay
+//! └── Sync                       header chain, headers-first sync, block (compact) and tx relay
 //! ```
 //!
 //!
@@ -39,8 +39,10 @@
 //!   of work check, presync and the anti-DoS threshold), headers-first sync
 //!   ([`sync::header_sync`]: per-peer header state, the sync session, initial sync), block
 //!   download ([`sync::blocks`]: blocks in flight, stalling, who failed what), transaction
-//!   requests ([`sync::txrequest`], Core's TxRequestTracker), block checks
-//!   ([`sync::block_check`]), [`sync::bloom`] and [`sync::mine`];
+//!   requests ([`sync::txrequest`], Core's TxRequestTracker), BIP152 compact blocks
+//!   ([`sync::compact`]: short ids, reconstruction, high-bandwidth peers; a `cmpctblock`,
+//!   `getblocktxn` or `blocktxn` frame goes Connection → Sync as any chain message), block
+//!   checks ([`sync::block_check`]), [`sync::bloom`] and [`sync::mine`];
 //! - [`fleet`] and [`tor`]: the Fleet (NATS) and TorControl actors;
 //! - the vocabulary the actors share, [`shared`]: peer ids and the peer table
 //!   ([`shared::peers`]), slots and permits ([`shared::slots`]), permissions

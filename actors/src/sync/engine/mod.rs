@@ -4,7 +4,7 @@
 //! charges, peer-table notes, events and headers to store. It owns no socket, timer, file
 //! or mailbox; the actor (`sync/mod.rs`) owns those and carries the actions out.
 //!
-//! Per-peer state is in one place, [`SyncPeer`] (Core's `Peer` and `CNodeState`): what the
+//! Per-peer state is in one place, `SyncPeer` (Core's `Peer` and `CNodeState`): what the
 //! peer announced and sent, what we asked of it and when. Under it are the smaller cores:
 //! [`crate::sync::header_sync`] (sync peer, one `getheaders` in flight),
 //! [`crate::sync::intake`] (a headers batch's path), [`crate::sync::hints`] (sync from many
