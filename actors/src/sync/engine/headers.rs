@@ -448,19 +448,23 @@ impl SyncCore {
                 // flight, and no charge (Core master's HandleUnconnectingHeaders:
                 // announcements cross, and honest peers send them).
                 metrics::counter!("meshd_headers_unconnecting_total").increment(1);
-                let locator = self.chain.locator();
-                if from_sync_peer {
-                    // It is answering us (a pipelined batch after a refused one).
-                    self.getheaders_from(id, locator);
-                } else {
-                    self.maybe_getheaders(id, locator);
-                }
+                // The sync peer too: a pipelined request after a refused batch was
+                // cleared when that batch was refused, so its unconnecting answer is asked
+                // past once, and a stream of them asks nothing more.
+                self.maybe_getheaders(id, self.chain.locator());
                 return;
             }
             intake::End::Refused(kind) => {
                 metrics::counter!("meshd_headers_rejected_total", "reason" => kind).increment(1);
-                // Nothing more is fetched ahead from a peer that sent a bad header.
+                // Nothing more is fetched ahead from a peer that sent a bad header, and the
+                // request pipelined past the bad batch is void: its answer cannot connect, so
+                // it may be asked past once (the next unconnecting batch is not an answer).
                 self.set_pipelining(id, false);
+                if from_sync_peer {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.hs.answered(false, self.clock.now);
+                    }
+                }
                 self.punish(id, kind);
             }
         }

@@ -150,6 +150,28 @@ fn an_unknown_block_inv_asks_nothing_more_of_a_peer_already_asked() {
 }
 
 #[test]
+fn unconnecting_headers_from_the_sync_peer_ask_at_most_once() {
+    // Core's MaybeSendGetHeaders holds for the sync peer too: a stream of headers that do not
+    // connect (not answers to our request) cannot make the node send a getheaders for each.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 12, clock);
+    let id = PeerId(1);
+    let up = core.peer_up(clock, peer(1, false, 12));
+    assert_eq!(getheaders_to(&up, id), 1, "the sync peer is asked for headers");
+    let mut asked = 0;
+    for i in 0..200u64 {
+        let t = clock.after(Duration::from_millis(i));
+        asked += getheaders_to(&core.input(t, id, headers(&blocks[5..8])), id);
+    }
+    assert!(asked <= 1, "{asked} getheaders for 200 unconnecting batches");
+    // Its answer connects: the sync goes on.
+    let t = clock.after(Duration::from_secs(1));
+    let _ = core.input(t, id, headers(&blocks));
+    assert_eq!(core.chain().height(), 12);
+}
+
+#[test]
 fn a_tip_block_is_asked_of_another_announcer_when_the_first_stalls() {
     // p2p_ibd_stalling's spirit: a peer that announced and does not deliver holds the tip
     // for the stalling timeout, not the 10-minute download timeout.
@@ -364,7 +386,10 @@ proptest! {
                 Step::Headers { peer: p, from, len } => {
                     let id = PeerId(p);
                     let end = (from + len).min(CHAIN);
-                    if up.contains(&id) {
+                    // Only a batch that connects answers a request (one that does not may
+                    // be an announcement that crossed it, or a flood).
+                    let connects = core.chain.contains(&chain[from].header.prev_blockhash);
+                    if up.contains(&id) && connects {
                         asked_at.remove(&id);
                     }
                     (core.input(clock, id, headers(&chain[from..end])), Some(id))
