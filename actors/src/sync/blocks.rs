@@ -15,14 +15,17 @@
 //!   again (a peer that had the header first may get the block later); they never count
 //!   towards giving up, so neither a peer that reconnects nor many peers that only have
 //!   the header can make us give up a block.
-//! - The head request of each peer (its oldest) older than the stalling timeout moves to
-//!   another source when one has room (Core's `BLOCK_STALLING_TIMEOUT`, doubling per stall up
-//!   to 64 s and shrinking by 0.85 per block delivered); any request older than
+//! - The head request of each peer (its oldest) that has been the head longer than the
+//!   stalling timeout moves to another source when one has room (Core's
+//!   `BLOCK_STALLING_TIMEOUT`, doubling once per peer that starts stalling, up to 64 s, and
+//!   shrinking by 0.85 per block delivered). A request is timed from when it became the head
+//!   (Core's `m_downloading_since`), so a burst of 16 asked together moves one at a time, a
+//!   stalling timeout apart, not one per tick; any request older than
 //!   [`BLOCK_DOWNLOAD_TIMEOUT`] is released.
 //! - A block that failed and had nobody else to ask is retried on each tick, as sources
 //!   gain room or appear.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use bitcoin::BlockHash;
@@ -138,6 +141,13 @@ pub struct BlockDownload {
     /// taken (for [`BLOCK_DOWNLOAD_TIMEOUT`]).
     late: HashMap<BlockHash, (PeerId, Instant)>,
     stalling_timeout: Duration,
+    /// When each peer's head request became its head: when one of its requests last left
+    /// (delivered, not found, moved), as Core's `m_downloading_since`. Peers answer in order,
+    /// so a request behind a slow one is not late until the one ahead of it is done.
+    head_since: HashMap<PeerId, Instant>,
+    /// Peers whose head request moved away and that have delivered nothing since: a peer
+    /// stalling again doubles the timeout no more (Core doubles once per staller it drops).
+    stallers: HashSet<PeerId>,
     /// Failures of each block, by block; `order` keeps the blocks oldest first.
     failed: HashMap<BlockHash, Vec<FailureRecord>>,
     order: VecDeque<BlockHash>,
@@ -149,6 +159,8 @@ impl Default for BlockDownload {
             in_flight: InFlight::default(),
             late: HashMap::new(),
             stalling_timeout: BLOCK_STALLING_TIMEOUT_DEFAULT,
+            head_since: HashMap::new(),
+            stallers: HashSet::new(),
             failed: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -207,14 +219,19 @@ impl BlockDownload {
     /// A block arrived from `peer`: true when it was asked of `peer`, or moved away from it
     /// after a stall (then it is no longer in flight, and the stalling timeout shrinks);
     /// false for an unrequested copy, which the caller drops.
-    pub fn on_block(&mut self, block: &BlockHash, peer: PeerId) -> bool {
-        let asked = self.in_flight.peer_of(block) == Some(peer);
+    pub fn on_block(&mut self, block: &BlockHash, peer: PeerId, now: Instant) -> bool {
+        let asked_of = self.in_flight.peer_of(block);
         let late = self.late.get(block).is_some_and(|(p, _)| *p == peer);
-        if !asked && !late {
+        if asked_of != Some(peer) && !late {
             return false;
         }
         // From either: the block is here; the other copy, if it comes, is unrequested.
         self.in_flight.received(block);
+        // The peer it was asked of (whoever delivered) has its next request at the head.
+        if let Some(asked_of) = asked_of {
+            self.head_since.insert(asked_of, now);
+        }
+        self.stallers.remove(&peer);
         self.late.remove(block);
         self.stalling_timeout = self
             .stalling_timeout
@@ -266,6 +283,7 @@ impl BlockDownload {
             return out;
         }
         self.in_flight.received(&block);
+        self.head_since.insert(peer, now);
         self.fail(block, peer, why, sources, now, &mut out);
         out
     }
@@ -347,6 +365,8 @@ impl BlockDownload {
     ) -> Outcome {
         let mut out = Outcome::default();
         self.late.retain(|_, (p, _)| *p != peer);
+        self.head_since.remove(&peer);
+        self.stallers.remove(&peer);
         for records in self.failed.values_mut() {
             records.retain(|r| r.peer != peer);
         }
@@ -378,11 +398,22 @@ impl BlockDownload {
             let sources = sources_of(&block);
             self.fail(block, peer, Failure::Expired, &sources, now, &mut out);
         }
-        let mut stalled_any = false;
-        for (block, peer) in self
+        let mut new_stallers = 0;
+        let timeout = self.stalling_timeout;
+        let heads: Vec<(BlockHash, PeerId)> = self
             .in_flight
-            .oldest_per_peer_older_than(now, self.stalling_timeout)
-        {
+            .oldest_per_peer()
+            .into_iter()
+            .filter(|(_, peer, asked_at)| {
+                let since = self
+                    .head_since
+                    .get(peer)
+                    .map_or(*asked_at, |h| (*h).max(*asked_at));
+                now.saturating_duration_since(since) >= timeout
+            })
+            .map(|(block, peer, _)| (block, peer))
+            .collect();
+        for (block, peer) in heads {
             let sources = sources_of(&block);
             let others: Vec<PeerId> = sources.iter().copied().filter(|p| *p != peer).collect();
             let other = self.next_source(&block, &others, now);
@@ -399,11 +430,19 @@ impl BlockDownload {
             if self.try_request(block, other, now) {
                 out.requests.push(Request { peer: other, block });
             }
-            stalled_any = true;
+            self.head_since.insert(peer, now);
+            if self.stallers.insert(peer) {
+                new_stallers += 1;
+            }
         }
-        if stalled_any {
+        if new_stallers > 0 {
+            // Once per tick however many started: our own link may be what is slow, and
+            // then every peer stalls at once (Core's reason for doubling).
             self.stalling_timeout = (self.stalling_timeout * 2).min(BLOCK_STALLING_TIMEOUT_MAX);
         }
+        // Only peers with requests in flight need a head time (bounded by connected peers).
+        let in_flight = &self.in_flight;
+        self.head_since.retain(|p, _| in_flight.of_peer(*p) > 0);
         let orphans: Vec<BlockHash> = self
             .order
             .iter()
@@ -475,9 +514,9 @@ mod tests {
         let mut d = BlockDownload::default();
         assert_eq!(d.fetch(&[block(1)], A, t0), vec![block(1)]);
         assert!(d.fetch(&[block(1)], B, t0).is_empty(), "one peer at a time");
-        assert!(!d.on_block(&block(1), B), "B was not asked");
-        assert!(d.on_block(&block(1), A));
-        assert!(!d.on_block(&block(1), A), "a second copy is unrequested");
+        assert!(!d.on_block(&block(1), B, t0), "B was not asked");
+        assert!(d.on_block(&block(1), A, t0));
+        assert!(!d.on_block(&block(1), A, t0), "a second copy is unrequested");
     }
 
     #[test]
@@ -502,7 +541,7 @@ mod tests {
                 block: block(1)
             }]
         );
-        assert!(d.on_block(&block(1), B));
+        assert!(d.on_block(&block(1), B, t0));
         // B's copy is refused too: A's was, so nobody is asked (before: A, B, A, ... each
         // time a whole block's download).
         let out = d.on_block_refused(block(1), B, &[A, B], t0);
@@ -579,7 +618,7 @@ mod tests {
         d.fetch(&[block(1)], peers[0], t0);
         let mut asked = peers[0];
         for i in 0..MAX_BLOCK_TRIES {
-            assert!(d.on_block(&block(1), asked));
+            assert!(d.on_block(&block(1), asked, t0));
             let out = d.on_block_refused(block(1), asked, &peers, t0);
             if i + 1 == MAX_BLOCK_TRIES {
                 assert_eq!(out.given_up, vec![block(1)]);
@@ -617,9 +656,35 @@ mod tests {
         assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
         assert_eq!(d.asked_of(&block(2)), Some(A));
         // The staller's copy arrives first: taken; B's later one is unrequested.
-        assert!(d.on_block(&block(1), A));
-        assert!(!d.on_block(&block(1), B));
+        assert!(d.on_block(&block(1), A, t0));
+        assert!(!d.on_block(&block(1), B, t0));
         assert!(d.stalling_timeout() < BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
+    }
+
+    #[test]
+    fn a_stalling_burst_moves_one_head_per_timeout_and_doubles_the_timeout_once() {
+        // Core times a peer's queue head from when it became the head and doubles the
+        // timeout once per staller: 16 requests asked together of a peer that sends nothing
+        // do not each stall on the next tick, nor push the timeout to its ceiling.
+        let t0 = Instant::now();
+        let mut d = BlockDownload::default();
+        let burst: Vec<BlockHash> = (1..=16).map(block).collect();
+        assert_eq!(d.fetch(&burst, A, t0).len(), 16);
+        let mut moved = Vec::new();
+        let mut t = t0;
+        for _ in 0..100 {
+            t += Duration::from_millis(100);
+            moved.extend(d.on_tick(t, |_| vec![A, B]).requests);
+        }
+        // Moves at 2 s (the timeout becomes 4 s), then 6 s and 10 s.
+        assert_eq!(moved.len(), 3, "{moved:?}");
+        assert!(moved.iter().all(|r| r.peer == B));
+        assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
+        // A delivers one: no longer a staller, and its next head is timed from now.
+        let next = (1..=16).map(block).find(|b| d.asked_of(b) == Some(A)).unwrap();
+        assert!(d.on_block(&next, A, t));
+        let out = d.on_tick(t + Duration::from_millis(100), |_| vec![A, B]);
+        assert!(out.requests.is_empty(), "the new head was just reached");
     }
 
     #[test]
@@ -708,7 +773,7 @@ mod tests {
                     }
                     Op::Block(b, p, ok) => {
                         let asked = d.asked_of(&block(b));
-                        let took = d.on_block(&block(b), PeerId(p));
+                        let took = d.on_block(&block(b), PeerId(p), now);
                         if asked == Some(PeerId(p)) {
                             prop_assert!(took);
                         }

@@ -101,9 +101,9 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
             .collect()
     }
 
-    /// For each peer, its oldest request if older than `age` (the head of its queue: the one
-    /// that holds the others up), with that peer.
-    pub fn oldest_per_peer_older_than(&self, now: Instant, age: Duration) -> Vec<(K, PeerId)> {
+    /// For each peer, its oldest request (the head of its queue: the one that holds the
+    /// others up), with that peer and when it was asked.
+    pub fn oldest_per_peer(&self) -> Vec<(K, PeerId, Instant)> {
         let mut oldest: HashMap<PeerId, (K, (Instant, u64))> = HashMap::new();
         for (k, (p, at, seq)) in &self.by_item {
             let e = oldest.entry(*p).or_insert((*k, (*at, *seq)));
@@ -113,8 +113,7 @@ impl<K: Hash + Eq + Copy> InFlight<K> {
         }
         oldest
             .into_iter()
-            .filter(|(_, (_, (at, _)))| now.saturating_duration_since(*at) >= age)
-            .map(|(p, (k, _))| (k, p))
+            .map(|(p, (k, (at, _)))| (k, p, at))
             .collect()
     }
 

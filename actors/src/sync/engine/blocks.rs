@@ -185,7 +185,7 @@ impl SyncCore {
     /// refusal asked of another announcer (the honest copy of a mutated one may exist).
     pub(super) fn on_block(&mut self, id: PeerId, block: Block) {
         let hash = block.block_hash();
-        if !self.downloads.on_block(&hash, id) {
+        if !self.downloads.on_block(&hash, id, self.clock.now) {
             metrics::counter!("meshd_blocks_dropped_total", "reason" => "unrequested").increment(1);
             debug!(%hash, peer = %id, "block not asked of this peer; dropped");
             return;

@@ -349,7 +349,7 @@ impl SyncCore {
                     if let Ok(block) = partial.fill(Vec::new()) {
                         if block_check::check_block(&block, self.profile.chain).is_ok() {
                             if let Some(other) = in_flight_from {
-                                self.downloads.on_block(&hash, other);
+                                self.downloads.on_block(&hash, other, self.clock.now);
                             }
                             count_outcome("reconstructed", via);
                             self.take_block(id, block, Arrival::whole(via, wire_bytes));
@@ -412,7 +412,7 @@ impl SyncCore {
     fn refuse_compact(&mut self, id: PeerId, hash: BlockHash, kind: &'static str, via: BlockVia) {
         count_outcome("invalid", via);
         self.punish(id, kind);
-        self.downloads.on_block(&hash, id);
+        self.downloads.on_block(&hash, id, self.clock.now);
         let sources = self.block_sources(&hash);
         let out = self
             .downloads
@@ -480,7 +480,7 @@ impl SyncCore {
                     self.fall_back_to_block(id, hash, arrival.via);
                     return;
                 }
-                if !self.downloads.on_block(&hash, id) {
+                if !self.downloads.on_block(&hash, id, self.clock.now) {
                     return;
                 }
                 let outcome = if arrival.txs_requested == 0 {
