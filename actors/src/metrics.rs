@@ -223,6 +223,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_blocks_not_relayed_total",
+        "Blocks kept but not announced to ordinary peers when they arrived, by reason (not_vouched: no outbound or relay-whitelisted peer vouched for them yet; announced once one does). High-bandwidth compact-block peers get them regardless (BIP152).",
+    ),
+    (
+        "counter",
         "meshd_getheaders_suppressed_total",
         "getheaders not sent because the peer was asked less than 2 minutes ago and has not answered.",
     ),

@@ -516,7 +516,10 @@ mod tests {
         assert!(d.fetch(&[block(1)], B, t0).is_empty(), "one peer at a time");
         assert!(!d.on_block(&block(1), B, t0), "B was not asked");
         assert!(d.on_block(&block(1), A, t0));
-        assert!(!d.on_block(&block(1), A, t0), "a second copy is unrequested");
+        assert!(
+            !d.on_block(&block(1), A, t0),
+            "a second copy is unrequested"
+        );
     }
 
     #[test]
@@ -681,7 +684,10 @@ mod tests {
         assert!(moved.iter().all(|r| r.peer == B));
         assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
         // A delivers one: no longer a staller, and its next head is timed from now.
-        let next = (1..=16).map(block).find(|b| d.asked_of(b) == Some(A)).unwrap();
+        let next = (1..=16)
+            .map(block)
+            .find(|b| d.asked_of(b) == Some(A))
+            .unwrap();
         assert!(d.on_block(&next, A, t));
         let out = d.on_tick(t + Duration::from_millis(100), |_| vec![A, B]);
         assert!(out.requests.is_empty(), "the new head was just reached");

@@ -2,7 +2,7 @@
 //! announced them), accepting only what was asked of the sender, Core's IsBlockMutated
 //! checks, keeping the last blocks to serve, and announcing them onwards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use bitcoin::block::Block;
@@ -14,15 +14,59 @@ use tracing::{debug, info, warn};
 
 use super::compact::Arrival;
 use super::{Action, KeptBlock, SyncCore, SyncPeer, DIRECT_FETCH_SPACINGS};
+use crate::config::TxRelay;
 use crate::events::{BlockVia, NodeEvent};
 use crate::msg::HashedHeaders;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
+use crate::shared::whitelist::Permissions;
 use crate::sync::block_check;
 use crate::sync::blocks::{self, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use crate::sync::chain::HeaderChain;
 use crate::sync::header_sync::POW_TARGET_SPACING;
 use crate::wire::Message;
+
+/// Recent blocks vouched for that [`VouchedBlocks`] remembers.
+///
+/// # Security
+/// Filled only by peers we chose (outbound) or trust (`relay`), a few hashes per new block;
+/// 1,024 covers a week of blocks on BTC and far more than the 16 near the tip we fetch,
+/// so a flood of announcements from a chosen peer forgets old entries, never grows memory.
+pub(super) const MAX_VOUCHED_BLOCKS: usize = 1024;
+
+/// Blocks a validating node vouched for, as transactions are (#24's relay rule, extended to
+/// blocks): meshd checks proof of work and Core's IsBlockMutated but no scripts, so a block
+/// with an invalid transaction would pass here, and a Core peer that fetched it from us would
+/// discourage us. A block is vouched when we mined it, when a peer we chose (outbound: it
+/// announced the block by `inv` or `headers`, which Core does only after validating it) or
+/// a `relay`-whitelisted peer sent or announced it. Only vouched blocks are announced to
+/// ordinary peers; high-bandwidth compact-block peers get the rest too, as BIP152 allows
+/// relay before validation and peers from protocol 70015 do not punish it.
+#[derive(Debug, Default)]
+pub(super) struct VouchedBlocks {
+    set: HashSet<BlockHash>,
+    order: VecDeque<BlockHash>,
+}
+
+impl VouchedBlocks {
+    /// Records `hash`; true when it was not vouched for before.
+    pub(super) fn insert(&mut self, hash: BlockHash) -> bool {
+        if !self.set.insert(hash) {
+            return false;
+        }
+        self.order.push_back(hash);
+        while self.order.len() > MAX_VOUCHED_BLOCKS {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+
+    pub(super) fn contains(&self, hash: &BlockHash) -> bool {
+        self.set.contains(hash)
+    }
+}
 
 /// Peers that have `block`, outbound first: those that announced it, or that showed us a
 /// best header at least as high on our chain (Core: the block is an ancestor of the peer's
@@ -158,9 +202,52 @@ impl SyncCore {
         }
     }
 
+    /// Whether what `id` sent (`sent`) or announced of a block vouches for it (see
+    /// [`VouchedBlocks`]): an outbound peer, or a `relay`-whitelisted one that sent it.
+    pub(super) fn vouches_for_block(&self, id: PeerId, sent: bool) -> bool {
+        self.peers.get(&id).is_some_and(|p| {
+            !p.hs.inbound || (sent && self.permissions_of(p.addr.ip()).has(Permissions::RELAY))
+        })
+    }
+
+    /// `id` announced (`sent`: delivered) `hashes`: if it vouches, they are vouched for,
+    /// and a kept block (or, without block download, a best-chain header) that waited for
+    /// that is announced now.
+    pub(super) fn blocks_vouched_by(&mut self, id: PeerId, hashes: &[BlockHash], sent: bool) {
+        if !self.vouches_for_block(id, sent) {
+            return;
+        }
+        for &hash in hashes {
+            if !self.vouched_blocks.insert(hash) {
+                continue;
+            }
+            let waiting = if self.config.fetch_blocks {
+                self.is_kept(&hash)
+            } else {
+                self.chain.is_on_best_chain(&hash) && !self.in_ibd()
+            };
+            if waiting {
+                self.announce_block(hash, Some(id));
+            }
+        }
+    }
+
+    /// Whether `hash` may be announced to ordinary peers: vouched for, or every block is
+    /// relayed (`--tx-relay all`: the operator vouches for everything meshd takes).
+    pub(super) fn may_announce_block(&self, hash: &BlockHash) -> bool {
+        self.config.tx_relay == TxRelay::All || self.vouched_blocks.contains(hash)
+    }
+
     pub(super) fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
-        // High-bandwidth compact-block peers first, and only once.
+        // High-bandwidth compact-block peers first, and only once (BIP152: before
+        // validation, so vouched or not).
         self.announce_compact(hash);
+        if !self.may_announce_block(&hash) {
+            metrics::counter!("meshd_blocks_not_relayed_total", "reason" => "not_vouched")
+                .increment(1);
+            debug!(%hash, "block not announced: no validating peer vouched for it yet");
+            return;
+        }
         let header = self
             .chain
             .height_of(&hash)
@@ -228,6 +315,7 @@ impl SyncCore {
             // It has it: not announced back to it, as cmpctblock or otherwise.
             p.learn(hash.to_byte_array());
         }
+        self.blocks_vouched_by(id, &[hash], true);
         if !self.is_kept(&hash) {
             self.out.push(Action::LastBlockAt(id, self.clock.now));
             self.keep_and_publish(block, Some(id), arrival);

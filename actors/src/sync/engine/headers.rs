@@ -487,7 +487,14 @@ impl SyncCore {
             }
         }
         if headers.len() <= MAX_BLOCKS_IN_FLIGHT_PER_PEER {
-            // An announcement (or a short answer): the peer has these blocks, or will.
+            // An announcement (or a short answer): the peer has these blocks, or will; an
+            // outbound peer vouches for them (Core announces only what it validated).
+            let known: Vec<BlockHash> = hashes
+                .iter()
+                .copied()
+                .filter(|h| self.chain.contains(h))
+                .collect();
+            self.blocks_vouched_by(id, &known, false);
             self.fetch_blocks_from(&hashes, id);
         }
         if from_sync_peer {

@@ -297,6 +297,9 @@ pub struct SyncCore {
     recent_rejects: RollingFilter,
     /// The tip `recent_rejects` belongs to (Core resets the filter lazily when it changes).
     recent_rejects_tip: BlockHash,
+    /// Blocks a validating node vouched for (see [`blocks::VouchedBlocks`]): the only ones
+    /// announced to ordinary peers, since meshd checks no scripts.
+    vouched_blocks: blocks::VouchedBlocks,
     /// Txids and wtxids of the transactions of blocks received since the last reorganisation.
     recent_confirmed: RollingFilter,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -365,6 +368,7 @@ impl SyncCore {
             fallbacks: VecDeque::new(),
             compact_in_hand: None,
             last_inv_trigger: None,
+            vouched_blocks: Default::default(),
         }
     }
 
@@ -490,10 +494,11 @@ impl SyncCore {
             send_sendheaders(&mut self.out, &peer);
         }
         let height = self.chain.height();
-        if claimed < height {
+        let tip = self.chain.tip();
+        if claimed < height && self.may_announce_block(&tip) {
             // It says it is behind: tell it of our tip (an announcement made while it was
-            // handshaking never reached it). Its claim costs us one message.
-            let tip = self.chain.tip();
+            // handshaking never reached it), if a validating peer vouched for it (else the
+            // vouching announces it to this peer too). Its claim costs us one message.
             self.out
                 .send(id, NetworkMessage::Inv(vec![Inventory::Block(tip)]));
         }
@@ -877,6 +882,8 @@ impl SyncCore {
                 .accept(&block.header, self.clock.unix.saturating_add(60))
                 .map_err(|e| format!("generated block refused: {e}"))?;
             self.out.push(Action::Store(vec![(block.header, hash)]));
+            // Mined here: ours to vouch for.
+            self.vouched_blocks.insert(hash);
             let arrival = compact::Arrival {
                 via: crate::events::BlockVia::Local,
                 ..Default::default()

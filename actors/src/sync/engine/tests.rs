@@ -158,13 +158,20 @@ fn unconnecting_headers_from_the_sync_peer_ask_at_most_once() {
     let blocks = chain_of(&core, 12, clock);
     let id = PeerId(1);
     let up = core.peer_up(clock, peer(1, false, 12));
-    assert_eq!(getheaders_to(&up, id), 1, "the sync peer is asked for headers");
+    assert_eq!(
+        getheaders_to(&up, id),
+        1,
+        "the sync peer is asked for headers"
+    );
     let mut asked = 0;
     for i in 0..200u64 {
         let t = clock.after(Duration::from_millis(i));
         asked += getheaders_to(&core.input(t, id, headers(&blocks[5..8])), id);
     }
-    assert!(asked <= 1, "{asked} getheaders for 200 unconnecting batches");
+    assert!(
+        asked <= 1,
+        "{asked} getheaders for 200 unconnecting batches"
+    );
     // Its answer connects: the sync goes on.
     let t = clock.after(Duration::from_secs(1));
     let _ = core.input(t, id, headers(&blocks));
@@ -229,6 +236,86 @@ fn a_block_nobody_asked_of_the_sender_is_dropped() {
     assert!(received(&pushed).is_empty(), "unrequested from b");
     let delivered = core.input(clock, a, SyncInput::Block(Box::new(blocks[0].clone())));
     assert_eq!(received(&delivered).len(), 1);
+}
+
+/// Blocks announced to `id` (by `inv` or `headers`).
+fn blocks_announced_to(actions: &[Action], id: PeerId) -> Vec<BlockHash> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(p, m) if *p == id => Some(m),
+            _ => None,
+        })
+        .flat_map(|m| match m {
+            NetworkMessage::Inv(items) => items
+                .iter()
+                .filter_map(|i| match i {
+                    Inventory::Block(h) | Inventory::WitnessBlock(h) => Some(*h),
+                    _ => None,
+                })
+                .collect(),
+            NetworkMessage::Headers(hs) => hs.iter().map(|h| h.block_hash()).collect(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn a_block_from_an_inbound_peer_is_announced_only_once_an_outbound_peer_vouches_for_it() {
+    // meshd checks no scripts: a block only an inbound peer gave us may be invalid, and a
+    // Core peer that fetched it from us would discourage us. Announced once a peer we chose
+    // (which validated it before announcing) announces it too.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 1, clock);
+    let hash = blocks[0].block_hash();
+    let (inbound, listener, outbound) = (PeerId(1), PeerId(3), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, true, 0));
+    let _ = core.peer_up(clock, peer(3, true, 0));
+    let _ = core.peer_up(clock, peer(2, false, 0));
+    let asked = core.input(clock, inbound, headers(&blocks));
+    assert_eq!(blocks_asked(&asked, inbound), vec![hash]);
+    let got = core.input(
+        clock,
+        inbound,
+        SyncInput::Block(Box::new(blocks[0].clone())),
+    );
+    assert_eq!(received(&got), vec![hash.to_string()], "kept and published");
+    assert!(
+        blocks_announced_to(&got, listener).is_empty()
+            && blocks_announced_to(&got, outbound).is_empty(),
+        "not announced on an inbound peer's word: {got:?}"
+    );
+    let later = core.peer_up(clock, peer(4, true, 0));
+    assert!(
+        blocks_announced_to(&later, PeerId(4)).is_empty(),
+        "nor to a new peer"
+    );
+    let vouched = core.input(clock, outbound, headers(&blocks));
+    assert_eq!(blocks_announced_to(&vouched, listener), vec![hash]);
+    assert_eq!(blocks_announced_to(&vouched, PeerId(4)), vec![hash]);
+    assert!(
+        blocks_announced_to(&vouched, outbound).is_empty(),
+        "not back to the voucher"
+    );
+}
+
+#[test]
+fn a_block_from_an_outbound_peer_is_announced_on_arrival() {
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 1, clock);
+    let hash = blocks[0].block_hash();
+    let (outbound, listener) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 0));
+    let _ = core.peer_up(clock, peer(2, true, 0));
+    let _ = core.input(clock, outbound, headers(&blocks));
+    let got = core.input(
+        clock,
+        outbound,
+        SyncInput::Block(Box::new(blocks[0].clone())),
+    );
+    assert_eq!(blocks_announced_to(&got, listener), vec![hash]);
 }
 
 #[test]
