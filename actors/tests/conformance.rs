@@ -17,7 +17,7 @@ use meshd_actors::wire::Message;
 fn version(v: u32) -> NetworkMessage {
     let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
     let mut m = VersionMessage::new(
-        ServiceFlags::NETWORK,
+        ServiceFlags::NETWORK | ServiceFlags::WITNESS,
         0,
         a.clone(),
         a,

@@ -68,7 +68,7 @@ impl RawPeer {
     pub fn version(agent: &str) -> NetworkMessage {
         let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
         let mut v = VersionMessage::new(
-            ServiceFlags::NETWORK,
+            ServiceFlags::NETWORK | ServiceFlags::WITNESS,
             0,
             a.clone(),
             a,

@@ -87,7 +87,7 @@ pub async fn handshaked_peers(addr: SocketAddr, n: usize) -> Vec<AsyncPeer> {
 pub fn version_message(start_height: i32) -> NetworkMessage {
     let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
     let mut v = VersionMessage::new(
-        ServiceFlags::NETWORK,
+        ServiceFlags::NETWORK | ServiceFlags::WITNESS,
         0,
         a.clone(),
         a,

@@ -9,6 +9,7 @@ use bitcoin::block::Block;
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
+use bitcoin::p2p::ServiceFlags;
 use bitcoin::BlockHash;
 use tracing::{debug, info, warn};
 
@@ -68,22 +69,56 @@ impl VouchedBlocks {
     }
 }
 
-/// Peers that have `block`, outbound first: those that announced it, or that showed us a
-/// best header at least as high on our chain (Core: the block is an ancestor of the peer's
-/// best known block).
+/// Blocks a NODE_NETWORK_LIMITED peer keeps (BIP159, Core's
+/// `NODE_NETWORK_LIMITED_MIN_BLOCKS`): such a peer is asked only for blocks at most this
+/// many, less 2 for a tip that moves meanwhile, below its best.
+pub(super) const NODE_NETWORK_LIMITED_MIN_BLOCKS: u32 = 288;
+
+/// Whether a peer with `services`, whose best known block is at `best_height`, can serve our
+/// best-chain block at `height` (Core's `CanServeBlocks`, `IsLimitedPeer` and
+/// `CanServeWitnesses`): it keeps blocks (NODE_NETWORK, or NODE_NETWORK_LIMITED within its
+/// last 286), and on BTC, where every block we fetch is past segwit, it serves witnesses.
+pub(super) fn can_serve_block(
+    chain: Chain,
+    services: ServiceFlags,
+    height: u32,
+    best_height: u32,
+) -> bool {
+    if chain == Chain::Btc && !services.has(ServiceFlags::WITNESS) {
+        return false;
+    }
+    services.has(ServiceFlags::NETWORK)
+        || (services.has(ServiceFlags::NETWORK_LIMITED)
+            && best_height.saturating_sub(height) < NODE_NETWORK_LIMITED_MIN_BLOCKS - 2)
+}
+
+/// Peers that have our best-chain `block` and can serve it, outbound first (Core: the block
+/// is an ancestor of the peer's best known block): those that announced it, or whose best
+/// known block descends from it, on whatever branch that block is.
 pub(super) fn block_sources(
     chain: &HeaderChain,
+    chain_kind: Chain,
     peers: &HashMap<PeerId, SyncPeer>,
     block: &BlockHash,
 ) -> Vec<PeerId> {
     let key = block.to_byte_array();
-    let height = chain
+    let Some(height) = chain
         .is_on_best_chain(block)
         .then(|| chain.height_of(block))
-        .flatten();
+        .flatten()
+    else {
+        return Vec::new();
+    };
     let mut sources: Vec<(bool, PeerId)> = peers
         .iter()
-        .filter(|(_, p)| p.knows(&key) || height.is_some_and(|h| p.hs.best_height >= h))
+        .filter(|(_, p)| {
+            // The height its best known block shares with our best chain: it has our
+            // blocks up to there, and none of ours above (its branch left ours).
+            let shared = p.best_known.and_then(|b| chain.fork_height(&b));
+            let best = p.best_known.and_then(|b| chain.height_of(&b)).unwrap_or(0);
+            (p.knows(&key) || shared.is_some_and(|f| f >= height))
+                && can_serve_block(chain_kind, p.services, height, best.max(height))
+        })
         .map(|(id, p)| (p.hs.inbound, *id))
         .collect();
     sources.sort();
@@ -132,15 +167,18 @@ impl SyncCore {
             return;
         }
         let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
+        let chain_kind = self.profile.chain;
+        let Some(services) = self.peers.get(&from).map(|p| p.services) else {
+            return;
+        };
         let wanted: Vec<BlockHash> = hashes
             .iter()
             .copied()
             .filter(|hash| {
                 self.chain.is_on_best_chain(hash)
-                    && self
-                        .chain
-                        .height_of(hash)
-                        .is_some_and(|h| h >= lowest && h > 0)
+                    && self.chain.height_of(hash).is_some_and(|h| {
+                        h >= lowest && h > 0 && can_serve_block(chain_kind, services, h, h)
+                    })
                     && !self.blocks.iter().any(|k| k.hash == *hash)
             })
             .collect();
@@ -199,6 +237,25 @@ impl SyncCore {
         match self.profile.chain {
             Chain::Btc => Inventory::WitnessBlock(hash),
             Chain::Bsv => Inventory::Block(hash),
+        }
+    }
+
+    /// `id` showed it has `hash` (its header's last, an announcement, a delivery): its best
+    /// known block moves there if that has more work (Core's `UpdateBlockAvailability`).
+    pub(super) fn peer_has_block(&mut self, id: PeerId, hash: BlockHash) {
+        let Some(work) = self.chain.header_and_work(&hash).map(|(_, _, w)| w) else {
+            return;
+        };
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let better = p.best_known.is_none_or(|b| {
+            self.chain
+                .header_and_work(&b)
+                .is_none_or(|(_, _, known)| work > known)
+        });
+        if better {
+            p.best_known = Some(hash);
         }
     }
 
@@ -315,6 +372,7 @@ impl SyncCore {
             // It has it: not announced back to it, as cmpctblock or otherwise.
             p.learn(hash.to_byte_array());
         }
+        self.peer_has_block(id, hash);
         self.blocks_vouched_by(id, &[hash], true);
         if !self.is_kept(&hash) {
             self.out.push(Action::LastBlockAt(id, self.clock.now));
@@ -396,7 +454,7 @@ impl SyncCore {
     }
 
     pub(super) fn block_sources(&self, block: &BlockHash) -> Vec<PeerId> {
-        block_sources(&self.chain, &self.peers, block)
+        block_sources(&self.chain, self.profile.chain, &self.peers, block)
     }
 
     /// Sends what the block download core asks for, and reports its failures.

@@ -484,6 +484,7 @@ impl SyncCore {
                     // announce any of them back.
                     p.learn(last.to_byte_array());
                 }
+                self.peer_has_block(id, last);
             }
         }
         if headers.len() <= MAX_BLOCKS_IN_FLIGHT_PER_PEER {

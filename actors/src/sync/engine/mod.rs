@@ -237,6 +237,11 @@ struct SyncPeer {
     /// An `inv` of it made us ask it for headers before we synced from it (Core's
     /// `m_inv_triggered_getheaders_before_sync`): not again.
     inv_triggered_getheaders: bool,
+    /// The services in its version: whether it serves blocks, and witnesses.
+    services: bitcoin::p2p::ServiceFlags,
+    /// The most-work block it showed us it has (Core's `pindexBestKnownBlock`): the last of
+    /// its headers, a known block it announced or sent. It has every ancestor of it.
+    best_known: Option<BlockHash>,
 }
 
 impl SyncPeer {
@@ -489,6 +494,8 @@ impl SyncCore {
             reported_in_flight: 0,
             cmpct: Default::default(),
             inv_triggered_getheaders: false,
+            services: new.services,
+            best_known: None,
         };
         if self.state == SyncState::Synced {
             send_sendheaders(&mut self.out, &peer);
@@ -524,9 +531,12 @@ impl SyncCore {
         self.compact_peer_gone(id);
         self.poll_tx_requests();
         let (chain, peers) = (&self.chain, &self.peers);
-        let out =
-            self.downloads
-                .on_peer_gone(id, |b| blocks::block_sources(chain, peers, b), clock.now);
+        let chain_kind = self.profile.chain;
+        let out = self.downloads.on_peer_gone(
+            id,
+            |b| blocks::block_sources(chain, chain_kind, peers, b),
+            clock.now,
+        );
         self.apply_downloads(out);
         if self.header_sync.end(id) {
             self.maybe_start_sync(None);
@@ -803,6 +813,7 @@ impl SyncCore {
         if !self.downloads.is_idle() {
             let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
             let (chain, peers, kept) = (&self.chain, &self.peers, &self.blocks);
+            let chain_kind = self.profile.chain;
             // A block no longer wanted (reorganised away, kept meanwhile) has no source.
             let wanted = |b: &BlockHash| {
                 chain.is_on_best_chain(b)
@@ -811,7 +822,7 @@ impl SyncCore {
             };
             let out = self.downloads.on_tick(now, |b| {
                 if wanted(b) {
-                    blocks::block_sources(chain, peers, b)
+                    blocks::block_sources(chain, chain_kind, peers, b)
                 } else {
                     Vec::new()
                 }

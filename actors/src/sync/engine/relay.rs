@@ -132,6 +132,9 @@ impl SyncCore {
             .len()
             .saturating_sub(MAX_BLOCKS_IN_FLIGHT_PER_PEER);
         self.blocks_vouched_by(id, &announced_blocks[newest..], false);
+        for &h in &known_blocks {
+            self.peer_has_block(id, h);
+        }
         // Core fetches a block by hash from a peer that announced it: one whose header we
         // have (a peer that served the header before it had the block) is asked now.
         self.fetch_blocks_from(&known_blocks, id);

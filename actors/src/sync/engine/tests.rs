@@ -318,6 +318,83 @@ fn a_block_from_an_outbound_peer_is_announced_on_arrival() {
     assert_eq!(blocks_announced_to(&got, listener), vec![hash]);
 }
 
+/// `n` regtest blocks on `parent`, a minute apart, ending just before `clock`; `seed` makes
+/// a branch of its own.
+fn branch_of(parent: Header, n: u32, clock: Clock, seed: u32) -> Vec<Block> {
+    let mut parent = parent;
+    let mut blocks = Vec::new();
+    for h in 1..=n {
+        let b = regtest_block(&parent, h, clock.unix - (n - h) * 60 - 60, seed);
+        parent = b.header;
+        blocks.push(b);
+    }
+    blocks
+}
+
+#[test]
+fn after_a_reorg_a_peer_on_the_old_branch_is_not_asked_for_the_new_one() {
+    // Core: a block is asked only of peers whose best known block descends from it. A peer
+    // that showed a higher header on the branch we left has none of the new branch.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let genesis = core.chain().tip_header();
+    let old = branch_of(genesis, 3, clock, 98);
+    let new = branch_of(genesis, 4, clock, 99);
+    let (old_peer, new_peer) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, false, 4));
+    let _ = core.input(clock, old_peer, headers(&old));
+    for b in &old {
+        let _ = core.input(clock, old_peer, SyncInput::Block(Box::new(b.clone())));
+    }
+    let reorg = core.input(clock, new_peer, headers(&new));
+    assert_eq!(core.chain().tip(), new[3].block_hash());
+    assert_eq!(
+        blocks_asked(&reorg, new_peer).len(),
+        4,
+        "the new branch from the fork point"
+    );
+    // The new branch's sender stalls: nobody else has those blocks.
+    let mut t = clock;
+    for _ in 0..100 {
+        t = t.after(Duration::from_millis(100));
+        let asked = blocks_asked(&core.tick(t), old_peer);
+        assert!(
+            asked.is_empty(),
+            "asked the old branch's peer for {asked:?}"
+        );
+    }
+}
+
+#[test]
+fn blocks_are_asked_only_of_peers_that_serve_them() {
+    // Core's CanServeBlocks and CanServeWitnesses: a BTC peer without NODE_WITNESS, or one
+    // that keeps no blocks, is not asked; a NODE_NETWORK_LIMITED one is, for the tip.
+    use bitcoin::p2p::ServiceFlags;
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 1, clock);
+    let with = |id: u64, services: ServiceFlags| NewPeer {
+        services,
+        ..peer(id, false, 1)
+    };
+    let _ = core.peer_up(clock, with(1, ServiceFlags::NETWORK));
+    let _ = core.peer_up(clock, with(2, ServiceFlags::WITNESS));
+    let _ = core.peer_up(
+        clock,
+        with(3, ServiceFlags::NETWORK_LIMITED | ServiceFlags::WITNESS),
+    );
+    for id in [1, 2] {
+        let got = core.input(clock, PeerId(id), headers(&blocks));
+        assert!(
+            blocks_asked(&got, PeerId(id)).is_empty(),
+            "peer {id} cannot serve it"
+        );
+    }
+    let got = core.input(clock, PeerId(3), headers(&blocks));
+    assert_eq!(blocks_asked(&got, PeerId(3)), vec![blocks[0].block_hash()]);
+}
+
 #[test]
 fn a_v2_packet_too_large_is_charged_to_the_first_block_asked() {
     // The Connection cannot read a v2 packet it will not take, so it names no block; peers
