@@ -223,6 +223,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_header_file_compactions_total",
+        "Rewrites of headers.dat with the best chain alone because more than a quarter of its records were stale (forks, skipped or evicted headers), at load or at run time.",
+    ),
+    (
+        "counter",
         "meshd_blocks_not_relayed_total",
         "Blocks kept but not announced to ordinary peers when they arrived, by reason (not_vouched: no outbound or relay-whitelisted peer vouched for them yet; announced once one does). High-bandwidth compact-block peers get them regardless (BIP152).",
     ),

@@ -216,6 +216,27 @@ impl SyncActorState {
         self.store_retry_at = Some(Instant::now() + STORE_RETRY_INTERVAL);
     }
 
+    /// Rewrites headers.dat with the best chain alone once more than
+    /// [`COMPACT_STALE_SHARE`] of its records went stale at run time (reorgs, evicted forks),
+    /// as a load does.
+    fn compact_store(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.compact_if_stale(self.core.chain()) {
+            Ok(None) => {}
+            Ok(Some(stale)) => {
+                metrics::counter!("meshd_header_file_compactions_total").increment(1);
+                info!(
+                    stale_share = stale,
+                    height = self.core.chain().height(),
+                    "header file compacted to the best chain"
+                );
+            }
+            Err(e) => self.on_store_failure(e),
+        }
+    }
+
     /// Rewrites a failed header file from the chain when its retry is due.
     fn retry_store(&mut self, now: Instant) {
         if self.store_retry_at.is_none_or(|at| at > now) {
@@ -247,6 +268,7 @@ impl SyncActorState {
             }
         }
         self.retry_store(clock.now);
+        self.compact_store();
         if self.release_memory_at.is_some_and(|at| at <= clock.now) {
             self.release_memory_at = None;
             crate::release_free_memory();
@@ -479,6 +501,7 @@ impl SyncActorState {
                 let stale = report.stale_share(self.core.chain());
                 if stale > COMPACT_STALE_SHARE {
                     // Mostly junk (skipped records, forks): the best chain alone, atomically.
+                    metrics::counter!("meshd_header_file_compactions_total").increment(1);
                     match store.rewrite(self.core.chain()) {
                         Ok(()) => info!(
                             stale_share = stale,

@@ -457,13 +457,41 @@ impl HeaderStore {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Whole records in the file.
+    pub fn records(&self) -> usize {
+        (self.len as usize).saturating_sub(FILE_HEADER_LEN) / RECORD_LEN
+    }
+
+    /// Records in the file that are not on `chain`'s best chain (forks left by a reorg,
+    /// headers evicted from memory), as a share of them.
+    pub fn stale_share(&self, chain: &HeaderChain) -> f64 {
+        let records = self.records();
+        if records == 0 {
+            return 0.0;
+        }
+        records.saturating_sub(chain.height() as usize) as f64 / records as f64
+    }
+
+    /// Rewrites the file with the best chain alone when more than [`COMPACT_STALE_SHARE`]
+    /// of it is stale and it is writable; the share it had when it was, if it was. Each
+    /// compaction needs a third of the best chain's length in new stale records before the
+    /// next, so a peer's forks cannot make it rewrite often.
+    pub fn compact_if_stale(&mut self, chain: &HeaderChain) -> std::io::Result<Option<f64>> {
+        let stale = self.stale_share(chain);
+        if self.failed.is_some() || stale <= COMPACT_STALE_SHARE {
+            return Ok(None);
+        }
+        self.rewrite(chain)?;
+        Ok(Some(stale))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::network::NetworkId;
-    use crate::sync::chain::headers::mine_header;
+    use crate::sync::chain::headers::{mine_chain, mine_header};
     use bitcoin::TxMerkleNode;
 
     fn build(n: u32) -> (HeaderChain, Vec<Header>) {
@@ -561,6 +589,63 @@ mod tests {
         );
         assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, full.len());
         assert!(report.stale_share(&c) > COMPACT_STALE_SHARE);
+    }
+
+    #[test]
+    fn a_file_gone_stale_at_run_time_is_compacted_to_the_best_chain() {
+        // A reorg leaves the old branch's records in the file: past a quarter of it, the file
+        // is rewritten with the best chain alone without waiting for a restart.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers.dat");
+        let magic = NetworkId::Regtest.profile().magic.to_bytes();
+        let (mut c, old) = build(20);
+        let (mut store, _) = HeaderStore::open(
+            &path,
+            magic,
+            &mut HeaderChain::new(&NetworkId::Regtest.profile()),
+        )
+        .unwrap();
+        store
+            .append(&old.iter().map(|h| (*h, h.block_hash())).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.compact_if_stale(&c).unwrap(), None, "nothing stale");
+        // A longer branch from genesis (other merkle roots, so other hashes): a reorg.
+        let genesis = NetworkId::Regtest.profile().genesis;
+        let new = mine_chain(&genesis, 30, 601);
+        for h in &new {
+            c.accept(h, u32::MAX / 2).unwrap();
+        }
+        assert_eq!(c.tip(), new[29].block_hash());
+        store
+            .append(&new.iter().map(|h| (*h, h.block_hash())).collect::<Vec<_>>())
+            .unwrap();
+        assert_eq!(store.records(), 50);
+        let share = store.compact_if_stale(&c).unwrap().expect("20 of 50 stale");
+        assert!((share - 0.4).abs() < 1e-9);
+        assert_eq!(store.records(), 30);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len() as usize,
+            FILE_HEADER_LEN + 30 * RECORD_LEN
+        );
+        // Appending goes on after it, and the file loads to the new tip.
+        let more = mine_chain(&new[29], 2, 600);
+        for h in &more {
+            c.accept(h, u32::MAX / 2).unwrap();
+        }
+        store
+            .append(
+                &more
+                    .iter()
+                    .map(|h| (*h, h.block_hash()))
+                    .collect::<Vec<_>>(),
+            )
+            .unwrap();
+        store.sync().unwrap();
+        drop(store);
+        let mut loaded = HeaderChain::new(&NetworkId::Regtest.profile());
+        let (_, report) = HeaderStore::open(&path, magic, &mut loaded).unwrap();
+        assert_eq!((report.loaded, report.skipped), (32, 0));
+        assert_eq!(loaded.tip(), c.tip());
     }
 
     #[test]
