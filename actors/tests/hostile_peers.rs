@@ -443,10 +443,23 @@ async fn a_chain_below_the_minimum_work_is_never_stored_and_an_honest_one_is() {
     let mut ca = config(da.path());
     ca.slots.outbound = 0;
     let honest = Node::start(ca).await.unwrap();
-    let tip = *honest.generate(2_600).await.unwrap().last().unwrap();
+    let mined = honest.generate(2_600).await.unwrap();
+    let tip = *mined.last().unwrap();
+    let mut blocks = node.subscribe_to(&[meshd_actors::events::EventKind::BlockReceived]);
     assert!(node.connect(honest.listen_addrs()[0], false).await);
     let deadline = Instant::now() + Duration::from_secs(30);
     while node.sync_status().best_header_hash != tip.to_string() {
+        assert!(Instant::now() < deadline, "{:?}", node.sync_status());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Out of initial sync (the minimum work met, a recent tip) and the tip's blocks fetched.
+    common::blocks_received(
+        &mut blocks,
+        &mined[mined.len() - 8..],
+        Duration::from_secs(20),
+    )
+    .await;
+    while node.sync_status().state != meshd_actors::msg::SyncState::Synced {
         assert!(Instant::now() < deadline, "{:?}", node.sync_status());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

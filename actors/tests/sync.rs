@@ -142,6 +142,7 @@ async fn the_node_with_less_work_reorganises_to_the_longer_chain() {
     a.generate(3).await.unwrap();
     let longer = b.generate(5).await.unwrap();
     assert_eq!(a.sync_status().header_height, 3);
+    let mut blocks = a.subscribe_to(&[EventKind::BlockReceived]);
     // Connect them: a learns b's chain, which has more work, and switches to it.
     assert!(a.connect(b.listen_addrs()[0], false).await);
     until("a follows b's chain", 15, || {
@@ -149,6 +150,13 @@ async fn the_node_with_less_work_reorganises_to_the_longer_chain() {
     })
     .await;
     assert_eq!(a.sync_status().header_height, 5);
+    // Core's direct fetch on a reorg: the new branch from the fork point, the blocks at or
+    // below a's old height (1 to 3) too, not only those above it.
+    common::blocks_received(&mut blocks, &longer, Duration::from_secs(15)).await;
+    until("a synced on b's chain", 15, || {
+        a.sync_status().state == meshd_actors::msg::SyncState::Synced
+    })
+    .await;
     a.shutdown().await;
     b.shutdown().await;
 }
@@ -237,10 +245,12 @@ async fn a_stalling_sync_peer_is_replaced() {
     let mut cb = cfg(db.path());
     cb.slots.outbound = 0;
     let b = Node::start(cb).await.unwrap();
-    let tip = *b.generate(5).await.unwrap().last().unwrap();
+    let mined = b.generate(5).await.unwrap();
+    let tip = *mined.last().unwrap();
     let mut cn = cfg(dn.path());
     cn.sync_stall_timeout = Duration::from_millis(500);
     let n = Node::start(cn).await.unwrap();
+    let mut blocks = n.subscribe_to(&[EventKind::BlockReceived]);
     // A peer that claims 1000 blocks and never answers getheaders becomes the sync peer...
     let mut staller = AsyncPeer::connect(n.listen_addrs()[0]).await.unwrap();
     assert!(staller.handshake_at(1000).await);
@@ -249,6 +259,12 @@ async fn a_stalling_sync_peer_is_replaced() {
     assert!(n.connect(b.listen_addrs()[0], false).await);
     until("synced from the honest peer", 10, || {
         n.sync_status().best_header_hash == tip.to_string()
+    })
+    .await;
+    // Not only the best header: the blocks are fetched, and the node is out of initial sync.
+    common::blocks_received(&mut blocks, &mined, Duration::from_secs(10)).await;
+    until("synced", 10, || {
+        n.sync_status().state == meshd_actors::msg::SyncState::Synced
     })
     .await;
     drop(staller);

@@ -441,3 +441,44 @@ async fn a_junk_witness_answer_does_not_erase_the_other_announcers() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_honest_one_and_a_half_megabyte_bsv_transaction_is_taken_free() {
+    // BSV's policy allows 10 MB transactions: a 1.5 MB one is honest there (before #24 it
+    // cost its sender 100 points under BTC's 1 MB rule, and a ban).
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.network = meshd_actors::network::NetworkId::BsvRegtest;
+    let node = Node::start(c).await.unwrap();
+    let addr = node.listen_addrs()[0];
+    let mut peer = AsyncPeer::connect_on(addr, meshd_actors::network::NetworkId::BsvRegtest)
+        .await
+        .unwrap();
+    assert!(peer.handshake().await);
+    wait_sync_peers(&node, 1).await;
+    let mut big = tx(7);
+    big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_500_000]);
+    let txid = big.compute_txid();
+    let mut events = node.subscribe_to(&[EventKind::TxReceived]);
+    peer.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
+        .await;
+    assert!(
+        peer.wait_for(Duration::from_secs(10), |m| asked(m)
+            .filter(|v| v.contains(&txid)))
+            .await
+            .is_some(),
+        "the announcer was never asked"
+    );
+    peer.send(NetworkMessage::Tx(big)).await;
+    let got = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .expect("pooled")
+        .expect("event");
+    assert!(
+        matches!(got.event, NodeEvent::TxReceived { txid: ref s, .. } if *s == txid.to_string())
+    );
+    let info = node.peers();
+    assert_eq!(info.len(), 1, "the sender is still connected");
+    assert_eq!(info[0].misbehavior, 0, "and owes nothing");
+    node.shutdown().await;
+}

@@ -83,6 +83,29 @@ pub async fn handshaked_peers(addr: SocketAddr, n: usize) -> Vec<AsyncPeer> {
     peers
 }
 
+/// Waits until `events` (subscribed to `BlockReceived`) has shown every block of `hashes`;
+/// panics with the ones missing after `timeout`.
+pub async fn blocks_received(
+    events: &mut meshd_actors::events::EventStream,
+    hashes: &[bitcoin::BlockHash],
+    timeout: Duration,
+) {
+    let mut missing: std::collections::HashSet<String> =
+        hashes.iter().map(|h| h.to_string()).collect();
+    let deadline = Instant::now() + timeout;
+    while !missing.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, events.recv()).await {
+            Ok(Ok(e)) => {
+                if let meshd_actors::events::NodeEvent::BlockReceived { hash, .. } = &e.event {
+                    missing.remove(hash);
+                }
+            }
+            _ => panic!("blocks never received: {missing:?}"),
+        }
+    }
+}
+
 /// A protocol 70016 `version` from a raw test peer announcing `start_height`.
 pub fn version_message(start_height: i32) -> NetworkMessage {
     let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
