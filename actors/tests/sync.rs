@@ -1,6 +1,6 @@
 //! Sync over real loopback sockets, in process: a 5-node mesh reaches the same tip, a
 //! reorganisation, transaction relay across the mesh, invalid headers punished, the chain
-//! reloaded after a restart.
+//! reloaded after a restart, a block announced only once a validating peer vouched for it.
 
 mod common;
 
@@ -553,5 +553,81 @@ async fn peers_are_answered_while_a_long_header_file_loads() {
     let status = node.sync_status();
     assert_eq!(status.header_height, N, "the whole file is loaded by then");
     assert_ne!(status.state, meshd_actors::msg::SyncState::Loading);
+    node.shutdown().await;
+}
+
+/// Whether `m` announces block `hash` (by `inv` or `headers`).
+fn announces_block(m: &NetworkMessage, hash: bitcoin::BlockHash) -> Option<()> {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    let found = match m {
+        NetworkMessage::Inv(items) => items
+            .iter()
+            .any(|i| matches!(i, Inventory::Block(h) | Inventory::WitnessBlock(h) if *h == hash)),
+        NetworkMessage::Headers(hs) => hs.iter().any(|h| h.block_hash() == hash),
+        _ => false,
+    };
+    found.then_some(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_only_an_inbound_peer_gave_is_announced_once_an_outbound_peer_vouches() {
+    // meshd checks no scripts: a block from an inbound peer alone may be invalid, and a Core
+    // peer fetching it from us would discourage us. It is kept and published at once, and
+    // announced when a peer we chose (which validated it before announcing) announces it.
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut c = cfg(dir.path());
+    c.v2transport = false;
+    c.slots.outbound = 1;
+    c.connect = vec![listener.local_addr().unwrap()];
+    let node = Node::start(c).await.unwrap();
+    let mut outbound = AsyncPeer::accept(&listener).await;
+    let addr = node.listen_addrs()[0];
+    let mut inbound = common::handshaked(addr).await;
+    let mut watcher = common::handshaked(addr).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.sync_peers().await.len() < 3 {
+        assert!(Instant::now() < deadline, "Sync never learned its peers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let genesis = node.profile().genesis;
+    let block = meshd_actors::sync::mine::regtest_block(&genesis, 1, common::unix_now() - 60, 5);
+    let hash = block.block_hash();
+    let mut received = node.subscribe_to(&[EventKind::BlockReceived]);
+    inbound
+        .send(NetworkMessage::Headers(vec![block.header]))
+        .await;
+    let asked = inbound
+        .wait_for(Duration::from_secs(5), |m| match m {
+            NetworkMessage::GetData(items) => items
+                .iter()
+                .any(|i| i.network_hash() == Some(hash.to_byte_array()))
+                .then_some(()),
+            _ => None,
+        })
+        .await;
+    assert!(
+        asked.is_some(),
+        "the sender of the header was asked for the block"
+    );
+    inbound.send(NetworkMessage::Block(block.clone())).await;
+    common::blocks_received(&mut received, &[hash], Duration::from_secs(5)).await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_millis(1500), |m| announces_block(m, hash))
+            .await
+            .is_none(),
+        "announced on an inbound peer's word"
+    );
+    outbound
+        .send(NetworkMessage::Headers(vec![block.header]))
+        .await;
+    assert!(
+        watcher
+            .wait_for(Duration::from_secs(5), |m| announces_block(m, hash))
+            .await
+            .is_some(),
+        "not announced once the outbound peer vouched for it"
+    );
     node.shutdown().await;
 }
