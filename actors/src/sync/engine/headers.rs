@@ -302,6 +302,15 @@ impl SyncCore {
         }
         if headers.headers.is_empty() {
             self.header_sync.progress(id, self.clock.now);
+            // Core: an empty answer mid-presync means the peer has nothing more to give us
+            // (it may have reorganised to our chain); its presync is dropped, uncharged.
+            if let Some(p) = self.peers.get_mut(&id) {
+                if p.presync.take().is_some() {
+                    metrics::counter!("meshd_presync_aborted_total", "reason" => "empty_headers")
+                        .increment(1);
+                    debug!(peer = %id, "headers presync ended: the peer sent no headers");
+                }
+            }
         }
         let step = match route {
             Route::Invalid(_) | Route::Chain => return self.accept_headers(id, headers, true),

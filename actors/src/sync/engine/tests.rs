@@ -456,6 +456,24 @@ fn a_noban_peers_low_work_headers_skip_presync() {
     assert_eq!(trusted.chain().height(), 2000, "stored at once");
 }
 
+#[test]
+fn an_empty_headers_message_ends_a_peers_presync() {
+    // Core's ProcessHeadersMessage: no headers mid-presync means the peer has nothing more
+    // for us; its presync state is dropped (not kept until it disconnects).
+    let clock = clock0();
+    let mut core = core_needing_work(clock, "noban@10.9.9.9/32");
+    let batch = chain_of(
+        &core,
+        crate::constants::MAX_HEADERS_PER_MESSAGE as u32,
+        clock,
+    );
+    let _ = core.peer_up(clock, peer(1, false, 2000));
+    let _ = core.input(clock, PeerId(1), headers(&batch));
+    assert!(core.peers[&PeerId(1)].presync.is_some(), "presyncing");
+    let _ = core.input(clock, PeerId(1), headers(&[]));
+    assert!(core.peers[&PeerId(1)].presync.is_none());
+}
+
 /// One step of a peer's life, for the property test.
 #[derive(Debug, Clone)]
 enum Step {
