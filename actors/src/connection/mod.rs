@@ -32,6 +32,7 @@ use bitcoin::p2p::address::{AddrV2, AddrV2Message, Address};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::ServiceFlags;
+use bitcoin::BlockHash;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
@@ -69,9 +70,9 @@ use io::{
 ///
 /// A peer that does not read must not keep the task (and socket) alive for ever.
 const WRITER_LINGER: Duration = Duration::from_secs(2);
-/// Compact blocks counted as asked of one peer: Sync asks at most one per block in flight,
-/// so this is never reached by an honest exchange; it bounds the counter.
-const MAX_COMPACT_BLOCKS_ASKED: u32 = 64;
+/// Compact blocks remembered as asked of one peer: Sync asks at most one per block in
+/// flight (16), so this is never reached by an honest exchange; it bounds the list.
+const MAX_COMPACT_BLOCKS_ASKED: usize = 64;
 
 /// The Connection actor.
 pub struct Connection;
@@ -138,9 +139,10 @@ pub struct ConnectionState {
     gauge: Arc<SendGauge>,
     /// Blocks asked of this peer and not yet received; the reader skips any other `block`.
     blocks_expected: Arc<BlocksExpected>,
-    /// Compact blocks asked of this peer (`getdata(MSG_CMPCT_BLOCK)`) and not yet answered by
-    /// a `cmpctblock`.
-    compact_blocks_asked: u32,
+    /// Compact blocks asked of this peer (`getdata(MSG_CMPCT_BLOCK)`) and not yet answered,
+    /// by hash: a `cmpctblock` of one settles its expected block; a whole `block` (a deep one
+    /// is answered so) or a `notfound` of one just ends it.
+    compact_blocks_asked: VecDeque<BlockHash>,
     /// Sync asked us to request each next `headers` batch ourselves (it syncs from us).
     pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
@@ -291,7 +293,7 @@ impl Actor for Connection {
             outbox: None,
             gauge: Arc::new(SendGauge::default()),
             blocks_expected: Arc::new(BlocksExpected::default()),
-            compact_blocks_asked: 0,
+            compact_blocks_asked: VecDeque::new(),
             pipeline_headers: false,
             getdata_queue: VecDeque::new(),
             getdata_at_sync: None,
@@ -920,6 +922,8 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::Block(b)) => {
+            // A compact block asked for may come whole (a deep one): the reader settled it.
+            forget_compact_ask(state, &b.block_hash());
             to_sync(state, SyncInput::Block(Box::new(b)));
             Ok(())
         }
@@ -982,8 +986,11 @@ fn on_inbound_message(
         }
         Message::Network(NetworkMessage::NotFound(i)) => {
             state.blocks_expected.settled(count_blocks(&i));
-            state.compact_blocks_asked =
-                state.compact_blocks_asked.saturating_sub(count_compact(&i));
+            for item in &i {
+                if let Inventory::CompactBlock(h) = item {
+                    forget_compact_ask(state, h);
+                }
+            }
             to_sync(state, SyncInput::NotFound(i));
             Ok(())
         }
@@ -1002,10 +1009,9 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::CmpctBlock(m)) => {
-            if state.compact_blocks_asked > 0 {
-                // The answer to a getdata(MSG_CMPCT_BLOCK): that request was counted as a
-                // block expected, and no `block` will come for it now.
-                state.compact_blocks_asked -= 1;
+            if forget_compact_ask(state, &m.compact_block.header.block_hash()) {
+                // The answer to our getdata(MSG_CMPCT_BLOCK) of it: that request was counted
+                // as a block expected, and no `block` will come for it now.
                 state.blocks_expected.settled(1);
             }
             to_sync(state, SyncInput::CmpctBlock(Box::new(m.compact_block)));
@@ -1171,11 +1177,15 @@ fn count_blocks(items: &[Inventory]) -> u32 {
         .count() as u32
 }
 
-fn count_compact(items: &[Inventory]) -> u32 {
-    items
-        .iter()
-        .filter(|i| matches!(i, Inventory::CompactBlock(_)))
-        .count() as u32
+/// Ends our compact-block request for `hash`, if there is one; true when there was.
+fn forget_compact_ask(state: &mut ConnectionState, hash: &BlockHash) -> bool {
+    match state.compact_blocks_asked.iter().position(|h| h == hash) {
+        Some(at) => {
+            state.compact_blocks_asked.remove(at);
+            true
+        }
+        None => false,
+    }
 }
 
 fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReason> {
@@ -1186,10 +1196,14 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
         // Counted before the request leaves, so the reply always finds it.
         state.blocks_expected.asked(count_blocks(items));
         // A compact block asked for may come as `cmpctblock` (deep ones as a `block`).
-        state.compact_blocks_asked = state
-            .compact_blocks_asked
-            .saturating_add(count_compact(items))
-            .min(MAX_COMPACT_BLOCKS_ASKED);
+        for item in items {
+            if let Inventory::CompactBlock(h) = item {
+                if state.compact_blocks_asked.len() >= MAX_COMPACT_BLOCKS_ASKED {
+                    state.compact_blocks_asked.pop_front();
+                }
+                state.compact_blocks_asked.push_back(*h);
+            }
+        }
     }
     let bytes = msg.encode(state.ctx.profile.magic);
     let command = msg.command();
