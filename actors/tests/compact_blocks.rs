@@ -268,3 +268,54 @@ async fn a_block_mined_here_is_pushed_as_cmpctblock_to_a_high_bandwidth_peer() {
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn getblocktxn_is_answered_in_the_getdata_turn_and_deep_ones_with_the_block() {
+    // Core: blocktxn for the last 10 blocks, the whole block below (queued as a getdata).
+    // Answers keep their order with the peer's other messages and none wedges the next.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = cfg(dir.path());
+    c.keep_blocks = 16;
+    let node = Node::start(c).await.unwrap();
+    let mut peer = handshaked(node.listen_addrs()[0]).await;
+    negotiate(&mut peer, false).await;
+    sync_knows(&node, 1).await;
+    let mined = node.generate(12).await.unwrap();
+    let (recent, deep) = (mined[11], mined[0]);
+    let ask = |block_hash| {
+        NetworkMessage::GetBlockTxn(bitcoin::p2p::message_compact_blocks::GetBlockTxn {
+            txs_request: bitcoin::bip152::BlockTransactionsRequest {
+                block_hash,
+                indexes: vec![0],
+            },
+        })
+    };
+    peer.send(ask(recent)).await;
+    peer.send(ask(deep)).await;
+    peer.send(ask(recent)).await;
+    peer.send(NetworkMessage::Ping(77)).await;
+    let mut answers = Vec::new();
+    while answers.len() < 4 {
+        let got = peer
+            .wait_for(Duration::from_secs(5), |m| match m {
+                NetworkMessage::BlockTxn(b) => {
+                    Some(format!("blocktxn {}", b.transactions.block_hash))
+                }
+                NetworkMessage::Block(b) => Some(format!("block {}", b.block_hash())),
+                NetworkMessage::Pong(77) => Some("pong".to_string()),
+                _ => None,
+            })
+            .await;
+        answers.push(got.expect("every request answered"));
+    }
+    assert_eq!(
+        answers,
+        vec![
+            format!("blocktxn {recent}"),
+            format!("block {deep}"),
+            format!("blocktxn {recent}"),
+            "pong".to_string()
+        ]
+    );
+    node.shutdown().await;
+}

@@ -147,6 +147,10 @@ pub struct ConnectionState {
     pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
     getdata_queue: VecDeque<Inventory>,
+    /// The peer's `getblocktxn` not yet handed to Sync: served in the getdata turn, so its
+    /// answer (up to a whole block, for one of a few dozen bytes) waits for the peer to read
+    /// what we sent, as Core queues it behind `m_getdata_requests`.
+    pending_blocktxn: Option<bitcoin::bip152::BlockTransactionsRequest>,
     /// When the batch now with Sync was handed over.
     getdata_at_sync: Option<Instant>,
     /// Messages that arrived while a getdata was being served: handled after it, in order
@@ -296,6 +300,7 @@ impl Actor for Connection {
             compact_blocks_asked: VecDeque::new(),
             pipeline_headers: false,
             getdata_queue: VecDeque::new(),
+            pending_blocktxn: None,
             getdata_at_sync: None,
             deferred: VecDeque::new(),
             credit: None,
@@ -1018,8 +1023,9 @@ fn on_inbound_message(
             Ok(())
         }
         Message::Network(NetworkMessage::GetBlockTxn(m)) => {
-            to_sync(state, SyncInput::GetBlockTxn(m.txs_request));
-            Ok(())
+            // Nothing is being served (else this waited in `deferred`): its turn is next.
+            state.pending_blocktxn = Some(m.txs_request);
+            pump_getdata(state)
         }
         Message::Network(NetworkMessage::BlockTxn(m)) => {
             to_sync(state, SyncInput::BlockTxn(Box::new(m.transactions)));
@@ -1275,7 +1281,34 @@ fn count_sent(state: &mut ConnectionState, command: &'static str, frame_len: usi
 
 /// Whether a getdata is being served: other messages wait until it is.
 fn serving_getdata(state: &ConnectionState) -> bool {
-    !state.getdata_queue.is_empty() || state.getdata_at_sync.is_some()
+    !state.getdata_queue.is_empty()
+        || state.getdata_at_sync.is_some()
+        || state.pending_blocktxn.is_some()
+}
+
+/// Whether the peer has read enough of what we sent for another getdata turn; if not, the
+/// writer is asked to say when it drained.
+fn send_room(state: &ConnectionState) -> bool {
+    let room = state
+        .outbox
+        .as_ref()
+        .is_some_and(|o| o.capacity() >= o.max_capacity() / 2);
+    if state.gauge.total.load(Ordering::Relaxed) < GETDATA_SEND_BUDGET && room {
+        return true;
+    }
+    state.gauge.drain_wanted.store(true, Ordering::Release);
+    // The writer may have drained between the check and the flag: look again.
+    let still_full = state.gauge.total.load(Ordering::Relaxed) >= GETDATA_SEND_BUDGET / 2
+        || state
+            .outbox
+            .as_ref()
+            .is_some_and(|o| o.capacity() < o.max_capacity() / 2);
+    if still_full {
+        metrics::counter!("meshd_getdata_paused_total").increment(1);
+        return false;
+    }
+    state.gauge.drain_wanted.store(false, Ordering::Release);
+    true
 }
 
 /// Hands Sync the next getdata batch when the last one is served and the peer has read
@@ -1286,29 +1319,25 @@ fn pump_getdata(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
             return Ok(());
         }
         if state.getdata_queue.is_empty() {
+            if state.pending_blocktxn.is_some() {
+                if !send_room(state) {
+                    return Ok(());
+                }
+                if let Some(req) = state.pending_blocktxn.take() {
+                    // Sync answers GetDataServed once the answer is queued.
+                    state.getdata_at_sync = Some(Instant::now());
+                    to_sync(state, SyncInput::GetBlockTxn(req));
+                }
+                return Ok(());
+            }
             let Some(next) = state.deferred.pop_front() else {
                 return Ok(());
             };
             on_inbound(state, next)?;
             continue;
         }
-        let room = state
-            .outbox
-            .as_ref()
-            .is_some_and(|o| o.capacity() >= o.max_capacity() / 2);
-        if state.gauge.total.load(Ordering::Relaxed) >= GETDATA_SEND_BUDGET || !room {
-            state.gauge.drain_wanted.store(true, Ordering::Release);
-            // The writer may have drained between the check and the flag: look again.
-            let still_full = state.gauge.total.load(Ordering::Relaxed) >= GETDATA_SEND_BUDGET / 2
-                || state
-                    .outbox
-                    .as_ref()
-                    .is_some_and(|o| o.capacity() < o.max_capacity() / 2);
-            if still_full {
-                metrics::counter!("meshd_getdata_paused_total").increment(1);
-                return Ok(());
-            }
-            state.gauge.drain_wanted.store(false, Ordering::Release);
+        if !send_room(state) {
+            return Ok(());
         }
         let take = state.getdata_queue.len().min(GETDATA_BATCH);
         let batch: Vec<Inventory> = state.getdata_queue.drain(..take).collect();

@@ -467,6 +467,13 @@ impl BlockDownload {
         self.in_flight.peer_of(block)
     }
 
+    /// Whether `peer`'s copy of `block` would be taken: it was asked of it, or moved away
+    /// from it after a stall (see [`Self::on_block`]).
+    pub fn may_deliver(&self, block: &BlockHash, peer: PeerId) -> bool {
+        self.in_flight.peer_of(block) == Some(peer)
+            || self.late.get(block).is_some_and(|(p, _)| *p == peer)
+    }
+
     /// The block `peer` was asked for first and has not delivered: the one its next
     /// `block` answers (peers serve `getdata` in order).
     pub fn first_asked_of(&self, peer: PeerId) -> Option<BlockHash> {

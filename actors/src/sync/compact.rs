@@ -160,6 +160,8 @@ impl PartialBlock {
         };
         // Positions two candidates matched: asked for, not guessed.
         let mut ambiguous = vec![false; partial.txs.len()];
+        // Where each found one came from, so an ambiguity takes it off the right count.
+        let mut found_in_extra = vec![false; partial.txs.len()];
         let wanted = positions.len();
         let mut found = 0usize;
         for (from_extra, (hash, tx)) in pool
@@ -178,6 +180,7 @@ impl PartialBlock {
                 None => {
                     partial.txs[at] = Some(tx.clone());
                     found += 1;
+                    found_in_extra[at] = from_extra;
                     if from_extra {
                         partial.from_extra += 1;
                     } else {
@@ -190,6 +193,11 @@ impl PartialBlock {
                     partial.txs[at] = None;
                     ambiguous[at] = true;
                     found -= 1;
+                    if found_in_extra[at] {
+                        partial.from_extra -= 1;
+                    } else {
+                        partial.from_pool -= 1;
+                    }
                 }
             }
         }
@@ -509,6 +517,20 @@ mod tests {
         let pool = pool_of(&plain.txdata[1..], false);
         let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
         check_block(&p.fill(Vec::new()).unwrap(), crate::network::Chain::Btc).unwrap();
+    }
+
+    #[test]
+    fn two_candidates_for_one_short_id_leave_it_missing_and_off_the_counts() {
+        // Another transaction under the same short id as a pooled one, seen first: the
+        // position is asked for, and counted as found by no pool.
+        let b = block(5, true);
+        let c = compact_block(&b, 3, true, &[]);
+        let real = pool_of(&b.txdata[1..], true);
+        let mut pool = vec![(real[1].0, Arc::new(b.txdata[4].clone()))];
+        pool.extend(real);
+        let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+        assert_eq!(p.missing(), vec![2]);
+        assert_eq!((p.from_pool, p.from_extra), (4, 0));
     }
 
     #[test]

@@ -148,6 +148,15 @@ impl SyncCore {
         }
     }
 
+    /// Whether we hold the parent of `hash`: kept, or the genesis block (every node has it).
+    fn parent_held(&self, hash: &BlockHash) -> bool {
+        let Some((header, _, _)) = self.chain.header_and_work(hash) else {
+            return false;
+        };
+        let parent = header.prev_blockhash;
+        parent == self.profile.genesis.block_hash() || self.is_kept(&parent)
+    }
+
     /// Blocks below the tip that are still fetched: the ones kept, at most a peer's share of
     /// requests.
     pub(super) fn fetch_window(&self) -> u32 {
@@ -189,8 +198,10 @@ impl SyncCore {
                 asked.retain(|h| *h != in_hand);
             }
         }
-        // Core's direct fetch asks for a compact block when it is the one block we wait for.
-        let alone = asked.len() == 1 && self.downloads.in_flight() == 1;
+        // Core's direct fetch asks for a compact block when it is the one block we wait for
+        // and we hold its parent (`BLOCK_VALID_CHAINTX`): our pool is then current for it.
+        let alone =
+            asked.len() == 1 && self.downloads.in_flight() == 1 && self.parent_held(&asked[0]);
         if let (false, Some(p)) = (asked.is_empty(), self.peers.get(&from)) {
             let items = asked
                 .into_iter()

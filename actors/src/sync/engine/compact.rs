@@ -58,6 +58,8 @@ pub(super) struct PeerCompact {
 /// A block being reconstructed: whose compact block it is, and what it cost so far.
 pub(super) struct Partial {
     peer: PeerId,
+    /// When its `getblocktxn` went: the oldest gives way when the table is full.
+    since: std::time::Instant,
     block: PartialBlock,
     via: BlockVia,
     wire_bytes: usize,
@@ -387,15 +389,22 @@ impl SyncCore {
                     NetworkMessage::GetBlockTxn(GetBlockTxn { txs_request: req }),
                 );
                 if self.partials.len() >= MAX_PARTIAL_BLOCKS {
-                    // The oldest is dropped: its block stays in flight, and a stall moves it.
-                    let oldest = self.partials.keys().next().copied();
-                    if let Some(k) = oldest {
+                    // The oldest gives way: its block is asked of its peer whole, so it does
+                    // not wait for a stall to move it.
+                    let oldest = self
+                        .partials
+                        .iter()
+                        .min_by_key(|(_, p)| p.since)
+                        .map(|(k, p)| (*k, p.peer, p.via));
+                    if let Some((k, peer, via)) = oldest {
                         self.partials.remove(&k);
+                        self.fall_back_to_block(peer, k, via);
                     }
                 }
                 self.partials.insert(
                     hash,
                     Partial {
+                        since: self.clock.now,
                         peer: id,
                         block: partial,
                         via,
@@ -437,8 +446,10 @@ impl SyncCore {
     /// ignored (Core: "block transactions for a block we were not expecting").
     pub(super) fn on_blocktxn(&mut self, id: PeerId, txn: BlockTransactions) {
         let hash = txn.block_hash;
+        // From the peer asked, or from a staller whose request moved on: its late answer
+        // is still taken (as its late `block` would be).
         let ours = self.partials.get(&hash).is_some_and(|p| p.peer == id)
-            && self.downloads.asked_of(&hash) == Some(id);
+            && self.downloads.may_deliver(&hash, id);
         if !ours {
             debug!(%hash, peer = %id, "blocktxn for no block we are reconstructing from it; ignored");
             return;
@@ -532,6 +543,12 @@ impl SyncCore {
     /// [`compact::MAX_BLOCKTXN_DEPTH`], with the whole block below; an index past the
     /// block's end costs the peer; a block we do not keep is not answered.
     pub(super) fn on_getblocktxn(&mut self, id: PeerId, req: BlockTransactionsRequest) {
+        self.answer_getblocktxn(id, req);
+        // It was served in the Connection's getdata turn: the next may go.
+        self.out.push(Action::GetDataServed(id));
+    }
+
+    fn answer_getblocktxn(&mut self, id: PeerId, req: BlockTransactionsRequest) {
         let Some(k) = self.blocks.iter().find(|k| k.hash == req.block_hash) else {
             debug!(hash = %req.block_hash, peer = %id, "getblocktxn for a block we do not keep");
             return;
@@ -608,12 +625,12 @@ impl SyncCore {
         }
     }
 
-    /// Forgets reconstructions whose block is no longer asked of their peer (it stalled and
-    /// moved, or came another way).
+    /// Forgets reconstructions whose peer's copy would no longer be taken (the block came
+    /// another way, or the stall that moved it is past the download timeout).
     pub(super) fn prune_partials(&mut self) {
         let downloads = &self.downloads;
         self.partials
-            .retain(|hash, p| downloads.asked_of(hash) == Some(p.peer));
+            .retain(|hash, p| downloads.may_deliver(hash, p.peer));
     }
 
     /// Bytes a block's arrival saved against the whole block.

@@ -957,3 +957,37 @@ fn an_invalid_compact_block_costs_its_sender_and_the_block_is_asked_of_another_a
         "asked of S at once, not after a stall"
     );
 }
+
+#[test]
+fn a_lone_block_whose_parent_we_lack_is_asked_whole() {
+    // Core's direct fetch asks MSG_CMPCT_BLOCK only when the parent is held
+    // (BLOCK_VALID_CHAINTX): without it our pool is not current for the block.
+    use bitcoin::p2p::ServiceFlags;
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 3, clock);
+    // A peer that serves no blocks gives us the first two headers: nobody is asked for them.
+    let headers_only = NewPeer {
+        services: ServiceFlags::WITNESS,
+        ..peer(1, false, 2)
+    };
+    let _ = core.peer_up(clock, headers_only);
+    let _ = core.input(clock, PeerId(1), headers(&blocks[..2]));
+    assert_eq!(core.downloads.in_flight(), 0);
+    let c = PeerId(2);
+    let _ = core.peer_up(clock, peer(2, false, 3));
+    let _ = core.input(clock, c, sendcmpct(false));
+    let got = core.input(clock, c, headers(&blocks[2..]));
+    let items: Vec<Inventory> = sent_to(&got, c)
+        .into_iter()
+        .filter_map(|m| match m {
+            NetworkMessage::GetData(items) => Some(items.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(
+        items.contains(&Inventory::WitnessBlock(blocks[2].block_hash())),
+        "asked whole: {items:?}"
+    );
+}
