@@ -228,6 +228,11 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_headers_withheld_total",
+        "Headers left out of getheaders and getblocks answers because no validating peer has vouched for their blocks yet (see meshd_blocks_not_relayed_total).",
+    ),
+    (
+        "counter",
         "meshd_blocks_not_relayed_total",
         "Blocks kept but not announced to ordinary peers when they arrived, by reason (not_vouched: no outbound or relay-whitelisted peer vouched for them yet; announced once one does). High-bandwidth compact-block peers get them regardless (BIP152).",
     ),

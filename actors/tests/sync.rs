@@ -631,3 +631,47 @@ async fn a_block_only_an_inbound_peer_gave_is_announced_once_an_outbound_peer_vo
     );
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_hub_that_whitelists_its_leaves_for_relay_a_block_reaches_every_leaf() {
+    // A mesh of meshd nodes alone has no validating node: the hub takes a leaf's block from
+    // an inbound peer, which vouches for nothing unless the operator trusts it (`relay`).
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut ch = cfg(dirs[0].path());
+    ch.slots.outbound = 0;
+    ch.whitelist =
+        vec![meshd_actors::shared::whitelist::WhitelistEntry::parse("relay@127.0.0.1/32").unwrap()];
+    let hub = Node::start(ch).await.unwrap();
+    let mut leaves = Vec::new();
+    for d in &dirs[1..] {
+        let mut c = cfg(d.path());
+        // The hub only: leaves that learnt each other's address would dial each other.
+        c.slots.outbound = 1;
+        c.listen = Vec::new();
+        c.connect = vec![hub.listen_addrs()[0]];
+        leaves.push(Node::start(c).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hub.sync_peers().await.len() < 2
+        || leaves[0].sync_peers().await.is_empty()
+        || leaves[1].sync_peers().await.is_empty()
+    {
+        assert!(Instant::now() < deadline, "the star never formed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut far = leaves[1].subscribe_to(&[EventKind::BlockReceived]);
+    let mined = leaves[0].generate(2).await.unwrap();
+    common::blocks_received(&mut far, &mined, Duration::from_secs(10)).await;
+    for n in &leaves {
+        let peers: Vec<_> = n.peers().iter().map(|p| p.addr).collect();
+        assert_eq!(
+            peers,
+            vec![hub.listen_addrs()[0]],
+            "a star: leaves reach only the hub"
+        );
+    }
+    for n in leaves {
+        n.shutdown().await;
+    }
+    hub.shutdown().await;
+}

@@ -225,11 +225,13 @@ impl BlockDownload {
         if asked_of != Some(peer) && !late {
             return false;
         }
-        // From either: the block is here; the other copy, if it comes, is unrequested.
+        // From either: the block is here; the other copy, if it comes, is unrequested. If it
+        // was the head of its peer's queue, that peer's next request is the head from now
+        // (Core's RemoveBlockRequest: only the front moves `m_downloading_since`).
+        let was_head = asked_of.filter(|p| self.in_flight.oldest_of(*p) == Some(*block));
         self.in_flight.received(block);
-        // The peer it was asked of (whoever delivered) has its next request at the head.
-        if let Some(asked_of) = asked_of {
-            self.head_since.insert(asked_of, now);
+        if let Some(p) = was_head {
+            self.head_since.insert(p, now);
         }
         self.stallers.remove(&peer);
         self.late.remove(block);
@@ -282,8 +284,11 @@ impl BlockDownload {
             // Not the peer asked: nothing of ours failed.
             return out;
         }
+        let was_head = self.in_flight.oldest_of(peer) == Some(block);
         self.in_flight.received(&block);
-        self.head_since.insert(peer, now);
+        if was_head {
+            self.head_since.insert(peer, now);
+        }
         self.fail(block, peer, why, sources, now, &mut out);
         out
     }
@@ -690,12 +695,25 @@ mod tests {
         assert_eq!(moved.len(), 3, "{moved:?}");
         assert!(moved.iter().all(|r| r.peer == B));
         assert_eq!(d.stalling_timeout(), BLOCK_STALLING_TIMEOUT_DEFAULT * 2);
-        // A delivers one: no longer a staller, and its next head is timed from now.
-        let next = (1..=16)
+        // A delivers a block behind its head: the head stays as old (Core moves
+        // m_downloading_since only when the front goes), so a peer cannot hold its head by
+        // delivering the rest one by one.
+        let mut mine: Vec<BlockHash> = (1..=16)
             .map(block)
+            .filter(|b| d.asked_of(b) == Some(A))
+            .collect();
+        let last = mine.pop().unwrap();
+        assert!(d.on_block(&last, A, t));
+        t += BLOCK_STALLING_TIMEOUT_DEFAULT * 2;
+        let out = d.on_tick(t, |_| vec![A, B]);
+        assert_eq!(out.requests.len(), 1, "the head still stalls");
+        // It delivers its head: no longer a staller, and its next head is timed from now.
+        let head = mine
+            .iter()
+            .copied()
             .find(|b| d.asked_of(b) == Some(A))
             .unwrap();
-        assert!(d.on_block(&next, A, t));
+        assert!(d.on_block(&head, A, t));
         let out = d.on_tick(t + Duration::from_millis(100), |_| vec![A, B]);
         assert!(out.requests.is_empty(), "the new head was just reached");
     }

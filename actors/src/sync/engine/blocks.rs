@@ -27,22 +27,25 @@ use crate::sync::chain::HeaderChain;
 use crate::sync::header_sync::POW_TARGET_SPACING;
 use crate::wire::Message;
 
-/// Recent blocks vouched for that [`VouchedBlocks`] remembers.
+/// Blocks [`VouchedBlocks`] remembers.
 ///
 /// # Security
-/// Filled only by peers we chose (outbound) or trust (`relay`), a few hashes per new block;
-/// 1,024 covers a week of blocks on BTC and far more than the 16 near the tip we fetch,
-/// so a flood of announcements from a chosen peer forgets old entries, never grows memory.
+/// Filled only with blocks mined here or sent by a `relay`-whitelisted peer (the operator
+/// trusts it), one hash per block; 1,024 covers a week of blocks on BTC, and old entries are
+/// forgotten first, so no peer can grow it.
 pub(super) const MAX_VOUCHED_BLOCKS: usize = 1024;
 
 /// Blocks a validating node vouched for, as transactions are (#24's relay rule, extended to
 /// blocks): meshd checks proof of work and Core's IsBlockMutated but no scripts, so a block
 /// with an invalid transaction would pass here, and a Core peer that fetched it from us would
-/// discourage us. A block is vouched when we mined it, when a peer we chose (outbound: it
-/// announced the block by `inv` or `headers`, which Core does only after validating it) or
-/// a `relay`-whitelisted peer sent or announced it. Only vouched blocks are announced to
-/// ordinary peers; high-bandwidth compact-block peers get the rest too, as BIP152 allows
-/// relay before validation and peers from protocol 70015 do not punish it.
+/// discourage us. A block is vouched for when an outbound peer (one we chose) showed it by
+/// `headers` or `inv`, or showed a block descending from it: Core serves and announces only
+/// its active chain, which it validated (a `cmpctblock` is not such a showing: BIP152 lets
+/// it go before validation). Each peer's best such block is its `vouched_tip`; this set
+/// holds the rest: blocks mined here, and blocks a `relay`-whitelisted peer sent. Only
+/// vouched blocks are announced to ordinary peers; high-bandwidth compact-block peers get
+/// the rest too, as BIP152 allows relay before validation and peers from protocol 70015 do
+/// not punish it.
 #[derive(Debug, Default)]
 pub(super) struct VouchedBlocks {
     set: HashSet<BlockHash>,
@@ -66,6 +69,10 @@ impl VouchedBlocks {
 
     pub(super) fn contains(&self, hash: &BlockHash) -> bool {
         self.set.contains(hash)
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &BlockHash> {
+        self.order.iter()
     }
 }
 
@@ -92,6 +99,13 @@ pub(super) fn can_serve_block(
             && best_height.saturating_sub(height) < NODE_NETWORK_LIMITED_MIN_BLOCKS - 2)
 }
 
+/// Whether a peer that announced a block is asked for it (Core's direct fetch: whatever
+/// its NETWORK bits, it just showed it has the block; on BTC only if it serves witnesses,
+/// or it is whitelisted: another meshd announces no services on public networks).
+pub(super) fn serves_announced(chain: Chain, p: &SyncPeer) -> bool {
+    chain == Chain::Bsv || p.services.has(ServiceFlags::WITNESS) || p.trusted
+}
+
 /// Peers that have our best-chain `block` and can serve it, outbound first (Core: the block
 /// is an ancestor of the peer's best known block): those that announced it, or whose best
 /// known block descends from it, on whatever branch that block is.
@@ -116,8 +130,11 @@ pub(super) fn block_sources(
             // blocks up to there, and none of ours above (its branch left ours).
             let shared = p.best_known.and_then(|b| chain.fork_height(&b));
             let best = p.best_known.and_then(|b| chain.height_of(&b)).unwrap_or(0);
-            (p.knows(&key) || shared.is_some_and(|f| f >= height))
-                && can_serve_block(chain_kind, p.services, height, best.max(height))
+            // One that announced it is asked as direct fetch asks (see `fetch_blocks_from`).
+            let announced = p.knows(&key) && serves_announced(chain_kind, p);
+            announced
+                || (shared.is_some_and(|f| f >= height)
+                    && can_serve_block(chain_kind, p.services, height, best.max(height)))
         })
         .map(|(id, p)| (p.hs.inbound, *id))
         .collect();
@@ -176,18 +193,23 @@ impl SyncCore {
             return;
         }
         let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
-        let chain_kind = self.profile.chain;
-        let Some(services) = self.peers.get(&from).map(|p| p.services) else {
+        // Core's direct fetch asks the announcer whatever its NETWORK bits (it just showed
+        // it has the blocks), but on BTC only one that serves witnesses; a whitelisted peer
+        // (another meshd, which announces no services on public networks) too.
+        let Some(p) = self.peers.get(&from) else {
             return;
         };
+        let serves = serves_announced(self.profile.chain, p);
         let wanted: Vec<BlockHash> = hashes
             .iter()
             .copied()
             .filter(|hash| {
                 self.chain.is_on_best_chain(hash)
-                    && self.chain.height_of(hash).is_some_and(|h| {
-                        h >= lowest && h > 0 && can_serve_block(chain_kind, services, h, h)
-                    })
+                    && serves
+                    && self
+                        .chain
+                        .height_of(hash)
+                        .is_some_and(|h| h >= lowest && h > 0)
                     && !self.blocks.iter().any(|k| k.hash == *hash)
             })
             .collect();
@@ -251,59 +273,136 @@ impl SyncCore {
         }
     }
 
-    /// `id` showed it has `hash` (its header's last, an announcement, a delivery): its best
+    /// `id` showed it has `hash` (its headers' last, an announcement, a delivery): its best
     /// known block moves there if that has more work (Core's `UpdateBlockAvailability`).
-    pub(super) fn peer_has_block(&mut self, id: PeerId, hash: BlockHash) {
+    /// `shown`: by `headers` or `inv` (not a `cmpctblock`, not a delivery), which from an
+    /// outbound peer vouches for the block and its ancestors (see [`VouchedBlocks`]).
+    pub(super) fn peer_has_block(&mut self, id: PeerId, hash: BlockHash, shown: bool) {
         let Some(work) = self.chain.header_and_work(&hash).map(|(_, _, w)| w) else {
             return;
+        };
+        let chain = &self.chain;
+        let more = |known: Option<BlockHash>| {
+            known.is_none_or(|b| chain.header_and_work(&b).is_none_or(|(_, _, w)| work > w))
         };
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        let better = p.best_known.is_none_or(|b| {
-            self.chain
-                .header_and_work(&b)
-                .is_none_or(|(_, _, known)| work > known)
-        });
-        if better {
+        if more(p.best_known) {
             p.best_known = Some(hash);
+        }
+        if shown && !p.hs.inbound && more(p.vouched_tip) {
+            p.vouched_tip = Some(hash);
+            self.announce_vouched(id);
         }
     }
 
-    /// Whether what `id` sent (`sent`) or announced of a block vouches for it (see
-    /// [`VouchedBlocks`]): an outbound peer, or a `relay`-whitelisted one that sent it.
-    pub(super) fn vouches_for_block(&self, id: PeerId, sent: bool) -> bool {
-        self.peers.get(&id).is_some_and(|p| {
-            !p.hs.inbound || (sent && self.permissions_of(p.addr.ip()).has(Permissions::RELAY))
+    /// `id` announced a block whose header we lack (Core's `hashLastUnknownBlock`): it
+    /// counts as shown once the header is in ([`Self::resolve_announced`]).
+    pub(super) fn peer_announced_unknown(&mut self, id: PeerId, hash: BlockHash) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.last_unknown = Some(hash);
+        }
+    }
+
+    /// Peers' announced blocks whose header arrived since (Core's `ProcessBlockAvailability`).
+    pub(super) fn resolve_announced(&mut self) {
+        let resolved: Vec<(PeerId, BlockHash)> = self
+            .peers
+            .iter()
+            .filter_map(|(id, p)| {
+                p.last_unknown
+                    .filter(|h| self.chain.contains(h))
+                    .map(|h| (*id, h))
+            })
+            .collect();
+        for (id, hash) in resolved {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.last_unknown = None;
+            }
+            self.peer_has_block(id, hash, true);
+        }
+    }
+
+    /// A block `id` delivered: a `relay`-whitelisted peer vouches for what it sends.
+    pub(super) fn block_sent_by(&mut self, id: PeerId, hash: BlockHash) {
+        let trusted = self
+            .peers
+            .get(&id)
+            .is_some_and(|p| self.permissions_of(p.addr.ip()).has(Permissions::RELAY));
+        if trusted && self.vouched_blocks.insert(hash) && self.is_kept(&hash) {
+            self.announce_block(hash, Some(id));
+        }
+    }
+
+    /// Whether `hash` may be announced to ordinary peers: vouched for (see
+    /// [`VouchedBlocks`]), or every block is relayed (`--tx-relay all`: the operator vouches
+    /// for everything meshd takes).
+    pub(super) fn may_announce_block(&self, hash: &BlockHash) -> bool {
+        if self.config.tx_relay == TxRelay::All || self.vouched_blocks.contains(hash) {
+            return true;
+        }
+        let Some(height) = self
+            .chain
+            .is_on_best_chain(hash)
+            .then(|| self.chain.height_of(hash))
+            .flatten()
+        else {
+            return false;
+        };
+        // An ancestor of a block an outbound peer showed: on the best chain at most as high
+        // as where that block's branch leaves it.
+        self.peers.values().any(|p| {
+            p.vouched_tip
+                .and_then(|v| self.chain.fork_height(&v))
+                .is_some_and(|f| f >= height)
         })
     }
 
-    /// `id` announced (`sent`: delivered) `hashes`: if it vouches, they are vouched for,
-    /// and a kept block (or, without block download, a best-chain header) that waited for
-    /// that is announced now.
-    pub(super) fn blocks_vouched_by(&mut self, id: PeerId, hashes: &[BlockHash], sent: bool) {
-        if !self.vouches_for_block(id, sent) {
-            return;
+    /// The height up to which our best chain is vouched for (see [`VouchedBlocks`]): what
+    /// `getheaders` and `getblocks` answers show, so that no peer is shown a block no
+    /// validating node vouched for (a Core peer fetching it from us would discourage us, and
+    /// a meshd peer takes our answer as a vouch).
+    pub(super) fn vouched_height(&self) -> u32 {
+        if self.config.tx_relay == TxRelay::All {
+            return self.chain.height();
         }
-        for &hash in hashes {
-            if !self.vouched_blocks.insert(hash) {
-                continue;
-            }
-            let waiting = if self.config.fetch_blocks {
-                self.is_kept(&hash)
-            } else {
-                self.chain.is_on_best_chain(&hash) && !self.in_ibd()
-            };
-            if waiting {
-                self.announce_block(hash, Some(id));
-            }
-        }
+        let shown = self
+            .peers
+            .values()
+            .filter_map(|p| p.vouched_tip.and_then(|v| self.chain.fork_height(&v)))
+            .max()
+            .unwrap_or(0);
+        let ours = self
+            .vouched_blocks
+            .iter()
+            .filter(|h| self.chain.is_on_best_chain(h))
+            .filter_map(|h| self.chain.height_of(h))
+            .max()
+            .unwrap_or(0);
+        shown.max(ours).min(self.chain.height())
     }
 
-    /// Whether `hash` may be announced to ordinary peers: vouched for, or every block is
-    /// relayed (`--tx-relay all`: the operator vouches for everything meshd takes).
-    pub(super) fn may_announce_block(&self, hash: &BlockHash) -> bool {
-        self.config.tx_relay == TxRelay::All || self.vouched_blocks.contains(hash)
+    /// `by` vouched for more: kept best-chain blocks not announced yet that are vouched for
+    /// now are announced, oldest first (without block download, our tip's header).
+    fn announce_vouched(&mut self, by: PeerId) {
+        if !self.config.fetch_blocks {
+            let tip = self.chain.tip();
+            if !self.in_ibd() && self.may_announce_block(&tip) {
+                self.announce_block(tip, Some(by));
+            }
+            return;
+        }
+        let waiting: Vec<BlockHash> = self
+            .blocks
+            .iter()
+            .filter(|k| !k.announced)
+            .map(|k| k.hash)
+            .filter(|h| self.chain.is_on_best_chain(h) && self.may_announce_block(h))
+            .collect();
+        for hash in waiting {
+            self.announce_block(hash, Some(by));
+        }
     }
 
     pub(super) fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
@@ -316,6 +415,9 @@ impl SyncCore {
             debug!(%hash, "block not announced: no validating peer vouched for it yet");
             return;
         }
+        if let Some(k) = self.blocks.iter_mut().find(|k| k.hash == hash) {
+            k.announced = true;
+        }
         let header = self
             .chain
             .height_of(&hash)
@@ -326,7 +428,19 @@ impl SyncCore {
                 continue;
             }
             p.learn(key);
-            match (p.wants_headers, header) {
+            // A lone header must connect for the peer (Core: headers only when the peer has
+            // the parent's header, `PeerHasHeader`); else an `inv` makes it ask.
+            let connects = header.is_some_and(|h| {
+                let parent = h.prev_blockhash;
+                p.knows(&parent.to_byte_array())
+                    || p.best_known.is_some_and(|b| {
+                        b == parent
+                            || self.chain.height_of(&parent).is_some_and(|ph| {
+                                self.chain.fork_height(&b).is_some_and(|f| f >= ph)
+                            })
+                    })
+            });
+            match (p.wants_headers && connects, header) {
                 (true, Some(h)) => self.out.send(p.id, NetworkMessage::Headers(vec![h])),
                 _ => self
                     .out
@@ -383,8 +497,8 @@ impl SyncCore {
             // It has it: not announced back to it, as cmpctblock or otherwise.
             p.learn(hash.to_byte_array());
         }
-        self.peer_has_block(id, hash);
-        self.blocks_vouched_by(id, &[hash], true);
+        self.peer_has_block(id, hash, false);
+        self.block_sent_by(id, hash);
         if !self.is_kept(&hash) {
             self.out.push(Action::LastBlockAt(id, self.clock.now));
             self.keep_and_publish(block, Some(id), arrival);
@@ -443,6 +557,7 @@ impl SyncCore {
             block,
             frame,
             missing: arrival.missing,
+            announced: false,
         });
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {

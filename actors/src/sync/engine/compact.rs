@@ -302,7 +302,9 @@ impl SyncCore {
             debug!(%hash, peer = %id, "cmpctblock neither asked for nor announced by a high-bandwidth peer; its content is ignored");
             if !self.chain.contains(&hash) {
                 // Its header still announces the block, as a `headers` message would.
+                self.header_from_cmpct = true;
                 self.on_headers(id, HashedHeaders::new(vec![cmpct.header]));
+                self.header_from_cmpct = false;
             }
             return;
         }
@@ -316,7 +318,9 @@ impl SyncCore {
             // Taken as an announcement, but the block is not fetched whole: this message is
             // the answer (the request is recorded as made of the sender).
             self.compact_in_hand = Some((hash, id));
+            self.header_from_cmpct = true;
             self.on_headers(id, HashedHeaders::new(vec![cmpct.header]));
+            self.header_from_cmpct = false;
             self.compact_in_hand = None;
             if !self.chain.contains(&hash) {
                 return;

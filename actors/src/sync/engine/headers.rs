@@ -450,6 +450,7 @@ impl SyncCore {
             self.recent_confirmed.reset();
         }
         let stored = outcome.new;
+        let mut refused = false;
         match outcome.end {
             intake::End::Whole => {}
             intake::End::Unconnecting => {
@@ -457,6 +458,11 @@ impl SyncCore {
                 // flight, and no charge (Core master's HandleUnconnectingHeaders:
                 // announcements cross, and honest peers send them).
                 metrics::counter!("meshd_headers_unconnecting_total").increment(1);
+                // Core's HandleUnconnectingHeaders: what it announced counts once its header
+                // is in (UpdateBlockAvailability).
+                if let (Some(&last), false) = (hashes.last(), self.header_from_cmpct) {
+                    self.peer_announced_unknown(id, last);
+                }
                 // The sync peer too: a pipelined request after a refused batch was
                 // cleared when that batch was refused, so its unconnecting answer is asked
                 // past once, and a stream of them asks nothing more.
@@ -464,6 +470,7 @@ impl SyncCore {
                 return;
             }
             intake::End::Refused(kind) => {
+                refused = true;
                 metrics::counter!("meshd_headers_rejected_total", "reason" => kind).increment(1);
                 // Nothing more is fetched ahead from a peer that sent a bad header, and the
                 // request pipelined past the bad batch is void: its answer cannot connect, so
@@ -478,6 +485,8 @@ impl SyncCore {
             }
         }
         if !stored.is_empty() {
+            // Blocks peers announced before we had their headers may be among these.
+            self.resolve_announced();
             metrics::counter!("meshd_headers_received_total").increment(stored.len() as u64);
             self.out.push(Action::Store(stored));
             // Progress is new headers only: re-sent ones do not keep a stalled peer on.
@@ -493,18 +502,15 @@ impl SyncCore {
                     // announce any of them back.
                     p.learn(last.to_byte_array());
                 }
-                self.peer_has_block(id, last);
+                // Shown by `headers` (Core serves and announces its active chain only), but
+                // not by a `cmpctblock`, which may precede validation, nor with a header of
+                // the batch refused.
+                let shown = !self.header_from_cmpct && !refused;
+                self.peer_has_block(id, last, shown);
             }
         }
         if headers.len() <= MAX_BLOCKS_IN_FLIGHT_PER_PEER {
-            // An announcement (or a short answer): the peer has these blocks, or will; an
-            // outbound peer vouches for them (Core announces only what it validated).
-            let known: Vec<BlockHash> = hashes
-                .iter()
-                .copied()
-                .filter(|h| self.chain.contains(h))
-                .collect();
-            self.blocks_vouched_by(id, &known, false);
+            // An announcement (or a short answer): the peer has these blocks, or will.
             self.fetch_blocks_from(&hashes, id);
         }
         if from_sync_peer {

@@ -242,6 +242,18 @@ struct SyncPeer {
     /// The most-work block it showed us it has (Core's `pindexBestKnownBlock`): the last of
     /// its headers, a known block it announced or sent. It has every ancestor of it.
     best_known: Option<BlockHash>,
+    /// The last block it announced before we had its header (Core's
+    /// `hashLastUnknownBlock`), resolved once the header is in.
+    last_unknown: Option<BlockHash>,
+    /// Outbound: the most-work block it showed by `headers` or `inv`, which vouches for it
+    /// and its ancestors (see [`blocks::VouchedBlocks`]).
+    vouched_tip: Option<BlockHash>,
+    /// It has a whitelist entry: the operator trusts it (asked for blocks it announces
+    /// whatever its service bits).
+    trusted: bool,
+    /// It was asked for headers while our best header was recent (Core's `fSyncStarted`
+    /// for peers met in initial sync): asked once our header becomes recent otherwise.
+    headers_asked_recent: bool,
 }
 
 impl SyncPeer {
@@ -261,6 +273,8 @@ struct KeptBlock {
     frame: Arc<[u8]>,
     /// Positions we lacked when we reconstructed it: prefilled in our compact blocks of it.
     missing: Vec<usize>,
+    /// It was announced to ordinary peers (it was vouched for, or is now).
+    announced: bool,
 }
 
 /// The sync core's state.
@@ -305,6 +319,9 @@ pub struct SyncCore {
     /// Blocks a validating node vouched for (see [`blocks::VouchedBlocks`]): the only ones
     /// announced to ordinary peers, since meshd checks no scripts.
     vouched_blocks: blocks::VouchedBlocks,
+    /// A `cmpctblock`'s header is being handled: it shows nothing vouched (BIP152 lets it
+    /// go before validation).
+    header_from_cmpct: bool,
     /// Txids and wtxids of the transactions of blocks received since the last reorganisation.
     recent_confirmed: RollingFilter,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -374,6 +391,7 @@ impl SyncCore {
             compact_in_hand: None,
             last_inv_trigger: None,
             vouched_blocks: Default::default(),
+            header_from_cmpct: false,
         }
     }
 
@@ -496,6 +514,10 @@ impl SyncCore {
             inv_triggered_getheaders: false,
             services: new.services,
             best_known: None,
+            last_unknown: None,
+            vouched_tip: None,
+            trusted: !self.permissions_of(new.addr.ip()).is_empty(),
+            headers_asked_recent: false,
         };
         if self.state == SyncState::Synced {
             send_sendheaders(&mut self.out, &peer);
@@ -511,14 +533,38 @@ impl SyncCore {
         }
         self.peers.insert(id, peer);
         self.offer_compact_blocks(id, new.version, new.services);
-        if self.tip_younger_than(RECENT_HEADER_AGE) {
-            // Core: while our best header is recent, every new peer is asked for headers,
-            // from our tip's parent so that the answer shows where it is.
-            let locator = self.chain.locator_from(height.saturating_sub(1));
-            self.maybe_getheaders(id, locator);
-        }
+        self.ask_headers_once_recent();
         self.maybe_start_sync(None);
         self.finish()
+    }
+
+    /// Core's SendMessages: while our best header is recent, every peer is asked for headers
+    /// once, from our tip's parent so that the answer shows where it is, whether it came
+    /// now or while we were in initial sync (else peers met then never show us their best
+    /// block, and the blocks at the end of initial sync have one source).
+    fn ask_headers_once_recent(&mut self) {
+        if !self.tip_younger_than(RECENT_HEADER_AGE) {
+            return;
+        }
+        let waiting: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| !p.headers_asked_recent)
+            .map(|p| p.id)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let locator = self
+            .chain
+            .locator_from(self.chain.height().saturating_sub(1));
+        for id in waiting {
+            // Held back only by a request in flight, whose answer does as well.
+            self.maybe_getheaders(id, locator.clone());
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.headers_asked_recent = true;
+            }
+        }
     }
 
     /// A peer went away: what it was asked for is asked of others.
@@ -596,14 +642,32 @@ impl SyncCore {
         {
             return None;
         }
-        let headers =
+        let mut headers =
             self.chain
                 .headers_after(&m.locator_hashes, m.stop_hash, MAX_HEADERS_PER_MESSAGE);
+        self.keep_vouched(&mut headers);
         let complete = headers.len() == MAX_HEADERS_PER_MESSAGE
             || headers.last().is_some_and(|h| {
                 m.stop_hash != BlockHash::all_zeros() && h.block_hash() == m.stop_hash
             });
         complete.then_some(Action::Send(id, NetworkMessage::Headers(headers)))
+    }
+
+    /// Cuts consecutive best-chain `headers` (an answer) above the vouched height.
+    fn keep_vouched(&self, headers: &mut Vec<Header>) {
+        let Some(first) = headers.first() else {
+            return;
+        };
+        let start = self
+            .chain
+            .height_of(&first.prev_blockhash)
+            .map_or(1, |h| h + 1);
+        let keep = (self.vouched_height() + 1).saturating_sub(start) as usize;
+        if headers.len() > keep {
+            metrics::counter!("meshd_headers_withheld_total")
+                .increment((headers.len() - keep) as u64);
+            headers.truncate(keep);
+        }
     }
 
     fn permissions_of(&self, ip: std::net::IpAddr) -> Permissions {
@@ -710,20 +774,24 @@ impl SyncCore {
                         _ => return,
                     }
                 } else {
-                    self.chain.headers_after(
+                    let mut headers = self.chain.headers_after(
                         &m.locator_hashes,
                         m.stop_hash,
                         MAX_HEADERS_PER_MESSAGE,
-                    )
+                    );
+                    self.keep_vouched(&mut headers);
+                    headers
                 };
                 if let Some(p) = self.peers.get(&id) {
                     self.out.send(p.id, NetworkMessage::Headers(headers));
                 }
             }
             SyncInput::GetBlocks(m) => {
-                let hashes: Vec<Inventory> = self
-                    .chain
-                    .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV)
+                let mut headers =
+                    self.chain
+                        .headers_after(&m.locator_hashes, m.stop_hash, MAX_BLOCKS_INV);
+                self.keep_vouched(&mut headers);
+                let hashes: Vec<Inventory> = headers
                     .iter()
                     .map(|h| Inventory::Block(h.block_hash()))
                     .collect();
@@ -810,6 +878,7 @@ impl SyncCore {
     fn on_tick(&mut self) {
         let now = self.clock.now;
         self.poll_tx_requests();
+        self.ask_headers_once_recent();
         if !self.downloads.is_idle() {
             let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
             let (chain, peers, kept) = (&self.chain, &self.peers, &self.blocks);

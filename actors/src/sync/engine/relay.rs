@@ -20,7 +20,6 @@ use crate::events::NodeEvent;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
 use crate::shared::whitelist::Permissions;
-use crate::sync::blocks::MAX_BLOCKS_IN_FLIGHT_PER_PEER;
 use crate::sync::tx_check::check_transaction;
 use crate::sync::txrequest::{Announced, Announcer};
 
@@ -48,7 +47,6 @@ impl SyncCore {
         let txid_delay = !wtxid_peer && self.peers.values().any(|p| p.wtxid_relay);
         let now = self.clock.now;
         let mut known_blocks = Vec::new();
-        let mut announced_blocks = Vec::new();
         self.reset_rejects_on_new_tip();
         for item in inv {
             let (key, pooled) = match item {
@@ -56,7 +54,6 @@ impl SyncCore {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.learn(h.to_byte_array());
                     }
-                    announced_blocks.push(h);
                     if self.chain.contains(&h) {
                         known_blocks.push(h);
                     } else {
@@ -126,14 +123,13 @@ impl SyncCore {
                 }
             }
         }
-        // An outbound peer announces a block only once it validated it: the newest few
-        // (an announcement; a long inv is not about the tip) are vouched for.
-        let newest = announced_blocks
-            .len()
-            .saturating_sub(MAX_BLOCKS_IN_FLIGHT_PER_PEER);
-        self.blocks_vouched_by(id, &announced_blocks[newest..], false);
+        // What it has (an outbound peer announces only blocks it validated: a vouch); one
+        // whose header we lack counts once the header is in (Core's hashLastUnknownBlock).
         for &h in &known_blocks {
-            self.peer_has_block(id, h);
+            self.peer_has_block(id, h, true);
+        }
+        if let Some(h) = unknown_block {
+            self.peer_announced_unknown(id, h);
         }
         // Core fetches a block by hash from a peer that announced it: one whose header we
         // have (a peer that served the header before it had the block) is asked now.

@@ -368,31 +368,61 @@ fn after_a_reorg_a_peer_on_the_old_branch_is_not_asked_for_the_new_one() {
 
 #[test]
 fn blocks_are_asked_only_of_peers_that_serve_them() {
-    // Core's CanServeBlocks and CanServeWitnesses: a BTC peer without NODE_WITNESS, or one
-    // that keeps no blocks, is not asked; a NODE_NETWORK_LIMITED one is, for the tip.
+    // Core: the announcer of a block is asked for it directly if it serves witnesses
+    // (CanServeWitnesses; on BTC every block we fetch is past segwit), whatever its NETWORK
+    // bits, since it just showed it has the block. A peer only inferred to have it (its best
+    // block descends from it) is asked only if it keeps blocks (CanServeBlocks: NETWORK, or
+    // NETWORK_LIMITED near its best).
     use bitcoin::p2p::ServiceFlags;
     let clock = clock0();
     let mut core = core_at(clock);
-    let blocks = chain_of(&core, 1, clock);
+    let blocks = chain_of(&core, 2, clock);
     let with = |id: u64, services: ServiceFlags| NewPeer {
         services,
-        ..peer(id, false, 1)
+        ..peer(id, false, 2)
     };
     let _ = core.peer_up(clock, with(1, ServiceFlags::NETWORK));
+    let got = core.input(clock, PeerId(1), headers(&blocks));
+    assert!(
+        blocks_asked(&got, PeerId(1)).is_empty(),
+        "no witnesses: not asked"
+    );
     let _ = core.peer_up(clock, with(2, ServiceFlags::WITNESS));
+    let got = core.input(clock, PeerId(2), headers(&blocks));
+    assert_eq!(
+        blocks_asked(&got, PeerId(2)).len(),
+        2,
+        "an announcer that serves witnesses is asked"
+    );
+    // Peer 2 stalls. Peer 3 (no NETWORK) and peer 4 (NETWORK_LIMITED) show the chain: each
+    // announced only the last block (the first is inferred).
+    let _ = core.peer_up(clock, with(3, ServiceFlags::WITNESS));
     let _ = core.peer_up(
         clock,
-        with(3, ServiceFlags::NETWORK_LIMITED | ServiceFlags::WITNESS),
+        with(4, ServiceFlags::NETWORK_LIMITED | ServiceFlags::WITNESS),
     );
-    for id in [1, 2] {
-        let got = core.input(clock, PeerId(id), headers(&blocks));
-        assert!(
-            blocks_asked(&got, PeerId(id)).is_empty(),
-            "peer {id} cannot serve it"
-        );
+    let _ = core.input(clock, PeerId(3), headers(&blocks));
+    let _ = core.input(clock, PeerId(4), headers(&blocks));
+    let mut t = clock;
+    let mut asked: HashMap<PeerId, Vec<BlockHash>> = HashMap::new();
+    for _ in 0..50 {
+        t = t.after(Duration::from_millis(100));
+        let out = core.tick(t);
+        for id in [3, 4] {
+            asked
+                .entry(PeerId(id))
+                .or_default()
+                .extend(blocks_asked(&out, PeerId(id)));
+        }
     }
-    let got = core.input(clock, PeerId(3), headers(&blocks));
-    assert_eq!(blocks_asked(&got, PeerId(3)), vec![blocks[0].block_hash()]);
+    assert!(
+        !asked[&PeerId(3)].contains(&blocks[0].block_hash()),
+        "a peer that keeps no blocks is not asked for one it did not announce"
+    );
+    assert!(
+        asked[&PeerId(4)].contains(&blocks[0].block_hash()),
+        "a limited peer is, near its best: {asked:?}"
+    );
 }
 
 #[test]
@@ -968,7 +998,7 @@ fn a_lone_block_whose_parent_we_lack_is_asked_whole() {
     let blocks = chain_of(&core, 3, clock);
     // A peer that serves no blocks gives us the first two headers: nobody is asked for them.
     let headers_only = NewPeer {
-        services: ServiceFlags::WITNESS,
+        services: ServiceFlags::NONE,
         ..peer(1, false, 2)
     };
     let _ = core.peer_up(clock, headers_only);
@@ -990,4 +1020,44 @@ fn a_lone_block_whose_parent_we_lack_is_asked_whole() {
         items.contains(&Inventory::WitnessBlock(blocks[2].block_hash())),
         "asked whole: {items:?}"
     );
+}
+
+#[test]
+fn a_high_bandwidth_cmpctblock_vouches_for_nothing_until_its_sender_announces_it() {
+    // Core pushes high-bandwidth compact blocks before validating them (NewPoWValidBlock):
+    // such a push from an outbound peer is no vouch. Its `headers` announcement, sent once
+    // the block is connected, is.
+    use crate::sync::compact::compact_block;
+    let (mut core, clock) = synced_core(3);
+    let (p, r) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let _ = core.input(clock, r, sendcmpct(false));
+    // Block 4 from P as Core sends it: headers, then our getdata(MSG_CMPCT_BLOCK), then the
+    // cmpctblock; P becomes high-bandwidth and R is told (P's headers vouched for it).
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, true, &[]))),
+    );
+    assert_eq!(blocks_announced_to(&a, r), vec![b4.block_hash()]);
+    assert!(core.high_bandwidth.contains(p));
+    // Block 5 pushed by P at once: taken, but R hears nothing yet.
+    let b5 = block_with(&b4.header, 5, tip.time + 2, vec![]);
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b5, 12, true, &[]))),
+    );
+    assert_eq!(arrivals(&a).len(), 1, "reconstructed");
+    assert!(
+        blocks_announced_to(&a, r).is_empty(),
+        "a pre-validation push is not a vouch: {a:?}"
+    );
+    let a = core.input(clock, p, headers(std::slice::from_ref(&b5)));
+    assert_eq!(blocks_announced_to(&a, r), vec![b5.block_hash()]);
 }
