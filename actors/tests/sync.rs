@@ -236,6 +236,23 @@ async fn the_chain_is_reloaded_after_a_restart() {
         node.sync_status().best_header_hash,
         hashes.last().unwrap().to_string()
     );
+    // What was vouched for (mined here) is shown again at once: vouched.dat kept it.
+    let mut p = common::handshaked(node.listen_addrs()[0]).await;
+    p.send(NetworkMessage::GetHeaders(
+        bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![node.profile().genesis.block_hash()],
+            stop_hash: bitcoin::BlockHash::all_zeros(),
+        },
+    ))
+    .await;
+    let shown = p
+        .wait_for(Duration::from_secs(5), |m| match m {
+            NetworkMessage::Headers(h) => Some(h.len()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(shown, Some(150));
     node.shutdown().await;
 }
 
@@ -500,6 +517,17 @@ async fn peers_are_answered_while_a_long_header_file_loads() {
     let dir = tempfile::tempdir().unwrap();
     let genesis = meshd_actors::network::NetworkId::Regtest.profile().genesis;
     let headers = write_header_file(&dir.path().join("headers.dat"), genesis, N);
+    // The node that wrote the file had the chain vouched for by a validating peer (else it
+    // shows no peer a header above what was vouched for).
+    meshd_actors::persist::save(
+        &cfg(dir.path())
+            .datadir
+            .join(meshd_actors::sync::VOUCHED_FILE),
+        meshd_actors::sync::VOUCHED_KIND,
+        meshd_actors::sync::VOUCHED_VERSION,
+        &(N, headers[N as usize - 1].block_hash().to_byte_array()),
+    )
+    .unwrap();
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
     assert!(p.handshake().await);

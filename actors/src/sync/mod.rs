@@ -92,6 +92,14 @@ const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
 /// The Sync actor.
 pub struct Sync;
 
+/// The vouched tip's file in the network's data directory (see
+/// [`SyncCore::vouched_tip`]).
+pub const VOUCHED_FILE: &str = "vouched.dat";
+/// Its kind in the state-file header.
+pub const VOUCHED_KIND: [u8; 4] = *b"VOCH";
+/// Its format version: the height and hash of the vouched tip.
+pub const VOUCHED_VERSION: u16 = 1;
+
 /// The system's time now, for the core.
 fn system_clock() -> Clock {
     Clock {
@@ -128,6 +136,8 @@ pub struct SyncActorState {
     /// When a failed header file is next rewritten from the chain.
     store_retry_at: Option<Instant>,
     store: Option<HeaderStore>,
+    /// The vouched tip last saved to `vouched.dat`.
+    saved_vouched: Option<bitcoin::BlockHash>,
     /// Set while headers.dat loads (see [`SyncMsg::LoadStep`]).
     loading: Option<Loading>,
     /// Messages from peers not yet announced by the Manager, oldest first.
@@ -216,6 +226,51 @@ impl SyncActorState {
         self.store_retry_at = Some(Instant::now() + STORE_RETRY_INTERVAL);
     }
 
+    fn vouched_path(&self) -> std::path::PathBuf {
+        self.ctx.config().datadir.join(VOUCHED_FILE)
+    }
+
+    /// Loads `vouched.dat` into the core once the chain is in: what a validating node
+    /// vouched for before the restart is shown to peers again at once (else a restarted
+    /// node answers `getheaders` with nothing until an outbound peer shows its tip).
+    fn restore_vouched(&mut self) {
+        let path = self.vouched_path();
+        match crate::persist::load::<(u32, [u8; 32])>(&path, VOUCHED_KIND, VOUCHED_VERSION) {
+            Ok(Some((height, bytes))) => {
+                let hash = <bitcoin::BlockHash as bitcoin::hashes::Hash>::from_byte_array(bytes);
+                self.core.restore_vouched(height, hash);
+                self.saved_vouched = Some(hash);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(error = %e, file = %path.display(), "vouched.dat unreadable; set aside, nothing restored");
+                let _ = crate::persist::set_aside(&path);
+            }
+        }
+    }
+
+    /// Saves the vouched tip when it moved (atomically, 0600); a failure is counted and
+    /// retried on the next tick.
+    fn save_vouched(&mut self) {
+        let Some((height, hash)) = self.core.vouched_tip() else {
+            return;
+        };
+        if Some(hash) == self.saved_vouched {
+            return;
+        }
+        let record = (
+            height,
+            <bitcoin::BlockHash as bitcoin::hashes::Hash>::to_byte_array(hash),
+        );
+        match crate::persist::save(&self.vouched_path(), VOUCHED_KIND, VOUCHED_VERSION, &record) {
+            Ok(()) => self.saved_vouched = Some(hash),
+            Err(e) => {
+                metrics::counter!("meshd_store_errors_total", "file" => "vouched.dat").increment(1);
+                debug!(error = %e, "cannot write vouched.dat; retried on the next tick");
+            }
+        }
+    }
+
     /// Rewrites headers.dat with the best chain alone once more than
     /// [`COMPACT_STALE_SHARE`] of its records went stale at run time (reorgs, evicted forks),
     /// as a load does.
@@ -269,6 +324,7 @@ impl SyncActorState {
         }
         self.retry_store(clock.now);
         self.compact_store();
+        self.save_vouched();
         if self.release_memory_at.is_some_and(|at| at <= clock.now) {
             self.release_memory_at = None;
             crate::release_free_memory();
@@ -434,6 +490,7 @@ impl SyncActorState {
     /// Opens headers.dat and starts loading it in steps; a file that is not a header file of
     /// this network is set aside and a new one started.
     fn begin_load(&mut self, myself: &ActorRef<SyncMsg>) {
+        self.restore_vouched();
         let path = self.ctx.config().datadir.join("headers.dat");
         let magic = self.ctx.profile.magic.to_bytes();
         let begun = HeaderLoad::begin(&path, magic).or_else(|e| {
@@ -586,6 +643,7 @@ impl Actor for Sync {
             connections: HashMap::new(),
             release_memory_at: None,
             store_retry_at: None,
+            saved_vouched: None,
             store: None,
             loading: None,
             early: VecDeque::new(),
@@ -641,6 +699,9 @@ impl Actor for Sync {
         }
         if let Some(store) = state.store.as_mut() {
             let _ = store.sync();
+        }
+        if state.loading.is_none() {
+            state.save_vouched();
         }
         Ok(())
     }

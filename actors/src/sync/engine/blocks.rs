@@ -380,7 +380,16 @@ impl SyncCore {
             .filter_map(|h| self.chain.height_of(h))
             .max()
             .unwrap_or(0);
-        shown.max(ours).min(self.chain.height())
+        let restored = self.restored_vouch.map_or(0, |(height, hash)| {
+            if self.loading {
+                height.min(self.chain.height())
+            } else if self.chain.hash_at_height(height) == Some(hash) {
+                height
+            } else {
+                0
+            }
+        });
+        shown.max(ours).max(restored).min(self.chain.height())
     }
 
     /// `by` vouched for more: kept best-chain blocks not announced yet that are vouched for

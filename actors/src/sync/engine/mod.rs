@@ -322,6 +322,8 @@ pub struct SyncCore {
     /// A `cmpctblock`'s header is being handled: it shows nothing vouched (BIP152 lets it
     /// go before validation).
     header_from_cmpct: bool,
+    /// The vouched tip saved before the restart (see [`Self::restore_vouched`]).
+    restored_vouch: Option<(u32, BlockHash)>,
     /// Txids and wtxids of the transactions of blocks received since the last reorganisation.
     recent_confirmed: RollingFilter,
     /// This node's coinbase tag for regtest blocks it generates (random per start).
@@ -392,6 +394,7 @@ impl SyncCore {
             last_inv_trigger: None,
             vouched_blocks: Default::default(),
             header_from_cmpct: false,
+            restored_vouch: None,
         }
     }
 
@@ -422,6 +425,23 @@ impl SyncCore {
         let mut ids: Vec<PeerId> = self.peers.keys().copied().collect();
         ids.sort();
         ids
+    }
+
+    /// The highest best-chain block a validating node vouched for, with its height, if
+    /// any: saved across restarts (`vouched.dat`), since what peers showed is not in
+    /// headers.dat.
+    pub fn vouched_tip(&self) -> Option<(u32, BlockHash)> {
+        match self.vouched_height() {
+            0 => None,
+            h => self.chain.hash_at_height(h).map(|hash| (h, hash)),
+        }
+    }
+
+    /// Restores a saved [`Self::vouched_tip`] (call before headers.dat loads): our own
+    /// record, trusted up to the part loaded while the file loads, then only if that block
+    /// is on the best chain.
+    pub fn restore_vouched(&mut self, height: u32, hash: BlockHash) {
+        self.restored_vouch = Some((height, hash));
     }
 
     /// The sync state.
