@@ -27,6 +27,15 @@ use crate::sync::chain::HeaderChain;
 use crate::sync::header_sync::POW_TARGET_SPACING;
 use crate::wire::Message;
 
+/// How long after an unvouched block is kept its outbound peers are asked for headers
+/// that would vouch for it (see [`SyncCore::ask_for_vouches`]): first once Core has had time
+/// to validate a block it pushed before validating (well under a second usually), then once
+/// more for a slow one.
+pub(super) const VOUCH_ASK_DELAYS: [std::time::Duration; 2] = [
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(20),
+];
+
 /// Blocks [`VouchedBlocks`] remembers.
 ///
 /// # Security
@@ -115,7 +124,6 @@ pub(super) fn block_sources(
     peers: &HashMap<PeerId, SyncPeer>,
     block: &BlockHash,
 ) -> Vec<PeerId> {
-    let key = block.to_byte_array();
     let Some(height) = chain
         .is_on_best_chain(block)
         .then(|| chain.height_of(block))
@@ -131,7 +139,7 @@ pub(super) fn block_sources(
             let shared = p.best_known.and_then(|b| chain.fork_height(&b));
             let best = p.best_known.and_then(|b| chain.height_of(&b)).unwrap_or(0);
             // One that announced it is asked as direct fetch asks (see `fetch_blocks_from`).
-            let announced = p.knows(&key) && serves_announced(chain_kind, p);
+            let announced = p.has_announced(block) && serves_announced(chain_kind, p);
             announced
                 || (shared.is_some_and(|f| f >= height)
                     && can_serve_block(chain_kind, p.services, height, best.max(height)))
@@ -354,9 +362,19 @@ impl SyncCore {
         // as where that block's branch leaves it.
         self.peers.values().any(|p| {
             p.vouched_tip
-                .and_then(|v| self.chain.fork_height(&v))
+                .and_then(|v| self.best_chain_height(&v))
                 .is_some_and(|f| f >= height)
         })
+    }
+
+    /// The height of `hash` if it is on our best chain (O(1)). A peer's block off it (on a
+    /// branch we left) vouches for nothing of ours: walking its branch back to the fork
+    /// point on every check would cost up to the 5,000 stored fork headers per peer.
+    fn best_chain_height(&self, hash: &BlockHash) -> Option<u32> {
+        self.chain
+            .is_on_best_chain(hash)
+            .then(|| self.chain.height_of(hash))
+            .flatten()
     }
 
     /// The height up to which our best chain is vouched for (see [`VouchedBlocks`]): what
@@ -370,7 +388,7 @@ impl SyncCore {
         let shown = self
             .peers
             .values()
-            .filter_map(|p| p.vouched_tip.and_then(|v| self.chain.fork_height(&v)))
+            .filter_map(|p| p.vouched_tip.and_then(|v| self.best_chain_height(&v)))
             .max()
             .unwrap_or(0);
         let ours = self
@@ -390,6 +408,53 @@ impl SyncCore {
             }
         });
         shown.max(ours).max(restored).min(self.chain.height())
+    }
+
+    /// Kept best-chain blocks that no validating node vouched for yet (they came from an
+    /// inbound peer, or as high-bandwidth `cmpctblock` pushes, after which Core announces
+    /// nothing more to us: it counts the block as known to us): each outbound peer that has
+    /// not shown it is asked for headers from its parent, [`VOUCH_ASK_DELAYS`] after it was
+    /// kept. Core answers from its validated active chain only, and meshd up to its
+    /// vouched height, so an answer that shows the block vouches for it.
+    pub(super) fn ask_for_vouches(&mut self) {
+        let now = self.clock.now;
+        let due: Vec<(usize, u32)> = self
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| !k.announced && usize::from(k.vouch_asks) < VOUCH_ASK_DELAYS.len())
+            .filter(|(_, k)| {
+                now.saturating_duration_since(k.kept_at)
+                    >= VOUCH_ASK_DELAYS[usize::from(k.vouch_asks)]
+            })
+            .filter_map(|(i, k)| {
+                let h = self.chain.height_of(&k.hash)?;
+                self.chain.is_on_best_chain(&k.hash).then_some((i, h))
+            })
+            .collect();
+        for (i, height) in due {
+            self.blocks[i].vouch_asks += 1;
+            if self.may_announce_block(&self.blocks[i].hash) {
+                continue;
+            }
+            let chain = &self.chain;
+            let askers: Vec<PeerId> = self
+                .peers
+                .values()
+                .filter(|p| !p.hs.inbound)
+                .filter(|p| {
+                    p.vouched_tip
+                        .filter(|v| chain.is_on_best_chain(v))
+                        .and_then(|v| chain.height_of(&v))
+                        .is_none_or(|vh| vh < height)
+                })
+                .map(|p| p.id)
+                .collect();
+            let locator = self.chain.locator_from(height.saturating_sub(1));
+            for id in askers {
+                self.maybe_getheaders(id, locator.clone());
+            }
+        }
     }
 
     /// `by` vouched for more: kept best-chain blocks not announced yet that are vouched for
@@ -444,9 +509,10 @@ impl SyncCore {
                 p.knows(&parent.to_byte_array())
                     || p.best_known.is_some_and(|b| {
                         b == parent
-                            || self.chain.height_of(&parent).is_some_and(|ph| {
-                                self.chain.fork_height(&b).is_some_and(|f| f >= ph)
-                            })
+                            || (self.chain.is_on_best_chain(&b)
+                                && self.chain.height_of(&parent).is_some_and(|ph| {
+                                    self.chain.height_of(&b).is_some_and(|bh| bh >= ph)
+                                }))
                     })
             });
             match (p.wants_headers && connects, header) {
@@ -469,7 +535,10 @@ impl SyncCore {
             return;
         }
         if !self.chain.contains(&hash) {
+            // A delivery vouches for nothing (we serve unvouched blocks on request too).
+            self.header_from_cmpct = true;
             self.on_headers(id, HashedHeaders::new(vec![block.header]));
+            self.header_from_cmpct = false;
             if !self.chain.contains(&hash) {
                 return;
             }
@@ -567,6 +636,8 @@ impl SyncCore {
             frame,
             missing: arrival.missing,
             announced: false,
+            kept_at: self.clock.now,
+            vouch_asks: 0,
         });
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {

@@ -501,6 +501,12 @@ impl SyncCore {
                     // It has every ancestor of what it sent: knowing the last is enough not to
                     // announce any of them back.
                     p.learn(last.to_byte_array());
+                    if hashes.len() <= MAX_BLOCKS_IN_FLIGHT_PER_PEER {
+                        // An announcement: it has these blocks, or will.
+                        for h in &hashes {
+                            p.announced(*h);
+                        }
+                    }
                 }
                 // Shown by `headers` (Core serves and announces its active chain only), but
                 // not by a `cmpctblock`, which may precede validation, nor with a header of

@@ -248,6 +248,9 @@ struct SyncPeer {
     /// Outbound: the most-work block it showed by `headers` or `inv`, which vouches for it
     /// and its ancestors (see [`blocks::VouchedBlocks`]).
     vouched_tip: Option<BlockHash>,
+    /// Blocks it announced itself (`inv`, `headers`, `cmpctblock`), newest last: sources of
+    /// those blocks. Not `known`, which also holds what we told it.
+    announced_blocks: VecDeque<BlockHash>,
     /// It has a whitelist entry: the operator trusts it (asked for blocks it announces
     /// whatever its service bits).
     trusted: bool,
@@ -256,9 +259,29 @@ struct SyncPeer {
     headers_asked_recent: bool,
 }
 
+/// Blocks each peer is remembered to have announced itself.
+///
+/// # Security
+/// Per peer, oldest forgotten first: a peer announcing without end holds 64 hashes (2 KiB);
+/// the blocks we fetch are the last 16 near the tip, well within it.
+const MAX_ANNOUNCED_BLOCKS: usize = 64;
+
 impl SyncPeer {
     fn knows(&self, h: &[u8; 32]) -> bool {
         self.known.contains(h)
+    }
+    /// It announced `hash` itself.
+    fn announced(&mut self, hash: BlockHash) {
+        if self.announced_blocks.contains(&hash) {
+            return;
+        }
+        if self.announced_blocks.len() >= MAX_ANNOUNCED_BLOCKS {
+            self.announced_blocks.pop_front();
+        }
+        self.announced_blocks.push_back(hash);
+    }
+    fn has_announced(&self, hash: &BlockHash) -> bool {
+        self.announced_blocks.contains(hash)
     }
     fn learn(&mut self, h: [u8; 32]) {
         self.known.insert(&h);
@@ -275,6 +298,10 @@ struct KeptBlock {
     missing: Vec<usize>,
     /// It was announced to ordinary peers (it was vouched for, or is now).
     announced: bool,
+    /// When it was kept, and how many times outbound peers were asked to vouch for it
+    /// (see [`SyncCore::ask_for_vouches`]).
+    kept_at: Instant,
+    vouch_asks: u8,
 }
 
 /// The sync core's state.
@@ -319,8 +346,8 @@ pub struct SyncCore {
     /// Blocks a validating node vouched for (see [`blocks::VouchedBlocks`]): the only ones
     /// announced to ordinary peers, since meshd checks no scripts.
     vouched_blocks: blocks::VouchedBlocks,
-    /// A `cmpctblock`'s header is being handled: it shows nothing vouched (BIP152 lets it
-    /// go before validation).
+    /// A header that came with a `cmpctblock` (BIP152 lets it go before validation) or a
+    /// delivered block is being handled: it shows nothing vouched for.
     header_from_cmpct: bool,
     /// The vouched tip saved before the restart (see [`Self::restore_vouched`]).
     restored_vouch: Option<(u32, BlockHash)>,
@@ -536,6 +563,7 @@ impl SyncCore {
             best_known: None,
             last_unknown: None,
             vouched_tip: None,
+            announced_blocks: VecDeque::new(),
             trusted: !self.permissions_of(new.addr.ip()).is_empty(),
             headers_asked_recent: false,
         };
@@ -590,8 +618,13 @@ impl SyncCore {
     /// A peer went away: what it was asked for is asked of others.
     pub fn peer_down(&mut self, clock: Clock, id: PeerId) -> Vec<Action> {
         self.clock = clock;
-        if self.peers.remove(&id).is_none() {
+        let Some(gone) = self.peers.remove(&id) else {
             return Vec::new();
+        };
+        // What it vouched for stays vouched for (a validated block stays validated): our
+        // answers and announcements do not shrink because a peer left.
+        if let Some(v) = gone.vouched_tip {
+            self.vouched_blocks.insert(v);
         }
         self.tx_requests.peer_gone(id);
         self.compact_peer_gone(id);
@@ -788,7 +821,10 @@ impl SyncCore {
                     // Core: a null locator asks for the stop header alone, if it is on our
                     // best chain; otherwise nothing is sent.
                     match self.chain.height_of(&m.stop_hash) {
-                        Some(h) if self.chain.is_on_best_chain(&m.stop_hash) => {
+                        Some(h)
+                            if self.chain.is_on_best_chain(&m.stop_hash)
+                                && h <= self.vouched_height() =>
+                        {
                             self.chain.header_at_height(h).into_iter().collect()
                         }
                         _ => return,
@@ -899,6 +935,7 @@ impl SyncCore {
         let now = self.clock.now;
         self.poll_tx_requests();
         self.ask_headers_once_recent();
+        self.ask_for_vouches();
         if !self.downloads.is_idle() {
             let lowest = self.chain.height().saturating_sub(self.fetch_window() - 1);
             let (chain, peers, kept) = (&self.chain, &self.peers, &self.blocks);

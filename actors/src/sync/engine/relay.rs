@@ -53,6 +53,7 @@ impl SyncCore {
                 Inventory::Block(h) | Inventory::WitnessBlock(h) => {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.learn(h.to_byte_array());
+                        p.announced(h);
                     }
                     if self.chain.contains(&h) {
                         known_blocks.push(h);

@@ -376,26 +376,25 @@ fn blocks_are_asked_only_of_peers_that_serve_them() {
     use bitcoin::p2p::ServiceFlags;
     let clock = clock0();
     let mut core = core_at(clock);
-    let blocks = chain_of(&core, 2, clock);
+    let blocks = chain_of(&core, 20, clock);
     let with = |id: u64, services: ServiceFlags| NewPeer {
         services,
-        ..peer(id, false, 2)
+        ..peer(id, false, 20)
     };
     let _ = core.peer_up(clock, with(1, ServiceFlags::NETWORK));
-    let got = core.input(clock, PeerId(1), headers(&blocks));
+    let got = core.input(clock, PeerId(1), headers(&blocks[..1]));
     assert!(
         blocks_asked(&got, PeerId(1)).is_empty(),
         "no witnesses: not asked"
     );
     let _ = core.peer_up(clock, with(2, ServiceFlags::WITNESS));
     let got = core.input(clock, PeerId(2), headers(&blocks));
-    assert_eq!(
-        blocks_asked(&got, PeerId(2)).len(),
-        2,
-        "an announcer that serves witnesses is asked"
+    assert!(
+        !blocks_asked(&got, PeerId(2)).is_empty(),
+        "the sender of new headers that serves witnesses is asked"
     );
-    // Peer 2 stalls. Peer 3 (no NETWORK) and peer 4 (NETWORK_LIMITED) show the chain: each
-    // announced only the last block (the first is inferred).
+    // Peer 2 stalls. Peers 3 (no NETWORK) and 4 (NETWORK_LIMITED) show the chain in one
+    // answer longer than an announcement: they are only inferred to have the blocks.
     let _ = core.peer_up(clock, with(3, ServiceFlags::WITNESS));
     let _ = core.peer_up(
         clock,
@@ -416,11 +415,11 @@ fn blocks_are_asked_only_of_peers_that_serve_them() {
         }
     }
     assert!(
-        !asked[&PeerId(3)].contains(&blocks[0].block_hash()),
-        "a peer that keeps no blocks is not asked for one it did not announce"
+        asked[&PeerId(3)].is_empty(),
+        "a peer that keeps no blocks is not asked for blocks it did not announce"
     );
     assert!(
-        asked[&PeerId(4)].contains(&blocks[0].block_hash()),
+        !asked[&PeerId(4)].is_empty(),
         "a limited peer is, near its best: {asked:?}"
     );
 }
@@ -1023,10 +1022,12 @@ fn a_lone_block_whose_parent_we_lack_is_asked_whole() {
 }
 
 #[test]
-fn a_high_bandwidth_cmpctblock_vouches_for_nothing_until_its_sender_announces_it() {
-    // Core pushes high-bandwidth compact blocks before validating them (NewPoWValidBlock):
-    // such a push from an outbound peer is no vouch. Its `headers` announcement, sent once
-    // the block is connected, is.
+fn high_bandwidth_pushes_are_vouched_for_by_asking_their_sender_for_headers() {
+    // Core pushes high-bandwidth compact blocks before validating them (NewPoWValidBlock)
+    // and then announces nothing more to us (the block counts as known to us). Such a push
+    // is no vouch; some seconds later its sender is asked for headers, which Core answers
+    // from its validated active chain: that answer vouches.
+    use super::blocks::VOUCH_ASK_DELAYS;
     use crate::sync::compact::compact_block;
     let (mut core, clock) = synced_core(3);
     let (p, r) = (PeerId(1), PeerId(2));
@@ -1046,18 +1047,113 @@ fn a_high_bandwidth_cmpctblock_vouches_for_nothing_until_its_sender_announces_it
     );
     assert_eq!(blocks_announced_to(&a, r), vec![b4.block_hash()]);
     assert!(core.high_bandwidth.contains(p));
-    // Block 5 pushed by P at once: taken, but R hears nothing yet.
+    // Blocks 5 and 6 pushed by P at once: taken, but R hears nothing yet.
     let b5 = block_with(&b4.header, 5, tip.time + 2, vec![]);
-    let a = core.input(
-        clock,
-        p,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b5, 12, true, &[]))),
+    let b6 = block_with(&b5.header, 6, tip.time + 3, vec![]);
+    for (b, nonce) in [(&b5, 12), (&b6, 13)] {
+        let a = core.input(
+            clock,
+            p,
+            SyncInput::CmpctBlock(Box::new(compact_block(b, nonce, true, &[]))),
+        );
+        assert_eq!(arrivals(&a).len(), 1, "reconstructed");
+        assert!(
+            blocks_announced_to(&a, r).is_empty(),
+            "a pre-validation push is not a vouch: {a:?}"
+        );
+    }
+    let soon = core.tick(clock.after(Duration::from_millis(500)));
+    assert_eq!(getheaders_to(&soon, p), 0, "Core is given time to validate");
+    let later = core.tick(clock.after(VOUCH_ASK_DELAYS[0]));
+    assert_eq!(
+        getheaders_to(&later, p),
+        1,
+        "asked once, not once per block"
     );
-    assert_eq!(arrivals(&a).len(), 1, "reconstructed");
+    // P answers from its active chain: both blocks are vouched for and announced.
+    let t = clock.after(VOUCH_ASK_DELAYS[0] + Duration::from_millis(100));
+    let a = core.input(t, p, headers(&[b5.clone(), b6.clone()]));
+    let told = blocks_announced_to(&a, r);
     assert!(
-        blocks_announced_to(&a, r).is_empty(),
-        "a pre-validation push is not a vouch: {a:?}"
+        told.contains(&b5.block_hash()) && told.contains(&b6.block_hash()),
+        "{told:?}"
     );
-    let a = core.input(clock, p, headers(std::slice::from_ref(&b5)));
-    assert_eq!(blocks_announced_to(&a, r), vec![b5.block_hash()]);
+}
+
+#[test]
+fn getheaders_answers_stop_at_the_vouched_height_and_a_vouch_outlives_its_peer() {
+    // No peer is shown a block no validating node vouched for; what an outbound peer showed
+    // stays vouched for when it leaves.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 3, clock);
+    let (inbound, asker, outbound) = (PeerId(1), PeerId(2), PeerId(3));
+    let _ = core.peer_up(clock, peer(1, true, 3));
+    let _ = core.peer_up(clock, peer(2, true, 0));
+    let _ = core.input(clock, inbound, headers(&blocks));
+    assert_eq!(core.chain().height(), 3);
+    let ask = |core: &mut SyncCore| {
+        let genesis = core.profile.genesis.block_hash();
+        let a = core.input(
+            clock,
+            asker,
+            SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+                version: 70016,
+                locator_hashes: vec![genesis],
+                stop_hash: BlockHash::all_zeros(),
+            }),
+        );
+        sent_to(&a, asker)
+            .into_iter()
+            .find_map(|m| match m {
+                NetworkMessage::Headers(h) => Some(h.len()),
+                _ => None,
+            })
+            .expect("answered")
+    };
+    assert_eq!(
+        ask(&mut core),
+        0,
+        "an inbound peer's chain alone is not shown"
+    );
+    let _ = core.peer_up(clock, peer(3, false, 2));
+    let _ = core.input(clock, outbound, headers(&blocks[..2]));
+    assert_eq!(ask(&mut core), 2, "up to what the outbound peer showed");
+    let _ = core.peer_down(clock, outbound);
+    assert_eq!(ask(&mut core), 2, "still, once it left");
+}
+
+#[test]
+fn an_inv_before_its_header_counts_once_the_header_is_in() {
+    // Core's hashLastUnknownBlock: an outbound peer's inv of a block whose header we lack
+    // shows it has the block (a vouch, and a source) once the header arrives from anyone.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let blocks = chain_of(&core, 1, clock);
+    let hash = blocks[0].block_hash();
+    let (outbound, inbound, listener) = (PeerId(1), PeerId(2), PeerId(3));
+    let _ = core.peer_up(clock, peer(1, false, 0));
+    let _ = core.peer_up(clock, peer(2, true, 0));
+    let _ = core.peer_up(clock, peer(3, true, 0));
+    let _ = core.input(
+        clock,
+        outbound,
+        SyncInput::Inv(vec![Inventory::Block(hash)]),
+    );
+    assert!(core.peers[&outbound].last_unknown == Some(hash));
+    let a = core.input(clock, inbound, headers(&blocks));
+    assert_eq!(core.peers[&outbound].vouched_tip, Some(hash));
+    assert!(core.peers[&outbound].has_announced(&hash), "a source of it");
+    let from = if blocks_asked(&a, inbound).is_empty() {
+        outbound
+    } else {
+        inbound
+    };
+    let got = core.input(clock, from, SyncInput::Block(Box::new(blocks[0].clone())));
+    assert_eq!(received(&got).len(), 1);
+    assert_eq!(
+        blocks_announced_to(&got, listener),
+        vec![hash],
+        "vouched by the inv"
+    );
 }
