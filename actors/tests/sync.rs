@@ -660,15 +660,13 @@ async fn a_block_only_an_inbound_peer_gave_is_announced_once_an_outbound_peer_vo
     node.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn through_a_hub_that_whitelists_its_leaves_for_relay_a_block_reaches_every_leaf() {
-    // A mesh of meshd nodes alone has no validating node: the hub takes a leaf's block from
-    // an inbound peer, which vouches for nothing unless the operator trusts it (`relay`).
+/// A hub that two leaves dial (and nothing else: the leaves do not listen), the hub's
+/// whitelist, and whether a block mined at one leaf reaches the other within `wait`.
+async fn star_carries_a_block(whitelist: &str, wait: Duration) -> bool {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut ch = cfg(dirs[0].path());
     ch.slots.outbound = 0;
-    ch.whitelist =
-        vec![meshd_actors::shared::whitelist::WhitelistEntry::parse("relay@127.0.0.1/32").unwrap()];
+    ch.whitelist = vec![meshd_actors::shared::whitelist::WhitelistEntry::parse(whitelist).unwrap()];
     let hub = Node::start(ch).await.unwrap();
     let mut leaves = Vec::new();
     for d in &dirs[1..] {
@@ -689,7 +687,12 @@ async fn through_a_hub_that_whitelists_its_leaves_for_relay_a_block_reaches_ever
     }
     let mut far = leaves[1].subscribe_to(&[EventKind::BlockReceived]);
     let mined = leaves[0].generate(2).await.unwrap();
-    common::blocks_received(&mut far, &mined, Duration::from_secs(10)).await;
+    let carried = tokio::time::timeout(
+        wait,
+        common::blocks_received(&mut far, &mined, wait + Duration::from_secs(1)),
+    )
+    .await
+    .is_ok();
     for n in &leaves {
         let peers: Vec<_> = n.peers().iter().map(|p| p.addr).collect();
         assert_eq!(
@@ -702,4 +705,20 @@ async fn through_a_hub_that_whitelists_its_leaves_for_relay_a_block_reaches_ever
         n.shutdown().await;
     }
     hub.shutdown().await;
+    carried
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_hub_that_whitelists_its_leaves_for_relay_a_block_reaches_every_leaf() {
+    // A mesh of meshd nodes alone has no validating node: the hub takes a leaf's block from
+    // an inbound peer, which vouches for nothing unless the operator trusts it (`relay`).
+    assert!(star_carries_a_block("relay@127.0.0.1/32", Duration::from_secs(10)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_a_hub_that_trusts_nobody_a_leafs_block_goes_no_further() {
+    // Without the whitelist the hub keeps and serves the block but shows it to nobody: no
+    // announcement, and getheaders answers stop below it (the vouching asks of outbound
+    // peers find none: the hub dials nobody).
+    assert!(!star_carries_a_block("noban@127.0.0.9/32", Duration::from_secs(4)).await);
 }

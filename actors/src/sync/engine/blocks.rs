@@ -36,11 +36,16 @@ pub(super) const VOUCH_ASK_DELAYS: [std::time::Duration; 2] = [
     std::time::Duration::from_secs(20),
 ];
 
+/// How long after an unvouched block is kept an ask held back by a request in flight is
+/// still tried again (every tick): past it, that ask counts as made.
+pub(super) const VOUCH_ASK_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Blocks [`VouchedBlocks`] remembers.
 ///
 /// # Security
-/// Filled only with blocks mined here or sent by a `relay`-whitelisted peer (the operator
-/// trusts it), one hash per block; 1,024 covers a week of blocks on BTC, and old entries are
+/// Filled only with blocks mined here, sent by a `relay`-whitelisted peer (the operator
+/// trusts it), or left as the vouched tip of an outbound peer that disconnected (peers we
+/// chose), one hash each; 1,024 covers a week of blocks on BTC, and old entries are
 /// forgotten first, so no peer can grow it.
 pub(super) const MAX_VOUCHED_BLOCKS: usize = 1024;
 
@@ -350,21 +355,10 @@ impl SyncCore {
         if self.config.tx_relay == TxRelay::All || self.vouched_blocks.contains(hash) {
             return true;
         }
-        let Some(height) = self
-            .chain
-            .is_on_best_chain(hash)
-            .then(|| self.chain.height_of(hash))
-            .flatten()
-        else {
-            return false;
-        };
-        // An ancestor of a block an outbound peer showed: on the best chain at most as high
-        // as where that block's branch leaves it.
-        self.peers.values().any(|p| {
-            p.vouched_tip
-                .and_then(|v| self.best_chain_height(&v))
-                .is_some_and(|f| f >= height)
-        })
+        // On our best chain at or below a vouched block (an outbound peer's shown tip, one
+        // of a peer that left, ours).
+        self.best_chain_height(hash)
+            .is_some_and(|height| height <= self.vouched_height())
     }
 
     /// The height of `hash` if it is on our best chain (O(1)). A peer's block off it (on a
@@ -433,8 +427,8 @@ impl SyncCore {
             })
             .collect();
         for (i, height) in due {
-            self.blocks[i].vouch_asks += 1;
             if self.may_announce_block(&self.blocks[i].hash) {
+                self.blocks[i].vouch_asks += 1;
                 continue;
             }
             let chain = &self.chain;
@@ -451,8 +445,15 @@ impl SyncCore {
                 .map(|p| p.id)
                 .collect();
             let locator = self.chain.locator_from(height.saturating_sub(1));
+            let mut sent = askers.is_empty();
             for id in askers {
-                self.maybe_getheaders(id, locator.clone());
+                sent |= self.maybe_getheaders(id, locator.clone());
+            }
+            // An ask held back by a request in flight (whose answer, from our tip, may not
+            // show this block) is tried again on the next tick, for a while.
+            let late = now.saturating_duration_since(self.blocks[i].kept_at) >= VOUCH_ASK_GIVE_UP;
+            if sent || late {
+                self.blocks[i].vouch_asks += 1;
             }
         }
     }

@@ -326,10 +326,13 @@ impl SyncCore {
                 return;
             }
         }
-        // The sender has it: nothing of it is announced back (Core's UpdateBlockAvailability).
+        // The sender has it: nothing of it is announced back, and it is a source of it
+        // (Core's UpdateBlockAvailability); no vouch (BIP152 lets it go before validation).
         if let Some(p) = self.peers.get_mut(&id) {
             p.learn(hash.to_byte_array());
+            p.announced(hash);
         }
+        self.peer_has_block(id, hash, false);
         if self.is_kept(&hash) {
             return;
         }

@@ -1070,6 +1070,17 @@ fn high_bandwidth_pushes_are_vouched_for_by_asking_their_sender_for_headers() {
         1,
         "asked once, not once per block"
     );
+    // From the parent of the first unvouched block, so Core's answer shows both.
+    let locator = later.iter().find_map(|a| match a {
+        Action::Send(to, NetworkMessage::GetHeaders(g)) if *to == p => {
+            Some(g.locator_hashes.clone())
+        }
+        _ => None,
+    });
+    assert_eq!(
+        locator.and_then(|l| l.first().copied()),
+        Some(b4.block_hash())
+    );
     // P answers from its active chain: both blocks are vouched for and announced.
     let t = clock.after(VOUCH_ASK_DELAYS[0] + Duration::from_millis(100));
     let a = core.input(t, p, headers(&[b5.clone(), b6.clone()]));
@@ -1116,6 +1127,17 @@ fn getheaders_answers_stop_at_the_vouched_height_and_a_vouch_outlives_its_peer()
         0,
         "an inbound peer's chain alone is not shown"
     );
+    // Nor by a null locator naming its tip.
+    let null = core.input(
+        clock,
+        asker,
+        SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: Vec::new(),
+            stop_hash: blocks[2].block_hash(),
+        }),
+    );
+    assert!(sent_to(&null, asker).is_empty());
     let _ = core.peer_up(clock, peer(3, false, 2));
     let _ = core.input(clock, outbound, headers(&blocks[..2]));
     assert_eq!(ask(&mut core), 2, "up to what the outbound peer showed");
