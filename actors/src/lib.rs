@@ -82,7 +82,10 @@
 //! - The **Listener** accepts, drops banned addresses before reading a byte, and forwards
 //!   the rest to the Manager.
 //! - **Sync** learns peers from the Manager only; a peer's chain and relay messages come
-//!   straight from its Connection and are held briefly if they overtake the `PeerUp`.
+//!   straight from its Connection and are held briefly if they overtake the `PeerUp`. It
+//!   owns headers.dat and vouched.dat (the highest block a validating node vouched for,
+//!   the limit of what it shows peers); a peer's `getblocktxn` is handed to it in the
+//!   Connection's getdata turn, like a `getdata` batch.
 //!
 //! ## How a frame travels
 //!

@@ -14,7 +14,7 @@ use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::message_compact_blocks::{BlockTxn, CmpctBlock, SendCmpct};
-use bitcoin::{Amount, BlockHash, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid};
+use bitcoin::{BlockHash, Transaction};
 use common::{config, handshaked, unix_now, AsyncPeer};
 use meshd_actors::config::NodeConfig;
 use meshd_actors::events::{BlockVia, EventKind, NodeEvent};
@@ -31,23 +31,8 @@ fn cfg(dir: &std::path::Path) -> NodeConfig {
     c
 }
 
-/// A transaction that passes the context-free checks, without witness (its wtxid is its
-/// txid).
 fn tx(n: u8) -> Transaction {
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(Txid::from_byte_array([n; 32]), 0),
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: bitcoin::Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(50_000),
-            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
-        }],
-    }
+    common::made_up_spend(n)
 }
 
 /// A regtest block on `parent` at `height` with `txs` after the coinbase, mined.
@@ -79,17 +64,6 @@ async fn negotiate(peer: &mut AsyncPeer, announce: bool) {
         version: 2,
     }))
     .await;
-}
-
-async fn sync_knows(node: &Node, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while node.sync_peers().await.len() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Sync never learned its peers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// The next `getdata` item for block `hash`.
@@ -137,7 +111,7 @@ async fn a_lone_tip_block_is_rebuilt_from_the_pool_with_one_getblocktxn() {
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let mut peer = handshaked(node.listen_addrs()[0]).await;
     negotiate(&mut peer, false).await;
-    sync_knows(&node, 1).await;
+    common::wait_sync_peers(&node, 1).await;
     // One of the block's two transactions is in meshd's pool.
     let (pooled, missing) = (tx(1), tx(2));
     let mut txs = node.subscribe_to(&[EventKind::TxReceived]);
@@ -204,7 +178,7 @@ async fn a_compact_request_answered_by_a_whole_block_leaves_no_block_unread() {
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let mut peer = handshaked(node.listen_addrs()[0]).await;
     negotiate(&mut peer, false).await;
-    sync_knows(&node, 1).await;
+    common::wait_sync_peers(&node, 1).await;
     let genesis = node.profile().genesis;
     let b1 = block_with(&genesis, 1, &[]);
     let b2 = block_with(&b1.header, 2, &[]);
@@ -242,7 +216,7 @@ async fn a_block_mined_here_is_pushed_as_cmpctblock_to_a_high_bandwidth_peer() {
     let node = Node::start(cfg(dir.path())).await.unwrap();
     let mut peer = handshaked(node.listen_addrs()[0]).await;
     negotiate(&mut peer, true).await;
-    sync_knows(&node, 1).await;
+    common::wait_sync_peers(&node, 1).await;
     // Give the sendcmpct time to reach Sync before the block is mined.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mined = node.generate(1).await.unwrap()[0];
@@ -279,7 +253,7 @@ async fn getblocktxn_is_answered_in_the_getdata_turn_and_deep_ones_with_the_bloc
     let node = Node::start(c).await.unwrap();
     let mut peer = handshaked(node.listen_addrs()[0]).await;
     negotiate(&mut peer, false).await;
-    sync_knows(&node, 1).await;
+    common::wait_sync_peers(&node, 1).await;
     let mined = node.generate(12).await.unwrap();
     let (recent, deep) = (mined[11], mined[0]);
     let ask = |block_hash| {

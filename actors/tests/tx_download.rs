@@ -7,32 +7,16 @@ mod common;
 
 use std::time::Duration;
 
-use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness};
+use bitcoin::{ScriptBuf, Transaction, Txid, Witness};
 use common::{config, handshaked, AsyncPeer};
 use meshd_actors::config::{NodeConfig, TxRelay};
 use meshd_actors::events::{EventKind, NodeEvent};
 use meshd_actors::node::Node;
 
-/// A transaction that passes the context-free checks (its input is made up: meshd checks no
-/// inputs, which is why it must not relay what no validating peer vouched for).
 fn tx(n: u8) -> Transaction {
-    Transaction {
-        version: bitcoin::transaction::Version::TWO,
-        lock_time: bitcoin::absolute::LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(Txid::from_byte_array([n; 32]), 0),
-            script_sig: ScriptBuf::new(),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![TxOut {
-            value: Amount::from_sat(50_000),
-            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
-        }],
-    }
+    common::made_up_spend(n)
 }
 
 fn cfg(dir: &std::path::Path) -> NodeConfig {
@@ -82,17 +66,6 @@ async fn with_outbound_peer(dir: &std::path::Path) -> (Node, AsyncPeer) {
     (node, outbound)
 }
 
-async fn wait_sync_peers(node: &Node, n: usize) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while node.sync_peers().await.len() < n {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "Sync never learned its peers"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_notfound_the_next_announcer_is_asked() {
     let dir = tempfile::tempdir().unwrap();
@@ -100,7 +73,7 @@ async fn after_a_notfound_the_next_announcer_is_asked() {
     let addr = node.listen_addrs()[0];
     let mut a = handshaked(addr).await;
     let mut b = handshaked(addr).await;
-    wait_sync_peers(&node, 2).await;
+    common::wait_sync_peers(&node, 2).await;
     let t = tx(1);
     let txid = t.compute_txid();
     a.send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
@@ -147,7 +120,7 @@ async fn an_outbound_announcer_is_asked_before_an_earlier_inbound_one() {
     let dir = tempfile::tempdir().unwrap();
     let (node, mut outbound) = with_outbound_peer(dir.path()).await;
     let mut inbound = handshaked(node.listen_addrs()[0]).await;
-    wait_sync_peers(&node, 2).await;
+    common::wait_sync_peers(&node, 2).await;
     let txid = tx(2).compute_txid();
     inbound
         .send(NetworkMessage::Inv(vec![Inventory::Transaction(txid)]))
@@ -185,7 +158,7 @@ async fn only_vouched_transactions_are_announced() {
     let addr = node.listen_addrs()[0];
     let mut sender = handshaked(addr).await;
     let mut watcher = handshaked(addr).await;
-    wait_sync_peers(&node, 3).await;
+    common::wait_sync_peers(&node, 3).await;
     let mut events = node.subscribe_to(&[EventKind::TxReceived]);
     // Outputs above its (made-up) input: a validating node would reject it; meshd cannot tell.
     let t = tx(3);
@@ -256,7 +229,7 @@ async fn tx_relay_all_announces_and_none_never_does() {
         let addr = node.listen_addrs()[0];
         let mut sender = handshaked(addr).await;
         let mut watcher = handshaked(addr).await;
-        wait_sync_peers(&node, 2).await;
+        common::wait_sync_peers(&node, 2).await;
         let t = tx(4);
         let txid = t.compute_txid();
         sender.send(NetworkMessage::Tx(t)).await;
@@ -294,7 +267,7 @@ async fn a_malleated_copy_is_replaced_by_the_vouched_one_and_never_relayed() {
     let addr = node.listen_addrs()[0];
     let mut attacker = handshaked(addr).await;
     let mut watcher = handshaked(addr).await;
-    wait_sync_peers(&node, 3).await;
+    common::wait_sync_peers(&node, 3).await;
     let mut events = node.subscribe_to(&[EventKind::TxReceived]);
     let mut honest = tx(6);
     honest.input[0].witness = Witness::from_slice(&[vec![0x30; 71], vec![0x02; 33]]);
@@ -342,7 +315,7 @@ async fn a_refused_transaction_is_not_fetched_again_until_the_tip_changes() {
     let addr = node.listen_addrs()[0];
     let mut a = handshaked(addr).await;
     let mut b = handshaked(addr).await;
-    wait_sync_peers(&node, 2).await;
+    common::wait_sync_peers(&node, 2).await;
     // No outputs: refused by the context-free checks (Core's bad-txns-vout-empty).
     let mut bad = tx(9);
     bad.output.clear();
@@ -400,7 +373,7 @@ async fn a_junk_witness_answer_does_not_erase_the_other_announcers() {
     let addr = node.listen_addrs()[0];
     let mut junk_sender = handshaked(addr).await;
     let mut watcher = handshaked(addr).await;
-    wait_sync_peers(&node, 3).await;
+    common::wait_sync_peers(&node, 3).await;
     let honest = tx(12);
     let txid = honest.compute_txid();
     let mut junk = honest.clone();
@@ -455,7 +428,7 @@ async fn an_honest_one_and_a_half_megabyte_bsv_transaction_is_taken_free() {
         .await
         .unwrap();
     assert!(peer.handshake().await);
-    wait_sync_peers(&node, 1).await;
+    common::wait_sync_peers(&node, 1).await;
     let mut big = tx(7);
     big.output[0].script_pubkey = ScriptBuf::from_bytes(vec![0x6a; 1_500_000]);
     let txid = big.compute_txid();

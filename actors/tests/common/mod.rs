@@ -106,6 +106,35 @@ pub async fn blocks_received(
     }
 }
 
+/// A transaction that passes the context-free checks, without witness (its wtxid is its
+/// txid); its input is made up: meshd checks no inputs.
+pub fn made_up_spend(n: u8) -> bitcoin::Transaction {
+    use bitcoin::hashes::Hash;
+    bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(bitcoin::Txid::from_byte_array([n; 32]), 0),
+            script_sig: bitcoin::ScriptBuf::new(),
+            sequence: bitcoin::Sequence::MAX,
+            witness: bitcoin::Witness::new(),
+        }],
+        output: vec![bitcoin::TxOut {
+            value: bitcoin::Amount::from_sat(50_000),
+            script_pubkey: bitcoin::ScriptBuf::from_bytes(vec![0x51]),
+        }],
+    }
+}
+
+/// Waits until `node`'s Sync knows `n` peers.
+pub async fn wait_sync_peers(node: &Node, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.sync_peers().await.len() < n {
+        assert!(Instant::now() < deadline, "Sync never learned its peers");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A protocol 70016 `version` from a raw test peer announcing `start_height`.
 pub fn version_message(start_height: i32) -> NetworkMessage {
     let a = Address::new(&"127.0.0.1:1".parse().unwrap(), ServiceFlags::NONE);
