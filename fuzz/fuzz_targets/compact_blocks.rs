@@ -1,0 +1,181 @@
+//! Fuzzes BIP152 compact-block handling, the way a peer's messages reach it: a `cmpctblock`
+//! decoded from the input is reconstructed against a pool, and a `blocktxn` decoded after it
+//! fills the gaps; a `getblocktxn` is answered against a block. No input may panic. A second
+//! mode builds a block from the input, sends it compact with a fuzzed prefill and pool, and
+//! checks the round trip: the gaps asked for, filled from the block, give the block back.
+#![no_main]
+
+use std::sync::Arc;
+
+use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, HeaderAndShortIds};
+use bitcoin::block::{Header, Version};
+use bitcoin::consensus::deserialize_partial;
+use bitcoin::hashes::Hash;
+use bitcoin::{
+    absolute, transaction, Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence,
+    Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
+};
+use libfuzzer_sys::fuzz_target;
+use meshd_actors::network::Chain;
+use meshd_actors::sync::block_check::check_block;
+use meshd_actors::sync::compact::{
+    answer_getblocktxn, compact_block, short_id_hash, PartialBlock, TxnAnswer,
+};
+
+/// BTC's most transactions per block (4 MWU over the smallest transaction's weight).
+const MAX_TXS: usize = 100_000;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((mode, rest)) = data.split_first() else {
+        return;
+    };
+    if mode % 2 == 0 {
+        decode_path(*mode & 2 != 0, rest);
+    } else {
+        round_trip(*mode & 2 != 0, rest);
+    }
+});
+
+/// A peer's `cmpctblock`, then its `blocktxn`, then a `getblocktxn` against what was built.
+fn decode_path(by_wtxid: bool, data: &[u8]) {
+    let Ok((cmpct, used)) = deserialize_partial::<HeaderAndShortIds>(data) else {
+        return;
+    };
+    let rest = &data[used..];
+    let (txn, rest) = match deserialize_partial::<BlockTransactions>(rest) {
+        Ok((txn, used)) => (Some(txn), &rest[used..]),
+        Err(_) => (None, rest),
+    };
+    // The blocktxn's transactions double as the relay pool, so short ids can match.
+    let pool: Vec<([u8; 32], Arc<Transaction>)> = txn
+        .iter()
+        .flat_map(|t| t.transactions.iter())
+        .map(|tx| (short_id_hash(tx, by_wtxid), Arc::new(tx.clone())))
+        .collect();
+    let Ok(partial) = PartialBlock::init(
+        &cmpct,
+        MAX_TXS,
+        pool.iter().map(|(h, t)| (*h, t)),
+        std::iter::empty(),
+    ) else {
+        return;
+    };
+    let missing = partial.missing();
+    assert!(missing.len() <= cmpct.short_ids.len());
+    let filled = partial.fill(txn.map(|t| t.transactions).unwrap_or_default());
+    let Ok(block) = filled else {
+        return;
+    };
+    let _ = check_block(&block, Chain::Btc);
+    if let Ok((req, _)) = deserialize_partial::<BlockTransactionsRequest>(rest) {
+        let _ = answer_getblocktxn(&req, &block, u32::from(rest.first().copied().unwrap_or(0)));
+    }
+}
+
+/// A block from the input sent compact and rebuilt: it must come back whole.
+fn round_trip(by_wtxid: bool, data: &[u8]) {
+    // Four bytes per transaction: three make its prevout and value unique enough, one says
+    // whether the receiver's pool holds it and whether the sender prefills it.
+    let recs: Vec<&[u8]> = data.chunks_exact(4).take(500).collect();
+    let mut txdata = vec![coinbase()];
+    for (i, r) in recs.iter().enumerate() {
+        txdata.push(spend(i as u32, r));
+    }
+    let mut block = Block {
+        header: Header {
+            version: Version::TWO,
+            prev_blockhash: BlockHash::all_zeros(),
+            merkle_root: TxMerkleNode::all_zeros(),
+            time: 1,
+            bits: CompactTarget::from_consensus(0x207f_ffff),
+            nonce: u32::from(data.first().copied().unwrap_or(0)),
+        },
+        txdata,
+    };
+    if let Some(root) = block.compute_merkle_root() {
+        block.header.merkle_root = root;
+    }
+    let prefill: Vec<usize> = recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r[3] & 1 != 0)
+        .map(|(i, _)| i + 1)
+        .collect();
+    let nonce = u64::from_le_bytes(data.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+    let cmpct = compact_block(&block, nonce, by_wtxid, &prefill);
+    let pool: Vec<([u8; 32], Arc<Transaction>)> = recs
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r[3] & 2 != 0)
+        .map(|(i, _)| {
+            let tx = &block.txdata[i + 1];
+            (short_id_hash(tx, by_wtxid), Arc::new(tx.clone()))
+        })
+        .collect();
+    let partial = match PartialBlock::init(
+        &cmpct,
+        MAX_TXS,
+        pool.iter().map(|(h, t)| (*h, t)),
+        std::iter::empty(),
+    ) {
+        Ok(p) => p,
+        // Distinct transactions can share a six-byte short id: that is BIP152's fallback.
+        Err(e) => {
+            assert_eq!(e.kind(), "short_id_collision", "{e}");
+            return;
+        }
+    };
+    let missing = partial.missing();
+    let req = BlockTransactionsRequest {
+        block_hash: block.block_hash(),
+        indexes: missing.clone(),
+    };
+    let TxnAnswer::Txn(txn) = answer_getblocktxn(&req, &block, 0) else {
+        panic!("the sender could not answer for its own block");
+    };
+    assert_eq!(txn.transactions.len(), missing.len());
+    let rebuilt = partial.fill(txn.transactions).expect("the gaps were answered");
+    assert_eq!(rebuilt.block_hash(), block.block_hash());
+    assert!(rebuilt.check_merkle_root());
+    assert_eq!(rebuilt.txdata, block.txdata);
+}
+
+fn coinbase() -> Transaction {
+    Transaction {
+        version: transaction::Version::ONE,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: ScriptBuf::from_bytes(vec![1, 1]),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(50),
+            script_pubkey: ScriptBuf::new(),
+        }],
+    }
+}
+
+fn spend(i: u32, r: &[u8]) -> Transaction {
+    let mut prev = [0u8; 32];
+    prev[..4].copy_from_slice(&i.to_le_bytes());
+    prev[4..7].copy_from_slice(&r[..3]);
+    Transaction {
+        version: transaction::Version::TWO,
+        lock_time: absolute::LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint {
+                txid: Txid::from_byte_array(prev),
+                vout: 0,
+            },
+            script_sig: ScriptBuf::new(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(u64::from(r[0]) + 1),
+            script_pubkey: ScriptBuf::new(),
+        }],
+    }
+}
