@@ -145,6 +145,10 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "misbehavior_score": p.misbehavior,
         // Core's getpeerinfo `mapped_as`: the AS under --asmap, absent without one.
         "mapped_as": p.mapped_as,
+        // Core's getpeerinfo: we chose it to announce blocks with cmpctblock at once
+        // (BIP152 high-bandwidth), and it chose us.
+        "bip152_hb_to": p.bip152_hb_to,
+        "bip152_hb_from": p.bip152_hb_from,
     })
 }
 

@@ -97,6 +97,21 @@ impl Bcoin {
         }
     }
 
+    /// Calls bcoin's JSON-RPC `method`; panics on an error answer.
+    pub fn rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build()
+            .into();
+        let url = format!("http://127.0.0.1:{}/", self.http_port);
+        let body = serde_json::json!({"method": method, "params": params}).to_string();
+        let mut r = agent.post(&url).send(body.as_bytes()).expect("bcoin RPC");
+        let v: serde_json::Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+        assert!(v["error"].is_null(), "bcoin {method} failed: {v}");
+        v["result"].clone()
+    }
+
     /// Everything bcoin printed.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

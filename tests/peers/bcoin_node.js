@@ -6,6 +6,10 @@
 //
 // Usage: node bcoin_node.js --network=regtest --prefix=DIR --port=P --host=127.0.0.1
 //          --http-port=H --http-host=127.0.0.1 --no-auth=true [--only=127.0.0.1:PORT] [--spv]
+//          [--compact-high-bandwidth] [--debug-log]
+//   --compact-high-bandwidth  asks every peer for BIP152 high-bandwidth announcements
+//                             (bcoin's pool option blockMode 1, which its config does not read)
+//   --debug-log               logs at debug level (bcoin logs its compact-block steps there)
 // Env:   BCOIN_DIR  path of node_modules/bcoin
 'use strict';
 
@@ -29,7 +33,9 @@ const node = new NodeClass({
   env: true,
   logFile: false,
   logConsole: true,
-  logLevel: process.env.BCOIN_LOG_LEVEL || 'info',
+  logLevel: process.argv.includes('--debug-log')
+    ? 'debug'
+    : (process.env.BCOIN_LOG_LEVEL || 'info'),
   memory: true,
   workers: false,
   listen: !spv,
@@ -40,6 +46,9 @@ const node = new NodeClass({
 node.pool.discoverExternal = async () => {};
 node.pool.discoverGateway = async () => {};
 node.pool.hosts.discoverSeeds = async () => {};
+
+if (process.argv.includes('--compact-high-bandwidth'))
+  node.pool.options.blockMode = 1;
 
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.on(sig, async () => {
