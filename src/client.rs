@@ -336,6 +336,7 @@ fn print_propagation(v: &Value) {
                         s(&b["last_ms"]),
                         s(&b["p50_ms"]),
                         s(&b["p90_ms"]),
+                        carriers(&b["arrivals"]),
                     ]
                 })
                 .collect()
@@ -351,9 +352,29 @@ fn print_propagation(v: &Value) {
             "LAST (UNIX MS)",
             "P50 MS",
             "P90 MS",
+            "CARRIED BY",
         ],
         rows,
     );
+}
+
+/// How many nodes first got the block by each message, most first: `compact_high_bandwidth:3
+/// block:1` (`--json` has each node's arrival).
+fn carriers(arrivals: &Value) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for a in arrivals.as_array().into_iter().flatten() {
+        let via = a["via"].as_str().unwrap_or("unknown").to_string();
+        match counts.iter_mut().find(|(v, _)| *v == via) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((via, 1)),
+        }
+    }
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    counts
+        .iter()
+        .map(|(via, n)| format!("{via}:{n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn print_object(v: &Value) {

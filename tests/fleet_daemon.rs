@@ -37,6 +37,26 @@ fn fleet_status_propagation_and_network_through_the_cli() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["height"], 2);
+    // Which message first carried the block to each node: alpha mined it, beta got it from
+    // alpha whole (two new blocks at once are fetched as blocks).
+    let arrivals = v[0]["arrivals"].as_array().unwrap();
+    assert_eq!(arrivals[0]["node"], "alpha", "{v}");
+    assert_eq!(arrivals[0]["via"], "local", "{v}");
+    assert_eq!(arrivals[1]["node"], "beta", "{v}");
+    assert_eq!(arrivals[1]["via"], "block", "{v}");
+    assert_eq!(arrivals[1]["from"], a_addr.as_str(), "{v}");
+    // Having given beta a new block, alpha was asked to announce compact at once (BIP152
+    // high-bandwidth, Core's choice of the last block giver): the third block is pushed as
+    // a cmpctblock, and the table says so.
+    let (code, out, _) = a.cli(&["generate", "1"]);
+    assert_eq!(code, 0, "{out}");
+    wait("the third block seen by both nodes", 20, || {
+        let (_, out, _) = a.cli(&["fleet", "propagation", "--last", "1"]);
+        out.lines().any(|l| {
+            l.split_whitespace().next() == Some("3")
+                && l.ends_with("compact_high_bandwidth:1 local:1")
+        })
+    });
 
     wait("two current nodes", 20, || {
         let (_, out, _) = b.cli(&["fleet", "status"]);

@@ -564,6 +564,23 @@ pub struct Sighting {
     pub time_ms: u64,
     /// The peer it came from (none: generated or submitted there).
     pub from: Option<String>,
+    /// The message that carried it there (`BlockReceived`'s `via`: `block`,
+    /// `compact_high_bandwidth`, `compact_low_bandwidth`, `fallback`, `local`), if the node
+    /// said.
+    pub via: Option<String>,
+}
+
+/// How one node first got a block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Arrival {
+    /// The node.
+    pub node: String,
+    /// After the fleet's first sighting, milliseconds.
+    pub delay_ms: u64,
+    /// The message that first carried it to the node (see [`Sighting::via`]).
+    pub via: Option<String>,
+    /// The peer it came from (none: generated or submitted there).
+    pub from: Option<String>,
 }
 
 /// A block's spread across the fleet.
@@ -585,6 +602,8 @@ pub struct Propagation {
     pub p50_ms: u64,
     /// 90th-percentile delay.
     pub p90_ms: u64,
+    /// Each node's first sighting, earliest first: when, by which message, from whom.
+    pub arrivals: Vec<Arrival>,
 }
 
 /// The `q`-quantile (nearest rank) of sorted values.
@@ -599,30 +618,43 @@ fn quantile(sorted: &[u64], q: f64) -> u64 {
 /// Per block: first and last sighting and the delay quantiles; a node's repeated sightings
 /// count once (its first). The `last` blocks by first sighting, newest last.
 pub fn propagation(sightings: &[Sighting], last: usize) -> Vec<Propagation> {
-    let mut by_block: HashMap<&str, HashMap<&str, (u64, u32)>> = HashMap::new();
+    // Per block, per node: its first sighting.
+    let mut by_block: HashMap<&str, HashMap<&str, &Sighting>> = HashMap::new();
     for s in sightings {
         let nodes = by_block.entry(&s.hash).or_default();
-        let e = nodes.entry(&s.node).or_insert((s.time_ms, s.height));
-        if s.time_ms < e.0 {
-            *e = (s.time_ms, s.height);
+        let e = nodes.entry(&s.node).or_insert(s);
+        if s.time_ms < e.time_ms {
+            *e = s;
         }
     }
     let mut out: Vec<Propagation> = by_block
         .into_iter()
         .filter_map(|(hash, nodes)| {
-            let (first_node, &(first_ms, height)) =
-                nodes.iter().min_by_key(|(n, (t, _))| (*t, **n))?;
-            let mut delays: Vec<u64> = nodes.values().map(|(t, _)| t - first_ms).collect();
-            delays.sort_unstable();
+            let first = nodes
+                .values()
+                .min_by_key(|s| (s.time_ms, s.node.as_str()))?;
+            let first_ms = first.time_ms;
+            let mut arrivals: Vec<Arrival> = nodes
+                .values()
+                .map(|s| Arrival {
+                    node: s.node.clone(),
+                    delay_ms: s.time_ms - first_ms,
+                    via: s.via.clone(),
+                    from: s.from.clone(),
+                })
+                .collect();
+            arrivals.sort_by(|a, b| (a.delay_ms, &a.node).cmp(&(b.delay_ms, &b.node)));
+            let delays: Vec<u64> = arrivals.iter().map(|a| a.delay_ms).collect();
             Some(Propagation {
                 hash: hash.to_string(),
-                height,
+                height: first.height,
                 nodes: nodes.len(),
-                first_node: first_node.to_string(),
+                first_node: first.node.clone(),
                 first_ms,
                 last_ms: first_ms + delays.last().copied().unwrap_or(0),
                 p50_ms: quantile(&delays, 0.5),
                 p90_ms: quantile(&delays, 0.9),
+                arrivals,
             })
         })
         .collect();
@@ -980,6 +1012,7 @@ mod tests {
             height: 1,
             time_ms: t,
             from: None,
+            via: None,
         }
     }
 
@@ -999,6 +1032,12 @@ mod tests {
         assert_eq!((p[0].nodes, p[0].first_node.as_str()), (3, "a"));
         assert_eq!((p[0].first_ms, p[0].last_ms), (1000, 1100));
         assert_eq!((p[0].p50_ms, p[0].p90_ms), (40, 100));
+        let order: Vec<(&str, u64)> = p[0]
+            .arrivals
+            .iter()
+            .map(|a| (a.node.as_str(), a.delay_ms))
+            .collect();
+        assert_eq!(order, [("a", 0), ("b", 40), ("c", 100)]);
         assert_eq!(p[1].first_node, "b");
         assert_eq!(propagation(&s, 1).len(), 1);
         assert_eq!(propagation(&s, 1)[0].hash, "h2");
@@ -1008,6 +1047,36 @@ mod tests {
         let mut b = seen("a", "aa", 5000);
         b.height = 2;
         assert_eq!(propagation(&[a, b], 1)[0].hash, "aa");
+    }
+
+    #[test]
+    fn each_node_shows_the_message_that_first_carried_the_block() {
+        let mut mined = seen("a", "h", 1000);
+        mined.via = Some("local".into());
+        let mut full = seen("b", "h", 1100);
+        full.via = Some("block".into());
+        full.from = Some("10.0.0.1:8333".into());
+        let mut compact = seen("b", "h", 1050);
+        compact.via = Some("compact_high_bandwidth".into());
+        compact.from = Some("10.0.0.2:8333".into());
+        let p = propagation(&[mined, full, compact], 1);
+        let b = &p[0].arrivals[1];
+        // b's first sighting wins, with its own message and sender.
+        assert_eq!(
+            (
+                b.node.as_str(),
+                b.delay_ms,
+                b.via.as_deref(),
+                b.from.as_deref()
+            ),
+            (
+                "b",
+                50,
+                Some("compact_high_bandwidth"),
+                Some("10.0.0.2:8333")
+            )
+        );
+        assert_eq!(p[0].arrivals[0].via.as_deref(), Some("local"));
     }
 
     #[test]

@@ -496,7 +496,10 @@ fn subject_node(subject: &str) -> Option<&str> {
     subject.split('.').nth(2)
 }
 
-/// A `BlockReceived` event's hash, height, time and sender, from its JSON.
+/// The longest `via` kept from another node's sighting (ours are at most 22 bytes).
+const MAX_VIA_LEN: usize = 32;
+
+/// A `BlockReceived` event's hash, height, time, sender and carrying message, from its JSON.
 fn parse_sighting(node: &str, payload: &[u8]) -> Option<Sighting> {
     if payload.len() > core::MAX_FLEET_MESSAGE {
         return None;
@@ -508,6 +511,13 @@ fn parse_sighting(node: &str, payload: &[u8]) -> Option<Sighting> {
         height: v["height"].as_u64()? as u32,
         time_ms: v["timestamp_ms"].as_u64()?,
         from: v["from"].as_str().map(str::to_string),
+        // Another node's word, shown to operators: short and plain, or not at all.
+        via: v["via"]
+            .as_str()
+            .filter(|via| {
+                via.len() <= MAX_VIA_LEN && via.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+            })
+            .map(str::to_string),
     })
 }
 
