@@ -7,7 +7,7 @@
 //! low-bandwidth mode.
 //!
 //! The mesh: node i dials nodes i+1 and i+4 (mod 10) through their own relays, so each node
-//! has four links and the block is at most three hops from node 0. The block enters at node 0:
+//! has four links and the block is at most two hops from node 0. The block enters at node 0:
 //! for meshd from a lab peer dialling it directly (a `headers` announcement, then the block on
 //! request); for bcoin mined there. meshd nodes whitelist each other with `relay`, as the
 //! README says a fleet of meshd nodes should (a block delivered by a relay-whitelisted peer is
