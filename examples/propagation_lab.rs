@@ -546,7 +546,13 @@ impl Bcoin {
 
     fn try_rpc(&self, method: &str, params: Value) -> Option<Value> {
         let body = json!({"method": method, "params": params}).to_string();
-        let mut r = ureq::post(&format!("http://127.0.0.1:{}/", self.http))
+        // A hung node fails the call instead of holding a watcher forever.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let mut r = agent
+            .post(&format!("http://127.0.0.1:{}/", self.http))
             .send(body.as_bytes())
             .ok()?;
         let v: Value = serde_json::from_str(&r.body_mut().read_to_string().ok()?).ok()?;

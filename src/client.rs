@@ -358,8 +358,9 @@ fn print_propagation(v: &Value) {
     );
 }
 
-/// How many nodes first got the block by each message, most first: `compact_high_bandwidth:3
-/// block:1` (`--json` has each node's arrival).
+/// How many nodes first got the block by each message, most first, without spaces so the
+/// table splits on whitespace: `compact_high_bandwidth:3,block:1` (`--json` has each node's
+/// arrival).
 fn carriers(arrivals: &Value) -> String {
     let mut counts: Vec<(String, usize)> = Vec::new();
     for a in arrivals.as_array().into_iter().flatten() {
@@ -374,7 +375,7 @@ fn carriers(arrivals: &Value) -> String {
         .iter()
         .map(|(via, n)| format!("{via}:{n}"))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(",")
 }
 
 fn print_object(v: &Value) {

@@ -48,13 +48,18 @@ fn fleet_status_propagation_and_network_through_the_cli() {
     // Having given beta a new block, alpha was asked to announce compact at once (BIP152
     // high-bandwidth, Core's choice of the last block giver): the third block is pushed as
     // a cmpctblock, and the table says so.
+    wait("beta's high-bandwidth ask reaching alpha", 20, || {
+        a.api_get("/v1/peers")
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p["bip152_hb_from"] == true))
+    });
     let (code, out, _) = a.cli(&["generate", "1"]);
     assert_eq!(code, 0, "{out}");
     wait("the third block seen by both nodes", 20, || {
         let (_, out, _) = a.cli(&["fleet", "propagation", "--last", "1"]);
         out.lines().any(|l| {
             l.split_whitespace().next() == Some("3")
-                && l.ends_with("compact_high_bandwidth:1 local:1")
+                && l.ends_with("compact_high_bandwidth:1,local:1")
         })
     });
 

@@ -60,8 +60,12 @@ fn decode_path(by_wtxid: bool, data: &[u8]) {
     ) else {
         return;
     };
+    // Every position is prefilled, found in a pool, or asked for.
     let missing = partial.missing();
-    assert!(missing.len() <= cmpct.short_ids.len());
+    assert_eq!(
+        partial.prefilled + partial.from_pool + partial.from_extra + missing.len(),
+        cmpct.short_ids.len() + cmpct.prefilled_txs.len()
+    );
     let filled = partial.fill(txn.map(|t| t.transactions).unwrap_or_default());
     let Ok(block) = filled else {
         return;
@@ -134,10 +138,19 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         panic!("the sender could not answer for its own block");
     };
     assert_eq!(txn.transactions.len(), missing.len());
+    assert_eq!(
+        partial.prefilled + partial.from_pool + missing.len(),
+        block.txdata.len()
+    );
     let rebuilt = partial.fill(txn.transactions).expect("the gaps were answered");
-    assert_eq!(rebuilt.block_hash(), block.block_hash());
+    // A pooled transaction whose short id equals another, unpooled position's is placed
+    // there unnoticed (BIP152's rare failed read; the merkle check sends us to the block):
+    // then the block differs, and only then.
+    if rebuilt.txdata != block.txdata {
+        assert!(!rebuilt.check_merkle_root(), "a wrong block passed the merkle check");
+        return;
+    }
     assert!(rebuilt.check_merkle_root());
-    assert_eq!(rebuilt.txdata, block.txdata);
 }
 
 fn coinbase() -> Transaction {

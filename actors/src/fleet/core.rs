@@ -570,6 +570,10 @@ pub struct Sighting {
     pub via: Option<String>,
 }
 
+/// Arrivals shown per block, earliest first: a report stays small whatever node names fleet
+/// members publish under (`nodes` still counts them all).
+pub const MAX_ARRIVALS_PER_BLOCK: usize = 256;
+
 /// How one node first got a block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Arrival {
@@ -645,6 +649,7 @@ pub fn propagation(sightings: &[Sighting], last: usize) -> Vec<Propagation> {
                 .collect();
             arrivals.sort_by(|a, b| (a.delay_ms, &a.node).cmp(&(b.delay_ms, &b.node)));
             let delays: Vec<u64> = arrivals.iter().map(|a| a.delay_ms).collect();
+            arrivals.truncate(MAX_ARRIVALS_PER_BLOCK);
             Some(Propagation {
                 hash: hash.to_string(),
                 height: first.height,
@@ -1077,6 +1082,14 @@ mod tests {
             )
         );
         assert_eq!(p[0].arrivals[0].via.as_deref(), Some("local"));
+        // However many nodes sighted it, the report shows the earliest few.
+        let many: Vec<Sighting> = (0..MAX_ARRIVALS_PER_BLOCK as u64 + 50)
+            .map(|i| seen(&format!("n{i}"), "h", 1000 + i))
+            .collect();
+        let p = propagation(&many, 1);
+        assert_eq!(p[0].nodes, MAX_ARRIVALS_PER_BLOCK + 50);
+        assert_eq!(p[0].arrivals.len(), MAX_ARRIVALS_PER_BLOCK);
+        assert_eq!(p[0].arrivals[0].node, "n0");
     }
 
     #[test]

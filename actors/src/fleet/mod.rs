@@ -498,6 +498,9 @@ fn subject_node(subject: &str) -> Option<&str> {
 
 /// The longest `via` kept from another node's sighting (ours are at most 22 bytes).
 const MAX_VIA_LEN: usize = 32;
+/// The longest `from` kept from another node's sighting: an onion v3 address with its port
+/// is 68 bytes, so anything longer is not a peer address.
+const MAX_FROM_LEN: usize = 100;
 
 /// A `BlockReceived` event's hash, height, time, sender and carrying message, from its JSON.
 fn parse_sighting(node: &str, payload: &[u8]) -> Option<Sighting> {
@@ -510,7 +513,16 @@ fn parse_sighting(node: &str, payload: &[u8]) -> Option<Sighting> {
         hash: v["hash"].as_str()?.to_string(),
         height: v["height"].as_u64()? as u32,
         time_ms: v["timestamp_ms"].as_u64()?,
-        from: v["from"].as_str().map(str::to_string),
+        // Another node's word, shown to operators: an address's characters, or not at all.
+        from: v["from"]
+            .as_str()
+            .filter(|from| {
+                from.len() <= MAX_FROM_LEN
+                    && from
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".:[]-_".contains(&b))
+            })
+            .map(str::to_string),
         // Another node's word, shown to operators: short and plain, or not at all.
         via: v["via"]
             .as_str()
