@@ -368,7 +368,7 @@ pub enum SyncInput {
         version: u64,
     },
     /// `cmpctblock` (BIP152).
-    CmpctBlock(Box<bitcoin::bip152::HeaderAndShortIds>),
+    CmpctBlock(Box<crate::wire::compact::CompactBlock>),
     /// `getblocktxn` (BIP152).
     GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest),
     /// `blocktxn` (BIP152).

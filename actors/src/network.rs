@@ -179,20 +179,43 @@ pub struct PayloadLimits {
 impl PayloadLimits {
     /// The limit that applies to a frame with this command.
     pub fn for_command(&self, command: &str) -> u32 {
-        if is_bulk_command(command) {
+        if command == "getblocktxn" {
+            self.getblocktxn()
+        } else if is_bulk_command(command) {
             self.bulk
         } else {
             self.general
         }
     }
+
+    /// The longest `getblocktxn`: on BTC one 3-byte index for each of the 65,536
+    /// transactions a 16-bit index reaches; on BSV the SV node's estimate, six bytes for
+    /// each transaction of at least 215 bytes the largest block we take can hold
+    /// (bitcoin-sv src/protocol.cpp, `GetMaxMessageLength`), never below the ordinary limit.
+    pub fn getblocktxn(&self) -> u32 {
+        if self.bulk_is_policy {
+            (self.bulk / BSV_GETBLOCKTXN_MIN_TX_SIZE)
+                .saturating_mul(6)
+                .saturating_add(GETBLOCKTXN_FIXED_LEN)
+                .max(self.general)
+        } else {
+            (GETBLOCKTXN_FIXED_LEN + (1 << 16) * 3).min(self.general)
+        }
+    }
 }
 
-/// Commands whose payload is block or transaction content, exempt from BSV's ordinary limit.
+/// A `getblocktxn`'s block hash and the longest compact size of its count.
+const GETBLOCKTXN_FIXED_LEN: u32 = 32 + 9;
+/// The SV node's "minimum realistic transaction size" sizing its `getblocktxn` limit.
+const BSV_GETBLOCKTXN_MIN_TX_SIZE: u32 = 215;
+
+/// Commands whose payload is block or transaction content, exempt from BSV's ordinary
+/// limit: blocks, transactions, and a compact block and the missing transactions of one,
+/// which the SV node also counts as block messages (its `IsBlockLike`). A `cmpctblock` or
+/// `blocktxn` above the ordinary limit is read only while we wait for a block from the
+/// peer (see the frame decoder), so no peer makes us buffer one unasked.
 pub fn is_bulk_command(command: &str) -> bool {
-    // Not `cmpctblock`: meshd speaks compact blocks on BTC only, where every limit is one;
-    // on BSV a compact block is bounded by the ordinary limit, so no peer can make us
-    // buffer a bulk-sized message we do not use.
-    matches!(command, "block" | "tx")
+    matches!(command, "block" | "tx" | "cmpctblock" | "blocktxn")
 }
 
 /// Everything meshd needs to know about one network.

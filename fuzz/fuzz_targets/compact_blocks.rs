@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, HeaderAndShortIds};
+use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest};
 use bitcoin::block::{Header, Version};
 use bitcoin::consensus::deserialize_partial;
 use bitcoin::hashes::Hash;
@@ -21,6 +21,7 @@ use meshd_actors::sync::block_check::check_block;
 use meshd_actors::sync::compact::{
     answer_getblocktxn, compact_block, short_id_hash, PartialBlock, TxnAnswer,
 };
+use meshd_actors::wire::compact::{decode_getblocktxn, CompactBlock, IndexWidth};
 
 /// BTC's most transactions per block (4 MWU over the smallest transaction's weight).
 const MAX_TXS: usize = 100_000;
@@ -30,18 +31,25 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if mode % 2 == 0 {
-        decode_path(*mode & 2 != 0, rest);
+        // Bit 2: BSV's 32-bit indexes, else BTC's 16.
+        let width = if *mode & 4 != 0 {
+            IndexWidth::Bits32
+        } else {
+            IndexWidth::Bits16
+        };
+        decode_path(*mode & 2 != 0, width, rest);
     } else {
         round_trip(*mode & 2 != 0, rest);
     }
 });
 
 /// A peer's `cmpctblock`, then its `blocktxn`, then a `getblocktxn` against what was built.
-fn decode_path(by_wtxid: bool, data: &[u8]) {
-    let Ok((cmpct, used)) = deserialize_partial::<HeaderAndShortIds>(data) else {
+fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
+    let mut r = data;
+    let Ok(cmpct) = CompactBlock::decode(&mut r, width) else {
         return;
     };
-    let rest = &data[used..];
+    let rest = r;
     let (txn, rest) = match deserialize_partial::<BlockTransactions>(rest) {
         Ok((txn, used)) => (Some(txn), &rest[used..]),
         Err(_) => (None, rest),
@@ -55,6 +63,7 @@ fn decode_path(by_wtxid: bool, data: &[u8]) {
     let Ok(partial) = PartialBlock::init(
         &cmpct,
         MAX_TXS,
+        width,
         pool.iter().map(|(h, t)| (*h, t)),
         std::iter::empty(),
     ) else {
@@ -64,14 +73,15 @@ fn decode_path(by_wtxid: bool, data: &[u8]) {
     let missing = partial.missing();
     assert_eq!(
         partial.prefilled + partial.from_pool + partial.from_extra + missing.len(),
-        cmpct.short_ids.len() + cmpct.prefilled_txs.len()
+        cmpct.tx_count()
     );
     let filled = partial.fill(txn.map(|t| t.transactions).unwrap_or_default());
     let Ok(block) = filled else {
         return;
     };
     let _ = check_block(&block, Chain::Btc);
-    if let Ok((req, _)) = deserialize_partial::<BlockTransactionsRequest>(rest) {
+    let mut r = rest;
+    if let Ok(req) = decode_getblocktxn(&mut r, width, rest.len()) {
         let _ = answer_getblocktxn(&req, &block, u32::from(rest.first().copied().unwrap_or(0)));
     }
 }
@@ -105,7 +115,11 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         .filter(|(_, r)| r[3] & 1 != 0)
         .map(|(i, _)| i + 1)
         .collect();
-    let nonce = u64::from_le_bytes(data.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+    let nonce = u64::from_le_bytes(
+        data.get(..8)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; 8]),
+    );
     let cmpct = compact_block(&block, nonce, by_wtxid, &prefill);
     let pool: Vec<([u8; 32], Arc<Transaction>)> = recs
         .iter()
@@ -119,6 +133,7 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
     let partial = match PartialBlock::init(
         &cmpct,
         MAX_TXS,
+        IndexWidth::Bits16,
         pool.iter().map(|(h, t)| (*h, t)),
         std::iter::empty(),
     ) {
@@ -142,12 +157,17 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         partial.prefilled + partial.from_pool + missing.len(),
         block.txdata.len()
     );
-    let rebuilt = partial.fill(txn.transactions).expect("the gaps were answered");
+    let rebuilt = partial
+        .fill(txn.transactions)
+        .expect("the gaps were answered");
     // A pooled transaction whose short id equals another, unpooled position's is placed
     // there unnoticed (BIP152's rare failed read; the merkle check sends us to the block):
     // then the block differs, and only then.
     if rebuilt.txdata != block.txdata {
-        assert!(!rebuilt.check_merkle_root(), "a wrong block passed the merkle check");
+        assert!(
+            !rebuilt.check_merkle_root(),
+            "a wrong block passed the merkle check"
+        );
         return;
     }
     assert!(rebuilt.check_merkle_root());

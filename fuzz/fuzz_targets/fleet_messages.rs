@@ -37,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
     let signed = serde_json::to_vec(&env).unwrap();
     if let Ok(adv) = verify_advisory(&signed, &subj, &trusted, NOW) {
         let asked = match adv.action {
-            AdvisoryAction::Ban => check_advisory(&adv, "self", |_| false, |_| false, NOW).map(
-                |(net, until)| {
+            AdvisoryAction::Ban => {
+                check_advisory(&adv, "self", |_| false, |_| false, NOW).map(|(net, until)| {
                     assert!(until > NOW && until <= NOW + MAX_ADVISORY_BAN_SECS);
                     assert!(!meshd_actors::shared::addr::is_local_or_private(net.addr()));
                     net
-                },
-            ),
+                })
+            }
             AdvisoryAction::Unban => check_unban(&adv, "self"),
         };
         if let Ok(net) = asked {

@@ -4,8 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use meshd_actors::manager::addrbook::AddrBookFile;
-use meshd_actors::shared::bans::BanList;
 use meshd_actors::persist::decode;
+use meshd_actors::shared::bans::BanList;
 
 fuzz_target!(|data: &[u8]| {
     let _ = decode::<AddrBookFile>(*b"ADDR", 1, data);

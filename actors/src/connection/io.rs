@@ -237,7 +237,16 @@ fn deframe(decoder: &mut Deframer, bytes: &[u8], frames: &mut Vec<Result<Frame, 
 /// Blocks asked of one peer and not yet received: the actor adds when it sends a `getdata`
 /// for blocks (and subtracts on `notfound`), the reader subtracts as `block` frames arrive.
 #[derive(Default)]
-pub(crate) struct BlocksExpected(AtomicU32);
+pub(crate) struct BlocksExpected(AtomicU32, CompactExpected);
+
+/// Whether compact-block messages may come from the peer unasked by `getdata`: we asked it
+/// to push compact blocks (high-bandwidth), or `blocktxn` answers to our `getblocktxn` are
+/// outstanding.
+#[derive(Default)]
+struct CompactExpected {
+    pushes: std::sync::atomic::AtomicBool,
+    txn: AtomicU32,
+}
 
 impl BlocksExpected {
     /// `n` more blocks asked for, saturating at [`MAX_BLOCKS_EXPECTED`].
@@ -260,6 +269,29 @@ impl BlocksExpected {
 
     fn get(&self) -> u32 {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// We asked the peer to push compact blocks to us, or told it to stop.
+    pub(crate) fn set_compact_pushes(&self, on: bool) {
+        self.1.pushes.store(on, Ordering::Release);
+    }
+
+    /// A `getblocktxn` went (`asked`) or its `blocktxn` came.
+    pub(crate) fn blocktxn(&self, asked: bool) {
+        let _ = self
+            .1
+            .txn
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(if asked {
+                    v.saturating_add(1).min(MAX_BLOCKS_EXPECTED)
+                } else {
+                    v.saturating_sub(1)
+                })
+            });
+    }
+
+    fn compact_expected(&self) -> bool {
+        self.1.pushes.load(Ordering::Acquire) || self.1.txn.load(Ordering::Acquire) > 0
     }
 }
 
@@ -312,6 +344,9 @@ pub(super) async fn reader(args: ReaderArgs) {
         // Read after the wait: a getdata sent meanwhile has raised it.
         let expected = blocks.get();
         decoder.rules().set_blocks_expected(expected);
+        decoder
+            .rules()
+            .set_compact_expected(blocks.compact_expected());
         let read = if let Some(bytes) = first {
             // Read during the negotiation: framed (and paced) first, as if just read.
             deframe(&mut decoder, &bytes, &mut frames);
@@ -367,7 +402,7 @@ pub(super) async fn reader(args: ReaderArgs) {
                     let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
                         return;
                     };
-                    let message = Message::decode(frame);
+                    let message = Message::decode_for(frame, ctx.profile.chain);
                     let inbound = Inbound {
                         command,
                         wire_len,

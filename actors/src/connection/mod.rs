@@ -1013,13 +1013,13 @@ fn on_inbound_message(
             );
             Ok(())
         }
-        Message::Network(NetworkMessage::CmpctBlock(m)) => {
-            if forget_compact_ask(state, &m.compact_block.header.block_hash()) {
+        Message::CmpctBlock(m) => {
+            if forget_compact_ask(state, &m.header.block_hash()) {
                 // The answer to our getdata(MSG_CMPCT_BLOCK) of it: that request was counted
                 // as a block expected, and no `block` will come for it now.
                 state.blocks_expected.settled(1);
             }
-            to_sync(state, SyncInput::CmpctBlock(Box::new(m.compact_block)));
+            to_sync(state, SyncInput::CmpctBlock(m));
             Ok(())
         }
         Message::Network(NetworkMessage::GetBlockTxn(m)) => {
@@ -1028,6 +1028,7 @@ fn on_inbound_message(
             pump_getdata(state)
         }
         Message::Network(NetworkMessage::BlockTxn(m)) => {
+            state.blocks_expected.blocktxn(false);
             to_sync(state, SyncInput::BlockTxn(Box::new(m.transactions)));
             Ok(())
         }
@@ -1198,6 +1199,14 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     let Some(outbox) = state.outbox.as_ref() else {
         return Ok(());
     };
+    match msg {
+        // What the reader may take above BSV's ordinary limit (see `BlocksExpected`).
+        Message::Network(NetworkMessage::SendCmpct(m)) => {
+            state.blocks_expected.set_compact_pushes(m.send_compact)
+        }
+        Message::Network(NetworkMessage::GetBlockTxn(_)) => state.blocks_expected.blocktxn(true),
+        _ => {}
+    }
     if let Message::Network(NetworkMessage::GetData(items)) = msg {
         // Counted before the request leaves, so the reply always finds it.
         state.blocks_expected.asked(count_blocks(items));

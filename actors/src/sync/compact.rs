@@ -13,14 +13,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bitcoin::bip152::{
-    BlockTransactions, BlockTransactionsRequest, HeaderAndShortIds, PrefilledTransaction, ShortId,
-};
+use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, ShortId};
 use bitcoin::block::Header;
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, Transaction};
 
 use crate::shared::peers::PeerId;
+use crate::wire::compact::{CompactBlock, IndexWidth};
 
 /// `sendcmpct` version with wtxid short ids (Core's `CMPCTBLOCKS_VERSION`, BIP152 version 2).
 pub const CMPCTBLOCKS_VERSION: u64 = 2;
@@ -106,29 +105,30 @@ impl PartialBlock {
     /// [`short_id_hash`]). `max_txs` is the most transactions a block of this network can
     /// hold. Two candidates matching one short id leave it to be asked for, as Core does.
     pub fn init<'a>(
-        cmpct: &HeaderAndShortIds,
+        cmpct: &CompactBlock,
         max_txs: usize,
+        width: IndexWidth,
         pool: impl IntoIterator<Item = ([u8; 32], &'a Arc<Transaction>)>,
         extra: impl IntoIterator<Item = ([u8; 32], &'a Arc<Transaction>)>,
     ) -> Result<PartialBlock, ReadError> {
         if cmpct.header.bits.to_consensus() == 0
-            || (cmpct.short_ids.is_empty() && cmpct.prefilled_txs.is_empty())
+            || (cmpct.short_ids.is_empty() && cmpct.prefilled.is_empty())
         {
             return Err(ReadError::Invalid("cmpctblock_empty"));
         }
-        let count = cmpct.short_ids.len() + cmpct.prefilled_txs.len();
+        let count = cmpct.tx_count();
         if count > max_txs {
             return Err(ReadError::Invalid("cmpctblock_too_many_txs"));
         }
         let mut txs: Vec<Option<Arc<Transaction>>> = vec![None; count];
         // Differential indexes: each is the gap after the previous one.
         let mut last: i64 = -1;
-        for (i, p) in cmpct.prefilled_txs.iter().enumerate() {
+        for (i, p) in cmpct.prefilled.iter().enumerate() {
             if p.tx.input.is_empty() && p.tx.output.is_empty() {
                 return Err(ReadError::Invalid("cmpctblock_null_tx"));
             }
-            last += i64::from(p.idx) + 1;
-            if last > i64::from(u16::MAX) || last as usize > cmpct.short_ids.len() + i {
+            last += i64::from(p.gap) + 1;
+            if last as u64 > width.max() || last as usize > cmpct.short_ids.len() + i {
                 // A position with neither a prefilled transaction nor a short id.
                 return Err(ReadError::Invalid("cmpctblock_bad_index"));
             }
@@ -154,7 +154,7 @@ impl PartialBlock {
         let mut partial = PartialBlock {
             header: cmpct.header,
             txs,
-            prefilled: cmpct.prefilled_txs.len(),
+            prefilled: cmpct.prefilled.len(),
             from_pool: 0,
             from_extra: 0,
         };
@@ -256,12 +256,7 @@ fn empty_tx() -> Transaction {
 /// A `cmpctblock` for `block`: the coinbase and the transactions at `missing` (the ones we
 /// lacked when we reconstructed it, BIP152's advice) prefilled, within
 /// [`MAX_PREFILL_BYTES`]; short ids of wtxids (`by_wtxid`) or txids.
-pub fn compact_block(
-    block: &Block,
-    nonce: u64,
-    by_wtxid: bool,
-    missing: &[usize],
-) -> HeaderAndShortIds {
+pub fn compact_block(block: &Block, nonce: u64, by_wtxid: bool, missing: &[usize]) -> CompactBlock {
     let mut prefill: Vec<usize> = missing
         .iter()
         .copied()
@@ -274,20 +269,7 @@ pub fn compact_block(
         bytes += block.txdata[*i].total_size();
         bytes <= MAX_PREFILL_BYTES
     });
-    let version = if by_wtxid { 2 } else { 1 };
-    match HeaderAndShortIds::from_block(block, nonce, version, &prefill) {
-        Ok(c) => c,
-        // Unreachable with the prefill above (sorted, in range, no coinbase); the coinbase
-        // alone is always valid.
-        Err(_) => HeaderAndShortIds::from_block(block, nonce, version, &[]).unwrap_or_else(|_| {
-            HeaderAndShortIds {
-                header: block.header,
-                nonce,
-                short_ids: Vec::new(),
-                prefilled_txs: Vec::<PrefilledTransaction>::new(),
-            }
-        }),
-    }
+    CompactBlock::from_block(block, nonce, by_wtxid, &prefill)
 }
 
 /// How to answer a `getblocktxn`.
@@ -428,6 +410,7 @@ mod tests {
     use super::*;
     use crate::sync::block_check::check_block;
     use crate::sync::chain::headers::mine_header;
+    use crate::wire::compact::PrefilledTx;
     use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
     use proptest::prelude::*;
     use std::hash::Hasher;
@@ -504,9 +487,16 @@ mod tests {
     fn a_block_comes_back_whole_from_a_pool_that_has_it() {
         let b = block(50, true);
         let c = compact_block(&b, 42, true, &[]);
-        assert_eq!(c.prefilled_txs.len(), 1, "the coinbase");
+        assert_eq!(c.prefilled.len(), 1, "the coinbase");
         let pool = pool_of(&b.txdata[1..], true);
-        let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+        let p = PartialBlock::init(
+            &c,
+            100_000,
+            IndexWidth::Bits16,
+            refs(&pool),
+            std::iter::empty(),
+        )
+        .unwrap();
         assert!(p.missing().is_empty());
         assert_eq!(p.from_pool, 50);
         let rebuilt = p.fill(Vec::new()).unwrap();
@@ -515,7 +505,14 @@ mod tests {
         let plain = block(50, false);
         let c = compact_block(&plain, 42, false, &[]);
         let pool = pool_of(&plain.txdata[1..], false);
-        let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+        let p = PartialBlock::init(
+            &c,
+            100_000,
+            IndexWidth::Bits16,
+            refs(&pool),
+            std::iter::empty(),
+        )
+        .unwrap();
         check_block(&p.fill(Vec::new()).unwrap(), crate::network::Chain::Btc).unwrap();
     }
 
@@ -528,7 +525,14 @@ mod tests {
         let real = pool_of(&b.txdata[1..], true);
         let mut pool = vec![(real[1].0, Arc::new(b.txdata[4].clone()))];
         pool.extend(real);
-        let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+        let p = PartialBlock::init(
+            &c,
+            100_000,
+            IndexWidth::Bits16,
+            refs(&pool),
+            std::iter::empty(),
+        )
+        .unwrap();
         assert_eq!(p.missing(), vec![2]);
         assert_eq!((p.from_pool, p.from_extra), (4, 0));
     }
@@ -545,7 +549,8 @@ mod tests {
             .map(|(_, e)| e)
             .collect();
         let extra = pool_of(&[b.txdata[9].clone(), b.txdata[5].clone()], true);
-        let p = PartialBlock::init(&c, 100_000, refs(&pool), refs(&extra)).unwrap();
+        let p =
+            PartialBlock::init(&c, 100_000, IndexWidth::Bits16, refs(&pool), refs(&extra)).unwrap();
         assert_eq!(p.missing(), vec![3, 17]);
         assert_eq!(p.from_extra, 1);
         let rebuilt = p
@@ -559,7 +564,13 @@ mod tests {
         let b = block(4, true);
         let mut c = compact_block(&b, 1, true, &[]);
         c.short_ids[1] = c.short_ids[0];
-        let err = PartialBlock::init(&c, 100_000, std::iter::empty(), std::iter::empty());
+        let err = PartialBlock::init(
+            &c,
+            100_000,
+            IndexWidth::Bits16,
+            std::iter::empty(),
+            std::iter::empty(),
+        );
         assert_eq!(err.unwrap_err(), ReadError::Failed("short_id_collision"));
     }
 
@@ -574,7 +585,14 @@ mod tests {
         let impostor = Arc::new(tx(999, 0, true));
         let pool = vec![(real, Arc::new(b.txdata[1].clone())), (real, impostor)];
         assert_eq!(ShortId::with_siphash_keys(&real, keys), c.short_ids[0]);
-        let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+        let p = PartialBlock::init(
+            &c,
+            100_000,
+            IndexWidth::Bits16,
+            refs(&pool),
+            std::iter::empty(),
+        )
+        .unwrap();
         assert!(p.missing().contains(&1), "ambiguous: asked for");
     }
 
@@ -584,23 +602,23 @@ mod tests {
         let c = compact_block(&b, 1, true, &[]);
         let mut empty = c.clone();
         empty.short_ids.clear();
-        empty.prefilled_txs.clear();
+        empty.prefilled.clear();
         let mut gap = c.clone();
-        gap.prefilled_txs[0].idx = 5;
+        gap.prefilled[0].gap = 5;
         let none = std::iter::empty::<([u8; 32], &Arc<Transaction>)>;
         assert_eq!(
-            PartialBlock::init(&empty, 10, none(), none()).unwrap_err(),
+            PartialBlock::init(&empty, 10, IndexWidth::Bits16, none(), none()).unwrap_err(),
             ReadError::Invalid("cmpctblock_empty")
         );
         assert_eq!(
-            PartialBlock::init(&gap, 10, none(), none()).unwrap_err(),
+            PartialBlock::init(&gap, 10, IndexWidth::Bits16, none(), none()).unwrap_err(),
             ReadError::Invalid("cmpctblock_bad_index")
         );
         assert_eq!(
-            PartialBlock::init(&c, 2, none(), none()).unwrap_err(),
+            PartialBlock::init(&c, 2, IndexWidth::Bits16, none(), none()).unwrap_err(),
             ReadError::Invalid("cmpctblock_too_many_txs")
         );
-        let p = PartialBlock::init(&c, 10, none(), none()).unwrap();
+        let p = PartialBlock::init(&c, 10, IndexWidth::Bits16, none(), none()).unwrap();
         assert_eq!(
             p.fill(vec![]).unwrap_err(),
             ReadError::Invalid("blocktxn_wrong_count")
@@ -613,10 +631,10 @@ mod tests {
         let c = compact_block(&b, 1, true, &[4, 2, 2, 0, 99]);
         let mut at = -1i64;
         let positions: Vec<i64> = c
-            .prefilled_txs
+            .prefilled
             .iter()
             .map(|p| {
-                at += i64::from(p.idx) + 1;
+                at += i64::from(p.gap) + 1;
                 at
             })
             .collect();
@@ -727,7 +745,7 @@ mod tests {
                 .collect();
             pool.extend((0..noise).map(|i| tx(10_000 + i, 1, true)));
             let pool = pool_of(&pool, true);
-            let p = PartialBlock::init(&c, 100_000, refs(&pool), std::iter::empty()).unwrap();
+            let p = PartialBlock::init(&c, 100_000, IndexWidth::Bits16, refs(&pool), std::iter::empty()).unwrap();
             let missing = p.missing();
             let lacked: Vec<u64> = (1..=n as u64).filter(|i| !have[*i as usize - 1]).collect();
             prop_assert_eq!(&missing, &lacked);
@@ -743,16 +761,16 @@ mod tests {
             short in 0usize..40,
         ) {
             let b = block(2, false);
-            let c = HeaderAndShortIds {
+            let c = CompactBlock {
                 header: b.header,
                 nonce: 0,
                 short_ids: (0..short).map(|i| ShortId::from([i as u8, (i >> 8) as u8, 0, 0, 0, 1])).collect(),
-                prefilled_txs: idx
+                prefilled: idx
                     .iter()
-                    .map(|i| PrefilledTransaction { idx: *i, tx: b.txdata[0].clone() })
+                    .map(|i| PrefilledTx { gap: u32::from(*i), tx: b.txdata[0].clone() })
                     .collect(),
             };
-            if let Ok(p) = PartialBlock::init(&c, 100_000, std::iter::empty(), std::iter::empty()) {
+            if let Ok(p) = PartialBlock::init(&c, 100_000, IndexWidth::Bits16, std::iter::empty(), std::iter::empty()) {
                 prop_assert_eq!(p.missing().len(), short);
             }
         }

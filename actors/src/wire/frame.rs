@@ -188,7 +188,8 @@ pub enum FrameError {
         max: u32,
     },
     /// A `block` this peer was not asked for: skipped unread (Core never sends one unasked;
-    /// it announces blocks by `headers`, `inv` or `cmpctblock`).
+    /// it announces blocks by `headers`, `inv` or `cmpctblock`). Also a `cmpctblock` or
+    /// `blocktxn` above BSV's ordinary limit when none may come.
     #[error("unrequested {command} of {length} bytes; skipped")]
     Unrequested {
         /// The command.
@@ -405,6 +406,10 @@ pub struct FrameDecoder {
     failed: Option<FrameError>,
     /// Blocks we asked this peer for and have not received (`None`: not gated).
     blocks_expected: Option<u32>,
+    /// A compact block or its missing transactions may come (we asked the peer to push
+    /// compact blocks, or sent it `getblocktxn`): such a message above the ordinary limit
+    /// is read only then (or while a block is expected).
+    compact_expected: bool,
 }
 
 impl FrameDecoder {
@@ -419,6 +424,7 @@ impl FrameDecoder {
             pending: None,
             failed: None,
             blocks_expected: None,
+            compact_expected: false,
         }
     }
 
@@ -426,6 +432,11 @@ impl FrameDecoder {
     /// ([`FrameError::Unrequested`]). Each one read lowers the count.
     pub fn set_blocks_expected(&mut self, n: u32) {
         self.blocks_expected = Some(n);
+    }
+
+    /// Whether a `cmpctblock` or `blocktxn` may come unasked by `getdata` (see the field).
+    pub fn set_compact_expected(&mut self, expected: bool) {
+        self.compact_expected = expected;
     }
 
     /// What is left of the count given to [`set_blocks_expected`](Self::set_blocks_expected).
@@ -752,6 +763,18 @@ impl FrameDecoder {
                 length,
                 limit,
             });
+        }
+        if matches!(command.as_str(), "cmpctblock" | "blocktxn")
+            && !self.pre_handshake
+            && length > self.limits.general
+            && !self.compact_expected
+            && self.blocks_expected == Some(0)
+        {
+            // Bulk-sized (BSV) and nothing of the kind expected: skipped unread, free.
+            return Ok(Admission::Refused(FrameError::Unrequested {
+                command,
+                length,
+            }));
         }
         if command.as_str() == "block" {
             match self.blocks_expected {

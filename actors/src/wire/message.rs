@@ -5,7 +5,9 @@
 //! sendaddrv2, getaddr, inv, getdata, notfound, getheaders, getblocks, headers, block, tx,
 //! reject, sendheaders, feefilter, sendcmpct, cmpctblock, getblocktxn, blocktxn, wtxidrelay,
 //! mempool) is decoded by rust-bitcoin's
-//! consensus decoders; `protoconf` (BSV) is parsed here because rust-bitcoin does not know it;
+//! consensus decoders, except `cmpctblock` and `getblocktxn`, whose indexes are wider on BSV
+//! than rust-bitcoin allows (see [`super::compact`]); `protoconf` (BSV) is parsed here
+//! because rust-bitcoin does not know it;
 //! any other command comes out as [`Message::Unknown`], which callers count and ignore.
 //!
 //! Item counts are checked against Core's limits from the leading compact size, before the
@@ -15,11 +17,13 @@ use bitcoin::consensus::encode::{self, Decodable, Encodable, VarInt};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
 
+use super::compact::{decode_getblocktxn, CompactBlock, IndexWidth};
 use super::frame::{payload_checksum, Command, Extent, Frame};
 use crate::constants::{
     BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_ADDR_PER_MESSAGE, MAX_HEADERS_PER_MESSAGE,
     MAX_INV_PER_MESSAGE, MAX_LOCATOR_HASHES, MAX_USER_AGENT_LEN,
 };
+use crate::network::Chain;
 
 /// BSV's protocol-configuration message (`protoconf`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +75,8 @@ pub enum Message {
     Network(NetworkMessage),
     /// BSV `protoconf`.
     Protoconf(Protoconf),
+    /// `cmpctblock`, with the index width of the peer's chain.
+    CmpctBlock(Box<CompactBlock>),
     /// A command we do not know or do not read; counted and ignored.
     Unknown {
         /// The command.
@@ -158,6 +164,26 @@ fn decode_as<T: Decodable>(
     Ok(value)
 }
 
+/// Decodes the whole payload with `decode` (a decoder of our own).
+fn decode_with<T>(
+    command: Command,
+    payload: &[u8],
+    decode: impl FnOnce(&mut &[u8]) -> Result<T, encode::Error>,
+) -> Result<T, PayloadError> {
+    let mut r = payload;
+    let value = decode(&mut r).map_err(|e| PayloadError::Malformed {
+        command,
+        reason: e.to_string(),
+    })?;
+    if !r.is_empty() {
+        return Err(PayloadError::TrailingBytes {
+            command,
+            extra: r.len(),
+        });
+    }
+    Ok(value)
+}
+
 /// Reads the leading compact-size count of a list payload, at `offset`, without decoding it.
 fn check_count(
     command: Command,
@@ -233,7 +259,13 @@ fn expect_empty(
 
 impl Message {
     /// Decodes a verified frame.
+    /// Decodes with BTC's rules (see [`Message::decode_for`]).
     pub fn decode(frame: Frame) -> Result<Message, PayloadError> {
+        Message::decode_for(frame, Chain::Btc)
+    }
+
+    /// Decodes a frame from a peer on `chain` (compact-block indexes are 32 bits on BSV).
+    pub fn decode_for(frame: Frame, chain: Chain) -> Result<Message, PayloadError> {
         use NetworkMessage as N;
         if frame.extent == Extent::Skipped {
             return Ok(Message::Unknown {
@@ -311,12 +343,21 @@ impl Message {
             "filterclear" => expect_empty(c, p, N::FilterClear)?,
             "merkleblock" => N::MerkleBlock(decode_as(c, p, exact)?),
             "sendcmpct" => N::SendCmpct(decode_as(c, p, exact)?),
-            "cmpctblock" => N::CmpctBlock(decode_as(c, p, exact)?),
+            "cmpctblock" => {
+                let width = IndexWidth::of(chain);
+                let cmpct = decode_with(c, p, |r| CompactBlock::decode(r, width))?;
+                return Ok(Message::CmpctBlock(Box::new(cmpct)));
+            }
             "getblocktxn" => {
                 // After the block hash: the indexes asked for, at most one per transaction
-                // a block can hold (rust-bitcoin's bound, checked here before decoding).
-                check_count(c, p, 32, MAX_BLOCKTXN_INDEXES)?;
-                N::GetBlockTxn(decode_as(c, p, exact)?)
+                // a block can hold (16-bit indexes on BTC; on BSV, one per payload byte).
+                let (width, max) = match chain {
+                    Chain::Btc => (IndexWidth::Bits16, MAX_BLOCKTXN_INDEXES),
+                    Chain::Bsv => (IndexWidth::Bits32, p.len()),
+                };
+                check_count(c, p, 32, max)?;
+                let txs_request = decode_with(c, p, |r| decode_getblocktxn(r, width, max))?;
+                N::GetBlockTxn(bitcoin::p2p::message_compact_blocks::GetBlockTxn { txs_request })
             }
             "blocktxn" => N::BlockTxn(decode_as(c, p, exact)?),
             "protoconf" => {
@@ -349,6 +390,7 @@ impl Message {
             Message::Network(m) => Command::new(m.command().as_ref())
                 .unwrap_or_else(|| Command::new("unknown").expect("valid")),
             Message::Protoconf(_) => Command::new("protoconf").expect("valid command"),
+            Message::CmpctBlock(_) => Command::new("cmpctblock").expect("valid command"),
             Message::Unknown { command, .. } => *command,
         }
     }
@@ -363,6 +405,9 @@ impl Message {
                 let _ = m.consensus_encode(&mut out);
             }
             Message::Protoconf(p) => out.extend_from_slice(&p.encode()),
+            Message::CmpctBlock(c) => {
+                let _ = c.consensus_encode(&mut out);
+            }
             Message::Unknown { payload, .. } => out.extend_from_slice(payload),
         }
         let payload_len = (out.len() - FRAME_HEADER_LEN) as u32;
@@ -499,8 +544,8 @@ pub fn payload_shape(command: &str) -> PayloadShape {
             item_len: INV_ITEM_LEN,
             max_items: MAX_INV_PER_MESSAGE,
         },
-        "block" | "tx" | "cmpctblock" | "blocktxn" => PayloadShape::Content,
-        "getblocktxn" => Bounded(32 + MAX_COMPACT_SIZE_LEN + MAX_BLOCKTXN_INDEXES as u32 * 3),
+        // `getblocktxn`'s bound depends on the chain (see `PayloadLimits::getblocktxn`).
+        "block" | "tx" | "cmpctblock" | "blocktxn" | "getblocktxn" => PayloadShape::Content,
         _ => PayloadShape::Ignored,
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! Both are sans-IO: they take and return bytes, never touch a socket.
 
+pub mod compact;
 pub mod frame;
 pub mod message;
 #[cfg(test)]

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, HeaderAndShortIds};
+use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest};
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
-use bitcoin::p2p::message_compact_blocks::{BlockTxn, CmpctBlock, GetBlockTxn, SendCmpct};
+use bitcoin::p2p::message_compact_blocks::{BlockTxn, GetBlockTxn, SendCmpct};
 use bitcoin::p2p::ServiceFlags;
 use bitcoin::{BlockHash, Transaction};
 use rand::Rng;
@@ -26,8 +26,11 @@ use crate::shared::peers::PeerId;
 use crate::sync::block_check;
 use crate::sync::compact::{
     self, answer_getblocktxn, short_id_hash, PartialBlock, ReadError, TxnAnswer,
-    CMPCTBLOCKS_VERSION, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH, SHORT_IDS_BLOCKS_VERSION,
+    CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH,
+    SHORT_IDS_BLOCKS_VERSION,
 };
+use crate::wire::compact::{CompactBlock, IndexWidth};
+use crate::wire::Message;
 
 /// Blocks being reconstructed at once (each waits for its `blocktxn`).
 ///
@@ -107,17 +110,28 @@ fn count_outcome(outcome: &'static str, via: BlockVia) {
 
 impl SyncCore {
     /// The compact-block version meshd speaks on this network: wtxid short ids (version 2)
-    /// on BTC; none on BSV yet (see below).
+    /// on BTC, as Core; txid short ids (version 1) on BSV, with 32-bit indexes, as the SV
+    /// node (bitcoin-sv src/net/net_processing.cpp: it offers and accepts version 1 only).
     pub(super) fn compact_version(&self) -> Option<u64> {
         if !self.config.compact_blocks {
             return None;
         }
         match self.profile.chain {
             Chain::Btc => Some(CMPCTBLOCKS_VERSION),
-            // The SV node speaks version 1 with 32-bit indexes, which rust-bitcoin's BIP152
-            // types (16-bit prefilled indexes) cannot carry for large blocks: not yet.
-            Chain::Bsv => None,
+            Chain::Bsv => Some(CMPCTBLOCKS_VERSION_TXID),
         }
+    }
+
+    /// How wide compact-block indexes are here.
+    fn index_width(&self) -> IndexWidth {
+        IndexWidth::of(self.profile.chain)
+    }
+
+    /// A `cmpctblock` framed once, to be sent to one peer or many.
+    fn cmpctblock_frame(&self, cmpct: CompactBlock) -> Arc<[u8]> {
+        Message::CmpctBlock(Box::new(cmpct))
+            .encode(self.profile.magic)
+            .into()
     }
 
     /// Whether short ids are of wtxids (version 2) here.
@@ -290,7 +304,7 @@ impl SyncCore {
     /// one that does not connect leads to `getheaders`). Its content is read only when we
     /// asked the peer for it, or asked it to announce so (high-bandwidth); unsolicited
     /// compact blocks from other peers are ignored, as Core now does.
-    pub(super) fn on_cmpctblock(&mut self, id: PeerId, cmpct: HeaderAndShortIds) {
+    pub(super) fn on_cmpctblock(&mut self, id: PeerId, cmpct: CompactBlock) {
         if self.compact_version().is_none() {
             return;
         }
@@ -436,7 +450,7 @@ impl SyncCore {
         self.apply_downloads(out);
     }
 
-    fn init_partial(&self, cmpct: &HeaderAndShortIds) -> Result<PartialBlock, ReadError> {
+    fn init_partial(&self, cmpct: &CompactBlock) -> Result<PartialBlock, ReadError> {
         let by_wtxid = self.by_wtxid();
         let pool = self.pool.entries().map(|(txid, e)| {
             let hash = if by_wtxid {
@@ -446,7 +460,13 @@ impl SyncCore {
             };
             (hash, &e.tx)
         });
-        PartialBlock::init(cmpct, self.max_block_txs(), pool, self.extra_txn.iter())
+        PartialBlock::init(
+            cmpct,
+            self.max_block_txs(),
+            self.index_width(),
+            pool,
+            self.extra_txn.iter(),
+        )
     }
 
     /// `blocktxn`: the transactions our `getblocktxn` asked of the peer. Anything else is
@@ -524,13 +544,8 @@ impl SyncCore {
             .height_of(&hash)
             .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
         if depth <= MAX_CMPCTBLOCK_DEPTH && self.compact_version().is_some() {
-            let cmpct = self.compact_of(at);
-            self.out.send(
-                id,
-                NetworkMessage::CmpctBlock(CmpctBlock {
-                    compact_block: cmpct,
-                }),
-            );
+            let frame = self.compact_of(at);
+            self.out.push(Action::SendShared(id, "cmpctblock", frame));
         } else {
             let frame = self.blocks[at].frame.clone();
             self.out.push(Action::SendShared(id, "block", frame));
@@ -538,12 +553,14 @@ impl SyncCore {
         true
     }
 
-    /// The compact block of kept block `at`: the coinbase and what we lacked prefilled.
-    fn compact_of(&mut self, at: usize) -> HeaderAndShortIds {
+    /// The compact block of kept block `at`, framed: the coinbase and what we lacked
+    /// prefilled.
+    fn compact_of(&mut self, at: usize) -> Arc<[u8]> {
         let nonce: u64 = self.rng.gen();
         let by_wtxid = self.by_wtxid();
         let k = &self.blocks[at];
-        compact::compact_block(&k.block, nonce, by_wtxid, &k.missing)
+        let cmpct = compact::compact_block(&k.block, nonce, by_wtxid, &k.missing);
+        self.cmpctblock_frame(cmpct)
     }
 
     /// `getblocktxn` (Core's handler): answered from a kept block within
@@ -605,17 +622,13 @@ impl SyncCore {
             return to;
         }
         // One nonce for all: the short ids are computed once.
-        let cmpct = self.compact_of(at);
+        let frame = self.compact_of(at);
         for id in &to {
             if let Some(p) = self.peers.get_mut(id) {
                 p.learn(key);
             }
-            self.out.send(
-                *id,
-                NetworkMessage::CmpctBlock(CmpctBlock {
-                    compact_block: cmpct.clone(),
-                }),
-            );
+            self.out
+                .push(Action::SendShared(*id, "cmpctblock", frame.clone()));
         }
         metrics::counter!("meshd_compact_blocks_sent_total").increment(to.len() as u64);
         to
