@@ -1189,3 +1189,68 @@ fn an_inv_before_its_header_counts_once_the_header_is_in() {
         "vouched by the inv"
     );
 }
+
+/// BSV compact blocks as the SV node speaks them (bitcoin-sv net_processing.cpp): version 1
+/// offered after the handshake, version 1 `sendcmpct` honoured, a lone tip block asked as a
+/// compact block and rebuilt from txid short ids, and a new block pushed to a peer that
+/// asked for high-bandwidth announcements.
+#[test]
+fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
+    use crate::events::BlockVia;
+    use crate::sync::compact::{compact_block, CMPCTBLOCKS_VERSION_TXID};
+    use bitcoin::p2p::message_compact_blocks::SendCmpct;
+
+    let clock = clock0();
+    let config = NodeConfig::new(NetworkId::BsvRegtest, std::env::temp_dir());
+    let mut core = SyncCore::new(config.profile(), Arc::new(config), clock, 7);
+    let _ = core.generate(clock, 3);
+    let _ = core.tick(clock);
+    assert_eq!(core.state(), SyncState::Synced);
+    let (p, q) = (PeerId(1), PeerId(2));
+    let bsv_peer = |id| NewPeer {
+        services: bitcoin::p2p::ServiceFlags::NETWORK,
+        ..peer(id, false, 3)
+    };
+    let up = core.peer_up(clock, bsv_peer(1));
+    assert!(sent_to(&up, p).iter().any(|m| matches!(
+        m,
+        NetworkMessage::SendCmpct(SendCmpct {
+            send_compact: false,
+            version: 1
+        })
+    )));
+    let _ = core.peer_up(clock, bsv_peer(2));
+    let v1 = |announce| SyncInput::SendCmpct {
+        announce,
+        version: CMPCTBLOCKS_VERSION_TXID,
+    };
+    let _ = core.input(clock, p, v1(false));
+    let _ = core.input(clock, q, v1(true));
+
+    let tx1 = spend(1);
+    let _ = core.submit_tx(clock, tx1.clone());
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![tx1]);
+    let a = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let asked: Vec<&Inventory> = sent_to(&a, p)
+        .into_iter()
+        .filter_map(|m| match m {
+            NetworkMessage::GetData(items) => Some(items),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(asked, vec![&Inventory::CompactBlock(b4.block_hash())]);
+    // Short ids of txids: the pooled transaction is found.
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, false, &[]))),
+    );
+    assert_eq!(arrivals(&a), vec![(BlockVia::CompactLowBandwidth, 0)]);
+    // Q asked for high-bandwidth announcements: the block goes to it as cmpctblock, its
+    // short ids of txids.
+    let pushed = cmpctblocks_to(&a, q);
+    assert_eq!(pushed.len(), 1, "pushed to the high-bandwidth peer");
+    assert_eq!(pushed[0], compact_block(&b4, pushed[0].nonce, false, &[]));
+}
