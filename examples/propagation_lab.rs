@@ -14,7 +14,9 @@
 //! vouched for, so announced on at once). Three warm-up blocks let each node choose its
 //! high-bandwidth peers (BIP152: the ones that last gave it a new block).
 //!
-//! Usage: `cargo run --release --example propagation_lab [-- --runs N] [--no-bcoin] [--no-meshd]`
+//! Usage: `cargo run --release --example propagation_lab [-- --runs N] [--no-bcoin] [--no-whole]`
+//! To profile the measured block only: `mkfifo /tmp/ctl`, run the built example under
+//! `perf record -g --control fifo:/tmp/ctl -D -1` with `PROPAGATION_LAB_PERF_CTL=/tmp/ctl`.
 //! (bcoin from `.peers/bcoin`, installed by scripts/install-test-deps.sh).
 
 use std::net::SocketAddr;
@@ -299,6 +301,17 @@ impl Origin {
     }
 }
 
+/// Switches a `perf record --control fifo:CTL -D -1` on or off around the measured block,
+/// when `PROPAGATION_LAB_PERF_CTL` names its control fifo: the profile then holds the
+/// block's propagation only, not the setup's submissions.
+fn profiler(command: &str) {
+    if let Some(path) = std::env::var_os("PROPAGATION_LAB_PERF_CTL") {
+        if let Err(e) = std::fs::write(&path, format!("{command}\n")) {
+            eprintln!("perf control {}: {e}", PathBuf::from(path).display());
+        }
+    }
+}
+
 /// One measured block: first-to-last time, bytes on the mesh's links, and how it arrived.
 struct Outcome {
     spread: Duration,
@@ -396,8 +409,10 @@ async fn meshd_round(compact: bool, txs: &[Transaction]) -> Outcome {
     let block = block_with(&parent, height, txs);
     let before = wire.0.load(Ordering::Relaxed);
     let received = watch(&nodes, block.block_hash());
+    profiler("enable");
     origin.deliver(&block).await;
     let (spread, how) = received.await;
+    profiler("disable");
     wait_quiet(&wire, Duration::from_secs(1), Duration::from_secs(10)).await;
     let bytes = wire.0.load(Ordering::Relaxed) - before;
     for node in nodes {
@@ -784,11 +799,15 @@ async fn main() {
         hops_from_origin(),
         size / 1000
     );
+    let with_whole = !args.iter().any(|a| a == "--no-whole");
     let mut rows: Vec<(String, Vec<Outcome>)> = Vec::new();
     for (name, compact) in [
         ("meshd, compact blocks", true),
         ("meshd, whole blocks", false),
     ] {
+        if !compact && !with_whole {
+            continue;
+        }
         let mut outs = Vec::new();
         for _ in 0..runs {
             outs.push(meshd_round(compact, &txs).await);

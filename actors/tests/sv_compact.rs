@@ -3,7 +3,8 @@
 //! standard-library Python): `sendcmpct` version 1 only (short ids of txids), 32-bit
 //! prefilled and `getblocktxn` indexes. One Python peer gives meshd two blocks compact, the
 //! second of more than 65,536 transactions with one prefilled past index 65,535; the other
-//! asked meshd for high-bandwidth pushes and rebuilds both from what meshd pushes and answers.
+//! asked meshd for high-bandwidth pushes and rebuilds both from what meshd pushes and answers
+//! (`blocktxn`, or the whole block when it asks for more than 99%, as the SV node answers).
 
 mod common;
 
@@ -104,20 +105,31 @@ async fn sv_node_peers_exchange_version_1_compact_blocks_with_32_bit_indexes() {
         done["big"].as_str().unwrap().to_string(),
     );
 
-    // meshd rebuilt both from version-1 compact blocks it asked for, fetching exactly what
-    // it lacked: one transaction of the small block, all but two of the large one.
+    // meshd rebuilt the small block from the version-1 compact block it asked for,
+    // fetching the one transaction it lacked; of the large one it asked for all but the two
+    // prefilled (indexes past 16 bits, checked by the source), and took the whole block the
+    // SV node answers such a request with.
     assert_eq!(
         received(&mut blocks, deadline).await,
         (small.clone(), BlockVia::CompactLowBandwidth, 1, 5)
     );
+    let source = |block: &str, key: &str| {
+        findings
+            .iter()
+            .find(|f| f["peer"] == "source" && f["block"] == block && f.get(key).is_some())
+            .map(|f| f[key].clone())
+    };
+    assert_eq!(
+        source(&big, "getblocktxn"),
+        Some(serde_json::json!(BIG_BLOCK_TXS - 2))
+    );
+    assert_eq!(
+        source(&big, "answered_with"),
+        Some(serde_json::json!("block"))
+    );
     assert_eq!(
         received(&mut blocks, deadline).await,
-        (
-            big.clone(),
-            BlockVia::CompactLowBandwidth,
-            BIG_BLOCK_TXS - 2,
-            BIG_BLOCK_TXS
-        )
+        (big.clone(), BlockVia::Fallback, 0, BIG_BLOCK_TXS)
     );
     // The high-bandwidth peer was pushed both, coinbase and what meshd itself lacked
     // prefilled, and rebuilt them after its getblocktxn.
@@ -133,6 +145,15 @@ async fn sv_node_peers_exchange_version_1_compact_blocks_with_32_bit_indexes() {
         "coinbase and the transaction meshd lacked"
     );
     assert_eq!(sink(&small, "getblocktxn"), Some(serde_json::json!(3)));
+    assert_eq!(
+        sink(&small, "answered_with"),
+        Some(serde_json::json!("blocktxn"))
+    );
+    // Nearly all of the large one asked: the whole block, as the SV node answers.
+    assert_eq!(
+        sink(&big, "answered_with"),
+        Some(serde_json::json!("block"))
+    );
     assert_eq!(sink(&small, "rebuilt"), Some(serde_json::json!(5)));
     assert_eq!(
         sink(&big, "rebuilt"),

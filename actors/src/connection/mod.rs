@@ -73,6 +73,15 @@ const WRITER_LINGER: Duration = Duration::from_secs(2);
 /// Compact blocks remembered as asked of one peer: Sync asks at most one per block in
 /// flight (16), so this is never reached by an honest exchange; it bounds the list.
 const MAX_COMPACT_BLOCKS_ASKED: usize = 64;
+/// `getblocktxn` requests remembered as unanswered by one peer: Sync rebuilds at most a few
+/// blocks at once (`MAX_PARTIAL_BLOCKS`), so an honest exchange never reaches this; the
+/// oldest gives way, its allowance released.
+const MAX_BLOCKTXN_ASKED: usize = 16;
+/// How long an unanswered `getblocktxn` lets the peer send a bulk-sized `blocktxn`, or a
+/// whole `block` in its place (the SV node's answer when nearly all is asked, Core's for a
+/// deep block): Sync moves a stalled reconstruction on well before, and a peer that never
+/// answers keeps no standing allowance to send bulk frames unasked.
+const BLOCKTXN_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The Connection actor.
 pub struct Connection;
@@ -143,6 +152,8 @@ pub struct ConnectionState {
     /// by hash: a `cmpctblock` of one settles its expected block; a whole `block` (a deep one
     /// is answered so) or a `notfound` of one just ends it.
     compact_blocks_asked: VecDeque<BlockHash>,
+    /// Our unanswered `getblocktxn` requests, by block, with when each went.
+    blocktxn_asked: VecDeque<(BlockHash, Instant)>,
     /// Sync asked us to request each next `headers` batch ourselves (it syncs from us).
     pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
@@ -298,6 +309,7 @@ impl Actor for Connection {
             gauge: Arc::new(SendGauge::default()),
             blocks_expected: Arc::new(BlocksExpected::default()),
             compact_blocks_asked: VecDeque::new(),
+            blocktxn_asked: VecDeque::new(),
             pipeline_headers: false,
             getdata_queue: VecDeque::new(),
             pending_blocktxn: None,
@@ -929,6 +941,8 @@ fn on_inbound_message(
         Message::Network(NetworkMessage::Block(b)) => {
             // A compact block asked for may come whole (a deep one): the reader settled it.
             forget_compact_ask(state, &b.block_hash());
+            // So may the answer to a getblocktxn (the reader counted the block against it).
+            forget_blocktxn_ask(state, &b.block_hash(), false);
             to_sync(state, SyncInput::Block(Box::new(b)));
             Ok(())
         }
@@ -1028,7 +1042,7 @@ fn on_inbound_message(
             pump_getdata(state)
         }
         Message::Network(NetworkMessage::BlockTxn(m)) => {
-            state.blocks_expected.blocktxn(false);
+            forget_blocktxn_ask(state, &m.transactions.block_hash, true);
             to_sync(state, SyncInput::BlockTxn(Box::new(m.transactions)));
             Ok(())
         }
@@ -1139,6 +1153,13 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         }
     }
     push_counters(state, now);
+    while state
+        .blocktxn_asked
+        .front()
+        .is_some_and(|(_, at)| now.duration_since(*at) >= BLOCKTXN_ANSWER_TIMEOUT)
+    {
+        release_blocktxn_ask(state);
+    }
     if state
         .getdata_at_sync
         .is_some_and(|t| now.duration_since(t) >= GETDATA_BATCH_TIMEOUT)
@@ -1185,6 +1206,27 @@ fn count_blocks(items: &[Inventory]) -> u32 {
 }
 
 /// Ends our compact-block request for `hash`, if there is one; true when there was.
+/// The answer to our `getblocktxn` for `hash` came: as `blocktxn` (`settle`: the block it
+/// might have been is no longer expected) or as the whole block (which the reader counted).
+fn forget_blocktxn_ask(state: &mut ConnectionState, hash: &BlockHash, settle: bool) {
+    let Some(at) = state.blocktxn_asked.iter().position(|(h, _)| h == hash) else {
+        return;
+    };
+    state.blocktxn_asked.remove(at);
+    if settle {
+        state.blocks_expected.settled(1);
+    }
+    state.blocks_expected.blocktxn(false);
+}
+
+/// The oldest unanswered `getblocktxn` gives up its allowance (expired, or displaced).
+fn release_blocktxn_ask(state: &mut ConnectionState) {
+    if state.blocktxn_asked.pop_front().is_some() {
+        state.blocks_expected.settled(1);
+        state.blocks_expected.blocktxn(false);
+    }
+}
+
 fn forget_compact_ask(state: &mut ConnectionState, hash: &BlockHash) -> bool {
     match state.compact_blocks_asked.iter().position(|h| h == hash) {
         Some(at) => {
@@ -1196,15 +1238,25 @@ fn forget_compact_ask(state: &mut ConnectionState, hash: &BlockHash) -> bool {
 }
 
 fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReason> {
-    let Some(outbox) = state.outbox.as_ref() else {
+    if state.outbox.is_none() {
         return Ok(());
-    };
+    }
     match msg {
         // What the reader may take above BSV's ordinary limit (see `BlocksExpected`).
         Message::Network(NetworkMessage::SendCmpct(m)) => {
             state.blocks_expected.set_compact_pushes(m.send_compact)
         }
-        Message::Network(NetworkMessage::GetBlockTxn(_)) => state.blocks_expected.blocktxn(true),
+        Message::Network(NetworkMessage::GetBlockTxn(m)) => {
+            // Answered by `blocktxn`, or by the whole block: both may be bulk-sized.
+            if state.blocktxn_asked.len() >= MAX_BLOCKTXN_ASKED {
+                release_blocktxn_ask(state);
+            }
+            state
+                .blocktxn_asked
+                .push_back((m.txs_request.block_hash, Instant::now()));
+            state.blocks_expected.asked(1);
+            state.blocks_expected.blocktxn(true);
+        }
         _ => {}
     }
     if let Message::Network(NetworkMessage::GetData(items)) = msg {
@@ -1228,6 +1280,9 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
               "not sending a message larger than the peer accepts");
         return Ok(());
     }
+    let Some(outbox) = state.outbox.as_ref() else {
+        return Ok(());
+    };
     let len = bytes.len() as u64;
     let owned = state.gauge.owned.load(Ordering::Relaxed);
     if owned + bytes.len() > MAX_SEND_QUEUE_BYTES {

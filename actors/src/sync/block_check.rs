@@ -11,7 +11,7 @@
 //! A block that fails is not kept, not served and not credited to its sender.
 
 use bitcoin::hashes::{sha256d, Hash};
-use bitcoin::{Block, WitnessCommitment};
+use bitcoin::{Block, Txid, WitnessCommitment};
 
 use crate::network::Chain;
 
@@ -50,6 +50,19 @@ pub enum BlockError {
 }
 
 impl BlockError {
+    /// Whether a reconstructed block failing so may be our reconstruction's fault (a
+    /// short-id collision put a wrong transaction in): the merkle tree's checks, and the
+    /// witness commitment (Core's BLOCK_MUTATED). The rest are the block's own.
+    pub fn may_be_collision(&self) -> bool {
+        matches!(
+            self,
+            BlockError::BadMerkleRoot
+                | BlockError::Mutated
+                | BlockError::BadWitnessCommitment
+                | BlockError::Empty
+        )
+    }
+
     /// A stable name for metrics and misbehaviour costs.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -65,7 +78,13 @@ impl BlockError {
 
 /// Whether computing the merkle root over `hashes` meets two identical siblings at any level
 /// (Core's `ComputeMerkleRoot(.., &mutated)`).
-pub fn merkle_mutated(mut hashes: Vec<[u8; 32]>) -> bool {
+pub fn merkle_mutated(hashes: Vec<[u8; 32]>) -> bool {
+    merkle_root_mutated(hashes).1
+}
+
+/// The merkle root of `hashes` (leaves in order) and whether the tree is mutated, in one
+/// pass. The root of no leaves is all zeros.
+pub fn merkle_root_mutated(mut hashes: Vec<[u8; 32]>) -> ([u8; 32], bool) {
     let mut mutated = false;
     while hashes.len() > 1 {
         for pair in hashes.chunks(2) {
@@ -87,23 +106,26 @@ pub fn merkle_mutated(mut hashes: Vec<[u8; 32]>) -> bool {
             })
             .collect();
     }
-    mutated
+    (hashes.first().copied().unwrap_or([0u8; 32]), mutated)
 }
 
 /// Checks `block`'s transactions against its header, with `chain`'s rules.
 pub fn check_block(block: &Block, chain: Chain) -> Result<(), BlockError> {
+    check_block_txids(block, chain).map(|_| ())
+}
+
+/// [`check_block`], returning the block's txids in order: each transaction is hashed once,
+/// for the merkle root, the mutation check and whatever the caller does with them next.
+pub fn check_block_txids(block: &Block, chain: Chain) -> Result<Vec<Txid>, BlockError> {
     if block.txdata.is_empty() {
         return Err(BlockError::Empty);
     }
-    if !block.check_merkle_root() {
+    let txids: Vec<Txid> = block.txdata.iter().map(|t| t.compute_txid()).collect();
+    let (root, mutated) = merkle_root_mutated(txids.iter().map(|t| t.to_byte_array()).collect());
+    if root != block.header.merkle_root.to_byte_array() {
         return Err(BlockError::BadMerkleRoot);
     }
-    let txids = block
-        .txdata
-        .iter()
-        .map(|t| t.compute_txid().to_byte_array())
-        .collect();
-    if merkle_mutated(txids) {
+    if mutated {
         return Err(BlockError::Mutated);
     }
     if !block.txdata[0].is_coinbase() {
@@ -121,10 +143,22 @@ pub fn check_block(block: &Block, chain: Chain) -> Result<(), BlockError> {
     if block.txdata[1..].iter().any(|t| t.is_coinbase()) {
         return Err(BlockError::BadCoinbase);
     }
-    if chain == Chain::Btc {
-        check_witness_malleation(block)?;
+    match chain {
+        Chain::Btc => check_witness_malleation(block)?,
+        // BSV has no segwit: a witness (rust-bitcoin reads the marker on any chain) leaves
+        // the txid and so the merkle root alone, and would be served on to peers that
+        // cannot parse it.
+        Chain::Bsv => {
+            if block
+                .txdata
+                .iter()
+                .any(|t| t.input.iter().any(|i| !i.witness.is_empty()))
+            {
+                return Err(BlockError::UnexpectedWitness);
+            }
+        }
     }
-    Ok(())
+    Ok(txids)
 }
 
 /// Core's `CheckWitnessMalleation` (segwit active): the commitment, when the coinbase has
@@ -268,8 +302,21 @@ mod tests {
             check_block(&altered, Chain::Btc),
             Err(BlockError::BadWitnessCommitment)
         );
-        // BSV has no segwit: such outputs are data.
+        // BSV has no segwit: such outputs are data, and a witness is refused (its txid,
+        // and so the merkle root, leave it out).
         assert_eq!(check_block(&stripped, Chain::Bsv), Ok(()));
+        assert_eq!(
+            check_block(&honest, Chain::Bsv),
+            Err(BlockError::UnexpectedWitness)
+        );
+    }
+
+    #[test]
+    fn the_txids_returned_are_the_blocks_in_order() {
+        let b = block_with(5);
+        let txids = check_block_txids(&b, Chain::Btc).unwrap();
+        let expect: Vec<Txid> = b.txdata.iter().map(|t| t.compute_txid()).collect();
+        assert_eq!(txids, expect);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use bitcoin::block::Header;
 use bitcoin::hashes::Hash;
 use bitcoin::{Block, Transaction};
 
+use crate::network::Chain;
 use crate::shared::peers::PeerId;
 use crate::wire::compact::{CompactBlock, IndexWidth};
 
@@ -50,6 +51,11 @@ pub const MAX_EXTRA_TXN_BYTES: usize = 8 << 20;
 /// The transactions we prefill, beyond the coinbase, are at most this many bytes (BIP152's
 /// suggestion: the ones we were missing ourselves, under 10 KB).
 pub const MAX_PREFILL_BYTES: usize = 10_000;
+/// On BSV, a `getblocktxn` asking for more than this share of a block's transactions (in
+/// percent) is answered with the whole block, as the SV node does
+/// (`DEFAULT_BLOCK_TXN_MAX_PERCENT`, `-maxblocktxnpercent`): the block's frame is shared and
+/// already built, where a `blocktxn` of nearly all of it would be a second copy.
+pub const BSV_BLOCK_TXN_MAX_PERCENT: usize = 99;
 /// The fewest bytes a transaction can take (Core's `MIN_SERIALIZABLE_TRANSACTION_WEIGHT` /
 /// 4 for non-witness bytes): a compact block claiming more transactions than its block's
 /// size limit can hold is invalid.
@@ -256,7 +262,12 @@ fn empty_tx() -> Transaction {
 /// A `cmpctblock` for `block`: the coinbase and the transactions at `missing` (the ones we
 /// lacked when we reconstructed it, BIP152's advice) prefilled, within
 /// [`MAX_PREFILL_BYTES`]; short ids of wtxids (`by_wtxid`) or txids.
-pub fn compact_block(block: &Block, nonce: u64, by_wtxid: bool, missing: &[usize]) -> CompactBlock {
+pub fn compact_block(
+    block: &Block,
+    nonce: u64,
+    short_id_hashes: &[[u8; 32]],
+    missing: &[usize],
+) -> CompactBlock {
     let mut prefill: Vec<usize> = missing
         .iter()
         .copied()
@@ -264,12 +275,33 @@ pub fn compact_block(block: &Block, nonce: u64, by_wtxid: bool, missing: &[usize
         .collect();
     prefill.sort_unstable();
     prefill.dedup();
+    // Each that still fits, in block order: a large one does not keep later small ones out.
     let mut bytes = 0usize;
     prefill.retain(|i| {
-        bytes += block.txdata[*i].total_size();
-        bytes <= MAX_PREFILL_BYTES
+        let size = block.txdata[*i].total_size();
+        let fits = bytes + size <= MAX_PREFILL_BYTES;
+        if fits {
+            bytes += size;
+        }
+        fits
     });
-    CompactBlock::from_block(block, nonce, by_wtxid, &prefill)
+    CompactBlock::from_hashed_block(block, nonce, short_id_hashes, &prefill)
+}
+
+/// What each of `block`'s transactions' short id is computed over: wtxids (`by_wtxid`,
+/// version 2) or txids.
+pub fn short_id_hashes(block: &Block, by_wtxid: bool) -> Vec<[u8; 32]> {
+    block
+        .txdata
+        .iter()
+        .map(|tx| {
+            if by_wtxid {
+                tx.compute_wtxid().to_byte_array()
+            } else {
+                tx.compute_txid().to_byte_array()
+            }
+        })
+        .collect()
 }
 
 /// How to answer a `getblocktxn`.
@@ -284,9 +316,20 @@ pub enum TxnAnswer {
     OutOfRange,
 }
 
-/// Answers `req` for `block`, `depth` blocks below our tip.
-pub fn answer_getblocktxn(req: &BlockTransactionsRequest, block: &Block, depth: u32) -> TxnAnswer {
+/// Answers `req` for `block`, `depth` blocks below our tip, on `chain`.
+pub fn answer_getblocktxn(
+    req: &BlockTransactionsRequest,
+    block: &Block,
+    depth: u32,
+    chain: Chain,
+) -> TxnAnswer {
     if depth > MAX_BLOCKTXN_DEPTH {
+        return TxnAnswer::FullBlock;
+    }
+    if chain == Chain::Bsv
+        && req.indexes.len() * 100 > block.txdata.len() * BSV_BLOCK_TXN_MAX_PERCENT
+        && req.indexes.iter().all(|i| *i < block.txdata.len() as u64)
+    {
         return TxnAnswer::FullBlock;
     }
     match BlockTransactions::from_request(req, block) {
@@ -486,7 +529,7 @@ mod tests {
     #[test]
     fn a_block_comes_back_whole_from_a_pool_that_has_it() {
         let b = block(50, true);
-        let c = compact_block(&b, 42, true, &[]);
+        let c = compact_block(&b, 42, &short_id_hashes(&b, true), &[]);
         assert_eq!(c.prefilled.len(), 1, "the coinbase");
         let pool = pool_of(&b.txdata[1..], true);
         let p = PartialBlock::init(
@@ -503,7 +546,7 @@ mod tests {
         assert_eq!(rebuilt, b);
         // Without witnesses (this block has no commitment), it passes the fetched-block checks.
         let plain = block(50, false);
-        let c = compact_block(&plain, 42, false, &[]);
+        let c = compact_block(&plain, 42, &short_id_hashes(&plain, false), &[]);
         let pool = pool_of(&plain.txdata[1..], false);
         let p = PartialBlock::init(
             &c,
@@ -521,7 +564,7 @@ mod tests {
         // Another transaction under the same short id as a pooled one, seen first: the
         // position is asked for, and counted as found by no pool.
         let b = block(5, true);
-        let c = compact_block(&b, 3, true, &[]);
+        let c = compact_block(&b, 3, &short_id_hashes(&b, true), &[]);
         let real = pool_of(&b.txdata[1..], true);
         let mut pool = vec![(real[1].0, Arc::new(b.txdata[4].clone()))];
         pool.extend(real);
@@ -540,7 +583,7 @@ mod tests {
     #[test]
     fn missing_transactions_are_asked_by_position_and_filled_in_order() {
         let b = block(20, true);
-        let c = compact_block(&b, 1, true, &[]);
+        let c = compact_block(&b, 1, &short_id_hashes(&b, true), &[]);
         // The pool lacks 3 and 17; the extra pool has 9 (and a copy of 5).
         let pool: Vec<_> = pool_of(&b.txdata[1..], true)
             .into_iter()
@@ -562,7 +605,7 @@ mod tests {
     #[test]
     fn a_short_id_collision_in_the_message_falls_back_to_the_full_block() {
         let b = block(4, true);
-        let mut c = compact_block(&b, 1, true, &[]);
+        let mut c = compact_block(&b, 1, &short_id_hashes(&b, true), &[]);
         c.short_ids[1] = c.short_ids[0];
         let err = PartialBlock::init(
             &c,
@@ -577,7 +620,7 @@ mod tests {
     #[test]
     fn two_pool_transactions_on_one_short_id_leave_it_to_be_asked() {
         let b = block(3, true);
-        let c = compact_block(&b, 1, true, &[]);
+        let c = compact_block(&b, 1, &short_id_hashes(&b, true), &[]);
         let keys = ShortId::calculate_siphash_keys(&c.header, c.nonce);
         // A second candidate claiming tx 1's short id under a made-up hash that collides:
         // search a few million hashes would be slow, so forge the candidate's hash instead.
@@ -599,7 +642,7 @@ mod tests {
     #[test]
     fn malformed_compact_blocks_are_invalid() {
         let b = block(2, true);
-        let c = compact_block(&b, 1, true, &[]);
+        let c = compact_block(&b, 1, &short_id_hashes(&b, true), &[]);
         let mut empty = c.clone();
         empty.short_ids.clear();
         empty.prefilled.clear();
@@ -628,7 +671,7 @@ mod tests {
     #[test]
     fn what_we_lacked_is_prefilled_under_ten_kilobytes() {
         let b = block(10, true);
-        let c = compact_block(&b, 1, true, &[4, 2, 2, 0, 99]);
+        let c = compact_block(&b, 1, &short_id_hashes(&b, true), &[4, 2, 2, 0, 99]);
         let mut at = -1i64;
         let positions: Vec<i64> = c
             .prefilled
@@ -649,7 +692,7 @@ mod tests {
             block_hash: b.block_hash(),
             indexes: vec![1, 4],
         };
-        match answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH) {
+        match answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH, Chain::Btc) {
             TxnAnswer::Txn(t) => assert_eq!(
                 t.transactions,
                 vec![b.txdata[1].clone(), b.txdata[4].clone()]
@@ -657,14 +700,44 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH + 1),
+            answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH + 1, Chain::Btc),
             TxnAnswer::FullBlock
         );
         let bad = BlockTransactionsRequest {
             block_hash: b.block_hash(),
             indexes: vec![6],
         };
-        assert_eq!(answer_getblocktxn(&bad, &b, 0), TxnAnswer::OutOfRange);
+        assert_eq!(
+            answer_getblocktxn(&bad, &b, 0, Chain::Btc),
+            TxnAnswer::OutOfRange
+        );
+        assert_eq!(
+            answer_getblocktxn(&bad, &b, 0, Chain::Bsv),
+            TxnAnswer::OutOfRange
+        );
+    }
+
+    #[test]
+    fn on_bsv_nearly_all_of_a_block_asked_is_answered_with_the_block() {
+        // The SV node's -maxblocktxnpercent (99): above it, the whole block; Core always
+        // answers within its depth.
+        let b = block(199, false);
+        let ask = |n: u64| BlockTransactionsRequest {
+            block_hash: b.block_hash(),
+            indexes: (0..n).collect(),
+        };
+        assert!(matches!(
+            answer_getblocktxn(&ask(198), &b, 0, Chain::Bsv),
+            TxnAnswer::Txn(_)
+        ));
+        assert_eq!(
+            answer_getblocktxn(&ask(199), &b, 0, Chain::Bsv),
+            TxnAnswer::FullBlock
+        );
+        assert!(matches!(
+            answer_getblocktxn(&ask(199), &b, 0, Chain::Btc),
+            TxnAnswer::Txn(_)
+        ));
     }
 
     #[test]
@@ -718,7 +791,7 @@ mod tests {
         #[test]
         fn short_ids_follow_bip152(nonce in any::<u64>(), n in 1u32..30, by_wtxid in any::<bool>()) {
             let b = block(n, true);
-            let c = compact_block(&b, nonce, by_wtxid, &[]);
+            let c = compact_block(&b, nonce, &short_id_hashes(&b, by_wtxid), &[]);
             for (tx, id) in b.txdata[1..].iter().zip(&c.short_ids) {
                 let want = bip152_short_id(&b.header, nonce, &short_id_hash(tx, by_wtxid));
                 let id: &[u8] = id.as_ref();
@@ -736,7 +809,7 @@ mod tests {
             nonce in any::<u64>(),
         ) {
             let b = block(n, true);
-            let c = compact_block(&b, nonce, true, &[]);
+            let c = compact_block(&b, nonce, &short_id_hashes(&b, true), &[]);
             let mut pool: Vec<Transaction> = b.txdata[1..]
                 .iter()
                 .zip(&have)

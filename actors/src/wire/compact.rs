@@ -73,6 +73,10 @@ const SHORT_ID_LEN: usize = 6;
 /// The fewest bytes a prefilled entry takes (a one-byte gap and the smallest transaction
 /// rust-bitcoin decodes): bounds how many a payload can hold before any is read.
 const MIN_PREFILLED_LEN: usize = 1 + 10;
+/// Items reserved ahead of reading for a count a peer sent (prefilled transactions,
+/// `getblocktxn` indexes): their in-memory size is a multiple of their wire size, so a
+/// message claiming many reserves no more than this before they are read.
+const MAX_PREALLOCATED_ITEMS: usize = 1024;
 
 impl CompactBlock {
     /// The compact block of `block` keyed with `nonce`, short ids of wtxids (`by_wtxid`,
@@ -83,6 +87,29 @@ impl CompactBlock {
         block: &Block,
         nonce: u64,
         by_wtxid: bool,
+        prefill: &[usize],
+    ) -> CompactBlock {
+        let hashes: Vec<[u8; 32]> = block
+            .txdata
+            .iter()
+            .map(|tx| {
+                if by_wtxid {
+                    tx.compute_wtxid().to_byte_array()
+                } else {
+                    tx.compute_txid().to_byte_array()
+                }
+            })
+            .collect();
+        CompactBlock::from_hashed_block(block, nonce, &hashes, prefill)
+    }
+
+    /// [`CompactBlock::from_block`] with each transaction's short-id hash (wtxid or txid)
+    /// already known: `hashes[i]` is transaction `i`'s (a missing one is taken as zeros,
+    /// which only a caller's bug leaves out).
+    pub fn from_hashed_block(
+        block: &Block,
+        nonce: u64,
+        hashes: &[[u8; 32]],
         prefill: &[usize],
     ) -> CompactBlock {
         let mut whole: Vec<usize> = prefill
@@ -114,11 +141,7 @@ impl CompactBlock {
                     tx: tx.clone(),
                 });
             } else {
-                let hash = if by_wtxid {
-                    tx.compute_wtxid().to_byte_array()
-                } else {
-                    tx.compute_txid().to_byte_array()
-                };
+                let hash = hashes.get(at).copied().unwrap_or([0u8; 32]);
                 short_ids.push(ShortId::with_siphash_keys(&hash, keys));
             }
         }
@@ -176,7 +199,9 @@ impl CompactBlock {
                 "more prefilled transactions than the payload holds",
             ));
         }
-        let mut prefilled = Vec::with_capacity(count as usize);
+        // In memory a prefilled transaction is several times its smallest wire form: room
+        // grows with what is actually read, not with what the count claims.
+        let mut prefilled = Vec::with_capacity((count as usize).min(MAX_PREALLOCATED_ITEMS));
         for _ in 0..count {
             let gap = VarInt::consensus_decode_from_finite_reader(r)?.0;
             if gap > width.max() {
@@ -231,7 +256,8 @@ pub fn decode_getblocktxn(
     if count > max_indexes as u64 || count > r.len() as u64 {
         return Err(encode::Error::ParseFailed("more indexes than allowed"));
     }
-    let mut indexes = Vec::with_capacity(count as usize);
+    // An index is eight bytes in memory for one on the wire at least: grown as read.
+    let mut indexes = Vec::with_capacity((count as usize).min(MAX_PREALLOCATED_ITEMS));
     let mut next: u64 = 0;
     for _ in 0..count {
         let gap = VarInt::consensus_decode_from_finite_reader(r)?.0;

@@ -425,6 +425,22 @@ impl Message {
     }
 }
 
+/// A `block` frame of `block` for `magic`, encoded from a borrow (a kept block is framed
+/// once, without a copy of its transactions), with its payload's size.
+pub fn encode_block_frame(magic: Magic, block: &bitcoin::Block) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + block.total_size());
+    out.resize(FRAME_HEADER_LEN, 0);
+    // Writing to a Vec cannot fail.
+    let _ = block.consensus_encode(&mut out);
+    let payload_len = out.len() - FRAME_HEADER_LEN;
+    let checksum = payload_checksum(&out[FRAME_HEADER_LEN..]);
+    out[0..4].copy_from_slice(&magic.to_bytes());
+    out[4..16].copy_from_slice(&Command::new("block").expect("valid command").to_wire());
+    out[16..20].copy_from_slice(&(payload_len as u32).to_le_bytes());
+    out[20..24].copy_from_slice(&checksum);
+    (out, payload_len)
+}
+
 /// Commands meshd knows, used to keep metric labels bounded (anything else is `other`).
 pub const KNOWN_COMMANDS: &[&str] = &[
     "version",

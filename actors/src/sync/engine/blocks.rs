@@ -25,7 +25,6 @@ use crate::sync::block_check;
 use crate::sync::blocks::{self, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use crate::sync::chain::HeaderChain;
 use crate::sync::header_sync::POW_TARGET_SPACING;
-use crate::wire::Message;
 
 /// How long after an unvouched block is kept its outbound peers are asked for headers
 /// that would vouch for it (see [`SyncCore::ask_for_vouches`]): first once Core has had time
@@ -544,25 +543,44 @@ impl SyncCore {
                 return;
             }
         }
-        let via = if self.fell_back(&hash) {
+        // The whole block in answer to our getblocktxn (the SV node's answer when nearly all
+        // is asked, Core's for a deep block) ends that reconstruction: a fallback.
+        let answered_getblocktxn = self.partials.get(&hash).is_some_and(|p| p.peer == id);
+        if answered_getblocktxn {
+            if let Some(p) = self.partials.remove(&hash) {
+                super::compact::count_outcome("fallback", p.via);
+            }
+        }
+        let via = if self.fell_back(&hash) || answered_getblocktxn {
             BlockVia::Fallback
         } else {
             BlockVia::Block
         };
-        if let Err(e) = block_check::check_block(&block, self.profile.chain) {
-            metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
-            let addr = self.peers.get(&id).map(|p| p.addr);
-            warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
-            self.punish(id, e.kind());
-            let sources = self.block_sources(&hash);
-            let out = self
-                .downloads
-                .on_block_refused(hash, id, &sources, self.clock.now);
-            self.apply_downloads(out);
-            return;
-        }
-        let wire_bytes = bitcoin::consensus::serialize(&block).len();
-        self.take_block(id, block, Arrival::whole(via, wire_bytes));
+        let txids = match block_check::check_block_txids(&block, self.profile.chain) {
+            Ok(txids) => txids,
+            Err(e) => {
+                self.refuse_block(id, hash, e);
+                return;
+            }
+        };
+        let wire_bytes = block.total_size();
+        let mut arrival = Arrival::whole(via, wire_bytes);
+        arrival.txids = txids;
+        self.take_block(id, block, arrival);
+    }
+
+    /// A block from `id` that does not check: the sender pays, and the honest copy (a
+    /// mutated one may have one) is asked of another announcer.
+    fn refuse_block(&mut self, id: PeerId, hash: BlockHash, e: block_check::BlockError) {
+        metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind()).increment(1);
+        let addr = self.peers.get(&id).map(|p| p.addr);
+        warn!(%hash, peer = ?addr, id = %id, error = %e, "block refused");
+        self.punish(id, e.kind());
+        let sources = self.block_sources(&hash);
+        let out = self
+            .downloads
+            .on_block_refused(hash, id, &sources, self.clock.now);
+        self.apply_downloads(out);
     }
 
     /// A block from `id` that was asked of it and checks: kept, published and announced;
@@ -585,6 +603,10 @@ impl SyncCore {
         }
     }
 
+    /// Keeps a checked block, then passes it on: first as `cmpctblock` to high-bandwidth
+    /// peers (the latency that matters: nothing else is done before), then the bookkeeping
+    /// (the relay pool, the outputs index), then ordinary announcements. Its transactions
+    /// are hashed once, here or by the block check.
     pub(super) fn keep_and_publish(
         &mut self,
         block: Block,
@@ -596,11 +618,59 @@ impl SyncCore {
             return;
         }
         let height = self.chain.height_of(&hash).unwrap_or(0);
-        let size = bitcoin::consensus::serialize(&block).len();
+        // Framed once, from a borrow: served whole from here on.
+        let (frame, size) = crate::wire::message::encode_block_frame(self.profile.magic, &block);
         let tx_count = block.txdata.len();
-        metrics::counter!("meshd_blocks_received_total", "via" => arrival.via.name()).increment(1);
+        let Arrival {
+            via,
+            txs_requested,
+            wire_bytes,
+            missing,
+            txids,
+        } = arrival;
+        let txids = if txids.len() == tx_count {
+            txids
+        } else {
+            block.txdata.iter().map(|t| t.compute_txid()).collect()
+        };
+        // What short ids are computed over: wtxids on BTC (version 2), the same as the txid
+        // for a transaction without witness; txids on BSV.
+        let by_wtxid = self.by_wtxid();
+        let short_id_hashes: Vec<[u8; 32]> = block
+            .txdata
+            .iter()
+            .zip(&txids)
+            .map(|(tx, txid)| {
+                if by_wtxid && tx.input.iter().any(|i| !i.witness.is_empty()) {
+                    tx.compute_wtxid().to_byte_array()
+                } else {
+                    txid.to_byte_array()
+                }
+            })
+            .collect();
+        self.blocks.push_back(KeptBlock {
+            hash,
+            block: Arc::new(block),
+            frame: frame.into(),
+            missing,
+            short_id_hashes,
+            compact: None,
+            announced: false,
+            kept_at: self.clock.now,
+            vouch_asks: 0,
+        });
+        self.announce_compact(hash);
+
+        metrics::counter!("meshd_blocks_received_total", "via" => via.name()).increment(1);
+        let arrival = Arrival {
+            via,
+            txs_requested,
+            wire_bytes,
+            missing: Vec::new(),
+            txids: Vec::new(),
+        };
         SyncCore::count_saving(size, &arrival);
-        info!(%hash, height, tx_count, size, via = arrival.via.name(), txs_requested = arrival.txs_requested, wire_bytes = arrival.wire_bytes, "block received");
+        info!(%hash, height, tx_count, size, via = via.name(), txs_requested, wire_bytes, "block received");
         self.out.event(NodeEvent::BlockReceived {
             hash: hash.to_string(),
             height,
@@ -609,37 +679,25 @@ impl SyncCore {
             from: from
                 .and_then(|id| self.peers.get(&id))
                 .map(|p| p.label.clone()),
-            via: arrival.via,
-            txs_requested: arrival.txs_requested,
-            wire_bytes: arrival.wire_bytes,
+            via,
+            txs_requested,
+            wire_bytes,
         });
+        let block = match self.blocks.back() {
+            Some(k) => k.block.clone(),
+            None => return,
+        };
         // Transactions now in a block leave the relay pool, and are not fetched again.
-        for tx in &block.txdata {
-            let txid = tx.compute_txid();
-            self.pool.remove(&txid);
+        for (tx, txid) in block.txdata.iter().zip(&txids) {
+            self.pool.remove(txid);
             self.recent_confirmed.insert(&txid.to_byte_array());
             if tx.input.iter().any(|i| !i.witness.is_empty()) {
                 self.recent_confirmed
                     .insert(&tx.compute_wtxid().to_byte_array());
             }
-        }
-        let block = Arc::new(block);
-        let frame: Arc<[u8]> = Message::Network(NetworkMessage::Block((*block).clone()))
-            .encode(self.profile.magic)
-            .into();
-        for tx in &block.txdata {
             let values = tx.output.iter().map(|o| o.value.to_sat()).collect();
-            self.block_outputs.insert(tx.compute_txid(), values);
+            self.block_outputs.insert(*txid, values);
         }
-        self.blocks.push_back(KeptBlock {
-            hash,
-            block,
-            frame,
-            missing: arrival.missing,
-            announced: false,
-            kept_at: self.clock.now,
-            vouch_asks: 0,
-        });
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {
                 for tx in &old.block.txdata {

@@ -60,11 +60,11 @@ pub(super) struct PeerCompact {
 
 /// A block being reconstructed: whose compact block it is, and what it cost so far.
 pub(super) struct Partial {
-    peer: PeerId,
+    pub(super) peer: PeerId,
     /// When its `getblocktxn` went: the oldest gives way when the table is full.
     since: std::time::Instant,
     block: PartialBlock,
-    via: BlockVia,
+    pub(super) via: BlockVia,
     wire_bytes: usize,
     requested: usize,
 }
@@ -80,6 +80,9 @@ pub(super) struct Arrival {
     pub(super) wire_bytes: usize,
     /// Positions we lacked when we reconstructed it: prefilled when we pass it on.
     pub(super) missing: Vec<usize>,
+    /// Its txids in order, when the block check computed them (empty: not yet), so no
+    /// later step hashes its transactions again.
+    pub(super) txids: Vec<bitcoin::Txid>,
 }
 
 impl Arrival {
@@ -90,6 +93,7 @@ impl Arrival {
             txs_requested: 0,
             wire_bytes,
             missing: Vec::new(),
+            txids: Vec::new(),
         }
     }
 }
@@ -99,7 +103,7 @@ fn payload_len<T: bitcoin::consensus::Encodable>(m: &T) -> usize {
     m.consensus_encode(&mut bitcoin::io::sink()).unwrap_or(0)
 }
 
-fn count_outcome(outcome: &'static str, via: BlockVia) {
+pub(super) fn count_outcome(outcome: &'static str, via: BlockVia) {
     let mode = match via {
         BlockVia::CompactHighBandwidth => "high_bandwidth",
         _ => "low_bandwidth",
@@ -135,7 +139,7 @@ impl SyncCore {
     }
 
     /// Whether short ids are of wtxids (version 2) here.
-    fn by_wtxid(&self) -> bool {
+    pub(super) fn by_wtxid(&self) -> bool {
         self.compact_version() == Some(CMPCTBLOCKS_VERSION)
     }
 
@@ -370,12 +374,16 @@ impl SyncCore {
             if let Ok(partial) = self.init_partial(&cmpct) {
                 if partial.missing().is_empty() {
                     if let Ok(block) = partial.fill(Vec::new()) {
-                        if block_check::check_block(&block, self.profile.chain).is_ok() {
+                        if let Ok(txids) =
+                            block_check::check_block_txids(&block, self.profile.chain)
+                        {
                             if let Some(other) = in_flight_from {
                                 self.downloads.on_block(&hash, other, self.clock.now);
                             }
                             count_outcome("reconstructed", via);
-                            self.take_block(id, block, Arrival::whole(via, wire_bytes));
+                            let mut arrival = Arrival::whole(via, wire_bytes);
+                            arrival.txids = txids;
+                            self.take_block(id, block, arrival);
                         }
                     }
                 }
@@ -495,6 +503,7 @@ impl SyncCore {
                 .into_iter()
                 .map(|i| i as usize)
                 .collect(),
+            txids: Vec::new(),
         };
         self.reconstructed(id, partial.block, txn.transactions, arrival);
     }
@@ -513,10 +522,27 @@ impl SyncCore {
             Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, arrival.via),
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
             Ok(block) => {
-                if let Err(e) = block_check::check_block(&block, self.profile.chain) {
-                    debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
-                    self.fall_back_to_block(id, hash, arrival.via);
-                    return;
+                let mut arrival = arrival;
+                match block_check::check_block_txids(&block, self.profile.chain) {
+                    Ok(txids) => arrival.txids = txids,
+                    Err(e) if e.may_be_collision() => {
+                        debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
+                        self.fall_back_to_block(id, hash, arrival.via);
+                        return;
+                    }
+                    Err(e) => {
+                        // Its transactions are the block's (they hash to its root): the block
+                        // is bad, not our reconstruction. Dropped, unpunished, as Core's
+                        // READ_STATUS_CHECKBLOCK_FAILED (BIP152 lets a peer relay a block
+                        // before validating it).
+                        count_outcome("invalid", arrival.via);
+                        metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind())
+                            .increment(1);
+                        debug!(%hash, peer = %id, error = %e, "reconstructed block is invalid; dropped");
+                        self.partials.remove(&hash);
+                        self.downloads.on_block(&hash, id, self.clock.now);
+                        return;
+                    }
                 }
                 if !self.downloads.on_block(&hash, id, self.clock.now) {
                     return;
@@ -556,11 +582,15 @@ impl SyncCore {
     /// The compact block of kept block `at`, framed: the coinbase and what we lacked
     /// prefilled.
     fn compact_of(&mut self, at: usize) -> Arc<[u8]> {
+        if let Some(frame) = &self.blocks[at].compact {
+            return frame.clone();
+        }
         let nonce: u64 = self.rng.gen();
-        let by_wtxid = self.by_wtxid();
         let k = &self.blocks[at];
-        let cmpct = compact::compact_block(&k.block, nonce, by_wtxid, &k.missing);
-        self.cmpctblock_frame(cmpct)
+        let cmpct = compact::compact_block(&k.block, nonce, &k.short_id_hashes, &k.missing);
+        let frame = self.cmpctblock_frame(cmpct);
+        self.blocks[at].compact = Some(frame.clone());
+        frame
     }
 
     /// `getblocktxn` (Core's handler): answered from a kept block within
@@ -581,10 +611,17 @@ impl SyncCore {
             .chain
             .height_of(&k.hash)
             .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
-        match answer_getblocktxn(&req, &k.block, depth) {
-            TxnAnswer::Txn(transactions) => self
-                .out
-                .send(id, NetworkMessage::BlockTxn(BlockTxn { transactions })),
+        match answer_getblocktxn(&req, &k.block, depth, self.profile.chain) {
+            TxnAnswer::Txn(transactions) => {
+                // Framed here and sent shared, as blocks are: served in the peer's getdata
+                // turn, not held against its queue of ordinary messages (a BSV `blocktxn`
+                // may be most of a large block).
+                let frame: Arc<[u8]> =
+                    Message::Network(NetworkMessage::BlockTxn(BlockTxn { transactions }))
+                        .encode(self.profile.magic)
+                        .into();
+                self.out.push(Action::SendShared(id, "blocktxn", frame));
+            }
             TxnAnswer::FullBlock => {
                 let frame = k.frame.clone();
                 self.out.push(Action::SendShared(id, "block", frame));

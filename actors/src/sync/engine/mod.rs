@@ -296,6 +296,12 @@ struct KeptBlock {
     frame: Arc<[u8]>,
     /// Positions we lacked when we reconstructed it: prefilled in our compact blocks of it.
     missing: Vec<usize>,
+    /// What each transaction's short id is computed over (wtxid or txid, as the network's
+    /// compact-block version says), hashed once when the block was kept.
+    short_id_hashes: Vec<[u8; 32]>,
+    /// Our compact block of it, framed on first need and then served to every peer (one
+    /// nonce, as Core's most recent compact block): a request costs no hashing.
+    compact: Option<Arc<[u8]>>,
     /// It was announced to ordinary peers (it was vouched for, or is now).
     announced: bool,
     /// When it was kept, and how many times outbound peers were asked to vouch for it

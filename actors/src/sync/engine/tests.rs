@@ -742,7 +742,7 @@ fn sendcmpct(announce: bool) -> SyncInput {
 #[test]
 fn compact_blocks_as_core_and_p2p_compactblocks() {
     use crate::events::BlockVia;
-    use crate::sync::compact::compact_block;
+    use crate::sync::compact::{compact_block, short_id_hashes};
     use bitcoin::p2p::message_compact_blocks::SendCmpct;
 
     let (mut core, clock) = synced_core(3);
@@ -783,7 +783,12 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let a = core.input(
         clock,
         p,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, true, &[]))),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
     );
     assert_eq!(arrivals(&a), vec![(BlockVia::CompactLowBandwidth, 0)]);
     assert!(
@@ -809,7 +814,12 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let a = core.input(
         clock,
         p,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b5, 12, true, &[]))),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b5,
+            12,
+            &short_id_hashes(&b5, true),
+            &[],
+        ))),
     );
     let req = sent_to(&a, p)
         .into_iter()
@@ -851,9 +861,9 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
             indexes: vec![1],
         }),
     );
-    assert!(sent_to(&a, r)
+    assert!(a
         .iter()
-        .any(|m| matches!(m, NetworkMessage::BlockTxn(_))));
+        .any(|x| matches!(x, Action::SendShared(id, "blocktxn", _) if *id == r)));
     let a = core.input(
         clock,
         r,
@@ -872,7 +882,12 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let a = core.input(
         clock,
         r,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b6, 13, true, &[]))),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b6,
+            13,
+            &short_id_hashes(&b6, true),
+            &[],
+        ))),
     );
     assert!(
         arrivals(&a).is_empty(),
@@ -964,7 +979,7 @@ fn a_tip_block_nobody_is_asked_for_is_asked_again_on_a_tick() {
 
 #[test]
 fn an_invalid_compact_block_costs_its_sender_and_the_block_is_asked_of_another_at_once() {
-    use crate::sync::compact::compact_block;
+    use crate::sync::compact::{compact_block, short_id_hashes};
     let (mut core, clock) = synced_core(3);
     let (p, s) = (PeerId(1), PeerId(2));
     let _ = core.peer_up(clock, peer(1, false, 3));
@@ -975,7 +990,7 @@ fn an_invalid_compact_block_costs_its_sender_and_the_block_is_asked_of_another_a
     let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
     let _ = core.input(clock, s, headers(std::slice::from_ref(&b4)));
     // P was asked (the compact block); its answer places a transaction past the block's end.
-    let mut bad = compact_block(&b4, 1, true, &[]);
+    let mut bad = compact_block(&b4, 1, &short_id_hashes(&b4, true), &[]);
     bad.prefilled[0].gap = 5;
     let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(bad)));
     let kind = a
@@ -1038,7 +1053,7 @@ fn high_bandwidth_pushes_are_vouched_for_by_asking_their_sender_for_headers() {
     // is no vouch; some seconds later its sender is asked for headers, which Core answers
     // from its validated active chain: that answer vouches.
     use super::blocks::VOUCH_ASK_DELAYS;
-    use crate::sync::compact::compact_block;
+    use crate::sync::compact::{compact_block, short_id_hashes};
     let (mut core, clock) = synced_core(3);
     let (p, r) = (PeerId(1), PeerId(2));
     let _ = core.peer_up(clock, peer(1, false, 3));
@@ -1053,7 +1068,12 @@ fn high_bandwidth_pushes_are_vouched_for_by_asking_their_sender_for_headers() {
     let a = core.input(
         clock,
         p,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, true, &[]))),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
     );
     assert_eq!(blocks_announced_to(&a, r), vec![b4.block_hash()]);
     assert!(core.high_bandwidth.contains(p));
@@ -1064,7 +1084,12 @@ fn high_bandwidth_pushes_are_vouched_for_by_asking_their_sender_for_headers() {
         let a = core.input(
             clock,
             p,
-            SyncInput::CmpctBlock(Box::new(compact_block(b, nonce, true, &[]))),
+            SyncInput::CmpctBlock(Box::new(compact_block(
+                b,
+                nonce,
+                &short_id_hashes(b, true),
+                &[],
+            ))),
         );
         assert_eq!(arrivals(&a).len(), 1, "reconstructed");
         assert!(
@@ -1197,7 +1222,7 @@ fn an_inv_before_its_header_counts_once_the_header_is_in() {
 #[test]
 fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
     use crate::events::BlockVia;
-    use crate::sync::compact::{compact_block, CMPCTBLOCKS_VERSION_TXID};
+    use crate::sync::compact::{compact_block, short_id_hashes, CMPCTBLOCKS_VERSION_TXID};
     use bitcoin::p2p::message_compact_blocks::SendCmpct;
 
     let clock = clock0();
@@ -1245,12 +1270,20 @@ fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
     let a = core.input(
         clock,
         p,
-        SyncInput::CmpctBlock(Box::new(compact_block(&b4, 11, false, &[]))),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, false),
+            &[],
+        ))),
     );
     assert_eq!(arrivals(&a), vec![(BlockVia::CompactLowBandwidth, 0)]);
     // Q asked for high-bandwidth announcements: the block goes to it as cmpctblock, its
     // short ids of txids.
     let pushed = cmpctblocks_to(&a, q);
     assert_eq!(pushed.len(), 1, "pushed to the high-bandwidth peer");
-    assert_eq!(pushed[0], compact_block(&b4, pushed[0].nonce, false, &[]));
+    assert_eq!(
+        pushed[0],
+        compact_block(&b4, pushed[0].nonce, &short_id_hashes(&b4, false), &[])
+    );
 }
