@@ -123,8 +123,15 @@ impl PartialBlock {
             return Err(ReadError::Invalid("cmpctblock_empty"));
         }
         let count = cmpct.tx_count();
+        if count as u64 > width.max() {
+            // Core's "indexes overflowed 16 bits": a decoding failure, not punished (a block
+            // of more cannot travel compact there); the whole block is asked for.
+            return Err(ReadError::Failed("cmpctblock_indexes_overflowed"));
+        }
         if count > max_txs {
-            return Err(ReadError::Invalid("cmpctblock_too_many_txs"));
+            // Above what a block may hold here: on BSV a policy bound (the operator's block
+            // size), so free; the whole block is then refused as too large, free too.
+            return Err(ReadError::Failed("cmpctblock_too_many_txs"));
         }
         let mut txs: Vec<Option<Arc<Transaction>>> = vec![None; count];
         // Differential indexes: each is the gap after the previous one.
@@ -659,7 +666,20 @@ mod tests {
         );
         assert_eq!(
             PartialBlock::init(&c, 2, IndexWidth::Bits16, none(), none()).unwrap_err(),
-            ReadError::Invalid("cmpctblock_too_many_txs")
+            ReadError::Failed("cmpctblock_too_many_txs")
+        );
+        // Past 16 bits (Core's limit, not ours on BSV): a free decoding failure.
+        let mut wide = c.clone();
+        let id = wide.short_ids[0];
+        wide.short_ids = vec![id; 65_535];
+        assert_eq!(
+            PartialBlock::init(&wide, 100_000, IndexWidth::Bits16, none(), none()).unwrap_err(),
+            ReadError::Failed("cmpctblock_indexes_overflowed")
+        );
+        assert_ne!(
+            PartialBlock::init(&wide, 100_000, IndexWidth::Bits32, none(), none()).unwrap_err(),
+            ReadError::Failed("cmpctblock_indexes_overflowed"),
+            "BSV's 32-bit indexes take it (the repeated short id then collides)"
         );
         let p = PartialBlock::init(&c, 10, IndexWidth::Bits16, none(), none()).unwrap();
         assert_eq!(

@@ -504,17 +504,8 @@ impl SyncCore {
             p.learn(key);
             // A lone header must connect for the peer (Core: headers only when the peer has
             // the parent's header, `PeerHasHeader`); else an `inv` makes it ask.
-            let connects = header.is_some_and(|h| {
-                let parent = h.prev_blockhash;
-                p.knows(&parent.to_byte_array())
-                    || p.best_known.is_some_and(|b| {
-                        b == parent
-                            || (self.chain.is_on_best_chain(&b)
-                                && self.chain.height_of(&parent).is_some_and(|ph| {
-                                    self.chain.height_of(&b).is_some_and(|bh| bh >= ph)
-                                }))
-                    })
-            });
+            let connects =
+                header.is_some_and(|h| peer_has_header(&self.chain, p, h.prev_blockhash));
             match (p.wants_headers && connects, header) {
                 (true, Some(h)) => self.out.send(p.id, NetworkMessage::Headers(vec![h])),
                 _ => self
@@ -764,4 +755,20 @@ impl SyncCore {
             }
         }
     }
+}
+
+/// Whether `p` has the header `hash` as far as we know (Core's `PeerHasHeader`): the genesis,
+/// one it sent or was told of, or its best known block is it or a descendant on our best
+/// chain.
+pub(super) fn peer_has_header(chain: &HeaderChain, p: &SyncPeer, hash: BlockHash) -> bool {
+    // Every peer of the network has its genesis.
+    chain.height_of(&hash) == Some(0)
+        || p.knows(&hash.to_byte_array())
+        || p.best_known.is_some_and(|b| {
+            b == hash
+                || (chain.is_on_best_chain(&b)
+                    && chain
+                        .height_of(&hash)
+                        .is_some_and(|h| chain.height_of(&b).is_some_and(|bh| bh >= h)))
+        })
 }

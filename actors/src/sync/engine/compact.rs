@@ -642,16 +642,20 @@ impl SyncCore {
             return Vec::new();
         };
         let key = hash.to_byte_array();
+        let parent = self.blocks[at].block.header.prev_blockhash;
+        let chain = &self.chain;
         let to: Vec<PeerId> = self
             .peers
             .values()
             // Core's NewPoWValidBlock: only to peers from INVALID_CB_NO_BAN_VERSION, which
-            // do not punish a compact block that turns out invalid.
+            // do not punish a compact block that turns out invalid, and that have its parent's
+            // header (its header connects for them; the others are announced it as usual).
             .filter(|p| {
                 p.cmpct.provides
                     && p.cmpct.hb_from
                     && p.version >= INVALID_CB_NO_BAN_VERSION
                     && !p.knows(&key)
+                    && super::blocks::peer_has_header(chain, p, parent)
             })
             .map(|p| p.id)
             .collect();

@@ -759,9 +759,19 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let _ = core.peer_up(clock, peer(2, true, 3));
     let _ = core.peer_up(clock, peer(3, true, 3));
     let _ = core.input(clock, p, sendcmpct(false));
-    // Q wants our new blocks as cmpctblock at once.
+    // Q wants our new blocks as cmpctblock at once, and has synced our headers (Core
+    // pushes only to a peer that has the parent's).
     let _ = core.input(clock, q, sendcmpct(true));
     let _ = core.input(clock, r, sendcmpct(false));
+    let _ = core.input(
+        clock,
+        q,
+        SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![NetworkId::Regtest.profile().genesis.block_hash()],
+            stop_hash: BlockHash::all_zeros(),
+        }),
+    );
 
     // Block 4, with a transaction we have: P announces it by headers; we ask for the compact
     // block (the one block we wait for), reconstruct it from the pool, and ask P to announce
@@ -1245,12 +1255,25 @@ fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
         })
     )));
     let _ = core.peer_up(clock, bsv_peer(2));
+    let r = PeerId(3);
+    let _ = core.peer_up(clock, bsv_peer(3));
     let v1 = |announce| SyncInput::SendCmpct {
         announce,
         version: CMPCTBLOCKS_VERSION_TXID,
     };
     let _ = core.input(clock, p, v1(false));
     let _ = core.input(clock, q, v1(true));
+    let _ = core.input(clock, r, v1(true));
+    // Q syncs our headers (Core pushes a cmpctblock only to a peer that has its parent).
+    let _ = core.input(
+        clock,
+        q,
+        SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![NetworkId::BsvRegtest.profile().genesis.block_hash()],
+            stop_hash: BlockHash::all_zeros(),
+        }),
+    );
 
     let tx1 = spend(1);
     let _ = core.submit_tx(clock, tx1.clone());
@@ -1282,6 +1305,10 @@ fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
     // short ids of txids.
     let pushed = cmpctblocks_to(&a, q);
     assert_eq!(pushed.len(), 1, "pushed to the high-bandwidth peer");
+    assert!(
+        cmpctblocks_to(&a, r).is_empty(),
+        "not to one without the parent's header (Core's PeerHasHeader)"
+    );
     assert_eq!(
         pushed[0],
         compact_block(&b4, pushed[0].nonce, &short_id_hashes(&b4, false), &[])
