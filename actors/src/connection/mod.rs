@@ -425,7 +425,10 @@ impl Actor for Connection {
                     block: Some(block), ..
                 } = err
                 {
-                    // Asked for, so free: Sync asks another peer for it.
+                    // Asked for, so free: Sync asks another peer for it. It was the answer
+                    // to whichever ask of it is open (the reader counted it).
+                    forget_compact_ask(state, &block);
+                    forget_blocktxn_ask(state, &block, false);
                     state.credit = Some(credit);
                     to_sync(state, SyncInput::BlockTooLarge(block));
                     return Ok(());
@@ -1205,7 +1208,6 @@ fn count_blocks(items: &[Inventory]) -> u32 {
         .count() as u32
 }
 
-/// Ends our compact-block request for `hash`, if there is one; true when there was.
 /// The answer to our `getblocktxn` for `hash` came: as `blocktxn` (`settle`: the block it
 /// might have been is no longer expected) or as the whole block (which the reader counted).
 fn forget_blocktxn_ask(state: &mut ConnectionState, hash: &BlockHash, settle: bool) {
@@ -1227,6 +1229,7 @@ fn release_blocktxn_ask(state: &mut ConnectionState) {
     }
 }
 
+/// Ends our compact-block request for `hash`, if there is one; true when there was.
 fn forget_compact_ask(state: &mut ConnectionState, hash: &BlockHash) -> bool {
     match state.compact_blocks_asked.iter().position(|h| h == hash) {
         Some(at) => {

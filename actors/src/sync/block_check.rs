@@ -51,14 +51,16 @@ pub enum BlockError {
 
 impl BlockError {
     /// Whether a reconstructed block failing so may be our reconstruction's fault (a
-    /// short-id collision put a wrong transaction in): the merkle tree's checks, and the
-    /// witness commitment (Core's BLOCK_MUTATED). The rest are the block's own.
+    /// short-id collision put a wrong transaction in, or a peer added a witness the merkle
+    /// root does not commit to): the merkle tree's checks and the witness checks (Core's
+    /// BLOCK_MUTATED). The rest are the block's own.
     pub fn may_be_collision(&self) -> bool {
         matches!(
             self,
             BlockError::BadMerkleRoot
                 | BlockError::Mutated
                 | BlockError::BadWitnessCommitment
+                | BlockError::UnexpectedWitness
                 | BlockError::Empty
         )
     }

@@ -626,7 +626,9 @@ impl SyncCore {
         };
         // What short ids are computed over: wtxids on BTC (version 2), the same as the txid
         // for a transaction without witness; txids on BSV.
-        let by_wtxid = self.by_wtxid();
+        // By the chain, not the configuration in force: a reload that turns compact blocks
+        // on must not find txids where wtxids belong.
+        let by_wtxid = self.profile.chain == Chain::Btc;
         let short_id_hashes: Vec<[u8; 32]> = block
             .txdata
             .iter()
@@ -757,13 +759,10 @@ impl SyncCore {
     }
 }
 
-/// Whether `p` has the header `hash` as far as we know (Core's `PeerHasHeader`): the genesis,
-/// one it sent or was told of, or its best known block is it or a descendant on our best
-/// chain.
+/// Whether `p` has the header `hash` as far as we know (Core's `PeerHasHeader`): one it
+/// sent or was told of, or its best known block is it or a descendant on our best chain.
 pub(super) fn peer_has_header(chain: &HeaderChain, p: &SyncPeer, hash: BlockHash) -> bool {
-    // Every peer of the network has its genesis.
-    chain.height_of(&hash) == Some(0)
-        || p.knows(&hash.to_byte_array())
+    p.knows(&hash.to_byte_array())
         || p.best_known.is_some_and(|b| {
             b == hash
                 || (chain.is_on_best_chain(&b)

@@ -539,8 +539,15 @@ impl SyncCore {
                         metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind())
                             .increment(1);
                         debug!(%hash, peer = %id, error = %e, "reconstructed block is invalid; dropped");
-                        self.partials.remove(&hash);
-                        self.downloads.on_block(&hash, id, self.clock.now);
+                        if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+                            self.partials.remove(&hash);
+                        }
+                        // A failed try (counted against MAX_BLOCK_TRIES), not a delivery.
+                        let sources = self.block_sources(&hash);
+                        let out =
+                            self.downloads
+                                .on_block_refused(hash, id, &sources, self.clock.now);
+                        self.apply_downloads(out);
                         return;
                     }
                 }
@@ -642,20 +649,18 @@ impl SyncCore {
             return Vec::new();
         };
         let key = hash.to_byte_array();
-        let parent = self.blocks[at].block.header.prev_blockhash;
-        let chain = &self.chain;
         let to: Vec<PeerId> = self
             .peers
             .values()
             // Core's NewPoWValidBlock: only to peers from INVALID_CB_NO_BAN_VERSION, which
-            // do not punish a compact block that turns out invalid, and that have its parent's
-            // header (its header connects for them; the others are announced it as usual).
+            // do not punish a compact block that turns out invalid. (Core also asks that the
+            // peer has the parent's header; meshd's record of what a peer has is not yet
+            // complete enough for that: bcoin, synced, was then never pushed to.)
             .filter(|p| {
                 p.cmpct.provides
                     && p.cmpct.hb_from
                     && p.version >= INVALID_CB_NO_BAN_VERSION
                     && !p.knows(&key)
-                    && super::blocks::peer_has_header(chain, p, parent)
             })
             .map(|p| p.id)
             .collect();

@@ -844,12 +844,7 @@ impl SyncCore {
                     self.keep_vouched(&mut headers);
                     headers
                 };
-                if let Some(p) = self.peers.get_mut(&id) {
-                    // It has these now (Core's pindexBestHeaderSent): a block on the last
-                    // connects for it, so it may be pushed as `cmpctblock` or `headers`.
-                    if let Some(last) = headers.last() {
-                        p.learn(last.block_hash().to_byte_array());
-                    }
+                if let Some(p) = self.peers.get(&id) {
                     self.out.send(p.id, NetworkMessage::Headers(headers));
                 }
             }
