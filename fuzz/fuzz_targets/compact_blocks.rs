@@ -19,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use meshd_actors::network::Chain;
 use meshd_actors::sync::block_check::check_block;
 use meshd_actors::sync::compact::{
-    answer_getblocktxn, compact_block, short_id_hash, PartialBlock, TxnAnswer,
+    answer_getblocktxn, compact_block, short_id_hash, short_id_hashes, PartialBlock, TxnAnswer,
 };
 use meshd_actors::wire::compact::{decode_getblocktxn, CompactBlock, IndexWidth};
 
@@ -79,10 +79,16 @@ fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
     let Ok(block) = filled else {
         return;
     };
-    let _ = check_block(&block, Chain::Btc);
+    // Checked and answered with the rules of the chain the width belongs to.
+    let chain = match width {
+        IndexWidth::Bits16 => Chain::Btc,
+        IndexWidth::Bits32 => Chain::Bsv,
+    };
+    let _ = check_block(&block, chain);
     let mut r = rest;
     if let Ok(req) = decode_getblocktxn(&mut r, width, rest.len()) {
-        let _ = answer_getblocktxn(&req, &block, u32::from(rest.first().copied().unwrap_or(0)));
+        let depth = u32::from(rest.first().copied().unwrap_or(0));
+        let _ = answer_getblocktxn(&req, &block, depth, chain);
     }
 }
 
@@ -120,7 +126,7 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
             .and_then(|b| b.try_into().ok())
             .unwrap_or([0; 8]),
     );
-    let cmpct = compact_block(&block, nonce, by_wtxid, &prefill);
+    let cmpct = compact_block(&block, nonce, &short_id_hashes(&block, by_wtxid), &prefill);
     let pool: Vec<([u8; 32], Arc<Transaction>)> = recs
         .iter()
         .enumerate()
@@ -149,7 +155,7 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         block_hash: block.block_hash(),
         indexes: missing.clone(),
     };
-    let TxnAnswer::Txn(txn) = answer_getblocktxn(&req, &block, 0) else {
+    let TxnAnswer::Txn(txn) = answer_getblocktxn(&req, &block, 0, Chain::Btc) else {
         panic!("the sender could not answer for its own block");
     };
     assert_eq!(txn.transactions.len(), missing.len());
