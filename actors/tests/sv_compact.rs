@@ -29,6 +29,14 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/peers/sv_compact_peer.py")
 }
 
+/// What `peer` reported of `block` under `key`, if it did.
+fn finding(findings: &[Value], peer: &str, block: &str, key: &str) -> Option<Value> {
+    findings
+        .iter()
+        .find(|f| f["peer"] == peer && f["block"] == block && f.get(key).is_some())
+        .map(|f| f[key].clone())
+}
+
 /// The next `BlockReceived`: its hash, how it came and how many transactions were asked.
 async fn received(
     events: &mut meshd_actors::events::EventStream,
@@ -113,12 +121,7 @@ async fn sv_node_peers_exchange_version_1_compact_blocks_with_32_bit_indexes() {
         received(&mut blocks, deadline).await,
         (small.clone(), BlockVia::CompactLowBandwidth, 1, 5)
     );
-    let source = |block: &str, key: &str| {
-        findings
-            .iter()
-            .find(|f| f["peer"] == "source" && f["block"] == block && f.get(key).is_some())
-            .map(|f| f[key].clone())
-    };
+    let source = |block: &str, key: &str| finding(&findings, "source", block, key);
     assert_eq!(
         source(&big, "getblocktxn"),
         Some(serde_json::json!(BIG_BLOCK_TXS - 2))
@@ -133,12 +136,7 @@ async fn sv_node_peers_exchange_version_1_compact_blocks_with_32_bit_indexes() {
     );
     // The high-bandwidth peer was pushed both, coinbase and what meshd itself lacked
     // prefilled, and rebuilt them after its getblocktxn.
-    let sink = |block: &str, key: &str| {
-        findings
-            .iter()
-            .find(|f| f["peer"] == "sink" && f["block"] == block && f.get(key).is_some())
-            .map(|f| f[key].clone())
-    };
+    let sink = |block: &str, key: &str| finding(&findings, "sink", block, key);
     assert_eq!(
         sink(&small, "prefilled"),
         Some(serde_json::json!([0, 4])),

@@ -15,7 +15,6 @@ use std::sync::Arc;
 
 use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, ShortId};
 use bitcoin::block::Header;
-use bitcoin::hashes::Hash;
 use bitcoin::{Block, Transaction};
 
 use crate::network::Chain;
@@ -82,15 +81,8 @@ impl ReadError {
     }
 }
 
-/// The hash a transaction's short id is computed from: its wtxid (`by_wtxid`, version 2)
-/// or its txid (version 1).
-pub fn short_id_hash(tx: &Transaction, by_wtxid: bool) -> [u8; 32] {
-    if by_wtxid {
-        tx.compute_wtxid().to_byte_array()
-    } else {
-        tx.compute_txid().to_byte_array()
-    }
-}
+/// The hash a transaction's short id is computed from (kept beside the codec, the leaf).
+pub use crate::wire::compact::short_id_hash;
 
 /// A block being reconstructed from a `cmpctblock` (Core's `PartiallyDownloadedBlock`).
 #[derive(Debug)]
@@ -301,13 +293,7 @@ pub fn short_id_hashes(block: &Block, by_wtxid: bool) -> Vec<[u8; 32]> {
     block
         .txdata
         .iter()
-        .map(|tx| {
-            if by_wtxid {
-                tx.compute_wtxid().to_byte_array()
-            } else {
-                tx.compute_txid().to_byte_array()
-            }
-        })
+        .map(|tx| short_id_hash(tx, by_wtxid))
         .collect()
 }
 
@@ -461,6 +447,7 @@ mod tests {
     use crate::sync::block_check::check_block;
     use crate::sync::chain::headers::mine_header;
     use crate::wire::compact::PrefilledTx;
+    use bitcoin::hashes::Hash;
     use bitcoin::{Amount, OutPoint, ScriptBuf, Sequence, TxIn, TxOut, Witness};
     use proptest::prelude::*;
     use std::hash::Hasher;

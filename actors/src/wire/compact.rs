@@ -78,6 +78,16 @@ const MIN_PREFILLED_LEN: usize = 1 + 10;
 /// message claiming many reserves no more than this before they are read.
 const MAX_PREALLOCATED_ITEMS: usize = 1024;
 
+/// The hash a transaction's short id is computed from: its wtxid (`by_wtxid`, version 2)
+/// or its txid (version 1).
+pub fn short_id_hash(tx: &Transaction, by_wtxid: bool) -> [u8; 32] {
+    if by_wtxid {
+        tx.compute_wtxid().to_byte_array()
+    } else {
+        tx.compute_txid().to_byte_array()
+    }
+}
+
 impl CompactBlock {
     /// The compact block of `block` keyed with `nonce`, short ids of wtxids (`by_wtxid`,
     /// BIP152 version 2) or txids (version 1), with the coinbase and the transactions at
@@ -92,13 +102,7 @@ impl CompactBlock {
         let hashes: Vec<[u8; 32]> = block
             .txdata
             .iter()
-            .map(|tx| {
-                if by_wtxid {
-                    tx.compute_wtxid().to_byte_array()
-                } else {
-                    tx.compute_txid().to_byte_array()
-                }
-            })
+            .map(|tx| short_id_hash(tx, by_wtxid))
             .collect();
         CompactBlock::from_hashed_block(block, nonce, &hashes, prefill)
     }
