@@ -70,9 +70,40 @@ const PAD: usize = 140;
 #[derive(Default)]
 struct Wire(AtomicU64);
 
+/// The lab's own runtime, on a thread of its own: the links (relays) and the arrival
+/// watchers. Sharing the nodes' two workers, a relay's wake-up waited behind whatever node
+/// step was running (a few ms each), which a real link never does; its delays then read as
+/// the nodes' processing.
+fn lab_runtime() -> &'static tokio::runtime::Handle {
+    static LAB: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    LAB.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("lab-links".into())
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("lab runtime");
+                tx.send(rt.handle().clone()).expect("handle");
+                rt.block_on(std::future::pending::<()>());
+            })
+            .expect("lab thread");
+        rx.recv().expect("lab runtime handle")
+    })
+}
+
 /// A delaying relay in front of `target`: each direction's bytes leave after the link's
-/// serialisation time at `RATE_BPS` plus `ONE_WAY`, in order. Returns its address.
+/// serialisation time at `RATE_BPS` plus `ONE_WAY`, in order. Returns its address. It runs on
+/// [`lab_runtime`].
 async fn relay(target: SocketAddr, wire: Arc<Wire>) -> SocketAddr {
+    lab_runtime()
+        .spawn(relay_on_lab(target, wire))
+        .await
+        .expect("relay starts")
+}
+
+async fn relay_on_lab(target: SocketAddr, wire: Arc<Wire>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
     let addr = listener.local_addr().expect("relay address");
     tokio::spawn(async move {
@@ -436,7 +467,8 @@ fn watch(
         let mut tasks = Vec::new();
         for mut s in streams {
             let want = want.clone();
-            tasks.push(tokio::spawn(async move {
+            // On the lab's runtime: the time of arrival is not held up by the nodes' work.
+            tasks.push(lab_runtime().spawn(async move {
                 loop {
                     let e = tokio::time::timeout(Duration::from_secs(60), s.recv())
                         .await

@@ -119,10 +119,31 @@ pub fn check_block(block: &Block, chain: Chain) -> Result<(), BlockError> {
 /// [`check_block`], returning the block's txids in order: each transaction is hashed once,
 /// for the merkle root, the mutation check and whatever the caller does with them next.
 pub fn check_block_txids(block: &Block, chain: Chain) -> Result<Vec<Txid>, BlockError> {
+    check_block_known(block, chain, &[])
+}
+
+/// [`check_block_txids`] for a block rebuilt from our pools: `known[i]`, when set, is the
+/// hash we computed ourselves when transaction `i` entered a pool, the one its short id is
+/// of (the wtxid on BTC, the txid on BSV), so it is not hashed again. A transaction without
+/// a witness has its txid for wtxid. Anything not known (or past `known`'s end) is hashed.
+pub fn check_block_known(
+    block: &Block,
+    chain: Chain,
+    known: &[Option<[u8; 32]>],
+) -> Result<Vec<Txid>, BlockError> {
     if block.txdata.is_empty() {
         return Err(BlockError::Empty);
     }
-    let txids: Vec<Txid> = block.txdata.iter().map(|t| t.compute_txid()).collect();
+    let known_at = |i: usize| known.get(i).copied().flatten();
+    let txids: Vec<Txid> = block
+        .txdata
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match known_at(i) {
+            Some(h) if chain == Chain::Bsv || !has_witness(t) => Txid::from_byte_array(h),
+            _ => t.compute_txid(),
+        })
+        .collect();
     let (root, mutated) = merkle_root_mutated(txids.iter().map(|t| t.to_byte_array()).collect());
     if root != block.header.merkle_root.to_byte_array() {
         return Err(BlockError::BadMerkleRoot);
@@ -146,16 +167,12 @@ pub fn check_block_txids(block: &Block, chain: Chain) -> Result<Vec<Txid>, Block
         return Err(BlockError::BadCoinbase);
     }
     match chain {
-        Chain::Btc => check_witness_malleation(block)?,
+        Chain::Btc => check_witness_malleation(block, &txids, known)?,
         // BSV has no segwit: a witness (rust-bitcoin reads the marker on any chain) leaves
         // the txid and so the merkle root alone, and would be served on to peers that
         // cannot parse it.
         Chain::Bsv => {
-            if block
-                .txdata
-                .iter()
-                .any(|t| t.input.iter().any(|i| !i.witness.is_empty()))
-            {
+            if block.txdata.iter().any(has_witness) {
                 return Err(BlockError::UnexpectedWitness);
             }
         }
@@ -163,9 +180,19 @@ pub fn check_block_txids(block: &Block, chain: Chain) -> Result<Vec<Txid>, Block
     Ok(txids)
 }
 
+/// Whether `tx` carries a witness (its wtxid differs from its txid).
+fn has_witness(tx: &bitcoin::Transaction) -> bool {
+    tx.input.iter().any(|i| !i.witness.is_empty())
+}
+
 /// Core's `CheckWitnessMalleation` (segwit active): the commitment, when the coinbase has
 /// one, must match the witnesses with a 32-byte nonce; without one, no witness at all.
-fn check_witness_malleation(block: &Block) -> Result<(), BlockError> {
+/// `txids` are the block's; `known` as in [`check_block_known`] (wtxids).
+fn check_witness_malleation(
+    block: &Block,
+    txids: &[Txid],
+    known: &[Option<[u8; 32]>],
+) -> Result<(), BlockError> {
     let coinbase = &block.txdata[0];
     let commitment = coinbase.output.iter().rev().find_map(|o| {
         let script = o.script_pubkey.as_bytes();
@@ -175,11 +202,7 @@ fn check_witness_malleation(block: &Block) -> Result<(), BlockError> {
             .flatten()
     });
     let Some(commitment) = commitment else {
-        let witness = block
-            .txdata
-            .iter()
-            .any(|t| t.input.iter().any(|i| !i.witness.is_empty()));
-        return if witness {
+        return if block.txdata.iter().any(has_witness) {
             Err(BlockError::UnexpectedWitness)
         } else {
             Ok(())
@@ -193,9 +216,26 @@ fn check_witness_malleation(block: &Block) -> Result<(), BlockError> {
     if nonce.len() != 1 || nonce[0].len() != 32 {
         return Err(BlockError::BadWitnessCommitment);
     }
-    let root = block
-        .witness_root()
-        .ok_or(BlockError::BadWitnessCommitment)?;
+    // BIP141's witness root: the coinbase's wtxid taken as zeros; a transaction without a
+    // witness has its txid for wtxid, and a known one is not hashed again.
+    let wtxids: Vec<[u8; 32]> = block
+        .txdata
+        .iter()
+        .zip(txids)
+        .enumerate()
+        .map(|(i, (tx, txid))| {
+            if i == 0 {
+                [0u8; 32]
+            } else if !has_witness(tx) {
+                txid.to_byte_array()
+            } else if let Some(h) = known.get(i).copied().flatten() {
+                h
+            } else {
+                tx.compute_wtxid().to_byte_array()
+            }
+        })
+        .collect();
+    let root = bitcoin::WitnessMerkleNode::from_byte_array(merkle_root_mutated(wtxids).0);
     if Block::compute_witness_commitment(&root, nonce[0]) != commitment {
         return Err(BlockError::BadWitnessCommitment);
     }
@@ -268,6 +308,56 @@ mod tests {
         });
         b.header.merkle_root = b.compute_merkle_root().unwrap();
         b
+    }
+
+    #[test]
+    fn hashes_known_from_the_pool_give_the_verdicts_hashing_gives() {
+        // The hashes a pool holds: wtxids on BTC (the txid without a witness).
+        let known = |b: &Block| -> Vec<Option<[u8; 32]>> {
+            b.txdata
+                .iter()
+                .map(|t| Some(t.compute_wtxid().to_byte_array()))
+                .collect()
+        };
+        let honest = segwit_block();
+        let all = known(&honest);
+        let txids = check_block_txids(&honest, Chain::Btc).unwrap();
+        assert_eq!(
+            check_block_known(&honest, Chain::Btc, &all),
+            Ok(txids.clone())
+        );
+        // Some known, some not, or a short list: the same.
+        let some = vec![None, all[1]];
+        assert_eq!(check_block_known(&honest, Chain::Btc, &some), Ok(txids));
+        // A witness altered after the pool hashed it cannot happen (the pool's copy is the
+        // one in the block); a block whose commitment does not match is still refused, with
+        // or without known hashes.
+        let mut altered = honest.clone();
+        altered.txdata[1].input[0].witness = bitcoin::Witness::from_slice(&[vec![8u8; 72]]);
+        let altered_known = known(&altered);
+        assert_eq!(
+            check_block_known(&altered, Chain::Btc, &altered_known),
+            Err(BlockError::BadWitnessCommitment)
+        );
+        // A wrong root is found whatever is known.
+        let mut b = block_with(3);
+        let k = known(&b);
+        b.txdata.swap(1, 2);
+        assert_eq!(
+            check_block_known(&b, Chain::Btc, &[k[0], k[2], k[1]]),
+            Err(BlockError::BadMerkleRoot)
+        );
+        // On BSV the known hash is the txid.
+        let b = block_with(4);
+        let k: Vec<_> = b
+            .txdata
+            .iter()
+            .map(|t| Some(t.compute_txid().to_byte_array()))
+            .collect();
+        assert_eq!(
+            check_block_known(&b, Chain::Bsv, &k),
+            check_block_txids(&b, Chain::Bsv)
+        );
     }
 
     #[test]

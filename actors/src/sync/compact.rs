@@ -89,6 +89,9 @@ pub use crate::wire::compact::short_id_hash;
 pub struct PartialBlock {
     header: Header,
     txs: Vec<Option<Arc<Transaction>>>,
+    /// For each position filled from a pool, the hash its short id is of, as the pool
+    /// computed it when the transaction came in (the block check need not hash it again).
+    hashes: Vec<Option<[u8; 32]>>,
     /// Transactions the message carried (the coinbase at least).
     pub prefilled: usize,
     /// Transactions found in the relay pool.
@@ -158,6 +161,7 @@ impl PartialBlock {
         let keys = ShortId::calculate_siphash_keys(&cmpct.header, cmpct.nonce);
         let mut partial = PartialBlock {
             header: cmpct.header,
+            hashes: vec![None; txs.len()],
             txs,
             prefilled: cmpct.prefilled.len(),
             from_pool: 0,
@@ -184,6 +188,7 @@ impl PartialBlock {
                 _ if ambiguous[at] => {}
                 None => {
                     partial.txs[at] = Some(tx.clone());
+                    partial.hashes[at] = Some(hash);
                     found += 1;
                     found_in_extra[at] = from_extra;
                     if from_extra {
@@ -193,9 +198,13 @@ impl PartialBlock {
                     }
                 }
                 // The same transaction in both pools is no conflict.
-                Some(have) if have.compute_wtxid() == tx.compute_wtxid() => {}
+                Some(have)
+                    if partial.hashes[at] == Some(hash)
+                        && (Arc::ptr_eq(have, tx)
+                            || have.compute_wtxid() == tx.compute_wtxid()) => {}
                 Some(_) => {
                     partial.txs[at] = None;
+                    partial.hashes[at] = None;
                     ambiguous[at] = true;
                     found -= 1;
                     if found_in_extra[at] {
@@ -228,6 +237,16 @@ impl PartialBlock {
     /// caller checks it (merkle root, IsBlockMutated); a failure there is
     /// [`ReadError::Failed`], since a short-id collision looks the same.
     pub fn fill(self, missing: Vec<Transaction>) -> Result<Block, ReadError> {
+        self.fill_known(missing).map(|(block, _)| block)
+    }
+
+    /// [`fill`](Self::fill), with the hash each position's short id is of where a pool
+    /// gave it (see [`crate::sync::block_check::check_block_known`]).
+    #[allow(clippy::type_complexity)]
+    pub fn fill_known(
+        self,
+        missing: Vec<Transaction>,
+    ) -> Result<(Block, Vec<Option<[u8; 32]>>), ReadError> {
         let gaps = self.txs.iter().filter(|t| t.is_none()).count();
         if missing.len() != gaps {
             return Err(ReadError::Invalid("blocktxn_wrong_count"));
@@ -242,10 +261,13 @@ impl PartialBlock {
                 None => missing.next().unwrap_or_else(empty_tx),
             })
             .collect();
-        Ok(Block {
-            header: self.header,
-            txdata,
-        })
+        Ok((
+            Block {
+                header: self.header,
+                txdata,
+            },
+            self.hashes,
+        ))
     }
 }
 

@@ -61,9 +61,12 @@ use tracing::{debug, error, info, warn};
 use crate::context::NodeContext;
 use crate::msg::{ConnectionMsg, SyncInput, SyncMsg};
 use crate::shared::peers::PeerId;
-use crate::sync::chain::store::{HeaderLoad, HeaderStore, COMPACT_STALE_SHARE, LOAD_STEP_RECORDS};
+use crate::sync::chain::store::{
+    HeaderLoad, HeaderStore, SyncReport, COMPACT_STALE_SHARE, LOAD_STEP_RECORDS,
+};
 use crate::wire::Message;
 use engine::{Action, Clock, NewPeer, SyncCore};
+use futures_util::FutureExt;
 
 /// How often a header file that could not be written (a full disk) is rewritten from the
 /// chain: each try writes the whole best chain, so not more often than this.
@@ -136,8 +139,15 @@ pub struct SyncActorState {
     /// When a failed header file is next rewritten from the chain.
     store_retry_at: Option<Instant>,
     store: Option<HeaderStore>,
+    /// headers.dat's group commit while it runs (see [`SyncActorState::sync_store`]).
+    store_sync: Option<tokio::task::JoinHandle<SyncReport>>,
     /// The vouched tip last saved to `vouched.dat`.
     saved_vouched: Option<bitcoin::BlockHash>,
+    /// A save of `vouched.dat` while it runs, and the tip it saves.
+    vouched_save: Option<(
+        bitcoin::BlockHash,
+        tokio::task::JoinHandle<Result<(), crate::persist::PersistError>>,
+    )>,
     /// Set while headers.dat loads (see [`SyncMsg::LoadStep`]).
     loading: Option<Loading>,
     /// Messages from peers not yet announced by the Manager, oldest first.
@@ -181,6 +191,12 @@ impl SyncActorState {
                 Action::Store(headers) => self.store_headers(&headers),
             }
         }
+        // What a step left for after its actions (a new block's bookkeeping, once its push
+        // to high-bandwidth peers is on its way: see `SyncCore::defer_bookkeeping`).
+        if self.core.has_deferred() {
+            let more = self.core.run_deferred(system_clock());
+            self.apply(more);
+        }
     }
 
     fn cast(&self, id: PeerId, m: ConnectionMsg) {
@@ -207,11 +223,35 @@ impl SyncActorState {
         let Some(store) = self.store.as_mut() else {
             return;
         };
-        let result = store
-            .append(stored)
-            .and_then(|_| store.sync_if_due(Instant::now()));
-        if let Err(e) = result {
+        if let Err(e) = store.append(stored) {
             self.on_store_failure(e);
+            return;
+        }
+        self.sync_store(Instant::now());
+    }
+
+    /// Takes the report of a finished fsync of headers.dat, and starts the next one when
+    /// due. The fsync runs on a blocking thread: on a real disk it takes milliseconds to
+    /// tens of them, and here it ran before the actions after it, a new block's push to
+    /// high-bandwidth peers among them (its header is stored first).
+    fn sync_store(&mut self, now: Instant) {
+        if self
+            .store_sync
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+        {
+            let report = self.store_sync.take().and_then(|h| h.now_or_never());
+            if let (Some(Ok(report)), Some(store)) = (report, self.store.as_mut()) {
+                if let Err(e) = store.synced(report) {
+                    self.on_store_failure(e);
+                }
+            }
+        }
+        if self.store_sync.is_some() {
+            return;
+        }
+        if let Some(job) = self.store.as_mut().and_then(|s| s.sync_due(now)) {
+            self.store_sync = Some(tokio::task::spawn_blocking(move || job.run()));
         }
     }
 
@@ -251,23 +291,64 @@ impl SyncActorState {
 
     /// Saves the vouched tip when it moved (atomically, 0600); a failure is counted and
     /// retried on the next tick.
+    /// On a blocking thread (its fsyncs would hold up the relay, as headers.dat's did), one
+    /// save at a time; [`Self::save_vouched_now`] at the stop.
     fn save_vouched(&mut self) {
-        let Some((height, hash)) = self.core.vouched_tip() else {
-            return;
-        };
-        if Some(hash) == self.saved_vouched {
+        if self
+            .vouched_save
+            .as_ref()
+            .is_some_and(|(_, h)| h.is_finished())
+        {
+            if let Some((hash, handle)) = self.vouched_save.take() {
+                match handle.now_or_never() {
+                    Some(Ok(Ok(()))) => self.saved_vouched = Some(hash),
+                    Some(Ok(Err(e))) => Self::vouched_save_failed(&e),
+                    _ => {}
+                }
+            }
+        }
+        if self.vouched_save.is_some() {
             return;
         }
-        let record = (
-            height,
-            <bitcoin::BlockHash as bitcoin::hashes::Hash>::to_byte_array(hash),
-        );
+        let Some((hash, record)) = self.vouched_record() else {
+            return;
+        };
+        let path = self.vouched_path();
+        let handle = tokio::task::spawn_blocking(move || {
+            crate::persist::save(&path, VOUCHED_KIND, VOUCHED_VERSION, &record)
+        });
+        self.vouched_save = Some((hash, handle));
+    }
+
+    /// The vouched tip's record, when it moved since the last save.
+    fn vouched_record(&self) -> Option<(bitcoin::BlockHash, (u32, [u8; 32]))> {
+        let (height, hash) = self.core.vouched_tip()?;
+        if Some(hash) == self.saved_vouched {
+            return None;
+        }
+        let bytes = <bitcoin::BlockHash as bitcoin::hashes::Hash>::to_byte_array(hash);
+        Some((hash, (height, bytes)))
+    }
+
+    fn vouched_save_failed(e: &crate::persist::PersistError) {
+        metrics::counter!("meshd_store_errors_total", "file" => "vouched.dat").increment(1);
+        debug!(error = %e, "cannot write vouched.dat; retried on the next tick");
+    }
+
+    /// Saves the vouched tip here and now (the stop, once a save still running is done:
+    /// else its older record could be renamed over this one).
+    async fn save_vouched_now(&mut self) {
+        if let Some((hash, handle)) = self.vouched_save.take() {
+            if let Ok(Ok(())) = handle.await {
+                self.saved_vouched = Some(hash);
+            }
+        }
+        let Some((hash, record)) = self.vouched_record() else {
+            return;
+        };
         match crate::persist::save(&self.vouched_path(), VOUCHED_KIND, VOUCHED_VERSION, &record) {
             Ok(()) => self.saved_vouched = Some(hash),
-            Err(e) => {
-                metrics::counter!("meshd_store_errors_total", "file" => "vouched.dat").increment(1);
-                debug!(error = %e, "cannot write vouched.dat; retried on the next tick");
-            }
+            Err(e) => Self::vouched_save_failed(&e),
         }
     }
 
@@ -317,11 +398,7 @@ impl SyncActorState {
 
     fn on_tick(&mut self) {
         let clock = system_clock();
-        if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.sync_if_due(clock.now) {
-                self.on_store_failure(e);
-            }
-        }
+        self.sync_store(clock.now);
         self.retry_store(clock.now);
         self.compact_store();
         self.save_vouched();
@@ -631,12 +708,13 @@ impl Actor for Sync {
         _myself: ActorRef<SyncMsg>,
         ctx: Arc<NodeContext>,
     ) -> Result<SyncActorState, ActorProcessingErr> {
-        let core = SyncCore::new(
+        let mut core = SyncCore::new(
             ctx.profile.clone(),
             ctx.config(),
             system_clock(),
             rand::random(),
         );
+        core.defer_bookkeeping(true);
         Ok(SyncActorState {
             ctx,
             core,
@@ -644,7 +722,9 @@ impl Actor for Sync {
             release_memory_at: None,
             store_retry_at: None,
             saved_vouched: None,
+            vouched_save: None,
             store: None,
+            store_sync: None,
             loading: None,
             early: VecDeque::new(),
             timer: None,
@@ -701,7 +781,7 @@ impl Actor for Sync {
             let _ = store.sync();
         }
         if state.loading.is_none() {
-            state.save_vouched();
+            state.save_vouched_now().await;
         }
         Ok(())
     }

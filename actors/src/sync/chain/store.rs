@@ -100,6 +100,37 @@ pub struct HeaderStore {
     /// Why the file is behind the chain (a failed write or sync), if it is.
     failed: Option<String>,
     network_magic: [u8; 4],
+    /// An fsync handed out by [`sync_due`](Self::sync_due) has not reported back.
+    syncing: bool,
+    /// Which file a handed-out fsync is of: a rewrite replaces the file, and a late report
+    /// on the old one then says nothing of the new.
+    generation: u64,
+}
+
+/// An fsync of a header file's appended records, to be run away from the caller's thread:
+/// on a real disk it takes milliseconds to tens of them, and a block's relay must not wait
+/// behind it. Run it with [`run`](Self::run), hand the result to [`HeaderStore::synced`].
+#[derive(Debug)]
+pub struct PendingSync {
+    file: File,
+    generation: u64,
+}
+
+/// What a [`PendingSync`] found.
+#[derive(Debug)]
+pub struct SyncReport {
+    generation: u64,
+    result: std::io::Result<()>,
+}
+
+impl PendingSync {
+    /// Syncs the file's data (blocking).
+    pub fn run(self) -> SyncReport {
+        SyncReport {
+            generation: self.generation,
+            result: self.file.sync_data(),
+        }
+    }
 }
 
 impl Drop for HeaderStore {
@@ -311,6 +342,8 @@ impl HeaderLoad {
                 len: good,
                 failed: None,
                 network_magic: self.network_magic,
+                syncing: false,
+                generation: 0,
             },
             LoadReport {
                 loaded: self.tally.loaded,
@@ -430,6 +463,9 @@ impl HeaderStore {
                 self.pending = 0;
                 self.failed = None;
                 self.last_sync = Instant::now();
+                // A sync still running is of the old file.
+                self.generation += 1;
+                self.syncing = false;
                 Ok(())
             }
             Err(e) => {
@@ -444,11 +480,55 @@ impl HeaderStore {
     /// kill -9 loses none of them); only an operating-system crash or power loss can take the
     /// unsynced tail, and the load cuts back to the last good record.
     pub fn sync_if_due(&mut self, now: Instant) -> std::io::Result<()> {
-        let due = self.pending >= GROUP_COMMIT_HEADERS
-            || (self.pending > 0
-                && now.saturating_duration_since(self.last_sync) >= GROUP_COMMIT_INTERVAL);
-        if due {
+        if self.is_due(now) {
             self.sync()?;
+        }
+        Ok(())
+    }
+
+    fn is_due(&self, now: Instant) -> bool {
+        self.pending >= GROUP_COMMIT_HEADERS
+            || (self.pending > 0
+                && now.saturating_duration_since(self.last_sync) >= GROUP_COMMIT_INTERVAL)
+    }
+
+    /// The group commit of [`sync_if_due`](Self::sync_if_due), handed out to be run on
+    /// another thread: `None` when none is due, one is already running, or the file failed.
+    /// The headers it covers count as synced from now; a failure reported to
+    /// [`synced`](Self::synced) stops appending, as a failed [`sync`](Self::sync) does.
+    pub fn sync_due(&mut self, now: Instant) -> Option<PendingSync> {
+        if self.syncing || self.failed.is_some() || !self.is_due(now) {
+            return None;
+        }
+        match self.file.try_clone() {
+            Ok(file) => {
+                self.syncing = true;
+                self.pending = 0;
+                self.last_sync = now;
+                Some(PendingSync {
+                    file,
+                    generation: self.generation,
+                })
+            }
+            Err(e) => {
+                // No second handle (out of descriptors): synced here, as before.
+                let _ = self.sync();
+                tracing::debug!(error = %e, "header file synced in place");
+                None
+            }
+        }
+    }
+
+    /// The report of a [`PendingSync`]. An error is the file's failure (returned, and
+    /// appending stops until a rewrite); a report on a file since replaced is ignored.
+    pub fn synced(&mut self, report: SyncReport) -> std::io::Result<()> {
+        if report.generation != self.generation {
+            return Ok(());
+        }
+        self.syncing = false;
+        if let Err(e) = report.result {
+            self.fail(&e);
+            return Err(e);
         }
         Ok(())
     }
@@ -510,6 +590,53 @@ mod tests {
             parent = h;
         }
         (c, out)
+    }
+
+    #[test]
+    fn the_group_commit_runs_elsewhere_once_at_a_time_and_its_failure_stops_appending() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("headers.dat");
+        let magic = NetworkId::Regtest.profile().magic.to_bytes();
+        let (chain, hs) = build(3);
+        let hashed: Vec<_> = hs.iter().map(|h| (*h, h.block_hash())).collect();
+        let mut c = HeaderChain::new(&NetworkId::Regtest.profile());
+        let (mut store, _) = HeaderStore::open(&path, magic, &mut c).unwrap();
+        let t0 = Instant::now();
+        assert!(store.sync_due(t0).is_none(), "nothing appended");
+        store.append(&hashed[..1]).unwrap();
+        let later = t0 + GROUP_COMMIT_INTERVAL + Duration::from_millis(1);
+        let job = store.sync_due(later).expect("due after the interval");
+        // One at a time: more appends wait for the running one to report.
+        store.append(&hashed[1..2]).unwrap();
+        assert!(store.sync_due(later + GROUP_COMMIT_INTERVAL * 2).is_none());
+        store.synced(job.run()).unwrap();
+        let job = store
+            .sync_due(later + GROUP_COMMIT_INTERVAL * 2)
+            .expect("the next one, once the first reported");
+        // A report on a file since rewritten says nothing of the new one.
+        store.rewrite(&chain).unwrap();
+        let stale = job.run();
+        store
+            .synced(SyncReport {
+                generation: stale.generation,
+                result: Err(std::io::Error::other("old file")),
+            })
+            .unwrap();
+        assert!(store.failure().is_none());
+        // A failed sync of the file in use stops appending, as a failed in-place sync does.
+        store.append(&hashed[2..3]).unwrap();
+        let job = store
+            .sync_due(later + GROUP_COMMIT_INTERVAL * 4)
+            .expect("due");
+        let generation = job.generation;
+        assert!(store
+            .synced(SyncReport {
+                generation,
+                result: Err(std::io::Error::other("disk gone")),
+            })
+            .is_err());
+        assert!(store.failure().is_some());
+        assert!(store.sync_due(later + GROUP_COMMIT_INTERVAL * 8).is_none());
     }
 
     #[test]

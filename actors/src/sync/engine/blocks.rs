@@ -10,11 +10,11 @@ use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::ServiceFlags;
-use bitcoin::BlockHash;
+use bitcoin::{BlockHash, Txid};
 use tracing::{debug, info, warn};
 
 use super::compact::Arrival;
-use super::{Action, KeptBlock, SyncCore, SyncPeer, DIRECT_FETCH_SPACINGS};
+use super::{Action, AfterKeep, KeptBlock, SyncCore, SyncPeer, DIRECT_FETCH_SPACINGS};
 use crate::config::TxRelay;
 use crate::events::{BlockVia, NodeEvent};
 use crate::msg::HashedHeaders;
@@ -595,9 +595,8 @@ impl SyncCore {
     }
 
     /// Keeps a checked block, then passes it on: first as `cmpctblock` to high-bandwidth
-    /// peers (the latency that matters: nothing else is done before), then the bookkeeping
-    /// (the relay pool, the outputs index), then ordinary announcements. Its transactions
-    /// are hashed once, here or by the block check.
+    /// peers (the latency that matters: nothing else is done before), then the rest in
+    /// [`Self::after_keep`]. Its transactions are hashed once, here or by the block check.
     pub(super) fn keep_and_publish(
         &mut self,
         block: Block,
@@ -608,10 +607,6 @@ impl SyncCore {
         if self.blocks.iter().any(|k| k.hash == hash) {
             return;
         }
-        let height = self.chain.height_of(&hash).unwrap_or(0);
-        // Framed once, from a borrow: served whole from here on.
-        let (frame, size) = crate::wire::message::encode_block_frame(self.profile.magic, &block);
-        let tx_count = block.txdata.len();
         let Arrival {
             via,
             txs_requested,
@@ -619,7 +614,7 @@ impl SyncCore {
             missing,
             txids,
         } = arrival;
-        let txids = if txids.len() == tx_count {
+        let txids = if txids.len() == block.txdata.len() {
             txids
         } else {
             block.txdata.iter().map(|t| t.compute_txid()).collect()
@@ -634,17 +629,19 @@ impl SyncCore {
             .iter()
             .zip(&txids)
             .map(|(tx, txid)| {
-                if by_wtxid && tx.input.iter().any(|i| !i.witness.is_empty()) {
+                if by_wtxid && has_witness(tx) {
                     tx.compute_wtxid().to_byte_array()
                 } else {
                     txid.to_byte_array()
                 }
             })
             .collect();
+        let block = Arc::new(block);
         self.blocks.push_back(KeptBlock {
             hash,
-            block: Arc::new(block),
-            frame: frame.into(),
+            block: block.clone(),
+            // Framed after the push, once (see `after_keep`), and served whole from then on.
+            frame: std::sync::OnceLock::new(),
             missing,
             short_id_hashes,
             compact: None,
@@ -653,7 +650,48 @@ impl SyncCore {
             vouch_asks: 0,
         });
         self.announce_compact(hash);
+        self.kept_pending.push_back(AfterKeep {
+            hash,
+            block,
+            txids,
+            from,
+            via,
+            txs_requested,
+            wire_bytes,
+        });
+        if !self.defer_after_keep {
+            self.run_after_keep();
+        }
+    }
 
+    /// Everything a kept block still needs once it is pushed, oldest first.
+    pub(super) fn run_after_keep(&mut self) {
+        while let Some(kept) = self.kept_pending.pop_front() {
+            self.after_keep(kept);
+        }
+    }
+
+    /// The rest of keeping a block: its whole frame, the count and the event, the relay
+    /// pool's and the outputs index's bookkeeping, the trim of kept blocks, and ordinary
+    /// announcements. Split from [`Self::keep_and_publish`] so that the actor can send the
+    /// high-bandwidth push before this work (see [`SyncCore::defer_bookkeeping`]).
+    fn after_keep(&mut self, kept: AfterKeep) {
+        let AfterKeep {
+            hash,
+            block,
+            txids,
+            from,
+            via,
+            txs_requested,
+            wire_bytes,
+        } = kept;
+        let height = self.chain.height_of(&hash).unwrap_or(0);
+        let magic = self.profile.magic;
+        let size = match self.blocks.iter().find(|k| k.hash == hash) {
+            Some(k) => k.whole_frame(magic).len() - crate::constants::FRAME_HEADER_LEN,
+            None => block.total_size(),
+        };
+        let tx_count = block.txdata.len();
         metrics::counter!("meshd_blocks_received_total", "via" => via.name()).increment(1);
         let arrival = Arrival {
             via,
@@ -676,15 +714,11 @@ impl SyncCore {
             txs_requested,
             wire_bytes,
         });
-        let block = match self.blocks.back() {
-            Some(k) => k.block.clone(),
-            None => return,
-        };
         // Transactions now in a block leave the relay pool, and are not fetched again.
         for (tx, txid) in block.txdata.iter().zip(&txids) {
             self.pool.remove(txid);
             self.recent_confirmed.insert(&txid.to_byte_array());
-            if tx.input.iter().any(|i| !i.witness.is_empty()) {
+            if has_witness(tx) {
                 self.recent_confirmed
                     .insert(&tx.compute_wtxid().to_byte_array());
             }
@@ -693,8 +727,15 @@ impl SyncCore {
         }
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {
-                for tx in &old.block.txdata {
-                    self.block_outputs.remove(&tx.compute_txid());
+                // Its txids, without hashing: the short-id hash is the txid but for a
+                // transaction with a witness on BTC.
+                for (tx, h) in old.block.txdata.iter().zip(&old.short_id_hashes) {
+                    let txid = if has_witness(tx) {
+                        tx.compute_txid()
+                    } else {
+                        Txid::from_byte_array(*h)
+                    };
+                    self.block_outputs.remove(&txid);
                 }
             }
         }
@@ -770,4 +811,9 @@ pub(super) fn peer_has_header(chain: &HeaderChain, p: &SyncPeer, hash: BlockHash
                         .height_of(&hash)
                         .is_some_and(|h| chain.height_of(&b).is_some_and(|bh| bh >= h)))
         })
+}
+
+/// Whether `tx` carries a witness (its wtxid differs from its txid).
+fn has_witness(tx: &bitcoin::Transaction) -> bool {
+    tx.input.iter().any(|i| !i.witness.is_empty())
 }

@@ -373,9 +373,9 @@ impl SyncCore {
             // without a round trip, and give up quietly if that does not do (Core).
             if let Ok(partial) = self.init_partial(&cmpct) {
                 if partial.missing().is_empty() {
-                    if let Ok(block) = partial.fill(Vec::new()) {
+                    if let Ok((block, known)) = partial.fill_known(Vec::new()) {
                         if let Ok(txids) =
-                            block_check::check_block_txids(&block, self.profile.chain)
+                            block_check::check_block_known(&block, self.profile.chain, &known)
                         {
                             if let Some(other) = in_flight_from {
                                 self.downloads.on_block(&hash, other, self.clock.now);
@@ -518,12 +518,13 @@ impl SyncCore {
         arrival: Arrival,
     ) {
         let hash = partial.hash();
-        match partial.fill(missing) {
+        match partial.fill_known(missing) {
             Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, arrival.via),
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
-            Ok(block) => {
+            Ok((block, known)) => {
                 let mut arrival = arrival;
-                match block_check::check_block_txids(&block, self.profile.chain) {
+                // What our pools gave is not hashed again: we hashed it when it came in.
+                match block_check::check_block_known(&block, self.profile.chain, &known) {
                     Ok(txids) => arrival.txids = txids,
                     Err(e) if e.may_be_collision() => {
                         debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
@@ -580,7 +581,7 @@ impl SyncCore {
             let frame = self.compact_of(at);
             self.out.push(Action::SendShared(id, "cmpctblock", frame));
         } else {
-            let frame = self.blocks[at].frame.clone();
+            let frame = self.blocks[at].whole_frame(self.profile.magic);
             self.out.push(Action::SendShared(id, "block", frame));
         }
         true
@@ -630,7 +631,7 @@ impl SyncCore {
                 self.out.push(Action::SendShared(id, "blocktxn", frame));
             }
             TxnAnswer::FullBlock => {
-                let frame = k.frame.clone();
+                let frame = k.whole_frame(self.profile.magic);
                 self.out.push(Action::SendShared(id, "block", frame));
             }
             TxnAnswer::OutOfRange => self.punish(id, "getblocktxn_out_of_range"),

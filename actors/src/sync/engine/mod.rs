@@ -293,7 +293,8 @@ impl SyncPeer {
 struct KeptBlock {
     hash: BlockHash,
     block: Arc<Block>,
-    frame: Arc<[u8]>,
+    /// Its `block` message, framed once (see [`KeptBlock::whole_frame`]).
+    frame: std::sync::OnceLock<Arc<[u8]>>,
     /// Positions we lacked when we reconstructed it: prefilled in our compact blocks of it.
     missing: Vec<usize>,
     /// What each transaction's short id is computed over (wtxid or txid, as the network's
@@ -308,6 +309,32 @@ struct KeptBlock {
     /// (see [`SyncCore::ask_for_vouches`]).
     kept_at: Instant,
     vouch_asks: u8,
+}
+
+impl KeptBlock {
+    /// Its `block` message: framed on first need (right after the high-bandwidth push, by
+    /// [`SyncCore::after_keep`]), then one shared copy for every peer.
+    fn whole_frame(&self, magic: bitcoin::p2p::Magic) -> Arc<[u8]> {
+        self.frame
+            .get_or_init(|| {
+                crate::wire::message::encode_block_frame(magic, &self.block)
+                    .0
+                    .into()
+            })
+            .clone()
+    }
+}
+
+/// What is left of keeping a block once it is pushed to high-bandwidth peers (see
+/// [`SyncCore::defer_bookkeeping`]).
+struct AfterKeep {
+    hash: BlockHash,
+    block: Arc<Block>,
+    txids: Vec<bitcoin::Txid>,
+    from: Option<PeerId>,
+    via: crate::events::BlockVia,
+    txs_requested: usize,
+    wire_bytes: usize,
 }
 
 /// The sync core's state.
@@ -376,6 +403,10 @@ pub struct SyncCore {
     /// The block whose `inv` last made us ask a peer we do not sync from for headers
     /// (Core's `m_last_block_inv_triggering_headers_sync`): one such peer per new block.
     last_inv_trigger: Option<BlockHash>,
+    /// Kept blocks whose bookkeeping waits for [`SyncCore::run_deferred`].
+    kept_pending: VecDeque<AfterKeep>,
+    /// Whether it waits (see [`SyncCore::defer_bookkeeping`]).
+    defer_after_keep: bool,
 }
 
 /// A delay drawn from an exponential distribution of mean `avg` (Core's trickle), capped at
@@ -423,6 +454,8 @@ impl SyncCore {
             extra_txn: Default::default(),
             partials: HashMap::new(),
             fallbacks: VecDeque::new(),
+            kept_pending: VecDeque::new(),
+            defer_after_keep: false,
             compact_in_hand: None,
             last_inv_trigger: None,
             vouched_blocks: Default::default(),
@@ -675,6 +708,31 @@ impl SyncCore {
     pub fn tick(&mut self, clock: Clock) -> Vec<Action> {
         self.clock = clock;
         self.on_tick();
+        self.finish()
+    }
+
+    /// Splits the handling of a new block in two: a step returns the `cmpctblock` push to
+    /// high-bandwidth peers without the block's bookkeeping (its whole frame, the relay
+    /// pool's removals, the event, ordinary announcements: a few ms for a block of 2,000
+    /// transactions), which [`Self::run_deferred`] then does. An actor turns this on and
+    /// calls `run_deferred` as soon as it has sent a step's actions, so the push leaves
+    /// before the work; off (the default), every step does it all.
+    pub fn defer_bookkeeping(&mut self, on: bool) {
+        self.defer_after_keep = on;
+        if !on {
+            self.run_after_keep();
+        }
+    }
+
+    /// Whether [`Self::run_deferred`] has work.
+    pub fn has_deferred(&self) -> bool {
+        !self.kept_pending.is_empty()
+    }
+
+    /// The bookkeeping a step left (see [`Self::defer_bookkeeping`]).
+    pub fn run_deferred(&mut self, clock: Clock) -> Vec<Action> {
+        self.clock = clock;
+        self.run_after_keep();
         self.finish()
     }
 

@@ -269,8 +269,11 @@ impl SyncCore {
                     // not read.
                     match self.blocks.iter().find(|k| k.hash == h) {
                         Some(k) => {
-                            self.out
-                                .push(Action::SendShared(id, "block", k.frame.clone()));
+                            self.out.push(Action::SendShared(
+                                id,
+                                "block",
+                                k.whole_frame(self.profile.magic),
+                            ));
                         }
                         None => missing.push(item),
                     }

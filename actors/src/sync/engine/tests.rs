@@ -1311,3 +1311,58 @@ fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
         compact_block(&b4, pushed[0].nonce, &short_id_hashes(&b4, false), &[])
     );
 }
+
+#[test]
+fn with_bookkeeping_deferred_a_step_returns_the_high_bandwidth_push_and_nothing_after_it() {
+    // The actor sends a step's actions before the block's bookkeeping (its whole frame, the
+    // pool's removals, the event, ordinary announcements), so the push to high-bandwidth
+    // peers does not wait behind it. Nothing is lost: run_deferred returns the rest.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    core.defer_bookkeeping(true);
+    let (p, h, r) = (PeerId(1), PeerId(2), PeerId(3));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let _ = core.peer_up(clock, peer(3, true, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    // H asks us for high-bandwidth pushes; R for ordinary announcements.
+    let _ = core.input(clock, h, sendcmpct(true));
+    let _ = core.input(clock, r, SyncInput::SendHeaders);
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(1)]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let step = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[1],
+        ))),
+    );
+    assert_eq!(cmpctblocks_to(&step, h).len(), 1, "pushed: {step:?}");
+    assert!(received(&step).is_empty(), "the event waits: {step:?}");
+    assert!(blocks_announced_to(&step, r).is_empty());
+    assert!(core.has_deferred());
+    let rest = core.run_deferred(clock);
+    assert!(!core.has_deferred());
+    assert_eq!(received(&rest), vec![b4.block_hash().to_string()]);
+    assert_eq!(blocks_announced_to(&rest, r), vec![b4.block_hash()]);
+    assert!(cmpctblocks_to(&rest, h).is_empty(), "pushed once");
+    // The block is served whole from its frame, made in the deferred step.
+    let served = core.input(
+        clock,
+        r,
+        SyncInput::GetData(vec![Inventory::WitnessBlock(b4.block_hash())]),
+    );
+    assert!(
+        served
+            .iter()
+            .any(|a| matches!(a, Action::SendShared(to, "block", _) if *to == r)),
+        "{served:?}"
+    );
+    // Off again: what waited is done at once, and steps do everything.
+    core.defer_bookkeeping(false);
+    assert!(!core.has_deferred());
+}
