@@ -64,7 +64,7 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     (
         "counter",
         "meshd_compact_blocks_total",
-        "Compact blocks (BIP152) received, by outcome (reconstructed, txn_requested, fallback, invalid, unsolicited) and mode (high_bandwidth, low_bandwidth).",
+        "Compact blocks (BIP152) received, by outcome (reconstructed, txn_requested, fallback, invalid, too_large, unsolicited) and mode (high_bandwidth, low_bandwidth).",
     ),
     (
         "counter",

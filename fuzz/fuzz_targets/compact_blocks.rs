@@ -2,7 +2,9 @@
 //! decoded from the input is reconstructed against a pool, and a `blocktxn` decoded after it
 //! fills the gaps; a `getblocktxn` is answered against a block. No input may panic. A second
 //! mode builds a block from the input, sends it compact with a fuzzed prefill and pool, and
-//! checks the round trip: the gaps asked for, filled from the block, give the block back.
+//! checks the round trip: the gaps asked for, filled from the block, give the block back,
+//! from the relay pool and the extra pool, with and without witnesses; and the block check
+//! that trusts the pools' hashes gives the verdict hashing everything gives.
 #![no_main]
 
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use bitcoin::{
 };
 use libfuzzer_sys::fuzz_target;
 use meshd_actors::network::Chain;
-use meshd_actors::sync::block_check::check_block;
+use meshd_actors::sync::block_check::{check_block, check_block_known, check_block_txids};
 use meshd_actors::sync::compact::{
     answer_getblocktxn, compact_block, short_id_hash, short_id_hashes, PartialBlock, TxnAnswer,
 };
@@ -75,8 +77,8 @@ fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
         partial.prefilled + partial.from_pool + partial.from_extra + missing.len(),
         cmpct.tx_count()
     );
-    let filled = partial.fill(txn.map(|t| t.transactions).unwrap_or_default());
-    let Ok(block) = filled else {
+    let filled = partial.fill_known(txn.map(|t| t.transactions).unwrap_or_default());
+    let Ok((block, known)) = filled else {
         return;
     };
     // Checked and answered with the rules of the chain the width belongs to.
@@ -84,7 +86,14 @@ fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
         IndexWidth::Bits16 => Chain::Btc,
         IndexWidth::Bits32 => Chain::Bsv,
     };
-    let _ = check_block(&block, chain);
+    let verdict = check_block(&block, chain);
+    if by_wtxid == (chain == Chain::Btc) {
+        // The pools' hashes are the chain's (wtxids on BTC): trusting them changes nothing.
+        assert_eq!(
+            check_block_known(&block, chain, &known).map(|_| ()),
+            verdict
+        );
+    }
     let mut r = rest;
     if let Ok(req) = decode_getblocktxn(&mut r, width, rest.len()) {
         let depth = u32::from(rest.first().copied().unwrap_or(0));
@@ -95,11 +104,17 @@ fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
 /// A block from the input sent compact and rebuilt: it must come back whole.
 fn round_trip(by_wtxid: bool, data: &[u8]) {
     // Four bytes per transaction: three make its prevout and value unique enough, one says
-    // whether the receiver's pool holds it and whether the sender prefills it.
+    // whether the sender prefills it (bit 0), whether the receiver holds it (bit 1) in its
+    // extra pool rather than its relay pool (bit 2), and whether it has a witness (bit 3,
+    // when short ids are of wtxids).
     let recs: Vec<&[u8]> = data.chunks_exact(4).take(500).collect();
     let mut txdata = vec![coinbase()];
     for (i, r) in recs.iter().enumerate() {
-        txdata.push(spend(i as u32, r));
+        let mut tx = spend(i as u32, r);
+        if by_wtxid && r[3] & 8 != 0 {
+            tx.input[0].witness = Witness::from_slice(&[vec![r[0]; 1 + usize::from(r[1] % 80)]]);
+        }
+        txdata.push(tx);
     }
     let mut block = Block {
         header: Header {
@@ -127,21 +142,23 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
             .unwrap_or([0; 8]),
     );
     let cmpct = compact_block(&block, nonce, &short_id_hashes(&block, by_wtxid), &prefill);
-    let pool: Vec<([u8; 32], Arc<Transaction>)> = recs
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r[3] & 2 != 0)
-        .map(|(i, _)| {
-            let tx = &block.txdata[i + 1];
-            (short_id_hash(tx, by_wtxid), Arc::new(tx.clone()))
-        })
-        .collect();
+    let held = |extra: bool| -> Vec<([u8; 32], Arc<Transaction>)> {
+        recs.iter()
+            .enumerate()
+            .filter(|(_, r)| r[3] & 2 != 0 && (r[3] & 4 != 0) == extra)
+            .map(|(i, _)| {
+                let tx = &block.txdata[i + 1];
+                (short_id_hash(tx, by_wtxid), Arc::new(tx.clone()))
+            })
+            .collect()
+    };
+    let (pool, extra) = (held(false), held(true));
     let partial = match PartialBlock::init(
         &cmpct,
         MAX_TXS,
         IndexWidth::Bits16,
         pool.iter().map(|(h, t)| (*h, t)),
-        std::iter::empty(),
+        extra.iter().map(|(h, t)| (*h, t)),
     ) {
         Ok(p) => p,
         // Distinct transactions can share a six-byte short id: that is BIP152's fallback.
@@ -160,12 +177,18 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
     };
     assert_eq!(txn.transactions.len(), missing.len());
     assert_eq!(
-        partial.prefilled + partial.from_pool + missing.len(),
+        partial.prefilled + partial.from_pool + partial.from_extra + missing.len(),
         block.txdata.len()
     );
-    let rebuilt = partial
-        .fill(txn.transactions)
+    let (rebuilt, known) = partial
+        .fill_known(txn.transactions)
         .expect("the gaps were answered");
+    // Trusting the pools' hashes changes no verdict (the chain by the short ids' hash).
+    let chain = if by_wtxid { Chain::Btc } else { Chain::Bsv };
+    assert_eq!(
+        check_block_known(&rebuilt, chain, &known),
+        check_block_txids(&rebuilt, chain)
+    );
     // A pooled transaction whose short id equals another, unpooled position's is placed
     // there unnoticed (BIP152's rare failed read; the merkle check sends us to the block):
     // then the block differs, and only then.

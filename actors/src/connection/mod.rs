@@ -1244,6 +1244,32 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
     if state.outbox.is_none() {
         return Ok(());
     }
+    let bytes = msg.encode(state.ctx.profile.magic);
+    let command = msg.command();
+    let payload_len = bytes.len().saturating_sub(FRAME_HEADER_LEN);
+    if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
+        if let Message::Network(NetworkMessage::GetBlockTxn(m)) = msg {
+            // Most of a huge BSV block missing: more indexes than the peer reads in one
+            // message. The whole block is asked instead, which Sync takes as the answer
+            // (as it takes the SV node's whole block for a request of nearly all of it).
+            let hash = m.txs_request.block_hash;
+            debug!(peer = %state.peer_name(), id = %state.id, %hash, payload_len, limit = state.peer_max_payload,
+                   "getblocktxn larger than the peer accepts; asking for the whole block");
+            let item = match state.ctx.profile.chain {
+                crate::network::Chain::Btc => Inventory::WitnessBlock(hash),
+                crate::network::Chain::Bsv => Inventory::Block(hash),
+            };
+            return send(
+                state,
+                &Message::Network(NetworkMessage::GetData(vec![item])),
+            );
+        }
+        warn!(peer = %state.peer_name(), id = %state.id, %command, payload_len, limit = state.peer_max_payload,
+              "not sending a message larger than the peer accepts");
+        return Ok(());
+    }
+    // What the reader may take in reply, recorded before the request leaves (so the reply
+    // always finds it) and only for a request that does leave.
     match msg {
         // What the reader may take above BSV's ordinary limit (see `BlocksExpected`).
         Message::Network(NetworkMessage::SendCmpct(m)) => {
@@ -1260,28 +1286,19 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
             state.blocks_expected.asked(1);
             state.blocks_expected.blocktxn(true);
         }
-        _ => {}
-    }
-    if let Message::Network(NetworkMessage::GetData(items)) = msg {
-        // Counted before the request leaves, so the reply always finds it.
-        state.blocks_expected.asked(count_blocks(items));
-        // A compact block asked for may come as `cmpctblock` (deep ones as a `block`).
-        for item in items {
-            if let Inventory::CompactBlock(h) = item {
-                if state.compact_blocks_asked.len() >= MAX_COMPACT_BLOCKS_ASKED {
-                    state.compact_blocks_asked.pop_front();
+        Message::Network(NetworkMessage::GetData(items)) => {
+            state.blocks_expected.asked(count_blocks(items));
+            // A compact block asked for may come as `cmpctblock` (deep ones as a `block`).
+            for item in items {
+                if let Inventory::CompactBlock(h) = item {
+                    if state.compact_blocks_asked.len() >= MAX_COMPACT_BLOCKS_ASKED {
+                        state.compact_blocks_asked.pop_front();
+                    }
+                    state.compact_blocks_asked.push_back(*h);
                 }
-                state.compact_blocks_asked.push_back(*h);
             }
         }
-    }
-    let bytes = msg.encode(state.ctx.profile.magic);
-    let command = msg.command();
-    let payload_len = bytes.len().saturating_sub(FRAME_HEADER_LEN);
-    if !is_bulk_command(command.as_str()) && payload_len > state.peer_max_payload as usize {
-        warn!(peer = %state.peer_name(), id = %state.id, %command, payload_len, limit = state.peer_max_payload,
-              "not sending a message larger than the peer accepts");
-        return Ok(());
+        _ => {}
     }
     let Some(outbox) = state.outbox.as_ref() else {
         return Ok(());

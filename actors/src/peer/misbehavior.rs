@@ -73,6 +73,8 @@ pub fn cost(kind: &str) -> u32 {
         "header_segment_mismatch" => 10,
         // Core punishes a mutated block and a bad witness commitment (BLOCK_MUTATED).
         "block_mutated" | "block_bad_witness_commitment" => 100,
+        // Core's `bad-blk-length` and `bad-blk-weight` (BLOCK_CONSENSUS): punished.
+        "block_bad_length" => 100,
         // Consensus-invalid transactions (Core: TX_CONSENSUS is punished).
         "tx_no_inputs"
         | "tx_no_outputs"

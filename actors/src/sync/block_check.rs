@@ -47,7 +47,19 @@ pub enum BlockError {
     /// `bad-cb-multiple`).
     #[error("the coinbase is missing, or not only first")]
     BadCoinbase,
+    /// Above BTC's size limits: more transactions or more bytes without witnesses than
+    /// [`MAX_BLOCK_WEIGHT`] allows, or a weight above it (Core's CheckBlock `bad-blk-length`
+    /// and ContextualCheckBlock `bad-blk-weight`). The reader bounds a whole block's frame
+    /// (4 MB on BTC), but 4 MB without witnesses weighs 16 million; a reconstructed block
+    /// has no frame at all.
+    #[error("block above the weight limit")]
+    TooHeavy,
 }
+
+/// BIP141's block weight limit (Core's `MAX_BLOCK_WEIGHT`).
+pub const MAX_BLOCK_WEIGHT: usize = 4_000_000;
+/// Weight of a byte outside witnesses (Core's `WITNESS_SCALE_FACTOR`).
+const WITNESS_SCALE_FACTOR: usize = 4;
 
 impl BlockError {
     /// Whether a reconstructed block failing so may be our reconstruction's fault (a
@@ -74,6 +86,7 @@ impl BlockError {
                 "block_bad_witness_commitment"
             }
             BlockError::BadCoinbase => "block_mutated",
+            BlockError::TooHeavy => "block_bad_length",
         }
     }
 }
@@ -167,7 +180,10 @@ pub fn check_block_known(
         return Err(BlockError::BadCoinbase);
     }
     match chain {
-        Chain::Btc => check_witness_malleation(block, &txids, known)?,
+        Chain::Btc => {
+            check_weight(block)?;
+            check_witness_malleation(block, &txids, known)?
+        }
         // BSV has no segwit: a witness (rust-bitcoin reads the marker on any chain) leaves
         // the txid and so the merkle root alone, and would be served on to peers that
         // cannot parse it.
@@ -178,6 +194,20 @@ pub fn check_block_known(
         }
     }
     Ok(txids)
+}
+
+/// Core's size limits of a BTC block (see [`BlockError::TooHeavy`]).
+fn check_weight(block: &Block) -> Result<(), BlockError> {
+    if block.txdata.len() * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT {
+        return Err(BlockError::TooHeavy);
+    }
+    // Weight: bytes without witnesses count four times, witness bytes once.
+    let weight = block.weight().to_wu() as usize;
+    let base = weight.saturating_sub(block.total_size()) / (WITNESS_SCALE_FACTOR - 1);
+    if base * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT || weight > MAX_BLOCK_WEIGHT {
+        return Err(BlockError::TooHeavy);
+    }
+    Ok(())
 }
 
 /// Whether `tx` carries a witness (its wtxid differs from its txid).
@@ -308,6 +338,26 @@ mod tests {
         });
         b.header.merkle_root = b.compute_merkle_root().unwrap();
         b
+    }
+
+    #[test]
+    fn a_block_above_the_weight_limit_is_refused_on_btc_only() {
+        // 1 MB and a little without witnesses: within a 4 MB frame, above 4 million weight.
+        let mut b = block_with(2);
+        b.txdata[1].output[0].script_pubkey =
+            bitcoin::ScriptBuf::from_bytes(vec![0x6a; MAX_BLOCK_WEIGHT / 4]);
+        b.header.merkle_root = b.compute_merkle_root().unwrap();
+        assert!(b.total_size() < 4_000_000);
+        assert_eq!(check_block(&b, Chain::Btc), Err(BlockError::TooHeavy));
+        assert_eq!(BlockError::TooHeavy.kind(), "block_bad_length");
+        assert!(!BlockError::TooHeavy.may_be_collision());
+        // BSV has no weight: its block size is the operator's (max-block-message-size).
+        assert_eq!(check_block(&b, Chain::Bsv), Ok(()));
+        // Just under: taken.
+        let mut b = block_with(2);
+        b.txdata[1].output[0].script_pubkey = bitcoin::ScriptBuf::from_bytes(vec![0x6a; 900_000]);
+        b.header.merkle_root = b.compute_merkle_root().unwrap();
+        assert_eq!(check_block(&b, Chain::Btc), Ok(()));
     }
 
     #[test]

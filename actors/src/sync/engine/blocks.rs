@@ -507,7 +507,10 @@ impl SyncCore {
             let connects =
                 header.is_some_and(|h| peer_has_header(&self.chain, p, h.prev_blockhash));
             match (p.wants_headers && connects, header) {
-                (true, Some(h)) => self.out.send(p.id, NetworkMessage::Headers(vec![h])),
+                (true, Some(h)) => {
+                    p.sent_header(&self.chain, hash);
+                    self.out.send(p.id, NetworkMessage::Headers(vec![h]))
+                }
                 _ => self
                     .out
                     .send(p.id, NetworkMessage::Inv(vec![Inventory::Block(hash)])),
@@ -801,16 +804,22 @@ impl SyncCore {
 }
 
 /// Whether `p` has the header `hash` as far as we know (Core's `PeerHasHeader`): one it
-/// sent or was told of, or its best known block is it or a descendant on our best chain.
+/// sent or was told of, or it is (an ancestor on our best chain of) its best known block or
+/// the best header we sent it, or it is the genesis.
 pub(super) fn peer_has_header(chain: &HeaderChain, p: &SyncPeer, hash: BlockHash) -> bool {
-    p.knows(&hash.to_byte_array())
-        || p.best_known.is_some_and(|b| {
-            b == hash
-                || (chain.is_on_best_chain(&b)
-                    && chain
-                        .height_of(&hash)
-                        .is_some_and(|h| chain.height_of(&b).is_some_and(|bh| bh >= h)))
-        })
+    let at_or_below = |b: BlockHash| {
+        b == hash
+            || (chain.is_on_best_chain(&b)
+                && chain.is_on_best_chain(&hash)
+                && chain
+                    .height_of(&hash)
+                    .is_some_and(|h| chain.height_of(&b).is_some_and(|bh| bh >= h)))
+    };
+    // Every peer of the network has its genesis.
+    chain.height_of(&hash) == Some(0)
+        || p.knows(&hash.to_byte_array())
+        || p.best_known.is_some_and(at_or_below)
+        || p.best_header_sent.is_some_and(at_or_below)
 }
 
 /// Whether `tx` carries a witness (its wtxid differs from its txid).

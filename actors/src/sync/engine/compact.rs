@@ -24,6 +24,7 @@ use crate::msg::HashedHeaders;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
 use crate::sync::block_check;
+use crate::sync::blocks::Failure;
 use crate::sync::compact::{
     self, answer_getblocktxn, short_id_hash, PartialBlock, ReadError, TxnAnswer,
     CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH,
@@ -374,9 +375,11 @@ impl SyncCore {
             if let Ok(partial) = self.init_partial(&cmpct) {
                 if partial.missing().is_empty() {
                     if let Ok((block, known)) = partial.fill_known(Vec::new()) {
-                        if let Ok(txids) =
+                        let checked =
                             block_check::check_block_known(&block, self.profile.chain, &known)
-                        {
+                                .ok()
+                                .filter(|_| !self.above_block_limit(&block));
+                        if let Some(txids) = checked {
                             if let Some(other) = in_flight_from {
                                 self.downloads.on_block(&hash, other, self.clock.now);
                             }
@@ -456,6 +459,13 @@ impl SyncCore {
             .downloads
             .on_block_refused(hash, id, &sources, self.clock.now);
         self.apply_downloads(out);
+    }
+
+    /// Whether a rebuilt block is larger than a whole `block` message we take
+    /// (`max-block-message-size`; on BSV the operator's block size, which compact blocks
+    /// must not get around).
+    fn above_block_limit(&self, block: &bitcoin::Block) -> bool {
+        block.total_size() > self.config.max_block_message_size as usize
     }
 
     fn init_partial(&self, cmpct: &CompactBlock) -> Result<PartialBlock, ReadError> {
@@ -552,6 +562,16 @@ impl SyncCore {
                         return;
                     }
                 }
+                if self.above_block_limit(&block) {
+                    // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
+                    // kept, and not served on to peers whose limit is ours.
+                    count_outcome("too_large", arrival.via);
+                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+                        self.partials.remove(&hash);
+                    }
+                    self.block_not_delivered(hash, id, Failure::TooLarge);
+                    return;
+                }
                 if !self.downloads.on_block(&hash, id, self.clock.now) {
                     return;
                 }
@@ -573,6 +593,10 @@ impl SyncCore {
         let Some(at) = self.blocks.iter().position(|k| k.hash == hash) else {
             return false;
         };
+        // Either answer carries the header: the peer has it.
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.sent_header(&self.chain, hash);
+        }
         let depth = self
             .chain
             .height_of(&hash)
@@ -650,18 +674,20 @@ impl SyncCore {
             return Vec::new();
         };
         let key = hash.to_byte_array();
+        let parent = self.blocks[at].block.header.prev_blockhash;
+        let chain = &self.chain;
         let to: Vec<PeerId> = self
             .peers
             .values()
             // Core's NewPoWValidBlock: only to peers from INVALID_CB_NO_BAN_VERSION, which
-            // do not punish a compact block that turns out invalid. (Core also asks that the
-            // peer has the parent's header; meshd's record of what a peer has is not yet
-            // complete enough for that: bcoin, synced, was then never pushed to.)
+            // do not punish a compact block that turns out invalid, that do not have its
+            // header and do have its parent's (PeerHasHeader: else it could not connect it).
             .filter(|p| {
                 p.cmpct.provides
                     && p.cmpct.hb_from
                     && p.version >= INVALID_CB_NO_BAN_VERSION
                     && !p.knows(&key)
+                    && super::blocks::peer_has_header(chain, p, parent)
             })
             .map(|p| p.id)
             .collect();
@@ -673,6 +699,7 @@ impl SyncCore {
         for id in &to {
             if let Some(p) = self.peers.get_mut(id) {
                 p.learn(key);
+                p.sent_header(&self.chain, hash);
             }
             self.out
                 .push(Action::SendShared(*id, "cmpctblock", frame.clone()));

@@ -242,6 +242,9 @@ struct SyncPeer {
     /// The most-work block it showed us it has (Core's `pindexBestKnownBlock`): the last of
     /// its headers, a known block it announced or sent. It has every ancestor of it.
     best_known: Option<BlockHash>,
+    /// The highest header we sent it (Core's `pindexBestHeaderSent`): in a `headers` answer
+    /// or announcement, or a `cmpctblock`. It has every ancestor of it.
+    best_header_sent: Option<BlockHash>,
     /// The last block it announced before we had its header (Core's
     /// `hashLastUnknownBlock`), resolved once the header is in.
     last_unknown: Option<BlockHash>,
@@ -285,6 +288,16 @@ impl SyncPeer {
     }
     fn learn(&mut self, h: [u8; 32]) {
         self.known.insert(&h);
+    }
+    /// We sent it the header `hash` (the last of a batch, or an announcement).
+    fn sent_header(&mut self, chain: &HeaderChain, hash: BlockHash) {
+        let higher = match self.best_header_sent.and_then(|b| chain.height_of(&b)) {
+            Some(have) => chain.height_of(&hash).is_some_and(|h| h > have),
+            None => true,
+        };
+        if higher {
+            self.best_header_sent = Some(hash);
+        }
     }
 }
 
@@ -600,6 +613,7 @@ impl SyncCore {
             inv_triggered_getheaders: false,
             services: new.services,
             best_known: None,
+            best_header_sent: None,
             last_unknown: None,
             vouched_tip: None,
             announced_blocks: VecDeque::new(),
@@ -902,7 +916,10 @@ impl SyncCore {
                     self.keep_vouched(&mut headers);
                     headers
                 };
-                if let Some(p) = self.peers.get(&id) {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    if let Some(last) = headers.last() {
+                        p.sent_header(&self.chain, last.block_hash());
+                    }
                     self.out.send(p.id, NetworkMessage::Headers(headers));
                 }
             }

@@ -269,6 +269,10 @@ impl SyncCore {
                     // not read.
                     match self.blocks.iter().find(|k| k.hash == h) {
                         Some(k) => {
+                            // It now has the block's header (bcoin, synced by `getblocks`
+                            // and `getdata`, shows us nothing else): a high-bandwidth push
+                            // of the next block connects for it.
+                            p.sent_header(&self.chain, h);
                             self.out.push(Action::SendShared(
                                 id,
                                 "block",

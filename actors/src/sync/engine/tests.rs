@@ -1305,7 +1305,10 @@ fn bsv_compact_blocks_are_version_1_with_txid_short_ids() {
     // short ids of txids.
     let pushed = cmpctblocks_to(&a, q);
     assert_eq!(pushed.len(), 1, "pushed to the high-bandwidth peer");
-    assert_eq!(cmpctblocks_to(&a, r).len(), 1, "and to the other one");
+    assert!(
+        cmpctblocks_to(&a, r).is_empty(),
+        "not to one that may lack the parent's header (Core's PeerHasHeader)"
+    );
     assert_eq!(
         pushed[0],
         compact_block(&b4, pushed[0].nonce, &short_id_hashes(&b4, false), &[])
@@ -1325,8 +1328,10 @@ fn with_bookkeeping_deferred_a_step_returns_the_high_bandwidth_push_and_nothing_
     let _ = core.peer_up(clock, peer(2, true, 3));
     let _ = core.peer_up(clock, peer(3, true, 3));
     let _ = core.input(clock, p, sendcmpct(false));
-    // H asks us for high-bandwidth pushes; R for ordinary announcements.
+    // H asks us for high-bandwidth pushes (and has our headers); R for ordinary
+    // announcements.
     let _ = core.input(clock, h, sendcmpct(true));
+    let _ = core.input(clock, h, getheaders_from_genesis());
     let _ = core.input(clock, r, SyncInput::SendHeaders);
     let tip = core.chain().tip_header();
     let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(1)]);
@@ -1365,4 +1370,67 @@ fn with_bookkeeping_deferred_a_step_returns_the_high_bandwidth_push_and_nothing_
     // Off again: what waited is done at once, and steps do everything.
     core.defer_bookkeeping(false);
     assert!(!core.has_deferred());
+}
+
+/// A `getheaders` from genesis: the peer syncs our headers (and so has them all).
+fn getheaders_from_genesis() -> SyncInput {
+    SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+        version: 70016,
+        locator_hashes: vec![NetworkId::Regtest.profile().genesis.block_hash()],
+        stop_hash: BlockHash::all_zeros(),
+    })
+}
+
+#[test]
+fn a_high_bandwidth_push_goes_only_to_peers_that_have_the_parents_header() {
+    // Core's NewPoWValidBlock pushes to a peer only when PeerHasHeader(parent): the peer
+    // showed us a block at or above it, or we sent it a header at or above it. Before, meshd
+    // pushed to every high-bandwidth peer, parent or not.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let (p, synced, told, blind) = (PeerId(1), PeerId(2), PeerId(3), PeerId(4));
+    for id in 1..=4 {
+        let _ = core.peer_up(clock, peer(id, id != 1, 3));
+    }
+    let _ = core.input(clock, p, sendcmpct(false));
+    for id in [synced, told, blind] {
+        let _ = core.input(clock, id, sendcmpct(true));
+    }
+    // `synced` asked for our headers; `told` showed us its own tip (our tip, block 3).
+    let _ = core.input(clock, synced, getheaders_from_genesis());
+    let tip = core.chain().tip_header();
+    let _ = core.input(clock, told, headers_of(&[tip]));
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
+    );
+    assert_eq!(cmpctblocks_to(&a, synced).len(), 1, "{a:?}");
+    assert_eq!(cmpctblocks_to(&a, told).len(), 1);
+    assert!(cmpctblocks_to(&a, blind).is_empty(), "{a:?}");
+    // The push counts as a header sent: the next block goes to `synced` again.
+    let b5 = block_with(&b4.header, 5, tip.time + 2, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b5)));
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b5,
+            12,
+            &short_id_hashes(&b5, true),
+            &[],
+        ))),
+    );
+    assert_eq!(cmpctblocks_to(&a, synced).len(), 1, "{a:?}");
+}
+
+fn headers_of(hs: &[Header]) -> SyncInput {
+    SyncInput::Headers(HashedHeaders::new(hs.to_vec()))
 }
