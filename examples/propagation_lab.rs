@@ -847,9 +847,16 @@ async fn main() {
         rows.push((name.into(), outs));
     }
     if with_bcoin {
-        // bcoin's high-bandwidth mode (--compact-high-bandwidth) is left out: in this mesh its
-        // nodes stopped syncing the setup chain (to be investigated).
-        for (name, hb) in [("bcoin 1.0.2, compact low-bandwidth (its default)", false)] {
+        // bcoin's high-bandwidth mode (--compact-high-bandwidth) only on demand: in this mesh
+        // its nodes stopped syncing the setup chain (to be investigated).
+        let mut setups = vec![("bcoin 1.0.2, compact low-bandwidth (its default)", false)];
+        if args.iter().any(|a| a == "--bcoin-high-bandwidth") {
+            setups.push(("bcoin 1.0.2, compact high-bandwidth", true));
+        }
+        if args.iter().any(|a| a == "--no-bcoin-low-bandwidth") {
+            setups.remove(0);
+        }
+        for (name, hb) in setups {
             let mut outs = Vec::new();
             for _ in 0..runs {
                 outs.push(bcoin_round(hb).await);

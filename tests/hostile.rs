@@ -177,3 +177,116 @@ fn a_flood_of_unknown_commands_ends_the_connection_not_in_the_log() {
     let during = node.raw_lines().len() - before;
     assert!(during <= 100, "{during} lines");
 }
+
+/// A regtest block on `parent` at `height` with one made-up spend after the coinbase, mined.
+fn block_on(parent: &bitcoin::block::Header, height: u32, n: u8) -> bitcoin::Block {
+    use meshd_actors::sync::chain::headers::mine_header;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut block = meshd_actors::sync::mine::regtest_block(parent, height, now - 600 + height, 3);
+    let mut spend = block.txdata[0].clone();
+    spend.input[0].previous_output = bitcoin::OutPoint::new(
+        bitcoin::hashes::Hash::from_byte_array([n; 32]),
+        u32::from(n),
+    );
+    spend.input[0].script_sig = bitcoin::ScriptBuf::new();
+    block.txdata.push(spend);
+    let merkle = block.compute_merkle_root().expect("not empty");
+    block.header = mine_header(parent, merkle, block.header.time, parent.bits);
+    block
+}
+
+/// Reads until `pick` accepts a message from meshd.
+fn wait_msg<T>(p: &mut RawPeer, what: &str, pick: impl Fn(&NetworkMessage) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let common::rawpeer::Seen::Msg(meshd_actors::wire::Message::Network(m)) =
+            p.recv(Duration::from_secs(1))
+        {
+            if let Some(t) = pick(&m) {
+                return t;
+            }
+        }
+    }
+    panic!("meshd never sent {what}");
+}
+
+/// Our `getblocktxn` lets the peer send one bulk answer: a `blocktxn`, or the whole block in
+/// its place (the SV node's answer for nearly all of a block). The allowance ends with the
+/// answer: a block sent afterwards unasked is dropped unread as any unrequested block is,
+/// and counted. Before (issue #27's review), a getblocktxn left a standing allowance for the
+/// rest of the connection.
+#[test]
+fn a_getblocktxn_allows_one_answer_and_no_block_after_it() {
+    use bitcoin::bip152::{BlockTransactions, HeaderAndShortIds};
+    use bitcoin::p2p::message_blockdata::Inventory;
+    use bitcoin::p2p::message_compact_blocks::{BlockTxn, CmpctBlock, SendCmpct};
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    p.send(NetworkMessage::SendCmpct(SendCmpct {
+        send_compact: false,
+        version: 2,
+    }));
+    let unrequested =
+        |node: &Meshd| node.metric_sum("meshd_frame_errors_total", &["kind=\"unrequested_block\""]);
+    let genesis = meshd_actors::network::NetworkId::Regtest.profile().genesis;
+    let b1 = block_on(&genesis, 1, 1);
+    let b2 = block_on(&b1.header, 2, 2);
+    let b3 = block_on(&b2.header, 3, 3);
+    // Each block: announced, asked compact, sent compact with its spend missing, and the
+    // getblocktxn answered by blocktxn (b1) or by the whole block (b2).
+    for (block, whole) in [(&b1, false), (&b2, true)] {
+        let hash = block.block_hash();
+        p.send(NetworkMessage::Headers(vec![block.header]));
+        wait_msg(&mut p, "getdata(cmpct)", |m| match m {
+            NetworkMessage::GetData(items) => {
+                items.contains(&Inventory::CompactBlock(hash)).then_some(())
+            }
+            _ => None,
+        });
+        p.send(NetworkMessage::CmpctBlock(CmpctBlock {
+            compact_block: HeaderAndShortIds::from_block(block, 7, 2, &[]).unwrap(),
+        }));
+        let req = wait_msg(&mut p, "getblocktxn", |m| match m {
+            NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.clone()),
+            _ => None,
+        });
+        assert_eq!((req.block_hash, req.indexes.clone()), (hash, vec![1]));
+        if whole {
+            p.send(NetworkMessage::Block(block.clone()));
+        } else {
+            p.send(NetworkMessage::BlockTxn(BlockTxn {
+                transactions: BlockTransactions {
+                    block_hash: hash,
+                    transactions: vec![block.txdata[1].clone()],
+                },
+            }));
+        }
+        let got = node.wait_log("the block", Duration::from_secs(10), |v| {
+            msg(v) == "block received" && v["hash"] == hash.to_string().as_str()
+        });
+        let via = if whole {
+            "fallback"
+        } else {
+            "compact_low_bandwidth"
+        };
+        assert_eq!(got["via"], via, "{got}");
+    }
+    assert_eq!(unrequested(&node), 0.0, "both answers were asked for");
+    // Nothing asked now: b3, sent whole and unannounced, is dropped unread.
+    p.send(NetworkMessage::Block(b3.clone()));
+    assert!(
+        p.ping_ok(),
+        "an unrequested block costs a little, not the connection"
+    );
+    assert_eq!(unrequested(&node), 1.0, "{}", node.scrape());
+    assert_eq!(
+        node.count_logs(
+            |v| msg(v) == "block received" && v["hash"] == b3.block_hash().to_string().as_str()
+        ),
+        0
+    );
+}
