@@ -518,11 +518,22 @@ fn watch(
 struct Bcoin {
     child: Child,
     http: u16,
-    _dir: tempfile::TempDir,
+    p2p: u16,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Drop for Bcoin {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Bcoin {
+    fn stop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            // Stopped already (its pid may be another process's by now).
+            return;
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -556,8 +567,22 @@ fn free_port() -> u16 {
 
 impl Bcoin {
     fn start(p2p: u16, extra: &[String]) -> Bcoin {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let http = free_port();
+        Bcoin::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            p2p,
+            free_port(),
+            extra,
+        )
+    }
+
+    /// Stops the node and starts it again on its data and ports with `extra` options.
+    fn restart(mut self, extra: &[String]) -> Bcoin {
+        self.stop();
+        let dir = self.dir.take().expect("a data directory");
+        Bcoin::start_in(dir, self.p2p, self.http, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, p2p: u16, http: u16, extra: &[String]) -> Bcoin {
         let child = Command::new("node")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -581,7 +606,8 @@ impl Bcoin {
         let b = Bcoin {
             child,
             http,
-            _dir: dir,
+            p2p,
+            dir: Some(dir),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while b.try_rpc("getblockcount", json!([])).is_none() {
@@ -632,6 +658,28 @@ fn bcoin_op_true_address() -> String {
     bitcoin::base58::encode_check(&payload)
 }
 
+/// Waits until `f` holds for every node (at most 180 s).
+async fn on_all(nodes: &[Arc<Bcoin>], f: Arc<dyn Fn(&Bcoin) -> bool + Send + Sync>) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let all = {
+            let nodes = nodes.to_vec();
+            let f = f.clone();
+            tokio::task::spawn_blocking(move || nodes.iter().all(|n| f(n)))
+                .await
+                .expect("poll")
+        };
+        if all {
+            return;
+        }
+        if Instant::now() > deadline {
+            let state: Vec<(u64, u64)> = nodes.iter().map(|n| (n.height(), n.mempool())).collect();
+            panic!("bcoin mesh timed out; (height, mempool) per node: {state:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn bcoin_round(high_bandwidth: bool) -> Outcome {
     let wire = Arc::new(Wire::default());
     // Ports first: each node dials its two relays, which need their targets' ports.
@@ -642,41 +690,22 @@ async fn bcoin_round(high_bandwidth: bool) -> Outcome {
         dial[i].push(relay(target, wire.clone()).await.to_string());
     }
     let mut nodes = Vec::new();
-    for i in 0..NODES {
+    let options = |i: usize, high: bool| {
         let mut extra = vec![format!("--only={}", dial[i].join(","))];
-        if high_bandwidth {
+        if high {
             extra.push("--compact-high-bandwidth".into());
         }
-        let port = ports[i];
+        extra
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        // The setup chain is synced in bcoin's default mode: with --compact-high-bandwidth
+        // from the start, some nodes of this mesh never synced it (they stayed at height 0).
+        let extra = options(i, false);
         let node = tokio::task::spawn_blocking(move || Bcoin::start(port, &extra))
             .await
             .expect("bcoin start");
         nodes.push(Arc::new(node));
     }
-    let on = |f: Arc<dyn Fn(&Bcoin) -> bool + Send + Sync>| {
-        let nodes = nodes.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(180);
-            loop {
-                let all = {
-                    let nodes = nodes.clone();
-                    let f = f.clone();
-                    tokio::task::spawn_blocking(move || nodes.iter().all(|n| f(n)))
-                        .await
-                        .expect("poll")
-                };
-                if all {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let state: Vec<(u64, u64)> =
-                        nodes.iter().map(|n| (n.height(), n.mempool())).collect();
-                    panic!("bcoin mesh timed out; (height, mempool) per node: {state:?}");
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    };
     let addr = bcoin_op_true_address();
     let miner = nodes[0].clone();
     let coin = {
@@ -735,14 +764,32 @@ async fn bcoin_round(high_bandwidth: bool) -> Outcome {
         .expect("fan out");
     }
     eprintln!("bcoin: chain of 102 blocks mined; waiting for the mesh to sync it");
-    on(Arc::new(|n: &Bcoin| n.height() == 102)).await;
+    on_all(&nodes, Arc::new(|n: &Bcoin| n.height() == 102)).await;
+    let (nodes, miner) = if high_bandwidth {
+        eprintln!("bcoin: restarting the mesh in high-bandwidth mode");
+        drop(miner);
+        let mut again = Vec::new();
+        for (i, node) in nodes.into_iter().enumerate() {
+            let node = Arc::try_unwrap(node).unwrap_or_else(|_| panic!("node {i} still shared"));
+            let extra = options(i, true);
+            let node = tokio::task::spawn_blocking(move || node.restart(&extra))
+                .await
+                .expect("bcoin restart");
+            again.push(Arc::new(node));
+        }
+        let miner = again[0].clone();
+        (again, miner)
+    } else {
+        (nodes, miner)
+    };
+    on_all(&nodes, Arc::new(|n: &Bcoin| n.height() == 102)).await;
     // Warm-up blocks, as for meshd.
     for h in 103..106 {
         let (miner, addr) = (miner.clone(), addr.clone());
         tokio::task::spawn_blocking(move || miner.rpc("generatetoaddress", json!([1, addr])))
             .await
             .expect("warm-up");
-        on(Arc::new(move |n: &Bcoin| n.height() == h)).await;
+        on_all(&nodes, Arc::new(move |n: &Bcoin| n.height() == h)).await;
     }
     {
         let miner = miner.clone();
@@ -755,7 +802,11 @@ async fn bcoin_round(high_bandwidth: bool) -> Outcome {
         .expect("spends");
     }
     eprintln!("bcoin: transactions sent; waiting for every mempool to hold them");
-    on(Arc::new(|n: &Bcoin| n.mempool() >= BLOCK_TXS as u64)).await;
+    on_all(
+        &nodes,
+        Arc::new(|n: &Bcoin| n.mempool() >= BLOCK_TXS as u64),
+    )
+    .await;
     eprintln!("bcoin: mempools full");
     // Announcements of the transactions trickle out for a while (Poisson, 2 s and 5 s).
     wait_quiet(&wire, Duration::from_secs(6), Duration::from_secs(120)).await;
