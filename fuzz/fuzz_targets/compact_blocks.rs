@@ -127,6 +127,23 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         },
         txdata,
     };
+    if block.txdata[1..]
+        .iter()
+        .any(|t| t.input.iter().any(|i| !i.witness.is_empty()))
+    {
+        // A witness commitment, as a segwit block has: the witness root (over wtxids, the
+        // known ones among them) is then checked, not just the lack of a commitment.
+        block.txdata[0].input[0].witness = Witness::from_slice(&[[0u8; 32]]);
+        if let Some(root) = block.witness_root() {
+            let commitment = Block::compute_witness_commitment(&root, &[0u8; 32]);
+            let mut script = vec![0x6a, 0x24, 0xaa, 0x21, 0xa9, 0xed];
+            script.extend_from_slice(commitment.as_byte_array());
+            block.txdata[0].output.push(TxOut {
+                value: Amount::ZERO,
+                script_pubkey: ScriptBuf::from_bytes(script),
+            });
+        }
+    }
     if let Some(root) = block.compute_merkle_root() {
         block.header.merkle_root = root;
     }

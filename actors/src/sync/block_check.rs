@@ -147,12 +147,11 @@ pub fn check_block_known(
     if block.txdata.is_empty() {
         return Err(BlockError::Empty);
     }
-    let known_at = |i: usize| known.get(i).copied().flatten();
     let txids: Vec<Txid> = block
         .txdata
         .iter()
         .enumerate()
-        .map(|(i, t)| match known_at(i) {
+        .map(|(i, t)| match known_at(known, i) {
             Some(h) if chain == Chain::Bsv || !has_witness(t) => Txid::from_byte_array(h),
             _ => t.compute_txid(),
         })
@@ -181,14 +180,24 @@ pub fn check_block_known(
     }
     match chain {
         Chain::Btc => {
-            check_weight(block)?;
-            check_witness_malleation(block, &txids, known)?
+            // Core's order: the length limits (CheckBlock), the witness commitment, then
+            // the weight (ContextualCheckBlock): padding a witness leaves the block's hash
+            // alone, so a padded copy must read as malleated, not as a heavy block.
+            let weight = check_length(block)?;
+            check_witness_malleation(block, &txids, known)?;
+            if weight > MAX_BLOCK_WEIGHT {
+                return Err(BlockError::TooHeavy);
+            }
         }
         // BSV has no segwit: a witness (rust-bitcoin reads the marker on any chain) leaves
         // the txid and so the merkle root alone, and would be served on to peers that
         // cannot parse it.
         Chain::Bsv => {
-            if block.txdata.iter().any(has_witness) {
+            if block
+                .txdata
+                .iter()
+                .any(|t| t.input.iter().any(|i| !i.witness.is_empty()))
+            {
                 return Err(BlockError::UnexpectedWitness);
             }
         }
@@ -196,23 +205,30 @@ pub fn check_block_known(
     Ok(txids)
 }
 
-/// Core's size limits of a BTC block (see [`BlockError::TooHeavy`]).
-fn check_weight(block: &Block) -> Result<(), BlockError> {
+/// Core's CheckBlock length limits of a BTC block (see [`BlockError::TooHeavy`]): the
+/// transaction count and the size without witnesses. Returns the block's weight.
+fn check_length(block: &Block) -> Result<usize, BlockError> {
     if block.txdata.len() * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT {
         return Err(BlockError::TooHeavy);
     }
     // Weight: bytes without witnesses count four times, witness bytes once.
     let weight = block.weight().to_wu() as usize;
     let base = weight.saturating_sub(block.total_size()) / (WITNESS_SCALE_FACTOR - 1);
-    if base * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT || weight > MAX_BLOCK_WEIGHT {
+    if base * WITNESS_SCALE_FACTOR > MAX_BLOCK_WEIGHT {
         return Err(BlockError::TooHeavy);
     }
-    Ok(())
+    Ok(weight)
 }
 
-/// Whether `tx` carries a witness (its wtxid differs from its txid).
-fn has_witness(tx: &bitcoin::Transaction) -> bool {
-    tx.input.iter().any(|i| !i.witness.is_empty())
+/// Whether `tx`'s wtxid may differ from its txid: it carries a witness, or it has no inputs
+/// (rust-bitcoin then writes the segwit marker, so its wtxid is of other bytes).
+pub(crate) fn has_witness(tx: &bitcoin::Transaction) -> bool {
+    tx.input.is_empty() || tx.input.iter().any(|i| !i.witness.is_empty())
+}
+
+/// `known[i]`, when there is one.
+fn known_at(known: &[Option<[u8; 32]>], i: usize) -> Option<[u8; 32]> {
+    known.get(i).copied().flatten()
 }
 
 /// Core's `CheckWitnessMalleation` (segwit active): the commitment, when the coinbase has
@@ -232,7 +248,11 @@ fn check_witness_malleation(
             .flatten()
     });
     let Some(commitment) = commitment else {
-        return if block.txdata.iter().any(has_witness) {
+        return if block
+            .txdata
+            .iter()
+            .any(|t| t.input.iter().any(|i| !i.witness.is_empty()))
+        {
             Err(BlockError::UnexpectedWitness)
         } else {
             Ok(())
@@ -258,7 +278,7 @@ fn check_witness_malleation(
                 [0u8; 32]
             } else if !has_witness(tx) {
                 txid.to_byte_array()
-            } else if let Some(h) = known.get(i).copied().flatten() {
+            } else if let Some(h) = known_at(known, i) {
                 h
             } else {
                 tx.compute_wtxid().to_byte_array()
@@ -358,6 +378,24 @@ mod tests {
         b.txdata[1].output[0].script_pubkey = bitcoin::ScriptBuf::from_bytes(vec![0x6a; 900_000]);
         b.header.merkle_root = b.compute_merkle_root().unwrap();
         assert_eq!(check_block(&b, Chain::Btc), Ok(()));
+    }
+
+    #[test]
+    fn a_padded_witness_reads_as_malleated_not_as_a_heavy_block() {
+        // Witness bytes leave the block's hash alone: a relayer padding the coinbase's
+        // witness past the weight limit must not make the honest block look invalid (Core
+        // checks the commitment before the weight).
+        let honest = segwit_block();
+        let mut padded = honest.clone();
+        padded.txdata[0].input[0].witness =
+            bitcoin::Witness::from_slice(&[vec![0u8; 32], vec![1u8; MAX_BLOCK_WEIGHT]]);
+        assert_eq!(padded.block_hash(), honest.block_hash());
+        let err = check_block(&padded, Chain::Btc).unwrap_err();
+        assert_eq!(err, BlockError::BadWitnessCommitment);
+        assert!(
+            err.may_be_collision(),
+            "the whole block is asked, not given up"
+        );
     }
 
     #[test]

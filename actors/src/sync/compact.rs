@@ -84,6 +84,9 @@ impl ReadError {
 /// The hash a transaction's short id is computed from (kept beside the codec, the leaf).
 pub use crate::wire::compact::short_id_hash;
 
+/// A rebuilt block and, per position, the short-id hash our pools gave with it.
+pub type FilledBlock = (Block, Vec<Option<[u8; 32]>>);
+
 /// A block being reconstructed from a `cmpctblock` (Core's `PartiallyDownloadedBlock`).
 #[derive(Debug)]
 pub struct PartialBlock {
@@ -242,11 +245,7 @@ impl PartialBlock {
 
     /// [`fill`](Self::fill), with the hash each position's short id is of where a pool
     /// gave it (see [`crate::sync::block_check::check_block_known`]).
-    #[allow(clippy::type_complexity)]
-    pub fn fill_known(
-        self,
-        missing: Vec<Transaction>,
-    ) -> Result<(Block, Vec<Option<[u8; 32]>>), ReadError> {
+    pub fn fill_known(self, missing: Vec<Transaction>) -> Result<FilledBlock, ReadError> {
         let gaps = self.txs.iter().filter(|t| t.is_none()).count();
         if missing.len() != gaps {
             return Err(ReadError::Invalid("blocktxn_wrong_count"));

@@ -92,6 +92,29 @@ const SYNC_TICK: Duration = Duration::from_millis(100);
 /// come and go.
 const RELEASE_MEMORY_DELAY: Duration = Duration::from_secs(1);
 
+/// The result of a blocking job once it has finished, taking it out of `slot`; `None` while
+/// it runs (or when there is none), the job staying in `slot`.
+fn finished<T>(
+    slot: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    let handle = slot.as_mut()?;
+    let done = poll_finished(handle)?;
+    *slot = None;
+    Some(done)
+}
+
+/// Polls a finished job's handle once. Unconstrained: a handle polled under an exhausted
+/// cooperative budget (a burst of messages handled without yielding) answers `Pending` even
+/// once its job is done, and the report would be lost with the handle.
+fn poll_finished<T>(
+    handle: &mut tokio::task::JoinHandle<T>,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    if !handle.is_finished() {
+        return None;
+    }
+    tokio::task::unconstrained(handle).now_or_never()
+}
+
 /// The Sync actor.
 pub struct Sync;
 
@@ -191,9 +214,12 @@ impl SyncActorState {
                 Action::Store(headers) => self.store_headers(&headers),
             }
         }
-        // What a step left for after its actions (a new block's bookkeeping, once its push
-        // to high-bandwidth peers is on its way: see `SyncCore::defer_bookkeeping`).
-        if self.core.has_deferred() {
+    }
+
+    /// What steps left for after their actions (a new block's bookkeeping, once its push to
+    /// high-bandwidth peers is on its way: see `SyncCore::defer_bookkeeping`).
+    fn run_deferred(&mut self) {
+        while self.core.has_deferred() {
             let more = self.core.run_deferred(system_clock());
             self.apply(more);
         }
@@ -235,14 +261,18 @@ impl SyncActorState {
     /// tens of them, and here it ran before the actions after it, a new block's push to
     /// high-bandwidth peers among them (its header is stored first).
     fn sync_store(&mut self, now: Instant) {
-        if self
-            .store_sync
-            .as_ref()
-            .is_some_and(tokio::task::JoinHandle::is_finished)
-        {
-            let report = self.store_sync.take().and_then(|h| h.now_or_never());
-            if let (Some(Ok(report)), Some(store)) = (report, self.store.as_mut()) {
-                if let Err(e) = store.synced(report) {
+        if let Some(done) = finished(&mut self.store_sync) {
+            if let Some(store) = self.store.as_mut() {
+                let result = match done {
+                    Ok(report) => store.synced(report),
+                    // Its thread is gone (the runtime is stopping): the headers it held are
+                    // synced again by the next one.
+                    Err(_) => {
+                        store.sync_lost();
+                        Ok(())
+                    }
+                };
+                if let Err(e) = result {
                     self.on_store_failure(e);
                 }
             }
@@ -294,21 +324,17 @@ impl SyncActorState {
     /// On a blocking thread (its fsyncs would hold up the relay, as headers.dat's did), one
     /// save at a time; [`Self::save_vouched_now`] at the stop.
     fn save_vouched(&mut self) {
-        if self
-            .vouched_save
-            .as_ref()
-            .is_some_and(|(_, h)| h.is_finished())
-        {
-            if let Some((hash, handle)) = self.vouched_save.take() {
-                match handle.now_or_never() {
-                    Some(Ok(Ok(()))) => self.saved_vouched = Some(hash),
-                    Some(Ok(Err(e))) => Self::vouched_save_failed(&e),
-                    _ => {}
+        if let Some((hash, mut handle)) = self.vouched_save.take() {
+            match poll_finished(&mut handle) {
+                None => {
+                    self.vouched_save = Some((hash, handle));
+                    return;
                 }
+                Some(Ok(Ok(()))) => self.saved_vouched = Some(hash),
+                Some(Ok(Err(e))) => Self::vouched_save_failed(&e),
+                // Its thread is gone: saved again below.
+                Some(Err(_)) => {}
             }
-        }
-        if self.vouched_save.is_some() {
-            return;
         }
         let Some((hash, record)) = self.vouched_record() else {
             return;
@@ -488,6 +514,8 @@ impl SyncActorState {
             SyncMsg::Generate(n, reply) => {
                 let (result, actions) = self.core.generate(system_clock(), n);
                 self.apply(actions);
+                // The caller sees the blocks' events and bookkeeping done when it is answered.
+                self.run_deferred();
                 // The caller reads the status next: it shows the new blocks.
                 self.publish_status();
                 let _ = reply.send(result);
@@ -759,6 +787,13 @@ impl Actor for Sync {
         state: &mut SyncActorState,
     ) -> Result<(), ActorProcessingErr> {
         state.on_msg(&myself, msg);
+        if state.core.has_deferred() {
+            // The push just sent wakes Connections; the last one woken sits in this worker's
+            // next-task slot, which the other worker cannot take until this task yields: so
+            // yield before the bookkeeping, not after it.
+            tokio::task::yield_now().await;
+            state.run_deferred();
+        }
         state.publish_status();
         if state.loading.is_some() {
             // Let the tasks this message woke run before the next load step (a Connection
@@ -776,6 +811,20 @@ impl Actor for Sync {
     ) -> Result<(), ActorProcessingErr> {
         if let Some(t) = state.timer.take() {
             t.abort();
+        }
+        // A group commit still running holds headers counted as synced: its report first.
+        if let Some(handle) = state.store_sync.take() {
+            let done = handle.await;
+            if let Some(store) = state.store.as_mut() {
+                match done {
+                    Ok(report) => {
+                        if let Err(e) = store.synced(report) {
+                            warn!(error = %e, "headers.dat sync failed at stop");
+                        }
+                    }
+                    Err(_) => store.sync_lost(),
+                }
+            }
         }
         if let Some(store) = state.store.as_mut() {
             let _ = store.sync();

@@ -519,6 +519,13 @@ impl HeaderStore {
         }
     }
 
+    /// A [`PendingSync`] that will never report (its thread is gone): the headers it held
+    /// count as unsynced again, and the next one may start.
+    pub fn sync_lost(&mut self) {
+        self.syncing = false;
+        self.pending = self.pending.max(1);
+    }
+
     /// The report of a [`PendingSync`]. An error is the file's failure (returned, and
     /// appending stops until a rewrite); a report on a file since replaced is ignored.
     pub fn synced(&mut self, report: SyncReport) -> std::io::Result<()> {

@@ -21,7 +21,7 @@ use crate::msg::HashedHeaders;
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
 use crate::shared::whitelist::Permissions;
-use crate::sync::block_check;
+use crate::sync::block_check::{self, has_witness};
 use crate::sync::blocks::{self, Failure, Outcome, MAX_BLOCKS_IN_FLIGHT_PER_PEER};
 use crate::sync::chain::HeaderChain;
 use crate::sync::header_sync::POW_TARGET_SPACING;
@@ -508,7 +508,7 @@ impl SyncCore {
                 header.is_some_and(|h| peer_has_header(&self.chain, p, h.prev_blockhash));
             match (p.wants_headers && connects, header) {
                 (true, Some(h)) => {
-                    p.sent_header(&self.chain, hash);
+                    p.set_header_sent(hash);
                     self.out.send(p.id, NetworkMessage::Headers(vec![h]))
                 }
                 _ => self
@@ -616,6 +616,7 @@ impl SyncCore {
             wire_bytes,
             missing,
             txids,
+            known,
         } = arrival;
         let txids = if txids.len() == block.txdata.len() {
             txids
@@ -631,9 +632,15 @@ impl SyncCore {
             .txdata
             .iter()
             .zip(&txids)
-            .map(|(tx, txid)| {
+            .enumerate()
+            .map(|(i, (tx, txid))| {
                 if by_wtxid && has_witness(tx) {
-                    tx.compute_wtxid().to_byte_array()
+                    // From our pools when rebuilt from them (their wtxid), else hashed.
+                    known
+                        .get(i)
+                        .copied()
+                        .flatten()
+                        .unwrap_or_else(|| tx.compute_wtxid().to_byte_array())
                 } else {
                     txid.to_byte_array()
                 }
@@ -669,14 +676,18 @@ impl SyncCore {
 
     /// Everything a kept block still needs once it is pushed, oldest first.
     pub(super) fn run_after_keep(&mut self) {
+        let any = !self.kept_pending.is_empty();
         while let Some(kept) = self.kept_pending.pop_front() {
             self.after_keep(kept);
+        }
+        if any {
+            self.trim_kept_blocks();
         }
     }
 
     /// The rest of keeping a block: its whole frame, the count and the event, the relay
-    /// pool's and the outputs index's bookkeeping, the trim of kept blocks, and ordinary
-    /// announcements. Split from [`Self::keep_and_publish`] so that the actor can send the
+    /// pool's and the outputs index's bookkeeping, and ordinary announcements (the trim of
+    /// kept blocks follows the run, see [`Self::trim_kept_blocks`]). Split from [`Self::keep_and_publish`] so that the actor can send the
     /// high-bandwidth push before this work (see [`SyncCore::defer_bookkeeping`]).
     fn after_keep(&mut self, kept: AfterKeep) {
         let AfterKeep {
@@ -702,6 +713,7 @@ impl SyncCore {
             wire_bytes,
             missing: Vec::new(),
             txids: Vec::new(),
+            known: Vec::new(),
         };
         SyncCore::count_saving(size, &arrival);
         info!(%hash, height, tx_count, size, via = via.name(), txs_requested, wire_bytes, "block received");
@@ -717,17 +729,32 @@ impl SyncCore {
             txs_requested,
             wire_bytes,
         });
+        // wtxids as hashed when the block was kept (BTC's short ids are of them).
+        let wtxids = match self.blocks.iter().find(|k| k.hash == hash) {
+            Some(k) if self.profile.chain == Chain::Btc => Some(k.short_id_hashes.clone()),
+            _ => None,
+        };
         // Transactions now in a block leave the relay pool, and are not fetched again.
-        for (tx, txid) in block.txdata.iter().zip(&txids) {
+        for (i, (tx, txid)) in block.txdata.iter().zip(&txids).enumerate() {
             self.pool.remove(txid);
             self.recent_confirmed.insert(&txid.to_byte_array());
             if has_witness(tx) {
-                self.recent_confirmed
-                    .insert(&tx.compute_wtxid().to_byte_array());
+                let wtxid = wtxids
+                    .as_ref()
+                    .and_then(|w| w.get(i).copied())
+                    .unwrap_or_else(|| tx.compute_wtxid().to_byte_array());
+                self.recent_confirmed.insert(&wtxid);
             }
             let values = tx.output.iter().map(|o| o.value.to_sat()).collect();
             self.block_outputs.insert(*txid, values);
         }
+        self.announce_block(hash, from);
+    }
+
+    /// Kept blocks past `keep_blocks` go, oldest first, with their outputs' index entries:
+    /// once a run of deferred bookkeeping is done (a block trimmed earlier would have its
+    /// outputs indexed after, and never removed).
+    pub(super) fn trim_kept_blocks(&mut self) {
         while self.blocks.len() > self.config.keep_blocks {
             if let Some(old) = self.blocks.pop_front() {
                 // Its txids, without hashing: the short-id hash is the txid but for a
@@ -742,7 +769,6 @@ impl SyncCore {
                 }
             }
         }
-        self.announce_block(hash, from);
     }
 
     /// `peer` answered our request for `block` with `notfound` or a copy above our limit:
@@ -820,9 +846,4 @@ pub(super) fn peer_has_header(chain: &HeaderChain, p: &SyncPeer, hash: BlockHash
         || p.knows(&hash.to_byte_array())
         || p.best_known.is_some_and(at_or_below)
         || p.best_header_sent.is_some_and(at_or_below)
-}
-
-/// Whether `tx` carries a witness (its wtxid differs from its txid).
-fn has_witness(tx: &bitcoin::Transaction) -> bool {
-    tx.input.iter().any(|i| !i.witness.is_empty())
 }

@@ -84,6 +84,9 @@ pub(super) struct Arrival {
     /// Its txids in order, when the block check computed them (empty: not yet), so no
     /// later step hashes its transactions again.
     pub(super) txids: Vec<bitcoin::Txid>,
+    /// For a block rebuilt from our pools, the short-id hash each pooled transaction came
+    /// with (its wtxid on BTC): not hashed again for our own compact block of it.
+    pub(super) known: Vec<Option<[u8; 32]>>,
 }
 
 impl Arrival {
@@ -95,6 +98,7 @@ impl Arrival {
             wire_bytes,
             missing: Vec::new(),
             txids: Vec::new(),
+            known: Vec::new(),
         }
     }
 }
@@ -386,6 +390,7 @@ impl SyncCore {
                             count_outcome("reconstructed", via);
                             let mut arrival = Arrival::whole(via, wire_bytes);
                             arrival.txids = txids;
+                            arrival.known = known;
                             self.take_block(id, block, arrival);
                         }
                     }
@@ -514,6 +519,7 @@ impl SyncCore {
                 .map(|i| i as usize)
                 .collect(),
             txids: Vec::new(),
+            known: Vec::new(),
         };
         self.reconstructed(id, partial.block, txn.transactions, arrival);
     }
@@ -533,9 +539,22 @@ impl SyncCore {
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
             Ok((block, known)) => {
                 let mut arrival = arrival;
+                if self.above_block_limit(&block) {
+                    // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
+                    // kept, and not served on to peers whose limit is ours.
+                    count_outcome("too_large", arrival.via);
+                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+                        self.partials.remove(&hash);
+                    }
+                    self.block_not_delivered(hash, id, Failure::TooLarge);
+                    return;
+                }
                 // What our pools gave is not hashed again: we hashed it when it came in.
                 match block_check::check_block_known(&block, self.profile.chain, &known) {
-                    Ok(txids) => arrival.txids = txids,
+                    Ok(txids) => {
+                        arrival.txids = txids;
+                        arrival.known = known;
+                    }
                     Err(e) if e.may_be_collision() => {
                         debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
                         self.fall_back_to_block(id, hash, arrival.via);
@@ -561,16 +580,6 @@ impl SyncCore {
                         self.apply_downloads(out);
                         return;
                     }
-                }
-                if self.above_block_limit(&block) {
-                    // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
-                    // kept, and not served on to peers whose limit is ours.
-                    count_outcome("too_large", arrival.via);
-                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
-                        self.partials.remove(&hash);
-                    }
-                    self.block_not_delivered(hash, id, Failure::TooLarge);
-                    return;
                 }
                 if !self.downloads.on_block(&hash, id, self.clock.now) {
                     return;
@@ -699,7 +708,7 @@ impl SyncCore {
         for id in &to {
             if let Some(p) = self.peers.get_mut(id) {
                 p.learn(key);
-                p.sent_header(&self.chain, hash);
+                p.set_header_sent(hash);
             }
             self.out
                 .push(Action::SendShared(*id, "cmpctblock", frame.clone()));

@@ -289,9 +289,21 @@ impl SyncPeer {
     fn learn(&mut self, h: [u8; 32]) {
         self.known.insert(&h);
     }
-    /// We sent it the header `hash` (the last of a batch, or an announcement).
+    /// We sent it the header `hash` as Core records it (the last of a `headers` answer or
+    /// announcement, a `cmpctblock`): it is the best header sent, even if lower than the
+    /// last (Core assigns, after a reorg too).
+    fn set_header_sent(&mut self, hash: BlockHash) {
+        self.best_header_sent = Some(hash);
+    }
+
+    /// We sent it a block (whose header it then has): recorded only above what it has, a
+    /// record off our best chain counting as none (serving an old block says nothing new).
     fn sent_header(&mut self, chain: &HeaderChain, hash: BlockHash) {
-        let higher = match self.best_header_sent.and_then(|b| chain.height_of(&b)) {
+        let have = self
+            .best_header_sent
+            .filter(|b| chain.is_on_best_chain(b))
+            .and_then(|b| chain.height_of(&b));
+        let higher = match have {
             Some(have) => chain.height_of(&hash).is_some_and(|h| h > have),
             None => true,
         };
@@ -729,13 +741,11 @@ impl SyncCore {
     /// high-bandwidth peers without the block's bookkeeping (its whole frame, the relay
     /// pool's removals, the event, ordinary announcements: a few ms for a block of 2,000
     /// transactions), which [`Self::run_deferred`] then does. An actor turns this on and
-    /// calls `run_deferred` as soon as it has sent a step's actions, so the push leaves
-    /// before the work; off (the default), every step does it all.
+    /// calls `run_deferred` as soon as it has sent a step's actions (and yielded, so the
+    /// Connections woken run first), so the push leaves before the work; off (the default),
+    /// every step does it all. Turning it off leaves pending work to `run_deferred`.
     pub fn defer_bookkeeping(&mut self, on: bool) {
         self.defer_after_keep = on;
-        if !on {
-            self.run_after_keep();
-        }
     }
 
     /// Whether [`Self::run_deferred`] has work.
@@ -917,8 +927,16 @@ impl SyncCore {
                     headers
                 };
                 if let Some(p) = self.peers.get_mut(&id) {
-                    if let Some(last) = headers.last() {
-                        p.sent_header(&self.chain, last.block_hash());
+                    // Core: the last header sent, or with none (it has our tip, or all we
+                    // show) where its locator met our best chain, which it has.
+                    let sent = headers.last().map(|h| h.block_hash()).or_else(|| {
+                        m.locator_hashes
+                            .iter()
+                            .find(|h| self.chain.is_on_best_chain(h))
+                            .copied()
+                    });
+                    if let Some(sent) = sent {
+                        p.set_header_sent(sent);
                     }
                     self.out.send(p.id, NetworkMessage::Headers(headers));
                 }

@@ -1367,7 +1367,7 @@ fn with_bookkeeping_deferred_a_step_returns_the_high_bandwidth_push_and_nothing_
             .any(|a| matches!(a, Action::SendShared(to, "block", _) if *to == r)),
         "{served:?}"
     );
-    // Off again: what waited is done at once, and steps do everything.
+    // Off again: steps do everything.
     core.defer_bookkeeping(false);
     assert!(!core.has_deferred());
 }
@@ -1433,4 +1433,66 @@ fn a_high_bandwidth_push_goes_only_to_peers_that_have_the_parents_header() {
 
 fn headers_of(hs: &[Header]) -> SyncInput {
     SyncInput::Headers(HashedHeaders::new(hs.to_vec()))
+}
+
+#[test]
+fn a_peer_that_already_has_our_tip_is_pushed_the_next_block() {
+    // A synced peer's getheaders from our tip gets an empty answer; Core then records our
+    // tip as the best header sent (pindexBestHeaderSent), so the next block's push
+    // connects for it. Recording only a non-empty answer skipped every peer synced at
+    // connect.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let (p, h) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let _ = core.input(clock, h, sendcmpct(true));
+    let tip = core.chain().tip();
+    let answer = core.input(
+        clock,
+        h,
+        SyncInput::GetHeaders(bitcoin::p2p::message_blockdata::GetHeadersMessage {
+            version: 70016,
+            locator_hashes: vec![tip],
+            stop_hash: BlockHash::all_zeros(),
+        }),
+    );
+    assert!(
+        answer
+            .iter()
+            .any(|a| matches!(a, Action::Send(to, NetworkMessage::Headers(hs)) if *to == h && hs.is_empty())),
+        "{answer:?}"
+    );
+    let parent = core.chain().tip_header();
+    let b4 = block_with(&parent, 4, parent.time + 1, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
+    );
+    assert_eq!(cmpctblocks_to(&a, h).len(), 1, "{a:?}");
+}
+
+#[test]
+fn blocks_kept_in_one_step_past_the_limit_leave_no_outputs_behind() {
+    // With the bookkeeping deferred, a step that keeps more blocks than `keep_blocks`
+    // (generate 20) trimmed blocks whose bookkeeping had not run yet: their outputs were
+    // indexed after the trim, and never removed.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    core.defer_bookkeeping(true);
+    let keep = core.config.keep_blocks;
+    let n = keep as u32 + 4;
+    let _ = core.generate(clock, n);
+    let _ = core.run_deferred(clock);
+    assert_eq!(core.blocks.len(), keep);
+    // One coinbase per block: one outputs entry per kept block.
+    assert_eq!(core.block_outputs.len(), keep);
 }
