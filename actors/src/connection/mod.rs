@@ -422,22 +422,13 @@ impl Actor for Connection {
             ConnectionMsg::SendDrained => pump_getdata(state),
             ConnectionMsg::DroppedFrame(err, credit) => {
                 if let FrameError::RequestedTooLarge {
-                    block: Some(block),
-                    command,
-                    ..
+                    block: Some(block), ..
                 } = err
                 {
                     // Asked for, so free: Sync asks another peer for it. It was the answer
-                    // to whichever ask of it is open: a `block` the reader counted; a
-                    // `cmpctblock` (BSV, above our policy) it did not, so its request is
-                    // settled here.
-                    let compact = command.as_str() == "cmpctblock";
-                    if forget_compact_ask(state, &block) && compact {
-                        state.blocks_expected.settled(1);
-                    }
-                    if !compact {
-                        forget_blocktxn_ask(state, &block, false);
-                    }
+                    // to whichever ask of it is open (the reader counted it).
+                    forget_compact_ask(state, &block);
+                    forget_blocktxn_ask(state, &block, false);
                     state.credit = Some(credit);
                     to_sync(state, SyncInput::BlockTooLarge(block));
                     return Ok(());

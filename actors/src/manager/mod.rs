@@ -999,15 +999,25 @@ impl ManagerState {
     /// them.
     fn write_bans_if_dirty(&mut self) {
         use futures_util::FutureExt;
-        if let Some(t) = self.bans_writing.take() {
-            if !t.is_finished() {
-                self.bans_writing = Some(t);
-                return;
-            }
-            if let Some(Ok(Err(acks))) = t.now_or_never() {
-                // Failed: the acks wait for the retry, which writes the list as it is now.
-                self.bans_acks.extend(acks);
-                self.bans_dirty = true;
+        if let Some(mut t) = self.bans_writing.take() {
+            // Polled unconstrained: under an exhausted cooperative budget a finished task's
+            // handle still answers Pending, and dropping it then lost a failed write's acks.
+            let done = if t.is_finished() {
+                tokio::task::unconstrained(&mut t).now_or_never()
+            } else {
+                None
+            };
+            match done {
+                None => {
+                    self.bans_writing = Some(t);
+                    return;
+                }
+                Some(Ok(Err(acks))) => {
+                    // Failed: the acks wait for the retry, which writes the list as it is now.
+                    self.bans_acks.extend(acks);
+                    self.bans_dirty = true;
+                }
+                Some(_) => {}
             }
         }
         if !self.bans_dirty {

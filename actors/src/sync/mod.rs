@@ -71,6 +71,9 @@ use futures_util::FutureExt;
 /// How often a header file that could not be written (a full disk) is rewritten from the
 /// chain: each try writes the whole best chain, so not more often than this.
 const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the stop waits for a running fsync of headers.dat before syncing again itself
+/// (a disk that takes longer is hung, and the stop must still end).
+const STOP_SYNC_WAIT: Duration = Duration::from_secs(10);
 /// Messages Sync holds from peers the Manager has not announced yet.
 ///
 /// # Security
@@ -814,15 +817,16 @@ impl Actor for Sync {
         }
         // A group commit still running holds headers counted as synced: its report first.
         if let Some(handle) = state.store_sync.take() {
-            let done = handle.await;
+            // Bounded: a hung disk must not hang the stop (the sync below then runs anyway).
+            let done = tokio::time::timeout(STOP_SYNC_WAIT, handle).await;
             if let Some(store) = state.store.as_mut() {
                 match done {
-                    Ok(report) => {
+                    Ok(Ok(report)) => {
                         if let Err(e) = store.synced(report) {
                             warn!(error = %e, "headers.dat sync failed at stop");
                         }
                     }
-                    Err(_) => store.sync_lost(),
+                    Ok(Err(_)) | Err(_) => store.sync_lost(),
                 }
             }
         }

@@ -757,23 +757,6 @@ impl FrameDecoder {
                 block: None,
             }));
         }
-        if length > limit
-            && matches!(command.as_str(), "cmpctblock" | "blocktxn")
-            && (self.compact_expected || self.blocks_expected > Some(0))
-            && self.limits.bulk_is_policy
-        {
-            // BSV: the compact form, or the transactions, of a block above our policy from a
-            // peer we let send them (high-bandwidth pushes, our getblocktxn): no fault of an
-            // honest peer's, so skipped as a requested block above it is (counted against
-            // its useless frames, not fatal). Sync then asks for the block, which is refused
-            // as too large the same way.
-            return Ok(Admission::Refused(FrameError::RequestedTooLarge {
-                command,
-                length,
-                limit,
-                block: None,
-            }));
-        }
         if length > limit {
             return Err(FrameError::Oversized {
                 command,
@@ -854,11 +837,7 @@ impl FrameDecoder {
             header: None,
         };
         Ok(match admission {
-            // A block's header opens a `block` and a `cmpctblock` (a `blocktxn` opens with the
-            // hash alone): captured, so the reader can name the block.
-            Admission::Refused(error @ FrameError::RequestedTooLarge { .. })
-                if command.as_str() != "blocktxn" =>
-            {
+            Admission::Refused(error @ FrameError::RequestedTooLarge { .. }) => {
                 let mut skipping = skip(false);
                 skipping.header = Some(Box::new(HeaderCapture {
                     bytes: [0; BLOCK_HEADER_LEN],
@@ -1338,51 +1317,6 @@ mod tests {
         assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
         assert_eq!(dec.blocks_expected(), Some(0));
         // Not asked for: the limit holds as before.
-        let r = decode_all(&mut dec, &stream);
-        assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
-    }
-
-    #[test]
-    fn compact_messages_above_a_policy_limit_are_skipped_when_expected() {
-        // BSV's block size is the operator's: a high-bandwidth peer's push, or the answer
-        // to our getblocktxn, of a block above it is no fault of the peer's. Skipped (the
-        // block named when its header opens the message), not a fatal oversized frame.
-        let (magic, mut limits) = regtest();
-        limits.bulk = 50_000;
-        limits.general = 50_000;
-        limits.bulk_is_policy = true;
-        let mut payload = vec![0xcd; 60_000];
-        payload[..80].copy_from_slice(&[7; 80]);
-        let hash = BlockHash::from_raw_hash(sha256d::Hash::hash(&[7; 80]));
-        let mut stream = encode_frame(magic, cmd("cmpctblock"), &payload);
-        stream.extend(encode_frame(magic, cmd("blocktxn"), &payload));
-        stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
-        let mut dec = FrameDecoder::new_established(magic, limits);
-        dec.set_compact_expected(true);
-        let r = decode_all(&mut dec, &stream);
-        assert_eq!(r.len(), 3, "{r:?}");
-        assert_eq!(
-            r[0],
-            Err(FrameError::RequestedTooLarge {
-                command: cmd("cmpctblock"),
-                length: 60_000,
-                limit: 50_000,
-                block: Some(hash),
-            })
-        );
-        assert!(matches!(
-            r[1],
-            Err(FrameError::RequestedTooLarge { block: None, .. })
-        ));
-        assert!(!r[1].as_ref().unwrap_err().is_fatal());
-        assert_eq!(r[2].as_ref().unwrap().command, cmd("ping"));
-        // Not expected: fatal as before; nor on BTC, whose limit is the chain's own.
-        dec.set_compact_expected(false);
-        let r = decode_all(&mut dec, &stream);
-        assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
-        limits.bulk_is_policy = false;
-        let mut dec = FrameDecoder::new_established(magic, limits);
-        dec.set_compact_expected(true);
         let r = decode_all(&mut dec, &stream);
         assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
     }

@@ -539,16 +539,6 @@ impl SyncCore {
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
             Ok((block, known)) => {
                 let mut arrival = arrival;
-                if self.above_block_limit(&block) {
-                    // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
-                    // kept, and not served on to peers whose limit is ours.
-                    count_outcome("too_large", arrival.via);
-                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
-                        self.partials.remove(&hash);
-                    }
-                    self.block_not_delivered(hash, id, Failure::TooLarge);
-                    return;
-                }
                 // What our pools gave is not hashed again: we hashed it when it came in.
                 match block_check::check_block_known(&block, self.profile.chain, &known) {
                     Ok(txids) => {
@@ -580,6 +570,18 @@ impl SyncCore {
                         self.apply_downloads(out);
                         return;
                     }
+                }
+                // After the merkle check: a block too large only because a collision put
+                // wrong transactions in is asked for whole, free, not given up as too large.
+                if self.above_block_limit(&block) {
+                    // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
+                    // kept, and not served on to peers whose limit is ours.
+                    count_outcome("too_large", arrival.via);
+                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+                        self.partials.remove(&hash);
+                    }
+                    self.block_not_delivered(hash, id, Failure::TooLarge);
+                    return;
                 }
                 if !self.downloads.on_block(&hash, id, self.clock.now) {
                     return;
