@@ -608,10 +608,7 @@ impl SyncCore {
         if let Some(p) = self.peers.get_mut(&id) {
             p.sent_header(&self.chain, hash);
         }
-        let depth = self
-            .chain
-            .height_of(&hash)
-            .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
+        let depth = self.kept_depth(&hash);
         if depth <= MAX_CMPCTBLOCK_DEPTH && self.compact_version().is_some() {
             let frame = self.compact_of(at);
             self.out.push(Action::SendShared(id, "cmpctblock", frame));
@@ -620,6 +617,24 @@ impl SyncCore {
             self.out.push(Action::SendShared(id, "block", frame));
         }
         true
+    }
+
+    /// How far block `hash` lies below the highest block we keep on the best chain. Core
+    /// measures the compact-block depths from its active chain, the blocks it has; our
+    /// header tip can run ahead of those (headers in, blocks still coming), which would
+    /// turn the newest block we can serve into an "old" one.
+    fn kept_depth(&self, hash: &BlockHash) -> u32 {
+        let Some(height) = self.chain.height_of(hash) else {
+            return u32::MAX;
+        };
+        let top = self
+            .blocks
+            .iter()
+            .filter(|k| self.chain.is_on_best_chain(&k.hash))
+            .filter_map(|k| self.chain.height_of(&k.hash))
+            .max()
+            .unwrap_or(height);
+        top.saturating_sub(height)
     }
 
     /// The compact block of kept block `at`, framed: the coinbase and what we lacked
@@ -650,10 +665,7 @@ impl SyncCore {
             debug!(hash = %req.block_hash, peer = %id, "getblocktxn for a block we do not keep");
             return;
         };
-        let depth = self
-            .chain
-            .height_of(&k.hash)
-            .map_or(u32::MAX, |h| self.chain.height().saturating_sub(h));
+        let depth = self.kept_depth(&k.hash);
         match answer_getblocktxn(&req, &k.block, depth, self.profile.chain) {
             TxnAnswer::Txn(transactions) => {
                 // Framed here and sent shared, as blocks are: served in the peer's getdata

@@ -774,7 +774,7 @@ impl SyncCore {
     /// A `getheaders` while headers.dat loads, answered at once when the part loaded can
     /// answer it in full: the peer's tip is known and a whole batch (or the batch up to its
     /// stop hash) follows it. `None`: it waits for the whole chain.
-    pub fn answer_while_loading(&self, id: PeerId, m: &GetHeadersMessage) -> Option<Action> {
+    pub fn answer_while_loading(&mut self, id: PeerId, m: &GetHeadersMessage) -> Option<Action> {
         if !self.peers.contains_key(&id)
             || !m
                 .locator_hashes
@@ -791,7 +791,15 @@ impl SyncCore {
             || headers.last().is_some_and(|h| {
                 m.stop_hash != BlockHash::all_zeros() && h.block_hash() == m.stop_hash
             });
-        complete.then_some(Action::Send(id, NetworkMessage::Headers(headers)))
+        if !complete {
+            return None;
+        }
+        // As the ordinary answer does (Core's pindexBestHeaderSent): the peer now has them.
+        let sent = headers.last().map(|h| h.block_hash());
+        if let (Some(p), Some(sent)) = (self.peers.get_mut(&id), sent) {
+            p.set_header_sent(sent);
+        }
+        Some(Action::Send(id, NetworkMessage::Headers(headers)))
     }
 
     /// Cuts consecutive best-chain `headers` (an answer) above the vouched height.

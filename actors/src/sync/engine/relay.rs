@@ -242,8 +242,13 @@ impl SyncCore {
                         .iter()
                         .find(|k| k.hash == h)
                         .map(|k| k.block.clone());
-                    match (block, p.bloom.as_mut()) {
-                        (Some(block), Some(filter)) => {
+                    match block {
+                        Some(block) if p.bloom.is_some() => {
+                            // The merkleblock carries the header, as a served block does.
+                            p.sent_header(&self.chain, h);
+                            let Some(filter) = p.bloom.as_mut() else {
+                                continue;
+                            };
                             let matched: Vec<&Transaction> = block
                                 .txdata
                                 .iter()

@@ -1493,3 +1493,48 @@ fn blocks_kept_in_one_step_past_the_limit_leave_no_outputs_behind() {
     // One coinbase per block: one outputs entry per kept block.
     assert_eq!(core.block_outputs.len(), keep);
 }
+
+#[test]
+fn compact_depth_counts_from_the_blocks_we_keep_not_the_headers_ahead_of_them() {
+    // Core serves a compact block for the last MAX_CMPCTBLOCK_DEPTH blocks of its active
+    // chain. Our header tip runs ahead of the kept blocks while they download: measured
+    // from it, our newest kept block was "too old" and went out whole.
+    let (mut core, clock) = synced_core(3);
+    let (p, q) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let kept_tip = core.chain().tip();
+    let parent = core.chain().tip_header();
+    let mut ahead = Vec::new();
+    let mut at = parent;
+    for h in 4..=10 {
+        let b = block_with(&at, h, parent.time + h, vec![]);
+        at = b.header;
+        ahead.push(b);
+    }
+    let _ = core.input(clock, p, headers(&ahead));
+    assert_eq!(core.chain().height(), 10);
+    let a = core.input(
+        clock,
+        q,
+        SyncInput::GetData(vec![Inventory::CompactBlock(kept_tip)]),
+    );
+    assert_eq!(cmpctblocks_to(&a, q).len(), 1, "{a:?}");
+}
+
+#[test]
+fn a_getheaders_answered_while_loading_records_the_header_sent() {
+    // The answer headers.dat gives while it loads is an ordinary `headers` answer: the
+    // peer has our tip afterwards, and a high-bandwidth push of the next block connects.
+    let (mut core, clock) = synced_core(3);
+    let h = PeerId(2);
+    let _ = core.peer_up(clock, peer(2, true, 3));
+    let tip = core.chain().tip();
+    let asked = bitcoin::p2p::message_blockdata::GetHeadersMessage {
+        version: 70016,
+        locator_hashes: vec![NetworkId::Regtest.profile().genesis.block_hash()],
+        stop_hash: tip,
+    };
+    assert!(core.answer_while_loading(h, &asked).is_some());
+    assert_eq!(core.peers[&h].best_header_sent, Some(tip));
+}
