@@ -370,7 +370,7 @@ pub enum SyncInput {
     /// `cmpctblock` (BIP152).
     CmpctBlock(Box<crate::wire::compact::CompactBlock>),
     /// `getblocktxn` (BIP152).
-    GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest),
+    GetBlockTxn(crate::wire::compact::TxnRequest),
     /// `blocktxn` (BIP152).
     BlockTxn(Box<bitcoin::bip152::BlockTransactions>),
     /// A `block` we asked for that was above our size limit, skipped unread: its hash, from

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest};
+use bitcoin::bip152::BlockTransactions;
 use bitcoin::block::{Header, Version};
 use bitcoin::consensus::deserialize_partial;
 use bitcoin::hashes::Hash;
@@ -23,7 +23,7 @@ use meshd_actors::sync::block_check::{check_block, check_block_known, check_bloc
 use meshd_actors::sync::compact::{
     answer_getblocktxn, compact_block, short_id_hash, short_id_hashes, PartialBlock, TxnAnswer,
 };
-use meshd_actors::wire::compact::{decode_getblocktxn, CompactBlock, IndexWidth};
+use meshd_actors::wire::compact::{decode_getblocktxn, CompactBlock, IndexWidth, TxnRequest};
 
 /// BTC's most transactions per block (4 MWU over the smallest transaction's weight).
 const MAX_TXS: usize = 100_000;
@@ -96,6 +96,10 @@ fn decode_path(by_wtxid: bool, width: IndexWidth, data: &[u8]) {
     }
     let mut r = rest;
     if let Ok(req) = decode_getblocktxn(&mut r, width, rest.len()) {
+        // Kept encoded, it re-encodes to what was read, and yields as many indexes.
+        let used = rest.len() - r.len();
+        assert_eq!(bitcoin::consensus::serialize(&req), rest[..used]);
+        assert_eq!(req.indexes().count(), req.len());
         let depth = u32::from(rest.first().copied().unwrap_or(0));
         let _ = answer_getblocktxn(&req, &block, depth, chain);
     }
@@ -185,10 +189,7 @@ fn round_trip(by_wtxid: bool, data: &[u8]) {
         }
     };
     let missing = partial.missing();
-    let req = BlockTransactionsRequest {
-        block_hash: block.block_hash(),
-        indexes: missing.clone(),
-    };
+    let req = TxnRequest::new(block.block_hash(), &missing);
     let TxnAnswer::Txn(txn) = answer_getblocktxn(&req, &block, 0, Chain::Btc) else {
         panic!("the sender could not answer for its own block");
     };

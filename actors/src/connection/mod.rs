@@ -161,7 +161,7 @@ pub struct ConnectionState {
     /// The peer's `getblocktxn` not yet handed to Sync: served in the getdata turn, so its
     /// answer (up to a whole block, for one of a few dozen bytes) waits for the peer to read
     /// what we sent, as Core queues it behind `m_getdata_requests`.
-    pending_blocktxn: Option<bitcoin::bip152::BlockTransactionsRequest>,
+    pending_blocktxn: Option<crate::wire::compact::TxnRequest>,
     /// When the batch now with Sync was handed over.
     getdata_at_sync: Option<Instant>,
     /// Messages that arrived while a getdata was being served: handled after it, in order
@@ -1039,9 +1039,9 @@ fn on_inbound_message(
             to_sync(state, SyncInput::CmpctBlock(m));
             Ok(())
         }
-        Message::Network(NetworkMessage::GetBlockTxn(m)) => {
+        Message::GetBlockTxn(request) => {
             // Nothing is being served (else this waited in `deferred`): its turn is next.
-            state.pending_blocktxn = Some(m.txs_request);
+            state.pending_blocktxn = Some(request);
             pump_getdata(state)
         }
         Message::Network(NetworkMessage::BlockTxn(m)) => {

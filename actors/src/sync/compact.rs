@@ -13,13 +13,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use bitcoin::bip152::{BlockTransactions, BlockTransactionsRequest, ShortId};
+use bitcoin::bip152::{BlockTransactions, ShortId};
 use bitcoin::block::Header;
 use bitcoin::{Block, Transaction};
 
 use crate::network::Chain;
 use crate::shared::peers::PeerId;
-use crate::wire::compact::{CompactBlock, IndexWidth};
+use crate::wire::compact::{CompactBlock, IndexWidth, TxnRequest};
 
 /// `sendcmpct` version with wtxid short ids (Core's `CMPCTBLOCKS_VERSION`, BIP152 version 2).
 pub const CMPCTBLOCKS_VERSION: u64 = 2;
@@ -331,25 +331,29 @@ pub enum TxnAnswer {
 }
 
 /// Answers `req` for `block`, `depth` blocks below our tip, on `chain`.
-pub fn answer_getblocktxn(
-    req: &BlockTransactionsRequest,
-    block: &Block,
-    depth: u32,
-    chain: Chain,
-) -> TxnAnswer {
+pub fn answer_getblocktxn(req: &TxnRequest, block: &Block, depth: u32, chain: Chain) -> TxnAnswer {
     if depth > MAX_BLOCKTXN_DEPTH {
         return TxnAnswer::FullBlock;
     }
+    let in_range = |i: u64| i < block.txdata.len() as u64;
     if chain == Chain::Bsv
-        && req.indexes.len() * 100 > block.txdata.len() * BSV_BLOCK_TXN_MAX_PERCENT
-        && req.indexes.iter().all(|i| *i < block.txdata.len() as u64)
+        && req.len().saturating_mul(100) > block.txdata.len() * BSV_BLOCK_TXN_MAX_PERCENT
+        && req.indexes().all(in_range)
     {
         return TxnAnswer::FullBlock;
     }
-    match BlockTransactions::from_request(req, block) {
-        Ok(txn) => TxnAnswer::Txn(txn),
-        Err(_) => TxnAnswer::OutOfRange,
+    // Checked before anything is copied: an index past the end costs the peer, and a
+    // request of many gets nothing built for it.
+    if !req.indexes().all(in_range) {
+        return TxnAnswer::OutOfRange;
     }
+    TxnAnswer::Txn(BlockTransactions {
+        block_hash: req.block_hash,
+        transactions: req
+            .indexes()
+            .map(|i| block.txdata[i as usize].clone())
+            .collect(),
+    })
 }
 
 /// Recently seen transactions that did not stay in the relay pool, kept for reconstruction
@@ -716,10 +720,7 @@ mod tests {
     #[test]
     fn getblocktxn_is_answered_within_core_depth_limits() {
         let b = block(5, true);
-        let req = BlockTransactionsRequest {
-            block_hash: b.block_hash(),
-            indexes: vec![1, 4],
-        };
+        let req = TxnRequest::new(b.block_hash(), &[1, 4]);
         match answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH, Chain::Btc) {
             TxnAnswer::Txn(t) => assert_eq!(
                 t.transactions,
@@ -731,10 +732,7 @@ mod tests {
             answer_getblocktxn(&req, &b, MAX_BLOCKTXN_DEPTH + 1, Chain::Btc),
             TxnAnswer::FullBlock
         );
-        let bad = BlockTransactionsRequest {
-            block_hash: b.block_hash(),
-            indexes: vec![6],
-        };
+        let bad = TxnRequest::new(b.block_hash(), &[6]);
         assert_eq!(
             answer_getblocktxn(&bad, &b, 0, Chain::Btc),
             TxnAnswer::OutOfRange
@@ -750,10 +748,7 @@ mod tests {
         // The SV node's -maxblocktxnpercent (99): above it, the whole block; Core always
         // answers within its depth.
         let b = block(199, false);
-        let ask = |n: u64| BlockTransactionsRequest {
-            block_hash: b.block_hash(),
-            indexes: (0..n).collect(),
-        };
+        let ask = |n: u64| TxnRequest::new(b.block_hash(), &(0..n).collect::<Vec<_>>());
         assert!(matches!(
             answer_getblocktxn(&ask(198), &b, 0, Chain::Bsv),
             TxnAnswer::Txn(_)

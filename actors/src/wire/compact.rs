@@ -10,7 +10,7 @@
 //! messages are decoded here, for the width of the peer's chain; `sendcmpct` and `blocktxn`
 //! are the same everywhere and go through rust-bitcoin.
 
-use bitcoin::bip152::{BlockTransactionsRequest, ShortId};
+use bitcoin::bip152::ShortId;
 use bitcoin::block::Header;
 use bitcoin::consensus::encode::{self, Decodable, Encodable, VarInt};
 use bitcoin::hashes::Hash;
@@ -246,6 +246,82 @@ impl Encodable for CompactBlock {
     }
 }
 
+/// A `getblocktxn` request as a peer sent it: the block, and the indexes asked for kept in
+/// their wire encoding (differential compact sizes, checked when read) and decoded as they
+/// are iterated.
+///
+/// # Security
+/// Decoded into `u64`s, as rust-bitcoin's `BlockTransactionsRequest` holds them, a
+/// request of one-byte gaps takes eight times its wire size: a BSV `getblocktxn` may be
+/// megabytes long (see `PayloadLimits::getblocktxn`). Kept encoded it takes its own size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnRequest {
+    /// The block whose transactions are asked for.
+    pub block_hash: BlockHash,
+    /// How many indexes `encoded` holds.
+    count: usize,
+    /// The gaps as they came, each a canonical compact size within the chain's width.
+    encoded: Box<[u8]>,
+}
+
+impl TxnRequest {
+    /// A request for `indexes` (ascending, as BIP152 requires) of `block_hash`.
+    pub fn new(block_hash: BlockHash, indexes: &[u64]) -> TxnRequest {
+        let mut encoded = Vec::with_capacity(indexes.len());
+        let mut next = 0u64;
+        for &index in indexes {
+            // Writing to a Vec cannot fail.
+            let _ = VarInt(index.saturating_sub(next)).consensus_encode(&mut encoded);
+            next = index.saturating_add(1);
+        }
+        TxnRequest {
+            block_hash,
+            count: indexes.len(),
+            encoded: encoded.into_boxed_slice(),
+        }
+    }
+
+    /// How many transactions are asked for.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The absolute indexes asked for, in order.
+    pub fn indexes(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut r: &[u8] = &self.encoded;
+        let mut next = 0u64;
+        (0..self.count).map_while(move |_| {
+            // Checked when decoded (or written by `new`): a failure here ends the list.
+            let gap = VarInt::consensus_decode(&mut r).ok()?.0;
+            let index = next.checked_add(gap)?;
+            next = index.checked_add(1)?;
+            Some(index)
+        })
+    }
+
+    /// Bytes its encoded indexes take.
+    pub fn encoded_len(&self) -> usize {
+        self.encoded.len()
+    }
+}
+
+impl Encodable for TxnRequest {
+    fn consensus_encode<W: bitcoin::io::Write + ?Sized>(
+        &self,
+        w: &mut W,
+    ) -> Result<usize, bitcoin::io::Error> {
+        let mut len = self.block_hash.consensus_encode(w)?;
+        len += VarInt(self.count as u64).consensus_encode(w)?;
+        w.write_all(&self.encoded)?;
+        Ok(len + self.encoded.len())
+    }
+}
+
 /// Decodes a `getblocktxn` payload with indexes of `width` from the front of `r`: the
 /// block hash, then differentially encoded indexes, each absolute one within `width`
 /// (the SV node's "indices overflowed 32 bits", Core's 16 bits). At most `max_indexes`.
@@ -253,15 +329,14 @@ pub fn decode_getblocktxn(
     r: &mut &[u8],
     width: IndexWidth,
     max_indexes: usize,
-) -> Result<BlockTransactionsRequest, encode::Error> {
+) -> Result<TxnRequest, encode::Error> {
     let block_hash = BlockHash::consensus_decode_from_finite_reader(r)?;
     let count = VarInt::consensus_decode_from_finite_reader(r)?.0;
     // Each takes a byte at least.
     if count > max_indexes as u64 || count > r.len() as u64 {
         return Err(encode::Error::ParseFailed("more indexes than allowed"));
     }
-    // An index is eight bytes in memory for one on the wire at least: grown as read.
-    let mut indexes = Vec::with_capacity((count as usize).min(MAX_PREALLOCATED_ITEMS));
+    let start: &[u8] = r;
     let mut next: u64 = 0;
     for _ in 0..count {
         let gap = VarInt::consensus_decode_from_finite_reader(r)?.0;
@@ -272,12 +347,13 @@ pub fn decode_getblocktxn(
         if index > width.max() {
             return Err(encode::Error::ParseFailed("indexes overflowed"));
         }
-        indexes.push(index);
         next = index + 1;
     }
-    Ok(BlockTransactionsRequest {
+    let used = start.len() - r.len();
+    Ok(TxnRequest {
         block_hash,
-        indexes,
+        count: count as usize,
+        encoded: start[..used].into(),
     })
 }
 
@@ -339,38 +415,48 @@ mod tests {
 
     #[test]
     fn getblocktxn_indexes_follow_the_width() {
-        let wide = BlockTransactionsRequest {
-            block_hash: BlockHash::all_zeros(),
-            indexes: vec![3, 70_000, 70_001, 4_000_000],
+        // Core's own encoding (rust-bitcoin's) decodes to the same indexes.
+        let core = |indexes: Vec<u64>| {
+            serialize(&bitcoin::bip152::BlockTransactionsRequest {
+                block_hash: BlockHash::all_zeros(),
+                indexes,
+            })
         };
-        let bytes = serialize(&wide);
+        let wide = vec![3, 70_000, 70_001, 4_000_000];
+        let bytes = core(wide.clone());
         let mut r = bytes.as_slice();
-        assert_eq!(
-            decode_getblocktxn(&mut r, IndexWidth::Bits32, 10).unwrap(),
-            wide
-        );
+        let req = decode_getblocktxn(&mut r, IndexWidth::Bits32, 10).unwrap();
+        assert_eq!(req.indexes().collect::<Vec<_>>(), wide);
+        assert_eq!(req, TxnRequest::new(BlockHash::all_zeros(), &wide));
+        assert_eq!(serialize(&req), bytes);
         let mut r = bytes.as_slice();
         assert!(decode_getblocktxn(&mut r, IndexWidth::Bits16, 10).is_err());
         let mut r = bytes.as_slice();
         assert!(decode_getblocktxn(&mut r, IndexWidth::Bits32, 3).is_err());
-        // Core's own encoding of a narrow request decodes the same.
-        let narrow = BlockTransactionsRequest {
-            block_hash: BlockHash::all_zeros(),
-            indexes: vec![0, 1, 5, 65_535],
-        };
-        let bytes = serialize(&narrow);
+        let narrow = vec![0, 1, 5, 65_535];
+        let bytes = core(narrow.clone());
         let mut r = bytes.as_slice();
-        assert_eq!(
-            decode_getblocktxn(&mut r, IndexWidth::Bits16, 10).unwrap(),
-            narrow
-        );
+        let req = decode_getblocktxn(&mut r, IndexWidth::Bits16, 10).unwrap();
+        assert_eq!(req.indexes().collect::<Vec<_>>(), narrow);
+        assert_eq!(req.len(), 4);
         // An absolute index past 32 bits, in two steps.
-        let over = BlockTransactionsRequest {
-            block_hash: BlockHash::all_zeros(),
-            indexes: vec![u64::from(u32::MAX) - 1, u64::from(u32::MAX) + 1],
-        };
-        let bytes = serialize(&over);
+        let bytes = core(vec![u64::from(u32::MAX) - 1, u64::from(u32::MAX) + 1]);
         let mut r = bytes.as_slice();
         assert!(decode_getblocktxn(&mut r, IndexWidth::Bits32, 10).is_err());
+    }
+
+    #[test]
+    fn a_getblocktxn_takes_its_wire_size_in_memory() {
+        // 100,000 one-byte gaps: 100 kB on the wire, and as encoded in memory (as `u64`s,
+        // 800 kB).
+        let indexes: Vec<u64> = (0..100_000).collect();
+        let bytes = serialize(&bitcoin::bip152::BlockTransactionsRequest {
+            block_hash: BlockHash::all_zeros(),
+            indexes: indexes.clone(),
+        });
+        let mut r = bytes.as_slice();
+        let req = decode_getblocktxn(&mut r, IndexWidth::Bits32, 200_000).unwrap();
+        assert_eq!(req.encoded_len(), 100_000);
+        assert!(req.indexes().eq(indexes.into_iter()));
     }
 }

@@ -788,6 +788,18 @@ impl FrameDecoder {
                 None => {}
             }
         }
+        if command.as_str() == "getblocktxn"
+            && !self.pre_handshake
+            && length > self.limits.getblocktxn()
+        {
+            // Within the frame limit but longer than any decodable one (BTC: more than a
+            // 16-bit index reaches): skipped unread, as Core's failed decoding drops it.
+            return Ok(Admission::Refused(FrameError::Overlong {
+                command,
+                length,
+                max: self.limits.getblocktxn(),
+            }));
+        }
         if command.as_str() == "tx" && length > self.limits.relayed_tx && !self.pre_handshake {
             return Ok(Admission::Refused(FrameError::TxTooLarge {
                 length,
@@ -1319,6 +1331,38 @@ mod tests {
         // Not asked for: the limit holds as before.
         let r = decode_all(&mut dec, &stream);
         assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
+    }
+
+    #[test]
+    fn a_btc_getblocktxn_longer_than_any_valid_one_is_skipped_not_fatal() {
+        // Core reads any message up to 4 MB and fails to decode a getblocktxn whose indexes
+        // pass 16 bits: dropped, the connection kept. meshd ended it as oversized.
+        let (magic, limits) = regtest();
+        let max = limits.getblocktxn();
+        assert_eq!(max, 32 + 9 + (1 << 16) * 3);
+        let length = max + 1;
+        let mut stream = encode_frame(magic, cmd("getblocktxn"), &vec![1; length as usize]);
+        stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
+        let r = decode_all(&mut FrameDecoder::new_established(magic, limits), &stream);
+        assert_eq!(
+            r[0],
+            Err(FrameError::Overlong {
+                command: cmd("getblocktxn"),
+                length,
+                max,
+            })
+        );
+        assert_eq!(r[1].as_ref().unwrap().command, cmd("ping"));
+        // Above the message limit it is oversized, as any message is.
+        let over = encode_frame(
+            magic,
+            cmd("getblocktxn"),
+            &vec![1; limits.general as usize + 1],
+        );
+        assert!(matches!(
+            decode_all(&mut FrameDecoder::new_established(magic, limits), &over)[0],
+            Err(FrameError::Oversized { .. })
+        ));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use bitcoin::consensus::encode::{self, Decodable, Encodable, VarInt};
 use bitcoin::p2p::message::NetworkMessage;
 use bitcoin::p2p::Magic;
 
-use super::compact::{decode_getblocktxn, CompactBlock, IndexWidth};
+use super::compact::{decode_getblocktxn, CompactBlock, IndexWidth, TxnRequest};
 use super::frame::{payload_checksum, Command, Extent, Frame};
 use crate::constants::{
     BSV_LEGACY_PAYLOAD, FRAME_HEADER_LEN, MAX_ADDR_PER_MESSAGE, MAX_HEADERS_PER_MESSAGE,
@@ -77,6 +77,9 @@ pub enum Message {
     Protoconf(Protoconf),
     /// `cmpctblock`, with the index width of the peer's chain.
     CmpctBlock(Box<CompactBlock>),
+    /// A peer's `getblocktxn`, indexes kept encoded (see [`TxnRequest`]). Ours go as
+    /// rust-bitcoin's `GetBlockTxn`.
+    GetBlockTxn(TxnRequest),
     /// A command we do not know or do not read; counted and ignored.
     Unknown {
         /// The command.
@@ -356,8 +359,8 @@ impl Message {
                     Chain::Bsv => (IndexWidth::Bits32, p.len()),
                 };
                 check_count(c, p, 32, max)?;
-                let txs_request = decode_with(c, p, |r| decode_getblocktxn(r, width, max))?;
-                N::GetBlockTxn(bitcoin::p2p::message_compact_blocks::GetBlockTxn { txs_request })
+                let request = decode_with(c, p, |r| decode_getblocktxn(r, width, max))?;
+                return Ok(Message::GetBlockTxn(request));
             }
             "blocktxn" => N::BlockTxn(decode_as(c, p, exact)?),
             "protoconf" => {
@@ -391,6 +394,7 @@ impl Message {
                 .unwrap_or_else(|| Command::new("unknown").expect("valid")),
             Message::Protoconf(_) => Command::new("protoconf").expect("valid command"),
             Message::CmpctBlock(_) => Command::new("cmpctblock").expect("valid command"),
+            Message::GetBlockTxn(_) => Command::new("getblocktxn").expect("valid command"),
             Message::Unknown { command, .. } => *command,
         }
     }
@@ -407,6 +411,9 @@ impl Message {
             Message::Protoconf(p) => out.extend_from_slice(&p.encode()),
             Message::CmpctBlock(c) => {
                 let _ = c.consensus_encode(&mut out);
+            }
+            Message::GetBlockTxn(r) => {
+                let _ = r.consensus_encode(&mut out);
             }
             Message::Unknown { payload, .. } => out.extend_from_slice(payload),
         }

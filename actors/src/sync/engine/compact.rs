@@ -30,7 +30,7 @@ use crate::sync::compact::{
     CMPCTBLOCKS_VERSION, CMPCTBLOCKS_VERSION_TXID, INVALID_CB_NO_BAN_VERSION, MAX_CMPCTBLOCK_DEPTH,
     SHORT_IDS_BLOCKS_VERSION,
 };
-use crate::wire::compact::{CompactBlock, IndexWidth};
+use crate::wire::compact::{CompactBlock, IndexWidth, TxnRequest};
 use crate::wire::Message;
 
 /// Blocks being reconstructed at once (each waits for its `blocktxn`).
@@ -654,13 +654,13 @@ impl SyncCore {
     /// `getblocktxn` (Core's handler): answered from a kept block within
     /// [`compact::MAX_BLOCKTXN_DEPTH`], with the whole block below; an index past the
     /// block's end costs the peer; a block we do not keep is not answered.
-    pub(super) fn on_getblocktxn(&mut self, id: PeerId, req: BlockTransactionsRequest) {
+    pub(super) fn on_getblocktxn(&mut self, id: PeerId, req: TxnRequest) {
         self.answer_getblocktxn(id, req);
         // It was served in the Connection's getdata turn: the next may go.
         self.out.push(Action::GetDataServed(id));
     }
 
-    fn answer_getblocktxn(&mut self, id: PeerId, req: BlockTransactionsRequest) {
+    fn answer_getblocktxn(&mut self, id: PeerId, req: TxnRequest) {
         let Some(k) = self.blocks.iter().find(|k| k.hash == req.block_hash) else {
             debug!(hash = %req.block_hash, peer = %id, "getblocktxn for a block we do not keep");
             return;

@@ -866,10 +866,7 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let a = core.input(
         clock,
         r,
-        SyncInput::GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest {
-            block_hash: b5.block_hash(),
-            indexes: vec![1],
-        }),
+        SyncInput::GetBlockTxn(crate::wire::compact::TxnRequest::new(b5.block_hash(), &[1])),
     );
     assert!(a
         .iter()
@@ -877,10 +874,7 @@ fn compact_blocks_as_core_and_p2p_compactblocks() {
     let a = core.input(
         clock,
         r,
-        SyncInput::GetBlockTxn(bitcoin::bip152::BlockTransactionsRequest {
-            block_hash: b5.block_hash(),
-            indexes: vec![7],
-        }),
+        SyncInput::GetBlockTxn(crate::wire::compact::TxnRequest::new(b5.block_hash(), &[7])),
     );
     assert!(a
         .iter()
