@@ -279,6 +279,17 @@ impl AsyncPeer {
                         )));
                     }
                 }
+                // A peer's getblocktxn is kept encoded; tests read rust-bitcoin's type.
+                if let Message::GetBlockTxn(r) = &msg {
+                    return Seen::Msg(Message::Network(NetworkMessage::GetBlockTxn(
+                        bitcoin::p2p::message_compact_blocks::GetBlockTxn {
+                            txs_request: bitcoin::bip152::BlockTransactionsRequest {
+                                block_hash: r.block_hash,
+                                indexes: r.indexes().collect(),
+                            },
+                        },
+                    )));
+                }
                 return Seen::Msg(msg);
             }
             self.pending.clear();
