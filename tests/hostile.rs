@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use bitcoin::hashes::Hash;
 use bitcoin::p2p::message::NetworkMessage;
 use common::rawpeer::{header, RawPeer};
 use common::{msg, Meshd};
@@ -82,6 +83,38 @@ fn bad_checksum_drops_the_message_and_keeps_the_peer() {
     );
     assert_eq!(line["dropped"], 1, "{line}");
     assert!(p.ping_ok(), "connection must survive a bad checksum");
+}
+
+#[test]
+fn a_getblocktxn_no_block_could_answer_is_skipped_and_the_peer_kept() {
+    // Past 65,536 three-byte indexes no BTC block can answer it; Core reads it (under its
+    // 4 MB message limit), fails to decode it and goes on. meshd ended the connection as
+    // oversized.
+    let node = Meshd::start(&[]);
+    let mut p = RawPeer::connect(node.addr.unwrap());
+    p.handshake();
+    let payload = vec![0u8; 200_000];
+    let checksum = bitcoin::hashes::sha256d::Hash::hash(&payload).to_byte_array();
+    let mut frame = header(
+        REGTEST,
+        "getblocktxn",
+        payload.len() as u32,
+        [checksum[0], checksum[1], checksum[2], checksum[3]],
+    );
+    frame.extend_from_slice(&payload);
+    p.send_raw(&frame);
+    let who = p.local_addr().to_string();
+    let line = node.wait_log("dropped frame", Duration::from_secs(5), |v| {
+        msg(v) == "dropped frames" && v["peer"] == who.as_str()
+    });
+    assert!(
+        line["last"]
+            .as_str()
+            .unwrap()
+            .contains("longer than any valid"),
+        "{line}"
+    );
+    assert!(p.ping_ok(), "the connection goes on");
 }
 
 #[test]

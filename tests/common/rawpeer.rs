@@ -90,9 +90,16 @@ impl RawPeer {
                 self.pending.drain(..used);
                 match r {
                     Ok(frame) => {
-                        return Seen::Msg(
-                            Message::decode(frame).expect("meshd sends valid payloads"),
-                        )
+                        let msg = Message::decode(frame).expect("meshd sends valid payloads");
+                        // Tests read a getblocktxn as rust-bitcoin's type.
+                        if let Message::GetBlockTxn(r) = &msg {
+                            return Seen::Msg(Message::Network(NetworkMessage::GetBlockTxn(
+                                bitcoin::p2p::message_compact_blocks::GetBlockTxn {
+                                    txs_request: r.to_rust_bitcoin(),
+                                },
+                            )));
+                        }
+                        return Seen::Msg(msg);
                     }
                     Err(e) => panic!("meshd sent a bad frame: {e}"),
                 }

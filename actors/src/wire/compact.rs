@@ -308,6 +308,14 @@ impl TxnRequest {
     pub fn encoded_len(&self) -> usize {
         self.encoded.len()
     }
+
+    /// As rust-bitcoin's type, its indexes decoded (for tools and tests that read it so).
+    pub fn to_rust_bitcoin(&self) -> bitcoin::bip152::BlockTransactionsRequest {
+        bitcoin::bip152::BlockTransactionsRequest {
+            block_hash: self.block_hash,
+            indexes: self.indexes().collect(),
+        }
+    }
 }
 
 impl Encodable for TxnRequest {

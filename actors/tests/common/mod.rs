@@ -283,10 +283,7 @@ impl AsyncPeer {
                 if let Message::GetBlockTxn(r) = &msg {
                     return Seen::Msg(Message::Network(NetworkMessage::GetBlockTxn(
                         bitcoin::p2p::message_compact_blocks::GetBlockTxn {
-                            txs_request: bitcoin::bip152::BlockTransactionsRequest {
-                                block_hash: r.block_hash,
-                                indexes: r.indexes().collect(),
-                            },
+                            txs_request: r.to_rust_bitcoin(),
                         },
                     )));
                 }
