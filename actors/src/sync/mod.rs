@@ -179,6 +179,12 @@ pub struct SyncActorState {
     /// Messages from peers not yet announced by the Manager, oldest first.
     early: VecDeque<EarlyInput>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    /// Generate requests done, answered once their blocks' deferred bookkeeping has run
+    /// (after the yield that lets the high-bandwidth pushes leave first).
+    generated: Vec<(
+        ractor::RpcReplyPort<Result<Vec<bitcoin::BlockHash>, String>>,
+        Result<Vec<bitcoin::BlockHash>, String>,
+    )>,
 }
 
 impl SyncActorState {
@@ -517,11 +523,9 @@ impl SyncActorState {
             SyncMsg::Generate(n, reply) => {
                 let (result, actions) = self.core.generate(system_clock(), n);
                 self.apply(actions);
-                // The caller sees the blocks' events and bookkeeping done when it is answered.
-                self.run_deferred();
-                // The caller reads the status next: it shows the new blocks.
-                self.publish_status();
-                let _ = reply.send(result);
+                // Answered in `handle`, after the bookkeeping: the caller sees the blocks'
+                // events and the status showing them.
+                self.generated.push((reply, result));
             }
             SyncMsg::SubmitTx(tx) => {
                 let actions = self.core.submit_tx(system_clock(), *tx);
@@ -758,6 +762,7 @@ impl Actor for Sync {
             store_sync: None,
             loading: None,
             early: VecDeque::new(),
+            generated: Vec::new(),
             timer: None,
         })
     }
@@ -798,6 +803,9 @@ impl Actor for Sync {
             state.run_deferred();
         }
         state.publish_status();
+        for (reply, result) in state.generated.drain(..) {
+            let _ = reply.send(result);
+        }
         if state.loading.is_some() {
             // Let the tasks this message woke run before the next load step (a Connection
             // sending our answer sits in this worker's next-task slot, which other workers

@@ -683,6 +683,9 @@ impl SyncCore {
         if any {
             self.trim_kept_blocks();
         }
+        if std::mem::take(&mut self.generated_after_keep) {
+            self.generated_tip();
+        }
     }
 
     /// The rest of keeping a block: its whole frame, the count and the event, the relay

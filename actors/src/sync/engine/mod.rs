@@ -432,6 +432,9 @@ pub struct SyncCore {
     kept_pending: VecDeque<AfterKeep>,
     /// Whether it waits (see [`SyncCore::defer_bookkeeping`]).
     defer_after_keep: bool,
+    /// Generated blocks' bookkeeping is deferred: the new tip's state and event follow it
+    /// (see [`SyncCore::generated_tip`]).
+    generated_after_keep: bool,
 }
 
 /// A delay drawn from an exponential distribution of mean `avg` (Core's trickle), capped at
@@ -481,6 +484,7 @@ impl SyncCore {
             fallbacks: VecDeque::new(),
             kept_pending: VecDeque::new(),
             defer_after_keep: false,
+            generated_after_keep: false,
             compact_in_hand: None,
             last_inv_trigger: None,
             vouched_blocks: Default::default(),
@@ -1135,13 +1139,22 @@ impl SyncCore {
             self.keep_and_publish(block, None, arrival);
             hashes.push(hash);
         }
-        // A mined tip is recent: the node may be out of initial sync now.
+        if self.kept_pending.is_empty() {
+            self.generated_tip();
+        } else {
+            // After the blocks' own events, as when nothing is deferred.
+            self.generated_after_keep = true;
+        }
+        Ok(hashes)
+    }
+
+    /// A mined tip is recent: the node may be out of initial sync now.
+    pub(super) fn generated_tip(&mut self) {
         self.update_state();
         self.out.event(NodeEvent::HeadersSynced {
             height: self.chain.height(),
             tip: self.chain.tip().to_string(),
             synced: self.state == SyncState::Synced,
         });
-        Ok(hashes)
     }
 }

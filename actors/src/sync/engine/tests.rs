@@ -1532,3 +1532,25 @@ fn a_getheaders_answered_while_loading_records_the_header_sent() {
     assert!(core.answer_while_loading(h, &asked).is_some());
     assert_eq!(core.peers[&h].best_header_sent, Some(tip));
 }
+
+#[test]
+fn generated_blocks_are_received_before_the_headers_synced_event() {
+    // With the bookkeeping deferred, generate's HeadersSynced came before the blocks'
+    // BlockReceived: a subscriber saw the tip move before the block it names.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    core.defer_bookkeeping(true);
+    let (_, step) = core.generate(clock, 2);
+    let mut all = step;
+    all.extend(core.run_deferred(clock));
+    let order: Vec<&str> = all
+        .iter()
+        .filter_map(|a| match a {
+            Action::Event(NodeEvent::BlockReceived { .. }) => Some("block"),
+            Action::Event(NodeEvent::HeadersSynced { .. }) => Some("synced"),
+            _ => None,
+        })
+        .collect();
+    // The first leaving initial sync, the second the new tip's.
+    assert_eq!(order, ["block", "block", "synced", "synced"]);
+}
