@@ -497,23 +497,41 @@ impl SyncCore {
             .height_of(&hash)
             .and_then(|h| self.chain.header_at_height(h));
         let key = hash.to_byte_array();
-        for (id, p) in self.peers.iter_mut() {
-            if Some(*id) == except || p.knows(&key) {
-                continue;
-            }
-            p.learn(key);
+        let mut ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(id, p)| Some(**id) != except && !p.knows(&key))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        for id in ids {
             // A lone header must connect for the peer (Core: headers only when the peer has
             // the parent's header, `PeerHasHeader`); else an `inv` makes it ask.
-            let connects =
-                header.is_some_and(|h| peer_has_header(&self.chain, p, h.prev_blockhash));
-            match (p.wants_headers && connects, header) {
-                (true, Some(h)) => {
+            let connects = self.peers.get(&id).is_some_and(|p| {
+                header.is_some_and(|h| peer_has_header(&self.chain, p, h.prev_blockhash))
+            });
+            let compact = if connects {
+                self.compact_announcement(id, hash)
+            } else {
+                None
+            };
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            p.learn(key);
+            match (compact, p.wants_headers && connects, header) {
+                (Some(frame), ..) => {
                     p.set_header_sent(hash);
-                    self.out.send(p.id, NetworkMessage::Headers(vec![h]))
+                    metrics::counter!("meshd_compact_blocks_sent_total").increment(1);
+                    self.out.push(Action::SendShared(id, "cmpctblock", frame));
+                }
+                (None, true, Some(h)) => {
+                    p.set_header_sent(hash);
+                    self.out.send(id, NetworkMessage::Headers(vec![h]))
                 }
                 _ => self
                     .out
-                    .send(p.id, NetworkMessage::Inv(vec![Inventory::Block(hash)])),
+                    .send(id, NetworkMessage::Inv(vec![Inventory::Block(hash)])),
             }
         }
     }

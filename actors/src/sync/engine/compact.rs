@@ -696,6 +696,14 @@ impl SyncCore {
         let Some(at) = self.blocks.iter().position(|k| k.hash == hash) else {
             return Vec::new();
         };
+        // Core's m_highest_fast_announce: once per height. A reorganisation onto a block
+        // no higher than one already pushed goes the ordinary way (`announce_block`), as
+        // `cmpctblock` still to the high-bandwidth peers that have its parent.
+        let height = self.chain.height_of(&hash).unwrap_or(0);
+        if height <= self.highest_fast_announce {
+            return Vec::new();
+        }
+        self.highest_fast_announce = height;
         let key = hash.to_byte_array();
         let parent = self.blocks[at].block.header.prev_blockhash;
         let chain = &self.chain;
@@ -729,6 +737,23 @@ impl SyncCore {
         }
         metrics::counter!("meshd_compact_blocks_sent_total").increment(to.len() as u64);
         to
+    }
+
+    /// The ordinary announcement of a kept block to a peer that asked for high-bandwidth
+    /// compact blocks: the `cmpctblock` in place of the lone header (Core's SendMessages,
+    /// the path of peers below INVALID_CB_NO_BAN_VERSION, which the push skips, and of
+    /// blocks the push did not carry). `None`: not such a peer, or not a block we keep.
+    pub(super) fn compact_announcement(
+        &mut self,
+        id: PeerId,
+        hash: BlockHash,
+    ) -> Option<Arc<[u8]>> {
+        let p = self.peers.get(&id)?;
+        if !(p.cmpct.provides && p.cmpct.hb_from) || self.compact_version().is_none() {
+            return None;
+        }
+        let at = self.blocks.iter().position(|k| k.hash == hash)?;
+        Some(self.compact_of(at))
     }
 
     /// Whether the block's whole copy was asked for after its compact block failed.

@@ -432,6 +432,8 @@ pub struct SyncCore {
     kept_pending: VecDeque<AfterKeep>,
     /// Whether it waits (see [`SyncCore::defer_bookkeeping`]).
     defer_after_keep: bool,
+    /// The highest block pushed to high-bandwidth peers (Core's m_highest_fast_announce).
+    highest_fast_announce: u32,
     /// Generated blocks' bookkeeping is deferred: the new tip's state and event follow it
     /// (see [`SyncCore::generated_tip`]).
     generated_after_keep: bool,
@@ -485,6 +487,7 @@ impl SyncCore {
             kept_pending: VecDeque::new(),
             defer_after_keep: false,
             generated_after_keep: false,
+            highest_fast_announce: 0,
             compact_in_hand: None,
             last_inv_trigger: None,
             vouched_blocks: Default::default(),

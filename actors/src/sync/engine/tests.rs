@@ -1554,3 +1554,40 @@ fn generated_blocks_are_received_before_the_headers_synced_event() {
     // The first leaving initial sync, the second the new tip's.
     assert_eq!(order, ["block", "block", "synced", "synced"]);
 }
+
+#[test]
+fn a_high_bandwidth_peer_below_70015_gets_the_block_as_cmpctblock_once_announced() {
+    // Core pushes before validation only to peers from INVALID_CB_NO_BAN_VERSION; a
+    // 70014 peer that asked for high-bandwidth mode gets the cmpctblock in SendMessages,
+    // in place of the lone header. meshd sent it the header.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let (p, old) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let mut old_peer = peer(2, true, 3);
+    old_peer.version = 70014;
+    let _ = core.peer_up(clock, old_peer);
+    let _ = core.input(clock, p, sendcmpct(false));
+    let _ = core.input(clock, old, sendcmpct(true));
+    let _ = core.input(clock, old, getheaders_from_genesis());
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            11,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
+    );
+    assert_eq!(cmpctblocks_to(&a, old).len(), 1, "{a:?}");
+    assert!(
+        !sent_to(&a, old)
+            .iter()
+            .any(|m| matches!(m, NetworkMessage::Headers(_) | NetworkMessage::Inv(_))),
+        "{a:?}"
+    );
+}
