@@ -506,6 +506,131 @@ async fn a_requested_block_above_our_limit_is_asked_of_the_next_announcer_at_onc
     node.shutdown().await;
 }
 
+/// `peer` announces `hash` by `inv`: how long until it is asked for it (MSG_BLOCK).
+async fn announced_and_asked(peer: &mut AsyncPeer, hash: bitcoin::BlockHash) -> Duration {
+    use bitcoin::p2p::message_blockdata::Inventory;
+    peer.send(NetworkMessage::Inv(vec![Inventory::Block(hash)]))
+        .await;
+    let at = Instant::now();
+    let asked = next_matching(peer, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::Block(hash)]);
+    at.elapsed()
+}
+
+/// BSV: the SV node sends a compact block or `blocktxn` of whatever size its block has. One
+/// above our policy (`--max-block-message-size`) that answers our request is skipped as such
+/// a block is, named by its lead (a `blocktxn`'s 32-byte hash, a `cmpctblock`'s header): free
+/// of points, and the block asked of the next announcer at once. Before, either frame was a
+/// fatal oversized one (100 points: the honest peer banned).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_bsv_compact_block_data_above_our_limit_is_skipped_free_and_asked_elsewhere() {
+    use bitcoin::hashes::Hash;
+    use bitcoin::p2p::message_blockdata::Inventory;
+    use bitcoin::p2p::message_compact_blocks::SendCmpct;
+    use meshd_actors::network::NetworkId;
+    use meshd_actors::sync::compact::{compact_block, short_id_hashes};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = meshd_actors::config::NodeConfig::new(NetworkId::BsvRegtest, dir.path().into());
+    c.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    c.max_block_message_size = 1;
+    let node = Node::start(c).await.unwrap();
+    let (magic, genesis) = (node.profile().magic, node.profile().genesis);
+    let limit = node.profile().limits.bulk as usize;
+    let addr = node.listen_addrs()[0];
+    let mut big = AsyncPeer::connect_on(addr, NetworkId::BsvRegtest)
+        .await
+        .unwrap();
+    big.send(version(70016)).await;
+    let _ = commands_for(&mut big, Duration::from_millis(300)).await;
+    big.send(NetworkMessage::SendCmpct(SendCmpct {
+        send_compact: false,
+        version: 1,
+    }))
+    .await;
+    let mut other = AsyncPeer::connect_on(addr, NetworkId::BsvRegtest)
+        .await
+        .unwrap();
+    other.send(version(70016)).await;
+    let _ = commands_for(&mut other, Duration::from_millis(300)).await;
+    let frame = |command: &str, lead: &[u8]| {
+        let mut payload = lead.to_vec();
+        payload.resize(limit + 1000, 0);
+        meshd_actors::wire::encode_frame(
+            magic,
+            meshd_actors::wire::Command::new(command).unwrap(),
+            &payload,
+        )
+    };
+    // 1. A blocktxn above the limit, answering our getblocktxn.
+    let mut b1 = meshd_actors::sync::mine::regtest_block(&genesis, 1, common::unix_now() - 60, 5);
+    b1.txdata.push(spend([9; 32], &[1_000], false));
+    let merkle = b1.compute_merkle_root().unwrap();
+    b1.header = meshd_actors::sync::chain::headers::mine_header(
+        &genesis,
+        merkle,
+        b1.header.time,
+        genesis.bits,
+    );
+    let h1 = b1.block_hash();
+    big.send(NetworkMessage::Headers(vec![b1.header])).await;
+    let asked = next_matching(&mut big, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::CompactBlock(h1)]);
+    let cmpct = compact_block(&b1, 7, &short_id_hashes(&b1, false), &[]);
+    big.send_raw(&Message::CmpctBlock(Box::new(cmpct)).encode(magic))
+        .await;
+    let wanted = next_matching(&mut big, |m| match m {
+        NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!((wanted.block_hash, wanted.indexes), (h1, vec![1]));
+    big.send_raw(&frame("blocktxn", &h1.to_byte_array())).await;
+    let waited = announced_and_asked(&mut other, h1).await;
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+    other.send(NetworkMessage::Block(b1.clone())).await;
+
+    // 2. A cmpctblock above the limit, answering our getdata(MSG_CMPCT_BLOCK).
+    let h2_header = meshd_actors::sync::chain::headers::mine_header(
+        &b1.header,
+        bitcoin::TxMerkleNode::from_byte_array([4; 32]),
+        b1.header.time + 1,
+        genesis.bits,
+    );
+    let h2 = h2_header.block_hash();
+    big.send(NetworkMessage::Headers(vec![h2_header])).await;
+    let asked = next_matching(&mut big, |m| match m {
+        NetworkMessage::GetData(items) => Some(items.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(asked, vec![Inventory::CompactBlock(h2)]);
+    big.send_raw(&frame(
+        "cmpctblock",
+        &bitcoin::consensus::serialize(&h2_header),
+    ))
+    .await;
+    let waited = announced_and_asked(&mut other, h2).await;
+    assert!(waited < Duration::from_millis(1500), "{waited:?}");
+
+    // Free of points, and still connected.
+    assert!(
+        !big.closed_within(Duration::from_millis(500)).await,
+        "the peer was dropped"
+    );
+    let peers = node.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.misbehavior == 0), "{peers:?}");
+    node.shutdown().await;
+}
+
 /// On BTC the block limit is the chain's own: a block above it is invalid even when asked
 /// for, and the message is oversized (fatal, charged), not skipped free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -426,9 +426,14 @@ pub(super) async fn reader(args: ReaderArgs) {
                     // asked for, so it takes no budget.
                     let asked_for =
                         matches!(e, FrameError::RequestedTooLarge { block: Some(_), .. });
+                    // A too-large compact block or `blocktxn` may not answer anything of
+                    // ours (the actor matches it): it counts as useless, as a block never
+                    // does (the reader counted it against what we asked).
+                    let whole_block = asked_for
+                        && matches!(&e, FrameError::RequestedTooLarge { command, .. } if command.as_str() == "block");
                     // Dropped unread, but never free: counted against the peer's budget of
                     // useless frames, and logged at most once a minute with the count.
-                    let verdict = if asked_for {
+                    let verdict = if whole_block {
                         DropVerdict::Quiet
                     } else {
                         useless.on_drop(std::time::Instant::now())

@@ -422,15 +422,42 @@ impl Actor for Connection {
             ConnectionMsg::SendDrained => pump_getdata(state),
             ConnectionMsg::DroppedFrame(err, credit) => {
                 if let FrameError::RequestedTooLarge {
-                    block: Some(block), ..
-                } = err
+                    command,
+                    block: Some(block),
+                    ..
+                } = &err
                 {
-                    // Asked for, so free: Sync asks another peer for it. It was the answer
-                    // to whichever ask of it is open (the reader counted it).
-                    forget_compact_ask(state, &block);
-                    forget_blocktxn_ask(state, &block, false);
+                    let block = *block;
+                    let answered = match command.as_str() {
+                        // Asked for (the reader let only those in), so free. It was the
+                        // answer to whichever ask of it is open (the reader counted it).
+                        "block" => {
+                            forget_compact_ask(state, &block);
+                            forget_blocktxn_ask(state, &block, false);
+                            true
+                        }
+                        // Our getdata(MSG_CMPCT_BLOCK) of it, counted as a block expected.
+                        "cmpctblock" => {
+                            let asked = forget_compact_ask(state, &block);
+                            if asked {
+                                state.blocks_expected.settled(1);
+                            }
+                            asked
+                        }
+                        "blocktxn" => forget_blocktxn_ask(state, &block, true),
+                        _ => false,
+                    };
                     state.credit = Some(credit);
-                    to_sync(state, SyncInput::BlockTooLarge(block));
+                    if answered {
+                        // Sync drops the reconstruction and asks another peer.
+                        to_sync(state, SyncInput::BlockTooLarge(block));
+                    } else {
+                        // A high-bandwidth push of a block above our policy (honest on
+                        // BSV, and counted as a useless frame by the reader), or a
+                        // `blocktxn` nobody asked for: free of points, and dropped.
+                        debug!(peer = %state.peer_name(), id = %state.id, %command, %block,
+                               "unasked compact block data above our limit; skipped");
+                    }
                     return Ok(());
                 }
                 // Counted and logged (at most once a minute) by the reader; charged here.
@@ -1210,15 +1237,17 @@ fn count_blocks(items: &[Inventory]) -> u32 {
 
 /// The answer to our `getblocktxn` for `hash` came: as `blocktxn` (`settle`: the block it
 /// might have been is no longer expected) or as the whole block (which the reader counted).
-fn forget_blocktxn_ask(state: &mut ConnectionState, hash: &BlockHash, settle: bool) {
+/// True when there was such an ask.
+fn forget_blocktxn_ask(state: &mut ConnectionState, hash: &BlockHash, settle: bool) -> bool {
     let Some(at) = state.blocktxn_asked.iter().position(|(h, _)| h == hash) else {
-        return;
+        return false;
     };
     state.blocktxn_asked.remove(at);
     if settle {
         state.blocks_expected.settled(1);
     }
     state.blocks_expected.blocktxn(false);
+    true
 }
 
 /// The oldest unanswered `getblocktxn` gives up its allowance (expired, or displaced).

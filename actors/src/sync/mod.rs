@@ -181,11 +181,13 @@ pub struct SyncActorState {
     timer: Option<tokio::task::JoinHandle<()>>,
     /// Generate requests done, answered once their blocks' deferred bookkeeping has run
     /// (after the yield that lets the high-bandwidth pushes leave first).
-    generated: Vec<(
-        ractor::RpcReplyPort<Result<Vec<bitcoin::BlockHash>, String>>,
-        Result<Vec<bitcoin::BlockHash>, String>,
-    )>,
+    generated: Vec<(GenerateReply, GenerateResult)>,
 }
+
+/// What a generate request is answered with: the blocks mined, or why none.
+type GenerateResult = Result<Vec<bitcoin::BlockHash>, String>;
+/// Where a generate request is answered.
+type GenerateReply = ractor::RpcReplyPort<GenerateResult>;
 
 impl SyncActorState {
     /// Carries out what the core decided, in order.

@@ -208,9 +208,10 @@ pub enum FrameError {
         max: u32,
     },
     /// A `block` we asked this peer for, larger than our limit (a BSV block above
-    /// `max-block-message-size`): skipped unread but for its 80-byte header, free of points,
-    /// since we asked for it. Reported once the header is read, so that the block's hash
-    /// tells Sync which request failed.
+    /// `max-block-message-size`), or a `cmpctblock` or `blocktxn` above it from a peer
+    /// that may send one: skipped unread but for the lead that names the block (a header's
+    /// 80 bytes, a `blocktxn`'s 32-byte hash). Reported once that is read, so that the
+    /// block's hash tells which request failed; free of points when it answers one.
     #[error("requested {command} of {length} bytes is above our limit of {limit}; skipped")]
     RequestedTooLarge {
         /// The command.
@@ -381,8 +382,36 @@ struct Skipping {
 struct HeaderCapture {
     bytes: [u8; BLOCK_HEADER_LEN],
     filled: usize,
+    /// What names the block: a header's 80 bytes (`block`, `cmpctblock`), hashed, or a
+    /// `blocktxn`'s leading 32-byte block hash.
+    len: usize,
     error: FrameError,
 }
+
+/// How many leading bytes of a skipped `command` name its block (see [`HeaderCapture`]).
+fn naming_len(command: &Command) -> usize {
+    if command.as_str() == "blocktxn" {
+        BLOCK_HASH_LEN
+    } else {
+        BLOCK_HEADER_LEN
+    }
+}
+
+/// The block named by the leading `bytes` of a `command` payload, if they are all there.
+fn named_block(command: &Command, bytes: &[u8]) -> Option<BlockHash> {
+    let len = naming_len(command);
+    let lead = bytes.get(..len)?;
+    Some(if len == BLOCK_HASH_LEN {
+        let mut raw = [0u8; BLOCK_HASH_LEN];
+        raw.copy_from_slice(lead);
+        BlockHash::from_byte_array(raw)
+    } else {
+        BlockHash::from_raw_hash(sha256d::Hash::hash(lead))
+    })
+}
+
+/// Bytes of a block hash (a `blocktxn` starts with one).
+const BLOCK_HASH_LEN: usize = 32;
 
 /// Bytes of a serialized block header.
 const BLOCK_HEADER_LEN: usize = 80;
@@ -477,7 +506,9 @@ impl FrameDecoder {
     /// Whether a packet too large for any command may still be a `block` we asked for that
     /// is above our policy limit only (see [`FrameError::V2RequestedTooLarge`]).
     pub fn may_be_requested_block_above_policy(&self) -> bool {
-        !self.pre_handshake && self.blocks_expected > Some(0) && self.limits.bulk_is_policy
+        !self.pre_handshake
+            && (self.blocks_expected > Some(0) || self.compact_expected)
+            && self.limits.bulk_is_policy
     }
 
     /// Admits one authenticated message (a v2 packet: no checksum, already in memory) by
@@ -496,10 +527,8 @@ impl FrameDecoder {
                 limit,
                 ..
             }) => {
-                // The packet is in memory already: its header names the block.
-                let block = payload
-                    .get(..BLOCK_HEADER_LEN)
-                    .map(|h| BlockHash::from_raw_hash(sha256d::Hash::hash(h)));
+                // The packet is in memory already: its lead names the block.
+                let block = named_block(&command, &payload);
                 return Err(FrameError::RequestedTooLarge {
                     command,
                     length,
@@ -693,11 +722,11 @@ impl FrameDecoder {
         let take = skip.remaining.min(input.len());
         let mut captured = None;
         if let Some(capture) = skip.header.as_mut() {
-            let n = (BLOCK_HEADER_LEN - capture.filled).min(take);
+            let n = (capture.len - capture.filled).min(take);
             capture.bytes[capture.filled..capture.filled + n].copy_from_slice(&input[..n]);
             capture.filled += n;
             let short = skip.remaining == take;
-            if capture.filled == BLOCK_HEADER_LEN || short {
+            if capture.filled == capture.len || short {
                 captured = skip.header.take();
             }
         }
@@ -709,10 +738,10 @@ impl FrameDecoder {
                 bytes,
                 filled,
                 mut error,
+                ..
             } = *capture;
-            if let FrameError::RequestedTooLarge { block, .. } = &mut error {
-                *block = (filled == BLOCK_HEADER_LEN)
-                    .then(|| BlockHash::from_raw_hash(sha256d::Hash::hash(&bytes)));
+            if let FrameError::RequestedTooLarge { block, command, .. } = &mut error {
+                *block = named_block(command, &bytes[..filled]);
             }
             if skip.remaining > 0 {
                 self.pending = Some(Pending::Skip(skip));
@@ -750,6 +779,23 @@ impl FrameDecoder {
             // Asked for, and above our policy only: the stream stays in sync (its length is
             // known), so skip it.
             self.blocks_expected = self.blocks_expected.map(|n| n - 1);
+            return Ok(Admission::Refused(FrameError::RequestedTooLarge {
+                command,
+                length,
+                limit,
+                block: None,
+            }));
+        }
+        if length > limit
+            && matches!(command.as_str(), "cmpctblock" | "blocktxn")
+            && !self.pre_handshake
+            && (self.compact_expected || self.blocks_expected > Some(0))
+            && self.limits.bulk_is_policy
+        {
+            // A compact block or `blocktxn` of a block above our policy, from a peer that may
+            // send one (we asked it to push, asked it for one, or sent it `getblocktxn`):
+            // skipped as such a block is, named by its lead. The Connection matches it to
+            // its ask and tells Sync; nothing is counted off here (it is not a `block`).
             return Ok(Admission::Refused(FrameError::RequestedTooLarge {
                 command,
                 length,
@@ -854,6 +900,7 @@ impl FrameDecoder {
                 skipping.header = Some(Box::new(HeaderCapture {
                     bytes: [0; BLOCK_HEADER_LEN],
                     filled: 0,
+                    len: naming_len(&command),
                     error,
                 }));
                 (Pending::Skip(skipping), None)
@@ -1331,6 +1378,56 @@ mod tests {
         // Not asked for: the limit holds as before.
         let r = decode_all(&mut dec, &stream);
         assert!(matches!(r[0], Err(FrameError::Oversized { .. })));
+    }
+
+    #[test]
+    fn compact_block_data_above_our_policy_is_skipped_and_named_only_when_it_may_come() {
+        let (magic, mut limits) = regtest();
+        limits.bulk = 50_000;
+        limits.general = 50_000;
+        limits.bulk_is_policy = true;
+        let hash = [0x5a; 32];
+        let mut blocktxn = hash.to_vec();
+        blocktxn.resize(60_000, 1);
+        let mut cmpct = vec![0xab; 80];
+        cmpct.resize(60_000, 2);
+        let mut stream = encode_frame(magic, cmd("blocktxn"), &blocktxn);
+        stream.extend(encode_frame(magic, cmd("cmpctblock"), &cmpct));
+        stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        dec.set_blocks_expected(0);
+        dec.set_compact_expected(true);
+        assert!(dec.may_be_requested_block_above_policy(), "v2 agrees");
+        let r = decode_all(&mut dec, &stream);
+        assert_eq!(
+            r[0],
+            Err(FrameError::RequestedTooLarge {
+                command: cmd("blocktxn"),
+                length: 60_000,
+                limit: 50_000,
+                block: Some(BlockHash::from_byte_array(hash)),
+            })
+        );
+        assert_eq!(
+            r[1],
+            Err(FrameError::RequestedTooLarge {
+                command: cmd("cmpctblock"),
+                length: 60_000,
+                limit: 50_000,
+                block: Some(BlockHash::from_raw_hash(sha256d::Hash::hash(&[0xab; 80]))),
+            })
+        );
+        assert_eq!(r[2].as_ref().unwrap().command, cmd("ping"));
+        // Not a block: nothing counted off the blocks expected.
+        assert_eq!(dec.blocks_expected(), Some(0));
+        // Nothing of the kind may come: oversized, as before.
+        let mut dec = FrameDecoder::new_established(magic, limits);
+        dec.set_blocks_expected(0);
+        assert!(!dec.may_be_requested_block_above_policy());
+        assert!(matches!(
+            decode_all(&mut dec, &stream)[0],
+            Err(FrameError::Oversized { .. })
+        ));
     }
 
     #[test]

@@ -152,9 +152,7 @@ impl SyncCore {
     fn max_block_txs(&self) -> usize {
         match self.profile.chain {
             Chain::Btc => MAX_BTC_BLOCK_TXS,
-            Chain::Bsv => {
-                self.config.max_block_message_size as usize / compact::MIN_TRANSACTION_BYTES
-            }
+            Chain::Bsv => self.block_limit() / compact::MIN_TRANSACTION_BYTES,
         }
     }
 
@@ -470,7 +468,18 @@ impl SyncCore {
     /// (`max-block-message-size`; on BSV the operator's block size, which compact blocks
     /// must not get around).
     fn above_block_limit(&self, block: &bitcoin::Block) -> bool {
-        block.total_size() > self.config.max_block_message_size as usize
+        block.total_size() > self.block_limit()
+    }
+
+    /// The largest `block` message we read, as the reader applies it (the configured
+    /// `max-block-message-size`, never below the ordinary limit on BSV: `config::profile`).
+    fn block_limit(&self) -> usize {
+        match self.profile.chain {
+            Chain::Btc => self.profile.limits.bulk as usize,
+            Chain::Bsv => {
+                (self.config.max_block_message_size).max(self.profile.limits.general) as usize
+            }
+        }
     }
 
     fn init_partial(&self, cmpct: &CompactBlock) -> Result<PartialBlock, ReadError> {

@@ -1016,6 +1016,13 @@ impl SyncCore {
                 }
             }
             SyncInput::BlockTooLarge(block) => {
+                // Its reconstruction from this peer ends with it (the `blocktxn`, or the
+                // whole block in its place, was above our limit).
+                if self.partials.get(&block).is_some_and(|p| p.peer == id) {
+                    if let Some(p) = self.partials.remove(&block) {
+                        compact::count_outcome("too_large", p.via);
+                    }
+                }
                 self.block_not_delivered(block, id, Failure::TooLarge)
             }
             SyncInput::FirstRequestedTooLarge => {
