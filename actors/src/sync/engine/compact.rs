@@ -400,6 +400,12 @@ impl SyncCore {
             debug!(%hash, peer = %id, "a second cmpctblock for a block being reconstructed; ignored");
             return;
         }
+        if in_flight_from == Some(id) && self.fallbacks.contains(&hash) {
+            // Its compact block failed and the whole block is asked of it: a repeat is not
+            // rebuilt again (Core keeps the failed partial: "already syncing").
+            debug!(%hash, peer = %id, "a cmpctblock for a block asked whole after its compact block failed; ignored");
+            return;
+        }
         match self.init_partial(&cmpct) {
             Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, via),
             Err(ReadError::Failed(why)) => {

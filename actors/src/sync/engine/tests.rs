@@ -1591,3 +1591,24 @@ fn a_high_bandwidth_peer_below_70015_gets_the_block_as_cmpctblock_once_announced
         "{a:?}"
     );
 }
+
+#[test]
+fn a_repeat_cmpctblock_after_a_fallback_is_not_rebuilt_again() {
+    // Core keeps the failed partial of a block asked whole ("already syncing"): the same
+    // peer's repeat is ignored. meshd rebuilt it again and asked for the block once more.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let p = PeerId(1);
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(1), spend(2)]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    // Two of its short ids the same: not usable (BIP152's collision), the block asked whole.
+    let mut colliding = compact_block(&b4, 1, &short_id_hashes(&b4, true), &[]);
+    colliding.short_ids[1] = colliding.short_ids[0];
+    let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(colliding.clone())));
+    assert_eq!(blocks_asked(&a, p), vec![b4.block_hash()], "{a:?}");
+    let again = core.input(clock, p, SyncInput::CmpctBlock(Box::new(colliding)));
+    assert!(blocks_asked(&again, p).is_empty(), "{again:?}");
+}
