@@ -237,7 +237,12 @@ fn deframe(decoder: &mut Deframer, bytes: &[u8], frames: &mut Vec<Result<Frame, 
 /// Blocks asked of one peer and not yet received: the actor adds when it sends a `getdata`
 /// for blocks (and subtracts on `notfound`), the reader subtracts as `block` frames arrive.
 #[derive(Default)]
-pub(crate) struct BlocksExpected(AtomicU32, CompactExpected);
+pub(crate) struct BlocksExpected(AtomicU32, CompactExpected, BlocksAdmitted);
+
+/// `block` frames the reader has let in, ever: the actor compares it with those it has
+/// handled to tell whether one is still on its way (being read, or in its mailbox).
+#[derive(Default)]
+struct BlocksAdmitted(std::sync::atomic::AtomicU64);
 
 /// Whether compact-block messages may come from the peer unasked by `getdata`: we asked it
 /// to push compact blocks (high-bandwidth), or `blocktxn` answers to our `getblocktxn` are
@@ -269,6 +274,16 @@ impl BlocksExpected {
 
     fn get(&self) -> u32 {
         self.0.load(Ordering::Acquire)
+    }
+
+    /// The reader let `n` more `block` frames in (each took one off the count).
+    fn admitted(&self, n: u32) {
+        (self.2).0.fetch_add(u64::from(n), Ordering::AcqRel);
+    }
+
+    /// How many `block` frames the reader has let in since the connection began.
+    pub(crate) fn admitted_total(&self) -> u64 {
+        (self.2).0.load(Ordering::Acquire)
     }
 
     /// We asked the peer to push compact blocks to us, or told it to stop.
@@ -354,7 +369,9 @@ pub(super) async fn reader(args: ReaderArgs) {
         } else {
             read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames)
         };
-        blocks.settled(expected - decoder.rules().blocks_expected().unwrap_or(expected));
+        let admitted = expected - decoder.rules().blocks_expected().unwrap_or(expected);
+        blocks.settled(admitted);
+        blocks.admitted(admitted);
         let n = match read {
             Ok(0) => {
                 let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));

@@ -154,6 +154,9 @@ pub struct ConnectionState {
     compact_blocks_asked: VecDeque<BlockHash>,
     /// Our unanswered `getblocktxn` requests, by block, with when each went.
     blocktxn_asked: VecDeque<(BlockHash, Instant)>,
+    /// `block` frames handled (read, or dropped after the reader let them in): compared
+    /// with the reader's count of those let in (see `BlocksExpected::admitted_total`).
+    blocks_handled: u64,
     /// Sync asked us to request each next `headers` batch ourselves (it syncs from us).
     pipeline_headers: bool,
     /// Items of the peer's `getdata` not yet handed to Sync.
@@ -310,6 +313,7 @@ impl Actor for Connection {
             blocks_expected: Arc::new(BlocksExpected::default()),
             compact_blocks_asked: VecDeque::new(),
             blocktxn_asked: VecDeque::new(),
+            blocks_handled: 0,
             pipeline_headers: false,
             getdata_queue: VecDeque::new(),
             pending_blocktxn: None,
@@ -421,6 +425,13 @@ impl Actor for Connection {
             }
             ConnectionMsg::SendDrained => pump_getdata(state),
             ConnectionMsg::DroppedFrame(err, credit) => {
+                if matches!(&err,
+                    FrameError::RequestedTooLarge { command, .. } | FrameError::BadChecksum { command, .. }
+                        if command.as_str() == "block")
+                {
+                    // Let in by the reader (it counted it), then dropped.
+                    state.blocks_handled += 1;
+                }
                 if let FrameError::RequestedTooLarge {
                     command,
                     block: Some(block),
@@ -892,6 +903,10 @@ fn on_inbound_message(
     inbound: Inbound,
 ) -> Result<(), DisconnectReason> {
     state.bytes_received += inbound.wire_len as u64;
+    if inbound.command == "block" {
+        // Read whole (decoded or not): one of the frames the reader let in.
+        state.blocks_handled += 1;
+    }
     *state
         .received_per_command
         .entry(inbound.command)
@@ -1183,10 +1198,15 @@ fn on_tick(state: &mut ConnectionState) -> Result<(), DisconnectReason> {
         }
     }
     push_counters(state, now);
-    while state
-        .blocktxn_asked
-        .front()
-        .is_some_and(|(_, at)| now.duration_since(*at) >= BLOCKTXN_ANSWER_TIMEOUT)
+    // Not while a block the reader let in is on its way to us (a BSV block may take longer
+    // than the timeout to arrive): it may be the answer, which ends the ask and counted
+    // itself off; releasing the ask too would count it off twice.
+    let block_on_its_way = state.blocks_expected.admitted_total() > state.blocks_handled;
+    while !block_on_its_way
+        && state
+            .blocktxn_asked
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) >= BLOCKTXN_ANSWER_TIMEOUT)
     {
         release_blocktxn_ask(state);
     }
