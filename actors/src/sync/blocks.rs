@@ -64,6 +64,11 @@ pub const SOFT_FAILURE_MEMORY: Duration = BLOCK_DOWNLOAD_TIMEOUT;
 /// peer's share of the fetch window at a time), so the cap is never reached in normal use;
 /// a forgotten block may be tried again from the start.
 pub const MAX_FAILED_BLOCKS: usize = 256;
+/// Peers one block may be downloading from at once as compact blocks: the peer it was
+/// asked of and high-bandwidth peers that pushed it meanwhile (Core's
+/// `MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK`): a slow first `blocktxn` does not hold the block
+/// up, and three round trips per block are the most a block costs.
+pub const MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK: usize = 3;
 /// Failure records kept per block (one per peer, the oldest dropped).
 ///
 /// # Security
@@ -151,6 +156,11 @@ pub struct BlockDownload {
     /// Failures of each block, by block; `order` keeps the blocks oldest first.
     failed: HashMap<BlockHash, Vec<FailureRecord>>,
     order: VecDeque<BlockHash>,
+    /// Blocks in flight that high-bandwidth peers are also rebuilding for us from their
+    /// pushed compact blocks (see [`BlockDownload::add_parallel`]): at most
+    /// [`MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK`] `- 1` each, kept only while the block is in
+    /// flight.
+    parallel: HashMap<BlockHash, Vec<PeerId>>,
 }
 
 impl Default for BlockDownload {
@@ -163,6 +173,7 @@ impl Default for BlockDownload {
             stallers: HashSet::new(),
             failed: HashMap::new(),
             order: VecDeque::new(),
+            parallel: HashMap::new(),
         }
     }
 }
@@ -192,8 +203,14 @@ impl BlockDownload {
     }
 
     fn try_request(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
-        self.in_flight
-            .try_request(block, peer, now, MAX_BLOCKS_IN_FLIGHT_PER_PEER)
+        // Its parallel downloads count towards its cap (Core: both are in vBlocksInFlight).
+        let cap = MAX_BLOCKS_IN_FLIGHT_PER_PEER.saturating_sub(self.parallel_of(peer));
+        self.in_flight.try_request(block, peer, now, cap)
+    }
+
+    /// Blocks `peer` is downloading in parallel with their requests.
+    fn parallel_of(&self, peer: PeerId) -> usize {
+        self.parallel.values().filter(|p| p.contains(&peer)).count()
     }
 
     fn refusals(&self, block: &BlockHash) -> usize {
@@ -222,9 +239,11 @@ impl BlockDownload {
     pub fn on_block(&mut self, block: &BlockHash, peer: PeerId, now: Instant) -> bool {
         let asked_of = self.in_flight.peer_of(block);
         let late = self.late.get(block).is_some_and(|(p, _)| *p == peer);
-        if asked_of != Some(peer) && !late {
+        if asked_of != Some(peer) && !late && !self.is_parallel(block, peer) {
             return false;
         }
+        // Here: the parallel attempts at it end too (Core removes every request of it).
+        self.parallel.remove(block);
         // From either: the block is here; the other copy, if it comes, is unrequested. If it
         // was the head of its peer's queue, that peer's next request is the head from now
         // (Core's RemoveBlockRequest: only the front moves `m_downloading_since`).
@@ -280,6 +299,15 @@ impl BlockDownload {
             self.late.remove(&block);
             return out;
         }
+        if self.is_parallel(&block, peer) {
+            // A parallel attempt failed: the request it ran beside stands.
+            self.remove_parallel(&block, peer);
+            if why.is_hard() {
+                self.record_failure(block, peer, why, now);
+            }
+            out.failures.push((block, peer, why));
+            return out;
+        }
         if self.in_flight.peer_of(&block) != Some(peer) {
             // Not the peer asked: nothing of ours failed.
             return out;
@@ -318,8 +346,18 @@ impl BlockDownload {
         if self.in_flight.contains(&block) {
             return;
         }
+        // A parallel attempt becomes the request (Core: the block's next entry in
+        // `mapBlocksInFlight` is first in flight): nothing to send, its answer is coming.
+        let parallel: Vec<PeerId> = self.parallel_peers(&block).to_vec();
+        for p in parallel {
+            if self.try_request(block, p, now) {
+                self.remove_parallel(&block, p);
+                return;
+            }
+        }
         if let Some(next) = self.next_source(&block, sources, now) {
             if self.try_request(block, next, now) {
+                self.remove_parallel(&block, next);
                 out.requests.push(Request { peer: next, block });
             }
         }
@@ -354,8 +392,7 @@ impl BlockDownload {
     /// The first of `sources` that may be asked for `block` and has room.
     fn next_source(&self, block: &BlockHash, sources: &[PeerId], now: Instant) -> Option<PeerId> {
         sources.iter().copied().find(|p| {
-            self.may_ask(block, *p, now)
-                && self.in_flight.of_peer(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
+            self.may_ask(block, *p, now) && self.in_flight_to(*p) < MAX_BLOCKS_IN_FLIGHT_PER_PEER
         })
     }
 
@@ -370,6 +407,10 @@ impl BlockDownload {
     ) -> Outcome {
         let mut out = Outcome::default();
         self.late.retain(|_, (p, _)| *p != peer);
+        self.parallel.retain(|_, peers| {
+            peers.retain(|p| *p != peer);
+            !peers.is_empty()
+        });
         self.head_since.remove(&peer);
         self.stallers.remove(&peer);
         for records in self.failed.values_mut() {
@@ -433,6 +474,8 @@ impl BlockDownload {
             out.failures.push((block, peer, Failure::Stalled));
             self.record_failure(block, peer, Failure::Stalled, now);
             if self.try_request(block, other, now) {
+                // A parallel attempt of it that is now its request is one, not two.
+                self.remove_parallel(&block, other);
                 out.requests.push(Request { peer: other, block });
             }
             self.head_since.insert(peer, now);
@@ -448,6 +491,11 @@ impl BlockDownload {
         // Only peers with requests in flight need a head time (bounded by connected peers).
         let in_flight = &self.in_flight;
         self.head_since.retain(|p, _| in_flight.of_peer(*p) > 0);
+        // Parallel attempts run beside a request: not past it (expired, given up), so the
+        // table is bounded by the blocks in flight.
+        let late = &self.late;
+        self.parallel
+            .retain(|b, _| in_flight.contains(b) || late.contains_key(b));
         let orphans: Vec<BlockHash> = self
             .order
             .iter()
@@ -472,11 +520,64 @@ impl BlockDownload {
         self.in_flight.peer_of(block)
     }
 
-    /// Whether `peer`'s copy of `block` would be taken: it was asked of it, or moved away
-    /// from it after a stall (see [`Self::on_block`]).
+    /// Whether `peer`'s copy of `block` would be taken: it was asked of it, moved away
+    /// from it after a stall (see [`Self::on_block`]), or it is rebuilding it in parallel.
     pub fn may_deliver(&self, block: &BlockHash, peer: PeerId) -> bool {
         self.in_flight.peer_of(block) == Some(peer)
             || self.late.get(block).is_some_and(|(p, _)| *p == peer)
+            || self.is_parallel(block, peer)
+    }
+
+    /// Peers `block` is downloading from: the one asked, and the parallel attempts (Core's
+    /// `already_in_flight`, the count of its entries in `mapBlocksInFlight`).
+    pub fn downloading_from(&self, block: &BlockHash) -> usize {
+        usize::from(self.in_flight.contains(block)) + self.parallel.get(block).map_or(0, Vec::len)
+    }
+
+    /// The peers rebuilding `block` in parallel with its request.
+    pub fn parallel_peers(&self, block: &BlockHash) -> &[PeerId] {
+        self.parallel.get(block).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `peer` is rebuilding `block` in parallel with its request.
+    pub fn is_parallel(&self, block: &BlockHash, peer: PeerId) -> bool {
+        self.parallel.get(block).is_some_and(|p| p.contains(&peer))
+    }
+
+    /// `peer` pushed a compact block of `block`, which is in flight from another peer:
+    /// it becomes one of the block's parallel downloads (Core's BlockRequested from the
+    /// CMPCTBLOCK handler) when the block has room for one more
+    /// ([`MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK`]) and the peer for one more block
+    /// ([`MAX_BLOCKS_IN_FLIGHT_PER_PEER`]), and it did not fail the block. True when it is
+    /// one now (or was already).
+    pub fn add_parallel(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
+        if self.is_parallel(&block, peer) {
+            return true;
+        }
+        let Some(first) = self.in_flight.peer_of(&block) else {
+            return false;
+        };
+        let theirs = self.in_flight_to(peer);
+        if first == peer
+            || self.downloading_from(&block) >= MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK
+            || theirs >= MAX_BLOCKS_IN_FLIGHT_PER_PEER
+            || !self.may_ask(&block, peer, now)
+        {
+            return false;
+        }
+        self.parallel.entry(block).or_default().push(peer);
+        true
+    }
+
+    /// `peer` gave up its parallel attempt at `block` (Core's RemoveBlockRequest for it):
+    /// the request it ran beside stands.
+    pub fn remove_parallel(&mut self, block: &BlockHash, peer: PeerId) {
+        if let Some(peers) = self.parallel.get_mut(block) {
+            peers.retain(|p| *p != peer);
+            if peers.is_empty() {
+                self.parallel.remove(block);
+            }
+        }
     }
 
     /// The block `peer` was asked for first and has not delivered: the one its next
@@ -485,9 +586,9 @@ impl BlockDownload {
         self.in_flight.oldest_of(peer)
     }
 
-    /// Requests outstanding to `peer`.
+    /// Blocks `peer` is downloading for us: requests, and parallel compact downloads.
     pub fn in_flight_to(&self, peer: PeerId) -> usize {
-        self.in_flight.of_peer(peer)
+        self.in_flight.of_peer(peer) + self.parallel_of(peer)
     }
 
     /// Requests outstanding in all.
@@ -532,6 +633,68 @@ mod tests {
             !d.on_block(&block(1), A, t0),
             "a second copy is unrequested"
         );
+    }
+
+    #[test]
+    fn parallel_downloads_of_a_block_are_capped_and_end_with_it() {
+        let t0 = Instant::now();
+        let d4 = PeerId(4);
+        let mut d = BlockDownload::default();
+        assert!(
+            !d.add_parallel(block(1), B, t0),
+            "nothing in flight to run beside"
+        );
+        d.fetch(&[block(1)], A, t0);
+        assert!(!d.add_parallel(block(1), A, t0), "the request's own peer");
+        assert!(d.add_parallel(block(1), B, t0));
+        assert!(d.add_parallel(block(1), C, t0));
+        assert_eq!(
+            d.downloading_from(&block(1)),
+            MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK
+        );
+        assert!(!d.add_parallel(block(1), d4, t0), "three at most");
+        // A parallel failure ends that attempt only; the request stands.
+        let out = d.on_not_delivered(block(1), C, Failure::TooLarge, &[d4], t0);
+        assert!(out.requests.is_empty(), "{out:?}");
+        assert_eq!(d.asked_of(&block(1)), Some(A));
+        assert!(!d.add_parallel(block(1), C, t0), "C's copy was refused");
+        // A parallel peer's copy is the block: every attempt at it ends.
+        assert!(d.on_block(&block(1), B, t0));
+        assert_eq!(d.downloading_from(&block(1)), 0);
+        assert!(
+            !d.on_block(&block(1), A, t0),
+            "the request's copy now unrequested"
+        );
+        // A peer gone leaves no parallel attempt behind; a tick drops those of a block no
+        // longer in flight.
+        d.fetch(&[block(2)], A, t0);
+        assert!(d.add_parallel(block(2), B, t0));
+        let _ = d.on_peer_gone(B, |_| Vec::new(), t0);
+        assert!(!d.is_parallel(&block(2), B));
+        assert!(d.add_parallel(block(2), C, t0));
+        // The request's peer gone: the parallel attempt becomes the request, nothing sent.
+        let out = d.on_peer_gone(A, |_| vec![d4], t0);
+        assert!(out.requests.is_empty(), "{out:?}");
+        assert_eq!(d.asked_of(&block(2)), Some(C));
+        assert!(!d.is_parallel(&block(2), C));
+        // So on the request's expiry.
+        d.fetch(&[block(3)], A, t0);
+        assert!(d.add_parallel(block(3), B, t0));
+        let _ = d.on_tick(t0 + BLOCK_DOWNLOAD_TIMEOUT, |_| Vec::new());
+        assert_eq!(d.asked_of(&block(3)), Some(B));
+        assert_eq!(d.downloading_from(&block(3)), 1);
+    }
+
+    #[test]
+    fn a_peer_downloads_at_most_sixteen_blocks_counting_parallel_ones() {
+        let t0 = Instant::now();
+        let mut d = BlockDownload::default();
+        let blocks: Vec<BlockHash> = (0..20).map(block).collect();
+        assert_eq!(d.fetch(&blocks, A, t0).len(), MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+        let added = blocks.iter().filter(|b| d.add_parallel(**b, B, t0)).count();
+        assert_eq!(added, MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+        d.fetch(&[block(30)], C, t0);
+        assert!(!d.add_parallel(block(30), B, t0), "B has sixteen");
     }
 
     #[test]
@@ -765,6 +928,7 @@ mod tests {
         Gone(u64),
         Tick(u64),
         Accepted(u8),
+        Parallel(u8, u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -775,6 +939,7 @@ mod tests {
             (0u64..6).prop_map(Op::Gone),
             (0u64..700).prop_map(Op::Tick),
             (0u8..24).prop_map(Op::Accepted),
+            (0u8..24, 0u64..6).prop_map(|(b, p)| Op::Parallel(b, p)),
         ]
     }
 
@@ -830,7 +995,22 @@ mod tests {
                         d.on_tick(now, |_| live.clone())
                     }
                     Op::Accepted(b) => { d.accepted(&block(b)); Outcome::default() }
+                    Op::Parallel(b, p) => {
+                        let peer = PeerId(p);
+                        if gone.contains(&peer) { continue; }
+                        if d.add_parallel(block(b), peer, now) {
+                            prop_assert!(d.may_deliver(&block(b), peer));
+                        }
+                        Outcome::default()
+                    }
                 };
+                for (b, peers) in &d.parallel {
+                    prop_assert!(!peers.is_empty());
+                    prop_assert!(d.downloading_from(b) <= MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK);
+                    prop_assert!(!peers.contains(&d.asked_of(b).unwrap_or(PeerId(u64::MAX))),
+                        "a parallel download beside its own peer's request");
+                    prop_assert!(peers.iter().all(|p| !gone.contains(p)), "a peer that left");
+                }
                 for r in &out.requests {
                     prop_assert_eq!(d.asked_of(&r.block), Some(r.peer));
                     prop_assert!(!gone.contains(&r.peer), "a request to a peer that left");

@@ -557,12 +557,13 @@ impl SyncCore {
         }
         // The whole block in answer to our getblocktxn (the SV node's answer when nearly all
         // is asked, Core's for a deep block) ends that reconstruction: a fallback.
-        let answered_getblocktxn = self.partials.get(&hash).is_some_and(|p| p.peer == id);
-        if answered_getblocktxn {
-            if let Some(p) = self.partials.remove(&hash) {
+        let answered_getblocktxn = match self.partials.remove(&(hash, id)) {
+            Some(p) => {
                 super::compact::count_outcome("fallback", p.via);
+                true
             }
-        }
+            None => false,
+        };
         let via = if self.fell_back(&hash) || answered_getblocktxn {
             BlockVia::Fallback
         } else {

@@ -59,9 +59,9 @@ pub(super) struct PeerCompact {
     pub(super) hb_from: bool,
 }
 
-/// A block being reconstructed: whose compact block it is, and what it cost so far.
+/// A block being reconstructed from one peer's compact block (the key names both), and what
+/// it cost so far.
 pub(super) struct Partial {
-    pub(super) peer: PeerId,
     /// When its `getblocktxn` went: the oldest gives way when the table is full.
     since: std::time::Instant,
     block: PartialBlock,
@@ -243,7 +243,7 @@ impl SyncCore {
         if self.high_bandwidth.contains(id) {
             self.high_bandwidth.peer_gone(id);
         }
-        self.partials.retain(|_, p| p.peer != id);
+        self.partials.retain(|(_, peer), _| *peer != id);
         let from = self.peers.values().filter(|p| p.cmpct.hb_from).count();
         metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "to")
             .set(self.high_bandwidth.len() as f64);
@@ -368,9 +368,15 @@ impl SyncCore {
         let in_flight_from = self.downloads.asked_of(&hash);
         let ours_to_fill = match in_flight_from {
             Some(p) if p == id => true,
-            Some(_) => false,
+            // In flight from another peer: this high-bandwidth peer's push may become one
+            // of its parallel downloads (Core >= 25, MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK).
+            Some(_) => self.downloads.add_parallel(hash, id, self.clock.now),
             None => !self.downloads.fetch(&[hash], id, self.clock.now).is_empty(),
         };
+        // Not the block's request but beside it: on failure it gives up and lets the
+        // request go on, where the request falls back to the whole block (Core's
+        // `first_in_flight`).
+        let parallel = self.downloads.is_parallel(&hash, id);
         if !ours_to_fill {
             // In flight from another peer (or this one has too many blocks asked): try
             // without a round trip, and give up quietly if that does not do (Core).
@@ -396,7 +402,7 @@ impl SyncCore {
             }
             return;
         }
-        if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
+        if self.partials.contains_key(&(hash, id)) {
             debug!(%hash, peer = %id, "a second cmpctblock for a block being reconstructed; ignored");
             return;
         }
@@ -408,6 +414,11 @@ impl SyncCore {
         }
         match self.init_partial(&cmpct) {
             Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, via),
+            Err(ReadError::Failed(why)) if parallel => {
+                debug!(%hash, peer = %id, why, "parallel compact block not usable; waiting for the block's request");
+                count_outcome("fallback", via);
+                self.downloads.remove_parallel(&hash, id);
+            }
             Err(ReadError::Failed(why)) => {
                 debug!(%hash, peer = %id, why, "compact block not usable; asking for the block");
                 self.fall_back_to_block(id, hash, via);
@@ -417,6 +428,12 @@ impl SyncCore {
                 if missing.is_empty() {
                     let arrival = Arrival::whole(via, wire_bytes);
                     self.reconstructed(id, partial, Vec::new(), arrival);
+                    return;
+                }
+                if parallel && !self.may_round_trip_in_parallel(hash, id) {
+                    // Give up for this peer and wait for the others (Core).
+                    debug!(%hash, peer = %id, "compact block in flight elsewhere needs a round trip; the last parallel place is kept for an outbound peer");
+                    self.downloads.remove_parallel(&hash, id);
                     return;
                 }
                 let req = BlockTransactionsRequest {
@@ -431,22 +448,25 @@ impl SyncCore {
                 );
                 if self.partials.len() >= MAX_PARTIAL_BLOCKS {
                     // The oldest gives way: its block is asked of its peer whole, so it does
-                    // not wait for a stall to move it.
+                    // not wait for a stall to move it (a parallel attempt just ends).
                     let oldest = self
                         .partials
                         .iter()
                         .min_by_key(|(_, p)| p.since)
-                        .map(|(k, p)| (*k, p.peer, p.via));
-                    if let Some((k, peer, via)) = oldest {
-                        self.partials.remove(&k);
-                        self.fall_back_to_block(peer, k, via);
+                        .map(|(k, p)| (*k, p.via));
+                    if let Some(((k, peer), via)) = oldest {
+                        self.partials.remove(&(k, peer));
+                        if self.downloads.is_parallel(&k, peer) {
+                            self.downloads.remove_parallel(&k, peer);
+                        } else {
+                            self.fall_back_to_block(peer, k, via);
+                        }
                     }
                 }
                 self.partials.insert(
-                    hash,
+                    (hash, id),
                     Partial {
                         since: self.clock.now,
-                        peer: id,
                         block: partial,
                         via,
                         wire_bytes: wire_bytes + req_bytes,
@@ -457,11 +477,34 @@ impl SyncCore {
         }
     }
 
+    /// Whether a parallel download of `hash` by `id` may cost a round trip (Core's
+    /// CMPCTBLOCK handler): from an outbound peer, when an outbound peer already has the
+    /// block in flight, or when this is not the last parallel place (kept for an outbound
+    /// peer, whose answer is harder to fake).
+    fn may_round_trip_in_parallel(&self, hash: BlockHash, id: PeerId) -> bool {
+        let outbound = |p: PeerId| self.peers.get(&p).is_some_and(|p| !p.hs.inbound);
+        let from_outbound = self.downloads.asked_of(&hash).is_some_and(outbound)
+            || self
+                .downloads
+                .parallel_peers(&hash)
+                .iter()
+                .any(|p| *p != id && outbound(*p));
+        outbound(id)
+            || from_outbound
+            || self.downloads.downloading_from(&hash)
+                < crate::sync::blocks::MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK
+    }
+
     /// A malformed compact block or `blocktxn` from `id`: charged (Core: Misbehaving), its
-    /// request released first (Core's RemoveBlockRequest), so the next source is asked now.
+    /// request released first (Core's RemoveBlockRequest), so the next source is asked now;
+    /// a parallel attempt just ends, the request it ran beside going on.
     fn refuse_compact(&mut self, id: PeerId, hash: BlockHash, kind: &'static str, via: BlockVia) {
         count_outcome("invalid", via);
         self.punish(id, kind);
+        if self.downloads.is_parallel(&hash, id) {
+            self.downloads.remove_parallel(&hash, id);
+            return;
+        }
         self.downloads.on_block(&hash, id, self.clock.now);
         let sources = self.block_sources(&hash);
         let out = self
@@ -513,13 +556,12 @@ impl SyncCore {
         let hash = txn.block_hash;
         // From the peer asked, or from a staller whose request moved on: its late answer
         // is still taken (as its late `block` would be).
-        let ours = self.partials.get(&hash).is_some_and(|p| p.peer == id)
-            && self.downloads.may_deliver(&hash, id);
+        let ours = self.partials.contains_key(&(hash, id)) && self.downloads.may_deliver(&hash, id);
         if !ours {
             debug!(%hash, peer = %id, "blocktxn for no block we are reconstructing from it; ignored");
             return;
         }
-        let Some(partial) = self.partials.remove(&hash) else {
+        let Some(partial) = self.partials.remove(&(hash, id)) else {
             return;
         };
         let wire_bytes = partial.wire_bytes + payload_len(&txn);
@@ -549,8 +591,14 @@ impl SyncCore {
         arrival: Arrival,
     ) {
         let hash = partial.hash();
+        let parallel = self.downloads.is_parallel(&hash, id);
         match partial.fill_known(missing) {
             Err(ReadError::Invalid(kind)) => self.refuse_compact(id, hash, kind, arrival.via),
+            Err(ReadError::Failed(_)) if parallel => {
+                debug!(%hash, peer = %id, "parallel compact block failed to rebuild; waiting for the block's request");
+                count_outcome("fallback", arrival.via);
+                self.downloads.remove_parallel(&hash, id);
+            }
             Err(ReadError::Failed(_)) => self.fall_back_to_block(id, hash, arrival.via),
             Ok((block, known)) => {
                 let mut arrival = arrival;
@@ -559,6 +607,12 @@ impl SyncCore {
                     Ok(txids) => {
                         arrival.txids = txids;
                         arrival.known = known;
+                    }
+                    Err(e) if e.may_be_collision() && parallel => {
+                        debug!(%hash, peer = %id, error = %e, "parallel reconstruction does not check; waiting for the block's request");
+                        count_outcome("fallback", arrival.via);
+                        self.downloads.remove_parallel(&hash, id);
+                        return;
                     }
                     Err(e) if e.may_be_collision() => {
                         debug!(%hash, peer = %id, error = %e, "reconstructed block does not check (a short-id collision, or a bad block); asking for the block");
@@ -574,8 +628,10 @@ impl SyncCore {
                         metrics::counter!("meshd_blocks_rejected_total", "reason" => e.kind())
                             .increment(1);
                         debug!(%hash, peer = %id, error = %e, "reconstructed block is invalid; dropped");
-                        if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
-                            self.partials.remove(&hash);
+                        self.partials.remove(&(hash, id));
+                        if parallel {
+                            // Its request goes on; the peer is not asked for it again.
+                            self.downloads.remove_parallel(&hash, id);
                         }
                         // A failed try (counted against MAX_BLOCK_TRIES), not a delivery.
                         let sources = self.block_sources(&hash);
@@ -592,9 +648,7 @@ impl SyncCore {
                     // As a whole copy of it would be (skipped unread, RequestedTooLarge): not
                     // kept, and not served on to peers whose limit is ours.
                     count_outcome("too_large", arrival.via);
-                    if self.partials.get(&hash).is_some_and(|p| p.peer == id) {
-                        self.partials.remove(&hash);
-                    }
+                    self.partials.remove(&(hash, id));
                     self.block_not_delivered(hash, id, Failure::TooLarge);
                     return;
                 }
@@ -787,7 +841,7 @@ impl SyncCore {
     pub(super) fn prune_partials(&mut self) {
         let downloads = &self.downloads;
         self.partials
-            .retain(|hash, p| downloads.may_deliver(hash, p.peer));
+            .retain(|(hash, peer), _| downloads.may_deliver(hash, *peer));
     }
 
     /// Bytes a block's arrival saved against the whole block.

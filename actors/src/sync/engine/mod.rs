@@ -419,7 +419,9 @@ pub struct SyncCore {
     /// `vExtraTxnForCompact`).
     extra_txn: crate::sync::compact::ExtraPool,
     /// Blocks being reconstructed, waiting for `blocktxn`.
-    partials: HashMap<BlockHash, compact::Partial>,
+    /// By block and the peer rebuilding it (the block's request, or a parallel attempt:
+    /// see `BlockDownload::add_parallel`).
+    partials: HashMap<(BlockHash, PeerId), compact::Partial>,
     /// Blocks whose compact block failed and were asked for whole.
     fallbacks: VecDeque<BlockHash>,
     /// The block a `cmpctblock` being handled carries, and its sender: direct fetch records
@@ -1018,10 +1020,8 @@ impl SyncCore {
             SyncInput::BlockTooLarge(block) => {
                 // Its reconstruction from this peer ends with it (the `blocktxn`, or the
                 // whole block in its place, was above our limit).
-                if self.partials.get(&block).is_some_and(|p| p.peer == id) {
-                    if let Some(p) = self.partials.remove(&block) {
-                        compact::count_outcome("too_large", p.via);
-                    }
+                if let Some(p) = self.partials.remove(&(block, id)) {
+                    compact::count_outcome("too_large", p.via);
                 }
                 self.block_not_delivered(block, id, Failure::TooLarge)
             }

@@ -1612,3 +1612,127 @@ fn a_repeat_cmpctblock_after_a_fallback_is_not_rebuilt_again() {
     let again = core.input(clock, p, SyncInput::CmpctBlock(Box::new(colliding)));
     assert!(blocks_asked(&again, p).is_empty(), "{again:?}");
 }
+
+/// A block in flight from `p` (asked compact, its compact block answered with a
+/// `getblocktxn` for its one missing transaction), on a node synced to 3 blocks whose
+/// high-bandwidth peers are `hb` (`true`: inbound).
+fn block_rebuilt_from(p: (u64, bool), hb: &[(u64, bool)]) -> (SyncCore, Clock, Block) {
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let _ = core.peer_up(clock, peer(p.0, p.1, 3));
+    let _ = core.input(clock, PeerId(p.0), sendcmpct(false));
+    for &(id, inbound) in hb {
+        let _ = core.peer_up(clock, peer(id, inbound, 3));
+        let _ = core.input(clock, PeerId(id), sendcmpct(false));
+        let dirs: HashMap<u64, bool> = hb.iter().copied().collect();
+        let _ = core
+            .high_bandwidth
+            .block_from(PeerId(id), |x| dirs.get(&x.0).copied().unwrap_or(false));
+    }
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(7)]);
+    let a = core.input(clock, PeerId(p.0), headers(std::slice::from_ref(&b4)));
+    assert!(
+        sent_to(&a, PeerId(p.0)).iter().any(|m| matches!(m,
+            NetworkMessage::GetData(i) if i == &vec![Inventory::CompactBlock(b4.block_hash())])),
+        "{a:?}"
+    );
+    let a = core.input(
+        clock,
+        PeerId(p.0),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            &b4,
+            1,
+            &short_id_hashes(&b4, true),
+            &[],
+        ))),
+    );
+    assert_eq!(getblocktxn_to(&a, PeerId(p.0)), vec![vec![1]]);
+    (core, clock, b4)
+}
+
+fn getblocktxn_to(actions: &[Action], id: PeerId) -> Vec<Vec<u64>> {
+    sent_to(actions, id)
+        .into_iter()
+        .filter_map(|m| match m {
+            NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.indexes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn push_of(core: &mut SyncCore, clock: Clock, id: u64, b: &Block) -> Vec<Action> {
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    core.input(
+        clock,
+        PeerId(id),
+        SyncInput::CmpctBlock(Box::new(compact_block(
+            b,
+            id,
+            &short_id_hashes(b, true),
+            &[],
+        ))),
+    )
+}
+
+fn blocktxn_of(b: &Block, indexes: &[usize]) -> SyncInput {
+    SyncInput::BlockTxn(Box::new(bitcoin::bip152::BlockTransactions {
+        block_hash: b.block_hash(),
+        transactions: indexes.iter().map(|i| b.txdata[*i].clone()).collect(),
+    }))
+}
+
+#[test]
+fn a_high_bandwidth_push_of_a_block_in_flight_elsewhere_is_downloaded_in_parallel() {
+    // Core >= 25 (MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK 3, p2p_compactblocks'
+    // test_compactblocks_not_at_tip / parallel relay): a high-bandwidth peer's compact block
+    // of a block in flight from another peer gets its own getblocktxn, and whichever answer
+    // comes first gives the block. meshd only tried to rebuild it without a round trip.
+    let (mut core, clock, b4) = block_rebuilt_from((1, false), &[(2, false)]);
+    let a = push_of(&mut core, clock, 2, &b4);
+    assert_eq!(getblocktxn_to(&a, PeerId(2)), vec![vec![1]], "{a:?}");
+    let a = core.input(clock, PeerId(2), blocktxn_of(&b4, &[1]));
+    assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
+    // The first request's late answer is not a second block.
+    let a = core.input(clock, PeerId(1), blocktxn_of(&b4, &[1]));
+    assert!(received(&a).is_empty(), "{a:?}");
+    assert_eq!(core.downloads.in_flight(), 0);
+}
+
+#[test]
+fn the_last_parallel_place_waits_for_an_outbound_peer() {
+    // Core: an inbound high-bandwidth peer gets the last of the three places only if an
+    // outbound peer already has the block in flight.
+    let (mut core, clock, b4) = block_rebuilt_from((1, true), &[(2, true), (3, true), (4, false)]);
+    let a = push_of(&mut core, clock, 2, &b4);
+    assert_eq!(getblocktxn_to(&a, PeerId(2)), vec![vec![1]], "second place");
+    let a = push_of(&mut core, clock, 3, &b4);
+    assert!(getblocktxn_to(&a, PeerId(3)).is_empty(), "{a:?}");
+    let a = push_of(&mut core, clock, 4, &b4);
+    assert_eq!(
+        getblocktxn_to(&a, PeerId(4)),
+        vec![vec![1]],
+        "outbound: third place"
+    );
+    // All three places taken: a fourth push is only tried without a round trip.
+    let _ = core.peer_up(clock, peer(5, false, 3));
+    let _ = core.input(clock, PeerId(5), sendcmpct(false));
+    let _ = core.high_bandwidth.block_from(PeerId(5), |_| false);
+    let a = push_of(&mut core, clock, 5, &b4);
+    assert!(getblocktxn_to(&a, PeerId(5)).is_empty(), "{a:?}");
+    // A parallel answer that does not rebuild the block gives up for that peer alone: no
+    // whole block is asked of it, and the others' answers still count.
+    let mut wrong = b4.txdata[1].clone();
+    wrong.lock_time = bitcoin::absolute::LockTime::from_consensus(99);
+    let a = core.input(
+        clock,
+        PeerId(2),
+        SyncInput::BlockTxn(Box::new(bitcoin::bip152::BlockTransactions {
+            block_hash: b4.block_hash(),
+            transactions: vec![wrong],
+        })),
+    );
+    assert!(blocks_asked(&a, PeerId(2)).is_empty(), "{a:?}");
+    let a = core.input(clock, PeerId(4), blocktxn_of(&b4, &[1]));
+    assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
+}
