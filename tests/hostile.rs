@@ -87,7 +87,7 @@ fn bad_checksum_drops_the_message_and_keeps_the_peer() {
 
 #[test]
 fn a_getblocktxn_no_block_could_answer_is_skipped_and_the_peer_kept() {
-    // Past 65,536 three-byte indexes no BTC block can answer it; Core reads it (under its
+    // Past 65,536 one-byte indexes no BTC block can answer it; Core reads it (under its
     // 4 MB message limit), fails to decode it and goes on. meshd ended the connection as
     // oversized.
     let node = Meshd::start(&[]);

@@ -191,8 +191,9 @@ impl PayloadLimits {
         }
     }
 
-    /// The longest `getblocktxn`: on BTC one 3-byte index for each of the 65,536
-    /// transactions a 16-bit index reaches; on BSV the SV node's estimate, six bytes for
+    /// The longest `getblocktxn`: on BTC one index for each of the 65,536 transactions a
+    /// 16-bit index reaches, a byte each (a gap of three bytes, 253 or more, uses up 253
+    /// indexes: it never makes a request longer); on BSV the SV node's estimate, six bytes for
     /// each transaction of at least 215 bytes the largest block we take can hold
     /// (bitcoin-sv src/protocol.cpp, `GetMaxMessageLength`), never below the ordinary limit.
     pub fn getblocktxn(&self) -> u32 {
@@ -202,7 +203,7 @@ impl PayloadLimits {
                 .saturating_add(GETBLOCKTXN_FIXED_LEN)
                 .max(self.general)
         } else {
-            (GETBLOCKTXN_FIXED_LEN + (1 << 16) * 3).min(self.general)
+            (GETBLOCKTXN_FIXED_LEN + (1 << 16)).min(self.general)
         }
     }
 }

@@ -272,7 +272,8 @@ impl BlocksExpected {
             });
     }
 
-    fn get(&self) -> u32 {
+    /// Blocks asked of the peer and not yet received.
+    pub(crate) fn get(&self) -> u32 {
         self.0.load(Ordering::Acquire)
     }
 

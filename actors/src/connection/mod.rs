@@ -468,6 +468,11 @@ impl Actor for Connection {
                         // `blocktxn` nobody asked for: free of points, and dropped.
                         debug!(peer = %state.peer_name(), id = %state.id, %command, %block,
                                "unasked compact block data above our limit; skipped");
+                        if command.as_str() == "cmpctblock" {
+                            // A push is the peer's announcement of the block: Sync hears
+                            // of it as an `inv` (it asks for the header it lacks).
+                            to_sync(state, SyncInput::Inv(vec![Inventory::Block(block)]));
+                        }
                     }
                     return Ok(());
                 }
@@ -476,8 +481,11 @@ impl Actor for Connection {
             }
             ConnectionMsg::ReaderEnded(reason) => {
                 if let DisconnectReason::Frame(e) = &reason {
-                    if matches!(e, FrameError::V2RequestedTooLarge { .. }) {
-                        // Free of points; Sync asks another peer for the block.
+                    if matches!(e, FrameError::V2RequestedTooLarge { .. })
+                        && state.blocks_expected.get() > 0
+                    {
+                        // Free of points; Sync asks another peer for the block (a packet
+                        // with only compact pushes allowed names no request of ours).
                         to_sync(state, SyncInput::FirstRequestedTooLarge);
                     }
                     let _ = punish(state, e.kind());

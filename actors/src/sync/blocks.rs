@@ -208,6 +208,21 @@ impl BlockDownload {
         self.in_flight.try_request(block, peer, now, cap)
     }
 
+    /// `peer`'s parallel attempt at `block` becomes the block's request (its place moves,
+    /// so the per-peer cap does not count it twice). False, and it stays parallel, when the
+    /// block has a request or the peer has no room.
+    fn promote(&mut self, block: BlockHash, peer: PeerId, now: Instant) -> bool {
+        if !self.is_parallel(&block, peer) {
+            return false;
+        }
+        self.remove_parallel(&block, peer);
+        if self.try_request(block, peer, now) {
+            return true;
+        }
+        self.parallel.entry(block).or_default().push(peer);
+        false
+    }
+
     /// Blocks `peer` is downloading in parallel with their requests.
     fn parallel_of(&self, peer: PeerId) -> usize {
         self.parallel.values().filter(|p| p.contains(&peer)).count()
@@ -283,6 +298,38 @@ impl BlockDownload {
         out
     }
 
+    /// `peer`'s compact block or `blocktxn` of `block` was malformed (the caller charges
+    /// it): its request, or its parallel attempt, ends (Core's RemoveBlockRequest for that
+    /// peer alone); the block's other downloads go on, a parallel one becoming the request,
+    /// else the next of `sources` is asked.
+    pub fn on_compact_refused(
+        &mut self,
+        block: BlockHash,
+        peer: PeerId,
+        sources: &[PeerId],
+        now: Instant,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        if self.is_parallel(&block, peer) {
+            self.remove_parallel(&block, peer);
+            self.record_failure(block, peer, Failure::Refused, now);
+            out.failures.push((block, peer, Failure::Refused));
+            return out;
+        }
+        if self.late.get(&block).is_some_and(|(p, _)| *p == peer) {
+            self.late.remove(&block);
+        }
+        if self.in_flight.peer_of(&block) == Some(peer) {
+            let was_head = self.in_flight.oldest_of(peer) == Some(block);
+            self.in_flight.received(&block);
+            if was_head {
+                self.head_since.insert(peer, now);
+            }
+        }
+        self.fail(block, peer, Failure::Refused, sources, now, &mut out);
+        out
+    }
+
     /// `peer` answered the request for `block` with `notfound` (`NotFound`), or with a copy
     /// above our limit (`TooLarge`): if it was the peer asked, the next source is asked.
     pub fn on_not_delivered(
@@ -350,8 +397,7 @@ impl BlockDownload {
         // `mapBlocksInFlight` is first in flight): nothing to send, its answer is coming.
         let parallel: Vec<PeerId> = self.parallel_peers(&block).to_vec();
         for p in parallel {
-            if self.try_request(block, p, now) {
-                self.remove_parallel(&block, p);
+            if self.promote(block, p, now) {
                 return;
             }
         }
@@ -460,9 +506,12 @@ impl BlockDownload {
             .map(|(block, peer, _)| (block, peer))
             .collect();
         for (block, peer) in heads {
+            // A peer rebuilding it in parallel takes the request over, with nothing sent
+            // (its `blocktxn` is coming); else the next source is asked.
+            let parallel = self.parallel_peers(&block).first().copied();
             let sources = sources_of(&block);
             let others: Vec<PeerId> = sources.iter().copied().filter(|p| *p != peer).collect();
-            let other = self.next_source(&block, &others, now);
+            let other = parallel.or_else(|| self.next_source(&block, &others, now));
             let Some(other) = other else {
                 // Nobody else to ask: the slow peer keeps it (until the download timeout).
                 continue;
@@ -473,9 +522,9 @@ impl BlockDownload {
             }
             out.failures.push((block, peer, Failure::Stalled));
             self.record_failure(block, peer, Failure::Stalled, now);
-            if self.try_request(block, other, now) {
-                // A parallel attempt of it that is now its request is one, not two.
-                self.remove_parallel(&block, other);
+            if parallel == Some(other) {
+                self.promote(block, other, now);
+            } else if self.try_request(block, other, now) {
                 out.requests.push(Request { peer: other, block });
             }
             self.head_since.insert(peer, now);
@@ -689,12 +738,40 @@ mod tests {
     fn a_peer_downloads_at_most_sixteen_blocks_counting_parallel_ones() {
         let t0 = Instant::now();
         let mut d = BlockDownload::default();
+        // B runs beside 10 blocks asked of A and C, and then gets 6 requests of its own:
+        // sixteen, its cap.
         let blocks: Vec<BlockHash> = (0..20).map(block).collect();
-        assert_eq!(d.fetch(&blocks, A, t0).len(), MAX_BLOCKS_IN_FLIGHT_PER_PEER);
-        let added = blocks.iter().filter(|b| d.add_parallel(**b, B, t0)).count();
-        assert_eq!(added, MAX_BLOCKS_IN_FLIGHT_PER_PEER);
-        d.fetch(&[block(30)], C, t0);
-        assert!(!d.add_parallel(block(30), B, t0), "B has sixteen");
+        d.fetch(&blocks[..10], A, t0);
+        assert_eq!(d.fetch(&blocks[10..], C, t0).len(), 10);
+        for b in &blocks[..10] {
+            assert!(d.add_parallel(*b, B, t0));
+        }
+        let own: Vec<BlockHash> = (40..50).map(block).collect();
+        assert_eq!(
+            d.fetch(&own, B, t0).len(),
+            6,
+            "requests beside ten parallel ones"
+        );
+        assert_eq!(d.in_flight_to(B), MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+        assert!(!d.add_parallel(blocks[10], B, t0), "B has sixteen");
+        // A promotion moves a place, not adds one: B at its cap still takes A's request
+        // over when A leaves.
+        let _ = d.on_peer_gone(A, |_| Vec::new(), t0);
+        assert_eq!(d.asked_of(&blocks[0]), Some(B));
+        assert_eq!(d.in_flight_to(B), MAX_BLOCKS_IN_FLIGHT_PER_PEER);
+    }
+
+    #[test]
+    fn a_stalled_request_goes_to_the_parallel_download_with_nothing_sent() {
+        let t0 = Instant::now();
+        let mut d = BlockDownload::default();
+        d.fetch(&[block(1)], A, t0);
+        assert!(d.add_parallel(block(1), B, t0));
+        let out = d.on_tick(t0 + BLOCK_STALLING_TIMEOUT_DEFAULT, |_| vec![A, B, C]);
+        assert_eq!(out.failures, vec![(block(1), A, Failure::Stalled)]);
+        assert!(out.requests.is_empty(), "{out:?}");
+        assert_eq!(d.asked_of(&block(1)), Some(B));
+        assert_eq!(d.downloading_from(&block(1)), 1);
     }
 
     #[test]

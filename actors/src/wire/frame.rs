@@ -839,7 +839,9 @@ impl FrameDecoder {
             && length > self.limits.getblocktxn()
         {
             // Within the frame limit but longer than any decodable one (BTC: more than a
-            // 16-bit index reaches): skipped unread, as Core's failed decoding drops it.
+            // 16-bit index reaches): skipped unread, as Core's failed decoding drops it,
+            // and charged as any overlong payload is (meshd's policy: Core charges none,
+            // but no honest peer can send one).
             return Ok(Admission::Refused(FrameError::Overlong {
                 command,
                 length,
@@ -1436,7 +1438,7 @@ mod tests {
         // pass 16 bits: dropped, the connection kept. meshd ended it as oversized.
         let (magic, limits) = regtest();
         let max = limits.getblocktxn();
-        assert_eq!(max, 32 + 9 + (1 << 16) * 3);
+        assert_eq!(max, 32 + 9 + (1 << 16));
         let length = max + 1;
         let mut stream = encode_frame(magic, cmd("getblocktxn"), &vec![1; length as usize]);
         stream.extend(encode_frame(magic, cmd("ping"), &[1; 8]));

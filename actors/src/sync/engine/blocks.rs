@@ -810,6 +810,7 @@ impl SyncCore {
     /// Sends what the block download core asks for, and reports its failures.
     pub(super) fn apply_downloads(&mut self, out: Outcome) {
         for (block, peer, why) in out.failures {
+            self.fallback_ended(&block, peer);
             match why {
                 Failure::Stalled => {
                     metrics::counter!("meshd_block_stalls_total").increment(1);

@@ -244,6 +244,7 @@ impl SyncCore {
             self.high_bandwidth.peer_gone(id);
         }
         self.partials.retain(|(_, peer), _| *peer != id);
+        self.fallbacks.retain(|(_, peer)| *peer != id);
         let from = self.peers.values().filter(|p| p.cmpct.hb_from).count();
         metrics::gauge!("meshd_compact_high_bandwidth_peers", "direction" => "to")
             .set(self.high_bandwidth.len() as f64);
@@ -298,7 +299,7 @@ impl SyncCore {
     /// Asks `peer` for the whole block after its compact block did not do.
     fn fall_back_to_block(&mut self, peer: PeerId, hash: BlockHash, via: BlockVia) {
         count_outcome("fallback", via);
-        self.fallbacks.push_back(hash);
+        self.fallbacks.push_back((hash, peer));
         while self.fallbacks.len() > MAX_FALLBACKS_REMEMBERED {
             self.fallbacks.pop_front();
         }
@@ -406,7 +407,7 @@ impl SyncCore {
             debug!(%hash, peer = %id, "a second cmpctblock for a block being reconstructed; ignored");
             return;
         }
-        if in_flight_from == Some(id) && self.fallbacks.contains(&hash) {
+        if in_flight_from == Some(id) && self.fallbacks.contains(&(hash, id)) {
             // Its compact block failed and the whole block is asked of it: a repeat is not
             // rebuilt again (Core keeps the failed partial: "already syncing").
             debug!(%hash, peer = %id, "a cmpctblock for a block asked whole after its compact block failed; ignored");
@@ -501,15 +502,10 @@ impl SyncCore {
     fn refuse_compact(&mut self, id: PeerId, hash: BlockHash, kind: &'static str, via: BlockVia) {
         count_outcome("invalid", via);
         self.punish(id, kind);
-        if self.downloads.is_parallel(&hash, id) {
-            self.downloads.remove_parallel(&hash, id);
-            return;
-        }
-        self.downloads.on_block(&hash, id, self.clock.now);
         let sources = self.block_sources(&hash);
         let out = self
             .downloads
-            .on_block_refused(hash, id, &sources, self.clock.now);
+            .on_compact_refused(hash, id, &sources, self.clock.now);
         self.apply_downloads(out);
     }
 
@@ -818,7 +814,12 @@ impl SyncCore {
         hash: BlockHash,
     ) -> Option<Arc<[u8]>> {
         let p = self.peers.get(&id)?;
-        if !(p.cmpct.provides && p.cmpct.hb_from) || self.compact_version().is_none() {
+        // Core sends header-and-ids only for a lone new block: for a batch (a branch, or
+        // blocks vouched for together) the others go as headers, so only the tip here.
+        if !(p.cmpct.provides && p.cmpct.hb_from)
+            || self.compact_version().is_none()
+            || self.chain.tip() != hash
+        {
             return None;
         }
         let at = self.blocks.iter().position(|k| k.hash == hash)?;
@@ -827,13 +828,15 @@ impl SyncCore {
 
     /// Whether the block's whole copy was asked for after its compact block failed.
     pub(super) fn fell_back(&mut self, hash: &BlockHash) -> bool {
-        match self.fallbacks.iter().position(|h| h == hash) {
-            Some(at) => {
-                self.fallbacks.remove(at);
-                true
-            }
-            None => false,
-        }
+        let before = self.fallbacks.len();
+        self.fallbacks.retain(|(h, _)| h != hash);
+        self.fallbacks.len() != before
+    }
+
+    /// `peer`'s request of `block` ended without the block: a fallback it was is over (a
+    /// compact block from it, asked again, is read again).
+    pub(super) fn fallback_ended(&mut self, block: &BlockHash, peer: PeerId) {
+        self.fallbacks.retain(|(h, p)| !(h == block && *p == peer));
     }
 
     /// Forgets reconstructions whose peer's copy would no longer be taken (the block came

@@ -423,7 +423,9 @@ pub struct SyncCore {
     /// see `BlockDownload::add_parallel`).
     partials: HashMap<(BlockHash, PeerId), compact::Partial>,
     /// Blocks whose compact block failed and were asked for whole.
-    fallbacks: VecDeque<BlockHash>,
+    /// By the peer the whole block was asked of: its request is the fallback's until it
+    /// ends (delivered, failed, moved, the peer gone).
+    fallbacks: VecDeque<(BlockHash, PeerId)>,
     /// The block a `cmpctblock` being handled carries, and its sender: direct fetch records
     /// it as asked of that sender but sends no `getdata` (the message is the answer).
     compact_in_hand: Option<(BlockHash, PeerId)>,

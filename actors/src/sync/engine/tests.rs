@@ -1736,3 +1736,59 @@ fn the_last_parallel_place_waits_for_an_outbound_peer() {
     let a = core.input(clock, PeerId(4), blocktxn_of(&b4, &[1]));
     assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
 }
+
+#[test]
+fn a_fallback_ends_with_its_request_and_the_next_compact_answer_is_read() {
+    // The fallback's "already syncing" holds only while the whole block is asked of that
+    // peer: once that request ends (notfound), the block asked compact of another peer is
+    // rebuilt from that one's answer. Keyed by block alone, the answer was ignored and the
+    // block waited for a timeout.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let (p, q) = (PeerId(1), PeerId(2));
+    for id in [1, 2] {
+        let _ = core.peer_up(clock, peer(id, false, 3));
+        let _ = core.input(clock, PeerId(id), sendcmpct(false));
+    }
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(1), spend(2)]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let mut colliding = compact_block(&b4, 1, &short_id_hashes(&b4, true), &[]);
+    colliding.short_ids[1] = colliding.short_ids[0];
+    let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(colliding)));
+    assert_eq!(blocks_asked(&a, p), vec![b4.block_hash()], "asked whole");
+    let _ = core.input(
+        clock,
+        p,
+        SyncInput::NotFound(vec![Inventory::WitnessBlock(b4.block_hash())]),
+    );
+    let a = core.input(clock, q, headers(std::slice::from_ref(&b4)));
+    assert!(
+        sent_to(&a, q).iter().any(|m| matches!(m,
+            NetworkMessage::GetData(i) if i == &vec![Inventory::CompactBlock(b4.block_hash())])),
+        "{a:?}"
+    );
+    let good = compact_block(&b4, 2, &short_id_hashes(&b4, true), &[]);
+    let a = core.input(clock, q, SyncInput::CmpctBlock(Box::new(good)));
+    assert_eq!(getblocktxn_to(&a, q), vec![vec![1, 2]], "{a:?}");
+}
+
+#[test]
+fn a_malformed_request_answer_hands_the_block_to_its_parallel_download() {
+    // Core's RemoveBlockRequest(hash, peer) for the offender alone: the parallel download
+    // becomes the block's request, and no whole block is asked of anyone.
+    let (mut core, clock, b4) = block_rebuilt_from((1, false), &[(2, false)]);
+    let a = push_of(&mut core, clock, 2, &b4);
+    assert_eq!(getblocktxn_to(&a, PeerId(2)), vec![vec![1]]);
+    // P's blocktxn has the wrong count: malformed, charged.
+    let a = core.input(clock, PeerId(1), blocktxn_of(&b4, &[]));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Punish(id, _) if *id == PeerId(1))),
+        "{a:?}"
+    );
+    assert!(blocks_asked(&a, PeerId(2)).is_empty(), "{a:?}");
+    assert_eq!(core.downloads.asked_of(&b4.block_hash()), Some(PeerId(2)));
+    let a = core.input(clock, PeerId(2), blocktxn_of(&b4, &[1]));
+    assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
+}
