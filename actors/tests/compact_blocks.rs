@@ -293,3 +293,97 @@ async fn getblocktxn_is_answered_in_the_getdata_turn_and_deep_ones_with_the_bloc
     );
     node.shutdown().await;
 }
+
+/// Core >= 25: a high-bandwidth peer's `cmpctblock` of a block already asked of another
+/// peer gets its own `getblocktxn` (MAX_CMPCTBLOCKS_INFLIGHT_PER_BLOCK), and its answer
+/// gives the block while the first peer's is still to come. Before, it was only tried
+/// without a round trip, and the block waited for the slow first peer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_high_bandwidth_push_of_a_block_asked_elsewhere_is_fetched_in_parallel() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let mut fast = handshaked(node.listen_addrs()[0]).await;
+    negotiate(&mut fast, false).await;
+    let mut slow = handshaked(node.listen_addrs()[0]).await;
+    negotiate(&mut slow, false).await;
+    common::wait_sync_peers(&node, 2).await;
+    let genesis = node.profile().genesis;
+    let mut blocks = node.subscribe_to(&[EventKind::BlockReceived]);
+
+    // `fast` gives the node block 1 while it is the only block waited for: the node asks
+    // it for high-bandwidth pushes.
+    let b1 = block_with(&genesis, 1, &[]);
+    fast.send(NetworkMessage::Headers(vec![b1.header])).await;
+    assert_eq!(
+        asked_for(&mut fast, b1.block_hash()).await,
+        Some(Inventory::CompactBlock(b1.block_hash()))
+    );
+    fast.send(NetworkMessage::CmpctBlock(CmpctBlock {
+        compact_block: HeaderAndShortIds::from_block(&b1, 1, 2, &[]).unwrap(),
+    }))
+    .await;
+    received(&mut blocks, b1.block_hash()).await;
+    let high = fast
+        .wait_for(Duration::from_secs(5), |m| match m {
+            NetworkMessage::SendCmpct(s) if s.send_compact => Some(()),
+            _ => None,
+        })
+        .await;
+    assert!(high.is_some(), "fast asked for high-bandwidth pushes");
+
+    // Block 2, with a transaction the node lacks: `slow` announces it first and is asked.
+    let b2 = block_with(&b1.header, 2, &[tx(5)]);
+    let h2 = b2.block_hash();
+    slow.send(NetworkMessage::Headers(vec![b2.header])).await;
+    assert_eq!(
+        asked_for(&mut slow, h2).await,
+        Some(Inventory::CompactBlock(h2))
+    );
+    slow.send(NetworkMessage::CmpctBlock(CmpctBlock {
+        compact_block: HeaderAndShortIds::from_block(&b2, 2, 2, &[]).unwrap(),
+    }))
+    .await;
+    let first = slow
+        .wait_for(Duration::from_secs(5), |m| match m {
+            NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.indexes.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first, Some(vec![1]));
+    // `fast` pushes it too (high-bandwidth): asked in parallel, and its answer is the block.
+    fast.send(NetworkMessage::CmpctBlock(CmpctBlock {
+        compact_block: HeaderAndShortIds::from_block(&b2, 3, 2, &[]).unwrap(),
+    }))
+    .await;
+    let parallel = fast
+        .wait_for(Duration::from_secs(5), |m| match m {
+            NetworkMessage::GetBlockTxn(g) => Some(g.txs_request.indexes.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(parallel, Some(vec![1]), "the push gets its own getblocktxn");
+    fast.send(NetworkMessage::BlockTxn(BlockTxn {
+        transactions: BlockTransactions {
+            block_hash: h2,
+            transactions: vec![b2.txdata[1].clone()],
+        },
+    }))
+    .await;
+    assert_eq!(
+        received(&mut blocks, h2).await,
+        (BlockVia::CompactHighBandwidth, 1)
+    );
+    // The slow answer, late, is not a second block, and costs nothing.
+    slow.send(NetworkMessage::BlockTxn(BlockTxn {
+        transactions: BlockTransactions {
+            block_hash: h2,
+            transactions: vec![b2.txdata[1].clone()],
+        },
+    }))
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let peers = node.peers();
+    assert_eq!(peers.len(), 2, "{peers:?}");
+    assert!(peers.iter().all(|p| p.misbehavior == 0), "{peers:?}");
+    node.shutdown().await;
+}
