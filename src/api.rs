@@ -36,6 +36,19 @@ use crate::settings::{parse_bytes, parse_duration};
 pub struct ApiState {
     node: Arc<Node>,
     token: Arc<String>,
+    process: Arc<Process>,
+}
+
+/// What the process knows of itself beyond the node: for `/v1/status` and `/v1/stop`.
+pub struct Process {
+    /// When the process started.
+    pub started: SystemTime,
+    /// Where the admin API and the metrics are served.
+    pub api: Option<SocketAddr>,
+    /// See `api`.
+    pub metrics: Option<SocketAddr>,
+    /// Notified by `POST /v1/stop`: the process stops as on SIGTERM.
+    pub stop: Arc<tokio::sync::Notify>,
 }
 
 /// An error response.
@@ -641,11 +654,78 @@ async fn fallback() -> ApiError {
     ApiError::not_found("no such route (routes live under /v1)")
 }
 
+/// `GET /v1/status`: what an operator asks first (version, uptime, where it lives and
+/// listens, peers, tip, sync).
+async fn get_status(State(s): State<ApiState>) -> ApiResult {
+    let c = s.node.config();
+    let st = s.node.sync_status();
+    // Handshaken peers (getconnectioncount's), by direction.
+    let peers: Vec<PeerInfo> = s
+        .node
+        .peers()
+        .into_iter()
+        .filter(|p| p.state == meshd_actors::shared::peers::PeerState::Connected)
+        .collect();
+    let inbound = peers
+        .iter()
+        .filter(|p| p.direction == meshd_actors::peer::Direction::Inbound)
+        .count();
+    let now = SystemTime::now();
+    let uptime = now
+        .duration_since(s.process.started)
+        .unwrap_or_default()
+        .as_secs();
+    let datadir = std::path::absolute(&c.datadir).unwrap_or_else(|_| c.datadir.clone());
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "network": c.network.name(),
+        "pid": std::process::id(),
+        "start_time": ts(Some(s.process.started)),
+        "uptime": uptime,
+        "datadir": datadir.display().to_string(),
+        "api": s.process.api.map(|a| a.to_string()),
+        "metrics": s.process.metrics.map(|a| a.to_string()),
+        "p2p": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "peers": {"inbound": inbound, "outbound": peers.len() - inbound, "total": peers.len()},
+        "tip": {"height": st.header_height, "hash": st.best_header_hash},
+        "sync": {"state": st.state.as_str(), "progress": st.progress},
+        "store_error": st.store_error,
+    })))
+}
+
+/// `POST /v1/stop`: the node stops as on SIGTERM (peers closed, state saved), after this
+/// answer (Core's `stop` RPC).
+async fn post_stop(State(s): State<ApiState>) -> ApiResult {
+    info!("stop requested over the admin API");
+    s.process.stop.notify_one();
+    Ok(Json(json!({"stopping": true, "pid": std::process::id()})))
+}
+
+/// `GET /v1/health`, without a token: 200 `{"status": "ok"}` while the node runs and
+/// keeps its headers on disk, 503 `{"status": "degraded", "reason": ...}` when it cannot
+/// (a full disk), for load balancers and supervisors that hold no secret.
+async fn health(State(s): State<ApiState>) -> Response {
+    let st = s.node.sync_status();
+    let uptime = SystemTime::now()
+        .duration_since(s.process.started)
+        .unwrap_or_default()
+        .as_secs();
+    match st.store_error {
+        None => Json(json!({"status": "ok", "uptime": uptime})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "degraded", "reason": reason, "uptime": uptime})),
+        )
+            .into_response(),
+    }
+}
+
 /// Serves the API until the process ends.
-pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
+pub fn serve(listener: TcpListener, node: Arc<Node>, token: String, process: Process) {
     let state = ApiState {
         node,
         token: Arc::new(token),
+        process: Arc::new(process),
     };
     let app = Router::new()
         .route("/v1/peers", get(get_peers).post(add_peer))
@@ -661,8 +741,12 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String) {
         .route("/v1/events", get(events))
         .route("/v1/fleet", get(get_fleet))
         .route("/v1/fleet/propagation", get(get_propagation))
+        .route("/v1/status", get(get_status))
+        .route("/v1/stop", post(post_stop))
         .fallback(fallback)
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        // Outside the token check: a health probe holds no secret.
+        .route("/v1/health", get(health))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "api listening");

@@ -25,7 +25,7 @@ pub enum FleetCommand {
     /// Print this node's fleet signing key (made on first use, kept 0600 in the data dir)
     /// as a line for the other nodes' --fleet-trusted-keys file.
     Key {
-        /// The node's data directory. [default: ./.meshd]
+        /// The node's data directory. [default: $XDG_DATA_HOME/meshd, else ~/.meshd]
         #[arg(long, value_name = "DIR")]
         datadir: Option<PathBuf>,
         /// The node's network. [default: regtest]
@@ -65,6 +65,10 @@ pub enum HintsCommand {
 pub enum Command {
     /// Run the node (the default).
     Run(Box<RunArgs>),
+    /// Show the running node: version, uptime, data dir, addresses, peers, tip, sync state.
+    Status(ClientArgs),
+    /// Stop the running node (as SIGTERM does) and wait until it has exited.
+    Stop(ClientArgs),
     /// List connected peers.
     Peers(ClientArgs),
     /// Show listen and public addresses, NAT type, slots and limits.
@@ -147,13 +151,19 @@ pub enum Command {
 /// How a CLI subcommand reaches the node's admin API.
 #[derive(Debug, Clone, Args)]
 pub struct ClientArgs {
-    /// Admin API address. [default: 127.0.0.1 and the network's API port]
+    /// Admin API address. [default: the running node's, from DIR/<network>/meshd.json;
+    /// else the config file's `api`; else 127.0.0.1 and the network's API port]
     #[arg(long, value_name = "ADDR")]
     pub api: Option<String>,
-    /// The node's data directory (the token is read from DIR/<network>/.cookie). [default: ./.meshd]
+    /// The node's data directory (its address from DIR/<network>/meshd.json, the token from
+    /// DIR/<network>/.cookie). [default: the config file's `datadir`; else $XDG_DATA_HOME/meshd, else ~/.meshd]
     #[arg(long, value_name = "DIR")]
     pub datadir: Option<PathBuf>,
-    /// The node's network (for the default API port and the cookie's directory). [default: regtest]
+    /// The node's config file: its `datadir`, `network` and `api` keys find the node.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The node's network. [default: the config file's; else the one node running under
+    /// the data dir; else regtest]
     #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
     /// API token, instead of reading the cookie file.
@@ -186,7 +196,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub network: Option<String>,
 
-    /// Data directory; state lives in DIR/<network>/. [default: ./.meshd]
+    /// Data directory; state lives in DIR/<network>/. [default: $XDG_DATA_HOME/meshd, else ~/.meshd]
     #[arg(long, value_name = "DIR")]
     pub datadir: Option<PathBuf>,
 

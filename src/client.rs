@@ -23,6 +23,8 @@ struct Client {
     addr: String,
     token: String,
     json: bool,
+    /// The running node's meshd.json, when found.
+    running: Option<crate::nodefile::NodeFile>,
 }
 
 fn die(msg: impl std::fmt::Display) -> ExitCode {
@@ -31,15 +33,50 @@ fn die(msg: impl std::fmt::Display) -> ExitCode {
 }
 
 impl Client {
+    /// Finds the node as bitcoin-cli does from bitcoin.conf: the data dir from `--datadir`,
+    /// the config file or the default; the network from `--network`, the config file or
+    /// the one node running there; the API address from `--api`, the running node's
+    /// meshd.json, the config file or the network's default; the token from the cookie.
     fn new(args: &ClientArgs) -> Result<Client, String> {
-        let network: NetworkId = args
+        let file = match &args.config {
+            Some(path) => Some(crate::settings::read_file(path).map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let datadir = args
+            .datadir
+            .clone()
+            .or_else(|| file.as_ref().and_then(|f| f.datadir()).map(PathBuf::from))
+            .unwrap_or_else(crate::nodefile::default_datadir);
+        let network_name = match args
             .network
-            .as_deref()
-            .unwrap_or("regtest")
+            .clone()
+            .or_else(|| file.as_ref().and_then(|f| f.network()).map(str::to_string))
+        {
+            Some(n) => n,
+            None => match crate::nodefile::NodeFile::live_networks(&datadir).as_slice() {
+                [only] => only.clone(),
+                [] => "regtest".to_string(),
+                many => {
+                    return Err(format!(
+                        "nodes of several networks run under {} ({}): pass --network",
+                        datadir.display(),
+                        many.join(", ")
+                    ))
+                }
+            },
+        };
+        let network: NetworkId = network_name
             .parse()
             .map_err(|e: meshd_actors::network::UnknownNetwork| e.to_string())?;
         let profile = network.profile();
-        let addr = match &args.api {
+        let network_dir = datadir.join(network.name());
+        let running = crate::nodefile::NodeFile::read_live(&network_dir);
+        let api = args
+            .api
+            .clone()
+            .or_else(|| running.as_ref().and_then(|r| r.api.clone()))
+            .or_else(|| file.as_ref().and_then(|f| f.api()).map(str::to_string));
+        let addr = match &api {
             Some(a) => crate::settings::parse_endpoint("api", a, profile.api_port)
                 .map_err(|e| e.to_string())?,
             None => std::net::SocketAddr::from(([127, 0, 0, 1], profile.api_port)),
@@ -47,18 +84,14 @@ impl Client {
         let token = match &args.api_token {
             Some(t) => t.clone(),
             None => {
-                let dir = args
-                    .datadir
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from(".meshd"));
-                let path = dir.join(network.name()).join(".cookie");
+                let path = network_dir.join(".cookie");
                 std::fs::read_to_string(&path)
                     .map(|t| t.trim().to_string())
                     .map_err(|e| {
                         format!(
                             "cannot read the API cookie {}: {e} (is a {network} node running with --datadir {}? or pass --api-token)",
                             path.display(),
-                            dir.display()
+                            datadir.display()
                         )
                     })?
             }
@@ -68,6 +101,7 @@ impl Client {
             addr: addr.to_string(),
             token,
             json: args.json,
+            running,
         })
     }
 
@@ -483,6 +517,117 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// How long `meshd stop` waits for the node to exit: its own stop is bounded (peers
+/// closed, state saved; headers.dat's last fsync waits at most 10 s).
+const STOP_WAIT: Duration = Duration::from_secs(60);
+
+/// `meshd stop`: asks the node to stop, then waits for its process to exit (its pid from
+/// the status answer), so a script can start another at once.
+fn stop(c: &Client) -> Result<(), String> {
+    let answer = c.call("POST", "/v1/stop", None)?;
+    let pid = answer["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .or(c.running.as_ref().map(|r| r.pid));
+    if !c.json {
+        match pid {
+            Some(pid) => println!("meshd stopping (pid {pid})"),
+            None => println!("meshd stopping"),
+        }
+    }
+    let Some(pid) = pid else {
+        return Ok(());
+    };
+    let deadline = std::time::Instant::now() + STOP_WAIT;
+    while crate::nodefile::process_runs(pid) {
+        if std::time::Instant::now() >= deadline {
+            return Err(format!(
+                "the node (pid {pid}) is still running after {}s",
+                STOP_WAIT.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if c.json {
+        println!("{}", json!({"stopped": true, "pid": pid}));
+    } else {
+        println!("meshd stopped");
+    }
+    Ok(())
+}
+
+/// A duration as people say it: `45s`, `3m 12s`, `5h 02m`, `3d 4h`.
+pub fn human_duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s:02}s"),
+        (0, _, _) => format!("{h}h {m:02}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+/// Unix seconds as a local time (`2026-12-07 09:30:02 CET`), or the number itself when
+/// the time zone database cannot say.
+pub fn local_time(unix: i64) -> String {
+    match jiff::Timestamp::from_second(unix) {
+        Ok(t) => t
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S %Z")
+            .to_string(),
+        Err(_) => unix.to_string(),
+    }
+}
+
+fn print_status(v: &Value) {
+    let list = |key: &str| match &v[key] {
+        Value::Array(a) if !a.is_empty() => a.iter().map(s).collect::<Vec<_>>().join(", "),
+        Value::String(x) => sanitize(x),
+        _ => "off".to_string(),
+    };
+    let uptime = v["uptime"].as_u64().unwrap_or(0);
+    println!(
+        "meshd {} on {}, up {} (pid {})",
+        s(&v["version"]),
+        s(&v["network"]),
+        human_duration(uptime),
+        s(&v["pid"])
+    );
+    let started = v["start_time"]
+        .as_i64()
+        .map_or_else(|| "-".to_string(), local_time);
+    let progress = v["sync"]["progress"].as_f64().unwrap_or(0.0) * 100.0;
+    let rows = [
+        ("started", started),
+        ("data dir", s(&v["datadir"])),
+        ("api", list("api")),
+        ("metrics", list("metrics")),
+        ("p2p", list("p2p")),
+        (
+            "peers",
+            format!(
+                "{} in, {} out",
+                s(&v["peers"]["inbound"]),
+                s(&v["peers"]["outbound"])
+            ),
+        ),
+        (
+            "tip",
+            format!("{} {}", s(&v["tip"]["height"]), s(&v["tip"]["hash"])),
+        ),
+        (
+            "sync",
+            format!("{} ({progress:.1}%)", s(&v["sync"]["state"])),
+        ),
+    ];
+    for (k, val) in rows {
+        println!("  {k:<9} {val}");
+    }
+    if let Some(e) = v["store_error"].as_str() {
+        println!("  warning   headers.dat: {}", sanitize(e));
+    }
+}
+
 /// `meshd fleet key`: this node's fleet signing key (made if missing), as a line for the
 /// other nodes' `--fleet-trusted-keys` file. Reads the data dir; needs no running node.
 fn fleet_key(
@@ -495,7 +640,7 @@ fn fleet_key(
         Err(e) => return die(format!("{e}")),
     };
     let dir = datadir
-        .unwrap_or_else(|| PathBuf::from(".meshd"))
+        .unwrap_or_else(crate::nodefile::default_datadir)
         .join(network.name());
     match meshd_actors::fleet::key::load_or_create(&dir) {
         Ok(key) => {
@@ -524,6 +669,7 @@ pub fn run(cmd: Command) -> ExitCode {
     }
     let client_args = match &cmd {
         Command::Run(_) => return ExitCode::from(2),
+        Command::Status(c) | Command::Stop(c) => c,
         Command::Peers(c)
         | Command::Network(c)
         | Command::Sync(c)
@@ -558,6 +704,10 @@ pub fn run(cmd: Command) -> ExitCode {
         | Command::Fleet {
             what: FleetCommand::Key { .. },
         } => Ok(()),
+        Command::Status(_) => c
+            .call("GET", "/v1/status", None)
+            .map(|v| emit(&c, &v, print_status)),
+        Command::Stop(_) => stop(&c),
         Command::Peers(_) => c
             .call("GET", "/v1/peers", None)
             .map(|v| emit(&c, &v, print_peers)),

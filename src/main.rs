@@ -13,6 +13,7 @@ mod cli;
 mod client;
 mod logging;
 mod metrics_http;
+mod nodefile;
 mod settings;
 
 use std::process::ExitCode;
@@ -106,11 +107,15 @@ async fn run(settings: settings::Settings) -> ExitCode {
         },
         None => None,
     };
+    let started = std::time::SystemTime::now();
     let node = match Node::start(settings.node).await {
         Ok(n) => Arc::new(n),
         Err(e) => return fail(e),
     };
     let _ = RUNNING.set(node.clone());
+    let metrics_addr = metrics.as_ref().and_then(|(l, _)| l.local_addr().ok());
+    let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let stop = Arc::new(tokio::sync::Notify::new());
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(listener, handle, node.metrics_source());
     }
@@ -131,15 +136,43 @@ async fn run(settings: settings::Settings) -> ExitCode {
                 }
             },
         };
-        api::serve(listener, node.clone(), token);
+        let process = api::Process {
+            started,
+            api: api_addr,
+            metrics: metrics_addr,
+            stop: stop.clone(),
+        };
+        api::serve(listener, node.clone(), token, process);
     }
     for addr in node.listen_addrs() {
         // One machine-readable line per bound address, for scripts and tests using port 0.
         info!(%addr, "p2p listening");
     }
+    // How the client subcommands find this node from its data dir alone.
+    let datadir = node.config().datadir.clone();
+    let about = nodefile::NodeFile {
+        format: nodefile::FORMAT,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        network: node.config().network.name().to_string(),
+        datadir: std::path::absolute(&datadir).unwrap_or_else(|_| datadir.clone()),
+        api: api_addr.map(|a| a.to_string()),
+        metrics: metrics_addr.map(|a| a.to_string()),
+        p2p: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
+        start_time: started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    };
+    match about.write(&datadir) {
+        // Removed however the node ends, before it unlocks the data dir.
+        Ok(path) => node.remove_on_exit(path),
+        // The node runs on; only `--datadir` discovery is lost (`--api` still works).
+        Err(e) => error!(error = %e, "cannot write meshd.json; clients need --api"),
+    }
     let signal_name = tokio::select! {
         _ = sigint.recv() => "SIGINT",
         _ = sigterm.recv() => "SIGTERM",
+        _ = stop.notified() => "stop request",
         exit = node.wait() => {
             error!(?exit, "node stopped by itself");
             return ExitCode::from(1);

@@ -364,6 +364,23 @@ pub fn parse_proxy(key: &str, text: &str) -> Result<ProxyConfig, ConfigError> {
     Ok(ProxyConfig { addr, credentials })
 }
 
+impl FileConfig {
+    /// The `network` key.
+    pub fn network(&self) -> Option<&str> {
+        self.network.as_deref()
+    }
+
+    /// The `datadir` key.
+    pub fn datadir(&self) -> Option<&Path> {
+        self.datadir.as_deref()
+    }
+
+    /// The `api` key.
+    pub fn api(&self) -> Option<&str> {
+        self.api.as_deref()
+    }
+}
+
 /// Reads and parses a config file.
 pub fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
@@ -422,7 +439,7 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .datadir
         .clone()
         .or(file.datadir.clone())
-        .unwrap_or_else(|| PathBuf::from(".meshd"));
+        .unwrap_or_else(crate::nodefile::default_datadir);
     let mut node = NodeConfig::new(network, base.join(network.name()));
 
     let pick = |flag: &Vec<String>, key: &Option<Vec<String>>| -> Vec<String> {

@@ -266,6 +266,22 @@ impl Meshd {
         }
     }
 
+    /// Waits for the process to exit by itself (e.g. after `meshd stop`).
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("meshd did not exit within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Graceful stop; asserts exit code 0.
     pub fn stop(&mut self) {
         let status = self.stop_with("TERM", Duration::from_secs(10));

@@ -1,0 +1,207 @@
+//! The operator's first minutes through the binary (issue #28, item 1): the node says
+//! where it is in `DATADIR/<network>/meshd.json`, so `meshd status` and `meshd stop` find
+//! it from `--datadir`, `--config` or the absolute default data dir alone; `/v1/health`
+//! answers without a token.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{meshd_bin, Meshd};
+use serde_json::Value;
+
+/// Runs a client subcommand with only `args` (no `--api`): exit code, stdout, stderr.
+fn client(args: &[&str], env: &[(&str, &Path)], cwd: &Path) -> (i32, String, String) {
+    let mut cmd = Command::new(meshd_bin());
+    cmd.args(args).current_dir(cwd).env_remove("XDG_DATA_HOME");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run meshd");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A GET without a token: status line and body.
+fn get_plain(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn status_and_stop_find_the_node_from_its_data_dir_alone() {
+    let mut node = Meshd::start(&[]);
+    let dir = node.datadir.clone();
+    let file = dir.join("regtest/meshd.json");
+    let about: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(about["api"], node.api.unwrap().to_string(), "{about}");
+    assert_eq!(about["metrics"], node.metrics.unwrap().to_string());
+    assert_eq!(about["network"], "regtest");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let d = dir.to_str().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    // The API listens on a port chosen at start: only meshd.json tells it.
+    let (code, out, err) = client(&["status", "--datadir", d], &[], elsewhere.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("meshd ") && out.contains(" on regtest, up "),
+        "{out}"
+    );
+    assert!(
+        out.contains(&dir.join("regtest").display().to_string()),
+        "{out}"
+    );
+    let (code, out, err) = client(&["status", "--datadir", d, "--json"], &[], elsewhere.path());
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["api"], node.api.unwrap().to_string(), "{v}");
+    assert_eq!(v["p2p"][0], node.addr.unwrap().to_string());
+    assert_eq!(v["peers"]["total"], 0);
+    assert_eq!(v["tip"]["height"], 0);
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert!(v["uptime"].as_u64().is_some());
+    // Health needs no token; everything else does.
+    let (status, body) = get_plain(node.api.unwrap(), "/v1/health");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "ok"
+    );
+    let (status, _) = get_plain(node.api.unwrap(), "/v1/status");
+    assert!(status.contains("401"), "{status}");
+    // `stop` stops it as SIGTERM does, and returns once it has exited.
+    let (code, out, err) = client(&["stop", "--datadir", d], &[], elsewhere.path());
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("meshd stopped"), "{out}");
+    let status = node.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status}");
+    assert!(!file.exists(), "meshd.json removed at the stop");
+    let (code, _, err) = client(&["status", "--datadir", d], &[], elsewhere.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("cannot read the API cookie") || err.contains("no meshd node"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_config_file_or_the_one_node_running_names_the_network() {
+    let node = Meshd::start(&["--network", "bsv-regtest"]);
+    let d = node.datadir.to_str().unwrap().to_string();
+    let elsewhere = tempfile::tempdir().unwrap();
+    // No --network: the one node running under the data dir is on bsv-regtest.
+    let (code, out, err) = client(
+        &["status", "--datadir", &d, "--json"],
+        &[],
+        elsewhere.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["network"],
+        "bsv-regtest"
+    );
+    // The node's own config file alone (client subcommands took no --config before).
+    let conf = elsewhere.path().join("meshd.toml");
+    std::fs::write(
+        &conf,
+        format!("datadir = {d:?}\nnetwork = \"bsv-regtest\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = client(
+        &["status", "--config", conf.to_str().unwrap(), "--json"],
+        &[],
+        elsewhere.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["api"],
+        node.api.unwrap().to_string()
+    );
+}
+
+#[test]
+fn the_default_data_dir_is_absolute_and_found_from_anywhere() {
+    let home = tempfile::tempdir().unwrap();
+    let start_in = tempfile::tempdir().unwrap();
+    let mut child = Command::new(meshd_bin())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ])
+        .current_dir(start_in.path())
+        .env("HOME", home.path())
+        .env_remove("XDG_DATA_HOME")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let file = home.path().join(".meshd/regtest/meshd.json");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !file.exists() {
+        assert!(Instant::now() < deadline, "no {} written", file.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !start_in.path().join(".meshd").exists(),
+        "not relative to the working dir"
+    );
+    // From another directory, with no flag at all.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let (code, out, err) = client(
+        &["status", "--json"],
+        &[("HOME", home.path())],
+        elsewhere.path(),
+    );
+    assert_eq!(code, 0, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        v["datadir"],
+        home.path().join(".meshd/regtest").display().to_string()
+    );
+    // $XDG_DATA_HOME, when set, is where the default lives instead.
+    let xdg = tempfile::tempdir().unwrap();
+    let (code, _, err) = client(
+        &["status"],
+        &[("HOME", home.path()), ("XDG_DATA_HOME", xdg.path())],
+        elsewhere.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&xdg.path().join("meshd").display().to_string()),
+        "{err}"
+    );
+    let (code, _, err) = client(&["stop"], &[("HOME", home.path())], elsewhere.path());
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
