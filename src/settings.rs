@@ -220,11 +220,11 @@ fn number_and_unit(t: &str) -> Option<(f64, &str)> {
         .map(|v| (v, unit))
 }
 
-/// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`.
+/// Parses `"90"`, `"90s"`, `"500ms"`, `"2m"`, `"1h"`, `"7d"`.
 pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
     let (value, unit) = number_and_unit(text.trim()).ok_or_else(|| {
         ConfigError(format!(
-            "{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h)"
+            "{key}: bad duration {text:?} (try 90s, 500ms, 2m, 1h, 7d)"
         ))
     })?;
     let secs = match unit.trim() {
@@ -232,9 +232,10 @@ pub fn parse_duration(key: &str, text: &str) -> Result<Duration, ConfigError> {
         "ms" => value / 1000.0,
         "m" | "min" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86_400.0,
         _ => {
             return err(format!(
-                "{key}: bad duration unit in {text:?} (use ms, s, m or h)"
+                "{key}: bad duration unit in {text:?} (use ms, s, m, h or d)"
             ))
         }
     };
@@ -397,9 +398,82 @@ pub fn resolve(args: &RunArgs) -> Result<Settings, ConfigError> {
     resolve_with(args, file)
 }
 
-/// Parses a config file's text (what `--config` reads).
+/// Parses a config file's text (what `--config` reads). Errors say where (line and
+/// column), name the key, suggest the key meant for an unknown one, and speak of values,
+/// not of the Rust types behind them.
 pub fn parse_file(text: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError(e.message().to_string()))
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError(located(text, &e)))?;
+    let known = file_keys();
+    for key in table.keys() {
+        if !known.iter().any(|k| k == key) {
+            return err(unknown_key(key, &known));
+        }
+    }
+    toml::from_str(text).map_err(|e: toml::de::Error| ConfigError(located(text, &e)))
+}
+
+/// The keys a config file may have: the long names of `run`'s options, but `config`.
+fn file_keys() -> Vec<String> {
+    use clap::Args;
+    RunArgs::augment_args(clap::Command::new("meshd"))
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|l| *l != "config")
+        .map(str::to_string)
+        .collect()
+}
+
+/// "unknown key `max_inbound`; did you mean `max-inbound`?", the closest known key when
+/// one is close.
+fn unknown_key(key: &str, known: &[String]) -> String {
+    let dashed = key.replace('_', "-");
+    let best = known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&dashed, k), k))
+        .min_by_key(|(d, _)| *d)
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2));
+    match best {
+        Some((_, k)) => format!("unknown key `{key}`; did you mean `{k}`?"),
+        None => format!("unknown key `{key}` (`meshd --help` lists every key)"),
+    }
+}
+
+/// A TOML error as "line L, column C: what" (with the key the value belongs to, when it
+/// is a value's error), without serde's Rust type names.
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let what = plain_types(e.message());
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what,
+    }
+}
+
+/// serde's "expected u32" and friends, in words.
+fn plain_types(message: &str) -> String {
+    let mut out = message.to_string();
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number (at most 65535)"),
+        ("expected u8", "expected a whole number (at most 255)"),
+        ("expected i64", "expected a whole number"),
+        ("expected i32", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected f32", "expected a number"),
+        ("expected a sequence", "expected a list"),
+        ("expected a boolean", "expected true or false"),
+    ] {
+        out = out.replace(rust, plain);
+    }
+    out
 }
 
 /// Merges flags over an already parsed file over the defaults.
@@ -826,6 +900,52 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_file_key_is_a_known_one_and_the_other_way_round() {
+        // serde lists the fields it takes when it meets one it does not.
+        let e = toml::from_str::<FileConfig>("zzz = 1").unwrap_err();
+        let msg = e.message().to_string();
+        let list = msg.split("expected one of ").nth(1).expect("a list");
+        let serde_keys: Vec<String> = list
+            .split(", ")
+            .map(|k| k.trim_matches(|c| c == '`' || c == ' ').to_string())
+            .collect();
+        let mut known = file_keys();
+        known.sort();
+        let mut serde_sorted = serde_keys.clone();
+        serde_sorted.sort();
+        assert_eq!(known, serde_sorted);
+    }
+
+    #[test]
+    fn config_file_errors_say_where_and_what_in_words() {
+        let e = parse_file("max_inbound = 10\n").unwrap_err().0;
+        assert_eq!(e, "unknown key `max_inbound`; did you mean `max-inbound`?");
+        let e = parse_file("max-inbuond = 10\n").unwrap_err().0;
+        assert!(e.contains("did you mean `max-inbound`"), "{e}");
+        let e = parse_file("zzzz = 1").unwrap_err().0;
+        assert!(e.contains("meshd --help"), "{e}");
+        let e = parse_file("network = \"regtest\"\nmax-inbound = \"ten\"\n")
+            .unwrap_err()
+            .0;
+        assert!(e.starts_with("line 2, column 15: "), "{e}");
+        assert!(!e.contains("u32") && e.contains("whole number"), "{e}");
+        let e = parse_file("network = [\n").unwrap_err().0;
+        assert!(e.starts_with("line "), "{e}");
+    }
+
+    #[test]
+    fn durations_take_days() {
+        assert_eq!(
+            parse_duration("ban-duration", "7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert!(parse_duration("ban-duration", "7w")
+            .unwrap_err()
+            .0
+            .contains("d"));
+    }
 
     #[test]
     fn durations_take_units() {
