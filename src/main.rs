@@ -86,6 +86,9 @@ async fn run(settings: settings::Settings) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fail("cannot install signal handlers"),
     };
+    // Every address is tried before any is reported, each with the flag that moves it: a
+    // second node on the default ports learns all it must change at once.
+    let mut taken = Vec::new();
     let metrics = match settings.metrics {
         Some(addr) => {
             let handle = match metrics_http::install_recorder() {
@@ -95,7 +98,12 @@ async fn run(settings: settings::Settings) -> ExitCode {
             meshd_actors::describe_metrics();
             match metrics_http::bind(addr).await {
                 Ok(l) => Some((l, handle)),
-                Err(e) => return fail(e),
+                Err(e) => {
+                    taken.push(format!(
+                        "{e} (give this node --metrics ADDR, or --no-metrics)"
+                    ));
+                    None
+                }
             }
         }
         None => None,
@@ -103,10 +111,30 @@ async fn run(settings: settings::Settings) -> ExitCode {
     let api_listener = match settings.api {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
-            Err(e) => return fail(format!("cannot serve the admin API on {addr}: {e}")),
+            Err(e) => {
+                taken.push(format!(
+                    "cannot serve the admin API on {addr}: {e} (give this node --api ADDR, or --no-api)"
+                ));
+                None
+            }
         },
         None => None,
     };
+    for addr in &settings.node.listen {
+        // A probe: the node binds for itself below (the moment between is harmless).
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            taken.push(format!(
+                "cannot listen on {addr}: {e} (give this node --listen ADDR, or --no-listen)"
+            ));
+        }
+    }
+    if !taken.is_empty() {
+        let last = taken.pop().unwrap_or_default();
+        for line in taken {
+            logging::say(format_args!("meshd: error: {line}"));
+        }
+        return fail(last);
+    }
     let started = std::time::SystemTime::now();
     let node = match Node::start(settings.node).await {
         Ok(n) => Arc::new(n),
@@ -117,7 +145,12 @@ async fn run(settings: settings::Settings) -> ExitCode {
     let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stop = Arc::new(tokio::sync::Notify::new());
     if let Some((listener, handle)) = metrics {
-        metrics_http::serve(listener, handle, node.metrics_source());
+        metrics_http::serve(
+            listener,
+            handle,
+            node.metrics_source(),
+            node.config().network,
+        );
     }
     if let Some(listener) = api_listener {
         let token = match settings.api_token {

@@ -51,7 +51,12 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
 }
 
 /// Serves /metrics until the task is dropped.
-pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSource) {
+pub fn serve(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    live: MetricsSource,
+    network: meshd_actors::network::NetworkId,
+) {
     let upkeep = handle.clone();
     tokio::spawn(async move {
         loop {
@@ -64,6 +69,21 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle, live: MetricsSourc
     }
     let process = metrics_process::Collector::default();
     process.describe();
+    // Which meshd answers (Prometheus' build_info practice): joins any series to a version.
+    metrics::describe_gauge!(
+        "meshd_build_info",
+        "Always 1; labels: version, network, chain"
+    );
+    metrics::gauge!(
+        "meshd_build_info",
+        "version" => env!("CARGO_PKG_VERSION"),
+        "network" => network.name(),
+        "chain" => match network.profile().chain {
+            meshd_actors::network::Chain::Btc => "btc",
+            meshd_actors::network::Chain::Bsv => "bsv",
+        },
+    )
+    .set(1.0);
     metrics::describe_counter!(
         "meshd_log_dropped_total",
         "Log lines lost: the log queue was full or the write failed (closed pipe, full disk)"

@@ -853,8 +853,8 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     let metrics = match (no_metrics, args.metrics.clone().or(file.metrics.clone())) {
         (true, Some(_)) => return err("no-metrics and metrics cannot both be given"),
         (true, None) => None,
-        (false, Some(m)) => Some(parse_endpoint("metrics", &m, 9184)?),
-        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], 9184))),
+        (false, Some(m)) => Some(parse_endpoint("metrics", &m, profile.metrics_port)?),
+        (false, None) => Some(SocketAddr::from(([127, 0, 0, 1], profile.metrics_port))),
     };
     let metrics_remote = args.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false);
     if let Some(m) = metrics {

@@ -205,3 +205,64 @@ fn the_default_data_dir_is_absolute_and_found_from_anywhere() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn a_second_node_on_taken_ports_hears_every_flag_to_change_at_once() {
+    // Before, it failed on the metrics port, then (moved) on the API, then on P2P, one
+    // run at a time, with no hint.
+    let first = Meshd::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .arg("--datadir")
+        .arg(dir.path())
+        .args(["--metrics", &first.metrics.unwrap().to_string()])
+        .args(["--api", &first.api.unwrap().to_string()])
+        .args(["--listen", &first.addr.unwrap().to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("meshd: error:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for flag in [
+        "--metrics ADDR, or --no-metrics",
+        "--api ADDR, or --no-api",
+        "--listen ADDR, or --no-listen",
+    ] {
+        assert!(lines.iter().any(|l| l.contains(flag)), "{flag}: {err}");
+    }
+}
+
+#[test]
+fn metrics_carry_build_info_and_each_network_has_its_own_metrics_port() {
+    let node = Meshd::start(&[]);
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    let info = node.metric_sum(
+        "meshd_build_info",
+        &[&version, "network=\"regtest\"", "chain=\"btc\""],
+    );
+    assert_eq!(info, 1.0, "{}", node.scrape());
+    let ports: std::collections::HashSet<u16> = [
+        "mainnet",
+        "testnet3",
+        "testnet4",
+        "signet",
+        "regtest",
+        "bsv-mainnet",
+        "bsv-testnet",
+        "bsv-stn",
+        "bsv-regtest",
+    ]
+    .iter()
+    .map(|n| {
+        n.parse::<meshd_actors::network::NetworkId>()
+            .unwrap()
+            .profile()
+            .metrics_port
+    })
+    .collect();
+    assert_eq!(ports.len(), 9);
+}

@@ -235,6 +235,9 @@ pub struct Profile {
     pub default_port: u16,
     /// Default admin API port (on loopback).
     pub api_port: u16,
+    /// Default metrics port (on loopback): one per network, so nodes of different
+    /// networks run side by side on their defaults.
+    pub metrics_port: u16,
     /// The genesis block header.
     pub genesis: Header,
     /// DNS seed host names (empty for regtest).
@@ -267,6 +270,22 @@ fn api_port(id: NetworkId) -> u16 {
         NetworkId::BsvTestnet => 18341,
         NetworkId::BsvStn => 9341,
         NetworkId::BsvRegtest => 18451,
+    }
+}
+
+/// meshd's metrics port per network: mainnet's is the 9184 meshd always had; the others
+/// follow the API ports' pattern, clear of Core's and the SV node's ports.
+fn metrics_port(id: NetworkId) -> u16 {
+    match id {
+        NetworkId::Mainnet => 9184,
+        NetworkId::Testnet3 => 19184,
+        NetworkId::Testnet4 => 49184,
+        NetworkId::Signet => 39184,
+        NetworkId::Regtest => 18452,
+        NetworkId::BsvMainnet => 9185,
+        NetworkId::BsvTestnet => 19185,
+        NetworkId::BsvStn => 9186,
+        NetworkId::BsvRegtest => 18453,
     }
 }
 
@@ -351,6 +370,7 @@ impl Profile {
             magic: Magic::from(network),
             default_port: port,
             api_port: api_port(id),
+            metrics_port: metrics_port(id),
             genesis: bitcoin::constants::genesis_block(network).header,
             dns_seeds: seeds,
             stun_servers: PUBLIC_STUN_SERVERS,
@@ -368,6 +388,7 @@ impl Profile {
             magic: Magic::from_bytes(magic),
             default_port: port,
             api_port: api_port(id),
+            metrics_port: metrics_port(id),
             genesis: bitcoin::constants::genesis_block(genesis_of).header,
             dns_seeds: seeds,
             stun_servers: PUBLIC_STUN_SERVERS,
