@@ -376,6 +376,10 @@ pub enum SyncInput {
     /// A `block` we asked for that was above our size limit, skipped unread: its hash, from
     /// its header.
     BlockTooLarge(BlockHash),
+    /// A `cmpctblock` pushed to us (high-bandwidth) above our size limit, skipped unread:
+    /// its block's hash, from its header. It still announces the block (without a vouch:
+    /// BIP152 lets a push go before validation).
+    CompactBlockUnread(BlockHash),
     /// A v2 packet too large for anything but a `block` we asked for, above our policy limit:
     /// the session ends (a v2 packet cannot be skipped unread), and the block is the first
     /// one asked of the peer and not delivered, since peers answer `getdata` in order.

@@ -381,9 +381,60 @@ async fn a_high_bandwidth_push_of_a_block_asked_elsewhere_is_fetched_in_parallel
         },
     }))
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            match blocks.recv().await {
+                Ok(e) if matches!(&e.event, NodeEvent::BlockReceived { hash, .. } if *hash == h2.to_string()) => {
+                    return true
+                }
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert!(
+        !matches!(again, Ok(true)),
+        "the late answer gave the block twice"
+    );
     let peers = node.peers();
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert!(peers.iter().all(|p| p.misbehavior == 0), "{peers:?}");
+    node.shutdown().await;
+}
+
+/// A compact block whose short ids collide (BIP152: possible, and never the sender's
+/// fault) is not rebuilt: the whole block is asked of its sender, free, and arrives as a
+/// fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_id_collision_falls_back_to_the_whole_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(cfg(dir.path())).await.unwrap();
+    let mut peer = handshaked(node.listen_addrs()[0]).await;
+    negotiate(&mut peer, false).await;
+    common::wait_sync_peers(&node, 1).await;
+    let genesis = node.profile().genesis;
+    let block = block_with(&genesis, 1, &[tx(3), tx(4)]);
+    let hash = block.block_hash();
+    let mut blocks = node.subscribe_to(&[EventKind::BlockReceived]);
+    peer.send(NetworkMessage::Headers(vec![block.header])).await;
+    assert_eq!(
+        asked_for(&mut peer, hash).await,
+        Some(Inventory::CompactBlock(hash))
+    );
+    let mut compact = HeaderAndShortIds::from_block(&block, 9, 2, &[]).unwrap();
+    compact.short_ids[1] = compact.short_ids[0];
+    peer.send(NetworkMessage::CmpctBlock(CmpctBlock {
+        compact_block: compact,
+    }))
+    .await;
+    assert_eq!(
+        asked_for(&mut peer, hash).await,
+        Some(Inventory::WitnessBlock(hash)),
+        "the whole block, of the same peer"
+    );
+    peer.send(NetworkMessage::Block(block.clone())).await;
+    assert_eq!(received(&mut blocks, hash).await.0, BlockVia::Fallback);
+    assert!(node.peers().iter().all(|p| p.misbehavior == 0));
     node.shutdown().await;
 }

@@ -469,9 +469,9 @@ impl Actor for Connection {
                         debug!(peer = %state.peer_name(), id = %state.id, %command, %block,
                                "unasked compact block data above our limit; skipped");
                         if command.as_str() == "cmpctblock" {
-                            // A push is the peer's announcement of the block: Sync hears
-                            // of it as an `inv` (it asks for the header it lacks).
-                            to_sync(state, SyncInput::Inv(vec![Inventory::Block(block)]));
+                            // A push is the peer's announcement of the block: Sync asks
+                            // for the header it lacks.
+                            to_sync(state, SyncInput::CompactBlockUnread(block));
                         }
                     }
                     return Ok(());

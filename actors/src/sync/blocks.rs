@@ -298,11 +298,12 @@ impl BlockDownload {
         out
     }
 
-    /// `peer`'s compact block or `blocktxn` of `block` was malformed (the caller charges
-    /// it): its request, or its parallel attempt, ends (Core's RemoveBlockRequest for that
-    /// peer alone); the block's other downloads go on, a parallel one becoming the request,
-    /// else the next of `sources` is asked.
-    pub fn on_compact_refused(
+    /// `peer`'s copy of `block` (a block that does not check, a malformed compact block or
+    /// `blocktxn`; the caller charges it) was refused: its request, or its parallel attempt,
+    /// ends (Core's RemoveBlockRequest for that peer alone); the block's other downloads go
+    /// on, a parallel one becoming the request, else the next of `sources` is asked. The
+    /// peer is not asked for it again.
+    pub fn on_copy_refused(
         &mut self,
         block: BlockHash,
         peer: PeerId,
@@ -508,8 +509,13 @@ impl BlockDownload {
         for (block, peer) in heads {
             // A peer rebuilding it in parallel takes the request over, with nothing sent
             // (its `blocktxn` is coming); else the next source is asked.
-            let parallel = self.parallel_peers(&block).first().copied();
             let sources = sources_of(&block);
+            // Not for a block no longer wanted (no sources): the slow peer keeps it then.
+            let parallel = self
+                .parallel_peers(&block)
+                .first()
+                .copied()
+                .filter(|_| !sources.is_empty());
             let others: Vec<PeerId> = sources.iter().copied().filter(|p| *p != peer).collect();
             let other = parallel.or_else(|| self.next_source(&block, &others, now));
             let Some(other) = other else {

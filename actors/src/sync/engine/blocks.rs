@@ -171,9 +171,12 @@ impl SyncCore {
         if self.config.fetch_blocks {
             self.fetch_blocks_from(&new, from);
         } else if !self.in_ibd() {
+            // Several at once go as headers, never as cmpctblock (Core: a lone block only).
+            self.announcing_batch = new.len() > 1;
             for h in new {
                 self.announce_block(h, Some(from));
             }
+            self.announcing_batch = false;
         }
     }
 
@@ -474,9 +477,11 @@ impl SyncCore {
             .map(|k| k.hash)
             .filter(|h| self.chain.is_on_best_chain(h) && self.may_announce_block(h))
             .collect();
+        self.announcing_batch = waiting.len() > 1;
         for hash in waiting {
             self.announce_block(hash, Some(by));
         }
+        self.announcing_batch = false;
     }
 
     pub(super) fn announce_block(&mut self, hash: BlockHash, except: Option<PeerId>) {
@@ -541,7 +546,7 @@ impl SyncCore {
     /// refusal asked of another announcer (the honest copy of a mutated one may exist).
     pub(super) fn on_block(&mut self, id: PeerId, block: Block) {
         let hash = block.block_hash();
-        if !self.downloads.on_block(&hash, id, self.clock.now) {
+        if !self.downloads.may_deliver(&hash, id) {
             metrics::counter!("meshd_blocks_dropped_total", "reason" => "unrequested").increment(1);
             debug!(%hash, peer = %id, "block not asked of this peer; dropped");
             return;
@@ -554,6 +559,20 @@ impl SyncCore {
             if !self.chain.contains(&hash) {
                 return;
             }
+        }
+        // Checked before it counts as delivered: a refused copy ends only its sender's
+        // download (Core's RemoveBlockRequest(hash, peer)), so a parallel one goes on, or
+        // takes the request over.
+        let txids = match block_check::check_block_txids(&block, self.profile.chain) {
+            Ok(txids) => txids,
+            Err(e) => {
+                self.partials.remove(&(hash, id));
+                self.refuse_block(id, hash, e);
+                return;
+            }
+        };
+        if !self.downloads.on_block(&hash, id, self.clock.now) {
+            return;
         }
         // The whole block in answer to our getblocktxn (the SV node's answer when nearly all
         // is asked, Core's for a deep block) ends that reconstruction: a fallback.
@@ -568,13 +587,6 @@ impl SyncCore {
             BlockVia::Fallback
         } else {
             BlockVia::Block
-        };
-        let txids = match block_check::check_block_txids(&block, self.profile.chain) {
-            Ok(txids) => txids,
-            Err(e) => {
-                self.refuse_block(id, hash, e);
-                return;
-            }
         };
         let wire_bytes = block.total_size();
         let mut arrival = Arrival::whole(via, wire_bytes);
@@ -592,7 +604,7 @@ impl SyncCore {
         let sources = self.block_sources(&hash);
         let out = self
             .downloads
-            .on_block_refused(hash, id, &sources, self.clock.now);
+            .on_copy_refused(hash, id, &sources, self.clock.now);
         self.apply_downloads(out);
     }
 

@@ -505,7 +505,7 @@ impl SyncCore {
         let sources = self.block_sources(&hash);
         let out = self
             .downloads
-            .on_compact_refused(hash, id, &sources, self.clock.now);
+            .on_copy_refused(hash, id, &sources, self.clock.now);
         self.apply_downloads(out);
     }
 
@@ -693,13 +693,21 @@ impl SyncCore {
             return u32::MAX;
         };
         let top = self
-            .blocks
-            .iter()
-            .filter(|k| self.chain.is_on_best_chain(&k.hash))
-            .filter_map(|k| self.chain.height_of(&k.hash))
-            .max()
+            .kept_tip()
+            .and_then(|t| self.chain.height_of(&t))
             .unwrap_or(height);
         top.saturating_sub(height)
+    }
+
+    /// The highest block we keep on the best chain (Core's active tip, as far as meshd
+    /// has one).
+    fn kept_tip(&self) -> Option<BlockHash> {
+        self.blocks
+            .iter()
+            .filter(|k| self.chain.is_on_best_chain(&k.hash))
+            .filter_map(|k| self.chain.height_of(&k.hash).map(|h| (h, k.hash)))
+            .max_by_key(|(h, _)| *h)
+            .map(|(_, hash)| hash)
     }
 
     /// The compact block of kept block `at`, framed: the coinbase and what we lacked
@@ -814,11 +822,12 @@ impl SyncCore {
         hash: BlockHash,
     ) -> Option<Arc<[u8]>> {
         let p = self.peers.get(&id)?;
-        // Core sends header-and-ids only for a lone new block: for a batch (a branch, or
-        // blocks vouched for together) the others go as headers, so only the tip here.
+        // Core sends header-and-ids only for a lone new block, the tip of the blocks it
+        // has: a batch (a branch, blocks vouched for together) goes as headers.
         if !(p.cmpct.provides && p.cmpct.hb_from)
             || self.compact_version().is_none()
-            || self.chain.tip() != hash
+            || self.announcing_batch
+            || self.kept_tip() != Some(hash)
         {
             return None;
         }

@@ -438,6 +438,9 @@ pub struct SyncCore {
     defer_after_keep: bool,
     /// The highest block pushed to high-bandwidth peers (Core's m_highest_fast_announce).
     highest_fast_announce: u32,
+    /// Blocks are being announced several at once (a branch, or blocks vouched for
+    /// together): as headers only, as Core announces anything but a lone new block.
+    announcing_batch: bool,
     /// Generated blocks' bookkeeping is deferred: the new tip's state and event follow it
     /// (see [`SyncCore::generated_tip`]).
     generated_after_keep: bool,
@@ -492,6 +495,7 @@ impl SyncCore {
             defer_after_keep: false,
             generated_after_keep: false,
             highest_fast_announce: 0,
+            announcing_batch: false,
             compact_in_hand: None,
             last_inv_trigger: None,
             vouched_blocks: Default::default(),
@@ -1026,6 +1030,14 @@ impl SyncCore {
                     compact::count_outcome("too_large", p.via);
                 }
                 self.block_not_delivered(block, id, Failure::TooLarge)
+            }
+            SyncInput::CompactBlockUnread(block) => {
+                // Its header, asked for as an unknown block's is (no vouch, no fetch: the
+                // block is above our limit wherever it comes from).
+                if !self.chain.contains(&block) {
+                    let locator = self.chain.locator();
+                    self.maybe_getheaders(id, locator);
+                }
             }
             SyncInput::FirstRequestedTooLarge => {
                 if let Some(block) = self.downloads.first_asked_of(id) {

@@ -1792,3 +1792,99 @@ fn a_malformed_request_answer_hands_the_block_to_its_parallel_download() {
     let a = core.input(clock, PeerId(2), blocktxn_of(&b4, &[1]));
     assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
 }
+
+#[test]
+fn a_refused_whole_block_from_a_parallel_peer_leaves_the_request_alone() {
+    // Core's RemoveBlockRequest(hash, peer) for the sender of a mutated block alone. meshd
+    // took any copy as delivered before checking it: a parallel peer's bad block ended
+    // every download of it and asked for the whole block again.
+    let (mut core, clock, b4) = block_rebuilt_from((1, false), &[(2, false)]);
+    let _ = push_of(&mut core, clock, 2, &b4);
+    let mut bad = b4.clone();
+    bad.txdata[1] = spend(99);
+    let a = core.input(clock, PeerId(2), SyncInput::Block(Box::new(bad)));
+    assert!(
+        a.iter()
+            .any(|x| matches!(x, Action::Punish(id, _) if *id == PeerId(2))),
+        "{a:?}"
+    );
+    assert!(blocks_asked(&a, PeerId(1)).is_empty(), "{a:?}");
+    assert_eq!(core.downloads.asked_of(&b4.block_hash()), Some(PeerId(1)));
+    let a = core.input(clock, PeerId(1), blocktxn_of(&b4, &[1]));
+    assert_eq!(received(&a), vec![b4.block_hash().to_string()]);
+}
+
+#[test]
+fn an_unread_oversized_push_asks_for_its_header_without_a_vouch() {
+    let (mut core, clock) = synced_core(3);
+    let p = PeerId(1);
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    // Its first getheaders answered: none is in flight.
+    let _ = core.input(clock, p, headers(&[]));
+    let before = core.peers[&p].vouched_tip;
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::CompactBlockUnread(BlockHash::from_byte_array([7; 32])),
+    );
+    assert_eq!(getheaders_to(&a, p), 1, "{a:?}");
+    assert_eq!(core.peers[&p].vouched_tip, before);
+}
+
+#[test]
+fn the_same_peer_asked_again_after_its_fallback_ended_is_read_again() {
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let p = PeerId(1);
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![spend(1), spend(2)]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let mut colliding = compact_block(&b4, 1, &short_id_hashes(&b4, true), &[]);
+    colliding.short_ids[1] = colliding.short_ids[0];
+    let _ = core.input(clock, p, SyncInput::CmpctBlock(Box::new(colliding)));
+    let _ = core.input(
+        clock,
+        p,
+        SyncInput::NotFound(vec![Inventory::WitnessBlock(b4.block_hash())]),
+    );
+    // It announces the block again and is asked again, compact: its answer is read.
+    let a = core.input(
+        clock,
+        p,
+        SyncInput::Inv(vec![Inventory::Block(b4.block_hash())]),
+    );
+    assert!(
+        sent_to(&a, p)
+            .iter()
+            .any(|m| matches!(m, NetworkMessage::GetData(_))),
+        "{a:?}"
+    );
+    let good = compact_block(&b4, 2, &short_id_hashes(&b4, true), &[]);
+    let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(good)));
+    assert_eq!(getblocktxn_to(&a, p), vec![vec![1, 2]], "{a:?}");
+}
+
+#[test]
+fn the_ordinary_cmpctblock_goes_for_the_kept_tip_even_with_a_header_ahead() {
+    // Header 5 is in, block 5 is not: block 4, the tip of what we keep, still goes to a
+    // high-bandwidth 70014 peer as cmpctblock (Core: its active tip). Compared with the
+    // header tip, it went as a header.
+    let (mut core, clock) = synced_core(3);
+    let (p, old) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let mut old_peer = peer(2, true, 3);
+    old_peer.version = 70014;
+    let _ = core.peer_up(clock, old_peer);
+    let _ = core.input(clock, p, sendcmpct(false));
+    let _ = core.input(clock, old, sendcmpct(true));
+    let _ = core.input(clock, old, getheaders_from_genesis());
+    let tip = core.chain().tip_header();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![]);
+    let b5 = block_with(&b4.header, 5, tip.time + 2, vec![]);
+    let _ = core.input(clock, p, headers(&[b4.clone(), b5.clone()]));
+    let a = core.input(clock, p, SyncInput::Block(Box::new(b4.clone())));
+    assert_eq!(received(&a), vec![b4.block_hash().to_string()], "{a:?}");
+    assert_eq!(cmpctblocks_to(&a, old).len(), 1, "{a:?}");
+}
