@@ -419,7 +419,11 @@ pub enum SyncMsg {
     /// Timer.
     Tick,
     /// Mine N blocks on our tip (regtest); replies with their hashes.
-    Generate(u32, RpcReplyPort<Result<Vec<BlockHash>, String>>),
+    Generate(
+        u32,
+        Vec<bitcoin::Transaction>,
+        RpcReplyPort<Result<Vec<BlockHash>, String>>,
+    ),
     /// Relay a transaction as if a peer had sent it (library and tests).
     SubmitTx(Box<Transaction>),
     /// Hints from our best chain (a hash every `hints::HINT_INTERVAL` heights), for

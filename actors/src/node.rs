@@ -592,8 +592,18 @@ impl Node {
 
     /// Mines `n` blocks on our tip (regtest only) and announces them; returns their hashes.
     pub async fn generate(&self, n: u32) -> Result<Vec<bitcoin::BlockHash>, String> {
+        self.generate_with(n, Vec::new()).await
+    }
+
+    /// As [`Self::generate`], with `txs` after the coinbase of the first block (regtest;
+    /// checked as any block is, not against coins: meshd keeps none).
+    pub async fn generate_with(
+        &self,
+        n: u32,
+        txs: Vec<bitcoin::Transaction>,
+    ) -> Result<Vec<bitcoin::BlockHash>, String> {
         let sync = self.ctx.sync_ref().ok_or("sync is not running")?;
-        match sync.call(|r| SyncMsg::Generate(n, r), None).await {
+        match sync.call(|r| SyncMsg::Generate(n, txs, r), None).await {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             _ => Err("sync did not answer".into()),
         }

@@ -438,3 +438,64 @@ async fn a_short_id_collision_falls_back_to_the_whole_block() {
     assert!(node.peers().iter().all(|p| p.misbehavior == 0));
     node.shutdown().await;
 }
+
+/// Waits until `node` shows a peer with `pick`.
+async fn until_peer(
+    node: &Node,
+    what: &str,
+    pick: impl Fn(&meshd_actors::shared::peers::PeerInfo) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node.peers().iter().any(&pick) {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// meshd against meshd, both ways: a high-bandwidth push from the node that mined the block,
+/// rebuilt by the other from its pool with one `getblocktxn` for the transaction it lacks,
+/// and, the other way, a low-bandwidth `getdata(MSG_CMPCT_BLOCK)` answered the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_meshd_nodes_exchange_compact_blocks_both_ways_with_getblocktxn() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(cfg(da.path())).await.unwrap();
+    let mut cb = cfg(db.path());
+    cb.connect = vec![a.listen_addrs()[0]];
+    let b = Node::start(cb).await.unwrap();
+    common::wait_sync_peers(&a, 1).await;
+    common::wait_sync_peers(&b, 1).await;
+    let mut at_a = a.subscribe_to(&[EventKind::BlockReceived]);
+    let mut at_b = b.subscribe_to(&[EventKind::BlockReceived]);
+
+    // A's first block makes A one of B's high-bandwidth peers (it gave B a new block).
+    let first = a.generate(1).await.unwrap()[0];
+    received(&mut at_b, first).await;
+    until_peer(&a, "B asks A for high-bandwidth pushes", |p| {
+        p.bip152_hb_from
+    })
+    .await;
+
+    // A mines a block with one transaction B has pooled and one it has not seen.
+    let (pooled, unseen) = (tx(21), tx(22));
+    let mut pool_b = b.subscribe_to(&[EventKind::TxReceived]);
+    assert!(b.submit_tx(pooled.clone()));
+    tokio::time::timeout(Duration::from_secs(5), pool_b.recv())
+        .await
+        .expect("pooled at B")
+        .expect("event");
+    let pushed = a.generate_with(1, vec![pooled, unseen]).await.unwrap()[0];
+    assert_eq!(
+        received(&mut at_b, pushed).await,
+        (BlockVia::CompactHighBandwidth, 1),
+        "pushed compact, the unseen one asked with getblocktxn"
+    );
+
+    // The other way: B mines on top with a transaction A has not seen; A, which did not
+    // ask B for pushes, is told of it and asks for the compact block.
+    let back = b.generate_with(1, vec![tx(23)]).await.unwrap()[0];
+    let (via, asked) = received(&mut at_a, back).await;
+    assert_eq!(via, BlockVia::CompactLowBandwidth, "asked compact");
+    assert_eq!(asked, 1, "the unseen one asked with getblocktxn");
+    b.shutdown().await;
+    a.shutdown().await;
+}

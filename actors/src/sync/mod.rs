@@ -522,8 +522,8 @@ impl SyncActorState {
             SyncMsg::LoadStep => self.load_step(myself),
             SyncMsg::FromPeer(id, input, credit) => self.on_peer_message(id, input, credit),
             SyncMsg::Tick => self.on_tick(),
-            SyncMsg::Generate(n, reply) => {
-                let (result, actions) = self.core.generate(system_clock(), n);
+            SyncMsg::Generate(n, txs, reply) => {
+                let (result, actions) = self.core.generate_with(system_clock(), n, txs);
                 self.apply(actions);
                 // Answered in `handle`, after the bookkeeping: the caller sees the blocks'
                 // events and the status showing them.
@@ -724,7 +724,7 @@ impl SyncActorState {
         }
         metrics::counter!("meshd_sync_held_dropped_total").increment(1);
         match msg {
-            SyncMsg::Generate(_, reply) => {
+            SyncMsg::Generate(_, _, reply) => {
                 let _ = reply.send(Err("the header chain is still loading".into()));
             }
             SyncMsg::FromPeer(id, ..) => {

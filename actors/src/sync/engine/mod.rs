@@ -781,8 +781,18 @@ impl SyncCore {
         clock: Clock,
         n: u32,
     ) -> (Result<Vec<BlockHash>, String>, Vec<Action>) {
+        self.generate_with(clock, n, Vec::new())
+    }
+
+    /// As [`Self::generate`], with `txs` after the coinbase of the first block.
+    pub fn generate_with(
+        &mut self,
+        clock: Clock,
+        n: u32,
+        txs: Vec<Transaction>,
+    ) -> (Result<Vec<BlockHash>, String>, Vec<Action>) {
         self.clock = clock;
-        let result = self.generate_blocks(n);
+        let result = self.generate_blocks(n, txs);
         (result, self.finish())
     }
 
@@ -1134,11 +1144,12 @@ impl SyncCore {
         self.flush_trickle();
     }
 
-    fn generate_blocks(&mut self, n: u32) -> Result<Vec<BlockHash>, String> {
+    fn generate_blocks(&mut self, n: u32, txs: Vec<Transaction>) -> Result<Vec<BlockHash>, String> {
         if !self.profile.is_regtest() {
             return Err("generate works on regtest only".into());
         }
         let mut hashes = Vec::new();
+        let mut txs = Some(txs).filter(|t| !t.is_empty());
         for _ in 0..n {
             let tip = self.chain.tip_header();
             let height = self.chain.height() + 1;
@@ -1148,7 +1159,17 @@ impl SyncCore {
                 .clock
                 .unix
                 .max(self.chain.tip_median_time_past().saturating_add(1));
-            let block = crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce);
+            let mut block = crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce);
+            if let Some(txs) = txs.take() {
+                block.txdata.extend(txs);
+                let merkle = block
+                    .compute_merkle_root()
+                    .ok_or("a block with no transactions")?;
+                block.header =
+                    crate::sync::chain::headers::mine_header(&tip, merkle, time, tip.bits);
+                crate::sync::block_check::check_block(&block, self.profile.chain)
+                    .map_err(|e| format!("generated block refused: {e}"))?;
+            }
             let hash = block.block_hash();
             self.chain
                 .accept(&block.header, self.clock.unix.saturating_add(60))
