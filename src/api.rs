@@ -473,6 +473,11 @@ async fn get_sync(State(s): State<ApiState>) -> ApiResult {
         "best_header_hash": st.best_header_hash,
         "best_peer_height": st.best_peer_height,
         "progress": st.progress,
+        // While syncing: the rate over the last half minute, the seconds left at it, and
+        // the peer headers come from.
+        "headers_per_sec": st.headers_per_sec,
+        "eta": st.eta_secs,
+        "sync_peer": st.sync_peer,
         "state": st.state.as_str(),
         "tx_pool": st.tx_pool,
         "blocks_kept": st.blocks_kept,

@@ -74,7 +74,13 @@ pub enum Command {
     /// Show listen and public addresses, NAT type, slots and limits.
     Network(ClientArgs),
     /// Show header-sync status.
-    Sync(ClientArgs),
+    Sync {
+        /// Wait until the headers are synced, with a progress bar (exit 0 once synced).
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// List bans.
     Bans(ClientArgs),
     /// List the manual peers (`--connect`, `--addnode`, `meshd addnode`) and their state, as

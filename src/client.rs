@@ -556,6 +556,91 @@ fn stop(c: &Client) -> Result<(), String> {
     Ok(())
 }
 
+/// How often `meshd sync --wait` asks the node.
+const SYNC_POLL: Duration = Duration::from_millis(500);
+
+/// `meshd sync --wait`: a progress bar (on a terminal) until the node says synced; then
+/// the status, as `meshd sync` prints it.
+fn wait_synced(c: &Client) -> Result<(), String> {
+    let bar = indicatif::ProgressBar::new(1_000);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {msg}")
+            .map_err(|e| e.to_string())?,
+    );
+    loop {
+        let v = c.call("GET", "/v1/sync", None)?;
+        if v["state"] == "synced" {
+            bar.finish_and_clear();
+            emit(c, &v, print_sync);
+            return Ok(());
+        }
+        let progress = v["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+        bar.set_position((progress * 1_000.0) as u64);
+        bar.set_message(sync_line(&v));
+        std::thread::sleep(SYNC_POLL);
+    }
+}
+
+/// "height 12345, 2013 headers/s, 3m 48s left, from 127.0.0.1:18444".
+fn sync_line(v: &Value) -> String {
+    let mut parts = vec![format!(
+        "{} height {}",
+        s(&v["state"]),
+        s(&v["header_height"])
+    )];
+    if let Some(r) = v["headers_per_sec"].as_f64() {
+        parts.push(format!("{} headers/s", r.round()));
+    }
+    if let Some(e) = v["eta"].as_u64() {
+        parts.push(format!("{} left", human_duration(e)));
+    }
+    if let Some(p) = v["sync_peer"].as_str() {
+        parts.push(format!("from {}", sanitize(p)));
+    }
+    parts.join(", ")
+}
+
+fn print_sync(v: &Value) {
+    let progress = v["progress"].as_f64().unwrap_or(0.0) * 100.0;
+    let rows = [
+        ("state", s(&v["state"])),
+        (
+            "height",
+            format!("{} ({progress:.1}%)", s(&v["header_height"])),
+        ),
+        ("best peer", s(&v["best_peer_height"])),
+        (
+            "rate",
+            v["headers_per_sec"]
+                .as_f64()
+                .map_or("-".into(), |r| format!("{} headers/s", r.round())),
+        ),
+        (
+            "time left",
+            v["eta"].as_u64().map_or("-".into(), human_duration),
+        ),
+        (
+            "sync peer",
+            v["sync_peer"].as_str().map_or("-".into(), sanitize),
+        ),
+        ("tip", s(&v["best_header_hash"])),
+        (
+            "pool",
+            format!(
+                "{} transactions, {} blocks kept",
+                s(&v["tx_pool"]),
+                s(&v["blocks_kept"])
+            ),
+        ),
+    ];
+    for (k, val) in rows {
+        println!("{k:<10} {val}");
+    }
+    if let Some(e) = v["store_error"].as_str() {
+        println!("warning    headers.dat: {}", sanitize(e));
+    }
+}
+
 /// A duration as people say it: `45s`, `3m 12s`, `5h 02m`, `3d 4h`.
 pub fn human_duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
@@ -670,12 +755,9 @@ pub fn run(cmd: Command) -> ExitCode {
     let client_args = match &cmd {
         Command::Run(_) => return ExitCode::from(2),
         Command::Status(c) | Command::Stop(c) => c,
-        Command::Peers(c)
-        | Command::Network(c)
-        | Command::Sync(c)
-        | Command::Bans(c)
-        | Command::Addednodes(c) => c,
-        Command::Ban { client, .. }
+        Command::Peers(c) | Command::Network(c) | Command::Bans(c) | Command::Addednodes(c) => c,
+        Command::Sync { client, .. }
+        | Command::Ban { client, .. }
         | Command::Unban { client, .. }
         | Command::Addnode { client, .. }
         | Command::Disconnect { client, .. }
@@ -714,9 +796,10 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Network(_) => c
             .call("GET", "/v1/network", None)
             .map(|v| emit(&c, &v, print_object)),
-        Command::Sync(_) => c
+        Command::Sync { wait: false, .. } => c
             .call("GET", "/v1/sync", None)
-            .map(|v| emit(&c, &v, print_object)),
+            .map(|v| emit(&c, &v, print_sync)),
+        Command::Sync { wait: true, .. } => wait_synced(&c),
         Command::Bans(_) => c
             .call("GET", "/v1/bans", None)
             .map(|v| emit(&c, &v, print_bans)),

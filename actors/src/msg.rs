@@ -297,6 +297,12 @@ pub struct SyncStatus {
     /// Header sync progress from our own chain: height against height plus one block per
     /// interval since the tip's time (1.0 at a recent tip).
     pub progress: f64,
+    /// While syncing: headers per second over the last half minute.
+    pub headers_per_sec: Option<f64>,
+    /// While syncing: seconds left at that rate.
+    pub eta_secs: Option<u64>,
+    /// The peer headers are synced from, by address.
+    pub sync_peer: Option<String>,
     /// State.
     pub state: SyncState,
     /// Transactions in the relay pool.

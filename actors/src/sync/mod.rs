@@ -46,6 +46,7 @@ pub mod hints;
 pub mod intake;
 pub mod mine;
 pub mod pool;
+pub mod progress;
 pub mod requests;
 pub mod tx_check;
 pub mod txrequest;

@@ -441,6 +441,8 @@ pub struct SyncCore {
     /// Blocks are being announced several at once (a branch, or blocks vouched for
     /// together): as headers only, as Core announces anything but a lone new block.
     announcing_batch: bool,
+    /// Header sync's rate and time left (see [`crate::sync::progress`]).
+    progress: crate::sync::progress::ProgressMeter,
     /// Generated blocks' bookkeeping is deferred: the new tip's state and event follow it
     /// (see [`SyncCore::generated_tip`]).
     generated_after_keep: bool,
@@ -494,6 +496,7 @@ impl SyncCore {
             kept_pending: VecDeque::new(),
             defer_after_keep: false,
             generated_after_keep: false,
+            progress: Default::default(),
             highest_fast_announce: 0,
             announcing_batch: false,
             compact_in_hand: None,
@@ -574,16 +577,56 @@ impl SyncCore {
             .max()
             .unwrap_or(0);
         let age = clock.unix.saturating_sub(self.chain.tip_header().time);
+        let reading = self.progress.reading(age);
+        let syncing = self.state == SyncState::Syncing;
         SyncStatus {
             header_height: self.chain.height(),
             best_header_hash: self.chain.tip().to_string(),
             best_peer_height: best_peer,
             progress: header_sync::progress(self.chain.height(), age),
+            headers_per_sec: reading.headers_per_sec.filter(|_| syncing),
+            eta_secs: reading.eta.filter(|_| syncing).map(|d| d.as_secs()),
+            sync_peer: self.sync_peer_label(),
             state: self.state,
             tx_pool: self.pool.len(),
             blocks_kept: self.blocks.len(),
             store_error: None,
         }
+    }
+
+    /// While headers sync, every [`crate::sync::progress::PROGRESS_LOG_INTERVAL`]: the
+    /// height, the share done, the rate, the time left and the sync peer, in the log.
+    fn report_progress(&mut self) {
+        if self.state != SyncState::Syncing {
+            self.progress.reset();
+            return;
+        }
+        let (now, height) = (self.clock.now, self.chain.height());
+        self.progress.observe(now, height);
+        if !self.progress.log_due(now) {
+            return;
+        }
+        let age = self.clock.unix.saturating_sub(self.chain.tip_header().time);
+        let r = self.progress.reading(age);
+        let percent = header_sync::progress(height, age) * 100.0;
+        let peer = self.sync_peer_label();
+        info!(
+            height,
+            percent = format_args!("{percent:.1}"),
+            headers_per_sec = r.headers_per_sec.map(|v| v.round() as u64),
+            remaining = r.remaining,
+            eta_secs = r.eta.map(|d| d.as_secs()),
+            sync_peer = peer.as_deref(),
+            "headers sync progress"
+        );
+    }
+
+    /// The sync peer's address, as logs and the API name peers.
+    fn sync_peer_label(&self) -> Option<String> {
+        self.header_sync
+            .sync_peer()
+            .and_then(|id| self.peers.get(&id))
+            .map(|p| p.label.clone())
     }
 
     /// headers.dat starts or stops loading. While it loads, sync waits; once loaded, the
@@ -1078,6 +1121,7 @@ impl SyncCore {
 
     fn on_tick(&mut self) {
         let now = self.clock.now;
+        self.report_progress();
         self.poll_tx_requests();
         self.ask_headers_once_recent();
         self.ask_for_vouches();
