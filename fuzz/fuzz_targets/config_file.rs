@@ -1,7 +1,7 @@
 //! Fuzzes the daemon's config parser: arbitrary text as a `--config` file (TOML into the file
 //! schema, then merged over the defaults into a node configuration), and the value parsers
 //! for sizes, durations, service bits and endpoints. Every input gives a configuration or a
-//! typed error, never a panic. The daemon crate has no library target, so its two modules are
+//! typed error, never a panic. The daemon crate has no library target, so its modules are
 //! compiled into this target from their source files.
 #![no_main]
 
@@ -13,6 +13,9 @@ mod cli;
 #[allow(dead_code)]
 #[path = "../../src/settings.rs"]
 mod settings;
+#[allow(dead_code)]
+#[path = "../../src/nodefile.rs"]
+mod nodefile;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
