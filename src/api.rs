@@ -698,11 +698,20 @@ async fn get_status(State(s): State<ApiState>) -> ApiResult {
     })))
 }
 
+/// How long `POST /v1/stop` lets its answer go before the stop begins.
+const STOP_ANSWER_GRACE: Duration = Duration::from_millis(100);
+
 /// `POST /v1/stop`: the node stops as on SIGTERM (peers closed, state saved), after this
 /// answer (Core's `stop` RPC).
 async fn post_stop(State(s): State<ApiState>) -> ApiResult {
     info!("stop requested over the admin API");
-    s.process.stop.notify_one();
+    // After this answer has had its moment to leave (the client also takes a connection
+    // that closes before the answer as "stopping").
+    let stop = s.process.stop.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(STOP_ANSWER_GRACE).await;
+        stop.notify_one();
+    });
     Ok(Json(json!({"stopping": true, "pid": std::process::id()})))
 }
 

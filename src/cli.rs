@@ -352,7 +352,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION")]
     pub restart_stable_after: Option<String>,
 
-    /// Serve Prometheus metrics on ADDR at /metrics. [default: 127.0.0.1:9184]
+    /// Serve Prometheus metrics on ADDR at /metrics. [default: 127.0.0.1 and the network's metrics port: 9184 mainnet, 18452 regtest, ...]
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
 

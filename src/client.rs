@@ -76,11 +76,24 @@ impl Client {
             .clone()
             .or_else(|| running.as_ref().and_then(|r| r.api.clone()))
             .or_else(|| file.as_ref().and_then(|f| f.api()).map(str::to_string));
-        let addr = match &api {
+        let mut addr = match &api {
             Some(a) => crate::settings::parse_endpoint("api", a, profile.api_port)
                 .map_err(|e| e.to_string())?,
             None => std::net::SocketAddr::from(([127, 0, 0, 1], profile.api_port)),
         };
+        if addr.ip().is_unspecified() {
+            // Served on every address (`--api 0.0.0.0:P`): reached on loopback.
+            addr.set_ip(match addr {
+                std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        if args.api.is_none() && running.as_ref().is_some_and(|r| r.api.is_none()) {
+            return Err(format!(
+                "the {network} node in {} serves no admin API (it runs with --no-api)",
+                network_dir.display()
+            ));
+        }
         let token = match &args.api_token {
             Some(t) => t.clone(),
             None => {
@@ -103,6 +116,23 @@ impl Client {
             json: args.json,
             running,
         })
+    }
+
+    /// Whether the node is gone: found from its data dir, once it no longer holds the data
+    /// dir's lock (it has saved its state and exited); reached by `--api` alone, once its
+    /// API refuses connections.
+    fn stopped(&self) -> bool {
+        match &self.running {
+            Some(r) => !crate::nodefile::lock_held_by(&r.datadir, r.pid),
+            None => std::net::TcpStream::connect_timeout(
+                &self
+                    .addr
+                    .parse()
+                    .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
+                Duration::from_millis(200),
+            )
+            .is_err(),
+        }
     }
 
     fn agent(timeout: Option<Duration>) -> ureq::Agent {
@@ -524,25 +554,23 @@ const STOP_WAIT: Duration = Duration::from_secs(60);
 /// `meshd stop`: asks the node to stop, then waits for its process to exit (its pid from
 /// the status answer), so a script can start another at once.
 fn stop(c: &Client) -> Result<(), String> {
-    let answer = c.call("POST", "/v1/stop", None)?;
-    let pid = answer["pid"]
-        .as_u64()
-        .and_then(|p| u32::try_from(p).ok())
-        .or(c.running.as_ref().map(|r| r.pid));
+    let pid = match c.call("POST", "/v1/stop", None) {
+        Ok(answer) => answer["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+        // The node may stop before its answer is read: if it did, that is the answer.
+        Err(_) if c.stopped() => None,
+        Err(e) => return Err(e),
+    };
     if !c.json {
         match pid {
             Some(pid) => println!("meshd stopping (pid {pid})"),
             None => println!("meshd stopping"),
         }
     }
-    let Some(pid) = pid else {
-        return Ok(());
-    };
     let deadline = std::time::Instant::now() + STOP_WAIT;
-    while crate::nodefile::process_runs(pid) {
+    while !c.stopped() {
         if std::time::Instant::now() >= deadline {
             return Err(format!(
-                "the node (pid {pid}) is still running after {}s",
+                "the node is still running after {}s",
                 STOP_WAIT.as_secs()
             ));
         }

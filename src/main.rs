@@ -86,6 +86,20 @@ async fn run(settings: settings::Settings) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         _ => return fail("cannot install signal handlers"),
     };
+    // A node already running here: that, not the ports it holds, is what to say.
+    if let Some(other) = nodefile::NodeFile::read_live(&settings.node.datadir) {
+        return fail(format!(
+            "a meshd node (pid {}) already runs in {}; stop it with `meshd stop --datadir {}`",
+            other.pid,
+            settings.node.datadir.display(),
+            settings
+                .node
+                .datadir
+                .parent()
+                .unwrap_or(&settings.node.datadir)
+                .display()
+        ));
+    }
     // Every address is tried before any is reported, each with the flag that moves it: a
     // second node on the default ports learns all it must change at once.
     let mut taken = Vec::new();
@@ -120,8 +134,10 @@ async fn run(settings: settings::Settings) -> ExitCode {
         },
         None => None,
     };
-    for addr in &settings.node.listen {
-        // A probe: the node binds for itself below (the moment between is harmless).
+    for addr in settings.node.listen.iter().filter(|a| a.is_ipv4()) {
+        // A probe: the node binds for itself below (the moment between is harmless). Not
+        // IPv6: the node binds those v6-only, which std's bind cannot, so a probe would
+        // refuse `[::]:P` beside another's `0.0.0.0:P`; the node itself reports those.
         if let Err(e) = std::net::TcpListener::bind(addr) {
             taken.push(format!(
                 "cannot listen on {addr}: {e} (give this node --listen ADDR, or --no-listen)"

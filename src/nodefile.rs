@@ -3,8 +3,8 @@
 //! stops; the client subcommands read it, so `--datadir` (or `--config`) alone finds the
 //! node, its API port and its cookie, as bitcoin-cli finds its node from bitcoin.conf.
 //!
-//! A file left by a node that was killed is recognised by its pid no longer running, and
-//! ignored; the next start replaces it.
+//! A file left by a node that was killed is recognised by the data dir's lock no longer
+//! being held by its pid, and ignored; the next start replaces it.
 
 use std::path::{Path, PathBuf};
 
@@ -52,11 +52,12 @@ impl NodeFile {
         Ok(path)
     }
 
-    /// The file in `network_dir`, if there is one of a format we read whose process runs.
+    /// The file in `network_dir`, if there is one of a format we read whose node still
+    /// holds the data dir's lock (a pid alone may have been reused since a kill -9).
     pub fn read_live(network_dir: &Path) -> Option<NodeFile> {
         let text = std::fs::read(NodeFile::path_in(network_dir)).ok()?;
         let file: NodeFile = serde_json::from_slice(&text).ok()?;
-        (file.format <= FORMAT && process_runs(file.pid)).then_some(file)
+        (file.format <= FORMAT && lock_held_by(network_dir, file.pid)).then_some(file)
     }
 
     /// The networks under `datadir` with a live node file, by name.
@@ -74,17 +75,28 @@ impl NodeFile {
     }
 }
 
-/// Whether process `pid` runs (Linux: its /proc entry, and not a zombie waiting for its
-/// parent to reap it: that process has exited).
-pub fn process_runs(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+/// Whether process `pid` holds the node's lock on `network_dir/.lock` (the node takes it
+/// with flock(2) for its whole life). Read from /proc/locks, so asking takes no lock: a
+/// client polling while a node starts can never make it find its data dir "in use".
+pub fn lock_held_by(network_dir: &Path, pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(network_dir.join(".lock")) else {
         return false;
     };
-    // "PID (COMM) STATE ...": COMM may hold spaces and parentheses, so after the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.trim_start().chars().next());
-    !matches!(state, Some('Z' | 'X') | None)
+    let Ok(locks) = std::fs::read_to_string("/proc/locks") else {
+        return false;
+    };
+    let (want_pid, want_inode) = (pid.to_string(), meta.ino().to_string());
+    // "1: FLOCK  ADVISORY  WRITE 28577 fe:00:10010716 0 EOF": pid, then MAJ:MIN:INODE.
+    locks.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.get(1) == Some(&"FLOCK")
+            && fields.get(4) == Some(&want_pid.as_str())
+            && fields
+                .get(5)
+                .and_then(|f| f.rsplit(':').next())
+                .is_some_and(|inode| inode == want_inode)
+    })
 }
 
 /// The default data directory: `$XDG_DATA_HOME/meshd` when that is set (and absolute),
@@ -122,6 +134,9 @@ mod tests {
             p2p: vec!["127.0.0.1:18444".into()],
             start_time: 1_796_083_200,
         };
+        // The node's lock, held as the node holds it (flock, exclusive).
+        let lock = std::fs::File::create(dir.path().join(".lock")).unwrap();
+        lock.try_lock().unwrap();
         let path = f.write(dir.path()).unwrap();
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(
@@ -137,5 +152,11 @@ mod tests {
         f.format = FORMAT + 1;
         f.write(dir.path()).unwrap();
         assert_eq!(NodeFile::read_live(dir.path()), None, "a newer format");
+        // A live pid without the lock (reused after a kill -9): no node.
+        f.format = FORMAT;
+        f.write(dir.path()).unwrap();
+        assert!(NodeFile::read_live(dir.path()).is_some());
+        drop(lock);
+        assert_eq!(NodeFile::read_live(dir.path()), None, "the lock is gone");
     }
 }

@@ -446,9 +446,10 @@ fn located(text: &str, e: &toml::de::Error) -> String {
     let what = plain_types(e.message());
     match e.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
-            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+            let column = before[line_start..].chars().count() + 1;
             format!("line {line}, column {column}: {what}")
         }
         None => what,
@@ -470,6 +471,18 @@ fn plain_types(message: &str) -> String {
         ("expected f32", "expected a number"),
         ("expected a sequence", "expected a list"),
         ("expected a boolean", "expected true or false"),
+        (
+            "data did not match any variant of untagged enum FileDuration",
+            "expected a duration (seconds, or 500ms, 90s, 2m, 1h, 7d)",
+        ),
+        (
+            "data did not match any variant of untagged enum FileBytes",
+            "expected a size (bytes, or 500k, 1MiB)",
+        ),
+        (
+            "data did not match any variant of untagged enum FileBits",
+            "expected service bits (a number, or a 0x hex string)",
+        ),
     ] {
         out = out.replace(rust, plain);
     }

@@ -100,8 +100,12 @@ fn a_data_dir_in_use_is_one_clear_error_and_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     let lines: Vec<&str> = stderr.trim().lines().collect();
     assert_eq!(lines.len(), 1, "{stderr}");
+    // The running node is named (its meshd.json, while it holds the lock), with the way
+    // to stop it.
     assert!(
-        lines[0].starts_with("meshd: error: data directory") && lines[0].contains("in use"),
+        lines[0].starts_with("meshd: error: a meshd node (pid ")
+            && lines[0].contains("already runs in")
+            && lines[0].contains("meshd stop --datadir"),
         "{stderr}"
     );
 }

@@ -577,7 +577,9 @@ impl SyncCore {
             .max()
             .unwrap_or(0);
         let age = clock.unix.saturating_sub(self.chain.tip_header().time);
-        let reading = self.progress.reading(age);
+        let reading = self
+            .progress
+            .reading((!self.profile.is_regtest()).then_some(age));
         let syncing = self.state == SyncState::Syncing;
         SyncStatus {
             header_height: self.chain.height(),
@@ -603,11 +605,11 @@ impl SyncCore {
         }
         let (now, height) = (self.clock.now, self.chain.height());
         self.progress.observe(now, height);
-        if !self.progress.log_due(now) {
+        if !self.progress.log_due(now, height) {
             return;
         }
+        let r = self.progress.reading(self.tip_age_estimate());
         let age = self.clock.unix.saturating_sub(self.chain.tip_header().time);
-        let r = self.progress.reading(age);
         let percent = header_sync::progress(height, age) * 100.0;
         let peer = self.sync_peer_label();
         info!(
@@ -619,6 +621,13 @@ impl SyncCore {
             sync_peer = peer.as_deref(),
             "headers sync progress"
         );
+    }
+
+    /// The tip's age, where it estimates the headers still to come (not on regtest, whose
+    /// 2011 genesis would promise years of blocks).
+    fn tip_age_estimate(&self) -> Option<u32> {
+        (!self.profile.is_regtest())
+            .then(|| self.clock.unix.saturating_sub(self.chain.tip_header().time))
     }
 
     /// The sync peer's address, as logs and the API name peers.
