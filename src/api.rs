@@ -503,9 +503,11 @@ async fn generate(
         return Err(ApiError::bad("blocks must be between 1 and 10000"));
     }
     let hashes = s.node.generate(req.blocks).await.map_err(ApiError::bad)?;
-    Ok(Json(
-        json!({"blocks": hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(json!({
+        "blocks": hashes.iter().map(|h| h.to_string()).collect::<Vec<_>>(),
+        // The height of the last one mined (the status is current when generate answers).
+        "tip_height": s.node.sync_status().header_height,
+    })))
 }
 
 /// Header hints from the node's best chain (a hash every 2,000 heights), for

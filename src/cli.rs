@@ -115,8 +115,9 @@ pub enum Command {
     },
     /// Disconnect a peer by id (see `meshd peers`).
     Disconnect {
-        /// Peer id.
-        id: u64,
+        /// Peer id (as `meshd peers` shows it), or its address (`IP:PORT`), as Core's
+        /// disconnectnode takes either.
+        peer: String,
         #[command(flatten)]
         client: ClientArgs,
     },

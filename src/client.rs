@@ -463,6 +463,13 @@ fn print_object(v: &Value) {
 /// was written.
 fn export_hints(v: &Value, file: &std::path::Path) -> Result<Value, String> {
     let network = v["network"].as_str().ok_or("no network in the answer")?;
+    if v["hints"].as_array().is_some_and(|h| h.is_empty()) {
+        // An empty file would sync nothing; say so rather than write it.
+        return Err(format!(
+            "the node has no header hints to export yet (one every {} heights of its best chain)",
+            s(&v["interval"])
+        ));
+    }
     let hints: Vec<(u32, bitcoin::BlockHash)> = v["hints"]
         .as_array()
         .ok_or("no hints in the answer")?
@@ -545,6 +552,33 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A peer id from `peer`: the id itself, or the id of the connected peer at that address.
+fn peer_id(c: &Client, peer: &str) -> Result<u64, String> {
+    if let Ok(id) = peer.parse::<u64>() {
+        return Ok(id);
+    }
+    let peers = c.call("GET", "/v1/peers", None)?;
+    peers
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["address"].as_str() == Some(peer))
+        .and_then(|p| p["id"].as_u64())
+        .ok_or_else(|| format!("no connected peer at {peer} (`meshd peers` lists them)"))
+}
+
+/// `meshd generate N`: one line (the hashes with `--json`).
+fn print_generated(v: &Value) {
+    let blocks = v["blocks"].as_array().map_or(0, Vec::len);
+    let tip = v["tip_height"].as_u64().unwrap_or(0);
+    let first = (tip + 1).saturating_sub(blocks as u64);
+    let last = v["blocks"]
+        .as_array()
+        .and_then(|b| b.last())
+        .map_or("-".to_string(), s);
+    println!("mined {blocks} blocks (heights {first} to {tip}), tip {last}");
 }
 
 /// How long `meshd stop` waits for the node to exit: its own stop is bounded (peers
@@ -873,9 +907,10 @@ pub fn run(cmd: Command) -> ExitCode {
                     )
                 })
             }),
-        Command::Disconnect { id, .. } => c
-            .call("DELETE", &format!("/v1/peers/{id}"), None)
-            .map(|v| emit(&c, &v, |_| println!("disconnected peer {id}"))),
+        Command::Disconnect { peer, .. } => peer_id(&c, peer).and_then(|id| {
+            c.call("DELETE", &format!("/v1/peers/{id}"), None)
+                .map(|v| emit(&c, &v, |_| println!("disconnected peer {id} ({peer})")))
+        }),
         Command::Hints {
             what: HintsCommand::Export { file, .. },
         } => c
@@ -884,7 +919,7 @@ pub fn run(cmd: Command) -> ExitCode {
             .map(|v| emit(&c, &v, print_object)),
         Command::Generate { n, .. } => c
             .call("POST", "/v1/generate", Some(json!({"blocks": n})))
-            .map(|v| emit(&c, &v, print_object)),
+            .map(|v| emit(&c, &v, print_generated)),
         Command::Events { types, .. } => events(&c, types),
         Command::Config { pairs, .. } => {
             if pairs.is_empty() {

@@ -327,3 +327,51 @@ fn a_long_header_sync_says_how_far_it_is_and_sync_wait_returns_once_synced() {
     assert_eq!(v["state"], "synced", "{v}");
     assert_eq!(v["header_height"], 4000);
 }
+
+#[test]
+fn generate_says_what_it_mined_disconnect_takes_an_address_and_empty_hints_are_an_error() {
+    let a = Meshd::start(&[]);
+    let (code, out, err) = a.cli(&["generate", "3"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "one line, not every hash: {out}");
+    assert!(
+        out.starts_with("mined 3 blocks (heights 1 to 3), tip "),
+        "{out}"
+    );
+    let (_, out, _) = a.cli(&["generate", "2", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["blocks"].as_array().map(Vec::len), Some(2), "{v}");
+    // No hints below 2,000 heights: an error, not an empty file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hints.txt");
+    let (code, _, err) = a.cli(&["hints", "export", file.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no header hints"), "{err}");
+    assert!(!file.exists());
+    // Core's disconnectnode takes an address as well as an id.
+    let b = Meshd::start(&["--connect", &a.addr.unwrap().to_string()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let address = loop {
+        let (_, out, _) = a.cli(&["peers", "--json"]);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        if let Some(addr) = v
+            .as_array()
+            .and_then(|p| p.first())
+            .and_then(|p| p["address"].as_str())
+        {
+            break addr.to_string();
+        }
+        assert!(Instant::now() < deadline, "B never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (code, out, err) = a.cli(&["disconnect", &address]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&address), "{out}");
+    let (code, _, err) = a.cli(&["disconnect", "203.0.113.9:8333"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no connected peer at 203.0.113.9:8333"),
+        "{err}"
+    );
+    drop(b);
+}
