@@ -38,7 +38,8 @@
 //!   ([`sync::chain`]), header intake ([`sync::intake`]: a batch's route through the proof
 //!   of work check, presync and the anti-DoS threshold), headers-first sync
 //!   ([`sync::header_sync`]: per-peer header state, the sync session, initial sync), block
-//!   download ([`sync::blocks`]: blocks in flight, stalling, who failed what), transaction
+//!   download ([`sync::blocks`]: blocks in flight, stalling, who failed what, parallel
+//!   compact downloads), header sync progress ([`sync::progress`]), transaction
 //!   requests ([`sync::txrequest`], Core's TxRequestTracker), BIP152 compact blocks
 //!   ([`sync::compact`]: short ids, reconstruction, high-bandwidth peers; a `cmpctblock`,
 //!   `getblocktxn` or `blocktxn` frame goes Connection → Sync as any chain message), block

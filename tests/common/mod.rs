@@ -248,22 +248,12 @@ impl Meshd {
 
     /// Sends `sig` (e.g. "TERM") and waits for exit.
     pub fn stop_with(&mut self, sig: &str, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("running");
+        let pid = self.child.as_ref().expect("running").id();
         let _ = Command::new("kill")
             .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
+            .arg(pid.to_string())
             .status();
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("meshd did not exit within {timeout:?} of SIG{sig}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(timeout)
     }
 
     /// Waits for the process to exit by itself (e.g. after `meshd stop`).
