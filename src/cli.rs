@@ -381,6 +381,19 @@ pub struct RunArgs {
     #[arg(long)]
     pub metrics_allow_remote: bool,
 
+    /// Serve a Bitcoin Core-compatible JSON-RPC on ADDR (off unless given; a bare IP takes
+    /// Core's RPC port of the network, e.g. 18443 on regtest). Cookie: DATADIR/<network>/.cookie-rpc.
+    #[arg(long, value_name = "ADDR")]
+    pub rpc: Option<String>,
+
+    /// A JSON-RPC user, as Core's: USER:SALT$HASH from share/rpcauth/rpcauth.py (repeatable).
+    #[arg(long, value_name = "USER:SALT$HASH")]
+    pub rpcauth: Vec<String>,
+
+    /// Allow the JSON-RPC on a non-loopback address.
+    #[arg(long)]
+    pub rpc_allow_remote: bool,
+
     /// DNS server for seed lookups, ADDR:PORT (repeatable). [default: the system resolver]
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_server: Vec<String>,

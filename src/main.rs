@@ -14,6 +14,8 @@ mod client;
 mod logging;
 mod metrics_http;
 mod nodefile;
+mod rpc;
+mod rpc_auth;
 mod settings;
 
 use std::process::ExitCode;
@@ -122,6 +124,18 @@ async fn run(settings: settings::Settings) -> ExitCode {
         }
         None => None,
     };
+    let rpc_listener = match settings.rpc {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                taken.push(format!(
+                    "cannot serve the JSON-RPC on {addr}: {e} (give this node another --rpc ADDR, or leave --rpc out)"
+                ));
+                None
+            }
+        },
+        None => None,
+    };
     let api_listener = match settings.api {
         Some(addr) => match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => Some(l),
@@ -159,6 +173,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
     let _ = RUNNING.set(node.clone());
     let metrics_addr = metrics.as_ref().and_then(|(l, _)| l.local_addr().ok());
     let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
+    let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stop = Arc::new(tokio::sync::Notify::new());
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(
@@ -193,6 +208,23 @@ async fn run(settings: settings::Settings) -> ExitCode {
         };
         api::serve(listener, node.clone(), token, process);
     }
+    if let Some(listener) = rpc_listener {
+        let cookie = match rpc::write_rpc_cookie(&node.config().datadir) {
+            Ok((password, path)) => {
+                node.remove_on_exit(path);
+                Some(password)
+            }
+            Err(e) => {
+                let _ = node.shutdown().await;
+                return fail(format!("cannot write the JSON-RPC cookie: {e}"));
+            }
+        };
+        let auth = rpc::RpcAuth {
+            cookie,
+            users: settings.rpcauth,
+        };
+        rpc::serve(listener, node.clone(), auth, started, stop.clone());
+    }
     for addr in node.listen_addrs() {
         // One machine-readable line per bound address, for scripts and tests using port 0.
         info!(%addr, "p2p listening");
@@ -207,6 +239,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
         datadir: std::path::absolute(&datadir).unwrap_or_else(|_| datadir.clone()),
         api: api_addr.map(|a| a.to_string()),
         metrics: metrics_addr.map(|a| a.to_string()),
+        rpc: rpc_addr.map(|a| a.to_string()),
         p2p: node.listen_addrs().iter().map(|a| a.to_string()).collect(),
         start_time: started
             .duration_since(std::time::UNIX_EPOCH)

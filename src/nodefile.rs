@@ -32,6 +32,9 @@ pub struct NodeFile {
     pub api: Option<String>,
     /// The metrics endpoint's address, if it serves one.
     pub metrics: Option<String>,
+    /// The JSON-RPC's address, if it serves one (absent in files of earlier versions).
+    #[serde(default)]
+    pub rpc: Option<String>,
     /// The P2P listening addresses.
     pub p2p: Vec<String>,
     /// When the node started, unix seconds.
@@ -130,6 +133,7 @@ mod tests {
             network: "regtest".into(),
             datadir: dir.path().into(),
             api: Some("127.0.0.1:18445".into()),
+            rpc: None,
             metrics: None,
             p2p: vec!["127.0.0.1:18444".into()],
             start_time: 1_796_083_200,

@@ -93,6 +93,9 @@ pub struct FileConfig {
     no_api: Option<bool>,
     api_token: Option<String>,
     api_allow_remote: Option<bool>,
+    rpc: Option<String>,
+    rpcauth: Option<Vec<String>>,
+    rpc_allow_remote: Option<bool>,
     metrics_allow_remote: Option<bool>,
     dns_server: Option<Vec<String>>,
     dns_seed: Option<Vec<String>>,
@@ -165,6 +168,10 @@ pub struct Settings {
     pub api: Option<SocketAddr>,
     /// A fixed API token (else a random one goes to the cookie file).
     pub api_token: Option<String>,
+    /// Where to serve the Core-compatible JSON-RPC, if anywhere (off by default).
+    pub rpc: Option<SocketAddr>,
+    /// `--rpcauth` users of the JSON-RPC.
+    pub rpcauth: Vec<crate::rpc_auth::RpcAuthUser>,
 }
 
 /// Parses a byte count or rate: `1000`, `500k`, `2M`, `1G` (powers of 1000), `64KiB`,
@@ -897,9 +904,36 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     if api_token.as_ref().is_some_and(|t| t.len() < 16) {
         return err("api-token: use at least 16 characters");
     }
+    let rpc = match args.rpc.clone().or(file.rpc.clone()) {
+        None => None,
+        Some(r) => Some(parse_endpoint(
+            "rpc",
+            &r,
+            crate::rpc_auth::default_rpc_port(profile.id),
+        )?),
+    };
+    let rpc_remote = args.rpc_allow_remote || file.rpc_allow_remote.unwrap_or(false);
+    if let Some(r) = rpc {
+        if !r.ip().is_loopback() && !rpc_remote {
+            return err(format!(
+                "rpc: {r} is not a loopback address; add --rpc-allow-remote to expose the JSON-RPC"
+            ));
+        }
+    }
+    let rpcauth_lines = if args.rpcauth.is_empty() {
+        file.rpcauth.clone().unwrap_or_default()
+    } else {
+        args.rpcauth.clone()
+    };
+    let rpcauth = rpcauth_lines
+        .iter()
+        .map(|l| crate::rpc_auth::RpcAuthUser::parse(l).map_err(ConfigError))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Settings {
         api,
         api_token,
+        rpc,
+        rpcauth,
         metrics,
         node,
         log_format: args

@@ -46,6 +46,9 @@ pub struct NodeContext {
     /// Microseconds readers and writers spent waiting on bandwidth limits.
     pub(crate) throttled_up_us: AtomicU64,
     pub(crate) throttled_down_us: AtomicU64,
+    /// Bytes on the wire from and to every peer since start (getnettotals).
+    pub(crate) total_received: AtomicU64,
+    pub(crate) total_sent: AtomicU64,
     /// Restarts per outbound address since start (for `meshd_connection_restarts_total`).
     pub(crate) restart_counts: DashMap<SocketAddr, u64>,
     /// Entries in the address book, by table (kept current by the Manager).
@@ -136,6 +139,8 @@ impl NodeContext {
             global_down: Arc::new(Mutex::new(TokenBucket::new(now))),
             throttled_up_us: AtomicU64::new(0),
             throttled_down_us: AtomicU64::new(0),
+            total_received: AtomicU64::new(0),
+            total_sent: AtomicU64::new(0),
             restart_counts: DashMap::new(),
             addrbook_len: AtomicUsize::new(0),
             addrbook_new: AtomicUsize::new(0),
@@ -248,6 +253,15 @@ impl NodeContext {
         match self.manual_ips.write() {
             Ok(mut s) => s.insert(ip),
             Err(p) => p.into_inner().insert(ip),
+        };
+    }
+
+    /// `ip` is no longer a manual peer's.
+    pub(crate) fn remove_manual_ip(&self, ip: IpAddr) {
+        let ip = crate::shared::bans::canonical(ip);
+        match self.manual_ips.write() {
+            Ok(mut s) => s.remove(&ip),
+            Err(p) => p.into_inner().remove(&ip),
         };
     }
 

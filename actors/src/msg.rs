@@ -73,6 +73,8 @@ pub enum ConnectionMsg {
     SendAddrs(Vec<GossipAddr>),
     /// Charge a violation found elsewhere (Sync: an invalid header or block).
     Punish(&'static str),
+    /// Ping as soon as no ping is in flight (Core's `ping` RPC).
+    PingNow,
 }
 
 // ---- Manager ----
@@ -205,6 +207,11 @@ pub enum ManagerMsg {
     ListBans(RpcReplyPort<Vec<BanEntry>>),
     /// The manual peers and their state (Core's getaddednodeinfo).
     AddedNodes(RpcReplyPort<Vec<AddedNode>>),
+    /// Forget a manual peer (Core's `addnode ADDR remove`): not dialled again; a connection
+    /// to it stays until it closes. False if it was not one.
+    RemoveAddedNode(SocketAddr, RpcReplyPort<bool>),
+    /// Have every connection ping as soon as it can (Core's `ping` RPC).
+    PingAll,
     /// The configuration changed; enforce it. Replies when done.
     ConfigChanged(RpcReplyPort<()>),
     /// Close one peer's connection; replies whether it existed.
@@ -282,6 +289,122 @@ impl SyncState {
             SyncState::Synced => "synced",
         }
     }
+}
+
+/// Blocks to mine on regtest.
+#[derive(Debug, Clone, Default)]
+pub struct GenerateOrder {
+    /// How many.
+    pub blocks: u32,
+    /// Transactions after the coinbase of the first.
+    pub txs: Vec<Transaction>,
+    /// What the coinbases pay to (generatetoaddress); anyone-can-spend without one.
+    pub payout: Option<bitcoin::ScriptBuf>,
+}
+
+/// A question about the chain or the relay pool (the JSON-RPC's chain methods), answered by
+/// Sync from what it holds.
+#[derive(Debug, Clone)]
+pub enum ChainQuery {
+    /// The tip and the kept blocks' range.
+    Summary,
+    /// A known header, wherever it is in the tree.
+    Header(BlockHash),
+    /// The best chain's hash at a height.
+    HashAt(u32),
+    /// Every chain tip (Core's getchaintips).
+    Tips,
+    /// A kept block.
+    Block(BlockHash),
+    /// The pool's transactions.
+    Pool,
+    /// One pooled transaction.
+    PoolTx(bitcoin::Txid),
+}
+
+/// The answer to a [`ChainQuery`], in the same variant.
+#[derive(Debug, Clone)]
+pub enum ChainAnswer {
+    /// See [`ChainQuery::Summary`].
+    Summary(ChainSummary),
+    /// See [`ChainQuery::Header`].
+    Header(Option<HeaderInfo>),
+    /// See [`ChainQuery::HashAt`].
+    Hash(Option<BlockHash>),
+    /// See [`ChainQuery::Tips`].
+    Tips(Vec<ChainTip>),
+    /// See [`ChainQuery::Block`]: the block if kept, and whether its header is known.
+    Block(Option<std::sync::Arc<Block>>, bool),
+    /// See [`ChainQuery::Pool`].
+    Pool(Vec<PoolTxInfo>),
+    /// See [`ChainQuery::PoolTx`].
+    PoolTx(Option<std::sync::Arc<Transaction>>),
+}
+
+/// The best chain in brief.
+#[derive(Debug, Clone)]
+pub struct ChainSummary {
+    /// Best header.
+    pub tip: BlockHash,
+    /// Its height.
+    pub height: u32,
+    /// Its header.
+    pub header: Header,
+    /// Cumulative work up to it.
+    pub chainwork: u128,
+    /// Median time of it and the ten before it.
+    pub median_time_past: u32,
+    /// The lowest best-chain height of a kept block (Core's pruneheight), if any is kept.
+    pub lowest_kept: Option<u32>,
+}
+
+/// A known header and where it stands.
+#[derive(Debug, Clone)]
+pub struct HeaderInfo {
+    /// The header.
+    pub header: Header,
+    /// Its height.
+    pub height: u32,
+    /// Cumulative work up to it.
+    pub chainwork: u128,
+    /// Median time past at it.
+    pub median_time_past: u32,
+    /// Best-chain height (to count confirmations from), when it is on the best chain.
+    pub best_height: Option<u32>,
+    /// The next header on the best chain, when it is on it and not the tip.
+    pub next: Option<BlockHash>,
+    /// Its transactions, when the block is kept.
+    pub tx_count: Option<usize>,
+}
+
+/// A chain tip (Core's getchaintips entry).
+#[derive(Debug, Clone)]
+pub struct ChainTip {
+    /// Its hash.
+    pub hash: BlockHash,
+    /// Its height.
+    pub height: u32,
+    /// Headers from it back to the best chain (0 for the best tip).
+    pub branch_len: u32,
+    /// Core's status: `active`, `valid-headers` (the tip's block is kept) or `headers-only`.
+    pub status: &'static str,
+}
+
+/// A pooled transaction, for getrawmempool.
+#[derive(Debug, Clone)]
+pub struct PoolTxInfo {
+    /// Its txid.
+    pub txid: bitcoin::Txid,
+    /// Its wtxid.
+    pub wtxid: bitcoin::Wtxid,
+    /// Serialized bytes.
+    pub size: usize,
+    /// Its weight (virtual size is a quarter, rounded up).
+    pub weight: u64,
+    /// How long it has been pooled.
+    pub age: Duration,
+    /// Sat per 1000 virtual bytes, when every input's value is known.
+    pub fee_rate: Option<u64>,
 }
 
 /// A snapshot of sync for the API and metrics.
@@ -424,17 +547,15 @@ pub enum SyncMsg {
     FromPeer(PeerId, SyncInput, Option<OwnedSemaphorePermit>),
     /// Timer.
     Tick,
-    /// Mine N blocks on our tip (regtest); replies with their hashes.
-    Generate(
-        u32,
-        Vec<bitcoin::Transaction>,
-        RpcReplyPort<Result<Vec<BlockHash>, String>>,
-    ),
+    /// Mine blocks on our tip (regtest); replies with their hashes.
+    Generate(GenerateOrder, RpcReplyPort<Result<Vec<BlockHash>, String>>),
     /// Relay a transaction as if a peer had sent it (library and tests).
     SubmitTx(Box<Transaction>),
     /// Hints from our best chain (a hash every `hints::HINT_INTERVAL` heights), for
     /// `meshd hints export`.
     Hints(RpcReplyPort<Vec<(u32, BlockHash)>>),
+    /// A question about the chain or the pool (the JSON-RPC).
+    Query(ChainQuery, RpcReplyPort<ChainAnswer>),
     /// Load the next part of headers.dat (sent by Sync to itself, so that the messages that
     /// came in meanwhile are handled between parts).
     LoadStep,

@@ -602,8 +602,21 @@ impl Node {
         n: u32,
         txs: Vec<bitcoin::Transaction>,
     ) -> Result<Vec<bitcoin::BlockHash>, String> {
+        self.generate_order(crate::msg::GenerateOrder {
+            blocks: n,
+            txs,
+            payout: None,
+        })
+        .await
+    }
+
+    /// Mines what `order` says (regtest): generatetoaddress's coinbases pay to its script.
+    pub async fn generate_order(
+        &self,
+        order: crate::msg::GenerateOrder,
+    ) -> Result<Vec<bitcoin::BlockHash>, String> {
         let sync = self.ctx.sync_ref().ok_or("sync is not running")?;
-        match sync.call(|r| SyncMsg::Generate(n, txs, r), None).await {
+        match sync.call(|r| SyncMsg::Generate(order, r), None).await {
             Ok(ractor::rpc::CallResult::Success(r)) => r,
             _ => Err("sync did not answer".into()),
         }
@@ -765,6 +778,50 @@ impl Node {
             Ok(ractor::rpc::CallResult::Success(v)) => v,
             _ => Vec::new(),
         }
+    }
+
+    /// Forgets a manual peer (Core's `addnode ADDR remove`); false if it was not one.
+    pub async fn remove_added_node(&self, addr: SocketAddr) -> bool {
+        let Some(m) = self.manager().await else {
+            return false;
+        };
+        matches!(
+            m.call(|r| ManagerMsg::RemoveAddedNode(addr, r), None).await,
+            Ok(ractor::rpc::CallResult::Success(true))
+        )
+    }
+
+    /// Has every connection ping as soon as no ping is in flight (Core's `ping` RPC).
+    pub async fn ping_all(&self) -> bool {
+        match self.manager().await {
+            Some(m) => m.cast(ManagerMsg::PingAll).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks Sync about the chain or the pool.
+    pub async fn query(
+        &self,
+        q: crate::msg::ChainQuery,
+    ) -> Result<crate::msg::ChainAnswer, String> {
+        let sync = self.ctx.sync_ref().ok_or("sync is not running")?;
+        match sync.call(|r| SyncMsg::Query(q, r), None).await {
+            Ok(ractor::rpc::CallResult::Success(a)) => Ok(a),
+            _ => Err("sync did not answer".into()),
+        }
+    }
+
+    /// Bytes received from and sent to peers since start, every connection's (Core's
+    /// getnettotals).
+    pub fn net_totals(&self) -> (u64, u64) {
+        (
+            self.ctx
+                .total_received
+                .load(std::sync::atomic::Ordering::Relaxed),
+            self.ctx
+                .total_sent
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// A cloneable handle that renders the live metrics (for an HTTP handler).

@@ -16,6 +16,9 @@ mod settings;
 #[allow(dead_code)]
 #[path = "../../src/nodefile.rs"]
 mod nodefile;
+#[allow(dead_code)]
+#[path = "../../src/rpc_auth.rs"]
+mod rpc_auth;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

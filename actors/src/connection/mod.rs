@@ -494,6 +494,12 @@ impl Actor for Connection {
             }
             ConnectionMsg::WriterFailed(e) => Err(DisconnectReason::Io(e)),
             ConnectionMsg::Tick => on_tick(state),
+            ConnectionMsg::PingNow => {
+                if let Some(p) = state.ping.as_mut() {
+                    p.queue(Instant::now());
+                }
+                on_tick(state)
+            }
             ConnectionMsg::Send(m) => send(state, &m),
             ConnectionMsg::PipelineHeaders(on) => {
                 state.pipeline_headers = on;
@@ -911,6 +917,10 @@ fn on_inbound_message(
     inbound: Inbound,
 ) -> Result<(), DisconnectReason> {
     state.bytes_received += inbound.wire_len as u64;
+    state.ctx.total_received.fetch_add(
+        inbound.wire_len as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     if inbound.command == "block" {
         // Read whole (decoded or not): one of the frames the reader let in.
         state.blocks_handled += 1;
@@ -1414,6 +1424,10 @@ fn count_sent(state: &mut ConnectionState, command: &'static str, frame_len: usi
         TransportKind::V2 => V2Encoder::wire_len(command, frame_len),
     } as u64;
     state.bytes_sent += wire;
+    state
+        .ctx
+        .total_sent
+        .fetch_add(wire, std::sync::atomic::Ordering::Relaxed);
     *state.sent_per_command.entry(command).or_insert(0) += wire;
     state.last_send = Some(std::time::SystemTime::now());
     metrics::counter!("meshd_bytes_sent_total", "command" => command, "transport" => transport.as_str())

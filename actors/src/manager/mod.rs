@@ -2089,6 +2089,22 @@ async fn handle_manager_msg(
         ManagerMsg::AddedNodes(reply) => {
             let _ = reply.send(state.added_nodes());
         }
+        ManagerMsg::RemoveAddedNode(addr, reply) => {
+            let removed = state.targets.remove(&addr).is_some();
+            if removed {
+                // Another manual peer may share the IP (another port): it stays manual.
+                if !state.targets.keys().any(|a| a.ip() == addr.ip()) {
+                    state.ctx.remove_manual_ip(addr.ip());
+                }
+                info!(peer = %addr, "manual peer removed; not dialled again");
+            }
+            let _ = reply.send(removed);
+        }
+        ManagerMsg::PingAll => {
+            for child in state.children.values() {
+                let _ = child.actor.cast(ConnectionMsg::PingNow);
+            }
+        }
         ManagerMsg::ListBans(reply) => {
             let _ = reply.send(state.bans.entries(now_unix()));
         }

@@ -63,6 +63,14 @@ impl PingTracker {
         Ok(None)
     }
 
+    /// Pings at the next poll unless one is in flight (Core's `ping` RPC sets
+    /// `fPingQueued`; a ping in flight is not doubled).
+    pub fn queue(&mut self, now: Instant) {
+        if self.in_flight.is_none() {
+            self.next_ping_at = self.next_ping_at.min(now);
+        }
+    }
+
     /// Feeds a pong.
     pub fn on_pong(&mut self, nonce: u64, now: Instant) -> PongOutcome {
         match self.in_flight {
@@ -98,6 +106,23 @@ impl PingTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_queued_ping_goes_at_the_next_poll_but_never_doubles_one_in_flight() {
+        let t0 = Instant::now();
+        let mut p = PingTracker::new(t0, Duration::from_secs(120), Duration::from_secs(1200));
+        assert_eq!(p.poll(t0, 7), Ok(Some(7)));
+        p.queue(t0);
+        assert_eq!(p.poll(t0, 8), Ok(None), "one ping in flight at a time");
+        assert!(matches!(
+            p.on_pong(7, t0 + Duration::from_millis(5)),
+            PongOutcome::Matched(_)
+        ));
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(p.poll(later, 9), Ok(None), "the interval has not passed");
+        p.queue(later);
+        assert_eq!(p.poll(later, 9), Ok(Some(9)), "queued: sent at once");
+    }
     use proptest::prelude::*;
 
     const MIN: Duration = Duration::from_secs(60);

@@ -13,6 +13,23 @@ use crate::sync::chain::headers::mine_header;
 /// the coinbase after the height, so two nodes mining in the same second build different
 /// blocks (Core's differ by the key each wallet pays to).
 pub fn regtest_block(parent: &Header, height: u32, time: u32, extra_nonce: u32) -> Block {
+    regtest_block_paying(
+        parent,
+        height,
+        time,
+        extra_nonce,
+        &ScriptBuf::from_bytes(vec![0x51]),
+    )
+}
+
+/// As [`regtest_block`], the coinbase paying to `payout` (generatetoaddress).
+pub fn regtest_block_paying(
+    parent: &Header,
+    height: u32,
+    time: u32,
+    extra_nonce: u32,
+    payout: &bitcoin::Script,
+) -> Block {
     let script_sig = Builder::new()
         .push_int(height as i64)
         .push_int(extra_nonce as i64)
@@ -29,7 +46,7 @@ pub fn regtest_block(parent: &Header, height: u32, time: u32, extra_nonce: u32) 
         output: vec![TxOut {
             // Regtest halves the subsidy every 150 blocks.
             value: Amount::from_sat((50 * 100_000_000u64) >> (height / 150).min(63)),
-            script_pubkey: ScriptBuf::from_bytes(vec![0x51]),
+            script_pubkey: payout.to_owned(),
         }],
     };
     let mut block = Block {

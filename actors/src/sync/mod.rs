@@ -515,7 +515,10 @@ impl SyncActorState {
                         .retain(|m| !matches!(m, SyncMsg::FromPeer(p, ..) if *p == id));
                 }
             }
-            msg @ (SyncMsg::Generate(..) | SyncMsg::SubmitTx(_) | SyncMsg::Hints(_))
+            msg @ (SyncMsg::Generate(..)
+            | SyncMsg::SubmitTx(_)
+            | SyncMsg::Hints(_)
+            | SyncMsg::Query(..))
                 if self.loading.is_some() =>
             {
                 self.hold(msg);
@@ -523,8 +526,8 @@ impl SyncActorState {
             SyncMsg::LoadStep => self.load_step(myself),
             SyncMsg::FromPeer(id, input, credit) => self.on_peer_message(id, input, credit),
             SyncMsg::Tick => self.on_tick(),
-            SyncMsg::Generate(n, txs, reply) => {
-                let (result, actions) = self.core.generate_with(system_clock(), n, txs);
+            SyncMsg::Generate(order, reply) => {
+                let (result, actions) = self.core.generate_order(system_clock(), order);
                 self.apply(actions);
                 // Answered in `handle`, after the bookkeeping: the caller sees the blocks'
                 // events and the status showing them.
@@ -536,6 +539,9 @@ impl SyncActorState {
             }
             SyncMsg::Hints(reply) => {
                 let _ = reply.send(self.core.hints());
+            }
+            SyncMsg::Query(q, reply) => {
+                let _ = reply.send(self.core.query(&q, std::time::Instant::now()));
             }
         }
     }
@@ -725,7 +731,7 @@ impl SyncActorState {
         }
         metrics::counter!("meshd_sync_held_dropped_total").increment(1);
         match msg {
-            SyncMsg::Generate(_, _, reply) => {
+            SyncMsg::Generate(_, reply) => {
                 let _ = reply.send(Err("the header chain is still loading".into()));
             }
             SyncMsg::FromPeer(id, ..) => {

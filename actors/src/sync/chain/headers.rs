@@ -922,6 +922,33 @@ impl HeaderChain {
         }
     }
 
+    /// Median time past at a known header (it and the ten before it).
+    pub fn median_time_past_of(&self, hash: &BlockHash) -> Option<u32> {
+        self.lookup(hash).map(|i| self.median_time_past(i))
+    }
+
+    /// Every chain tip, as Core's getchaintips finds them: the best tip, then each stored
+    /// header off the best chain that no other stored header builds on. Each as (hash,
+    /// height, height of the last header its branch shares with the best chain).
+    pub fn tips(&self) -> Vec<(BlockHash, u32, u32)> {
+        let parents: std::collections::HashSet<u32> = self
+            .stale
+            .keys()
+            .filter_map(|&i| self.parent_of(i))
+            .collect();
+        let mut out = vec![(self.tip_hash, self.height(), self.height())];
+        for &idx in self.stale.keys() {
+            if parents.contains(&idx) {
+                continue;
+            }
+            let hash = self.hash_of(idx);
+            let height = self.entries[idx as usize].height;
+            let fork = self.fork_height(&hash).unwrap_or(0);
+            out.push((hash, height, fork));
+        }
+        out
+    }
+
     /// Whether a known header is on the best chain.
     pub fn is_on_best_chain(&self, hash: &BlockHash) -> bool {
         self.lookup(hash)

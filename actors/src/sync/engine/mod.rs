@@ -37,7 +37,10 @@ use tracing::{debug, info, warn};
 use crate::config::NodeConfig;
 use crate::constants::MAX_HEADERS_PER_MESSAGE;
 use crate::events::NodeEvent;
-use crate::msg::{SyncInput, SyncState, SyncStatus};
+use crate::msg::{
+    ChainAnswer, ChainQuery, ChainSummary, ChainTip, HeaderInfo, PoolTxInfo, SyncInput, SyncState,
+    SyncStatus,
+};
 use crate::network::Profile;
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::{DisconnectReason, RollingFilter};
@@ -568,6 +571,94 @@ impl SyncCore {
             .collect()
     }
 
+    /// Answers a question about the chain or the pool (the JSON-RPC's chain methods) from
+    /// what Sync holds: the header tree, the kept blocks and the relay pool.
+    pub fn query(&self, q: &ChainQuery, now: Instant) -> ChainAnswer {
+        let kept = |hash: &BlockHash| self.blocks.iter().find(|k| k.hash == *hash);
+        match q {
+            ChainQuery::Summary => ChainAnswer::Summary(ChainSummary {
+                tip: self.chain.tip(),
+                height: self.chain.height(),
+                header: self.chain.tip_header(),
+                chainwork: self.chain.tip_work(),
+                median_time_past: self.chain.tip_median_time_past(),
+                lowest_kept: self
+                    .blocks
+                    .iter()
+                    .filter(|k| self.chain.is_on_best_chain(&k.hash))
+                    .filter_map(|k| self.chain.height_of(&k.hash))
+                    .min(),
+            }),
+            ChainQuery::Header(hash) => ChainAnswer::Header(self.chain.header_and_work(hash).map(
+                |(header, height, work)| {
+                    let on_best = self.chain.is_on_best_chain(hash);
+                    HeaderInfo {
+                        header,
+                        height,
+                        chainwork: work,
+                        median_time_past: self.chain.median_time_past_of(hash).unwrap_or(0),
+                        best_height: on_best.then(|| self.chain.height()),
+                        next: on_best
+                            .then(|| self.chain.hash_at_height(height + 1))
+                            .flatten(),
+                        tx_count: kept(hash).map(|k| k.block.txdata.len()),
+                    }
+                },
+            )),
+            ChainQuery::HashAt(height) => ChainAnswer::Hash(self.chain.hash_at_height(*height)),
+            ChainQuery::Tips => {
+                let mut tips: Vec<ChainTip> = self
+                    .chain
+                    .tips()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (hash, height, fork))| ChainTip {
+                        hash,
+                        height,
+                        branch_len: height - fork.min(height),
+                        // The first is the best tip; a branch's tip is "valid-headers" when
+                        // we hold its block (meshd checks no scripts, so never "valid-fork").
+                        status: if i == 0 {
+                            "active"
+                        } else if kept(&hash).is_some() {
+                            "valid-headers"
+                        } else {
+                            "headers-only"
+                        },
+                    })
+                    .collect();
+                // Core's order: highest first.
+                tips.sort_by(|a, b| {
+                    b.height
+                        .cmp(&a.height)
+                        .then(a.branch_len.cmp(&b.branch_len))
+                        .then(a.hash.cmp(&b.hash))
+                });
+                ChainAnswer::Tips(tips)
+            }
+            ChainQuery::Block(hash) => ChainAnswer::Block(
+                kept(hash).map(|k| k.block.clone()),
+                self.chain.contains(hash),
+            ),
+            ChainQuery::Pool => ChainAnswer::Pool(
+                self.pool
+                    .entries()
+                    .map(|(txid, e)| PoolTxInfo {
+                        txid: *txid,
+                        wtxid: e.wtxid,
+                        size: e.size,
+                        weight: e.tx.weight().to_wu(),
+                        age: now.saturating_duration_since(e.at),
+                        fee_rate: e.fee_rate,
+                    })
+                    .collect(),
+            ),
+            ChainQuery::PoolTx(txid) => {
+                ChainAnswer::PoolTx(self.pool.get(txid).map(|e| e.tx.clone()))
+            }
+        }
+    }
+
     /// The status for metrics and the API (the actor adds the header file's error).
     pub fn status(&self, clock: Clock) -> SyncStatus {
         let best_peer = self
@@ -843,8 +934,24 @@ impl SyncCore {
         n: u32,
         txs: Vec<Transaction>,
     ) -> (Result<Vec<BlockHash>, String>, Vec<Action>) {
+        self.generate_order(
+            clock,
+            crate::msg::GenerateOrder {
+                blocks: n,
+                txs,
+                payout: None,
+            },
+        )
+    }
+
+    /// Mines what `order` says on our tip (regtest).
+    pub fn generate_order(
+        &mut self,
+        clock: Clock,
+        order: crate::msg::GenerateOrder,
+    ) -> (Result<Vec<BlockHash>, String>, Vec<Action>) {
         self.clock = clock;
-        let result = self.generate_blocks(n, txs);
+        let result = self.generate_blocks(order.blocks, order.txs, order.payout.as_deref());
         (result, self.finish())
     }
 
@@ -1197,7 +1304,12 @@ impl SyncCore {
         self.flush_trickle();
     }
 
-    fn generate_blocks(&mut self, n: u32, txs: Vec<Transaction>) -> Result<Vec<BlockHash>, String> {
+    fn generate_blocks(
+        &mut self,
+        n: u32,
+        txs: Vec<Transaction>,
+        payout: Option<&bitcoin::Script>,
+    ) -> Result<Vec<BlockHash>, String> {
         if !self.profile.is_regtest() {
             return Err("generate works on regtest only".into());
         }
@@ -1212,7 +1324,16 @@ impl SyncCore {
                 .clock
                 .unix
                 .max(self.chain.tip_median_time_past().saturating_add(1));
-            let mut block = crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce);
+            let mut block = match payout {
+                Some(script) => crate::sync::mine::regtest_block_paying(
+                    &tip,
+                    height,
+                    time,
+                    self.extra_nonce,
+                    script,
+                ),
+                None => crate::sync::mine::regtest_block(&tip, height, time, self.extra_nonce),
+            };
             if let Some(txs) = txs.take() {
                 block.txdata.extend(txs);
                 let merkle = block

@@ -1888,3 +1888,81 @@ fn the_ordinary_cmpctblock_goes_for_the_kept_tip_even_with_a_header_ahead() {
     assert_eq!(received(&a), vec![b4.block_hash().to_string()], "{a:?}");
     assert_eq!(cmpctblocks_to(&a, old).len(), 1, "{a:?}");
 }
+
+#[test]
+fn chain_queries_answer_tips_headers_and_kept_blocks_as_cores_rpc_sees_them() {
+    use crate::msg::{ChainAnswer, ChainQuery};
+    // Two branches from genesis: the old one (3, kept) loses to the new one (4, headers
+    // only); a third branch of one header forks off the new one at height 2.
+    let clock = clock0();
+    let mut core = core_at(clock);
+    let genesis = core.chain().tip_header();
+    let old = branch_of(genesis, 3, clock, 98);
+    let new = branch_of(genesis, 4, clock, 99);
+    let side = branch_of(new[1].header, 1, clock, 97);
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, false, 4));
+    let _ = core.input(clock, PeerId(1), headers(&old));
+    for b in &old {
+        let _ = core.input(clock, PeerId(1), SyncInput::Block(Box::new(b.clone())));
+    }
+    let _ = core.input(clock, PeerId(2), headers(&new));
+    let _ = core.input(clock, PeerId(2), headers(&side));
+    let ChainAnswer::Tips(tips) = core.query(&ChainQuery::Tips, clock.now) else {
+        panic!("tips")
+    };
+    let seen: Vec<(u32, u32, &str)> = tips
+        .iter()
+        .map(|t| (t.height, t.branch_len, t.status))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (4, 0, "active"),
+            (3, 1, "headers-only"),
+            (3, 3, "valid-headers")
+        ],
+        "highest first, as Core's; {tips:?}"
+    );
+    assert!(tips
+        .iter()
+        .any(|t| t.hash == old[2].block_hash() && t.status == "valid-headers"));
+    // A header off the best chain has no confirmations (and no next); one on it does.
+    let ChainAnswer::Header(Some(h)) =
+        core.query(&ChainQuery::Header(old[1].block_hash()), clock.now)
+    else {
+        panic!("old header")
+    };
+    assert_eq!(
+        (h.height, h.best_height, h.next, h.tx_count),
+        (2, None, None, Some(1))
+    );
+    let ChainAnswer::Header(Some(h)) =
+        core.query(&ChainQuery::Header(new[1].block_hash()), clock.now)
+    else {
+        panic!("new header")
+    };
+    assert_eq!(
+        (h.best_height, h.next),
+        (Some(4), Some(new[2].block_hash()))
+    );
+    assert_eq!(h.tx_count, None, "its block is not kept");
+    // Blocks: kept, known but not kept (pruned), unknown.
+    let kept = core.query(&ChainQuery::Block(old[0].block_hash()), clock.now);
+    assert!(matches!(kept, ChainAnswer::Block(Some(_), true)));
+    let pruned = core.query(&ChainQuery::Block(new[0].block_hash()), clock.now);
+    assert!(matches!(pruned, ChainAnswer::Block(None, true)));
+    let unknown = core.query(&ChainQuery::Block(BlockHash::all_zeros()), clock.now);
+    assert!(matches!(unknown, ChainAnswer::Block(None, false)));
+    let ChainAnswer::Hash(at3) = core.query(&ChainQuery::HashAt(3), clock.now) else {
+        panic!("hash")
+    };
+    assert_eq!(at3, Some(new[2].block_hash()));
+    let ChainAnswer::Summary(s) = core.query(&ChainQuery::Summary, clock.now) else {
+        panic!("summary")
+    };
+    assert_eq!(
+        (s.height, s.tip, s.lowest_kept),
+        (4, new[3].block_hash(), None)
+    );
+}
