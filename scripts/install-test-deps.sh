@@ -9,7 +9,8 @@
 #   - btclib_secp256k1 and cryptography from PyPI for the independent BIP324 peer
 #     (tests/peers/v2peer.py);
 #   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests);
-#   - nats-server (JetStream) for the fleet tests.
+#   - nats-server (JetStream) for the fleet tests;
+#   - python-bitcoinrpc (PyPI) and bitcoin-core (npm), JSON-RPC clients written for bitcoind.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -54,6 +55,23 @@ if ! python3 -c "import btclib_secp256k1, cryptography" >/dev/null 2>&1; then
     || python3 -m pip install --quiet --break-system-packages btclib_secp256k1 cryptography
 fi
 python3 -c "import btclib_secp256k1, cryptography; print('python BIP324 peer deps ready')" >&2
+
+# Independent JSON-RPC clients for the Core-compatible RPC: python-bitcoinrpc (PyPI) and
+# bitcoin-core (npm), both written against bitcoind.
+if ! python3 -c "import bitcoinrpc.authproxy" >/dev/null 2>&1; then
+  echo "installing python-bitcoinrpc from PyPI" >&2
+  python3 -m pip install --quiet python-bitcoinrpc==1.0 2>/dev/null \
+    || python3 -m pip install --quiet --break-system-packages python-bitcoinrpc==1.0
+fi
+python3 -c "import bitcoinrpc.authproxy; print('python-bitcoinrpc ready')" >&2
+RPC_CLIENTS="$PEERS/rpcclients"
+if [ ! -f "$RPC_CLIENTS/node_modules/bitcoin-core/package.json" ]; then
+  mkdir -p "$RPC_CLIENTS"
+  (cd "$RPC_CLIENTS" \
+    && echo '{"name":"meshd-rpc-clients","private":true,"dependencies":{"bitcoin-core":"4.2.0"}}' > package.json \
+    && npm install --ignore-scripts --no-audit --no-fund --loglevel=error)
+fi
+node -e "require('$RPC_CLIENTS/node_modules/bitcoin-core'); console.error('npm bitcoin-core ready')"
 
 if [ -f "$BCOIN_HOME/node_modules/bcoin/package.json" ] && [ -d "$BCOIN_HOME/node_modules/leveldown" ]; then
   echo "bcoin already installed in $BCOIN_HOME" >&2

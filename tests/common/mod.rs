@@ -26,6 +26,8 @@ pub struct Meshd {
     pub metrics: Option<SocketAddr>,
     /// The admin API address, if it serves one.
     pub api: Option<SocketAddr>,
+    /// The JSON-RPC address, if it serves one (`--rpc`).
+    pub rpc: Option<SocketAddr>,
     _dir: Option<tempfile::TempDir>,
     pub datadir: PathBuf,
 }
@@ -120,6 +122,7 @@ impl Meshd {
             addr: None,
             metrics: None,
             api: None,
+            rpc: None,
             _dir: None,
             datadir: datadir.to_path_buf(),
         };
@@ -134,6 +137,9 @@ impl Meshd {
         }
         if let Some(v) = m.logs().iter().find(|v| msg(v) == "api listening") {
             m.api = v["addr"].as_str().and_then(|a| a.parse().ok());
+        }
+        if let Some(v) = m.logs().iter().find(|v| msg(v) == "JSON-RPC listening") {
+            m.rpc = v["addr"].as_str().and_then(|a| a.parse().ok());
         }
         m
     }
