@@ -368,13 +368,339 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// Frame error kinds (`FrameError::kind`).
+const FRAME_KINDS: &[&str] = &[
+    "bad_magic",
+    "malformed_command",
+    "oversized",
+    "bad_checksum",
+    "overlong_payload",
+    "malformed_payload",
+    "unrequested_block",
+    "tx_too_large",
+    "requested_too_large",
+    "v2_bad_aead",
+    "v2_oversized_length",
+    "v2_requested_too_large",
+    "v2_unknown_message_type",
+];
+
+/// Payload error kinds (`PayloadError::kind`, and the Connection's own).
+const PAYLOAD_KINDS: &[&str] = &[
+    "malformed_payload",
+    "too_many_items",
+    "trailing_bytes",
+    "user_agent_too_long",
+    "bloom_not_offered",
+    "duplicate_version",
+    "late_feature_negotiation",
+];
+
+/// Why connections close (`DisconnectReason::kind`, with the kinds of the errors it wraps).
+const DISCONNECT_REASONS: &[&str] = &[
+    "connect_failed",
+    "connect_timeout",
+    "no_route",
+    "peer_closed",
+    "io_error",
+    "protocol_violation",
+    "useless_frames",
+    "ping_timeout",
+    "send_queue_full",
+    "evicted",
+    "banned",
+    "misbehaving",
+    "slot_limit_lowered",
+    "requested",
+    "feeler_done",
+    "extra_block_relay",
+    "shutdown",
+    "stopped",
+    "actor_failed",
+    // HandshakeError::kind.
+    "handshake_timeout",
+    "self_connection",
+    "obsolete_version",
+    "banned_user_agent",
+    "missing_services",
+    "duplicate_version",
+    "message_before_version",
+    // V2Error::kind.
+    "v2_garbage_too_long",
+    "v2_bad_aead",
+    "v2_oversized_length",
+    "v2_too_many_decoys",
+    "v2_answered_v1",
+    "v2_closed_during_handshake",
+    "v2_key_exchange",
+    // FrameError and PayloadError kinds that end a connection.
+    "bad_magic",
+    "malformed_command",
+    "oversized",
+    "bad_checksum",
+    "overlong_payload",
+    "malformed_payload",
+    "unrequested_block",
+    "tx_too_large",
+    "requested_too_large",
+    "v2_requested_too_large",
+    "v2_unknown_message_type",
+    "too_many_items",
+    "trailing_bytes",
+    "user_agent_too_long",
+    // ProxyError::kind.
+    "proxy_unreachable",
+    "proxy_closed",
+    "proxy_timeout",
+    "proxy_auth_failed",
+    "proxy_bad_reply",
+    "proxy_host_unreachable",
+    "proxy_network_unreachable",
+    "proxy_connection_refused",
+    "proxy_ttl_expired",
+    "proxy_not_allowed",
+    "proxy_failure",
+    "proxy_bad_target",
+];
+
+/// Header refusals (`AcceptError::kind`).
+const HEADER_REASONS: &[&str] = &[
+    "header_not_connecting",
+    "header_bad_pow",
+    "header_bad_difficulty",
+    "header_bad_time",
+    "header_time_too_new",
+    "header_checkpoint",
+    "header_too_many_stale",
+    "header_chain_full",
+    "header_not_continuous",
+];
+
+/// SOCKS5 failures (`ProxyError::kind`).
+const PROXY_KINDS: &[&str] = &[
+    "proxy_unreachable",
+    "proxy_closed",
+    "proxy_timeout",
+    "proxy_auth_failed",
+    "proxy_bad_reply",
+    "proxy_host_unreachable",
+    "proxy_network_unreachable",
+    "proxy_connection_refused",
+    "proxy_ttl_expired",
+    "proxy_not_allowed",
+    "proxy_failure",
+    "proxy_bad_target",
+];
+
+/// Fleet messages refused (`AdvisoryError::kind`, and the heartbeat and sighting checks).
+const FLEET_REJECT_KINDS: &[&str] = &[
+    "heartbeat",
+    "sighting",
+    "malformed",
+    "untrusted_key",
+    "bad_signature",
+    "wrong_origin",
+    "not_own_subject",
+    "stale",
+    "rate_limited",
+    "bad_subnet",
+    "local",
+    "not_single_address",
+    "whitelisted",
+    "manual",
+    "expired",
+    "own",
+    "superseded",
+];
+
+/// Transactions dropped (`TxError::kind`, and the pool's own reasons).
+const TX_DROP_REASONS: &[&str] = &[
+    "evicted",
+    "pool_full",
+    "replaced_by_vouched",
+    "tx_no_inputs",
+    "tx_no_outputs",
+    "tx_oversize",
+    "tx_value_out_of_range",
+    "tx_duplicate_inputs",
+    "tx_null_prevout",
+    "tx_coinbase",
+    "tx_witness_on_bsv",
+];
+
+/// Label values known in advance, by metric: each series is exported at 0 from the start
+/// (Prometheus practice), so `rate()` and alerts see a first increment instead of a series
+/// appearing from nothing. A test (`actors/tests/layout.rs`) checks that every label value
+/// the sources spell out, and every kind of the error enums, is listed.
+pub const ZERO_SERIES: &[(&str, &str, &[&str])] = &[
+    (
+        "meshd_misbehavior_total",
+        "kind",
+        crate::peer::misbehavior::KINDS,
+    ),
+    ("meshd_frame_errors_total", "kind", FRAME_KINDS),
+    ("meshd_payload_errors_total", "kind", PAYLOAD_KINDS),
+    ("meshd_disconnects_total", "reason", DISCONNECT_REASONS),
+    (
+        "meshd_bans_total",
+        "reason",
+        &["manual", "misbehavior", "fleet"],
+    ),
+    (
+        "meshd_inbound_refused_total",
+        "reason",
+        &["banned", "discouraged", "full"],
+    ),
+    (
+        "meshd_addr_fetches_total",
+        "result",
+        &[
+            "ok",
+            "no_proxy",
+            "proxy",
+            "handshake",
+            "malformed",
+            "closed",
+            "timeout",
+            "too_much",
+            "io",
+        ],
+    ),
+    (
+        "meshd_dns_queries_total",
+        "result",
+        &["ok", "nxdomain", "timeout", "error"],
+    ),
+    (
+        "meshd_blocks_dropped_total",
+        "reason",
+        &["too_large", "unrequested"],
+    ),
+    ("meshd_blocks_not_relayed_total", "reason", &["not_vouched"]),
+    (
+        "meshd_blocks_received_total",
+        "via",
+        &[
+            "block",
+            "compact_high_bandwidth",
+            "compact_low_bandwidth",
+            "fallback",
+            "local",
+        ],
+    ),
+    (
+        "meshd_blocks_rejected_total",
+        "reason",
+        &["block_mutated", "block_bad_merkle_root", "block_bad_length"],
+    ),
+    ("meshd_fleet_rejected_total", "kind", FLEET_REJECT_KINDS),
+    (
+        "meshd_header_segments_total",
+        "outcome",
+        &["expired", "invalid", "mismatch", "taken"],
+    ),
+    ("meshd_headers_rejected_total", "reason", HEADER_REASONS),
+    (
+        "meshd_presync_aborted_total",
+        "reason",
+        &[
+            "empty_headers",
+            "presync_low_work",
+            "presync_not_continuous",
+            "header_bad_pow",
+            "header_bad_difficulty",
+            "presync_too_long",
+            "presync_commitment_mismatch",
+        ],
+    ),
+    ("meshd_proxy_errors_total", "kind", PROXY_KINDS),
+    ("meshd_requests_expired_total", "kind", &["block", "tx"]),
+    (
+        "meshd_store_errors_total",
+        "file",
+        &["headers.dat", "vouched.dat"],
+    ),
+    ("meshd_sync_peer_failures_total", "reason", &["timeout"]),
+    (
+        "meshd_tor_control_errors_total",
+        "kind",
+        &[
+            "malformed",
+            "refused",
+            "no_auth_method",
+            "cookie",
+            "bad_server_hash",
+            "null_auth_not_allowed",
+            "wrong_service",
+            "missing_field",
+            "io",
+        ],
+    ),
+    (
+        "meshd_tx_announcements_ignored_total",
+        "reason",
+        &["recently_confirmed", "recently_rejected"],
+    ),
+    ("meshd_txs_dropped_total", "reason", TX_DROP_REASONS),
+    ("meshd_txs_not_relayed_total", "reason", &["not_vouched"]),
+];
+
+/// Compact-block outcomes, each in both modes (two labels: see [`register_zero_series`]).
+const COMPACT_OUTCOMES: &[&str] = &[
+    "reconstructed",
+    "fallback",
+    "invalid",
+    "too_large",
+    "unsolicited",
+];
+
+/// Facade metrics whose label values are open (commands, transports, RPC error codes), or
+/// take two labels (compact blocks, registered apart): no series from [`ZERO_SERIES`].
+pub const OPEN_LABELS: &[&str] = &[
+    "meshd_bytes_received_total",
+    "meshd_bytes_sent_total",
+    "meshd_rpc_errors_total",
+    "meshd_compact_blocks_total",
+];
+
 /// Registers the HELP text of every facade metric with the installed recorder, so the
-/// exposition passes `promtool check metrics`. Call after installing the recorder.
+/// exposition passes `promtool check metrics`, and exports every counter and gauge at 0
+/// (see [`register_zero_series`]). Call after installing the recorder, before the node
+/// starts.
 pub fn describe_metrics() {
     for (kind, name, help) in DESCRIPTIONS {
         match *kind {
             "histogram" => metrics::describe_histogram!(*name, *help),
+            "gauge" => metrics::describe_gauge!(*name, *help),
             _ => metrics::describe_counter!(*name, *help),
+        }
+    }
+    register_zero_series();
+}
+
+/// Every counter and gauge from the start: unlabelled ones at 0, labelled ones at 0 for
+/// each value in [`ZERO_SERIES`]; those in [`OPEN_LABELS`] wait for their first value
+/// (compact blocks get their known outcome and mode pairs).
+fn register_zero_series() {
+    for (kind, name, _) in DESCRIPTIONS {
+        if OPEN_LABELS.contains(name) || ZERO_SERIES.iter().any(|(n, _, _)| n == name) {
+            continue;
+        }
+        match *kind {
+            "counter" => metrics::counter!(*name).increment(0),
+            "gauge" => metrics::gauge!(*name).increment(0.0),
+            _ => {}
+        }
+    }
+    for (name, label, values) in ZERO_SERIES {
+        for value in *values {
+            metrics::counter!(*name, *label => *value).increment(0);
+        }
+    }
+    for outcome in COMPACT_OUTCOMES {
+        for mode in ["high_bandwidth", "low_bandwidth"] {
+            metrics::counter!("meshd_compact_blocks_total", "outcome" => *outcome, "mode" => mode)
+                .increment(0);
         }
     }
 }

@@ -320,3 +320,149 @@ fn every_facade_metric_has_help_text() {
         }
     }
 }
+
+/// The string literals after `=> ` in the `fn kind` (or `fn label`) of `impl_of` in `file`.
+fn kinds_of(file: &str, impl_of: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(src().join(file)).unwrap();
+    let at = text
+        .find(&format!("impl {impl_of} {{"))
+        .unwrap_or_else(|| panic!("impl {impl_of} in {file}"));
+    let body = &text[at..];
+    let start = body
+        .find("fn kind(")
+        .or_else(|| body.find("fn label("))
+        .unwrap_or_else(|| panic!("fn kind of {impl_of}"));
+    let body = &body[start..];
+    let end = body.find("\n    }\n").unwrap_or(body.len());
+    body[..end]
+        .match_indices("=> \"")
+        .filter_map(|(i, m)| body[i + m.len()..].split('"').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_known_label_value_is_exported_at_zero_from_the_start() {
+    use meshd_actors::{OPEN_LABELS, ZERO_SERIES};
+    let listed = |metric: &str| -> Vec<&str> {
+        ZERO_SERIES
+            .iter()
+            .filter(|(m, _, _)| *m == metric)
+            .flat_map(|(_, _, values)| values.iter().copied())
+            .collect()
+    };
+    // Every labelled counter in the sources: its literal values listed, or open.
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, _) in text.match_indices("counter!(") {
+            let call: String = text[i..].chars().take(300).collect();
+            let call = call
+                .split(')')
+                .next()
+                .unwrap_or("")
+                .replace(['\n', ' '], "");
+            let Some(name) = call
+                .strip_prefix("counter!(\"")
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            if !name.starts_with("meshd_") || !call.contains("=>") {
+                continue;
+            }
+            if OPEN_LABELS.contains(&name) {
+                continue;
+            }
+            let values = listed(name);
+            assert!(
+                !values.is_empty(),
+                "{name} (in {}) has labels but no zero series: add it to ZERO_SERIES or OPEN_LABELS",
+                f.display()
+            );
+            for part in call.split("=>").skip(1) {
+                if let Some(v) = part.strip_prefix('"').and_then(|r| r.split('"').next()) {
+                    assert!(
+                        values.contains(&v),
+                        "{name}{{{v}}} (in {}) is not in ZERO_SERIES",
+                        f.display()
+                    );
+                }
+            }
+        }
+    }
+    // The error enums whose kinds label a counter: every kind listed.
+    for (file, impl_of, metrics) in [
+        (
+            "wire/frame.rs",
+            "FrameError",
+            &["meshd_frame_errors_total", "meshd_disconnects_total"][..],
+        ),
+        (
+            "wire/message.rs",
+            "PayloadError",
+            &["meshd_payload_errors_total", "meshd_disconnects_total"],
+        ),
+        (
+            "peer/reason.rs",
+            "DisconnectReason",
+            &["meshd_disconnects_total"],
+        ),
+        (
+            "peer/reason.rs",
+            "ProxyError",
+            &["meshd_proxy_errors_total", "meshd_disconnects_total"],
+        ),
+        (
+            "peer/handshake.rs",
+            "HandshakeError",
+            &["meshd_disconnects_total"],
+        ),
+        ("wire/v2.rs", "V2Error", &["meshd_disconnects_total"]),
+        (
+            "sync/block_check.rs",
+            "BlockError",
+            &["meshd_blocks_rejected_total"],
+        ),
+        (
+            "sync/chain/headers.rs",
+            "AcceptError",
+            &["meshd_headers_rejected_total"],
+        ),
+        (
+            "sync/chain/presync.rs",
+            "PresyncError",
+            &["meshd_presync_aborted_total"],
+        ),
+        ("sync/tx_check.rs", "TxError", &["meshd_txs_dropped_total"]),
+        (
+            "fleet/core.rs",
+            "AdvisoryError",
+            &["meshd_fleet_rejected_total"],
+        ),
+        (
+            "tor/control.rs",
+            "ControlError",
+            &["meshd_tor_control_errors_total"],
+        ),
+        (
+            "shared/addr.rs",
+            "AddrFetchError",
+            &["meshd_addr_fetches_total"],
+        ),
+        ("shared/bans.rs", "BanReason", &["meshd_bans_total"]),
+    ] {
+        let kinds = kinds_of(file, impl_of);
+        assert!(!kinds.is_empty(), "no kinds read from {impl_of}");
+        for metric in metrics {
+            let values = listed(metric);
+            for k in &kinds {
+                assert!(
+                    values.contains(&k.as_str()),
+                    "{impl_of}'s {k:?} is not a zero series of {metric}"
+                );
+            }
+        }
+    }
+}
