@@ -1350,6 +1350,20 @@ pub fn serve(
         started,
         stop,
     };
+    metrics::describe_counter!(
+        "meshd_rpc_requests_total",
+        "JSON-RPC requests taken (a batch counts once), after authentication."
+    );
+    metrics::describe_counter!(
+        "meshd_rpc_errors_total",
+        "JSON-RPC calls answered with an error, by Core's error code."
+    );
+    metrics::describe_counter!(
+        "meshd_rpc_auth_failures_total",
+        "JSON-RPC requests refused for a missing or wrong password."
+    );
+    metrics::counter!("meshd_rpc_requests_total").increment(0);
+    metrics::counter!("meshd_rpc_auth_failures_total").increment(0);
     let app = Router::new()
         .route("/", post(handle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY_BYTES))

@@ -284,6 +284,41 @@ fn metrics_carry_build_info_and_each_network_has_its_own_metrics_port() {
 }
 
 #[test]
+fn every_counter_is_exported_at_zero_from_the_start_and_cpu_time_is_not_whole_seconds() {
+    // Before, about 30 counters appeared only when they first counted, so an alert on
+    // `increase(meshd_misbehavior_total[5m]) > 0` saw nothing until then; and
+    // process_cpu_seconds_total moved in whole seconds.
+    let node = Meshd::start(&["--rpc", "127.0.0.1:0"]);
+    let text = node.scrape();
+    for series in [
+        "meshd_evictions_total",
+        "meshd_misbehavior_total{kind=\"bad_checksum\"}",
+        "meshd_misbehavior_total{kind=\"header_bad_pow\"}",
+        "meshd_frame_errors_total{kind=\"oversized\"}",
+        "meshd_disconnects_total{reason=\"ping_timeout\"}",
+        "meshd_disconnects_total{reason=\"v2_bad_aead\"}",
+        "meshd_bans_total{reason=\"fleet\"}",
+        "meshd_blocks_received_total{via=\"compact_high_bandwidth\"}",
+        "meshd_compact_blocks_total{outcome=\"reconstructed\",mode=\"high_bandwidth\"}",
+        "meshd_txs_dropped_total{reason=\"pool_full\"}",
+        "meshd_unknown_messages_total",
+        "meshd_rpc_requests_total",
+        "meshd_rpc_auth_failures_total",
+    ] {
+        assert_eq!(
+            node.metric(series),
+            Some(0.0),
+            "{series} at 0 from the start:\n{text}"
+        );
+    }
+    let cpu = node.metric("process_cpu_seconds_total").expect("cpu time");
+    assert!(
+        cpu > 0.0 && cpu.fract() != 0.0,
+        "sub-second CPU time: {cpu}"
+    );
+}
+
+#[test]
 fn a_long_header_sync_says_how_far_it_is_and_sync_wait_returns_once_synced() {
     // Before, nothing was logged between the handshake and "headers synced", and `meshd
     // sync` printed a bare fraction.
