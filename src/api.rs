@@ -592,14 +592,74 @@ async fn get_propagation(
 struct EventsQuery {
     #[serde(rename = "type")]
     kinds: Option<String>,
+    /// As `Last-Event-ID`, for clients that cannot set headers.
+    since: Option<String>,
+}
+
+/// An event's JSON in the stream: named as `/v1/peers` names the same things (`id` for the
+/// peer's id, `address`, `protocol_version`, `services` in hex), its time as unix seconds
+/// (`time`), and its sequence number (`seq`, also the SSE `id`'s last part).
+pub fn sse_json(e: &meshd_actors::events::Event) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or(Value::Null);
+    let Some(o) = v.as_object_mut() else {
+        return v;
+    };
+    let mut renamed = Map::new();
+    for (k, val) in std::mem::take(o) {
+        let (k, val) = match (k.as_str(), val) {
+            ("peer", val) => ("id".to_string(), val),
+            ("addr", val) => ("address".to_string(), val),
+            ("version", val) => ("protocol_version".to_string(), val),
+            ("services", Value::Number(n)) => (
+                "services".to_string(),
+                json!(format!("0x{:x}", n.as_u64().unwrap_or(0))),
+            ),
+            ("timestamp_ms", Value::Number(n)) => (
+                "time".to_string(),
+                json!(n.as_u64().unwrap_or(0) as f64 / 1000.0),
+            ),
+            (_, val) => (k, val),
+        };
+        renamed.insert(k, val);
+    }
+    // An onion or I2P peer is shown by its name, as in /v1/peers.
+    if let Some(name) = renamed.remove("name").filter(|n| n.is_string()) {
+        renamed.insert("address".into(), name);
+    }
+    if e.seq > 0 {
+        renamed.insert("seq".into(), json!(e.seq));
+    }
+    Value::Object(renamed)
+}
+
+/// A resume point: `RUN-SEQ` as this server writes SSE ids (RUN is the node's start in
+/// unix milliseconds, so an id from an earlier start is known as such), or a bare SEQ.
+fn parse_resume(text: &str, run: u64) -> Option<u64> {
+    match text.trim().split_once('-') {
+        Some((r, seq)) => {
+            let seq = seq.parse().ok()?;
+            // Another start's numbers mean nothing here: all that is kept is new to it.
+            Some(if r.parse::<u64>().ok()? == run {
+                seq
+            } else {
+                0
+            })
+        }
+        None => text.trim().parse().ok(),
+    }
 }
 
 async fn events(
     State(s): State<ApiState>,
+    headers: axum::http::HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
-    let stream = match q.kinds.as_deref().filter(|k| !k.is_empty()) {
-        None => s.node.subscribe(),
+    let kinds: Vec<EventKind> = match q.kinds.as_deref().filter(|k| !k.is_empty()) {
+        // Everything but per-message traffic, which comes only when asked for by name.
+        None => EventKind::ALL
+            .into_iter()
+            .filter(|k| *k != EventKind::MessageReceived)
+            .collect(),
         Some(list) => {
             let mut kinds = Vec::new();
             for name in list.split(',') {
@@ -612,21 +672,93 @@ async fn events(
                 })?;
                 kinds.push(k);
             }
-            s.node.subscribe_to(&kinds)
+            kinds
         }
     };
-    let body = stream::unfold(stream, |mut st| async move {
-        match st.recv().await {
-            Ok(e) => {
-                let data = serde_json::to_string(&*e).unwrap_or_default();
-                let ev = SseEvent::default().event(e.event.kind().name()).data(data);
-                Some((Ok(ev), st))
+    let mut kinds = kinds;
+    // The end of the stream is told whatever the filter.
+    if !kinds.contains(&EventKind::NodeStopping) {
+        kinds.push(EventKind::NodeStopping);
+    }
+    let run = s
+        .process
+        .started
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or(q.since.clone());
+    let resume = match resume {
+        None => None,
+        Some(text) => Some(parse_resume(&text, run).ok_or_else(|| {
+            ApiError::bad(format!(
+                "Last-Event-ID {text:?} is not an id this stream gave (RUN-SEQ)"
+            ))
+        })?),
+    };
+    // Subscribed before the replay is read: nothing falls between the two.
+    let live = s.node.subscribe_to(&kinds);
+    let replay = resume
+        .map(|seq| s.node.events_since(seq))
+        .unwrap_or_default();
+    let replayed_to = replay.events.last().map_or(0, |e| e.seq);
+    let mut first: Vec<SseEvent> = Vec::new();
+    if replay.lost > 0 {
+        let data = json!({"type": "Lagged", "lost": replay.lost}).to_string();
+        first.push(SseEvent::default().event("Lagged").data(data));
+    }
+    let sse = move |e: &meshd_actors::events::Event| {
+        let mut ev = SseEvent::default().event(e.event.kind().name());
+        if e.seq > 0 {
+            ev = ev.id(format!("{run}-{}", e.seq));
+        }
+        ev.data(sse_json(e).to_string())
+    };
+    let mut stopping = false;
+    for e in replay
+        .events
+        .iter()
+        .filter(|e| kinds.contains(&e.event.kind()))
+    {
+        stopping |= e.event.kind() == EventKind::NodeStopping;
+        first.push(sse(e));
+    }
+    struct Feed {
+        first: std::collections::VecDeque<SseEvent>,
+        live: meshd_actors::events::EventStream,
+        replayed_to: u64,
+        stopping: bool,
+    }
+    let feed = Feed {
+        first: first.into(),
+        live,
+        replayed_to,
+        stopping,
+    };
+    let body = stream::unfold(feed, move |mut f| async move {
+        if let Some(ev) = f.first.pop_front() {
+            return Some((Ok(ev), f));
+        }
+        if f.stopping {
+            // NodeStopping was the last: the stream ends with it.
+            return None;
+        }
+        loop {
+            match f.live.recv().await {
+                // Already replayed.
+                Ok(e) if e.seq > 0 && e.seq <= f.replayed_to => continue,
+                Ok(e) => {
+                    f.stopping = e.event.kind() == EventKind::NodeStopping;
+                    return Some((Ok(sse(&e)), f));
+                }
+                Err(EventError::Lagged(n)) => {
+                    let data = json!({"type": "Lagged", "lost": n}).to_string();
+                    return Some((Ok(SseEvent::default().event("Lagged").data(data)), f));
+                }
+                Err(EventError::Closed) => return None,
             }
-            Err(EventError::Lagged(n)) => {
-                let data = json!({"type": "Lagged", "lost": n}).to_string();
-                Some((Ok(SseEvent::default().event("Lagged").data(data)), st))
-            }
-            Err(EventError::Closed) => None,
         }
     });
     Ok(Sse::new(body).keep_alive(KeepAlive::default()))

@@ -525,19 +525,24 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
     }
     let reader = BufReader::new(resp.into_body().into_reader());
     for line in reader.lines() {
-        let line = line.map_err(|e| format!("event stream ended: {e}"))?;
+        let Ok(line) = line else {
+            break;
+        };
         let Some(data) = line.strip_prefix("data:") else {
             continue;
         };
         let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+        let stopping = v["type"] == "NodeStopping";
         if c.json {
             println!("{}", v);
+        } else if stopping {
+            println!("{} the node is stopping", time_of_day(&v["time"]));
         } else {
             let mut fields: Vec<String> = v
                 .as_object()
                 .map(|o| {
                     o.iter()
-                        .filter(|(k, _)| *k != "type" && *k != "timestamp_ms")
+                        .filter(|(k, _)| !matches!(k.as_str(), "type" | "time" | "seq"))
                         .map(|(k, val)| format!("{}={}", sanitize(k), s(val)))
                         .collect()
                 })
@@ -545,13 +550,30 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
             fields.sort();
             println!(
                 "{} {} {}",
-                s(&v["timestamp_ms"]),
+                time_of_day(&v["time"]),
                 s(&v["type"]),
                 fields.join(" ")
             );
         }
+        if stopping {
+            return Ok(());
+        }
     }
-    Ok(())
+    Err("the event stream ended: the node closed the connection (stopped, or restarting)".into())
+}
+
+/// Unix seconds as the local time of day to the millisecond (`14:03:07.412`).
+fn time_of_day(v: &Value) -> String {
+    let Some(secs) = v.as_f64() else {
+        return "-".into();
+    };
+    match jiff::Timestamp::from_millisecond((secs * 1000.0) as i64) {
+        Ok(t) => t
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S%.3f")
+            .to_string(),
+        Err(_) => "-".into(),
+    }
 }
 
 /// A peer id from `peer`: the id itself, or the id of the connected peer at that address.

@@ -199,7 +199,11 @@ impl NodeContext {
     }
 
     pub(crate) fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        if !self.shutting_down.swap(true, Ordering::SeqCst) {
+            // The last event: subscribers (SSE clients) learn the node stops, rather than
+            // seeing their stream cut.
+            self.events.publish(crate::events::NodeEvent::NodeStopping);
+        }
     }
 
     /// Records that the supervisor gave up, so the node's exit reads as a failure.

@@ -6,10 +6,15 @@
 //! because publishing never waits. Lifecycle events (connections, handshakes, restarts, bans,
 //! evictions) have one publisher, the Manager, so their order is consistent;
 //! `MessageReceived` comes from the Connections, and only while someone is subscribed.
+//!
+//! Every event but `MessageReceived` gets a sequence number, dense from 1 per start, and
+//! the last [`REPLAY_CAPACITY`] of them are kept, so an SSE client that reconnects with
+//! `Last-Event-ID` gets what it missed ([`EventBus::since`]), or learns how much is gone.
 
 use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -23,6 +28,12 @@ use crate::shared::peers::PeerId;
 /// A burst of a few thousand events (a restart storm, a flood of connections) fits; a
 /// subscriber slower than that learns how much it missed.
 pub const EVENT_BUS_CAPACITY: usize = 4096;
+
+/// Events kept for replay to a subscriber that resumes (`Last-Event-ID`).
+///
+/// Bounded in entries; an event is a few hundred bytes, so at most about a megabyte. A
+/// client away for longer than this many events learns how many it lost.
+pub const REPLAY_CAPACITY: usize = 2048;
 
 /// How a block reached us.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -231,6 +242,8 @@ pub enum NodeEvent {
         /// The peer it came from (none: submitted here).
         from: Option<String>,
     },
+    /// The node began to stop (a signal, `meshd stop`, the RPC's `stop`): the last event.
+    NodeStopping,
     /// A message arrived (published only while someone listens).
     MessageReceived {
         /// Peer.
@@ -277,11 +290,13 @@ pub enum EventKind {
     PublicAddressChanged,
     /// [`NodeEvent::NatTypeDetected`].
     NatTypeDetected,
+    /// [`NodeEvent::NodeStopping`].
+    NodeStopping,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 16] = [
+    pub const ALL: [EventKind; 17] = [
         EventKind::HeadersSynced,
         EventKind::BlockReceived,
         EventKind::TxReceived,
@@ -297,6 +312,7 @@ impl EventKind {
         EventKind::PeerDiscouraged,
         EventKind::PeerUnbanned,
         EventKind::PeerEvicted,
+        EventKind::NodeStopping,
         EventKind::MessageReceived,
     ];
 
@@ -319,6 +335,7 @@ impl EventKind {
             EventKind::TxReceived => "TxReceived",
             EventKind::PublicAddressChanged => "PublicAddressChanged",
             EventKind::NatTypeDetected => "NatTypeDetected",
+            EventKind::NodeStopping => "NodeStopping",
         }
     }
 
@@ -348,6 +365,7 @@ impl NodeEvent {
             NodeEvent::TxReceived { .. } => EventKind::TxReceived,
             NodeEvent::PublicAddressChanged { .. } => EventKind::PublicAddressChanged,
             NodeEvent::NatTypeDetected { .. } => EventKind::NatTypeDetected,
+            NodeEvent::NodeStopping => EventKind::NodeStopping,
         }
     }
 }
@@ -355,6 +373,10 @@ impl NodeEvent {
 /// An event with its time.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
+    /// Its place in this start's sequence (from 1; 0 for `MessageReceived`, which is not
+    /// kept for replay). Not serialized: the fleet's messages carry none.
+    #[serde(skip)]
+    pub seq: u64,
     /// Unix time in milliseconds.
     pub timestamp_ms: u64,
     /// The event.
@@ -382,6 +404,26 @@ pub enum EventError {
 pub struct EventBus {
     tx: broadcast::Sender<Arc<Event>>,
     traffic: broadcast::Sender<Arc<Event>>,
+    /// The newest events with a sequence number, and the last number given. Publishing
+    /// takes the lock to number and send in one step, so numbers reach subscribers in order.
+    recent: Arc<Mutex<Recent>>,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    last_seq: u64,
+    events: VecDeque<Arc<Event>>,
+}
+
+/// What [`EventBus::since`] found.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// The kept events after the one asked about, oldest first.
+    pub events: Vec<Arc<Event>>,
+    /// Events after it that are no longer kept.
+    pub lost: u64,
+    /// The last sequence number given so far.
+    pub last_seq: u64,
 }
 
 /// Whether events of `kind` travel on the traffic channel.
@@ -400,7 +442,11 @@ impl EventBus {
     pub fn new(capacity: usize) -> EventBus {
         let (tx, _) = broadcast::channel(capacity.max(1));
         let (traffic, _) = broadcast::channel(capacity.max(1));
-        EventBus { tx, traffic }
+        EventBus {
+            tx,
+            traffic,
+            recent: Arc::default(),
+        }
     }
 
     /// Publishes; never waits. Events with no subscriber are dropped.
@@ -409,15 +455,51 @@ impl EventBus {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let channel = if is_traffic(event.kind()) {
-            &self.traffic
-        } else {
-            &self.tx
+        if is_traffic(event.kind()) {
+            let _ = self.traffic.send(Arc::new(Event {
+                seq: 0,
+                timestamp_ms,
+                event,
+            }));
+            return;
+        }
+        let mut recent = match self.recent.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
         };
-        let _ = channel.send(Arc::new(Event {
+        recent.last_seq += 1;
+        let e = Arc::new(Event {
+            seq: recent.last_seq,
             timestamp_ms,
             event,
-        }));
+        });
+        if recent.events.len() >= REPLAY_CAPACITY {
+            recent.events.pop_front();
+        }
+        recent.events.push_back(e.clone());
+        let _ = self.tx.send(e);
+    }
+
+    /// The kept events after sequence number `seq`, and how many after it are gone. A
+    /// number above the last given (the client saw an earlier start) replays all that is
+    /// kept.
+    pub fn since(&self, seq: u64) -> Replay {
+        let recent = match self.recent.lock() {
+            Ok(r) => r,
+            Err(p) => p.into_inner(),
+        };
+        let seq = if seq > recent.last_seq { 0 } else { seq };
+        let oldest = recent.events.front().map_or(recent.last_seq + 1, |e| e.seq);
+        Replay {
+            events: recent
+                .events
+                .iter()
+                .filter(|e| e.seq > seq)
+                .cloned()
+                .collect(),
+            lost: oldest.saturating_sub(seq + 1),
+            last_seq: recent.last_seq,
+        }
     }
 
     /// Whether anyone listens to per-message traffic (to skip building events nobody reads).
@@ -544,9 +626,40 @@ mod tests {
         assert_eq!(bans.recv().await.unwrap().event, unbanned(2));
     }
 
+    #[tokio::test]
+    async fn a_resuming_subscriber_gets_what_it_missed_or_how_much_is_gone() {
+        let bus = EventBus::new(16);
+        for i in 0..5 {
+            bus.publish(unbanned(i));
+        }
+        bus.publish(NodeEvent::MessageReceived {
+            peer: crate::shared::peers::PeerId(1),
+            command: "inv".into(),
+            size: 61,
+        });
+        let r = bus.since(2);
+        let seqs: Vec<u64> = r.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, vec![3, 4, 5], "traffic is neither numbered nor kept");
+        assert_eq!((r.lost, r.last_seq), (0, 5));
+        assert_eq!(bus.since(5).events.len(), 0);
+        assert_eq!(
+            bus.since(99).events.len(),
+            5,
+            "another start's number: all kept"
+        );
+        for i in 0..REPLAY_CAPACITY {
+            bus.publish(unbanned(i));
+        }
+        let r = bus.since(2);
+        assert_eq!(r.events.len(), REPLAY_CAPACITY);
+        assert_eq!(r.events[0].seq, 6, "the oldest kept");
+        assert_eq!(r.lost, 3, "3, 4 and 5 fell out of the buffer");
+    }
+
     #[test]
     fn events_serialize_with_their_type_and_timestamp() {
         let e = Event {
+            seq: 1,
             timestamp_ms: 5,
             event: unbanned(3),
         };

@@ -716,6 +716,11 @@ impl Node {
         self.ctx.events.subscribe()
     }
 
+    /// The kept events after sequence number `seq` (for a subscriber that resumes).
+    pub fn events_since(&self, seq: u64) -> crate::events::Replay {
+        self.ctx.events.since(seq)
+    }
+
     /// Subscribes to some kinds of event.
     pub fn subscribe_to(&self, kinds: &[EventKind]) -> EventStream {
         self.ctx.events.subscribe_to(kinds)
