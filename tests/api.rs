@@ -671,7 +671,7 @@ fn the_event_stream_resumes_from_last_event_id_names_fields_as_peers_does_and_en
     let (status, body) = api.get("/v1/events?since=soon");
     assert_eq!(status, 400, "{body}");
     // The CLI follows the stream until the node stops, and says so.
-    let mut follower = Command::new(meshd_bin())
+    let follower = Command::new(meshd_bin())
         .args([
             "events",
             "--api",
