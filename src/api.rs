@@ -49,6 +49,10 @@ pub struct Process {
     pub metrics: Option<SocketAddr>,
     /// Notified by `POST /v1/stop`: the process stops as on SIGTERM.
     pub stop: Arc<tokio::sync::Notify>,
+    /// Where the JSON-RPC is served (`--rpc`).
+    pub rpc: Option<SocketAddr>,
+    /// The log filter in force (`--log-level`, or the default).
+    pub log_level: String,
 }
 
 /// An error response.
@@ -121,6 +125,13 @@ fn ts(t: Option<SystemTime>) -> Value {
         .map_or(Value::Null, |d| json!(d.as_secs()))
 }
 
+/// When a monotonic instant was, as unix seconds.
+fn ago(t: Option<std::time::Instant>) -> Value {
+    t.map_or(Value::Null, |t| {
+        ts(SystemTime::now().checked_sub(t.elapsed()))
+    })
+}
+
 fn secs(d: Option<Duration>) -> Value {
     d.map_or(Value::Null, |d| json!(d.as_secs_f64()))
 }
@@ -136,6 +147,8 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "connection_type": p.connection_type,
         "state": p.state.as_str(),
         "services": format!("0x{:x}", p.services),
+        // Core's servicesnames.
+        "services_names": crate::rpc::service_names(p.services),
         "protocol_version": p.version,
         "user_agent": p.user_agent,
         // Core's getpeerinfo: transport_protocol_type and session_id.
@@ -144,9 +157,12 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         "start_height": p.start_height,
         // The best height the peer is known to have: its version, then the headers it sent.
         "synced_height": p.synced_height.max(p.start_height.max(0) as u32),
-        "connected_since": ts(Some(p.connected_since)),
-        "last_send": ts(p.last_send),
-        "last_receive": ts(p.last_receive),
+        // Times as unix seconds, named *_time; durations in seconds.
+        "connected_time": ts(Some(p.connected_since)),
+        "last_send_time": ts(p.last_send),
+        "last_receive_time": ts(p.last_receive),
+        "last_block_time": ago(p.last_block_at),
+        "last_transaction_time": ago(p.last_tx_at),
         "bytes_sent": p.bytes_sent,
         "bytes_received": p.bytes_received,
         "bytes_sent_per_command": p.bytes_sent_per_command,
@@ -165,11 +181,12 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
     })
 }
 
-fn dur(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
+/// A duration in the config's JSON: seconds, a whole number when it is one.
+fn dur(d: Duration) -> Value {
+    if d.subsec_nanos() == 0 {
+        json!(d.as_secs())
     } else {
-        format!("{}ms", d.as_millis())
+        json!(d.as_secs_f64())
     }
 }
 
@@ -236,6 +253,27 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "stun-timeout": dur(c.stun_timeout),
         "stun-interval": dur(c.stun_interval),
         "max-block-message-size": c.max_block_message_size,
+        "blocks": if c.fetch_blocks { "tip" } else { "none" },
+        "compact-blocks": if c.compact_blocks { "on" } else { "off" },
+        "keep-blocks": c.keep_blocks,
+        "tx-relay": match c.tx_relay {
+            meshd_actors::config::TxRelay::Vouched => "vouched",
+            meshd_actors::config::TxRelay::All => "all",
+            meshd_actors::config::TxRelay::None => "none",
+        },
+        "tx-pool-max-count": c.tx_pool_max_count,
+        "tx-pool-max-bytes": c.tx_pool_max_bytes,
+        "tx-pool-max-age": dur(c.tx_pool_max_age),
+        "no-trickle": !c.trickle,
+        "sync-stall-timeout": dur(c.sync_stall_timeout),
+        "max-tip-age": dur(c.max_tip_age),
+        "minimum-chain-work": c.minimum_chain_work.map(|w| format!("{w:x}")),
+        "upload-burst": c.upload_burst,
+        "download-burst": c.download_burst,
+        "peer-burst": c.peer_burst,
+        "whitelist": c.whitelist.len(),
+        "nats": c.fleet.as_ref().map(|f| f.url.clone()),
+        "fleet": c.fleet.as_ref().map(|f| f.fleet.clone()),
     })
 }
 
@@ -371,8 +409,8 @@ async fn get_bans(State(s): State<ApiState>) -> ApiResult {
         .map(|b| {
             json!({
                 "subnet": b.subnet.to_string(),
-                "created": b.created,
-                "until": b.until,
+                "created_time": b.created,
+                "until_time": b.until,
                 "reason": b.reason.label(),
                 "detail": b.reason.detail(),
                 // The fleet node whose advisory this ban applies (--fleet-apply-bans).
@@ -410,7 +448,7 @@ async fn add_ban(
         .await
         .ok_or_else(|| ApiError::unavailable("the node is stopping"))?;
     Ok(Json(
-        json!({"subnet": entry.subnet.to_string(), "until": entry.until}),
+        json!({"subnet": entry.subnet.to_string(), "until_time": entry.until}),
     ))
 }
 
@@ -452,16 +490,17 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         })),
         "slots": {
             "outbound": {"used": used.outbound, "max": max.outbound},
-            "block-relay-only": {"used": used.block_relay, "max": max.block_relay},
+            "block_relay_only": {"used": used.block_relay, "max": max.block_relay},
             "manual": {"used": used.manual, "max": max.manual},
             "inbound": {"used": used.inbound, "max": max.inbound},
             "total": {"used": used.total(), "max": max.total},
         },
+        // Bytes per second; 0 is no limit.
         "limits": {
-            "max-upload-rate": c.max_upload_rate,
-            "max-download-rate": c.max_download_rate,
-            "peer-max-upload-rate": c.peer_max_upload_rate,
-            "peer-max-download-rate": c.peer_max_download_rate,
+            "max_upload_rate": c.max_upload_rate,
+            "max_download_rate": c.max_download_rate,
+            "peer_max_upload_rate": c.peer_max_upload_rate,
+            "peer_max_download_rate": c.peer_max_download_rate,
         },
     })))
 }
@@ -524,8 +563,20 @@ async fn get_hints(State(s): State<ApiState>) -> ApiResult {
     })))
 }
 
+/// The config with the process's own keys (served addresses, log level), which change
+/// only with a restart.
+fn full_config(s: &ApiState, c: &NodeConfig) -> Value {
+    let mut v = config_json(c);
+    let addr = |a: Option<SocketAddr>| a.map(|a| a.to_string());
+    v["api"] = json!(addr(s.process.api));
+    v["metrics"] = json!(addr(s.process.metrics));
+    v["rpc"] = json!(addr(s.process.rpc));
+    v["log-level"] = json!(s.process.log_level);
+    v
+}
+
 async fn get_config(State(s): State<ApiState>) -> ApiResult {
-    Ok(Json(config_json(&s.node.config())))
+    Ok(Json(full_config(&s, &s.node.config())))
 }
 
 async fn patch_config(
@@ -539,8 +590,8 @@ async fn patch_config(
         .ok_or_else(|| ApiError::bad("expected a JSON object of config keys"))?;
     let update = parse_update(obj, &config_json(&s.node.config()))?;
     let next = s.node.update_config(update).await.map_err(ApiError::bad)?;
-    info!(keys = ?obj.keys().collect::<Vec<_>>(), "configuration changed through the API");
-    Ok(Json(config_json(&next)))
+    info!(keys = ?obj.keys().collect::<Vec<_>>(), "configuration changed through the API (until restart)");
+    Ok(Json(full_config(&s, &next)))
 }
 
 /// One line per fleet node from its heartbeat (`meshd fleet status`).
@@ -824,6 +875,7 @@ async fn get_status(State(s): State<ApiState>) -> ApiResult {
         "datadir": datadir.display().to_string(),
         "api": s.process.api.map(|a| a.to_string()),
         "metrics": s.process.metrics.map(|a| a.to_string()),
+        "rpc": s.process.rpc.map(|a| a.to_string()),
         "p2p": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "peers": {"inbound": inbound, "outbound": peers.len() - inbound, "total": peers.len()},
         "tip": {"height": st.header_height, "hash": st.best_header_hash},

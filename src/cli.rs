@@ -71,6 +71,8 @@ pub enum Command {
     Stop(ClientArgs),
     /// List connected peers.
     Peers(ClientArgs),
+    /// Connections by network and direction, then a row per peer (as `bitcoin-cli -netinfo 4`).
+    Netinfo(ClientArgs),
     /// Show listen and public addresses, NAT type, slots and limits.
     Network(ClientArgs),
     /// Show header-sync status.

@@ -185,7 +185,7 @@ impl Client {
     }
 }
 
-fn table(headers: &[&str], rows: Vec<Vec<String>>) {
+pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -206,7 +206,35 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-fn s(v: &Value) -> String {
+/// A table of counts: the first column left-aligned, the rest right-aligned.
+pub(crate) fn table_right(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                if i == 0 {
+                    format!("{c:<w$}", w = widths[i])
+                } else {
+                    format!("{c:>w$}", w = widths[i])
+                }
+            })
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(x) => sanitize(x),
@@ -219,18 +247,15 @@ fn s(v: &Value) -> String {
 /// `SanitizeString` of a subver): printable ASCII and spaces only, so no control character
 /// (escape sequences start with one), C1 control, bidirectional override, zero-width or
 /// line-separator character reaches the screen.
-fn sanitize(x: &str) -> String {
+pub(crate) fn sanitize(x: &str) -> String {
     x.chars()
         .filter(|c| c.is_ascii_graphic() || *c == ' ')
         .collect()
 }
 
-fn ms(v: &Value) -> String {
-    v.as_f64()
-        .map_or("-".into(), |x| format!("{:.1}", x * 1000.0))
-}
-
 fn print_peers(v: &Value) {
+    use crate::human;
+    let now = human::now_unix();
     let rows = v
         .as_array()
         .map(|a| {
@@ -239,15 +264,26 @@ fn print_peers(v: &Value) {
                     vec![
                         s(&p["id"]),
                         s(&p["address"]),
-                        s(&p["direction"]),
+                        if p["direction"] == "inbound" {
+                            "in"
+                        } else {
+                            "out"
+                        }
+                        .to_string(),
                         s(&p["connection_type"]),
                         s(&p["state"]),
                         s(&p["transport"]),
+                        human::services(&p["services_names"]),
                         s(&p["user_agent"]),
-                        s(&p["start_height"]),
-                        ms(&p["ping_last"]),
-                        s(&p["bytes_sent"]),
-                        s(&p["bytes_received"]),
+                        s(&p["synced_height"]),
+                        p["connected_time"]
+                            .as_i64()
+                            .map_or("-".into(), |t| human::span(now - t)),
+                        human::millis(&p["ping_last"]),
+                        human::ago(&p["last_send_time"], now),
+                        human::ago(&p["last_receive_time"], now),
+                        human::bytes_of(&p["bytes_sent"]),
+                        human::bytes_of(&p["bytes_received"]),
                         s(&p["restarts"]),
                         s(&p["misbehavior_score"]),
                         p["permissions"]
@@ -256,11 +292,6 @@ fn print_peers(v: &Value) {
                             .map_or("-".into(), |a| {
                                 a.iter().map(s).collect::<Vec<_>>().join(",")
                             }),
-                        p["session_id"]
-                            .as_str()
-                            .filter(|id| !id.is_empty())
-                            .unwrap_or("-")
-                            .to_string(),
                     ]
                 })
                 .collect()
@@ -274,15 +305,18 @@ fn print_peers(v: &Value) {
             "TYPE",
             "STATE",
             "TRANSPORT",
+            "SERVICES",
             "USER AGENT",
             "HEIGHT",
-            "PING MS",
+            "AGE",
+            "PING",
+            "LAST SEND",
+            "LAST RECV",
             "SENT",
-            "RECV",
+            "RECEIVED",
             "RESTARTS",
             "SCORE",
             "PERMISSIONS",
-            "V2 SESSION ID",
         ],
         rows,
     );
@@ -317,6 +351,8 @@ fn print_added_nodes(v: &Value) {
 }
 
 fn print_bans(v: &Value) {
+    use crate::human;
+    let now = human::now_unix();
     let rows = v
         .as_array()
         .map(|a| {
@@ -324,7 +360,9 @@ fn print_bans(v: &Value) {
                 .map(|b| {
                     vec![
                         s(&b["subnet"]),
-                        s(&b["until"]),
+                        human::ago(&b["created_time"], now),
+                        b["until_time"].as_i64().map_or("-".into(), local_time),
+                        human::until(&b["until_time"], now),
                         s(&b["reason"]),
                         s(&b["origin"]),
                         s(&b["detail"]),
@@ -334,7 +372,9 @@ fn print_bans(v: &Value) {
         })
         .unwrap_or_default();
     table(
-        &["SUBNET", "UNTIL (UNIX)", "REASON", "ORIGIN", "DETAIL"],
+        &[
+            "SUBNET", "BANNED", "UNTIL", "LEFT", "REASON", "ORIGIN", "DETAIL",
+        ],
         rows,
     );
 }
@@ -366,11 +406,11 @@ fn print_fleet(v: &Value) {
                         },
                         s(&n["network"]),
                         s(&n["tip_height"]),
-                        s(&n["tip_hash"]).chars().take(16).collect(),
+                        s(&n["tip_hash"]),
                         s(&n["outbound"]),
                         s(&n["inbound"]),
                         s(&n["v2"]),
-                        s(&n["uptime_secs"]),
+                        n["uptime_secs"].as_u64().map_or("-".into(), human_duration),
                         s(&n["version"]),
                     ]
                 })
@@ -379,7 +419,7 @@ fn print_fleet(v: &Value) {
         .unwrap_or_default();
     table(
         &[
-            "NODE", "STATE", "NETWORK", "HEIGHT", "TIP", "OUT", "IN", "V2", "UPTIME_S", "VERSION",
+            "NODE", "STATE", "NETWORK", "HEIGHT", "TIP", "OUT", "IN", "V2", "UPTIME", "VERSION",
         ],
         rows,
     );
@@ -391,15 +431,23 @@ fn print_propagation(v: &Value) {
         .map(|a| {
             a.iter()
                 .map(|b| {
+                    let first = b["first_ms"].as_i64();
+                    let last = b["last_ms"].as_i64();
                     vec![
                         s(&b["height"]),
-                        s(&b["hash"]).chars().take(16).collect(),
+                        s(&b["hash"]),
                         s(&b["nodes"]),
                         s(&b["first_node"]),
-                        s(&b["first_ms"]),
-                        s(&b["last_ms"]),
-                        s(&b["p50_ms"]),
-                        s(&b["p90_ms"]),
+                        first.map_or("-".into(), local_time_ms),
+                        first
+                            .zip(last)
+                            .map_or("-".into(), |(f, l)| format!("+{} ms", l - f)),
+                        b["p50_ms"]
+                            .as_u64()
+                            .map_or("-".into(), |x| format!("{x} ms")),
+                        b["p90_ms"]
+                            .as_u64()
+                            .map_or("-".into(), |x| format!("{x} ms")),
                         carriers(&b["arrivals"]),
                     ]
                 })
@@ -412,10 +460,10 @@ fn print_propagation(v: &Value) {
             "BLOCK",
             "NODES",
             "FIRST NODE",
-            "FIRST (UNIX MS)",
-            "LAST (UNIX MS)",
-            "P50 MS",
-            "P90 MS",
+            "FIRST SEEN",
+            "LAST",
+            "P50",
+            "P90",
             "CARRIED BY",
         ],
         rows,
@@ -440,6 +488,165 @@ fn carriers(arrivals: &Value) -> String {
         .map(|(via, n)| format!("{via}:{n}"))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// `meshd network`: addresses, reachability and NAT, then slots and limits as tables.
+fn print_network(v: &Value) {
+    let list = |v: &Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let fleet = match &v["fleet"] {
+        Value::Null => "-".to_string(),
+        f => format!(
+            "{} as {} ({})",
+            s(&f["fleet"]),
+            s(&f["node"]),
+            if f["connected"] == true {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        ),
+    };
+    let rows = [
+        ("network", s(&v["network"])),
+        ("listening", list(&v["listen"])),
+        ("public", list(&v["public_addresses"])),
+        (
+            "onion",
+            v["onion_service"]["address"]
+                .as_str()
+                .map_or("-".into(), sanitize),
+        ),
+        ("reachable", list(&v["reachable_networks"])),
+        ("proxy", s(&v["proxy"])),
+        ("onion proxy", s(&v["onion_proxy"])),
+        ("NAT", s(&v["nat_type"])),
+        ("fleet", fleet),
+    ];
+    for (k, val) in rows {
+        println!("{k:<12} {val}");
+    }
+    println!();
+    let slots = ["outbound", "block_relay_only", "manual", "inbound", "total"]
+        .iter()
+        .map(|k| {
+            vec![
+                k.replace('_', "-"),
+                s(&v["slots"][k]["used"]),
+                s(&v["slots"][k]["max"]),
+            ]
+        })
+        .collect();
+    table_right(&["SLOTS", "USED", "MAX"], slots);
+    println!();
+    let limits = [
+        "max_upload_rate",
+        "max_download_rate",
+        "peer_max_upload_rate",
+        "peer_max_download_rate",
+    ]
+    .iter()
+    .map(|k| vec![k.replace('_', "-"), crate::human::rate(&v["limits"][k])])
+    .collect();
+    table(&["LIMIT", "VALUE"], limits);
+}
+
+/// A config value as it would be written: durations and sizes in their largest exact unit
+/// (`1d`, `90s`, `1MB/s`), lists joined, `-` for unset.
+fn config_value(key: &str, v: &Value) -> String {
+    let is_duration = [
+        "timeout", "interval", "delay", "duration", "window", "after", "age",
+    ]
+    .iter()
+    .any(|w| key.ends_with(w));
+    let is_rate = key.ends_with("-rate");
+    let is_bytes = key.ends_with("-burst") || key.ends_with("-bytes");
+    match v {
+        Value::Number(n) if is_duration => {
+            let secs = n.as_f64().unwrap_or(0.0);
+            if secs.fract() != 0.0 {
+                format!("{}ms", (secs * 1000.0).round())
+            } else {
+                exact_duration(secs as u64)
+            }
+        }
+        Value::Number(n) if is_rate && n.as_u64() == Some(0) => "0 (unlimited)".into(),
+        Value::Number(n) if is_rate || is_bytes => {
+            let b = n.as_u64().unwrap_or(0);
+            let text = exact_bytes(b);
+            if is_rate {
+                format!("{text}/s")
+            } else {
+                text
+            }
+        }
+        Value::Array(a) if a.is_empty() => "-".into(),
+        Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(", "),
+        Value::Bool(b) => b.to_string(),
+        other => s(other),
+    }
+}
+
+/// Seconds in the largest unit that divides them: `1d`, `24h` stays `1d`, `90s`, `2m`.
+fn exact_duration(secs: u64) -> String {
+    for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
+        if secs >= size && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// Bytes in the largest unit that divides them: `1MB`, `64KiB`, `1500B`.
+fn exact_bytes(b: u64) -> String {
+    for (unit, size) in [
+        ("GiB", 1u64 << 30),
+        ("GB", 1_000_000_000),
+        ("MiB", 1 << 20),
+        ("MB", 1_000_000),
+        ("KiB", 1 << 10),
+        ("kB", 1_000),
+    ] {
+        if b >= size && b % size == 0 {
+            return format!("{}{unit}", b / size);
+        }
+    }
+    format!("{b}B")
+}
+
+/// `meshd config`: every effective key, its value with units, and whether it can change
+/// while the node runs (such a change lasts until the node restarts).
+fn print_config(v: &Value) {
+    let Some(obj) = v.as_object() else {
+        return println!("{v}");
+    };
+    let mut keys: Vec<&String> = obj.keys().collect();
+    keys.sort();
+    let rows = keys
+        .into_iter()
+        .map(|k| {
+            vec![
+                sanitize(k),
+                config_value(k, &obj[k]),
+                if crate::api::RUNTIME_KEYS.contains(&k.as_str()) {
+                    "live, until restart".to_string()
+                } else {
+                    "at restart".to_string()
+                },
+            ]
+        })
+        .collect();
+    table(&["KEY", "VALUE", "CHANGES"], rows);
+    println!();
+    println!(
+        "meshd config KEY=VALUE changes a live key until the node restarts; to keep it, set it in the config file too."
+    );
 }
 
 fn print_object(v: &Value) {
@@ -726,7 +933,7 @@ fn print_sync(v: &Value) {
 }
 
 /// A duration as people say it: `45s`, `3m 12s`, `5h 02m`, `3d 4h`.
-pub fn human_duration(secs: u64) -> String {
+pub(crate) fn human_duration(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3_600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
@@ -734,6 +941,36 @@ pub fn human_duration(secs: u64) -> String {
         (0, _, _) => format!("{h}h {m:02}m"),
         _ => format!("{d}d {h}h"),
     }
+}
+
+/// Unix milliseconds as a local time to the millisecond (`2026-12-07 09:30:02.118`).
+fn local_time_ms(unix_ms: i64) -> String {
+    match jiff::Timestamp::from_millisecond(unix_ms) {
+        Ok(t) => t
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S%.3f")
+            .to_string(),
+        Err(_) => unix_ms.to_string(),
+    }
+}
+
+/// `meshd netinfo`: the status, the peers and the public addresses, in one view.
+fn netinfo(c: &Client) -> Result<(), String> {
+    let status = c.call("GET", "/v1/status", None)?;
+    let peers = c.call("GET", "/v1/peers", None)?;
+    let network = c.call("GET", "/v1/network", None)?;
+    if c.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"status": status, "peers": peers, "network": network})
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        crate::human::print_netinfo(&status, &peers, &network);
+    }
+    Ok(())
 }
 
 /// Unix seconds as a local time (`2026-12-07 09:30:02 CET`), or the number itself when
@@ -839,7 +1076,11 @@ pub fn run(cmd: Command) -> ExitCode {
     let client_args = match &cmd {
         Command::Run(_) => return ExitCode::from(2),
         Command::Status(c) | Command::Stop(c) => c,
-        Command::Peers(c) | Command::Network(c) | Command::Bans(c) | Command::Addednodes(c) => c,
+        Command::Peers(c)
+        | Command::Netinfo(c)
+        | Command::Network(c)
+        | Command::Bans(c)
+        | Command::Addednodes(c) => c,
         Command::Sync { client, .. }
         | Command::Ban { client, .. }
         | Command::Unban { client, .. }
@@ -879,7 +1120,8 @@ pub fn run(cmd: Command) -> ExitCode {
             .map(|v| emit(&c, &v, print_peers)),
         Command::Network(_) => c
             .call("GET", "/v1/network", None)
-            .map(|v| emit(&c, &v, print_object)),
+            .map(|v| emit(&c, &v, print_network)),
+        Command::Netinfo(_) => netinfo(&c),
         Command::Sync { wait: false, .. } => c
             .call("GET", "/v1/sync", None)
             .map(|v| emit(&c, &v, print_sync)),
@@ -907,7 +1149,12 @@ pub fn run(cmd: Command) -> ExitCode {
             }
             c.call("POST", "/v1/bans", Some(body)).map(|v| {
                 emit(&c, &v, |v| {
-                    println!("banned {} until {}", s(&v["subnet"]), s(&v["until"]))
+                    println!(
+                        "banned {} until {} ({})",
+                        s(&v["subnet"]),
+                        v["until_time"].as_i64().map_or("-".into(), local_time),
+                        crate::human::until(&v["until_time"], crate::human::now_unix())
+                    )
                 })
             })
         }
@@ -946,7 +1193,7 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Config { pairs, .. } => {
             if pairs.is_empty() {
                 c.call("GET", "/v1/config", None)
-                    .map(|v| emit(&c, &v, print_object))
+                    .map(|v| emit(&c, &v, print_config))
             } else {
                 let mut body = serde_json::Map::new();
                 let mut bad = None;
@@ -960,9 +1207,21 @@ pub fn run(cmd: Command) -> ExitCode {
                 }
                 match bad {
                     Some(p) => Err(format!("expected KEY=VALUE, got {p:?}")),
-                    None => c
-                        .call("PATCH", "/v1/config", Some(Value::Object(body)))
-                        .map(|v| emit(&c, &v, print_object)),
+                    None => {
+                        let keys: Vec<String> = body.keys().cloned().collect();
+                        c.call("PATCH", "/v1/config", Some(Value::Object(body)))
+                            .map(|v| {
+                                emit(&c, &v, |v| {
+                                    for k in &keys {
+                                        println!(
+                                            "{} = {} (until the node restarts; set it in the config file to keep it)",
+                                            sanitize(k),
+                                            config_value(k, &v[k.as_str()])
+                                        );
+                                    }
+                                })
+                            })
+                    }
                 }
             }
         }

@@ -11,6 +11,7 @@
 mod api;
 mod cli;
 mod client;
+mod human;
 mod logging;
 mod metrics_http;
 mod nodefile;
@@ -81,6 +82,12 @@ fn main() -> ExitCode {
 static RUNNING: std::sync::OnceLock<Arc<Node>> = std::sync::OnceLock::new();
 
 async fn run(settings: settings::Settings) -> ExitCode {
+    // The filter in force, for `meshd config` (RUST_LOG counts when no level is given).
+    let log_level = settings
+        .log_level
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok().filter(|l| !l.is_empty()))
+        .unwrap_or_else(|| "info".into());
     let (mut sigint, mut sigterm) = match (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
@@ -205,6 +212,8 @@ async fn run(settings: settings::Settings) -> ExitCode {
             api: api_addr,
             metrics: metrics_addr,
             stop: stop.clone(),
+            rpc: rpc_addr,
+            log_level: log_level.clone(),
         };
         api::serve(listener, node.clone(), token, process);
     }

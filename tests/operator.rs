@@ -410,3 +410,118 @@ fn generate_says_what_it_mined_disconnect_takes_an_address_and_empty_hints_are_a
     );
     drop(b);
 }
+
+#[test]
+fn netinfo_counts_connections_by_network_and_direction_and_shows_a_row_per_peer() {
+    // As bitcoin-cli -netinfo 4: one inbound and one outbound peer here.
+    let hub = Meshd::start(&[]);
+    let out_peer = Meshd::start(&[]);
+    let _inbound = Meshd::start(&["--connect", &hub.addr.unwrap().to_string()]);
+    let (code, _, err) = hub.cli(&["addnode", &out_peer.addr.unwrap().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    common::wait("two peers with a ping", 20, || {
+        let (_, out, _) = hub.cli(&["peers", "--json"]);
+        serde_json::from_str::<Value>(&out)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["ping_last"].is_f64()))
+    });
+    let (code, out, err) = hub.cli(&["netinfo"]);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("meshd ") && lines[0].contains(" on regtest, up "),
+        "{out}"
+    );
+    let counts = |label: &str| -> Vec<String> {
+        lines
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(label))
+            .unwrap_or_else(|| panic!("a {label} row: {out}"))
+            .split_whitespace()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    // ipv4 ipv6 onion i2p cjdns total (block for out).
+    assert_eq!(counts("in"), ["1", "0", "0", "0", "0", "1"], "{out}");
+    assert_eq!(counts("out"), ["1", "0", "0", "0", "0", "1", "0"], "{out}");
+    assert_eq!(counts("total")[5], "2");
+    let header = lines
+        .iter()
+        .find(|l| l.starts_with("<->"))
+        .unwrap_or_else(|| panic!("{out}"));
+    for col in [
+        "PING", "SEND", "RECV", "AGE", "HEIGHT", "SERVICES", "ADDRESS", "VERSION",
+    ] {
+        assert!(header.contains(col), "{col}: {header}");
+    }
+    let rows: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("in ") || l.starts_with("out "))
+        .filter(|l| l.contains("/meshd:"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let outbound = rows.iter().find(|l| l.starts_with("out")).unwrap();
+    assert!(
+        outbound.contains("manual") && outbound.contains(" ms "),
+        "{outbound}"
+    );
+    assert!(
+        outbound.contains("NETWORK,WITNESS"),
+        "service names: {outbound}"
+    );
+    assert!(
+        outbound.contains(&out_peer.addr.unwrap().to_string()),
+        "{outbound}"
+    );
+    assert!(out.contains("Local addresses: "), "{out}");
+    let (_, json, _) = hub.cli(&["netinfo", "--json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2);
+    assert!(v["peers"][0]["connected_time"].as_u64().unwrap() > 1_700_000_000);
+    assert!(v["peers"][0]["services_names"].is_array());
+}
+
+#[test]
+fn bans_and_config_read_in_local_times_ages_and_units() {
+    // Before: `UNTIL (UNIX) 1796248509` and `ban-duration = 86400s`.
+    let node = Meshd::start(&["--ban-duration", "7d"]);
+    let (code, out, err) = node.cli(&["ban", "198.51.100.0/24"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("(in 7d)"), "{out}");
+    let (_, out, _) = node.cli(&["bans"]);
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("198.51.100.0/24"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(" ago ") && row.contains("in 7d"), "{row}");
+    assert!(!row.contains("17966"), "no unix numbers: {row}");
+    let (_, json, _) = node.cli(&["bans", "--json"]);
+    let v: Value = serde_json::from_str(&json).unwrap();
+    let until = v[0]["until_time"].as_u64().unwrap();
+    let created = v[0]["created_time"].as_u64().unwrap();
+    assert_eq!(until - created, 7 * 86_400, "raw unix seconds in --json");
+    let (_, out, _) = node.cli(&["config"]);
+    let line = |key: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(key))
+            .unwrap_or_else(|| panic!("{key} in {out}"))
+            .to_string()
+    };
+    assert!(line("ban-duration").contains(" 7d "), "{out}");
+    assert!(line("ban-duration").contains("until restart"));
+    assert!(line("tx-pool-max-bytes").contains("MiB"), "{out}");
+    assert!(line("network").contains("at restart"));
+    for key in [
+        "api",
+        "metrics",
+        "log-level",
+        "blocks",
+        "tx-relay",
+        "tx-pool-max-count",
+    ] {
+        line(key);
+    }
+    assert!(out.contains("until the node restarts"), "{out}");
+}
