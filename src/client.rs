@@ -596,7 +596,7 @@ fn config_value(key: &str, v: &Value) -> String {
 /// Seconds in the largest unit that divides them: `1d`, `24h` stays `1d`, `90s`, `2m`.
 fn exact_duration(secs: u64) -> String {
     for (unit, size) in [("d", 86_400), ("h", 3_600), ("m", 60)] {
-        if secs >= size && secs % size == 0 {
+        if secs >= size && secs.is_multiple_of(size) {
             return format!("{}{unit}", secs / size);
         }
     }
@@ -613,7 +613,7 @@ fn exact_bytes(b: u64) -> String {
         ("KiB", 1 << 10),
         ("kB", 1_000),
     ] {
-        if b >= size && b % size == 0 {
+        if b >= size && b.is_multiple_of(size) {
             return format!("{}{unit}", b / size);
         }
     }
