@@ -10,7 +10,8 @@
 #     (tests/peers/v2peer.py);
 #   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests);
 #   - nats-server (JetStream) for the fleet tests;
-#   - python-bitcoinrpc (PyPI) and bitcoin-core (npm), JSON-RPC clients written for bitcoind.
+#   - python-bitcoinrpc (PyPI) and bitcoin-core (npm), JSON-RPC clients written for bitcoind;
+#   - tmux, the terminal `meshd top` is tested in.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -35,6 +36,8 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 # Proxies: microsocks for SOCKS5, tor (offline) for the control port and onion services.
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v tor >/dev/null 2>&1 || need_apt+=(tor)
+# tmux: `meshd top` is driven in a real terminal (send-keys, capture-pane).
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # The fleet: a real NATS server with JetStream.
 [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null 2>&1 || need_apt+=(nats-server)
 if [ ${#need_apt[@]} -gt 0 ]; then

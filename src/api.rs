@@ -879,6 +879,9 @@ async fn get_status(State(s): State<ApiState>) -> ApiResult {
         "p2p": s.node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "peers": {"inbound": inbound, "outbound": peers.len() - inbound, "total": peers.len()},
         "tip": {"height": st.header_height, "hash": st.best_header_hash},
+        // Bytes on the wire with every peer since start (getnettotals').
+        "bytes_received": s.node.net_totals().0,
+        "bytes_sent": s.node.net_totals().1,
         "sync": {"state": st.state.as_str(), "progress": st.progress},
         "store_error": st.store_error,
     })))

@@ -73,6 +73,14 @@ pub enum Command {
     Peers(ClientArgs),
     /// Connections by network and direction, then a row per peer (as `bitcoin-cli -netinfo 4`).
     Netinfo(ClientArgs),
+    /// A live view of peers, sync, traffic and events (q quits).
+    Top {
+        /// Seconds between readings.
+        #[arg(long, default_value_t = 1.0, value_name = "SECONDS")]
+        interval: f64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Show listen and public addresses, NAT type, slots and limits.
     Network(ClientArgs),
     /// Show header-sync status.

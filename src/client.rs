@@ -18,10 +18,10 @@ use crate::cli::{ClientArgs, Command, FleetCommand, HintsCommand};
 /// Time allowed for one API call (not for the event stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Client {
-    base: String,
+pub(crate) struct Client {
+    pub(crate) base: String,
     addr: String,
-    token: String,
+    pub(crate) token: String,
     json: bool,
     /// The running node's meshd.json, when found.
     running: Option<crate::nodefile::NodeFile>,
@@ -135,7 +135,7 @@ impl Client {
         }
     }
 
-    fn agent(timeout: Option<Duration>) -> ureq::Agent {
+    pub(crate) fn agent(timeout: Option<Duration>) -> ureq::Agent {
         ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(timeout)
@@ -151,7 +151,12 @@ impl Client {
         )
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         let url = format!("{}{path}", self.base);
         let agent = Client::agent(Some(CALL_TIMEOUT));
         let auth = format!("Bearer {}", self.token);
@@ -1082,6 +1087,7 @@ pub fn run(cmd: Command) -> ExitCode {
         | Command::Bans(c)
         | Command::Addednodes(c) => c,
         Command::Sync { client, .. }
+        | Command::Top { client, .. }
         | Command::Ban { client, .. }
         | Command::Unban { client, .. }
         | Command::Addnode { client, .. }
@@ -1122,6 +1128,9 @@ pub fn run(cmd: Command) -> ExitCode {
             .call("GET", "/v1/network", None)
             .map(|v| emit(&c, &v, print_network)),
         Command::Netinfo(_) => netinfo(&c),
+        Command::Top { interval, .. } => {
+            crate::top::run(&c, Duration::from_secs_f64(interval.clamp(0.1, 3600.0)))
+        }
         Command::Sync { wait: false, .. } => c
             .call("GET", "/v1/sync", None)
             .map(|v| emit(&c, &v, print_sync)),

@@ -18,6 +18,7 @@ mod nodefile;
 mod rpc;
 mod rpc_auth;
 mod settings;
+mod top;
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -525,3 +525,96 @@ fn bans_and_config_read_in_local_times_ages_and_units() {
     }
     assert!(out.contains("until the node restarts"), "{out}");
 }
+
+/// A tmux server on a private socket, killed when dropped.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .expect("tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "top"]).stdout).into()
+    }
+
+    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let screen = self.screen();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(Instant::now() < deadline, "{what} never shown:\n{screen}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn top_shows_peers_sync_and_events_under_tmux_and_quits_on_q() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        return common::skip_or_fail("tmux (apt install tmux)");
+    }
+    let node = Meshd::start(&[]);
+    let peer = Meshd::start(&["--connect", &node.addr.unwrap().to_string()]);
+    let tmux = Tmux {
+        socket: format!("meshd-top-{}", std::process::id()),
+    };
+    // The shell keeps the pane after top exits, to show its exit status.
+    let command = format!(
+        "{} top --datadir {} --interval 0.5; echo TOP-EXIT=$?; sleep 60",
+        meshd_bin(),
+        node.datadir.display()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "160",
+        "-y",
+        "45",
+        "sh",
+        "-c",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    let screen = tmux.wait_for("the peer and the sync state", |s| {
+        s.contains("meshd ")
+            && s.contains("on regtest")
+            && s.contains(" peers ")
+            && s.contains("1 in, 0 out")
+            && s.contains("/meshd:")
+    });
+    assert!(
+        screen.contains("headers ") && screen.contains("q quit"),
+        "{screen}"
+    );
+    drop(peer);
+    let (code, _, err) = node.cli(&["ban", "198.51.100.77"]);
+    assert_eq!(code, 0, "{err}");
+    tmux.wait_for("the ban event", |s| {
+        s.contains("PeerBanned") && s.contains("198.51.100.77")
+    });
+    let (code, _, err) = node.cli(&["generate", "2"]);
+    assert_eq!(code, 0, "{err}");
+    tmux.wait_for("the new tip", |s| s.contains("tip       2 "));
+    let keys = tmux.run(&["send-keys", "-t", "top", "q"]);
+    assert!(keys.status.success());
+    let after = tmux.wait_for("top's exit", |s| s.contains("TOP-EXIT="));
+    assert!(after.contains("TOP-EXIT=0"), "{after}");
+}
