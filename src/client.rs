@@ -857,7 +857,8 @@ const SYNC_POLL: Duration = Duration::from_millis(500);
 
 /// `meshd sync --wait`: a progress bar (on a terminal) until the node says synced; then
 /// the status, as `meshd sync` prints it.
-fn wait_synced(c: &Client) -> Result<(), String> {
+fn wait_synced(c: &Client, limit: Option<Duration>) -> Result<(), String> {
+    let deadline = limit.map(|l| std::time::Instant::now() + l);
     let bar = indicatif::ProgressBar::new(1_000);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {msg}")
@@ -869,6 +870,14 @@ fn wait_synced(c: &Client) -> Result<(), String> {
             bar.finish_and_clear();
             emit(c, &v, print_sync);
             return Ok(());
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            bar.finish_and_clear();
+            return Err(format!(
+                "not synced after {}: {}",
+                human_duration(limit.unwrap_or_default().as_secs()),
+                sync_line(&v)
+            ));
         }
         let progress = v["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
         bar.set_position((progress * 1_000.0) as u64);
@@ -1134,7 +1143,18 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Sync { wait: false, .. } => c
             .call("GET", "/v1/sync", None)
             .map(|v| emit(&c, &v, print_sync)),
-        Command::Sync { wait: true, .. } => wait_synced(&c),
+        Command::Sync {
+            wait: true,
+            timeout,
+            ..
+        } => match timeout
+            .as_deref()
+            .map(|t| crate::settings::parse_duration("timeout", t))
+            .transpose()
+        {
+            Ok(limit) => wait_synced(&c, limit),
+            Err(e) => Err(e.to_string()),
+        },
         Command::Bans(_) => c
             .call("GET", "/v1/bans", None)
             .map(|v| emit(&c, &v, print_bans)),

@@ -91,9 +91,26 @@ impl Write for LossyStderr {
 /// Installs the global subscriber; the guard flushes what is queued when dropped, so it
 /// lives until the process ends.
 pub fn init(format: LogFormat, level: Option<&str>) -> Result<WorkerGuard, String> {
-    let filter = match level {
-        Some(l) => EnvFilter::try_new(l).map_err(|e| format!("log-level: {e}"))?,
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    let (filter, text) = match level {
+        Some(l) => (
+            EnvFilter::try_new(l).map_err(|e| format!("log-level: {e}"))?,
+            l.to_string(),
+        ),
+        None => match EnvFilter::try_from_default_env() {
+            Ok(f) => (f, std::env::var("RUST_LOG").unwrap_or_default()),
+            Err(_) => (EnvFilter::new("info"), "info".into()),
+        },
+    };
+    // ractor wraps every handler in an `Actor{id=...}` span, which would prefix each line
+    // with ids that mean nothing to an operator; unless the filter names ractor, its spans
+    // and chatter stay below warnings.
+    let filter = if text.contains("ractor") {
+        filter
+    } else {
+        match "ractor=warn".parse() {
+            Ok(d) => filter.add_directive(d),
+            Err(_) => filter,
+        }
     };
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)

@@ -261,6 +261,24 @@ async fn run(settings: settings::Settings) -> ExitCode {
         // The node runs on; only `--datadir` discovery is lost (`--api` still works).
         Err(e) => error!(error = %e, "cannot write meshd.json; clients need --api"),
     }
+    // The banner: where everything is and how to stop, in one line.
+    let top = datadir.parent().unwrap_or(&datadir).display().to_string();
+    let network_flag = match node.config().network {
+        meshd_actors::network::NetworkId::Regtest => String::new(),
+        n => format!(" --network {}", n.name()),
+    };
+    info!(
+        datadir = %datadir.display(),
+        p2p = %node.listen_addrs().iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+        api = %api_addr.map_or("off".to_string(), |a| a.to_string()),
+        rpc = %rpc_addr.map_or("off".to_string(), |a| a.to_string()),
+        metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
+        cookie = %datadir.join(".cookie").display(),
+        stop = %format!("meshd stop --datadir {top}{network_flag} (or Ctrl-C, SIGTERM)"),
+        "meshd {} ready on {}",
+        env!("CARGO_PKG_VERSION"),
+        node.config().network.name()
+    );
     let signal_name = tokio::select! {
         _ = sigint.recv() => "SIGINT",
         _ = sigterm.recv() => "SIGTERM",

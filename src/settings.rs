@@ -534,6 +534,9 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .clone()
         .or(file.datadir.clone())
         .unwrap_or_else(crate::nodefile::default_datadir);
+    // Absolute from here on (a relative one is taken from the working directory, as
+    // Core's), so the logs, meshd.json and `meshd status` name it in full.
+    let base = std::path::absolute(&base).unwrap_or(base);
     let mut node = NodeConfig::new(network, base.join(network.name()));
 
     let pick = |flag: &Vec<String>, key: &Option<Vec<String>>| -> Vec<String> {

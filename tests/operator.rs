@@ -618,3 +618,87 @@ fn top_shows_peers_sync_and_events_under_tmux_and_quits_on_q() {
     let after = tmux.wait_for("top's exit", |s| s.contains("TOP-EXIT="));
     assert!(after.contains("TOP-EXIT=0"), "{after}");
 }
+
+#[test]
+fn sync_wait_gives_up_after_its_timeout_and_the_banner_says_how_to_stop() {
+    // A fresh regtest node with no peer stays in initial sync: --wait alone would wait on.
+    let node = Meshd::start(&[]);
+    let t = Instant::now();
+    let (code, _, err) = node.cli(&["sync", "--wait", "--timeout", "1s"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not synced after 1s"), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    let banner = node.wait_log("the banner", Duration::from_secs(5), |v| {
+        common::msg(v).starts_with("meshd ") && common::msg(v).contains(" ready on regtest")
+    });
+    let datadir = node.datadir.display().to_string();
+    assert!(
+        banner["stop"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("meshd stop --datadir {datadir}")),
+        "{banner}"
+    );
+    assert!(
+        banner["cookie"].as_str().unwrap().starts_with(&datadir),
+        "{banner}"
+    );
+    // One "listening" line per address, and no actor span ids on the lines.
+    assert_eq!(
+        node.count_logs(|l| {
+            l["level"] != "DEBUG"
+                && matches!(common::msg(l), "p2p listening" | "listening for peers")
+        }),
+        1,
+        "only the daemon's p2p line"
+    );
+    // Text logs on the default filter: no actor span ids.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(meshd_bin())
+        .args([
+            "--datadir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--api", "127.0.0.1:0", "--no-metrics"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = out.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let text = out.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&text.stderr);
+    assert!(text.contains(" ready on regtest"), "{text}");
+    assert!(!text.contains("Actor{"), "{text}");
+}
+
+#[test]
+fn help_is_grouped_by_topic() {
+    let out = Command::new(meshd_bin()).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for heading in [
+        "Basics:",
+        "Connections:",
+        "Bandwidth:",
+        "Bans and permissions:",
+        "Operator interfaces (API, JSON-RPC, metrics):",
+        "Discovery and NAT:",
+        "Blocks, sync and relay:",
+        "Proxies and Tor:",
+        "Fleet (NATS):",
+    ] {
+        assert!(text.lines().any(|l| l == heading), "{heading} in:\n{text}");
+    }
+    // Every option sits under a topic: the generic list holds only help and version.
+    let generic: Vec<&str> = text
+        .split("\nOptions:\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\nBasics:\n").next())
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.trim_start().starts_with('-'))
+        .collect();
+    assert_eq!(generic.len(), 2, "{generic:?}");
+}

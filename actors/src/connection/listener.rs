@@ -16,7 +16,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::context::NodeContext;
 use crate::msg::ManagerMsg;
@@ -74,7 +74,8 @@ impl Actor for Listener {
             .chain(args.onion.map(|l| (l, true)));
         for (listener, onion) in all {
             if let Ok(addr) = listener.local_addr() {
-                info!(%addr, onion, "listening for peers");
+                // The daemon says "p2p listening" once per address; this is the detail.
+                debug!(%addr, onion, "listening for peers");
             }
             tasks.push(tokio::spawn(accept_loop(
                 listener,
