@@ -661,6 +661,8 @@ pub fn sse_json(e: &meshd_actors::events::Event) -> Value {
             ("peer", val) => ("id".to_string(), val),
             ("addr", val) => ("address".to_string(), val),
             ("version", val) => ("protocol_version".to_string(), val),
+            // Unix seconds, named as every other time.
+            ("until", val) => ("until_time".to_string(), val),
             ("services", Value::Number(n)) => (
                 "services".to_string(),
                 json!(format!("0x{:x}", n.as_u64().unwrap_or(0))),

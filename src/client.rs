@@ -755,7 +755,7 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
                 .map(|o| {
                     o.iter()
                         .filter(|(k, _)| !matches!(k.as_str(), "type" | "time" | "seq"))
-                        .map(|(k, val)| format!("{}={}", sanitize(k), s(val)))
+                        .map(|(k, val)| format!("{}={}", sanitize(k), event_value(k, val)))
                         .collect()
                 })
                 .unwrap_or_default();
@@ -772,6 +772,21 @@ fn events(c: &Client, types: &[String]) -> Result<(), String> {
         }
     }
     Err("the event stream ended: the node closed the connection (stopped, or restarting)".into())
+}
+
+/// An event field as a person reads it: `*_time` fields as local times.
+pub(crate) fn event_value(key: &str, v: &Value) -> String {
+    match v.as_i64() {
+        // One token, so the line still splits on spaces: 2026-12-08T11:01:48+01:00.
+        Some(t) if key.ends_with("_time") => match jiff::Timestamp::from_second(t) {
+            Ok(ts) => ts
+                .to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%dT%H:%M:%S%:z")
+                .to_string(),
+            Err(_) => t.to_string(),
+        },
+        _ => s(v),
+    }
 }
 
 /// Unix seconds as the local time of day to the millisecond (`14:03:07.412`).
@@ -1022,6 +1037,7 @@ fn print_status(v: &Value) {
         ("data dir", s(&v["datadir"])),
         ("api", list("api")),
         ("metrics", list("metrics")),
+        ("rpc", list("rpc")),
         ("p2p", list("p2p")),
         (
             "peers",

@@ -245,7 +245,7 @@ fn event_line(v: &Value) -> String {
         .map(|o| {
             o.iter()
                 .filter(|(k, _)| !matches!(k.as_str(), "type" | "time" | "seq"))
-                .map(|(k, val)| format!("{}={}", sanitize(k), s(val)))
+                .map(|(k, val)| format!("{}={}", sanitize(k), crate::client::event_value(k, val)))
                 .collect()
         })
         .unwrap_or_default();

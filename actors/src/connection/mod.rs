@@ -847,7 +847,8 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         direction = %state.direction,
         version = pv.version,
         user_agent = %pv.user_agent,
-        services = %pv.services,
+        // One spelling of service bits everywhere an operator reads them: hex.
+        services = %format_args!("0x{:x}", pv.services.to_u64()),
         start_height = pv.start_height,
         handshake_ms = took.as_millis() as u64,
         transport = state.transport_kind.unwrap_or_default().as_str(),
