@@ -53,6 +53,10 @@ pub struct Process {
     pub rpc: Option<SocketAddr>,
     /// The log filter in force (`--log-level`, or the default).
     pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: &'static str,
+    /// The `--rpcauth` users' names.
+    pub rpc_users: Vec<String>,
 }
 
 /// An error response.
@@ -271,9 +275,22 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "upload-burst": c.upload_burst,
         "download-burst": c.download_burst,
         "peer-burst": c.peer_burst,
-        "whitelist": c.whitelist.len(),
+        "whitelist": c
+            .whitelist
+            .iter()
+            .map(|w| format!("{}@{}", w.permissions.names().join(","), w.subnet))
+            .collect::<Vec<_>>(),
+        // The fleet's keys (credentials never shown), null without --nats.
         "nats": c.fleet.as_ref().map(|f| f.url.clone()),
         "fleet": c.fleet.as_ref().map(|f| f.fleet.clone()),
+        "node-name": c.fleet.as_ref().map(|f| f.node_name.clone()),
+        "fleet-max-age": c.fleet.as_ref().map(|f| dur(f.max_age)),
+        "fleet-max-bytes": c.fleet.as_ref().map(|f| f.max_bytes),
+        "fleet-buffer": c.fleet.as_ref().map(|f| f.buffer),
+        "fleet-heartbeat-interval": c.fleet.as_ref().map(|f| dur(f.heartbeat_interval)),
+        "fleet-apply-bans": c.fleet.as_ref().map(|f| f.apply_bans),
+        "fleet-trusted-keys": c.fleet.as_ref().map(|f| f.trusted_keys.len()),
+        "fleet-replicas": c.fleet.as_ref().map(|f| f.replicas),
     })
 }
 
@@ -572,6 +589,9 @@ fn full_config(s: &ApiState, c: &NodeConfig) -> Value {
     v["metrics"] = json!(addr(s.process.metrics));
     v["rpc"] = json!(addr(s.process.rpc));
     v["log-level"] = json!(s.process.log_level);
+    v["log-format"] = json!(s.process.log_format);
+    // The users' names only: their hashes are secrets too.
+    v["rpcauth"] = json!(s.process.rpc_users);
     v
 }
 
@@ -661,6 +681,11 @@ pub fn sse_json(e: &meshd_actors::events::Event) -> Value {
             ("peer", val) => ("id".to_string(), val),
             ("addr", val) => ("address".to_string(), val),
             ("version", val) => ("protocol_version".to_string(), val),
+            ("delay_ms", Value::Number(n)) => (
+                "delay".to_string(),
+                json!(n.as_u64().unwrap_or(0) as f64 / 1000.0),
+            ),
+            ("retry_in_secs", val) => ("retry_in".to_string(), val),
             // Unix seconds, named as every other time.
             ("until", val) => ("until_time".to_string(), val),
             ("services", Value::Number(n)) => (
@@ -686,20 +711,16 @@ pub fn sse_json(e: &meshd_actors::events::Event) -> Value {
 }
 
 /// A resume point: `RUN-SEQ` as this server writes SSE ids (RUN is the node's start in
-/// unix milliseconds, so an id from an earlier start is known as such), or a bare SEQ.
-fn parse_resume(text: &str, run: u64) -> Option<u64> {
-    match text.trim().split_once('-') {
-        Some((r, seq)) => {
-            let seq = seq.parse().ok()?;
-            // Another start's numbers mean nothing here: all that is kept is new to it.
-            Some(if r.parse::<u64>().ok()? == run {
-                seq
-            } else {
-                0
-            })
-        }
-        None => text.trim().parse().ok(),
+/// unix milliseconds, so an id from an earlier start is known as such). `None` for text
+/// that is no such id, or a number this start has not given yet.
+fn parse_resume(text: &str, run: u64, last_seq: u64) -> Option<u64> {
+    let (r, seq) = text.trim().split_once('-')?;
+    let (r, seq): (u64, u64) = (r.parse().ok()?, seq.parse().ok()?);
+    if r != run {
+        // Another start's numbers mean nothing here: all that is kept is new to it.
+        return Some(0);
     }
+    (seq <= last_seq).then_some(seq)
 }
 
 async fn events(
@@ -745,11 +766,13 @@ async fn events(
         .or(q.since.clone());
     let resume = match resume {
         None => None,
-        Some(text) => Some(parse_resume(&text, run).ok_or_else(|| {
-            ApiError::bad(format!(
-                "Last-Event-ID {text:?} is not an id this stream gave (RUN-SEQ)"
-            ))
-        })?),
+        Some(text) => Some(
+            parse_resume(&text, run, s.node.events_since(u64::MAX).last_seq).ok_or_else(|| {
+                ApiError::bad(format!(
+                    "Last-Event-ID {text:?} is not an id this stream gave (RUN-SEQ)"
+                ))
+            })?,
+        ),
     };
     // Subscribed before the replay is read: nothing falls between the two.
     let live = s.node.subscribe_to(&kinds);

@@ -18,6 +18,7 @@ use crate::cli::{ClientArgs, Command, FleetCommand, HintsCommand};
 /// Time allowed for one API call (not for the event stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+#[derive(Clone)]
 pub(crate) struct Client {
     pub(crate) base: String,
     addr: String,
@@ -571,7 +572,7 @@ fn config_value(key: &str, v: &Value) -> String {
     .iter()
     .any(|w| key.ends_with(w));
     let is_rate = key.ends_with("-rate");
-    let is_bytes = key.ends_with("-burst") || key.ends_with("-bytes");
+    let is_bytes = key.ends_with("-burst") || key.ends_with("-bytes") || key.ends_with("-size");
     match v {
         Value::Number(n) if is_duration => {
             let secs = n.as_f64().unwrap_or(0.0);
@@ -1154,7 +1155,13 @@ pub fn run(cmd: Command) -> ExitCode {
             .map(|v| emit(&c, &v, print_network)),
         Command::Netinfo(_) => netinfo(&c),
         Command::Top { interval, .. } => {
-            crate::top::run(&c, Duration::from_secs_f64(interval.clamp(0.1, 3600.0)))
+            if interval.is_finite() && *interval > 0.0 {
+                crate::top::run(&c, Duration::from_secs_f64(interval.clamp(0.1, 3600.0)))
+            } else {
+                Err(format!(
+                    "--interval: expected seconds above 0, got {interval}"
+                ))
+            }
         }
         Command::Sync { wait: false, .. } => c
             .call("GET", "/v1/sync", None)

@@ -16,11 +16,12 @@ pub fn now_unix() -> i64 {
 pub fn span(secs: i64) -> String {
     let secs = secs.max(0);
     let near = |unit: i64| (secs + unit / 2) / unit;
+    // Rounding up to the next unit's first step reads as that unit (59m 59s is 1h).
     match secs {
         0..=59 => format!("{secs}s"),
-        60..=3_599 => format!("{}m", near(60)),
-        3_600..=86_399 => format!("{}h", near(3_600)),
-        _ => format!("{}d", near(86_400)),
+        60..=3_599 if near(60) < 60 => format!("{}m", near(60)),
+        60..=86_399 if near(3_600) < 24 => format!("{}h", near(3_600).max(1)),
+        _ => format!("{}d", near(86_400).max(1)),
     }
 }
 
@@ -250,6 +251,9 @@ mod tests {
         assert_eq!(span(3 * 3600 + 5), "3h");
         assert_eq!(span(7 * 86_400 - 1), "7d");
         assert_eq!(span(89), "1m");
+        assert_eq!(span(3_599), "1h");
+        assert_eq!(span(86_399), "1d");
+        assert_eq!(span(-5), "0s");
         assert_eq!(span(86_400 * 2), "2d");
         assert_eq!(ago(&json!(1000 - 180), 1000), "3m ago");
         assert_eq!(ago(&json!(null), 1000), "-");

@@ -183,6 +183,8 @@ async fn run(settings: settings::Settings) -> ExitCode {
     let api_addr = api_listener.as_ref().and_then(|l| l.local_addr().ok());
     let rpc_addr = rpc_listener.as_ref().and_then(|l| l.local_addr().ok());
     let stop = Arc::new(tokio::sync::Notify::new());
+    // The cookie files written, for the banner.
+    let mut cookies: Vec<String> = Vec::new();
     if let Some((listener, handle)) = metrics {
         metrics_http::serve(
             listener,
@@ -198,6 +200,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
                 Ok((t, path)) => {
                     // Removed by the node however it ends, before it unlocks the data dir,
                     // so a restart's new cookie is never the one deleted.
+                    cookies.push(path.display().to_string());
                     node.remove_on_exit(path);
                     t
                 }
@@ -215,12 +218,18 @@ async fn run(settings: settings::Settings) -> ExitCode {
             stop: stop.clone(),
             rpc: rpc_addr,
             log_level: log_level.clone(),
+            log_format: match settings.log_format {
+                cli::LogFormat::Text => "text",
+                cli::LogFormat::Json => "json",
+            },
+            rpc_users: settings.rpcauth.iter().map(|u| u.user.clone()).collect(),
         };
         api::serve(listener, node.clone(), token, process);
     }
     if let Some(listener) = rpc_listener {
         let cookie = match rpc::write_rpc_cookie(&node.config().datadir) {
             Ok((password, path)) => {
+                cookies.push(path.display().to_string());
                 node.remove_on_exit(path);
                 Some(password)
             }
@@ -273,7 +282,7 @@ async fn run(settings: settings::Settings) -> ExitCode {
         api = %api_addr.map_or("off".to_string(), |a| a.to_string()),
         rpc = %rpc_addr.map_or("off".to_string(), |a| a.to_string()),
         metrics = %metrics_addr.map_or("off".to_string(), |a| a.to_string()),
-        cookie = %datadir.join(".cookie").display(),
+        cookies = %if cookies.is_empty() { "none".to_string() } else { cookies.join(",") },
         stop = %format!("meshd stop --datadir {top}{network_flag} (or Ctrl-C, SIGTERM)"),
         "meshd {} ready on {}",
         env!("CARGO_PKG_VERSION"),

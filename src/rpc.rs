@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
@@ -82,6 +82,27 @@ pub const MAX_RPC_BODY_BYTES: usize = 1 << 20;
 /// full node is about 300 kB, so a batch of these stays below a gigabyte only if bounded).
 pub const MAX_RPC_BATCH: usize = 1000;
 
+/// Requests answered at once; more get Core's 503 "Work queue depth exceeded".
+///
+/// # Security
+/// Core runs 4 RPC threads and queues 64 requests (`-rpcthreads`, `-rpcworkqueue`); each
+/// request here holds at most [`MAX_RPC_RESPONSE_BYTES`] of answer, so this bounds the
+/// memory all callers together can make the node hold.
+pub const MAX_RPC_IN_FLIGHT: usize = 16;
+
+/// Longest a request may take, its body's read included (Core's `-rpcservertimeout`, 30 s).
+///
+/// # Security
+/// A client that sends its body a byte at a time holds a slot this long at most.
+pub const RPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most bytes of answers one batch collects before its remaining calls are refused.
+///
+/// # Security
+/// A 1 MiB batch of `getblock` verbosity 2 calls on kept 4 MB blocks would otherwise make
+/// hundreds of megabytes of JSON.
+pub const MAX_RPC_RESPONSE_BYTES: usize = 64 << 20;
+
 /// How long a request with a wrong password waits for its 401, as Core's `httprpc.cpp`
 /// (250 ms): guessing passwords over one connection becomes slow.
 pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
@@ -136,6 +157,36 @@ struct RpcState {
     auth: Arc<RpcAuth>,
     started: SystemTime,
     stop: Arc<tokio::sync::Notify>,
+    /// Held through a failed login's delay: one at a time for the whole server.
+    auth_delay: Arc<tokio::sync::Mutex<()>>,
+    /// Requests being answered.
+    in_flight: Arc<tokio::sync::Semaphore>,
+    /// Failed logins logged (a guessing client must not fill the disk).
+    auth_log: Arc<std::sync::Mutex<LogBudget>>,
+}
+
+/// Failed-login lines logged per minute; the rest are only counted.
+const AUTH_LOG_PER_MINUTE: u32 = 10;
+
+/// A per-minute budget of log lines.
+#[derive(Debug, Default)]
+struct LogBudget {
+    window: Option<std::time::Instant>,
+    used: u32,
+}
+
+impl LogBudget {
+    fn allow(&mut self, now: std::time::Instant) -> bool {
+        if self
+            .window
+            .is_none_or(|w| now.saturating_duration_since(w) >= Duration::from_secs(60))
+        {
+            self.window = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= AUTH_LOG_PER_MINUTE
+    }
 }
 
 /// A method: its name, its parameters in order (names as Core's), and how many are required.
@@ -161,7 +212,7 @@ const METHODS: &[Method] = &[
     m("generatetoaddress", &["nblocks", "address", "maxtries"], 2),
     m("getaddednodeinfo", &["node"], 0),
     m("getbestblockhash", &[], 0),
-    m("getblock", &["blockhash", "verbosity"], 1),
+    m("getblock", &["blockhash", "verbosity|verbose"], 1),
     m("getblockchaininfo", &[], 0),
     m("getblockcount", &[], 0),
     m("getblockhash", &["height"], 1),
@@ -172,7 +223,11 @@ const METHODS: &[Method] = &[
     m("getnetworkinfo", &[], 0),
     m("getpeerinfo", &[], 0),
     m("getrawmempool", &["verbose", "mempool_sequence"], 0),
-    m("getrawtransaction", &["txid", "verbose", "blockhash"], 1),
+    m(
+        "getrawtransaction",
+        &["txid", "verbosity|verbose", "blockhash"],
+        1,
+    ),
     m("help", &["command"], 0),
     m("listbanned", &[], 0),
     m("ping", &[], 0),
@@ -183,7 +238,13 @@ const METHODS: &[Method] = &[
 
 fn usage(method: &Method) -> String {
     let mut s = method.name.to_string();
-    for (i, p) in method.params.iter().enumerate() {
+    // An alias (`verbosity|verbose`, as Core names them) shows by its first name.
+    for (i, p) in method
+        .params
+        .iter()
+        .map(|p| p.split('|').next().unwrap_or(p))
+        .enumerate()
+    {
         if i < method.required {
             s += &format!(" \"{p}\"");
         } else {
@@ -215,12 +276,16 @@ impl Args {
             }
             Some(Value::Object(named)) => {
                 for (key, v) in named {
-                    let at = method.params.iter().position(|p| p == key).ok_or_else(|| {
-                        rpc_err(
-                            RPC_INVALID_PARAMETER,
-                            format!("Unknown named parameter {key}"),
-                        )
-                    })?;
+                    let at = method
+                        .params
+                        .iter()
+                        .position(|p| p.split('|').any(|name| name == key))
+                        .ok_or_else(|| {
+                            rpc_err(
+                                RPC_INVALID_PARAMETER,
+                                format!("Unknown named parameter {key}"),
+                            )
+                        })?;
                     values[at] = Some(v.clone()).filter(|v| !v.is_null());
                 }
             }
@@ -395,18 +460,10 @@ fn bitcoin_network(id: NetworkId) -> bitcoin::Network {
     }
 }
 
-/// Core's `CLIENT_VERSION`: 10000 × major + 100 × minor + patch.
-fn client_version() -> u64 {
-    let mut parts = env!("CARGO_PKG_VERSION")
-        .split('.')
-        .map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b, c) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    a * 10_000 + b * 100 + c
-}
+/// getnetworkinfo's `version`: the Core release whose RPC answers meshd's follow (28.0),
+/// since tools gate on it (bitcoin-cli's `-netinfo` refuses a server below 209900);
+/// `subversion` names meshd and its own version.
+const RPC_COMPAT_VERSION: u64 = 280_000;
 
 fn peer_json(p: &PeerInfo) -> Value {
     let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
@@ -416,7 +473,6 @@ fn peer_json(p: &PeerInfo) -> Value {
     let mut v = json!({
         "id": p.id.0,
         "addr": p.address(),
-        "addrbind": p.local_addr.map(|a| a.to_string()),
         "network": p.network().name(),
         "services": format!("{:016x}", p.services),
         "servicesnames": service_names(p.services),
@@ -436,7 +492,8 @@ fn peer_json(p: &PeerInfo) -> Value {
         "bip152_hb_from": p.bip152_hb_from,
         "startingheight": p.start_height,
         "presynced_headers": -1,
-        "synced_headers": p.synced_height.max(p.start_height.max(0) as u32),
+        // The headers it showed us, not the height it claimed in its version.
+        "synced_headers": p.synced_height,
         "synced_blocks": -1,
         "inflight": [],
         "addr_relay_enabled": p.connection_type != "block-relay-only",
@@ -447,7 +504,10 @@ fn peer_json(p: &PeerInfo) -> Value {
         "transport_protocol_type": p.transport,
         "session_id": p.session_id,
     });
-    // Core leaves out what it has not measured.
+    // Core leaves out what it does not know.
+    if let Some(a) = p.local_addr {
+        v["addrbind"] = json!(a.to_string());
+    }
     if let Some(t) = secs(p.ping_last) {
         v["pingtime"] = json!(t);
     }
@@ -668,11 +728,13 @@ impl RpcState {
         bitcoin_network(self.node.profile().id)
     }
 
+    /// The peers Core's getpeerinfo and getconnectioncount count: those with a socket
+    /// (handshaking or connected), not dials still in progress.
     fn connected(&self) -> Vec<PeerInfo> {
         self.node
             .peers()
             .into_iter()
-            .filter(|p| p.state == PeerState::Connected)
+            .filter(|p| p.state != PeerState::Connecting)
             .collect()
     }
 
@@ -690,8 +752,7 @@ impl RpcState {
     async fn call(&self, name: &str, args: &Args) -> RpcResult {
         match name {
             "getpeerinfo" => Ok(json!(self
-                .node
-                .peers()
+                .connected()
                 .iter()
                 .map(peer_json)
                 .collect::<Vec<_>>())),
@@ -868,15 +929,21 @@ impl RpcState {
                 let now = now_unix();
                 let mut out = Map::new();
                 for t in &pool {
-                    out.insert(
-                        t.txid.to_string(),
-                        json!({
-                            "vsize": t.weight.div_ceil(4),
-                            "weight": t.weight,
-                            "time": now.saturating_sub(t.age.as_secs()),
-                            "wtxid": t.wtxid.to_string(),
-                        }),
-                    );
+                    let vsize = t.weight.div_ceil(4);
+                    let mut entry = json!({
+                        "vsize": vsize,
+                        "weight": t.weight,
+                        "time": now.saturating_sub(t.age.as_secs()),
+                        "wtxid": t.wtxid.to_string(),
+                    });
+                    // The fee, where every input's value is known (meshd keeps no coins, so
+                    // only for transactions spending outputs of blocks it keeps).
+                    if let Some(rate) = t.fee_rate {
+                        let sats = rate.saturating_mul(vsize) / 1000;
+                        let btc = bitcoin::Amount::from_sat(sats).to_btc();
+                        entry["fees"] = json!({"base": btc, "modified": btc});
+                    }
+                    out.insert(t.txid.to_string(), entry);
                 }
                 Ok(Value::Object(out))
             }
@@ -927,12 +994,12 @@ impl RpcState {
             .collect();
         let services = c.services.to_u64();
         json!({
-            "version": client_version(),
+            "version": RPC_COMPAT_VERSION,
             "subversion": meshd_actors::network::user_agent(),
             "protocolversion": self.node.profile().protocol_version,
             "localservices": format!("{services:016x}"),
             "localservicesnames": service_names(services),
-            "localrelay": true,
+            "localrelay": c.tx_relay != meshd_actors::config::TxRelay::None,
             "timeoffset": 0,
             "networkactive": true,
             "connections": connected.len(),
@@ -1066,11 +1133,13 @@ impl RpcState {
         }
         let bantime = args.int(2)?.unwrap_or(0);
         let absolute = args.bool(3)?.unwrap_or(false);
-        let duration = if bantime <= 0 {
-            DEFAULT_BAN_TIME
-        } else if absolute {
+        // Core: an absolute time is a unix time (0 and the past are errors); a relative one
+        // of 0 or less is the default ban time.
+        let duration = if absolute {
             let until = u64::try_from(bantime).unwrap_or(0);
             Duration::from_secs(until.saturating_sub(now_unix()))
+        } else if bantime <= 0 {
+            DEFAULT_BAN_TIME
         } else {
             Duration::from_secs(bantime as u64)
         };
@@ -1140,6 +1209,9 @@ impl RpcState {
                 let hash: BlockHash = hash_param("parameter 3", b)?;
                 let block = match self.query(ChainQuery::Block(hash)).await? {
                     ChainAnswer::Block(Some(block), _) => block,
+                    ChainAnswer::Block(None, true) => {
+                        return Err(rpc_err(RPC_MISC_ERROR, "Block not available"))
+                    }
                     _ => return Err(rpc_err(RPC_INVALID_ADDRESS_OR_KEY, "Block hash not found")),
                 };
                 let tx = block
@@ -1228,7 +1300,15 @@ async fn answer_one(state: &RpcState, req: &Value) -> (Option<Value>, StatusCode
         );
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
-    let v2 = obj.get("jsonrpc").and_then(Value::as_str) == Some("2.0");
+    let v2 = match obj.get("jsonrpc") {
+        None => false,
+        Some(Value::String(v)) if v == "2.0" => true,
+        Some(Value::String(v)) if v == "1.0" => false,
+        Some(_) => {
+            let e = rpc_err(RPC_INVALID_REQUEST, "JSON-RPC version not supported");
+            return (Some(reply_v1(id, Err(e))), StatusCode::BAD_REQUEST);
+        }
+    };
     let result = match obj.get("method") {
         Some(Value::String(name)) => match METHODS.iter().find(|m| m.name == name) {
             None => Err(rpc_err(RPC_METHOD_NOT_FOUND, "Method not found")),
@@ -1283,27 +1363,55 @@ fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
-async fn handle(State(state): State<RpcState>, headers: HeaderMap, body: Bytes) -> Response {
-    let authorization = headers
+/// The gate in front of every request, before its body is read: a missing password is
+/// refused at once, a wrong one after [`AUTH_FAILURE_DELAY`] taken one at a time for the
+/// whole server (Core's `UninterruptibleSleep` holds one of its few workers, so guesses are
+/// slow however many connections make them); at most [`MAX_RPC_IN_FLIGHT`] requests run,
+/// each within [`RPC_REQUEST_TIMEOUT`] (its body read included).
+async fn gate(
+    State(state): State<RpcState>,
+    axum::extract::ConnectInfo(from): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let authorization = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !state.auth.check(authorization) {
-        let peer = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        warn!(
-            forwarded_for = peer,
-            "JSON-RPC call with a wrong or missing password"
-        );
-        metrics::counter!("meshd_rpc_auth_failures_total").increment(1);
-        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
-        return (
+    let unauthorized = || {
+        (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"jsonrpc\"")],
         )
-            .into_response();
+            .into_response()
+    };
+    if authorization.is_none() {
+        return unauthorized();
     }
+    if !state.auth.check(authorization) {
+        metrics::counter!("meshd_rpc_auth_failures_total").increment(1);
+        if state
+            .auth_log
+            .lock()
+            .is_ok_and(|mut l| l.allow(std::time::Instant::now()))
+        {
+            warn!(%from, "JSON-RPC call with a wrong password");
+        }
+        let _one_at_a_time = state.auth_delay.lock().await;
+        tokio::time::sleep(AUTH_FAILURE_DELAY).await;
+        return unauthorized();
+    }
+    let Ok(_slot) = state.in_flight.clone().try_acquire_owned() else {
+        // Core's answer when its work queue is full.
+        return (StatusCode::SERVICE_UNAVAILABLE, "Work queue depth exceeded").into_response();
+    };
+    match tokio::time::timeout(RPC_REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out").into_response(),
+    }
+}
+
+async fn handle(State(state): State<RpcState>, body: Bytes) -> Response {
     let request: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
         Err(_) => {
@@ -1322,17 +1430,39 @@ async fn handle(State(state): State<RpcState>, headers: HeaderMap, body: Bytes) 
                 return json_response(StatusCode::BAD_REQUEST, &reply_v1(Value::Null, Err(e)));
             }
             let mut out = Vec::with_capacity(calls.len());
+            let mut bytes = 0usize;
             for call in &calls {
+                if bytes > MAX_RPC_RESPONSE_BYTES {
+                    let id = call.get("id").cloned().unwrap_or(Value::Null);
+                    let e = rpc_err(
+                        RPC_MISC_ERROR,
+                        format!("the batch's answer passed {MAX_RPC_RESPONSE_BYTES} bytes: call the rest apart"),
+                    );
+                    out.push(reply_v1(id, Err(e)));
+                    continue;
+                }
                 if let (Some(answer), _) = answer_one(&state, call).await {
+                    bytes += answer.to_string().len();
                     out.push(answer);
                 }
             }
+            if out.is_empty() {
+                // Only notifications: nothing to answer (Core: 204).
+                return StatusCode::NO_CONTENT.into_response();
+            }
             json_response(StatusCode::OK, &Value::Array(out))
         }
-        single => match answer_one(&state, &single).await {
+        Value::Object(_) => match answer_one(&state, &request).await {
             (Some(answer), status) => json_response(status, &answer),
             (None, status) => status.into_response(),
         },
+        _ => {
+            let body = reply_v1(
+                Value::Null,
+                Err(rpc_err(RPC_PARSE_ERROR, "Top-level object parse error")),
+            );
+            json_response(StatusCode::INTERNAL_SERVER_ERROR, &body)
+        }
     }
 }
 
@@ -1349,6 +1479,9 @@ pub fn serve(
         auth: Arc::new(auth),
         started,
         stop,
+        auth_delay: Arc::new(tokio::sync::Mutex::new(())),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_RPC_IN_FLIGHT)),
+        auth_log: Arc::new(std::sync::Mutex::new(LogBudget::default())),
     };
     metrics::describe_counter!(
         "meshd_rpc_requests_total",
@@ -1367,11 +1500,13 @@ pub fn serve(
     let app = Router::new()
         .route("/", post(handle))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_RPC_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), gate))
         .with_state(state);
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, "JSON-RPC listening");
     }
     tokio::spawn(async move {
+        let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "JSON-RPC server stopped");
         }

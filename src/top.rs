@@ -277,30 +277,44 @@ fn follow_events(base: String, token: String, state: Arc<Mutex<TopState>>) {
     });
 }
 
+/// Polls the API on a thread every `interval` into `state`, so a slow or hung node never
+/// keeps the view from reading its keys.
+fn follow_status(c: &Client, interval: Duration, state: Arc<Mutex<TopState>>) {
+    let c = c.clone();
+    std::thread::spawn(move || loop {
+        let reading = c.call("GET", "/v1/status", None).and_then(|status| {
+            Ok((
+                status,
+                c.call("GET", "/v1/peers", None)?,
+                c.call("GET", "/v1/sync", None)?,
+            ))
+        });
+        match state.lock() {
+            Ok(mut st) => match reading {
+                Ok((status, peers, sync)) => st.update(Instant::now(), status, peers, sync),
+                Err(e) => st.unreachable(e),
+            },
+            Err(_) => return,
+        }
+        std::thread::sleep(interval);
+    });
+}
+
 /// Runs the view until `q`, Esc or Ctrl-C.
 pub fn run(c: &Client, interval: Duration) -> Result<(), String> {
     let state = Arc::new(Mutex::new(TopState::default()));
+    follow_status(c, interval, state.clone());
     follow_events(c.base.clone(), c.token.clone(), state.clone());
-    let mut terminal = ratatui::try_init().map_err(|e| format!("cannot open the terminal: {e}"))?;
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            // It may have switched raw mode on before failing.
+            ratatui::restore();
+            return Err(format!("cannot open the terminal: {e}"));
+        }
+    };
     let result = (|| -> Result<(), String> {
-        let mut next_poll = Instant::now();
         loop {
-            if Instant::now() >= next_poll {
-                let reading = c.call("GET", "/v1/status", None).and_then(|status| {
-                    Ok((
-                        status,
-                        c.call("GET", "/v1/peers", None)?,
-                        c.call("GET", "/v1/sync", None)?,
-                    ))
-                });
-                if let Ok(mut st) = state.lock() {
-                    match reading {
-                        Ok((status, peers, sync)) => st.update(Instant::now(), status, peers, sync),
-                        Err(e) => st.unreachable(e),
-                    }
-                }
-                next_poll = Instant::now() + interval;
-            }
             terminal
                 .draw(|f| {
                     if let Ok(st) = state.lock() {
@@ -308,7 +322,6 @@ pub fn run(c: &Client, interval: Duration) -> Result<(), String> {
                     }
                 })
                 .map_err(|e| e.to_string())?;
-            // Keys are read between polls, so a keypress is answered within this wait.
             if event::poll(Duration::from_millis(200)).map_err(|e| e.to_string())? {
                 if let Event::Key(k) = event::read().map_err(|e| e.to_string())? {
                     let ctrl_c =

@@ -676,6 +676,12 @@ fn the_event_stream_resumes_from_last_event_id_names_fields_as_peers_does_and_en
     // An id the stream never gave is refused, not taken as "from the start".
     let (status, body) = api.get("/v1/events?since=soon");
     assert_eq!(status, 400, "{body}");
+    // A bare number could be another start's: refused. A number of this start not given
+    // yet would replay all: refused.
+    let (status, _) = api.get(&format!("/v1/events?since={seq}"));
+    assert_eq!(status, 400);
+    let (status, _) = api.get(&format!("/v1/events?since={run}-{}", seq + 1_000_000));
+    assert_eq!(status, 400);
     // The CLI follows the stream until the node stops, and says so.
     let follower = Command::new(meshd_bin())
         .args([

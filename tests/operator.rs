@@ -640,7 +640,7 @@ fn sync_wait_gives_up_after_its_timeout_and_the_banner_says_how_to_stop() {
         "{banner}"
     );
     assert!(
-        banner["cookie"].as_str().unwrap().starts_with(&datadir),
+        banner["cookies"].as_str().unwrap().starts_with(&datadir),
         "{banner}"
     );
     // One "listening" line per address, and no actor span ids on the lines.

@@ -392,9 +392,26 @@ fn http_answers_and_authentication_are_cores() {
     let node = Meshd::start(&["--rpc", "127.0.0.1:0"]);
     let rpc = node.rpc.unwrap();
     let auth = cookie_auth(&node);
-    // No password, a wrong one: 401 with Basic's challenge, after Core's delay.
+    // No password: 401 at once; a wrong one: 401 after Core's delay, one at a time.
+    let t = Instant::now();
     let (status, head, _) = post(rpc, None, r#"{"method":"getblockcount"}"#);
     assert_eq!(status, 401);
+    assert!(
+        t.elapsed() < Duration::from_millis(250),
+        "no password, no wait"
+    );
+    let t = Instant::now();
+    let guesses: Vec<_> = (0..4)
+        .map(|_| std::thread::spawn(move || post(rpc, Some("Basic X19jb29raWVfXzp4"), "{}").0))
+        .collect();
+    for g in guesses {
+        assert_eq!(g.join().unwrap(), 401);
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(4 * 250),
+        "parallel guesses wait in turn: {:?}",
+        t.elapsed()
+    );
     assert!(
         head.to_ascii_lowercase()
             .contains("www-authenticate: basic realm=\"jsonrpc\""),
@@ -467,6 +484,40 @@ fn http_answers_and_authentication_are_cores() {
     assert_eq!(v[0]["result"], 0, "{v}");
     assert_eq!(v[1]["error"]["code"], -8);
     assert_eq!(v[1]["error"]["message"], "Unknown named parameter hieght");
+    // Core's aliases: getblock's verbosity is also `verbose`.
+    let (_, _, body) = post(
+        rpc,
+        Some(&auth),
+        r#"{"jsonrpc":"2.0","id":3,"method":"getblock","params":{"blockhash":"0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206","verbose":true}}"#,
+    );
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -1, "known, not kept: {v}");
+    assert_eq!(v["error"]["message"], "Block not available (pruned data)");
+    // Versions Core does not speak, a scalar body, a batch of notifications only.
+    let (status, _, body) = post(
+        rpc,
+        Some(&auth),
+        r#"{"jsonrpc":"3.0","id":1,"method":"getblockcount"}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32600);
+    let (status, _, body) = post(rpc, Some(&auth), "7");
+    assert_eq!(status, 500);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["error"]["code"], -32700);
+    let (status, _, body) = post(
+        rpc,
+        Some(&auth),
+        r#"[{"jsonrpc":"2.0","method":"getblockcount"},{"jsonrpc":"2.0","method":"uptime"}]"#,
+    );
+    assert_eq!((status, body.as_str()), (204, ""));
+    let (_, _, body) = post(rpc, Some(&auth), r#"{"id":1,"method":"getnetworkinfo"}"#);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["result"]["version"].as_u64().unwrap() >= 209_900,
+        "bitcoin-cli -netinfo needs 209900: {v}"
+    );
     let (status, _, body) = post(rpc, Some(&auth), "{not json");
     assert_eq!(status, 500);
     let v: Value = serde_json::from_str(&body).unwrap();

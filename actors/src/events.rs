@@ -7,7 +7,9 @@
 //! evictions) have one publisher, the Manager, so their order is consistent;
 //! `MessageReceived` comes from the Connections, and only while someone is subscribed.
 //!
-//! Every event but `MessageReceived` gets a sequence number, dense from 1 per start, and
+//! Every event but `MessageReceived` and `TxReceived` (one per message or transaction: on
+//! mainnet they would push the rest out of the buffer in minutes) gets a sequence number,
+//! dense from 1 per start, and
 //! the last [`REPLAY_CAPACITY`] of them are kept, so an SSE client that reconnects with
 //! `Last-Event-ID` gets what it missed ([`EventBus::since`]), or learns how much is gone.
 
@@ -426,6 +428,12 @@ pub struct Replay {
     pub last_seq: u64,
 }
 
+/// Whether events of `kind` are numbered and kept for replay (not the per-message and
+/// per-transaction ones).
+fn is_kept(kind: EventKind) -> bool {
+    !matches!(kind, EventKind::MessageReceived | EventKind::TxReceived)
+}
+
 /// Whether events of `kind` travel on the traffic channel.
 fn is_traffic(kind: EventKind) -> bool {
     kind == EventKind::MessageReceived
@@ -455,8 +463,13 @@ impl EventBus {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        if is_traffic(event.kind()) {
-            let _ = self.traffic.send(Arc::new(Event {
+        if !is_kept(event.kind()) {
+            let channel = if is_traffic(event.kind()) {
+                &self.traffic
+            } else {
+                &self.tx
+            };
+            let _ = channel.send(Arc::new(Event {
                 seq: 0,
                 timestamp_ms,
                 event,

@@ -132,7 +132,7 @@ pub mod events;
 pub mod fleet;
 pub mod manager;
 mod metrics;
-pub use metrics::{describe_metrics, OPEN_LABELS, ZERO_SERIES};
+pub use metrics::{describe_metrics, OPEN_LABELS, ZERO_GAUGES, ZERO_SERIES};
 
 /// Keeps glibc's allocator from holding on to memory a hostile peer made us allocate. Call
 /// once, first thing, in a long-running process (the daemon does); a no-op elsewhere.

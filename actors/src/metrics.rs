@@ -654,6 +654,17 @@ const COMPACT_OUTCOMES: &[&str] = &[
     "unsolicited",
 ];
 
+/// Labelled gauges, each value at 0 from the start.
+pub const ZERO_GAUGES: &[(&str, &str, &[&str])] = &[(
+    "meshd_compact_high_bandwidth_peers",
+    "direction",
+    &["to", "from"],
+)];
+
+/// Gauges left out until they have a value: 0 would claim what is not known (the fleet's
+/// link and lag mean nothing without `--nats`).
+pub const NO_ZERO_GAUGES: &[&str] = &["meshd_fleet_connected", "meshd_fleet_block_lag_seconds"];
+
 /// Facade metrics whose label values are open (commands, transports, RPC error codes), or
 /// take two labels (compact blocks, registered apart): no series from [`ZERO_SERIES`].
 pub const OPEN_LABELS: &[&str] = &[
@@ -683,7 +694,11 @@ pub fn describe_metrics() {
 /// (compact blocks get their known outcome and mode pairs).
 fn register_zero_series() {
     for (kind, name, _) in DESCRIPTIONS {
-        if OPEN_LABELS.contains(name) || ZERO_SERIES.iter().any(|(n, _, _)| n == name) {
+        if OPEN_LABELS.contains(name)
+            || NO_ZERO_GAUGES.contains(name)
+            || ZERO_SERIES.iter().any(|(n, _, _)| n == name)
+            || ZERO_GAUGES.iter().any(|(n, _, _)| n == name)
+        {
             continue;
         }
         match *kind {
@@ -695,6 +710,11 @@ fn register_zero_series() {
     for (name, label, values) in ZERO_SERIES {
         for value in *values {
             metrics::counter!(*name, *label => *value).increment(0);
+        }
+    }
+    for (name, label, values) in ZERO_GAUGES {
+        for value in *values {
+            metrics::gauge!(*name, *label => *value).increment(0.0);
         }
     }
     for outcome in COMPACT_OUTCOMES {

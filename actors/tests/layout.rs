@@ -343,10 +343,11 @@ fn kinds_of(file: &str, impl_of: &str) -> Vec<String> {
 
 #[test]
 fn every_known_label_value_is_exported_at_zero_from_the_start() {
-    use meshd_actors::{OPEN_LABELS, ZERO_SERIES};
+    use meshd_actors::{OPEN_LABELS, ZERO_GAUGES, ZERO_SERIES};
     let listed = |metric: &str| -> Vec<&str> {
         ZERO_SERIES
             .iter()
+            .chain(ZERO_GAUGES)
             .filter(|(m, _, _)| *m == metric)
             .flat_map(|(_, _, values)| values.iter().copied())
             .collect()
@@ -356,7 +357,10 @@ fn every_known_label_value_is_exported_at_zero_from_the_start() {
     rust_files(&src(), &mut files);
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        for (i, _) in text.match_indices("counter!(") {
+        for (i, m) in text
+            .match_indices("counter!(")
+            .chain(text.match_indices("gauge!("))
+        {
             let call: String = text[i..].chars().take(300).collect();
             let call = call
                 .split(')')
@@ -364,7 +368,7 @@ fn every_known_label_value_is_exported_at_zero_from_the_start() {
                 .unwrap_or("")
                 .replace(['\n', ' '], "");
             let Some(name) = call
-                .strip_prefix("counter!(\"")
+                .strip_prefix(&format!("{m}\""))
                 .and_then(|r| r.split('"').next())
             else {
                 continue;

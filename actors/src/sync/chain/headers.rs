@@ -936,15 +936,33 @@ impl HeaderChain {
             .keys()
             .filter_map(|&i| self.parent_of(i))
             .collect();
+        // Each stale header's fork height, found once: a branch's headers share it, so
+        // the walk back stops at the first header already known (linear in stale headers).
+        let mut fork_of: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
         let mut out = vec![(self.tip_hash, self.height(), self.height())];
         for &idx in self.stale.keys() {
             if parents.contains(&idx) {
                 continue;
             }
-            let hash = self.hash_of(idx);
+            let mut path = Vec::new();
+            let mut at = Some(idx);
+            let fork = loop {
+                let Some(i) = at else { break 0 };
+                if let Some(&f) = fork_of.get(&i) {
+                    break f;
+                }
+                let height = self.entries[i as usize].height;
+                if self.best.get(height as usize) == Some(&i) {
+                    break height;
+                }
+                path.push(i);
+                at = self.parent_of(i);
+            };
+            for i in path {
+                fork_of.insert(i, fork);
+            }
             let height = self.entries[idx as usize].height;
-            let fork = self.fork_height(&hash).unwrap_or(0);
-            out.push((hash, height, fork));
+            out.push((self.hash_of(idx), height, fork));
         }
         out
     }
