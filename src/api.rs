@@ -614,6 +614,37 @@ async fn patch_config(
     Ok(Json(full_config(&s, &next)))
 }
 
+/// The fleet's JSON in the API's style (its wire format keeps its own names): unix times as
+/// `*_time` and durations in seconds. `first_ms`/`last_ms` (unix milliseconds) become
+/// `first_time`/`last_time`, other `*_ms` durations plain seconds, `*_secs` plain names,
+/// and a heartbeat's `time` becomes `time` unchanged (already unix seconds).
+fn api_style(v: &mut Value) {
+    match v {
+        Value::Array(a) => a.iter_mut().for_each(api_style),
+        Value::Object(o) => {
+            let old = std::mem::take(o);
+            for (k, mut val) in old {
+                api_style(&mut val);
+                let secs_of_ms = |val: &Value| {
+                    val.as_u64()
+                        .map_or(val.clone(), |n| json!(n as f64 / 1000.0))
+                };
+                let (k, val) = if k == "first_ms" || k == "last_ms" {
+                    (format!("{}_time", &k[..k.len() - 3]), secs_of_ms(&val))
+                } else if let Some(base) = k.strip_suffix("_ms") {
+                    (base.to_string(), secs_of_ms(&val))
+                } else if let Some(base) = k.strip_suffix("_secs") {
+                    (base.to_string(), val)
+                } else {
+                    (k, val)
+                };
+                o.insert(k, val);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// One line per fleet node from its heartbeat (`meshd fleet status`).
 async fn get_fleet(State(s): State<ApiState>) -> ApiResult {
     let Some(status) = s.node.fleet_status() else {
@@ -622,14 +653,16 @@ async fn get_fleet(State(s): State<ApiState>) -> ApiResult {
         ));
     };
     let nodes = s.node.fleet_nodes().await.map_err(ApiError::unavailable)?;
-    Ok(Json(json!({
+    let mut v = json!({
         "fleet": status,
         "nodes": nodes.iter().map(|(hb, stale)| {
             let mut v = json!(hb);
             v["stale"] = json!(stale);
             v
         }).collect::<Vec<_>>(),
-    })))
+    });
+    api_style(&mut v);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]
@@ -656,7 +689,9 @@ async fn get_propagation(
         .fleet_propagation(last)
         .await
         .map_err(ApiError::unavailable)?;
-    Ok(Json(json!(blocks)))
+    let mut v = json!(blocks);
+    api_style(&mut v);
+    Ok(Json(v))
 }
 
 #[derive(Deserialize)]

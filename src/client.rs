@@ -416,7 +416,7 @@ fn print_fleet(v: &Value) {
                         s(&n["outbound"]),
                         s(&n["inbound"]),
                         s(&n["v2"]),
-                        n["uptime_secs"].as_u64().map_or("-".into(), human_duration),
+                        n["uptime"].as_u64().map_or("-".into(), human_duration),
                         s(&n["version"]),
                     ]
                 })
@@ -437,8 +437,9 @@ fn print_propagation(v: &Value) {
         .map(|a| {
             a.iter()
                 .map(|b| {
-                    let first = b["first_ms"].as_i64();
-                    let last = b["last_ms"].as_i64();
+                    let ms = |v: &Value| v.as_f64().map(|t| (t * 1000.0).round() as i64);
+                    let first = ms(&b["first_time"]);
+                    let last = ms(&b["last_time"]);
                     vec![
                         s(&b["height"]),
                         s(&b["hash"]),
@@ -448,12 +449,8 @@ fn print_propagation(v: &Value) {
                         first
                             .zip(last)
                             .map_or("-".into(), |(f, l)| format!("+{} ms", l - f)),
-                        b["p50_ms"]
-                            .as_u64()
-                            .map_or("-".into(), |x| format!("{x} ms")),
-                        b["p90_ms"]
-                            .as_u64()
-                            .map_or("-".into(), |x| format!("{x} ms")),
+                        crate::human::millis(&b["p50"]),
+                        crate::human::millis(&b["p90"]),
                         carriers(&b["arrivals"]),
                     ]
                 })

@@ -37,6 +37,13 @@ fn fleet_status_propagation_and_network_through_the_cli() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
     assert_eq!(v[0]["height"], 2);
+    // The API's style: unix seconds as *_time, delays in seconds.
+    assert!(v[0]["first_time"].as_f64().unwrap() > 1.7e9, "{v}");
+    assert!(
+        v[0]["p50"].is_number() && v[0].get("p50_ms").is_none(),
+        "{v}"
+    );
+    assert!(v[0]["arrivals"][1]["delay"].is_number(), "{v}");
     // Which message first carried the block to each node: alpha mined it, beta got it from
     // alpha whole (two new blocks at once are fetched as blocks).
     let arrivals = v[0]["arrivals"].as_array().unwrap();
