@@ -218,6 +218,12 @@ async fn with_the_outbound_slots_full_a_feeler_tests_a_new_address_and_moves_it_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The slot is released when the feeler's actor has stopped, which may come a moment
+    // after the address book's move to tried.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.slots().0.feeler != 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let (used, _) = node.slots();
     assert_eq!(
         (used.outbound, used.feeler),
