@@ -9,7 +9,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bip324::{PacketType, Role};
+use bip324::Role;
 use bitcoin::p2p::message::NetworkMessage;
 use common::config;
 use meshd_actors::events::{EventKind, EventStream, NodeEvent};
@@ -82,7 +82,7 @@ impl V2Client {
     }
 
     /// The raw outbound cipher, for hand-made packets.
-    fn outbound(&mut self) -> &mut bip324::OutboundCipher {
+    fn outbound(&mut self) -> &mut meshd_actors::wire::fschacha::PacketSealer {
         &mut self.ready.as_mut().unwrap().outbound
     }
 
@@ -260,9 +260,7 @@ async fn an_oversized_length_is_refused_from_its_three_bytes() {
     let mut c = V2Client::connect(node.listen_addrs()[0]).await;
     // Before the version handshake the pre-handshake limit (1 KiB) holds: a 100 KB packet
     // is refused from its encrypted length alone, none of its body sent.
-    let packet = c
-        .outbound()
-        .encrypt_to_vec(&vec![0u8; 100_000], PacketType::Genuine, None);
+    let packet = c.outbound().encrypt_to_vec(&vec![0u8; 100_000], false);
     c.stream.write_all(&packet[..3]).await.unwrap();
     assert!(c.closed_within(5).await);
     assert_eq!(next_loss(&mut events, 5).await, "v2_oversized_length");
@@ -277,9 +275,7 @@ async fn decoys_only_are_ignored_until_the_handshake_timeout() {
     let started = Instant::now();
     let mut c = V2Client::connect(node.listen_addrs()[0]).await;
     for _ in 0..200 {
-        let decoy = c
-            .outbound()
-            .encrypt_to_vec(&[0xde; 100], PacketType::Decoy, None);
+        let decoy = c.outbound().encrypt_to_vec(&[0xde; 100], true);
         c.stream.write_all(&decoy).await.unwrap();
     }
     assert!(c.closed_within(10).await);

@@ -7,7 +7,8 @@
 
 use std::sync::OnceLock;
 
-use bip324::{InboundCipher, OutboundCipher, PacketType, Role};
+use bip324::Role;
+use meshd_actors::wire::fschacha::{PacketOpener, PacketSealer};
 use libfuzzer_sys::fuzz_target;
 use meshd_actors::network::NetworkId;
 use meshd_actors::wire::v2::{V2Decoder, V2Handshake};
@@ -18,8 +19,8 @@ fn magic() -> [u8; 4] {
 }
 
 /// One session's ciphers (initiator's outbound, responder's inbound), made once.
-fn session() -> &'static (OutboundCipher, InboundCipher) {
-    static PAIR: OnceLock<(OutboundCipher, InboundCipher)> = OnceLock::new();
+fn session() -> &'static (PacketSealer, PacketOpener) {
+    static PAIR: OnceLock<(PacketSealer, PacketOpener)> = OnceLock::new();
     PAIR.get_or_init(|| {
         let (mut a, mut to_b) =
             V2Handshake::with_secret(magic(), Role::Initiator, [1; 32], vec![9; 10]);
@@ -76,12 +77,7 @@ fuzz_target!(|data: &[u8]| {
         let Some((&flags, contents)) = piece.split_first() else {
             continue;
         };
-        let kind = if flags & 1 != 0 {
-            PacketType::Decoy
-        } else {
-            PacketType::Genuine
-        };
-        let mut packet = out.encrypt_to_vec(contents, kind, None);
+        let mut packet = out.encrypt_to_vec(contents, flags & 1 != 0);
         if flags & 2 != 0 {
             let i = flags as usize % packet.len();
             packet[i] ^= 0x5a;

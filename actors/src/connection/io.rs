@@ -89,7 +89,7 @@ pub(super) async fn negotiate(
             write(stream, &step.send).await?;
         }
         if let Some(ready) = step.ready {
-            return Ok(Negotiated::V2(ready));
+            return Ok(Negotiated::V2(Box::new(ready)));
         }
         let n = match stream.read(&mut buf).await {
             Ok(n) => n,

@@ -701,6 +701,7 @@ fn start_io(
             (Deframer::V1(rules), None, prefix)
         }
         Negotiated::V2(ready) => {
+            let ready = *ready;
             state.transport_kind = Some(TransportKind::V2);
             let session_id = hex(&ready.session_id);
             debug!(peer = %state.peer_name(), id = %state.id, session_id, "v2 transport established");

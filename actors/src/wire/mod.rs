@@ -5,6 +5,7 @@
 
 pub mod compact;
 pub mod frame;
+pub mod fschacha;
 pub mod message;
 #[cfg(test)]
 mod prop_tests;
