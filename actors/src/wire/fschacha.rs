@@ -201,7 +201,8 @@ impl FsChaCha20Poly1305 {
         tag
     }
 
-    /// Checks `tag` and decrypts `content` in place; on a bad tag nothing advances.
+    /// Checks `tag` and decrypts `content` in place; on a bad tag this cipher does not
+    /// advance (the length cipher of the same packet has: a session that fails a tag ends).
     pub fn open(&mut self, aad: &[u8], content: &mut [u8], tag: &[u8; TAG_LEN]) -> bool {
         let nonce = self.nonce();
         let ok = self
@@ -303,8 +304,9 @@ impl PacketOpener {
     }
 
     /// Authenticates and decrypts what follows a length in place: on success the header and
-    /// contents are left (the tag cut off) and the answer says whether it is a decoy;
-    /// `None` for a packet that fails its tag.
+    /// contents are left (the tag cut off) and the answer says whether it is a decoy (the
+    /// ignore bit, 0x80, as BIP324 and Core read it); `None` for a packet that fails its tag,
+    /// after which the opener must be dropped (its length cipher has moved on).
     pub fn open(&mut self, body: &mut Vec<u8>, aad: &[u8]) -> Option<bool> {
         let at = body.len().checked_sub(TAG_LEN)?;
         if at < HEADER_LEN {
@@ -338,7 +340,7 @@ mod tests {
     /// the `in_idx`th packet's ciphertext (whole, or its end for the long ones).
     #[test]
     fn bip324_packet_vectors() {
-        let csv = include_str!("../../../../shared/bip324/packet_encoding_test_vectors.csv");
+        let csv = include_str!("../../tests/data/bip324/packet_encoding_test_vectors.csv");
         let mut rows = csv.lines();
         let header: Vec<&str> = rows.next().unwrap().split(',').collect();
         let col = |name: &str| header.iter().position(|h| *h == name).unwrap();

@@ -2,8 +2,9 @@
 //! the key exchange and version handshake ([`V2Handshake`]), and the packet layer of an
 //! established session ([`V2Decoder`], [`V2Encoder`]).
 //!
-//! Cryptography (ElligatorSwift, the ECDH, HKDF, FSChaCha20Poly1305 with its rekeying) is the
-//! `bip324` crate's. Its handshake is a typestate machine whose later states borrow the
+//! The handshake's cryptography (ElligatorSwift, the ECDH, HKDF, the handshake packets) is
+//! the `bip324` crate's; an established session's packets go through meshd's SIMD ciphers
+//! ([`crate::wire::fschacha`]), keyed and counted on from the handshake. Its handshake is a typestate machine whose later states borrow the
 //! peer's garbage; a core that is fed bytes as they arrive cannot keep such a borrow between
 //! calls, so [`V2Handshake`] keeps our secret key and garbage and, when the peer's packets
 //! arrive in pieces, replays the (deterministic) exchange up to the state it needs. Replays
@@ -309,6 +310,9 @@ pub struct V2Handshake {
     their_key: [u8; KEY_LEN],
     /// Our ElligatorSwift key as sent, for deriving the session keys.
     our_key: [u8; KEY_LEN],
+    /// Our version packet as the crate sealed it (with packet number 0), to check our own
+    /// cipher against at the end.
+    sent_version: Vec<u8>,
     /// Received bytes not yet consumed: the peer's key, then garbage and packets.
     buf: Vec<u8>,
     stage: Stage,
@@ -363,6 +367,7 @@ impl V2Handshake {
             garbage,
             their_key: [0; KEY_LEN],
             our_key: [0; KEY_LEN],
+            sent_version: Vec::new(),
             buf: Vec::new(),
             stage: Stage::Key,
         };
@@ -429,6 +434,8 @@ impl V2Handshake {
                     self.their_key.copy_from_slice(&self.buf[..KEY_LEN]);
                     self.buf.drain(..KEY_LEN);
                     let (hs, out) = self.replay()?;
+                    // After the 16-byte terminator.
+                    self.sent_version = out.get(16..).unwrap_or_default().to_vec();
                     // The garbage not sent with our key, then terminator and version.
                     let sent_early = self.garbage.len().min(FIRST_FLIGHT_GARBAGE);
                     step.send.extend_from_slice(&self.garbage[sent_early..]);
@@ -499,7 +506,16 @@ impl V2Handshake {
                 .ok_or_else(|| {
                     V2Error::KeyExchange("the session keys do not match the handshake's".into())
                 })?;
-                // We sent one packet in the handshake (our version), and read `received`.
+                // We sent one packet in the handshake (our version, its AAD our garbage), and
+                // read `received`. Our cipher must seal that packet as the crate did: else a
+                // key, label or count is wrong, and sealing on would reuse a nonce.
+                let mut check = Vec::new();
+                PacketSealer::at(&keys.send, 0).seal_into(&[], false, &self.garbage, &mut check);
+                if check != self.sent_version {
+                    return Err(V2Error::KeyExchange(
+                        "our cipher does not reproduce the handshake's version packet".into(),
+                    ));
+                }
                 let inbound = PacketOpener::at(&keys.recv, received);
                 let outbound = PacketSealer::at(&keys.send, 1);
                 #[cfg(test)]
