@@ -103,24 +103,19 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// Writes the cookie file (mode 0600, atomically) and returns the token.
-pub fn write_cookie(datadir: &Path) -> std::io::Result<(String, PathBuf)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token: String = (0..32)
+/// 32 random bytes in hex: a cookie's secret.
+pub fn random_secret() -> String {
+    (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+        .collect()
+}
+
+/// Writes the cookie file (private and atomic, as every state file: see
+/// `persist::write_atomic`) and returns the token.
+pub fn write_cookie(datadir: &Path) -> std::io::Result<(String, PathBuf)> {
+    let token = random_secret();
     let path = datadir.join(".cookie");
-    let tmp = datadir.join(".cookie.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    meshd_actors::persist::write_atomic(&path, token.as_bytes())?;
     Ok((token, path))
 }
 

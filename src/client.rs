@@ -192,28 +192,17 @@ impl Client {
 }
 
 pub(crate) fn table(headers: &[&str], rows: Vec<Vec<String>>) {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (i, c) in r.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
-            .collect();
-        println!("{}", padded.join("  ").trim_end());
-    };
-    line(headers.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
+    aligned_table(headers, rows, false)
 }
 
 /// A table of counts: the first column left-aligned, the rest right-aligned.
 pub(crate) fn table_right(headers: &[&str], rows: Vec<Vec<String>>) {
+    aligned_table(headers, rows, true)
+}
+
+/// Columns padded to their widest cell (in characters); `numbers` right-aligns all but the
+/// first.
+fn aligned_table(headers: &[&str], rows: Vec<Vec<String>>, numbers: bool) {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -225,10 +214,10 @@ pub(crate) fn table_right(headers: &[&str], rows: Vec<Vec<String>>) {
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                if i == 0 {
-                    format!("{c:<w$}", w = widths[i])
-                } else {
+                if numbers && i > 0 {
                     format!("{c:>w$}", w = widths[i])
+                } else {
+                    format!("{c:<w$}", w = widths[i])
                 }
             })
             .collect();

@@ -111,24 +111,11 @@ pub const AUTH_FAILURE_DELAY: Duration = Duration::from_millis(250);
 const DEFAULT_BAN_TIME: Duration = Duration::from_secs(24 * 3600);
 
 /// Writes `DIR/.cookie-rpc` as Core writes `.cookie` (`__cookie__:` and 32 random bytes in
-/// hex; 0600, atomically) and returns the password.
+/// hex), private and atomic as the API's cookie; returns the password.
 pub fn write_rpc_cookie(datadir: &Path) -> std::io::Result<(String, PathBuf)> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let password: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
+    let password = crate::api::random_secret();
     let path = datadir.join(".cookie-rpc");
-    let tmp = datadir.join(".cookie-rpc.tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(format!("{COOKIE_USER}:{password}").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    meshd_actors::persist::write_atomic(&path, format!("{COOKIE_USER}:{password}").as_bytes())?;
     Ok((password, path))
 }
 

@@ -86,11 +86,16 @@
 //!   straight from its Connection and are held briefly if they overtake the `PeerUp`. It
 //!   owns headers.dat and vouched.dat (the highest block a validating node vouched for,
 //!   the limit of what it shows peers); a peer's `getblocktxn` is handed to it in the
-//!   Connection's getdata turn, like a `getdata` batch.
+//!   Connection's getdata turn, like a `getdata` batch. It answers [`msg::ChainQuery`]
+//!   (tips, headers, kept blocks, the pool) from its core, for the daemon's JSON-RPC.
+//! - The [`events::EventBus`] numbers every event but per-message and per-transaction ones
+//!   and keeps the last [`events::REPLAY_CAPACITY`] for subscribers that resume.
 //!
 //! ## How a frame travels
 //!
-//! socket → reader task → [`wire::FrameDecoder`] (magic, command, length checked from the
+//! socket → reader task → (v2: [`wire::v2::V2Decoder`], the length and packet opened by
+//! [`wire::fschacha`]'s ciphers, then the same rules) → [`wire::FrameDecoder`] (magic,
+//! command, length checked from the
 //! header before any payload is buffered; checksum verified; a frame skipped unread is
 //! counted against [`peer::UselessFrames`] there, and reaches the actor only if it costs
 //! misbehaviour points) → [`wire::Message::decode`]
@@ -98,7 +103,8 @@
 //! before the handshake completes: [`peer::Handshake`]; after: ping/pong via
 //! [`peer::PingTracker`], BSV `protoconf`, addresses to the Manager, and chain and relay
 //! messages to the [`sync`] actor. Outbound messages are encoded once
-//! ([`wire::Message::encode`]) and queued for the writer.
+//! ([`wire::Message::encode`]) and queued for the writer (v2: sealed by
+//! [`wire::v2::V2Encoder`] per peer).
 //!
 //! ## Where restarts are decided
 //!
@@ -116,7 +122,8 @@
 //! [`shared::bandwidth::TokenBucket`], [`shared::bans::BanList`],
 //! [`manager::eviction::select_for_eviction`], [`sync::chain::HeaderChain`],
 //! [`sync::txrequest::TxRequestTracker`], [`peer::UselessFrames`],
-//! [`shared::discourage::Discouraged`].
+//! [`shared::discourage::Discouraged`], [`wire::v2::V2Handshake`] and the packet ciphers
+//! [`wire::fschacha`], the sync core's [`sync::engine::SyncCore::query`].
 //! They are unit- and property-tested with virtual time; the actors are thin drivers tested
 //! over real loopback sockets. Every limit is a named constant in [`constants`] or next to
 //! the code it bounds. None of them imports tokio or ractor (`actors/tests/layout.rs`).

@@ -396,7 +396,9 @@ const PAYLOAD_KINDS: &[&str] = &[
     "late_feature_negotiation",
 ];
 
-/// Why connections close (`DisconnectReason::kind`, with the kinds of the errors it wraps).
+/// Why connections close (`DisconnectReason::kind`, and the handshake's and the v2
+/// transport's kinds it wraps); the frame, payload and proxy kinds it also wraps are
+/// registered from their own lists (see [`ZERO_SERIES`]).
 const DISCONNECT_REASONS: &[&str] = &[
     "connect_failed",
     "connect_timeout",
@@ -433,34 +435,6 @@ const DISCONNECT_REASONS: &[&str] = &[
     "v2_answered_v1",
     "v2_closed_during_handshake",
     "v2_key_exchange",
-    // FrameError and PayloadError kinds that end a connection.
-    "bad_magic",
-    "malformed_command",
-    "oversized",
-    "bad_checksum",
-    "overlong_payload",
-    "malformed_payload",
-    "unrequested_block",
-    "tx_too_large",
-    "requested_too_large",
-    "v2_requested_too_large",
-    "v2_unknown_message_type",
-    "too_many_items",
-    "trailing_bytes",
-    "user_agent_too_long",
-    // ProxyError::kind.
-    "proxy_unreachable",
-    "proxy_closed",
-    "proxy_timeout",
-    "proxy_auth_failed",
-    "proxy_bad_reply",
-    "proxy_host_unreachable",
-    "proxy_network_unreachable",
-    "proxy_connection_refused",
-    "proxy_ttl_expired",
-    "proxy_not_allowed",
-    "proxy_failure",
-    "proxy_bad_target",
 ];
 
 /// Header refusals (`AcceptError::kind`).
@@ -541,6 +515,9 @@ pub const ZERO_SERIES: &[(&str, &str, &[&str])] = &[
     ("meshd_frame_errors_total", "kind", FRAME_KINDS),
     ("meshd_payload_errors_total", "kind", PAYLOAD_KINDS),
     ("meshd_disconnects_total", "reason", DISCONNECT_REASONS),
+    ("meshd_disconnects_total", "reason", FRAME_KINDS),
+    ("meshd_disconnects_total", "reason", PAYLOAD_KINDS),
+    ("meshd_disconnects_total", "reason", PROXY_KINDS),
     (
         "meshd_bans_total",
         "reason",
@@ -676,7 +653,7 @@ pub const OPEN_LABELS: &[&str] = &[
 
 /// Registers the HELP text of every facade metric with the installed recorder, so the
 /// exposition passes `promtool check metrics`, and exports every counter and gauge at 0
-/// (see [`register_zero_series`]). Call after installing the recorder, before the node
+/// (see `register_zero_series`). Call after installing the recorder, before the node
 /// starts.
 pub fn describe_metrics() {
     for (kind, name, help) in DESCRIPTIONS {

@@ -739,7 +739,7 @@ pub async fn nodes(ctx: &NodeContext) -> Result<Vec<(Heartbeat, bool)>, String> 
 
 /// Per block, when the first and the last node saw it and the delay quantiles, for the
 /// `last` newest blocks in the stream (bounded by [`MAX_PROPAGATION_SCAN`] messages and
-/// [`SCAN_TIMEOUT`]).
+/// `SCAN_TIMEOUT`).
 pub async fn propagation(ctx: &NodeContext, last: usize) -> Result<Vec<Propagation>, String> {
     let (config, js) = fleet_link(ctx)?;
     let shared = ctx.fleet_shared();

@@ -98,7 +98,7 @@ const COSTS: &[(&str, u32)] = &[
     ("duplicate_version", 1),
 ];
 
-/// The names in [`COSTS`], in its order: `meshd_misbehavior_total`'s `kind` values.
+/// The names in `COSTS`, in its order: `meshd_misbehavior_total`'s `kind` values.
 pub const KINDS: &[&str] = &{
     let mut out = [""; COSTS.len()];
     let mut i = 0;

@@ -16,7 +16,7 @@
 //!   claim. Once synced, peers from 70012 are sent `sendheaders` (BIP130); an `inv` for an
 //!   unknown block leads to `getheaders` unless one is in flight to that peer. meshd serves
 //!   `getheaders` and `getblocks` from its chain.
-//! - **Headers** are validated by [`HeaderChain`] and appended to the crash-safe
+//! - **Headers** are validated by [`HeaderChain`](chain::HeaderChain) and appended to the crash-safe
 //!   [`HeaderStore`]. A chain below the anti-DoS work (the network's minimum chain work, or
 //!   our tip less 144 blocks) goes through presync first ([`chain::presync`]): nothing of it
 //!   is stored until it has shown the work. Invalid headers cost the sender (see
