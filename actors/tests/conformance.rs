@@ -596,6 +596,20 @@ async fn on_bsv_compact_block_data_above_our_limit_is_skipped_free_and_asked_els
     let waited = announced_and_asked(&mut other, h1).await;
     assert!(waited < Duration::from_millis(1500), "{waited:?}");
     other.send(NetworkMessage::Block(b1.clone())).await;
+    // Kept before its child is announced: a child whose parent's block is missing is asked
+    // whole (Core's rule), which a loaded machine would otherwise race into.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let kept = matches!(
+            node.query(meshd_actors::msg::ChainQuery::Block(h1)).await,
+            Ok(meshd_actors::msg::ChainAnswer::Block(Some(_), _))
+        );
+        if kept {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "block 1 never kept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // 2. A cmpctblock above the limit, answering our getdata(MSG_CMPCT_BLOCK).
     let h2_header = meshd_actors::sync::chain::headers::mine_header(
