@@ -25,13 +25,20 @@ pub fn nats_path() -> Option<PathBuf> {
     found
 }
 
+/// JetStream's file store limit for a test server: above the fleet's default stream size
+/// (1 GiB), which the server reserves when the stream is made.
+const JETSTREAM_MAX_FILE_STORE: &str = "4GB";
+
+/// JetStream's memory store limit for a test server: the fleet keeps nothing in memory.
+const JETSTREAM_MAX_MEMORY_STORE: &str = "64MB";
+
 /// A running nats-server; killed when dropped.
 pub struct Nats {
     child: Option<Child>,
     bin: PathBuf,
-    store: PathBuf,
-    /// A server config file (`-c`), for accounts and permissions.
-    config: Option<PathBuf>,
+    /// The server's config file (`-c`): JetStream's store and limits, and the test's
+    /// accounts and permissions.
+    config: PathBuf,
     /// Where it listens.
     pub addr: SocketAddr,
 }
@@ -49,15 +56,21 @@ impl Nats {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .expect("a free port");
-        let config = conf.map(|text| {
-            let path = dir.join("nats.conf");
-            std::fs::write(&path, text).expect("nats config");
-            path
-        });
+        let store = dir.join("jetstream");
+        // JetStream's store limit is set, not left to the server: unset, it is 75% of the
+        // disk's free space when the server starts, and a test machine with little free
+        // space in its temporary directory (seen in CI) then refuses the fleet's 1 GiB
+        // stream, so no node ever joins. Nothing here writes more than a few megabytes.
+        let text = format!(
+            "{}\njetstream {{ store_dir: {:?}, max_file_store: {JETSTREAM_MAX_FILE_STORE}, max_memory_store: {JETSTREAM_MAX_MEMORY_STORE} }}\n",
+            conf.unwrap_or(""),
+            store.display().to_string()
+        );
+        let config = dir.join("nats.conf");
+        std::fs::write(&config, text).expect("nats config");
         let mut n = Nats {
             child: None,
             bin: bin.to_path_buf(),
-            store: dir.join("jetstream"),
             config,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
@@ -89,20 +102,10 @@ impl Nats {
     /// Starts it again on the same port and store; waits until it answers.
     pub fn restart(&mut self) {
         self.stop();
-        let mut cmd = Command::new(&self.bin);
-        if let Some(conf) = &self.config {
-            cmd.arg("-c").arg(conf);
-        }
-        let child = cmd
-            .args([
-                "-js",
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.addr.port().to_string(),
-            ])
-            .arg("-sd")
-            .arg(&self.store)
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&self.config)
+            .args(["-a", "127.0.0.1", "-p", &self.addr.port().to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -297,7 +297,7 @@ async fn ensure(js: &jetstream::Context, config: &FleetConfig) -> Result<(), Str
         ..Default::default()
     })
     .await
-    .map_err(|e| format!("stream: {e}"))?;
+    .map_err(|e| format!("stream: {e}{}", storage_hint(&e, config.max_bytes)))?;
     let bucket = core::bucket_name(&config.fleet);
     js.get_or_create_stream(jetstream::stream::Config {
         name: format!("KV_{bucket}"),
@@ -314,6 +314,27 @@ async fn ensure(js: &jetstream::Context, config: &FleetConfig) -> Result<(), Str
     .await
     .map_err(|e| format!("bucket: {e}"))?;
     Ok(())
+}
+
+/// What an operator can do when the server refuses the stream for want of storage: the
+/// server reserves the whole `max_bytes` when the stream is made, and by default it allows
+/// only 75% of its disk's free space, so a node on a full-ish server never joins otherwise.
+fn storage_hint(e: &jetstream::context::CreateStreamError, max_bytes: u64) -> String {
+    use jetstream::{context::CreateStreamErrorKind, ErrorCode};
+    match e.kind() {
+        CreateStreamErrorKind::JetStream(j)
+            if matches!(
+                j.error_code(),
+                ErrorCode::STORAGE_RESOURCES_EXCEEDED | ErrorCode::INSUFFICIENT_RESOURCES
+            ) =>
+        {
+            format!(
+                "; the server cannot reserve the stream's {max_bytes} bytes: lower \
+                 --fleet-max-bytes, or free disk or raise max_file_store on the server"
+            )
+        }
+        _ => String::new(),
+    }
 }
 
 /// Connects, sets up, then publishes, beats and listens until the node stops.
