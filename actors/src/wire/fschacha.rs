@@ -1,5 +1,5 @@
-//! BIP324's packet ciphers on RustCrypto's ChaCha20 and Poly1305, which pick AVX2 or SSE2
-//! at run time: FSChaCha20 for the 3-byte lengths and FSChaCha20Poly1305 for the contents,
+//! BIP324's packet ciphers on RustCrypto's ChaCha20 and Poly1305, which pick AVX-512 (ChaCha20,
+//! with the cfg in `.cargo/config.toml`), AVX2 or SSE2 at run time: FSChaCha20 for the 3-byte lengths and FSChaCha20Poly1305 for the contents,
 //! each rekeyed every [`REKEY_INTERVAL`] packets, and the session keys derived from the
 //! ElligatorSwift ECDH as BIP324 says. The `bip324` crate still runs the handshake; its own
 //! packet AEAD has no SIMD, so an established session moves to these (see
@@ -10,7 +10,7 @@
 
 use chacha20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use chacha20::ChaCha20;
-use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::aead::AeadInOut;
 use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 
 /// Packets (or lengths) encrypted under one key before it is replaced (BIP324).
@@ -182,7 +182,7 @@ impl FsChaCha20Poly1305 {
             // The stream's bytes (the tag, over no associated data, is dropped).
             let _ = self
                 .aead
-                .encrypt_in_place_detached(&nonce.into(), b"", &mut key);
+                .encrypt_inout_detached(&nonce.into(), b"", key.as_mut_slice().into());
             self.aead = ChaCha20Poly1305::new(&key.into());
         }
         self.packets += 1;
@@ -193,7 +193,7 @@ impl FsChaCha20Poly1305 {
         let nonce = self.nonce();
         let tag = self
             .aead
-            .encrypt_in_place_detached(&nonce.into(), aad, content)
+            .encrypt_inout_detached(&nonce.into(), aad, content.into())
             .map(|t| t.into())
             // Only for contents above 256 GiB, which no packet is.
             .unwrap_or([0u8; TAG_LEN]);
@@ -207,7 +207,7 @@ impl FsChaCha20Poly1305 {
         let nonce = self.nonce();
         let ok = self
             .aead
-            .decrypt_in_place_detached(&nonce.into(), aad, content, tag.into())
+            .decrypt_inout_detached(&nonce.into(), aad, content.into(), tag.into())
             .is_ok();
         if ok {
             self.advance();
