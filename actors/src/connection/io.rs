@@ -13,7 +13,7 @@ use ractor::ActorRef;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::warn;
 
@@ -123,8 +123,9 @@ async fn write(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), DisconnectRea
 pub(super) enum Deframer {
     /// Plaintext v1.
     V1(FrameDecoder),
-    /// BIP324 v2.
-    V2(V2Decoder),
+    /// BIP324 v2, boxed: its ciphers are 500 bytes that a v1 connection's reader task
+    /// would carry for nothing.
+    V2(Box<V2Decoder>),
 }
 
 impl Deframer {
@@ -330,7 +331,10 @@ pub(super) struct ReaderArgs {
     pub(super) trusted: bool,
 }
 
-pub(super) async fn reader(args: ReaderArgs) {
+/// The socket's reader task. A plain function returning the future, not an `async fn`:
+/// an `async fn` keeps its argument beside the fields moved out of it for as long as it
+/// runs, 700 bytes more per connection (#29).
+pub(super) fn reader(args: ReaderArgs) -> impl std::future::Future<Output = ()> {
     let ReaderArgs {
         half,
         actor,
@@ -344,158 +348,163 @@ pub(super) async fn reader(args: ReaderArgs) {
         id,
         trusted,
     } = args;
-    let mut frames = Vec::new();
-    let mut useless = UselessFrames::new(std::time::Instant::now());
-    let mut initial = Some(initial).filter(|b| !b.is_empty());
-    loop {
-        let first = initial.take();
-        if first.is_none() {
-            if let Err(e) = half.readable().await {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
-                    e.to_string(),
-                )));
-                return;
+    async move {
+        let mut frames = Vec::new();
+        let mut useless = UselessFrames::new(std::time::Instant::now());
+        let mut initial = Some(initial).filter(|b| !b.is_empty());
+        loop {
+            let first = initial.take();
+            if first.is_none() {
+                if let Err(e) = half.readable().await {
+                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                        e.to_string(),
+                    )));
+                    return;
+                }
             }
-        }
-        // Read after the wait: a getdata sent meanwhile has raised it.
-        let expected = blocks.get();
-        decoder.rules().set_blocks_expected(expected);
-        decoder
-            .rules()
-            .set_compact_expected(blocks.compact_expected());
-        let read = if let Some(bytes) = first {
-            // Read during the negotiation: framed (and paced) first, as if just read.
-            deframe(&mut decoder, &bytes, &mut frames);
-            Ok(bytes.len())
-        } else {
-            read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames)
-        };
-        let admitted = expected - decoder.rules().blocks_expected().unwrap_or(expected);
-        blocks.settled(admitted);
-        blocks.admitted(admitted);
-        let n = match read {
-            Ok(0) => {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
-                return;
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
-                    e.to_string(),
-                )));
-                return;
-            }
-        };
-        for result in frames.drain(..) {
-            match result {
-                Ok(frame) => {
-                    if frame.extent == Extent::Skipped {
-                        // A command nothing reads, its payload skipped unread: a useless frame
-                        // like any other dropped one (Core ignores unknown messages; a flood
-                        // of them is still work), counted against the same budget.
-                        match useless.on_drop(std::time::Instant::now()) {
+            // Read after the wait: a getdata sent meanwhile has raised it.
+            let expected = blocks.get();
+            decoder.rules().set_blocks_expected(expected);
+            decoder
+                .rules()
+                .set_compact_expected(blocks.compact_expected());
+            let read = if let Some(bytes) = first {
+                // Read during the negotiation: framed (and paced) first, as if just read.
+                deframe(&mut decoder, &bytes, &mut frames);
+                Ok(bytes.len())
+            } else {
+                read_available(&half, &mut decoder, throttle.chunk(READ_CHUNK), &mut frames)
+            };
+            let admitted = expected - decoder.rules().blocks_expected().unwrap_or(expected);
+            blocks.settled(admitted);
+            blocks.admitted(admitted);
+            let n = match read {
+                Ok(0) => {
+                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::PeerClosed));
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
+                        e.to_string(),
+                    )));
+                    return;
+                }
+            };
+            for result in frames.drain(..) {
+                match result {
+                    Ok(frame) => {
+                        if frame.extent == Extent::Skipped {
+                            // A command nothing reads, its payload skipped unread: a useless frame
+                            // like any other dropped one (Core ignores unknown messages; a flood
+                            // of them is still work), counted against the same budget.
+                            match useless.on_drop(std::time::Instant::now()) {
+                                DropVerdict::Log { dropped } => {
+                                    warn!(%peer, %id, dropped, last = %frame.command.as_str(), "dropped frames");
+                                }
+                                DropVerdict::Quiet => {}
+                                DropVerdict::Disconnect { .. } if trusted => {}
+                                DropVerdict::Disconnect { total } => {
+                                    metrics::counter!("meshd_useless_frame_disconnects_total")
+                                        .increment(1);
+                                    warn!(%peer, %id, total, last = %frame.command.as_str(), "too many useless frames; disconnecting");
+                                    let _ = actor.cast(ConnectionMsg::ReaderEnded(
+                                        DisconnectReason::UselessFrames(total),
+                                    ));
+                                    return;
+                                }
+                            }
+                        }
+                        let wire_len = frame.wire_len();
+                        let command = command_label(frame.command.as_str());
+                        // Weighed by what it holds: a skipped payload holds nothing, a list part
+                        // only its own items.
+                        let held = (FRAME_HEADER_LEN + frame.payload.len()).max(MIN_MESSAGE_WEIGHT);
+                        let weight = held.min(READER_CREDIT_BYTES as usize) as u32;
+                        let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
+                            return;
+                        };
+                        let message = Message::decode_for(frame, ctx.profile.chain);
+                        let inbound = Inbound {
+                            command,
+                            wire_len,
+                            message,
+                            credit: Some(permit),
+                        };
+                        if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
+                            discard_until_closed(&half).await;
+                            return;
+                        }
+                    }
+                    Err(e) if e.is_fatal() => {
+                        metrics::counter!("meshd_frame_errors_total", "kind" => e.kind())
+                            .increment(1);
+                        let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Frame(e)));
+                        return;
+                    }
+                    Err(e) => {
+                        metrics::counter!("meshd_frame_errors_total", "kind" => e.kind())
+                            .increment(1);
+                        // A block we asked for that is above our limit: not the peer's fault, and
+                        // Sync needs to hear of it (it asks another peer). At most as many as we
+                        // asked for, so it takes no budget.
+                        let asked_for =
+                            matches!(e, FrameError::RequestedTooLarge { block: Some(_), .. });
+                        // A too-large compact block or `blocktxn` may not answer anything of
+                        // ours (the actor matches it): it counts as useless, as a block never
+                        // does (the reader counted it against what we asked).
+                        let whole_block = asked_for
+                            && matches!(&e, FrameError::RequestedTooLarge { command, .. } if command.as_str() == "block");
+                        // Dropped unread, but never free: counted against the peer's budget of
+                        // useless frames, and logged at most once a minute with the count.
+                        let verdict = if whole_block {
+                            DropVerdict::Quiet
+                        } else {
+                            useless.on_drop(std::time::Instant::now())
+                        };
+                        match verdict {
                             DropVerdict::Log { dropped } => {
-                                warn!(%peer, %id, dropped, last = %frame.command.as_str(), "dropped frames");
+                                // At most once a minute per peer, with the count since the last line.
+                                warn!(%peer, %id, dropped, last = %e, "dropped frames");
                             }
                             DropVerdict::Quiet => {}
                             DropVerdict::Disconnect { .. } if trusted => {}
                             DropVerdict::Disconnect { total } => {
                                 metrics::counter!("meshd_useless_frame_disconnects_total")
                                     .increment(1);
-                                warn!(%peer, %id, total, last = %frame.command.as_str(), "too many useless frames; disconnecting");
+                                warn!(%peer, %id, total, last = %e, "too many useless frames; disconnecting");
                                 let _ = actor.cast(ConnectionMsg::ReaderEnded(
                                     DisconnectReason::UselessFrames(total),
                                 ));
                                 return;
                             }
                         }
-                    }
-                    let wire_len = frame.wire_len();
-                    let command = command_label(frame.command.as_str());
-                    // Weighed by what it holds: a skipped payload holds nothing, a list part
-                    // only its own items.
-                    let held = (FRAME_HEADER_LEN + frame.payload.len()).max(MIN_MESSAGE_WEIGHT);
-                    let weight = held.min(READER_CREDIT_BYTES as usize) as u32;
-                    let Ok(permit) = credit.clone().acquire_many_owned(weight).await else {
-                        return;
-                    };
-                    let message = Message::decode_for(frame, ctx.profile.chain);
-                    let inbound = Inbound {
-                        command,
-                        wire_len,
-                        message,
-                        credit: Some(permit),
-                    };
-                    if actor.cast(ConnectionMsg::Inbound(inbound)).is_err() {
-                        discard_until_closed(&half).await;
-                        return;
-                    }
-                }
-                Err(e) if e.is_fatal() => {
-                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
-                    let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Frame(e)));
-                    return;
-                }
-                Err(e) => {
-                    metrics::counter!("meshd_frame_errors_total", "kind" => e.kind()).increment(1);
-                    // A block we asked for that is above our limit: not the peer's fault, and
-                    // Sync needs to hear of it (it asks another peer). At most as many as we
-                    // asked for, so it takes no budget.
-                    let asked_for =
-                        matches!(e, FrameError::RequestedTooLarge { block: Some(_), .. });
-                    // A too-large compact block or `blocktxn` may not answer anything of
-                    // ours (the actor matches it): it counts as useless, as a block never
-                    // does (the reader counted it against what we asked).
-                    let whole_block = asked_for
-                        && matches!(&e, FrameError::RequestedTooLarge { command, .. } if command.as_str() == "block");
-                    // Dropped unread, but never free: counted against the peer's budget of
-                    // useless frames, and logged at most once a minute with the count.
-                    let verdict = if whole_block {
-                        DropVerdict::Quiet
-                    } else {
-                        useless.on_drop(std::time::Instant::now())
-                    };
-                    match verdict {
-                        DropVerdict::Log { dropped } => {
-                            // At most once a minute per peer, with the count since the last line.
-                            warn!(%peer, %id, dropped, last = %e, "dropped frames");
+                        if misbehavior::cost(e.kind()) == 0 && !asked_for {
+                            continue;
                         }
-                        DropVerdict::Quiet => {}
-                        DropVerdict::Disconnect { .. } if trusted => {}
-                        DropVerdict::Disconnect { total } => {
-                            metrics::counter!("meshd_useless_frame_disconnects_total").increment(1);
-                            warn!(%peer, %id, total, last = %e, "too many useless frames; disconnecting");
-                            let _ = actor.cast(ConnectionMsg::ReaderEnded(
-                                DisconnectReason::UselessFrames(total),
-                            ));
+                        // Chargeable: the actor owns the score, and the message weighs what any
+                        // message does against the reader's credit.
+                        let Ok(permit) = credit
+                            .clone()
+                            .acquire_many_owned(MIN_MESSAGE_WEIGHT as u32)
+                            .await
+                        else {
+                            return;
+                        };
+                        if actor.cast(ConnectionMsg::DroppedFrame(e, permit)).is_err() {
+                            discard_until_closed(&half).await;
                             return;
                         }
                     }
-                    if misbehavior::cost(e.kind()) == 0 && !asked_for {
-                        continue;
-                    }
-                    // Chargeable: the actor owns the score, and the message weighs what any
-                    // message does against the reader's credit.
-                    let Ok(permit) = credit
-                        .clone()
-                        .acquire_many_owned(MIN_MESSAGE_WEIGHT as u32)
-                        .await
-                    else {
-                        return;
-                    };
-                    if actor.cast(ConnectionMsg::DroppedFrame(e, permit)).is_err() {
-                        discard_until_closed(&half).await;
-                        return;
-                    }
                 }
             }
-        }
-        let wait = throttle.take(n);
-        if !wait.is_zero() {
-            ctx.throttled_down_us
-                .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-            tokio::time::sleep(wait).await;
+            let wait = throttle.take(n);
+            if !wait.is_zero() {
+                ctx.throttled_down_us
+                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
         }
     }
 }
@@ -525,7 +534,7 @@ async fn discard_until_closed(half: &OwnedReadHalf) {
 /// Arguments of the [`writer`] task.
 pub(super) struct WriterArgs {
     pub(super) half: OwnedWriteHalf,
-    pub(super) rx: mpsc::Receiver<OutFrame>,
+    pub(super) rx: super::outqueue::OutReceiver,
     pub(super) actor: ActorRef<ConnectionMsg>,
     pub(super) throttle: Throttle,
     pub(super) ctx: Arc<NodeContext>,
@@ -534,7 +543,8 @@ pub(super) struct WriterArgs {
     pub(super) encoder: Option<V2Encoder>,
 }
 
-pub(super) async fn writer(args: WriterArgs) {
+/// The socket's writer task (a plain function for the reason [`reader`] gives).
+pub(super) fn writer(args: WriterArgs) -> impl std::future::Future<Output = ()> {
     let WriterArgs {
         mut half,
         mut rx,
@@ -544,41 +554,43 @@ pub(super) async fn writer(args: WriterArgs) {
         gauge,
         mut encoder,
     } = args;
-    while let Some(frame) = rx.recv().await {
-        let packet;
-        let mut rest = match encoder.as_mut() {
-            Some(enc) => {
-                packet = enc.encrypt_v1_frame(frame.bytes());
-                &packet[..]
+    async move {
+        while let Some(frame) = rx.recv().await {
+            let packet;
+            let mut rest = match encoder.as_mut() {
+                Some(enc) => {
+                    packet = enc.encrypt_v1_frame(frame.bytes());
+                    &packet[..]
+                }
+                None => frame.bytes(),
+            };
+            while !rest.is_empty() {
+                let n = throttle.chunk(rest.len()).min(rest.len());
+                let wait = throttle.take(n);
+                if !wait.is_zero() {
+                    ctx.throttled_up_us
+                        .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
+                    tokio::time::sleep(wait).await;
+                }
+                if let Err(e) = half.write_all(&rest[..n]).await {
+                    let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
+                    return;
+                }
+                rest = &rest[n..];
             }
-            None => frame.bytes(),
-        };
-        while !rest.is_empty() {
-            let n = throttle.chunk(rest.len()).min(rest.len());
-            let wait = throttle.take(n);
-            if !wait.is_zero() {
-                ctx.throttled_up_us
-                    .fetch_add(wait.as_micros() as u64, Ordering::Relaxed);
-                tokio::time::sleep(wait).await;
+            let len = frame.bytes().len();
+            gauge.total.fetch_sub(len, Ordering::Relaxed);
+            if let OutFrame::Owned(_) = frame {
+                gauge.owned.fetch_sub(len, Ordering::Relaxed);
             }
-            if let Err(e) = half.write_all(&rest[..n]).await {
-                let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
-                return;
+            drop(frame);
+            let drained = gauge.total.load(Ordering::Relaxed) < GETDATA_SEND_BUDGET / 2
+                && rx.len() < rx.max_capacity() / 2;
+            if drained && gauge.drain_wanted.swap(false, Ordering::AcqRel) {
+                let _ = actor.cast(ConnectionMsg::SendDrained);
             }
-            rest = &rest[n..];
         }
-        let len = frame.bytes().len();
-        gauge.total.fetch_sub(len, Ordering::Relaxed);
-        if let OutFrame::Owned(_) = frame {
-            gauge.owned.fetch_sub(len, Ordering::Relaxed);
-        }
-        drop(frame);
-        let drained = gauge.total.load(Ordering::Relaxed) < GETDATA_SEND_BUDGET / 2
-            && rx.len() < rx.max_capacity() / 2;
-        if drained && gauge.drain_wanted.swap(false, Ordering::AcqRel) {
-            let _ = actor.cast(ConnectionMsg::SendDrained);
-        }
+        // The actor is gone and the queue is drained: close our side.
+        let _ = half.shutdown().await;
     }
-    // The actor is gone and the queue is drained: close our side.
-    let _ = half.shutdown().await;
 }

@@ -20,6 +20,7 @@
 
 mod io;
 pub mod listener;
+mod outqueue;
 pub mod proxy;
 
 use std::collections::VecDeque;
@@ -35,7 +36,7 @@ use bitcoin::p2p::ServiceFlags;
 use bitcoin::BlockHash;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -143,7 +144,7 @@ pub struct ConnectionState {
     ping: Option<PingTracker>,
     started: Instant,
     connected_at: Option<Instant>,
-    outbox: Option<mpsc::Sender<OutFrame>>,
+    outbox: Option<outqueue::OutSender>,
     /// Bytes queued for the writer and not yet written.
     gauge: Arc<SendGauge>,
     /// Blocks asked of this peer and not yet received; the reader skips any other `block`.
@@ -177,6 +178,10 @@ pub struct ConnectionState {
     reader: Option<SocketTask>,
     writer: Option<SocketTask>,
     timers: Vec<JoinHandle<()>>,
+    /// The dial or the transport negotiation, until it reports back; its handle is then
+    /// dropped, so the finished task's memory (about 1 KiB) is not kept for the whole
+    /// connection (#29). Aborted if the connection stops first.
+    setup: Option<JoinHandle<()>>,
     /// Largest ordinary payload the peer accepts (BSV protoconf raises it).
     peer_max_payload: u32,
     got_protoconf: bool,
@@ -324,6 +329,7 @@ impl Actor for Connection {
             reader: None,
             writer: None,
             timers: Vec::new(),
+            setup: None,
             peer_max_payload,
             got_protoconf: false,
             misbehavior: 0,
@@ -365,7 +371,7 @@ impl Actor for Connection {
                 let timeout = config.connect_timeout;
                 let route = proxy::route(&config, state.addr, state.overlay.as_ref());
                 let (me, peer, id) = (myself.clone(), state.peer_name(), state.id);
-                state.timers.push(tokio::spawn(async move {
+                state.setup = Some(tokio::spawn(async move {
                     let result = match route {
                         Err(no_route) => Err(DisconnectReason::NoRoute(no_route)),
                         Ok(proxy::Route::Direct(addr)) => {
@@ -405,6 +411,10 @@ impl Actor for Connection {
         if state.close_reason.is_some() {
             // Already closing; drop whatever is still queued.
             return Ok(());
+        }
+        if matches!(msg, ConnectionMsg::Dialed(_) | ConnectionMsg::Negotiated(_)) {
+            // Its task has reported and ends by itself.
+            state.setup = None;
         }
         let result = match msg {
             ConnectionMsg::Dialed(Ok(stream)) => begin_negotiation(&myself, state, stream),
@@ -533,7 +543,7 @@ impl Actor for Connection {
         _myself: ActorRef<Self::Msg>,
         state: &mut ConnectionState,
     ) -> Result<(), ActorProcessingErr> {
-        for t in state.timers.drain(..) {
+        for t in state.timers.drain(..).chain(state.setup.take()) {
             t.abort();
         }
         // Dropping the sender lets the writer flush what is queued and close our side; a
@@ -657,7 +667,7 @@ fn begin_negotiation(
     state.connected_at = Some(Instant::now());
     let magic = state.ctx.profile.magic.to_bytes();
     let me = myself.clone();
-    state.timers.push(tokio::spawn(async move {
+    state.setup = Some(tokio::spawn(async move {
         let result = negotiate(&mut stream, magic, plan).await;
         let _ = me.cast(ConnectionMsg::Negotiated(result.map(|n| (stream, n))));
     }));
@@ -674,7 +684,7 @@ fn start_io(
     let local = stream.local_addr().ok();
     let (read_half, write_half) = stream.into_split();
     let config = state.ctx.config();
-    let (tx, rx) = mpsc::channel(config.send_queue_capacity.max(1));
+    let (tx, rx) = outqueue::out_queue(config.send_queue_capacity);
     let ctx = &state.ctx;
     let up = if state.permissions.has(Permissions::DOWNLOAD) {
         // Whitelisted `download`: what it downloads from us is not paced, and never touches
@@ -710,7 +720,7 @@ fn start_io(
                 p.session_id = session_id.clone();
             });
             (
-                Deframer::V2(V2Decoder::new(ready.inbound, rules)),
+                Deframer::V2(Box::new(V2Decoder::new(ready.inbound, rules))),
                 Some(V2Encoder::new(ready.outbound)),
                 ready.leftover,
             )
@@ -1384,12 +1394,10 @@ fn send(state: &mut ConnectionState, msg: &Message) -> Result<(), DisconnectReas
             count_sent(state, command_label(command.as_str()), len as usize);
             Ok(())
         }
-        Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
+        Err(outqueue::QueueError::Full) => Err(DisconnectReason::SendQueueFull(
             state.ctx.config().send_queue_capacity,
         )),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Err(DisconnectReason::Io("writer closed".into()))
-        }
+        Err(outqueue::QueueError::Closed) => Err(DisconnectReason::Io("writer closed".into())),
     }
 }
 
@@ -1409,12 +1417,10 @@ fn send_shared(
             count_sent(state, command, len);
             Ok(())
         }
-        Err(mpsc::error::TrySendError::Full(_)) => Err(DisconnectReason::SendQueueFull(
+        Err(outqueue::QueueError::Full) => Err(DisconnectReason::SendQueueFull(
             state.ctx.config().send_queue_capacity,
         )),
-        Err(mpsc::error::TrySendError::Closed(_)) => {
-            Err(DisconnectReason::Io("writer closed".into()))
-        }
+        Err(outqueue::QueueError::Closed) => Err(DisconnectReason::Io("writer closed".into())),
     }
 }
 

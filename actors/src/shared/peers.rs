@@ -209,18 +209,20 @@ impl PeerInfo {
 /// The shared table of live peers.
 #[derive(Debug, Clone, Default)]
 pub struct PeerTable {
-    rows: Arc<DashMap<PeerId, PeerInfo>>,
+    /// Boxed rows: a shard keeps up to twice its length in slots, so a 500-byte row inline
+    /// would cost about 1 KiB per connection (#29).
+    rows: Arc<DashMap<PeerId, Box<PeerInfo>>>,
 }
 
 impl PeerTable {
     /// Inserts or replaces a row.
     pub fn insert(&self, info: PeerInfo) {
-        self.rows.insert(info.id, info);
+        self.rows.insert(info.id, Box::new(info));
     }
 
     /// Removes a row.
     pub fn remove(&self, id: PeerId) -> Option<PeerInfo> {
-        self.rows.remove(&id).map(|(_, v)| v)
+        self.rows.remove(&id).map(|(_, v)| *v)
     }
 
     /// Applies `f` to a row, if present.
@@ -232,12 +234,12 @@ impl PeerTable {
 
     /// One row.
     pub fn get(&self, id: PeerId) -> Option<PeerInfo> {
-        self.rows.get(&id).map(|r| r.clone())
+        self.rows.get(&id).map(|r| PeerInfo::clone(&r))
     }
 
     /// All rows, ordered by id.
     pub fn snapshot(&self) -> Vec<PeerInfo> {
-        let mut v: Vec<PeerInfo> = self.rows.iter().map(|r| r.clone()).collect();
+        let mut v: Vec<PeerInfo> = self.rows.iter().map(|r| PeerInfo::clone(&r)).collect();
         v.sort_by_key(|p| p.id);
         v
     }

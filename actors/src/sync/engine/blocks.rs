@@ -125,7 +125,7 @@ pub(super) fn serves_announced(chain: Chain, p: &SyncPeer) -> bool {
 pub(super) fn block_sources(
     chain: &HeaderChain,
     chain_kind: Chain,
-    peers: &HashMap<PeerId, SyncPeer>,
+    peers: &HashMap<PeerId, Box<SyncPeer>>,
     block: &BlockHash,
 ) -> Vec<PeerId> {
     let Some(height) = chain

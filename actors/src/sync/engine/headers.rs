@@ -278,7 +278,10 @@ impl SyncCore {
             .get(&id)
             .is_some_and(|p| self.permissions_of(p.addr.ip()).has(Permissions::NOBAN));
         let anti_dos_work = if noban { 0 } else { self.anti_dos_work() };
-        let presync = self.peers.get_mut(&id).and_then(|p| p.presync.as_mut());
+        let presync = self
+            .peers
+            .get_mut(&id)
+            .and_then(|p| p.presync.as_deref_mut());
         // Before the presync is fed: whether this answers our request to the peer.
         let answer = intake::is_answer(&self.chain, presync.as_deref(), &headers.headers);
         let route = intake::route(
@@ -324,7 +327,7 @@ impl SyncCore {
             Route::NewPresync(ps, step) => {
                 info!(peer = %id, reached = ps.height(), "headers presync: the chain must show its work before it is stored");
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.presync = Some(*ps);
+                    p.presync = Some(ps);
                 }
                 step
             }

@@ -219,8 +219,9 @@ struct SyncPeer {
     version: u32,
     /// It sent `wtxidrelay` (BIP339): transactions are announced and requested by wtxid.
     wtxid_relay: bool,
-    /// Its chain is being presynced (it has not shown enough work yet).
-    presync: Option<HeadersPresync>,
+    /// Its chain is being presynced (it has not shown enough work yet). Boxed: 350 bytes
+    /// that only a peer being presynced needs.
+    presync: Option<Box<HeadersPresync>>,
     wants_headers: bool,
     relay: bool,
     /// Our block-relay-only connection: a transaction announced or sent by it breaks the
@@ -383,7 +384,9 @@ pub struct SyncCore {
     segments: Option<SegmentSync>,
     /// The hints turned out wrong (or no peer could serve them): not used again.
     hints_off: bool,
-    peers: HashMap<PeerId, SyncPeer>,
+    /// Boxed: the table keeps up to twice its length in slots, and while it grows both
+    /// tables at once, so inline values cost about three times their 500 bytes per peer.
+    peers: HashMap<PeerId, Box<SyncPeer>>,
     /// The headers sync session (Core's sync peer), if one runs.
     header_sync: HeaderSync,
     state: SyncState,
@@ -802,7 +805,7 @@ impl SyncCore {
             self.out
                 .send(id, NetworkMessage::Inv(vec![Inventory::Block(tip)]));
         }
-        self.peers.insert(id, peer);
+        self.peers.insert(id, Box::new(peer));
         self.offer_compact_blocks(id, new.version, new.services);
         self.ask_headers_once_recent();
         self.maybe_start_sync(None);
