@@ -196,8 +196,8 @@ pub struct ConnectionState {
     next_self_advert: Option<Instant>,
     bytes_sent: u64,
     bytes_received: u64,
-    sent_per_command: std::collections::BTreeMap<&'static str, u64>,
-    received_per_command: std::collections::BTreeMap<&'static str, u64>,
+    sent_per_command: crate::shared::peers::CommandBytes,
+    received_per_command: crate::shared::peers::CommandBytes,
     last_send: Option<std::time::SystemTime>,
     last_receive: Option<std::time::SystemTime>,
     close_reason: Option<DisconnectReason>,
@@ -937,10 +937,9 @@ fn on_inbound_message(
         // Read whole (decoded or not): one of the frames the reader let in.
         state.blocks_handled += 1;
     }
-    *state
+    state
         .received_per_command
-        .entry(inbound.command)
-        .or_insert(0) += inbound.wire_len as u64;
+        .add(inbound.command, inbound.wire_len as u64);
     state.last_receive = Some(std::time::SystemTime::now());
     metrics::counter!(
         "meshd_bytes_received_total",
@@ -1436,7 +1435,7 @@ fn count_sent(state: &mut ConnectionState, command: &'static str, frame_len: usi
         .ctx
         .total_sent
         .fetch_add(wire, std::sync::atomic::Ordering::Relaxed);
-    *state.sent_per_command.entry(command).or_insert(0) += wire;
+    state.sent_per_command.add(command, wire);
     state.last_send = Some(std::time::SystemTime::now());
     metrics::counter!("meshd_bytes_sent_total", "command" => command, "transport" => transport.as_str())
         .increment(wire);
