@@ -357,6 +357,8 @@ pub(super) fn reader(args: ReaderArgs) -> impl std::future::Future<Output = ()> 
         loop {
             let first = initial.take();
             if first.is_none() {
+                // Idle from here, perhaps for minutes: the last batch's slots go back.
+                frames.shrink_to_fit();
                 if let Err(e) = half.readable().await {
                     let _ = actor.cast(ConnectionMsg::ReaderEnded(DisconnectReason::Io(
                         e.to_string(),
