@@ -112,6 +112,11 @@ impl Bcoin {
         v["result"].clone()
     }
 
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Everything bcoin printed.
     pub fn output(&self) -> String {
         self.lines.lock().unwrap().join("\n")

@@ -74,11 +74,12 @@ pub(crate) fn out_queue(capacity: usize) -> (OutSender, OutReceiver) {
 impl OutSender {
     /// Queues `frame` unless the queue is full or the writer has ended.
     pub(crate) fn try_send(&self, frame: OutFrame) -> Result<(), QueueError> {
-        if self.shared.receiver_gone.load(Ordering::Acquire) {
-            return Err(QueueError::Closed);
-        }
         {
             let mut frames = self.shared.frames();
+            // Under the lock the receiver's drop also clears under: nothing is left behind.
+            if self.shared.receiver_gone.load(Ordering::Acquire) {
+                return Err(QueueError::Closed);
+            }
             if frames.len() >= self.shared.capacity {
                 return Err(QueueError::Full);
             }
@@ -115,13 +116,15 @@ impl OutReceiver {
             {
                 let mut frames = self.shared.frames();
                 if let Some(frame) = frames.pop_front() {
-                    if frames.is_empty() && frames.capacity() > IDLE_SLOTS {
-                        frames.shrink_to(IDLE_SLOTS);
-                    }
                     return Some(frame);
                 }
                 if self.shared.sender_gone.load(Ordering::Acquire) {
                     return None;
+                }
+                // Empty and about to wait: the slots of the last burst go back (not at every
+                // pop that empties it, which a queue going 0, 5, 0 would pay each time).
+                if frames.capacity() > IDLE_SLOTS {
+                    frames.shrink_to(IDLE_SLOTS);
                 }
             }
             self.shared.wake.notified().await;
@@ -141,9 +144,10 @@ impl OutReceiver {
 
 impl Drop for OutReceiver {
     fn drop(&mut self) {
+        let mut frames = self.shared.frames();
         self.shared.receiver_gone.store(true, Ordering::Release);
         // What is left is never written: free it now, not when the sender goes.
-        self.shared.frames().clear();
+        *frames = VecDeque::new();
     }
 }
 
@@ -229,6 +233,9 @@ mod tests {
         for _ in 0..200 {
             rx.recv().await.unwrap();
         }
+        // The writer looks for the next frame and finds none: it is about to wait.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), rx.recv()).await;
+        assert!(waiting.is_err(), "nothing queued");
         assert!(rx.shared.frames().capacity() <= IDLE_SLOTS);
         // A fresh queue holds nothing at all.
         let (_tx, rx) = out_queue(1000);

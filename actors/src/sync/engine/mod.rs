@@ -377,6 +377,9 @@ pub struct SyncCore {
     out: Outbox,
     /// Trickle delays.
     rng: StdRng,
+    /// Core's `m_next_inv_to_inbounds_per_network_key`: when inbound peers of each address
+    /// family next get their announcements, one Poisson schedule shared by all of them.
+    next_inv_to_inbounds: [Option<Instant>; 2],
     chain: HeaderChain,
     /// headers.dat is loading: sync waits for the whole chain.
     loading: bool,
@@ -461,6 +464,28 @@ fn poisson(rng: &mut StdRng, avg: Duration) -> Duration {
     avg.mul_f64(-u.ln()).min(avg * 10)
 }
 
+/// Core's `NextInvToInbounds`: the next announcement time of inbound peers from `addr`'s
+/// address family, drawn anew once passed and shared by every inbound peer of the family,
+/// so a spy holding many inbound connections sees one schedule, not many to average, and
+/// a transaction reaches every inbound peer at the same moment. (Core keys the schedule
+/// by the connection's network and the local address it reached; meshd by IPv4 or IPv6.)
+fn next_inv_to_inbounds(
+    schedules: &mut [Option<Instant>; 2],
+    rng: &mut StdRng,
+    addr: SocketAddr,
+    now: Instant,
+) -> Instant {
+    let family = usize::from(addr.ip().to_canonical().is_ipv6());
+    match schedules[family] {
+        Some(at) if at > now => at,
+        _ => {
+            let at = now + poisson(rng, TRICKLE_INBOUND);
+            schedules[family] = Some(at);
+            at
+        }
+    }
+}
+
 /// BIP130's `sendheaders`, to peers whose version understands it (Core: from 70012).
 fn send_sendheaders(out: &mut Outbox, p: &SyncPeer) {
     if p.version >= SENDHEADERS_VERSION {
@@ -480,6 +505,7 @@ impl SyncCore {
             out: Outbox::default(),
             extra_nonce: rng.gen(),
             rng,
+            next_inv_to_inbounds: [None; 2],
             loading: false,
             segments: None,
             hints_off: false,
@@ -757,14 +783,16 @@ impl SyncCore {
         }
         let id = new.id;
         let claimed = new.start_height.max(0) as u32;
-        let flush_in = poisson(
-            &mut self.rng,
-            if new.inbound {
-                TRICKLE_INBOUND
-            } else {
-                TRICKLE_OUTBOUND
-            },
-        );
+        let next_flush = if new.inbound {
+            next_inv_to_inbounds(
+                &mut self.next_inv_to_inbounds,
+                &mut self.rng,
+                new.addr,
+                clock.now,
+            )
+        } else {
+            clock.now + poisson(&mut self.rng, TRICKLE_OUTBOUND)
+        };
         let peer = SyncPeer {
             id,
             addr: new.addr,
@@ -780,7 +808,7 @@ impl SyncCore {
             pending_tx: Vec::new(),
             feefilter: 0,
             bloom: None,
-            next_flush: clock.now + flush_in,
+            next_flush,
             reported_in_flight: 0,
             cmpct: Default::default(),
             inv_triggered_getheaders: false,

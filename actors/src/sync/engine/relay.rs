@@ -12,8 +12,8 @@ use bitcoin::{BlockHash, Transaction, Txid, Wtxid};
 use tracing::debug;
 
 use super::{
-    poisson, Action, SyncCore, FILTERED_BLOCK, MAX_INV_PER_FLUSH, RECENT_HEADER_AGE,
-    TRICKLE_INBOUND, TRICKLE_OUTBOUND, WITNESS_FLAG,
+    next_inv_to_inbounds, poisson, Action, SyncCore, FILTERED_BLOCK, MAX_INV_PER_FLUSH,
+    RECENT_HEADER_AGE, TRICKLE_OUTBOUND, WITNESS_FLAG,
 };
 use crate::config::TxRelay;
 use crate::events::NodeEvent;
@@ -582,15 +582,11 @@ impl SyncCore {
             metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
             self.out.send(p.id, NetworkMessage::Inv(batch));
             if trickle {
-                p.next_flush = now
-                    + poisson(
-                        &mut self.rng,
-                        if p.hs.inbound {
-                            TRICKLE_INBOUND
-                        } else {
-                            TRICKLE_OUTBOUND
-                        },
-                    );
+                p.next_flush = if p.hs.inbound {
+                    next_inv_to_inbounds(&mut self.next_inv_to_inbounds, &mut self.rng, p.addr, now)
+                } else {
+                    now + poisson(&mut self.rng, TRICKLE_OUTBOUND)
+                };
             }
         }
     }

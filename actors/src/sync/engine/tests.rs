@@ -1966,3 +1966,47 @@ fn chain_queries_answer_tips_headers_and_kept_blocks_as_cores_rpc_sees_them() {
         (4, new[3].block_hash(), None)
     );
 }
+
+/// Core's `NextInvToInbounds`: every inbound peer of an address family hears of a
+/// transaction at the same moment, from one shared Poisson schedule, so a spy holding many
+/// inbound connections learns no more than from one; outbound peers keep their own timers.
+#[test]
+fn inbound_peers_share_one_announcement_schedule() {
+    let start = clock0();
+    let mut core = core_at(start);
+    let inbound: Vec<PeerId> = (1..=6).map(PeerId).collect();
+    for id in &inbound {
+        let _ = core.peer_up(start, peer(id.0, true, 0));
+    }
+    let mut clock = start;
+    for n in 0..4u8 {
+        let tx = spend(40 + n);
+        let txid = tx.compute_txid();
+        let _ = core.submit_tx(clock, tx);
+        let mut heard: HashMap<PeerId, Instant> = HashMap::new();
+        for _ in 0..2_000 {
+            clock.now += Duration::from_millis(50);
+            for a in core.tick(clock) {
+                if let Action::Send(p, NetworkMessage::Inv(items)) = a {
+                    if items.contains(&Inventory::Transaction(txid)) {
+                        heard.entry(p).or_insert(clock.now);
+                    }
+                }
+            }
+            if heard.len() == inbound.len() {
+                break;
+            }
+        }
+        assert_eq!(
+            heard.len(),
+            inbound.len(),
+            "transaction {n} reached every peer"
+        );
+        let times: HashSet<Instant> = heard.values().copied().collect();
+        assert_eq!(
+            times.len(),
+            1,
+            "transaction {n}: one moment for all, got {times:?}"
+        );
+    }
+}
