@@ -433,10 +433,10 @@ async fn run(
         let mut per: Vec<Vec<u32>> = vec![Vec::new(); ANNOUNCERS];
         let mut later = Vec::new();
         let at = load.start.elapsed().as_micros() as u64;
-        for i in next..due {
+        for (i, sent) in first_sent.iter().enumerate().take(due).skip(next) {
             let a = i % ANNOUNCERS;
             per[a].push(i as u32);
-            first_sent[i].store(at.max(1), Ordering::Relaxed);
+            sent.store(at.max(1), Ordering::Relaxed);
             for k in 1..ANNOUNCERS_PER_TX {
                 later.push(((a + 7 * k + i / ANNOUNCERS) % ANNOUNCERS, i as u32));
             }
