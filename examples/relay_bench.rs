@@ -359,7 +359,11 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// One node's figures.
 struct Figures {
+    /// CPU over the announcing window, as a share of one core.
     cpu_share: f64,
+    /// CPU from the first announcement until the receivers had everything (or the drain
+    /// ended), per transaction.
+    cpu_per_tx: Duration,
     rss_kib: u64,
     reached_all: usize,
     p50: Duration,
@@ -376,13 +380,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 /// Runs the load against the node listening on `node` (process `pid`).
-async fn run(
-    node: SocketAddr,
-    pid: u32,
-    txs: Vec<Transaction>,
-    rate: u32,
-    seconds: u32,
-) -> Figures {
+async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Figures {
     let magic = Magic::REGTEST;
     let count = txs.len();
     let index = txs
@@ -462,7 +460,6 @@ async fn run(
     }
     let window = wall0.elapsed();
     let cpu = cpu_ns(pid).saturating_sub(cpu0);
-    let _ = seconds;
     // Until every receiver has every transaction, or the drain time is up.
     let deadline = Instant::now() + DRAIN;
     let all_in = || {
@@ -473,6 +470,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let rss = rss_kib(pid);
+    let cpu_all = cpu_ns(pid).saturating_sub(cpu0);
     let mut delays = Vec::new();
     for (i, sent) in first_sent.iter().enumerate() {
         let sent = sent.load(Ordering::Relaxed);
@@ -490,6 +488,7 @@ async fn run(
     }
     Figures {
         cpu_share: cpu as f64 / window.as_nanos() as f64,
+        cpu_per_tx: Duration::from_nanos(cpu_all / count.max(1) as u64),
         rss_kib: rss,
         reached_all: delays.len(),
         p50: quantile(&delays, 0.5),
@@ -501,10 +500,11 @@ async fn run(
 
 fn print(name: &str, f: &Figures, rate: u32) {
     println!(
-        "{name}: rate={rate}/s txs={} reached_all_receivers={} cpu_share_of_one_core={:.1}% rss_mib={:.1} delay_p50_s={:.2} delay_p99_s={:.2} delay_max_s={:.2}",
+        "{name}: rate={rate}/s txs={} reached_all_receivers={} cpu_share_of_one_core={:.1}% cpu_per_tx_us={:.0} rss_mib={:.1} delay_p50_s={:.2} delay_p99_s={:.2} delay_max_s={:.2}",
         f.sent,
         f.reached_all,
         f.cpu_share * 100.0,
+        f.cpu_per_tx.as_secs_f64() * 1e6,
         f.rss_kib as f64 / 1024.0,
         f.p50.as_secs_f64(),
         f.p99.as_secs_f64(),
@@ -585,12 +585,12 @@ async fn main() {
     let port = free_port();
     let node = start_meshd(port, count * 2);
     let pid = node.child.id();
+    println!("meshd: pid {pid}");
     let f = run(
         SocketAddr::from(([127, 0, 0, 1], port)),
         pid,
         made_up(count),
         rate,
-        seconds,
     )
     .await;
     print("meshd", &f, rate);
@@ -608,7 +608,8 @@ async fn main() {
     .expect("bcoin setup");
     let (b, txs) = b;
     let addr = SocketAddr::from(([127, 0, 0, 1], b.p2p_port));
-    let f = run(addr, b.pid(), txs, rate, seconds).await;
+    println!("bcoin: pid {}", b.pid());
+    let f = run(addr, b.pid(), txs, rate).await;
     print("bcoin", &f, rate);
     let pool = b.rpc("getmempoolinfo", json!([]));
     println!("bcoin: mempool after the run: {}", pool["size"]);

@@ -32,7 +32,25 @@ pub struct RollingFilter {
     bits: u64,
     /// Hash functions per item.
     hashes: u32,
-    key: std::collections::hash_map::RandomState,
+    /// foldhash, keyed from the OS-seeded RNG per filter (and per process), so a peer
+    /// cannot aim at false positives; a fraction of SipHash's cost on the relay path (#29:
+    /// SipHash and a division per bit made this filter half of relay's CPU).
+    key: foldhash::quality::SeedableRandomState,
+}
+
+/// foldhash's shared seed for every filter of the process, drawn once from the OS-seeded
+/// RNG (foldhash's own global seed comes from addresses and the clock).
+fn shared_seed() -> &'static foldhash::SharedSeed {
+    static SEED: std::sync::OnceLock<foldhash::SharedSeed> = std::sync::OnceLock::new();
+    SEED.get_or_init(|| foldhash::SharedSeed::from_u64(rand::random()))
+}
+
+/// An item's hashes under one filter's key, so a lookup and the insert after it (and the
+/// three generations of a lookup) hash it once.
+#[derive(Debug, Clone, Copy)]
+pub struct Hashed {
+    a: u64,
+    b: u64,
 }
 
 impl RollingFilter {
@@ -57,20 +75,38 @@ impl RollingFilter {
             per_generation,
             bits: words as u64 * 64,
             hashes,
-            key: Default::default(),
+            key: foldhash::quality::SeedableRandomState::with_seed(rand::random(), shared_seed()),
         }
     }
 
-    /// Bit positions of `item` (double hashing from two keyed 64-bit hashes).
-    fn positions<T: Hash + ?Sized>(&self, item: &T) -> impl Iterator<Item = u64> {
+    /// `item`'s hashes under this filter's key.
+    pub fn hash<T: Hash + ?Sized>(&self, item: &T) -> Hashed {
         let a = self.key.hash_one(item);
         let b = self.key.hash_one((0xa5a5_u16, a)) | 1;
-        let bits = self.bits;
-        (0..self.hashes as u64).map(move |i| a.wrapping_add(i.wrapping_mul(b)) % bits)
+        Hashed { a, b }
+    }
+
+    /// Bit positions of a hashed item: double hashing, each 64-bit value mapped onto the
+    /// bits by a multiply and shift (Lemire's range reduction) rather than a division.
+    fn positions(bits: u64, hashes: u32, h: Hashed) -> impl Iterator<Item = u64> {
+        (0..hashes as u64).map(move |i| {
+            let x = h.a.wrapping_add(i.wrapping_mul(h.b));
+            ((u128::from(x) * u128::from(bits)) >> 64) as u64
+        })
     }
 
     /// Remembers `item`.
     pub fn insert<T: Hash + ?Sized>(&mut self, item: &T) {
+        self.insert_hashed(self.hash(item));
+    }
+
+    /// Whether `item` was inserted (recently), or a false positive.
+    pub fn contains<T: Hash + ?Sized>(&self, item: &T) -> bool {
+        self.contains_hashed(self.hash(item))
+    }
+
+    /// [`Self::insert`] of an item hashed by [`Self::hash`] of this filter.
+    pub fn insert_hashed(&mut self, h: Hashed) {
         if self.in_current >= self.per_generation {
             self.current = (self.current + 1) % GENERATIONS;
             self.generations[self.current].fill(0);
@@ -79,19 +115,18 @@ impl RollingFilter {
         if self.generations[self.current].is_empty() {
             self.generations[self.current] = vec![0u64; self.words];
         }
-        let current = self.current;
-        let positions = self.positions(item);
-        let generation = &mut self.generations[current];
+        let positions = Self::positions(self.bits, self.hashes, h);
+        let generation = &mut self.generations[self.current];
         for pos in positions {
             generation[(pos / 64) as usize] |= 1 << (pos % 64);
         }
         self.in_current += 1;
     }
 
-    /// Whether `item` was inserted (recently), or a false positive.
-    pub fn contains<T: Hash + ?Sized>(&self, item: &T) -> bool {
+    /// [`Self::contains`] of an item hashed by [`Self::hash`] of this filter.
+    pub fn contains_hashed(&self, h: Hashed) -> bool {
         self.generations.iter().filter(|g| !g.is_empty()).any(|g| {
-            self.positions(item)
+            Self::positions(self.bits, self.hashes, h)
                 .all(|pos| g[(pos / 64) as usize] & (1 << (pos % 64)) != 0)
         })
     }

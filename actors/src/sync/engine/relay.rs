@@ -511,7 +511,9 @@ impl SyncCore {
             } else {
                 txid.to_byte_array()
             };
-            if Some(*id) == from || !p.relay || p.knows(&key) {
+            // Hashed once for the lookup and the insert below (the filter is keyed per peer).
+            let hashed = p.known.hash(&key);
+            if Some(*id) == from || !p.relay || p.known.contains_hashed(hashed) {
                 continue;
             }
             if fee_rate.is_some_and(|r| r < p.feefilter) {
@@ -523,7 +525,7 @@ impl SyncCore {
             if p.pending_tx.len() >= config.tx_pool_max_count {
                 continue;
             }
-            p.learn(key);
+            p.known.insert_hashed(hashed);
             p.pending_tx.push(txid);
             if !trickle {
                 p.next_flush = self.clock.now;
