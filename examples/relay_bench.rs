@@ -3,9 +3,11 @@
 //! default) for `--seconds`: each is announced (`inv`) by two announcers 100 ms apart,
 //! fetched by the node (`getdata`, answered with `tx`), and relayed with the node's own
 //! trickling to every peer that does not have it. Figures per node: its CPU time over the
-//! announcing window as a share of one core (from /proc/PID/task/*/schedstat, in ns), its RSS
-//! at the end, and per transaction the delay from its first announcement to the `inv` that
-//! reached the last receiver (p50, p99, max), with the count that reached every receiver.
+//! announcing window as a share of one core (user and system time, /proc/PID/stat), and per
+//! transaction from the first announcement until the receivers had everything; its RSS at
+//! the end; and over every transaction the delay from its first announcement to the `inv`
+//! that reached the last receiver (p50, p99, max; ">45" for one that had not reached every
+//! receiver 45 s after the last announcement), with the count that reached every receiver.
 //!
 //! The node under test: the release `meshd` binary (built first), with `--tx-relay all`
 //! (the announcers are inbound, and meshd's default relays only what an outbound or
@@ -235,11 +237,18 @@ struct Load {
     txs: Vec<Transaction>,
     index: HashMap<Txid, u32>,
     start: Instant,
+    /// Peers whose handshake completed.
+    ready: AtomicU64,
+    /// Peers still connected.
+    alive: AtomicU64,
 }
 
 /// One peer: connects, completes the handshake, then plays `role` until the node closes.
 async fn peer(node: SocketAddr, magic: Magic, load: Arc<Load>, role: Role) {
-    let stream = TcpStream::connect(node).await.expect("connect");
+    let Ok(stream) = TcpStream::connect(node).await else {
+        eprintln!("a peer could not connect");
+        return;
+    };
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     wr.write_all(&frame(magic, version(node)))
@@ -247,7 +256,11 @@ async fn peer(node: SocketAddr, magic: Magic, load: Arc<Load>, role: Role) {
         .expect("version");
     let (mut got_version, mut got_verack) = (false, false);
     while !(got_version && got_verack) {
-        match read_message(&mut rd).await.expect("handshake") {
+        let Some(message) = read_message(&mut rd).await else {
+            eprintln!("a peer's handshake failed");
+            return;
+        };
+        match message {
             NetworkMessage::Version(_) => {
                 got_version = true;
                 wr.write_all(&frame(magic, NetworkMessage::Verack))
@@ -258,6 +271,8 @@ async fn peer(node: SocketAddr, magic: Magic, load: Arc<Load>, role: Role) {
             _ => {}
         }
     }
+    load.ready.fetch_add(1, Ordering::Relaxed);
+    load.alive.fetch_add(1, Ordering::Relaxed);
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let writer = tokio::spawn(async move {
         while let Some(bytes) = out_rx.recv().await {
@@ -327,20 +342,28 @@ async fn peer(node: SocketAddr, magic: Magic, load: Arc<Load>, role: Role) {
             _ => {}
         }
     }
+    load.alive.fetch_sub(1, Ordering::Relaxed);
     drop(out_tx);
     let _ = writer.await;
 }
 
-/// CPU time of every thread of `pid`, in ns (schedstat's first field).
+/// CPU time of `pid` in ns: user and system time from /proc/PID/stat, which keeps the time
+/// of threads that have exited (tokio's blocking threads come and go).
 fn cpu_ns(pid: u32) -> u64 {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0;
     };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum()
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    ticks * 1_000_000_000 / hz
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -366,17 +389,29 @@ struct Figures {
     cpu_per_tx: Duration,
     rss_kib: u64,
     reached_all: usize,
-    p50: Duration,
-    p99: Duration,
-    max: Duration,
+    /// Over every transaction sent; `None` where it falls on one that did not reach every
+    /// receiver before the drain ended.
+    p50: Option<Duration>,
+    p99: Option<Duration>,
+    max: Option<Duration>,
     sent: usize,
+    /// Peers still connected at the end (of 100).
+    alive: u64,
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
+fn quantile(sorted: &[Option<Duration>], q: f64) -> Option<Duration> {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return None;
     }
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// A delay in seconds, or that the transaction never reached every receiver in time.
+fn secs(d: Option<Duration>) -> String {
+    d.map_or_else(
+        || format!(">{}", DRAIN.as_secs()),
+        |d| format!("{:.2}", d.as_secs_f64()),
+    )
 }
 
 /// Runs the load against the node listening on `node` (process `pid`).
@@ -392,6 +427,8 @@ async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Fi
         txs,
         index,
         start: Instant::now(),
+        ready: AtomicU64::new(0),
+        alive: AtomicU64::new(0),
     });
     let mut announcers = Vec::new();
     let mut tasks = Vec::new();
@@ -417,7 +454,18 @@ async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Fi
         )));
     }
     // Every handshake done before the clock starts: the node has them all as peers.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let peers = (ANNOUNCERS + RECEIVERS) as u64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while load.ready.load(Ordering::Relaxed) < peers {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {peers} peers completed the handshake",
+            load.ready.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The node settles its new peers (sendcmpct, feefilter, getheaders) before the load.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let first_sent: Vec<AtomicU64> = (0..count).map(|_| AtomicU64::new(0)).collect();
     let (cpu0, wall0) = (cpu_ns(pid), Instant::now());
     let mut next = 0usize;
@@ -436,7 +484,9 @@ async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Fi
             per[a].push(i as u32);
             sent.store(at.max(1), Ordering::Relaxed);
             for k in 1..ANNOUNCERS_PER_TX {
-                later.push(((a + 7 * k + i / ANNOUNCERS) % ANNOUNCERS, i as u32));
+                // Never the first announcer again: an offset of 1 to ANNOUNCERS - 1.
+                let offset = 1 + (7 * k + i / ANNOUNCERS) % (ANNOUNCERS - 1);
+                later.push(((a + offset) % ANNOUNCERS, i as u32));
             }
         }
         next = next.max(due);
@@ -471,18 +521,18 @@ async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Fi
     }
     let rss = rss_kib(pid);
     let cpu_all = cpu_ns(pid).saturating_sub(cpu0);
-    let mut delays = Vec::new();
+    // Per transaction: `None` when some receiver never heard of it; sorted last.
+    let mut delays: Vec<Option<Duration>> = Vec::new();
     for (i, sent) in first_sent.iter().enumerate() {
         let sent = sent.load(Ordering::Relaxed);
         let last = seen
             .iter()
             .map(|s| s[i].load(Ordering::Relaxed))
             .try_fold(0u64, |m, t| (t != 0).then_some(m.max(t)));
-        if let (Some(last), true) = (last, sent != 0) {
-            delays.push(Duration::from_micros(last.saturating_sub(sent)));
-        }
+        delays.push(last.map(|last| Duration::from_micros(last.saturating_sub(sent))));
     }
-    delays.sort();
+    delays.sort_by_key(|d| d.unwrap_or(Duration::MAX));
+    let alive = load.alive.load(Ordering::Relaxed);
     for t in tasks {
         t.abort();
     }
@@ -490,25 +540,27 @@ async fn run(node: SocketAddr, pid: u32, txs: Vec<Transaction>, rate: u32) -> Fi
         cpu_share: cpu as f64 / window.as_nanos() as f64,
         cpu_per_tx: Duration::from_nanos(cpu_all / count.max(1) as u64),
         rss_kib: rss,
-        reached_all: delays.len(),
+        reached_all: delays.iter().filter(|d| d.is_some()).count(),
         p50: quantile(&delays, 0.5),
         p99: quantile(&delays, 0.99),
-        max: delays.last().copied().unwrap_or_default(),
+        max: delays.last().copied().flatten(),
         sent: count,
+        alive,
     }
 }
 
 fn print(name: &str, f: &Figures, rate: u32) {
     println!(
-        "{name}: rate={rate}/s txs={} reached_all_receivers={} cpu_share_of_one_core={:.1}% cpu_per_tx_us={:.0} rss_mib={:.1} delay_p50_s={:.2} delay_p99_s={:.2} delay_max_s={:.2}",
+        "{name}: rate={rate}/s txs={} reached_all_receivers={} peers_alive={} cpu_share_of_one_core={:.1}% cpu_per_tx_us={:.0} rss_mib={:.1} delay_p50_s={} delay_p99_s={} delay_max_s={}",
         f.sent,
         f.reached_all,
+        f.alive,
         f.cpu_share * 100.0,
         f.cpu_per_tx.as_secs_f64() * 1e6,
         f.rss_kib as f64 / 1024.0,
-        f.p50.as_secs_f64(),
-        f.p99.as_secs_f64(),
-        f.max.as_secs_f64(),
+        secs(f.p50),
+        secs(f.p99),
+        secs(f.max),
     );
 }
 
@@ -539,7 +591,7 @@ fn start_meshd(port: u16, pool: usize) -> Meshd {
     let child = Command::new(Path::new(root).join("target/release/meshd"))
         .arg("--datadir")
         .arg(dir.path())
-        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--network", "regtest", "--listen", &format!("127.0.0.1:{port}")])
         .args(["--no-metrics", "--no-api", "--log-level"])
         .arg(std::env::var("RELAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .args(["--max-inbound", "200", "--max-connections", "300"])

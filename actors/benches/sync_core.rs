@@ -48,6 +48,7 @@ fn duplicates(c: &mut Criterion) {
             wtxid_relay: true,
             block_relay_only: false,
             services: bitcoin::p2p::ServiceFlags::NETWORK | bitcoin::p2p::ServiceFlags::WITNESS,
+            network: meshd_actors::shared::overlay::Network::Ipv4,
         },
     );
     let block1 = chain[0];

@@ -7,7 +7,10 @@
 //! the newest; when it holds half the capacity the oldest is cleared and becomes the newest.
 //! The two full generations always cover the last `capacity` items. A lookup checks all
 //! three, so each is sized for a third of the target false-positive rate. Items are hashed
-//! with a per-filter random key, so a peer cannot aim for false positives.
+//! with a per-filter random key (foldhash seeded from the OS RNG), so a peer cannot aim for
+//! false positives without learning the key: at least as strong as Core's MurmurHash3 with
+//! a 32-bit random tweak, though foldhash, unlike SipHash, claims no resistance to a patient
+//! attacker who can observe its outcomes.
 
 use std::hash::{BuildHasher, Hash};
 
@@ -32,9 +35,9 @@ pub struct RollingFilter {
     bits: u64,
     /// Hash functions per item.
     hashes: u32,
-    /// foldhash, keyed from the OS-seeded RNG per filter (and per process), so a peer
-    /// cannot aim at false positives; a fraction of SipHash's cost on the relay path (#29:
-    /// SipHash and a division per bit made this filter half of relay's CPU).
+    /// foldhash, keyed from the OS-seeded RNG per filter (and per process): a fraction of
+    /// SipHash's cost on the relay path (#29: SipHash and a division per bit made this
+    /// filter half of relay's CPU); see the module documentation on aiming at it.
     key: foldhash::quality::SeedableRandomState,
 }
 

@@ -493,6 +493,10 @@ impl SyncActorState {
                     wtxid_relay,
                     block_relay_only,
                     services,
+                    network: row.as_ref().map_or_else(
+                        || crate::shared::overlay::Network::of_ip(addr.ip()),
+                        |p| p.network(),
+                    ),
                 };
                 let actions = self.core.peer_up(system_clock(), new);
                 self.apply(actions);

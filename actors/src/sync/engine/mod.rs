@@ -44,6 +44,7 @@ use crate::msg::{
 use crate::network::Profile;
 use crate::peer::handshake::SENDHEADERS_VERSION;
 use crate::peer::{DisconnectReason, RollingFilter};
+use crate::shared::overlay::Network;
 use crate::shared::peers::PeerId;
 use crate::shared::whitelist::{permissions_of, Permissions};
 use crate::sync::blocks::{BlockDownload, Failure};
@@ -205,6 +206,8 @@ pub struct NewPeer {
     pub block_relay_only: bool,
     /// The services in its version.
     pub services: bitcoin::p2p::ServiceFlags,
+    /// The network it reached us on (an inbound onion peer arrives from loopback).
+    pub network: Network,
 }
 
 /// What the core knows of one peer (Core's per-peer `Peer` and `CNodeState`): what it
@@ -212,6 +215,8 @@ pub struct NewPeer {
 struct SyncPeer {
     id: PeerId,
     addr: SocketAddr,
+    /// Its network: inbound peers of one network share an announcement schedule.
+    network: Network,
     label: String,
     /// What it showed of its chain, what it was asked for and when, its sync-peer record.
     hs: PeerHeaders,
@@ -377,9 +382,10 @@ pub struct SyncCore {
     out: Outbox,
     /// Trickle delays.
     rng: StdRng,
-    /// Core's `m_next_inv_to_inbounds_per_network_key`: when inbound peers of each address
-    /// family next get their announcements, one Poisson schedule shared by all of them.
-    next_inv_to_inbounds: [Option<Instant>; 2],
+    /// Core's `m_next_inv_to_inbounds_per_network_key`: when inbound peers of each network
+    /// (in `Network::ALL` order) next get their announcements, one Poisson schedule shared
+    /// by all of them.
+    next_inv_to_inbounds: [Option<Instant>; Network::ALL.len()],
     chain: HeaderChain,
     /// headers.dat is loading: sync waits for the whole chain.
     loading: bool,
@@ -464,23 +470,27 @@ fn poisson(rng: &mut StdRng, avg: Duration) -> Duration {
     avg.mul_f64(-u.ln()).min(avg * 10)
 }
 
-/// Core's `NextInvToInbounds`: the next announcement time of inbound peers from `addr`'s
-/// address family, drawn anew once passed and shared by every inbound peer of the family,
-/// so a spy holding many inbound connections sees one schedule, not many to average, and
-/// a transaction reaches every inbound peer at the same moment. (Core keys the schedule
-/// by the connection's network and the local address it reached; meshd by IPv4 or IPv6.)
+/// Core's `NextInvToInbounds`: the next announcement time of inbound peers of `network`,
+/// drawn anew once passed and shared by every inbound peer of that network, so a spy
+/// holding many inbound connections sees one schedule, not many to average, and a
+/// transaction reaches every inbound peer at the same moment. Keyed by network, as Core's
+/// network key is, so an onion peer's schedule does not link it to a clearnet one. (Core's
+/// key also tells apart the local addresses peers reached; meshd's does not.)
 fn next_inv_to_inbounds(
-    schedules: &mut [Option<Instant>; 2],
+    schedules: &mut [Option<Instant>; Network::ALL.len()],
     rng: &mut StdRng,
-    addr: SocketAddr,
+    network: Network,
     now: Instant,
 ) -> Instant {
-    let family = usize::from(addr.ip().to_canonical().is_ipv6());
-    match schedules[family] {
+    let slot = Network::ALL
+        .iter()
+        .position(|n| *n == network)
+        .unwrap_or(0);
+    match schedules[slot] {
         Some(at) if at > now => at,
         _ => {
             let at = now + poisson(rng, TRICKLE_INBOUND);
-            schedules[family] = Some(at);
+            schedules[slot] = Some(at);
             at
         }
     }
@@ -505,7 +515,7 @@ impl SyncCore {
             out: Outbox::default(),
             extra_nonce: rng.gen(),
             rng,
-            next_inv_to_inbounds: [None; 2],
+            next_inv_to_inbounds: [None; Network::ALL.len()],
             loading: false,
             segments: None,
             hints_off: false,
@@ -787,7 +797,7 @@ impl SyncCore {
             next_inv_to_inbounds(
                 &mut self.next_inv_to_inbounds,
                 &mut self.rng,
-                new.addr,
+                new.network,
                 clock.now,
             )
         } else {
@@ -796,6 +806,7 @@ impl SyncCore {
         let peer = SyncPeer {
             id,
             addr: new.addr,
+            network: new.network,
             label: new.label,
             hs: PeerHeaders::new(new.inbound, claimed),
             version: new.version,

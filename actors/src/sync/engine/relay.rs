@@ -563,7 +563,24 @@ impl SyncCore {
         let trickle = self.config.trickle;
         let pool = &self.pool;
         for p in self.peers.values_mut() {
-            if p.pending_tx.is_empty() || now < p.next_flush {
+            if now < p.next_flush {
+                continue;
+            }
+            // Core redraws a passed schedule whether or not anything waits: a peer idle
+            // past its time does not hear of the next transaction at the next tick.
+            if trickle {
+                p.next_flush = if p.hs.inbound {
+                    next_inv_to_inbounds(
+                        &mut self.next_inv_to_inbounds,
+                        &mut self.rng,
+                        p.network,
+                        now,
+                    )
+                } else {
+                    now + poisson(&mut self.rng, TRICKLE_OUTBOUND)
+                };
+            }
+            if p.pending_tx.is_empty() {
                 continue;
             }
             let wtxid_relay = p.wtxid_relay;
@@ -583,13 +600,6 @@ impl SyncCore {
             }
             metrics::counter!("meshd_txs_relayed_total").increment(batch.len() as u64);
             self.out.send(p.id, NetworkMessage::Inv(batch));
-            if trickle {
-                p.next_flush = if p.hs.inbound {
-                    next_inv_to_inbounds(&mut self.next_inv_to_inbounds, &mut self.rng, p.addr, now)
-                } else {
-                    now + poisson(&mut self.rng, TRICKLE_OUTBOUND)
-                };
-            }
         }
     }
 }
