@@ -591,7 +591,12 @@ fn start_meshd(port: u16, pool: usize) -> Meshd {
     let child = Command::new(Path::new(root).join("target/release/meshd"))
         .arg("--datadir")
         .arg(dir.path())
-        .args(["--network", "regtest", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--network",
+            "regtest",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .args(["--no-metrics", "--no-api", "--log-level"])
         .arg(std::env::var("RELAY_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .args(["--max-inbound", "200", "--max-connections", "300"])

@@ -482,10 +482,7 @@ fn next_inv_to_inbounds(
     network: Network,
     now: Instant,
 ) -> Instant {
-    let slot = Network::ALL
-        .iter()
-        .position(|n| *n == network)
-        .unwrap_or(0);
+    let slot = Network::ALL.iter().position(|n| *n == network).unwrap_or(0);
     match schedules[slot] {
         Some(at) if at > now => at,
         _ => {

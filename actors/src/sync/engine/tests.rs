@@ -2026,7 +2026,11 @@ fn inbound_peers_share_one_announcement_schedule_per_network() {
         }
         assert_eq!(heard.len(), everyone, "transaction {n} reached every peer");
         let times: HashSet<Instant> = ipv4.iter().map(|id| heard[id]).collect();
-        assert_eq!(times.len(), 1, "transaction {n}: one moment for IPv4 inbound peers");
+        assert_eq!(
+            times.len(),
+            1,
+            "transaction {n}: one moment for IPv4 inbound peers"
+        );
         waits.push(heard[&ipv4[0]] - submitted);
     }
     assert!(
