@@ -26,7 +26,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bitcoin::absolute::LockTime;
 use bitcoin::block::Header;
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
@@ -35,10 +34,7 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::ServiceFlags;
-use bitcoin::transaction::Version;
-use bitcoin::{
-    Amount, Block, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
-};
+use bitcoin::{Amount, Block, OutPoint, ScriptBuf, Transaction, Txid};
 use meshd_actors::config::NodeConfig;
 use meshd_actors::events::{EventKind, NodeEvent};
 use meshd_actors::network::NetworkId;
@@ -51,6 +47,10 @@ use meshd_actors::wire::Message;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "common/op_true.rs"]
+mod op_true;
+use op_true::bcoin_op_true_address;
 
 /// Nodes in the mesh.
 const NODES: usize = 10;
@@ -192,33 +192,8 @@ fn made_up_tx(n: u32) -> Transaction {
     )
 }
 
-fn op_true_p2sh() -> ScriptBuf {
-    ScriptBuf::new_p2sh(&ScriptBuf::from_bytes(vec![0x51]).script_hash())
-}
-
 fn spend_to_op_true(prev: OutPoint, value: Amount, script_sig: ScriptBuf, n: u32) -> Transaction {
-    let mut pad = vec![0x6a, 0x4c, PAD as u8];
-    pad.extend((0..PAD).map(|i| (n as usize + i) as u8));
-    Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: prev,
-            script_sig,
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![
-            TxOut {
-                value,
-                script_pubkey: op_true_p2sh(),
-            },
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: ScriptBuf::from_bytes(pad),
-            },
-        ],
-    }
+    op_true::padded_spend(prev, value, script_sig, n, PAD)
 }
 
 fn unix_now() -> u32 {
@@ -651,13 +626,6 @@ impl Bcoin {
     }
 }
 
-/// bcoin's regtest address of P2SH(OP_TRUE) (version byte 0x26, lib/protocol/networks.js).
-fn bcoin_op_true_address() -> String {
-    let mut payload = vec![0x26];
-    payload.extend_from_slice(bitcoin::hashes::hash160::Hash::hash(&[0x51]).as_byte_array());
-    bitcoin::base58::encode_check(&payload)
-}
-
 /// Waits until `f` holds for every node (at most 180 s).
 async fn on_all(nodes: &[Arc<Bcoin>], f: Arc<dyn Fn(&Bcoin) -> bool + Send + Sync>) {
     let deadline = Instant::now() + Duration::from_secs(180);
@@ -721,35 +689,14 @@ async fn bcoin_round(high_bandwidth: bool) -> Outcome {
         .expect("mine")
     };
     // One coinbase fans out to the block's 2,000 coins, confirmed, then 2,000 spends of them.
-    let vout = coin
-        .output
-        .iter()
-        .position(|o| o.script_pubkey == op_true_p2sh())
-        .expect("coinbase pays OP_TRUE");
     // The whole coinbase less a modest fee (bcoin refuses absurd fees, silently over RPC).
-    let each = (coin.output[vout].value - Amount::from_sat(100_000)) / BLOCK_TXS as u64;
-    let fan = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: OutPoint::new(coin.compute_txid(), vout as u32),
-            script_sig: ScriptBuf::from_bytes(vec![0x01, 0x51]),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: (0..BLOCK_TXS)
-            .map(|_| TxOut {
-                value: each,
-                script_pubkey: op_true_p2sh(),
-            })
-            .collect(),
-    };
+    let (fan, each) = op_true::fan_out(&coin, BLOCK_TXS, Amount::from_sat(100_000));
     let spends: Vec<Transaction> = (0..BLOCK_TXS)
         .map(|i| {
             spend_to_op_true(
                 OutPoint::new(fan.compute_txid(), i as u32),
                 each - Amount::from_sat(10_000),
-                ScriptBuf::from_bytes(vec![0x01, 0x51]),
+                op_true::op_true_script_sig(),
                 i as u32,
             )
         })

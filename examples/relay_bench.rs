@@ -28,7 +28,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::{deserialize, deserialize_hex, serialize, serialize_hex};
 use bitcoin::hashes::Hash;
 use bitcoin::p2p::address::Address;
@@ -36,10 +35,7 @@ use bitcoin::p2p::message::{NetworkMessage, RawNetworkMessage};
 use bitcoin::p2p::message_blockdata::Inventory;
 use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::{Magic, ServiceFlags};
-use bitcoin::transaction::Version;
-use bitcoin::{
-    Amount, Block, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
-};
+use bitcoin::{Amount, Block, OutPoint, Transaction, Txid};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,6 +44,9 @@ use tokio::sync::mpsc;
 #[allow(dead_code)]
 #[path = "../tests/common/bcoin.rs"]
 mod bcoin;
+#[path = "common/op_true.rs"]
+mod op_true;
+use op_true::bcoin_op_true_address;
 
 /// Peers that announce new transactions.
 const ANNOUNCERS: usize = 50;
@@ -79,34 +78,9 @@ fn skip_or_fail(what: &str) {
     panic!("{what}");
 }
 
-fn op_true_p2sh() -> ScriptBuf {
-    ScriptBuf::new_p2sh(&ScriptBuf::from_bytes(vec![0x51]).script_hash())
-}
-
 /// A spend of `prev` (a P2SH(OP_TRUE) coin) to P2SH(OP_TRUE), with `n` in its padding.
 fn spend(prev: OutPoint, value: Amount, n: u32) -> Transaction {
-    let mut pad = vec![0x6a, 0x4c, PAD as u8];
-    pad.extend((0..PAD).map(|i| (n as usize + i) as u8));
-    Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn {
-            previous_output: prev,
-            script_sig: ScriptBuf::from_bytes(vec![0x01, 0x51]),
-            sequence: Sequence::MAX,
-            witness: Witness::new(),
-        }],
-        output: vec![
-            TxOut {
-                value,
-                script_pubkey: op_true_p2sh(),
-            },
-            TxOut {
-                value: Amount::ZERO,
-                script_pubkey: ScriptBuf::from_bytes(pad),
-            },
-        ],
-    }
+    op_true::padded_spend(prev, value, op_true::op_true_script_sig(), n, PAD)
 }
 
 /// `count` transactions over made-up coins (for meshd, which checks no inputs).
@@ -124,13 +98,6 @@ fn made_up(count: usize) -> Vec<Transaction> {
         .collect()
 }
 
-/// bcoin's regtest address of P2SH(OP_TRUE) (version byte 0x26, lib/protocol/networks.js).
-fn bcoin_op_true_address() -> String {
-    let mut payload = vec![0x26];
-    payload.extend_from_slice(bitcoin::hashes::hash160::Hash::hash(&[0x51]).as_byte_array());
-    bitcoin::base58::encode_check(&payload)
-}
-
 /// Mines coins on bcoin, fans them out into confirmed coins, and returns `count` spends of
 /// them, each valid on its own.
 fn bcoin_spends(node: &bcoin::Bcoin, count: usize) -> Vec<Transaction> {
@@ -142,30 +109,9 @@ fn bcoin_spends(node: &bcoin::Bcoin, count: usize) -> Vec<Transaction> {
         let hash = node.rpc("getblockhash", json!([height]));
         let raw = node.rpc("getblock", json!([hash, false]));
         let block: Block = deserialize_hex(raw.as_str().expect("hex")).expect("block");
-        let coin = &block.txdata[0];
-        let vout = coin
-            .output
-            .iter()
-            .position(|o| o.script_pubkey == op_true_p2sh())
-            .expect("coinbase pays OP_TRUE");
         // The whole coinbase less a modest fee (bcoin refuses absurd fees).
-        let each = (coin.output[vout].value - Amount::from_sat(200_000)) / FAN_OUTPUTS as u64;
-        let fan = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint::new(coin.compute_txid(), vout as u32),
-                script_sig: ScriptBuf::from_bytes(vec![0x01, 0x51]),
-                sequence: Sequence::MAX,
-                witness: Witness::new(),
-            }],
-            output: (0..FAN_OUTPUTS)
-                .map(|_| TxOut {
-                    value: each,
-                    script_pubkey: op_true_p2sh(),
-                })
-                .collect(),
-        };
+        let (fan, each) =
+            op_true::fan_out(&block.txdata[0], FAN_OUTPUTS, Amount::from_sat(200_000));
         node.rpc("sendrawtransaction", json!([serialize_hex(&fan)]));
         for i in 0..FAN_OUTPUTS {
             if txs.len() < count {

@@ -78,7 +78,8 @@
 //! - Each **Connection** owns one socket through two tasks: a reader that frames bytes and
 //!   casts messages to the actor under a byte credit (back-pressure instead of an unbounded
 //!   mailbox; frames it drops cost the peer a budget, [`peer::UselessFrames`]), and a writer
-//!   that drains a bounded queue (overflow disconnects). Both are
+//!   that drains a bounded queue (`connection/outqueue.rs`: its slots held only while
+//!   frames wait; overflow disconnects). Both are
 //!   aborted with the Connection's state, so a killed Connection closes its socket.
 //! - The **Listener** accepts, drops banned addresses before reading a byte, and forwards
 //!   the rest to the Manager.
