@@ -11,8 +11,15 @@
 //! The transactions meant to stay unseen stay so because meshd does not answer BIP35 `mempool`
 //! (bcoin sends it on regtest once synced; Core answers only NODE_BLOOM or whitelisted peers).
 //!
-//! bcoin takes only the first `sendcmpct` a peer sends, so it never becomes a high-bandwidth
-//! peer of meshd's (meshd's first is low-bandwidth, as Core's); that direction is covered
+//! - bcoin to meshd, high-bandwidth: bcoin gives meshd a new block while it is the only one
+//!   meshd waits for, so meshd picks it as a high-bandwidth peer (Core's
+//!   MaybeSetPeerAsAnnouncingHeaderAndIDs) with a second `sendcmpct`; bcoin then pushes its
+//!   next block as `cmpctblock` unasked, and meshd fetches what it lacks with `getblocktxn`.
+//!
+//! bcoin 1.0.2 takes only the first `sendcmpct` a peer sends, and meshd's first is
+//! low-bandwidth, as Core's; the high-bandwidth test therefore starts bcoin with the
+//! launcher's `--bip152-mode-updates`, which lets a later `sendcmpct` change the mode as BIP152's
+//! protocol flow and Core do (tests/peers/bcoin_node.js). That direction is also covered
 //! against meshd itself (actors/tests/compact_blocks.rs).
 
 mod common;
@@ -20,10 +27,14 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bitcoin::absolute::LockTime;
+use bitcoin::block::{Header, Version as BlockVersion};
 use bitcoin::consensus::encode::{deserialize_hex, serialize_hex};
 use bitcoin::hashes::Hash;
 use bitcoin::transaction::Version;
-use bitcoin::{Amount, Block, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use bitcoin::{
+    Amount, Block, BlockHash, CompactTarget, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
+    TxMerkleNode, TxOut, Witness,
+};
 use common::bcoin::Bcoin;
 use common::{msg, Meshd};
 use serde_json::{json, Value};
@@ -84,6 +95,58 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Mines a block holding only a coinbase on bcoin's tip and submits it, leaving bcoin's
+/// mempool as it is (its own `generatetoaddress` would mine the pool).
+fn mine_coinbase_only(b: &Bcoin) -> String {
+    let tip = b.rpc("getbestblockhash", json!([]));
+    let parent = b.rpc("getblockheader", json!([tip, true]));
+    let height = parent["height"].as_i64().expect("height") + 1;
+    // bcoin answers `bits` as a number; Core as a hex string.
+    let bits = match &parent["bits"] {
+        Value::String(hex) => u32::from_str_radix(hex, 16).expect("hex bits"),
+        n => n.as_u64().expect("bits") as u32,
+    };
+    let coinbase = Transaction {
+        version: Version::ONE,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint::null(),
+            script_sig: bitcoin::script::Builder::new()
+                .push_int(height)
+                .push_int(0)
+                .into_script(),
+            sequence: Sequence::MAX,
+            witness: Witness::new(),
+        }],
+        output: vec![TxOut {
+            value: Amount::from_sat(0),
+            script_pubkey: ScriptBuf::from_bytes(vec![OP_TRUE]),
+        }],
+    };
+    let mut header = Header {
+        version: BlockVersion::from_consensus(0x2000_0000),
+        prev_blockhash: tip
+            .as_str()
+            .expect("hash")
+            .parse::<BlockHash>()
+            .expect("hash"),
+        merkle_root: TxMerkleNode::from_raw_hash(coinbase.compute_txid().to_raw_hash()),
+        time: parent["time"].as_u64().expect("time") as u32 + 1,
+        bits: CompactTarget::from_consensus(bits),
+        nonce: 0,
+    };
+    while header.validate_pow(header.target()).is_err() {
+        header.nonce += 1;
+    }
+    let block = Block {
+        header,
+        txdata: vec![coinbase],
+    };
+    let answer = b.rpc("submitblock", json!([serialize_hex(&block)]));
+    assert!(answer.is_null(), "bcoin refused the block: {answer}");
+    block.block_hash().to_string()
 }
 
 fn height(b: &Bcoin) -> u64 {
@@ -147,6 +210,67 @@ fn bcoin_sends_meshd_a_compact_block_and_meshd_asks_for_what_it_lacks() {
         "{}",
         node.scrape()
     );
+}
+
+#[test]
+fn bcoin_pushes_meshd_high_bandwidth_compact_blocks_once_meshd_picks_it() {
+    let Some(miner) = Bcoin::start(&["--bip152-mode-updates".into(), "--debug-log".into()]) else {
+        return;
+    };
+    let addr = p2sh_op_true_address();
+    miner.rpc("generatetoaddress", json!([MATURE, addr]));
+    let pays = ScriptBuf::new_p2sh(&ScriptBuf::from_bytes(vec![OP_TRUE]).script_hash());
+    let redeem = ScriptBuf::from_bytes(vec![0x01, OP_TRUE]);
+    let coinbase = |h| block_at(&miner, h).txdata[0].clone();
+    // In bcoin's pool before meshd connects: meshd never hears of it (it sends no `mempool`).
+    let unseen = spend(&coinbase(1), &pays, redeem.clone());
+    send(&miner, &unseen);
+
+    let target = format!("127.0.0.1:{}", miner.p2p_port);
+    let node = Meshd::start(&["--connect", &target]);
+    node.wait_log("headers synced", T, |v| {
+        msg(v) == "headers synced" && v["height"].as_u64() == Some(MATURE)
+    });
+    // A new block from bcoin alone, leaving the pool (and `unseen`) for the next one. meshd
+    // may have picked bcoin already, on the last block of its sync (also the only one in
+    // flight); this block makes sure of it.
+    let first = mine_coinbase_only(&miner);
+    node.wait_log("the first new block", T, |v| {
+        msg(v) == "block received" && v["hash"] == first.as_str()
+    });
+    node.wait_log("meshd to pick bcoin as high-bandwidth", T, |v| {
+        msg(v).starts_with("compact blocks: high-bandwidth mode") && v["high"] == true
+    });
+    miner.wait_line("bcoin to take the high-bandwidth ask", T, |l| {
+        l.contains("Peer updated compact blocks mode (mode=1, version=2)")
+    });
+    let relayed = spend(&coinbase(2), &pays, redeem);
+    send(&miner, &relayed);
+    wait_until("meshd to pool the relayed transaction", || {
+        node.metric("meshd_txs_received_total").unwrap_or(0.0) >= 1.0
+    });
+
+    let mined = miner.rpc("generatetoaddress", json!([1, addr]));
+    let hash = mined[0].as_str().expect("block hash").to_string();
+    let got = node.wait_log("the pushed block", T, |v| {
+        msg(v) == "block received" && v["hash"] == hash.as_str()
+    });
+    assert_eq!(got["via"], "compact_high_bandwidth", "{got}");
+    assert_eq!(got["tx_count"], 3, "{got}");
+    // `unseen` fetched with getblocktxn; the relayed one came from the pool.
+    assert_eq!(got["txs_requested"], 1, "{got}");
+    miner.wait_line("bcoin answered getblocktxn", T, |l| {
+        l.contains("Sending blocktxn for") && l.contains(&hash)
+    });
+    let peers = node.api_get("/v1/peers");
+    let to_high = peers
+        .as_array()
+        .or_else(|| peers["peers"].as_array())
+        .expect("peers")
+        .iter()
+        .filter(|p| p["bip152_hb_to"] == Value::Bool(true))
+        .count();
+    assert_eq!(to_high, 1, "{peers}");
 }
 
 #[test]
