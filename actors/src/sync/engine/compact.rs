@@ -625,15 +625,13 @@ impl SyncCore {
                             .increment(1);
                         debug!(%hash, peer = %id, error = %e, "reconstructed block is invalid; dropped");
                         self.partials.remove(&(hash, id));
-                        if parallel {
-                            // Its request goes on; the peer is not asked for it again.
-                            self.downloads.remove_parallel(&hash, id);
-                        }
-                        // A failed try (counted against MAX_BLOCK_TRIES), not a delivery.
+                        // A failed try (counted against MAX_BLOCK_TRIES), not a delivery: the
+                        // peer's request ends (Core's RemoveBlockRequest) and the next source
+                        // is asked now; a parallel attempt just ends, the request going on.
                         let sources = self.block_sources(&hash);
                         let out =
                             self.downloads
-                                .on_block_refused(hash, id, &sources, self.clock.now);
+                                .on_copy_refused(hash, id, &sources, self.clock.now);
                         self.apply_downloads(out);
                         return;
                     }

@@ -1018,6 +1018,39 @@ fn an_invalid_compact_block_costs_its_sender_and_the_block_is_asked_of_another_a
 }
 
 #[test]
+fn a_rebuilt_block_invalid_in_itself_is_unpunished_and_asked_of_another_at_once() {
+    // Core's READ_STATUS_CHECKBLOCK_FAILED: the transactions hash to the header's root, so
+    // the block is bad, not the reconstruction; BIP152 lets a peer relay before validating,
+    // so its sender is not charged, but its request ends (RemoveBlockRequest) and the next
+    // source is asked now, not after a stall.
+    use crate::sync::compact::{compact_block, short_id_hashes};
+    let (mut core, clock) = synced_core(3);
+    let (p, s) = (PeerId(1), PeerId(2));
+    let _ = core.peer_up(clock, peer(1, false, 3));
+    let _ = core.peer_up(clock, peer(2, false, 3));
+    let _ = core.input(clock, p, sendcmpct(false));
+    let tip = core.chain().tip_header();
+    // A second coinbase (Core: bad-cb-multiple), which its merkle root commits to.
+    let second_coinbase = regtest_block(&tip, 4, tip.time + 1, 7).txdata[0].clone();
+    let b4 = block_with(&tip, 4, tip.time + 1, vec![second_coinbase]);
+    let _ = core.input(clock, p, headers(std::slice::from_ref(&b4)));
+    let _ = core.input(clock, s, headers(std::slice::from_ref(&b4)));
+    let cmpct = compact_block(&b4, 1, &short_id_hashes(&b4, true), &[1]);
+    assert_eq!(cmpct.prefilled.len(), 2, "nothing left to fetch");
+    let a = core.input(clock, p, SyncInput::CmpctBlock(Box::new(cmpct)));
+    assert!(
+        a.iter().all(|x| !matches!(x, Action::Punish(..))),
+        "not charged: {a:?}"
+    );
+    assert!(arrivals(&a).is_empty(), "not taken");
+    assert_eq!(
+        blocks_asked(&a, s),
+        vec![b4.block_hash()],
+        "asked of S at once, not after a stall"
+    );
+}
+
+#[test]
 fn a_lone_block_whose_parent_we_lack_is_asked_whole() {
     // Core's direct fetch asks MSG_CMPCT_BLOCK only when the parent is held
     // (BLOCK_VALID_CHAINTX): without it our pool is not current for the block.
