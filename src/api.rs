@@ -232,6 +232,8 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "torcontrol": c.tor_control.map(|a| a.to_string()),
         "torcontrol-null-auth": c.tor_null_auth,
         "listenonion": c.listen_onion,
+        "natpmp": c.natpmp,
+        "upnp": c.upnp,
         // How many hints were loaded from --header-hints, and the last one's height.
         "header-hints": c.header_hints.len(),
         "asmap": c.asmap.as_ref().map(|m| m.version().to_string()),
@@ -492,6 +494,9 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         // The fleet link (--nats): connected or not, published, dropped.
         "fleet": s.node.fleet_status(),
         "nat_type": stun.as_ref().map(|r| r.nat_type.label()),
+        // The listening port's mapping on the gateway (--natpmp, --upnp), or null when
+        // mapping is off or has nothing to map.
+        "port_mapping": s.node.port_map(),
         "stun_servers": c.stun_servers,
         "stun_result": stun.as_ref().map(|r| json!({
             "nat_type": r.nat_type.label(),

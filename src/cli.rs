@@ -466,6 +466,18 @@ pub struct RunArgs {
     #[arg(help_heading = "Discovery and NAT", long)]
     pub no_stun: bool,
 
+    /// Map the listening port on the gateway with PCP, falling back to NAT-PMP (Core's
+    /// -natpmp); only listeners on non-loopback addresses, never through --proxy. The
+    /// mapping is renewed at about half its lifetime and deleted at shutdown.
+    /// [default: true]
+    #[arg(help_heading = "Discovery and NAT", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub natpmp: Option<bool>,
+
+    /// Map the listening port with UPnP IGD when PCP and NAT-PMP found nothing (or with
+    /// --natpmp=false). [default: false]
+    #[arg(help_heading = "Discovery and NAT", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub upnp: Option<bool>,
+
     /// Limit on one STUN transaction, retransmissions included. [default: 3s]
     #[arg(help_heading = "Discovery and NAT", long, value_name = "DURATION")]
     pub stun_timeout: Option<String>,

@@ -519,6 +519,7 @@ fn print_network(v: &Value) {
         ("proxy", s(&v["proxy"])),
         ("onion proxy", s(&v["onion_proxy"])),
         ("NAT", s(&v["nat_type"])),
+        ("port map", port_mapping(&v["port_mapping"])),
         ("fleet", fleet),
     ];
     for (k, val) in rows {
@@ -547,6 +548,42 @@ fn print_network(v: &Value) {
     .map(|k| vec![k.replace('_', "-"), crate::human::rate(&v["limits"][k])])
     .collect();
     table(&["LIMIT", "VALUE"], limits);
+}
+
+/// The port mapping in one line: `pcp 203.0.113.254:8333 -> 10.0.0.10:8333 (40m, renewed
+/// 5m ago)`, `failed (pcp gateway did not answer)`, or `-` when mapping is off.
+fn port_mapping(p: &Value) -> String {
+    let Some(state) = p["state"].as_str() else {
+        return "-".into();
+    };
+    let protocol = p["protocol"].as_str().unwrap_or("-");
+    match (state, p["external"].as_str()) {
+        ("mapped" | "mapped_private", Some(ext)) => {
+            let lifetime = p["lifetime"]
+                .as_u64()
+                .map(|l| crate::human::span(l as i64))
+                .unwrap_or_else(|| "-".into());
+            let renewed = crate::human::ago(&p["renewed_time"], crate::human::now_unix());
+            let private = if state == "mapped_private" {
+                ", private: not advertised"
+            } else {
+                ""
+            };
+            let stun = match p["stun_agrees"].as_bool() {
+                Some(false) => ", STUN sees another address",
+                _ => "",
+            };
+            format!(
+                "{protocol} {} -> {} ({lifetime}, renewed {renewed}{private}{stun})",
+                sanitize(ext),
+                sanitize(p["internal"].as_str().unwrap_or("-"))
+            )
+        }
+        _ => match p["last_error"].as_str() {
+            Some(e) => format!("{state} ({})", sanitize(e)),
+            None => format!("{state} ({protocol})"),
+        },
+    }
 }
 
 /// A config value as it would be written: durations and sizes in their largest exact unit

@@ -105,6 +105,8 @@ pub struct FileConfig {
     addrbook_save_interval: Option<FileDuration>,
     stun_server: Option<Vec<String>>,
     no_stun: Option<bool>,
+    natpmp: Option<bool>,
+    upnp: Option<bool>,
     stun_timeout: Option<FileDuration>,
     stun_interval: Option<FileDuration>,
     blocks: Option<String>,
@@ -774,6 +776,8 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.tor_password = args.torpassword.clone().or(file.torpassword.clone());
     node.tor_null_auth = args.torcontrol_null_auth || file.torcontrol_null_auth.unwrap_or(false);
     node.listen_onion = args.listenonion.or(file.listenonion).unwrap_or(true);
+    node.natpmp = args.natpmp.or(file.natpmp).unwrap_or(node.natpmp);
+    node.upnp = args.upnp.or(file.upnp).unwrap_or(node.upnp);
     node.fleet = None;
     if let Some(url) = args.nats.clone().or(file.nats.clone()) {
         let network = node.network.name();

@@ -117,6 +117,12 @@ pub struct NodeConfig {
     pub stun_timeout: Duration,
     /// How long a STUN result is trusted before it is probed again.
     pub stun_interval: Duration,
+    /// Map the listening port on the gateway with PCP, falling back to NAT-PMP (`--natpmp`,
+    /// on by default as in Core 30). Only listeners on addresses a gateway can forward to
+    /// (not loopback) are mapped.
+    pub natpmp: bool,
+    /// Map it with UPnP IGD when PCP and NAT-PMP found nothing (`--upnp`, off by default).
+    pub upnp: bool,
     /// Fetch blocks announced at the tip (`tip`) or not at all (`none`).
     pub fetch_blocks: bool,
     /// BIP152 compact blocks, both ways (`compact-blocks on|off`).
@@ -387,6 +393,8 @@ impl NodeConfig {
             stun_servers: profile.stun_servers.iter().map(|s| s.to_string()).collect(),
             stun_timeout: DEFAULT_STUN_TIMEOUT,
             stun_interval: DEFAULT_STUN_INTERVAL,
+            natpmp: true,
+            upnp: false,
             fetch_blocks: true,
             compact_blocks: true,
             keep_blocks: 16,

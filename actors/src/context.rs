@@ -74,6 +74,8 @@ pub struct NodeContext {
     pub(crate) onion_bind: std::sync::OnceLock<SocketAddr>,
     /// The last STUN result.
     pub(crate) stun: RwLock<Option<crate::shared::status::NatReport>>,
+    /// The port mapping's last state (the PortMap actor's).
+    port_map: RwLock<Option<crate::shared::status::PortMapStatus>>,
     /// The Sync actor, where Connections send chain and relay messages.
     pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::msg::SyncMsg>>>,
     /// Sync status for metrics and the API.
@@ -154,6 +156,7 @@ impl NodeContext {
             started_unix: unix_now().max(0) as u64,
             started: now,
             stun: RwLock::new(None),
+            port_map: RwLock::new(None),
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
             own_addrs,
@@ -350,14 +353,47 @@ impl NodeContext {
     }
 
     /// Adopts a STUN result: when we are reachable (open internet, full cone) and listen on
-    /// a port, our public IP with that port is advertised, next to any `--externalip`.
+    /// a port, our public IP with that port is advertised, next to any `--externalip` and a
+    /// mapped port.
     pub(crate) fn set_stun(&self, report: crate::shared::status::NatReport) {
+        if let Ok(mut s) = self.stun.write() {
+            *s = Some(report);
+        }
+        self.recompute_advertised();
+    }
+
+    /// Adopts the PortMap actor's state: a mapped port is advertised (Core's
+    /// `AddLocal(LOCAL_MAPPED)`) while it lasts.
+    pub(crate) fn set_port_map(&self, status: Option<crate::shared::status::PortMapStatus>) {
+        if let Ok(mut p) = self.port_map.write() {
+            *p = status;
+        }
+        self.recompute_advertised();
+    }
+
+    /// The port mapping's last state, if mapping runs.
+    pub(crate) fn port_map(&self) -> Option<crate::shared::status::PortMapStatus> {
+        self.port_map.read().ok().and_then(|p| p.clone())
+    }
+
+    /// Our advertised addresses from what we were told and what we learnt: `--externalip`,
+    /// a mapped port, STUN's public IP when reachable; on regtest the specific listening
+    /// addresses when there is nothing else.
+    fn recompute_advertised(&self) {
         let mut list = self.external.clone();
-        if report.nat_type.is_reachable() {
-            if let (Some(public), Some(listen)) = (report.public, self.listen_addrs.first()) {
-                let ours = SocketAddr::new(public.ip(), listen.port());
-                if !list.contains(&ours) {
-                    list.push(ours);
+        let mapped = self.port_map().filter(|p| p.state == "mapped");
+        if let Some(ext) = mapped.and_then(|p| p.external) {
+            if !list.contains(&ext) {
+                list.push(ext);
+            }
+        }
+        if let Some(report) = self.stun_report() {
+            if report.nat_type.is_reachable() {
+                if let (Some(public), Some(listen)) = (report.public, self.listen_addrs.first()) {
+                    let ours = SocketAddr::new(public.ip(), listen.port());
+                    if !list.contains(&ours) {
+                        list.push(ours);
+                    }
                 }
             }
         }
@@ -371,9 +407,6 @@ impl NodeContext {
         }
         if let Ok(mut a) = self.advertised.write() {
             *a = list;
-        }
-        if let Ok(mut s) = self.stun.write() {
-            *s = Some(report);
         }
     }
 

@@ -206,6 +206,34 @@ pub enum NodeEvent {
         /// Our public address.
         public: Option<String>,
     },
+    /// Our listening port was mapped on the gateway (PCP, NAT-PMP or UPnP), or the mapping
+    /// changed; renewals of the same mapping publish nothing.
+    PortMapped {
+        /// `pcp`, `natpmp` or `upnp`.
+        protocol: String,
+        /// The gateway's address and port that reach our listener (advertised).
+        external: String,
+        /// Our listening address it forwards to.
+        internal: String,
+        /// Seconds granted.
+        lifetime: u32,
+    },
+    /// A mapping round failed (every protocol tried); the next comes later.
+    PortMappingFailed {
+        /// The last protocol tried.
+        protocol: String,
+        /// Why.
+        error: String,
+    },
+    /// A mapping ended: expired without renewal, or deleted at shutdown.
+    PortMappingLost {
+        /// How it was made.
+        protocol: String,
+        /// The address no longer advertised.
+        external: String,
+        /// `expired` or `deleted`.
+        reason: String,
+    },
     /// The header chain grew or reorganised; `synced` once caught up with the best peer.
     HeadersSynced {
         /// Best header height.
@@ -292,18 +320,27 @@ pub enum EventKind {
     PublicAddressChanged,
     /// [`NodeEvent::NatTypeDetected`].
     NatTypeDetected,
+    /// [`NodeEvent::PortMapped`].
+    PortMapped,
+    /// [`NodeEvent::PortMappingFailed`].
+    PortMappingFailed,
+    /// [`NodeEvent::PortMappingLost`].
+    PortMappingLost,
     /// [`NodeEvent::NodeStopping`].
     NodeStopping,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 20] = [
         EventKind::HeadersSynced,
         EventKind::BlockReceived,
         EventKind::TxReceived,
         EventKind::PublicAddressChanged,
         EventKind::NatTypeDetected,
+        EventKind::PortMapped,
+        EventKind::PortMappingFailed,
+        EventKind::PortMappingLost,
         EventKind::ConnectionEstablished,
         EventKind::ConnectionFailed,
         EventKind::ConnectionLost,
@@ -337,6 +374,9 @@ impl EventKind {
             EventKind::TxReceived => "TxReceived",
             EventKind::PublicAddressChanged => "PublicAddressChanged",
             EventKind::NatTypeDetected => "NatTypeDetected",
+            EventKind::PortMapped => "PortMapped",
+            EventKind::PortMappingFailed => "PortMappingFailed",
+            EventKind::PortMappingLost => "PortMappingLost",
             EventKind::NodeStopping => "NodeStopping",
         }
     }
@@ -367,6 +407,9 @@ impl NodeEvent {
             NodeEvent::TxReceived { .. } => EventKind::TxReceived,
             NodeEvent::PublicAddressChanged { .. } => EventKind::PublicAddressChanged,
             NodeEvent::NatTypeDetected { .. } => EventKind::NatTypeDetected,
+            NodeEvent::PortMapped { .. } => EventKind::PortMapped,
+            NodeEvent::PortMappingFailed { .. } => EventKind::PortMappingFailed,
+            NodeEvent::PortMappingLost { .. } => EventKind::PortMappingLost,
             NodeEvent::NodeStopping => EventKind::NodeStopping,
         }
     }

@@ -178,6 +178,7 @@ pub mod network;
 pub mod node;
 pub mod peer;
 pub mod persist;
+pub mod portmap;
 pub mod shared;
 pub mod stun;
 pub mod sync;

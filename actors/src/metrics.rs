@@ -253,6 +253,21 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "counter",
+        "meshd_port_mapping_rounds_total",
+        "Port-mapping rounds (PCP, NAT-PMP, UPnP) by outcome: mapped, renewed, failed, and mappings expired or deleted.",
+    ),
+    (
+        "counter",
+        "meshd_port_mapping_errors_total",
+        "Port-mapping failures and gateway datagrams ignored, by kind.",
+    ),
+    (
+        "gauge",
+        "meshd_port_mapping_active",
+        "1 while the listening port is mapped on the gateway, by protocol.",
+    ),
+    (
+        "counter",
         "meshd_stun_ignored_total",
         "STUN datagrams ignored, by reason.",
     ),
@@ -620,6 +635,33 @@ pub const ZERO_SERIES: &[(&str, &str, &[&str])] = &[
     ),
     ("meshd_txs_dropped_total", "reason", TX_DROP_REASONS),
     ("meshd_txs_not_relayed_total", "reason", &["not_vouched"]),
+    (
+        "meshd_port_mapping_rounds_total",
+        "outcome",
+        PORTMAP_OUTCOMES,
+    ),
+    ("meshd_port_mapping_errors_total", "kind", PORTMAP_ERRORS),
+];
+
+/// Outcomes of a mapping round, and of a mapping's end, as `meshd_port_mapping_rounds_total`
+/// labels them.
+const PORTMAP_OUTCOMES: &[&str] = &["mapped", "renewed", "failed", "expired", "deleted"];
+
+/// Kinds of `meshd_port_mapping_errors_total`: the port mapper's `MapError::kind`, the PortMap actor's own
+/// (no gateway, socket, UPnP steps) and its `WireError::kind` for datagrams ignored.
+const PORTMAP_ERRORS: &[&str] = &[
+    "no_answer",
+    "refused",
+    "short_lifetime",
+    "no_gateway",
+    "socket",
+    "upnp_search",
+    "upnp_map",
+    "upnp_external_ip",
+    "length",
+    "version",
+    "opcode",
+    "not_ours",
 ];
 
 /// Compact-block outcomes, each in both modes (two labels: see [`register_zero_series`]).
@@ -632,11 +674,18 @@ const COMPACT_OUTCOMES: &[&str] = &[
 ];
 
 /// Labelled gauges, each value at 0 from the start.
-pub const ZERO_GAUGES: &[(&str, &str, &[&str])] = &[(
-    "meshd_compact_high_bandwidth_peers",
-    "direction",
-    &["to", "from"],
-)];
+pub const ZERO_GAUGES: &[(&str, &str, &[&str])] = &[
+    (
+        "meshd_compact_high_bandwidth_peers",
+        "direction",
+        &["to", "from"],
+    ),
+    (
+        "meshd_port_mapping_active",
+        "protocol",
+        &["pcp", "natpmp", "upnp"],
+    ),
+];
 
 /// Gauges left out until they have a value: 0 would claim what is not known (the fleet's
 /// link and lag mean nothing without `--nats`).

@@ -33,6 +33,7 @@ use crate::events::{EventKind, EventStream};
 use crate::fleet::Fleet;
 use crate::manager::Manager;
 use crate::msg::{ManagerMsg, OutboundKind, SyncMsg, SyncStatus};
+use crate::portmap::{PortMap, PortMapMsg};
 use crate::shared::addr::AddrEntry;
 use crate::shared::bans::BanEntry;
 use crate::shared::peers::{PeerId, PeerInfo, PeerTable};
@@ -63,6 +64,8 @@ pub enum NodeChild {
     Dns,
     /// STUN.
     Stun,
+    /// The port mapping (PCP, NAT-PMP, UPnP).
+    PortMap,
     /// Sync.
     Sync,
     /// The Tor control-port client (when an onion service is wanted).
@@ -90,6 +93,7 @@ pub struct NodeState {
     listener: Option<ActorRef<()>>,
     dns: Option<ActorRef<DnsMsg>>,
     stun: Option<ActorRef<StunMsg>>,
+    portmap: Option<ActorRef<PortMapMsg>>,
     sync: Option<ActorRef<SyncMsg>>,
     tor: Option<ActorRef<TorMsg>>,
     fleet: Option<ActorRef<()>>,
@@ -185,6 +189,16 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_portmap(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let (portmap, _) =
+            Actor::spawn_linked(None, PortMap, self.ctx.clone(), myself.get_cell()).await?;
+        self.portmap = Some(portmap);
+        Ok(())
+    }
+
     /// Stops every child in order, the Manager last so that it closes its peers and saves
     /// the address book and ban list.
     async fn stop_children(&mut self) {
@@ -198,6 +212,10 @@ impl NodeState {
         }
         if let Some(st) = self.stun.take() {
             let _ = st.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        // The mapping is deleted while the Listener is closed: nobody new arrives by it.
+        if let Some(pm) = self.portmap.take() {
+            let _ = pm.stop_and_wait(Some("shutdown".into()), None).await;
         }
         if let Some(f) = self.fleet.take() {
             let _ = f.stop_and_wait(Some("shutdown".into()), None).await;
@@ -252,6 +270,8 @@ impl NodeState {
             "dns"
         } else if is(self.stun.as_ref().map(|a| a.get_cell())) {
             "stun"
+        } else if is(self.portmap.as_ref().map(|a| a.get_cell())) {
+            "portmap"
         } else if is(self.sync.as_ref().map(|a| a.get_cell())) {
             "sync"
         } else if is(self.tor.as_ref().map(|a| a.get_cell())) {
@@ -291,6 +311,9 @@ impl NodeState {
             "dns" => self.start_dns(myself).await,
             "tor" => self.start_tor(myself).await,
             "fleet" => self.start_fleet(myself).await,
+            // A new task maps again; the old mapping, not deleted, is refreshed by the new
+            // request (same port) or expires.
+            "portmap" => self.start_portmap(myself).await,
             // Connections find Sync through the context, so a new one is picked up at once;
             // the Manager, the one owner of the peer set, tells it of every live peer.
             "sync" => {
@@ -324,6 +347,7 @@ impl Actor for NodeSupervisor {
             listener: None,
             dns: None,
             stun: None,
+            portmap: None,
             sync: None,
             tor: None,
             fleet: None,
@@ -344,7 +368,8 @@ impl Actor for NodeSupervisor {
         state.start_dns(&myself).await?;
         state.start_tor(&myself).await?;
         state.start_fleet(&myself).await?;
-        state.start_stun(&myself).await
+        state.start_stun(&myself).await?;
+        state.start_portmap(&myself).await
     }
 
     async fn handle(
@@ -363,6 +388,7 @@ impl Actor for NodeSupervisor {
                     NodeChild::Listener => state.listener.as_ref().map(|a| a.get_cell()),
                     NodeChild::Dns => state.dns.as_ref().map(|a| a.get_cell()),
                     NodeChild::Stun => state.stun.as_ref().map(|a| a.get_cell()),
+                    NodeChild::PortMap => state.portmap.as_ref().map(|a| a.get_cell()),
                     NodeChild::Sync => state.sync.as_ref().map(|a| a.get_cell()),
                     NodeChild::Tor => state.tor.as_ref().map(|a| a.get_cell()),
                     NodeChild::Fleet => state.fleet.as_ref().map(|a| a.get_cell()),
@@ -666,6 +692,11 @@ impl Node {
     /// Our onion service, while it is up (`--torcontrol`, `--listenonion`).
     pub fn onion_service(&self) -> Option<crate::shared::status::OnionService> {
         self.ctx.onion_service()
+    }
+
+    /// The listening port's mapping on the gateway (`--natpmp`, `--upnp`), if mapping runs.
+    pub fn port_map(&self) -> Option<crate::shared::status::PortMapStatus> {
+        self.ctx.port_map()
     }
 
     /// The last STUN result: public address and NAT type.

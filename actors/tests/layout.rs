@@ -164,6 +164,7 @@ const ACTORS: &[(&str, &[&str])] = &[
     ("sync", &["Sync", "SyncActorState"]),
     ("discovery", &["DnsDiscovery", "DnsArgs"]),
     ("stun", &["Stun", "StunState"]),
+    ("portmap", &["PortMap", "PortMapState"]),
 ];
 
 #[test]
@@ -212,6 +213,7 @@ const ACTOR_FOLDERS: &[&str] = &[
     "sync",
     "discovery",
     "stun",
+    "portmap",
     "fleet",
     "tor",
 ];

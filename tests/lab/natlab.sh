@@ -3,7 +3,9 @@
 #
 #   natlab.sh up TYPE     (re)build the lab: TYPE is open, openfw, fullcone, restricted,
 #                         portrestricted, symmetric or udpblocked
-#   natlab.sh down        stop coturn, delete the namespaces
+#   natlab.sh miniupnpd   start miniupnpd (PCP, NAT-PMP and UPnP IGD) in [nat] on lan0, after
+#                         `up` with a cone or symmetric TYPE; forwarded ports reach [cli]
+#   natlab.sh down        stop coturn and miniupnpd, delete the namespaces
 #
 # Three namespaces, nothing in the default one:
 #   [cli] eth0 10.0.0.10/24 (open/openfw: 198.51.100.10/24)      <- meshd runs here
@@ -53,7 +55,81 @@ stop_coturn() {
   fi
 }
 
+stop_miniupnpd() {
+  local pidf=$STATE/miniupnpd.pid pid
+  if [ -s "$pidf" ]; then
+    pid=$(cat "$pidf")
+    if alive "$pid"; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 30); do alive "$pid" || break; sleep 0.1; done
+      alive "$pid" && kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidf"
+  fi
+}
+
+# miniupnpd in [nat]: its nftables chains (one inet table for filter and NAT), a forward
+# rule in the lab's table for the connections it DNATs, and the STUN servers' answers let
+# in to [nat] itself (miniupnpd checks with STUN that its WAN address is really public:
+# 203.0.113.254 is a documentation address, which it would otherwise refuse to map on).
+cmd_miniupnpd() {
+  ns_exists "$NS_NAT" || die "the lab is not up"
+  mkdir -p "$STATE"
+  stop_miniupnpd
+  nsx "$NS_NAT" nft -f - <<EON
+table inet miniupnpd_lab {
+  chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+  chain miniupnpd { }
+  chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+  chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+  chain prerouting_miniupnpd { }
+  chain postrouting_miniupnpd { }
+}
+EON
+  nsx "$NS_NAT" nft insert rule ip natlab filter_in iifname wan0 udp sport '{ 3478, 3479 }' accept
+  nsx "$NS_NAT" nft add rule ip natlab filter_fwd iifname wan0 ct status dnat accept
+  cat > "$STATE/miniupnpd.conf" <<EOC
+ext_ifname=wan0
+listening_ip=lan0
+http_port=0
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+ext_perform_stun=yes
+ext_stun_host=$STUN1
+ext_stun_port=3478
+upnp_table_name=miniupnpd_lab
+upnp_nat_table_name=miniupnpd_lab
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+lease_file=$STATE/miniupnpd.leases
+uuid=3a1c0d4e-0000-4000-8000-00000000feed
+min_lifetime=120
+max_lifetime=86400
+allow 1024-65535 10.0.0.0/24 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+EOC
+  setsid ip netns exec "$NS_NAT" miniupnpd -f "$STATE/miniupnpd.conf" -d -P "$STATE/miniupnpd.own.pid" \
+    > "$STATE/miniupnpd.log" 2>&1 < /dev/null &
+  echo $! > "$STATE/miniupnpd.pid"
+  for _ in $(seq 1 200); do
+    if grep -q "Listening for NAT-PMP/PCP" "$STATE/miniupnpd.log" \
+       && grep -q "Port forwarding is now enabled" "$STATE/miniupnpd.log"; then
+      echo "natlab: miniupnpd up (log $STATE/miniupnpd.log)"
+      return 0
+    fi
+    alive "$(cat "$STATE/miniupnpd.pid")" || break
+    sleep 0.1
+  done
+  cat "$STATE/miniupnpd.log" >&2
+  stop_miniupnpd
+  die "miniupnpd did not start"
+}
+
 cmd_down() {
+  stop_miniupnpd
   stop_coturn
   local ns pid
   for ns in "$NS_CLI" "$NS_NAT" "$NS_PUB"; do
@@ -177,6 +253,7 @@ cmd_up() {
 
 case "${1:-}" in
   up) shift; cmd_up "$@" ;;
+  miniupnpd) cmd_miniupnpd ;;
   down) cmd_down ;;
   *) sed -n '2,8p' "$0"; exit 2 ;;
 esac

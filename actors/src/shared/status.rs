@@ -89,6 +89,30 @@ pub struct NatReport {
     pub server: Option<SocketAddr>,
 }
 
+/// Our listening port's mapping on the gateway (PCP, NAT-PMP or UPnP), as the PortMap actor
+/// last found it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PortMapStatus {
+    /// `mapped`, `failed` (a round found no mapping; retried later) or `trying`.
+    pub state: &'static str,
+    /// `pcp`, `natpmp` or `upnp`: what made the mapping, or what was tried last.
+    pub protocol: Option<&'static str>,
+    /// The gateway asked.
+    pub gateway: Option<SocketAddr>,
+    /// Our listening address the gateway forwards to.
+    pub internal: SocketAddr,
+    /// The gateway's address and port that reach us (advertised while mapped).
+    pub external: Option<SocketAddr>,
+    /// Seconds granted.
+    pub lifetime: Option<u32>,
+    /// Unix time the mapping was last made or renewed.
+    pub renewed_time: Option<u64>,
+    /// Why the last round failed, if it did.
+    pub last_error: Option<String>,
+    /// Whether STUN's public IP (when STUN ran) is the mapped address's IP.
+    pub stun_agrees: Option<bool>,
+}
+
 /// An onion service that is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OnionService {

@@ -1,0 +1,212 @@
+//! Port mapping behind a real gateway: miniupnpd (Debian `miniupnpd-nftables`, with PCP,
+//! NAT-PMP and UPnP IGD on) in the NAT lab's [nat] namespace (tests/lab/natlab.sh), meshd in
+//! [cli] behind a port-restricted cone NAT, and a peer in [pub] outside it. meshd maps its
+//! listening port (PCP by default, UPnP with `--natpmp=false --upnp`), advertises the mapped
+//! address, the outside peer completes a version handshake through it, `upnpc -l` on the LAN
+//! sees the mapping, and after a graceful stop the mapping is gone.
+//! Needs root (CI runs as root); elsewhere it skips with a loud message.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{in_ci, msg, skip_or_fail, Meshd};
+
+const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/natlab.sh");
+const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/version_probe.py");
+/// testnet4's message start: a public network, so only what meshd learnt is advertised
+/// (regtest advertises its listening address whatever happens).
+const TESTNET4_MAGIC: &str = "1c163f28";
+/// meshd's address in [cli], and the [nat] gateway's public one.
+const CLIENT: &str = "10.0.0.10";
+const PUBLIC: &str = "203.0.113.254";
+const T: Duration = Duration::from_secs(30);
+
+fn lab(prefix: &str, args: &[&str]) {
+    let out = Command::new("bash")
+        .arg(LAB)
+        .args(args)
+        .env("NATLAB_PREFIX", prefix)
+        .output()
+        .expect("run natlab.sh");
+    assert!(
+        out.status.success(),
+        "natlab.sh {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Tears the lab down whatever happens (each test has its own namespace prefix).
+struct LabGuard(&'static str);
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(LAB)
+            .arg("down")
+            .env("NATLAB_PREFIX", self.0)
+            .output();
+    }
+}
+
+fn usable() -> bool {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let tools = ["turnserver", "nft", "ip", "miniupnpd", "upnpc", "python3"]
+        .iter()
+        .all(|t| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {t}"))
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    if !root || !tools {
+        let why = if !root {
+            "the port-mapping lab needs root"
+        } else {
+            "the port-mapping lab needs coturn, nftables, iproute2, miniupnpd-nftables and miniupnpc"
+        };
+        if in_ci() {
+            panic!("{why}");
+        }
+        skip_or_fail(why);
+        return false;
+    }
+    true
+}
+
+/// The gateway's mapping list as a LAN host sees it (`upnpc -i -l`: miniupnpd keeps PCP,
+/// NAT-PMP and UPnP mappings in one list).
+fn gateway_mappings(prefix: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &format!("{prefix}cli"),
+            "upnpc",
+            "-i",
+            "-l",
+        ])
+        .output()
+        .expect("upnpc");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `upnpc`'s list satisfies `pred`.
+fn wait_mappings(prefix: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + T;
+    loop {
+        let list = gateway_mappings(prefix);
+        if pred(&list) {
+            return list;
+        }
+        assert!(Instant::now() < deadline, "timed out: {what}\n{list}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// A version handshake from [pub], outside the NAT, to the mapped address.
+fn handshake_from_outside(prefix: &str, port: u16) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &format!("{prefix}pub"), "python3", PROBE])
+        .arg(format!("{PUBLIC}:{port}"))
+        .arg(TESTNET4_MAGIC)
+        .output()
+        .expect("version probe");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "no handshake through the mapping: {text}"
+    );
+    text
+}
+
+fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol: &str) {
+    let _guard = LabGuard(prefix);
+    lab(prefix, &["up", "portrestricted"]);
+    lab(prefix, &["miniupnpd"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = format!("{prefix}cli");
+    let listen = format!("{CLIENT}:{port}");
+    let mut args = vec![
+        "--network",
+        "testnet4",
+        "--no-dns-seed",
+        "--listen",
+        listen.as_str(),
+        "--no-api",
+        "--no-metrics",
+        "--max-outbound",
+        "0",
+        "--log-level",
+        "info",
+    ];
+    args.extend_from_slice(extra);
+    let mut node = Meshd::start_wrapped(&["ip", "netns", "exec", &ns], dir.path(), &args, false);
+    let external = format!("{PUBLIC}:{port}");
+    let mapped = node.wait_log("the port mapped", T, |v| {
+        msg(v) == "port mapped on the gateway"
+    });
+    assert_eq!(mapped["protocol"], protocol, "{mapped}");
+    assert_eq!(mapped["external"], external.as_str(), "{mapped}");
+    assert_eq!(mapped["internal"], listen.as_str(), "{mapped}");
+    node.wait_log("the mapped address advertised", T, |v| {
+        msg(v) == "advertising our address"
+            && v["addresses"]
+                .as_str()
+                .is_some_and(|a| a.contains(&external))
+    });
+    let entry = format!("TCP {port}->{CLIENT}:{port}");
+    wait_mappings(prefix, "the gateway to list the mapping", |l| {
+        l.contains(&entry)
+    });
+
+    let said = handshake_from_outside(prefix, port);
+    assert!(said.contains("handshake ok"), "{said}");
+    // It came in from outside: an inbound peer from [pub]'s address, DNATed by the gateway.
+    let hs = node.wait_log("the outside peer's handshake", T, |v| {
+        msg(v) == "handshake complete" && v["user_agent"] == "/version_probe:0.1/"
+    });
+    assert_eq!(hs["direction"], "inbound", "{hs}");
+    assert!(
+        hs["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("203.0.113.")),
+        "{hs}"
+    );
+
+    node.stop();
+    let logs = node.logs();
+    let deleted = logs
+        .iter()
+        .find(|v| msg(v) == "port mapping deleted")
+        .unwrap_or_else(|| panic!("no deletion logged: {logs:#?}"));
+    assert_eq!(deleted["protocol"], protocol, "{deleted}");
+    wait_mappings(prefix, "the mapping to be gone after the stop", |l| {
+        !l.contains(&entry) && l.contains("ExternalIPAddress")
+    });
+}
+
+#[test]
+fn pcp_maps_the_listener_behind_miniupnpd_and_deletes_it_at_shutdown() {
+    if !usable() {
+        return;
+    }
+    mapping_round_trip("mshdp-", 18444, &[], "pcp");
+}
+
+#[test]
+fn upnp_maps_the_listener_when_natpmp_is_off() {
+    if !usable() {
+        return;
+    }
+    mapping_round_trip("mshdu-", 18445, &["--natpmp=false", "--upnp"], "upnp");
+}
