@@ -6,6 +6,8 @@
 #   - dnsmasq (Debian's dnsmasq-base) for the DNS-seed tests;
 #   - prometheus and promtool, and systemd-analyze, for the deploy/ checks;
 #   - coturn, nftables and iproute2 for the STUN NAT lab (tests/lab/natlab.sh);
+#   - miniupnpd-nftables (a PCP, NAT-PMP and UPnP gateway) and miniupnpc (upnpc) for the
+#     port-mapping lab (tests/portmap_lab.rs);
 #   - btclib_secp256k1 and cryptography from PyPI for the independent BIP324 peer
 #     (tests/peers/v2peer.py);
 #   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests);
@@ -33,6 +35,10 @@ command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 command -v turnserver >/dev/null 2>&1 || need_apt+=(coturn)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# The port-mapping lab: miniupnpd as the gateway (run only inside the lab's namespace; the
+# package installs no service), upnpc to list its mappings.
+[ -x /usr/sbin/miniupnpd ] || need_apt+=(miniupnpd-nftables)
+command -v upnpc >/dev/null 2>&1 || need_apt+=(miniupnpc)
 # Proxies: microsocks for SOCKS5, tor (offline) for the control port and onion services.
 command -v microsocks >/dev/null 2>&1 || need_apt+=(microsocks)
 command -v tor >/dev/null 2>&1 || need_apt+=(tor)

@@ -76,6 +76,8 @@ pub struct NodeContext {
     pub(crate) stun: RwLock<Option<crate::shared::status::NatReport>>,
     /// The port mapping's last state (the PortMap actor's).
     port_map: RwLock<Option<crate::shared::status::PortMapStatus>>,
+    /// Held while the advertised list is recomputed from its inputs.
+    advertise_lock: Mutex<()>,
     /// The Sync actor, where Connections send chain and relay messages.
     pub(crate) sync: RwLock<Option<ractor::ActorRef<crate::msg::SyncMsg>>>,
     /// Sync status for metrics and the API.
@@ -157,6 +159,7 @@ impl NodeContext {
             started: now,
             stun: RwLock::new(None),
             port_map: RwLock::new(None),
+            advertise_lock: Mutex::new(()),
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
             own_addrs,
@@ -371,15 +374,24 @@ impl NodeContext {
         self.recompute_advertised();
     }
 
-    /// The port mapping's last state, if mapping runs.
+    /// The port mapping's last state, if mapping runs, with whether STUN's public IP (as
+    /// it is now) is the mapped one.
     pub(crate) fn port_map(&self) -> Option<crate::shared::status::PortMapStatus> {
-        self.port_map.read().ok().and_then(|p| p.clone())
+        let mut status = self.port_map.read().ok().and_then(|p| p.clone())?;
+        let stun = self.stun_report().and_then(|r| r.public).map(|a| a.ip());
+        if let (Some(ext), Some(stun)) = (status.external, stun) {
+            status.stun_agrees = Some(ext.ip() == stun);
+        }
+        Some(status)
     }
 
     /// Our advertised addresses from what we were told and what we learnt: `--externalip`,
     /// a mapped port, STUN's public IP when reachable; on regtest the specific listening
     /// addresses when there is nothing else.
     fn recompute_advertised(&self) {
+        // One writer at a time: the Stun and PortMap actors both recompute, and each must
+        // see the other's last input.
+        let _one = self.advertise_lock.lock();
         let mut list = self.external.clone();
         let mapped = self.port_map().filter(|p| p.state == "mapped");
         if let Some(ext) = mapped.and_then(|p| p.external) {

@@ -225,13 +225,14 @@ pub enum NodeEvent {
         /// Why.
         error: String,
     },
-    /// A mapping ended: expired without renewal, or deleted at shutdown.
+    /// A mapping ended: it expired, or its renewal failed. (Its deletion at shutdown is
+    /// logged, not published: `NodeStopping` is the last event.)
     PortMappingLost {
         /// How it was made.
         protocol: String,
         /// The address no longer advertised.
         external: String,
-        /// `expired` or `deleted`.
+        /// `expired`.
         reason: String,
     },
     /// The header chain grew or reorganised; `synced` once caught up with the best peer.

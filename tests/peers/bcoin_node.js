@@ -39,7 +39,7 @@ if (process.argv.includes('--bip152-mode-updates')) {
     // else is bcoin's own handling.
     const agreed = this.compactMode !== -1
       && packet.mode <= 1
-      && (packet.version === 2) === this.compactWitness;
+      && packet.version === (this.compactWitness ? 2 : 1);
     if (!agreed)
       return firstSendCmpct.call(this, packet);
     this.logger.info('Peer updated compact blocks mode (mode=%d, version=%d) (%s).',

@@ -86,6 +86,19 @@ pub enum MapError {
 }
 
 impl MapError {
+    /// The protocol that failed.
+    pub fn protocol(&self) -> Protocol {
+        let label = match self {
+            MapError::NoAnswer(p) | MapError::ShortLifetime(p) => p,
+            MapError::Refused { protocol, .. } => protocol,
+        };
+        if *label == "natpmp" {
+            Protocol::NatPmp
+        } else {
+            Protocol::Pcp
+        }
+    }
+
     /// A stable name for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -256,10 +269,17 @@ impl PortMapper {
             let protocol = mapping.protocol.label();
             return self.round_failed(now, MapError::ShortLifetime(protocol));
         }
-        let renewed = self.current.is_some_and(|(m, _)| m == mapping);
-        let lifetime = Duration::from_secs(u64::from(mapping.lifetime));
-        let renew_in = lifetime / 2 + (lifetime / 8).mul_f64(self.jitter);
-        self.current = Some((mapping, now + lifetime));
+        // The same mapping again: a gateway may answer the lifetime left, not the one asked.
+        let renewed = self
+            .current
+            .is_some_and(|(m, _)| m.protocol == mapping.protocol && m.external == mapping.external);
+        let granted = Duration::from_secs(u64::from(mapping.lifetime));
+        // Renewed on the schedule of what we asked at most (Core: min of the two), so a
+        // gateway granting years does not leave the mapping unchecked for years.
+        let schedule = granted.min(Duration::from_secs(u64::from(REQUESTED_LIFETIME)));
+        let renew_in = schedule / 2 + (schedule / 8).mul_f64(self.jitter);
+        let expiry = now.checked_add(granted).unwrap_or(now + schedule);
+        self.current = Some((mapping, expiry));
         self.step = Step::Waiting;
         self.deadline = None;
         self.next_round = Some(now + renew_in);

@@ -23,7 +23,7 @@ pub mod gateway;
 pub mod mapper;
 pub mod wire;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,14 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use self::mapper::{
-    MapError, Mapping, Output, PortMapper, Protocol, REQUESTED_LIFETIME, RETRY_PERIOD,
-};
+use self::mapper::{Mapping, Output, PortMapper, Protocol, REQUESTED_LIFETIME, RETRY_PERIOD};
 use crate::context::NodeContext;
 use crate::events::NodeEvent;
 use crate::shared::status::PortMapStatus;
 
+/// Searches for a UPnP gateway before a round gives up: SSDP is UDP multicast, and one lost
+/// answer must not cost the 5 minutes to the next round.
+const UPNP_SEARCH_TRIES: u32 = 3;
 /// How long a UPnP gateway search waits for answers: SSDP answers come within a second or
 /// two on a LAN; a host without an IGD should not wait longer at each retry.
 const UPNP_SEARCH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -116,9 +117,11 @@ fn reachable_from_outside(ip: IpAddr) -> bool {
                 || shared
                 || v4.is_loopback()
                 || v4.is_link_local()
-                || v4.is_unspecified())
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast())
         }
-        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified()),
+        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()),
     }
 }
 
@@ -151,7 +154,10 @@ impl Actor for PortMap {
             debug!("port mapping off (--natpmp=false, no --upnp)");
             return Ok(());
         }
-        if !config.direct_ip() {
+        let ipv4 = config
+            .reachable_networks()
+            .contains(&crate::shared::overlay::Network::Ipv4);
+        if !config.direct_ip() || !ipv4 {
             info!("port mapping off: --proxy is set or --onlynet excludes IPv4");
             return Ok(());
         }
@@ -375,22 +381,60 @@ struct DriverArgs {
 /// A UPnP mapping in force.
 struct UpnpMapping {
     gateway: igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
-    renew_at: Instant,
+    mapping: Mapping,
+    /// None for a permanent lease (a gateway that takes no other), which is not renewed.
+    renew_at: Option<Instant>,
 }
 
-/// Our address toward `gateway`, as a connected UDP socket's local address (Core's
-/// `getsockname` after `connect`).
-async fn socket_toward(gateway: SocketAddr) -> std::io::Result<(UdpSocket, IpAddr)> {
-    let sock = UdpSocket::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).await?;
+/// A UDP socket connected to `gateway`, bound to `bind` (our listening IP, or any), and our
+/// address toward it (Core's `getsockname` after `connect`).
+async fn socket_toward(gateway: SocketAddr, bind: IpAddr) -> std::io::Result<(UdpSocket, IpAddr)> {
+    let sock = UdpSocket::bind(SocketAddr::new(bind, 0)).await?;
     sock.connect(gateway).await?;
     let ip = sock.local_addr()?.ip();
     Ok((sock, ip))
 }
 
-/// A new PCP/NAT-PMP mapper with a fresh nonce.
-fn new_mapper(client: IpAddr, port: u16) -> PortMapper {
+/// The PCP/NAT-PMP side: the gateway's socket and the mapper, rebuilt at each retry so a
+/// gateway that appears or changes (DHCP, roaming) is found, as Core's rounds look it up.
+struct PcpSide {
+    sock: UdpSocket,
+    mapper: PortMapper,
+    gateway: SocketAddr,
+}
+
+/// Looks up the default gateway, opens a socket toward it and starts a mapper with a fresh
+/// nonce; reports why not.
+async fn pcp_start(args: &DriverArgs, actor: &ActorRef<PortMapMsg>) -> Option<PcpSide> {
+    let fail = |kind: &'static str, error: String| {
+        let _ = actor.cast(PortMapMsg::Failed {
+            protocol: Protocol::Pcp,
+            kind,
+            error,
+        });
+    };
+    let Some(gw) = gateway::default_gateway_v4() else {
+        fail("no_gateway", "no IPv4 default gateway".into());
+        return None;
+    };
+    let gateway = SocketAddr::from((gw, wire::SERVER_PORT));
+    let (sock, client) = match socket_toward(gateway, args.internal.ip()).await {
+        Ok(s) => s,
+        Err(e) => {
+            fail("socket", format!("socket toward the gateway {gw}: {e}"));
+            return None;
+        }
+    };
     let nonce: wire::Nonce = rand::random();
-    PortMapper::new(client, port, nonce, rand::random::<f64>())
+    let mut mapper = PortMapper::new(client, args.internal.port(), nonce, rand::random::<f64>());
+    let _ = actor.cast(PortMapMsg::Trying(Protocol::Pcp, Some(gateway)));
+    let out = mapper.start(Instant::now());
+    send_all(&sock, &out).await;
+    Some(PcpSide {
+        sock,
+        mapper,
+        gateway,
+    })
 }
 
 /// The task: drives the PCP/NAT-PMP core over a UDP socket connected to the gateway, falls
@@ -398,43 +442,18 @@ fn new_mapper(client: IpAddr, port: u16) -> PortMapper {
 /// `stop` fires.
 async fn drive(args: DriverArgs, actor: ActorRef<PortMapMsg>, mut stop: oneshot::Receiver<()>) {
     let port = args.internal.port();
-    let gateway = gateway::default_gateway_v4().map(|g| SocketAddr::from((g, wire::SERVER_PORT)));
-    let mut pcp: Option<(UdpSocket, PortMapper)> = None;
-    if args.natpmp {
-        match gateway {
-            None => {
-                let _ = actor.cast(PortMapMsg::Failed {
-                    protocol: Protocol::Pcp,
-                    kind: "no_gateway",
-                    error: "no IPv4 default gateway".into(),
-                });
-            }
-            Some(gw) => match socket_toward(gw).await {
-                Ok((sock, client)) => {
-                    let mut mapper = new_mapper(client, port);
-                    let _ = actor.cast(PortMapMsg::Trying(Protocol::Pcp, Some(gw)));
-                    let out = mapper.start(Instant::now());
-                    send_all(&sock, &out).await;
-                    pcp = Some((sock, mapper));
-                }
-                Err(e) => {
-                    let _ = actor.cast(PortMapMsg::Failed {
-                        protocol: Protocol::Pcp,
-                        kind: "socket",
-                        error: format!("socket toward the gateway: {e}"),
-                    });
-                }
-            },
-        }
-    }
+    let mut pcp: Option<PcpSide> = None;
     let mut upnp: Option<UpnpMapping> = None;
-    // UPnP alone (no --natpmp, or no gateway for it): tried now, then every RETRY_PERIOD.
-    let mut upnp_retry_at = (args.upnp && pcp.is_none()).then(Instant::now);
+    // When the PCP side is (re)built, and when UPnP is tried: both at once at start, each
+    // after RETRY_PERIOD when it found nothing. UPnP waits for PCP's verdict when both are on.
+    let mut pcp_retry_at = args.natpmp.then(Instant::now);
+    let mut upnp_retry_at = (args.upnp && !args.natpmp).then(Instant::now);
     let mut buf = vec![0u8; wire::PCP_MAX_LEN + 1];
     loop {
         let wake = [
-            pcp.as_ref().and_then(|(_, m)| m.next_wake()),
-            upnp.as_ref().map(|u| u.renew_at),
+            pcp.as_ref().and_then(|p| p.mapper.next_wake()),
+            upnp.as_ref().and_then(|u| u.renew_at),
+            pcp_retry_at,
             upnp_retry_at,
         ]
         .into_iter()
@@ -448,7 +467,7 @@ async fn drive(args: DriverArgs, actor: ActorRef<PortMapMsg>, mut stop: oneshot:
         };
         let recv = async {
             match pcp.as_ref() {
-                Some((sock, _)) => sock.recv(&mut buf).await,
+                Some(p) => p.sock.recv(&mut buf).await,
                 None => std::future::pending().await,
             }
         };
@@ -457,8 +476,8 @@ async fn drive(args: DriverArgs, actor: ActorRef<PortMapMsg>, mut stop: oneshot:
             _ = &mut stop => break,
             got = recv => match got {
                 Ok(n) => {
-                    if let Some((_, m)) = pcp.as_mut() {
-                        outputs = m.on_datagram(Instant::now(), &buf[..n]);
+                    if let Some(p) = pcp.as_mut() {
+                        outputs = p.mapper.on_datagram(Instant::now(), &buf[..n]);
                     }
                 }
                 Err(e) => {
@@ -468,57 +487,62 @@ async fn drive(args: DriverArgs, actor: ActorRef<PortMapMsg>, mut stop: oneshot:
             },
             _ = sleep => {
                 let now = Instant::now();
-                if let Some((_, m)) = pcp.as_mut() {
-                    outputs = m.tick(now);
+                if let Some(p) = pcp.as_mut() {
+                    outputs = p.mapper.tick(now);
                 }
-                if upnp.as_ref().is_some_and(|u| now >= u.renew_at) {
-                    if let Some(u) = upnp.take() {
-                        upnp = upnp_renew(u, &args, &actor).await;
-                        if upnp.is_none() {
+                if pcp_retry_at.is_some_and(|t| now >= t) && upnp.is_none() {
+                    pcp_retry_at = None;
+                    pcp = pcp_start(&args, &actor).await;
+                    if pcp.is_none() {
+                        pcp_retry_at = Some(now + RETRY_PERIOD);
+                        if args.upnp && upnp_retry_at.is_none() {
                             upnp_retry_at = Some(now);
                         }
                     }
                 }
-                if upnp_retry_at.is_some_and(|t| now >= t) {
+                if upnp.as_ref().and_then(|u| u.renew_at).is_some_and(|t| now >= t) {
+                    if let Some(u) = upnp.take() {
+                        upnp = upnp_renew(u, &args, &actor).await;
+                        if upnp.is_none() {
+                            // Gone: PCP and NAT-PMP get their chance again, then UPnP.
+                            pcp_retry_at = args.natpmp.then_some(now);
+                            upnp_retry_at = Some(now + RETRY_PERIOD);
+                        }
+                    }
+                }
+                if upnp_retry_at.is_some_and(|t| now >= t) && upnp.is_none() {
                     upnp_retry_at = None;
                     upnp = upnp_map(&args, &actor).await;
-                    if upnp.is_none() && pcp.is_none() {
-                        upnp_retry_at = Some(Instant::now() + RETRY_PERIOD);
+                    match &upnp {
+                        // UPnP holds it: the PCP side stops, so two never hold mappings.
+                        Some(_) => {
+                            pcp = None;
+                            pcp_retry_at = None;
+                        }
+                        None => upnp_retry_at = Some(Instant::now() + RETRY_PERIOD),
                     }
                 }
             }
         }
-        let mut failed = false;
+        let mut round_failed = false;
         for o in outputs {
             match o {
                 Output::Send(bytes) => {
-                    if let Some((sock, _)) = pcp.as_ref() {
-                        send_all(sock, &[Output::Send(bytes)]).await;
+                    if let Some(p) = pcp.as_ref() {
+                        send_all(&p.sock, &[Output::Send(bytes)]).await;
                     }
                 }
                 Output::Mapped { mapping, renewed } => {
                     let _ = actor.cast(PortMapMsg::Mapped {
                         mapping,
                         renewed,
-                        gateway,
+                        gateway: pcp.as_ref().map(|p| p.gateway),
                     });
                 }
                 Output::Failed(e) => {
-                    failed = true;
-                    let protocol = if matches!(&e, MapError::NoAnswer("natpmp"))
-                        || matches!(
-                            &e,
-                            MapError::Refused {
-                                protocol: "natpmp",
-                                ..
-                            }
-                        ) {
-                        Protocol::NatPmp
-                    } else {
-                        Protocol::Pcp
-                    };
+                    round_failed = true;
                     let _ = actor.cast(PortMapMsg::Failed {
-                        protocol,
+                        protocol: e.protocol(),
                         kind: e.kind(),
                         error: e.to_string(),
                     });
@@ -531,37 +555,53 @@ async fn drive(args: DriverArgs, actor: ActorRef<PortMapMsg>, mut stop: oneshot:
                 }
             }
         }
-        // PCP and NAT-PMP mapped nothing: UPnP, when on, takes over (the PCP mapper stops so
-        // the two never hold mappings at once).
-        if failed
-            && args.upnp
-            && upnp.is_none()
-            && pcp.as_ref().is_some_and(|(_, m)| m.current().is_none())
-        {
-            upnp = upnp_map(&args, &actor).await;
-            if upnp.is_some() {
-                pcp = None;
+        // A round that left nothing in force: the PCP side is rebuilt at the retry (the
+        // gateway looked up again), and UPnP, when on, is tried now.
+        if round_failed && pcp.as_ref().is_some_and(|p| p.mapper.current().is_none()) {
+            pcp = None;
+            pcp_retry_at = Some(Instant::now() + RETRY_PERIOD);
+            if args.upnp && upnp.is_none() {
+                upnp_retry_at = Some(Instant::now());
             }
         }
     }
     // Stop: delete what is in force, bounded by DELETE_TIMEOUT.
     let delete = async {
-        if let Some((sock, mut m)) = pcp.take() {
-            let had = m.current();
-            let out = m.stop();
-            send_all(&sock, &out).await;
+        if let Some(PcpSide {
+            sock, mut mapper, ..
+        }) = pcp.take()
+        {
+            let had = mapper.current();
+            let out = mapper.stop();
             if let Some(mapping) = had {
-                // One answer is waited for, so the deletion is known to have reached it.
+                // Sent until the gateway answers, within the bound.
                 let mut b = vec![0u8; wire::PCP_MAX_LEN + 1];
-                let answered = tokio::time::timeout(mapper::TRY_TIMEOUT, sock.recv(&mut b)).await;
+                let mut answered = false;
+                for _ in 0..mapper::TRIES {
+                    send_all(&sock, &out).await;
+                    if tokio::time::timeout(DELETE_TIMEOUT / mapper::TRIES, sock.recv(&mut b))
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                    {
+                        answered = true;
+                        break;
+                    }
+                }
                 let external = SocketAddr::new(mapping.external.0, mapping.external.1);
-                info!(protocol = mapping.protocol.label(), %external, answered = answered.is_ok(), "port mapping deleted");
+                info!(protocol = mapping.protocol.label(), %external, answered, "port mapping deleted");
+                if answered {
+                    metrics::counter!("meshd_port_mapping_rounds_total", "outcome" => "deleted")
+                        .increment(1);
+                }
             }
         }
         if let Some(u) = upnp.take() {
-            let removed = u.gateway.remove_port(PortMappingProtocol::TCP, port).await;
-            match removed {
-                Ok(()) => info!(protocol = "upnp", port, "port mapping deleted"),
+            match u.gateway.remove_port(PortMappingProtocol::TCP, port).await {
+                Ok(()) => {
+                    info!(protocol = "upnp", port, "port mapping deleted");
+                    metrics::counter!("meshd_port_mapping_rounds_total", "outcome" => "deleted")
+                        .increment(1);
+                }
                 Err(e) => {
                     warn!(protocol = "upnp", port, error = %e, "deleting the UPnP mapping failed")
                 }
@@ -585,8 +625,50 @@ async fn send_all(sock: &UdpSocket, outputs: &[Output]) {
     }
 }
 
-/// Maps the port with UPnP IGD: finds the gateway (SSDP), adds the mapping, asks the
-/// external address. Reports the outcome.
+/// Our LAN address toward the UPnP gateway when we listen on every address.
+async fn upnp_local(args: &DriverArgs, gateway: SocketAddr) -> Option<SocketAddr> {
+    if !args.internal.ip().is_unspecified() {
+        return Some(args.internal);
+    }
+    socket_toward(gateway, args.internal.ip())
+        .await
+        .ok()
+        .map(|(_, ip)| SocketAddr::new(ip, args.internal.port()))
+}
+
+/// AddPortMapping for our port, bounded; `Ok(permanent)` says whether the gateway took only
+/// a permanent lease (UPnP IGDv1's error 725, which many routers answer to a timed one).
+async fn upnp_add(
+    gateway: &igd_next::aio::Gateway<igd_next::aio::tokio::Tokio>,
+    local: SocketAddr,
+) -> Result<bool, String> {
+    let add = |lease| {
+        tokio::time::timeout(
+            UPNP_REQUEST_TIMEOUT,
+            gateway.add_port(
+                PortMappingProtocol::TCP,
+                local.port(),
+                local,
+                lease,
+                UPNP_DESCRIPTION,
+            ),
+        )
+    };
+    match add(REQUESTED_LIFETIME).await {
+        Ok(Ok(())) => Ok(false),
+        Ok(Err(igd_next::AddPortError::OnlyPermanentLeasesSupported)) => match add(0).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(format!("UPnP gateway refused the mapping: {e}")),
+            Err(_) => Err("UPnP gateway did not answer the mapping".into()),
+        },
+        Ok(Err(e)) => Err(format!("UPnP gateway refused the mapping: {e}")),
+        Err(_) => Err("UPnP gateway did not answer the mapping".into()),
+    }
+}
+
+/// Maps the port with UPnP IGD: finds the gateway (SSDP, up to [`UPNP_SEARCH_TRIES`]
+/// searches), takes it only if it is our default gateway (any LAN host can answer a search),
+/// adds the mapping and asks the external address. Reports the outcome.
 async fn upnp_map(args: &DriverArgs, actor: &ActorRef<PortMapMsg>) -> Option<UpnpMapping> {
     let _ = actor.cast(PortMapMsg::Trying(Protocol::Upnp, None));
     let fail = |kind: &'static str, error: String| {
@@ -596,75 +678,78 @@ async fn upnp_map(args: &DriverArgs, actor: &ActorRef<PortMapMsg>) -> Option<Upn
             error,
         });
     };
-    let mut options = SearchOptions::default();
-    options.timeout = Some(UPNP_SEARCH_TIMEOUT);
-    options.single_search_timeout = Some(UPNP_SEARCH_TIMEOUT);
-    let gateway = match search_gateway(options).await {
-        Ok(g) => g,
-        Err(e) => {
-            fail("upnp_search", format!("no UPnP gateway found: {e}"));
-            return None;
+    let mut found = None;
+    let mut last_error = String::new();
+    for _ in 0..UPNP_SEARCH_TRIES {
+        let mut options = SearchOptions::default();
+        options.timeout = Some(UPNP_SEARCH_TIMEOUT);
+        options.single_search_timeout = Some(UPNP_SEARCH_TIMEOUT);
+        if let IpAddr::V4(v4) = args.internal.ip() {
+            options.bind_addr = SocketAddr::from((v4, 0));
         }
+        match search_gateway(options).await {
+            Ok(g) => {
+                found = Some(g);
+                break;
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+    }
+    let Some(gateway) = found else {
+        fail(
+            "upnp_search",
+            format!("no UPnP gateway found: {last_error}"),
+        );
+        return None;
     };
     let gw_addr = gateway.addr;
-    // Our address toward it, when we listen on every address.
-    let local = if args.internal.ip().is_unspecified() {
-        match socket_toward(gw_addr).await {
-            Ok((_, ip)) => SocketAddr::new(ip, args.internal.port()),
-            Err(e) => {
-                fail("socket", format!("socket toward the UPnP gateway: {e}"));
-                return None;
-            }
-        }
-    } else {
-        args.internal
-    };
-    let port = args.internal.port();
-    let added = tokio::time::timeout(
-        UPNP_REQUEST_TIMEOUT,
-        gateway.add_port(
-            PortMappingProtocol::TCP,
-            port,
-            local,
-            REQUESTED_LIFETIME,
-            UPNP_DESCRIPTION,
-        ),
-    )
-    .await;
-    match added {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            fail("upnp_map", format!("UPnP gateway refused the mapping: {e}"));
-            return None;
-        }
-        Err(_) => {
-            fail("upnp_map", "UPnP gateway did not answer the mapping".into());
+    if let Some(route) = gateway::default_gateway_v4() {
+        if gw_addr.ip() != IpAddr::V4(route) {
+            fail(
+                "upnp_search",
+                format!("UPnP answer from {gw_addr}, which is not our default gateway {route}"),
+            );
             return None;
         }
     }
-    let ip = match tokio::time::timeout(UPNP_REQUEST_TIMEOUT, gateway.get_external_ip()).await {
-        Ok(Ok(ip)) => ip,
-        Ok(Err(e)) => {
-            fail(
-                "upnp_external_ip",
-                format!("UPnP gateway's external address: {e}"),
-            );
-            let _ = gateway.remove_port(PortMappingProtocol::TCP, port).await;
+    let Some(local) = upnp_local(args, gw_addr).await else {
+        fail(
+            "socket",
+            format!("socket toward the UPnP gateway {gw_addr}"),
+        );
+        return None;
+    };
+    let permanent = match upnp_add(&gateway, local).await {
+        Ok(p) => p,
+        Err(e) => {
+            fail("upnp_map", e);
             return None;
         }
-        Err(_) => {
+    };
+    let port = args.internal.port();
+    let ip = match tokio::time::timeout(UPNP_REQUEST_TIMEOUT, gateway.get_external_ip()).await {
+        Ok(Ok(ip)) => ip,
+        answer => {
+            let why = match answer {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer".into(),
+            };
             fail(
                 "upnp_external_ip",
-                "UPnP gateway did not tell its external address".into(),
+                format!("UPnP gateway's external address: {why}"),
             );
-            let _ = gateway.remove_port(PortMappingProtocol::TCP, port).await;
+            let _ = tokio::time::timeout(
+                UPNP_REQUEST_TIMEOUT,
+                gateway.remove_port(PortMappingProtocol::TCP, port),
+            )
+            .await;
             return None;
         }
     };
     let mapping = Mapping {
         protocol: Protocol::Upnp,
         external: (ip, port),
-        lifetime: REQUESTED_LIFETIME,
+        lifetime: if permanent { 0 } else { REQUESTED_LIFETIME },
     };
     let _ = actor.cast(PortMapMsg::Mapped {
         mapping,
@@ -674,62 +759,56 @@ async fn upnp_map(args: &DriverArgs, actor: &ActorRef<PortMapMsg>) -> Option<Upn
     let half = Duration::from_secs(u64::from(REQUESTED_LIFETIME) / 2);
     Some(UpnpMapping {
         gateway,
-        renew_at: Instant::now() + half,
+        mapping,
+        renew_at: (!permanent).then(|| Instant::now() + half),
     })
 }
 
-/// Renews a UPnP mapping (the same AddPortMapping again); None when that failed.
+/// Renews a UPnP mapping (the same AddPortMapping again); None, with the mapping reported
+/// lost, when that failed.
 async fn upnp_renew(
     u: UpnpMapping,
     args: &DriverArgs,
     actor: &ActorRef<PortMapMsg>,
 ) -> Option<UpnpMapping> {
-    let port = args.internal.port();
-    let local = if args.internal.ip().is_unspecified() {
-        match socket_toward(u.gateway.addr).await {
-            Ok((_, ip)) => SocketAddr::new(ip, port),
-            Err(_) => args.internal,
-        }
-    } else {
-        args.internal
+    let renewed = match upnp_local(args, u.gateway.addr).await {
+        Some(local) => upnp_add(&u.gateway, local).await,
+        None => Err("no socket toward the UPnP gateway".into()),
     };
-    let added = tokio::time::timeout(
-        UPNP_REQUEST_TIMEOUT,
-        u.gateway.add_port(
-            PortMappingProtocol::TCP,
-            port,
-            local,
-            REQUESTED_LIFETIME,
-            UPNP_DESCRIPTION,
-        ),
-    )
-    .await;
-    let ip = match added {
-        Ok(Ok(())) => tokio::time::timeout(UPNP_REQUEST_TIMEOUT, u.gateway.get_external_ip()).await,
-        _ => {
+    let ip = match renewed {
+        Ok(_) => tokio::time::timeout(UPNP_REQUEST_TIMEOUT, u.gateway.get_external_ip()).await,
+        Err(e) => {
             let _ = actor.cast(PortMapMsg::Failed {
                 protocol: Protocol::Upnp,
                 kind: "upnp_map",
-                error: "UPnP gateway did not renew the mapping".into(),
+                error: format!("renewal: {e}"),
             });
+            let _ = actor.cast(PortMapMsg::Lost(u.mapping));
             return None;
         }
     };
     let Ok(Ok(ip)) = ip else {
+        let _ = actor.cast(PortMapMsg::Failed {
+            protocol: Protocol::Upnp,
+            kind: "upnp_external_ip",
+            error: "renewal: the UPnP gateway did not tell its external address".into(),
+        });
+        let _ = actor.cast(PortMapMsg::Lost(u.mapping));
         return None;
     };
+    let mapping = Mapping {
+        external: (ip, args.internal.port()),
+        ..u.mapping
+    };
     let _ = actor.cast(PortMapMsg::Mapped {
-        mapping: Mapping {
-            protocol: Protocol::Upnp,
-            external: (ip, port),
-            lifetime: REQUESTED_LIFETIME,
-        },
-        renewed: true,
+        mapping,
+        renewed: mapping.external == u.mapping.external,
         gateway: Some(u.gateway.addr),
     });
     let half = Duration::from_secs(u64::from(REQUESTED_LIFETIME) / 2);
     Some(UpnpMapping {
-        renew_at: Instant::now() + half,
+        mapping,
+        renew_at: Some(Instant::now() + half),
         ..u
     })
 }

@@ -128,59 +128,46 @@ pub enum PcpAnswer {
         /// The server's epoch (RFC 6887 §8.5): a jump back means it lost its state.
         epoch: u32,
     },
-    /// The gateway speaks only NAT-PMP (or an older PCP): fall back.
+    /// The gateway speaks only NAT-PMP: fall back.
     UnsupportedVersion,
     /// Refused with a PCP result code (RFC 6887 §7.4).
     Refused(u8),
 }
 
-/// Reads a PCP answer to the MAP request made with `nonce` for TCP `port`. A NAT-PMP
-/// "unsupported version" answer reads as [`PcpAnswer::UnsupportedVersion`].
+/// Bytes of NAT-PMP's answer to a request in a version it does not speak: its 8-byte header.
+const NATPMP_UNSUPPORTED_LEN: usize = 8;
+
+/// Reads a PCP answer to the MAP request made with `nonce` for TCP `port`, as Core's
+/// `PCPRequestPortMap` does: NAT-PMP's exact 8-byte "unsupported version" answer is the cue
+/// to fall back; anything else must be a whole MAP answer echoing our nonce, protocol and
+/// port, or it is ignored (a LAN host can spoof the gateway's address, not our nonce).
 pub fn parse_pcp_answer(bytes: &[u8], nonce: &Nonce, port: u16) -> Result<PcpAnswer, WireError> {
-    if bytes.len() < 4 || bytes.len() > PCP_MAX_LEN {
+    if bytes.len() == NATPMP_UNSUPPORTED_LEN
+        && bytes[0] == NATPMP_VERSION
+        && u16::from_be_bytes([bytes[2], bytes[3]]) == RESULT_UNSUPPORTED_VERSION
+    {
+        return Ok(PcpAnswer::UnsupportedVersion);
+    }
+    if bytes.len() < PCP_HEADER_LEN + PCP_MAP_LEN || bytes.len() > PCP_MAX_LEN {
         return Err(WireError::Length(bytes.len()));
     }
-    if bytes[0] == NATPMP_VERSION {
-        // RFC 6887 §9: a NAT-PMP server answers version 0, result 1 (its 8-byte header).
-        let result = u16::from_be_bytes([bytes[2], bytes[3]]);
-        return if result == RESULT_UNSUPPORTED_VERSION {
-            Ok(PcpAnswer::UnsupportedVersion)
-        } else {
-            Err(WireError::Version(NATPMP_VERSION))
-        };
-    }
     if bytes[0] != PCP_VERSION {
-        // RFC 6887 §9: version 1 (the draft) or a later one; we speak only 2.
-        return Ok(PcpAnswer::UnsupportedVersion);
+        return Err(WireError::Version(bytes[0]));
     }
     if bytes[1] != RESPONSE_BIT | PCP_OP_MAP {
         return Err(WireError::Opcode(bytes[1]));
-    }
-    if bytes.len() < PCP_HEADER_LEN {
-        return Err(WireError::Length(bytes.len()));
-    }
-    let result = bytes[3];
-    let lifetime = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
-    let epoch = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
-    if result == RESULT_UNSUPPORTED_VERSION as u8 {
-        return Ok(PcpAnswer::UnsupportedVersion);
-    }
-    if bytes.len() < PCP_HEADER_LEN + PCP_MAP_LEN {
-        // An error answer may carry no payload we can match; a success must.
-        return if result != 0 {
-            Ok(PcpAnswer::Refused(result))
-        } else {
-            Err(WireError::Length(bytes.len()))
-        };
     }
     let map = &bytes[PCP_HEADER_LEN..PCP_HEADER_LEN + PCP_MAP_LEN];
     let internal = u16::from_be_bytes([map[16], map[17]]);
     if map[..NONCE_LEN] != nonce[..] || map[12] != PROTOCOL_TCP || internal != port {
         return Err(WireError::NotOurs);
     }
+    let result = bytes[3];
     if result != 0 {
         return Ok(PcpAnswer::Refused(result));
     }
+    let lifetime = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    let epoch = u32::from_be_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
     let external_port = u16::from_be_bytes([map[18], map[19]]);
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&map[20..36]);

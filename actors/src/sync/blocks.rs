@@ -313,8 +313,13 @@ impl BlockDownload {
         let mut out = Outcome::default();
         if self.is_parallel(&block, peer) {
             self.remove_parallel(&block, peer);
+            let before = self.refusals(&block);
             self.record_failure(block, peer, Failure::Refused, now);
             out.failures.push((block, peer, Failure::Refused));
+            // The request it ran beside goes on; only the last allowed refusal is reported.
+            if before < MAX_BLOCK_TRIES && self.refusals(&block) >= MAX_BLOCK_TRIES {
+                out.given_up.push(block);
+            }
             return out;
         }
         if self.late.get(&block).is_some_and(|(p, _)| *p == peer) {
@@ -1052,14 +1057,17 @@ mod tests {
                     }
                     Op::Block(b, p, ok) => {
                         let asked = d.asked_of(&block(b));
-                        let took = d.on_block(&block(b), PeerId(p), now);
-                        if asked == Some(PeerId(p)) {
-                            prop_assert!(took);
-                        }
-                        if took && !ok {
-                            d.on_block_refused(block(b), PeerId(p), &live, now)
-                        } else {
+                        if ok {
+                            let took = d.on_block(&block(b), PeerId(p), now);
+                            if asked == Some(PeerId(p)) {
+                                prop_assert!(took);
+                            }
                             Outcome::default()
+                        } else {
+                            // As Sync refuses a copy: checked before it counts as delivered.
+                            let out = d.on_copy_refused(block(b), PeerId(p), &live, now);
+                            prop_assert_ne!(d.asked_of(&block(b)), Some(PeerId(p)));
+                            out
                         }
                     }
                     Op::NotDelivered(b, p, big) => {
