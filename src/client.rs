@@ -559,10 +559,12 @@ fn port_mapping(p: &Value) -> String {
     let protocol = p["protocol"].as_str().unwrap_or("-");
     match (state, p["external"].as_str()) {
         ("mapped" | "mapped_private", Some(ext)) => {
-            let lifetime = p["lifetime"]
-                .as_u64()
-                .map(|l| crate::human::span(l as i64))
-                .unwrap_or_else(|| "-".into());
+            // A UPnP gateway that takes only permanent leases grants 0.
+            let lifetime = match p["lifetime"].as_u64() {
+                Some(0) => "permanent".into(),
+                Some(l) => crate::human::span(l as i64),
+                None => "-".into(),
+            };
             let renewed = crate::human::ago(&p["renewed_time"], crate::human::now_unix());
             let private = if state == "mapped_private" {
                 ", private: not advertised"

@@ -130,6 +130,7 @@ fn handshake_from_outside(prefix: &str, port: u16) -> String {
 }
 
 fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol: &str) {
+    let with_stun = extra.contains(&"--stun-server");
     let _guard = LabGuard(prefix);
     lab(prefix, &["up", "portrestricted"]);
     lab(prefix, &["miniupnpd"]);
@@ -142,8 +143,6 @@ fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol:
         "--no-dns-seed",
         "--listen",
         listen.as_str(),
-        "--no-api",
-        "--no-metrics",
         "--max-outbound",
         "0",
         "--log-level",
@@ -164,6 +163,74 @@ fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol:
                 .as_str()
                 .is_some_and(|a| a.contains(&external))
     });
+    // The operator's view, from inside [cli] where the API and metrics listen.
+    let ns_meshd = |args: &[&str]| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(common::meshd_bin())
+            .args(args)
+            .arg("--datadir")
+            .arg(dir.path())
+            .args(["--network", "testnet4"])
+            .output()
+            .expect("meshd client");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let network: serde_json::Value =
+        serde_json::from_str(&ns_meshd(&["network", "--json"])).expect("network json");
+    let pm = &network["port_mapping"];
+    assert_eq!(pm["state"], "mapped", "{network}");
+    assert_eq!(pm["protocol"], protocol, "{network}");
+    assert_eq!(pm["external"], external.as_str(), "{network}");
+    assert_eq!(pm["internal"], listen.as_str(), "{network}");
+    assert_eq!(pm["lifetime"], 2400, "{network}");
+    assert!(
+        network["public_addresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == external.as_str())),
+        "{network}"
+    );
+    if with_stun {
+        // STUN's public address agrees with the gateway's.
+        let deadline = Instant::now() + T;
+        loop {
+            let n: serde_json::Value =
+                serde_json::from_str(&ns_meshd(&["network", "--json"])).expect("network json");
+            if n["port_mapping"]["stun_agrees"] == true {
+                break;
+            }
+            assert!(Instant::now() < deadline, "STUN never agreed: {n}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let human = ns_meshd(&["network"]);
+    assert!(
+        human.contains(&format!("port map     {protocol} {external} -> {listen}")),
+        "{human}"
+    );
+    let fetch = format!(
+        "import urllib.request;print(urllib.request.urlopen('http://{}/metrics').read().decode())",
+        node.logs()
+            .iter()
+            .find(|v| msg(v) == "metrics listening")
+            .and_then(|v| v["addr"].as_str().map(String::from))
+            .expect("metrics address")
+    );
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns, "python3", "-c", &fetch])
+        .output()
+        .expect("scrape");
+    let metrics = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        metrics.contains(&format!(
+            "meshd_port_mapping_active{{protocol=\"{protocol}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("meshd_port_mapping_rounds_total{outcome=\"mapped\"} 1"),
+        "{metrics}"
+    );
     let entry = format!("TCP {port}->{CLIENT}:{port}");
     wait_mappings(prefix, "the gateway to list the mapping", |l| {
         l.contains(&entry)
@@ -200,7 +267,12 @@ fn pcp_maps_the_listener_behind_miniupnpd_and_deletes_it_at_shutdown() {
     if !usable() {
         return;
     }
-    mapping_round_trip("mshdp-", 18444, &[], "pcp");
+    mapping_round_trip(
+        "mshdp-",
+        18444,
+        &["--stun-server", "203.0.113.1:3478"],
+        "pcp",
+    );
 }
 
 #[test]
