@@ -243,7 +243,9 @@ async fn a_packet_with_a_bad_tag_ends_the_connection() {
     let mut events = node.subscribe_to(&[EventKind::ConnectionLost]);
     let mut c = V2Client::connect(node.listen_addrs()[0]).await;
     let ping = Message::net(NetworkMessage::Ping(1)).encode(NetworkId::Regtest.profile().magic);
-    let mut packet = V2Encoder::new(c.ready.take().unwrap().outbound).encrypt_v1_frame(&ping);
+    let mut packet = V2Encoder::new(c.ready.take().unwrap().outbound)
+        .encrypt_v1_frame(&ping)
+        .expect("fits");
     let last = packet.len() - 1;
     packet[last] ^= 0x80;
     c.stream.write_all(&packet).await.unwrap();
@@ -260,7 +262,10 @@ async fn an_oversized_length_is_refused_from_its_three_bytes() {
     let mut c = V2Client::connect(node.listen_addrs()[0]).await;
     // Before the version handshake the pre-handshake limit (1 KiB) holds: a 100 KB packet
     // is refused from its encrypted length alone, none of its body sent.
-    let packet = c.outbound().encrypt_to_vec(&vec![0u8; 100_000], false);
+    let packet = c
+        .outbound()
+        .encrypt_to_vec(&vec![0u8; 100_000], false)
+        .expect("fits");
     c.stream.write_all(&packet[..3]).await.unwrap();
     assert!(c.closed_within(5).await);
     assert_eq!(next_loss(&mut events, 5).await, "v2_oversized_length");
@@ -275,7 +280,10 @@ async fn decoys_only_are_ignored_until_the_handshake_timeout() {
     let started = Instant::now();
     let mut c = V2Client::connect(node.listen_addrs()[0]).await;
     for _ in 0..200 {
-        let decoy = c.outbound().encrypt_to_vec(&[0xde; 100], true);
+        let decoy = c
+            .outbound()
+            .encrypt_to_vec(&[0xde; 100], true)
+            .expect("fits");
         c.stream.write_all(&decoy).await.unwrap();
     }
     assert!(c.closed_within(10).await);
@@ -309,7 +317,7 @@ async fn a_raw_v2_client_completes_the_version_handshake_and_pings() {
     for m in [version, NetworkMessage::Verack, NetworkMessage::Ping(42)] {
         let frame = Message::net(m).encode(p.magic);
         c.stream
-            .write_all(&enc.encrypt_v1_frame(&frame))
+            .write_all(&enc.encrypt_v1_frame(&frame).expect("fits"))
             .await
             .unwrap();
     }

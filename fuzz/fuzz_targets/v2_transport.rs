@@ -77,7 +77,9 @@ fuzz_target!(|data: &[u8]| {
         let Some((&flags, contents)) = piece.split_first() else {
             continue;
         };
-        let mut packet = out.encrypt_to_vec(contents, flags & 1 != 0);
+        let Ok(mut packet) = out.encrypt_to_vec(contents, flags & 1 != 0) else {
+            return;
+        };
         if flags & 2 != 0 {
             let i = flags as usize % packet.len();
             packet[i] ^= 0x5a;

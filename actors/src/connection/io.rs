@@ -562,10 +562,18 @@ pub(super) fn writer(args: WriterArgs) -> impl std::future::Future<Output = ()> 
         while let Some(frame) = rx.recv().await {
             let packet;
             let mut rest = match encoder.as_mut() {
-                Some(enc) => {
-                    packet = enc.encrypt_v1_frame(frame.bytes());
-                    &packet[..]
-                }
+                Some(enc) => match enc.encrypt_v1_frame(frame.bytes()) {
+                    Ok(p) => {
+                        packet = p;
+                        &packet[..]
+                    }
+                    Err(e) => {
+                        // No message meshd sends on BTC comes near 16 MiB; one that did
+                        // cannot be framed on v2, and the session cannot skip it.
+                        let _ = actor.cast(ConnectionMsg::WriterFailed(e.to_string()));
+                        return;
+                    }
+                },
                 None => frame.bytes(),
             };
             while !rest.is_empty() {

@@ -21,6 +21,15 @@ pub const LENGTH_LEN: usize = 3;
 pub const HEADER_LEN: usize = 1;
 /// Bytes of a packet's authentication tag.
 pub const TAG_LEN: usize = 16;
+/// The most contents a packet carries: its length is 3 bytes (BIP324). A longer message
+/// cannot be sent on v2 at all; sealing one is refused rather than sent with a wrapped length.
+pub const MAX_CONTENTS: usize = (1 << 24) - 1;
+
+/// Contents above [`MAX_CONTENTS`]: the packet is not sealed, and no cipher advances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("v2 packet contents of {0} bytes exceed BIP324's 3-byte length")]
+pub struct ContentsTooLong(pub usize);
+
 /// The header bit that marks a decoy packet.
 const IGNORE_BIT: u8 = 0x80;
 
@@ -115,6 +124,31 @@ impl FsChaCha20 {
             offset: 0,
             chunks: 0,
         };
+        // Only the rekeys are replayed: each key's next is the 32 bytes after its
+        // REKEY_INTERVAL lengths, so a session moved over late costs a few ChaCha20 blocks
+        // per 224 packets, not one per packet.
+        for _ in 0..chunks / REKEY_INTERVAL {
+            let mut stream = c.stream();
+            stream.seek(REKEY_INTERVAL * LENGTH_LEN as u64);
+            let mut next = [0u8; 32];
+            stream.apply_keystream(&mut next);
+            c.key = next;
+            c.chunks += REKEY_INTERVAL;
+        }
+        c.offset = (chunks % REKEY_INTERVAL) * LENGTH_LEN as u64;
+        c.chunks = chunks;
+        c
+    }
+
+    /// The same as [`Self::at`], one length at a time (the reference the tests check `at`
+    /// against).
+    #[cfg(test)]
+    fn at_stepwise(key: [u8; 32], chunks: u64) -> FsChaCha20 {
+        let mut c = FsChaCha20 {
+            key,
+            offset: 0,
+            chunks: 0,
+        };
         let mut scratch = [0u8; LENGTH_LEN];
         for _ in 0..chunks {
             c.crypt(&mut scratch);
@@ -156,6 +190,23 @@ pub struct FsChaCha20Poly1305 {
 impl FsChaCha20Poly1305 {
     /// A cipher that has already done `packets` packets.
     pub fn at(key: [u8; 32], packets: u64) -> FsChaCha20Poly1305 {
+        let mut c = FsChaCha20Poly1305 {
+            aead: ChaCha20Poly1305::new(&key.into()),
+            packets: 0,
+        };
+        // Only the rekeys are replayed (see FsChaCha20::at): jump to each key's last packet
+        // and advance past it.
+        for _ in 0..packets / REKEY_INTERVAL {
+            c.packets += REKEY_INTERVAL - 1;
+            c.advance();
+        }
+        c.packets = packets;
+        c
+    }
+
+    /// [`Self::at`], one packet at a time (the tests' reference).
+    #[cfg(test)]
+    fn at_stepwise(key: [u8; 32], packets: u64) -> FsChaCha20Poly1305 {
         let mut c = FsChaCha20Poly1305 {
             aead: ChaCha20Poly1305::new(&key.into()),
             packets: 0,
@@ -240,8 +291,12 @@ impl PacketSealer {
     /// Seals a packet built in place: `packet` holds room for the length, then the header
     /// byte (0 for a genuine packet) and the contents; the length is written, the rest
     /// encrypted and the tag appended.
-    pub fn seal_built(&mut self, packet: &mut Vec<u8>, aad: &[u8]) {
-        let contents = packet.len().saturating_sub(LENGTH_LEN + HEADER_LEN) as u32;
+    pub fn seal_built(&mut self, packet: &mut Vec<u8>, aad: &[u8]) -> Result<(), ContentsTooLong> {
+        let contents = packet.len().saturating_sub(LENGTH_LEN + HEADER_LEN);
+        if contents > MAX_CONTENTS {
+            return Err(ContentsTooLong(contents));
+        }
+        let contents = contents as u32;
         let mut length = [
             contents as u8,
             (contents >> 8) as u8,
@@ -255,17 +310,31 @@ impl PacketSealer {
             .packet
             .seal(aad, packet.get_mut(LENGTH_LEN..).unwrap_or(&mut []));
         packet.extend_from_slice(&tag);
+        Ok(())
     }
 
     /// One packet of `contents` (a decoy if `decoy`) as a new buffer.
-    pub fn encrypt_to_vec(&mut self, contents: &[u8], decoy: bool) -> Vec<u8> {
+    pub fn encrypt_to_vec(
+        &mut self,
+        contents: &[u8],
+        decoy: bool,
+    ) -> Result<Vec<u8>, ContentsTooLong> {
         let mut out = Vec::new();
-        self.seal_into(contents, decoy, b"", &mut out);
-        out
+        self.seal_into(contents, decoy, b"", &mut out)?;
+        Ok(out)
     }
 
     /// One packet of `contents` (a decoy if `decoy`), appended to `out`.
-    pub fn seal_into(&mut self, contents: &[u8], decoy: bool, aad: &[u8], out: &mut Vec<u8>) {
+    pub fn seal_into(
+        &mut self,
+        contents: &[u8],
+        decoy: bool,
+        aad: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<(), ContentsTooLong> {
+        if contents.len() > MAX_CONTENTS {
+            return Err(ContentsTooLong(contents.len()));
+        }
         let start = out.len();
         let len = contents.len() as u32;
         let mut length = [len as u8, (len >> 8) as u8, (len >> 16) as u8];
@@ -276,6 +345,7 @@ impl PacketSealer {
         out.extend_from_slice(contents);
         let tag = self.packet.seal(aad, &mut out[start + LENGTH_LEN..]);
         out.extend_from_slice(&tag);
+        Ok(())
     }
 }
 
@@ -325,6 +395,54 @@ impl PacketOpener {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Jumping to a packet count gives the ciphers the one-at-a-time walk gives: the
+        /// next lengths and packets encrypt alike, across rekeys.
+        #[test]
+        fn at_matches_the_stepwise_walk(key in any::<[u8; 32]>(), n in 0u64..1200) {
+            let (mut fast, mut slow) = (FsChaCha20::at(key, n), FsChaCha20::at_stepwise(key, n));
+            let (mut aead_fast, mut aead_slow) =
+                (FsChaCha20Poly1305::at(key, n), FsChaCha20Poly1305::at_stepwise(key, n));
+            for i in 0..(2 * REKEY_INTERVAL as usize + 3) {
+                let (mut a, mut b) = ([i as u8; LENGTH_LEN], [i as u8; LENGTH_LEN]);
+                fast.crypt(&mut a);
+                slow.crypt(&mut b);
+                prop_assert_eq!(a, b);
+                if i % 37 == 0 || i % REKEY_INTERVAL as usize >= REKEY_INTERVAL as usize - 2 {
+                    let (mut x, mut y) = (vec![i as u8; 5], vec![i as u8; 5]);
+                    prop_assert_eq!(aead_fast.seal(b"", &mut x), aead_slow.seal(b"", &mut y));
+                    prop_assert_eq!(x, y);
+                } else {
+                    aead_fast.advance();
+                    aead_slow.advance();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn contents_past_three_length_bytes_are_refused_unsealed() {
+        let keys = DirectionKeys {
+            length: [1; 32],
+            packet: [2; 32],
+        };
+        let mut sealer = PacketSealer::at(&keys, 0);
+        let big = vec![0u8; MAX_CONTENTS + 1];
+        assert_eq!(
+            sealer.encrypt_to_vec(&big, false),
+            Err(ContentsTooLong(MAX_CONTENTS + 1))
+        );
+        let mut built = vec![0u8; LENGTH_LEN + HEADER_LEN + MAX_CONTENTS + 1];
+        assert!(sealer.seal_built(&mut built, b"").is_err());
+        // Nothing advanced: the next packet is the session's first.
+        let mut fresh = PacketSealer::at(&keys, 0);
+        assert_eq!(
+            sealer.encrypt_to_vec(b"x", false),
+            fresh.encrypt_to_vec(b"x", false)
+        );
+    }
 
     fn unhex(s: &str) -> Vec<u8> {
         (0..s.len() / 2)
@@ -374,7 +492,9 @@ mod tests {
             let decoy = f[col("in_ignore")] == "1";
             let mut sealer = PacketSealer::at(&keys.send, idx);
             let mut out = Vec::new();
-            sealer.seal_into(&contents, decoy, &aad, &mut out);
+            sealer
+                .seal_into(&contents, decoy, &aad, &mut out)
+                .expect("fits");
             let whole = f[col("out_ciphertext")];
             let end = f[col("out_ciphertext_endswith")];
             if !whole.is_empty() {
@@ -405,7 +525,9 @@ mod tests {
         let mut sealer = PacketSealer::at(&keys, 0);
         let mut opener = PacketOpener::at(&keys, 0);
         let mut out = Vec::new();
-        sealer.seal_into(b"ping", false, b"", &mut out);
+        sealer
+            .seal_into(b"ping", false, b"", &mut out)
+            .expect("fits");
         let mut len = [0u8; LENGTH_LEN];
         len.copy_from_slice(&out[..LENGTH_LEN]);
         assert_eq!(opener.open_len(len), HEADER_LEN + 4 + TAG_LEN);

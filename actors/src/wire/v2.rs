@@ -27,7 +27,7 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey, SignOnly};
 use rand::Rng;
 
 use super::frame::{Command, Frame, FrameDecoder, FrameError};
-use super::fschacha::{session_keys, PacketOpener, PacketSealer};
+use super::fschacha::{session_keys, ContentsTooLong, PacketOpener, PacketSealer};
 use crate::constants::{FRAME_HEADER_LEN, MAX_PRE_HANDSHAKE_PAYLOAD};
 
 /// Garbage a peer may send before its terminator (BIP324).
@@ -510,7 +510,13 @@ impl V2Handshake {
                 // read `received`. Our cipher must seal that packet as the crate did: else a
                 // key, label or count is wrong, and sealing on would reuse a nonce.
                 let mut check = Vec::new();
-                PacketSealer::at(&keys.send, 0).seal_into(&[], false, &self.garbage, &mut check);
+                // Empty contents are never too long.
+                let _ = PacketSealer::at(&keys.send, 0).seal_into(
+                    &[],
+                    false,
+                    &self.garbage,
+                    &mut check,
+                );
                 if check != self.sent_version {
                     return Err(V2Error::KeyExchange(
                         "our cipher does not reproduce the handshake's version packet".into(),
@@ -739,8 +745,10 @@ impl V2Encoder {
 
     /// Re-frames one encoded v1 frame (header and payload) as a v2 packet, built and
     /// encrypted in one buffer. A slice shorter than a v1 header (never produced by meshd)
-    /// becomes an empty packet with no type, which a peer ignores.
-    pub fn encrypt_v1_frame(&mut self, frame: &[u8]) -> Vec<u8> {
+    /// becomes an empty packet with no type, which a peer ignores. A frame too long for
+    /// BIP324's 3-byte length is refused, no cipher advancing (the caller closes the
+    /// connection: the message cannot be sent on v2).
+    pub fn encrypt_v1_frame(&mut self, frame: &[u8]) -> Result<Vec<u8>, ContentsTooLong> {
         let payload = frame.get(FRAME_HEADER_LEN..).unwrap_or(&[]);
         let mut packet = Vec::with_capacity(PACKET_OVERHEAD + LONG_TYPE_LEN + payload.len());
         packet.extend_from_slice(&[0u8; NUM_LENGTH_BYTES + 1]);
@@ -757,8 +765,8 @@ impl V2Encoder {
             }
             packet.extend_from_slice(payload);
         }
-        self.cipher.seal_built(&mut packet, b"");
-        packet
+        self.cipher.seal_built(&mut packet, b"")?;
+        Ok(packet)
     }
 
     /// Size on the wire of a v2 packet carrying a v1 frame of `frame_len` bytes with
@@ -862,12 +870,12 @@ mod tests {
             Command::new("verack").unwrap(),
             &[],
         );
-        let mut wire = enc.encrypt_v1_frame(&version_like);
+        let mut wire = enc.encrypt_v1_frame(&version_like).expect("fits");
         assert_eq!(
             wire.len(),
             V2Encoder::wire_len("verack", version_like.len())
         );
-        wire.extend(enc.encrypt_v1_frame(&ping));
+        wire.extend(enc.encrypt_v1_frame(&ping).expect("fits"));
         let mut input = &wire[..];
         let f = dec.decode(&mut input).unwrap().unwrap();
         assert_eq!(f.command.as_str(), "verack");
@@ -884,7 +892,9 @@ mod tests {
         let mut dec = V2Decoder::new(b.inbound, rules());
         // 224 packets per key: 1,000 crosses four rekeys.
         for i in 0..1_000u64 {
-            let wire = enc.encrypt_v1_frame(&frame(NetworkMessage::Ping(i)));
+            let wire = enc
+                .encrypt_v1_frame(&frame(NetworkMessage::Ping(i)))
+                .expect("fits");
             let mut input = &wire[..];
             let f = dec.decode(&mut input).unwrap().unwrap();
             assert_eq!(f.payload, i.to_le_bytes());
@@ -896,7 +906,9 @@ mod tests {
         let (a, b) = connect(usize::MAX);
         let mut enc = V2Encoder::new(a.outbound);
         let mut dec = V2Decoder::new(b.inbound, rules());
-        let mut wire = enc.encrypt_v1_frame(&frame(NetworkMessage::Ping(1)));
+        let mut wire = enc
+            .encrypt_v1_frame(&frame(NetworkMessage::Ping(1)))
+            .expect("fits");
         let last = wire.len() - 1;
         wire[last] ^= 1;
         let mut input = &wire[..];
@@ -917,7 +929,7 @@ mod tests {
             Command::new("ping").unwrap(),
             &vec![0u8; 5000],
         );
-        let wire = enc.encrypt_v1_frame(&big);
+        let wire = enc.encrypt_v1_frame(&big).expect("fits");
         let mut input = &wire[..3];
         let e = dec.decode(&mut input).unwrap().unwrap_err();
         assert_eq!(e.kind(), "v2_oversized_length");
@@ -943,7 +955,7 @@ mod tests {
             let mut enc = V2Encoder::new(a.outbound);
             let mut dec = V2Decoder::new(b.inbound, FrameDecoder::new_established(p.magic, limits));
             dec.rules_mut().set_blocks_expected(asked);
-            let wire = enc.encrypt_v1_frame(&big);
+            let wire = enc.encrypt_v1_frame(&big).expect("fits");
             let e = dec.decode(&mut &wire[..3]).unwrap().unwrap_err();
             assert_eq!(e.kind(), kind);
             // Fatal either way (the packet cannot be read past), but charged only when
@@ -958,9 +970,12 @@ mod tests {
     fn unknown_message_ids_are_skipped_and_the_stream_goes_on() {
         let (a, b) = connect(usize::MAX);
         let (mut out, mut dec) = (a.outbound, V2Decoder::new(b.inbound, rules()));
-        let mut wire = out.encrypt_to_vec(&[31, 1, 2, 3], false);
-        wire.extend(out.encrypt_to_vec(&[], true));
-        wire.extend(out.encrypt_to_vec(&[18, 1, 0, 0, 0, 0, 0, 0, 0], false));
+        let mut wire = out.encrypt_to_vec(&[31, 1, 2, 3], false).expect("fits");
+        wire.extend(out.encrypt_to_vec(&[], true).expect("fits"));
+        wire.extend(
+            out.encrypt_to_vec(&[18, 1, 0, 0, 0, 0, 0, 0, 0], false)
+                .expect("fits"),
+        );
         let mut input = &wire[..];
         let e = dec.decode(&mut input).unwrap().unwrap_err();
         assert_eq!(e.kind(), "v2_unknown_message_type");
@@ -1004,7 +1019,7 @@ mod tests {
             let (mut a, mut b) = connect(4096);
             for (contents, decoy) in &packets {
                 let kind = if *decoy { bip324::PacketType::Decoy } else { bip324::PacketType::Genuine };
-                let ours = a.outbound.encrypt_to_vec(contents, *decoy);
+                let ours = a.outbound.encrypt_to_vec(contents, *decoy).expect("fits");
                 let theirs = a.reference.1.encrypt_to_vec(contents, kind, None);
                 prop_assert_eq!(&ours, &theirs);
                 // The crate's packets open with ours.
@@ -1015,7 +1030,7 @@ mod tests {
                 prop_assert_eq!(b.inbound.open(&mut body, b""), Some(*decoy));
                 prop_assert_eq!(&body[1..], &contents[..]);
                 // And ours with the crate's.
-                let back = b.outbound.encrypt_to_vec(contents, *decoy);
+                let back = b.outbound.encrypt_to_vec(contents, *decoy).expect("fits");
                 let mut len = [0u8; NUM_LENGTH_BYTES];
                 len.copy_from_slice(&back[..NUM_LENGTH_BYTES]);
                 let rest = a.reference.0.decrypt_packet_len(len);
