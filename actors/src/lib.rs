@@ -14,6 +14,8 @@
 //! ├── DnsDiscovery               resolves DNS seeds (hickory-resolver) when the book is short;
 //! │                              behind --proxy, has the Manager addr-fetch them by name
 //! ├── Stun                       public address and NAT type (RFC 5389/5780), refreshed
+//! ├── PortMap                    the listening port mapped on the gateway (PCP, NAT-PMP,
+//! │                              UPnP), renewed, deleted at shutdown
 //! └── Sync                       header chain, headers-first sync, block (compact) and tx relay
 //! ```
 //!
@@ -33,6 +35,8 @@
 //! - [`discovery`]: the DnsDiscovery actor;
 //! - [`stun`]: the Stun actor and its codec, transaction schedule, NAT classification and
 //!   UDP driver;
+//! - [`portmap`]: the PortMap actor over its sans-IO PCP/NAT-PMP messages and mapper, and
+//!   the UPnP client;
 //! - [`sync`]: the Sync actor over its sans-IO core [`sync::engine`] (each peer's state,
 //!   header sync, blocks and relay, over a clock, returning actions), the header chain
 //!   ([`sync::chain`]), header intake ([`sync::intake`]: a batch's route through the proof
