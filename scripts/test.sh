@@ -9,6 +9,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/install-test-deps.sh
 
+# A CI run builds once from a clean clone: incremental caches would only take disk (a full
+# one ran out of space during the fuzz builds).
+if [ -n "${CI:-}" ]; then
+  export CARGO_INCREMENTAL=0
+fi
+
 echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 
