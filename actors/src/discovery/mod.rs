@@ -11,7 +11,7 @@
 //!
 //! Behind `--proxy` nothing is resolved locally (a lookup would leave the proxy and tell the
 //! resolver who we are): each round asks the Manager to addr-fetch each seed by name through
-//! the proxy instead, as Core does ([`crate::manager::addr_fetch`]). With `--onlynet`
+//! the proxy instead, as Core does (the Manager's addr-fetch module). With `--onlynet`
 //! leaving out IPv4 and IPv6 and no `--proxy` (only `--onion`), seeds are not used at all.
 
 use std::net::IpAddr;
