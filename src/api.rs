@@ -234,6 +234,11 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "listenonion": c.listen_onion,
         "natpmp": c.natpmp,
         "upnp": c.upnp,
+        "overlay": c.overlay.enabled,
+        "overlay-listen": c.overlay.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "overlay-bootstrap": c.overlay.bootstrap.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "overlay-mdns": c.overlay.mdns,
+        "overlay-relay-service": c.overlay.relay_service,
         // How many hints were loaded from --header-hints, and the last one's height.
         "header-hints": c.header_hints.len(),
         "asmap": c.asmap.as_ref().map(|m| m.version().to_string()),
@@ -475,6 +480,23 @@ async fn delete_ban(State(s): State<ApiState>, UrlPath(subnet): UrlPath<String>)
     }
 }
 
+/// The libp2p overlay: whether it is configured and runs, its status (peer id, addresses,
+/// AutoNAT's reachability, DHT table, topics, relay reservations and service) and its peers.
+async fn get_overlay(State(s): State<ApiState>) -> ApiResult {
+    let c = s.node.config();
+    let view = s.node.overlay();
+    let (status, peers) = match view {
+        Some((status, peers)) => (Some(status), peers),
+        None => (None, Vec::new()),
+    };
+    Ok(Json(json!({
+        "enabled": c.overlay.enabled,
+        "running": status.is_some(),
+        "status": status,
+        "peers": peers,
+    })))
+}
+
 async fn get_network(State(s): State<ApiState>) -> ApiResult {
     let (used, max) = s.node.slots();
     let c = s.node.config();
@@ -497,6 +519,12 @@ async fn get_network(State(s): State<ApiState>) -> ApiResult {
         // The listening port's mapping on the gateway (--natpmp, --upnp), or null when
         // mapping is off or has nothing to map.
         "port_mapping": s.node.port_map(),
+        // The libp2p overlay in short (--overlay; all of it at /v1/overlay), or null.
+        "overlay": s.node.overlay().map(|(o, _)| json!({
+            "peer_id": o.peer_id,
+            "reachability": o.reachability,
+            "peers": o.peers,
+        })),
         "stun_servers": c.stun_servers,
         "stun_result": stun.as_ref().map(|r| json!({
             "nat_type": r.nat_type.label(),
@@ -767,7 +795,7 @@ async fn events(
         // Everything but per-message traffic, which comes only when asked for by name.
         None => EventKind::ALL
             .into_iter()
-            .filter(|k| *k != EventKind::MessageReceived)
+            .filter(|k| !k.is_traffic())
             .collect(),
         Some(list) => {
             let mut kinds = Vec::new();
@@ -997,6 +1025,7 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String, process: Pro
         .route("/v1/bans", get(get_bans).post(add_ban))
         .route("/v1/bans/{*subnet}", delete(delete_ban))
         .route("/v1/network", get(get_network))
+        .route("/v1/overlay", get(get_overlay))
         .route("/v1/sync", get(get_sync))
         .route("/v1/config", get(get_config).patch(patch_config))
         .route("/v1/generate", post(generate))

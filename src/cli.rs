@@ -47,6 +47,17 @@ pub enum FleetCommand {
     },
 }
 
+/// `meshd overlay ...`.
+#[derive(Debug, Subcommand)]
+pub enum OverlayCommand {
+    /// The overlay's peer id, addresses, AutoNAT's reachability, DHT table, topics, relay
+    /// reservations and relay service.
+    Status(ClientArgs),
+    /// One line per connected overlay peer: id, address, how it was found, relayed or
+    /// direct, round trip, agent.
+    Peers(ClientArgs),
+}
+
 /// `meshd hints ...`.
 #[derive(Debug, Subcommand)]
 pub enum HintsCommand {
@@ -138,6 +149,11 @@ pub enum Command {
     Fleet {
         #[command(subcommand)]
         what: FleetCommand,
+    },
+    /// The libp2p overlay (`--overlay`): `status` or `peers`.
+    Overlay {
+        #[command(subcommand)]
+        what: OverlayCommand,
     },
     /// Header hints: `export FILE` writes them from the node's chain.
     Hints {
@@ -477,6 +493,31 @@ pub struct RunArgs {
     /// --natpmp=false). [default: false]
     #[arg(help_heading = "Discovery and NAT", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub upnp: Option<bool>,
+
+    /// Run the libp2p overlay beside the Bitcoin protocol: Kademlia DHT, GossipSub, AutoNAT,
+    /// circuit relay v2 and hole punching (DCUtR), with its own identity
+    /// (overlay_key.dat). Never with --proxy. [default: false]
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub overlay: Option<bool>,
+
+    /// Overlay address to listen on (repeatable), e.g. /ip4/0.0.0.0/tcp/8335 or
+    /// /ip4/0.0.0.0/udp/8335/quic-v1. [default: TCP and QUIC on 0.0.0.0 at the network's
+    /// port + 2]
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "MULTIADDR")]
+    pub overlay_listen: Vec<String>,
+
+    /// Overlay peer to join through (repeatable), ending in /p2p/<peer id>.
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "MULTIADDR")]
+    pub overlay_bootstrap: Vec<String>,
+
+    /// Find overlay peers on the LAN by mDNS (announces us on the segment). [default: false]
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub overlay_mdns: Option<bool>,
+
+    /// Serve as a circuit relay v2 for overlay peers behind NATs, within bounded
+    /// reservations and circuits. [default: true]
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub overlay_relay_service: Option<bool>,
 
     /// Limit on one STUN transaction, retransmissions included. [default: 3s]
     #[arg(help_heading = "Discovery and NAT", long, value_name = "DURATION")]

@@ -13,7 +13,7 @@ use std::time::Duration;
 use meshd_actors::network::NetworkId;
 use serde_json::{json, Value};
 
-use crate::cli::{ClientArgs, Command, FleetCommand, HintsCommand};
+use crate::cli::{ClientArgs, Command, FleetCommand, HintsCommand, OverlayCommand};
 
 /// Time allowed for one API call (not for the event stream).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -420,6 +420,87 @@ fn print_fleet(v: &Value) {
     );
 }
 
+fn print_overlay(v: &Value) {
+    if v["running"] != true {
+        let why = if v["enabled"] == true {
+            "enabled but not running (see the log)"
+        } else {
+            "off (start the node with --overlay)"
+        };
+        println!("overlay {why}");
+        return;
+    }
+    let st = &v["status"];
+    let list = |v: &Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if items.is_empty() {
+            "-".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let relay = if st["relay_service"] == true {
+        format!(
+            "serving: {} reservations, {} circuits",
+            s(&st["relay_served"]["reservations"]),
+            s(&st["relay_served"]["circuits"])
+        )
+    } else {
+        "not serving".to_string()
+    };
+    let rows = [
+        ("peer id", s(&st["peer_id"])),
+        ("listening", list(&st["listen_addrs"])),
+        ("external", list(&st["external_addrs"])),
+        ("reachability", s(&st["reachability"])),
+        ("peers", s(&st["peers"])),
+        ("DHT table", s(&st["routing_table"])),
+        ("topics", list(&st["topics"])),
+        ("reservations", list(&st["relay_reservations"])),
+        ("relay", relay),
+        ("mDNS", if st["mdns"] == true { "on" } else { "off" }.into()),
+    ];
+    for (k, val) in rows {
+        println!("{k:<12} {val}");
+    }
+}
+
+fn print_overlay_peers(v: &Value) {
+    let rows = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    vec![
+                        s(&p["peer_id"]),
+                        s(&p["address"]),
+                        s(&p["found_by"]),
+                        if p["relayed"] == true {
+                            "relayed"
+                        } else {
+                            "direct"
+                        }
+                        .into(),
+                        p["rtt_ms"]
+                            .as_u64()
+                            .map_or("-".into(), |ms| format!("{ms}ms")),
+                        p["connected_secs"]
+                            .as_u64()
+                            .map_or("-".into(), human_duration),
+                        s(&p["agent"]),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "PEER ID", "ADDRESS", "FOUND BY", "LINK", "RTT", "UP", "AGENT",
+        ],
+        rows,
+    );
+}
+
 fn print_propagation(v: &Value) {
     let rows = v
         .as_array()
@@ -520,6 +601,18 @@ fn print_network(v: &Value) {
         ("onion proxy", s(&v["onion_proxy"])),
         ("NAT", s(&v["nat_type"])),
         ("port map", port_mapping(&v["port_mapping"])),
+        (
+            "overlay",
+            match &v["overlay"] {
+                Value::Null => "-".to_string(),
+                o => format!(
+                    "{} ({}, {} peers)",
+                    s(&o["peer_id"]),
+                    s(&o["reachability"]),
+                    s(&o["peers"])
+                ),
+            },
+        ),
         ("fleet", fleet),
     ];
     for (k, val) in rows {
@@ -1158,6 +1251,9 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Hints {
             what: HintsCommand::Export { client, .. },
         } => client,
+        Command::Overlay {
+            what: OverlayCommand::Status(client) | OverlayCommand::Peers(client),
+        } => client,
     };
     let c = match Client::new(client_args) {
         Ok(c) => c,
@@ -1209,6 +1305,16 @@ pub fn run(cmd: Command) -> ExitCode {
         Command::Addednodes(_) => c
             .call("GET", "/v1/addednodes", None)
             .map(|v| emit(&c, &v, print_added_nodes)),
+        Command::Overlay {
+            what: OverlayCommand::Status(_),
+        } => c
+            .call("GET", "/v1/overlay", None)
+            .map(|v| emit(&c, &v, print_overlay)),
+        Command::Overlay {
+            what: OverlayCommand::Peers(_),
+        } => c
+            .call("GET", "/v1/overlay", None)
+            .map(|v| emit(&c, &v["peers"], print_overlay_peers)),
         Command::Fleet {
             what: FleetCommand::Status(_),
         } => c

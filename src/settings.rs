@@ -107,6 +107,11 @@ pub struct FileConfig {
     no_stun: Option<bool>,
     natpmp: Option<bool>,
     upnp: Option<bool>,
+    overlay: Option<bool>,
+    overlay_listen: Option<Vec<String>>,
+    overlay_bootstrap: Option<Vec<String>>,
+    overlay_mdns: Option<bool>,
+    overlay_relay_service: Option<bool>,
     stun_timeout: Option<FileDuration>,
     stun_interval: Option<FileDuration>,
     blocks: Option<String>,
@@ -261,6 +266,12 @@ fn file_duration(key: &str, d: &FileDuration) -> Result<Duration, ConfigError> {
         FileDuration::Seconds(s) => parse_duration(key, &s.to_string()),
         FileDuration::Text(t) => parse_duration(key, t),
     }
+}
+
+fn parse_multiaddr(key: &str, text: &str) -> Result<meshd_actors::libp2p::Multiaddr, ConfigError> {
+    text.trim()
+        .parse()
+        .map_err(|e| ConfigError(format!("{key}: {text:?} is not a multiaddr ({e})")))
 }
 
 fn pick_duration(
@@ -778,6 +789,29 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.listen_onion = args.listenonion.or(file.listenonion).unwrap_or(true);
     node.natpmp = args.natpmp.or(file.natpmp).unwrap_or(node.natpmp);
     node.upnp = args.upnp.or(file.upnp).unwrap_or(node.upnp);
+    node.overlay.enabled = args.overlay.or(file.overlay).unwrap_or(false);
+    node.overlay.mdns = args.overlay_mdns.or(file.overlay_mdns).unwrap_or(false);
+    node.overlay.relay_service = args
+        .overlay_relay_service
+        .or(file.overlay_relay_service)
+        .unwrap_or(true);
+    node.overlay.listen = pick(&args.overlay_listen, &file.overlay_listen)
+        .iter()
+        .map(|a| parse_multiaddr("overlay-listen", a))
+        .collect::<Result<_, _>>()?;
+    node.overlay.bootstrap = Vec::new();
+    for a in pick(&args.overlay_bootstrap, &file.overlay_bootstrap) {
+        let addr = parse_multiaddr("overlay-bootstrap", &a)?;
+        if !matches!(
+            addr.iter().last(),
+            Some(meshd_actors::libp2p::multiaddr::Protocol::P2p(_))
+        ) {
+            return err(format!(
+                "overlay-bootstrap: {a:?} does not end in /p2p/<peer id>"
+            ));
+        }
+        node.overlay.bootstrap.push(addr);
+    }
     node.fleet = None;
     if let Some(url) = args.nats.clone().or(file.nats.clone()) {
         let network = node.network.name();

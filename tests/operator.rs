@@ -688,6 +688,7 @@ fn help_is_grouped_by_topic() {
         "Blocks, sync and relay:",
         "Proxies and Tor:",
         "Fleet (NATS):",
+        "Overlay (libp2p):",
     ] {
         assert!(text.lines().any(|l| l == heading), "{heading} in:\n{text}");
     }

@@ -185,6 +185,68 @@ pub struct NodeConfig {
     pub listen_onion: bool,
     /// Publish to a fleet on NATS JetStream (`--nats`); `None`: an island.
     pub fleet: Option<FleetConfig>,
+    /// The libp2p overlay (`--overlay`, see [`crate::overlay`]).
+    pub overlay: OverlayConfig,
+}
+
+/// The overlay's port is the network's port plus this when no `--overlay-listen` is given
+/// (8335 on BTC mainnet): next to the Bitcoin port, clear of Core's RPC (+1).
+pub const OVERLAY_PORT_OFFSET: u16 = 2;
+
+/// The libp2p overlay's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayConfig {
+    /// Run it (`--overlay`, off by default).
+    pub enabled: bool,
+    /// Where to listen (`--overlay-listen`; empty: TCP and QUIC on every IPv4 address at
+    /// the network's port plus [`OVERLAY_PORT_OFFSET`]).
+    pub listen: Vec<libp2p::Multiaddr>,
+    /// Peers to join through (`--overlay-bootstrap`, each ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<libp2p::Multiaddr>,
+    /// Find peers on the LAN by mDNS (`--overlay-mdns`, off by default: it announces us to
+    /// everyone on the segment).
+    pub mdns: bool,
+    /// Serve as a circuit relay v2 for others, within bounds (`--overlay-relay-service`,
+    /// on by default).
+    pub relay_service: bool,
+    /// Loopback and private addresses count as reachable (default on regtest): a local
+    /// lab's nodes serve the DHT to each other.
+    pub local_addrs: bool,
+}
+
+impl OverlayConfig {
+    /// Defaults for a network (`regtest`: local addresses count).
+    pub fn new(regtest: bool) -> OverlayConfig {
+        OverlayConfig {
+            enabled: false,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: false,
+            relay_service: true,
+            local_addrs: regtest,
+        }
+    }
+
+    /// The addresses to listen on: `listen`, or the defaults at `bitcoin_port` plus
+    /// [`OVERLAY_PORT_OFFSET`].
+    pub fn listen_addrs(&self, bitcoin_port: u16) -> Vec<libp2p::Multiaddr> {
+        if !self.listen.is_empty() {
+            return self.listen.clone();
+        }
+        let port = bitcoin_port.saturating_add(OVERLAY_PORT_OFFSET);
+        let tcp = libp2p::Multiaddr::empty()
+            .with(libp2p::multiaddr::Protocol::Ip4(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+            .with(libp2p::multiaddr::Protocol::Tcp(port));
+        let quic = libp2p::Multiaddr::empty()
+            .with(libp2p::multiaddr::Protocol::Ip4(
+                std::net::Ipv4Addr::UNSPECIFIED,
+            ))
+            .with(libp2p::multiaddr::Protocol::Udp(port))
+            .with(libp2p::multiaddr::Protocol::QuicV1);
+        vec![tcp, quic]
+    }
 }
 
 /// A fleet of meshd nodes on NATS JetStream (see [`crate::fleet`]).
@@ -420,6 +482,7 @@ impl NodeConfig {
             tor_null_auth: false,
             listen_onion: true,
             fleet: None,
+            overlay: OverlayConfig::new(profile.is_regtest()),
         }
     }
 

@@ -18,6 +18,7 @@ use crate::network::Profile;
 use crate::peer::HandshakePolicy;
 use crate::shared::bandwidth::{RateLimits, TokenBucket};
 use crate::shared::bans::BanList;
+use crate::shared::overlay_link::OverlayCommand;
 use crate::shared::peers::{PeerId, PeerTable};
 use crate::shared::slots::SlotPool;
 
@@ -76,6 +77,13 @@ pub struct NodeContext {
     pub(crate) stun: RwLock<Option<crate::shared::status::NatReport>>,
     /// The port mapping's last state (the PortMap actor's).
     port_map: RwLock<Option<crate::shared::status::PortMapStatus>>,
+    /// The overlay's last status and peers (the Overlay actor's), while it runs.
+    overlay: RwLock<Option<OverlayView>>,
+    /// Why the supervision tree failed to start (an overlay address in use), for
+    /// [`crate::node::Node::start`]'s error.
+    pub(crate) start_error: std::sync::OnceLock<String>,
+    /// The overlay's command queue, while it runs.
+    overlay_commands: RwLock<Option<tokio::sync::mpsc::Sender<OverlayCommand>>>,
     /// Held while the advertised list is recomputed from its inputs.
     advertise_lock: Mutex<()>,
     /// The Sync actor, where Connections send chain and relay messages.
@@ -93,6 +101,12 @@ pub struct NodeContext {
     /// The supervisor gave up (restart intensity exceeded): the stop is a failure.
     gave_up: AtomicBool,
 }
+
+/// The overlay's status and its connected peers, as the Overlay actor last published them.
+pub(crate) type OverlayView = (
+    crate::shared::status::OverlayStatus,
+    Vec<crate::shared::status::OverlayPeerStatus>,
+);
 
 impl NodeContext {
     pub(crate) fn new(
@@ -159,6 +173,9 @@ impl NodeContext {
             started: now,
             stun: RwLock::new(None),
             port_map: RwLock::new(None),
+            overlay: RwLock::new(None),
+            overlay_commands: RwLock::new(None),
+            start_error: std::sync::OnceLock::new(),
             advertise_lock: Mutex::new(()),
             sync: RwLock::new(None),
             sync_status: RwLock::new(crate::msg::SyncStatus::default()),
@@ -372,6 +389,42 @@ impl NodeContext {
             *p = status;
         }
         self.recompute_advertised();
+    }
+
+    /// Adopts the overlay's status (`None`: it stopped).
+    pub(crate) fn set_overlay(&self, view: Option<OverlayView>) {
+        if let Ok(mut o) = self.overlay.write() {
+            *o = view;
+        }
+    }
+
+    /// The overlay's last status and peers, while it runs.
+    pub(crate) fn overlay(&self) -> Option<OverlayView> {
+        self.overlay.read().ok().and_then(|o| o.clone())
+    }
+
+    /// Installs (or removes) the overlay's command queue.
+    pub(crate) fn set_overlay_commands(
+        &self,
+        tx: Option<tokio::sync::mpsc::Sender<OverlayCommand>>,
+    ) {
+        if let Ok(mut c) = self.overlay_commands.write() {
+            *c = tx;
+        }
+    }
+
+    /// Queues a command for the overlay; false when it does not run or its queue is full
+    /// (the command is dropped and counted, never waited for).
+    pub(crate) fn overlay_command(&self, cmd: OverlayCommand) -> bool {
+        let tx = self.overlay_commands.read().ok().and_then(|c| c.clone());
+        let Some(tx) = tx else {
+            return false;
+        };
+        if tx.try_send(cmd).is_err() {
+            metrics::counter!("meshd_overlay_commands_dropped_total").increment(1);
+            return false;
+        }
+        true
     }
 
     /// The port mapping's last state, if mapping runs, with whether STUN's public IP (as

@@ -235,6 +235,35 @@ pub enum NodeEvent {
         /// `expired`.
         reason: String,
     },
+    /// A peer connected to us on the overlay (its first connection).
+    OverlayPeerConnected {
+        /// Its libp2p peer id.
+        peer_id: String,
+        /// Where we are connected to it.
+        address: String,
+    },
+    /// An overlay peer's last connection closed.
+    OverlayPeerDisconnected {
+        /// Its libp2p peer id.
+        peer_id: String,
+    },
+    /// AutoNAT's verdict on our overlay addresses changed.
+    OverlayReachabilityChanged {
+        /// `public`, `private` or `unknown`.
+        reachability: String,
+    },
+    /// A GossipSub message arrived on a topic we follow (published only while someone
+    /// listens to traffic; not kept for replay, not sent to the fleet).
+    OverlayGossipReceived {
+        /// The topic.
+        topic: String,
+        /// Its author (signed), when it names one.
+        from: Option<String>,
+        /// Its data, hex, the first 4 KiB.
+        data_hex: String,
+        /// Its size, bytes.
+        size: usize,
+    },
     /// The header chain grew or reorganised; `synced` once caught up with the best peer.
     HeadersSynced {
         /// Best header height.
@@ -327,13 +356,21 @@ pub enum EventKind {
     PortMappingFailed,
     /// [`NodeEvent::PortMappingLost`].
     PortMappingLost,
+    /// [`NodeEvent::OverlayPeerConnected`].
+    OverlayPeerConnected,
+    /// [`NodeEvent::OverlayPeerDisconnected`].
+    OverlayPeerDisconnected,
+    /// [`NodeEvent::OverlayReachabilityChanged`].
+    OverlayReachabilityChanged,
+    /// [`NodeEvent::OverlayGossipReceived`].
+    OverlayGossipReceived,
     /// [`NodeEvent::NodeStopping`].
     NodeStopping,
 }
 
 impl EventKind {
     /// Every kind.
-    pub const ALL: [EventKind; 20] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::HeadersSynced,
         EventKind::BlockReceived,
         EventKind::TxReceived,
@@ -342,6 +379,10 @@ impl EventKind {
         EventKind::PortMapped,
         EventKind::PortMappingFailed,
         EventKind::PortMappingLost,
+        EventKind::OverlayPeerConnected,
+        EventKind::OverlayPeerDisconnected,
+        EventKind::OverlayReachabilityChanged,
+        EventKind::OverlayGossipReceived,
         EventKind::ConnectionEstablished,
         EventKind::ConnectionFailed,
         EventKind::ConnectionLost,
@@ -378,8 +419,22 @@ impl EventKind {
             EventKind::PortMapped => "PortMapped",
             EventKind::PortMappingFailed => "PortMappingFailed",
             EventKind::PortMappingLost => "PortMappingLost",
+            EventKind::OverlayPeerConnected => "OverlayPeerConnected",
+            EventKind::OverlayPeerDisconnected => "OverlayPeerDisconnected",
+            EventKind::OverlayReachabilityChanged => "OverlayReachabilityChanged",
+            EventKind::OverlayGossipReceived => "OverlayGossipReceived",
             EventKind::NodeStopping => "NodeStopping",
         }
+    }
+
+    /// Whether events of this kind travel on the traffic channel (per message: a
+    /// `MessageReceived` for every Bitcoin message, an `OverlayGossipReceived` for every
+    /// gossip one), published only while someone listens to traffic.
+    pub fn is_traffic(self) -> bool {
+        matches!(
+            self,
+            EventKind::MessageReceived | EventKind::OverlayGossipReceived
+        )
     }
 
     /// Parses a name.
@@ -411,6 +466,10 @@ impl NodeEvent {
             NodeEvent::PortMapped { .. } => EventKind::PortMapped,
             NodeEvent::PortMappingFailed { .. } => EventKind::PortMappingFailed,
             NodeEvent::PortMappingLost { .. } => EventKind::PortMappingLost,
+            NodeEvent::OverlayPeerConnected { .. } => EventKind::OverlayPeerConnected,
+            NodeEvent::OverlayPeerDisconnected { .. } => EventKind::OverlayPeerDisconnected,
+            NodeEvent::OverlayReachabilityChanged { .. } => EventKind::OverlayReachabilityChanged,
+            NodeEvent::OverlayGossipReceived { .. } => EventKind::OverlayGossipReceived,
             NodeEvent::NodeStopping => EventKind::NodeStopping,
         }
     }
@@ -475,12 +534,11 @@ pub struct Replay {
 /// Whether events of `kind` are numbered and kept for replay (not the per-message and
 /// per-transaction ones).
 fn is_kept(kind: EventKind) -> bool {
-    !matches!(kind, EventKind::MessageReceived | EventKind::TxReceived)
+    !matches!(kind, EventKind::TxReceived) && !kind.is_traffic()
 }
 
-/// Whether events of `kind` travel on the traffic channel.
 fn is_traffic(kind: EventKind) -> bool {
-    kind == EventKind::MessageReceived
+    kind.is_traffic()
 }
 
 impl Default for EventBus {

@@ -16,7 +16,9 @@
 //! ├── Stun                       public address and NAT type (RFC 5389/5780), refreshed
 //! ├── PortMap                    the listening port mapped on the gateway (PCP, NAT-PMP,
 //! │                              UPnP), renewed, deleted at shutdown
-//! └── Sync                       header chain, headers-first sync, block (compact) and tx relay
+//! ├── Sync                       header chain, headers-first sync, block (compact) and tx relay
+//! └── Overlay                    libp2p Swarm (with --overlay): Kademlia, GossipSub, mDNS,
+//!                                AutoNAT, circuit relay v2, DCUtR
 //! ```
 //!
 //!
@@ -37,6 +39,9 @@
 //!   UDP driver;
 //! - [`portmap`]: the PortMap actor over its sans-IO PCP/NAT-PMP messages and mapper, and
 //!   the UPnP client;
+//! - [`overlay`]: the Overlay actor, its Swarm ([`overlay::swarm`]), the task that drives
+//!   it ([`overlay::driver`]), its peers' view ([`overlay::book`]) and its key
+//!   ([`overlay::identity`]);
 //! - [`sync`]: the Sync actor over its sans-IO core [`sync::engine`] (each peer's state,
 //!   header sync, blocks and relay, over a clock, returning actions), the header chain
 //!   ([`sync::chain`]), header intake ([`sync::intake`]: a batch's route through the proof
@@ -180,6 +185,10 @@ pub fn release_free_memory() {
 pub mod msg;
 pub mod network;
 pub mod node;
+pub mod overlay;
+/// The libp2p crate the overlay is built on, so embedders name its types (`Multiaddr`,
+/// `PeerId`) from the same version.
+pub use libp2p;
 pub mod peer;
 pub mod persist;
 pub mod portmap;

@@ -267,6 +267,21 @@ const DESCRIPTIONS: &[(&str, &str, &str)] = &[
         "1 while the listening port is mapped on the gateway, by protocol.",
     ),
     (
+        "gauge",
+        "meshd_overlay_peers",
+        "Peers connected on the libp2p overlay.",
+    ),
+    (
+        "counter",
+        "meshd_overlay_events_total",
+        "Overlay events by kind: connections, dials, DHT, gossip, reachability, relay and hole punching.",
+    ),
+    (
+        "counter",
+        "meshd_overlay_commands_dropped_total",
+        "Commands to the overlay dropped because its queue was full.",
+    ),
+    (
         "counter",
         "meshd_stun_ignored_total",
         "STUN datagrams ignored, by reason.",
@@ -641,6 +656,35 @@ pub const ZERO_SERIES: &[(&str, &str, &[&str])] = &[
         PORTMAP_OUTCOMES,
     ),
     ("meshd_port_mapping_errors_total", "kind", PORTMAP_ERRORS),
+    ("meshd_overlay_events_total", "event", OVERLAY_EVENTS),
+];
+
+/// Labels of `meshd_overlay_events_total`, as the overlay's driver counts them.
+const OVERLAY_EVENTS: &[&str] = &[
+    "connected",
+    "disconnected",
+    "dial_refused",
+    "dial_failed",
+    "incoming_failed",
+    "identified",
+    "mdns_discovered",
+    "kad_routing_updated",
+    "dht_provider_stored",
+    "dht_record_refused",
+    "gossip_received",
+    "gossip_published",
+    "gossip_publish_failed",
+    "command_refused",
+    "reachability_public",
+    "reachability_private",
+    "reachability_unknown",
+    "relay_reservation",
+    "relay_reservation_lost",
+    "relay_served_reservation",
+    "relay_served_circuit",
+    "relay_denied",
+    "hole_punch_ok",
+    "hole_punch_failed",
 ];
 
 /// Outcomes of a mapping round, and of a mapping's end, as `meshd_port_mapping_rounds_total`

@@ -33,9 +33,11 @@ use crate::events::{EventKind, EventStream};
 use crate::fleet::Fleet;
 use crate::manager::Manager;
 use crate::msg::{ManagerMsg, OutboundKind, SyncMsg, SyncStatus};
+use crate::overlay::{Overlay, OverlayMsg};
 use crate::portmap::{PortMap, PortMapMsg};
 use crate::shared::addr::AddrEntry;
 use crate::shared::bans::BanEntry;
+use crate::shared::overlay_link::OverlayCommand;
 use crate::shared::peers::{PeerId, PeerInfo, PeerTable};
 use crate::shared::slots::{SlotLimits, SlotUsage};
 use crate::stun::{Stun, StunMsg};
@@ -68,6 +70,8 @@ pub enum NodeChild {
     PortMap,
     /// Sync.
     Sync,
+    /// The libp2p overlay (with `--overlay`).
+    Overlay,
     /// The Tor control-port client (when an onion service is wanted).
     Tor,
     /// The fleet link (with `--nats`).
@@ -94,6 +98,7 @@ pub struct NodeState {
     dns: Option<ActorRef<DnsMsg>>,
     stun: Option<ActorRef<StunMsg>>,
     portmap: Option<ActorRef<PortMapMsg>>,
+    overlay: Option<ActorRef<OverlayMsg>>,
     sync: Option<ActorRef<SyncMsg>>,
     tor: Option<ActorRef<TorMsg>>,
     fleet: Option<ActorRef<()>>,
@@ -199,6 +204,24 @@ impl NodeState {
         Ok(())
     }
 
+    async fn start_overlay(
+        &mut self,
+        myself: &ActorRef<NodeMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let config = self.ctx.config();
+        if !config.overlay.enabled {
+            return Ok(());
+        }
+        if !config.direct_ip() {
+            info!("overlay off: --proxy is set or --onlynet excludes IPv4 and IPv6");
+            return Ok(());
+        }
+        let (overlay, _) =
+            Actor::spawn_linked(None, Overlay, self.ctx.clone(), myself.get_cell()).await?;
+        self.overlay = Some(overlay);
+        Ok(())
+    }
+
     /// Stops every child in order, the Manager last so that it closes its peers and saves
     /// the address book and ban list.
     async fn stop_children(&mut self) {
@@ -216,6 +239,9 @@ impl NodeState {
         // The mapping is deleted while the Listener is closed: nobody new arrives by it.
         if let Some(pm) = self.portmap.take() {
             let _ = pm.stop_and_wait(Some("shutdown".into()), None).await;
+        }
+        if let Some(o) = self.overlay.take() {
+            let _ = o.stop_and_wait(Some("shutdown".into()), None).await;
         }
         if let Some(f) = self.fleet.take() {
             let _ = f.stop_and_wait(Some("shutdown".into()), None).await;
@@ -272,6 +298,8 @@ impl NodeState {
             "stun"
         } else if is(self.portmap.as_ref().map(|a| a.get_cell())) {
             "portmap"
+        } else if is(self.overlay.as_ref().map(|a| a.get_cell())) {
+            "overlay"
         } else if is(self.sync.as_ref().map(|a| a.get_cell())) {
             "sync"
         } else if is(self.tor.as_ref().map(|a| a.get_cell())) {
@@ -314,6 +342,9 @@ impl NodeState {
             // A new task maps again; the old mapping, not deleted, is refreshed by the new
             // request (same port) or expires.
             "portmap" => self.start_portmap(myself).await,
+            // A new Swarm under the same identity (overlay_key.dat); peers find it again
+            // through the bootstrap peers and their routing tables.
+            "overlay" => self.start_overlay(myself).await,
             // Connections find Sync through the context, so a new one is picked up at once;
             // the Manager, the one owner of the peer set, tells it of every live peer.
             "sync" => {
@@ -348,6 +379,7 @@ impl Actor for NodeSupervisor {
             dns: None,
             stun: None,
             portmap: None,
+            overlay: None,
             sync: None,
             tor: None,
             fleet: None,
@@ -361,7 +393,13 @@ impl Actor for NodeSupervisor {
         myself: ActorRef<Self::Msg>,
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
-        // Sync first: Connections hand it chain messages from their first handshake on.
+        // The overlay first: an address it cannot listen on is a start-up error, before
+        // any peer is dialled or state is touched.
+        if let Err(e) = state.start_overlay(&myself).await {
+            let _ = state.ctx.start_error.set(e.to_string());
+            return Err(e);
+        }
+        // Sync next: Connections hand it chain messages from their first handshake on.
         state.start_sync(&myself).await?;
         state.start_manager(&myself).await?;
         state.start_listener(&myself).await?;
@@ -390,6 +428,7 @@ impl Actor for NodeSupervisor {
                     NodeChild::Stun => state.stun.as_ref().map(|a| a.get_cell()),
                     NodeChild::PortMap => state.portmap.as_ref().map(|a| a.get_cell()),
                     NodeChild::Sync => state.sync.as_ref().map(|a| a.get_cell()),
+                    NodeChild::Overlay => state.overlay.as_ref().map(|a| a.get_cell()),
                     NodeChild::Tor => state.tor.as_ref().map(|a| a.get_cell()),
                     NodeChild::Fleet => state.fleet.as_ref().map(|a| a.get_cell()),
                 };
@@ -562,7 +601,14 @@ impl Node {
             .map_err(|e| StartError::Spawn(e.to_string()))?;
         // Messages are handled only after post_start has started every child, so this call
         // returns once the tree is up: the Node handed back is ready to use.
-        let _ = supervisor.call(NodeMsg::GetManager, None).await;
+        let answered = supervisor.call(NodeMsg::GetManager, None).await;
+        if !matches!(answered, Ok(ractor::rpc::CallResult::Success(_))) {
+            let _ = join.await;
+            let why = ctx.start_error.get().cloned();
+            return Err(StartError::Spawn(
+                why.unwrap_or_else(|| "the supervision tree did not start".into()),
+            ));
+        }
         let (tx, stopped) = tokio::sync::watch::channel(None);
         let watched = ctx.clone();
         let exit_files: Arc<std::sync::Mutex<Vec<std::path::PathBuf>>> = Arc::default();
@@ -697,6 +743,37 @@ impl Node {
     /// The listening port's mapping on the gateway (`--natpmp`, `--upnp`), if mapping runs.
     pub fn port_map(&self) -> Option<crate::shared::status::PortMapStatus> {
         self.ctx.port_map()
+    }
+
+    /// The overlay's status and its connected peers, while it runs (`--overlay`).
+    pub fn overlay(
+        &self,
+    ) -> Option<(
+        crate::shared::status::OverlayStatus,
+        Vec<crate::shared::status::OverlayPeerStatus>,
+    )> {
+        self.ctx.overlay()
+    }
+
+    /// Subscribes the overlay to a GossipSub topic; false when it does not run or is busy.
+    /// Its messages arrive as [`crate::events::NodeEvent::OverlayGossipReceived`].
+    pub fn overlay_subscribe(&self, topic: &str) -> bool {
+        self.ctx
+            .overlay_command(OverlayCommand::Subscribe(topic.to_string()))
+    }
+
+    /// Publishes on an overlay topic; false when the overlay does not run or is busy.
+    pub fn overlay_publish(&self, topic: &str, data: Vec<u8>) -> bool {
+        self.ctx.overlay_command(OverlayCommand::Publish {
+            topic: topic.to_string(),
+            data,
+        })
+    }
+
+    /// Dials an overlay address (ending in `/p2p/<peer id>` to know whom); false when the
+    /// overlay does not run or is busy.
+    pub fn overlay_dial(&self, addr: libp2p::Multiaddr) -> bool {
+        self.ctx.overlay_command(OverlayCommand::Dial(addr))
     }
 
     /// The last STUN result: public address and NAT type.

@@ -145,7 +145,7 @@ impl Actor for Fleet {
 fn published_kinds() -> Vec<EventKind> {
     EventKind::ALL
         .into_iter()
-        .filter(|k| *k != EventKind::MessageReceived)
+        .filter(|k| !k.is_traffic())
         .collect()
 }
 

@@ -14,6 +14,7 @@ pub mod discourage;
 pub mod fleet;
 pub mod fleet_keys;
 pub mod overlay;
+pub mod overlay_link;
 pub mod peers;
 pub mod resolver;
 pub mod restart_policy;

@@ -123,3 +123,62 @@ pub struct OnionService {
     /// Where Tor delivers its connections.
     pub target: SocketAddr,
 }
+
+/// The overlay (libp2p) as the Overlay actor last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct OverlayStatus {
+    /// Our libp2p peer id.
+    pub peer_id: String,
+    /// Multiaddrs we listen on.
+    pub listen_addrs: Vec<String>,
+    /// Multiaddrs others can reach us at, as confirmed (AutoNAT, Identify, relay
+    /// reservations: `/p2p-circuit` ones).
+    pub external_addrs: Vec<String>,
+    /// AutoNAT's verdict: `unknown`, `public` or `private`.
+    pub reachability: String,
+    /// Connected overlay peers.
+    pub peers: usize,
+    /// Peers in the Kademlia routing table.
+    pub routing_table: usize,
+    /// GossipSub topics we are subscribed to.
+    pub topics: Vec<String>,
+    /// Relays holding a reservation for us.
+    pub relay_reservations: Vec<String>,
+    /// Whether we serve as a circuit relay for others.
+    pub relay_service: bool,
+    /// Reservations we hold for others, and circuits we carry now.
+    pub relay_served: RelayServed,
+    /// Whether mDNS runs.
+    pub mdns: bool,
+}
+
+/// What our relay service carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RelayServed {
+    /// Reservations held for others.
+    pub reservations: usize,
+    /// Circuits open now.
+    pub circuits: usize,
+}
+
+/// One connected overlay peer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OverlayPeerStatus {
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Where we are connected to it (the first connection's remote address).
+    pub address: String,
+    /// Its listen addresses (from Identify), a few.
+    pub listen_addrs: Vec<String>,
+    /// Its agent (Identify), bounded.
+    pub agent: Option<String>,
+    /// How we came to know it: `bootstrap`, `mdns`, `dht`, `hint` (a Bitcoin peer told us),
+    /// `dial` (an operator) or `inbound`.
+    pub found_by: &'static str,
+    /// Whether the connection runs over a relay's circuit.
+    pub relayed: bool,
+    /// The last ping's round trip, milliseconds.
+    pub rtt_ms: Option<u64>,
+    /// Seconds connected.
+    pub connected_secs: u64,
+}

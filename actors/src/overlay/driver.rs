@@ -1,0 +1,605 @@
+//! The overlay's driver: one task that owns the Swarm, polls it, carries out the commands
+//! queued to it and turns what the Swarm reports into the node's status, events and
+//! metrics.
+//!
+//! What a remote can make it do is bounded: DHT records stored for others are checked here
+//! (only provider records, only within the store's bounds: every other record is refused),
+//! mDNS discoveries dial at most a few peers each, Identify's addresses enter the routing
+//! table a few per peer, and relay reservations are sought from at most
+//! [`MAX_RELAY_RESERVATIONS_HELD`] relays.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use libp2p::core::transport::ListenerId;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{autonat, gossipsub, identify, kad, mdns, ping, relay, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::book::{FoundBy, OverlayBook, MAX_ADDRS_PER_PEER};
+use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent};
+use crate::context::NodeContext;
+use crate::events::NodeEvent;
+use crate::shared::overlay_link::OverlayCommand;
+use crate::shared::status::{OverlayStatus, RelayServed};
+
+/// How often the status the API shows is refreshed from the Swarm (when something changed).
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+/// Relays we hold a reservation with at most while AutoNAT finds us private: two keep us
+/// reachable when one goes; more would cost them for nothing.
+pub const MAX_RELAY_RESERVATIONS_HELD: usize = 2;
+/// Relay candidates remembered (peers whose Identify lists the relay hop protocol).
+const MAX_RELAY_CANDIDATES: usize = 8;
+/// GossipSub topics we subscribe to at most.
+pub const MAX_GOSSIP_TOPICS: usize = 32;
+/// Bytes of a topic name at most.
+pub const MAX_TOPIC_LEN: usize = 128;
+/// Peers one mDNS answer makes us dial at most: a LAN host answering with hundreds of
+/// peer ids cannot make us dial them all.
+const MAX_MDNS_DIALS_PER_EVENT: usize = 8;
+/// Bytes of a gossip message shown (hex) in its event: the rest is cut.
+const MAX_GOSSIP_EVENT_BYTES: usize = 4 * 1024;
+/// The circuit relay v2 hop protocol: a peer listing it in Identify can relay for us.
+const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
+
+/// What the driver starts with.
+pub struct DriverArgs {
+    /// The Swarm, already listening.
+    pub swarm: Swarm<MeshBehaviour>,
+    /// Peers to join the overlay through (each ending in `/p2p/<peer id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Loopback and private addresses count as reachable (regtest, labs).
+    pub local_addrs: bool,
+    /// The network's name (for the Kademlia protocol id).
+    pub network: String,
+    /// The node's shared state.
+    pub ctx: Arc<NodeContext>,
+    /// Commands from the rest of the node.
+    pub commands: mpsc::Receiver<OverlayCommand>,
+    /// Stops the driver.
+    pub stop: oneshot::Receiver<()>,
+}
+
+/// An address the overlay could not listen on.
+#[derive(Debug, thiserror::Error)]
+#[error("overlay cannot listen on {addr}: {error}")]
+pub struct ListenError {
+    /// The address.
+    pub addr: Multiaddr,
+    /// Why.
+    pub error: String,
+}
+
+/// Starts listening on every address (a port in use is refused here, at once).
+pub fn listen(swarm: &mut Swarm<MeshBehaviour>, addrs: &[Multiaddr]) -> Result<(), ListenError> {
+    for addr in addrs {
+        swarm.listen_on(addr.clone()).map_err(|e| ListenError {
+            addr: addr.clone(),
+            error: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Counts an overlay event by label (`meshd_overlay_events_total{event}`).
+fn count(event: &'static str) {
+    metrics::counter!("meshd_overlay_events_total", "event" => event).increment(1);
+}
+
+/// The peer id at the end of a multiaddr, and the address without it.
+pub fn split_peer(addr: &Multiaddr) -> Option<(PeerId, Multiaddr)> {
+    let mut base = addr.clone();
+    match base.pop() {
+        Some(Protocol::P2p(peer)) => Some((peer, base)),
+        _ => None,
+    }
+}
+
+/// Whether an address may enter the routing table: public ones always, loopback and
+/// private ones only in a local lab.
+fn routable(addr: &Multiaddr, local_addrs: bool) -> bool {
+    if local_addrs {
+        return true;
+    }
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => {
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_multicast())
+        }
+        Protocol::Ip6(ip) => {
+            let seg = ip.segments()[0];
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (seg & 0xfe00) == 0xfc00
+                || (seg & 0xffc0) == 0xfe80)
+        }
+        _ => true,
+    })
+}
+
+struct Driver {
+    swarm: Swarm<MeshBehaviour>,
+    ctx: Arc<NodeContext>,
+    book: OverlayBook,
+    local_addrs: bool,
+    kad_protocol: String,
+    reachability: &'static str,
+    reservations: BTreeSet<PeerId>,
+    relay_listeners: HashMap<ListenerId, PeerId>,
+    relay_candidates: Vec<PeerId>,
+    relay_served: RelayServed,
+    bootstrapped: bool,
+    dirty: bool,
+}
+
+/// Runs the overlay until `stop` fires (or its sender is dropped).
+pub async fn run(args: DriverArgs) {
+    let DriverArgs {
+        swarm,
+        bootstrap,
+        local_addrs,
+        network,
+        ctx,
+        mut commands,
+        mut stop,
+    } = args;
+    let mut driver = Driver {
+        swarm,
+        ctx,
+        book: OverlayBook::new(),
+        local_addrs,
+        kad_protocol: kad_protocol(&network),
+        reachability: "unknown",
+        reservations: BTreeSet::new(),
+        relay_listeners: HashMap::new(),
+        relay_candidates: Vec::new(),
+        relay_served: RelayServed::default(),
+        bootstrapped: false,
+        dirty: true,
+    };
+    for addr in &bootstrap {
+        driver.dial(addr.clone(), FoundBy::Bootstrap);
+    }
+    let mut tick = tokio::time::interval(STATUS_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(cmd) = commands.recv() => driver.on_command(cmd),
+            event = driver.swarm.select_next_some() => driver.on_event(event),
+            _ = tick.tick() => driver.publish_status(),
+        }
+    }
+    driver.ctx.set_overlay(None);
+}
+
+impl Driver {
+    fn dial(&mut self, addr: Multiaddr, why: FoundBy) {
+        if let Some((peer, base)) = split_peer(&addr) {
+            if peer == *self.swarm.local_peer_id() {
+                return;
+            }
+            self.swarm.behaviour_mut().kad.add_address(&peer, base);
+            self.book.dialling(peer, why);
+        }
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            count("dial_refused");
+            debug!(%addr, error = %e, "overlay dial refused");
+        }
+    }
+
+    fn on_command(&mut self, cmd: OverlayCommand) {
+        match cmd {
+            OverlayCommand::Dial(addr) => self.dial(addr, FoundBy::Dial),
+            OverlayCommand::Subscribe(topic) => {
+                let subscribed = self.swarm.behaviour().gossipsub.topics().count();
+                if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
+                    count("command_refused");
+                    warn!(topic = %topic.chars().take(MAX_TOPIC_LEN).collect::<String>(), "overlay topic refused: its length");
+                    return;
+                }
+                if subscribed >= MAX_GOSSIP_TOPICS {
+                    count("command_refused");
+                    warn!(%topic, max = MAX_GOSSIP_TOPICS, "overlay topic refused: too many topics");
+                    return;
+                }
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .subscribe(&gossipsub::IdentTopic::new(topic.clone()))
+                {
+                    Ok(_) => {
+                        info!(%topic, "overlay subscribed");
+                        self.dirty = true;
+                    }
+                    Err(e) => {
+                        count("command_refused");
+                        warn!(%topic, error = %e, "overlay subscription failed");
+                    }
+                }
+            }
+            OverlayCommand::Publish { topic, data } => {
+                match self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(gossipsub::IdentTopic::new(topic.clone()), data)
+                {
+                    Ok(_) => count("gossip_published"),
+                    Err(e) => {
+                        count("gossip_publish_failed");
+                        debug!(%topic, error = %e, "overlay publish failed");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "overlay listening");
+                if self.local_addrs {
+                    // No AutoNAT server confirms a lab's loopback address; a relay puts
+                    // only confirmed addresses in its reservations.
+                    self.swarm.add_external_address(address);
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                info!(%address, "overlay address confirmed");
+                self.dirty = true;
+            }
+            SwarmEvent::ListenerClosed { listener_id, .. } => {
+                // A relay's circuit listener closes when the reservation is refused or
+                // lost: another relay may be asked.
+                if let Some(relay) = self.relay_listeners.remove(&listener_id) {
+                    self.reservations.remove(&relay);
+                    count("relay_reservation_lost");
+                    self.seek_reservations();
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ExternalAddrExpired { .. } => self.dirty = true,
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                let address = endpoint.get_remote_address().clone();
+                if self.book.connected(
+                    peer_id,
+                    address.clone(),
+                    endpoint.is_dialer(),
+                    Instant::now(),
+                ) {
+                    count("connected");
+                    debug!(peer = %peer_id, %address, "overlay peer connected");
+                    self.ctx.events.publish(NodeEvent::OverlayPeerConnected {
+                        peer_id: peer_id.to_string(),
+                        address: address.to_string(),
+                    });
+                }
+                if !self.bootstrapped {
+                    // The first peer: walk the DHT towards ourselves to fill the table
+                    // (Kademlia re-walks on its own timer after this).
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                if self.book.closed(&peer_id, num_established) {
+                    count("disconnected");
+                    debug!(peer = %peer_id, "overlay peer disconnected");
+                    self.reservations.remove(&peer_id);
+                    self.relay_candidates.retain(|p| *p != peer_id);
+                    self.ctx.events.publish(NodeEvent::OverlayPeerDisconnected {
+                        peer_id: peer_id.to_string(),
+                    });
+                }
+                self.dirty = true;
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                count("dial_failed");
+                debug!(peer = ?peer_id, error = %error, "overlay dial failed");
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                count("incoming_failed");
+                debug!(error = %error, "overlay inbound connection failed");
+            }
+            SwarmEvent::Behaviour(event) => self.on_behaviour(event),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, event: MeshBehaviourEvent) {
+        match event {
+            MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                count("identified");
+                self.book
+                    .identified(&peer_id, &info.agent_version, &info.listen_addrs);
+                let speaks_kad = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == self.kad_protocol);
+                if speaks_kad {
+                    for addr in info
+                        .listen_addrs
+                        .iter()
+                        .filter(|a| routable(a, self.local_addrs))
+                        .take(MAX_ADDRS_PER_PEER)
+                    {
+                        self.swarm
+                            .behaviour_mut()
+                            .kad
+                            .add_address(&peer_id, addr.clone());
+                    }
+                }
+                let relays = info
+                    .protocols
+                    .iter()
+                    .any(|p| p.as_ref() == RELAY_HOP_PROTOCOL);
+                if relays
+                    && !self.relay_candidates.contains(&peer_id)
+                    && self.relay_candidates.len() < MAX_RELAY_CANDIDATES
+                {
+                    self.relay_candidates.push(peer_id);
+                    self.seek_reservations();
+                }
+                self.dirty = true;
+            }
+            MeshBehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            }) => self.book.pinged(&peer, rtt),
+            MeshBehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
+                count("mdns_discovered");
+                let mut dials = 0;
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    if dials < MAX_MDNS_DIALS_PER_EVENT
+                        && !self.book.contains(&peer)
+                        && peer != *self.swarm.local_peer_id()
+                    {
+                        dials += 1;
+                        self.book.dialling(peer, FoundBy::Mdns);
+                        let _ = self.swarm.dial(addr.with(Protocol::P2p(peer)));
+                    }
+                }
+            }
+            MeshBehaviourEvent::Kad(event) => self.on_kad(event),
+            MeshBehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                count("gossip_received");
+                if self.ctx.events.has_subscribers() {
+                    let shown = &message.data[..message.data.len().min(MAX_GOSSIP_EVENT_BYTES)];
+                    self.ctx.events.publish(NodeEvent::OverlayGossipReceived {
+                        topic: message.topic.to_string(),
+                        from: message.source.map(|p| p.to_string()),
+                        data_hex: hex(shown),
+                        size: message.data.len(),
+                    });
+                }
+            }
+            MeshBehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
+                let label = match new {
+                    autonat::NatStatus::Public(_) => "public",
+                    autonat::NatStatus::Private => "private",
+                    autonat::NatStatus::Unknown => "unknown",
+                };
+                if label != self.reachability {
+                    self.reachability = label;
+                    count(match label {
+                        "public" => "reachability_public",
+                        "private" => "reachability_private",
+                        _ => "reachability_unknown",
+                    });
+                    info!(reachability = label, "overlay reachability");
+                    self.ctx
+                        .events
+                        .publish(NodeEvent::OverlayReachabilityChanged {
+                            reachability: label.to_string(),
+                        });
+                    self.seek_reservations();
+                    self.dirty = true;
+                }
+            }
+            MeshBehaviourEvent::RelayClient(relay::client::Event::ReservationReqAccepted {
+                relay_peer_id,
+                renewal,
+                ..
+            }) => {
+                if !renewal {
+                    count("relay_reservation");
+                    info!(relay = %relay_peer_id, "overlay relay reservation");
+                }
+                self.reservations.insert(relay_peer_id);
+                self.dirty = true;
+            }
+            MeshBehaviourEvent::Relay(event) => self.on_relay_served(event),
+            MeshBehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                remote_peer_id,
+                result,
+            }) => match result {
+                Ok(_) => {
+                    count("hole_punch_ok");
+                    info!(peer = %remote_peer_id, "overlay hole punched");
+                }
+                Err(e) => {
+                    count("hole_punch_failed");
+                    debug!(peer = %remote_peer_id, error = %e, "overlay hole punch failed");
+                }
+            },
+            _ => {}
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated { .. } => {
+                count("kad_routing_updated");
+                self.dirty = true;
+            }
+            kad::Event::InboundRequest { request } => match request {
+                // Provider records within the store's bounds are kept (topics); every other
+                // record a remote asks us to store is refused: meshd stores no values.
+                kad::InboundRequest::AddProvider {
+                    record: Some(record),
+                } => {
+                    let store = self.swarm.behaviour_mut().kad.store_mut();
+                    match kad::store::RecordStore::add_provider(store, record) {
+                        Ok(()) => count("dht_provider_stored"),
+                        Err(_) => count("dht_record_refused"),
+                    }
+                }
+                kad::InboundRequest::PutRecord {
+                    record: Some(_), ..
+                } => count("dht_record_refused"),
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+
+    fn on_relay_served(&mut self, event: relay::Event) {
+        match event {
+            relay::Event::ReservationReqAccepted { renewed: false, .. } => {
+                count("relay_served_reservation");
+                self.relay_served.reservations += 1;
+            }
+            relay::Event::ReservationClosed { .. } | relay::Event::ReservationTimedOut { .. } => {
+                self.relay_served.reservations = self.relay_served.reservations.saturating_sub(1);
+            }
+            relay::Event::CircuitReqAccepted { .. } => {
+                count("relay_served_circuit");
+                self.relay_served.circuits += 1;
+            }
+            relay::Event::CircuitClosed { .. } => {
+                self.relay_served.circuits = self.relay_served.circuits.saturating_sub(1);
+            }
+            relay::Event::ReservationReqDenied { .. } | relay::Event::CircuitReqDenied { .. } => {
+                count("relay_denied");
+            }
+            _ => {}
+        }
+        self.dirty = true;
+    }
+
+    /// While AutoNAT finds us private, listens through up to
+    /// [`MAX_RELAY_RESERVATIONS_HELD`] relays, so peers can reach us by a circuit (and
+    /// DCUtR can upgrade it to a direct connection).
+    fn seek_reservations(&mut self) {
+        if self.reachability != "private" {
+            return;
+        }
+        let candidates: Vec<PeerId> = self
+            .relay_candidates
+            .iter()
+            .filter(|p| !self.reservations.contains(p) && self.book.contains(p))
+            .copied()
+            .collect();
+        for relay in candidates {
+            if self.reservations.len() >= MAX_RELAY_RESERVATIONS_HELD {
+                break;
+            }
+            let addr = Multiaddr::empty()
+                .with(Protocol::P2p(relay))
+                .with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(addr) {
+                Ok(id) => {
+                    // Counted as held until it is refused: two requests in flight never
+                    // become three reservations.
+                    self.reservations.insert(relay);
+                    self.relay_listeners.insert(id, relay);
+                }
+                Err(e) => debug!(relay = %relay, error = %e, "overlay relay listen refused"),
+            }
+        }
+    }
+
+    fn publish_status(&mut self) {
+        if !self.dirty {
+            return;
+        }
+        self.dirty = false;
+        let now = Instant::now();
+        let swarm = &mut self.swarm;
+        let routing_table = swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let status = OverlayStatus {
+            peer_id: swarm.local_peer_id().to_string(),
+            listen_addrs: swarm.listeners().map(|a| a.to_string()).collect(),
+            external_addrs: swarm.external_addresses().map(|a| a.to_string()).collect(),
+            reachability: self.reachability.to_string(),
+            peers: self.book.len(),
+            routing_table,
+            topics: swarm
+                .behaviour()
+                .gossipsub
+                .topics()
+                .map(|t| t.to_string())
+                .collect(),
+            relay_reservations: self.reservations.iter().map(|p| p.to_string()).collect(),
+            relay_service: swarm.behaviour().relay.is_enabled(),
+            relay_served: self.relay_served,
+            mdns: swarm.behaviour().mdns.is_enabled(),
+        };
+        metrics::gauge!("meshd_overlay_peers").set(self.book.len() as f64);
+        self.ctx.set_overlay(Some((status, self.book.status(now))));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_id_is_split_from_the_end_of_an_address() {
+        let peer = PeerId::random();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer}")
+            .parse()
+            .unwrap();
+        let (p, base) = split_peer(&addr).unwrap();
+        assert_eq!(p, peer);
+        assert_eq!(base.to_string(), "/ip4/127.0.0.1/tcp/4001");
+        assert!(split_peer(&"/ip4/127.0.0.1/tcp/1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn private_addresses_enter_the_table_only_in_a_lab() {
+        let private: Multiaddr = "/ip4/10.1.2.3/tcp/1".parse().unwrap();
+        let loopback: Multiaddr = "/ip6/::1/tcp/1".parse().unwrap();
+        let public: Multiaddr = "/ip4/203.0.113.7/udp/1/quic-v1".parse().unwrap();
+        assert!(!routable(&private, false));
+        assert!(!routable(&loopback, false));
+        assert!(routable(&public, false));
+        assert!(routable(&private, true));
+    }
+}

@@ -1,0 +1,26 @@
+//! What other parts of meshd ask of the Overlay actor: the commands queued to its driver.
+//!
+//! A leaf, so the [`crate::node::Node`] handle (and any actor) can ask without importing
+//! the overlay's folder.
+
+use libp2p::Multiaddr;
+
+/// Commands waiting for the overlay's driver at most: past this they are dropped (and
+/// counted), never waited for, so no caller stalls on a busy overlay.
+pub const OVERLAY_COMMAND_QUEUE: usize = 64;
+
+/// A request to the overlay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverlayCommand {
+    /// Dial this address (an operator's request).
+    Dial(Multiaddr),
+    /// Subscribe to a GossipSub topic.
+    Subscribe(String),
+    /// Publish on a GossipSub topic.
+    Publish {
+        /// The topic.
+        topic: String,
+        /// The message.
+        data: Vec<u8>,
+    },
+}

@@ -1,0 +1,244 @@
+//! The Overlay actor over real loopback sockets: nodes join through a bootstrap peer and
+//! find each other by the DHT (over TCP and QUIC), gossip crosses both ways, the identity
+//! survives a kill of the actor and a restart of the node, and nothing runs without
+//! `--overlay`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use meshd_actors::config::NodeConfig;
+use meshd_actors::events::{EventKind, NodeEvent};
+use meshd_actors::libp2p::Multiaddr;
+use meshd_actors::node::{Node, NodeChild};
+use meshd_actors::overlay::identity::OVERLAY_KEY_FILE;
+use meshd_actors::shared::status::OverlayStatus;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn overlay_config(dir: &std::path::Path, bootstrap: Vec<Multiaddr>) -> NodeConfig {
+    let mut c = common::config(dir);
+    c.overlay.enabled = true;
+    c.overlay.listen = vec![
+        "/ip4/127.0.0.1/tcp/0".parse().unwrap(),
+        "/ip4/127.0.0.1/udp/0/quic-v1".parse().unwrap(),
+    ];
+    c.overlay.bootstrap = bootstrap;
+    c
+}
+
+async fn status_of(
+    node: &Node,
+    what: &str,
+    pred: impl Fn(&OverlayStatus) -> bool,
+) -> OverlayStatus {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((status, _)) = node.overlay() {
+            if pred(&status) {
+                return status;
+            }
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The node's overlay address on `transport` (`tcp` or `quic-v1`), with its peer id.
+async fn address_of(node: &Node, transport: &str) -> Multiaddr {
+    let status = status_of(node, "a listen address", |s| {
+        s.listen_addrs.iter().any(|a| a.contains(transport))
+    })
+    .await;
+    let addr = status
+        .listen_addrs
+        .iter()
+        .find(|a| a.contains(transport))
+        .unwrap();
+    format!("{addr}/p2p/{}", status.peer_id).parse().unwrap()
+}
+
+async fn connected_to(node: &Node, peer_id: &str) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some((_, peers)) = node.overlay() {
+            if peers.iter().any(|p| p.peer_id == peer_id) {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for a connection to {peer_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_through_a_bootstrap_peer_and_find_each_other_by_the_dht() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = Node::start(overlay_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
+    let a_tcp = address_of(&a, "/tcp/").await;
+    let a_quic = address_of(&a, "quic-v1").await;
+    // B joins over TCP, C over QUIC; neither is told of the other.
+    let b = Node::start(overlay_config(dirs[1].path(), vec![a_tcp]))
+        .await
+        .unwrap();
+    let c = Node::start(overlay_config(dirs[2].path(), vec![a_quic.clone()]))
+        .await
+        .unwrap();
+    let a_id = status_of(&a, "A's id", |_| true).await.peer_id;
+    let b_id = status_of(&b, "B's id", |_| true).await.peer_id;
+    let c_id = status_of(&c, "C's id", |_| true).await.peer_id;
+    connected_to(&b, &a_id).await;
+    connected_to(&c, &a_id).await;
+    // Kademlia's bootstrap walk from each brings B and C into each other's tables.
+    status_of(&c, "C's routing table to hold A and B", |s| {
+        s.routing_table >= 2
+    })
+    .await;
+    status_of(&b, "B's routing table to hold A and C", |s| {
+        s.routing_table >= 2
+    })
+    .await;
+    let (_, a_peers) = a.overlay().unwrap();
+    let via_quic = a_peers.iter().find(|p| p.peer_id == c_id).unwrap();
+    assert!(via_quic.address.contains("quic-v1"), "{via_quic:?}");
+    assert_eq!(via_quic.found_by, "inbound");
+    let (_, b_peers) = b.overlay().unwrap();
+    let row = b_peers.iter().find(|p| p.peer_id == a_id).unwrap();
+    assert_eq!(row.found_by, "bootstrap");
+    common::wait_until("Identify to name A's agent", WAIT, || {
+        b.overlay().is_some_and(|(_, peers)| {
+            peers.iter().any(|p| {
+                p.peer_id == a_id && p.agent.as_deref().is_some_and(|a| a.contains("meshd"))
+            })
+        })
+    })
+    .await;
+    assert_ne!(b_id, c_id);
+    for n in [&a, &b, &c] {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_crosses_the_overlay_both_ways() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(overlay_config(da.path(), vec![]))
+        .await
+        .unwrap();
+    let a_addr = address_of(&a, "/tcp/").await;
+    let b = Node::start(overlay_config(db.path(), vec![a_addr]))
+        .await
+        .unwrap();
+    let a_id = status_of(&a, "A's id", |_| true).await.peer_id;
+    connected_to(&b, &a_id).await;
+    const TOPIC: &str = "meshd/regtest/test";
+    assert!(a.overlay_subscribe(TOPIC));
+    assert!(b.overlay_subscribe(TOPIC));
+    status_of(&a, "A's topic", |s| s.topics.iter().any(|t| t == TOPIC)).await;
+    for (from, to, data) in [(&a, &b, b"from a".to_vec()), (&b, &a, b"from b".to_vec())] {
+        let mut events = to.subscribe_to(&[EventKind::OverlayGossipReceived]);
+        let want = data.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let deadline = Instant::now() + WAIT;
+        // The mesh forms at GossipSub's heartbeat: publish until a message arrives.
+        'sent: loop {
+            assert!(Instant::now() < deadline, "gossip never arrived");
+            from.overlay_publish(TOPIC, data.clone());
+            let until = Instant::now() + Duration::from_millis(500);
+            while let Ok(Ok(e)) = tokio::time::timeout_at(until.into(), events.recv()).await {
+                if let NodeEvent::OverlayGossipReceived {
+                    topic,
+                    data_hex,
+                    size,
+                    from: author,
+                } = &e.event
+                {
+                    assert_eq!(topic, TOPIC);
+                    assert_eq!(*size, data.len());
+                    assert!(author.is_some(), "signed messages name their author");
+                    if *data_hex == want {
+                        break 'sent;
+                    }
+                }
+            }
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_identity_survives_a_kill_of_the_actor_and_a_restart_of_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(overlay_config(dir.path(), vec![]))
+        .await
+        .unwrap();
+    let first = status_of(&node, "an overlay", |s| !s.listen_addrs.is_empty()).await;
+    let key = dir.path().join(OVERLAY_KEY_FILE);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    let actor = node.child(NodeChild::Overlay).await.expect("overlay actor");
+    let old_id = actor.get_id();
+    actor.kill();
+    let deadline = Instant::now() + WAIT;
+    while node
+        .child(NodeChild::Overlay)
+        .await
+        .is_none_or(|c| c.get_id() == old_id)
+    {
+        assert!(Instant::now() < deadline, "no new Overlay actor");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let again = status_of(&node, "the overlay again", |s| !s.listen_addrs.is_empty()).await;
+    assert_eq!(again.peer_id, first.peer_id);
+    node.shutdown().await;
+    assert!(node.overlay().is_none(), "no status once stopped");
+
+    let node = Node::start(overlay_config(dir.path(), vec![]))
+        .await
+        .unwrap();
+    let restarted = status_of(&node, "the overlay after a restart", |_| true).await;
+    assert_eq!(restarted.peer_id, first.peer_id);
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_overlay_runs_without_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(common::config(dir.path())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.overlay().is_none());
+    assert!(node.child(NodeChild::Overlay).await.is_none());
+    assert!(!node.overlay_subscribe("x"));
+    assert!(!dir.path().join(OVERLAY_KEY_FILE).exists());
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlay_port_in_use_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut config = overlay_config(dir.path(), vec![]);
+    config.overlay.listen = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    let err = match Node::start(config.clone()).await {
+        Ok(_) => panic!("the node started with its overlay port in use"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("overlay cannot listen"), "{err}");
+    drop(taken);
+    // The data dir is free again, and with the port free the node starts.
+    let node = Node::start(config)
+        .await
+        .expect("starts once the port is free");
+    status_of(&node, "the overlay", |s| !s.listen_addrs.is_empty()).await;
+    node.shutdown().await;
+}
