@@ -11,7 +11,7 @@
 # A normal run leaves the stored corpus untouched (it fuzzes a scratch copy).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../fuzz"
-targets=(frame_decoder message_decode handshake header_chain stun_response state_file v2_transport header_store config_file socks5_reply tor_control fleet_messages compact_blocks port_mapping)
+targets=(frame_decoder message_decode handshake header_chain stun_response state_file v2_transport header_store config_file socks5_reply tor_control fleet_messages compact_blocks port_mapping overlay_announce)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
 if [ "${1:-}" = "--grow" ]; then

@@ -177,6 +177,8 @@ fn peer_json(node: &Node, p: &PeerInfo) -> Value {
         // (BIP152 high-bandwidth), and it chose us.
         "bip152_hb_to": p.bip152_hb_to,
         "bip152_hb_from": p.bip152_hb_from,
+        // Its libp2p overlay's peer id, when it told us (meshd's `overlayaddr`).
+        "overlay_peer_id": p.overlay_peer_id,
     })
 }
 

@@ -561,6 +561,7 @@ impl NodeConfig {
             timeout: self.handshake_timeout,
             relay: self.relay,
             start_height: 0,
+            overlay: None,
         }
     }
 }

@@ -82,6 +82,8 @@ pub struct NodeContext {
     /// Why the supervision tree failed to start (an overlay address in use), for
     /// [`crate::node::Node::start`]'s error.
     pub(crate) start_error: std::sync::OnceLock<String>,
+    /// What our `overlayaddr` tells peers (our overlay's id and addresses), while it runs.
+    overlay_announcement: RwLock<Option<crate::wire::overlay_announce::OverlayAnnounce>>,
     /// The overlay's command queue, while it runs.
     overlay_commands: RwLock<Option<tokio::sync::mpsc::Sender<OverlayCommand>>>,
     /// Held while the advertised list is recomputed from its inputs.
@@ -175,6 +177,7 @@ impl NodeContext {
             port_map: RwLock::new(None),
             overlay: RwLock::new(None),
             overlay_commands: RwLock::new(None),
+            overlay_announcement: RwLock::new(None),
             start_error: std::sync::OnceLock::new(),
             advertise_lock: Mutex::new(()),
             sync: RwLock::new(None),
@@ -401,6 +404,27 @@ impl NodeContext {
     /// The overlay's last status and peers, while it runs.
     pub(crate) fn overlay(&self) -> Option<OverlayView> {
         self.overlay.read().ok().and_then(|o| o.clone())
+    }
+
+    /// Sets what our `overlayaddr` tells peers (`None`: the overlay stopped, or listens
+    /// nowhere yet).
+    pub(crate) fn set_overlay_announcement(
+        &self,
+        announce: Option<crate::wire::overlay_announce::OverlayAnnounce>,
+    ) {
+        if let Ok(mut a) = self.overlay_announcement.write() {
+            *a = announce;
+        }
+    }
+
+    /// What our `overlayaddr` tells peers, while the overlay runs.
+    pub(crate) fn overlay_announcement(
+        &self,
+    ) -> Option<crate::wire::overlay_announce::OverlayAnnounce> {
+        self.overlay_announcement
+            .read()
+            .ok()
+            .and_then(|a| a.clone())
     }
 
     /// Installs (or removes) the overlay's command queue.

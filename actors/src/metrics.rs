@@ -675,6 +675,7 @@ const OVERLAY_EVENTS: &[&str] = &[
     "gossip_published",
     "gossip_publish_failed",
     "command_refused",
+    "hint",
     "reachability_public",
     "reachability_private",
     "reachability_unknown",

@@ -40,6 +40,8 @@ const CORES: &[&str] = &[
     "manager/addrbook.rs",
     "manager/eviction.rs",
     "manager/restart.rs",
+    "overlay/book.rs",
+    "overlay/identity.rs",
     "peer/handshake.rs",
     "peer/misbehavior.rs",
     "peer/mod.rs",
@@ -53,6 +55,7 @@ const CORES: &[&str] = &[
     "shared/discourage.rs",
     "shared/fleet_keys.rs",
     "shared/overlay.rs",
+    "shared/overlay_link.rs",
     "shared/peers.rs",
     "shared/restart_policy.rs",
     "shared/slots.rs",
@@ -85,6 +88,7 @@ const CORES: &[&str] = &[
     "wire/frame.rs",
     "wire/message.rs",
     "wire/mod.rs",
+    "wire/overlay_announce.rs",
 ];
 
 /// The sync core's files: it decides, the Sync actor does.

@@ -242,3 +242,116 @@ async fn an_overlay_port_in_use_is_a_start_up_error() {
     status_of(&node, "the overlay", |s| !s.listen_addrs.is_empty()).await;
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitcoin_peers_tell_each_other_their_overlay_and_their_overlays_meet() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(overlay_config(da.path(), vec![]))
+        .await
+        .unwrap();
+    let b = Node::start(overlay_config(db.path(), vec![]))
+        .await
+        .unwrap();
+    let a_id = status_of(&a, "A's overlay", |s| !s.listen_addrs.is_empty())
+        .await
+        .peer_id;
+    let b_id = status_of(&b, "B's overlay", |s| !s.listen_addrs.is_empty())
+        .await
+        .peer_id;
+    // No bootstrap: only the Bitcoin connection brings them together.
+    assert!(b.connect(a.listen_addrs()[0], true).await);
+    let peers = common::wait_peers(&b, "B's Bitcoin peer to name A's overlay", |p| {
+        p.iter()
+            .any(|p| p.overlay_peer_id.as_deref() == Some(a_id.as_str()))
+    })
+    .await;
+    assert_eq!(peers.len(), 1);
+    common::wait_peers(&a, "A's inbound peer to name B's overlay", |p| {
+        p.iter()
+            .any(|p| p.overlay_peer_id.as_deref() == Some(b_id.as_str()))
+    })
+    .await;
+    connected_to(&b, &a_id).await;
+    connected_to(&a, &b_id).await;
+    let (_, rows) = b.overlay().unwrap();
+    let row = rows.iter().find(|r| r.peer_id == a_id).unwrap();
+    // Only the hints could bring them together (no bootstrap, no mDNS): B dialled on its
+    // hint, or A on its own first, or Kademlia, which the hint gave A's address, did.
+    assert!(
+        ["hint", "inbound", "dht"].contains(&row.found_by),
+        "{row:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_an_overlay_tells_nothing_and_ignores_nothing() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start(overlay_config(da.path(), vec![]))
+        .await
+        .unwrap();
+    status_of(&a, "A's overlay", |s| !s.listen_addrs.is_empty()).await;
+    let b = Node::start(common::config(db.path())).await.unwrap();
+    assert!(b.connect(a.listen_addrs()[0], true).await);
+    // B hears A's overlayaddr (it knows the message) but runs no overlay to dial it with.
+    let peers = common::wait_peers(&b, "the handshake", |p| {
+        p.iter().any(|p| p.overlay_peer_id.is_some())
+    })
+    .await;
+    assert_eq!(peers.len(), 1);
+    let a_peers = common::wait_peers(&a, "A's side", |p| !p.is_empty()).await;
+    assert!(
+        a_peers[0].overlay_peer_id.is_none(),
+        "B has no overlay to tell"
+    );
+    assert!(b.overlay().is_none());
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlayaddr_comes_before_verack_to_a_70016_peer_and_a_late_one_is_dropped() {
+    use bitcoin::p2p::message::NetworkMessage;
+    use common::{AsyncPeer, Seen};
+    use meshd_actors::wire::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(overlay_config(dir.path(), vec![]))
+        .await
+        .unwrap();
+    let our_id = status_of(&node, "the overlay", |s| !s.listen_addrs.is_empty())
+        .await
+        .peer_id;
+    // (The announcement is set with the status that first lists a listen address.)
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    p.send(common::version_message(0)).await;
+    let (mut seen, mut told) = (Vec::new(), None);
+    let deadline = Instant::now() + WAIT;
+    while !seen.iter().any(|c| c == "verack") {
+        assert!(Instant::now() < deadline, "no verack: {seen:?}");
+        match p.recv(Duration::from_secs(5)).await {
+            Seen::Msg(m) => {
+                seen.push(m.command().to_string());
+                match m {
+                    Message::Network(NetworkMessage::Version(_)) => {
+                        p.send(NetworkMessage::Verack).await
+                    }
+                    Message::OverlayAddr(a) => told = Some(a),
+                    _ => {}
+                }
+            }
+            other => panic!("handshake: {other:?}"),
+        }
+    }
+    let told = told.unwrap_or_else(|| panic!("no overlayaddr before verack: {seen:?}"));
+    assert_eq!(told.peer_id.to_string(), our_id);
+    assert!(told
+        .addrs
+        .iter()
+        .all(|a| a.to_string().starts_with("/ip4/127.0.0.1/")));
+    // After verack it is negotiation out of turn: Core drops a late wtxidrelay, we drop this.
+    let late = Message::OverlayAddr(told).encode(node.profile().magic);
+    p.send_raw(&late).await;
+    assert!(p.closed_within(Duration::from_secs(5)).await);
+    node.shutdown().await;
+}

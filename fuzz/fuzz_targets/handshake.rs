@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         timeout: Duration::from_secs(60),
         relay: true,
         start_height: 0,
+        overlay: None,
     };
     let direction = if mode & 1 == 0 {
         Direction::Inbound

@@ -57,9 +57,11 @@ use crate::peer::{
 use crate::shared::addr::{AddrRateLimiter, GossipAddr};
 use crate::shared::bandwidth::{Flow, Throttle};
 use crate::shared::overlay::{Network, OverlayAddr};
+use crate::shared::overlay_link::OverlayCommand;
 use crate::shared::peers::{PeerId, PeerState};
 use crate::shared::slots::SlotPermit;
 use crate::shared::whitelist::Permissions;
+use crate::wire::overlay_announce::OverlayAnnounce;
 use crate::wire::v2::{hex, Negotiated, TransportKind, V2Decoder, V2Encoder};
 use crate::wire::{command_label, FrameDecoder, FrameError, Message, Protoconf};
 use io::{
@@ -769,6 +771,14 @@ fn start_io(
         true => SocketAddr::from(([0, 0, 0, 0], 0)),
         false => state.addr,
     };
+    // Our overlay's identity and addresses would link this connection to our IP: never to a
+    // peer reached or come by Tor or a proxy, nor to a block-relay-only peer (which must
+    // not be told apart from a stranger) or a feeler.
+    let tell_overlay = !(state.overlay.is_some()
+        || state.inbound_onion
+        || proxied
+        || state.block_relay_only
+        || state.feeler);
     state.handshake = Handshake::new(
         state.direction,
         state.manual,
@@ -799,6 +809,11 @@ fn start_io(
         policy.relay = false;
     }
     policy.start_height = state.ctx.sync_status().header_height.min(i32::MAX as u32) as i32;
+    policy.overlay = if tell_overlay {
+        state.ctx.overlay_announcement()
+    } else {
+        None
+    };
     state.policy = Some(policy);
     let policy = state
         .policy
@@ -873,7 +888,11 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.start_height = pv.start_height;
         p.relay = pv.relay;
         p.wants_addrv2 = pv.sendaddrv2;
+        p.overlay_peer_id = pv.overlay.as_ref().map(|o| o.peer_id.to_string());
     });
+    if let Some(overlay) = &pv.overlay {
+        hint_overlay(state, overlay);
+    }
     let _ = state.manager.cast(ManagerMsg::PeerHandshaked {
         id: state.id,
         start_height: pv.start_height,
@@ -913,6 +932,32 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         send(state, &Message::Protoconf(conf))?;
     }
     on_tick(state)
+}
+
+/// Tells our overlay (when it runs) where a peer's overlay is: only its addresses on the
+/// IP this connection comes from, so a peer cannot make our overlay dial anyone else.
+fn hint_overlay(state: &ConnectionState, overlay: &OverlayAnnounce) {
+    let ip = state.addr.ip();
+    let addrs: Vec<_> = overlay
+        .addrs
+        .iter()
+        .filter(|a| {
+            a.iter().next().is_some_and(|p| match p {
+                libp2p::multiaddr::Protocol::Ip4(v4) => IpAddr::V4(v4) == ip,
+                libp2p::multiaddr::Protocol::Ip6(v6) => IpAddr::V6(v6) == ip,
+                _ => false,
+            })
+        })
+        .cloned()
+        .collect();
+    debug!(peer = %state.peer_name(), id = %state.id, overlay = %overlay.peer_id, usable = addrs.len(), "peer told us its overlay");
+    if addrs.is_empty() {
+        return;
+    }
+    state.ctx.overlay_command(OverlayCommand::Hint {
+        peer: overlay.peer_id,
+        addrs,
+    });
 }
 
 /// Handles one message; its share of the reader's credit travels on with what it becomes
@@ -1175,7 +1220,8 @@ fn on_inbound_message(
             metrics::counter!("meshd_unknown_messages_total").increment(1);
             Ok(())
         }
-        Message::Network(NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2) => {
+        Message::Network(NetworkMessage::WtxidRelay | NetworkMessage::SendAddrV2)
+        | Message::OverlayAddr(_) => {
             // Feature negotiation belongs between version and verack; Core disconnects a
             // peer that sends it later.
             metrics::counter!("meshd_payload_errors_total", "kind" => "late_feature_negotiation")

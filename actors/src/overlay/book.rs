@@ -32,6 +32,8 @@ pub enum FoundBy {
     Dht,
     /// An operator's dial.
     Dial,
+    /// A Bitcoin peer told us of it (`overlayaddr`).
+    Hint,
     /// It connected to us.
     Inbound,
 }
@@ -44,6 +46,7 @@ impl FoundBy {
             FoundBy::Mdns => "mdns",
             FoundBy::Dht => "dht",
             FoundBy::Dial => "dial",
+            FoundBy::Hint => "hint",
             FoundBy::Inbound => "inbound",
         }
     }

@@ -26,6 +26,7 @@ use crate::context::NodeContext;
 use crate::events::NodeEvent;
 use crate::shared::overlay_link::OverlayCommand;
 use crate::shared::status::{OverlayStatus, RelayServed};
+use crate::wire::overlay_announce::{OverlayAnnounce, MAX_OVERLAY_ADDRS};
 
 /// How often the status the API shows is refreshed from the Swarm (when something changed).
 const STATUS_INTERVAL: Duration = Duration::from_millis(250);
@@ -178,6 +179,7 @@ pub async fn run(args: DriverArgs) {
             _ = tick.tick() => driver.publish_status(),
         }
     }
+    driver.ctx.set_overlay_announcement(None);
     driver.ctx.set_overlay(None);
 }
 
@@ -199,6 +201,26 @@ impl Driver {
     fn on_command(&mut self, cmd: OverlayCommand) {
         match cmd {
             OverlayCommand::Dial(addr) => self.dial(addr, FoundBy::Dial),
+            OverlayCommand::Hint { peer, addrs } => {
+                count("hint");
+                if peer == *self.swarm.local_peer_id() || self.book.contains(&peer) {
+                    return;
+                }
+                for addr in addrs.iter().take(MAX_ADDRS_PER_PEER) {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                }
+                self.book.dialling(peer, FoundBy::Hint);
+                let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                    .addresses(addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect())
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    count("dial_refused");
+                    debug!(%peer, error = %e, "overlay dial of a hinted peer refused");
+                }
+            }
             OverlayCommand::Subscribe(topic) => {
                 let subscribed = self.swarm.behaviour().gossipsub.topics().count();
                 if topic.is_empty() || topic.len() > MAX_TOPIC_LEN {
@@ -563,7 +585,35 @@ impl Driver {
             mdns: swarm.behaviour().mdns.is_enabled(),
         };
         metrics::gauge!("meshd_overlay_peers").set(self.book.len() as f64);
+        self.ctx.set_overlay_announcement(self.announcement());
         self.ctx.set_overlay(Some((status, self.book.status(now))));
+    }
+}
+
+impl Driver {
+    /// What our `overlayaddr` tells Bitcoin peers: our peer id, our confirmed external
+    /// addresses first, then the addresses we listen on (not unspecified ones); `None`
+    /// while we listen nowhere.
+    fn announcement(&self) -> Option<OverlayAnnounce> {
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for a in self
+            .swarm
+            .external_addresses()
+            .chain(self.swarm.listeners())
+        {
+            let unspecified = a.iter().any(|p| match p {
+                Protocol::Ip4(ip) => ip.is_unspecified(),
+                Protocol::Ip6(ip) => ip.is_unspecified(),
+                _ => false,
+            });
+            if !unspecified && !addrs.contains(a) && addrs.len() < MAX_OVERLAY_ADDRS {
+                addrs.push(a.clone());
+            }
+        }
+        (!addrs.is_empty()).then(|| OverlayAnnounce {
+            peer_id: *self.swarm.local_peer_id(),
+            addrs,
+        })
     }
 }
 

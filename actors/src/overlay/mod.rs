@@ -147,6 +147,7 @@ impl Actor for Overlay {
                 warn!("overlay driver did not stop in time; aborting it");
             }
         }
+        state.ctx.set_overlay_announcement(None);
         state.ctx.set_overlay(None);
         Ok(())
     }

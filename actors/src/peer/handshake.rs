@@ -18,6 +18,7 @@ use bitcoin::p2p::message_network::VersionMessage;
 use bitcoin::p2p::ServiceFlags;
 
 use super::Direction;
+use crate::wire::overlay_announce::OverlayAnnounce;
 use crate::wire::Message;
 
 /// Protocol version from which `wtxidrelay` (BIP339) and `sendaddrv2` (BIP155) are sent and
@@ -47,6 +48,10 @@ pub struct HandshakePolicy {
     pub relay: bool,
     /// Height we announce as our best block.
     pub start_height: i32,
+    /// Our overlay, told in an `overlayaddr` before our verack to peers from 70016 (see
+    /// [`crate::wire::overlay_announce`]); `None`: not told (no overlay, or a peer that must
+    /// not link our overlay to this connection).
+    pub overlay: Option<OverlayAnnounce>,
 }
 
 /// What the peer told us about itself.
@@ -72,6 +77,8 @@ pub struct PeerVersion {
     pub wtxidrelay: bool,
     /// It sent `sendaddrv2` (BIP155).
     pub sendaddrv2: bool,
+    /// Its overlay, from the first `overlayaddr` it sent before its verack.
+    pub overlay: Option<OverlayAnnounce>,
 }
 
 /// A handshake failure.
@@ -260,6 +267,7 @@ impl Handshake {
                     addr_as_seen: v.receiver.socket_addr().ok(),
                     wtxidrelay: false,
                     sendaddrv2: false,
+                    overlay: None,
                 });
                 if !self.sent_version {
                     steps.push(self.our_version(policy, unix_time));
@@ -274,6 +282,9 @@ impl Handshake {
                     steps.push(HandshakeStep::Send(Message::Network(
                         NetworkMessage::SendAddrV2,
                     )));
+                    if let Some(overlay) = &policy.overlay {
+                        steps.push(HandshakeStep::Send(Message::OverlayAddr(overlay.clone())));
+                    }
                 }
                 steps.push(HandshakeStep::Send(Message::Network(
                     NetworkMessage::Verack,
@@ -299,6 +310,17 @@ impl Handshake {
             Message::Network(NetworkMessage::SendAddrV2) => {
                 if let Some(pv) = &mut self.peer_version {
                     pv.sendaddrv2 = true;
+                }
+            }
+            Message::OverlayAddr(overlay) => {
+                // The first one counts; from a peer before 70016 none does (we would not
+                // have sent ours either).
+                if let Some(pv) = self
+                    .peer_version
+                    .as_mut()
+                    .filter(|pv| pv.version >= FEATURE_NEGOTIATION_VERSION && pv.overlay.is_none())
+                {
+                    pv.overlay = Some(overlay.clone());
                 }
             }
             // Anything else before the verack is ignored, as Core does.
@@ -366,6 +388,7 @@ mod tests {
             timeout: Duration::from_secs(60),
             relay: true,
             start_height: 0,
+            overlay: None,
         }
     }
 
@@ -626,6 +649,73 @@ mod tests {
             h.check_timeout(t0 + Duration::from_secs(60)),
             Err(HandshakeError::Timeout(Duration::from_secs(60)))
         );
+    }
+
+    fn announce(n: u8) -> OverlayAnnounce {
+        let key = libp2p::identity::Keypair::ed25519_from_bytes([n; 32]).unwrap();
+        OverlayAnnounce {
+            peer_id: key.public().to_peer_id(),
+            addrs: vec![format!("/ip4/203.0.113.{n}/tcp/8335").parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn our_overlayaddr_goes_before_verack_to_peers_from_70016_only() {
+        let now = Instant::now();
+        let mut p = policy();
+        p.overlay = Some(announce(1));
+        for (version, want) in [
+            (70015, &["version", "verack"][..]),
+            (
+                70016,
+                &[
+                    "version",
+                    "wtxidrelay",
+                    "sendaddrv2",
+                    "overlayaddr",
+                    "verack",
+                ][..],
+            ),
+        ] {
+            let mut h = Handshake::new(Direction::Inbound, false, 5, addr(2), None, now, p.timeout);
+            let steps = h
+                .on_message(
+                    &peer_version(9, "/x/", ServiceFlags::NONE, version),
+                    &p,
+                    0,
+                    &never,
+                )
+                .unwrap();
+            assert_eq!(sent_commands(&steps), want, "to a {version} peer");
+        }
+    }
+
+    #[test]
+    fn a_peers_first_overlayaddr_before_verack_is_recorded_and_one_from_before_70016_is_not() {
+        let now = Instant::now();
+        let p = policy();
+        for (version, want) in [(70016, Some(announce(7))), (70015, None)] {
+            let mut h =
+                Handshake::new(Direction::Outbound, false, 1, addr(2), None, now, p.timeout);
+            h.start(&p, 0);
+            h.on_message(
+                &peer_version(9, "/x/", ServiceFlags::NETWORK, version),
+                &p,
+                0,
+                &never,
+            )
+            .unwrap();
+            h.on_message(&Message::OverlayAddr(announce(7)), &p, 0, &never)
+                .unwrap();
+            // A second one does not replace the first.
+            h.on_message(&Message::OverlayAddr(announce(8)), &p, 0, &never)
+                .unwrap();
+            let steps = h.on_message(&verack(), &p, 0, &never).unwrap();
+            match &steps[..] {
+                [HandshakeStep::Complete(pv)] => assert_eq!(pv.overlay, want, "{version}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! What other parts of meshd ask of the Overlay actor: the commands queued to its driver.
 //!
-//! A leaf, so the [`crate::node::Node`] handle (and any actor) can ask without importing
-//! the overlay's folder.
+//! A leaf, so the Connection actor (which learns a peer's overlay from its `overlayaddr`)
+//! and the [`crate::node::Node`] handle can ask without importing the overlay's folder.
 
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 /// Commands waiting for the overlay's driver at most: past this they are dropped (and
 /// counted), never waited for, so no caller stalls on a busy overlay.
@@ -14,6 +14,15 @@ pub const OVERLAY_COMMAND_QUEUE: usize = 64;
 pub enum OverlayCommand {
     /// Dial this address (an operator's request).
     Dial(Multiaddr),
+    /// A Bitcoin peer told us its overlay (`overlayaddr`): dial it. The addresses are only
+    /// those on the Bitcoin peer's own IP (the Connection filters them), so a peer cannot
+    /// make us dial others.
+    Hint {
+        /// Its overlay peer id.
+        peer: PeerId,
+        /// Its overlay addresses on its IP.
+        addrs: Vec<Multiaddr>,
+    },
     /// Subscribe to a GossipSub topic.
     Subscribe(String),
     /// Publish on a GossipSub topic.

@@ -134,6 +134,8 @@ pub struct PeerInfo {
     /// When it last sent a transaction.
     #[serde(skip)]
     pub last_tx_at: Option<Instant>,
+    /// Its libp2p overlay's peer id, when it told us (`overlayaddr`).
+    pub overlay_peer_id: Option<String>,
 }
 
 impl PeerInfo {
@@ -201,6 +203,7 @@ impl PeerInfo {
             bip152_hb_from: false,
             blocks_in_flight: 0,
             last_tx_at: None,
+            overlay_peer_id: None,
         }
     }
 }

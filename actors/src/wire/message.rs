@@ -7,7 +7,8 @@
 //! mempool) is decoded by rust-bitcoin's
 //! consensus decoders, except `cmpctblock` and `getblocktxn`, whose indexes are wider on BSV
 //! than rust-bitcoin allows (see [`super::compact`]); `protoconf` (BSV) is parsed here
-//! because rust-bitcoin does not know it;
+//! because rust-bitcoin does not know it, and meshd's own `overlayaddr` in
+//! [`super::overlay_announce`];
 //! any other command comes out as [`Message::Unknown`], which callers count and ignore.
 //!
 //! Item counts are checked against Core's limits from the leading compact size, before the
@@ -80,6 +81,8 @@ pub enum Message {
     /// A peer's `getblocktxn`, indexes kept encoded (see [`TxnRequest`]). Ours go as
     /// rust-bitcoin's `GetBlockTxn`.
     GetBlockTxn(TxnRequest),
+    /// meshd's `overlayaddr`: the sender's libp2p overlay (see [`super::overlay_announce`]).
+    OverlayAddr(super::overlay_announce::OverlayAnnounce),
     /// A command we do not know or do not read; counted and ignored.
     Unknown {
         /// The command.
@@ -377,6 +380,14 @@ impl Message {
                     }
                 });
             }
+            super::overlay_announce::OVERLAY_ADDR_COMMAND => {
+                return super::overlay_announce::OverlayAnnounce::decode(p)
+                    .map(Message::OverlayAddr)
+                    .map_err(|e| PayloadError::Malformed {
+                        command: c,
+                        reason: e.to_string(),
+                    });
+            }
             _ => {
                 return Ok(Message::Unknown {
                     command: c,
@@ -395,6 +406,9 @@ impl Message {
             Message::Protoconf(_) => Command::new("protoconf").expect("valid command"),
             Message::CmpctBlock(_) => Command::new("cmpctblock").expect("valid command"),
             Message::GetBlockTxn(_) => Command::new("getblocktxn").expect("valid command"),
+            Message::OverlayAddr(_) => {
+                Command::new(super::overlay_announce::OVERLAY_ADDR_COMMAND).expect("valid command")
+            }
             Message::Unknown { command, .. } => *command,
         }
     }
@@ -415,6 +429,7 @@ impl Message {
             Message::GetBlockTxn(r) => {
                 let _ = r.consensus_encode(&mut out);
             }
+            Message::OverlayAddr(a) => out.extend_from_slice(&a.encode()),
             Message::Unknown { payload, .. } => out.extend_from_slice(payload),
         }
         let payload_len = (out.len() - FRAME_HEADER_LEN) as u32;
@@ -480,6 +495,7 @@ pub const KNOWN_COMMANDS: &[&str] = &[
     "filteradd",
     "filterclear",
     "merkleblock",
+    "overlayaddr",
 ];
 
 /// What the frame decoder does with a command's payload, from what its format allows.
@@ -563,6 +579,7 @@ pub fn payload_shape(command: &str) -> PayloadShape {
         "filterload" => Bounded(count(0) + MAX_BLOOM_FILTER_LEN + 4 + 4 + 1),
         "filteradd" => Bounded(count(0) + MAX_FILTERADD_LEN),
         "protoconf" => Bounded(BSV_LEGACY_PAYLOAD),
+        "overlayaddr" => Bounded(super::overlay_announce::MAX_OVERLAY_ADDR_PAYLOAD),
         "inv" | "getdata" | "notfound" => PayloadShape::Items {
             item_len: INV_ITEM_LEN,
             max_items: MAX_INV_PER_MESSAGE,

@@ -7,6 +7,7 @@ pub mod compact;
 pub mod frame;
 pub mod fschacha;
 pub mod message;
+pub mod overlay_announce;
 #[cfg(test)]
 mod prop_tests;
 pub mod v2;
