@@ -82,6 +82,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// A part of the node that is not running (the overlay without `--overlay`).
+    fn not_running(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "not_running",
+            message: message.into(),
+        }
+    }
     fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::NOT_IMPLEMENTED,
@@ -241,6 +249,8 @@ pub fn config_json(c: &NodeConfig) -> Value {
         "overlay-bootstrap": c.overlay.bootstrap.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "overlay-mdns": c.overlay.mdns,
         "overlay-relay-service": c.overlay.relay_service,
+        "overlay-topic": c.overlay.topics,
+        "overlay-cluster-threshold": c.overlay.cluster_threshold,
         // How many hints were loaded from --header-hints, and the last one's height.
         "header-hints": c.header_hints.len(),
         "asmap": c.asmap.as_ref().map(|m| m.version().to_string()),
@@ -497,6 +507,25 @@ async fn get_overlay(State(s): State<ApiState>) -> ApiResult {
         "status": status,
         "peers": peers,
     })))
+}
+
+#[derive(Deserialize)]
+struct FindQuery {
+    topic: Option<String>,
+}
+
+/// The overlay peers that serve a topic (`?topic=`), found by a DHT walk.
+async fn find_overlay_topic(State(s): State<ApiState>, Query(q): Query<FindQuery>) -> ApiResult {
+    let topic = q
+        .topic
+        .filter(|t| !t.is_empty() && t.len() <= 128)
+        .ok_or_else(|| ApiError::bad("topic: 1 to 128 bytes expected (?topic=...)"))?;
+    let providers = s
+        .node
+        .overlay_find(&topic)
+        .await
+        .map_err(ApiError::not_running)?;
+    Ok(Json(json!({"topic": topic, "providers": providers})))
 }
 
 async fn get_network(State(s): State<ApiState>) -> ApiResult {
@@ -1028,6 +1057,7 @@ pub fn serve(listener: TcpListener, node: Arc<Node>, token: String, process: Pro
         .route("/v1/bans/{*subnet}", delete(delete_ban))
         .route("/v1/network", get(get_network))
         .route("/v1/overlay", get(get_overlay))
+        .route("/v1/overlay/find", get(find_overlay_topic))
         .route("/v1/sync", get(get_sync))
         .route("/v1/config", get(get_config).patch(patch_config))
         .route("/v1/generate", post(generate))

@@ -54,8 +54,17 @@ pub enum OverlayCommand {
     /// reservations and relay service.
     Status(ClientArgs),
     /// One line per connected overlay peer: id, address, how it was found, relayed or
-    /// direct, round trip, agent.
+    /// direct, topic cluster and similarity to us, round trip, agent.
     Peers(ClientArgs),
+    /// The topics this node announces, each with the connected peers that serve it too.
+    Topics(ClientArgs),
+    /// The overlay peers that serve TOPIC, found by a DHT walk (at most 30 s).
+    Find {
+        /// The topic, e.g. meshd/mainnet/compact-blocks.
+        topic: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
 }
 
 /// `meshd hints ...`.
@@ -513,6 +522,17 @@ pub struct RunArgs {
     /// Find overlay peers on the LAN by mDNS (announces us on the segment). [default: false]
     #[arg(help_heading = "Overlay (libp2p)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub overlay_mdns: Option<bool>,
+
+    /// A topic the overlay announces (repeatable) beside its defaults: meshd/<network>,
+    /// .../blocks, .../compact-blocks, .../hints and .../relay.
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "TOPIC")]
+    pub overlay_topic: Vec<String>,
+
+    /// Jaccard similarity of topic sets above which overlay peers share a cluster (0 to
+    /// 1); the most crowded cluster is thinned first when the overlay has too many peers.
+    /// [default: 0.7]
+    #[arg(help_heading = "Overlay (libp2p)", long, value_name = "FRACTION")]
+    pub overlay_cluster_threshold: Option<f64>,
 
     /// Serve as a circuit relay v2 for overlay peers behind NATs, within bounded
     /// reservations and circuits. [default: true]

@@ -465,6 +465,71 @@ fn print_overlay(v: &Value) {
     }
 }
 
+fn print_overlay_topics(v: &Value) {
+    if v["running"] != true {
+        println!("overlay off (start the node with --overlay)");
+        return;
+    }
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    let rows = v["status"]["provided"]
+        .as_array()
+        .map(|topics| {
+            topics
+                .iter()
+                .map(|t| {
+                    let sharing = peers
+                        .iter()
+                        .filter(|p| p["topics"].as_array().is_some_and(|a| a.contains(t)))
+                        .count();
+                    vec![s(t), sharing.to_string()]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(&["TOPIC", "PEERS SERVING IT"], rows);
+    println!(
+        "{} clusters among {} peers (threshold {})",
+        s(&v["status"]["clusters"]),
+        peers.len(),
+        s(&v["status"]["cluster_threshold"])
+    );
+}
+
+fn print_overlay_find(v: &Value) {
+    let providers = v["providers"].as_array().cloned().unwrap_or_default();
+    if providers.is_empty() {
+        println!("no peer found serving {}", s(&v["topic"]));
+        return;
+    }
+    let rows = providers
+        .iter()
+        .map(|p| {
+            vec![
+                s(&p["peer_id"]),
+                if p["connected"] == true {
+                    "connected"
+                } else {
+                    "dialling"
+                }
+                .into(),
+            ]
+        })
+        .collect();
+    table(&["PEER ID", "STATE"], rows);
+}
+
+/// A query-string value percent-encoded (topics hold `/`, and may hold anything).
+fn query_escape(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn print_overlay_peers(v: &Value) {
     let rows = v
         .as_array()
@@ -481,6 +546,10 @@ fn print_overlay_peers(v: &Value) {
                             "direct"
                         }
                         .into(),
+                        s(&p["cluster"]),
+                        p["similarity"]
+                            .as_f64()
+                            .map_or("-".into(), |x| format!("{x:.2}")),
                         p["rtt_ms"]
                             .as_u64()
                             .map_or("-".into(), |ms| format!("{ms}ms")),
@@ -495,7 +564,7 @@ fn print_overlay_peers(v: &Value) {
         .unwrap_or_default();
     table(
         &[
-            "PEER ID", "ADDRESS", "FOUND BY", "LINK", "RTT", "UP", "AGENT",
+            "PEER ID", "ADDRESS", "FOUND BY", "LINK", "CLUSTER", "SIMILAR", "RTT", "UP", "AGENT",
         ],
         rows,
     );
@@ -1252,7 +1321,11 @@ pub fn run(cmd: Command) -> ExitCode {
             what: HintsCommand::Export { client, .. },
         } => client,
         Command::Overlay {
-            what: OverlayCommand::Status(client) | OverlayCommand::Peers(client),
+            what:
+                OverlayCommand::Status(client)
+                | OverlayCommand::Peers(client)
+                | OverlayCommand::Topics(client)
+                | OverlayCommand::Find { client, .. },
         } => client,
     };
     let c = match Client::new(client_args) {
@@ -1310,6 +1383,20 @@ pub fn run(cmd: Command) -> ExitCode {
         } => c
             .call("GET", "/v1/overlay", None)
             .map(|v| emit(&c, &v, print_overlay)),
+        Command::Overlay {
+            what: OverlayCommand::Topics(_),
+        } => c
+            .call("GET", "/v1/overlay", None)
+            .map(|v| emit(&c, &v, print_overlay_topics)),
+        Command::Overlay {
+            what: OverlayCommand::Find { topic, .. },
+        } => c
+            .call(
+                "GET",
+                &format!("/v1/overlay/find?topic={}", query_escape(topic)),
+                None,
+            )
+            .map(|v| emit(&c, &v, print_overlay_find)),
         Command::Overlay {
             what: OverlayCommand::Peers(_),
         } => c

@@ -112,6 +112,8 @@ pub struct FileConfig {
     overlay_bootstrap: Option<Vec<String>>,
     overlay_mdns: Option<bool>,
     overlay_relay_service: Option<bool>,
+    overlay_topic: Option<Vec<String>>,
+    overlay_cluster_threshold: Option<f64>,
     stun_timeout: Option<FileDuration>,
     stun_interval: Option<FileDuration>,
     blocks: Option<String>,
@@ -799,6 +801,25 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
         .iter()
         .map(|a| parse_multiaddr("overlay-listen", a))
         .collect::<Result<_, _>>()?;
+    node.overlay.topics = Vec::new();
+    for t in pick(&args.overlay_topic, &file.overlay_topic) {
+        let t = t.trim().to_string();
+        if t.is_empty() || t.len() > 128 {
+            return err(format!("overlay-topic: {t:?} must be 1 to 128 bytes"));
+        }
+        node.overlay.topics.push(t);
+    }
+    if let Some(t) = args
+        .overlay_cluster_threshold
+        .or(file.overlay_cluster_threshold)
+    {
+        if !(t > 0.0 && t <= 1.0) {
+            return err(format!(
+                "overlay-cluster-threshold: {t} is not a similarity above 0 and at most 1"
+            ));
+        }
+        node.overlay.cluster_threshold = t;
+    }
     node.overlay.bootstrap = Vec::new();
     for a in pick(&args.overlay_bootstrap, &file.overlay_bootstrap) {
         let addr = parse_multiaddr("overlay-bootstrap", &a)?;

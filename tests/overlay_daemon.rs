@@ -33,6 +33,10 @@ fn two_daemons_meet_on_the_overlay_and_the_operator_sees_it() {
         TCP_LOOPBACK,
         "--overlay-bootstrap",
         &a_addr,
+        "--overlay-topic",
+        "lab/x",
+        "--overlay-cluster-threshold",
+        "0.5",
     ]);
     wait("B to connect to A", 20, || {
         overlay_of(&b)["peers"]
@@ -83,6 +87,34 @@ fn two_daemons_meet_on_the_overlay_and_the_operator_sees_it() {
     let config = b.api_get("/v1/config");
     assert_eq!(config["overlay"], true);
     assert_eq!(config["overlay-bootstrap"][0], a_addr.as_str());
+    assert_eq!(config["overlay-cluster-threshold"], 0.5);
+
+    // Topics: B announces lab/x beside the defaults, and A finds B by it.
+    let (code, out, err) = b.cli(&["overlay", "topics"]);
+    assert_eq!(code, 0, "{err}");
+    for t in [
+        "lab/x",
+        "meshd/regtest/blocks",
+        "meshd/regtest/compact-blocks",
+    ] {
+        assert!(out.lines().any(|l| l.starts_with(t)), "{t} in {out}");
+    }
+    assert!(out.contains("threshold 0.5"), "{out}");
+    let b_id = b_id.to_string();
+    wait("A to find B by its topic", 30, || {
+        let (code, out, _) = a.cli(&["overlay", "find", "lab/x"]);
+        code == 0 && out.contains(&b_id)
+    });
+    let found = a.api_get("/v1/overlay/find?topic=lab/x");
+    assert_eq!(found["providers"][0]["peer_id"], b_id.as_str());
+    let (code, out, _) = b.cli(&["overlay", "peers"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.lines()
+            .next()
+            .is_some_and(|h| h.contains("CLUSTER") && h.contains("SIMILAR")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -99,6 +131,9 @@ fn without_the_flag_no_overlay_runs_and_the_client_says_so() {
         .join("regtest")
         .join("overlay_key.dat")
         .exists());
+    let (code, _, err) = node.cli(&["overlay", "find", "meshd/regtest"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("--overlay"), "{err}");
     // Every overlay series is there from the start, at 0.
     assert_eq!(
         node.metric("meshd_overlay_events_total{event=\"relay_served_circuit\"}"),
@@ -122,6 +157,14 @@ fn a_bootstrap_address_without_a_peer_id_or_a_taken_port_is_refused_at_start() {
     assert_ne!(out.status.code(), Some(0));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/p2p/<peer id>"), "{err}");
+    let out = std::process::Command::new(meshd_bin())
+        .arg("--datadir")
+        .arg(dir.path())
+        .args(["--overlay", "--overlay-cluster-threshold", "1.5"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("overlay-cluster-threshold"));
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

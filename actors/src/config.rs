@@ -193,8 +193,12 @@ pub struct NodeConfig {
 /// (8335 on BTC mainnet): next to the Bitcoin port, clear of Core's RPC (+1).
 pub const OVERLAY_PORT_OFFSET: u16 = 2;
 
+/// Overlay peers the node keeps without pruning for diversity: past this, the youngest
+/// stranger of the most crowded topic cluster is let go (see [`crate::overlay::cluster`]).
+pub const DEFAULT_OVERLAY_PEER_TARGET: usize = 32;
+
 /// The libp2p overlay's settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OverlayConfig {
     /// Run it (`--overlay`, off by default).
     pub enabled: bool,
@@ -212,6 +216,12 @@ pub struct OverlayConfig {
     /// Loopback and private addresses count as reachable (default on regtest): a local
     /// lab's nodes serve the DHT to each other.
     pub local_addrs: bool,
+    /// Topics announced beside the defaults (`--overlay-topic`).
+    pub topics: Vec<String>,
+    /// Jaccard similarity above which peers share a cluster (`--overlay-cluster-threshold`).
+    pub cluster_threshold: f64,
+    /// Peers kept before the most crowded cluster is pruned.
+    pub peer_target: usize,
 }
 
 impl OverlayConfig {
@@ -224,7 +234,34 @@ impl OverlayConfig {
             mdns: false,
             relay_service: true,
             local_addrs: regtest,
+            topics: Vec::new(),
+            cluster_threshold: crate::overlay::cluster::DEFAULT_CLUSTER_THRESHOLD,
+            peer_target: DEFAULT_OVERLAY_PEER_TARGET,
         }
+    }
+
+    /// The topics a node announces: its network (`meshd/<network>`) and what it offers
+    /// (`meshd/<network>/blocks`, `.../compact-blocks` with compact blocks on, `.../hints`,
+    /// `.../relay` while it serves as a relay), then `--overlay-topic`'s, without repeats.
+    pub fn announced_topics(&self, network: &str, compact_blocks: bool) -> Vec<String> {
+        let base = format!("meshd/{network}");
+        let mut out = vec![
+            base.clone(),
+            format!("{base}/blocks"),
+            format!("{base}/hints"),
+        ];
+        if compact_blocks {
+            out.insert(2, format!("{base}/compact-blocks"));
+        }
+        if self.relay_service {
+            out.push(format!("{base}/relay"));
+        }
+        for t in &self.topics {
+            if !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
     }
 
     /// The addresses to listen on: `listen`, or the defaults at `bitcoin_port` plus

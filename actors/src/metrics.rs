@@ -676,6 +676,8 @@ const OVERLAY_EVENTS: &[&str] = &[
     "gossip_publish_failed",
     "command_refused",
     "hint",
+    "topic_find",
+    "diversity_pruned",
     "reachability_public",
     "reachability_private",
     "reachability_unknown",

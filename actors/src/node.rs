@@ -770,6 +770,35 @@ impl Node {
         })
     }
 
+    /// Announces a topic we serve on the overlay (seed 004's `announce_topic`): a DHT
+    /// provider record and a GossipSub subscription; false when the overlay does not run
+    /// or is busy.
+    pub fn overlay_provide(&self, topic: &str) -> bool {
+        self.ctx
+            .overlay_command(OverlayCommand::Provide(topic.to_string()))
+    }
+
+    /// Finds the overlay peers that serve a topic (seed 004's `find_peers_for_topic`), by
+    /// a DHT walk (at most Kademlia's query timeout, 30 s); those not connected are dialled.
+    pub async fn overlay_find(
+        &self,
+        topic: &str,
+    ) -> Result<Vec<crate::shared::status::TopicProvider>, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let asked = self.ctx.overlay_command(OverlayCommand::Find {
+            topic: topic.to_string(),
+            reply,
+        });
+        if !asked {
+            return Err(
+                "the overlay does not run (start the node with --overlay), or is busy".into(),
+            );
+        }
+        answer
+            .await
+            .map_err(|_| "the overlay stopped before the walk ended".to_string())
+    }
+
     /// Dials an overlay address (ending in `/p2p/<peer id>` to know whom); false when the
     /// overlay does not run or is busy.
     pub fn overlay_dial(&self, addr: libp2p::Multiaddr) -> bool {

@@ -355,3 +355,147 @@ async fn overlayaddr_comes_before_verack_to_a_70016_peer_and_a_late_one_is_dropp
     assert!(p.closed_within(Duration::from_secs(5)).await);
     node.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_announced_and_found_across_five_nodes_and_peers_cluster_by_them() {
+    let dirs: Vec<_> = (0..5).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = Node::start(overlay_config(dirs[0].path(), vec![]))
+        .await
+        .unwrap();
+    let boot = address_of(&first, "/tcp/").await;
+    let mut nodes = vec![first];
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let mut c = overlay_config(dir.path(), vec![boot.clone()]);
+        if i == 3 {
+            // One node serves something the others do not, and so stands apart.
+            c.overlay.topics = (0..6).map(|n| format!("lab/special/{n}")).collect();
+        }
+        nodes.push(Node::start(c).await.unwrap());
+    }
+    let mut ids = Vec::new();
+    for n in &nodes {
+        ids.push(status_of(n, "an id", |_| true).await.peer_id);
+    }
+    let defaults = status_of(&nodes[1], "node 1's topics", |s| !s.provided.is_empty())
+        .await
+        .provided;
+    for t in [
+        "meshd/regtest",
+        "meshd/regtest/blocks",
+        "meshd/regtest/compact-blocks",
+        "meshd/regtest/hints",
+        "meshd/regtest/relay",
+    ] {
+        assert!(defaults.iter().any(|d| d == t), "{t} in {defaults:?}");
+    }
+    // Node 1 finds node 3 by its own topic: only through the DHT (they share no bootstrap
+    // connection but through node 0).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = nodes[1].overlay_find("lab/special/0").await.unwrap();
+        if found.iter().any(|p| p.peer_id == ids[3]) {
+            assert_eq!(found.len(), 1, "only node 3 serves it: {found:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 never found: {found:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A default topic: every other node serves it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = nodes[2].overlay_find("meshd/regtest/blocks").await.unwrap();
+        let others: Vec<_> = ids.iter().filter(|id| **id != ids[2]).collect();
+        if others
+            .iter()
+            .all(|id| found.iter().any(|p| &p.peer_id == *id))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every provider found: {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Node 0 sees the others' topics (their GossipSub subscriptions) and clusters them:
+    // nodes 1, 2 and 4 alike (and like node 0), node 3 apart.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, peers) = nodes[0].overlay().unwrap();
+        let row = |i: usize| peers.iter().find(|p| p.peer_id == ids[i]);
+        let ready = [1, 2, 3, 4]
+            .iter()
+            .all(|i| row(*i).is_some_and(|r| !r.topics.is_empty()));
+        if ready {
+            let (r1, r2, r3, r4) = (
+                row(1).unwrap(),
+                row(2).unwrap(),
+                row(3).unwrap(),
+                row(4).unwrap(),
+            );
+            assert_eq!(r1.cluster, r2.cluster);
+            assert_eq!(r1.cluster, r4.cluster);
+            assert_ne!(r1.cluster, r3.cluster);
+            assert_eq!(r1.similarity, 1.0);
+            assert!(r3.similarity < 0.7, "{}", r3.similarity);
+            assert_eq!(status.clusters, 2);
+            assert_eq!(status.cluster_threshold, 0.7);
+            break;
+        }
+        assert!(Instant::now() < deadline, "topics never seen: {peers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in &nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_its_peer_target_the_overlay_lets_the_most_crowded_cluster_thin() {
+    let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut hub_config = overlay_config(dirs[0].path(), vec![]);
+    hub_config.overlay.peer_target = 2;
+    let hub = Node::start(hub_config).await.unwrap();
+    let boot = address_of(&hub, "/tcp/").await;
+    let hub_id = status_of(&hub, "the hub", |_| true).await.peer_id;
+    let mut gone = hub.subscribe_to(&[EventKind::OverlayPeerDisconnected]);
+    let mut spokes = Vec::new();
+    for (i, dir) in dirs.iter().enumerate().skip(1) {
+        let mut c = overlay_config(dir.path(), vec![]);
+        if i == 3 {
+            c.overlay.topics = (0..6).map(|n| format!("lab/odd/{n}")).collect();
+        }
+        let n = Node::start(c).await.unwrap();
+        // Dialled by the spokes' operators: unprotected at the hub (inbound there).
+        assert!(n.overlay_dial(boot.clone()));
+        spokes.push(n);
+    }
+    let odd = status_of(&spokes[2], "the odd one", |_| true).await.peer_id;
+    let alike: Vec<String> = [&spokes[0], &spokes[1]]
+        .iter()
+        .map(|n| n.overlay().unwrap().0.peer_id)
+        .collect();
+    // Three peers for a target of two: one of the two alike ones goes, never the only
+    // member of its cluster.
+    let dropped = loop {
+        let event = tokio::time::timeout(WAIT, gone.recv())
+            .await
+            .expect("no prune")
+            .unwrap();
+        if let NodeEvent::OverlayPeerDisconnected { peer_id } = &event.event {
+            break peer_id.clone();
+        }
+    };
+    assert!(
+        alike.contains(&dropped),
+        "{dropped} is not one of the alike pair"
+    );
+    assert_ne!(dropped, odd);
+    let (_, peers) = hub.overlay().unwrap();
+    assert!(peers.iter().any(|p| p.peer_id == odd), "{peers:?}");
+    let _ = hub_id;
+    hub.shutdown().await;
+    for n in &spokes {
+        n.shutdown().await;
+    }
+}

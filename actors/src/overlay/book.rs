@@ -177,6 +177,21 @@ impl OverlayBook {
         self.rows.is_empty()
     }
 
+    /// When `peer` connected, and whether it is protected from a diversity prune (a
+    /// bootstrap peer, or one a Bitcoin peer told us of: the operator's and the Bitcoin
+    /// network's choices, not a stranger's).
+    pub fn standing(&self, peer: &PeerId) -> Option<(Instant, bool)> {
+        self.rows.get(peer).map(|r| {
+            (
+                r.since,
+                matches!(
+                    r.found_by,
+                    FoundBy::Bootstrap | FoundBy::Hint | FoundBy::Dial
+                ),
+            )
+        })
+    }
+
     /// Whether `peer` is connected.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.rows.contains_key(peer)
@@ -196,6 +211,9 @@ impl OverlayBook {
                 relayed: row.relayed,
                 rtt_ms: row.rtt.map(|d| d.as_millis() as u64),
                 connected_secs: now.saturating_duration_since(row.since).as_secs(),
+                topics: Vec::new(),
+                cluster: 0,
+                similarity: 0.0,
             })
             .collect();
         out.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));

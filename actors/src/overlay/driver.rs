@@ -21,11 +21,12 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::book::{FoundBy, OverlayBook, MAX_ADDRS_PER_PEER};
+use super::cluster::{clusters, diversity_victim, jaccard, Member};
 use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent};
 use crate::context::NodeContext;
 use crate::events::NodeEvent;
 use crate::shared::overlay_link::OverlayCommand;
-use crate::shared::status::{OverlayStatus, RelayServed};
+use crate::shared::status::{OverlayStatus, RelayServed, TopicProvider};
 use crate::wire::overlay_announce::{OverlayAnnounce, MAX_OVERLAY_ADDRS};
 
 /// How often the status the API shows is refreshed from the Swarm (when something changed).
@@ -44,6 +45,22 @@ pub const MAX_TOPIC_LEN: usize = 128;
 const MAX_MDNS_DIALS_PER_EVENT: usize = 8;
 /// Bytes of a gossip message shown (hex) in its event: the rest is cut.
 const MAX_GOSSIP_EVENT_BYTES: usize = 4 * 1024;
+/// Topic finds in flight at most: each is a DHT walk holding a reply.
+const MAX_PENDING_FINDS: usize = 16;
+/// Providers one find collects at most (Kademlia returns up to K per node asked).
+const MAX_PROVIDERS_FOUND: usize = 64;
+/// Providers a find dials at most (those not connected yet).
+const MAX_FIND_DIALS: usize = 8;
+
+/// A peer whose topics we do not know yet is not pruned for diversity for this long:
+/// its GossipSub subscriptions come a moment after the connection.
+const TOPICS_GRACE: Duration = Duration::from_secs(10);
+
+/// The DHT key under which a topic's providers are kept.
+pub fn topic_key(topic: &str) -> kad::RecordKey {
+    kad::RecordKey::new(&format!("meshd/topic/{topic}"))
+}
+
 /// The circuit relay v2 hop protocol: a peer listing it in Identify can relay for us.
 const RELAY_HOP_PROTOCOL: &str = "/libp2p/circuit/relay/0.2.0/hop";
 
@@ -53,6 +70,12 @@ pub struct DriverArgs {
     pub swarm: Swarm<MeshBehaviour>,
     /// Peers to join the overlay through (each ending in `/p2p/<peer id>`).
     pub bootstrap: Vec<Multiaddr>,
+    /// Topics we announce (DHT provider records and GossipSub subscriptions).
+    pub topics: Vec<String>,
+    /// Similarity above which peers share a cluster.
+    pub cluster_threshold: f64,
+    /// Peers kept before the most crowded cluster is pruned.
+    pub peer_target: usize,
     /// Loopback and private addresses count as reachable (regtest, labs).
     pub local_addrs: bool,
     /// The network's name (for the Kademlia protocol id).
@@ -139,6 +162,15 @@ struct Driver {
     relay_served: RelayServed,
     bootstrapped: bool,
     dirty: bool,
+    provided: BTreeSet<String>,
+    finds: HashMap<kad::QueryId, PendingFind>,
+    cluster_threshold: f64,
+    peer_target: usize,
+}
+
+struct PendingFind {
+    providers: BTreeSet<PeerId>,
+    reply: oneshot::Sender<Vec<TopicProvider>>,
 }
 
 /// Runs the overlay until `stop` fires (or its sender is dropped).
@@ -146,6 +178,9 @@ pub async fn run(args: DriverArgs) {
     let DriverArgs {
         swarm,
         bootstrap,
+        topics,
+        cluster_threshold,
+        peer_target,
         local_addrs,
         network,
         ctx,
@@ -165,7 +200,14 @@ pub async fn run(args: DriverArgs) {
         relay_served: RelayServed::default(),
         bootstrapped: false,
         dirty: true,
+        provided: BTreeSet::new(),
+        finds: HashMap::new(),
+        cluster_threshold,
+        peer_target,
     };
+    for topic in topics {
+        driver.provide(topic);
+    }
     for addr in &bootstrap {
         driver.dial(addr.clone(), FoundBy::Bootstrap);
     }
@@ -198,8 +240,75 @@ impl Driver {
         }
     }
 
+    /// Announces a topic: a GossipSub subscription (so connected peers see it among our
+    /// topics) and a DHT provider record (so others find us by it), refreshed whenever
+    /// Kademlia's bootstrap walk completes.
+    fn provide(&mut self, topic: String) {
+        if topic.is_empty()
+            || topic.len() > MAX_TOPIC_LEN
+            || self.provided.len() >= MAX_GOSSIP_TOPICS
+        {
+            count("command_refused");
+            warn!(topic = %topic.chars().take(MAX_TOPIC_LEN).collect::<String>(), "overlay topic refused: its length, or too many topics");
+            return;
+        }
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&gossipsub::IdentTopic::new(topic.clone()));
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .start_providing(topic_key(&topic))
+        {
+            count("command_refused");
+            warn!(%topic, error = %e, "overlay cannot announce topic");
+            return;
+        }
+        if self.provided.insert(topic.clone()) {
+            debug!(%topic, "overlay announces topic");
+        }
+        self.dirty = true;
+    }
+
+    /// Refreshes our provider records (after a bootstrap walk: the first ones may have
+    /// found no peer to store them).
+    fn reprovide(&mut self) {
+        let topics: Vec<String> = self.provided.iter().cloned().collect();
+        for topic in topics {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .start_providing(topic_key(&topic));
+        }
+    }
+
     fn on_command(&mut self, cmd: OverlayCommand) {
         match cmd {
+            OverlayCommand::Provide(topic) => self.provide(topic),
+            OverlayCommand::Find { topic, reply } => {
+                if self.finds.len() >= MAX_PENDING_FINDS {
+                    count("command_refused");
+                    let _ = reply.send(Vec::new());
+                    return;
+                }
+                count("topic_find");
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_providers(topic_key(&topic));
+                self.finds.insert(
+                    id,
+                    PendingFind {
+                        providers: BTreeSet::new(),
+                        reply,
+                    },
+                );
+            }
             OverlayCommand::Dial(addr) => self.dial(addr, FoundBy::Dial),
             OverlayCommand::Hint { peer, addrs } => {
                 count("hint");
@@ -417,6 +526,12 @@ impl Driver {
                     });
                 }
             }
+            MeshBehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { .. } | gossipsub::Event::Unsubscribed { .. },
+            ) => {
+                // A peer's topics changed: its cluster may have.
+                self.dirty = true;
+            }
             MeshBehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 let label = match new {
                     autonat::NatStatus::Public(_) => "public",
@@ -472,6 +587,32 @@ impl Driver {
 
     fn on_kad(&mut self, event: kad::Event) {
         match event {
+            kad::Event::OutboundQueryProgressed {
+                id, result, step, ..
+            } => match result {
+                kad::QueryResult::GetProviders(Ok(kad::GetProvidersOk::FoundProviders {
+                    providers,
+                    ..
+                })) => {
+                    if let Some(find) = self.finds.get_mut(&id) {
+                        for p in providers {
+                            if find.providers.len() < MAX_PROVIDERS_FOUND {
+                                find.providers.insert(p);
+                            }
+                        }
+                    }
+                    if step.last {
+                        self.finish_find(id);
+                    }
+                }
+                kad::QueryResult::GetProviders(_) => self.finish_find(id),
+                kad::QueryResult::Bootstrap(Ok(kad::BootstrapOk {
+                    num_remaining: 0, ..
+                })) => {
+                    self.reprovide();
+                }
+                _ => {}
+            },
             kad::Event::RoutingUpdated { .. } => {
                 count("kad_routing_updated");
                 self.dirty = true;
@@ -495,6 +636,30 @@ impl Driver {
             },
             _ => {}
         }
+    }
+
+    /// Answers a find with its providers (ourselves left out), and dials a few of those we
+    /// are not connected to.
+    fn finish_find(&mut self, id: kad::QueryId) {
+        let Some(find) = self.finds.remove(&id) else {
+            return;
+        };
+        let me = *self.swarm.local_peer_id();
+        let mut dials = 0;
+        let mut out = Vec::new();
+        for p in find.providers.into_iter().filter(|p| *p != me) {
+            let connected = self.book.contains(&p);
+            if !connected && dials < MAX_FIND_DIALS {
+                dials += 1;
+                self.book.dialling(p, FoundBy::Dht);
+                let _ = self.swarm.dial(p);
+            }
+            out.push(TopicProvider {
+                peer_id: p.to_string(),
+                connected,
+            });
+        }
+        let _ = find.reply.send(out);
     }
 
     fn on_relay_served(&mut self, event: relay::Event) {
@@ -566,6 +731,51 @@ impl Driver {
             .kbuckets()
             .map(|b| b.num_entries())
             .sum();
+        let mut rows = self.book.status(now);
+        let peer_topics: HashMap<String, BTreeSet<String>> = swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .map(|(p, topics)| {
+                (
+                    p.to_string(),
+                    topics.into_iter().map(|t| t.to_string()).collect(),
+                )
+            })
+            .collect();
+        let members: Vec<Member<String>> = rows
+            .iter()
+            .map(|r| {
+                let peer: Option<PeerId> = r.peer_id.parse().ok();
+                let standing = peer.and_then(|p| self.book.standing(&p));
+                let held = peer.is_some_and(|p| self.reservations.contains(&p));
+                Member {
+                    key: r.peer_id.clone(),
+                    topics: peer_topics.get(&r.peer_id).cloned().unwrap_or_default(),
+                    protected: standing.is_some_and(|(_, p)| p)
+                        || held
+                        // Not judged before its topics had time to arrive.
+                        || (peer_topics.get(&r.peer_id).is_none_or(|t| t.is_empty())
+                            && r.connected_secs < TOPICS_GRACE.as_secs()),
+                    // Younger is larger.
+                    since: u64::MAX - r.connected_secs,
+                }
+            })
+            .collect();
+        let labels = clusters(&members, self.cluster_threshold);
+        for ((row, member), label) in rows.iter_mut().zip(&members).zip(&labels) {
+            row.similarity = jaccard(&self.provided, &member.topics);
+            row.topics = member.topics.iter().cloned().collect();
+            row.cluster = *label;
+        }
+        let cluster_count = labels.iter().copied().max().map_or(0, |m| m + 1);
+        if let Some(victim) = diversity_victim(&members, self.cluster_threshold, self.peer_target)
+            .and_then(|v| v.parse::<PeerId>().ok())
+        {
+            count("diversity_pruned");
+            debug!(peer = %victim, "overlay lets a peer go: its topic cluster is the most crowded");
+            let _ = swarm.disconnect_peer_id(victim);
+        }
         let status = OverlayStatus {
             peer_id: swarm.local_peer_id().to_string(),
             listen_addrs: swarm.listeners().map(|a| a.to_string()).collect(),
@@ -579,6 +789,9 @@ impl Driver {
                 .topics()
                 .map(|t| t.to_string())
                 .collect(),
+            provided: self.provided.iter().cloned().collect(),
+            cluster_threshold: self.cluster_threshold,
+            clusters: cluster_count,
             relay_reservations: self.reservations.iter().map(|p| p.to_string()).collect(),
             relay_service: swarm.behaviour().relay.is_enabled(),
             relay_served: self.relay_served,
@@ -586,7 +799,7 @@ impl Driver {
         };
         metrics::gauge!("meshd_overlay_peers").set(self.book.len() as f64);
         self.ctx.set_overlay_announcement(self.announcement());
-        self.ctx.set_overlay(Some((status, self.book.status(now))));
+        self.ctx.set_overlay(Some((status, rows)));
     }
 }
 

@@ -14,6 +14,7 @@
 //! with `--onlynet` excluding IPv4 and IPv6, as the overlay dials and listens directly.
 
 pub mod book;
+pub mod cluster;
 pub mod driver;
 pub mod identity;
 pub mod swarm;
@@ -102,6 +103,9 @@ impl Actor for Overlay {
         let args = driver::DriverArgs {
             swarm,
             bootstrap: overlay.bootstrap.clone(),
+            topics: overlay.announced_topics(config.network.name(), config.compact_blocks),
+            cluster_threshold: overlay.cluster_threshold,
+            peer_target: overlay.peer_target,
             local_addrs: overlay.local_addrs,
             network,
             ctx: ctx.clone(),

@@ -10,7 +10,7 @@ use libp2p::{Multiaddr, PeerId};
 pub const OVERLAY_COMMAND_QUEUE: usize = 64;
 
 /// A request to the overlay.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum OverlayCommand {
     /// Dial this address (an operator's request).
     Dial(Multiaddr),
@@ -25,6 +25,17 @@ pub enum OverlayCommand {
     },
     /// Subscribe to a GossipSub topic.
     Subscribe(String),
+    /// Announce a topic we serve (seed 004's `announce_topic`): a DHT provider record, and
+    /// a GossipSub subscription, so connected peers see it among our topics.
+    Provide(String),
+    /// Find the peers that serve a topic (seed 004's `find_peers_for_topic`): a DHT walk
+    /// for its providers; those not connected are dialled.
+    Find {
+        /// The topic.
+        topic: String,
+        /// Where the providers go, once the walk ends.
+        reply: tokio::sync::oneshot::Sender<Vec<crate::shared::status::TopicProvider>>,
+    },
     /// Publish on a GossipSub topic.
     Publish {
         /// The topic.

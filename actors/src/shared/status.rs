@@ -125,7 +125,7 @@ pub struct OnionService {
 }
 
 /// The overlay (libp2p) as the Overlay actor last saw it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct OverlayStatus {
     /// Our libp2p peer id.
     pub peer_id: String,
@@ -142,6 +142,12 @@ pub struct OverlayStatus {
     pub routing_table: usize,
     /// GossipSub topics we are subscribed to.
     pub topics: Vec<String>,
+    /// Topics we announce as DHT provider records (and follow on GossipSub).
+    pub provided: Vec<String>,
+    /// Similarity above which peers share a cluster (`--overlay-cluster-threshold`).
+    pub cluster_threshold: f64,
+    /// Clusters among our connected peers.
+    pub clusters: usize,
     /// Relays holding a reservation for us.
     pub relay_reservations: Vec<String>,
     /// Whether we serve as a circuit relay for others.
@@ -162,7 +168,7 @@ pub struct RelayServed {
 }
 
 /// One connected overlay peer.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OverlayPeerStatus {
     /// Its libp2p peer id.
     pub peer_id: String,
@@ -181,4 +187,19 @@ pub struct OverlayPeerStatus {
     pub rtt_ms: Option<u64>,
     /// Seconds connected.
     pub connected_secs: u64,
+    /// The topics it serves (its GossipSub subscriptions).
+    pub topics: Vec<String>,
+    /// Its cluster among our peers (0, 1, ...), by the Jaccard similarity of topic sets.
+    pub cluster: usize,
+    /// Jaccard similarity of its topics and ours.
+    pub similarity: f64,
+}
+
+/// A peer found serving a topic.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TopicProvider {
+    /// Its libp2p peer id.
+    pub peer_id: String,
+    /// Whether we are connected to it now.
+    pub connected: bool,
 }
