@@ -13,7 +13,8 @@
 #   - microsocks (a SOCKS5 proxy) and tor (started offline by the onion-service tests);
 #   - nats-server (JetStream) for the fleet tests;
 #   - python-bitcoinrpc (PyPI) and bitcoin-core (npm), JSON-RPC clients written for bitcoind;
-#   - tmux, the terminal `meshd top` is tested in.
+#   - tmux, the terminal `meshd top` is tested in;
+#   - js-libp2p 3 (npm) for the overlay interop tests, into $MESHD_PEERS_DIR/jslibp2p.
 # Everything stays local; nothing is started here.
 set -euo pipefail
 
@@ -99,3 +100,24 @@ JSON
   npm rebuild >/dev/null 2>&1 || true
 fi
 node -e "require('$BCOIN_HOME/node_modules/bcoin'); console.error('bcoin', require('$BCOIN_HOME/node_modules/bcoin/package.json').version, 'ready')"
+
+# js-libp2p 3, an independent libp2p implementation, for the overlay interop tests
+# (actors/tests/overlay_js.rs drives tests/peers/js_overlay.mjs). GossipSub for libp2p 3 is
+# @libp2p/gossipsub (@chainsafe/libp2p-gossipsub is built for libp2p 2 and never delivers
+# with 3). Pinned; the multiformats packages are direct dependencies (npm may not hoist them).
+JS_LIBP2P="$PEERS/jslibp2p"
+if [ -f "$JS_LIBP2P/node_modules/libp2p/package.json" ] && [ -f "$JS_LIBP2P/node_modules/@libp2p/gossipsub/package.json" ]; then
+  echo "js-libp2p already installed in $JS_LIBP2P" >&2
+else
+  mkdir -p "$JS_LIBP2P"
+  cat > "$JS_LIBP2P/package.json" <<'JSON'
+{"name":"meshd-js-libp2p","private":true,"type":"module",
+ "dependencies":{
+  "libp2p":"3.3.11","@libp2p/tcp":"11.0.28","@chainsafe/libp2p-noise":"17.0.0",
+  "@chainsafe/libp2p-yamux":"8.0.1","@libp2p/identify":"4.1.14","@libp2p/ping":"3.1.13",
+  "@libp2p/kad-dht":"16.4.5","@libp2p/gossipsub":"17.1.1","@libp2p/circuit-relay-v2":"4.2.13",
+  "@multiformats/multiaddr":"13.0.3","multiformats":"14.0.5"}}
+JSON
+  (cd "$JS_LIBP2P" && npm install --no-audit --no-fund --loglevel=error)
+fi
+(cd "$JS_LIBP2P" && node -e "import('libp2p').then(() => console.error('js-libp2p', require('./node_modules/libp2p/package.json').version, 'ready'))")

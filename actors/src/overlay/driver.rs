@@ -56,9 +56,17 @@ const MAX_FIND_DIALS: usize = 8;
 /// its GossipSub subscriptions come a moment after the connection.
 const TOPICS_GRACE: Duration = Duration::from_secs(10);
 
-/// The DHT key under which a topic's providers are kept.
+/// The DHT key under which a topic's providers are kept: the sha2-256 multihash of
+/// `meshd/topic/<topic>`, so any Kademlia implementation that provides content by CID (as
+/// js-libp2p and go-libp2p do) finds and announces it as the multihash of a raw CID.
 pub fn topic_key(topic: &str) -> kad::RecordKey {
-    kad::RecordKey::new(&format!("meshd/topic/{topic}"))
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("meshd/topic/{topic}").as_bytes());
+    // Multihash: code 0x12 (sha2-256), length 32, the digest.
+    let mut key = Vec::with_capacity(34);
+    key.extend_from_slice(&[0x12, 0x20]);
+    key.extend_from_slice(&digest);
+    kad::RecordKey::new(&key)
 }
 
 /// The circuit relay v2 hop protocol: a peer listing it in Identify can relay for us.
