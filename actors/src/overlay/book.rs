@@ -192,6 +192,13 @@ impl OverlayBook {
         })
     }
 
+    /// Where `peer` says it listens (Identify), a few addresses.
+    pub fn listen_addrs(&self, peer: &PeerId) -> &[Multiaddr] {
+        self.rows
+            .get(peer)
+            .map_or(&[][..], |r| r.listen_addrs.as_slice())
+    }
+
     /// Whether `peer` is connected.
     pub fn contains(&self, peer: &PeerId) -> bool {
         self.rows.contains_key(peer)

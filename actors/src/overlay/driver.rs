@@ -20,7 +20,7 @@ use libp2p::{autonat, gossipsub, identify, kad, mdns, ping, relay, Multiaddr, Pe
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::book::{FoundBy, OverlayBook, MAX_ADDRS_PER_PEER};
+use super::book::{self, FoundBy, OverlayBook, MAX_ADDRS_PER_PEER};
 use super::cluster::{clusters, diversity_victim, jaccard, Member};
 use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent};
 use crate::context::NodeContext;
@@ -711,17 +711,27 @@ impl Driver {
             if self.reservations.len() >= MAX_RELAY_RESERVATIONS_HELD {
                 break;
             }
-            let addr = Multiaddr::empty()
-                .with(Protocol::P2p(relay))
-                .with(Protocol::P2pCircuit);
-            match self.swarm.listen_on(addr) {
+            // The relay transport dials the relay by the address in the circuit: one it
+            // listens on (Identify), direct, reachable by our rules.
+            let Some(base) = self
+                .book
+                .listen_addrs(&relay)
+                .iter()
+                .find(|a| !book::is_relayed(a) && routable(a, self.local_addrs) && !unspecified(a))
+                .cloned()
+            else {
+                debug!(relay = %relay, "overlay relay has no address to reserve at");
+                continue;
+            };
+            let addr = base.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+            match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
                     // Counted as held until it is refused: two requests in flight never
                     // become three reservations.
                     self.reservations.insert(relay);
                     self.relay_listeners.insert(id, relay);
                 }
-                Err(e) => debug!(relay = %relay, error = %e, "overlay relay listen refused"),
+                Err(e) => debug!(relay = %relay, %addr, error = ?e, "overlay relay listen refused"),
             }
         }
     }
@@ -811,6 +821,15 @@ impl Driver {
     }
 }
 
+/// Whether an address is an unspecified one (`0.0.0.0`, `::`): nobody can dial it.
+fn unspecified(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_unspecified(),
+        Protocol::Ip6(ip) => ip.is_unspecified(),
+        _ => false,
+    })
+}
+
 impl Driver {
     /// What our `overlayaddr` tells Bitcoin peers: our peer id, our confirmed external
     /// addresses first, then the addresses we listen on (not unspecified ones); `None`
@@ -822,12 +841,7 @@ impl Driver {
             .external_addresses()
             .chain(self.swarm.listeners())
         {
-            let unspecified = a.iter().any(|p| match p {
-                Protocol::Ip4(ip) => ip.is_unspecified(),
-                Protocol::Ip6(ip) => ip.is_unspecified(),
-                _ => false,
-            });
-            if !unspecified && !addrs.contains(a) && addrs.len() < MAX_OVERLAY_ADDRS {
+            if !unspecified(a) && !addrs.contains(a) && addrs.len() < MAX_OVERLAY_ADDRS {
                 addrs.push(a.clone());
             }
         }
