@@ -112,6 +112,23 @@ pub fn init(format: LogFormat, level: Option<&str>) -> Result<WorkerGuard, Strin
             Err(_) => filter,
         }
     };
+    // libp2p and its parts log a warning for each malformed message or stream a remote
+    // sends: a flood could fill the disk. Unless the filter names them, only their errors
+    // show (meshd logs the overlay's events itself).
+    let filter = if text.contains("libp2p") {
+        filter
+    } else {
+        [
+            "libp2p=error",
+            "multistream_select=error",
+            "yamux=error",
+            "quinn=error",
+            "quinn_proto=error",
+        ]
+        .iter()
+        .filter_map(|d| d.parse().ok())
+        .fold(filter, |f, d| f.add_directive(d))
+    };
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(LOG_QUEUE_LINES)

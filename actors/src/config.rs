@@ -222,7 +222,13 @@ pub struct OverlayConfig {
     pub cluster_threshold: f64,
     /// Peers kept before the most crowded cluster is pruned.
     pub peer_target: usize,
+    /// How long an inbound peer stays before it may be pruned for diversity.
+    pub prune_min_age: Duration,
 }
+
+/// An inbound overlay peer is not pruned for diversity before this: a peer that connects
+/// and asks something is not cut off mid-request.
+pub const DEFAULT_OVERLAY_PRUNE_MIN_AGE: Duration = Duration::from_secs(120);
 
 impl OverlayConfig {
     /// Defaults for a network (`regtest`: local addresses count).
@@ -237,6 +243,7 @@ impl OverlayConfig {
             topics: Vec::new(),
             cluster_threshold: crate::overlay::cluster::DEFAULT_CLUSTER_THRESHOLD,
             peer_target: DEFAULT_OVERLAY_PEER_TARGET,
+            prune_min_age: DEFAULT_OVERLAY_PRUNE_MIN_AGE,
         }
     }
 

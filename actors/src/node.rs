@@ -53,7 +53,16 @@ pub enum NodeMsg {
     GetManager(RpcReplyPort<Option<ActorRef<ManagerMsg>>>),
     /// A child's cell (fault drills: kill it and watch the supervisor restart it).
     GetChild(NodeChild, RpcReplyPort<Option<ActorCell>>),
+    /// Timer: start the overlay again after a restart that failed (its port still held),
+    /// waiting this long before the next try if this one fails too.
+    RetryOverlay(Duration),
 }
+
+/// First wait before an overlay that failed to restart is started again (doubling, up to
+/// [`MAX_OVERLAY_RETRY`]): the rest of the node runs on meanwhile.
+const OVERLAY_RETRY: Duration = Duration::from_secs(5);
+/// Longest wait between tries at restarting the overlay.
+const MAX_OVERLAY_RETRY: Duration = Duration::from_secs(300);
 
 /// The NodeSupervisor's children, by role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,6 +231,22 @@ impl NodeState {
         Ok(())
     }
 
+    /// Starts the overlay again; on failure, schedules another try after `wait`.
+    async fn restart_overlay(&mut self, myself: &ActorRef<NodeMsg>, wait: Duration) {
+        if self.stopping || self.overlay.is_some() {
+            return;
+        }
+        if let Err(e) = self.start_overlay(myself).await {
+            error!(error = %e, retry_in_secs = wait.as_secs(), "overlay did not restart; the node runs on without it");
+            let me = myself.clone();
+            let next = (wait * 2).min(MAX_OVERLAY_RETRY);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                let _ = me.cast(NodeMsg::RetryOverlay(next));
+            });
+        }
+    }
+
     /// Stops every child in order, the Manager last so that it closes its peers and saves
     /// the address book and ban list.
     async fn stop_children(&mut self) {
@@ -344,7 +369,13 @@ impl NodeState {
             "portmap" => self.start_portmap(myself).await,
             // A new Swarm under the same identity (overlay_key.dat); peers find it again
             // through the bootstrap peers and their routing tables.
-            "overlay" => self.start_overlay(myself).await,
+            // A failed restart (its ports still held) leaves the node running without it and
+            // tries again later, rather than taking the node down.
+            "overlay" => {
+                self.overlay = None;
+                self.restart_overlay(myself, OVERLAY_RETRY).await;
+                Ok(())
+            }
             // Connections find Sync through the context, so a new one is picked up at once;
             // the Manager, the one owner of the peer set, tells it of every live peer.
             "sync" => {
@@ -434,6 +465,7 @@ impl Actor for NodeSupervisor {
                 };
                 let _ = reply.send(cell);
             }
+            NodeMsg::RetryOverlay(next) => state.restart_overlay(&myself, next).await,
             NodeMsg::Shutdown(reply) => {
                 state.stop_children().await;
                 info!("node stopped");

@@ -197,7 +197,11 @@ async fn the_identity_survives_a_kill_of_the_actor_and_a_restart_of_the_node() {
         assert!(Instant::now() < deadline, "no new Overlay actor");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let again = status_of(&node, "the overlay again", |s| !s.listen_addrs.is_empty()).await;
+    // A new Swarm (new ports: port 0), not the dead one's status.
+    let again = status_of(&node, "the overlay again", |s| {
+        !s.listen_addrs.is_empty() && s.listen_addrs != first.listen_addrs
+    })
+    .await;
     assert_eq!(again.peer_id, first.peer_id);
     node.shutdown().await;
     assert!(node.overlay().is_none(), "no status once stopped");
@@ -455,9 +459,10 @@ async fn past_its_peer_target_the_overlay_lets_the_most_crowded_cluster_thin() {
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let mut hub_config = overlay_config(dirs[0].path(), vec![]);
     hub_config.overlay.peer_target = 2;
+    hub_config.overlay.prune_min_age = Duration::ZERO;
     let hub = Node::start(hub_config).await.unwrap();
     let boot = address_of(&hub, "/tcp/").await;
-    let hub_id = status_of(&hub, "the hub", |_| true).await.peer_id;
+    status_of(&hub, "the hub", |_| true).await;
     let mut gone = hub.subscribe_to(&[EventKind::OverlayPeerDisconnected]);
     let mut spokes = Vec::new();
     for (i, dir) in dirs.iter().enumerate().skip(1) {
@@ -493,9 +498,39 @@ async fn past_its_peer_target_the_overlay_lets_the_most_crowded_cluster_thin() {
     assert_ne!(dropped, odd);
     let (_, peers) = hub.overlay().unwrap();
     assert!(peers.iter().any(|p| p.peer_id == odd), "{peers:?}");
-    let _ = hub_id;
     hub.shutdown().await;
     for n in &spokes {
         n.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_a_lab_a_peer_from_a_local_address_is_not_told_our_overlay() {
+    use common::{AsyncPeer, Seen};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = overlay_config(dir.path(), vec![]);
+    // As on a public network: loopback is not a place peers reach our overlay from (a
+    // hand-made onion service forwards its peers from there).
+    config.overlay.local_addrs = false;
+    let node = Node::start(config).await.unwrap();
+    status_of(&node, "the overlay", |s| !s.listen_addrs.is_empty()).await;
+    let mut p = AsyncPeer::connect(node.listen_addrs()[0]).await.unwrap();
+    p.send(common::version_message(0)).await;
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !seen.iter().any(|c| c == "verack") {
+        assert!(Instant::now() < deadline, "no verack: {seen:?}");
+        match p.recv(Duration::from_secs(5)).await {
+            Seen::Msg(m) => {
+                let cmd = m.command().to_string();
+                if cmd == "version" {
+                    p.send(bitcoin::p2p::message::NetworkMessage::Verack).await;
+                }
+                seen.push(cmd);
+            }
+            other => panic!("handshake: {other:?}"),
+        }
+    }
+    assert!(!seen.iter().any(|c| c == "overlayaddr"), "{seen:?}");
+    node.shutdown().await;
 }

@@ -135,6 +135,9 @@ pub struct ConnectionState {
     overlay: Option<OverlayAddr>,
     /// Inbound through our onion service: an onion peer, whatever `addr` says.
     inbound_onion: bool,
+    /// Overlays may be linked over this connection: ours told, the peer's dialled (see
+    /// `tell_overlay` where it is set).
+    overlay_link: bool,
     /// One of our block-relay-only connections (its slot says so): `relay=false` in our
     /// version, no `getaddr`, no address taken or advertised.
     block_relay_only: bool,
@@ -310,6 +313,7 @@ impl Actor for Connection {
             v2: args.v2,
             overlay: args.overlay,
             inbound_onion: false,
+            overlay_link: false,
             transport_kind: None,
             handshake,
             ping: None,
@@ -772,13 +776,17 @@ fn start_io(
         false => state.addr,
     };
     // Our overlay's identity and addresses would link this connection to our IP: never to a
-    // peer reached or come by Tor or a proxy, nor to a block-relay-only peer (which must
-    // not be told apart from a stranger) or a feeler.
+    // peer reached or come by Tor, CJDNS or a proxy, nor to one from a local or private
+    // address (a hand-made onion service forwards to us from loopback; a lab's regtest is
+    // the exception), nor to a block-relay-only peer (which must not be told apart from a
+    // stranger) or a feeler. A peer's own overlay is dialled under the same rules.
+    let local_ok = config.overlay.local_addrs;
     let tell_overlay = !(state.overlay.is_some()
         || state.inbound_onion
         || proxied
         || state.block_relay_only
-        || state.feeler);
+        || state.feeler
+        || (!local_ok && crate::shared::addr::is_local_or_private(state.addr.ip())));
     state.handshake = Handshake::new(
         state.direction,
         state.manual,
@@ -809,6 +817,7 @@ fn start_io(
         policy.relay = false;
     }
     policy.start_height = state.ctx.sync_status().header_height.min(i32::MAX as u32) as i32;
+    state.overlay_link = tell_overlay;
     policy.overlay = if tell_overlay {
         state.ctx.overlay_announcement()
     } else {
@@ -890,7 +899,7 @@ fn on_established(state: &mut ConnectionState, pv: PeerVersion) -> Result<(), Di
         p.wants_addrv2 = pv.sendaddrv2;
         p.overlay_peer_id = pv.overlay.as_ref().map(|o| o.peer_id.to_string());
     });
-    if let Some(overlay) = &pv.overlay {
+    if let Some(overlay) = pv.overlay.as_ref().filter(|_| state.overlay_link) {
         hint_overlay(state, overlay);
     }
     let _ = state.manager.cast(ManagerMsg::PeerHandshaked {

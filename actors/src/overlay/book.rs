@@ -115,10 +115,13 @@ impl OverlayBook {
             .position(|(p, _)| *p == peer)
             .and_then(|i| self.dials.remove(i))
             .map(|(_, why)| why);
+        // A reason counts only for the connection we opened: an inbound one from the same
+        // peer id proves nothing of why we wanted it (and a hint must not protect a
+        // stranger who connects in under the hinted id).
         let found_by = match (reason, outbound) {
-            (Some(why), _) => why,
+            (Some(why), true) => why,
             (None, true) => FoundBy::Dht,
-            (None, false) => FoundBy::Inbound,
+            (_, false) => FoundBy::Inbound,
         };
         let relayed = is_relayed(&address);
         self.rows.insert(
@@ -177,19 +180,12 @@ impl OverlayBook {
         self.rows.is_empty()
     }
 
-    /// When `peer` connected, and whether it is protected from a diversity prune (a
-    /// bootstrap peer, or one a Bitcoin peer told us of: the operator's and the Bitcoin
-    /// network's choices, not a stranger's).
-    pub fn standing(&self, peer: &PeerId) -> Option<(Instant, bool)> {
-        self.rows.get(peer).map(|r| {
-            (
-                r.since,
-                matches!(
-                    r.found_by,
-                    FoundBy::Bootstrap | FoundBy::Hint | FoundBy::Dial
-                ),
-            )
-        })
+    /// Whether `peer` came in (only inbound peers are pruned for diversity: those we chose,
+    /// by bootstrap, hint, operator, DHT walk or mDNS, are kept).
+    pub fn is_inbound(&self, peer: &PeerId) -> bool {
+        self.rows
+            .get(peer)
+            .is_some_and(|r| r.found_by == FoundBy::Inbound)
     }
 
     /// Where `peer` says it listens (Identify), a few addresses.
@@ -262,6 +258,11 @@ mod tests {
         let by = |p: PeerId| rows.iter().find(|r| r.peer_id == p.to_string()).unwrap();
         assert_eq!(by(a).found_by, "bootstrap");
         assert_eq!(by(b).found_by, "inbound");
+        // A dial reason does not label an inbound connection from the same id.
+        let d = PeerId::random();
+        book.dialling(d, FoundBy::Hint);
+        assert!(book.connected(d, addr("/ip4/127.0.0.1/tcp/4"), false, now));
+        assert!(book.is_inbound(&d));
         assert_eq!(by(c).found_by, "dht");
     }
 

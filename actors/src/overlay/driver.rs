@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::book::{self, FoundBy, OverlayBook, MAX_ADDRS_PER_PEER};
 use super::cluster::{clusters, diversity_victim, jaccard, Member};
-use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent};
+use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent, MAX_PROVIDED_KEYS};
 use crate::context::NodeContext;
 use crate::events::NodeEvent;
 use crate::shared::overlay_link::OverlayCommand;
@@ -51,6 +51,20 @@ const MAX_PENDING_FINDS: usize = 16;
 const MAX_PROVIDERS_FOUND: usize = 64;
 /// Providers a find dials at most (those not connected yet).
 const MAX_FIND_DIALS: usize = 8;
+
+/// While no bootstrap peer is connected, they are dialled again this often (one may have
+/// been down at start).
+const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(60);
+/// First wait before a relay that refused or lost our reservation is asked again; doubled
+/// at each failure up to [`MAX_RELAY_BACKOFF`].
+const RELAY_BACKOFF: Duration = Duration::from_secs(30);
+/// Longest wait between reservation requests to one relay.
+const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(30 * 60);
+/// Provider keys one remote peer may have us store: a meshd node announces a handful of
+/// topics; more is someone filling our store.
+const MAX_REMOTE_PROVIDER_KEYS_PER_PEER: usize = 8;
+/// Provider addresses kept per record a remote stores with us (each served to whoever asks).
+const MAX_PROVIDER_ADDRS: usize = 4;
 
 /// A peer whose topics we do not know yet is not pruned for diversity for this long:
 /// its GossipSub subscriptions come a moment after the connection.
@@ -84,6 +98,8 @@ pub struct DriverArgs {
     pub cluster_threshold: f64,
     /// Peers kept before the most crowded cluster is pruned.
     pub peer_target: usize,
+    /// How long an inbound peer stays before it may be pruned.
+    pub prune_min_age: Duration,
     /// Loopback and private addresses count as reachable (regtest, labs).
     pub local_addrs: bool,
     /// The network's name (for the Kademlia protocol id).
@@ -174,6 +190,12 @@ struct Driver {
     finds: HashMap<kad::QueryId, PendingFind>,
     cluster_threshold: f64,
     peer_target: usize,
+    prune_min_age: Duration,
+    bootstrap: Vec<Multiaddr>,
+    bootstrap_ids: BTreeSet<PeerId>,
+    next_bootstrap_dial: Instant,
+    relay_backoff: HashMap<PeerId, (Instant, Duration)>,
+    remote_provider_keys: HashMap<PeerId, usize>,
 }
 
 struct PendingFind {
@@ -189,6 +211,7 @@ pub async fn run(args: DriverArgs) {
         topics,
         cluster_threshold,
         peer_target,
+        prune_min_age,
         local_addrs,
         network,
         ctx,
@@ -212,12 +235,21 @@ pub async fn run(args: DriverArgs) {
         finds: HashMap::new(),
         cluster_threshold,
         peer_target,
+        prune_min_age,
+        bootstrap_ids: bootstrap
+            .iter()
+            .filter_map(|a| split_peer(a).map(|(p, _)| p))
+            .collect(),
+        bootstrap,
+        next_bootstrap_dial: Instant::now() + BOOTSTRAP_REDIAL,
+        relay_backoff: HashMap::new(),
+        remote_provider_keys: HashMap::new(),
     };
     for topic in topics {
         driver.provide(topic);
     }
-    for addr in &bootstrap {
-        driver.dial(addr.clone(), FoundBy::Bootstrap);
+    for addr in driver.bootstrap.clone() {
+        driver.dial(addr, FoundBy::Bootstrap);
     }
     let mut tick = tokio::time::interval(STATUS_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -226,7 +258,10 @@ pub async fn run(args: DriverArgs) {
             _ = &mut stop => break,
             Some(cmd) = commands.recv() => driver.on_command(cmd),
             event = driver.swarm.select_next_some() => driver.on_event(event),
-            _ = tick.tick() => driver.publish_status(),
+            _ = tick.tick() => {
+                driver.on_tick();
+                driver.publish_status();
+            }
         }
     }
     driver.ctx.set_overlay_announcement(None);
@@ -300,7 +335,9 @@ impl Driver {
             OverlayCommand::Find { topic, reply } => {
                 if self.finds.len() >= MAX_PENDING_FINDS {
                     count("command_refused");
-                    let _ = reply.send(Vec::new());
+                    // Dropping the reply tells the caller it was refused, not that nobody
+                    // serves the topic.
+                    drop(reply);
                     return;
                 }
                 count("topic_find");
@@ -386,7 +423,12 @@ impl Driver {
     fn on_event(&mut self, event: SwarmEvent<MeshBehaviourEvent>) {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
-                info!(%address, "overlay listening");
+                // A relay picks the addresses of its circuit: those are not ours to log loudly.
+                if book::is_relayed(&address) {
+                    debug!(%address, "overlay listening through a relay");
+                } else {
+                    info!(%address, "overlay listening");
+                }
                 if self.local_addrs {
                     // No AutoNAT server confirms a lab's loopback address; a relay puts
                     // only confirmed addresses in its reservations.
@@ -395,7 +437,7 @@ impl Driver {
                 self.dirty = true;
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
-                info!(%address, "overlay address confirmed");
+                debug!(%address, "overlay address confirmed");
                 self.dirty = true;
             }
             SwarmEvent::ListenerClosed { listener_id, .. } => {
@@ -404,6 +446,7 @@ impl Driver {
                 if let Some(relay) = self.relay_listeners.remove(&listener_id) {
                     self.reservations.remove(&relay);
                     count("relay_reservation_lost");
+                    self.back_off_relay(relay);
                     self.seek_reservations();
                 }
                 self.dirty = true;
@@ -570,7 +613,7 @@ impl Driver {
             }) => {
                 if !renewal {
                     count("relay_reservation");
-                    info!(relay = %relay_peer_id, "overlay relay reservation");
+                    debug!(relay = %relay_peer_id, "overlay relay reservation");
                 }
                 self.reservations.insert(relay_peer_id);
                 self.dirty = true;
@@ -582,7 +625,7 @@ impl Driver {
             }) => match result {
                 Ok(_) => {
                     count("hole_punch_ok");
-                    info!(peer = %remote_peer_id, "overlay hole punched");
+                    debug!(peer = %remote_peer_id, "overlay hole punched");
                 }
                 Err(e) => {
                     count("hole_punch_failed");
@@ -630,19 +673,95 @@ impl Driver {
                 // record a remote asks us to store is refused: meshd stores no values.
                 kad::InboundRequest::AddProvider {
                     record: Some(record),
-                } => {
-                    let store = self.swarm.behaviour_mut().kad.store_mut();
-                    match kad::store::RecordStore::add_provider(store, record) {
-                        Ok(()) => count("dht_provider_stored"),
-                        Err(_) => count("dht_record_refused"),
-                    }
-                }
+                } => self.store_remote_provider(record),
                 kad::InboundRequest::PutRecord {
                     record: Some(_), ..
                 } => count("dht_record_refused"),
                 _ => {}
             },
             _ => {}
+        }
+    }
+
+    /// Stores a provider record a remote sent (kad has checked that the provider is the
+    /// sender), if it is for a topic key, within the sender's share of the store, and with
+    /// a few routable addresses only: it is served to whoever asks.
+    fn store_remote_provider(&mut self, mut record: kad::ProviderRecord) {
+        let key = record.key.as_ref();
+        let topic_shaped = key.len() == 34 && key[..2] == [0x12, 0x20];
+        let me = *self.swarm.local_peer_id();
+        let theirs = self
+            .remote_provider_keys
+            .get(&record.provider)
+            .copied()
+            .unwrap_or(0);
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let known = kad::store::RecordStore::providers(store, &record.key)
+            .iter()
+            .any(|p| p.provider == record.provider);
+        // Room for our own topics is kept whatever remotes send.
+        let full = self.remote_provider_keys.values().sum::<usize>()
+            >= MAX_PROVIDED_KEYS.saturating_sub(MAX_GOSSIP_TOPICS);
+        if !topic_shaped
+            || record.provider == me
+            || (!known
+                && (theirs >= MAX_REMOTE_PROVIDER_KEYS_PER_PEER
+                    || full
+                    || self.remote_provider_keys.len() >= MAX_PROVIDED_KEYS))
+        {
+            count("dht_record_refused");
+            return;
+        }
+        let local = self.local_addrs;
+        record
+            .addresses
+            .retain(|a| routable(a, local) && !unspecified(a));
+        record.addresses.truncate(MAX_PROVIDER_ADDRS);
+        match kad::store::RecordStore::add_provider(store, record.clone()) {
+            Ok(()) => {
+                if !known {
+                    *self
+                        .remote_provider_keys
+                        .entry(record.provider)
+                        .or_insert(0) += 1;
+                }
+                count("dht_provider_stored");
+            }
+            Err(_) => count("dht_record_refused"),
+        }
+    }
+
+    /// Not the same relay again at once: one with nothing to offer (no address of its own,
+    /// full, or refusing) would otherwise be asked in a loop. The wait doubles per failure.
+    fn back_off_relay(&mut self, relay: PeerId) {
+        let delay = self
+            .relay_backoff
+            .get(&relay)
+            .map_or(RELAY_BACKOFF, |(_, d)| (*d * 2).min(MAX_RELAY_BACKOFF));
+        if self.relay_backoff.len() < MAX_RELAY_CANDIDATES * 4
+            || self.relay_backoff.contains_key(&relay)
+        {
+            self.relay_backoff
+                .insert(relay, (Instant::now() + delay, delay));
+        }
+    }
+
+    /// Once per status tick: dials the bootstrap peers again while none is connected, and
+    /// asks relays for reservations whose backoff has passed.
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_bootstrap_dial {
+            self.next_bootstrap_dial = now + BOOTSTRAP_REDIAL;
+            let connected = self.bootstrap_ids.iter().any(|p| self.book.contains(p));
+            if !connected {
+                for addr in self.bootstrap.clone() {
+                    self.dial(addr, FoundBy::Bootstrap);
+                }
+            }
+            self.relay_backoff.retain(|_, (at, _)| *at > now);
+        }
+        if self.reachability == "private" && self.reservations.len() < MAX_RELAY_RESERVATIONS_HELD {
+            self.seek_reservations();
         }
     }
 
@@ -704,7 +823,14 @@ impl Driver {
         let candidates: Vec<PeerId> = self
             .relay_candidates
             .iter()
-            .filter(|p| !self.reservations.contains(p) && self.book.contains(p))
+            .filter(|p| {
+                !self.reservations.contains(p)
+                    && self.book.contains(p)
+                    && self
+                        .relay_backoff
+                        .get(p)
+                        .is_none_or(|(at, _)| *at <= Instant::now())
+            })
             .copied()
             .collect();
         for relay in candidates {
@@ -723,6 +849,11 @@ impl Driver {
                 debug!(relay = %relay, "overlay relay has no address to reserve at");
                 continue;
             };
+            // Identify's addresses may already end in the relay's id.
+            let base = match split_peer(&base) {
+                Some((p, stripped)) if p == relay => stripped,
+                _ => base,
+            };
             let addr = base.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
             match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
@@ -731,7 +862,10 @@ impl Driver {
                     self.reservations.insert(relay);
                     self.relay_listeners.insert(id, relay);
                 }
-                Err(e) => debug!(relay = %relay, %addr, error = ?e, "overlay relay listen refused"),
+                Err(e) => {
+                    debug!(relay = %relay, %addr, error = ?e, "overlay relay listen refused");
+                    self.back_off_relay(relay);
+                }
             }
         }
     }
@@ -765,13 +899,19 @@ impl Driver {
             .iter()
             .map(|r| {
                 let peer: Option<PeerId> = r.peer_id.parse().ok();
-                let standing = peer.and_then(|p| self.book.standing(&p));
-                let held = peer.is_some_and(|p| self.reservations.contains(&p));
+                // Only strangers who came in, and stayed a while, are judged: the peers we
+                // chose (bootstrap, hint, operator, DHT walk, mDNS) and our relays are kept,
+                // and Kademlia's own short connections are not cut mid-request.
+                let stranger = peer.is_some_and(|p| {
+                    self.book.is_inbound(&p)
+                        && !self.bootstrap_ids.contains(&p)
+                        && !self.reservations.contains(&p)
+                });
                 Member {
                     key: r.peer_id.clone(),
                     topics: peer_topics.get(&r.peer_id).cloned().unwrap_or_default(),
-                    protected: standing.is_some_and(|(_, p)| p)
-                        || held
+                    protected: !stranger
+                        || r.connected_secs < self.prune_min_age.as_secs()
                         // Not judged before its topics had time to arrive.
                         || (peer_topics.get(&r.peer_id).is_none_or(|t| t.is_empty())
                             && r.connected_secs < TOPICS_GRACE.as_secs()),
@@ -841,7 +981,11 @@ impl Driver {
             .external_addresses()
             .chain(self.swarm.listeners())
         {
-            if !unspecified(a) && !addrs.contains(a) && addrs.len() < MAX_OVERLAY_ADDRS {
+            if !unspecified(a)
+                && routable(a, self.local_addrs)
+                && !addrs.contains(a)
+                && addrs.len() < MAX_OVERLAY_ADDRS
+            {
                 addrs.push(a.clone());
             }
         }

@@ -3,9 +3,10 @@
 //! records name it).
 //!
 //! The file is a meshd state file (see [`crate::persist`]: kind `OVLK`, version 1, written
-//! atomically, mode 0600) holding the key's 32-byte secret. A file that does not load is set
-//! aside under a `.corrupt-<time>` name and a new key made; it is never overwritten, so an
-//! operator can still recover a key a bad disk damaged.
+//! atomically, mode 0600) holding the key's 32-byte secret. A damaged file is set aside
+//! under a `.corrupt-<time>` name and a new key made (it is never overwritten, so an
+//! operator can still recover a key a bad disk damaged); one that cannot be read, or that
+//! a newer meshd wrote, fails the start instead, so the peer id never changes unasked.
 
 use std::path::{Path, PathBuf};
 
@@ -54,6 +55,12 @@ pub fn load_or_create(datadir: &Path) -> Result<Keypair, IdentityError> {
             }
         },
         Ok(None) => {}
+        // A file we cannot read, or one a newer meshd wrote: refuse to start rather than
+        // change our peer id behind the operator's back.
+        Err(source @ (PersistError::Io(_) | PersistError::UnsupportedVersion { .. })) => {
+            return Err(IdentityError::Persist { path, source });
+        }
+        // A damaged one: kept aside for the operator, and a new identity made.
         Err(e) => {
             warn!(path = %path.display(), error = %e, "overlay key does not load; setting it aside");
             set_aside(&path)?;
@@ -120,12 +127,28 @@ mod tests {
     }
 
     #[test]
-    fn a_secret_of_the_wrong_length_is_refused() {
+    fn a_secret_of_the_wrong_length_is_set_aside() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(OVERLAY_KEY_FILE);
         persist::save(&path, KEY_KIND, KEY_VERSION, &vec![7u8; 5]).unwrap();
         let key = load_or_create(dir.path()).unwrap();
         let reloaded = load_or_create(dir.path()).unwrap();
         assert_eq!(key.public().to_peer_id(), reloaded.public().to_peer_id());
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
+            .count();
+        assert_eq!(aside, 1);
+    }
+
+    #[test]
+    fn a_key_from_a_newer_meshd_fails_the_start_and_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(OVERLAY_KEY_FILE);
+        persist::save(&path, KEY_KIND, KEY_VERSION + 1, &vec![7u8; 32]).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        assert!(load_or_create(dir.path()).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 }

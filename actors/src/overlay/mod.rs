@@ -52,13 +52,17 @@ pub struct OverlayState {
     stop: Option<oneshot::Sender<()>>,
 }
 
-/// The driver's task, aborted if the actor's state is dropped without a stop (a kill):
-/// the next actor must find the overlay's ports free.
-struct AbortOnDrop(JoinHandle<()>);
+/// The driver's task, aborted if the actor's state is dropped without a stop (a kill),
+/// with what it published cleared: the next actor must find the ports free, and nobody may
+/// read a dead overlay's status or queue commands to it.
+struct AbortOnDrop(JoinHandle<()>, Arc<NodeContext>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+        self.1.set_overlay_commands(None);
+        self.1.set_overlay_announcement(None);
+        self.1.set_overlay(None);
     }
 }
 
@@ -106,6 +110,7 @@ impl Actor for Overlay {
             topics: overlay.announced_topics(config.network.name(), config.compact_blocks),
             cluster_threshold: overlay.cluster_threshold,
             peer_target: overlay.peer_target,
+            prune_min_age: overlay.prune_min_age,
             local_addrs: overlay.local_addrs,
             network,
             ctx: ctx.clone(),
@@ -113,14 +118,21 @@ impl Actor for Overlay {
             stop,
         };
         let task = tokio::spawn(async move {
-            driver::run(args).await;
-            // The driver ends only when told to; if it ever ends otherwise, the actor
-            // stops with it, and the supervisor sees the exit.
-            myself.stop(Some("overlay driver ended".into()));
+            use futures_util::FutureExt;
+            // The driver ends only when told to; if it ever ends otherwise (a panic in
+            // libp2p included), the actor stops with it, and the supervisor sees the exit.
+            let why = match std::panic::AssertUnwindSafe(driver::run(args))
+                .catch_unwind()
+                .await
+            {
+                Ok(()) => "overlay driver ended",
+                Err(_) => "overlay driver panicked",
+            };
+            myself.stop(Some(why.into()));
         });
         Ok(OverlayState {
+            task: Some(AbortOnDrop(task, ctx.clone())),
             ctx,
-            task: Some(AbortOnDrop(task)),
             stop: Some(stop_tx),
         })
     }

@@ -12,11 +12,14 @@
 use std::num::NonZeroUsize;
 use std::time::Duration;
 
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{global_only, Boxed, OrTransport};
+use libp2p::core::{upgrade, Transport as _};
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    autonat, connection_limits, dcutr, gossipsub, identify, kad, mdns, noise, ping, relay, tcp,
-    yamux, StreamProtocol, Swarm, SwarmBuilder,
+    autonat, connection_limits, dcutr, dns, gossipsub, identify, kad, mdns, noise, ping, quic,
+    relay, tcp, yamux, PeerId, StreamProtocol, Swarm, SwarmBuilder,
 };
 
 pub use self::behaviour::{MeshBehaviour, MeshBehaviourEvent};
@@ -24,6 +27,11 @@ pub use self::behaviour::{MeshBehaviour, MeshBehaviourEvent};
 /// Established overlay connections at most: each holds Yamux and Noise buffers, and a
 /// remote that opens many must not exhaust our sockets; the Bitcoin side has its own slots.
 pub const MAX_OVERLAY_CONNECTIONS: u32 = 64;
+/// Yamux streams open on one connection at most.
+const MAX_STREAMS_PER_CONNECTION: usize = 64;
+/// Established connections that came in, at most: a flood of inbound peers leaves room for
+/// the ones we dial (bootstrap, hints, DHT walks).
+const MAX_INCOMING_CONNECTIONS: u32 = 48;
 /// Connections to one peer at most: one direct and one relayed (DCUtR upgrades the second).
 const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Incoming connections still in their handshake at most: a flood of half-open ones costs
@@ -41,8 +49,10 @@ pub const MAX_DHT_RECORDS: usize = 1024;
 pub const MAX_DHT_RECORD_BYTES: usize = 4 * 1024;
 /// Providers kept per DHT key: Kademlia's replication factor (K = 20).
 const MAX_PROVIDERS_PER_KEY: usize = 20;
-/// Keys we provide ourselves at most (our topics).
-pub const MAX_PROVIDED_KEYS: usize = 64;
+/// Provider keys the store holds at most, ours and others' (kad's `max_provided_keys`
+/// counts every key with a provider); the driver keeps room for ours and gives each remote
+/// a share (see `store_remote_provider`).
+pub const MAX_PROVIDED_KEYS: usize = 1024;
 /// Largest Kademlia message accepted (the crate's default is 16 KiB): a `FIND_NODE`
 /// answer of K peers with a few addresses each fits well inside.
 const MAX_KAD_PACKET: usize = 16 * 1024;
@@ -60,6 +70,9 @@ const MAX_TOPICS_PER_REMOTE: usize = 64;
 const MAX_SUBSCRIPTIONS_PER_REQUEST: usize = 32;
 /// GossipSub messages per RPC frame at most.
 const MAX_MESSAGES_PER_RPC: usize = 64;
+/// GossipSub frames queued to one peer at most (the crate's default is 5,000: at 64 KiB a
+/// frame, 320 MiB for one slow peer).
+const GOSSIP_QUEUE_PER_PEER: usize = 256;
 /// Message ids in one IHAVE, and IHAVEs accepted per heartbeat from a peer.
 const MAX_IHAVE_LENGTH: usize = 1000;
 /// See [`MAX_IHAVE_LENGTH`].
@@ -150,24 +163,53 @@ fn build_err(e: impl std::fmt::Display) -> SwarmError {
 
 /// Builds the Swarm (it listens on nothing yet).
 pub fn build(key: Keypair, settings: &SwarmSettings) -> Result<Swarm<MeshBehaviour>, SwarmError> {
+    let local_addrs = settings.local_addrs;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
+        .with_other_transport(|key| base_transport(key, local_addrs))
         .map_err(build_err)?
-        .with_quic()
-        .with_dns()
-        .map_err(build_err)?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, yamux_config)
         .map_err(build_err)?
         .with_behaviour(|key, relay_client| behaviours(key, relay_client, settings))
         .map_err(build_err)?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     Ok(swarm)
+}
+
+/// TCP (Noise, Yamux) and QUIC, under DNS. Off a lab, every dial to an address that is not
+/// globally routable is refused (libp2p's `global_only` transport): Kademlia, Identify and
+/// DCUtR dial addresses remotes tell us of, and none of them may point our overlay at the
+/// operator's own network. DNS names are resolved first, and the addresses they resolve to
+/// pass the same check.
+fn base_transport(
+    key: &Keypair,
+    local_addrs: bool,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux_config())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
+    let quic = quic::tokio::Transport::new(quic::Config::new(key))
+        .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)));
+    let both = OrTransport::new(quic, tcp).map(|either, _| match either {
+        futures_util::future::Either::Left(out) | futures_util::future::Either::Right(out) => out,
+    });
+    let filtered = if local_addrs {
+        both.boxed()
+    } else {
+        global_only::Transport::new(both).boxed()
+    };
+    Ok(dns::tokio::Transport::system(filtered)?.boxed())
+}
+
+/// Yamux with fewer streams per connection than the crate's 512: our protocols open a few
+/// each, and a remote's streams are buffers we hold.
+fn yamux_config() -> yamux::Config {
+    let mut c = yamux::Config::default();
+    c.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    c
 }
 
 fn behaviours(
@@ -180,7 +222,8 @@ fn behaviours(
         .with_max_established(Some(MAX_OVERLAY_CONNECTIONS))
         .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
         .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-        .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING));
+        .with_max_pending_outgoing(Some(MAX_PENDING_OUTGOING))
+        .with_max_established_incoming(Some(MAX_INCOMING_CONNECTIONS));
 
     let relay = settings.relay_service.then(|| {
         relay::Behaviour::new(
@@ -234,6 +277,7 @@ fn behaviours(
         .max_messages_per_rpc(Some(MAX_MESSAGES_PER_RPC))
         .max_ihave_length(MAX_IHAVE_LENGTH)
         .max_ihave_messages(MAX_IHAVE_MESSAGES)
+        .connection_handler_queue_len(GOSSIP_QUEUE_PER_PEER)
         .build()
         .map_err(|e| format!("gossipsub: {e}"))?;
     let gossipsub = gossipsub::Behaviour::new_with_subscription_filter(
@@ -293,5 +337,52 @@ mod tests {
         assert!(swarm.behaviour().relay.is_enabled());
         assert!(!swarm.behaviour().mdns.is_enabled());
         assert_eq!(kad_protocol("regtest"), "/meshd/regtest/kad/1.0.0");
+    }
+
+    #[tokio::test]
+    async fn off_a_lab_addresses_that_are_not_global_are_never_dialled() {
+        use futures_util::StreamExt;
+        use libp2p::swarm::{DialError, SwarmEvent};
+        let settings = SwarmSettings {
+            network: "mainnet".into(),
+            agent: "/meshd:test/".into(),
+            mdns: false,
+            relay_service: false,
+            local_addrs: false,
+        };
+        let mut swarm = build(Keypair::generate_ed25519(), &settings).unwrap();
+        // A listener on loopback, so a dial that got through would not fail for want of one.
+        let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = target.local_addr().unwrap().port();
+        let peer = Keypair::generate_ed25519().public().to_peer_id();
+        for addr in [
+            format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+            format!("/ip4/10.1.2.3/tcp/{port}/p2p/{peer}"),
+            format!("/ip4/192.168.0.1/udp/{port}/quic-v1/p2p/{peer}"),
+        ] {
+            swarm
+                .dial(addr.parse::<libp2p::Multiaddr>().unwrap())
+                .unwrap();
+            let error = loop {
+                if let SwarmEvent::OutgoingConnectionError { error, .. } =
+                    swarm.select_next_some().await
+                {
+                    break error;
+                }
+            };
+            match error {
+                // Refused before any socket (under DNS the refusal comes wrapped).
+                DialError::Transport(errors) => assert!(
+                    errors
+                        .iter()
+                        .all(|(_, e)| format!("{e:?}").contains("MultiaddrNotSupported")),
+                    "{addr}: {errors:?}"
+                ),
+                other => panic!("{addr}: {other:?}"),
+            }
+        }
+        // Nothing reached the listener.
+        target.set_nonblocking(true).unwrap();
+        assert!(target.accept().is_err());
     }
 }
