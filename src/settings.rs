@@ -792,6 +792,10 @@ pub fn resolve_with(args: &RunArgs, file: FileConfig) -> Result<Settings, Config
     node.natpmp = args.natpmp.or(file.natpmp).unwrap_or(node.natpmp);
     node.upnp = args.upnp.or(file.upnp).unwrap_or(node.upnp);
     node.overlay.enabled = args.overlay.or(file.overlay).unwrap_or(false);
+    if node.overlay.enabled && node.proxy.is_some() {
+        // The overlay dials and listens directly: it would reveal what the proxy hides.
+        return err("overlay: not with --proxy (the overlay dials and listens directly)");
+    }
     node.overlay.mdns = args.overlay_mdns.or(file.overlay_mdns).unwrap_or(false);
     node.overlay.relay_service = args
         .overlay_relay_service

@@ -165,6 +165,15 @@ fn a_bootstrap_address_without_a_peer_id_or_a_taken_port_is_refused_at_start() {
         .unwrap();
     assert_ne!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("overlay-cluster-threshold"));
+    // Behind a proxy the overlay would dial and listen around it: refused.
+    let out = std::process::Command::new(meshd_bin())
+        .arg("--datadir")
+        .arg(dir.path())
+        .args(["--overlay", "--proxy", "127.0.0.1:9050"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not with --proxy"));
 
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();

@@ -826,9 +826,9 @@ impl Node {
                 "the overlay does not run (start the node with --overlay), or is busy".into(),
             );
         }
-        answer
-            .await
-            .map_err(|_| "the overlay stopped before the walk ended".to_string())
+        answer.await.map_err(|_| {
+            "the overlay refused the find (16 are in flight) or stopped before it ended".to_string()
+        })
     }
 
     /// Dials an overlay address (ending in `/p2p/<peer id>` to know whom); false when the
