@@ -152,8 +152,14 @@ impl OverlayBook {
     }
 
     /// What Identify told us of `peer`.
-    pub fn identified(&mut self, peer: &PeerId, agent: &str, listen_addrs: &[Multiaddr]) {
-        if let Some(row) = self.rows.get_mut(peer) {
+    /// True the first time on this connection: only then do its addresses enter the routing
+    /// table, so a peer pushing Identify again and again with new addresses cannot grow it.
+    pub fn identified(&mut self, peer: &PeerId, agent: &str, listen_addrs: &[Multiaddr]) -> bool {
+        let Some(row) = self.rows.get_mut(peer) else {
+            return false;
+        };
+        let first = row.agent.is_none();
+        {
             row.agent = Some(cut(agent, MAX_AGENT_LEN));
             row.listen_addrs = listen_addrs
                 .iter()
@@ -161,6 +167,7 @@ impl OverlayBook {
                 .cloned()
                 .collect();
         }
+        first
     }
 
     /// A ping's round trip.

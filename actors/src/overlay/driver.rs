@@ -360,12 +360,8 @@ impl Driver {
                 if peer == *self.swarm.local_peer_id() || self.book.contains(&peer) {
                     return;
                 }
-                for addr in addrs.iter().take(MAX_ADDRS_PER_PEER) {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
-                }
+                // Dialled, not put in the routing table: an unverified id enters it only once
+                // a connection proves it (Identify then adds its addresses).
                 self.book.dialling(peer, FoundBy::Hint);
                 let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
                     .addresses(addrs.into_iter().take(MAX_ADDRS_PER_PEER).collect())
@@ -509,13 +505,14 @@ impl Driver {
         match event {
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 count("identified");
-                self.book
+                let first = self
+                    .book
                     .identified(&peer_id, &info.agent_version, &info.listen_addrs);
                 let speaks_kad = info
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == self.kad_protocol);
-                if speaks_kad {
+                if speaks_kad && first {
                     for addr in info
                         .listen_addrs
                         .iter()
@@ -550,10 +547,6 @@ impl Driver {
                 count("mdns_discovered");
                 let mut dials = 0;
                 for (peer, addr) in found {
-                    self.swarm
-                        .behaviour_mut()
-                        .kad
-                        .add_address(&peer, addr.clone());
                     if dials < MAX_MDNS_DIALS_PER_EVENT
                         && !self.book.contains(&peer)
                         && peer != *self.swarm.local_peer_id()
