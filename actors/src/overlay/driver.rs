@@ -52,6 +52,9 @@ const MAX_PROVIDERS_FOUND: usize = 64;
 /// Providers a find dials at most (those not connected yet).
 const MAX_FIND_DIALS: usize = 8;
 
+/// Our provider records are refreshed at most this often (Kademlia republishes them itself
+/// every 12 hours).
+const REPROVIDE_MIN_INTERVAL: Duration = Duration::from_secs(60);
 /// While no bootstrap peer is connected, they are dialled again this often (one may have
 /// been down at start).
 const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(60);
@@ -196,6 +199,7 @@ struct Driver {
     next_bootstrap_dial: Instant,
     relay_backoff: HashMap<PeerId, (Instant, Duration)>,
     remote_provider_keys: HashMap<PeerId, usize>,
+    last_reprovide: Option<Instant>,
 }
 
 struct PendingFind {
@@ -244,6 +248,7 @@ pub async fn run(args: DriverArgs) {
         next_bootstrap_dial: Instant::now() + BOOTSTRAP_REDIAL,
         relay_backoff: HashMap::new(),
         remote_provider_keys: HashMap::new(),
+        last_reprovide: None,
     };
     for topic in topics {
         driver.provide(topic);
@@ -317,8 +322,17 @@ impl Driver {
     }
 
     /// Refreshes our provider records (after a bootstrap walk: the first ones may have
-    /// found no peer to store them).
+    /// found no peer to store them), at most once per [`REPROVIDE_MIN_INTERVAL`]: Kademlia
+    /// walks again whenever its table is short, and each refresh is a walk per topic.
     fn reprovide(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_reprovide
+            .is_some_and(|t| now.duration_since(t) < REPROVIDE_MIN_INTERVAL)
+        {
+            return;
+        }
+        self.last_reprovide = Some(now);
         let topics: Vec<String> = self.provided.iter().cloned().collect();
         for topic in topics {
             let _ = self
