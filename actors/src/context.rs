@@ -82,6 +82,9 @@ pub struct NodeContext {
     /// Why the supervision tree failed to start (an overlay address in use), for
     /// [`crate::node::Node::start`]'s error.
     pub(crate) start_error: std::sync::OnceLock<String>,
+    /// Which Overlay actor owns the overlay's entries here: each start takes the next
+    /// number, and an actor clears them only while it is still the owner.
+    pub(crate) overlay_generation: AtomicU64,
     /// What our `overlayaddr` tells peers (our overlay's id and addresses), while it runs.
     overlay_announcement: RwLock<Option<crate::wire::overlay_announce::OverlayAnnounce>>,
     /// The overlay's command queue, while it runs.
@@ -178,6 +181,7 @@ impl NodeContext {
             overlay: RwLock::new(None),
             overlay_commands: RwLock::new(None),
             overlay_announcement: RwLock::new(None),
+            overlay_generation: AtomicU64::new(0),
             start_error: std::sync::OnceLock::new(),
             advertise_lock: Mutex::new(()),
             sync: RwLock::new(None),

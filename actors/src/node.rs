@@ -483,7 +483,10 @@ impl Actor for NodeSupervisor {
         state: &mut NodeState,
     ) -> Result<(), ActorProcessingErr> {
         match event {
-            SupervisionEvent::ActorTerminated(cell, _, why) => {
+            SupervisionEvent::ActorTerminated(cell, last_state, why) => {
+                // A killed child's state comes with the event: dropped before its successor
+                // starts, so what it holds (the overlay's Swarm and ports) is let go first.
+                drop(last_state);
                 let why = why.unwrap_or_else(|| "stopped".into());
                 state.on_child_exit(&myself, cell, why).await?;
             }

@@ -203,6 +203,13 @@ async fn the_identity_survives_a_kill_of_the_actor_and_a_restart_of_the_node() {
     })
     .await;
     assert_eq!(again.peer_id, first.peer_id);
+    // The new actor's command queue is in place (the old one's end did not clear it).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(node.overlay_subscribe("meshd/regtest/after-a-kill"));
+    status_of(&node, "the subscription", |s| {
+        s.topics.iter().any(|t| t == "meshd/regtest/after-a-kill")
+    })
+    .await;
     node.shutdown().await;
     assert!(node.overlay().is_none(), "no status once stopped");
 

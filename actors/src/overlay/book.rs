@@ -62,6 +62,7 @@ struct Row {
     relayed: bool,
     rtt: Option<Duration>,
     since: Instant,
+    kad_added: bool,
 }
 
 /// The connected overlay peers.
@@ -102,6 +103,15 @@ impl OverlayBook {
     ) -> bool {
         if let Some(row) = self.rows.get_mut(&peer) {
             row.connections += 1;
+            // We dialled it too (both sides acted on hints at once, the inbound landed
+            // first): it is one we chose after all.
+            if outbound && row.found_by == FoundBy::Inbound {
+                if let Some(i) = self.dials.iter().position(|(p, _)| *p == peer) {
+                    if let Some((_, why)) = self.dials.remove(i) {
+                        row.found_by = why;
+                    }
+                }
+            }
             // A direct connection next to a relayed one (DCUtR's upgrade) is what we use.
             if row.relayed && !is_relayed(&address) {
                 row.relayed = false;
@@ -109,19 +119,18 @@ impl OverlayBook {
             }
             return false;
         }
-        let reason = self
-            .dials
-            .iter()
-            .position(|(p, _)| *p == peer)
-            .and_then(|i| self.dials.remove(i))
-            .map(|(_, why)| why);
-        // A reason counts only for the connection we opened: an inbound one from the same
-        // peer id proves nothing of why we wanted it (and a hint must not protect a
-        // stranger who connects in under the hinted id).
-        let found_by = match (reason, outbound) {
-            (Some(why), true) => why,
-            (None, true) => FoundBy::Dht,
-            (_, false) => FoundBy::Inbound,
+        // A reason counts only for the connection we opened (kept for it while an inbound
+        // one lands first): an inbound connection from the same peer id proves nothing of
+        // why we wanted it, and a hint must not protect a stranger who connects in under
+        // the hinted id.
+        let found_by = if outbound {
+            self.dials
+                .iter()
+                .position(|(p, _)| *p == peer)
+                .and_then(|i| self.dials.remove(i))
+                .map_or(FoundBy::Dht, |(_, why)| why)
+        } else {
+            FoundBy::Inbound
         };
         let relayed = is_relayed(&address);
         self.rows.insert(
@@ -135,6 +144,7 @@ impl OverlayBook {
                 relayed,
                 rtt: None,
                 since: now,
+                kad_added: false,
             },
         );
         true
@@ -152,14 +162,8 @@ impl OverlayBook {
     }
 
     /// What Identify told us of `peer`.
-    /// True the first time on this connection: only then do its addresses enter the routing
-    /// table, so a peer pushing Identify again and again with new addresses cannot grow it.
-    pub fn identified(&mut self, peer: &PeerId, agent: &str, listen_addrs: &[Multiaddr]) -> bool {
-        let Some(row) = self.rows.get_mut(peer) else {
-            return false;
-        };
-        let first = row.agent.is_none();
-        {
+    pub fn identified(&mut self, peer: &PeerId, agent: &str, listen_addrs: &[Multiaddr]) {
+        if let Some(row) = self.rows.get_mut(peer) {
             row.agent = Some(cut(agent, MAX_AGENT_LEN));
             row.listen_addrs = listen_addrs
                 .iter()
@@ -167,7 +171,6 @@ impl OverlayBook {
                 .cloned()
                 .collect();
         }
-        first
     }
 
     /// A ping's round trip.
@@ -193,6 +196,19 @@ impl OverlayBook {
         self.rows
             .get(peer)
             .is_some_and(|r| r.found_by == FoundBy::Inbound)
+    }
+
+    /// Marks `peer`'s addresses as put in the routing table; true the first time on this
+    /// connection (a peer pushing Identify again with new addresses cannot grow the table,
+    /// but one that turns to serving the DHT later is still added then).
+    pub fn mark_kad_added(&mut self, peer: &PeerId) -> bool {
+        match self.rows.get_mut(peer) {
+            Some(row) if !row.kad_added => {
+                row.kad_added = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Where `peer` says it listens (Identify), a few addresses.
@@ -270,6 +286,12 @@ mod tests {
         book.dialling(d, FoundBy::Hint);
         assert!(book.connected(d, addr("/ip4/127.0.0.1/tcp/4"), false, now));
         assert!(book.is_inbound(&d));
+        // Our own dial to it lands next: it is one we chose after all.
+        assert!(!book.connected(d, addr("/ip4/127.0.0.1/tcp/5"), true, now));
+        assert!(!book.is_inbound(&d));
+        // Its addresses enter the routing table once per connection.
+        assert!(book.mark_kad_added(&d));
+        assert!(!book.mark_kad_added(&d));
         assert_eq!(by(c).found_by, "dht");
     }
 

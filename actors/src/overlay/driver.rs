@@ -8,7 +8,7 @@
 //! table a few per peer, and relay reservations are sought from at most
 //! [`MAX_RELAY_RESERVATIONS_HELD`] relays.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -61,6 +61,9 @@ const BOOTSTRAP_REDIAL: Duration = Duration::from_secs(60);
 /// First wait before a relay that refused or lost our reservation is asked again; doubled
 /// at each failure up to [`MAX_RELAY_BACKOFF`].
 const RELAY_BACKOFF: Duration = Duration::from_secs(30);
+/// Relays whose backoff is remembered at most (an entry is kept past its wait, so its
+/// doubling goes on; the one ending soonest makes room).
+const MAX_RELAY_BACKOFFS: usize = 64;
 /// Longest wait between reservation requests to one relay.
 const MAX_RELAY_BACKOFF: Duration = Duration::from_secs(30 * 60);
 /// Provider keys one remote peer may have us store: a meshd node announces a handful of
@@ -176,6 +179,12 @@ fn routable(addr: &Multiaddr, local_addrs: bool) -> bool {
     })
 }
 
+/// Whether an address names a globally routable IP (or a DNS name, resolved later): what
+/// the overlay dials off a lab.
+pub fn is_global_addr(addr: &Multiaddr) -> bool {
+    routable(addr, false)
+}
+
 struct Driver {
     swarm: Swarm<MeshBehaviour>,
     ctx: Arc<NodeContext>,
@@ -198,8 +207,9 @@ struct Driver {
     bootstrap_ids: BTreeSet<PeerId>,
     next_bootstrap_dial: Instant,
     relay_backoff: HashMap<PeerId, (Instant, Duration)>,
-    remote_provider_keys: HashMap<PeerId, usize>,
+    remote_provider_keys: HashMap<PeerId, HashSet<kad::RecordKey>>,
     last_reprovide: Option<Instant>,
+    reprovide_pending: bool,
 }
 
 struct PendingFind {
@@ -249,6 +259,7 @@ pub async fn run(args: DriverArgs) {
         relay_backoff: HashMap::new(),
         remote_provider_keys: HashMap::new(),
         last_reprovide: None,
+        reprovide_pending: false,
     };
     for topic in topics {
         driver.provide(topic);
@@ -519,24 +530,23 @@ impl Driver {
         match event {
             MeshBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 count("identified");
-                let first = self
-                    .book
+                self.book
                     .identified(&peer_id, &info.agent_version, &info.listen_addrs);
                 let speaks_kad = info
                     .protocols
                     .iter()
                     .any(|p| p.as_ref() == self.kad_protocol);
-                if speaks_kad && first {
-                    for addr in info
-                        .listen_addrs
-                        .iter()
-                        .filter(|a| routable(a, self.local_addrs))
-                        .take(MAX_ADDRS_PER_PEER)
-                    {
-                        self.swarm
-                            .behaviour_mut()
-                            .kad
-                            .add_address(&peer_id, addr.clone());
+                let local = self.local_addrs;
+                let addrs: Vec<Multiaddr> = info
+                    .listen_addrs
+                    .iter()
+                    .filter(|a| routable(a, local))
+                    .take(MAX_ADDRS_PER_PEER)
+                    .cloned()
+                    .collect();
+                if speaks_kad && !addrs.is_empty() && self.book.mark_kad_added(&peer_id) {
+                    for addr in addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
                     }
                 }
                 let relays = info
@@ -697,24 +707,21 @@ impl Driver {
         let key = record.key.as_ref();
         let topic_shaped = key.len() == 34 && key[..2] == [0x12, 0x20];
         let me = *self.swarm.local_peer_id();
+        let provider = record.provider;
+        let known = self
+            .remote_provider_keys
+            .get(&provider)
+            .is_some_and(|keys| keys.contains(&record.key));
         let theirs = self
             .remote_provider_keys
-            .get(&record.provider)
-            .copied()
-            .unwrap_or(0);
-        let store = self.swarm.behaviour_mut().kad.store_mut();
-        let known = kad::store::RecordStore::providers(store, &record.key)
-            .iter()
-            .any(|p| p.provider == record.provider);
+            .get(&provider)
+            .map_or(0, |k| k.len());
         // Room for our own topics is kept whatever remotes send.
-        let full = self.remote_provider_keys.values().sum::<usize>()
-            >= MAX_PROVIDED_KEYS.saturating_sub(MAX_GOSSIP_TOPICS);
+        let held: usize = self.remote_provider_keys.values().map(|k| k.len()).sum();
+        let full = held >= MAX_PROVIDED_KEYS.saturating_sub(MAX_GOSSIP_TOPICS);
         if !topic_shaped
-            || record.provider == me
-            || (!known
-                && (theirs >= MAX_REMOTE_PROVIDER_KEYS_PER_PEER
-                    || full
-                    || self.remote_provider_keys.len() >= MAX_PROVIDED_KEYS))
+            || provider == me
+            || (!known && (theirs >= MAX_REMOTE_PROVIDER_KEYS_PER_PEER || full))
         {
             count("dht_record_refused");
             return;
@@ -724,18 +731,35 @@ impl Driver {
             .addresses
             .retain(|a| routable(a, local) && !unspecified(a));
         record.addresses.truncate(MAX_PROVIDER_ADDRS);
-        match kad::store::RecordStore::add_provider(store, record.clone()) {
-            Ok(()) => {
-                if !known {
-                    *self
-                        .remote_provider_keys
-                        .entry(record.provider)
-                        .or_insert(0) += 1;
-                }
-                count("dht_provider_stored");
-            }
-            Err(_) => count("dht_record_refused"),
+        let key = record.key.clone();
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let stored = kad::store::RecordStore::add_provider(store, record).is_ok()
+            // A key with its 20 providers takes no more (and says Ok): count what is there.
+            && kad::store::RecordStore::providers(store, &key)
+                .iter()
+                .any(|p| p.provider == provider);
+        if stored {
+            self.remote_provider_keys
+                .entry(provider)
+                .or_default()
+                .insert(key);
+            count("dht_provider_stored");
+        } else {
+            count("dht_record_refused");
         }
+    }
+
+    /// Forgets the remote provider records the store no longer holds (expired).
+    fn reconcile_remote_providers(&mut self) {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        self.remote_provider_keys.retain(|peer, keys| {
+            keys.retain(|k| {
+                kad::store::RecordStore::providers(store, k)
+                    .iter()
+                    .any(|p| p.provider == *peer)
+            });
+            !keys.is_empty()
+        });
     }
 
     /// Not the same relay again at once: one with nothing to offer (no address of its own,
@@ -745,12 +769,21 @@ impl Driver {
             .relay_backoff
             .get(&relay)
             .map_or(RELAY_BACKOFF, |(_, d)| (*d * 2).min(MAX_RELAY_BACKOFF));
-        if self.relay_backoff.len() < MAX_RELAY_CANDIDATES * 4
-            || self.relay_backoff.contains_key(&relay)
+        if self.relay_backoff.len() >= MAX_RELAY_BACKOFFS
+            && !self.relay_backoff.contains_key(&relay)
         {
-            self.relay_backoff
-                .insert(relay, (Instant::now() + delay, delay));
+            // Full: the entry that ends soonest makes room (never "no backoff").
+            if let Some(soonest) = self
+                .relay_backoff
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(p, _)| *p)
+            {
+                self.relay_backoff.remove(&soonest);
+            }
         }
+        self.relay_backoff
+            .insert(relay, (Instant::now() + delay, delay));
     }
 
     /// Once per status tick: dials the bootstrap peers again while none is connected, and
@@ -765,7 +798,14 @@ impl Driver {
                     self.dial(addr, FoundBy::Bootstrap);
                 }
             }
-            self.relay_backoff.retain(|_, (at, _)| *at > now);
+            self.reconcile_remote_providers();
+        }
+        if self.reprovide_pending
+            && self
+                .last_reprovide
+                .is_none_or(|t| now.duration_since(t) >= REPROVIDE_MIN_INTERVAL)
+        {
+            self.reprovide();
         }
         if self.reachability == "private" && self.reservations.len() < MAX_RELAY_RESERVATIONS_HELD {
             self.seek_reservations();

@@ -55,14 +55,22 @@ pub struct OverlayState {
 /// The driver's task, aborted if the actor's state is dropped without a stop (a kill),
 /// with what it published cleared: the next actor must find the ports free, and nobody may
 /// read a dead overlay's status or queue commands to it.
-struct AbortOnDrop(JoinHandle<()>, Arc<NodeContext>);
+struct AbortOnDrop(JoinHandle<()>, Arc<NodeContext>, u64);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-        self.1.set_overlay_commands(None);
-        self.1.set_overlay_announcement(None);
-        self.1.set_overlay(None);
+        clear_if_owner(&self.1, self.2);
+    }
+}
+
+/// Clears the overlay's entries in the context, unless a newer Overlay actor owns them.
+fn clear_if_owner(ctx: &NodeContext, generation: u64) {
+    use std::sync::atomic::Ordering;
+    if ctx.overlay_generation.load(Ordering::SeqCst) == generation {
+        ctx.set_overlay_commands(None);
+        ctx.set_overlay_announcement(None);
+        ctx.set_overlay(None);
     }
 }
 
@@ -87,6 +95,15 @@ impl Actor for Overlay {
             relay_service: overlay.relay_service,
             local_addrs: overlay.local_addrs,
         };
+        if !overlay.local_addrs && !overlay.mdns {
+            for addr in overlay
+                .bootstrap
+                .iter()
+                .filter(|a| !driver::is_global_addr(a))
+            {
+                warn!(%addr, "overlay bootstrap address is not a global one: off regtest (and without --overlay-mdns) the overlay never dials such addresses");
+            }
+        }
         let listen = overlay.listen_addrs(config.network.profile().default_port);
         let mut tries = 0;
         let swarm = loop {
@@ -102,6 +119,10 @@ impl Actor for Overlay {
         };
         info!(peer_id = %swarm.local_peer_id(), "overlay starting");
         let (commands_tx, commands) = mpsc::channel(OVERLAY_COMMAND_QUEUE);
+        let generation = ctx
+            .overlay_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         ctx.set_overlay_commands(Some(commands_tx));
         let (stop_tx, stop) = oneshot::channel();
         let args = driver::DriverArgs {
@@ -131,7 +152,7 @@ impl Actor for Overlay {
             myself.stop(Some(why.into()));
         });
         Ok(OverlayState {
-            task: Some(AbortOnDrop(task, ctx.clone())),
+            task: Some(AbortOnDrop(task, ctx.clone(), generation)),
             ctx,
             stop: Some(stop_tx),
         })
@@ -151,7 +172,10 @@ impl Actor for Overlay {
         _myself: ActorRef<OverlayMsg>,
         state: &mut OverlayState,
     ) -> Result<(), ActorProcessingErr> {
-        state.ctx.set_overlay_commands(None);
+        // No command queued to a stopping overlay.
+        if let Some(task) = &state.task {
+            clear_if_owner(&state.ctx, task.2);
+        }
         if let Some(stop) = state.stop.take() {
             let _ = stop.send(());
         }
@@ -163,8 +187,7 @@ impl Actor for Overlay {
                 warn!("overlay driver did not stop in time; aborting it");
             }
         }
-        state.ctx.set_overlay_announcement(None);
-        state.ctx.set_overlay(None);
+        // Dropping the task's handle clears what this actor published (see AbortOnDrop).
         Ok(())
     }
 }

@@ -163,7 +163,8 @@ fn build_err(e: impl std::fmt::Display) -> SwarmError {
 
 /// Builds the Swarm (it listens on nothing yet).
 pub fn build(key: Keypair, settings: &SwarmSettings) -> Result<Swarm<MeshBehaviour>, SwarmError> {
-    let local_addrs = settings.local_addrs;
+    // With mDNS on, the operator asked for LAN peers: their addresses are private.
+    let local_addrs = settings.local_addrs || settings.mdns;
     let swarm = SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_other_transport(|key| base_transport(key, local_addrs))
@@ -177,8 +178,8 @@ pub fn build(key: Keypair, settings: &SwarmSettings) -> Result<Swarm<MeshBehavio
     Ok(swarm)
 }
 
-/// TCP (Noise, Yamux) and QUIC, under DNS. Off a lab, every dial to an address that is not
-/// globally routable is refused (libp2p's `global_only` transport): Kademlia, Identify and
+/// TCP (Noise, Yamux) and QUIC, under DNS. Off a lab (and without mDNS, which asks for LAN
+/// peers), every dial to an address that is not globally routable is refused (libp2p's `global_only` transport): Kademlia, Identify and
 /// DCUtR dial addresses remotes tell us of, and none of them may point our overlay at the
 /// operator's own network. DNS names are resolved first, and the addresses they resolve to
 /// pass the same check.
