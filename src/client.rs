@@ -458,6 +458,14 @@ fn print_overlay(v: &Value) {
         ("topics", list(&st["topics"])),
         ("reservations", list(&st["relay_reservations"])),
         ("relay", relay),
+        (
+            "hole punch",
+            format!(
+                "{} direct, {} gave up",
+                s(&st["hole_punches"]["ok"]),
+                s(&st["hole_punches"]["failed"])
+            ),
+        ),
         ("mDNS", if st["mdns"] == true { "on" } else { "off" }.into()),
     ];
     for (k, val) in rows {

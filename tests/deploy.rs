@@ -51,9 +51,37 @@ fn every_metric_has_help_text_and_the_exposition_passes_promtool() {
     let url = nats.url();
     let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
-    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
+    // a and b run the overlay too, b joining through a, so its panels have data.
+    let overlay = ["--overlay", "--overlay-listen", "/ip4/127.0.0.1/tcp/0"];
+    let a = Meshd::start(
+        &[
+            &fast[..],
+            &["--max-outbound", "0"],
+            &overlay[..],
+            &fleet("a")[..],
+        ]
+        .concat(),
+    );
     let a_addr = a.addr.unwrap().to_string();
-    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr], &fleet("b")[..]].concat());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_overlay = loop {
+        let st = a.api_get("/v1/overlay")["status"].clone();
+        if let (Some(id), Some(addr)) = (st["peer_id"].as_str(), st["listen_addrs"][0].as_str()) {
+            break format!("{addr}/p2p/{id}");
+        }
+        assert!(Instant::now() < deadline, "a's overlay never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b = Meshd::start(
+        &[
+            &fast[..],
+            &["--connect", &a_addr],
+            &overlay[..],
+            &["--overlay-bootstrap", &a_overlay],
+            &fleet("b")[..],
+        ]
+        .concat(),
+    );
     b.wait_log("handshake", Duration::from_secs(10), |v| {
         msg(v) == "handshake complete"
     });
@@ -186,9 +214,37 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
     let url = nats.url();
     let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
-    let a = Meshd::start(&[&fast[..], &["--max-outbound", "0"], &fleet("a")[..]].concat());
+    // a and b run the overlay too, b joining through a, so its panels have data.
+    let overlay = ["--overlay", "--overlay-listen", "/ip4/127.0.0.1/tcp/0"];
+    let a = Meshd::start(
+        &[
+            &fast[..],
+            &["--max-outbound", "0"],
+            &overlay[..],
+            &fleet("a")[..],
+        ]
+        .concat(),
+    );
     let a_addr = a.addr.unwrap().to_string();
-    let b = Meshd::start(&[&fast[..], &["--connect", &a_addr], &fleet("b")[..]].concat());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_overlay = loop {
+        let st = a.api_get("/v1/overlay")["status"].clone();
+        if let (Some(id), Some(addr)) = (st["peer_id"].as_str(), st["listen_addrs"][0].as_str()) {
+            break format!("{addr}/p2p/{id}");
+        }
+        assert!(Instant::now() < deadline, "a's overlay never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b = Meshd::start(
+        &[
+            &fast[..],
+            &["--connect", &a_addr],
+            &overlay[..],
+            &["--overlay-bootstrap", &a_overlay],
+            &fleet("b")[..],
+        ]
+        .concat(),
+    );
     let b_addr = b.addr.unwrap().to_string();
     let dead = format!("127.0.0.1:{}", free_port());
     let stun = stun_server().to_string();
@@ -233,6 +289,11 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
         .header("Content-Type", "application/json")
         .send(br#"{"blocks": 1}"#.as_slice())
         .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.metric("meshd_overlay_peers") != Some(1.0) {
+        assert!(Instant::now() < deadline, "b never joined a's overlay");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.metric("meshd_fleet_block_lag_seconds").is_none() {
         assert!(Instant::now() < deadline, "b never measured its fleet lag");

@@ -61,6 +61,12 @@ fn two_daemons_meet_on_the_overlay_and_the_operator_sees_it() {
     let b_id = v["status"]["peer_id"].as_str().unwrap();
     assert!(out.contains(b_id), "{out}");
     assert!(out.lines().any(|l| l.starts_with("reachability")), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("hole punch") && l.contains("0 direct, 0 gave up")),
+        "{out}"
+    );
+    assert_eq!(v["status"]["hole_punches"]["ok"], 0);
     let (code, out, err) = b.cli(&["overlay", "peers"]);
     assert_eq!(code, 0, "{err}");
     let line = out

@@ -26,7 +26,7 @@ use super::swarm::{kad_protocol, MeshBehaviour, MeshBehaviourEvent, MAX_PROVIDED
 use crate::context::NodeContext;
 use crate::events::NodeEvent;
 use crate::shared::overlay_link::OverlayCommand;
-use crate::shared::status::{OverlayStatus, RelayServed, TopicProvider};
+use crate::shared::status::{HolePunches, OverlayStatus, RelayServed, TopicProvider};
 use crate::wire::overlay_announce::{OverlayAnnounce, MAX_OVERLAY_ADDRS};
 
 /// How often the status the API shows is refreshed from the Swarm (when something changed).
@@ -210,6 +210,7 @@ struct Driver {
     remote_provider_keys: HashMap<PeerId, HashSet<kad::RecordKey>>,
     last_reprovide: Option<Instant>,
     reprovide_pending: bool,
+    hole_punches: HolePunches,
 }
 
 struct PendingFind {
@@ -260,6 +261,7 @@ pub async fn run(args: DriverArgs) {
         remote_provider_keys: HashMap::new(),
         last_reprovide: None,
         reprovide_pending: false,
+        hole_punches: HolePunches::default(),
     };
     for topic in topics {
         driver.provide(topic);
@@ -642,10 +644,14 @@ impl Driver {
             }) => match result {
                 Ok(_) => {
                     count("hole_punch_ok");
+                    self.hole_punches.ok += 1;
+                    self.dirty = true;
                     debug!(peer = %remote_peer_id, "overlay hole punched");
                 }
                 Err(e) => {
                     count("hole_punch_failed");
+                    self.hole_punches.failed += 1;
+                    self.dirty = true;
                     debug!(peer = %remote_peer_id, error = %e, "overlay hole punch failed");
                 }
             },
@@ -1001,6 +1007,7 @@ impl Driver {
             relay_service: swarm.behaviour().relay.is_enabled(),
             relay_served: self.relay_served,
             mdns: swarm.behaviour().mdns.is_enabled(),
+            hole_punches: self.hole_punches,
         };
         metrics::gauge!("meshd_overlay_peers").set(self.book.len() as f64);
         self.ctx.set_overlay_announcement(self.announcement());

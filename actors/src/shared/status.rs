@@ -156,6 +156,18 @@ pub struct OverlayStatus {
     pub relay_served: RelayServed,
     /// Whether mDNS runs.
     pub mdns: bool,
+    /// DCUtR's hole punches since the overlay started: direct connections made, and
+    /// attempts that gave up (the relay then carries the connection).
+    pub hole_punches: HolePunches,
+}
+
+/// Hole-punch outcomes (DCUtR).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct HolePunches {
+    /// Direct connections made.
+    pub ok: u64,
+    /// Attempts that gave up.
+    pub failed: u64,
 }
 
 /// What our relay service carries.
