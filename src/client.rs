@@ -431,14 +431,6 @@ fn print_overlay(v: &Value) {
         return;
     }
     let st = &v["status"];
-    let list = |v: &Value| {
-        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(", ")
-        }
-    };
     let relay = if st["relay_service"] == true {
         format!(
             "serving: {} reservations, {} circuits",
@@ -641,15 +633,17 @@ fn carriers(arrivals: &Value) -> String {
 }
 
 /// `meshd network`: addresses, reachability and NAT, then slots and limits as tables.
+/// A JSON list of strings as one comma-separated field, `-` when empty.
+fn list(v: &Value) -> String {
+    let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+    if items.is_empty() {
+        "-".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn print_network(v: &Value) {
-    let list = |v: &Value| {
-        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
-        if items.is_empty() {
-            "-".to_string()
-        } else {
-            items.join(", ")
-        }
-    };
     let fleet = match &v["fleet"] {
         Value::Null => "-".to_string(),
         f => format!(

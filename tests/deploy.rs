@@ -51,37 +51,7 @@ fn every_metric_has_help_text_and_the_exposition_passes_promtool() {
     let url = nats.url();
     let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
-    // a and b run the overlay too, b joining through a, so its panels have data.
-    let overlay = ["--overlay", "--overlay-listen", "/ip4/127.0.0.1/tcp/0"];
-    let a = Meshd::start(
-        &[
-            &fast[..],
-            &["--max-outbound", "0"],
-            &overlay[..],
-            &fleet("a")[..],
-        ]
-        .concat(),
-    );
-    let a_addr = a.addr.unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let a_overlay = loop {
-        let st = a.api_get("/v1/overlay")["status"].clone();
-        if let (Some(id), Some(addr)) = (st["peer_id"].as_str(), st["listen_addrs"][0].as_str()) {
-            break format!("{addr}/p2p/{id}");
-        }
-        assert!(Instant::now() < deadline, "a's overlay never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let b = Meshd::start(
-        &[
-            &fast[..],
-            &["--connect", &a_addr],
-            &overlay[..],
-            &["--overlay-bootstrap", &a_overlay],
-            &fleet("b")[..],
-        ]
-        .concat(),
-    );
+    let (a, b) = overlay_pair(&fast, &fleet("a"), &fleet("b"));
     b.wait_log("handshake", Duration::from_secs(10), |v| {
         msg(v) == "handshake complete"
     });
@@ -171,6 +141,34 @@ impl Drop for Prometheus {
     }
 }
 
+/// a (dialling nobody) and b (dialling a), both running the overlay, b joined through a's:
+/// the overlay's series exist and its panels have data.
+fn overlay_pair(fast: &[&str], fleet_a: &[&str], fleet_b: &[&str]) -> (Meshd, Meshd) {
+    let overlay = ["--overlay", "--overlay-listen", "/ip4/127.0.0.1/tcp/0"];
+    let a = Meshd::start(&[fast, &["--max-outbound", "0"], &overlay[..], fleet_a].concat());
+    let a_addr = a.addr.unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let a_overlay = loop {
+        let st = a.api_get("/v1/overlay")["status"].clone();
+        if let (Some(id), Some(addr)) = (st["peer_id"].as_str(), st["listen_addrs"][0].as_str()) {
+            break format!("{addr}/p2p/{id}");
+        }
+        assert!(Instant::now() < deadline, "a's overlay never listened");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let b = Meshd::start(
+        &[
+            fast,
+            &["--connect", &a_addr],
+            &overlay[..],
+            &["--overlay-bootstrap", &a_overlay],
+            fleet_b,
+        ]
+        .concat(),
+    );
+    (a, b)
+}
+
 fn query(base: &str, expr: &str) -> Value {
     let mut r = ureq::get(&format!("{base}/api/v1/query"))
         .query("query", expr)
@@ -214,37 +212,7 @@ fn every_dashboard_panel_has_data_in_a_real_prometheus_scraping_a_live_mesh() {
     let url = nats.url();
     let fleet = |name| common::nats::fleet_flags(&url, "deploy", name);
     let fast = ["--ping-interval", "200ms"];
-    // a and b run the overlay too, b joining through a, so its panels have data.
-    let overlay = ["--overlay", "--overlay-listen", "/ip4/127.0.0.1/tcp/0"];
-    let a = Meshd::start(
-        &[
-            &fast[..],
-            &["--max-outbound", "0"],
-            &overlay[..],
-            &fleet("a")[..],
-        ]
-        .concat(),
-    );
-    let a_addr = a.addr.unwrap().to_string();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let a_overlay = loop {
-        let st = a.api_get("/v1/overlay")["status"].clone();
-        if let (Some(id), Some(addr)) = (st["peer_id"].as_str(), st["listen_addrs"][0].as_str()) {
-            break format!("{addr}/p2p/{id}");
-        }
-        assert!(Instant::now() < deadline, "a's overlay never listened");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let b = Meshd::start(
-        &[
-            &fast[..],
-            &["--connect", &a_addr],
-            &overlay[..],
-            &["--overlay-bootstrap", &a_overlay],
-            &fleet("b")[..],
-        ]
-        .concat(),
-    );
+    let (a, b) = overlay_pair(&fast, &fleet("a"), &fleet("b"));
     let b_addr = b.addr.unwrap().to_string();
     let dead = format!("127.0.0.1:{}", free_port());
     let stun = stun_server().to_string();

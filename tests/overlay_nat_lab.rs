@@ -11,64 +11,14 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{in_ci, is_root, msg, skip_or_fail, Meshd};
+use common::lab::{usable, Lab};
+use common::{msg, Meshd};
 
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/natpair.sh");
 const RELAY_IP: &str = "203.0.113.1";
 /// AutoNAT waits 15 s before its first probe; a reservation follows its verdict.
 const T: Duration = Duration::from_secs(90);
 const LOG: &str = "info,meshd_actors::overlay=debug";
-
-fn lab(prefix: &str, args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(LAB)
-        .args(args)
-        .env("NATPAIR_PREFIX", prefix)
-        .output()
-        .expect("run natpair.sh");
-    assert!(
-        out.status.success(),
-        "natpair.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Tears the lab down whatever happens (each test has its own namespace prefix).
-struct LabGuard(&'static str);
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(LAB)
-            .arg("down")
-            .env("NATPAIR_PREFIX", self.0)
-            .output();
-    }
-}
-
-fn usable() -> bool {
-    let root = is_root();
-    let tools = ["nft", "ip"].iter().all(|t| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !root || !tools {
-        let why = if !root {
-            "the overlay NAT lab needs root"
-        } else {
-            "the overlay NAT lab needs nftables and iproute2"
-        };
-        if in_ci() {
-            panic!("{why}");
-        }
-        skip_or_fail(why);
-        return false;
-    }
-    true
-}
 
 fn start_in(ns: &str, dir: &std::path::Path, args: &[&str]) -> Meshd {
     let mut all = vec!["--overlay", "--no-dns-seed", "--log-level", LOG];
@@ -98,8 +48,8 @@ fn overlay_peers(ns: &str, node: &Meshd) -> serde_json::Value {
 /// Builds the lab, starts the relay and both nodes, has B reach A through the relay, and
 /// returns whether DCUtR punched a direct connection (and how long it took).
 fn pair(prefix: &'static str, type_a: &str, type_b: &str) -> Option<Duration> {
-    let _guard = LabGuard(prefix);
-    lab(prefix, &["up", type_a, type_b]);
+    let lab = Lab::new(LAB, "NATPAIR_PREFIX", prefix);
+    lab.run(&["up", type_a, type_b]);
     let (dr, da, db) = (
         tempfile::tempdir().unwrap(),
         tempfile::tempdir().unwrap(),
@@ -177,7 +127,7 @@ fn pair(prefix: &'static str, type_a: &str, type_b: &str) -> Option<Duration> {
 #[test]
 #[ignore = "DCUtR punches this pair in about 1 run of 3 here: not yet understood (run with --ignored)"]
 fn full_cone_and_port_restricted_nats_are_hole_punched() {
-    if !usable() {
+    if !usable("the overlay NAT lab", &["nft", "ip"]) {
         return;
     }
     assert!(pair("mshp1-", "fullcone", "portrestricted").is_some());
@@ -185,7 +135,7 @@ fn full_cone_and_port_restricted_nats_are_hole_punched() {
 
 #[test]
 fn behind_symmetric_nats_the_relay_carries_the_connection() {
-    if !usable() {
+    if !usable("the overlay NAT lab", &["nft", "ip"]) {
         return;
     }
     assert!(pair("mshp3-", "symmetric", "symmetric").is_none());

@@ -11,7 +11,8 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{in_ci, msg, skip_or_fail, Meshd};
+use common::lab::{usable, Lab};
+use common::{msg, Meshd};
 
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/natlab.sh");
 const PROBE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/version_probe.py");
@@ -22,62 +23,6 @@ const TESTNET4_MAGIC: &str = "1c163f28";
 const CLIENT: &str = "10.0.0.10";
 const PUBLIC: &str = "203.0.113.254";
 const T: Duration = Duration::from_secs(30);
-
-fn lab(prefix: &str, args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(LAB)
-        .args(args)
-        .env("NATLAB_PREFIX", prefix)
-        .output()
-        .expect("run natlab.sh");
-    assert!(
-        out.status.success(),
-        "natlab.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Tears the lab down whatever happens (each test has its own namespace prefix).
-struct LabGuard(&'static str);
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(LAB)
-            .arg("down")
-            .env("NATLAB_PREFIX", self.0)
-            .output();
-    }
-}
-
-fn usable() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = ["turnserver", "nft", "ip", "miniupnpd", "upnpc", "python3"]
-        .iter()
-        .all(|t| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {t}"))
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-    if !root || !tools {
-        let why = if !root {
-            "the port-mapping lab needs root"
-        } else {
-            "the port-mapping lab needs coturn, nftables, iproute2, miniupnpd-nftables and miniupnpc"
-        };
-        if in_ci() {
-            panic!("{why}");
-        }
-        skip_or_fail(why);
-        return false;
-    }
-    true
-}
 
 /// The gateway's mapping list as a LAN host sees it (`upnpc -i -l`: miniupnpd keeps PCP,
 /// NAT-PMP and UPnP mappings in one list).
@@ -131,9 +76,9 @@ fn handshake_from_outside(prefix: &str, port: u16) -> String {
 
 fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol: &str) {
     let with_stun = extra.contains(&"--stun-server");
-    let _guard = LabGuard(prefix);
-    lab(prefix, &["up", "portrestricted"]);
-    lab(prefix, &["miniupnpd"]);
+    let lab = Lab::new(LAB, "NATLAB_PREFIX", prefix);
+    lab.run(&["up", "portrestricted"]);
+    lab.run(&["miniupnpd"]);
     let dir = tempfile::tempdir().unwrap();
     let ns = format!("{prefix}cli");
     let listen = format!("{CLIENT}:{port}");
@@ -264,7 +209,10 @@ fn mapping_round_trip(prefix: &'static str, port: u16, extra: &[&str], protocol:
 
 #[test]
 fn pcp_maps_the_listener_behind_miniupnpd_and_deletes_it_at_shutdown() {
-    if !usable() {
+    if !usable(
+        "the port-mapping lab",
+        &["turnserver", "nft", "ip", "miniupnpd", "upnpc", "python3"],
+    ) {
         return;
     }
     mapping_round_trip(
@@ -277,7 +225,10 @@ fn pcp_maps_the_listener_behind_miniupnpd_and_deletes_it_at_shutdown() {
 
 #[test]
 fn upnp_maps_the_listener_when_natpmp_is_off() {
-    if !usable() {
+    if !usable(
+        "the port-mapping lab",
+        &["turnserver", "nft", "ip", "miniupnpd", "upnpc", "python3"],
+    ) {
         return;
     }
     mapping_round_trip("mshdu-", 18445, &["--natpmp=false", "--upnp"], "upnp");

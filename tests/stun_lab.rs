@@ -9,65 +9,11 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{in_ci, msg, skip_or_fail, Meshd};
+use common::lab::{usable, Lab};
+use common::{msg, Meshd};
 use serde_json::Value;
 
 const LAB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/lab/natlab.sh");
-
-fn lab(prefix: &str, args: &[&str]) {
-    let out = Command::new("bash")
-        .arg(LAB)
-        .args(args)
-        .env("NATLAB_PREFIX", prefix)
-        .output()
-        .expect("run natlab.sh");
-    assert!(
-        out.status.success(),
-        "natlab.sh {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Tears the lab down whatever happens. Each test has its own namespace prefix, so the
-/// tests may run in parallel.
-struct LabGuard(&'static str);
-impl Drop for LabGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(LAB)
-            .arg("down")
-            .env("NATLAB_PREFIX", self.0)
-            .output();
-    }
-}
-
-fn usable() -> bool {
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    let tools = ["turnserver", "nft", "ip"].iter().all(|t| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !root || !tools {
-        let why = if !root {
-            "the NAT lab needs root"
-        } else {
-            "coturn/nftables/iproute2 missing"
-        };
-        if in_ci() && !tools {
-            panic!("{why}");
-        }
-        skip_or_fail(why);
-        return false;
-    }
-    true
-}
 
 /// Runs meshd in the client namespace until it reports its NAT type; returns the verdict
 /// line, the time it took, what its metrics endpoint showed and its log.
@@ -120,11 +66,11 @@ fn verdict(
 
 #[test]
 fn nat_type_and_public_address_for_every_lab_type() {
-    if !usable() {
+    if !usable("the STUN NAT lab", &["turnserver", "nft", "ip"]) {
         return;
     }
     let prefix = "mshda-";
-    let _guard = LabGuard(prefix);
+    let lab = Lab::new(LAB, "NATLAB_PREFIX", prefix);
     let cases = [
         (
             "open",
@@ -156,7 +102,7 @@ fn nat_type_and_public_address_for_every_lab_type() {
     ];
     let mut failures = Vec::new();
     for (lab_type, client, expected, public_ip) in cases {
-        lab(prefix, &["up", lab_type]);
+        lab.run(&["up", lab_type]);
         let (v, _, scraped, logs) = verdict(prefix, client, &["203.0.113.1:3478"]);
         let current = format!("meshd_nat_type{{type=\"{expected}\"}} 1");
         if !scraped.contains(&current) {
@@ -200,12 +146,12 @@ fn nat_type_and_public_address_for_every_lab_type() {
 
 #[test]
 fn first_server_down_then_second_answers_and_no_server_means_unknown() {
-    if !usable() {
+    if !usable("the STUN NAT lab", &["turnserver", "nft", "ip"]) {
         return;
     }
     let prefix = "mshdb-";
-    let _guard = LabGuard(prefix);
-    lab(prefix, &["up", "fullcone"]);
+    let lab = Lab::new(LAB, "NATLAB_PREFIX", prefix);
+    lab.run(&["up", "fullcone"]);
     // 203.0.113.3 runs no STUN server: the probe falls back to the real one.
     let (v, ..) = verdict(
         prefix,

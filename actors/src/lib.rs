@@ -98,6 +98,10 @@
 //!   the limit of what it shows peers); a peer's `getblocktxn` is handed to it in the
 //!   Connection's getdata turn, like a `getdata` batch. It answers [`msg::ChainQuery`]
 //!   (tips, headers, kept blocks, the pool) from its core, for the daemon's JSON-RPC.
+//! - The **Overlay** (with `--overlay`) owns the libp2p Swarm through one driver task, and
+//!   its key (overlay_key.dat). It publishes its status and its peers into the context,
+//!   where the API reads them. The Node handle and Connections reach it through a bounded
+//!   command queue in the context: a Connection passes on a peer's `overlayaddr` as a hint.
 //! - The [`events::EventBus`] numbers every event but per-message and per-transaction ones
 //!   and keeps the last [`events::REPLAY_CAPACITY`] for subscribers that resume.
 //!
@@ -110,7 +114,8 @@
 //! counted against [`peer::UselessFrames`] there, and reaches the actor only if it costs
 //! misbehaviour points) → [`wire::Message::decode`]
 //! (rust-bitcoin payload decoders; item counts checked first) → [`msg::ConnectionMsg::Inbound`] →
-//! before the handshake completes: [`peer::Handshake`]; after: ping/pong via
+//! before the handshake completes: [`peer::Handshake`] (which records meshd's `overlayaddr`,
+//! [`wire::overlay_announce`], passed on to the Overlay as a hint once the handshake ends); after: ping/pong via
 //! [`peer::PingTracker`], BSV `protoconf`, addresses to the Manager, and chain and relay
 //! messages to the [`sync`] actor. Outbound messages are encoded once
 //! ([`wire::Message::encode`]) and queued for the writer (v2: sealed by
@@ -120,8 +125,9 @@
 //!
 //! Connection failures: in the Manager's `handle_supervisor_evt`, from the
 //! [`peer::DisconnectReason`] the Connection leaves in its final state. Failures of the
-//! Manager, Listener, DnsDiscovery, Stun or Sync: in the NodeSupervisor, with a bounded
-//! restart intensity; past it the other children stop in order (so the Manager saves its
+//! Manager, Listener, DnsDiscovery, Stun, PortMap, Overlay or Sync: in the NodeSupervisor,
+//! with a bounded restart intensity (an Overlay that cannot restart, its ports still held,
+//! is tried again later with backoff while the node runs on); past it the other children stop in order (so the Manager saves its
 //! state), the node stops and the daemon exits 1.
 //!
 //! ## Sans-IO cores

@@ -300,6 +300,7 @@ pub fn msg(v: &Value) -> &str {
 }
 
 pub mod header_server;
+pub mod lab;
 
 pub mod nats;
 mod skip;

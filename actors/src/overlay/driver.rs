@@ -725,11 +725,20 @@ impl Driver {
         // Room for our own topics is kept whatever remotes send.
         let held: usize = self.remote_provider_keys.values().map(|k| k.len()).sum();
         let full = held >= MAX_PROVIDED_KEYS.saturating_sub(MAX_GOSSIP_TOPICS);
-        if !topic_shaped
-            || provider == me
-            || (!known && (theirs >= MAX_REMOTE_PROVIDER_KEYS_PER_PEER || full))
-        {
+        let refused = if !topic_shaped {
+            Some("not a topic key")
+        } else if provider == me {
+            Some("names us")
+        } else if !known && theirs >= MAX_REMOTE_PROVIDER_KEYS_PER_PEER {
+            Some("over the peer's share")
+        } else if !known && full {
+            Some("store full")
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             count("dht_record_refused");
+            debug!(peer = %provider, why, "overlay refused a provider record");
             return;
         }
         let local = self.local_addrs;
